@@ -1,0 +1,457 @@
+//! `broker.yaml`: the broker's one config tree. Every field has a default, so an empty
+//! file (or none) is a working single broker on loopback. Layers, later wins:
+//! built-in defaults, the YAML file, `DUOMQ_*` environment variables, command-line flags.
+//!
+//! The operator renders this file from these same types, so the two cannot disagree.
+//! This module only reads and checks configuration; it starts nothing.
+
+mod units;
+
+pub use units::{ByteSize, HumanDuration};
+
+use serde::{Deserialize, Serialize};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use thiserror::Error;
+
+/// The commented default file printed by `duomq-broker print-default-config`.
+pub const DEFAULT_CONFIG_YAML: &str = include_str!("default.yaml");
+
+/// Prefix of environment variables that override config fields:
+/// `DUOMQ_STOMP__LISTEN=0.0.0.0:61613` sets `stomp.listen`
+/// (`__` separates levels, `SNAKE_CASE` maps to `camelCase`).
+pub const ENV_PREFIX: &str = "DUOMQ_";
+
+#[derive(Debug, Error)]
+pub enum ConfigError {
+    #[error("failed to read config file {path}")]
+    ReadFile { path: PathBuf, source: std::io::Error },
+    #[error("invalid config in {origin}: {field}: {message}")]
+    Parse { origin: String, field: String, message: String },
+    #[error("invalid config: {field}: {message}")]
+    Invalid { field: &'static str, message: String },
+    #[error("failed to read users file {path} (auth.usersFile)")]
+    ReadUsers { path: PathBuf, source: std::io::Error },
+    #[error("invalid users file {path} line {line}: expected NAME:PASSWORD")]
+    UsersLine { path: PathBuf, line: usize },
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct BrokerConfig {
+    pub node: NodeConfig,
+    pub stomp: StompConfig,
+    pub admin: AdminConfig,
+    pub storage: StorageConfig,
+    pub memory: MemoryConfig,
+    pub auth: AuthConfig,
+    pub log: LogConfig,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct NodeConfig {
+    /// Stable name of this broker; empty means a random id kept in `data_dir/node-id`.
+    pub id: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct StompConfig {
+    pub listen: SocketAddr,
+    pub max_connections: usize,
+    /// A client must send CONNECT within this time.
+    pub connect_timeout: HumanDuration,
+    /// Heart-beat interval the broker offers to send (0s: never).
+    pub heartbeat_send: HumanDuration,
+    /// Heart-beat interval the broker wants from clients (0s: none).
+    pub heartbeat_receive: HumanDuration,
+    /// A client is dropped after this many missed heart-beat intervals.
+    pub heartbeat_grace: u32,
+    pub max_header_bytes: ByteSize,
+    pub max_headers: usize,
+    pub max_body_bytes: ByteSize,
+    /// Unacknowledged messages in flight per subscription unless the SUBSCRIBE asks for fewer.
+    pub default_prefetch: u32,
+}
+
+impl Default for StompConfig {
+    fn default() -> StompConfig {
+        StompConfig {
+            listen: SocketAddr::from(([127, 0, 0, 1], 61613)),
+            max_connections: 10_000,
+            connect_timeout: HumanDuration::secs(10),
+            heartbeat_send: HumanDuration::secs(10),
+            heartbeat_receive: HumanDuration::secs(10),
+            heartbeat_grace: 3,
+            max_header_bytes: ByteSize::kib(64),
+            max_headers: 128,
+            max_body_bytes: ByteSize::mib(16),
+            default_prefetch: 1000,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AdminConfig {
+    pub listen: SocketAddr,
+}
+
+impl Default for AdminConfig {
+    fn default() -> AdminConfig {
+        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8161)) }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct StorageConfig {
+    pub data_dir: PathBuf,
+    pub segment_size: ByteSize,
+    pub max_batch_bytes: ByteSize,
+    /// fdatasync every group commit. Turning it off loses receipted messages on power loss.
+    pub fsync: bool,
+}
+
+impl Default for StorageConfig {
+    fn default() -> StorageConfig {
+        StorageConfig {
+            data_dir: PathBuf::from("./data"),
+            segment_size: ByteSize::mib(64),
+            max_batch_bytes: ByteSize::mib(4),
+            fsync: true,
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MemoryConfig {
+    /// Message bytes one queue may hold before producers to it are slowed down.
+    pub max_queue_bytes: ByteSize,
+    /// Message bytes all queues together may hold before every producer is slowed down.
+    pub max_broker_bytes: ByteSize,
+    /// How long a producer waits for room before its SEND fails with an ERROR.
+    pub producer_block_timeout: HumanDuration,
+}
+
+impl Default for MemoryConfig {
+    fn default() -> MemoryConfig {
+        MemoryConfig {
+            max_queue_bytes: ByteSize::mib(64),
+            max_broker_bytes: ByteSize::mib(512),
+            producer_block_timeout: HumanDuration::secs(30),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AuthConfig {
+    pub users: Vec<User>,
+    /// A file of `NAME:PASSWORD` lines (`#` starts a comment), added to `users`.
+    pub users_file: Option<PathBuf>,
+    /// With users configured, still accept clients that send no login.
+    pub allow_anonymous: bool,
+}
+
+#[derive(Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields)]
+pub struct User {
+    pub name: String,
+    pub password: String,
+}
+
+impl std::fmt::Debug for User {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("User").field("name", &self.name).field("password", &"<redacted>").finish()
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LogConfig {
+    /// A tracing filter: `info`, `debug`, `duomq_broker=debug,info`. `RUST_LOG` wins if set.
+    pub level: String,
+    pub format: LogFormat,
+}
+
+impl Default for LogConfig {
+    fn default() -> LogConfig {
+        LogConfig { level: "info".to_string(), format: LogFormat::Text }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
+/// A command-line override of one field, by its dotted path (`storage.data_dir`).
+#[derive(Debug, Clone)]
+pub struct Override {
+    pub path: &'static str,
+    pub value: String,
+}
+
+impl BrokerConfig {
+    /// Builds the effective config from the file (if any), the environment and the flags,
+    /// then validates it.
+    pub fn load(
+        file: Option<&Path>,
+        env: impl IntoIterator<Item = (String, String)>,
+        overrides: &[Override],
+    ) -> Result<BrokerConfig, ConfigError> {
+        let (mut doc, origin) = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path)
+                    .map_err(|source| ConfigError::ReadFile { path: path.to_path_buf(), source })?;
+                let doc = if text.trim().is_empty() {
+                    serde_yaml::Value::Mapping(Default::default())
+                } else {
+                    serde_yaml::from_str(&text).map_err(|e| ConfigError::Parse {
+                        origin: path.display().to_string(),
+                        field: "(document)".to_string(),
+                        message: e.to_string(),
+                    })?
+                };
+                (doc, path.display().to_string())
+            }
+            None => (serde_yaml::Value::Mapping(Default::default()), "built-in defaults".to_string()),
+        };
+        let mut from_env = false;
+        for (key, value) in env {
+            let Some(rest) = key.strip_prefix(ENV_PREFIX) else { continue };
+            let path: Vec<String> = rest.split("__").map(snake_to_camel).collect();
+            set_path(&mut doc, &path, &value);
+            from_env = true;
+        }
+        for o in overrides {
+            let path: Vec<String> = o.path.split('.').map(str::to_string).collect();
+            set_path(&mut doc, &path, &o.value);
+        }
+        let origin = if from_env || !overrides.is_empty() {
+            format!("{origin} with environment/flag overrides")
+        } else {
+            origin
+        };
+        let config: BrokerConfig = serde_path_to_error::deserialize(doc).map_err(|e| {
+            ConfigError::Parse { origin, field: e.path().to_string(), message: e.into_inner().to_string() }
+        })?;
+        config.validate()?;
+        Ok(config)
+    }
+
+    /// Checks what types alone cannot; errors name the field.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        let invalid = |field: &'static str, message: &str| {
+            Err(ConfigError::Invalid { field, message: message.to_string() })
+        };
+        if self.stomp.max_connections == 0 {
+            return invalid("stomp.maxConnections", "must be at least 1");
+        }
+        if self.stomp.connect_timeout.get().is_zero() {
+            return invalid("stomp.connectTimeout", "must be longer than 0s");
+        }
+        if self.stomp.heartbeat_grace == 0 {
+            return invalid("stomp.heartbeatGrace", "must be at least 1");
+        }
+        if self.stomp.max_header_bytes.0 < 1024 {
+            return invalid("stomp.maxHeaderBytes", "must be at least 1KiB");
+        }
+        if self.stomp.max_headers == 0 {
+            return invalid("stomp.maxHeaders", "must be at least 1");
+        }
+        if self.stomp.max_body_bytes.0 == 0 {
+            return invalid("stomp.maxBodyBytes", "must be larger than 0");
+        }
+        if self.stomp.default_prefetch == 0 {
+            return invalid("stomp.defaultPrefetch", "must be at least 1");
+        }
+        if self.stomp.listen == self.admin.listen {
+            return invalid("admin.listen", "must differ from stomp.listen");
+        }
+        if self.storage.data_dir.as_os_str().is_empty() {
+            return invalid("storage.dataDir", "must not be empty");
+        }
+        if self.storage.segment_size < ByteSize::kib(64) {
+            return invalid("storage.segmentSize", "must be at least 64KiB");
+        }
+        if self.storage.segment_size < self.stomp.max_body_bytes {
+            return invalid("storage.segmentSize", "must be at least stomp.maxBodyBytes so any message fits a segment");
+        }
+        if self.storage.max_batch_bytes.0 == 0 {
+            return invalid("storage.maxBatchBytes", "must be larger than 0");
+        }
+        if self.memory.max_queue_bytes.0 == 0 {
+            return invalid("memory.maxQueueBytes", "must be larger than 0");
+        }
+        if self.memory.max_broker_bytes < self.memory.max_queue_bytes {
+            return invalid("memory.maxBrokerBytes", "must be at least memory.maxQueueBytes");
+        }
+        for (i, u) in self.auth.users.iter().enumerate() {
+            if u.name.is_empty() || u.name.contains(':') {
+                return Err(ConfigError::Invalid {
+                    field: "auth.users",
+                    message: format!("user {i} needs a non-empty name without ':'"),
+                });
+            }
+        }
+        if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
+            return invalid("log.level", &format!("not a valid filter: {e}"));
+        }
+        Ok(())
+    }
+
+    /// All users: those in the file plus `auth.users_file`.
+    pub fn load_users(&self) -> Result<Vec<User>, ConfigError> {
+        let mut users = self.auth.users.clone();
+        if let Some(path) = &self.auth.users_file {
+            let text = std::fs::read_to_string(path)
+                .map_err(|source| ConfigError::ReadUsers { path: path.clone(), source })?;
+            for (i, line) in text.lines().enumerate() {
+                let line = line.trim();
+                if line.is_empty() || line.starts_with('#') {
+                    continue;
+                }
+                let (name, password) = line
+                    .split_once(':')
+                    .ok_or_else(|| ConfigError::UsersLine { path: path.clone(), line: i + 1 })?;
+                users.push(User { name: name.to_string(), password: password.to_string() });
+            }
+        }
+        Ok(users)
+    }
+}
+
+fn snake_to_camel(s: &str) -> String {
+    let mut out = String::with_capacity(s.len());
+    let mut upper = false;
+    for c in s.chars() {
+        if c == '_' {
+            upper = true;
+        } else if upper {
+            out.extend(c.to_uppercase());
+            upper = false;
+        } else {
+            out.extend(c.to_lowercase());
+        }
+    }
+    out
+}
+
+/// Sets `path` in a YAML document to a scalar parsed as YAML (so `true`, `5` and `5s` all
+/// take the type the field expects), creating mappings on the way.
+fn set_path(doc: &mut serde_yaml::Value, path: &[String], raw: &str) {
+    let value: serde_yaml::Value =
+        serde_yaml::from_str(raw).unwrap_or_else(|_| serde_yaml::Value::String(raw.to_string()));
+    let mut node = doc;
+    for key in path {
+        if !node.is_mapping() {
+            *node = serde_yaml::Value::Mapping(Default::default());
+        }
+        let serde_yaml::Value::Mapping(map) = node else { return };
+        node = map.entry(serde_yaml::Value::String(key.clone())).or_insert(serde_yaml::Value::Null);
+    }
+    *node = value;
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::Write;
+
+    fn load_text(text: &str) -> Result<BrokerConfig, ConfigError> {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(text.as_bytes()).unwrap();
+        BrokerConfig::load(Some(f.path()), Vec::new(), &[])
+    }
+
+    #[test]
+    fn given_printed_default_config_when_parsed_should_equal_defaults() {
+        let cfg = load_text(DEFAULT_CONFIG_YAML).unwrap();
+        assert_eq!(cfg, BrokerConfig::default());
+    }
+
+    #[test]
+    fn given_printed_default_config_should_mention_every_field() {
+        let printed: serde_yaml::Value = serde_yaml::from_str(DEFAULT_CONFIG_YAML).unwrap();
+        let full = serde_yaml::to_value(BrokerConfig::default()).unwrap();
+        fn keys(v: &serde_yaml::Value, prefix: &str, out: &mut Vec<String>) {
+            if let serde_yaml::Value::Mapping(m) = v {
+                for (k, v) in m {
+                    let k = format!("{prefix}{}", k.as_str().unwrap_or("?"));
+                    keys(v, &format!("{k}."), out);
+                    out.push(k);
+                }
+            }
+        }
+        let (mut a, mut b) = (Vec::new(), Vec::new());
+        keys(&printed, "", &mut a);
+        keys(&full, "", &mut b);
+        a.sort();
+        b.sort();
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn given_no_file_should_use_defaults() {
+        let cfg = BrokerConfig::load(None, Vec::new(), &[]).unwrap();
+        assert_eq!(cfg.stomp.listen.to_string(), "127.0.0.1:61613");
+        assert_eq!(cfg.admin.listen.to_string(), "127.0.0.1:8161");
+        assert_eq!(cfg.storage.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn given_unknown_field_should_name_it() {
+        let err = load_text("stomp:\n  lisen: 1.2.3.4:5\n").unwrap_err().to_string();
+        assert!(err.contains("stomp") && err.contains("lisen"), "{err}");
+    }
+
+    #[test]
+    fn given_bad_value_should_name_field_path() {
+        let err = load_text("memory:\n  maxQueueBytes: 12parsecs\n").unwrap_err().to_string();
+        assert!(err.contains("memory.maxQueueBytes"), "{err}");
+        let err = load_text("stomp:\n  listen: nowhere\n").unwrap_err().to_string();
+        assert!(err.contains("stomp.listen"), "{err}");
+    }
+
+    #[test]
+    fn given_invalid_combination_should_name_field() {
+        let err = load_text("memory:\n  maxQueueBytes: 2GiB\n  maxBrokerBytes: 1GiB\n").unwrap_err();
+        assert!(err.to_string().contains("memory.maxBrokerBytes"), "{err}");
+    }
+
+    #[test]
+    fn given_env_and_flags_should_override_file_in_order() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"storage:\n  dataDir: /from/file\nstomp:\n  heartbeatSend: 1s\n").unwrap();
+        let env = vec![
+            ("DUOMQ_STORAGE__DATA_DIR".to_string(), "/from/env".to_string()),
+            ("DUOMQ_STOMP__HEARTBEAT_SEND".to_string(), "2s".to_string()),
+            ("DUOMQ_STORAGE__FSYNC".to_string(), "false".to_string()),
+            ("OTHER".to_string(), "x".to_string()),
+        ];
+        let flags = [Override { path: "storage.dataDir", value: "/from/flag".to_string() }];
+        let cfg = BrokerConfig::load(Some(f.path()), env, &flags).unwrap();
+        assert_eq!(cfg.storage.data_dir, PathBuf::from("/from/flag"));
+        assert_eq!(cfg.stomp.heartbeat_send, HumanDuration::secs(2));
+        assert!(!cfg.storage.fsync);
+    }
+
+    #[test]
+    fn given_users_file_should_add_users() {
+        let mut f = tempfile::NamedTempFile::new().unwrap();
+        f.write_all(b"# comment\nalice:secret\n\nbob:p:w\n").unwrap();
+        let cfg = BrokerConfig {
+            auth: AuthConfig { users_file: Some(f.path().to_path_buf()), ..Default::default() },
+            ..Default::default()
+        };
+        let users = cfg.load_users().unwrap();
+        assert_eq!(users.len(), 2);
+        assert_eq!(users[1].password, "p:w");
+    }
+}

@@ -1,0 +1,397 @@
+//! One queue: pending messages in id order, its consumers with what each has in flight,
+//! and fair dispatch between them. A topic subscription is a queue with one consumer.
+//!
+//! All state sits behind one short-held lock; nothing here blocks or does I/O. Deliveries
+//! go to connections through unbounded channels whose depth the prefetch window bounds.
+
+use super::memory::Memory;
+use super::message::{ConsumerKey, Delivery, Entry};
+use crate::journal::MessageId;
+use parking_lot::Mutex;
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::sync::mpsc;
+
+/// What a connection's writer receives.
+#[derive(Debug)]
+pub enum Outbound {
+    Deliver(Delivery),
+    Frame(crate::stomp::Frame),
+    /// Flush, then close the socket.
+    Close,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckMode {
+    Auto,
+    Client,
+    ClientIndividual,
+}
+
+impl AckMode {
+    pub fn parse(s: Option<&str>) -> Option<AckMode> {
+        match s {
+            None | Some("auto") => Some(AckMode::Auto),
+            Some("client") => Some(AckMode::Client),
+            Some("client-individual") => Some(AckMode::ClientIndividual),
+            _ => None,
+        }
+    }
+}
+
+/// What the queue knows of a consumer.
+#[derive(Debug, Clone)]
+pub struct ConsumerHandle {
+    pub key: ConsumerKey,
+    pub subscription_id: Arc<str>,
+    pub ack_mode: AckMode,
+    pub prefetch: usize,
+    pub outbox: mpsc::UnboundedSender<Outbound>,
+}
+
+#[derive(Debug, Error, PartialEq, Eq)]
+pub enum AckError {
+    #[error("no subscription for this acknowledgement")]
+    UnknownConsumer,
+    #[error("message is not in flight on this subscription (already acknowledged, or never delivered)")]
+    NotInFlight,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum QueueKind {
+    /// `/queue/NAME`: point to point.
+    Anycast,
+    /// The private queue of one topic subscriber.
+    TopicSubscription,
+}
+
+pub struct Queue {
+    pub name: Arc<str>,
+    pub kind: QueueKind,
+    memory: Arc<Memory>,
+    state: Mutex<State>,
+}
+
+impl std::fmt::Debug for Queue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Queue").field("name", &self.name).finish()
+    }
+}
+
+#[derive(Default)]
+struct State {
+    pending: BTreeMap<MessageId, Entry>,
+    consumers: Vec<Consumer>,
+    /// Round-robin cursor into `consumers`.
+    next: usize,
+    bytes: usize,
+    enqueued_total: u64,
+    acked_total: u64,
+}
+
+struct Consumer {
+    handle: ConsumerHandle,
+    /// Delivered and not yet settled, by delivery tag (delivery order).
+    in_flight: BTreeMap<u64, Entry>,
+    next_tag: u64,
+    /// The connection is gone; skip it until it is removed.
+    closed: bool,
+}
+
+/// A point-in-time view for `/status` and metrics.
+#[derive(Debug, Clone)]
+pub struct QueueSnapshot {
+    pub name: String,
+    pub kind: QueueKind,
+    pub depth: usize,
+    pub in_flight: usize,
+    pub consumers: usize,
+    pub bytes: usize,
+    pub enqueued_total: u64,
+    pub acked_total: u64,
+}
+
+impl Queue {
+    pub fn new(name: Arc<str>, kind: QueueKind, memory: Arc<Memory>) -> Arc<Queue> {
+        Arc::new(Queue { name, kind, memory, state: Mutex::new(State::default()) })
+    }
+
+    /// Bytes of messages this queue holds (pending and in flight).
+    pub fn bytes(&self) -> usize {
+        self.state.lock().bytes
+    }
+
+    pub fn enqueue(self: &Arc<Self>, entry: Entry) {
+        let size = entry.message.footprint();
+        let mut st = self.state.lock();
+        st.bytes += size;
+        st.enqueued_total += 1;
+        st.pending.insert(entry.message.id, entry);
+        self.memory.add(size);
+        self.dispatch_locked(&mut st);
+    }
+
+    pub fn add_consumer(self: &Arc<Self>, handle: ConsumerHandle) {
+        let mut st = self.state.lock();
+        st.consumers.push(Consumer { handle, in_flight: BTreeMap::new(), next_tag: 0, closed: false });
+        self.dispatch_locked(&mut st);
+    }
+
+    /// Removes a consumer; whatever it had in flight goes back to the head of the queue,
+    /// marked redelivered, for the other consumers.
+    pub fn remove_consumer(self: &Arc<Self>, key: ConsumerKey) {
+        let mut st = self.state.lock();
+        let Some(pos) = st.consumers.iter().position(|c| c.handle.key == key) else { return };
+        let consumer = st.consumers.remove(pos);
+        if st.next > pos {
+            st.next -= 1;
+        }
+        for (_, mut entry) in consumer.in_flight {
+            entry.redelivered = true;
+            st.pending.insert(entry.message.id, entry);
+        }
+        self.dispatch_locked(&mut st);
+    }
+
+    /// Settles acknowledged deliveries and returns them; `cumulative` (ack mode `client`)
+    /// settles every delivery up to and including `tag`.
+    pub fn ack(self: &Arc<Self>, key: ConsumerKey, tag: u64, cumulative: bool) -> Result<Vec<Entry>, AckError> {
+        let mut st = self.state.lock();
+        let taken = take_in_flight(&mut st, key, tag, cumulative)?;
+        let freed: usize = taken.iter().map(|e| e.message.footprint()).sum();
+        st.bytes -= freed;
+        st.acked_total += taken.len() as u64;
+        self.memory.release(freed);
+        self.dispatch_locked(&mut st);
+        Ok(taken)
+    }
+
+    /// Returns negatively acknowledged deliveries to the head of the queue, redelivered.
+    pub fn nack(self: &Arc<Self>, key: ConsumerKey, tag: u64, cumulative: bool) -> Result<(), AckError> {
+        let mut st = self.state.lock();
+        let taken = take_in_flight(&mut st, key, tag, cumulative)?;
+        for mut entry in taken {
+            entry.redelivered = true;
+            st.pending.insert(entry.message.id, entry);
+        }
+        self.dispatch_locked(&mut st);
+        Ok(())
+    }
+
+    /// The delivery tag of a message in flight on a consumer (STOMP 1.0/1.1 ack by message-id).
+    pub fn tag_of(&self, key: ConsumerKey, id: MessageId) -> Result<u64, AckError> {
+        let st = self.state.lock();
+        let c = st.consumers.iter().find(|c| c.handle.key == key).ok_or(AckError::UnknownConsumer)?;
+        c.in_flight
+            .iter()
+            .find(|(_, e)| e.message.id == id)
+            .map(|(t, _)| *t)
+            .ok_or(AckError::NotInFlight)
+    }
+
+    /// Marks a consumer whose connection is gone so dispatch skips it.
+    fn mark_closed(st: &mut State, key: ConsumerKey) {
+        if let Some(c) = st.consumers.iter_mut().find(|c| c.handle.key == key) {
+            c.closed = true;
+        }
+    }
+
+    fn dispatch_locked(self: &Arc<Self>, st: &mut State) {
+        while !st.pending.is_empty() && !st.consumers.is_empty() {
+            let n = st.consumers.len();
+            let Some(offset) = (0..n).find(|i| {
+                let c = &st.consumers[(st.next + i) % n];
+                !c.closed && c.in_flight.len() < c.handle.prefetch
+            }) else {
+                return;
+            };
+            let idx = (st.next + offset) % n;
+            st.next = (idx + 1) % n;
+            let Some((_, entry)) = st.pending.pop_first() else { return };
+            let c = &mut st.consumers[idx];
+            let tag = c.next_tag;
+            c.next_tag += 1;
+            c.in_flight.insert(tag, entry.clone());
+            let delivery = Delivery {
+                queue: Arc::clone(self),
+                consumer: c.handle.key,
+                subscription_id: Arc::clone(&c.handle.subscription_id),
+                tag,
+                entry,
+                auto_ack: c.handle.ack_mode == AckMode::Auto,
+            };
+            if c.handle.outbox.send(Outbound::Deliver(delivery)).is_err() {
+                let key = c.handle.key;
+                if let Some(mut entry) = c.in_flight.remove(&tag) {
+                    entry.redelivered = false;
+                    st.pending.insert(entry.message.id, entry);
+                }
+                Self::mark_closed(st, key);
+            }
+        }
+    }
+
+    pub fn snapshot(&self) -> QueueSnapshot {
+        let st = self.state.lock();
+        QueueSnapshot {
+            name: self.name.to_string(),
+            kind: self.kind,
+            depth: st.pending.len(),
+            in_flight: st.consumers.iter().map(|c| c.in_flight.len()).sum(),
+            consumers: st.consumers.len(),
+            bytes: st.bytes,
+            enqueued_total: st.enqueued_total,
+            acked_total: st.acked_total,
+        }
+    }
+
+    /// Drops every message (a topic subscriber's queue when it unsubscribes).
+    pub fn purge(&self) {
+        let mut st = self.state.lock();
+        let freed = st.bytes;
+        st.pending.clear();
+        for c in &mut st.consumers {
+            c.in_flight.clear();
+        }
+        st.bytes = 0;
+        self.memory.release(freed);
+    }
+}
+
+fn take_in_flight(st: &mut State, key: ConsumerKey, tag: u64, cumulative: bool) -> Result<Vec<Entry>, AckError> {
+    let c = st.consumers.iter_mut().find(|c| c.handle.key == key).ok_or(AckError::UnknownConsumer)?;
+    if !c.in_flight.contains_key(&tag) {
+        return Err(AckError::NotInFlight);
+    }
+    if !cumulative {
+        return Ok(c.in_flight.remove(&tag).into_iter().collect());
+    }
+    let rest = c.in_flight.split_off(&(tag + 1));
+    let taken = std::mem::replace(&mut c.in_flight, rest);
+    Ok(taken.into_values().collect::<VecDeque<_>>().into())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::message::Message;
+    use bytes::Bytes;
+
+    fn entry(id: u64) -> Entry {
+        Entry {
+            message: Arc::new(Message {
+                id: MessageId(id),
+                destination: Arc::from("/queue/q"),
+                headers: vec![],
+                body: Bytes::from_static(b"x"),
+                persistent: true,
+            }),
+            journaled: true,
+            redelivered: false,
+        }
+    }
+
+    fn consumer(key: u64, prefetch: usize, mode: AckMode) -> (ConsumerHandle, mpsc::UnboundedReceiver<Outbound>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let h = ConsumerHandle {
+            key: ConsumerKey(key),
+            subscription_id: Arc::from(format!("s{key}")),
+            ack_mode: mode,
+            prefetch,
+            outbox: tx,
+        };
+        (h, rx)
+    }
+
+    fn delivered(rx: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<(u64, u64, bool)> {
+        let mut out = vec![];
+        while let Ok(Outbound::Deliver(d)) = rx.try_recv() {
+            out.push((d.entry.message.id.0, d.tag, d.entry.redelivered));
+        }
+        out
+    }
+
+    fn queue() -> Arc<Queue> {
+        Queue::new(Arc::from("/queue/q"), QueueKind::Anycast, Arc::new(Memory::new(1 << 20, 1 << 20)))
+    }
+
+    #[test]
+    fn given_two_consumers_when_messages_arrive_should_alternate() {
+        let q = queue();
+        let (a, mut ra) = consumer(1, 10, AckMode::ClientIndividual);
+        let (b, mut rb) = consumer(2, 10, AckMode::ClientIndividual);
+        q.add_consumer(a);
+        q.add_consumer(b);
+        for i in 0..4 {
+            q.enqueue(entry(i));
+        }
+        assert_eq!(delivered(&mut ra).iter().map(|d| d.0).collect::<Vec<_>>(), vec![0, 2]);
+        assert_eq!(delivered(&mut rb).iter().map(|d| d.0).collect::<Vec<_>>(), vec![1, 3]);
+    }
+
+    #[test]
+    fn given_prefetch_when_full_should_hold_back_until_ack() {
+        let q = queue();
+        let (a, mut ra) = consumer(1, 2, AckMode::ClientIndividual);
+        q.add_consumer(a);
+        for i in 0..5 {
+            q.enqueue(entry(i));
+        }
+        let got = delivered(&mut ra);
+        assert_eq!(got.len(), 2);
+        assert_eq!(q.snapshot().depth, 3);
+        q.ack(ConsumerKey(1), got[0].1, false).unwrap();
+        assert_eq!(delivered(&mut ra).len(), 1);
+    }
+
+    #[test]
+    fn given_consumer_leaves_should_redeliver_in_flight_marked() {
+        let q = queue();
+        let (a, mut ra) = consumer(1, 10, AckMode::Client);
+        q.add_consumer(a);
+        q.enqueue(entry(7));
+        assert_eq!(delivered(&mut ra).len(), 1);
+        q.remove_consumer(ConsumerKey(1));
+        let (b, mut rb) = consumer(2, 10, AckMode::Client);
+        q.add_consumer(b);
+        assert_eq!(delivered(&mut rb), vec![(7, 0, true)]);
+    }
+
+    #[test]
+    fn given_client_mode_when_acking_last_should_settle_all_before() {
+        let q = queue();
+        let (a, mut ra) = consumer(1, 10, AckMode::Client);
+        q.add_consumer(a);
+        for i in 0..3 {
+            q.enqueue(entry(i));
+        }
+        let got = delivered(&mut ra);
+        let settled = q.ack(ConsumerKey(1), got[1].1, true).unwrap();
+        assert_eq!(settled.len(), 2);
+        assert_eq!(q.snapshot().in_flight, 1);
+        assert_eq!(q.ack(ConsumerKey(1), got[1].1, true).unwrap_err(), AckError::NotInFlight);
+    }
+
+    #[test]
+    fn given_nack_should_redeliver_first() {
+        let q = queue();
+        let (a, mut ra) = consumer(1, 1, AckMode::ClientIndividual);
+        q.add_consumer(a);
+        q.enqueue(entry(1));
+        q.enqueue(entry(2));
+        let got = delivered(&mut ra);
+        q.nack(ConsumerKey(1), got[0].1, false).unwrap();
+        assert_eq!(delivered(&mut ra), vec![(1, 1, true)]);
+    }
+
+    #[test]
+    fn given_closed_outbox_should_keep_message_pending() {
+        let q = queue();
+        let (a, ra) = consumer(1, 10, AckMode::Auto);
+        drop(ra);
+        q.add_consumer(a);
+        q.enqueue(entry(1));
+        assert_eq!(q.snapshot().depth, 1);
+    }
+}

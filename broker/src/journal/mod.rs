@@ -1,0 +1,332 @@
+//! The write-ahead journal of persistent messages and their acknowledgements.
+//!
+//! Its job: make every `Op` whose [`Journal::append`] future resolved `Ok` survive a
+//! `kill -9` at any instant, and hand back, on the next [`Journal::open`], exactly the
+//! messages that were added and not acknowledged. It is append-only, split into segment
+//! files, checksummed per record, and commits concurrent appends together (one write and
+//! one `fdatasync` per batch). It deletes a segment once nothing in it can matter to a
+//! recovery any more.
+//!
+//! What it must not do: decide anything about delivery, hold messages for consumers, or
+//! rewrite history. Recovery modifies files only to cut a torn tail off the last segment;
+//! on any other damage it stops with an error and leaves every file as it found it.
+//!
+//! Layout on disk: `dir/journal-<20-digit sequence>.seg`, each starting with a
+//! [`segment`] header, followed by records `[u32 LE length][u32 LE crc32c][payload]`
+//! ([`record`]). `dir/journal.lock` is held (flock) while a journal is open.
+//!
+//! Threading: one dedicated std thread does all file I/O after `open`. [`Journal::append`]
+//! only encodes and queues, so it never blocks the async runtime; [`Journal::open`] and
+//! [`Journal::close`] do block and belong in `spawn_blocking` once a runtime serves traffic.
+
+mod error;
+mod lock;
+mod metrics;
+mod reclaim;
+mod record;
+mod recovery;
+mod segment;
+mod writer;
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex, PoisonError, RwLock};
+use std::task::{Context, Poll};
+use std::thread::JoinHandle;
+
+use bytes::Bytes;
+use tokio::sync::oneshot;
+
+pub use error::JournalError;
+pub use metrics::JournalMetrics;
+pub use record::MAX_RECORD_PAYLOAD;
+
+use reclaim::Effect;
+use writer::{Request, Writer};
+
+/// Default size at which the journal rolls to a new segment file.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
+/// Default upper bound of the bytes one group commit writes.
+pub const DEFAULT_MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
+
+/// Global, monotonically increasing message sequence number assigned by the broker.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct MessageId(pub u64);
+
+impl std::fmt::Display for MessageId {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        self.0.fmt(f)
+    }
+}
+
+/// A persistent message as the journal stores and recovers it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoredMessage {
+    /// The broker-assigned sequence number; acks refer to it.
+    pub id: MessageId,
+    /// The destination the message was sent to, e.g. `/queue/orders`.
+    pub destination: String,
+    /// User headers, in the order the producer sent them.
+    pub headers: Vec<(String, String)>,
+    /// The message body.
+    pub body: Bytes,
+}
+
+/// One operation. A record holds one or more ops and is applied atomically on recovery,
+/// which is how a STOMP transaction's sends and acks commit together.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Op {
+    /// A message became persistent.
+    Add(StoredMessage),
+    /// A message was acknowledged and must not come back after a restart.
+    Ack(MessageId),
+}
+
+/// Where the journal lives and how it writes.
+#[derive(Debug, Clone)]
+pub struct JournalConfig {
+    /// Directory holding the segment files; created if missing.
+    pub dir: PathBuf,
+    /// Roll to a new segment file once the current one reaches this many bytes. A segment
+    /// may exceed it by at most one batch.
+    pub segment_size: u64,
+    /// Upper bound of one group-commit write; a single record larger than this is written
+    /// alone.
+    pub max_batch_bytes: usize,
+    /// Call `fdatasync` before completing appends. `false` gives up durability entirely
+    /// (an acknowledged append can be lost on power failure); only benchmarks and tests
+    /// that say so should turn it off.
+    pub fsync: bool,
+}
+
+impl JournalConfig {
+    /// A configuration for `dir` with the default segment size, batch bound and fsync on.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
+            fsync: true,
+        }
+    }
+}
+
+/// What [`Journal::open`] found on disk.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Recovered {
+    /// Every added-and-not-acked message, sorted by id.
+    pub messages: Vec<StoredMessage>,
+    /// One past the highest id the journal has ever seen (0 if it is empty). Stays
+    /// monotonic across restarts even after the segments holding the highest ids were
+    /// reclaimed, because every segment header carries the floor at its creation.
+    pub next_id: MessageId,
+    /// Number of segment files read.
+    pub segments: usize,
+    /// Number of records applied.
+    pub records: u64,
+    /// Bytes cut off the last segment because its tail was torn (0 after a clean stop).
+    pub torn_tail_bytes: u64,
+}
+
+/// A snapshot of the journal's state, refreshed after every batch.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct JournalStats {
+    /// Segment files on disk.
+    pub segments: usize,
+    /// Bytes in those segment files.
+    pub bytes_on_disk: u64,
+    /// Messages added and not yet acked.
+    pub live_messages: usize,
+    /// Records appended (and made durable) since open.
+    pub records_appended: u64,
+    /// Group commits (one write plus one fsync each) since open.
+    pub batches: u64,
+    /// Batches that failed since open.
+    pub write_errors: u64,
+}
+
+/// Handle to an open journal. Cheap to clone; all clones share one writer thread.
+///
+/// Dropping every clone without [`Journal::close`] lets the writer finish what was
+/// queued and stop on its own, but nobody learns whether its last sync worked.
+#[derive(Clone)]
+pub struct Journal {
+    shared: Arc<Shared>,
+}
+
+struct Shared {
+    // Appends hold the read lock while sending so that close, taking the write lock,
+    // cannot slip between an append's check and its send.
+    sender: RwLock<Option<mpsc::Sender<Request>>>,
+    writer: Mutex<Option<JoinHandle<Result<(), JournalError>>>>,
+    stats: Arc<Mutex<JournalStats>>,
+}
+
+impl std::fmt::Debug for Journal {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Journal")
+            .field("stats", &self.stats())
+            .finish_non_exhaustive()
+    }
+}
+
+impl Journal {
+    /// Recovers the directory (creating it if missing), then starts the writer thread.
+    ///
+    /// Blocks on file I/O. Fails if another journal holds the directory, if a segment
+    /// other than the last is damaged, or if the last one is damaged in its middle; in
+    /// those cases no segment file was modified.
+    pub fn open(
+        config: JournalConfig,
+        metrics: JournalMetrics,
+    ) -> Result<(Journal, Recovered), JournalError> {
+        std::fs::create_dir_all(&config.dir).map_err(|source| JournalError::CreateDir {
+            path: config.dir.clone(),
+            source: source.into(),
+        })?;
+        let lock = lock::DirLock::acquire(&config.dir)?;
+        let recovery = recovery::recover(&config.dir)?;
+        let recovered = recovery.recovered.clone();
+        let stats = Arc::new(Mutex::new(JournalStats::default()));
+        let writer = Writer::start(&config, recovery, metrics, Arc::clone(&stats), lock)?;
+        let (sender, receiver) = mpsc::channel();
+        let handle = std::thread::Builder::new()
+            .name("duomq-journal".into())
+            .spawn(move || writer.run(receiver))
+            .map_err(|source| JournalError::SpawnWriter {
+                source: source.into(),
+            })?;
+        tracing::info!(
+            dir = %config.dir.display(),
+            segments = recovered.segments,
+            records = recovered.records,
+            messages = recovered.messages.len(),
+            next_id = recovered.next_id.0,
+            "opened journal"
+        );
+        let journal = Journal {
+            shared: Arc::new(Shared {
+                sender: RwLock::new(Some(sender)),
+                writer: Mutex::new(Some(handle)),
+                stats,
+            }),
+        };
+        Ok((journal, recovered))
+    }
+
+    /// Queues one record holding `ops`.
+    ///
+    /// Order is fixed at the moment of the call (a synchronous channel send), so a caller
+    /// that calls append for A then B gets A before B on disk even though it awaits later.
+    /// The returned future resolves after the record is written AND fdatasync'ed, or with
+    /// the error that failed its batch (every record of a failed batch gets that error and
+    /// none of them is on disk). Never blocks.
+    pub fn append(&self, ops: Vec<Op>) -> AppendFuture {
+        let len = record::payload_len(&ops);
+        if len > MAX_RECORD_PAYLOAD {
+            return AppendFuture::ready(Err(JournalError::RecordTooLarge {
+                len,
+                max: MAX_RECORD_PAYLOAD,
+            }));
+        }
+        let mut frame = Vec::with_capacity(record::FRAME_HEADER_LEN + len);
+        record::encode_frame(&ops, &mut frame);
+        let effects = ops.iter().map(Effect::of).collect();
+        let (reply, receiver) = oneshot::channel();
+        let request = Request {
+            frame,
+            effects,
+            reply,
+        };
+        let sender = self
+            .shared
+            .sender
+            .read()
+            .unwrap_or_else(PoisonError::into_inner);
+        match sender.as_ref().map(|sender| sender.send(request)) {
+            Some(Ok(())) => AppendFuture {
+                state: AppendState::Waiting(receiver),
+            },
+            // No sender (closed) or a writer thread that is gone: either way nothing will
+            // ever write this record.
+            None | Some(Err(_)) => AppendFuture::ready(Err(JournalError::Closed)),
+        }
+    }
+
+    /// Finishes everything already appended, fsyncs, stops the writer thread. Idempotent;
+    /// appends made afterwards resolve to [`JournalError::Closed`]. Blocks until the writer
+    /// is done, so async callers use `spawn_blocking`.
+    pub fn close(&self) -> Result<(), JournalError> {
+        // Dropping the only sender lets the writer drain its queue and then stop.
+        drop(
+            self.shared
+                .sender
+                .write()
+                .unwrap_or_else(PoisonError::into_inner)
+                .take(),
+        );
+        let handle = self
+            .shared
+            .writer
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .take();
+        match handle {
+            Some(handle) => handle.join().map_err(|_| JournalError::WriterPanicked)?,
+            None => Ok(()),
+        }
+    }
+
+    /// Segments and bytes on disk, live messages, appended records, as of the last batch.
+    pub fn stats(&self) -> JournalStats {
+        *self
+            .shared
+            .stats
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+/// Resolves once an appended record is durable, or with the error that prevented it.
+#[must_use = "an append is only durable once its future resolves Ok"]
+#[derive(Debug)]
+pub struct AppendFuture {
+    state: AppendState,
+}
+
+#[derive(Debug)]
+enum AppendState {
+    Waiting(oneshot::Receiver<Result<(), JournalError>>),
+    Ready(Option<Result<(), JournalError>>),
+}
+
+impl AppendFuture {
+    fn ready(result: Result<(), JournalError>) -> Self {
+        Self {
+            state: AppendState::Ready(Some(result)),
+        }
+    }
+}
+
+impl Future for AppendFuture {
+    type Output = Result<(), JournalError>;
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match &mut self.state {
+            AppendState::Waiting(receiver) => match Pin::new(receiver).poll(cx) {
+                Poll::Ready(Ok(result)) => Poll::Ready(result),
+                // The writer dropped the request without answering: it has stopped.
+                Poll::Ready(Err(_)) => Poll::Ready(Err(JournalError::Closed)),
+                Poll::Pending => Poll::Pending,
+            },
+            AppendState::Ready(result) => {
+                Poll::Ready(result.take().unwrap_or(Err(JournalError::Closed)))
+            }
+        }
+    }
+}

@@ -1,0 +1,13 @@
+//! duomq-broker: a durable STOMP 1.2 message broker, the member of every duomq
+//! BrokerGroup. Modules by concern: `stomp` (codec, pure), `journal` (durability),
+//! `engine` (queues and consumers), `server` (connections), `admin` (HTTP contract and
+//! endpoint), `client` (a Rust STOMP client), `config` (`broker.yaml`).
+
+pub mod admin;
+pub mod config;
+pub mod engine;
+pub mod journal;
+pub mod metrics;
+pub mod runtime;
+pub mod server;
+pub mod stomp;

@@ -1,0 +1,113 @@
+//! The `duomq-broker` command: run the broker, print its default config, and send or
+//! receive messages as a client.
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use duomq_broker::config::{BrokerConfig, LogFormat, Override, DEFAULT_CONFIG_YAML};
+use std::path::PathBuf;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Parser)]
+#[command(
+    name = "duomq-broker",
+    version,
+    about = "duomq's message broker: durable STOMP 1.2 queues and topics that survive kill -9",
+    long_about = "duomq's message broker: durable STOMP 1.2 queues and topics that survive kill -9.\n\n\
+        Start one on built-in defaults with `duomq-broker run` (STOMP on 127.0.0.1:61613, admin HTTP on \
+        127.0.0.1:8161, data in ./data), then try `duomq-broker send` and `duomq-broker receive`."
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run the broker until SIGTERM or Ctrl-C.
+    Run(RunArgs),
+    /// Print the whole broker.yaml with every field at its default, commented.
+    PrintDefaultConfig,
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// broker.yaml to read; without it the built-in defaults apply. DUOMQ_* environment
+    /// variables override the file (DUOMQ_STORAGE__DATA_DIR=...), flags override both.
+    #[arg(long, short = 'c', value_name = "FILE")]
+    config: Option<PathBuf>,
+    /// Directory of the journal (storage.dataDir).
+    #[arg(long, value_name = "DIR")]
+    data_dir: Option<PathBuf>,
+    /// Address of the STOMP listener (stomp.listen), e.g. 0.0.0.0:61613.
+    #[arg(long, value_name = "ADDR")]
+    stomp_listen: Option<String>,
+    /// Address of the admin HTTP endpoint (admin.listen).
+    #[arg(long, value_name = "ADDR")]
+    admin_listen: Option<String>,
+    /// Log filter (log.level), e.g. debug or duomq_broker=debug.
+    #[arg(long, value_name = "FILTER")]
+    log_level: Option<String>,
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::PrintDefaultConfig => {
+            print!("{DEFAULT_CONFIG_YAML}");
+            Ok(())
+        }
+        Command::Run(args) => run(args),
+    }
+}
+
+fn run(args: RunArgs) -> anyhow::Result<()> {
+    let mut overrides = Vec::new();
+    if let Some(d) = args.data_dir {
+        overrides.push(Override { path: "storage.dataDir", value: d.display().to_string() });
+    }
+    if let Some(a) = args.stomp_listen {
+        overrides.push(Override { path: "stomp.listen", value: a });
+    }
+    if let Some(a) = args.admin_listen {
+        overrides.push(Override { path: "admin.listen", value: a });
+    }
+    if let Some(l) = args.log_level {
+        overrides.push(Override { path: "log.level", value: l });
+    }
+    let config = BrokerConfig::load(args.config.as_deref(), std::env::vars(), &overrides)?;
+    init_logging(&config);
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+    runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        let on_signal = shutdown.clone();
+        tokio::spawn(async move {
+            wait_for_signal().await;
+            tracing::info!("shutdown requested: closing clients and flushing the journal");
+            on_signal.cancel();
+        });
+        duomq_broker::runtime::run(config, shutdown).await
+    })?;
+    Ok(())
+}
+
+async fn wait_for_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut term) = signal(SignalKind::terminate()) else {
+        let _ = tokio::signal::ctrl_c().await;
+        return;
+    };
+    tokio::select! {
+        _ = term.recv() => {}
+        _ = tokio::signal::ctrl_c() => {}
+    }
+}
+
+fn init_logging(config: &BrokerConfig) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new(&config.log.level));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match config.log.format {
+        LogFormat::Json => builder.json().init(),
+        LogFormat::Text => builder.init(),
+    }
+}

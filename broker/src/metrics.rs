@@ -1,0 +1,96 @@
+//! Prometheus metrics of the broker, in one registry served at `/metrics`.
+//! Labels stay low-cardinality: per-queue gauges are filled at scrape time from the
+//! engine's snapshot, never updated per message.
+
+use crate::engine::queue::QueueSnapshot;
+use crate::journal::JournalMetrics;
+use parking_lot::Mutex;
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
+use prometheus_client::registry::Registry;
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct QueueLabels {
+    pub queue: String,
+}
+
+pub struct Metrics {
+    registry: Mutex<Registry>,
+    pub messages_in: Counter,
+    pub messages_out: Counter,
+    pub bytes_in: Counter,
+    pub bytes_out: Counter,
+    pub connections: Gauge,
+    pub connections_total: Counter,
+    pub connections_rejected: Counter,
+    pub protocol_errors: Counter,
+    pub producer_blocked: Counter,
+    pub memory_bytes: Gauge,
+    queue_depth: Family<QueueLabels, Gauge>,
+    queue_in_flight: Family<QueueLabels, Gauge>,
+    queue_consumers: Family<QueueLabels, Gauge>,
+}
+
+impl Metrics {
+    /// Builds the registry; the journal's metrics are registered in it too.
+    pub fn new() -> (Metrics, JournalMetrics) {
+        let mut registry = Registry::default();
+        let journal = JournalMetrics::register(&mut registry);
+        let m = Metrics {
+            messages_in: Counter::default(),
+            messages_out: Counter::default(),
+            bytes_in: Counter::default(),
+            bytes_out: Counter::default(),
+            connections: Gauge::default(),
+            connections_total: Counter::default(),
+            connections_rejected: Counter::default(),
+            protocol_errors: Counter::default(),
+            producer_blocked: Counter::default(),
+            memory_bytes: Gauge::default(),
+            queue_depth: Family::default(),
+            queue_in_flight: Family::default(),
+            queue_consumers: Family::default(),
+            registry: Mutex::new(Registry::default()),
+        };
+        registry.register("duomq_messages_in", "Messages accepted from producers", m.messages_in.clone());
+        registry.register("duomq_messages_out", "Messages delivered to consumers", m.messages_out.clone());
+        registry.register("duomq_bytes_in", "Message body bytes accepted", m.bytes_in.clone());
+        registry.register("duomq_bytes_out", "Message body bytes delivered", m.bytes_out.clone());
+        registry.register("duomq_connections", "Open client connections", m.connections.clone());
+        registry.register("duomq_connections_opened", "Client connections accepted", m.connections_total.clone());
+        registry.register(
+            "duomq_connections_rejected",
+            "Connections refused (limit, authentication, handshake)",
+            m.connections_rejected.clone(),
+        );
+        registry.register("duomq_protocol_errors", "Connections closed with a protocol ERROR", m.protocol_errors.clone());
+        registry.register("duomq_producer_blocked", "SEND frames that waited for memory", m.producer_blocked.clone());
+        registry.register("duomq_memory_bytes", "Message bytes held in memory", m.memory_bytes.clone());
+        registry.register("duomq_queue_depth", "Messages waiting for a consumer", m.queue_depth.clone());
+        registry.register("duomq_queue_in_flight", "Messages delivered, not yet acknowledged", m.queue_in_flight.clone());
+        registry.register("duomq_queue_consumers", "Consumers per queue", m.queue_consumers.clone());
+        *m.registry.lock() = registry;
+        (m, journal)
+    }
+
+    /// Renders the text exposition, refreshing the per-queue gauges first.
+    pub fn render(&self, queues: &[QueueSnapshot], memory_used: usize) -> String {
+        self.queue_depth.clear();
+        self.queue_in_flight.clear();
+        self.queue_consumers.clear();
+        for q in queues {
+            let labels = QueueLabels { queue: q.name.clone() };
+            self.queue_depth.get_or_create(&labels).set(q.depth as i64);
+            self.queue_in_flight.get_or_create(&labels).set(q.in_flight as i64);
+            self.queue_consumers.get_or_create(&labels).set(q.consumers as i64);
+        }
+        self.memory_bytes.set(memory_used as i64);
+        let mut out = String::new();
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry.lock()) {
+            tracing::warn!(error = %e, "failed to encode metrics");
+        }
+        out
+    }
+}

@@ -1,0 +1,698 @@
+//! One client connection, top to bottom: handshake (CONNECT, version, login, heart-beats),
+//! the session loop (frames in, effects applied in frame order), and the close (consumers
+//! removed so their in-flight messages are redelivered).
+//!
+//! Persistent SENDs are handed to the journal as soon as they are read, so a pipelining
+//! producer shares group commits; their effects (enqueue, RECEIPT) are applied strictly in
+//! frame order once durable, through `pending`.
+
+use super::writer::Writer;
+use crate::engine::message::{parse_ack_token, ConsumerKey, Message};
+use crate::engine::queue::{AckError, AckMode, ConsumerHandle, Outbound, Queue};
+use crate::engine::{Broker, DestinationError, Target, Topic};
+use crate::journal::{MessageId, Op, StoredMessage};
+use crate::metrics::Metrics;
+use crate::stomp::{CodecError, Command, Frame, Inbound, Limits, StompCodec, Version};
+use bytes::BytesMut;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, StreamExt};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::OwnedReadHalf;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// Why a connection ends with an ERROR frame. The message goes in the `message` header.
+#[derive(Debug, Error)]
+pub enum FrameError {
+    #[error("malformed frame: {0}")]
+    Codec(#[from] CodecError),
+    #[error("{0} frame requires a {1} header")]
+    MissingHeader(Command, &'static str),
+    #[error("{0}")]
+    Destination(#[from] DestinationError),
+    #[error("unsupported STOMP version; this broker speaks 1.0, 1.1 and 1.2")]
+    Version,
+    #[error("authentication failed for login {0:?}")]
+    Auth(String),
+    #[error("{0} is not a client frame")]
+    UnexpectedCommand(Command),
+    #[error("subscription id {0:?} already in use on this connection")]
+    DuplicateSubscription(String),
+    #[error("no subscription with id {0:?}")]
+    UnknownSubscription(String),
+    #[error("invalid ack mode {0:?} (use auto, client or client-individual)")]
+    AckMode(String),
+    #[error("invalid acknowledgement {id:?}: {source}")]
+    Ack { id: String, source: AckError },
+    #[error("transaction {0:?} is not active")]
+    UnknownTransaction(String),
+    #[error("transaction {0:?} already begun")]
+    DuplicateTransaction(String),
+    #[error("transaction {0:?} holds more than the queue memory limit")]
+    TransactionTooLarge(String),
+    #[error("destination is full: no room within {0:?} (memory limits)")]
+    NoRoom(Duration),
+    #[error("failed to persist: {0}")]
+    Persist(String),
+}
+
+/// Everything a connection needs from the server.
+#[derive(Clone)]
+pub struct ConnectionContext {
+    pub broker: Arc<Broker>,
+    pub metrics: Arc<Metrics>,
+    pub shutdown: CancellationToken,
+}
+
+pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ConnectionContext) {
+    let _ = stream.set_nodelay(true);
+    let cfg = &ctx.broker.config.stomp;
+    let limits = Limits {
+        max_header_bytes: cfg.max_header_bytes.as_usize(),
+        max_headers: cfg.max_headers,
+        max_body_bytes: cfg.max_body_bytes.as_usize(),
+    };
+    let (mut rd, mut wr) = stream.into_split();
+    let mut codec = StompCodec::new(limits);
+    let mut buf = BytesMut::with_capacity(16 * 1024);
+
+    // Handshake: the first frame must be CONNECT or STOMP, within the connect timeout.
+    let connect = tokio::select! {
+        r = tokio::time::timeout(cfg.connect_timeout.get(), read_frame(&mut rd, &mut codec, &mut buf)) => match r {
+            Ok(Ok(Some(frame))) => frame,
+            Ok(Ok(None)) => return,
+            Ok(Err(e)) => return reject(&mut wr, &codec, &ctx, &e, None).await,
+            Err(_) => {
+                tracing::debug!(%peer, "client sent no CONNECT in time");
+                ctx.metrics.connections_rejected.inc();
+                return;
+            }
+        },
+        _ = ctx.shutdown.cancelled() => return,
+    };
+    let session = match handshake(&connect, &ctx.broker) {
+        Ok(s) => s,
+        Err(e) => return reject(&mut wr, &codec, &ctx, &e, connect.get("receipt")).await,
+    };
+    codec.set_version(session.version);
+    let connected = Frame::new(Command::Connected)
+        .header("version", session.version.as_str())
+        .header("heart-beat", session.heart_beat_header.clone())
+        .header("session", session.id.clone())
+        .header("server", concat!("duomq/", env!("CARGO_PKG_VERSION")));
+    let mut out = BytesMut::new();
+    codec.encode(&connected, &mut out);
+    if wr.write_all(&out).await.is_err() {
+        return;
+    }
+    tracing::debug!(%peer, login = %session.login, version = %session.version, "client connected");
+
+    let (outbox, outbox_rx) = mpsc::unbounded_channel();
+    let writer_done = CancellationToken::new();
+    let mut writer_codec = StompCodec::new(limits);
+    writer_codec.set_version(session.version);
+    let writer = tokio::spawn(
+        Writer {
+            socket: wr,
+            outbox: outbox_rx,
+            codec: writer_codec,
+            heartbeat: session.send_every,
+            broker: Arc::clone(&ctx.broker),
+            metrics: Arc::clone(&ctx.metrics),
+            done: writer_done.clone(),
+        }
+        .run(),
+    );
+    let mut conn = Connection {
+        ctx: ctx.clone(),
+        peer,
+        version: session.version,
+        outbox,
+        subscriptions: HashMap::new(),
+        transactions: HashMap::new(),
+        pending: FuturesOrdered::new(),
+    };
+    let end = conn.session_loop(rd, codec, buf, session.expect_every, writer_done).await;
+    conn.close(end).await;
+    let _ = writer.await;
+}
+
+struct Session {
+    id: String,
+    login: String,
+    version: Version,
+    heart_beat_header: String,
+    /// How often the broker sends heart-beats to this client.
+    send_every: Option<Duration>,
+    /// How often the client promised to send something.
+    expect_every: Option<Duration>,
+}
+
+fn handshake(frame: &Frame, broker: &Broker) -> Result<Session, FrameError> {
+    if !matches!(frame.command, Command::Connect | Command::Stomp) {
+        return Err(FrameError::UnexpectedCommand(frame.command));
+    }
+    let version = Version::negotiate(frame.get("accept-version")).ok_or(FrameError::Version)?;
+    let login = frame.get("login").unwrap_or("").to_string();
+    authenticate(broker, &login, frame.get("passcode"))?;
+    let cfg = &broker.config.stomp;
+    let (cx, cy) = parse_heart_beat(frame.get("heart-beat"));
+    let (sx, sy) = (cfg.heartbeat_send.get(), cfg.heartbeat_receive.get());
+    let every = |a: Duration, b: Duration| (!a.is_zero() && !b.is_zero()).then(|| a.max(b));
+    Ok(Session {
+        id: format!("{}-{:x}", broker.node_id, rand::random::<u32>()),
+        login,
+        version,
+        heart_beat_header: format!("{},{}", sx.as_millis(), sy.as_millis()),
+        send_every: every(sx, cy),
+        expect_every: every(cx, sy),
+    })
+}
+
+fn authenticate(broker: &Broker, login: &str, passcode: Option<&str>) -> Result<(), FrameError> {
+    let users = broker.users();
+    if users.is_empty() {
+        return Ok(());
+    }
+    if login.is_empty() && passcode.is_none() && broker.config.auth.allow_anonymous {
+        return Ok(());
+    }
+    let given = passcode.unwrap_or("");
+    let ok = users.iter().any(|u| u.name == login && constant_time_eq(u.password.as_bytes(), given.as_bytes()));
+    if ok {
+        Ok(())
+    } else {
+        Err(FrameError::Auth(login.to_string()))
+    }
+}
+
+fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+fn parse_heart_beat(h: Option<&str>) -> (Duration, Duration) {
+    let Some((a, b)) = h.and_then(|h| h.split_once(',')) else {
+        return (Duration::ZERO, Duration::ZERO);
+    };
+    let ms = |s: &str| Duration::from_millis(s.trim().parse().unwrap_or(0));
+    (ms(a), ms(b))
+}
+
+/// Sends an ERROR for a failed handshake and closes.
+async fn reject(
+    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    codec: &StompCodec,
+    ctx: &ConnectionContext,
+    e: &FrameError,
+    receipt: Option<&str>,
+) {
+    ctx.metrics.connections_rejected.inc();
+    tracing::info!(error = %e, "refused client connection");
+    let mut out = BytesMut::new();
+    codec.encode(&error_frame(e, receipt), &mut out);
+    let _ = wr.write_all(&out).await;
+    let _ = wr.shutdown().await;
+}
+
+fn error_frame(e: &FrameError, receipt: Option<&str>) -> Frame {
+    let mut f = Frame::new(Command::Error)
+        .header("message", e.to_string())
+        .header("content-type", "text/plain")
+        .with_body(format!("{e}\n"));
+    if let Some(r) = receipt {
+        f = f.header("receipt-id", r);
+    }
+    f
+}
+
+async fn read_frame(
+    rd: &mut OwnedReadHalf,
+    codec: &mut StompCodec,
+    buf: &mut BytesMut,
+) -> Result<Option<Frame>, FrameError> {
+    loop {
+        while let Some(item) = codec.decode(buf)? {
+            if let Inbound::Frame(f) = item {
+                return Ok(Some(f));
+            }
+        }
+        match rd.read_buf(buf).await {
+            Ok(0) | Err(_) => return Ok(None),
+            Ok(_) => {}
+        }
+    }
+}
+
+/// How the session loop ended.
+enum End {
+    /// The peer closed or the socket failed.
+    Gone,
+    /// DISCONNECT: finish pending work, answer its receipt.
+    Disconnect(Option<String>),
+    /// Protocol error: ERROR frame, then close.
+    Error(FrameError, Option<String>),
+    /// Heart-beats stopped.
+    Silent,
+    /// The broker is stopping.
+    Shutdown,
+}
+
+struct Subscription {
+    key: ConsumerKey,
+    queue: Arc<Queue>,
+    topic: Option<Arc<Topic>>,
+    mode: AckMode,
+}
+
+/// A SEND read but not yet applied.
+struct PreparedSend {
+    target: Target,
+    message: Arc<Message>,
+    journaled: bool,
+}
+
+/// A transactional ACK or NACK, applied at COMMIT.
+struct PendingAck {
+    queue: Arc<Queue>,
+    key: ConsumerKey,
+    tag: u64,
+    cumulative: bool,
+    nack: bool,
+    id: String,
+}
+
+#[derive(Default)]
+struct Transaction {
+    sends: Vec<PreparedSend>,
+    acks: Vec<PendingAck>,
+    bytes: usize,
+}
+
+/// What becomes visible once the journal has made a frame durable.
+struct Effect {
+    publish: Vec<PreparedSend>,
+    receipt: Option<String>,
+}
+
+type Pending = BoxFuture<'static, Result<Effect, (FrameError, Option<String>)>>;
+
+struct Connection {
+    ctx: ConnectionContext,
+    peer: SocketAddr,
+    version: Version,
+    outbox: mpsc::UnboundedSender<Outbound>,
+    subscriptions: HashMap<String, Subscription>,
+    transactions: HashMap<String, Transaction>,
+    pending: FuturesOrdered<Pending>,
+}
+
+impl Connection {
+    async fn session_loop(
+        &mut self,
+        mut rd: OwnedReadHalf,
+        mut codec: StompCodec,
+        mut buf: BytesMut,
+        expect_every: Option<Duration>,
+        writer_done: CancellationToken,
+    ) -> End {
+        let grace = self.ctx.broker.config.stomp.heartbeat_grace;
+        let silence_limit = expect_every.map(|d| d * grace);
+        let mut last_read = Instant::now();
+        let mut check = tokio::time::interval(expect_every.unwrap_or(Duration::from_secs(3600)));
+        loop {
+            // Frames already buffered are handled before reading more.
+            loop {
+                match codec.decode(&mut buf) {
+                    Ok(Some(Inbound::Heartbeat)) => {}
+                    Ok(Some(Inbound::Frame(frame))) => {
+                        if let Some(end) = self.handle(frame).await {
+                            return end;
+                        }
+                    }
+                    Ok(None) => break,
+                    Err(e) => return End::Error(e.into(), None),
+                }
+            }
+            tokio::select! {
+                biased;
+                Some(done) = self.pending.next(), if !self.pending.is_empty() => {
+                    if let Err((e, receipt)) = self.apply(done) {
+                        return End::Error(e, receipt);
+                    }
+                }
+                r = rd.read_buf(&mut buf) => match r {
+                    Ok(0) | Err(_) => return End::Gone,
+                    Ok(n) => {
+                        last_read = Instant::now();
+                        let _ = n;
+                    }
+                },
+                _ = check.tick() => {
+                    if silence_limit.is_some_and(|limit| last_read.elapsed() > limit) {
+                        return End::Silent;
+                    }
+                }
+                _ = writer_done.cancelled() => return End::Gone,
+                _ = self.ctx.shutdown.cancelled() => return End::Shutdown,
+            }
+        }
+    }
+
+    /// Handles one frame; `Some` ends the session.
+    async fn handle(&mut self, frame: Frame) -> Option<End> {
+        let receipt = frame.get("receipt").map(str::to_string);
+        let result = match frame.command {
+            Command::Send => self.on_send(frame).await,
+            Command::Subscribe => self.on_subscribe(&frame),
+            Command::Unsubscribe => self.on_unsubscribe(&frame),
+            Command::Ack | Command::Nack => self.on_ack(&frame),
+            Command::Begin => self.on_begin(&frame),
+            Command::Commit => self.on_commit(&frame),
+            Command::Abort => self.on_abort(&frame),
+            Command::Disconnect => return Some(End::Disconnect(receipt)),
+            other => Err(FrameError::UnexpectedCommand(other)),
+        };
+        match result {
+            Ok(Some(pending)) => {
+                self.pending.push_back(pending);
+                None
+            }
+            Ok(None) => {
+                if let Some(r) = receipt {
+                    self.pending.push_back(Box::pin(async move { Ok(Effect { publish: vec![], receipt: Some(r) }) }));
+                }
+                None
+            }
+            Err(e) => Some(End::Error(e, receipt)),
+        }
+    }
+
+    fn apply(&mut self, done: Result<Effect, (FrameError, Option<String>)>) -> Result<(), (FrameError, Option<String>)> {
+        let effect = done?;
+        for send in effect.publish {
+            self.ctx.broker.publish(&send.target, send.message, send.journaled);
+        }
+        if let Some(r) = effect.receipt {
+            let _ = self.outbox.send(Outbound::Frame(Frame::new(Command::Receipt).header("receipt-id", r)));
+        }
+        Ok(())
+    }
+
+    async fn on_send(&mut self, frame: Frame) -> Result<Option<Pending>, FrameError> {
+        let destination = frame.get("destination").ok_or(FrameError::MissingHeader(Command::Send, "destination"))?;
+        let target = self.ctx.broker.resolve(destination)?;
+        let persistent = frame.get("persistent") == Some("true");
+        let receipt = frame.get("receipt").map(str::to_string);
+        let transaction = frame.get("transaction").map(str::to_string);
+        if let Some(tx) = &transaction {
+            if !self.transactions.contains_key(tx) {
+                return Err(FrameError::UnknownTransaction(tx.clone()));
+            }
+        }
+        wait_for_room(&self.ctx, self.peer, &target).await?;
+        let journaled = persistent && matches!(target, Target::Queue(_));
+        let Frame { headers, body, .. } = frame;
+        let headers: Vec<(String, String)> = headers
+            .into_iter()
+            .filter(|(k, _)| !matches!(k.as_str(), "receipt" | "transaction" | "content-length" | "destination"))
+            .collect();
+        let broker = &self.ctx.broker;
+        self.ctx.metrics.messages_in.inc();
+        self.ctx.metrics.bytes_in.inc_by(body.len() as u64);
+        let message = Arc::new(Message {
+            id: broker.next_message_id(),
+            destination: match &target {
+                Target::Queue(q) => Arc::clone(&q.name),
+                Target::Topic(t) => Arc::clone(&t.name),
+            },
+            headers,
+            body,
+            persistent,
+        });
+        let send = PreparedSend { target, message, journaled };
+        if let Some(tx) = transaction {
+            let limit = broker.memory().queue_limit;
+            let t = self.transactions.get_mut(&tx).ok_or_else(|| FrameError::UnknownTransaction(tx.clone()))?;
+            t.bytes += send.message.footprint();
+            if t.bytes > limit {
+                return Err(FrameError::TransactionTooLarge(tx));
+            }
+            t.sends.push(send);
+            return Ok(None);
+        }
+        let ops = if journaled { vec![Op::Add(stored(&send.message))] } else { vec![] };
+        Ok(Some(self.durable(ops, vec![send], receipt)))
+    }
+
+    /// A pending effect that becomes visible after `ops` are durable (at once if none).
+    fn durable(&self, ops: Vec<Op>, publish: Vec<PreparedSend>, receipt: Option<String>) -> Pending {
+        if ops.is_empty() {
+            return Box::pin(async move { Ok(Effect { publish, receipt }) });
+        }
+        let append = self.ctx.broker.journal().append(ops);
+        Box::pin(async move {
+            match append.await {
+                Ok(()) => Ok(Effect { publish, receipt }),
+                Err(e) => Err((FrameError::Persist(error_chain(&e)), receipt)),
+            }
+        })
+    }
+
+    fn on_subscribe(&mut self, frame: &Frame) -> Result<Option<Pending>, FrameError> {
+        let destination =
+            frame.get("destination").ok_or(FrameError::MissingHeader(Command::Subscribe, "destination"))?;
+        let id = match (frame.get("id"), self.version) {
+            (Some(id), _) => id.to_string(),
+            (None, Version::V1_0) => destination.to_string(),
+            (None, _) => return Err(FrameError::MissingHeader(Command::Subscribe, "id")),
+        };
+        if self.subscriptions.contains_key(&id) {
+            return Err(FrameError::DuplicateSubscription(id));
+        }
+        let mode = AckMode::parse(frame.get("ack")).ok_or_else(|| FrameError::AckMode(frame.get("ack").unwrap_or("").into()))?;
+        let default_prefetch = self.ctx.broker.config.stomp.default_prefetch as usize;
+        let prefetch = frame
+            .get("activemq.prefetchSize")
+            .or_else(|| frame.get("prefetch-count"))
+            .and_then(|p| p.trim().parse::<usize>().ok())
+            .filter(|p| *p > 0)
+            .map_or(default_prefetch, |p| p.min(default_prefetch));
+        let broker = &self.ctx.broker;
+        let (queue, topic) = match broker.resolve(destination)? {
+            Target::Queue(q) => (q, None),
+            Target::Topic(t) => (broker.subscribe_topic(&t), Some(t)),
+        };
+        let key = broker.next_consumer_key();
+        queue.add_consumer(ConsumerHandle {
+            key,
+            subscription_id: Arc::from(id.as_str()),
+            ack_mode: mode,
+            prefetch,
+            outbox: self.outbox.clone(),
+        });
+        tracing::debug!(peer = %self.peer, subscription = %id, %destination, ?mode, prefetch, "subscribed");
+        self.subscriptions.insert(id, Subscription { key, queue, topic, mode });
+        Ok(None)
+    }
+
+    fn on_unsubscribe(&mut self, frame: &Frame) -> Result<Option<Pending>, FrameError> {
+        let id = match (frame.get("id"), frame.get("destination")) {
+            (Some(id), _) => id,
+            (None, Some(dest)) if self.version == Version::V1_0 => dest,
+            _ => return Err(FrameError::MissingHeader(Command::Unsubscribe, "id")),
+        };
+        let sub = self.subscriptions.remove(id).ok_or_else(|| FrameError::UnknownSubscription(id.to_string()))?;
+        self.drop_subscription(sub);
+        Ok(None)
+    }
+
+    fn drop_subscription(&self, sub: Subscription) {
+        sub.queue.remove_consumer(sub.key);
+        if let Some(topic) = &sub.topic {
+            self.ctx.broker.unsubscribe_topic(topic, &sub.queue);
+        }
+    }
+
+    /// Finds the delivery an ACK/NACK refers to: by `id` (1.2) or by `message-id` and
+    /// `subscription` (1.0, 1.1).
+    fn locate_ack(&self, frame: &Frame) -> Result<PendingAck, FrameError> {
+        let nack = frame.command == Command::Nack;
+        if self.version == Version::V1_2 {
+            let id = frame.get("id").ok_or(FrameError::MissingHeader(frame.command, "id"))?;
+            let bad = |source| FrameError::Ack { id: id.to_string(), source };
+            let (key, tag) = parse_ack_token(id).ok_or(bad(AckError::UnknownConsumer))?;
+            let sub = self.subscriptions.values().find(|s| s.key == key).ok_or(bad(AckError::UnknownConsumer))?;
+            return Ok(PendingAck {
+                queue: Arc::clone(&sub.queue),
+                key,
+                tag,
+                cumulative: sub.mode == AckMode::Client,
+                nack,
+                id: id.to_string(),
+            });
+        }
+        let mid = frame.get("message-id").ok_or(FrameError::MissingHeader(frame.command, "message-id"))?;
+        let bad = |source| FrameError::Ack { id: mid.to_string(), source };
+        let msg = MessageId(mid.parse().map_err(|_| bad(AckError::NotInFlight))?);
+        let candidates: Vec<&Subscription> = match frame.get("subscription") {
+            Some(s) => vec![self.subscriptions.get(s).ok_or_else(|| FrameError::UnknownSubscription(s.to_string()))?],
+            None => self.subscriptions.values().collect(),
+        };
+        for sub in candidates {
+            if let Ok(tag) = sub.queue.tag_of(sub.key, msg) {
+                return Ok(PendingAck {
+                    queue: Arc::clone(&sub.queue),
+                    key: sub.key,
+                    tag,
+                    cumulative: sub.mode == AckMode::Client,
+                    nack,
+                    id: mid.to_string(),
+                });
+            }
+        }
+        Err(bad(AckError::NotInFlight))
+    }
+
+    fn on_ack(&mut self, frame: &Frame) -> Result<Option<Pending>, FrameError> {
+        let ack = self.locate_ack(frame)?;
+        if let Some(tx) = frame.get("transaction") {
+            let t = self.transactions.get_mut(tx).ok_or_else(|| FrameError::UnknownTransaction(tx.to_string()))?;
+            t.acks.push(ack);
+            return Ok(None);
+        }
+        let ops = settle(&ack)?;
+        Ok(Some(self.durable(ops, vec![], frame.get("receipt").map(str::to_string))))
+    }
+
+    fn on_begin(&mut self, frame: &Frame) -> Result<Option<Pending>, FrameError> {
+        let tx = frame.get("transaction").ok_or(FrameError::MissingHeader(Command::Begin, "transaction"))?;
+        if self.transactions.contains_key(tx) {
+            return Err(FrameError::DuplicateTransaction(tx.to_string()));
+        }
+        self.transactions.insert(tx.to_string(), Transaction::default());
+        Ok(None)
+    }
+
+    /// Applies a transaction's acks now and journals its sends and acks as one record, so
+    /// after a crash either all of it happened or none.
+    fn on_commit(&mut self, frame: &Frame) -> Result<Option<Pending>, FrameError> {
+        let name = frame.get("transaction").ok_or(FrameError::MissingHeader(Command::Commit, "transaction"))?;
+        let tx = self.transactions.remove(name).ok_or_else(|| FrameError::UnknownTransaction(name.to_string()))?;
+        let mut ops: Vec<Op> = Vec::new();
+        for ack in &tx.acks {
+            ops.extend(settle(ack)?);
+        }
+        for send in tx.sends.iter().filter(|s| s.journaled) {
+            ops.push(Op::Add(stored(&send.message)));
+        }
+        Ok(Some(self.durable(ops, tx.sends, frame.get("receipt").map(str::to_string))))
+    }
+
+    fn on_abort(&mut self, frame: &Frame) -> Result<Option<Pending>, FrameError> {
+        let name = frame.get("transaction").ok_or(FrameError::MissingHeader(Command::Abort, "transaction"))?;
+        self.transactions.remove(name).ok_or_else(|| FrameError::UnknownTransaction(name.to_string()))?;
+        Ok(None)
+    }
+
+    /// Ends the session: answers or reports, then removes every subscription so whatever
+    /// was in flight is redelivered to other consumers.
+    async fn close(&mut self, end: End) {
+        let peer = self.peer;
+        match end {
+            End::Disconnect(receipt) => {
+                if let Err((e, r)) = self.drain().await {
+                    self.send_error(&e, r.as_deref());
+                } else if let Some(r) = receipt {
+                    let _ = self.outbox.send(Outbound::Frame(Frame::new(Command::Receipt).header("receipt-id", r)));
+                }
+                tracing::debug!(%peer, "client disconnected");
+            }
+            End::Error(e, receipt) => {
+                self.ctx.metrics.protocol_errors.inc();
+                tracing::info!(%peer, error = %e, "closing connection after error");
+                let _ = self.drain().await;
+                self.send_error(&e, receipt.as_deref());
+            }
+            End::Shutdown => {
+                let _ = self.drain().await;
+                let f = Frame::new(Command::Error)
+                    .header("message", "broker is shutting down")
+                    .with_body("broker is shutting down; reconnect to another member or retry later\n");
+                let _ = self.outbox.send(Outbound::Frame(f));
+            }
+            End::Silent => tracing::info!(%peer, "dropping client: no heart-beat"),
+            End::Gone => tracing::debug!(%peer, "client connection closed"),
+        }
+        for (_, sub) in std::mem::take(&mut self.subscriptions) {
+            self.drop_subscription(sub);
+        }
+        let _ = self.outbox.send(Outbound::Close);
+    }
+
+    /// Waits for every pending effect and applies it.
+    async fn drain(&mut self) -> Result<(), (FrameError, Option<String>)> {
+        while let Some(done) = self.pending.next().await {
+            self.apply(done)?;
+        }
+        Ok(())
+    }
+
+    fn send_error(&self, e: &FrameError, receipt: Option<&str>) {
+        let _ = self.outbox.send(Outbound::Frame(error_frame(e, receipt)));
+    }
+}
+
+/// Slows the producer down while the destination or the broker is over its memory limit.
+async fn wait_for_room(ctx: &ConnectionContext, peer: SocketAddr, target: &Target) -> Result<(), FrameError> {
+    let memory = ctx.broker.memory();
+    let timeout = ctx.broker.config.memory.producer_block_timeout.get();
+    let queue_bytes = || Broker::target_bytes(target);
+    if memory.used() < memory.broker_limit && queue_bytes() < memory.queue_limit {
+        return Ok(());
+    }
+    ctx.metrics.producer_blocked.inc();
+    tracing::debug!(peer = %peer, "producer blocked by memory limits");
+    if memory.wait_for_room(queue_bytes, timeout).await {
+        Ok(())
+    } else {
+        Err(FrameError::NoRoom(timeout))
+    }
+}
+
+/// Settles an ACK/NACK in memory; returns the journal ops that make an ack durable.
+fn settle(ack: &PendingAck) -> Result<Vec<Op>, FrameError> {
+    let bad = |source| FrameError::Ack { id: ack.id.clone(), source };
+    if ack.nack {
+        ack.queue.nack(ack.key, ack.tag, ack.cumulative).map_err(bad)?;
+        return Ok(vec![]);
+    }
+    let entries = ack.queue.ack(ack.key, ack.tag, ack.cumulative).map_err(bad)?;
+    Ok(entries.iter().filter(|e| e.journaled).map(|e| Op::Ack(e.message.id)).collect())
+}
+
+fn stored(m: &Message) -> StoredMessage {
+    StoredMessage {
+        id: m.id,
+        destination: m.destination.to_string(),
+        headers: m.headers.clone(),
+        body: m.body.clone(),
+    }
+}
+
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

@@ -1,0 +1,361 @@
+//! Test harness: runs the real `duomq-broker` binary as a process on free loopback ports
+//! in a temp dir, with a per-test log file, and speaks raw STOMP to it. Waits poll with
+//! named timeouts; nothing sleeps for synchronisation.
+#![allow(dead_code)]
+
+use bytes::BytesMut;
+use duomq_broker::stomp::{Command, Frame, Inbound, Limits, StompCodec, Version};
+use std::io::{Read, Write};
+use std::net::{TcpListener, TcpStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command as Process, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a broker may take to become ready (journal recovery included).
+pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
+/// How long to wait for one expected frame.
+pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
+
+pub fn free_port() -> u16 {
+    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
+    l.local_addr().expect("local addr").port()
+}
+
+pub struct Broker {
+    pub child: Option<Child>,
+    pub dir: PathBuf,
+    pub data_dir: PathBuf,
+    pub stomp_port: u16,
+    pub admin_port: u16,
+    pub log: PathBuf,
+    pub extra_config: String,
+    _temp: Option<tempfile::TempDir>,
+}
+
+impl Broker {
+    /// Starts a broker with `extra_config` YAML appended to a generated config file.
+    pub fn start(name: &str, extra_config: &str) -> Broker {
+        let temp = tempfile::Builder::new().prefix(&format!("duomq-{name}-")).tempdir().expect("tempdir");
+        let dir = temp.path().to_path_buf();
+        let mut b = Broker {
+            child: None,
+            data_dir: dir.join("data"),
+            dir,
+            stomp_port: 0,
+            admin_port: 0,
+            log: PathBuf::new(),
+            extra_config: extra_config.to_string(),
+            _temp: Some(temp),
+        };
+        b.spawn();
+        b
+    }
+
+    /// Starts a broker on an existing data dir (for example a small tmpfs).
+    pub fn start_in(dir: &Path, data_dir: &Path, extra_config: &str) -> Broker {
+        let mut b = Broker {
+            child: None,
+            data_dir: data_dir.to_path_buf(),
+            dir: dir.to_path_buf(),
+            stomp_port: 0,
+            admin_port: 0,
+            log: PathBuf::new(),
+            extra_config: extra_config.to_string(),
+            _temp: None,
+        };
+        b.spawn();
+        b
+    }
+
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("broker.yaml")
+    }
+
+    fn spawn(&mut self) {
+        // A fresh pair of ports each start: a killed broker's ports may linger in TIME_WAIT.
+        for _attempt in 0..5 {
+            self.stomp_port = free_port();
+            self.admin_port = free_port();
+            let config = format!(
+                "stomp:\n  listen: 127.0.0.1:{}\nadmin:\n  listen: 127.0.0.1:{}\nstorage:\n  dataDir: {}\n{}",
+                self.stomp_port,
+                self.admin_port,
+                self.data_dir.display(),
+                self.extra_config
+            );
+            std::fs::write(self.config_path(), config).expect("write config");
+            self.log = self.dir.join("broker.log");
+            let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open broker log");
+            let child = Process::new(env!("CARGO_BIN_EXE_duomq-broker"))
+                .arg("run")
+                .arg("--config")
+                .arg(self.config_path())
+                .env("RUST_LOG", "duomq_broker=debug,info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn duomq-broker");
+            self.child = Some(child);
+            if self.wait_ready() {
+                return;
+            }
+            let _ = self.kill9();
+            if !self.log_text().contains("Address already in use") {
+                break;
+            }
+        }
+        panic!("broker did not become ready within {READY_TIMEOUT:?}; log:\n{}", self.log_text());
+    }
+
+    fn wait_ready(&mut self) -> bool {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(child) = self.child.as_mut() {
+                if let Ok(Some(_)) = child.try_wait() {
+                    return false;
+                }
+            }
+            if http_get(self.admin_port, "/readyz").map(|(s, _)| s == 200).unwrap_or(false) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        false
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    pub fn pid(&self) -> i32 {
+        self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
+    }
+
+    /// SIGKILL: no chance to flush anything.
+    pub fn kill9(&mut self) -> Option<std::process::ExitStatus> {
+        let mut child = self.child.take()?;
+        let _ = child.kill();
+        child.wait().ok()
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("broker running");
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("broker did not stop within 30s of SIGTERM; log:\n{}", self.log_text());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    pub fn restart(&mut self) {
+        if self.child.is_some() {
+            self.kill9();
+        }
+        self.spawn();
+    }
+
+    pub fn connect(&self) -> Conn {
+        Conn::connect(self.stomp_port, &[("accept-version", "1.2"), ("host", "/")])
+    }
+
+    pub fn status(&self) -> serde_json::Value {
+        let (code, body) = http_get(self.admin_port, "/status").expect("GET /status");
+        assert_eq!(code, 200);
+        serde_json::from_str(&body).expect("status JSON")
+    }
+
+    /// Depth (pending + in flight) of a queue from /status.
+    pub fn queue_depth(&self, name: &str) -> u64 {
+        let s = self.status();
+        s["queues"]
+            .as_array()
+            .and_then(|qs| qs.iter().find(|q| q["name"] == name))
+            .map(|q| q["depth"].as_u64().unwrap_or(0) + q["inFlight"].as_u64().unwrap_or(0))
+            .unwrap_or(0)
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        if std::thread::panicking() {
+            eprintln!("--- broker log ({}) ---\n{}", self.log.display(), self.log_text());
+        }
+    }
+}
+
+/// A minimal HTTP/1.0 GET for the admin endpoint.
+pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    s.set_read_timeout(Some(Duration::from_secs(5)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, body))
+}
+
+/// A raw STOMP connection: frames are written and read exactly as given.
+pub struct Conn {
+    pub stream: TcpStream,
+    codec: StompCodec,
+    buf: BytesMut,
+    pub heartbeats_seen: usize,
+}
+
+impl Conn {
+    pub fn raw(port: u16) -> Conn {
+        let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to broker");
+        stream.set_nodelay(true).expect("nodelay");
+        Conn { stream, codec: StompCodec::new(Limits::default()), buf: BytesMut::new(), heartbeats_seen: 0 }
+    }
+
+    /// Connects and expects CONNECTED.
+    pub fn connect(port: u16, headers: &[(&str, &str)]) -> Conn {
+        let mut c = Conn::raw(port);
+        let mut f = Frame::new(Command::Connect);
+        for (k, v) in headers {
+            f = f.header(*k, *v);
+        }
+        c.send(&f);
+        let reply = c.expect_frame();
+        assert_eq!(reply.command, Command::Connected, "CONNECT refused: {reply:?}");
+        if let Some(v) = reply.get("version").and_then(Version::parse) {
+            c.codec.set_version(v);
+        }
+        c
+    }
+
+    pub fn send(&mut self, frame: &Frame) {
+        let mut out = BytesMut::new();
+        self.codec.encode(frame, &mut out);
+        self.stream.write_all(&out).expect("write frame");
+    }
+
+    pub fn send_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        self.stream.write_all(bytes)
+    }
+
+    /// The next frame (heart-beats are counted and skipped), or None on timeout/close.
+    pub fn read_frame(&mut self, timeout: Duration) -> Option<Frame> {
+        let deadline = Instant::now() + timeout;
+        loop {
+            match self.codec.decode(&mut self.buf) {
+                Ok(Some(Inbound::Frame(f))) => return Some(f),
+                Ok(Some(Inbound::Heartbeat)) => {
+                    self.heartbeats_seen += 1;
+                    continue;
+                }
+                Ok(None) => {}
+                Err(e) => panic!("broker sent a malformed frame: {e}"),
+            }
+            let left = deadline.checked_duration_since(Instant::now())?;
+            self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).ok()?;
+            let mut chunk = [0u8; 65536];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return None,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return None
+                }
+                Err(_) => return None,
+            }
+        }
+    }
+
+    pub fn expect_frame(&mut self) -> Frame {
+        self.read_frame(FRAME_TIMEOUT).unwrap_or_else(|| panic!("no frame within {FRAME_TIMEOUT:?}"))
+    }
+
+    pub fn expect(&mut self, command: Command) -> Frame {
+        let f = self.expect_frame();
+        assert_eq!(f.command, command, "unexpected frame: {f:?}");
+        f
+    }
+
+    /// True once the broker has closed the socket (reads EOF within the timeout).
+    pub fn closed_within(&mut self, timeout: Duration) -> bool {
+        let deadline = Instant::now() + timeout;
+        loop {
+            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return false };
+            let _ = self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+            let mut chunk = [0u8; 4096];
+            match self.stream.read(&mut chunk) {
+                Ok(0) => return true,
+                Ok(n) => self.buf.extend_from_slice(&chunk[..n]),
+                Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                    return false
+                }
+                Err(_) => return true,
+            }
+        }
+    }
+
+    pub fn subscribe(&mut self, id: &str, dest: &str, ack: &str, extra: &[(&str, &str)]) {
+        let mut f = Frame::new(Command::Subscribe)
+            .header("id", id)
+            .header("destination", dest)
+            .header("ack", ack)
+            .header("receipt", format!("sub-{id}"));
+        for (k, v) in extra {
+            f = f.header(*k, *v);
+        }
+        self.send(&f);
+        self.expect(Command::Receipt);
+    }
+
+    /// SEND with a receipt, waits for the RECEIPT.
+    pub fn send_receipted(&mut self, dest: &str, body: &str, persistent: bool) {
+        let receipt = format!("r-{}", rand_u64());
+        let mut f = Frame::new(Command::Send)
+            .header("destination", dest)
+            .header("receipt", receipt.clone())
+            .with_body(body.to_string());
+        if persistent {
+            f = f.header("persistent", "true");
+        }
+        self.send(&f);
+        let r = self.expect(Command::Receipt);
+        assert_eq!(r.get("receipt-id"), Some(receipt.as_str()));
+    }
+
+    pub fn ack(&mut self, msg: &Frame, receipt: bool) {
+        let mut f = Frame::new(Command::Ack).header("id", msg.get("ack").expect("ack header"));
+        if receipt {
+            f = f.header("receipt", "ack");
+        }
+        self.send(&f);
+        if receipt {
+            self.expect(Command::Receipt);
+        }
+    }
+
+    pub fn disconnect(mut self) {
+        self.send(&Frame::new(Command::Disconnect).header("receipt", "bye"));
+        let _ = self.read_frame(FRAME_TIMEOUT);
+    }
+}
+
+pub fn rand_u64() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static N: AtomicU64 = AtomicU64::new(1);
+    N.fetch_add(1, Ordering::Relaxed)
+}
+
+pub fn body_text(f: &Frame) -> String {
+    String::from_utf8_lossy(&f.body).into_owned()
+}
