@@ -166,8 +166,9 @@ fn given_client_ack_mode_should_ack_cumulatively() {
     let b = Broker::start("cumulative", "");
     let mut c = b.connect();
     c.subscribe("s", "/queue/cum", "client", &[]);
+    let mut p = b.connect();
     for i in 0..5 {
-        c.send_receipted("/queue/cum", &i.to_string(), true);
+        p.send_receipted("/queue/cum", &i.to_string(), true);
     }
     let msgs: Vec<Frame> = (0..5).map(|_| c.expect(Command::Message)).collect();
     c.ack(&msgs[2], true);
@@ -258,7 +259,6 @@ fn given_heartbeats_should_send_them_and_drop_a_silent_client() {
     c.expect(Command::Message);
     // Say nothing: the broker sends heart-beats, then drops us and redelivers.
     assert!(c.closed_within(Duration::from_secs(10)), "silent client must be dropped");
-    assert!(c.heartbeats_seen > 0 || true);
     let mut other = b.connect();
     other.subscribe("s", "/queue/hb", "client-individual", &[]);
     assert_eq!(other.expect(Command::Message).get("redelivered"), Some("true"));

@@ -11,9 +11,11 @@
 //! rewrite history. Recovery modifies files only to cut a torn tail off the last segment;
 //! on any other damage it stops with an error and leaves every file as it found it.
 //!
-//! Layout on disk: `dir/journal-<20-digit sequence>.seg`, each starting with a
-//! [`segment`] header, followed by records `[u32 LE length][u32 LE crc32c][payload]`
-//! ([`record`]). `dir/journal.lock` is held (flock) while a journal is open.
+//! Layout on disk: `dir/journal-<20-digit sequence>.seg`, each starting with a 32-byte
+//! header (magic, format version, sequence, id floor, checksum), followed by records
+//! `[u32 LE length][u32 LE crc32c][payload]`. `dir/journal.lock` is held (flock) while a
+//! journal is open. The queue in front of the writer is unbounded: backpressure is the
+//! caller's business (it holds every message in memory anyway).
 //!
 //! Threading: one dedicated std thread does all file I/O after `open`. [`Journal::append`]
 //! only encodes and queues, so it never blocks the async runtime; [`Journal::open`] and

@@ -77,7 +77,11 @@ impl Ledger {
                     };
                     self.release(added_in);
                     if added_in != seq {
-                        self.segments.entry(seq).or_default().acked_in.insert(added_in);
+                        self.segments
+                            .entry(seq)
+                            .or_default()
+                            .acked_in
+                            .insert(added_in);
                     }
                 }
             }

@@ -85,7 +85,10 @@ pub(super) fn encode_frame(ops: &[Op], out: &mut Vec<u8>) {
 }
 
 fn put_u32(out: &mut Vec<u8>, value: usize) {
-    debug_assert!(value <= u32::MAX as usize, "caller checked MAX_RECORD_PAYLOAD");
+    debug_assert!(
+        value <= u32::MAX as usize,
+        "caller checked MAX_RECORD_PAYLOAD"
+    );
     out.extend_from_slice(&(value as u32).to_le_bytes());
 }
 

@@ -46,16 +46,18 @@ pub(super) fn recover(dir: &Path) -> Result<Recovery, JournalError> {
             path: path.clone(),
             source: source.into(),
         })?;
-        let header = SegmentHeader::decode(&data).map_err(|problem| {
-            JournalError::BadSegmentHeader {
+        let header =
+            SegmentHeader::decode(&data).map_err(|problem| JournalError::BadSegmentHeader {
                 path: path.clone(),
                 reason: problem.to_string(),
-            }
-        })?;
+            })?;
         if header.seq != seq {
             return Err(JournalError::BadSegmentHeader {
                 path,
-                reason: format!("header names segment {} but the file name {seq}", header.seq),
+                reason: format!(
+                    "header names segment {} but the file name {seq}",
+                    header.seq
+                ),
             });
         }
         state.next_id = state.next_id.max(header.id_floor);

@@ -34,7 +34,11 @@ impl SegmentSeq {
     }
 
     pub(super) fn file_name(self) -> String {
-        format!("{FILE_PREFIX}{:0width$}{FILE_SUFFIX}", self.0, width = SEQUENCE_DIGITS)
+        format!(
+            "{FILE_PREFIX}{:0width$}{FILE_SUFFIX}",
+            self.0,
+            width = SEQUENCE_DIGITS
+        )
     }
 
     pub(super) fn path(self, dir: &Path) -> PathBuf {
@@ -231,7 +235,12 @@ pub(super) fn open_for_append(path: &Path) -> Result<File, JournalError> {
 }
 
 /// Cuts `file` back to `len` bytes and, with `fsync`, makes the cut durable.
-pub(super) fn truncate(file: &File, path: &Path, len: u64, fsync: bool) -> Result<(), JournalError> {
+pub(super) fn truncate(
+    file: &File,
+    path: &Path,
+    len: u64,
+    fsync: bool,
+) -> Result<(), JournalError> {
     let truncate_error = |source: std::io::Error| JournalError::TruncateSegment {
         path: path.to_path_buf(),
         offset: len,

@@ -1,0 +1,656 @@
+//! Journal behaviour through its public API, on real files in temporary directories.
+//!
+//! A kill -9 is simulated by closing the journal and then cutting or damaging its files
+//! the way a crash (or a bad disk) would have left them.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use bytes::Bytes;
+use rstest::rstest;
+
+use super::segment::{SegmentSeq, HEADER_LEN};
+use super::*;
+
+fn message(id: u64) -> StoredMessage {
+    message_with_body(id, format!("body of message {id}").into_bytes())
+}
+
+fn message_with_body(id: u64, body: Vec<u8>) -> StoredMessage {
+    StoredMessage {
+        id: MessageId(id),
+        destination: "/queue/orders".into(),
+        headers: vec![
+            ("content-type".into(), "text/plain".into()),
+            ("seq".into(), id.to_string()),
+        ],
+        body: Bytes::from(body),
+    }
+}
+
+fn add(id: u64) -> Op {
+    Op::Add(message(id))
+}
+
+fn ack(id: u64) -> Op {
+    Op::Ack(MessageId(id))
+}
+
+/// A config whose every batch rolls to a new segment, so tests choose segment contents.
+fn one_batch_per_segment(dir: &Path) -> JournalConfig {
+    JournalConfig {
+        segment_size: 1,
+        ..JournalConfig::new(dir)
+    }
+}
+
+fn open(config: JournalConfig) -> (Journal, Recovered) {
+    match Journal::open(config, JournalMetrics::unregistered()) {
+        Ok(opened) => opened,
+        Err(error) => panic!("journal should open: {error:?}"),
+    }
+}
+
+fn reopen(dir: &Path) -> Recovered {
+    let (journal, recovered) = open(JournalConfig::new(dir));
+    close(&journal);
+    recovered
+}
+
+fn close(journal: &Journal) {
+    if let Err(error) = journal.close() {
+        panic!("journal should close: {error:?}");
+    }
+}
+
+async fn durable(journal: &Journal, ops: Vec<Op>) {
+    if let Err(error) = journal.append(ops).await {
+        panic!("append should be durable: {error:?}");
+    }
+}
+
+fn ids(recovered: &Recovered) -> Vec<u64> {
+    recovered.messages.iter().map(|m| m.id.0).collect()
+}
+
+fn segment_seqs(dir: &Path) -> Vec<u64> {
+    let mut seqs: Vec<u64> = fs::read_dir(dir)
+        .expect("journal dir is listable")
+        .filter_map(|entry| {
+            let name = entry.ok()?.file_name();
+            SegmentSeq::parse_file_name(name.to_str()?).map(|seq| seq.0)
+        })
+        .collect();
+    seqs.sort_unstable();
+    seqs
+}
+
+fn segment_path(dir: &Path, seq: u64) -> PathBuf {
+    SegmentSeq(seq).path(dir)
+}
+
+fn file_len(path: &Path) -> u64 {
+    fs::metadata(path).expect("segment exists").len()
+}
+
+/// Writes ids 1..=count (one record each) into a single fresh segment and returns the
+/// segment path and the offset at which each record starts.
+async fn single_segment_journal(dir: &Path, count: u64) -> (PathBuf, Vec<u64>) {
+    let (journal, _) = open(JournalConfig::new(dir));
+    let mut starts = Vec::new();
+    for id in 1..=count {
+        starts.push(journal.stats().bytes_on_disk);
+        durable(&journal, vec![add(id)]).await;
+    }
+    close(&journal);
+    (segment_path(dir, 1), starts)
+}
+
+#[test]
+fn given_append_future_should_be_send_unpin_and_static() {
+    fn assert_traits<T: Future<Output = Result<(), JournalError>> + Send + Unpin + 'static>() {}
+    assert_traits::<AppendFuture>();
+    fn assert_shareable<T: Clone + Send + Sync + 'static>() {}
+    assert_shareable::<Journal>();
+    assert_shareable::<JournalError>();
+}
+
+#[tokio::test]
+async fn given_adds_and_acks_when_reopened_should_recover_exactly_unacked_messages_in_id_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, recovered) = open(JournalConfig::new(dir.path()));
+    assert!(recovered.messages.is_empty());
+    assert_eq!(recovered.next_id, MessageId(0));
+    for id in [5, 3, 1, 4, 2] {
+        durable(&journal, vec![add(id)]).await;
+    }
+    durable(&journal, vec![ack(3)]).await;
+    close(&journal);
+
+    let recovered = reopen(dir.path());
+    let expected: Vec<StoredMessage> = [1, 2, 4, 5].into_iter().map(message).collect();
+    assert_eq!(recovered.messages, expected);
+    assert_eq!(recovered.next_id, MessageId(6));
+    assert_eq!(recovered.records, 6);
+    assert_eq!(recovered.torn_tail_bytes, 0);
+}
+
+#[tokio::test]
+async fn given_multi_op_record_when_reopened_should_apply_all_its_ops() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(JournalConfig::new(dir.path()));
+    durable(&journal, vec![add(1)]).await;
+    durable(&journal, vec![add(2), add(3), ack(1)]).await;
+    close(&journal);
+
+    assert_eq!(ids(&reopen(dir.path())), vec![2, 3]);
+}
+
+#[tokio::test]
+async fn given_torn_multi_op_record_when_reopened_should_contribute_nothing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(JournalConfig::new(dir.path()));
+    durable(&journal, vec![add(1)]).await;
+    let torn_start = journal.stats().bytes_on_disk;
+    durable(&journal, vec![add(2), add(3), ack(1)]).await;
+    let full = journal.stats().bytes_on_disk;
+    close(&journal);
+    let segment = segment_path(dir.path(), 1);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&segment)
+        .and_then(|file| file.set_len(torn_start + (full - torn_start) / 2))
+        .expect("cut segment");
+
+    let recovered = reopen(dir.path());
+    assert_eq!(ids(&recovered), vec![1]);
+    assert_eq!(recovered.torn_tail_bytes, (full - torn_start) / 2);
+    assert_eq!(file_len(&segment), torn_start);
+}
+
+#[tokio::test]
+async fn given_last_record_cut_at_every_offset_when_reopened_should_truncate_and_keep_appending() {
+    let template = tempfile::tempdir().expect("tempdir");
+    let (segment, starts) = single_segment_journal(template.path(), 3).await;
+    let bytes = fs::read(&segment).expect("read segment");
+    let last_start = starts[2] as usize;
+
+    for cut in last_start..bytes.len() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let copy = segment_path(dir.path(), 1);
+        fs::write(&copy, &bytes[..cut]).expect("write cut copy");
+
+        let (journal, recovered) = open(JournalConfig::new(dir.path()));
+        assert_eq!(ids(&recovered), vec![1, 2], "cut at {cut}");
+        assert_eq!(
+            recovered.torn_tail_bytes,
+            (cut - last_start) as u64,
+            "cut at {cut}"
+        );
+        assert_eq!(file_len(&copy), last_start as u64, "cut at {cut}");
+        durable(&journal, vec![add(4)]).await;
+        close(&journal);
+
+        assert_eq!(ids(&reopen(dir.path())), vec![1, 2, 4], "cut at {cut}");
+    }
+}
+
+#[rstest]
+#[case::zero_pages(vec![0; 8192])]
+#[case::short_garbage(vec![0xde, 0xad, 0xbe])]
+#[case::huge_length(vec![0xff; 13])]
+#[case::length_past_end(vec![200, 0, 0, 0, 1, 2, 3, 4, 5, 6])]
+#[case::bad_checksum_at_end(vec![2, 0, 0, 0, 0, 0, 0, 0, 7, 7])]
+#[tokio::test]
+async fn given_junk_after_last_record_when_reopened_should_truncate_it(#[case] junk: Vec<u8>) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (segment, _) = single_segment_journal(dir.path(), 2).await;
+    let clean_len = file_len(&segment);
+    let mut bytes = fs::read(&segment).expect("read segment");
+    bytes.extend_from_slice(&junk);
+    fs::write(&segment, &bytes).expect("append junk");
+
+    let (journal, recovered) = open(JournalConfig::new(dir.path()));
+    assert_eq!(ids(&recovered), vec![1, 2]);
+    assert_eq!(recovered.torn_tail_bytes, junk.len() as u64);
+    assert_eq!(file_len(&segment), clean_len);
+    durable(&journal, vec![add(3)]).await;
+    close(&journal);
+    assert_eq!(ids(&reopen(dir.path())), vec![1, 2, 3]);
+}
+
+#[tokio::test]
+async fn given_corrupt_middle_record_in_last_segment_when_reopened_should_fail_and_leave_file_untouched(
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (segment, starts) = single_segment_journal(dir.path(), 3).await;
+    let mut bytes = fs::read(&segment).expect("read segment");
+    let middle = starts[1];
+    bytes[middle as usize + 12] ^= 0x40;
+    fs::write(&segment, &bytes).expect("damage segment");
+
+    let error = Journal::open(
+        JournalConfig::new(dir.path()),
+        JournalMetrics::unregistered(),
+    )
+    .expect_err("mid-file corruption must stop recovery");
+    match &error {
+        JournalError::CorruptRecord { path, offset, .. } => {
+            assert_eq!(path, &segment);
+            assert_eq!(*offset, middle);
+        }
+        other => panic!("expected CorruptRecord, got {other:?}"),
+    }
+    let text = error.to_string();
+    assert!(text.contains(&segment.display().to_string()), "{text}");
+    assert!(text.contains(&format!("offset {middle}")), "{text}");
+    assert!(text.contains("left untouched"), "{text}");
+    assert_eq!(fs::read(&segment).expect("read segment"), bytes);
+}
+
+#[rstest]
+#[case::flipped_byte(true)]
+#[case::cut_short(false)]
+#[tokio::test]
+async fn given_damaged_record_in_older_segment_when_reopened_should_fail(#[case] flip: bool) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(one_batch_per_segment(dir.path()));
+    for id in 1..=3 {
+        durable(&journal, vec![add(id)]).await;
+    }
+    close(&journal);
+    let seqs = segment_seqs(dir.path());
+    assert_eq!(seqs.len(), 3, "one segment per batch: {seqs:?}");
+    let older = segment_path(dir.path(), seqs[1]);
+    let mut bytes = fs::read(&older).expect("read segment");
+    if flip {
+        let last = bytes.len() - 1;
+        bytes[last] ^= 1;
+    } else {
+        bytes.pop();
+    }
+    fs::write(&older, &bytes).expect("damage segment");
+
+    let error = Journal::open(
+        JournalConfig::new(dir.path()),
+        JournalMetrics::unregistered(),
+    )
+    .expect_err("damage in an older segment must stop recovery");
+    assert!(
+        matches!(&error, JournalError::CorruptRecord { path, offset, .. }
+            if path == &older && *offset == HEADER_LEN as u64),
+        "{error:?}"
+    );
+    assert_eq!(fs::read(&older).expect("read segment"), bytes);
+}
+
+#[tokio::test]
+async fn given_bad_segment_header_when_reopened_should_fail() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (segment, _) = single_segment_journal(dir.path(), 1).await;
+    let mut bytes = fs::read(&segment).expect("read segment");
+    bytes[0] = b'X';
+    fs::write(&segment, &bytes).expect("damage header");
+
+    let error = Journal::open(
+        JournalConfig::new(dir.path()),
+        JournalMetrics::unregistered(),
+    )
+    .expect_err("a bad header must stop recovery");
+    assert!(
+        matches!(&error, JournalError::BadSegmentHeader { path, .. } if path == &segment),
+        "{error:?}"
+    );
+}
+
+#[tokio::test]
+async fn given_small_segment_size_when_appending_should_roll_and_recover_everything() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = JournalConfig {
+        segment_size: 512,
+        ..JournalConfig::new(dir.path())
+    };
+    let (journal, _) = open(config);
+    for id in 1..=40 {
+        durable(
+            &journal,
+            vec![Op::Add(message_with_body(id, vec![b'x'; 100]))],
+        )
+        .await;
+    }
+    let stats = journal.stats();
+    close(&journal);
+
+    let seqs = segment_seqs(dir.path());
+    assert!(seqs.len() >= 5, "expected several segments, got {seqs:?}");
+    assert_eq!(stats.segments, seqs.len());
+    assert_eq!(seqs, (1..=seqs.len() as u64).collect::<Vec<_>>());
+    for &seq in &seqs[..seqs.len() - 1] {
+        // A segment overshoots its size by at most the one batch that crossed it.
+        assert!(file_len(&segment_path(dir.path(), seq)) < 512 + 200);
+    }
+    let recovered = reopen(dir.path());
+    assert_eq!(recovered.segments, seqs.len());
+    assert_eq!(ids(&recovered), (1..=40).collect::<Vec<_>>());
+}
+
+#[tokio::test]
+async fn given_fully_acked_segments_when_acks_are_durable_should_delete_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(one_batch_per_segment(dir.path()));
+    for id in 1..=5 {
+        durable(&journal, vec![add(id)]).await;
+    }
+    assert_eq!(journal.stats().segments, 5);
+    durable(&journal, (1..=5).map(ack).collect()).await;
+
+    // Only the segment holding the acks is left: it is the one being written.
+    let seqs = segment_seqs(dir.path());
+    assert_eq!(seqs.len(), 1, "{seqs:?}");
+    let stats = journal.stats();
+    assert_eq!(stats.segments, 1);
+    assert_eq!(stats.live_messages, 0);
+    assert_eq!(
+        stats.bytes_on_disk,
+        file_len(&segment_path(dir.path(), seqs[0]))
+    );
+    close(&journal);
+    let recovered = reopen(dir.path());
+    assert!(recovered.messages.is_empty());
+    assert_eq!(recovered.next_id, MessageId(6));
+}
+
+#[tokio::test]
+async fn given_segment_whose_ack_refers_to_live_older_segment_should_keep_it_until_older_goes() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(one_batch_per_segment(dir.path()));
+    durable(&journal, vec![add(1), add(2)]).await; // segment 2 (segment 1 was empty)
+    durable(&journal, vec![ack(1)]).await; // segment 3: depends on 2
+    durable(&journal, vec![add(3)]).await; // segment 4
+    assert_eq!(segment_seqs(dir.path()), vec![2, 3, 4]);
+
+    durable(&journal, vec![ack(2)]).await; // segment 5: frees 2, then 3
+    assert_eq!(segment_seqs(dir.path()), vec![4, 5]);
+    close(&journal);
+    assert_eq!(ids(&reopen(dir.path())), vec![3]);
+}
+
+#[tokio::test]
+async fn given_reclamation_state_when_reopened_should_keep_reclaiming_correctly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(one_batch_per_segment(dir.path()));
+    durable(&journal, vec![add(1), add(2)]).await;
+    durable(&journal, vec![ack(1)]).await;
+    durable(&journal, vec![add(3)]).await;
+    close(&journal);
+
+    let (journal, recovered) = open(one_batch_per_segment(dir.path()));
+    assert_eq!(ids(&recovered), vec![2, 3]);
+    // Segment 3 holds only an ack, but the add it cancels still sits in segment 2.
+    assert_eq!(segment_seqs(dir.path()), vec![2, 3, 4]);
+    durable(&journal, vec![ack(2)]).await;
+    assert_eq!(segment_seqs(dir.path()), vec![4, 5]);
+    close(&journal);
+
+    let recovered = reopen(dir.path());
+    assert_eq!(ids(&recovered), vec![3]);
+    assert_eq!(recovered.next_id, MessageId(4));
+}
+
+#[tokio::test]
+async fn given_every_add_reclaimed_when_reopened_should_keep_next_id_monotonic() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(one_batch_per_segment(dir.path()));
+    for id in 1..=3 {
+        durable(&journal, vec![add(id)]).await;
+    }
+    durable(&journal, (1..=3).map(ack).collect()).await;
+    // Harmless: id 2 is no longer known. It moves the journal to a segment without adds.
+    durable(&journal, vec![ack(2)]).await;
+    close(&journal);
+    assert_eq!(segment_seqs(dir.path()).len(), 1);
+
+    let recovered = reopen(dir.path());
+    assert!(recovered.messages.is_empty());
+    assert_eq!(recovered.next_id, MessageId(4));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_200_concurrent_appends_when_committed_should_share_fsyncs() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut registry = prometheus_client::registry::Registry::default();
+    let metrics = JournalMetrics::register(&mut registry);
+    let (journal, _) =
+        Journal::open(JournalConfig::new(dir.path()), metrics).expect("journal opens");
+    let tasks: Vec<_> = (0..200)
+        .map(|id| {
+            let journal = journal.clone();
+            tokio::spawn(async move { journal.append(vec![add(id)]).await })
+        })
+        .collect();
+    for task in tasks {
+        task.await.expect("task ran").expect("append is durable");
+    }
+    let stats = journal.stats();
+    close(&journal);
+
+    assert_eq!(stats.records_appended, 200);
+    assert!(
+        stats.batches < 200,
+        "no group commit: {} batches",
+        stats.batches
+    );
+    let mut text = String::new();
+    prometheus_client::encoding::text::encode(&mut text, &registry).expect("encode metrics");
+    assert!(text.contains("duomq_journal_records_total 200"), "{text}");
+    assert!(
+        text.contains(&format!("duomq_journal_batches_total {}", stats.batches)),
+        "{text}"
+    );
+    assert!(
+        text.contains(&format!(
+            "duomq_journal_fsync_seconds_count {}",
+            stats.batches
+        )),
+        "{text}"
+    );
+    for name in [
+        "duomq_journal_bytes_written_total",
+        "duomq_journal_segments 1",
+        "duomq_journal_write_errors_total 0",
+    ] {
+        assert!(text.contains(name), "{name} missing from {text}");
+    }
+    assert_eq!(reopen(dir.path()).messages.len(), 200);
+}
+
+#[tokio::test]
+async fn given_add_and_ack_queued_back_to_back_when_reopened_should_keep_call_order() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(JournalConfig::new(dir.path()));
+    let added = journal.append(vec![add(1)]);
+    let acked = journal.append(vec![ack(1)]);
+    acked.await.expect("ack is durable");
+    added.await.expect("add is durable");
+    close(&journal);
+    assert!(reopen(dir.path()).messages.is_empty());
+}
+
+#[tokio::test]
+async fn given_closed_journal_when_appending_should_fail_with_closed() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(JournalConfig::new(dir.path()));
+    let before_close = journal.append(vec![add(1)]);
+    close(&journal);
+    close(&journal);
+    before_close
+        .await
+        .expect("appended before close is durable");
+    let result = journal.clone().append(vec![add(2)]).await;
+    assert!(matches!(result, Err(JournalError::Closed)), "{result:?}");
+    assert_eq!(ids(&reopen(dir.path())), vec![1]);
+}
+
+#[test]
+fn given_open_journal_when_opened_again_should_fail_to_lock() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(JournalConfig::new(dir.path()));
+    let error = Journal::open(
+        JournalConfig::new(dir.path()),
+        JournalMetrics::unregistered(),
+    )
+    .expect_err("second open must fail");
+    assert!(matches!(error, JournalError::Lock { .. }), "{error:?}");
+    close(&journal);
+    reopen(dir.path());
+}
+
+#[tokio::test]
+async fn given_oversized_record_when_appending_should_refuse_it_without_writing() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(JournalConfig::new(dir.path()));
+    let body = vec![0; MAX_RECORD_PAYLOAD];
+    let result = journal
+        .append(vec![Op::Add(message_with_body(1, body))])
+        .await;
+    assert!(
+        matches!(result, Err(JournalError::RecordTooLarge { .. })),
+        "{result:?}"
+    );
+    assert_eq!(journal.stats().records_appended, 0);
+    close(&journal);
+}
+
+#[tokio::test]
+async fn given_leftover_tmp_segment_when_reopened_should_ignore_and_remove_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (_, _) = single_segment_journal(dir.path(), 1).await;
+    let leftover = dir
+        .path()
+        .join(format!("{}.tmp", SegmentSeq(2).file_name()));
+    fs::write(&leftover, b"half a header").expect("write leftover");
+    assert_eq!(ids(&reopen(dir.path())), vec![1]);
+    assert!(!leftover.exists());
+}
+
+/// A tmpfs mounted on a temporary directory, unmounted on drop.
+struct TmpfsMount {
+    dir: tempfile::TempDir,
+}
+
+impl TmpfsMount {
+    fn new(size: &str) -> Result<Self, String> {
+        let dir = tempfile::tempdir().map_err(|error| format!("no tempdir: {error}"))?;
+        let output = Command::new("mount")
+            .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+            .arg(dir.path())
+            .output()
+            .map_err(|error| format!("could not run mount: {error}"))?;
+        if !output.status.success() {
+            return Err(format!(
+                "mount failed (needs root): {}",
+                String::from_utf8_lossy(&output.stderr).trim()
+            ));
+        }
+        Ok(Self { dir })
+    }
+
+    fn path(&self) -> &Path {
+        self.dir.path()
+    }
+}
+
+impl Drop for TmpfsMount {
+    fn drop(&mut self) {
+        // Lazy, so a file some failed assertion left open cannot keep the mount alive.
+        let _ = Command::new("umount")
+            .arg("-l")
+            .arg(self.dir.path())
+            .status();
+    }
+}
+
+/// Writes 4 KiB chunks to `path` until the filesystem refuses more.
+fn fill_disk(path: &Path) {
+    use std::io::Write;
+    let mut file = fs::File::create(path).expect("create filler");
+    let chunk = [0xaa; 4096];
+    while file.write_all(&chunk).is_ok() {}
+    // Flushing to tmpfs cannot fail once the pages are allocated; ignore the result.
+    let _ = file.flush();
+}
+
+#[rstest]
+#[case::writing_records(64 * 1024)]
+#[case::rolling_segments(1)]
+#[tokio::test]
+async fn given_full_disk_when_appending_should_fail_and_recover_once_space_returns(
+    #[case] segment_size: u64,
+) {
+    let mount = match TmpfsMount::new("256k") {
+        Ok(mount) => mount,
+        Err(why) => {
+            eprintln!("skipping the full-disk test: {why}");
+            return;
+        }
+    };
+    let dir = mount.path().join("journal");
+    let config = JournalConfig {
+        segment_size,
+        ..JournalConfig::new(&dir)
+    };
+    let (journal, _) = open(config.clone());
+    let filler = mount.path().join("filler");
+    fill_disk(&filler);
+
+    let big = |id: u64| vec![Op::Add(message_with_body(id, vec![b'm'; 3000]))];
+    let mut ok_ids = Vec::new();
+    let mut failure = None;
+    for id in 1..=64 {
+        match journal.append(big(id)).await {
+            Ok(()) => ok_ids.push(id),
+            Err(error) => {
+                failure = Some(error);
+                break;
+            }
+        }
+    }
+    let failure = failure.expect("a full disk must fail an append");
+    assert!(
+        matches!(
+            failure,
+            JournalError::Write { .. }
+                | JournalError::Sync { .. }
+                | JournalError::CreateSegment { .. }
+        ),
+        "{failure:?}"
+    );
+    assert!(
+        journal.append(big(100)).await.is_err(),
+        "the disk is still full"
+    );
+    assert_eq!(journal.stats().write_errors, 2);
+    let leftovers: Vec<_> = fs::read_dir(&dir)
+        .expect("journal dir is listable")
+        .filter_map(|entry| entry.ok())
+        .filter(|entry| entry.file_name().to_string_lossy().ends_with(".tmp"))
+        .collect();
+    assert!(leftovers.is_empty(), "a failed roll left {leftovers:?}");
+
+    fs::remove_file(&filler).expect("remove filler");
+    journal
+        .append(big(200))
+        .await
+        .expect("append once space returns");
+    ok_ids.push(200);
+    close(&journal);
+
+    let (journal, recovered) = open(config);
+    assert_eq!(ids(&recovered), ok_ids);
+    assert_eq!(
+        recovered.torn_tail_bytes, 0,
+        "failed batches were cut off at once"
+    );
+    close(&journal);
+}

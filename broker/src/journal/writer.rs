@@ -201,7 +201,10 @@ impl Writer {
                 self.metrics.write_failed();
                 self.local_stats.write_errors += 1;
                 if self.failing {
-                    tracing::debug!(error = &error as &dyn std::error::Error, "journal batch failed");
+                    tracing::debug!(
+                        error = &error as &dyn std::error::Error,
+                        "journal batch failed"
+                    );
                 } else {
                     self.failing = true;
                     tracing::warn!(

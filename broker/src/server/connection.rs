@@ -299,6 +299,14 @@ struct Transaction {
 struct Effect {
     publish: Vec<PreparedSend>,
     receipt: Option<String>,
+    /// A new consumer, attached after its SUBSCRIBE's RECEIPT so the receipt comes first.
+    attach: Option<(Arc<Queue>, ConsumerHandle)>,
+}
+
+impl Effect {
+    fn receipt(receipt: Option<String>) -> Effect {
+        Effect { publish: Vec::new(), receipt, attach: None }
+    }
 }
 
 type Pending = BoxFuture<'static, Result<Effect, (FrameError, Option<String>)>>;
@@ -385,8 +393,8 @@ impl Connection {
                 None
             }
             Ok(None) => {
-                if let Some(r) = receipt {
-                    self.pending.push_back(Box::pin(async move { Ok(Effect { publish: vec![], receipt: Some(r) }) }));
+                if receipt.is_some() {
+                    self.pending.push_back(Box::pin(async move { Ok(Effect::receipt(receipt)) }));
                 }
                 None
             }
@@ -396,11 +404,16 @@ impl Connection {
 
     fn apply(&mut self, done: Result<Effect, (FrameError, Option<String>)>) -> Result<(), (FrameError, Option<String>)> {
         let effect = done?;
+        // The RECEIPT first: a client subscribed to where it sends sees its receipt before
+        // its own message.
+        if let Some(r) = effect.receipt {
+            let _ = self.outbox.send(Outbound::Frame(Frame::new(Command::Receipt).header("receipt-id", r)));
+        }
         for send in effect.publish {
             self.ctx.broker.publish(&send.target, send.message, send.journaled);
         }
-        if let Some(r) = effect.receipt {
-            let _ = self.outbox.send(Outbound::Frame(Frame::new(Command::Receipt).header("receipt-id", r)));
+        if let Some((queue, consumer)) = effect.attach {
+            queue.add_consumer(consumer);
         }
         Ok(())
     }
@@ -454,12 +467,12 @@ impl Connection {
     /// A pending effect that becomes visible after `ops` are durable (at once if none).
     fn durable(&self, ops: Vec<Op>, publish: Vec<PreparedSend>, receipt: Option<String>) -> Pending {
         if ops.is_empty() {
-            return Box::pin(async move { Ok(Effect { publish, receipt }) });
+            return Box::pin(async move { Ok(Effect { publish, receipt, attach: None }) });
         }
         let append = self.ctx.broker.journal().append(ops);
         Box::pin(async move {
             match append.await {
-                Ok(()) => Ok(Effect { publish, receipt }),
+                Ok(()) => Ok(Effect { publish, receipt, attach: None }),
                 Err(e) => Err((FrameError::Persist(error_chain(&e)), receipt)),
             }
         })
@@ -490,16 +503,17 @@ impl Connection {
             Target::Topic(t) => (broker.subscribe_topic(&t), Some(t)),
         };
         let key = broker.next_consumer_key();
-        queue.add_consumer(ConsumerHandle {
+        let consumer = ConsumerHandle {
             key,
             subscription_id: Arc::from(id.as_str()),
             ack_mode: mode,
             prefetch,
             outbox: self.outbox.clone(),
-        });
+        };
         tracing::debug!(peer = %self.peer, subscription = %id, %destination, ?mode, prefetch, "subscribed");
-        self.subscriptions.insert(id, Subscription { key, queue, topic, mode });
-        Ok(None)
+        self.subscriptions.insert(id, Subscription { key, queue: Arc::clone(&queue), topic, mode });
+        let effect = Effect { attach: Some((queue, consumer)), ..Effect::receipt(frame.get("receipt").map(str::to_string)) };
+        Ok(Some(Box::pin(async move { Ok(effect) })))
     }
 
     fn on_unsubscribe(&mut self, frame: &Frame) -> Result<Option<Pending>, FrameError> {

@@ -76,20 +76,19 @@ impl Broker {
         for _attempt in 0..5 {
             self.stomp_port = free_port();
             self.admin_port = free_port();
-            let config = format!(
-                "stomp:\n  listen: 127.0.0.1:{}\nadmin:\n  listen: 127.0.0.1:{}\nstorage:\n  dataDir: {}\n{}",
-                self.stomp_port,
-                self.admin_port,
-                self.data_dir.display(),
-                self.extra_config
-            );
-            std::fs::write(self.config_path(), config).expect("write config");
+            std::fs::write(self.config_path(), &self.extra_config).expect("write config");
             self.log = self.dir.join("broker.log");
             let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open broker log");
             let child = Process::new(env!("CARGO_BIN_EXE_duomq-broker"))
                 .arg("run")
                 .arg("--config")
                 .arg(self.config_path())
+                .arg("--data-dir")
+                .arg(&self.data_dir)
+                .arg("--stomp-listen")
+                .arg(format!("127.0.0.1:{}", self.stomp_port))
+                .arg("--admin-listen")
+                .arg(format!("127.0.0.1:{}", self.admin_port))
                 .env("RUST_LOG", "duomq_broker=debug,info")
                 .stdout(Stdio::null())
                 .stderr(log)
@@ -283,7 +282,7 @@ impl Conn {
 
     pub fn expect(&mut self, command: Command) -> Frame {
         let f = self.expect_frame();
-        assert_eq!(f.command, command, "unexpected frame: {f:?}");
+        assert_eq!(f.command, command, "unexpected frame {} {:?} ({} body bytes)", f.command, f.headers, f.body.len());
         f
     }
 
