@@ -332,15 +332,27 @@ impl Conn {
         assert_eq!(r.get("receipt-id"), Some(receipt.as_str()));
     }
 
-    pub fn ack(&mut self, msg: &Frame, receipt: bool) {
+    /// ACKs a message; with `receipt`, waits for the RECEIPT and returns the MESSAGEs
+    /// that arrived meanwhile (an ack frees prefetch room, so more may come first).
+    pub fn ack(&mut self, msg: &Frame, receipt: bool) -> Vec<Frame> {
         let mut f = Frame::new(Command::Ack).header("id", msg.get("ack").expect("ack header"));
+        let mut arrived = Vec::new();
         if receipt {
             f = f.header("receipt", "ack");
         }
         self.send(&f);
-        if receipt {
-            self.expect(Command::Receipt);
+        if !receipt {
+            return arrived;
         }
+        loop {
+            let f = self.expect_frame();
+            match f.command {
+                Command::Receipt => break,
+                Command::Message => arrived.push(f),
+                _ => panic!("unexpected frame {} {:?}", f.command, f.headers),
+            }
+        }
+        arrived
     }
 
     pub fn disconnect(mut self) {
