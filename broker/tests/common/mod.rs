@@ -224,6 +224,16 @@ impl Conn {
     }
 
     /// Connects and expects CONNECTED.
+    /// Connects unless the broker is gone (for crash tests).
+    pub fn try_connect(port: u16) -> Option<Conn> {
+        let stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
+        let _ = stream.set_nodelay(true);
+        let mut c = Conn { stream, codec: StompCodec::new(Limits::default()), buf: BytesMut::new(), heartbeats_seen: 0 };
+        c.try_send(&Frame::new(Command::Connect).header("accept-version", "1.2")).ok()?;
+        let reply = c.read_frame(FRAME_TIMEOUT)?;
+        (reply.command == Command::Connected).then_some(c)
+    }
+
     pub fn connect(port: u16, headers: &[(&str, &str)]) -> Conn {
         let mut c = Conn::raw(port);
         let mut f = Frame::new(Command::Connect);
@@ -243,6 +253,13 @@ impl Conn {
         let mut out = BytesMut::new();
         self.codec.encode(frame, &mut out);
         self.stream.write_all(&out).expect("write frame");
+    }
+
+    /// Like [`Conn::send`], but a dead socket is an error, not a panic.
+    pub fn try_send(&mut self, frame: &Frame) -> std::io::Result<()> {
+        let mut out = BytesMut::new();
+        self.codec.encode(frame, &mut out);
+        self.stream.write_all(&out)
     }
 
     pub fn send_bytes(&mut self, bytes: &[u8]) -> std::io::Result<()> {
