@@ -163,8 +163,7 @@ impl Broker {
 
     /// Looks a destination up, creating it on first use.
     pub fn resolve(&self, destination: &str) -> Result<Target, DestinationError> {
-        if let Some(name) = destination.strip_prefix("/queue/").filter(|n| !n.is_empty()) {
-            let _ = name;
+        if destination.strip_prefix("/queue/").is_some_and(|n| !n.is_empty()) {
             if let Some(q) = self.queues.read().get(destination) {
                 return Ok(Target::Queue(Arc::clone(q)));
             }

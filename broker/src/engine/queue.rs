@@ -8,7 +8,7 @@ use super::memory::Memory;
 use super::message::{ConsumerKey, Delivery, Entry};
 use crate::journal::MessageId;
 use parking_lot::Mutex;
-use std::collections::{BTreeMap, VecDeque};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -269,7 +269,7 @@ fn take_in_flight(st: &mut State, key: ConsumerKey, tag: u64, cumulative: bool) 
     }
     let rest = c.in_flight.split_off(&(tag + 1));
     let taken = std::mem::replace(&mut c.in_flight, rest);
-    Ok(taken.into_values().collect::<VecDeque<_>>().into())
+    Ok(taken.into_values().collect())
 }
 
 #[cfg(test)]
