@@ -309,6 +309,9 @@ impl Effect {
     }
 }
 
+/// Frames read but not yet applied (awaiting their fsync) before the connection stops reading.
+const MAX_PENDING: usize = 4096;
+
 type Pending = BoxFuture<'static, Result<Effect, (FrameError, Option<String>)>>;
 
 struct Connection {
@@ -335,8 +338,9 @@ impl Connection {
         let mut last_read = Instant::now();
         let mut check = tokio::time::interval(expect_every.unwrap_or(Duration::from_secs(3600)));
         loop {
-            // Frames already buffered are handled before reading more.
-            loop {
+            // Frames already buffered are handled before reading more; a client that
+            // pipelines faster than the journal syncs is not read until effects drain.
+            while self.pending.len() < MAX_PENDING {
                 match codec.decode(&mut buf) {
                     Ok(Some(Inbound::Heartbeat)) => {}
                     Ok(Some(Inbound::Frame(frame))) => {
@@ -348,19 +352,21 @@ impl Connection {
                     Err(e) => return End::Error(e.into(), None),
                 }
             }
+            let reading = self.pending.len() < MAX_PENDING;
             tokio::select! {
                 biased;
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
                     if let Err((e, receipt)) = self.apply(done) {
                         return End::Error(e, receipt);
                     }
-                }
-                r = rd.read_buf(&mut buf) => match r {
-                    Ok(0) | Err(_) => return End::Gone,
-                    Ok(n) => {
+                    if !reading {
+                        // We stopped reading, not the client: silence is ours.
                         last_read = Instant::now();
-                        let _ = n;
                     }
+                }
+                r = rd.read_buf(&mut buf), if reading => match r {
+                    Ok(0) | Err(_) => return End::Gone,
+                    Ok(_) => last_read = Instant::now(),
                 },
                 _ = check.tick() => {
                     if silence_limit.is_some_and(|limit| last_read.elapsed() > limit) {
