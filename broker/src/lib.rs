@@ -4,6 +4,7 @@
 //! endpoint), `client` (a Rust STOMP client), `config` (`broker.yaml`).
 
 pub mod admin;
+pub mod client;
 pub mod config;
 pub mod engine;
 pub mod journal;

@@ -1,6 +1,8 @@
 //! The `duomq-broker` command: run the broker, print its default config, and send or
 //! receive messages as a client.
 
+mod cli;
+
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use duomq_broker::config::{BrokerConfig, LogFormat, Override, DEFAULT_CONFIG_YAML};
@@ -27,6 +29,12 @@ enum Command {
     Run(RunArgs),
     /// Print the whole broker.yaml with every field at its default, commented.
     PrintDefaultConfig,
+    /// Send messages to a queue or topic (try `send --help` for examples).
+    #[command(long_about = cli::SEND_LONG_ABOUT)]
+    Send(cli::SendArgs),
+    /// Receive messages from a queue or topic (try `receive --help` for examples).
+    #[command(long_about = cli::RECEIVE_LONG_ABOUT)]
+    Receive(cli::ReceiveArgs),
 }
 
 #[derive(clap::Args)]
@@ -57,7 +65,13 @@ fn main() -> anyhow::Result<()> {
             Ok(())
         }
         Command::Run(args) => run(args),
+        Command::Send(args) => client_runtime()?.block_on(cli::send(args)),
+        Command::Receive(args) => client_runtime()?.block_on(cli::receive(args)),
     }
+}
+
+fn client_runtime() -> anyhow::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Runtime::new().context("failed to start the async runtime")
 }
 
 fn run(args: RunArgs) -> anyhow::Result<()> {

@@ -34,6 +34,12 @@ pub enum ClientError {
     /// The broker sent a well-formed frame the client did not expect at that point.
     #[error("expected {expected} from the broker, got {got}")]
     UnexpectedFrame { expected: &'static str, got: Command },
+    /// ACK or NACK of a message that carries nothing to acknowledge it by: it came from
+    /// an `auto` subscription, which needs no acknowledgement.
+    #[error(
+        "failed to acknowledge message {message_id:?}: it has no ack header (its subscription uses ack mode auto)"
+    )]
+    NotAckable { message_id: String },
     /// Nothing arrived in time; `what` names what was awaited.
     #[error("timed out waiting for {what}")]
     Timeout { what: String },

@@ -190,8 +190,10 @@ fn parse_stomp(s: &str) -> Result<StompUrl, String> {
     let Some((scheme, rest)) = s.split_once("://") else {
         return Err("missing scheme; write stomp://host:port".into());
     };
-    if !matches!(scheme.to_ascii_lowercase().as_str(), "stomp" | "tcp") {
-        return Err(format!("unsupported scheme {scheme:?}; use stomp://"));
+    match scheme.to_ascii_lowercase().as_str() {
+        "stomp" | "tcp" => {}
+        "stomp+ssl" | "ssl" => return Err("TLS (stomp+ssl://) is not supported by this client yet".into()),
+        _ => return Err(format!("unsupported scheme {scheme:?}; use stomp://")),
     }
     if rest.contains('?') {
         return Err("a stomp:// URL takes no options; put them on a failover:(...) URL".into());
@@ -276,6 +278,9 @@ fn parse_failover(s: &str) -> Result<FailoverUrl, String> {
     let Some(rest) = s.strip_prefix("failover:") else {
         return Err("expected failover:(stomp://host:port,...)".into());
     };
+    if rest.contains("failover:") {
+        return Err("failover URLs cannot be nested".into());
+    }
     let (list, query) = match rest.strip_prefix('(') {
         Some(inner) => {
             let Some((list, after)) = inner.split_once(')') else {
@@ -283,7 +288,9 @@ fn parse_failover(s: &str) -> Result<FailoverUrl, String> {
             };
             let query = match after {
                 "" => None,
-                q => Some(q.strip_prefix('?').ok_or_else(|| format!("unexpected {q:?} after ')'; options start with '?'"))?),
+                q => Some(
+                    q.strip_prefix('?').ok_or_else(|| format!("unexpected {q:?} after ')'; options start with '?'"))?,
+                ),
             };
             (list, query)
         }
@@ -298,10 +305,7 @@ fn parse_failover(s: &str) -> Result<FailoverUrl, String> {
         if member.is_empty() {
             return Err(format!("member {} is empty", i + 1));
         }
-        if member.starts_with("failover:") {
-            return Err("failover URLs cannot be nested".into());
-        }
-        members.push(parse_stomp(member).map_err(|reason| format!("member {} ({member}): {reason}", i + 1))?);
+        members.push(parse_stomp(member).map_err(|reason| format!("member {} ({}): {reason}", i + 1, redact(member)))?);
     }
     let mut options = FailoverOptions::default();
     for pair in query.unwrap_or("").split('&').filter(|p| !p.is_empty()) {
@@ -320,7 +324,9 @@ fn apply_option(o: &mut FailoverOptions, key: &str, value: &str) -> Result<(), S
     let bad = |expected: &str| format!("option {key}={value:?}: expected {expected}");
     match key {
         "randomize" => o.randomize = parse_bool(value).ok_or_else(|| bad("true or false"))?,
-        "initialReconnectDelay" => o.initial_reconnect_delay = parse_delay(value).ok_or_else(|| bad("a duration like 10ms"))?,
+        "initialReconnectDelay" => {
+            o.initial_reconnect_delay = parse_delay(value).ok_or_else(|| bad("a duration like 10ms"))?
+        }
         "maxReconnectDelay" => o.max_reconnect_delay = parse_delay(value).ok_or_else(|| bad("a duration like 30s"))?,
         "maxReconnectAttempts" => {
             let n: i64 = value.parse().map_err(|_| bad("a whole number, -1 for unlimited"))?;
@@ -329,9 +335,12 @@ fn apply_option(o: &mut FailoverOptions, key: &str, value: &str) -> Result<(), S
                 n => Some(u32::try_from(n).map_err(|_| bad("a whole number, -1 for unlimited"))?),
             };
         }
-        "useExponentialBackOff" => o.use_exponential_back_off = parse_bool(value).ok_or_else(|| bad("true or false"))?,
+        "useExponentialBackOff" => {
+            o.use_exponential_back_off = parse_bool(value).ok_or_else(|| bad("true or false"))?
+        }
         "backOffMultiplier" => {
-            o.back_off_multiplier = value.parse::<f64>().ok().filter(|m| *m >= 1.0).ok_or_else(|| bad("a number of at least 1"))?;
+            o.back_off_multiplier =
+                value.parse::<f64>().ok().filter(|m| *m >= 1.0).ok_or_else(|| bad("a number of at least 1"))?;
         }
         other => {
             return Err(format!(
@@ -386,7 +395,11 @@ mod tests {
     #[case("STOMP://broker:1", "broker", 1)]
     #[case("stomp://[::1]:9000", "::1", 9000)]
     #[case("stomp://[::1]", "::1", DEFAULT_STOMP_PORT)]
-    fn given_stomp_url_when_parsed_should_yield_host_and_port(#[case] url: &str, #[case] host: &str, #[case] port: u16) {
+    fn given_stomp_url_when_parsed_should_yield_host_and_port(
+        #[case] url: &str,
+        #[case] host: &str,
+        #[case] port: u16,
+    ) {
         let u: StompUrl = url.parse().unwrap();
         assert_eq!((u.host.as_str(), u.port, u.login, u.passcode), (host, port, None, None));
     }
@@ -416,6 +429,7 @@ mod tests {
     #[rstest]
     #[case("127.0.0.1:61613", "missing scheme")]
     #[case("http://host:80", "unsupported scheme")]
+    #[case("stomp+ssl://host:61614", "TLS")]
     #[case("stomp://", "missing host")]
     #[case("stomp://:61613", "missing host")]
     #[case("stomp://host:", "not a number")]
@@ -446,10 +460,11 @@ mod tests {
 
     #[test]
     fn given_failover_url_with_options_when_parsed_should_keep_members_in_order() {
-        let f: FailoverUrl = "failover:(stomp://a:61613,stomp://u:p@b:61614)?randomize=false&initialReconnectDelay=10ms\
+        let f: FailoverUrl =
+            "failover:(stomp://a:61613,stomp://u:p@b:61614)?randomize=false&initialReconnectDelay=10ms\
              &maxReconnectDelay=2s&maxReconnectAttempts=-1"
-            .parse()
-            .unwrap();
+                .parse()
+                .unwrap();
         let addrs: Vec<String> = f.members.iter().map(StompUrl::address).collect();
         assert_eq!(addrs, ["a:61613", "b:61614"]);
         assert_eq!(f.members[1].login.as_deref(), Some("u"));
@@ -506,7 +521,9 @@ mod tests {
     #[test]
     fn given_failover_url_when_displayed_should_parse_back_to_the_same_value() {
         let f: FailoverUrl =
-            "failover:(stomp://a:1,stomp://b:2)?randomize=false&maxReconnectAttempts=3&backOffMultiplier=1.5".parse().unwrap();
+            "failover:(stomp://a:1,stomp://b:2)?randomize=false&maxReconnectAttempts=3&backOffMultiplier=1.5"
+                .parse()
+                .unwrap();
         assert_eq!(f.to_string().parse::<FailoverUrl>().unwrap(), f);
     }
 }

@@ -224,7 +224,8 @@ impl BrokerConfig {
         };
         let mut from_env = false;
         for (key, value) in env {
-            let Some(rest) = key.strip_prefix(ENV_PREFIX) else { continue };
+            // Only `SECTION__FIELD` names are config; `DUOMQ_URL` and friends belong to the CLI.
+            let Some(rest) = key.strip_prefix(ENV_PREFIX).filter(|r| r.contains("__")) else { continue };
             let path: Vec<String> = rest.split("__").map(snake_to_camel).collect();
             set_path(&mut doc, &path, &value);
             from_env = true;
@@ -434,6 +435,7 @@ mod tests {
             ("DUOMQ_STOMP__HEARTBEAT_SEND".to_string(), "2s".to_string()),
             ("DUOMQ_STORAGE__FSYNC".to_string(), "false".to_string()),
             ("OTHER".to_string(), "x".to_string()),
+            ("DUOMQ_URL".to_string(), "stomp://elsewhere".to_string()),
         ];
         let flags = [Override { path: "storage.dataDir", value: "/from/flag".to_string() }];
         let cfg = BrokerConfig::load(Some(f.path()), env, &flags).unwrap();

@@ -12,7 +12,7 @@ use crate::engine::queue::{AckError, AckMode, ConsumerHandle, Outbound, Queue};
 use crate::engine::{Broker, DestinationError, Target, Topic};
 use crate::journal::{MessageId, Op, StoredMessage};
 use crate::metrics::Metrics;
-use crate::stomp::{CodecError, Command, Frame, Inbound, Limits, StompCodec, Version};
+use crate::stomp::{CodecError, Command, Frame, HeartBeat, Inbound, Limits, StompCodec, Version};
 use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -163,16 +163,15 @@ fn handshake(frame: &Frame, broker: &Broker) -> Result<Session, FrameError> {
     let login = frame.get("login").unwrap_or("").to_string();
     authenticate(broker, &login, frame.get("passcode"))?;
     let cfg = &broker.config.stomp;
-    let (cx, cy) = parse_heart_beat(frame.get("heart-beat"));
-    let (sx, sy) = (cfg.heartbeat_send.get(), cfg.heartbeat_receive.get());
-    let every = |a: Duration, b: Duration| (!a.is_zero() && !b.is_zero()).then(|| a.max(b));
+    let ours = HeartBeat { can_send: cfg.heartbeat_send.get(), wants: cfg.heartbeat_receive.get() };
+    let (send_every, expect_every) = HeartBeat::negotiate(ours, HeartBeat::parse(frame.get("heart-beat")));
     Ok(Session {
         id: format!("{}-{:x}", broker.node_id, rand::random::<u32>()),
         login,
         version,
-        heart_beat_header: format!("{},{}", sx.as_millis(), sy.as_millis()),
-        send_every: every(sx, cy),
-        expect_every: every(cx, sy),
+        heart_beat_header: ours.header_value(),
+        send_every,
+        expect_every,
     })
 }
 
@@ -195,14 +194,6 @@ fn authenticate(broker: &Broker, login: &str, passcode: Option<&str>) -> Result<
 
 fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
     a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
-fn parse_heart_beat(h: Option<&str>) -> (Duration, Duration) {
-    let Some((a, b)) = h.and_then(|h| h.split_once(',')) else {
-        return (Duration::ZERO, Duration::ZERO);
-    };
-    let ms = |s: &str| Duration::from_millis(s.trim().parse().unwrap_or(0));
-    (ms(a), ms(b))
 }
 
 /// Sends an ERROR for a failed handshake and closes.

@@ -168,3 +168,33 @@ pub enum Inbound {
     Frame(Frame),
     Heartbeat,
 }
+
+/// The two intervals of a `heart-beat` header, `"cx,cy"` in milliseconds: how often the
+/// sender can send, and how often it wants to receive. Missing or malformed means `0,0`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct HeartBeat {
+    pub can_send: std::time::Duration,
+    pub wants: std::time::Duration,
+}
+
+impl HeartBeat {
+    pub fn parse(header: Option<&str>) -> HeartBeat {
+        let ms = |s: &str| std::time::Duration::from_millis(s.trim().parse().unwrap_or(0));
+        match header.and_then(|h| h.split_once(',')) {
+            Some((a, b)) => HeartBeat { can_send: ms(a), wants: ms(b) },
+            None => HeartBeat::default(),
+        }
+    }
+
+    pub fn header_value(&self) -> String {
+        format!("{},{}", self.can_send.as_millis(), self.wants.as_millis())
+    }
+
+    /// Negotiates one direction as the spec says: no beats if either side says 0,
+    /// otherwise the larger of what one side can send and the other wants.
+    /// `ours` is this side's offer, `theirs` the peer's; returns (send every, expect every).
+    pub fn negotiate(ours: HeartBeat, theirs: HeartBeat) -> (Option<std::time::Duration>, Option<std::time::Duration>) {
+        let both = |a: std::time::Duration, b: std::time::Duration| (!a.is_zero() && !b.is_zero()).then(|| a.max(b));
+        (both(ours.can_send, theirs.wants), both(ours.wants, theirs.can_send))
+    }
+}

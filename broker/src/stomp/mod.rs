@@ -5,4 +5,4 @@ pub mod codec;
 pub mod frame;
 
 pub use codec::{CodecError, Limits, StompCodec};
-pub use frame::{Command, Frame, Inbound, Version};
+pub use frame::{Command, Frame, HeartBeat, Inbound, Version};

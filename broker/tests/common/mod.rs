@@ -228,7 +228,8 @@ impl Conn {
     pub fn try_connect(port: u16) -> Option<Conn> {
         let stream = TcpStream::connect(("127.0.0.1", port)).ok()?;
         let _ = stream.set_nodelay(true);
-        let mut c = Conn { stream, codec: StompCodec::new(Limits::default()), buf: BytesMut::new(), heartbeats_seen: 0 };
+        let mut c =
+            Conn { stream, codec: StompCodec::new(Limits::default()), buf: BytesMut::new(), heartbeats_seen: 0 };
         c.try_send(&Frame::new(Command::Connect).header("accept-version", "1.2")).ok()?;
         let reply = c.read_frame(FRAME_TIMEOUT)?;
         (reply.command == Command::Connected).then_some(c)

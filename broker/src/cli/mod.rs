@@ -1,0 +1,48 @@
+//! The `send` and `receive` subcommands: a producer and a consumer for trying a broker
+//! out, checking what came through, and rough throughput numbers. They are thin users of
+//! `duomq_broker::client` and must not speak STOMP themselves.
+//!
+//! Every message `send` produces carries a `duomq-run` header (random per run) and a
+//! `duomq-seq` header (0, 1, 2, ...), and its body starts with the sequence number, so
+//! `receive` can count duplicates. Progress lines and summaries go to stderr; stdout
+//! only carries what `receive --print` prints.
+
+mod progress;
+mod receive;
+mod send;
+
+pub use receive::{receive, ReceiveArgs, RECEIVE_LONG_ABOUT};
+pub use send::{send, SendArgs, SEND_LONG_ABOUT};
+
+use duomq_broker::client::{Client, ClientOptions};
+
+/// Header naming the `send` run a message came from.
+const RUN_HEADER: &str = "duomq-run";
+/// Header with the message's sequence number within its run.
+const SEQ_HEADER: &str = "duomq-seq";
+
+/// Where the broker is and who we are; shared by `send` and `receive`.
+#[derive(clap::Args, Debug, Clone)]
+pub struct ConnectArgs {
+    /// Broker URL: stomp://[user:pass@]host[:port] (port 61613 by default), or a
+    /// failover:(stomp://a:61613,stomp://b:61613) list whose members are tried in order.
+    #[arg(long, env = "DUOMQ_URL", default_value = "stomp://127.0.0.1:61613", value_name = "URL")]
+    pub url: String,
+    /// Login sent on CONNECT (overrides a user in the URL).
+    #[arg(long, env = "DUOMQ_LOGIN", value_name = "USER")]
+    pub login: Option<String>,
+    /// Passcode sent on CONNECT (overrides a password in the URL).
+    #[arg(long, env = "DUOMQ_PASSCODE", hide_env_values = true, value_name = "PASSWORD")]
+    pub passcode: Option<String>,
+}
+
+impl ConnectArgs {
+    async fn connect(&self) -> anyhow::Result<Client> {
+        let options =
+            ClientOptions { login: self.login.clone(), passcode: self.passcode.clone(), ..ClientOptions::default() };
+        // The client's errors already name the broker and the step.
+        let client = Client::connect(&self.url, options).await?;
+        tracing::debug!(broker = %client.connected_to(), version = %client.version(), "connected");
+        Ok(client)
+    }
+}
