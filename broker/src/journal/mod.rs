@@ -48,6 +48,9 @@ pub use error::JournalError;
 pub use metrics::JournalMetrics;
 pub use record::MAX_RECORD_PAYLOAD;
 
+/// Longest a lazily appended record waits for a group commit to ride along with.
+pub const LAZY_SYNC_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
+
 use reclaim::Effect;
 use writer::{Request, Writer};
 
@@ -229,6 +232,18 @@ impl Journal {
     /// the error that failed its batch (every record of a failed batch gets that error and
     /// none of them is on disk). Never blocks.
     pub fn append(&self, ops: Vec<Op>) -> AppendFuture {
+        self.submit(ops, true)
+    }
+
+    /// Like [`Journal::append`], but the record does not ask for its own fdatasync: it is
+    /// written with the next group commit, or within [`LAZY_SYNC_DELAY`] if none comes.
+    /// For acknowledgements nobody waits for (an ACK without a receipt): if the broker
+    /// crashes first, the message is delivered again, which is all such an ACK promised.
+    pub fn append_lazy(&self, ops: Vec<Op>) -> AppendFuture {
+        self.submit(ops, false)
+    }
+
+    fn submit(&self, ops: Vec<Op>, sync: bool) -> AppendFuture {
         let len = record::payload_len(&ops);
         if len > MAX_RECORD_PAYLOAD {
             return AppendFuture::ready(Err(JournalError::RecordTooLarge {
@@ -244,6 +259,7 @@ impl Journal {
             frame,
             effects,
             reply,
+            sync,
         };
         let sender = self
             .shared

@@ -654,3 +654,44 @@ async fn given_full_disk_when_appending_should_fail_and_recover_once_space_retur
     );
     close(&journal);
 }
+
+#[tokio::test]
+async fn given_lazy_ack_when_a_sync_append_follows_should_share_its_batch() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(JournalConfig::new(dir.path()));
+    durable(&journal, vec![add(1), add(2)]).await;
+    let before = journal.stats().batches;
+    let lazy = journal.append_lazy(vec![ack(1)]);
+    durable(&journal, vec![add(3)]).await;
+    lazy.await.expect("lazy ack written with the next group commit");
+    assert_eq!(journal.stats().batches, before + 1, "the lazy ack cost no batch of its own");
+    close(&journal);
+    assert_eq!(ids(&reopen(dir.path())), vec![2, 3]);
+}
+
+#[tokio::test]
+async fn given_only_lazy_acks_should_be_written_within_the_lazy_delay() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(JournalConfig::new(dir.path()));
+    durable(&journal, vec![add(1), add(2)]).await;
+    let started = std::time::Instant::now();
+    let a = journal.append_lazy(vec![ack(1)]);
+    let b = journal.append_lazy(vec![ack(2)]);
+    a.await.expect("lazy ack written");
+    b.await.expect("lazy ack written");
+    // Generous bound: the point is that it is written without any further sync append.
+    assert!(started.elapsed() < LAZY_SYNC_DELAY * 50, "took {:?}", started.elapsed());
+    // Simulate a crash right after: no close, the journal is dropped with its thread.
+    drop(journal);
+    let recovered = loop {
+        match Journal::open(JournalConfig::new(dir.path()), JournalMetrics::unregistered()) {
+            Ok((j, r)) => {
+                close(&j);
+                break r;
+            }
+            Err(JournalError::Lock { .. }) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            Err(e) => panic!("reopen failed: {e:?}"),
+        }
+    };
+    assert!(recovered.messages.is_empty());
+}

@@ -9,7 +9,7 @@
 use std::fs::{self, File};
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
-use std::sync::mpsc::{Receiver, TryRecvError};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Instant;
 
@@ -19,7 +19,7 @@ use super::lock::DirLock;
 use super::reclaim::{Effect, Ledger};
 use super::recovery::Recovery;
 use super::segment::{self, SegmentHeader, SegmentSeq, HEADER_LEN};
-use super::{JournalConfig, JournalError, JournalMetrics, JournalStats};
+use super::{JournalConfig, JournalError, JournalMetrics, JournalStats, LAZY_SYNC_DELAY};
 
 /// One queued record and whom to tell when it is durable.
 pub(super) struct Request {
@@ -27,6 +27,8 @@ pub(super) struct Request {
     pub(super) frame: Vec<u8>,
     pub(super) effects: Vec<Effect>,
     pub(super) reply: oneshot::Sender<Result<(), JournalError>>,
+    /// Asks for a group commit now; lazy requests wait for one (see `LAZY_SYNC_DELAY`).
+    pub(super) sync: bool,
 }
 
 /// The segment records are appended to.
@@ -126,30 +128,58 @@ impl Writer {
     /// Serves batches until every sender is gone and the queue is empty, then syncs.
     pub(super) fn run(mut self, requests: Receiver<Request>) -> Result<(), JournalError> {
         let mut held_back: Option<Request> = None;
+        // Lazy requests collected while no synchronous one has come.
+        let mut deferred: Vec<Request> = Vec::new();
+        let mut deferred_since = Instant::now();
         loop {
             let first = match held_back.take() {
                 Some(request) => request,
-                None => match requests.recv() {
+                None if deferred.is_empty() => match requests.recv() {
                     Ok(request) => request,
                     Err(_) => break,
                 },
+                None => {
+                    let wait = LAZY_SYNC_DELAY.saturating_sub(deferred_since.elapsed());
+                    match requests.recv_timeout(wait) {
+                        Ok(request) => request,
+                        Err(RecvTimeoutError::Timeout) => {
+                            self.commit(std::mem::take(&mut deferred));
+                            continue;
+                        }
+                        Err(RecvTimeoutError::Disconnected) => break,
+                    }
+                }
             };
-            let mut bytes = first.frame.len();
-            let mut batch = vec![first];
+            if deferred.is_empty() {
+                deferred_since = Instant::now();
+            }
+            let mut bytes: usize = deferred.iter().map(|r| r.frame.len()).sum::<usize>() + first.frame.len();
+            let mut sync = first.sync;
+            let mut batch = std::mem::take(&mut deferred);
+            batch.push(first);
             while bytes < self.max_batch_bytes {
                 match requests.try_recv() {
                     Ok(request) if bytes + request.frame.len() > self.max_batch_bytes => {
                         held_back = Some(request);
+                        sync = true;
                         break;
                     }
                     Ok(request) => {
                         bytes += request.frame.len();
+                        sync |= request.sync;
                         batch.push(request);
                     }
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            self.commit(batch);
+            if sync || bytes >= self.max_batch_bytes {
+                self.commit(batch);
+            } else {
+                deferred = batch;
+            }
+        }
+        if !deferred.is_empty() {
+            self.commit(deferred);
         }
         self.finish()
     }
@@ -341,3 +371,4 @@ impl Writer {
         *self.stats.lock().unwrap_or_else(PoisonError::into_inner) = self.local_stats;
     }
 }
+

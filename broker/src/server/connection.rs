@@ -579,7 +579,17 @@ impl Connection {
             return Ok(None);
         }
         let ops = settle(&ack)?;
-        Ok(Some(self.durable(ops, vec![], frame.get("receipt").map(str::to_string))))
+        match frame.get("receipt") {
+            Some(receipt) => Ok(Some(self.durable(ops, vec![], Some(receipt.to_string())))),
+            None => {
+                // Nobody waits for this ACK: it rides along with the next group commit
+                // instead of costing an fsync, and holds up none of the frames behind it.
+                if !ops.is_empty() {
+                    drop(self.ctx.broker.journal().append_lazy(ops));
+                }
+                Ok(None)
+            }
+        }
     }
 
     fn on_begin(&mut self, frame: &Frame) -> Result<Option<Pending>, FrameError> {

@@ -115,8 +115,8 @@ impl Writer {
         self.metrics.bytes_out.inc_by(m.body.len() as u64);
     }
 
-    /// Auto-ack deliveries count as acknowledged once written; journaled ones get an ack
-    /// record (not awaited: at worst a crash redelivers them).
+    /// Auto-ack deliveries count as acknowledged once written; journaled ones get a lazy
+    /// ack record (not awaited: at worst a crash redelivers them).
     fn settle_auto(&self, settle: &mut Vec<Delivery>) {
         let mut acks = Vec::new();
         for d in settle.drain(..) {
@@ -125,7 +125,7 @@ impl Writer {
             }
         }
         if !acks.is_empty() {
-            drop(self.broker.journal().append(acks));
+            drop(self.broker.journal().append_lazy(acks));
         }
     }
 }
