@@ -1,0 +1,352 @@
+//! The command line: `duomq-bench run` and `duomq-bench fsync-rate`, their options and
+//! the parsers for durations, sizes and `NAME=VALUE` headers. Parsing only; nothing here
+//! connects or measures.
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+use duomq_broker::client::AckMode;
+use std::path::PathBuf;
+use std::time::Duration;
+
+const ABOUT: &str = "Load generator for STOMP brokers: throughput, end-to-end latency, broker footprint and \
+correctness, for comparing duomq, ActiveMQ and RabbitMQ at equal durability.";
+
+const LONG_ABOUT: &str = "Load generator for STOMP brokers: throughput, end-to-end latency, broker footprint \
+and correctness, for comparing duomq, ActiveMQ and RabbitMQ at equal durability.\n\n\
+Examples:\n  \
+# 10 s of 1 KiB persistent messages, 64 receipts in flight, broker memory and CPU sampled\n  \
+duomq-bench run --persistent --window 64 --broker-pid $(pidof duomq-broker)\n\n  \
+# how fast the journal's disk can fsync\n  \
+duomq-bench fsync-rate --dir /var/lib/duomq\n\n\
+Every option of a command: duomq-bench run --help, duomq-bench fsync-rate --help.";
+
+const RUN_ABOUT: &str = "Run producers and consumers against a broker and report what happened.\n\n\
+Every producer and every consumer gets its own connection. Consumers subscribe first, then the \
+producers send for --warmup (not counted) plus --duration (measured). Each message body carries \
+its producer, sequence number and send time, so consumers measure end-to-end latency and the \
+tool can tell which receipted messages never arrived (lost) or arrived twice (duplicates). After \
+the producers stop, consumers keep going until every receipted message has arrived or \
+--drain-timeout passes.\n\n\
+A progress line goes to stderr every second; the result goes to stdout as a table, or as one \
+JSON object with --json. Losses do not change the exit code (this is a measurement) but are \
+printed prominently.\n\n\
+Broker-specific subscription headers (--subscribe-header) make consumers use a small built-in \
+STOMP connection instead of the duomq client, which cannot add SUBSCRIBE headers; that \
+connection sends the prefetch both as activemq.prefetchSize and prefetch-count.\n\n\
+Examples:\n  \
+# duomq, 1 KiB persistent messages, 64 receipts in flight per producer\n  \
+duomq-bench run --destination /queue/bench --persistent --window 64 --broker-pid $(pidof duomq-broker)\n\n  \
+# fully synchronous: each send waits for its RECEIPT\n  \
+duomq-bench run --persistent --window 1 --duration 30s --label duomq-sync\n\n  \
+# ActiveMQ 5.17 with 4 producers and 4 consumers, as JSON\n  \
+duomq-bench run --url stomp://admin:admin@127.0.0.1:61613 --producers 4 --consumers 4 --persistent --window 64 --json\n\n  \
+# RabbitMQ 3.10, durable quorum queue (pass the beam.smp pid for the footprint)\n  \
+duomq-bench run --url stomp://guest:guest@127.0.0.1:61613 --persistent --window 64 \\\n      \
+--subscribe-header x-queue-type=quorum --subscribe-header durable=true --subscribe-header auto-delete=false \\\n      \
+--broker-pid $(pgrep -f beam.smp)";
+
+const FSYNC_ABOUT: &str = "Measure how many append+fdatasync cycles per second a directory's disk \
+sustains: the ceiling for synchronous persistent sends with one fsync each.\n\n\
+Appends --size bytes to a scratch file in --dir and calls fdatasync, in a loop, for --duration; \
+reports fsyncs per second and the fdatasync latency. The scratch file is removed afterwards.\n\n\
+Examples:\n  \
+duomq-bench fsync-rate --dir /var/lib/duomq\n  \
+duomq-bench fsync-rate --dir /tmp --duration 10s --size 4096 --json";
+
+#[derive(Parser, Debug)]
+#[command(name = "duomq-bench", version, about = ABOUT, long_about = LONG_ABOUT)]
+pub struct Cli {
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand, Debug)]
+pub enum Command {
+    /// Benchmark a broker with producers and consumers (see `duomq-bench run --help`).
+    #[command(long_about = RUN_ABOUT)]
+    Run(RunArgs),
+    /// Measure the fdatasync rate of a directory's disk.
+    #[command(long_about = FSYNC_ABOUT)]
+    FsyncRate(FsyncArgs),
+}
+
+/// Options of `duomq-bench run`.
+#[derive(Args, Debug, Clone)]
+pub struct RunArgs {
+    /// Broker URL: stomp://[user:pass@]host[:port]. A failover:(...) list is tried in order.
+    #[arg(long, env = "DUOMQ_URL", default_value = "stomp://127.0.0.1:61613", value_name = "URL")]
+    pub url: String,
+    /// Login sent on CONNECT (overrides a user in the URL).
+    #[arg(long, env = "DUOMQ_LOGIN", value_name = "USER")]
+    pub login: Option<String>,
+    /// Passcode sent on CONNECT (overrides a password in the URL).
+    #[arg(long, env = "DUOMQ_PASSCODE", hide_env_values = true, value_name = "PASSWORD")]
+    pub passcode: Option<String>,
+    /// Queue (or topic) every producer sends to and every consumer subscribes to.
+    #[arg(long, short = 'd', default_value = "/queue/bench", value_name = "DESTINATION")]
+    pub destination: String,
+    /// Producers, each on its own connection.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub producers: u32,
+    /// Consumers, each on its own connection.
+    #[arg(long, default_value_t = 1, value_name = "M", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub consumers: u32,
+    /// Body size, in bytes or with a unit (512, 1KiB, 64KiB, 1MiB). Bodies are never
+    /// shorter than their stamp (about 30 bytes).
+    #[arg(long, default_value = "1024", value_name = "BYTES", value_parser = parse_size)]
+    pub size: usize,
+    /// Send persistent:true: the broker must keep the messages on disk.
+    #[arg(long)]
+    pub persistent: bool,
+    /// Receipts each producer may have outstanding: 1 = send and wait for the RECEIPT
+    /// before the next; 64 = pipeline 64; 0 = send without receipts.
+    #[arg(long, default_value_t = 1, value_name = "W", value_parser = clap::value_parser!(u32).range(0..=65536))]
+    pub window: u32,
+    /// Measured time, after the warm-up (10s, 1m, 500ms).
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub duration: Duration,
+    /// Time before the measurement starts: messages are sent and consumed but not counted.
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// Unacknowledged messages the broker may push to each consumer.
+    #[arg(long, default_value_t = 1000, value_name = "P", value_parser = clap::value_parser!(u32).range(1..))]
+    pub prefetch: u32,
+    /// How consumers acknowledge: every message (client-individual), cumulatively in
+    /// batches of half the prefetch (client), or not at all (auto).
+    #[arg(long, value_enum, default_value_t = AckArg::ClientIndividual)]
+    pub ack: AckArg,
+    /// Extra header on every SEND, as NAME=VALUE; repeat for more.
+    #[arg(long = "send-header", value_name = "NAME=VALUE", value_parser = parse_header)]
+    pub send_headers: Vec<(String, String)>,
+    /// Extra header on every SUBSCRIBE, as NAME=VALUE (e.g. x-queue-type=quorum); repeat
+    /// for more.
+    #[arg(long = "subscribe-header", value_name = "NAME=VALUE", value_parser = parse_header)]
+    pub subscribe_headers: Vec<(String, String)>,
+    /// Process id of the broker: sample its memory (VmRSS) and CPU time from /proc. Only
+    /// that process, not its children (for RabbitMQ pass the beam.smp pid).
+    #[arg(long, value_name = "PID")]
+    pub broker_pid: Option<u32>,
+    /// Name of this run in the report (default: the broker's `server` header).
+    #[arg(long, value_name = "TEXT")]
+    pub label: Option<String>,
+    /// Print the result as one JSON object line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+    /// After the producers stop, how long consumers may take to receive the rest.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+}
+
+/// Ack modes as spelled on the command line.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum AckArg {
+    ClientIndividual,
+    Client,
+    Auto,
+}
+
+impl From<AckArg> for AckMode {
+    fn from(arg: AckArg) -> AckMode {
+        match arg {
+            AckArg::ClientIndividual => AckMode::ClientIndividual,
+            AckArg::Client => AckMode::Client,
+            AckArg::Auto => AckMode::Auto,
+        }
+    }
+}
+
+/// Options of `duomq-bench fsync-rate`.
+#[derive(Args, Debug, Clone)]
+pub struct FsyncArgs {
+    /// Directory on the disk to measure (where the broker keeps its journal).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// How long to measure.
+    #[arg(long, default_value = "3s", value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub duration: Duration,
+    /// Bytes appended before each fdatasync (512, 1KiB, 64KiB).
+    #[arg(long, default_value = "1024", value_name = "BYTES", value_parser = parse_size)]
+    pub size: usize,
+    /// Print the result as one JSON object line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// `NAME=VALUE` as a header; the value may itself contain `=`.
+pub fn parse_header(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((name, value)) if !name.trim().is_empty() => Ok((name.trim().to_string(), value.to_string())),
+        Some(_) => Err(format!("{s:?} has an empty header name; expected NAME=VALUE")),
+        None => Err(format!("{s:?} has no '='; expected NAME=VALUE")),
+    }
+}
+
+/// A human duration: `10s`, `500ms`, `1m 30s`.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    humantime::parse_duration(s.trim()).map_err(|e| format!("{s:?} is not a duration like 10s or 500ms ({e})"))
+}
+
+fn parse_positive_duration(s: &str) -> Result<Duration, String> {
+    match parse_duration(s)? {
+        d if d.is_zero() => Err(format!("{s:?} must be longer than zero")),
+        d => Ok(d),
+    }
+}
+
+/// Largest body this tool sends: the broker's default frame body limit.
+const MAX_SIZE: usize = 16 * 1024 * 1024;
+
+/// Bytes, bare or with a unit: `1024`, `1KiB`, `4 KiB`, `1MiB`, `100B`.
+pub fn parse_size(s: &str) -> Result<usize, String> {
+    let t = s.trim();
+    let split = t.find(|c: char| !c.is_ascii_digit()).unwrap_or(t.len());
+    let (digits, unit) = t.split_at(split);
+    let n: usize = digits.parse().map_err(|_| format!("{s:?} is not a size like 1024 or 1KiB"))?;
+    let scale = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" | "K" | "k" => 1024,
+        "MiB" | "M" => 1024 * 1024,
+        other => return Err(format!("{s:?} has unknown unit {other:?}; use B, KiB or MiB")),
+    };
+    match n.checked_mul(scale) {
+        Some(bytes) if bytes <= MAX_SIZE => Ok(bytes),
+        _ => Err(format!("{s:?} is larger than the limit of 16MiB")),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case("x-queue-type=quorum", ("x-queue-type", "quorum"))]
+    #[case("selector=a=b", ("selector", "a=b"))]
+    #[case("durable=", ("durable", ""))]
+    #[case(" prefetch-count =10", ("prefetch-count", "10"))]
+    fn given_name_value_when_parsed_should_split_at_first_equals(#[case] input: &str, #[case] want: (&str, &str)) {
+        assert_eq!(parse_header(input), Ok((want.0.to_string(), want.1.to_string())));
+    }
+
+    #[rstest]
+    #[case("durable")]
+    #[case("=true")]
+    #[case("")]
+    fn given_malformed_header_should_be_refused(#[case] input: &str) {
+        assert!(parse_header(input).is_err());
+    }
+
+    #[rstest]
+    #[case("10s", Duration::from_secs(10))]
+    #[case("500ms", Duration::from_millis(500))]
+    #[case("1m 30s", Duration::from_secs(90))]
+    #[case("0s", Duration::ZERO)]
+    fn given_human_duration_when_parsed_should_match(#[case] input: &str, #[case] want: Duration) {
+        assert_eq!(parse_duration(input), Ok(want));
+    }
+
+    #[rstest]
+    #[case("10")]
+    #[case("soon")]
+    fn given_bad_duration_should_be_refused(#[case] input: &str) {
+        assert!(parse_duration(input).is_err());
+    }
+
+    #[test]
+    fn given_zero_measured_duration_should_be_refused() {
+        assert!(parse_positive_duration("0s").is_err());
+    }
+
+    #[rstest]
+    #[case("1024", 1024)]
+    #[case("1KiB", 1024)]
+    #[case("4 KiB", 4096)]
+    #[case("1MiB", 1024 * 1024)]
+    #[case("100B", 100)]
+    fn given_size_when_parsed_should_be_bytes(#[case] input: &str, #[case] want: usize) {
+        assert_eq!(parse_size(input), Ok(want));
+    }
+
+    #[rstest]
+    #[case("1 GiB")]
+    #[case("17MiB")]
+    #[case("KiB")]
+    #[case("-1")]
+    fn given_bad_size_should_be_refused(#[case] input: &str) {
+        assert!(parse_size(input).is_err());
+    }
+
+    #[test]
+    fn given_full_run_command_line_should_parse_every_option() {
+        let cli = Cli::try_parse_from([
+            "duomq-bench",
+            "run",
+            "--url",
+            "stomp://127.0.0.1:61613",
+            "--login",
+            "u",
+            "--passcode",
+            "p",
+            "--destination",
+            "/queue/x",
+            "--producers",
+            "4",
+            "--consumers",
+            "2",
+            "--size",
+            "2KiB",
+            "--persistent",
+            "--window",
+            "64",
+            "--duration",
+            "3s",
+            "--warmup",
+            "500ms",
+            "--prefetch",
+            "10",
+            "--ack",
+            "client",
+            "--send-header",
+            "a=1",
+            "--subscribe-header",
+            "x-queue-type=quorum",
+            "--subscribe-header",
+            "durable=true",
+            "--broker-pid",
+            "42",
+            "--label",
+            "duomq",
+            "--json",
+            "--drain-timeout",
+            "1s",
+        ]);
+        let Ok(Cli { command: Command::Run(run) }) = cli else { panic!("did not parse: {cli:?}") };
+        assert_eq!((run.producers, run.consumers, run.size, run.window), (4, 2, 2048, 64));
+        assert_eq!((run.duration, run.warmup), (Duration::from_secs(3), Duration::from_millis(500)));
+        assert_eq!(run.ack, AckArg::Client);
+        assert_eq!(run.send_headers, vec![("a".to_string(), "1".to_string())]);
+        assert_eq!(run.subscribe_headers.len(), 2);
+        assert!(run.persistent && run.json);
+        assert_eq!(run.broker_pid, Some(42));
+    }
+
+    #[test]
+    fn given_no_options_should_use_documented_defaults() {
+        let cli = Cli::try_parse_from(["duomq-bench", "run"]);
+        let Ok(Cli { command: Command::Run(run) }) = cli else { panic!("did not parse: {cli:?}") };
+        assert_eq!((run.producers, run.consumers, run.size, run.window, run.prefetch), (1, 1, 1024, 1, 1000));
+        assert_eq!(run.ack, AckArg::ClientIndividual);
+        assert_eq!(run.destination, "/queue/bench");
+        assert!(!run.persistent);
+    }
+
+    #[test]
+    fn given_zero_producers_should_be_refused() {
+        assert!(Cli::try_parse_from(["duomq-bench", "run", "--producers", "0"]).is_err());
+    }
+
+    #[test]
+    fn given_clap_definition_should_be_consistent() {
+        use clap::CommandFactory;
+        Cli::command().debug_assert();
+    }
+}

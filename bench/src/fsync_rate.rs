@@ -1,0 +1,105 @@
+//! `duomq-bench fsync-rate`: how many append + fdatasync cycles a directory's disk
+//! sustains, the ceiling of a broker that fsyncs every persistent send on its own. It
+//! writes only its own scratch file, and removes it however the measurement ends.
+
+use crate::cli::FsyncArgs;
+use crate::report::{nanos_histogram, FsyncReport, LatencyMs};
+use anyhow::Context;
+use std::fs::{File, OpenOptions};
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// The scratch file starts over at this size, so a fast disk (or tmpfs) cannot fill up.
+const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
+
+/// Runs the measurement.
+pub fn fsync_rate(args: &FsyncArgs) -> anyhow::Result<FsyncReport> {
+    let scratch = Scratch::create(&args.dir)?;
+    let block = vec![b'.'; args.size.max(1)];
+    let mut latencies = nanos_histogram()?;
+    let mut written = 0u64;
+    let mut fsyncs = 0u64;
+    let started = Instant::now();
+    while started.elapsed() < args.duration {
+        if written >= MAX_FILE_BYTES {
+            scratch.file.set_len(0).with_context(|| format!("failed to truncate {}", scratch.path.display()))?;
+            written = 0;
+        }
+        (&scratch.file).write_all(&block).with_context(|| format!("failed to append to {}", scratch.path.display()))?;
+        written += block.len() as u64;
+        let before = Instant::now();
+        scratch.file.sync_data().with_context(|| format!("failed to fdatasync {}", scratch.path.display()))?;
+        latencies.saturating_record(duration_ns(before.elapsed()).max(1));
+        fsyncs += 1;
+    }
+    let elapsed = started.elapsed().as_secs_f64();
+    tracing::debug!(fsyncs, elapsed, "fsync-rate finished");
+    Ok(FsyncReport {
+        dir: args.dir.display().to_string(),
+        size: block.len(),
+        fsyncs,
+        fsync_rate: if elapsed > 0.0 { fsyncs as f64 / elapsed } else { 0.0 },
+        latency_ms: LatencyMs::from_nanos(&latencies),
+        duration_s: elapsed,
+    })
+}
+
+fn duration_ns(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// The scratch file; removed on drop.
+struct Scratch {
+    path: PathBuf,
+    file: File,
+}
+
+impl Scratch {
+    fn create(dir: &Path) -> anyhow::Result<Scratch> {
+        let path = dir.join(format!(".duomq-bench-fsync-{}", std::process::id()));
+        let file = OpenOptions::new()
+            .create_new(true)
+            .append(true)
+            .open(&path)
+            .with_context(|| format!("failed to create scratch file {}", path.display()))?;
+        Ok(Scratch { path, file })
+    }
+}
+
+impl Drop for Scratch {
+    fn drop(&mut self) {
+        if let Err(e) = std::fs::remove_file(&self.path) {
+            tracing::warn!(path = %self.path.display(), error = %e, "failed to remove the scratch file");
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_directory_should_measure_and_remove_scratch_file() -> anyhow::Result<()> {
+        let dir = tempfile::tempdir()?;
+        let args =
+            FsyncArgs { dir: dir.path().to_path_buf(), duration: Duration::from_millis(200), size: 512, json: false };
+        let report = fsync_rate(&args)?;
+        assert!(report.fsyncs > 0 && report.fsync_rate > 0.0);
+        assert!(report.latency_ms.p50.is_some());
+        assert_eq!(std::fs::read_dir(dir.path())?.count(), 0);
+        Ok(())
+    }
+
+    #[test]
+    fn given_missing_directory_should_fail_naming_it() {
+        let args = FsyncArgs {
+            dir: PathBuf::from("/nonexistent/duomq-bench"),
+            duration: Duration::from_millis(10),
+            size: 1,
+            json: false,
+        };
+        let error = fsync_rate(&args).map(|_| ()).unwrap_err();
+        assert!(format!("{error}").contains("/nonexistent/duomq-bench"));
+    }
+}

@@ -1,0 +1,61 @@
+//! duomq-bench: a STOMP load generator for comparing brokers (duomq, ActiveMQ, RabbitMQ)
+//! at equal durability. `run` drives producers and consumers and reports throughput,
+//! end-to-end latency, the broker's footprint and correctness; `fsync-rate` measures the
+//! disk underneath. This file only parses the command line, sets up logging and the
+//! runtime, and prints results; it must not measure anything itself.
+
+mod body;
+mod cli;
+mod footprint;
+mod fsync_rate;
+mod report;
+mod run;
+mod tally;
+
+use clap::Parser;
+use cli::{Cli, Command};
+use std::io::{IsTerminal, Write};
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_ansi(std::io::stderr().is_terminal())
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env()
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("duomq_bench=info,warn")),
+        )
+        .init();
+    let output = match cli.command {
+        Command::Run(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let report = runtime.block_on(run::run(&args))?;
+            // Pending client tasks (readers of closed connections) must not hold up exit.
+            runtime.shutdown_background();
+            if report.lost > 0 || report.duplicates > 0 {
+                tracing::warn!(
+                    lost = report.lost,
+                    duplicates = report.duplicates,
+                    "the broker lost or duplicated messages"
+                );
+            }
+            if args.json {
+                report.to_json_line()? + "\n"
+            } else {
+                report.to_table()
+            }
+        }
+        Command::FsyncRate(args) => {
+            let report = fsync_rate::fsync_rate(&args)?;
+            if args.json {
+                report.to_json_line()? + "\n"
+            } else {
+                report.to_text()
+            }
+        }
+    };
+    let mut stdout = std::io::stdout().lock();
+    stdout.write_all(output.as_bytes())?;
+    stdout.flush()?;
+    Ok(())
+}

@@ -1,0 +1,253 @@
+//! The result of a run as a value, and its two renderings: one JSON object line (stable
+//! snake_case keys, for scripts) and a table for people. Pure: the caller prints.
+
+use hdrhistogram::Histogram;
+use serde::Serialize;
+use std::fmt::Write as _;
+
+/// Latency percentiles in milliseconds; `None` when nothing was measured.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
+pub struct LatencyMs {
+    pub p50: Option<f64>,
+    pub p99: Option<f64>,
+    pub p999: Option<f64>,
+    pub max: Option<f64>,
+}
+
+impl LatencyMs {
+    /// Percentiles of a histogram of nanoseconds.
+    pub fn from_nanos(histogram: &Histogram<u64>) -> LatencyMs {
+        if histogram.is_empty() {
+            return LatencyMs::default();
+        }
+        let ms = |ns: u64| Some(round3(ns as f64 / 1e6));
+        LatencyMs {
+            p50: ms(histogram.value_at_quantile(0.5)),
+            p99: ms(histogram.value_at_quantile(0.99)),
+            p999: ms(histogram.value_at_quantile(0.999)),
+            max: ms(histogram.max()),
+        }
+    }
+}
+
+/// Everything `duomq-bench run` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct RunReport {
+    pub label: String,
+    /// The broker's `server` header from CONNECTED, if it sent one.
+    pub server: Option<String>,
+    pub destination: String,
+    pub producers: u32,
+    pub consumers: u32,
+    pub size: usize,
+    pub persistent: bool,
+    pub window: u32,
+    pub ack: String,
+    pub prefetch: u32,
+    /// Messages sent during the measured interval.
+    pub sent: u64,
+    /// Messages received during the measured interval.
+    pub received: u64,
+    pub send_rate: f64,
+    pub receive_rate: f64,
+    /// End-to-end latency of messages sent during the measured interval.
+    pub latency_ms: LatencyMs,
+    /// Broker RSS before the producers started.
+    pub rss_idle_mib: Option<f64>,
+    /// Broker RSS sampled every 250 ms from the producers' start to the end of the drain.
+    pub rss_peak_mib: Option<f64>,
+    pub rss_mean_mib: Option<f64>,
+    /// Broker CPU over the measured interval; 100 = one core busy.
+    pub cpu_percent: Option<f64>,
+    /// Messages the broker confirmed over the whole run (receipted; with --window 0, sent).
+    pub confirmed: u64,
+    /// Receipted (with --window 0 and --persistent: sent) messages never delivered.
+    pub lost: u64,
+    /// Deliveries beyond the first of a message.
+    pub duplicates: u64,
+    /// Messages this run did not send (left over in the queue from earlier runs).
+    pub foreign: u64,
+    /// Length of the measured interval in seconds.
+    pub duration_s: f64,
+    pub warmup_s: f64,
+    /// Seconds the consumers needed after the producers stopped.
+    pub drain_s: f64,
+    /// Connections that failed during the run, as "producer 2: ..." lines.
+    pub errors: Vec<String>,
+}
+
+impl RunReport {
+    pub fn to_json_line(&self) -> anyhow::Result<String> {
+        Ok(serde_json::to_string(self)?)
+    }
+
+    /// A header row and a value row, then any losses, duplicates and errors in capitals.
+    pub fn to_table(&self) -> String {
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
+        let mib = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
+        let columns: [(&str, String); 14] = [
+            ("label", self.label.clone()),
+            ("PxC", format!("{}x{}", self.producers, self.consumers)),
+            ("size", self.size.to_string()),
+            ("persistent", if self.persistent { "yes" } else { "no" }.to_string()),
+            ("window", self.window.to_string()),
+            ("sent/s", format!("{:.0}", self.send_rate)),
+            ("recv/s", format!("{:.0}", self.receive_rate)),
+            ("p50 ms", ms(self.latency_ms.p50)),
+            ("p99 ms", ms(self.latency_ms.p99)),
+            ("p99.9 ms", ms(self.latency_ms.p999)),
+            ("rss idle/peak MiB", format!("{}/{}", mib(self.rss_idle_mib), mib(self.rss_peak_mib))),
+            ("cpu %", self.cpu_percent.map_or("-".to_string(), |v| format!("{v:.0}"))),
+            ("lost", self.lost.to_string()),
+            ("dup", self.duplicates.to_string()),
+        ];
+        let mut head = String::new();
+        let mut row = String::new();
+        for (name, value) in &columns {
+            let width = name.len().max(value.len());
+            let _ = write!(head, "{name:>width$}  ");
+            let _ = write!(row, "{value:>width$}  ");
+        }
+        let mut out = format!("{}\n{}\n", head.trim_end(), row.trim_end());
+        if self.lost > 0 {
+            let _ = writeln!(out, "LOST: {} confirmed messages were never delivered", self.lost);
+        }
+        if self.duplicates > 0 {
+            let _ = writeln!(out, "DUPLICATES: {} messages were delivered more than once", self.duplicates);
+        }
+        if self.foreign > 0 {
+            let _ = writeln!(out, "note: {} messages from earlier runs were consumed and ignored", self.foreign);
+        }
+        for error in &self.errors {
+            let _ = writeln!(out, "ERROR: {error}");
+        }
+        out
+    }
+}
+
+/// What `duomq-bench fsync-rate` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct FsyncReport {
+    pub dir: String,
+    pub size: usize,
+    pub fsyncs: u64,
+    pub fsync_rate: f64,
+    pub latency_ms: LatencyMs,
+    pub duration_s: f64,
+}
+
+impl FsyncReport {
+    pub fn to_json_line(&self) -> anyhow::Result<String> {
+        Ok(serde_json::to_string(self)?)
+    }
+
+    pub fn to_text(&self) -> String {
+        let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.3}"));
+        format!(
+            "fsync-rate: {:.0} fsyncs/s (fdatasync latency p50 {} ms, p99 {} ms, max {} ms; {}-byte appends in {} for {:.1} s)\n",
+            self.fsync_rate,
+            ms(self.latency_ms.p50),
+            ms(self.latency_ms.p99),
+            ms(self.latency_ms.max),
+            self.size,
+            self.dir,
+            self.duration_s
+        )
+    }
+}
+
+/// A histogram of nanoseconds from 1 ns to one hour, 3 significant digits.
+pub fn nanos_histogram() -> anyhow::Result<Histogram<u64>> {
+    Ok(Histogram::new_with_bounds(1, 3_600_000_000_000, 3)?)
+}
+
+/// Rounds to three decimals, so JSON stays readable.
+pub fn round3(v: f64) -> f64 {
+    (v * 1000.0).round() / 1000.0
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample() -> RunReport {
+        RunReport {
+            label: "duomq".into(),
+            server: Some("duomq-broker/0.1.0".into()),
+            destination: "/queue/bench".into(),
+            producers: 4,
+            consumers: 4,
+            size: 1024,
+            persistent: true,
+            window: 64,
+            ack: "client-individual".into(),
+            prefetch: 1000,
+            sent: 1000,
+            received: 990,
+            send_rate: 100.0,
+            receive_rate: 99.0,
+            latency_ms: LatencyMs { p50: Some(1.5), p99: Some(3.0), p999: Some(4.0), max: Some(5.0) },
+            rss_idle_mib: Some(10.0),
+            rss_peak_mib: Some(20.0),
+            rss_mean_mib: Some(15.0),
+            cpu_percent: Some(80.0),
+            confirmed: 1200,
+            lost: 2,
+            duplicates: 0,
+            foreign: 0,
+            duration_s: 10.0,
+            warmup_s: 2.0,
+            drain_s: 0.1,
+            errors: vec![],
+        }
+    }
+
+    #[test]
+    fn given_report_when_json_should_use_snake_case_keys() -> anyhow::Result<()> {
+        let value: serde_json::Value = serde_json::from_str(&sample().to_json_line()?)?;
+        for key in [
+            "label",
+            "producers",
+            "consumers",
+            "size",
+            "persistent",
+            "window",
+            "sent",
+            "received",
+            "send_rate",
+            "receive_rate",
+            "rss_idle_mib",
+            "rss_peak_mib",
+            "rss_mean_mib",
+            "cpu_percent",
+            "lost",
+            "duplicates",
+            "duration_s",
+        ] {
+            assert!(value.get(key).is_some(), "missing {key}");
+        }
+        assert_eq!(value["latency_ms"]["p999"], 4.0);
+        Ok(())
+    }
+
+    #[test]
+    fn given_losses_when_table_should_print_them_prominently() {
+        let table = sample().to_table();
+        assert!(table.contains("4x4"));
+        assert!(table.contains("LOST: 2"));
+        assert!(!table.contains("DUPLICATES"));
+    }
+
+    #[test]
+    fn given_histogram_should_report_percentiles_in_ms() -> anyhow::Result<()> {
+        let mut h = nanos_histogram()?;
+        assert_eq!(LatencyMs::from_nanos(&h), LatencyMs::default());
+        for ms in 1..=1000u64 {
+            h.record(ms * 1_000_000)?;
+        }
+        let l = LatencyMs::from_nanos(&h);
+        assert!((l.p50.unwrap_or(0.0) - 500.0).abs() < 1.0);
+        assert!((l.max.unwrap_or(0.0) - 1000.0).abs() < 1.0);
+        Ok(())
+    }
+}

@@ -1,0 +1,197 @@
+//! One consumer: subscribes on its own connection, acknowledges what it receives as the
+//! ack mode asks, and records each delivery (latency, first or duplicate) until told to
+//! stop. It uses the duomq client unless the run needs SUBSCRIBE headers that client
+//! cannot send; then it uses the small connection in [`super::raw`].
+
+use super::raw::RawSubscriber;
+use super::shared::Shared;
+use crate::body::{parse_body, wall_clock_ns};
+use crate::report::nanos_histogram;
+use crate::tally::{DeliveryCounts, Mark};
+use anyhow::Context;
+use duomq_broker::client::{AckMode, Client, ClientOptions, Message, Subscription};
+use futures::FutureExt;
+use hdrhistogram::Histogram;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// How every consumer subscribes.
+#[derive(Debug, Clone)]
+pub struct ConsumerSpec {
+    pub url: String,
+    pub options: ClientOptions,
+    pub destination: String,
+    pub ack: AckMode,
+    pub prefetch: u32,
+    /// Extra SUBSCRIBE headers; when present, the raw connection is used.
+    pub subscribe_headers: Vec<(String, String)>,
+}
+
+/// A consumer that has subscribed, before it starts consuming.
+pub enum Subscribed {
+    Client { client: Client, subscription: Subscription },
+    Raw(Box<RawSubscriber>),
+}
+
+impl Subscribed {
+    /// The broker's `server` header from CONNECTED.
+    pub fn server(&self) -> Option<String> {
+        match self {
+            Subscribed::Client { client, .. } => client.server().map(str::to_string),
+            Subscribed::Raw(raw) => raw.server().map(str::to_string),
+        }
+    }
+
+    /// Consumes until `stop`, or until the connection fails.
+    pub async fn consume(
+        self,
+        spec: &ConsumerSpec,
+        id: u32,
+        mut recorder: Recorder,
+        stop: CancellationToken,
+    ) -> ConsumerOutcome {
+        let result = match self {
+            Subscribed::Client { client, subscription } => {
+                let result = consume_with_client(&client, subscription, spec, &mut recorder, &stop).await;
+                if let Err(e) = client.disconnect().await {
+                    tracing::debug!(consumer = id, error = %e, "disconnect failed");
+                }
+                result
+            }
+            Subscribed::Raw(raw) => raw.consume(spec.ack, &mut recorder, &stop).await,
+        };
+        let error = result.err().map(|e| {
+            tracing::error!(consumer = id, error = format!("{e:#}"), "consumer stopped early");
+            format!("consumer {id}: {e:#}")
+        });
+        ConsumerOutcome {
+            latencies: recorder.latencies,
+            measured_received: recorder.measured_received,
+            counts: recorder.counts,
+            error,
+        }
+    }
+}
+
+/// Connects and subscribes one consumer.
+pub async fn subscribe(spec: &ConsumerSpec) -> anyhow::Result<Subscribed> {
+    if spec.subscribe_headers.is_empty() {
+        let client = Client::connect(&spec.url, spec.options.clone()).await?;
+        let subscription = client.subscribe(&spec.destination, spec.ack, Some(spec.prefetch)).await?;
+        return Ok(Subscribed::Client { client, subscription });
+    }
+    let mut raw = RawSubscriber::connect(&spec.url, &spec.options).await?;
+    raw.subscribe(&spec.destination, spec.ack, spec.prefetch, &spec.subscribe_headers).await?;
+    Ok(Subscribed::Raw(Box::new(raw)))
+}
+
+/// What a consumer saw.
+pub struct ConsumerOutcome {
+    /// End-to-end latency, in nanoseconds, of first deliveries sent in the measured interval.
+    pub latencies: Histogram<u64>,
+    /// Messages of this run received during the measured interval.
+    pub measured_received: u64,
+    pub counts: DeliveryCounts,
+    pub error: Option<String>,
+}
+
+/// Books each delivery of one consumer.
+pub struct Recorder {
+    shared: Arc<Shared>,
+    latencies: Histogram<u64>,
+    measured_received: u64,
+    counts: DeliveryCounts,
+}
+
+impl Recorder {
+    pub fn new(shared: Arc<Shared>) -> anyhow::Result<Recorder> {
+        Ok(Recorder { shared, latencies: nanos_histogram()?, measured_received: 0, counts: DeliveryCounts::default() })
+    }
+
+    /// Books one delivered body, received now.
+    pub fn record(&mut self, body: &[u8]) {
+        let now = wall_clock_ns();
+        let shared = &*self.shared;
+        shared.counters.received.fetch_add(1, Ordering::Relaxed);
+        let stamp = match parse_body(body) {
+            // Stamped before this run started: left in the queue by an earlier one.
+            Some(stamp) if stamp.sent_ns >= shared.phases.start_ns => stamp,
+            _ => {
+                self.counts.add(Mark::Foreign);
+                return;
+            }
+        };
+        let mark = shared.deliveries.mark(stamp.producer, stamp.seq);
+        self.counts.add(mark);
+        if mark == Mark::Foreign {
+            return;
+        }
+        if shared.phases.in_measured(now) {
+            self.measured_received += 1;
+        }
+        if mark == Mark::First && shared.phases.in_measured(stamp.sent_ns) {
+            self.latencies.saturating_record(now.saturating_sub(stamp.sent_ns).max(1));
+        }
+    }
+}
+
+/// Messages between cumulative ACKs in `client` mode: half the prefetch, so the broker
+/// never runs out of window.
+pub fn cumulative_ack_every(prefetch: u32) -> u32 {
+    (prefetch / 2).max(1)
+}
+
+async fn consume_with_client(
+    client: &Client,
+    mut subscription: Subscription,
+    spec: &ConsumerSpec,
+    recorder: &mut Recorder,
+    stop: &CancellationToken,
+) -> anyhow::Result<()> {
+    let ack_every = cumulative_ack_every(spec.prefetch);
+    // In `client` mode: the newest message not yet covered by a cumulative ACK.
+    let mut unacked: Option<Message> = None;
+    let mut since_ack = 0u32;
+    while !stop.is_cancelled() {
+        let message = match subscription.recv().now_or_never() {
+            Some(message) => message,
+            None => {
+                // Idle: settle what a cumulative ACK still owes before waiting.
+                if let Some(last) = unacked.take() {
+                    client.ack(&last).await.context("failed to acknowledge")?;
+                    since_ack = 0;
+                }
+                tokio::select! {
+                    biased;
+                    _ = stop.cancelled() => break,
+                    message = subscription.recv() => message,
+                }
+            }
+        };
+        let Some(message) = message else {
+            return Err(client
+                .failure()
+                .map_or_else(|| anyhow::anyhow!("the broker closed the connection"), Into::into));
+        };
+        recorder.record(&message.body);
+        match spec.ack {
+            AckMode::Auto => {}
+            AckMode::ClientIndividual => client.ack(&message).await.context("failed to acknowledge")?,
+            AckMode::Client => {
+                since_ack += 1;
+                if since_ack >= ack_every {
+                    client.ack(&message).await.context("failed to acknowledge")?;
+                    since_ack = 0;
+                    unacked = None;
+                } else {
+                    unacked = Some(message);
+                }
+            }
+        }
+    }
+    if let Some(last) = unacked {
+        client.ack(&last).await.context("failed to acknowledge")?;
+    }
+    Ok(())
+}

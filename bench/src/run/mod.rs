@@ -1,0 +1,252 @@
+//! `duomq-bench run`, top to bottom: subscribe the consumers, connect the producers,
+//! sample the idle broker, run warm-up and measured interval, stop the producers, drain,
+//! stop the consumers, account and report. The phases live here; sending, consuming and
+//! watching live in their own modules, and nothing here prints the result.
+
+mod consumer;
+mod monitor;
+mod producer;
+mod raw;
+mod shared;
+
+use crate::cli::RunArgs;
+use crate::footprint::{BrokerProcess, RssStats, MIB};
+use crate::report::{nanos_histogram, round3, LatencyMs, RunReport};
+use crate::tally::{Deliveries, DeliveryCounts, SeqSet};
+use anyhow::Context;
+use consumer::{ConsumerOutcome, ConsumerSpec, Recorder};
+use duomq_broker::client::{AckMode, Client, ClientOptions};
+use producer::{ProducerOutcome, ProducerSpec};
+use shared::{Counters, Phases, Shared};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::task::JoinHandle;
+use tokio::time::Instant;
+use tokio_util::sync::CancellationToken;
+
+/// How often the drain checks whether every confirmed message has arrived.
+const DRAIN_POLL: Duration = Duration::from_millis(20);
+
+/// Runs the benchmark and returns its report.
+pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
+    let broker = args.broker_pid.map(BrokerProcess::open).transpose()?;
+    let options =
+        ClientOptions { login: args.login.clone(), passcode: args.passcode.clone(), ..ClientOptions::default() };
+    let ack = AckMode::from(args.ack);
+    let consumer_spec = ConsumerSpec {
+        url: args.url.clone(),
+        options: options.clone(),
+        destination: args.destination.clone(),
+        ack,
+        prefetch: args.prefetch,
+        subscribe_headers: args.subscribe_headers.clone(),
+    };
+
+    // Consumers first, so nothing a producer sends waits for a subscriber.
+    let subscribed = futures::future::try_join_all((0..args.consumers).map(|i| {
+        let spec = &consumer_spec;
+        async move { consumer::subscribe(spec).await.with_context(|| format!("failed to subscribe consumer {i}")) }
+    }))
+    .await?;
+    let server = subscribed.first().and_then(|s| s.server());
+    let producers =
+        futures::future::try_join_all((0..args.producers).map(|i| {
+            let options = options.clone();
+            async move {
+                Client::connect(&args.url, options).await.with_context(|| format!("failed to connect producer {i}"))
+            }
+        }))
+        .await?;
+    tracing::info!(
+        server = server.as_deref().unwrap_or("unknown"),
+        consumers = args.consumers,
+        producers = args.producers,
+        "connected"
+    );
+    let rss_idle = broker.as_ref().map(BrokerProcess::rss_bytes).transpose()?;
+
+    let phases = Phases::starting_now(args.warmup, args.duration);
+    let shared =
+        Arc::new(Shared { phases, counters: Counters::default(), deliveries: Deliveries::new(args.producers) });
+    let stop_producers = CancellationToken::new();
+    let stop_consumers = CancellationToken::new();
+    let stop_watching = CancellationToken::new();
+    tokio::spawn(stop_on_ctrl_c(stop_producers.clone()));
+
+    let consumer_spec = Arc::new(consumer_spec);
+    let mut consumer_tasks = Vec::new();
+    for (id, consumer) in (0u32..).zip(subscribed) {
+        let recorder = Recorder::new(Arc::clone(&shared))?;
+        let (spec, stop) = (Arc::clone(&consumer_spec), stop_consumers.clone());
+        consumer_tasks.push(tokio::spawn(async move { consumer.consume(&spec, id, recorder, stop).await }));
+    }
+    let producer_tasks: Vec<JoinHandle<ProducerOutcome>> = (0u32..)
+        .zip(producers)
+        .map(|(id, client)| {
+            let spec = ProducerSpec {
+                id,
+                destination: args.destination.clone(),
+                size: args.size,
+                persistent: args.persistent,
+                window: args.window,
+                headers: args.send_headers.clone(),
+            };
+            tokio::spawn(producer::produce(client, spec, Arc::clone(&shared), stop_producers.clone()))
+        })
+        .collect();
+    let sampler =
+        broker.clone().map(|b| tokio::spawn(monitor::sample_rss(b, Arc::clone(&shared), stop_watching.clone())));
+    let progress = tokio::spawn(monitor::print_progress(Arc::clone(&shared), stop_watching.clone()));
+
+    // The measured interval, and the broker's CPU time across it.
+    let interrupted = !sleep_until_unless(phases.measure_start(), &stop_producers).await;
+    let cpu_start = cpu_seconds(broker.as_ref());
+    let cpu_from = Instant::now();
+    if !interrupted {
+        sleep_until_unless(phases.measure_end(), &stop_producers).await;
+    }
+    let cpu_end = cpu_seconds(broker.as_ref());
+    let cpu_window = cpu_from.elapsed().as_secs_f64();
+    let measured = match interrupted {
+        true => Duration::ZERO,
+        false => Instant::now().min(phases.measure_end()) - phases.measure_start(),
+    };
+
+    let mut producer_outcomes = Vec::new();
+    for task in producer_tasks {
+        producer_outcomes.push(task.await.context("a producer task panicked")?);
+    }
+    let confirmed: Vec<SeqSet> = producer_outcomes.iter_mut().map(|o| std::mem::take(&mut o.confirmed)).collect();
+    let drain_started = Instant::now();
+    let missing = drain(&shared, &confirmed, args.drain_timeout).await;
+    let drain_s = drain_started.elapsed().as_secs_f64();
+    stop_consumers.cancel();
+    let mut consumer_outcomes = Vec::new();
+    for task in consumer_tasks {
+        consumer_outcomes.push(task.await.context("a consumer task panicked")?);
+    }
+    stop_watching.cancel();
+    let rss = match sampler {
+        Some(task) => task.await.context("the memory sampler panicked")?,
+        None => RssStats::default(),
+    };
+    let _ = progress.await;
+
+    let promised = args.window > 0 || args.persistent;
+    if missing > 0 {
+        let examples = shared.deliveries.missing_examples(&confirmed, 5);
+        if promised {
+            tracing::warn!(lost = missing, ?examples, "confirmed messages never arrived (producer, seq)");
+        } else {
+            tracing::warn!(
+                undelivered = missing,
+                ?examples,
+                "non-persistent messages sent without receipts never arrived"
+            );
+        }
+    }
+    let measured_s = measured.as_secs_f64();
+    let cpu_percent = match (cpu_start, cpu_end) {
+        (Some(a), Some(b)) if cpu_window > 0.0 => Some(round3((b - a) / cpu_window * 100.0)),
+        _ => None,
+    };
+    let totals = Totals::of(&producer_outcomes, consumer_outcomes)?;
+    let per_second = |n: u64| if measured_s > 0.0 { round3(n as f64 / measured_s) } else { 0.0 };
+    Ok(RunReport {
+        label: args.label.clone().or_else(|| server.clone()).unwrap_or_else(|| args.url.clone()),
+        server,
+        destination: args.destination.clone(),
+        producers: args.producers,
+        consumers: args.consumers,
+        size: args.size,
+        persistent: args.persistent,
+        window: args.window,
+        ack: ack.as_str().to_string(),
+        prefetch: args.prefetch,
+        sent: totals.sent,
+        received: totals.received,
+        send_rate: per_second(totals.sent),
+        receive_rate: per_second(totals.received),
+        latency_ms: LatencyMs::from_nanos(&totals.latencies),
+        rss_idle_mib: rss_idle.map(|b| round3(b as f64 / MIB)),
+        rss_peak_mib: rss.peak_mib().map(round3),
+        rss_mean_mib: rss.mean_mib().map(round3),
+        cpu_percent,
+        confirmed: confirmed.iter().map(SeqSet::len).sum(),
+        lost: if promised { missing } else { 0 },
+        duplicates: totals.counts.duplicates,
+        foreign: totals.counts.foreign,
+        duration_s: round3(measured_s),
+        warmup_s: round3(args.warmup.as_secs_f64()),
+        drain_s: round3(drain_s),
+        errors: totals.errors,
+    })
+}
+
+/// Sums of every producer's and consumer's outcome.
+struct Totals {
+    sent: u64,
+    received: u64,
+    latencies: hdrhistogram::Histogram<u64>,
+    counts: DeliveryCounts,
+    errors: Vec<String>,
+}
+
+impl Totals {
+    fn of(producers: &[ProducerOutcome], consumers: Vec<ConsumerOutcome>) -> anyhow::Result<Totals> {
+        let mut totals = Totals {
+            sent: producers.iter().map(|p| p.measured_sent).sum(),
+            received: 0,
+            latencies: nanos_histogram()?,
+            counts: DeliveryCounts::default(),
+            errors: producers.iter().filter_map(|p| p.error.clone()).collect(),
+        };
+        for c in consumers {
+            totals.received += c.measured_received;
+            totals.latencies.add(&c.latencies).context("failed to merge latency histograms")?;
+            totals.counts.merge(c.counts);
+            totals.errors.extend(c.error);
+        }
+        Ok(totals)
+    }
+}
+
+/// Waits until every confirmed message was delivered or `timeout` passes; returns how
+/// many are still missing.
+async fn drain(shared: &Shared, confirmed: &[SeqSet], timeout: Duration) -> u64 {
+    let deadline = Instant::now() + timeout;
+    loop {
+        let missing = shared.deliveries.missing(confirmed);
+        if missing == 0 || Instant::now() >= deadline {
+            return missing;
+        }
+        tokio::time::sleep(DRAIN_POLL).await;
+    }
+}
+
+/// Sleeps until `at`; false when `stop` came first.
+async fn sleep_until_unless(at: Instant, stop: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = tokio::time::sleep_until(at) => true,
+    }
+}
+
+fn cpu_seconds(broker: Option<&BrokerProcess>) -> Option<f64> {
+    let broker = broker?;
+    match broker.cpu_seconds() {
+        Ok(s) => Some(s),
+        Err(e) => {
+            tracing::warn!(pid = broker.pid(), error = format!("{e:#}"), "failed to read the broker's CPU time");
+            None
+        }
+    }
+}
+
+/// Ctrl-C ends the producers early; the run still drains and reports.
+async fn stop_on_ctrl_c(stop: CancellationToken) {
+    if tokio::signal::ctrl_c().await.is_ok() {
+        tracing::warn!("interrupted: stopping the producers, then draining and reporting");
+        stop.cancel();
+    }
+}

@@ -1,0 +1,121 @@
+//! One producer: sends stamped messages on its own connection until the measured interval
+//! ends, keeping up to `window` receipts outstanding, and remembers which sequence
+//! numbers the broker confirmed. It never decides what counts as lost; it only reports
+//! what it was promised.
+
+use super::shared::Shared;
+use crate::body::{wall_clock_ns, BodyWriter, Stamp};
+use crate::tally::SeqSet;
+use anyhow::Context;
+use duomq_broker::client::{Client, ReceiptFuture, SendOptions};
+use std::collections::VecDeque;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+/// What one producer sends.
+#[derive(Debug, Clone)]
+pub struct ProducerSpec {
+    pub id: u32,
+    pub destination: String,
+    pub size: usize,
+    pub persistent: bool,
+    /// Outstanding receipts allowed; 0 sends without receipts.
+    pub window: u32,
+    pub headers: Vec<(String, String)>,
+}
+
+/// What a producer did, including after a failure.
+#[derive(Debug, Default)]
+pub struct ProducerOutcome {
+    /// Receipted sequence numbers (every sent one with a window of 0).
+    pub confirmed: SeqSet,
+    /// Messages sent during the measured interval.
+    pub measured_sent: u64,
+    pub error: Option<String>,
+}
+
+/// Runs the producer to the end of the measured interval (or until `stop`), then waits
+/// for its outstanding receipts and disconnects.
+pub async fn produce(
+    client: Client,
+    spec: ProducerSpec,
+    shared: Arc<Shared>,
+    stop: CancellationToken,
+) -> ProducerOutcome {
+    let mut outcome = ProducerOutcome::default();
+    let mut pending = VecDeque::with_capacity(spec.window as usize);
+    let result = send_loop(&client, &spec, &shared, &stop, &mut outcome, &mut pending).await;
+    // Receipts abandoned by a failure no longer count as outstanding.
+    shared.counters.outstanding.fetch_sub(pending.len() as i64, Ordering::Relaxed);
+    if let Err(e) = result {
+        tracing::error!(producer = spec.id, error = format!("{e:#}"), "producer stopped early");
+        outcome.error = Some(format!("producer {}: {e:#}", spec.id));
+    }
+    if let Err(e) = client.disconnect().await {
+        tracing::debug!(producer = spec.id, error = %e, "disconnect failed");
+    }
+    outcome
+}
+
+async fn send_loop(
+    client: &Client,
+    spec: &ProducerSpec,
+    shared: &Shared,
+    stop: &CancellationToken,
+    outcome: &mut ProducerOutcome,
+    pending: &mut VecDeque<(u64, ReceiptFuture)>,
+) -> anyhow::Result<()> {
+    let window = spec.window as usize;
+    let mut bodies = BodyWriter::new(spec.size);
+    let mut seq = 0u64;
+    loop {
+        // Wait for room before reading the clock, so the stamp is the real send time.
+        while window > 0 && pending.len() >= window {
+            settle_oldest(pending, outcome, shared).await?;
+        }
+        let now = wall_clock_ns();
+        if stop.is_cancelled() || now >= shared.phases.measure_end_ns {
+            break;
+        }
+        let body = bodies.body(Stamp { producer: spec.id, seq, sent_ns: now });
+        let options =
+            SendOptions { persistent: spec.persistent, headers: spec.headers.clone(), ..SendOptions::default() };
+        if window == 0 {
+            client
+                .send(&spec.destination, body, options)
+                .await
+                .with_context(|| format!("failed to send message {seq}"))?;
+            outcome.confirmed.insert(seq);
+        } else {
+            let receipt = client
+                .send_with_receipt(&spec.destination, body, options)
+                .await
+                .with_context(|| format!("failed to send message {seq}"))?;
+            pending.push_back((seq, receipt));
+            shared.counters.outstanding.fetch_add(1, Ordering::Relaxed);
+        }
+        shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+        if shared.phases.in_measured(now) {
+            outcome.measured_sent += 1;
+        }
+        seq += 1;
+    }
+    while !pending.is_empty() {
+        settle_oldest(pending, outcome, shared).await?;
+    }
+    Ok(())
+}
+
+/// Waits for the oldest outstanding receipt; the broker answers them in send order.
+async fn settle_oldest(
+    pending: &mut VecDeque<(u64, ReceiptFuture)>,
+    outcome: &mut ProducerOutcome,
+    shared: &Shared,
+) -> anyhow::Result<()> {
+    let Some((seq, receipt)) = pending.pop_front() else { return Ok(()) };
+    shared.counters.outstanding.fetch_sub(1, Ordering::Relaxed);
+    receipt.await.with_context(|| format!("failed to get the receipt of message {seq}"))?;
+    outcome.confirmed.insert(seq);
+    Ok(())
+}
