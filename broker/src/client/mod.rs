@@ -37,7 +37,7 @@ mod tests;
 
 pub use error::ClientError;
 pub use message::Message;
-pub use options::{AckMode, AckOptions, ClientOptions, Heartbeat, SendOptions};
+pub use options::{AckMode, AckOptions, ClientOptions, Heartbeat, SendOptions, SubscribeOptions};
 pub use url::{BrokerUrl, FailoverOptions, FailoverUrl, StompUrl, DEFAULT_STOMP_PORT};
 
 use crate::stomp::{Command, Frame, Version};
@@ -188,6 +188,14 @@ impl Client {
         ack: AckMode,
         prefetch: Option<u32>,
     ) -> Result<Subscription, ClientError> {
+        self.subscribe_with(destination, SubscribeOptions { ack, prefetch, headers: Vec::new() }).await
+    }
+
+    /// Subscribes with extra SUBSCRIBE headers, for brokers that need them (RabbitMQ's
+    /// `x-queue-type`, `durable`, `auto-delete`). The prefetch goes out under both common
+    /// names, `activemq.prefetchSize` (duomq, ActiveMQ) and `prefetch-count` (RabbitMQ).
+    pub async fn subscribe_with(&self, destination: &str, options: SubscribeOptions) -> Result<Subscription, ClientError> {
+        let SubscribeOptions { ack, prefetch, headers } = options;
         let id = format!("sub-{}", self.next_id());
         let messages = self.inner.router.add_subscription(id.clone())?;
         let mut frame = Frame::new(Command::Subscribe)
@@ -195,8 +203,9 @@ impl Client {
             .header("destination", destination)
             .header("ack", ack.as_str());
         if let Some(n) = prefetch {
-            frame = frame.header("activemq.prefetchSize", n.to_string());
+            frame = frame.header("activemq.prefetchSize", n.to_string()).header("prefetch-count", n.to_string());
         }
+        frame.headers.extend(headers);
         let subscription = Subscription {
             id,
             destination: destination.to_string(),

@@ -72,6 +72,16 @@ pub struct SendOptions {
     pub transaction: Option<String>,
 }
 
+/// How to subscribe: ack mode, prefetch and any broker-specific SUBSCRIBE headers.
+#[derive(Debug, Clone)]
+pub struct SubscribeOptions {
+    pub ack: AckMode,
+    /// Most unacknowledged messages in flight; `None` leaves it to the broker.
+    pub prefetch: Option<u32>,
+    /// Extra headers, sent as given after the client's own.
+    pub headers: Vec<(String, String)>,
+}
+
 /// How the broker expects deliveries of a subscription to be acknowledged.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum AckMode {
