@@ -1,0 +1,357 @@
+#!/usr/bin/env bash
+# Puts duomq beside ActiveMQ and RabbitMQ in one run on one machine, at equal
+# durability, and prints the comparison. `bench/compare.sh --help` explains it all.
+set -euo pipefail
+
+BENCH_DIR=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+ROOT=$(dirname "$BENCH_DIR")
+LIB_DIR=$BENCH_DIR/lib
+
+DURATION=${BENCH_DURATION:-10s}
+WARMUP=${BENCH_WARMUP:-3s}
+PREFETCH=${BENCH_PREFETCH:-1000}
+ONLY=${BENCH_ONLY:-duomq,activemq,rabbitmq}
+OUT=${BENCH_OUT:-}
+FSYNC_DURATION=3s
+START_TIMEOUT=120
+STOP_TIMEOUT=60
+
+# The matrix: id|producers|consumers|size|persistent|window|title. The first cell is the
+# synchronous one that the report compares with the disk's fsync rate.
+CELLS=(
+    "p-1k-w1|1|1|1024|yes|1|1 KiB persistent 1P+1C w1"
+    "p-1k-w64|1|1|1024|yes|64|1 KiB persistent 1P+1C w64"
+    "p-1k-4x4-w64|4|4|1024|yes|64|1 KiB persistent 4P+4C w64"
+    "np-1k-w64|1|1|1024|no|64|1 KiB non-persistent 1P+1C w64"
+    "p-64k-w16|1|1|65536|yes|16|64 KiB persistent 1P+1C w16"
+)
+
+usage() {
+    cat <<EOF
+Usage: bench/compare.sh [--quick] [--only LIST] [--out DIR] [--duration D] [--warmup D]
+                        [--prefetch N]
+
+Measures duomq, ActiveMQ and RabbitMQ one after the other on this machine, over STOMP,
+with the same load generator (duomq-bench) and the same matrix, and prints a table.
+
+What it does, in order:
+  1. Installs what is missing with apt-get (activemq, rabbitmq-server, python3); it
+     runs 'apt-get update' first only when something has to be installed.
+  2. Builds duomq-broker and duomq-bench in release mode with cargo.
+  3. Measures the disk's fsync rate (duomq-bench fsync-rate, ${FSYNC_DURATION}) in the same
+     temporary directory where the brokers keep their data.
+  4. For each target in turn, starts a fresh broker as a child process of this script
+     (no service manager), on 127.0.0.1 and free ports only, with its data in a
+     temporary directory; runs every cell of the matrix; stops the broker and waits
+     for it. The brokers are stopped on errors and on Ctrl-C too.
+       duomq             duomq-broker run, fsync before every receipt (the default)
+       activemq          the Debian package's ActiveMQ 5.17, the package's JVM options,
+                         a STOMP connector only, KahaDB with journal disk syncs on
+                         (config: bench/lib/activemq.xml)
+       rabbitmq-classic  the Debian package's RabbitMQ 3.10 with the STOMP plugin,
+                         durable classic queues (config: bench/lib/rabbitmq.conf)
+       rabbitmq-quorum   the same, durable quorum queues (x-queue-type:quorum)
+     RabbitMQ clients log in as guest to a virtual host named 127.0.0.1, which the
+     script creates: RabbitMQ reads STOMP's CONNECT host header as the virtual host,
+     and duomq-bench sends the URL's host there.
+     RabbitMQ sends a SEND's receipt as a publisher confirm, once a persistent message
+     is on disk: the same promise as duomq's receipt and ActiveMQ's. (A classic queue
+     may also confirm a message that a consumer acknowledged before it reached the
+     disk; it never needs to be written then. duomq fsyncs before any delivery.)
+  5. Prints the table and writes everything to the output directory.
+
+The matrix (each cell on a fresh queue, consumers acking every message with
+client-individual, prefetch ${PREFETCH}):
+$(for c in "${CELLS[@]}"; do printf '  %s\n' "${c##*|}"; done)
+  PxC = producers and consumers, each on its own connection; wN = receipts each
+  producer may have outstanding (w1: every send waits for its receipt).
+
+The table: per cell and broker, msg/s (received by the consumers) and p99
+send-to-receive latency; then duomq's msg/s over the best of the other brokers and
+over ActiveMQ. Below it: broker RSS when idle (just started) and at its peak under
+load, the disk's fsync rate and duomq's w1 rate as a multiple of it, and the machine.
+'!' marks a cell that lost messages, delivered duplicates or had connection errors;
+'fail' one that produced no result (reasons are listed under the table).
+
+Options:
+  --quick         3s measured after 1s of warm-up per cell (default ${DURATION} after ${WARMUP})
+  --only LIST     comma-separated targets: duomq, activemq, rabbitmq (both RabbitMQ
+                  queue types), rabbitmq-classic, rabbitmq-quorum (default: all)
+  --out DIR       output directory (default: bench/results/<UTC timestamp>/)
+  --duration D    measured time per cell, e.g. 10s, 500ms, 2m
+  --warmup D      unmeasured time before it
+  --prefetch N    unacknowledged messages a broker may push to each consumer
+  -h, --help      this text
+
+Environment: BENCH_DURATION, BENCH_WARMUP, BENCH_PREFETCH, BENCH_ONLY and BENCH_OUT
+set the same as the options (options win); TMPDIR chooses where the brokers' data
+lives (default /tmp): keep it on the disk you mean to measure, not on a tmpfs.
+
+Output directory:
+  summary.md     the tables as Markdown, plus every number of every cell
+  table.txt      the table as printed
+  results.jsonl  one 'duomq-bench run --json' line per cell, labelled TARGET/CELL
+  fsync.json     'duomq-bench fsync-rate --json'
+  run.tsv, cells.tsv, failures.tsv   what the report is made from
+  logs/          each broker's log and each cell's duomq-bench stderr
+python3 bench/lib/report.py DIR prints the table of a finished run again.
+
+Needs: root (for apt-get) or the packages already installed, cargo, about 2 GiB of
+free memory. Takes 20 x (duration + warm-up + about 1s) plus the build and broker
+start-ups: about 6 minutes by default, 2 with --quick. Exits 1 if any cell failed.
+EOF
+}
+
+log() { printf '[compare %s] %s\n' "$(date +%H:%M:%S)" "$*" >&2; }
+die() {
+    log "$*"
+    exit 1
+}
+
+# --- options ----------------------------------------------------------------------
+
+while (($#)); do
+    case $1 in
+    --quick) DURATION=3s WARMUP=1s ;;
+    --only) ONLY=${2:?--only needs a list}; shift ;;
+    --only=*) ONLY=${1#*=} ;;
+    --out) OUT=${2:?--out needs a directory}; shift ;;
+    --out=*) OUT=${1#*=} ;;
+    --duration) DURATION=${2:?--duration needs a value}; shift ;;
+    --duration=*) DURATION=${1#*=} ;;
+    --warmup) WARMUP=${2:?--warmup needs a value}; shift ;;
+    --warmup=*) WARMUP=${1#*=} ;;
+    --prefetch) PREFETCH=${2:?--prefetch needs a value}; shift ;;
+    --prefetch=*) PREFETCH=${1#*=} ;;
+    -h | --help) usage; exit 0 ;;
+    *) usage >&2; die "unknown argument: $1" ;;
+    esac
+    shift
+done
+
+# seconds D: a duration like 10s, 500ms or 2m in whole seconds (rounded up).
+seconds() {
+    case $1 in
+    *ms) [[ ${1%ms} =~ ^[0-9]+$ ]] && echo $(((${1%ms} + 999) / 1000)) ;;
+    *s) [[ ${1%s} =~ ^[0-9]+$ ]] && echo "${1%s}" ;;
+    *m) [[ ${1%m} =~ ^[0-9]+$ ]] && echo $((${1%m} * 60)) ;;
+    *) return 1 ;;
+    esac
+}
+seconds "$DURATION" >/dev/null || die "--duration: \"$DURATION\" is not a duration like 10s, 500ms or 2m"
+seconds "$WARMUP" >/dev/null || die "--warmup: \"$WARMUP\" is not a duration like 3s, 500ms or 1m"
+[[ $PREFETCH =~ ^[1-9][0-9]*$ ]] || die "--prefetch: \"$PREFETCH\" is not a positive number"
+# duomq-bench's drain timeout (10s) plus a minute for connecting and reporting.
+CELL_TIMEOUT=$(($(seconds "$DURATION") + $(seconds "$WARMUP") + 70))
+
+# The targets, always in this order (duomq's column first), each once.
+ALL_TARGETS=(duomq activemq rabbitmq-classic rabbitmq-quorum)
+IFS=',' read -r -a wanted <<<"$ONLY"
+for t in "${wanted[@]}"; do
+    case $t in
+    duomq | activemq | rabbitmq | rabbitmq-classic | rabbitmq-quorum | '') ;;
+    *) die "--only: unknown target \"$t\" (duomq, activemq, rabbitmq, rabbitmq-classic, rabbitmq-quorum)" ;;
+    esac
+done
+TARGETS=()
+for t in "${ALL_TARGETS[@]}"; do
+    if [[ ",$ONLY," == *",$t,"* || ($t == rabbitmq-* && ",$ONLY," == *",rabbitmq,"*) ]]; then
+        TARGETS+=("$t")
+    fi
+done
+((${#TARGETS[@]})) || die "--only: no target given"
+
+# --- packages and build -------------------------------------------------------------
+
+install_missing() {
+    local pkgs=() missing=() p
+    command -v python3 >/dev/null || pkgs+=(python3)
+    for t in "${TARGETS[@]}"; do
+        case $t in
+        activemq) pkgs+=(activemq) ;;
+        rabbitmq-*) pkgs+=(rabbitmq-server) ;;
+        esac
+    done
+    for p in "${pkgs[@]}"; do
+        if [[ $(dpkg-query -W -f='${Status}' "$p" 2>/dev/null) != "install ok installed" ]] &&
+            [[ " ${missing[*]} " != *" $p "* ]]; then
+            missing+=("$p")
+        fi
+    done
+    ((${#missing[@]})) || return 0
+    log "installing ${missing[*]}"
+    export DEBIAN_FRONTEND=noninteractive
+    apt-get update -q
+    apt-get install -y -q "${missing[@]}"
+}
+
+build() {
+    command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain first"
+    log "building duomq-broker and duomq-bench (release)"
+    (cd "$ROOT" && cargo build --release -p duomq-broker -p duomq-bench) ||
+        die "cargo build failed"
+    local target_dir
+    target_dir=$(cd "$ROOT" && cargo metadata --format-version 1 --no-deps |
+        python3 -c 'import json, sys; print(json.load(sys.stdin)["target_directory"])')
+    DUOMQ_BROKER=$target_dir/release/duomq-broker
+    BENCH=$target_dir/release/duomq-bench
+}
+
+install_missing
+build
+
+# --- the run's directories, and stopping what we started ------------------------------
+
+STAMP=$(date -u +%Y%m%dT%H%M%SZ)
+OUT=${OUT:-$BENCH_DIR/results/$STAMP}
+mkdir -p "$OUT/logs"
+OUT=$(cd "$OUT" && pwd)
+LOG_DIR=$OUT/logs
+: >"$OUT/results.jsonl"
+: >"$OUT/failures.tsv"
+WORK=$(mktemp -d "${TMPDIR:-/tmp}/duomq-compare.XXXXXX")
+
+# shellcheck source=lib/brokers.sh
+. "$LIB_DIR/brokers.sh"
+
+# shellcheck disable=SC2317 # called by the EXIT trap
+cleanup() {
+    # A second Ctrl-C must not cut the broker's stop short.
+    trap '' INT TERM
+    stop_broker
+    rm -rf "$WORK"
+}
+trap cleanup EXIT
+trap 'log "interrupted: stopping the broker"; exit 130' INT TERM
+
+# --- the machine ----------------------------------------------------------------------
+
+meta() { printf '%s\t%s\n' "$1" "$2" >>"$OUT/run.tsv"; }
+: >"$OUT/run.tsv"
+meta started "$(date -u '+%Y-%m-%d %H:%M UTC')"
+meta targets "$(
+    IFS=,
+    echo "${TARGETS[*]}"
+)"
+meta duration "$DURATION"
+meta warmup "$WARMUP"
+meta prefetch "$PREFETCH"
+meta nproc "$(nproc)"
+meta memory "$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
+meta kernel "$(uname -r)"
+meta cpu_model "$(awk -F': ' '/^model name/ { print $2; exit }' /proc/cpuinfo)"
+meta workdir_fs "$(df --output=fstype "$WORK" | tail -1) ($(df --output=source "$WORK" | tail -1))"
+meta version.duomq "duomq $("$DUOMQ_BROKER" --version | awk '{ print $NF }')"
+if [[ " ${TARGETS[*]} " == *" activemq "* ]]; then
+    meta version.activemq "ActiveMQ $(dpkg-query -W -f='${Version}' activemq)"
+fi
+if [[ " ${TARGETS[*]} " == *" rabbitmq-"* ]]; then
+    meta version.rabbitmq "RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server) on Erlang $(dpkg-query -W -f='${Version}' erlang-base 2>/dev/null || echo '?')"
+fi
+for c in "${CELLS[@]}"; do
+    IFS='|' read -r id _ _ _ _ _ title <<<"$c"
+    printf '%s\t%s\n' "$id" "$title"
+done >"$OUT/cells.tsv"
+
+if [[ $(df --output=fstype "$WORK" | tail -1) == tmpfs ]]; then
+    log "warning: $WORK is on tmpfs, where fsync costs nothing; set TMPDIR to a directory on a disk"
+fi
+
+log "measuring the disk's fsync rate ($FSYNC_DURATION)"
+mkdir -p "$WORK/fsync"
+if ! "$BENCH" fsync-rate --dir "$WORK/fsync" --duration "$FSYNC_DURATION" --json \
+    >"$OUT/fsync.json" 2>"$LOG_DIR/fsync-rate.log"; then
+    log "fsync-rate failed (see $LOG_DIR/fsync-rate.log)"
+fi
+
+# --- the matrix -----------------------------------------------------------------------
+
+FAILED=0
+
+fail_cell() {
+    printf '%s\t%s\n' "$1" "$2" >>"$OUT/failures.tsv"
+    FAILED=1
+    log "$1: $2"
+}
+
+# run_cell TARGET CELL: one duomq-bench run against the broker that is up.
+run_cell() {
+    local target=$1 id producers consumers size persistent window title
+    IFS='|' read -r id producers consumers size persistent window title <<<"$2"
+    local label="$target/$id" dest="/queue/bench-$id-$STAMP" out="$WORK/cell.json"
+    local args=(run --url "$BROKER_URL" --destination "$dest"
+        --producers "$producers" --consumers "$consumers" --size "$size" --window "$window"
+        --duration "$DURATION" --warmup "$WARMUP" --prefetch "$PREFETCH" --ack client-individual
+        --broker-pid "$BROKER_PID" --label "$label" --json)
+    [[ $persistent == yes ]] && args+=(--persistent)
+    [[ -n $BROKER_LOGIN ]] && args+=(--login "$BROKER_LOGIN" --passcode "$BROKER_PASSCODE")
+
+    # Every target gets a SUBSCRIBE header of its own, so that duomq-bench's consumers
+    # take the same code path (its raw STOMP consumer) against every broker.
+    local queue_headers=() h
+    case $target in
+    duomq | activemq) args+=(--subscribe-header "activemq.prefetchSize=$PREFETCH") ;;
+    rabbitmq-classic) queue_headers=(durable=true auto-delete=false) ;;
+    rabbitmq-quorum) queue_headers=(x-queue-type=quorum durable=true auto-delete=false) ;;
+    esac
+    if [[ $target == rabbitmq-* ]]; then
+        args+=(--subscribe-header "prefetch-count=$PREFETCH")
+        # The same queue arguments on SEND and SUBSCRIBE: RabbitMQ refuses a declare
+        # whose arguments differ from the existing queue's.
+        for h in "${queue_headers[@]}"; do
+            args+=(--send-header "$h" --subscribe-header "$h")
+        done
+        local declare=(declare --url "stomp://$BROKER_LOGIN:$BROKER_PASSCODE@${BROKER_URL#stomp://}"
+            --vhost "$RABBITMQ_VHOST" --destination "$dest")
+        for h in "${queue_headers[@]}"; do declare+=(--header "$h"); done
+        if ! probe "${declare[@]}" 2>>"$LOG_DIR/$target-$id.log"; then
+            fail_cell "$label" "could not declare $dest (see logs/$target-$id.log)"
+            return
+        fi
+    fi
+
+    log "$label: ${title} (${DURATION} after ${WARMUP} warm-up)"
+    local rc=0
+    timeout --foreground -k 10 "$CELL_TIMEOUT" "$BENCH" "${args[@]}" \
+        >"$out" 2>>"$LOG_DIR/$target-$id.log" || rc=$?
+    if ((rc != 0)); then
+        fail_cell "$label" "duomq-bench exited with $rc (see logs/$target-$id.log)"
+    elif ! tail -n 1 "$out" | python3 -c 'import json, sys; json.loads(sys.stdin.read())' 2>/dev/null; then
+        fail_cell "$label" "duomq-bench printed no JSON result (see logs/$target-$id.log)"
+    else
+        tail -n 1 "$out" >>"$OUT/results.jsonl"
+    fi
+}
+
+start_target() {
+    case $1 in
+    duomq) start_duomq ;;
+    activemq) start_activemq ;;
+    rabbitmq-classic | rabbitmq-quorum) start_rabbitmq "$1" ;;
+    esac
+}
+
+for target in "${TARGETS[@]}"; do
+    log "$target: starting"
+    if ! start_target "$target"; then
+        for c in "${CELLS[@]}"; do
+            fail_cell "$target/${c%%|*}" "the broker did not start (see logs/$target.log)"
+        done
+        continue
+    fi
+    meta "rss_idle.$target" "$(rss_mib "$BROKER_PID")"
+    log "$target: up at $BROKER_URL (pid $BROKER_PID, RSS $(rss_mib "$BROKER_PID") MiB)"
+    for c in "${CELLS[@]}"; do
+        run_cell "$target" "$c"
+    done
+    log "$target: stopping"
+    stop_broker
+done
+
+# --- the report -----------------------------------------------------------------------
+
+echo
+python3 "$LIB_DIR/report.py" "$OUT" | tee "$OUT/table.txt"
+echo
+log "results in $OUT"
+exit "$FAILED"
