@@ -295,7 +295,7 @@ run_cell() {
     rabbitmq-quorum) queue_headers=(x-queue-type=quorum durable=true auto-delete=false) ;;
     esac
     if [[ $target == rabbitmq-* ]]; then
-        args+=(--subscribe-header "prefetch-count=$PREFETCH")
+        args+=(--vhost "$RABBITMQ_VHOST" --subscribe-header "prefetch-count=$PREFETCH")
         # The same queue arguments on SEND and SUBSCRIBE: RabbitMQ refuses a declare
         # whose arguments differ from the existing queue's.
         for h in "${queue_headers[@]}"; do

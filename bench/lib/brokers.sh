@@ -26,7 +26,7 @@ RABBITMQ_NODE=duomqbench@localhost
 # RabbitMQ takes STOMP's CONNECT `host` header as the virtual host, and duomq's client
 # (so duomq-bench) sends the URL's host there. The node gets a virtual host of that
 # name, open to guest, instead of the default "/".
-RABBITMQ_VHOST=127.0.0.1
+RABBITMQ_VHOST=/
 
 # The stop function of the running broker, '' when none runs.
 RUNNING_STOP=''
@@ -219,12 +219,6 @@ start_rabbitmq() {
     fi
     if ! rabbitmqctl_ await_startup --timeout "$START_TIMEOUT" >>"$LOG_DIR/$name.log" 2>&1; then
         log "rabbitmqctl await_startup failed (see $LOG_DIR/$name.log)"
-        stop_broker
-        return 1
-    fi
-    if ! { rabbitmqctl_ add_vhost "$RABBITMQ_VHOST" &&
-        rabbitmqctl_ set_permissions -p "$RABBITMQ_VHOST" guest '.*' '.*' '.*'; } >>"$LOG_DIR/$name.log" 2>&1; then
-        log "failed to add virtual host $RABBITMQ_VHOST (see $LOG_DIR/$name.log)"
         stop_broker
         return 1
     fi

@@ -81,6 +81,9 @@ pub struct RunArgs {
     /// Passcode sent on CONNECT (overrides a password in the URL).
     #[arg(long, env = "DUOMQ_PASSCODE", hide_env_values = true, value_name = "PASSWORD")]
     pub passcode: Option<String>,
+    /// The CONNECT `host` header (a virtual host; RabbitMQ needs `/`). Default: the URL's host.
+    #[arg(long, value_name = "HOST")]
+    pub vhost: Option<String>,
     /// Queue (or topic) every producer sends to and every consumer subscribes to.
     #[arg(long, short = 'd', default_value = "/queue/bench", value_name = "DESTINATION")]
     pub destination: String,

@@ -31,7 +31,12 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     let broker = args.broker_pid.map(BrokerProcess::open).transpose()?;
     let options =
-        ClientOptions { login: args.login.clone(), passcode: args.passcode.clone(), ..ClientOptions::default() };
+        ClientOptions {
+            login: args.login.clone(),
+            passcode: args.passcode.clone(),
+            host: args.vhost.clone(),
+            ..ClientOptions::default()
+        };
     let ack = AckMode::from(args.ack);
     let consumer_spec = ConsumerSpec {
         url: args.url.clone(),

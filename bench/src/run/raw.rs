@@ -56,7 +56,7 @@ impl RawSubscriber {
         };
         let mut connect = Frame::new(Command::Connect)
             .header("accept-version", "1.2,1.1")
-            .header("host", member.host.as_str())
+            .header("host", options.host.as_deref().unwrap_or(member.host.as_str()))
             .header("heart-beat", "0,0");
         if let Some(login) = options.login.as_ref().or(member.login.as_ref()) {
             connect = connect.header("login", login.as_str());
