@@ -63,7 +63,7 @@ pub struct Cli {
 pub enum Command {
     /// Benchmark a broker with producers and consumers (see `duomq-bench run --help`).
     #[command(long_about = RUN_ABOUT)]
-    Run(RunArgs),
+    Run(Box<RunArgs>),
     /// Measure the fdatasync rate of a directory's disk.
     #[command(long_about = FSYNC_ABOUT)]
     FsyncRate(FsyncArgs),
