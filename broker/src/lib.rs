@@ -7,6 +7,7 @@ pub mod admin;
 pub mod client;
 pub mod config;
 pub mod engine;
+pub mod ha;
 pub mod journal;
 pub mod metrics;
 pub mod runtime;

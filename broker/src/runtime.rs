@@ -51,6 +51,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
         role: Arc::new(RwLock::new(Role::Starting)),
         metrics: Arc::clone(&metrics),
         node_id: Arc::new(RwLock::new(String::new())),
+        ha: Arc::new(RwLock::new(None)),
     };
     let admin_stop = CancellationToken::new();
     tracing::info!(addr = %admin_listener.local_addr().unwrap_or(config.admin.listen), "admin endpoint listening");

@@ -21,6 +21,8 @@ pub enum Role {
     Starting,
     /// Serving clients.
     Live,
+    /// A replication backup: follows its live, refuses clients.
+    Backup,
     /// Stopping: no new clients, finishing in-flight work.
     Stopping,
 }
@@ -36,6 +38,53 @@ pub struct BrokerStatus {
     /// Message bytes held in memory across all queues.
     pub memory_bytes: u64,
     pub queues: Vec<QueueStatus>,
+    /// Replication state; absent on a standalone broker (`ha.policy: none`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ha: Option<HaStatus>,
+}
+
+/// A member's view of its live/backup group.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct HaStatus {
+    pub group: String,
+    pub epoch: u64,
+    /// The live's node id (this node's own when it is live), if known.
+    pub live: Option<String>,
+    /// On a backup: how far it is from its live.
+    pub sync: Option<SyncStatus>,
+    /// On a live: its backups.
+    pub backups: Vec<BackupStatus>,
+    /// On a live: no synced backup is connected, so writes are not replicated.
+    pub alone: bool,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SyncState {
+    /// Looking for its live or waiting for the arbiter.
+    Connecting,
+    /// Receiving the live's journal.
+    Syncing,
+    /// Caught up; follows every append.
+    Synced,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SyncStatus {
+    pub state: SyncState,
+    pub lag_bytes: u64,
+    pub lag_records: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BackupStatus {
+    pub node: String,
+    pub state: SyncState,
+    pub lag_bytes: u64,
+    pub lag_records: u64,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

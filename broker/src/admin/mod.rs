@@ -24,6 +24,8 @@ pub struct AdminState {
     pub role: Arc<RwLock<Role>>,
     pub metrics: Arc<Metrics>,
     pub node_id: Arc<RwLock<String>>,
+    /// Replication state, kept current by the `ha` module; `None` when standalone.
+    pub ha: Arc<RwLock<Option<api::HaStatus>>>,
 }
 
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) -> std::io::Result<()> {
@@ -74,6 +76,7 @@ async fn status(State(s): State<AdminState>) -> Json<BrokerStatus> {
                 acked_total: q.acked_total,
             })
             .collect(),
+        ha: s.ha.read().clone(),
     })
 }
 

@@ -5,8 +5,10 @@
 //! The operator renders this file from these same types, so the two cannot disagree.
 //! This module only reads and checks configuration; it starts nothing.
 
+mod ha;
 mod units;
 
+pub use ha::{ArbiterConfig, ArbiterKind, ClusterConfig, HaConfig, HaPolicy, Member, PreferredRole, ReplicationMode};
 pub use units::{ByteSize, HumanDuration};
 
 use serde::{Deserialize, Serialize};
@@ -32,6 +34,8 @@ pub enum ConfigError {
     Invalid { field: &'static str, message: String },
     #[error("failed to read users file {path} (auth.usersFile)")]
     ReadUsers { path: PathBuf, source: std::io::Error },
+    #[error("failed to read the cluster password file {path} (ha.cluster.passwordFile)")]
+    ReadPassword { path: PathBuf, source: std::io::Error },
     #[error("invalid users file {path} line {line}: expected NAME:PASSWORD")]
     UsersLine { path: PathBuf, line: usize },
 }
@@ -45,6 +49,7 @@ pub struct BrokerConfig {
     pub storage: StorageConfig,
     pub memory: MemoryConfig,
     pub auth: AuthConfig,
+    pub ha: HaConfig,
     pub log: LogConfig,
 }
 
@@ -301,6 +306,7 @@ impl BrokerConfig {
                 });
             }
         }
+        self.ha.validate()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid("log.level", &format!("not a valid filter: {e}"));
         }

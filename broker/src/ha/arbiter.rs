@@ -1,0 +1,223 @@
+//! Arbiters: who decides that a backup may activate. A backup that lost its live asks its
+//! arbiter; only a `Granted` answer lets it become live. Two kinds now (a Kubernetes
+//! Lease comes later): a quorum of the cluster's other servers, and a file lock the live
+//! holds for as long as it lives. The arbiters decide; they start and stop nothing.
+
+use futures::future::BoxFuture;
+use std::fs::File;
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+use std::time::Duration;
+use thiserror::Error;
+
+#[derive(Debug, Error)]
+pub enum ArbiterError {
+    #[error("failed to open lock file {path}")]
+    OpenLock { path: PathBuf, source: std::io::Error },
+    #[error("failed to lock {path}")]
+    Lock { path: PathBuf, source: std::io::Error },
+}
+
+/// The answer to "may I activate?".
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Decision {
+    Granted { reason: String },
+    Denied { reason: String },
+}
+
+/// What a backup tells its arbiter when it asks.
+#[derive(Debug, Clone)]
+pub struct ActivationRequest {
+    pub group: String,
+    pub live_node: String,
+    /// The live's cluster address, so voters can check it themselves.
+    pub live_addr: String,
+    pub epoch: u64,
+}
+
+/// A voter's answer.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Vote {
+    pub granted: bool,
+    pub reason: String,
+}
+
+/// Asks one voter (by cluster address) for its vote; the cluster module supplies it.
+pub type AskVoter = Arc<dyn Fn(String, ActivationRequest) -> BoxFuture<'static, Result<Vote, String>> + Send + Sync>;
+
+/// Decides activations.
+pub trait Arbiter: Send + Sync {
+    /// May this backup activate now?
+    fn may_activate<'a>(&'a self, request: &'a ActivationRequest) -> BoxFuture<'a, Result<Decision, ArbiterError>>;
+    /// Called once this member is live; keeps whatever claim the arbiter needs held.
+    fn hold_as_live(&self) -> Result<(), ArbiterError> {
+        Ok(())
+    }
+    fn name(&self) -> &'static str;
+}
+
+/// HornetQ/Artemis quorum: activate only when more than half of the cluster's servers
+/// (the voters plus the lost live, which cannot say yes) confirm the live is gone.
+pub struct QuorumArbiter {
+    pub voters: Vec<String>,
+    pub timeout: Duration,
+    pub ask: AskVoter,
+}
+
+/// More than half of `voters + 1` servers (the lost live counts, voting no).
+pub fn quorum_reached(granted: usize, voters: usize) -> bool {
+    2 * granted > voters + 1
+}
+
+impl Arbiter for QuorumArbiter {
+    fn may_activate<'a>(&'a self, request: &'a ActivationRequest) -> BoxFuture<'a, Result<Decision, ArbiterError>> {
+        Box::pin(async move {
+            let asks = self.voters.iter().map(|addr| {
+                let ask = Arc::clone(&self.ask);
+                let (addr, request) = (addr.clone(), request.clone());
+                async move {
+                    let vote = tokio::time::timeout(self.timeout, ask(addr.clone(), request)).await;
+                    (addr, vote)
+                }
+            });
+            let mut granted = 0;
+            let mut notes = Vec::new();
+            for (addr, vote) in futures::future::join_all(asks).await {
+                match vote {
+                    Ok(Ok(v)) if v.granted => granted += 1,
+                    Ok(Ok(v)) => notes.push(format!("{addr} said no ({})", v.reason)),
+                    Ok(Err(e)) => notes.push(format!("{addr} unreachable ({e})")),
+                    Err(_) => notes.push(format!("{addr} did not answer in {:?}", self.timeout)),
+                }
+            }
+            let total = self.voters.len();
+            let summary = format!("{granted} of {total} voters confirm the live is gone");
+            Ok(if quorum_reached(granted, total) {
+                Decision::Granted { reason: summary }
+            } else {
+                Decision::Denied { reason: format!("{summary}; need more than half of {}: {}", total + 1, notes.join("; ")) }
+            })
+        })
+    }
+
+    fn name(&self) -> &'static str {
+        "quorum"
+    }
+}
+
+/// ActiveMQ-style exclusive lock: whoever holds the file lock is live. The kernel releases
+/// it when the holder dies, so a backup that gets it knows the live is gone.
+pub struct FileLockArbiter {
+    path: PathBuf,
+    held: parking_lot::Mutex<Option<File>>,
+}
+
+impl FileLockArbiter {
+    pub fn new(path: &Path) -> FileLockArbiter {
+        FileLockArbiter { path: path.to_path_buf(), held: parking_lot::Mutex::new(None) }
+    }
+
+    /// Tries to take the lock without waiting.
+    fn try_take(&self) -> Result<bool, ArbiterError> {
+        let mut held = self.held.lock();
+        if held.is_some() {
+            return Ok(true);
+        }
+        if let Some(dir) = self.path.parent() {
+            let _ = std::fs::create_dir_all(dir);
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(&self.path)
+            .map_err(|source| ArbiterError::OpenLock { path: self.path.clone(), source })?;
+        use std::os::fd::AsRawFd;
+        // SAFETY: flock on a file descriptor we own; no memory is involved.
+        let rc = unsafe { libc::flock(file.as_raw_fd(), libc::LOCK_EX | libc::LOCK_NB) };
+        if rc == 0 {
+            *held = Some(file);
+            return Ok(true);
+        }
+        let err = std::io::Error::last_os_error();
+        if err.raw_os_error() == Some(libc::EWOULDBLOCK) {
+            Ok(false)
+        } else {
+            Err(ArbiterError::Lock { path: self.path.clone(), source: err })
+        }
+    }
+}
+
+impl Arbiter for FileLockArbiter {
+    fn may_activate<'a>(&'a self, _request: &'a ActivationRequest) -> BoxFuture<'a, Result<Decision, ArbiterError>> {
+        Box::pin(async move {
+            Ok(if self.try_take()? {
+                Decision::Granted { reason: format!("took the lock {}", self.path.display()) }
+            } else {
+                Decision::Denied { reason: format!("{} is still locked by the live", self.path.display()) }
+            })
+        })
+    }
+
+    fn hold_as_live(&self) -> Result<(), ArbiterError> {
+        if self.try_take()? {
+            Ok(())
+        } else {
+            Err(ArbiterError::Lock {
+                path: self.path.clone(),
+                source: std::io::Error::new(std::io::ErrorKind::WouldBlock, "held by another member"),
+            })
+        }
+    }
+
+    fn name(&self) -> &'static str {
+        "fileLock"
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    #[rstest]
+    #[case(0, 0, false)]
+    #[case(1, 2, false)]
+    #[case(2, 2, true)]
+    #[case(2, 4, false)]
+    #[case(3, 4, true)]
+    #[case(1, 0, true)]
+    fn given_votes_should_need_more_than_half_counting_the_lost_live(
+        #[case] granted: usize,
+        #[case] voters: usize,
+        #[case] reached: bool,
+    ) {
+        assert_eq!(quorum_reached(granted, voters), reached);
+    }
+
+    fn request() -> ActivationRequest {
+        ActivationRequest { group: "g".into(), live_node: "a".into(), live_addr: "x".into(), epoch: 1 }
+    }
+
+    #[tokio::test]
+    async fn given_isolated_backup_should_be_denied_and_connected_one_granted() {
+        let unreachable: AskVoter = Arc::new(|_, _| Box::pin(async { Err("connection refused".to_string()) }));
+        let q = QuorumArbiter { voters: vec!["v1".into(), "v2".into()], timeout: Duration::from_millis(100), ask: unreachable };
+        assert!(matches!(q.may_activate(&request()).await.unwrap(), Decision::Denied { .. }));
+        let yes: AskVoter = Arc::new(|_, _| Box::pin(async { Ok(Vote { granted: true, reason: "live gone".into() }) }));
+        let q = QuorumArbiter { voters: vec!["v1".into(), "v2".into()], timeout: Duration::from_millis(100), ask: yes };
+        assert!(matches!(q.may_activate(&request()).await.unwrap(), Decision::Granted { .. }));
+    }
+
+    #[tokio::test]
+    async fn given_lock_held_by_live_should_deny_until_released() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("live.lock");
+        let live = FileLockArbiter::new(&path);
+        live.hold_as_live().unwrap();
+        let backup = FileLockArbiter::new(&path);
+        assert!(matches!(backup.may_activate(&request()).await.unwrap(), Decision::Denied { .. }));
+        drop(live);
+        assert!(matches!(backup.may_activate(&request()).await.unwrap(), Decision::Granted { .. }));
+    }
+}
