@@ -5,6 +5,7 @@
 
 pub mod admin;
 pub mod client;
+pub mod cluster;
 pub mod config;
 pub mod engine;
 pub mod ha;

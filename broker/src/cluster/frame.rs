@@ -1,0 +1,797 @@
+//! The cluster wire format: frames as values and the codec that turns bytes into
+//! frames and back. It does no I/O, holds no broker state and never panics on input;
+//! every way a peer can get the format wrong is a [`ClusterCodecError`].
+//!
+//! A frame is `[u32 BE length of the rest][u8 kind][payload]`. Integers in the payload
+//! are big-endian like the length; strings are a `u16` BE byte length followed by UTF-8;
+//! a list is a `u32` BE count followed by its items; a trailing `data` field (journal
+//! bytes) takes the rest of the frame, so it is carried without a copy. The first two
+//! payload bytes of `Hello` and `Challenge` are the protocol version, and every future
+//! version keeps them there so a peer can refuse a version it does not speak.
+//!
+//! The length is checked against the caller's maximum before anything is buffered for
+//! it. After an error the stream is out of step and the connection must be closed.
+
+use bytes::{Buf, BufMut, Bytes, BytesMut};
+use thiserror::Error;
+
+/// The version of the cluster protocol this build speaks.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// Bytes of the length prefix in front of every frame.
+pub const LENGTH_PREFIX: usize = 4;
+
+/// Why a client connects to the cluster port.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Purpose {
+    /// A backup that wants the live's journal.
+    Replicate,
+    /// A backup asking for a quorum vote.
+    Vote,
+    /// A health check or an operator probe.
+    Probe,
+}
+
+impl Purpose {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Purpose::Replicate => "replicate",
+            Purpose::Vote => "vote",
+            Purpose::Probe => "probe",
+        }
+    }
+
+    fn code(self) -> u8 {
+        match self {
+            Purpose::Replicate => 1,
+            Purpose::Vote => 2,
+            Purpose::Probe => 3,
+        }
+    }
+
+    fn from_code(code: u8) -> Option<Purpose> {
+        match code {
+            1 => Some(Purpose::Replicate),
+            2 => Some(Purpose::Vote),
+            3 => Some(Purpose::Probe),
+            _ => None,
+        }
+    }
+}
+
+impl std::fmt::Display for Purpose {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// One journal segment the live holds when a backup starts to sync: its sequence
+/// number and its length in bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SegmentExtent {
+    pub seq: u64,
+    pub len: u64,
+}
+
+/// Every frame of the cluster protocol.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ClusterFrame {
+    /// Client → server: who I am, what I want, and my half of the challenge.
+    Hello {
+        version: u16,
+        node_id: String,
+        group: String,
+        purpose: Purpose,
+        epoch: u64,
+        nonce: [u8; 32],
+    },
+    /// Server → client: who I am, my half of the challenge, and my proof that I know
+    /// the cluster password.
+    Challenge {
+        version: u16,
+        node_id: String,
+        group: String,
+        epoch: u64,
+        nonce: [u8; 32],
+        proof: [u8; 32],
+    },
+    /// Client → server: the client's proof that it knows the cluster password.
+    Response {
+        proof: [u8; 32],
+    },
+    /// Server → client: the handshake succeeded.
+    Welcome {
+        node_id: String,
+        role: String,
+        epoch: u64,
+    },
+    /// Server → client: the handshake failed, and why.
+    Refused {
+        reason: String,
+    },
+    /// Live → backup: the segments the initial sync will send.
+    SyncBegin {
+        segments: Vec<SegmentExtent>,
+    },
+    /// Live → backup: bytes of one segment during the initial sync.
+    SegmentChunk {
+        seq: u64,
+        offset: u64,
+        data: Bytes,
+    },
+    /// Live → backup: the initial sync is complete; live streaming continues here.
+    SyncEnd {
+        seq: u64,
+        len: u64,
+    },
+    /// Live → backup: one journal batch, byte-identical to what the live wrote.
+    Append {
+        seq: u64,
+        offset: u64,
+        data: Bytes,
+    },
+    /// Live → backup: the live started segment `seq`.
+    Roll {
+        seq: u64,
+    },
+    /// Live → backup: segment `seq` holds nothing live any more and may be deleted.
+    Reclaim {
+        seq: u64,
+    },
+    /// Backup → live: durable up to here.
+    Ack {
+        seq: u64,
+        offset: u64,
+    },
+    Ping {
+        at: u64,
+    },
+    Pong {
+        at: u64,
+    },
+    /// Backup → voter: may I activate, given this live seems gone?
+    VoteRequest {
+        group: String,
+        live_node: String,
+        epoch: u64,
+    },
+    /// Voter → backup.
+    VoteReply {
+        granted: bool,
+        live_seen: bool,
+        reason: String,
+    },
+    /// Either side: closing the connection, and why.
+    Goodbye {
+        reason: String,
+    },
+}
+
+mod kind {
+    pub const HELLO: u8 = 0x01;
+    pub const CHALLENGE: u8 = 0x02;
+    pub const RESPONSE: u8 = 0x03;
+    pub const WELCOME: u8 = 0x04;
+    pub const REFUSED: u8 = 0x05;
+    pub const SYNC_BEGIN: u8 = 0x10;
+    pub const SEGMENT_CHUNK: u8 = 0x11;
+    pub const SYNC_END: u8 = 0x12;
+    pub const APPEND: u8 = 0x13;
+    pub const ROLL: u8 = 0x14;
+    pub const RECLAIM: u8 = 0x15;
+    pub const ACK: u8 = 0x16;
+    pub const PING: u8 = 0x17;
+    pub const PONG: u8 = 0x18;
+    pub const VOTE_REQUEST: u8 = 0x20;
+    pub const VOTE_REPLY: u8 = 0x21;
+    pub const GOODBYE: u8 = 0x30;
+}
+
+impl ClusterFrame {
+    /// The frame's name, for logs and errors.
+    pub fn name(&self) -> &'static str {
+        frame_name(self.kind()).unwrap_or("unknown")
+    }
+
+    fn kind(&self) -> u8 {
+        match self {
+            ClusterFrame::Hello { .. } => kind::HELLO,
+            ClusterFrame::Challenge { .. } => kind::CHALLENGE,
+            ClusterFrame::Response { .. } => kind::RESPONSE,
+            ClusterFrame::Welcome { .. } => kind::WELCOME,
+            ClusterFrame::Refused { .. } => kind::REFUSED,
+            ClusterFrame::SyncBegin { .. } => kind::SYNC_BEGIN,
+            ClusterFrame::SegmentChunk { .. } => kind::SEGMENT_CHUNK,
+            ClusterFrame::SyncEnd { .. } => kind::SYNC_END,
+            ClusterFrame::Append { .. } => kind::APPEND,
+            ClusterFrame::Roll { .. } => kind::ROLL,
+            ClusterFrame::Reclaim { .. } => kind::RECLAIM,
+            ClusterFrame::Ack { .. } => kind::ACK,
+            ClusterFrame::Ping { .. } => kind::PING,
+            ClusterFrame::Pong { .. } => kind::PONG,
+            ClusterFrame::VoteRequest { .. } => kind::VOTE_REQUEST,
+            ClusterFrame::VoteReply { .. } => kind::VOTE_REPLY,
+            ClusterFrame::Goodbye { .. } => kind::GOODBYE,
+        }
+    }
+}
+
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum ClusterCodecError {
+    #[error("frame of {length} bytes exceeds the limit of {limit} bytes")]
+    FrameTooLarge { length: usize, limit: usize },
+    #[error("frame has a length of 0, so no kind")]
+    EmptyFrame,
+    #[error("unknown frame kind 0x{0:02x}")]
+    UnknownKind(u8),
+    #[error("{frame} frame ends inside field {field}")]
+    Truncated { frame: &'static str, field: &'static str },
+    #[error("field {field} of a {frame} frame is not valid UTF-8")]
+    InvalidUtf8 { frame: &'static str, field: &'static str },
+    #[error("field {field} of a {frame} frame holds {value}, not a boolean")]
+    InvalidBool { frame: &'static str, field: &'static str, value: u8 },
+    #[error("unknown purpose {0} in a hello frame")]
+    UnknownPurpose(u8),
+    #[error("{frame} frame has {extra} bytes after its last field")]
+    TrailingBytes { frame: &'static str, extra: usize },
+    #[error("field {field} of a {frame} frame is {len} bytes, more than the {limit} a frame can carry")]
+    FieldTooLong { frame: &'static str, field: &'static str, len: usize, limit: usize },
+}
+
+/// Decoder and encoder for one cluster connection.
+#[derive(Debug, Clone)]
+pub struct ClusterCodec {
+    max_frame: usize,
+}
+
+impl ClusterCodec {
+    /// `max_frame` bounds the length field (kind plus payload) of frames in both
+    /// directions.
+    pub fn new(max_frame: usize) -> ClusterCodec {
+        ClusterCodec { max_frame }
+    }
+
+    pub fn max_frame(&self) -> usize {
+        self.max_frame
+    }
+
+    /// Takes one whole frame off the front of `buf`; `Ok(None)` when more bytes are
+    /// needed.
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Option<ClusterFrame>, ClusterCodecError> {
+        let Some(prefix) = buf.get(..LENGTH_PREFIX) else {
+            return Ok(None);
+        };
+        let length = u32::from_be_bytes([prefix[0], prefix[1], prefix[2], prefix[3]]) as usize;
+        if length > self.max_frame {
+            return Err(ClusterCodecError::FrameTooLarge { length, limit: self.max_frame });
+        }
+        if length == 0 {
+            return Err(ClusterCodecError::EmptyFrame);
+        }
+        let total = LENGTH_PREFIX + length;
+        if buf.len() < total {
+            buf.reserve(total - buf.len());
+            return Ok(None);
+        }
+        // The frame's bytes become the `Bytes` its data fields point into: no copy.
+        let mut frame = buf.split_to(total).freeze();
+        frame.advance(LENGTH_PREFIX);
+        decode_body(frame).map(Some)
+    }
+
+    /// Appends `frame` to `buf`. Fails, leaving `buf` as it was, when a field does not
+    /// fit its length prefix or the frame exceeds the maximum the peer accepts.
+    pub fn encode(&mut self, frame: &ClusterFrame, buf: &mut BytesMut) -> Result<(), ClusterCodecError> {
+        let start = buf.len();
+        let result = encode_into(frame, buf, start, self.max_frame);
+        if result.is_err() {
+            buf.truncate(start);
+        }
+        result
+    }
+}
+
+fn encode_into(
+    frame: &ClusterFrame,
+    buf: &mut BytesMut,
+    start: usize,
+    max_frame: usize,
+) -> Result<(), ClusterCodecError> {
+    let name = frame.name();
+    buf.put_u32(0);
+    buf.put_u8(frame.kind());
+    let mut w = Writer { buf, frame: name };
+    match frame {
+        ClusterFrame::Hello { version, node_id, group, purpose, epoch, nonce } => {
+            w.buf.put_u16(*version);
+            w.string("node_id", node_id)?;
+            w.string("group", group)?;
+            w.buf.put_u8(purpose.code());
+            w.buf.put_u64(*epoch);
+            w.buf.put_slice(nonce);
+        }
+        ClusterFrame::Challenge { version, node_id, group, epoch, nonce, proof } => {
+            w.buf.put_u16(*version);
+            w.string("node_id", node_id)?;
+            w.string("group", group)?;
+            w.buf.put_u64(*epoch);
+            w.buf.put_slice(nonce);
+            w.buf.put_slice(proof);
+        }
+        ClusterFrame::Response { proof } => w.buf.put_slice(proof),
+        ClusterFrame::Welcome { node_id, role, epoch } => {
+            w.string("node_id", node_id)?;
+            w.string("role", role)?;
+            w.buf.put_u64(*epoch);
+        }
+        ClusterFrame::Refused { reason } | ClusterFrame::Goodbye { reason } => w.string("reason", reason)?,
+        ClusterFrame::SyncBegin { segments } => {
+            let count = u32::try_from(segments.len()).map_err(|_| ClusterCodecError::FieldTooLong {
+                frame: name,
+                field: "segments",
+                len: segments.len(),
+                limit: u32::MAX as usize,
+            })?;
+            w.buf.put_u32(count);
+            for segment in segments {
+                w.buf.put_u64(segment.seq);
+                w.buf.put_u64(segment.len);
+            }
+        }
+        ClusterFrame::SegmentChunk { seq, offset, data } | ClusterFrame::Append { seq, offset, data } => {
+            w.buf.put_u64(*seq);
+            w.buf.put_u64(*offset);
+            w.buf.put_slice(data);
+        }
+        ClusterFrame::SyncEnd { seq, len } => {
+            w.buf.put_u64(*seq);
+            w.buf.put_u64(*len);
+        }
+        ClusterFrame::Roll { seq } | ClusterFrame::Reclaim { seq } => w.buf.put_u64(*seq),
+        ClusterFrame::Ack { seq, offset } => {
+            w.buf.put_u64(*seq);
+            w.buf.put_u64(*offset);
+        }
+        ClusterFrame::Ping { at } | ClusterFrame::Pong { at } => w.buf.put_u64(*at),
+        ClusterFrame::VoteRequest { group, live_node, epoch } => {
+            w.string("group", group)?;
+            w.string("live_node", live_node)?;
+            w.buf.put_u64(*epoch);
+        }
+        ClusterFrame::VoteReply { granted, live_seen, reason } => {
+            w.buf.put_u8(u8::from(*granted));
+            w.buf.put_u8(u8::from(*live_seen));
+            w.string("reason", reason)?;
+        }
+    }
+    let length = buf.len() - start - LENGTH_PREFIX;
+    if length > max_frame || u32::try_from(length).is_err() {
+        return Err(ClusterCodecError::FrameTooLarge { length, limit: max_frame });
+    }
+    buf[start..start + LENGTH_PREFIX].copy_from_slice(&(length as u32).to_be_bytes());
+    Ok(())
+}
+
+struct Writer<'a> {
+    buf: &'a mut BytesMut,
+    frame: &'static str,
+}
+
+impl Writer<'_> {
+    fn string(&mut self, field: &'static str, value: &str) -> Result<(), ClusterCodecError> {
+        let len = u16::try_from(value.len()).map_err(|_| ClusterCodecError::FieldTooLong {
+            frame: self.frame,
+            field,
+            len: value.len(),
+            limit: u16::MAX as usize,
+        })?;
+        self.buf.put_u16(len);
+        self.buf.put_slice(value.as_bytes());
+        Ok(())
+    }
+}
+
+/// Reads fields off a frame body, naming the field that is missing or malformed.
+struct Reader {
+    body: Bytes,
+    frame: &'static str,
+}
+
+impl Reader {
+    fn take(&mut self, field: &'static str, n: usize) -> Result<Bytes, ClusterCodecError> {
+        if self.body.len() < n {
+            return Err(ClusterCodecError::Truncated { frame: self.frame, field });
+        }
+        Ok(self.body.split_to(n))
+    }
+
+    fn u8(&mut self, field: &'static str) -> Result<u8, ClusterCodecError> {
+        Ok(self.take(field, 1)?.get_u8())
+    }
+
+    fn u16(&mut self, field: &'static str) -> Result<u16, ClusterCodecError> {
+        Ok(self.take(field, 2)?.get_u16())
+    }
+
+    fn u32(&mut self, field: &'static str) -> Result<u32, ClusterCodecError> {
+        Ok(self.take(field, 4)?.get_u32())
+    }
+
+    fn u64(&mut self, field: &'static str) -> Result<u64, ClusterCodecError> {
+        Ok(self.take(field, 8)?.get_u64())
+    }
+
+    fn bool(&mut self, field: &'static str) -> Result<bool, ClusterCodecError> {
+        match self.u8(field)? {
+            0 => Ok(false),
+            1 => Ok(true),
+            value => Err(ClusterCodecError::InvalidBool { frame: self.frame, field, value }),
+        }
+    }
+
+    fn array32(&mut self, field: &'static str) -> Result<[u8; 32], ClusterCodecError> {
+        let bytes = self.take(field, 32)?;
+        let mut out = [0u8; 32];
+        out.copy_from_slice(&bytes);
+        Ok(out)
+    }
+
+    fn string(&mut self, field: &'static str) -> Result<String, ClusterCodecError> {
+        let len = self.u16(field)? as usize;
+        let bytes = self.take(field, len)?;
+        String::from_utf8(bytes.to_vec()).map_err(|_| ClusterCodecError::InvalidUtf8 { frame: self.frame, field })
+    }
+
+    fn rest(&mut self) -> Bytes {
+        std::mem::take(&mut self.body)
+    }
+
+    fn finish(self) -> Result<(), ClusterCodecError> {
+        if self.body.is_empty() {
+            Ok(())
+        } else {
+            Err(ClusterCodecError::TrailingBytes { frame: self.frame, extra: self.body.len() })
+        }
+    }
+}
+
+fn frame_name(kind: u8) -> Option<&'static str> {
+    Some(match kind {
+        kind::HELLO => "hello",
+        kind::CHALLENGE => "challenge",
+        kind::RESPONSE => "response",
+        kind::WELCOME => "welcome",
+        kind::REFUSED => "refused",
+        kind::SYNC_BEGIN => "sync-begin",
+        kind::SEGMENT_CHUNK => "segment-chunk",
+        kind::SYNC_END => "sync-end",
+        kind::APPEND => "append",
+        kind::ROLL => "roll",
+        kind::RECLAIM => "reclaim",
+        kind::ACK => "ack",
+        kind::PING => "ping",
+        kind::PONG => "pong",
+        kind::VOTE_REQUEST => "vote-request",
+        kind::VOTE_REPLY => "vote-reply",
+        kind::GOODBYE => "goodbye",
+        _ => return None,
+    })
+}
+
+/// Decodes kind and payload (the length prefix already removed).
+fn decode_body(mut body: Bytes) -> Result<ClusterFrame, ClusterCodecError> {
+    let kind = body.get_u8();
+    let frame = frame_name(kind).ok_or(ClusterCodecError::UnknownKind(kind))?;
+    let mut r = Reader { body, frame };
+    let decoded = match kind {
+        kind::HELLO => {
+            let version = r.u16("version")?;
+            let node_id = r.string("node_id")?;
+            let group = r.string("group")?;
+            let code = r.u8("purpose")?;
+            let purpose = Purpose::from_code(code).ok_or(ClusterCodecError::UnknownPurpose(code))?;
+            let epoch = r.u64("epoch")?;
+            let nonce = r.array32("nonce")?;
+            ClusterFrame::Hello { version, node_id, group, purpose, epoch, nonce }
+        }
+        kind::CHALLENGE => {
+            let version = r.u16("version")?;
+            let node_id = r.string("node_id")?;
+            let group = r.string("group")?;
+            let epoch = r.u64("epoch")?;
+            let nonce = r.array32("nonce")?;
+            let proof = r.array32("proof")?;
+            ClusterFrame::Challenge { version, node_id, group, epoch, nonce, proof }
+        }
+        kind::RESPONSE => ClusterFrame::Response { proof: r.array32("proof")? },
+        kind::WELCOME => {
+            let node_id = r.string("node_id")?;
+            let role = r.string("role")?;
+            let epoch = r.u64("epoch")?;
+            ClusterFrame::Welcome { node_id, role, epoch }
+        }
+        kind::REFUSED => ClusterFrame::Refused { reason: r.string("reason")? },
+        kind::GOODBYE => ClusterFrame::Goodbye { reason: r.string("reason")? },
+        kind::SYNC_BEGIN => {
+            let count = r.u32("segments")? as usize;
+            // Check the count against the bytes present before allocating for it.
+            if r.body.len() / 16 < count {
+                return Err(ClusterCodecError::Truncated { frame, field: "segments" });
+            }
+            let mut segments = Vec::with_capacity(count);
+            for _ in 0..count {
+                segments.push(SegmentExtent { seq: r.u64("segments")?, len: r.u64("segments")? });
+            }
+            ClusterFrame::SyncBegin { segments }
+        }
+        kind::SEGMENT_CHUNK => {
+            let seq = r.u64("seq")?;
+            let offset = r.u64("offset")?;
+            ClusterFrame::SegmentChunk { seq, offset, data: r.rest() }
+        }
+        kind::APPEND => {
+            let seq = r.u64("seq")?;
+            let offset = r.u64("offset")?;
+            ClusterFrame::Append { seq, offset, data: r.rest() }
+        }
+        kind::SYNC_END => {
+            let seq = r.u64("seq")?;
+            let len = r.u64("len")?;
+            ClusterFrame::SyncEnd { seq, len }
+        }
+        kind::ROLL => ClusterFrame::Roll { seq: r.u64("seq")? },
+        kind::RECLAIM => ClusterFrame::Reclaim { seq: r.u64("seq")? },
+        kind::ACK => {
+            let seq = r.u64("seq")?;
+            let offset = r.u64("offset")?;
+            ClusterFrame::Ack { seq, offset }
+        }
+        kind::PING => ClusterFrame::Ping { at: r.u64("at")? },
+        kind::PONG => ClusterFrame::Pong { at: r.u64("at")? },
+        kind::VOTE_REQUEST => {
+            let group = r.string("group")?;
+            let live_node = r.string("live_node")?;
+            let epoch = r.u64("epoch")?;
+            ClusterFrame::VoteRequest { group, live_node, epoch }
+        }
+        kind::VOTE_REPLY => {
+            let granted = r.bool("granted")?;
+            let live_seen = r.bool("live_seen")?;
+            let reason = r.string("reason")?;
+            ClusterFrame::VoteReply { granted, live_seen, reason }
+        }
+        _ => return Err(ClusterCodecError::UnknownKind(kind)),
+    };
+    r.finish()?;
+    Ok(decoded)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+    use rstest::rstest;
+
+    const MAX: usize = 64 * 1024;
+
+    fn encoded(frames: &[ClusterFrame]) -> BytesMut {
+        let mut codec = ClusterCodec::new(MAX);
+        let mut buf = BytesMut::new();
+        for frame in frames {
+            codec.encode(frame, &mut buf).expect("test frames fit");
+        }
+        buf
+    }
+
+    /// Decodes everything in `buf`, stopping at the first error.
+    fn decode_all(codec: &mut ClusterCodec, buf: &mut BytesMut) -> Result<Vec<ClusterFrame>, ClusterCodecError> {
+        let mut out = Vec::new();
+        while let Some(frame) = codec.decode(buf)? {
+            out.push(frame);
+        }
+        Ok(out)
+    }
+
+    fn text() -> impl Strategy<Value = String> {
+        ".{0,40}"
+    }
+
+    fn data() -> impl Strategy<Value = Bytes> {
+        proptest::collection::vec(any::<u8>(), 0..300).prop_map(Bytes::from)
+    }
+
+    fn purpose() -> impl Strategy<Value = Purpose> {
+        prop_oneof![Just(Purpose::Replicate), Just(Purpose::Vote), Just(Purpose::Probe)]
+    }
+
+    fn frame() -> impl Strategy<Value = ClusterFrame> {
+        prop_oneof![
+            (any::<u16>(), text(), text(), purpose(), any::<u64>(), any::<[u8; 32]>()).prop_map(
+                |(version, node_id, group, purpose, epoch, nonce)| ClusterFrame::Hello {
+                    version,
+                    node_id,
+                    group,
+                    purpose,
+                    epoch,
+                    nonce
+                }
+            ),
+            (any::<u16>(), text(), text(), any::<u64>(), any::<[u8; 32]>(), any::<[u8; 32]>()).prop_map(
+                |(version, node_id, group, epoch, nonce, proof)| ClusterFrame::Challenge {
+                    version,
+                    node_id,
+                    group,
+                    epoch,
+                    nonce,
+                    proof
+                }
+            ),
+            any::<[u8; 32]>().prop_map(|proof| ClusterFrame::Response { proof }),
+            (text(), text(), any::<u64>()).prop_map(|(node_id, role, epoch)| ClusterFrame::Welcome {
+                node_id,
+                role,
+                epoch
+            }),
+            text().prop_map(|reason| ClusterFrame::Refused { reason }),
+            proptest::collection::vec((any::<u64>(), any::<u64>()), 0..20).prop_map(|segments| {
+                ClusterFrame::SyncBegin {
+                    segments: segments.into_iter().map(|(seq, len)| SegmentExtent { seq, len }).collect(),
+                }
+            }),
+            (any::<u64>(), any::<u64>(), data()).prop_map(|(seq, offset, data)| ClusterFrame::SegmentChunk {
+                seq,
+                offset,
+                data
+            }),
+            (any::<u64>(), any::<u64>()).prop_map(|(seq, len)| ClusterFrame::SyncEnd { seq, len }),
+            (any::<u64>(), any::<u64>(), data()).prop_map(|(seq, offset, data)| ClusterFrame::Append {
+                seq,
+                offset,
+                data
+            }),
+            any::<u64>().prop_map(|seq| ClusterFrame::Roll { seq }),
+            any::<u64>().prop_map(|seq| ClusterFrame::Reclaim { seq }),
+            (any::<u64>(), any::<u64>()).prop_map(|(seq, offset)| ClusterFrame::Ack { seq, offset }),
+            any::<u64>().prop_map(|at| ClusterFrame::Ping { at }),
+            any::<u64>().prop_map(|at| ClusterFrame::Pong { at }),
+            (text(), text(), any::<u64>()).prop_map(|(group, live_node, epoch)| ClusterFrame::VoteRequest {
+                group,
+                live_node,
+                epoch
+            }),
+            (any::<bool>(), any::<bool>(), text()).prop_map(|(granted, live_seen, reason)| ClusterFrame::VoteReply {
+                granted,
+                live_seen,
+                reason
+            }),
+            text().prop_map(|reason| ClusterFrame::Goodbye { reason }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn given_any_frame_when_encoded_then_decoded_should_round_trip(frame in frame()) {
+            let mut buf = encoded(std::slice::from_ref(&frame));
+            let decoded = decode_all(&mut ClusterCodec::new(MAX), &mut buf);
+            prop_assert_eq!(decoded, Ok(vec![frame]));
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn given_frames_split_at_any_byte_when_decoding_should_yield_the_same_frames(
+            frames in proptest::collection::vec(frame(), 1..4),
+            cut in any::<prop::sample::Index>(),
+        ) {
+            let whole = encoded(&frames);
+            let cut = cut.index(whole.len() + 1);
+            let mut codec = ClusterCodec::new(MAX);
+            let mut buf = BytesMut::from(&whole[..cut]);
+            let mut decoded = decode_all(&mut codec, &mut buf).expect("a prefix of valid frames decodes");
+            buf.extend_from_slice(&whole[cut..]);
+            decoded.extend(decode_all(&mut codec, &mut buf).expect("valid frames decode"));
+            prop_assert_eq!(decoded, frames);
+            prop_assert!(buf.is_empty());
+        }
+
+        #[test]
+        fn given_garbage_when_decoding_should_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..512)) {
+            let mut buf = BytesMut::from(&bytes[..]);
+            let _ = decode_all(&mut ClusterCodec::new(MAX), &mut buf);
+        }
+
+        #[test]
+        fn given_a_valid_frame_with_one_byte_changed_when_decoding_should_never_panic(
+            frame in frame(),
+            at in any::<prop::sample::Index>(),
+            byte in any::<u8>(),
+        ) {
+            let mut buf = encoded(&[frame]);
+            let at = at.index(buf.len());
+            buf[at] = byte;
+            let _ = decode_all(&mut ClusterCodec::new(MAX), &mut buf);
+        }
+    }
+
+    #[test]
+    fn given_every_split_point_when_decoding_byte_by_byte_should_yield_each_frame_once() {
+        let frames = vec![
+            ClusterFrame::Hello {
+                version: PROTOCOL_VERSION,
+                node_id: "orders-1".into(),
+                group: "orders".into(),
+                purpose: Purpose::Replicate,
+                epoch: 3,
+                nonce: [7; 32],
+            },
+            ClusterFrame::Append { seq: 4, offset: 4096, data: Bytes::from_static(b"journal batch") },
+            ClusterFrame::VoteReply { granted: true, live_seen: false, reason: "live is gone".into() },
+        ];
+        let whole = encoded(&frames);
+        let mut codec = ClusterCodec::new(MAX);
+        let mut buf = BytesMut::new();
+        let mut decoded = Vec::new();
+        for byte in whole.iter() {
+            buf.extend_from_slice(&[*byte]);
+            decoded.extend(decode_all(&mut codec, &mut buf).expect("valid frames decode"));
+        }
+        assert_eq!(decoded, frames);
+    }
+
+    #[test]
+    fn given_a_length_over_the_limit_when_decoding_should_refuse_before_the_body_arrives() {
+        let mut buf = BytesMut::from(&[0x00, 0x01, 0x00, 0x01][..]);
+        let err = ClusterCodec::new(MAX).decode(&mut buf).unwrap_err();
+        assert_eq!(err, ClusterCodecError::FrameTooLarge { length: 0x0001_0001, limit: MAX });
+        assert!(buf.capacity() < 0x0001_0001, "nothing was reserved for the oversized frame");
+    }
+
+    #[test]
+    fn given_a_frame_over_the_limit_when_encoding_should_fail_and_leave_the_buffer_as_it_was() {
+        let mut buf = BytesMut::from(&b"earlier"[..]);
+        let frame = ClusterFrame::Append { seq: 1, offset: 0, data: Bytes::from(vec![0u8; 100]) };
+        let err = ClusterCodec::new(64).encode(&frame, &mut buf).unwrap_err();
+        assert_eq!(err, ClusterCodecError::FrameTooLarge { length: 117, limit: 64 });
+        assert_eq!(&buf[..], b"earlier");
+    }
+
+    #[test]
+    fn given_a_string_longer_than_its_prefix_when_encoding_should_name_the_field() {
+        let frame = ClusterFrame::Goodbye { reason: "x".repeat(70_000) };
+        let err = ClusterCodec::new(1 << 20).encode(&frame, &mut BytesMut::new()).unwrap_err();
+        assert_eq!(
+            err,
+            ClusterCodecError::FieldTooLong { frame: "goodbye", field: "reason", len: 70_000, limit: 65_535 }
+        );
+    }
+
+    #[rstest]
+    #[case::empty_frame(&[0, 0, 0, 0], ClusterCodecError::EmptyFrame)]
+    #[case::unknown_kind(&[0, 0, 0, 1, 0xee], ClusterCodecError::UnknownKind(0xee))]
+    #[case::short_ping(&[0, 0, 0, 3, kind::PING, 1, 2], ClusterCodecError::Truncated { frame: "ping", field: "at" })]
+    #[case::long_roll(&[0, 0, 0, 10, kind::ROLL, 0, 0, 0, 0, 0, 0, 0, 1, 9], ClusterCodecError::TrailingBytes { frame: "roll", extra: 1 })]
+    #[case::bad_utf8(&[0, 0, 0, 4, kind::GOODBYE, 0, 1, 0xff], ClusterCodecError::InvalidUtf8 { frame: "goodbye", field: "reason" })]
+    #[case::bad_bool(&[0, 0, 0, 5, kind::VOTE_REPLY, 2, 0, 0, 0], ClusterCodecError::InvalidBool { frame: "vote-reply", field: "granted", value: 2 })]
+    #[case::huge_segment_count(&[0, 0, 0, 5, kind::SYNC_BEGIN, 0xff, 0xff, 0xff, 0xff], ClusterCodecError::Truncated { frame: "sync-begin", field: "segments" })]
+    fn given_a_malformed_frame_when_decoding_should_say_what_is_wrong(
+        #[case] bytes: &[u8],
+        #[case] expected: ClusterCodecError,
+    ) {
+        let mut buf = BytesMut::from(bytes);
+        assert_eq!(ClusterCodec::new(MAX).decode(&mut buf), Err(expected));
+    }
+
+    #[test]
+    fn given_an_unknown_purpose_when_decoding_a_hello_should_refuse() {
+        let mut buf = encoded(&[ClusterFrame::Hello {
+            version: 1,
+            node_id: String::new(),
+            group: String::new(),
+            purpose: Purpose::Probe,
+            epoch: 0,
+            nonce: [0; 32],
+        }]);
+        // Length 4, kind 1, version 2, two empty strings 4: the purpose is byte 11.
+        buf[11] = 9;
+        assert_eq!(ClusterCodec::new(MAX).decode(&mut buf), Err(ClusterCodecError::UnknownPurpose(9)));
+    }
+}

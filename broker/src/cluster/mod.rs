@@ -1,0 +1,16 @@
+//! The cluster protocol spoken on the cluster port (default 61616): the binary frame
+//! codec, the password challenge–response, and the handshake that opens every cluster
+//! connection and hands it on. It carries replication and vote frames but holds no
+//! broker state and makes no replication or activation decisions (that is `ha`).
+
+pub mod auth;
+pub mod conn;
+pub mod frame;
+pub mod handshake;
+
+pub use conn::{ClusterConn, ClusterConnError};
+pub use frame::{ClusterCodec, ClusterCodecError, ClusterFrame, Purpose, SegmentExtent, PROTOCOL_VERSION};
+pub use handshake::{
+    accept_handshake, connect_handshake, ClientPeer, HandshakeConfig, HandshakeError, ServerPeer,
+    DEFAULT_HANDSHAKE_TIMEOUT,
+};
