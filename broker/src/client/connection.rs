@@ -1,210 +1,38 @@
 //! The plumbing of one client connection: the CONNECT handshake, a writer task that
 //! batches queued frames into socket writes and sends heart-beats, and a reader task that
-//! routes what arrives (RECEIPTs to their waiters, MESSAGEs to their subscription's
-//! channel, an ERROR to everyone).
+//! hands what arrives to the [`Router`]. Both stop at the first failure and report it on
+//! the connection's [`Link`]; deciding what happens next (close the session or fail
+//! over) is the supervisor's job, not theirs.
 //!
 //! The reader never waits on the user: message channels are unbounded (the broker's
 //! prefetch window bounds them), so a consumer that is slow to call `recv` cannot hold
-//! up RECEIPTs for the rest of the connection. Nothing here knows the public API's
-//! shape beyond [`Message`].
+//! up RECEIPTs for the rest of the connection. The writer takes the outbox for the
+//! length of one connection and hands it back when the connection ends, so frames queued
+//! meanwhile wait for the next one.
 
 use super::error::ClientError;
-use super::message::Message;
 use super::options::{ClientOptions, Heartbeat};
+use super::router::{error_message, CloseReason, Generation, Outbound, Router};
 use super::url::StompUrl;
-use crate::stomp::{CodecError, Command, Frame, HeartBeat, Inbound, Limits, StompCodec, Version};
+use crate::stomp::{Command, Frame, HeartBeat, Inbound, Limits, StompCodec, Version};
 use bytes::BytesMut;
-use std::collections::HashMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, oneshot, watch};
+use tokio::sync::mpsc;
+use tokio::task::{JoinError, JoinHandle};
+use tokio_util::sync::CancellationToken;
 
 /// Frames queued for the writer before `send` waits: enough to keep a pipelining
 /// producer's socket busy, small enough to bound memory.
-const OUTBOX_FRAMES: usize = 1024;
+pub(super) const OUTBOX_FRAMES: usize = 1024;
 /// Bytes gathered from the outbox into one socket write.
 const BATCH_BYTES: usize = 256 * 1024;
 /// How many negotiated heart-beat periods of silence the reader tolerates, for network
 /// jitter, before it gives the broker up.
 const HEARTBEAT_GRACE: u32 = 3;
-
-/// Why a connection ended. Kept (cloneable) so every later call can report it.
-#[derive(Debug, Clone)]
-pub(super) enum CloseReason {
-    /// The user disconnected.
-    Disconnected,
-    /// The broker closed the socket without an ERROR.
-    Eof,
-    Broker(String),
-    Io(std::io::ErrorKind, String),
-    Protocol(CodecError),
-    Silent(Duration),
-}
-
-impl CloseReason {
-    pub(super) fn to_error(&self) -> ClientError {
-        match self {
-            CloseReason::Disconnected | CloseReason::Eof => ClientError::Closed,
-            CloseReason::Broker(message) => ClientError::Broker { message: message.clone() },
-            CloseReason::Io(kind, text) => ClientError::Io(std::io::Error::new(*kind, text.clone())),
-            CloseReason::Protocol(e) => ClientError::Protocol(e.clone()),
-            CloseReason::Silent(after) => {
-                ClientError::Timeout { what: format!("a heart-beat from the broker ({after:?} of silence)") }
-            }
-        }
-    }
-}
-
-type ReceiptSender = oneshot::Sender<Result<(), ClientError>>;
-
-/// Who waits for what on one connection; shared by the reader, the writer and the API.
-pub(super) struct Router {
-    state: Mutex<RouterState>,
-    closed: watch::Sender<bool>,
-}
-
-#[derive(Default)]
-struct RouterState {
-    receipts: HashMap<String, ReceiptSender>,
-    subscriptions: HashMap<String, mpsc::UnboundedSender<Message>>,
-    closed: Option<CloseReason>,
-    /// DISCONNECT was sent: the broker closing the socket is then the expected end.
-    disconnecting: bool,
-}
-
-impl Router {
-    pub(super) fn new() -> Arc<Router> {
-        Arc::new(Router { state: Mutex::new(RouterState::default()), closed: watch::Sender::new(false) })
-    }
-
-    fn lock(&self) -> MutexGuard<'_, RouterState> {
-        // The lock is never held across a panic-prone call; a poisoned lock still holds
-        // consistent maps.
-        self.state.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
-    }
-
-    /// The error for a call made on a closed connection, or `Ok` while it is open.
-    pub(super) fn check_open(&self) -> Result<(), ClientError> {
-        match &self.lock().closed {
-            Some(reason) => Err(reason.to_error()),
-            None => Ok(()),
-        }
-    }
-
-    pub(super) fn close_reason(&self) -> Option<CloseReason> {
-        self.lock().closed.clone()
-    }
-
-    pub(super) fn register_receipt(
-        &self,
-        id: String,
-    ) -> Result<oneshot::Receiver<Result<(), ClientError>>, ClientError> {
-        let mut state = self.lock();
-        if let Some(reason) = &state.closed {
-            return Err(reason.to_error());
-        }
-        let (tx, rx) = oneshot::channel();
-        state.receipts.insert(id, tx);
-        Ok(rx)
-    }
-
-    pub(super) fn forget_receipt(&self, id: &str) {
-        self.lock().receipts.remove(id);
-    }
-
-    pub(super) fn add_subscription(&self, id: String) -> Result<mpsc::UnboundedReceiver<Message>, ClientError> {
-        let mut state = self.lock();
-        if let Some(reason) = &state.closed {
-            return Err(reason.to_error());
-        }
-        let (tx, rx) = mpsc::unbounded_channel();
-        state.subscriptions.insert(id, tx);
-        Ok(rx)
-    }
-
-    pub(super) fn remove_subscription(&self, id: &str) {
-        self.lock().subscriptions.remove(id);
-    }
-
-    /// Notes that DISCONNECT is on its way, so the socket closing after its RECEIPT counts
-    /// as a clean end rather than the broker going away.
-    pub(super) fn begin_disconnect(&self) {
-        self.lock().disconnecting = true;
-    }
-
-    /// Ends the connection for everyone: pending receipts fail with `reason`, message
-    /// channels end once drained, both tasks stop. The first reason wins.
-    pub(super) fn close(&self, reason: CloseReason) {
-        let (receipts, error) = {
-            let mut state = self.lock();
-            if state.closed.is_some() {
-                return;
-            }
-            let reason = match reason {
-                CloseReason::Eof if state.disconnecting => CloseReason::Disconnected,
-                other => other,
-            };
-            state.subscriptions.clear();
-            state.closed = Some(reason.clone());
-            (std::mem::take(&mut state.receipts), reason)
-        };
-        match &error {
-            CloseReason::Disconnected => tracing::debug!("disconnected from the broker"),
-            other => tracing::debug!(reason = ?other, "connection to the broker ended"),
-        }
-        for (_, waiter) in receipts {
-            let _ = waiter.send(Err(error.to_error()));
-        }
-        self.closed.send_replace(true);
-    }
-
-    /// Routes one inbound frame; `Some` ends the connection.
-    fn dispatch(&self, frame: Frame) -> Option<CloseReason> {
-        match frame.command {
-            Command::Message => {
-                let message = Message::from_frame(frame);
-                let state = self.lock();
-                match state.subscriptions.get(&message.subscription) {
-                    Some(channel) => {
-                        let _ = channel.send(message);
-                    }
-                    None => tracing::debug!(
-                        subscription = %message.subscription,
-                        message_id = %message.message_id,
-                        "dropping MESSAGE for a subscription no longer open"
-                    ),
-                }
-                None
-            }
-            Command::Receipt => {
-                let id = frame.get("receipt-id").unwrap_or_default();
-                match self.lock().receipts.remove(id) {
-                    Some(waiter) => {
-                        let _ = waiter.send(Ok(()));
-                    }
-                    None => tracing::debug!(receipt = %id, "RECEIPT nobody waits for (timed out?)"),
-                }
-                None
-            }
-            Command::Error => Some(CloseReason::Broker(error_message(&frame))),
-            other => {
-                tracing::debug!(command = %other, "ignoring unexpected frame from the broker");
-                None
-            }
-        }
-    }
-}
-
-/// The broker's explanation in an ERROR frame: its `message` header, else its body.
-pub(super) fn error_message(frame: &Frame) -> String {
-    match frame.get("message") {
-        Some(m) if !m.is_empty() => m.to_string(),
-        _ => String::from_utf8_lossy(&frame.body).trim().to_string(),
-    }
-}
 
 /// A connection that completed its handshake, before its tasks start.
 pub(super) struct Established {
@@ -313,18 +141,76 @@ async fn read_first_frame(
     }
 }
 
-/// Starts the reader and writer tasks; returns the writer's outbox.
-pub(super) fn start(established: Established, router: &Arc<Router>) -> mpsc::Sender<Frame> {
+/// One connection's end: the first reason reported by its reader or writer, or by the
+/// supervisor stopping it. Both tasks stop as soon as it is set.
+pub(super) struct Link {
+    lost: CancellationToken,
+    reason: Mutex<Option<CloseReason>>,
+}
+
+impl Link {
+    fn new() -> Arc<Link> {
+        Arc::new(Link { lost: CancellationToken::new(), reason: Mutex::new(None) })
+    }
+
+    /// Ends the connection with `reason` unless it already ended.
+    pub(super) fn fail(&self, reason: CloseReason) {
+        let mut slot = self.reason.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        if slot.is_none() {
+            *slot = Some(reason);
+        }
+        drop(slot);
+        self.lost.cancel();
+    }
+
+    /// Resolves once the connection has ended.
+    pub(super) async fn lost(&self) {
+        self.lost.cancelled().await;
+    }
+
+    pub(super) fn reason(&self) -> CloseReason {
+        let slot = self.reason.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+        slot.clone().unwrap_or(CloseReason::Eof)
+    }
+}
+
+/// The reader and writer tasks of one connection.
+pub(super) struct Running {
+    pub(super) link: Arc<Link>,
+    reader: JoinHandle<()>,
+    writer: JoinHandle<mpsc::Receiver<Outbound>>,
+}
+
+impl Running {
+    /// Waits for both tasks to stop (after [`Link::lost`]) and takes the outbox back for
+    /// the next connection; frames still in it were never written.
+    pub(super) async fn join(self) -> Result<mpsc::Receiver<Outbound>, JoinError> {
+        self.reader.await?;
+        self.writer.await
+    }
+}
+
+/// Starts the reader and writer tasks of connection `generation`. The writer sends
+/// `replay` first, then whatever the outbox holds that is not bound to another
+/// generation.
+pub(super) fn start(
+    established: Established,
+    generation: Generation,
+    router: &Arc<Router>,
+    outbox: mpsc::Receiver<Outbound>,
+    replay: Vec<Frame>,
+) -> Running {
     let Established { stream, buf, version, send_every, expect_every, .. } = established;
     let (rd, wr) = stream.into_split();
-    let (outbox, rx) = mpsc::channel(OUTBOX_FRAMES);
     let mut read_codec = StompCodec::new(Limits::default());
     read_codec.set_version(version);
     let mut write_codec = StompCodec::new(Limits::default());
     write_codec.set_version(version);
-    tokio::spawn(read_loop(rd, read_codec, buf, expect_every, Arc::clone(router)));
-    tokio::spawn(write_loop(wr, write_codec, rx, send_every, Arc::clone(router)));
-    outbox
+    let link = Link::new();
+    let reader = tokio::spawn(read_loop(rd, read_codec, buf, expect_every, Arc::clone(router), Arc::clone(&link)));
+    let writer = Writer { codec: write_codec, generation, router: Arc::clone(router), link: Arc::clone(&link) };
+    let writer = tokio::spawn(writer.run(wr, outbox, replay, send_every));
+    Running { link, reader, writer }
 }
 
 async fn read_loop(
@@ -333,9 +219,9 @@ async fn read_loop(
     mut buf: BytesMut,
     expect_every: Option<Duration>,
     router: Arc<Router>,
+    link: Arc<Link>,
 ) {
     let silence_limit = expect_every.map(|d| d * HEARTBEAT_GRACE);
-    let mut closed = router.closed.subscribe();
     let reason = 'session: loop {
         loop {
             match codec.decode(&mut buf) {
@@ -357,7 +243,7 @@ async fn read_loop(
         };
         tokio::select! {
             biased;
-            _ = closed.wait_for(|c| *c) => return,
+            _ = link.lost() => return,
             r = read => match r {
                 None => break CloseReason::Silent(silence_limit.unwrap_or_default()),
                 Some(Ok(0)) => break CloseReason::Eof,
@@ -366,52 +252,98 @@ async fn read_loop(
             },
         }
     };
-    router.close(reason);
+    link.fail(reason);
 }
 
-async fn write_loop(
-    mut wr: OwnedWriteHalf,
+struct Writer {
     codec: StompCodec,
-    mut outbox: mpsc::Receiver<Frame>,
-    send_every: Option<Duration>,
+    generation: Generation,
     router: Arc<Router>,
-) {
-    let mut closed = router.closed.subscribe();
-    let mut buf = BytesMut::with_capacity(64 * 1024);
-    loop {
-        let next = async {
-            match send_every {
-                Some(every) => tokio::time::timeout(every, outbox.recv()).await.ok(),
-                None => Some(outbox.recv().await),
-            }
-        };
-        let first = tokio::select! {
-            biased;
-            _ = closed.wait_for(|c| *c) => break,
-            next = next => next,
-        };
-        match first {
-            // Idle for a heart-beat period.
-            None => buf.extend_from_slice(b"\n"),
-            // Every handle on the connection was dropped.
-            Some(None) => break,
-            Some(Some(frame)) => {
-                codec.encode(&frame, &mut buf);
+    link: Arc<Link>,
+}
+
+impl Writer {
+    async fn run(
+        self,
+        mut wr: OwnedWriteHalf,
+        mut outbox: mpsc::Receiver<Outbound>,
+        replay: Vec<Frame>,
+        send_every: Option<Duration>,
+    ) -> mpsc::Receiver<Outbound> {
+        let mut buf = BytesMut::with_capacity(64 * 1024);
+        for frame in &replay {
+            self.encode(frame, &mut buf);
+        }
+        loop {
+            if buf.is_empty() {
+                let next = async {
+                    match send_every {
+                        Some(every) => tokio::time::timeout(every, outbox.recv()).await.ok(),
+                        None => Some(outbox.recv().await),
+                    }
+                };
+                let first = tokio::select! {
+                    biased;
+                    _ = self.link.lost() => break,
+                    next = next => next,
+                };
+                match first {
+                    // Idle for a heart-beat period.
+                    None => buf.extend_from_slice(b"\n"),
+                    // Every handle on the client was dropped: nobody is left to talk for.
+                    Some(None) => {
+                        self.link.fail(CloseReason::Disconnected);
+                        break;
+                    }
+                    Some(Some(item)) => self.push(item, &mut buf),
+                }
                 while buf.len() < BATCH_BYTES {
                     match outbox.try_recv() {
-                        Ok(frame) => codec.encode(&frame, &mut buf),
+                        Ok(item) => self.push(item, &mut buf),
                         Err(_) => break,
                     }
                 }
+                if buf.is_empty() {
+                    continue;
+                }
+            }
+            // A broker that stops reading must not keep this task (and a failover) waiting.
+            let written = tokio::select! {
+                biased;
+                _ = self.link.lost() => break,
+                written = wr.write_all(&buf) => written,
+            };
+            if let Err(e) = written {
+                self.link.fail(CloseReason::Io(e.kind(), e.to_string()));
+                break;
+            }
+            buf.clear();
+        }
+        let _ = wr.shutdown().await;
+        outbox
+    }
+
+    /// Encodes a queued frame, unless it belongs to another connection's broker.
+    fn push(&self, item: Outbound, buf: &mut BytesMut) {
+        match item.bound {
+            Some(bound) if bound != self.generation => tracing::debug!(
+                command = %item.frame.command,
+                made_for = bound,
+                connection = self.generation,
+                "dropping a frame made for a lost connection"
+            ),
+            _ => self.encode(&item.frame, buf),
+        }
+    }
+
+    fn encode(&self, frame: &Frame, buf: &mut BytesMut) {
+        if self.router.is_failover() {
+            if let Some(receipt) = frame.get("receipt") {
+                self.router.mark_written(receipt);
             }
         }
-        if let Err(e) = wr.write_all(&buf).await {
-            router.close(CloseReason::Io(e.kind(), e.to_string()));
-            break;
-        }
-        buf.clear();
+        self.codec.encode(frame, buf);
     }
-    let _ = wr.shutdown().await;
 }
 
 #[cfg(test)]

@@ -46,4 +46,27 @@ pub enum ClientError {
     /// The connection is closed (after `disconnect`, or the broker went away).
     #[error("connection to the broker is closed")]
     Closed,
+    /// A failover client lost its broker and used up `maxReconnectAttempts` without
+    /// reaching another; every pending request and subscription ends with this.
+    #[error("failed to reconnect to any broker after {attempts} attempts (last error: {last_error})")]
+    FailoverExhausted { attempts: u32, last_error: String },
+    /// An acknowledgement that asked for a receipt (or named a transaction) was for a
+    /// message delivered on a connection lost in a failover. The broker never applied it
+    /// and will redeliver the message, marked `redelivered`.
+    #[error(
+        "failed to acknowledge message {message_id:?}: it was delivered on a connection lost in a failover; \
+         the broker will redeliver it"
+    )]
+    AckLost { message_id: String },
+    /// The transaction was open on a connection lost in a failover; the broker discarded
+    /// its sends and acks. Begin it again.
+    #[error("transaction {transaction:?} was lost in a failover: the broker discarded its sends and acks")]
+    TransactionLost { transaction: String },
+    /// The connection was lost after COMMIT was written and before its RECEIPT: the
+    /// broker may or may not have applied the transaction.
+    #[error(
+        "the outcome of committing transaction {transaction:?} is unknown: the connection was lost in a failover \
+         before the broker confirmed it"
+    )]
+    CommitInDoubt { transaction: String },
 }

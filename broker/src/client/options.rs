@@ -40,8 +40,13 @@ pub struct ClientOptions {
     pub versions: Vec<Version>,
     /// Limit on opening the TCP connection and on the CONNECT/CONNECTED exchange, each.
     pub connect_timeout: Duration,
-    /// How long a request waits for its RECEIPT (sends, commits, disconnect).
+    /// How long a request waits for its RECEIPT (sends, commits, disconnect). With a
+    /// failover URL the wait spans reconnects: allow for the longest failover you expect.
     pub receipt_timeout: Duration,
+    /// Give every SEND a `message-id` header `<client-run-id>-<seq>` (unless
+    /// [`SendOptions::message_id`] or the headers set one), so a broker can store a
+    /// resent message once. Always on for failover URLs; default off for `stomp://`.
+    pub dedup_ids: bool,
 }
 
 impl Default for ClientOptions {
@@ -54,6 +59,7 @@ impl Default for ClientOptions {
             versions: vec![Version::V1_2, Version::V1_1],
             connect_timeout: Duration::from_secs(10),
             receipt_timeout: Duration::from_secs(30),
+            dedup_ids: false,
         }
     }
 }
@@ -70,6 +76,10 @@ pub struct SendOptions {
     pub receipt: bool,
     /// Send inside this transaction (begun with `Client::begin`).
     pub transaction: Option<String>,
+    /// The `message-id` header, the key a broker de-duplicates resent messages by; keep
+    /// it unique per message. `None` lets the client generate one when it numbers sends
+    /// (failover URL or [`ClientOptions::dedup_ids`]) and sends none otherwise.
+    pub message_id: Option<String>,
 }
 
 /// How to subscribe: ack mode, prefetch and any broker-specific SUBSCRIBE headers.

@@ -46,6 +46,10 @@ impl FakePeer {
         frame
     }
 
+    async fn expect_any(&mut self) -> Frame {
+        self.next_frame().await.unwrap_or_else(|| panic!("expected a frame, connection ended"))
+    }
+
     async fn send(&mut self, frame: Frame) {
         let mut out = BytesMut::new();
         self.codec.encode(&frame, &mut out);
@@ -320,4 +324,232 @@ async fn given_silent_broker_when_heartbeats_were_promised_should_close_with_tim
     let err = tokio::time::timeout(STEP, client.commit("tx")).await.unwrap().unwrap_err();
     assert!(matches!(&err, ClientError::Timeout { what } if what.contains("heart-beat")), "{err:?}");
     assert!(matches!(client.failure(), Some(ClientError::Timeout { .. })));
+}
+
+// --- failover ---------------------------------------------------------------------------
+
+/// A failover URL over `members`, in order, reconnecting fast.
+fn failover_url(members: &[&str], extra: &str) -> String {
+    format!("failover:({})?randomize=false&initialReconnectDelay=10ms&maxReconnectDelay=50ms{extra}", members.join(","))
+}
+
+async fn next_event(events: &mut broadcast::Receiver<ConnectionEvent>) -> ConnectionEvent {
+    tokio::time::timeout(STEP, events.recv()).await.expect("no connection event").expect("event channel closed")
+}
+
+#[tokio::test]
+async fn given_dropped_member_when_sends_unreceipted_should_resubscribe_and_resend_them_on_the_next() {
+    let (listener_a, url_a) = fake_broker().await;
+    let (listener_b, url_b) = fake_broker().await;
+    let member_a = tokio::spawn(async move {
+        let mut peer = accept(&listener_a).await;
+        drop(listener_a);
+        peer.accept_connect("0,0").await;
+        let subscribe = peer.expect(Command::Subscribe).await;
+        peer.receipt_for(&subscribe).await;
+        let sends = [peer.expect(Command::Send).await, peer.expect(Command::Send).await];
+        // The live dies with both SENDs unreceipted.
+        (subscribe, sends)
+    });
+    let member_b = tokio::spawn(async move {
+        let mut peer = accept(&listener_b).await;
+        peer.accept_connect("0,0").await;
+        let subscribe = peer.expect(Command::Subscribe).await;
+        let sends = [peer.expect(Command::Send).await, peer.expect(Command::Send).await];
+        for send in &sends {
+            peer.receipt_for(send).await;
+        }
+        let id = subscribe.get("id").unwrap_or_default().to_string();
+        let message = Frame::new(Command::Message)
+            .header("subscription", id)
+            .header("message-id", "1")
+            .header("destination", "/queue/a")
+            .header("ack", "b-1")
+            .with_body("after failover");
+        peer.send(message).await;
+        (subscribe, sends, peer)
+    });
+
+    let client = Client::connect(&failover_url(&[&url_a, &url_b], ""), quiet()).await.unwrap();
+    let mut events = client.events();
+    let options = SubscribeOptions {
+        ack: AckMode::ClientIndividual,
+        prefetch: Some(7),
+        headers: vec![("selector".into(), "x = 1".into())],
+    };
+    let mut sub = client.subscribe_with("/queue/a", options).await.unwrap();
+    let persistent = SendOptions { persistent: true, ..SendOptions::default() };
+    let first = client.send_with_receipt("/queue/a", "one", persistent.clone()).await.unwrap();
+    let second = client.send_with_receipt("/queue/a", "two", persistent).await.unwrap();
+    tokio::time::timeout(STEP, first).await.unwrap().unwrap();
+    tokio::time::timeout(STEP, second).await.unwrap().unwrap();
+
+    let (subscribe_a, sends_a) = member_a.await.unwrap();
+    let (subscribe_b, sends_b, _peer_b) = member_b.await.unwrap();
+    let without_receipt = |f: &Frame| f.headers.iter().filter(|(k, _)| k != "receipt").cloned().collect::<Vec<_>>();
+    assert_eq!(without_receipt(&subscribe_b), without_receipt(&subscribe_a), "same id, ack, prefetch, headers");
+    assert_eq!(subscribe_b.get("receipt"), None, "a confirmed subscription is replayed without receipt");
+    let ids = |sends: &[Frame; 2]| sends.clone().map(|f| f.get("message-id").map(str::to_string));
+    assert_eq!(ids(&sends_b), ids(&sends_a), "resent in order with the same message-id");
+    assert_ne!(ids(&sends_a)[0], ids(&sends_a)[1]);
+    assert_eq!(&sends_b[1].body[..], b"two");
+
+    let delivered = tokio::time::timeout(STEP, sub.recv()).await.unwrap().unwrap();
+    assert_eq!(&delivered.body[..], b"after failover");
+    assert_eq!(client.failovers(), 1);
+    assert_eq!(client.connected_to().to_string(), url_b);
+    assert!(matches!(next_event(&mut events).await, ConnectionEvent::Lost { member, .. } if member.to_string() == url_a));
+    assert!(matches!(next_event(&mut events).await, ConnectionEvent::Reconnected { member, .. } if member.to_string() == url_b));
+}
+
+#[tokio::test]
+async fn given_live_shutting_down_when_it_then_answers_not_live_should_skip_it_for_the_next_member() {
+    let (listener_live, url_live) = fake_broker().await;
+    let (listener_backup, url_backup) = fake_broker().await;
+    let backup_url = url_backup.clone();
+    tokio::spawn(async move {
+        let mut peer = accept(&listener_live).await;
+        peer.accept_connect("0,0").await;
+        peer.send(Frame::new(Command::Error).header("message", "broker is shutting down")).await;
+        // Restarted as a backup: it refuses clients and names the live.
+        loop {
+            let mut peer = accept(&listener_live).await;
+            peer.expect(Command::Connect).await;
+            let refusal = format!("not live: backup of group g1; live is {backup_url}");
+            peer.send(Frame::new(Command::Error).header("message", refusal)).await;
+        }
+    });
+    let backup = tokio::spawn(async move {
+        let mut peer = accept(&listener_backup).await;
+        peer.accept_connect("0,0").await;
+        let send = peer.expect(Command::Send).await;
+        peer.receipt_for(&send).await;
+        peer
+    });
+    let client = Client::connect(&failover_url(&[&url_live, &url_backup], ""), quiet()).await.unwrap();
+    let receipted = SendOptions { receipt: true, ..SendOptions::default() };
+    tokio::time::timeout(STEP, client.send("/queue/a", "x", receipted)).await.unwrap().unwrap();
+    let _peer = backup.await.unwrap();
+    assert_eq!(client.connected_to().to_string(), url_backup);
+    assert_eq!(client.failovers(), 1);
+    assert!(client.failure().is_none());
+}
+
+#[tokio::test]
+async fn given_no_member_up_when_attempts_run_out_should_fail_pending_operations_and_end_subscriptions() {
+    let (listener, url) = fake_broker().await;
+    tokio::spawn(async move {
+        let mut peer = accept(&listener).await;
+        drop(listener);
+        peer.accept_connect("0,0").await;
+        let subscribe = peer.expect(Command::Subscribe).await;
+        peer.receipt_for(&subscribe).await;
+        peer.expect(Command::Send).await;
+    });
+    let client = Client::connect(&failover_url(&[&url], "&maxReconnectAttempts=2"), quiet()).await.unwrap();
+    let mut events = client.events();
+    let mut sub = client.subscribe("/queue/a", AckMode::Auto, None).await.unwrap();
+    let pending = client.send_with_receipt("/queue/a", "x", SendOptions::default()).await.unwrap();
+    let err = tokio::time::timeout(STEP, pending).await.unwrap().unwrap_err();
+    assert!(matches!(&err, ClientError::FailoverExhausted { attempts: 2, .. }), "{err:?}");
+    assert!(err.to_string().contains("after 2 attempts"), "{err}");
+    assert!(tokio::time::timeout(STEP, sub.recv()).await.unwrap().is_none());
+    assert!(matches!(client.failure(), Some(ClientError::FailoverExhausted { .. })));
+    let later = client.send("/queue/a", "y", SendOptions::default()).await.unwrap_err();
+    assert!(matches!(later, ClientError::FailoverExhausted { .. }), "{later:?}");
+    assert!(matches!(next_event(&mut events).await, ConnectionEvent::Lost { .. }));
+    assert!(matches!(next_event(&mut events).await, ConnectionEvent::GaveUp { attempts: 2, .. }));
+}
+
+#[tokio::test]
+async fn given_failover_when_old_deliveries_and_transactions_are_settled_should_not_send_them_to_the_new_broker() {
+    let (listener_a, url_a) = fake_broker().await;
+    let (listener_b, url_b) = fake_broker().await;
+    tokio::spawn(async move {
+        let mut peer = accept(&listener_a).await;
+        drop(listener_a);
+        peer.accept_connect("0,0").await;
+        let subscribe = peer.expect(Command::Subscribe).await;
+        peer.receipt_for(&subscribe).await;
+        let message = Frame::new(Command::Message)
+            .header("subscription", subscribe.get("id").unwrap_or_default())
+            .header("message-id", "5")
+            .header("destination", "/queue/a")
+            .header("ack", "a-5");
+        peer.send(message).await;
+        peer.expect(Command::Begin).await;
+        peer.expect(Command::Send).await;
+        // The client sends nothing more until it sees the connection drop.
+    });
+    let member_b = tokio::spawn(async move {
+        let mut peer = accept(&listener_b).await;
+        peer.accept_connect("0,0").await;
+        let mut seen = Vec::new();
+        loop {
+            let frame = peer.expect_any().await;
+            if frame.get("receipt").is_some() {
+                peer.receipt_for(&frame).await;
+            }
+            let done = frame.command == Command::Disconnect;
+            seen.push(frame);
+            if done {
+                return seen;
+            }
+        }
+    });
+    let client = Client::connect(&failover_url(&[&url_a, &url_b], ""), quiet()).await.unwrap();
+    let mut events = client.events();
+    let mut sub = client.subscribe("/queue/a", AckMode::ClientIndividual, None).await.unwrap();
+    let old = tokio::time::timeout(STEP, sub.recv()).await.unwrap().unwrap();
+    client.begin("tx1").await.unwrap();
+    let in_tx = SendOptions { transaction: Some("tx1".into()), ..SendOptions::default() };
+    client.send("/queue/a", "in tx", in_tx).await.unwrap();
+    assert!(matches!(next_event(&mut events).await, ConnectionEvent::Lost { .. }));
+    assert!(matches!(next_event(&mut events).await, ConnectionEvent::Reconnected { .. }));
+
+    let err = client.ack_with_receipt(&old).await.unwrap_err();
+    assert!(matches!(&err, ClientError::AckLost { message_id } if message_id == "5"), "{err:?}");
+    client.ack(&old).await.unwrap();
+    let err = client.commit("tx1").await.unwrap_err();
+    assert!(matches!(&err, ClientError::TransactionLost { transaction } if transaction == "tx1"), "{err:?}");
+    client.disconnect().await.unwrap();
+
+    let seen: Vec<Command> = member_b.await.unwrap().iter().map(|f| f.command).collect();
+    assert_eq!(seen, [Command::Subscribe, Command::Disconnect], "no ACK, COMMIT or tx SEND reached B");
+}
+
+#[tokio::test]
+async fn given_dedup_ids_when_sending_should_number_sends_unless_the_caller_names_one() {
+    let (listener, url) = fake_broker().await;
+    let broker = tokio::spawn(async move {
+        let mut peer = accept(&listener).await;
+        peer.accept_connect("0,0").await;
+        let mut ids = Vec::new();
+        for _ in 0..3 {
+            ids.push(peer.expect(Command::Send).await.get("message-id").map(str::to_string));
+        }
+        ids
+    });
+    let plain = fake_broker().await;
+    let client = Client::connect(&url, ClientOptions { dedup_ids: true, ..quiet() }).await.unwrap();
+    client.send("/queue/a", "1", SendOptions::default()).await.unwrap();
+    client.send("/queue/a", "2", SendOptions::default()).await.unwrap();
+    let named = SendOptions { message_id: Some("mine".into()), ..SendOptions::default() };
+    client.send("/queue/a", "3", named).await.unwrap();
+    let ids = broker.await.unwrap();
+    let (first, second) = (ids[0].clone().unwrap(), ids[1].clone().unwrap());
+    let (run, seq) = first.rsplit_once('-').unwrap();
+    assert_eq!(second, format!("{run}-{}", seq.parse::<u64>().unwrap() + 1));
+    assert_eq!(ids[2].as_deref(), Some("mine"));
+
+    // A plain URL without dedup_ids adds none.
+    let (listener, url) = plain;
+    let broker = tokio::spawn(async move {
+        let mut peer = accept(&listener).await;
+        peer.accept_connect("0,0").await;
+        peer.expect(Command::Send).await
+    });
+    let client = Client::connect(&url, quiet()).await.unwrap();
+    client.send("/queue/a", "1", SendOptions::default()).await.unwrap();
+    assert_eq!(broker.await.unwrap().get("message-id"), None);
 }

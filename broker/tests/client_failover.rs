@@ -1,0 +1,221 @@
+//! The failover client against the real broker binary: the broker is killed with SIGKILL
+//! while a producer pipelines receipted persistent sends, then restarted on the same
+//! ports and data dir. The client must reconnect by itself, resend what was not
+//! receipted, and every receipt must complete; a consumer then finds every message.
+//!
+//! The shared harness picks new ports on every restart, so this test runs the binary
+//! itself on ports it keeps (reserved from the OS once, reused for the restart).
+
+mod common;
+
+use common::{free_port, http_get, READY_TIMEOUT};
+use duomq_broker::client::{AckMode, Client, ClientOptions, ConnectionEvent, ReceiptFuture, SendOptions};
+use std::collections::{BTreeMap, VecDeque};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const COUNT: u64 = 2000;
+const WINDOW: usize = 16;
+const DEST: &str = "/queue/failover";
+/// How long the producer may take in all, the kill and restart included.
+const PRODUCE_TIMEOUT: Duration = Duration::from_secs(120);
+/// Longest wait for one message at the consumer.
+const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Polling period of waits on a condition (never a synchronisation by itself).
+const POLL: Duration = Duration::from_millis(10);
+
+/// A broker process on fixed ports, restartable in place.
+struct FixedBroker {
+    child: Option<Child>,
+    dir: tempfile::TempDir,
+    stomp_port: u16,
+    admin_port: u16,
+}
+
+impl FixedBroker {
+    fn start(name: &str) -> FixedBroker {
+        let dir = tempfile::Builder::new().prefix(&format!("duomq-{name}-")).tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("broker.yaml"), "").expect("write config");
+        let mut broker = FixedBroker { child: None, dir, stomp_port: free_port(), admin_port: free_port() };
+        broker.spawn();
+        broker
+    }
+
+    fn log(&self) -> PathBuf {
+        self.dir.path().join("broker.log")
+    }
+
+    fn log_text(&self) -> String {
+        std::fs::read_to_string(self.log()).unwrap_or_default()
+    }
+
+    /// Starts the binary on this broker's ports and data dir and waits for `/readyz`.
+    fn spawn(&mut self) {
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log()).expect("open broker log");
+        let child = Command::new(env!("CARGO_BIN_EXE_duomq-broker"))
+            .arg("run")
+            .arg("--config")
+            .arg(self.dir.path().join("broker.yaml"))
+            .arg("--data-dir")
+            .arg(self.dir.path().join("data"))
+            .arg("--stomp-listen")
+            .arg(format!("127.0.0.1:{}", self.stomp_port))
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{}", self.admin_port))
+            .env("RUST_LOG", "duomq_broker=debug,info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn duomq-broker");
+        self.child = Some(child);
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
+                panic!("broker exited with {status} before it was ready; log:\n{}", self.log_text());
+            }
+            if http_get(self.admin_port, "/readyz").is_ok_and(|(code, _)| code == 200) {
+                return;
+            }
+            std::thread::sleep(POLL);
+        }
+        panic!("broker did not become ready within {READY_TIMEOUT:?}; log:\n{}", self.log_text());
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            let _ = child.kill();
+            let _ = child.wait();
+        }
+    }
+
+    /// Depth (pending + in flight) of a queue, from `/status`.
+    fn queue_depth(&self, name: &str) -> u64 {
+        let (code, body) = http_get(self.admin_port, "/status").expect("GET /status");
+        assert_eq!(code, 200, "{body}");
+        let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
+        status["queues"]
+            .as_array()
+            .and_then(|queues| queues.iter().find(|q| q["name"] == name))
+            .map_or(0, |q| q["depth"].as_u64().unwrap_or(0) + q["inFlight"].as_u64().unwrap_or(0))
+    }
+}
+
+impl Drop for FixedBroker {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("--- broker log ({}) ---\n{}", self.log().display(), self.log_text());
+        }
+    }
+}
+
+/// Sends COUNT persistent messages with up to WINDOW receipts outstanding; counts the
+/// receipts as they complete.
+async fn produce(client: Client, receipted: Arc<AtomicU64>) -> anyhow::Result<()> {
+    let mut window: VecDeque<(u64, ReceiptFuture)> = VecDeque::new();
+    for seq in 0..COUNT {
+        if window.len() == WINDOW {
+            if let Some((n, receipt)) = window.pop_front() {
+                receipt.await.map_err(|e| anyhow::anyhow!("receipt of message {n}: {e}"))?;
+                receipted.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+        let options = SendOptions { persistent: true, ..SendOptions::default() };
+        window.push_back((seq, client.send_with_receipt(DEST, seq.to_string(), options).await?));
+    }
+    for (n, receipt) in window {
+        receipt.await.map_err(|e| anyhow::anyhow!("receipt of message {n}: {e}"))?;
+        receipted.fetch_add(1, Ordering::Relaxed);
+    }
+    Ok(())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_broker_killed_midway_when_restarted_on_the_same_address_should_complete_every_receipt() {
+    let mut broker = FixedBroker::start("client-failover");
+    let url = format!(
+        "failover:(stomp://127.0.0.1:{})?initialReconnectDelay=10ms&maxReconnectDelay=200ms",
+        broker.stomp_port
+    );
+    // The receipt wait spans the restart, journal recovery included.
+    let options = ClientOptions { receipt_timeout: Duration::from_secs(60), ..ClientOptions::default() };
+    let producer = Client::connect(&url, options).await.expect("connect the producer");
+    let mut events = producer.events();
+    let receipted = Arc::new(AtomicU64::new(0));
+    let producing = tokio::spawn(produce(producer.clone(), Arc::clone(&receipted)));
+
+    let deadline = Instant::now() + PRODUCE_TIMEOUT;
+    while receipted.load(Ordering::Relaxed) < COUNT / 2 {
+        assert!(Instant::now() < deadline, "half the receipts did not arrive within {PRODUCE_TIMEOUT:?}");
+        assert!(!producing.is_finished(), "the producer stopped early: {:?}", producing.await);
+        tokio::time::sleep(POLL).await;
+    }
+    let broker_port = broker.stomp_port;
+    let broker = tokio::task::spawn_blocking(move || {
+        broker.kill9();
+        broker.spawn();
+        broker
+    })
+    .await
+    .expect("restart the broker");
+
+    tokio::time::timeout(PRODUCE_TIMEOUT, producing)
+        .await
+        .expect("the producer did not finish")
+        .expect("the producer task panicked")
+        .expect("every receipt completes");
+    assert_eq!(receipted.load(Ordering::Relaxed), COUNT);
+    assert!(producer.failovers() >= 1, "the client never failed over");
+    assert_eq!(producer.connected_to().port, broker_port);
+    let mut gaps = Vec::new();
+    while let Ok(event) = events.try_recv() {
+        if let ConnectionEvent::Reconnected { gap, .. } = event {
+            gaps.push(gap);
+        }
+    }
+    assert!(!gaps.is_empty(), "no Reconnected event");
+    producer.disconnect().await.expect("disconnect the producer");
+
+    let consumer = Client::connect(&format!("stomp://127.0.0.1:{broker_port}"), ClientOptions::default())
+        .await
+        .expect("connect the consumer");
+    let mut sub = consumer.subscribe(DEST, AckMode::ClientIndividual, Some(100)).await.expect("subscribe");
+    let mut seen: BTreeMap<u64, u32> = BTreeMap::new();
+    let mut drain_deadline = None;
+    loop {
+        let complete = seen.len() == COUNT as usize;
+        if complete && drain_deadline.is_none() {
+            drain_deadline = Some(Instant::now() + MESSAGE_TIMEOUT);
+        }
+        // Once every message is in, only duplicates can remain: take them until the queue
+        // is empty (acks are applied asynchronously, hence the polling).
+        if complete && broker.queue_depth(DEST) == 0 {
+            break;
+        }
+        let wait = if complete { POLL * 10 } else { MESSAGE_TIMEOUT };
+        match tokio::time::timeout(wait, sub.recv()).await {
+            Ok(Some(message)) => {
+                let seq: u64 = String::from_utf8_lossy(&message.body).parse().expect("numeric body");
+                *seen.entry(seq).or_default() += 1;
+                consumer.ack(&message).await.expect("ack");
+            }
+            Err(_) if complete => {
+                let drained_in_time = drain_deadline.is_some_and(|deadline| Instant::now() < deadline);
+                assert!(drained_in_time, "the queue did not drain after every message arrived");
+            }
+            other => {
+                let missing: Vec<u64> = (0..COUNT).filter(|n| !seen.contains_key(n)).take(20).collect();
+                panic!("{} of {COUNT} messages received ({other:?}); first missing: {missing:?}", seen.len());
+            }
+        }
+    }
+    let duplicates: u32 = seen.values().map(|n| n - 1).sum();
+    eprintln!(
+        "received all {COUNT} messages; {duplicates} duplicates from resends; failovers: {}; reconnect gaps: {gaps:?}",
+        producer.failovers()
+    );
+    consumer.disconnect().await.expect("disconnect the consumer");
+}
