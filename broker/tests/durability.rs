@@ -297,3 +297,37 @@ fn given_full_disk_should_error_producers_and_recover_when_space_returns() {
     assert_eq!(got.len(), receipted + 1, "every receipted message survived the full disk");
     assert_eq!(got.last().map(String::as_str), Some("after"));
 }
+
+#[test]
+fn given_resent_message_id_should_store_once_also_after_a_crash() {
+    let mut b = Broker::start("dedup", "");
+    let mut p = b.connect();
+    let send = |p: &mut Conn, id: &str| {
+        p.send(
+            &Frame::new(Command::Send)
+                .header("destination", "/queue/dd")
+                .header("persistent", "true")
+                .header("message-id", id)
+                .header("receipt", id)
+                .with_body(id.to_string()),
+        );
+        assert_eq!(p.expect(Command::Receipt).get("receipt-id"), Some(id));
+    };
+    send(&mut p, "producer-1");
+    send(&mut p, "producer-1");
+    send(&mut p, "producer-2");
+    assert_eq!(b.queue_depth("/queue/dd"), 2);
+    b.kill9();
+    b.restart();
+    let mut p = b.connect();
+    send(&mut p, "producer-2");
+    send(&mut p, "producer-3");
+    let mut c = b.connect();
+    c.subscribe("s", "/queue/dd", "client-individual", &[]);
+    let mut got = vec![];
+    while let Some(m) = c.read_frame(Duration::from_millis(500)) {
+        assert_eq!(m.headers.iter().filter(|(k, _)| k == "message-id").count(), 1, "one message-id, the broker's");
+        got.push(m.get("dedup-id").unwrap_or_default().to_string());
+    }
+    assert_eq!(got, ["producer-1", "producer-2", "producer-3"]);
+}

@@ -6,6 +6,7 @@
 //! copy of every message (shared `Arc`, no body copy). Only queue messages are journaled:
 //! topic subscribers are not durable.
 
+pub mod dedup;
 pub mod memory;
 pub mod message;
 pub mod queue;
@@ -80,6 +81,7 @@ pub struct Broker {
     next_id: AtomicU64,
     next_consumer: AtomicU64,
     users: Vec<User>,
+    dedup: parking_lot::Mutex<dedup::DedupCache>,
 }
 
 impl Broker {
@@ -115,15 +117,23 @@ impl Broker {
             next_id: AtomicU64::new(recovered.next_id.0),
             next_consumer: AtomicU64::new(1),
             users,
+            dedup: parking_lot::Mutex::new(dedup::DedupCache::new(dedup::CAPACITY)),
             config,
         });
+        {
+            let mut cache = broker.dedup.lock();
+            let ids = recovered.messages.iter().flat_map(|m| m.headers.iter()).filter(|(k, _)| k == dedup::STORED_HEADER);
+            for (_, id) in ids {
+                cache.insert(id);
+            }
+        }
         let report = RecoveryReport {
             messages: recovered.messages.len(),
             queues: 0,
             segments: recovered.segments,
             records: recovered.records,
         };
-        for stored in recovered.messages {
+        for stored in recovered.messages.into_iter() {
             let Ok(Target::Queue(queue)) = broker.resolve(&stored.destination) else {
                 tracing::warn!(destination = %stored.destination, id = stored.id.0, "skipping recovered message for a non-queue destination");
                 continue;
@@ -159,6 +169,12 @@ impl Broker {
 
     pub fn next_consumer_key(&self) -> ConsumerKey {
         ConsumerKey(self.next_consumer.fetch_add(1, Ordering::Relaxed))
+    }
+
+    /// Records a producer's message id; false when a message with this id was already
+    /// stored (a resend after failover), which must then not be stored again.
+    pub fn first_sight(&self, id: &str) -> bool {
+        self.dedup.lock().insert(id)
     }
 
     /// Looks a destination up, creating it on first use.

@@ -7,6 +7,7 @@
 //! frame order once durable, through `pending`.
 
 use super::writer::Writer;
+use crate::engine::dedup;
 use crate::engine::message::{parse_ack_token, ConsumerKey, Message};
 use crate::engine::queue::{AckError, AckMode, ConsumerHandle, Outbound, Queue};
 use crate::engine::{Broker, DestinationError, Target, Topic};
@@ -426,12 +427,21 @@ impl Connection {
                 return Err(FrameError::UnknownTransaction(tx.clone()));
             }
         }
-        wait_for_room(&self.ctx, self.peer, &target).await?;
         let journaled = persistent && matches!(target, Target::Queue(_));
+        // A resend of a message already stored (the producer failed over before its
+        // RECEIPT arrived) is receipted but not stored twice.
+        if let Some(id) = frame.get(dedup::SEND_HEADER) {
+            if journaled && transaction.is_none() && !self.ctx.broker.first_sight(id) {
+                tracing::debug!(peer = %self.peer, message_id = id, "duplicate SEND ignored");
+                return Ok(receipt.map(|r| -> Pending { Box::pin(async move { Ok(Effect::receipt(Some(r))) }) }));
+            }
+        }
+        wait_for_room(&self.ctx, self.peer, &target).await?;
         let Frame { headers, body, .. } = frame;
         let headers: Vec<(String, String)> = headers
             .into_iter()
             .filter(|(k, _)| !matches!(k.as_str(), "receipt" | "transaction" | "content-length" | "destination"))
+            .map(|(k, v)| if k == dedup::SEND_HEADER { (dedup::STORED_HEADER.to_string(), v) } else { (k, v) })
             .collect();
         let broker = &self.ctx.broker;
         self.ctx.metrics.messages_in.inc();
