@@ -153,6 +153,8 @@ pub enum ClusterFrame {
     VoteRequest {
         group: String,
         live_node: String,
+        /// The live's cluster address, so the voter can check it itself.
+        live_addr: String,
         epoch: u64,
     },
     /// Voter → backup.
@@ -160,6 +162,13 @@ pub enum ClusterFrame {
         granted: bool,
         live_seen: bool,
         reason: String,
+    },
+    /// Synced backup → live: this backup is the group's preferred live; hand the role back.
+    FailbackRequest,
+    /// Live → backup: everything is replicated and the live has stopped; activate with
+    /// this epoch.
+    HandOver {
+        epoch: u64,
     },
     /// Either side: closing the connection, and why.
     Goodbye {
@@ -184,6 +193,8 @@ mod kind {
     pub const PONG: u8 = 0x18;
     pub const VOTE_REQUEST: u8 = 0x20;
     pub const VOTE_REPLY: u8 = 0x21;
+    pub const FAILBACK_REQUEST: u8 = 0x22;
+    pub const HAND_OVER: u8 = 0x23;
     pub const GOODBYE: u8 = 0x30;
 }
 
@@ -211,6 +222,8 @@ impl ClusterFrame {
             ClusterFrame::Pong { .. } => kind::PONG,
             ClusterFrame::VoteRequest { .. } => kind::VOTE_REQUEST,
             ClusterFrame::VoteReply { .. } => kind::VOTE_REPLY,
+            ClusterFrame::FailbackRequest => kind::FAILBACK_REQUEST,
+            ClusterFrame::HandOver { .. } => kind::HAND_OVER,
             ClusterFrame::Goodbye { .. } => kind::GOODBYE,
         }
     }
@@ -353,11 +366,14 @@ fn encode_into(
             w.buf.put_u64(*offset);
         }
         ClusterFrame::Ping { at } | ClusterFrame::Pong { at } => w.buf.put_u64(*at),
-        ClusterFrame::VoteRequest { group, live_node, epoch } => {
+        ClusterFrame::VoteRequest { group, live_node, live_addr, epoch } => {
             w.string("group", group)?;
             w.string("live_node", live_node)?;
+            w.string("live_addr", live_addr)?;
             w.buf.put_u64(*epoch);
         }
+        ClusterFrame::FailbackRequest => {}
+        ClusterFrame::HandOver { epoch } => w.buf.put_u64(*epoch),
         ClusterFrame::VoteReply { granted, live_seen, reason } => {
             w.buf.put_u8(u8::from(*granted));
             w.buf.put_u8(u8::from(*live_seen));
@@ -473,6 +489,8 @@ fn frame_name(kind: u8) -> Option<&'static str> {
         kind::PONG => "pong",
         kind::VOTE_REQUEST => "vote-request",
         kind::VOTE_REPLY => "vote-reply",
+        kind::FAILBACK_REQUEST => "failback-request",
+        kind::HAND_OVER => "hand-over",
         kind::GOODBYE => "goodbye",
         _ => return None,
     })
@@ -551,9 +569,12 @@ fn decode_body(mut body: Bytes) -> Result<ClusterFrame, ClusterCodecError> {
         kind::VOTE_REQUEST => {
             let group = r.string("group")?;
             let live_node = r.string("live_node")?;
+            let live_addr = r.string("live_addr")?;
             let epoch = r.u64("epoch")?;
-            ClusterFrame::VoteRequest { group, live_node, epoch }
+            ClusterFrame::VoteRequest { group, live_node, live_addr, epoch }
         }
+        kind::FAILBACK_REQUEST => ClusterFrame::FailbackRequest,
+        kind::HAND_OVER => ClusterFrame::HandOver { epoch: r.u64("epoch")? },
         kind::VOTE_REPLY => {
             let granted = r.bool("granted")?;
             let live_seen = r.bool("live_seen")?;
@@ -654,11 +675,11 @@ mod tests {
             (any::<u64>(), any::<u64>()).prop_map(|(seq, offset)| ClusterFrame::Ack { seq, offset }),
             any::<u64>().prop_map(|at| ClusterFrame::Ping { at }),
             any::<u64>().prop_map(|at| ClusterFrame::Pong { at }),
-            (text(), text(), any::<u64>()).prop_map(|(group, live_node, epoch)| ClusterFrame::VoteRequest {
-                group,
-                live_node,
-                epoch
+            (text(), text(), text(), any::<u64>()).prop_map(|(group, live_node, live_addr, epoch)| {
+                ClusterFrame::VoteRequest { group, live_node, live_addr, epoch }
             }),
+            Just(ClusterFrame::FailbackRequest),
+            any::<u64>().prop_map(|epoch| ClusterFrame::HandOver { epoch }),
             (any::<bool>(), any::<bool>(), text()).prop_map(|(granted, live_seen, reason)| ClusterFrame::VoteReply {
                 granted,
                 live_seen,
