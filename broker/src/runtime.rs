@@ -82,7 +82,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
     *state.role.write() = Role::Live;
 
     let ctx = ConnectionContext { broker: Arc::clone(&broker), metrics, shutdown: shutdown.clone() };
-    server::run(stomp_listener, ctx, DRAIN_TIMEOUT).await;
+    server::run(&stomp_listener, ctx, DRAIN_TIMEOUT).await;
 
     *state.role.write() = Role::Stopping;
     tracing::info!("connections closed; flushing the journal");

@@ -271,7 +271,8 @@ impl Broker {
     }
 }
 
-fn resolve_node_id(configured: &str, data_dir: &Path) -> Result<String, EngineError> {
+/// The configured node id, or the one kept in `dataDir/node-id` (created on first use).
+pub fn resolve_node_id(configured: &str, data_dir: &Path) -> Result<String, EngineError> {
     if !configured.is_empty() {
         return Ok(configured.to_string());
     }

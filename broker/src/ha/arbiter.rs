@@ -53,6 +53,8 @@ pub trait Arbiter: Send + Sync {
     fn hold_as_live(&self) -> Result<(), ArbiterError> {
         Ok(())
     }
+    /// Called when this member stops being live (a hand-over): give up the claim.
+    fn release(&self) {}
     fn name(&self) -> &'static str;
 }
 
@@ -168,6 +170,11 @@ impl Arbiter for FileLockArbiter {
                 source: std::io::Error::new(std::io::ErrorKind::WouldBlock, "held by another member"),
             })
         }
+    }
+
+    fn release(&self) {
+        // Closing the descriptor drops the flock.
+        self.held.lock().take();
     }
 
     fn name(&self) -> &'static str {

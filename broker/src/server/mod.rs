@@ -13,7 +13,7 @@ use tokio_util::task::TaskTracker;
 
 /// Accepts clients until `ctx.shutdown` is cancelled, then waits (up to `drain`) for open
 /// connections to flush their pending work and close.
-pub async fn run(listener: TcpListener, ctx: ConnectionContext, drain: Duration) {
+pub async fn run(listener: &TcpListener, ctx: ConnectionContext, drain: Duration) {
     let tracker = TaskTracker::new();
     let open = Arc::new(AtomicUsize::new(0));
     let max = ctx.broker.config.stomp.max_connections;
