@@ -120,7 +120,16 @@ pub enum JournalError {
         #[source]
         source: Arc<io::Error>,
     },
-    /// Syncing the journal directory (after creating a segment) failed.
+    /// Deleting a reclaimed segment failed; it is retried.
+    #[error("failed to delete journal segment {}", path.display())]
+    DeleteSegment {
+        /// The segment file.
+        path: PathBuf,
+        /// The I/O error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// Syncing the journal directory (after creating or deleting a segment) failed.
     #[error("failed to sync journal directory {}", path.display())]
     SyncDir {
         /// The directory.
@@ -136,6 +145,16 @@ pub enum JournalError {
         #[source]
         source: Arc<io::Error>,
     },
+    /// The housekeeper thread (which prepares and deletes segments) could not be started.
+    #[error("failed to start the journal housekeeper thread")]
+    SpawnHousekeeper {
+        /// The I/O error.
+        #[source]
+        source: Arc<io::Error>,
+    },
+    /// The housekeeper thread stopped, so no new segment can be prepared.
+    #[error("failed to prepare a journal segment: the housekeeper thread stopped")]
+    HousekeeperStopped,
     /// One record's payload is above [`super::MAX_RECORD_PAYLOAD`]; nothing was written.
     #[error("failed to append: record payload of {len} bytes exceeds the maximum of {max}")]
     RecordTooLarge {

@@ -8,26 +8,32 @@
 //! recovery any more.
 //!
 //! What it must not do: decide anything about delivery, hold messages for consumers, or
-//! rewrite history. Recovery modifies files only to cut a torn tail off the last segment;
-//! on any other damage it stops with an error and leaves every file as it found it.
+//! rewrite history. Recovery modifies files only to cut a torn tail off the last segment
+//! and to tidy up segment creations a crash interrupted; on any other damage it stops
+//! with an error and leaves every file as it found it.
 //!
 //! Layout on disk: `dir/journal-<20-digit sequence>.seg`, each starting with a 32-byte
 //! header (magic, format version, sequence, id floor, checksum), followed by records
-//! `[u32 LE length][u32 LE crc32c][payload]`. `dir/journal.lock` is held (flock) while a
-//! journal is open. The queue in front of the writer is unbounded: backpressure is the
+//! `[u32 LE length][u32 LE crc32c][payload]`. The next segment waits, prepared, as
+//! `journal-<sequence>.seg.next`. `dir/journal.lock` is held (flock) while a journal is
+//! open. The queue in front of the writer is unbounded: backpressure is the
 //! caller's business (it holds every message in memory anyway).
 //!
-//! Threading: one dedicated std thread does all file I/O after `open`. [`Journal::append`]
-//! only encodes and queues, so it never blocks the async runtime; [`Journal::open`] and
+//! Threading: after `open`, one dedicated std thread writes and syncs the records, and a
+//! second one (the housekeeper) prepares segments ahead of the roll and deletes reclaimed
+//! ones, so neither costs a group commit its directory syncs. [`Journal::append`] only
+//! encodes and queues, so it never blocks the async runtime; [`Journal::open`] and
 //! [`Journal::close`] do block and belong in `spawn_blocking` once a runtime serves traffic.
 
 mod error;
+mod housekeeper;
 mod lock;
 mod metrics;
 mod reclaim;
 mod record;
 mod recovery;
 mod segment;
+mod stats;
 mod writer;
 
 #[cfg(test)]
@@ -52,6 +58,7 @@ pub use record::MAX_RECORD_PAYLOAD;
 pub const LAZY_SYNC_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
 
 use reclaim::Effect;
+use stats::SharedStats;
 use writer::{Request, Writer};
 
 /// Default size at which the journal rolls to a new segment file.
@@ -138,10 +145,11 @@ pub struct Recovered {
     pub torn_tail_bytes: u64,
 }
 
-/// A snapshot of the journal's state, refreshed after every batch.
+/// A snapshot of the journal's state: counters as of the last batch, files as they are.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct JournalStats {
-    /// Segment files on disk.
+    /// Segment files on disk. Reclaimed segments count until their file is deleted, a
+    /// few milliseconds after the batch that freed them; the prepared next one does not.
     pub segments: usize,
     /// Bytes in those segment files.
     pub bytes_on_disk: u64,
@@ -169,7 +177,7 @@ struct Shared {
     // cannot slip between an append's check and its send.
     sender: RwLock<Option<mpsc::Sender<Request>>>,
     writer: Mutex<Option<JoinHandle<Result<(), JournalError>>>>,
-    stats: Arc<Mutex<JournalStats>>,
+    stats: Arc<SharedStats>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -197,7 +205,7 @@ impl Journal {
         let lock = lock::DirLock::acquire(&config.dir)?;
         let recovery = recovery::recover(&config.dir)?;
         let recovered = recovery.recovered.clone();
-        let stats = Arc::new(Mutex::new(JournalStats::default()));
+        let stats = Arc::new(SharedStats::new(metrics.clone()));
         let writer = Writer::start(&config, recovery, metrics, Arc::clone(&stats), lock)?;
         let (sender, receiver) = mpsc::channel();
         let handle = std::thread::Builder::new()
@@ -276,7 +284,8 @@ impl Journal {
         }
     }
 
-    /// Finishes everything already appended, fsyncs, stops the writer thread. Idempotent;
+    /// Finishes everything already appended, fsyncs, makes one last attempt at deleting
+    /// the segments already found reclaimable, stops both threads. Idempotent;
     /// appends made afterwards resolve to [`JournalError::Closed`]. Blocks until the writer
     /// is done, so async callers use `spawn_blocking`.
     pub fn close(&self) -> Result<(), JournalError> {
@@ -300,13 +309,10 @@ impl Journal {
         }
     }
 
-    /// Segments and bytes on disk, live messages, appended records, as of the last batch.
+    /// Segments and bytes on disk now; live messages and appended records as of the last
+    /// batch.
     pub fn stats(&self) -> JournalStats {
-        *self
-            .shared
-            .stats
-            .lock()
-            .unwrap_or_else(PoisonError::into_inner)
+        self.shared.stats.snapshot()
     }
 }
 

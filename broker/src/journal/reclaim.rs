@@ -2,7 +2,8 @@
 //!
 //! A segment may go once it holds no live adds AND every older segment its acks refer to
 //! is already gone; deleting it earlier would let recovery resurrect a message whose ack
-//! lived only here. Pure state: it never touches files (the writer deletes what it names).
+//! lived only here. Pure state: it never touches files (the housekeeper deletes what it
+//! names, in the order named, each deletion durable before the next starts).
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 
@@ -36,7 +37,10 @@ struct SegmentEntry {
     live_adds: u64,
     /// Older segments whose adds were acked by records in this one.
     acked_in: BTreeSet<SegmentSeq>,
-    bytes: u64,
+    /// Handed over for deletion and not yet reported gone. Such a segment still exists,
+    /// but counts as gone for the segments that depend on it: they are deleted after it,
+    /// by the same thread, only once its deletion is durable.
+    deleting: bool,
 }
 
 /// Which segments exist, what is live in each, and which depend on which.
@@ -47,16 +51,9 @@ pub(super) struct Ledger {
 }
 
 impl Ledger {
-    /// Starts tracking a segment file of `bytes` bytes.
-    pub(super) fn add_segment(&mut self, seq: SegmentSeq, bytes: u64) {
-        self.segments.entry(seq).or_default().bytes = bytes;
-    }
-
-    /// Records the current size of a tracked segment.
-    pub(super) fn set_bytes(&mut self, seq: SegmentSeq, bytes: u64) {
-        if let Some(entry) = self.segments.get_mut(&seq) {
-            entry.bytes = bytes;
-        }
+    /// Starts tracking a segment file.
+    pub(super) fn add_segment(&mut self, seq: SegmentSeq) {
+        self.segments.entry(seq).or_default();
     }
 
     /// Applies the effects of one durable record in segment `seq`.
@@ -94,34 +91,42 @@ impl Ledger {
         }
     }
 
-    /// Segments that may be deleted now, oldest first, never `current`. Each assumes the
-    /// ones before it in the list are deleted first, so delete in order and stop at the
+    /// Segments that may be deleted now and are not being deleted yet, oldest first, never
+    /// `current`. Each assumes the ones being deleted and the ones before it in the list
+    /// go first, so delete in order, each deletion durable before the next, and stop at the
     /// first failure.
     pub(super) fn reclaimable(&self, current: SegmentSeq) -> Vec<SegmentSeq> {
         let mut gone: BTreeSet<SegmentSeq> = BTreeSet::new();
+        let mut found = Vec::new();
         for (&seq, entry) in &self.segments {
+            if entry.deleting {
+                gone.insert(seq);
+                continue;
+            }
             let independent = entry
                 .acked_in
                 .iter()
                 .all(|older| gone.contains(older) || !self.segments.contains_key(older));
             if seq != current && entry.live_adds == 0 && independent {
                 gone.insert(seq);
+                found.push(seq);
             }
         }
-        gone.into_iter().collect()
+        found
     }
 
-    /// Stops tracking a deleted segment.
+    /// Notes that `seq` was handed over for deletion; it stays tracked until [`forget`].
+    ///
+    /// [`forget`]: Ledger::forget
+    pub(super) fn mark_deleting(&mut self, seq: SegmentSeq) {
+        if let Some(entry) = self.segments.get_mut(&seq) {
+            entry.deleting = true;
+        }
+    }
+
+    /// Stops tracking a segment whose deletion is durable.
     pub(super) fn forget(&mut self, seq: SegmentSeq) {
         self.segments.remove(&seq);
-    }
-
-    pub(super) fn segment_count(&self) -> usize {
-        self.segments.len()
-    }
-
-    pub(super) fn bytes_on_disk(&self) -> u64 {
-        self.segments.values().map(|entry| entry.bytes).sum()
     }
 
     pub(super) fn live_messages(&self) -> usize {
@@ -148,7 +153,7 @@ mod tests {
     fn ledger_with(segments: &[(u64, &[Effect])]) -> Ledger {
         let mut ledger = Ledger::default();
         for (n, effects) in segments {
-            ledger.add_segment(seq(*n), 0);
+            ledger.add_segment(seq(*n));
             ledger.apply(seq(*n), effects);
         }
         ledger
@@ -190,6 +195,19 @@ mod tests {
         ledger.apply(seq(1), &[ack(99)]);
         assert_eq!(ledger.live_messages(), 1);
         assert!(ledger.reclaimable(seq(2)).is_empty());
+    }
+
+    #[test]
+    fn given_segment_being_deleted_when_checked_should_not_be_named_again_but_free_dependants() {
+        let mut ledger = ledger_with(&[(1, &[add(1)]), (2, &[ack(1)]), (3, &[add(3)])]);
+        assert_eq!(ledger.reclaimable(seq(3)), vec![seq(1), seq(2)]);
+        ledger.mark_deleting(seq(1));
+        assert_eq!(ledger.reclaimable(seq(3)), vec![seq(2)]);
+        ledger.mark_deleting(seq(2));
+        assert!(ledger.reclaimable(seq(3)).is_empty());
+        ledger.forget(seq(1));
+        ledger.forget(seq(2));
+        assert!(ledger.reclaimable(seq(3)).is_empty());
     }
 
     #[test]

@@ -5,6 +5,12 @@
 //! in the middle of a write leaves). Any other damage, or damage in an older segment,
 //! stops it with an error before a single file was modified: guessing there would risk
 //! resurrecting acked messages or dropping receipted ones.
+//!
+//! Once everything read cleanly it also tidies what a crash leaves of segment creation: a
+//! prepared segment (`.seg.next`) that holds records is one the writer had rolled to but
+//! whose rename a crash undid, so it is read as the segment it is and renamed into place;
+//! a prepared segment holding only its header was never used and is deleted, as are
+//! `.tmp` leftovers of creations and `.del` leftovers of deletions.
 
 use std::collections::BTreeMap;
 use std::fs;
@@ -20,9 +26,19 @@ use super::{JournalError, MessageId, Op, Recovered, StoredMessage};
 pub(super) struct Recovery {
     pub(super) recovered: Recovered,
     pub(super) ledger: Ledger,
-    /// The newest segment and its length after any torn tail was cut; `None` when the
-    /// directory held no segment.
-    pub(super) last: Option<(SegmentSeq, u64)>,
+    /// Every segment and its length after any torn tail was cut, oldest first.
+    pub(super) segments: Vec<(SegmentSeq, u64)>,
+    /// The newest segment, where the writer carries on; `None` when there was none.
+    pub(super) last: Option<LastSegment>,
+}
+
+/// The newest segment as recovery left it.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(super) struct LastSegment {
+    pub(super) seq: SegmentSeq,
+    pub(super) len: u64,
+    /// The id floor in its header, which may be stale if it holds no record yet.
+    pub(super) id_floor: u64,
 }
 
 /// A torn tail found in the last segment, cut only after every segment has been read.
@@ -36,13 +52,18 @@ struct TornTail {
 /// Replays the journal in `dir`.
 pub(super) fn recover(dir: &Path) -> Result<Recovery, JournalError> {
     let listing = segment::list(dir)?;
+    let Sorted {
+        files,
+        adopted,
+        unused,
+    } = sort_prepared(dir, &listing)?;
     let mut state = Replay::default();
     let mut torn = None;
     let mut last = None;
-    for (index, &seq) in listing.segments.iter().enumerate() {
-        let is_last = index + 1 == listing.segments.len();
-        let path = seq.path(dir);
-        let data = fs::read(&path).map_err(|source| JournalError::ReadSegment {
+    let mut segments = Vec::with_capacity(files.len());
+    for (index, (seq, path)) in files.iter().enumerate() {
+        let (seq, is_last) = (*seq, index + 1 == files.len());
+        let data = fs::read(path).map_err(|source| JournalError::ReadSegment {
             path: path.clone(),
             source: source.into(),
         })?;
@@ -53,7 +74,7 @@ pub(super) fn recover(dir: &Path) -> Result<Recovery, JournalError> {
             })?;
         if header.seq != seq {
             return Err(JournalError::BadSegmentHeader {
-                path,
+                path: path.clone(),
                 reason: format!(
                     "header names segment {} but the file name {seq}",
                     header.seq
@@ -61,10 +82,15 @@ pub(super) fn recover(dir: &Path) -> Result<Recovery, JournalError> {
             });
         }
         state.next_id = state.next_id.max(header.id_floor);
-        let end = state.replay_records(seq, &path, &data, is_last, &mut torn)?;
-        state.ledger.add_segment(seq, end as u64);
+        let end = state.replay_records(seq, path, &data, is_last, &mut torn)? as u64;
+        state.ledger.add_segment(seq);
+        segments.push((seq, end));
         if is_last {
-            last = Some((seq, end as u64));
+            last = Some(LastSegment {
+                seq,
+                len: end,
+                id_floor: header.id_floor,
+            });
         }
     }
 
@@ -73,12 +99,19 @@ pub(super) fn recover(dir: &Path) -> Result<Recovery, JournalError> {
         Some(torn) => cut_torn_tail(&torn)?,
         None => 0,
     };
-    for leftover in &listing.leftovers {
+    for &seq in &adopted {
+        adopt(dir, seq)?;
+    }
+    if !adopted.is_empty() {
+        // Synced even with fsync off, like the torn-tail cut: it runs once per start.
+        segment::sync_dir(dir)?;
+    }
+    for leftover in unused.iter().chain(&listing.leftovers) {
         if let Err(error) = fs::remove_file(leftover) {
             tracing::debug!(
                 file = %leftover.display(),
                 error = &error as &dyn std::error::Error,
-                "could not remove leftover of an interrupted segment creation"
+                "could not remove leftover of an interrupted segment creation or deletion"
             );
         }
     }
@@ -87,13 +120,70 @@ pub(super) fn recover(dir: &Path) -> Result<Recovery, JournalError> {
         recovered: Recovered {
             messages: state.messages.into_values().collect(),
             next_id: MessageId(state.next_id),
-            segments: listing.segments.len(),
+            segments: files.len(),
             records: state.records,
             torn_tail_bytes,
         },
         ledger: state.ledger,
+        segments,
         last,
     })
+}
+
+/// The files to replay, with prepared segments sorted into used and unused.
+struct Sorted {
+    /// Segments to replay in sequence order, adopted prepared ones under their old name.
+    files: Vec<(SegmentSeq, PathBuf)>,
+    /// Prepared segments holding records, to be renamed into place after the replay.
+    adopted: Vec<SegmentSeq>,
+    /// Prepared segments never written to, to be deleted after the replay.
+    unused: Vec<PathBuf>,
+}
+
+/// A prepared segment holds records only if the writer rolled to it, which it does by
+/// renaming it, so one still under its prepared name lost that rename in a crash. It is
+/// newer than every segment (the writer only writes the newest one) but is adopted by
+/// sequence wherever it falls, so a file with acknowledged records is never dropped.
+fn sort_prepared(dir: &Path, listing: &segment::Listing) -> Result<Sorted, JournalError> {
+    let mut sorted = Sorted {
+        files: listing
+            .segments
+            .iter()
+            .map(|&seq| (seq, seq.path(dir)))
+            .collect(),
+        adopted: Vec::new(),
+        unused: Vec::new(),
+    };
+    for &seq in &listing.prepared {
+        let path = seq.prepared_path(dir);
+        let len = fs::metadata(&path)
+            .map_err(|source| JournalError::ReadSegment {
+                path: path.clone(),
+                source: source.into(),
+            })?
+            .len();
+        if len > HEADER_LEN as u64 && listing.segments.binary_search(&seq).is_err() {
+            sorted.files.push((seq, path));
+            sorted.adopted.push(seq);
+        } else {
+            sorted.unused.push(path);
+        }
+    }
+    sorted.files.sort_unstable_by_key(|(seq, _)| *seq);
+    Ok(sorted)
+}
+
+fn adopt(dir: &Path, seq: SegmentSeq) -> Result<(), JournalError> {
+    let path = seq.path(dir);
+    fs::rename(seq.prepared_path(dir), &path).map_err(|source| JournalError::CreateSegment {
+        path: path.clone(),
+        source: source.into(),
+    })?;
+    tracing::warn!(
+        segment = %path.display(),
+        "renamed a prepared journal segment holding records into place (a crash undid its rename)"
+    );
+    Ok(())
 }
 
 #[derive(Default)]

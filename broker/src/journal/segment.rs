@@ -1,9 +1,12 @@
 //! Segment files: names, headers, listing, creation and the syncs that make them stick.
 //!
 //! A segment is `journal-<20-digit sequence>.seg`, starting with a fixed header (magic,
-//! format version, sequence, id floor, header checksum). New segments are written as a
-//! `.tmp` file, synced and renamed into place, so a crash never leaves a segment with a
-//! half-written header. This module knows nothing about records or what is live.
+//! format version, sequence, id floor, header checksum). The first segment of an empty
+//! journal is written as a `.tmp` file, synced and renamed into place, so a crash never
+//! leaves a segment with a half-written header. Every later one is *prepared* ahead of
+//! time as `journal-<sequence>.seg.next` (header written, file and directory synced) and
+//! renamed to its final name when the writer rolls to it. This module knows nothing about
+//! records or what is live.
 
 use std::fs::{self, File, OpenOptions};
 use std::os::unix::fs::FileExt;
@@ -19,6 +22,8 @@ const FORMAT_VERSION: u32 = 1;
 const FILE_PREFIX: &str = "journal-";
 const FILE_SUFFIX: &str = ".seg";
 const TMP_SUFFIX: &str = ".tmp";
+pub(super) const PREPARED_SUFFIX: &str = ".next";
+const RETIRED_SUFFIX: &str = ".del";
 const SEQUENCE_DIGITS: usize = 20;
 
 /// Position of a segment in the journal; files are read in this order.
@@ -43,6 +48,16 @@ impl SegmentSeq {
 
     pub(super) fn path(self, dir: &Path) -> PathBuf {
         dir.join(self.file_name())
+    }
+
+    /// Where this segment waits, prepared, until the writer rolls to it.
+    pub(super) fn prepared_path(self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}{PREPARED_SUFFIX}", self.file_name()))
+    }
+
+    /// Where this segment goes once reclaimed: out of the journal, not yet off the disk.
+    pub(super) fn retired_path(self, dir: &Path) -> PathBuf {
+        dir.join(format!("{}{RETIRED_SUFFIX}", self.file_name()))
     }
 
     /// Parses a segment file name; anything else in the directory is not ours to read.
@@ -132,7 +147,11 @@ impl SegmentHeader {
 pub(super) struct Listing {
     /// Segments, in sequence order.
     pub(super) segments: Vec<SegmentSeq>,
-    /// `.tmp` files of segment creations a crash interrupted; never part of the journal.
+    /// Prepared segments (`.seg.next`), in sequence order. Normally unused, but one that
+    /// holds records is a segment whose rename at the roll a crash undid.
+    pub(super) prepared: Vec<SegmentSeq>,
+    /// `.tmp` files of segment creations and `.del` files of segment deletions a crash
+    /// interrupted; never part of the journal.
     pub(super) leftovers: Vec<PathBuf>,
 }
 
@@ -148,8 +167,14 @@ pub(super) fn list(dir: &Path) -> Result<Listing, JournalError> {
         let Some(name) = name.to_str() else { continue };
         if let Some(seq) = SegmentSeq::parse_file_name(name) {
             listing.segments.push(seq);
+        } else if let Some(seq) = name
+            .strip_suffix(PREPARED_SUFFIX)
+            .and_then(SegmentSeq::parse_file_name)
+        {
+            listing.prepared.push(seq);
         } else if name
             .strip_suffix(TMP_SUFFIX)
+            .or_else(|| name.strip_suffix(RETIRED_SUFFIX))
             .and_then(SegmentSeq::parse_file_name)
             .is_some()
         {
@@ -157,6 +182,7 @@ pub(super) fn list(dir: &Path) -> Result<Listing, JournalError> {
         }
     }
     listing.segments.sort_unstable();
+    listing.prepared.sort_unstable();
     Ok(listing)
 }
 
@@ -221,6 +247,93 @@ fn write_new(
     }
     fs::rename(tmp, path).map_err(create_error)?;
     Ok(file)
+}
+
+/// A segment file created ahead of its use: header written and, with `fsync`, the file
+/// and its directory entry synced. It only becomes part of the journal once
+/// [`PreparedSegment::install`] gives it its final name.
+#[derive(Debug)]
+pub(super) struct PreparedSegment {
+    pub(super) header: SegmentHeader,
+    pub(super) file: File,
+}
+
+/// Creates `header.seq` as a prepared segment in `dir`. On failure nothing is left behind
+/// (best effort), so a full disk does not accumulate half-made files.
+pub(super) fn prepare(
+    dir: &Path,
+    header: SegmentHeader,
+    fsync: bool,
+) -> Result<PreparedSegment, JournalError> {
+    let path = header.seq.prepared_path(dir);
+    let result = write_prepared(&path, header, fsync).and_then(|file| {
+        if fsync {
+            sync_dir(dir)?;
+        }
+        Ok(PreparedSegment { header, file })
+    });
+    if result.is_err() {
+        let _ = fs::remove_file(&path);
+    }
+    result
+}
+
+fn write_prepared(path: &Path, header: SegmentHeader, fsync: bool) -> Result<File, JournalError> {
+    let file = OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .open(path)
+        .map_err(|source| JournalError::CreateSegment {
+            path: path.to_path_buf(),
+            source: source.into(),
+        })?;
+    file.write_all_at(&header.encode(), 0)
+        .map_err(|source| JournalError::Write {
+            path: path.to_path_buf(),
+            source: source.into(),
+        })?;
+    if fsync {
+        file.sync_all().map_err(|source| JournalError::Sync {
+            path: path.to_path_buf(),
+            source: source.into(),
+        })?;
+    }
+    Ok(file)
+}
+
+impl PreparedSegment {
+    /// Renames the prepared file to its final name, which makes it the newest segment.
+    ///
+    /// The rename is not synced here: that would cost the writer a directory sync per
+    /// roll. Until a later directory sync (the housekeeper's next one) makes it durable,
+    /// a crash may leave the file under its prepared name, and recovery adopts a prepared
+    /// file that holds records as the segment it is. Its records themselves are durable
+    /// through the writer's fdatasyncs, which do not depend on the name.
+    pub(super) fn install(&self, dir: &Path) -> Result<PathBuf, JournalError> {
+        let path = self.header.seq.path(dir);
+        fs::rename(self.header.seq.prepared_path(dir), &path).map_err(|source| {
+            JournalError::CreateSegment {
+                path: path.clone(),
+                source: source.into(),
+            }
+        })?;
+        Ok(path)
+    }
+}
+
+/// Rewrites the header of `file` in place. The caller syncs it with the data that follows
+/// (a header is 32 bytes at offset 0, inside one sector, so it is never torn).
+pub(super) fn rewrite_header(
+    file: &File,
+    path: &Path,
+    header: SegmentHeader,
+) -> Result<(), JournalError> {
+    file.write_all_at(&header.encode(), 0)
+        .map_err(|source| JournalError::Write {
+            path: path.to_path_buf(),
+            source: source.into(),
+        })
 }
 
 /// Opens an existing segment for appending.
@@ -296,6 +409,8 @@ mod tests {
     #[case("journal-7.seg", None)]
     #[case("journal-0000000000000000000x.seg", None)]
     #[case("journal-00000000000000000007.seg.tmp", None)]
+    #[case("journal-00000000000000000007.seg.next", None)]
+    #[case("journal-00000000000000000007.seg.del", None)]
     #[case("journal.lock", None)]
     fn given_file_name_when_parsed_should_recognise_only_segments(
         #[case] name: &str,

@@ -1,11 +1,17 @@
 //! Journal behaviour through its public API, on real files in temporary directories.
 //!
 //! A kill -9 is simulated by closing the journal and then cutting or damaging its files
-//! the way a crash (or a bad disk) would have left them.
+//! the way a crash (or a bad disk) would have left them, or by copying the directory of
+//! a running journal (what the page cache holds is what survives a kill -9).
+//!
+//! Segments are prepared and deleted by the housekeeper thread, so tests that look for
+//! either poll with [`HOUSEKEEPING_TIMEOUT`]; closing the journal waits for it.
 
 use std::fs;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
+use std::time::{Duration, Instant};
 
 use bytes::Bytes;
 use rstest::rstest;
@@ -27,6 +33,47 @@ fn message_with_body(id: u64, body: Vec<u8>) -> StoredMessage {
         ],
         body: Bytes::from(body),
     }
+}
+
+/// How long a test waits for the housekeeper to prepare or delete a segment.
+const HOUSEKEEPING_TIMEOUT: Duration = Duration::from_secs(10);
+const POLL_INTERVAL: Duration = Duration::from_millis(5);
+
+/// Polls `done` until it holds, failing the test after [`HOUSEKEEPING_TIMEOUT`].
+async fn wait_until(what: &str, mut done: impl FnMut() -> bool) {
+    let deadline = Instant::now() + HOUSEKEEPING_TIMEOUT;
+    while !done() {
+        assert!(
+            Instant::now() < deadline,
+            "timed out after {HOUSEKEEPING_TIMEOUT:?} waiting until {what}"
+        );
+        tokio::time::sleep(POLL_INTERVAL).await;
+    }
+}
+
+/// Waits until exactly the segments `expected` are on disk and in the stats.
+async fn wait_for_segments(journal: &Journal, dir: &Path, expected: &[u64]) {
+    wait_until(&format!("the segments on disk are {expected:?}"), || {
+        segment_seqs(dir) == expected && journal.stats().segments == expected.len()
+    })
+    .await;
+}
+
+fn prepared_path(dir: &Path, seq: u64) -> PathBuf {
+    SegmentSeq(seq).prepared_path(dir)
+}
+
+/// What a kill -9 of the running journal would leave: a copy of its files as they are.
+/// Callers wait for the housekeeper to be idle first, so the copy is a consistent one.
+fn copy_journal_dir(from: &Path) -> tempfile::TempDir {
+    let to = tempfile::tempdir().expect("tempdir");
+    for entry in fs::read_dir(from).expect("journal dir is listable") {
+        let entry = entry.expect("dir entry");
+        if entry.file_name() != super::lock::LOCK_FILE_NAME {
+            fs::copy(entry.path(), to.path().join(entry.file_name())).expect("copy journal file");
+        }
+    }
+    to
 }
 
 fn add(id: u64) -> Op {
@@ -342,20 +389,28 @@ async fn given_fully_acked_segments_when_acks_are_durable_should_delete_them() {
     for id in 1..=5 {
         durable(&journal, vec![add(id)]).await;
     }
-    assert_eq!(journal.stats().segments, 5);
+    // Segment 1 stayed empty, so it goes too.
+    wait_for_segments(&journal, dir.path(), &[2, 3, 4, 5, 6]).await;
     durable(&journal, (1..=5).map(ack).collect()).await;
 
     // Only the segment holding the acks is left: it is the one being written.
+    wait_for_segments(&journal, dir.path(), &[7]).await;
     let seqs = segment_seqs(dir.path());
-    assert_eq!(seqs.len(), 1, "{seqs:?}");
     let stats = journal.stats();
-    assert_eq!(stats.segments, 1);
     assert_eq!(stats.live_messages, 0);
     assert_eq!(
         stats.bytes_on_disk,
         file_len(&segment_path(dir.path(), seqs[0]))
     );
     close(&journal);
+    let names: Vec<String> = fs::read_dir(dir.path())
+        .expect("journal dir is listable")
+        .filter_map(|entry| Some(entry.ok()?.file_name().to_str()?.to_owned()))
+        .collect();
+    assert!(
+        names.iter().all(|name| !name.ends_with(".del")),
+        "deleted segments are off the disk after close: {names:?}"
+    );
     let recovered = reopen(dir.path());
     assert!(recovered.messages.is_empty());
     assert_eq!(recovered.next_id, MessageId(6));
@@ -368,10 +423,10 @@ async fn given_segment_whose_ack_refers_to_live_older_segment_should_keep_it_unt
     durable(&journal, vec![add(1), add(2)]).await; // segment 2 (segment 1 was empty)
     durable(&journal, vec![ack(1)]).await; // segment 3: depends on 2
     durable(&journal, vec![add(3)]).await; // segment 4
-    assert_eq!(segment_seqs(dir.path()), vec![2, 3, 4]);
+    wait_for_segments(&journal, dir.path(), &[2, 3, 4]).await;
 
     durable(&journal, vec![ack(2)]).await; // segment 5: frees 2, then 3
-    assert_eq!(segment_seqs(dir.path()), vec![4, 5]);
+    wait_for_segments(&journal, dir.path(), &[4, 5]).await;
     close(&journal);
     assert_eq!(ids(&reopen(dir.path())), vec![3]);
 }
@@ -390,7 +445,7 @@ async fn given_reclamation_state_when_reopened_should_keep_reclaiming_correctly(
     // Segment 3 holds only an ack, but the add it cancels still sits in segment 2.
     assert_eq!(segment_seqs(dir.path()), vec![2, 3, 4]);
     durable(&journal, vec![ack(2)]).await;
-    assert_eq!(segment_seqs(dir.path()), vec![4, 5]);
+    wait_for_segments(&journal, dir.path(), &[4, 5]).await;
     close(&journal);
 
     let recovered = reopen(dir.path());
@@ -522,13 +577,18 @@ async fn given_oversized_record_when_appending_should_refuse_it_without_writing(
     close(&journal);
 }
 
+#[rstest]
+#[case::interrupted_creation(".tmp")]
+#[case::interrupted_deletion(".del")]
 #[tokio::test]
-async fn given_leftover_tmp_segment_when_reopened_should_ignore_and_remove_it() {
+async fn given_leftover_segment_file_when_reopened_should_ignore_and_remove_it(
+    #[case] suffix: &str,
+) {
     let dir = tempfile::tempdir().expect("tempdir");
     let (_, _) = single_segment_journal(dir.path(), 1).await;
     let leftover = dir
         .path()
-        .join(format!("{}.tmp", SegmentSeq(2).file_name()));
+        .join(format!("{}{suffix}", SegmentSeq(2).file_name()));
     fs::write(&leftover, b"half a header").expect("write leftover");
     assert_eq!(ids(&reopen(dir.path())), vec![1]);
     assert!(!leftover.exists());
@@ -663,8 +723,13 @@ async fn given_lazy_ack_when_a_sync_append_follows_should_share_its_batch() {
     let before = journal.stats().batches;
     let lazy = journal.append_lazy(vec![ack(1)]);
     durable(&journal, vec![add(3)]).await;
-    lazy.await.expect("lazy ack written with the next group commit");
-    assert_eq!(journal.stats().batches, before + 1, "the lazy ack cost no batch of its own");
+    lazy.await
+        .expect("lazy ack written with the next group commit");
+    assert_eq!(
+        journal.stats().batches,
+        before + 1,
+        "the lazy ack cost no batch of its own"
+    );
     close(&journal);
     assert_eq!(ids(&reopen(dir.path())), vec![2, 3]);
 }
@@ -680,18 +745,207 @@ async fn given_only_lazy_acks_should_be_written_within_the_lazy_delay() {
     a.await.expect("lazy ack written");
     b.await.expect("lazy ack written");
     // Generous bound: the point is that it is written without any further sync append.
-    assert!(started.elapsed() < LAZY_SYNC_DELAY * 50, "took {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < LAZY_SYNC_DELAY * 50,
+        "took {:?}",
+        started.elapsed()
+    );
     // Simulate a crash right after: no close, the journal is dropped with its thread.
     drop(journal);
     let recovered = loop {
-        match Journal::open(JournalConfig::new(dir.path()), JournalMetrics::unregistered()) {
+        match Journal::open(
+            JournalConfig::new(dir.path()),
+            JournalMetrics::unregistered(),
+        ) {
             Ok((j, r)) => {
                 close(&j);
                 break r;
             }
-            Err(JournalError::Lock { .. }) => tokio::time::sleep(std::time::Duration::from_millis(5)).await,
+            Err(JournalError::Lock { .. }) => {
+                tokio::time::sleep(std::time::Duration::from_millis(5)).await
+            }
             Err(e) => panic!("reopen failed: {e:?}"),
         }
     };
     assert!(recovered.messages.is_empty());
+}
+
+#[tokio::test]
+async fn given_open_journal_when_rolling_should_switch_to_the_segment_prepared_ahead() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(one_batch_per_segment(dir.path()));
+    let prepared = prepared_path(dir.path(), 2);
+    wait_until("segment 2 is prepared", || prepared.exists()).await;
+    let inode = fs::metadata(&prepared).expect("prepared segment").ino();
+
+    durable(&journal, vec![add(1)]).await;
+
+    assert!(!prepared.exists(), "the roll renamed the prepared segment");
+    let rolled_to = fs::metadata(segment_path(dir.path(), 2)).expect("segment 2");
+    assert_eq!(
+        rolled_to.ino(),
+        inode,
+        "segment 2 is the file prepared before the roll"
+    );
+    let following = prepared_path(dir.path(), 3);
+    wait_until("segment 3 is prepared", || following.exists()).await;
+    close(&journal);
+    assert_eq!(ids(&reopen(dir.path())), vec![1]);
+}
+
+#[tokio::test]
+async fn given_crash_with_unused_prepared_segment_when_reopened_should_recover_everything_and_keep_appending(
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = JournalConfig {
+        segment_size: 512,
+        ..JournalConfig::new(dir.path())
+    };
+    let (journal, _) = open(config.clone());
+    for id in 1..=10 {
+        durable(
+            &journal,
+            vec![Op::Add(message_with_body(id, vec![b'x'; 100]))],
+        )
+        .await;
+    }
+    durable(&journal, vec![ack(4)]).await;
+    let last = *segment_seqs(dir.path()).last().expect("a segment");
+    let prepared = prepared_path(dir.path(), last + 1);
+    wait_until("the next segment is prepared", || prepared.exists()).await;
+    let crashed = copy_journal_dir(dir.path());
+    close(&journal);
+
+    let (journal, recovered) = open(JournalConfig {
+        dir: crashed.path().to_path_buf(),
+        ..config
+    });
+    let expected: Vec<u64> = (1..=10).filter(|&id| id != 4).collect();
+    assert_eq!(ids(&recovered), expected);
+    assert_eq!(recovered.next_id, MessageId(11));
+    assert_eq!(recovered.torn_tail_bytes, 0);
+    assert_eq!(
+        segment_seqs(crashed.path()).last(),
+        Some(&last),
+        "the unused one is no segment"
+    );
+    for id in 11..=20 {
+        durable(
+            &journal,
+            vec![Op::Add(message_with_body(id, vec![b'x'; 100]))],
+        )
+        .await;
+    }
+    close(&journal);
+    let expected: Vec<u64> = (1..=20).filter(|&id| id != 4).collect();
+    assert_eq!(ids(&reopen(crashed.path())), expected);
+}
+
+#[tokio::test]
+async fn given_crash_that_undid_the_rename_of_a_rolled_segment_when_reopened_should_adopt_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(one_batch_per_segment(dir.path()));
+    durable(&journal, vec![add(1), add(2)]).await; // segment 2
+    durable(&journal, vec![add(3), ack(1)]).await; // segment 3
+    wait_for_segments(&journal, dir.path(), &[2, 3]).await;
+    wait_until("segment 4 is prepared", || {
+        prepared_path(dir.path(), 4).exists()
+    })
+    .await;
+    let crashed = copy_journal_dir(dir.path());
+    close(&journal);
+    // The rename at the roll to segment 3 never reached the disk, its records did.
+    fs::rename(
+        segment_path(crashed.path(), 3),
+        prepared_path(crashed.path(), 3),
+    )
+    .expect("undo rename");
+
+    let (journal, recovered) = open(one_batch_per_segment(crashed.path()));
+    assert_eq!(ids(&recovered), vec![2, 3]);
+    assert!(
+        segment_path(crashed.path(), 3).exists(),
+        "renamed into place"
+    );
+    assert!(!prepared_path(crashed.path(), 3).exists());
+    durable(&journal, vec![ack(2)]).await;
+    close(&journal);
+    assert_eq!(ids(&reopen(crashed.path())), vec![3]);
+}
+
+#[tokio::test]
+async fn given_prepared_segment_with_stale_floor_when_every_add_is_reclaimed_should_keep_next_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(one_batch_per_segment(dir.path()));
+    // Segment 2; segment 3 is prepared at this roll, while next_id is still 0.
+    durable(&journal, vec![add(1), add(2), add(3), ack(3)]).await;
+    // Segment 3 holds acks of ids below 3 only, and segment 2 is reclaimed.
+    durable(&journal, vec![ack(1), ack(2)]).await;
+    wait_for_segments(&journal, dir.path(), &[3]).await;
+    close(&journal);
+
+    let recovered = reopen(dir.path());
+    assert!(recovered.messages.is_empty());
+    assert_eq!(recovered.next_id, MessageId(4));
+}
+
+#[tokio::test]
+async fn given_crash_right_after_a_roll_when_older_segments_are_reclaimed_should_keep_next_id() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(one_batch_per_segment(dir.path()));
+    // Segment 2, fully acked in itself; segment 3 is prepared while next_id is still 0.
+    durable(
+        &journal,
+        vec![add(1), add(2), add(3), ack(1), ack(2), ack(3)],
+    )
+    .await;
+    wait_for_segments(&journal, dir.path(), &[2]).await;
+    wait_until("segment 3 is prepared", || {
+        prepared_path(dir.path(), 3).exists()
+    })
+    .await;
+    let crashed = copy_journal_dir(dir.path());
+    close(&journal);
+    // The crash came right after the roll renamed segment 3 into place.
+    fs::rename(
+        prepared_path(crashed.path(), 3),
+        segment_path(crashed.path(), 3),
+    )
+    .expect("roll");
+
+    let (journal, recovered) = open(JournalConfig::new(crashed.path()));
+    assert_eq!(recovered.next_id, MessageId(4));
+    // Segment 2 goes before anything is written to segment 3.
+    wait_for_segments(&journal, crashed.path(), &[3]).await;
+    close(&journal);
+    assert_eq!(reopen(crashed.path()).next_id, MessageId(4));
+}
+
+#[tokio::test]
+async fn given_segment_that_cannot_be_deleted_should_keep_newer_ones_that_depend_on_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(one_batch_per_segment(dir.path()));
+    durable(&journal, vec![add(1), add(2)]).await; // segment 2
+    durable(&journal, vec![ack(1)]).await; // segment 3: depends on 2
+    durable(&journal, vec![add(3)]).await; // segment 4
+    wait_for_segments(&journal, dir.path(), &[2, 3, 4]).await;
+    // A non-empty directory where segment 2 is moved out of the journal makes that fail.
+    let blocker = SegmentSeq(2).retired_path(dir.path());
+    fs::create_dir(&blocker).expect("directory in the way");
+    fs::write(blocker.join("pin"), b"").expect("pin the directory");
+
+    durable(&journal, vec![ack(2)]).await; // segment 5: frees 2, then 3
+                                           // Closing makes a last attempt at the queued deletions and waits for it.
+    close(&journal);
+    assert!(
+        segment_path(dir.path(), 3).exists(),
+        "segment 3 may only go once segment 2 is gone"
+    );
+
+    assert!(segment_path(dir.path(), 2).exists());
+    fs::remove_dir_all(&blocker).expect("unblock");
+    let (journal, recovered) = open(one_batch_per_segment(dir.path()));
+    assert_eq!(ids(&recovered), vec![3]);
+    wait_for_segments(&journal, dir.path(), &[4, 5]).await;
+    close(&journal);
 }

@@ -1,24 +1,30 @@
-//! The writer thread: group commit, segment rolling and reclamation.
+//! The writer thread: group commit, segment rolling and deciding what to reclaim.
 //!
 //! It takes everything queued (up to `max_batch_bytes`) as one batch, writes it with one
 //! positional write and one `fdatasync`, then completes every waiter. A failed batch is
 //! cut back off the segment so the file never holds a partial record, its waiters get
 //! the error, and the thread keeps serving: a full disk is an outage, not a crash. It must
 //! not block on anything but its own files, and never panics.
+//!
+//! Slow directory work stays off this thread: the housekeeper has the next segment ready
+//! before it is needed (a roll is a rename) and deletes reclaimed segments. The writer
+//! only waits for the housekeeper when a segment fills before its successor is prepared.
 
-use std::fs::{self, File};
+use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
-use std::sync::{Arc, Mutex, PoisonError};
+use std::sync::Arc;
 use std::time::Instant;
 
 use tokio::sync::oneshot;
 
+use super::housekeeper::{Housekeeper, PendingSegment};
 use super::lock::DirLock;
 use super::reclaim::{Effect, Ledger};
 use super::recovery::Recovery;
-use super::segment::{self, SegmentHeader, SegmentSeq, HEADER_LEN};
+use super::segment::{self, PreparedSegment, SegmentHeader, SegmentSeq, HEADER_LEN};
+use super::stats::SharedStats;
 use super::{JournalConfig, JournalError, JournalMetrics, JournalStats, LAZY_SYNC_DELAY};
 
 /// One queued record and whom to tell when it is durable.
@@ -37,6 +43,16 @@ struct Current {
     path: PathBuf,
     file: File,
     len: u64,
+    /// The id floor its header holds (possibly only in the page cache).
+    id_floor: u64,
+}
+
+/// The segment to roll to next.
+enum NextSegment {
+    /// Asked of the housekeeper; usually ready long before it is needed.
+    Pending(PendingSegment),
+    /// Prepared, but renaming it into place failed; the next roll tries again.
+    Unplaced(PreparedSegment),
 }
 
 /// State owned by the writer thread.
@@ -46,6 +62,7 @@ pub(super) struct Writer {
     max_batch_bytes: usize,
     fsync: bool,
     current: Current,
+    next: Option<NextSegment>,
     ledger: Ledger,
     next_id: u64,
     /// Length the current segment must be cut back to before anything else is written,
@@ -56,37 +73,53 @@ pub(super) struct Writer {
     failing: bool,
     buffer: Vec<u8>,
     metrics: JournalMetrics,
-    stats: Arc<Mutex<JournalStats>>,
-    local_stats: JournalStats,
+    stats: Arc<SharedStats>,
+    /// The writer's counters; the on-disk fields are the shared stats' business.
+    counters: JournalStats,
+    // Fields drop in order: the housekeeper stops (and is waited for) before the
+    // directory lock is released.
+    housekeeper: Housekeeper,
     _lock: DirLock,
 }
 
 impl Writer {
-    /// Takes over from recovery: reopens the last segment (or creates the first), reclaims
-    /// what is already reclaimable and publishes the first stats.
+    /// Takes over from recovery: reopens the last segment (or creates the first), starts
+    /// the housekeeper, hands it what is already reclaimable and publishes the first stats.
     pub(super) fn start(
         config: &JournalConfig,
         recovery: Recovery,
         metrics: JournalMetrics,
-        stats: Arc<Mutex<JournalStats>>,
+        stats: Arc<SharedStats>,
         lock: DirLock,
     ) -> Result<Writer, JournalError> {
         let Recovery {
             recovered,
             mut ledger,
+            segments,
             last,
         } = recovery;
         let next_id = recovered.next_id.0;
+        for (seq, len) in segments {
+            stats.segment_len(seq, len);
+        }
         let current = match last {
-            Some((seq, len)) => {
-                let path = seq.path(&config.dir);
+            Some(last) => {
+                let path = last.seq.path(&config.dir);
                 let file = segment::open_for_append(&path)?;
-                Current {
-                    seq,
+                let mut current = Current {
+                    seq: last.seq,
                     path,
                     file,
-                    len,
+                    len: last.len,
+                    id_floor: last.id_floor,
+                };
+                // A segment rolled to just before a crash may still carry the floor it
+                // was prepared with. Reclamation may start before its first batch, so
+                // make its floor cover every older segment now.
+                if current.len == HEADER_LEN as u64 && current.id_floor < next_id {
+                    current.refresh_header(next_id, config.fsync)?;
                 }
+                current
             }
             None => {
                 let seq = SegmentSeq::FIRST;
@@ -95,21 +128,29 @@ impl Writer {
                     id_floor: next_id,
                 };
                 let file = segment::create(&config.dir, header, config.fsync)?;
-                ledger.add_segment(seq, HEADER_LEN as u64);
+                ledger.add_segment(seq);
+                stats.segment_len(seq, HEADER_LEN as u64);
                 Current {
                     seq,
                     path: seq.path(&config.dir),
                     file,
                     len: HEADER_LEN as u64,
+                    id_floor: next_id,
                 }
             }
         };
+        let housekeeper = Housekeeper::start(config.dir.clone(), config.fsync, Arc::clone(&stats))?;
+        let next = housekeeper.prepare(SegmentHeader {
+            seq: current.seq.next(),
+            id_floor: next_id,
+        });
         let mut writer = Writer {
             dir: config.dir.clone(),
             segment_size: config.segment_size,
             max_batch_bytes: config.max_batch_bytes,
             fsync: config.fsync,
             current,
+            next: Some(NextSegment::Pending(next)),
             ledger,
             next_id,
             pending_truncate: None,
@@ -117,7 +158,8 @@ impl Writer {
             buffer: Vec::new(),
             metrics,
             stats,
-            local_stats: JournalStats::default(),
+            counters: JournalStats::default(),
+            housekeeper,
             _lock: lock,
         };
         writer.reclaim();
@@ -153,7 +195,8 @@ impl Writer {
             if deferred.is_empty() {
                 deferred_since = Instant::now();
             }
-            let mut bytes: usize = deferred.iter().map(|r| r.frame.len()).sum::<usize>() + first.frame.len();
+            let mut bytes: usize =
+                deferred.iter().map(|r| r.frame.len()).sum::<usize>() + first.frame.len();
             let mut sync = first.sync;
             let mut batch = std::mem::take(&mut deferred);
             batch.push(first);
@@ -209,17 +252,15 @@ impl Writer {
                         self.next_id = self.next_id.max(effect.id().0.saturating_add(1));
                     }
                 }
-                self.ledger.set_bytes(self.current.seq, self.current.len);
                 self.metrics.batch_written(batch.len(), written);
-                self.local_stats.batches += 1;
-                self.local_stats.records_appended += batch.len() as u64;
+                self.counters.batches += 1;
+                self.counters.records_appended += batch.len() as u64;
                 if self.failing {
                     self.failing = false;
                     tracing::info!(dir = %self.dir.display(), "journal writes succeed again");
                 }
-                // Before the waiters, so that a resolved append sees its effect in stats
-                // and on disk. It costs an unlink and a directory sync about once per
-                // segment, and nothing otherwise.
+                // Before the waiters, so that a resolved append sees its effect in stats.
+                // Deleting what it frees happens later, on the housekeeper.
                 self.reclaim();
                 self.publish_stats();
                 for request in batch {
@@ -229,7 +270,7 @@ impl Writer {
             }
             Err(error) => {
                 self.metrics.write_failed();
-                self.local_stats.write_errors += 1;
+                self.counters.write_errors += 1;
                 if self.failing {
                     tracing::debug!(
                         error = &error as &dyn std::error::Error,
@@ -256,6 +297,25 @@ impl Writer {
         self.repair()?;
         if self.current.len >= self.segment_size {
             self.roll()?;
+        }
+        // A segment's id floor must cover every id in the segments before it, which
+        // recovery no longer sees once they are reclaimed. A prepared header holds the
+        // next id from when it was prepared, so the first batch rewrites it, in place and
+        // synced by the same fdatasync. A crash before that sync leaves the old or the new
+        // header (both valid: 32 bytes at offset 0 lie in one sector, which a disk writes
+        // whole) and no acknowledged record in this segment; and no older segment is
+        // handed over for deletion before a batch in this one was synced.
+        let floor = self.next_id;
+        let refresh = self.current.len == HEADER_LEN as u64 && self.current.id_floor < floor;
+        if refresh {
+            segment::rewrite_header(
+                &self.current.file,
+                &self.current.path,
+                SegmentHeader {
+                    seq: self.current.seq,
+                    id_floor: floor,
+                },
+            )?;
         }
         self.buffer.clear();
         for request in batch {
@@ -284,6 +344,10 @@ impl Writer {
             }
         }
         self.current.len += self.buffer.len() as u64;
+        if refresh {
+            // Only now: after a failed sync the rewritten header may never reach the disk.
+            self.current.id_floor = floor;
+        }
         // Keep big batches from pinning their peak size forever.
         if self.buffer.capacity() > self.max_batch_bytes.saturating_mul(2) {
             self.buffer = Vec::new();
@@ -311,64 +375,95 @@ impl Writer {
         Ok(())
     }
 
-    /// Starts the next segment. The old one needs no sync: its last batch was synced.
+    /// Switches to the next segment, prepared by the housekeeper. The old one needs no
+    /// sync: its last batch was synced.
     fn roll(&mut self) -> Result<(), JournalError> {
         let seq = self.current.seq.next();
-        let header = SegmentHeader {
-            seq,
-            id_floor: self.next_id,
+        let prepared = self.take_prepared(seq)?;
+        let path = match prepared.install(&self.dir) {
+            Ok(path) => path,
+            Err(error) => {
+                self.next = Some(NextSegment::Unplaced(prepared));
+                return Err(error);
+            }
         };
-        let file = segment::create(&self.dir, header, self.fsync)?;
         self.current = Current {
             seq,
-            path: seq.path(&self.dir),
-            file,
+            path,
+            file: prepared.file,
             len: HEADER_LEN as u64,
+            id_floor: prepared.header.id_floor,
         };
-        self.ledger.add_segment(seq, HEADER_LEN as u64);
+        self.ledger.add_segment(seq);
+        self.stats.segment_len(seq, HEADER_LEN as u64);
+        self.next = Some(NextSegment::Pending(self.housekeeper.prepare(
+            SegmentHeader {
+                seq: seq.next(),
+                id_floor: self.next_id,
+            },
+        )));
         tracing::debug!(segment = %self.current.path.display(), "rolled to a new journal segment");
         Ok(())
     }
 
-    /// Deletes every segment nothing depends on any more, oldest first.
+    /// The prepared segment `seq`, waiting for it if it is not ready yet. One whose
+    /// preparation failed earlier (say on a full disk) is prepared again first.
+    fn take_prepared(&mut self, seq: SegmentSeq) -> Result<PreparedSegment, JournalError> {
+        match self.next.take() {
+            Some(NextSegment::Unplaced(prepared)) if prepared.header.seq == seq => {
+                return Ok(prepared)
+            }
+            Some(NextSegment::Pending(pending)) if pending.seq() == seq => match pending.wait() {
+                Ok(prepared) => return Ok(prepared),
+                Err(error) => tracing::debug!(
+                    error = &error as &dyn std::error::Error,
+                    "preparing the next journal segment failed earlier; trying again"
+                ),
+            },
+            _ => {}
+        }
+        self.housekeeper
+            .prepare(SegmentHeader {
+                seq,
+                id_floor: self.next_id,
+            })
+            .wait()
+    }
+
+    /// Hands every segment nothing depends on any more to the housekeeper, oldest first,
+    /// and forgets those it has durably deleted.
     fn reclaim(&mut self) {
-        for seq in self.ledger.reclaimable(self.current.seq) {
-            let path = seq.path(&self.dir);
-            match fs::remove_file(&path) {
-                Ok(()) => {}
-                Err(error) if error.kind() == std::io::ErrorKind::NotFound => {}
-                Err(error) => {
-                    // Later candidates may depend on this one: stop, retry next batch.
-                    tracing::warn!(
-                        segment = %path.display(),
-                        error = &error as &dyn std::error::Error,
-                        "failed to delete reclaimable journal segment"
-                    );
-                    return;
-                }
-            }
+        for seq in self.housekeeper.deleted() {
             self.ledger.forget(seq);
-            tracing::debug!(segment = %path.display(), "reclaimed journal segment");
-            // A newer segment may only go once this deletion is durable, or a crash could
-            // bring this one back without the acks that cancelled it.
-            if self.fsync {
-                if let Err(error) = segment::sync_dir(&self.dir) {
-                    tracing::warn!(
-                        error = &error as &dyn std::error::Error,
-                        "failed to sync journal directory after reclaiming a segment"
-                    );
-                    return;
-                }
-            }
+        }
+        for seq in self.ledger.reclaimable(self.current.seq) {
+            self.ledger.mark_deleting(seq);
+            self.housekeeper.delete(seq);
         }
     }
 
     fn publish_stats(&mut self) {
-        self.local_stats.segments = self.ledger.segment_count();
-        self.local_stats.bytes_on_disk = self.ledger.bytes_on_disk();
-        self.local_stats.live_messages = self.ledger.live_messages();
-        self.metrics.set_segments(self.local_stats.segments);
-        *self.stats.lock().unwrap_or_else(PoisonError::into_inner) = self.local_stats;
+        self.counters.live_messages = self.ledger.live_messages();
+        self.stats.segment_len(self.current.seq, self.current.len);
+        self.stats.publish(self.counters);
     }
 }
 
+impl Current {
+    /// Rewrites the header with `id_floor` and syncs it: for start-up only.
+    fn refresh_header(&mut self, id_floor: u64, fsync: bool) -> Result<(), JournalError> {
+        let header = SegmentHeader {
+            seq: self.seq,
+            id_floor,
+        };
+        segment::rewrite_header(&self.file, &self.path, header)?;
+        if fsync {
+            self.file.sync_data().map_err(|source| JournalError::Sync {
+                path: self.path.clone(),
+                source: source.into(),
+            })?;
+        }
+        self.id_floor = id_floor;
+        Ok(())
+    }
+}
