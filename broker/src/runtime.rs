@@ -1,11 +1,14 @@
 //! The broker process's life: admin endpoint first (so /healthz answers during
 //! recovery), then journal recovery, then the STOMP listener; on shutdown the reverse,
-//! with the journal flushed last.
+//! with the journal flushed last. With `ha.policy: replication` the member alternates
+//! between backup and live (see `ha`), on listeners bound once.
 
 use crate::admin::api::Role;
 use crate::admin::{self, AdminState};
-use crate::config::BrokerConfig;
+use crate::config::{BrokerConfig, ReplicationMode, User};
 use crate::engine::{Broker, EngineError};
+use crate::ha::{self, backup::BackupOutcome, HaContext, HaError, LiveTerm, StartAs};
+use crate::journal::JournalMetrics;
 use crate::metrics::Metrics;
 use crate::server::{self, connection::ConnectionContext};
 use parking_lot::RwLock;
@@ -26,10 +29,22 @@ pub enum RunError {
     Engine(#[source] EngineError),
     #[error("failed to flush the journal at shutdown")]
     Close(#[source] crate::journal::JournalError),
+    #[error("replication failed")]
+    Ha(#[source] HaError),
 }
 
 /// How long shutdown waits for connections to finish their in-flight work.
 const DRAIN_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long a live that agreed to fail back waits for its backup to take over.
+const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Shared {
+    config: Arc<BrokerConfig>,
+    users: Vec<User>,
+    metrics: Arc<Metrics>,
+    journal_metrics: JournalMetrics,
+    state: AdminState,
+}
 
 /// Runs the broker until `shutdown` is cancelled.
 pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
@@ -56,10 +71,31 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
     let admin_stop = CancellationToken::new();
     tracing::info!(addr = %admin_listener.local_addr().unwrap_or(config.admin.listen), "admin endpoint listening");
     let admin_task = tokio::spawn(admin::serve(admin_listener, state.clone(), admin_stop.clone()));
+    let stomp_listener = bind("STOMP", config.stomp.listen).await?;
+    let shared = Shared { config: Arc::clone(&config), users, metrics, journal_metrics, state: state.clone() };
 
+    let result = if config.ha.enabled() {
+        run_replicated(&shared, &stomp_listener, &shutdown).await
+    } else {
+        match open(&shared).await {
+            Ok(broker) => serve_live(&shared, &stomp_listener, &broker, shutdown.clone()).await.and(close(&broker).await),
+            Err(e) => Err(e),
+        }
+    };
+    *state.role.write() = Role::Stopping;
+    admin_stop.cancel();
+    let _ = admin_task.await;
+    if result.is_ok() {
+        tracing::info!("broker stopped");
+    }
+    result
+}
+
+/// Opens the data directory and recovers the journal.
+async fn open(shared: &Shared) -> Result<Arc<Broker>, RunError> {
     let started = std::time::Instant::now();
-    let open_config = Arc::clone(&config);
-    let opened = tokio::task::spawn_blocking(move || Broker::open(open_config, users, journal_metrics)).await;
+    let (config, users, metrics) = (Arc::clone(&shared.config), shared.users.clone(), shared.journal_metrics.clone());
+    let opened = tokio::task::spawn_blocking(move || Broker::open(config, users, metrics)).await;
     let (broker, report) = match opened {
         Ok(r) => r.map_err(RunError::Engine)?,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
@@ -71,31 +107,124 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
         segments = report.segments,
         records = report.records,
         took_ms = started.elapsed().as_millis() as u64,
-        data_dir = %config.storage.data_dir.display(),
+        data_dir = %shared.config.storage.data_dir.display(),
         "journal recovered"
     );
-    *state.node_id.write() = broker.node_id.clone();
-    *state.broker.write() = Some(Arc::clone(&broker));
+    *shared.state.node_id.write() = broker.node_id.clone();
+    *shared.state.broker.write() = Some(Arc::clone(&broker));
+    Ok(broker)
+}
 
-    let stomp_listener = bind("STOMP", config.stomp.listen).await?;
-    tracing::info!(addr = %stomp_listener.local_addr().unwrap_or(config.stomp.listen), "STOMP listening");
-    *state.role.write() = Role::Live;
+/// Serves clients until `stop` is cancelled, then lets connections drain.
+async fn serve_live(shared: &Shared, listener: &TcpListener, broker: &Arc<Broker>, stop: CancellationToken) -> Result<(), RunError> {
+    tracing::info!(addr = %listener.local_addr().unwrap_or(shared.config.stomp.listen), "STOMP listening");
+    *shared.state.role.write() = Role::Live;
+    let ctx = ConnectionContext { broker: Arc::clone(broker), metrics: Arc::clone(&shared.metrics), shutdown: stop };
+    server::run(listener, ctx, DRAIN_TIMEOUT).await;
+    Ok(())
+}
 
-    let ctx = ConnectionContext { broker: Arc::clone(&broker), metrics, shutdown: shutdown.clone() };
-    server::run(&stomp_listener, ctx, DRAIN_TIMEOUT).await;
-
-    *state.role.write() = Role::Stopping;
+async fn close(broker: &Arc<Broker>) -> Result<(), RunError> {
     tracing::info!("connections closed; flushing the journal");
-    let closing = Arc::clone(&broker);
-    let closed = tokio::task::spawn_blocking(move || closing.close()).await;
-    admin_stop.cancel();
-    let _ = admin_task.await;
-    match closed {
-        Ok(r) => r.map_err(RunError::Close)?,
+    let closing = Arc::clone(broker);
+    match tokio::task::spawn_blocking(move || closing.close()).await {
+        Ok(r) => r.map_err(RunError::Close),
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
-    tracing::info!("broker stopped");
-    Ok(())
+}
+
+/// The replicated member: backup and live in turn, until shutdown.
+async fn run_replicated(shared: &Shared, stomp: &TcpListener, shutdown: &CancellationToken) -> Result<(), RunError> {
+    let config = &shared.config;
+    std::fs::create_dir_all(&config.storage.data_dir)
+        .map_err(|source| RunError::Engine(EngineError::CreateDataDir { path: config.storage.data_dir.clone(), source }))?;
+    let node_id = crate::engine::resolve_node_id(&config.node.id, &config.storage.data_dir).map_err(RunError::Engine)?;
+    *shared.state.node_id.write() = node_id.clone();
+    let ctx = HaContext::new(config, node_id, Arc::clone(&shared.state.ha), Arc::clone(&shared.state.role)).map_err(RunError::Ha)?;
+    let cluster = bind("cluster", config.ha.cluster.listen).await?;
+    tracing::info!(addr = %cluster.local_addr().unwrap_or(config.ha.cluster.listen), group = %ctx.group, epoch = ctx.epoch().0, "cluster port listening");
+    let live_slot: ha::LiveSlot = Arc::new(RwLock::new(None));
+    let cluster_task = tokio::spawn(ha::serve_cluster(Arc::clone(&ctx), cluster, Arc::clone(&live_slot), shutdown.clone()));
+    let mut start = ha::starting_role(&ctx).await;
+    let result = loop {
+        tracing::info!(?start, "taking a role");
+        match start {
+            StartAs::Backup { .. } => {
+                ctx.became_backup();
+                *shared.state.broker.write() = None;
+                let stop_responder = CancellationToken::new();
+                let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), stop_responder.clone());
+                let outcome = tokio::select! {
+                    o = ha::backup::run(&ctx, shutdown) => o,
+                    _ = responder => continue,
+                };
+                stop_responder.cancel();
+                match outcome {
+                    Ok(BackupOutcome::Activate { epoch, reason }) => {
+                        if let Err(e) = ctx.store_epoch(epoch) {
+                            break Err(RunError::Ha(e));
+                        }
+                        tracing::warn!(epoch = epoch.0, %reason, "activating: this backup becomes live");
+                        start = StartAs::Live { reason };
+                    }
+                    Ok(BackupOutcome::Shutdown) => break Ok(()),
+                    Err(e) => break Err(RunError::Ha(e)),
+                }
+            }
+            StartAs::Live { .. } => {
+                if let Err(e) = ctx.arbiter.hold_as_live() {
+                    tracing::warn!(error = %ha::backup::error_chain(&e), "cannot claim the live role; starting as backup");
+                    start = StartAs::Backup { reason: "arbiter refused".into() };
+                    continue;
+                }
+                if ctx.epoch().0 == 0 {
+                    if let Err(e) = ctx.store_epoch(ha::epoch::Epoch(1)) {
+                        break Err(RunError::Ha(e));
+                    }
+                }
+                let broker = match open(shared).await {
+                    Ok(b) => b,
+                    Err(e) => break Err(e),
+                };
+                broker.journal().replication_gate().set_synchronous(config.ha.replication == ReplicationMode::Sync);
+                if let Err(e) = ctx.activated() {
+                    break Err(RunError::Ha(e));
+                }
+                tracing::info!(epoch = ctx.epoch().0, group = %ctx.group, "live");
+                let term = Arc::new(LiveTerm::default());
+                *live_slot.write() = Some((broker.journal().clone(), Arc::clone(&term)));
+                let stop = CancellationToken::new();
+                {
+                    let (stop, term, shutdown) = (stop.clone(), Arc::clone(&term), shutdown.clone());
+                    tokio::spawn(async move {
+                        tokio::select! {
+                            _ = shutdown.cancelled() => {}
+                            _ = term.step_down.cancelled() => {}
+                        }
+                        stop.cancel();
+                    });
+                }
+                if let Err(e) = serve_live(shared, stomp, &broker, stop).await {
+                    break Err(e);
+                }
+                term.clients_stopped.cancel();
+                if shutdown.is_cancelled() {
+                    *live_slot.write() = None;
+                    break close(&broker).await;
+                }
+                tracing::warn!("stepping down: waiting for the preferred live to take over");
+                let _ = tokio::time::timeout(HAND_OVER_TIMEOUT, term.handed_over.cancelled()).await;
+                *live_slot.write() = None;
+                if let Err(e) = close(&broker).await {
+                    break Err(e);
+                }
+                *shared.state.broker.write() = None;
+                start = StartAs::Backup { reason: "handed over".into() };
+            }
+        }
+    };
+    cluster_task.abort();
+    result
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {

@@ -1,6 +1,377 @@
 //! Live/backup replication (HornetQ/Artemis style): roles, the group's epoch, arbiters,
 //! and the loops a live and a backup run. A live streams its journal to its backups over
 //! the cluster port; a backup mirrors it, and activates only when its arbiter allows.
+//!
+//! The node loop reads top to bottom: decide the starting role, then alternate between
+//! backing up and being live until shutdown. STOMP and cluster listeners are bound once
+//! and served by whichever role the member holds.
 
 pub mod arbiter;
+pub mod backup;
 pub mod epoch;
+pub mod probe;
+pub mod replica;
+pub mod responder;
+
+use crate::admin::api::{BackupStatus, HaStatus, Role, SyncState, SyncStatus};
+use crate::cluster::{accept_handshake, ClusterFrame, HandshakeConfig, Purpose, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::config::{ArbiterKind, BrokerConfig, HaConfig, PreferredRole};
+use crate::journal::{Journal, JournalError};
+use arbiter::{Arbiter, ArbiterError, FileLockArbiter, QuorumArbiter, Vote};
+use epoch::{Epoch, EpochError, EpochStore};
+use parking_lot::{Mutex, RwLock};
+use std::path::PathBuf;
+use std::sync::Arc;
+use thiserror::Error;
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::sync::CancellationToken;
+
+/// Largest cluster frame: a journal chunk plus headroom.
+pub const MAX_CLUSTER_FRAME: usize = 64 * 1024 * 1024;
+
+#[derive(Debug, Error)]
+pub enum HaError {
+    #[error("failed to read the cluster password")]
+    Password(#[source] crate::config::ConfigError),
+    #[error("failed to use the epoch file")]
+    Epoch(#[from] EpochError),
+    #[error("failed to mirror the live's journal")]
+    Mirror(#[source] JournalError),
+    #[error("journal failure during replication")]
+    Journal(#[source] JournalError),
+    #[error("cluster connection failed")]
+    Cluster(#[source] crate::cluster::ClusterConnError),
+    #[error("failed to read journal segment {path}")]
+    ReadSegment { path: PathBuf, source: std::io::Error },
+    #[error("arbiter failed")]
+    Arbiter(#[from] ArbiterError),
+}
+
+/// What every part of the HA machinery shares.
+pub struct HaContext {
+    pub config: HaConfig,
+    pub node_id: String,
+    pub group: String,
+    password: Vec<u8>,
+    epoch: Mutex<Epoch>,
+    epoch_store: EpochStore,
+    pub arbiter: Arc<dyn Arbiter>,
+    pub journal_dir: PathBuf,
+    /// What `/status` shows under `ha`.
+    pub status: Arc<RwLock<Option<HaStatus>>>,
+    /// The STOMP address of the live, named in a backup's ERROR to clients.
+    pub live_stomp: Arc<RwLock<Option<String>>>,
+    /// The role `/status` and `/readyz` report.
+    pub role: Arc<RwLock<Role>>,
+    /// The live this member follows or is.
+    live_node: RwLock<Option<String>>,
+    backups: Mutex<Vec<BackupStatus>>,
+}
+
+/// One stretch of being live; replicas use it to ask the live to step down for failback.
+#[derive(Default)]
+pub struct LiveTerm {
+    /// Cancelled by a replica that wants the role back.
+    pub step_down: CancellationToken,
+    /// Cancelled by the node once client traffic has stopped.
+    pub clients_stopped: CancellationToken,
+    /// Cancelled by the replica once the backup was told to take over.
+    pub handed_over: CancellationToken,
+}
+
+impl HaContext {
+    pub fn new(
+        config: &BrokerConfig,
+        node_id: String,
+        status: Arc<RwLock<Option<HaStatus>>>,
+        role: Arc<RwLock<Role>>,
+    ) -> Result<Arc<HaContext>, HaError> {
+        let ha = config.ha.clone();
+        let password = ha.load_password().map_err(HaError::Password)?.into_bytes();
+        let epoch_store = EpochStore::new(&config.storage.data_dir);
+        let epoch = epoch_store.load()?;
+        let ctx = Arc::new_cyclic(|weak: &std::sync::Weak<HaContext>| {
+            let arbiter: Arc<dyn Arbiter> = match ha.arbiter.kind {
+                ArbiterKind::FileLock => {
+                    Arc::new(FileLockArbiter::new(ha.arbiter.lock_file.as_deref().unwrap_or(std::path::Path::new("live.lock"))))
+                }
+                ArbiterKind::Quorum => {
+                    let weak = weak.clone();
+                    Arc::new(QuorumArbiter {
+                        voters: ha.arbiter.voters.clone(),
+                        timeout: ha.arbiter.vote_timeout.get(),
+                        ask: Arc::new(move |addr, request| {
+                            let weak = weak.clone();
+                            Box::pin(async move {
+                                let ctx = weak.upgrade().ok_or_else(|| "stopping".to_string())?;
+                                ask_vote(&ctx, &addr, request).await
+                            })
+                        }),
+                    })
+                }
+            };
+            HaContext {
+                group: ha.group_name.clone(),
+                config: ha,
+                node_id,
+                password,
+                epoch: Mutex::new(epoch),
+                epoch_store,
+                arbiter,
+                journal_dir: config.storage.data_dir.join("journal"),
+                status,
+                live_stomp: Arc::new(RwLock::new(None)),
+                role,
+                live_node: RwLock::new(None),
+                backups: Mutex::new(Vec::new()),
+            }
+        });
+        Ok(ctx)
+    }
+
+    pub fn epoch(&self) -> Epoch {
+        *self.epoch.lock()
+    }
+
+    /// Persists a newer epoch (never goes back).
+    pub fn store_epoch(&self, epoch: Epoch) -> Result<(), HaError> {
+        let mut current = self.epoch.lock();
+        if epoch > *current {
+            self.epoch_store.store(epoch)?;
+            *current = epoch;
+            drop(current);
+            self.publish(None);
+        }
+        Ok(())
+    }
+
+    pub fn handshake(&self, purpose: Purpose) -> HandshakeConfig {
+        HandshakeConfig {
+            node_id: self.node_id.clone(),
+            group: self.group.clone(),
+            password: self.password.clone(),
+            epoch: self.epoch().0,
+            purpose,
+            max_frame: MAX_CLUSTER_FRAME,
+            timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        }
+    }
+
+    fn publish(&self, sync: Option<SyncStatus>) {
+        let role = *self.role.read();
+        let backups = self.backups.lock().clone();
+        let previous_sync = self.status.read().as_ref().and_then(|s| s.sync.clone());
+        let sync = if role == Role::Backup { sync.or(previous_sync) } else { None };
+        *self.status.write() = Some(HaStatus {
+            group: self.group.clone(),
+            epoch: self.epoch().0,
+            live: self.live_node.read().clone(),
+            sync,
+            alone: role == Role::Live && !backups.iter().any(|b| b.state == SyncState::Synced),
+            backups: if role == Role::Live { backups } else { Vec::new() },
+        });
+    }
+
+    pub fn set_backup_status(&self, live: Option<&str>, state: SyncState, lag_bytes: u64, lag_records: u64) {
+        if let Some(l) = live {
+            *self.live_node.write() = Some(l.to_string());
+        }
+        self.publish(Some(SyncStatus { state, lag_bytes, lag_records }));
+    }
+
+    pub fn update_backup(&self, status: BackupStatus) {
+        let mut backups = self.backups.lock();
+        let changed_state = match backups.iter_mut().find(|b| b.node == status.node) {
+            Some(b) => {
+                let changed = b.state != status.state;
+                *b = status;
+                changed
+            }
+            None => {
+                backups.push(status);
+                true
+            }
+        };
+        drop(backups);
+        if changed_state {
+            self.log_alone();
+        }
+        self.publish(None);
+    }
+
+    pub fn remove_backup(&self, node: &str) {
+        self.backups.lock().retain(|b| b.node != node);
+        self.log_alone();
+        self.publish(None);
+    }
+
+    fn log_alone(&self) {
+        if *self.role.read() == Role::Live && !self.backups.lock().iter().any(|b| b.state == SyncState::Synced) {
+            tracing::warn!(group = %self.group, "no backup in sync: the live carries on alone, writes are not replicated");
+        }
+    }
+
+    fn become_role(&self, role: Role) {
+        *self.role.write() = role;
+        if role == Role::Live {
+            *self.live_node.write() = Some(self.node_id.clone());
+            self.backups.lock().clear();
+        }
+        self.publish(None);
+    }
+}
+
+/// Asks one voter whether the live is gone.
+async fn ask_vote(ctx: &HaContext, addr: &str, request: arbiter::ActivationRequest) -> Result<Vote, String> {
+    let stream = TcpStream::connect(addr).await.map_err(|e| format!("failed to connect: {e}"))?;
+    let (mut conn, _) = crate::cluster::connect_handshake(stream, &ctx.handshake(Purpose::Vote))
+        .await
+        .map_err(|e| backup::error_chain(&e))?;
+    conn.send(&ClusterFrame::VoteRequest {
+        group: request.group,
+        live_node: request.live_node,
+        live_addr: request.live_addr,
+        epoch: request.epoch,
+    })
+    .await
+    .map_err(|e| backup::error_chain(&e))?;
+    match conn.recv().await {
+        Ok(Some(ClusterFrame::VoteReply { granted, reason, .. })) => Ok(Vote { granted, reason }),
+        Ok(Some(other)) => Err(format!("unexpected {} instead of a vote", other.name())),
+        Ok(None) => Err("voter closed the connection".into()),
+        Err(e) => Err(backup::error_chain(&e)),
+    }
+}
+
+/// The live journal, when this member is live, for replication requests.
+pub type LiveSlot = Arc<RwLock<Option<(Journal, Arc<LiveTerm>)>>>;
+
+/// Serves the cluster port for the life of the process: probes, votes, and (when live)
+/// replication to backups.
+pub async fn serve_cluster(ctx: Arc<HaContext>, listener: TcpListener, live: LiveSlot, stop: CancellationToken) {
+    loop {
+        let (stream, peer_addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return,
+        };
+        let _ = stream.set_nodelay(true);
+        let (ctx, live, stop) = (Arc::clone(&ctx), Arc::clone(&live), stop.clone());
+        tokio::spawn(async move {
+            let role = match *ctx.role.read() {
+                Role::Live => "live",
+                Role::Backup => "backup",
+                _ => "starting",
+            };
+            let (mut conn, peer) = match accept_handshake(stream, &ctx.handshake(Purpose::Probe), role).await {
+                Ok(x) => x,
+                Err(e) => {
+                    tracing::warn!(peer = %peer_addr, error = %backup::error_chain(&e), "refused a cluster connection");
+                    return;
+                }
+            };
+            match peer.purpose {
+                Purpose::Probe => {}
+                Purpose::Vote => {
+                    if let Ok(Some(ClusterFrame::VoteRequest { group, live_node, live_addr, epoch })) = conn.recv().await {
+                        let reply = decide_vote(&ctx, &group, &live_node, &live_addr, epoch).await;
+                        tracing::info!(voter_for = %peer.node_id, %group, %live_node, granted = matches!(reply, ClusterFrame::VoteReply { granted: true, .. }), "voted");
+                        let _ = conn.send(&reply).await;
+                    }
+                }
+                Purpose::Replicate => {
+                    let slot = live.read().clone();
+                    let Some((journal, term)) = slot else {
+                        let _ = conn.send(&ClusterFrame::Goodbye { reason: "not live".into() }).await;
+                        return;
+                    };
+                    if peer.epoch > ctx.epoch().0 {
+                        // A backup that knows a newer epoch: this live is stale and must go.
+                        tracing::error!(backup = %peer.node_id, their_epoch = peer.epoch, our_epoch = ctx.epoch().0, "a member knows a newer epoch: stepping down");
+                        term.step_down.cancel();
+                        return;
+                    }
+                    tracing::info!(backup = %peer.node_id, "backup connected");
+                    match replica::serve(&ctx, &term, &journal, &mut conn, &peer, &stop).await {
+                        Ok(end) => tracing::info!(backup = %peer.node_id, ?end, "replication to backup ended"),
+                        Err(e) => tracing::warn!(backup = %peer.node_id, error = %backup::error_chain(&e), "replication to backup failed"),
+                    }
+                }
+            }
+        });
+    }
+}
+
+async fn decide_vote(ctx: &HaContext, group: &str, live_node: &str, live_addr: &str, epoch: u64) -> ClusterFrame {
+    if group == ctx.group && ctx.live_node.read().as_deref() == Some(ctx.node_id.as_str()) && *ctx.role.read() == Role::Live {
+        return ClusterFrame::VoteReply { granted: false, live_seen: true, reason: format!("{} is the live of {group}", ctx.node_id) };
+    }
+    match probe::probe(ctx, live_addr).await {
+        Ok(peer) if peer.role == "live" && peer.epoch >= epoch => ClusterFrame::VoteReply {
+            granted: false,
+            live_seen: true,
+            reason: format!("live {live_node} answers me (epoch {})", peer.epoch),
+        },
+        Ok(peer) => ClusterFrame::VoteReply {
+            granted: true,
+            live_seen: false,
+            reason: format!("{} answers as {} epoch {}", peer.node_id, peer.role, peer.epoch),
+        },
+        Err(reason) => ClusterFrame::VoteReply { granted: true, live_seen: false, reason: format!("live {live_node} unreachable: {reason}") },
+    }
+}
+
+/// The role to start in: backup of a live that answers; otherwise live if this member is
+/// the preferred primary or was the last live; otherwise a backup waiting for a live.
+pub async fn starting_role(ctx: &HaContext) -> StartAs {
+    // Give members a few check periods to answer before deciding nobody is live.
+    for _ in 0..3 {
+        if let Some((member, epoch)) = probe::find_live(ctx).await {
+            return StartAs::Backup { reason: format!("{} is live (epoch {epoch})", member.name) };
+        }
+        tokio::time::sleep(ctx.config.check_period.get()).await;
+    }
+    let last_live = ctx.epoch_store_last_live();
+    if ctx.config.role == PreferredRole::Primary || last_live.as_deref() == Some(ctx.node_id.as_str()) {
+        StartAs::Live { reason: "no live answers".into() }
+    } else {
+        StartAs::Backup { reason: "no live answers; waiting for one".into() }
+    }
+}
+
+#[derive(Debug)]
+pub enum StartAs {
+    Live { reason: String },
+    Backup { reason: String },
+}
+
+impl HaContext {
+    fn last_live_path(&self) -> PathBuf {
+        self.journal_dir.with_file_name("ha").join("last-live")
+    }
+
+    fn epoch_store_last_live(&self) -> Option<String> {
+        std::fs::read_to_string(self.last_live_path()).ok().map(|s| s.trim().to_string())
+    }
+
+    /// Records that this member is live (with its epoch already stored) and tells `/status`.
+    pub fn activated(&self) -> Result<(), HaError> {
+        let path = self.last_live_path();
+        let err = |source| HaError::Epoch(EpochError::Write { path: path.clone(), source });
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(err)?;
+        }
+        std::fs::write(&path, format!("{}\n", self.node_id)).map_err(err)?;
+        self.become_role(Role::Live);
+        Ok(())
+    }
+
+    pub fn became_backup(&self) {
+        self.become_role(Role::Backup);
+    }
+}

@@ -28,10 +28,12 @@
 mod error;
 mod housekeeper;
 mod lock;
+mod mirror;
 mod metrics;
 mod reclaim;
 mod record;
 mod recovery;
+mod replication;
 mod segment;
 mod stats;
 mod writer;
@@ -51,6 +53,8 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 pub use error::JournalError;
+pub use mirror::Mirror;
+pub use replication::{JournalPosition, ReplicaId, ReplicationGate, SegmentHold};
 pub use metrics::JournalMetrics;
 pub use record::MAX_RECORD_PAYLOAD;
 
@@ -178,6 +182,8 @@ struct Shared {
     sender: RwLock<Option<mpsc::Sender<Request>>>,
     writer: Mutex<Option<JoinHandle<Result<(), JournalError>>>>,
     stats: Arc<SharedStats>,
+    dir: std::path::PathBuf,
+    replication: Arc<replication::Shared>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -207,6 +213,7 @@ impl Journal {
         let recovered = recovery.recovered.clone();
         let stats = Arc::new(SharedStats::new(metrics.clone()));
         let writer = Writer::start(&config, recovery, metrics, Arc::clone(&stats), lock)?;
+        let replication = writer.replication();
         let (sender, receiver) = mpsc::channel();
         let handle = std::thread::Builder::new()
             .name("duomq-journal".into())
@@ -227,9 +234,41 @@ impl Journal {
                 sender: RwLock::new(Some(sender)),
                 writer: Mutex::new(Some(handle)),
                 stats,
+                dir: config.dir.clone(),
+                replication,
             }),
         };
         Ok((journal, recovered))
+    }
+
+    /// The durable end of the journal, advanced after every group commit.
+    pub fn position(&self) -> tokio::sync::watch::Receiver<JournalPosition> {
+        self.shared.replication.position.subscribe()
+    }
+
+    /// The gate that holds append completions for synced backups.
+    pub fn replication_gate(&self) -> &ReplicationGate {
+        &self.shared.replication.gate
+    }
+
+    /// Keeps segments from `seq` on from being reclaimed while a backup copies them.
+    pub fn hold_segments_from(&self, seq: u64) -> SegmentHold {
+        SegmentHold::new(&self.shared.replication.holds, seq)
+    }
+
+    /// The file of segment `seq`.
+    pub fn segment_path(&self, seq: u64) -> std::path::PathBuf {
+        segment::SegmentSeq(seq).path(&self.shared.dir)
+    }
+
+    /// Segments on disk (not prepared or retired files) with their lengths, oldest first.
+    pub fn segments_on_disk(&self) -> Result<Vec<(u64, u64)>, JournalError> {
+        let listing = segment::list(&self.shared.dir)?;
+        Ok(listing
+            .segments
+            .into_iter()
+            .filter_map(|seq| std::fs::metadata(seq.path(&self.shared.dir)).ok().map(|m| (seq.0, m.len())))
+            .collect())
     }
 
     /// Queues one record holding `ops`.

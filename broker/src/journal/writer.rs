@@ -78,6 +78,7 @@ pub(super) struct Writer {
     counters: JournalStats,
     // Fields drop in order: the housekeeper stops (and is waited for) before the
     // directory lock is released.
+    replication: Arc<super::replication::Shared>,
     housekeeper: Housekeeper,
     _lock: DirLock,
 }
@@ -159,6 +160,7 @@ impl Writer {
             metrics,
             stats,
             counters: JournalStats::default(),
+            replication: Arc::new(super::replication::Shared::new(Default::default())),
             housekeeper,
             _lock: lock,
         };
@@ -263,10 +265,12 @@ impl Writer {
                 // Deleting what it frees happens later, on the housekeeper.
                 self.reclaim();
                 self.publish_stats();
-                for request in batch {
-                    // A dropped receiver only means the caller stopped waiting.
-                    let _ = request.reply.send(Ok(()));
-                }
+                let end = self.end_position();
+                self.replication.position.send_replace(end);
+                // With synced backups in sync mode, the gate completes the waiters once
+                // they have the batch too; otherwise at once.
+                let waiters = batch.into_iter().map(|request| request.reply).collect();
+                self.replication.gate.complete_or_hold(end, waiters);
             }
             Err(error) => {
                 self.metrics.write_failed();
@@ -432,11 +436,31 @@ impl Writer {
 
     /// Hands every segment nothing depends on any more to the housekeeper, oldest first,
     /// and forgets those it has durably deleted.
+    /// Where the journal ends, durably: after the last successful batch.
+    fn end_position(&self) -> super::replication::JournalPosition {
+        super::replication::JournalPosition {
+            segment: self.current.seq.0,
+            offset: self.current.len,
+            records: self.counters.records_appended,
+        }
+    }
+
+    /// What replication shares with this writer (the position starts where it is now).
+    pub(super) fn replication(&self) -> Arc<super::replication::Shared> {
+        self.replication.position.send_replace(self.end_position());
+        Arc::clone(&self.replication)
+    }
+
     fn reclaim(&mut self) {
         for seq in self.housekeeper.deleted() {
             self.ledger.forget(seq);
         }
+        // A backup still copying holds its segments.
+        let floor = self.replication.holds.floor();
         for seq in self.ledger.reclaimable(self.current.seq) {
+            if floor.is_some_and(|f| seq.0 >= f) {
+                break;
+            }
             self.ledger.mark_deleting(seq);
             self.housekeeper.delete(seq);
         }

@@ -1,0 +1,215 @@
+//! A backup's life: find the live of its group, authenticate, mirror its journal (a full
+//! copy first, then every append), acknowledge what is durable, and, when the live is
+//! gone, ask the arbiter whether it may activate. It never serves clients and never
+//! activates without having been in sync.
+
+use super::arbiter::{ActivationRequest, Decision};
+use super::epoch::Epoch;
+use super::{probe, HaContext, HaError};
+use crate::admin::api::SyncState;
+use crate::cluster::{connect_handshake, ClusterFrame, Purpose};
+use crate::config::{Member, PreferredRole};
+use crate::journal::Mirror;
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// How a backup's watch ends.
+#[derive(Debug)]
+pub enum BackupOutcome {
+    /// Become live with this epoch.
+    Activate { epoch: Epoch, reason: String },
+    Shutdown,
+}
+
+enum Followed {
+    /// The connection to the live ended; `synced` tells whether we had all its data.
+    Lost { synced: bool, reason: String },
+    HandOver { epoch: Epoch },
+    Refused { reason: String },
+    Shutdown,
+}
+
+pub async fn run(ctx: &HaContext, shutdown: &CancellationToken) -> Result<BackupOutcome, HaError> {
+    let mut mirror = Mirror::open(&ctx.journal_dir).map_err(HaError::Mirror)?;
+    ctx.set_backup_status(None, SyncState::Connecting, 0, 0);
+    // Whether this process has held a complete copy since it last lost a live.
+    let mut lost_synced: Option<(Member, String)> = None;
+    loop {
+        if shutdown.is_cancelled() {
+            return Ok(BackupOutcome::Shutdown);
+        }
+        if let Some((member, epoch)) = probe::find_live(ctx).await {
+            if Epoch(epoch) >= ctx.epoch() {
+                match follow(ctx, &mut mirror, &member, shutdown).await {
+                    Followed::Lost { synced, reason } => {
+                        tracing::warn!(live = %member.name, %reason, synced, "lost the live");
+                        lost_synced = synced.then(|| (member.clone(), reason));
+                        ctx.set_backup_status(None, SyncState::Connecting, 0, 0);
+                        continue;
+                    }
+                    Followed::HandOver { epoch } => {
+                        drop(mirror);
+                        return Ok(BackupOutcome::Activate { epoch, reason: format!("failback from {}", member.name) });
+                    }
+                    Followed::Refused { reason } => tracing::warn!(live = %member.name, %reason, "live refused replication"),
+                    Followed::Shutdown => return Ok(BackupOutcome::Shutdown),
+                }
+            } else {
+                tracing::warn!(live = %member.name, live_epoch = epoch, our_epoch = ctx.epoch().0, "ignoring a live with an older epoch");
+            }
+        }
+        if let Some((live, why)) = &lost_synced {
+            let request = ActivationRequest {
+                group: ctx.group.clone(),
+                live_node: live.name.clone(),
+                live_addr: live.cluster.clone(),
+                epoch: ctx.epoch().0,
+            };
+            match ctx.arbiter.may_activate(&request).await {
+                Ok(Decision::Granted { reason }) => {
+                    drop(mirror);
+                    let epoch = Epoch(ctx.epoch().0 + 1);
+                    return Ok(BackupOutcome::Activate {
+                        epoch,
+                        reason: format!("live {} lost ({why}); {}: {reason}", live.name, ctx.arbiter.name()),
+                    });
+                }
+                Ok(Decision::Denied { reason }) => {
+                    tracing::info!(arbiter = ctx.arbiter.name(), %reason, "not activating");
+                }
+                Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "arbiter failed"),
+            }
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(ctx.config.arbiter.retry_interval.get().min(ctx.config.check_period.get() * 5)) => {}
+            _ = shutdown.cancelled() => return Ok(BackupOutcome::Shutdown),
+        }
+    }
+}
+
+/// Mirrors one live until the connection ends.
+async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &CancellationToken) -> Followed {
+    let stream = match tokio::time::timeout(ctx.config.connection_ttl.get(), TcpStream::connect(&live.cluster)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Followed::Lost { synced: false, reason: format!("failed to connect: {e}") },
+        Err(_) => return Followed::Lost { synced: false, reason: "connect timed out".into() },
+    };
+    let _ = stream.set_nodelay(true);
+    let (mut conn, peer) = match connect_handshake(stream, &ctx.handshake(Purpose::Replicate)).await {
+        Ok(x) => x,
+        Err(e) => return Followed::Refused { reason: error_chain(&e) },
+    };
+    if peer.role != "live" {
+        return Followed::Refused { reason: format!("{} is {}, not live", peer.node_id, peer.role) };
+    }
+    if Epoch(peer.epoch) < ctx.epoch() {
+        return Followed::Refused { reason: format!("live epoch {} is older than ours {}", peer.epoch, ctx.epoch()) };
+    }
+    if let Err(e) = ctx.store_epoch(Epoch(peer.epoch)) {
+        return Followed::Refused { reason: error_chain(&e) };
+    }
+    *ctx.live_stomp.write() = Some(live.stomp.clone());
+    tracing::info!(live = %peer.node_id, epoch = peer.epoch, "following the live");
+    let ttl = ctx.config.connection_ttl.get();
+    let mut state = SyncState::Syncing;
+    let mut written: Option<(u64, u64)> = None;
+    let mut acked: Option<(u64, u64)> = None;
+    let mut sync_target: Option<(u64, u64)> = None;
+    let mut asked_failback = false;
+    ctx.set_backup_status(Some(&peer.node_id), state, 0, 0);
+    loop {
+        let frame = tokio::select! {
+            r = tokio::time::timeout(ttl, conn.recv()) => match r {
+                Ok(Ok(Some(f))) => f,
+                Ok(Ok(None)) => return Followed::Lost { synced: state == SyncState::Synced, reason: "connection closed".into() },
+                Ok(Err(e)) => return Followed::Lost { synced: state == SyncState::Synced, reason: error_chain(&e) },
+                Err(_) => return Followed::Lost { synced: state == SyncState::Synced, reason: format!("no word from the live for {ttl:?}") },
+            },
+            _ = shutdown.cancelled() => {
+                let _ = conn.send(&ClusterFrame::Goodbye { reason: "backup shutting down".into() }).await;
+                return Followed::Shutdown;
+            }
+        };
+        let result = match frame {
+            ClusterFrame::SyncBegin { .. } => {
+                state = SyncState::Syncing;
+                tokio::task::block_in_place(|| mirror.reset())
+            }
+            ClusterFrame::Append { seq, offset, data } | ClusterFrame::SegmentChunk { seq, offset, data } => {
+                let r = tokio::task::block_in_place(|| mirror.write(seq, offset, &data));
+                written = Some((seq, offset + data.len() as u64));
+                r
+            }
+            ClusterFrame::SyncEnd { seq, len } => {
+                sync_target = Some((seq, len));
+                Ok(())
+            }
+            ClusterFrame::Reclaim { seq } => tokio::task::block_in_place(|| mirror.remove(seq)),
+            ClusterFrame::Ping { at } => {
+                if let Err(e) = conn.send(&ClusterFrame::Pong { at }).await {
+                    return Followed::Lost { synced: state == SyncState::Synced, reason: error_chain(&e) };
+                }
+                Ok(())
+            }
+            ClusterFrame::HandOver { epoch } => {
+                if let Err(e) = tokio::task::block_in_place(|| mirror.sync()) {
+                    return Followed::Refused { reason: error_chain(&e) };
+                }
+                return Followed::HandOver { epoch: Epoch(epoch) };
+            }
+            ClusterFrame::Goodbye { reason } => return Followed::Lost { synced: state == SyncState::Synced, reason },
+            other => {
+                tracing::debug!(frame = other.name(), "ignoring unexpected frame from the live");
+                Ok(())
+            }
+        };
+        if let Err(e) = result {
+            tracing::error!(error = &e as &dyn std::error::Error, "failed to mirror the journal; dropping the live connection");
+            return Followed::Lost { synced: false, reason: error_chain(&e) };
+        }
+        // Acknowledge once everything buffered is written: one fsync for a burst of appends.
+        if conn.buffered().is_empty() && written != acked {
+            if let Err(e) = tokio::task::block_in_place(|| mirror.sync()) {
+                tracing::error!(error = &e as &dyn std::error::Error, "failed to sync the mirrored journal");
+                return Followed::Lost { synced: false, reason: error_chain(&e) };
+            }
+            if let Some((seq, offset)) = written {
+                if let Err(e) = conn.send(&ClusterFrame::Ack { seq, offset }).await {
+                    return Followed::Lost { synced: state == SyncState::Synced, reason: error_chain(&e) };
+                }
+            }
+            acked = written;
+        }
+        if state == SyncState::Syncing && sync_target.is_some() && acked.is_some() && acked >= sync_target {
+            state = SyncState::Synced;
+            tracing::info!(live = %peer.node_id, "backup is in sync with the live");
+        }
+        let lag = match (sync_target, acked) {
+            (Some((ts, tl)), Some((s, o))) if state == SyncState::Syncing && ts == s => tl.saturating_sub(o),
+            _ => 0,
+        };
+        ctx.set_backup_status(Some(&peer.node_id), state, lag, 0);
+        if state == SyncState::Synced
+            && !asked_failback
+            && ctx.config.allow_failback
+            && ctx.config.role == PreferredRole::Primary
+        {
+            asked_failback = true;
+            tracing::info!(live = %peer.node_id, "in sync as the preferred live: asking for failback");
+            if let Err(e) = conn.send(&ClusterFrame::FailbackRequest).await {
+                return Followed::Lost { synced: true, reason: error_chain(&e) };
+            }
+        }
+    }
+}
+
+pub fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut cur = e.source();
+    while let Some(c) = cur {
+        s.push_str(": ");
+        s.push_str(&c.to_string());
+        cur = c.source();
+    }
+    s
+}

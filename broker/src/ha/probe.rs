@@ -1,0 +1,39 @@
+//! Asking members of the group who they are: a Probe handshake answers with the peer's
+//! node id, role and epoch, and nothing else happens on that connection.
+
+use super::HaContext;
+use crate::cluster::{connect_handshake, Purpose, ServerPeer};
+use crate::config::Member;
+use tokio::net::TcpStream;
+
+/// Probes one cluster address.
+pub async fn probe(ctx: &HaContext, addr: &str) -> Result<ServerPeer, String> {
+    let timeout = ctx.config.connection_ttl.get();
+    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(format!("failed to connect to {addr}: {e}")),
+        Err(_) => return Err(format!("connecting to {addr} timed out")),
+    };
+    match connect_handshake(stream, &ctx.handshake(Purpose::Probe)).await {
+        Ok((_, peer)) => Ok(peer),
+        Err(e) => Err(super::backup::error_chain(&e)),
+    }
+}
+
+/// The live member of the group with the highest epoch, if any answers.
+pub async fn find_live(ctx: &HaContext) -> Option<(Member, u64)> {
+    let probes = ctx.config.members.iter().map(|m| async move { (m, probe(ctx, &m.cluster).await) });
+    let mut best: Option<(Member, u64)> = None;
+    for (member, answer) in futures::future::join_all(probes).await {
+        match answer {
+            Ok(peer) if peer.role == "live" => {
+                if best.as_ref().is_none_or(|(_, e)| peer.epoch > *e) {
+                    best = Some((member.clone(), peer.epoch));
+                }
+            }
+            Ok(peer) => tracing::debug!(member = %member.name, role = %peer.role, "member is not live"),
+            Err(reason) => tracing::debug!(member = %member.name, %reason, "member did not answer"),
+        }
+    }
+    best
+}

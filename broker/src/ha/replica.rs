@@ -1,0 +1,202 @@
+//! The live's side of replication, one task per backup: it streams the journal's segment
+//! files from the start (the initial sync, read from disk while the live keeps serving,
+//! never loaded whole), then follows every durable append; it reads the backup's acks and
+//! feeds them to the journal's replication gate, which holds receipts back in sync mode.
+//! It decides nothing about roles; on a failback request it reports back and stops.
+
+use super::{HaContext, HaError, LiveTerm};
+use crate::admin::api::{BackupStatus, SyncState};
+use crate::cluster::{ClientPeer, ClusterConn, ClusterFrame, SegmentExtent};
+use crate::journal::{Journal, JournalPosition};
+use std::collections::BTreeSet;
+use std::os::unix::fs::FileExt;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
+
+/// Bytes read and sent per Append frame.
+const CHUNK: usize = 256 * 1024;
+/// Bytes queued before a flush.
+const FLUSH_AT: usize = 1024 * 1024;
+
+/// How a replica task ends.
+#[derive(Debug)]
+pub enum ReplicaEnd {
+    /// The backup left or failed.
+    Gone(String),
+    /// The live is stopping.
+    Stopped,
+    /// Failback: the backup had everything when client traffic stopped and was told to
+    /// activate with this epoch.
+    HandedOver(u64),
+}
+
+/// Streams the journal to one backup until it leaves, the live stops, or it asks for failback.
+pub async fn serve(
+    ctx: &HaContext,
+    term: &LiveTerm,
+    journal: &Journal,
+    conn: &mut ClusterConn<TcpStream>,
+    peer: &ClientPeer,
+    stop: &CancellationToken,
+) -> Result<ReplicaEnd, HaError> {
+    let gate = journal.replication_gate();
+    let replica = gate.register();
+    let result = stream(ctx, term, journal, conn, peer, stop, replica).await;
+    // Whatever happened, a backup that is gone no longer holds the live's receipts.
+    gate.remove(replica);
+    ctx.remove_backup(&peer.node_id);
+    result
+}
+
+async fn stream(
+    ctx: &HaContext,
+    term: &LiveTerm,
+    journal: &Journal,
+    conn: &mut ClusterConn<TcpStream>,
+    peer: &ClientPeer,
+    stop: &CancellationToken,
+    replica: crate::journal::ReplicaId,
+) -> Result<ReplicaEnd, HaError> {
+    let gate = journal.replication_gate();
+    let mut position = journal.position();
+    let target = *position.borrow_and_update();
+    let extents = journal.segments_on_disk().map_err(HaError::Journal)?;
+    let first = extents.first().map(|(s, _)| *s).unwrap_or(target.segment);
+    let hold = journal.hold_segments_from(first);
+    conn.queue(&ClusterFrame::SyncBegin {
+        segments: extents.iter().map(|(seq, len)| SegmentExtent { seq: *seq, len: *len }).collect(),
+    })
+    .map_err(HaError::Cluster)?;
+    conn.queue(&ClusterFrame::SyncEnd { seq: target.segment, len: target.offset }).map_err(HaError::Cluster)?;
+    tracing::info!(backup = %peer.node_id, segments = extents.len(), target_segment = target.segment, target_offset = target.offset, "initial sync started");
+    let mut cursor = (first, 0u64);
+    let mut sent: BTreeSet<u64> = BTreeSet::new();
+    let mut synced = false;
+    let mut acked = (0u64, 0u64);
+    let mut last_heard = Instant::now();
+    let mut last_listing = Instant::now();
+    let check = ctx.config.check_period.get();
+    let ttl = ctx.config.connection_ttl.get();
+    let mut ping = tokio::time::interval(check);
+    let mut handing_over = false;
+    let result = loop {
+        // Send everything durable that the backup does not have yet.
+        let end = *position.borrow_and_update();
+        let mut queued = 0usize;
+        while cursor < (end.segment, end.offset) {
+            let (seq, offset) = cursor;
+            let path = journal.segment_path(seq);
+            let limit = if seq < end.segment {
+                match std::fs::metadata(&path) {
+                    Ok(m) => m.len(),
+                    Err(_) => 0,
+                }
+            } else {
+                end.offset
+            };
+            if offset >= limit {
+                // Done with this segment (or it is gone): on to the next one on disk.
+                let next = journal
+                    .segments_on_disk()
+                    .map_err(HaError::Journal)?
+                    .into_iter()
+                    .map(|(s, _)| s)
+                    .find(|s| *s > seq)
+                    .unwrap_or(end.segment);
+                cursor = (next, 0);
+                hold.advance(next);
+                continue;
+            }
+            let len = ((limit - offset) as usize).min(CHUNK);
+            let mut data = vec![0u8; len];
+            let read = tokio::task::block_in_place(|| {
+                std::fs::File::open(&path).and_then(|f| f.read_exact_at(&mut data, offset))
+            });
+            if let Err(e) = read {
+                return Err(HaError::ReadSegment { path, source: e });
+            }
+            sent.insert(seq);
+            conn.queue(&ClusterFrame::Append { seq, offset, data: data.into() }).map_err(HaError::Cluster)?;
+            cursor = (seq, offset + len as u64);
+            queued += len;
+            if queued >= FLUSH_AT {
+                conn.flush().await.map_err(HaError::Cluster)?;
+                queued = 0;
+            }
+        }
+        // Tell the backup about segments the live reclaimed.
+        if last_listing.elapsed() > Duration::from_secs(1) {
+            last_listing = Instant::now();
+            let on_disk: BTreeSet<u64> =
+                journal.segments_on_disk().map_err(HaError::Journal)?.into_iter().map(|(s, _)| s).collect();
+            let gone: Vec<u64> = sent.iter().copied().filter(|s| *s < cursor.0 && !on_disk.contains(s)).collect();
+            for seq in gone {
+                sent.remove(&seq);
+                conn.queue(&ClusterFrame::Reclaim { seq }).map_err(HaError::Cluster)?;
+            }
+        }
+        if let Err(e) = conn.flush().await {
+            break Ok(ReplicaEnd::Gone(super::backup::error_chain(&e)));
+        }
+        if handing_over && term.clients_stopped.is_cancelled() && acked >= (end.segment, end.offset) {
+            let epoch = ctx.epoch().0 + 1;
+            ctx.arbiter.release();
+            if let Err(e) = conn.send(&ClusterFrame::HandOver { epoch }).await {
+                break Ok(ReplicaEnd::Gone(super::backup::error_chain(&e)));
+            }
+            term.handed_over.cancel();
+            tracing::info!(backup = %peer.node_id, epoch, "handed the live role over");
+            break Ok(ReplicaEnd::HandedOver(epoch));
+        }
+        let lag = if end.segment == acked.0 { end.offset.saturating_sub(acked.1) } else { end.offset };
+        ctx.update_backup(BackupStatus {
+            node: peer.node_id.clone(),
+            state: if synced { SyncState::Synced } else { SyncState::Syncing },
+            lag_bytes: lag,
+            lag_records: end.records.saturating_sub(gate.acked_records(replica)),
+        });
+        tokio::select! {
+            changed = position.changed() => {
+                if changed.is_err() {
+                    break Ok(ReplicaEnd::Stopped);
+                }
+            }
+            frame = conn.recv() => match frame {
+                Ok(Some(ClusterFrame::Ack { seq, offset })) => {
+                    last_heard = Instant::now();
+                    acked = (seq, offset);
+                    if !synced && acked >= (target.segment, target.offset) {
+                        synced = true;
+                        tracing::info!(backup = %peer.node_id, "backup in sync; replication is now synchronous for it");
+                    }
+                    if synced {
+                        gate.acked(replica, JournalPosition { segment: seq, offset, records: 0 }, true);
+                    }
+                }
+                Ok(Some(ClusterFrame::Pong { .. })) => last_heard = Instant::now(),
+                Ok(Some(ClusterFrame::FailbackRequest)) if synced && !handing_over => {
+                    tracing::info!(backup = %peer.node_id, "failback requested: stopping client traffic to hand over");
+                    handing_over = true;
+                    term.step_down.cancel();
+                }
+                Ok(Some(ClusterFrame::Goodbye { reason })) => break Ok(ReplicaEnd::Gone(reason)),
+                Ok(Some(other)) => tracing::debug!(frame = other.name(), "ignoring frame from backup"),
+                Ok(None) => break Ok(ReplicaEnd::Gone("connection closed".into())),
+                Err(e) => break Ok(ReplicaEnd::Gone(super::backup::error_chain(&e))),
+            },
+            _ = ping.tick() => {
+                if last_heard.elapsed() > ttl {
+                    break Ok(ReplicaEnd::Gone(format!("no word from the backup for {ttl:?}")));
+                }
+                let at = u64::try_from(last_heard.elapsed().as_millis()).unwrap_or(u64::MAX);
+                if conn.send(&ClusterFrame::Ping { at }).await.is_err() {
+                    break Ok(ReplicaEnd::Gone("failed to ping".into()));
+                }
+            }
+            _ = term.clients_stopped.cancelled(), if handing_over && !term.clients_stopped.is_cancelled() => {}
+            _ = stop.cancelled(), if !handing_over => break Ok(ReplicaEnd::Stopped),
+        }
+    };
+    result
+}

@@ -1,0 +1,263 @@
+//! What the journal offers replication: the durable end position (a watch that the
+//! writer advances after every group commit), holds that keep segments a backup still
+//! needs from being reclaimed, and the gate that keeps append waiters from completing
+//! until every synced backup has the batch (synchronous replication). No network here.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::sync::Arc;
+
+use parking_lot::Mutex;
+use tokio::sync::oneshot;
+
+use super::JournalError;
+
+/// A place in the journal: segment sequence and byte offset, plus how many records the
+/// journal holds up to there (for lag reporting).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct JournalPosition {
+    pub segment: u64,
+    pub offset: u64,
+    pub records: u64,
+}
+
+impl JournalPosition {
+    pub fn at(&self) -> (u64, u64) {
+        (self.segment, self.offset)
+    }
+}
+
+/// Identifies a backup in the gate.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub struct ReplicaId(u64);
+
+type Waiters = Vec<oneshot::Sender<Result<(), JournalError>>>;
+
+#[derive(Default)]
+struct GateState {
+    next_id: u64,
+    /// Backups and what they have acknowledged; `None` until they are in sync (a backup
+    /// still copying must not hold the live up).
+    replicas: BTreeMap<ReplicaId, Option<(u64, u64)>>,
+    /// Batches written locally, waiting for the synced backups.
+    waiting: VecDeque<((u64, u64), Waiters)>,
+    /// Recent batch ends and the record count there.
+    history: VecDeque<((u64, u64), u64)>,
+}
+
+/// Holds append completions back until every synced backup has acknowledged them.
+#[derive(Default)]
+pub struct ReplicationGate {
+    state: Mutex<GateState>,
+    /// With `false` (async replication) nothing is ever held.
+    pub(super) synchronous: std::sync::atomic::AtomicBool,
+}
+
+impl ReplicationGate {
+    pub fn new(synchronous: bool) -> ReplicationGate {
+        ReplicationGate { state: Mutex::new(GateState::default()), synchronous: synchronous.into() }
+    }
+
+    pub fn set_synchronous(&self, synchronous: bool) {
+        self.synchronous.store(synchronous, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// A backup connected (not in sync yet).
+    pub fn register(&self) -> ReplicaId {
+        let mut st = self.state.lock();
+        st.next_id += 1;
+        let id = ReplicaId(st.next_id);
+        st.replicas.insert(id, None);
+        id
+    }
+
+    /// A backup acknowledged everything up to `at`; `synced` once it has caught up.
+    pub fn acked(&self, id: ReplicaId, at: JournalPosition, synced: bool) {
+        let mut st = self.state.lock();
+        if let Some(slot) = st.replicas.get_mut(&id) {
+            if synced {
+                *slot = Some(slot.map_or(at.at(), |prev| prev.max(at.at())));
+            }
+        }
+        Self::release(&mut st);
+    }
+
+    /// A backup left: the live carries on without it.
+    pub fn remove(&self, id: ReplicaId) {
+        let mut st = self.state.lock();
+        st.replicas.remove(&id);
+        Self::release(&mut st);
+    }
+
+    /// Backups in sync right now.
+    pub fn synced(&self) -> usize {
+        self.state.lock().replicas.values().filter(|v| v.is_some()).count()
+    }
+
+    /// Records the backup has acknowledged (0 before it is in sync).
+    pub fn acked_records(&self, id: ReplicaId) -> u64 {
+        let st = self.state.lock();
+        let Some(Some(at)) = st.replicas.get(&id) else { return 0 };
+        st.history.iter().rev().find(|(end, _)| end <= at).map_or(0, |(_, r)| *r)
+    }
+
+    /// The writer's hand-off after a batch is durable locally: completes the waiters now
+    /// if no synced backup must confirm them, else holds them.
+    pub(super) fn complete_or_hold(&self, end: JournalPosition, waiters: Waiters) {
+        let mut st = self.state.lock();
+        st.history.push_back((end.at(), end.records));
+        if st.history.len() > 4096 {
+            st.history.pop_front();
+        }
+        let hold = self.synchronous.load(std::sync::atomic::Ordering::Relaxed)
+            && st.replicas.values().any(|v| v.is_some());
+        if !hold && st.waiting.is_empty() {
+            drop(st);
+            for w in waiters {
+                let _ = w.send(Ok(()));
+            }
+            return;
+        }
+        st.waiting.push_back((end.at(), waiters));
+        Self::release(&mut st);
+    }
+
+    fn release(st: &mut GateState) {
+        let floor = st.replicas.values().flatten().min().copied();
+        while let Some((end, _)) = st.waiting.front() {
+            let done = match floor {
+                None => true,
+                Some(f) => *end <= f,
+            };
+            if !done {
+                break;
+            }
+            if let Some((_, waiters)) = st.waiting.pop_front() {
+                for w in waiters {
+                    let _ = w.send(Ok(()));
+                }
+            }
+        }
+    }
+}
+
+/// What the writer shares with replication.
+pub(super) struct Shared {
+    pub(super) gate: ReplicationGate,
+    pub(super) holds: Arc<Holds>,
+    pub(super) position: tokio::sync::watch::Sender<JournalPosition>,
+}
+
+impl Shared {
+    pub(super) fn new(start: JournalPosition) -> Shared {
+        Shared {
+            gate: ReplicationGate::new(true),
+            holds: Arc::new(Holds::default()),
+            position: tokio::sync::watch::Sender::new(start),
+        }
+    }
+}
+
+/// Segments a backup still needs; the writer reclaims none at or after the lowest hold.
+#[derive(Default)]
+pub struct Holds {
+    next: Mutex<(u64, BTreeMap<u64, u64>)>,
+}
+
+impl Holds {
+    /// The lowest held segment, if any hold exists.
+    pub fn floor(&self) -> Option<u64> {
+        self.next.lock().1.values().min().copied()
+    }
+}
+
+/// Keeps segments from `seq` on; moves forward with [`SegmentHold::advance`]; released on drop.
+pub struct SegmentHold {
+    holds: Arc<Holds>,
+    id: u64,
+}
+
+impl SegmentHold {
+    pub(super) fn new(holds: &Arc<Holds>, seq: u64) -> SegmentHold {
+        let mut g = holds.next.lock();
+        g.0 += 1;
+        let id = g.0;
+        g.1.insert(id, seq);
+        SegmentHold { holds: Arc::clone(holds), id }
+    }
+
+    pub fn advance(&self, seq: u64) {
+        if let Some(s) = self.holds.next.lock().1.get_mut(&self.id) {
+            *s = (*s).max(seq);
+        }
+    }
+}
+
+impl Drop for SegmentHold {
+    fn drop(&mut self) {
+        self.holds.next.lock().1.remove(&self.id);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn pos(segment: u64, offset: u64) -> JournalPosition {
+        JournalPosition { segment, offset, records: 0 }
+    }
+
+    fn waiter() -> (Waiters, oneshot::Receiver<Result<(), JournalError>>) {
+        let (tx, rx) = oneshot::channel();
+        (vec![tx], rx)
+    }
+
+    #[test]
+    fn given_no_synced_backup_should_complete_at_once() {
+        let gate = ReplicationGate::new(true);
+        let _syncing = gate.register();
+        let (w, mut rx) = waiter();
+        gate.complete_or_hold(pos(1, 100), w);
+        assert!(rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn given_synced_backup_should_hold_until_acked_and_release_when_it_leaves() {
+        let gate = ReplicationGate::new(true);
+        let b = gate.register();
+        gate.acked(b, pos(1, 50), true);
+        let (w1, mut rx1) = waiter();
+        let (w2, mut rx2) = waiter();
+        gate.complete_or_hold(pos(1, 100), w1);
+        gate.complete_or_hold(pos(1, 200), w2);
+        assert!(rx1.try_recv().is_err());
+        gate.acked(b, pos(1, 100), true);
+        assert!(rx1.try_recv().is_ok());
+        assert!(rx2.try_recv().is_err());
+        gate.remove(b);
+        assert!(rx2.try_recv().is_ok(), "a live whose backup left carries on alone");
+    }
+
+    #[test]
+    fn given_async_replication_should_never_hold() {
+        let gate = ReplicationGate::new(false);
+        let b = gate.register();
+        gate.acked(b, pos(1, 0), true);
+        let (w, mut rx) = waiter();
+        gate.complete_or_hold(pos(2, 10), w);
+        assert!(rx.try_recv().is_ok());
+    }
+
+    #[test]
+    fn given_holds_should_report_lowest_until_dropped() {
+        let holds = Arc::new(Holds::default());
+        let a = SegmentHold::new(&holds, 3);
+        let b = SegmentHold::new(&holds, 5);
+        assert_eq!(holds.floor(), Some(3));
+        a.advance(7);
+        assert_eq!(holds.floor(), Some(5));
+        drop(b);
+        assert_eq!(holds.floor(), Some(7));
+        drop(a);
+        assert_eq!(holds.floor(), None);
+    }
+}
