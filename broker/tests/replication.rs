@@ -1,0 +1,261 @@
+//! Live/backup replication with real processes on loopback: failover under load after
+//! kill -9 (repeated), restart of a former live as backup, failback, and refusal of a
+//! backup with the wrong cluster password or group name.
+
+mod common;
+
+use common::{free_port, http_get};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a role change may take (detection, arbiter, journal recovery).
+const ROLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+struct Member {
+    name: String,
+    dir: PathBuf,
+    stomp: u16,
+    admin: u16,
+    cluster: u16,
+    child: Option<Child>,
+}
+
+impl Member {
+    fn new(root: &Path, name: &str) -> Member {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).unwrap();
+        Member { name: name.into(), dir, stomp: free_port(), admin: free_port(), cluster: free_port(), child: None }
+    }
+
+    fn stomp_addr(&self) -> String {
+        format!("127.0.0.1:{}", self.stomp)
+    }
+
+    /// Writes the config (peers, password file, arbiter) and starts the process.
+    fn start(&mut self, peers: &[&Member], role: &str, extra: &str, root: &Path, group: &str, password_file: &str) {
+        let members: String = peers
+            .iter()
+            .map(|p| format!("    - name: {}\n      cluster: 127.0.0.1:{}\n      stomp: 127.0.0.1:{}\n", p.name, p.cluster, p.stomp))
+            .collect();
+        let config = format!(
+            "node:\n  id: {name}\nstomp:\n  listen: 127.0.0.1:{stomp}\nadmin:\n  listen: 127.0.0.1:{admin}\nstorage:\n  dataDir: {data}\n\
+             ha:\n  policy: replication\n  role: {role}\n  groupName: {group}\n  checkPeriod: 100ms\n  connectionTtl: 1s\n  cluster:\n    listen: 127.0.0.1:{cluster}\n    passwordFile: {pw}\n  members:\n{members}  arbiter:\n    kind: fileLock\n    lockFile: {lock}\n{extra}",
+            name = self.name,
+            stomp = self.stomp,
+            admin = self.admin,
+            data = self.dir.join("data").display(),
+            cluster = self.cluster,
+            pw = root.join(password_file).display(),
+            lock = root.join("live.lock").display(),
+        );
+        let path = self.dir.join("broker.yaml");
+        std::fs::write(&path, config).unwrap();
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
+        self.child = Some(
+            Command::new(env!("CARGO_BIN_EXE_duomq-broker"))
+                .args(["run", "--config"])
+                .arg(&path)
+                .env("RUST_LOG", "duomq_broker=debug,info")
+                .stdout(Stdio::null())
+                .stderr(log)
+                .spawn()
+                .expect("spawn broker"),
+        );
+    }
+
+    fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    fn status(&self) -> Option<serde_json::Value> {
+        let (code, body) = http_get(self.admin, "/status").ok()?;
+        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+    }
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
+    }
+
+    /// Polls /status until `check` holds.
+    fn wait_for(&self, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + ROLE_TIMEOUT;
+        loop {
+            if let Some(s) = self.status() {
+                if check(&s) {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("{} never became {what} within {ROLE_TIMEOUT:?}; status {:?}\nlog:\n{}", self.name, self.status(), self.log());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    fn wait_live(&self) {
+        self.wait_for("live", |s| s["role"] == "live");
+    }
+
+    fn wait_synced_backup(&self) {
+        self.wait_for("a synced backup", |s| s["role"] == "backup" && s["ha"]["sync"]["state"] == "synced");
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("--- {} log ---\n{}", self.name, self.log());
+        }
+    }
+}
+
+struct Pair {
+    root: tempfile::TempDir,
+    a: Member,
+    b: Member,
+}
+
+impl Pair {
+    fn new(extra_a: &str) -> Pair {
+        let root = tempfile::Builder::new().prefix("duomq-pair-").tempdir().unwrap();
+        std::fs::write(root.path().join("password"), "a-long-random-cluster-password\n").unwrap();
+        let mut a = Member::new(root.path(), "node-a");
+        let mut b = Member::new(root.path(), "node-b");
+        a.start(&[&b], "primary", extra_a, root.path(), "g1", "password");
+        a.wait_live();
+        b.start(&[&a], "backup", "", root.path(), "g1", "password");
+        b.wait_synced_backup();
+        Pair { root, a, b }
+    }
+
+    fn failover_url(&self) -> String {
+        format!(
+            "failover:(stomp://{},stomp://{})?initialReconnectDelay=10ms&maxReconnectDelay=200ms&maxReconnectAttempts=-1",
+            self.a.stomp_addr(),
+            self.b.stomp_addr()
+        )
+    }
+
+    fn restart(&mut self, which: char, role: &str, extra: &str) {
+        let root = self.root.path().to_path_buf();
+        let (me, other) = if which == 'a' { (&mut self.a, &self.b) } else { (&mut self.b, &self.a) };
+        me.kill9();
+        me.start(&[other], role, extra, &root, "g1", "password");
+    }
+}
+
+fn cli(args: &[&str]) -> Command {
+    let mut c = Command::new(env!("CARGO_BIN_EXE_duomq-broker"));
+    c.args(args).env_remove("RUST_BACKTRACE");
+    c
+}
+
+#[test]
+fn given_live_killed_under_load_ten_times_should_fail_over_and_lose_nothing_receipted() {
+    let mut pair = Pair::new("");
+    let url = pair.failover_url();
+    const PER_ROUND: usize = 3000;
+    const ROUNDS: usize = 10;
+    for round in 0..ROUNDS {
+        let (live, backup) = if pair.a.status().is_some_and(|s| s["role"] == "live") { ('a', 'b') } else { ('b', 'a') };
+        let mut producer = cli(&[
+            "send", "--url", &url, "--destination", "/queue/failover", "--count", &PER_ROUND.to_string(),
+            "--size", "256", "--persistent", "--receipts", "--window", "16",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn producer");
+        // Kill the live once the producer is well under way.
+        let live_member = if live == 'a' { &pair.a } else { &pair.b };
+        let started = Instant::now();
+        live_member.wait_for("busy", |s| {
+            s["queues"].as_array().and_then(|q| q.iter().find(|q| q["name"] == "/queue/failover")).is_some_and(|q| {
+                q["enqueuedTotal"].as_u64().unwrap_or(0) >= ((round * PER_ROUND) + PER_ROUND / 3) as u64
+            }) || started.elapsed() > Duration::from_secs(20)
+        });
+        if live == 'a' { pair.a.kill9() } else { pair.b.kill9() }
+        let survivor = if backup == 'a' { &pair.a } else { &pair.b };
+        survivor.wait_live();
+        // The former live comes back as the new backup.
+        pair.restart(live, "backup", "");
+        let back = if live == 'a' { &pair.a } else { &pair.b };
+        back.wait_synced_backup();
+        let out = producer.wait_with_output().expect("producer finished");
+        let report = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "producer failed in round {round}: {report}");
+        println!("round {round}: killed {live}; producer: {}", report.lines().last().unwrap_or_default());
+    }
+    let activations = pair.a.log().matches("activating: this backup becomes live").count()
+        + pair.b.log().matches("activating: this backup becomes live").count();
+    assert_eq!(activations, ROUNDS, "every kill made the backup activate");
+    let total = PER_ROUND * ROUNDS;
+    let out = cli(&["receive", "--url", &url, "--destination", "/queue/failover", "--count", &total.to_string(), "--timeout", "10s"])
+        .output()
+        .expect("run consumer");
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "consumer did not get every receipted message: {summary}");
+    assert!(summary.contains(&format!("received {total} messages")), "{summary}");
+    assert!(summary.contains(" 0 duplicates"), "a resent message was stored twice: {summary}");
+}
+
+#[test]
+fn given_former_live_restarted_should_come_back_as_backup_or_take_the_role_back_with_failback() {
+    let mut pair = Pair::new("");
+    let url = pair.failover_url();
+    let send = |n: &str, q: &str| {
+        let out = cli(&["send", "--url", &url, "--destination", q, "--count", n, "--persistent", "--receipts", "--window", "8"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    };
+    send("200", "/queue/fb");
+    pair.a.kill9();
+    pair.b.wait_live();
+    send("100", "/queue/fb");
+    // Without failback the former live stays a backup.
+    pair.restart('a', "primary", "");
+    pair.a.wait_synced_backup();
+    assert_eq!(pair.b.status().unwrap()["role"], "live");
+    // With failback it takes the role back once in sync, and the other steps down.
+    pair.restart('a', "primary", "  allowFailback: true\n");
+    pair.a.wait_live();
+    pair.b.wait_synced_backup();
+    let epoch = pair.a.status().unwrap()["ha"]["epoch"].as_u64().unwrap();
+    assert!(epoch >= 3, "every change of live raises the epoch: {epoch}");
+    let out = cli(&["receive", "--url", &url, "--destination", "/queue/fb", "--count", "300", "--timeout", "5s"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn given_backup_with_wrong_password_or_group_should_be_refused_and_both_sides_log_why() {
+    let root = tempfile::Builder::new().prefix("duomq-refuse-").tempdir().unwrap();
+    std::fs::write(root.path().join("password"), "the-right-password\n").unwrap();
+    std::fs::write(root.path().join("wrong"), "a-wrong-password\n").unwrap();
+    let mut a = Member::new(root.path(), "node-a");
+    let mut b = Member::new(root.path(), "node-b");
+    a.start(&[&b], "primary", "", root.path(), "g1", "password");
+    a.wait_live();
+    b.start(&[&a], "backup", "", root.path(), "g1", "wrong");
+    let deadline = Instant::now() + ROLE_TIMEOUT;
+    while !b.log().contains("cluster password") {
+        assert!(Instant::now() < deadline, "backup never reported the refusal:\n{}", b.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_ne!(b.status().unwrap()["ha"]["sync"]["state"], "synced");
+    assert!(a.log().contains("refused a cluster connection"), "live logs why:\n{}", a.log());
+    b.kill9();
+    // Same password, another group: refused too, naming both groups.
+    b.start(&[&a], "backup", "", root.path(), "g2", "password");
+    let deadline = Instant::now() + ROLE_TIMEOUT;
+    while !(b.log().contains("g1") && b.log().contains("g2") && a.log().contains("group")) {
+        assert!(Instant::now() < deadline, "group mismatch not reported:\nB:\n{}\nA:\n{}", b.log(), a.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(a.status().unwrap()["ha"]["backups"].as_array().map(Vec::len), Some(0));
+}
