@@ -163,7 +163,7 @@ fn given_live_killed_under_load_ten_times_should_fail_over_and_lose_nothing_rece
     const ROUNDS: usize = 10;
     for round in 0..ROUNDS {
         let (live, backup) = if pair.a.status().is_some_and(|s| s["role"] == "live") { ('a', 'b') } else { ('b', 'a') };
-        let mut producer = cli(&[
+        let producer = cli(&[
             "send", "--url", &url, "--destination", "/queue/failover", "--count", &PER_ROUND.to_string(),
             "--size", "256", "--persistent", "--receipts", "--window", "16",
         ])
