@@ -147,7 +147,9 @@ where
                     .give_up(&node_id, HandshakeError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: version })
                     .await);
             }
-            if group != config.group {
+            // Only replication pairs members of one group; probes and votes cross groups
+            // (a cluster shares one password).
+            if config.purpose == Purpose::Replicate && group != config.group {
                 return Err(ex
                     .give_up(&node_id, HandshakeError::GroupMismatch { ours: config.group.clone(), theirs: group })
                     .await);
@@ -219,16 +221,17 @@ where
             .refuse(&client_node, HandshakeError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: version })
             .await);
     }
-    if group != config.group {
+    if purpose == Purpose::Replicate && group != config.group {
         return Err(ex
             .refuse(&client_node, HandshakeError::GroupMismatch { ours: config.group.clone(), theirs: group })
             .await);
     }
 
     let server_nonce = auth::new_nonce();
+    // The transcript binds the client's group: the one the client claims and proves.
     let transcript = Transcript {
         version: PROTOCOL_VERSION,
-        group: &config.group,
+        group: &group,
         purpose,
         client_node: &client_node,
         client_epoch,

@@ -463,3 +463,23 @@ mod tests {
         assert_eq!(users[1].password, "p:w");
     }
 }
+
+#[cfg(test)]
+mod example_tests {
+    use super::*;
+
+    /// The configs in broker/examples are documentation; they must stay valid.
+    #[test]
+    fn given_example_configs_should_all_load() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("examples");
+        let mut seen = 0;
+        for entry in std::fs::read_dir(&dir).expect("examples dir") {
+            let path = entry.expect("entry").path();
+            if path.extension().is_some_and(|e| e == "yaml") {
+                BrokerConfig::load(Some(&path), Vec::new(), &[]).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+                seen += 1;
+            }
+        }
+        assert!(seen >= 8, "expected the pair and three-pair examples, found {seen}");
+    }
+}
