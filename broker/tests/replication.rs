@@ -4,115 +4,9 @@
 
 mod common;
 
-use common::{free_port, http_get};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use common::cluster::{Member, ROLE_TIMEOUT};
+use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
-
-/// How long a role change may take (detection, arbiter, journal recovery).
-const ROLE_TIMEOUT: Duration = Duration::from_secs(30);
-
-struct Member {
-    name: String,
-    dir: PathBuf,
-    stomp: u16,
-    admin: u16,
-    cluster: u16,
-    child: Option<Child>,
-}
-
-impl Member {
-    fn new(root: &Path, name: &str) -> Member {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        Member { name: name.into(), dir, stomp: free_port(), admin: free_port(), cluster: free_port(), child: None }
-    }
-
-    fn stomp_addr(&self) -> String {
-        format!("127.0.0.1:{}", self.stomp)
-    }
-
-    /// Writes the config (peers, password file, arbiter) and starts the process.
-    fn start(&mut self, peers: &[&Member], role: &str, extra: &str, root: &Path, group: &str, password_file: &str) {
-        let members: String = peers
-            .iter()
-            .map(|p| format!("    - name: {}\n      cluster: 127.0.0.1:{}\n      stomp: 127.0.0.1:{}\n", p.name, p.cluster, p.stomp))
-            .collect();
-        let config = format!(
-            "node:\n  id: {name}\nstomp:\n  listen: 127.0.0.1:{stomp}\nadmin:\n  listen: 127.0.0.1:{admin}\nstorage:\n  dataDir: {data}\n\
-             ha:\n  policy: replication\n  role: {role}\n  groupName: {group}\n  checkPeriod: 100ms\n  connectionTtl: 1s\n  cluster:\n    listen: 127.0.0.1:{cluster}\n    passwordFile: {pw}\n  members:\n{members}  arbiter:\n    kind: fileLock\n    lockFile: {lock}\n{extra}",
-            name = self.name,
-            stomp = self.stomp,
-            admin = self.admin,
-            data = self.dir.join("data").display(),
-            cluster = self.cluster,
-            pw = root.join(password_file).display(),
-            lock = root.join("live.lock").display(),
-        );
-        let path = self.dir.join("broker.yaml");
-        std::fs::write(&path, config).unwrap();
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).unwrap();
-        self.child = Some(
-            Command::new(env!("CARGO_BIN_EXE_duomq-broker"))
-                .args(["run", "--config"])
-                .arg(&path)
-                .env("RUST_LOG", "duomq_broker=debug,info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn broker"),
-        );
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
-    }
-
-    fn status(&self) -> Option<serde_json::Value> {
-        let (code, body) = http_get(self.admin, "/status").ok()?;
-        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
-    }
-
-    /// Polls /status until `check` holds.
-    fn wait_for(&self, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
-        let deadline = Instant::now() + ROLE_TIMEOUT;
-        loop {
-            if let Some(s) = self.status() {
-                if check(&s) {
-                    return;
-                }
-            }
-            if Instant::now() > deadline {
-                panic!("{} never became {what} within {ROLE_TIMEOUT:?}; status {:?}\nlog:\n{}", self.name, self.status(), self.log());
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-    }
-
-    fn wait_live(&self) {
-        self.wait_for("live", |s| s["role"] == "live");
-    }
-
-    fn wait_synced_backup(&self) {
-        self.wait_for("a synced backup", |s| s["role"] == "backup" && s["ha"]["sync"]["state"] == "synced");
-    }
-}
-
-impl Drop for Member {
-    fn drop(&mut self) {
-        self.kill9();
-        if std::thread::panicking() {
-            eprintln!("--- {} log ---\n{}", self.name, self.log());
-        }
-    }
-}
 
 struct Pair {
     root: tempfile::TempDir,
@@ -126,9 +20,9 @@ impl Pair {
         std::fs::write(root.path().join("password"), "a-long-random-cluster-password\n").unwrap();
         let mut a = Member::new(root.path(), "node-a");
         let mut b = Member::new(root.path(), "node-b");
-        a.start(&[&b], "primary", extra_a, root.path(), "g1", "password");
+        a.start(&[b.peer()], "primary", extra_a, root.path(), "g1", "password");
         a.wait_live();
-        b.start(&[&a], "backup", "", root.path(), "g1", "password");
+        b.start(&[a.peer()], "backup", "", root.path(), "g1", "password");
         b.wait_synced_backup();
         Pair { root, a, b }
     }
@@ -145,7 +39,7 @@ impl Pair {
         let root = self.root.path().to_path_buf();
         let (me, other) = if which == 'a' { (&mut self.a, &self.b) } else { (&mut self.b, &self.a) };
         me.kill9();
-        me.start(&[other], role, extra, &root, "g1", "password");
+        me.start(&[other.peer()], role, extra, &root, "g1", "password");
     }
 }
 
@@ -239,9 +133,9 @@ fn given_backup_with_wrong_password_or_group_should_be_refused_and_both_sides_lo
     std::fs::write(root.path().join("wrong"), "a-wrong-password\n").unwrap();
     let mut a = Member::new(root.path(), "node-a");
     let mut b = Member::new(root.path(), "node-b");
-    a.start(&[&b], "primary", "", root.path(), "g1", "password");
+    a.start(&[b.peer()], "primary", "", root.path(), "g1", "password");
     a.wait_live();
-    b.start(&[&a], "backup", "", root.path(), "g1", "wrong");
+    b.start(&[a.peer()], "backup", "", root.path(), "g1", "wrong");
     let deadline = Instant::now() + ROLE_TIMEOUT;
     while !b.log().contains("cluster password") {
         assert!(Instant::now() < deadline, "backup never reported the refusal:\n{}", b.log());
@@ -251,7 +145,7 @@ fn given_backup_with_wrong_password_or_group_should_be_refused_and_both_sides_lo
     assert!(a.log().contains("refused a cluster connection"), "live logs why:\n{}", a.log());
     b.kill9();
     // Same password, another group: refused too, naming both groups.
-    b.start(&[&a], "backup", "", root.path(), "g2", "password");
+    b.start(&[a.peer()], "backup", "", root.path(), "g2", "password");
     let deadline = Instant::now() + ROLE_TIMEOUT;
     while !(b.log().contains("g1") && b.log().contains("g2") && a.log().contains("group")) {
         assert!(Instant::now() < deadline, "group mismatch not reported:\nB:\n{}\nA:\n{}", b.log(), a.log());

@@ -3,6 +3,8 @@
 //! named timeouts; nothing sleeps for synchronisation.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use bytes::BytesMut;
 use duomq_broker::stomp::{Command, Frame, Inbound, Limits, StompCodec, Version};
 use std::io::{Read, Write};

@@ -1,0 +1,162 @@
+//! Members of replicated groups as real processes: fixed ports chosen once so peers can
+//! name each other across restarts, an optional network namespace for partition tests,
+//! and polling of `/status` with a named timeout.
+
+use super::{free_port, http_get};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// How long a role change may take (detection, arbiter, journal recovery).
+pub const ROLE_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// How a member is named in its peers' configs.
+#[derive(Debug, Clone)]
+pub struct Peer {
+    pub name: String,
+    pub cluster: String,
+    pub stomp: String,
+}
+
+pub struct Member {
+    pub name: String,
+    pub dir: PathBuf,
+    /// Address every listener of this member binds.
+    pub ip: String,
+    /// Run inside this network namespace (`ip netns exec`).
+    pub netns: Option<String>,
+    pub stomp: u16,
+    pub admin: u16,
+    pub cluster: u16,
+    /// The `arbiter:` block (indented for `ha:`); a shared lock file by default.
+    pub arbiter: String,
+    child: Option<Child>,
+}
+
+impl Member {
+    pub fn new(root: &Path, name: &str) -> Member {
+        let dir = root.join(name);
+        std::fs::create_dir_all(&dir).expect("member dir");
+        Member {
+            name: name.into(),
+            dir,
+            ip: "127.0.0.1".into(),
+            netns: None,
+            stomp: free_port(),
+            admin: free_port(),
+            cluster: free_port(),
+            arbiter: format!("  arbiter:\n    kind: fileLock\n    lockFile: {}\n", root.join("live.lock").display()),
+            child: None,
+        }
+    }
+
+    pub fn peer(&self) -> Peer {
+        Peer { name: self.name.clone(), cluster: self.cluster_addr(), stomp: self.stomp_addr() }
+    }
+
+    pub fn stomp_addr(&self) -> String {
+        format!("{}:{}", self.ip, self.stomp)
+    }
+
+    pub fn cluster_addr(&self) -> String {
+        format!("{}:{}", self.ip, self.cluster)
+    }
+
+    /// Writes the config (peers, password file, arbiter) and starts the process.
+    pub fn start(&mut self, peers: &[Peer], role: &str, extra: &str, root: &Path, group: &str, password_file: &str) {
+        let members: String = peers
+            .iter()
+            .map(|p| format!("    - name: {}\n      cluster: {}\n      stomp: {}\n", p.name, p.cluster, p.stomp))
+            .collect();
+        let config = format!(
+            "node:\n  id: {name}\nstomp:\n  listen: {ip}:{stomp}\nadmin:\n  listen: {ip}:{admin}\nstorage:\n  dataDir: {data}\n\
+             ha:\n  policy: replication\n  role: {role}\n  groupName: {group}\n  checkPeriod: 100ms\n  connectionTtl: 1s\n  cluster:\n    listen: {ip}:{cluster}\n    passwordFile: {pw}\n  members:\n{members}{arbiter}{extra}",
+            name = self.name,
+            ip = self.ip,
+            stomp = self.stomp,
+            admin = self.admin,
+            data = self.dir.join("data").display(),
+            cluster = self.cluster,
+            pw = root.join(password_file).display(),
+            arbiter = self.arbiter,
+        );
+        let path = self.dir.join("broker.yaml");
+        std::fs::write(&path, config).expect("write config");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).expect("log");
+        let mut command = match &self.netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(env!("CARGO_BIN_EXE_duomq-broker"));
+                c
+            }
+            None => Command::new(env!("CARGO_BIN_EXE_duomq-broker")),
+        };
+        command.args(["run", "--config"]).arg(&path).env("RUST_LOG", "duomq_broker=debug,info").stdout(Stdio::null()).stderr(log);
+        self.child = Some(command.spawn().expect("spawn broker"));
+    }
+
+    pub fn kill9(&mut self) {
+        if let Some(mut c) = self.child.take() {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+    }
+
+    pub fn status(&self) -> Option<serde_json::Value> {
+        let (code, body) = http_get_at(&self.ip, self.admin, "/status").ok()?;
+        (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
+    }
+
+    pub fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
+    }
+
+    /// Polls /status until `check` holds.
+    pub fn wait_for(&self, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
+        let deadline = Instant::now() + ROLE_TIMEOUT;
+        loop {
+            if let Some(s) = self.status() {
+                if check(&s) {
+                    return;
+                }
+            }
+            if Instant::now() > deadline {
+                panic!("{} never became {what} within {ROLE_TIMEOUT:?}; status {:?}\nlog:\n{}", self.name, self.status(), self.log());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
+    pub fn wait_live(&self) {
+        self.wait_for("live", |s| s["role"] == "live");
+    }
+
+    pub fn wait_synced_backup(&self) {
+        self.wait_for("a synced backup", |s| s["role"] == "backup" && s["ha"]["sync"]["state"] == "synced");
+    }
+}
+
+impl Drop for Member {
+    fn drop(&mut self) {
+        self.kill9();
+        if std::thread::panicking() {
+            eprintln!("--- {} log ---\n{}", self.name, self.log());
+        }
+    }
+}
+
+fn http_get_at(ip: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    if ip == "127.0.0.1" {
+        return http_get(port, path);
+    }
+    use std::io::{Read, Write};
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().map_err(std::io::Error::other)?;
+    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
+    s.set_read_timeout(Some(Duration::from_secs(2)))?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
+    let mut text = String::new();
+    s.read_to_string(&mut text)?;
+    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
+    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
+    Ok((code, body))
+}
