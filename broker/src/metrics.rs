@@ -2,6 +2,7 @@
 //! Labels stay low-cardinality: per-queue gauges are filled at scrape time from the
 //! engine's snapshot, never updated per message.
 
+use crate::admin::api::{HaStatus, SyncState};
 use crate::engine::queue::QueueSnapshot;
 use crate::journal::JournalMetrics;
 use parking_lot::Mutex;
@@ -31,6 +32,11 @@ pub struct Metrics {
     queue_depth: Family<QueueLabels, Gauge>,
     queue_in_flight: Family<QueueLabels, Gauge>,
     queue_consumers: Family<QueueLabels, Gauge>,
+    ha_epoch: Gauge,
+    ha_live: Gauge,
+    ha_backups_synced: Gauge,
+    ha_alone: Gauge,
+    ha_lag_bytes: Gauge,
 }
 
 impl Metrics {
@@ -52,6 +58,11 @@ impl Metrics {
             queue_depth: Family::default(),
             queue_in_flight: Family::default(),
             queue_consumers: Family::default(),
+            ha_epoch: Gauge::default(),
+            ha_live: Gauge::default(),
+            ha_backups_synced: Gauge::default(),
+            ha_alone: Gauge::default(),
+            ha_lag_bytes: Gauge::default(),
             registry: Mutex::new(Registry::default()),
         };
         registry.register("duomq_messages_in", "Messages accepted from producers", m.messages_in.clone());
@@ -71,12 +82,33 @@ impl Metrics {
         registry.register("duomq_queue_depth", "Messages waiting for a consumer", m.queue_depth.clone());
         registry.register("duomq_queue_in_flight", "Messages delivered, not yet acknowledged", m.queue_in_flight.clone());
         registry.register("duomq_queue_consumers", "Consumers per queue", m.queue_consumers.clone());
+        registry.register("duomq_ha_epoch", "The group's epoch as this member knows it", m.ha_epoch.clone());
+        registry.register("duomq_ha_live", "1 while this member is the group's live", m.ha_live.clone());
+        registry.register("duomq_ha_backups_synced", "Backups in sync with this live", m.ha_backups_synced.clone());
+        registry.register("duomq_ha_alone", "1 while this live has no backup in sync (writes not replicated)", m.ha_alone.clone());
+        registry.register(
+            "duomq_ha_replication_lag_bytes",
+            "Bytes of journal not yet confirmed: a backup's own lag, or a live's largest backup lag",
+            m.ha_lag_bytes.clone(),
+        );
         *m.registry.lock() = registry;
         (m, journal)
     }
 
     /// Renders the text exposition, refreshing the per-queue gauges first.
-    pub fn render(&self, queues: &[QueueSnapshot], memory_used: usize) -> String {
+    pub fn render(&self, queues: &[QueueSnapshot], memory_used: usize, ha: Option<&HaStatus>) -> String {
+        if let Some(ha) = ha {
+            let is_live = ha.sync.is_none();
+            self.ha_epoch.set(ha.epoch as i64);
+            self.ha_live.set(i64::from(is_live));
+            self.ha_backups_synced.set(ha.backups.iter().filter(|b| b.state == SyncState::Synced).count() as i64);
+            self.ha_alone.set(i64::from(ha.alone));
+            let lag = match &ha.sync {
+                Some(sync) => sync.lag_bytes,
+                None => ha.backups.iter().map(|b| b.lag_bytes).max().unwrap_or(0),
+            };
+            self.ha_lag_bytes.set(lag as i64);
+        }
         self.queue_depth.clear();
         self.queue_in_flight.clear();
         self.queue_consumers.clear();

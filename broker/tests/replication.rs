@@ -101,6 +101,10 @@ fn given_live_killed_under_load_ten_times_should_fail_over_and_lose_nothing_rece
 #[test]
 fn given_former_live_restarted_should_come_back_as_backup_or_take_the_role_back_with_failback() {
     let mut pair = Pair::new("");
+    let (_, metrics) = common::http_get(pair.a.admin, "/metrics").unwrap();
+    for line in ["duomq_ha_live 1", "duomq_ha_backups_synced 1", "duomq_ha_alone 0", "duomq_ha_epoch 1"] {
+        assert!(metrics.contains(line), "live metrics lack {line}:\n{metrics}");
+    }
     let url = pair.failover_url();
     let send = |n: &str, q: &str| {
         let out = cli(&["send", "--url", &url, "--destination", q, "--count", n, "--persistent", "--receipts", "--window", "8"])
