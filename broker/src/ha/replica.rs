@@ -59,7 +59,7 @@ async fn stream(
     replica: crate::journal::ReplicaId,
 ) -> Result<ReplicaEnd, HaError> {
     let gate = journal.replication_gate();
-    let mut position = journal.position();
+    let mut position = journal.written_position();
     let target = *position.borrow_and_update();
     let extents = journal.segments_on_disk().map_err(HaError::Journal)?;
     let first = extents.first().map(|(s, _)| *s).unwrap_or(target.segment);

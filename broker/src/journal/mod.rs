@@ -246,6 +246,11 @@ impl Journal {
         self.shared.replication.position.subscribe()
     }
 
+    /// How far the journal is written (maybe not yet synced); what replication streams.
+    pub fn written_position(&self) -> tokio::sync::watch::Receiver<JournalPosition> {
+        self.shared.replication.written.subscribe()
+    }
+
     /// The gate that holds append completions for synced backups.
     pub fn replication_gate(&self) -> &ReplicationGate {
         &self.shared.replication.gate

@@ -145,6 +145,9 @@ pub(super) struct Shared {
     pub(super) gate: ReplicationGate,
     pub(super) holds: Arc<Holds>,
     pub(super) position: tokio::sync::watch::Sender<JournalPosition>,
+    /// Written (in the page cache) but maybe not yet synced: replication reads up to here,
+    /// so a backup receives a batch while the live's own fdatasync is still running.
+    pub(super) written: tokio::sync::watch::Sender<JournalPosition>,
 }
 
 impl Shared {
@@ -153,6 +156,7 @@ impl Shared {
             gate: ReplicationGate::new(true),
             holds: Arc::new(Holds::default()),
             position: tokio::sync::watch::Sender::new(start),
+            written: tokio::sync::watch::Sender::new(start),
         }
     }
 }
