@@ -2,7 +2,7 @@
 //! name each other across restarts, an optional network namespace for partition tests,
 //! and polling of `/status` with a named timeout.
 
-use super::{free_port, http_get};
+use super::{free_port, http_get_at};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -143,20 +143,4 @@ impl Drop for Member {
             eprintln!("--- {} log ---\n{}", self.name, self.log());
         }
     }
-}
-
-fn http_get_at(ip: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    if ip == "127.0.0.1" {
-        return http_get(port, path);
-    }
-    use std::io::{Read, Write};
-    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().map_err(std::io::Error::other)?;
-    let mut s = std::net::TcpStream::connect_timeout(&addr, Duration::from_millis(500))?;
-    s.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: x\r\n\r\n")?;
-    let mut text = String::new();
-    s.read_to_string(&mut text)?;
-    let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);
-    let body = text.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
-    Ok((code, body))
 }

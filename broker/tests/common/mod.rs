@@ -198,9 +198,15 @@ impl Drop for Broker {
     }
 }
 
-/// A minimal HTTP/1.0 GET for the admin endpoint.
+/// A minimal HTTP/1.0 GET for the admin endpoint on loopback.
 pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
-    let mut s = TcpStream::connect(("127.0.0.1", port))?;
+    http_get_at("127.0.0.1", port, path)
+}
+
+/// A minimal HTTP/1.0 GET for an admin endpoint at `ip`.
+pub fn http_get_at(ip: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().map_err(std::io::Error::other)?;
+    let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
     s.set_read_timeout(Some(Duration::from_secs(5)))?;
     write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
     let mut text = String::new();
