@@ -11,6 +11,10 @@ DURATION=${BENCH_DURATION:-10s}
 WARMUP=${BENCH_WARMUP:-3s}
 PREFETCH=${BENCH_PREFETCH:-1000}
 ONLY=${BENCH_ONLY:-duomq,activemq,rabbitmq}
+FAILOVER=no
+MATRIX=yes
+FAILOVER_KILLS=${BENCH_FAILOVER_KILLS:-20}
+FAILOVER_EVERY=${BENCH_FAILOVER_EVERY:-3s}
 OUT=${BENCH_OUT:-}
 FSYNC_DURATION=3s
 START_TIMEOUT=120
@@ -29,7 +33,7 @@ CELLS=(
 usage() {
     cat <<EOF
 Usage: bench/compare.sh [--quick] [--only LIST] [--out DIR] [--duration D] [--warmup D]
-                        [--prefetch N]
+                        [--prefetch N] [--failover | --failover-only] [--failover-kills N]
 
 Measures duomq, ActiveMQ and RabbitMQ one after the other on this machine, over STOMP,
 with the same load generator (duomq-bench) and the same matrix, and prints a table.
@@ -58,7 +62,18 @@ What it does, in order:
      is on disk: the same promise as duomq's receipt and ActiveMQ's. (A classic queue
      may also confirm a message that a consumer acknowledged before it reached the
      disk; it never needs to be written then. duomq fsyncs before any delivery.)
-  5. Prints the table and writes everything to the output directory.
+  5. With --failover: for duomq and ActiveMQ (as --only allows), starts a live/backup
+     pair and runs 'duomq-bench failover' against it: ${FAILOVER_KILLS} times, after
+     ${FAILOVER_EVERY} of load (1 producer with 16 receipts in flight, 1 consumer acking
+     each message), SIGKILL the live member, wait for the other to take over, restart
+     the killed one and wait until it can take over again (config: bench/lib/failover.sh).
+       duomq     two duomq-broker run, ha.policy replication, fileLock arbiter in the
+                 pair's temporary directory; ready = backup with sync state synced
+       activemq  two ActiveMQ processes on one KahaDB directory (shared-storage
+                 master/slave, bench/lib/activemq-shared.xml): the slave blocks on
+                 KahaDB's lock and opens no port; ready = process running, plus 5s
+     Clients use failover:(a,b)?maxReconnectAttempts=-1 and resend unreceipted SENDs.
+  6. Prints the table and writes everything to the output directory.
 
 The matrix (each cell on a fresh queue, consumers acking every message with
 client-individual, prefetch ${PREFETCH}):
@@ -81,6 +96,10 @@ Options:
   --duration D    measured time per cell, e.g. 10s, 500ms, 2m
   --warmup D      unmeasured time before it
   --prefetch N    unacknowledged messages a broker may push to each consumer
+  --failover      also run the failover section (minutes: about 20 x (3s + failover +
+                  restart) per target)
+  --failover-only run only the failover section (no fsync rate, no matrix)
+  --failover-kills N  kills per target (default ${FAILOVER_KILLS})
   -h, --help      this text
 
 Environment: BENCH_DURATION, BENCH_WARMUP, BENCH_PREFETCH, BENCH_ONLY and BENCH_OUT
@@ -92,6 +111,7 @@ Output directory:
   table.txt      the table as printed
   results.jsonl  one 'duomq-bench run --json' line per cell, labelled TARGET/CELL
   fsync.json     'duomq-bench fsync-rate --json'
+  failover.jsonl one 'duomq-bench failover --json' line per target (with --failover)
   run.tsv, cells.tsv, failures.tsv   what the report is made from
   logs/          each broker's log and each cell's duomq-bench stderr
 python3 bench/lib/report.py DIR prints the table of a finished run again.
@@ -123,6 +143,10 @@ while (($#)); do
     --warmup=*) WARMUP=${1#*=} ;;
     --prefetch) PREFETCH=${2:?--prefetch needs a value}; shift ;;
     --prefetch=*) PREFETCH=${1#*=} ;;
+    --failover) FAILOVER=yes ;;
+    --failover-only) FAILOVER=yes MATRIX=no ;;
+    --failover-kills) FAILOVER_KILLS=${2:?--failover-kills needs a number}; shift ;;
+    --failover-kills=*) FAILOVER_KILLS=${1#*=} ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -141,6 +165,7 @@ seconds() {
 seconds "$DURATION" >/dev/null || die "--duration: \"$DURATION\" is not a duration like 10s, 500ms or 2m"
 seconds "$WARMUP" >/dev/null || die "--warmup: \"$WARMUP\" is not a duration like 3s, 500ms or 1m"
 [[ $PREFETCH =~ ^[1-9][0-9]*$ ]] || die "--prefetch: \"$PREFETCH\" is not a positive number"
+[[ $FAILOVER_KILLS =~ ^[1-9][0-9]*$ ]] || die "--failover-kills: \"$FAILOVER_KILLS\" is not a positive number"
 # duomq-bench's drain timeout (10s) plus a minute for connecting and reporting.
 CELL_TIMEOUT=$(($(seconds "$DURATION") + $(seconds "$WARMUP") + 70))
 
@@ -209,10 +234,13 @@ OUT=$(cd "$OUT" && pwd)
 LOG_DIR=$OUT/logs
 : >"$OUT/results.jsonl"
 : >"$OUT/failures.tsv"
+: >"$OUT/failover.jsonl"
 WORK=$(mktemp -d "${TMPDIR:-/tmp}/duomq-compare.XXXXXX")
 
 # shellcheck source=lib/brokers.sh
 . "$LIB_DIR/brokers.sh"
+# shellcheck source=lib/failover.sh
+. "$LIB_DIR/failover.sh"
 
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
@@ -257,11 +285,13 @@ if [[ $(df --output=fstype "$WORK" | tail -1) == tmpfs ]]; then
     log "warning: $WORK is on tmpfs, where fsync costs nothing; set TMPDIR to a directory on a disk"
 fi
 
-log "measuring the disk's fsync rate ($FSYNC_DURATION)"
-mkdir -p "$WORK/fsync"
-if ! "$BENCH" fsync-rate --dir "$WORK/fsync" --duration "$FSYNC_DURATION" --json \
-    >"$OUT/fsync.json" 2>"$LOG_DIR/fsync-rate.log"; then
-    log "fsync-rate failed (see $LOG_DIR/fsync-rate.log)"
+if [[ $MATRIX == yes ]]; then
+    log "measuring the disk's fsync rate ($FSYNC_DURATION)"
+    mkdir -p "$WORK/fsync"
+    if ! "$BENCH" fsync-rate --dir "$WORK/fsync" --duration "$FSYNC_DURATION" --json \
+        >"$OUT/fsync.json" 2>"$LOG_DIR/fsync-rate.log"; then
+        log "fsync-rate failed (see $LOG_DIR/fsync-rate.log)"
+    fi
 fi
 
 # --- the matrix -----------------------------------------------------------------------
@@ -331,7 +361,7 @@ start_target() {
     esac
 }
 
-for target in "${TARGETS[@]}"; do
+[[ $MATRIX == yes ]] && for target in "${TARGETS[@]}"; do
     log "$target: starting"
     if ! start_target "$target"; then
         for c in "${CELLS[@]}"; do
@@ -348,10 +378,24 @@ for target in "${TARGETS[@]}"; do
     stop_broker
 done
 
+# --- failover -------------------------------------------------------------------------
+
+if [[ $FAILOVER == yes ]]; then
+    for target in duomq activemq; do
+        [[ " ${TARGETS[*]} " == *" $target "* ]] && run_failover "$target"
+    done
+fi
+
 # --- the report -----------------------------------------------------------------------
 
 echo
-python3 "$LIB_DIR/report.py" "$OUT" | tee "$OUT/table.txt"
-echo
+if [[ $MATRIX == yes ]]; then
+    python3 "$LIB_DIR/report.py" "$OUT" | tee "$OUT/table.txt"
+    echo
+fi
+if [[ $FAILOVER == yes ]]; then
+    python3 "$LIB_DIR/failover-report.py" "$OUT/failover.jsonl" | tee "$OUT/failover.txt"
+    echo
+fi
 log "results in $OUT"
 exit "$FAILED"

@@ -107,12 +107,11 @@ stop_duomq() {
 
 ACTIVEMQ_PID=''
 
-start_activemq() {
-    local base="$WORK/activemq" port java opts
-    mkdir -p "$base/conf" "$base/data" "$base/tmp"
-    cp "$LIB_DIR/activemq.xml" "$base/conf/activemq.xml"
-    cp "$LIB_DIR/activemq-log4j.properties" "$base/conf/log4j.properties"
-    port=$(free_ports 1)
+# activemq_command BASE PORT XML: sets ACTIVEMQ_CMD to what `activemq console` runs,
+# without its su/pid-file handling and with the directories under BASE: the java
+# process is then the broker, and its pid the broker's. XML is the broker config.
+activemq_command() {
+    local base=$1 port=$2 xml=$3 java opts
     # The JVM and its options (heap size) as the Debian package's launcher sets them;
     # the options file refers to $INSTANCE.
     # shellcheck disable=SC1091
@@ -120,29 +119,36 @@ start_activemq() {
     # shellcheck disable=SC1091
     java=$(INSTANCE=main && . "$ACTIVEMQ_HOME/activemq-options" >/dev/null 2>&1 && printf '%s' "${JAVA_HOME:-}") || java=''
     if [[ -n $java && -x $java/bin/java ]]; then java=$java/bin/java; else java=java; fi
-    # What `activemq console` runs, without its su/pid-file handling and with our
-    # directories: the java process is then our child and its pid is the broker's.
-    # shellcheck disable=SC2086
-    setsid "$java" $opts \
-        --add-reads=java.xml=java.logging \
-        --add-opens java.base/java.security=ALL-UNNAMED \
-        --add-opens java.base/java.net=ALL-UNNAMED \
-        --add-opens java.base/java.lang=ALL-UNNAMED \
-        --add-opens java.base/java.util=ALL-UNNAMED \
-        --add-opens java.naming/javax.naming.spi=ALL-UNNAMED \
-        --add-opens java.rmi/sun.rmi.transport.tcp=ALL-UNNAMED \
-        --add-opens java.base/java.util.concurrent=ALL-UNNAMED \
-        --add-opens java.base/java.util.concurrent.atomic=ALL-UNNAMED \
-        -Djava.awt.headless=true \
-        -Djava.io.tmpdir="$base/tmp" \
-        -Dactivemq.classpath="$base/conf" \
-        -Dactivemq.home="$ACTIVEMQ_HOME" \
-        -Dactivemq.base="$base" \
-        -Dactivemq.conf="$base/conf" \
-        -Dactivemq.data="$base/data" \
-        -Dduomqbench.stompPort="$port" \
-        -jar "$ACTIVEMQ_HOME/bin/activemq.jar" start "xbean:file:$base/conf/activemq.xml" \
-        </dev/null >"$LOG_DIR/activemq.log" 2>&1 &
+    # shellcheck disable=SC2206 # the options are words
+    ACTIVEMQ_CMD=("$java" $opts
+        --add-reads=java.xml=java.logging
+        --add-opens java.base/java.security=ALL-UNNAMED
+        --add-opens java.base/java.net=ALL-UNNAMED
+        --add-opens java.base/java.lang=ALL-UNNAMED
+        --add-opens java.base/java.util=ALL-UNNAMED
+        --add-opens java.naming/javax.naming.spi=ALL-UNNAMED
+        --add-opens java.rmi/sun.rmi.transport.tcp=ALL-UNNAMED
+        --add-opens java.base/java.util.concurrent=ALL-UNNAMED
+        --add-opens java.base/java.util.concurrent.atomic=ALL-UNNAMED
+        -Djava.awt.headless=true
+        -Djava.io.tmpdir="$base/tmp"
+        -Dactivemq.classpath="$base/conf"
+        -Dactivemq.home="$ACTIVEMQ_HOME"
+        -Dactivemq.base="$base"
+        -Dactivemq.conf="$base/conf"
+        -Dactivemq.data="$base/data"
+        -Dduomqbench.stompPort="$port"
+        -jar "$ACTIVEMQ_HOME/bin/activemq.jar" start "xbean:file:$xml")
+}
+
+start_activemq() {
+    local base="$WORK/activemq" port
+    mkdir -p "$base/conf" "$base/data" "$base/tmp"
+    cp "$LIB_DIR/activemq.xml" "$base/conf/activemq.xml"
+    cp "$LIB_DIR/activemq-log4j.properties" "$base/conf/log4j.properties"
+    port=$(free_ports 1)
+    activemq_command "$base" "$port" "$base/conf/activemq.xml"
+    setsid "${ACTIVEMQ_CMD[@]}" </dev/null >"$LOG_DIR/activemq.log" 2>&1 &
     ACTIVEMQ_PID=$!
     RUNNING_STOP=stop_activemq
     if ! probe await-stomp --url "stomp://127.0.0.1:$port" --timeout "$START_TIMEOUT" --pid "$ACTIVEMQ_PID"; then

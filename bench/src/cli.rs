@@ -1,5 +1,6 @@
-//! The command line: `duomq-bench run` and `duomq-bench fsync-rate`, their options and
-//! the parsers for durations, sizes and `NAME=VALUE` headers. Parsing only; nothing here
+//! The command line: `duomq-bench run`, `duomq-bench failover` and `duomq-bench
+//! fsync-rate`, their options and the parsers for durations, sizes, `NAME=VALUE` headers
+//! and failover members. Parsing only; nothing here
 //! connects or measures.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
@@ -17,7 +18,8 @@ Examples:\n  \
 duomq-bench run --persistent --window 64 --broker-pid $(pidof duomq-broker)\n\n  \
 # how fast the journal's disk can fsync\n  \
 duomq-bench fsync-rate --dir /var/lib/duomq\n\n\
-Every option of a command: duomq-bench run --help, duomq-bench fsync-rate --help.";
+Every option of a command: duomq-bench run --help, duomq-bench failover --help, \
+duomq-bench fsync-rate --help.";
 
 const RUN_ABOUT: &str = "Run producers and consumers against a broker and report what happened.\n\n\
 Every producer and every consumer gets its own connection. Consumers subscribe first, then the \
@@ -67,6 +69,135 @@ pub enum Command {
     /// Measure the fdatasync rate of a directory's disk.
     #[command(long_about = FSYNC_ABOUT)]
     FsyncRate(FsyncArgs),
+    /// Kill the live broker of a pair again and again under load and measure the failover
+    /// (see `duomq-bench failover --help`).
+    #[command(long_about = FAILOVER_ABOUT)]
+    Failover(Box<FailoverArgs>),
+}
+
+const FAILOVER_ABOUT: &str = "Kill the live broker of a live/backup pair with SIGKILL, again and again, \
+under persistent load, restart it, and report the failover gaps, lost and duplicated messages.\n\n\
+Producers send persistent messages with receipts (window W) and consumers acknowledge each \
+message (client-individual), all over --url, normally a failover:(...) URL listing both \
+members. Each cycle: wait --kill-every, find the live member, read its pid from its pid file, \
+SIGKILL it, wait until another member is live, run its restart command with `sh -c` (it must \
+start the broker in the background, write the pid file and return), and wait until the restarted \
+member is ready again. After --kills cycles the producers stop and the consumers drain.\n\n\
+How the live member is found (--kill-mode):\n  \
+status  each member's admin /status (--member-admin NAME=URL): the live one reports \
+\"role\":\"live\"; a restarted member is ready once it reports role backup with \
+ha.sync.state synced (duomq)\n  \
+port    each member's STOMP address (--member-stomp NAME=HOST:PORT): the live one accepts TCP \
+connections, a slave does not listen; a restarted member is ready once its pid file names a \
+running process and --settle has passed (ActiveMQ shared-storage master/slave)\n\n\
+The failover gap of one kill is the time from the last RECEIPT any producer received from the \
+killed broker to the first RECEIPT from its successor: receipts are timed as they arrive, and \
+the first producer reconnect after the SIGKILL separates the two brokers' receipts (the dead \
+broker's last ones can still be read a moment after the kill). Deliveries beyond the first are split into \
+redeliveries (marked redelivered:true), unflagged redeliveries (not marked, but a consumer \
+connection was lost since the first delivery, so its ACK may have died with it) and duplicates \
+(neither: the broker stored or sent the message twice).\n\n\
+Example (duomq pair):\n  \
+duomq-bench failover --url 'failover:(stomp://127.0.0.1:61613,stomp://127.0.0.1:61623)?maxReconnectAttempts=-1' \\\n      \
+--member 'a=/tmp/a.pid:./start-member.sh a' --member-admin a=http://127.0.0.1:8161 \\\n      \
+--member 'b=/tmp/b.pid:./start-member.sh b' --member-admin b=http://127.0.0.1:8171 --kills 20";
+
+/// Options of `duomq-bench failover`.
+#[derive(Args, Debug, Clone)]
+pub struct FailoverArgs {
+    /// Broker URL, normally failover:(stomp://a,stomp://b)?maxReconnectAttempts=-1.
+    #[arg(long, env = "DUOMQ_URL", value_name = "URL")]
+    pub url: String,
+    /// Login sent on CONNECT (overrides a user in the URL).
+    #[arg(long, env = "DUOMQ_LOGIN", value_name = "USER")]
+    pub login: Option<String>,
+    /// Passcode sent on CONNECT (overrides a password in the URL).
+    #[arg(long, env = "DUOMQ_PASSCODE", hide_env_values = true, value_name = "PASSWORD")]
+    pub passcode: Option<String>,
+    /// Queue every producer sends to and every consumer subscribes to.
+    #[arg(long, short = 'd', default_value = "/queue/failover", value_name = "DESTINATION")]
+    pub destination: String,
+    /// Producers, each on its own connection.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub producers: u32,
+    /// Consumers, each on its own connection.
+    #[arg(long, default_value_t = 1, value_name = "M", value_parser = clap::value_parser!(u32).range(1..=64))]
+    pub consumers: u32,
+    /// Body size, in bytes or with a unit (512, 1KiB).
+    #[arg(long, default_value = "1024", value_name = "BYTES", value_parser = parse_size)]
+    pub size: usize,
+    /// Receipts each producer may have outstanding.
+    #[arg(long, default_value_t = 16, value_name = "W", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub window: u32,
+    /// Unacknowledged messages the broker may push to each consumer.
+    #[arg(long, default_value_t = 100, value_name = "P", value_parser = clap::value_parser!(u32).range(1..))]
+    pub prefetch: u32,
+    /// Kills to make.
+    #[arg(long, default_value_t = 20, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub kills: u32,
+    /// Load before the first kill, and between a member being ready again and the next kill.
+    #[arg(long, default_value = "3s", value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub kill_every: Duration,
+    /// A member: NAME=PID_FILE:RESTART_CMD. The pid file holds the broker's pid; the
+    /// command (run with `sh -c`, `{name}` replaced by NAME) starts it again in the
+    /// background and returns. Repeat for each member.
+    #[arg(long = "member", value_name = "NAME=PID_FILE:CMD", value_parser = parse_member, required = true)]
+    pub members: Vec<MemberArg>,
+    /// A member's admin base URL, for --kill-mode status: NAME=http://HOST:PORT.
+    #[arg(long = "member-admin", value_name = "NAME=URL", value_parser = parse_header)]
+    pub member_admins: Vec<(String, String)>,
+    /// A member's STOMP address, for --kill-mode port: NAME=HOST:PORT.
+    #[arg(long = "member-stomp", value_name = "NAME=HOST:PORT", value_parser = parse_header)]
+    pub member_stomps: Vec<(String, String)>,
+    /// How to tell the live member and when a restarted one is ready (see above).
+    #[arg(long, value_enum, default_value_t = KillMode::Status)]
+    pub kill_mode: KillMode,
+    /// In --kill-mode port: how long a restarted member gets to start before the next cycle.
+    #[arg(long, default_value = "5s", value_name = "DURATION", value_parser = parse_duration)]
+    pub settle: Duration,
+    /// How long a role change (promotion, restart, resync) may take before the run fails.
+    #[arg(long, default_value = "60s", value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub role_timeout: Duration,
+    /// After the producers stop, how long consumers may take to receive the rest.
+    #[arg(long, default_value = "30s", value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Name of this run in the report.
+    #[arg(long, value_name = "TEXT")]
+    pub label: Option<String>,
+    /// Print the result as one JSON object line instead of text.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// One member of the pair under test, from `--member NAME=PID_FILE:RESTART_CMD`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MemberArg {
+    pub name: String,
+    pub pid_file: PathBuf,
+    pub restart_cmd: String,
+}
+
+/// How `failover` finds the live member.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum KillMode {
+    /// The admin `/status` JSON: `role` is `live`; ready once `backup` and `synced`.
+    Status,
+    /// Whoever accepts TCP on its STOMP address; ready once its pid file names a process.
+    Port,
+}
+
+/// `NAME=PID_FILE:RESTART_CMD`; the pid file ends at the first `:`, the command may
+/// contain more.
+pub fn parse_member(s: &str) -> Result<MemberArg, String> {
+    let (name, rest) = parse_header(s)?;
+    match rest.split_once(':') {
+        Some((pid_file, cmd)) if !pid_file.is_empty() && !cmd.trim().is_empty() => Ok(MemberArg {
+            restart_cmd: cmd.replace("{name}", &name),
+            name,
+            pid_file: PathBuf::from(pid_file),
+        }),
+        _ => Err(format!("{s:?} is not NAME=PID_FILE:RESTART_CMD")),
+    }
 }
 
 /// Options of `duomq-bench run`.
@@ -345,6 +476,51 @@ mod tests {
     #[test]
     fn given_zero_producers_should_be_refused() {
         assert!(Cli::try_parse_from(["duomq-bench", "run", "--producers", "0"]).is_err());
+    }
+
+    #[test]
+    fn given_member_spec_should_split_name_pid_file_and_command() {
+        let m = parse_member("a=/tmp/a.pid:bash start.sh {name} --x=1:2");
+        assert_eq!(
+            m,
+            Ok(MemberArg {
+                name: "a".into(),
+                pid_file: PathBuf::from("/tmp/a.pid"),
+                restart_cmd: "bash start.sh a --x=1:2".into()
+            })
+        );
+    }
+
+    #[rstest]
+    #[case("a=/tmp/a.pid")]
+    #[case("a=:cmd")]
+    #[case("a=/tmp/a.pid: ")]
+    #[case("/tmp/a.pid:cmd")]
+    fn given_malformed_member_should_be_refused(#[case] input: &str) {
+        assert!(parse_member(input).is_err());
+    }
+
+    #[test]
+    fn given_failover_command_line_should_parse_members_and_defaults() {
+        let cli = Cli::try_parse_from([
+            "duomq-bench",
+            "failover",
+            "--url",
+            "failover:(stomp://a:1,stomp://b:2)",
+            "--member",
+            "a=/a.pid:start a",
+            "--member",
+            "b=/b.pid:start b",
+            "--member-admin",
+            "a=http://127.0.0.1:3",
+            "--kills",
+            "2",
+        ]);
+        let Ok(Cli { command: Command::Failover(f) }) = cli else { panic!("did not parse: {cli:?}") };
+        assert_eq!((f.kills, f.window, f.kill_every), (2, 16, Duration::from_secs(3)));
+        assert_eq!(f.kill_mode, KillMode::Status);
+        assert_eq!(f.members.len(), 2);
+        assert_eq!(f.member_admins, vec![("a".to_string(), "http://127.0.0.1:3".to_string())]);
     }
 
     #[test]

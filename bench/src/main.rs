@@ -1,11 +1,13 @@
 //! duomq-bench: a STOMP load generator for comparing brokers (duomq, ActiveMQ, RabbitMQ)
 //! at equal durability. `run` drives producers and consumers and reports throughput,
-//! end-to-end latency, the broker's footprint and correctness; `fsync-rate` measures the
+//! end-to-end latency, the broker's footprint and correctness; `failover` kills the live
+//! member of a pair under load and measures the gaps; `fsync-rate` measures the
 //! disk underneath. This file only parses the command line, sets up logging and the
 //! runtime, and prints results; it must not measure anything itself.
 
 mod body;
 mod cli;
+mod failover;
 mod footprint;
 mod fsync_rate;
 mod report;
@@ -43,6 +45,23 @@ fn main() -> anyhow::Result<()> {
                 report.to_json_line()? + "\n"
             } else {
                 report.to_table()
+            }
+        }
+        Command::Failover(args) => {
+            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+            let report = runtime.block_on(failover::failover(&args))?;
+            runtime.shutdown_background();
+            if report.lost > 0 || report.duplicates > 0 {
+                tracing::warn!(
+                    lost = report.lost,
+                    duplicates = report.duplicates,
+                    "the broker lost or duplicated messages"
+                );
+            }
+            if args.json {
+                report.to_json_line()? + "\n"
+            } else {
+                report.to_text()
             }
         }
         Command::FsyncRate(args) => {

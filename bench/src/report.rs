@@ -1,6 +1,7 @@
 //! The result of a run as a value, and its two renderings: one JSON object line (stable
 //! snake_case keys, for scripts) and a table for people. Pure: the caller prints.
 
+pub use crate::failover::GapSummaryMs;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -63,7 +64,7 @@ pub struct RunReport {
     pub confirmed: u64,
     /// Receipted (with --window 0 and --persistent: sent) messages never delivered.
     pub lost: u64,
-    /// Deliveries beyond the first of a message.
+    /// Deliveries beyond the first of a message, redeliveries included.
     pub duplicates: u64,
     /// Messages this run did not send (left over in the queue from earlier runs).
     pub foreign: u64,
@@ -118,6 +119,102 @@ impl RunReport {
         if self.foreign > 0 {
             let _ = writeln!(out, "note: {} messages from earlier runs were consumed and ignored", self.foreign);
         }
+        for error in &self.errors {
+            let _ = writeln!(out, "ERROR: {error}");
+        }
+        out
+    }
+}
+
+/// Everything `duomq-bench failover` reports.
+#[derive(Debug, Clone, Serialize)]
+pub struct FailoverReport {
+    pub label: String,
+    pub server: Option<String>,
+    pub destination: String,
+    pub producers: u32,
+    pub consumers: u32,
+    pub size: usize,
+    pub window: u32,
+    pub kills_requested: u32,
+    /// Kills made (fewer than requested when a cycle failed; see `errors`).
+    pub kills: u32,
+    /// Failover gap percentiles over the kills; `None` when no kill had receipts on both sides.
+    pub gap_ms: Option<GapSummaryMs>,
+    pub per_kill: Vec<KillReport>,
+    pub sent: u64,
+    /// Messages whose RECEIPT arrived.
+    pub confirmed: u64,
+    /// Deliveries, repeats included.
+    pub received: u64,
+    /// Receipted, never delivered.
+    pub lost: u64,
+    /// Delivered again without `redelivered:true` and with no consumer connection lost
+    /// since the first delivery: stored or sent twice.
+    pub duplicates: u64,
+    /// Delivered again with `redelivered:true`: unacknowledged when a connection was lost.
+    pub redeliveries: u64,
+    /// Delivered again without `redelivered:true`, but after a consumer connection was
+    /// lost since the first delivery (its ACK may have been lost with it).
+    pub unflagged_redeliveries: u64,
+    pub foreign: u64,
+    /// Reconnects of the producers' clients.
+    pub failovers: u64,
+    pub duration_s: f64,
+    pub errors: Vec<String>,
+}
+
+/// One kill of a failover run.
+#[derive(Debug, Clone, Serialize)]
+pub struct KillReport {
+    pub member: String,
+    pub pid: i32,
+    /// When SIGKILL was sent, in seconds since the run started.
+    pub at_s: f64,
+    /// Last receipt from the killed broker to the first from its successor.
+    pub gap_ms: Option<f64>,
+    /// Kill to another member answering as live (as polled).
+    pub promoted_ms: f64,
+    /// Kill to the restarted member being ready again.
+    pub ready_ms: f64,
+}
+
+impl FailoverReport {
+    pub fn to_json_line(&self) -> anyhow::Result<String> {
+        Ok(serde_json::to_string(self)?)
+    }
+
+    /// One line per kill, then the summary.
+    pub fn to_text(&self) -> String {
+        let mut out = String::new();
+        for (i, k) in self.per_kill.iter().enumerate() {
+            let gap = k.gap_ms.map_or("-".to_string(), |g| format!("{g:.1}"));
+            let _ = writeln!(
+                out,
+                "kill {:>2}: {} (pid {}) at {:.1}s  gap {gap} ms  promoted {:.0} ms  ready {:.0} ms",
+                i + 1,
+                k.member,
+                k.pid,
+                k.at_s,
+                k.promoted_ms,
+                k.ready_ms
+            );
+        }
+        let gaps = self.gap_ms.map_or("-".to_string(), |g| format!("{:.1}/{:.1}/{:.1}", g.p50, g.p99, g.max));
+        let _ = writeln!(
+            out,
+            "{}: {}/{} kills  gap p50/p99/max {gaps} ms  sent {}  confirmed {}  lost {}  duplicates {}  redeliveries {} (+{} unflagged)  failovers {}",
+            self.label,
+            self.kills,
+            self.kills_requested,
+            self.sent,
+            self.confirmed,
+            self.lost,
+            self.duplicates,
+            self.redeliveries,
+            self.unflagged_redeliveries,
+            self.failovers
+        );
         for error in &self.errors {
             let _ = writeln!(out, "ERROR: {error}");
         }

@@ -133,24 +133,45 @@ impl Deliveries {
 /// Delivery counts a consumer keeps for the whole run, merged at the end.
 #[derive(Debug, Default, Clone, Copy, PartialEq, Eq)]
 pub struct DeliveryCounts {
-    /// Deliveries beyond the first of a message.
+    /// Deliveries beyond the first of a message, without `redelivered:true`: the broker
+    /// stored or sent it twice.
     pub duplicates: u64,
+    /// Deliveries beyond the first with `redelivered:true`: an unacknowledged message
+    /// handed out again after its consumer's connection was lost (at-least-once).
+    pub redeliveries: u64,
+    /// Deliveries beyond the first without `redelivered:true`, but after a consumer
+    /// connection was lost since the first delivery: its ACK may have been lost with the
+    /// connection, and the broker that delivered it again did not know of the first
+    /// delivery (a promoted backup, or a restarted broker).
+    pub unflagged_redeliveries: u64,
     /// Bodies this run did not write: another tool's messages, or a previous run's left
     /// in the queue.
     pub foreign: u64,
 }
 
 impl DeliveryCounts {
-    pub fn add(&mut self, mark: Mark) {
-        match mark {
-            Mark::First => {}
-            Mark::Again => self.duplicates += 1,
-            Mark::Foreign => self.foreign += 1,
+    /// Books one delivery; `redelivered` is the MESSAGE's `redelivered` header,
+    /// `lost_since_first` whether a consumer connection was lost since the message's
+    /// first delivery.
+    pub fn add(&mut self, mark: Mark, redelivered: bool, lost_since_first: bool) {
+        match (mark, redelivered, lost_since_first) {
+            (Mark::First, _, _) => {}
+            (Mark::Again, true, _) => self.redeliveries += 1,
+            (Mark::Again, false, true) => self.unflagged_redeliveries += 1,
+            (Mark::Again, false, false) => self.duplicates += 1,
+            (Mark::Foreign, _, _) => self.foreign += 1,
         }
+    }
+
+    /// Every delivery beyond the first, whatever the reason.
+    pub fn repeated(&self) -> u64 {
+        self.duplicates + self.redeliveries + self.unflagged_redeliveries
     }
 
     pub fn merge(&mut self, other: DeliveryCounts) {
         self.duplicates += other.duplicates;
+        self.redeliveries += other.redeliveries;
+        self.unflagged_redeliveries += other.unflagged_redeliveries;
         self.foreign += other.foreign;
     }
 }
@@ -216,7 +237,7 @@ mod tests {
                 let d = std::sync::Arc::clone(&d);
                 std::thread::spawn(move || {
                     let mut counts = DeliveryCounts::default();
-                    (0..10_000).for_each(|q| counts.add(d.mark(0, q)));
+                    (0..10_000).for_each(|q| counts.add(d.mark(0, q), false, false));
                     counts
                 })
             })
@@ -225,7 +246,38 @@ mod tests {
         for c in consumers {
             total.merge(c.join().unwrap_or_default());
         }
-        assert_eq!(total, DeliveryCounts { duplicates: 30_000, foreign: 0 });
+        assert_eq!(total, DeliveryCounts { duplicates: 30_000, ..DeliveryCounts::default() });
         assert_eq!(d.missing(&[set(&(0..10_000).collect::<Vec<_>>())]), 0);
+    }
+
+    #[rstest::rstest]
+    #[case::first_plain(Mark::First, false, false, DeliveryCounts::default())]
+    #[case::first_redelivered(Mark::First, true, true, DeliveryCounts::default())]
+    #[case::again_plain_is_duplicate(Mark::Again, false, false, DeliveryCounts { duplicates: 1, ..DeliveryCounts::default() })]
+    #[case::again_redelivered_is_redelivery(Mark::Again, true, false, DeliveryCounts { redeliveries: 1, ..DeliveryCounts::default() })]
+    #[case::again_redelivered_after_loss_is_redelivery(Mark::Again, true, true, DeliveryCounts { redeliveries: 1, ..DeliveryCounts::default() })]
+    #[case::again_unflagged_after_loss(Mark::Again, false, true, DeliveryCounts { unflagged_redeliveries: 1, ..DeliveryCounts::default() })]
+    #[case::foreign(Mark::Foreign, true, false, DeliveryCounts { foreign: 1, ..DeliveryCounts::default() })]
+    fn given_delivery_should_be_classified_by_mark_flag_and_connection_loss(
+        #[case] mark: Mark,
+        #[case] redelivered: bool,
+        #[case] lost_since_first: bool,
+        #[case] want: DeliveryCounts,
+    ) {
+        let mut counts = DeliveryCounts::default();
+        counts.add(mark, redelivered, lost_since_first);
+        assert_eq!(counts, want);
+    }
+
+    #[test]
+    fn given_message_delivered_then_redelivered_then_resent_should_count_one_of_each() {
+        let d = Deliveries::new(1);
+        let mut counts = DeliveryCounts::default();
+        counts.add(d.mark(0, 7), false, false);
+        counts.add(d.mark(0, 7), true, true);
+        counts.add(d.mark(0, 7), false, true);
+        counts.add(d.mark(0, 7), false, false);
+        assert_eq!((counts.redeliveries, counts.unflagged_redeliveries, counts.duplicates), (1, 1, 1));
+        assert_eq!(counts.repeated(), 3);
     }
 }

@@ -7,63 +7,16 @@
 //! test --workspace` builds it anyway (the broker's own tests need it); when it is missing
 //! this test runs `cargo build -p duomq-broker` once in the same profile.
 
+mod common;
+
 use anyhow::{bail, Context};
-use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
-use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
+use common::{bench_json, broker_binary, free_port, http_get};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long the broker may take to answer /readyz.
 const READY_TIMEOUT: Duration = Duration::from_secs(15);
-/// How long building a missing broker binary may take.
-const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
-
-fn bench_binary() -> &'static str {
-    env!("CARGO_BIN_EXE_duomq-bench")
-}
-
-/// `<target>/<profile>/duomq-broker`, built first when it is not there.
-fn broker_binary() -> anyhow::Result<PathBuf> {
-    let test_exe = std::env::current_exe().context("failed to locate the test binary")?;
-    // The test runs from <target>/<profile>/deps/.
-    let profile_dir =
-        test_exe.parent().and_then(Path::parent).context("test binary is not in <target>/<profile>/deps")?;
-    let broker = profile_dir.join(format!("duomq-broker{}", std::env::consts::EXE_SUFFIX));
-    if broker.exists() {
-        return Ok(broker);
-    }
-    let cargo = std::env::var("CARGO").unwrap_or_else(|_| "cargo".to_string());
-    let mut build = Command::new(cargo);
-    build.args(["build", "-p", "duomq-broker"]);
-    if profile_dir.file_name().is_some_and(|n| n == "release") {
-        build.arg("--release");
-    }
-    let mut child = build.spawn().context("failed to run cargo build -p duomq-broker")?;
-    let status = wait_with_timeout(&mut child, BUILD_TIMEOUT)?;
-    if !status.success() || !broker.exists() {
-        bail!("cargo build -p duomq-broker did not produce {}; build it first", broker.display());
-    }
-    Ok(broker)
-}
-
-fn wait_with_timeout(child: &mut Child, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("process did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
-}
-
-fn free_port() -> anyhow::Result<u16> {
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
 
 /// A broker process in its own temp dir; killed on drop, its log printed on failure.
 struct Broker {
@@ -99,7 +52,7 @@ impl Broker {
             if let Some(status) = self.child.try_wait()? {
                 bail!("broker exited with {status} before it was ready:\n{}", self.log_text());
             }
-            if http_status(admin_port, "/readyz").is_ok_and(|code| code == 200) {
+            if http_get(admin_port, "/readyz").is_ok_and(|(code, _)| code == 200) {
                 return Ok(());
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -128,29 +81,6 @@ impl Drop for Broker {
             eprintln!("--- broker log ({}) ---\n{}", self.log.display(), self.log_text());
         }
     }
-}
-
-/// The status code of a plain HTTP/1.0 GET.
-fn http_status(port: u16, path: &str) -> anyhow::Result<u16> {
-    let mut stream = TcpStream::connect(("127.0.0.1", port))?;
-    stream.set_read_timeout(Some(Duration::from_secs(2)))?;
-    write!(stream, "GET {path} HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n")?;
-    let mut response = String::new();
-    stream.read_to_string(&mut response)?;
-    let code = response.split_whitespace().nth(1).context("empty HTTP response")?;
-    Ok(code.parse()?)
-}
-
-/// Runs the bench and parses its one JSON line; its stderr is shown if that fails.
-fn bench_json(args: &[&str]) -> anyhow::Result<serde_json::Value> {
-    let Output { status, stdout, stderr } = Command::new(bench_binary()).args(args).output()?;
-    let stdout = String::from_utf8_lossy(&stdout);
-    let stderr = String::from_utf8_lossy(&stderr);
-    if !status.success() {
-        bail!("duomq-bench {args:?} exited with {status}; stderr:\n{stderr}");
-    }
-    let line = stdout.lines().find(|l| l.starts_with('{')).with_context(|| format!("no JSON in {stdout:?}"))?;
-    serde_json::from_str(line).with_context(|| format!("bad JSON {line:?}; stderr:\n{stderr}"))
 }
 
 #[test]

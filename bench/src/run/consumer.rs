@@ -43,6 +43,14 @@ impl Subscribed {
         }
     }
 
+    /// The connection's failover events; `None` on the raw connection, which has none.
+    pub fn events(&self) -> Option<tokio::sync::broadcast::Receiver<duomq_broker::client::ConnectionEvent>> {
+        match self {
+            Subscribed::Client { client, .. } => Some(client.events()),
+            Subscribed::Raw(_) => None,
+        }
+    }
+
     /// Consumes until `stop`, or until the connection fails.
     pub async fn consume(
         self,
@@ -109,8 +117,9 @@ impl Recorder {
         Ok(Recorder { shared, latencies: nanos_histogram()?, measured_received: 0, counts: DeliveryCounts::default() })
     }
 
-    /// Books one delivered body, received now.
-    pub fn record(&mut self, body: &[u8]) {
+    /// Books one delivered body, received now; `redelivered` is the MESSAGE's
+    /// `redelivered` header.
+    pub fn record(&mut self, body: &[u8], redelivered: bool) {
         let now = wall_clock_ns();
         let shared = &*self.shared;
         shared.counters.received.fetch_add(1, Ordering::Relaxed);
@@ -118,12 +127,20 @@ impl Recorder {
             // Stamped before this run started: left in the queue by an earlier one.
             Some(stamp) if stamp.sent_ns >= shared.phases.start_ns => stamp,
             _ => {
-                self.counts.add(Mark::Foreign);
+                self.counts.add(Mark::Foreign, redelivered, false);
                 return;
             }
         };
         let mark = shared.deliveries.mark(stamp.producer, stamp.seq);
-        self.counts.add(mark);
+        let lost_since_first = match (&shared.generations, mark) {
+            (Some(generations), Mark::First) => {
+                generations.first_delivery(stamp.producer, stamp.seq);
+                false
+            }
+            (Some(generations), Mark::Again) => generations.lost_since_first(stamp.producer, stamp.seq),
+            _ => false,
+        };
+        self.counts.add(mark, redelivered, lost_since_first);
         if mark == Mark::Foreign {
             return;
         }
@@ -174,7 +191,7 @@ async fn consume_with_client(
                 .failure()
                 .map_or_else(|| anyhow::anyhow!("the broker closed the connection"), Into::into));
         };
-        recorder.record(&message.body);
+        recorder.record(&message.body, message.redelivered);
         match spec.ack {
             AckMode::Auto => {}
             AckMode::ClientIndividual => client.ack(&message).await.context("failed to acknowledge")?,

@@ -3,11 +3,11 @@
 //! stop the consumers, account and report. The phases live here; sending, consuming and
 //! watching live in their own modules, and nothing here prints the result.
 
-mod consumer;
+pub(crate) mod consumer;
 mod monitor;
-mod producer;
+pub(crate) mod producer;
 mod raw;
-mod shared;
+pub(crate) mod shared;
 
 use crate::cli::RunArgs;
 use crate::footprint::{BrokerProcess, RssStats, MIB};
@@ -72,7 +72,13 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
 
     let phases = Phases::starting_now(args.warmup, args.duration);
     let shared =
-        Arc::new(Shared { phases, counters: Counters::default(), deliveries: Deliveries::new(args.producers) });
+        Arc::new(Shared {
+            phases,
+            counters: Counters::default(),
+            deliveries: Deliveries::new(args.producers),
+            receipts: None,
+            generations: None,
+        });
     let stop_producers = CancellationToken::new();
     let stop_consumers = CancellationToken::new();
     let stop_watching = CancellationToken::new();
@@ -179,7 +185,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         cpu_percent,
         confirmed: confirmed.iter().map(SeqSet::len).sum(),
         lost: if promised { missing } else { 0 },
-        duplicates: totals.counts.duplicates,
+        duplicates: totals.counts.repeated(),
         foreign: totals.counts.foreign,
         duration_s: round3(measured_s),
         warmup_s: round3(args.warmup.as_secs_f64()),

@@ -7,7 +7,7 @@ use super::shared::Shared;
 use crate::body::{wall_clock_ns, BodyWriter, Stamp};
 use crate::tally::SeqSet;
 use anyhow::Context;
-use duomq_broker::client::{Client, ReceiptFuture, SendOptions};
+use duomq_broker::client::{Client, ClientError, ReceiptFuture, SendOptions};
 use std::collections::VecDeque;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -61,10 +61,10 @@ pub async fn produce(
 async fn send_loop(
     client: &Client,
     spec: &ProducerSpec,
-    shared: &Shared,
+    shared: &Arc<Shared>,
     stop: &CancellationToken,
     outcome: &mut ProducerOutcome,
-    pending: &mut VecDeque<(u64, ReceiptFuture)>,
+    pending: &mut VecDeque<(u64, PendingReceipt)>,
 ) -> anyhow::Result<()> {
     let window = spec.window as usize;
     let mut bodies = BodyWriter::new(spec.size);
@@ -92,7 +92,7 @@ async fn send_loop(
                 .send_with_receipt(&spec.destination, body, options)
                 .await
                 .with_context(|| format!("failed to send message {seq}"))?;
-            pending.push_back((seq, receipt));
+            pending.push_back((seq, PendingReceipt::new(receipt, shared)));
             shared.counters.outstanding.fetch_add(1, Ordering::Relaxed);
         }
         shared.counters.sent.fetch_add(1, Ordering::Relaxed);
@@ -109,13 +109,45 @@ async fn send_loop(
 
 /// Waits for the oldest outstanding receipt; the broker answers them in send order.
 async fn settle_oldest(
-    pending: &mut VecDeque<(u64, ReceiptFuture)>,
+    pending: &mut VecDeque<(u64, PendingReceipt)>,
     outcome: &mut ProducerOutcome,
     shared: &Shared,
 ) -> anyhow::Result<()> {
     let Some((seq, receipt)) = pending.pop_front() else { return Ok(()) };
     shared.counters.outstanding.fetch_sub(1, Ordering::Relaxed);
-    receipt.await.with_context(|| format!("failed to get the receipt of message {seq}"))?;
+    receipt.wait().await.with_context(|| format!("failed to get the receipt of message {seq}"))?;
     outcome.confirmed.insert(seq);
     Ok(())
+}
+
+/// An outstanding receipt. When the run logs receipt times, a task of its own awaits it,
+/// so the time is when the RECEIPT arrived, not when the producer got round to it (after
+/// a failover, receipts that arrived just before the kill would otherwise look like the
+/// first ones after it).
+enum PendingReceipt {
+    Plain(ReceiptFuture),
+    Timed(tokio::task::JoinHandle<Result<(), ClientError>>),
+}
+
+impl PendingReceipt {
+    fn new(receipt: ReceiptFuture, shared: &Arc<Shared>) -> PendingReceipt {
+        if shared.receipts.is_none() {
+            return PendingReceipt::Plain(receipt);
+        }
+        let shared = Arc::clone(shared);
+        PendingReceipt::Timed(tokio::spawn(async move {
+            receipt.await?;
+            if let Some(log) = &shared.receipts {
+                log.push(super::shared::nanos_since(shared.phases.started));
+            }
+            Ok(())
+        }))
+    }
+
+    async fn wait(self) -> anyhow::Result<()> {
+        match self {
+            PendingReceipt::Plain(receipt) => Ok(receipt.await?),
+            PendingReceipt::Timed(task) => Ok(task.await.context("a receipt task panicked")??),
+        }
+    }
 }

@@ -119,7 +119,7 @@ impl RawSubscriber {
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
         for frame in std::mem::take(&mut self.early) {
-            recorder.record(&frame.body);
+            recorder.record(&frame.body, frame.get("redelivered") == Some("true"));
             self.queue_ack(ack, &frame, true);
         }
         let result = self.consume_loop(ack, recorder, stop).await;
@@ -142,7 +142,7 @@ impl RawSubscriber {
                 let Inbound::Frame(frame) = inbound else { continue };
                 match frame.command {
                     Command::Message => {
-                        recorder.record(&frame.body);
+                        recorder.record(&frame.body, frame.get("redelivered") == Some("true"));
                         self.queue_ack(ack, &frame, false);
                         last = Some(frame);
                     }

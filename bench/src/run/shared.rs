@@ -5,7 +5,9 @@
 use crate::body::wall_clock_ns;
 use crate::tally::Deliveries;
 use std::ops::Deref;
-use std::sync::atomic::{AtomicI64, AtomicU64};
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
 
@@ -86,11 +88,89 @@ pub struct Counters {
     pub rss_bytes: AtomicU64,
 }
 
+/// When each RECEIPT reached a producer, and when a producer's client reconnected, in
+/// nanoseconds since [`Phases::started`]: what the failover gaps are computed from. Only
+/// `failover` keeps one; one lock per receipt is cheap at the rates a failover run reaches.
+#[derive(Debug, Default)]
+pub struct ReceiptLog {
+    times: Mutex<Vec<u64>>,
+    reconnects: Mutex<Vec<u64>>,
+}
+
+impl ReceiptLog {
+    pub fn push(&self, at_ns: u64) {
+        if let Ok(mut times) = self.times.lock() {
+            times.push(at_ns);
+        }
+    }
+
+    pub fn reconnected(&self, at_ns: u64) {
+        if let Ok(mut times) = self.reconnects.lock() {
+            times.push(at_ns);
+        }
+    }
+
+    /// Every reconnect time, sorted.
+    pub fn sorted_reconnects(&self) -> Vec<u64> {
+        let mut times = self.reconnects.lock().map(|t| t.clone()).unwrap_or_default();
+        times.sort_unstable();
+        times
+    }
+
+    /// Every receipt time, sorted.
+    pub fn sorted(&self) -> Vec<u64> {
+        let mut times = self.times.lock().map(|t| t.clone()).unwrap_or_default();
+        times.sort_unstable();
+        times
+    }
+}
+
+/// Consumer connection generations: bumped whenever a consumer's connection is lost,
+/// and remembered per message at its first delivery, so that a repeat delivery can tell
+/// whether a connection (and maybe the first delivery's ACK) was lost in between. Only
+/// `failover` keeps one.
+#[derive(Debug, Default)]
+pub struct ConnectionGenerations {
+    current: AtomicU32,
+    first_delivered: Mutex<HashMap<(u32, u64), u32>>,
+}
+
+impl ConnectionGenerations {
+    /// A consumer's connection was lost.
+    pub fn bump(&self) {
+        self.current.fetch_add(1, Ordering::AcqRel);
+    }
+
+    /// Remembers the generation of a message's first delivery.
+    pub fn first_delivery(&self, producer: u32, seq: u64) {
+        let now = self.current.load(Ordering::Acquire);
+        if let Ok(mut map) = self.first_delivered.lock() {
+            map.insert((producer, seq), now);
+        }
+    }
+
+    /// Whether a consumer connection was lost since the message's first delivery.
+    pub fn lost_since_first(&self, producer: u32, seq: u64) -> bool {
+        let now = self.current.load(Ordering::Acquire);
+        let first = self.first_delivered.lock().ok().and_then(|map| map.get(&(producer, seq)).copied());
+        first.is_some_and(|first| first < now)
+    }
+}
+
+/// Nanoseconds since `started`, saturating.
+pub fn nanos_since(started: Instant) -> u64 {
+    u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
 /// Everything a run's tasks share.
 pub struct Shared {
     pub phases: Phases,
     pub counters: Counters,
     pub deliveries: Deliveries,
+    /// Receipt arrival times, when the run needs them (failover gaps).
+    pub receipts: Option<ReceiptLog>,
+    /// Consumer connection losses, when the run causes them (failover).
+    pub generations: Option<ConnectionGenerations>,
 }
 
 #[cfg(test)]

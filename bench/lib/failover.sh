@@ -1,0 +1,186 @@
+# shellcheck shell=bash
+# The failover section of bench/compare.sh: a live/backup pair per target, the live
+# member killed with SIGKILL again and again under load by `duomq-bench failover`,
+# which restarts it with the member's start script.
+#
+# Each member gets a directory under $WORK/failover-TARGET/NAME with a start.sh that
+# starts the broker in the background (setsid, so the shell that runs it can return),
+# appends to the member's log and writes its pid to NAME/pid. compare.sh starts the
+# members with it, and duomq-bench runs it again after each kill. Sourced by
+# compare.sh after brokers.sh; uses its WORK, LOG_DIR, LIB_DIR, DUOMQ_BROKER, BENCH,
+# START_TIMEOUT, STOP_TIMEOUT, FAILOVER_KILLS, FAILOVER_EVERY and OUT.
+
+FAILOVER_DIR=''
+FAILOVER_MEMBERS=()
+
+# The reconnect policy of every failover client, as in duomq's own replication tests.
+FAILOVER_QUERY='initialReconnectDelay=10ms&maxReconnectDelay=200ms&maxReconnectAttempts=-1'
+
+# write_start_script DIR LOG CMD...: DIR/start.sh starts CMD in the background.
+write_start_script() {
+    local dir=$1 log=$2
+    shift 2
+    {
+        echo '#!/bin/sh'
+        echo '# Written by bench/compare.sh: starts one failover member in the background.'
+        printf 'cd %q || exit 1\n' "$dir"
+        printf 'setsid'
+        printf ' %q' "$@"
+        printf ' </dev/null >>%q 2>&1 &\n' "$log"
+        printf 'echo $! >%q\n' "$dir/pid"
+    } >"$dir/start.sh"
+    chmod +x "$dir/start.sh"
+}
+
+member_pid() { cat "$FAILOVER_DIR/$1/pid" 2>/dev/null; }
+
+# shellcheck disable=SC2317 # called through RUNNING_STOP
+stop_pair() {
+    local m pid
+    for m in "${FAILOVER_MEMBERS[@]}"; do
+        pid=$(member_pid "$m") || continue
+        kill -TERM "$pid" 2>/dev/null || true
+    done
+    for m in "${FAILOVER_MEMBERS[@]}"; do
+        pid=$(member_pid "$m") || continue
+        await_exit "$pid" "$STOP_TIMEOUT"
+    done
+    FAILOVER_MEMBERS=()
+}
+
+# await_status NAME ADMIN_PORT CHECK: polls the member's /status until the Python
+# expression CHECK holds for its JSON `s`, for up to START_TIMEOUT seconds.
+await_status() {
+    python3 - "$2" "$3" "$START_TIMEOUT" <<'PY' || { log "$1: not '$3' within ${START_TIMEOUT}s"; return 1; }
+import json, sys, time, urllib.request
+port, check, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+deadline = time.monotonic() + timeout
+while time.monotonic() < deadline:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=1) as r:
+            s = json.load(r)
+        if eval(check, {"s": s}):
+            sys.exit(0)
+    except (OSError, ValueError):
+        pass
+    time.sleep(0.1)
+sys.exit(1)
+PY
+}
+
+# start_duomq_pair: two duomq-broker processes, ha.policy replication, the fileLock
+# arbiter in the pair's directory; a starts as primary, b as backup and syncs.
+start_duomq_pair() {
+    FAILOVER_DIR="$WORK/failover-duomq"
+    mkdir -p "$FAILOVER_DIR"
+    printf 'bench-%s\n' "$RANDOM$RANDOM$RANDOM" >"$FAILOVER_DIR/password"
+    local m role ports
+    read -r -a ports <<<"$(free_ports 6)"
+    declare -gA DUOMQ_STOMP=([a]=${ports[0]} [b]=${ports[3]})
+    declare -gA DUOMQ_ADMIN=([a]=${ports[1]} [b]=${ports[4]})
+    declare -gA DUOMQ_CLUSTER=([a]=${ports[2]} [b]=${ports[5]})
+    for m in a b; do
+        mkdir -p "$FAILOVER_DIR/$m/data"
+        if [[ $m == a ]]; then role=primary; else role=backup; fi
+        cat >"$FAILOVER_DIR/$m/broker.yaml" <<YAML
+node:
+  id: node-$m
+stomp:
+  listen: 127.0.0.1:${DUOMQ_STOMP[$m]}
+admin:
+  listen: 127.0.0.1:${DUOMQ_ADMIN[$m]}
+storage:
+  dataDir: $FAILOVER_DIR/$m/data
+ha:
+  policy: replication
+  role: $role
+  groupName: bench
+  checkPeriod: 100ms
+  connectionTtl: 1s
+  cluster:
+    listen: 127.0.0.1:${DUOMQ_CLUSTER[$m]}
+    passwordFile: $FAILOVER_DIR/password
+  members:
+    - name: node-a
+      cluster: 127.0.0.1:${DUOMQ_CLUSTER[a]}
+      stomp: 127.0.0.1:${DUOMQ_STOMP[a]}
+    - name: node-b
+      cluster: 127.0.0.1:${DUOMQ_CLUSTER[b]}
+      stomp: 127.0.0.1:${DUOMQ_STOMP[b]}
+  arbiter:
+    kind: fileLock
+    lockFile: $FAILOVER_DIR/live.lock
+YAML
+        write_start_script "$FAILOVER_DIR/$m" "$LOG_DIR/failover-duomq-$m.log" \
+            "$DUOMQ_BROKER" run --config "$FAILOVER_DIR/$m/broker.yaml"
+    done
+    FAILOVER_MEMBERS=(a b)
+    RUNNING_STOP=stop_pair
+    "$FAILOVER_DIR/a/start.sh" && await_status a "${DUOMQ_ADMIN[a]}" 's["role"] == "live"' || return 1
+    "$FAILOVER_DIR/b/start.sh" &&
+        await_status b "${DUOMQ_ADMIN[b]}" 's["role"] == "backup" and s["ha"]["sync"]["state"] == "synced"' || return 1
+    FAILOVER_ARGS=(--url "failover:(stomp://127.0.0.1:${DUOMQ_STOMP[a]},stomp://127.0.0.1:${DUOMQ_STOMP[b]})?$FAILOVER_QUERY"
+        --kill-mode status)
+    for m in a b; do
+        FAILOVER_ARGS+=(--member "$m=$FAILOVER_DIR/$m/pid:$FAILOVER_DIR/$m/start.sh"
+            --member-admin "$m=http://127.0.0.1:${DUOMQ_ADMIN[$m]}")
+    done
+}
+
+# start_activemq_pair: two ActiveMQ processes on one KahaDB directory; a takes the lock
+# and is master, b waits for it as slave. Each has its own STOMP port, which only the
+# master opens: that is how duomq-bench (--kill-mode port) tells which one is live.
+start_activemq_pair() {
+    FAILOVER_DIR="$WORK/failover-activemq"
+    mkdir -p "$FAILOVER_DIR/shared"
+    local m base ports
+    read -r -a ports <<<"$(free_ports 2)"
+    declare -gA AMQ_STOMP=([a]=${ports[0]} [b]=${ports[1]})
+    for m in a b; do
+        base="$FAILOVER_DIR/$m"
+        mkdir -p "$base/conf" "$base/data" "$base/tmp"
+        cp "$LIB_DIR/activemq-shared.xml" "$base/conf/activemq.xml"
+        cp "$LIB_DIR/activemq-log4j.properties" "$base/conf/log4j.properties"
+        activemq_command "$base" "${AMQ_STOMP[$m]}" "$base/conf/activemq.xml"
+        # The shared directory goes before -jar, with the other system properties.
+        local cmd=("${ACTIVEMQ_CMD[@]:0:${#ACTIVEMQ_CMD[@]}-4}" -Dduomqbench.sharedDir="$FAILOVER_DIR/shared"
+            "${ACTIVEMQ_CMD[@]: -4}")
+        write_start_script "$base" "$LOG_DIR/failover-activemq-$m.log" "${cmd[@]}"
+    done
+    FAILOVER_MEMBERS=(a b)
+    RUNNING_STOP=stop_pair
+    "$FAILOVER_DIR/a/start.sh" &&
+        probe await-stomp --url "stomp://127.0.0.1:${AMQ_STOMP[a]}" --timeout "$START_TIMEOUT" --pid "$(member_pid a)" ||
+        return 1
+    "$FAILOVER_DIR/b/start.sh" || return 1
+    FAILOVER_ARGS=(--url "failover:(stomp://127.0.0.1:${AMQ_STOMP[a]},stomp://127.0.0.1:${AMQ_STOMP[b]})?$FAILOVER_QUERY"
+        --kill-mode port --settle 5s)
+    for m in a b; do
+        FAILOVER_ARGS+=(--member "$m=$FAILOVER_DIR/$m/pid:$FAILOVER_DIR/$m/start.sh"
+            --member-stomp "$m=127.0.0.1:${AMQ_STOMP[$m]}")
+    done
+}
+
+# run_failover TARGET: start the pair, run duomq-bench failover, stop the pair.
+run_failover() {
+    local target=$1 out="$WORK/failover-$1.json" rc=0
+    log "failover/$target: starting the pair"
+    if ! "start_${target}_pair"; then
+        fail_cell "failover/$target" "the pair did not start (see logs/failover-$target-*.log)"
+        stop_broker
+        return
+    fi
+    log "failover/$target: $FAILOVER_KILLS kills, one every $FAILOVER_EVERY"
+    timeout --foreground -k 10 "$((FAILOVER_KILLS * 90 + 120))" "$BENCH" failover "${FAILOVER_ARGS[@]}" \
+        --destination "/queue/failover-$STAMP" --kills "$FAILOVER_KILLS" --kill-every "$FAILOVER_EVERY" \
+        --label "failover/$target" --json >"$out" 2>>"$LOG_DIR/failover-$target.log" || rc=$?
+    if ((rc != 0)); then
+        fail_cell "failover/$target" "duomq-bench failover exited with $rc (see logs/failover-$target.log)"
+    elif ! tail -n 1 "$out" | python3 -c 'import json, sys; json.loads(sys.stdin.read())' 2>/dev/null; then
+        fail_cell "failover/$target" "duomq-bench failover printed no JSON (see logs/failover-$target.log)"
+    else
+        tail -n 1 "$out" >>"$OUT/failover.jsonl"
+    fi
+    log "failover/$target: stopping the pair"
+    stop_broker
+}
