@@ -55,9 +55,8 @@ What it does, in order:
        rabbitmq-classic  the Debian package's RabbitMQ 3.10 with the STOMP plugin,
                          durable classic queues (config: bench/lib/rabbitmq.conf)
        rabbitmq-quorum   the same, durable quorum queues (x-queue-type:quorum)
-     RabbitMQ clients log in as guest to a virtual host named 127.0.0.1, which the
-     script creates: RabbitMQ reads STOMP's CONNECT host header as the virtual host,
-     and duomq-bench sends the URL's host there.
+     RabbitMQ clients log in as guest to the default virtual host: duomq-bench sends
+     --vhost / as STOMP's CONNECT host header, which RabbitMQ reads as the virtual host.
      RabbitMQ sends a SEND's receipt as a publisher confirm, once a persistent message
      is on disk: the same promise as duomq's receipt and ActiveMQ's. (A classic queue
      may also confirm a message that a consumer acknowledged before it reached the
