@@ -30,17 +30,8 @@ fn main() -> anyhow::Result<()> {
         .init();
     let output = match cli.command {
         Command::Run(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let report = runtime.block_on(run::run(&args))?;
-            // Pending client tasks (readers of closed connections) must not hold up exit.
-            runtime.shutdown_background();
-            if report.lost > 0 || report.duplicates > 0 {
-                tracing::warn!(
-                    lost = report.lost,
-                    duplicates = report.duplicates,
-                    "the broker lost or duplicated messages"
-                );
-            }
+            let report = block_on(run::run(&args))?;
+            warn_if_lost(report.lost, report.duplicates);
             if args.json {
                 report.to_json_line()? + "\n"
             } else {
@@ -48,16 +39,8 @@ fn main() -> anyhow::Result<()> {
             }
         }
         Command::Failover(args) => {
-            let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
-            let report = runtime.block_on(failover::failover(&args))?;
-            runtime.shutdown_background();
-            if report.lost > 0 || report.duplicates > 0 {
-                tracing::warn!(
-                    lost = report.lost,
-                    duplicates = report.duplicates,
-                    "the broker lost or duplicated messages"
-                );
-            }
+            let report = block_on(failover::failover(&args))?;
+            warn_if_lost(report.lost, report.duplicates);
             if args.json {
                 report.to_json_line()? + "\n"
             } else {
@@ -77,4 +60,19 @@ fn main() -> anyhow::Result<()> {
     stdout.write_all(output.as_bytes())?;
     stdout.flush()?;
     Ok(())
+}
+
+/// Runs a measurement on a fresh runtime; pending client tasks (readers of closed
+/// connections) must not hold up exit.
+fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
+    let result = runtime.block_on(work);
+    runtime.shutdown_background();
+    result
+}
+
+fn warn_if_lost(lost: u64, duplicates: u64) {
+    if lost > 0 || duplicates > 0 {
+        tracing::warn!(lost, duplicates, "the broker lost or duplicated messages");
+    }
 }
