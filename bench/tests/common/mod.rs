@@ -56,6 +56,19 @@ pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> anyhow::Result<s
 }
 
 pub fn free_port() -> anyhow::Result<u16> {
+    // Below the kernel's ephemeral range (32768+), so outgoing connections cannot take
+    // the port before the broker binds it; a stretch per process, never reused.
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = (std::process::id() * 89) % SPAN;
+    for _ in 0..SPAN {
+        let port = (LOW + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return Ok(port);
+        }
+    }
     Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
 }
 

@@ -93,9 +93,17 @@ fn one_batch_per_segment(dir: &Path) -> JournalConfig {
 }
 
 fn open(config: JournalConfig) -> (Journal, Recovered) {
-    match Journal::open(config, JournalMetrics::unregistered()) {
-        Ok(opened) => opened,
-        Err(error) => panic!("journal should open: {error:?}"),
+    // Another test forking a process (mount, umount) briefly holds a copy of every open
+    // descriptor, the directory lock included, until its exec: wait that out.
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(5);
+    loop {
+        match Journal::open(config.clone(), JournalMetrics::unregistered()) {
+            Ok(opened) => return opened,
+            Err(JournalError::Lock { .. }) if std::time::Instant::now() < deadline => {
+                std::thread::sleep(std::time::Duration::from_millis(5));
+            }
+            Err(error) => panic!("journal should open: {error:?}"),
+        }
     }
 }
 

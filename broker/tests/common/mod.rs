@@ -18,7 +18,22 @@ pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
 /// How long to wait for one expected frame.
 pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// A free port below the kernel's ephemeral range (32768+), so outgoing connections of
+/// other tests cannot take it between this check and the broker's bind. Each test
+/// process walks its own stretch of the range (from its pid) and never hands out a port
+/// twice.
 pub fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const LOW: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(0);
+    let base = (std::process::id() * 97) % SPAN;
+    for _ in 0..SPAN {
+        let port = (LOW + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
+        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
+            return port;
+        }
+    }
     let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
     l.local_addr().expect("local addr").port()
 }
