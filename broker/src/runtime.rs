@@ -77,7 +77,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
     let result = if config.ha.enabled() {
         run_replicated(&shared, &stomp_listener, &shutdown).await
     } else {
-        match open(&shared).await {
+        match open(&shared, false).await {
             Ok(broker) => serve_live(&shared, &stomp_listener, &broker, shutdown.clone()).await.and(close(&broker).await),
             Err(e) => Err(e),
         }
@@ -91,11 +91,12 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
     result
 }
 
-/// Opens the data directory and recovers the journal.
-async fn open(shared: &Shared) -> Result<Arc<Broker>, RunError> {
+/// Opens the data directory and recovers the journal (`took_over`: after a failover,
+/// recovered messages count as possibly delivered).
+async fn open(shared: &Shared, took_over: bool) -> Result<Arc<Broker>, RunError> {
     let started = std::time::Instant::now();
     let (config, users, metrics) = (Arc::clone(&shared.config), shared.users.clone(), shared.journal_metrics.clone());
-    let opened = tokio::task::spawn_blocking(move || Broker::open(config, users, metrics)).await;
+    let opened = tokio::task::spawn_blocking(move || Broker::open(config, users, metrics, took_over)).await;
     let (broker, report) = match opened {
         Ok(r) => r.map_err(RunError::Engine)?,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
@@ -165,13 +166,13 @@ async fn run_replicated(shared: &Shared, stomp: &TcpListener, shutdown: &Cancell
                             break Err(RunError::Ha(e));
                         }
                         tracing::warn!(epoch = epoch.0, %reason, "activating: this backup becomes live");
-                        start = StartAs::Live { reason };
+                        start = StartAs::Live { reason, took_over: true };
                     }
                     Ok(BackupOutcome::Shutdown) => break Ok(()),
                     Err(e) => break Err(RunError::Ha(e)),
                 }
             }
-            StartAs::Live { .. } => {
+            StartAs::Live { took_over, .. } => {
                 if let Err(e) = ctx.arbiter.hold_as_live() {
                     tracing::warn!(error = %ha::backup::error_chain(&e), "cannot claim the live role; starting as backup");
                     start = StartAs::Backup { reason: "arbiter refused".into() };
@@ -182,7 +183,7 @@ async fn run_replicated(shared: &Shared, stomp: &TcpListener, shutdown: &Cancell
                         break Err(RunError::Ha(e));
                     }
                 }
-                let broker = match open(shared).await {
+                let broker = match open(shared, took_over).await {
                     Ok(b) => b,
                     Err(e) => break Err(e),
                 };

@@ -86,10 +86,14 @@ pub struct Broker {
 
 impl Broker {
     /// Opens the data directory, recovers the journal and rebuilds every queue.
+    /// With `possibly_delivered` (a backup taking over from a live that died), every
+    /// recovered message is marked `redelivered`: the live may have handed it to a
+    /// consumer already, and the backup cannot know.
     pub fn open(
         config: Arc<BrokerConfig>,
         users: Vec<User>,
         journal_metrics: JournalMetrics,
+        possibly_delivered: bool,
     ) -> Result<(Arc<Broker>, RecoveryReport), EngineError> {
         let dir = &config.storage.data_dir;
         std::fs::create_dir_all(dir)
@@ -145,7 +149,7 @@ impl Broker {
                 body: stored.body,
                 persistent: true,
             });
-            queue.enqueue(Entry { message, journaled: true, redelivered: false });
+            queue.enqueue(Entry { message, journaled: true, redelivered: possibly_delivered });
         }
         let queues = broker.queues.read().len();
         Ok((broker, RecoveryReport { queues, ..report }))

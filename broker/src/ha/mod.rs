@@ -338,7 +338,7 @@ pub async fn starting_role(ctx: &HaContext) -> StartAs {
     }
     let last_live = ctx.epoch_store_last_live();
     if ctx.config.role == PreferredRole::Primary || last_live.as_deref() == Some(ctx.node_id.as_str()) {
-        StartAs::Live { reason: "no live answers".into() }
+        StartAs::Live { reason: "no live answers".into(), took_over: false }
     } else {
         StartAs::Backup { reason: "no live answers; waiting for one".into() }
     }
@@ -346,7 +346,8 @@ pub async fn starting_role(ctx: &HaContext) -> StartAs {
 
 #[derive(Debug)]
 pub enum StartAs {
-    Live { reason: String },
+    /// `took_over`: activated from backup, so recovered messages may have been delivered.
+    Live { reason: String, took_over: bool },
     Backup { reason: String },
 }
 
