@@ -104,6 +104,7 @@ impl Broker {
             segment_size: config.storage.segment_size.0,
             max_batch_bytes: config.storage.max_batch_bytes.as_usize(),
             fsync: config.storage.fsync,
+            remember_header: Some(dedup::STORED_HEADER.to_string()),
         };
         let (journal, recovered) =
             Journal::open(journal_config, journal_metrics).map_err(EngineError::OpenJournal)?;
@@ -126,8 +127,9 @@ impl Broker {
         });
         {
             let mut cache = broker.dedup.lock();
-            let ids = recovered.messages.iter().flat_map(|m| m.headers.iter()).filter(|(k, _)| k == dedup::STORED_HEADER);
-            for (_, id) in ids {
+            // Ids of acked messages too, as long as their segment is on disk: a producer
+            // may resend a message its consumer already took.
+            for id in &recovered.remembered {
                 cache.insert(id);
             }
         }

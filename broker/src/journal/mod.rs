@@ -118,7 +118,13 @@ pub struct JournalConfig {
     /// (an acknowledged append can be lost on power failure); only benchmarks and tests
     /// that say so should turn it off.
     pub fsync: bool,
+    /// A header whose values recovery collects from every add it replays, acked or not
+    /// (the broker's duplicate-detection ids), newest last, at most [`REMEMBERED_MAX`].
+    pub remember_header: Option<String>,
 }
+
+/// Most header values [`Recovered::remembered`] holds.
+pub const REMEMBERED_MAX: usize = 100_000;
 
 impl JournalConfig {
     /// A configuration for `dir` with the default segment size, batch bound and fsync on.
@@ -128,6 +134,7 @@ impl JournalConfig {
             segment_size: DEFAULT_SEGMENT_SIZE,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             fsync: true,
+            remember_header: None,
         }
     }
 }
@@ -147,6 +154,9 @@ pub struct Recovered {
     pub records: u64,
     /// Bytes cut off the last segment because its tail was torn (0 after a clean stop).
     pub torn_tail_bytes: u64,
+    /// Values of `JournalConfig::remember_header` in every add still on disk, acked ones
+    /// included, oldest first.
+    pub remembered: Vec<String>,
 }
 
 /// A snapshot of the journal's state: counters as of the last batch, files as they are.
@@ -209,7 +219,7 @@ impl Journal {
             source: source.into(),
         })?;
         let lock = lock::DirLock::acquire(&config.dir)?;
-        let recovery = recovery::recover(&config.dir)?;
+        let recovery = recovery::recover(&config.dir, config.remember_header.as_deref())?;
         let recovered = recovery.recovered.clone();
         let stats = Arc::new(SharedStats::new(metrics.clone()));
         let writer = Writer::start(&config, recovery, metrics, Arc::clone(&stats), lock)?;

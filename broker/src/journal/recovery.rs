@@ -50,14 +50,14 @@ struct TornTail {
 }
 
 /// Replays the journal in `dir`.
-pub(super) fn recover(dir: &Path) -> Result<Recovery, JournalError> {
+pub(super) fn recover(dir: &Path, remember_header: Option<&str>) -> Result<Recovery, JournalError> {
     let listing = segment::list(dir)?;
     let Sorted {
         files,
         adopted,
         unused,
     } = sort_prepared(dir, &listing)?;
-    let mut state = Replay::default();
+    let mut state = Replay { remember_header: remember_header.map(str::to_string), ..Replay::default() };
     let mut torn = None;
     let mut last = None;
     let mut segments = Vec::with_capacity(files.len());
@@ -123,6 +123,7 @@ pub(super) fn recover(dir: &Path) -> Result<Recovery, JournalError> {
             segments: files.len(),
             records: state.records,
             torn_tail_bytes,
+            remembered: state.remembered.into(),
         },
         ledger: state.ledger,
         segments,
@@ -189,6 +190,8 @@ fn adopt(dir: &Path, seq: SegmentSeq) -> Result<(), JournalError> {
 #[derive(Default)]
 struct Replay {
     messages: BTreeMap<MessageId, StoredMessage>,
+    remember_header: Option<String>,
+    remembered: std::collections::VecDeque<String>,
     ledger: Ledger,
     next_id: u64,
     records: u64,
@@ -262,6 +265,14 @@ impl Replay {
         for op in ops {
             match op {
                 Op::Add(message) => {
+                    if let Some(name) = &self.remember_header {
+                        if let Some((_, value)) = message.headers.iter().find(|(k, _)| k == name) {
+                            if self.remembered.len() == super::REMEMBERED_MAX {
+                                self.remembered.pop_front();
+                            }
+                            self.remembered.push_back(value.clone());
+                        }
+                    }
                     self.messages.insert(message.id, message);
                 }
                 Op::Ack(id) => {
