@@ -2,17 +2,12 @@
 //! while a producer pipelines receipted persistent sends, then restarted on the same
 //! ports and data dir. The client must reconnect by itself, resend what was not
 //! receipted, and every receipt must complete; a consumer then finds every message.
-//!
-//! The shared harness picks new ports on every restart, so this test runs the binary
-//! itself on ports it keeps (reserved from the OS once, reused for the restart).
 
 mod common;
 
-use common::{free_port, http_get, READY_TIMEOUT};
+use common::Broker;
 use duomq_broker::client::{AckMode, Client, ClientOptions, ConnectionEvent, ReceiptFuture, SendOptions};
 use std::collections::{BTreeMap, VecDeque};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -26,91 +21,6 @@ const PRODUCE_TIMEOUT: Duration = Duration::from_secs(120);
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Polling period of waits on a condition (never a synchronisation by itself).
 const POLL: Duration = Duration::from_millis(10);
-
-/// A broker process on fixed ports, restartable in place.
-struct FixedBroker {
-    child: Option<Child>,
-    dir: tempfile::TempDir,
-    stomp_port: u16,
-    admin_port: u16,
-}
-
-impl FixedBroker {
-    fn start(name: &str) -> FixedBroker {
-        let dir = tempfile::Builder::new().prefix(&format!("duomq-{name}-")).tempdir().expect("tempdir");
-        std::fs::write(dir.path().join("broker.yaml"), "").expect("write config");
-        let mut broker = FixedBroker { child: None, dir, stomp_port: free_port(), admin_port: free_port() };
-        broker.spawn();
-        broker
-    }
-
-    fn log(&self) -> PathBuf {
-        self.dir.path().join("broker.log")
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(self.log()).unwrap_or_default()
-    }
-
-    /// Starts the binary on this broker's ports and data dir and waits for `/readyz`.
-    fn spawn(&mut self) {
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(self.log()).expect("open broker log");
-        let child = Command::new(env!("CARGO_BIN_EXE_duomq-broker"))
-            .arg("run")
-            .arg("--config")
-            .arg(self.dir.path().join("broker.yaml"))
-            .arg("--data-dir")
-            .arg(self.dir.path().join("data"))
-            .arg("--stomp-listen")
-            .arg(format!("127.0.0.1:{}", self.stomp_port))
-            .arg("--admin-listen")
-            .arg(format!("127.0.0.1:{}", self.admin_port))
-            .env("RUST_LOG", "duomq_broker=debug,info")
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()
-            .expect("spawn duomq-broker");
-        self.child = Some(child);
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(Ok(Some(status))) = self.child.as_mut().map(Child::try_wait) {
-                panic!("broker exited with {status} before it was ready; log:\n{}", self.log_text());
-            }
-            if http_get(self.admin_port, "/readyz").is_ok_and(|(code, _)| code == 200) {
-                return;
-            }
-            std::thread::sleep(POLL);
-        }
-        panic!("broker did not become ready within {READY_TIMEOUT:?}; log:\n{}", self.log_text());
-    }
-
-    fn kill9(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-    }
-
-    /// Depth (pending + in flight) of a queue, from `/status`.
-    fn queue_depth(&self, name: &str) -> u64 {
-        let (code, body) = http_get(self.admin_port, "/status").expect("GET /status");
-        assert_eq!(code, 200, "{body}");
-        let status: serde_json::Value = serde_json::from_str(&body).expect("status JSON");
-        status["queues"]
-            .as_array()
-            .and_then(|queues| queues.iter().find(|q| q["name"] == name))
-            .map_or(0, |q| q["depth"].as_u64().unwrap_or(0) + q["inFlight"].as_u64().unwrap_or(0))
-    }
-}
-
-impl Drop for FixedBroker {
-    fn drop(&mut self) {
-        self.kill9();
-        if std::thread::panicking() {
-            eprintln!("--- broker log ({}) ---\n{}", self.log().display(), self.log_text());
-        }
-    }
-}
 
 /// Sends COUNT persistent messages with up to WINDOW receipts outstanding; counts the
 /// receipts as they complete.
@@ -135,7 +45,7 @@ async fn produce(client: Client, receipted: Arc<AtomicU64>) -> anyhow::Result<()
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_broker_killed_midway_when_restarted_on_the_same_address_should_complete_every_receipt() {
-    let mut broker = FixedBroker::start("client-failover");
+    let mut broker = Broker::start("client-failover", "");
     let url = format!(
         "failover:(stomp://127.0.0.1:{})?initialReconnectDelay=10ms&maxReconnectDelay=200ms",
         broker.stomp_port
@@ -155,8 +65,7 @@ async fn given_broker_killed_midway_when_restarted_on_the_same_address_should_co
     }
     let broker_port = broker.stomp_port;
     let broker = tokio::task::spawn_blocking(move || {
-        broker.kill9();
-        broker.spawn();
+        broker.restart_in_place();
         broker
     })
     .await

@@ -12,6 +12,7 @@ mod members;
 use crate::cli::FailoverArgs;
 use crate::report::{round3, FailoverReport, KillReport};
 use crate::run::consumer::{self, ConsumerSpec, Recorder};
+use crate::run::drain;
 use crate::run::producer::{self, ProducerSpec};
 use crate::run::shared::{nanos_since, ConnectionGenerations, Counters, Phases, ReceiptLog, Shared};
 use crate::tally::{Deliveries, DeliveryCounts, SeqSet};
@@ -27,8 +28,6 @@ use tokio_util::sync::CancellationToken;
 
 /// How often members are probed while waiting for a role change.
 const ROLE_POLL: Duration = Duration::from_millis(20);
-/// How often the drain checks whether every confirmed message has arrived.
-const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// Producers stop at the end of the kills, not at a deadline: a measured interval longer
 /// than any run.
 const NO_DEADLINE: Duration = Duration::from_secs(365 * 24 * 3600);
@@ -303,15 +302,3 @@ async fn log_reconnects(mut events: tokio::sync::broadcast::Receiver<ConnectionE
     }
 }
 
-/// Waits until every confirmed message was delivered or `timeout` passes; returns how
-/// many are still missing.
-async fn drain(shared: &Shared, confirmed: &[SeqSet], timeout: Duration) -> u64 {
-    let deadline = Instant::now() + timeout;
-    loop {
-        let missing = shared.deliveries.missing(confirmed);
-        if missing == 0 || Instant::now() >= deadline {
-            return missing;
-        }
-        tokio::time::sleep(DRAIN_POLL).await;
-    }
-}

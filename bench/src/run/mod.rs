@@ -224,7 +224,7 @@ impl Totals {
 
 /// Waits until every confirmed message was delivered or `timeout` passes; returns how
 /// many are still missing.
-async fn drain(shared: &Shared, confirmed: &[SeqSet], timeout: Duration) -> u64 {
+pub(crate) async fn drain(shared: &Shared, confirmed: &[SeqSet], timeout: Duration) -> u64 {
     let deadline = Instant::now() + timeout;
     loop {
         let missing = shared.deliveries.missing(confirmed);

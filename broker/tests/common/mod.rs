@@ -93,26 +93,7 @@ impl Broker {
         for _attempt in 0..5 {
             self.stomp_port = free_port();
             self.admin_port = free_port();
-            std::fs::write(self.config_path(), &self.extra_config).expect("write config");
-            self.log = self.dir.join("broker.log");
-            let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open broker log");
-            let child = Process::new(env!("CARGO_BIN_EXE_duomq-broker"))
-                .arg("run")
-                .arg("--config")
-                .arg(self.config_path())
-                .arg("--data-dir")
-                .arg(&self.data_dir)
-                .arg("--stomp-listen")
-                .arg(format!("127.0.0.1:{}", self.stomp_port))
-                .arg("--admin-listen")
-                .arg(format!("127.0.0.1:{}", self.admin_port))
-                .env("RUST_LOG", "duomq_broker=debug,info")
-                .stdout(Stdio::null())
-                .stderr(log)
-                .spawn()
-                .expect("spawn duomq-broker");
-            self.child = Some(child);
-            if self.wait_ready() {
+            if self.launch() {
                 return;
             }
             let _ = self.kill9();
@@ -121,6 +102,39 @@ impl Broker {
             }
         }
         panic!("broker did not become ready within {READY_TIMEOUT:?}; log:\n{}", self.log_text());
+    }
+
+    /// Starts the binary on the current ports and data dir; true once `/readyz` answers.
+    fn launch(&mut self) -> bool {
+        std::fs::write(self.config_path(), &self.extra_config).expect("write config");
+        self.log = self.dir.join("broker.log");
+        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).expect("open broker log");
+        let child = Process::new(env!("CARGO_BIN_EXE_duomq-broker"))
+            .arg("run")
+            .arg("--config")
+            .arg(self.config_path())
+            .arg("--data-dir")
+            .arg(&self.data_dir)
+            .arg("--stomp-listen")
+            .arg(format!("127.0.0.1:{}", self.stomp_port))
+            .arg("--admin-listen")
+            .arg(format!("127.0.0.1:{}", self.admin_port))
+            .env("RUST_LOG", "duomq_broker=debug,info")
+            .stdout(Stdio::null())
+            .stderr(log)
+            .spawn()
+            .expect("spawn duomq-broker");
+        self.child = Some(child);
+        self.wait_ready()
+    }
+
+    /// Kills (if running) and starts again on the same ports and data dir, for clients
+    /// that must reconnect to the same address.
+    pub fn restart_in_place(&mut self) {
+        self.kill9();
+        if !self.launch() {
+            panic!("broker did not come back within {READY_TIMEOUT:?}; log:\n{}", self.log_text());
+        }
     }
 
     fn wait_ready(&mut self) -> bool {
