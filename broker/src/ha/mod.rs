@@ -179,9 +179,12 @@ impl HaContext {
         self.publish(Some(SyncStatus { state, lag_bytes, lag_records }));
     }
 
+    /// Records a backup's progress; `/status` is rebuilt only when something changed
+    /// (this runs once per replicated batch).
     pub fn update_backup(&self, status: BackupStatus) {
         let mut backups = self.backups.lock();
         let changed_state = match backups.iter_mut().find(|b| b.node == status.node) {
+            Some(b) if *b == status => return,
             Some(b) => {
                 let changed = b.state != status.state;
                 *b = status;

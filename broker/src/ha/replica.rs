@@ -71,6 +71,8 @@ async fn stream(
     conn.queue(&ClusterFrame::SyncEnd { seq: target.segment, len: target.offset }).map_err(HaError::Cluster)?;
     tracing::info!(backup = %peer.node_id, segments = extents.len(), target_segment = target.segment, target_offset = target.offset, "initial sync started");
     let mut cursor = (first, 0u64);
+    // The segment being read, kept open across batches.
+    let mut open_segment: Option<(u64, std::fs::File)> = None;
     let mut sent: BTreeSet<u64> = BTreeSet::new();
     let mut synced = false;
     let mut acked = (0u64, 0u64);
@@ -111,7 +113,13 @@ async fn stream(
             let len = ((limit - offset) as usize).min(CHUNK);
             let mut data = vec![0u8; len];
             let read = tokio::task::block_in_place(|| {
-                std::fs::File::open(&path).and_then(|f| f.read_exact_at(&mut data, offset))
+                if open_segment.as_ref().is_none_or(|(s, _)| *s != seq) {
+                    open_segment = Some((seq, std::fs::File::open(&path)?));
+                }
+                match &open_segment {
+                    Some((_, file)) => file.read_exact_at(&mut data, offset),
+                    None => Ok(()),
+                }
             });
             if let Err(e) = read {
                 return Err(HaError::ReadSegment { path, source: e });
