@@ -1,0 +1,336 @@
+//! The `BrokerGroup` API (`duomq.io/v1alpha1`): the Rust types the CRD in `crds/` is
+//! generated from. Field docs become `kubectl explain` text; CEL rules
+//! (`x-kubernetes-validations`) reject specs that cannot work, each with a message that says
+//! what to fix. Types and schema only: no rendering, no client.
+
+mod status;
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{ResourceRequirements, Toleration};
+use kube::{CustomResource, KubeSchema};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+pub use status::*;
+
+pub const GROUP: &str = "duomq.io";
+pub const VERSION: &str = "v1alpha1";
+pub const KIND: &str = "BrokerGroup";
+
+/// A BrokerGroup runs `groups` live/backup groups of the duomq broker. Each group is one live
+/// broker and `backupsPerGroup` backups that take over, without losing an acknowledged
+/// message, when the live is lost.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "duomq.io",
+    version = "v1alpha1",
+    kind = "BrokerGroup",
+    namespaced,
+    status = "BrokerGroupStatus",
+    shortname = "bg",
+    category = "duomq",
+    doc = "A BrokerGroup runs live/backup groups of the duomq message broker that survive the loss of a broker, a pod or a node without losing an acknowledged message.",
+    cel,
+    printcolumn = r#"{"name":"Groups","type":"integer","jsonPath":".spec.groups","description":"Live/backup groups"}"#,
+    printcolumn = r#"{"name":"Live","type":"string","jsonPath":".status.live","description":"Groups with a live broker, of all groups"}"#,
+    printcolumn = r#"{"name":"Replicated","type":"string","jsonPath":".status.conditions[?(@.type==\"Replicated\")].status","description":"Every group has an in-sync backup"}"#,
+    printcolumn = r#"{"name":"Failovers","type":"integer","jsonPath":".status.failovers","description":"Failovers of all groups since creation"}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
+    validation = Rule::new("!has(self.spec.networkConnectors) || self.spec.networkConnectors.all(c, !has(c.brokerGroup) || c.brokerGroup != self.metadata.name)").message("a network connector cannot point at its own BrokerGroup (the groups of one BrokerGroup are already connected to each other): remove it or name another BrokerGroup")
+)]
+#[x_kube(
+    validation = Rule::new("self.ha.mode != 'replication' || self.backupsPerGroup >= 1").message("replication needs a backup to replicate to: set backupsPerGroup to 1 or more"),
+    validation = Rule::new("self.ha.mode != 'sharedStore' || self.backupsPerGroup >= 1").message("a shared-store group needs a slave to take over: set backupsPerGroup to 1 or more"),
+    validation = Rule::new("self.ha.mode != 'sharedStore' || has(self.storage.storageClassName)").message("shared store keeps each group's journal on one volume all its members mount: set storage.storageClassName to a class that provides ReadWriteMany volumes (NFS, CephFS)"),
+    validation = Rule::new("self.layout.type != 'hostPairs' || self.groups == 2 * size(self.layout.hostPairs)").message("a hostPairs layout runs two groups on each pair of nodes: set groups to twice the number of hostPairs (an even number)"),
+    validation = Rule::new("self.layout.type != 'hostPairs' || self.backupsPerGroup == 1").message("a host pair has two nodes, one per member: set backupsPerGroup to 1"),
+    validation = Rule::new("!has(self.grouping) || self.grouping.localGroup < self.groups").message("grouping.localGroup must be the index of one of this BrokerGroup's groups (0 to groups - 1)")
+)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerGroupSpec {
+    /// Container image of the duomq broker.
+    #[serde(default = "default_image")]
+    pub image: String,
+
+    /// When the kubelet pulls the broker image: IfNotPresent, Always or Never.
+    #[serde(default)]
+    pub image_pull_policy: PullPolicy,
+
+    /// How many live/backup groups to run. Each group is one live broker and its backups; groups
+    /// of one BrokerGroup are networked with each other.
+    #[serde(default = "one")]
+    #[schemars(range(min = 1, max = 32))]
+    pub groups: i32,
+
+    /// Backups in each group (the live is extra). Replication and shared store need at least one.
+    #[serde(default = "one")]
+    #[schemars(range(min = 0, max = 4))]
+    pub backups_per_group: i32,
+
+    /// How the members of a group stay highly available.
+    #[serde(default)]
+    pub ha: HaSpec,
+
+    /// Where the members of each group run.
+    #[serde(default)]
+    pub layout: LayoutSpec,
+
+    /// The journal's volume.
+    #[serde(default)]
+    pub storage: StorageSpec,
+
+    /// CPU and memory for each broker container. Defaults: requests 100m CPU and 128Mi memory,
+    /// limit 512Mi memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Ports the brokers listen on.
+    #[serde(default)]
+    pub ports: PortsSpec,
+
+    /// Name of a Secret in this namespace whose key `users` holds the client users, one
+    /// `NAME:PASSWORD` per line. Without it every client is accepted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub users_secret: Option<String>,
+
+    /// Store-and-forward connectors to brokers outside this BrokerGroup: another BrokerGroup in
+    /// this namespace (every one of its groups, each as a masterslave list), or an explicit
+    /// `masterslave:(…)` list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    #[schemars(length(max = 16))]
+    pub network_connectors: Vec<NetworkConnectorSpec>,
+
+    /// Clustered message grouping: one group hosts the LOCAL grouping handler, the others ask it
+    /// (REMOTE), so all messages of one group go to one consumer wherever they arrive.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grouping: Option<GroupingSpec>,
+
+    /// Additions to every broker pod.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pod_template: Option<PodTemplateOverrides>,
+}
+
+fn default_image() -> String {
+    format!("duomq/broker:{}", env!("CARGO_PKG_VERSION"))
+}
+
+fn one() -> i32 {
+    1
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum PullPolicy {
+    #[default]
+    IfNotPresent,
+    Always,
+    Never,
+}
+
+impl PullPolicy {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PullPolicy::IfNotPresent => "IfNotPresent",
+            PullPolicy::Always => "Always",
+            PullPolicy::Never => "Never",
+        }
+    }
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct HaSpec {
+    /// replication: members share nothing; the live streams every persistent write to its
+    /// backups (Artemis style). sharedStore: members mount one ReadWriteMany volume; whoever
+    /// holds its lock is master (ActiveMQ style). Cannot be changed later.
+    #[serde(default)]
+    #[x_kube(validation = Rule::new("self == oldSelf").message("ha.mode cannot change on an existing BrokerGroup: create a new BrokerGroup and move clients to it"))]
+    pub mode: HaMode,
+
+    /// When the original live (the group's first member) comes back after a failover, it
+    /// resyncs and then takes the live role back.
+    #[serde(default)]
+    pub allow_failback: bool,
+
+    /// replication mode only. sync: a persistent send is receipted only once every in-sync
+    /// backup has it. async: receipts do not wait (a failover may lose the last writes).
+    #[serde(default)]
+    pub replication: ReplicationMode,
+
+    /// Name of a Secret with keys `user` and `password`: the cluster credentials members
+    /// authenticate each other with. When empty the operator creates `<name>-cluster` with a
+    /// random password.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster_credentials_secret: Option<String>,
+}
+
+impl Default for HaSpec {
+    fn default() -> Self {
+        HaSpec { mode: HaMode::default(), allow_failback: false, replication: ReplicationMode::default(), cluster_credentials_secret: None }
+    }
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum HaMode {
+    #[default]
+    Replication,
+    SharedStore,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ReplicationMode {
+    #[default]
+    Sync,
+    Async,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("self.type != 'hostPairs' || size(self.hostPairs) > 0").message("layout.type hostPairs needs layout.hostPairs: list pairs of node names"))]
+pub struct LayoutSpec {
+    /// spread: members of a group never share a node. hostPairs: each pair of nodes runs two
+    /// groups crossed over: the first group's live on the first node and its backup on the
+    /// second, the second group the other way round.
+    #[serde(default, rename = "type")]
+    pub kind: LayoutKind,
+
+    /// hostPairs layout only: the pairs of nodes, in group order (pair 0 runs groups 0 and 1).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub host_pairs: Vec<HostPair>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum LayoutKind {
+    #[default]
+    Spread,
+    HostPairs,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[x_kube(validation = Rule::new("self.nodes[0] != self.nodes[1]").message("the two nodes of a host pair must be different nodes"))]
+pub struct HostPair {
+    /// Two node names (`kubernetes.io/hostname`).
+    #[schemars(length(min = 2, max = 2))]
+    pub nodes: Vec<String>,
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct StorageSpec {
+    /// Size of each journal volume, e.g. 10Gi.
+    #[serde(default = "default_storage_size")]
+    #[x_kube(validation = Rule::new("quantity(self).isGreaterThan(quantity('0'))").message("storage.size must be a positive quantity such as 10Gi"))]
+    pub size: String,
+
+    /// StorageClass of the volumes; the cluster's default class when empty. Shared store needs
+    /// a class that provides ReadWriteMany volumes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub storage_class_name: Option<String>,
+}
+
+impl Default for StorageSpec {
+    fn default() -> Self {
+        StorageSpec { size: default_storage_size(), storage_class_name: None }
+    }
+}
+
+fn default_storage_size() -> String {
+    "10Gi".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PortsSpec {
+    /// STOMP port for clients.
+    #[serde(default = "default_stomp_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub stomp: i32,
+    /// Cluster port: replication, votes and network connectors.
+    #[serde(default = "default_cluster_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub cluster: i32,
+    /// Admin HTTP port: health, status and Prometheus metrics.
+    #[serde(default = "default_admin_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub admin: i32,
+}
+
+impl Default for PortsSpec {
+    fn default() -> Self {
+        PortsSpec { stomp: default_stomp_port(), cluster: default_cluster_port(), admin: default_admin_port() }
+    }
+}
+
+fn default_stomp_port() -> i32 {
+    61613
+}
+fn default_cluster_port() -> i32 {
+    61616
+}
+fn default_admin_port() -> i32 {
+    i32::from(duomq_broker::admin::api::DEFAULT_PORT)
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("has(self.brokerGroup) != has(self.uri)").message("a network connector needs exactly one of brokerGroup (another BrokerGroup in this namespace) or uri (a masterslave:(…) list)"),
+    validation = Rule::new("!has(self.uri) || self.uri.startsWith('masterslave:(') || self.uri.startsWith('static:(') || self.uri.startsWith('tcp://')").message("a network connector uri must look like masterslave:(tcp://a:61616,tcp://b:61616), static:(…) or tcp://host:port")
+)]
+pub struct NetworkConnectorSpec {
+    /// Unique name of the connector.
+    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    pub name: String,
+    /// Another BrokerGroup in this namespace: the connector reaches every one of its groups.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub broker_group: Option<String>,
+    /// An explicit list of the members of one remote group, e.g.
+    /// `masterslave:(tcp://a:61616,tcp://b:61616)`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub uri: Option<String>,
+    /// Forward in both directions over the one connection.
+    #[serde(default)]
+    pub duplex: bool,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupingSpec {
+    /// Index of the group whose live runs the LOCAL grouping handler (0 is the first group).
+    #[serde(default)]
+    #[schemars(range(min = 0))]
+    pub local_group: i32,
+    /// How long a REMOTE handler waits for the LOCAL handler's decision, e.g. 5s.
+    #[serde(default = "default_grouping_timeout")]
+    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m)$"))]
+    pub timeout: String,
+}
+
+fn default_grouping_timeout() -> String {
+    "5s".into()
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PodTemplateOverrides {
+    /// Extra labels on every broker pod.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub labels: BTreeMap<String, String>,
+    /// Extra annotations on every broker pod.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub annotations: BTreeMap<String, String>,
+    /// Tolerations of every broker pod.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub tolerations: Vec<Toleration>,
+    /// Node labels every broker pod requires.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub node_selector: BTreeMap<String, String>,
+    /// PriorityClass of the broker pods.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub priority_class_name: Option<String>,
+}

@@ -1,0 +1,106 @@
+//! The BrokerGroup's status: what the operator observed, for people (`kubectl get/describe`)
+//! and for automation (`kubectl wait --for=condition=Available`).
+
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
+use kube::KubeSchema;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+
+/// Condition types, PascalCase as Kubernetes does.
+pub mod condition {
+    /// Every group has a live broker serving clients.
+    pub const AVAILABLE: &str = "Available";
+    /// Every group has at least one backup in sync with its live.
+    pub const REPLICATED: &str = "Replicated";
+    /// The operator is still creating or updating objects, or members are starting.
+    pub const PROGRESSING: &str = "Progressing";
+    /// Something needs attention: an invalid spec, a group without a live, a missing Secret.
+    pub const DEGRADED: &str = "Degraded";
+}
+
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct BrokerGroupStatus {
+    /// The generation of the spec this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+    /// Available, Replicated, Progressing and Degraded.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
+    pub conditions: Vec<Condition>,
+    /// Groups with a live broker, of all groups, e.g. 2/2.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<String>,
+    /// Failovers of all groups since the BrokerGroup was created.
+    #[serde(default)]
+    pub failovers: i64,
+    /// One entry per group, in group order.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
+    pub groups: Vec<GroupStatus>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupStatus {
+    /// The group's backup-group name (also its StatefulSet's name).
+    pub name: String,
+    /// The pod that is live now, if any.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<String>,
+    /// The pod that should be live when all is well (the group's first member, or in a
+    /// hostPairs layout the member on the pair's node for this group).
+    pub preferred_live: String,
+    /// The other members and how far they are from the live.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub backups: Vec<MemberStatus>,
+    /// The group's epoch: it increases on every change of live.
+    #[serde(default)]
+    pub epoch: i64,
+    /// Failovers of this group seen by the operator.
+    #[serde(default)]
+    pub failovers: i64,
+    /// The most recent failover.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_failover: Option<FailoverRecord>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct MemberStatus {
+    /// Pod name.
+    pub pod: String,
+    /// What the member reports: starting, backup, live, stopping; unreachable when its admin
+    /// endpoint does not answer; pending when the pod is not running.
+    pub state: String,
+    /// The member holds everything the live has (replication), or waits on the shared store.
+    pub synced: bool,
+    /// Bytes of journal the member is behind its live.
+    #[serde(default)]
+    pub lag: i64,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct FailoverRecord {
+    /// When the operator saw the new live.
+    pub time: Time,
+    /// The pod that was live before.
+    pub from: String,
+    /// The pod that is live now.
+    pub to: String,
+    /// Why: LiveLost, OperatorFailover, Switchover or Failback.
+    pub reason: FailoverReason,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+pub enum FailoverReason {
+    /// The live stopped answering and a backup took over.
+    LiveLost,
+    /// The operator saw the live was dead and released its arbiter for a backup.
+    OperatorFailover,
+    /// A planned hand-over to a named backup.
+    Switchover,
+    /// The preferred member took the live role back.
+    Failback,
+}

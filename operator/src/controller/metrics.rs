@@ -1,0 +1,54 @@
+//! The operator's Prometheus metrics; low-cardinality labels only.
+
+use std::time::Instant;
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
+use prometheus_client::registry::Registry;
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ResultLabel {
+    pub result: &'static str,
+}
+
+pub struct Metrics {
+    pub reconciliations: Family<ResultLabel, Counter>,
+    pub reconcile_seconds: Histogram,
+    pub failovers: Counter,
+    pub invalid_specs: Counter,
+}
+
+impl Metrics {
+    pub fn new(registry: &mut Registry) -> Metrics {
+        let m = Metrics {
+            reconciliations: Family::default(),
+            reconcile_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
+            failovers: Counter::default(),
+            invalid_specs: Counter::default(),
+        };
+        let r = registry.sub_registry_with_prefix("duomq_operator");
+        r.register("reconciliations", "Reconciles of BrokerGroups, by result", m.reconciliations.clone());
+        r.register("reconcile_duration_seconds", "Time one reconcile took", m.reconcile_seconds.clone());
+        r.register("failovers", "Changes of a group's live broker seen by the operator", m.failovers.clone());
+        r.register("invalid_specs", "Reconciles that found an invalid BrokerGroup spec", m.invalid_specs.clone());
+        m
+    }
+
+    pub fn reconcile_started(&self) -> ReconcileTimer<'_> {
+        ReconcileTimer { metrics: self, start: Instant::now() }
+    }
+}
+
+pub struct ReconcileTimer<'a> {
+    metrics: &'a Metrics,
+    start: Instant,
+}
+
+impl ReconcileTimer<'_> {
+    pub fn finish(self, result: &'static str) {
+        self.metrics.reconcile_seconds.observe(self.start.elapsed().as_secs_f64());
+        self.metrics.reconciliations.get_or_create(&ResultLabel { result }).inc();
+    }
+}

@@ -1,0 +1,275 @@
+//! The controller: watches BrokerGroups and what they own, and reconciles each one in
+//! phases that read top to bottom: dereference (I/O) → validate (pure) → render (pure) →
+//! apply (server-side apply, one field manager) → delete orphans → observe pods and brokers →
+//! compute status (pure) → label pods, publish events, patch status.
+
+mod apply;
+mod brokers;
+pub mod metrics;
+mod observe;
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::{ConfigMap, Pod, Secret, Service};
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
+use k8s_openapi::jiff::Timestamp;
+use kube::api::{Api, Patch, PatchParams};
+use kube::runtime::controller::{Action, Controller};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
+use kube::runtime::reflector::ObjectRef;
+use kube::runtime::watcher;
+use kube::{Client, Resource, ResourceExt};
+use parking_lot::Mutex;
+use thiserror::Error;
+use tracing::{info, warn};
+
+pub use brokers::{BrokerStatusSource, HttpBrokerStatus};
+
+use crate::api::{condition, BrokerGroup, BrokerGroupStatus};
+use crate::names;
+use crate::render::render;
+use crate::status::{self, Observation};
+use crate::validate::{validate, InvalidSpec};
+
+#[derive(Debug, Error)]
+pub enum Error {
+    #[error("failed to {step}")]
+    Kube {
+        step: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("the BrokerGroup has no namespace")]
+    NoNamespace,
+}
+
+impl Error {
+    fn kube(step: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+        let step = step.into();
+        move |source| Error::Kube { step, source }
+    }
+}
+
+/// How often a settled BrokerGroup is looked at again (its brokers' status is polled, not
+/// watched), and how often while members are starting or a group has no live.
+const REQUEUE_STABLE: Duration = Duration::from_secs(15);
+const REQUEUE_BUSY: Duration = Duration::from_secs(3);
+/// Backoff after a failed reconcile: doubles from the first to the cap.
+const BACKOFF_FIRST: Duration = Duration::from_secs(1);
+const BACKOFF_CAP: Duration = Duration::from_secs(300);
+
+/// What every reconcile shares.
+pub struct Context {
+    pub client: Client,
+    pub recorder: Recorder,
+    pub metrics: Arc<metrics::Metrics>,
+    pub brokers: Arc<dyn BrokerStatusSource>,
+    /// Consecutive failures per BrokerGroup, for backoff.
+    failures: Mutex<HashMap<ObjectRef<BrokerGroup>, u32>>,
+}
+
+impl Context {
+    pub fn new(client: Client, metrics: Arc<metrics::Metrics>, brokers: Arc<dyn BrokerStatusSource>) -> Context {
+        let reporter = Reporter { controller: names::FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
+        Context { recorder: Recorder::new(client.clone(), reporter), client, metrics, brokers, failures: Mutex::new(HashMap::new()) }
+    }
+}
+
+/// Runs the controller until a shutdown signal. `namespace` limits it to one namespace.
+pub async fn run(client: Client, namespace: Option<String>, ctx: Arc<Context>) {
+    let (groups, owned) = match &namespace {
+        Some(ns) => (Api::<BrokerGroup>::namespaced(client.clone(), ns), Some(ns.clone())),
+        None => (Api::<BrokerGroup>::all(client.clone()), None),
+    };
+    let api = |c: &Client| -> (Api<StatefulSet>, Api<Service>, Api<ConfigMap>, Api<Secret>, Api<PodDisruptionBudget>, Api<Pod>) {
+        match &owned {
+            Some(ns) => (
+                Api::namespaced(c.clone(), ns),
+                Api::namespaced(c.clone(), ns),
+                Api::namespaced(c.clone(), ns),
+                Api::namespaced(c.clone(), ns),
+                Api::namespaced(c.clone(), ns),
+                Api::namespaced(c.clone(), ns),
+            ),
+            None => (Api::all(c.clone()), Api::all(c.clone()), Api::all(c.clone()), Api::all(c.clone()), Api::all(c.clone()), Api::all(c.clone())),
+        }
+    };
+    let (sts, svc, cm, secret, pdb, pods) = api(&client);
+    let managed = watcher::Config::default().labels(&format!("{}={}", names::LABEL_MANAGED_BY, names::FIELD_MANAGER));
+    let broker_pods = watcher::Config::default().labels(&format!("{}={}", names::LABEL_NAME, names::APP_NAME));
+    Controller::new(groups, watcher::Config::default())
+        .owns(sts, managed.clone())
+        .owns(svc, managed.clone())
+        .owns(cm, managed.clone())
+        .owns(secret, managed.clone())
+        .owns(pdb, managed)
+        // A pod dying or coming back changes the status at once, not at the next poll.
+        .watches(pods, broker_pods, |pod| {
+            let instance = pod.labels().get(names::LABEL_INSTANCE)?.clone();
+            Some(ObjectRef::<BrokerGroup>::new(&instance).within(&pod.namespace()?))
+        })
+        .shutdown_on_signal()
+        .run(reconcile, error_policy, ctx)
+        .for_each(|result| async move {
+            match result {
+                Ok((object, _)) => tracing::debug!(brokergroup = %object, "reconciled"),
+                Err(e) => tracing::debug!(error = %e, "reconcile loop"),
+            }
+        })
+        .await;
+}
+
+fn error_policy(bg: Arc<BrokerGroup>, error: &Error, ctx: Arc<Context>) -> Action {
+    let key = ObjectRef::from_obj(bg.as_ref());
+    let mut failures = ctx.failures.lock();
+    let n = failures.entry(key).or_insert(0);
+    *n = n.saturating_add(1);
+    let delay = BACKOFF_FIRST.saturating_mul(1u32 << (*n - 1).min(16)).min(BACKOFF_CAP);
+    warn!(brokergroup = %bg.name_any(), error = %error, source = ?std::error::Error::source(error).map(|s| s.to_string()), retry_in = ?delay, "reconcile failed");
+    Action::requeue(delay)
+}
+
+fn now() -> Time {
+    Time(Timestamp::now())
+}
+
+/// One reconcile of one BrokerGroup.
+pub async fn reconcile(bg: Arc<BrokerGroup>, ctx: Arc<Context>) -> Result<Action, Error> {
+    let timer = ctx.metrics.reconcile_started();
+    let result = reconcile_phases(&bg, &ctx).await;
+    timer.finish(match &result {
+        Ok(_) => "ok",
+        Err(_) => "error",
+    });
+    if result.is_ok() {
+        ctx.failures.lock().remove(&ObjectRef::from_obj(bg.as_ref()));
+    }
+    result
+}
+
+async fn reconcile_phases(bg: &BrokerGroup, ctx: &Context) -> Result<Action, Error> {
+    // Owner references let Kubernetes' garbage collector delete everything: nothing to do.
+    if bg.meta().deletion_timestamp.is_some() {
+        return Ok(Action::await_change());
+    }
+    let namespace = bg.namespace().ok_or(Error::NoNamespace)?;
+    let client = &ctx.client;
+
+    // Dereference: everything the spec points at.
+    let deps = apply::fetch_dependencies(client, &namespace, bg).await?;
+
+    // Validate.
+    let validated = match validate(bg, &deps.dependencies) {
+        Ok(v) => v,
+        Err(invalid) => return report_invalid(bg, ctx, &namespace, &invalid).await,
+    };
+
+    // Build and apply.
+    let rendered = render(&validated);
+    apply::apply_all(client, &namespace, &rendered).await?;
+    apply::delete_orphans(client, &namespace, &validated, &rendered).await?;
+
+    // Observe and report.
+    let mut seen: Observation = observe::observe(client, ctx.brokers.as_ref(), &namespace, &validated).await?;
+    seen.problems.extend(deps.problems);
+    for target in &validated.missing_targets {
+        seen.problems.push((
+            "ConnectorTargetMissing".into(),
+            format!("network connector target BrokerGroup {target} does not exist in namespace {namespace}"),
+        ));
+    }
+    let previous = bg.status.clone().unwrap_or_default();
+    let computed = status::compute(&validated, bg.meta().generation, &seen, &previous, &now());
+
+    let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
+    for (pod, role) in &computed.role_labels {
+        let patch = serde_json::json!({"metadata": {"labels": {names::LABEL_ROLE: role}}});
+        pods.patch(pod, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(Error::kube(format!("label pod {pod} {role}")))?;
+        info!(pod = %pod, role = %role, "pod role label set");
+    }
+    for t in &computed.transitions {
+        publish(ctx, bg, if t.warning { EventType::Warning } else { EventType::Normal }, &t.reason, &t.note).await;
+        if t.reason == "FailedOver" || t.reason == "FailedBack" {
+            ctx.metrics.failovers.inc();
+        }
+        info!(brokergroup = %bg.name_any(), reason = %t.reason, "{}", t.note);
+    }
+    if computed.status != previous {
+        patch_status(client, &namespace, bg, &computed.status).await?;
+    }
+    let progressing = computed.status.conditions.iter().any(|c| c.type_ == condition::PROGRESSING && c.status == "True");
+    let all_live = computed.status.groups.iter().all(|g| g.live.is_some());
+    Ok(Action::requeue(if !progressing && all_live { REQUEUE_STABLE } else { REQUEUE_BUSY }))
+}
+
+/// An invalid spec: say so in the status and an event, and wait for the spec to change.
+async fn report_invalid(bg: &BrokerGroup, ctx: &Context, namespace: &str, invalid: &InvalidSpec) -> Result<Action, Error> {
+    let message = invalid.to_string();
+    let previous = bg.status.clone().unwrap_or_default();
+    let already = previous.conditions.iter().any(|c| c.type_ == condition::DEGRADED && c.status == "True" && c.message == message)
+        && previous.observed_generation == bg.meta().generation;
+    if !already {
+        warn!(brokergroup = %bg.name_any(), reason = invalid.reason(), "{message}");
+        publish(ctx, bg, EventType::Warning, invalid.reason(), &message).await;
+        let mut status = previous.clone();
+        status.observed_generation = bg.meta().generation;
+        status.conditions.retain(|c| c.type_ != condition::DEGRADED);
+        status.conditions.push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+            type_: condition::DEGRADED.into(),
+            status: "True".into(),
+            reason: invalid.reason().into(),
+            message,
+            last_transition_time: now(),
+            observed_generation: bg.meta().generation,
+        });
+        patch_status(&ctx.client, namespace, bg, &status).await?;
+    }
+    ctx.metrics.invalid_specs.inc();
+    Ok(Action::await_change())
+}
+
+async fn patch_status(client: &Client, namespace: &str, bg: &BrokerGroup, status: &BrokerGroupStatus) -> Result<(), Error> {
+    let api: Api<BrokerGroup> = Api::namespaced(client.clone(), namespace);
+    let patch = serde_json::json!({
+        "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
+        "kind": crate::api::KIND,
+        "status": status,
+    });
+    api.patch_status(&bg.name_any(), &PatchParams::apply(names::FIELD_MANAGER).force(), &Patch::Apply(&patch))
+        .await
+        .map_err(Error::kube("patch BrokerGroup status"))?;
+    Ok(())
+}
+
+async fn publish(ctx: &Context, bg: &BrokerGroup, type_: EventType, reason: &str, note: &str) {
+    let event = Event {
+        type_,
+        reason: reason.into(),
+        note: Some(note.chars().take(1000).collect()),
+        action: "Reconcile".into(),
+        secondary: None,
+    };
+    // An event that cannot be written is not worth failing the reconcile for.
+    if let Err(e) = ctx.recorder.publish(&event, &bg.object_ref(&())).await {
+        warn!(error = %e, reason, "failed to publish event");
+    }
+}
+
+/// Keys of a Secret's data as text (values that are not UTF-8 are skipped).
+pub(crate) fn secret_text(secret: &Secret) -> BTreeMap<String, String> {
+    let mut out = BTreeMap::new();
+    for (k, v) in secret.data.iter().flatten() {
+        if let Ok(text) = String::from_utf8(v.0.clone()) {
+            out.insert(k.clone(), text);
+        }
+    }
+    for (k, v) in secret.string_data.iter().flatten() {
+        out.insert(k.clone(), v.clone());
+    }
+    out
+}

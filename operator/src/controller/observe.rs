@@ -1,0 +1,66 @@
+//! Observation: the pods of a BrokerGroup, what each broker says about itself, and which
+//! StatefulSets are still rolling out. Reads only.
+
+use futures::future::join_all;
+use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::core::v1::Pod;
+use kube::api::{Api, ListParams};
+use kube::{Client, ResourceExt};
+
+use super::{BrokerStatusSource, Error};
+use crate::names;
+use crate::status::{Observation, PodObservation};
+use crate::validate::ValidatedBrokerGroup;
+
+fn broker_running(pod: &Pod) -> bool {
+    let status = pod.status.as_ref();
+    status.and_then(|s| s.phase.as_deref()) == Some("Running")
+        && status
+            .and_then(|s| s.container_statuses.as_ref())
+            .is_some_and(|cs| cs.iter().any(|c| c.name == "broker" && c.state.as_ref().is_some_and(|st| st.running.is_some())))
+}
+
+pub async fn observe(client: &Client, brokers: &dyn BrokerStatusSource, namespace: &str, v: &ValidatedBrokerGroup) -> Result<Observation, Error> {
+    let selector = ListParams::default().labels(&format!("{}={}", names::LABEL_INSTANCE, v.name));
+    let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
+    let pods = pods.list(&selector).await.map_err(Error::kube("list broker pods"))?;
+    let admin_port = u16::try_from(v.spec.ports.admin).unwrap_or(duomq_broker::admin::api::DEFAULT_PORT);
+
+    let fetches = pods.items.iter().map(|pod| async move {
+        let running = broker_running(pod);
+        let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let broker = match (running, ip) {
+            (true, Some(ip)) => brokers.fetch(&ip, admin_port).await,
+            (true, None) => Err("no pod IP yet".to_string()),
+            (false, _) => Err("broker container not running".to_string()),
+        };
+        (
+            pod.name_any(),
+            PodObservation {
+                running,
+                terminating: pod.metadata.deletion_timestamp.is_some(),
+                node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
+                role_label: pod.labels().get(names::LABEL_ROLE).cloned(),
+                broker,
+            },
+        )
+    });
+    let observed = join_all(fetches).await.into_iter().collect();
+
+    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
+    let sets = sets.list(&selector).await.map_err(Error::kube("list StatefulSets"))?;
+    let rolling_out = sets
+        .items
+        .iter()
+        .filter(|s| {
+            let want = s.spec.as_ref().and_then(|sp| sp.replicas).unwrap_or(1);
+            let st = s.status.clone().unwrap_or_default();
+            st.observed_generation < s.metadata.generation
+                || st.updated_replicas.unwrap_or(0) < want
+                || st.current_revision != st.update_revision
+        })
+        .map(|s| s.name_any())
+        .collect();
+
+    Ok(Observation { pods: observed, rolling_out, problems: Vec::new() })
+}

@@ -1,0 +1,96 @@
+//! The operator's constants and object names in one place: label keys, the field manager,
+//! mount paths, and how every object of a BrokerGroup is named.
+
+use std::collections::BTreeMap;
+
+/// The one field manager of every server-side apply the operator makes.
+pub const FIELD_MANAGER: &str = "duomq-operator";
+
+pub const LABEL_NAME: &str = "app.kubernetes.io/name";
+pub const LABEL_INSTANCE: &str = "app.kubernetes.io/instance";
+pub const LABEL_COMPONENT: &str = "app.kubernetes.io/component";
+pub const LABEL_MANAGED_BY: &str = "app.kubernetes.io/managed-by";
+/// The group (backup-group name) a member belongs to.
+pub const LABEL_GROUP: &str = "duomq.io/group";
+/// `live` or `backup`; kept current on pods by the operator, so client Services follow the live.
+pub const LABEL_ROLE: &str = "duomq.io/role";
+pub const ROLE_LIVE: &str = "live";
+pub const ROLE_BACKUP: &str = "backup";
+
+pub const APP_NAME: &str = "duomq-broker";
+pub const COMPONENT_BROKER: &str = "broker";
+
+/// Where a broker pod finds its files.
+pub const CONFIG_DIR: &str = "/etc/duomq";
+pub const CLUSTER_SECRET_DIR: &str = "/etc/duomq/cluster";
+pub const USERS_SECRET_DIR: &str = "/etc/duomq/users";
+pub const DATA_DIR: &str = "/var/lib/duomq";
+/// Keys of the cluster-credentials Secret.
+pub const CLUSTER_USER_KEY: &str = "user";
+pub const CLUSTER_PASSWORD_KEY: &str = "password";
+/// Key of the client users Secret: `NAME:PASSWORD` lines.
+pub const USERS_KEY: &str = "users";
+/// The cluster user of a generated credentials Secret.
+pub const DEFAULT_CLUSTER_USER: &str = "duomq-cluster";
+
+/// UID and GID the broker image runs as.
+pub const BROKER_UID: i64 = 10001;
+
+/// Name of group `index` of BrokerGroup `bg`: also its backup-group name and StatefulSet name.
+pub fn group_name(bg: &str, index: usize) -> String {
+    format!("{bg}-g{index}")
+}
+
+/// The headless Service giving each member of a group a stable DNS name.
+pub fn members_service(group: &str) -> String {
+    format!("{group}-members")
+}
+
+/// Pod `ordinal` of a group's StatefulSet.
+pub fn pod_name(group: &str, ordinal: usize) -> String {
+    format!("{group}-{ordinal}")
+}
+
+/// A member's DNS name inside the cluster (resolved through the pod's search path, so it
+/// works whatever the cluster domain is).
+pub fn pod_host(group: &str, ordinal: usize, namespace: &str) -> String {
+    format!("{}.{}.{namespace}.svc", pod_name(group, ordinal), members_service(group))
+}
+
+pub fn config_map(group: &str) -> String {
+    format!("{group}-config")
+}
+
+pub fn generated_cluster_secret(bg: &str) -> String {
+    format!("{bg}-cluster")
+}
+
+pub fn broker_service_account(bg: &str) -> String {
+    format!("{bg}-broker")
+}
+
+pub fn shared_claim(group: &str) -> String {
+    format!("{group}-shared")
+}
+
+/// Labels every object of a BrokerGroup carries.
+pub fn instance_labels(bg: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([
+        (LABEL_NAME.to_string(), APP_NAME.to_string()),
+        (LABEL_INSTANCE.to_string(), bg.to_string()),
+        (LABEL_COMPONENT.to_string(), COMPONENT_BROKER.to_string()),
+        (LABEL_MANAGED_BY.to_string(), crate::names::FIELD_MANAGER.to_string()),
+    ])
+}
+
+/// Labels of one group's objects and pods.
+pub fn group_labels(bg: &str, group: &str) -> BTreeMap<String, String> {
+    let mut labels = instance_labels(bg);
+    labels.insert(LABEL_GROUP.into(), group.into());
+    labels
+}
+
+/// The (immutable) selector of a group's pods.
+pub fn group_selector(bg: &str, group: &str) -> BTreeMap<String, String> {
+    BTreeMap::from([(LABEL_INSTANCE.to_string(), bg.to_string()), (LABEL_GROUP.to_string(), group.to_string())])
+}

@@ -1,0 +1,105 @@
+//! Each member's `broker.yaml`, built from the broker crate's own config types, so the
+//! operator cannot write a file the broker would not accept.
+
+use std::net::{Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+
+use duomq_broker::config::{
+    ArbiterKind, BrokerConfig, GroupingConfig, GroupingHandler, HaPolicy, HumanDuration, Member, NetworkConnector,
+    PreferredRole, ReplicationMode,
+};
+
+use crate::api::{self, HaMode};
+use crate::names;
+use crate::validate::{masterslave_uri, GroupModel, MemberModel, ValidatedBrokerGroup};
+
+fn any_addr(port: i32) -> SocketAddr {
+    SocketAddr::from((Ipv4Addr::UNSPECIFIED, u16::try_from(port).unwrap_or(0)))
+}
+
+fn group_uri(v: &ValidatedBrokerGroup, g: &GroupModel) -> String {
+    masterslave_uri(g.members.iter().map(|m| m.host.clone()), v.spec.ports.cluster)
+}
+
+/// The config of `member` of `group`.
+pub fn build_broker_config(v: &ValidatedBrokerGroup, group: &GroupModel, member: &MemberModel) -> BrokerConfig {
+    let spec = &v.spec;
+    let mut c = BrokerConfig::default();
+    c.node.id = member.pod.clone();
+    c.stomp.listen = any_addr(spec.ports.stomp);
+    c.admin.listen = any_addr(spec.ports.admin);
+    c.storage.data_dir = PathBuf::from(names::DATA_DIR);
+    if spec.users_secret.is_some() {
+        c.auth.users_file = Some(PathBuf::from(names::USERS_SECRET_DIR).join(names::USERS_KEY));
+    }
+
+    let ha = &mut c.ha;
+    ha.policy = match spec.ha.mode {
+        HaMode::Replication => HaPolicy::Replication,
+        HaMode::SharedStore => HaPolicy::SharedStore,
+    };
+    ha.group_name = group.name.clone();
+    ha.role = if member.ordinal == 0 { PreferredRole::Primary } else { PreferredRole::Backup };
+    // In a host-pair layout the live's place is a node, not an ordinal: whichever member the
+    // scheduler put on the group's primary node is the primary.
+    ha.primary_node = group.primary_node.clone();
+    ha.allow_failback = spec.ha.allow_failback;
+    ha.replication = match spec.ha.replication {
+        api::ReplicationMode::Sync => ReplicationMode::Sync,
+        api::ReplicationMode::Async => ReplicationMode::Async,
+    };
+    ha.cluster.listen = any_addr(spec.ports.cluster);
+    ha.cluster.user = v.credentials.user.clone();
+    ha.cluster.password_file = Some(PathBuf::from(names::CLUSTER_SECRET_DIR).join(names::CLUSTER_PASSWORD_KEY));
+    ha.members = group
+        .members
+        .iter()
+        .filter(|m| m.pod != member.pod)
+        .map(|m| Member {
+            name: m.pod.clone(),
+            cluster: format!("{}:{}", m.host, spec.ports.cluster),
+            stomp: format!("{}:{}", m.host, spec.ports.stomp),
+        })
+        .collect();
+    // Artemis-style quorum: the members of the other groups vote on whether a live is gone.
+    ha.arbiter.kind = ArbiterKind::Quorum;
+    ha.arbiter.voters = v
+        .groups
+        .iter()
+        .filter(|g| g.name != group.name)
+        .flat_map(|g| g.members.iter().map(|m| format!("{}:{}", m.host, spec.ports.cluster)))
+        .collect();
+
+    // Store-and-forward: every other group of this BrokerGroup (never the member's own), then
+    // the external connectors.
+    c.network.connectors = v
+        .groups
+        .iter()
+        .filter(|g| g.name != group.name)
+        .map(|g| NetworkConnector { name: g.name.clone(), uri: group_uri(v, g), duplex: false })
+        .chain(v.external_connectors.iter().map(|x| NetworkConnector { name: x.name.clone(), uri: x.uri.clone(), duplex: x.duplex }))
+        .collect();
+
+    if let Some(grouping) = &spec.grouping {
+        let local = usize::try_from(grouping.local_group).ok().and_then(|i| v.groups.get(i));
+        if let Some(local) = local {
+            c.grouping = GroupingConfig {
+                handler: if local.name == group.name { GroupingHandler::Local } else { GroupingHandler::Remote },
+                address: (local.name != group.name).then(|| group_uri(v, local)),
+                timeout: parse_duration(&grouping.timeout).unwrap_or(c.grouping.timeout),
+            };
+        }
+    }
+    c
+}
+
+/// A CRD duration (`5s`), read the way the broker reads its own config.
+fn parse_duration(text: &str) -> Option<HumanDuration> {
+    serde_yaml::from_value(serde_yaml::Value::String(text.to_string())).ok()
+}
+
+/// The YAML text of [`build_broker_config`], with a header saying where it comes from.
+pub fn broker_yaml(config: &BrokerConfig) -> String {
+    let body = serde_yaml::to_string(config).unwrap_or_default();
+    format!("# Rendered by duomq-operator from the BrokerGroup; edits are overwritten.\n{body}")
+}

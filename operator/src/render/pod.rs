@@ -1,0 +1,235 @@
+//! A group's StatefulSet and its pod template: the bundled broker, non-root on a read-only
+//! root filesystem, probes on the admin port, placement by layout.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
+use k8s_openapi::api::core::v1::{
+    Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
+    KeyToPath, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
+    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodAffinityTerm,
+    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
+    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
+
+use super::{statefulset_shell, storage_request};
+use crate::api::LayoutKind;
+use crate::names;
+use crate::validate::{GroupModel, ValidatedBrokerGroup};
+
+/// Enough for a broker's shutdown: it finishes in-flight work and hands the live role over
+/// (the broker gives a hand-over 30 s).
+const TERMINATION_GRACE_SECONDS: i64 = 45;
+
+pub fn build_statefulset(v: &ValidatedBrokerGroup, g: &GroupModel) -> StatefulSet {
+    let selector = names::group_selector(&v.name, &g.name);
+    let mut pod_labels = names::group_labels(&v.name, &g.name);
+    let overrides = v.spec.pod_template.clone().unwrap_or_default();
+    for (k, value) in &overrides.labels {
+        pod_labels.entry(k.clone()).or_insert_with(|| value.clone());
+    }
+    let claims = if v.is_shared_store() {
+        None
+    } else {
+        Some(vec![PersistentVolumeClaim {
+            metadata: ObjectMeta { name: Some("data".into()), ..ObjectMeta::default() },
+            spec: Some(PersistentVolumeClaimSpec {
+                access_modes: Some(vec!["ReadWriteOnce".into()]),
+                storage_class_name: v.spec.storage.storage_class_name.clone(),
+                resources: Some(storage_request(v)),
+                ..PersistentVolumeClaimSpec::default()
+            }),
+            ..PersistentVolumeClaim::default()
+        }])
+    };
+    statefulset_shell(
+        v,
+        g,
+        StatefulSetSpec {
+            replicas: Some(g.members.len() as i32),
+            service_name: Some(names::members_service(&g.name)),
+            // Members start together: a backup must be up to sync while the primary waits
+            // to find out whether a live of its group already exists.
+            pod_management_policy: Some("Parallel".into()),
+            selector: LabelSelector { match_labels: Some(selector), ..LabelSelector::default() },
+            template: PodTemplateSpec {
+                metadata: Some(ObjectMeta {
+                    labels: Some(pod_labels),
+                    annotations: (!overrides.annotations.is_empty()).then(|| overrides.annotations.clone()),
+                    ..ObjectMeta::default()
+                }),
+                spec: Some(build_pod_spec(v, g)),
+            },
+            volume_claim_templates: claims,
+            ..StatefulSetSpec::default()
+        },
+    )
+}
+
+fn field_env(name: &str, path: &str) -> EnvVar {
+    EnvVar {
+        name: name.into(),
+        value_from: Some(EnvVarSource {
+            field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..ObjectFieldSelector::default() }),
+            ..EnvVarSource::default()
+        }),
+        ..EnvVar::default()
+    }
+}
+
+fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+    Probe {
+        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::String("admin".into()), ..HTTPGetAction::default() }),
+        period_seconds: Some(period),
+        failure_threshold: Some(failures),
+        timeout_seconds: Some(2),
+        ..Probe::default()
+    }
+}
+
+fn container_port(name: &str, port: i32) -> ContainerPort {
+    ContainerPort { name: Some(name.into()), container_port: port, protocol: Some("TCP".into()), ..ContainerPort::default() }
+}
+
+fn mount(name: &str, path: &str) -> VolumeMount {
+    VolumeMount { name: name.into(), mount_path: path.into(), read_only: Some(true), ..VolumeMount::default() }
+}
+
+fn default_resources() -> ResourceRequirements {
+    ResourceRequirements {
+        requests: Some(BTreeMap::from([
+            ("cpu".to_string(), Quantity("100m".into())),
+            ("memory".to_string(), Quantity("128Mi".into())),
+        ])),
+        limits: Some(BTreeMap::from([("memory".to_string(), Quantity("512Mi".into()))])),
+        ..ResourceRequirements::default()
+    }
+}
+
+fn secret_volume(name: &str, secret: &str, key: &str) -> Volume {
+    Volume {
+        name: name.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.into()),
+            items: Some(vec![KeyToPath { key: key.into(), path: key.into(), mode: None }]),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    }
+}
+
+fn build_pod_spec(v: &ValidatedBrokerGroup, g: &GroupModel) -> PodSpec {
+    let spec = &v.spec;
+    let overrides = spec.pod_template.clone().unwrap_or_default();
+    let mut volumes = vec![
+        Volume {
+            name: "config".into(),
+            config_map: Some(ConfigMapVolumeSource { name: names::config_map(&g.name), ..ConfigMapVolumeSource::default() }),
+            ..Volume::default()
+        },
+        secret_volume("cluster-credentials", &v.credentials.secret_name, names::CLUSTER_PASSWORD_KEY),
+    ];
+    let mut mounts = vec![mount("config", names::CONFIG_DIR), mount("cluster-credentials", names::CLUSTER_SECRET_DIR)];
+    if let Some(users) = &spec.users_secret {
+        volumes.push(secret_volume("users", users, names::USERS_KEY));
+        mounts.push(mount("users", names::USERS_SECRET_DIR));
+    }
+    if v.is_shared_store() {
+        volumes.push(Volume {
+            name: "data".into(),
+            persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
+                claim_name: names::shared_claim(&g.name),
+                read_only: None,
+            }),
+            ..Volume::default()
+        });
+    }
+    mounts.push(VolumeMount { name: "data".into(), mount_path: names::DATA_DIR.into(), ..VolumeMount::default() });
+
+    let container = Container {
+        name: "broker".into(),
+        image: Some(spec.image.clone()),
+        image_pull_policy: Some(spec.image_pull_policy.as_str().into()),
+        // Each member reads its own file from the group's ConfigMap.
+        args: Some(vec!["run".into(), "--config".into(), format!("{}/$(POD_NAME).yaml", names::CONFIG_DIR)]),
+        env: Some(vec![
+            field_env("POD_NAME", "metadata.name"),
+            field_env("POD_NAMESPACE", "metadata.namespace"),
+            field_env("NODE_NAME", "spec.nodeName"),
+        ]),
+        ports: Some(vec![
+            container_port("stomp", spec.ports.stomp),
+            container_port("cluster", spec.ports.cluster),
+            container_port("admin", spec.ports.admin),
+        ]),
+        // Journal recovery may take a while on a large journal: the startup probe gives it
+        // five minutes before liveness starts counting.
+        startup_probe: Some(http_probe(duomq_broker::admin::api::HEALTHZ, 5, 60)),
+        liveness_probe: Some(http_probe(duomq_broker::admin::api::HEALTHZ, 10, 3)),
+        readiness_probe: Some(http_probe(duomq_broker::admin::api::READYZ, 2, 1)),
+        resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
+        security_context: Some(SecurityContext {
+            allow_privilege_escalation: Some(false),
+            read_only_root_filesystem: Some(true),
+            run_as_non_root: Some(true),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+            ..SecurityContext::default()
+        }),
+        volume_mounts: Some(mounts),
+        ..Container::default()
+    };
+
+    PodSpec {
+        service_account_name: Some(names::broker_service_account(&v.name)),
+        termination_grace_period_seconds: Some(TERMINATION_GRACE_SECONDS),
+        security_context: Some(PodSecurityContext {
+            run_as_non_root: Some(true),
+            run_as_user: Some(names::BROKER_UID),
+            run_as_group: Some(names::BROKER_UID),
+            fs_group: Some(names::BROKER_UID),
+            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+            ..PodSecurityContext::default()
+        }),
+        affinity: Some(build_affinity(v, g)),
+        containers: vec![container],
+        volumes: Some(volumes),
+        tolerations: (!overrides.tolerations.is_empty()).then(|| overrides.tolerations.clone()),
+        node_selector: (!overrides.node_selector.is_empty()).then(|| overrides.node_selector.clone()),
+        priority_class_name: overrides.priority_class_name.clone(),
+        ..PodSpec::default()
+    }
+}
+
+/// Members of a group never share a node (losing one node loses at most one member); in a
+/// host-pair layout they are also held to the pair's two nodes.
+fn build_affinity(v: &ValidatedBrokerGroup, g: &GroupModel) -> Affinity {
+    let anti = PodAntiAffinity {
+        required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+            label_selector: Some(LabelSelector {
+                match_labels: Some(names::group_selector(&v.name, &g.name)),
+                ..LabelSelector::default()
+            }),
+            topology_key: "kubernetes.io/hostname".into(),
+            ..PodAffinityTerm::default()
+        }]),
+        ..PodAntiAffinity::default()
+    };
+    let node = (v.spec.layout.kind == LayoutKind::HostPairs && !g.pair_nodes.is_empty()).then(|| NodeAffinity {
+        required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+            node_selector_terms: vec![NodeSelectorTerm {
+                match_expressions: Some(vec![NodeSelectorRequirement {
+                    key: "kubernetes.io/hostname".into(),
+                    operator: "In".into(),
+                    values: Some(g.pair_nodes.clone()),
+                }]),
+                ..NodeSelectorTerm::default()
+            }],
+        }),
+        ..NodeAffinity::default()
+    });
+    Affinity { pod_anti_affinity: Some(anti), node_affinity: node, ..Affinity::default() }
+}

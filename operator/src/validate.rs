@@ -1,0 +1,221 @@
+//! Validation: a BrokerGroup plus what the operator looked up for it (its dependencies)
+//! becomes a [`ValidatedBrokerGroup`], the only input rendering accepts. Pure: the lookups
+//! happen before, in the controller's dereference phase (or from files in `render`).
+
+use std::collections::BTreeMap;
+
+use kube::ResourceExt;
+use thiserror::Error;
+
+use crate::api::{BrokerGroup, BrokerGroupSpec, HaMode, LayoutKind};
+use crate::names;
+
+/// Why a spec cannot be rendered. The controller shows it as a `Degraded` condition and an
+/// event, and waits for the spec to change instead of retrying.
+#[derive(Debug, Error, Clone, PartialEq)]
+pub enum InvalidSpec {
+    #[error("{message}")]
+    Rule { message: String },
+    #[error("the BrokerGroup has no namespace")]
+    NoNamespace,
+    #[error("cluster credentials Secret {secret} has no key {key}")]
+    CredentialsKeyMissing { secret: String, key: &'static str },
+}
+
+impl InvalidSpec {
+    /// PascalCase reason for conditions and events.
+    pub fn reason(&self) -> &'static str {
+        match self {
+            InvalidSpec::Rule { .. } => "InvalidSpec",
+            InvalidSpec::NoNamespace => "InvalidSpec",
+            InvalidSpec::CredentialsKeyMissing { .. } => "InvalidCredentials",
+        }
+    }
+}
+
+/// What the operator found in the cluster for one BrokerGroup.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Dependencies {
+    /// The cluster-credentials Secret's data (the named one, or the generated one if it
+    /// exists already); `None` when it does not exist yet.
+    pub cluster_secret: Option<BTreeMap<String, String>>,
+    /// A password to put in a newly generated Secret (random, chosen by the caller).
+    pub new_password: String,
+    /// Specs of the BrokerGroups named by network connectors that exist.
+    pub connector_targets: BTreeMap<String, BrokerGroupSpec>,
+}
+
+/// The cluster credentials the members use.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ClusterCredentials {
+    pub secret_name: String,
+    pub user: String,
+    /// Set when the operator owns the Secret and must render it.
+    pub generated_password: Option<String>,
+}
+
+/// One member of a group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct MemberModel {
+    pub pod: String,
+    pub ordinal: usize,
+    /// Host name inside the cluster.
+    pub host: String,
+}
+
+/// One live/backup group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct GroupModel {
+    pub index: usize,
+    pub name: String,
+    pub members: Vec<MemberModel>,
+    /// The member that should be live; in a hostPairs layout the one on `primary_node`.
+    pub preferred_live: String,
+    /// hostPairs: the node this group's live belongs on, and both nodes of its pair.
+    pub primary_node: Option<String>,
+    pub pair_nodes: Vec<String>,
+}
+
+/// A connector the brokers of this BrokerGroup open to another group.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ConnectorModel {
+    pub name: String,
+    pub uri: String,
+    pub duplex: bool,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ValidatedBrokerGroup {
+    pub name: String,
+    pub namespace: String,
+    pub uid: Option<String>,
+    pub spec: BrokerGroupSpec,
+    pub groups: Vec<GroupModel>,
+    pub credentials: ClusterCredentials,
+    /// Connectors to outside this BrokerGroup (every member opens all of them).
+    pub external_connectors: Vec<ConnectorModel>,
+    /// Network connector targets named in the spec that do not exist (yet).
+    pub missing_targets: Vec<String>,
+}
+
+/// A `masterslave:(…)` list of a group's members on the cluster port.
+pub fn masterslave_uri(hosts: impl IntoIterator<Item = String>, cluster_port: i32) -> String {
+    let list: Vec<String> = hosts.into_iter().map(|h| format!("tcp://{h}:{cluster_port}")).collect();
+    format!("masterslave:({})", list.join(","))
+}
+
+/// Models of every group of a BrokerGroup spec named `bg` in `namespace`.
+pub fn group_models(bg: &str, namespace: &str, spec: &BrokerGroupSpec) -> Vec<GroupModel> {
+    let members_per_group = 1 + spec.backups_per_group.max(0) as usize;
+    (0..spec.groups.max(0) as usize)
+        .map(|index| {
+            let name = names::group_name(bg, index);
+            let members: Vec<MemberModel> = (0..members_per_group)
+                .map(|ordinal| MemberModel {
+                    pod: names::pod_name(&name, ordinal),
+                    ordinal,
+                    host: names::pod_host(&name, ordinal, namespace),
+                })
+                .collect();
+            let (primary_node, pair_nodes) = match spec.layout.kind {
+                LayoutKind::HostPairs => match spec.layout.host_pairs.get(index / 2) {
+                    // Groups 2k and 2k+1 cross pair k: the even one is live on the first node.
+                    Some(pair) if pair.nodes.len() == 2 => (Some(pair.nodes[index % 2].clone()), pair.nodes.clone()),
+                    _ => (None, Vec::new()),
+                },
+                LayoutKind::Spread => (None, Vec::new()),
+            };
+            GroupModel { index, preferred_live: members[0].pod.clone(), name, members, primary_node, pair_nodes }
+        })
+        .collect()
+}
+
+/// Checks what CEL cannot (or what an old API server might not have enforced) and builds the
+/// model rendering works from.
+pub fn validate(bg: &BrokerGroup, deps: &Dependencies) -> Result<ValidatedBrokerGroup, InvalidSpec> {
+    // The same rules the API server applies, evaluated here too: `render` runs offline, and
+    // an API server without CEL support would let a broken spec through.
+    if let Err(errors) = BrokerGroup::validate_cel(bg) {
+        let message = errors.to_string();
+        return Err(InvalidSpec::Rule { message });
+    }
+    let name = bg.name_any();
+    let namespace = bg.namespace().ok_or(InvalidSpec::NoNamespace)?;
+    let spec = bg.spec.clone();
+    let groups = group_models(&name, &namespace, &spec);
+
+    let credentials = match (&spec.ha.cluster_credentials_secret, &deps.cluster_secret) {
+        (Some(secret), Some(data)) => ClusterCredentials {
+            secret_name: secret.clone(),
+            user: data.get(names::CLUSTER_USER_KEY).cloned().unwrap_or_else(|| names::DEFAULT_CLUSTER_USER.into()),
+            generated_password: None,
+        }
+        .checked(data)?,
+        // A named Secret that does not exist yet: the pods wait for it (the controller reports
+        // it); the default user is assumed until it appears.
+        (Some(secret), None) => ClusterCredentials {
+            secret_name: secret.clone(),
+            user: names::DEFAULT_CLUSTER_USER.into(),
+            generated_password: None,
+        },
+        (None, existing) => {
+            let password = existing
+                .as_ref()
+                .and_then(|d| d.get(names::CLUSTER_PASSWORD_KEY).cloned())
+                .unwrap_or_else(|| deps.new_password.clone());
+            ClusterCredentials {
+                secret_name: names::generated_cluster_secret(&name),
+                user: names::DEFAULT_CLUSTER_USER.into(),
+                generated_password: Some(password),
+            }
+        }
+    };
+
+    let mut external_connectors = Vec::new();
+    let mut missing_targets = Vec::new();
+    for c in &spec.network_connectors {
+        match (&c.broker_group, &c.uri) {
+            (_, Some(uri)) => external_connectors.push(ConnectorModel { name: c.name.clone(), uri: uri.clone(), duplex: c.duplex }),
+            (Some(target), None) => match deps.connector_targets.get(target) {
+                Some(target_spec) => {
+                    for g in group_models(target, &namespace, target_spec) {
+                        external_connectors.push(ConnectorModel {
+                            name: format!("{}-{}", c.name, g.name),
+                            uri: masterslave_uri(g.members.into_iter().map(|m| m.host), target_spec.ports.cluster),
+                            duplex: c.duplex,
+                        });
+                    }
+                }
+                None => missing_targets.push(target.clone()),
+            },
+            (None, None) => {} // rejected by the CEL rule above
+        }
+    }
+
+    Ok(ValidatedBrokerGroup {
+        uid: bg.metadata.uid.clone(),
+        name,
+        namespace,
+        spec,
+        groups,
+        credentials,
+        external_connectors,
+        missing_targets,
+    })
+}
+
+impl ClusterCredentials {
+    fn checked(self, data: &BTreeMap<String, String>) -> Result<Self, InvalidSpec> {
+        if data.contains_key(names::CLUSTER_PASSWORD_KEY) {
+            Ok(self)
+        } else {
+            Err(InvalidSpec::CredentialsKeyMissing { secret: self.secret_name, key: names::CLUSTER_PASSWORD_KEY })
+        }
+    }
+}
+
+impl ValidatedBrokerGroup {
+    pub fn is_shared_store(&self) -> bool {
+        self.spec.ha.mode == HaMode::SharedStore
+    }
+}
