@@ -1,8 +1,8 @@
 //! duomq-operator: the BrokerGroup API, validation, pure rendering, the controller and the
 //! status it reports. The broker's config types and admin contract come from the broker crate.
 pub mod api;
+pub mod controller;
 pub mod names;
 pub mod render;
-pub mod validate;
-pub mod controller;
 pub mod status;
+pub mod validate;

@@ -54,7 +54,11 @@ pub fn pod_name(group: &str, ordinal: usize) -> String {
 /// A member's DNS name inside the cluster (resolved through the pod's search path, so it
 /// works whatever the cluster domain is).
 pub fn pod_host(group: &str, ordinal: usize, namespace: &str) -> String {
-    format!("{}.{}.{namespace}.svc", pod_name(group, ordinal), members_service(group))
+    format!(
+        "{}.{}.{namespace}.svc",
+        pod_name(group, ordinal),
+        members_service(group)
+    )
 }
 
 pub fn config_map(group: &str) -> String {
@@ -79,7 +83,10 @@ pub fn instance_labels(bg: &str) -> BTreeMap<String, String> {
         (LABEL_NAME.to_string(), APP_NAME.to_string()),
         (LABEL_INSTANCE.to_string(), bg.to_string()),
         (LABEL_COMPONENT.to_string(), COMPONENT_BROKER.to_string()),
-        (LABEL_MANAGED_BY.to_string(), crate::names::FIELD_MANAGER.to_string()),
+        (
+            LABEL_MANAGED_BY.to_string(),
+            crate::names::FIELD_MANAGER.to_string(),
+        ),
     ])
 }
 
@@ -92,5 +99,8 @@ pub fn group_labels(bg: &str, group: &str) -> BTreeMap<String, String> {
 
 /// The (immutable) selector of a group's pods.
 pub fn group_selector(bg: &str, group: &str) -> BTreeMap<String, String> {
-    BTreeMap::from([(LABEL_INSTANCE.to_string(), bg.to_string()), (LABEL_GROUP.to_string(), group.to_string())])
+    BTreeMap::from([
+        (LABEL_INSTANCE.to_string(), bg.to_string()),
+        (LABEL_GROUP.to_string(), group.to_string()),
+    ])
 }

@@ -100,7 +100,10 @@ pub struct ValidatedBrokerGroup {
 
 /// A `masterslave:(…)` list of a group's members on the cluster port.
 pub fn masterslave_uri(hosts: impl IntoIterator<Item = String>, cluster_port: i32) -> String {
-    let list: Vec<String> = hosts.into_iter().map(|h| format!("tcp://{h}:{cluster_port}")).collect();
+    let list: Vec<String> = hosts
+        .into_iter()
+        .map(|h| format!("tcp://{h}:{cluster_port}"))
+        .collect();
     format!("masterslave:({})", list.join(","))
 }
 
@@ -120,23 +123,40 @@ pub fn group_models(bg: &str, namespace: &str, spec: &BrokerGroupSpec) -> Vec<Gr
             let (primary_node, pair_nodes) = match spec.layout.kind {
                 LayoutKind::HostPairs => match spec.layout.host_pairs.get(index / 2) {
                     // Groups 2k and 2k+1 cross pair k: the even one is live on the first node.
-                    Some(pair) if pair.nodes.len() == 2 => (Some(pair.nodes[index % 2].clone()), pair.nodes.clone()),
+                    Some(pair) if pair.nodes.len() == 2 => {
+                        (Some(pair.nodes[index % 2].clone()), pair.nodes.clone())
+                    }
                     _ => (None, Vec::new()),
                 },
                 LayoutKind::Spread => (None, Vec::new()),
             };
-            GroupModel { index, preferred_live: members[0].pod.clone(), name, members, primary_node, pair_nodes }
+            GroupModel {
+                index,
+                preferred_live: members[0].pod.clone(),
+                name,
+                members,
+                primary_node,
+                pair_nodes,
+            }
         })
         .collect()
 }
 
 /// Checks what CEL cannot (or what an old API server might not have enforced) and builds the
 /// model rendering works from.
-pub fn validate(bg: &BrokerGroup, deps: &Dependencies) -> Result<ValidatedBrokerGroup, InvalidSpec> {
+pub fn validate(
+    bg: &BrokerGroup,
+    deps: &Dependencies,
+) -> Result<ValidatedBrokerGroup, InvalidSpec> {
     // The same rules the API server applies, evaluated here too: `render` runs offline, and
     // an API server without CEL support would let a broken spec through.
     if let Err(errors) = BrokerGroup::validate_cel(bg) {
-        let message = errors.to_string();
+        let message = errors
+            .into_vec()
+            .iter()
+            .map(ToString::to_string)
+            .collect::<Vec<_>>()
+            .join("; ");
         return Err(InvalidSpec::Rule { message });
     }
     let name = bg.name_any();
@@ -147,7 +167,10 @@ pub fn validate(bg: &BrokerGroup, deps: &Dependencies) -> Result<ValidatedBroker
     let credentials = match (&spec.ha.cluster_credentials_secret, &deps.cluster_secret) {
         (Some(secret), Some(data)) => ClusterCredentials {
             secret_name: secret.clone(),
-            user: data.get(names::CLUSTER_USER_KEY).cloned().unwrap_or_else(|| names::DEFAULT_CLUSTER_USER.into()),
+            user: data
+                .get(names::CLUSTER_USER_KEY)
+                .cloned()
+                .unwrap_or_else(|| names::DEFAULT_CLUSTER_USER.into()),
             generated_password: None,
         }
         .checked(data)?,
@@ -175,13 +198,20 @@ pub fn validate(bg: &BrokerGroup, deps: &Dependencies) -> Result<ValidatedBroker
     let mut missing_targets = Vec::new();
     for c in &spec.network_connectors {
         match (&c.broker_group, &c.uri) {
-            (_, Some(uri)) => external_connectors.push(ConnectorModel { name: c.name.clone(), uri: uri.clone(), duplex: c.duplex }),
+            (_, Some(uri)) => external_connectors.push(ConnectorModel {
+                name: c.name.clone(),
+                uri: uri.clone(),
+                duplex: c.duplex,
+            }),
             (Some(target), None) => match deps.connector_targets.get(target) {
                 Some(target_spec) => {
                     for g in group_models(target, &namespace, target_spec) {
                         external_connectors.push(ConnectorModel {
                             name: format!("{}-{}", c.name, g.name),
-                            uri: masterslave_uri(g.members.into_iter().map(|m| m.host), target_spec.ports.cluster),
+                            uri: masterslave_uri(
+                                g.members.into_iter().map(|m| m.host),
+                                target_spec.ports.cluster,
+                            ),
                             duplex: c.duplex,
                         });
                     }
@@ -209,7 +239,10 @@ impl ClusterCredentials {
         if data.contains_key(names::CLUSTER_PASSWORD_KEY) {
             Ok(self)
         } else {
-            Err(InvalidSpec::CredentialsKeyMissing { secret: self.secret_name, key: names::CLUSTER_PASSWORD_KEY })
+            Err(InvalidSpec::CredentialsKeyMissing {
+                secret: self.secret_name,
+                key: names::CLUSTER_PASSWORD_KEY,
+            })
         }
     }
 }

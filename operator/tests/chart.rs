@@ -20,7 +20,10 @@ const INSTALL_HINT: &str = "python3 -m pip install 'helm-python-sdk>=0.2.2,<0.3'
                             'kubernetes-validate>=1.33,<2' 'jsonschema>=4,<5' 'pytest>=7'";
 
 fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("the operator crate sits in the repository").to_path_buf()
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .parent()
+        .expect("the operator crate sits in the repository")
+        .to_path_buf()
 }
 
 /// Checks that python3 runs and has the packages the suite imports; panics with the install hint otherwise.
@@ -38,7 +41,9 @@ fn require_python_tools() {
         .spawn();
     let mut child = match child {
         Ok(child) => child,
-        Err(e) => panic!("failed to run python3 ({e}); the chart checks need Python 3 and: {INSTALL_HINT}"),
+        Err(e) => panic!(
+            "failed to run python3 ({e}); the chart checks need Python 3 and: {INSTALL_HINT}"
+        ),
     };
     let status = wait_with_timeout(&mut child, PROBE_TIMEOUT, "python3 import probe");
     let mut out = String::new();
@@ -74,7 +79,10 @@ fn wait_with_timeout(child: &mut Child, timeout: Duration, what: &str) -> ExitSt
 
 /// Forwards each line of `stream` to the test output (so `--nocapture` streams it live and a
 /// failing run shows it) and to `lines` for the final assertion.
-fn forward_lines(stream: impl Read + Send + 'static, lines: mpsc::Sender<String>) -> std::thread::JoinHandle<()> {
+fn forward_lines(
+    stream: impl Read + Send + 'static,
+    lines: mpsc::Sender<String>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         for line in BufReader::new(stream).lines().map_while(Result::ok) {
             println!("{line}");
@@ -88,7 +96,15 @@ fn given_chart_crds_snapshots_and_examples_when_checked_offline_should_pass() {
     require_python_tools();
     let root = repo_root();
     let mut child = Command::new("python3")
-        .args(["-m", "pytest", "charts/tests", "-q", "-p", "no:cacheprovider", "-rfE"])
+        .args([
+            "-m",
+            "pytest",
+            "charts/tests",
+            "-q",
+            "-p",
+            "no:cacheprovider",
+            "-rfE",
+        ])
         .current_dir(&root)
         // No __pycache__ in the source tree.
         .env("PYTHONDONTWRITEBYTECODE", "1")
@@ -96,7 +112,9 @@ fn given_chart_crds_snapshots_and_examples_when_checked_offline_should_pass() {
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("failed to run python3 -m pytest ({e}); install: {INSTALL_HINT}"));
+        .unwrap_or_else(|e| {
+            panic!("failed to run python3 -m pytest ({e}); install: {INSTALL_HINT}")
+        });
 
     let (tx, rx) = mpsc::channel();
     let stdout = forward_lines(child.stdout.take().expect("piped stdout"), tx.clone());
@@ -106,19 +124,29 @@ fn given_chart_crds_snapshots_and_examples_when_checked_offline_should_pass() {
     let _ = stderr.join();
 
     let output: Vec<String> = rx.try_iter().collect();
-    let failures: Vec<&String> =
-        output.iter().filter(|l| l.starts_with("FAILED ") || l.starts_with("ERROR ")).collect();
+    let failures: Vec<&String> = output
+        .iter()
+        .filter(|l| l.starts_with("FAILED ") || l.starts_with("ERROR "))
+        .collect();
     let summary = output
         .iter()
         .rev()
-        .find(|l| [" passed", " failed", " error", "no tests ran"].iter().any(|w| l.contains(w)))
+        .find(|l| {
+            [" passed", " failed", " error", "no tests ran"]
+                .iter()
+                .any(|w| l.contains(w))
+        })
         .cloned()
         .unwrap_or_else(|| "(no pytest summary line)".to_string());
     assert!(
         status.success(),
         "chart checks failed ({status}): {summary}\n{}\n(the full pytest output is printed above; \
          regenerate the CRDs and manifests/install.yaml with scripts/generate)",
-        failures.iter().map(|l| l.as_str()).collect::<Vec<_>>().join("\n")
+        failures
+            .iter()
+            .map(|l| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     );
     println!("chart: {summary}");
 }

@@ -43,7 +43,7 @@ pub const KIND: &str = "BrokerGroup";
     validation = Rule::new("self.ha.mode != 'replication' || self.backupsPerGroup >= 1").message("replication needs a backup to replicate to: set backupsPerGroup to 1 or more"),
     validation = Rule::new("self.ha.mode != 'sharedStore' || self.backupsPerGroup >= 1").message("a shared-store group needs a slave to take over: set backupsPerGroup to 1 or more"),
     validation = Rule::new("self.ha.mode != 'sharedStore' || has(self.storage.storageClassName)").message("shared store keeps each group's journal on one volume all its members mount: set storage.storageClassName to a class that provides ReadWriteMany volumes (NFS, CephFS)"),
-    validation = Rule::new("self.layout.type != 'hostPairs' || self.groups == 2 * size(self.layout.hostPairs)").message("a hostPairs layout runs two groups on each pair of nodes: set groups to twice the number of hostPairs (an even number)"),
+    validation = Rule::new("self.layout.type != 'hostPairs' || !has(self.layout.hostPairs) || self.groups == 2 * size(self.layout.hostPairs)").message("a hostPairs layout runs two groups on each pair of nodes: set groups to twice the number of hostPairs (an even number)"),
     validation = Rule::new("self.layout.type != 'hostPairs' || self.backupsPerGroup == 1").message("a host pair has two nodes, one per member: set backupsPerGroup to 1"),
     validation = Rule::new("!has(self.grouping) || self.grouping.localGroup < self.groups").message("grouping.localGroup must be the index of one of this BrokerGroup's groups (0 to groups - 1)")
 )]
@@ -138,7 +138,7 @@ impl PullPolicy {
     }
 }
 
-#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct HaSpec {
     /// replication: members share nothing; the live streams every persistent write to its
@@ -165,12 +165,6 @@ pub struct HaSpec {
     pub cluster_credentials_secret: Option<String>,
 }
 
-impl Default for HaSpec {
-    fn default() -> Self {
-        HaSpec { mode: HaMode::default(), allow_failback: false, replication: ReplicationMode::default(), cluster_credentials_secret: None }
-    }
-}
-
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
 #[serde(rename_all = "camelCase")]
 pub enum HaMode {
@@ -189,7 +183,7 @@ pub enum ReplicationMode {
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("self.type != 'hostPairs' || size(self.hostPairs) > 0").message("layout.type hostPairs needs layout.hostPairs: list pairs of node names"))]
+#[x_kube(validation = Rule::new("self.type != 'hostPairs' || (has(self.hostPairs) && size(self.hostPairs) > 0)").message("layout.type hostPairs needs layout.hostPairs: list pairs of node names"))]
 pub struct LayoutSpec {
     /// spread: members of a group never share a node. hostPairs: each pair of nodes runs two
     /// groups crossed over: the first group's live on the first node and its backup on the
@@ -235,7 +229,10 @@ pub struct StorageSpec {
 
 impl Default for StorageSpec {
     fn default() -> Self {
-        StorageSpec { size: default_storage_size(), storage_class_name: None }
+        StorageSpec {
+            size: default_storage_size(),
+            storage_class_name: None,
+        }
     }
 }
 
@@ -262,7 +259,11 @@ pub struct PortsSpec {
 
 impl Default for PortsSpec {
     fn default() -> Self {
-        PortsSpec { stomp: default_stomp_port(), cluster: default_cluster_port(), admin: default_admin_port() }
+        PortsSpec {
+            stomp: default_stomp_port(),
+            cluster: default_cluster_port(),
+            admin: default_admin_port(),
+        }
     }
 }
 
@@ -284,7 +285,10 @@ fn default_admin_port() -> i32 {
 )]
 pub struct NetworkConnectorSpec {
     /// Unique name of the connector.
-    #[schemars(length(min = 1, max = 63), regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"))]
+    #[schemars(
+        length(min = 1, max = 63),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
+    )]
     pub name: String,
     /// Another BrokerGroup in this namespace: the connector reaches every one of its groups.
     #[serde(default, skip_serializing_if = "Option::is_none")]

@@ -30,15 +30,27 @@ async fn get_opt<K>(api: &Api<K>, name: &str, step: &str) -> Result<Option<K>, E
 where
     K: Resource + Clone + DeserializeOwned + std::fmt::Debug,
 {
-    api.get_opt(name).await.map_err(Error::kube(format!("{step} {name}")))
+    api.get_opt(name)
+        .await
+        .map_err(Error::kube(format!("{step} {name}")))
 }
 
-pub async fn fetch_dependencies(client: &Client, namespace: &str, bg: &BrokerGroup) -> Result<Dereferenced, Error> {
+pub async fn fetch_dependencies(
+    client: &Client,
+    namespace: &str,
+    bg: &BrokerGroup,
+) -> Result<Dereferenced, Error> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut problems = Vec::new();
-    let secret_name =
-        bg.spec.ha.cluster_credentials_secret.clone().unwrap_or_else(|| names::generated_cluster_secret(&bg.name_any()));
-    let cluster_secret = get_opt(&secrets, &secret_name, "read cluster credentials Secret").await?.map(|s| secret_text(&s));
+    let secret_name = bg
+        .spec
+        .ha
+        .cluster_credentials_secret
+        .clone()
+        .unwrap_or_else(|| names::generated_cluster_secret(&bg.name_any()));
+    let cluster_secret = get_opt(&secrets, &secret_name, "read cluster credentials Secret")
+        .await?
+        .map(|s| secret_text(&s));
     if cluster_secret.is_none() && bg.spec.ha.cluster_credentials_secret.is_some() {
         problems.push((
             "CredentialsSecretMissing".into(),
@@ -46,14 +58,27 @@ pub async fn fetch_dependencies(client: &Client, namespace: &str, bg: &BrokerGro
         ));
     }
     if let Some(users) = &bg.spec.users_secret {
-        if get_opt(&secrets, users, "read users Secret").await?.is_none() {
-            problems.push(("UsersSecretMissing".into(), format!("users Secret {users} does not exist: create it with key users")));
+        if get_opt(&secrets, users, "read users Secret")
+            .await?
+            .is_none()
+        {
+            problems.push((
+                "UsersSecretMissing".into(),
+                format!("users Secret {users} does not exist: create it with key users"),
+            ));
         }
     }
     let groups: Api<BrokerGroup> = Api::namespaced(client.clone(), namespace);
     let mut connector_targets = std::collections::BTreeMap::new();
-    for target in bg.spec.network_connectors.iter().filter_map(|c| c.broker_group.as_ref()) {
-        if let Some(other) = get_opt(&groups, target, "read network connector target BrokerGroup").await? {
+    for target in bg
+        .spec
+        .network_connectors
+        .iter()
+        .filter_map(|c| c.broker_group.as_ref())
+    {
+        if let Some(other) =
+            get_opt(&groups, target, "read network connector target BrokerGroup").await?
+        {
             connector_targets.insert(target.clone(), other.spec);
         }
     }
@@ -73,10 +98,14 @@ pub async fn fetch_dependencies(client: &Client, namespace: &str, bg: &BrokerGro
 pub async fn apply_all(client: &Client, namespace: &str, rendered: &Rendered) -> Result<(), Error> {
     let params = PatchParams::apply(names::FIELD_MANAGER).force();
     for object in rendered.objects() {
-        let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &object.resource);
+        let api: Api<DynamicObject> =
+            Api::namespaced_with(client.clone(), namespace, &object.resource);
         api.patch(&object.name, &params, &Patch::Apply(&object.value))
             .await
-            .map_err(Error::kube(format!("apply {} {}", object.kind, object.name)))?;
+            .map_err(Error::kube(format!(
+                "apply {} {}",
+                object.kind, object.name
+            )))?;
     }
     Ok(())
 }
@@ -85,9 +114,18 @@ pub async fn apply_all(client: &Client, namespace: &str, rendered: &Rendered) ->
 /// removed, a generated Secret replaced by a named one). Only objects carrying this
 /// BrokerGroup's owner reference are considered: a StatefulSet's data volumes are not owned
 /// and survive.
-pub async fn delete_orphans(client: &Client, namespace: &str, v: &ValidatedBrokerGroup, rendered: &Rendered) -> Result<(), Error> {
+pub async fn delete_orphans(
+    client: &Client,
+    namespace: &str,
+    v: &ValidatedBrokerGroup,
+    rendered: &Rendered,
+) -> Result<(), Error> {
     let Some(uid) = &v.uid else { return Ok(()) };
-    let keep: BTreeSet<(String, String)> = rendered.objects().into_iter().map(|o| (o.kind.to_string(), o.name)).collect();
+    let keep: BTreeSet<(String, String)> = rendered
+        .objects()
+        .into_iter()
+        .map(|o| (o.kind.to_string(), o.name))
+        .collect();
     let selector = ListParams::default().labels(&format!("{}={}", names::LABEL_INSTANCE, v.name));
     for resource in [
         ApiResource::erase::<StatefulSet>(&()),
@@ -98,13 +136,21 @@ pub async fn delete_orphans(client: &Client, namespace: &str, v: &ValidatedBroke
         ApiResource::erase::<PersistentVolumeClaim>(&()),
     ] {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
-        let list = api.list_metadata(&selector).await.map_err(Error::kube(format!("list {}", resource.plural)))?;
+        let list = api
+            .list_metadata(&selector)
+            .await
+            .map_err(Error::kube(format!("list {}", resource.plural)))?;
         for object in list.items {
             let name = object.name_any();
-            let owned = object.owner_references().iter().any(|o| &o.uid == uid && o.controller == Some(true));
+            let owned = object
+                .owner_references()
+                .iter()
+                .any(|o| &o.uid == uid && o.controller == Some(true));
             if owned && !keep.contains(&(resource.kind.clone(), name.clone())) {
                 info!(kind = %resource.kind, name = %name, "deleting object the spec no longer renders");
-                api.delete(&name, &DeleteParams::background()).await.map_err(Error::kube(format!("delete {} {name}", resource.kind)))?;
+                api.delete(&name, &DeleteParams::background())
+                    .await
+                    .map_err(Error::kube(format!("delete {} {name}", resource.kind)))?;
             }
         }
     }

@@ -27,19 +27,36 @@ pub struct HttpBrokerStatus {
 
 impl Default for HttpBrokerStatus {
     fn default() -> Self {
-        HttpBrokerStatus { client: Client::builder(TokioExecutor::new()).build_http() }
+        HttpBrokerStatus {
+            client: Client::builder(TokioExecutor::new()).build_http(),
+        }
     }
 }
 
 impl HttpBrokerStatus {
     async fn get(&self, ip: &str, port: u16) -> Result<BrokerStatus, String> {
-        let host = if ip.contains(':') { format!("[{ip}]") } else { ip.to_string() };
-        let uri: hyper::Uri = format!("http://{host}:{port}{STATUS}").parse().map_err(|e| format!("bad address {ip}: {e}"))?;
-        let response = self.client.get(uri).await.map_err(|e| format!("failed to reach the admin endpoint: {e}"))?;
+        let host = if ip.contains(':') {
+            format!("[{ip}]")
+        } else {
+            ip.to_string()
+        };
+        let uri: hyper::Uri = format!("http://{host}:{port}{STATUS}")
+            .parse()
+            .map_err(|e| format!("bad address {ip}: {e}"))?;
+        let response = self
+            .client
+            .get(uri)
+            .await
+            .map_err(|e| format!("failed to reach the admin endpoint: {e}"))?;
         if !response.status().is_success() {
             return Err(format!("admin endpoint answered {}", response.status()));
         }
-        let body = response.into_body().collect().await.map_err(|e| format!("failed to read /status: {e}"))?.to_bytes();
+        let body = response
+            .into_body()
+            .collect()
+            .await
+            .map_err(|e| format!("failed to read /status: {e}"))?
+            .to_bytes();
         if body.len() > MAX_STATUS_BYTES {
             return Err(format!("/status is {} bytes", body.len()));
         }

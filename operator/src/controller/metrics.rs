@@ -29,15 +29,34 @@ impl Metrics {
             invalid_specs: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("duomq_operator");
-        r.register("reconciliations", "Reconciles of BrokerGroups, by result", m.reconciliations.clone());
-        r.register("reconcile_duration_seconds", "Time one reconcile took", m.reconcile_seconds.clone());
-        r.register("failovers", "Changes of a group's live broker seen by the operator", m.failovers.clone());
-        r.register("invalid_specs", "Reconciles that found an invalid BrokerGroup spec", m.invalid_specs.clone());
+        r.register(
+            "reconciliations",
+            "Reconciles of BrokerGroups, by result",
+            m.reconciliations.clone(),
+        );
+        r.register(
+            "reconcile_duration_seconds",
+            "Time one reconcile took",
+            m.reconcile_seconds.clone(),
+        );
+        r.register(
+            "failovers",
+            "Changes of a group's live broker seen by the operator",
+            m.failovers.clone(),
+        );
+        r.register(
+            "invalid_specs",
+            "Reconciles that found an invalid BrokerGroup spec",
+            m.invalid_specs.clone(),
+        );
         m
     }
 
     pub fn reconcile_started(&self) -> ReconcileTimer<'_> {
-        ReconcileTimer { metrics: self, start: Instant::now() }
+        ReconcileTimer {
+            metrics: self,
+            start: Instant::now(),
+        }
     }
 }
 
@@ -48,7 +67,12 @@ pub struct ReconcileTimer<'a> {
 
 impl ReconcileTimer<'_> {
     pub fn finish(self, result: &'static str) {
-        self.metrics.reconcile_seconds.observe(self.start.elapsed().as_secs_f64());
-        self.metrics.reconciliations.get_or_create(&ResultLabel { result }).inc();
+        self.metrics
+            .reconcile_seconds
+            .observe(self.start.elapsed().as_secs_f64());
+        self.metrics
+            .reconciliations
+            .get_or_create(&ResultLabel { result })
+            .inc();
     }
 }

@@ -74,34 +74,43 @@ pub struct Context {
 }
 
 impl Context {
-    pub fn new(client: Client, metrics: Arc<metrics::Metrics>, brokers: Arc<dyn BrokerStatusSource>) -> Context {
-        let reporter = Reporter { controller: names::FIELD_MANAGER.into(), instance: std::env::var("POD_NAME").ok() };
-        Context { recorder: Recorder::new(client.clone(), reporter), client, metrics, brokers, failures: Mutex::new(HashMap::new()) }
+    pub fn new(
+        client: Client,
+        metrics: Arc<metrics::Metrics>,
+        brokers: Arc<dyn BrokerStatusSource>,
+    ) -> Context {
+        let reporter = Reporter {
+            controller: names::FIELD_MANAGER.into(),
+            instance: std::env::var("POD_NAME").ok(),
+        };
+        Context {
+            recorder: Recorder::new(client.clone(), reporter),
+            client,
+            metrics,
+            brokers,
+            failures: Mutex::new(HashMap::new()),
+        }
     }
 }
 
 /// Runs the controller until a shutdown signal. `namespace` limits it to one namespace.
 pub async fn run(client: Client, namespace: Option<String>, ctx: Arc<Context>) {
-    let (groups, owned) = match &namespace {
-        Some(ns) => (Api::<BrokerGroup>::namespaced(client.clone(), ns), Some(ns.clone())),
-        None => (Api::<BrokerGroup>::all(client.clone()), None),
-    };
-    let api = |c: &Client| -> (Api<StatefulSet>, Api<Service>, Api<ConfigMap>, Api<Secret>, Api<PodDisruptionBudget>, Api<Pod>) {
-        match &owned {
-            Some(ns) => (
-                Api::namespaced(c.clone(), ns),
-                Api::namespaced(c.clone(), ns),
-                Api::namespaced(c.clone(), ns),
-                Api::namespaced(c.clone(), ns),
-                Api::namespaced(c.clone(), ns),
-                Api::namespaced(c.clone(), ns),
-            ),
-            None => (Api::all(c.clone()), Api::all(c.clone()), Api::all(c.clone()), Api::all(c.clone()), Api::all(c.clone()), Api::all(c.clone())),
-        }
-    };
-    let (sts, svc, cm, secret, pdb, pods) = api(&client);
-    let managed = watcher::Config::default().labels(&format!("{}={}", names::LABEL_MANAGED_BY, names::FIELD_MANAGER));
-    let broker_pods = watcher::Config::default().labels(&format!("{}={}", names::LABEL_NAME, names::APP_NAME));
+    let groups: Api<BrokerGroup> = scoped(&client, &namespace);
+    let (sts, svc, cm, secret, pdb, pods) = (
+        scoped::<StatefulSet>(&client, &namespace),
+        scoped::<Service>(&client, &namespace),
+        scoped::<ConfigMap>(&client, &namespace),
+        scoped::<Secret>(&client, &namespace),
+        scoped::<PodDisruptionBudget>(&client, &namespace),
+        scoped::<Pod>(&client, &namespace),
+    );
+    let managed = watcher::Config::default().labels(&format!(
+        "{}={}",
+        names::LABEL_MANAGED_BY,
+        names::FIELD_MANAGER
+    ));
+    let broker_pods =
+        watcher::Config::default().labels(&format!("{}={}", names::LABEL_NAME, names::APP_NAME));
     Controller::new(groups, watcher::Config::default())
         .owns(sts, managed.clone())
         .owns(svc, managed.clone())
@@ -124,12 +133,25 @@ pub async fn run(client: Client, namespace: Option<String>, ctx: Arc<Context>) {
         .await;
 }
 
+/// An Api over one namespace, or all.
+fn scoped<K>(client: &Client, namespace: &Option<String>) -> Api<K>
+where
+    K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+{
+    match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    }
+}
+
 fn error_policy(bg: Arc<BrokerGroup>, error: &Error, ctx: Arc<Context>) -> Action {
     let key = ObjectRef::from_obj(bg.as_ref());
     let mut failures = ctx.failures.lock();
     let n = failures.entry(key).or_insert(0);
     *n = n.saturating_add(1);
-    let delay = BACKOFF_FIRST.saturating_mul(1u32 << (*n - 1).min(16)).min(BACKOFF_CAP);
+    let delay = BACKOFF_FIRST
+        .saturating_mul(1u32 << (*n - 1).min(16))
+        .min(BACKOFF_CAP);
     warn!(brokergroup = %bg.name_any(), error = %error, source = ?std::error::Error::source(error).map(|s| s.to_string()), retry_in = ?delay, "reconcile failed");
     Action::requeue(delay)
 }
@@ -147,7 +169,9 @@ pub async fn reconcile(bg: Arc<BrokerGroup>, ctx: Arc<Context>) -> Result<Action
         Err(_) => "error",
     });
     if result.is_ok() {
-        ctx.failures.lock().remove(&ObjectRef::from_obj(bg.as_ref()));
+        ctx.failures
+            .lock()
+            .remove(&ObjectRef::from_obj(bg.as_ref()));
     }
     result
 }
@@ -175,7 +199,8 @@ async fn reconcile_phases(bg: &BrokerGroup, ctx: &Context) -> Result<Action, Err
     apply::delete_orphans(client, &namespace, &validated, &rendered).await?;
 
     // Observe and report.
-    let mut seen: Observation = observe::observe(client, ctx.brokers.as_ref(), &namespace, &validated).await?;
+    let mut seen: Observation =
+        observe::observe(client, ctx.brokers.as_ref(), &namespace, &validated).await?;
     seen.problems.extend(deps.problems);
     for target in &validated.missing_targets {
         seen.problems.push((
@@ -189,11 +214,24 @@ async fn reconcile_phases(bg: &BrokerGroup, ctx: &Context) -> Result<Action, Err
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     for (pod, role) in &computed.role_labels {
         let patch = serde_json::json!({"metadata": {"labels": {names::LABEL_ROLE: role}}});
-        pods.patch(pod, &PatchParams::default(), &Patch::Merge(&patch)).await.map_err(Error::kube(format!("label pod {pod} {role}")))?;
+        pods.patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
+            .await
+            .map_err(Error::kube(format!("label pod {pod} {role}")))?;
         info!(pod = %pod, role = %role, "pod role label set");
     }
     for t in &computed.transitions {
-        publish(ctx, bg, if t.warning { EventType::Warning } else { EventType::Normal }, &t.reason, &t.note).await;
+        publish(
+            ctx,
+            bg,
+            if t.warning {
+                EventType::Warning
+            } else {
+                EventType::Normal
+            },
+            &t.reason,
+            &t.note,
+        )
+        .await;
         if t.reason == "FailedOver" || t.reason == "FailedBack" {
             ctx.metrics.failovers.inc();
         }
@@ -202,16 +240,32 @@ async fn reconcile_phases(bg: &BrokerGroup, ctx: &Context) -> Result<Action, Err
     if computed.status != previous {
         patch_status(client, &namespace, bg, &computed.status).await?;
     }
-    let progressing = computed.status.conditions.iter().any(|c| c.type_ == condition::PROGRESSING && c.status == "True");
+    let progressing = computed
+        .status
+        .conditions
+        .iter()
+        .any(|c| c.type_ == condition::PROGRESSING && c.status == "True");
     let all_live = computed.status.groups.iter().all(|g| g.live.is_some());
-    Ok(Action::requeue(if !progressing && all_live { REQUEUE_STABLE } else { REQUEUE_BUSY }))
+    Ok(Action::requeue(if !progressing && all_live {
+        REQUEUE_STABLE
+    } else {
+        REQUEUE_BUSY
+    }))
 }
 
 /// An invalid spec: say so in the status and an event, and wait for the spec to change.
-async fn report_invalid(bg: &BrokerGroup, ctx: &Context, namespace: &str, invalid: &InvalidSpec) -> Result<Action, Error> {
+async fn report_invalid(
+    bg: &BrokerGroup,
+    ctx: &Context,
+    namespace: &str,
+    invalid: &InvalidSpec,
+) -> Result<Action, Error> {
     let message = invalid.to_string();
     let previous = bg.status.clone().unwrap_or_default();
-    let already = previous.conditions.iter().any(|c| c.type_ == condition::DEGRADED && c.status == "True" && c.message == message)
+    let already = previous
+        .conditions
+        .iter()
+        .any(|c| c.type_ == condition::DEGRADED && c.status == "True" && c.message == message)
         && previous.observed_generation == bg.meta().generation;
     if !already {
         warn!(brokergroup = %bg.name_any(), reason = invalid.reason(), "{message}");
@@ -219,30 +273,41 @@ async fn report_invalid(bg: &BrokerGroup, ctx: &Context, namespace: &str, invali
         let mut status = previous.clone();
         status.observed_generation = bg.meta().generation;
         status.conditions.retain(|c| c.type_ != condition::DEGRADED);
-        status.conditions.push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
-            type_: condition::DEGRADED.into(),
-            status: "True".into(),
-            reason: invalid.reason().into(),
-            message,
-            last_transition_time: now(),
-            observed_generation: bg.meta().generation,
-        });
+        status
+            .conditions
+            .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
+                type_: condition::DEGRADED.into(),
+                status: "True".into(),
+                reason: invalid.reason().into(),
+                message,
+                last_transition_time: now(),
+                observed_generation: bg.meta().generation,
+            });
         patch_status(&ctx.client, namespace, bg, &status).await?;
     }
     ctx.metrics.invalid_specs.inc();
     Ok(Action::await_change())
 }
 
-async fn patch_status(client: &Client, namespace: &str, bg: &BrokerGroup, status: &BrokerGroupStatus) -> Result<(), Error> {
+async fn patch_status(
+    client: &Client,
+    namespace: &str,
+    bg: &BrokerGroup,
+    status: &BrokerGroupStatus,
+) -> Result<(), Error> {
     let api: Api<BrokerGroup> = Api::namespaced(client.clone(), namespace);
     let patch = serde_json::json!({
         "apiVersion": format!("{}/{}", crate::api::GROUP, crate::api::VERSION),
         "kind": crate::api::KIND,
         "status": status,
     });
-    api.patch_status(&bg.name_any(), &PatchParams::apply(names::FIELD_MANAGER).force(), &Patch::Apply(&patch))
-        .await
-        .map_err(Error::kube("patch BrokerGroup status"))?;
+    api.patch_status(
+        &bg.name_any(),
+        &PatchParams::apply(names::FIELD_MANAGER).force(),
+        &Patch::Apply(&patch),
+    )
+    .await
+    .map_err(Error::kube("patch BrokerGroup status"))?;
     Ok(())
 }
 

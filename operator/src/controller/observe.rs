@@ -17,14 +17,27 @@ fn broker_running(pod: &Pod) -> bool {
     status.and_then(|s| s.phase.as_deref()) == Some("Running")
         && status
             .and_then(|s| s.container_statuses.as_ref())
-            .is_some_and(|cs| cs.iter().any(|c| c.name == "broker" && c.state.as_ref().is_some_and(|st| st.running.is_some())))
+            .is_some_and(|cs| {
+                cs.iter().any(|c| {
+                    c.name == "broker" && c.state.as_ref().is_some_and(|st| st.running.is_some())
+                })
+            })
 }
 
-pub async fn observe(client: &Client, brokers: &dyn BrokerStatusSource, namespace: &str, v: &ValidatedBrokerGroup) -> Result<Observation, Error> {
+pub async fn observe(
+    client: &Client,
+    brokers: &dyn BrokerStatusSource,
+    namespace: &str,
+    v: &ValidatedBrokerGroup,
+) -> Result<Observation, Error> {
     let selector = ListParams::default().labels(&format!("{}={}", names::LABEL_INSTANCE, v.name));
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
-    let pods = pods.list(&selector).await.map_err(Error::kube("list broker pods"))?;
-    let admin_port = u16::try_from(v.spec.ports.admin).unwrap_or(duomq_broker::admin::api::DEFAULT_PORT);
+    let pods = pods
+        .list(&selector)
+        .await
+        .map_err(Error::kube("list broker pods"))?;
+    let admin_port =
+        u16::try_from(v.spec.ports.admin).unwrap_or(duomq_broker::admin::api::DEFAULT_PORT);
 
     let fetches = pods.items.iter().map(|pod| async move {
         let running = broker_running(pod);
@@ -48,7 +61,10 @@ pub async fn observe(client: &Client, brokers: &dyn BrokerStatusSource, namespac
     let observed = join_all(fetches).await.into_iter().collect();
 
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-    let sets = sets.list(&selector).await.map_err(Error::kube("list StatefulSets"))?;
+    let sets = sets
+        .list(&selector)
+        .await
+        .map_err(Error::kube("list StatefulSets"))?;
     let rolling_out = sets
         .items
         .iter()
@@ -62,5 +78,9 @@ pub async fn observe(client: &Client, brokers: &dyn BrokerStatusSource, namespac
         .map(|s| s.name_any())
         .collect();
 
-    Ok(Observation { pods: observed, rolling_out, problems: Vec::new() })
+    Ok(Observation {
+        pods: observed,
+        rolling_out,
+        problems: Vec::new(),
+    })
 }

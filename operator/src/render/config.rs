@@ -5,8 +5,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use duomq_broker::config::{
-    ArbiterKind, BrokerConfig, GroupingConfig, GroupingHandler, HaPolicy, HumanDuration, Member, NetworkConnector,
-    PreferredRole, ReplicationMode,
+    ArbiterKind, BrokerConfig, GroupingConfig, GroupingHandler, HaPolicy, HumanDuration, Member,
+    NetworkConnector, PreferredRole, ReplicationMode,
 };
 
 use crate::api::{self, HaMode};
@@ -18,11 +18,18 @@ fn any_addr(port: i32) -> SocketAddr {
 }
 
 fn group_uri(v: &ValidatedBrokerGroup, g: &GroupModel) -> String {
-    masterslave_uri(g.members.iter().map(|m| m.host.clone()), v.spec.ports.cluster)
+    masterslave_uri(
+        g.members.iter().map(|m| m.host.clone()),
+        v.spec.ports.cluster,
+    )
 }
 
 /// The config of `member` of `group`.
-pub fn build_broker_config(v: &ValidatedBrokerGroup, group: &GroupModel, member: &MemberModel) -> BrokerConfig {
+pub fn build_broker_config(
+    v: &ValidatedBrokerGroup,
+    group: &GroupModel,
+    member: &MemberModel,
+) -> BrokerConfig {
     let spec = &v.spec;
     let mut c = BrokerConfig::default();
     c.node.id = member.pod.clone();
@@ -39,7 +46,11 @@ pub fn build_broker_config(v: &ValidatedBrokerGroup, group: &GroupModel, member:
         HaMode::SharedStore => HaPolicy::SharedStore,
     };
     ha.group_name = group.name.clone();
-    ha.role = if member.ordinal == 0 { PreferredRole::Primary } else { PreferredRole::Backup };
+    ha.role = if member.ordinal == 0 {
+        PreferredRole::Primary
+    } else {
+        PreferredRole::Backup
+    };
     // In a host-pair layout the live's place is a node, not an ordinal: whichever member the
     // scheduler put on the group's primary node is the primary.
     ha.primary_node = group.primary_node.clone();
@@ -50,7 +61,8 @@ pub fn build_broker_config(v: &ValidatedBrokerGroup, group: &GroupModel, member:
     };
     ha.cluster.listen = any_addr(spec.ports.cluster);
     ha.cluster.user = v.credentials.user.clone();
-    ha.cluster.password_file = Some(PathBuf::from(names::CLUSTER_SECRET_DIR).join(names::CLUSTER_PASSWORD_KEY));
+    ha.cluster.password_file =
+        Some(PathBuf::from(names::CLUSTER_SECRET_DIR).join(names::CLUSTER_PASSWORD_KEY));
     ha.members = group
         .members
         .iter()
@@ -67,7 +79,11 @@ pub fn build_broker_config(v: &ValidatedBrokerGroup, group: &GroupModel, member:
         .groups
         .iter()
         .filter(|g| g.name != group.name)
-        .flat_map(|g| g.members.iter().map(|m| format!("{}:{}", m.host, spec.ports.cluster)))
+        .flat_map(|g| {
+            g.members
+                .iter()
+                .map(|m| format!("{}:{}", m.host, spec.ports.cluster))
+        })
         .collect();
 
     // Store-and-forward: every other group of this BrokerGroup (never the member's own), then
@@ -76,15 +92,29 @@ pub fn build_broker_config(v: &ValidatedBrokerGroup, group: &GroupModel, member:
         .groups
         .iter()
         .filter(|g| g.name != group.name)
-        .map(|g| NetworkConnector { name: g.name.clone(), uri: group_uri(v, g), duplex: false })
-        .chain(v.external_connectors.iter().map(|x| NetworkConnector { name: x.name.clone(), uri: x.uri.clone(), duplex: x.duplex }))
+        .map(|g| NetworkConnector {
+            name: g.name.clone(),
+            uri: group_uri(v, g),
+            duplex: false,
+        })
+        .chain(v.external_connectors.iter().map(|x| NetworkConnector {
+            name: x.name.clone(),
+            uri: x.uri.clone(),
+            duplex: x.duplex,
+        }))
         .collect();
 
     if let Some(grouping) = &spec.grouping {
-        let local = usize::try_from(grouping.local_group).ok().and_then(|i| v.groups.get(i));
+        let local = usize::try_from(grouping.local_group)
+            .ok()
+            .and_then(|i| v.groups.get(i));
         if let Some(local) = local {
             c.grouping = GroupingConfig {
-                handler: if local.name == group.name { GroupingHandler::Local } else { GroupingHandler::Remote },
+                handler: if local.name == group.name {
+                    GroupingHandler::Local
+                } else {
+                    GroupingHandler::Remote
+                },
                 address: (local.name != group.name).then(|| group_uri(v, local)),
                 timeout: parse_duration(&grouping.timeout).unwrap_or(c.grouping.timeout),
             };

@@ -4,14 +4,15 @@
 //! nothing.
 
 mod config;
+mod documents;
 mod pod;
 
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
 use k8s_openapi::api::core::v1::{
-    ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Secret, Service, ServiceAccount, ServicePort,
-    ServiceSpec, VolumeResourceRequirements,
+    ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Secret, Service, ServiceAccount,
+    ServicePort, ServiceSpec, VolumeResourceRequirements,
 };
 use k8s_openapi::api::policy::v1::{PodDisruptionBudget, PodDisruptionBudgetSpec};
 use k8s_openapi::api::rbac::v1::{PolicyRule, Role, RoleBinding, RoleRef, Subject};
@@ -24,6 +25,7 @@ use kube::core::ApiResource;
 use serde::Serialize;
 
 pub use config::{broker_yaml, build_broker_config};
+pub use documents::{parse_documents, render_documents, DocumentsError};
 
 use crate::api::{GROUP, KIND, VERSION};
 use crate::names;
@@ -55,7 +57,9 @@ pub struct RenderedObject {
     pub value: serde_json::Value,
 }
 
-fn erase<K: kube::Resource<DynamicType = ()> + Metadata<Ty = ObjectMeta> + Serialize>(object: &K) -> RenderedObject {
+fn erase<K: kube::Resource<DynamicType = ()> + Metadata<Ty = ObjectMeta> + Serialize>(
+    object: &K,
+) -> RenderedObject {
     RenderedObject {
         resource: ApiResource::erase::<K>(&()),
         kind: K::KIND,
@@ -67,7 +71,11 @@ fn erase<K: kube::Resource<DynamicType = ()> + Metadata<Ty = ObjectMeta> + Seria
 impl Rendered {
     /// Every object in apply order.
     pub fn objects(&self) -> Vec<RenderedObject> {
-        let mut out = vec![erase(&self.service_account), erase(&self.role), erase(&self.role_binding)];
+        let mut out = vec![
+            erase(&self.service_account),
+            erase(&self.role),
+            erase(&self.role_binding),
+        ];
         out.extend(self.secret.iter().map(erase));
         out.extend(self.config_maps.iter().map(erase));
         out.extend(self.claims.iter().map(erase));
@@ -96,10 +104,18 @@ pub fn render(v: &ValidatedBrokerGroup) -> Rendered {
         role_binding: build_role_binding(v),
         secret: build_cluster_secret(v),
         config_maps: v.groups.iter().map(|g| build_config_map(v, g)).collect(),
-        claims: if v.is_shared_store() { v.groups.iter().map(|g| build_shared_claim(v, g)).collect() } else { Vec::new() },
+        claims: if v.is_shared_store() {
+            v.groups.iter().map(|g| build_shared_claim(v, g)).collect()
+        } else {
+            Vec::new()
+        },
         services: build_services(v),
         pdbs: v.groups.iter().map(|g| build_pdb(v, g)).collect(),
-        statefulsets: v.groups.iter().map(|g| pod::build_statefulset(v, g)).collect(),
+        statefulsets: v
+            .groups
+            .iter()
+            .map(|g| pod::build_statefulset(v, g))
+            .collect(),
     }
 }
 
@@ -130,7 +146,11 @@ fn meta(v: &ValidatedBrokerGroup, name: String, labels: BTreeMap<String, String>
 
 fn build_service_account(v: &ValidatedBrokerGroup) -> ServiceAccount {
     ServiceAccount {
-        metadata: meta(v, names::broker_service_account(&v.name), names::instance_labels(&v.name)),
+        metadata: meta(
+            v,
+            names::broker_service_account(&v.name),
+            names::instance_labels(&v.name),
+        ),
         ..ServiceAccount::default()
     }
 }
@@ -140,7 +160,11 @@ fn build_service_account(v: &ValidatedBrokerGroup) -> ServiceAccount {
 fn build_role(v: &ValidatedBrokerGroup) -> Role {
     let leases: Vec<String> = v.groups.iter().map(|g| g.name.clone()).collect();
     Role {
-        metadata: meta(v, names::broker_service_account(&v.name), names::instance_labels(&v.name)),
+        metadata: meta(
+            v,
+            names::broker_service_account(&v.name),
+            names::instance_labels(&v.name),
+        ),
         rules: Some(vec![PolicyRule {
             api_groups: Some(vec!["coordination.k8s.io".into()]),
             resources: Some(vec!["leases".into()]),
@@ -155,7 +179,11 @@ fn build_role_binding(v: &ValidatedBrokerGroup) -> RoleBinding {
     let name = names::broker_service_account(&v.name);
     RoleBinding {
         metadata: meta(v, name.clone(), names::instance_labels(&v.name)),
-        role_ref: RoleRef { api_group: "rbac.authorization.k8s.io".into(), kind: "Role".into(), name: name.clone() },
+        role_ref: RoleRef {
+            api_group: "rbac.authorization.k8s.io".into(),
+            kind: "Role".into(),
+            name: name.clone(),
+        },
         subjects: Some(vec![Subject {
             kind: "ServiceAccount".into(),
             name,
@@ -168,11 +196,21 @@ fn build_role_binding(v: &ValidatedBrokerGroup) -> RoleBinding {
 fn build_cluster_secret(v: &ValidatedBrokerGroup) -> Option<Secret> {
     let password = v.credentials.generated_password.as_ref()?;
     Some(Secret {
-        metadata: meta(v, v.credentials.secret_name.clone(), names::instance_labels(&v.name)),
+        metadata: meta(
+            v,
+            v.credentials.secret_name.clone(),
+            names::instance_labels(&v.name),
+        ),
         type_: Some("Opaque".into()),
         data: Some(BTreeMap::from([
-            (names::CLUSTER_USER_KEY.to_string(), ByteString(v.credentials.user.clone().into_bytes())),
-            (names::CLUSTER_PASSWORD_KEY.to_string(), ByteString(password.clone().into_bytes())),
+            (
+                names::CLUSTER_USER_KEY.to_string(),
+                ByteString(v.credentials.user.clone().into_bytes()),
+            ),
+            (
+                names::CLUSTER_PASSWORD_KEY.to_string(),
+                ByteString(password.clone().into_bytes()),
+            ),
         ])),
         ..Secret::default()
     })
@@ -183,10 +221,19 @@ fn build_config_map(v: &ValidatedBrokerGroup, g: &GroupModel) -> ConfigMap {
     let data = g
         .members
         .iter()
-        .map(|m| (format!("{}.yaml", m.pod), broker_yaml(&build_broker_config(v, g, m))))
+        .map(|m| {
+            (
+                format!("{}.yaml", m.pod),
+                broker_yaml(&build_broker_config(v, g, m)),
+            )
+        })
         .collect();
     ConfigMap {
-        metadata: meta(v, names::config_map(&g.name), names::group_labels(&v.name, &g.name)),
+        metadata: meta(
+            v,
+            names::config_map(&g.name),
+            names::group_labels(&v.name, &g.name),
+        ),
         data: Some(data),
         ..ConfigMap::default()
     }
@@ -194,7 +241,11 @@ fn build_config_map(v: &ValidatedBrokerGroup, g: &GroupModel) -> ConfigMap {
 
 fn build_shared_claim(v: &ValidatedBrokerGroup, g: &GroupModel) -> PersistentVolumeClaim {
     PersistentVolumeClaim {
-        metadata: meta(v, names::shared_claim(&g.name), names::group_labels(&v.name, &g.name)),
+        metadata: meta(
+            v,
+            names::shared_claim(&g.name),
+            names::group_labels(&v.name, &g.name),
+        ),
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteMany".into()]),
             storage_class_name: v.spec.storage.storage_class_name.clone(),
@@ -207,7 +258,10 @@ fn build_shared_claim(v: &ValidatedBrokerGroup, g: &GroupModel) -> PersistentVol
 
 fn storage_request(v: &ValidatedBrokerGroup) -> VolumeResourceRequirements {
     VolumeResourceRequirements {
-        requests: Some(BTreeMap::from([("storage".to_string(), Quantity(v.spec.storage.size.clone()))])),
+        requests: Some(BTreeMap::from([(
+            "storage".to_string(),
+            Quantity(v.spec.storage.size.clone()),
+        )])),
         ..VolumeResourceRequirements::default()
     }
 }
@@ -230,12 +284,20 @@ fn build_services(v: &ValidatedBrokerGroup) -> Vec<Service> {
     let mut out = Vec::new();
     for g in &v.groups {
         out.push(Service {
-            metadata: meta(v, names::members_service(&g.name), names::group_labels(&v.name, &g.name)),
+            metadata: meta(
+                v,
+                names::members_service(&g.name),
+                names::group_labels(&v.name, &g.name),
+            ),
             spec: Some(ServiceSpec {
                 cluster_ip: Some("None".into()),
                 publish_not_ready_addresses: Some(true),
                 selector: Some(names::group_selector(&v.name, &g.name)),
-                ports: Some(vec![port("stomp", ports.stomp), port("cluster", ports.cluster), port("admin", ports.admin)]),
+                ports: Some(vec![
+                    port("stomp", ports.stomp),
+                    port("cluster", ports.cluster),
+                    port("admin", ports.admin),
+                ]),
                 ..ServiceSpec::default()
             }),
             ..Service::default()
@@ -273,18 +335,28 @@ fn build_pdb(v: &ValidatedBrokerGroup, g: &GroupModel) -> PodDisruptionBudget {
         metadata: meta(v, g.name.clone(), names::group_labels(&v.name, &g.name)),
         spec: Some(PodDisruptionBudgetSpec {
             max_unavailable: Some(IntOrString::Int(1)),
-            selector: Some(LabelSelector { match_labels: Some(names::group_selector(&v.name, &g.name)), ..LabelSelector::default() }),
+            selector: Some(LabelSelector {
+                match_labels: Some(names::group_selector(&v.name, &g.name)),
+                ..LabelSelector::default()
+            }),
             ..PodDisruptionBudgetSpec::default()
         }),
         ..PodDisruptionBudget::default()
     }
 }
 
-fn statefulset_shell(v: &ValidatedBrokerGroup, g: &GroupModel, spec: StatefulSetSpec) -> StatefulSet {
+fn statefulset_shell(
+    v: &ValidatedBrokerGroup,
+    g: &GroupModel,
+    spec: StatefulSetSpec,
+) -> StatefulSet {
     StatefulSet {
         metadata: meta(v, g.name.clone(), names::group_labels(&v.name, &g.name)),
         spec: Some(StatefulSetSpec {
-            update_strategy: Some(StatefulSetUpdateStrategy { type_: Some("RollingUpdate".into()), ..Default::default() }),
+            update_strategy: Some(StatefulSetUpdateStrategy {
+                type_: Some("RollingUpdate".into()),
+                ..Default::default()
+            }),
             ..spec
         }),
         ..StatefulSet::default()

@@ -5,11 +5,12 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource, HTTPGetAction,
-    KeyToPath, NodeAffinity, NodeSelector, NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector,
-    PersistentVolumeClaim, PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodAffinityTerm,
-    PodAntiAffinity, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile,
-    SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
+    HTTPGetAction, KeyToPath, NodeAffinity, NodeSelector, NodeSelectorRequirement,
+    NodeSelectorTerm, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
+    PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
+    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -35,7 +36,10 @@ pub fn build_statefulset(v: &ValidatedBrokerGroup, g: &GroupModel) -> StatefulSe
         None
     } else {
         Some(vec![PersistentVolumeClaim {
-            metadata: ObjectMeta { name: Some("data".into()), ..ObjectMeta::default() },
+            metadata: ObjectMeta {
+                name: Some("data".into()),
+                ..ObjectMeta::default()
+            },
             spec: Some(PersistentVolumeClaimSpec {
                 access_modes: Some(vec!["ReadWriteOnce".into()]),
                 storage_class_name: v.spec.storage.storage_class_name.clone(),
@@ -54,11 +58,15 @@ pub fn build_statefulset(v: &ValidatedBrokerGroup, g: &GroupModel) -> StatefulSe
             // Members start together: a backup must be up to sync while the primary waits
             // to find out whether a live of its group already exists.
             pod_management_policy: Some("Parallel".into()),
-            selector: LabelSelector { match_labels: Some(selector), ..LabelSelector::default() },
+            selector: LabelSelector {
+                match_labels: Some(selector),
+                ..LabelSelector::default()
+            },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
-                    annotations: (!overrides.annotations.is_empty()).then(|| overrides.annotations.clone()),
+                    annotations: (!overrides.annotations.is_empty())
+                        .then(|| overrides.annotations.clone()),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(build_pod_spec(v, g)),
@@ -73,7 +81,10 @@ fn field_env(name: &str, path: &str) -> EnvVar {
     EnvVar {
         name: name.into(),
         value_from: Some(EnvVarSource {
-            field_ref: Some(ObjectFieldSelector { field_path: path.into(), ..ObjectFieldSelector::default() }),
+            field_ref: Some(ObjectFieldSelector {
+                field_path: path.into(),
+                ..ObjectFieldSelector::default()
+            }),
             ..EnvVarSource::default()
         }),
         ..EnvVar::default()
@@ -82,7 +93,11 @@ fn field_env(name: &str, path: &str) -> EnvVar {
 
 fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
     Probe {
-        http_get: Some(HTTPGetAction { path: Some(path.into()), port: IntOrString::String("admin".into()), ..HTTPGetAction::default() }),
+        http_get: Some(HTTPGetAction {
+            path: Some(path.into()),
+            port: IntOrString::String("admin".into()),
+            ..HTTPGetAction::default()
+        }),
         period_seconds: Some(period),
         failure_threshold: Some(failures),
         timeout_seconds: Some(2),
@@ -91,11 +106,21 @@ fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
 }
 
 fn container_port(name: &str, port: i32) -> ContainerPort {
-    ContainerPort { name: Some(name.into()), container_port: port, protocol: Some("TCP".into()), ..ContainerPort::default() }
+    ContainerPort {
+        name: Some(name.into()),
+        container_port: port,
+        protocol: Some("TCP".into()),
+        ..ContainerPort::default()
+    }
 }
 
 fn mount(name: &str, path: &str) -> VolumeMount {
-    VolumeMount { name: name.into(), mount_path: path.into(), read_only: Some(true), ..VolumeMount::default() }
+    VolumeMount {
+        name: name.into(),
+        mount_path: path.into(),
+        read_only: Some(true),
+        ..VolumeMount::default()
+    }
 }
 
 fn default_resources() -> ResourceRequirements {
@@ -104,7 +129,10 @@ fn default_resources() -> ResourceRequirements {
             ("cpu".to_string(), Quantity("100m".into())),
             ("memory".to_string(), Quantity("128Mi".into())),
         ])),
-        limits: Some(BTreeMap::from([("memory".to_string(), Quantity("512Mi".into()))])),
+        limits: Some(BTreeMap::from([(
+            "memory".to_string(),
+            Quantity("512Mi".into()),
+        )])),
         ..ResourceRequirements::default()
     }
 }
@@ -114,7 +142,11 @@ fn secret_volume(name: &str, secret: &str, key: &str) -> Volume {
         name: name.into(),
         secret: Some(SecretVolumeSource {
             secret_name: Some(secret.into()),
-            items: Some(vec![KeyToPath { key: key.into(), path: key.into(), mode: None }]),
+            items: Some(vec![KeyToPath {
+                key: key.into(),
+                path: key.into(),
+                mode: None,
+            }]),
             default_mode: Some(0o440),
             ..SecretVolumeSource::default()
         }),
@@ -128,12 +160,22 @@ fn build_pod_spec(v: &ValidatedBrokerGroup, g: &GroupModel) -> PodSpec {
     let mut volumes = vec![
         Volume {
             name: "config".into(),
-            config_map: Some(ConfigMapVolumeSource { name: names::config_map(&g.name), ..ConfigMapVolumeSource::default() }),
+            config_map: Some(ConfigMapVolumeSource {
+                name: names::config_map(&g.name),
+                ..ConfigMapVolumeSource::default()
+            }),
             ..Volume::default()
         },
-        secret_volume("cluster-credentials", &v.credentials.secret_name, names::CLUSTER_PASSWORD_KEY),
+        secret_volume(
+            "cluster-credentials",
+            &v.credentials.secret_name,
+            names::CLUSTER_PASSWORD_KEY,
+        ),
     ];
-    let mut mounts = vec![mount("config", names::CONFIG_DIR), mount("cluster-credentials", names::CLUSTER_SECRET_DIR)];
+    let mut mounts = vec![
+        mount("config", names::CONFIG_DIR),
+        mount("cluster-credentials", names::CLUSTER_SECRET_DIR),
+    ];
     if let Some(users) = &spec.users_secret {
         volumes.push(secret_volume("users", users, names::USERS_KEY));
         mounts.push(mount("users", names::USERS_SECRET_DIR));
@@ -148,14 +190,22 @@ fn build_pod_spec(v: &ValidatedBrokerGroup, g: &GroupModel) -> PodSpec {
             ..Volume::default()
         });
     }
-    mounts.push(VolumeMount { name: "data".into(), mount_path: names::DATA_DIR.into(), ..VolumeMount::default() });
+    mounts.push(VolumeMount {
+        name: "data".into(),
+        mount_path: names::DATA_DIR.into(),
+        ..VolumeMount::default()
+    });
 
     let container = Container {
         name: "broker".into(),
         image: Some(spec.image.clone()),
         image_pull_policy: Some(spec.image_pull_policy.as_str().into()),
         // Each member reads its own file from the group's ConfigMap.
-        args: Some(vec!["run".into(), "--config".into(), format!("{}/$(POD_NAME).yaml", names::CONFIG_DIR)]),
+        args: Some(vec![
+            "run".into(),
+            "--config".into(),
+            format!("{}/$(POD_NAME).yaml", names::CONFIG_DIR),
+        ]),
         env: Some(vec![
             field_env("POD_NAME", "metadata.name"),
             field_env("POD_NAMESPACE", "metadata.namespace"),
@@ -176,7 +226,10 @@ fn build_pod_spec(v: &ValidatedBrokerGroup, g: &GroupModel) -> PodSpec {
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
             run_as_non_root: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".into()]), ..Capabilities::default() }),
+            capabilities: Some(Capabilities {
+                drop: Some(vec!["ALL".into()]),
+                ..Capabilities::default()
+            }),
             ..SecurityContext::default()
         }),
         volume_mounts: Some(mounts),
@@ -191,14 +244,18 @@ fn build_pod_spec(v: &ValidatedBrokerGroup, g: &GroupModel) -> PodSpec {
             run_as_user: Some(names::BROKER_UID),
             run_as_group: Some(names::BROKER_UID),
             fs_group: Some(names::BROKER_UID),
-            seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".into(), ..SeccompProfile::default() }),
+            seccomp_profile: Some(SeccompProfile {
+                type_: "RuntimeDefault".into(),
+                ..SeccompProfile::default()
+            }),
             ..PodSecurityContext::default()
         }),
         affinity: Some(build_affinity(v, g)),
         containers: vec![container],
         volumes: Some(volumes),
         tolerations: (!overrides.tolerations.is_empty()).then(|| overrides.tolerations.clone()),
-        node_selector: (!overrides.node_selector.is_empty()).then(|| overrides.node_selector.clone()),
+        node_selector: (!overrides.node_selector.is_empty())
+            .then(|| overrides.node_selector.clone()),
         priority_class_name: overrides.priority_class_name.clone(),
         ..PodSpec::default()
     }
@@ -218,18 +275,25 @@ fn build_affinity(v: &ValidatedBrokerGroup, g: &GroupModel) -> Affinity {
         }]),
         ..PodAntiAffinity::default()
     };
-    let node = (v.spec.layout.kind == LayoutKind::HostPairs && !g.pair_nodes.is_empty()).then(|| NodeAffinity {
-        required_during_scheduling_ignored_during_execution: Some(NodeSelector {
-            node_selector_terms: vec![NodeSelectorTerm {
-                match_expressions: Some(vec![NodeSelectorRequirement {
-                    key: "kubernetes.io/hostname".into(),
-                    operator: "In".into(),
-                    values: Some(g.pair_nodes.clone()),
-                }]),
-                ..NodeSelectorTerm::default()
-            }],
-        }),
-        ..NodeAffinity::default()
-    });
-    Affinity { pod_anti_affinity: Some(anti), node_affinity: node, ..Affinity::default() }
+    let node =
+        (v.spec.layout.kind == LayoutKind::HostPairs && !g.pair_nodes.is_empty()).then(|| {
+            NodeAffinity {
+                required_during_scheduling_ignored_during_execution: Some(NodeSelector {
+                    node_selector_terms: vec![NodeSelectorTerm {
+                        match_expressions: Some(vec![NodeSelectorRequirement {
+                            key: "kubernetes.io/hostname".into(),
+                            operator: "In".into(),
+                            values: Some(g.pair_nodes.clone()),
+                        }]),
+                        ..NodeSelectorTerm::default()
+                    }],
+                }),
+                ..NodeAffinity::default()
+            }
+        });
+    Affinity {
+        pod_anti_affinity: Some(anti),
+        node_affinity: node,
+        ..Affinity::default()
+    }
 }

@@ -7,7 +7,9 @@ use std::collections::BTreeMap;
 use duomq_broker::admin::api::{BrokerStatus, Role, SyncState};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
-use crate::api::{condition, BrokerGroupStatus, FailoverReason, FailoverRecord, GroupStatus, MemberStatus};
+use crate::api::{
+    condition, BrokerGroupStatus, FailoverReason, FailoverRecord, GroupStatus, MemberStatus,
+};
 use crate::names;
 use crate::validate::ValidatedBrokerGroup;
 
@@ -79,26 +81,43 @@ fn member_state(p: Option<&PodObservation>) -> String {
     }
 }
 
-/// Sets a condition, keeping its transition time when its status did not change.
-fn set_condition(out: &mut Vec<Condition>, previous: &[Condition], now: &Time, generation: Option<i64>, kind: &str, ok: bool, reason: &str, message: String) {
-    let status = if ok { "True" } else { "False" };
-    let since = previous
-        .iter()
-        .find(|c| c.type_ == kind && c.status == status)
-        .map(|c| c.last_transition_time.clone())
-        .unwrap_or_else(|| now.clone());
-    out.push(Condition {
-        type_: kind.into(),
-        status: status.into(),
-        reason: reason.into(),
-        message,
-        last_transition_time: since,
-        observed_generation: generation,
-    });
+/// Builds the conditions list, keeping a condition's transition time when its status did
+/// not change.
+struct Conditions<'a> {
+    out: Vec<Condition>,
+    previous: &'a [Condition],
+    now: &'a Time,
+    generation: Option<i64>,
+}
+
+impl Conditions<'_> {
+    fn set(&mut self, kind: &str, on: bool, reason: &str, message: String) {
+        let status = if on { "True" } else { "False" };
+        let since = self
+            .previous
+            .iter()
+            .find(|c| c.type_ == kind && c.status == status)
+            .map(|c| c.last_transition_time.clone())
+            .unwrap_or_else(|| self.now.clone());
+        self.out.push(Condition {
+            type_: kind.into(),
+            status: status.into(),
+            reason: reason.into(),
+            message,
+            last_transition_time: since,
+            observed_generation: self.generation,
+        });
+    }
 }
 
 /// The new status of `v` from `seen`, given the previous status and the time now.
-pub fn compute(v: &ValidatedBrokerGroup, generation: Option<i64>, seen: &Observation, previous: &BrokerGroupStatus, now: &Time) -> Computed {
+pub fn compute(
+    v: &ValidatedBrokerGroup,
+    generation: Option<i64>,
+    seen: &Observation,
+    previous: &BrokerGroupStatus,
+    now: &Time,
+) -> Computed {
     let mut groups = Vec::new();
     let mut role_labels = BTreeMap::new();
     let mut transitions = Vec::new();
@@ -118,7 +137,12 @@ pub fn compute(v: &ValidatedBrokerGroup, generation: Option<i64>, seen: &Observa
             transitions.push(Transition {
                 warning: true,
                 reason: "SplitBrain".into(),
-                note: format!("group {} has {} members reporting live: {}", g.name, lives.len(), lives.join(", ")),
+                note: format!(
+                    "group {} has {} members reporting live: {}",
+                    g.name,
+                    lives.len(),
+                    lives.join(", ")
+                ),
             });
         }
         let live = lives.first().map(|s| s.to_string());
@@ -128,11 +152,18 @@ pub fn compute(v: &ValidatedBrokerGroup, generation: Option<i64>, seen: &Observa
         let preferred_live = g
             .primary_node
             .as_ref()
-            .and_then(|node| g.members.iter().find(|m| seen.pods.get(&m.pod).and_then(|p| p.node.as_ref()) == Some(node)))
+            .and_then(|node| {
+                g.members
+                    .iter()
+                    .find(|m| seen.pods.get(&m.pod).and_then(|p| p.node.as_ref()) == Some(node))
+            })
             .map(|m| m.pod.clone())
             .unwrap_or_else(|| g.preferred_live.clone());
 
-        let live_status = live.as_ref().and_then(|l| seen.pods.get(l)).and_then(|p| p.broker.as_ref().ok());
+        let live_status = live
+            .as_ref()
+            .and_then(|l| seen.pods.get(l))
+            .and_then(|p| p.broker.as_ref().ok());
         let epoch = live_status
             .and_then(|b| b.ha.as_ref().map(|h| h.epoch))
             .or_else(|| before.map(|b| b.epoch as u64))
@@ -144,29 +175,56 @@ pub fn compute(v: &ValidatedBrokerGroup, generation: Option<i64>, seen: &Observa
                 continue;
             }
             let pod = seen.pods.get(&m.pod);
-            let (synced, lag) = match pod.and_then(|p| p.broker.as_ref().ok()).and_then(|b| b.ha.as_ref()) {
+            let (synced, lag) = match pod
+                .and_then(|p| p.broker.as_ref().ok())
+                .and_then(|b| b.ha.as_ref())
+            {
                 Some(ha) => match &ha.sync {
                     Some(s) => (s.state == SyncState::Synced, s.lag_bytes),
                     // A shared-store slave has nothing to copy: it is in sync by construction.
-                    None => (v.is_shared_store() && pod.and_then(role_of) == Some(Role::Backup), 0),
+                    None => (
+                        v.is_shared_store() && pod.and_then(role_of) == Some(Role::Backup),
+                        0,
+                    ),
                 },
                 None => (false, 0),
             };
-            backups.push(MemberStatus { pod: m.pod.clone(), state: member_state(pod), synced, lag: lag as i64 });
+            backups.push(MemberStatus {
+                pod: m.pod.clone(),
+                state: member_state(pod),
+                synced,
+                lag: lag as i64,
+            });
         }
 
         let mut failovers = before.map(|b| b.failovers).unwrap_or(0);
         let mut last_failover = before.and_then(|b| b.last_failover.clone());
         if let (Some(from), Some(to)) = (before.and_then(|b| b.live.clone()), live.clone()) {
             if from != to {
-                let reason = if to == preferred_live { FailoverReason::Failback } else { FailoverReason::LiveLost };
+                let reason = if to == preferred_live {
+                    FailoverReason::Failback
+                } else {
+                    FailoverReason::LiveLost
+                };
                 failovers += 1;
                 transitions.push(Transition {
                     warning: reason == FailoverReason::LiveLost,
-                    reason: if reason == FailoverReason::Failback { "FailedBack".into() } else { "FailedOver".into() },
-                    note: format!("group {}: live moved from {from} to {to} ({reason:?})", g.name),
+                    reason: if reason == FailoverReason::Failback {
+                        "FailedBack".into()
+                    } else {
+                        "FailedOver".into()
+                    },
+                    note: format!(
+                        "group {}: live moved from {from} to {to} ({reason:?})",
+                        g.name
+                    ),
                 });
-                last_failover = Some(FailoverRecord { time: now.clone(), from, to, reason });
+                last_failover = Some(FailoverRecord {
+                    time: now.clone(),
+                    from,
+                    to,
+                    reason,
+                });
             }
         }
         if live.is_none() {
@@ -184,8 +242,14 @@ pub fn compute(v: &ValidatedBrokerGroup, generation: Option<i64>, seen: &Observa
         }
 
         for m in &g.members {
-            let Some(pod) = seen.pods.get(&m.pod) else { continue };
-            let want = if Some(&m.pod) == live.as_ref() { names::ROLE_LIVE } else { names::ROLE_BACKUP };
+            let Some(pod) = seen.pods.get(&m.pod) else {
+                continue;
+            };
+            let want = if Some(&m.pod) == live.as_ref() {
+                names::ROLE_LIVE
+            } else {
+                names::ROLE_BACKUP
+            };
             if pod.running && !pod.terminating && pod.role_label.as_deref() != Some(want) {
                 role_labels.insert(m.pod.clone(), want.to_string());
             }
@@ -204,30 +268,34 @@ pub fn compute(v: &ValidatedBrokerGroup, generation: Option<i64>, seen: &Observa
 
     let total = v.groups.len();
     let live_count = total - without_live.len();
-    let mut conditions = Vec::new();
-    let prev = &previous.conditions;
-    set_condition(
-        &mut conditions,
-        prev,
+    let mut conditions = Conditions {
+        out: Vec::new(),
+        previous: &previous.conditions,
         now,
         generation,
+    };
+    conditions.set(
         condition::AVAILABLE,
         without_live.is_empty(),
-        if without_live.is_empty() { "AllGroupsLive" } else { "GroupsWithoutLive" },
+        if without_live.is_empty() {
+            "AllGroupsLive"
+        } else {
+            "GroupsWithoutLive"
+        },
         if without_live.is_empty() {
             format!("every group ({total}) has a live broker serving clients")
         } else {
             format!("no live broker in: {}", without_live.join(", "))
         },
     );
-    set_condition(
-        &mut conditions,
-        prev,
-        now,
-        generation,
+    conditions.set(
         condition::REPLICATED,
         unreplicated.is_empty(),
-        if unreplicated.is_empty() { "AllGroupsReplicated" } else { "BackupsNotInSync" },
+        if unreplicated.is_empty() {
+            "AllGroupsReplicated"
+        } else {
+            "BackupsNotInSync"
+        },
         if unreplicated.is_empty() {
             "every group has a backup in sync with its live".into()
         } else {
@@ -237,19 +305,30 @@ pub fn compute(v: &ValidatedBrokerGroup, generation: Option<i64>, seen: &Observa
     let starting: Vec<&String> = seen
         .pods
         .iter()
-        .filter(|(_, p)| !p.running || matches!(p.broker.as_ref().map(|b| b.role), Ok(Role::Starting) | Err(_)))
+        .filter(|(_, p)| {
+            !p.running
+                || matches!(
+                    p.broker.as_ref().map(|b| b.role),
+                    Ok(Role::Starting) | Err(_)
+                )
+        })
         .map(|(name, _)| name)
         .collect();
-    let missing = v.groups.iter().flat_map(|g| &g.members).filter(|m| !seen.pods.contains_key(&m.pod)).count();
+    let missing = v
+        .groups
+        .iter()
+        .flat_map(|g| &g.members)
+        .filter(|m| !seen.pods.contains_key(&m.pod))
+        .count();
     let progressing = !seen.rolling_out.is_empty() || !starting.is_empty() || missing > 0;
-    set_condition(
-        &mut conditions,
-        prev,
-        now,
-        generation,
+    conditions.set(
         condition::PROGRESSING,
         progressing,
-        if progressing { "MembersStarting" } else { "Stable" },
+        if progressing {
+            "MembersStarting"
+        } else {
+            "Stable"
+        },
         if progressing {
             let mut parts = Vec::new();
             if !seen.rolling_out.is_empty() {
@@ -259,7 +338,14 @@ pub fn compute(v: &ValidatedBrokerGroup, generation: Option<i64>, seen: &Observa
                 parts.push(format!("{missing} member pod(s) not created yet"));
             }
             if !starting.is_empty() {
-                parts.push(format!("starting: {}", starting.iter().map(|s| s.as_str()).collect::<Vec<_>>().join(", ")));
+                parts.push(format!(
+                    "starting: {}",
+                    starting
+                        .iter()
+                        .map(|s| s.as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ));
             }
             parts.join("; ")
         } else {
@@ -268,23 +354,268 @@ pub fn compute(v: &ValidatedBrokerGroup, generation: Option<i64>, seen: &Observa
     );
     let (degraded, reason, message) = match seen.problems.first() {
         Some((reason, message)) => (true, reason.clone(), message.clone()),
-        None if !without_live.is_empty() && !progressing => {
-            (true, "GroupsWithoutLive".to_string(), format!("no live broker in: {}", without_live.join(", ")))
-        }
-        None => (false, "AsExpected".to_string(), "nothing needs attention".to_string()),
+        None if !without_live.is_empty() && !progressing => (
+            true,
+            "GroupsWithoutLive".to_string(),
+            format!("no live broker in: {}", without_live.join(", ")),
+        ),
+        None => (
+            false,
+            "AsExpected".to_string(),
+            "nothing needs attention".to_string(),
+        ),
     };
-    set_condition(&mut conditions, prev, now, generation, condition::DEGRADED, degraded, &reason, message);
+    conditions.set(condition::DEGRADED, degraded, &reason, message);
 
     let failovers = groups.iter().map(|g| g.failovers).sum();
     Computed {
         status: BrokerGroupStatus {
             observed_generation: generation,
-            conditions,
+            conditions: conditions.out,
             live: Some(format!("{live_count}/{total}")),
             failovers,
             groups,
         },
         role_labels,
         transitions,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::BrokerGroup;
+    use crate::render::parse_documents;
+    use crate::validate::{validate, Dependencies};
+    use duomq_broker::admin::api::{HaStatus, SyncStatus};
+    use k8s_openapi::jiff::Timestamp;
+
+    fn pair() -> ValidatedBrokerGroup {
+        let text = "apiVersion: duomq.io/v1alpha1\nkind: BrokerGroup\nmetadata: {name: pair}\nspec: {groups: 1, backupsPerGroup: 1}\n";
+        let bg: BrokerGroup = parse_documents(text, "default").unwrap().remove(0);
+        validate(
+            &bg,
+            &Dependencies {
+                new_password: "p".into(),
+                ..Dependencies::default()
+            },
+        )
+        .unwrap()
+    }
+
+    fn broker(role: Role, epoch: u64, sync: Option<SyncState>) -> Result<BrokerStatus, String> {
+        Ok(BrokerStatus {
+            version: "0".into(),
+            node_id: String::new(),
+            role,
+            uptime_seconds: 1,
+            connections: 0,
+            memory_bytes: 0,
+            queues: Vec::new(),
+            ha: Some(HaStatus {
+                group: "pair-g0".into(),
+                epoch,
+                live: None,
+                sync: sync.map(|state| SyncStatus {
+                    state,
+                    lag_bytes: 0,
+                    lag_records: 0,
+                }),
+                backups: Vec::new(),
+                alone: false,
+            }),
+        })
+    }
+
+    fn pod(broker: Result<BrokerStatus, String>, label: Option<&str>) -> PodObservation {
+        PodObservation {
+            running: true,
+            terminating: false,
+            node: None,
+            role_label: label.map(String::from),
+            broker,
+        }
+    }
+
+    fn at(secs: i64) -> Time {
+        Time(Timestamp::from_second(secs).unwrap())
+    }
+
+    fn cond<'a>(s: &'a BrokerGroupStatus, kind: &str) -> &'a Condition {
+        s.conditions.iter().find(|c| c.type_ == kind).unwrap()
+    }
+
+    fn healthy() -> Observation {
+        Observation {
+            pods: BTreeMap::from([
+                (
+                    "pair-g0-0".to_string(),
+                    pod(broker(Role::Live, 1, None), None),
+                ),
+                (
+                    "pair-g0-1".to_string(),
+                    pod(broker(Role::Backup, 1, Some(SyncState::Synced)), None),
+                ),
+            ]),
+            ..Observation::default()
+        }
+    }
+
+    #[test]
+    fn given_live_and_synced_backup_should_be_available_replicated_and_label_roles() {
+        let c = compute(
+            &pair(),
+            Some(1),
+            &healthy(),
+            &BrokerGroupStatus::default(),
+            &at(100),
+        );
+        assert_eq!(c.status.live.as_deref(), Some("1/1"));
+        assert_eq!(c.status.groups[0].live.as_deref(), Some("pair-g0-0"));
+        assert_eq!(c.status.groups[0].epoch, 1);
+        assert!(c.status.groups[0].backups[0].synced);
+        assert_eq!(cond(&c.status, condition::AVAILABLE).status, "True");
+        assert_eq!(cond(&c.status, condition::REPLICATED).status, "True");
+        assert_eq!(cond(&c.status, condition::PROGRESSING).status, "False");
+        assert_eq!(cond(&c.status, condition::DEGRADED).status, "False");
+        assert_eq!(
+            c.role_labels.get("pair-g0-0").map(String::as_str),
+            Some("live")
+        );
+        assert_eq!(
+            c.role_labels.get("pair-g0-1").map(String::as_str),
+            Some("backup")
+        );
+        assert!(c.transitions.is_empty());
+    }
+
+    #[test]
+    fn given_an_unchanged_observation_should_keep_status_and_transition_times() {
+        let first = compute(
+            &pair(),
+            Some(1),
+            &healthy(),
+            &BrokerGroupStatus::default(),
+            &at(100),
+        );
+        let second = compute(&pair(), Some(1), &healthy(), &first.status, &at(200));
+        assert_eq!(first.status, second.status);
+    }
+
+    #[test]
+    fn given_the_backup_became_live_should_count_a_failover_with_reason_live_lost() {
+        let before = compute(
+            &pair(),
+            Some(1),
+            &healthy(),
+            &BrokerGroupStatus::default(),
+            &at(100),
+        )
+        .status;
+        let mut seen = healthy();
+        seen.pods.insert(
+            "pair-g0-0".into(),
+            PodObservation {
+                running: false,
+                broker: Err("not running".into()),
+                ..pod(Err(String::new()), Some("live"))
+            },
+        );
+        seen.pods.insert(
+            "pair-g0-1".into(),
+            pod(broker(Role::Live, 2, None), Some("backup")),
+        );
+        let c = compute(&pair(), Some(1), &seen, &before, &at(200));
+        let g = &c.status.groups[0];
+        assert_eq!(g.live.as_deref(), Some("pair-g0-1"));
+        assert_eq!(g.failovers, 1);
+        assert_eq!(c.status.failovers, 1);
+        let last = g.last_failover.as_ref().unwrap();
+        assert_eq!(
+            (last.from.as_str(), last.to.as_str(), last.reason),
+            ("pair-g0-0", "pair-g0-1", FailoverReason::LiveLost)
+        );
+        assert_eq!(g.epoch, 2);
+        assert_eq!(cond(&c.status, condition::REPLICATED).status, "False");
+        assert_eq!(c.transitions[0].reason, "FailedOver");
+        assert!(c.transitions[0].warning);
+        assert_eq!(
+            c.role_labels.get("pair-g0-1").map(String::as_str),
+            Some("live")
+        );
+        // a pod that is not running keeps its label: it is not selected while not ready anyway
+        assert!(!c.role_labels.contains_key("pair-g0-0"));
+
+        // the original member resyncs and takes the role back
+        let mut back = healthy();
+        back.pods.get_mut("pair-g0-0").unwrap().broker = broker(Role::Live, 3, None);
+        let d = compute(&pair(), Some(1), &back, &c.status, &at(300));
+        let g = &d.status.groups[0];
+        assert_eq!(g.failovers, 2);
+        assert_eq!(
+            g.last_failover.as_ref().unwrap().reason,
+            FailoverReason::Failback
+        );
+        assert_eq!(d.transitions[0].reason, "FailedBack");
+    }
+
+    #[test]
+    fn given_no_live_should_be_unavailable_and_say_which_group() {
+        let mut seen = healthy();
+        seen.pods.get_mut("pair-g0-0").unwrap().broker = Err("connection refused".into());
+        let c = compute(
+            &pair(),
+            Some(1),
+            &seen,
+            &BrokerGroupStatus::default(),
+            &at(100),
+        );
+        let available = cond(&c.status, condition::AVAILABLE);
+        assert_eq!(
+            (available.status.as_str(), available.reason.as_str()),
+            ("False", "GroupsWithoutLive")
+        );
+        assert!(available.message.contains("pair-g0"));
+        assert_eq!(c.status.live.as_deref(), Some("0/1"));
+        assert_eq!(c.status.groups[0].backups.len(), 2);
+        assert_eq!(c.status.groups[0].backups[0].state, "unreachable");
+    }
+
+    #[test]
+    fn given_two_members_reporting_live_should_warn_of_split_brain() {
+        let mut seen = healthy();
+        seen.pods.get_mut("pair-g0-1").unwrap().broker = broker(Role::Live, 1, None);
+        let c = compute(
+            &pair(),
+            Some(1),
+            &seen,
+            &BrokerGroupStatus::default(),
+            &at(100),
+        );
+        assert!(c
+            .transitions
+            .iter()
+            .any(|t| t.reason == "SplitBrain" && t.warning));
+    }
+
+    #[test]
+    fn given_a_problem_should_be_degraded_with_its_reason() {
+        let mut seen = healthy();
+        seen.problems.push((
+            "ConnectorTargetMissing".into(),
+            "billing does not exist".into(),
+        ));
+        let c = compute(
+            &pair(),
+            Some(1),
+            &seen,
+            &BrokerGroupStatus::default(),
+            &at(100),
+        );
+        let d = cond(&c.status, condition::DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", "ConnectorTargetMissing")
+        );
     }
 }

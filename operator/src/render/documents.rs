@@ -1,0 +1,70 @@
+//! Rendering a YAML stream of BrokerGroups offline (`duomq-operator render`, snapshot
+//! tests): BrokerGroups in one stream can be each other's network connector targets.
+
+use std::collections::BTreeMap;
+
+use serde::Deserialize;
+use thiserror::Error;
+
+use super::render;
+use crate::api::BrokerGroup;
+use crate::validate::{validate, Dependencies, InvalidSpec};
+
+#[derive(Debug, Error)]
+pub enum DocumentsError {
+    #[error("failed to parse document {index} as a BrokerGroup")]
+    Parse {
+        index: usize,
+        source: serde_yaml::Error,
+    },
+    #[error("the input holds no BrokerGroup")]
+    Empty,
+    #[error("BrokerGroup {name} is invalid: {source}")]
+    Invalid { name: String, source: InvalidSpec },
+}
+
+/// The BrokerGroups of a multi-document YAML text, in a namespace when they name none.
+pub fn parse_documents(text: &str, namespace: &str) -> Result<Vec<BrokerGroup>, DocumentsError> {
+    let mut groups = Vec::new();
+    for (i, doc) in serde_yaml::Deserializer::from_str(text).enumerate() {
+        let index = i + 1;
+        let value = serde_yaml::Value::deserialize(doc)
+            .map_err(|source| DocumentsError::Parse { index, source })?;
+        if value.is_null() {
+            continue;
+        }
+        let mut bg: BrokerGroup = serde_yaml::from_value(value)
+            .map_err(|source| DocumentsError::Parse { index, source })?;
+        if bg.metadata.namespace.is_none() {
+            bg.metadata.namespace = Some(namespace.to_string());
+        }
+        groups.push(bg);
+    }
+    if groups.is_empty() {
+        return Err(DocumentsError::Empty);
+    }
+    Ok(groups)
+}
+
+/// Every object of every BrokerGroup in `groups`, as multi-document YAML. `password` goes into
+/// generated cluster-credentials Secrets.
+pub fn render_documents(groups: &[BrokerGroup], password: &str) -> Result<String, DocumentsError> {
+    let targets: BTreeMap<String, _> = groups
+        .iter()
+        .map(|g| (g.metadata.name.clone().unwrap_or_default(), g.spec.clone()))
+        .collect();
+    let mut out = String::new();
+    for bg in groups {
+        let deps = Dependencies {
+            cluster_secret: None,
+            new_password: password.to_string(),
+            connector_targets: targets.clone(),
+        };
+        let v = validate(bg, &deps).map_err(|source| DocumentsError::Invalid {
+            name: bg.metadata.name.clone().unwrap_or_default(),
+            source,
+        })?;
+        out.push_str(&render(&v).to_yaml());
+    }
+    Ok(out)
+}

@@ -1,0 +1,229 @@
+//! Rendering, from the user's side: every example in `manifests/examples/` renders to the
+//! objects in `tests/snapshots/` (run with `UPDATE_SNAPSHOTS=1` to accept a change), twice
+//! the same, and every member's broker.yaml is one the broker itself accepts.
+
+use std::path::{Path, PathBuf};
+
+use duomq_broker::config::BrokerConfig;
+use duomq_operator::api::BrokerGroup;
+use duomq_operator::render::{parse_documents, render, render_documents};
+use duomq_operator::validate::{validate, Dependencies};
+use k8s_openapi::api::apps::v1::StatefulSet;
+
+const PASSWORD: &str = "snapshot-password";
+
+fn repo() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("..")
+}
+
+fn examples() -> Vec<PathBuf> {
+    let mut files: Vec<PathBuf> = std::fs::read_dir(repo().join("manifests/examples"))
+        .expect("manifests/examples exists")
+        .map(|e| e.expect("directory entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "yaml"))
+        .collect();
+    files.sort();
+    assert!(
+        files.len() >= 4,
+        "expected the four examples, found {files:?}"
+    );
+    files
+}
+
+/// The example's BrokerGroups as the API server would hand them over: with a uid.
+fn load(path: &Path) -> Vec<BrokerGroup> {
+    let text = std::fs::read_to_string(path).expect("example readable");
+    let mut groups = parse_documents(&text, "default").expect("example parses");
+    for (i, g) in groups.iter_mut().enumerate() {
+        g.metadata.uid = Some(format!("00000000-0000-4000-8000-{:012}", i + 1));
+    }
+    groups
+}
+
+#[test]
+fn given_each_example_when_rendered_should_match_its_snapshot() {
+    let update = std::env::var_os("UPDATE_SNAPSHOTS").is_some();
+    let mut stale = Vec::new();
+    for path in examples() {
+        let rendered = render_documents(&load(&path), PASSWORD).expect("example renders");
+        let stem = path
+            .file_stem()
+            .and_then(|s| s.to_str())
+            .expect("file name")
+            .to_string();
+        let snapshot = repo()
+            .join("operator/tests/snapshots")
+            .join(format!("{stem}.yaml"));
+        if update {
+            std::fs::write(&snapshot, &rendered).expect("snapshot written");
+            continue;
+        }
+        let expected = std::fs::read_to_string(&snapshot).unwrap_or_default();
+        if expected != rendered {
+            stale.push(snapshot.display().to_string());
+        }
+    }
+    assert!(stale.is_empty(), "rendered objects differ from snapshots {stale:?}; review with UPDATE_SNAPSHOTS=1 cargo test -p duomq-operator --test render, then git diff");
+}
+
+#[test]
+fn given_an_unchanged_spec_when_rendered_twice_should_be_byte_identical() {
+    for path in examples() {
+        let groups = load(&path);
+        assert_eq!(
+            render_documents(&groups, PASSWORD).unwrap(),
+            render_documents(&groups, PASSWORD).unwrap(),
+            "{path:?}"
+        );
+    }
+}
+
+fn configs(groups: &[BrokerGroup]) -> Vec<(String, BrokerConfig)> {
+    let targets: std::collections::BTreeMap<_, _> = groups
+        .iter()
+        .map(|g| (g.metadata.name.clone().unwrap(), g.spec.clone()))
+        .collect();
+    let mut out = Vec::new();
+    for bg in groups {
+        let deps = Dependencies {
+            new_password: PASSWORD.into(),
+            connector_targets: targets.clone(),
+            ..Dependencies::default()
+        };
+        let v = validate(bg, &deps).expect("valid");
+        for cm in render(&v).config_maps {
+            for (key, text) in cm.data.unwrap_or_default() {
+                let config: BrokerConfig = serde_yaml::from_str(&text)
+                    .unwrap_or_else(|e| panic!("{key}: the broker rejects the rendered file: {e}"));
+                config
+                    .validate()
+                    .unwrap_or_else(|e| panic!("{key}: the broker rejects the rendered file: {e}"));
+                out.push((key, config));
+            }
+        }
+    }
+    out
+}
+
+#[test]
+fn given_each_example_when_rendered_should_give_configs_the_broker_accepts() {
+    for path in examples() {
+        let all = configs(&load(&path));
+        assert!(!all.is_empty(), "{path:?} renders no broker config");
+    }
+}
+
+#[test]
+fn given_two_groups_when_rendered_should_never_connect_a_broker_into_its_own_group() {
+    let groups = load(&repo().join("manifests/examples/host-pairs.yaml"));
+    for (key, config) in configs(&groups) {
+        let own = &config.ha.group_name;
+        assert!(
+            !config.network.connectors.is_empty(),
+            "{key}: expected a connector to the other group"
+        );
+        for c in &config.network.connectors {
+            assert!(
+                !c.uri.contains(&format!("{own}-members")),
+                "{key}: connector {} points into its own group {own}",
+                c.uri
+            );
+        }
+        // the other group's members vote; the own group's do not
+        assert!(
+            config
+                .ha
+                .arbiter
+                .voters
+                .iter()
+                .all(|v| !v.contains(&format!("{own}-members"))),
+            "{key}: voters {:?}",
+            config.ha.arbiter.voters
+        );
+    }
+}
+
+#[test]
+fn given_a_network_connector_to_another_broker_group_should_list_every_member_of_each_target_group()
+{
+    let groups = load(&repo().join("manifests/examples/network.yaml"));
+    let orders: Vec<_> = configs(&groups)
+        .into_iter()
+        .filter(|(k, _)| k.starts_with("orders"))
+        .collect();
+    assert_eq!(orders.len(), 2);
+    for (key, config) in orders {
+        let uris: Vec<&str> = config
+            .network
+            .connectors
+            .iter()
+            .map(|c| c.uri.as_str())
+            .collect();
+        assert_eq!(
+            uris,
+            vec!["masterslave:(tcp://billing-g0-0.billing-g0-members.default.svc:61616,tcp://billing-g0-1.billing-g0-members.default.svc:61616)"],
+            "{key}"
+        );
+    }
+}
+
+#[test]
+fn given_a_host_pair_layout_should_cross_the_groups_over_the_two_nodes() {
+    let groups = load(&repo().join("manifests/examples/host-pairs.yaml"));
+    let all = configs(&groups);
+    let primary = |group: &str| {
+        all.iter()
+            .find(|(k, _)| k.starts_with(group))
+            .and_then(|(_, c)| c.ha.primary_node.clone())
+    };
+    assert_eq!(primary("crossed-g0").as_deref(), Some("node-a"));
+    assert_eq!(primary("crossed-g1").as_deref(), Some("node-b"));
+    let deps = Dependencies {
+        new_password: PASSWORD.into(),
+        ..Dependencies::default()
+    };
+    let v = validate(&groups[0], &deps).unwrap();
+    for sts in render(&v).statefulsets {
+        let sts: StatefulSet = sts;
+        let affinity = sts.spec.unwrap().template.spec.unwrap().affinity.unwrap();
+        let nodes = affinity
+            .node_affinity
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .unwrap()
+            .node_selector_terms[0]
+            .match_expressions
+            .clone()
+            .unwrap()[0]
+            .values
+            .clone()
+            .unwrap();
+        assert_eq!(nodes, vec!["node-a".to_string(), "node-b".to_string()]);
+        assert!(affinity
+            .pod_anti_affinity
+            .unwrap()
+            .required_during_scheduling_ignored_during_execution
+            .is_some());
+    }
+}
+
+#[test]
+fn given_shared_store_should_mount_one_read_write_many_claim_per_group_and_no_claim_templates() {
+    let groups = load(&repo().join("manifests/examples/shared-store.yaml"));
+    let deps = Dependencies {
+        new_password: PASSWORD.into(),
+        ..Dependencies::default()
+    };
+    let r = render(&validate(&groups[0], &deps).unwrap());
+    assert_eq!(r.claims.len(), 1);
+    assert_eq!(
+        r.claims[0].spec.as_ref().unwrap().access_modes.as_deref(),
+        Some(&["ReadWriteMany".to_string()][..])
+    );
+    let spec = r.statefulsets[0].spec.as_ref().unwrap();
+    assert!(spec.volume_claim_templates.is_none());
+    let configs = configs(&groups);
+    assert!(configs
+        .iter()
+        .all(|(_, c)| c.ha.policy == duomq_broker::config::HaPolicy::SharedStore));
+}
