@@ -1,0 +1,1 @@
+//! Controllers, scheduler and the Docker kubelet of the local control plane.
