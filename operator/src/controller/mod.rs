@@ -63,12 +63,18 @@ const REQUEUE_BUSY: Duration = Duration::from_secs(3);
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(300);
 
+/// Event recorders kept at most; past that they start afresh (repeats of an event already
+/// published then make a new event instead of counting up the old one's series).
+const MAX_RECORDERS: usize = 1024;
+
 /// What every reconcile shares.
 pub struct Context {
     pub client: Client,
-    pub recorder: Recorder,
     pub metrics: Arc<metrics::Metrics>,
     pub brokers: Arc<dyn BrokerStatusSource>,
+    reporter: Reporter,
+    /// One event recorder per (reason, note): see [`Context::recorder`].
+    recorders: Mutex<HashMap<(String, String), Recorder>>,
     /// Consecutive failures per BrokerGroup, for backoff.
     failures: Mutex<HashMap<ObjectRef<BrokerGroup>, u32>>,
 }
@@ -84,12 +90,29 @@ impl Context {
             instance: std::env::var("POD_NAME").ok(),
         };
         Context {
-            recorder: Recorder::new(client.clone(), reporter),
             client,
             metrics,
             brokers,
+            reporter,
+            recorders: Mutex::new(HashMap::new()),
             failures: Mutex::new(HashMap::new()),
         }
+    }
+
+    /// kube's Recorder folds an event into the last one it published with the same type,
+    /// reason and object (a series: count + 1), whatever the note, so two groups failing over
+    /// in one reconcile would show as one event naming the first group only. A recorder per
+    /// note keeps different transitions different events, while one that repeats (a split
+    /// brain seen on every reconcile) still only counts up.
+    fn recorder(&self, reason: &str, note: &str) -> Recorder {
+        let mut recorders = self.recorders.lock();
+        if recorders.len() >= MAX_RECORDERS {
+            recorders.clear();
+        }
+        recorders
+            .entry((reason.to_string(), note.to_string()))
+            .or_insert_with(|| Recorder::new(self.client.clone(), self.reporter.clone()))
+            .clone()
     }
 }
 
@@ -312,15 +335,17 @@ async fn patch_status(
 }
 
 async fn publish(ctx: &Context, bg: &BrokerGroup, type_: EventType, reason: &str, note: &str) {
+    let note: String = note.chars().take(1000).collect();
+    let recorder = ctx.recorder(reason, &note);
     let event = Event {
         type_,
         reason: reason.into(),
-        note: Some(note.chars().take(1000).collect()),
+        note: Some(note),
         action: "Reconcile".into(),
         secondary: None,
     };
     // An event that cannot be written is not worth failing the reconcile for.
-    if let Err(e) = ctx.recorder.publish(&event, &bg.object_ref(&())).await {
+    if let Err(e) = recorder.publish(&event, &bg.object_ref(&())).await {
         warn!(error = %e, reason, "failed to publish event");
     }
 }
