@@ -1,0 +1,1593 @@
+//! Controller scenarios: the real `reconcile` against a mock Kubernetes API server and a fake
+//! source of broker `/status` answers. Each scenario lists, in order, every call a reconcile
+//! must make (method, path, the query where it matters, content type) with the API server's
+//! canned answer, then checks the bodies that matter and the `Action` returned. A call the
+//! scenario does not expect, or one it expects and never sees, fails the test with both lists
+//! side by side.
+
+use std::collections::{BTreeMap, VecDeque};
+use std::fmt::Write as _;
+use std::sync::Arc;
+use std::time::Duration;
+
+use duomq_broker::admin::api::BrokerStatus;
+use duomq_operator::api::{BrokerGroup, BrokerGroupStatus, FailoverReason};
+use duomq_operator::controller::metrics::Metrics;
+use duomq_operator::controller::{reconcile, BrokerStatusSource, Context, Error};
+use futures::future::BoxFuture;
+use http::{Method, Request, Response, StatusCode};
+use k8s_openapi::ByteString;
+use kube::client::Body;
+use kube::runtime::controller::Action;
+use kube::Client;
+use parking_lot::Mutex;
+use serde_json::{json, Value};
+use tower_test::mock::Handle;
+
+// ---------------------------------------------------------------------------------------------
+// The scenario harness
+// ---------------------------------------------------------------------------------------------
+
+const NS: &str = "default";
+const UID: &str = "5b0d7f6e-1c2a-4e8b-9f3d-000000000001";
+/// A previous BrokerGroup of the same name: what it owned is not ours to delete.
+const OTHER_UID: &str = "5b0d7f6e-1c2a-4e8b-9f3d-000000000002";
+const SELECTOR: &str = "app.kubernetes.io/instance=pair";
+const APPLY: &str = "application/apply-patch+yaml";
+const MERGE: &str = "application/merge-patch+json";
+const JSON: &str = "application/json";
+/// The Accept header of a metadata-only list.
+const METADATA_LIST: &str = "as=PartialObjectMetadataList";
+/// Generous: a reconcile against the mock takes milliseconds; this only turns a hang into a
+/// failure that shows how far the reconcile got.
+const RECONCILE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// What the mock API server answers to one expected call.
+enum Reply {
+    /// 200 with the request's own body (an apply or a create returns what was sent, closely
+    /// enough for the controller, which does not read it).
+    Echo,
+    Json(StatusCode, Value),
+}
+
+/// One call a scenario expects, and its answer.
+struct Call {
+    method: Method,
+    /// Exact, or a prefix when it ends with `*` (names the API server or kube generate).
+    path: String,
+    /// Query parameters that must be there, exactly (in any order); `None`: not checked.
+    query: Option<Vec<(String, String)>>,
+    content_type: Option<&'static str>,
+    /// A fragment the Accept header must contain.
+    accept: Option<&'static str>,
+    reply: Reply,
+}
+
+impl Call {
+    fn new(method: Method, path: impl Into<String>) -> Call {
+        Call {
+            method,
+            path: path.into(),
+            query: None,
+            content_type: None,
+            accept: None,
+            reply: Reply::Echo,
+        }
+    }
+
+    fn query(mut self, pairs: &[(&str, &str)]) -> Call {
+        let mut q: Vec<(String, String)> = pairs
+            .iter()
+            .map(|(k, v)| (k.to_string(), v.to_string()))
+            .collect();
+        q.sort();
+        self.query = Some(q);
+        self
+    }
+
+    fn content_type(mut self, content_type: &'static str) -> Call {
+        self.content_type = Some(content_type);
+        self
+    }
+
+    fn accept(mut self, fragment: &'static str) -> Call {
+        self.accept = Some(fragment);
+        self
+    }
+
+    /// 200 with this object.
+    fn returns(mut self, object: Value) -> Call {
+        self.reply = Reply::Json(StatusCode::OK, object);
+        self
+    }
+
+    /// 404 with the Status the API server sends.
+    fn not_found(mut self) -> Call {
+        let name = self.path.rsplit('/').next().unwrap_or_default().to_string();
+        self.reply = Reply::Json(
+            StatusCode::NOT_FOUND,
+            json!({
+                "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                "message": format!("\"{name}\" not found"), "reason": "NotFound", "code": 404,
+            }),
+        );
+        self
+    }
+
+    /// 200 with a list of these items.
+    fn items(self, items: Vec<Value>) -> Call {
+        self.returns(json!({
+            "apiVersion": "v1", "kind": "List", "metadata": {"resourceVersion": "1"}, "items": items,
+        }))
+    }
+
+    fn describe(&self) -> String {
+        describe(
+            &self.method,
+            &self.path,
+            self.query.as_deref().unwrap_or_default(),
+            self.content_type,
+        )
+    }
+
+    /// Why `seen` is not this call, if it is not.
+    fn mismatch(&self, seen: &Seen) -> Option<String> {
+        let path_matches = match self.path.strip_suffix('*') {
+            Some(prefix) => seen.path.starts_with(prefix),
+            None => seen.path == self.path,
+        };
+        if seen.method != self.method || !path_matches {
+            return Some("another method or path".into());
+        }
+        if let Some(q) = &self.query {
+            if &seen.query != q {
+                return Some(format!("query {:?}, expected {:?}", seen.query, q));
+            }
+        }
+        if let Some(ct) = self.content_type {
+            if seen.content_type.as_deref() != Some(ct) {
+                return Some(format!(
+                    "content type {:?}, expected {ct}",
+                    seen.content_type
+                ));
+            }
+        }
+        if let Some(accept) = self.accept {
+            if !seen.accept.as_deref().is_some_and(|a| a.contains(accept)) {
+                return Some(format!(
+                    "accept {:?}, expected it to contain {accept}",
+                    seen.accept
+                ));
+            }
+        }
+        None
+    }
+}
+
+fn get(path: &str) -> Call {
+    Call::new(Method::GET, path)
+}
+
+/// A server-side apply with the operator's one field manager, forced.
+fn apply(path: &str) -> Call {
+    Call::new(Method::PATCH, path)
+        .query(&[("fieldManager", "duomq-operator"), ("force", "true")])
+        .content_type(APPLY)
+}
+
+fn merge_patch(path: &str) -> Call {
+    Call::new(Method::PATCH, path)
+        .query(&[])
+        .content_type(MERGE)
+}
+
+/// A list of a BrokerGroup's objects by its instance label, metadata only.
+fn list_metadata(path: &str) -> Call {
+    Call::new(Method::GET, path)
+        .query(&[("labelSelector", SELECTOR)])
+        .accept(METADATA_LIST)
+}
+
+/// A list of a BrokerGroup's objects by its instance label, whole objects.
+fn list(path: &str) -> Call {
+    Call::new(Method::GET, path).query(&[("labelSelector", SELECTOR)])
+}
+
+fn delete(path: &str) -> Call {
+    Call::new(Method::DELETE, path)
+        .query(&[])
+        .content_type(JSON)
+        .returns(json!({
+            "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Success",
+        }))
+}
+
+/// kube's event Recorder creating an event (events.k8s.io/v1).
+fn post_event() -> Call {
+    Call::new(
+        Method::POST,
+        format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+    )
+    .query(&[])
+    .content_type(JSON)
+}
+
+/// kube's event Recorder counting up the series of an event it created (named `<object>.<time>`).
+fn patch_event_series() -> Call {
+    merge_patch(&format!(
+        "/apis/events.k8s.io/v1/namespaces/{NS}/events/pair.*"
+    ))
+}
+
+/// One request the reconcile made.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: Method,
+    path: String,
+    /// Decoded, sorted, without the empty pairs kube's URLs carry (`?&force=true`).
+    query: Vec<(String, String)>,
+    content_type: Option<String>,
+    accept: Option<String>,
+    body: Vec<u8>,
+}
+
+impl Seen {
+    fn describe(&self) -> String {
+        describe(
+            &self.method,
+            &self.path,
+            &self.query,
+            self.content_type.as_deref(),
+        )
+    }
+
+    fn json(&self) -> Value {
+        serde_json::from_slice(&self.body)
+            .unwrap_or_else(|e| panic!("body of {} is not JSON: {e}", self.describe()))
+    }
+}
+
+/// `METHOD /path?k=v&… [content type]`, one line of a scenario report.
+fn describe(
+    method: &Method,
+    path: &str,
+    query: &[(String, String)],
+    content_type: Option<&str>,
+) -> String {
+    let mut out = format!("{method} {path}");
+    for (i, (k, v)) in query.iter().enumerate() {
+        let _ = write!(out, "{}{k}={v}", if i == 0 { '?' } else { '&' });
+    }
+    if let Some(ct) = content_type {
+        let _ = write!(out, " [{ct}]");
+    }
+    out
+}
+
+fn percent_decode(s: &str) -> String {
+    let bytes = s.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        match bytes[i] {
+            b'+' => out.push(b' '),
+            b'%' => match s
+                .get(i + 1..i + 3)
+                .and_then(|hex| u8::from_str_radix(hex, 16).ok())
+            {
+                Some(byte) => {
+                    out.push(byte);
+                    i += 2;
+                }
+                None => out.push(b'%'),
+            },
+            b => out.push(b),
+        }
+        i += 1;
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+fn parse_query(query: Option<&str>) -> Vec<(String, String)> {
+    let mut pairs: Vec<(String, String)> = query
+        .unwrap_or_default()
+        .split('&')
+        .filter(|p| !p.is_empty())
+        .map(|p| {
+            let (k, v) = p.split_once('=').unwrap_or((p, ""));
+            (percent_decode(k), percent_decode(v))
+        })
+        .collect();
+    pairs.sort();
+    pairs
+}
+
+/// One exchange: what the scenario expected there (if anything) and what the reconcile did.
+struct Exchange {
+    expected: Option<String>,
+    seen: Seen,
+    problem: Option<String>,
+}
+
+#[derive(Default)]
+struct ApiServer {
+    expected: VecDeque<Call>,
+    exchanges: Vec<Exchange>,
+}
+
+impl ApiServer {
+    fn answer(&mut self, seen: Seen) -> Response<Body> {
+        let (expected, problem, reply) = match self.expected.pop_front() {
+            Some(call) => {
+                let problem = call.mismatch(&seen);
+                (Some(call.describe()), problem, call.reply)
+            }
+            None => (None, Some("not in the scenario".into()), Reply::Echo),
+        };
+        let response = match (&problem, reply) {
+            (None, Reply::Echo) => json_response(StatusCode::OK, seen.body.clone()),
+            (None, Reply::Json(status, value)) => {
+                json_response(status, serde_json::to_vec(&value).unwrap_or_default())
+            }
+            // Fail the reconcile at once: the test then reports the exchange.
+            (Some(why), _) => json_response(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                serde_json::to_vec(&json!({
+                    "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                    "message": format!("the scenario did not expect this call: {why}"),
+                    "reason": "InternalError", "code": 500,
+                }))
+                .unwrap_or_default(),
+            ),
+        };
+        self.exchanges.push(Exchange {
+            expected,
+            seen,
+            problem,
+        });
+        response
+    }
+
+    /// Every call was expected and every expected call was made.
+    fn as_expected(&self) -> bool {
+        self.expected.is_empty() && self.exchanges.iter().all(|e| e.problem.is_none())
+    }
+
+    /// The calls made side by side with the ones expected.
+    fn report(&self) -> String {
+        let missing: Vec<String> = self.expected.iter().map(Call::describe).collect();
+        let mut out = String::from(
+            "the reconcile's calls against the scenario's \
+             (= as expected, ! differs, + unexpected, - never made):\n",
+        );
+        for (i, e) in self.exchanges.iter().enumerate() {
+            match (&e.expected, &e.problem) {
+                (Some(_), None) => {
+                    let _ = writeln!(out, "  {:>2} = {}", i + 1, e.seen.describe());
+                }
+                (Some(expected), Some(why)) => {
+                    let _ = writeln!(
+                        out,
+                        "  {:>2} ! expected {expected}\n       but got  {}\n       ({why})",
+                        i + 1,
+                        e.seen.describe()
+                    );
+                }
+                (None, _) => {
+                    let _ = writeln!(out, "  {:>2} + {}", i + 1, e.seen.describe());
+                }
+            }
+        }
+        for (i, m) in missing.iter().enumerate() {
+            let _ = writeln!(out, "  {:>2} - {m}", self.exchanges.len() + i + 1);
+        }
+        out
+    }
+}
+
+fn json_response(status: StatusCode, body: Vec<u8>) -> Response<Body> {
+    Response::builder()
+        .status(status)
+        .header(http::header::CONTENT_TYPE, JSON)
+        .body(Body::from(body))
+        .unwrap_or_else(|e| panic!("failed to build a response: {e}"))
+}
+
+async fn serve(mut handle: Handle<Request<Body>, Response<Body>>, server: Arc<Mutex<ApiServer>>) {
+    while let Some((request, send)) = handle.next_request().await {
+        let (parts, body) = request.into_parts();
+        let body = body
+            .collect_bytes()
+            .await
+            .map(|b| b.to_vec())
+            .unwrap_or_default();
+        let header = |name: http::header::HeaderName| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let seen = Seen {
+            method: parts.method.clone(),
+            path: parts.uri.path().to_string(),
+            query: parse_query(parts.uri.query()),
+            content_type: header(http::header::CONTENT_TYPE),
+            accept: header(http::header::ACCEPT),
+            body,
+        };
+        let response = server.lock().answer(seen);
+        send.send_response(response);
+    }
+}
+
+/// Answers `/status` for brokers that do not run: per pod IP, or "connection refused".
+#[derive(Default)]
+struct FakeBrokers {
+    answers: Mutex<BTreeMap<String, BrokerStatus>>,
+    asked: Mutex<Vec<String>>,
+}
+
+impl FakeBrokers {
+    fn answer(&self, ip: &str, status: Value) {
+        let status: BrokerStatus = serde_json::from_value(status)
+            .unwrap_or_else(|e| panic!("the fake status for {ip} is not a BrokerStatus: {e}"));
+        self.answers.lock().insert(ip.to_string(), status);
+    }
+
+    fn silence(&self, ip: &str) {
+        self.answers.lock().remove(ip);
+    }
+
+    /// The `ip:port`s asked since the last call, sorted.
+    fn asked(&self) -> Vec<String> {
+        let mut asked = std::mem::take(&mut *self.asked.lock());
+        asked.sort();
+        asked
+    }
+}
+
+impl BrokerStatusSource for FakeBrokers {
+    fn fetch<'a>(&'a self, ip: &'a str, port: u16) -> BoxFuture<'a, Result<BrokerStatus, String>> {
+        self.asked.lock().push(format!("{ip}:{port}"));
+        let answer = self
+            .answers
+            .lock()
+            .get(ip)
+            .cloned()
+            .ok_or_else(|| format!("connection refused by {ip}:{port}"));
+        Box::pin(async move { answer })
+    }
+}
+
+/// One controller (one `Context`, as the real controller shares across reconciles) in front of
+/// the mock API server.
+struct Harness {
+    ctx: Arc<Context>,
+    brokers: Arc<FakeBrokers>,
+    server: Arc<Mutex<ApiServer>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+/// What one reconcile did.
+struct Step {
+    result: Result<Action, Error>,
+    requests: Vec<Seen>,
+}
+
+impl Harness {
+    fn new() -> Harness {
+        let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+        let client = Client::new(service, NS);
+        let server = Arc::new(Mutex::new(ApiServer::default()));
+        let task = tokio::spawn(serve(handle, server.clone()));
+        let brokers = Arc::new(FakeBrokers::default());
+        let metrics = Arc::new(Metrics::new(
+            &mut prometheus_client::registry::Registry::default(),
+        ));
+        let ctx = Arc::new(Context::new(client, metrics, brokers.clone()));
+        Harness {
+            ctx,
+            brokers,
+            server,
+            task,
+        }
+    }
+
+    /// Reconciles `bg` once; fails unless it made exactly `calls`, in order.
+    async fn reconcile(&self, bg: &BrokerGroup, calls: Vec<Call>) -> Step {
+        {
+            let mut server = self.server.lock();
+            server.expected = calls.into();
+            server.exchanges.clear();
+        }
+        let outcome = tokio::time::timeout(
+            RECONCILE_TIMEOUT,
+            reconcile(Arc::new(bg.clone()), self.ctx.clone()),
+        )
+        .await;
+        let server = self.server.lock();
+        let Ok(result) = outcome else {
+            panic!(
+                "the reconcile did not finish within {RECONCILE_TIMEOUT:?}\n{}",
+                server.report()
+            );
+        };
+        if !server.as_expected() {
+            panic!("{}\nthe reconcile returned {result:?}", server.report());
+        }
+        Step {
+            result,
+            requests: server.exchanges.iter().map(|e| e.seen.clone()).collect(),
+        }
+    }
+}
+
+impl Drop for Harness {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl Step {
+    fn action(&self) -> Action {
+        match &self.result {
+            Ok(action) => action.clone(),
+            Err(e) => panic!(
+                "the reconcile failed: {e} ({:?})",
+                std::error::Error::source(e).map(|s| s.to_string())
+            ),
+        }
+    }
+
+    /// The body of the one request with this method and path.
+    fn body(&self, method: Method, path: &str) -> Value {
+        let found: Vec<&Seen> = self
+            .requests
+            .iter()
+            .filter(|s| s.method == method && s.path == path)
+            .collect();
+        match found.as_slice() {
+            [one] => one.json(),
+            _ => panic!("expected one {method} {path}, found {}", found.len()),
+        }
+    }
+
+    /// The status the reconcile patched.
+    fn status(&self) -> BrokerGroupStatus {
+        let body = self.body(
+            Method::PATCH,
+            &format!("/apis/duomq.io/v1alpha1/namespaces/{NS}/brokergroups/pair/status"),
+        );
+        assert_eq!(body["apiVersion"], "duomq.io/v1alpha1");
+        assert_eq!(body["kind"], "BrokerGroup");
+        serde_json::from_value(body["status"].clone())
+            .unwrap_or_else(|e| panic!("the patched status does not parse: {e}"))
+    }
+
+    /// Every server-side apply's path and exact body bytes, in order.
+    fn applies(&self) -> Vec<(String, Vec<u8>)> {
+        self.requests
+            .iter()
+            .filter(|s| s.content_type.as_deref() == Some(APPLY) && !s.path.ends_with("/status"))
+            .map(|s| (s.path.clone(), s.body.clone()))
+            .collect()
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Fixtures: the BrokerGroup of `manifests/examples/pair.yaml` and what the cluster holds
+// ---------------------------------------------------------------------------------------------
+
+fn pair() -> BrokerGroup {
+    let mut bg: BrokerGroup =
+        serde_yaml::from_str(include_str!("../../manifests/examples/pair.yaml"))
+            .unwrap_or_else(|e| panic!("manifests/examples/pair.yaml is not a BrokerGroup: {e}"));
+    bg.metadata.namespace = Some(NS.into());
+    bg.metadata.uid = Some(UID.into());
+    bg.metadata.generation = Some(1);
+    bg.metadata.resource_version = Some("1".into());
+    bg
+}
+
+fn with_status(mut bg: BrokerGroup, status: BrokerGroupStatus) -> BrokerGroup {
+    bg.status = Some(status);
+    bg
+}
+
+fn to_json(bg: &BrokerGroup) -> Value {
+    serde_json::to_value(bg).unwrap_or_else(|e| panic!("a BrokerGroup serializes: {e}"))
+}
+
+fn core(plural: &str, name: &str) -> String {
+    format!("/api/v1/namespaces/{NS}/{plural}/{name}")
+}
+
+fn apis(group_version: &str, plural: &str, name: &str) -> String {
+    format!("/apis/{group_version}/namespaces/{NS}/{plural}/{name}")
+}
+
+fn status_path() -> String {
+    apis("duomq.io/v1alpha1", "brokergroups", "pair") + "/status"
+}
+
+fn base64(text: &str) -> Value {
+    serde_json::to_value(ByteString(text.as_bytes().to_vec())).unwrap_or(Value::Null)
+}
+
+fn unbase64(value: &Value) -> String {
+    let bytes: ByteString = serde_json::from_value(value.clone())
+        .unwrap_or_else(|e| panic!("{value} is not base64: {e}"));
+    String::from_utf8(bytes.0).unwrap_or_else(|e| panic!("{value} is not UTF-8: {e}"))
+}
+
+fn owner(uid: &str) -> Value {
+    json!([{
+        "apiVersion": "duomq.io/v1alpha1", "kind": "BrokerGroup", "name": "pair", "uid": uid,
+        "controller": true, "blockOwnerDeletion": true,
+    }])
+}
+
+/// An object as a metadata-only list returns it; `owner_uid` None: no owner reference.
+fn metadata(name: &str, owner_uid: Option<&str>) -> Value {
+    let mut meta =
+        json!({"name": name, "namespace": NS, "labels": {"app.kubernetes.io/instance": "pair"}});
+    if let Some(uid) = owner_uid {
+        meta["ownerReferences"] = owner(uid);
+    }
+    json!({"apiVersion": "meta.k8s.io/v1", "kind": "PartialObjectMetadata", "metadata": meta})
+}
+
+/// The metadata lists, in the order the controller asks for them, of what a BrokerGroup `pair`
+/// with `groups` owns once applied, plus `extra` (kind plural, item) entries.
+fn orphan_lists(groups: &[&str], extra: &[(&str, Value)]) -> [Call; 6] {
+    let owned = Some(UID);
+    let of = |plural: &str| {
+        extra
+            .iter()
+            .filter(|(p, _)| *p == plural)
+            .map(|(_, v)| v.clone())
+            .collect::<Vec<_>>()
+    };
+    let mut sts: Vec<Value> = groups.iter().map(|g| metadata(g, owned)).collect();
+    sts.extend(of("statefulsets"));
+    let mut svc: Vec<Value> = groups
+        .iter()
+        .flat_map(|g| [metadata(&format!("{g}-members"), owned), metadata(g, owned)])
+        .collect();
+    svc.push(metadata("pair", owned));
+    svc.extend(of("services"));
+    let mut cms: Vec<Value> = groups
+        .iter()
+        .map(|g| metadata(&format!("{g}-config"), owned))
+        .collect();
+    cms.extend(of("configmaps"));
+    let mut pdbs: Vec<Value> = groups.iter().map(|g| metadata(g, owned)).collect();
+    pdbs.extend(of("poddisruptionbudgets"));
+    let mut secrets = vec![metadata("pair-cluster", owned)];
+    secrets.extend(of("secrets"));
+    let mut pvcs: Vec<Value> = groups
+        .iter()
+        .flat_map(|g| (0..2).map(move |i| metadata(&format!("data-{g}-{i}"), None)))
+        .collect();
+    pvcs.extend(of("persistentvolumeclaims"));
+    [
+        list_metadata(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets")).items(sts),
+        list_metadata(&format!("/api/v1/namespaces/{NS}/services")).items(svc),
+        list_metadata(&format!("/api/v1/namespaces/{NS}/configmaps")).items(cms),
+        list_metadata(&format!(
+            "/apis/policy/v1/namespaces/{NS}/poddisruptionbudgets"
+        ))
+        .items(pdbs),
+        list_metadata(&format!("/api/v1/namespaces/{NS}/secrets")).items(secrets),
+        list_metadata(&format!("/api/v1/namespaces/{NS}/persistentvolumeclaims")).items(pvcs),
+    ]
+}
+
+/// Every server-side apply of a replicated BrokerGroup `pair` with these groups, in order.
+fn applies(groups: &[&str]) -> Vec<Call> {
+    let mut calls = vec![
+        apply(&core("serviceaccounts", "pair-broker")),
+        apply(&apis(
+            "rbac.authorization.k8s.io/v1",
+            "roles",
+            "pair-broker",
+        )),
+        apply(&apis(
+            "rbac.authorization.k8s.io/v1",
+            "rolebindings",
+            "pair-broker",
+        )),
+        apply(&core("secrets", "pair-cluster")),
+    ];
+    calls.extend(
+        groups
+            .iter()
+            .map(|g| apply(&core("configmaps", &format!("{g}-config")))),
+    );
+    for g in groups {
+        calls.push(apply(&core("services", &format!("{g}-members"))));
+        calls.push(apply(&core("services", g)));
+    }
+    calls.push(apply(&core("services", "pair")));
+    calls.extend(
+        groups
+            .iter()
+            .map(|g| apply(&apis("policy/v1", "poddisruptionbudgets", g))),
+    );
+    calls.extend(
+        groups
+            .iter()
+            .map(|g| apply(&apis("apps/v1", "statefulsets", g))),
+    );
+    calls
+}
+
+/// The cluster-credentials Secret as the API server holds it.
+fn cluster_secret(password: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": "pair-cluster", "namespace": NS, "ownerReferences": owner(UID)},
+        "type": "Opaque",
+        "data": {"user": base64("duomq-cluster"), "password": base64(password)},
+    })
+}
+
+/// A group's StatefulSet as the API server holds it: just created (no status yet) or rolled out.
+fn statefulset(name: &str, rolled_out: bool) -> Value {
+    let mut sts = json!({
+        "apiVersion": "apps/v1", "kind": "StatefulSet",
+        "metadata": {"name": name, "namespace": NS, "generation": 1, "ownerReferences": owner(UID)},
+        "spec": {"replicas": 2,
+                 "selector": {"matchLabels": {"app.kubernetes.io/instance": "pair", "duomq.io/group": name}},
+                 "serviceName": format!("{name}-members"), "template": {}},
+    });
+    if rolled_out {
+        sts["status"] = json!({
+            "observedGeneration": 1, "replicas": 2, "readyReplicas": 2, "updatedReplicas": 2,
+            "currentRevision": format!("{name}-7d4b9c"), "updateRevision": format!("{name}-7d4b9c"),
+        });
+    }
+    sts
+}
+
+/// A broker pod; `running`: its broker container runs (else it is in CrashLoopBackOff).
+fn broker_pod(name: &str, ip: &str, running: bool, role: Option<&str>) -> Value {
+    let group = group_of(name);
+    let mut labels = json!({
+        "app.kubernetes.io/name": "duomq-broker", "app.kubernetes.io/instance": "pair",
+        "app.kubernetes.io/component": "broker", "app.kubernetes.io/managed-by": "duomq-operator",
+        "duomq.io/group": group,
+    });
+    if let Some(role) = role {
+        labels["duomq.io/role"] = json!(role);
+    }
+    let state = if running {
+        json!({"running": {"startedAt": "2025-01-01T00:00:00Z"}})
+    } else {
+        json!({"waiting": {"reason": "CrashLoopBackOff"}})
+    };
+    json!({
+        "apiVersion": "v1", "kind": "Pod",
+        "metadata": {"name": name, "namespace": NS, "labels": labels},
+        "spec": {
+            "nodeName": format!("node-{}", name.rsplit('-').next().unwrap_or("0")),
+            "containers": [{"name": "broker", "image": "duomq/broker:0.1.0"}],
+        },
+        "status": {
+            "phase": "Running", "podIP": ip,
+            "containerStatuses": [{
+                "name": "broker", "image": "duomq/broker:0.1.0", "imageID": "", "ready": running,
+                "restartCount": 0, "state": state,
+            }],
+        },
+    })
+}
+
+fn group_of(pod: &str) -> &str {
+    pod.rsplit_once('-').map(|(group, _)| group).unwrap_or(pod)
+}
+
+/// The `/status` of a live broker with one synced backup.
+fn live_status(node: &str, epoch: u64, backup: &str) -> Value {
+    json!({
+        "version": "0.1.0", "nodeId": node, "role": "live", "uptimeSeconds": 120,
+        "connections": 3, "memoryBytes": 0, "queues": [],
+        "ha": {"group": group_of(node), "epoch": epoch, "live": node, "sync": null, "alone": false,
+               "backups": [{"node": backup, "state": "synced", "lagBytes": 0, "lagRecords": 0}]},
+    })
+}
+
+/// The `/status` of a synced backup.
+fn backup_status(node: &str, epoch: u64, live: &str) -> Value {
+    json!({
+        "version": "0.1.0", "nodeId": node, "role": "backup", "uptimeSeconds": 118,
+        "connections": 0, "memoryBytes": 0, "queues": [],
+        "ha": {"group": group_of(node), "epoch": epoch, "live": live, "alone": false, "backups": [],
+               "sync": {"state": "synced", "lagBytes": 0, "lagRecords": 0}},
+    })
+}
+
+/// The calls that create `pair` in an empty cluster (scenario 1).
+fn create_calls(bg: &BrokerGroup) -> Vec<Call> {
+    let mut calls = vec![get(&core("secrets", "pair-cluster")).not_found()];
+    calls.extend(applies(&["pair-g0"]));
+    calls.extend(orphan_lists(&["pair-g0"], &[]));
+    calls.push(list(&format!("/api/v1/namespaces/{NS}/pods")).items(vec![]));
+    calls.push(
+        list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
+            .items(vec![statefulset("pair-g0", false)]),
+    );
+    calls.push(apply(&status_path()).returns(to_json(bg)));
+    calls
+}
+
+/// The status of `pair` once every group in `lives` (group, live pod, epoch) has its live and
+/// its second member synced.
+fn settled(lives: &[(&str, &str, u64)]) -> BrokerGroupStatus {
+    let groups: Vec<Value> = lives
+        .iter()
+        .map(|(group, live, epoch)| {
+            json!({
+                "name": group, "live": live, "preferredLive": format!("{group}-0"), "epoch": epoch,
+                "backups": [{"pod": format!("{group}-1"), "state": "backup", "synced": true, "lag": 0}],
+            })
+        })
+        .collect();
+    serde_json::from_value(json!({
+        "observedGeneration": 1, "live": format!("{0}/{0}", lives.len()), "failovers": 0, "groups": groups,
+    }))
+    .unwrap_or_else(|e| panic!("a status: {e}"))
+}
+
+/// The calls of a reconcile of `pair` with `groups` whose objects all exist, up to listing
+/// the pods (answered with `pods`) and StatefulSets (all rolled out).
+fn calls_until_observed(groups: &[&str], pods: Vec<Value>) -> Vec<Call> {
+    let mut calls = vec![get(&core("secrets", "pair-cluster")).returns(cluster_secret("pw"))];
+    calls.extend(applies(groups));
+    calls.extend(orphan_lists(groups, &[]));
+    calls.push(list(&format!("/api/v1/namespaces/{NS}/pods")).items(pods));
+    calls.push(
+        list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
+            .items(groups.iter().map(|g| statefulset(g, true)).collect()),
+    );
+    calls
+}
+
+fn condition<'a>(status: &'a BrokerGroupStatus, kind: &str) -> (&'a str, &'a str) {
+    let c = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kind)
+        .unwrap_or_else(|| panic!("no {kind} condition in {status:?}"));
+    (c.status.as_str(), c.reason.as_str())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Scenarios
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn given_a_new_brokergroup_and_an_empty_cluster_when_reconciled_should_apply_every_object_in_order_and_report_progressing(
+) {
+    let h = Harness::new();
+    let bg = pair();
+
+    let step = h
+        .reconcile(
+            &bg,
+            vec![
+                get("/api/v1/namespaces/default/secrets/pair-cluster").not_found(),
+                apply("/api/v1/namespaces/default/serviceaccounts/pair-broker"),
+                apply("/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/pair-broker"),
+                apply("/apis/rbac.authorization.k8s.io/v1/namespaces/default/rolebindings/pair-broker"),
+                apply("/api/v1/namespaces/default/secrets/pair-cluster"),
+                apply("/api/v1/namespaces/default/configmaps/pair-g0-config"),
+                apply("/api/v1/namespaces/default/services/pair-g0-members"),
+                apply("/api/v1/namespaces/default/services/pair-g0"),
+                apply("/api/v1/namespaces/default/services/pair"),
+                apply("/apis/policy/v1/namespaces/default/poddisruptionbudgets/pair-g0"),
+                apply("/apis/apps/v1/namespaces/default/statefulsets/pair-g0"),
+                // Orphans: everything listed is still rendered (or not ours), nothing deleted.
+                list_metadata("/apis/apps/v1/namespaces/default/statefulsets")
+                    .items(vec![metadata("pair-g0", Some(UID))]),
+                list_metadata("/api/v1/namespaces/default/services").items(vec![]),
+                list_metadata("/api/v1/namespaces/default/configmaps").items(vec![]),
+                list_metadata("/apis/policy/v1/namespaces/default/poddisruptionbudgets").items(vec![]),
+                list_metadata("/api/v1/namespaces/default/secrets")
+                    .items(vec![metadata("pair-cluster", Some(UID))]),
+                list_metadata("/api/v1/namespaces/default/persistentvolumeclaims").items(vec![]),
+                // Observe: no pods yet, the StatefulSet just created.
+                list("/api/v1/namespaces/default/pods").items(vec![]),
+                list("/apis/apps/v1/namespaces/default/statefulsets")
+                    .items(vec![statefulset("pair-g0", false)]),
+                apply("/apis/duomq.io/v1alpha1/namespaces/default/brokergroups/pair/status")
+                    .returns(to_json(&bg)),
+            ],
+        )
+        .await;
+
+    assert_eq!(
+        step.action(),
+        Action::requeue(Duration::from_secs(3)),
+        "members are starting: look again soon"
+    );
+    assert!(h.brokers.asked().is_empty(), "no pod, no broker to ask");
+
+    // Every applied object is owned by the BrokerGroup (so it is garbage collected with it)
+    // and carries its instance label (so the orphan lists find it).
+    for (path, body) in step.applies() {
+        let object: Value = serde_json::from_slice(&body).unwrap_or(Value::Null);
+        assert_eq!(object["metadata"]["ownerReferences"], owner(UID), "{path}");
+        assert_eq!(
+            object["metadata"]["labels"]["app.kubernetes.io/instance"], "pair",
+            "{path}"
+        );
+        assert_eq!(
+            object["metadata"]["labels"]["app.kubernetes.io/managed-by"], "duomq-operator",
+            "{path}"
+        );
+        assert_eq!(object["metadata"]["namespace"], NS, "{path}");
+    }
+    let secret = step.body(
+        Method::PATCH,
+        "/api/v1/namespaces/default/secrets/pair-cluster",
+    );
+    assert_eq!(secret["kind"], "Secret");
+    assert_eq!(unbase64(&secret["data"]["user"]), "duomq-cluster");
+    let password = unbase64(&secret["data"]["password"]);
+    assert!(
+        password.len() == 32 && password.chars().all(|c| c.is_ascii_alphanumeric()),
+        "a random password: {password:?}"
+    );
+    let role = step.body(
+        Method::PATCH,
+        "/apis/rbac.authorization.k8s.io/v1/namespaces/default/roles/pair-broker",
+    );
+    assert_eq!(role["rules"][0]["resources"], json!(["leases"]));
+    assert_eq!(
+        role["rules"][0]["resourceNames"],
+        json!(["pair-g0"]),
+        "the brokers may touch their own group's Lease only"
+    );
+    let config = step.body(
+        Method::PATCH,
+        "/api/v1/namespaces/default/configmaps/pair-g0-config",
+    );
+    let files: Vec<&String> = config["data"]
+        .as_object()
+        .map(|d| d.keys().collect())
+        .unwrap_or_default();
+    assert_eq!(
+        files,
+        ["pair-g0-0.yaml", "pair-g0-1.yaml"],
+        "one broker.yaml per member"
+    );
+    let sts = step.body(
+        Method::PATCH,
+        "/apis/apps/v1/namespaces/default/statefulsets/pair-g0",
+    );
+    assert_eq!(sts["kind"], "StatefulSet");
+    assert_eq!(sts["spec"]["replicas"], 2, "a live and one backup");
+    assert_eq!(sts["spec"]["serviceName"], "pair-g0-members");
+    let client_service = step.body(Method::PATCH, "/api/v1/namespaces/default/services/pair-g0");
+    assert_eq!(
+        client_service["spec"]["selector"]["duomq.io/role"], "live",
+        "the client Service follows the live"
+    );
+
+    let status = step.status();
+    assert_eq!(status.observed_generation, Some(1));
+    assert_eq!(
+        condition(&status, "Available"),
+        ("False", "GroupsWithoutLive")
+    );
+    assert_eq!(
+        condition(&status, "Progressing"),
+        ("True", "MembersStarting")
+    );
+    assert_eq!(
+        condition(&status, "Replicated"),
+        ("False", "BackupsNotInSync")
+    );
+    assert_eq!(
+        condition(&status, "Degraded"),
+        ("False", "AsExpected"),
+        "starting is not degraded"
+    );
+    assert!(status
+        .conditions
+        .iter()
+        .all(|c| c.observed_generation == Some(1)));
+    assert_eq!(status.live.as_deref(), Some("0/1"));
+    assert_eq!(status.failovers, 0);
+    assert_eq!(status.groups.len(), 1);
+    let g0 = &status.groups[0];
+    assert_eq!(g0.name, "pair-g0");
+    assert_eq!(g0.preferred_live, "pair-g0-0");
+    assert_eq!(g0.live, None);
+    // With no live yet, every member is listed with its state.
+    assert_eq!(
+        g0.backups
+            .iter()
+            .map(|b| (b.pod.as_str(), b.state.as_str(), b.synced))
+            .collect::<Vec<_>>(),
+        [
+            ("pair-g0-0", "missing", false),
+            ("pair-g0-1", "missing", false)
+        ]
+    );
+}
+
+#[tokio::test]
+async fn given_an_applied_brokergroup_when_reconciled_again_unchanged_should_apply_identical_bodies_and_not_patch_status(
+) {
+    let h = Harness::new();
+    let bg = pair();
+    let first = h.reconcile(&bg, create_calls(&bg)).await;
+    let status = first.status();
+    let secret = first.body(Method::PATCH, &core("secrets", "pair-cluster"));
+
+    // The API server now holds the Secret the first reconcile applied and the status it patched.
+    let bg = with_status(bg, status);
+    let mut calls = vec![get(&core("secrets", "pair-cluster")).returns(secret)];
+    calls.extend(applies(&["pair-g0"]));
+    calls.extend(orphan_lists(&["pair-g0"], &[]));
+    calls.push(list(&format!("/api/v1/namespaces/{NS}/pods")).items(vec![]));
+    calls.push(
+        list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
+            .items(vec![statefulset("pair-g0", false)]),
+    );
+    // No status patch: nothing observed changed.
+    let second = h.reconcile(&bg, calls).await;
+
+    assert_eq!(second.action(), Action::requeue(Duration::from_secs(3)));
+    let (before, after) = (first.applies(), second.applies());
+    assert_eq!(before.len(), after.len());
+    for ((path, a), (_, b)) in before.iter().zip(&after) {
+        assert!(
+            a == b,
+            "re-applying {path} changed its body:\nfirst:  {}\nsecond: {}",
+            String::from_utf8_lossy(a),
+            String::from_utf8_lossy(b)
+        );
+    }
+}
+
+#[tokio::test]
+async fn given_groups_reduced_from_two_to_one_when_reconciled_should_delete_the_owned_objects_of_the_removed_group_only(
+) {
+    let h = Harness::new();
+    let mut bg = pair();
+    bg.metadata.generation = Some(2);
+    bg.spec.groups = 1;
+
+    let mut calls =
+        vec![get(&core("secrets", "pair-cluster")).returns(cluster_secret("kept-password"))];
+    calls.extend(applies(&["pair-g0"]));
+    // What two groups left behind, plus a ConfigMap a previous BrokerGroup of the same name
+    // owned (its garbage collection is not ours) and the data volumes of both groups (never
+    // owned: they outlive their StatefulSet).
+    let [statefulsets, services, config_maps, pdbs, secrets, claims] = orphan_lists(
+        &["pair-g0", "pair-g1"],
+        &[("configmaps", metadata("pair-g1-old", Some(OTHER_UID)))],
+    );
+    calls.extend([
+        statefulsets,
+        delete(&apis("apps/v1", "statefulsets", "pair-g1")),
+        services,
+        delete(&core("services", "pair-g1-members")),
+        delete(&core("services", "pair-g1")),
+        config_maps,
+        delete(&core("configmaps", "pair-g1-config")),
+        pdbs,
+        delete(&apis("policy/v1", "poddisruptionbudgets", "pair-g1")),
+        secrets, // the Secret is still rendered
+        claims,  // data-pair-g1-0 and -1 carry no owner reference: they stay
+    ]);
+    calls.push(list(&format!("/api/v1/namespaces/{NS}/pods")).items(vec![]));
+    calls.push(
+        list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
+            .items(vec![statefulset("pair-g0", true)]),
+    );
+    calls.push(apply(&status_path()).returns(to_json(&bg)));
+
+    let step = h.reconcile(&bg, calls).await;
+
+    assert_eq!(step.action(), Action::requeue(Duration::from_secs(3)));
+    let deleted: Vec<Value> = step
+        .requests
+        .iter()
+        .filter(|s| s.method == Method::DELETE)
+        .map(Seen::json)
+        .collect();
+    assert_eq!(deleted.len(), 5);
+    assert!(
+        deleted
+            .iter()
+            .all(|d| d["propagationPolicy"] == "Background"),
+        "the removed StatefulSet's pods go with it: {deleted:?}"
+    );
+    let secret = step.body(Method::PATCH, &core("secrets", "pair-cluster"));
+    assert_eq!(
+        unbase64(&secret["data"]["password"]),
+        "kept-password",
+        "an existing password is never replaced"
+    );
+    let role = step.body(
+        Method::PATCH,
+        &apis("rbac.authorization.k8s.io/v1", "roles", "pair-broker"),
+    );
+    assert_eq!(role["rules"][0]["resourceNames"], json!(["pair-g0"]));
+    let status = step.status();
+    assert_eq!(status.observed_generation, Some(2));
+    assert_eq!(
+        status
+            .groups
+            .iter()
+            .map(|g| g.name.as_str())
+            .collect::<Vec<_>>(),
+        ["pair-g0"]
+    );
+}
+
+#[tokio::test]
+async fn given_named_secrets_and_a_connector_target_when_reconciled_should_read_them_first_and_report_what_is_missing(
+) {
+    let h = Harness::new();
+    let mut bg = pair();
+    bg.metadata.generation = Some(2);
+    bg.spec.ha.cluster_credentials_secret = Some("pair-credentials".into());
+    bg.spec.users_secret = Some("pair-users".into());
+    bg.spec.network_connectors =
+        serde_json::from_value(json!([{"name": "to-billing", "brokerGroup": "billing"}]))
+            .unwrap_or_else(|e| panic!("a connector: {e}"));
+    let mut billing = pair();
+    billing.metadata.name = Some("billing".into());
+    billing.metadata.uid = Some(OTHER_UID.into());
+
+    // Dereference: the named cluster credentials, the users Secret (missing), the target.
+    let mut calls = vec![
+        get(&core("secrets", "pair-credentials")).returns(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pair-credentials", "namespace": NS},
+            "data": {"user": base64("cluster-admin"), "password": base64("theirs")},
+        })),
+        get(&core("secrets", "pair-users")).not_found(),
+        get(&apis("duomq.io/v1alpha1", "brokergroups", "billing")).returns(to_json(&billing)),
+    ];
+    // The operator renders no Secret of its own now...
+    calls.extend(
+        applies(&["pair-g0"])
+            .into_iter()
+            .filter(|c| !c.path.ends_with("/pair-cluster")),
+    );
+    // ...so the one it generated before goes.
+    let [statefulsets, services, config_maps, pdbs, secrets, claims] =
+        orphan_lists(&["pair-g0"], &[]);
+    calls.extend([statefulsets, services, config_maps, pdbs, secrets]);
+    calls.push(delete(&core("secrets", "pair-cluster")));
+    calls.push(claims);
+    calls.push(list(&format!("/api/v1/namespaces/{NS}/pods")).items(vec![]));
+    calls.push(
+        list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
+            .items(vec![statefulset("pair-g0", false)]),
+    );
+    calls.push(apply(&status_path()).returns(to_json(&bg)));
+
+    let step = h.reconcile(&bg, calls).await;
+
+    assert_eq!(step.action(), Action::requeue(Duration::from_secs(3)));
+    let config = step.body(Method::PATCH, &core("configmaps", "pair-g0-config"));
+    let broker_yaml = config["data"]["pair-g0-0.yaml"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(
+        broker_yaml.contains(
+            "masterslave:(tcp://billing-g0-0.billing-g0-members.default.svc:61616,\
+             tcp://billing-g0-1.billing-g0-members.default.svc:61616)"
+        ),
+        "the connector lists every member of billing's group:\n{broker_yaml}"
+    );
+    assert!(
+        broker_yaml.contains("cluster-admin"),
+        "the user of the named Secret:\n{broker_yaml}"
+    );
+    let status = step.status();
+    assert_eq!(status.observed_generation, Some(2));
+    let degraded = status.conditions.iter().find(|c| c.type_ == "Degraded");
+    let degraded = degraded.unwrap_or_else(|| panic!("no Degraded in {status:?}"));
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "UsersSecretMissing")
+    );
+    assert!(
+        degraded.message.contains("pair-users"),
+        "{}",
+        degraded.message
+    );
+}
+
+#[tokio::test]
+async fn given_a_brokergroup_being_deleted_when_reconciled_should_make_no_call_and_await_change() {
+    let h = Harness::new();
+    let mut bg = pair();
+    bg.metadata.deletion_timestamp = Some(k8s_openapi::apimachinery::pkg::apis::meta::v1::Time(
+        "2025-01-01T00:00:00Z"
+            .parse()
+            .unwrap_or_else(|e| panic!("a timestamp: {e}")),
+    ));
+
+    let step = h.reconcile(&bg, vec![]).await;
+
+    assert_eq!(
+        step.action(),
+        Action::await_change(),
+        "the garbage collector deletes what the BrokerGroup owned"
+    );
+    assert!(h.brokers.asked().is_empty());
+}
+
+#[tokio::test]
+async fn given_running_brokers_when_the_live_is_lost_should_report_live_and_backup_then_the_failover(
+) {
+    let h = Harness::new();
+    let bg = pair();
+    let created = h.reconcile(&bg, create_calls(&bg)).await;
+    let bg = with_status(bg, created.status());
+
+    // Both members run; pod-0 says it is live (epoch 3), pod-1 a synced backup.
+    h.brokers
+        .answer("10.0.0.10", live_status("pair-g0-0", 3, "pair-g0-1"));
+    h.brokers
+        .answer("10.0.0.11", backup_status("pair-g0-1", 3, "pair-g0-0"));
+    let mut calls = vec![get(&core("secrets", "pair-cluster")).returns(cluster_secret("pw"))];
+    calls.extend(applies(&["pair-g0"]));
+    calls.extend(orphan_lists(&["pair-g0"], &[]));
+    calls.extend([
+        list(&format!("/api/v1/namespaces/{NS}/pods")).items(vec![
+            broker_pod("pair-g0-0", "10.0.0.10", true, None),
+            broker_pod("pair-g0-1", "10.0.0.11", true, None),
+        ]),
+        list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
+            .items(vec![statefulset("pair-g0", true)]),
+        merge_patch(&core("pods", "pair-g0-0")).returns(broker_pod(
+            "pair-g0-0",
+            "10.0.0.10",
+            true,
+            Some("live"),
+        )),
+        merge_patch(&core("pods", "pair-g0-1")).returns(broker_pod(
+            "pair-g0-1",
+            "10.0.0.11",
+            true,
+            Some("backup"),
+        )),
+        apply(&status_path()).returns(to_json(&bg)),
+    ]);
+    let settled = h.reconcile(&bg, calls).await;
+
+    assert_eq!(
+        settled.action(),
+        Action::requeue(Duration::from_secs(15)),
+        "settled: the slow poll"
+    );
+    assert_eq!(
+        h.brokers.asked(),
+        ["10.0.0.10:8161", "10.0.0.11:8161"],
+        "every running broker, on the admin port"
+    );
+    assert_eq!(
+        settled.body(Method::PATCH, &core("pods", "pair-g0-0")),
+        json!({"metadata": {"labels": {"duomq.io/role": "live"}}})
+    );
+    assert_eq!(
+        settled.body(Method::PATCH, &core("pods", "pair-g0-1")),
+        json!({"metadata": {"labels": {"duomq.io/role": "backup"}}})
+    );
+    let status = settled.status();
+    assert_eq!(condition(&status, "Available"), ("True", "AllGroupsLive"));
+    assert_eq!(
+        condition(&status, "Replicated"),
+        ("True", "AllGroupsReplicated")
+    );
+    assert_eq!(condition(&status, "Progressing"), ("False", "Stable"));
+    assert_eq!(condition(&status, "Degraded"), ("False", "AsExpected"));
+    assert_eq!(status.live.as_deref(), Some("1/1"));
+    let g0 = &status.groups[0];
+    assert_eq!(g0.live.as_deref(), Some("pair-g0-0"));
+    assert_eq!(g0.epoch, 3);
+    assert_eq!(g0.failovers, 0);
+    assert_eq!(
+        g0.backups
+            .iter()
+            .map(|b| (b.pod.as_str(), b.state.as_str(), b.synced, b.lag))
+            .collect::<Vec<_>>(),
+        [("pair-g0-1", "backup", true, 0)]
+    );
+
+    // pod-0's broker dies (its container restarts); pod-1 takes over at epoch 4.
+    let bg = with_status(bg, status);
+    h.brokers.silence("10.0.0.10");
+    h.brokers
+        .answer("10.0.0.11", live_status("pair-g0-1", 4, "pair-g0-0"));
+    let mut calls = vec![get(&core("secrets", "pair-cluster")).returns(cluster_secret("pw"))];
+    calls.extend(applies(&["pair-g0"]));
+    calls.extend(orphan_lists(&["pair-g0"], &[]));
+    calls.extend([
+        list(&format!("/api/v1/namespaces/{NS}/pods")).items(vec![
+            broker_pod("pair-g0-0", "10.0.0.10", false, Some("live")),
+            broker_pod("pair-g0-1", "10.0.0.11", true, Some("backup")),
+        ]),
+        list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
+            .items(vec![statefulset("pair-g0", true)]),
+        merge_patch(&core("pods", "pair-g0-1")).returns(broker_pod(
+            "pair-g0-1",
+            "10.0.0.11",
+            true,
+            Some("live"),
+        )),
+        post_event(),
+        apply(&status_path()).returns(to_json(&bg)),
+    ]);
+    let failed_over = h.reconcile(&bg, calls).await;
+
+    assert_eq!(
+        failed_over.action(),
+        Action::requeue(Duration::from_secs(3)),
+        "pod-0 is restarting: look again soon"
+    );
+    assert_eq!(
+        h.brokers.asked(),
+        ["10.0.0.11:8161"],
+        "a broker whose container does not run is not asked"
+    );
+    assert_eq!(
+        failed_over.body(Method::PATCH, &core("pods", "pair-g0-1")),
+        json!({"metadata": {"labels": {"duomq.io/role": "live"}}})
+    );
+    let event = failed_over.body(
+        Method::POST,
+        &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+    );
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "FailedOver");
+    assert_eq!(event["reportingController"], "duomq-operator");
+    assert_eq!(event["regarding"]["kind"], "BrokerGroup");
+    assert_eq!(event["regarding"]["name"], "pair");
+    assert_eq!(event["regarding"]["uid"], UID);
+    let note = event["note"].as_str().unwrap_or_default();
+    assert!(note.contains("from pair-g0-0 to pair-g0-1"), "{note}");
+    let status = failed_over.status();
+    assert_eq!(status.failovers, 1);
+    assert_eq!(status.live.as_deref(), Some("1/1"));
+    assert_eq!(condition(&status, "Available"), ("True", "AllGroupsLive"));
+    assert_eq!(
+        condition(&status, "Replicated"),
+        ("False", "BackupsNotInSync")
+    );
+    assert_eq!(
+        condition(&status, "Progressing"),
+        ("True", "MembersStarting")
+    );
+    let g0 = &status.groups[0];
+    assert_eq!(g0.live.as_deref(), Some("pair-g0-1"));
+    assert_eq!(g0.preferred_live, "pair-g0-0");
+    assert_eq!(g0.epoch, 4);
+    assert_eq!(g0.failovers, 1);
+    let last = g0
+        .last_failover
+        .as_ref()
+        .unwrap_or_else(|| panic!("no lastFailover in {g0:?}"));
+    assert_eq!(
+        (last.from.as_str(), last.to.as_str(), last.reason),
+        ("pair-g0-0", "pair-g0-1", FailoverReason::LiveLost)
+    );
+    assert_eq!(
+        g0.backups
+            .iter()
+            .map(|b| (b.pod.as_str(), b.state.as_str(), b.synced))
+            .collect::<Vec<_>>(),
+        [("pair-g0-0", "pending", false)]
+    );
+    assert_eq!(h.ctx.metrics.failovers.get(), 1);
+}
+
+/// An invalid spec: dereferenced, rejected before anything is applied, reported once.
+async fn assert_invalid_spec_reported(
+    bg: BrokerGroup,
+    dereference: fn(&BrokerGroup) -> Vec<Call>,
+    message: &str,
+) {
+    let h = Harness::new();
+    let mut calls = dereference(&bg);
+    calls.push(post_event());
+    calls.push(apply(&status_path()).returns(to_json(&bg)));
+
+    let step = h.reconcile(&bg, calls).await;
+
+    assert_eq!(
+        step.action(),
+        Action::await_change(),
+        "retrying cannot help: wait for the spec to change"
+    );
+    let event = step.body(
+        Method::POST,
+        &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+    );
+    assert_eq!(event["type"], "Warning");
+    assert_eq!(event["reason"], "InvalidSpec");
+    assert!(
+        event["note"].as_str().unwrap_or_default().contains(message),
+        "{event}"
+    );
+    let status = step.status();
+    assert_eq!(status.observed_generation, Some(1));
+    let degraded = status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == "Degraded")
+        .unwrap_or_else(|| panic!("no Degraded in {status:?}"));
+    assert_eq!(
+        (degraded.status.as_str(), degraded.reason.as_str()),
+        ("True", "InvalidSpec")
+    );
+    assert!(degraded.message.contains(message), "{}", degraded.message);
+    assert_eq!(h.ctx.metrics.invalid_specs.get(), 1);
+
+    // Reconciled again with that status: nothing new to say, so no event and no patch.
+    let bg = with_status(bg, status);
+    let again = h.reconcile(&bg, dereference(&bg)).await;
+    assert_eq!(again.action(), Action::await_change());
+}
+
+#[tokio::test]
+async fn given_a_connector_to_its_own_brokergroup_when_reconciled_should_apply_nothing_and_report_invalid_spec(
+) {
+    let mut bg = pair();
+    bg.spec.network_connectors =
+        serde_json::from_value(json!([{"name": "loop", "brokerGroup": "pair"}]))
+            .unwrap_or_else(|e| panic!("a connector: {e}"));
+    assert_invalid_spec_reported(
+        bg,
+        |bg| {
+            vec![
+                get(&core("secrets", "pair-cluster")).not_found(),
+                get(&apis("duomq.io/v1alpha1", "brokergroups", "pair")).returns(to_json(bg)),
+            ]
+        },
+        "a network connector cannot point at its own BrokerGroup",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn given_replication_without_backups_when_reconciled_should_apply_nothing_and_report_invalid_spec(
+) {
+    let mut bg = pair();
+    bg.spec.backups_per_group = 0;
+    assert_invalid_spec_reported(
+        bg,
+        |_| vec![get(&core("secrets", "pair-cluster")).not_found()],
+        "replication needs a backup to replicate to: set backupsPerGroup to 1 or more",
+    )
+    .await;
+}
+
+#[tokio::test]
+async fn given_two_groups_when_both_lives_are_lost_at_once_should_post_one_failover_event_per_group(
+) {
+    let h = Harness::new();
+    let mut bg = pair();
+    bg.spec.groups = 2;
+    let bg = with_status(
+        bg,
+        settled(&[("pair-g0", "pair-g0-0", 3), ("pair-g1", "pair-g1-0", 5)]),
+    );
+    h.brokers
+        .answer("10.0.1.11", live_status("pair-g0-1", 4, "pair-g0-0"));
+    h.brokers
+        .answer("10.0.2.11", live_status("pair-g1-1", 6, "pair-g1-0"));
+    let mut calls = calls_until_observed(
+        &["pair-g0", "pair-g1"],
+        vec![
+            broker_pod("pair-g0-0", "10.0.1.10", false, Some("live")),
+            broker_pod("pair-g0-1", "10.0.1.11", true, Some("backup")),
+            broker_pod("pair-g1-0", "10.0.2.10", false, Some("live")),
+            broker_pod("pair-g1-1", "10.0.2.11", true, Some("backup")),
+        ],
+    );
+    calls.extend([
+        merge_patch(&core("pods", "pair-g0-1")).returns(broker_pod(
+            "pair-g0-1",
+            "10.0.1.11",
+            true,
+            Some("live"),
+        )),
+        merge_patch(&core("pods", "pair-g1-1")).returns(broker_pod(
+            "pair-g1-1",
+            "10.0.2.11",
+            true,
+            Some("live"),
+        )),
+        post_event(),
+        post_event(),
+        apply(&status_path()).returns(to_json(&bg)),
+    ]);
+
+    let step = h.reconcile(&bg, calls).await;
+
+    assert_eq!(step.action(), Action::requeue(Duration::from_secs(3)));
+    let notes: Vec<String> = step
+        .requests
+        .iter()
+        .filter(|s| s.method == Method::POST)
+        .map(|s| s.json()["note"].as_str().unwrap_or_default().to_string())
+        .collect();
+    assert!(
+        notes[0].contains("group pair-g0: live moved from pair-g0-0 to pair-g0-1"),
+        "{notes:?}"
+    );
+    assert!(
+        notes[1].contains("group pair-g1: live moved from pair-g1-0 to pair-g1-1"),
+        "{notes:?}"
+    );
+    let status = step.status();
+    assert_eq!(status.failovers, 2);
+    assert_eq!(h.ctx.metrics.failovers.get(), 2);
+}
+
+#[tokio::test]
+async fn given_two_members_reporting_live_when_reconciled_twice_should_warn_of_split_brain_in_one_event_series(
+) {
+    let h = Harness::new();
+    let bg = with_status(pair(), settled(&[("pair-g0", "pair-g0-0", 3)]));
+    h.brokers
+        .answer("10.0.0.10", live_status("pair-g0-0", 3, "pair-g0-1"));
+    h.brokers
+        .answer("10.0.0.11", live_status("pair-g0-1", 3, "pair-g0-0"));
+    let pods = || {
+        vec![
+            broker_pod("pair-g0-0", "10.0.0.10", true, Some("live")),
+            broker_pod("pair-g0-1", "10.0.0.11", true, Some("backup")),
+        ]
+    };
+    let mut calls = calls_until_observed(&["pair-g0"], pods());
+    // The first member stays the reported live; its labels are already right.
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
+    let first = h.reconcile(&bg, calls).await;
+
+    let event = first.body(
+        Method::POST,
+        &format!("/apis/events.k8s.io/v1/namespaces/{NS}/events"),
+    );
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("SplitBrain"))
+    );
+    assert!(
+        event["note"]
+            .as_str()
+            .unwrap_or_default()
+            .contains("pair-g0-0, pair-g0-1"),
+        "{event}"
+    );
+    let status = first.status();
+    assert_eq!(status.groups[0].live.as_deref(), Some("pair-g0-0"));
+    assert_eq!(status.groups[0].backups[0].state, "live");
+
+    // Still split: the same warning counts up the first event's series instead of adding one.
+    let bg = with_status(bg, status);
+    let mut calls = calls_until_observed(&["pair-g0"], pods());
+    calls.push(patch_event_series());
+    let second = h.reconcile(&bg, calls).await;
+
+    let series = second
+        .requests
+        .iter()
+        .find(|s| s.method == Method::PATCH && s.path.contains("/events/"))
+        .map(Seen::json);
+    let series = series.unwrap_or_else(|| panic!("no event series patch"));
+    assert_eq!(series["series"]["count"], 2);
+    assert_eq!(series["reason"], "SplitBrain");
+    assert_eq!(second.action(), Action::requeue(Duration::from_secs(15)));
+}
