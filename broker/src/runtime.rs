@@ -5,7 +5,7 @@
 
 use crate::admin::api::Role;
 use crate::admin::{self, AdminState};
-use crate::config::{BrokerConfig, ReplicationMode, User};
+use crate::config::{BrokerConfig, HaPolicy, ReplicationMode, User};
 use crate::engine::{Broker, EngineError};
 use crate::ha::{self, backup::BackupOutcome, HaContext, HaError, LiveTerm, StartAs};
 use crate::journal::JournalMetrics;
@@ -31,6 +31,8 @@ pub enum RunError {
     Close(#[source] crate::journal::JournalError),
     #[error("replication failed")]
     Ha(#[source] HaError),
+    #[error("ha.policy sharedStore is accepted by the config but not run by this build yet")]
+    SharedStoreNotYet,
 }
 
 /// How long shutdown waits for connections to finish their in-flight work.
@@ -74,13 +76,13 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
     let stomp_listener = bind("STOMP", config.stomp.listen).await?;
     let shared = Shared { config: Arc::clone(&config), users, metrics, journal_metrics, state: state.clone() };
 
-    let result = if config.ha.enabled() {
-        run_replicated(&shared, &stomp_listener, &shutdown).await
-    } else {
-        match open(&shared, false).await {
+    let result = match config.ha.policy {
+        HaPolicy::Replication => run_replicated(&shared, &stomp_listener, &shutdown).await,
+        HaPolicy::SharedStore => Err(RunError::SharedStoreNotYet),
+        HaPolicy::None => match open(&shared, false).await {
             Ok(broker) => serve_live(&shared, &stomp_listener, &broker, shutdown.clone()).await.and(close(&broker).await),
             Err(e) => Err(e),
-        }
+        },
     };
     *state.role.write() = Role::Stopping;
     admin_stop.cancel();

@@ -1,7 +1,8 @@
-//! The `ha` section of `broker.yaml`: live/backup replication (HornetQ/Artemis style).
-//! Types and checks only; the `ha` module acts on them.
+//! The `ha` section of `broker.yaml`: live/backup groups, either replicated
+//! (HornetQ/Artemis style) or on one shared store (ActiveMQ shared file system
+//! master/slave). Types and checks only; the `ha` module acts on them.
 
-use super::{ConfigError, HumanDuration};
+use super::{invalid, ConfigError, HumanDuration};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -11,10 +12,15 @@ use std::path::PathBuf;
 pub struct HaConfig {
     /// `none`: a standalone broker. `replication`: a member of a live/backup group that
     /// shares no storage; the live streams every persistent write to its backups.
+    /// `sharedStore`: members share `storage.dataDir`; whoever holds its journal lock is live.
     pub policy: HaPolicy,
     /// The role this member prefers: a `primary` starts as live when no live of its group
     /// answers; a `backup` always starts as a backup.
     pub role: PreferredRole,
+    /// Host-pair layouts on Kubernetes: when set, this member prefers `primary` if the
+    /// `NODE_NAME` environment variable (the pod's node, from the downward API) equals it,
+    /// `backup` otherwise; `role` is then ignored.
+    pub primary_node: Option<String>,
     /// The backup-group name: members with the same name replicate to each other.
     pub group_name: String,
     pub cluster: ClusterConfig,
@@ -37,6 +43,7 @@ impl Default for HaConfig {
         HaConfig {
             policy: HaPolicy::None,
             role: PreferredRole::Primary,
+            primary_node: None,
             group_name: String::new(),
             cluster: ClusterConfig::default(),
             members: Vec::new(),
@@ -54,6 +61,7 @@ impl Default for HaConfig {
 pub enum HaPolicy {
     None,
     Replication,
+    SharedStore,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -109,7 +117,8 @@ impl Default for ClusterConfig {
 pub struct Member {
     /// The member's node id (`node.id`).
     pub name: String,
-    /// Its cluster address, `host:port`.
+    /// Its cluster address, `host:port` (required with replication; unused with sharedStore).
+    #[serde(default)]
     pub cluster: String,
     /// Its STOMP address, `host:port` (named in the ERROR a backup sends to clients).
     pub stomp: String,
@@ -149,18 +158,53 @@ pub enum ArbiterKind {
     FileLock,
 }
 
+/// The environment variable holding the Kubernetes node a pod runs on (downward API
+/// `spec.nodeName`), compared with `ha.primaryNode`.
+pub const NODE_NAME_ENV: &str = "NODE_NAME";
+
+/// The role a member takes and why, for the start-up log.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RoleChoice {
+    pub role: PreferredRole,
+    pub reason: String,
+}
+
 impl HaConfig {
-    pub fn enabled(&self) -> bool {
-        self.policy == HaPolicy::Replication
+    /// The role this member prefers: `role`, unless `primaryNode` is set, in which case
+    /// the node it runs on decides. `env` looks up an environment variable (injected so
+    /// tests need not touch the process environment).
+    pub fn effective_role(&self, env: impl Fn(&str) -> Option<String>) -> RoleChoice {
+        let Some(primary_node) = &self.primary_node else {
+            return RoleChoice { role: self.role, reason: "ha.role".to_string() };
+        };
+        match env(NODE_NAME_ENV) {
+            Some(node) if node == *primary_node => RoleChoice {
+                role: PreferredRole::Primary,
+                reason: format!("{NODE_NAME_ENV} {node:?} is ha.primaryNode"),
+            },
+            Some(node) => RoleChoice {
+                role: PreferredRole::Backup,
+                reason: format!("{NODE_NAME_ENV} {node:?} is not ha.primaryNode {primary_node:?}"),
+            },
+            None => RoleChoice {
+                role: PreferredRole::Backup,
+                reason: format!("{NODE_NAME_ENV} is not set, so this cannot be ha.primaryNode {primary_node:?}"),
+            },
+        }
     }
 
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
-        if !self.enabled() {
+        if self.policy == HaPolicy::None {
             return Ok(());
         }
-        let invalid = |field: &'static str, message: &str| Err(ConfigError::Invalid { field, message: message.to_string() });
         if self.group_name.trim().is_empty() {
-            return invalid("ha.groupName", "must be set with policy replication (members of one group share it)");
+            return invalid("ha.groupName", "must be set with policy replication or sharedStore (members of one group share it)");
+        }
+        if self.primary_node.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return invalid("ha.primaryNode", "must name a Kubernetes node when set");
+        }
+        if self.policy == HaPolicy::SharedStore {
+            return self.validate_shared_store();
         }
         if self.cluster.password.is_empty() && self.cluster.password_file.is_none() {
             return invalid("ha.cluster.passwordFile", "set ha.cluster.passwordFile (or ha.cluster.password) for replication");
@@ -171,11 +215,26 @@ impl HaConfig {
         if self.members.is_empty() {
             return invalid("ha.members", "list the other members of the group (name, cluster, stomp)");
         }
+        if let Some(m) = self.members.iter().find(|m| m.cluster.trim().is_empty()) {
+            return invalid("ha.members", format!("member {:?} needs its cluster address for replication", m.name));
+        }
         if self.check_period.get().is_zero() || self.connection_ttl < self.check_period {
             return invalid("ha.connectionTtl", "must be at least ha.checkPeriod, which must be above 0s");
         }
         if self.arbiter.kind == ArbiterKind::FileLock && self.arbiter.lock_file.is_none() {
             return invalid("ha.arbiter.lockFile", "is required with arbiter kind fileLock");
+        }
+        Ok(())
+    }
+
+    /// Only what a shared-store member uses: it needs no cluster port or password, the
+    /// journal lock is its arbiter.
+    fn validate_shared_store(&self) -> Result<(), ConfigError> {
+        if self.allow_failback {
+            return invalid("ha.allowFailback", "must be false with policy sharedStore (the lock holder stays live)");
+        }
+        if self.arbiter.retry_interval.get().is_zero() {
+            return invalid("ha.arbiter.retryInterval", "must be longer than 0s (a shared-store backup retries the lock this often)");
         }
         Ok(())
     }
@@ -188,5 +247,46 @@ impl HaConfig {
                 .map_err(|source| ConfigError::ReadPassword { path: path.clone(), source }),
             None => Ok(self.cluster.password.clone()),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use rstest::rstest;
+
+    fn with_primary_node(node: Option<&str>) -> HaConfig {
+        HaConfig { role: PreferredRole::Primary, primary_node: node.map(str::to_string), ..HaConfig::default() }
+    }
+
+    #[rstest]
+    #[case(None, Some("node-1"), PreferredRole::Primary, "ha.role")]
+    #[case(Some("node-1"), Some("node-1"), PreferredRole::Primary, "is ha.primaryNode")]
+    #[case(Some("node-1"), Some("node-2"), PreferredRole::Backup, "is not ha.primaryNode")]
+    #[case(Some("node-1"), None, PreferredRole::Backup, "NODE_NAME is not set")]
+    fn given_primary_node_and_node_name_should_choose_role_and_say_why(
+        #[case] primary_node: Option<&str>,
+        #[case] node_name: Option<&str>,
+        #[case] role: PreferredRole,
+        #[case] reason: &str,
+    ) {
+        let choice = with_primary_node(primary_node)
+            .effective_role(|key| (key == NODE_NAME_ENV).then(|| node_name.map(str::to_string)).flatten());
+        assert_eq!(choice.role, role);
+        assert!(choice.reason.contains(reason), "{}", choice.reason);
+    }
+
+    #[rstest]
+    #[case("ha:\n  policy: sharedStore\n  allowFailback: true\n", "ha.allowFailback")]
+    #[case("ha:\n  policy: sharedStore\n  arbiter:\n    retryInterval: 0s\n", "ha.arbiter.retryInterval")]
+    #[case("ha:\n  policy: sharedStore\n  primaryNode: \"\"\n", "ha.primaryNode")]
+    #[case("ha:\n  policy: replication\n  cluster:\n    password: p\n  members:\n    - name: b\n      stomp: b:1\n", "ha.members")]
+    fn given_invalid_ha_section_should_name_field(#[case] ha: &str, #[case] field: &str) {
+        let text = format!("node:\n  id: a\n{ha}");
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        doc["ha"]["groupName"] = "g1".into();
+        let config: crate::config::BrokerConfig = serde_yaml::from_value(doc).unwrap();
+        let err = config.validate().unwrap_err().to_string();
+        assert!(err.contains(field), "{err}");
     }
 }

@@ -5,10 +5,16 @@
 //! The operator renders this file from these same types, so the two cannot disagree.
 //! This module only reads and checks configuration; it starts nothing.
 
+pub mod connector_uri;
 mod ha;
+mod network;
 mod units;
 
-pub use ha::{ArbiterConfig, ArbiterKind, ClusterConfig, HaConfig, HaPolicy, Member, PreferredRole, ReplicationMode};
+pub use ha::{
+    ArbiterConfig, ArbiterKind, ClusterConfig, HaConfig, HaPolicy, Member, PreferredRole, ReplicationMode, RoleChoice,
+    NODE_NAME_ENV,
+};
+pub use network::{GroupingConfig, GroupingHandler, NetworkConfig, NetworkConnector};
 pub use units::{ByteSize, HumanDuration};
 
 use serde::{Deserialize, Serialize};
@@ -50,6 +56,10 @@ pub struct BrokerConfig {
     pub memory: MemoryConfig,
     pub auth: AuthConfig,
     pub ha: HaConfig,
+    /// Store-and-forward bridges to other groups (accepted, not active yet).
+    pub network: NetworkConfig,
+    /// Cluster-wide message grouping (accepted, not active yet).
+    pub grouping: GroupingConfig,
     pub log: LogConfig,
 }
 
@@ -253,9 +263,6 @@ impl BrokerConfig {
 
     /// Checks what types alone cannot; errors name the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
-        let invalid = |field: &'static str, message: &str| {
-            Err(ConfigError::Invalid { field, message: message.to_string() })
-        };
         if self.stomp.max_connections == 0 {
             return invalid("stomp.maxConnections", "must be at least 1");
         }
@@ -307,10 +314,34 @@ impl BrokerConfig {
             }
         }
         self.ha.validate()?;
+        if self.ha.policy == HaPolicy::SharedStore && self.node.id.trim().is_empty() {
+            // The generated id lives in dataDir/node-id, which the members share.
+            return invalid("node.id", "must be set with ha.policy sharedStore: members share storage.dataDir, so a generated id would be the same for all");
+        }
+        self.network.validate()?;
+        self.grouping.validate()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
-            return invalid("log.level", &format!("not a valid filter: {e}"));
+            return invalid("log.level", format!("not a valid filter: {e}"));
         }
         Ok(())
+    }
+
+    /// What is configured but not run by this version (network bridges, the grouping
+    /// handler), one entry each, for the single warning the broker logs at start.
+    pub fn inactive_features(&self) -> Vec<String> {
+        let mut features: Vec<String> = self
+            .network
+            .connectors
+            .iter()
+            .map(|c| {
+                let uri = c.parsed_uri().map_or_else(|_| c.uri.clone(), |u| u.to_string());
+                format!("network connector {} to {uri}{}", c.name, if c.duplex { " (duplex)" } else { "" })
+            })
+            .collect();
+        if self.grouping.handler != GroupingHandler::None {
+            features.push(format!("grouping handler {}", self.grouping.handler.name()));
+        }
+        features
     }
 
     /// All users: those in the file plus `auth.users_file`.
@@ -332,6 +363,11 @@ impl BrokerConfig {
         }
         Ok(users)
     }
+}
+
+/// A validation failure of one field.
+fn invalid(field: &'static str, message: impl Into<String>) -> Result<(), ConfigError> {
+    Err(ConfigError::Invalid { field, message: message.into() })
 }
 
 fn snake_to_camel(s: &str) -> String {
@@ -448,6 +484,42 @@ mod tests {
         assert_eq!(cfg.storage.data_dir, PathBuf::from("/from/flag"));
         assert_eq!(cfg.stomp.heartbeat_send, HumanDuration::secs(2));
         assert!(!cfg.storage.fsync);
+    }
+
+    #[test]
+    fn given_shared_store_without_node_id_should_name_node_id() {
+        let err = load_text("ha:\n  policy: sharedStore\n  groupName: g1\n").unwrap_err().to_string();
+        assert!(err.contains("node.id"), "{err}");
+        let cfg = load_text("node:\n  id: a\nha:\n  policy: sharedStore\n  groupName: g1\n").unwrap();
+        assert_eq!(cfg.ha.policy, HaPolicy::SharedStore);
+    }
+
+    #[test]
+    fn given_shared_store_members_without_cluster_address_should_load() {
+        let text = "node:\n  id: a\nha:\n  policy: sharedStore\n  groupName: g1\n  members:\n    - name: b\n      stomp: b:61613\n";
+        let cfg = load_text(text).unwrap();
+        assert_eq!(cfg.ha.members[0].stomp, "b:61613");
+    }
+
+    #[test]
+    fn given_network_and_grouping_should_load_and_list_them_as_inactive() {
+        let text = "network:\n  connectors:\n    - name: to-g2\n      uri: masterslave:(tcp://g2-a:61616, tcp://g2-b:61616)\n      duplex: true\n\
+                    grouping:\n  handler: remote\n  address: masterslave:(tcp://g1-a:61616,tcp://g1-b:61616)\n  timeout: 2s\n";
+        let cfg = load_text(text).unwrap();
+        assert_eq!(
+            cfg.inactive_features(),
+            vec![
+                "network connector to-g2 to masterslave:(tcp://g2-a:61616,tcp://g2-b:61616) (duplex)".to_string(),
+                "grouping handler remote".to_string(),
+            ]
+        );
+        assert!(BrokerConfig::default().inactive_features().is_empty());
+    }
+
+    #[test]
+    fn given_bad_connector_uri_in_file_should_name_field_and_problem() {
+        let err = load_text("network:\n  connectors:\n    - name: x\n      uri: failover:(tcp://a:1)\n").unwrap_err().to_string();
+        assert!(err.contains("network.connectors") && err.contains("unknown scheme"), "{err}");
     }
 
     #[test]
