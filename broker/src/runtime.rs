@@ -49,7 +49,19 @@ struct Shared {
 }
 
 /// Runs the broker until `shutdown` is cancelled.
-pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    if config.ha.policy != HaPolicy::None {
+        let choice = config.ha.effective_role(|key| std::env::var(key).ok());
+        tracing::info!(role = ?choice.role, reason = %choice.reason, group = %config.ha.group_name, "preferred role chosen");
+        config.ha.role = choice.role;
+    }
+    let inactive = config.inactive_features();
+    if !inactive.is_empty() {
+        tracing::warn!(
+            features = %inactive.join("; "),
+            "network bridges and the grouping handler are validated but not active in this version: messages stay on the broker that received them"
+        );
+    }
     let config = Arc::new(config);
     let users = config.load_users().map_err(RunError::Users)?;
     if users.is_empty() {
