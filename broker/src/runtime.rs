@@ -81,6 +81,8 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
         metrics: Arc::clone(&metrics),
         node_id: Arc::new(RwLock::new(String::new())),
         ha: Arc::new(RwLock::new(None)),
+        policy: config.ha.policy,
+        shared_store: Arc::new(RwLock::new(admin::StoreCheck::default())),
     };
     let admin_stop = CancellationToken::new();
     tracing::info!(addr = %admin_listener.local_addr().unwrap_or(config.admin.listen), "admin endpoint listening");

@@ -107,6 +107,11 @@ impl Member {
         (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
     }
 
+    /// `/readyz`: the status code and the one-line reason.
+    pub fn readyz(&self) -> (u16, String) {
+        http_get_at(&self.ip, self.admin, "/readyz").unwrap_or((0, "unreachable".into()))
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
     }
