@@ -127,7 +127,7 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         None => (Vec::new(), 0),
     };
     let ha = s.ha.read().clone();
-    let body = s.metrics.render(&queues, memory, ha.as_ref());
+    let body = s.metrics.render(&queues, memory, *s.role.read(), ha.as_ref());
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }
 
