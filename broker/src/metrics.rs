@@ -2,7 +2,7 @@
 //! Labels stay low-cardinality: per-queue gauges are filled at scrape time from the
 //! engine's snapshot, never updated per message.
 
-use crate::admin::api::{HaStatus, SyncState};
+use crate::admin::api::{HaStatus, Role, SyncState};
 use crate::engine::queue::QueueSnapshot;
 use crate::journal::JournalMetrics;
 use parking_lot::Mutex;
@@ -96,9 +96,10 @@ impl Metrics {
     }
 
     /// Renders the text exposition, refreshing the per-queue gauges first.
-    pub fn render(&self, queues: &[QueueSnapshot], memory_used: usize, ha: Option<&HaStatus>) -> String {
+    pub fn render(&self, queues: &[QueueSnapshot], memory_used: usize, role: Role, ha: Option<&HaStatus>) -> String {
         if let Some(ha) = ha {
-            let is_live = ha.sync.is_none();
+            // From the role, not from `sync`: a shared-store backup has no sync state.
+            let is_live = role == Role::Live;
             self.ha_epoch.set(ha.epoch as i64);
             self.ha_live.set(i64::from(is_live));
             self.ha_backups_synced.set(ha.backups.iter().filter(|b| b.state == SyncState::Synced).count() as i64);

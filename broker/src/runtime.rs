@@ -1,12 +1,14 @@
 //! The broker process's life: admin endpoint first (so /healthz answers during
 //! recovery), then journal recovery, then the STOMP listener; on shutdown the reverse,
 //! with the journal flushed last. With `ha.policy: replication` the member alternates
-//! between backup and live (see `ha`), on listeners bound once.
+//! between backup and live (see `ha`), on listeners bound once. With `sharedStore` it
+//! waits as a backup until it can open the shared journal, then is live until shutdown.
 
 use crate::admin::api::Role;
-use crate::admin::{self, AdminState};
+use crate::admin::{self, AdminState, StoreCheck};
 use crate::config::{BrokerConfig, HaPolicy, ReplicationMode, User};
 use crate::engine::{Broker, EngineError};
+use crate::ha::shared_store::{self, Decision, LiveHolder, SharedStoreMember};
 use crate::ha::{self, backup::BackupOutcome, HaContext, HaError, LiveTerm, StartAs};
 use crate::journal::JournalMetrics;
 use crate::metrics::Metrics;
@@ -29,10 +31,8 @@ pub enum RunError {
     Engine(#[source] EngineError),
     #[error("failed to flush the journal at shutdown")]
     Close(#[source] crate::journal::JournalError),
-    #[error("replication failed")]
+    #[error("the live/backup group failed")]
     Ha(#[source] HaError),
-    #[error("ha.policy sharedStore is accepted by the config but not run by this build yet")]
-    SharedStoreNotYet,
 }
 
 /// How long shutdown waits for connections to finish their in-flight work.
@@ -49,7 +49,19 @@ struct Shared {
 }
 
 /// Runs the broker until `shutdown` is cancelled.
-pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Result<(), RunError> {
+    if config.ha.policy != HaPolicy::None {
+        let choice = config.ha.effective_role(|key| std::env::var(key).ok());
+        tracing::info!(role = ?choice.role, reason = %choice.reason, group = %config.ha.group_name, "preferred role chosen");
+        config.ha.role = choice.role;
+    }
+    let inactive = config.inactive_features();
+    if !inactive.is_empty() {
+        tracing::warn!(
+            features = %inactive.join("; "),
+            "network bridges and the grouping handler are validated but not active in this version: messages stay on the broker that received them"
+        );
+    }
     let config = Arc::new(config);
     let users = config.load_users().map_err(RunError::Users)?;
     if users.is_empty() {
@@ -69,6 +81,8 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
         metrics: Arc::clone(&metrics),
         node_id: Arc::new(RwLock::new(String::new())),
         ha: Arc::new(RwLock::new(None)),
+        policy: config.ha.policy,
+        shared_store: Arc::new(RwLock::new(admin::StoreCheck::default())),
     };
     let admin_stop = CancellationToken::new();
     tracing::info!(addr = %admin_listener.local_addr().unwrap_or(config.admin.listen), "admin endpoint listening");
@@ -78,7 +92,7 @@ pub async fn run(config: BrokerConfig, shutdown: CancellationToken) -> Result<()
 
     let result = match config.ha.policy {
         HaPolicy::Replication => run_replicated(&shared, &stomp_listener, &shutdown).await,
-        HaPolicy::SharedStore => Err(RunError::SharedStoreNotYet),
+        HaPolicy::SharedStore => run_shared_store(&shared, &stomp_listener, &shutdown).await,
         HaPolicy::None => match open(&shared, false).await {
             Ok(broker) => serve_live(&shared, &stomp_listener, &broker, shutdown.clone()).await.and(close(&broker).await),
             Err(e) => Err(e),
@@ -228,6 +242,96 @@ async fn run_replicated(shared: &Shared, stomp: &TcpListener, shutdown: &Cancell
     };
     cluster_task.abort();
     result
+}
+
+/// The shared-store member: a backup until it takes the journal lock, then live until
+/// shutdown (the lock is never handed back; a restarted former live waits as a backup).
+async fn run_shared_store(shared: &Shared, stomp: &TcpListener, shutdown: &CancellationToken) -> Result<(), RunError> {
+    let config = &shared.config;
+    let node_id = config.node.id.clone();
+    *shared.state.node_id.write() = node_id.clone();
+    let ctx = HaContext::new(config, node_id.clone(), Arc::clone(&shared.state.ha), Arc::clone(&shared.state.role))
+        .map_err(RunError::Ha)?;
+    let mut member = SharedStoreMember::new(node_id.clone(), config.ha.role, config.ha.arbiter.retry_interval.get());
+    let stop_responder = CancellationToken::new();
+    let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), stop_responder.clone());
+    let broker = tokio::select! {
+        r = wait_for_lock(shared, &ctx, &mut member, shutdown) => r?,
+        _ = responder => return Ok(()),
+    };
+    stop_responder.cancel();
+    let Some(broker) = broker else { return Ok(()) };
+    ctx.reload_epoch().map_err(RunError::Ha)?;
+    ctx.store_epoch(ha::epoch::Epoch(ctx.epoch().0 + 1)).map_err(RunError::Ha)?;
+    // Written before clients are served, so a member that takes over later knows that
+    // this one may have delivered what it recovers.
+    let holder = LiveHolder { node: node_id, stomp: stomp.local_addr().unwrap_or(config.stomp.listen).to_string() };
+    holder
+        .write(&ctx.ha_dir())
+        .map_err(|source| RunError::Ha(HaError::WriteLiveFile { path: LiveHolder::path(&ctx.ha_dir()), source }))?;
+    ctx.activated().map_err(RunError::Ha)?;
+    tracing::info!(epoch = ctx.epoch().0, group = %ctx.group, "live: holding the shared journal lock");
+    serve_live(shared, stomp, &broker, shutdown.clone()).await?;
+    close(&broker).await
+}
+
+/// Tries to open the shared journal until it works (`Some`) or shutdown (`None`),
+/// reporting this member as a backup meanwhile.
+async fn wait_for_lock(
+    shared: &Shared,
+    ctx: &HaContext,
+    member: &mut SharedStoreMember,
+    shutdown: &CancellationToken,
+) -> Result<Option<Arc<Broker>>, RunError> {
+    let mut wait = member.first_try_in();
+    let mut last_store = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return Ok(None),
+        }
+        if let Err(e) = ctx.reload_epoch() {
+            tracing::warn!(error = %ha::backup::error_chain(&e), "failed to read the group's epoch from the shared store");
+        }
+        let holder = LiveHolder::read(&ctx.ha_dir()).unwrap_or_else(|e| {
+            tracing::debug!(error = %e, "failed to read the live-holder file");
+            None
+        });
+        let possibly_delivered = member.possibly_delivered(holder.as_ref());
+        let error = match open(shared, possibly_delivered).await {
+            Ok(broker) => {
+                tracing::info!(possibly_delivered, previous_live = ?holder.map(|h| h.node), "took the shared journal lock");
+                return Ok(Some(broker));
+            }
+            Err(RunError::Engine(e)) => e,
+            Err(other) => return Err(other),
+        };
+        let failure = shared_store::classify(&error);
+        let Decision::Backup { store, retry_in } = member.not_opened(&failure) else {
+            return Err(RunError::Engine(error));
+        };
+        let live = member.shown_live(holder.as_ref());
+        ctx.show_live(live.map(|h| h.node.as_str()), live.and_then(|h| h.client_address(&ctx.config.members)));
+        if last_store.as_ref() != Some(&store) {
+            match &store {
+                StoreCheck::Reachable => tracing::info!(
+                    live = live.map_or("unknown", |h| h.node.as_str()),
+                    retry = ?retry_in,
+                    "the shared journal is locked by the live: waiting as backup"
+                ),
+                StoreCheck::Unreachable { reason } => {
+                    tracing::warn!(%reason, retry = ?retry_in, "cannot reach the shared data directory: waiting as backup")
+                }
+                StoreCheck::NotTried => {}
+            }
+            ctx.became_backup();
+            *shared.state.shared_store.write() = store.clone();
+            last_store = Some(store);
+        } else {
+            tracing::debug!(retry = ?retry_in, "the shared journal is still locked");
+        }
+        wait = retry_in;
+    }
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {

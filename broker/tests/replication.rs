@@ -101,6 +101,8 @@ fn given_live_killed_under_load_ten_times_should_fail_over_and_lose_nothing_rece
 #[test]
 fn given_former_live_restarted_should_come_back_as_backup_or_take_the_role_back_with_failback() {
     let mut pair = Pair::new("");
+    // A backup in sync could take over at once, so it counts as ready (rolling updates).
+    assert_eq!(pair.b.readyz().0, 200, "synced backup: {:?}", pair.b.readyz());
     let (_, metrics) = common::http_get(pair.a.admin, "/metrics").unwrap();
     for line in ["duomq_ha_live 1", "duomq_ha_backups_synced 1", "duomq_ha_alone 0", "duomq_ha_epoch 1"] {
         assert!(metrics.contains(line), "live metrics lack {line}:\n{metrics}");
@@ -149,6 +151,8 @@ fn given_backup_with_wrong_password_or_group_should_be_refused_and_both_sides_lo
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_ne!(b.status().unwrap()["ha"]["sync"]["state"], "synced");
+    let (code, reason) = b.readyz();
+    assert_eq!(code, 503, "a refused backup is not ready: {reason}");
     assert!(a.log().contains("refused a cluster connection"), "live logs why:\n{}", a.log());
     b.kill9();
     // Same password, another group: refused too, naming both groups.

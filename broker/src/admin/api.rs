@@ -6,7 +6,12 @@ use serde::{Deserialize, Serialize};
 pub const DEFAULT_PORT: u16 = 8161;
 /// 200 while the process runs.
 pub const HEALTHZ: &str = "/healthz";
-/// 200 once the journal is recovered and the STOMP listener accepts clients; 503 before.
+/// 200 when this member is live (journal recovered, STOMP listener serving clients), or a
+/// backup that could take over at once: with replication, one whose sync state is
+/// `synced`; with a shared store, a slave waiting for the lock whose data directory
+/// answers. 503 otherwise (starting, stopping, a backup still syncing or cut off from its
+/// store), with a one-line reason in the body. Kubernetes rolling updates wait for Ready
+/// pods, so a healthy backup must count as ready; route clients by role, not readiness.
 pub const READYZ: &str = "/readyz";
 /// [`BrokerStatus`] as JSON.
 pub const STATUS: &str = "/status";

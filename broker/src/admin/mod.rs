@@ -1,12 +1,16 @@
 //! The admin HTTP endpoint: health, readiness, status JSON and Prometheus metrics.
 //! Read-only views of the engine; it changes nothing.
+//!
+//! Readiness is decided by [`readiness`], a pure function of what the node loops publish,
+//! so the probe itself never touches the disk (a hung shared volume must not hang it).
 
 pub mod api;
 
+use crate::config::HaPolicy;
 use crate::engine::queue::QueueKind;
 use crate::engine::Broker;
 use crate::metrics::Metrics;
-use api::{BrokerStatus, DestinationKind, QueueStatus, Role};
+use api::{BrokerStatus, DestinationKind, HaStatus, QueueStatus, Role, SyncState};
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -26,6 +30,42 @@ pub struct AdminState {
     pub node_id: Arc<RwLock<String>>,
     /// Replication state, kept current by the `ha` module; `None` when standalone.
     pub ha: Arc<RwLock<Option<api::HaStatus>>>,
+    /// Which kind of group this member belongs to (`ha.policy`).
+    pub policy: HaPolicy,
+    /// On a shared-store backup: what its last try of the journal lock found.
+    pub shared_store: Arc<RwLock<StoreCheck>>,
+}
+
+/// What a shared-store backup learned about the shared data directory when it last
+/// tried to take the journal lock.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum StoreCheck {
+    #[default]
+    NotTried,
+    /// The directory answers and the lock is held by the live: this member can take over.
+    Reachable,
+    /// The directory or its lock file could not be used.
+    Unreachable { reason: String },
+}
+
+/// Ready (`Ok`) or why not, in one line. A live is ready; so is a backup that could take
+/// over at once (a replica in sync, or a shared-store slave that reaches the store), so
+/// that StatefulSet rolling updates, which wait for Ready pods, move past healthy backups.
+pub fn readiness(role: Role, policy: HaPolicy, ha: Option<&HaStatus>, store: &StoreCheck) -> Result<(), String> {
+    match (role, policy) {
+        (Role::Live, _) => Ok(()),
+        (Role::Backup, HaPolicy::Replication) => match ha.and_then(|h| h.sync.as_ref()) {
+            Some(sync) if sync.state == SyncState::Synced => Ok(()),
+            Some(sync) => Err(format!("backup not in sync with its live: {:?}, {} bytes behind", sync.state, sync.lag_bytes)),
+            None => Err("backup has not reached its live yet".to_string()),
+        },
+        (Role::Backup, HaPolicy::SharedStore) => match store {
+            StoreCheck::Reachable => Ok(()),
+            StoreCheck::NotTried => Err("shared-store backup has not tried the journal lock yet".to_string()),
+            StoreCheck::Unreachable { reason } => Err(format!("shared-store backup cannot reach the data directory: {reason}")),
+        },
+        (role, _) => Err(format!("{role:?}")),
+    }
 }
 
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) -> std::io::Result<()> {
@@ -40,10 +80,10 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
 
 async fn readyz(State(s): State<AdminState>) -> Response {
     let role = *s.role.read();
-    if role == Role::Live {
-        (StatusCode::OK, "ready\n").into_response()
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {role:?}\n")).into_response()
+    let verdict = readiness(role, s.policy, s.ha.read().as_ref(), &s.shared_store.read());
+    match verdict {
+        Ok(()) => (StatusCode::OK, format!("ready: {role:?}\n")).into_response(),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response(),
     }
 }
 
@@ -87,6 +127,51 @@ async fn metrics(State(s): State<AdminState>) -> Response {
         None => (Vec::new(), 0),
     };
     let ha = s.ha.read().clone();
-    let body = s.metrics.render(&queues, memory, ha.as_ref());
+    let body = s.metrics.render(&queues, memory, *s.role.read(), ha.as_ref());
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use api::SyncStatus;
+    use rstest::rstest;
+
+    fn backup_status(state: SyncState) -> HaStatus {
+        HaStatus {
+            group: "g1".into(),
+            epoch: 2,
+            live: Some("a".into()),
+            sync: Some(SyncStatus { state, lag_bytes: 10, lag_records: 0 }),
+            backups: Vec::new(),
+            alone: false,
+        }
+    }
+
+    #[rstest]
+    #[case(Role::Live, HaPolicy::None, None, StoreCheck::NotTried, true)]
+    #[case(Role::Live, HaPolicy::SharedStore, None, StoreCheck::NotTried, true)]
+    #[case(Role::Starting, HaPolicy::None, None, StoreCheck::NotTried, false)]
+    #[case(Role::Stopping, HaPolicy::Replication, None, StoreCheck::NotTried, false)]
+    #[case(Role::Backup, HaPolicy::Replication, Some(SyncState::Synced), StoreCheck::NotTried, true)]
+    #[case(Role::Backup, HaPolicy::Replication, Some(SyncState::Syncing), StoreCheck::NotTried, false)]
+    #[case(Role::Backup, HaPolicy::Replication, Some(SyncState::Connecting), StoreCheck::NotTried, false)]
+    #[case(Role::Backup, HaPolicy::Replication, None, StoreCheck::NotTried, false)]
+    #[case(Role::Backup, HaPolicy::SharedStore, None, StoreCheck::Reachable, true)]
+    #[case(Role::Backup, HaPolicy::SharedStore, None, StoreCheck::NotTried, false)]
+    #[case(Role::Backup, HaPolicy::SharedStore, None, StoreCheck::Unreachable { reason: "ESTALE".into() }, false)]
+    fn given_role_and_group_state_should_be_ready_only_when_it_could_serve_or_take_over(
+        #[case] role: Role,
+        #[case] policy: HaPolicy,
+        #[case] sync: Option<SyncState>,
+        #[case] store: StoreCheck,
+        #[case] ready: bool,
+    ) {
+        let ha = sync.map(backup_status);
+        let verdict = readiness(role, policy, ha.as_ref(), &store);
+        assert_eq!(verdict.is_ok(), ready, "{verdict:?}");
+        if let Err(reason) = verdict {
+            assert!(!reason.contains('\n'), "one line: {reason}");
+        }
+    }
 }

@@ -50,19 +50,25 @@ impl EpochStore {
         }
     }
 
-    /// Writes the epoch so it survives a crash: temp file, fsync, rename, fsync dir.
+    /// Writes the epoch so it survives a crash.
     pub fn store(&self, epoch: Epoch) -> Result<(), EpochError> {
-        let err = |source| EpochError::Write { path: self.path.clone(), source };
-        let dir = self.path.parent().unwrap_or(Path::new("."));
-        std::fs::create_dir_all(dir).map_err(err)?;
-        let tmp = self.path.with_extension("tmp");
-        let mut f = std::fs::File::create(&tmp).map_err(err)?;
-        f.write_all(format!("{}\n", epoch.0).as_bytes()).map_err(err)?;
-        f.sync_all().map_err(err)?;
-        std::fs::rename(&tmp, &self.path).map_err(err)?;
-        std::fs::File::open(dir).and_then(|d| d.sync_all()).map_err(err)?;
-        Ok(())
+        write_durably(&self.path, format!("{}\n", epoch.0).as_bytes())
+            .map_err(|source| EpochError::Write { path: self.path.clone(), source })
     }
+}
+
+/// Replaces a small file so that a crash leaves either the old or the new content, never a
+/// mix: temp file, fsync, rename, fsync dir. Other members may read it at any time (a
+/// shared store), and rename is what makes that safe.
+pub(crate) fn write_durably(path: &Path, contents: &[u8]) -> std::io::Result<()> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    std::fs::create_dir_all(dir)?;
+    let tmp = path.with_extension("tmp");
+    let mut f = std::fs::File::create(&tmp)?;
+    f.write_all(contents)?;
+    f.sync_all()?;
+    std::fs::rename(&tmp, path)?;
+    std::fs::File::open(dir).and_then(|d| d.sync_all())
 }
 
 #[cfg(test)]

@@ -1,6 +1,7 @@
-//! Live/backup replication (HornetQ/Artemis style): roles, the group's epoch, arbiters,
-//! and the loops a live and a backup run. A live streams its journal to its backups over
-//! the cluster port; a backup mirrors it, and activates only when its arbiter allows.
+//! Live/backup groups: roles, the group's epoch, arbiters, and the loops a live and a
+//! backup run. With replication (HornetQ/Artemis style) a live streams its journal to its
+//! backups over the cluster port; a backup mirrors it, and activates only when its
+//! arbiter allows. With a shared store (`shared_store`) the journal lock decides.
 //!
 //! The node loop reads top to bottom: decide the starting role, then alternate between
 //! backing up and being live until shutdown. STOMP and cluster listeners are bound once
@@ -12,10 +13,11 @@ pub mod epoch;
 pub mod probe;
 pub mod replica;
 pub mod responder;
+pub mod shared_store;
 
 use crate::admin::api::{BackupStatus, HaStatus, Role, SyncState, SyncStatus};
 use crate::cluster::{accept_handshake, ClusterFrame, HandshakeConfig, Purpose, DEFAULT_HANDSHAKE_TIMEOUT};
-use crate::config::{ArbiterKind, BrokerConfig, HaConfig, PreferredRole};
+use crate::config::{ArbiterKind, BrokerConfig, HaConfig, HaPolicy, PreferredRole};
 use crate::journal::{Journal, JournalError};
 use arbiter::{Arbiter, ArbiterError, FileLockArbiter, QuorumArbiter, Vote};
 use epoch::{Epoch, EpochError, EpochStore};
@@ -45,6 +47,8 @@ pub enum HaError {
     ReadSegment { path: PathBuf, source: std::io::Error },
     #[error("arbiter failed")]
     Arbiter(#[from] ArbiterError),
+    #[error("failed to write the live-holder file {path}")]
+    WriteLiveFile { path: PathBuf, source: std::io::Error },
 }
 
 /// What every part of the HA machinery shares.
@@ -145,6 +149,34 @@ impl HaContext {
         Ok(())
     }
 
+    /// Takes a newer epoch another member stored in a shared data directory (shared store),
+    /// without writing it back.
+    pub fn reload_epoch(&self) -> Result<(), HaError> {
+        let stored = self.epoch_store.load()?;
+        let mut current = self.epoch.lock();
+        if stored > *current {
+            *current = stored;
+            drop(current);
+            self.publish(None);
+        }
+        Ok(())
+    }
+
+    /// Shows `live` (node id) as this backup's live, and names `stomp` to clients.
+    pub fn show_live(&self, live: Option<&str>, stomp: Option<String>) {
+        let changed = self.live_node.read().as_deref() != live;
+        *self.live_stomp.write() = stomp;
+        if changed {
+            *self.live_node.write() = live.map(str::to_string);
+            self.publish(None);
+        }
+    }
+
+    /// `dataDir/ha`: the epoch, the last live and (shared store) the live-holder file.
+    pub fn ha_dir(&self) -> PathBuf {
+        self.journal_dir.with_file_name("ha")
+    }
+
     pub fn handshake(&self, purpose: Purpose) -> HandshakeConfig {
         HandshakeConfig {
             node_id: self.node_id.clone(),
@@ -167,7 +199,10 @@ impl HaContext {
             epoch: self.epoch().0,
             live: self.live_node.read().clone(),
             sync,
-            alone: role == Role::Live && !backups.iter().any(|b| b.state == SyncState::Synced),
+            // Shared-store writes land on the shared volume: a live there is never alone.
+            alone: role == Role::Live
+                && self.config.policy == HaPolicy::Replication
+                && !backups.iter().any(|b| b.state == SyncState::Synced),
             backups: if role == Role::Live { backups } else { Vec::new() },
         });
     }
@@ -356,7 +391,7 @@ pub enum StartAs {
 
 impl HaContext {
     fn last_live_path(&self) -> PathBuf {
-        self.journal_dir.with_file_name("ha").join("last-live")
+        self.ha_dir().join("last-live")
     }
 
     fn epoch_store_last_live(&self) -> Option<String> {

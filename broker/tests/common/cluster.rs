@@ -64,22 +64,42 @@ impl Member {
 
     /// Writes the config (peers, password file, arbiter) and starts the process.
     pub fn start(&mut self, peers: &[Peer], role: &str, extra: &str, root: &Path, group: &str, password_file: &str) {
-        let members: String = peers
-            .iter()
-            .map(|p| format!("    - name: {}\n      cluster: {}\n      stomp: {}\n", p.name, p.cluster, p.stomp))
-            .collect();
         let config = format!(
-            "node:\n  id: {name}\nstomp:\n  listen: {ip}:{stomp}\nadmin:\n  listen: {ip}:{admin}\nstorage:\n  dataDir: {data}\n\
+            "{listeners}storage:\n  dataDir: {data}\n\
              ha:\n  policy: replication\n  role: {role}\n  groupName: {group}\n  checkPeriod: 100ms\n  connectionTtl: 1s\n  cluster:\n    listen: {ip}:{cluster}\n    passwordFile: {pw}\n  members:\n{members}{arbiter}{extra}",
+            listeners = self.listeners(),
+            ip = self.ip,
+            data = self.dir.join("data").display(),
+            cluster = self.cluster,
+            pw = root.join(password_file).display(),
+            members = members_yaml(peers),
+            arbiter = self.arbiter,
+        );
+        self.launch(&config);
+    }
+
+    /// Starts a shared-store member on `data_dir`, which its peers use too.
+    pub fn start_shared_store(&mut self, data_dir: &Path, peers: &[Peer], role: &str, group: &str) {
+        let config = format!(
+            "{listeners}storage:\n  dataDir: {data}\nha:\n  policy: sharedStore\n  role: {role}\n  groupName: {group}\n  arbiter:\n    retryInterval: 100ms\n  members:\n{members}",
+            listeners = self.listeners(),
+            data = data_dir.display(),
+            members = members_yaml(peers),
+        );
+        self.launch(&config);
+    }
+
+    fn listeners(&self) -> String {
+        format!(
+            "node:\n  id: {name}\nstomp:\n  listen: {ip}:{stomp}\nadmin:\n  listen: {ip}:{admin}\n",
             name = self.name,
             ip = self.ip,
             stomp = self.stomp,
             admin = self.admin,
-            data = self.dir.join("data").display(),
-            cluster = self.cluster,
-            pw = root.join(password_file).display(),
-            arbiter = self.arbiter,
-        );
+        )
+    }
+
+    fn launch(&mut self, config: &str) {
         let path = self.dir.join("broker.yaml");
         std::fs::write(&path, config).expect("write config");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).expect("log");
@@ -107,6 +127,11 @@ impl Member {
         (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
     }
 
+    /// `/readyz`: the status code and the one-line reason.
+    pub fn readyz(&self) -> (u16, String) {
+        http_get_at(&self.ip, self.admin, "/readyz").unwrap_or((0, "unreachable".into()))
+    }
+
     pub fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
     }
@@ -131,9 +156,28 @@ impl Member {
         self.wait_for("live", |s| s["role"] == "live");
     }
 
+    /// Polls `/readyz` until it answers 200.
+    pub fn wait_ready(&self) {
+        let deadline = Instant::now() + ROLE_TIMEOUT;
+        loop {
+            let (code, reason) = self.readyz();
+            if code == 200 {
+                return;
+            }
+            if Instant::now() > deadline {
+                panic!("{} never became ready within {ROLE_TIMEOUT:?}: {code} {reason}\nlog:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(25));
+        }
+    }
+
     pub fn wait_synced_backup(&self) {
         self.wait_for("a synced backup", |s| s["role"] == "backup" && s["ha"]["sync"]["state"] == "synced");
     }
+}
+
+fn members_yaml(peers: &[Peer]) -> String {
+    peers.iter().map(|p| format!("    - name: {}\n      cluster: {}\n      stomp: {}\n", p.name, p.cluster, p.stomp)).collect()
 }
 
 impl Drop for Member {
