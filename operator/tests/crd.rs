@@ -114,6 +114,7 @@ fn given_a_running_broker_group_when_ha_mode_changes_should_be_rejected() {
     let old = parse_documents(&text, "default").unwrap().remove(0);
     let mut new = old.clone();
     new.spec.ha.mode = HaMode::SharedStore;
+    new.spec.ha.allow_failback = false;
     new.spec.storage.storage_class_name = Some("nfs".into());
     let errors = new
         .validate_cel_update(&old)

@@ -42,6 +42,7 @@ pub const KIND: &str = "BrokerGroup";
 #[x_kube(
     validation = Rule::new("self.ha.mode != 'replication' || self.backupsPerGroup >= 1").message("replication needs a backup to replicate to: set backupsPerGroup to 1 or more"),
     validation = Rule::new("self.ha.mode != 'sharedStore' || self.backupsPerGroup >= 1").message("a shared-store group needs a slave to take over: set backupsPerGroup to 1 or more"),
+    validation = Rule::new("self.ha.mode != 'sharedStore' || !self.ha.allowFailback").message("allowFailback is for replication: a shared-store slave takes over the store itself and there is nothing to fail back; set ha.allowFailback to false"),
     validation = Rule::new("self.ha.mode != 'sharedStore' || has(self.storage.storageClassName)").message("shared store keeps each group's journal on one volume all its members mount: set storage.storageClassName to a class that provides ReadWriteMany volumes (NFS, CephFS)"),
     validation = Rule::new("self.layout.type != 'hostPairs' || !has(self.layout.hostPairs) || self.groups == 2 * size(self.layout.hostPairs)").message("a hostPairs layout runs two groups on each pair of nodes: set groups to twice the number of hostPairs (an even number)"),
     validation = Rule::new("self.layout.type != 'hostPairs' || self.backupsPerGroup == 1").message("a host pair has two nodes, one per member: set backupsPerGroup to 1"),
