@@ -445,6 +445,17 @@ mod tests {
         s.conditions.iter().find(|c| c.type_ == kind).unwrap()
     }
 
+    /// The status computed from `seen` with no previous status.
+    fn first(seen: &Observation) -> Computed {
+        compute(
+            &pair(),
+            Some(1),
+            seen,
+            &BrokerGroupStatus::default(),
+            &at(100),
+        )
+    }
+
     fn healthy() -> Observation {
         Observation {
             pods: BTreeMap::from([
@@ -463,13 +474,7 @@ mod tests {
 
     #[test]
     fn given_live_and_synced_backup_should_be_available_replicated_and_label_roles() {
-        let c = compute(
-            &pair(),
-            Some(1),
-            &healthy(),
-            &BrokerGroupStatus::default(),
-            &at(100),
-        );
+        let c = first(&healthy());
         assert_eq!(c.status.live.as_deref(), Some("1/1"));
         assert_eq!(c.status.groups[0].live.as_deref(), Some("pair-g0-0"));
         assert_eq!(c.status.groups[0].epoch, 1);
@@ -491,27 +496,14 @@ mod tests {
 
     #[test]
     fn given_an_unchanged_observation_should_keep_status_and_transition_times() {
-        let first = compute(
-            &pair(),
-            Some(1),
-            &healthy(),
-            &BrokerGroupStatus::default(),
-            &at(100),
-        );
+        let first = first(&healthy());
         let second = compute(&pair(), Some(1), &healthy(), &first.status, &at(200));
         assert_eq!(first.status, second.status);
     }
 
     #[test]
     fn given_the_backup_became_live_should_count_a_failover_with_reason_live_lost() {
-        let before = compute(
-            &pair(),
-            Some(1),
-            &healthy(),
-            &BrokerGroupStatus::default(),
-            &at(100),
-        )
-        .status;
+        let before = first(&healthy()).status;
         let mut seen = healthy();
         seen.pods.insert(
             "pair-g0-0".into(),
@@ -563,13 +555,7 @@ mod tests {
     fn given_no_live_should_be_unavailable_and_say_which_group() {
         let mut seen = healthy();
         seen.pods.get_mut("pair-g0-0").unwrap().broker = Err("connection refused".into());
-        let c = compute(
-            &pair(),
-            Some(1),
-            &seen,
-            &BrokerGroupStatus::default(),
-            &at(100),
-        );
+        let c = first(&seen);
         let available = cond(&c.status, condition::AVAILABLE);
         assert_eq!(
             (available.status.as_str(), available.reason.as_str()),
@@ -585,13 +571,7 @@ mod tests {
     fn given_two_members_reporting_live_should_warn_of_split_brain() {
         let mut seen = healthy();
         seen.pods.get_mut("pair-g0-1").unwrap().broker = broker(Role::Live, 1, None);
-        let c = compute(
-            &pair(),
-            Some(1),
-            &seen,
-            &BrokerGroupStatus::default(),
-            &at(100),
-        );
+        let c = first(&seen);
         assert!(c
             .transitions
             .iter()
@@ -605,13 +585,7 @@ mod tests {
             "ConnectorTargetMissing".into(),
             "billing does not exist".into(),
         ));
-        let c = compute(
-            &pair(),
-            Some(1),
-            &seen,
-            &BrokerGroupStatus::default(),
-            &at(100),
-        );
+        let c = first(&seen);
         let d = cond(&c.status, condition::DEGRADED);
         assert_eq!(
             (d.status.as_str(), d.reason.as_str()),
