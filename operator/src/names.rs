@@ -73,6 +73,11 @@ pub fn broker_service_account(bg: &str) -> String {
     format!("{bg}-broker")
 }
 
+/// The group's arbiter Lease.
+pub fn lease(group: &str) -> String {
+    group.to_string()
+}
+
 pub fn shared_claim(group: &str) -> String {
     format!("{group}-shared")
 }

@@ -640,7 +640,7 @@ fn metadata(name: &str, owner_uid: Option<&str>) -> Value {
 
 /// The metadata lists, in the order the controller asks for them, of what a BrokerGroup `pair`
 /// with `groups` owns once applied, plus `extra` (kind plural, item) entries.
-fn orphan_lists(groups: &[&str], extra: &[(&str, Value)]) -> [Call; 6] {
+fn orphan_lists(groups: &[&str], extra: &[(&str, Value)]) -> [Call; 7] {
     let owned = Some(UID);
     let of = |plural: &str| {
         extra
@@ -671,6 +671,8 @@ fn orphan_lists(groups: &[&str], extra: &[(&str, Value)]) -> [Call; 6] {
         .flat_map(|g| (0..2).map(move |i| metadata(&format!("data-{g}-{i}"), None)))
         .collect();
     pvcs.extend(of("persistentvolumeclaims"));
+    let mut leases: Vec<Value> = groups.iter().map(|g| metadata(g, owned)).collect();
+    leases.extend(of("leases"));
     [
         list_metadata(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets")).items(sts),
         list_metadata(&format!("/api/v1/namespaces/{NS}/services")).items(svc),
@@ -681,6 +683,7 @@ fn orphan_lists(groups: &[&str], extra: &[(&str, Value)]) -> [Call; 6] {
         .items(pdbs),
         list_metadata(&format!("/api/v1/namespaces/{NS}/secrets")).items(secrets),
         list_metadata(&format!("/api/v1/namespaces/{NS}/persistentvolumeclaims")).items(pvcs),
+        list_metadata(&format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases")).items(leases),
     ]
 }
 
@@ -715,6 +718,7 @@ fn applies(groups: &[&str]) -> Vec<Call> {
             .iter()
             .map(|g| apply(&apis("policy/v1", "poddisruptionbudgets", g))),
     );
+    calls.extend(groups.iter().map(|g| apply(&apis("coordination.k8s.io/v1", "leases", g))));
     calls.extend(
         groups
             .iter()
@@ -887,6 +891,7 @@ async fn given_a_new_brokergroup_and_an_empty_cluster_when_reconciled_should_app
                 apply("/api/v1/namespaces/default/services/pair-g0"),
                 apply("/api/v1/namespaces/default/services/pair"),
                 apply("/apis/policy/v1/namespaces/default/poddisruptionbudgets/pair-g0"),
+                apply("/apis/coordination.k8s.io/v1/namespaces/default/leases/pair-g0"),
                 apply("/apis/apps/v1/namespaces/default/statefulsets/pair-g0"),
                 // Orphans: everything listed is still rendered (or not ours), nothing deleted.
                 list_metadata("/apis/apps/v1/namespaces/default/statefulsets")
@@ -897,6 +902,8 @@ async fn given_a_new_brokergroup_and_an_empty_cluster_when_reconciled_should_app
                 list_metadata("/api/v1/namespaces/default/secrets")
                     .items(vec![metadata("pair-cluster", Some(UID))]),
                 list_metadata("/api/v1/namespaces/default/persistentvolumeclaims").items(vec![]),
+                list_metadata("/apis/coordination.k8s.io/v1/namespaces/default/leases")
+                    .items(vec![metadata("pair-g0", Some(UID))]),
                 // Observe: no pods yet, the StatefulSet just created.
                 list("/api/v1/namespaces/default/pods").items(vec![]),
                 list("/apis/apps/v1/namespaces/default/statefulsets")
@@ -1068,7 +1075,7 @@ async fn given_groups_reduced_from_two_to_one_when_reconciled_should_delete_the_
     // What two groups left behind, plus a ConfigMap a previous BrokerGroup of the same name
     // owned (its garbage collection is not ours) and the data volumes of both groups (never
     // owned: they outlive their StatefulSet).
-    let [statefulsets, services, config_maps, pdbs, secrets, claims] = orphan_lists(
+    let [statefulsets, services, config_maps, pdbs, secrets, claims, leases] = orphan_lists(
         &["pair-g0", "pair-g1"],
         &[("configmaps", metadata("pair-g1-old", Some(OTHER_UID)))],
     );
@@ -1084,6 +1091,8 @@ async fn given_groups_reduced_from_two_to_one_when_reconciled_should_delete_the_
         delete(&apis("policy/v1", "poddisruptionbudgets", "pair-g1")),
         secrets, // the Secret is still rendered
         claims,  // data-pair-g1-0 and -1 carry no owner reference: they stay
+        leases,
+        delete(&apis("coordination.k8s.io/v1", "leases", "pair-g1")),
     ]);
     calls.push(list(&format!("/api/v1/namespaces/{NS}/pods")).items(vec![]));
     calls.push(
@@ -1101,7 +1110,7 @@ async fn given_groups_reduced_from_two_to_one_when_reconciled_should_delete_the_
         .filter(|s| s.method == Method::DELETE)
         .map(Seen::json)
         .collect();
-    assert_eq!(deleted.len(), 5);
+    assert_eq!(deleted.len(), 6);
     assert!(
         deleted
             .iter()
@@ -1162,11 +1171,12 @@ async fn given_named_secrets_and_a_connector_target_when_reconciled_should_read_
             .filter(|c| !c.path.ends_with("/pair-cluster")),
     );
     // ...so the one it generated before goes.
-    let [statefulsets, services, config_maps, pdbs, secrets, claims] =
+    let [statefulsets, services, config_maps, pdbs, secrets, claims, leases] =
         orphan_lists(&["pair-g0"], &[]);
     calls.extend([statefulsets, services, config_maps, pdbs, secrets]);
     calls.push(delete(&core("secrets", "pair-cluster")));
     calls.push(claims);
+    calls.push(leases);
     calls.push(list(&format!("/api/v1/namespaces/{NS}/pods")).items(vec![]));
     calls.push(
         list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))

@@ -5,6 +5,7 @@
 use std::collections::BTreeSet;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, PersistentVolumeClaim, Secret, Service};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{Api, DeleteParams, ListParams, Patch, PatchParams};
@@ -134,6 +135,7 @@ pub async fn delete_orphans(
         ApiResource::erase::<PodDisruptionBudget>(&()),
         ApiResource::erase::<Secret>(&()),
         ApiResource::erase::<PersistentVolumeClaim>(&()),
+        ApiResource::erase::<Lease>(&()),
     ] {
         let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &resource);
         let list = api

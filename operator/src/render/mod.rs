@@ -10,6 +10,7 @@ mod pod;
 use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec, StatefulSetUpdateStrategy};
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{
     ConfigMap, PersistentVolumeClaim, PersistentVolumeClaimSpec, Secret, Service, ServiceAccount,
     ServicePort, ServiceSpec, VolumeResourceRequirements,
@@ -45,6 +46,9 @@ pub struct Rendered {
     pub claims: Vec<PersistentVolumeClaim>,
     pub services: Vec<Service>,
     pub pdbs: Vec<PodDisruptionBudget>,
+    /// One Lease per group: the group's arbiter (replication mode). Rendered with metadata
+    /// only, so the operator owns its existence and the brokers own its spec.
+    pub leases: Vec<Lease>,
     pub statefulsets: Vec<StatefulSet>,
 }
 
@@ -81,6 +85,7 @@ impl Rendered {
         out.extend(self.claims.iter().map(erase));
         out.extend(self.services.iter().map(erase));
         out.extend(self.pdbs.iter().map(erase));
+        out.extend(self.leases.iter().map(erase));
         out.extend(self.statefulsets.iter().map(erase));
         out
     }
@@ -111,6 +116,7 @@ pub fn render(v: &ValidatedBrokerGroup) -> Rendered {
         },
         services: build_services(v),
         pdbs: v.groups.iter().map(|g| build_pdb(v, g)).collect(),
+        leases: if v.is_shared_store() { Vec::new() } else { v.groups.iter().map(|g| build_lease(v, g)).collect() },
         statefulsets: v
             .groups
             .iter()
@@ -158,7 +164,7 @@ fn build_service_account(v: &ValidatedBrokerGroup) -> ServiceAccount {
 /// The brokers may read and renew their own groups' Leases (the Kubernetes arbiter) and
 /// nothing else.
 fn build_role(v: &ValidatedBrokerGroup) -> Role {
-    let leases: Vec<String> = v.groups.iter().map(|g| g.name.clone()).collect();
+    let leases: Vec<String> = v.groups.iter().map(|g| names::lease(&g.name)).collect();
     Role {
         metadata: meta(
             v,
@@ -327,6 +333,10 @@ fn build_services(v: &ValidatedBrokerGroup) -> Vec<Service> {
         ..Service::default()
     });
     out
+}
+
+fn build_lease(v: &ValidatedBrokerGroup, g: &GroupModel) -> Lease {
+    Lease { metadata: meta(v, names::lease(&g.name), names::group_labels(&v.name, &g.name)), spec: None }
 }
 
 /// At most one member of a group down at a time for voluntary disruptions (drains).
