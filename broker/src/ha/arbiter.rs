@@ -21,12 +21,13 @@ pub enum ArbiterError {
     Lock { path: PathBuf, source: std::io::Error },
     #[error("failed to claim the live role: {reason}")]
     Refused { reason: String },
-    #[error("failed to create the Kubernetes client (KUBECONFIG, else the pod's service account)")]
-    Client { source: kube::Error },
-    #[error("failed to read Lease {}/{}", target.namespace, target.name)]
-    ReadLease { target: LeaseTarget, source: kube::Error },
-    #[error("failed to write Lease {}/{}", target.namespace, target.name)]
-    WriteLease { target: LeaseTarget, source: kube::Error },
+    // kube-rs messages embed their cause, so these carry its one-line text, not a source.
+    #[error("failed to create the Kubernetes client (KUBECONFIG, else the pod's service account): {reason}")]
+    Client { reason: String },
+    #[error("failed to read Lease {}/{}: {reason}", target.namespace, target.name)]
+    ReadLease { target: LeaseTarget, reason: String },
+    #[error("failed to write Lease {}/{}: {reason}", target.namespace, target.name)]
+    WriteLease { target: LeaseTarget, reason: String },
     #[error("failed to understand Lease {}/{}: {reason}", target.namespace, target.name)]
     BadLease { target: LeaseTarget, reason: String },
 }

@@ -112,7 +112,8 @@ impl HaContext {
         let kubernetes = if ha.arbiter.kind == ArbiterKind::Kubernetes {
             let target =
                 ha.lease_target(|key| std::env::var(key).ok(), |path| std::fs::read_to_string(path)).map_err(HaError::LeaseTarget)?;
-            let client = lease::client(&ha.arbiter.lease).await.map_err(|source| ArbiterError::Client { source })?;
+            let client =
+                lease::client(&ha.arbiter.lease).await.map_err(|e| ArbiterError::Client { reason: lease::api_error(&e) })?;
             tracing::info!(lease = %target.name, namespace = %target.namespace, "arbiter: the group's Kubernetes Lease");
             Some((client, LeaseSettings::new(target, &ha.arbiter.lease)))
         } else {

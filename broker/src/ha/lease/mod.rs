@@ -159,7 +159,7 @@ impl KubernetesArbiter {
             return Ok(Decision::Granted { reason: format!("this member holds the Lease (epoch {epoch})"), epoch: None });
         }
         let target = &inner.settings.target;
-        let current = inner.api.get_opt(&target.name).await.map_err(|source| ArbiterError::ReadLease { target: target.clone(), source })?;
+        let current = inner.api.get_opt(&target.name).await.map_err(|e| ArbiterError::ReadLease { target: target.clone(), reason: api_error(&e) })?;
         let state = current
             .as_ref()
             .map(object::read)
@@ -192,7 +192,7 @@ impl KubernetesArbiter {
                 tracing::info!(lease = %target.name, "another member wrote the Lease first: not taking it");
                 return Ok(Decision::Denied { reason: "another member wrote the Lease between our read and our write".into() });
             }
-            Err(source) => return Err(ArbiterError::WriteLease { target: target.clone(), source }),
+            Err(e) => return Err(ArbiterError::WriteLease { target: target.clone(), reason: api_error(&e) }),
         }
         tracing::info!(lease = %target.name, namespace = %target.namespace, epoch = epoch.0, reason = %why, "took the group's Lease");
         inner.claim.send_replace(Claim::Held { epoch });
@@ -202,6 +202,15 @@ impl KubernetesArbiter {
             old.cancel();
         }
         Ok(Decision::Granted { reason: why, epoch: Some(epoch) })
+    }
+}
+
+/// One line for a kube-rs failure. Its messages already embed their cause (so a source
+/// chain would print it twice), and a `Status` is printed twice even on its own.
+pub fn api_error(e: &kube::Error) -> String {
+    match e {
+        kube::Error::Api(status) => format!("{} {}: {}", status.code, status.reason, status.message),
+        other => other.to_string(),
     }
 }
 
@@ -265,7 +274,7 @@ async fn renew(inner: Arc<Inner>, epoch: Epoch, mut last_sent: Instant, stop: Ca
 impl Inner {
     async fn renew_once(&self, epoch: Epoch) -> Result<(), RenewFailure> {
         let name = &self.settings.target.name;
-        let current = self.api.get_opt(name).await.map_err(|e| RenewFailure::Api(super::backup::error_chain(&e)))?;
+        let current = self.api.get_opt(name).await.map_err(|e| RenewFailure::Api(api_error(&e)))?;
         let state = current.as_ref().map(object::read).transpose().map_err(RenewFailure::Lost)?;
         decide::still_ours(state.as_ref(), &self.node, epoch).map_err(RenewFailure::Lost)?;
         let Some(current) = current else { return Err(RenewFailure::Lost("the group's Lease was deleted".into())) };
@@ -273,7 +282,7 @@ impl Inner {
         match self.api.replace(name, &PostParams::default(), &lease).await {
             Ok(_) => Ok(()),
             Err(e) if is_conflict(&e) => Err(RenewFailure::Conflict),
-            Err(e) => Err(RenewFailure::Api(super::backup::error_chain(&e))),
+            Err(e) => Err(RenewFailure::Api(api_error(&e))),
         }
     }
 
@@ -292,7 +301,7 @@ impl Inner {
     async fn write_release(&self, epoch: Epoch) -> Result<(), String> {
         let name = &self.settings.target.name;
         for _ in 0..3 {
-            let current = self.api.get_opt(name).await.map_err(|e| super::backup::error_chain(&e))?;
+            let current = self.api.get_opt(name).await.map_err(|e| api_error(&e))?;
             let state = current.as_ref().map(object::read).transpose()?;
             if let Err(reason) = decide::still_ours(state.as_ref(), &self.node, epoch) {
                 return Err(format!("nothing to release: {reason}"));
@@ -301,7 +310,7 @@ impl Inner {
             match self.api.replace(name, &PostParams::default(), &object::released(&current, &self.in_sync_now())).await {
                 Ok(_) => return Ok(()),
                 Err(e) if is_conflict(&e) => continue,
-                Err(e) => return Err(super::backup::error_chain(&e)),
+                Err(e) => return Err(api_error(&e)),
             }
         }
         Err("the Lease kept changing under us".into())
