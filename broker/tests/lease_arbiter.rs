@@ -86,6 +86,17 @@ async fn given_released_lease_when_two_listed_backups_race_should_grant_exactly_
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_lease_held_by_a_live_when_another_starts_as_primary_should_refuse_it() {
+    let (api, dir, a) = live_a().await;
+    *a.in_sync.lock() = vec!["b".into()];
+    wait_listed(&api, "b").await;
+    let b = member(&api, dir.path(), "b").await;
+    let refused = b.arbiter.hold_as_live(Epoch(1)).await.expect_err("the claim of a stands");
+    assert!(refused.to_string().contains("a holds the Lease"), "{refused}");
+    assert_eq!(api.lease(NAMESPACE, GROUP).unwrap()["spec"]["holderIdentity"], "a");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_live_when_a_backup_leaves_should_resolve_only_once_the_lease_no_longer_lists_it() {
     let (api, _dir, a) = live_a().await;
     *a.in_sync.lock() = vec!["b".into()];

@@ -486,6 +486,8 @@ impl HaContext {
 
     /// A live that lost its claim: it serves nobody and waits for a live to follow.
     pub fn became_fenced(&self) {
+        // No longer live, and who is comes from the Lease or the next probe.
+        *self.live_node.write() = None;
         self.become_role(Role::Fenced);
     }
 
