@@ -235,7 +235,7 @@ async fn live_term(
     shutdown: &CancellationToken,
     took_over: bool,
 ) -> Result<TermEnd, RunError> {
-    let epoch = match ctx.arbiter.hold_as_live(ctx.epoch()).await {
+    let epoch = match ctx.arbiter.hold_as_live(ctx.epoch(), ctx.marked_synced()).await {
         Ok(epoch) => epoch,
         Err(e) => {
             tracing::warn!(error = %ha::backup::error_chain(&e), "cannot claim the live role; starting as backup");

@@ -248,6 +248,21 @@ fn given_live_cut_off_from_the_api_should_fence_within_renew_deadline_and_never_
 }
 
 #[test]
+fn given_live_alone_when_stopped_and_restarted_should_take_its_released_lease_back() {
+    let mut pair = LeasePair::new(FAST);
+    pair.b.kill9();
+    pair.wait_lease("listing nobody in sync", |l| in_sync(l).is_empty());
+    send(&format!("stomp://{}", pair.a.stomp_addr()), "/queue/alone", 100);
+    assert!(pair.a.terminate().success(), "{}", pair.a.log());
+    let lease = pair.lease();
+    assert_eq!((holder(&lease), in_sync(&lease)), (None, vec!["node-a"]), "released, naming only itself: {lease}");
+    pair.start('a', "primary", "");
+    pair.a.wait_live();
+    assert_eq!((holder(&pair.lease()), epoch(&pair.lease())), (Some("node-a"), 2));
+    receive_all(&format!("stomp://{}", pair.a.stomp_addr()), "/queue/alone", 100);
+}
+
+#[test]
 fn given_synced_backup_restarted_after_its_live_died_should_still_take_over() {
     let mut pair = LeasePair::new(FAST);
     send(&pair.failover_url(), "/queue/restarted", 100);

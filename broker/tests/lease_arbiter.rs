@@ -51,7 +51,7 @@ async fn live_a() -> (KubeApi, tempfile::TempDir, Member) {
     let api = KubeApi::start();
     let dir = tempfile::tempdir().unwrap();
     let a = member(&api, dir.path(), "a").await;
-    assert_eq!(a.arbiter.hold_as_live(Epoch(0)).await.unwrap(), Some(Epoch(1)), "a new group's primary creates the Lease");
+    assert_eq!(a.arbiter.hold_as_live(Epoch(0), false).await.unwrap(), Some(Epoch(1)), "a new group's primary creates the Lease");
     (api, dir, a)
 }
 
@@ -77,6 +77,7 @@ async fn given_released_lease_when_two_listed_backups_race_should_grant_exactly_
     *a.in_sync.lock() = vec!["b".into(), "c".into()];
     wait_listed(&api, "b,c").await;
     a.arbiter.release().await;
+    assert_eq!(listed(&api), "a,b,c", "the releasing live lists itself too");
     let (b, c) = (member(&api, dir.path(), "b").await, member(&api, dir.path(), "c").await);
     let (rb, rc) = (request(1), request(1));
     let (db, dc) = tokio::join!(b.arbiter.may_activate(&rb), c.arbiter.may_activate(&rc));
@@ -91,7 +92,7 @@ async fn given_lease_held_by_a_live_when_another_starts_as_primary_should_refuse
     *a.in_sync.lock() = vec!["b".into()];
     wait_listed(&api, "b").await;
     let b = member(&api, dir.path(), "b").await;
-    let refused = b.arbiter.hold_as_live(Epoch(1)).await.expect_err("the claim of a stands");
+    let refused = b.arbiter.hold_as_live(Epoch(1), true).await.expect_err("the claim of a stands");
     assert!(refused.to_string().contains("a holds the Lease"), "{refused}");
     assert_eq!(api.lease(NAMESPACE, GROUP).unwrap()["spec"]["holderIdentity"], "a");
 }

@@ -67,10 +67,11 @@ pub type AskVoter = Arc<dyn Fn(String, ActivationRequest) -> BoxFuture<'static, 
 pub trait Arbiter: Send + Sync {
     /// May this backup activate now?
     fn may_activate<'a>(&'a self, request: &'a ActivationRequest) -> BoxFuture<'a, Result<Decision, ArbiterError>>;
-    /// Called before this member becomes live, with the epoch it has on disk: takes or
-    /// keeps whatever claim the arbiter needs held, or refuses. `Some` is the epoch the
-    /// arbiter recorded for this term, which the member must persist.
-    fn hold_as_live(&self, _local_epoch: Epoch) -> BoxFuture<'_, Result<Option<Epoch>, ArbiterError>> {
+    /// Called before this member becomes live, with the epoch it has on disk and whether its
+    /// journal is known to be complete (it was live, or an in-sync backup, since it last
+    /// reset it): takes or keeps whatever claim the arbiter needs held, or refuses. `Some`
+    /// is the epoch the arbiter recorded for this term, which the member must persist.
+    fn hold_as_live(&self, _local_epoch: Epoch, _complete_copy: bool) -> BoxFuture<'_, Result<Option<Epoch>, ArbiterError>> {
         Box::pin(async { Ok(None) })
     }
     /// Called when this member stops being live (a hand-over, a shutdown): give up the
@@ -202,7 +203,7 @@ impl Arbiter for FileLockArbiter {
         })
     }
 
-    fn hold_as_live(&self, _local_epoch: Epoch) -> BoxFuture<'_, Result<Option<Epoch>, ArbiterError>> {
+    fn hold_as_live(&self, _local_epoch: Epoch, _complete_copy: bool) -> BoxFuture<'_, Result<Option<Epoch>, ArbiterError>> {
         Box::pin(async move {
             if self.try_take()? {
                 Ok(None)
@@ -265,7 +266,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("live.lock");
         let live = FileLockArbiter::new(&path);
-        live.hold_as_live(Epoch(1)).await.unwrap();
+        live.hold_as_live(Epoch(1), true).await.unwrap();
         let backup = FileLockArbiter::new(&path);
         assert!(matches!(backup.may_activate(&request()).await.unwrap(), Decision::Denied { .. }));
         drop(live);

@@ -438,14 +438,15 @@ impl HaContext {
         std::fs::read_to_string(self.last_live_path()).ok().map(|s| s.trim().to_string())
     }
 
-    /// `dataDir/ha/synced-with`: present while this backup's journal is a complete copy of
-    /// the live it names (written once in sync, removed before a resync touches it).
+    /// `dataDir/ha/synced-with`: present while this member's journal is complete: a copy
+    /// of the live it names, written once in sync, or its own while it is or was live;
+    /// removed before a resync touches the journal.
     fn synced_marker_path(&self) -> PathBuf {
         self.ha_dir().join("synced-with")
     }
 
-    /// Records durably that the mirrored journal is a complete copy of `live`'s, so a
-    /// restarted backup may still take over (if its arbiter lists it in sync).
+    /// Records durably that the journal is a complete copy of `live`'s (its own when live),
+    /// so a restarted member may still take over (if its arbiter lists it in sync).
     pub fn mark_synced(&self, live: &str) -> Result<(), HaError> {
         let path = self.synced_marker_path();
         epoch::write_durably(&path, format!("{live}\n").as_bytes()).map_err(|source| HaError::SyncedMarker { path, source })
@@ -468,8 +469,8 @@ impl HaContext {
 
     /// Records that this member is live (with its epoch already stored) and tells `/status`.
     pub fn activated(&self) -> Result<(), HaError> {
-        // A live's journal is its own from here on, no copy of anyone's.
-        self.unmark_synced()?;
+        // A live's journal is the group's: complete until it follows another live.
+        self.mark_synced(&self.node_id)?;
         let path = self.last_live_path();
         let err = |source| HaError::Epoch(EpochError::Write { path: path.clone(), source });
         if let Some(dir) = path.parent() {

@@ -131,6 +131,26 @@ impl Member {
         }
     }
 
+    /// SIGTERM, then waits (up to [`ROLE_TIMEOUT`]) for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("member running");
+        // SAFETY: a signal to a child process this harness started and still owns.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + ROLE_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{} did not stop within {ROLE_TIMEOUT:?} of SIGTERM; log:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     pub fn status(&self) -> Option<serde_json::Value> {
         let (code, body) = http_get_at(&self.ip, self.admin, "/status").ok()?;
         (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()

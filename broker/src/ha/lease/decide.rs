@@ -42,8 +42,8 @@ pub struct Claimant<'a> {
     /// Asking at start as the preferred live (`hold_as_live`), not as a backup that lost
     /// its live: only such a member may start a brand-new group.
     pub at_start: bool,
-    /// This member knows its journal is a complete copy of the last live's (it was in
-    /// sync when it lost the live, or it starts on its own journal).
+    /// This member knows its journal is complete: it was in sync with the live it lost,
+    /// or it was live itself, and has not reset its journal since.
     pub complete_copy: bool,
 }
 
@@ -66,7 +66,8 @@ pub fn claim_length(lease: &LeaseState, duration: Duration) -> Duration {
 pub fn may_take(lease: Option<&LeaseState>, me: &Claimant<'_>, unchanged_for: Duration, duration: Duration) -> Verdict {
     let denied = |reason: String| Verdict::Denied { reason };
     let Some(lease) = lease else {
-        return if me.at_start {
+        // A new member starts a new group; a member with history only on a complete copy.
+        return if me.at_start && (me.local_epoch == Epoch(0) || me.complete_copy) {
             Verdict::Take { epoch: Epoch(me.local_epoch.0 + 1), why: "created the group's Lease".into() }
         } else {
             denied("the group's Lease does not exist; the operator or the starting primary creates it".into())
@@ -194,6 +195,10 @@ mod tests {
     #[case::brand_new_at_start(Some(lease(None, 0, &[], 0)), Claimant { at_start: true, ..backup(0) }, 0, Some(1))]
     #[case::brand_new_as_backup(Some(lease(None, 0, &[], 0)), backup(0), 99, None)]
     #[case::missing_at_start(None, Claimant { at_start: true, ..backup(2) }, 0, Some(3))]
+    #[case::missing_at_start_new_member(None, Claimant { at_start: true, complete_copy: false, ..backup(0) }, 0, Some(1))]
+    #[case::missing_at_start_stale_copy(None, Claimant { at_start: true, complete_copy: false, ..backup(2) }, 0, None)]
+    #[case::released_by_self_at_start(Some(lease(None, 4, &["b"], 4)), Claimant { at_start: true, ..backup(4) }, 0, Some(5))]
+    #[case::released_at_start_stale_copy(Some(lease(None, 4, &["b"], 4)), Claimant { at_start: true, complete_copy: false, ..backup(4) }, 0, None)]
     #[case::missing_as_backup(None, backup(2), 99, None)]
     #[case::start_needs_expiry_too(Some(lease(Some("a"), 3, &["b"], 3)), Claimant { at_start: true, ..backup(3) }, 0, None)]
     fn given_lease_and_claimant_should_take_or_deny(

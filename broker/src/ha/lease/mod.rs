@@ -307,7 +307,12 @@ impl Inner {
                 return Err(format!("nothing to release: {reason}"));
             }
             let Some(current) = current else { return Err("the group's Lease was deleted".into()) };
-            match self.api.replace(name, &PostParams::default(), &object::released(&current, &self.in_sync_now())).await {
+            // The releasing live lists itself too: its journal is complete, so it may take
+            // the Lease back after a restart if no backup did.
+            let mut in_sync = self.in_sync_now();
+            in_sync.push(self.node.clone());
+            in_sync.sort();
+            match self.api.replace(name, &PostParams::default(), &object::released(&current, &in_sync)).await {
                 Ok(_) => return Ok(()),
                 Err(e) if is_conflict(&e) => continue,
                 Err(e) => return Err(api_error(&e)),
@@ -322,9 +327,9 @@ impl Arbiter for KubernetesArbiter {
         Box::pin(self.acquire(Epoch(request.epoch), false, request.complete_copy))
     }
 
-    fn hold_as_live(&self, local_epoch: Epoch) -> BoxFuture<'_, Result<Option<Epoch>, ArbiterError>> {
+    fn hold_as_live(&self, local_epoch: Epoch, complete_copy: bool) -> BoxFuture<'_, Result<Option<Epoch>, ArbiterError>> {
         Box::pin(async move {
-            match self.acquire(local_epoch, true, true).await? {
+            match self.acquire(local_epoch, true, complete_copy).await? {
                 Decision::Granted { epoch, .. } => Ok(epoch),
                 Decision::Denied { reason } => Err(ArbiterError::Refused { reason }),
             }
