@@ -4,6 +4,7 @@
 
 use crate::admin::api::{HaStatus, Role, SyncState};
 use crate::engine::queue::QueueSnapshot;
+use crate::ha::lease::LeaseMetrics;
 use crate::journal::JournalMetrics;
 use parking_lot::Mutex;
 use prometheus_client::encoding::EncodeLabelSet;
@@ -37,6 +38,9 @@ pub struct Metrics {
     ha_backups_synced: Gauge,
     ha_alone: Gauge,
     ha_lag_bytes: Gauge,
+    ha_fenced: Gauge,
+    /// The `kubernetes` arbiter's renewals.
+    pub lease: LeaseMetrics,
 }
 
 impl Metrics {
@@ -44,6 +48,7 @@ impl Metrics {
     pub fn new() -> (Metrics, JournalMetrics) {
         let mut registry = Registry::default();
         let journal = JournalMetrics::register(&mut registry);
+        let lease = LeaseMetrics::register(&mut registry);
         let m = Metrics {
             messages_in: Counter::default(),
             messages_out: Counter::default(),
@@ -63,6 +68,8 @@ impl Metrics {
             ha_backups_synced: Gauge::default(),
             ha_alone: Gauge::default(),
             ha_lag_bytes: Gauge::default(),
+            ha_fenced: Gauge::default(),
+            lease,
             registry: Mutex::new(Registry::default()),
         };
         registry.register("duomq_messages_in", "Messages accepted from producers", m.messages_in.clone());
@@ -91,6 +98,7 @@ impl Metrics {
             "Bytes of journal not yet confirmed: a backup's own lag, or a live's largest backup lag",
             m.ha_lag_bytes.clone(),
         );
+        registry.register("duomq_ha_fenced", "1 while this member is fenced: it lost the group's Lease as live", m.ha_fenced.clone());
         *m.registry.lock() = registry;
         (m, journal)
     }
@@ -104,6 +112,7 @@ impl Metrics {
             self.ha_live.set(i64::from(is_live));
             self.ha_backups_synced.set(ha.backups.iter().filter(|b| b.state == SyncState::Synced).count() as i64);
             self.ha_alone.set(i64::from(ha.alone));
+            self.ha_fenced.set(i64::from(role == Role::Fenced));
             let lag = match &ha.sync {
                 Some(sync) => sync.lag_bytes,
                 None => ha.backups.iter().map(|b| b.lag_bytes).max().unwrap_or(0),

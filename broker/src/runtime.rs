@@ -157,7 +157,15 @@ async fn run_replicated(shared: &Shared, stomp: &TcpListener, shutdown: &Cancell
         .map_err(|source| RunError::Engine(EngineError::CreateDataDir { path: config.storage.data_dir.clone(), source }))?;
     let node_id = crate::engine::resolve_node_id(&config.node.id, &config.storage.data_dir).map_err(RunError::Engine)?;
     *shared.state.node_id.write() = node_id.clone();
-    let ctx = HaContext::new(config, node_id, Arc::clone(&shared.state.ha), Arc::clone(&shared.state.role)).map_err(RunError::Ha)?;
+    let ctx = HaContext::new(
+        config,
+        node_id,
+        Arc::clone(&shared.state.ha),
+        Arc::clone(&shared.state.role),
+        shared.metrics.lease.clone(),
+    )
+    .await
+    .map_err(RunError::Ha)?;
     let cluster = bind("cluster", config.ha.cluster.listen).await?;
     tracing::info!(addr = %cluster.local_addr().unwrap_or(config.ha.cluster.listen), group = %ctx.group, epoch = ctx.epoch().0, "cluster port listening");
     let live_slot: ha::LiveSlot = Arc::new(RwLock::new(None));
@@ -166,8 +174,12 @@ async fn run_replicated(shared: &Shared, stomp: &TcpListener, shutdown: &Cancell
     let result = loop {
         tracing::info!(?start, "taking a role");
         match start {
-            StartAs::Backup { .. } => {
-                ctx.became_backup();
+            StartAs::Backup { fenced, .. } => {
+                if fenced {
+                    ctx.became_fenced();
+                } else {
+                    ctx.became_backup();
+                }
                 *shared.state.broker.write() = None;
                 let stop_responder = CancellationToken::new();
                 let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), stop_responder.clone());
@@ -188,60 +200,107 @@ async fn run_replicated(shared: &Shared, stomp: &TcpListener, shutdown: &Cancell
                     Err(e) => break Err(RunError::Ha(e)),
                 }
             }
-            StartAs::Live { took_over, .. } => {
-                if let Err(e) = ctx.arbiter.hold_as_live() {
-                    tracing::warn!(error = %ha::backup::error_chain(&e), "cannot claim the live role; starting as backup");
-                    start = StartAs::Backup { reason: "arbiter refused".into() };
-                    continue;
-                }
-                if ctx.epoch().0 == 0 {
-                    if let Err(e) = ctx.store_epoch(ha::epoch::Epoch(1)) {
-                        break Err(RunError::Ha(e));
-                    }
-                }
-                let broker = match open(shared, took_over).await {
-                    Ok(b) => b,
-                    Err(e) => break Err(e),
-                };
-                broker.journal().replication_gate().set_synchronous(config.ha.replication == ReplicationMode::Sync);
-                if let Err(e) = ctx.activated() {
-                    break Err(RunError::Ha(e));
-                }
-                tracing::info!(epoch = ctx.epoch().0, group = %ctx.group, "live");
-                let term = Arc::new(LiveTerm::default());
-                *live_slot.write() = Some((broker.journal().clone(), Arc::clone(&term)));
-                let stop = CancellationToken::new();
-                {
-                    let (stop, term, shutdown) = (stop.clone(), Arc::clone(&term), shutdown.clone());
-                    tokio::spawn(async move {
-                        tokio::select! {
-                            _ = shutdown.cancelled() => {}
-                            _ = term.step_down.cancelled() => {}
-                        }
-                        stop.cancel();
-                    });
-                }
-                if let Err(e) = serve_live(shared, stomp, &broker, stop).await {
-                    break Err(e);
-                }
-                term.clients_stopped.cancel();
-                if shutdown.is_cancelled() {
-                    *live_slot.write() = None;
-                    break close(&broker).await;
-                }
-                tracing::warn!("stepping down: waiting for the preferred live to take over");
-                let _ = tokio::time::timeout(HAND_OVER_TIMEOUT, term.handed_over.cancelled()).await;
-                *live_slot.write() = None;
-                if let Err(e) = close(&broker).await {
-                    break Err(e);
-                }
-                *shared.state.broker.write() = None;
-                start = StartAs::Backup { reason: "handed over".into() };
-            }
+            StartAs::Live { took_over, .. } => match live_term(shared, &ctx, stomp, &live_slot, shutdown, took_over).await {
+                Ok(TermEnd::Shutdown) => break Ok(()),
+                Ok(TermEnd::Refused) => start = StartAs::Backup { reason: "arbiter refused".into(), fenced: false },
+                Ok(TermEnd::HandedOver) => start = StartAs::Backup { reason: "handed over".into(), fenced: false },
+                Ok(TermEnd::Fenced { reason }) => start = StartAs::Backup { reason: format!("fenced: {reason}"), fenced: true },
+                Err(e) => break Err(e),
+            },
         }
     };
     cluster_task.abort();
     result
+}
+
+/// How a stretch of being live ended.
+enum TermEnd {
+    Shutdown,
+    /// The arbiter would not let this member be live.
+    Refused,
+    /// Failback: the preferred member took over (or the hand-over timed out).
+    HandedOver,
+    /// The arbiter's claim was lost: this member stopped serving and confirmed nothing more.
+    Fenced { reason: String },
+}
+
+/// One term as live: claim the role, recover the journal, serve clients until shutdown,
+/// a failback hand-over or the loss of the claim, then close the journal and give the
+/// claim up.
+async fn live_term(
+    shared: &Shared,
+    ctx: &Arc<HaContext>,
+    stomp: &TcpListener,
+    live_slot: &ha::LiveSlot,
+    shutdown: &CancellationToken,
+    took_over: bool,
+) -> Result<TermEnd, RunError> {
+    let epoch = match ctx.arbiter.hold_as_live(ctx.epoch(), ctx.marked_synced()).await {
+        Ok(epoch) => epoch,
+        Err(e) => {
+            tracing::warn!(error = %ha::backup::error_chain(&e), "cannot claim the live role; starting as backup");
+            return Ok(TermEnd::Refused);
+        }
+    };
+    match epoch {
+        Some(epoch) => ctx.store_epoch(epoch).map_err(RunError::Ha)?,
+        None if ctx.epoch().0 == 0 => ctx.store_epoch(ha::epoch::Epoch(1)).map_err(RunError::Ha)?,
+        None => {}
+    }
+    let broker = open(shared, took_over).await?;
+    broker.journal().replication_gate().set_synchronous(shared.config.ha.replication == ReplicationMode::Sync);
+    ctx.activated().map_err(RunError::Ha)?;
+    tracing::info!(epoch = ctx.epoch().0, group = %ctx.group, "live");
+    let term = Arc::new(LiveTerm::default());
+    *live_slot.write() = Some((broker.journal().clone(), Arc::clone(&term)));
+    let stop = CancellationToken::new();
+    let lost = Arc::new(parking_lot::Mutex::new(None::<String>));
+    let watcher = {
+        let (stop, term, shutdown, lost, ctx, broker) =
+            (stop.clone(), Arc::clone(&term), shutdown.clone(), Arc::clone(&lost), Arc::clone(ctx), Arc::clone(&broker));
+        let claim_lost = ctx.arbiter.lost();
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                _ = term.step_down.cancelled() => {}
+                reason = claim_lost => {
+                    // Fence before anything else: no receipt may leave after this.
+                    broker.journal().replication_gate().fence();
+                    ctx.became_fenced();
+                    term.fenced.cancel();
+                    tracing::warn!(%reason, "fenced: stopped serving clients and confirming writes");
+                    *lost.lock() = Some(reason);
+                }
+            }
+            stop.cancel();
+        })
+    };
+    serve_live(shared, stomp, &broker, stop.clone()).await?;
+    term.clients_stopped.cancel();
+    stop.cancel();
+    let _ = watcher.await;
+    let fenced = lost.lock().take();
+    let end = if let Some(reason) = fenced {
+        // serve_live reported `live` on its way in; the member is fenced.
+        ctx.became_fenced();
+        TermEnd::Fenced { reason }
+    } else if shutdown.is_cancelled() {
+        TermEnd::Shutdown
+    } else {
+        tracing::warn!("stepping down: waiting for the preferred live to take over");
+        let _ = tokio::time::timeout(HAND_OVER_TIMEOUT, term.handed_over.cancelled()).await;
+        TermEnd::HandedOver
+    };
+    *live_slot.write() = None;
+    close(&broker).await?;
+    if !matches!(end, TermEnd::Fenced { .. }) {
+        // After the journal is closed: the next live must find everything on its backups.
+        ctx.arbiter.release().await;
+    }
+    if !matches!(end, TermEnd::Shutdown) {
+        *shared.state.broker.write() = None;
+    }
+    Ok(end)
 }
 
 /// The shared-store member: a backup until it takes the journal lock, then live until
@@ -250,8 +309,15 @@ async fn run_shared_store(shared: &Shared, stomp: &TcpListener, shutdown: &Cance
     let config = &shared.config;
     let node_id = config.node.id.clone();
     *shared.state.node_id.write() = node_id.clone();
-    let ctx = HaContext::new(config, node_id.clone(), Arc::clone(&shared.state.ha), Arc::clone(&shared.state.role))
-        .map_err(RunError::Ha)?;
+    let ctx = HaContext::new(
+        config,
+        node_id.clone(),
+        Arc::clone(&shared.state.ha),
+        Arc::clone(&shared.state.role),
+        shared.metrics.lease.clone(),
+    )
+    .await
+    .map_err(RunError::Ha)?;
     let mut member = SharedStoreMember::new(node_id.clone(), config.ha.role, config.ha.arbiter.retry_interval.get());
     let stop_responder = CancellationToken::new();
     let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), stop_responder.clone());

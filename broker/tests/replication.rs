@@ -4,8 +4,9 @@
 
 mod common;
 
+use common::cli;
 use common::cluster::{Member, ROLE_TIMEOUT};
-use std::process::{Command, Stdio};
+use std::process::Stdio;
 use std::time::{Duration, Instant};
 
 struct Pair {
@@ -41,12 +42,6 @@ impl Pair {
         me.kill9();
         me.start(&[other.peer()], role, extra, &root, "g1", "password");
     }
-}
-
-fn cli(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_duomq-broker"));
-    c.args(args).env_remove("RUST_BACKTRACE");
-    c
 }
 
 #[test]

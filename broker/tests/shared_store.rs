@@ -6,7 +6,7 @@
 mod common;
 
 use common::cluster::{Member, ROLE_TIMEOUT};
-use common::Conn;
+use common::{cli, receive_all, Conn};
 use duomq_broker::stomp::{Command as Stomp, Frame};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
@@ -17,26 +17,9 @@ const BEFORE: usize = 100;
 /// Messages a producer sends while the live is killed.
 const UNDER_LOAD: usize = 3000;
 
-fn cli(args: &[&str]) -> Command {
-    let mut c = Command::new(env!("CARGO_BIN_EXE_duomq-broker"));
-    c.args(args).env_remove("RUST_BACKTRACE");
-    c
-}
-
 fn send(url: &str, queue: &str, count: usize) -> Command {
     let count = count.to_string();
     cli(&["send", "--url", url, "--destination", queue, "--count", &count, "--size", "256", "--persistent", "--receipts", "--window", "16"])
-}
-
-/// Receives exactly `count` messages and returns the CLI's summary line.
-fn receive_all(url: &str, queue: &str, count: usize) -> String {
-    let out = cli(&["receive", "--url", url, "--destination", queue, "--count", &count.to_string(), "--timeout", "10s"])
-        .output()
-        .expect("run consumer");
-    let summary = String::from_utf8_lossy(&out.stderr).into_owned();
-    assert!(out.status.success(), "consumer did not get every receipted message from {queue}: {summary}");
-    assert!(summary.contains(&format!("received {count} messages")), "{summary}");
-    summary
 }
 
 fn metrics(member: &Member) -> String {

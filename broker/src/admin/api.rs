@@ -30,6 +30,10 @@ pub enum Role {
     Backup,
     /// Stopping: no new clients, finishing in-flight work.
     Stopping,
+    /// A live that lost the group's Lease (it could not renew it in time, or another
+    /// member holds it now): it stopped serving clients and confirms no more writes, and
+    /// rejoins as a backup once it reaches the new live.
+    Fenced,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

@@ -64,6 +64,7 @@ pub fn readiness(role: Role, policy: HaPolicy, ha: Option<&HaStatus>, store: &St
             StoreCheck::NotTried => Err("shared-store backup has not tried the journal lock yet".to_string()),
             StoreCheck::Unreachable { reason } => Err(format!("shared-store backup cannot reach the data directory: {reason}")),
         },
+        (Role::Fenced, _) => Err("fenced: this live lost the group's Lease; rejoining as a backup".to_string()),
         (role, _) => Err(format!("{role:?}")),
     }
 }

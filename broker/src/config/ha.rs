@@ -5,7 +5,7 @@
 use super::{invalid, ConfigError, HumanDuration};
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
@@ -137,6 +137,8 @@ pub struct ArbiterConfig {
     pub retry_interval: HumanDuration,
     /// The lock file (on storage every member of the group shares) for `fileLock`.
     pub lock_file: Option<PathBuf>,
+    /// The group's `coordination.k8s.io/v1` Lease for `kubernetes`.
+    pub lease: LeaseConfig,
 }
 
 impl Default for ArbiterConfig {
@@ -147,6 +149,7 @@ impl Default for ArbiterConfig {
             vote_timeout: HumanDuration::secs(2),
             retry_interval: HumanDuration::secs(1),
             lock_file: None,
+            lease: LeaseConfig::default(),
         }
     }
 }
@@ -156,6 +159,64 @@ impl Default for ArbiterConfig {
 pub enum ArbiterKind {
     Quorum,
     FileLock,
+    /// A Kubernetes Lease per group: whoever holds it is live.
+    Kubernetes,
+}
+
+/// The group's Lease (`ha.arbiter.kind: kubernetes`). Whoever holds it is live; a backup
+/// takes it only when its holder released it or stopped renewing it, and only if the
+/// holder listed that backup as in sync.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct LeaseConfig {
+    /// The Lease's name; `null` means `ha.groupName`.
+    pub name: Option<String>,
+    /// Its namespace; `null` means the `POD_NAMESPACE` environment variable, else the
+    /// namespace of the pod's service account.
+    pub namespace: Option<String>,
+    /// How long a holder's claim lasts without renewal; a backup takes the Lease over
+    /// once it has seen it unrenewed for this long. Written as `leaseDurationSeconds`.
+    pub duration: HumanDuration,
+    /// A live that could not renew for this long fences itself: it stops serving clients
+    /// and rejoins as a backup. Must be below `duration`.
+    pub renew_deadline: HumanDuration,
+    /// How often the live renews (and publishes its in-sync backups).
+    pub renew_interval: HumanDuration,
+}
+
+impl Default for LeaseConfig {
+    fn default() -> LeaseConfig {
+        LeaseConfig {
+            name: None,
+            namespace: None,
+            duration: HumanDuration::secs(15),
+            renew_deadline: HumanDuration::secs(10),
+            renew_interval: HumanDuration::secs(2),
+        }
+    }
+}
+
+/// The environment variable holding the pod's namespace (downward API
+/// `metadata.namespace`), the default namespace of the group's Lease.
+pub const POD_NAMESPACE_ENV: &str = "POD_NAMESPACE";
+/// Where Kubernetes mounts the pod's service-account namespace.
+pub const SERVICE_ACCOUNT_NAMESPACE_FILE: &str = "/var/run/secrets/kubernetes.io/serviceaccount/namespace";
+
+/// Where the group's Lease lives, with the defaults filled in.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct LeaseTarget {
+    pub name: String,
+    pub namespace: String,
+}
+
+/// A Kubernetes object name (RFC 1123 subdomain): what a Lease may be called.
+fn is_object_name(name: &str) -> bool {
+    let alnum = |c: char| c.is_ascii_lowercase() || c.is_ascii_digit();
+    !name.is_empty()
+        && name.len() <= 253
+        && name.chars().all(|c| alnum(c) || c == '-' || c == '.')
+        && name.starts_with(alnum)
+        && name.ends_with(alnum)
 }
 
 /// The environment variable holding the Kubernetes node a pod runs on (downward API
@@ -204,6 +265,9 @@ impl HaConfig {
             return invalid("ha.primaryNode", "must name a Kubernetes node when set");
         }
         if self.policy == HaPolicy::SharedStore {
+            if self.arbiter.kind == ArbiterKind::Kubernetes {
+                return invalid("ha.arbiter.kind", "kubernetes needs policy replication (a shared store's journal lock is its arbiter)");
+            }
             return self.validate_shared_store();
         }
         if self.cluster.password.is_empty() && self.cluster.password_file.is_none() {
@@ -224,7 +288,70 @@ impl HaConfig {
         if self.arbiter.kind == ArbiterKind::FileLock && self.arbiter.lock_file.is_none() {
             return invalid("ha.arbiter.lockFile", "is required with arbiter kind fileLock");
         }
+        if self.arbiter.kind == ArbiterKind::Kubernetes {
+            return self.validate_lease();
+        }
         Ok(())
+    }
+
+    fn validate_lease(&self) -> Result<(), ConfigError> {
+        let lease = &self.arbiter.lease;
+        match &lease.name {
+            Some(name) if !is_object_name(name) => {
+                return invalid("ha.arbiter.lease.name", format!("{name:?} is not a Kubernetes object name (lowercase letters, digits, '-', '.')"));
+            }
+            None if !is_object_name(&self.group_name) => {
+                return invalid(
+                    "ha.arbiter.lease.name",
+                    format!("defaults to ha.groupName {:?}, which is not a Kubernetes object name; set it", self.group_name),
+                );
+            }
+            _ => {}
+        }
+        if lease.namespace.as_deref().is_some_and(|n| n.trim().is_empty()) {
+            return invalid("ha.arbiter.lease.namespace", "must name a namespace when set");
+        }
+        if lease.renew_interval.get().is_zero() {
+            return invalid("ha.arbiter.lease.renewInterval", "must be longer than 0s");
+        }
+        if lease.renew_deadline <= lease.renew_interval {
+            return invalid("ha.arbiter.lease.renewDeadline", "must be longer than ha.arbiter.lease.renewInterval");
+        }
+        if lease.duration <= lease.renew_deadline {
+            // The gap is the time a live that lost the API has to fence itself before a
+            // backup may take over.
+            return invalid("ha.arbiter.lease.duration", "must be longer than ha.arbiter.lease.renewDeadline");
+        }
+        Ok(())
+    }
+
+    /// The group's Lease: `lease.name` or the group name, in `lease.namespace`, else
+    /// `POD_NAMESPACE`, else the service account's namespace. `env` and `read` are injected
+    /// so tests need not touch the process environment or the file system.
+    pub fn lease_target(
+        &self,
+        env: impl Fn(&str) -> Option<String>,
+        read: impl Fn(&Path) -> std::io::Result<String>,
+    ) -> Result<LeaseTarget, ConfigError> {
+        let lease = &self.arbiter.lease;
+        let name = lease.name.clone().unwrap_or_else(|| self.group_name.clone());
+        if let Some(namespace) = &lease.namespace {
+            return Ok(LeaseTarget { name, namespace: namespace.clone() });
+        }
+        if let Some(namespace) = env(POD_NAMESPACE_ENV).filter(|n| !n.trim().is_empty()) {
+            return Ok(LeaseTarget { name, namespace: namespace.trim().to_string() });
+        }
+        match read(Path::new(SERVICE_ACCOUNT_NAMESPACE_FILE)) {
+            Ok(namespace) if !namespace.trim().is_empty() => Ok(LeaseTarget { name, namespace: namespace.trim().to_string() }),
+            Ok(_) => Err(ConfigError::Invalid {
+                field: "ha.arbiter.lease.namespace",
+                message: format!("not set, {POD_NAMESPACE_ENV} is not set and {SERVICE_ACCOUNT_NAMESPACE_FILE} is empty"),
+            }),
+            Err(e) => Err(ConfigError::Invalid {
+                field: "ha.arbiter.lease.namespace",
+                message: format!("not set, {POD_NAMESPACE_ENV} is not set and {SERVICE_ACCOUNT_NAMESPACE_FILE} cannot be read ({e})"),
+            }),
+        }
     }
 
     /// Only what a shared-store member uses: it needs no cluster port or password, the
@@ -281,10 +408,62 @@ mod tests {
     #[case("ha:\n  policy: sharedStore\n  arbiter:\n    retryInterval: 0s\n", "ha.arbiter.retryInterval")]
     #[case("ha:\n  policy: sharedStore\n  primaryNode: \"\"\n", "ha.primaryNode")]
     #[case("ha:\n  policy: replication\n  cluster:\n    password: p\n  members:\n    - name: b\n      stomp: b:1\n", "ha.members")]
+    #[case(&kubernetes("    lease:\n      renewInterval: 0s\n"), "ha.arbiter.lease.renewInterval")]
+    #[case(&kubernetes("    lease:\n      renewInterval: 10s\n"), "ha.arbiter.lease.renewDeadline")]
+    #[case(&kubernetes("    lease:\n      renewDeadline: 15s\n"), "ha.arbiter.lease.duration")]
+    #[case(&kubernetes("    lease:\n      name: Not_A_Name\n"), "ha.arbiter.lease.name")]
+    #[case(&kubernetes("    lease:\n      namespace: \"\"\n"), "ha.arbiter.lease.namespace")]
+    #[case("ha:\n  policy: sharedStore\n  arbiter:\n    kind: kubernetes\n", "ha.arbiter.kind")]
     fn given_invalid_ha_section_should_name_field(#[case] ha: &str, #[case] field: &str) {
-        let text = format!("node:\n  id: a\n{ha}");
+        given_ha_section_should_fail_naming(ha, field, "g1");
+    }
+
+    /// A replication section with the kubernetes arbiter and `lease` (indented for `arbiter:`).
+    fn kubernetes(lease: &str) -> String {
+        format!("ha:\n  policy: replication\n  cluster:\n    password: p\n  members:\n    - name: b\n      cluster: b:2\n      stomp: b:1\n  arbiter:\n    kind: kubernetes\n{lease}")
+    }
+
+    #[test]
+    fn given_group_name_that_is_no_object_name_should_ask_for_a_lease_name() {
+        given_ha_section_should_fail_naming(&kubernetes(""), "ha.arbiter.lease.name", "Group One");
+        let text = format!("node:\n  id: a\n{}", kubernetes(""));
         let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
         doc["ha"]["groupName"] = "g1".into();
+        let config: crate::config::BrokerConfig = serde_yaml::from_value(doc).unwrap();
+        config.validate().unwrap();
+    }
+
+    #[rstest]
+    #[case(Some("ns-config"), Some("ns-env"), Ok("ns-file"), Ok("ns-config"))]
+    #[case(None, Some("ns-env"), Ok("ns-file"), Ok("ns-env"))]
+    #[case(None, None, Ok("ns-file\n"), Ok("ns-file"))]
+    #[case(None, None, Err(()), Err("ha.arbiter.lease.namespace"))]
+    #[case(None, Some(""), Ok(""), Err("ha.arbiter.lease.namespace"))]
+    fn given_namespace_sources_should_pick_config_then_env_then_service_account(
+        #[case] configured: Option<&str>,
+        #[case] env: Option<&str>,
+        #[case] file: Result<&str, ()>,
+        #[case] expected: Result<&str, &str>,
+    ) {
+        let mut ha = HaConfig { group_name: "g1".into(), ..HaConfig::default() };
+        ha.arbiter.lease.namespace = configured.map(str::to_string);
+        let target = ha.lease_target(
+            |key| (key == POD_NAMESPACE_ENV).then(|| env.map(str::to_string)).flatten(),
+            |path| {
+                assert_eq!(path, Path::new(SERVICE_ACCOUNT_NAMESPACE_FILE));
+                file.map(str::to_string).map_err(|()| std::io::Error::from(std::io::ErrorKind::NotFound))
+            },
+        );
+        match expected {
+            Ok(namespace) => assert_eq!(target.unwrap(), LeaseTarget { name: "g1".into(), namespace: namespace.into() }),
+            Err(field) => assert!(target.unwrap_err().to_string().contains(field)),
+        }
+    }
+
+    fn given_ha_section_should_fail_naming(ha: &str, field: &str, group: &str) {
+        let text = format!("node:\n  id: a\n{ha}");
+        let mut doc: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+        doc["ha"]["groupName"] = group.into();
         let config: crate::config::BrokerConfig = serde_yaml::from_value(doc).unwrap();
         let err = config.validate().unwrap_err().to_string();
         assert!(err.contains(field), "{err}");

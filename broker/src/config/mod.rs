@@ -11,8 +11,8 @@ mod network;
 mod units;
 
 pub use ha::{
-    ArbiterConfig, ArbiterKind, ClusterConfig, HaConfig, HaPolicy, Member, PreferredRole, ReplicationMode, RoleChoice,
-    NODE_NAME_ENV,
+    ArbiterConfig, ArbiterKind, ClusterConfig, HaConfig, HaPolicy, LeaseConfig, LeaseTarget, Member, PreferredRole,
+    ReplicationMode, RoleChoice, NODE_NAME_ENV, POD_NAMESPACE_ENV, SERVICE_ACCOUNT_NAMESPACE_FILE,
 };
 pub use network::{GroupingConfig, GroupingHandler, NetworkConfig, NetworkConnector};
 pub use units::{ByteSize, HumanDuration};

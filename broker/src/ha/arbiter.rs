@@ -1,8 +1,11 @@
 //! Arbiters: who decides that a backup may activate. A backup that lost its live asks its
-//! arbiter; only a `Granted` answer lets it become live. Two kinds now (a Kubernetes
-//! Lease comes later): a quorum of the cluster's other servers, and a file lock the live
-//! holds for as long as it lives. The arbiters decide; they start and stop nothing.
+//! arbiter; only a `Granted` answer lets it become live. Three kinds: a quorum of the
+//! cluster's other servers, a file lock the live holds for as long as it lives, and a
+//! Kubernetes Lease (`super::lease`). The arbiters decide and hold claims; they start and
+//! stop nothing: a live learns that its claim is gone from [`Arbiter::lost`].
 
+use super::epoch::Epoch;
+use crate::config::LeaseTarget;
 use futures::future::BoxFuture;
 use std::fs::File;
 use std::path::{Path, PathBuf};
@@ -16,12 +19,25 @@ pub enum ArbiterError {
     OpenLock { path: PathBuf, source: std::io::Error },
     #[error("failed to lock {path}")]
     Lock { path: PathBuf, source: std::io::Error },
+    #[error("failed to claim the live role: {reason}")]
+    Refused { reason: String },
+    // kube-rs messages embed their cause, so these carry its one-line text, not a source.
+    #[error("failed to create the Kubernetes client (KUBECONFIG, else the pod's service account): {reason}")]
+    Client { reason: String },
+    #[error("failed to read Lease {}/{}: {reason}", target.namespace, target.name)]
+    ReadLease { target: LeaseTarget, reason: String },
+    #[error("failed to write Lease {}/{}: {reason}", target.namespace, target.name)]
+    WriteLease { target: LeaseTarget, reason: String },
+    #[error("failed to understand Lease {}/{}: {reason}", target.namespace, target.name)]
+    BadLease { target: LeaseTarget, reason: String },
 }
 
 /// The answer to "may I activate?".
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Decision {
-    Granted { reason: String },
+    /// Activate; `epoch` is the one the arbiter recorded for this activation, if it keeps
+    /// the group's epoch itself.
+    Granted { reason: String, epoch: Option<Epoch> },
     Denied { reason: String },
 }
 
@@ -33,6 +49,8 @@ pub struct ActivationRequest {
     /// The live's cluster address, so voters can check it themselves.
     pub live_addr: String,
     pub epoch: u64,
+    /// The backup was in sync with that live when it lost it, so its journal is complete.
+    pub complete_copy: bool,
 }
 
 /// A voter's answer.
@@ -49,12 +67,36 @@ pub type AskVoter = Arc<dyn Fn(String, ActivationRequest) -> BoxFuture<'static, 
 pub trait Arbiter: Send + Sync {
     /// May this backup activate now?
     fn may_activate<'a>(&'a self, request: &'a ActivationRequest) -> BoxFuture<'a, Result<Decision, ArbiterError>>;
-    /// Called once this member is live; keeps whatever claim the arbiter needs held.
-    fn hold_as_live(&self) -> Result<(), ArbiterError> {
-        Ok(())
+    /// Called before this member becomes live, with the epoch it has on disk and whether its
+    /// journal is known to be complete (it was live, or an in-sync backup, since it last
+    /// reset it): takes or keeps whatever claim the arbiter needs held, or refuses. `Some`
+    /// is the epoch the arbiter recorded for this term, which the member must persist.
+    fn hold_as_live(&self, _local_epoch: Epoch, _complete_copy: bool) -> BoxFuture<'_, Result<Option<Epoch>, ArbiterError>> {
+        Box::pin(async { Ok(None) })
     }
-    /// Called when this member stops being live (a hand-over): give up the claim.
-    fn release(&self) {}
+    /// Called when this member stops being live (a hand-over, a shutdown): give up the
+    /// claim so a backup can take it at once. Does nothing when no claim is held.
+    fn release(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
+    /// Resolves, with the reason, once the live's claim is lost: the live must fence
+    /// itself (stop serving) at once. Never resolves for arbiters whose claim cannot be
+    /// lost while the process lives.
+    fn lost(&self) -> BoxFuture<'static, String> {
+        Box::pin(futures::future::pending())
+    }
+    /// A backup left the live's in-sync set: resolves `Ok` once everyone who may take over
+    /// knows it, so the live may confirm writes without that backup; `Err` when the claim
+    /// is gone first (the live then confirms nothing more).
+    fn in_sync_changed(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async { Ok(()) })
+    }
+    /// The arbiter itself knows which members hold the live's data (a Lease's in-sync
+    /// list), so a backup asks it whenever no live answers, even one that never followed
+    /// a live in this process.
+    fn knows_sync(&self) -> bool {
+        false
+    }
     fn name(&self) -> &'static str;
 }
 
@@ -95,7 +137,7 @@ impl Arbiter for QuorumArbiter {
             let total = self.voters.len();
             let summary = format!("{granted} of {total} voters confirm the live is gone");
             Ok(if quorum_reached(granted, total) {
-                Decision::Granted { reason: summary }
+                Decision::Granted { reason: summary, epoch: None }
             } else {
                 Decision::Denied { reason: format!("{summary}; need more than half of {}: {}", total + 1, notes.join("; ")) }
             })
@@ -154,27 +196,30 @@ impl Arbiter for FileLockArbiter {
     fn may_activate<'a>(&'a self, _request: &'a ActivationRequest) -> BoxFuture<'a, Result<Decision, ArbiterError>> {
         Box::pin(async move {
             Ok(if self.try_take()? {
-                Decision::Granted { reason: format!("took the lock {}", self.path.display()) }
+                Decision::Granted { reason: format!("took the lock {}", self.path.display()), epoch: None }
             } else {
                 Decision::Denied { reason: format!("{} is still locked by the live", self.path.display()) }
             })
         })
     }
 
-    fn hold_as_live(&self) -> Result<(), ArbiterError> {
-        if self.try_take()? {
-            Ok(())
-        } else {
-            Err(ArbiterError::Lock {
-                path: self.path.clone(),
-                source: std::io::Error::new(std::io::ErrorKind::WouldBlock, "held by another member"),
-            })
-        }
+    fn hold_as_live(&self, _local_epoch: Epoch, _complete_copy: bool) -> BoxFuture<'_, Result<Option<Epoch>, ArbiterError>> {
+        Box::pin(async move {
+            if self.try_take()? {
+                Ok(None)
+            } else {
+                Err(ArbiterError::Lock {
+                    path: self.path.clone(),
+                    source: std::io::Error::new(std::io::ErrorKind::WouldBlock, "held by another member"),
+                })
+            }
+        })
     }
 
-    fn release(&self) {
+    fn release(&self) -> BoxFuture<'_, ()> {
         // Closing the descriptor drops the flock.
         self.held.lock().take();
+        Box::pin(async {})
     }
 
     fn name(&self) -> &'static str {
@@ -203,7 +248,7 @@ mod tests {
     }
 
     fn request() -> ActivationRequest {
-        ActivationRequest { group: "g".into(), live_node: "a".into(), live_addr: "x".into(), epoch: 1 }
+        ActivationRequest { group: "g".into(), live_node: "a".into(), live_addr: "x".into(), epoch: 1, complete_copy: true }
     }
 
     #[tokio::test]
@@ -221,7 +266,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("live.lock");
         let live = FileLockArbiter::new(&path);
-        live.hold_as_live().unwrap();
+        live.hold_as_live(Epoch(1), true).await.unwrap();
         let backup = FileLockArbiter::new(&path);
         assert!(matches!(backup.may_activate(&request()).await.unwrap(), Decision::Denied { .. }));
         drop(live);

@@ -34,6 +34,7 @@ pub async fn run(ctx: &HaContext, shutdown: &CancellationToken) -> Result<Backup
     ctx.set_backup_status(None, SyncState::Connecting, 0, 0);
     // Whether this process has held a complete copy since it last lost a live.
     let mut lost_synced: Option<(Member, String)> = None;
+    let mut last_denial: Option<String> = None;
     loop {
         if shutdown.is_cancelled() {
             return Ok(BackupOutcome::Shutdown);
@@ -58,26 +59,41 @@ pub async fn run(ctx: &HaContext, shutdown: &CancellationToken) -> Result<Backup
                 tracing::warn!(live = %member.name, live_epoch = epoch, our_epoch = ctx.epoch().0, "ignoring a live with an older epoch");
             }
         }
-        if let Some((live, why)) = &lost_synced {
-            let request = ActivationRequest {
-                group: ctx.group.clone(),
-                live_node: live.name.clone(),
-                live_addr: live.cluster.clone(),
-                epoch: ctx.epoch().0,
-            };
+        // Arbiters that know who is in sync are asked whenever no live answers; the others
+        // only by a backup that was in sync with the live it lost.
+        let ask = match &lost_synced {
+            Some((live, why)) => Some((live.name.clone(), live.cluster.clone(), why.clone(), true)),
+            // Also after a restart: the marker says the journal is a complete copy.
+            None if ctx.arbiter.knows_sync() => Some((
+                ctx.live_node.read().clone().unwrap_or_default(),
+                String::new(),
+                "no live answers".to_string(),
+                ctx.marked_synced(),
+            )),
+            None => None,
+        };
+        if let Some((live_node, live_addr, why, complete_copy)) = ask {
+            let request =
+                ActivationRequest { group: ctx.group.clone(), live_node: live_node.clone(), live_addr, epoch: ctx.epoch().0, complete_copy };
             match ctx.arbiter.may_activate(&request).await {
-                Ok(Decision::Granted { reason }) => {
+                Ok(Decision::Granted { reason, epoch }) => {
                     drop(mirror);
-                    let epoch = Epoch(ctx.epoch().0 + 1);
+                    let epoch = epoch.unwrap_or(Epoch(ctx.epoch().0 + 1));
+                    let live = if live_node.is_empty() { "unknown".to_string() } else { live_node };
                     return Ok(BackupOutcome::Activate {
                         epoch,
-                        reason: format!("live {} lost ({why}); {}: {reason}", live.name, ctx.arbiter.name()),
+                        reason: format!("live {live} lost ({why}); {}: {reason}", ctx.arbiter.name()),
                     });
+                }
+                // Asked every retry: each new reason once at info.
+                Ok(Decision::Denied { reason }) if last_denial.as_deref() == Some(reason.as_str()) => {
+                    tracing::debug!(arbiter = ctx.arbiter.name(), %reason, "not activating");
                 }
                 Ok(Decision::Denied { reason }) => {
                     tracing::info!(arbiter = ctx.arbiter.name(), %reason, "not activating");
+                    last_denial = Some(reason);
                 }
-                Err(e) => tracing::warn!(error = &e as &dyn std::error::Error, "arbiter failed"),
+                Err(e) => tracing::warn!(error = %error_chain(&e), "arbiter failed"),
             }
         }
         tokio::select! {
@@ -109,6 +125,7 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
         return Followed::Refused { reason: error_chain(&e) };
     }
     *ctx.live_stomp.write() = Some(live.stomp.clone());
+    ctx.following_live();
     tracing::info!(live = %peer.node_id, epoch = peer.epoch, "following the live");
     let ttl = ctx.config.connection_ttl.get();
     let mut state = SyncState::Syncing;
@@ -133,6 +150,10 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
         let result = match frame {
             ClusterFrame::SyncBegin { .. } => {
                 state = SyncState::Syncing;
+                // From here the mirror is no complete copy until it is in sync again.
+                if let Err(e) = ctx.unmark_synced() {
+                    return Followed::Lost { synced: false, reason: error_chain(&e) };
+                }
                 tokio::task::block_in_place(|| mirror.reset())
             }
             ClusterFrame::Append { seq, offset, data } | ClusterFrame::SegmentChunk { seq, offset, data } => {
@@ -164,14 +185,12 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
             }
         };
         if let Err(e) = result {
-            tracing::error!(error = &e as &dyn std::error::Error, "failed to mirror the journal; dropping the live connection");
-            return Followed::Lost { synced: false, reason: error_chain(&e) };
+            return mirror_failed(ctx, "failed to mirror the journal; dropping the live connection", &e);
         }
         // Acknowledge once everything buffered is written: one fsync for a burst of appends.
         if conn.buffered().is_empty() && written != acked {
             if let Err(e) = tokio::task::block_in_place(|| mirror.sync()) {
-                tracing::error!(error = &e as &dyn std::error::Error, "failed to sync the mirrored journal");
-                return Followed::Lost { synced: false, reason: error_chain(&e) };
+                return mirror_failed(ctx, "failed to sync the mirrored journal", &e);
             }
             if let Some((seq, offset)) = written {
                 if let Err(e) = conn.send(&ClusterFrame::Ack { seq, offset }).await {
@@ -183,6 +202,9 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
         if state == SyncState::Syncing && sync_target.is_some() && acked.is_some() && acked >= sync_target {
             state = SyncState::Synced;
             tracing::info!(live = %peer.node_id, "backup is in sync with the live");
+            if let Err(e) = ctx.mark_synced(&peer.node_id) {
+                tracing::warn!(error = %error_chain(&e), "failed to record that this backup is in sync; a restart will not count it as a complete copy");
+            }
         }
         let lag = match (sync_target, acked) {
             (Some((ts, tl)), Some((s, o))) if state == SyncState::Syncing && ts == s => tl.saturating_sub(o),
@@ -201,6 +223,15 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
             }
         }
     }
+}
+
+/// The mirror may be damaged: it no longer counts as a complete copy.
+fn mirror_failed(ctx: &HaContext, what: &str, e: &crate::journal::JournalError) -> Followed {
+    tracing::error!(error = %error_chain(e), "{what}");
+    if let Err(unmark) = ctx.unmark_synced() {
+        tracing::error!(error = %error_chain(&unmark), "failed to forget that this backup was in sync");
+    }
+    Followed::Lost { synced: false, reason: error_chain(e) }
 }
 
 pub fn error_chain(e: &dyn std::error::Error) -> String {

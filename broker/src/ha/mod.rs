@@ -3,6 +3,9 @@
 //! backups over the cluster port; a backup mirrors it, and activates only when its
 //! arbiter allows. With a shared store (`shared_store`) the journal lock decides.
 //!
+//! With the `kubernetes` arbiter the live may lose its claim while it runs; it is then
+//! *fenced*: it stops serving clients, confirms no more writes, and rejoins as a backup.
+//!
 //! The node loop reads top to bottom: decide the starting role, then alternate between
 //! backing up and being live until shutdown. STOMP and cluster listeners are bound once
 //! and served by whichever role the member holds.
@@ -10,6 +13,7 @@
 pub mod arbiter;
 pub mod backup;
 pub mod epoch;
+pub mod lease;
 pub mod probe;
 pub mod replica;
 pub mod responder;
@@ -21,6 +25,7 @@ use crate::config::{ArbiterKind, BrokerConfig, HaConfig, HaPolicy, PreferredRole
 use crate::journal::{Journal, JournalError};
 use arbiter::{Arbiter, ArbiterError, FileLockArbiter, QuorumArbiter, Vote};
 use epoch::{Epoch, EpochError, EpochStore};
+use lease::{KubernetesArbiter, LeaseMetrics, LeaseSettings};
 use parking_lot::{Mutex, RwLock};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -49,6 +54,10 @@ pub enum HaError {
     Arbiter(#[from] ArbiterError),
     #[error("failed to write the live-holder file {path}")]
     WriteLiveFile { path: PathBuf, source: std::io::Error },
+    #[error("failed to find the group's Lease")]
+    LeaseTarget(#[source] crate::config::ConfigError),
+    #[error("failed to update the in-sync marker {path}")]
+    SyncedMarker { path: PathBuf, source: std::io::Error },
 }
 
 /// What every part of the HA machinery shares.
@@ -81,25 +90,46 @@ pub struct LiveTerm {
     pub clients_stopped: CancellationToken,
     /// Cancelled by the replica once the backup was told to take over.
     pub handed_over: CancellationToken,
+    /// Cancelled by the node when the live lost its claim: replicas let their backups go
+    /// to find the next live.
+    pub fenced: CancellationToken,
 }
 
 impl HaContext {
-    pub fn new(
+    /// Loads the epoch and builds the arbiter (for `kubernetes`, the API client from
+    /// `KUBECONFIG` or the pod's service account; nothing is requested yet).
+    pub async fn new(
         config: &BrokerConfig,
         node_id: String,
         status: Arc<RwLock<Option<HaStatus>>>,
         role: Arc<RwLock<Role>>,
+        lease_metrics: LeaseMetrics,
     ) -> Result<Arc<HaContext>, HaError> {
         let ha = config.ha.clone();
         let password = ha.load_password().map_err(HaError::Password)?.into_bytes();
         let epoch_store = EpochStore::new(&config.storage.data_dir);
         let epoch = epoch_store.load()?;
+        let kubernetes = if ha.arbiter.kind == ArbiterKind::Kubernetes {
+            let target =
+                ha.lease_target(|key| std::env::var(key).ok(), |path| std::fs::read_to_string(path)).map_err(HaError::LeaseTarget)?;
+            let client =
+                lease::client(&ha.arbiter.lease).await.map_err(|e| ArbiterError::Client { reason: lease::api_error(&e) })?;
+            tracing::info!(lease = %target.name, namespace = %target.namespace, "arbiter: the group's Kubernetes Lease");
+            Some((client, LeaseSettings::new(target, &ha.arbiter.lease)))
+        } else {
+            None
+        };
         let ctx = Arc::new_cyclic(|weak: &std::sync::Weak<HaContext>| {
-            let arbiter: Arc<dyn Arbiter> = match ha.arbiter.kind {
-                ArbiterKind::FileLock => {
+            let arbiter: Arc<dyn Arbiter> = match kubernetes {
+                Some((client, settings)) => {
+                    let weak = weak.clone();
+                    let in_sync = Arc::new(move || weak.upgrade().map(|ctx| ctx.synced_backups()).unwrap_or_default());
+                    Arc::new(KubernetesArbiter::new(client, settings, node_id.clone(), in_sync, lease_metrics))
+                }
+                None if ha.arbiter.kind == ArbiterKind::FileLock => {
                     Arc::new(FileLockArbiter::new(ha.arbiter.lock_file.as_deref().unwrap_or(std::path::Path::new("live.lock"))))
                 }
-                ArbiterKind::Quorum => {
+                None => {
                     let weak = weak.clone();
                     Arc::new(QuorumArbiter {
                         voters: ha.arbiter.voters.clone(),
@@ -237,6 +267,14 @@ impl HaContext {
         self.publish(None);
     }
 
+    /// The node ids of the backups in sync with this live, sorted.
+    pub fn synced_backups(&self) -> Vec<String> {
+        let mut nodes: Vec<String> =
+            self.backups.lock().iter().filter(|b| b.state == SyncState::Synced).map(|b| b.node.clone()).collect();
+        nodes.sort();
+        nodes
+    }
+
     pub fn remove_backup(&self, node: &str) {
         self.backups.lock().retain(|b| b.node != node);
         self.log_alone();
@@ -304,6 +342,7 @@ pub async fn serve_cluster(ctx: Arc<HaContext>, listener: TcpListener, live: Liv
             let role = match *ctx.role.read() {
                 Role::Live => "live",
                 Role::Backup => "backup",
+                Role::Fenced => "fenced",
                 _ => "starting",
             };
             let (mut conn, peer) = match accept_handshake(stream, &ctx.handshake(Purpose::Probe), role).await {
@@ -370,7 +409,7 @@ pub async fn starting_role(ctx: &HaContext) -> StartAs {
     // Give members a few check periods to answer before deciding nobody is live.
     for _ in 0..3 {
         if let Some((member, epoch)) = probe::find_live(ctx).await {
-            return StartAs::Backup { reason: format!("{} is live (epoch {epoch})", member.name) };
+            return StartAs::Backup { reason: format!("{} is live (epoch {epoch})", member.name), fenced: false };
         }
         tokio::time::sleep(ctx.config.check_period.get()).await;
     }
@@ -378,7 +417,7 @@ pub async fn starting_role(ctx: &HaContext) -> StartAs {
     if ctx.config.role == PreferredRole::Primary || last_live.as_deref() == Some(ctx.node_id.as_str()) {
         StartAs::Live { reason: "no live answers".into(), took_over: false }
     } else {
-        StartAs::Backup { reason: "no live answers; waiting for one".into() }
+        StartAs::Backup { reason: "no live answers; waiting for one".into(), fenced: false }
     }
 }
 
@@ -386,7 +425,8 @@ pub async fn starting_role(ctx: &HaContext) -> StartAs {
 pub enum StartAs {
     /// `took_over`: activated from backup, so recovered messages may have been delivered.
     Live { reason: String, took_over: bool },
-    Backup { reason: String },
+    /// `fenced`: a live that lost its claim; it reports `fenced` until it follows a live.
+    Backup { reason: String, fenced: bool },
 }
 
 impl HaContext {
@@ -398,8 +438,39 @@ impl HaContext {
         std::fs::read_to_string(self.last_live_path()).ok().map(|s| s.trim().to_string())
     }
 
+    /// `dataDir/ha/synced-with`: present while this member's journal is complete: a copy
+    /// of the live it names, written once in sync, or its own while it is or was live;
+    /// removed before a resync touches the journal.
+    fn synced_marker_path(&self) -> PathBuf {
+        self.ha_dir().join("synced-with")
+    }
+
+    /// Records durably that the journal is a complete copy of `live`'s (its own when live),
+    /// so a restarted member may still take over (if its arbiter lists it in sync).
+    pub fn mark_synced(&self, live: &str) -> Result<(), HaError> {
+        let path = self.synced_marker_path();
+        epoch::write_durably(&path, format!("{live}\n").as_bytes()).map_err(|source| HaError::SyncedMarker { path, source })
+    }
+
+    /// Forgets the marker, durably, before the journal stops being a complete copy.
+    pub fn unmark_synced(&self) -> Result<(), HaError> {
+        let path = self.synced_marker_path();
+        let err = |source| HaError::SyncedMarker { path: path.clone(), source };
+        match std::fs::remove_file(&path) {
+            Ok(()) => std::fs::File::open(self.ha_dir()).and_then(|d| d.sync_all()).map_err(err),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+            Err(e) => Err(err(e)),
+        }
+    }
+
+    pub fn marked_synced(&self) -> bool {
+        self.synced_marker_path().exists()
+    }
+
     /// Records that this member is live (with its epoch already stored) and tells `/status`.
     pub fn activated(&self) -> Result<(), HaError> {
+        // A live's journal is the group's: complete until it follows another live.
+        self.mark_synced(&self.node_id)?;
         let path = self.last_live_path();
         let err = |source| HaError::Epoch(EpochError::Write { path: path.clone(), source });
         if let Some(dir) = path.parent() {
@@ -412,5 +483,20 @@ impl HaContext {
 
     pub fn became_backup(&self) {
         self.become_role(Role::Backup);
+    }
+
+    /// A live that lost its claim: it serves nobody and waits for a live to follow.
+    pub fn became_fenced(&self) {
+        // No longer live, and who is comes from the Lease or the next probe.
+        *self.live_node.write() = None;
+        self.become_role(Role::Fenced);
+    }
+
+    /// A backup reached a live: a fenced member is an ordinary backup from here on.
+    pub fn following_live(&self) {
+        let fenced = *self.role.read() == Role::Fenced;
+        if fenced {
+            self.become_role(Role::Backup);
+        }
     }
 }

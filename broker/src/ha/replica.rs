@@ -29,6 +29,8 @@ pub enum ReplicaEnd {
     /// Failback: the backup had everything when client traffic stopped and was told to
     /// activate with this epoch.
     HandedOver(u64),
+    /// The live lost its claim: the backup is let go to find the next live.
+    Fenced,
 }
 
 /// Streams the journal to one backup until it leaves, the live stops, or it asks for failback.
@@ -43,10 +45,34 @@ pub async fn serve(
     let gate = journal.replication_gate();
     let replica = gate.register();
     let result = stream(ctx, term, journal, conn, peer, stop, replica).await;
-    // Whatever happened, a backup that is gone no longer holds the live's receipts.
-    gate.remove(replica);
-    ctx.remove_backup(&peer.node_id);
+    leave(ctx, journal, replica, &peer.node_id, &result).await;
     result
+}
+
+/// Takes a backup that is done out of the gate. A synced backup that left holds the
+/// live's receipts until the arbiter has published that it is no longer in sync, so a
+/// backup that takes over always has every confirmed write.
+async fn leave(ctx: &HaContext, journal: &Journal, replica: crate::journal::ReplicaId, node: &str, result: &Result<ReplicaEnd, HaError>) {
+    let gate = journal.replication_gate();
+    match result {
+        Ok(ReplicaEnd::Stopped | ReplicaEnd::Fenced) => {
+            // The live is stopping or fenced: it confirms nothing its backups do not have.
+            // The backup stays in the published in-sync list, which remains true.
+            gate.fence();
+        }
+        Ok(ReplicaEnd::HandedOver(_)) => ctx.remove_backup(node),
+        Ok(ReplicaEnd::Gone(_)) | Err(_) => {
+            let was_synced = gate.is_synced(replica);
+            ctx.remove_backup(node);
+            if was_synced {
+                if let Err(reason) = ctx.arbiter.in_sync_changed().await {
+                    tracing::warn!(backup = %node, %reason, "could not publish that a backup left: confirming no more writes");
+                    gate.fence();
+                }
+            }
+        }
+    }
+    gate.remove(replica);
 }
 
 async fn stream(
@@ -149,7 +175,7 @@ async fn stream(
         }
         if handing_over && term.clients_stopped.is_cancelled() && acked >= (end.segment, end.offset) {
             let epoch = ctx.epoch().0 + 1;
-            ctx.arbiter.release();
+            ctx.arbiter.release().await;
             if let Err(e) = conn.send(&ClusterFrame::HandOver { epoch }).await {
                 break Ok(ReplicaEnd::Gone(super::backup::error_chain(&e)));
             }
@@ -204,6 +230,10 @@ async fn stream(
             }
             _ = term.clients_stopped.cancelled(), if handing_over && !term.clients_stopped.is_cancelled() => {}
             _ = stop.cancelled(), if !handing_over => break Ok(ReplicaEnd::Stopped),
+            _ = term.fenced.cancelled() => {
+                let _ = conn.send(&ClusterFrame::Goodbye { reason: "the live lost its claim (fenced)".into() }).await;
+                break Ok(ReplicaEnd::Fenced);
+            }
         }
     };
     result

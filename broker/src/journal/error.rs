@@ -166,6 +166,10 @@ pub enum JournalError {
     /// The journal was closed (or its writer is gone); nothing was written.
     #[error("failed to append: the journal is closed")]
     Closed,
+    /// The live lost its claim or is stopping before its backups confirmed the write, so
+    /// a backup that takes over may not have it. The write may or may not survive.
+    #[error("failed to confirm the write: this live stopped being live before its backups had it")]
+    Fenced,
     /// The writer thread panicked; what it last wrote is unknown.
     #[error("failed to stop the journal writer: it panicked")]
     WriterPanicked,

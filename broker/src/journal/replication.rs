@@ -42,6 +42,9 @@ struct GateState {
     waiting: VecDeque<((u64, u64), Waiters)>,
     /// Recent batch ends and the record count there.
     history: VecDeque<((u64, u64), u64)>,
+    /// Set once the live may confirm nothing more (it lost its claim, or it is stopping):
+    /// every waiter held or handed in from then on fails.
+    fenced: bool,
 }
 
 /// Holds append completions back until every synced backup has acknowledged them.
@@ -88,6 +91,19 @@ impl ReplicationGate {
         Self::release(&mut st);
     }
 
+    /// Confirms nothing more: fails every held waiter and every later one. For a live that
+    /// lost its claim (a backup may take over without what is held) or is stopping.
+    pub fn fence(&self) {
+        let mut st = self.state.lock();
+        st.fenced = true;
+        Self::release(&mut st);
+    }
+
+    /// Whether this backup is in sync (its acks hold waiters back).
+    pub fn is_synced(&self, id: ReplicaId) -> bool {
+        self.state.lock().replicas.get(&id).is_some_and(Option::is_some)
+    }
+
     /// Backups in sync right now.
     pub fn synced(&self) -> usize {
         self.state.lock().replicas.values().filter(|v| v.is_some()).count()
@@ -110,7 +126,7 @@ impl ReplicationGate {
         }
         let hold = self.synchronous.load(std::sync::atomic::Ordering::Relaxed)
             && st.replicas.values().any(|v| v.is_some());
-        if !hold && st.waiting.is_empty() {
+        if !hold && st.waiting.is_empty() && !st.fenced {
             drop(st);
             for w in waiters {
                 let _ = w.send(Ok(()));
@@ -122,6 +138,14 @@ impl ReplicationGate {
     }
 
     fn release(st: &mut GateState) {
+        if st.fenced {
+            for (_, waiters) in st.waiting.drain(..) {
+                for w in waiters {
+                    let _ = w.send(Err(JournalError::Fenced));
+                }
+            }
+            return;
+        }
         let floor = st.replicas.values().flatten().min().copied();
         while let Some((end, _)) = st.waiting.front() {
             let done = match floor {
@@ -239,6 +263,22 @@ mod tests {
         assert!(rx2.try_recv().is_err());
         gate.remove(b);
         assert!(rx2.try_recv().is_ok(), "a live whose backup left carries on alone");
+    }
+
+    #[test]
+    fn given_fenced_gate_should_fail_held_and_later_waiters() {
+        let gate = ReplicationGate::new(true);
+        let b = gate.register();
+        gate.acked(b, pos(1, 50), true);
+        let (w1, mut rx1) = waiter();
+        gate.complete_or_hold(pos(1, 100), w1);
+        assert!(gate.is_synced(b));
+        gate.fence();
+        assert!(matches!(rx1.try_recv(), Ok(Err(JournalError::Fenced))));
+        gate.remove(b);
+        let (w2, mut rx2) = waiter();
+        gate.complete_or_hold(pos(1, 200), w2);
+        assert!(matches!(rx2.try_recv(), Ok(Err(JournalError::Fenced))), "nothing is confirmed after the fence");
     }
 
     #[test]

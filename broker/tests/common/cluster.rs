@@ -30,6 +30,8 @@ pub struct Member {
     pub cluster: u16,
     /// The `arbiter:` block (indented for `ha:`); a shared lock file by default.
     pub arbiter: String,
+    /// Extra environment of the process (`KUBECONFIG`, `POD_NAMESPACE`).
+    pub env: Vec<(String, String)>,
     child: Option<Child>,
 }
 
@@ -46,6 +48,7 @@ impl Member {
             admin: free_port(),
             cluster: free_port(),
             arbiter: format!("  arbiter:\n    kind: fileLock\n    lockFile: {}\n", root.join("live.lock").display()),
+            env: Vec::new(),
             child: None,
         }
     }
@@ -111,7 +114,13 @@ impl Member {
             }
             None => Command::new(env!("CARGO_BIN_EXE_duomq-broker")),
         };
-        command.args(["run", "--config"]).arg(&path).env("RUST_LOG", "duomq_broker=debug,info").stdout(Stdio::null()).stderr(log);
+        command
+            .args(["run", "--config"])
+            .arg(&path)
+            .env("RUST_LOG", "duomq_broker=debug,info")
+            .envs(self.env.iter().map(|(k, v)| (k.as_str(), v.as_str())))
+            .stdout(Stdio::null())
+            .stderr(log);
         self.child = Some(command.spawn().expect("spawn broker"));
     }
 
@@ -119,6 +128,26 @@ impl Member {
         if let Some(mut c) = self.child.take() {
             let _ = c.kill();
             let _ = c.wait();
+        }
+    }
+
+    /// SIGTERM, then waits (up to [`ROLE_TIMEOUT`]) for a clean exit.
+    pub fn terminate(&mut self) -> std::process::ExitStatus {
+        let mut child = self.child.take().expect("member running");
+        // SAFETY: a signal to a child process this harness started and still owns.
+        unsafe {
+            libc::kill(child.id() as i32, libc::SIGTERM);
+        }
+        let deadline = Instant::now() + ROLE_TIMEOUT;
+        loop {
+            if let Ok(Some(status)) = child.try_wait() {
+                return status;
+            }
+            if Instant::now() > deadline {
+                let _ = child.kill();
+                panic!("{} did not stop within {ROLE_TIMEOUT:?} of SIGTERM; log:\n{}", self.name, self.log());
+            }
+            std::thread::sleep(Duration::from_millis(20));
         }
     }
 

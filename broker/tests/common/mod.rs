@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod kube_api;
 
 use bytes::BytesMut;
 use duomq_broker::stomp::{Command, Frame, Inbound, Limits, StompCodec, Version};
@@ -414,6 +415,24 @@ impl Conn {
         self.send(&Frame::new(Command::Disconnect).header("receipt", "bye"));
         let _ = self.read_frame(FRAME_TIMEOUT);
     }
+}
+
+/// The broker binary's command line (`send`, `receive`, ...), quiet about backtraces.
+pub fn cli(args: &[&str]) -> Process {
+    let mut c = Process::new(env!("CARGO_BIN_EXE_duomq-broker"));
+    c.args(args).env_remove("RUST_BACKTRACE");
+    c
+}
+
+/// Receives exactly `count` messages with the CLI and returns its summary line.
+pub fn receive_all(url: &str, queue: &str, count: usize) -> String {
+    let out = cli(&["receive", "--url", url, "--destination", queue, "--count", &count.to_string(), "--timeout", "10s"])
+        .output()
+        .expect("run consumer");
+    let summary = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "consumer did not get every receipted message from {queue}: {summary}");
+    assert!(summary.contains(&format!("received {count} messages")), "{summary}");
+    summary
 }
 
 pub fn rand_u64() -> u64 {
