@@ -42,6 +42,7 @@ pub const KIND: &str = "BrokerGroup";
 #[x_kube(
     validation = Rule::new("self.ha.mode != 'replication' || self.backupsPerGroup >= 1").message("replication needs a backup to replicate to: set backupsPerGroup to 1 or more"),
     validation = Rule::new("self.ha.mode != 'sharedStore' || self.backupsPerGroup >= 1").message("a shared-store group needs a slave to take over: set backupsPerGroup to 1 or more"),
+    validation = Rule::new("self.ha.arbiter != 'quorum' || self.groups >= 3").message("a quorum arbiter needs at least three groups to vote (Artemis' rule): set groups to 3 or more, or use ha.arbiter kubernetes"),
     validation = Rule::new("self.ha.mode != 'sharedStore' || !self.ha.allowFailback").message("allowFailback is for replication: a shared-store slave takes over the store itself and there is nothing to fail back; set ha.allowFailback to false"),
     validation = Rule::new("self.ha.mode != 'sharedStore' || has(self.storage.storageClassName)").message("shared store keeps each group's journal on one volume all its members mount: set storage.storageClassName to a class that provides ReadWriteMany volumes (NFS, CephFS)"),
     validation = Rule::new("self.layout.type != 'hostPairs' || !has(self.layout.hostPairs) || self.groups == 2 * size(self.layout.hostPairs)").message("a hostPairs layout runs two groups on each pair of nodes: set groups to twice the number of hostPairs (an even number)"),
@@ -159,6 +160,14 @@ pub struct HaSpec {
     #[serde(default)]
     pub replication: ReplicationMode,
 
+    /// Who decides that a backup may take over. kubernetes (the default): a Lease per group
+    /// that the live holds and renews; a backup takes it only when the live's claim has
+    /// expired or was released, and only if it was in sync; a live that cannot renew fences
+    /// itself. quorum (Artemis style): a majority of the other groups' members must confirm
+    /// the live is gone; needs at least three groups.
+    #[serde(default)]
+    pub arbiter: ArbiterSpec,
+
     /// Name of a Secret with keys `user` and `password`: the cluster credentials members
     /// authenticate each other with. When empty the operator creates `<name>-cluster` with a
     /// random password.
@@ -172,6 +181,14 @@ pub enum HaMode {
     #[default]
     Replication,
     SharedStore,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum ArbiterSpec {
+    #[default]
+    Kubernetes,
+    Quorum,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -76,6 +76,7 @@ fn member_state(p: Option<&PodObservation>) -> String {
                 Role::Live => "live".into(),
                 Role::Backup => "backup".into(),
                 Role::Stopping => "stopping".into(),
+                Role::Fenced => "fenced".into(),
             },
         },
     }
