@@ -73,6 +73,10 @@ pub fn broker_service_account(bg: &str) -> String {
     format!("{bg}-broker")
 }
 
+/// On a group's Lease: the holder whose claim the operator released because it knew that
+/// live was dead (so the status can say `OperatorFailover`).
+pub const RELEASED_HOLDER_ANNOTATION: &str = "duomq.io/released-holder";
+
 /// The group's arbiter Lease.
 pub fn lease(group: &str) -> String {
     group.to_string()

@@ -683,7 +683,10 @@ fn orphan_lists(groups: &[&str], extra: &[(&str, Value)]) -> [Call; 7] {
         .items(pdbs),
         list_metadata(&format!("/api/v1/namespaces/{NS}/secrets")).items(secrets),
         list_metadata(&format!("/api/v1/namespaces/{NS}/persistentvolumeclaims")).items(pvcs),
-        list_metadata(&format!("/apis/coordination.k8s.io/v1/namespaces/{NS}/leases")).items(leases),
+        list_metadata(&format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+        ))
+        .items(leases),
     ]
 }
 
@@ -718,7 +721,11 @@ fn applies(groups: &[&str]) -> Vec<Call> {
             .iter()
             .map(|g| apply(&apis("policy/v1", "poddisruptionbudgets", g))),
     );
-    calls.extend(groups.iter().map(|g| apply(&apis("coordination.k8s.io/v1", "leases", g))));
+    calls.extend(
+        groups
+            .iter()
+            .map(|g| apply(&apis("coordination.k8s.io/v1", "leases", g))),
+    );
     calls.extend(
         groups
             .iter()
@@ -822,6 +829,12 @@ fn create_calls(bg: &BrokerGroup) -> Vec<Call> {
         list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
             .items(vec![statefulset("pair-g0", false)]),
     );
+    calls.push(
+        list(&format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+        ))
+        .items(vec![]),
+    );
     calls.push(apply(&status_path()).returns(to_json(bg)));
     calls
 }
@@ -854,6 +867,12 @@ fn calls_until_observed(groups: &[&str], pods: Vec<Value>) -> Vec<Call> {
     calls.push(
         list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
             .items(groups.iter().map(|g| statefulset(g, true)).collect()),
+    );
+    calls.push(
+        list(&format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+        ))
+        .items(vec![]),
     );
     calls
 }
@@ -908,6 +927,7 @@ async fn given_a_new_brokergroup_and_an_empty_cluster_when_reconciled_should_app
                 list("/api/v1/namespaces/default/pods").items(vec![]),
                 list("/apis/apps/v1/namespaces/default/statefulsets")
                     .items(vec![statefulset("pair-g0", false)]),
+                list("/apis/coordination.k8s.io/v1/namespaces/default/leases").items(vec![]),
                 apply("/apis/duomq.io/v1alpha1/namespaces/default/brokergroups/pair/status")
                     .returns(to_json(&bg)),
             ],
@@ -1045,6 +1065,12 @@ async fn given_an_applied_brokergroup_when_reconciled_again_unchanged_should_app
         list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
             .items(vec![statefulset("pair-g0", false)]),
     );
+    calls.push(
+        list(&format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+        ))
+        .items(vec![]),
+    );
     // No status patch: nothing observed changed.
     let second = h.reconcile(&bg, calls).await;
 
@@ -1098,6 +1124,12 @@ async fn given_groups_reduced_from_two_to_one_when_reconciled_should_delete_the_
     calls.push(
         list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
             .items(vec![statefulset("pair-g0", true)]),
+    );
+    calls.push(
+        list(&format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+        ))
+        .items(vec![]),
     );
     calls.push(apply(&status_path()).returns(to_json(&bg)));
 
@@ -1182,6 +1214,12 @@ async fn given_named_secrets_and_a_connector_target_when_reconciled_should_read_
         list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
             .items(vec![statefulset("pair-g0", false)]),
     );
+    calls.push(
+        list(&format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+        ))
+        .items(vec![]),
+    );
     calls.push(apply(&status_path()).returns(to_json(&bg)));
 
     let step = h.reconcile(&bg, calls).await;
@@ -1260,6 +1298,10 @@ async fn given_running_brokers_when_the_live_is_lost_should_report_live_and_back
         ]),
         list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
             .items(vec![statefulset("pair-g0", true)]),
+        list(&format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+        ))
+        .items(vec![]),
         merge_patch(&core("pods", "pair-g0-0")).returns(broker_pod(
             "pair-g0-0",
             "10.0.0.10",
@@ -1330,6 +1372,10 @@ async fn given_running_brokers_when_the_live_is_lost_should_report_live_and_back
         ]),
         list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
             .items(vec![statefulset("pair-g0", true)]),
+        list(&format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+        ))
+        .items(vec![]),
         merge_patch(&core("pods", "pair-g0-1")).returns(broker_pod(
             "pair-g0-1",
             "10.0.0.11",

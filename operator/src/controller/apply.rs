@@ -158,3 +158,40 @@ pub async fn delete_orphans(
     }
     Ok(())
 }
+
+/// Fast failover: empties the holder of `group`'s Lease if `holder` still holds it, so an
+/// in-sync backup takes over at once. A concurrent change (409) means someone else acted
+/// first: nothing to do. Returns whether it released.
+pub async fn release_lease(
+    client: &Client,
+    namespace: &str,
+    lease: &str,
+    holder: &str,
+) -> Result<bool, Error> {
+    let api: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let Some(mut current) = get_opt(&api, lease, "read Lease").await? else {
+        return Ok(false);
+    };
+    let spec = current.spec.get_or_insert_with(Default::default);
+    if spec.holder_identity.as_deref() != Some(holder) {
+        return Ok(false);
+    }
+    spec.holder_identity = None;
+    current
+        .annotations_mut()
+        .insert(names::RELEASED_HOLDER_ANNOTATION.into(), holder.into());
+    match api
+        .replace(lease, &kube::api::PostParams::default(), &current)
+        .await
+    {
+        Ok(_) => {
+            info!(lease, holder, "released the Lease of a dead live");
+            Ok(true)
+        }
+        Err(kube::Error::Api(e)) if e.code == 409 => Ok(false),
+        Err(source) => Err(Error::Kube {
+            step: format!("release Lease {lease}"),
+            source,
+        }),
+    }
+}

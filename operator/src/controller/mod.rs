@@ -231,6 +231,16 @@ async fn reconcile_phases(bg: &BrokerGroup, ctx: &Context) -> Result<Action, Err
             format!("network connector target BrokerGroup {target} does not exist in namespace {namespace}"),
         ));
     }
+    for (group, holder) in status::leases_to_release(&validated, &seen) {
+        if apply::release_lease(client, &namespace, &names::lease(&group), &holder).await? {
+            let note = format!("group {group}: live {holder} is dead; released its Lease so an in-sync backup takes over now");
+            publish(ctx, bg, EventType::Warning, "OperatorFailover", &note).await;
+            if let Some(lease) = seen.leases.get_mut(&group) {
+                lease.holder = None;
+                lease.released_holder = Some(holder);
+            }
+        }
+    }
     let previous = bg.status.clone().unwrap_or_default();
     let computed = status::compute(&validated, bg.meta().generation, &seen, &previous, &now());
 

@@ -3,13 +3,14 @@
 
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::StatefulSet;
+use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
 use kube::{Client, ResourceExt};
 
 use super::{BrokerStatusSource, Error};
 use crate::names;
-use crate::status::{Observation, PodObservation};
+use crate::status::{LeaseObservation, Observation, PodObservation};
 use crate::validate::ValidatedBrokerGroup;
 
 fn broker_running(pod: &Pod) -> bool {
@@ -78,8 +79,32 @@ pub async fn observe(
         .map(|s| s.name_any())
         .collect();
 
+    let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
+    let leases = leases
+        .list(&selector)
+        .await
+        .map_err(Error::kube("list Leases"))?
+        .items
+        .into_iter()
+        .map(|l| {
+            let seen = LeaseObservation {
+                holder: l
+                    .spec
+                    .as_ref()
+                    .and_then(|s| s.holder_identity.clone())
+                    .filter(|h| !h.is_empty()),
+                released_holder: l
+                    .annotations()
+                    .get(names::RELEASED_HOLDER_ANNOTATION)
+                    .cloned(),
+            };
+            (l.name_any(), seen)
+        })
+        .collect();
+
     Ok(Observation {
         pods: observed,
+        leases,
         rolling_out,
         problems: Vec::new(),
     })

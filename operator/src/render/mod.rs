@@ -116,7 +116,11 @@ pub fn render(v: &ValidatedBrokerGroup) -> Rendered {
         },
         services: build_services(v),
         pdbs: v.groups.iter().map(|g| build_pdb(v, g)).collect(),
-        leases: if v.is_shared_store() { Vec::new() } else { v.groups.iter().map(|g| build_lease(v, g)).collect() },
+        leases: if v.is_shared_store() {
+            Vec::new()
+        } else {
+            v.groups.iter().map(|g| build_lease(v, g)).collect()
+        },
         statefulsets: v
             .groups
             .iter()
@@ -336,7 +340,14 @@ fn build_services(v: &ValidatedBrokerGroup) -> Vec<Service> {
 }
 
 fn build_lease(v: &ValidatedBrokerGroup, g: &GroupModel) -> Lease {
-    Lease { metadata: meta(v, names::lease(&g.name), names::group_labels(&v.name, &g.name)), spec: None }
+    Lease {
+        metadata: meta(
+            v,
+            names::lease(&g.name),
+            names::group_labels(&v.name, &g.name),
+        ),
+        spec: None,
+    }
 }
 
 /// At most one member of a group down at a time for voluntary disruptions (drains).

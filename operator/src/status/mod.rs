@@ -28,10 +28,21 @@ pub struct PodObservation {
     pub broker: Result<BrokerStatus, String>,
 }
 
+/// A group's arbiter Lease as the operator saw it.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct LeaseObservation {
+    /// The member holding it (the live, or a dead live whose claim has not expired).
+    pub holder: Option<String>,
+    /// The member whose claim the operator released last (fast failover), if any.
+    pub released_holder: Option<String>,
+}
+
 /// Everything observed in one reconcile.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observation {
     pub pods: BTreeMap<String, PodObservation>,
+    /// Arbiter Leases by group name (replication with the kubernetes arbiter).
+    pub leases: BTreeMap<String, LeaseObservation>,
     /// Workloads still rolling out (StatefulSets whose pods are not all current and ready).
     pub rolling_out: Vec<String>,
     /// Problems found before status (missing Secret, missing connector target), as
@@ -109,6 +120,24 @@ impl Conditions<'_> {
             observed_generation: self.generation,
         });
     }
+}
+
+/// Fast failover: the Leases whose holder the operator knows is dead (its pod is gone, or
+/// its broker container is not running), so their claim can be released for an in-sync
+/// backup at once instead of waiting for it to expire. A holder whose container runs is
+/// never released: it might still be serving.
+pub fn leases_to_release(v: &ValidatedBrokerGroup, seen: &Observation) -> Vec<(String, String)> {
+    v.groups
+        .iter()
+        .filter_map(|g| {
+            let holder = seen.leases.get(&g.name)?.holder.clone()?;
+            let dead = match seen.pods.get(&holder) {
+                None => true,
+                Some(p) => !p.running,
+            };
+            dead.then(|| (g.name.clone(), holder))
+        })
+        .collect()
 }
 
 /// The new status of `v` from `seen`, given the previous status and the time now.
@@ -202,14 +231,21 @@ pub fn compute(
         let mut last_failover = before.and_then(|b| b.last_failover.clone());
         if let (Some(from), Some(to)) = (before.and_then(|b| b.live.clone()), live.clone()) {
             if from != to {
+                let released = seen
+                    .leases
+                    .get(&g.name)
+                    .and_then(|l| l.released_holder.as_ref())
+                    == Some(&from);
                 let reason = if to == preferred_live {
                     FailoverReason::Failback
+                } else if released {
+                    FailoverReason::OperatorFailover
                 } else {
                     FailoverReason::LiveLost
                 };
                 failovers += 1;
                 transitions.push(Transition {
-                    warning: reason == FailoverReason::LiveLost,
+                    warning: reason != FailoverReason::Failback,
                     reason: if reason == FailoverReason::Failback {
                         "FailedBack".into()
                     } else {
@@ -591,6 +627,51 @@ mod tests {
         assert_eq!(
             (d.status.as_str(), d.reason.as_str()),
             ("True", "ConnectorTargetMissing")
+        );
+    }
+
+    #[test]
+    fn given_the_lease_holder_is_not_running_should_release_it_and_call_the_failover_operator_driven(
+    ) {
+        let mut seen = healthy();
+        seen.leases.insert(
+            "pair-g0".into(),
+            LeaseObservation {
+                holder: Some("pair-g0-0".into()),
+                released_holder: None,
+            },
+        );
+        assert!(
+            leases_to_release(&pair(), &seen).is_empty(),
+            "a running holder is never released"
+        );
+
+        let before = first(&seen).status;
+        seen.pods.get_mut("pair-g0-0").unwrap().running = false;
+        assert_eq!(
+            leases_to_release(&pair(), &seen),
+            vec![("pair-g0".to_string(), "pair-g0-0".to_string())]
+        );
+        seen.pods.remove("pair-g0-0");
+        assert_eq!(
+            leases_to_release(&pair(), &seen).len(),
+            1,
+            "a deleted holder is released too"
+        );
+
+        // the backup took the released Lease
+        seen.leases.insert(
+            "pair-g0".into(),
+            LeaseObservation {
+                holder: Some("pair-g0-1".into()),
+                released_holder: Some("pair-g0-0".into()),
+            },
+        );
+        seen.pods.get_mut("pair-g0-1").unwrap().broker = broker(Role::Live, 2, None);
+        let c = compute(&pair(), Some(1), &seen, &before, &at(200));
+        assert_eq!(
+            c.status.groups[0].last_failover.as_ref().unwrap().reason,
+            FailoverReason::OperatorFailover
         );
     }
 }
