@@ -49,7 +49,7 @@ impl Default for DeleteOptions {
 
 impl DeleteOptions {
     /// Reads a DeleteOptions body (may be empty) over query defaults.
-    pub(crate) fn from_body(mut self, body: &[u8]) -> ApiResult<Self> {
+    pub(crate) fn merge_body(mut self, body: &[u8]) -> ApiResult<Self> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(self);
         }

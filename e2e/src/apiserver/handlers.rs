@@ -437,7 +437,7 @@ fn delete_options(req: &Req) -> ApiResult<DeleteOptions> {
         opts.propagation = delete::parse_propagation(p)?;
     }
     opts.dry_run = req.params.get("dryRun").is_some_and(|d| !d.is_empty());
-    opts.from_body(&req.body)
+    opts.merge_body(&req.body)
 }
 
 /// The body of a completed delete: the object for custom resources, a Success Status for
