@@ -188,6 +188,25 @@ async fn given_configmap_yaml_when_applied_labelled_patched_and_deleted_should_w
 }
 
 #[tokio::test]
+async fn given_kubectl_create_generators_when_they_send_protobuf_should_create_the_objects() {
+    let k = Cluster::start().await;
+    k.ok(&["create", "namespace", "team-a"]).await;
+    k.ok(&["create", "configmap", "settings", "--from-literal=mode=fast", "-n", "team-a"]).await;
+    k.ok(&["create", "secret", "generic", "credentials", "--from-literal=password=s3cret", "-n", "team-a"]).await;
+    k.ok(&["create", "serviceaccount", "bot", "-n", "team-a"]).await;
+    let cm = k.json(&["get", "configmap", "settings", "-n", "team-a"]).await;
+    assert_eq!(cm["data"], json!({"mode": "fast"}));
+    let secret = k.json(&["get", "secret", "credentials", "-n", "team-a"]).await;
+    assert_eq!(secret["data"]["password"], "czNjcmV0", "base64 of s3cret");
+    assert_eq!(secret["type"], "Opaque");
+    assert!(k.ok(&["get", "serviceaccounts", "-n", "team-a"]).await.contains("bot"));
+    let out = k.ok(&["delete", "namespace", "team-a"]).await;
+    assert!(out.contains("namespace \"team-a\" deleted"), "{out}");
+    let err = k.fails(&["get", "namespace", "team-a"], "").await;
+    assert!(err.contains("not found"), "{err}");
+}
+
+#[tokio::test]
 async fn given_deployment_when_strategic_patched_should_merge_containers_by_name() {
     let k = Cluster::start().await;
     let deployment = "apiVersion: apps/v1

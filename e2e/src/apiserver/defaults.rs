@@ -84,11 +84,12 @@ fn field<'a>(obj: &'a mut Value, key: &str) -> &'a mut Value {
     v
 }
 
-/// Sets `obj[key]` when it is missing or null.
+/// Sets `obj[key]` when it is missing, null or an empty string (Go's zero value, which
+/// Kubernetes' defaulting treats as unset).
 fn set(obj: &mut Value, key: &str, value: Value) {
     if let Some(map) = obj.as_object_mut() {
         let entry = map.entry(key).or_insert(Value::Null);
-        if entry.is_null() {
+        if entry.is_null() || entry.as_str() == Some("") {
             *entry = value;
         }
     }

@@ -26,6 +26,7 @@ use super::meta;
 use super::openapi;
 use super::patch::PatchType;
 use super::path::{self, ResourcePath, Route};
+use super::protobuf;
 use super::registry::ResourceInfo;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::store::Store;
@@ -103,7 +104,14 @@ impl Req {
 
     fn json_body(&self) -> ApiResult<Value> {
         let content_type = self.header(header::CONTENT_TYPE);
-        if content_type.contains("protobuf") || content_type.contains("cbor") {
+        if content_type.contains("protobuf") {
+            return protobuf::decode(&self.body).map_err(|e| {
+                let mut err = ApiError::unsupported_media_type(content_type);
+                err.message = e.to_string();
+                err
+            });
+        }
+        if content_type.contains("cbor") {
             return Err(ApiError::unsupported_media_type(content_type));
         }
         if content_type.contains("yaml") {

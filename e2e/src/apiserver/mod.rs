@@ -23,6 +23,7 @@ mod meta;
 mod openapi;
 mod patch;
 mod path;
+mod protobuf;
 mod registry;
 mod selectors;
 mod store;
