@@ -17,7 +17,7 @@ use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::{ConfigMap, Namespace, Pod};
 use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, DeleteParams, PartialObjectMeta, ListParams, ObjectMeta, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
+use kube::api::{Api, DeleteParams, PartialObjectMeta, VersionMatch, ListParams, ObjectMeta, Patch, PatchParams, PostParams, WatchEvent, WatchParams};
 use kube::runtime::controller::{Action, Controller};
 use kube::runtime::watcher::{self, Event};
 use kube::{Client, CustomResourceExt, Resource, ResourceExt};
@@ -65,6 +65,19 @@ async fn next_within<S: futures::Stream + Unpin>(stream: &mut S, what: &str) -> 
         .await
         .unwrap_or_else(|_| panic!("timed out waiting for {what}"))
         .unwrap_or_else(|| panic!("stream ended while waiting for {what}"))
+}
+
+/// The next event of a raw watch that is not a BOOKMARK.
+async fn next_change<S>(stream: &mut S, what: &str) -> WatchEvent<ConfigMap>
+where
+    S: futures::Stream<Item = kube::Result<WatchEvent<ConfigMap>>> + Unpin,
+{
+    loop {
+        match next_within(stream, what).await.expect("watch event") {
+            WatchEvent::Bookmark(_) => continue,
+            event => return event,
+        }
+    }
 }
 
 fn cm(name: &str, data: &[(&str, &str)]) -> ConfigMap {
@@ -190,20 +203,20 @@ async fn given_raw_watch_when_objects_change_should_stream_added_modified_delete
     let mut stream = cms.watch(&WatchParams::default(), &start).await.expect("watch").boxed();
 
     cms.create(&PostParams::default(), &cm("w", &[("a", "1")])).await.expect("create");
-    let added = next_within(&mut stream, "ADDED").await.expect("event");
+    let added = next_change(&mut stream, "ADDED").await;
     assert!(matches!(added, WatchEvent::Added(ref c) if c.name_any() == "w"));
     cms.patch("w", &PatchParams::default(), &Patch::Merge(json!({"data": {"a": "2"}}))).await.expect("patch");
-    let modified = next_within(&mut stream, "MODIFIED").await.expect("event");
+    let modified = next_change(&mut stream, "MODIFIED").await;
     let after_modify = match modified {
         WatchEvent::Modified(c) => c.resource_version().expect("rv"),
         other => panic!("expected MODIFIED, got {other:?}"),
     };
     cms.delete("w", &DeleteParams::default()).await.expect("delete");
-    assert!(matches!(next_within(&mut stream, "DELETED").await.expect("event"), WatchEvent::Deleted(_)));
+    assert!(matches!(next_change(&mut stream, "DELETED").await, WatchEvent::Deleted(_)));
     drop(stream);
 
     let mut resumed = cms.watch(&WatchParams::default(), &after_modify).await.expect("resume").boxed();
-    match next_within(&mut resumed, "DELETED after resume").await.expect("event") {
+    match next_change(&mut resumed, "DELETED after resume").await {
         WatchEvent::Deleted(c) => assert_eq!(c.name_any(), "w"),
         other => panic!("a watch resumed after the modification should see the deletion, got {other:?}"),
     }
@@ -222,6 +235,12 @@ async fn given_history_exceeded_when_watching_from_an_old_version_should_get_410
         Ok(WatchEvent::Error(status)) => assert_eq!(status.code, 410),
         other => panic!("expected an ERROR event with 410, got {other:?}"),
     }
+
+    let exact = ListParams::default().at(&old.resource_version().expect("rv")).matching(VersionMatch::Exact);
+    let gone = api_error(cms.list(&exact).await.expect_err("an exact list of a compacted version"));
+    assert_eq!(gone.code, 410);
+    let not_older = ListParams::default().at(&old.resource_version().expect("rv")).matching(VersionMatch::NotOlderThan);
+    assert_eq!(cms.list(&not_older).await.expect("not older than an old version").items.len(), 11);
 
     // A watcher without bookmarks that sees none of the churn keeps an old version; when its
     // watch times out it resumes from there, gets 410 and must relist.
@@ -596,6 +615,72 @@ async fn given_metadata_watcher_when_objects_change_should_see_partial_metadata(
         if let Event::Delete(m) = next_within(&mut events, "metadata delete").await.expect("event") {
             assert_eq!(m.name_any(), "m");
             break;
+        }
+    }
+}
+
+#[tokio::test]
+async fn given_quiet_watch_with_bookmarks_and_timeout_should_get_bookmarks_and_then_end() {
+    let server = server(1000).await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    let current = cms.create(&PostParams::default(), &cm("x", &[])).await.expect("create").resource_version().expect("rv");
+    let params = WatchParams::default().timeout(8);
+    let mut stream = cms.watch(&params, &current).await.expect("watch").boxed();
+    match next_within(&mut stream, "a bookmark").await.expect("event") {
+        WatchEvent::Bookmark(b) => assert_eq!(b.metadata.resource_version, current),
+        other => panic!("a quiet watch with bookmarks should get a BOOKMARK, got {other:?}"),
+    }
+    loop {
+        match tokio::time::timeout(WATCH_EVENT_TIMEOUT, stream.next()).await.expect("the watch ends after timeoutSeconds") {
+            None => break,
+            Some(Ok(WatchEvent::Bookmark(_))) => {}
+            Some(other) => panic!("unexpected event on a quiet watch: {other:?}"),
+        }
+    }
+}
+
+#[tokio::test]
+async fn given_two_listen_addresses_when_started_should_serve_on_both_and_write_kubeconfigs() {
+    let dir = tempfile::tempdir().expect("temporary directory");
+    let kubeconfig = dir.path().join("nested").join("kubeconfig");
+    let server = apiserver::start(ApiServerOptions {
+        listen: vec!["127.0.0.1:0".parse().expect("address"), "127.0.0.2:0".parse().expect("address")],
+        kubeconfig: Some(kubeconfig.clone()),
+        watch_history: 100,
+    })
+    .await
+    .expect("api server starts");
+    let urls = server.urls();
+    assert_eq!(urls.len(), 2);
+    assert_eq!(urls[0], server.url());
+    assert!(urls[1].starts_with("http://127.0.0.2:"), "{urls:?}");
+    assert_eq!(server.kubeconfig_path(), Some(kubeconfig.as_path()));
+    let other = dir.path().join("second-kubeconfig");
+    server.write_kubeconfig(&other, &urls[1]).expect("second kubeconfig");
+    for path in [&kubeconfig, &other] {
+        let config = kube::Config::from_custom_kubeconfig(
+            kube::config::Kubeconfig::read_from(path).expect("kubeconfig parses"),
+            &kube::config::KubeConfigOptions::default(),
+        )
+        .await
+        .expect("kubeconfig loads");
+        let client = Client::try_from(config).expect("client");
+        let namespaces: Api<Namespace> = Api::all(client);
+        let names: Vec<String> = namespaces.list(&ListParams::default()).await.expect("list").items.iter().map(|n| n.name_any()).collect();
+        assert!(names.contains(&"default".to_string()) && names.contains(&"kube-system".to_string()), "{names:?}");
+    }
+}
+
+#[tokio::test]
+async fn given_open_watch_when_the_server_shuts_down_should_end_the_watch_and_return() {
+    let server = server(1000).await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    let mut stream = cms.watch(&WatchParams::default(), "0").await.expect("watch").boxed();
+    tokio::time::timeout(EFFECT_TIMEOUT, server.shutdown()).await.expect("shutdown returns with a watch open");
+    loop {
+        match tokio::time::timeout(WATCH_EVENT_TIMEOUT, stream.next()).await.expect("the watch ends") {
+            None | Some(Err(_)) => break,
+            Some(Ok(_)) => {}
         }
     }
 }

@@ -307,9 +307,10 @@ fn list(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>) ->
         None => None,
     };
     let (items, rv) = app.store.read(|s| {
-        if let Some(rv) = requested.filter(|rv| *rv > 0) {
-            let too_old = s.check_not_compacted(rv).is_err() || (exact && rv != s.rv());
-            if too_old {
+        // Only the current state is kept: an exact list of any other version is as gone as
+        // a compacted one. NotOlderThan (or no match) is served from the current state.
+        if let Some(rv) = requested.filter(|rv| exact && *rv > 0) {
+            if rv != s.rv() {
                 return Err(ApiError::expired(format!(
                     "The resourceVersion for the provided list is too old (requested {rv}, current {}).",
                     s.rv()

@@ -99,8 +99,8 @@ pub enum ApiServerError {
     Client { source: kube::Error },
 }
 
-/// A running API server. Dropping it without [`ApiServerHandle::shutdown`] leaves the server
-/// running until the runtime ends.
+/// A running API server. Dropping it stops the listeners and ends open watches;
+/// [`ApiServerHandle::shutdown`] also waits for the listeners to finish.
 pub struct ApiServerHandle {
     addrs: Vec<SocketAddr>,
     kubeconfig: Option<PathBuf>,
@@ -210,6 +210,12 @@ impl ApiServerHandle {
         self.cancel.cancel();
         while self.servers.join_next().await.is_some() {}
         tracing::info!(objects = self.store.object_count(), "api server stopped");
+    }
+}
+
+impl Drop for ApiServerHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }
 

@@ -226,18 +226,6 @@ impl State {
         Ok(self.history.range(start..).cloned().collect())
     }
 
-    /// Whether a list can be served exactly at `rv` (only the current state is kept).
-    pub(crate) fn check_not_compacted(&self, rv: u64) -> Result<(), Compacted> {
-        if rv < self.compacted {
-            Err(Compacted {
-                requested: rv,
-                oldest: self.compacted,
-            })
-        } else {
-            Ok(())
-        }
-    }
-
     /// The next free cluster IP of the service range 10.96.0.0/16.
     pub(crate) fn allocate_service_ip(&mut self) -> String {
         let n = self.next_service_ip;
