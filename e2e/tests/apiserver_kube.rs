@@ -377,6 +377,12 @@ async fn given_server_side_apply_when_applied_twice_unchanged_should_keep_versio
     assert!(!third.labels().contains_key("extra"), "a label the applier dropped is removed");
     let image = third.spec.and_then(|s| s.template.spec).map(|s| s.containers[0].image.clone());
     assert_eq!(image, Some(Some("duomq/broker:2".into())));
+
+    let mut bigger = statefulset("duomq/broker:2", false);
+    bigger["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"] = json!("2Gi");
+    let refused = api_error(sets.patch("b", &params, &Patch::Apply(bigger)).await.expect_err("immutable field"));
+    assert_eq!(refused.code, 422);
+    assert!(refused.message.contains("spec: Forbidden: updates to statefulset spec for fields other than"), "{}", refused.message);
 }
 
 #[tokio::test]
@@ -555,6 +561,8 @@ async fn given_namespace_when_deleted_should_empty_it_and_then_remove_it() {
     let server = server(1000).await;
     let client = server.client();
     let namespaces: Api<Namespace> = Api::all(client.clone());
+    let refused = api_error(namespaces.delete("default", &DeleteParams::default()).await.expect_err("default stays"));
+    assert_eq!(refused.code, 403);
     let ns: Namespace = serde_json::from_value(json!({"metadata": {"name": "doomed"}})).expect("namespace");
     namespaces.create(&PostParams::default(), &ns).await.expect("create namespace");
     let cms: Api<ConfigMap> = Api::namespaced(client, "doomed");

@@ -15,6 +15,7 @@ use super::error::{ApiError, ApiResult, Cause};
 use super::meta;
 use super::registry::ResourceInfo;
 use super::store::State;
+use super::validation;
 
 const SUBDOMAIN: &str = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
 const LABEL: &str = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?";
@@ -101,6 +102,10 @@ fn admit(
     }
     if resource.custom.is_some() {
         return crd_validation::admit(resource, obj, old, validation);
+    }
+    let causes = validation::validate(resource, obj, old);
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(resource, meta::name(obj), causes));
     }
     Ok(Vec::new())
 }

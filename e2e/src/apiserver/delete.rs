@@ -97,6 +97,9 @@ pub(crate) enum Deleted {
     Pending(Arc<Value>),
 }
 
+/// Namespaces Kubernetes refuses to delete.
+const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+
 const FOREGROUND: &str = "foregroundDeletion";
 const CRD_CLEANUP: &str = "customresourcecleanup.apiextensions.k8s.io";
 
@@ -111,6 +114,11 @@ pub(crate) fn delete(
     let old = state
         .get(&resource.storage, namespace, name)
         .ok_or_else(|| ApiError::not_found(resource, name))?;
+    if resource.is("", "namespaces") && PROTECTED_NAMESPACES.contains(&name) {
+        return Err(ApiError::forbidden(format!(
+            "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+        )));
+    }
     if let Some(uid) = &opts.precondition_uid {
         if uid != meta::uid(&old) {
             return Err(ApiError::precondition(resource, name, &format!(

@@ -29,6 +29,7 @@ mod selectors;
 mod store;
 mod subresources;
 mod table;
+mod validation;
 mod watch;
 mod write;
 
