@@ -230,7 +230,13 @@ spec:
     assert_eq!(containers[1]["name"], "sidecar", "other containers are kept");
     assert_eq!(d["metadata"]["generation"], 2);
 
-    let out = k.ok_with(&["apply", "--server-side", "-f", "-"], deployment).await;
+    let without_sidecar = deployment.replace("      - {name: sidecar, image: 'sidecar:1'}\n", "");
+    k.ok_with(&["apply", "-f", "-"], &without_sidecar).await;
+    let d = k.json(&["get", "deployment", "web"]).await;
+    let names: Vec<&str> = d["spec"]["template"]["spec"]["containers"].as_array().expect("containers").iter().filter_map(|c| c["name"].as_str()).collect();
+    assert_eq!(names, ["app"], "re-applying without a container removes it");
+
+    let out = k.ok_with(&["apply", "--server-side", "--force-conflicts", "-f", "-"], deployment).await;
     assert!(out.contains("serverside-applied"), "{out}");
     let before = k.json(&["get", "deployment", "web"]).await;
     k.ok_with(&["apply", "--server-side", "-f", "-"], deployment).await;
@@ -397,4 +403,32 @@ metadata: {name: held, finalizers: [duomq.io/test]}
     k.ok(&["patch", "configmap", "held", "--type", "json", "-p", r#"[{"op":"remove","path":"/metadata/finalizers"}]"#]).await;
     let finished = tokio::time::timeout(KUBECTL_TIMEOUT, wait.wait()).await.expect("kubectl wait returns").expect("exit status");
     assert!(finished.success(), "kubectl wait --for=delete failed");
+}
+
+#[tokio::test]
+async fn given_running_pod_when_listed_and_deleted_should_show_ready_status_then_terminating() {
+    let k = Cluster::start().await;
+    let pod = "apiVersion: v1
+kind: Pod
+metadata: {name: broker-0}
+spec:
+  nodeName: node-1
+  containers: [{name: broker, image: 'duomq/broker:1'}]
+";
+    k.ok_with(&["apply", "-f", "-"], pod).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::default_namespaced(k.server.client());
+    let status = json!({"status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [{
+        "name": "broker", "ready": true, "restartCount": 2, "image": "duomq/broker:1", "imageID": "",
+        "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}}}]}});
+    pods.patch_status("broker-0", &PatchParams::default(), &Patch::Merge(status)).await.expect("status");
+    let wide = k.ok(&["get", "pods", "-o", "wide"]).await;
+    let row: Vec<&str> = wide.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    assert_eq!(row[..4], ["broker-0", "1/1", "Running", "2"], "{wide}");
+    assert!(row.contains(&"10.0.0.5") && row.contains(&"node-1"), "{wide}");
+    k.ok(&["delete", "pod", "broker-0", "--wait=false"]).await;
+    let listed = k.ok(&["get", "pods"]).await;
+    assert!(listed.contains("Terminating"), "a scheduled pod waits for its kubelet:\n{listed}");
+    k.ok(&["delete", "pod", "broker-0", "--grace-period=0", "--force"]).await;
+    let err = k.fails(&["get", "pod", "broker-0"], "").await;
+    assert!(err.contains("not found"), "{err}");
 }
