@@ -692,3 +692,54 @@ async fn given_open_watch_when_the_server_shuts_down_should_end_the_watch_and_re
         }
     }
 }
+
+#[tokio::test]
+async fn given_labelled_configmaps_when_deleting_a_collection_should_delete_only_the_selected() {
+    let server = server(1000).await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    for (name, tier) in [("a", "web"), ("b", "web"), ("c", "db")] {
+        let mut c = cm(name, &[]);
+        c.metadata.labels = Some(BTreeMap::from([("tier".to_string(), tier.to_string())]));
+        cms.create(&PostParams::default(), &c).await.expect("create");
+    }
+    cms.delete_collection(&DeleteParams::default(), &ListParams::default().labels("tier=web")).await.expect("deletecollection");
+    let left: Vec<String> = cms.list(&ListParams::default()).await.expect("list").items.iter().map(|c| c.name_any()).collect();
+    assert_eq!(left, ["c"]);
+}
+
+#[tokio::test]
+async fn given_kubelet_style_watch_on_a_node_when_a_pod_is_bound_should_see_it_arrive() {
+    let server = server(1000).await;
+    let client = server.client();
+    let pods: Api<Pod> = Api::all(client.clone());
+    let config = watcher::Config::default().fields("spec.nodeName=node-1");
+    let mut events = watcher::watcher(pods.clone(), config).boxed();
+    loop {
+        if let Event::InitDone = next_within(&mut events, "initial list").await.expect("event") {
+            break;
+        }
+    }
+    let namespaced: Api<Pod> = Api::default_namespaced(client.clone());
+    namespaced.create(&PostParams::default(), &pod("bound", None, None)).await.expect("create");
+    let binding = json!({"apiVersion": "v1", "kind": "Binding", "metadata": {"name": "bound"}, "target": {"apiVersion": "v1", "kind": "Node", "name": "node-1"}});
+    let request = http::Request::post("/api/v1/namespaces/default/pods/bound/binding")
+        .header("content-type", "application/json")
+        .body(serde_json::to_vec(&binding).expect("json"))
+        .expect("request");
+    client.request_text(request).await.expect("binding accepted");
+    loop {
+        if let Event::Apply(p) = next_within(&mut events, "the bound pod on node-1").await.expect("event") {
+            assert_eq!(p.name_any(), "bound");
+            let scheduled = p.status.and_then(|s| s.conditions).unwrap_or_default();
+            assert!(scheduled.iter().any(|c| c.type_ == "PodScheduled" && c.status == "True"));
+            break;
+        }
+    }
+    let again = namespaced.get("bound").await.expect("get");
+    assert_eq!(again.spec.and_then(|s| s.node_name).as_deref(), Some("node-1"));
+    let moved = namespaced
+        .patch("bound", &PatchParams::default(), &Patch::Merge(json!({"spec": {"nodeName": "node-2"}})))
+        .await
+        .expect_err("a bound pod cannot move");
+    assert_eq!(api_error(moved).code, 422);
+}
