@@ -628,7 +628,7 @@ async fn given_metadata_watcher_when_objects_change_should_see_partial_metadata(
 }
 
 #[tokio::test]
-async fn given_quiet_watch_with_bookmarks_and_timeout_should_get_bookmarks_and_then_end() {
+async fn given_quiet_watch_with_bookmarks_when_waiting_past_its_timeout_should_get_bookmarks_and_then_end() {
     let server = server(1000).await;
     let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
     let current = cms.create(&PostParams::default(), &cm("x", &[])).await.expect("create").resource_version().expect("rv");

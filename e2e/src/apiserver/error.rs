@@ -54,7 +54,8 @@ impl Cause {
 }
 
 /// A failed request, as a Kubernetes `Status`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
 pub(crate) struct ApiError {
     pub code: StatusCode,
     pub reason: &'static str,

@@ -69,7 +69,7 @@ pub(crate) fn is_deleting(obj: &Value) -> bool {
         .is_some_and(|v| !v.is_null())
 }
 
-/// `metadata.ownerReferences` as (uid, apiVersion, kind, name) tuples.
+/// The entries of `metadata.ownerReferences`.
 pub(crate) fn owner_references(obj: &Value) -> Vec<&Value> {
     obj.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)

@@ -7,6 +7,23 @@
 //! It must not run workloads: scheduling, controllers and the kubelet live in
 //! [`crate::cluster`] and reach this server only over HTTP, like real controllers do. It keeps
 //! no data on disk and checks no credentials: any or no bearer token is accepted.
+//!
+//! Where it knowingly differs from Kubernetes 1.33:
+//! - Server-side apply never reports conflicts (every apply acts as if forced) and only
+//!   Apply operations own fields; PUT and non-apply patches record no managedFields entry.
+//! - Lists return everything in one page (no `continue`); an `Exact` list of any version
+//!   but the current one answers 410, as only the current state is kept.
+//! - Watch history is one bounded log for all resources (`watch_history` events), not a
+//!   cache per resource; a resume from before it answers 410 Expired.
+//! - Garbage collection runs inside the write that deleted the owner, not in the background.
+//! - Every resource has `metadata.generation`, ConfigMaps and Pods included.
+//! - Built-in types are validated only where a renderer or controller could plausibly get
+//!   them wrong (see `validation`); custom resources get schema, default, prune and CEL.
+//! - Protobuf request bodies are understood for Namespace, ConfigMap, Secret and
+//!   ServiceAccount only (what `kubectl create` generators send); responses are JSON.
+//! - A pod's `spec.nodeName` may be set by a patch as well as by a Binding.
+//! - Not served: pod logs, exec, port-forward, eviction, TokenRequest, authorization
+//!   reviews, EndpointSlices, and any group not listed in `registry`.
 
 mod admission;
 mod apply;
