@@ -567,6 +567,11 @@ async fn given_namespace_when_deleted_should_empty_it_and_then_remove_it() {
     namespaces.create(&PostParams::default(), &ns).await.expect("create namespace");
     let cms: Api<ConfigMap> = Api::namespaced(client, "doomed");
     cms.create(&PostParams::default(), &cm("inside", &[])).await.expect("create inside");
+    let dropped = namespaces
+        .patch("doomed", &PatchParams::default(), &Patch::Merge(json!({"spec": {"finalizers": null}})))
+        .await
+        .expect("patch namespace");
+    assert_eq!(dropped.spec.and_then(|s| s.finalizers), Some(vec!["kubernetes".to_string()]), "only the namespace's cleanup removes its finalizer");
     namespaces.delete("doomed", &DeleteParams::default()).await.expect("delete namespace");
     eventually("the namespace to be gone", EFFECT_TIMEOUT, || {
         let namespaces = namespaces.clone();

@@ -87,9 +87,11 @@ fn admit(
     defaults::apply(resource, obj);
     match (resource.group.as_str(), resource.plural.as_str()) {
         ("", "namespaces") => {
-            if old.is_none() {
-                obj["spec"]["finalizers"] = json!(["kubernetes"]);
-            }
+            // Only the namespace's own cleanup removes `kubernetes`; updates keep the list.
+            obj["spec"]["finalizers"] = match old {
+                None => json!(["kubernetes"]),
+                Some(o) => o.pointer("/spec/finalizers").cloned().unwrap_or_else(|| json!([])),
+            };
             let name = meta::name(obj).to_string();
             let labels = meta::metadata_mut(obj).entry("labels").or_insert_with(|| json!({}));
             if let Some(labels) = labels.as_object_mut() {
