@@ -29,7 +29,9 @@ const GC_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_millis(100);
 
 fn repo_file(relative: &str) -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).join("..").join(relative)
+    Path::new(env!("CARGO_MANIFEST_DIR"))
+        .join("..")
+        .join(relative)
 }
 
 /// A server and a kubectl configured for it.
@@ -44,7 +46,9 @@ impl Cluster {
             .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
             .with_test_writer()
             .try_init();
-        let found = std::process::Command::new("kubectl").args(["version", "--client"]).output();
+        let found = std::process::Command::new("kubectl")
+            .args(["version", "--client"])
+            .output();
         assert!(
             found.as_ref().is_ok_and(|o| o.status.success()),
             "kubectl is needed for these tests and was not found on PATH (install kubectl 1.32 or newer): {found:?}"
@@ -79,11 +83,16 @@ impl Cluster {
         let mut child = self.command(args).spawn().expect("kubectl starts");
         if let Some(mut input) = child.stdin.take() {
             use tokio::io::AsyncWriteExt;
-            input.write_all(stdin.as_bytes()).await.expect("write kubectl stdin");
+            input
+                .write_all(stdin.as_bytes())
+                .await
+                .expect("write kubectl stdin");
         }
         let output = tokio::time::timeout(KUBECTL_TIMEOUT, child.wait_with_output())
             .await
-            .unwrap_or_else(|_| panic!("kubectl {args:?} did not finish within {KUBECTL_TIMEOUT:?}"))
+            .unwrap_or_else(|_| {
+                panic!("kubectl {args:?} did not finish within {KUBECTL_TIMEOUT:?}")
+            })
             .expect("kubectl output");
         (
             output.status.success(),
@@ -116,22 +125,38 @@ impl Cluster {
 
     async fn install_brokergroups(&self) {
         let crd = repo_file("crds/brokergroups.duomq.io.yaml");
-        let out = self.ok(&["apply", "-f", crd.to_str().expect("utf-8 path")]).await;
-        assert!(out.contains("customresourcedefinition.apiextensions.k8s.io/brokergroups.duomq.io created"), "{out}");
+        let out = self
+            .ok(&["apply", "-f", crd.to_str().expect("utf-8 path")])
+            .await;
+        assert!(
+            out.contains(
+                "customresourcedefinition.apiextensions.k8s.io/brokergroups.duomq.io created"
+            ),
+            "{out}"
+        );
         let pair = repo_file("manifests/examples/pair.yaml");
-        let out = self.ok(&["apply", "-f", pair.to_str().expect("utf-8 path")]).await;
+        let out = self
+            .ok(&["apply", "-f", pair.to_str().expect("utf-8 path")])
+            .await;
         assert!(out.contains("brokergroup.duomq.io/pair created"), "{out}");
     }
 }
 
 /// Polls `probe` until it yields a value or `timeout` passes.
-async fn until<T, Fut: std::future::Future<Output = Option<T>>>(what: &str, timeout: Duration, mut probe: impl FnMut() -> Fut) -> T {
+async fn until<T, Fut: std::future::Future<Output = Option<T>>>(
+    what: &str,
+    timeout: Duration,
+    mut probe: impl FnMut() -> Fut,
+) -> T {
     let deadline = tokio::time::Instant::now() + timeout;
     loop {
         if let Some(v) = probe().await {
             return v;
         }
-        assert!(tokio::time::Instant::now() < deadline, "timed out after {timeout:?} waiting for {what}");
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "timed out after {timeout:?} waiting for {what}"
+        );
         tokio::time::sleep(POLL_INTERVAL).await;
     }
 }
@@ -157,7 +182,8 @@ data:
 ";
 
 #[tokio::test]
-async fn given_configmap_yaml_when_applied_labelled_patched_and_deleted_should_work_like_a_cluster() {
+async fn given_configmap_yaml_when_applied_labelled_patched_and_deleted_should_work_like_a_cluster()
+{
     let k = Cluster::start().await;
     let out = k.ok_with(&["apply", "-f", "-"], CONFIGMAP_V1).await;
     assert!(out.contains("configmap/settings created"), "{out}");
@@ -167,19 +193,68 @@ async fn given_configmap_yaml_when_applied_labelled_patched_and_deleted_should_w
     assert!(out.contains("configmap/settings unchanged"), "{out}");
 
     let yaml = k.ok(&["get", "configmap", "settings", "-o", "yaml"]).await;
-    assert!(yaml.contains("added: \"3\"") && !yaml.contains("drop:"), "re-apply removes dropped keys:\n{yaml}");
-    assert!(yaml.contains("resourceVersion:") && yaml.contains("uid:") && yaml.contains("creationTimestamp:"), "{yaml}");
+    assert!(
+        yaml.contains("added: \"3\"") && !yaml.contains("drop:"),
+        "re-apply removes dropped keys:\n{yaml}"
+    );
+    assert!(
+        yaml.contains("resourceVersion:")
+            && yaml.contains("uid:")
+            && yaml.contains("creationTimestamp:"),
+        "{yaml}"
+    );
 
     k.ok(&["label", "configmap", "settings", "tier=web"]).await;
-    let shown = k.ok(&["get", "configmaps", "--show-labels", "-l", "tier in (web),app"]).await;
-    assert!(shown.contains("settings") && shown.contains("app=demo,tier=web"), "{shown}");
+    let shown = k
+        .ok(&[
+            "get",
+            "configmaps",
+            "--show-labels",
+            "-l",
+            "tier in (web),app",
+        ])
+        .await;
+    assert!(
+        shown.contains("settings") && shown.contains("app=demo,tier=web"),
+        "{shown}"
+    );
     assert!(k.ok(&["get", "cm", "-l", "tier!=web"]).await.is_empty());
 
-    k.ok(&["patch", "configmap", "settings", "--type", "merge", "-p", r#"{"data":{"merge":"m"}}"#]).await;
-    k.ok(&["patch", "configmap", "settings", "--type", "json", "-p", r#"[{"op":"add","path":"/data/json","value":"j"}]"#]).await;
-    k.ok(&["patch", "configmap", "settings", "--type", "strategic", "-p", r#"{"data":{"strategic":"s"}}"#]).await;
+    k.ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "--type",
+        "merge",
+        "-p",
+        r#"{"data":{"merge":"m"}}"#,
+    ])
+    .await;
+    k.ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"add","path":"/data/json","value":"j"}]"#,
+    ])
+    .await;
+    k.ok(&[
+        "patch",
+        "configmap",
+        "settings",
+        "--type",
+        "strategic",
+        "-p",
+        r#"{"data":{"strategic":"s"}}"#,
+    ])
+    .await;
     let data = k.json(&["get", "configmap", "settings"]).await["data"].clone();
-    assert_eq!(data, json!({"keep": "1", "added": "3", "merge": "m", "json": "j", "strategic": "s"}));
+    assert_eq!(
+        data,
+        json!({"keep": "1", "added": "3", "merge": "m", "json": "j", "strategic": "s"})
+    );
 
     let out = k.ok(&["delete", "configmap", "settings"]).await;
     assert!(out.contains("configmap \"settings\" deleted"), "{out}");
@@ -191,15 +266,40 @@ async fn given_configmap_yaml_when_applied_labelled_patched_and_deleted_should_w
 async fn given_kubectl_create_generators_when_they_send_protobuf_should_create_the_objects() {
     let k = Cluster::start().await;
     k.ok(&["create", "namespace", "team-a"]).await;
-    k.ok(&["create", "configmap", "settings", "--from-literal=mode=fast", "-n", "team-a"]).await;
-    k.ok(&["create", "secret", "generic", "credentials", "--from-literal=password=s3cret", "-n", "team-a"]).await;
-    k.ok(&["create", "serviceaccount", "bot", "-n", "team-a"]).await;
-    let cm = k.json(&["get", "configmap", "settings", "-n", "team-a"]).await;
+    k.ok(&[
+        "create",
+        "configmap",
+        "settings",
+        "--from-literal=mode=fast",
+        "-n",
+        "team-a",
+    ])
+    .await;
+    k.ok(&[
+        "create",
+        "secret",
+        "generic",
+        "credentials",
+        "--from-literal=password=s3cret",
+        "-n",
+        "team-a",
+    ])
+    .await;
+    k.ok(&["create", "serviceaccount", "bot", "-n", "team-a"])
+        .await;
+    let cm = k
+        .json(&["get", "configmap", "settings", "-n", "team-a"])
+        .await;
     assert_eq!(cm["data"], json!({"mode": "fast"}));
-    let secret = k.json(&["get", "secret", "credentials", "-n", "team-a"]).await;
+    let secret = k
+        .json(&["get", "secret", "credentials", "-n", "team-a"])
+        .await;
     assert_eq!(secret["data"]["password"], "czNjcmV0", "base64 of s3cret");
     assert_eq!(secret["type"], "Opaque");
-    assert!(k.ok(&["get", "serviceaccounts", "-n", "team-a"]).await.contains("bot"));
+    assert!(k
+        .ok(&["get", "serviceaccounts", "-n", "team-a"])
+        .await
+        .contains("bot"));
     let out = k.ok(&["delete", "namespace", "team-a"]).await;
     assert!(out.contains("namespace \"team-a\" deleted"), "{out}");
     let err = k.fails(&["get", "namespace", "team-a"], "").await;
@@ -222,42 +322,87 @@ spec:
       - {name: sidecar, image: 'sidecar:1'}
 ";
     k.ok_with(&["apply", "-f", "-"], deployment).await;
-    k.ok(&["patch", "deployment", "web", "-p", r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"app:2"}]}}}}"#]).await;
+    k.ok(&[
+        "patch",
+        "deployment",
+        "web",
+        "-p",
+        r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"app:2"}]}}}}"#,
+    ])
+    .await;
     let d = k.json(&["get", "deployment", "web"]).await;
     let containers = &d["spec"]["template"]["spec"]["containers"];
     assert_eq!(containers[0]["image"], "app:2");
-    assert_eq!(containers[0]["env"][0]["name"], "A", "fields of the patched container are kept");
-    assert_eq!(containers[1]["name"], "sidecar", "other containers are kept");
+    assert_eq!(
+        containers[0]["env"][0]["name"], "A",
+        "fields of the patched container are kept"
+    );
+    assert_eq!(
+        containers[1]["name"], "sidecar",
+        "other containers are kept"
+    );
     assert_eq!(d["metadata"]["generation"], 2);
 
     let without_sidecar = deployment.replace("      - {name: sidecar, image: 'sidecar:1'}\n", "");
     k.ok_with(&["apply", "-f", "-"], &without_sidecar).await;
     let d = k.json(&["get", "deployment", "web"]).await;
-    let names: Vec<&str> = d["spec"]["template"]["spec"]["containers"].as_array().expect("containers").iter().filter_map(|c| c["name"].as_str()).collect();
+    let names: Vec<&str> = d["spec"]["template"]["spec"]["containers"]
+        .as_array()
+        .expect("containers")
+        .iter()
+        .filter_map(|c| c["name"].as_str())
+        .collect();
     assert_eq!(names, ["app"], "re-applying without a container removes it");
 
-    let out = k.ok_with(&["apply", "--server-side", "--force-conflicts", "-f", "-"], deployment).await;
+    let out = k
+        .ok_with(
+            &["apply", "--server-side", "--force-conflicts", "-f", "-"],
+            deployment,
+        )
+        .await;
     assert!(out.contains("serverside-applied"), "{out}");
     let before = k.json(&["get", "deployment", "web"]).await;
-    k.ok_with(&["apply", "--server-side", "-f", "-"], deployment).await;
+    k.ok_with(&["apply", "--server-side", "-f", "-"], deployment)
+        .await;
     let after = k.json(&["get", "deployment", "web"]).await;
-    assert_eq!(before["metadata"]["resourceVersion"], after["metadata"]["resourceVersion"], "an unchanged server-side apply writes nothing");
+    assert_eq!(
+        before["metadata"]["resourceVersion"], after["metadata"]["resourceVersion"],
+        "an unchanged server-side apply writes nothing"
+    );
 }
 
 #[tokio::test]
-async fn given_brokergroup_crd_when_used_with_kubectl_should_print_columns_and_reject_invalid_specs() {
+async fn given_brokergroup_crd_when_used_with_kubectl_should_print_columns_and_reject_invalid_specs(
+) {
     let k = Cluster::start().await;
     k.install_brokergroups().await;
 
     let table = k.ok(&["get", "brokergroups"]).await;
-    let header: Vec<&str> = table.lines().next().unwrap_or_default().split_whitespace().collect();
-    assert_eq!(header, ["NAME", "GROUPS", "LIVE", "REPLICATED", "FAILOVERS", "AGE"], "{table}");
-    let row: Vec<&str> = table.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    let header: Vec<&str> = table
+        .lines()
+        .next()
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
+    assert_eq!(
+        header,
+        ["NAME", "GROUPS", "LIVE", "REPLICATED", "FAILOVERS", "AGE"],
+        "{table}"
+    );
+    let row: Vec<&str> = table
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(row[..2], ["pair", "1"], "{table}");
     assert!(k.ok(&["get", "bg"]).await.contains("pair"), "short name");
     assert!(k.ok(&["get", "duomq"]).await.contains("pair"), "category");
     let applied = k.json(&["get", "bg", "pair"]).await;
-    assert_eq!(applied["spec"]["ports"]["stomp"], 61613, "schema defaults applied");
+    assert_eq!(
+        applied["spec"]["ports"]["stomp"], 61613,
+        "schema defaults applied"
+    );
 
     let invalid = "apiVersion: duomq.io/v1alpha1
 kind: BrokerGroup
@@ -275,7 +420,10 @@ metadata: {name: typo}
 spec: {backupsPerGrop: 1}
 ";
     let err = k.fails(&["apply", "-f", "-"], unknown).await;
-    assert!(err.contains("unknown field \"spec.backupsPerGrop\""), "strict field validation:\n{err}");
+    assert!(
+        err.contains("unknown field \"spec.backupsPerGrop\""),
+        "strict field validation:\n{err}"
+    );
 }
 
 #[tokio::test]
@@ -283,7 +431,12 @@ async fn given_wait_for_available_when_the_status_gets_the_condition_should_retu
     let k = Cluster::start().await;
     k.install_brokergroups().await;
     let mut wait = k
-        .command(&["wait", "--for=condition=Available", "brokergroup/pair", "--timeout=60s"])
+        .command(&[
+            "wait",
+            "--for=condition=Available",
+            "brokergroup/pair",
+            "--timeout=60s",
+        ])
         .spawn()
         .expect("kubectl wait starts");
     let groups: Api<BrokerGroup> = Api::default_namespaced(k.server.client());
@@ -291,13 +444,23 @@ async fn given_wait_for_available_when_the_status_gets_the_condition_should_retu
         "type": "Available", "status": "True", "reason": "LiveAndSynced", "message": "1/1 groups live",
         "lastTransitionTime": "2025-01-01T00:00:00Z", "observedGeneration": 1}]}});
     groups
-        .patch_status("pair", &PatchParams::apply("duomq-operator").force(), &Patch::Apply(status))
+        .patch_status(
+            "pair",
+            &PatchParams::apply("duomq-operator").force(),
+            &Patch::Apply(status),
+        )
         .await
         .expect("status applied");
-    let finished = tokio::time::timeout(KUBECTL_TIMEOUT, wait.wait()).await.expect("kubectl wait returns").expect("exit status");
+    let finished = tokio::time::timeout(KUBECTL_TIMEOUT, wait.wait())
+        .await
+        .expect("kubectl wait returns")
+        .expect("exit status");
     let mut out = String::new();
     if let Some(mut stdout) = wait.stdout.take() {
-        stdout.read_to_string(&mut out).await.expect("read wait output");
+        stdout
+            .read_to_string(&mut out)
+            .await
+            .expect("read wait output");
     }
     assert!(finished.success(), "kubectl wait failed: {out}");
     assert!(out.contains("condition met"), "{out}");
@@ -307,7 +470,10 @@ async fn given_wait_for_available_when_the_status_gets_the_condition_should_retu
 async fn given_kubectl_get_watch_when_an_object_changes_should_print_the_change() {
     let k = Cluster::start().await;
     k.ok_with(&["apply", "-f", "-"], CONFIGMAP_V1).await;
-    let mut watch = k.command(&["get", "configmaps", "-w", "--show-labels"]).spawn().expect("kubectl get -w starts");
+    let mut watch = k
+        .command(&["get", "configmaps", "-w", "--show-labels"])
+        .spawn()
+        .expect("kubectl get -w starts");
     let mut stdout = watch.stdout.take().expect("stdout piped");
     let printed = std::sync::Arc::new(tokio::sync::Mutex::new(String::new()));
     let reader = {
@@ -318,23 +484,38 @@ async fn given_kubectl_get_watch_when_an_object_changes_should_print_the_change(
                 if n == 0 {
                     break;
                 }
-                printed.lock().await.push_str(&String::from_utf8_lossy(&buf[..n]));
+                printed
+                    .lock()
+                    .await
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
             }
         })
     };
-    until("kubectl get -w to print the initial list", WATCH_OUTPUT_TIMEOUT, || {
-        let printed = printed.clone();
-        async move { printed.lock().await.contains("settings").then_some(()) }
-    })
+    until(
+        "kubectl get -w to print the initial list",
+        WATCH_OUTPUT_TIMEOUT,
+        || {
+            let printed = printed.clone();
+            async move { printed.lock().await.contains("settings").then_some(()) }
+        },
+    )
     .await;
     let cms: Api<ConfigMap> = Api::default_namespaced(k.server.client());
-    cms.patch("settings", &PatchParams::default(), &Patch::Merge(json!({"metadata": {"labels": {"changed": "now"}}})))
-        .await
-        .expect("label while watching");
-    until("kubectl get -w to print the change", WATCH_OUTPUT_TIMEOUT, || {
-        let printed = printed.clone();
-        async move { printed.lock().await.contains("changed=now").then_some(()) }
-    })
+    cms.patch(
+        "settings",
+        &PatchParams::default(),
+        &Patch::Merge(json!({"metadata": {"labels": {"changed": "now"}}})),
+    )
+    .await
+    .expect("label while watching");
+    until(
+        "kubectl get -w to print the change",
+        WATCH_OUTPUT_TIMEOUT,
+        || {
+            let printed = printed.clone();
+            async move { printed.lock().await.contains("changed=now").then_some(()) }
+        },
+    )
     .await;
     watch.kill().await.expect("stop kubectl get -w");
     reader.abort();
@@ -346,7 +527,13 @@ async fn given_events_for_a_brokergroup_when_described_should_show_them() {
     k.install_brokergroups().await;
     let groups: Api<BrokerGroup> = Api::default_namespaced(k.server.client());
     let pair = groups.get("pair").await.expect("pair");
-    let recorder = Recorder::new(k.server.client(), Reporter { controller: "duomq-operator".into(), instance: None });
+    let recorder = Recorder::new(
+        k.server.client(),
+        Reporter {
+            controller: "duomq-operator".into(),
+            instance: None,
+        },
+    );
     let event = Event {
         type_: EventType::Warning,
         reason: "FailedOver".into(),
@@ -354,11 +541,20 @@ async fn given_events_for_a_brokergroup_when_described_should_show_them() {
         action: "Failover".into(),
         secondary: None,
     };
-    recorder.publish(&event, &pair.object_ref(&())).await.expect("event published");
-    recorder.publish(&event, &pair.object_ref(&())).await.expect("event published again");
+    recorder
+        .publish(&event, &pair.object_ref(&()))
+        .await
+        .expect("event published");
+    recorder
+        .publish(&event, &pair.object_ref(&()))
+        .await
+        .expect("event published again");
     let described = k.ok(&["describe", "brokergroup", "pair"]).await;
     let events = described.split("Events:").nth(1).unwrap_or_default();
-    assert!(events.contains("FailedOver") && events.contains("pair-0-1 took over from pair-0-0"), "{described}");
+    assert!(
+        events.contains("FailedOver") && events.contains("pair-0-1 took over from pair-0-0"),
+        "{described}"
+    );
     let listed = k.ok(&["get", "events"]).await;
     assert!(listed.contains("brokergroup/pair"), "{listed}");
 }
@@ -367,7 +563,10 @@ async fn given_events_for_a_brokergroup_when_described_should_show_them() {
 async fn given_owned_configmap_when_the_owner_is_deleted_should_be_garbage_collected() {
     let k = Cluster::start().await;
     k.ok_with(&["apply", "-f", "-"], CONFIGMAP_V1).await;
-    let owner_uid = k.json(&["get", "configmap", "settings"]).await["metadata"]["uid"].as_str().expect("uid").to_string();
+    let owner_uid = k.json(&["get", "configmap", "settings"]).await["metadata"]["uid"]
+        .as_str()
+        .expect("uid")
+        .to_string();
     let owned = format!(
         "apiVersion: v1
 kind: ConfigMap
@@ -379,10 +578,14 @@ data: {{x: \"1\"}}
     );
     k.ok_with(&["apply", "-f", "-"], &owned).await;
     k.ok(&["delete", "configmap", "settings"]).await;
-    until("the owned ConfigMap to be collected", GC_TIMEOUT, || async {
-        let (ok, _, err) = k.run(&["get", "configmap", "owned"], "").await;
-        (!ok && err.contains("not found")).then_some(())
-    })
+    until(
+        "the owned ConfigMap to be collected",
+        GC_TIMEOUT,
+        || async {
+            let (ok, _, err) = k.run(&["get", "configmap", "owned"], "").await;
+            (!ok && err.contains("not found")).then_some(())
+        },
+    )
     .await;
 }
 
@@ -395,13 +598,27 @@ metadata: {name: held, finalizers: [duomq.io/test]}
 ";
     k.ok_with(&["apply", "-f", "-"], held).await;
     k.ok(&["delete", "configmap", "held", "--wait=false"]).await;
-    assert!(k.json(&["get", "configmap", "held"]).await["metadata"]["deletionTimestamp"].is_string());
+    assert!(
+        k.json(&["get", "configmap", "held"]).await["metadata"]["deletionTimestamp"].is_string()
+    );
     let mut wait = k
         .command(&["wait", "--for=delete", "configmap/held", "--timeout=60s"])
         .spawn()
         .expect("kubectl wait starts");
-    k.ok(&["patch", "configmap", "held", "--type", "json", "-p", r#"[{"op":"remove","path":"/metadata/finalizers"}]"#]).await;
-    let finished = tokio::time::timeout(KUBECTL_TIMEOUT, wait.wait()).await.expect("kubectl wait returns").expect("exit status");
+    k.ok(&[
+        "patch",
+        "configmap",
+        "held",
+        "--type",
+        "json",
+        "-p",
+        r#"[{"op":"remove","path":"/metadata/finalizers"}]"#,
+    ])
+    .await;
+    let finished = tokio::time::timeout(KUBECTL_TIMEOUT, wait.wait())
+        .await
+        .expect("kubectl wait returns")
+        .expect("exit status");
     assert!(finished.success(), "kubectl wait --for=delete failed");
 }
 
@@ -420,15 +637,29 @@ spec:
     let status = json!({"status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [{
         "name": "broker", "ready": true, "restartCount": 2, "image": "duomq/broker:1", "imageID": "",
         "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}}}]}});
-    pods.patch_status("broker-0", &PatchParams::default(), &Patch::Merge(status)).await.expect("status");
+    pods.patch_status("broker-0", &PatchParams::default(), &Patch::Merge(status))
+        .await
+        .expect("status");
     let wide = k.ok(&["get", "pods", "-o", "wide"]).await;
-    let row: Vec<&str> = wide.lines().nth(1).unwrap_or_default().split_whitespace().collect();
+    let row: Vec<&str> = wide
+        .lines()
+        .nth(1)
+        .unwrap_or_default()
+        .split_whitespace()
+        .collect();
     assert_eq!(row[..4], ["broker-0", "1/1", "Running", "2"], "{wide}");
-    assert!(row.contains(&"10.0.0.5") && row.contains(&"node-1"), "{wide}");
+    assert!(
+        row.contains(&"10.0.0.5") && row.contains(&"node-1"),
+        "{wide}"
+    );
     k.ok(&["delete", "pod", "broker-0", "--wait=false"]).await;
     let listed = k.ok(&["get", "pods"]).await;
-    assert!(listed.contains("Terminating"), "a scheduled pod waits for its kubelet:\n{listed}");
-    k.ok(&["delete", "pod", "broker-0", "--grace-period=0", "--force"]).await;
+    assert!(
+        listed.contains("Terminating"),
+        "a scheduled pod waits for its kubelet:\n{listed}"
+    );
+    k.ok(&["delete", "pod", "broker-0", "--grace-period=0", "--force"])
+        .await;
     let err = k.fails(&["get", "pod", "broker-0"], "").await;
     assert!(err.contains("not found"), "{err}");
 }

@@ -24,19 +24,38 @@ use serde_json::json;
 struct NoBrokers;
 
 impl BrokerStatusSource for NoBrokers {
-    fn fetch<'a>(&'a self, ip: &'a str, port: u16) -> BoxFuture<'a, Result<duomq_broker::admin::api::BrokerStatus, String>> {
+    fn fetch<'a>(
+        &'a self,
+        ip: &'a str,
+        port: u16,
+    ) -> BoxFuture<'a, Result<duomq_broker::admin::api::BrokerStatus, String>> {
         Box::pin(async move { Err(format!("no broker at {ip}:{port} in this test")) })
     }
 }
 
 /// (kind/name → resourceVersion, generation) of everything the operator manages.
 async fn managed_versions(client: &Client) -> BTreeMap<String, (String, Option<i64>)> {
-    let selector = ListParams::default().labels(&format!("{}={}", names::LABEL_MANAGED_BY, names::FIELD_MANAGER));
+    let selector = ListParams::default().labels(&format!(
+        "{}={}",
+        names::LABEL_MANAGED_BY,
+        names::FIELD_MANAGER
+    ));
     let mut out = BTreeMap::new();
     macro_rules! collect {
         ($kind:ty, $label:literal) => {
-            for o in Api::<$kind>::default_namespaced(client.clone()).list(&selector).await.expect("list").items {
-                out.insert(format!("{}/{}", $label, o.name_any()), (o.resource_version().unwrap_or_default(), o.metadata.generation));
+            for o in Api::<$kind>::default_namespaced(client.clone())
+                .list(&selector)
+                .await
+                .expect("list")
+                .items
+            {
+                out.insert(
+                    format!("{}/{}", $label, o.name_any()),
+                    (
+                        o.resource_version().unwrap_or_default(),
+                        o.metadata.generation,
+                    ),
+                );
             }
         };
     }
@@ -50,35 +69,61 @@ async fn managed_versions(client: &Client) -> BTreeMap<String, (String, Option<i
 }
 
 #[tokio::test]
-async fn given_an_unchanged_brokergroup_when_the_operator_reconciles_twice_should_write_nothing_the_second_time() {
+async fn given_an_unchanged_brokergroup_when_the_operator_reconciles_twice_should_write_nothing_the_second_time(
+) {
     let _ = tracing_subscriber::fmt()
         .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into()))
         .with_test_writer()
         .try_init();
-    let server = apiserver::start(ApiServerOptions::default()).await.expect("api server starts");
+    let server = apiserver::start(ApiServerOptions::default())
+        .await
+        .expect("api server starts");
     let client = server.client();
     Api::<CustomResourceDefinition>::all(client.clone())
         .create(&PostParams::default(), &BrokerGroup::crd())
         .await
         .expect("crd");
-    let spec: BrokerGroupSpec = serde_json::from_value(json!({"groups": 2, "backupsPerGroup": 1})).expect("spec");
+    let spec: BrokerGroupSpec =
+        serde_json::from_value(json!({"groups": 2, "backupsPerGroup": 1})).expect("spec");
     let groups: Api<BrokerGroup> = Api::default_namespaced(client.clone());
-    groups.create(&PostParams::default(), &BrokerGroup::new("pair", spec)).await.expect("brokergroup");
+    groups
+        .create(&PostParams::default(), &BrokerGroup::new("pair", spec))
+        .await
+        .expect("brokergroup");
 
-    let metrics = Arc::new(Metrics::new(&mut prometheus_client::registry::Registry::default()));
+    let metrics = Arc::new(Metrics::new(
+        &mut prometheus_client::registry::Registry::default(),
+    ));
     let ctx = Arc::new(Context::new(client.clone(), metrics, Arc::new(NoBrokers)));
     let bg = groups.get("pair").await.expect("get");
-    controller::reconcile(Arc::new(bg), ctx.clone()).await.expect("first reconcile");
+    controller::reconcile(Arc::new(bg), ctx.clone())
+        .await
+        .expect("first reconcile");
     let first = managed_versions(&client).await;
-    let sets: Vec<_> = first.iter().filter(|(k, _)| k.starts_with("statefulset/")).collect();
+    let sets: Vec<_> = first
+        .iter()
+        .filter(|(k, _)| k.starts_with("statefulset/"))
+        .collect();
     assert_eq!(sets.len(), 2, "one StatefulSet per group: {first:?}");
-    assert!(sets.iter().all(|(_, (_, generation))| *generation == Some(1)), "{sets:?}");
+    assert!(
+        sets.iter()
+            .all(|(_, (_, generation))| *generation == Some(1)),
+        "{sets:?}"
+    );
 
     let bg = groups.get("pair").await.expect("get after status");
-    controller::reconcile(Arc::new(bg), ctx).await.expect("second reconcile");
+    controller::reconcile(Arc::new(bg), ctx)
+        .await
+        .expect("second reconcile");
     let second = managed_versions(&client).await;
     for kind in ["configmap/", "service/", "secret/", "poddisruptionbudget/"] {
-        assert!(first.keys().any(|k| k.starts_with(kind)), "the operator applied no {kind}: {first:?}");
+        assert!(
+            first.keys().any(|k| k.starts_with(kind)),
+            "the operator applied no {kind}: {first:?}"
+        );
     }
-    assert_eq!(first, second, "a reconcile of an unchanged BrokerGroup must not change what it applied");
+    assert_eq!(
+        first, second,
+        "a reconcile of an unchanged BrokerGroup must not change what it applied"
+    );
 }

@@ -52,10 +52,16 @@ pub(crate) fn merge_applied(
             && e["operation"].as_str() == Some("Apply")
             && e.get("subresource").and_then(Value::as_str) == subresource
     };
-    let previous = managed.iter().find(|e| is_mine(e)).map(|e| e["fieldsV1"].clone());
+    let previous = managed
+        .iter()
+        .find(|e| is_mine(e))
+        .map(|e| e["fieldsV1"].clone());
     if let Some(prev) = &previous {
         let mut removed = subtract(prev, &new_set);
-        for other in managed.iter().filter(|e| !is_mine(e) && e["operation"] == "Apply") {
+        for other in managed
+            .iter()
+            .filter(|e| !is_mine(e) && e["operation"] == "Apply")
+        {
             removed = subtract(&removed, &other["fieldsV1"]);
         }
         remove_fields(&mut result, &removed, ctx);
@@ -330,18 +336,48 @@ mod tests {
 
     #[test]
     fn given_field_dropped_from_configuration_when_reapplied_should_remove_it() {
-        let first = merge_applied(None, &cm(json!({"x": "1", "y": "2"})), "m", Scope::Whole, ListCtx::Builtin);
+        let first = merge_applied(
+            None,
+            &cm(json!({"x": "1", "y": "2"})),
+            "m",
+            Scope::Whole,
+            ListCtx::Builtin,
+        );
         let mut live = first.clone();
         live["data"]["z"] = json!("set by someone else");
-        let second = merge_applied(Some(&live), &cm(json!({"x": "1"})), "m", Scope::Whole, ListCtx::Builtin);
-        assert_eq!(second["data"], json!({"x": "1", "z": "set by someone else"}));
+        let second = merge_applied(
+            Some(&live),
+            &cm(json!({"x": "1"})),
+            "m",
+            Scope::Whole,
+            ListCtx::Builtin,
+        );
+        assert_eq!(
+            second["data"],
+            json!({"x": "1", "z": "set by someone else"})
+        );
     }
 
     #[test]
     fn given_container_dropped_when_reapplied_should_remove_only_that_container() {
         let pod = |containers: Value| json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": "p"}, "spec": {"containers": containers}});
-        let first = merge_applied(None, &pod(json!([{"name": "a", "image": "a"}, {"name": "b", "image": "b"}])), "m", Scope::Whole, ListCtx::Builtin);
-        let second = merge_applied(Some(&first), &pod(json!([{"name": "b", "image": "b2"}])), "m", Scope::Whole, ListCtx::Builtin);
-        assert_eq!(second["spec"]["containers"], json!([{"name": "b", "image": "b2"}]));
+        let first = merge_applied(
+            None,
+            &pod(json!([{"name": "a", "image": "a"}, {"name": "b", "image": "b"}])),
+            "m",
+            Scope::Whole,
+            ListCtx::Builtin,
+        );
+        let second = merge_applied(
+            Some(&first),
+            &pod(json!([{"name": "b", "image": "b2"}])),
+            "m",
+            Scope::Whole,
+            ListCtx::Builtin,
+        );
+        assert_eq!(
+            second["spec"]["containers"],
+            json!([{"name": "b", "image": "b2"}])
+        );
     }
 }

@@ -60,7 +60,9 @@ pub(crate) fn apply(resource: &ResourceInfo, obj: &mut Value) {
             template(spec);
         }
         ("", "services") => service(field(obj, "spec")),
-        ("", "persistentvolumeclaims") => set(field(obj, "spec"), "volumeMode", json!("Filesystem")),
+        ("", "persistentvolumeclaims") => {
+            set(field(obj, "spec"), "volumeMode", json!("Filesystem"))
+        }
         ("", "persistentvolumes") => {
             let spec = field(obj, "spec");
             set(spec, "volumeMode", json!("Filesystem"));
@@ -180,7 +182,10 @@ mod tests {
         let once = obj.clone();
         apply(&sts, &mut obj);
         assert_eq!(obj, once);
-        assert_eq!(obj["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(
+            obj["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+            "IfNotPresent"
+        );
         assert_eq!(obj["spec"]["replicas"], 1);
     }
 }

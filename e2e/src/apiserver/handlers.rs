@@ -62,7 +62,10 @@ impl Params {
     }
 
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     fn flag(&self, key: &str) -> bool {
@@ -80,7 +83,10 @@ struct Req {
 
 impl Req {
     fn header(&self, name: header::HeaderName) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
     }
 
     fn output(&self) -> Output {
@@ -118,7 +124,8 @@ impl Req {
             return serde_yaml::from_slice(&self.body)
                 .map_err(|e| ApiError::bad_request(format!("failed to decode YAML body: {e}")));
         }
-        serde_json::from_slice(&self.body).map_err(|e| ApiError::bad_request(format!("failed to decode JSON body: {e}")))
+        serde_json::from_slice(&self.body)
+            .map_err(|e| ApiError::bad_request(format!("failed to decode JSON body: {e}")))
     }
 }
 
@@ -153,9 +160,17 @@ async fn dispatch(State(app): State<Arc<AppState>>, request: Request) -> Respons
 }
 
 fn json_response(code: StatusCode, value: &Value, warnings: &[String]) -> Response {
-    let mut response = (code, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response();
+    let mut response = (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response();
     for warning in warnings {
-        let text = format!("299 - {}", serde_json::to_string(warning).unwrap_or_default());
+        let text = format!(
+            "299 - {}",
+            serde_json::to_string(warning).unwrap_or_default()
+        );
         if let Ok(v) = HeaderValue::from_str(&text) {
             response.headers_mut().append(header::WARNING, v);
         }
@@ -169,7 +184,13 @@ fn ok(value: &Value) -> ApiResult<Response> {
 
 fn route(app: &AppState, req: &Req, path: &str) -> ApiResult<Response> {
     let store = &app.store;
-    let get_only = |req: &Req| if req.method == Method::GET { Ok(()) } else { Err(ApiError::method_not_allowed(&req.method)) };
+    let get_only = |req: &Req| {
+        if req.method == Method::GET {
+            Ok(())
+        } else {
+            Err(ApiError::method_not_allowed(&req.method))
+        }
+    };
     match path::parse(path) {
         Route::Version => {
             get_only(req)?;
@@ -182,9 +203,10 @@ fn route(app: &AppState, req: &Req, path: &str) -> ApiResult<Response> {
             if discovery::wants_aggregated(req.header(header::ACCEPT)) {
                 let doc = store.read(|s| discovery::aggregated(&s.registry, core));
                 let mut response = json_response(StatusCode::OK, &doc, &[]);
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(discovery::AGGREGATED_CONTENT_TYPE));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(discovery::AGGREGATED_CONTENT_TYPE),
+                );
                 return Ok(response);
             }
             if core {
@@ -195,7 +217,9 @@ fn route(app: &AppState, req: &Req, path: &str) -> ApiResult<Response> {
         }
         Route::Group(name) => {
             get_only(req)?;
-            store.read(|s| discovery::group(&s.registry, &name)).map_or_else(|| Err(ApiError::not_found_path()), |d| ok(&d))
+            store
+                .read(|s| discovery::group(&s.registry, &name))
+                .map_or_else(|| Err(ApiError::not_found_path()), |d| ok(&d))
         }
         Route::GroupVersion { group, version } => {
             get_only(req)?;
@@ -206,7 +230,11 @@ fn route(app: &AppState, req: &Req, path: &str) -> ApiResult<Response> {
         Route::OpenApiV2 => {
             get_only(req)?;
             if req.header(header::ACCEPT).contains("protobuf") {
-                Ok(([(header::CONTENT_TYPE, openapi::V2_PROTOBUF)], openapi::v2_protobuf()).into_response())
+                Ok((
+                    [(header::CONTENT_TYPE, openapi::V2_PROTOBUF)],
+                    openapi::v2_protobuf(),
+                )
+                    .into_response())
             } else {
                 ok(&openapi::v2_json())
             }
@@ -254,21 +282,33 @@ fn resource(app: &AppState, req: &Req, rp: ResourcePath) -> ApiResult<Response> 
     match (rp.name.as_deref(), sub) {
         (None, None) if *m == Method::GET && watching => start_watch(app, req, &resource, ns, None),
         (None, None) if *m == Method::GET => list(app, req, &resource, ns),
-        (None, None) if *m == Method::POST && (ns.is_some() || !resource.namespaced) => create(app, req, &resource, ns),
+        (None, None) if *m == Method::POST && (ns.is_some() || !resource.namespaced) => {
+            create(app, req, &resource, ns)
+        }
         (None, None) if *m == Method::DELETE => delete_collection(app, req, &resource, ns),
-        (Some(name), None) if *m == Method::GET && watching => start_watch(app, req, &resource, ns, Some(name)),
+        (Some(name), None) if *m == Method::GET && watching => {
+            start_watch(app, req, &resource, ns, Some(name))
+        }
         (Some(name), Some("scale")) => scale(app, req, &resource, ns, name),
         (Some(name), Some("binding")) if *m == Method::POST => {
-            app.store.write(|s| subresources::bind(s, &resource, ns.unwrap_or_default(), name, &req.body))?;
+            app.store.write(|s| {
+                subresources::bind(s, &resource, ns.unwrap_or_default(), name, &req.body)
+            })?;
             ok(&json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))
                 .map(|mut r| {
                     *r.status_mut() = StatusCode::CREATED;
                     r
                 })
         }
-        (Some(name), None | Some("status")) if *m == Method::GET => get(app, req, &resource, ns, name),
+        (Some(name), None | Some("status")) if *m == Method::GET => {
+            get(app, req, &resource, ns, name)
+        }
         (Some(name), part) if *m == Method::PUT || *m == Method::PATCH => {
-            let part = if part == Some("status") { Part::Status } else { Part::Main };
+            let part = if part == Some("status") {
+                Part::Status
+            } else {
+                Part::Main
+            };
             update(app, req, &resource, ns, name, part)
         }
         (Some(name), None) if *m == Method::DELETE => delete_one(app, req, &resource, ns, name),
@@ -276,8 +316,19 @@ fn resource(app: &AppState, req: &Req, rp: ResourcePath) -> ApiResult<Response> 
     }
 }
 
-fn get(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>, name: &str) -> ApiResult<Response> {
-    let (obj, rv) = app.store.read(|s| (s.get(&resource.storage, ns.unwrap_or_default(), name), s.rv()));
+fn get(
+    app: &AppState,
+    req: &Req,
+    resource: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+) -> ApiResult<Response> {
+    let (obj, rv) = app.store.read(|s| {
+        (
+            s.get(&resource.storage, ns.unwrap_or_default(), name),
+            s.rv(),
+        )
+    });
     let obj = obj.ok_or_else(|| ApiError::not_found(resource, name))?;
     let body = match req.output() {
         Output::Object => resource.present(&obj),
@@ -290,7 +341,10 @@ fn get(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>, nam
 fn selectors(req: &Req, resource: &ResourceInfo) -> ApiResult<(LabelSelector, FieldSelector)> {
     Ok((
         LabelSelector::parse(req.params.get("labelSelector").unwrap_or_default())?,
-        FieldSelector::parse(req.params.get("fieldSelector").unwrap_or_default(), resource)?,
+        FieldSelector::parse(
+            req.params.get("fieldSelector").unwrap_or_default(),
+            resource,
+        )?,
     ))
 }
 
@@ -299,7 +353,12 @@ fn parse_rv(text: &str) -> ApiResult<u64> {
         .map_err(|_| ApiError::bad_request(format!("invalid resource version {text:?}")))
 }
 
-fn list(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>) -> ApiResult<Response> {
+fn list(
+    app: &AppState,
+    req: &Req,
+    resource: &ResourceInfo,
+    ns: Option<&str>,
+) -> ApiResult<Response> {
     let (labels, fields) = selectors(req, resource)?;
     let exact = req.params.get("resourceVersionMatch") == Some("Exact");
     let requested = match req.params.get("resourceVersion").filter(|v| !v.is_empty()) {
@@ -342,7 +401,13 @@ fn list(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>) ->
     ok(&body)
 }
 
-fn start_watch(app: &AppState, req: &Req, resource: &Arc<ResourceInfo>, ns: Option<&str>, name: Option<&str>) -> ApiResult<Response> {
+fn start_watch(
+    app: &AppState,
+    req: &Req,
+    resource: &Arc<ResourceInfo>,
+    ns: Option<&str>,
+    name: Option<&str>,
+) -> ApiResult<Response> {
     let (labels, mut fields) = selectors(req, resource)?;
     if let Some(name) = name {
         fields = fields.with_name(name);
@@ -363,7 +428,10 @@ fn start_watch(app: &AppState, req: &Req, resource: &Arc<ResourceInfo>, ns: Opti
         (false, rv) => Start::After(rv),
     };
     let timeout = match req.params.get("timeoutSeconds") {
-        Some(t) => Duration::from_secs(t.parse().map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {t:?}")))?),
+        Some(t) => Duration::from_secs(
+            t.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {t:?}")))?,
+        ),
         None => watch::DEFAULT_TIMEOUT,
     };
     let spec = WatchSpec {
@@ -380,10 +448,19 @@ fn start_watch(app: &AppState, req: &Req, resource: &Arc<ResourceInfo>, ns: Opti
 }
 
 fn written_response(resource: &ResourceInfo, written: &Written) -> Response {
-    json_response(written.code, &resource.present(&written.object), &written.warnings)
+    json_response(
+        written.code,
+        &resource.present(&written.object),
+        &written.warnings,
+    )
 }
 
-fn create(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>) -> ApiResult<Response> {
+fn create(
+    app: &AppState,
+    req: &Req,
+    resource: &ResourceInfo,
+    ns: Option<&str>,
+) -> ApiResult<Response> {
     let body = req.json_body()?;
     let opts = req.write_options()?;
     let written = app.store.write(|s| {
@@ -394,7 +471,14 @@ fn create(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>) 
     Ok(written_response(resource, &written))
 }
 
-fn update(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>, name: &str, part: Part) -> ApiResult<Response> {
+fn update(
+    app: &AppState,
+    req: &Req,
+    resource: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+    part: Part,
+) -> ApiResult<Response> {
     let opts = req.write_options()?;
     let written = if req.method == Method::PUT {
         let body = req.json_body()?;
@@ -414,7 +498,13 @@ fn update(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>, 
     Ok(written_response(resource, &written))
 }
 
-fn scale(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>, name: &str) -> ApiResult<Response> {
+fn scale(
+    app: &AppState,
+    req: &Req,
+    resource: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+) -> ApiResult<Response> {
     let namespace = ns.unwrap_or_default();
     let written = match req.method {
         Method::GET => {
@@ -426,11 +516,17 @@ fn scale(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>, n
         }
         Method::PUT | Method::PATCH => {
             let patch_type = match req.method {
-                Method::PATCH => Some(PatchType::from_content_type(req.header(header::CONTENT_TYPE))?),
+                Method::PATCH => Some(PatchType::from_content_type(
+                    req.header(header::CONTENT_TYPE),
+                )?),
                 _ => None,
             };
             let opts = req.write_options()?;
-            app.store.write(|s| subresources::write_scale(s, resource, namespace, name, &req.body, patch_type, &opts))?
+            app.store.write(|s| {
+                subresources::write_scale(
+                    s, resource, namespace, name, &req.body, patch_type, &opts,
+                )
+            })?
         }
         _ => return Err(ApiError::method_not_allowed(&req.method)),
     };
@@ -440,7 +536,10 @@ fn scale(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>, n
 fn delete_options(req: &Req) -> ApiResult<DeleteOptions> {
     let mut opts = DeleteOptions::default();
     if let Some(g) = req.params.get("gracePeriodSeconds") {
-        opts.grace_period = Some(g.parse().map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?);
+        opts.grace_period = Some(
+            g.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?,
+        );
     }
     if let Some(p) = req.params.get("propagationPolicy") {
         opts.propagation = delete::parse_propagation(p)?;
@@ -455,14 +554,21 @@ fn deleted_body(resource: &ResourceInfo, obj: &Value) -> Value {
     if resource.custom.is_some() {
         return resource.present(obj);
     }
-    let mut details = json!({"name": meta::name(obj), "kind": resource.plural, "uid": meta::uid(obj)});
+    let mut details =
+        json!({"name": meta::name(obj), "kind": resource.plural, "uid": meta::uid(obj)});
     if !resource.group.is_empty() {
         details["group"] = json!(resource.group);
     }
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
 }
 
-fn delete_one(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>, name: &str) -> ApiResult<Response> {
+fn delete_one(
+    app: &AppState,
+    req: &Req,
+    resource: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+) -> ApiResult<Response> {
     let opts = delete_options(req)?;
     let deleted = app.store.write(|s| {
         let r = delete::delete(s, resource, ns.unwrap_or_default(), name, &opts);
@@ -475,7 +581,12 @@ fn delete_one(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&st
     }
 }
 
-fn delete_collection(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>) -> ApiResult<Response> {
+fn delete_collection(
+    app: &AppState,
+    req: &Req,
+    resource: &ResourceInfo,
+    ns: Option<&str>,
+) -> ApiResult<Response> {
     let (labels, fields) = selectors(req, resource)?;
     let opts = delete_options(req)?;
     let (items, rv) = app.store.write(|s| {

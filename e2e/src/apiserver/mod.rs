@@ -151,7 +151,10 @@ pub async fn start(opts: ApiServerOptions) -> Result<ApiServerHandle, ApiServerE
     for addr in &opts.listen {
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| ApiServerError::Bind { addr: *addr, source })?;
+            .map_err(|source| ApiServerError::Bind {
+                addr: *addr,
+                source,
+            })?;
         let local = listener
             .local_addr()
             .map_err(|source| ApiServerError::LocalAddr { source })?;

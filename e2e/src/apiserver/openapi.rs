@@ -68,7 +68,10 @@ pub(crate) fn v3_index(registry: &Registry) -> Value {
     let paths: serde_json::Map<String, Value> = discovery::group_version_paths(registry)
         .into_iter()
         .map(|(path, group, version)| {
-            let url = format!("/openapi/v3/{path}?hash={}", hash_of(registry, &group, &version));
+            let url = format!(
+                "/openapi/v3/{path}?hash={}",
+                hash_of(registry, &group, &version)
+            );
             (path, json!({"serverRelativeURL": url}))
         })
         .collect();

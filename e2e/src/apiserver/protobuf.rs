@@ -34,11 +34,21 @@ struct Field {
 }
 
 const fn one(number: u64, name: &'static str, ty: Ty) -> Field {
-    Field { number, name, ty, repeated: false }
+    Field {
+        number,
+        name,
+        ty,
+        repeated: false,
+    }
 }
 
 const fn many(number: u64, name: &'static str, ty: Ty) -> Field {
-    Field { number, name, ty, repeated: true }
+    Field {
+        number,
+        name,
+        ty,
+        repeated: true,
+    }
 }
 
 const OWNER_REFERENCE: &[Field] = &[
@@ -132,14 +142,21 @@ pub(crate) fn decode(body: &[u8]) -> Result<Value, ProtobufError> {
             _ => {}
         }
     }
-    let api_version = type_meta["apiVersion"].as_str().unwrap_or_default().to_string();
+    let api_version = type_meta["apiVersion"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let kind = type_meta["kind"].as_str().unwrap_or_default().to_string();
     let schema = match (api_version.as_str(), kind.as_str()) {
         ("v1", "ConfigMap") => CONFIG_MAP,
         ("v1", "Secret") => SECRET,
         ("v1", "Namespace") => NAMESPACE,
         ("v1", "ServiceAccount") => SERVICE_ACCOUNT,
-        _ => return Err(ProtobufError::UnsupportedKind { kind: format!("{api_version}/{kind}") }),
+        _ => {
+            return Err(ProtobufError::UnsupportedKind {
+                kind: format!("{api_version}/{kind}"),
+            })
+        }
     };
     let mut object = message(raw, schema)?;
     if let Some(map) = object.as_object_mut() {
@@ -177,8 +194,12 @@ fn fields(buf: &[u8]) -> Result<Vec<(u64, Wire<'_>)>, ProtobufError> {
         let value = match key & 7 {
             0 => Wire::Varint(varint(buf, &mut pos)?),
             2 => {
-                let len = usize::try_from(varint(buf, &mut pos)?).map_err(|_| ProtobufError::Malformed)?;
-                let end = pos.checked_add(len).filter(|e| *e <= buf.len()).ok_or(ProtobufError::Malformed)?;
+                let len = usize::try_from(varint(buf, &mut pos)?)
+                    .map_err(|_| ProtobufError::Malformed)?;
+                let end = pos
+                    .checked_add(len)
+                    .filter(|e| *e <= buf.len())
+                    .ok_or(ProtobufError::Malformed)?;
                 let bytes = &buf[pos..end];
                 pos = end;
                 Wire::Bytes(bytes)
@@ -209,7 +230,9 @@ fn scalar(ty: Ty, wire: &Wire) -> Result<Value, ProtobufError> {
         (Ty::Int, Wire::Varint(v)) => json!(*v as i64),
         (Ty::Bool, Wire::Varint(v)) => json!(*v != 0),
         (Ty::Time, Wire::Bytes(b)) => {
-            let seconds = message(b, &[one(1, "seconds", Ty::Int)])?["seconds"].as_i64().unwrap_or(0);
+            let seconds = message(b, &[one(1, "seconds", Ty::Int)])?["seconds"]
+                .as_i64()
+                .unwrap_or(0);
             let ts = jiff::Timestamp::from_second(seconds).map_err(|_| ProtobufError::Malformed)?;
             json!(ts.strftime("%Y-%m-%dT%H:%M:%SZ").to_string())
         }
@@ -229,7 +252,11 @@ fn message(buf: &[u8], schema: &[Field]) -> Result<Value, ProtobufError> {
                 let Wire::Bytes(entry) = wire else {
                     return Err(ProtobufError::Malformed);
                 };
-                let value_ty = if matches!(field.ty, Ty::MapStr) { Ty::Str } else { Ty::Bytes };
+                let value_ty = if matches!(field.ty, Ty::MapStr) {
+                    Ty::Str
+                } else {
+                    Ty::Bytes
+                };
                 let kv = message(entry, &[one(1, "key", Ty::Str), one(2, "value", value_ty)])?;
                 let key = kv["key"].as_str().unwrap_or_default().to_string();
                 let value = kv.get("value").cloned().unwrap_or_else(|| json!(""));
@@ -265,12 +292,23 @@ mod tests {
 
     #[test]
     fn given_enveloped_configmap_when_decoded_should_give_its_json() {
-        let meta = [len_field(1, b"demo"), len_field(11, &[len_field(1, b"app"), len_field(2, b"x")].concat())].concat();
-        let cm = [len_field(1, &meta), len_field(2, &[len_field(1, b"k"), len_field(2, b"v")].concat())].concat();
+        let meta = [
+            len_field(1, b"demo"),
+            len_field(11, &[len_field(1, b"app"), len_field(2, b"x")].concat()),
+        ]
+        .concat();
+        let cm = [
+            len_field(1, &meta),
+            len_field(2, &[len_field(1, b"k"), len_field(2, b"v")].concat()),
+        ]
+        .concat();
         let type_meta = [len_field(1, b"v1"), len_field(2, b"ConfigMap")].concat();
         let unknown = [len_field(1, &type_meta), len_field(2, &cm)].concat();
         let body = [b"k8s\0".as_slice(), &unknown].concat();
         let v = decode(&body).unwrap();
-        assert_eq!(v, json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "demo", "labels": {"app": "x"}}, "data": {"k": "v"}}));
+        assert_eq!(
+            v,
+            json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "demo", "labels": {"app": "x"}}, "data": {"k": "v"}})
+        );
     }
 }

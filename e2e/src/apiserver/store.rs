@@ -171,7 +171,12 @@ impl State {
 
     /// Removes an object; the DELETED event carries its last state with a new
     /// resourceVersion, as Kubernetes does.
-    pub(crate) fn remove(&mut self, key: &StorageKey, namespace: &str, name: &str) -> Option<Arc<Value>> {
+    pub(crate) fn remove(
+        &mut self,
+        key: &StorageKey,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<Value>> {
         let prev = self
             .objects
             .get_mut(key)?

@@ -80,7 +80,11 @@ fn not_found(field: &str, value: &str) -> Cause {
 /// The causes that make `obj` (an update of `old`, when given) invalid.
 pub(crate) fn validate(resource: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
     let mut causes = Vec::new();
-    labels(obj.pointer("/metadata/labels"), "metadata.labels", &mut causes);
+    labels(
+        obj.pointer("/metadata/labels"),
+        "metadata.labels",
+        &mut causes,
+    );
     match (resource.group.as_str(), resource.plural.as_str()) {
         ("", "pods") => {
             pod_spec(&obj["spec"], "spec", &[], &mut causes);
@@ -105,16 +109,31 @@ pub(crate) fn validate(resource: &ResourceInfo, obj: &Value, old: Option<&Value>
             workload(obj, &[], &mut causes);
             if let Some(old) = old {
                 if obj.pointer("/spec/selector") != old.pointer("/spec/selector") {
-                    causes.push(Cause::invalid("spec.selector", &shown(obj.pointer("/spec/selector")), "field is immutable"));
+                    causes.push(Cause::invalid(
+                        "spec.selector",
+                        &shown(obj.pointer("/spec/selector")),
+                        "field is immutable",
+                    ));
                 }
             }
         }
         ("", "services") => {
             service(&obj["spec"], &mut causes);
             if let Some(old) = old {
-                let (new_ip, old_ip) = (obj.pointer("/spec/clusterIP"), old.pointer("/spec/clusterIP"));
-                if old_ip.and_then(Value::as_str).is_some_and(|ip| !ip.is_empty()) && new_ip != old_ip {
-                    causes.push(Cause::invalid("spec.clusterIP", &shown(new_ip), "field is immutable"));
+                let (new_ip, old_ip) = (
+                    obj.pointer("/spec/clusterIP"),
+                    old.pointer("/spec/clusterIP"),
+                );
+                if old_ip
+                    .and_then(Value::as_str)
+                    .is_some_and(|ip| !ip.is_empty())
+                    && new_ip != old_ip
+                {
+                    causes.push(Cause::invalid(
+                        "spec.clusterIP",
+                        &shown(new_ip),
+                        "field is immutable",
+                    ));
                 }
             }
         }
@@ -122,11 +141,17 @@ pub(crate) fn validate(resource: &ResourceInfo, obj: &Value, old: Option<&Value>
             if let Some(old) = old.filter(|o| o["immutable"].as_bool() == Some(true)) {
                 for field in ["data", "binaryData", "stringData"] {
                     if obj.get(field) != old.get(field) {
-                        causes.push(forbidden(field, "field is immutable when `immutable` is set"));
+                        causes.push(forbidden(
+                            field,
+                            "field is immutable when `immutable` is set",
+                        ));
                     }
                 }
                 if obj.get("immutable") != old.get("immutable") {
-                    causes.push(forbidden("immutable", "field is immutable when `immutable` is set"));
+                    causes.push(forbidden(
+                        "immutable",
+                        "field is immutable when `immutable` is set",
+                    ));
                 }
             }
         }
@@ -164,7 +189,12 @@ fn labels(labels: Option<&Value>, field: &str, causes: &mut Vec<Cause>) {
 /// A pod spec; `extra_volumes` are names mounts may use besides `spec.volumes` (a
 /// StatefulSet's volume claim templates).
 fn pod_spec(spec: &Value, path: &str, extra_volumes: &[&str], causes: &mut Vec<Cause>) {
-    let volumes: Vec<&str> = spec["volumes"].as_array().into_iter().flatten().filter_map(|v| v["name"].as_str()).collect();
+    let volumes: Vec<&str> = spec["volumes"]
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter_map(|v| v["name"].as_str())
+        .collect();
     for (i, name) in volumes.iter().enumerate() {
         if volumes[..i].contains(name) {
             causes.push(duplicate(&format!("{path}.volumes[{i}].name"), name));
@@ -193,10 +223,19 @@ fn pod_spec(spec: &Value, path: &str, extra_volumes: &[&str], causes: &mut Vec<C
             for (j, p) in c["ports"].as_array().into_iter().flatten().enumerate() {
                 let port = p["containerPort"].as_i64().unwrap_or(0);
                 if !(1..=65535).contains(&port) {
-                    causes.push(Cause::invalid(&format!("{at}.ports[{j}].containerPort"), &port.to_string(), "must be between 1 and 65535, inclusive"));
+                    causes.push(Cause::invalid(
+                        &format!("{at}.ports[{j}].containerPort"),
+                        &port.to_string(),
+                        "must be between 1 and 65535, inclusive",
+                    ));
                 }
             }
-            for (j, m) in c["volumeMounts"].as_array().into_iter().flatten().enumerate() {
+            for (j, m) in c["volumeMounts"]
+                .as_array()
+                .into_iter()
+                .flatten()
+                .enumerate()
+            {
                 let vname = m["name"].as_str().unwrap_or_default();
                 if !volumes.contains(&vname) && !extra_volumes.contains(&vname) {
                     causes.push(not_found(&format!("{at}.volumeMounts[{j}].name"), vname));
@@ -209,17 +248,31 @@ fn pod_spec(spec: &Value, path: &str, extra_volumes: &[&str], causes: &mut Vec<C
 fn workload(obj: &Value, extra_volumes: &[&str], causes: &mut Vec<Cause>) {
     let spec = &obj["spec"];
     if spec["replicas"].as_i64().is_some_and(|r| r < 0) {
-        causes.push(Cause::invalid("spec.replicas", &spec["replicas"].to_string(), "must be greater than or equal to 0"));
+        causes.push(Cause::invalid(
+            "spec.replicas",
+            &spec["replicas"].to_string(),
+            "must be greater than or equal to 0",
+        ));
     }
     let selector = spec["selector"]["matchLabels"].as_object();
-    let has_expressions = spec["selector"]["matchExpressions"].as_array().is_some_and(|e| !e.is_empty());
+    let has_expressions = spec["selector"]["matchExpressions"]
+        .as_array()
+        .is_some_and(|e| !e.is_empty());
     if selector.is_none_or(Map::is_empty) && !has_expressions {
         causes.push(Cause::required("spec.selector", ""));
     }
-    let template_labels = spec.pointer("/template/metadata/labels").and_then(Value::as_object);
-    labels(spec.pointer("/template/metadata/labels"), "spec.template.metadata.labels", causes);
+    let template_labels = spec
+        .pointer("/template/metadata/labels")
+        .and_then(Value::as_object);
+    labels(
+        spec.pointer("/template/metadata/labels"),
+        "spec.template.metadata.labels",
+        causes,
+    );
     if let Some(selector) = selector {
-        let matched = selector.iter().all(|(k, v)| template_labels.and_then(|l| l.get(k)) == Some(v));
+        let matched = selector
+            .iter()
+            .all(|(k, v)| template_labels.and_then(|l| l.get(k)) == Some(v));
         if !matched {
             causes.push(Cause::invalid(
                 "spec.template.metadata.labels",
@@ -228,7 +281,12 @@ fn workload(obj: &Value, extra_volumes: &[&str], causes: &mut Vec<Cause>) {
             ));
         }
     }
-    pod_spec(&spec["template"]["spec"], "spec.template.spec", extra_volumes, causes);
+    pod_spec(
+        &spec["template"]["spec"],
+        "spec.template.spec",
+        extra_volumes,
+        causes,
+    );
 }
 
 const STATEFULSET_MUTABLE: &[&str] = &[
@@ -261,7 +319,14 @@ fn statefulset_update(obj: &Value, old: &Value, causes: &mut Vec<Cause>) {
 /// Pod spec fields an update may change, as Kubernetes allows.
 fn pod_update(spec: &Value, old: &Value, causes: &mut Vec<Cause>) {
     let normalise = |s: &Value, other: &Value| {
-        let mut v = without(s, &["activeDeadlineSeconds", "tolerations", "terminationGracePeriodSeconds"]);
+        let mut v = without(
+            s,
+            &[
+                "activeDeadlineSeconds",
+                "tolerations",
+                "terminationGracePeriodSeconds",
+            ],
+        );
         for list in ["containers", "initContainers"] {
             if let Some(items) = v.get_mut(list).and_then(Value::as_array_mut) {
                 items.iter_mut().for_each(|c| {
@@ -298,7 +363,11 @@ fn service(spec: &Value, causes: &mut Vec<Cause>) {
     for (i, p) in ports.iter().enumerate() {
         let port = p["port"].as_i64().unwrap_or(0);
         if !(1..=65535).contains(&port) {
-            causes.push(Cause::invalid(&format!("spec.ports[{i}].port"), &port.to_string(), "must be between 1 and 65535, inclusive"));
+            causes.push(Cause::invalid(
+                &format!("spec.ports[{i}].port"),
+                &port.to_string(),
+                "must be between 1 and 65535, inclusive",
+            ));
         }
         let name = p["name"].as_str().unwrap_or_default();
         if ports.len() > 1 && name.is_empty() {
@@ -351,9 +420,15 @@ mod tests {
         let registry = Registry::new();
         let r = registry.lookup("apps", "v1", "statefulsets").unwrap();
         assert!(validate(&r, &sts("1Gi", json!({"app": "b"})), None).is_empty());
-        let causes = validate(&r, &sts("2Gi", json!({"app": "b"})), Some(&sts("1Gi", json!({"app": "b"}))));
+        let causes = validate(
+            &r,
+            &sts("2Gi", json!({"app": "b"})),
+            Some(&sts("1Gi", json!({"app": "b"}))),
+        );
         assert_eq!(causes.len(), 1);
-        assert!(causes[0].line().starts_with("spec: Forbidden: updates to statefulset spec"));
+        assert!(causes[0]
+            .line()
+            .starts_with("spec: Forbidden: updates to statefulset spec"));
     }
 
     #[test]
@@ -368,7 +443,20 @@ mod tests {
     fn given_bad_label_value_when_validated_should_be_invalid() {
         let registry = Registry::new();
         let r = registry.lookup("", "v1", "configmaps").unwrap();
-        assert_eq!(validate(&r, &json!({"metadata": {"labels": {"a": "no spaces"}}}), None).len(), 1);
-        assert!(validate(&r, &json!({"metadata": {"labels": {"app.kubernetes.io/name": "duomq-broker"}}}), None).is_empty());
+        assert_eq!(
+            validate(
+                &r,
+                &json!({"metadata": {"labels": {"a": "no spaces"}}}),
+                None
+            )
+            .len(),
+            1
+        );
+        assert!(validate(
+            &r,
+            &json!({"metadata": {"labels": {"app.kubernetes.io/name": "duomq-broker"}}}),
+            None
+        )
+        .is_empty());
     }
 }

@@ -66,14 +66,20 @@ fn check_namespace(state: &State, resource: &ResourceInfo, ns: &str, name: &str)
 /// A sent object must be an object whose type meta, when present, names the resource.
 fn check_sent(resource: &ResourceInfo, sent: &Value) -> ApiResult<()> {
     if !sent.is_object() {
-        return Err(ApiError::bad_request("the body of the request must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the body of the request must be a JSON object",
+        ));
     }
     check_type_meta(resource, sent)
 }
 
 /// Checks `apiVersion` and `kind` of a sent object against the resource, when present.
 fn check_type_meta(resource: &ResourceInfo, sent: &Value) -> ApiResult<()> {
-    if let Some(kind) = sent.get("kind").and_then(Value::as_str).filter(|k| !k.is_empty()) {
+    if let Some(kind) = sent
+        .get("kind")
+        .and_then(Value::as_str)
+        .filter(|k| !k.is_empty())
+    {
         if kind != resource.kind {
             return Err(ApiError::bad_request(format!(
                 "the kind in the data ({kind}) does not match the expected kind ({})",
@@ -81,7 +87,11 @@ fn check_type_meta(resource: &ResourceInfo, sent: &Value) -> ApiResult<()> {
             )));
         }
     }
-    if let Some(av) = sent.get("apiVersion").and_then(Value::as_str).filter(|a| !a.is_empty()) {
+    if let Some(av) = sent
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .filter(|a| !a.is_empty())
+    {
         if av != resource.api_version() {
             return Err(ApiError::bad_request(format!(
                 "the API version in the data ({av}) does not match the expected API version ({})",
@@ -97,7 +107,10 @@ fn place(resource: &ResourceInfo, obj: &mut Value, namespace: Option<&str>) -> A
     let meta_map = meta::metadata_mut(obj);
     if resource.namespaced {
         let ns = namespace.unwrap_or_default();
-        let sent = meta_map.get("namespace").and_then(Value::as_str).unwrap_or_default();
+        let sent = meta_map
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if !sent.is_empty() && sent != ns {
             return Err(ApiError::bad_request(
                 "the namespace of the provided object does not match the namespace sent on the request",
@@ -131,12 +144,18 @@ pub(crate) fn create(
     place(resource, &mut obj, namespace)?;
     let mut name = meta::name(&obj).to_string();
     if name.is_empty() {
-        let generate = meta::meta_str(&obj, "generateName").unwrap_or_default().to_string();
+        let generate = meta::meta_str(&obj, "generateName")
+            .unwrap_or_default()
+            .to_string();
         if generate.is_empty() {
-            return Err(ApiError::invalid(resource, "", vec![Cause::required(
-                "metadata.name",
-                "name or generateName is required",
-            )]));
+            return Err(ApiError::invalid(
+                resource,
+                "",
+                vec![Cause::required(
+                    "metadata.name",
+                    "name or generateName is required",
+                )],
+            ));
         }
         let ns = meta::namespace(&obj).to_string();
         name = loop {
@@ -150,11 +169,19 @@ pub(crate) fn create(
     if resource.namespaced {
         check_namespace(state, resource, meta::namespace(&obj), &name)?;
     }
-    if state.get(&resource.storage, meta::namespace(&obj), &name).is_some() {
+    if state
+        .get(&resource.storage, meta::namespace(&obj), &name)
+        .is_some()
+    {
         return Err(ApiError::already_exists(resource, &name));
     }
     let m = meta::metadata_mut(&mut obj);
-    for system in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+    for system in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+    ] {
         m.remove(system);
     }
     m.insert("uid".into(), json!(meta::new_uid()));
@@ -197,11 +224,15 @@ pub(crate) fn update(
         )));
     }
     if resource.custom.is_some() && meta::resource_version(&sent).is_none() {
-        return Err(ApiError::invalid(resource, name, vec![Cause::invalid(
-            "metadata.resourceVersion",
-            "0x0",
-            "must be specified for an update",
-        )]));
+        return Err(ApiError::invalid(
+            resource,
+            name,
+            vec![Cause::invalid(
+                "metadata.resourceVersion",
+                "0x0",
+                "must be specified for an update",
+            )],
+        ));
     }
     let mut obj = resource.to_storage(sent);
     place(resource, &mut obj, namespace)?;
@@ -242,7 +273,9 @@ pub(crate) fn patch(
     let mut obj = resource.to_storage(doc);
     place(resource, &mut obj, namespace)?;
     if meta::name(&obj) != name {
-        return Err(ApiError::bad_request("the patch must not change metadata.name"));
+        return Err(ApiError::bad_request(
+            "the patch must not change metadata.name",
+        ));
     }
     commit_update(state, resource, &old, obj, part, opts)
 }
@@ -260,18 +293,30 @@ fn apply_patch(
     opts: &WriteOptions,
 ) -> ApiResult<Written> {
     let Some(manager) = opts.field_manager.clone().filter(|m| !m.is_empty()) else {
-        return Err(ApiError::invalid(resource, name, vec![Cause::required(
-            "fieldManager",
-            "is required for apply patch",
-        )]));
+        return Err(ApiError::invalid(
+            resource,
+            name,
+            vec![Cause::required(
+                "fieldManager",
+                "is required for apply patch",
+            )],
+        ));
     };
     let applied = apply::parse_body(body)?;
     if !applied.is_object() {
-        return Err(ApiError::bad_request("an applied configuration must be an object"));
+        return Err(ApiError::bad_request(
+            "an applied configuration must be an object",
+        ));
     }
     for field in ["apiVersion", "kind"] {
-        if applied.get(field).and_then(Value::as_str).is_none_or(str::is_empty) {
-            return Err(ApiError::bad_request(format!("{field} must be set in an applied configuration")));
+        if applied
+            .get(field)
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err(ApiError::bad_request(format!(
+                "{field} must be set in an applied configuration"
+            )));
         }
     }
     check_type_meta(resource, &applied)?;
@@ -341,22 +386,43 @@ fn commit_update(
     if meta::is_deleting(old) {
         let before = meta::finalizers(old);
         if meta::finalizers(&obj).iter().any(|f| !before.contains(f)) {
-            return Err(ApiError::invalid(resource, &name, vec![Cause {
-                reason: "FieldValueForbidden",
-                message: "Forbidden: no new finalizers can be added if the object is being deleted".into(),
-                field: "metadata.finalizers".into(),
-            }]));
+            return Err(ApiError::invalid(
+                resource,
+                &name,
+                vec![Cause {
+                    reason: "FieldValueForbidden",
+                    message:
+                        "Forbidden: no new finalizers can be added if the object is being deleted"
+                            .into(),
+                    field: "metadata.finalizers".into(),
+                }],
+            ));
         }
     }
     let warnings = admission::admit_update(state, resource, &mut obj, old, opts.validation)?;
-    let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-    let bumped = if meta::spec_part(&obj) != meta::spec_part(old) { generation + 1 } else { generation };
+    let generation = old
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let bumped = if meta::spec_part(&obj) != meta::spec_part(old) {
+        generation + 1
+    } else {
+        generation
+    };
     meta::metadata_mut(&mut obj).insert("generation".into(), json!(bumped));
     if opts.dry_run {
-        return Ok(Written { object: Arc::new(obj), code: StatusCode::OK, warnings });
+        return Ok(Written {
+            object: Arc::new(obj),
+            code: StatusCode::OK,
+            warnings,
+        });
     }
     let object = store_update(state, resource, old, obj);
-    Ok(Written { object, code: StatusCode::OK, warnings })
+    Ok(Written {
+        object,
+        code: StatusCode::OK,
+        warnings,
+    })
 }
 
 /// `to[field] = from[field]`, or removed when `from` has none.
@@ -378,7 +444,14 @@ fn copy_field(from: &Value, to: &mut Value, field: &str) {
 fn keep_system_metadata(old: &Value, obj: &mut Value) {
     let old_meta = old.get("metadata").cloned().unwrap_or_default();
     let m = meta::metadata_mut(obj);
-    for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "resourceVersion"] {
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "namespace",
+        "resourceVersion",
+    ] {
         match old_meta.get(field) {
             Some(v) => {
                 m.insert(field.into(), v.clone());
@@ -407,12 +480,21 @@ pub(crate) fn may_remove(obj: &Value) -> bool {
     meta::is_deleting(obj)
         && meta::finalizers(obj).is_empty()
         && !spec_finalizers
-        && obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) == 0
+        && obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            == 0
 }
 
 /// Stores `new` in place of `old`; nothing when they are equal (apart from the
 /// resourceVersion); removes the object when it is deleting and nothing holds it any more.
-pub(crate) fn store_update(state: &mut State, resource: &ResourceInfo, old: &Value, mut new: Value) -> Arc<Value> {
+pub(crate) fn store_update(
+    state: &mut State,
+    resource: &ResourceInfo,
+    old: &Value,
+    mut new: Value,
+) -> Arc<Value> {
     if let Some(rv) = meta::resource_version(old) {
         meta::metadata_mut(&mut new).insert("resourceVersion".into(), json!(rv));
     }
@@ -431,7 +513,12 @@ pub(crate) fn store_update(state: &mut State, resource: &ResourceInfo, old: &Val
 }
 
 /// Removes an object from the store, with the side effects of its kind.
-pub(crate) fn remove(state: &mut State, resource: &ResourceInfo, namespace: &str, name: &str) -> Option<Arc<Value>> {
+pub(crate) fn remove(
+    state: &mut State,
+    resource: &ResourceInfo,
+    namespace: &str,
+    name: &str,
+) -> Option<Arc<Value>> {
     let removed = state.remove(&resource.storage, namespace, name)?;
     if resource.is("apiextensions.k8s.io", "customresourcedefinitions") {
         let served = state
@@ -451,7 +538,10 @@ pub(crate) fn remove(state: &mut State, resource: &ResourceInfo, namespace: &str
 fn after_put(state: &mut State, resource: &ResourceInfo, stored: &Value) {
     if resource.is("apiextensions.k8s.io", "customresourcedefinitions") {
         state.registry.register_crd(stored);
-        tracing::info!(crd = meta::name(stored), "custom resource definition served");
+        tracing::info!(
+            crd = meta::name(stored),
+            "custom resource definition served"
+        );
     }
 }
 
