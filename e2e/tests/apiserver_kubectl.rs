@@ -1,7 +1,7 @@
 //! The local API server through the real kubectl, with kubectl's defaults (aggregated
 //! discovery, OpenAPI download for validation, `fieldValidation=Strict`, tables): apply and
 //! re-apply, get in every output, label, the three patch types, delete, the BrokerGroup CRD
-//! with printer columns, short name and CEL rejections, `wait`, `get -w`, `describe` with
+//! with printer columns, short name, `explain` and CEL rejections, `wait`, `get -w`, `describe` with
 //! events, and owner garbage collection. Each test starts its own server on 127.0.0.1:0 and
 //! writes its kubeconfig and kubectl cache into a temporary directory.
 
@@ -398,6 +398,11 @@ async fn given_brokergroup_crd_when_used_with_kubectl_should_print_columns_and_r
     assert_eq!(row[..2], ["pair", "1"], "{table}");
     assert!(k.ok(&["get", "bg"]).await.contains("pair"), "short name");
     assert!(k.ok(&["get", "duomq"]).await.contains("pair"), "category");
+    let explained = k.ok(&["explain", "brokergroup.spec.ha"]).await;
+    assert!(
+        explained.contains("KIND:       BrokerGroup") && explained.contains("allowFailback"),
+        "{explained}"
+    );
     let applied = k.json(&["get", "bg", "pair"]).await;
     assert_eq!(
         applied["spec"]["ports"]["stomp"], 61613,
