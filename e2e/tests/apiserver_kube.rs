@@ -201,9 +201,14 @@ async fn given_configmap_when_created_read_replaced_patched_and_deleted_should_b
         .items
         .is_empty());
 
-    cms.delete("a", &DeleteParams::default())
+    let deleted = cms
+        .delete("a", &DeleteParams::default())
         .await
         .expect("delete");
+    assert!(
+        deleted.is_right(),
+        "a ConfigMap delete answers with a Status, like Kubernetes"
+    );
     let gone = api_error(cms.get("a").await.expect_err("gone"));
     assert_eq!((gone.code, gone.reason.as_str()), (404, "NotFound"));
     let missing = api_error(
@@ -724,9 +729,14 @@ async fn given_scheduled_pod_when_deleted_should_terminate_gracefully_until_the_
         Some(7)
     );
 
-    pods.delete("pending", &DeleteParams::default())
+    let deleted = pods
+        .delete("pending", &DeleteParams::default())
         .await
         .expect("delete");
+    assert!(
+        deleted.is_left(),
+        "a pod delete answers with the pod, like Kubernetes"
+    );
     assert_eq!(
         api_error(
             pods.get("pending")

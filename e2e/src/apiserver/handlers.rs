@@ -548,10 +548,16 @@ fn delete_options(req: &Req) -> ApiResult<DeleteOptions> {
     opts.merge_body(&req.body)
 }
 
-/// The body of a completed delete: the object for custom resources, a Success Status for
-/// built-ins, as Kubernetes answers.
+/// Built-ins whose storage answers a completed delete with the object
+/// (`ReturnDeletedObject`); the others answer with a Success Status.
+const RETURN_DELETED_OBJECT: &[&str] = &["pods", "services", "serviceaccounts"];
+
+/// The body of a completed delete, as Kubernetes answers it: the object for custom
+/// resources and some built-ins, a Success Status for the rest.
 fn deleted_body(resource: &ResourceInfo, obj: &Value) -> Value {
-    if resource.custom.is_some() {
+    let core_returning =
+        resource.group.is_empty() && RETURN_DELETED_OBJECT.contains(&resource.plural.as_str());
+    if resource.custom.is_some() || core_returning {
         return resource.present(obj);
     }
     let mut details =
