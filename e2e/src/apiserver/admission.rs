@@ -111,6 +111,10 @@ fn admit(
         _ => {}
     }
     if resource.custom.is_some() {
+        let causes = validation::validate_metadata(obj);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(resource, meta::name(obj), causes));
+        }
         return crd_validation::admit(resource, obj, old, validation);
     }
     let causes = validation::validate(resource, obj, old);

@@ -77,14 +77,20 @@ fn not_found(field: &str, value: &str) -> Cause {
     }
 }
 
-/// The causes that make `obj` (an update of `old`, when given) invalid.
-pub(crate) fn validate(resource: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
+/// The causes that make the metadata of any object, custom resources included, invalid.
+pub(crate) fn validate_metadata(obj: &Value) -> Vec<Cause> {
     let mut causes = Vec::new();
     labels(
         obj.pointer("/metadata/labels"),
         "metadata.labels",
         &mut causes,
     );
+    causes
+}
+
+/// The causes that make `obj` (an update of `old`, when given) invalid.
+pub(crate) fn validate(resource: &ResourceInfo, obj: &Value, old: Option<&Value>) -> Vec<Cause> {
+    let mut causes = validate_metadata(obj);
     match (resource.group.as_str(), resource.plural.as_str()) {
         ("", "pods") => {
             pod_spec(&obj["spec"], "spec", &[], &mut causes);
