@@ -1297,3 +1297,69 @@ async fn given_kubelet_style_watch_on_a_node_when_a_pod_is_bound_should_see_it_a
         .expect_err("a bound pod cannot move");
     assert_eq!(api_error(moved).code, 422);
 }
+
+#[tokio::test]
+async fn given_fields_written_by_one_manager_when_another_applies_other_values_should_conflict_unless_forced(
+) {
+    let server = server(1000).await;
+    let cms: Api<ConfigMap> = Api::default_namespaced(server.client());
+    let created = PostParams {
+        field_manager: Some("creator".into()),
+        ..Default::default()
+    };
+    cms.create(&created, &cm("shared", &[("a", "1"), ("b", "2")]))
+        .await
+        .expect("create");
+    let applied = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "shared"}, "data": {"a": "changed"}});
+    let conflict = api_error(
+        cms.patch(
+            "shared",
+            &PatchParams::apply("applier"),
+            &Patch::Apply(&applied),
+        )
+        .await
+        .expect_err("conflict"),
+    );
+    assert_eq!(conflict.code, 409);
+    assert_eq!(
+        conflict.message,
+        "Apply failed with 1 conflict: conflict with \"creator\" using v1: .data.a"
+    );
+    let same = json!({"apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "shared"}, "data": {"b": "2"}});
+    cms.patch(
+        "shared",
+        &PatchParams::apply("co-owner"),
+        &Patch::Apply(&same),
+    )
+    .await
+    .expect("applying the value a field already has is no conflict");
+    let forced = cms
+        .patch(
+            "shared",
+            &PatchParams::apply("applier").force(),
+            &Patch::Apply(&applied),
+        )
+        .await
+        .expect("forced apply");
+    let owners: Vec<(String, String)> = forced
+        .metadata
+        .managed_fields
+        .unwrap_or_default()
+        .into_iter()
+        .map(|m| {
+            (
+                m.manager.unwrap_or_default(),
+                m.operation.unwrap_or_default(),
+            )
+        })
+        .collect();
+    assert_eq!(
+        owners,
+        [
+            ("creator".to_string(), "Update".to_string()),
+            ("co-owner".to_string(), "Apply".to_string()),
+            ("applier".to_string(), "Apply".to_string())
+        ],
+        "the creator keeps data.b, which the forced apply did not touch"
+    );
+}

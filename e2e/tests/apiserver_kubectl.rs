@@ -306,6 +306,14 @@ async fn given_kubectl_create_generators_when_they_send_protobuf_should_create_t
     assert!(err.contains("not found"), "{err}");
 }
 
+/// `kubectl patch` (strategic merge) of the image of the deployment's `app` container.
+async fn set_app_image(k: &Cluster, image: &str) {
+    let patch =
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "app", "image": image}]}}}});
+    k.ok(&["patch", "deployment", "web", "-p", &patch.to_string()])
+        .await;
+}
+
 #[tokio::test]
 async fn given_deployment_when_strategic_patched_should_merge_containers_by_name() {
     let k = Cluster::start().await;
@@ -322,14 +330,7 @@ spec:
       - {name: sidecar, image: 'sidecar:1'}
 ";
     k.ok_with(&["apply", "-f", "-"], deployment).await;
-    k.ok(&[
-        "patch",
-        "deployment",
-        "web",
-        "-p",
-        r#"{"spec":{"template":{"spec":{"containers":[{"name":"app","image":"app:2"}]}}}}"#,
-    ])
-    .await;
+    set_app_image(&k, "app:2").await;
     let d = k.json(&["get", "deployment", "web"]).await;
     let containers = &d["spec"]["template"]["spec"]["containers"];
     assert_eq!(containers[0]["image"], "app:2");
@@ -354,6 +355,15 @@ spec:
         .collect();
     assert_eq!(names, ["app"], "re-applying without a container removes it");
 
+    set_app_image(&k, "app:3").await;
+    let conflict = k
+        .fails(&["apply", "--server-side", "-f", "-"], deployment)
+        .await;
+    assert!(
+        conflict.contains("conflict with \"kubectl-patch\"")
+            && conflict.contains(".spec.template.spec.containers[name=\"app\"].image"),
+        "the image kubectl patch set is owned by it:\n{conflict}"
+    );
     let out = k
         .ok_with(
             &["apply", "--server-side", "--force-conflicts", "-f", "-"],

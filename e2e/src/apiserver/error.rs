@@ -127,6 +127,11 @@ impl ApiError {
         )
     }
 
+    /// 409 without details, e.g. an apply conflict.
+    pub(crate) fn conflict_status(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "Conflict", message)
+    }
+
     /// 409 for a precondition (uid, resourceVersion, an unassigned pod) a request did not meet.
     pub(crate) fn precondition(resource: &ResourceInfo, name: &str, what: &str) -> Self {
         Self::new(

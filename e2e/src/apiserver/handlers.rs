@@ -101,10 +101,21 @@ impl Req {
     }
 
     fn write_options(&self) -> ApiResult<WriteOptions> {
+        let field_manager = self.params.get("fieldManager").map(str::to_string);
+        // Kubernetes names an unnamed writer after its user agent, up to the first '/'.
+        let from_agent = self
+            .header(header::USER_AGENT)
+            .split('/')
+            .next()
+            .filter(|a| !a.is_empty())
+            .unwrap_or("unknown")
+            .to_string();
         Ok(WriteOptions {
             dry_run: self.params.get("dryRun").is_some_and(|d| !d.is_empty()),
             validation: FieldValidation::parse(self.params.get("fieldValidation"))?,
-            field_manager: self.params.get("fieldManager").map(str::to_string),
+            manager: field_manager.clone().unwrap_or(from_agent),
+            field_manager,
+            force: self.params.flag("force"),
         })
     }
 

@@ -9,8 +9,9 @@
 //! no data on disk and checks no credentials: any or no bearer token is accepted.
 //!
 //! Where it knowingly differs from Kubernetes 1.33:
-//! - Server-side apply never reports conflicts (every apply acts as if forced) and only
-//!   Apply operations own fields; PUT and non-apply patches record no managedFields entry.
+//! - Field ownership follows Kubernetes' rules at field granularity, with simplified list
+//!   and defaulting details; the server's own writes (garbage collection, bindings,
+//!   finalizer release) are not attributed to any manager.
 //! - Lists return everything in one page (no `continue`); an `Exact` list of any version
 //!   but the current one answers 410, as only the current state is kept.
 //! - Watch history is one bounded log for all resources (`watch_history` events), not a
@@ -33,9 +34,11 @@ mod delete;
 mod discovery;
 mod error;
 mod events;
+mod fieldsets;
 mod gc;
 mod handlers;
 mod jsonpath;
+mod managed;
 mod meta;
 mod openapi;
 mod patch;

@@ -13,9 +13,11 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use super::admission;
-use super::apply::{self, Scope};
+use super::apply;
 use super::crd_validation::FieldValidation;
 use super::error::{ApiError, ApiResult, Cause};
+use super::fieldsets::Scope;
+use super::managed::{self, Writer};
 use super::meta;
 use super::patch::{self, ListCtx, PatchType};
 use super::registry::{ResourceInfo, StorageKey};
@@ -26,7 +28,12 @@ use super::store::State;
 pub(crate) struct WriteOptions {
     pub dry_run: bool,
     pub validation: FieldValidation,
+    /// The `fieldManager` parameter, required for apply.
     pub field_manager: Option<String>,
+    /// Who the write is attributed to: `fieldManager`, else the client's user-agent name.
+    pub manager: String,
+    /// The `force` parameter of apply.
+    pub force: bool,
 }
 
 /// Which part of an object a write addresses.
@@ -131,6 +138,23 @@ fn random_suffix() -> String {
         .collect()
 }
 
+/// The list semantics of a resource's objects.
+fn list_ctx(resource: &ResourceInfo) -> ListCtx<'_> {
+    match &resource.custom {
+        Some(c) => ListCtx::Schema(c.schema.as_ref()),
+        None => ListCtx::Builtin,
+    }
+}
+
+/// The part of an object a write through `part` may own.
+fn scope(resource: &ResourceInfo, part: Part) -> Scope {
+    match (part, resource.subresources.status) {
+        (Part::Status, _) => Scope::StatusOnly,
+        (Part::Main, true) => Scope::NoStatus,
+        (Part::Main, false) => Scope::Whole,
+    }
+}
+
 /// Creates an object (POST).
 pub(crate) fn create(
     state: &mut State,
@@ -138,6 +162,19 @@ pub(crate) fn create(
     namespace: Option<&str>,
     sent: Value,
     opts: &WriteOptions,
+) -> ApiResult<Written> {
+    create_attributed(state, resource, namespace, sent, opts, true)
+}
+
+/// Creates an object; `attribute` records the creator as an Update manager (an apply that
+/// creates has recorded itself already).
+fn create_attributed(
+    state: &mut State,
+    resource: &ResourceInfo,
+    namespace: Option<&str>,
+    sent: Value,
+    opts: &WriteOptions,
+    attribute: bool,
 ) -> ApiResult<Written> {
     check_sent(resource, &sent)?;
     let mut obj = resource.to_storage(sent);
@@ -188,6 +225,15 @@ pub(crate) fn create(
     m.insert("creationTimestamp".into(), json!(meta::now()));
     m.insert("generation".into(), json!(1));
     let warnings = admission::admit_create(state, resource, &mut obj, opts.validation)?;
+    if attribute {
+        let api_version = resource.api_version();
+        let writer = Writer {
+            manager: &opts.manager,
+            api_version: &api_version,
+            scope: scope(resource, Part::Main),
+        };
+        managed::record_update(None, &mut obj, &writer, list_ctx(resource));
+    }
     let object = if opts.dry_run {
         Arc::new(obj)
     } else {
@@ -237,7 +283,7 @@ pub(crate) fn update(
     let mut obj = resource.to_storage(sent);
     place(resource, &mut obj, namespace)?;
     meta::metadata_mut(&mut obj).insert("name".into(), json!(name));
-    commit_update(state, resource, &old, obj, part, opts)
+    commit_update(state, resource, &old, obj, part, opts, true)
 }
 
 /// Patches an object or its status (PATCH); server-side apply creates a missing object.
@@ -253,10 +299,7 @@ pub(crate) fn patch(
     opts: &WriteOptions,
 ) -> ApiResult<Written> {
     let ns = namespace.unwrap_or_default();
-    let ctx = match &resource.custom {
-        Some(c) => ListCtx::Schema(c.schema.as_ref()),
-        None => ListCtx::Builtin,
-    };
+    let ctx = list_ctx(resource);
     let old = state.get(&resource.storage, ns, name);
     if patch_type == PatchType::Apply {
         return apply_patch(state, resource, namespace, name, part, old, body, ctx, opts);
@@ -277,7 +320,7 @@ pub(crate) fn patch(
             "the patch must not change metadata.name",
         ));
     }
-    commit_update(state, resource, &old, obj, part, opts)
+    commit_update(state, resource, &old, obj, part, opts, true)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -329,28 +372,37 @@ fn apply_patch(
             "the name of the object ({applied_name}) does not match the name on the URL ({name})"
         )));
     }
-    let scope = match (part, resource.subresources.status) {
-        (Part::Status, _) => Scope::StatusOnly,
-        (Part::Main, true) => Scope::NoStatus,
-        (Part::Main, false) => Scope::Whole,
+    let api_version = resource.api_version();
+    let writer = Writer {
+        manager: &manager,
+        api_version: &api_version,
+        scope: scope(resource, part),
     };
     let applied = resource.to_storage(applied);
     match old {
         None if part == Part::Status => Err(ApiError::not_found(resource, name)),
         None => {
-            let obj = apply::merge_applied(None, &applied, &manager, scope, ctx);
-            create(state, resource, namespace, resource.present(&obj), opts)
+            let obj = apply::merge_applied(None, &applied, &writer, opts.force, ctx)?;
+            create_attributed(
+                state,
+                resource,
+                namespace,
+                resource.present(&obj),
+                opts,
+                false,
+            )
         }
         Some(old) => {
-            let mut obj = apply::merge_applied(Some(&old), &applied, &manager, scope, ctx);
+            let mut obj = apply::merge_applied(Some(&old), &applied, &writer, opts.force, ctx)?;
             place(resource, &mut obj, namespace)?;
-            commit_update(state, resource, &old, obj, part, opts)
+            commit_update(state, resource, &old, obj, part, opts, false)
         }
     }
 }
 
 /// The shared tail of PUT and PATCH: concurrency check, status split, system metadata,
-/// admission, generation, and the write itself (or nothing, when nothing changed).
+/// admission, generation, field ownership (`attribute`: as an Update; an apply recorded
+/// itself), and the write itself (or nothing, when nothing changed).
 fn commit_update(
     state: &mut State,
     resource: &ResourceInfo,
@@ -358,6 +410,7 @@ fn commit_update(
     sent: Value,
     part: Part,
     opts: &WriteOptions,
+    attribute: bool,
 ) -> ApiResult<Written> {
     let name = meta::name(old).to_string();
     if let Some(rv) = meta::resource_version(&sent) {
@@ -410,6 +463,15 @@ fn commit_update(
         generation
     };
     meta::metadata_mut(&mut obj).insert("generation".into(), json!(bumped));
+    if attribute {
+        let api_version = resource.api_version();
+        let writer = Writer {
+            manager: &opts.manager,
+            api_version: &api_version,
+            scope: scope(resource, part),
+        };
+        managed::record_update(Some(old), &mut obj, &writer, list_ctx(resource));
+    }
     if opts.dry_run {
         return Ok(Written {
             object: Arc::new(obj),
@@ -554,6 +616,8 @@ pub(crate) fn bootstrap(state: &mut State) {
         dry_run: false,
         validation: FieldValidation::Strict,
         field_manager: None,
+        manager: "kube-apiserver".into(),
+        force: false,
     };
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
