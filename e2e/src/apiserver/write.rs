@@ -1,8 +1,9 @@
 //! Create, update (PUT) and patch, with the metadata rules every resource shares: names and
 //! `generateName`, uid, creationTimestamp, `generation` (1 at create, bumped when anything
 //! outside metadata and status changes), optimistic concurrency on `resourceVersion`, the
-//! status subresource split, no-op writes that change nothing (no new resourceVersion), and
-//! removal of a deleting object once its last finalizer is gone.
+//! status subresource split, attribution of each write in managedFields, no-op writes that
+//! change nothing (no new resourceVersion), and removal of a deleting object once its last
+//! finalizer is gone.
 //!
 //! It must not answer HTTP: handlers call it under the store lock and shape the response.
 
