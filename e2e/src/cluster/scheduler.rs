@@ -158,7 +158,10 @@ fn filter_node(
         .affinity
         .as_ref()
         .and_then(|a| a.node_affinity.as_ref())
-        .and_then(|na| na.required_during_scheduling_ignored_during_execution.as_ref());
+        .and_then(|na| {
+            na.required_during_scheduling_ignored_during_execution
+                .as_ref()
+        });
     if let Some(required) = required {
         if !required
             .node_selector_terms
@@ -202,7 +205,10 @@ fn anti_affinity_terms(pod: &Pod) -> &[PodAffinityTerm] {
         .as_ref()
         .and_then(|s| s.affinity.as_ref())
         .and_then(|a| a.pod_anti_affinity.as_ref())
-        .and_then(|aa| aa.required_during_scheduling_ignored_during_execution.as_deref())
+        .and_then(|aa| {
+            aa.required_during_scheduling_ignored_during_execution
+                .as_deref()
+        })
         .unwrap_or_default()
 }
 
@@ -252,7 +258,11 @@ fn tolerates(toleration: &Toleration, taint: &Taint) -> bool {
 }
 
 fn taint_text(taint: &Taint) -> String {
-    format!("{}: {}", taint.key, taint.value.as_deref().unwrap_or_default())
+    format!(
+        "{}: {}",
+        taint.key,
+        taint.value.as_deref().unwrap_or_default()
+    )
 }
 
 /// Whether the node's Ready condition is True.
@@ -295,7 +305,10 @@ pub async fn run(
                 .any(|p| p.metadata.uid.as_deref() == Some(uid) && needs_scheduling(p))
         });
         for (node, pod) in pending_binds.values() {
-            if let Some(p) = all_pods.iter_mut().find(|p| p.metadata.uid == pod.metadata.uid) {
+            if let Some(p) = all_pods
+                .iter_mut()
+                .find(|p| p.metadata.uid == pod.metadata.uid)
+            {
                 p.spec.get_or_insert_with(Default::default).node_name = Some(node.clone());
             }
         }
@@ -315,7 +328,10 @@ pub async fn run(
                         if let Some(uid) = pod.metadata.uid.clone() {
                             pending_binds.insert(uid, (node.clone(), pod.clone()));
                         }
-                        if let Some(p) = all_pods.iter_mut().find(|p| p.metadata.uid == pod.metadata.uid) {
+                        if let Some(p) = all_pods
+                            .iter_mut()
+                            .find(|p| p.metadata.uid == pod.metadata.uid)
+                        {
                             p.spec.get_or_insert_with(Default::default).node_name = Some(node);
                         }
                     }
@@ -369,12 +385,7 @@ async fn bind(client: &Client, pod: &Pod, node: &str) -> Result<(), kube::Error>
         Err(e) => return Err(e),
     }
     let conditions = with_scheduled_condition(pod, "True", None, None);
-    api.patch_status(
-        name,
-        &PatchParams::default(),
-        &Patch::Merge(&json!({ "status": { "conditions": conditions } })),
-    )
-    .await?;
+    super::api::patch_status(&api, name, &json!({ "conditions": conditions })).await?;
     Ok(())
 }
 
@@ -398,11 +409,15 @@ async fn mark_unschedulable(
     let mut status = json!({
         "conditions": with_scheduled_condition(pod, "False", Some("Unschedulable"), Some(&why.message)),
     });
-    if pod.status.as_ref().and_then(|s| s.phase.as_deref()).is_none() {
+    if pod
+        .status
+        .as_ref()
+        .and_then(|s| s.phase.as_deref())
+        .is_none()
+    {
         status["phase"] = json!("Pending");
     }
-    api.patch_status(name, &PatchParams::default(), &Patch::Merge(&json!({ "status": status })))
-        .await?;
+    super::api::patch_status(&api, name, &status).await?;
     Ok(())
 }
 
@@ -457,7 +472,10 @@ mod tests {
                 name: Some(name.into()),
                 labels: Some(BTreeMap::from([
                     (names::LABEL_HOSTNAME.to_string(), name.to_string()),
-                    ("zone".to_string(), if name == "node-c" { "z2" } else { "z1" }.to_string()),
+                    (
+                        "zone".to_string(),
+                        if name == "node-c" { "z2" } else { "z1" }.to_string(),
+                    ),
                 ])),
                 ..Default::default()
             },
@@ -519,24 +537,27 @@ mod tests {
 
     fn anti(mut p: Pod, app: &str, key: &str) -> Pod {
         let spec = p.spec.get_or_insert_with(Default::default);
-        spec.affinity.get_or_insert_with(Affinity::default).pod_anti_affinity =
-            Some(PodAntiAffinity {
-                required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
-                    label_selector: Some(LabelSelector {
-                        match_labels: Some(BTreeMap::from([("app".to_string(), app.to_string())])),
-                        ..Default::default()
-                    }),
-                    topology_key: key.into(),
+        spec.affinity
+            .get_or_insert_with(Affinity::default)
+            .pod_anti_affinity = Some(PodAntiAffinity {
+            required_during_scheduling_ignored_during_execution: Some(vec![PodAffinityTerm {
+                label_selector: Some(LabelSelector {
+                    match_labels: Some(BTreeMap::from([("app".to_string(), app.to_string())])),
                     ..Default::default()
-                }]),
+                }),
+                topology_key: key.into(),
                 ..Default::default()
-            });
+            }]),
+            ..Default::default()
+        });
         p
     }
 
     fn node_in(mut p: Pod, op: &str, values: &[&str]) -> Pod {
         let spec = p.spec.get_or_insert_with(Default::default);
-        spec.affinity.get_or_insert_with(Default::default).node_affinity = Some(NodeAffinity {
+        spec.affinity
+            .get_or_insert_with(Default::default)
+            .node_affinity = Some(NodeAffinity {
             required_during_scheduling_ignored_during_execution: Some(NodeSelector {
                 node_selector_terms: vec![NodeSelectorTerm {
                     match_expressions: Some(vec![NodeSelectorRequirement {
@@ -593,7 +614,10 @@ mod tests {
         #[case] existing: Vec<Pod>,
         #[case] expected: &str,
     ) {
-        assert_eq!(choose_node(&candidate, &nodes, &existing), Ok(expected.to_string()));
+        assert_eq!(
+            choose_node(&candidate, &nodes, &existing),
+            Ok(expected.to_string())
+        );
     }
 
     #[rstest]

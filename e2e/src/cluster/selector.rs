@@ -157,7 +157,10 @@ mod tests {
         #[case] term: NodeSelectorTerm,
         #[case] expected: bool,
     ) {
-        let n = node("node-a", &[("kubernetes.io/hostname", "node-a"), ("cores", "4")]);
+        let n = node(
+            "node-a",
+            &[("kubernetes.io/hostname", "node-a"), ("cores", "4")],
+        );
         assert_eq!(node_selector_term_matches(&term, &n), expected);
     }
 }
