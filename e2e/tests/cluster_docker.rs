@@ -17,7 +17,9 @@ use anyhow::{anyhow, bail, Context, Result};
 use duomq_e2e::apiserver::{self, ApiServerHandle, ApiServerOptions};
 use duomq_e2e::cluster::{self, kubelet::claim_dir, ClusterHandle, ClusterOptions};
 use k8s_openapi::api::apps::v1::{Deployment, StatefulSet};
-use k8s_openapi::api::core::v1::{Namespace, Node, PersistentVolumeClaim, Pod, Service};
+use k8s_openapi::api::core::v1::{
+    ConfigMap, Namespace, Node, PersistentVolumeClaim, Pod, Secret, Service,
+};
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
@@ -156,7 +158,7 @@ struct Fixture {
 impl Fixture {
     async fn start() -> Result<Self> {
         let _ = tracing_subscriber::fmt()
-            .with_env_filter("info")
+            .with_env_filter(std::env::var("RUST_LOG").unwrap_or_else(|_| "info".into()))
             .with_test_writer()
             .try_init();
         let run = uuid::Uuid::new_v4().simple().to_string();
@@ -665,10 +667,29 @@ async fn given_statefulset_of_brokers_when_run_on_local_cluster_should_behave_li
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
-async fn given_deployment_missing_image_and_impossible_placement_when_run_should_report_like_kubernetes(
+async fn given_deployment_missing_image_and_impossible_placement_when_run_should_behave_like_kubernetes(
 ) -> Result<()> {
     let f = Fixture::start().await?;
     let deployments = f.api::<Deployment>();
+    let config_maps = f.api::<ConfigMap>();
+    config_maps
+        .create(
+            &PostParams::default(),
+            &from_json(json!({
+                "metadata": { "name": "settings", "namespace": NAMESPACE },
+                "data": { "greeting": "hello", "other": "unused" }
+            }))?,
+        )
+        .await?;
+    f.api::<Secret>()
+        .create(
+            &PostParams::default(),
+            &from_json(json!({
+                "metadata": { "name": "creds", "namespace": NAMESPACE },
+                "stringData": { "password": "s3cret" }
+            }))?,
+        )
+        .await?;
     let deployment = json!({
         "metadata": { "name": "single", "namespace": NAMESPACE },
         "spec": {
@@ -676,12 +697,34 @@ async fn given_deployment_missing_image_and_impossible_placement_when_run_should
             "selector": { "matchLabels": { "app": "single" } },
             "template": {
                 "metadata": { "labels": { "app": "single" } },
-                "spec": { "containers": [{
-                    "name": "broker",
-                    "image": f.image,
-                    "args": ["run", "--stomp-listen", "0.0.0.0:61613", "--admin-listen", "0.0.0.0:8161", "--data-dir", "/tmp/data"],
-                    "readinessProbe": { "httpGet": { "path": "/readyz", "port": 8161 }, "periodSeconds": 1 }
-                }] }
+                "spec": {
+                    "initContainers": [{
+                        "name": "prepare",
+                        "image": f.image,
+                        "command": ["sh", "-c", "echo prepared-by-$(WHO) > /scratch/marker"],
+                        "env": [{ "name": "WHO", "value": "init" }],
+                        "volumeMounts": [{ "name": "scratch", "mountPath": "/scratch" }]
+                    }],
+                    "containers": [{
+                        "name": "broker",
+                        "image": f.image,
+                        "args": ["run", "--stomp-listen", "0.0.0.0:61613", "--admin-listen", "0.0.0.0:8161", "--data-dir", "/scratch/data"],
+                        "env": [
+                            { "name": "PASSWORD", "valueFrom": { "secretKeyRef": { "name": "creds", "key": "password" } } },
+                            { "name": "NODE", "valueFrom": { "fieldRef": { "fieldPath": "spec.nodeName" } } }
+                        ],
+                        "readinessProbe": { "httpGet": { "path": "/readyz", "port": 8161 }, "periodSeconds": 1 },
+                        "livenessProbe": { "exec": { "command": ["test", "-f", "/scratch/marker"] }, "periodSeconds": 1 },
+                        "volumeMounts": [
+                            { "name": "scratch", "mountPath": "/scratch" },
+                            { "name": "settings", "mountPath": "/etc/settings" }
+                        ]
+                    }],
+                    "volumes": [
+                        { "name": "scratch", "emptyDir": {} },
+                        { "name": "settings", "configMap": { "name": "settings", "items": [{ "key": "greeting", "path": "greeting.txt" }] } }
+                    ]
+                }
             }
         }
     });
@@ -717,7 +760,20 @@ async fn given_deployment_missing_image_and_impossible_placement_when_run_should
         if available && s.available_replicas == Some(1) && s.updated_replicas == Some(1) {
             Ok(())
         } else {
-            bail!("status {:?}", d.status)
+            let pods: Vec<_> = pods
+                .list(&Default::default())
+                .await?
+                .items
+                .into_iter()
+                .map(|p| {
+                    (
+                        p.name_any(),
+                        p.status
+                            .map(|s| (s.init_container_statuses, s.container_statuses)),
+                    )
+                })
+                .collect();
+            bail!("status {:?}; pods {pods:?}", d.status)
         }
     })
     .await?;
@@ -729,11 +785,105 @@ async fn given_deployment_missing_image_and_impossible_placement_when_run_should
         .filter(|p| p.labels().get("app").map(String::as_str) == Some("single"))
         .collect();
     assert_eq!(owned.len(), 1);
+    let first = owned[0].name_any();
     assert!(
-        owned[0].name_any().starts_with("single-"),
-        "named like a ReplicaSet's pod: {}",
-        owned[0].name_any()
+        first.starts_with("single-"),
+        "named like a ReplicaSet's pod: {first}"
     );
+
+    // The init container ran first (its env expanded into the command), the volumes are
+    // mounted, env comes from the Secret and the downward API, and the exec liveness probe
+    // keeps passing.
+    let c = f
+        .cluster()
+        .container_of(NAMESPACE, &first)
+        .context("container of the deployment's pod")?;
+    assert_eq!(
+        docker_cli(&["exec", &c, "cat", "/scratch/marker"])?,
+        "prepared-by-init"
+    );
+    assert_eq!(
+        docker_cli(&["exec", &c, "cat", "/etc/settings/greeting.txt"])?,
+        "hello"
+    );
+    assert_eq!(
+        docker_cli(&["exec", &c, "ls", "/etc/settings"])?,
+        "greeting.txt",
+        "only the listed items"
+    );
+    assert_eq!(
+        docker_cli(&["exec", &c, "sh", "-c", "echo $PASSWORD"])?,
+        "s3cret"
+    );
+    let node = owned[0]
+        .spec
+        .as_ref()
+        .and_then(|s| s.node_name.clone())
+        .context("bound")?;
+    assert_eq!(docker_cli(&["exec", &c, "sh", "-c", "echo $NODE"])?, node);
+    let pod = f.pod(&first).await?;
+    let init = pod
+        .status
+        .as_ref()
+        .and_then(|s| s.init_container_statuses.clone())
+        .unwrap_or_default();
+    let init_exit = init
+        .first()
+        .and_then(|s| s.state.clone())
+        .and_then(|s| s.terminated)
+        .map(|t| t.exit_code);
+    assert_eq!(init_exit, Some(0));
+    assert_eq!(condition(&pod, "Initialized").as_deref(), Some("True"));
+    let restarts = pod
+        .status
+        .and_then(|s| s.container_statuses)
+        .and_then(|c| c.first().map(|s| s.restart_count));
+    assert_eq!(restarts, Some(0), "the exec liveness probe passes");
+
+    // A ConfigMap change reaches the running pod's files.
+    let patch = json!({ "data": { "greeting": "hello again" } });
+    config_maps
+        .patch("settings", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    eventually(
+        "ConfigMap update in the mounted file",
+        STATUS_TIMEOUT,
+        || async {
+            match docker_cli(&["exec", &c, "cat", "/etc/settings/greeting.txt"])?.as_str() {
+                "hello again" => Ok(()),
+                other => bail!("file says {other:?}"),
+            }
+        },
+    )
+    .await?;
+
+    // A template change replaces the pod (a new one first, then the old one goes).
+    let patch = json!({ "spec": { "template": { "metadata": { "annotations": { "e2e/revision": "2" } } } } });
+    deployments
+        .patch("single", &PatchParams::default(), &Patch::Merge(&patch))
+        .await?;
+    eventually("deployment rolled out", POD_READY_TIMEOUT, || async {
+        let d = deployments.get("single").await?;
+        let s = d.status.clone().unwrap_or_default();
+        let progressing = s
+            .conditions
+            .unwrap_or_default()
+            .into_iter()
+            .find(|c| c.type_ == "Progressing")
+            .and_then(|c| c.reason);
+        let done = s.observed_generation >= d.metadata.generation
+            && s.replicas == Some(1)
+            && s.updated_replicas == Some(1)
+            && s.available_replicas == Some(1)
+            && progressing.as_deref() == Some("NewReplicaSetAvailable");
+        let old_gone = pods.get_opt(&first).await?.is_none();
+        if done && old_gone {
+            Ok(())
+        } else {
+            bail!("status {:?}, old pod gone {old_gone}", d.status)
+        }
+    })
+    .await?;
 
     eventually(
         "no-image waiting with ErrImageNeverPull",

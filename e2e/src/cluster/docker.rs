@@ -3,6 +3,7 @@
 //! network, hands out pod IPs inside it, and runs, inspects, stops and removes containers.
 //! Everything it creates carries the cluster's label; it never touches anything else.
 
+use super::error_chain;
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -201,12 +202,18 @@ async fn create_network(
     Err(DockerError::NoFreeSubnet { name: name.into() })
 }
 
-/// Removes the network; a network already gone is fine.
-pub async fn remove_network(docker: &Docker, name: &str) {
+/// Removes the network; a network already gone is fine. Whether it is gone.
+pub async fn remove_network(docker: &Docker, name: &str) -> bool {
     match docker.remove_network(name).await {
-        Ok(()) => info!(network = %name, "removed docker network"),
-        Err(e) if is_not_found(&e) => {}
-        Err(error) => tracing::warn!(network = %name, %error, "failed to remove docker network"),
+        Ok(()) => {
+            info!(network = %name, "removed docker network");
+            true
+        }
+        Err(e) if is_not_found(&e) => true,
+        Err(error) => {
+            tracing::warn!(network = %name, error = %error_chain(&error), "failed to remove docker network");
+            false
+        }
     }
 }
 

@@ -59,6 +59,10 @@ pub const RESYNC_PERIOD: Duration = Duration::from_secs(5);
 pub const SERVICE_PROXY_WAIT: Duration = Duration::from_secs(10);
 /// How long shutdown waits for the controllers to stop.
 const SHUTDOWN_WAIT: Duration = Duration::from_secs(10);
+/// How often a dropped handle's cleanup sweeps containers before giving up on the network.
+const CLEANUP_SWEEPS: usize = 10;
+/// Pause between cleanup sweeps, for in-flight container creations to land.
+const CLEANUP_SWEEP_PAUSE: Duration = Duration::from_millis(300);
 /// The default pod sandbox image: the local base image every duomq image is built on.
 pub const DEFAULT_SANDBOX_IMAGE: &str = "duomq-base:bookworm";
 
@@ -94,6 +98,19 @@ pub enum ClusterError {
         #[source]
         source: kube::Error,
     },
+}
+
+/// An error with its causes, `outer: inner: innermost`, for logs and pod status
+/// messages (the error types print only their own step).
+pub fn error_chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(cause) = source {
+        text.push_str(": ");
+        text.push_str(&cause.to_string());
+        source = cause.source();
+    }
+    text
 }
 
 /// What the local cluster is made of.
@@ -209,6 +226,7 @@ pub async fn start(client: Client, opts: ClusterOptions) -> Result<ClusterHandle
             secrets,
             claims: claims.clone(),
         },
+        cancel.child_token(),
     );
     let proxies = ServiceProxies::new();
     tasks.push(tokio::spawn(nodes.clone().run(cancel.clone())));
@@ -218,7 +236,7 @@ pub async fn start(client: Client, opts: ClusterOptions) -> Result<ClusterHandle
         nodes_informer,
         cancel.clone(),
     )));
-    tasks.push(tokio::spawn(kubelet.clone().run(cancel.clone())));
+    tasks.push(tokio::spawn(kubelet.clone().run()));
     tasks.push(tokio::spawn(statefulset::run(
         client.clone(),
         sets,
@@ -350,7 +368,10 @@ impl ClusterHandle {
         }
         self.kubelet.shutdown().await;
         if let Some(network) = &self.cleanup.network {
-            docker::remove_network(&self.cleanup.docker, network).await;
+            if !docker::remove_network(&self.cleanup.docker, network).await {
+                // A straggler: the armed cleanup sweeps again.
+                return;
+            }
         }
         self.cleanup.armed = false;
         info!(cluster = %self.opts.name_prefix, "local cluster stopped");
@@ -363,6 +384,8 @@ impl Drop for ClusterHandle {
         for task in &self.tasks {
             task.abort();
         }
+        // Workers must not start containers while `Cleanup` removes them.
+        drop(self.kubelet.abort_workers());
     }
 }
 
@@ -397,9 +420,15 @@ impl Drop for Cleanup {
             runtime.block_on(async {
                 // The daemon connection of the dropped runtime is unusable here.
                 let docker = docker::connect().await.unwrap_or(docker);
-                kubelet::remove_cluster_containers(&docker, &cluster).await;
-                if let Some(network) = network {
-                    docker::remove_network(&docker, &network).await;
+                // A request of an aborted worker may still land: sweep until the network
+                // has no endpoints left.
+                for _ in 0..CLEANUP_SWEEPS {
+                    kubelet::remove_cluster_containers(&docker, &cluster).await;
+                    match &network {
+                        Some(network) if docker::remove_network(&docker, network).await => break,
+                        Some(_) => tokio::time::sleep(CLEANUP_SWEEP_PAUSE).await,
+                        None => break,
+                    }
                 }
             });
         });

@@ -3,6 +3,7 @@
 //! controller does (Ready Unknown, unreachable taints, the node's pods marked not ready).
 //! Talks only to the API; the kubelet stops and restarts the containers.
 
+use super::error_chain;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -228,7 +229,7 @@ impl NodeLifecycle {
             };
             for name in live {
                 if let Err(error) = self.post_status(&name, true).await {
-                    warn!(node = %name, %error, "failed to post node heartbeat");
+                    warn!(node = %name, error = %error_chain(&error), "failed to post node heartbeat");
                 }
             }
         }
@@ -246,7 +247,7 @@ impl NodeLifecycle {
                 continue;
             }
             if let Err(error) = mark_pod_not_ready(&self.client, &pod).await {
-                warn!(pod = %pod.name_any(), %error, "failed to mark pod of failed node not ready");
+                warn!(pod = %pod.name_any(), error = %error_chain(&error), "failed to mark pod of failed node not ready");
             }
         }
         info!(node = %name, "node failed");

@@ -2,6 +2,7 @@
 //! once to a host directory (the kubelet creates it under the state dir), with the
 //! requested capacity. No PersistentVolume objects.
 
+use super::error_chain;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -50,7 +51,7 @@ pub async fn run(
             match api::patch_status(&api, &claim.name_any(), &bound_status(&claim)).await {
                 Ok(()) => info!(claim = %claim.name_any(), %namespace, "bound claim"),
                 Err(error) => {
-                    warn!(claim = %claim.name_any(), %namespace, %error, "failed to bind claim")
+                    warn!(claim = %claim.name_any(), %namespace, error = %error_chain(&error), "failed to bind claim")
                 }
             }
         }

@@ -3,6 +3,7 @@
 //! pods and nodes and binds through the API (binding subresource, or a patch of
 //! `spec.nodeName` on servers without it). It never touches Docker.
 
+use super::error_chain;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -335,11 +336,13 @@ pub async fn run(
                             p.spec.get_or_insert_with(Default::default).node_name = Some(node);
                         }
                     }
-                    Err(error) => warn!(pod = %key, node = %node, %error, "failed to bind pod"),
+                    Err(error) => {
+                        warn!(pod = %key, node = %node, error = %error_chain(&error), "failed to bind pod")
+                    }
                 },
                 Err(unschedulable) => {
                     if let Err(error) = mark_unschedulable(&client, &pod, &unschedulable).await {
-                        debug!(pod = %key, %error, "failed to record that the pod is unschedulable");
+                        debug!(pod = %key, error = %error_chain(&error), "failed to record that the pod is unschedulable");
                     }
                 }
             }

@@ -4,6 +4,7 @@
 //! failover reaches the new live. The proxy address is recorded on the Service as the
 //! annotation `e2e.duomq.io/proxy-<port name>`; Endpoints objects are written too.
 
+use super::error_chain;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -161,7 +162,7 @@ impl ServiceProxies {
             self.proxies.lock().retain(|k, _| keys.contains(k));
             for svc in &all {
                 if let Err(error) = self.sync(&client, svc, &services, &pods).await {
-                    warn!(service = %svc.name_any(), %error, "failed to sync service proxy");
+                    warn!(service = %svc.name_any(), error = %error_chain(&error), "failed to sync service proxy");
                 }
             }
             tokio::select! {
@@ -207,7 +208,7 @@ impl ServiceProxies {
                 let listener = match TcpListener::bind("127.0.0.1:0").await {
                     Ok(l) => l,
                     Err(error) => {
-                        warn!(service = %name, %error, "failed to bind service proxy");
+                        warn!(service = %name, error = %error_chain(&error), "failed to bind service proxy");
                         continue;
                     }
                 };

@@ -4,6 +4,7 @@
 
 pub mod plan;
 
+use super::error_chain;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::Deployment;
@@ -68,7 +69,7 @@ async fn reconcile(client: &Client, dep: &Deployment, pods: &Informer<Pod>) {
             }
         };
         if let Err(error) = result {
-            warn!(deployment = %name, %namespace, %error, "failed to reconcile deployment");
+            warn!(deployment = %name, %namespace, error = %error_chain(&error), "failed to reconcile deployment");
             return;
         }
     }
@@ -91,6 +92,6 @@ async fn reconcile(client: &Client, dep: &Deployment, pods: &Informer<Pod>) {
     }
     let dep_api: Api<Deployment> = Api::namespaced(client.clone(), &namespace);
     if let Err(error) = api::patch_status(&dep_api, &name, &plan.status).await {
-        warn!(deployment = %name, %namespace, %error, "failed to write deployment status");
+        warn!(deployment = %name, %namespace, error = %error_chain(&error), "failed to write deployment status");
     }
 }

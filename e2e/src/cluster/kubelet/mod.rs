@@ -18,6 +18,7 @@ pub use probe::{resolve_target, ProbeTarget, ProbeTargetError};
 pub use status::{pod_status, ContainerView, PodView};
 pub use volumes::{claim_dir, plan_volume, VolumeError, VolumeFile, VolumePlan};
 
+use crate::cluster::error_chain;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -57,10 +58,17 @@ impl ObjectLookup for KubeletInformers {
             .map(|c| (*c).clone())
     }
 
+    /// The Secret with `stringData` folded into `data`, as a real API server stores it
+    /// (a server that keeps `stringData` as written still works here).
     fn secret(&self, namespace: &str, name: &str) -> Option<Secret> {
-        self.secrets
-            .get(Some(namespace), name)
-            .map(|s| (*s).clone())
+        let mut secret = (*self.secrets.get(Some(namespace), name)?).clone();
+        if let Some(strings) = secret.string_data.take() {
+            let data = secret.data.get_or_insert_with(Default::default);
+            for (k, v) in strings {
+                data.insert(k, k8s_openapi::ByteString(v.into_bytes()));
+            }
+        }
+        Some(secret)
     }
 }
 
@@ -91,6 +99,8 @@ pub struct Kubelet {
     workers: Mutex<HashMap<String, WorkerHandle>>,
     ips: Mutex<IpAllocator>,
     wake: Arc<Notify>,
+    /// Ends every pod worker (shutdown, or the cluster handle dropped).
+    cancel: CancellationToken,
 }
 
 impl Kubelet {
@@ -99,6 +109,7 @@ impl Kubelet {
         docker: Docker,
         config: KubeletConfig,
         informers: KubeletInformers,
+        cancel: CancellationToken,
     ) -> Arc<Self> {
         let wake = Arc::new(Notify::new());
         informers.pods.notify_on(wake.clone());
@@ -114,11 +125,13 @@ impl Kubelet {
             failed: Mutex::default(),
             workers: Mutex::default(),
             wake,
+            cancel,
         })
     }
 
-    /// The dispatcher and the Docker event listener, until `cancel`.
-    pub async fn run(self: Arc<Self>, cancel: CancellationToken) {
+    /// The dispatcher and the Docker event listener, until the kubelet is cancelled.
+    pub async fn run(self: Arc<Self>) {
+        let cancel = self.cancel.clone();
         self.informers.pods.ready().await;
         let events = tokio::spawn(self.clone().listen_to_docker(cancel.clone()));
         loop {
@@ -138,6 +151,9 @@ impl Kubelet {
 
     /// Starts a worker for every pod on a live node that has none, and wakes all others.
     fn dispatch(self: &Arc<Self>) {
+        if self.cancel.is_cancelled() {
+            return;
+        }
         let pods = self.informers.pods.state();
         let mut workers = self.workers.lock();
         workers.retain(|_, w| !w.task.is_finished());
@@ -188,7 +204,7 @@ impl Kubelet {
                         }
                     }
                     Some(Err(error)) => {
-                        warn!(%error, "docker event stream failed; resubscribing");
+                        warn!(error = %error_chain(&error), "docker event stream failed; resubscribing");
                         break;
                     }
                     None => break,
@@ -230,11 +246,13 @@ impl Kubelet {
             Ok(containers) => {
                 for c in containers {
                     if let Err(error) = docker::kill(&self.docker, &c, "KILL").await {
-                        warn!(container = %c, %error, "failed to kill container of failed node");
+                        warn!(container = %c, error = %error_chain(&error), "failed to kill container of failed node");
                     }
                 }
             }
-            Err(error) => warn!(%node, %error, "failed to list containers of failed node"),
+            Err(error) => {
+                warn!(%node, error = %error_chain(&error), "failed to list containers of failed node")
+            }
         }
         info!(%node, "kubelet stopped");
     }
@@ -263,18 +281,22 @@ impl Kubelet {
         ))
     }
 
-    /// Aborts every worker and removes every container of this cluster.
-    pub async fn shutdown(&self) {
-        let tasks: Vec<JoinHandle<()>> = self
-            .workers
+    /// Cancels and aborts every worker at once, without waiting for them.
+    pub fn abort_workers(&self) -> Vec<JoinHandle<()>> {
+        self.cancel.cancel();
+        self.workers
             .lock()
             .drain()
             .map(|(_, w)| {
                 w.task.abort();
                 w.task
             })
-            .collect();
-        for task in tasks {
+            .collect()
+    }
+
+    /// Ends every worker and removes every container of this cluster.
+    pub async fn shutdown(&self) {
+        for task in self.abort_workers() {
             let _ = task.await;
         }
         remove_cluster_containers(&self.docker, &self.config.cluster).await;
@@ -287,11 +309,13 @@ pub async fn remove_cluster_containers(docker_client: &Docker, cluster: &str) {
         Ok(containers) => {
             for c in containers {
                 if let Err(error) = docker::remove(docker_client, &c).await {
-                    warn!(container = %c, %error, "failed to remove container");
+                    warn!(container = %c, error = %error_chain(&error), "failed to remove container");
                 }
             }
         }
-        Err(error) => warn!(%error, "failed to list the cluster's containers"),
+        Err(error) => {
+            warn!(error = %error_chain(&error), "failed to list the cluster's containers")
+        }
     }
 }
 

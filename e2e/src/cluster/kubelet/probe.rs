@@ -2,6 +2,7 @@
 //! override, the pod IP) and running it from the host (HTTP GET, TCP connect, `docker
 //! exec`), within its timeout. Schedules and thresholds live in the pod worker.
 
+use crate::cluster::error_chain;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -143,7 +144,7 @@ pub async fn run(
                     return TcpStream::connect(addr)
                         .await
                         .map(drop)
-                        .map_err(|e| e.to_string());
+                        .map_err(|e| error_chain(&e));
                 }
                 http_get(*addr, path, host_header, headers).await
             }
@@ -158,7 +159,7 @@ pub async fn run(
                         "command {cmd:?} exited with {}",
                         code.unwrap_or(-1)
                     )),
-                    Err(e) => Err(e.to_string()),
+                    Err(e) => Err(error_chain(&e)),
                 }
             }
         }

@@ -5,6 +5,7 @@
 //! the status when it changed. A pod with a deletion timestamp is stopped with its grace
 //! period and then deleted for good.
 
+use crate::cluster::error_chain;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -187,6 +188,7 @@ impl PodWorker {
                 Some(p) => worker.sync(&p).await,
             };
             tokio::select! {
+                _ = worker.kubelet.cancel.cancelled() => return,
                 _ = wake.notified() => {}
                 _ = tokio::time::sleep_until(next) => {}
             }
@@ -232,8 +234,8 @@ impl PodWorker {
         let prepared = match prepared {
             Ok(p) => p,
             Err(error) => {
-                debug!(pod = %self.name, %error, "volumes not ready");
-                let message = error.to_string();
+                debug!(pod = %self.name, error = %error_chain(&error), "volumes not ready");
+                let message = error_chain(&error);
                 for c in spec
                     .init_containers
                     .iter()
@@ -297,7 +299,7 @@ impl PodWorker {
         let name = sandbox_name(self.cluster(), &self.namespace, &self.name);
         let inspect = docker::inspect(self.docker(), &name)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| error_chain(&e))?;
         let network = self.kubelet.config.network.name.clone();
         let running = match &inspect {
             Some(i) => i.state.as_ref().and_then(|s| s.running) == Some(true),
@@ -311,18 +313,18 @@ impl PodWorker {
                         container_name(self.cluster(), &self.namespace, &self.name, &c.name);
                     docker::kill(self.docker(), &cname, "KILL")
                         .await
-                        .map_err(|e| e.to_string())?;
+                        .map_err(|e| error_chain(&e))?;
                 }
                 docker::start(self.docker(), &name)
                     .await
-                    .map_err(|e| e.to_string())?;
+                    .map_err(|e| error_chain(&e))?;
             } else {
                 self.create_sandbox(pod, &name).await?;
             }
         }
         let inspect = docker::inspect(self.docker(), &name)
             .await
-            .map_err(|e| e.to_string())?;
+            .map_err(|e| error_chain(&e))?;
         self.pod_ip = inspect
             .and_then(|i| i.network_settings)
             .and_then(|n| n.networks)
@@ -337,7 +339,7 @@ impl PodWorker {
         let image = config.sandbox_image.clone();
         if docker::image_id(self.docker(), &image)
             .await
-            .map_err(|e| e.to_string())?
+            .map_err(|e| error_chain(&e))?
             .is_none()
         {
             return Err(format!(
@@ -403,7 +405,7 @@ impl PodWorker {
             let docker_client = self.kubelet.docker.clone();
             let name = name.to_string();
             tokio::spawn(async move { docker::remove(&docker_client, &name).await });
-            e.to_string()
+            error_chain(&e)
         })?;
         info!(pod = %self.name, node = %self.node, ip = ?ip, "started pod sandbox");
         Ok(())
@@ -450,7 +452,7 @@ impl PodWorker {
         let inspect = match docker::inspect(self.docker(), &cname).await {
             Ok(i) => i,
             Err(error) => {
-                warn!(container = %cname, %error, "failed to inspect container");
+                warn!(container = %cname, error = %error_chain(&error), "failed to inspect container");
                 return Some(Instant::now() + RETRY_PERIOD);
             }
         };
@@ -483,7 +485,7 @@ impl PodWorker {
         let Some(term) = state.terminated.clone() else {
             // Created but never started (an aborted worker): start it now.
             if let Err(error) = docker::start(self.docker(), &cname).await {
-                warn!(container = %cname, %error, "failed to start container");
+                warn!(container = %cname, error = %error_chain(&error), "failed to start container");
             }
             return Some(Instant::now() + RETRY_PERIOD);
         };
@@ -539,7 +541,7 @@ impl PodWorker {
         r.restart_count += 1;
         r.next_start = None;
         if let Err(error) = docker::remove(self.docker(), &cname).await {
-            warn!(container = %cname, %error, "failed to remove exited container");
+            warn!(container = %cname, error = %error_chain(&error), "failed to remove exited container");
             return Some(now + RETRY_PERIOD);
         }
         self.start_container(pod, c, role, prepared, &cname).await
@@ -576,7 +578,7 @@ impl PodWorker {
             }
             Err(error) => {
                 record_in(&mut self.records, &c.name).state =
-                    waiting("ImageInspectError", Some(error.to_string()));
+                    waiting("ImageInspectError", Some(error_chain(&error)));
                 return retry;
             }
         };
@@ -585,7 +587,7 @@ impl PodWorker {
             Ok(u) => u,
             Err(error) => {
                 record_in(&mut self.records, &c.name).state =
-                    waiting("ImageInspectError", Some(error.to_string()));
+                    waiting("ImageInspectError", Some(error_chain(&error)));
                 return retry;
             }
         };
@@ -598,10 +600,10 @@ impl PodWorker {
             };
             let kubeconfig = self.kubelet.config.kubeconfig.as_deref();
             resolve_env(&ctx, c, &self.kubelet.informers)
-                .map_err(|e| e.to_string())
+                .map_err(|e| error_chain(&e))
                 .and_then(|env| {
                     let mounts =
-                        volumes::mounts(c, prepared, kubeconfig).map_err(|e| e.to_string())?;
+                        volumes::mounts(c, prepared, kubeconfig).map_err(|e| error_chain(&e))?;
                     build_container(ContainerInputs {
                         ctx,
                         container: c,
@@ -616,7 +618,7 @@ impl PodWorker {
                         ),
                         kubeconfig: kubeconfig.is_some(),
                     })
-                    .map_err(|e| e.to_string())
+                    .map_err(|e| error_chain(&e))
                 })
         };
         let body = match built {
@@ -644,10 +646,10 @@ impl PodWorker {
                 Some(Instant::now() + Duration::from_millis(200))
             }
             Err(error) => {
-                warn!(container = %cname, %error, "failed to run container");
+                warn!(container = %cname, error = %error_chain(&error), "failed to run container");
                 let _ = docker::remove(self.docker(), cname).await;
                 record_in(&mut self.records, &c.name).state =
-                    waiting("RunContainerError", Some(error.to_string()));
+                    waiting("RunContainerError", Some(error_chain(&error)));
                 retry
             }
         }
@@ -772,7 +774,8 @@ impl PodWorker {
             return (None, at);
         }
         let cname = container_name(self.cluster(), &self.namespace, &self.name, &c.name);
-        let target = probe::resolve_target(p, c, self.pod_ip.as_deref()).map_err(|e| e.to_string());
+        let target =
+            probe::resolve_target(p, c, self.pod_ip.as_deref()).map_err(|e| error_chain(&e));
         let outcome = match target {
             Ok(target) => {
                 probe::run(&target, self.docker(), &cname, secs(p.timeout_seconds, 1)).await
@@ -802,7 +805,7 @@ impl PodWorker {
         )
         .await
         {
-            warn!(container = %cname, %error, "failed to stop container");
+            warn!(container = %cname, error = %error_chain(&error), "failed to stop container");
         }
     }
 
@@ -874,7 +877,9 @@ impl PodWorker {
                 }
                 self.written = Some(status);
             }
-            Err(error) => warn!(pod = %self.name, %error, "failed to write pod status"),
+            Err(error) => {
+                warn!(pod = %self.name, error = %error_chain(&error), "failed to write pod status")
+            }
         }
     }
 
@@ -904,7 +909,9 @@ impl PodWorker {
         match api.delete(&self.name, &params).await {
             Ok(_) => info!(pod = %self.name, namespace = %self.namespace, "pod deleted"),
             Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => {}
-            Err(error) => warn!(pod = %self.name, %error, "failed to delete pod"),
+            Err(error) => {
+                warn!(pod = %self.name, error = %error_chain(&error), "failed to delete pod")
+            }
         }
     }
 
@@ -926,12 +933,12 @@ impl PodWorker {
         let stops = others.iter().map(|c| docker::stop(self.docker(), c, grace));
         for result in futures::future::join_all(stops).await {
             if let Err(error) = result {
-                warn!(pod = %self.name, %error, "failed to stop container");
+                warn!(pod = %self.name, error = %error_chain(&error), "failed to stop container");
             }
         }
         for c in others.iter().chain(&sandboxes) {
             if let Err(error) = docker::remove(self.docker(), c).await {
-                warn!(container = %c, %error, "failed to remove container");
+                warn!(container = %c, error = %error_chain(&error), "failed to remove container");
             }
         }
         self.kubelet.ips.lock().release(&self.uid);

@@ -4,6 +4,7 @@
 
 pub mod plan;
 
+use super::error_chain;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -87,14 +88,14 @@ async fn reconcile(
             }
         };
         if let Err(error) = result {
-            warn!(statefulset = %name, %namespace, %error, ?action, "failed to reconcile statefulset");
+            warn!(statefulset = %name, %namespace, error = %error_chain(&error), ?action, "failed to reconcile statefulset");
             return;
         }
     }
     if set.status.as_ref() != Some(&plan.status) {
         let set_api: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
         if let Err(error) = api::patch_status(&set_api, &name, &plan.status).await {
-            warn!(statefulset = %name, %namespace, %error, "failed to write statefulset status");
+            warn!(statefulset = %name, %namespace, error = %error_chain(&error), "failed to write statefulset status");
         }
     }
 }
