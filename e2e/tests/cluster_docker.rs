@@ -36,6 +36,14 @@ const ROLLOUT_TIMEOUT: Duration = Duration::from_secs(180);
 const STATUS_TIMEOUT: Duration = Duration::from_secs(30);
 const POLL_INTERVAL: Duration = Duration::from_millis(250);
 
+/// GET /version from inside a container, at the server its `$KUBECONFIG` names, with
+/// nothing but bash (the base image has no HTTP client).
+const CALL_API_FROM_CONTAINER: &str = r#"
+url=$(sed -n 's#^ *server: *http://##p' "$KUBECONFIG")
+exec 3<>"/dev/tcp/${url%%:*}/${url##*:}"
+printf 'GET /version HTTP/1.1\r\nHost: api\r\nConnection: close\r\n\r\n' >&3
+head -1 <&3
+"#;
 const BASE_IMAGE: &str = "duomq-base:bookworm";
 const NAMESPACE: &str = "cluster-test";
 
@@ -119,13 +127,33 @@ fn broker_binary() -> Result<PathBuf> {
     Ok(broker)
 }
 
+/// The local base image, built with the repository's `images/build-base.sh` when missing
+/// and the script is there (it serialises concurrent builds itself).
+fn ensure_base_image() -> Result<()> {
+    if docker_cli(&["image", "inspect", BASE_IMAGE]).is_ok() {
+        return Ok(());
+    }
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("../images/build-base.sh");
+    if !script.is_file() {
+        bail!("the local base image {BASE_IMAGE} is missing: build it with images/build-base.sh");
+    }
+    let status = Command::new("bash")
+        .arg(&script)
+        .arg("--tag")
+        .arg(BASE_IMAGE)
+        .status()
+        .with_context(|| format!("failed to run {}", script.display()))?;
+    if !status.success() {
+        bail!("{} failed to build {BASE_IMAGE}", script.display());
+    }
+    Ok(())
+}
+
 /// Builds the broker image for this run (tag unique to the run) from the local base.
 fn build_broker_image(tag: &str, work: &Path) -> Result<()> {
     docker_cli(&["version", "--format", "{{.Server.Version}}"])
         .context("Docker is required for this test: install it and start the daemon")?;
-    docker_cli(&["image", "inspect", BASE_IMAGE]).with_context(|| {
-        format!("the local base image {BASE_IMAGE} is missing: build it with images/build-base.sh")
-    })?;
+    ensure_base_image()?;
     let context = work.join("image");
     std::fs::create_dir_all(&context)?;
     std::fs::copy(broker_binary()?, context.join("duomq-broker"))?;
@@ -618,10 +646,17 @@ async fn given_statefulset_of_brokers_when_run_on_local_cluster_should_behave_li
         .cluster()
         .container_of(ns, "brokers-0")
         .context("container of brokers-0")?;
-    assert_eq!(
-        docker_cli(&["inspect", "-f", "{{.State.Running}}", &c0])?,
-        "false"
-    );
+    eventually(
+        "the failed node's container stopped",
+        STATUS_TIMEOUT,
+        || async {
+            match docker_cli(&["inspect", "-f", "{{.State.Running}}", &c0])?.as_str() {
+                "false" => Ok(()),
+                other => bail!("running: {other}"),
+            }
+        },
+    )
+    .await?;
     for _ in 0..4 {
         // Every new connection goes to the one Ready pod.
         let status = http_get(admin, "/status").await?;
@@ -821,6 +856,12 @@ async fn given_deployment_missing_image_and_impossible_placement_when_run_should
         .and_then(|s| s.node_name.clone())
         .context("bound")?;
     assert_eq!(docker_cli(&["exec", &c, "sh", "-c", "echo $NODE"])?, node);
+    // In-cluster programs reach the API server through the mounted kubeconfig.
+    let version = docker_cli(&["exec", &c, "bash", "-c", CALL_API_FROM_CONTAINER])?;
+    assert!(
+        version.starts_with("HTTP/1.1 200"),
+        "GET /version from the pod: {version}"
+    );
     let pod = f.pod(&first).await?;
     let init = pod
         .status
