@@ -394,15 +394,14 @@ fn write_files(dir: &Path, files: &[VolumeFile], fs_group: Option<u32>) -> std::
         .iter()
         .filter_map(|f| f.path.split('/').next())
         .collect();
+    // Files gone from the source go; directories stay: one may be the mount point of a
+    // volume nested in this one, in use by a running container.
     for entry in std::fs::read_dir(dir)? {
         let entry = entry?;
-        if !keep.contains(&entry.file_name().to_string_lossy().as_ref()) {
-            let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                std::fs::remove_dir_all(path)?;
-            } else {
-                std::fs::remove_file(path)?;
-            }
+        if !entry.file_type()?.is_dir()
+            && !keep.contains(&entry.file_name().to_string_lossy().as_ref())
+        {
+            std::fs::remove_file(entry.path())?;
         }
     }
     for file in files {
@@ -509,7 +508,58 @@ pub fn mounts(
             ..Mount::default()
         });
     }
+    create_nested_mount_points(&out).map_err(|(path, source)| VolumeError::Write {
+        volume: container.name.clone(),
+        path,
+        source,
+    })?;
     Ok(out)
+}
+
+/// Creates, inside the host dir of each bind mount, the mount points of the mounts nested
+/// in it (a Secret at /etc/app/secret inside a ConfigMap at /etc/app), as the kubelet
+/// does: the runtime cannot create them once the outer volume is mounted read-only.
+fn create_nested_mount_points(mounts: &[Mount]) -> Result<(), (PathBuf, std::io::Error)> {
+    for inner in mounts {
+        let Some(target) = inner.target.as_deref() else {
+            continue;
+        };
+        let outer = mounts
+            .iter()
+            .filter(|m| m.typ == Some(MountType::BIND))
+            .filter_map(|m| {
+                let rest = Path::new(target).strip_prefix(m.target.as_deref()?).ok()?;
+                (!rest.as_os_str().is_empty()).then_some((m, rest))
+            })
+            .min_by_key(|(_, rest)| rest.components().count());
+        if let Some((outer, rest)) = outer {
+            let Some(source) = outer.source.as_deref() else {
+                continue;
+            };
+            let host = Path::new(source);
+            if host.is_dir() {
+                let point = host.join(rest);
+                let made = if inner.typ == Some(MountType::BIND)
+                    && Path::new(inner.source.as_deref().unwrap_or_default()).is_file()
+                {
+                    point
+                        .parent()
+                        .map_or(Ok(()), std::fs::create_dir_all)
+                        .and_then(|()| {
+                            if point.exists() {
+                                Ok(())
+                            } else {
+                                std::fs::write(&point, b"")
+                            }
+                        })
+                } else {
+                    std::fs::create_dir_all(&point)
+                };
+                made.map_err(|e| (point, e))?;
+            }
+        }
+    }
+    Ok(())
 }
 
 /// Removes the pod's own volumes (claims stay).
@@ -730,5 +780,59 @@ mod tests {
             m[2].target.as_deref(),
             Some(crate::cluster::names::KUBECONFIG_MOUNT_PATH)
         );
+    }
+
+    #[test]
+    fn given_volume_nested_in_read_only_volume_when_mounting_should_create_its_mount_point() {
+        let dir = tempfile::tempdir().unwrap();
+        let config = dir.path().join("config");
+        let secret = dir.path().join("secret");
+        std::fs::create_dir_all(&config).unwrap();
+        std::fs::create_dir_all(&secret).unwrap();
+        let prepared = BTreeMap::from([
+            (
+                "config".to_string(),
+                HostVolume {
+                    path: config.clone(),
+                    read_only: true,
+                    tmpfs: false,
+                },
+            ),
+            (
+                "secret".to_string(),
+                HostVolume {
+                    path: secret,
+                    read_only: true,
+                    tmpfs: false,
+                },
+            ),
+        ]);
+        let mount = |name: &str, path: &str| k8s_openapi::api::core::v1::VolumeMount {
+            name: name.into(),
+            mount_path: path.into(),
+            ..Default::default()
+        };
+        let c = Container {
+            name: "c".into(),
+            volume_mounts: Some(vec![
+                mount("config", "/etc/app"),
+                mount("secret", "/etc/app/cluster/creds"),
+            ]),
+            ..Default::default()
+        };
+        mounts(&c, &prepared, None).unwrap();
+        assert!(config.join("cluster/creds").is_dir());
+        // Rewriting the outer volume keeps the mount point.
+        write_files(
+            &config,
+            &[VolumeFile {
+                path: "a".into(),
+                data: b"1".to_vec(),
+                mode: 0o644,
+            }],
+            None,
+        )
+        .unwrap();
+        assert!(config.join("cluster/creds").is_dir());
     }
 }

@@ -139,6 +139,15 @@ fn record_in<'a>(records: &'a mut HashMap<String, Record>, name: &str) -> &'a mu
         .or_insert_with(|| Record::new(0, None))
 }
 
+/// The back-off after `current`: the initial one, then doubling up to the cap.
+fn next_backoff(current: Duration) -> Duration {
+    if current.is_zero() {
+        BACKOFF_INITIAL
+    } else {
+        (current * 2).min(BACKOFF_MAX)
+    }
+}
+
 fn secs(v: Option<i32>, default: i32) -> Duration {
     Duration::from_secs(v.unwrap_or(default).max(0) as u64)
 }
@@ -457,6 +466,12 @@ impl PodWorker {
             }
         };
         let Some(inspect) = inspect else {
+            // A container that failed to start waits out its back-off.
+            if let Some(at) = record_in(&mut self.records, &c.name).next_start {
+                if Instant::now() < at {
+                    return Some(at);
+                }
+            }
             return self.start_container(pod, c, role, prepared, &cname).await;
         };
         let labelled_restarts = inspect
@@ -511,10 +526,8 @@ impl PodWorker {
                 r.backoff =
                     if ran >= BACKOFF_RESET_AFTER || r.restart_count == 0 && r.backoff.is_zero() {
                         Duration::ZERO
-                    } else if r.backoff.is_zero() {
-                        BACKOFF_INITIAL
                     } else {
-                        (r.backoff * 2).min(BACKOFF_MAX)
+                        next_backoff(r.backoff)
                     };
                 let at = now + r.backoff;
                 r.next_start = Some(at);
@@ -642,15 +655,19 @@ impl PodWorker {
                     ..ContainerState::default()
                 };
                 r.probes = ProbeState::default();
+                r.next_start = None;
                 // The next sync reads the real start time from Docker.
                 Some(Instant::now() + Duration::from_millis(200))
             }
             Err(error) => {
                 warn!(container = %cname, error = %error_chain(&error), "failed to run container");
                 let _ = docker::remove(self.docker(), cname).await;
-                record_in(&mut self.records, &c.name).state =
-                    waiting("RunContainerError", Some(error_chain(&error)));
-                retry
+                let r = record_in(&mut self.records, &c.name);
+                r.backoff = next_backoff(r.backoff);
+                let at = Instant::now() + r.backoff;
+                r.next_start = Some(at);
+                r.state = waiting("RunContainerError", Some(error_chain(&error)));
+                Some(at)
             }
         }
     }
