@@ -752,12 +752,15 @@ async fn given_deployment_missing_image_and_impossible_placement_when_run_should
                         "livenessProbe": { "exec": { "command": ["test", "-f", "/scratch/marker"] }, "periodSeconds": 1 },
                         "volumeMounts": [
                             { "name": "scratch", "mountPath": "/scratch" },
-                            { "name": "settings", "mountPath": "/etc/settings" }
-                        ]
+                            { "name": "settings", "mountPath": "/etc/settings" },
+                            { "name": "creds", "mountPath": "/etc/settings/creds" }
+                        ],
+                        "securityContext": { "readOnlyRootFilesystem": true }
                     }],
                     "volumes": [
                         { "name": "scratch", "emptyDir": {} },
-                        { "name": "settings", "configMap": { "name": "settings", "items": [{ "key": "greeting", "path": "greeting.txt" }] } }
+                        { "name": "settings", "configMap": { "name": "settings", "items": [{ "key": "greeting", "path": "greeting.txt" }] } },
+                        { "name": "creds", "secret": { "secretName": "creds", "defaultMode": 292 } }
                     ]
                 }
             }
@@ -843,13 +846,25 @@ async fn given_deployment_missing_image_and_impossible_placement_when_run_should
     );
     assert_eq!(
         docker_cli(&["exec", &c, "ls", "/etc/settings"])?,
-        "greeting.txt",
-        "only the listed items"
+        "creds\ngreeting.txt",
+        "only the listed items, and the nested mount point"
     );
     assert_eq!(
         docker_cli(&["exec", &c, "sh", "-c", "echo $PASSWORD"])?,
         "s3cret"
     );
+    // A Secret volume nested in the ConfigMap's mount, on a read-only root filesystem.
+    let nested = ["exec", &c, "cat", "/etc/settings/creds/password"];
+    assert_eq!(docker_cli(&nested)?, "s3cret");
+    let mode = [
+        "exec",
+        &c,
+        "stat",
+        "-c",
+        "%a",
+        "/etc/settings/creds/password",
+    ];
+    assert_eq!(docker_cli(&mode)?, "444");
     let node = owned[0]
         .spec
         .as_ref()
