@@ -3,7 +3,6 @@
 //! network, hands out pod IPs inside it, and runs, inspects, stops and removes containers.
 //! Everything it creates carries the cluster's label; it never touches anything else.
 
-use super::error_chain;
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -19,6 +18,7 @@ use bollard::Docker;
 use futures::{Stream, StreamExt};
 use tracing::{debug, info};
 
+use super::error_chain;
 use super::names;
 
 #[derive(Debug, thiserror::Error)]

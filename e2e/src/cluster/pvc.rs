@@ -2,7 +2,6 @@
 //! once to a host directory (the kubelet creates it under the state dir), with the
 //! requested capacity. No PersistentVolume objects.
 
-use super::error_chain;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -14,6 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::api;
+use super::error_chain;
 use super::watch::Informer;
 use super::RESYNC_PERIOD;
 
@@ -40,6 +40,7 @@ pub async fn run(
 ) {
     let wake = Arc::new(Notify::new());
     claims.notify_on(wake.clone());
+    claims.ready().await;
     loop {
         for claim in claims.state() {
             let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");

@@ -3,7 +3,6 @@
 //! pods and nodes and binds through the API (binding subresource, or a patch of
 //! `spec.nodeName` on servers without it). It never touches Docker.
 
-use super::error_chain;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -16,6 +15,7 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::error_chain;
 use super::names;
 use super::selector::{
     label_selector_matches, map_selector_matches, node_selector_term_matches, Labels,
@@ -296,6 +296,8 @@ pub async fn run(
     let wake = Arc::new(Notify::new());
     pods.notify_on(wake.clone());
     nodes.notify_on(wake.clone());
+    pods.ready().await;
+    nodes.ready().await;
     // Pods bound here but not yet seen bound in the watch: counted for spreading.
     let mut pending_binds: BTreeMap<String, (String, Pod)> = BTreeMap::new();
     loop {

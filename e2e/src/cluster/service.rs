@@ -4,7 +4,6 @@
 //! failover reaches the new live. The proxy address is recorded on the Service as the
 //! annotation `e2e.duomq.io/proxy-<port name>`; Endpoints objects are written too.
 
-use super::error_chain;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,6 +26,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::error_chain;
 use super::names;
 use super::pods::{is_ready, is_terminating};
 use super::selector::map_selector_matches;
@@ -153,6 +153,8 @@ impl ServiceProxies {
         let wake = Arc::new(Notify::new());
         services.notify_on(wake.clone());
         pods.notify_on(wake.clone());
+        services.ready().await;
+        pods.ready().await;
         loop {
             let all = services.state();
             let keys: Vec<(String, String)> = all

@@ -18,7 +18,6 @@ pub use probe::{resolve_target, ProbeTarget, ProbeTargetError};
 pub use status::{pod_status, ContainerView, PodView};
 pub use volumes::{claim_dir, plan_volume, VolumeError, VolumeFile, VolumePlan};
 
-use crate::cluster::error_chain;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +37,7 @@ use super::docker::{self, IpAllocator, NetworkInfo};
 use super::names;
 use super::watch::Informer;
 use super::RESYNC_PERIOD;
+use crate::cluster::error_chain;
 
 /// How long to wait before re-subscribing to Docker events after the stream broke.
 const EVENTS_RETRY: Duration = Duration::from_secs(1);

@@ -5,7 +5,6 @@
 //! the status when it changed. A pod with a deletion timestamp is stopped with its grace
 //! period and then deleted for good.
 
-use crate::cluster::error_chain;
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -30,6 +29,7 @@ use super::status::{pod_status, restarts, state_from_inspect, waiting, Container
 use super::volumes::{self, HostVolume};
 use super::{container_name, probe, sandbox_name, Kubelet};
 use crate::cluster::docker;
+use crate::cluster::error_chain;
 use crate::cluster::names;
 
 /// How often a worker re-checks its containers without being woken.
