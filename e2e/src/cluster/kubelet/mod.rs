@@ -134,8 +134,13 @@ impl Kubelet {
         let cancel = self.cancel.clone();
         self.informers.pods.ready().await;
         let events = tokio::spawn(self.clone().listen_to_docker(cancel.clone()));
+        let mut last_gc = tokio::time::Instant::now();
         loop {
             self.dispatch();
+            if last_gc.elapsed() >= RESYNC_PERIOD {
+                last_gc = tokio::time::Instant::now();
+                self.remove_orphans().await;
+            }
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = self.wake.notified() => {}
@@ -213,6 +218,46 @@ impl Kubelet {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(EVENTS_RETRY) => {}
+            }
+        }
+    }
+
+    /// Container garbage collection: removes the containers (and frees the IP) of pods that
+    /// are gone from the API without a worker to clean up after them, e.g. pods force
+    /// deleted while their node was down. Containers of failed nodes stay until the node
+    /// is back.
+    async fn remove_orphans(&self) {
+        let labels = [(names::DOCKER_LABEL_CLUSTER, self.config.cluster.as_str())];
+        let containers = match docker::list_labelled_with_labels(&self.docker, &labels).await {
+            Ok(c) => c,
+            Err(error) => {
+                warn!(error = %error_chain(&error), "failed to list containers for garbage collection");
+                return;
+            }
+        };
+        let live_uids: BTreeSet<String> = self
+            .informers
+            .pods
+            .state()
+            .iter()
+            .filter_map(|p| p.uid())
+            .collect();
+        for (name, labels) in containers {
+            let (Some(uid), Some(node)) = (
+                labels.get(names::DOCKER_LABEL_POD_UID),
+                labels.get(names::DOCKER_LABEL_NODE),
+            ) else {
+                continue;
+            };
+            let orphan = !live_uids.contains(uid)
+                && self.node_is_mine(node)
+                && !self.workers.lock().contains_key(uid);
+            if orphan {
+                info!(container = %name, pod_uid = %uid, "removing container of a pod that is gone");
+                if let Err(error) = docker::remove(&self.docker, &name).await {
+                    warn!(container = %name, error = %error_chain(&error), "failed to remove orphaned container");
+                }
+                self.ips.lock().release(uid);
             }
         }
     }
