@@ -322,6 +322,7 @@ impl Kubelet {
             &self.config.cluster,
             namespace,
             pod,
+            &p.uid()?,
             &first.name,
         ))
     }
@@ -364,13 +365,23 @@ pub async fn remove_cluster_containers(docker_client: &Docker, cluster: &str) {
     }
 }
 
-/// `{cluster}_{namespace}_{pod}_{container}`: Kubernetes names never contain `_`, so
-/// names of different pods cannot collide.
-pub fn container_name(cluster: &str, namespace: &str, pod: &str, container: &str) -> String {
-    format!("{cluster}_{namespace}_{pod}_{container}")
+/// `{cluster}_{namespace}_{pod}_{uid prefix}_{container}`: Kubernetes names never contain
+/// `_`, so names of different pods cannot collide, and the uid keeps a pod apart from an
+/// earlier pod of the same name whose containers are still around (a StatefulSet pod
+/// force-deleted on a failed node and recreated elsewhere).
+pub fn container_name(
+    cluster: &str,
+    namespace: &str,
+    pod: &str,
+    uid: &str,
+    container: &str,
+) -> String {
+    let uid: String = uid.chars().take(8).collect();
+    format!("{cluster}_{namespace}_{pod}_{uid}_{container}")
 }
 
-/// The pod's sandbox, which holds its network namespace: `{cluster}_{namespace}_{pod}_POD`.
-pub fn sandbox_name(cluster: &str, namespace: &str, pod: &str) -> String {
-    container_name(cluster, namespace, pod, "POD")
+/// The pod's sandbox, which holds its network namespace: container `POD` (upper case, so
+/// no container of the spec can have its name).
+pub fn sandbox_name(cluster: &str, namespace: &str, pod: &str, uid: &str) -> String {
+    container_name(cluster, namespace, pod, uid, "POD")
 }

@@ -305,7 +305,7 @@ impl PodWorker {
     /// Keeps the sandbox running; a sandbox that had stopped is started again (same IP)
     /// and the app containers that outlived it are killed, to be restarted inside it.
     async fn ensure_sandbox(&mut self, pod: &Pod) -> Result<(), String> {
-        let name = sandbox_name(self.cluster(), &self.namespace, &self.name);
+        let name = sandbox_name(self.cluster(), &self.namespace, &self.name, &self.uid);
         let inspect = docker::inspect(self.docker(), &name)
             .await
             .map_err(|e| error_chain(&e))?;
@@ -318,8 +318,13 @@ impl PodWorker {
             if inspect.is_some() {
                 info!(pod = %self.name, "pod sandbox stopped; restarting it and its containers");
                 for c in &pod.spec.clone().unwrap_or_default().containers {
-                    let cname =
-                        container_name(self.cluster(), &self.namespace, &self.name, &c.name);
+                    let cname = container_name(
+                        self.cluster(),
+                        &self.namespace,
+                        &self.name,
+                        &self.uid,
+                        &c.name,
+                    );
                     docker::kill(self.docker(), &cname, "KILL")
                         .await
                         .map_err(|e| error_chain(&e))?;
@@ -457,7 +462,13 @@ impl PodWorker {
         role: Role,
         prepared: &BTreeMap<String, HostVolume>,
     ) -> Option<Instant> {
-        let cname = container_name(self.cluster(), &self.namespace, &self.name, &c.name);
+        let cname = container_name(
+            self.cluster(),
+            &self.namespace,
+            &self.name,
+            &self.uid,
+            &c.name,
+        );
         let inspect = match docker::inspect(self.docker(), &cname).await {
             Ok(i) => i,
             Err(error) => {
@@ -622,7 +633,12 @@ impl PodWorker {
                         container: c,
                         env,
                         image_user: &image_user,
-                        sandbox: &sandbox_name(self.cluster(), &self.namespace, &self.name),
+                        sandbox: &sandbox_name(
+                            self.cluster(),
+                            &self.namespace,
+                            &self.name,
+                            &self.uid,
+                        ),
                         mounts,
                         labels: self.labels(
                             &c.name,
@@ -790,7 +806,13 @@ impl PodWorker {
         if now < at {
             return (None, at);
         }
-        let cname = container_name(self.cluster(), &self.namespace, &self.name, &c.name);
+        let cname = container_name(
+            self.cluster(),
+            &self.namespace,
+            &self.name,
+            &self.uid,
+            &c.name,
+        );
         let target =
             probe::resolve_target(p, c, self.pod_ip.as_deref()).map_err(|e| error_chain(&e));
         let outcome = match target {
@@ -809,7 +831,13 @@ impl PodWorker {
     /// Stops a container whose probe failed, with the pod's grace period; the next sync
     /// restarts it under the restart policy.
     async fn kill_for_probe(&mut self, pod: &Pod, c: &Container) {
-        let cname = &container_name(self.cluster(), &self.namespace, &self.name, &c.name);
+        let cname = &container_name(
+            self.cluster(),
+            &self.namespace,
+            &self.name,
+            &self.uid,
+            &c.name,
+        );
         let grace = pod
             .spec
             .as_ref()
@@ -935,7 +963,7 @@ impl PodWorker {
     /// Stops the app containers within `grace`, then removes every container of the pod,
     /// its IP and its own volumes (claims stay).
     async fn teardown(&mut self, grace: Duration) {
-        let prefix = format!("{}_{}_{}_", self.cluster(), self.namespace, self.name);
+        let prefix = container_name(self.cluster(), &self.namespace, &self.name, &self.uid, "");
         let labels = [
             (names::DOCKER_LABEL_CLUSTER, self.cluster()),
             (names::DOCKER_LABEL_POD_UID, self.uid.as_str()),
