@@ -14,8 +14,7 @@ use tracing::{info, warn};
 
 use super::api;
 use super::error_chain;
-use super::watch::Informer;
-use super::RESYNC_PERIOD;
+use super::watch::{next_round, Informer};
 
 /// The status of a bound claim: phase Bound, its access modes, capacity = request.
 pub fn bound_status(claim: &PersistentVolumeClaim) -> PersistentVolumeClaimStatus {
@@ -56,10 +55,8 @@ pub async fn run(
                 }
             }
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(RESYNC_PERIOD) => {}
+        if !next_round(&wake, &cancel).await {
+            return;
         }
     }
 }

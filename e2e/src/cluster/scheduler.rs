@@ -20,8 +20,7 @@ use super::names;
 use super::selector::{
     label_selector_matches, map_selector_matches, node_selector_term_matches, Labels,
 };
-use super::watch::Informer;
-use super::RESYNC_PERIOD;
+use super::watch::{next_round, Informer};
 
 /// Why no node fits a pod, worded as the real scheduler's `PodScheduled` message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -349,10 +348,8 @@ pub async fn run(
                 }
             }
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(RESYNC_PERIOD) => {}
+        if !next_round(&wake, &cancel).await {
+            return;
         }
     }
 }

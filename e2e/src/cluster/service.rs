@@ -30,8 +30,7 @@ use super::error_chain;
 use super::names;
 use super::pods::{is_ready, is_terminating};
 use super::selector::map_selector_matches;
-use super::watch::Informer;
-use super::RESYNC_PERIOD;
+use super::watch::{next_round, Informer};
 
 /// How long the proxy tries one endpoint before the next.
 const ENDPOINT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -167,10 +166,8 @@ impl ServiceProxies {
                     warn!(service = %svc.name_any(), error = %error_chain(&error), "failed to sync service proxy");
                 }
             }
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(RESYNC_PERIOD) => {}
+            if !next_round(&wake, &cancel).await {
+                break;
             }
         }
         self.proxies.lock().clear();

@@ -20,8 +20,7 @@ use tracing::{info, warn};
 use super::api;
 use super::error_chain;
 use super::pods::{is_terminating, random_suffix};
-use super::watch::Informer;
-use super::RESYNC_PERIOD;
+use super::watch::{next_round, Informer};
 use plan::{plan_deployment, DeployAction};
 
 /// How long the controller waits for the watch to show a pod it created or deleted before
@@ -72,10 +71,8 @@ pub async fn run(
                 reconcile(&client, &dep, &pods, &mut expectations).await;
             }
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(RESYNC_PERIOD) => {}
+        if !next_round(&wake, &cancel).await {
+            return;
         }
     }
 }

@@ -16,8 +16,7 @@ use tracing::{info, warn};
 
 use super::api;
 use super::error_chain;
-use super::watch::Informer;
-use super::RESYNC_PERIOD;
+use super::watch::{next_round, Informer};
 use plan::{plan_statefulset, StsAction};
 
 /// Reconciles every StatefulSet until `cancel`.
@@ -41,10 +40,8 @@ pub async fn run(
                 reconcile(&client, &set, &pods, &claims).await;
             }
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(RESYNC_PERIOD) => {}
+        if !next_round(&wake, &cancel).await {
+            return;
         }
     }
 }
