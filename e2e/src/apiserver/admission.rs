@@ -15,12 +15,14 @@ use super::error::{ApiError, ApiResult, Cause};
 use super::meta;
 use super::registry::ResourceInfo;
 use super::store::State;
+use super::validation;
 
 const SUBDOMAIN: &str = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*";
 const LABEL: &str = r"[a-z0-9]([-a-z0-9]*[a-z0-9])?";
 
 fn anchored(pattern: &str, cell: &'static OnceLock<Option<Regex>>) -> Option<&'static Regex> {
-    cell.get_or_init(|| Regex::new(&format!("^{pattern}$")).ok()).as_ref()
+    cell.get_or_init(|| Regex::new(&format!("^{pattern}$")).ok())
+        .as_ref()
 }
 
 /// Kubernetes' name validation for the resource's kind.
@@ -32,7 +34,8 @@ fn validate_name(resource: &ResourceInfo, name: &str) -> Option<Cause> {
         let bad = name == "." || name == ".." || name.contains('/') || name.contains('%');
         return bad.then(|| Cause::invalid("metadata.name", &shown, "may not contain '/' or '%'"));
     }
-    let label = resource.group.is_empty() && matches!(resource.plural.as_str(), "namespaces" | "services");
+    let label =
+        resource.group.is_empty() && matches!(resource.plural.as_str(), "namespaces" | "services");
     if label {
         let ok = name.len() <= 63 && anchored(LABEL, &LABEL_RE).is_some_and(|re| re.is_match(name));
         return (!ok).then(|| Cause::invalid("metadata.name", &shown, &format!(
@@ -41,7 +44,8 @@ fn validate_name(resource: &ResourceInfo, name: &str) -> Option<Cause> {
              validation is '{LABEL}')"
         )));
     }
-    let ok = name.len() <= 253 && anchored(SUBDOMAIN, &SUBDOMAIN_RE).is_some_and(|re| re.is_match(name));
+    let ok =
+        name.len() <= 253 && anchored(SUBDOMAIN, &SUBDOMAIN_RE).is_some_and(|re| re.is_match(name));
     (!ok).then(|| Cause::invalid("metadata.name", &shown, &format!(
         "a lowercase RFC 1123 subdomain must consist of lower case alphanumeric characters, '-' or '.', \
          and must start and end with an alphanumeric character (e.g. 'example.com', regex used for \
@@ -86,11 +90,18 @@ fn admit(
     defaults::apply(resource, obj);
     match (resource.group.as_str(), resource.plural.as_str()) {
         ("", "namespaces") => {
-            if old.is_none() {
-                obj["spec"]["finalizers"] = json!(["kubernetes"]);
-            }
+            // Only the namespace's own cleanup removes `kubernetes`; updates keep the list.
+            obj["spec"]["finalizers"] = match old {
+                None => json!(["kubernetes"]),
+                Some(o) => o
+                    .pointer("/spec/finalizers")
+                    .cloned()
+                    .unwrap_or_else(|| json!([])),
+            };
             let name = meta::name(obj).to_string();
-            let labels = meta::metadata_mut(obj).entry("labels").or_insert_with(|| json!({}));
+            let labels = meta::metadata_mut(obj)
+                .entry("labels")
+                .or_insert_with(|| json!({}));
             if let Some(labels) = labels.as_object_mut() {
                 labels.insert("kubernetes.io/metadata.name".into(), json!(name));
             }
@@ -100,7 +111,15 @@ fn admit(
         _ => {}
     }
     if resource.custom.is_some() {
+        let causes = validation::validate_metadata(obj);
+        if !causes.is_empty() {
+            return Err(ApiError::invalid(resource, meta::name(obj), causes));
+        }
         return crd_validation::admit(resource, obj, old, validation);
+    }
+    let causes = validation::validate(resource, obj, old);
+    if !causes.is_empty() {
+        return Err(ApiError::invalid(resource, meta::name(obj), causes));
     }
     Ok(Vec::new())
 }
@@ -132,8 +151,15 @@ fn qos_class(spec: Option<&Value>) -> &'static str {
         .filter_map(|l| spec.and_then(|s| s.get(*l)).and_then(Value::as_array))
         .flatten()
         .collect();
-    let resources = |c: &Value, kind: &str| c.pointer(&format!("/resources/{kind}")).and_then(Value::as_object).cloned().unwrap_or_default();
-    let none = containers.iter().all(|c| resources(c, "requests").is_empty() && resources(c, "limits").is_empty());
+    let resources = |c: &Value, kind: &str| {
+        c.pointer(&format!("/resources/{kind}"))
+            .and_then(Value::as_object)
+            .cloned()
+            .unwrap_or_default()
+    };
+    let none = containers
+        .iter()
+        .all(|c| resources(c, "requests").is_empty() && resources(c, "limits").is_empty());
     if none {
         return "BestEffort";
     }
@@ -144,7 +170,11 @@ fn qos_class(spec: Option<&Value>) -> &'static str {
             limits.get(*r).is_some() && requests.get(*r).is_none_or(|q| Some(q) == limits.get(*r))
         })
     });
-    if guaranteed { "Guaranteed" } else { "Burstable" }
+    if guaranteed {
+        "Guaranteed"
+    } else {
+        "Burstable"
+    }
 }
 
 fn service_ip(state: &mut State, obj: &mut Value, old: Option<&Value>) {
@@ -152,9 +182,17 @@ fn service_ip(state: &mut State, obj: &mut Value, old: Option<&Value>) {
     if spec.get("type").and_then(Value::as_str) == Some("ExternalName") {
         return;
     }
-    let given = spec.get("clusterIP").and_then(Value::as_str).filter(|s| !s.is_empty()).map(str::to_string);
+    let given = spec
+        .get("clusterIP")
+        .and_then(Value::as_str)
+        .filter(|s| !s.is_empty())
+        .map(str::to_string);
     let ip = given
-        .or_else(|| old.and_then(|o| o.pointer("/spec/clusterIP")).and_then(Value::as_str).map(str::to_string))
+        .or_else(|| {
+            old.and_then(|o| o.pointer("/spec/clusterIP"))
+                .and_then(Value::as_str)
+                .map(str::to_string)
+        })
         .unwrap_or_else(|| state.allocate_service_ip());
     spec["clusterIP"] = json!(ip);
     spec["clusterIPs"] = json!([ip]);
@@ -163,19 +201,42 @@ fn service_ip(state: &mut State, obj: &mut Value, old: Option<&Value>) {
 /// A CRD is accepted and established at once; its name must be `<plural>.<group>`.
 fn crd(resource: &ResourceInfo, obj: &mut Value) -> ApiResult<()> {
     let name = meta::name(obj).to_string();
-    let group = obj.pointer("/spec/group").and_then(Value::as_str).unwrap_or_default().to_string();
-    let plural = obj.pointer("/spec/names/plural").and_then(Value::as_str).unwrap_or_default().to_string();
-    let kind = obj.pointer("/spec/names/kind").and_then(Value::as_str).unwrap_or_default().to_string();
+    let group = obj
+        .pointer("/spec/group")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let plural = obj
+        .pointer("/spec/names/plural")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
+    let kind = obj
+        .pointer("/spec/names/kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_string();
     let mut causes = Vec::new();
     if name != format!("{plural}.{group}") {
-        causes.push(Cause::invalid("metadata.name", &format!("\"{name}\""), "must be spec.names.plural+\".\"+spec.group"));
+        causes.push(Cause::invalid(
+            "metadata.name",
+            &format!("\"{name}\""),
+            "must be spec.names.plural+\".\"+spec.group",
+        ));
     }
     if kind.is_empty() {
         causes.push(Cause::required("spec.names.kind", ""));
     }
-    let versions = obj.pointer("/spec/versions").and_then(Value::as_array).cloned().unwrap_or_default();
+    let versions = obj
+        .pointer("/spec/versions")
+        .and_then(Value::as_array)
+        .cloned()
+        .unwrap_or_default();
     if versions.is_empty() {
-        causes.push(Cause::required("spec.versions", "must have exactly one version marked as storage version"));
+        causes.push(Cause::required(
+            "spec.versions",
+            "must have exactly one version marked as storage version",
+        ));
     }
     if !causes.is_empty() {
         return Err(ApiError::invalid(resource, &name, causes));
@@ -223,7 +284,9 @@ mod tests {
         let registry = Registry::new();
         let cm = registry.lookup("", "v1", "configmaps").unwrap();
         let ns = registry.lookup("", "v1", "namespaces").unwrap();
-        let role = registry.lookup("rbac.authorization.k8s.io", "v1", "clusterroles").unwrap();
+        let role = registry
+            .lookup("rbac.authorization.k8s.io", "v1", "clusterroles")
+            .unwrap();
         assert!(validate_name(&cm, "a.b-c").is_none());
         assert!(validate_name(&cm, "Bad_Name").is_some());
         assert!(validate_name(&ns, "a.b").is_some());
@@ -232,7 +295,8 @@ mod tests {
 
     #[test]
     fn given_containers_with_equal_requests_and_limits_when_classified_should_be_guaranteed() {
-        let spec = json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]});
+        let spec =
+            json!({"containers": [{"resources": {"limits": {"cpu": "1", "memory": "1Gi"}}}]});
         assert_eq!(qos_class(Some(&spec)), "Guaranteed");
         assert_eq!(qos_class(Some(&json!({"containers": [{}]}))), "BestEffort");
     }

@@ -53,7 +53,10 @@ pub(crate) fn admit(
     prune(obj, schema, "", true, &mut unknown);
     let mut warnings = Vec::new();
     if !unknown.is_empty() {
-        let listed: Vec<String> = unknown.iter().map(|f| format!("unknown field \"{f}\"")).collect();
+        let listed: Vec<String> = unknown
+            .iter()
+            .map(|f| format!("unknown field \"{f}\""))
+            .collect();
         match validation {
             FieldValidation::Strict => {
                 return Err(ApiError::bad_request(format!(
@@ -80,7 +83,10 @@ pub(crate) fn admit(
     if causes.is_empty() {
         Ok(warnings)
     } else {
-        let name = obj.pointer("/metadata/name").and_then(Value::as_str).unwrap_or_default();
+        let name = obj
+            .pointer("/metadata/name")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         Err(ApiError::invalid(resource, name, causes))
     }
 }
@@ -98,7 +104,10 @@ fn nullable(schema: &Value) -> bool {
 }
 
 fn preserves_unknown(schema: &Value) -> bool {
-    schema.get("x-kubernetes-preserve-unknown-fields").and_then(Value::as_bool) == Some(true)
+    schema
+        .get("x-kubernetes-preserve-unknown-fields")
+        .and_then(Value::as_bool)
+        == Some(true)
 }
 
 /// Removes fields the schema does not declare (recording them) and nulls of non-nullable
@@ -108,7 +117,10 @@ fn prune(value: &mut Value, schema: &Value, path: &str, root: bool, unknown: &mu
         Value::Object(map) => {
             let props = schema.get("properties").and_then(Value::as_object);
             let additional = schema.get("additionalProperties");
-            let embedded = schema.get("x-kubernetes-embedded-resource").and_then(Value::as_bool) == Some(true);
+            let embedded = schema
+                .get("x-kubernetes-embedded-resource")
+                .and_then(Value::as_bool)
+                == Some(true);
             let describes_fields = props.is_some() || additional.is_some();
             let is_object = schema.get("type").and_then(Value::as_str) == Some("object");
             if !describes_fields && (preserves_unknown(schema) || !is_object) {
@@ -116,7 +128,8 @@ fn prune(value: &mut Value, schema: &Value, path: &str, root: bool, unknown: &mu
             }
             let keys: Vec<String> = map.keys().cloned().collect();
             for key in keys {
-                let kept_meta = (root || embedded) && matches!(key.as_str(), "apiVersion" | "kind" | "metadata");
+                let kept_meta = (root || embedded)
+                    && matches!(key.as_str(), "apiVersion" | "kind" | "metadata");
                 if kept_meta {
                     continue;
                 }
@@ -133,7 +146,8 @@ fn prune(value: &mut Value, schema: &Value, path: &str, root: bool, unknown: &mu
                         }
                     }
                     None => {
-                        let allowed = additional.and_then(Value::as_bool) == Some(true) || preserves_unknown(schema);
+                        let allowed = additional.and_then(Value::as_bool) == Some(true)
+                            || preserves_unknown(schema);
                         if !allowed {
                             map.remove(&key);
                             unknown.push(join(path, &key));
@@ -214,7 +228,9 @@ fn type_matches(expected: &str, value: &Value) -> bool {
         "string" => value.is_string(),
         "boolean" => value.is_boolean(),
         "number" => value.is_number(),
-        "integer" => value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0),
+        "integer" => {
+            value.is_i64() || value.is_u64() || value.as_f64().is_some_and(|f| f.fract() == 0.0)
+        }
         _ => true,
     }
 }
@@ -231,26 +247,46 @@ fn compiled_pattern(pattern: &str) -> Option<Regex> {
 
 /// The structural schema checks; `blocking` is set for type and enum errors, which make
 /// Kubernetes skip the CEL rules.
-fn validate(value: &Value, schema: &Value, path: &str, root: bool, causes: &mut Vec<Cause>, blocking: &mut bool) {
+fn validate(
+    value: &Value,
+    schema: &Value,
+    path: &str,
+    root: bool,
+    causes: &mut Vec<Cause>,
+    blocking: &mut bool,
+) {
     if value.is_null() {
         return;
     }
-    let int_or_string = schema.get("x-kubernetes-int-or-string").and_then(Value::as_bool) == Some(true);
+    let int_or_string = schema
+        .get("x-kubernetes-int-or-string")
+        .and_then(Value::as_bool)
+        == Some(true);
     if int_or_string {
         if !(value.is_string() || type_matches("integer", value)) {
             *blocking = true;
-            causes.push(Cause::invalid(path, &shown(value), &format!(
-                "{path} in body must be of type integer,string: \"{}\"", type_name(value)
-            )));
+            causes.push(Cause::invalid(
+                path,
+                &shown(value),
+                &format!(
+                    "{path} in body must be of type integer,string: \"{}\"",
+                    type_name(value)
+                ),
+            ));
         }
         return;
     }
     if let Some(expected) = schema.get("type").and_then(Value::as_str) {
         if !type_matches(expected, value) {
             *blocking = true;
-            causes.push(Cause::invalid(path, &format!("\"{}\"", type_name(value)), &format!(
-                "{path} in body must be of type {expected}: \"{}\"", type_name(value)
-            )));
+            causes.push(Cause::invalid(
+                path,
+                &format!("\"{}\"", type_name(value)),
+                &format!(
+                    "{path} in body must be of type {expected}: \"{}\"",
+                    type_name(value)
+                ),
+            ));
             return;
         }
     }
@@ -260,35 +296,53 @@ fn validate(value: &Value, schema: &Value, path: &str, root: bool, causes: &mut 
             let list: Vec<String> = allowed.iter().map(Value::to_string).collect();
             causes.push(Cause {
                 reason: "FieldValueNotSupported",
-                message: format!("Unsupported value: {}: supported values: {}", value, list.join(", ")),
+                message: format!(
+                    "Unsupported value: {}: supported values: {}",
+                    value,
+                    list.join(", ")
+                ),
                 field: path.to_string(),
             });
         }
     }
     match value {
         Value::String(s) => validate_string(s, value, schema, path, causes),
-        Value::Number(n) => validate_number(n.as_f64().unwrap_or_default(), value, schema, path, causes),
+        Value::Number(n) => {
+            validate_number(n.as_f64().unwrap_or_default(), value, schema, path, causes)
+        }
         Value::Array(items) => {
             if let Some(max) = schema.get("maxItems").and_then(Value::as_u64) {
                 if items.len() as u64 > max {
                     causes.push(Cause {
                         reason: "FieldValueTooMany",
-                        message: format!("Too many: {}: must have at most {max} items", items.len()),
+                        message: format!(
+                            "Too many: {}: must have at most {max} items",
+                            items.len()
+                        ),
                         field: path.to_string(),
                     });
                 }
             }
             if let Some(min) = schema.get("minItems").and_then(Value::as_u64) {
                 if (items.len() as u64) < min {
-                    causes.push(Cause::invalid(path, &items.len().to_string(), &format!(
-                        "{path} in body should have at least {min} items"
-                    )));
+                    causes.push(Cause::invalid(
+                        path,
+                        &items.len().to_string(),
+                        &format!("{path} in body should have at least {min} items"),
+                    ));
                 }
             }
             check_list_keys(items, schema, path, causes);
             if let Some(items_schema) = schema.get("items") {
                 for (i, item) in items.iter().enumerate() {
-                    validate(item, items_schema, &format!("{path}[{i}]"), false, causes, blocking);
+                    validate(
+                        item,
+                        items_schema,
+                        &format!("{path}[{i}]"),
+                        false,
+                        causes,
+                        blocking,
+                    );
                 }
             }
         }
@@ -309,16 +363,20 @@ fn validate_string(s: &str, value: &Value, schema: &Value, path: &str, causes: &
     }
     if let Some(min) = schema.get("minLength").and_then(Value::as_u64) {
         if (s.chars().count() as u64) < min {
-            causes.push(Cause::invalid(path, &shown(value), &format!(
-                "{path} in body should be at least {min} chars long"
-            )));
+            causes.push(Cause::invalid(
+                path,
+                &shown(value),
+                &format!("{path} in body should be at least {min} chars long"),
+            ));
         }
     }
     if let Some(pattern) = schema.get("pattern").and_then(Value::as_str) {
         if compiled_pattern(pattern).is_some_and(|re| !re.is_match(s)) {
-            causes.push(Cause::invalid(path, &shown(value), &format!(
-                "{path} in body should match '{pattern}'"
-            )));
+            causes.push(Cause::invalid(
+                path,
+                &shown(value),
+                &format!("{path} in body should match '{pattern}'"),
+            ));
         }
     }
 }
@@ -326,23 +384,57 @@ fn validate_string(s: &str, value: &Value, schema: &Value, path: &str, causes: &
 fn validate_number(n: f64, value: &Value, schema: &Value, path: &str, causes: &mut Vec<Cause>) {
     let bound = |key: &str| schema.get(key).and_then(Value::as_f64);
     let exclusive = |key: &str| schema.get(key).and_then(Value::as_bool) == Some(true);
-    let fmt = |f: f64| if f.fract() == 0.0 { format!("{}", f as i64) } else { f.to_string() };
+    let fmt = |f: f64| {
+        if f.fract() == 0.0 {
+            format!("{}", f as i64)
+        } else {
+            f.to_string()
+        }
+    };
     if let Some(min) = bound("minimum") {
-        let (bad, word) = if exclusive("exclusiveMinimum") { (n <= min, "greater than") } else { (n < min, "greater than or equal to") };
+        let (bad, word) = if exclusive("exclusiveMinimum") {
+            (n <= min, "greater than")
+        } else {
+            (n < min, "greater than or equal to")
+        };
         if bad {
-            causes.push(Cause::invalid(path, &shown(value), &format!("{path} in body should be {word} {}", fmt(min))));
+            causes.push(Cause::invalid(
+                path,
+                &shown(value),
+                &format!("{path} in body should be {word} {}", fmt(min)),
+            ));
         }
     }
     if let Some(max) = bound("maximum") {
-        let (bad, word) = if exclusive("exclusiveMaximum") { (n >= max, "less than") } else { (n > max, "less than or equal to") };
+        let (bad, word) = if exclusive("exclusiveMaximum") {
+            (n >= max, "less than")
+        } else {
+            (n > max, "less than or equal to")
+        };
         if bad {
-            causes.push(Cause::invalid(path, &shown(value), &format!("{path} in body should be {word} {}", fmt(max))));
+            causes.push(Cause::invalid(
+                path,
+                &shown(value),
+                &format!("{path} in body should be {word} {}", fmt(max)),
+            ));
         }
     }
 }
 
-fn validate_object(map: &Map<String, Value>, schema: &Value, path: &str, root: bool, causes: &mut Vec<Cause>, blocking: &mut bool) {
-    for required in schema.get("required").and_then(Value::as_array).into_iter().flatten() {
+fn validate_object(
+    map: &Map<String, Value>,
+    schema: &Value,
+    path: &str,
+    root: bool,
+    causes: &mut Vec<Cause>,
+    blocking: &mut bool,
+) {
+    for required in schema
+        .get("required")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+    {
         if let Some(key) = required.as_str() {
             if map.get(key).is_none_or(Value::is_null) {
                 causes.push(Cause::required(&join(path, key), ""));
@@ -366,7 +458,11 @@ fn check_list_keys(items: &[Value], schema: &Value, path: &str, causes: &mut Vec
     let key_of = |item: &Value| -> Value {
         match schema.get("x-kubernetes-list-type").and_then(Value::as_str) {
             Some("map") => Value::Object(
-                schema.get("x-kubernetes-list-map-keys").and_then(Value::as_array).into_iter().flatten()
+                schema
+                    .get("x-kubernetes-list-map-keys")
+                    .and_then(Value::as_array)
+                    .into_iter()
+                    .flatten()
                     .filter_map(|k| k.as_str())
                     .filter_map(|k| item.get(k).map(|v| (k.to_string(), v.clone())))
                     .collect(),
@@ -455,13 +551,19 @@ fn cel_rules(schema: &Value, obj: &Value, old: Option<&Value>, causes: &mut Vec<
     for error in errors.into_vec() {
         use kube::core::cel::ErrorKind;
         match error.kind {
-            ErrorKind::ValidationFailure | ErrorKind::InvalidResult | ErrorKind::EvaluationError => {}
+            ErrorKind::ValidationFailure
+            | ErrorKind::InvalidResult
+            | ErrorKind::EvaluationError => {}
             _ => {
                 tracing::warn!(rule = %error.rule, message = %error.message, "cel rule not evaluated, object accepted");
                 continue;
             }
         }
-        let field = if error.field_path.is_empty() { "<nil>".to_string() } else { error.field_path.clone() };
+        let field = if error.field_path.is_empty() {
+            "<nil>".to_string()
+        } else {
+            error.field_path.clone()
+        };
         let type_shown = schema_at(schema, &error.field_path)
             .and_then(|s| s.get("type"))
             .and_then(Value::as_str)
@@ -475,10 +577,16 @@ fn cel_rules(schema: &Value, obj: &Value, old: Option<&Value>, causes: &mut Vec<
         let message = match reason {
             "FieldValueForbidden" => format!("Forbidden: {}", error.message),
             "FieldValueRequired" => format!("Required value: {}", error.message),
-            "FieldValueDuplicate" => format!("Duplicate value: \"{type_shown}\": {}", error.message),
+            "FieldValueDuplicate" => {
+                format!("Duplicate value: \"{type_shown}\": {}", error.message)
+            }
             _ => format!("Invalid value: \"{type_shown}\": {}", error.message),
         };
-        causes.push(Cause { reason, message, field });
+        causes.push(Cause {
+            reason,
+            message,
+            field,
+        });
     }
 }
 
@@ -513,7 +621,14 @@ mod tests {
             "groups": {"type": "integer", "minimum": 1.0}}}}});
         let mut causes = Vec::new();
         let mut blocking = false;
-        validate(&json!({"spec": {"groups": 0}}), &schema, "", true, &mut causes, &mut blocking);
+        validate(
+            &json!({"spec": {"groups": 0}}),
+            &schema,
+            "",
+            true,
+            &mut causes,
+            &mut blocking,
+        );
         assert_eq!(causes[0].line(), "spec.groups: Invalid value: 0: spec.groups in body should be greater than or equal to 1");
     }
 }

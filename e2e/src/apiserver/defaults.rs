@@ -60,7 +60,9 @@ pub(crate) fn apply(resource: &ResourceInfo, obj: &mut Value) {
             template(spec);
         }
         ("", "services") => service(field(obj, "spec")),
-        ("", "persistentvolumeclaims") => set(field(obj, "spec"), "volumeMode", json!("Filesystem")),
+        ("", "persistentvolumeclaims") => {
+            set(field(obj, "spec"), "volumeMode", json!("Filesystem"))
+        }
         ("", "persistentvolumes") => {
             let spec = field(obj, "spec");
             set(spec, "volumeMode", json!("Filesystem"));
@@ -84,11 +86,12 @@ fn field<'a>(obj: &'a mut Value, key: &str) -> &'a mut Value {
     v
 }
 
-/// Sets `obj[key]` when it is missing or null.
+/// Sets `obj[key]` when it is missing, null or an empty string (Go's zero value, which
+/// Kubernetes' defaulting treats as unset).
 fn set(obj: &mut Value, key: &str, value: Value) {
     if let Some(map) = obj.as_object_mut() {
         let entry = map.entry(key).or_insert(Value::Null);
-        if entry.is_null() {
+        if entry.is_null() || entry.as_str() == Some("") {
             *entry = value;
         }
     }
@@ -179,7 +182,10 @@ mod tests {
         let once = obj.clone();
         apply(&sts, &mut obj);
         assert_eq!(obj, once);
-        assert_eq!(obj["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"], "IfNotPresent");
+        assert_eq!(
+            obj["spec"]["template"]["spec"]["containers"][0]["imagePullPolicy"],
+            "IfNotPresent"
+        );
         assert_eq!(obj["spec"]["replicas"], 1);
     }
 }

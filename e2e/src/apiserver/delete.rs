@@ -49,7 +49,7 @@ impl Default for DeleteOptions {
 
 impl DeleteOptions {
     /// Reads a DeleteOptions body (may be empty) over query defaults.
-    pub(crate) fn from_body(mut self, body: &[u8]) -> ApiResult<Self> {
+    pub(crate) fn merge_body(mut self, body: &[u8]) -> ApiResult<Self> {
         if body.iter().all(u8::is_ascii_whitespace) {
             return Ok(self);
         }
@@ -62,15 +62,25 @@ impl DeleteOptions {
             self.propagation = parse_propagation(p)?;
         }
         if let Some(orphan) = v.get("orphanDependents").and_then(Value::as_bool) {
-            self.propagation = if orphan { Propagation::Orphan } else { Propagation::Background };
+            self.propagation = if orphan {
+                Propagation::Orphan
+            } else {
+                Propagation::Background
+            };
         }
         if let Some(uid) = v.pointer("/preconditions/uid").and_then(Value::as_str) {
             self.precondition_uid = Some(uid.to_string());
         }
-        if let Some(rv) = v.pointer("/preconditions/resourceVersion").and_then(Value::as_str) {
+        if let Some(rv) = v
+            .pointer("/preconditions/resourceVersion")
+            .and_then(Value::as_str)
+        {
             self.precondition_rv = Some(rv.to_string());
         }
-        if v.get("dryRun").and_then(Value::as_array).is_some_and(|d| !d.is_empty()) {
+        if v.get("dryRun")
+            .and_then(Value::as_array)
+            .is_some_and(|d| !d.is_empty())
+        {
             self.dry_run = true;
         }
         Ok(self)
@@ -97,6 +107,9 @@ pub(crate) enum Deleted {
     Pending(Arc<Value>),
 }
 
+/// Namespaces Kubernetes refuses to delete.
+const PROTECTED_NAMESPACES: &[&str] = &["default", "kube-system", "kube-public"];
+
 const FOREGROUND: &str = "foregroundDeletion";
 const CRD_CLEANUP: &str = "customresourcecleanup.apiextensions.k8s.io";
 
@@ -111,12 +124,21 @@ pub(crate) fn delete(
     let old = state
         .get(&resource.storage, namespace, name)
         .ok_or_else(|| ApiError::not_found(resource, name))?;
+    if resource.is("", "namespaces") && PROTECTED_NAMESPACES.contains(&name) {
+        return Err(ApiError::forbidden(format!(
+            "namespaces \"{name}\" is forbidden: this namespace may not be deleted"
+        )));
+    }
     if let Some(uid) = &opts.precondition_uid {
         if uid != meta::uid(&old) {
-            return Err(ApiError::precondition(resource, name, &format!(
-                "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
-                meta::uid(&old)
-            )));
+            return Err(ApiError::precondition(
+                resource,
+                name,
+                &format!(
+                    "Precondition failed: UID in precondition: {uid}, UID in object meta: {}",
+                    meta::uid(&old)
+                ),
+            ));
         }
     }
     if let Some(rv) = &opts.precondition_rv {
@@ -170,7 +192,10 @@ fn grace_period(resource: &ResourceInfo, obj: &Value, opts: &DeleteOptions) -> i
     if !resource.is("", "pods") {
         return 0;
     }
-    let scheduled = obj.pointer("/spec/nodeName").and_then(Value::as_str).is_some_and(|n| !n.is_empty());
+    let scheduled = obj
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .is_some_and(|n| !n.is_empty());
     let finished = matches!(
         obj.pointer("/status/phase").and_then(Value::as_str),
         Some("Succeeded" | "Failed")
@@ -179,7 +204,10 @@ fn grace_period(resource: &ResourceInfo, obj: &Value, opts: &DeleteOptions) -> i
         return 0;
     }
     opts.grace_period
-        .or_else(|| obj.pointer("/spec/terminationGracePeriodSeconds").and_then(Value::as_i64))
+        .or_else(|| {
+            obj.pointer("/spec/terminationGracePeriodSeconds")
+                .and_then(Value::as_i64)
+        })
         .unwrap_or(30)
         .max(0)
 }
@@ -198,7 +226,11 @@ pub(crate) fn dependents_of(state: &State, uid: &str) -> Vec<Arc<Value>> {
         .all_objects()
         .into_iter()
         .map(|(_, o)| o)
-        .filter(|o| meta::owner_references(o).iter().any(|r| r["uid"].as_str() == Some(uid)))
+        .filter(|o| {
+            meta::owner_references(o)
+                .iter()
+                .any(|r| r["uid"].as_str() == Some(uid))
+        })
         .collect()
 }
 
@@ -213,7 +245,11 @@ fn orphan_dependents(state: &mut State, uid: &str) {
         if !refs.iter().any(|r| r["uid"].as_str() == Some(uid)) {
             continue;
         }
-        let kept: Vec<Value> = refs.into_iter().filter(|r| r["uid"].as_str() != Some(uid)).cloned().collect();
+        let kept: Vec<Value> = refs
+            .into_iter()
+            .filter(|r| r["uid"].as_str() != Some(uid))
+            .cloned()
+            .collect();
         let mut updated = (*dep).clone();
         let m = meta::metadata_mut(&mut updated);
         if kept.is_empty() {
@@ -229,11 +265,22 @@ fn orphan_dependents(state: &mut State, uid: &str) {
 
 /// Removes a finalizer the server itself manages (foreground, CRD cleanup, a namespace's
 /// `kubernetes`), which removes the object when nothing else holds it.
-pub(crate) fn release(state: &mut State, resource: &ResourceInfo, obj: &Arc<Value>, finalizer: &str) {
+pub(crate) fn release(
+    state: &mut State,
+    resource: &ResourceInfo,
+    obj: &Arc<Value>,
+    finalizer: &str,
+) {
     let mut updated = (**obj).clone();
-    let kept: Vec<String> = meta::finalizers(obj).into_iter().filter(|f| f != finalizer).collect();
+    let kept: Vec<String> = meta::finalizers(obj)
+        .into_iter()
+        .filter(|f| f != finalizer)
+        .collect();
     meta::set_finalizers(&mut updated, &kept);
-    if let Some(spec_finalizers) = updated.pointer_mut("/spec/finalizers").and_then(Value::as_array_mut) {
+    if let Some(spec_finalizers) = updated
+        .pointer_mut("/spec/finalizers")
+        .and_then(Value::as_array_mut)
+    {
         spec_finalizers.retain(|f| f.as_str() != Some(finalizer));
     }
     write::store_update(state, resource, obj, updated);

@@ -15,9 +15,19 @@ use super::registry::{api_version, Registry, ResourceInfo};
 pub(crate) const GIT_VERSION: &str = "v1.33.0";
 
 /// The media type of aggregated discovery responses.
-pub(crate) const AGGREGATED_CONTENT_TYPE: &str = "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
+pub(crate) const AGGREGATED_CONTENT_TYPE: &str =
+    "application/json;g=apidiscovery.k8s.io;v=v2;as=APIGroupDiscoveryList";
 
-const VERBS: &[&str] = &["create", "delete", "deletecollection", "get", "list", "patch", "update", "watch"];
+const VERBS: &[&str] = &[
+    "create",
+    "delete",
+    "deletecollection",
+    "get",
+    "list",
+    "patch",
+    "update",
+    "watch",
+];
 const SUBRESOURCE_VERBS: &[&str] = &["get", "patch", "update"];
 
 /// Whether an Accept header asks for aggregated discovery.
@@ -63,7 +73,11 @@ fn group_json(name: &str, versions: &[String]) -> Value {
 }
 
 pub(crate) fn groups(registry: &Registry) -> Value {
-    let groups: Vec<Value> = registry.groups().iter().map(|g| group_json(&g.name, &g.versions)).collect();
+    let groups: Vec<Value> = registry
+        .groups()
+        .iter()
+        .map(|g| group_json(&g.name, &g.versions))
+        .collect();
     json!({"kind": "APIGroupList", "apiVersion": "v1", "groups": groups})
 }
 
@@ -80,16 +94,36 @@ fn strings(items: &[String]) -> Value {
 }
 
 /// The subresources of a resource: (name, kind, group, version, verbs).
-fn subresources(r: &ResourceInfo) -> Vec<(&'static str, String, String, String, Vec<&'static str>)> {
+fn subresources(
+    r: &ResourceInfo,
+) -> Vec<(&'static str, String, String, String, Vec<&'static str>)> {
     let mut subs = Vec::new();
     if r.subresources.status {
-        subs.push(("status", r.kind.clone(), r.group.clone(), r.version.clone(), SUBRESOURCE_VERBS.to_vec()));
+        subs.push((
+            "status",
+            r.kind.clone(),
+            r.group.clone(),
+            r.version.clone(),
+            SUBRESOURCE_VERBS.to_vec(),
+        ));
     }
     if r.subresources.scale {
-        subs.push(("scale", "Scale".into(), "autoscaling".into(), "v1".into(), SUBRESOURCE_VERBS.to_vec()));
+        subs.push((
+            "scale",
+            "Scale".into(),
+            "autoscaling".into(),
+            "v1".into(),
+            SUBRESOURCE_VERBS.to_vec(),
+        ));
     }
     if r.subresources.binding {
-        subs.push(("binding", "Binding".into(), String::new(), "v1".into(), vec!["create"]));
+        subs.push((
+            "binding",
+            "Binding".into(),
+            String::new(),
+            "v1".into(),
+            vec!["create"],
+        ));
     }
     subs
 }
@@ -168,11 +202,19 @@ fn aggregated_group(registry: &Registry, name: &str, versions: &[String]) -> Val
     let versions: Vec<Value> = versions
         .iter()
         .map(|v| {
-            let resources: Vec<Value> = registry.resources_in(name, v).iter().map(|r| aggregated_resource(r)).collect();
+            let resources: Vec<Value> = registry
+                .resources_in(name, v)
+                .iter()
+                .map(|r| aggregated_resource(r))
+                .collect();
             json!({"version": v, "resources": resources, "freshness": "Current"})
         })
         .collect();
-    let metadata = if name.is_empty() { json!({}) } else { json!({"name": name}) };
+    let metadata = if name.is_empty() {
+        json!({})
+    } else {
+        json!({"name": name})
+    };
     json!({"metadata": metadata, "versions": versions})
 }
 
@@ -181,7 +223,11 @@ pub(crate) fn aggregated(registry: &Registry, core: bool) -> Value {
     let items: Vec<Value> = if core {
         vec![aggregated_group(registry, "", &["v1".to_string()])]
     } else {
-        registry.groups().iter().map(|g| aggregated_group(registry, &g.name, &g.versions)).collect()
+        registry
+            .groups()
+            .iter()
+            .map(|g| aggregated_group(registry, &g.name, &g.versions))
+            .collect()
     };
     json!({
         "kind": "APIGroupDiscoveryList",

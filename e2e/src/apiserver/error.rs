@@ -54,7 +54,8 @@ impl Cause {
 }
 
 /// A failed request, as a Kubernetes `Status`.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, thiserror::Error)]
+#[error("{message}")]
 pub(crate) struct ApiError {
     pub code: StatusCode,
     pub reason: &'static str,
@@ -124,6 +125,11 @@ impl ApiError {
             name,
             "the object has been modified; please apply your changes to the latest version and try again",
         )
+    }
+
+    /// 409 without details, e.g. an apply conflict.
+    pub(crate) fn conflict_status(message: impl Into<String>) -> Self {
+        Self::new(StatusCode::CONFLICT, "Conflict", message)
     }
 
     /// 409 for a precondition (uid, resourceVersion, an unassigned pod) a request did not meet.

@@ -37,7 +37,10 @@ fn owners(objects: &[(StorageKey, Arc<Value>)]) -> HashMap<String, bool> {
     objects
         .iter()
         .map(|(_, o)| {
-            let foreground = meta::is_deleting(o) && meta::finalizers(o).iter().any(|f| f == "foregroundDeletion");
+            let foreground = meta::is_deleting(o)
+                && meta::finalizers(o)
+                    .iter()
+                    .any(|f| f == "foregroundDeletion");
             (meta::uid(o).to_string(), foreground)
         })
         .collect()
@@ -52,7 +55,9 @@ fn round(state: &mut State) {
             continue;
         }
         let orphaned = refs.iter().all(|r| {
-            r["uid"].as_str().is_none_or(|uid| owners.get(uid).is_none_or(|foreground| *foreground))
+            r["uid"]
+                .as_str()
+                .is_none_or(|uid| owners.get(uid).is_none_or(|foreground| *foreground))
         });
         if orphaned {
             delete_quietly(state, key, obj, "owner gone");
@@ -91,8 +96,12 @@ fn delete_quietly(state: &mut State, key: &StorageKey, obj: &Value, why: &str) {
     };
     let (ns, name) = (meta::namespace(obj), meta::name(obj));
     match delete::delete(state, &resource, ns, name, &DeleteOptions::default()) {
-        Ok(_) => tracing::debug!(resource = %resource.plural, namespace = ns, name, why, "garbage collected"),
-        Err(error) => tracing::debug!(resource = %resource.plural, namespace = ns, name, message = %error.message, "garbage collection skipped"),
+        Ok(_) => {
+            tracing::debug!(resource = %resource.plural, namespace = ns, name, why, "garbage collected")
+        }
+        Err(error) => {
+            tracing::debug!(resource = %resource.plural, namespace = ns, name, message = %error.message, "garbage collection skipped")
+        }
     }
 }
 
@@ -108,7 +117,10 @@ fn finish_namespace(state: &mut State, key: &StorageKey, ns_obj: &Arc<Value>) {
             delete_quietly(state, k, o, "namespace terminating");
         }
     }
-    let empty = state.all_objects().iter().all(|(_, o)| meta::namespace(o) != ns);
+    let empty = state
+        .all_objects()
+        .iter()
+        .all(|(_, o)| meta::namespace(o) != ns);
     if empty {
         release(state, key, ns_obj, "kubernetes");
     }
@@ -122,7 +134,12 @@ fn finish_crd(state: &mut State, key: &StorageKey, crd: &Arc<Value>) {
         .find(|r| r.custom.as_ref().is_some_and(|c| c.crd_name == name))
         .map(|r| r.storage.clone())
     else {
-        release(state, key, crd, "customresourcecleanup.apiextensions.k8s.io");
+        release(
+            state,
+            key,
+            crd,
+            "customresourcecleanup.apiextensions.k8s.io",
+        );
         return;
     };
     for o in state.list(&served, None) {
@@ -131,6 +148,11 @@ fn finish_crd(state: &mut State, key: &StorageKey, crd: &Arc<Value>) {
         }
     }
     if state.list(&served, None).is_empty() {
-        release(state, key, crd, "customresourcecleanup.apiextensions.k8s.io");
+        release(
+            state,
+            key,
+            crd,
+            "customresourcecleanup.apiextensions.k8s.io",
+        );
     }
 }

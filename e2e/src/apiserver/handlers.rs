@@ -26,6 +26,7 @@ use super::meta;
 use super::openapi;
 use super::patch::PatchType;
 use super::path::{self, ResourcePath, Route};
+use super::protobuf;
 use super::registry::ResourceInfo;
 use super::selectors::{FieldSelector, LabelSelector};
 use super::store::Store;
@@ -61,7 +62,10 @@ impl Params {
     }
 
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+        self.0
+            .iter()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_str())
     }
 
     fn flag(&self, key: &str) -> bool {
@@ -79,7 +83,10 @@ struct Req {
 
 impl Req {
     fn header(&self, name: header::HeaderName) -> &str {
-        self.headers.get(name).and_then(|v| v.to_str().ok()).unwrap_or_default()
+        self.headers
+            .get(name)
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or_default()
     }
 
     fn output(&self) -> Output {
@@ -94,23 +101,42 @@ impl Req {
     }
 
     fn write_options(&self) -> ApiResult<WriteOptions> {
+        let field_manager = self.params.get("fieldManager").map(str::to_string);
+        // Kubernetes names an unnamed writer after its user agent, up to the first '/'.
+        let from_agent = self
+            .header(header::USER_AGENT)
+            .split('/')
+            .next()
+            .filter(|a| !a.is_empty())
+            .unwrap_or("unknown")
+            .to_string();
         Ok(WriteOptions {
             dry_run: self.params.get("dryRun").is_some_and(|d| !d.is_empty()),
             validation: FieldValidation::parse(self.params.get("fieldValidation"))?,
-            field_manager: self.params.get("fieldManager").map(str::to_string),
+            manager: field_manager.clone().unwrap_or(from_agent),
+            field_manager,
+            force: self.params.flag("force"),
         })
     }
 
     fn json_body(&self) -> ApiResult<Value> {
         let content_type = self.header(header::CONTENT_TYPE);
-        if content_type.contains("protobuf") || content_type.contains("cbor") {
+        if content_type.contains("protobuf") {
+            return protobuf::decode(&self.body).map_err(|e| {
+                let mut err = ApiError::unsupported_media_type(content_type);
+                err.message = e.to_string();
+                err
+            });
+        }
+        if content_type.contains("cbor") {
             return Err(ApiError::unsupported_media_type(content_type));
         }
         if content_type.contains("yaml") {
             return serde_yaml::from_slice(&self.body)
                 .map_err(|e| ApiError::bad_request(format!("failed to decode YAML body: {e}")));
         }
-        serde_json::from_slice(&self.body).map_err(|e| ApiError::bad_request(format!("failed to decode JSON body: {e}")))
+        serde_json::from_slice(&self.body)
+            .map_err(|e| ApiError::bad_request(format!("failed to decode JSON body: {e}")))
     }
 }
 
@@ -145,9 +171,17 @@ async fn dispatch(State(app): State<Arc<AppState>>, request: Request) -> Respons
 }
 
 fn json_response(code: StatusCode, value: &Value, warnings: &[String]) -> Response {
-    let mut response = (code, [(header::CONTENT_TYPE, "application/json")], value.to_string()).into_response();
+    let mut response = (
+        code,
+        [(header::CONTENT_TYPE, "application/json")],
+        value.to_string(),
+    )
+        .into_response();
     for warning in warnings {
-        let text = format!("299 - {}", serde_json::to_string(warning).unwrap_or_default());
+        let text = format!(
+            "299 - {}",
+            serde_json::to_string(warning).unwrap_or_default()
+        );
         if let Ok(v) = HeaderValue::from_str(&text) {
             response.headers_mut().append(header::WARNING, v);
         }
@@ -161,7 +195,13 @@ fn ok(value: &Value) -> ApiResult<Response> {
 
 fn route(app: &AppState, req: &Req, path: &str) -> ApiResult<Response> {
     let store = &app.store;
-    let get_only = |req: &Req| if req.method == Method::GET { Ok(()) } else { Err(ApiError::method_not_allowed(&req.method)) };
+    let get_only = |req: &Req| {
+        if req.method == Method::GET {
+            Ok(())
+        } else {
+            Err(ApiError::method_not_allowed(&req.method))
+        }
+    };
     match path::parse(path) {
         Route::Version => {
             get_only(req)?;
@@ -174,9 +214,10 @@ fn route(app: &AppState, req: &Req, path: &str) -> ApiResult<Response> {
             if discovery::wants_aggregated(req.header(header::ACCEPT)) {
                 let doc = store.read(|s| discovery::aggregated(&s.registry, core));
                 let mut response = json_response(StatusCode::OK, &doc, &[]);
-                response
-                    .headers_mut()
-                    .insert(header::CONTENT_TYPE, HeaderValue::from_static(discovery::AGGREGATED_CONTENT_TYPE));
+                response.headers_mut().insert(
+                    header::CONTENT_TYPE,
+                    HeaderValue::from_static(discovery::AGGREGATED_CONTENT_TYPE),
+                );
                 return Ok(response);
             }
             if core {
@@ -187,7 +228,9 @@ fn route(app: &AppState, req: &Req, path: &str) -> ApiResult<Response> {
         }
         Route::Group(name) => {
             get_only(req)?;
-            store.read(|s| discovery::group(&s.registry, &name)).map_or_else(|| Err(ApiError::not_found_path()), |d| ok(&d))
+            store
+                .read(|s| discovery::group(&s.registry, &name))
+                .map_or_else(|| Err(ApiError::not_found_path()), |d| ok(&d))
         }
         Route::GroupVersion { group, version } => {
             get_only(req)?;
@@ -198,7 +241,11 @@ fn route(app: &AppState, req: &Req, path: &str) -> ApiResult<Response> {
         Route::OpenApiV2 => {
             get_only(req)?;
             if req.header(header::ACCEPT).contains("protobuf") {
-                Ok(([(header::CONTENT_TYPE, openapi::V2_PROTOBUF)], openapi::v2_protobuf()).into_response())
+                Ok((
+                    [(header::CONTENT_TYPE, openapi::V2_PROTOBUF)],
+                    openapi::v2_protobuf(),
+                )
+                    .into_response())
             } else {
                 ok(&openapi::v2_json())
             }
@@ -246,21 +293,33 @@ fn resource(app: &AppState, req: &Req, rp: ResourcePath) -> ApiResult<Response> 
     match (rp.name.as_deref(), sub) {
         (None, None) if *m == Method::GET && watching => start_watch(app, req, &resource, ns, None),
         (None, None) if *m == Method::GET => list(app, req, &resource, ns),
-        (None, None) if *m == Method::POST && (ns.is_some() || !resource.namespaced) => create(app, req, &resource, ns),
+        (None, None) if *m == Method::POST && (ns.is_some() || !resource.namespaced) => {
+            create(app, req, &resource, ns)
+        }
         (None, None) if *m == Method::DELETE => delete_collection(app, req, &resource, ns),
-        (Some(name), None) if *m == Method::GET && watching => start_watch(app, req, &resource, ns, Some(name)),
+        (Some(name), None) if *m == Method::GET && watching => {
+            start_watch(app, req, &resource, ns, Some(name))
+        }
         (Some(name), Some("scale")) => scale(app, req, &resource, ns, name),
         (Some(name), Some("binding")) if *m == Method::POST => {
-            app.store.write(|s| subresources::bind(s, &resource, ns.unwrap_or_default(), name, &req.body))?;
+            app.store.write(|s| {
+                subresources::bind(s, &resource, ns.unwrap_or_default(), name, &req.body)
+            })?;
             ok(&json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "code": 201}))
                 .map(|mut r| {
                     *r.status_mut() = StatusCode::CREATED;
                     r
                 })
         }
-        (Some(name), None | Some("status")) if *m == Method::GET => get(app, req, &resource, ns, name),
+        (Some(name), None | Some("status")) if *m == Method::GET => {
+            get(app, req, &resource, ns, name)
+        }
         (Some(name), part) if *m == Method::PUT || *m == Method::PATCH => {
-            let part = if part == Some("status") { Part::Status } else { Part::Main };
+            let part = if part == Some("status") {
+                Part::Status
+            } else {
+                Part::Main
+            };
             update(app, req, &resource, ns, name, part)
         }
         (Some(name), None) if *m == Method::DELETE => delete_one(app, req, &resource, ns, name),
@@ -268,8 +327,19 @@ fn resource(app: &AppState, req: &Req, rp: ResourcePath) -> ApiResult<Response> 
     }
 }
 
-fn get(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>, name: &str) -> ApiResult<Response> {
-    let (obj, rv) = app.store.read(|s| (s.get(&resource.storage, ns.unwrap_or_default(), name), s.rv()));
+fn get(
+    app: &AppState,
+    req: &Req,
+    resource: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+) -> ApiResult<Response> {
+    let (obj, rv) = app.store.read(|s| {
+        (
+            s.get(&resource.storage, ns.unwrap_or_default(), name),
+            s.rv(),
+        )
+    });
     let obj = obj.ok_or_else(|| ApiError::not_found(resource, name))?;
     let body = match req.output() {
         Output::Object => resource.present(&obj),
@@ -282,7 +352,10 @@ fn get(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>, nam
 fn selectors(req: &Req, resource: &ResourceInfo) -> ApiResult<(LabelSelector, FieldSelector)> {
     Ok((
         LabelSelector::parse(req.params.get("labelSelector").unwrap_or_default())?,
-        FieldSelector::parse(req.params.get("fieldSelector").unwrap_or_default(), resource)?,
+        FieldSelector::parse(
+            req.params.get("fieldSelector").unwrap_or_default(),
+            resource,
+        )?,
     ))
 }
 
@@ -291,7 +364,12 @@ fn parse_rv(text: &str) -> ApiResult<u64> {
         .map_err(|_| ApiError::bad_request(format!("invalid resource version {text:?}")))
 }
 
-fn list(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>) -> ApiResult<Response> {
+fn list(
+    app: &AppState,
+    req: &Req,
+    resource: &ResourceInfo,
+    ns: Option<&str>,
+) -> ApiResult<Response> {
     let (labels, fields) = selectors(req, resource)?;
     let exact = req.params.get("resourceVersionMatch") == Some("Exact");
     let requested = match req.params.get("resourceVersion").filter(|v| !v.is_empty()) {
@@ -299,9 +377,10 @@ fn list(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>) ->
         None => None,
     };
     let (items, rv) = app.store.read(|s| {
-        if let Some(rv) = requested.filter(|rv| *rv > 0) {
-            let too_old = s.check_not_compacted(rv).is_err() || (exact && rv != s.rv());
-            if too_old {
+        // Only the current state is kept: an exact list of any other version is as gone as
+        // a compacted one. NotOlderThan (or no match) is served from the current state.
+        if let Some(rv) = requested.filter(|rv| exact && *rv > 0) {
+            if rv != s.rv() {
                 return Err(ApiError::expired(format!(
                     "The resourceVersion for the provided list is too old (requested {rv}, current {}).",
                     s.rv()
@@ -333,7 +412,13 @@ fn list(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>) ->
     ok(&body)
 }
 
-fn start_watch(app: &AppState, req: &Req, resource: &Arc<ResourceInfo>, ns: Option<&str>, name: Option<&str>) -> ApiResult<Response> {
+fn start_watch(
+    app: &AppState,
+    req: &Req,
+    resource: &Arc<ResourceInfo>,
+    ns: Option<&str>,
+    name: Option<&str>,
+) -> ApiResult<Response> {
     let (labels, mut fields) = selectors(req, resource)?;
     if let Some(name) = name {
         fields = fields.with_name(name);
@@ -354,7 +439,10 @@ fn start_watch(app: &AppState, req: &Req, resource: &Arc<ResourceInfo>, ns: Opti
         (false, rv) => Start::After(rv),
     };
     let timeout = match req.params.get("timeoutSeconds") {
-        Some(t) => Duration::from_secs(t.parse().map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {t:?}")))?),
+        Some(t) => Duration::from_secs(
+            t.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid timeoutSeconds {t:?}")))?,
+        ),
         None => watch::DEFAULT_TIMEOUT,
     };
     let spec = WatchSpec {
@@ -371,10 +459,19 @@ fn start_watch(app: &AppState, req: &Req, resource: &Arc<ResourceInfo>, ns: Opti
 }
 
 fn written_response(resource: &ResourceInfo, written: &Written) -> Response {
-    json_response(written.code, &resource.present(&written.object), &written.warnings)
+    json_response(
+        written.code,
+        &resource.present(&written.object),
+        &written.warnings,
+    )
 }
 
-fn create(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>) -> ApiResult<Response> {
+fn create(
+    app: &AppState,
+    req: &Req,
+    resource: &ResourceInfo,
+    ns: Option<&str>,
+) -> ApiResult<Response> {
     let body = req.json_body()?;
     let opts = req.write_options()?;
     let written = app.store.write(|s| {
@@ -385,7 +482,14 @@ fn create(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>) 
     Ok(written_response(resource, &written))
 }
 
-fn update(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>, name: &str, part: Part) -> ApiResult<Response> {
+fn update(
+    app: &AppState,
+    req: &Req,
+    resource: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+    part: Part,
+) -> ApiResult<Response> {
     let opts = req.write_options()?;
     let written = if req.method == Method::PUT {
         let body = req.json_body()?;
@@ -405,7 +509,13 @@ fn update(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>, 
     Ok(written_response(resource, &written))
 }
 
-fn scale(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>, name: &str) -> ApiResult<Response> {
+fn scale(
+    app: &AppState,
+    req: &Req,
+    resource: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+) -> ApiResult<Response> {
     let namespace = ns.unwrap_or_default();
     let written = match req.method {
         Method::GET => {
@@ -417,11 +527,17 @@ fn scale(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>, n
         }
         Method::PUT | Method::PATCH => {
             let patch_type = match req.method {
-                Method::PATCH => Some(PatchType::from_content_type(req.header(header::CONTENT_TYPE))?),
+                Method::PATCH => Some(PatchType::from_content_type(
+                    req.header(header::CONTENT_TYPE),
+                )?),
                 _ => None,
             };
             let opts = req.write_options()?;
-            app.store.write(|s| subresources::write_scale(s, resource, namespace, name, &req.body, patch_type, &opts))?
+            app.store.write(|s| {
+                subresources::write_scale(
+                    s, resource, namespace, name, &req.body, patch_type, &opts,
+                )
+            })?
         }
         _ => return Err(ApiError::method_not_allowed(&req.method)),
     };
@@ -431,29 +547,45 @@ fn scale(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>, n
 fn delete_options(req: &Req) -> ApiResult<DeleteOptions> {
     let mut opts = DeleteOptions::default();
     if let Some(g) = req.params.get("gracePeriodSeconds") {
-        opts.grace_period = Some(g.parse().map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?);
+        opts.grace_period = Some(
+            g.parse()
+                .map_err(|_| ApiError::bad_request(format!("invalid gracePeriodSeconds {g:?}")))?,
+        );
     }
     if let Some(p) = req.params.get("propagationPolicy") {
         opts.propagation = delete::parse_propagation(p)?;
     }
     opts.dry_run = req.params.get("dryRun").is_some_and(|d| !d.is_empty());
-    opts.from_body(&req.body)
+    opts.merge_body(&req.body)
 }
 
-/// The body of a completed delete: the object for custom resources, a Success Status for
-/// built-ins, as Kubernetes answers.
+/// Built-ins whose storage answers a completed delete with the object
+/// (`ReturnDeletedObject`); the others answer with a Success Status.
+const RETURN_DELETED_OBJECT: &[&str] = &["pods", "services", "serviceaccounts"];
+
+/// The body of a completed delete, as Kubernetes answers it: the object for custom
+/// resources and some built-ins, a Success Status for the rest.
 fn deleted_body(resource: &ResourceInfo, obj: &Value) -> Value {
-    if resource.custom.is_some() {
+    let core_returning =
+        resource.group.is_empty() && RETURN_DELETED_OBJECT.contains(&resource.plural.as_str());
+    if resource.custom.is_some() || core_returning {
         return resource.present(obj);
     }
-    let mut details = json!({"name": meta::name(obj), "kind": resource.plural, "uid": meta::uid(obj)});
+    let mut details =
+        json!({"name": meta::name(obj), "kind": resource.plural, "uid": meta::uid(obj)});
     if !resource.group.is_empty() {
         details["group"] = json!(resource.group);
     }
     json!({"kind": "Status", "apiVersion": "v1", "metadata": {}, "status": "Success", "details": details})
 }
 
-fn delete_one(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>, name: &str) -> ApiResult<Response> {
+fn delete_one(
+    app: &AppState,
+    req: &Req,
+    resource: &ResourceInfo,
+    ns: Option<&str>,
+    name: &str,
+) -> ApiResult<Response> {
     let opts = delete_options(req)?;
     let deleted = app.store.write(|s| {
         let r = delete::delete(s, resource, ns.unwrap_or_default(), name, &opts);
@@ -466,7 +598,12 @@ fn delete_one(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&st
     }
 }
 
-fn delete_collection(app: &AppState, req: &Req, resource: &ResourceInfo, ns: Option<&str>) -> ApiResult<Response> {
+fn delete_collection(
+    app: &AppState,
+    req: &Req,
+    resource: &ResourceInfo,
+    ns: Option<&str>,
+) -> ApiResult<Response> {
     let (labels, fields) = selectors(req, resource)?;
     let opts = delete_options(req)?;
     let (items, rv) = app.store.write(|s| {

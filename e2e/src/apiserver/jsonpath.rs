@@ -11,7 +11,10 @@ enum Step {
     Field(String),
     Index(usize),
     All,
-    Filter { path: Vec<Step>, op: Option<(bool, Value)> },
+    Filter {
+        path: Vec<Step>,
+        op: Option<(bool, Value)>,
+    },
 }
 
 /// Every value `path` selects in `root`, in document order.
@@ -54,7 +57,8 @@ fn eval<'a>(mut current: Vec<&'a Value>, steps: &[Step]) -> Vec<&'a Value> {
                         let keep = match op {
                             None => !found.is_empty(),
                             Some((equal, literal)) => {
-                                let matches = found.first().is_some_and(|f| loosely_equal(f, literal));
+                                let matches =
+                                    found.first().is_some_and(|f| loosely_equal(f, literal));
                                 matches == *equal
                             }
                         };
@@ -177,8 +181,17 @@ mod tests {
     fn given_condition_filter_when_selected_should_return_matching_status() {
         let obj = json!({"status": {"conditions": [
             {"type": "Available", "status": "True"}, {"type": "Replicated", "status": "False"}]}});
-        assert_eq!(first(&obj, r#".status.conditions[?(@.type=="Replicated")].status"#), Some(&json!("False")));
-        assert_eq!(first(&obj, ".status.conditions[0].type"), Some(&json!("Available")));
+        assert_eq!(
+            first(
+                &obj,
+                r#".status.conditions[?(@.type=="Replicated")].status"#
+            ),
+            Some(&json!("False"))
+        );
+        assert_eq!(
+            first(&obj, ".status.conditions[0].type"),
+            Some(&json!("Available"))
+        );
         assert_eq!(select(&obj, "{.status.conditions[*].type}").len(), 2);
         assert_eq!(first(&obj, ".spec.missing"), None);
     }

@@ -51,7 +51,11 @@ pub(crate) fn labels(obj: &Value) -> Option<&Map<String, Value>> {
 pub(crate) fn finalizers(obj: &Value) -> Vec<String> {
     obj.pointer("/metadata/finalizers")
         .and_then(Value::as_array)
-        .map(|a| a.iter().filter_map(|f| f.as_str().map(str::to_string)).collect())
+        .map(|a| {
+            a.iter()
+                .filter_map(|f| f.as_str().map(str::to_string))
+                .collect()
+        })
         .unwrap_or_default()
 }
 
@@ -69,7 +73,7 @@ pub(crate) fn is_deleting(obj: &Value) -> bool {
         .is_some_and(|v| !v.is_null())
 }
 
-/// `metadata.ownerReferences` as (uid, apiVersion, kind, name) tuples.
+/// The entries of `metadata.ownerReferences`.
 pub(crate) fn owner_references(obj: &Value) -> Vec<&Value> {
     obj.pointer("/metadata/ownerReferences")
         .and_then(Value::as_array)

@@ -7,6 +7,24 @@
 //! It must not run workloads: scheduling, controllers and the kubelet live in
 //! [`crate::cluster`] and reach this server only over HTTP, like real controllers do. It keeps
 //! no data on disk and checks no credentials: any or no bearer token is accepted.
+//!
+//! Where it knowingly differs from Kubernetes 1.33:
+//! - Field ownership follows Kubernetes' rules at field granularity, with simplified list
+//!   and defaulting details; the server's own writes (garbage collection, bindings,
+//!   finalizer release) are not attributed to any manager.
+//! - Lists return everything in one page (no `continue`); an `Exact` list of any version
+//!   but the current one answers 410, as only the current state is kept.
+//! - Watch history is one bounded log for all resources (`watch_history` events), not a
+//!   cache per resource; a resume from before it answers 410 Expired.
+//! - Garbage collection runs inside the write that deleted the owner, not in the background.
+//! - Every resource has `metadata.generation`, ConfigMaps and Pods included.
+//! - Built-in types are validated only where a renderer or controller could plausibly get
+//!   them wrong (see `validation`); custom resources get schema, default, prune and CEL.
+//! - Protobuf request bodies are understood for Namespace, ConfigMap, Secret and
+//!   ServiceAccount only (what `kubectl create` generators send); responses are JSON.
+//! - A pod's `spec.nodeName` may be set by a patch as well as by a Binding.
+//! - Not served: pod logs, exec, port-forward, eviction, TokenRequest, authorization
+//!   reviews, EndpointSlices, and any group not listed in `registry`.
 
 mod admission;
 mod apply;
@@ -16,18 +34,22 @@ mod delete;
 mod discovery;
 mod error;
 mod events;
+mod fieldsets;
 mod gc;
 mod handlers;
 mod jsonpath;
+mod managed;
 mod meta;
 mod openapi;
 mod patch;
 mod path;
+mod protobuf;
 mod registry;
 mod selectors;
 mod store;
 mod subresources;
 mod table;
+mod validation;
 mod watch;
 mod write;
 
@@ -98,8 +120,8 @@ pub enum ApiServerError {
     Client { source: kube::Error },
 }
 
-/// A running API server. Dropping it without [`ApiServerHandle::shutdown`] leaves the server
-/// running until the runtime ends.
+/// A running API server. Dropping it stops the listeners and ends open watches;
+/// [`ApiServerHandle::shutdown`] also waits for the listeners to finish.
 pub struct ApiServerHandle {
     addrs: Vec<SocketAddr>,
     kubeconfig: Option<PathBuf>,
@@ -132,7 +154,10 @@ pub async fn start(opts: ApiServerOptions) -> Result<ApiServerHandle, ApiServerE
     for addr in &opts.listen {
         let listener = TcpListener::bind(addr)
             .await
-            .map_err(|source| ApiServerError::Bind { addr: *addr, source })?;
+            .map_err(|source| ApiServerError::Bind {
+                addr: *addr,
+                source,
+            })?;
         let local = listener
             .local_addr()
             .map_err(|source| ApiServerError::LocalAddr { source })?;
@@ -209,6 +234,12 @@ impl ApiServerHandle {
         self.cancel.cancel();
         while self.servers.join_next().await.is_some() {}
         tracing::info!(objects = self.store.object_count(), "api server stopped");
+    }
+}
+
+impl Drop for ApiServerHandle {
+    fn drop(&mut self) {
+        self.cancel.cancel();
     }
 }
 

@@ -84,7 +84,11 @@ impl<'a> ListCtx<'a> {
                     Some("map") => ListType::Map(
                         node.get("x-kubernetes-list-map-keys")
                             .and_then(Value::as_array)
-                            .map(|a| a.iter().filter_map(|k| k.as_str().map(str::to_string)).collect())
+                            .map(|a| {
+                                a.iter()
+                                    .filter_map(|k| k.as_str().map(str::to_string))
+                                    .collect()
+                            })
                             .unwrap_or_default(),
                     ),
                     _ => ListType::Atomic,
@@ -98,8 +102,13 @@ impl<'a> ListCtx<'a> {
 fn builtin_list_type(field: &str, elements: &[Value]) -> ListType {
     let key = |k: &str| ListType::Map(vec![k.to_string()]);
     match field {
-        "containers" | "initContainers" | "ephemeralContainers" | "volumes" | "env"
-        | "imagePullSecrets" | "resourceClaims" => key("name"),
+        "containers"
+        | "initContainers"
+        | "ephemeralContainers"
+        | "volumes"
+        | "env"
+        | "imagePullSecrets"
+        | "resourceClaims" => key("name"),
         "volumeMounts" => key("mountPath"),
         "volumeDevices" => key("devicePath"),
         "conditions" => key("type"),
@@ -124,7 +133,12 @@ pub(crate) fn same_key(a: &Value, b: &Value, keys: &[String]) -> bool {
 }
 
 /// Applies a merge, JSON or strategic merge patch to `doc`.
-pub(crate) fn apply(doc: &mut Value, patch_type: PatchType, body: &[u8], ctx: ListCtx) -> ApiResult<()> {
+pub(crate) fn apply(
+    doc: &mut Value,
+    patch_type: PatchType,
+    body: &[u8],
+    ctx: ListCtx,
+) -> ApiResult<()> {
     match patch_type {
         PatchType::Merge => {
             let patch: Value = parse_json(body)?;
@@ -135,7 +149,9 @@ pub(crate) fn apply(doc: &mut Value, patch_type: PatchType, body: &[u8], ctx: Li
             let patch: json_patch::Patch = serde_json::from_slice(body)
                 .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))?;
             json_patch::patch(doc, &patch).map_err(|e| {
-                let mut err = ApiError::bad_request(format!("the server rejected our request due to an error in our request: {e}"));
+                let mut err = ApiError::bad_request(format!(
+                    "the server rejected our request due to an error in our request: {e}"
+                ));
                 err.code = http::StatusCode::UNPROCESSABLE_ENTITY;
                 err.reason = "Invalid";
                 err
@@ -144,7 +160,9 @@ pub(crate) fn apply(doc: &mut Value, patch_type: PatchType, body: &[u8], ctx: Li
         PatchType::Strategic => {
             let patch: Value = parse_json(body)?;
             if !patch.is_object() {
-                return Err(ApiError::bad_request("strategic merge patch must be a JSON object"));
+                return Err(ApiError::bad_request(
+                    "strategic merge patch must be a JSON object",
+                ));
             }
             if strategic_merge(doc, &patch, ctx) == Outcome::Delete {
                 *doc = Value::Object(Map::new());
@@ -156,7 +174,8 @@ pub(crate) fn apply(doc: &mut Value, patch_type: PatchType, body: &[u8], ctx: Li
 }
 
 fn parse_json(body: &[u8]) -> ApiResult<Value> {
-    serde_json::from_slice(body).map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))
+    serde_json::from_slice(body)
+        .map_err(|e| ApiError::bad_request(format!("error decoding patch: {e}")))
 }
 
 #[derive(Debug, PartialEq, Eq)]
@@ -208,7 +227,10 @@ fn strategic_merge(doc: &mut Value, patch: &Value, ctx: ListCtx) -> Outcome {
     let mut orders: Vec<(String, Vec<Value>)> = Vec::new();
     for (key, value) in pmap {
         if let Some(field) = key.strip_prefix("$setElementOrder/") {
-            orders.push((field.to_string(), value.as_array().cloned().unwrap_or_default()));
+            orders.push((
+                field.to_string(),
+                value.as_array().cloned().unwrap_or_default(),
+            ));
             continue;
         }
         let Some(map) = doc.as_object_mut() else {
@@ -305,7 +327,11 @@ fn reorder(doc: &mut Value, field: &str, order: &[Value], ctx: ListCtx) {
     let keys = match ctx.list_type(field, items) {
         ListType::Map(keys) => keys,
         _ => {
-            let mut sorted: Vec<Value> = order.iter().filter(|o| items.contains(o)).cloned().collect();
+            let mut sorted: Vec<Value> = order
+                .iter()
+                .filter(|o| items.contains(o))
+                .cloned()
+                .collect();
             sorted.extend(items.iter().filter(|i| !order.contains(i)).cloned());
             *items = sorted;
             return;
@@ -332,7 +358,13 @@ mod tests {
 
     fn smp(doc: Value, patch: Value) -> Value {
         let mut doc = doc;
-        apply(&mut doc, PatchType::Strategic, patch.to_string().as_bytes(), ListCtx::Builtin).unwrap();
+        apply(
+            &mut doc,
+            PatchType::Strategic,
+            patch.to_string().as_bytes(),
+            ListCtx::Builtin,
+        )
+        .unwrap();
         doc
     }
 
@@ -341,26 +373,41 @@ mod tests {
         let doc = json!({"spec": {"containers": [
             {"name": "a", "image": "a:1", "env": [{"name": "X", "value": "1"}]},
             {"name": "b", "image": "b:1"}]}});
-        let out = smp(doc, json!({"spec": {"containers": [
-            {"name": "a", "env": [{"name": "Y", "value": "2"}]}]}}));
+        let out = smp(
+            doc,
+            json!({"spec": {"containers": [
+            {"name": "a", "env": [{"name": "Y", "value": "2"}]}]}}),
+        );
         assert_eq!(out["spec"]["containers"][0]["image"], "a:1");
-        assert_eq!(out["spec"]["containers"][0]["env"].as_array().unwrap().len(), 2);
+        assert_eq!(
+            out["spec"]["containers"][0]["env"]
+                .as_array()
+                .unwrap()
+                .len(),
+            2
+        );
         assert_eq!(out["spec"]["containers"][1]["name"], "b");
     }
 
     #[test]
     fn given_delete_directive_when_strategic_patched_should_remove_element() {
         let doc = json!({"spec": {"containers": [{"name": "a"}, {"name": "b"}]}});
-        let out = smp(doc, json!({"spec": {
+        let out = smp(
+            doc,
+            json!({"spec": {
             "$setElementOrder/containers": [{"name": "b"}],
-            "containers": [{"name": "a", "$patch": "delete"}]}}));
+            "containers": [{"name": "a", "$patch": "delete"}]}}),
+        );
         assert_eq!(out["spec"]["containers"], json!([{"name": "b"}]));
     }
 
     #[test]
     fn given_plain_list_when_strategic_patched_should_replace_it() {
         let doc = json!({"spec": {"args": ["a", "b"]}, "metadata": {"finalizers": ["x"]}});
-        let out = smp(doc, json!({"spec": {"args": ["c"]}, "metadata": {"finalizers": ["y"]}}));
+        let out = smp(
+            doc,
+            json!({"spec": {"args": ["c"]}, "metadata": {"finalizers": ["y"]}}),
+        );
         assert_eq!(out["spec"]["args"], json!(["c"]));
         assert_eq!(out["metadata"]["finalizers"], json!(["x", "y"]));
     }

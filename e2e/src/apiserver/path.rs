@@ -15,11 +15,17 @@ pub(crate) enum Route {
     /// `/apis/{group}`
     Group(String),
     /// `/api/v1`, `/apis/{group}/{version}`
-    GroupVersion { group: String, version: String },
+    GroupVersion {
+        group: String,
+        version: String,
+    },
     OpenApiV2,
     OpenApiV3Index,
     /// `/openapi/v3/api/v1`, `/openapi/v3/apis/{group}/{version}`
-    OpenApiV3 { group: String, version: String },
+    OpenApiV3 {
+        group: String,
+        version: String,
+    },
     Resource(ResourcePath),
     Unknown,
 }
@@ -113,15 +119,25 @@ mod tests {
     #[test]
     fn given_namespace_paths_when_parsed_should_tell_namespace_objects_from_namespaced_resources() {
         let ns = res(parse("/api/v1/namespaces/default"));
-        assert_eq!((ns.plural.as_str(), ns.name.as_deref(), ns.namespace), ("namespaces", Some("default"), None));
+        assert_eq!(
+            (ns.plural.as_str(), ns.name.as_deref(), ns.namespace),
+            ("namespaces", Some("default"), None)
+        );
         let status = res(parse("/api/v1/namespaces/default/status"));
         assert_eq!(status.subresource.as_deref(), Some("status"));
         assert_eq!(status.namespace, None);
         let cms = res(parse("/api/v1/namespaces/default/configmaps"));
-        assert_eq!((cms.plural.as_str(), cms.namespace.as_deref()), ("configmaps", Some("default")));
+        assert_eq!(
+            (cms.plural.as_str(), cms.namespace.as_deref()),
+            ("configmaps", Some("default"))
+        );
         let sts = res(parse("/apis/apps/v1/namespaces/a/statefulsets/b/status"));
         assert_eq!(
-            (sts.group.as_str(), sts.name.as_deref(), sts.subresource.as_deref()),
+            (
+                sts.group.as_str(),
+                sts.name.as_deref(),
+                sts.subresource.as_deref()
+            ),
             ("apps", Some("b"), Some("status"))
         );
     }

@@ -159,6 +159,7 @@ type Builtin = (
     Subresources,
 );
 
+#[rustfmt::skip]
 const BUILTINS: &[Builtin] = &[
     ("", "v1", "namespaces", "namespace", "Namespace", false, &["ns"], NONE, STATUS),
     ("", "v1", "nodes", "node", "Node", false, &["no"], NONE, STATUS),
@@ -203,31 +204,33 @@ impl Registry {
     pub(crate) fn new() -> Self {
         let builtin = BUILTINS
             .iter()
-            .map(|&(group, version, plural, singular, kind, namespaced, short, cats, subs)| {
-                let view = if group == "events.k8s.io" {
-                    View::EventsV1
-                } else {
-                    View::Plain
-                };
-                let storage_group = if view == View::EventsV1 { "" } else { group };
-                Arc::new(ResourceInfo {
-                    group: group.to_string(),
-                    version: version.to_string(),
-                    plural: plural.to_string(),
-                    singular: singular.to_string(),
-                    kind: kind.to_string(),
-                    namespaced,
-                    short_names: short.iter().map(|s| s.to_string()).collect(),
-                    categories: cats.iter().map(|s| s.to_string()).collect(),
-                    subresources: subs,
-                    storage: StorageKey {
-                        group: storage_group.to_string(),
+            .map(
+                |&(group, version, plural, singular, kind, namespaced, short, cats, subs)| {
+                    let view = if group == "events.k8s.io" {
+                        View::EventsV1
+                    } else {
+                        View::Plain
+                    };
+                    let storage_group = if view == View::EventsV1 { "" } else { group };
+                    Arc::new(ResourceInfo {
+                        group: group.to_string(),
+                        version: version.to_string(),
                         plural: plural.to_string(),
-                    },
-                    view,
-                    custom: None,
-                })
-            })
+                        singular: singular.to_string(),
+                        kind: kind.to_string(),
+                        namespaced,
+                        short_names: short.iter().map(|s| s.to_string()).collect(),
+                        categories: cats.iter().map(|s| s.to_string()).collect(),
+                        subresources: subs,
+                        storage: StorageKey {
+                            group: storage_group.to_string(),
+                            plural: plural.to_string(),
+                        },
+                        view,
+                        custom: None,
+                    })
+                },
+            )
             .collect();
         Self {
             builtin,
@@ -241,7 +244,12 @@ impl Registry {
             .chain(self.custom.values().flat_map(|v| v.iter()))
     }
 
-    pub(crate) fn lookup(&self, group: &str, version: &str, plural: &str) -> Option<Arc<ResourceInfo>> {
+    pub(crate) fn lookup(
+        &self,
+        group: &str,
+        version: &str,
+        plural: &str,
+    ) -> Option<Arc<ResourceInfo>> {
         self.all()
             .find(|r| r.group == group && r.version == version && r.plural == plural)
             .cloned()
@@ -301,7 +309,11 @@ impl Registry {
             .unwrap_or_else(|| kind.to_lowercase());
         let strings = |v: &Value| -> Vec<String> {
             v.as_array()
-                .map(|a| a.iter().filter_map(|s| s.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default()
         };
         let short_names = strings(&names["shortNames"]);

@@ -64,8 +64,12 @@ impl LabelSelector {
                 Op::NotIn(vs) => value.is_none_or(|x| vs.iter().all(|v| v != x)),
                 Op::Exists => value.is_some(),
                 Op::NotExists => value.is_none(),
-                Op::Gt(n) => value.and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x > *n),
-                Op::Lt(n) => value.and_then(|x| x.parse::<i64>().ok()).is_some_and(|x| x < *n),
+                Op::Gt(n) => value
+                    .and_then(|x| x.parse::<i64>().ok())
+                    .is_some_and(|x| x > *n),
+                Op::Lt(n) => value
+                    .and_then(|x| x.parse::<i64>().ok())
+                    .is_some_and(|x| x < *n),
             }
         })
     }
@@ -203,7 +207,8 @@ impl FieldSelector {
 
     /// Adds `metadata.name=<name>`, for watches of one object.
     pub(crate) fn with_name(mut self, name: &str) -> Self {
-        self.terms.push(("metadata.name".into(), true, name.to_string()));
+        self.terms
+            .push(("metadata.name".into(), true, name.to_string()));
         self
     }
 }

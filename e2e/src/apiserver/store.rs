@@ -5,7 +5,7 @@
 //! It must not know API semantics (validation, status, finalizers): callers hand it the
 //! final object; it only stamps the resourceVersion and records the change.
 
-use std::collections::{BTreeMap, HashMap, VecDeque};
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::Arc;
 
 use parking_lot::Mutex;
@@ -65,8 +65,8 @@ pub(crate) struct State {
     /// The newest resourceVersion whose event was dropped from the history.
     compacted: u64,
     next_service_ip: u32,
-    /// uid → where the object is, for owner references.
-    uids: HashMap<String, (StorageKey, ObjectKey)>,
+    /// The uids of stored objects, to spot owner references to nothing.
+    uids: HashSet<String>,
     /// Set when a change may give the garbage collector work.
     gc_pending: bool,
 }
@@ -81,7 +81,7 @@ impl State {
             history_limit,
             compacted: 0,
             next_service_ip: 10,
-            uids: HashMap::new(),
+            uids: HashSet::new(),
             gc_pending: false,
         }
     }
@@ -141,11 +141,11 @@ impl State {
         );
         let uid = meta::uid(&object).to_string();
         if !uid.is_empty() {
-            self.uids.insert(uid, (key.clone(), okey.clone()));
+            self.uids.insert(uid);
         }
         let dangling = meta::owner_references(&object)
             .iter()
-            .any(|o| o["uid"].as_str().is_none_or(|u| !self.uids.contains_key(u)));
+            .any(|o| o["uid"].as_str().is_none_or(|u| !self.uids.contains(u)));
         if dangling || meta::is_deleting(&object) {
             self.gc_pending = true;
         }
@@ -171,7 +171,12 @@ impl State {
 
     /// Removes an object; the DELETED event carries its last state with a new
     /// resourceVersion, as Kubernetes does.
-    pub(crate) fn remove(&mut self, key: &StorageKey, namespace: &str, name: &str) -> Option<Arc<Value>> {
+    pub(crate) fn remove(
+        &mut self,
+        key: &StorageKey,
+        namespace: &str,
+        name: &str,
+    ) -> Option<Arc<Value>> {
         let prev = self
             .objects
             .get_mut(key)?
@@ -224,18 +229,6 @@ impl State {
         }
         let start = self.history.partition_point(|e| e.rv <= rv);
         Ok(self.history.range(start..).cloned().collect())
-    }
-
-    /// Whether a list can be served exactly at `rv` (only the current state is kept).
-    pub(crate) fn check_not_compacted(&self, rv: u64) -> Result<(), Compacted> {
-        if rv < self.compacted {
-            Err(Compacted {
-                requested: rv,
-                oldest: self.compacted,
-            })
-        } else {
-            Ok(())
-        }
     }
 
     /// The next free cluster IP of the service range 10.96.0.0/16.

@@ -81,7 +81,13 @@ pub(crate) fn write_scale(
 }
 
 /// Binds a pod to a node: sets `spec.nodeName` and the PodScheduled condition.
-pub(crate) fn bind(state: &mut State, resource: &ResourceInfo, namespace: &str, name: &str, body: &[u8]) -> ApiResult<()> {
+pub(crate) fn bind(
+    state: &mut State,
+    resource: &ResourceInfo,
+    namespace: &str,
+    name: &str,
+    body: &[u8],
+) -> ApiResult<()> {
     let binding: Value = serde_json::from_slice(body)
         .map_err(|e| ApiError::bad_request(format!("failed to decode Binding: {e}")))?;
     let node = binding
@@ -92,15 +98,27 @@ pub(crate) fn bind(state: &mut State, resource: &ResourceInfo, namespace: &str, 
     let old = state
         .get(&resource.storage, namespace, name)
         .ok_or_else(|| ApiError::not_found(resource, name))?;
-    if let Some(current) = old.pointer("/spec/nodeName").and_then(Value::as_str).filter(|n| !n.is_empty()) {
-        return Err(ApiError::precondition(resource, name, &format!(
-            "pod {name} is already assigned to node \"{current}\""
-        )));
+    if let Some(current) = old
+        .pointer("/spec/nodeName")
+        .and_then(Value::as_str)
+        .filter(|n| !n.is_empty())
+    {
+        return Err(ApiError::precondition(
+            resource,
+            name,
+            &format!("pod {name} is already assigned to node \"{current}\""),
+        ));
     }
     let mut pod = (*old).clone();
     pod["spec"]["nodeName"] = json!(node);
-    let conditions = pod["status"]["conditions"].as_array().cloned().unwrap_or_default();
-    let mut conditions: Vec<Value> = conditions.into_iter().filter(|c| c["type"] != "PodScheduled").collect();
+    let conditions = pod["status"]["conditions"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default();
+    let mut conditions: Vec<Value> = conditions
+        .into_iter()
+        .filter(|c| c["type"] != "PodScheduled")
+        .collect();
     conditions.push(json!({"type": "PodScheduled", "status": "True", "lastProbeTime": null, "lastTransitionTime": meta::now()}));
     pod["status"]["conditions"] = Value::Array(conditions);
     write::store_update(state, resource, &old, pod);

@@ -45,7 +45,11 @@ fn col(name: &str, type_: &str, priority: i64, cell: Cell) -> Column {
     Column {
         name: name.to_string(),
         type_: type_.to_string(),
-        format: if name == "Name" { "name".into() } else { String::new() },
+        format: if name == "Name" {
+            "name".into()
+        } else {
+            String::new()
+        },
         description: String::new(),
         priority,
         cell,
@@ -56,7 +60,12 @@ fn col(name: &str, type_: &str, priority: i64, cell: Cell) -> Column {
 const NAME_DESCRIPTION: &str = "Name must be unique within a namespace. Is required when creating resources, although some resources may allow a client to request the generation of an appropriate name automatically. Name is primarily intended for creation idempotence and configuration definition. Cannot be updated. More info: https://kubernetes.io/docs/concepts/overview/working-with-objects/names#names";
 
 /// A table of `objects` (as stored) with the resource's columns.
-pub(crate) fn table(resource: &ResourceInfo, objects: &[std::sync::Arc<Value>], include: IncludeObject, resource_version: u64) -> Value {
+pub(crate) fn table(
+    resource: &ResourceInfo,
+    objects: &[std::sync::Arc<Value>],
+    include: IncludeObject,
+    resource_version: u64,
+) -> Value {
     let columns = columns(resource);
     let definitions: Vec<Value> = columns
         .iter()
@@ -65,7 +74,10 @@ pub(crate) fn table(resource: &ResourceInfo, objects: &[std::sync::Arc<Value>], 
             json!({"name": c.name, "type": c.type_, "format": c.format, "description": description, "priority": c.priority})
         })
         .collect();
-    let rows: Vec<Value> = objects.iter().map(|o| row(resource, &columns, o, include)).collect();
+    let rows: Vec<Value> = objects
+        .iter()
+        .map(|o| row(resource, &columns, o, include))
+        .collect();
     json!({
         "kind": "Table",
         "apiVersion": "meta.k8s.io/v1",
@@ -107,7 +119,10 @@ fn custom_cell(obj: &Value, path: &str, type_: &str) -> Value {
         return Value::Null;
     };
     match (type_, value) {
-        ("integer", Value::Number(n)) => n.as_i64().map(Value::from).unwrap_or_else(|| json!(n.as_f64().unwrap_or_default() as i64)),
+        ("integer", Value::Number(n)) => n
+            .as_i64()
+            .map(Value::from)
+            .unwrap_or_else(|| json!(n.as_f64().unwrap_or_default() as i64)),
         ("number", Value::Number(_)) | ("boolean", Value::Bool(_)) => value.clone(),
         ("date", Value::String(s)) => json!(meta::age(Some(s))),
         ("string", Value::String(_)) => value.clone(),
@@ -145,7 +160,9 @@ fn columns(resource: &ResourceInfo) -> Vec<Column> {
             col("Age", "string", 0, age),
             col("IP", "string", 1, |o| str_at(o, "/status/podIP")),
             col("Node", "string", 1, |o| str_at(o, "/spec/nodeName")),
-            col("Nominated Node", "string", 1, |o| str_at(o, "/status/nominatedNodeName")),
+            col("Nominated Node", "string", 1, |o| {
+                str_at(o, "/status/nominatedNodeName")
+            }),
             col("Readiness Gates", "string", 1, |_| json!("<none>")),
         ],
         ("", "events") => {
@@ -158,12 +175,17 @@ fn columns(resource: &ResourceInfo) -> Vec<Column> {
                 col("Name", "string", 1, name),
             ]
         }
-        ("", "namespaces") => vec![col("Status", "string", 0, |o| str_at(o, "/status/phase")), col("Age", "string", 0, age)],
+        ("", "namespaces") => vec![
+            col("Status", "string", 0, |o| str_at(o, "/status/phase")),
+            col("Age", "string", 0, age),
+        ],
         ("", "nodes") => vec![
             col("Status", "string", 0, node_status),
             col("Roles", "string", 0, node_roles),
             col("Age", "string", 0, age),
-            col("Version", "string", 0, |o| str_at(o, "/status/nodeInfo/kubeletVersion")),
+            col("Version", "string", 0, |o| {
+                str_at(o, "/status/nodeInfo/kubeletVersion")
+            }),
         ],
         ("", "services") => vec![
             col("Type", "string", 0, |o| str_at(o, "/spec/type")),
@@ -172,7 +194,10 @@ fn columns(resource: &ResourceInfo) -> Vec<Column> {
             col("Port(s)", "string", 0, service_ports),
             col("Age", "string", 0, age),
         ],
-        ("", "configmaps") => vec![col("Data", "integer", 0, data_count), col("Age", "string", 0, age)],
+        ("", "configmaps") => vec![
+            col("Data", "integer", 0, data_count),
+            col("Age", "string", 0, age),
+        ],
         ("", "secrets") => vec![
             col("Type", "string", 0, |o| str_at(o, "/type")),
             col("Data", "integer", 0, data_count),
@@ -181,26 +206,44 @@ fn columns(resource: &ResourceInfo) -> Vec<Column> {
         ("", "persistentvolumeclaims") => vec![
             col("Status", "string", 0, |o| str_at(o, "/status/phase")),
             col("Volume", "string", 0, |o| str_at(o, "/spec/volumeName")),
-            col("Capacity", "string", 0, |o| str_at(o, "/status/capacity/storage")),
-            col("Storageclass", "string", 0, |o| str_at(o, "/spec/storageClassName")),
+            col("Capacity", "string", 0, |o| {
+                str_at(o, "/status/capacity/storage")
+            }),
+            col("Storageclass", "string", 0, |o| {
+                str_at(o, "/spec/storageClassName")
+            }),
             col("Age", "string", 0, age),
         ],
-        ("apps", "statefulsets") => vec![col("Ready", "string", 0, sts_ready), col("Age", "string", 0, age)],
+        ("apps", "statefulsets") => vec![
+            col("Ready", "string", 0, sts_ready),
+            col("Age", "string", 0, age),
+        ],
         ("apps", "deployments") => vec![
             col("Ready", "string", 0, sts_ready),
-            col("Up-to-date", "integer", 0, |o| int_at(o, "/status/updatedReplicas")),
-            col("Available", "integer", 0, |o| int_at(o, "/status/availableReplicas")),
+            col("Up-to-date", "integer", 0, |o| {
+                int_at(o, "/status/updatedReplicas")
+            }),
+            col("Available", "integer", 0, |o| {
+                int_at(o, "/status/availableReplicas")
+            }),
             col("Age", "string", 0, age),
         ],
         ("apps", "replicasets") => vec![
             col("Desired", "integer", 0, |o| int_at(o, "/spec/replicas")),
             col("Current", "integer", 0, |o| int_at(o, "/status/replicas")),
-            col("Ready", "integer", 0, |o| int_at(o, "/status/readyReplicas")),
+            col("Ready", "integer", 0, |o| {
+                int_at(o, "/status/readyReplicas")
+            }),
             col("Age", "string", 0, age),
         ],
-        ("coordination.k8s.io", "leases") => vec![col("Holder", "string", 0, |o| str_at(o, "/spec/holderIdentity")), col("Age", "string", 0, age)],
+        ("coordination.k8s.io", "leases") => vec![
+            col("Holder", "string", 0, |o| str_at(o, "/spec/holderIdentity")),
+            col("Age", "string", 0, age),
+        ],
         ("apiextensions.k8s.io", "customresourcedefinitions") => {
-            vec![col("Created At", "date", 0, |o| str_at(o, "/metadata/creationTimestamp"))]
+            vec![col("Created At", "date", 0, |o| {
+                str_at(o, "/metadata/creationTimestamp")
+            })]
         }
         _ => vec![col("Age", "string", 0, age)],
     };
@@ -233,23 +276,41 @@ fn data_count(o: &Value) -> Value {
 }
 
 fn sts_ready(o: &Value) -> Value {
-    let ready = o.pointer("/status/readyReplicas").and_then(Value::as_i64).unwrap_or(0);
-    let want = o.pointer("/spec/replicas").and_then(Value::as_i64).unwrap_or(0);
+    let ready = o
+        .pointer("/status/readyReplicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
+    let want = o
+        .pointer("/spec/replicas")
+        .and_then(Value::as_i64)
+        .unwrap_or(0);
     json!(format!("{ready}/{want}"))
 }
 
 fn container_statuses(o: &Value) -> Vec<&Value> {
-    o.pointer("/status/containerStatuses").and_then(Value::as_array).map(|a| a.iter().collect()).unwrap_or_default()
+    o.pointer("/status/containerStatuses")
+        .and_then(Value::as_array)
+        .map(|a| a.iter().collect())
+        .unwrap_or_default()
 }
 
 fn pod_ready(o: &Value) -> Value {
-    let total = o.pointer("/spec/containers").and_then(Value::as_array).map_or(0, Vec::len);
-    let ready = container_statuses(o).iter().filter(|c| c["ready"].as_bool() == Some(true)).count();
+    let total = o
+        .pointer("/spec/containers")
+        .and_then(Value::as_array)
+        .map_or(0, Vec::len);
+    let ready = container_statuses(o)
+        .iter()
+        .filter(|c| c["ready"].as_bool() == Some(true))
+        .count();
     json!(format!("{ready}/{total}"))
 }
 
 fn pod_restarts(o: &Value) -> Value {
-    let restarts: i64 = container_statuses(o).iter().filter_map(|c| c["restartCount"].as_i64()).sum();
+    let restarts: i64 = container_statuses(o)
+        .iter()
+        .filter_map(|c| c["restartCount"].as_i64())
+        .sum();
     json!(restarts.to_string())
 }
 
@@ -263,12 +324,19 @@ fn pod_status(o: &Value) -> Value {
         .to_string();
     let mut running = false;
     for c in container_statuses(o).iter().rev() {
-        if let Some(r) = c.pointer("/state/waiting/reason").and_then(Value::as_str).filter(|r| !r.is_empty()) {
+        if let Some(r) = c
+            .pointer("/state/waiting/reason")
+            .and_then(Value::as_str)
+            .filter(|r| !r.is_empty())
+        {
             reason = r.to_string();
         } else if let Some(t) = c.pointer("/state/terminated") {
             reason = match t.get("reason").and_then(Value::as_str) {
                 Some(r) if !r.is_empty() => r.to_string(),
-                _ => format!("ExitCode:{}", t.get("exitCode").and_then(Value::as_i64).unwrap_or(0)),
+                _ => format!(
+                    "ExitCode:{}",
+                    t.get("exitCode").and_then(Value::as_i64).unwrap_or(0)
+                ),
             };
         } else if c.pointer("/state/running").is_some() && c["ready"].as_bool() == Some(true) {
             running = true;
@@ -302,9 +370,17 @@ fn node_status(o: &Value) -> Value {
 
 fn node_roles(o: &Value) -> Value {
     let roles: Vec<&str> = meta::labels(o)
-        .map(|l| l.keys().filter_map(|k| k.strip_prefix("node-role.kubernetes.io/")).collect())
+        .map(|l| {
+            l.keys()
+                .filter_map(|k| k.strip_prefix("node-role.kubernetes.io/"))
+                .collect()
+        })
         .unwrap_or_default();
-    json!(if roles.is_empty() { "<none>".to_string() } else { roles.join(",") })
+    json!(if roles.is_empty() {
+        "<none>".to_string()
+    } else {
+        roles.join(",")
+    })
 }
 
 fn service_ports(o: &Value) -> Value {
@@ -315,18 +391,34 @@ fn service_ports(o: &Value) -> Value {
         .flatten()
         .map(|p| format!("{}/{}", p["port"], p["protocol"].as_str().unwrap_or("TCP")))
         .collect();
-    json!(if ports.is_empty() { "<none>".to_string() } else { ports.join(",") })
+    json!(if ports.is_empty() {
+        "<none>".to_string()
+    } else {
+        ports.join(",")
+    })
 }
 
 fn event_last_seen(o: &Value) -> Value {
-    let ts = ["/lastTimestamp", "/series/lastObservedTime", "/eventTime", "/metadata/creationTimestamp"]
-        .iter()
-        .find_map(|p| o.pointer(p).and_then(Value::as_str));
+    let ts = [
+        "/lastTimestamp",
+        "/series/lastObservedTime",
+        "/eventTime",
+        "/metadata/creationTimestamp",
+    ]
+    .iter()
+    .find_map(|p| o.pointer(p).and_then(Value::as_str));
     json!(meta::age(ts))
 }
 
 fn event_object(o: &Value) -> Value {
-    let kind = o.pointer("/involvedObject/kind").and_then(Value::as_str).unwrap_or_default().to_lowercase();
-    let name = o.pointer("/involvedObject/name").and_then(Value::as_str).unwrap_or_default();
+    let kind = o
+        .pointer("/involvedObject/kind")
+        .and_then(Value::as_str)
+        .unwrap_or_default()
+        .to_lowercase();
+    let name = o
+        .pointer("/involvedObject/name")
+        .and_then(Value::as_str)
+        .unwrap_or_default();
     json!(format!("{kind}/{name}"))
 }

@@ -70,7 +70,9 @@ pub(crate) struct WatchSpec {
 
 impl WatchSpec {
     fn visible(&self, obj: &Value) -> bool {
-        self.namespace.as_deref().is_none_or(|ns| meta::namespace(obj) == ns)
+        self.namespace
+            .as_deref()
+            .is_none_or(|ns| meta::namespace(obj) == ns)
             && self.labels.matches(obj)
             && self.fields.matches(obj)
     }
@@ -79,14 +81,19 @@ impl WatchSpec {
         match self.output {
             Output::Object => self.resource.present(obj),
             Output::Metadata => table::partial_metadata(&self.resource.present(obj)),
-            Output::Table(include) => table::table(&self.resource, std::slice::from_ref(obj), include, rv),
+            Output::Table(include) => {
+                table::table(&self.resource, std::slice::from_ref(obj), include, rv)
+            }
         }
     }
 
     fn bookmark(&self, rv: u64, initial_end: bool) -> Value {
         let (kind, api_version) = match self.output {
             Output::Object => (self.resource.kind.clone(), self.resource.api_version()),
-            Output::Metadata => ("PartialObjectMetadata".to_string(), "meta.k8s.io/v1".to_string()),
+            Output::Metadata => (
+                "PartialObjectMetadata".to_string(),
+                "meta.k8s.io/v1".to_string(),
+            ),
             Output::Table(_) => ("Table".to_string(), "meta.k8s.io/v1".to_string()),
         };
         let mut metadata = json!({"resourceVersion": rv.to_string()});
@@ -132,9 +139,10 @@ pub(crate) fn serve(store: Arc<Store>, cancel: CancellationToken, spec: WatchSpe
         tracing::debug!(%resource, "watch ended");
     });
     let mut response = Response::new(Body::from_stream(ReceiverStream::new(rx)));
-    response
-        .headers_mut()
-        .insert(http::header::CONTENT_TYPE, http::HeaderValue::from_static("application/json"));
+    response.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
     response
 }
 
@@ -150,20 +158,26 @@ async fn run(store: Arc<Store>, cancel: CancellationToken, spec: WatchSpec, tx: 
         Start::After(rv) => rv,
         Start::Current | Start::InitialEvents => {
             let (objects, rv) = store.read(|s| {
-                (s.list(&spec.resource.storage, spec.namespace.as_deref()), s.rv())
+                (
+                    s.list(&spec.resource.storage, spec.namespace.as_deref()),
+                    s.rv(),
+                )
             });
             for obj in objects.iter().filter(|o| spec.visible(o)) {
                 if !send(&tx, line("ADDED", spec.render(obj, rv))).await {
                     return;
                 }
             }
-            if spec.start == Start::InitialEvents && !send(&tx, line("BOOKMARK", spec.bookmark(rv, true))).await {
+            if spec.start == Start::InitialEvents
+                && !send(&tx, line("BOOKMARK", spec.bookmark(rv, true))).await
+            {
                 return;
             }
             rv
         }
     };
-    let mut bookmarks = tokio::time::interval_at(Instant::now() + BOOKMARK_INTERVAL, BOOKMARK_INTERVAL);
+    let mut bookmarks =
+        tokio::time::interval_at(Instant::now() + BOOKMARK_INTERVAL, BOOKMARK_INTERVAL);
     bookmarks.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         notify.borrow_and_update();

@@ -1,8 +1,9 @@
 //! Create, update (PUT) and patch, with the metadata rules every resource shares: names and
 //! `generateName`, uid, creationTimestamp, `generation` (1 at create, bumped when anything
 //! outside metadata and status changes), optimistic concurrency on `resourceVersion`, the
-//! status subresource split, no-op writes that change nothing (no new resourceVersion), and
-//! removal of a deleting object once its last finalizer is gone.
+//! status subresource split, attribution of each write in managedFields, no-op writes that
+//! change nothing (no new resourceVersion), and removal of a deleting object once its last
+//! finalizer is gone.
 //!
 //! It must not answer HTTP: handlers call it under the store lock and shape the response.
 
@@ -13,9 +14,11 @@ use rand::Rng;
 use serde_json::{json, Value};
 
 use super::admission;
-use super::apply::{self, Scope};
+use super::apply;
 use super::crd_validation::FieldValidation;
 use super::error::{ApiError, ApiResult, Cause};
+use super::fieldsets::Scope;
+use super::managed::{self, Writer};
 use super::meta;
 use super::patch::{self, ListCtx, PatchType};
 use super::registry::{ResourceInfo, StorageKey};
@@ -26,7 +29,12 @@ use super::store::State;
 pub(crate) struct WriteOptions {
     pub dry_run: bool,
     pub validation: FieldValidation,
+    /// The `fieldManager` parameter, required for apply.
     pub field_manager: Option<String>,
+    /// Who the write is attributed to: `fieldManager`, else the client's user-agent name.
+    pub manager: String,
+    /// The `force` parameter of apply.
+    pub force: bool,
 }
 
 /// Which part of an object a write addresses.
@@ -66,14 +74,20 @@ fn check_namespace(state: &State, resource: &ResourceInfo, ns: &str, name: &str)
 /// A sent object must be an object whose type meta, when present, names the resource.
 fn check_sent(resource: &ResourceInfo, sent: &Value) -> ApiResult<()> {
     if !sent.is_object() {
-        return Err(ApiError::bad_request("the body of the request must be a JSON object"));
+        return Err(ApiError::bad_request(
+            "the body of the request must be a JSON object",
+        ));
     }
     check_type_meta(resource, sent)
 }
 
 /// Checks `apiVersion` and `kind` of a sent object against the resource, when present.
 fn check_type_meta(resource: &ResourceInfo, sent: &Value) -> ApiResult<()> {
-    if let Some(kind) = sent.get("kind").and_then(Value::as_str).filter(|k| !k.is_empty()) {
+    if let Some(kind) = sent
+        .get("kind")
+        .and_then(Value::as_str)
+        .filter(|k| !k.is_empty())
+    {
         if kind != resource.kind {
             return Err(ApiError::bad_request(format!(
                 "the kind in the data ({kind}) does not match the expected kind ({})",
@@ -81,7 +95,11 @@ fn check_type_meta(resource: &ResourceInfo, sent: &Value) -> ApiResult<()> {
             )));
         }
     }
-    if let Some(av) = sent.get("apiVersion").and_then(Value::as_str).filter(|a| !a.is_empty()) {
+    if let Some(av) = sent
+        .get("apiVersion")
+        .and_then(Value::as_str)
+        .filter(|a| !a.is_empty())
+    {
         if av != resource.api_version() {
             return Err(ApiError::bad_request(format!(
                 "the API version in the data ({av}) does not match the expected API version ({})",
@@ -97,7 +115,10 @@ fn place(resource: &ResourceInfo, obj: &mut Value, namespace: Option<&str>) -> A
     let meta_map = meta::metadata_mut(obj);
     if resource.namespaced {
         let ns = namespace.unwrap_or_default();
-        let sent = meta_map.get("namespace").and_then(Value::as_str).unwrap_or_default();
+        let sent = meta_map
+            .get("namespace")
+            .and_then(Value::as_str)
+            .unwrap_or_default();
         if !sent.is_empty() && sent != ns {
             return Err(ApiError::bad_request(
                 "the namespace of the provided object does not match the namespace sent on the request",
@@ -118,6 +139,23 @@ fn random_suffix() -> String {
         .collect()
 }
 
+/// The list semantics of a resource's objects.
+fn list_ctx(resource: &ResourceInfo) -> ListCtx<'_> {
+    match &resource.custom {
+        Some(c) => ListCtx::Schema(c.schema.as_ref()),
+        None => ListCtx::Builtin,
+    }
+}
+
+/// The part of an object a write through `part` may own.
+fn scope(resource: &ResourceInfo, part: Part) -> Scope {
+    match (part, resource.subresources.status) {
+        (Part::Status, _) => Scope::StatusOnly,
+        (Part::Main, true) => Scope::NoStatus,
+        (Part::Main, false) => Scope::Whole,
+    }
+}
+
 /// Creates an object (POST).
 pub(crate) fn create(
     state: &mut State,
@@ -126,17 +164,36 @@ pub(crate) fn create(
     sent: Value,
     opts: &WriteOptions,
 ) -> ApiResult<Written> {
+    create_attributed(state, resource, namespace, sent, opts, true)
+}
+
+/// Creates an object; `attribute` records the creator as an Update manager (an apply that
+/// creates has recorded itself already).
+fn create_attributed(
+    state: &mut State,
+    resource: &ResourceInfo,
+    namespace: Option<&str>,
+    sent: Value,
+    opts: &WriteOptions,
+    attribute: bool,
+) -> ApiResult<Written> {
     check_sent(resource, &sent)?;
     let mut obj = resource.to_storage(sent);
     place(resource, &mut obj, namespace)?;
     let mut name = meta::name(&obj).to_string();
     if name.is_empty() {
-        let generate = meta::meta_str(&obj, "generateName").unwrap_or_default().to_string();
+        let generate = meta::meta_str(&obj, "generateName")
+            .unwrap_or_default()
+            .to_string();
         if generate.is_empty() {
-            return Err(ApiError::invalid(resource, "", vec![Cause::required(
-                "metadata.name",
-                "name or generateName is required",
-            )]));
+            return Err(ApiError::invalid(
+                resource,
+                "",
+                vec![Cause::required(
+                    "metadata.name",
+                    "name or generateName is required",
+                )],
+            ));
         }
         let ns = meta::namespace(&obj).to_string();
         name = loop {
@@ -150,17 +207,34 @@ pub(crate) fn create(
     if resource.namespaced {
         check_namespace(state, resource, meta::namespace(&obj), &name)?;
     }
-    if state.get(&resource.storage, meta::namespace(&obj), &name).is_some() {
+    if state
+        .get(&resource.storage, meta::namespace(&obj), &name)
+        .is_some()
+    {
         return Err(ApiError::already_exists(resource, &name));
     }
     let m = meta::metadata_mut(&mut obj);
-    for system in ["resourceVersion", "deletionTimestamp", "deletionGracePeriodSeconds", "selfLink"] {
+    for system in [
+        "resourceVersion",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "selfLink",
+    ] {
         m.remove(system);
     }
     m.insert("uid".into(), json!(meta::new_uid()));
     m.insert("creationTimestamp".into(), json!(meta::now()));
     m.insert("generation".into(), json!(1));
     let warnings = admission::admit_create(state, resource, &mut obj, opts.validation)?;
+    if attribute {
+        let api_version = resource.api_version();
+        let writer = Writer {
+            manager: &opts.manager,
+            api_version: &api_version,
+            scope: scope(resource, Part::Main),
+        };
+        managed::record_update(None, &mut obj, &writer, list_ctx(resource));
+    }
     let object = if opts.dry_run {
         Arc::new(obj)
     } else {
@@ -197,16 +271,20 @@ pub(crate) fn update(
         )));
     }
     if resource.custom.is_some() && meta::resource_version(&sent).is_none() {
-        return Err(ApiError::invalid(resource, name, vec![Cause::invalid(
-            "metadata.resourceVersion",
-            "0x0",
-            "must be specified for an update",
-        )]));
+        return Err(ApiError::invalid(
+            resource,
+            name,
+            vec![Cause::invalid(
+                "metadata.resourceVersion",
+                "0x0",
+                "must be specified for an update",
+            )],
+        ));
     }
     let mut obj = resource.to_storage(sent);
     place(resource, &mut obj, namespace)?;
     meta::metadata_mut(&mut obj).insert("name".into(), json!(name));
-    commit_update(state, resource, &old, obj, part, opts)
+    commit_update(state, resource, &old, obj, part, opts, true)
 }
 
 /// Patches an object or its status (PATCH); server-side apply creates a missing object.
@@ -222,10 +300,7 @@ pub(crate) fn patch(
     opts: &WriteOptions,
 ) -> ApiResult<Written> {
     let ns = namespace.unwrap_or_default();
-    let ctx = match &resource.custom {
-        Some(c) => ListCtx::Schema(c.schema.as_ref()),
-        None => ListCtx::Builtin,
-    };
+    let ctx = list_ctx(resource);
     let old = state.get(&resource.storage, ns, name);
     if patch_type == PatchType::Apply {
         return apply_patch(state, resource, namespace, name, part, old, body, ctx, opts);
@@ -242,9 +317,11 @@ pub(crate) fn patch(
     let mut obj = resource.to_storage(doc);
     place(resource, &mut obj, namespace)?;
     if meta::name(&obj) != name {
-        return Err(ApiError::bad_request("the patch must not change metadata.name"));
+        return Err(ApiError::bad_request(
+            "the patch must not change metadata.name",
+        ));
     }
-    commit_update(state, resource, &old, obj, part, opts)
+    commit_update(state, resource, &old, obj, part, opts, true)
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -260,18 +337,30 @@ fn apply_patch(
     opts: &WriteOptions,
 ) -> ApiResult<Written> {
     let Some(manager) = opts.field_manager.clone().filter(|m| !m.is_empty()) else {
-        return Err(ApiError::invalid(resource, name, vec![Cause::required(
-            "fieldManager",
-            "is required for apply patch",
-        )]));
+        return Err(ApiError::invalid(
+            resource,
+            name,
+            vec![Cause::required(
+                "fieldManager",
+                "is required for apply patch",
+            )],
+        ));
     };
     let applied = apply::parse_body(body)?;
     if !applied.is_object() {
-        return Err(ApiError::bad_request("an applied configuration must be an object"));
+        return Err(ApiError::bad_request(
+            "an applied configuration must be an object",
+        ));
     }
     for field in ["apiVersion", "kind"] {
-        if applied.get(field).and_then(Value::as_str).is_none_or(str::is_empty) {
-            return Err(ApiError::bad_request(format!("{field} must be set in an applied configuration")));
+        if applied
+            .get(field)
+            .and_then(Value::as_str)
+            .is_none_or(str::is_empty)
+        {
+            return Err(ApiError::bad_request(format!(
+                "{field} must be set in an applied configuration"
+            )));
         }
     }
     check_type_meta(resource, &applied)?;
@@ -284,28 +373,37 @@ fn apply_patch(
             "the name of the object ({applied_name}) does not match the name on the URL ({name})"
         )));
     }
-    let scope = match (part, resource.subresources.status) {
-        (Part::Status, _) => Scope::StatusOnly,
-        (Part::Main, true) => Scope::NoStatus,
-        (Part::Main, false) => Scope::Whole,
+    let api_version = resource.api_version();
+    let writer = Writer {
+        manager: &manager,
+        api_version: &api_version,
+        scope: scope(resource, part),
     };
     let applied = resource.to_storage(applied);
     match old {
         None if part == Part::Status => Err(ApiError::not_found(resource, name)),
         None => {
-            let obj = apply::merge_applied(None, &applied, &manager, scope, ctx);
-            create(state, resource, namespace, resource.present(&obj), opts)
+            let obj = apply::merge_applied(None, &applied, &writer, opts.force, ctx)?;
+            create_attributed(
+                state,
+                resource,
+                namespace,
+                resource.present(&obj),
+                opts,
+                false,
+            )
         }
         Some(old) => {
-            let mut obj = apply::merge_applied(Some(&old), &applied, &manager, scope, ctx);
+            let mut obj = apply::merge_applied(Some(&old), &applied, &writer, opts.force, ctx)?;
             place(resource, &mut obj, namespace)?;
-            commit_update(state, resource, &old, obj, part, opts)
+            commit_update(state, resource, &old, obj, part, opts, false)
         }
     }
 }
 
 /// The shared tail of PUT and PATCH: concurrency check, status split, system metadata,
-/// admission, generation, and the write itself (or nothing, when nothing changed).
+/// admission, generation, field ownership (`attribute`: as an Update; an apply recorded
+/// itself), and the write itself (or nothing, when nothing changed).
 fn commit_update(
     state: &mut State,
     resource: &ResourceInfo,
@@ -313,6 +411,7 @@ fn commit_update(
     sent: Value,
     part: Part,
     opts: &WriteOptions,
+    attribute: bool,
 ) -> ApiResult<Written> {
     let name = meta::name(old).to_string();
     if let Some(rv) = meta::resource_version(&sent) {
@@ -341,22 +440,52 @@ fn commit_update(
     if meta::is_deleting(old) {
         let before = meta::finalizers(old);
         if meta::finalizers(&obj).iter().any(|f| !before.contains(f)) {
-            return Err(ApiError::invalid(resource, &name, vec![Cause {
-                reason: "FieldValueForbidden",
-                message: "Forbidden: no new finalizers can be added if the object is being deleted".into(),
-                field: "metadata.finalizers".into(),
-            }]));
+            return Err(ApiError::invalid(
+                resource,
+                &name,
+                vec![Cause {
+                    reason: "FieldValueForbidden",
+                    message:
+                        "Forbidden: no new finalizers can be added if the object is being deleted"
+                            .into(),
+                    field: "metadata.finalizers".into(),
+                }],
+            ));
         }
     }
     let warnings = admission::admit_update(state, resource, &mut obj, old, opts.validation)?;
-    let generation = old.pointer("/metadata/generation").and_then(Value::as_i64).unwrap_or(1);
-    let bumped = if meta::spec_part(&obj) != meta::spec_part(old) { generation + 1 } else { generation };
+    let generation = old
+        .pointer("/metadata/generation")
+        .and_then(Value::as_i64)
+        .unwrap_or(1);
+    let bumped = if meta::spec_part(&obj) != meta::spec_part(old) {
+        generation + 1
+    } else {
+        generation
+    };
     meta::metadata_mut(&mut obj).insert("generation".into(), json!(bumped));
+    if attribute {
+        let api_version = resource.api_version();
+        let writer = Writer {
+            manager: &opts.manager,
+            api_version: &api_version,
+            scope: scope(resource, part),
+        };
+        managed::record_update(Some(old), &mut obj, &writer, list_ctx(resource));
+    }
     if opts.dry_run {
-        return Ok(Written { object: Arc::new(obj), code: StatusCode::OK, warnings });
+        return Ok(Written {
+            object: Arc::new(obj),
+            code: StatusCode::OK,
+            warnings,
+        });
     }
     let object = store_update(state, resource, old, obj);
-    Ok(Written { object, code: StatusCode::OK, warnings })
+    Ok(Written {
+        object,
+        code: StatusCode::OK,
+        warnings,
+    })
 }
 
 /// `to[field] = from[field]`, or removed when `from` has none.
@@ -378,7 +507,14 @@ fn copy_field(from: &Value, to: &mut Value, field: &str) {
 fn keep_system_metadata(old: &Value, obj: &mut Value) {
     let old_meta = old.get("metadata").cloned().unwrap_or_default();
     let m = meta::metadata_mut(obj);
-    for field in ["uid", "creationTimestamp", "deletionTimestamp", "deletionGracePeriodSeconds", "namespace", "resourceVersion"] {
+    for field in [
+        "uid",
+        "creationTimestamp",
+        "deletionTimestamp",
+        "deletionGracePeriodSeconds",
+        "namespace",
+        "resourceVersion",
+    ] {
         match old_meta.get(field) {
             Some(v) => {
                 m.insert(field.into(), v.clone());
@@ -407,12 +543,21 @@ pub(crate) fn may_remove(obj: &Value) -> bool {
     meta::is_deleting(obj)
         && meta::finalizers(obj).is_empty()
         && !spec_finalizers
-        && obj.pointer("/metadata/deletionGracePeriodSeconds").and_then(Value::as_i64).unwrap_or(0) == 0
+        && obj
+            .pointer("/metadata/deletionGracePeriodSeconds")
+            .and_then(Value::as_i64)
+            .unwrap_or(0)
+            == 0
 }
 
 /// Stores `new` in place of `old`; nothing when they are equal (apart from the
 /// resourceVersion); removes the object when it is deleting and nothing holds it any more.
-pub(crate) fn store_update(state: &mut State, resource: &ResourceInfo, old: &Value, mut new: Value) -> Arc<Value> {
+pub(crate) fn store_update(
+    state: &mut State,
+    resource: &ResourceInfo,
+    old: &Value,
+    mut new: Value,
+) -> Arc<Value> {
     if let Some(rv) = meta::resource_version(old) {
         meta::metadata_mut(&mut new).insert("resourceVersion".into(), json!(rv));
     }
@@ -431,7 +576,12 @@ pub(crate) fn store_update(state: &mut State, resource: &ResourceInfo, old: &Val
 }
 
 /// Removes an object from the store, with the side effects of its kind.
-pub(crate) fn remove(state: &mut State, resource: &ResourceInfo, namespace: &str, name: &str) -> Option<Arc<Value>> {
+pub(crate) fn remove(
+    state: &mut State,
+    resource: &ResourceInfo,
+    namespace: &str,
+    name: &str,
+) -> Option<Arc<Value>> {
     let removed = state.remove(&resource.storage, namespace, name)?;
     if resource.is("apiextensions.k8s.io", "customresourcedefinitions") {
         let served = state
@@ -451,7 +601,10 @@ pub(crate) fn remove(state: &mut State, resource: &ResourceInfo, namespace: &str
 fn after_put(state: &mut State, resource: &ResourceInfo, stored: &Value) {
     if resource.is("apiextensions.k8s.io", "customresourcedefinitions") {
         state.registry.register_crd(stored);
-        tracing::info!(crd = meta::name(stored), "custom resource definition served");
+        tracing::info!(
+            crd = meta::name(stored),
+            "custom resource definition served"
+        );
     }
 }
 
@@ -464,6 +617,8 @@ pub(crate) fn bootstrap(state: &mut State) {
         dry_run: false,
         validation: FieldValidation::Strict,
         field_manager: None,
+        manager: "kube-apiserver".into(),
+        force: false,
     };
     for name in ["default", "kube-system", "kube-public", "kube-node-lease"] {
         let ns = json!({"apiVersion": "v1", "kind": "Namespace", "metadata": {"name": name}});
