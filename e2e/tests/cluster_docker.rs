@@ -686,6 +686,51 @@ async fn given_statefulset_of_brokers_when_run_on_local_cluster_should_behave_li
     )
     .await?;
 
+    // A pod force-deleted while its node is down comes back elsewhere; once the node is
+    // back, its kubelet removes the old pod's containers.
+    let old = f.pod("brokers-1").await?;
+    let old_uid = old.uid().context("uid")?;
+    let node1 = old
+        .spec
+        .and_then(|s| s.node_name)
+        .context("brokers-1 bound")?;
+    f.cluster().fail_node(&node1).await?;
+    let force = DeleteParams {
+        grace_period_seconds: Some(0),
+        ..DeleteParams::default()
+    };
+    f.api::<Pod>().delete("brokers-1", &force).await?;
+    eventually(
+        "brokers-1 recreated on a live node",
+        POD_READY_TIMEOUT,
+        || async {
+            let pod = f.pod("brokers-1").await?;
+            let node = pod.spec.as_ref().and_then(|s| s.node_name.clone());
+            if pod.uid() != Some(old_uid.clone())
+                && running_and_ready(&pod)
+                && node != Some(node1.clone())
+            {
+                Ok(())
+            } else {
+                bail!("brokers-1 on {node:?} ready {:?}", condition(&pod, "Ready"))
+            }
+        },
+    )
+    .await?;
+    f.cluster().restore_node(&node1).await?;
+    let old_label = format!("label={}={old_uid}", cluster::names::DOCKER_LABEL_POD_UID);
+    eventually(
+        "the force-deleted pod's containers removed",
+        STATUS_TIMEOUT,
+        || async {
+            match docker_cli(&["ps", "-aq", "--filter", &old_label])?.as_str() {
+                "" => Ok(()),
+                left => bail!("containers left: {left}"),
+            }
+        },
+    )
+    .await?;
+
     let prefix = f.shutdown().await?;
     let label = format!("label={}={prefix}", cluster::names::DOCKER_LABEL_CLUSTER);
     assert_eq!(

@@ -3,7 +3,7 @@
 
 use std::fmt::Debug;
 
-use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
+use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
 use kube::Resource;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -21,14 +21,22 @@ where
     }
 }
 
-/// Deletes `name` gracefully; one already gone is fine.
-pub async fn delete<K>(api: &Api<K>, name: &str) -> Result<(), kube::Error>
+/// Deletes `name` gracefully, only while it is the object with `uid` (a successor of the
+/// same name is left alone); one already gone or replaced is fine.
+pub async fn delete<K>(api: &Api<K>, name: &str, uid: &str) -> Result<(), kube::Error>
 where
     K: Resource + Clone + Debug + DeserializeOwned,
 {
-    match api.delete(name, &DeleteParams::default()).await {
+    let params = DeleteParams {
+        preconditions: Some(Preconditions {
+            uid: Some(uid.to_string()),
+            resource_version: None,
+        }),
+        ..DeleteParams::default()
+    };
+    match api.delete(name, &params).await {
         Ok(_) => Ok(()),
-        Err(kube::Error::Api(e)) if e.code == 404 => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
         Err(e) => Err(e),
     }
 }

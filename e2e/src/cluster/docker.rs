@@ -3,7 +3,6 @@
 //! network, hands out pod IPs inside it, and runs, inspects, stops and removes containers.
 //! Everything it creates carries the cluster's label; it never touches anything else.
 
-use super::error_chain;
 use std::collections::{BTreeMap, HashMap};
 use std::net::Ipv4Addr;
 use std::time::Duration;
@@ -19,6 +18,7 @@ use bollard::Docker;
 use futures::{Stream, StreamExt};
 use tracing::{debug, info};
 
+use super::error_chain;
 use super::names;
 
 #[derive(Debug, thiserror::Error)]
@@ -432,6 +432,18 @@ pub async fn list_labelled(
     docker: &Docker,
     labels: &[(&str, &str)],
 ) -> Result<Vec<String>, DockerError> {
+    Ok(list_labelled_with_labels(docker, labels)
+        .await?
+        .into_iter()
+        .map(|(name, _)| name)
+        .collect())
+}
+
+/// All containers (running or not) carrying every label of `labels`: name and labels.
+pub async fn list_labelled_with_labels(
+    docker: &Docker,
+    labels: &[(&str, &str)],
+) -> Result<Vec<(String, HashMap<String, String>)>, DockerError> {
     let filters = HashMap::from([(
         "label",
         labels
@@ -450,9 +462,8 @@ pub async fn list_labelled(
     Ok(list
         .into_iter()
         .filter_map(|c| {
-            c.names?
-                .first()
-                .map(|n| n.trim_start_matches('/').to_string())
+            let name = c.names?.first()?.trim_start_matches('/').to_string();
+            Some((name, c.labels.unwrap_or_default()))
         })
         .collect())
 }

@@ -5,6 +5,20 @@
 //! against any API server; Docker is the only other thing they touch, and only what they
 //! created (labelled with the run's `name_prefix`).
 //!
+//! What a pod gets: a sandbox container holding its network namespace on the cluster's
+//! bridge network, with a fixed IP for its lifetime and DNS names
+//! `{hostname}.{subdomain}.{namespace}.svc[.cluster.local]` and
+//! `{ip-dashed}.{namespace}.pod[.cluster.local]` (search path and `ndots:5` as in a real
+//! pod); one container per spec container joining it; volumes as host directories under
+//! `state_dir`; the kubeconfig at `/var/run/duomq-e2e/kubeconfig`.
+//!
+//! Not there (by design, for now): Service names do not resolve inside containers and
+//! Services have no virtual IP (reach them through `service_address` from the host);
+//! no PersistentVolume objects, no ControllerRevisions (a pod recreated below a
+//! StatefulSet's partition gets the current template), no Events, no `kubectl logs/exec`
+//! through the API, no `hostNetwork`; HTTPS probes only check that the port accepts
+//! connections.
+//!
 //! ```no_run
 //! # async fn demo(client: kube::Client) -> Result<(), duomq_e2e::cluster::ClusterError> {
 //! use duomq_e2e::cluster::{self, ClusterOptions};

@@ -3,7 +3,6 @@
 //! controller does (Ready Unknown, unreachable taints, the node's pods marked not ready).
 //! Talks only to the API; the kubelet stops and restarts the containers.
 
-use super::error_chain;
 use std::collections::BTreeMap;
 use std::net::Ipv4Addr;
 use std::sync::Arc;
@@ -23,6 +22,7 @@ use std::collections::BTreeSet;
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
+use super::error_chain;
 use super::watch::Informer;
 use super::{api, names};
 

@@ -2,7 +2,6 @@
 //! once to a host directory (the kubelet creates it under the state dir), with the
 //! requested capacity. No PersistentVolume objects.
 
-use super::error_chain;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -14,8 +13,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::api;
-use super::watch::Informer;
-use super::RESYNC_PERIOD;
+use super::error_chain;
+use super::watch::{next_round, Informer};
 
 /// The status of a bound claim: phase Bound, its access modes, capacity = request.
 pub fn bound_status(claim: &PersistentVolumeClaim) -> PersistentVolumeClaimStatus {
@@ -40,6 +39,7 @@ pub async fn run(
 ) {
     let wake = Arc::new(Notify::new());
     claims.notify_on(wake.clone());
+    claims.ready().await;
     loop {
         for claim in claims.state() {
             let bound = claim.status.as_ref().and_then(|s| s.phase.as_deref()) == Some("Bound");
@@ -55,10 +55,8 @@ pub async fn run(
                 }
             }
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(RESYNC_PERIOD) => {}
+        if !next_round(&wake, &cancel).await {
+            return;
         }
     }
 }

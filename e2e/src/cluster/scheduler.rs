@@ -3,7 +3,6 @@
 //! pods and nodes and binds through the API (binding subresource, or a patch of
 //! `spec.nodeName` on servers without it). It never touches Docker.
 
-use super::error_chain;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
@@ -16,12 +15,12 @@ use tokio::sync::Notify;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::error_chain;
 use super::names;
 use super::selector::{
     label_selector_matches, map_selector_matches, node_selector_term_matches, Labels,
 };
-use super::watch::Informer;
-use super::RESYNC_PERIOD;
+use super::watch::{next_round, Informer};
 
 /// Why no node fits a pod, worded as the real scheduler's `PodScheduled` message.
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
@@ -296,6 +295,8 @@ pub async fn run(
     let wake = Arc::new(Notify::new());
     pods.notify_on(wake.clone());
     nodes.notify_on(wake.clone());
+    pods.ready().await;
+    nodes.ready().await;
     // Pods bound here but not yet seen bound in the watch: counted for spreading.
     let mut pending_binds: BTreeMap<String, (String, Pod)> = BTreeMap::new();
     loop {
@@ -347,10 +348,8 @@ pub async fn run(
                 }
             }
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(RESYNC_PERIOD) => {}
+        if !next_round(&wake, &cancel).await {
+            return;
         }
     }
 }

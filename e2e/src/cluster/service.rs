@@ -4,7 +4,6 @@
 //! failover reaches the new live. The proxy address is recorded on the Service as the
 //! annotation `e2e.duomq.io/proxy-<port name>`; Endpoints objects are written too.
 
-use super::error_chain;
 use std::collections::{BTreeMap, HashMap};
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicUsize, Ordering};
@@ -27,11 +26,11 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
+use super::error_chain;
 use super::names;
 use super::pods::{is_ready, is_terminating};
 use super::selector::map_selector_matches;
-use super::watch::Informer;
-use super::RESYNC_PERIOD;
+use super::watch::{next_round, Informer};
 
 /// How long the proxy tries one endpoint before the next.
 const ENDPOINT_CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
@@ -153,6 +152,8 @@ impl ServiceProxies {
         let wake = Arc::new(Notify::new());
         services.notify_on(wake.clone());
         pods.notify_on(wake.clone());
+        services.ready().await;
+        pods.ready().await;
         loop {
             let all = services.state();
             let keys: Vec<(String, String)> = all
@@ -165,10 +166,8 @@ impl ServiceProxies {
                     warn!(service = %svc.name_any(), error = %error_chain(&error), "failed to sync service proxy");
                 }
             }
-            tokio::select! {
-                _ = cancel.cancelled() => break,
-                _ = wake.notified() => {}
-                _ = tokio::time::sleep(RESYNC_PERIOD) => {}
+            if !next_round(&wake, &cancel).await {
+                break;
             }
         }
         self.proxies.lock().clear();

@@ -18,6 +18,8 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 use tracing::warn;
 
+use super::RESYNC_PERIOD;
+
 /// A cluster-wide cache of one kind, kept current by a watch.
 pub struct Informer<K>
 where
@@ -95,6 +97,16 @@ where
     pub async fn ready(&self) {
         // Only fails when the writer is gone, i.e. on shutdown; nothing to wait for then.
         let _ = self.store.wait_until_ready().await;
+    }
+}
+
+/// Waits for the next round of a level-triggered loop: a watch wake-up or the resync
+/// period. False once `cancel` fired: the loop should end.
+pub async fn next_round(wake: &Notify, cancel: &CancellationToken) -> bool {
+    tokio::select! {
+        _ = cancel.cancelled() => false,
+        _ = wake.notified() => true,
+        _ = tokio::time::sleep(RESYNC_PERIOD) => true,
     }
 }
 

@@ -17,7 +17,7 @@ use crate::cluster::pods::{
 #[derive(Debug, Clone, PartialEq)]
 pub enum DeployAction {
     CreatePod(Box<Pod>),
-    DeletePod { name: String },
+    DeletePod { name: String, uid: String },
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -40,7 +40,10 @@ pub fn plan_deployment(
     let uid = dep.uid().unwrap_or_default();
     let owned: Vec<&Pod> = pods.iter().filter(|p| is_controlled_by(p, &uid)).collect();
     let mut actions = Vec::new();
-    let delete = |p: &Pod| DeployAction::DeletePod { name: p.name_any() };
+    let delete = |p: &Pod| DeployAction::DeletePod {
+        name: p.name_any(),
+        uid: p.uid().unwrap_or_default(),
+    };
 
     for pod in owned
         .iter()
@@ -350,7 +353,7 @@ mod tests {
             .iter()
             .map(|a| match a {
                 DeployAction::CreatePod(_) => "create".to_string(),
-                DeployAction::DeletePod { name } => {
+                DeployAction::DeletePod { name, .. } => {
                     format!("delete:{}", name.rsplit('-').nth(1).unwrap_or_default())
                 }
             })

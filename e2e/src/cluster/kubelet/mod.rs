@@ -18,7 +18,6 @@ pub use probe::{resolve_target, ProbeTarget, ProbeTargetError};
 pub use status::{pod_status, ContainerView, PodView};
 pub use volumes::{claim_dir, plan_volume, VolumeError, VolumeFile, VolumePlan};
 
-use crate::cluster::error_chain;
 use std::collections::{BTreeSet, HashMap};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -38,6 +37,7 @@ use super::docker::{self, IpAllocator, NetworkInfo};
 use super::names;
 use super::watch::Informer;
 use super::RESYNC_PERIOD;
+use crate::cluster::error_chain;
 
 /// How long to wait before re-subscribing to Docker events after the stream broke.
 const EVENTS_RETRY: Duration = Duration::from_secs(1);
@@ -134,8 +134,13 @@ impl Kubelet {
         let cancel = self.cancel.clone();
         self.informers.pods.ready().await;
         let events = tokio::spawn(self.clone().listen_to_docker(cancel.clone()));
+        let mut last_gc = tokio::time::Instant::now();
         loop {
             self.dispatch();
+            if last_gc.elapsed() >= RESYNC_PERIOD {
+                last_gc = tokio::time::Instant::now();
+                self.remove_orphans().await;
+            }
             tokio::select! {
                 _ = cancel.cancelled() => break,
                 _ = self.wake.notified() => {}
@@ -217,6 +222,46 @@ impl Kubelet {
         }
     }
 
+    /// Container garbage collection: removes the containers (and frees the IP) of pods that
+    /// are gone from the API without a worker to clean up after them, e.g. pods force
+    /// deleted while their node was down. Containers of failed nodes stay until the node
+    /// is back.
+    async fn remove_orphans(&self) {
+        let labels = [(names::DOCKER_LABEL_CLUSTER, self.config.cluster.as_str())];
+        let containers = match docker::list_labelled_with_labels(&self.docker, &labels).await {
+            Ok(c) => c,
+            Err(error) => {
+                warn!(error = %error_chain(&error), "failed to list containers for garbage collection");
+                return;
+            }
+        };
+        let live_uids: BTreeSet<String> = self
+            .informers
+            .pods
+            .state()
+            .iter()
+            .filter_map(|p| p.uid())
+            .collect();
+        for (name, labels) in containers {
+            let (Some(uid), Some(node)) = (
+                labels.get(names::DOCKER_LABEL_POD_UID),
+                labels.get(names::DOCKER_LABEL_NODE),
+            ) else {
+                continue;
+            };
+            let orphan = !live_uids.contains(uid)
+                && self.node_is_mine(node)
+                && !self.workers.lock().contains_key(uid);
+            if orphan {
+                info!(container = %name, pod_uid = %uid, "removing container of a pod that is gone");
+                if let Err(error) = docker::remove(&self.docker, &name).await {
+                    warn!(container = %name, error = %error_chain(&error), "failed to remove orphaned container");
+                }
+                self.ips.lock().release(uid);
+            }
+        }
+    }
+
     /// Stops acting for `node`: aborts its pod workers and SIGKILLs its containers.
     pub async fn stop_node(&self, node: &str) {
         self.failed.lock().insert(node.to_string());
@@ -277,6 +322,7 @@ impl Kubelet {
             &self.config.cluster,
             namespace,
             pod,
+            &p.uid()?,
             &first.name,
         ))
     }
@@ -319,13 +365,23 @@ pub async fn remove_cluster_containers(docker_client: &Docker, cluster: &str) {
     }
 }
 
-/// `{cluster}_{namespace}_{pod}_{container}`: Kubernetes names never contain `_`, so
-/// names of different pods cannot collide.
-pub fn container_name(cluster: &str, namespace: &str, pod: &str, container: &str) -> String {
-    format!("{cluster}_{namespace}_{pod}_{container}")
+/// `{cluster}_{namespace}_{pod}_{uid prefix}_{container}`: Kubernetes names never contain
+/// `_`, so names of different pods cannot collide, and the uid keeps a pod apart from an
+/// earlier pod of the same name whose containers are still around (a StatefulSet pod
+/// force-deleted on a failed node and recreated elsewhere).
+pub fn container_name(
+    cluster: &str,
+    namespace: &str,
+    pod: &str,
+    uid: &str,
+    container: &str,
+) -> String {
+    let uid: String = uid.chars().take(8).collect();
+    format!("{cluster}_{namespace}_{pod}_{uid}_{container}")
 }
 
-/// The pod's sandbox, which holds its network namespace: `{cluster}_{namespace}_{pod}_POD`.
-pub fn sandbox_name(cluster: &str, namespace: &str, pod: &str) -> String {
-    container_name(cluster, namespace, pod, "POD")
+/// The pod's sandbox, which holds its network namespace: container `POD` (upper case, so
+/// no container of the spec can have its name).
+pub fn sandbox_name(cluster: &str, namespace: &str, pod: &str, uid: &str) -> String {
+    container_name(cluster, namespace, pod, uid, "POD")
 }

@@ -2,7 +2,6 @@
 //! override, the pod IP) and running it from the host (HTTP GET, TCP connect, `docker
 //! exec`), within its timeout. Schedules and thresholds live in the pod worker.
 
-use crate::cluster::error_chain;
 use std::net::SocketAddr;
 use std::time::Duration;
 
@@ -13,6 +12,7 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 use crate::cluster::docker;
+use crate::cluster::error_chain;
 
 /// What a probe checks.
 #[derive(Debug, Clone, PartialEq, Eq)]

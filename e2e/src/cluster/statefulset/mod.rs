@@ -4,7 +4,6 @@
 
 pub mod plan;
 
-use super::error_chain;
 use std::sync::Arc;
 
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -16,8 +15,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::api;
-use super::watch::Informer;
-use super::RESYNC_PERIOD;
+use super::error_chain;
+use super::watch::{next_round, Informer};
 use plan::{plan_statefulset, StsAction};
 
 /// Reconciles every StatefulSet until `cancel`.
@@ -32,16 +31,17 @@ pub async fn run(
     sets.notify_on(wake.clone());
     pods.notify_on(wake.clone());
     claims.notify_on(wake.clone());
+    sets.ready().await;
+    pods.ready().await;
+    claims.ready().await;
     loop {
         for set in sets.state() {
             if set.metadata.deletion_timestamp.is_none() {
                 reconcile(&client, &set, &pods, &claims).await;
             }
         }
-        tokio::select! {
-            _ = cancel.cancelled() => return,
-            _ = wake.notified() => {}
-            _ = tokio::time::sleep(RESYNC_PERIOD) => {}
+        if !next_round(&wake, &cancel).await {
+            return;
         }
     }
 }
@@ -82,9 +82,13 @@ async fn reconcile(
                     info!(statefulset = %name, pod = %pod.name_any(), "created pod");
                 }
             }),
-            StsAction::DeletePod { name: pod, why } => {
+            StsAction::DeletePod {
+                name: pod,
+                uid,
+                why,
+            } => {
                 info!(statefulset = %name, %pod, reason = ?why, "deleting pod");
-                api::delete(&pod_api, pod).await
+                api::delete(&pod_api, pod, uid).await
             }
         };
         if let Err(error) = result {

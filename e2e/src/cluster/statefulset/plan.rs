@@ -24,9 +24,11 @@ pub enum StsAction {
     /// Create a claim from a volumeClaimTemplate (always before its pod).
     CreateClaim(Box<PersistentVolumeClaim>),
     CreatePod(Box<Pod>),
-    /// Delete a pod: scale-down, a failed pod to recreate, or a rolling update.
+    /// Delete a pod (this uid only): scale-down, a failed pod to recreate, or a rolling
+    /// update.
     DeletePod {
         name: String,
+        uid: String,
         why: DeleteReason,
     },
 }
@@ -116,6 +118,7 @@ pub fn plan_statefulset(
             Some(pod) if is_terminal(pod) => {
                 actions.push(StsAction::DeletePod {
                     name: pod.name_any(),
+                    uid: pod.uid().unwrap_or_default(),
                     why: DeleteReason::Failed,
                 });
                 blocked = true;
@@ -133,6 +136,7 @@ pub fn plan_statefulset(
         for pod in condemned.iter().filter(|p| !is_terminating(p)) {
             actions.push(StsAction::DeletePod {
                 name: pod.name_any(),
+                uid: pod.uid().unwrap_or_default(),
                 why: DeleteReason::ScaleDown,
             });
         }
@@ -145,6 +149,7 @@ pub fn plan_statefulset(
             if !is_terminating(highest) && others_healthy {
                 actions.push(StsAction::DeletePod {
                     name: highest.name_any(),
+                    uid: highest.uid().unwrap_or_default(),
                     why: DeleteReason::ScaleDown,
                 });
             }
@@ -161,6 +166,7 @@ pub fn plan_statefulset(
                 if !is_terminating(pod) {
                     actions.push(StsAction::DeletePod {
                         name: pod.name_any(),
+                        uid: pod.uid().unwrap_or_default(),
                         why: DeleteReason::Update,
                     });
                 }

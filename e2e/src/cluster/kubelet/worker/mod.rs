@@ -5,7 +5,8 @@
 //! the status when it changed. A pod with a deletion timestamp is stopped with its grace
 //! period and then deleted for good.
 
-use crate::cluster::error_chain;
+mod probing;
+
 use std::collections::{BTreeMap, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
@@ -15,7 +16,6 @@ use bollard::models::{
 };
 use k8s_openapi::api::core::v1::{
     Container, ContainerState, ContainerStateRunning, ContainerStateTerminated, Pod, PodStatus,
-    Probe,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::{Api, DeleteParams, Patch, PatchParams, Preconditions};
@@ -25,11 +25,14 @@ use tokio::sync::Notify;
 use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
+use probing::ProbeState;
+
 use super::container::{build_container, resolve_env, ContainerInputs, PodContext};
 use super::status::{pod_status, restarts, state_from_inspect, waiting, ContainerView, PodView};
 use super::volumes::{self, HostVolume};
-use super::{container_name, probe, sandbox_name, Kubelet};
+use super::{container_name, sandbox_name, Kubelet};
 use crate::cluster::docker;
+use crate::cluster::error_chain;
 use crate::cluster::names;
 
 /// How often a worker re-checks its containers without being woken.
@@ -47,45 +50,6 @@ const DEFAULT_GRACE_SECONDS: i64 = 30;
 enum Role {
     Init,
     App,
-}
-
-#[derive(Debug, Clone, Copy)]
-enum ProbeKind {
-    Startup,
-    Liveness,
-    Readiness,
-}
-
-#[derive(Debug, Default)]
-struct ProbeState {
-    started: bool,
-    ready: bool,
-    startup_failures: i32,
-    liveness_failures: i32,
-    readiness_successes: i32,
-    readiness_failures: i32,
-    next_startup: Option<Instant>,
-    next_liveness: Option<Instant>,
-    next_readiness: Option<Instant>,
-}
-
-impl ProbeState {
-    fn next(&self, kind: ProbeKind) -> Option<Instant> {
-        match kind {
-            ProbeKind::Startup => self.next_startup,
-            ProbeKind::Liveness => self.next_liveness,
-            ProbeKind::Readiness => self.next_readiness,
-        }
-    }
-
-    fn set_next(&mut self, kind: ProbeKind, at: Instant) {
-        let slot = match kind {
-            ProbeKind::Startup => &mut self.next_startup,
-            ProbeKind::Liveness => &mut self.next_liveness,
-            ProbeKind::Readiness => &mut self.next_readiness,
-        };
-        *slot = Some(at);
-    }
 }
 
 /// What the worker knows about one container across its restarts.
@@ -305,7 +269,7 @@ impl PodWorker {
     /// Keeps the sandbox running; a sandbox that had stopped is started again (same IP)
     /// and the app containers that outlived it are killed, to be restarted inside it.
     async fn ensure_sandbox(&mut self, pod: &Pod) -> Result<(), String> {
-        let name = sandbox_name(self.cluster(), &self.namespace, &self.name);
+        let name = sandbox_name(self.cluster(), &self.namespace, &self.name, &self.uid);
         let inspect = docker::inspect(self.docker(), &name)
             .await
             .map_err(|e| error_chain(&e))?;
@@ -318,8 +282,13 @@ impl PodWorker {
             if inspect.is_some() {
                 info!(pod = %self.name, "pod sandbox stopped; restarting it and its containers");
                 for c in &pod.spec.clone().unwrap_or_default().containers {
-                    let cname =
-                        container_name(self.cluster(), &self.namespace, &self.name, &c.name);
+                    let cname = container_name(
+                        self.cluster(),
+                        &self.namespace,
+                        &self.name,
+                        &self.uid,
+                        &c.name,
+                    );
                     docker::kill(self.docker(), &cname, "KILL")
                         .await
                         .map_err(|e| error_chain(&e))?;
@@ -457,7 +426,13 @@ impl PodWorker {
         role: Role,
         prepared: &BTreeMap<String, HostVolume>,
     ) -> Option<Instant> {
-        let cname = container_name(self.cluster(), &self.namespace, &self.name, &c.name);
+        let cname = container_name(
+            self.cluster(),
+            &self.namespace,
+            &self.name,
+            &self.uid,
+            &c.name,
+        );
         let inspect = match docker::inspect(self.docker(), &cname).await {
             Ok(i) => i,
             Err(error) => {
@@ -622,7 +597,12 @@ impl PodWorker {
                         container: c,
                         env,
                         image_user: &image_user,
-                        sandbox: &sandbox_name(self.cluster(), &self.namespace, &self.name),
+                        sandbox: &sandbox_name(
+                            self.cluster(),
+                            &self.namespace,
+                            &self.name,
+                            &self.uid,
+                        ),
                         mounts,
                         labels: self.labels(
                             &c.name,
@@ -669,160 +649,6 @@ impl PodWorker {
                 r.state = waiting("RunContainerError", Some(error_chain(&error)));
                 Some(at)
             }
-        }
-    }
-
-    /// Runs the container's probes that are due; a failed startup or liveness probe
-    /// restarts the container. Returns when the next probe is due.
-    async fn probe(&mut self, pod: &Pod, c: &Container) -> Option<Instant> {
-        let started_at = {
-            let r = record_in(&mut self.records, &c.name);
-            r.state.running.as_ref()?.started_at.clone()
-        };
-        let now = Instant::now();
-        // When the container started, on the Instant clock.
-        let age = started_at
-            .map(|t| {
-                k8s_openapi::jiff::Timestamp::now()
-                    .duration_since(t.0)
-                    .unsigned_abs()
-            })
-            .unwrap_or_default();
-        let started_at = now.checked_sub(age).unwrap_or(now);
-        let mut next: Option<Instant> = None;
-
-        if c.startup_probe.is_none() {
-            record_in(&mut self.records, &c.name).probes.started = true;
-        }
-        if let (false, Some(p)) = (
-            record_in(&mut self.records, &c.name).probes.started,
-            &c.startup_probe,
-        ) {
-            let (outcome, due) = self
-                .due_probe(ProbeKind::Startup, p, c, started_at, now)
-                .await;
-            let r = record_in(&mut self.records, &c.name);
-            match outcome {
-                Some(Ok(())) => r.probes.started = true,
-                Some(Err(why)) => {
-                    r.probes.startup_failures += 1;
-                    if r.probes.startup_failures >= p.failure_threshold.unwrap_or(3) {
-                        info!(pod = %self.name, container = %c.name, %why, "startup probe failed; restarting container");
-                        self.kill_for_probe(pod, c).await;
-                        return Some(Instant::now());
-                    }
-                }
-                None => {}
-            }
-            if !record_in(&mut self.records, &c.name).probes.started {
-                return Some(due);
-            }
-        }
-
-        if let Some(p) = &c.liveness_probe {
-            let (outcome, due) = self
-                .due_probe(ProbeKind::Liveness, p, c, started_at, now)
-                .await;
-            next = Some(due);
-            let r = record_in(&mut self.records, &c.name);
-            match outcome {
-                Some(Ok(())) => r.probes.liveness_failures = 0,
-                Some(Err(why)) => {
-                    r.probes.liveness_failures += 1;
-                    if r.probes.liveness_failures >= p.failure_threshold.unwrap_or(3) {
-                        info!(pod = %self.name, container = %c.name, %why, "liveness probe failed; restarting container");
-                        self.kill_for_probe(pod, c).await;
-                        return Some(Instant::now());
-                    }
-                }
-                None => {}
-            }
-        }
-
-        let Some(p) = &c.readiness_probe else {
-            record_in(&mut self.records, &c.name).probes.ready = true;
-            return next;
-        };
-        let (outcome, due) = self
-            .due_probe(ProbeKind::Readiness, p, c, started_at, now)
-            .await;
-        let r = record_in(&mut self.records, &c.name);
-        match outcome {
-            Some(Ok(())) => {
-                r.probes.readiness_failures = 0;
-                r.probes.readiness_successes += 1;
-                if r.probes.readiness_successes >= p.success_threshold.unwrap_or(1) {
-                    r.probes.ready = true;
-                }
-            }
-            Some(Err(why)) => {
-                r.probes.readiness_successes = 0;
-                r.probes.readiness_failures += 1;
-                // Not ready until the first success; once ready, only after the threshold.
-                if !r.probes.ready
-                    || r.probes.readiness_failures >= p.failure_threshold.unwrap_or(3)
-                {
-                    if r.probes.ready {
-                        debug!(pod = %self.name, container = %c.name, %why, "readiness probe failed");
-                    }
-                    r.probes.ready = false;
-                }
-            }
-            None => {}
-        }
-        Some(next.map_or(due, |n| n.min(due)))
-    }
-
-    /// Runs probe `kind` if it is due (its first run after initialDelaySeconds, then every
-    /// periodSeconds); returns its outcome if it ran, and when it is due next.
-    async fn due_probe(
-        &mut self,
-        kind: ProbeKind,
-        p: &Probe,
-        c: &Container,
-        started_at: Instant,
-        now: Instant,
-    ) -> (Option<Result<(), String>>, Instant) {
-        let probes = &mut record_in(&mut self.records, &c.name).probes;
-        let at = probes
-            .next(kind)
-            .unwrap_or(started_at + secs(p.initial_delay_seconds, 0));
-        if now < at {
-            return (None, at);
-        }
-        let cname = container_name(self.cluster(), &self.namespace, &self.name, &c.name);
-        let target =
-            probe::resolve_target(p, c, self.pod_ip.as_deref()).map_err(|e| error_chain(&e));
-        let outcome = match target {
-            Ok(target) => {
-                probe::run(&target, self.docker(), &cname, secs(p.timeout_seconds, 1)).await
-            }
-            Err(e) => Err(e),
-        };
-        let due = now + secs(p.period_seconds, 10);
-        record_in(&mut self.records, &c.name)
-            .probes
-            .set_next(kind, due);
-        (Some(outcome), due)
-    }
-
-    /// Stops a container whose probe failed, with the pod's grace period; the next sync
-    /// restarts it under the restart policy.
-    async fn kill_for_probe(&mut self, pod: &Pod, c: &Container) {
-        let cname = &container_name(self.cluster(), &self.namespace, &self.name, &c.name);
-        let grace = pod
-            .spec
-            .as_ref()
-            .and_then(|s| s.termination_grace_period_seconds)
-            .unwrap_or(DEFAULT_GRACE_SECONDS);
-        if let Err(error) = docker::stop(
-            self.docker(),
-            cname,
-            Duration::from_secs(grace.max(0) as u64),
-        )
-        .await
-        {
-            warn!(container = %cname, error = %error_chain(&error), "failed to stop container");
         }
     }
 
@@ -935,7 +761,7 @@ impl PodWorker {
     /// Stops the app containers within `grace`, then removes every container of the pod,
     /// its IP and its own volumes (claims stay).
     async fn teardown(&mut self, grace: Duration) {
-        let prefix = format!("{}_{}_{}_", self.cluster(), self.namespace, self.name);
+        let prefix = container_name(self.cluster(), &self.namespace, &self.name, &self.uid, "");
         let labels = [
             (names::DOCKER_LABEL_CLUSTER, self.cluster()),
             (names::DOCKER_LABEL_POD_UID, self.uid.as_str()),
