@@ -3,3 +3,4 @@
 //! helpers the scenario tests in `tests/` share.
 pub mod apiserver;
 pub mod cluster;
+pub mod env;

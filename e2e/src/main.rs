@@ -1,1 +1,73 @@
-fn main() {}
+//! `duomq-e2e`: a local Kubernetes control plane for trying duomq without a cluster. `up`
+//! starts the API server, three simulated nodes whose pods run as Docker containers, installs
+//! the operator from its image and applies an example BrokerGroup, then prints how to use
+//! kubectl with it.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use duomq_e2e::env::{build_images, kubectl, repo_root, require_tools, LocalControlPlane};
+
+#[derive(Parser)]
+#[command(name = "duomq-e2e", version, about = "A local Kubernetes control plane (API server, scheduler, StatefulSet and Deployment controllers, kubelets running pods as Docker containers) for trying and testing duomq without a cluster.")]
+struct Cli {
+    #[command(subcommand)]
+    command: Cmd,
+}
+
+#[derive(Subcommand)]
+enum Cmd {
+    /// Start the control plane, install the operator, apply an example and keep running
+    /// until Ctrl-C (which removes every container it started).
+    Up {
+        /// Where volumes, kubeconfigs and logs go.
+        #[arg(long, default_value = "e2e-state")]
+        state_dir: PathBuf,
+        /// BrokerGroup to apply once the operator runs (empty: none).
+        #[arg(long, default_value = "manifests/examples/pair.yaml")]
+        example: String,
+        /// Rebuild the broker and operator images even if they exist.
+        #[arg(long)]
+        rebuild_images: bool,
+        /// Start only the control plane: no operator, no example.
+        #[arg(long)]
+        bare: bool,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into()))
+        .init();
+    let Cmd::Up { state_dir, example, rebuild_images, bare } = Cli::parse().command;
+    require_tools()?;
+    let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+    runtime.block_on(async move {
+        let state_dir = std::path::absolute(&state_dir).context("bad --state-dir")?;
+        if !bare {
+            let binaries = std::env::current_exe().context("no current exe")?.parent().map(PathBuf::from).unwrap_or_default();
+            build_images(&binaries, rebuild_images)?;
+        }
+        let prefix = format!("duomq-e2e-{}", std::process::id());
+        let plane = LocalControlPlane::start(&state_dir, &prefix).await?;
+        let kc = plane.kubeconfig.clone();
+        if !bare {
+            let install = repo_root().join("manifests/install.yaml");
+            kubectl(&kc, &["apply", "--server-side", "-f", &install.to_string_lossy()])?;
+            kubectl(&kc, &["-n", "duomq-system", "wait", "--for=condition=Available", "deployment", "--all", "--timeout=120s"])?;
+            if !example.is_empty() {
+                kubectl(&kc, &["apply", "-f", &repo_root().join(&example).to_string_lossy()])?;
+            }
+        }
+        println!(
+            "\nThe local control plane is up.\n\n  export KUBECONFIG={}\n  kubectl get nodes\n  kubectl get brokergroups -w\n  kubectl get pods -o wide\n  kubectl describe brokergroup pair\n\nServices are reachable on this machine at the address in their e2e.duomq.io/proxy-<port> annotation:\n  kubectl get service pair-g0 -o jsonpath='{{.metadata.annotations}}'\n\nCtrl-C stops it and removes its containers.",
+            kc.display()
+        );
+        tokio::signal::ctrl_c().await.context("failed to wait for Ctrl-C")?;
+        eprintln!("stopping…");
+        tokio::time::timeout(Duration::from_secs(120), plane.shutdown()).await.ok();
+        Ok(())
+    })
+}

@@ -48,6 +48,10 @@ pub struct GroupStatus {
     /// The pod that is live now, if any.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<String>,
+    /// The member last seen live; kept while the group has no live, so that the next live
+    /// is counted as a failover from it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_live: Option<String>,
     /// The pod that should be live when all is well (the group's first member, or in a
     /// hostPairs layout the member on the pair's node for this group).
     pub preferred_live: String,

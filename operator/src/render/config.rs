@@ -73,18 +73,29 @@ pub fn build_broker_config(
             stomp: format!("{}:{}", m.host, spec.ports.stomp),
         })
         .collect();
-    // Artemis-style quorum: the members of the other groups vote on whether a live is gone.
-    ha.arbiter.kind = ArbiterKind::Quorum;
-    ha.arbiter.voters = v
-        .groups
-        .iter()
-        .filter(|g| g.name != group.name)
-        .flat_map(|g| {
-            g.members
+    // A shared store's arbiter is the store's own lock.
+    match (spec.ha.mode, spec.ha.arbiter) {
+        (HaMode::SharedStore, _) => {}
+        // The group's Lease: the live holds it; a backup takes it only when it is free.
+        (HaMode::Replication, api::ArbiterSpec::Kubernetes) => {
+            ha.arbiter.kind = ArbiterKind::Kubernetes;
+            ha.arbiter.lease.name = Some(names::lease(&group.name));
+        }
+        // Artemis-style quorum: the members of the other groups vote on whether a live is gone.
+        (HaMode::Replication, api::ArbiterSpec::Quorum) => {
+            ha.arbiter.kind = ArbiterKind::Quorum;
+            ha.arbiter.voters = v
+                .groups
                 .iter()
-                .map(|m| format!("{}:{}", m.host, spec.ports.cluster))
-        })
-        .collect();
+                .filter(|g| g.name != group.name)
+                .flat_map(|g| {
+                    g.members
+                        .iter()
+                        .map(|m| format!("{}:{}", m.host, spec.ports.cluster))
+                })
+                .collect();
+        }
+    }
 
     // Store-and-forward: every other group of this BrokerGroup (never the member's own), then
     // the external connectors.

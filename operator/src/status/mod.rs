@@ -229,7 +229,8 @@ pub fn compute(
 
         let mut failovers = before.map(|b| b.failovers).unwrap_or(0);
         let mut last_failover = before.and_then(|b| b.last_failover.clone());
-        if let (Some(from), Some(to)) = (before.and_then(|b| b.live.clone()), live.clone()) {
+        let last_live = before.and_then(|b| b.live.clone().or_else(|| b.last_live.clone()));
+        if let (Some(from), Some(to)) = (last_live.clone(), live.clone()) {
             if from != to {
                 let released = seen
                     .leases
@@ -262,6 +263,19 @@ pub fn compute(
                     to,
                     reason,
                 });
+            } else if before.is_some_and(|b| b.epoch > 0 && epoch > b.epoch as u64) {
+                // The same live as last time, but the epoch moved: the role went away and came
+                // back between two looks (a failover and a failback). Each change of live
+                // raises the epoch by one.
+                let changes = epoch - before.map_or(0, |b| b.epoch as u64);
+                failovers += changes as i64;
+                let other = g.members.iter().map(|m| m.pod.clone()).find(|p| *p != to).unwrap_or_default();
+                transitions.push(Transition {
+                    warning: true,
+                    reason: "FailedOver".into(),
+                    note: format!("group {}: the live role left {to} and came back ({changes} changes of live)", g.name),
+                });
+                last_failover = Some(FailoverRecord { time: now.clone(), from: other, to, reason: FailoverReason::Failback });
             }
         }
         if live.is_none() {
@@ -294,6 +308,7 @@ pub fn compute(
 
         groups.push(GroupStatus {
             name: g.name.clone(),
+            last_live: live.clone().or(last_live),
             live,
             preferred_live,
             backups,

@@ -52,6 +52,11 @@ pub struct Claimant<'a> {
 pub enum Verdict {
     /// Take it, writing `epoch` (one above anything this member or the Lease knew).
     Take { epoch: Epoch, why: String },
+    /// The Lease names this member, but this process did not take it: the live it was
+    /// died (kill -9, a crash). Release it for the in-sync backups, which hold everything
+    /// that was acknowledged, and start as a backup: that is a failover, not a silent
+    /// restart in place.
+    Yield { reason: String },
     Denied { reason: String },
 }
 
@@ -82,6 +87,15 @@ pub fn may_take(lease: Option<&LeaseState>, me: &Claimant<'_>, unchanged_for: Du
                 "the Lease names {} as holder at epoch {}, but this member has no epoch on disk (a new data directory)",
                 me.node, lease.epoch
             ));
+        }
+        if me.at_start && lease.in_sync.iter().any(|n| n != me.node) {
+            return Verdict::Yield {
+                reason: format!(
+                    "the Lease still names {} from before this process started; yielding to the in-sync backups ({})",
+                    me.node,
+                    lease.in_sync.join(",")
+                ),
+            };
         }
         return Verdict::Take { epoch, why: "this member still held the Lease".into() };
     }
@@ -213,6 +227,19 @@ mod tests {
             (None, Verdict::Denied { reason }) => assert!(!reason.is_empty()),
             _ => panic!("expected {take_with_epoch:?}, got {verdict:?}"),
         }
+    }
+
+    #[test]
+    fn given_a_restarted_live_still_named_holder_should_yield_to_an_in_sync_backup_or_take_it_alone() {
+        let restarted = Claimant { node: "a", local_epoch: Epoch(3), at_start: true, complete_copy: true };
+        let with_backup = lease(Some("a"), 3, &["b"], 3);
+        assert!(matches!(may_take(Some(&with_backup), &restarted, Duration::ZERO, D), Verdict::Yield { .. }));
+        // no backup was in sync: its own journal is the only complete copy
+        let alone = lease(Some("a"), 3, &[], 3);
+        assert!(matches!(may_take(Some(&alone), &restarted, Duration::ZERO, D), Verdict::Take { .. }));
+        // the same process asking again as a backup keeps the old rule
+        let asking = Claimant { at_start: false, ..restarted };
+        assert!(matches!(may_take(Some(&with_backup), &asking, Duration::ZERO, D), Verdict::Take { .. }));
     }
 
     #[test]

@@ -178,6 +178,20 @@ impl KubernetesArbiter {
         let claimant = Claimant { node: &inner.node, local_epoch, at_start, complete_copy };
         let (epoch, why) = match decide::may_take(state.as_ref(), &claimant, unchanged_for, inner.settings.duration) {
             Verdict::Denied { reason } => return Ok(Decision::Denied { reason }),
+            Verdict::Yield { reason } => {
+                if let (Some(current), Some(state)) = (current.as_ref(), state.as_ref()) {
+                    // The backups listed stay listed; this member is not (its copy may lack
+                    // what its previous process acknowledged last). A conflict means the
+                    // Lease moved on anyway.
+                    let yielded = object::released(current, &state.in_sync);
+                    match inner.api.replace(&target.name, &PostParams::default(), &yielded).await {
+                        Ok(_) => tracing::info!(lease = %target.name, %reason, "released the Lease a previous process held"),
+                        Err(e) if is_conflict(&e) => {}
+                        Err(e) => return Err(ArbiterError::WriteLease { target: target.clone(), reason: api_error(&e) }),
+                    }
+                }
+                return Ok(Decision::Denied { reason });
+            }
             Verdict::Take { epoch, why } => (epoch, why),
         };
         let lease = object::taken(current.as_ref(), target, &inner.node, epoch, inner.settings.duration, Timestamp::now());
