@@ -29,7 +29,7 @@ use super::path::{self, ResourcePath, Route};
 use super::protobuf;
 use super::registry::ResourceInfo;
 use super::selectors::{FieldSelector, LabelSelector};
-use super::store::Store;
+use super::store::{self, Store};
 use super::subresources;
 use super::table::{self, IncludeObject};
 use super::watch::{self, Output, Start, WatchSpec};
@@ -474,12 +474,17 @@ fn create(
 ) -> ApiResult<Response> {
     let body = req.json_body()?;
     let opts = req.write_options()?;
-    let written = app.store.write(|s| {
-        let r = write::create(s, resource, ns, body, &opts);
+    let written = write_and_collect(app, |s| write::create(s, resource, ns, body, &opts))?;
+    Ok(written_response(resource, &written))
+}
+
+/// One write, then the garbage collection it may have made due, in the same locked step.
+fn write_and_collect<R>(app: &AppState, f: impl FnOnce(&mut store::State) -> R) -> R {
+    app.store.write(|s| {
+        let r = f(s);
         gc::collect(s);
         r
-    })?;
-    Ok(written_response(resource, &written))
+    })
 }
 
 fn update(
@@ -493,18 +498,10 @@ fn update(
     let opts = req.write_options()?;
     let written = if req.method == Method::PUT {
         let body = req.json_body()?;
-        app.store.write(|s| {
-            let r = write::update(s, resource, ns, name, part, body, &opts);
-            gc::collect(s);
-            r
-        })?
+        write_and_collect(app, |s| write::update(s, resource, ns, name, part, body, &opts))?
     } else {
         let patch_type = PatchType::from_content_type(req.header(header::CONTENT_TYPE))?;
-        app.store.write(|s| {
-            let r = write::patch(s, resource, ns, name, part, patch_type, &req.body, &opts);
-            gc::collect(s);
-            r
-        })?
+        write_and_collect(app, |s| write::patch(s, resource, ns, name, part, patch_type, &req.body, &opts))?
     };
     Ok(written_response(resource, &written))
 }
@@ -587,11 +584,7 @@ fn delete_one(
     name: &str,
 ) -> ApiResult<Response> {
     let opts = delete_options(req)?;
-    let deleted = app.store.write(|s| {
-        let r = delete::delete(s, resource, ns.unwrap_or_default(), name, &opts);
-        gc::collect(s);
-        r
-    })?;
+    let deleted = write_and_collect(app, |s| delete::delete(s, resource, ns.unwrap_or_default(), name, &opts))?;
     match deleted {
         Deleted::Removed(obj) => ok(&deleted_body(resource, &obj)),
         Deleted::Pending(obj) => ok(&resource.present(&obj)),
