@@ -96,10 +96,15 @@ fn given_torn_tail_should_truncate_and_keep_every_complete_record() {
     }
     b.kill9();
     // A crash in the middle of a write: half a record at the end.
+    // It lands right after the last record, in the space the journal preallocated.
     let seg = segments(&b).pop().expect("a segment");
     let mut bytes = std::fs::read(&seg).unwrap();
-    let len = bytes.len();
-    bytes.extend_from_slice(&[0x30, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3]);
+    let len = records_end(&bytes);
+    let torn = [0x30, 0, 0, 0, 0xde, 0xad, 0xbe, 0xef, 1, 2, 3];
+    if bytes.len() < len + torn.len() {
+        bytes.resize(len + torn.len(), 0);
+    }
+    bytes[len..len + torn.len()].copy_from_slice(&torn);
     std::fs::write(&seg, &bytes).unwrap();
     b.restart();
     assert!(b.log_text().contains("torn"), "recovery logs the truncation");
@@ -338,4 +343,18 @@ fn given_resent_message_id_should_store_once_also_after_a_crash() {
     let mut p = b.connect();
     send(&mut p, "producer-1");
     assert_eq!(b.queue_depth("/queue/dd"), 0, "a resend of an acked message was stored again");
+}
+
+/// Where the records of a segment end: after its 32-byte header, frames of
+/// `[u32 LE length][u32 LE crc32c][payload]` until a zero length or the end of the file.
+fn records_end(segment: &[u8]) -> usize {
+    let mut offset = 32;
+    while let Some(len) = segment.get(offset..offset + 4) {
+        let len = u32::from_le_bytes([len[0], len[1], len[2], len[3]]) as usize;
+        if len == 0 || offset + 8 + len > segment.len() {
+            break;
+        }
+        offset += 8 + len;
+    }
+    offset
 }

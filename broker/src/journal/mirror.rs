@@ -1,7 +1,10 @@
 //! The backup's side of replication: it keeps a byte-identical copy of the live's segment
 //! files, written where the live says, so that on activation the ordinary recovery of
 //! [`super::Journal::open`] turns the copy into a live journal. It holds the directory
-//! lock so nothing else writes there; it decodes no records.
+//! lock so nothing else writes there; it decodes no records. Like the live's writer, it
+//! preallocates ahead of what it writes, so the backup's fdatasync (on the live's
+//! confirmation path in sync mode) flushes data only; recovery reads the zeros beyond the
+//! records as their end.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::fs::{File, OpenOptions};
@@ -18,6 +21,8 @@ pub struct Mirror {
     dir: PathBuf,
     files: BTreeMap<u64, File>,
     lens: BTreeMap<u64, u64>,
+    /// Size of each open file including preallocated space.
+    allocated: BTreeMap<u64, u64>,
     dirty: BTreeSet<u64>,
     dir_dirty: bool,
     _lock: DirLock,
@@ -33,6 +38,7 @@ impl Mirror {
             dir: dir.to_path_buf(),
             files: BTreeMap::new(),
             lens: BTreeMap::new(),
+            allocated: BTreeMap::new(),
             dirty: BTreeSet::new(),
             dir_dirty: false,
             _lock: lock,
@@ -50,6 +56,7 @@ impl Mirror {
     /// Forgets every local segment before a full copy from the live.
     pub fn reset(&mut self) -> Result<(), JournalError> {
         self.files.clear();
+        self.allocated.clear();
         self.dirty.clear();
         let listing = segment::list(&self.dir)?;
         let extra = listing.prepared.iter().map(|s| prepared_path(&self.dir, *s));
@@ -77,24 +84,51 @@ impl Mirror {
                 .write(true)
                 .open(&path)
                 .map_err(|source| JournalError::OpenSegment { path: path.clone(), source: source.into() })?;
+            let size = file.metadata().map_or(0, |m| m.len());
             self.files.insert(seq, file);
+            self.allocated.insert(seq, size);
             self.dir_dirty |= !existed;
+            self.trim_older(seq);
         }
         let Some(file) = self.files.get(&seq) else {
             return Err(JournalError::Closed);
         };
+        let end = offset + data.len() as u64;
+        let allocated = self.allocated.entry(seq).or_insert(0);
+        if end > *allocated {
+            let to = end.saturating_add(segment::PREALLOCATE_AHEAD);
+            match segment::preallocate(file, *allocated, to) {
+                Ok(()) => *allocated = to,
+                Err(error) => tracing::debug!(
+                    segment = %path.display(),
+                    error = &error as &dyn std::error::Error,
+                    "cannot preallocate mirrored journal space; appending instead"
+                ),
+            }
+        }
         file.write_all_at(data, offset)
             .map_err(|source| JournalError::Write { path, source: source.into() })?;
-        let end = offset + data.len() as u64;
         let len = self.lens.entry(seq).or_insert(0);
         *len = (*len).max(end);
         self.dirty.insert(seq);
         Ok(())
     }
 
+    /// Gives back the preallocated space of the segments before `seq`, which the live has
+    /// rolled away from. Best effort: zeros left behind read as the end of the records.
+    fn trim_older(&mut self, seq: u64) {
+        for (&older, file) in self.files.range(..seq) {
+            let len = self.lens.get(&older).copied().unwrap_or(0);
+            if self.allocated.get(&older).is_some_and(|&allocated| allocated > len) && file.set_len(len).is_ok() {
+                self.allocated.insert(older, len);
+            }
+        }
+    }
+
     /// Deletes a segment the live reclaimed.
     pub fn remove(&mut self, seq: u64) -> Result<(), JournalError> {
         self.files.remove(&seq);
+        self.allocated.remove(&seq);
         self.dirty.remove(&seq);
         self.lens.remove(&seq);
         let path = SegmentSeq(seq).path(&self.dir);
@@ -126,6 +160,7 @@ impl Mirror {
         while self.files.len() > 2 {
             let Some((&oldest, _)) = self.files.iter().next() else { break };
             self.files.remove(&oldest);
+            self.allocated.remove(&oldest);
         }
         Ok(())
     }

@@ -63,7 +63,7 @@ pub const LAZY_SYNC_DELAY: std::time::Duration = std::time::Duration::from_milli
 
 use reclaim::Effect;
 use stats::SharedStats;
-use writer::{Request, Writer};
+use writer::{LazyQueue, Queued, Request, Writer};
 
 /// Default size at which the journal rolls to a new segment file.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
@@ -189,7 +189,8 @@ pub struct Journal {
 struct Shared {
     // Appends hold the read lock while sending so that close, taking the write lock,
     // cannot slip between an append's check and its send.
-    sender: RwLock<Option<mpsc::Sender<Request>>>,
+    sender: RwLock<Option<mpsc::Sender<Queued>>>,
+    lazy: Arc<LazyQueue>,
     writer: Mutex<Option<JoinHandle<Result<(), JournalError>>>>,
     stats: Arc<SharedStats>,
     dir: std::path::PathBuf,
@@ -225,9 +226,11 @@ impl Journal {
         let writer = Writer::start(&config, recovery, metrics, Arc::clone(&stats), lock)?;
         let replication = writer.replication();
         let (sender, receiver) = mpsc::channel();
+        let lazy = Arc::new(LazyQueue::default());
+        let writer_lazy = Arc::clone(&lazy);
         let handle = std::thread::Builder::new()
             .name("duomq-journal".into())
-            .spawn(move || writer.run(receiver))
+            .spawn(move || writer.run(receiver, writer_lazy))
             .map_err(|source| JournalError::SpawnWriter {
                 source: source.into(),
             })?;
@@ -242,6 +245,7 @@ impl Journal {
         let journal = Journal {
             shared: Arc::new(Shared {
                 sender: RwLock::new(Some(sender)),
+                lazy,
                 writer: Mutex::new(Some(handle)),
                 stats,
                 dir: config.dir.clone(),
@@ -301,6 +305,9 @@ impl Journal {
     /// written with the next group commit, or within [`LAZY_SYNC_DELAY`] if none comes.
     /// For acknowledgements nobody waits for (an ACK without a receipt): if the broker
     /// crashes first, the message is delivered again, which is all such an ACK promised.
+    /// Unlike [`Journal::append`] it does not fix its order against records queued
+    /// before it, so it is only for ops whose order does not matter: acknowledgements of
+    /// messages whose add is already durable.
     pub fn append_lazy(&self, ops: Vec<Op>) -> AppendFuture {
         self.submit(ops, false)
     }
@@ -321,14 +328,22 @@ impl Journal {
             frame,
             effects,
             reply,
-            sync,
         };
         let sender = self
             .shared
             .sender
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        match sender.as_ref().map(|sender| sender.send(request)) {
+        let queued = sender.as_ref().map(|sender| {
+            if sync {
+                sender.send(Queued::Sync(request)).map_err(drop)
+            } else if self.shared.lazy.push(request) {
+                sender.send(Queued::Wake).map_err(drop)
+            } else {
+                Ok(())
+            }
+        });
+        match queued {
             Some(Ok(())) => AppendFuture {
                 state: AppendState::Waiting(receiver),
             },

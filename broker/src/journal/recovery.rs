@@ -224,6 +224,13 @@ impl Replay {
                     offset = end;
                 }
                 FrameRead::Invalid {
+                    problem: record::FrameProblem::ZeroLength,
+                    ..
+                } if data[offset..].iter().all(|&b| b == 0) => {
+                    // Space the writer preallocated and never wrote: the records end here.
+                    return Ok(offset);
+                }
+                FrameRead::Invalid {
                     problem,
                     complete_end,
                 } => {

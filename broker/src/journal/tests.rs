@@ -158,8 +158,16 @@ async fn single_segment_journal(dir: &Path, count: u64) -> (PathBuf, Vec<u64>) {
         starts.push(journal.stats().bytes_on_disk);
         durable(&journal, vec![add(id)]).await;
     }
+    let records_end = journal.stats().bytes_on_disk;
     close(&journal);
-    (segment_path(dir, 1), starts)
+    // Tests damage the file right after its records: drop the preallocated zeros.
+    let path = segment_path(dir, 1);
+    fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|file| file.set_len(records_end))
+        .expect("trim preallocated space");
+    (path, starts)
 }
 
 #[test]
@@ -252,7 +260,7 @@ async fn given_last_record_cut_at_every_offset_when_reopened_should_truncate_and
 }
 
 #[rstest]
-#[case::zero_pages(vec![0; 8192])]
+#[case::zero_length_then_junk(vec![0, 0, 0, 0, 0, 0, 0, 0, 1])]
 #[case::short_garbage(vec![0xde, 0xad, 0xbe])]
 #[case::huge_length(vec![0xff; 13])]
 #[case::length_past_end(vec![200, 0, 0, 0, 1, 2, 3, 4, 5, 6])]
@@ -273,6 +281,62 @@ async fn given_junk_after_last_record_when_reopened_should_truncate_it(#[case] j
     durable(&journal, vec![add(3)]).await;
     close(&journal);
     assert_eq!(ids(&reopen(dir.path())), vec![1, 2, 3]);
+}
+
+#[rstest]
+#[case::last_segment(false)]
+#[case::older_segment(true)]
+#[tokio::test]
+async fn given_zeros_after_last_record_when_reopened_should_read_them_as_preallocated_space(
+    #[case] then_roll: bool,
+) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (segment, _) = single_segment_journal(dir.path(), 2).await;
+    let clean_len = file_len(&segment);
+    let mut bytes = fs::read(&segment).expect("read segment");
+    bytes.extend_from_slice(&[0; 8192]);
+    fs::write(&segment, &bytes).expect("append zeros");
+
+    let config = JournalConfig {
+        segment_size: if then_roll { 1 } else { DEFAULT_SEGMENT_SIZE },
+        ..JournalConfig::new(dir.path())
+    };
+    let (journal, recovered) = open(config.clone());
+    assert_eq!(ids(&recovered), vec![1, 2]);
+    assert_eq!(recovered.torn_tail_bytes, 0, "zeros are no torn record");
+    assert_eq!(file_len(&segment), clean_len + 8192, "nothing is cut");
+    durable(&journal, vec![add(3)]).await;
+    close(&journal);
+    if then_roll {
+        assert!(segment_seqs(dir.path()).len() > 1, "add 3 went to a newer segment");
+    }
+    let (journal, recovered) = open(config);
+    assert_eq!(ids(&recovered), vec![1, 2, 3]);
+    assert_eq!(recovered.torn_tail_bytes, 0);
+    close(&journal);
+}
+
+#[tokio::test]
+async fn given_appends_should_write_into_preallocated_space_and_recover_exactly() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(JournalConfig::new(dir.path()));
+    durable(&journal, vec![add(1)]).await;
+    durable(&journal, vec![add(2), ack(1)]).await;
+    let segment = SegmentSeq(segment_seqs(dir.path())[0]).path(dir.path());
+    let on_disk = fs::read(&segment).expect("read segment");
+    let records_end = on_disk.iter().rposition(|&b| b != 0).expect("records") + 1;
+    assert!(
+        on_disk.len() >= records_end + 1024 * 1024,
+        "the segment is preallocated ahead of its records ({} bytes, records end at {records_end})",
+        on_disk.len()
+    );
+    close(&journal);
+    let (journal, recovered) = open(JournalConfig::new(dir.path()));
+    assert_eq!(ids(&recovered), vec![2]);
+    assert_eq!(recovered.torn_tail_bytes, 0);
+    durable(&journal, vec![add(3)]).await;
+    close(&journal);
+    assert_eq!(ids(&reopen(dir.path())), vec![2, 3]);
 }
 
 #[tokio::test]
@@ -743,6 +807,23 @@ async fn given_lazy_ack_when_a_sync_append_follows_should_share_its_batch() {
 }
 
 #[tokio::test]
+async fn given_idle_writer_when_a_lazy_ack_comes_should_wake_and_write_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(JournalConfig::new(dir.path()));
+    durable(&journal, vec![add(1), add(2)]).await;
+    close(&journal);
+    // A fresh writer has committed nothing, so it sleeps without a timer.
+    let (journal, _) = open(JournalConfig::new(dir.path()));
+    tokio::time::timeout(Duration::from_secs(10), journal.append_lazy(vec![ack(1)]))
+        .await
+        .expect("an idle writer is woken for a lazy record")
+        .expect("lazy ack written");
+    assert_eq!(journal.stats().batches, 1, "written as a batch of its own");
+    close(&journal);
+    assert_eq!(ids(&reopen(dir.path())), vec![2]);
+}
+
+#[tokio::test]
 async fn given_only_lazy_acks_should_be_written_within_the_lazy_delay() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (journal, _) = open(JournalConfig::new(dir.path()));
@@ -956,4 +1037,46 @@ async fn given_segment_that_cannot_be_deleted_should_keep_newer_ones_that_depend
     assert_eq!(ids(&recovered), vec![3]);
     wait_for_segments(&journal, dir.path(), &[4, 5]).await;
     close(&journal);
+}
+
+#[tokio::test]
+async fn given_mirrored_segments_should_preallocate_the_newest_trim_older_and_recover_as_a_journal() {
+    let live = tempfile::tempdir().expect("tempdir");
+    let config = JournalConfig {
+        segment_size: 512,
+        ..JournalConfig::new(live.path())
+    };
+    let (journal, _) = open(config);
+    for id in 1..=8 {
+        durable(&journal, vec![Op::Add(message_with_body(id, vec![b'x'; 200]))]).await;
+    }
+    durable(&journal, vec![ack(3)]).await;
+    close(&journal);
+    let seqs = segment_seqs(live.path());
+    assert!(seqs.len() >= 2, "several segments to mirror: {seqs:?}");
+
+    let backup = tempfile::tempdir().expect("tempdir");
+    let mut mirror = Mirror::open(backup.path()).expect("mirror opens");
+    let mut copied = Vec::new();
+    for &seq in &seqs {
+        let bytes = fs::read(SegmentSeq(seq).path(live.path())).expect("read live segment");
+        // In two chunks, as the live streams them.
+        let half = bytes.len() / 2;
+        mirror.write(seq, 0, &bytes[..half]).expect("mirror write");
+        mirror.write(seq, half as u64, &bytes[half..]).expect("mirror write");
+        mirror.sync().expect("mirror sync");
+        copied.push((seq, bytes.len() as u64));
+    }
+    let (&(newest, newest_len), older) = copied.split_last().expect("segments");
+    for &(seq, len) in older {
+        assert_eq!(file_len(&SegmentSeq(seq).path(backup.path())), len, "segment {seq} trimmed to its records");
+    }
+    assert!(
+        file_len(&SegmentSeq(newest).path(backup.path())) > newest_len,
+        "the newest mirrored segment is preallocated"
+    );
+    drop(mirror);
+
+    let expected: Vec<u64> = (1..=8).filter(|&id| id != 3).collect();
+    assert_eq!(ids(&reopen(backup.path())), expected);
 }

@@ -13,9 +13,10 @@
 use std::fs::File;
 use std::os::unix::fs::FileExt;
 use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::{Receiver, RecvTimeoutError, TryRecvError};
 use std::sync::Arc;
-use std::time::Instant;
+use std::time::{Duration, Instant};
 
 use tokio::sync::oneshot;
 
@@ -33,9 +34,46 @@ pub(super) struct Request {
     pub(super) frame: Vec<u8>,
     pub(super) effects: Vec<Effect>,
     pub(super) reply: oneshot::Sender<Result<(), JournalError>>,
-    /// Asks for a group commit now; lazy requests wait for one (see `LAZY_SYNC_DELAY`).
-    pub(super) sync: bool,
 }
+
+/// What the writer's channel carries: records that want a group commit now, or a nudge
+/// that lazy records are waiting (see [`LazyQueue`]).
+pub(super) enum Queued {
+    Sync(Request),
+    Wake,
+}
+
+/// Lazy records (acknowledgements nobody waits for) wait here, beside the channel, so
+/// that queueing one does not wake the writer: with a synchronous producer and its
+/// consumer, every ack would otherwise cost the writer thread a wake-up and a context
+/// switch between two group commits. They ride along with the next group commit, or are
+/// written on their own within about [`LAZY_SYNC_DELAY`]. The writer only asks to be woken
+/// for them while it sleeps without a timer (no traffic for [`HOT_PERIOD`]).
+#[derive(Default)]
+pub(super) struct LazyQueue {
+    requests: parking_lot::Mutex<Vec<Request>>,
+    idle: AtomicBool,
+}
+
+impl LazyQueue {
+    /// Queues `request`; true when the writer is asleep without a timer and must be woken.
+    pub(super) fn push(&self, request: Request) -> bool {
+        self.requests.lock().push(request);
+        self.idle.load(Ordering::SeqCst)
+    }
+
+    fn has_pending(&self) -> bool {
+        !self.requests.lock().is_empty()
+    }
+
+    fn take(&self) -> Vec<Request> {
+        std::mem::take(&mut *self.requests.lock())
+    }
+}
+
+/// After a group commit the writer wakes every [`LAZY_SYNC_DELAY`] for this long to pick up
+/// lazy records, instead of being woken for each.
+const HOT_PERIOD: Duration = Duration::from_secs(1);
 
 /// The segment records are appended to.
 struct Current {
@@ -43,9 +81,12 @@ struct Current {
     path: PathBuf,
     file: File,
     len: u64,
+    /// The file's size: `len` plus preallocated zeros (see [`segment::PREALLOCATE_AHEAD`]).
+    allocated: u64,
     /// The id floor its header holds (possibly only in the page cache).
     id_floor: u64,
 }
+
 
 /// The segment to roll to next.
 enum NextSegment {
@@ -71,6 +112,8 @@ pub(super) struct Writer {
     pending_truncate: Option<u64>,
     /// Whether the last batch failed; errors are logged once per burst.
     failing: bool,
+    /// Cleared when the file system says it cannot preallocate at all.
+    can_preallocate: bool,
     buffer: Vec<u8>,
     metrics: JournalMetrics,
     stats: Arc<SharedStats>,
@@ -107,11 +150,13 @@ impl Writer {
             Some(last) => {
                 let path = last.seq.path(&config.dir);
                 let file = segment::open_for_append(&path)?;
+                let allocated = file.metadata().map_or(last.len, |m| m.len().max(last.len));
                 let mut current = Current {
                     seq: last.seq,
                     path,
                     file,
                     len: last.len,
+                    allocated,
                     id_floor: last.id_floor,
                 };
                 // A segment rolled to just before a crash may still carry the floor it
@@ -136,6 +181,7 @@ impl Writer {
                     path: seq.path(&config.dir),
                     file,
                     len: HEADER_LEN as u64,
+                    allocated: HEADER_LEN as u64,
                     id_floor: next_id,
                 }
             }
@@ -156,6 +202,7 @@ impl Writer {
             next_id,
             pending_truncate: None,
             failing: false,
+            can_preallocate: true,
             buffer: Vec::new(),
             metrics,
             stats,
@@ -170,61 +217,70 @@ impl Writer {
     }
 
     /// Serves batches until every sender is gone and the queue is empty, then syncs.
-    pub(super) fn run(mut self, requests: Receiver<Request>) -> Result<(), JournalError> {
+    pub(super) fn run(mut self, requests: Receiver<Queued>, lazy: Arc<LazyQueue>) -> Result<(), JournalError> {
         let mut held_back: Option<Request> = None;
-        // Lazy requests collected while no synchronous one has come.
-        let mut deferred: Vec<Request> = Vec::new();
-        let mut deferred_since = Instant::now();
+        // When the writer first saw lazy records waiting; they are due LAZY_SYNC_DELAY later.
+        let mut lazy_since: Option<Instant> = None;
+        let mut last_commit: Option<Instant> = None;
         loop {
             let first = match held_back.take() {
-                Some(request) => request,
-                None if deferred.is_empty() => match requests.recv() {
-                    Ok(request) => request,
-                    Err(_) => break,
-                },
+                Some(request) => Some(request),
                 None => {
-                    let wait = LAZY_SYNC_DELAY.saturating_sub(deferred_since.elapsed());
-                    match requests.recv_timeout(wait) {
-                        Ok(request) => request,
-                        Err(RecvTimeoutError::Timeout) => {
-                            self.commit(std::mem::take(&mut deferred));
-                            continue;
-                        }
+                    if lazy_since.is_none() && lazy.has_pending() {
+                        lazy_since = Some(Instant::now());
+                    }
+                    let timeout = match lazy_since {
+                        Some(since) => Some(LAZY_SYNC_DELAY.saturating_sub(since.elapsed())),
+                        None if last_commit.is_some_and(|at| at.elapsed() < HOT_PERIOD) => Some(LAZY_SYNC_DELAY),
+                        None => None,
+                    };
+                    match wait(&requests, &lazy, timeout) {
+                        Ok(Queued::Sync(request)) => Some(request),
+                        Ok(Queued::Wake) | Err(RecvTimeoutError::Timeout) => None,
                         Err(RecvTimeoutError::Disconnected) => break,
                     }
                 }
             };
-            if deferred.is_empty() {
-                deferred_since = Instant::now();
+            let mut batch = Vec::new();
+            let mut bytes = 0usize;
+            let mut sync = false;
+            if let Some(request) = first {
+                bytes += request.frame.len();
+                sync = true;
+                batch.push(request);
             }
-            let mut bytes: usize =
-                deferred.iter().map(|r| r.frame.len()).sum::<usize>() + first.frame.len();
-            let mut sync = first.sync;
-            let mut batch = std::mem::take(&mut deferred);
-            batch.push(first);
             while bytes < self.max_batch_bytes {
                 match requests.try_recv() {
-                    Ok(request) if bytes + request.frame.len() > self.max_batch_bytes => {
+                    Ok(Queued::Sync(request)) if bytes + request.frame.len() > self.max_batch_bytes => {
                         held_back = Some(request);
-                        sync = true;
                         break;
                     }
-                    Ok(request) => {
+                    Ok(Queued::Sync(request)) => {
                         bytes += request.frame.len();
-                        sync |= request.sync;
+                        sync = true;
                         batch.push(request);
                     }
+                    Ok(Queued::Wake) => {}
                     Err(TryRecvError::Empty | TryRecvError::Disconnected) => break,
                 }
             }
-            if sync || bytes >= self.max_batch_bytes {
-                self.commit(batch);
-            } else {
-                deferred = batch;
+            let lazy_due = lazy_since.is_some_and(|since| since.elapsed() >= LAZY_SYNC_DELAY);
+            if sync || lazy_due {
+                // Lazy records go first. Their order against the synchronous ones does not
+                // matter: a lazy record only acknowledges messages already durable.
+                let mut records = lazy.take();
+                records.append(&mut batch);
+                lazy_since = None;
+                if !records.is_empty() {
+                    self.commit(records);
+                    last_commit = Some(Instant::now());
+                }
             }
         }
-        if !deferred.is_empty() {
-            self.commit(deferred);
+        // Every sender is gone: nothing can be queued any more.
+        let rest = lazy.take();
+        if !rest.is_empty() {
+            self.commit(rest);
         }
         self.finish()
     }
@@ -326,6 +382,7 @@ impl Writer {
             self.buffer.extend_from_slice(&request.frame);
         }
         let start = self.current.len;
+        self.preallocate(start + self.buffer.len() as u64);
         if let Err(source) = self.current.file.write_all_at(&self.buffer, start) {
             self.undo(start);
             return Err(JournalError::Write {
@@ -366,6 +423,32 @@ impl Writer {
         Ok(batch.iter().map(|request| request.frame.len()).sum())
     }
 
+    /// Makes sure the current segment's file reaches past `end` (up to the segment size)
+    /// with preallocated blocks. Best effort: where the file system cannot, the batch's
+    /// write extends the file as it always could, and a full disk fails that write.
+    fn preallocate(&mut self, end: u64) {
+        let current = &mut self.current;
+        if !self.can_preallocate || end <= current.allocated || end > self.segment_size {
+            return;
+        }
+        let to = end.saturating_add(segment::PREALLOCATE_AHEAD).min(self.segment_size);
+        match segment::preallocate(&current.file, current.allocated, to) {
+            Ok(()) => current.allocated = to,
+            Err(error) if error.kind() == std::io::ErrorKind::Unsupported => {
+                self.can_preallocate = false;
+                tracing::info!(
+                    dir = %self.dir.display(),
+                    "the file system cannot preallocate; journal segments grow by appends"
+                );
+            }
+            Err(error) => tracing::debug!(
+                segment = %current.path.display(),
+                error = &error as &dyn std::error::Error,
+                "cannot preallocate journal space; appending instead"
+            ),
+        }
+    }
+
     /// Cuts the current segment back to `len` after a failed batch.
     fn undo(&mut self, len: u64) {
         self.pending_truncate = Some(len);
@@ -382,6 +465,7 @@ impl Writer {
     fn repair(&mut self) -> Result<(), JournalError> {
         if let Some(len) = self.pending_truncate {
             segment::truncate(&self.current.file, &self.current.path, len, self.fsync)?;
+            self.current.allocated = len;
             self.pending_truncate = None;
         }
         Ok(())
@@ -404,6 +488,7 @@ impl Writer {
             path,
             file: prepared.file,
             len: HEADER_LEN as u64,
+            allocated: HEADER_LEN as u64,
             id_floor: prepared.header.id_floor,
         };
         self.ledger.add_segment(seq);
@@ -480,6 +565,24 @@ impl Writer {
         self.stats.segment_len(self.current.seq, self.current.len);
         self.stats.publish(self.counters);
     }
+}
+
+/// Waits for the channel: up to `timeout`, or, without one, until woken (then lazy
+/// records ask for a wake-up, see [`LazyQueue`]).
+fn wait(requests: &Receiver<Queued>, lazy: &LazyQueue, timeout: Option<Duration>) -> Result<Queued, RecvTimeoutError> {
+    if let Some(timeout) = timeout {
+        return requests.recv_timeout(timeout);
+    }
+    // Announce the sleep before looking at the queue one last time: a lazy record queued
+    // after this check sees `idle` and sends a wake-up.
+    lazy.idle.store(true, Ordering::SeqCst);
+    let result = if lazy.has_pending() {
+        Err(RecvTimeoutError::Timeout)
+    } else {
+        requests.recv().map_err(|_| RecvTimeoutError::Disconnected)
+    };
+    lazy.idle.store(false, Ordering::SeqCst);
+    result
 }
 
 impl Current {
