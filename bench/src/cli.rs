@@ -46,10 +46,13 @@ duomq-bench run --url stomp://guest:guest@127.0.0.1:61613 --persistent --window 
 --subscribe-header x-queue-type=quorum --subscribe-header durable=true --subscribe-header auto-delete=false \\\n      \
 --broker-pid $(pgrep -f beam.smp)";
 
-const FSYNC_ABOUT: &str = "Measure how many append+fdatasync cycles per second a directory's disk \
+const FSYNC_ABOUT: &str = "Measure how many write+fdatasync cycles per second a directory's disk \
 sustains: the ceiling for synchronous persistent sends with one fsync each.\n\n\
-Appends --size bytes to a scratch file in --dir and calls fdatasync, in a loop, for --duration; \
-reports fsyncs per second and the fdatasync latency. The scratch file is removed afterwards.\n\n\
+Two ways, --duration each, in a scratch file in --dir: appending --size bytes (the file grows, \
+so each fdatasync also commits the new file size), then writing --size bytes into space \
+preallocated with fallocate (each fdatasync flushes data only, as duomq's journal does). \
+Reports both rates and fdatasync latencies; the faster one is the disk's real limit. The \
+scratch file is removed afterwards.\n\n\
 Examples:\n  \
 duomq-bench fsync-rate --dir /var/lib/duomq\n  \
 duomq-bench fsync-rate --dir /tmp --duration 10s --size 4096 --json";

@@ -160,6 +160,7 @@ fn given_temp_dir_when_measuring_fsync_rate_should_report_a_rate() -> anyhow::Re
     let dir_arg = dir.path().to_string_lossy().into_owned();
     let report = bench_json(&["fsync-rate", "--dir", &dir_arg, "--duration", "1s", "--json"])?;
     assert!(report["fsync_rate"].as_f64().is_some_and(|r| r > 0.0), "{report}");
+    assert!(report["preallocated"]["fsync_rate"].as_f64().is_some_and(|r| r > 0.0), "{report}");
     assert_eq!(std::fs::read_dir(dir.path())?.count(), 0, "scratch file left behind");
     Ok(())
 }
