@@ -1,12 +1,14 @@
 //! The local cluster against the local API server, with real containers: a StatefulSet of
 //! two brokers behind a headless Service becomes two Ready pods with IPs, bound claims and
-//! DNS names; a killed container restarts; a deleted pod comes back with its data; a
-//! template change rolls from the highest ordinal; a failed node takes its pod out of the
-//! Service. Also a Deployment, a missing image and an unschedulable pod.
+//! DNS names (their own, and the Services' from the cluster DNS); a killed container
+//! restarts; a deleted pod comes back with its data; a template change rolls from the
+//! highest ordinal; a failed node takes its pod out of the Service. Also a Deployment, a
+//! missing image and an unschedulable pod.
 //!
 //! Needs Docker, the local base image `duomq-base:bookworm` and a built broker
 //! (`cargo build -p duomq-broker`); fails with a message naming the missing piece.
 
+use std::collections::BTreeSet;
 use std::future::Future;
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
@@ -478,6 +480,17 @@ async fn given_statefulset_of_brokers_when_run_on_local_cluster_should_behave_li
             "{name} from {from}"
         );
     }
+
+    // Service names resolve through the cluster DNS, to the Service's endpoints: the
+    // ClusterIP Service by its short name (search path) and full name, the headless one
+    // too; an unknown Service does not resolve.
+    let both: BTreeSet<String> = [pod_ip(&p0), pod_ip(&p1)].into_iter().flatten().collect();
+    for name in ["brokers".to_string(), format!("brokers.{ns}.svc"), format!("brokers.{ns}.svc.cluster.local"), "brokers-hl".to_string()] {
+        let resolved = docker_cli(&["exec", &c0, "getent", "ahostsv4", &name])?;
+        let ips: BTreeSet<String> = resolved.lines().filter_map(|l| l.split_whitespace().next()).map(String::from).collect();
+        assert_eq!(ips, both, "{name} from {c0}");
+    }
+    assert!(docker_cli(&["exec", &c0, "getent", "hosts", "nothing-here"]).is_err(), "an unknown name resolves");
 
     // The pod's user can write its claim; the data is on the host under the claim's dir.
     docker_cli(&[

@@ -8,20 +8,18 @@
 //! cluster instead, building nothing (the images must be pullable there). Missing Docker or
 //! kubectl fails the test with what to install: nothing is skipped.
 
+mod common;
+
 use std::collections::BTreeSet;
 use std::net::SocketAddr;
-use std::path::{Path, PathBuf};
 use std::time::{Duration, Instant};
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
+use common::traffic::{failover_time, MemberProbe};
+use common::{condition, group_status, Env, GROUP_AVAILABLE};
 use duomq_broker::client::{AckMode, Client, ClientOptions, SendOptions};
-use duomq_e2e::env::{build_images, kubectl, repo_root, require_tools, wait_for, LocalControlPlane};
-use serde_json::Value;
+use duomq_e2e::env::{repo_root, wait_for};
 
-/// Pulling nothing, starting the operator's pod: seconds here; generous for slow CI.
-const OPERATOR_READY: Duration = Duration::from_secs(180);
-/// From `kubectl apply` of a pair to `Available`: two broker containers start and sync.
-const GROUP_AVAILABLE: Duration = Duration::from_secs(240);
 /// From kill -9 of the live to the status naming the backup as live.
 const FAILOVER_SEEN: Duration = Duration::from_secs(120);
 /// From the failover to the original member live again (restart, resync, failback).
@@ -30,66 +28,6 @@ const FAILBACK_SEEN: Duration = Duration::from_secs(180);
 const GC_DONE: Duration = Duration::from_secs(120);
 
 const MESSAGES: usize = 200;
-
-struct Env {
-    kubeconfig: PathBuf,
-    local: Option<LocalControlPlane>,
-    _state: Option<tempfile::TempDir>,
-}
-
-impl Env {
-    async fn start() -> Result<Env> {
-        require_tools()?;
-        if let Some(kc) = std::env::var_os("E2E_KUBECONFIG") {
-            return Ok(Env { kubeconfig: PathBuf::from(kc), local: None, _state: None });
-        }
-        let binaries = std::env::current_exe()?
-            .parent()
-            .and_then(Path::parent)
-            .map(PathBuf::from)
-            .context("no target directory")?;
-        build_images(&binaries, true)?;
-        let state = tempfile::Builder::new().prefix("duomq-e2e-").tempdir()?;
-        let prefix = format!("duomq-e2e-t{}", std::process::id());
-        let local = LocalControlPlane::start(state.path(), &prefix).await?;
-        Ok(Env { kubeconfig: local.kubeconfig.clone(), local: Some(local), _state: Some(state) })
-    }
-
-    fn kubectl(&self, args: &[&str]) -> Result<String> {
-        Ok(kubectl(&self.kubeconfig, args)?)
-    }
-
-    fn json(&self, args: &[&str]) -> Result<Value> {
-        let mut all = args.to_vec();
-        all.extend(["-o", "json"]);
-        let text = self.kubectl(&all)?;
-        serde_json::from_str(&text).context("kubectl printed no JSON")
-    }
-
-    /// Where this machine reaches a Service's STOMP port.
-    async fn stomp_address(&self, service: &str) -> Result<SocketAddr> {
-        match &self.local {
-            Some(local) => {
-                local.cluster.service_address("default", service, "stomp").await.with_context(|| format!("no proxy for service {service}"))
-            }
-            None => bail!("E2E_KUBECONFIG: reaching services of a real cluster needs `kubectl port-forward`, not supported by these tests yet"),
-        }
-    }
-
-    async fn shutdown(self) {
-        if let Some(local) = self.local {
-            local.shutdown().await;
-        }
-    }
-}
-
-fn group_status(bg: &Value) -> &Value {
-    &bg["status"]["groups"][0]
-}
-
-fn condition(bg: &Value, kind: &str) -> Option<String> {
-    bg["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind).and_then(|c| c["status"].as_str()).map(String::from)
-}
 
 async fn send_receipted(address: SocketAddr, queue: &str, from: usize, count: usize) -> Result<()> {
     let client = Client::connect(&format!("stomp://{address}"), ClientOptions::default()).await?;
@@ -124,20 +62,7 @@ async fn given_the_operator_installed_with_kubectl_when_a_pair_is_applied_should
     let env = Env::start().await?;
     let result = pair_scenario(&env).await;
     if result.is_err() {
-        // What a person would look at first.
-        for args in [&["get", "brokergroups,pods,statefulsets", "-A", "-o", "wide"][..], &["get", "brokergroup", "pair", "-o", "yaml"][..]] {
-            eprintln!("$ kubectl {}\n{}", args.join(" "), env.kubectl(args).unwrap_or_else(|e| e.to_string()));
-        }
-        if let Some(local) = &env.local {
-            for pod in ["pair-g0-0", "pair-g0-1"] {
-                if let Some(c) = local.cluster.container_of("default", pod) {
-                    let logs = std::process::Command::new("docker").args(["logs", "--tail", "40", &c]).output();
-                    if let Ok(o) = logs {
-                        eprintln!("$ docker logs {pod}\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
-                    }
-                }
-            }
-        }
+        env.dump("default", "pair");
     }
     env.shutdown().await;
     result
@@ -148,18 +73,17 @@ async fn pair_scenario(env: &Env) -> Result<()> {
     let file = |p: &str| root.join(p).to_string_lossy().into_owned();
 
     // Install: CRDs, RBAC and the operator Deployment, as the README says.
-    env.kubectl(&["apply", "--server-side", "-f", &file("manifests/install.yaml")])?;
-    env.kubectl(&["-n", "duomq-system", "wait", "--for=condition=Available", "deployment/duomq-operator", &format!("--timeout={}s", OPERATOR_READY.as_secs())])?;
+    env.install_operator()?;
 
     // A pair, Available.
     env.kubectl(&["apply", "-f", &file("manifests/examples/pair.yaml")])?;
     env.kubectl(&["wait", "--for=condition=Available", "brokergroup/pair", &format!("--timeout={}s", GROUP_AVAILABLE.as_secs())])?;
     let bg = env.json(&["get", "brokergroup", "pair"])?;
-    ensure!(group_status(&bg)["live"] == "pair-g0-0", "expected pair-g0-0 live: {}", bg["status"]);
+    ensure!(group_status(&bg, 0)["live"] == "pair-g0-0", "expected pair-g0-0 live: {}", bg["status"]);
 
     // Messages through the client Service, which follows the live (a ready pod labelled live).
     env.kubectl(&["wait", "--for=condition=Ready", "pod", "-l", "duomq.io/role=live", &format!("--timeout={}s", GROUP_AVAILABLE.as_secs())])?;
-    let address = env.stomp_address("pair-g0").await?;
+    let address = env.stomp_address("default", "pair-g0").await?;
     // The Service's endpoints follow the role label the operator has just set: retry as a
     // client would. Bodies are unique, so a resent batch is counted once.
     let deadline = Instant::now() + Duration::from_secs(60);
@@ -177,21 +101,30 @@ async fn pair_scenario(env: &Env) -> Result<()> {
     // A backup in sync first: only an in-sync backup may take the group's Lease.
     env.kubectl(&["wait", "--for=condition=Replicated", "brokergroup/pair", &format!("--timeout={}s", GROUP_AVAILABLE.as_secs())])?;
 
-    // kill -9 of the live broker's process.
-    let local = env.local.as_ref().context("the kill step needs the local control plane")?;
+    // kill -9 of the live broker's process, while a probe writes to both members directly
+    // to time how long nobody accepted sends.
+    let local = env.local()?;
+    let members = ["pair-g0-0", "pair-g0-1"].map(String::from);
+    let probe = MemberProbe::start(env.kube_client().await?, "default", &members, "/queue/probe");
+    probe.wait_accepting("pair-g0-0", Instant::now(), Duration::from_secs(30)).await?;
     let container = local.cluster.container_of("default", "pair-g0-0").context("no container for pair-g0-0")?;
+    let killed_at = Instant::now();
     let killed = std::process::Command::new("docker").args(["kill", "--signal", "KILL", &container]).output()?;
     ensure!(killed.status.success(), "docker kill: {}", String::from_utf8_lossy(&killed.stderr));
+    probe.wait_accepting("pair-g0-1", killed_at, FAILOVER_SEEN).await?;
+    let accepted = probe.stop().await;
+    let took = failover_time(&accepted, "pair-g0-0", killed_at).context("no failover seen")?;
+    println!("failover time, kill -9 of the live container: {:.2}s", took.as_secs_f64());
 
     // The status tells the story. The backup takes over within seconds and, with
     // allowFailback, hands the role back as soon as the restarted member has resynced, so the
     // operator may see either step first.
     let failed_over = wait_for("the failover to be counted", FAILOVER_SEEN, || {
         let bg = env.json(&["get", "brokergroup", "pair"]).ok()?;
-        (group_status(&bg)["failovers"].as_i64() >= Some(1)).then_some(bg)
+        (group_status(&bg, 0)["failovers"].as_i64() >= Some(1)).then_some(bg)
     })
     .await?;
-    let g = group_status(&failed_over);
+    let g = group_status(&failed_over, 0);
     if g["failovers"] == 1 {
         ensure!(g["lastFailover"]["from"] == "pair-g0-0" && g["lastFailover"]["to"] == "pair-g0-1", "lastFailover: {g}");
         ensure!(["LiveLost", "OperatorFailover"].contains(&g["lastFailover"]["reason"].as_str().unwrap_or("")), "reason: {g}");
@@ -200,18 +133,18 @@ async fn pair_scenario(env: &Env) -> Result<()> {
     ensure!(events.contains("FailedOver"), "no FailedOver event: {events}");
 
     // Nothing acknowledged is lost: every receipted message is there, on the new live.
-    let address = env.stomp_address("pair-g0").await?;
+    let address = env.stomp_address("default", "pair-g0").await?;
     let got = wait_for_messages(address, MESSAGES).await?;
     ensure!(got.len() == MESSAGES, "received {} of {MESSAGES} receipted messages after failover", got.len());
 
     // allowFailback: the original member resyncs and takes the live role back.
     let back = wait_for("pair-g0-0 to be live again (failback)", FAILBACK_SEEN, || {
         let bg = env.json(&["get", "brokergroup", "pair"]).ok()?;
-        (group_status(&bg)["live"] == "pair-g0-0").then_some(bg)
+        (group_status(&bg, 0)["live"] == "pair-g0-0").then_some(bg)
     })
     .await?;
-    ensure!(group_status(&back)["lastFailover"]["reason"] == "Failback", "after failback: {}", group_status(&back));
-    ensure!(group_status(&back)["failovers"].as_i64() >= Some(2), "failover and failback counted: {}", group_status(&back));
+    ensure!(group_status(&back, 0)["lastFailover"]["reason"] == "Failback", "after failback: {}", group_status(&back, 0));
+    ensure!(group_status(&back, 0)["failovers"].as_i64() >= Some(2), "failover and failback counted: {}", group_status(&back, 0));
     ensure!(condition(&back, "Available").as_deref() == Some("True"), "not Available after failback");
 
     // Deleting the BrokerGroup garbage-collects everything it owned.

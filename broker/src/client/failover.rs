@@ -105,11 +105,14 @@ pub(super) fn member_order(members: usize, randomize: bool) -> Vec<usize> {
 
 /// Does a broker ERROR mean "this broker is going away or is not the live", so that a
 /// failover client should move to another member? duomq says `broker is shutting down`
-/// when it stops and a backup says `not live: ...`; any other ERROR (a bad frame, a full
-/// destination) would follow the client to the next broker, so it ends the session.
+/// when it stops, a backup says `not live: ...`, and a live that lost its claim (fenced)
+/// fails the writes it could not confirm with `... stopped being live ...`
+/// ([`crate::journal::JournalError::Fenced`]): the client resends those to the new live.
+/// Any other ERROR (a bad frame, a full destination) would follow the client to the next
+/// broker, so it ends the session.
 pub(super) fn is_failover_error(message: &str) -> bool {
     let message = message.to_ascii_lowercase();
-    message.contains("shutting down") || message.starts_with("not live")
+    message.contains("shutting down") || message.starts_with("not live") || message.contains("stopped being live")
 }
 
 /// Which endings of a connection a failover client reconnects after.
@@ -334,10 +337,17 @@ mod tests {
     #[case("broker is shutting down", true)]
     #[case("not live: backup of group g1; live is stomp://10.0.0.1:61613", true)]
     #[case("Not Live", true)]
+    #[case("failed to persist: failed to confirm the write: this live stopped being live before its backups had it", true)]
     #[case("destination is full: no room within 1s (memory limits)", false)]
     #[case("authentication failed for login \"x\"", false)]
-    fn given_broker_error_should_fail_over_only_for_shutdown_or_not_live(#[case] message: &str, #[case] fails_over: bool) {
+    fn given_broker_error_should_fail_over_only_when_the_broker_stops_serving(#[case] message: &str, #[case] fails_over: bool) {
         assert_eq!(is_failover_error(message), fails_over);
+    }
+
+    #[test]
+    fn given_a_write_failed_by_fencing_should_fail_over() {
+        let error = crate::journal::JournalError::Fenced;
+        assert!(is_failover_error(&format!("failed to persist: {error}")));
     }
 
     #[test]

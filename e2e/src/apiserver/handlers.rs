@@ -6,11 +6,12 @@
 //! It must not hold API rules: those live in write, delete, gc, admission and watch; this
 //! module reads requests and writes responses, logging each at debug.
 
+use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use axum::body::Bytes;
-use axum::extract::{Request, State};
+use axum::extract::{ConnectInfo, Request, State};
 use axum::response::{IntoResponse, Response};
 use axum::Router;
 use http::{header, HeaderMap, HeaderValue, Method, StatusCode};
@@ -21,6 +22,7 @@ use super::crd_validation::FieldValidation;
 use super::delete::{self, DeleteOptions, Deleted};
 use super::discovery;
 use super::error::{ApiError, ApiResult};
+use super::faults::Faults;
 use super::gc;
 use super::meta;
 use super::openapi;
@@ -43,6 +45,7 @@ const MAX_BODY: usize = 16 * 1024 * 1024;
 pub(crate) struct AppState {
     pub store: Arc<Store>,
     pub cancel: CancellationToken,
+    pub faults: Faults,
 }
 
 pub(crate) fn router(state: AppState) -> Router {
@@ -142,6 +145,11 @@ impl Req {
 
 async fn dispatch(State(app): State<Arc<AppState>>, request: Request) -> Response {
     let started = Instant::now();
+    if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
+        if !app.faults.pass(peer.ip(), &app.cancel).await {
+            return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+    }
     let (parts, body) = request.into_parts();
     let path = parts.uri.path().to_string();
     let method = parts.method.clone();

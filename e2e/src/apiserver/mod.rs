@@ -6,7 +6,8 @@
 //!
 //! It must not run workloads: scheduling, controllers and the kubelet live in
 //! [`crate::cluster`] and reach this server only over HTTP, like real controllers do. It keeps
-//! no data on disk and checks no credentials: any or no bearer token is accepted.
+//! no data on disk and checks no credentials: any or no bearer token is accepted. Tests can
+//! cut clients off it by address ([`Faults`]).
 //!
 //! Where it knowingly differs from Kubernetes 1.33:
 //! - Field ownership follows Kubernetes' rules at field granularity, with simplified list
@@ -34,6 +35,7 @@ mod delete;
 mod discovery;
 mod error;
 mod events;
+mod faults;
 mod fieldsets;
 mod gc;
 mod handlers;
@@ -61,6 +63,7 @@ use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 
+pub use self::faults::Faults;
 use self::store::Store;
 
 /// Name of the cluster, user and context in the kubeconfig the server writes.
@@ -129,6 +132,7 @@ pub struct ApiServerHandle {
     cancel: CancellationToken,
     servers: JoinSet<()>,
     store: Arc<Store>,
+    faults: Faults,
 }
 
 impl std::fmt::Debug for ApiServerHandle {
@@ -149,6 +153,7 @@ pub async fn start(opts: ApiServerOptions) -> Result<ApiServerHandle, ApiServerE
     let store = Arc::new(Store::new(opts.watch_history.max(1)));
     store.write(write::bootstrap);
     let cancel = CancellationToken::new();
+    let faults = Faults::default();
     let mut servers = JoinSet::new();
     let mut addrs = Vec::with_capacity(opts.listen.len());
     for addr in &opts.listen {
@@ -165,9 +170,11 @@ pub async fn start(opts: ApiServerOptions) -> Result<ApiServerHandle, ApiServerE
         let app = handlers::router(handlers::AppState {
             store: store.clone(),
             cancel: cancel.clone(),
+            faults: faults.clone(),
         });
         let shutdown = cancel.clone();
         servers.spawn(async move {
+            let app = app.into_make_service_with_connect_info::<SocketAddr>();
             let served = axum::serve(listener, app)
                 .with_graceful_shutdown(async move { shutdown.cancelled().await })
                 .await;
@@ -186,6 +193,7 @@ pub async fn start(opts: ApiServerOptions) -> Result<ApiServerHandle, ApiServerE
         cancel,
         servers,
         store,
+        faults,
     };
     if let Some(path) = &opts.kubeconfig {
         handle.write_kubeconfig(path, &url)?;
@@ -227,6 +235,11 @@ impl ApiServerHandle {
     /// `server_url`, e.g. a URL on the Docker bridge for pods that call the API.
     pub fn write_kubeconfig(&self, path: &Path, server_url: &str) -> Result<(), ApiServerError> {
         write_kubeconfig_file(path, server_url)
+    }
+
+    /// Fault injection: cut clients off this server by address (see [`Faults`]).
+    pub fn faults(&self) -> Faults {
+        self.faults.clone()
     }
 
     /// Stops accepting requests, ends open watches and waits for the listeners to stop.

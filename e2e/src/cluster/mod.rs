@@ -9,11 +9,13 @@
 //! bridge network, with a fixed IP for its lifetime and DNS names
 //! `{hostname}.{subdomain}.{namespace}.svc[.cluster.local]` and
 //! `{ip-dashed}.{namespace}.pod[.cluster.local]` (search path and `ndots:5` as in a real
-//! pod); one container per spec container joining it; volumes as host directories under
+//! pod), and Service names `{service}.{namespace}.svc[.cluster.local]` and headless members
+//! `{hostname}.{service}.{namespace}.svc[.cluster.local]` from the cluster DNS server
+//! ([`dns`], on the network's gateway); one container per spec container joining it; volumes as host directories under
 //! `state_dir`; the kubeconfig at `/var/run/duomq-e2e/kubeconfig`.
 //!
-//! Not there (by design, for now): Service names do not resolve inside containers and
-//! Services have no virtual IP (reach them through `service_address` from the host);
+//! Not there (by design, for now): Services have no virtual IP (a Service name resolves to
+//! its endpoints' pod IPs; from the host, reach a Service through `service_address`);
 //! no PersistentVolume objects, no ControllerRevisions (a pod recreated below a
 //! StatefulSet's partition gets the current template), no Events, no `kubectl logs/exec`
 //! through the API, no `hostNetwork`; HTTPS probes only check that the port accepts
@@ -46,6 +48,7 @@ use tracing::{info, warn};
 
 mod api;
 pub mod deployment;
+pub mod dns;
 pub mod docker;
 #[cfg(test)]
 mod fixtures;
@@ -223,6 +226,19 @@ pub async fn start(client: Client, opts: ClusterOptions) -> Result<ClusterHandle
         .await
         .map_err(ClusterError::RegisterNodes)?;
 
+    // Service names for the pods; without the port (not root, say) pods still resolve
+    // their own names.
+    let dns_server = match dns::bind(IpAddr::V4(network.gateway)).await {
+        Ok(socket) => {
+            tasks.push(tokio::spawn(dns::serve(socket, services.clone(), pods.clone(), cancel.clone())));
+            Some(IpAddr::V4(network.gateway))
+        }
+        Err(error) => {
+            warn!(error = %error_chain(&error), "no cluster DNS: Service names will not resolve in pods");
+            None
+        }
+    };
+
     let kubelet = Kubelet::new(
         client.clone(),
         docker.clone(),
@@ -233,6 +249,7 @@ pub async fn start(client: Client, opts: ClusterOptions) -> Result<ClusterHandle
             state_dir: opts.state_dir.clone(),
             kubeconfig: opts.container_kubeconfig.clone(),
             sandbox_image: opts.sandbox_image.clone(),
+            dns_server,
         },
         KubeletInformers {
             pods: pods.clone(),

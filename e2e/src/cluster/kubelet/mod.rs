@@ -19,6 +19,7 @@ pub use status::{pod_status, ContainerView, PodView};
 pub use volumes::{claim_dir, plan_volume, VolumeError, VolumeFile, VolumePlan};
 
 use std::collections::{BTreeSet, HashMap};
+use std::net::IpAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
 use std::time::Duration;
@@ -81,6 +82,9 @@ pub struct KubeletConfig {
     pub state_dir: PathBuf,
     pub kubeconfig: Option<PathBuf>,
     pub sandbox_image: String,
+    /// The cluster DNS server pod sandboxes use (Docker's embedded resolver forwards to
+    /// it what it does not know); None: Docker's default.
+    pub dns_server: Option<IpAddr>,
 }
 
 struct WorkerHandle {

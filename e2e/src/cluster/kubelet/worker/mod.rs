@@ -355,6 +355,7 @@ impl PodWorker {
             labels: Some(self.labels("", "sandbox", 0)),
             host_config: Some(HostConfig {
                 network_mode: Some(config.network.name.clone()),
+                dns: config.dns_server.map(|ip| vec![ip.to_string()]),
                 dns_search: Some(vec![
                     format!("{ns}.svc.cluster.local"),
                     "svc.cluster.local".into(),
