@@ -90,7 +90,13 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     let config = BrokerConfig::load(args.config.as_deref(), std::env::vars(), &overrides)?;
     init_logging(&config);
-    let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+    let workers = config.runtime.effective_worker_threads();
+    tracing::debug!(workers, "starting the async runtime");
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(workers)
+        .enable_all()
+        .build()
+        .context("failed to start the async runtime")?;
     runtime.block_on(async {
         let shutdown = CancellationToken::new();
         let on_signal = shutdown.clone();

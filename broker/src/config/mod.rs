@@ -60,7 +60,27 @@ pub struct BrokerConfig {
     pub network: NetworkConfig,
     /// Cluster-wide message grouping (accepted, not active yet).
     pub grouping: GroupingConfig,
+    pub runtime: RuntimeConfig,
     pub log: LogConfig,
+}
+
+/// The async runtime serving connections.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct RuntimeConfig {
+    /// Threads serving connections; 0 picks one less than the CPUs available (at least 1),
+    /// leaving a CPU to the journal writer, whose hand-offs dominate a synchronous send.
+    pub worker_threads: usize,
+}
+
+impl RuntimeConfig {
+    /// The number of worker threads to start.
+    pub fn effective_worker_threads(&self) -> usize {
+        if self.worker_threads > 0 {
+            return self.worker_threads;
+        }
+        std::thread::available_parallelism().map_or(1, |n| n.get().saturating_sub(1).max(1))
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
@@ -417,6 +437,15 @@ mod tests {
     fn given_printed_default_config_when_parsed_should_equal_defaults() {
         let cfg = load_text(DEFAULT_CONFIG_YAML).unwrap();
         assert_eq!(cfg, BrokerConfig::default());
+    }
+
+    #[test]
+    fn given_worker_threads_should_use_them_and_otherwise_leave_a_cpu_to_the_journal() {
+        let cfg = load_text("runtime:\n  workerThreads: 3\n").unwrap();
+        assert_eq!(cfg.runtime.effective_worker_threads(), 3);
+        let cpus = std::thread::available_parallelism().map_or(1, |n| n.get());
+        let auto = BrokerConfig::default().runtime.effective_worker_threads();
+        assert_eq!(auto, cpus.saturating_sub(1).max(1));
     }
 
     #[test]
