@@ -18,6 +18,7 @@ pub mod probe;
 pub mod replica;
 pub mod responder;
 pub mod shared_store;
+pub mod switchover;
 
 use crate::admin::api::{BackupStatus, HaStatus, Role, SyncState, SyncStatus};
 use crate::cluster::{accept_handshake, ClusterFrame, HandshakeConfig, Purpose, DEFAULT_HANDSHAKE_TIMEOUT};
@@ -81,10 +82,11 @@ pub struct HaContext {
     backups: Mutex<Vec<BackupStatus>>,
 }
 
-/// One stretch of being live; replicas use it to ask the live to step down for failback.
+/// One stretch of being live; replicas use it to ask the live to step down for failback,
+/// the admin endpoint for a switchover.
 #[derive(Default)]
 pub struct LiveTerm {
-    /// Cancelled by a replica that wants the role back.
+    /// Cancelled by a replica that wants the role back, or by a switchover request.
     pub step_down: CancellationToken,
     /// Cancelled by the node once client traffic has stopped.
     pub clients_stopped: CancellationToken,
@@ -93,6 +95,29 @@ pub struct LiveTerm {
     /// Cancelled by the node when the live lost its claim: replicas let their backups go
     /// to find the next live.
     pub fenced: CancellationToken,
+    /// The backup this term hands the live role to, once chosen (by a failback request or a
+    /// switchover): at most one per term, so two backups are never told to take over.
+    handover_to: Mutex<Option<String>>,
+    /// The epoch the new live was told to take.
+    pub handover_epoch: std::sync::atomic::AtomicU64,
+}
+
+impl LiveTerm {
+    /// Chooses `node` as the one backup to hand over to; `false` if another was chosen.
+    pub fn claim_handover(&self, node: &str) -> bool {
+        let mut chosen = self.handover_to.lock();
+        match chosen.as_deref() {
+            Some(n) => n == node,
+            None => {
+                *chosen = Some(node.to_string());
+                true
+            }
+        }
+    }
+
+    pub fn handover_target(&self) -> Option<String> {
+        self.handover_to.lock().clone()
+    }
 }
 
 impl HaContext {
