@@ -151,7 +151,10 @@ pub struct HaSpec {
     pub mode: HaMode,
 
     /// When the original live (the group's first member) comes back after a failover, it
-    /// resyncs and then takes the live role back.
+    /// resyncs and then takes the live role back. With the kubernetes arbiter the operator
+    /// does this: once that member runs and reports synced, it asks the live for a
+    /// switchover to it (reason Failback), never during a rolling upgrade. With quorum the
+    /// brokers do it themselves.
     #[serde(default)]
     pub allow_failback: bool,
 
