@@ -406,3 +406,23 @@ fn given_a_switchover_to_a_member_not_in_sync_or_unsigned_should_refuse_and_stay
     let lease = pair.lease();
     assert_eq!((holder(&lease), epoch(&lease)), (Some("node-a"), 1));
 }
+
+#[test]
+fn given_a_lease_handed_over_to_another_member_should_not_take_it_until_the_hand_over_lapses() {
+    let mut pair = LeasePair::new(FAST);
+    pair.a.kill9();
+    // As if node-a had handed the Lease to a third member that never took it.
+    pair.api.edit(NAMESPACE, GROUP, |l| {
+        l["spec"]["holderIdentity"] = Value::Null;
+        l["metadata"]["annotations"]["duomq.io/handover-to"] = "node-c".into();
+    });
+    let edited = Instant::now();
+    pair.b.wait_live();
+    let took = edited.elapsed();
+    println!("took the lapsed hand-over after {took:?} (lease duration {:?})", pair.timing.duration);
+    assert!(took >= pair.timing.duration, "an in-sync backup took a Lease handed over to another member: {took:?}");
+    assert!(pair.b.log().contains("the Lease was handed over to node-c"), "{}", pair.b.log());
+    let lease = pair.lease();
+    assert_eq!((holder(&lease), epoch(&lease)), (Some("node-b"), 2));
+    assert!(lease["metadata"]["annotations"]["duomq.io/handover-to"].is_null(), "{lease}");
+}
