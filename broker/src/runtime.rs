@@ -290,7 +290,10 @@ async fn live_term(
         TermEnd::Shutdown
     } else {
         tracing::warn!(to = term.handover_target().as_deref().unwrap_or("unknown"), "stepping down: waiting for the chosen backup to take over");
-        let _ = tokio::time::timeout(HAND_OVER_TIMEOUT, term.handed_over.cancelled()).await;
+        let handed = tokio::time::timeout(HAND_OVER_TIMEOUT, term.handed_over.cancelled()).await;
+        if let (Ok(()), Some(to)) = (handed, term.handover_target()) {
+            ctx.handed_over_to(&to);
+        }
         TermEnd::HandedOver
     };
     *live_slot.write() = None;

@@ -12,6 +12,7 @@ use common::cluster::{Member, ROLE_TIMEOUT};
 use common::kube_api::{Fault, KubeApi};
 use common::{cli, receive_all};
 use duomq_broker::admin::{api, auth};
+use duomq_broker::stomp::{Command, Frame};
 use serde_json::Value;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -361,8 +362,13 @@ fn given_producer_running_when_switched_over_to_the_synced_backup_should_hand_th
     let took = asked.elapsed();
     println!("switchover took {took:?} (lease duration {:?})", pair.timing.duration);
     assert!(took < pair.timing.duration / 2, "a handed-over Lease is taken at once, not after expiry: {took:?}");
-    // The former live follows the new one.
+    // The former live follows the new one and sends its clients there.
     pair.a.wait_synced_backup();
+    let mut client = common::Conn::raw(pair.a.stomp);
+    client.send(&Frame::new(Command::Connect).header("accept-version", "1.2").header("host", "/"));
+    let error = client.expect(Command::Error);
+    let message = error.get("message").unwrap_or_default().to_string();
+    assert!(message.contains(&format!("live is stomp://{}", pair.b.stomp_addr())), "{message}");
     stop.store(true, Ordering::Relaxed);
     let samples = watcher.join().expect("watcher");
     let both = samples.iter().find(|(_, a, b)| a == "live" && b == "live");

@@ -227,6 +227,13 @@ impl HaContext {
         }
     }
 
+    /// After handing the live role to `node`: clients that still reach this member are
+    /// told that `node` is live (until it is followed, which says the same).
+    pub fn handed_over_to(&self, node: &str) {
+        let stomp = self.config.members.iter().find(|m| m.name == node).map(|m| m.stomp.clone());
+        self.show_live(Some(node), stomp);
+    }
+
     /// `dataDir/ha`: the epoch, the last live and (shared store) the live-holder file.
     pub fn ha_dir(&self) -> PathBuf {
         self.journal_dir.with_file_name("ha")
