@@ -157,3 +157,90 @@ impl BrokerStatusSource for HttpBrokerStatus {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::http::{HeaderMap, StatusCode};
+    use axum::response::IntoResponse;
+    use axum::{Json, Router};
+
+    /// A live's admin endpoint that checks the signature as the broker does, hands over
+    /// to `b` and refuses anyone else.
+    async fn fake_live(headers: HeaderMap, body: Bytes) -> axum::response::Response {
+        let signature = headers
+            .get(auth::SIGNATURE_HEADER)
+            .and_then(|v| v.to_str().ok());
+        if let Err(e) = auth::verify(
+            b"pw",
+            "POST",
+            SWITCHOVER,
+            &body,
+            signature,
+            auth::unix_now(),
+        ) {
+            let error = AdminError {
+                error: e.to_string(),
+            };
+            return (StatusCode::UNAUTHORIZED, Json(error)).into_response();
+        }
+        match serde_json::from_slice::<SwitchoverRequest>(&body) {
+            Ok(r) if r.to == "b" => Json(SwitchoverReply {
+                from: "a".into(),
+                to: r.to,
+                epoch: 4,
+            })
+            .into_response(),
+            Ok(r) => {
+                let error = format!("{} is not an in-sync backup of this live", r.to);
+                (StatusCode::CONFLICT, Json(AdminError { error })).into_response()
+            }
+            Err(e) => (StatusCode::BAD_REQUEST, e.to_string()).into_response(),
+        }
+    }
+
+    #[tokio::test]
+    async fn given_a_live_should_serve_status_and_take_a_signed_switchover_or_refuse_it() {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let status = BrokerStatus {
+            version: "0".into(),
+            node_id: "a".into(),
+            role: duomq_broker::admin::api::Role::Live,
+            uptime_seconds: 1,
+            connections: 0,
+            memory_bytes: 0,
+            queues: Vec::new(),
+            ha: None,
+        };
+        let served = status.clone();
+        let app = Router::new()
+            .route(SWITCHOVER, axum::routing::post(fake_live))
+            .route(
+                STATUS,
+                axum::routing::get(move || async move { Json(served) }),
+            );
+        let server = tokio::spawn(async move { axum::serve(listener, app).await });
+        let brokers = HttpBrokerStatus::default();
+        assert_eq!(brokers.fetch("127.0.0.1", port).await, Ok(status));
+
+        let done = brokers.switchover("127.0.0.1", port, "b", "pw").await;
+        let expected = SwitchoverReply {
+            from: "a".into(),
+            to: "b".into(),
+            epoch: 4,
+        };
+        assert_eq!(done, Ok(expected));
+        let refused = brokers.switchover("127.0.0.1", port, "c", "pw").await;
+        assert_eq!(
+            refused,
+            Err("409 Conflict: c is not an in-sync backup of this live".to_string())
+        );
+        let unsigned = brokers.switchover("127.0.0.1", port, "b", "guess").await;
+        assert!(
+            unsigned.as_ref().is_err_and(|e| e.starts_with("401")),
+            "{unsigned:?}"
+        );
+        server.abort();
+    }
+}
