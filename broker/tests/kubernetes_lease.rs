@@ -432,3 +432,26 @@ fn given_a_lease_handed_over_to_another_member_should_not_take_it_until_the_hand
     assert_eq!((holder(&lease), epoch(&lease)), (Some("node-b"), 2));
     assert!(lease["metadata"]["annotations"]["duomq.io/handover-to"].is_null(), "{lease}");
 }
+
+/// How long a switched-over primary is watched for a failback it must not ask for: the
+/// failback above happens within a second or two of the primary being in sync.
+const NO_FAILBACK_WINDOW: Duration = Duration::from_secs(4);
+
+#[test]
+fn given_a_primary_with_failback_when_switched_over_away_should_stay_a_backup() {
+    let mut pair = LeasePair::new(FAST);
+    // node-a restarts: it yields to node-b, resyncs and takes the role back (allowFailback) ...
+    pair.start('a', "primary", "  allowFailback: true\n");
+    pair.a.wait_for("live again by failback", |s| s["role"] == "live" && s["ha"]["epoch"].as_u64() >= Some(3));
+    pair.b.wait_synced_backup();
+    // ... but not after it handed the role over on purpose.
+    let (code, reply) = pair.switchover(&pair.a, "node-b", PASSWORD);
+    assert_eq!(code, 200, "{reply}");
+    pair.a.wait_synced_backup();
+    let synced = Instant::now();
+    while synced.elapsed() < NO_FAILBACK_WINDOW {
+        assert_eq!(role(&pair.b), "live", "node-a took the role back after a switchover:\n{}", pair.a.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(pair.a.log().contains("handed the role over on purpose"), "{}", pair.a.log());
+}

@@ -80,6 +80,9 @@ pub struct HaContext {
     /// The live this member follows or is.
     live_node: RwLock<Option<String>>,
     backups: Mutex<Vec<BackupStatus>>,
+    /// This process handed the live role over on purpose (a switchover): as a preferred
+    /// primary it does not ask for failback until it restarts.
+    handed_over: std::sync::atomic::AtomicBool,
 }
 
 /// One stretch of being live; replicas use it to ask the live to step down for failback,
@@ -183,6 +186,7 @@ impl HaContext {
                 role,
                 live_node: RwLock::new(None),
                 backups: Mutex::new(Vec::new()),
+                handed_over: std::sync::atomic::AtomicBool::new(false),
             }
         });
         Ok(ctx)
@@ -230,8 +234,14 @@ impl HaContext {
     /// After handing the live role to `node`: clients that still reach this member are
     /// told that `node` is live (until it is followed, which says the same).
     pub fn handed_over_to(&self, node: &str) {
+        self.handed_over.store(true, std::sync::atomic::Ordering::SeqCst);
         let stomp = self.config.members.iter().find(|m| m.name == node).map(|m| m.stomp.clone());
         self.show_live(Some(node), stomp);
+    }
+
+    /// Whether this process handed the live role over (see [`HaContext::handed_over_to`]).
+    pub fn handed_over(&self) -> bool {
+        self.handed_over.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// `dataDir/ha`: the epoch, the last live and (shared store) the live-holder file.
