@@ -113,6 +113,13 @@ impl LeasePair {
         (code, serde_json::from_str(&reply).unwrap_or(Value::String(reply)))
     }
 
+    /// `duomq-broker switchover` against `member`, with the members' password file.
+    fn switchover_cli(&self, member: &Member, to: &str) -> std::process::Output {
+        let admin = format!("{}:{}", member.ip, member.admin);
+        let password_file = self.root.path().join("password").display().to_string();
+        cli(&["switchover", "--admin", &admin, "--to", to, "--password-file", &password_file]).output().expect("run the switchover CLI")
+    }
+
     /// Samples both members' roles every 10 ms until the returned flag is set; the thread
     /// returns (elapsed, role of a, role of b) samples.
     fn watch_roles(&self) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<RoleSample>>) {
@@ -406,6 +413,9 @@ fn given_a_switchover_to_a_member_not_in_sync_or_unsigned_should_refuse_and_stay
     assert_eq!(code, 409, "{reply}");
     let error = reply["error"].as_str().unwrap_or_default();
     assert!(error.contains("node-b is not an in-sync backup"), "{reply}");
+    let out = pair.switchover_cli(&pair.a, "node-b");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("switchover refused, nothing changed"), "{said}");
     // Nothing changed: still live, still serving, same holder and epoch.
     assert_eq!(role(&pair.a), "live");
     send(&format!("stomp://{}", pair.a.stomp_addr()), "/queue/refused", 10);
@@ -444,9 +454,11 @@ fn given_a_primary_with_failback_when_switched_over_away_should_stay_a_backup() 
     pair.start('a', "primary", "  allowFailback: true\n");
     pair.a.wait_for("live again by failback", |s| s["role"] == "live" && s["ha"]["epoch"].as_u64() >= Some(3));
     pair.b.wait_synced_backup();
-    // ... but not after it handed the role over on purpose.
-    let (code, reply) = pair.switchover(&pair.a, "node-b", PASSWORD);
-    assert_eq!(code, 200, "{reply}");
+    // ... but not after it handed the role over on purpose (here with the CLI).
+    let out = pair.switchover_cli(&pair.a, "node-b");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("node-a handed the live role to node-b"), "{said}");
     pair.a.wait_synced_backup();
     let synced = Instant::now();
     while synced.elapsed() < NO_FAILBACK_WINDOW {
