@@ -278,6 +278,9 @@ async fn live_term(
         })
     };
     serve_live(shared, stomp, &broker, stop.clone()).await?;
+    if term.step_down.is_cancelled() && !shutdown.is_cancelled() {
+        ctx.stepping_down();
+    }
     term.clients_stopped.cancel();
     stop.cancel();
     let _ = watcher.await;

@@ -523,6 +523,12 @@ impl HaContext {
         Ok(())
     }
 
+    /// A live handing its role over: clients have stopped; it reports `stopping` until it
+    /// follows the new live, so two members never report live at once.
+    pub fn stepping_down(&self) {
+        self.become_role(Role::Stopping);
+    }
+
     pub fn became_backup(&self) {
         self.become_role(Role::Backup);
     }
