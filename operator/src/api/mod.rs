@@ -30,7 +30,7 @@ pub const KIND: &str = "BrokerGroup";
     status = "BrokerGroupStatus",
     shortname = "bg",
     category = "duomq",
-    doc = "A BrokerGroup runs live/backup groups of the duomq message broker that survive the loss of a broker, a pod or a node without losing an acknowledged message.",
+    doc = "A BrokerGroup runs live/backup groups of the duomq message broker that survive the loss of a broker, a pod or a node without losing an acknowledged message. The annotation duomq.io/switchover: <group>=<pod> (or `duomq-operator switchover`) hands a group's live role to that in-sync member; the operator removes it once done.",
     cel,
     printcolumn = r#"{"name":"Groups","type":"integer","jsonPath":".spec.groups","description":"Live/backup groups"}"#,
     printcolumn = r#"{"name":"Live","type":"string","jsonPath":".status.live","description":"Groups with a live broker, of all groups"}"#,
