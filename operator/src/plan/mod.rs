@@ -14,7 +14,7 @@ use std::collections::BTreeMap;
 use duomq_broker::admin::api::Role;
 
 use crate::api::{ArbiterSpec, BrokerGroupStatus, FailoverReason, HaMode};
-use crate::status::{preferred_live, Observation, PodObservation};
+use crate::status::{preferred_live, role_of as role, Observation, PodObservation};
 use crate::validate::{GroupModel, ValidatedBrokerGroup};
 
 /// Ask `from`, the live of `group`, to hand its role to `to`.
@@ -106,13 +106,6 @@ pub fn with_request(
         .unwrap_or_default();
     requests.insert(group.to_string(), pod.to_string());
     Ok(format_requests(&requests).unwrap_or_default())
-}
-
-fn role(p: &PodObservation) -> Option<Role> {
-    if !p.running || p.terminating {
-        return None;
-    }
-    p.broker.as_ref().ok().map(|b| b.role)
 }
 
 /// Running and doing its job: the live, or a backup that could take over at once.

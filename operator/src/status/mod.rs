@@ -80,7 +80,9 @@ pub struct Computed {
     pub transitions: Vec<Transition>,
 }
 
-fn role_of(p: &PodObservation) -> Option<Role> {
+/// The role a running pod's broker reports; `None` for a pod that is not running, is
+/// going away, or did not answer.
+pub(crate) fn role_of(p: &PodObservation) -> Option<Role> {
     if !p.running || p.terminating {
         return None;
     }
