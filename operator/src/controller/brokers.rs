@@ -28,14 +28,17 @@ pub trait BrokerStatusSource: Send + Sync {
     /// The `/status` of the broker at `ip:port`, or why it could not be read.
     fn fetch<'a>(&'a self, ip: &'a str, port: u16) -> BoxFuture<'a, Result<BrokerStatus, String>>;
     /// Asks the live at `ip:port` to hand its role to `to`, signing with the cluster
-    /// `password`; answers once the live handed over, or why it refused or failed.
+    /// `password`; answers once the live handed over, or why it refused or failed. A
+    /// source that only reads status refuses.
     fn switchover<'a>(
         &'a self,
         ip: &'a str,
         port: u16,
-        to: &'a str,
-        password: &'a str,
-    ) -> BoxFuture<'a, Result<SwitchoverReply, String>>;
+        _to: &'a str,
+        _password: &'a str,
+    ) -> BoxFuture<'a, Result<SwitchoverReply, String>> {
+        Box::pin(async move { Err(format!("cannot ask {ip}:{port} for a switchover")) })
+    }
 }
 
 /// The real source: HTTP to the pod's IP.
