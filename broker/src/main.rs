@@ -1,5 +1,5 @@
-//! The `duomq-broker` command: run the broker, print its default config, and send or
-//! receive messages as a client.
+//! The `duomq-broker` command: run the broker, print its default config, send or receive
+//! messages as a client, and ask a live for a switchover.
 
 mod cli;
 
@@ -35,6 +35,9 @@ enum Command {
     /// Receive messages from a queue or topic (try `receive --help` for examples).
     #[command(long_about = cli::RECEIVE_LONG_ABOUT)]
     Receive(cli::ReceiveArgs),
+    /// Hand a group's live role to an in-sync backup, with nothing lost (try `switchover --help`).
+    #[command(long_about = cli::SWITCHOVER_LONG_ABOUT)]
+    Switchover(cli::SwitchoverArgs),
 }
 
 #[derive(clap::Args)]
@@ -67,6 +70,7 @@ fn main() -> anyhow::Result<()> {
         Command::Run(args) => run(args),
         Command::Send(args) => client_runtime()?.block_on(cli::send(args)),
         Command::Receive(args) => client_runtime()?.block_on(cli::receive(args)),
+        Command::Switchover(args) => client_runtime()?.block_on(cli::switchover(args)),
     }
 }
 

@@ -18,6 +18,13 @@ pub struct QueueLabels {
     pub queue: String,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SwitchoverLabels {
+    /// `done`, `refused` (nothing changed), `failed` (clients were stopped, the hand-over
+    /// did not complete) or `unauthorized`.
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub messages_in: Counter,
@@ -39,6 +46,8 @@ pub struct Metrics {
     ha_alone: Gauge,
     ha_lag_bytes: Gauge,
     ha_fenced: Gauge,
+    /// Switchover requests to this member's admin endpoint, by result.
+    pub switchovers: Family<SwitchoverLabels, Counter>,
     /// The `kubernetes` arbiter's renewals.
     pub lease: LeaseMetrics,
 }
@@ -69,6 +78,7 @@ impl Metrics {
             ha_alone: Gauge::default(),
             ha_lag_bytes: Gauge::default(),
             ha_fenced: Gauge::default(),
+            switchovers: Family::default(),
             lease,
             registry: Mutex::new(Registry::default()),
         };
@@ -99,6 +109,7 @@ impl Metrics {
             m.ha_lag_bytes.clone(),
         );
         registry.register("duomq_ha_fenced", "1 while this member is fenced: it lost the group's Lease as live", m.ha_fenced.clone());
+        registry.register("duomq_ha_switchover_requests", "Switchover requests to this member, by result", m.switchovers.clone());
         *m.registry.lock() = registry;
         (m, journal)
     }

@@ -83,6 +83,7 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
         ha: Arc::new(RwLock::new(None)),
         policy: config.ha.policy,
         shared_store: Arc::new(RwLock::new(admin::StoreCheck::default())),
+        switchover: Arc::new(RwLock::new(None)),
     };
     let admin_stop = CancellationToken::new();
     tracing::info!(addr = %admin_listener.local_addr().unwrap_or(config.admin.listen), "admin endpoint listening");
@@ -169,6 +170,7 @@ async fn run_replicated(shared: &Shared, stomp: &TcpListener, shutdown: &Cancell
     let cluster = bind("cluster", config.ha.cluster.listen).await?;
     tracing::info!(addr = %cluster.local_addr().unwrap_or(config.ha.cluster.listen), group = %ctx.group, epoch = ctx.epoch().0, "cluster port listening");
     let live_slot: ha::LiveSlot = Arc::new(RwLock::new(None));
+    *shared.state.switchover.write() = Some(Arc::new(ha::switchover::Switchover::new(Arc::clone(&ctx), Arc::clone(&live_slot))));
     let cluster_task = tokio::spawn(ha::serve_cluster(Arc::clone(&ctx), cluster, Arc::clone(&live_slot), shutdown.clone()));
     let mut start = ha::starting_role(&ctx).await;
     let result = loop {
@@ -218,7 +220,7 @@ enum TermEnd {
     Shutdown,
     /// The arbiter would not let this member be live.
     Refused,
-    /// Failback: the preferred member took over (or the hand-over timed out).
+    /// A failback or switchover: the chosen backup took over (or the hand-over timed out).
     HandedOver,
     /// The arbiter's claim was lost: this member stopped serving and confirmed nothing more.
     Fenced { reason: String },
@@ -276,6 +278,9 @@ async fn live_term(
         })
     };
     serve_live(shared, stomp, &broker, stop.clone()).await?;
+    if term.step_down.is_cancelled() && !shutdown.is_cancelled() {
+        ctx.stepping_down();
+    }
     term.clients_stopped.cancel();
     stop.cancel();
     let _ = watcher.await;
@@ -287,8 +292,11 @@ async fn live_term(
     } else if shutdown.is_cancelled() {
         TermEnd::Shutdown
     } else {
-        tracing::warn!("stepping down: waiting for the preferred live to take over");
-        let _ = tokio::time::timeout(HAND_OVER_TIMEOUT, term.handed_over.cancelled()).await;
+        tracing::warn!(to = term.handover_target().as_deref().unwrap_or("unknown"), "stepping down: waiting for the chosen backup to take over");
+        let handed = tokio::time::timeout(HAND_OVER_TIMEOUT, term.handed_over.cancelled()).await;
+        if let (Ok(()), Some(to)) = (handed, term.handover_target()) {
+            ctx.handed_over_to(&to);
+        }
         TermEnd::HandedOver
     };
     *live_slot.write() = None;

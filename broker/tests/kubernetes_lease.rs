@@ -2,13 +2,17 @@
 //! Leases (`common::kube_api`): the primary takes the group's Lease, the live lists its
 //! synced backup in it; a backup takes over after the claim expires, at once when the
 //! Lease is released, never when it is not listed in sync; a live cut off from the API
-//! fences itself before anyone else may take over.
+//! fences itself before anyone else may take over. A switchover asked for on the admin
+//! endpoint hands the Lease to the named in-sync backup at once, with nothing lost, and is
+//! refused for a member that is not in sync.
 
 mod common;
 
 use common::cluster::{Member, ROLE_TIMEOUT};
 use common::kube_api::{Fault, KubeApi};
 use common::{cli, receive_all};
+use duomq_broker::admin::{api, auth};
+use duomq_broker::stomp::{Command, Frame};
 use serde_json::Value;
 use std::process::Stdio;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -99,6 +103,64 @@ impl LeasePair {
         }
     }
 
+    /// `POST /ha/switchover` to `member`, signed with the cluster password (or with
+    /// `password`, to test refusals).
+    fn switchover(&self, member: &Member, to: &str, password: &str) -> (u16, Value) {
+        let body = serde_json::json!({ "to": to }).to_string();
+        let signature = auth::sign(password.as_bytes(), "POST", api::SWITCHOVER, body.as_bytes(), auth::unix_now());
+        let (code, reply) = common::http_post_at(&member.ip, member.admin, api::SWITCHOVER, &[(auth::SIGNATURE_HEADER, &signature)], &body)
+            .expect("the admin endpoint answers");
+        (code, serde_json::from_str(&reply).unwrap_or(Value::String(reply)))
+    }
+
+    /// `duomq-broker switchover` against `member`, with the members' password file.
+    fn switchover_cli(&self, member: &Member, to: &str) -> std::process::Output {
+        let admin = format!("{}:{}", member.ip, member.admin);
+        let password_file = self.root.path().join("password").display().to_string();
+        cli(&["switchover", "--admin", &admin, "--to", to, "--password-file", &password_file]).output().expect("run the switchover CLI")
+    }
+
+    /// Samples both members' roles every 10 ms until the returned flag is set; the thread
+    /// returns (elapsed, role of a, role of b) samples.
+    fn watch_roles(&self) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<RoleSample>>) {
+        let stop = Arc::new(AtomicBool::new(false));
+        let started = Instant::now();
+        let (flag, a, b) = (Arc::clone(&stop), (self.a.ip.clone(), self.a.admin), (self.b.ip.clone(), self.b.admin));
+        let watcher = std::thread::spawn(move || {
+            let role_at = |(ip, port): &(String, u16)| {
+                common::http_get_at(ip, *port, "/status")
+                    .ok()
+                    .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
+                    .and_then(|s| s["role"].as_str().map(str::to_string))
+                    .unwrap_or_default()
+            };
+            let mut samples = Vec::new();
+            while !flag.load(Ordering::Relaxed) {
+                samples.push((started.elapsed(), role_at(&a), role_at(&b)));
+                std::thread::sleep(Duration::from_millis(10));
+            }
+            samples
+        });
+        (stop, watcher)
+    }
+
+    /// Starts a receipted producer of `total` messages through the failover URL and waits
+    /// until node-a has stored 500 of them.
+    fn producer_under_way(&self, queue: &str, total: usize) -> std::process::Child {
+        let producer = cli(&[
+            "send", "--url", &self.failover_url(), "--destination", queue, "--count", &total.to_string(),
+            "--size", "256", "--persistent", "--receipts", "--window", "16",
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn producer");
+        self.a.wait_for("busy", |s| {
+            s["queues"].as_array().and_then(|q| q.iter().find(|q| q["name"] == queue)).is_some_and(|q| q["enqueuedTotal"].as_u64().unwrap_or(0) >= 500)
+        });
+        producer
+    }
+
     fn failover_url(&self) -> String {
         format!(
             "failover:(stomp://{},stomp://{})?initialReconnectDelay=10ms&maxReconnectDelay=200ms&maxReconnectAttempts=-1",
@@ -107,6 +169,9 @@ impl LeasePair {
         )
     }
 }
+
+/// When, and the roles of node-a and node-b then.
+type RoleSample = (Duration, String, String);
 
 fn holder(lease: &Value) -> Option<&str> {
     lease["spec"]["holderIdentity"].as_str()
@@ -147,17 +212,7 @@ fn given_pair_with_lease_when_live_killed_under_load_should_take_the_lease_after
 
     const TOTAL: usize = 3000;
     let url = pair.failover_url();
-    let producer = cli(&[
-        "send", "--url", &url, "--destination", "/queue/lease", "--count", &TOTAL.to_string(),
-        "--size", "256", "--persistent", "--receipts", "--window", "16",
-    ])
-    .stdout(Stdio::null())
-    .stderr(Stdio::piped())
-    .spawn()
-    .expect("spawn producer");
-    pair.a.wait_for("busy", |s| {
-        s["queues"].as_array().and_then(|q| q.iter().find(|q| q["name"] == "/queue/lease")).is_some_and(|q| q["enqueuedTotal"].as_u64().unwrap_or(0) >= 500)
-    });
+    let producer = pair.producer_under_way("/queue/lease", TOTAL);
     pair.a.kill9();
     let killed = Instant::now();
     pair.b.wait_live();
@@ -198,26 +253,7 @@ fn given_live_cut_off_from_the_api_should_fence_within_renew_deadline_and_never_
     let pair = LeasePair::new(FAST);
     send(&pair.failover_url(), "/queue/fenced", 50);
     // Watch both roles for the whole transition.
-    let stop = Arc::new(AtomicBool::new(false));
-    let started = Instant::now();
-    let watcher = {
-        let (stop, a, b) = (Arc::clone(&stop), (pair.a.ip.clone(), pair.a.admin), (pair.b.ip.clone(), pair.b.admin));
-        std::thread::spawn(move || {
-            let role_at = |(ip, port): &(String, u16)| {
-                common::http_get_at(ip, *port, "/status")
-                    .ok()
-                    .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
-                    .and_then(|s| s["role"].as_str().map(str::to_string))
-                    .unwrap_or_default()
-            };
-            let mut samples = Vec::new();
-            while !stop.load(Ordering::Relaxed) {
-                samples.push((started.elapsed(), role_at(&a), role_at(&b)));
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            samples
-        })
-    };
+    let (stop, watcher) = pair.watch_roles();
     pair.api.fail("node-a", Fault::Silence);
     let cut = Instant::now();
     pair.a.wait_for("fenced", |s| s["role"] == "fenced");
@@ -314,4 +350,120 @@ fn given_former_live_back_with_failback_should_be_handed_the_lease_at_once() {
     let taken = writes.iter().rposition(|(who, _, holder)| who == "node-a" && holder.as_deref() == Some("node-a"));
     assert!(released.is_some() && released < taken, "{writes:?}");
     pair.wait_lease("listing node-b in sync", |l| in_sync(l) == ["node-b"]);
+}
+
+const PASSWORD: &str = "a-long-random-cluster-password";
+
+#[test]
+fn given_producer_running_when_switched_over_to_the_synced_backup_should_hand_the_lease_over_at_once_lose_nothing_and_never_have_two_lives() {
+    let pair = LeasePair::new(SLOW);
+    const TOTAL: usize = 3000;
+    let url = pair.failover_url();
+    let producer = pair.producer_under_way("/queue/switchover", TOTAL);
+    let (stop, watcher) = pair.watch_roles();
+    let asked = Instant::now();
+    let (code, reply) = pair.switchover(&pair.a, "node-b", PASSWORD);
+    assert_eq!(code, 200, "{reply}");
+    assert_eq!((reply["from"].as_str(), reply["to"].as_str(), reply["epoch"].as_u64()), (Some("node-a"), Some("node-b"), Some(2)), "{reply}");
+    pair.b.wait_live();
+    let took = asked.elapsed();
+    println!("switchover took {took:?} (lease duration {:?})", pair.timing.duration);
+    assert!(took < pair.timing.duration / 2, "a handed-over Lease is taken at once, not after expiry: {took:?}");
+    // The former live follows the new one and sends its clients there.
+    pair.a.wait_synced_backup();
+    let mut client = common::Conn::raw(pair.a.stomp);
+    client.send(&Frame::new(Command::Connect).header("accept-version", "1.2").header("host", "/"));
+    let error = client.expect(Command::Error);
+    let message = error.get("message").unwrap_or_default().to_string();
+    assert!(message.contains(&format!("live is stomp://{}", pair.b.stomp_addr())), "{message}");
+    stop.store(true, Ordering::Relaxed);
+    let samples = watcher.join().expect("watcher");
+    let both = samples.iter().find(|(_, a, b)| a == "live" && b == "live");
+    assert!(both.is_none(), "both members were live at {both:?}");
+    let lease = pair.lease();
+    assert_eq!((holder(&lease), epoch(&lease)), (Some("node-b"), 2), "one transition, one epoch up: {lease}");
+    assert!(lease["metadata"]["annotations"]["duomq.io/handover-to"].is_null(), "the hand-over is done: {lease}");
+    let writes = pair.api.writes();
+    let handed = writes.iter().rposition(|(who, _, holder)| who == "node-a" && holder.is_none());
+    let taken = writes.iter().rposition(|(who, _, holder)| who == "node-b" && holder.as_deref() == Some("node-b"));
+    assert!(handed.is_some() && handed < taken, "{writes:?}");
+    pair.wait_lease("listing node-a in sync", |l| holder(l) == Some("node-b") && in_sync(l) == ["node-a"]);
+    let (_, metrics) = common::http_get(pair.a.admin, "/metrics").unwrap();
+    assert!(metrics.contains("duomq_ha_switchover_requests_total{result=\"done\"} 1"), "{metrics}");
+
+    let out = producer.wait_with_output().expect("producer finished");
+    assert!(out.status.success(), "producer failed: {}", String::from_utf8_lossy(&out.stderr));
+    let summary = receive_all(&url, "/queue/switchover", TOTAL);
+    assert!(summary.contains(" 0 duplicates"), "a resent message was stored twice: {summary}");
+}
+
+#[test]
+fn given_a_switchover_to_a_member_not_in_sync_or_unsigned_should_refuse_and_stay_live() {
+    let mut pair = LeasePair::new(FAST);
+    let (code, reply) = pair.switchover(&pair.a, "node-b", "a-wrong-password");
+    assert_eq!(code, 401, "{reply}");
+    let (code, reply) = pair.switchover(&pair.b, "node-a", PASSWORD);
+    assert_eq!(code, 409, "{reply}");
+    assert!(reply["error"].as_str().unwrap_or_default().contains("not live"), "{reply}");
+    let (code, reply) = pair.switchover(&pair.a, "node-a", PASSWORD);
+    assert_eq!(code, 409, "{reply}");
+    pair.b.kill9();
+    pair.wait_lease("listing nobody in sync", |l| in_sync(l).is_empty());
+    let (code, reply) = pair.switchover(&pair.a, "node-b", PASSWORD);
+    assert_eq!(code, 409, "{reply}");
+    let error = reply["error"].as_str().unwrap_or_default();
+    assert!(error.contains("node-b is not an in-sync backup"), "{reply}");
+    let out = pair.switchover_cli(&pair.a, "node-b");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("switchover refused, nothing changed"), "{said}");
+    // Nothing changed: still live, still serving, same holder and epoch.
+    assert_eq!(role(&pair.a), "live");
+    send(&format!("stomp://{}", pair.a.stomp_addr()), "/queue/refused", 10);
+    let lease = pair.lease();
+    assert_eq!((holder(&lease), epoch(&lease)), (Some("node-a"), 1));
+}
+
+#[test]
+fn given_a_lease_handed_over_to_another_member_should_not_take_it_until_the_hand_over_lapses() {
+    let mut pair = LeasePair::new(FAST);
+    pair.a.kill9();
+    // As if node-a had handed the Lease to a third member that never took it.
+    pair.api.edit(NAMESPACE, GROUP, |l| {
+        l["spec"]["holderIdentity"] = Value::Null;
+        l["metadata"]["annotations"]["duomq.io/handover-to"] = "node-c".into();
+    });
+    let edited = Instant::now();
+    pair.b.wait_live();
+    let took = edited.elapsed();
+    println!("took the lapsed hand-over after {took:?} (lease duration {:?})", pair.timing.duration);
+    assert!(took >= pair.timing.duration, "an in-sync backup took a Lease handed over to another member: {took:?}");
+    assert!(pair.b.log().contains("the Lease was handed over to node-c"), "{}", pair.b.log());
+    let lease = pair.lease();
+    assert_eq!((holder(&lease), epoch(&lease)), (Some("node-b"), 2));
+    assert!(lease["metadata"]["annotations"]["duomq.io/handover-to"].is_null(), "{lease}");
+}
+
+/// How long a switched-over primary is watched for a failback it must not ask for: the
+/// failback above happens within a second or two of the primary being in sync.
+const NO_FAILBACK_WINDOW: Duration = Duration::from_secs(4);
+
+#[test]
+fn given_a_primary_with_failback_when_switched_over_away_should_stay_a_backup() {
+    let mut pair = LeasePair::new(FAST);
+    // node-a restarts: it yields to node-b, resyncs and takes the role back (allowFailback) ...
+    pair.start('a', "primary", "  allowFailback: true\n");
+    pair.a.wait_for("live again by failback", |s| s["role"] == "live" && s["ha"]["epoch"].as_u64() >= Some(3));
+    pair.b.wait_synced_backup();
+    // ... but not after it handed the role over on purpose (here with the CLI).
+    let out = pair.switchover_cli(&pair.a, "node-b");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(said.contains("node-a handed the live role to node-b"), "{said}");
+    pair.a.wait_synced_backup();
+    let synced = Instant::now();
+    while synced.elapsed() < NO_FAILBACK_WINDOW {
+        assert_eq!(role(&pair.b), "live", "node-a took the role back after a switchover:\n{}", pair.a.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(pair.a.log().contains("handed the role over on purpose"), "{}", pair.a.log());
 }

@@ -1,6 +1,6 @@
 //! Live/backup replication with real processes on loopback: failover under load after
-//! kill -9 (repeated), restart of a former live as backup, failback, and refusal of a
-//! backup with the wrong cluster password or group name.
+//! kill -9 (repeated), restart of a former live as backup, failback, a switchover with the
+//! CLI, and refusal of a backup with the wrong cluster password or group name.
 
 mod common;
 
@@ -128,6 +128,25 @@ fn given_former_live_restarted_should_come_back_as_backup_or_take_the_role_back_
     assert!(out.status.success(), "{summary}");
     // A member that took over cannot know what its predecessor delivered: all flagged.
     assert!(summary.contains("(300 redelivered"), "{summary}");
+}
+
+#[test]
+fn given_pair_with_lock_file_when_switched_over_with_the_cli_should_hand_over_and_lose_nothing() {
+    let pair = Pair::new("");
+    let url = pair.failover_url();
+    let out = cli(&["send", "--url", &url, "--destination", "/queue/so", "--count", "300", "--persistent", "--receipts", "--window", "8"])
+        .output()
+        .unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let admin = format!("{}:{}", pair.a.ip, pair.a.admin);
+    let password = pair.root.path().join("password").display().to_string();
+    let out = cli(&["switchover", "--admin", &admin, "--to", "node-b", "--password-file", &password]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    pair.b.wait_live();
+    pair.a.wait_synced_backup();
+    assert_eq!(pair.b.status().unwrap()["ha"]["epoch"], 2, "one change of live");
+    let out = cli(&["receive", "--url", &url, "--destination", "/queue/so", "--count", "300", "--timeout", "5s"]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

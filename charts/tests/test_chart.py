@@ -153,7 +153,7 @@ LEAST_PRIVILEGE = {
     ("duomq.io", "brokergroups/finalizers"): {"update"},
     **{("", r): {"get", "list", "watch", "create", "patch", "update", "delete"}
        for r in ("configmaps", "secrets", "services", "serviceaccounts", "persistentvolumeclaims")},
-    ("", "pods"): {"get", "list", "watch", "patch"},
+    ("", "pods"): {"get", "list", "watch", "patch", "delete"},
     ("apps", "statefulsets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("policy", "poddisruptionbudgets"): {"get", "list", "watch", "create", "patch", "update", "delete"},
     ("rbac.authorization.k8s.io", "roles"): {"get", "list", "watch", "create", "patch", "update", "delete"},

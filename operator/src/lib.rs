@@ -3,6 +3,7 @@
 pub mod api;
 pub mod controller;
 pub mod names;
+pub mod plan;
 pub mod render;
 pub mod status;
 pub mod validate;

@@ -14,6 +14,7 @@ use axum::Router;
 use clap::{Parser, Subcommand};
 use duomq_operator::api::BrokerGroup;
 use duomq_operator::controller::{self, metrics::Metrics, HttpBrokerStatus};
+use duomq_operator::names::SWITCHOVER_ANNOTATION;
 use duomq_operator::render::{parse_documents, render_documents};
 use kube::CustomResourceExt;
 use prometheus_client::registry::Registry;
@@ -63,6 +64,28 @@ enum Command {
         #[arg(long)]
         cluster_password: Option<String>,
     },
+    /// Hand the live role of one group to another member, with nothing lost: sets the
+    /// duomq.io/switchover annotation on the BrokerGroup; the running operator asks the
+    /// group's live to hand over (it refuses unless the target is an in-sync backup),
+    /// records lastFailover.reason Switchover and removes the annotation once the target is
+    /// live. A refusal shows as an Event and the Degraded condition (SwitchoverFailed).
+    Switchover {
+        /// The BrokerGroup's name.
+        #[arg(long)]
+        name: String,
+        /// The group to switch over, e.g. orders-g0 (see status.groups[].name).
+        #[arg(long)]
+        group: String,
+        /// The member pod that becomes live, e.g. orders-g0-1.
+        #[arg(long)]
+        to: String,
+        /// The BrokerGroup's namespace (default: the kubeconfig's).
+        #[arg(short, long)]
+        namespace: Option<String>,
+        /// Wait until the target is live (or this long has passed), e.g. 2m; 0 returns at once.
+        #[arg(long, default_value = "0s", value_parser = humantime::parse_duration)]
+        wait: std::time::Duration,
+    },
     /// Print the BrokerGroup CustomResourceDefinition.
     Crd,
     /// Write the CRD into crds/ and the Helm chart (run from the repository root).
@@ -100,6 +123,18 @@ fn main() -> anyhow::Result<()> {
         } => {
             print!("{}", render_file(&file, &namespace, cluster_password)?);
             Ok(())
+        }
+        Command::Switchover {
+            name,
+            group,
+            to,
+            namespace,
+            wait,
+        } => {
+            init_tracing("text");
+            let runtime =
+                tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
+            runtime.block_on(switchover(&name, &group, &to, namespace, wait))
         }
         Command::Crd => {
             print!("{}", crd_yaml()?);
@@ -153,6 +188,76 @@ fn render_file(
         Alphanumeric.sample_string(&mut rand::thread_rng(), 32)
     });
     Ok(render_documents(&groups, &password)?)
+}
+
+/// Sets the switchover annotation, then optionally waits for the target to be live.
+async fn switchover(
+    name: &str,
+    group: &str,
+    to: &str,
+    namespace: Option<String>,
+    wait: std::time::Duration,
+) -> anyhow::Result<()> {
+    use kube::api::{Api, Patch, PatchParams};
+    use kube::ResourceExt;
+    let client = kube::Client::try_default()
+        .await
+        .context("failed to find a Kubernetes API (kubeconfig or in-cluster service account)")?;
+    let namespace = namespace.unwrap_or_else(|| client.default_namespace().to_string());
+    let api: Api<BrokerGroup> = Api::namespaced(client, &namespace);
+    let bg = api
+        .get(name)
+        .await
+        .with_context(|| format!("failed to read BrokerGroup {namespace}/{name}"))?;
+    let groups = duomq_operator::validate::group_models(name, &namespace, &bg.spec);
+    let current = bg
+        .annotations()
+        .get(SWITCHOVER_ANNOTATION)
+        .map(String::as_str);
+    let text = duomq_operator::plan::with_request(&groups, current, group, to)
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("cannot switch over BrokerGroup {namespace}/{name}"))?;
+    let patch = serde_json::json!({"metadata": {"annotations": {SWITCHOVER_ANNOTATION: text}}});
+    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
+        .await
+        .with_context(|| format!("failed to annotate BrokerGroup {namespace}/{name}"))?;
+    println!("asked for a switchover of {group} to {to} ({SWITCHOVER_ANNOTATION}={text})");
+    if wait.is_zero() {
+        println!(
+            "the operator carries it out; `kubectl describe brokergroup {name}` shows its events"
+        );
+        return Ok(());
+    }
+    let deadline = tokio::time::Instant::now() + wait;
+    loop {
+        let bg = api
+            .get(name)
+            .await
+            .with_context(|| format!("failed to read BrokerGroup {namespace}/{name}"))?;
+        let status = bg.status.unwrap_or_default();
+        let live = status
+            .groups
+            .iter()
+            .find(|g| g.name == group)
+            .and_then(|g| g.live.clone());
+        if live.as_deref() == Some(to) {
+            println!("{to} is live");
+            return Ok(());
+        }
+        if tokio::time::Instant::now() >= deadline {
+            let why = status
+                .conditions
+                .iter()
+                .find(|c| c.reason == "SwitchoverFailed" && c.status == "True")
+                .map(|c| format!(": {}", c.message))
+                .unwrap_or_default();
+            anyhow::bail!(
+                "{to} is not live after {wait:?} (live: {}){why}",
+                live.as_deref().unwrap_or("none")
+            );
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(2)).await;
+    }
 }
 
 struct Http {

@@ -77,6 +77,14 @@ pub fn broker_service_account(bg: &str) -> String {
 /// live was dead (so the status can say `OperatorFailover`).
 pub const RELEASED_HOLDER_ANNOTATION: &str = "duomq.io/released-holder";
 
+/// On a BrokerGroup: switchovers asked for, `<group>=<pod>` (comma-separated for several
+/// groups), e.g. `pair-g0=pair-g0-1`. The operator asks the group's live to hand the role
+/// to that pod and removes the entry once the pod is live. `duomq-operator switchover` sets it.
+pub const SWITCHOVER_ANNOTATION: &str = "duomq.io/switchover";
+
+/// The pod label the StatefulSet controller sets to the revision a pod was created from.
+pub const REVISION_LABEL: &str = "controller-revision-hash";
+
 /// The group's arbiter Lease.
 pub fn lease(group: &str) -> String {
     group.to_string()

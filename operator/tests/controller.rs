@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use duomq_broker::admin::api::BrokerStatus;
+use duomq_broker::admin::api::{BrokerStatus, SwitchoverReply};
 use duomq_operator::api::{BrokerGroup, BrokerGroupStatus, FailoverReason};
 use duomq_operator::controller::metrics::Metrics;
 use duomq_operator::controller::{reconcile, BrokerStatusSource, Context, Error};
@@ -421,11 +421,16 @@ async fn serve(mut handle: Handle<Request<Body>, Response<Body>>, server: Arc<Mu
     }
 }
 
-/// Answers `/status` for brokers that do not run: per pod IP, or "connection refused".
+/// Answers `/status` for brokers that do not run: per pod IP, or "connection refused"; and
+/// switchover requests, which it records.
 #[derive(Default)]
 struct FakeBrokers {
     answers: Mutex<BTreeMap<String, BrokerStatus>>,
     asked: Mutex<Vec<String>>,
+    /// The answer to the next switchover request, per pod IP.
+    switchover_answers: Mutex<BTreeMap<String, Result<SwitchoverReply, String>>>,
+    /// Switchover requests: `ip:port`, target, password.
+    switchovers: Mutex<Vec<(String, String, String)>>,
 }
 
 impl FakeBrokers {
@@ -456,6 +461,26 @@ impl BrokerStatusSource for FakeBrokers {
             .get(ip)
             .cloned()
             .ok_or_else(|| format!("connection refused by {ip}:{port}"));
+        Box::pin(async move { answer })
+    }
+
+    fn switchover<'a>(
+        &'a self,
+        ip: &'a str,
+        port: u16,
+        to: &'a str,
+        password: &'a str,
+    ) -> BoxFuture<'a, Result<SwitchoverReply, String>> {
+        self.switchovers.lock().push((
+            format!("{ip}:{port}"),
+            to.to_string(),
+            password.to_string(),
+        ));
+        let answer = self
+            .switchover_answers
+            .lock()
+            .remove(ip)
+            .unwrap_or_else(|| Err(format!("connection refused by {ip}:{port}")));
         Box::pin(async move { answer })
     }
 }
@@ -860,14 +885,20 @@ fn settled(lives: &[(&str, &str, u64)]) -> BrokerGroupStatus {
 /// The calls of a reconcile of `pair` with `groups` whose objects all exist, up to listing
 /// the pods (answered with `pods`) and StatefulSets (all rolled out).
 fn calls_until_observed(groups: &[&str], pods: Vec<Value>) -> Vec<Call> {
+    calls_observing(
+        groups,
+        pods,
+        groups.iter().map(|g| statefulset(g, true)).collect(),
+    )
+}
+
+/// [`calls_until_observed`] with the StatefulSets the API server answers.
+fn calls_observing(groups: &[&str], pods: Vec<Value>, sets: Vec<Value>) -> Vec<Call> {
     let mut calls = vec![get(&core("secrets", "pair-cluster")).returns(cluster_secret("pw"))];
     calls.extend(applies(groups));
     calls.extend(orphan_lists(groups, &[]));
     calls.push(list(&format!("/api/v1/namespaces/{NS}/pods")).items(pods));
-    calls.push(
-        list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
-            .items(groups.iter().map(|g| statefulset(g, true)).collect()),
-    );
+    calls.push(list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets")).items(sets));
     calls.push(
         list(&format!(
             "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
@@ -1646,4 +1677,325 @@ async fn given_two_members_reporting_live_when_reconciled_twice_should_warn_of_s
     assert_eq!(series["series"]["count"], 2);
     assert_eq!(series["reason"], "SplitBrain");
     assert_eq!(second.action(), Action::requeue(Duration::from_secs(15)));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Switchover, failback and rolling upgrades
+// ---------------------------------------------------------------------------------------------
+
+const SWITCHOVER: &str = "duomq.io/switchover";
+/// The revision of [`statefulset`]: pods at it are up to date.
+const CURRENT: &str = "pair-g0-7d4b9c";
+
+fn with_annotation(mut bg: BrokerGroup, key: &str, value: &str) -> BrokerGroup {
+    bg.metadata
+        .annotations
+        .get_or_insert_with(Default::default)
+        .insert(key.into(), value.into());
+    bg
+}
+
+/// A broker pod created from StatefulSet revision `revision`.
+fn pod_at(name: &str, ip: &str, role: &str, revision: &str) -> Value {
+    let mut pod = broker_pod(name, ip, true, Some(role));
+    pod["metadata"]["labels"]["controller-revision-hash"] = json!(revision);
+    pod
+}
+
+/// A rolled-out StatefulSet whose spec changed to revision `update` (pods update on delete).
+fn statefulset_updating(name: &str, current: &str, update: &str) -> Value {
+    let mut sts = statefulset(name, true);
+    sts["status"]["currentRevision"] = json!(current);
+    sts["status"]["updateRevision"] = json!(update);
+    sts
+}
+
+/// The brokers of pair-g0 answer: `live` is live at `epoch`, the other a synced backup.
+fn answer_pair(h: &Harness, live: &str, epoch: u64) {
+    for (pod, ip, other) in [
+        ("pair-g0-0", "10.0.0.10", "pair-g0-1"),
+        ("pair-g0-1", "10.0.0.11", "pair-g0-0"),
+    ] {
+        let status = if pod == live {
+            live_status(pod, epoch, other)
+        } else {
+            backup_status(pod, epoch, other)
+        };
+        h.brokers.answer(ip, status);
+    }
+}
+
+/// The pods of pair-g0, `labelled_live` carrying the live label, at these revisions.
+fn pair_pods(labelled_live: &str, revisions: [&str; 2]) -> Vec<Value> {
+    [("pair-g0-0", "10.0.0.10"), ("pair-g0-1", "10.0.0.11")]
+        .iter()
+        .zip(revisions)
+        .map(|((pod, ip), revision)| {
+            let role = if *pod == labelled_live {
+                "live"
+            } else {
+                "backup"
+            };
+            pod_at(pod, ip, role, revision)
+        })
+        .collect()
+}
+
+/// The switchovers asked for since the last look, as `admin address -> target`; each must
+/// be signed with the cluster password.
+fn switchovers_asked(h: &Harness) -> Vec<String> {
+    std::mem::take(&mut *h.brokers.switchovers.lock())
+        .into_iter()
+        .map(|(addr, to, password)| {
+            assert_eq!(password, "pw", "signed with the cluster password");
+            format!("{addr} -> {to}")
+        })
+        .collect()
+}
+
+fn reply(from: &str, to: &str, epoch: u64) -> Result<SwitchoverReply, String> {
+    Ok(SwitchoverReply {
+        from: from.into(),
+        to: to.into(),
+        epoch,
+    })
+}
+
+/// The events the reconcile posted, in order, as (type, reason, note).
+fn posted_events(step: &Step) -> Vec<(String, String, String)> {
+    step.requests
+        .iter()
+        .filter(|s| s.method == Method::POST && s.path.ends_with("/events"))
+        .map(|s| {
+            let e = s.json();
+            let text = |k: &str| e[k].as_str().unwrap_or_default().to_string();
+            (text("type"), text("reason"), text("note"))
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn given_a_switchover_annotation_when_reconciled_should_ask_the_live_then_record_the_switchover_and_clear_the_annotation(
+) {
+    let h = Harness::new();
+    let bg = with_annotation(
+        with_status(pair(), settled(&[("pair-g0", "pair-g0-0", 3)])),
+        SWITCHOVER,
+        "pair-g0=pair-g0-1",
+    );
+    answer_pair(&h, "pair-g0-0", 3);
+    h.brokers
+        .switchover_answers
+        .lock()
+        .insert("10.0.0.10".into(), reply("pair-g0-0", "pair-g0-1", 4));
+    let pods = || pair_pods("pair-g0-0", [CURRENT; 2]);
+    let mut calls = calls_until_observed(&["pair-g0"], pods());
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
+    let asked = h.reconcile(&bg, calls).await;
+
+    assert_eq!(
+        switchovers_asked(&h),
+        ["10.0.0.10:8161 -> pair-g0-1"],
+        "the live, on its admin port, signed with the cluster password"
+    );
+    let events = posted_events(&asked);
+    assert_eq!(
+        (events[0].0.as_str(), events[0].1.as_str()),
+        ("Normal", "SwitchingOver")
+    );
+    assert!(
+        events[0]
+            .2
+            .contains("pair-g0-0 handed the live role to pair-g0-1 at epoch 4"),
+        "{events:?}"
+    );
+    let status = asked.status();
+    let pending = status.groups[0].switchover.clone();
+    assert_eq!(
+        pending.map(|p| (p.to, p.reason)),
+        Some(("pair-g0-1".to_string(), FailoverReason::Switchover))
+    );
+    assert_eq!(condition(&status, "Progressing"), ("True", "Switchover"));
+    assert_eq!(asked.action(), Action::requeue(Duration::from_secs(3)));
+
+    // The target is live: the annotation entry goes, the failover is a Switchover.
+    let bg = with_status(bg, status);
+    answer_pair(&h, "pair-g0-1", 4);
+    let mut calls = calls_until_observed(&["pair-g0"], pods());
+    calls.extend([
+        merge_patch(&apis("duomq.io/v1alpha1", "brokergroups", "pair")).returns(to_json(&bg)),
+        merge_patch(&core("pods", "pair-g0-0")),
+        merge_patch(&core("pods", "pair-g0-1")),
+        post_event(),
+        apply(&status_path()).returns(to_json(&bg)),
+    ]);
+    let done = h.reconcile(&bg, calls).await;
+
+    assert!(switchovers_asked(&h).is_empty(), "asked once");
+    assert_eq!(
+        done.body(
+            Method::PATCH,
+            &apis("duomq.io/v1alpha1", "brokergroups", "pair")
+        ),
+        json!({"metadata": {"annotations": {SWITCHOVER: null}}})
+    );
+    let events = posted_events(&done);
+    assert_eq!(
+        (events[0].0.as_str(), events[0].1.as_str()),
+        ("Normal", "SwitchedOver")
+    );
+    let status = done.status();
+    let g0 = &status.groups[0];
+    let last = g0.last_failover.as_ref().expect("a lastFailover");
+    assert_eq!(
+        (last.from.as_str(), last.to.as_str(), last.reason),
+        ("pair-g0-0", "pair-g0-1", FailoverReason::Switchover)
+    );
+    assert_eq!(
+        (g0.failovers, g0.epoch, g0.switchover.is_none()),
+        (1, 4, true)
+    );
+
+    // allowFailback leaves a live chosen by a switchover alone.
+    let bg = with_status(pair(), status);
+    let pods = pair_pods("pair-g0-1", [CURRENT; 2]);
+    h.reconcile(&bg, calls_until_observed(&["pair-g0"], pods))
+        .await
+        .action();
+    assert!(switchovers_asked(&h).is_empty(), "no failback");
+}
+
+#[tokio::test]
+async fn given_a_switchover_the_live_refuses_should_report_it_and_keep_the_annotation() {
+    let h = Harness::new();
+    let bg = with_annotation(
+        with_status(pair(), settled(&[("pair-g0", "pair-g0-0", 3)])),
+        SWITCHOVER,
+        "pair-g0=pair-g0-1",
+    );
+    answer_pair(&h, "pair-g0-0", 3);
+    h.brokers.switchover_answers.lock().insert(
+        "10.0.0.10".into(),
+        Err("409 Conflict: pair-g0-1 is not an in-sync backup of this live (in sync: none)".into()),
+    );
+    let mut calls = calls_until_observed(&["pair-g0"], pair_pods("pair-g0-0", [CURRENT; 2]));
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
+    let refused = h.reconcile(&bg, calls).await;
+
+    let events = posted_events(&refused);
+    assert_eq!(
+        (events[0].0.as_str(), events[0].1.as_str()),
+        ("Warning", "SwitchoverFailed")
+    );
+    assert!(events[0].2.contains("not an in-sync backup"), "{events:?}");
+    let status = refused.status();
+    assert_eq!(condition(&status, "Degraded"), ("True", "SwitchoverFailed"));
+    assert_eq!(status.groups[0].switchover, None);
+    assert_eq!(status.groups[0].live.as_deref(), Some("pair-g0-0"));
+}
+
+#[tokio::test]
+async fn given_allow_failback_when_the_preferred_member_is_back_in_sync_should_switch_over_to_it_with_reason_failback(
+) {
+    let h = Harness::new();
+    let mut status = settled(&[("pair-g0", "pair-g0-1", 4)]);
+    status.groups[0].backups[0].pod = "pair-g0-0".into();
+    status.groups[0].failovers = 1;
+    status.groups[0].last_failover = serde_json::from_value(json!({
+        "time": "2026-01-01T00:00:00Z", "from": "pair-g0-0", "to": "pair-g0-1", "reason": "LiveLost",
+    }))
+    .ok();
+    let bg = with_status(pair(), status);
+    answer_pair(&h, "pair-g0-1", 4);
+    h.brokers
+        .switchover_answers
+        .lock()
+        .insert("10.0.0.11".into(), reply("pair-g0-1", "pair-g0-0", 5));
+    let mut calls = calls_until_observed(&["pair-g0"], pair_pods("pair-g0-1", [CURRENT; 2]));
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
+    let step = h.reconcile(&bg, calls).await;
+
+    assert_eq!(switchovers_asked(&h), ["10.0.0.11:8161 -> pair-g0-0"]);
+    let status = step.status();
+    assert_eq!(
+        status.groups[0]
+            .switchover
+            .as_ref()
+            .map(|p| (p.to.as_str(), p.reason)),
+        Some(("pair-g0-0", FailoverReason::Failback))
+    );
+    assert!(posted_events(&step)[0]
+        .2
+        .contains("failback to the preferred live"));
+}
+
+/// CloudNativePG's order for a pair whose StatefulSet moved to revision r2: delete the
+/// backup; once it is back in sync at r2, switch over to it; then delete the former live.
+#[tokio::test]
+async fn given_a_new_revision_when_reconciled_should_update_the_backup_then_switch_over_then_update_the_former_live(
+) {
+    let h = Harness::new();
+    let bg = with_status(pair(), settled(&[("pair-g0", "pair-g0-0", 3)]));
+    let sets = || vec![statefulset_updating("pair-g0", "r1", "r2")];
+
+    // 1. Both at r1: the backup goes first.
+    answer_pair(&h, "pair-g0-0", 3);
+    let mut calls = calls_observing(&["pair-g0"], pair_pods("pair-g0-0", ["r1", "r1"]), sets());
+    calls.extend([
+        delete(&core("pods", "pair-g0-1")),
+        post_event(),
+        apply(&status_path()).returns(to_json(&bg)),
+    ]);
+    let first = h.reconcile(&bg, calls).await;
+    let status = first.status();
+    assert_eq!(
+        condition(&status, "Progressing"),
+        ("True", "RollingUpgrade")
+    );
+    assert_eq!(
+        posted_events(&first)[0].1,
+        "RollingUpgrade",
+        "{:?}",
+        posted_events(&first)
+    );
+    assert!(switchovers_asked(&h).is_empty());
+
+    // 2. The backup is back at r2 and in sync: the live hands over to it.
+    let bg = with_status(bg, status);
+    h.brokers
+        .switchover_answers
+        .lock()
+        .insert("10.0.0.10".into(), reply("pair-g0-0", "pair-g0-1", 4));
+    let mut calls = calls_observing(&["pair-g0"], pair_pods("pair-g0-0", ["r1", "r2"]), sets());
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
+    let second = h.reconcile(&bg, calls).await;
+    assert_eq!(switchovers_asked(&h), ["10.0.0.10:8161 -> pair-g0-1"]);
+    let status = second.status();
+
+    // 3. pair-g0-1 is live: the former live, a synced backup at r1, is updated.
+    let bg = with_status(bg, status);
+    answer_pair(&h, "pair-g0-1", 4);
+    let mut calls = calls_observing(&["pair-g0"], pair_pods("pair-g0-0", ["r1", "r2"]), sets());
+    calls.extend([
+        delete(&core("pods", "pair-g0-0")),
+        post_event(),
+        merge_patch(&core("pods", "pair-g0-0")),
+        merge_patch(&core("pods", "pair-g0-1")),
+        post_event(),
+        apply(&status_path()).returns(to_json(&bg)),
+    ]);
+    let third = h.reconcile(&bg, calls).await;
+    assert!(switchovers_asked(&h).is_empty(), "no failback mid-upgrade");
+    let reasons: Vec<String> = posted_events(&third).into_iter().map(|e| e.1).collect();
+    assert_eq!(reasons, ["RollingUpgrade", "SwitchedOver"]);
+    let status = third.status();
+    let last = status.groups[0]
+        .last_failover
+        .as_ref()
+        .expect("a lastFailover");
+    assert_eq!(
+        (last.from.as_str(), last.to.as_str(), last.reason),
+        ("pair-g0-0", "pair-g0-1", FailoverReason::RollingUpgrade)
+    );
+    assert_eq!(h.ctx.metrics.upgrade_pod_deletions.get(), 2);
 }

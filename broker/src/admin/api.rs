@@ -17,6 +17,16 @@ pub const READYZ: &str = "/readyz";
 pub const STATUS: &str = "/status";
 /// Prometheus text exposition.
 pub const METRICS: &str = "/metrics";
+/// `POST` a [`SwitchoverRequest`] to the live, signed with the cluster password (see
+/// [`super::auth`]): a planned hand-over of the live role to a named in-sync backup, with
+/// nothing lost. The live stops accepting clients, waits until the target has every record
+/// it wrote, hands the group's arbiter claim to exactly that member and rejoins as its
+/// backup. Answers when the hand-over is done: 200 [`SwitchoverReply`]; 401 unsigned or
+/// wrongly signed; 409 [`AdminError`] when refused (this member is not live, the target is
+/// itself or not an in-sync backup, another hand-over is under way); 500 when the
+/// hand-over failed or timed out after clients were stopped (the group then fails over as
+/// after a crash, to an in-sync member).
+pub const SWITCHOVER: &str = "/ha/switchover";
 
 /// What a broker is doing right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
@@ -94,6 +104,33 @@ pub struct BackupStatus {
     pub state: SyncState,
     pub lag_bytes: u64,
     pub lag_records: u64,
+}
+
+/// The body of `POST /ha/switchover`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchoverRequest {
+    /// The node id of the backup that becomes live (on Kubernetes, its pod name).
+    pub to: String,
+}
+
+/// The answer to a switchover that was carried out.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SwitchoverReply {
+    /// The member that was live (this one).
+    pub from: String,
+    /// The member that was handed the live role.
+    pub to: String,
+    /// The epoch the new live was told to take.
+    pub epoch: u64,
+}
+
+/// Why an admin write was refused or failed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct AdminError {
+    pub error: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]

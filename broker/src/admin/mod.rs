@@ -1,20 +1,24 @@
-//! The admin HTTP endpoint: health, readiness, status JSON and Prometheus metrics.
-//! Read-only views of the engine; it changes nothing.
+//! The admin HTTP endpoint: health, readiness, status JSON and Prometheus metrics, all
+//! read-only views; and one signed write, `POST /ha/switchover`, which it checks and passes
+//! to the HA machinery (`ha::switchover`) without deciding anything itself.
 //!
 //! Readiness is decided by [`readiness`], a pure function of what the node loops publish,
 //! so the probe itself never touches the disk (a hung shared volume must not hang it).
 
 pub mod api;
+pub mod auth;
 
 use crate::config::HaPolicy;
 use crate::engine::queue::QueueKind;
 use crate::engine::Broker;
-use crate::metrics::Metrics;
-use api::{BrokerStatus, DestinationKind, HaStatus, QueueStatus, Role, SyncState};
+use crate::ha::switchover::Switchover;
+use crate::metrics::{Metrics, SwitchoverLabels};
+use api::{AdminError, BrokerStatus, DestinationKind, HaStatus, QueueStatus, Role, SwitchoverRequest, SyncState};
+use axum::body::Bytes;
 use axum::extract::State;
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use parking_lot::RwLock;
 use std::sync::Arc;
@@ -34,6 +38,8 @@ pub struct AdminState {
     pub policy: HaPolicy,
     /// On a shared-store backup: what its last try of the journal lock found.
     pub shared_store: Arc<RwLock<StoreCheck>>,
+    /// Set once a replicated member's HA machinery runs; `None` otherwise.
+    pub switchover: Arc<RwLock<Option<Arc<Switchover>>>>,
 }
 
 /// What a shared-store backup learned about the shared data directory when it last
@@ -75,6 +81,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
         .route(api::READYZ, get(readyz))
         .route(api::STATUS, get(status))
         .route(api::METRICS, get(metrics))
+        .route(api::SWITCHOVER, post(switchover))
         .with_state(state);
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
@@ -119,6 +126,42 @@ async fn status(State(s): State<AdminState>) -> Json<BrokerStatus> {
             .collect(),
         ha: s.ha.read().clone(),
     })
+}
+
+/// `POST /ha/switchover`: see [`api::SWITCHOVER`].
+async fn switchover(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    let refuse = |code: StatusCode, result: &'static str, error: String| {
+        s.metrics.switchovers.get_or_create(&SwitchoverLabels { result }).inc();
+        (code, Json(AdminError { error })).into_response()
+    };
+    let handle = s.switchover.read().clone();
+    let Some(handle) = handle else {
+        return refuse(StatusCode::CONFLICT, "refused", "this broker is not a member of a replicated group: nothing to switch over".into());
+    };
+    let signature = headers.get(auth::SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    if let Err(e) = handle.authorize("POST", api::SWITCHOVER, &body, signature) {
+        tracing::warn!(error = %e, "refused an unauthenticated switchover request");
+        return refuse(StatusCode::UNAUTHORIZED, "unauthorized", e.to_string());
+    }
+    let request: SwitchoverRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "refused", format!("failed to read the request: {e}; expected {{\"to\":\"<member>\"}}")),
+    };
+    match handle.request(&request.to).await {
+        Ok(reply) => {
+            tracing::info!(to = %reply.to, epoch = reply.epoch, "switchover done: the live role was handed over");
+            s.metrics.switchovers.get_or_create(&SwitchoverLabels { result: "done" }).inc();
+            Json(reply).into_response()
+        }
+        Err(e) if e.refused() => {
+            tracing::info!(to = %request.to, reason = %e, "switchover refused");
+            refuse(StatusCode::CONFLICT, "refused", e.to_string())
+        }
+        Err(e) => {
+            tracing::warn!(to = %request.to, reason = %e, "switchover failed");
+            refuse(StatusCode::INTERNAL_SERVER_ERROR, "failed", e.to_string())
+        }
+    }
 }
 
 async fn metrics(State(s): State<AdminState>) -> Response {

@@ -1,6 +1,7 @@
-//! The `send` and `receive` subcommands: a producer and a consumer for trying a broker
-//! out, checking what came through, and rough throughput numbers. They are thin users of
-//! `duomq_broker::client` and must not speak STOMP themselves.
+//! The client subcommands: `send` and `receive`, a producer and a consumer for trying a
+//! broker out, checking what came through, and rough throughput numbers (thin users of
+//! `duomq_broker::client` that must not speak STOMP themselves); and `switchover`, which
+//! asks a live on its admin endpoint to hand its role over.
 //!
 //! Every message `send` produces carries a `duomq-run` header (random per run) and a
 //! `duomq-seq` header (0, 1, 2, ...), and its body starts with the sequence number, so
@@ -10,9 +11,11 @@
 mod progress;
 mod receive;
 mod send;
+mod switchover;
 
 pub use receive::{receive, ReceiveArgs, RECEIVE_LONG_ABOUT};
 pub use send::{send, SendArgs, SEND_LONG_ABOUT};
+pub use switchover::{switchover, SwitchoverArgs, SWITCHOVER_LONG_ABOUT};
 
 use duomq_broker::client::{Client, ClientOptions};
 

@@ -79,6 +79,15 @@ pub trait Arbiter: Send + Sync {
     fn release(&self) -> BoxFuture<'_, ()> {
         Box::pin(async {})
     }
+    /// Called by a live handing its role to `to` (a switchover or failback) once `to` has
+    /// every record: give the claim up for that member alone, where the arbiter can say so
+    /// (the others then wait for `to`, or for the hand-over to lapse). Like [`release`]
+    /// otherwise.
+    ///
+    /// [`release`]: Arbiter::release
+    fn hand_over<'a>(&'a self, _to: &'a str) -> BoxFuture<'a, ()> {
+        self.release()
+    }
     /// Resolves, with the reason, once the live's claim is lost: the live must fence
     /// itself (stop serving) at once. Never resolves for arbiters whose claim cannot be
     /// lost while the process lives.

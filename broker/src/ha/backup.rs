@@ -217,9 +217,14 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
             && ctx.config.role == PreferredRole::Primary
         {
             asked_failback = true;
-            tracing::info!(live = %peer.node_id, "in sync as the preferred live: asking for failback");
-            if let Err(e) = conn.send(&ClusterFrame::FailbackRequest).await {
-                return Followed::Lost { synced: true, reason: error_chain(&e) };
+            if ctx.handed_over() {
+                // Failback undoes failovers; a switchover away from this member was meant.
+                tracing::info!(live = %peer.node_id, "in sync as the preferred live, but this process handed the role over on purpose: not asking for failback until it restarts");
+            } else {
+                tracing::info!(live = %peer.node_id, "in sync as the preferred live: asking for failback");
+                if let Err(e) = conn.send(&ClusterFrame::FailbackRequest).await {
+                    return Followed::Lost { synced: true, reason: error_chain(&e) };
+                }
             }
         }
     }

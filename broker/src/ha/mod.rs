@@ -18,6 +18,7 @@ pub mod probe;
 pub mod replica;
 pub mod responder;
 pub mod shared_store;
+pub mod switchover;
 
 use crate::admin::api::{BackupStatus, HaStatus, Role, SyncState, SyncStatus};
 use crate::cluster::{accept_handshake, ClusterFrame, HandshakeConfig, Purpose, DEFAULT_HANDSHAKE_TIMEOUT};
@@ -79,12 +80,16 @@ pub struct HaContext {
     /// The live this member follows or is.
     live_node: RwLock<Option<String>>,
     backups: Mutex<Vec<BackupStatus>>,
+    /// This process handed the live role over on purpose (a switchover): as a preferred
+    /// primary it does not ask for failback until it restarts.
+    handed_over: std::sync::atomic::AtomicBool,
 }
 
-/// One stretch of being live; replicas use it to ask the live to step down for failback.
+/// One stretch of being live; replicas use it to ask the live to step down for failback,
+/// the admin endpoint for a switchover.
 #[derive(Default)]
 pub struct LiveTerm {
-    /// Cancelled by a replica that wants the role back.
+    /// Cancelled by a replica that wants the role back, or by a switchover request.
     pub step_down: CancellationToken,
     /// Cancelled by the node once client traffic has stopped.
     pub clients_stopped: CancellationToken,
@@ -93,6 +98,29 @@ pub struct LiveTerm {
     /// Cancelled by the node when the live lost its claim: replicas let their backups go
     /// to find the next live.
     pub fenced: CancellationToken,
+    /// The backup this term hands the live role to, once chosen (by a failback request or a
+    /// switchover): at most one per term, so two backups are never told to take over.
+    handover_to: Mutex<Option<String>>,
+    /// The epoch the new live was told to take.
+    pub handover_epoch: std::sync::atomic::AtomicU64,
+}
+
+impl LiveTerm {
+    /// Chooses `node` as the one backup to hand over to; `false` if another was chosen.
+    pub fn claim_handover(&self, node: &str) -> bool {
+        let mut chosen = self.handover_to.lock();
+        match chosen.as_deref() {
+            Some(n) => n == node,
+            None => {
+                *chosen = Some(node.to_string());
+                true
+            }
+        }
+    }
+
+    pub fn handover_target(&self) -> Option<String> {
+        self.handover_to.lock().clone()
+    }
 }
 
 impl HaContext {
@@ -158,6 +186,7 @@ impl HaContext {
                 role,
                 live_node: RwLock::new(None),
                 backups: Mutex::new(Vec::new()),
+                handed_over: std::sync::atomic::AtomicBool::new(false),
             }
         });
         Ok(ctx)
@@ -200,6 +229,19 @@ impl HaContext {
             *self.live_node.write() = live.map(str::to_string);
             self.publish(None);
         }
+    }
+
+    /// After handing the live role to `node`: clients that still reach this member are
+    /// told that `node` is live (until it is followed, which says the same).
+    pub fn handed_over_to(&self, node: &str) {
+        self.handed_over.store(true, std::sync::atomic::Ordering::SeqCst);
+        let stomp = self.config.members.iter().find(|m| m.name == node).map(|m| m.stomp.clone());
+        self.show_live(Some(node), stomp);
+    }
+
+    /// Whether this process handed the live role over (see [`HaContext::handed_over_to`]).
+    pub fn handed_over(&self) -> bool {
+        self.handed_over.load(std::sync::atomic::Ordering::SeqCst)
     }
 
     /// `dataDir/ha`: the epoch, the last live and (shared store) the live-holder file.
@@ -479,6 +521,12 @@ impl HaContext {
         std::fs::write(&path, format!("{}\n", self.node_id)).map_err(err)?;
         self.become_role(Role::Live);
         Ok(())
+    }
+
+    /// A live handing its role over: clients have stopped; it reports `stopping` until it
+    /// follows the new live, so two members never report live at once.
+    pub fn stepping_down(&self) {
+        self.become_role(Role::Stopping);
     }
 
     pub fn became_backup(&self) {

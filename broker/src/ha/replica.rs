@@ -2,7 +2,8 @@
 //! files from the start (the initial sync, read from disk while the live keeps serving,
 //! never loaded whole), then follows every durable append; it reads the backup's acks and
 //! feeds them to the journal's replication gate, which holds receipts back in sync mode.
-//! It decides nothing about roles; on a failback request it reports back and stops.
+//! It decides nothing about roles; on a failback request, or when a switchover names its
+//! backup, it hands the live role over once that backup has everything, and stops.
 
 use super::{HaContext, HaError, LiveTerm};
 use crate::admin::api::{BackupStatus, SyncState};
@@ -108,6 +109,7 @@ async fn stream(
     let ttl = ctx.config.connection_ttl.get();
     let mut ping = tokio::time::interval(check);
     let mut handing_over = false;
+    let mut step_down_seen = false;
     let result = loop {
         // Send everything durable that the backup does not have yet.
         let end = *position.borrow_and_update();
@@ -175,10 +177,13 @@ async fn stream(
         }
         if handing_over && term.clients_stopped.is_cancelled() && acked >= (end.segment, end.offset) {
             let epoch = ctx.epoch().0 + 1;
-            ctx.arbiter.release().await;
+            // Only this backup may take the claim now: another in-sync one could otherwise
+            // win the race for it.
+            ctx.arbiter.hand_over(&peer.node_id).await;
             if let Err(e) = conn.send(&ClusterFrame::HandOver { epoch }).await {
                 break Ok(ReplicaEnd::Gone(super::backup::error_chain(&e)));
             }
+            term.handover_epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
             term.handed_over.cancel();
             tracing::info!(backup = %peer.node_id, epoch, "handed the live role over");
             break Ok(ReplicaEnd::HandedOver(epoch));
@@ -210,9 +215,13 @@ async fn stream(
                 }
                 Ok(Some(ClusterFrame::Pong { .. })) => last_heard = Instant::now(),
                 Ok(Some(ClusterFrame::FailbackRequest)) if synced && !handing_over => {
-                    tracing::info!(backup = %peer.node_id, "failback requested: stopping client traffic to hand over");
-                    handing_over = true;
-                    term.step_down.cancel();
+                    if term.claim_handover(&peer.node_id) {
+                        tracing::info!(backup = %peer.node_id, "failback requested: stopping client traffic to hand over");
+                        handing_over = true;
+                        term.step_down.cancel();
+                    } else {
+                        tracing::info!(backup = %peer.node_id, "failback requested while handing over to another member: ignored");
+                    }
                 }
                 Ok(Some(ClusterFrame::Goodbye { reason })) => break Ok(ReplicaEnd::Gone(reason)),
                 Ok(Some(other)) => tracing::debug!(frame = other.name(), "ignoring frame from backup"),
@@ -226,6 +235,17 @@ async fn stream(
                 let at = u64::try_from(last_heard.elapsed().as_millis()).unwrap_or(u64::MAX);
                 if conn.send(&ClusterFrame::Ping { at }).await.is_err() {
                     break Ok(ReplicaEnd::Gone("failed to ping".into()));
+                }
+            }
+            // A switchover chose this backup: hand over to it once clients have stopped.
+            _ = term.step_down.cancelled(), if !handing_over && !step_down_seen => {
+                step_down_seen = true;
+                if term.handover_target().as_deref() == Some(peer.node_id.as_str()) {
+                    if synced {
+                        handing_over = true;
+                    } else {
+                        tracing::warn!(backup = %peer.node_id, "switchover target is not in sync: not handing over");
+                    }
                 }
             }
             _ = term.clients_stopped.cancelled(), if handing_over && !term.clients_stopped.is_cancelled() => {}

@@ -235,10 +235,26 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 
 /// A minimal HTTP/1.0 GET for an admin endpoint at `ip`.
 pub fn http_get_at(ip: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
+    http_request(ip, port, &format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n"), Duration::from_secs(5))
+}
+
+/// A minimal HTTP/1.0 POST of a JSON body with extra headers, for admin writes (which may
+/// take a while: a switchover answers once it is done).
+pub fn http_post_at(ip: &str, port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<(u16, String)> {
+    let mut request = format!("POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+    for (name, value) in headers {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    request.push_str(body);
+    http_request(ip, port, &request, Duration::from_secs(60))
+}
+
+fn http_request(ip: &str, port: u16, request: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
     let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().map_err(std::io::Error::other)?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
-    s.set_read_timeout(Some(Duration::from_secs(5)))?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n")?;
+    s.set_read_timeout(Some(timeout))?;
+    s.write_all(request.as_bytes())?;
     let mut text = String::new();
     s.read_to_string(&mut text)?;
     let code = text.split_whitespace().nth(1).and_then(|c| c.parse().ok()).unwrap_or(0);

@@ -51,10 +51,11 @@ cluster-scoped resource, so a namespaced install needs no ClusterRole at all.
 - apiGroups: [""]
   resources: ["configmaps", "secrets", "services", "serviceaccounts", "persistentvolumeclaims"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]
-# Broker pods: watched for failures; labelled with their role (duomq.io/role) by the operator.
+# Broker pods: watched for failures; labelled with their role (duomq.io/role) by the operator;
+# deleted one at a time by rolling upgrades (the StatefulSets update on delete).
 - apiGroups: [""]
   resources: ["pods"]
-  verbs: ["get", "list", "watch", "patch"]
+  verbs: ["get", "list", "watch", "patch", "delete"]
 - apiGroups: ["apps"]
   resources: ["statefulsets"]
   verbs: ["get", "list", "watch", "create", "patch", "update", "delete"]

@@ -30,7 +30,7 @@ pub const KIND: &str = "BrokerGroup";
     status = "BrokerGroupStatus",
     shortname = "bg",
     category = "duomq",
-    doc = "A BrokerGroup runs live/backup groups of the duomq message broker that survive the loss of a broker, a pod or a node without losing an acknowledged message.",
+    doc = "A BrokerGroup runs live/backup groups of the duomq message broker that survive the loss of a broker, a pod or a node without losing an acknowledged message. The annotation duomq.io/switchover: <group>=<pod> (or `duomq-operator switchover`) hands a group's live role to that in-sync member; the operator removes it once done.",
     cel,
     printcolumn = r#"{"name":"Groups","type":"integer","jsonPath":".spec.groups","description":"Live/backup groups"}"#,
     printcolumn = r#"{"name":"Live","type":"string","jsonPath":".status.live","description":"Groups with a live broker, of all groups"}"#,
@@ -151,7 +151,10 @@ pub struct HaSpec {
     pub mode: HaMode,
 
     /// When the original live (the group's first member) comes back after a failover, it
-    /// resyncs and then takes the live role back.
+    /// resyncs and then takes the live role back. With the kubernetes arbiter the operator
+    /// does this: once that member runs and reports synced, it asks the live for a
+    /// switchover to it (reason Failback), never during a rolling upgrade. With quorum the
+    /// brokers do it themselves.
     #[serde(default)]
     pub allow_failback: bool,
 

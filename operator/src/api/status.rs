@@ -12,9 +12,11 @@ pub mod condition {
     pub const AVAILABLE: &str = "Available";
     /// Every group has at least one backup in sync with its live.
     pub const REPLICATED: &str = "Replicated";
-    /// The operator is still creating or updating objects, or members are starting.
+    /// The operator is still creating or updating objects, members are starting, a rolling
+    /// upgrade (reason RollingUpgrade) or a switchover (reason Switchover) is under way.
     pub const PROGRESSING: &str = "Progressing";
-    /// Something needs attention: an invalid spec, a group without a live, a missing Secret.
+    /// Something needs attention: an invalid spec, a group without a live, a missing Secret,
+    /// a switchover that was refused (reason SwitchoverFailed).
     pub const DEGRADED: &str = "Degraded";
 }
 
@@ -67,6 +69,21 @@ pub struct GroupStatus {
     /// The most recent failover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<FailoverRecord>,
+    /// A planned hand-over of the live role (switchover, failback, rolling upgrade) that the
+    /// live agreed to and that has not shown in `live` yet.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub switchover: Option<PendingSwitchover>,
+}
+
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct PendingSwitchover {
+    /// The pod the live role is being handed to.
+    pub to: String,
+    /// Switchover, Failback or RollingUpgrade.
+    pub reason: FailoverReason,
+    /// When the live agreed to hand over.
+    pub time: Time,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
@@ -93,7 +110,7 @@ pub struct FailoverRecord {
     pub from: String,
     /// The pod that is live now.
     pub to: String,
-    /// Why: LiveLost, OperatorFailover, Switchover or Failback.
+    /// Why: LiveLost, OperatorFailover, Switchover, Failback or RollingUpgrade.
     pub reason: FailoverReason,
 }
 
@@ -103,8 +120,13 @@ pub enum FailoverReason {
     LiveLost,
     /// The operator saw the live was dead and released its arbiter for a backup.
     OperatorFailover,
-    /// A planned hand-over to a named backup.
+    /// A planned hand-over to a named backup, asked for with the `duomq.io/switchover`
+    /// annotation (`duomq-operator switchover`). allowFailback leaves such a live alone.
     Switchover,
-    /// The preferred member took the live role back.
+    /// The preferred member took the live role back (with allowFailback, the operator
+    /// switches over to it once it is back and in sync).
     Failback,
+    /// A planned hand-over by the operator during a rolling upgrade: the live's member was
+    /// next to be updated.
+    RollingUpgrade,
 }

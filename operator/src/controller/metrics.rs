@@ -13,11 +13,21 @@ pub struct ResultLabel {
     pub result: &'static str,
 }
 
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct SwitchoverLabels {
+    /// Switchover, Failback or RollingUpgrade.
+    pub reason: &'static str,
+    /// done or failed.
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     pub reconciliations: Family<ResultLabel, Counter>,
     pub reconcile_seconds: Histogram,
     pub failovers: Counter,
     pub invalid_specs: Counter,
+    pub switchovers: Family<SwitchoverLabels, Counter>,
+    pub upgrade_pod_deletions: Counter,
 }
 
 impl Metrics {
@@ -27,6 +37,8 @@ impl Metrics {
             reconcile_seconds: Histogram::new(exponential_buckets(0.005, 2.0, 12)),
             failovers: Counter::default(),
             invalid_specs: Counter::default(),
+            switchovers: Family::default(),
+            upgrade_pod_deletions: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("duomq_operator");
         r.register(
@@ -48,6 +60,16 @@ impl Metrics {
             "invalid_specs",
             "Reconciles that found an invalid BrokerGroup spec",
             m.invalid_specs.clone(),
+        );
+        r.register(
+            "switchovers",
+            "Switchovers the operator asked a live for, by reason and result",
+            m.switchovers.clone(),
+        );
+        r.register(
+            "upgrade_pod_deletions",
+            "Pods deleted by rolling upgrades so that they come back at the new revision",
+            m.upgrade_pod_deletions.clone(),
         );
         m
     }

@@ -1,10 +1,12 @@
 //! The controller: watches BrokerGroups and what they own, and reconciles each one in
 //! phases that read top to bottom: dereference (I/O) → validate (pure) → render (pure) →
 //! apply (server-side apply, one field manager) → delete orphans → observe pods and brokers →
+//! plan role changes (pure) and carry them out (switchovers, rolling-upgrade deletions) →
 //! compute status (pure) → label pods, publish events, patch status.
 
 mod apply;
 mod brokers;
+mod drive;
 pub mod metrics;
 mod observe;
 
@@ -32,6 +34,7 @@ pub use brokers::{BrokerStatusSource, HttpBrokerStatus};
 
 use crate::api::{condition, BrokerGroup, BrokerGroupStatus};
 use crate::names;
+use crate::plan;
 use crate::render::render;
 use crate::status::{self, Observation};
 use crate::validate::{validate, InvalidSpec};
@@ -209,6 +212,11 @@ async fn reconcile_phases(bg: &BrokerGroup, ctx: &Context) -> Result<Action, Err
 
     // Dereference: everything the spec points at.
     let deps = apply::fetch_dependencies(client, &namespace, bg).await?;
+    let existing_password = deps
+        .dependencies
+        .cluster_secret
+        .as_ref()
+        .and_then(|d| d.get(names::CLUSTER_PASSWORD_KEY).cloned());
 
     // Validate.
     let validated = match validate(bg, &deps.dependencies) {
@@ -241,7 +249,29 @@ async fn reconcile_phases(bg: &BrokerGroup, ctx: &Context) -> Result<Action, Err
             }
         }
     }
+
+    // Role changes: asked-for switchovers, failback, the next step of a rolling upgrade.
     let previous = bg.status.clone().unwrap_or_default();
+    let plan = plan::plan(
+        &validated,
+        &seen,
+        bg.annotations()
+            .get(names::SWITCHOVER_ANNOTATION)
+            .map(String::as_str),
+        &previous,
+    );
+    seen.upgrade = plan.upgrade.clone();
+    let password = existing_password.or_else(|| validated.credentials.generated_password.clone());
+    let drive = drive::Drive {
+        ctx,
+        bg,
+        namespace: &namespace,
+        admin_port: u16::try_from(validated.spec.ports.admin)
+            .unwrap_or(duomq_broker::admin::api::DEFAULT_PORT),
+        password: password.as_deref(),
+    };
+    drive.carry_out(&plan, &mut seen).await?;
+
     let computed = status::compute(&validated, bg.meta().generation, &seen, &previous, &now());
 
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
@@ -265,7 +295,10 @@ async fn reconcile_phases(bg: &BrokerGroup, ctx: &Context) -> Result<Action, Err
             &t.note,
         )
         .await;
-        if t.reason == "FailedOver" || t.reason == "FailedBack" {
+        if matches!(
+            t.reason.as_str(),
+            "FailedOver" | "FailedBack" | "SwitchedOver"
+        ) {
             ctx.metrics.failovers.inc();
         }
         info!(brokergroup = %bg.name_any(), reason = %t.reason, "{}", t.note);

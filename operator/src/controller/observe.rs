@@ -43,8 +43,8 @@ pub async fn observe(
     let fetches = pods.items.iter().map(|pod| async move {
         let running = broker_running(pod);
         let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
-        let broker = match (running, ip) {
-            (true, Some(ip)) => brokers.fetch(&ip, admin_port).await,
+        let broker = match (running, &ip) {
+            (true, Some(ip)) => brokers.fetch(ip, admin_port).await,
             (true, None) => Err("no pod IP yet".to_string()),
             (false, _) => Err("broker container not running".to_string()),
         };
@@ -56,6 +56,8 @@ pub async fn observe(
                 node: pod.spec.as_ref().and_then(|s| s.node_name.clone()),
                 role_label: pod.labels().get(names::LABEL_ROLE).cloned(),
                 broker,
+                ip,
+                revision: pod.labels().get(names::REVISION_LABEL).cloned(),
             },
         )
     });
@@ -77,6 +79,21 @@ pub async fn observe(
                 || st.current_revision != st.update_revision
         })
         .map(|s| s.name_any())
+        .collect();
+    // Only once the StatefulSet controller has seen the current spec: before that its
+    // updateRevision is the previous one.
+    let update_revisions = sets
+        .items
+        .iter()
+        .filter_map(|s| {
+            let st = s.status.as_ref()?;
+            let current =
+                st.observed_generation.is_some() && st.observed_generation >= s.metadata.generation;
+            current
+                .then(|| st.update_revision.clone())
+                .flatten()
+                .map(|r| (s.name_any(), r))
+        })
         .collect();
 
     let leases: Api<Lease> = Api::namespaced(client.clone(), namespace);
@@ -106,6 +123,8 @@ pub async fn observe(
         pods: observed,
         leases,
         rolling_out,
+        update_revisions,
         problems: Vec::new(),
+        ..Observation::default()
     })
 }

@@ -54,7 +54,9 @@ pub fn build_broker_config(
     // In a host-pair layout the live's place is a node, not an ordinal: whichever member the
     // scheduler put on the group's primary node is the primary.
     ha.primary_node = group.primary_node.clone();
-    ha.allow_failback = spec.ha.allow_failback;
+    // Under the Lease arbiter the operator fails back itself (see `crate::plan`), so a
+    // broker never takes the role back in the middle of a rolling upgrade.
+    ha.allow_failback = spec.ha.allow_failback && spec.ha.arbiter != api::ArbiterSpec::Kubernetes;
     ha.replication = match spec.ha.replication {
         api::ReplicationMode::Sync => ReplicationMode::Sync,
         api::ReplicationMode::Async => ReplicationMode::Async,

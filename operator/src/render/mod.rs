@@ -374,8 +374,10 @@ fn statefulset_shell(
     StatefulSet {
         metadata: meta(v, g.name.clone(), names::group_labels(&v.name, &g.name)),
         spec: Some(StatefulSetSpec {
+            // The operator updates pods itself, in CloudNativePG's order (backups first, then
+            // a switchover, then the former live): see `crate::plan`.
             update_strategy: Some(StatefulSetUpdateStrategy {
-                type_: Some("RollingUpdate".into()),
+                type_: Some("OnDelete".into()),
                 ..Default::default()
             }),
             ..spec

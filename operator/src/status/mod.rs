@@ -9,9 +9,10 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::{
     condition, BrokerGroupStatus, FailoverReason, FailoverRecord, GroupStatus, MemberStatus,
+    PendingSwitchover,
 };
 use crate::names;
-use crate::validate::ValidatedBrokerGroup;
+use crate::validate::{GroupModel, ValidatedBrokerGroup};
 
 /// What the operator saw of one pod.
 #[derive(Debug, Clone, PartialEq)]
@@ -26,6 +27,10 @@ pub struct PodObservation {
     pub role_label: Option<String>,
     /// The broker's `/status`, or why it could not be read.
     pub broker: Result<BrokerStatus, String>,
+    /// The pod's IP, where its admin endpoint answers.
+    pub ip: Option<String>,
+    /// The StatefulSet revision the pod was created from (`controller-revision-hash`).
+    pub revision: Option<String>,
 }
 
 /// A group's arbiter Lease as the operator saw it.
@@ -45,6 +50,13 @@ pub struct Observation {
     pub leases: BTreeMap<String, LeaseObservation>,
     /// Workloads still rolling out (StatefulSets whose pods are not all current and ready).
     pub rolling_out: Vec<String>,
+    /// Each group's StatefulSet `updateRevision`, once its controller has seen the current
+    /// spec: pods of another revision are to be updated.
+    pub update_revisions: BTreeMap<String, String>,
+    /// Switchovers the live agreed to in this reconcile, by group.
+    pub switchovers: BTreeMap<String, PendingSwitchover>,
+    /// What a rolling upgrade is doing, if one is under way.
+    pub upgrade: Option<String>,
     /// Problems found before status (missing Secret, missing connector target), as
     /// (reason, message) for the Degraded condition.
     pub problems: Vec<(String, String)>,
@@ -68,7 +80,9 @@ pub struct Computed {
     pub transitions: Vec<Transition>,
 }
 
-fn role_of(p: &PodObservation) -> Option<Role> {
+/// The role a running pod's broker reports; `None` for a pod that is not running, is
+/// going away, or did not answer.
+pub(crate) fn role_of(p: &PodObservation) -> Option<Role> {
     if !p.running || p.terminating {
         return None;
     }
@@ -140,6 +154,24 @@ pub fn leases_to_release(v: &ValidatedBrokerGroup, seen: &Observation) -> Vec<(S
         .collect()
 }
 
+/// The preferred live of a group: the first member, or in a host-pair layout the one
+/// scheduled on the group's primary node.
+pub fn preferred_live(g: &GroupModel, seen: &Observation) -> String {
+    g.primary_node
+        .as_ref()
+        .and_then(|node| {
+            g.members
+                .iter()
+                .find(|m| seen.pods.get(&m.pod).and_then(|p| p.node.as_ref()) == Some(node))
+        })
+        .map(|m| m.pod.clone())
+        .unwrap_or_else(|| g.preferred_live.clone())
+}
+
+/// How long a switchover the live agreed to may take to show before the operator stops
+/// waiting for it (the group then fails over as after a crash).
+const SWITCHOVER_PENDING_FOR: i64 = 120;
+
 /// The new status of `v` from `seen`, given the previous status and the time now.
 pub fn compute(
     v: &ValidatedBrokerGroup,
@@ -177,18 +209,7 @@ pub fn compute(
         }
         let live = lives.first().map(|s| s.to_string());
 
-        // The preferred live: the first member, or in a host-pair layout the one scheduled on
-        // the group's primary node.
-        let preferred_live = g
-            .primary_node
-            .as_ref()
-            .and_then(|node| {
-                g.members
-                    .iter()
-                    .find(|m| seen.pods.get(&m.pod).and_then(|p| p.node.as_ref()) == Some(node))
-            })
-            .map(|m| m.pod.clone())
-            .unwrap_or_else(|| g.preferred_live.clone());
+        let preferred_live = preferred_live(g, seen);
 
         let live_status = live
             .as_ref()
@@ -230,6 +251,12 @@ pub fn compute(
         let mut failovers = before.map(|b| b.failovers).unwrap_or(0);
         let mut last_failover = before.and_then(|b| b.last_failover.clone());
         let last_live = before.and_then(|b| b.live.clone().or_else(|| b.last_live.clone()));
+        let mut pending = seen
+            .switchovers
+            .get(&g.name)
+            .or_else(|| before.and_then(|b| b.switchover.as_ref()))
+            .filter(|p| now.0.as_second() - p.time.0.as_second() <= SWITCHOVER_PENDING_FOR)
+            .cloned();
         if let (Some(from), Some(to)) = (last_live.clone(), live.clone()) {
             if from != to {
                 let released = seen
@@ -237,7 +264,10 @@ pub fn compute(
                     .get(&g.name)
                     .and_then(|l| l.released_holder.as_ref())
                     == Some(&from);
-                let reason = if to == preferred_live {
+                let planned = pending.as_ref().filter(|p| p.to == to).map(|p| p.reason);
+                let reason = if let Some(reason) = planned {
+                    reason
+                } else if to == preferred_live {
                     FailoverReason::Failback
                 } else if released {
                     FailoverReason::OperatorFailover
@@ -246,11 +276,15 @@ pub fn compute(
                 };
                 failovers += 1;
                 transitions.push(Transition {
-                    warning: reason != FailoverReason::Failback,
-                    reason: if reason == FailoverReason::Failback {
-                        "FailedBack".into()
-                    } else {
-                        "FailedOver".into()
+                    warning: planned.is_none() && reason != FailoverReason::Failback,
+                    reason: match reason {
+                        FailoverReason::Failback => "FailedBack".into(),
+                        FailoverReason::Switchover | FailoverReason::RollingUpgrade => {
+                            "SwitchedOver".into()
+                        }
+                        FailoverReason::LiveLost | FailoverReason::OperatorFailover => {
+                            "FailedOver".into()
+                        }
                     },
                     note: format!(
                         "group {}: live moved from {from} to {to} ({reason:?})",
@@ -269,14 +303,30 @@ pub fn compute(
                 // raises the epoch by one.
                 let changes = epoch - before.map_or(0, |b| b.epoch as u64);
                 failovers += changes as i64;
-                let other = g.members.iter().map(|m| m.pod.clone()).find(|p| *p != to).unwrap_or_default();
+                let other = g
+                    .members
+                    .iter()
+                    .map(|m| m.pod.clone())
+                    .find(|p| *p != to)
+                    .unwrap_or_default();
                 transitions.push(Transition {
                     warning: true,
                     reason: "FailedOver".into(),
                     note: format!("group {}: the live role left {to} and came back ({changes} changes of live)", g.name),
                 });
-                last_failover = Some(FailoverRecord { time: now.clone(), from: other, to, reason: FailoverReason::Failback });
+                last_failover = Some(FailoverRecord {
+                    time: now.clone(),
+                    from: other,
+                    to,
+                    reason: FailoverReason::Failback,
+                });
             }
+        }
+        if pending
+            .as_ref()
+            .is_some_and(|p| live.as_ref() == Some(&p.to))
+        {
+            pending = None;
         }
         if live.is_none() {
             without_live.push(g.name.clone());
@@ -315,6 +365,7 @@ pub fn compute(
             epoch: epoch as i64,
             failovers,
             last_failover,
+            switchover: pending,
         });
     }
 
@@ -372,17 +423,42 @@ pub fn compute(
         .flat_map(|g| &g.members)
         .filter(|m| !seen.pods.contains_key(&m.pod))
         .count();
-    let progressing = !seen.rolling_out.is_empty() || !starting.is_empty() || missing > 0;
+    let switching: Vec<String> = groups
+        .iter()
+        .filter_map(|g| {
+            g.switchover
+                .as_ref()
+                .map(|p| format!("{} to {}", g.name, p.to))
+        })
+        .collect();
+    let progressing = !seen.rolling_out.is_empty()
+        || !starting.is_empty()
+        || missing > 0
+        || seen.upgrade.is_some()
+        || !switching.is_empty();
     conditions.set(
         condition::PROGRESSING,
         progressing,
-        if progressing {
+        if seen.upgrade.is_some() {
+            "RollingUpgrade"
+        } else if !switching.is_empty() {
+            "Switchover"
+        } else if progressing {
             "MembersStarting"
         } else {
             "Stable"
         },
         if progressing {
             let mut parts = Vec::new();
+            if let Some(upgrade) = &seen.upgrade {
+                parts.push(upgrade.clone());
+            }
+            if !switching.is_empty() {
+                parts.push(format!(
+                    "handing the live role over: {}",
+                    switching.join(", ")
+                ));
+            }
             if !seen.rolling_out.is_empty() {
                 parts.push(format!("rolling out: {}", seen.rolling_out.join(", ")));
             }
@@ -434,7 +510,7 @@ pub fn compute(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::api::BrokerGroup;
     use crate::render::parse_documents;
@@ -443,8 +519,13 @@ mod tests {
     use k8s_openapi::jiff::Timestamp;
 
     fn pair() -> ValidatedBrokerGroup {
-        let text = "apiVersion: duomq.io/v1alpha1\nkind: BrokerGroup\nmetadata: {name: pair}\nspec: {groups: 1, backupsPerGroup: 1}\n";
-        let bg: BrokerGroup = parse_documents(text, "default").unwrap().remove(0);
+        validated("{groups: 1, backupsPerGroup: 1}")
+    }
+
+    /// A BrokerGroup `pair` in namespace default with this spec (YAML flow style), validated.
+    pub(crate) fn validated(spec: &str) -> ValidatedBrokerGroup {
+        let text = format!("apiVersion: duomq.io/v1alpha1\nkind: BrokerGroup\nmetadata: {{name: pair}}\nspec: {spec}\n");
+        let bg: BrokerGroup = parse_documents(&text, "default").unwrap().remove(0);
         validate(
             &bg,
             &Dependencies {
@@ -455,7 +536,11 @@ mod tests {
         .unwrap()
     }
 
-    fn broker(role: Role, epoch: u64, sync: Option<SyncState>) -> Result<BrokerStatus, String> {
+    pub(crate) fn broker(
+        role: Role,
+        epoch: u64,
+        sync: Option<SyncState>,
+    ) -> Result<BrokerStatus, String> {
         Ok(BrokerStatus {
             version: "0".into(),
             node_id: String::new(),
@@ -479,13 +564,15 @@ mod tests {
         })
     }
 
-    fn pod(broker: Result<BrokerStatus, String>, label: Option<&str>) -> PodObservation {
+    pub(crate) fn pod(broker: Result<BrokerStatus, String>, label: Option<&str>) -> PodObservation {
         PodObservation {
             running: true,
             terminating: false,
             node: None,
             role_label: label.map(String::from),
             broker,
+            ip: None,
+            revision: None,
         }
     }
 
@@ -601,6 +688,59 @@ mod tests {
             FailoverReason::Failback
         );
         assert_eq!(d.transitions[0].reason, "FailedBack");
+    }
+
+    #[test]
+    fn given_a_switchover_the_live_agreed_to_should_be_pending_then_recorded_with_its_reason() {
+        let before = first(&healthy()).status;
+        let mut seen = healthy();
+        seen.switchovers.insert(
+            "pair-g0".into(),
+            PendingSwitchover {
+                to: "pair-g0-1".into(),
+                reason: FailoverReason::Switchover,
+                time: at(150),
+            },
+        );
+        let asked = compute(&pair(), Some(1), &seen, &before, &at(150));
+        let pending = asked.status.groups[0].switchover.clone();
+        assert_eq!(pending.as_ref().map(|p| p.to.as_str()), Some("pair-g0-1"));
+        assert_eq!(
+            cond(&asked.status, condition::PROGRESSING).reason,
+            "Switchover"
+        );
+
+        // next look: the target is live; the old live follows it
+        let mut after = healthy();
+        after.pods.get_mut("pair-g0-0").unwrap().broker =
+            broker(Role::Backup, 2, Some(SyncState::Synced));
+        after.pods.get_mut("pair-g0-1").unwrap().broker = broker(Role::Live, 2, None);
+        let done = compute(&pair(), Some(1), &after, &asked.status, &at(160));
+        let g = &done.status.groups[0];
+        let last = g.last_failover.as_ref().unwrap();
+        assert_eq!(
+            (last.from.as_str(), last.to.as_str(), last.reason),
+            ("pair-g0-0", "pair-g0-1", FailoverReason::Switchover)
+        );
+        assert_eq!(g.switchover, None, "done");
+        assert_eq!(
+            (
+                done.transitions[0].reason.as_str(),
+                done.transitions[0].warning
+            ),
+            ("SwitchedOver", false)
+        );
+        assert_eq!(cond(&done.status, condition::PROGRESSING).reason, "Stable");
+
+        // a pending switchover that never shows is dropped after a while
+        let stale = compute(
+            &pair(),
+            Some(1),
+            &healthy(),
+            &asked.status,
+            &at(150 + SWITCHOVER_PENDING_FOR + 1),
+        );
+        assert_eq!(stale.status.groups[0].switchover, None);
     }
 
     #[test]

@@ -18,6 +18,8 @@ pub struct LeaseState {
     pub epoch: Epoch,
     /// `duomq.io/in-sync`: the backups the last holder had in sync.
     pub in_sync: Vec<String>,
+    /// `duomq.io/handover-to`: the member the last holder handed the Lease to.
+    pub handover_to: Option<String>,
     /// `spec.leaseTransitions`.
     pub transitions: i32,
     /// `spec.leaseDurationSeconds`: the claim the holder made.
@@ -106,6 +108,15 @@ pub fn may_take(lease: Option<&LeaseState>, me: &Claimant<'_>, unchanged_for: Du
             denied("a new group: its preferred primary starts it".into())
         };
     }
+    let handed_over_to = lease.holder.is_none().then_some(lease.handover_to.as_deref()).flatten();
+    if let Some(to) = handed_over_to.filter(|to| *to != me.node) {
+        // Another in-sync member must not win the race for it; if the target never comes,
+        // the hand-over lapses like an unrenewed claim.
+        let claim = claim_length(lease, duration);
+        if unchanged_for < claim {
+            return denied(format!("the Lease was handed over to {to}; it is {to}'s until the hand-over lapses after {claim:?}"));
+        }
+    }
     if !me.complete_copy {
         return denied("this member does not have a complete copy of the live's journal".into());
     }
@@ -118,6 +129,12 @@ pub fn may_take(lease: Option<&LeaseState>, me: &Claimant<'_>, unchanged_for: Du
         ));
     }
     let Some(holder) = &lease.holder else {
+        if handed_over_to == Some(me.node) {
+            // The live already told this member its next epoch (one above its own); no live
+            // ever wrote that one to the Lease, so it is new for the group.
+            let epoch = Epoch((lease.epoch.0 + 1).max(me.local_epoch.0));
+            return Verdict::Take { epoch, why: "the live handed the Lease over to this member".into() };
+        }
         return Verdict::Take { epoch, why: "the Lease was released and this member is in sync".into() };
     };
     let claim = claim_length(lease, duration);
@@ -186,6 +203,7 @@ mod tests {
             holder: holder.map(str::to_string),
             epoch: Epoch(epoch),
             in_sync: in_sync.iter().map(|s| s.to_string()).collect(),
+            handover_to: None,
             transitions,
             claim: Some(D),
             version: "7".into(),
@@ -240,6 +258,24 @@ mod tests {
         // the same process asking again as a backup keeps the old rule
         let asking = Claimant { at_start: false, ..restarted };
         assert!(matches!(may_take(Some(&with_backup), &asking, Duration::ZERO, D), Verdict::Take { .. }));
+    }
+
+    #[test]
+    fn given_a_lease_handed_over_should_be_taken_by_its_target_alone_until_the_hand_over_lapses() {
+        let mut handed = lease(None, 3, &["a", "b", "c"], 3);
+        handed.handover_to = Some("c".into());
+        let other = backup(3);
+        let Verdict::Denied { reason } = may_take(Some(&handed), &other, Duration::from_secs(14), D) else { panic!() };
+        assert!(reason.contains("handed over to c"), "{reason}");
+        assert!(matches!(may_take(Some(&handed), &other, D, D), Verdict::Take { .. }), "lapsed after the claim");
+        // the target was told its epoch (4) by the live: it takes exactly that one
+        let target = Claimant { node: "c", local_epoch: Epoch(4), at_start: true, complete_copy: true };
+        assert!(matches!(may_take(Some(&handed), &target, Duration::ZERO, D), Verdict::Take { epoch: Epoch(4), .. }));
+        let not_told = Claimant { local_epoch: Epoch(3), ..target.clone() };
+        assert!(matches!(may_take(Some(&handed), &not_told, Duration::ZERO, D), Verdict::Take { epoch: Epoch(4), .. }));
+        // the target too needs a complete copy
+        let incomplete = Claimant { complete_copy: false, ..target };
+        assert!(matches!(may_take(Some(&handed), &incomplete, Duration::ZERO, D), Verdict::Denied { .. }));
     }
 
     #[test]

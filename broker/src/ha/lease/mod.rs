@@ -13,7 +13,7 @@
 pub mod decide;
 pub mod object;
 
-pub use object::{EPOCH_ANNOTATION, IN_SYNC_ANNOTATION};
+pub use object::{EPOCH_ANNOTATION, HANDOVER_ANNOTATION, IN_SYNC_ANNOTATION};
 
 use super::arbiter::{ActivationRequest, Arbiter, ArbiterError, Decision};
 use super::epoch::Epoch;
@@ -183,7 +183,7 @@ impl KubernetesArbiter {
                     // The backups listed stay listed; this member is not (its copy may lack
                     // what its previous process acknowledged last). A conflict means the
                     // Lease moved on anyway.
-                    let yielded = object::released(current, &state.in_sync);
+                    let yielded = object::released(current, &state.in_sync, None);
                     match inner.api.replace(&target.name, &PostParams::default(), &yielded).await {
                         Ok(_) => tracing::info!(lease = %target.name, %reason, "released the Lease a previous process held"),
                         Err(e) if is_conflict(&e) => {}
@@ -216,6 +216,29 @@ impl KubernetesArbiter {
             old.cancel();
         }
         Ok(Decision::Granted { reason: why, epoch: Some(epoch) })
+    }
+}
+
+impl KubernetesArbiter {
+    /// Stops renewing and writes the Lease with no holder, for anyone in sync or for
+    /// `handover_to` alone. A failed write lets the claim expire instead.
+    async fn give_up(&self, handover_to: Option<&str>) {
+        let inner = &self.inner;
+        let renewer = inner.renewer.lock().take();
+        if let Some((stop, task)) = renewer {
+            stop.cancel();
+            let _ = task.await;
+        }
+        let Claim::Held { epoch } = inner.claim.send_replace(Claim::None) else { return };
+        let lease = &inner.settings.target.name;
+        match tokio::time::timeout(inner.settings.renew_deadline, inner.write_release(epoch, handover_to)).await {
+            Ok(Ok(())) => match handover_to {
+                Some(to) => tracing::info!(%lease, epoch = epoch.0, %to, "handed the group's Lease over"),
+                None => tracing::info!(%lease, epoch = epoch.0, "released the group's Lease"),
+            },
+            Ok(Err(reason)) => tracing::warn!(%lease, %reason, "failed to release the group's Lease; it expires instead"),
+            Err(_) => tracing::warn!(%lease, "releasing the group's Lease timed out; it expires instead"),
+        }
     }
 }
 
@@ -311,8 +334,9 @@ impl Inner {
         self.claim.send_replace(Claim::Lost { reason });
     }
 
-    /// Writes the Lease with no holder, if it is still ours.
-    async fn write_release(&self, epoch: Epoch) -> Result<(), String> {
+    /// Writes the Lease with no holder (handed over to `handover_to`, if named), if it is
+    /// still ours.
+    async fn write_release(&self, epoch: Epoch, handover_to: Option<&str>) -> Result<(), String> {
         let name = &self.settings.target.name;
         for _ in 0..3 {
             let current = self.api.get_opt(name).await.map_err(|e| api_error(&e))?;
@@ -326,7 +350,7 @@ impl Inner {
             let mut in_sync = self.in_sync_now();
             in_sync.push(self.node.clone());
             in_sync.sort();
-            match self.api.replace(name, &PostParams::default(), &object::released(&current, &in_sync)).await {
+            match self.api.replace(name, &PostParams::default(), &object::released(&current, &in_sync, handover_to)).await {
                 Ok(_) => return Ok(()),
                 Err(e) if is_conflict(&e) => continue,
                 Err(e) => return Err(api_error(&e)),
@@ -351,21 +375,11 @@ impl Arbiter for KubernetesArbiter {
     }
 
     fn release(&self) -> BoxFuture<'_, ()> {
-        Box::pin(async move {
-            let inner = &self.inner;
-            let renewer = inner.renewer.lock().take();
-            if let Some((stop, task)) = renewer {
-                stop.cancel();
-                let _ = task.await;
-            }
-            let Claim::Held { epoch } = inner.claim.send_replace(Claim::None) else { return };
-            let lease = &inner.settings.target.name;
-            match tokio::time::timeout(inner.settings.renew_deadline, inner.write_release(epoch)).await {
-                Ok(Ok(())) => tracing::info!(%lease, epoch = epoch.0, "released the group's Lease"),
-                Ok(Err(reason)) => tracing::warn!(%lease, %reason, "failed to release the group's Lease; it expires instead"),
-                Err(_) => tracing::warn!(%lease, "releasing the group's Lease timed out; it expires instead"),
-            }
-        })
+        Box::pin(self.give_up(None))
+    }
+
+    fn hand_over<'a>(&'a self, to: &'a str) -> BoxFuture<'a, ()> {
+        Box::pin(self.give_up(Some(to)))
     }
 
     fn lost(&self) -> BoxFuture<'static, String> {

@@ -15,6 +15,9 @@ pub const EPOCH_ANNOTATION: &str = "duomq.io/epoch";
 /// The node ids of the backups the live has in sync, comma-separated, written by the
 /// live at each renewal. Only these may take the Lease over.
 pub const IN_SYNC_ANNOTATION: &str = "duomq.io/in-sync";
+/// On a Lease with no holder: the member a live handed it to (a switchover or failback).
+/// Only that member takes it, until the hand-over lapses like an unrenewed claim.
+pub const HANDOVER_ANNOTATION: &str = "duomq.io/handover-to";
 
 /// Reads the rules' view of a Lease; an epoch that is not a number is an error (a member
 /// must never guess the group's epoch).
@@ -32,6 +35,7 @@ pub fn read(lease: &Lease) -> Result<LeaseState, String> {
         in_sync: annotation(IN_SYNC_ANNOTATION)
             .map(|list| list.split(',').map(str::trim).filter(|n| !n.is_empty()).map(str::to_string).collect())
             .unwrap_or_default(),
+        handover_to: annotation(HANDOVER_ANNOTATION).filter(|n| !n.is_empty()).map(str::to_string),
         transitions: spec.and_then(|s| s.lease_transitions).unwrap_or(0),
         claim: spec.and_then(|s| s.lease_duration_seconds).and_then(|s| u64::try_from(s).ok()).map(Duration::from_secs),
         version: lease.metadata.resource_version.clone().unwrap_or_default(),
@@ -56,6 +60,7 @@ pub fn taken(current: Option<&Lease>, target: &LeaseTarget, node: &str, epoch: E
     });
     lease.metadata.annotations.get_or_insert_with(Default::default).insert(EPOCH_ANNOTATION.to_string(), epoch.0.to_string());
     set_in_sync(&mut lease, &[]);
+    set_handover(&mut lease, None);
     let spec = lease.spec.get_or_insert_with(LeaseSpec::default);
     spec.holder_identity = Some(node.to_string());
     spec.lease_duration_seconds = Some(whole_seconds(claim));
@@ -76,11 +81,12 @@ pub fn renewed(current: &Lease, claim: Duration, in_sync: &[String], now: Timest
 }
 
 /// The Lease a live writes when it hands over or stops: no holder, so a backup in
-/// `in_sync` may take it at once (a failback's new live became synced moments ago); the
-/// epoch stays.
-pub fn released(current: &Lease, in_sync: &[String]) -> Lease {
+/// `in_sync` may take it at once (a failback's new live became synced moments ago), or
+/// only `handover_to` when named; the epoch stays.
+pub fn released(current: &Lease, in_sync: &[String], handover_to: Option<&str>) -> Lease {
     let mut lease = current.clone();
     set_in_sync(&mut lease, in_sync);
+    set_handover(&mut lease, handover_to);
     if let Some(spec) = lease.spec.as_mut() {
         spec.holder_identity = None;
     }
@@ -89,6 +95,14 @@ pub fn released(current: &Lease, in_sync: &[String]) -> Lease {
 
 fn set_in_sync(lease: &mut Lease, in_sync: &[String]) {
     lease.metadata.annotations.get_or_insert_with(Default::default).insert(IN_SYNC_ANNOTATION.to_string(), in_sync.join(","));
+}
+
+fn set_handover(lease: &mut Lease, to: Option<&str>) {
+    let annotations = lease.metadata.annotations.get_or_insert_with(Default::default);
+    match to {
+        Some(to) => annotations.insert(HANDOVER_ANNOTATION.to_string(), to.to_string()),
+        None => annotations.remove(HANDOVER_ANNOTATION),
+    };
 }
 
 #[cfg(test)]
@@ -122,12 +136,14 @@ mod tests {
         let renewed = renewed(&first, Duration::from_secs(15), &["b".into(), "c".into()], NOW);
         let state = read(&renewed).unwrap();
         assert_eq!((state.holder.as_deref(), state.in_sync.clone(), state.version.as_str()), (Some("a"), vec!["b".to_string(), "c".to_string()], "41"));
-        let released = released(&renewed, &["c".into()]);
+        let released = released(&renewed, &["c".into()], Some("c"));
         let state = read(&released).unwrap();
         assert_eq!((state.holder, state.in_sync, state.epoch), (None, vec!["c".to_string()], Epoch(3)));
+        assert_eq!(state.handover_to.as_deref(), Some("c"));
         let retaken = taken(Some(&released), &target(), "c", Epoch(4), Duration::from_secs(15), NOW);
         let state = read(&retaken).unwrap();
         assert_eq!((state.holder.as_deref(), state.epoch, state.transitions, state.in_sync.len()), (Some("c"), Epoch(4), 2, 0));
+        assert_eq!(state.handover_to, None, "taken: the hand-over is done");
         assert_eq!(retaken.metadata.resource_version.as_deref(), Some("41"), "the write is conditional on the version read");
         assert!(retaken.metadata.labels.is_some());
     }
