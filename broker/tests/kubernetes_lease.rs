@@ -37,6 +37,11 @@ const FAST: Timing =
 const SLOW: Timing =
     Timing { duration: Duration::from_secs(20), renew_deadline: Duration::from_secs(12), renew_interval: Duration::from_millis(300) };
 
+/// A deadline far enough from the duration that counting expiry from the fence instead of
+/// from the last renewal shows.
+const LATE_FENCE: Timing =
+    Timing { duration: Duration::from_secs(6), renew_deadline: Duration::from_secs(5), renew_interval: Duration::from_millis(300) };
+
 /// How late past `renewDeadline` a cut-off live may be seen fenced (the status poll, a
 /// loaded machine).
 const FENCE_SLACK: Duration = Duration::from_millis(800);
@@ -281,6 +286,21 @@ fn given_live_cut_off_from_the_api_should_fence_within_renew_deadline_and_never_
     pair.a.wait_synced_backup();
     let lease = pair.lease();
     assert_eq!((holder(&lease), epoch(&lease)), (Some("node-b"), 2));
+}
+
+#[test]
+fn given_live_cut_off_from_the_api_should_be_replaced_a_lease_duration_after_its_last_renewal_not_after_its_fence() {
+    let pair = LeasePair::new(LATE_FENCE);
+    pair.api.fail("node-a", Fault::Silence);
+    let cut = Instant::now();
+    pair.b.wait_live();
+    let takeover = cut.elapsed();
+    println!("takeover after the cut (duration {:?}, renewDeadline {:?}): {takeover:?}", pair.timing.duration, pair.timing.renew_deadline);
+    // The backup watched the renewals while following, so the Lease expires `duration`
+    // after the last one it saw; counting from the fence would take deadline + duration.
+    assert!(takeover >= pair.timing.duration - pair.timing.renew_interval * 2, "took a Lease not yet expired: {takeover:?}");
+    assert!(takeover < pair.timing.renew_deadline + pair.timing.duration - Duration::from_secs(2), "took over late: {takeover:?}");
+    assert_eq!(epoch(&pair.lease()), 2);
 }
 
 #[test]

@@ -100,6 +100,17 @@ pub trait Arbiter: Send + Sync {
     fn in_sync_changed(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async { Ok(()) })
     }
+    /// How often a backup following a live should call [`Arbiter::observe`]; `None` for
+    /// arbiters with nothing to watch.
+    fn observe_every(&self) -> Option<Duration> {
+        None
+    }
+    /// Called periodically by a backup while it follows a live, so the arbiter sees the
+    /// live's claim being renewed and can later judge its expiry from the last renewal it
+    /// saw rather than from the moment the live was lost.
+    fn observe(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async {})
+    }
     /// The arbiter itself knows which members hold the live's data (a Lease's in-sync
     /// list), so a backup asks it whenever no live answers, even one that never followed
     /// a live in this process.

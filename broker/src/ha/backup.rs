@@ -10,6 +10,7 @@ use crate::admin::api::SyncState;
 use crate::cluster::{connect_handshake, ClusterFrame, Purpose};
 use crate::config::{Member, PreferredRole};
 use crate::journal::Mirror;
+use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
@@ -126,6 +127,18 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
     }
     *ctx.live_stomp.write() = Some(live.stomp.clone());
     ctx.following_live();
+    // Watch the live's claim being renewed, so its expiry counts from the last renewal
+    // seen, not from the moment the live is lost (a live cut off from the arbiter fences
+    // itself long before it stops answering us). Stopped when this function returns.
+    let _observer = ctx.arbiter.observe_every().map(|every| {
+        let arbiter = Arc::clone(&ctx.arbiter);
+        AbortOnDrop(tokio::spawn(async move {
+            loop {
+                arbiter.observe().await;
+                tokio::time::sleep(every).await;
+            }
+        }))
+    });
     tracing::info!(live = %peer.node_id, epoch = peer.epoch, "following the live");
     let ttl = ctx.config.connection_ttl.get();
     let mut state = SyncState::Syncing;
@@ -248,4 +261,13 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
+}
+
+/// Aborts a background task when dropped.
+struct AbortOnDrop(tokio::task::JoinHandle<()>);
+
+impl Drop for AbortOnDrop {
+    fn drop(&mut self) {
+        self.0.abort();
+    }
 }

@@ -424,6 +424,27 @@ impl Arbiter for KubernetesArbiter {
         true
     }
 
+    fn observe_every(&self) -> Option<Duration> {
+        Some(self.inner.settings.renew_interval)
+    }
+
+    fn observe(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            let target = &inner.settings.target;
+            match inner.api.get_opt(&target.name).await {
+                Ok(Some(lease)) => match object::read(&lease) {
+                    Ok(state) => {
+                        inner.observed.lock().note(&state.version, Instant::now());
+                    }
+                    Err(reason) => tracing::debug!(lease = %target.name, %reason, "cannot read the Lease"),
+                },
+                Ok(None) => inner.observed.lock().forget(),
+                Err(e) => tracing::debug!(lease = %target.name, error = %api_error(&e), "cannot observe the Lease"),
+            }
+        })
+    }
+
     fn name(&self) -> &'static str {
         "kubernetes"
     }
