@@ -30,6 +30,9 @@ pub(super) struct Recovery {
     pub(super) segments: Vec<(SegmentSeq, u64)>,
     /// The newest segment, where the writer carries on; `None` when there was none.
     pub(super) last: Option<LastSegment>,
+    /// The oldest segment a later recovery needs to rebuild the remembered window: the
+    /// newest one holding a remembered record, else the oldest segment.
+    pub(super) remembered_from: Option<SegmentSeq>,
 }
 
 /// The newest segment as recovery left it.
@@ -126,6 +129,7 @@ pub(super) fn recover(dir: &Path, remember_header: Option<&str>) -> Result<Recov
             remembered: state.remembered.into(),
         },
         ledger: state.ledger,
+        remembered_from: state.remembered_from.or_else(|| files.first().map(|(seq, _)| *seq)),
         segments,
         last,
     })
@@ -192,6 +196,7 @@ struct Replay {
     messages: BTreeMap<MessageId, StoredMessage>,
     remember_header: Option<String>,
     remembered: std::collections::VecDeque<String>,
+    remembered_from: Option<SegmentSeq>,
     ledger: Ledger,
     next_id: u64,
     records: u64,
@@ -218,9 +223,18 @@ impl Replay {
                 FrameRead::Valid { payload, end } => {
                     // A checksummed payload that does not decode was never torn: a bug or
                     // a foreign writer, so never truncate it away.
-                    let ops = record::decode_payload(payload)
+                    let decoded = record::decode_payload(payload)
                         .map_err(|error| corrupt(offset, error.to_string()))?;
-                    self.apply(seq, ops);
+                    if let Some(values) = decoded.remembered {
+                        // A snapshot of the window as of here: it stands for every add
+                        // before it, including those in segments already reclaimed.
+                        self.remembered = values.into();
+                        while self.remembered.len() > super::REMEMBERED_MAX {
+                            self.remembered.pop_front();
+                        }
+                        self.remembered_from = Some(seq);
+                    }
+                    self.apply(seq, decoded.ops);
                     offset = end;
                 }
                 FrameRead::Invalid {

@@ -1080,3 +1080,54 @@ async fn given_mirrored_segments_should_preallocate_the_newest_trim_older_and_re
     let expected: Vec<u64> = (1..=8).filter(|&id| id != 3).collect();
     assert_eq!(ids(&reopen(backup.path())), expected);
 }
+
+fn with_dedup_id(id: u64, dedup: &str) -> Op {
+    let mut message = message(id);
+    message.headers.push(("dedup-id".into(), dedup.into()));
+    Op::Add(message)
+}
+
+#[tokio::test]
+async fn given_remembered_ids_when_their_segments_are_reclaimed_should_survive_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = JournalConfig { remember_header: Some("dedup-id".into()), ..one_batch_per_segment(dir.path()) };
+    let (journal, _) = open(config.clone());
+    for id in 1..=4 {
+        durable(&journal, vec![with_dedup_id(id, &format!("p-{id}"))]).await;
+        durable(&journal, vec![ack(id)]).await;
+    }
+    // Every add is acked, so only the segment being written is left.
+    wait_for_segments(&journal, dir.path(), &[9]).await;
+    close(&journal);
+
+    let (journal, recovered) = open(config.clone());
+    assert_eq!(recovered.remembered, ["p-1", "p-2", "p-3", "p-4"], "ids outlive the segments of their adds");
+    durable(&journal, vec![with_dedup_id(5, "p-5")]).await;
+    durable(&journal, vec![ack(5)]).await;
+    wait_for_segments(&journal, dir.path(), &[11]).await;
+    close(&journal);
+    let (journal, recovered) = open(config);
+    assert_eq!(recovered.remembered, ["p-1", "p-2", "p-3", "p-4", "p-5"]);
+    assert!(recovered.messages.is_empty());
+    close(&journal);
+}
+
+#[tokio::test]
+async fn given_crash_before_the_first_batch_of_a_segment_should_keep_the_segment_carrying_the_ids() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = JournalConfig { remember_header: Some("dedup-id".into()), ..JournalConfig::new(dir.path()) };
+    let (journal, _) = open(config.clone());
+    durable(&journal, vec![with_dedup_id(1, "p-1"), ack(1)]).await;
+    close(&journal);
+    // A segment rolled to but never written (the crash came before its first batch): the
+    // window is in the older one only, which therefore stays.
+    let next = SegmentSeq(2);
+    segment::create(dir.path(), segment::SegmentHeader { seq: next, id_floor: 2 }, true).expect("create segment");
+    let (journal, recovered) = open(config.clone());
+    assert_eq!(recovered.remembered, ["p-1"]);
+    close(&journal);
+    assert_eq!(segment_seqs(dir.path()), vec![1, 2]);
+    let (journal, recovered) = open(config);
+    assert_eq!(recovered.remembered, ["p-1"]);
+    close(&journal);
+}

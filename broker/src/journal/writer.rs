@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use super::housekeeper::{Housekeeper, PendingSegment};
 use super::lock::DirLock;
 use super::reclaim::{Effect, Ledger};
+use super::record;
 use super::recovery::Recovery;
 use super::segment::{self, PreparedSegment, SegmentHeader, SegmentSeq, HEADER_LEN};
 use super::stats::SharedStats;
@@ -33,6 +34,8 @@ pub(super) struct Request {
     /// The framed record, encoded by the caller so the writer only copies.
     pub(super) frame: Vec<u8>,
     pub(super) effects: Vec<Effect>,
+    /// Values of the remembered header in its adds.
+    pub(super) remembered: Vec<String>,
     pub(super) reply: oneshot::Sender<Result<(), JournalError>>,
 }
 
@@ -75,6 +78,10 @@ impl LazyQueue {
 /// lazy records, instead of being woken for each.
 const HOT_PERIOD: Duration = Duration::from_secs(1);
 
+/// Payload bytes the remembered window may always take in a segment's first record, however
+/// small segments are.
+const REMEMBERED_MIN_BUDGET: usize = 64 * 1024;
+
 /// The segment records are appended to.
 struct Current {
     seq: SegmentSeq,
@@ -106,6 +113,13 @@ pub(super) struct Writer {
     next: Option<NextSegment>,
     ledger: Ledger,
     next_id: u64,
+    /// The remembered window (see `JournalConfig::remember_header`), oldest first; `None`
+    /// when nothing is remembered.
+    remembered: Option<std::collections::VecDeque<String>>,
+    /// The oldest segment a recovery needs to rebuild the window: nothing from here on is
+    /// reclaimed. The first batch of every segment carries the window, after which it is
+    /// that segment.
+    remembered_from: SegmentSeq,
     /// Length the current segment must be cut back to before anything else is written,
     /// set when undoing a failed batch itself failed. Writing past leftover garbage would
     /// turn a torn tail into mid-file corruption.
@@ -141,6 +155,7 @@ impl Writer {
             mut ledger,
             segments,
             last,
+            remembered_from,
         } = recovery;
         let next_id = recovered.next_id.0;
         for (seq, len) in segments {
@@ -200,6 +215,8 @@ impl Writer {
             next: Some(NextSegment::Pending(next)),
             ledger,
             next_id,
+            remembered: config.remember_header.is_some().then(|| recovered.remembered.into()),
+            remembered_from: remembered_from.unwrap_or(SegmentSeq::FIRST),
             pending_truncate: None,
             failing: false,
             can_preallocate: true,
@@ -309,6 +326,14 @@ impl Writer {
                     for effect in &request.effects {
                         self.next_id = self.next_id.max(effect.id().0.saturating_add(1));
                     }
+                    if let Some(window) = &mut self.remembered {
+                        for value in &request.remembered {
+                            if window.len() == super::REMEMBERED_MAX {
+                                window.pop_front();
+                            }
+                            window.push_back(value.clone());
+                        }
+                    }
                 }
                 self.metrics.batch_written(batch.len(), written);
                 self.counters.batches += 1;
@@ -378,6 +403,17 @@ impl Writer {
             )?;
         }
         self.buffer.clear();
+        // The first batch of a segment carries the remembered window, so that reclaiming
+        // the segments it was built from forgets nothing.
+        let first_in_segment = self.current.len == HEADER_LEN as u64;
+        if let Some(window) = self.remembered.as_ref().filter(|w| first_in_segment && !w.is_empty()) {
+            let budget = usize::try_from(self.segment_size / 4).unwrap_or(usize::MAX).max(REMEMBERED_MIN_BUDGET);
+            let kept = record::encode_remembered_frame(window.iter().map(String::as_str), budget, &mut self.buffer);
+            if kept < window.len() {
+                tracing::debug!(kept, remembered = window.len(), "the remembered window does not fit a quarter of a segment; carrying the newest");
+            }
+        }
+        let extra_records = u64::from(!self.buffer.is_empty());
         for request in batch {
             self.buffer.extend_from_slice(&request.frame);
         }
@@ -395,7 +431,7 @@ impl Writer {
         self.replication.written.send_replace(super::replication::JournalPosition {
             segment: self.current.seq.0,
             offset: start + self.buffer.len() as u64,
-            records: self.counters.records_appended + batch.len() as u64,
+            records: self.counters.records_appended + extra_records + batch.len() as u64,
         });
         if self.fsync {
             let started = Instant::now();
@@ -412,6 +448,10 @@ impl Writer {
             }
         }
         self.current.len += self.buffer.len() as u64;
+        self.counters.records_appended += extra_records;
+        if first_in_segment {
+            self.remembered_from = self.current.seq;
+        }
         if refresh {
             // Only now: after a failed sync the rewritten header may never reach the disk.
             self.current.id_floor = floor;
@@ -549,8 +589,13 @@ impl Writer {
         for seq in self.housekeeper.deleted() {
             self.ledger.forget(seq);
         }
-        // A backup still copying holds its segments.
+        // A backup still copying holds its segments, and the remembered window those it
+        // still comes from.
         let floor = self.replication.holds.floor();
+        let floor = match self.remembered {
+            Some(_) => Some(floor.map_or(self.remembered_from.0, |f| f.min(self.remembered_from.0))),
+            None => floor,
+        };
         for seq in self.ledger.reclaimable(self.current.seq) {
             if floor.is_some_and(|f| seq.0 >= f) {
                 break;
