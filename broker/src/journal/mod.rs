@@ -53,7 +53,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 pub use error::JournalError;
-pub use mirror::Mirror;
+pub use mirror::{prefix_digest, Mirror, MirroredSegment, DIGEST_TAIL};
 pub use replication::{JournalPosition, ReplicaId, ReplicationGate, SegmentHold};
 pub use metrics::JournalMetrics;
 pub use record::MAX_RECORD_PAYLOAD;
@@ -64,6 +64,9 @@ pub const LAZY_SYNC_DELAY: std::time::Duration = std::time::Duration::from_milli
 use reclaim::Effect;
 use stats::SharedStats;
 use writer::{LazyQueue, Queued, Request, Writer};
+
+/// Bytes of the header at the start of every segment file.
+pub const SEGMENT_HEADER_LEN: u64 = segment::HEADER_LEN as u64;
 
 /// Default size at which the journal rolls to a new segment file.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
@@ -293,6 +296,12 @@ impl Journal {
             .into_iter()
             .filter_map(|seq| std::fs::metadata(seq.path(&self.shared.dir)).ok().map(|m| (seq.0, m.len())))
             .collect())
+    }
+
+    /// The number of the first record of every segment on disk, by segment (records are
+    /// counted from the oldest segment at open; see [`JournalPosition`]).
+    pub fn first_records(&self) -> std::collections::BTreeMap<u64, u64> {
+        self.shared.replication.first_records.lock().clone()
     }
 
     /// Queues one record holding `ops`.

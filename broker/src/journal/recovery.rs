@@ -26,8 +26,9 @@ use super::{JournalError, MessageId, Op, Recovered, StoredMessage};
 pub(super) struct Recovery {
     pub(super) recovered: Recovered,
     pub(super) ledger: Ledger,
-    /// Every segment and its length after any torn tail was cut, oldest first.
-    pub(super) segments: Vec<(SegmentSeq, u64)>,
+    /// Every segment, its length after any torn tail was cut and the number of records
+    /// before it (counted from the oldest segment), oldest first.
+    pub(super) segments: Vec<(SegmentSeq, u64, u64)>,
     /// The newest segment, where the writer carries on; `None` when there was none.
     pub(super) last: Option<LastSegment>,
     /// The oldest segment a later recovery needs to rebuild the remembered window: the
@@ -85,9 +86,10 @@ pub(super) fn recover(dir: &Path, remember_header: Option<&str>) -> Result<Recov
             });
         }
         state.next_id = state.next_id.max(header.id_floor);
+        let first_record = state.records;
         let end = state.replay_records(seq, path, &data, is_last, &mut torn)? as u64;
         state.ledger.add_segment(seq);
-        segments.push((seq, end));
+        segments.push((seq, end, first_record));
         if is_last {
             last = Some(LastSegment {
                 seq,

@@ -133,6 +133,8 @@ pub(super) struct Writer {
     stats: Arc<SharedStats>,
     /// The writer's counters; the on-disk fields are the shared stats' business.
     counters: JournalStats,
+    /// Records recovery found: positions count records from the oldest segment at open.
+    records_before_open: u64,
     // Fields drop in order: the housekeeper stops (and is waited for) before the
     // directory lock is released.
     replication: Arc<super::replication::Shared>,
@@ -158,8 +160,14 @@ impl Writer {
             remembered_from,
         } = recovery;
         let next_id = recovered.next_id.0;
-        for (seq, len) in segments {
-            stats.segment_len(seq, len);
+        let replication = Arc::new(super::replication::Shared::new(Default::default()));
+        {
+            let mut first_records = replication.first_records.lock();
+            for (seq, len, first_record) in segments {
+                stats.segment_len(seq, len);
+                first_records.insert(seq.0, first_record);
+            }
+            first_records.entry(SegmentSeq::FIRST.0).or_insert(0);
         }
         let current = match last {
             Some(last) => {
@@ -224,7 +232,8 @@ impl Writer {
             metrics,
             stats,
             counters: JournalStats::default(),
-            replication: Arc::new(super::replication::Shared::new(Default::default())),
+            records_before_open: recovered.records,
+            replication,
             housekeeper,
             _lock: lock,
         };
@@ -431,16 +440,20 @@ impl Writer {
         self.replication.written.send_replace(super::replication::JournalPosition {
             segment: self.current.seq.0,
             offset: start + self.buffer.len() as u64,
-            records: self.counters.records_appended + extra_records + batch.len() as u64,
+            records: self.records_before_open + self.counters.records_appended + extra_records + batch.len() as u64,
         });
         if self.fsync {
             let started = Instant::now();
             let synced = self.current.file.sync_data();
+            #[cfg(test)]
+            let synced = synced.and_then(|()| faults::sync(&self.dir));
             self.metrics.observe_fsync(started.elapsed());
             if let Err(source) = synced {
                 // The kernel may already have dropped the dirty pages; cutting the batch
-                // off keeps the file consistent with what the waiters are told.
+                // off keeps the file consistent with what the waiters are told. Backups
+                // may have copied it already: they are told to cut it off too.
                 self.undo(start);
+                self.replication.gate.cut((self.current.seq.0, start));
                 return Err(JournalError::Sync {
                     path: self.current.path.clone(),
                     source: source.into(),
@@ -533,6 +546,10 @@ impl Writer {
         };
         self.ledger.add_segment(seq);
         self.stats.segment_len(seq, HEADER_LEN as u64);
+        self.replication
+            .first_records
+            .lock()
+            .insert(seq.0, self.records_before_open + self.counters.records_appended);
         self.next = Some(NextSegment::Pending(self.housekeeper.prepare(
             SegmentHeader {
                 seq: seq.next(),
@@ -574,7 +591,7 @@ impl Writer {
         super::replication::JournalPosition {
             segment: self.current.seq.0,
             offset: self.current.len,
-            records: self.counters.records_appended,
+            records: self.records_before_open + self.counters.records_appended,
         }
     }
 
@@ -588,6 +605,7 @@ impl Writer {
     fn reclaim(&mut self) {
         for seq in self.housekeeper.deleted() {
             self.ledger.forget(seq);
+            self.replication.first_records.lock().remove(&seq.0);
         }
         // A backup still copying holds its segments, and the remembered window those it
         // still comes from.
@@ -646,5 +664,29 @@ impl Current {
         }
         self.id_floor = id_floor;
         Ok(())
+    }
+}
+
+/// Failures tests inject where a real disk would fail.
+#[cfg(test)]
+pub(super) mod faults {
+    use std::path::{Path, PathBuf};
+
+    static FAIL_NEXT_SYNC: parking_lot::Mutex<Vec<PathBuf>> = parking_lot::Mutex::new(Vec::new());
+
+    /// The next fdatasync of a segment in journal `dir` fails.
+    pub(in crate::journal) fn fail_next_sync(dir: &Path) {
+        FAIL_NEXT_SYNC.lock().push(dir.to_path_buf());
+    }
+
+    pub(super) fn sync(dir: &Path) -> std::io::Result<()> {
+        let mut failing = FAIL_NEXT_SYNC.lock();
+        match failing.iter().position(|d| d == dir) {
+            Some(at) => {
+                failing.remove(at);
+                Err(std::io::Error::other("injected fdatasync failure"))
+            }
+            None => Ok(()),
+        }
     }
 }
