@@ -45,6 +45,7 @@ pub struct Metrics {
     ha_backups_synced: Gauge,
     ha_alone: Gauge,
     ha_lag_bytes: Gauge,
+    ha_lag_records: Gauge,
     ha_fenced: Gauge,
     /// Switchover requests to this member's admin endpoint, by result.
     pub switchovers: Family<SwitchoverLabels, Counter>,
@@ -77,6 +78,7 @@ impl Metrics {
             ha_backups_synced: Gauge::default(),
             ha_alone: Gauge::default(),
             ha_lag_bytes: Gauge::default(),
+            ha_lag_records: Gauge::default(),
             ha_fenced: Gauge::default(),
             switchovers: Family::default(),
             lease,
@@ -108,6 +110,11 @@ impl Metrics {
             "Bytes of journal not yet confirmed: a backup's own lag, or a live's largest backup lag",
             m.ha_lag_bytes.clone(),
         );
+        registry.register(
+            "duomq_ha_replication_lag_records",
+            "Journal records not yet confirmed: a backup's own lag, or a live's largest backup lag",
+            m.ha_lag_records.clone(),
+        );
         registry.register("duomq_ha_fenced", "1 while this member is fenced: it lost the group's Lease as live", m.ha_fenced.clone());
         registry.register("duomq_ha_switchover_requests", "Switchover requests to this member, by result", m.switchovers.clone());
         *m.registry.lock() = registry;
@@ -124,11 +131,15 @@ impl Metrics {
             self.ha_backups_synced.set(ha.backups.iter().filter(|b| b.state == SyncState::Synced).count() as i64);
             self.ha_alone.set(i64::from(ha.alone));
             self.ha_fenced.set(i64::from(role == Role::Fenced));
-            let lag = match &ha.sync {
-                Some(sync) => sync.lag_bytes,
-                None => ha.backups.iter().map(|b| b.lag_bytes).max().unwrap_or(0),
+            let (lag_bytes, lag_records) = match &ha.sync {
+                Some(sync) => (sync.lag_bytes, sync.lag_records),
+                None => (
+                    ha.backups.iter().map(|b| b.lag_bytes).max().unwrap_or(0),
+                    ha.backups.iter().map(|b| b.lag_records).max().unwrap_or(0),
+                ),
             };
-            self.ha_lag_bytes.set(lag as i64);
+            self.ha_lag_bytes.set(lag_bytes as i64);
+            self.ha_lag_records.set(lag_records as i64);
         }
         self.queue_depth.clear();
         self.queue_in_flight.clear();

@@ -307,17 +307,7 @@ fn given_full_disk_should_error_producers_and_recover_when_space_returns() {
 fn given_resent_message_id_should_store_once_also_after_a_crash() {
     let mut b = Broker::start("dedup", "");
     let mut p = b.connect();
-    let send = |p: &mut Conn, id: &str| {
-        p.send(
-            &Frame::new(Command::Send)
-                .header("destination", "/queue/dd")
-                .header("persistent", "true")
-                .header("message-id", id)
-                .header("receipt", id)
-                .with_body(id.to_string()),
-        );
-        assert_eq!(p.expect(Command::Receipt).get("receipt-id"), Some(id));
-    };
+    let send = send_with_id;
     send(&mut p, "producer-1");
     send(&mut p, "producer-1");
     send(&mut p, "producer-2");
@@ -343,6 +333,45 @@ fn given_resent_message_id_should_store_once_also_after_a_crash() {
     let mut p = b.connect();
     send(&mut p, "producer-1");
     assert_eq!(b.queue_depth("/queue/dd"), 0, "a resend of an acked message was stored again");
+}
+
+/// Sends a persistent message to `/queue/dd` with producer message id `id` and waits for
+/// its receipt.
+fn send_with_id(p: &mut Conn, id: &str) {
+    p.send(
+        &Frame::new(Command::Send)
+            .header("destination", "/queue/dd")
+            .header("persistent", "true")
+            .header("message-id", id)
+            .header("receipt", id)
+            .with_body(id.to_string()),
+    );
+    assert_eq!(p.expect(Command::Receipt).get("receipt-id"), Some(id));
+}
+
+#[test]
+fn given_acked_message_id_whose_segment_was_reclaimed_should_still_be_recognised_after_a_crash() {
+    let mut b = Broker::start("dedup-reclaimed", "storage:\n  segmentSize: 64KiB\nstomp:\n  maxBodyBytes: 64KiB\n");
+    let mut p = b.connect();
+    send_with_id(&mut p, "producer-1");
+    assert_eq!(drain(&b, "/queue/dd", true).len(), 1);
+    let first = segments(&b)[0].clone();
+    let body = "x".repeat(4000);
+    for _ in 0..100 {
+        p.send_receipted("/queue/r", &body, true);
+    }
+    assert_eq!(drain(&b, "/queue/r", true).len(), 100);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while first.exists() {
+        assert!(Instant::now() < deadline, "the segment of the first add was not reclaimed: {:?}", segments(&b));
+        p.send_receipted("/queue/other", "tick", false);
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    b.kill9();
+    b.restart();
+    let mut p = b.connect();
+    send_with_id(&mut p, "producer-1");
+    assert_eq!(b.queue_depth("/queue/dd"), 0, "a resend whose add was reclaimed was stored again");
 }
 
 /// Where the records of a segment end: after its 32-byte header, frames of

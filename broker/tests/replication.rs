@@ -1,6 +1,7 @@
 //! Live/backup replication with real processes on loopback: failover under load after
 //! kill -9 (repeated), restart of a former live as backup, failback, a switchover with the
-//! CLI, and refusal of a backup with the wrong cluster password or group name.
+//! CLI, a restarted backup resuming its copy (and getting a full one when its copy
+//! diverged), and refusal of a backup with the wrong cluster password or group name.
 
 mod common;
 
@@ -177,4 +178,108 @@ fn given_backup_with_wrong_password_or_group_should_be_refused_and_both_sides_lo
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(a.status().unwrap()["ha"]["backups"].as_array().map(Vec::len), Some(0));
+}
+
+/// Sends `count` persistent, receipted messages of `size` bytes to `queue`.
+fn send(url: &str, queue: &str, count: usize, size: usize) {
+    let out = cli(&[
+        "send", "--url", url, "--destination", queue, "--count", &count.to_string(), "--size", &size.to_string(),
+        "--persistent", "--receipts", "--window", "32",
+    ])
+    .output()
+    .expect("run producer");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+}
+
+/// The journal bytes the live streamed to reach sync, from its latest "backup in sync" line.
+fn streamed_bytes_of_last_sync(live: &Member) -> u64 {
+    let log = live.log();
+    let line = log.lines().rev().find(|l| l.contains("backup in sync")).expect("a backup reached sync");
+    let field = line.split_whitespace().find_map(|w| w.strip_prefix("streamed_bytes=")).expect("streamed_bytes field");
+    field.parse().expect("a byte count")
+}
+
+/// Waits until the backup and the live both report no lag in records.
+fn wait_for_no_record_lag(live: &Member, backup: &Member) {
+    backup.wait_for("caught up in records", |s| s["ha"]["sync"]["state"] == "synced" && s["ha"]["sync"]["lagRecords"] == 0);
+    live.wait_for("seeing its backup caught up in records", |s| {
+        s["ha"]["backups"].as_array().is_some_and(|b| b.len() == 1 && b[0]["state"] == "synced" && b[0]["lagRecords"] == 0)
+    });
+}
+
+/// A pair whose live holds `count` messages of 1 KiB in `queue`, its backup caught up.
+fn pair_holding(queue: &str, count: usize) -> (Pair, String) {
+    let pair = Pair::new("");
+    let url = pair.failover_url();
+    send(&url, queue, count, 1024);
+    wait_for_no_record_lag(&pair.a, &pair.b);
+    (pair, url)
+}
+
+#[test]
+fn given_backup_restarted_behind_a_large_journal_should_resume_without_a_full_copy_and_lose_nothing() {
+    let (mut pair, url) = pair_holding("/queue/resume", 10_000);
+    let (_, metrics) = common::http_get(pair.a.admin, "/metrics").unwrap();
+    assert!(metrics.contains("duomq_ha_replication_lag_records 0"), "{metrics}");
+
+    pair.b.kill9();
+    send(&url, "/queue/resume", 200, 1024);
+    pair.restart('b', "backup", "");
+    pair.b.wait_synced_backup();
+    assert!(pair.a.log().contains("sending only what it lacks"), "{}", pair.a.log());
+    let streamed = streamed_bytes_of_last_sync(&pair.a);
+    println!("the restarted backup resumed with {streamed} bytes streamed");
+    assert!(streamed < 2 * 1024 * 1024, "a resumed backup got {streamed} bytes, more than the 200 messages it lacked");
+    wait_for_no_record_lag(&pair.a, &pair.b);
+
+    pair.a.kill9();
+    pair.b.wait_live();
+    let summary = common::receive_all(&url, "/queue/resume", 10_200);
+    assert!(summary.contains("received 10200 messages"), "{summary}");
+}
+
+/// Appends a valid record holding no operation after the records of the newest segment in
+/// `journal`: a copy that now holds a record its live never wrote.
+fn append_foreign_record(journal: &std::path::Path) {
+    let newest = std::fs::read_dir(journal)
+        .unwrap()
+        .filter_map(|e| Some(e.ok()?.path()))
+        .filter(|p| p.extension().is_some_and(|x| x == "seg"))
+        .max()
+        .expect("a mirrored segment");
+    let data = std::fs::read(&newest).unwrap();
+    let mut end = 32;
+    while end + 8 <= data.len() {
+        let len = u32::from_le_bytes(data[end..end + 4].try_into().unwrap()) as usize;
+        if len == 0 {
+            break;
+        }
+        end += 8 + len;
+    }
+    let payload = [0u8; 4];
+    let mut record = (payload.len() as u32).to_le_bytes().to_vec();
+    record.extend_from_slice(&crc32c::crc32c(&payload).to_le_bytes());
+    record.extend_from_slice(&payload);
+    let file = std::fs::OpenOptions::new().write(true).open(&newest).unwrap();
+    std::os::unix::fs::FileExt::write_all_at(&file, &record, end as u64).unwrap();
+    file.sync_all().unwrap();
+}
+
+#[test]
+fn given_backup_whose_copy_diverged_should_get_a_full_copy_and_lose_nothing() {
+    let (mut pair, url) = pair_holding("/queue/diverged", 500);
+    pair.b.kill9();
+    append_foreign_record(&pair.b.dir.join("data").join("journal"));
+    pair.restart('b', "backup", "");
+    pair.b.wait_synced_backup();
+    assert!(pair.a.log().contains("full copy: the backup's journal is no prefix of ours"), "{}", pair.a.log());
+    let streamed = streamed_bytes_of_last_sync(&pair.a);
+    println!("the diverged backup got {streamed} bytes");
+    assert!(streamed > 500 * 1024, "the whole journal was sent again: {streamed} bytes");
+    wait_for_no_record_lag(&pair.a, &pair.b);
+
+    pair.a.kill9();
+    pair.b.wait_live();
+    let summary = common::receive_all(&url, "/queue/diverged", 500);
+    assert!(summary.contains("received 500 messages"), "{summary}");
 }

@@ -16,7 +16,7 @@ use bytes::{Buf, BufMut, Bytes, BytesMut};
 use thiserror::Error;
 
 /// The version of the cluster protocol this build speaks.
-pub const PROTOCOL_VERSION: u16 = 1;
+pub const PROTOCOL_VERSION: u16 = 2;
 
 /// Bytes of the length prefix in front of every frame.
 pub const LENGTH_PREFIX: usize = 4;
@@ -66,11 +66,23 @@ impl std::fmt::Display for Purpose {
 }
 
 /// One journal segment the live holds when a backup starts to sync: its sequence
-/// number and its length in bytes.
+/// number, its length in bytes and the number of its first record (records are counted
+/// across segments, for the lag in records).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub struct SegmentExtent {
     pub seq: u64,
     pub len: u64,
+    pub first_record: u64,
+}
+
+/// One journal segment a backup holds when it connects: its sequence number, where its
+/// valid records end, and a checksum of its header and of the bytes before that end (see
+/// `journal::Mirror::digests`), so the live can tell whether it is a prefix of its own.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub struct SegmentDigest {
+    pub seq: u64,
+    pub len: u64,
+    pub crc: u32,
 }
 
 /// Every frame of the cluster protocol.
@@ -109,9 +121,16 @@ pub enum ClusterFrame {
     Refused {
         reason: String,
     },
-    /// Live → backup: the segments the initial sync will send.
+    /// Backup → live, first after the handshake: the segments the backup already has.
+    SyncRequest {
+        segments: Vec<SegmentDigest>,
+    },
+    /// Live → backup: the segments the initial sync will send. With `resume` the backup's
+    /// segments are a prefix of the live's: it keeps them and gets only what it lacks;
+    /// otherwise it starts from nothing.
     SyncBegin {
         segments: Vec<SegmentExtent>,
+        resume: bool,
     },
     /// Live → backup: bytes of one segment during the initial sync.
     SegmentChunk {
@@ -124,11 +143,24 @@ pub enum ClusterFrame {
         seq: u64,
         len: u64,
     },
-    /// Live → backup: one journal batch, byte-identical to what the live wrote.
+    /// Live → backup: journal bytes, identical to what the live wrote; `records` is the
+    /// number of records the live's journal held at its end when they were sent.
     Append {
         seq: u64,
         offset: u64,
+        records: u64,
         data: Bytes,
+    },
+    /// Live → backup: the live cut segment `seq` back to `len` bytes (it failed to sync a
+    /// batch the backup may already have copied); the backup cuts its copy too.
+    Truncate {
+        seq: u64,
+        len: u64,
+    },
+    /// Backup → live: the cut is durable; acks from here on describe the cut copy.
+    Truncated {
+        seq: u64,
+        len: u64,
     },
     /// Live → backup: the live started segment `seq`.
     Roll {
@@ -138,10 +170,11 @@ pub enum ClusterFrame {
     Reclaim {
         seq: u64,
     },
-    /// Backup → live: durable up to here.
+    /// Backup → live: durable up to here, holding `records` records.
     Ack {
         seq: u64,
         offset: u64,
+        records: u64,
     },
     Ping {
         at: u64,
@@ -191,6 +224,9 @@ mod kind {
     pub const ACK: u8 = 0x16;
     pub const PING: u8 = 0x17;
     pub const PONG: u8 = 0x18;
+    pub const SYNC_REQUEST: u8 = 0x19;
+    pub const TRUNCATE: u8 = 0x1a;
+    pub const TRUNCATED: u8 = 0x1b;
     pub const VOTE_REQUEST: u8 = 0x20;
     pub const VOTE_REPLY: u8 = 0x21;
     pub const FAILBACK_REQUEST: u8 = 0x22;
@@ -211,7 +247,10 @@ impl ClusterFrame {
             ClusterFrame::Response { .. } => kind::RESPONSE,
             ClusterFrame::Welcome { .. } => kind::WELCOME,
             ClusterFrame::Refused { .. } => kind::REFUSED,
+            ClusterFrame::SyncRequest { .. } => kind::SYNC_REQUEST,
             ClusterFrame::SyncBegin { .. } => kind::SYNC_BEGIN,
+            ClusterFrame::Truncate { .. } => kind::TRUNCATE,
+            ClusterFrame::Truncated { .. } => kind::TRUNCATED,
             ClusterFrame::SegmentChunk { .. } => kind::SEGMENT_CHUNK,
             ClusterFrame::SyncEnd { .. } => kind::SYNC_END,
             ClusterFrame::Append { .. } => kind::APPEND,
@@ -338,32 +377,43 @@ fn encode_into(
             w.buf.put_u64(*epoch);
         }
         ClusterFrame::Refused { reason } | ClusterFrame::Goodbye { reason } => w.string("reason", reason)?,
-        ClusterFrame::SyncBegin { segments } => {
-            let count = u32::try_from(segments.len()).map_err(|_| ClusterCodecError::FieldTooLong {
-                frame: name,
-                field: "segments",
-                len: segments.len(),
-                limit: u32::MAX as usize,
-            })?;
-            w.buf.put_u32(count);
+        ClusterFrame::SyncRequest { segments } => {
+            w.count("segments", segments.len())?;
             for segment in segments {
                 w.buf.put_u64(segment.seq);
                 w.buf.put_u64(segment.len);
+                w.buf.put_u32(segment.crc);
             }
         }
-        ClusterFrame::SegmentChunk { seq, offset, data } | ClusterFrame::Append { seq, offset, data } => {
+        ClusterFrame::SyncBegin { segments, resume } => {
+            w.count("segments", segments.len())?;
+            for segment in segments {
+                w.buf.put_u64(segment.seq);
+                w.buf.put_u64(segment.len);
+                w.buf.put_u64(segment.first_record);
+            }
+            w.buf.put_u8(u8::from(*resume));
+        }
+        ClusterFrame::SegmentChunk { seq, offset, data } => {
             w.buf.put_u64(*seq);
             w.buf.put_u64(*offset);
             w.buf.put_slice(data);
         }
-        ClusterFrame::SyncEnd { seq, len } => {
+        ClusterFrame::Append { seq, offset, records, data } => {
+            w.buf.put_u64(*seq);
+            w.buf.put_u64(*offset);
+            w.buf.put_u64(*records);
+            w.buf.put_slice(data);
+        }
+        ClusterFrame::SyncEnd { seq, len } | ClusterFrame::Truncate { seq, len } | ClusterFrame::Truncated { seq, len } => {
             w.buf.put_u64(*seq);
             w.buf.put_u64(*len);
         }
         ClusterFrame::Roll { seq } | ClusterFrame::Reclaim { seq } => w.buf.put_u64(*seq),
-        ClusterFrame::Ack { seq, offset } => {
+        ClusterFrame::Ack { seq, offset, records } => {
             w.buf.put_u64(*seq);
             w.buf.put_u64(*offset);
+            w.buf.put_u64(*records);
         }
         ClusterFrame::Ping { at } | ClusterFrame::Pong { at } => w.buf.put_u64(*at),
         ClusterFrame::VoteRequest { group, live_node, live_addr, epoch } => {
@@ -394,6 +444,17 @@ struct Writer<'a> {
 }
 
 impl Writer<'_> {
+    fn count(&mut self, field: &'static str, len: usize) -> Result<(), ClusterCodecError> {
+        let count = u32::try_from(len).map_err(|_| ClusterCodecError::FieldTooLong {
+            frame: self.frame,
+            field,
+            len,
+            limit: u32::MAX as usize,
+        })?;
+        self.buf.put_u32(count);
+        Ok(())
+    }
+
     fn string(&mut self, field: &'static str, value: &str) -> Result<(), ClusterCodecError> {
         let len = u16::try_from(value.len()).map_err(|_| ClusterCodecError::FieldTooLong {
             frame: self.frame,
@@ -458,6 +519,16 @@ impl Reader {
         String::from_utf8(bytes.to_vec()).map_err(|_| ClusterCodecError::InvalidUtf8 { frame: self.frame, field })
     }
 
+    /// A list count, checked against the bytes present (`item` each) before anyone
+    /// allocates for it.
+    fn count(&mut self, field: &'static str, item: usize) -> Result<usize, ClusterCodecError> {
+        let count = self.u32(field)? as usize;
+        if self.body.len() / item < count {
+            return Err(ClusterCodecError::Truncated { frame: self.frame, field });
+        }
+        Ok(count)
+    }
+
     fn rest(&mut self) -> Bytes {
         std::mem::take(&mut self.body)
     }
@@ -478,7 +549,10 @@ fn frame_name(kind: u8) -> Option<&'static str> {
         kind::RESPONSE => "response",
         kind::WELCOME => "welcome",
         kind::REFUSED => "refused",
+        kind::SYNC_REQUEST => "sync-request",
         kind::SYNC_BEGIN => "sync-begin",
+        kind::TRUNCATE => "truncate",
+        kind::TRUNCATED => "truncated",
         kind::SEGMENT_CHUNK => "segment-chunk",
         kind::SYNC_END => "sync-end",
         kind::APPEND => "append",
@@ -530,18 +604,28 @@ fn decode_body(mut body: Bytes) -> Result<ClusterFrame, ClusterCodecError> {
         }
         kind::REFUSED => ClusterFrame::Refused { reason: r.string("reason")? },
         kind::GOODBYE => ClusterFrame::Goodbye { reason: r.string("reason")? },
-        kind::SYNC_BEGIN => {
-            let count = r.u32("segments")? as usize;
-            // Check the count against the bytes present before allocating for it.
-            if r.body.len() / 16 < count {
-                return Err(ClusterCodecError::Truncated { frame, field: "segments" });
-            }
+        kind::SYNC_REQUEST => {
+            let count = r.count("segments", 20)?;
             let mut segments = Vec::with_capacity(count);
             for _ in 0..count {
-                segments.push(SegmentExtent { seq: r.u64("segments")?, len: r.u64("segments")? });
+                segments.push(SegmentDigest { seq: r.u64("segments")?, len: r.u64("segments")?, crc: r.u32("segments")? });
             }
-            ClusterFrame::SyncBegin { segments }
+            ClusterFrame::SyncRequest { segments }
         }
+        kind::SYNC_BEGIN => {
+            let count = r.count("segments", 24)?;
+            let mut segments = Vec::with_capacity(count);
+            for _ in 0..count {
+                segments.push(SegmentExtent {
+                    seq: r.u64("segments")?,
+                    len: r.u64("segments")?,
+                    first_record: r.u64("segments")?,
+                });
+            }
+            ClusterFrame::SyncBegin { segments, resume: r.bool("resume")? }
+        }
+        kind::TRUNCATE => ClusterFrame::Truncate { seq: r.u64("seq")?, len: r.u64("len")? },
+        kind::TRUNCATED => ClusterFrame::Truncated { seq: r.u64("seq")?, len: r.u64("len")? },
         kind::SEGMENT_CHUNK => {
             let seq = r.u64("seq")?;
             let offset = r.u64("offset")?;
@@ -550,7 +634,8 @@ fn decode_body(mut body: Bytes) -> Result<ClusterFrame, ClusterCodecError> {
         kind::APPEND => {
             let seq = r.u64("seq")?;
             let offset = r.u64("offset")?;
-            ClusterFrame::Append { seq, offset, data: r.rest() }
+            let records = r.u64("records")?;
+            ClusterFrame::Append { seq, offset, records, data: r.rest() }
         }
         kind::SYNC_END => {
             let seq = r.u64("seq")?;
@@ -562,7 +647,8 @@ fn decode_body(mut body: Bytes) -> Result<ClusterFrame, ClusterCodecError> {
         kind::ACK => {
             let seq = r.u64("seq")?;
             let offset = r.u64("offset")?;
-            ClusterFrame::Ack { seq, offset }
+            let records = r.u64("records")?;
+            ClusterFrame::Ack { seq, offset, records }
         }
         kind::PING => ClusterFrame::Ping { at: r.u64("at")? },
         kind::PONG => ClusterFrame::Pong { at: r.u64("at")? },
@@ -654,25 +740,38 @@ mod tests {
                 epoch
             }),
             text().prop_map(|reason| ClusterFrame::Refused { reason }),
-            proptest::collection::vec((any::<u64>(), any::<u64>()), 0..20).prop_map(|segments| {
-                ClusterFrame::SyncBegin {
-                    segments: segments.into_iter().map(|(seq, len)| SegmentExtent { seq, len }).collect(),
+            (proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>()), 0..20), any::<bool>()).prop_map(
+                |(segments, resume)| ClusterFrame::SyncBegin {
+                    segments: segments
+                        .into_iter()
+                        .map(|(seq, len, first_record)| SegmentExtent { seq, len, first_record })
+                        .collect(),
+                    resume,
+                }
+            ),
+            proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u32>()), 0..20).prop_map(|segments| {
+                ClusterFrame::SyncRequest {
+                    segments: segments.into_iter().map(|(seq, len, crc)| SegmentDigest { seq, len, crc }).collect(),
                 }
             }),
+            (any::<u64>(), any::<u64>()).prop_map(|(seq, len)| ClusterFrame::Truncate { seq, len }),
+            (any::<u64>(), any::<u64>()).prop_map(|(seq, len)| ClusterFrame::Truncated { seq, len }),
             (any::<u64>(), any::<u64>(), data()).prop_map(|(seq, offset, data)| ClusterFrame::SegmentChunk {
                 seq,
                 offset,
                 data
             }),
             (any::<u64>(), any::<u64>()).prop_map(|(seq, len)| ClusterFrame::SyncEnd { seq, len }),
-            (any::<u64>(), any::<u64>(), data()).prop_map(|(seq, offset, data)| ClusterFrame::Append {
-                seq,
-                offset,
-                data
+            (any::<u64>(), any::<u64>(), any::<u64>(), data()).prop_map(|(seq, offset, records, data)| {
+                ClusterFrame::Append { seq, offset, records, data }
             }),
             any::<u64>().prop_map(|seq| ClusterFrame::Roll { seq }),
             any::<u64>().prop_map(|seq| ClusterFrame::Reclaim { seq }),
-            (any::<u64>(), any::<u64>()).prop_map(|(seq, offset)| ClusterFrame::Ack { seq, offset }),
+            (any::<u64>(), any::<u64>(), any::<u64>()).prop_map(|(seq, offset, records)| ClusterFrame::Ack {
+                seq,
+                offset,
+                records
+            }),
             any::<u64>().prop_map(|at| ClusterFrame::Ping { at }),
             any::<u64>().prop_map(|at| ClusterFrame::Pong { at }),
             (text(), text(), text(), any::<u64>()).prop_map(|(group, live_node, live_addr, epoch)| {
@@ -744,7 +843,7 @@ mod tests {
                 epoch: 3,
                 nonce: [7; 32],
             },
-            ClusterFrame::Append { seq: 4, offset: 4096, data: Bytes::from_static(b"journal batch") },
+            ClusterFrame::Append { seq: 4, offset: 4096, records: 9, data: Bytes::from_static(b"journal batch") },
             ClusterFrame::VoteReply { granted: true, live_seen: false, reason: "live is gone".into() },
         ];
         let whole = encoded(&frames);
@@ -769,9 +868,9 @@ mod tests {
     #[test]
     fn given_a_frame_over_the_limit_when_encoding_should_fail_and_leave_the_buffer_as_it_was() {
         let mut buf = BytesMut::from(&b"earlier"[..]);
-        let frame = ClusterFrame::Append { seq: 1, offset: 0, data: Bytes::from(vec![0u8; 100]) };
+        let frame = ClusterFrame::Append { seq: 1, offset: 0, records: 0, data: Bytes::from(vec![0u8; 100]) };
         let err = ClusterCodec::new(64).encode(&frame, &mut buf).unwrap_err();
-        assert_eq!(err, ClusterCodecError::FrameTooLarge { length: 117, limit: 64 });
+        assert_eq!(err, ClusterCodecError::FrameTooLarge { length: 125, limit: 64 });
         assert_eq!(&buf[..], b"earlier");
     }
 

@@ -419,11 +419,11 @@ mod tests {
         assert_eq!(server_peer, ServerPeer { node_id: "orders-0".into(), role: "live".into(), epoch: 7 });
         assert_eq!(client_peer, ClientPeer { node_id: "orders-1".into(), purpose: Purpose::Replicate, epoch: 5 });
 
-        let append = ClusterFrame::Append { seq: 1, offset: 0, data: Bytes::from_static(b"batch") };
+        let append = ClusterFrame::Append { seq: 1, offset: 0, records: 1, data: Bytes::from_static(b"batch") };
         server_conn.send(&append).await.expect("send append");
         assert_eq!(client_conn.recv().await.expect("receive append"), Some(append));
-        client_conn.send(&ClusterFrame::Ack { seq: 1, offset: 5 }).await.expect("send ack");
-        assert_eq!(server_conn.recv().await.expect("receive ack"), Some(ClusterFrame::Ack { seq: 1, offset: 5 }));
+        client_conn.send(&ClusterFrame::Ack { seq: 1, offset: 5, records: 1 }).await.expect("send ack");
+        assert_eq!(server_conn.recv().await.expect("receive ack"), Some(ClusterFrame::Ack { seq: 1, offset: 5, records: 1 }));
     }
 
     #[tokio::test]

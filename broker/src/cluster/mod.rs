@@ -9,7 +9,7 @@ pub mod frame;
 pub mod handshake;
 
 pub use conn::{ClusterConn, ClusterConnError};
-pub use frame::{ClusterCodec, ClusterCodecError, ClusterFrame, Purpose, SegmentExtent, PROTOCOL_VERSION};
+pub use frame::{ClusterCodec, ClusterCodecError, ClusterFrame, Purpose, SegmentDigest, SegmentExtent, PROTOCOL_VERSION};
 pub use handshake::{
     accept_handshake, connect_handshake, ClientPeer, HandshakeConfig, HandshakeError, ServerPeer,
     DEFAULT_HANDSHAKE_TIMEOUT,

@@ -1,13 +1,14 @@
-//! A backup's life: find the live of its group, authenticate, mirror its journal (a full
-//! copy first, then every append), acknowledge what is durable, and, when the live is
-//! gone, ask the arbiter whether it may activate. It never serves clients and never
-//! activates without having been in sync.
+//! A backup's life: find the live of its group, authenticate, mirror its journal (what it
+//! lacks first: everything, or only the rest when its copy is a prefix of the live's;
+//! then every append), acknowledge what is durable, and, when the live is gone, ask the
+//! arbiter whether it may activate. It never serves clients and never activates without
+//! having been in sync.
 
 use super::arbiter::{ActivationRequest, Decision};
 use super::epoch::Epoch;
 use super::{probe, HaContext, HaError};
 use crate::admin::api::SyncState;
-use crate::cluster::{connect_handshake, ClusterFrame, Purpose};
+use crate::cluster::{connect_handshake, ClusterFrame, Purpose, SegmentDigest};
 use crate::config::{Member, PreferredRole};
 use crate::journal::Mirror;
 use std::sync::Arc;
@@ -140,11 +141,22 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
         }))
     });
     tracing::info!(live = %peer.node_id, epoch = peer.epoch, "following the live");
+    // Tell the live what this copy holds, so that it sends only what is missing.
+    let held = match tokio::task::block_in_place(|| mirror.digests()) {
+        Ok(held) => held,
+        Err(e) => return mirror_failed(ctx, "failed to read the mirrored journal", &e),
+    };
+    let segments = held.iter().map(|s| SegmentDigest { seq: s.seq, len: s.len, crc: s.crc }).collect();
+    if let Err(e) = conn.send(&ClusterFrame::SyncRequest { segments }).await {
+        return Followed::Lost { synced: false, reason: error_chain(&e) };
+    }
     let ttl = ctx.config.connection_ttl.get();
     let mut state = SyncState::Syncing;
     let mut written: Option<(u64, u64)> = None;
     let mut acked: Option<(u64, u64)> = None;
     let mut sync_target: Option<(u64, u64)> = None;
+    // Records in the live's journal, as of its last append.
+    let mut live_records = 0u64;
     let mut asked_failback = false;
     ctx.set_backup_status(Some(&peer.node_id), state, 0, 0);
     loop {
@@ -161,18 +173,49 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
             }
         };
         let result = match frame {
-            ClusterFrame::SyncBegin { .. } => {
+            ClusterFrame::SyncBegin { segments, resume } => {
                 state = SyncState::Syncing;
                 // From here the mirror is no complete copy until it is in sync again.
                 if let Err(e) = ctx.unmark_synced() {
                     return Followed::Lost { synced: false, reason: error_chain(&e) };
                 }
-                tokio::task::block_in_place(|| mirror.reset())
+                let keep = if resume {
+                    let listed: std::collections::BTreeSet<u64> = segments.iter().map(|s| s.seq).collect();
+                    held.iter().filter(|s| listed.contains(&s.seq)).map(|s| (s.seq, s.len)).collect()
+                } else {
+                    std::collections::BTreeMap::new()
+                };
+                tracing::info!(live = %peer.node_id, resume, kept_segments = keep.len(), "syncing with the live");
+                // What is kept counts as written: acknowledged even if the live has
+                // nothing more to send.
+                written = keep.iter().next_back().map(|(&seq, &len)| (seq, len));
+                mirror.set_first_records(segments.iter().map(|s| (s.seq, s.first_record)));
+                tokio::task::block_in_place(|| if resume { mirror.resume(&keep) } else { mirror.reset() })
             }
-            ClusterFrame::Append { seq, offset, data } | ClusterFrame::SegmentChunk { seq, offset, data } => {
+            ClusterFrame::Append { seq, offset, records, data } => {
+                let r = tokio::task::block_in_place(|| mirror.write(seq, offset, &data));
+                written = Some((seq, offset + data.len() as u64));
+                live_records = records;
+                r
+            }
+            ClusterFrame::SegmentChunk { seq, offset, data } => {
                 let r = tokio::task::block_in_place(|| mirror.write(seq, offset, &data));
                 written = Some((seq, offset + data.len() as u64));
                 r
+            }
+            ClusterFrame::Truncate { seq, len } => {
+                tracing::warn!(live = %peer.node_id, segment = seq, len, "the live cut back a batch it failed to sync: cutting the copy too");
+                let cut = (seq, len);
+                written = written.map(|w| w.min(cut));
+                acked = acked.map(|a| a.min(cut));
+                sync_target = sync_target.map(|t| t.min(cut));
+                match tokio::task::block_in_place(|| mirror.truncate(seq, len)) {
+                    Ok(()) => match conn.send(&ClusterFrame::Truncated { seq, len }).await {
+                        Ok(()) => Ok(()),
+                        Err(e) => return Followed::Lost { synced: state == SyncState::Synced, reason: error_chain(&e) },
+                    },
+                    Err(e) => Err(e),
+                }
             }
             ClusterFrame::SyncEnd { seq, len } => {
                 sync_target = Some((seq, len));
@@ -206,7 +249,7 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
                 return mirror_failed(ctx, "failed to sync the mirrored journal", &e);
             }
             if let Some((seq, offset)) = written {
-                if let Err(e) = conn.send(&ClusterFrame::Ack { seq, offset }).await {
+                if let Err(e) = conn.send(&ClusterFrame::Ack { seq, offset, records: mirror.records() }).await {
                     return Followed::Lost { synced: state == SyncState::Synced, reason: error_chain(&e) };
                 }
             }
@@ -223,7 +266,7 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
             (Some((ts, tl)), Some((s, o))) if state == SyncState::Syncing && ts == s => tl.saturating_sub(o),
             _ => 0,
         };
-        ctx.set_backup_status(Some(&peer.node_id), state, lag, 0);
+        ctx.set_backup_status(Some(&peer.node_id), state, lag, live_records.saturating_sub(mirror.records()));
         if state == SyncState::Synced
             && !asked_failback
             && ctx.config.allow_failback

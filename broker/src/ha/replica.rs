@@ -1,15 +1,18 @@
 //! The live's side of replication, one task per backup: it streams the journal's segment
-//! files from the start (the initial sync, read from disk while the live keeps serving,
-//! never loaded whole), then follows every durable append; it reads the backup's acks and
-//! feeds them to the journal's replication gate, which holds receipts back in sync mode.
-//! It decides nothing about roles; on a failback request, or when a switchover names its
-//! backup, it hands the live role over once that backup has everything, and stops.
+//! files (the initial sync, read from disk while the live keeps serving, never loaded
+//! whole), then follows every append; it reads the backup's acks and feeds them to the
+//! journal's replication gate, which holds receipts back in sync mode. When the backup's
+//! copy is a prefix of the live's journal (checked segment by segment, see
+//! [`resume_plan`]) only what it lacks is sent; otherwise it gets everything again. When
+//! the writer cuts back a batch whose fdatasync failed, the backup is told to cut its copy
+//! too. It decides nothing about roles; on a failback request, or when a switchover names
+//! its backup, it hands the live role over once that backup has everything, and stops.
 
 use super::{HaContext, HaError, LiveTerm};
 use crate::admin::api::{BackupStatus, SyncState};
-use crate::cluster::{ClientPeer, ClusterConn, ClusterFrame, SegmentExtent};
-use crate::journal::{Journal, JournalPosition};
-use std::collections::BTreeSet;
+use crate::cluster::{ClientPeer, ClusterConn, ClusterFrame, SegmentDigest, SegmentExtent};
+use crate::journal::{prefix_digest, Journal, JournalPosition, SEGMENT_HEADER_LEN};
+use std::collections::{BTreeMap, BTreeSet};
 use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -86,18 +89,49 @@ async fn stream(
     replica: crate::journal::ReplicaId,
 ) -> Result<ReplicaEnd, HaError> {
     let gate = journal.replication_gate();
+    let ttl = ctx.config.connection_ttl.get();
+    // The backup first says what it already holds.
+    let held = match tokio::time::timeout(ttl, conn.recv()).await {
+        Ok(Ok(Some(ClusterFrame::SyncRequest { segments }))) => segments,
+        Ok(Ok(Some(other))) => return Ok(ReplicaEnd::Gone(format!("expected a sync request, got {}", other.name()))),
+        Ok(Ok(None)) => return Ok(ReplicaEnd::Gone("connection closed".into())),
+        Ok(Err(e)) => return Ok(ReplicaEnd::Gone(super::backup::error_chain(&e))),
+        Err(_) => return Ok(ReplicaEnd::Gone(format!("no sync request within {ttl:?}"))),
+    };
     let mut position = journal.written_position();
-    let target = *position.borrow_and_update();
+    let mut target = *position.borrow_and_update();
     let extents = journal.segments_on_disk().map_err(HaError::Journal)?;
     let first = extents.first().map(|(s, _)| *s).unwrap_or(target.segment);
     let hold = journal.hold_segments_from(first);
+    let keep = match tokio::task::block_in_place(|| resume_plan(journal, &held, &extents, target)) {
+        Ok(keep) if !keep.is_empty() => {
+            tracing::info!(backup = %peer.node_id, segments = keep.len(), bytes = keep.values().sum::<u64>(), "the backup's journal is a prefix of ours: sending only what it lacks");
+            keep
+        }
+        Ok(_) => {
+            tracing::info!(backup = %peer.node_id, reason = "the backup holds no segment", "full copy");
+            BTreeMap::new()
+        }
+        Err(reason) => {
+            tracing::warn!(backup = %peer.node_id, %reason, "full copy: the backup's journal is no prefix of ours");
+            BTreeMap::new()
+        }
+    };
+    let first_records = journal.first_records();
     conn.queue(&ClusterFrame::SyncBegin {
-        segments: extents.iter().map(|(seq, len)| SegmentExtent { seq: *seq, len: *len }).collect(),
+        segments: extents
+            .iter()
+            .map(|&(seq, len)| SegmentExtent { seq, len, first_record: first_records.get(&seq).copied().unwrap_or(0) })
+            .collect(),
+        resume: !keep.is_empty(),
     })
     .map_err(HaError::Cluster)?;
     conn.queue(&ClusterFrame::SyncEnd { seq: target.segment, len: target.offset }).map_err(HaError::Cluster)?;
     tracing::info!(backup = %peer.node_id, segments = extents.len(), target_segment = target.segment, target_offset = target.offset, "initial sync started");
-    let mut cursor = (first, 0u64);
+    let mut cursor = (first, keep.get(&first).copied().unwrap_or(0));
+    // Journal bytes sent on this connection.
+    let mut streamed = 0u64;
+    let mut acked_records = 0u64;
     // The segment being read, kept open across batches.
     let mut open_segment: Option<(u64, std::fs::File)> = None;
     let mut sent: BTreeSet<u64> = BTreeSet::new();
@@ -106,12 +140,23 @@ async fn stream(
     let mut last_heard = Instant::now();
     let mut last_listing = Instant::now();
     let check = ctx.config.check_period.get();
-    let ttl = ctx.config.connection_ttl.get();
     let mut ping = tokio::time::interval(check);
     let mut handing_over = false;
     let mut step_down_seen = false;
     let result = loop {
-        // Send everything durable that the backup does not have yet.
+        // The writer cut back a batch the backup may hold already: it cuts its copy too,
+        // and everything from there is sent again. A segment cut back to its header gets
+        // its header again as well (the next batch may rewrite it).
+        if let Some((seq, len)) = gate.take_cut(replica) {
+            tracing::warn!(backup = %peer.node_id, segment = seq, len, "the journal cut back a batch it failed to sync: the backup cuts its copy too");
+            conn.queue(&ClusterFrame::Truncate { seq, len }).map_err(HaError::Cluster)?;
+            cursor = cursor.min(if len <= SEGMENT_HEADER_LEN { (seq, 0) } else { (seq, len) });
+            acked = acked.min((seq, len));
+            if target.at() > (seq, len) {
+                target = JournalPosition { segment: seq, offset: len, records: target.records };
+            }
+        }
+        // Send everything written that the backup does not have yet.
         let end = *position.borrow_and_update();
         let mut queued = 0usize;
         while cursor < (end.segment, end.offset) {
@@ -134,7 +179,7 @@ async fn stream(
                     .map(|(s, _)| s)
                     .find(|s| *s > seq)
                     .unwrap_or(end.segment);
-                cursor = (next, 0);
+                cursor = (next, keep.get(&next).copied().unwrap_or(0));
                 hold.advance(next);
                 continue;
             }
@@ -153,9 +198,11 @@ async fn stream(
                 return Err(HaError::ReadSegment { path, source: e });
             }
             sent.insert(seq);
-            conn.queue(&ClusterFrame::Append { seq, offset, data: data.into() }).map_err(HaError::Cluster)?;
+            conn.queue(&ClusterFrame::Append { seq, offset, records: end.records, data: data.into() })
+                .map_err(HaError::Cluster)?;
             cursor = (seq, offset + len as u64);
             queued += len;
+            streamed += len as u64;
             if queued >= FLUSH_AT {
                 conn.flush().await.map_err(HaError::Cluster)?;
                 queued = 0;
@@ -193,7 +240,7 @@ async fn stream(
             node: peer.node_id.clone(),
             state: if synced { SyncState::Synced } else { SyncState::Syncing },
             lag_bytes: lag,
-            lag_records: end.records.saturating_sub(gate.acked_records(replica)),
+            lag_records: end.records.saturating_sub(acked_records),
         });
         tokio::select! {
             changed = position.changed() => {
@@ -202,16 +249,23 @@ async fn stream(
                 }
             }
             frame = conn.recv() => match frame {
-                Ok(Some(ClusterFrame::Ack { seq, offset })) => {
+                Ok(Some(ClusterFrame::Ack { seq, offset, records })) => {
                     last_heard = Instant::now();
-                    acked = (seq, offset);
-                    if !synced && acked >= (target.segment, target.offset) {
-                        synced = true;
-                        tracing::info!(backup = %peer.node_id, "backup in sync; replication is now synchronous for it");
+                    let at = JournalPosition { segment: seq, offset, records };
+                    // False for acks the backup sent before it cut its copy: they may
+                    // describe bytes the journal no longer has.
+                    if gate.acked(replica, at, synced || at.at() >= target.at()) {
+                        acked = at.at();
+                        acked_records = records;
+                        if !synced && acked >= target.at() {
+                            synced = true;
+                            tracing::info!(backup = %peer.node_id, streamed_bytes = streamed, "backup in sync; replication is now synchronous for it");
+                        }
                     }
-                    if synced {
-                        gate.acked(replica, JournalPosition { segment: seq, offset, records: 0 }, true);
-                    }
+                }
+                Ok(Some(ClusterFrame::Truncated { .. })) => {
+                    last_heard = Instant::now();
+                    gate.cut_confirmed(replica);
                 }
                 Ok(Some(ClusterFrame::Pong { .. })) => last_heard = Instant::now(),
                 Ok(Some(ClusterFrame::FailbackRequest)) if synced && !handing_over => {
@@ -257,4 +311,41 @@ async fn stream(
         }
     };
     result
+}
+
+/// Which of the backup's segments (`held`) are prefixes of ours (`live`: sequence and file
+/// length, with `written` the end of the newest), and how long: the backup keeps those and
+/// gets the rest. The backup's segments older than ours were reclaimed here and go. Any
+/// other segment that does not continue into ours makes the whole copy suspect: the error
+/// says which, and the backup then gets everything again.
+fn resume_plan(
+    journal: &Journal,
+    held: &[SegmentDigest],
+    live: &[(u64, u64)],
+    written: JournalPosition,
+) -> Result<BTreeMap<u64, u64>, String> {
+    let first = live.first().map_or(written.segment, |(seq, _)| *seq);
+    let mut keep = BTreeMap::new();
+    for segment in held.iter().filter(|s| s.seq >= first) {
+        let Some(&(_, file_len)) = live.iter().find(|(seq, _)| *seq == segment.seq) else {
+            return Err(format!("the backup holds segment {}, which we do not", segment.seq));
+        };
+        let ours = match segment.seq.cmp(&written.segment) {
+            std::cmp::Ordering::Less => file_len,
+            std::cmp::Ordering::Equal => written.offset,
+            std::cmp::Ordering::Greater => 0,
+        };
+        if segment.len > ours {
+            return Err(format!("the backup's segment {} holds {} bytes, ours {ours}", segment.seq, segment.len));
+        }
+        let path = journal.segment_path(segment.seq);
+        let crc = std::fs::File::open(&path)
+            .and_then(|file| prefix_digest(&file, segment.len))
+            .map_err(|e| format!("failed to read our segment {}: {e}", segment.seq))?;
+        if crc != segment.crc {
+            return Err(format!("the backup's segment {} differs from ours before byte {}", segment.seq, segment.len));
+        }
+        keep.insert(segment.seq, segment.len);
+    }
+    Ok(keep)
 }

@@ -53,7 +53,7 @@ use bytes::Bytes;
 use tokio::sync::oneshot;
 
 pub use error::JournalError;
-pub use mirror::Mirror;
+pub use mirror::{prefix_digest, Mirror, MirroredSegment, DIGEST_TAIL};
 pub use replication::{JournalPosition, ReplicaId, ReplicationGate, SegmentHold};
 pub use metrics::JournalMetrics;
 pub use record::MAX_RECORD_PAYLOAD;
@@ -64,6 +64,9 @@ pub const LAZY_SYNC_DELAY: std::time::Duration = std::time::Duration::from_milli
 use reclaim::Effect;
 use stats::SharedStats;
 use writer::{LazyQueue, Queued, Request, Writer};
+
+/// Bytes of the header at the start of every segment file.
+pub const SEGMENT_HEADER_LEN: u64 = segment::HEADER_LEN as u64;
 
 /// Default size at which the journal rolls to a new segment file.
 pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
@@ -120,6 +123,8 @@ pub struct JournalConfig {
     pub fsync: bool,
     /// A header whose values recovery collects from every add it replays, acked or not
     /// (the broker's duplicate-detection ids), newest last, at most [`REMEMBERED_MAX`].
+    /// The window outlives reclaimed segments: the first record of every segment carries
+    /// it (as much of it, newest first, as fits in a quarter of a segment).
     pub remember_header: Option<String>,
 }
 
@@ -154,8 +159,9 @@ pub struct Recovered {
     pub records: u64,
     /// Bytes cut off the last segment because its tail was torn (0 after a clean stop).
     pub torn_tail_bytes: u64,
-    /// Values of `JournalConfig::remember_header` in every add still on disk, acked ones
-    /// included, oldest first.
+    /// Values of `JournalConfig::remember_header` in every add made durable, acked ones
+    /// included, oldest first: the window carried into the newest segments plus the adds
+    /// after it (see [`JournalConfig::remember_header`]).
     pub remembered: Vec<String>,
 }
 
@@ -195,6 +201,7 @@ struct Shared {
     stats: Arc<SharedStats>,
     dir: std::path::PathBuf,
     replication: Arc<replication::Shared>,
+    remember_header: Option<String>,
 }
 
 impl std::fmt::Debug for Journal {
@@ -250,6 +257,7 @@ impl Journal {
                 stats,
                 dir: config.dir.clone(),
                 replication,
+                remember_header: config.remember_header.clone(),
             }),
         };
         Ok((journal, recovered))
@@ -290,6 +298,12 @@ impl Journal {
             .collect())
     }
 
+    /// The number of the first record of every segment on disk, by segment (records are
+    /// counted from the oldest segment at open; see [`JournalPosition`]).
+    pub fn first_records(&self) -> std::collections::BTreeMap<u64, u64> {
+        self.shared.replication.first_records.lock().clone()
+    }
+
     /// Queues one record holding `ops`.
     ///
     /// Order is fixed at the moment of the call (a synchronous channel send), so a caller
@@ -323,10 +337,21 @@ impl Journal {
         let mut frame = Vec::with_capacity(record::FRAME_HEADER_LEN + len);
         record::encode_frame(&ops, &mut frame);
         let effects = ops.iter().map(Effect::of).collect();
+        let remembered = match &self.shared.remember_header {
+            Some(name) => ops
+                .iter()
+                .filter_map(|op| match op {
+                    Op::Add(message) => message.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+                    Op::Ack(_) => None,
+                })
+                .collect(),
+            None => Vec::new(),
+        };
         let (reply, receiver) = oneshot::channel();
         let request = Request {
             frame,
             effects,
+            remembered,
             reply,
         };
         let sender = self

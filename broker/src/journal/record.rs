@@ -2,7 +2,9 @@
 //!
 //! A record is `[u32 LE payload length][u32 LE crc32c of payload][payload]`; the payload is
 //! `[u32 op count]` followed by the ops, each a kind byte and its fields, with strings and
-//! bytes length-prefixed (u32 LE). Pure byte work: no I/O, and no opinion on whether a bad
+//! bytes length-prefixed (u32 LE). Besides adds and acks, a record may carry the window of
+//! remembered header values (duplicate-detection ids) as of where it stands, so that the
+//! window outlives the segments whose adds it was built from. Pure byte work: no I/O, and no opinion on whether a bad
 //! frame is a torn tail or corruption (recovery decides that from where it sits).
 
 use bytes::Bytes;
@@ -19,6 +21,7 @@ pub const MAX_RECORD_PAYLOAD: usize = 64 * 1024 * 1024;
 
 const KIND_ADD: u8 = 1;
 const KIND_ACK: u8 = 2;
+const KIND_REMEMBERED: u8 = 3;
 
 const COUNT_LEN: usize = 4;
 const ID_LEN: usize = 8;
@@ -50,6 +53,35 @@ fn op_len(op: &Op) -> usize {
     }
 }
 
+/// Appends one framed record holding the remembered window `values` (oldest first) to
+/// `out`, keeping the newest that fit in `budget` payload bytes (at most
+/// [`MAX_RECORD_PAYLOAD`]). Returns how many it kept.
+pub(super) fn encode_remembered_frame<'a>(
+    values: impl DoubleEndedIterator<Item = &'a str>,
+    budget: usize,
+    out: &mut Vec<u8>,
+) -> usize {
+    let budget = budget.min(MAX_RECORD_PAYLOAD);
+    let mut used = COUNT_LEN + 1 + COUNT_LEN;
+    let newest: Vec<&str> = values
+        .rev()
+        .take_while(|value| {
+            used += LEN_PREFIX + value.len();
+            used <= budget
+        })
+        .collect();
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    put_u32(out, 1);
+    out.push(KIND_REMEMBERED);
+    put_u32(out, newest.len());
+    for value in newest.iter().rev() {
+        put_bytes(out, value.as_bytes());
+    }
+    seal_frame(out, start);
+    newest.len()
+}
+
 /// Appends one framed record holding `ops` to `out`.
 ///
 /// The caller must have checked `payload_len(ops) <= MAX_RECORD_PAYLOAD`; that bound is
@@ -77,6 +109,11 @@ pub(super) fn encode_frame(ops: &[Op], out: &mut Vec<u8>) {
             }
         }
     }
+    seal_frame(out, start);
+}
+
+/// Fills in length and checksum of the frame that starts at `start` and ends `out`.
+fn seal_frame(out: &mut [u8], start: usize) {
     let payload = &out[start + FRAME_HEADER_LEN..];
     let len = payload.len() as u32;
     let crc = crc32c::crc32c(payload);
@@ -189,16 +226,34 @@ pub(super) enum DecodeError {
     TrailingBytes { count: usize },
 }
 
+/// A decoded record.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub(super) struct Decoded {
+    pub(super) ops: Vec<Op>,
+    /// The remembered window (oldest first) the record carries, if it is such a record.
+    pub(super) remembered: Option<Vec<String>>,
+}
+
 /// Decodes a checksummed payload into its ops. Bodies are copied out so recovered
 /// messages do not pin whole segment buffers in memory.
-pub(super) fn decode_payload(payload: &[u8]) -> Result<Vec<Op>, DecodeError> {
+pub(super) fn decode_payload(payload: &[u8]) -> Result<Decoded, DecodeError> {
     let mut reader = Reader { rest: payload };
     let count = reader.u32("operation count")? as usize;
     // Counts come from the file: cap preallocation by what the bytes could hold.
     let mut ops = Vec::with_capacity(count.min(reader.rest.len() / ACK_LEN));
+    let mut remembered = None;
     for _ in 0..count {
         let kind = reader.u8("operation kind")?;
         let op = match kind {
+            KIND_REMEMBERED => {
+                let n = reader.u32("remembered count")? as usize;
+                let mut values = Vec::with_capacity(n.min(reader.rest.len() / LEN_PREFIX));
+                for _ in 0..n {
+                    values.push(reader.string("remembered value")?);
+                }
+                remembered = Some(values);
+                continue;
+            }
             KIND_ADD => {
                 let id = MessageId(reader.u64("message id")?);
                 let destination = reader.string("destination")?;
@@ -228,7 +283,7 @@ pub(super) fn decode_payload(payload: &[u8]) -> Result<Vec<Op>, DecodeError> {
             count: reader.rest.len(),
         });
     }
-    Ok(ops)
+    Ok(Decoded { ops, remembered })
 }
 
 struct Reader<'a> {
@@ -317,7 +372,22 @@ mod tests {
                 return Err(TestCaseError::fail("frame did not read back as valid"));
             };
             prop_assert_eq!(end, frame.len());
-            prop_assert_eq!(decode_payload(payload), Ok(ops));
+            prop_assert_eq!(decode_payload(payload), Ok(Decoded { ops, remembered: None }));
+        }
+
+        #[test]
+        fn given_remembered_values_when_encoded_should_keep_the_newest_that_fit_in_order(
+            values in proptest::collection::vec(".{0,12}", 0..50),
+            budget in 0usize..400,
+        ) {
+            let mut frame = Vec::new();
+            let kept = encode_remembered_frame(values.iter().map(String::as_str), budget, &mut frame);
+            let FrameRead::Valid { payload, .. } = read_frame(&frame, 0) else {
+                return Err(TestCaseError::fail("frame did not read back as valid"));
+            };
+            let decoded = decode_payload(payload).map_err(|e| TestCaseError::fail(e.to_string()))?;
+            prop_assert_eq!(decoded.remembered, Some(values[values.len() - kept..].to_vec()));
+            prop_assert!(kept == values.len() || payload.len() <= budget.max(9));
         }
 
         #[test]

@@ -26,10 +26,14 @@ use super::{JournalError, MessageId, Op, Recovered, StoredMessage};
 pub(super) struct Recovery {
     pub(super) recovered: Recovered,
     pub(super) ledger: Ledger,
-    /// Every segment and its length after any torn tail was cut, oldest first.
-    pub(super) segments: Vec<(SegmentSeq, u64)>,
+    /// Every segment, its length after any torn tail was cut and the number of records
+    /// before it (counted from the oldest segment), oldest first.
+    pub(super) segments: Vec<(SegmentSeq, u64, u64)>,
     /// The newest segment, where the writer carries on; `None` when there was none.
     pub(super) last: Option<LastSegment>,
+    /// The oldest segment a later recovery needs to rebuild the remembered window: the
+    /// newest one holding a remembered record, else the oldest segment.
+    pub(super) remembered_from: Option<SegmentSeq>,
 }
 
 /// The newest segment as recovery left it.
@@ -82,9 +86,10 @@ pub(super) fn recover(dir: &Path, remember_header: Option<&str>) -> Result<Recov
             });
         }
         state.next_id = state.next_id.max(header.id_floor);
+        let first_record = state.records;
         let end = state.replay_records(seq, path, &data, is_last, &mut torn)? as u64;
         state.ledger.add_segment(seq);
-        segments.push((seq, end));
+        segments.push((seq, end, first_record));
         if is_last {
             last = Some(LastSegment {
                 seq,
@@ -126,6 +131,7 @@ pub(super) fn recover(dir: &Path, remember_header: Option<&str>) -> Result<Recov
             remembered: state.remembered.into(),
         },
         ledger: state.ledger,
+        remembered_from: state.remembered_from.or_else(|| files.first().map(|(seq, _)| *seq)),
         segments,
         last,
     })
@@ -192,6 +198,7 @@ struct Replay {
     messages: BTreeMap<MessageId, StoredMessage>,
     remember_header: Option<String>,
     remembered: std::collections::VecDeque<String>,
+    remembered_from: Option<SegmentSeq>,
     ledger: Ledger,
     next_id: u64,
     records: u64,
@@ -218,9 +225,18 @@ impl Replay {
                 FrameRead::Valid { payload, end } => {
                     // A checksummed payload that does not decode was never torn: a bug or
                     // a foreign writer, so never truncate it away.
-                    let ops = record::decode_payload(payload)
+                    let decoded = record::decode_payload(payload)
                         .map_err(|error| corrupt(offset, error.to_string()))?;
-                    self.apply(seq, ops);
+                    if let Some(values) = decoded.remembered {
+                        // A snapshot of the window as of here: it stands for every add
+                        // before it, including those in segments already reclaimed.
+                        self.remembered = values.into();
+                        while self.remembered.len() > super::REMEMBERED_MAX {
+                            self.remembered.pop_front();
+                        }
+                        self.remembered_from = Some(seq);
+                    }
+                    self.apply(seq, decoded.ops);
                     offset = end;
                 }
                 FrameRead::Invalid {

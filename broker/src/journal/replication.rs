@@ -1,7 +1,10 @@
 //! What the journal offers replication: the durable end position (a watch that the
 //! writer advances after every group commit), holds that keep segments a backup still
 //! needs from being reclaimed, and the gate that keeps append waiters from completing
-//! until every synced backup has the batch (synchronous replication). No network here.
+//! until every synced backup has the batch (synchronous replication). The gate also
+//! tells each backup's sender when the writer cut back a batch backups may have copied
+//! before its fdatasync failed, and counts none of that backup's acks until the backup
+//! has cut its copy too. No network here.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::Arc;
@@ -12,7 +15,7 @@ use tokio::sync::oneshot;
 use super::JournalError;
 
 /// A place in the journal: segment sequence and byte offset, plus how many records the
-/// journal holds up to there (for lag reporting).
+/// journal holds up to there, counted from the oldest segment at open (for lag reporting).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub struct JournalPosition {
     pub segment: u64,
@@ -32,16 +35,25 @@ pub struct ReplicaId(u64);
 
 type Waiters = Vec<oneshot::Sender<Result<(), JournalError>>>;
 
+/// One backup as the gate sees it.
+#[derive(Default)]
+struct Replica {
+    /// What it has acknowledged; `None` until it is in sync (a backup still copying must
+    /// not hold the live up).
+    acked: Option<(u64, u64)>,
+    /// Where the writer cut the journal back since the sender last looked (the lowest
+    /// such place): the backup may hold bytes beyond it that the live no longer has.
+    cut: Option<(u64, u64)>,
+    /// Cuts the sender passed on that the backup has not confirmed yet.
+    unconfirmed_cuts: u32,
+}
+
 #[derive(Default)]
 struct GateState {
     next_id: u64,
-    /// Backups and what they have acknowledged; `None` until they are in sync (a backup
-    /// still copying must not hold the live up).
-    replicas: BTreeMap<ReplicaId, Option<(u64, u64)>>,
+    replicas: BTreeMap<ReplicaId, Replica>,
     /// Batches written locally, waiting for the synced backups.
     waiting: VecDeque<((u64, u64), Waiters)>,
-    /// Recent batch ends and the record count there.
-    history: VecDeque<((u64, u64), u64)>,
     /// Set once the live may confirm nothing more (it lost its claim, or it is stopping):
     /// every waiter held or handed in from then on fails.
     fenced: bool,
@@ -69,19 +81,52 @@ impl ReplicationGate {
         let mut st = self.state.lock();
         st.next_id += 1;
         let id = ReplicaId(st.next_id);
-        st.replicas.insert(id, None);
+        st.replicas.insert(id, Replica::default());
         id
     }
 
-    /// A backup acknowledged everything up to `at`; `synced` once it has caught up.
-    pub fn acked(&self, id: ReplicaId, at: JournalPosition, synced: bool) {
+    /// A backup acknowledged everything up to `at`; `synced` once it has caught up. Returns
+    /// false, counting nothing, while a cut is pending for it: the ack may describe bytes
+    /// the live has since cut off.
+    pub fn acked(&self, id: ReplicaId, at: JournalPosition, synced: bool) -> bool {
         let mut st = self.state.lock();
-        if let Some(slot) = st.replicas.get_mut(&id) {
-            if synced {
-                *slot = Some(slot.map_or(at.at(), |prev| prev.max(at.at())));
-            }
+        let Some(replica) = st.replicas.get_mut(&id) else { return false };
+        if replica.cut.is_some() || replica.unconfirmed_cuts > 0 {
+            return false;
+        }
+        if synced {
+            replica.acked = Some(replica.acked.map_or(at.at(), |prev| prev.max(at.at())));
         }
         Self::release(&mut st);
+        true
+    }
+
+    /// The writer cut the journal back to `at` after its bytes beyond may have been
+    /// copied: no backup counts as having anything beyond it until it has cut too.
+    pub(super) fn cut(&self, at: (u64, u64)) {
+        let mut st = self.state.lock();
+        for replica in st.replicas.values_mut() {
+            replica.cut = Some(replica.cut.map_or(at, |prev| prev.min(at)));
+            replica.acked = replica.acked.map(|acked| acked.min(at));
+        }
+    }
+
+    /// The lowest place the journal was cut back to since the last call, for the sender
+    /// to pass on; from then on the backup's acks count again only after
+    /// [`ReplicationGate::cut_confirmed`].
+    pub fn take_cut(&self, id: ReplicaId) -> Option<(u64, u64)> {
+        let mut st = self.state.lock();
+        let replica = st.replicas.get_mut(&id)?;
+        let cut = replica.cut.take()?;
+        replica.unconfirmed_cuts += 1;
+        Some(cut)
+    }
+
+    /// The backup confirmed a cut passed on with [`ReplicationGate::take_cut`].
+    pub fn cut_confirmed(&self, id: ReplicaId) {
+        if let Some(replica) = self.state.lock().replicas.get_mut(&id) {
+            replica.unconfirmed_cuts = replica.unconfirmed_cuts.saturating_sub(1);
+        }
     }
 
     /// A backup left: the live carries on without it.
@@ -101,31 +146,20 @@ impl ReplicationGate {
 
     /// Whether this backup is in sync (its acks hold waiters back).
     pub fn is_synced(&self, id: ReplicaId) -> bool {
-        self.state.lock().replicas.get(&id).is_some_and(Option::is_some)
+        self.state.lock().replicas.get(&id).is_some_and(|r| r.acked.is_some())
     }
 
     /// Backups in sync right now.
     pub fn synced(&self) -> usize {
-        self.state.lock().replicas.values().filter(|v| v.is_some()).count()
-    }
-
-    /// Records the backup has acknowledged (0 before it is in sync).
-    pub fn acked_records(&self, id: ReplicaId) -> u64 {
-        let st = self.state.lock();
-        let Some(Some(at)) = st.replicas.get(&id) else { return 0 };
-        st.history.iter().rev().find(|(end, _)| end <= at).map_or(0, |(_, r)| *r)
+        self.state.lock().replicas.values().filter(|r| r.acked.is_some()).count()
     }
 
     /// The writer's hand-off after a batch is durable locally: completes the waiters now
     /// if no synced backup must confirm them, else holds them.
     pub(super) fn complete_or_hold(&self, end: JournalPosition, waiters: Waiters) {
         let mut st = self.state.lock();
-        st.history.push_back((end.at(), end.records));
-        if st.history.len() > 4096 {
-            st.history.pop_front();
-        }
         let hold = self.synchronous.load(std::sync::atomic::Ordering::Relaxed)
-            && st.replicas.values().any(|v| v.is_some());
+            && st.replicas.values().any(|r| r.acked.is_some());
         if !hold && st.waiting.is_empty() && !st.fenced {
             drop(st);
             for w in waiters {
@@ -146,7 +180,7 @@ impl ReplicationGate {
             }
             return;
         }
-        let floor = st.replicas.values().flatten().min().copied();
+        let floor = st.replicas.values().filter_map(|r| r.acked).min();
         while let Some((end, _)) = st.waiting.front() {
             let done = match floor {
                 None => true,
@@ -172,6 +206,8 @@ pub(super) struct Shared {
     /// Written (in the page cache) but maybe not yet synced: replication reads up to here,
     /// so a backup receives a batch while the live's own fdatasync is still running.
     pub(super) written: tokio::sync::watch::Sender<JournalPosition>,
+    /// The number of the first record of every segment on disk (see [`JournalPosition`]).
+    pub(super) first_records: Mutex<BTreeMap<u64, u64>>,
 }
 
 impl Shared {
@@ -181,6 +217,7 @@ impl Shared {
             holds: Arc::new(Holds::default()),
             position: tokio::sync::watch::Sender::new(start),
             written: tokio::sync::watch::Sender::new(start),
+            first_records: Mutex::new(BTreeMap::new()),
         }
     }
 }
@@ -279,6 +316,27 @@ mod tests {
         let (w2, mut rx2) = waiter();
         gate.complete_or_hold(pos(1, 200), w2);
         assert!(matches!(rx2.try_recv(), Ok(Err(JournalError::Fenced))), "nothing is confirmed after the fence");
+    }
+
+    #[test]
+    fn given_a_cut_should_count_no_ack_until_the_backup_confirmed_it() {
+        let gate = ReplicationGate::new(true);
+        let b = gate.register();
+        assert!(gate.acked(b, pos(1, 300), true), "a stale ack beyond the cut, counted before it");
+        gate.cut((1, 100));
+        gate.cut((1, 150));
+        // The batch written after the cut ends below what the backup acked before it.
+        let (w, mut rx) = waiter();
+        gate.complete_or_hold(pos(1, 120), w);
+        assert!(rx.try_recv().is_err(), "an ack of cut-off bytes confirms nothing");
+        assert!(!gate.acked(b, pos(1, 300), true), "acks in flight before the cut are ignored");
+        assert_eq!(gate.take_cut(b), Some((1, 100)), "the lowest cut");
+        assert_eq!(gate.take_cut(b), None);
+        assert!(!gate.acked(b, pos(1, 300), true), "nor until the backup confirmed");
+        gate.cut_confirmed(b);
+        assert!(rx.try_recv().is_err());
+        assert!(gate.acked(b, pos(1, 120), true));
+        assert!(rx.try_recv().is_ok());
     }
 
     #[test]

@@ -1080,3 +1080,165 @@ async fn given_mirrored_segments_should_preallocate_the_newest_trim_older_and_re
     let expected: Vec<u64> = (1..=8).filter(|&id| id != 3).collect();
     assert_eq!(ids(&reopen(backup.path())), expected);
 }
+
+fn with_dedup_id(id: u64, dedup: &str) -> Op {
+    let mut message = message(id);
+    message.headers.push(("dedup-id".into(), dedup.into()));
+    Op::Add(message)
+}
+
+#[tokio::test]
+async fn given_remembered_ids_when_their_segments_are_reclaimed_should_survive_restarts() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = JournalConfig { remember_header: Some("dedup-id".into()), ..one_batch_per_segment(dir.path()) };
+    let (journal, _) = open(config.clone());
+    for id in 1..=4 {
+        durable(&journal, vec![with_dedup_id(id, &format!("p-{id}"))]).await;
+        durable(&journal, vec![ack(id)]).await;
+    }
+    // Every add is acked, so only the segment being written is left.
+    wait_for_segments(&journal, dir.path(), &[9]).await;
+    close(&journal);
+
+    let (journal, recovered) = open(config.clone());
+    assert_eq!(recovered.remembered, ["p-1", "p-2", "p-3", "p-4"], "ids outlive the segments of their adds");
+    durable(&journal, vec![with_dedup_id(5, "p-5")]).await;
+    durable(&journal, vec![ack(5)]).await;
+    wait_for_segments(&journal, dir.path(), &[11]).await;
+    close(&journal);
+    let (journal, recovered) = open(config);
+    assert_eq!(recovered.remembered, ["p-1", "p-2", "p-3", "p-4", "p-5"]);
+    assert!(recovered.messages.is_empty());
+    close(&journal);
+}
+
+#[tokio::test]
+async fn given_crash_before_the_first_batch_of_a_segment_should_keep_the_segment_carrying_the_ids() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let config = JournalConfig { remember_header: Some("dedup-id".into()), ..JournalConfig::new(dir.path()) };
+    let (journal, _) = open(config.clone());
+    durable(&journal, vec![with_dedup_id(1, "p-1"), ack(1)]).await;
+    close(&journal);
+    // A segment rolled to but never written (the crash came before its first batch): the
+    // window is in the older one only, which therefore stays.
+    let next = SegmentSeq(2);
+    segment::create(dir.path(), segment::SegmentHeader { seq: next, id_floor: 2 }, true).expect("create segment");
+    let (journal, recovered) = open(config.clone());
+    assert_eq!(recovered.remembered, ["p-1"]);
+    close(&journal);
+    assert_eq!(segment_seqs(dir.path()), vec![1, 2]);
+    let (journal, recovered) = open(config);
+    assert_eq!(recovered.remembered, ["p-1"]);
+    close(&journal);
+}
+
+/// Frames of `count` records `first..` as the writer would write them.
+fn frames(first: u64, count: u64) -> Vec<u8> {
+    let mut out = Vec::new();
+    for id in first..first + count {
+        record::encode_frame(&[add(id)], &mut out);
+    }
+    out
+}
+
+fn segment_header(seq: u64) -> Vec<u8> {
+    segment::SegmentHeader { seq: SegmentSeq(seq), id_floor: 0 }.encode().to_vec()
+}
+
+#[rstest]
+#[case::whole(usize::MAX)]
+#[case::byte_by_byte(1)]
+#[case::odd_chunks(7)]
+fn given_records_mirrored_in_any_chunks_should_count_them_across_segments(#[case] chunk: usize) {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut mirror = Mirror::open(dir.path()).expect("open mirror");
+    mirror.set_first_records([(1, 100)]);
+    let one = [segment_header(1), frames(1, 5)].concat();
+    let two = [segment_header(2), frames(6, 3)].concat();
+    for (seq, data) in [(1, &one), (2, &two)] {
+        for (n, piece) in data.chunks(chunk.min(data.len())).enumerate() {
+            mirror.write(seq, (n * chunk.min(data.len())) as u64, piece).expect("mirror write");
+        }
+        if seq == 1 {
+            assert_eq!(mirror.records(), 105);
+        }
+    }
+    assert_eq!(mirror.records(), 108, "segment 2 follows segment 1");
+    mirror.sync().expect("sync");
+}
+
+#[test]
+fn given_a_cut_after_a_copied_batch_when_a_shorter_batch_follows_should_recover_no_ghost_record() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut mirror = Mirror::open(dir.path()).expect("open mirror");
+    let good = [segment_header(1), frames(1, 2)].concat();
+    mirror.write(1, 0, &good).expect("write");
+    // A batch of three records the live wrote, the backup copied, and the live's
+    // fdatasync then failed; the live cut it off and wrote a batch of one in its place.
+    let failed = frames(10, 3);
+    mirror.write(1, good.len() as u64, &failed).expect("write");
+    mirror.truncate(1, good.len() as u64).expect("cut");
+    assert_eq!(mirror.records(), 2);
+    mirror.write(1, good.len() as u64, &frames(20, 1)).expect("write");
+    mirror.sync().expect("sync");
+    assert_eq!(mirror.records(), 3);
+    drop(mirror);
+    let recovered = reopen(dir.path());
+    assert_eq!(ids(&recovered), vec![1, 2, 20], "records 11 and 12 of the failed batch are gone");
+}
+
+#[test]
+fn given_a_mirror_with_a_torn_tail_when_resumed_should_describe_and_keep_only_its_valid_prefix() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut mirror = Mirror::open(dir.path()).expect("open mirror");
+    let one = [segment_header(1), frames(1, 4)].concat();
+    let two = [segment_header(2), frames(5, 2)].concat();
+    mirror.write(1, 0, &one).expect("write");
+    mirror.write(2, 0, &two).expect("write");
+    let torn = &frames(7, 1)[..10];
+    mirror.write(2, two.len() as u64, torn).expect("write");
+    mirror.sync().expect("sync");
+    drop(mirror);
+
+    let mut mirror = Mirror::open(dir.path()).expect("reopen mirror");
+    let digests = mirror.digests().expect("digests");
+    let lens: Vec<(u64, u64)> = digests.iter().map(|d| (d.seq, d.len)).collect();
+    assert_eq!(lens, [(1, one.len() as u64), (2, two.len() as u64)]);
+    let file = fs::File::open(segment_path(dir.path(), 2)).expect("open");
+    assert_eq!(digests[1].crc, prefix_digest(&file, two.len() as u64).expect("digest"));
+    // The live reclaimed segment 1 and confirmed segment 2.
+    mirror.resume(&[(2, two.len() as u64)].into_iter().collect()).expect("resume");
+    mirror.set_first_records([(2, 4)]);
+    assert_eq!(segment_seqs(dir.path()), vec![2]);
+    assert_eq!(file_len(&segment_path(dir.path(), 2)), two.len() as u64, "the torn tail is cut");
+    mirror.write(2, two.len() as u64, &frames(7, 1)).expect("write");
+    assert_eq!(mirror.records(), 7);
+    mirror.sync().expect("sync");
+    drop(mirror);
+    assert_eq!(ids(&reopen(dir.path())), vec![5, 6, 7]);
+}
+
+#[tokio::test]
+async fn given_a_failed_fdatasync_after_backups_could_copy_the_batch_should_cut_it_and_tell_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(JournalConfig::new(dir.path()));
+    let gate = journal.replication_gate();
+    let backup = gate.register();
+    durable(&journal, vec![add(1)]).await;
+    let before = *journal.written_position().borrow();
+    assert!(gate.acked(backup, before, true));
+
+    writer::faults::fail_next_sync(dir.path());
+    let failed = journal.append(vec![add(2), add(3)]).await;
+    assert!(matches!(failed, Err(JournalError::Sync { .. })), "{failed:?}");
+    assert_eq!(*journal.written_position().borrow(), before, "the batch is no longer offered to backups");
+    assert_eq!(gate.take_cut(backup), Some(before.at()), "backups that copied it are told to cut it");
+    let stale = JournalPosition { offset: before.offset + 100, ..before };
+    assert!(!gate.acked(backup, stale, true), "acks are not counted until the backup cut its copy");
+    gate.cut_confirmed(backup);
+    gate.remove(backup);
+
+    durable(&journal, vec![add(4)]).await;
+    close(&journal);
+    assert_eq!(ids(&reopen(dir.path())), vec![1, 4]);
+}

@@ -23,6 +23,7 @@ use tokio::sync::oneshot;
 use super::housekeeper::{Housekeeper, PendingSegment};
 use super::lock::DirLock;
 use super::reclaim::{Effect, Ledger};
+use super::record;
 use super::recovery::Recovery;
 use super::segment::{self, PreparedSegment, SegmentHeader, SegmentSeq, HEADER_LEN};
 use super::stats::SharedStats;
@@ -33,6 +34,8 @@ pub(super) struct Request {
     /// The framed record, encoded by the caller so the writer only copies.
     pub(super) frame: Vec<u8>,
     pub(super) effects: Vec<Effect>,
+    /// Values of the remembered header in its adds.
+    pub(super) remembered: Vec<String>,
     pub(super) reply: oneshot::Sender<Result<(), JournalError>>,
 }
 
@@ -75,6 +78,10 @@ impl LazyQueue {
 /// lazy records, instead of being woken for each.
 const HOT_PERIOD: Duration = Duration::from_secs(1);
 
+/// Payload bytes the remembered window may always take in a segment's first record, however
+/// small segments are.
+const REMEMBERED_MIN_BUDGET: usize = 64 * 1024;
+
 /// The segment records are appended to.
 struct Current {
     seq: SegmentSeq,
@@ -106,6 +113,13 @@ pub(super) struct Writer {
     next: Option<NextSegment>,
     ledger: Ledger,
     next_id: u64,
+    /// The remembered window (see `JournalConfig::remember_header`), oldest first; `None`
+    /// when nothing is remembered.
+    remembered: Option<std::collections::VecDeque<String>>,
+    /// The oldest segment a recovery needs to rebuild the window: nothing from here on is
+    /// reclaimed. The first batch of every segment carries the window, after which it is
+    /// that segment.
+    remembered_from: SegmentSeq,
     /// Length the current segment must be cut back to before anything else is written,
     /// set when undoing a failed batch itself failed. Writing past leftover garbage would
     /// turn a torn tail into mid-file corruption.
@@ -119,6 +133,8 @@ pub(super) struct Writer {
     stats: Arc<SharedStats>,
     /// The writer's counters; the on-disk fields are the shared stats' business.
     counters: JournalStats,
+    /// Records recovery found: positions count records from the oldest segment at open.
+    records_before_open: u64,
     // Fields drop in order: the housekeeper stops (and is waited for) before the
     // directory lock is released.
     replication: Arc<super::replication::Shared>,
@@ -141,10 +157,17 @@ impl Writer {
             mut ledger,
             segments,
             last,
+            remembered_from,
         } = recovery;
         let next_id = recovered.next_id.0;
-        for (seq, len) in segments {
-            stats.segment_len(seq, len);
+        let replication = Arc::new(super::replication::Shared::new(Default::default()));
+        {
+            let mut first_records = replication.first_records.lock();
+            for (seq, len, first_record) in segments {
+                stats.segment_len(seq, len);
+                first_records.insert(seq.0, first_record);
+            }
+            first_records.entry(SegmentSeq::FIRST.0).or_insert(0);
         }
         let current = match last {
             Some(last) => {
@@ -200,6 +223,8 @@ impl Writer {
             next: Some(NextSegment::Pending(next)),
             ledger,
             next_id,
+            remembered: config.remember_header.is_some().then(|| recovered.remembered.into()),
+            remembered_from: remembered_from.unwrap_or(SegmentSeq::FIRST),
             pending_truncate: None,
             failing: false,
             can_preallocate: true,
@@ -207,7 +232,8 @@ impl Writer {
             metrics,
             stats,
             counters: JournalStats::default(),
-            replication: Arc::new(super::replication::Shared::new(Default::default())),
+            records_before_open: recovered.records,
+            replication,
             housekeeper,
             _lock: lock,
         };
@@ -309,6 +335,14 @@ impl Writer {
                     for effect in &request.effects {
                         self.next_id = self.next_id.max(effect.id().0.saturating_add(1));
                     }
+                    if let Some(window) = &mut self.remembered {
+                        for value in &request.remembered {
+                            if window.len() == super::REMEMBERED_MAX {
+                                window.pop_front();
+                            }
+                            window.push_back(value.clone());
+                        }
+                    }
                 }
                 self.metrics.batch_written(batch.len(), written);
                 self.counters.batches += 1;
@@ -378,6 +412,17 @@ impl Writer {
             )?;
         }
         self.buffer.clear();
+        // The first batch of a segment carries the remembered window, so that reclaiming
+        // the segments it was built from forgets nothing.
+        let first_in_segment = self.current.len == HEADER_LEN as u64;
+        if let Some(window) = self.remembered.as_ref().filter(|w| first_in_segment && !w.is_empty()) {
+            let budget = usize::try_from(self.segment_size / 4).unwrap_or(usize::MAX).max(REMEMBERED_MIN_BUDGET);
+            let kept = record::encode_remembered_frame(window.iter().map(String::as_str), budget, &mut self.buffer);
+            if kept < window.len() {
+                tracing::debug!(kept, remembered = window.len(), "the remembered window does not fit a quarter of a segment; carrying the newest");
+            }
+        }
+        let extra_records = u64::from(!self.buffer.is_empty());
         for request in batch {
             self.buffer.extend_from_slice(&request.frame);
         }
@@ -395,16 +440,20 @@ impl Writer {
         self.replication.written.send_replace(super::replication::JournalPosition {
             segment: self.current.seq.0,
             offset: start + self.buffer.len() as u64,
-            records: self.counters.records_appended + batch.len() as u64,
+            records: self.records_before_open + self.counters.records_appended + extra_records + batch.len() as u64,
         });
         if self.fsync {
             let started = Instant::now();
             let synced = self.current.file.sync_data();
+            #[cfg(test)]
+            let synced = synced.and_then(|()| faults::sync(&self.dir));
             self.metrics.observe_fsync(started.elapsed());
             if let Err(source) = synced {
                 // The kernel may already have dropped the dirty pages; cutting the batch
-                // off keeps the file consistent with what the waiters are told.
+                // off keeps the file consistent with what the waiters are told. Backups
+                // may have copied it already: they are told to cut it off too.
                 self.undo(start);
+                self.replication.gate.cut((self.current.seq.0, start));
                 return Err(JournalError::Sync {
                     path: self.current.path.clone(),
                     source: source.into(),
@@ -412,6 +461,10 @@ impl Writer {
             }
         }
         self.current.len += self.buffer.len() as u64;
+        self.counters.records_appended += extra_records;
+        if first_in_segment {
+            self.remembered_from = self.current.seq;
+        }
         if refresh {
             // Only now: after a failed sync the rewritten header may never reach the disk.
             self.current.id_floor = floor;
@@ -493,6 +546,10 @@ impl Writer {
         };
         self.ledger.add_segment(seq);
         self.stats.segment_len(seq, HEADER_LEN as u64);
+        self.replication
+            .first_records
+            .lock()
+            .insert(seq.0, self.records_before_open + self.counters.records_appended);
         self.next = Some(NextSegment::Pending(self.housekeeper.prepare(
             SegmentHeader {
                 seq: seq.next(),
@@ -534,7 +591,7 @@ impl Writer {
         super::replication::JournalPosition {
             segment: self.current.seq.0,
             offset: self.current.len,
-            records: self.counters.records_appended,
+            records: self.records_before_open + self.counters.records_appended,
         }
     }
 
@@ -548,9 +605,15 @@ impl Writer {
     fn reclaim(&mut self) {
         for seq in self.housekeeper.deleted() {
             self.ledger.forget(seq);
+            self.replication.first_records.lock().remove(&seq.0);
         }
-        // A backup still copying holds its segments.
+        // A backup still copying holds its segments, and the remembered window those it
+        // still comes from.
         let floor = self.replication.holds.floor();
+        let floor = match self.remembered {
+            Some(_) => Some(floor.map_or(self.remembered_from.0, |f| f.min(self.remembered_from.0))),
+            None => floor,
+        };
         for seq in self.ledger.reclaimable(self.current.seq) {
             if floor.is_some_and(|f| seq.0 >= f) {
                 break;
@@ -601,5 +664,29 @@ impl Current {
         }
         self.id_floor = id_floor;
         Ok(())
+    }
+}
+
+/// Failures tests inject where a real disk would fail.
+#[cfg(test)]
+pub(super) mod faults {
+    use std::path::{Path, PathBuf};
+
+    static FAIL_NEXT_SYNC: parking_lot::Mutex<Vec<PathBuf>> = parking_lot::Mutex::new(Vec::new());
+
+    /// The next fdatasync of a segment in journal `dir` fails.
+    pub(in crate::journal) fn fail_next_sync(dir: &Path) {
+        FAIL_NEXT_SYNC.lock().push(dir.to_path_buf());
+    }
+
+    pub(super) fn sync(dir: &Path) -> std::io::Result<()> {
+        let mut failing = FAIL_NEXT_SYNC.lock();
+        match failing.iter().position(|d| d == dir) {
+            Some(at) => {
+                failing.remove(at);
+                Err(std::io::Error::other("injected fdatasync failure"))
+            }
+            None => Ok(()),
+        }
     }
 }
