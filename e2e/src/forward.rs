@@ -143,7 +143,7 @@ async fn log_lines<R: tokio::io::AsyncBufRead + Unpin>(target: String, mut lines
 }
 
 /// What a [`Forwarder`] forwards to.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub enum Target {
     /// A pod by name (a StatefulSet's pod comes back under the same name).
     Pod(String),
