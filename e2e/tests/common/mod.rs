@@ -66,7 +66,7 @@ impl Env {
     }
 
     pub fn local(&self) -> Result<&LocalControlPlane> {
-        self.local.as_ref().context("this step needs the local control plane (E2E_KUBECONFIG is set)")
+        self.local.as_ref().context("this step needs the local control plane, not a cluster reached through kubectl only")
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
