@@ -4,3 +4,4 @@
 pub mod apiserver;
 pub mod cluster;
 pub mod env;
+pub mod forward;

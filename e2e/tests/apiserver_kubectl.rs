@@ -2,7 +2,7 @@
 //! discovery, OpenAPI download for validation, `fieldValidation=Strict`, tables): apply and
 //! re-apply, get in every output, label, the three patch types, delete, the BrokerGroup CRD
 //! with printer columns, short name, `explain` and CEL rejections, `wait`, `get -w`, `describe` with
-//! events, and owner garbage collection. Each test starts its own server on 127.0.0.1:0 and
+//! events, owner garbage collection, and `port-forward` (WebSocket-tunneled and plain SPDY). Each test starts its own server on 127.0.0.1:0 and
 //! writes its kubeconfig and kubectl cache into a temporary directory.
 
 use std::path::{Path, PathBuf};
@@ -637,24 +637,22 @@ metadata: {name: held, finalizers: [duomq.io/test]}
     assert!(finished.success(), "kubectl wait --for=delete failed");
 }
 
+/// Applies a pod of one container on node-1 and sets its `status` as a kubelet would.
+async fn scheduled_pod(k: &Cluster, name: &str, image: &str, status: Value) {
+    let pod = json!({"apiVersion": "v1", "kind": "Pod", "metadata": {"name": name},
+        "spec": {"nodeName": "node-1", "containers": [{"name": "main", "image": image}]}});
+    k.ok_with(&["apply", "-f", "-"], &pod.to_string()).await;
+    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::default_namespaced(k.server.client());
+    pods.patch_status(name, &PatchParams::default(), &Patch::Merge(status)).await.expect("status");
+}
+
 #[tokio::test]
 async fn given_running_pod_when_listed_and_deleted_should_show_ready_status_then_terminating() {
     let k = Cluster::start().await;
-    let pod = "apiVersion: v1
-kind: Pod
-metadata: {name: broker-0}
-spec:
-  nodeName: node-1
-  containers: [{name: broker, image: 'duomq/broker:1'}]
-";
-    k.ok_with(&["apply", "-f", "-"], pod).await;
-    let pods: Api<k8s_openapi::api::core::v1::Pod> = Api::default_namespaced(k.server.client());
     let status = json!({"status": {"phase": "Running", "podIP": "10.0.0.5", "containerStatuses": [{
-        "name": "broker", "ready": true, "restartCount": 2, "image": "duomq/broker:1", "imageID": "",
+        "name": "main", "ready": true, "restartCount": 2, "image": "duomq/broker:1", "imageID": "",
         "state": {"running": {"startedAt": "2025-01-01T00:00:00Z"}}}]}});
-    pods.patch_status("broker-0", &PatchParams::default(), &Patch::Merge(status))
-        .await
-        .expect("status");
+    scheduled_pod(&k, "broker-0", "duomq/broker:1", status).await;
     let wide = k.ok(&["get", "pods", "-o", "wide"]).await;
     let row: Vec<&str> = wide
         .lines()
@@ -677,4 +675,73 @@ spec:
         .await;
     let err = k.fails(&["get", "pod", "broker-0"], "").await;
     assert!(err.contains("not found"), "{err}");
+}
+
+/// A TCP echo server on a loopback port, standing in for a pod's container.
+async fn echo_server() -> u16 {
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.expect("listen");
+    let port = listener.local_addr().expect("address").port();
+    tokio::spawn(async move {
+        while let Ok((socket, _)) = listener.accept().await {
+            tokio::spawn(async move {
+                let (mut read, mut write) = socket.into_split();
+                tokio::io::copy(&mut read, &mut write).await.ok();
+            });
+        }
+    });
+    port
+}
+
+/// Writes `text` through `address` and reads it back.
+async fn echoes(address: std::net::SocketAddr, text: &str) -> std::io::Result<String> {
+    use tokio::io::AsyncWriteExt;
+    let mut socket = tokio::net::TcpStream::connect(address).await?;
+    socket.write_all(text.as_bytes()).await?;
+    let mut got = vec![0u8; text.len()];
+    tokio::time::timeout(KUBECTL_TIMEOUT, socket.read_exact(&mut got)).await??;
+    Ok(String::from_utf8_lossy(&got).into_owned())
+}
+
+#[rstest::rstest]
+#[case::websocket_tunnel("true")]
+#[case::spdy_upgrade("false")]
+#[tokio::test]
+async fn given_a_running_pod_when_kubectl_port_forwards_to_it_should_carry_bytes_both_ways_until_the_pod_is_gone(
+    #[case] websockets: &str,
+) {
+    use duomq_e2e::forward::PortForward;
+    let k = Cluster::start().await;
+    // The pod's IP is this machine's loopback, where the echo server listens.
+    scheduled_pod(&k, "echo-0", "echo:1", json!({"status": {"phase": "Running", "podIP": "127.0.0.1"}})).await;
+    let port = echo_server().await;
+    let kubeconfig = k.server.kubeconfig_path().expect("kubeconfig written");
+    let start = |port: u16| {
+        let mut command = PortForward::command(kubeconfig, "default", "pod/echo-0", port);
+        // kubectl tries WebSocket first; "false" makes it use the SPDY upgrade directly.
+        command.env("KUBECTL_PORT_FORWARD_WEBSOCKETS", websockets);
+        PortForward::spawn(command, "pod/echo-0")
+    };
+
+    let mut forward = start(port).await.expect("kubectl port-forward starts");
+    let address = forward.local_addr();
+    let large = "x".repeat(200_000);
+    let (one, two) = tokio::join!(echoes(address, "first connection"), echoes(address, &large));
+    assert_eq!(one.expect("first echo"), "first connection");
+    assert_eq!(two.expect("second echo").len(), 200_000);
+    assert_eq!(echoes(address, "again").await.expect("a later connection"), "again");
+    assert!(!forward.stopped(), "kubectl keeps forwarding after connections closed");
+
+    // Nothing listens on the port: kubectl prints the error and stops forwarding.
+    let closed = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("listen");
+        l.local_addr().expect("address").port()
+    };
+    let mut refused = start(closed).await.expect("kubectl port-forward starts");
+    assert!(echoes(refused.local_addr(), "x").await.is_err(), "a refused connection is closed");
+    until("kubectl to stop after the refused connection", KUBECTL_TIMEOUT, || std::future::ready(refused.stopped().then_some(()))).await;
+
+    // A force-deleted pod: the next connection fails and kubectl stops.
+    k.ok(&["delete", "pod", "echo-0", "--grace-period=0", "--force"]).await;
+    assert!(echoes(address, "gone").await.is_err(), "no echo from a deleted pod");
+    until("kubectl to stop after the pod was deleted", KUBECTL_TIMEOUT, || std::future::ready(forward.stopped().then_some(()))).await;
 }

@@ -10,7 +10,10 @@
 //!
 //! They share one local control plane and operator and run one after the other, each in
 //! its own namespace (`node` last: its node stays failed). `E2E_SCENARIOS=fence,node` runs a
-//! subset.
+//! subset. On a cluster reached through kubectl only (`E2E_KUBECONFIG`, or
+//! `E2E_KUBECTL_ONLY=1` on the local plane) `delete` runs through `kubectl port-forward`;
+//! `fence` and `node` need the local plane's API fault injection and nodes and are skipped,
+//! each with a printed line saying so.
 
 mod common;
 
@@ -39,6 +42,12 @@ async fn given_a_live_broker_when_it_is_deleted_cut_off_or_its_node_fails_should
 /// The scenarios, in the order they run, with the BrokerGroup each applies.
 const SCENARIOS: [(&str, &str); 3] = [("delete", "pair"), ("fence", "pair"), ("node", "crossed")];
 
+/// Scenarios only the local control plane can run, and what they need of it.
+const NEED_THE_LOCAL_PLANE: [(&str, &str); 2] = [
+    ("fence", "cuts the live off the API server (the local API server's fault injection)"),
+    ("node", "fails a node (the local Docker kubelet)"),
+];
+
 async fn run_scenario(name: &str, env: &Env, namespace: &str) -> Result<Vec<TrafficReport>> {
     match name {
         "delete" => delete_the_live_pod(env, namespace).await,
@@ -54,6 +63,10 @@ async fn run_all(env: &Env) -> Result<()> {
     let mut failed = Vec::new();
     for (name, brokergroup) in SCENARIOS {
         if !selected.is_empty() && !selected.split(',').any(|s| s.trim() == name) {
+            continue;
+        }
+        if let (None, Some((_, why))) = (&env.local, NEED_THE_LOCAL_PLANE.iter().find(|(n, _)| *n == name)) {
+            println!("scenario {name}: skipped: it {why}, which a cluster reached through kubectl only does not offer");
             continue;
         }
         let namespace = format!("failover-{name}");

@@ -5,8 +5,11 @@
 //!
 //! By default they run on the local control plane of this crate (pods are Docker containers
 //! of the images built from this checkout). With `E2E_KUBECONFIG` set they run against that
-//! cluster instead, building nothing (the images must be pullable there). Missing Docker or
-//! kubectl fails the test with what to install: nothing is skipped.
+//! cluster instead, building nothing (the images the manifests name must be pullable there)
+//! and using kubectl only: `kubectl port-forward` reaches the client Service and the pods,
+//! and the live is killed by `kubectl delete pod --grace-period=0 --force`. The second test
+//! runs that kubectl-only path on a local control plane, so it is tested without a cluster.
+//! Missing Docker or kubectl fails the test with what to install: nothing is skipped.
 
 mod common;
 
@@ -57,9 +60,28 @@ async fn receive_all(address: SocketAddr, queue: &str, expected: usize) -> Resul
     Ok(got)
 }
 
+/// One scenario at a time: each starts its own cluster, and two cores are all there is.
+static ONE_AT_A_TIME: tokio::sync::Mutex<()> = tokio::sync::Mutex::const_new(());
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_the_operator_installed_with_kubectl_when_a_pair_is_applied_should_serve_fail_over_fail_back_and_clean_up() -> Result<()> {
-    let env = Env::start().await?;
+    let _one = ONE_AT_A_TIME.lock().await;
+    run(Env::start().await?).await
+}
+
+/// The path `E2E_KUBECONFIG` takes, on a local control plane: kubectl port-forward to the
+/// Service and pods, forced deletion of the live pod.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_a_cluster_reached_with_kubectl_only_when_a_pair_is_applied_should_serve_fail_over_fail_back_and_clean_up() -> Result<()> {
+    let _one = ONE_AT_A_TIME.lock().await;
+    if std::env::var_os("E2E_KUBECONFIG").is_some() {
+        println!("skipped: with E2E_KUBECONFIG set the other scenario already takes this path, on that cluster");
+        return Ok(());
+    }
+    run(Env::start_kubectl_only().await?).await
+}
+
+async fn run(env: Env) -> Result<()> {
     let result = pair_scenario(&env).await;
     if result.is_err() {
         env.dump("default", "pair");
@@ -101,20 +123,18 @@ async fn pair_scenario(env: &Env) -> Result<()> {
     // A backup in sync first: only an in-sync backup may take the group's Lease.
     env.kubectl(&["wait", "--for=condition=Replicated", "brokergroup/pair", &format!("--timeout={}s", GROUP_AVAILABLE.as_secs())])?;
 
-    // kill -9 of the live broker's process, while a probe writes to both members directly
-    // to time how long nobody accepted sends.
-    let local = env.local()?;
+    // kill -9 of the live broker's process (through kubectl only: forced deletion of its
+    // pod), while a probe writes to both members directly to time how long nobody accepted
+    // sends.
     let members = ["pair-g0-0", "pair-g0-1"].map(String::from);
-    let probe = MemberProbe::start(env.kube_client().await?, "default", &members, "/queue/probe");
+    let probe = MemberProbe::start(env.member_addresses("default", &members).await?, &members, "/queue/probe");
     probe.wait_accepting("pair-g0-0", Instant::now(), Duration::from_secs(30)).await?;
-    let container = local.cluster.container_of("default", "pair-g0-0").context("no container for pair-g0-0")?;
     let killed_at = Instant::now();
-    let killed = std::process::Command::new("docker").args(["kill", "--signal", "KILL", &container]).output()?;
-    ensure!(killed.status.success(), "docker kill: {}", String::from_utf8_lossy(&killed.stderr));
+    let how = env.kill_pod("default", "pair-g0-0")?;
     probe.wait_accepting("pair-g0-1", killed_at, FAILOVER_SEEN).await?;
     let accepted = probe.stop().await;
     let took = failover_time(&accepted, "pair-g0-0", killed_at).context("no failover seen")?;
-    println!("failover time, kill -9 of the live container: {:.2}s", took.as_secs_f64());
+    println!("failover time, {how}: {:.2}s", took.as_secs_f64());
 
     // The status tells the story. The backup takes over within seconds and, with
     // allowFailback, hands the role back as soon as the restarted member has resynced, so the

@@ -1,7 +1,8 @@
 //! HTTP: one fallback handler that parses the path, negotiates the representation (object,
 //! PartialObjectMetadata, Table, aggregated discovery, protobuf OpenAPI) and dispatches to
 //! discovery, OpenAPI, or the resource verbs (get, list, watch, create, update, patch,
-//! delete, deletecollection, and the status, scale and binding subresources).
+//! delete, deletecollection, and the status, scale and binding subresources); port-forward
+//! requests go to [`super::portforward`] before the body is read.
 //!
 //! It must not hold API rules: those live in write, delete, gc, admission and watch; this
 //! module reads requests and writes responses, logging each at debug.
@@ -27,6 +28,7 @@ use super::gc;
 use super::meta;
 use super::openapi;
 use super::patch::PatchType;
+use super::portforward;
 use super::path::{self, ResourcePath, Route};
 use super::protobuf;
 use super::registry::ResourceInfo;
@@ -148,6 +150,16 @@ async fn dispatch(State(app): State<Arc<AppState>>, request: Request) -> Respons
     if let Some(ConnectInfo(peer)) = request.extensions().get::<ConnectInfo<SocketAddr>>() {
         if !app.faults.pass(peer.ip(), &app.cancel).await {
             return StatusCode::SERVICE_UNAVAILABLE.into_response();
+        }
+    }
+    if let Route::Resource(rp) = path::parse(request.uri().path()) {
+        if let (Some("portforward"), "", "pods", Some(ns), Some(name)) =
+            (rp.subresource.as_deref(), rp.group.as_str(), rp.plural.as_str(), &rp.namespace, &rp.name)
+        {
+            let method = request.method().clone();
+            let response = portforward::serve(app.store.clone(), app.cancel.clone(), request, ns, name).await;
+            tracing::debug!(%method, namespace = %ns, pod = %name, status = response.status().as_u16(), "port-forward request");
+            return response;
         }
     }
     let (parts, body) = request.into_parts();

@@ -24,7 +24,9 @@
 //! - Protobuf request bodies are understood for Namespace, ConfigMap, Secret and
 //!   ServiceAccount only (what `kubectl create` generators send); responses are JSON.
 //! - A pod's `spec.nodeName` may be set by a patch as well as by a Binding.
-//! - Not served: pod logs, exec, port-forward, eviction, TokenRequest, authorization
+//! - Port forwarding connects to the pod's IP itself, with no kubelet in between (see
+//!   `portforward`).
+//! - Not served: pod logs, exec, eviction, TokenRequest, authorization
 //!   reviews, EndpointSlices, and any group not listed in `registry`.
 
 mod admission;
@@ -45,6 +47,7 @@ mod meta;
 mod openapi;
 mod patch;
 mod path;
+mod portforward;
 mod protobuf;
 mod registry;
 mod selectors;

@@ -1,19 +1,24 @@
 //! What the scenario tests share: where they run (the local control plane, or the cluster
-//! `E2E_KUBECONFIG` names), kubectl and status helpers, and the traffic that runs through a
-//! scenario ([`traffic`]).
+//! `E2E_KUBECONFIG` names, reached with kubectl only), kubectl and status helpers, and the
+//! traffic that runs through a scenario ([`traffic`]).
 
 // Each test binary compiles this module and uses a part of it.
 #![allow(dead_code)]
 
 pub mod traffic;
 
+use std::collections::{BTreeMap, HashMap};
 use std::net::{IpAddr, SocketAddr};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 use std::time::Duration;
 
-use anyhow::{bail, Context, Result};
-use duomq_e2e::env::{build_images, kubectl, repo_root, require_tools, wait_for, LocalControlPlane};
+use anyhow::{ensure, Context, Result};
+use duomq_broker::client::DEFAULT_STOMP_PORT;
+use duomq_e2e::env::{build_images, kubectl, repo_root, require_kubectl, require_tools, wait_for, LocalControlPlane};
+use duomq_e2e::forward::{Forwarder, Target};
 use serde_json::Value;
+use traffic::MemberAddresses;
 
 /// Pulling nothing, starting the operator's pod: seconds here; generous for slow CI.
 pub const OPERATOR_READY: Duration = Duration::from_secs(180);
@@ -23,32 +28,45 @@ pub const GROUP_AVAILABLE: Duration = Duration::from_secs(240);
 /// Where the scenarios run.
 pub struct Env {
     pub kubeconfig: PathBuf,
+    /// The local control plane, when the scenarios may use what only it has (containers,
+    /// API faults, nodes); `None` on a cluster reached through kubectl only.
     pub local: Option<LocalControlPlane>,
+    /// On a cluster reached through kubectl only: `kubectl port-forward`s to Services and pods.
+    forwards: Option<tokio::sync::Mutex<HashMap<(String, Target), Forwarder>>>,
+    /// A local control plane that the scenarios reach through kubectl only, as a real cluster.
+    behind_kubeconfig: Option<LocalControlPlane>,
     _state: Option<tempfile::TempDir>,
 }
 
 impl Env {
-    /// The cluster of `E2E_KUBECONFIG`, else a local control plane with images built from
-    /// the binaries of this checkout.
+    /// The cluster of `E2E_KUBECONFIG` (nothing is built: the images are those the manifests
+    /// name), else a local control plane with images built from the binaries of this checkout,
+    /// reached through kubectl only when `E2E_KUBECTL_ONLY` is set.
     pub async fn start() -> Result<Env> {
-        require_tools()?;
         if let Some(kc) = std::env::var_os("E2E_KUBECONFIG") {
-            return Ok(Env { kubeconfig: PathBuf::from(kc), local: None, _state: None });
+            require_kubectl()?;
+            return Ok(Env::kubectl_only(PathBuf::from(kc), None, None));
         }
-        let binaries = std::env::current_exe()?
-            .parent()
-            .and_then(Path::parent)
-            .map(PathBuf::from)
-            .context("no target directory")?;
-        build_images(&binaries, true)?;
-        let state = tempfile::Builder::new().prefix("duomq-e2e-").tempdir()?;
-        let prefix = format!("duomq-e2e-t{}", std::process::id());
-        let local = LocalControlPlane::start(state.path(), &prefix).await?;
-        Ok(Env { kubeconfig: local.kubeconfig.clone(), local: Some(local), _state: Some(state) })
+        if std::env::var_os("E2E_KUBECTL_ONLY").is_some() {
+            return Env::start_kubectl_only().await;
+        }
+        let (local, state) = start_local_plane().await?;
+        Ok(Env { kubeconfig: local.kubeconfig.clone(), local: Some(local), forwards: None, behind_kubeconfig: None, _state: Some(state) })
+    }
+
+    /// A local control plane that the scenarios use as they use the cluster of
+    /// `E2E_KUBECONFIG`: through kubectl only, so that this path is tested without one.
+    pub async fn start_kubectl_only() -> Result<Env> {
+        let (local, state) = start_local_plane().await?;
+        Ok(Env::kubectl_only(local.kubeconfig.clone(), Some(local), Some(state)))
+    }
+
+    fn kubectl_only(kubeconfig: PathBuf, plane: Option<LocalControlPlane>, state: Option<tempfile::TempDir>) -> Env {
+        Env { kubeconfig, local: None, forwards: Some(Default::default()), behind_kubeconfig: plane, _state: state }
     }
 
     pub fn local(&self) -> Result<&LocalControlPlane> {
-        self.local.as_ref().context("this step needs the local control plane (E2E_KUBECONFIG is set)")
+        self.local.as_ref().context("this step needs the local control plane, not a cluster reached through kubectl only")
     }
 
     pub fn kubectl(&self, args: &[&str]) -> Result<String> {
@@ -69,7 +87,8 @@ impl Env {
         Ok(kube::Client::try_from(config)?)
     }
 
-    /// Where this machine reaches a Service's STOMP port.
+    /// Where this machine reaches a Service's STOMP port: the local plane's proxy, or a
+    /// loopback port forwarded by kubectl to the Service's ready pod (followed as it changes).
     pub async fn stomp_address(&self, namespace: &str, service: &str) -> Result<SocketAddr> {
         match &self.local {
             Some(local) => local
@@ -77,8 +96,48 @@ impl Env {
                 .service_address(namespace, service, "stomp")
                 .await
                 .with_context(|| format!("no proxy for service {namespace}/{service}")),
-            None => bail!("E2E_KUBECONFIG: reaching services of a real cluster needs `kubectl port-forward`, not supported by these tests yet"),
+            None => self.forwarded(namespace, Target::Service(service.to_string())).await,
         }
+    }
+
+    /// Where this machine reaches the STOMP port of each of `members` (pods).
+    pub async fn member_addresses(&self, namespace: &str, members: &[String]) -> Result<MemberAddresses> {
+        if self.local.is_some() {
+            return Ok(MemberAddresses::PodIps(Box::new(kube::Api::namespaced(self.kube_client().await?, namespace))));
+        }
+        let mut forwarded = BTreeMap::new();
+        for member in members {
+            forwarded.insert(member.clone(), self.forwarded(namespace, Target::Pod(member.clone())).await?);
+        }
+        Ok(MemberAddresses::Forwarded(Arc::new(forwarded)))
+    }
+
+    async fn forwarded(&self, namespace: &str, target: Target) -> Result<SocketAddr> {
+        let forwards = self.forwards.as_ref().context("no port forwards on the local control plane")?;
+        let mut forwards = forwards.lock().await;
+        let key = (namespace.to_string(), target.clone());
+        if let Some(f) = forwards.get(&key) {
+            return Ok(f.local_addr());
+        }
+        let forwarder = Forwarder::start(&self.kubeconfig, namespace, target, DEFAULT_STOMP_PORT).await?;
+        let address = forwarder.local_addr();
+        forwards.insert(key, forwarder);
+        Ok(address)
+    }
+
+    /// Kills a pod's broker at once, returning how. On the local plane: `docker kill -s KILL`
+    /// of its container (the kubelet restarts it in the same pod). Through kubectl only:
+    /// `kubectl delete pod --grace-period=0 --force`, the closest a user gets; the kubelet
+    /// still stops the container with a short grace, and the StatefulSet recreates the pod.
+    pub fn kill_pod(&self, namespace: &str, pod: &str) -> Result<&'static str> {
+        let Some(local) = &self.local else {
+            self.kubectl(&["-n", namespace, "delete", "pod", pod, "--grace-period=0", "--force"])?;
+            return Ok("forced deletion of the live pod");
+        };
+        let container = local.cluster.container_of(namespace, pod).with_context(|| format!("no container for {pod}"))?;
+        let killed = std::process::Command::new("docker").args(["kill", "--signal", "KILL", &container]).output()?;
+        ensure!(killed.status.success(), "docker kill: {}", String::from_utf8_lossy(&killed.stderr));
+        Ok("kill -9 of the live container")
     }
 
     /// The pod's IP (on the local plane, reachable from this machine).
@@ -110,9 +169,13 @@ impl Env {
             let all = [&ns[..], args].concat();
             eprintln!("$ kubectl {}\n{}", all.join(" "), self.kubectl(&all).unwrap_or_else(|e| e.to_string()));
         }
-        let Some(local) = &self.local else { return };
         let pods = self.kubectl(&["-n", namespace, "get", "pods", "-o", "name"]).unwrap_or_default();
         for pod in pods.lines().filter_map(|p| p.strip_prefix("pod/")) {
+            let Some(local) = &self.local else {
+                let logs = self.kubectl(&["-n", namespace, "logs", "--tail=40", pod]).unwrap_or_else(|e| e.to_string());
+                eprintln!("$ kubectl logs --tail=40 {pod}\n{logs}");
+                continue;
+            };
             if let Some(c) = local.cluster.container_of(namespace, pod) {
                 if let Ok(o) = std::process::Command::new("docker").args(["logs", "--tail", "40", &c]).output() {
                     eprintln!("$ docker logs {pod}\n{}{}", String::from_utf8_lossy(&o.stdout), String::from_utf8_lossy(&o.stderr));
@@ -122,7 +185,9 @@ impl Env {
     }
 
     pub async fn shutdown(self) {
-        if let Some(local) = self.local {
+        // Stops kubectl before the cluster it talks to.
+        drop(self.forwards);
+        for local in [self.local, self.behind_kubeconfig].into_iter().flatten() {
             local.shutdown().await;
         }
     }
@@ -136,6 +201,24 @@ pub fn group_status(bg: &Value, index: usize) -> &Value {
 /// The status (`True`/`False`/`Unknown`) of a condition of a BrokerGroup.
 pub fn condition(bg: &Value, kind: &str) -> Option<String> {
     bg["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind).and_then(|c| c["status"].as_str()).map(String::from)
+}
+
+/// A local control plane with images built from the binaries next to this test's.
+async fn start_local_plane() -> Result<(LocalControlPlane, tempfile::TempDir)> {
+    require_tools()?;
+    let binaries = std::env::current_exe()?
+        .parent()
+        .and_then(Path::parent)
+        .map(PathBuf::from)
+        .context("no target directory")?;
+    build_images(&binaries, true)?;
+    let state = tempfile::Builder::new().prefix("duomq-e2e-").tempdir()?;
+    // Tests of one binary may each start a plane: their containers and networks must differ.
+    static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+    let n = STARTED.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let prefix = format!("duomq-e2e-t{}-{n}", std::process::id());
+    let local = LocalControlPlane::start(state.path(), &prefix).await?;
+    Ok((local, state))
 }
 
 /// Polls the BrokerGroup until `check` accepts its JSON.

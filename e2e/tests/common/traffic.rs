@@ -170,9 +170,30 @@ pub struct Accepted {
     pub receipted: Instant,
 }
 
-/// Writes persistent, receipted messages to every member of a group directly (its pod IP,
-/// looked up again on each connection, so a recreated pod is followed), and records every
-/// receipt. A backup or fenced member refuses CONNECT, so only a member that accepts sends
+/// How a probe reaches each member's STOMP port.
+#[derive(Clone)]
+pub enum MemberAddresses {
+    /// The pod IP, looked up again on each connection, so a recreated pod is followed (the
+    /// local control plane: pod IPs are reachable from this machine).
+    PodIps(Box<Api<Pod>>),
+    /// A loopback port forwarded by kubectl to each member, following a recreated pod.
+    Forwarded(Arc<BTreeMap<String, SocketAddr>>),
+}
+
+impl MemberAddresses {
+    async fn stomp(&self, member: &str) -> Option<SocketAddr> {
+        match self {
+            MemberAddresses::PodIps(pods) => {
+                let ip: IpAddr = pods.get_opt(member).await.ok()??.status?.pod_ip?.parse().ok()?;
+                Some(SocketAddr::new(ip, DEFAULT_STOMP_PORT))
+            }
+            MemberAddresses::Forwarded(addresses) => addresses.get(member).copied(),
+        }
+    }
+}
+
+/// Writes persistent, receipted messages to every member of a group directly (see
+/// [`MemberAddresses`]), and records every receipt. A backup or fenced member refuses CONNECT, so only a member that accepts sends
 /// shows up.
 pub struct MemberProbe {
     accepted: Arc<Mutex<Vec<Accepted>>>,
@@ -181,14 +202,13 @@ pub struct MemberProbe {
 }
 
 impl MemberProbe {
-    pub fn start(client: kube::Client, namespace: &str, members: &[String], queue: &str) -> MemberProbe {
+    pub fn start(addresses: MemberAddresses, members: &[String], queue: &str) -> MemberProbe {
         let accepted = Arc::new(Mutex::new(Vec::new()));
         let stop = CancellationToken::new();
-        let pods: Api<Pod> = Api::namespaced(client, namespace);
         let tasks = members
             .iter()
             .map(|member| {
-                tokio::spawn(probe_member(pods.clone(), member.clone(), queue.to_string(), accepted.clone(), stop.clone()))
+                tokio::spawn(probe_member(addresses.clone(), member.clone(), queue.to_string(), accepted.clone(), stop.clone()))
             })
             .collect();
         MemberProbe { accepted, stop, tasks }
@@ -220,11 +240,7 @@ impl MemberProbe {
     }
 }
 
-async fn pod_ip(pods: &Api<Pod>, name: &str) -> Option<IpAddr> {
-    pods.get_opt(name).await.ok()??.status?.pod_ip?.parse().ok()
-}
-
-async fn probe_member(pods: Api<Pod>, member: String, queue: String, accepted: Arc<Mutex<Vec<Accepted>>>, stop: CancellationToken) {
+async fn probe_member(addresses: MemberAddresses, member: String, queue: String, accepted: Arc<Mutex<Vec<Accepted>>>, stop: CancellationToken) {
     let options = ClientOptions {
         connect_timeout: PROBE_CONNECT_TIMEOUT,
         receipt_timeout: PROBE_RECEIPT_TIMEOUT,
@@ -233,8 +249,8 @@ async fn probe_member(pods: Api<Pod>, member: String, queue: String, accepted: A
     };
     let durable = SendOptions { persistent: true, receipt: true, ..SendOptions::default() };
     while !stop.is_cancelled() {
-        if let Some(ip) = pod_ip(&pods, &member).await {
-            let url = format!("stomp://{}", SocketAddr::new(ip, DEFAULT_STOMP_PORT));
+        if let Some(address) = addresses.stomp(&member).await {
+            let url = format!("stomp://{address}");
             if let Ok(client) = Client::connect(&url, options.clone()).await {
                 while !stop.is_cancelled() {
                     let sent = Instant::now();
@@ -361,7 +377,7 @@ impl GroupTraffic {
         let queue = format!("/queue/{group}");
         let consumer = Consumer::start(&url, &queue).await?;
         let producer = Producer::start(&url, &queue, group).await?;
-        let probe = MemberProbe::start(env.kube_client().await?, namespace, members, &format!("/queue/{group}-probe"));
+        let probe = MemberProbe::start(env.member_addresses(namespace, members).await?, members, &format!("/queue/{group}-probe"));
         probe.wait_accepting(live, Instant::now(), Duration::from_secs(30)).await?;
         let deadline = Instant::now() + Duration::from_secs(30);
         while producer.receipted() < 10 {
