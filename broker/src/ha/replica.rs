@@ -185,7 +185,7 @@ async fn stream(
             }
             let len = ((limit - offset) as usize).min(CHUNK);
             let mut data = vec![0u8; len];
-            let read = tokio::task::block_in_place(|| {
+            let mut read_chunk = || {
                 if open_segment.as_ref().is_none_or(|(s, _)| *s != seq) {
                     open_segment = Some((seq, std::fs::File::open(&path)?));
                 }
@@ -193,7 +193,11 @@ async fn stream(
                     Some((_, file)) => file.read_exact_at(&mut data, offset),
                     None => Ok(()),
                 }
-            });
+            };
+            // The tail of the current segment was just written: it is in the page cache and
+            // read in place. Older segments (an initial sync) may come from disk and are read
+            // off the async workers.
+            let read = if seq == end.segment && synced { read_chunk() } else { tokio::task::block_in_place(read_chunk) };
             if let Err(e) = read {
                 return Err(HaError::ReadSegment { path, source: e });
             }
