@@ -349,22 +349,37 @@ impl Kubelet {
         for task in self.abort_workers() {
             let _ = task.await;
         }
-        remove_cluster_containers(&self.docker, &self.config.cluster).await;
+        // A create or start request that an aborted worker had already sent may still land
+        // in the daemon after the first sweep: sweep until a listing comes back empty.
+        for _ in 0..SHUTDOWN_SWEEPS {
+            if !remove_cluster_containers(&self.docker, &self.config.cluster).await {
+                break;
+            }
+            tokio::time::sleep(SHUTDOWN_SWEEP_PAUSE).await;
+        }
     }
 }
 
-/// Force-removes every container carrying the cluster's label.
-pub async fn remove_cluster_containers(docker_client: &Docker, cluster: &str) {
+/// Sweeps of [`Kubelet::shutdown`], and the pause between them.
+const SHUTDOWN_SWEEPS: usize = 10;
+const SHUTDOWN_SWEEP_PAUSE: std::time::Duration = std::time::Duration::from_millis(300);
+
+/// Force-removes every container carrying the cluster's label; true when it found any (or
+/// could not list them), so the caller may look again.
+pub async fn remove_cluster_containers(docker_client: &Docker, cluster: &str) -> bool {
     match docker::list_labelled(docker_client, &[(names::DOCKER_LABEL_CLUSTER, cluster)]).await {
         Ok(containers) => {
+            let found = !containers.is_empty();
             for c in containers {
                 if let Err(error) = docker::remove(docker_client, &c).await {
                     warn!(container = %c, error = %error_chain(&error), "failed to remove container");
                 }
             }
+            found
         }
         Err(error) => {
-            warn!(error = %error_chain(&error), "failed to list the cluster's containers")
+            warn!(error = %error_chain(&error), "failed to list the cluster's containers");
+            true
         }
     }
 }
