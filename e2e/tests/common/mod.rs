@@ -203,15 +203,15 @@ pub fn condition(bg: &Value, kind: &str) -> Option<String> {
     bg["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind).and_then(|c| c["status"].as_str()).map(String::from)
 }
 
+/// Where this checkout's binaries are: the target directory this test was built in.
+pub fn binaries_dir() -> Result<PathBuf> {
+    std::env::current_exe()?.parent().and_then(Path::parent).map(PathBuf::from).context("no target directory")
+}
+
 /// A local control plane with images built from the binaries next to this test's.
 async fn start_local_plane() -> Result<(LocalControlPlane, tempfile::TempDir)> {
     require_tools()?;
-    let binaries = std::env::current_exe()?
-        .parent()
-        .and_then(Path::parent)
-        .map(PathBuf::from)
-        .context("no target directory")?;
-    build_images(&binaries, true)?;
+    build_images(&binaries_dir()?, true)?;
     let state = tempfile::Builder::new().prefix("duomq-e2e-").tempdir()?;
     // Tests of one binary may each start a plane: their containers and networks must differ.
     static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);

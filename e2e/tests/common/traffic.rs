@@ -339,6 +339,24 @@ pub fn failover_time(accepted: &[Accepted], old_live: &str, fault: Instant) -> O
     accepted.iter().filter(|a| a.member != old_live && a.sent >= fault).map(|a| a.receipted.duration_since(fault)).min()
 }
 
+/// A handover from `from` to `to` as clients saw it: the first receipt of `to` for a send
+/// made after `since`, and the last receipt of `from` before it. Between the two, neither
+/// accepted sends.
+pub fn handover(accepted: &[Accepted], from: &str, to: &str, since: Instant) -> Option<(Instant, Instant)> {
+    let first_new = accepted.iter().filter(|a| a.member == to && a.sent >= since).map(|a| a.receipted).min()?;
+    let last_old = accepted.iter().filter(|a| a.member == from && a.receipted <= first_new).map(|a| a.receipted).max()?;
+    Some((last_old, first_new))
+}
+
+/// The longest time within `from..to` in which `member` receipted nothing: how long a live
+/// that stayed live kept its clients waiting.
+pub fn longest_pause(accepted: &[Accepted], member: &str, from: Instant, to: Instant) -> Duration {
+    let mut at: Vec<Instant> = accepted.iter().filter(|a| a.member == member && (from..to).contains(&a.receipted)).map(|a| a.receipted).collect();
+    at.sort();
+    let edges = std::iter::once(from).chain(at).chain(std::iter::once(to)).collect::<Vec<_>>();
+    edges.windows(2).map(|w| w[1].duration_since(w[0])).max().unwrap_or_default()
+}
+
 /// All the traffic of one group through a scenario: a producer and a consumer on a
 /// failover URL through the group's client Service, and a probe of every member.
 pub struct GroupTraffic {
@@ -390,6 +408,11 @@ impl GroupTraffic {
     /// Waits until `member` accepts the probe's sends made after `since`.
     pub async fn wait_accepting(&self, member: &str, since: Instant, timeout: Duration) -> Result<Instant> {
         self.probe.wait_accepting(member, since, timeout).await
+    }
+
+    /// Every send the probe saw receipted so far.
+    pub fn accepted(&self) -> Vec<Accepted> {
+        self.probe.accepted()
     }
 
     /// Lets the producer get `more` receipts, stops it, waits for the consumer to receive
