@@ -2,8 +2,8 @@
 //! installs the operator and applies a pair; a producer and a consumer run through the
 //! client Service on a failover URL, and a probe writes to both members directly, for the
 //! whole test. `duomq-operator switchover` hands the live role to the backup (reason
-//! Switchover, annotation removed, allowFailback leaves it there); then a change of the pod
-//! template is rolled out in CloudNativePG's order (the backup first, a switchover to it,
+//! Switchover, annotation removed, allowFailback leaves it there); then an image upgrade (a
+//! pod-template change through kubectl only) is rolled out in CloudNativePG's order (the backup first, a switchover to it,
 //! then the former live; never two members down). At the end every receipted message has
 //! arrived, two members never accepted sends at once, and the test prints how long clients
 //! could not write at each move.
@@ -77,7 +77,7 @@ async fn planned_moves(env: &Env) -> Result<()> {
     let switched = Instant::now();
     switch_over_to_the_backup(env, &traffic, first, second).await?;
     let patched = Instant::now();
-    let settled = roll_out_a_template_change(env, first, second).await?;
+    let settled = roll_out_an_upgrade(env, first, second).await?;
 
     let accepted = traffic.accepted();
     let report = traffic.finish(first, switched, RECEIPTS_AFTER).await?;
@@ -113,13 +113,29 @@ async fn switch_over_to_the_backup(env: &Env, traffic: &GroupTraffic, first: &st
     Ok(())
 }
 
-/// A change of the pod template, rolled out by the operator: `first` (now the backup)
-/// replaced first, a switchover to it, then `second`; never both down. Returns when the
-/// pair is whole again.
-async fn roll_out_a_template_change(env: &Env, first: &str, second: &str) -> Result<Instant> {
+/// An upgrade rolled out by the operator: `first` (now the backup) replaced first, a
+/// switchover to it, then `second`; never both down. Returns when the pair is whole again.
+///
+/// On the local control plane it is an image upgrade: the broker image under a new tag
+/// (`<image>-upgrade`, the same bits), and every pod must end up running it. On a cluster
+/// reached through kubectl only no image can be made, so it is a change of the pod template.
+async fn roll_out_an_upgrade(env: &Env, first: &str, second: &str) -> Result<Instant> {
     let sts = env.json(&["-n", NAMESPACE, "get", "statefulset", "pair-g0"])?;
     let before = sts["status"]["updateRevision"].as_str().unwrap_or_default().to_string();
-    env.kubectl(&["-n", NAMESPACE, "patch", "brokergroup", "pair", "--type", "merge", "-p", r#"{"spec":{"podTemplate":{"annotations":{"e2e.duomq.io/rollout":"1"}}}}"#])?;
+    let upgraded_image = match env.local {
+        Some(_) => {
+            let image = sts["spec"]["template"]["spec"]["containers"][0]["image"].as_str().context("the StatefulSet names no image")?;
+            let upgraded = format!("{image}-upgrade");
+            let tagged = std::process::Command::new("docker").args(["tag", image, &upgraded]).output().context("failed to run docker tag")?;
+            ensure!(tagged.status.success(), "docker tag {image} {upgraded}: {}", String::from_utf8_lossy(&tagged.stderr));
+            env.kubectl(&["-n", NAMESPACE, "patch", "brokergroup", "pair", "--type", "merge", "-p", &serde_json::json!({"spec": {"image": upgraded}}).to_string()])?;
+            Some(upgraded)
+        }
+        None => {
+            env.kubectl(&["-n", NAMESPACE, "patch", "brokergroup", "pair", "--type", "merge", "-p", r#"{"spec":{"podTemplate":{"annotations":{"e2e.duomq.io/rollout":"1"}}}}"#])?;
+            None
+        }
+    };
     let mut updated_order: Vec<String> = Vec::new();
     let mut most_down = 0;
     let bg = wait_for("the rolling upgrade to finish", UPGRADE_DONE, || {
@@ -153,6 +169,14 @@ async fn roll_out_a_template_change(env: &Env, first: &str, second: &str) -> Res
     ensure!(last["reason"] == "RollingUpgrade" && last["from"] == second && last["to"] == first, "lastFailover: {last}");
     // The switchover and the upgrade's switchover; a failback in between would add one.
     ensure!(g["failovers"] == 2, "two moves of the live role counted: {g}");
+    if let Some(upgraded) = upgraded_image {
+        for name in [first, second] {
+            let pod = env.json(&["-n", NAMESPACE, "get", "pod", name])?;
+            let image = &pod["spec"]["containers"][0]["image"];
+            ensure!(image == upgraded.as_str(), "{name} runs {image} after the upgrade to {upgraded}");
+        }
+        let _ = std::process::Command::new("docker").args(["rmi", &upgraded]).output();
+    }
     Ok(settled)
 }
 
