@@ -18,7 +18,7 @@ use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
 use anyhow::{ensure, Context, Result};
-use common::traffic::{failover_time, MemberProbe};
+use common::traffic::{failover_time, GroupTraffic};
 use common::{condition, group_status, Env, GROUP_AVAILABLE};
 use duomq_broker::client::{AckMode, Client, ClientOptions, SendOptions};
 use duomq_e2e::env::{repo_root, wait_for};
@@ -31,6 +31,8 @@ const FAILBACK_SEEN: Duration = Duration::from_secs(180);
 const GC_DONE: Duration = Duration::from_secs(120);
 
 const MESSAGES: usize = 200;
+/// Receipts the producer must still get after the failback before the traffic stops.
+const RECEIPTS_AFTER: usize = 20;
 
 async fn send_receipted(address: SocketAddr, queue: &str, from: usize, count: usize) -> Result<()> {
     let client = Client::connect(&format!("stomp://{address}"), ClientOptions::default()).await?;
@@ -123,17 +125,16 @@ async fn pair_scenario(env: &Env) -> Result<()> {
     // A backup in sync first: only an in-sync backup may take the group's Lease.
     env.kubectl(&["wait", "--for=condition=Replicated", "brokergroup/pair", &format!("--timeout={}s", GROUP_AVAILABLE.as_secs())])?;
 
-    // kill -9 of the live broker's process (through kubectl only: forced deletion of its
-    // pod), while a probe writes to both members directly to time how long nobody accepted
-    // sends.
+    // From here to the failback, a producer and a consumer run through the client Service on
+    // a failover URL, and a probe writes to both members directly to time how long nobody
+    // accepted sends. kill -9 of the live broker's process (through kubectl only: forced
+    // deletion of its pod).
     let members = ["pair-g0-0", "pair-g0-1"].map(String::from);
-    let probe = MemberProbe::start(env.member_addresses("default", &members).await?, &members, "/queue/probe");
-    probe.wait_accepting("pair-g0-0", Instant::now(), Duration::from_secs(30)).await?;
+    let traffic = GroupTraffic::start(env, "default", "pair-g0", &members, "pair-g0-0").await?;
     let killed_at = Instant::now();
     let how = env.kill_pod("default", "pair-g0-0")?;
-    probe.wait_accepting("pair-g0-1", killed_at, FAILOVER_SEEN).await?;
-    let accepted = probe.stop().await;
-    let took = failover_time(&accepted, "pair-g0-0", killed_at).context("no failover seen")?;
+    traffic.wait_accepting("pair-g0-1", killed_at, FAILOVER_SEEN).await?;
+    let took = failover_time(&traffic.accepted(), "pair-g0-0", killed_at).context("no failover seen")?;
     println!("failover time, {how}: {:.2}s", took.as_secs_f64());
 
     // The status tells the story. The backup takes over within seconds and, with
@@ -166,6 +167,13 @@ async fn pair_scenario(env: &Env) -> Result<()> {
     ensure!(group_status(&back, 0)["lastFailover"]["reason"] == "Failback", "after failback: {}", group_status(&back, 0));
     ensure!(group_status(&back, 0)["failovers"].as_i64() >= Some(2), "failover and failback counted: {}", group_status(&back, 0));
     ensure!(condition(&back, "Available").as_deref() == Some("True"), "not Available after failback");
+    // Under load all along: every message receipted through the failover and the failback
+    // arrives, and the members took turns (pair-g0-0, pair-g0-1, then pair-g0-0 again).
+    let failback_seen = Instant::now();
+    traffic.wait_accepting("pair-g0-0", killed_at, FAILBACK_SEEN).await?;
+    let report = traffic.finish("pair-g0-0", killed_at, RECEIPTS_AFTER).await?;
+    println!("traffic through failover and failback: {report}");
+    println!("failback seen in the status {:.1}s after the kill", (failback_seen - killed_at).as_secs_f64());
 
     // Deleting the BrokerGroup garbage-collects everything it owned.
     env.kubectl(&["delete", "brokergroup", "pair", "--wait=true"])?;
