@@ -19,7 +19,6 @@ const MAX_FILE_BYTES: u64 = 64 * 1024 * 1024;
 pub fn fsync_rate(args: &FsyncArgs) -> anyhow::Result<FsyncReport> {
     let scratch = Scratch::create(&args.dir)?;
     let appending = measure(&scratch, args, false)?;
-    scratch.file.set_len(0).with_context(|| format!("failed to truncate {}", scratch.path.display()))?;
     let preallocated = measure(&scratch, args, true)?;
     Ok(FsyncReport {
         dir: args.dir.display().to_string(),

@@ -14,6 +14,7 @@ use crate::journal::Mirror;
 use std::sync::Arc;
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::AbortOnDropHandle;
 
 /// How a backup's watch ends.
 #[derive(Debug)]
@@ -133,7 +134,7 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
     // itself long before it stops answering us). Stopped when this function returns.
     let _observer = ctx.arbiter.observe_every().map(|every| {
         let arbiter = Arc::clone(&ctx.arbiter);
-        AbortOnDrop(tokio::spawn(async move {
+        AbortOnDropHandle::new(tokio::spawn(async move {
             loop {
                 arbiter.observe().await;
                 tokio::time::sleep(every).await;
@@ -195,7 +196,7 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
             ClusterFrame::Append { seq, offset, records, data } => {
                 // Following the live's tail: a write into the page cache, done in place.
                 // `block_in_place` would hand this worker's tasks to another thread for every
-                // batch, which costs more than the write (see `sync_burst`).
+                // batch, which costs more than the write (see the sync below).
                 let r = mirror.write(seq, offset, &data);
                 written = Some((seq, offset + data.len() as u64));
                 live_records = records;
@@ -248,7 +249,10 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
         }
         // Acknowledge once everything buffered is written: one fsync for a burst of appends.
         if conn.buffered().is_empty() && written != acked {
-            if let Err(e) = sync_burst(mirror) {
+            // The fdatasync (into preallocated space, ~0.1 ms) runs on this worker thread:
+            // `block_in_place` cost two thread hand-offs per batch, more than the sync
+            // itself, and nothing else a backup serves (status, probes) minds the wait.
+            if let Err(e) = mirror.sync() {
                 return mirror_failed(ctx, "failed to sync the mirrored journal", &e);
             }
             if let Some((seq, offset)) = written {
@@ -307,21 +311,4 @@ pub fn error_chain(e: &dyn std::error::Error) -> String {
         cur = c.source();
     }
     s
-}
-
-/// Aborts a background task when dropped.
-struct AbortOnDrop(tokio::task::JoinHandle<()>);
-
-impl Drop for AbortOnDrop {
-    fn drop(&mut self) {
-        self.0.abort();
-    }
-}
-
-/// Makes a burst of appends durable before it is acknowledged. The fdatasync (into
-/// preallocated space, ~0.1 ms) runs on this worker thread: on the backup's hot path
-/// `block_in_place` cost two thread hand-offs per batch, more than the sync itself, and
-/// nothing else the backup serves (status, probes) minds waiting that long.
-fn sync_burst(mirror: &mut Mirror) -> Result<(), crate::journal::JournalError> {
-    mirror.sync()
 }

@@ -267,12 +267,12 @@ impl Writer {
                     }
                 }
             };
+            // Only synchronous records come through the channel: a non-empty batch asks
+            // for a group commit now.
             let mut batch = Vec::new();
             let mut bytes = 0usize;
-            let mut sync = false;
             if let Some(request) = first {
                 bytes += request.frame.len();
-                sync = true;
                 batch.push(request);
             }
             while bytes < self.max_batch_bytes {
@@ -283,7 +283,6 @@ impl Writer {
                     }
                     Ok(Queued::Sync(request)) => {
                         bytes += request.frame.len();
-                        sync = true;
                         batch.push(request);
                     }
                     Ok(Queued::Wake) => {}
@@ -291,7 +290,7 @@ impl Writer {
                 }
             }
             let lazy_due = lazy_since.is_some_and(|since| since.elapsed() >= LAZY_SYNC_DELAY);
-            if sync || lazy_due {
+            if !batch.is_empty() || lazy_due {
                 // Lazy records go first. Their order against the synchronous ones does not
                 // matter: a lazy record only acknowledges messages already durable.
                 let mut records = lazy.take();
