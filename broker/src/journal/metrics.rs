@@ -17,6 +17,7 @@ pub struct JournalMetrics {
     bytes_written: Counter,
     records: Counter,
     batches: Counter,
+    inline_batches: Counter,
     segments: Gauge,
     write_errors: Counter,
 }
@@ -49,6 +50,11 @@ impl JournalMetrics {
             metrics.batches.clone(),
         );
         registry.register(
+            "duomq_journal_inline_batches",
+            "Group commits made on the appending thread (an idle journal, one synchronous record) instead of the writer thread",
+            metrics.inline_batches.clone(),
+        );
+        registry.register(
             "duomq_journal_segments",
             "Journal segment files on disk",
             metrics.segments.clone(),
@@ -70,6 +76,7 @@ impl JournalMetrics {
             bytes_written: Counter::default(),
             records: Counter::default(),
             batches: Counter::default(),
+            inline_batches: Counter::default(),
             segments: Gauge::default(),
             write_errors: Counter::default(),
         }
@@ -83,6 +90,10 @@ impl JournalMetrics {
         self.batches.inc();
         self.records.inc_by(records as u64);
         self.bytes_written.inc_by(bytes as u64);
+    }
+
+    pub(super) fn inline_batch(&self) {
+        self.inline_batches.inc();
     }
 
     pub(super) fn write_failed(&self) {

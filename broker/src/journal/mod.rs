@@ -22,7 +22,9 @@
 //! Threading: after `open`, one dedicated std thread writes and syncs the records, and a
 //! second one (the housekeeper) prepares segments ahead of the roll and deletes reclaimed
 //! ones, so neither costs a group commit its directory syncs. [`Journal::append`] only
-//! encodes and queues, so it never blocks the async runtime; [`Journal::open`] and
+//! encodes and queues, so it never blocks the async runtime; [`Journal::append_inline`]
+//! commits a lone record on the caller's thread when the journal is idle (one write and one
+//! fdatasync, no hand-off to the writer thread and back); [`Journal::open`] and
 //! [`Journal::close`] do block and belong in `spawn_blocking` once a runtime serves traffic.
 
 mod error;
@@ -63,7 +65,7 @@ pub const LAZY_SYNC_DELAY: std::time::Duration = std::time::Duration::from_milli
 
 use reclaim::Effect;
 use stats::SharedStats;
-use writer::{LazyQueue, Queued, Request, Writer};
+use writer::{Committer, LazyQueue, Queued, Request, Writer};
 
 /// Bytes of the header at the start of every segment file.
 pub const SEGMENT_HEADER_LEN: u64 = segment::HEADER_LEN as u64;
@@ -179,6 +181,8 @@ pub struct JournalStats {
     pub records_appended: u64,
     /// Group commits (one write plus one fsync each) since open.
     pub batches: u64,
+    /// Of those, the ones made on the appending thread ([`Journal::append_inline`]).
+    pub inline_batches: u64,
     /// Batches that failed since open.
     pub write_errors: u64,
 }
@@ -197,6 +201,7 @@ struct Shared {
     // cannot slip between an append's check and its send.
     sender: RwLock<Option<mpsc::Sender<Queued>>>,
     lazy: Arc<LazyQueue>,
+    committer: Arc<Committer>,
     writer: Mutex<Option<JoinHandle<Result<(), JournalError>>>>,
     stats: Arc<SharedStats>,
     dir: std::path::PathBuf,
@@ -235,9 +240,11 @@ impl Journal {
         let (sender, receiver) = mpsc::channel();
         let lazy = Arc::new(LazyQueue::default());
         let writer_lazy = Arc::clone(&lazy);
+        let committer = Arc::new(Committer::new(writer));
+        let writer_committer = Arc::clone(&committer);
         let handle = std::thread::Builder::new()
             .name("duomq-journal".into())
-            .spawn(move || writer.run(receiver, writer_lazy))
+            .spawn(move || writer_committer.run(receiver, writer_lazy))
             .map_err(|source| JournalError::SpawnWriter {
                 source: source.into(),
             })?;
@@ -253,6 +260,7 @@ impl Journal {
             shared: Arc::new(Shared {
                 sender: RwLock::new(Some(sender)),
                 lazy,
+                committer,
                 writer: Mutex::new(Some(handle)),
                 stats,
                 dir: config.dir.clone(),
@@ -312,7 +320,24 @@ impl Journal {
     /// the error that failed its batch (every record of a failed batch gets that error and
     /// none of them is on disk). Never blocks.
     pub fn append(&self, ops: Vec<Op>) -> AppendFuture {
-        self.submit(ops, true)
+        self.submit(ops, Mode::Sync)
+    }
+
+    /// Like [`Journal::append`], but when the journal is idle and serves one synchronous
+    /// record at a time (the previous batch carried at most one, nothing else is queued or
+    /// being written, and no backup is attached), writes and fdatasyncs the record on the
+    /// calling thread before returning, and the future is ready at once. Otherwise it queues
+    /// like [`Journal::append`] and never blocks.
+    ///
+    /// For a connection that has no further frame to read: a synchronous producer's send
+    /// then costs no hand-off to the writer thread and back, two cross-thread wake-ups that
+    /// cost about as much as the fdatasync on a virtual machine. Under concurrent load the
+    /// previous batch carried several records, so appends go to the writer thread and
+    /// keep sharing its group commits. It blocks for a write and an fdatasync, so call it
+    /// only where that is acceptable (an async task of a runtime with other workers, or
+    /// an idle one).
+    pub fn append_inline(&self, ops: Vec<Op>) -> AppendFuture {
+        self.submit(ops, Mode::Inline)
     }
 
     /// Like [`Journal::append`], but the record does not ask for its own fdatasync: it is
@@ -323,10 +348,10 @@ impl Journal {
     /// before it, so it is only for ops whose order does not matter: acknowledgements of
     /// messages whose add is already durable.
     pub fn append_lazy(&self, ops: Vec<Op>) -> AppendFuture {
-        self.submit(ops, false)
+        self.submit(ops, Mode::Lazy)
     }
 
-    fn submit(&self, ops: Vec<Op>, sync: bool) -> AppendFuture {
+    fn submit(&self, ops: Vec<Op>, mode: Mode) -> AppendFuture {
         let len = record::payload_len(&ops);
         if len > MAX_RECORD_PAYLOAD {
             return AppendFuture::ready(Err(JournalError::RecordTooLarge {
@@ -359,22 +384,34 @@ impl Journal {
             .sender
             .read()
             .unwrap_or_else(PoisonError::into_inner);
-        let queued = sender.as_ref().map(|sender| {
-            if sync {
-                sender.send(Queued::Sync(request)).map_err(drop)
-            } else if self.shared.lazy.push(request) {
-                sender.send(Queued::Wake).map_err(drop)
-            } else {
-                Ok(())
-            }
-        });
-        match queued {
-            Some(Ok(())) => AppendFuture {
-                state: AppendState::Waiting(receiver),
+        // No sender: closed, nothing will ever write this record.
+        let Some(sender) = sender.as_ref() else { return AppendFuture::ready(Err(JournalError::Closed)) };
+        let waiting = AppendFuture {
+            state: AppendState::Waiting(receiver),
+        };
+        let request = match mode {
+            Mode::Inline => match self.shared.committer.commit_inline(request, &self.shared.lazy) {
+                Ok(()) => return waiting,
+                Err(request) => request,
             },
-            // No sender (closed) or a writer thread that is gone: either way nothing will
-            // ever write this record.
-            None | Some(Err(_)) => AppendFuture::ready(Err(JournalError::Closed)),
+            Mode::Sync | Mode::Lazy => request,
+        };
+        let queued = match mode {
+            Mode::Sync | Mode::Inline => {
+                self.shared.committer.queued();
+                let sent = sender.send(Queued::Sync(request));
+                if sent.is_err() {
+                    self.shared.committer.unqueued();
+                }
+                sent.map_err(drop)
+            }
+            Mode::Lazy if self.shared.lazy.push(request) => sender.send(Queued::Wake).map_err(drop),
+            Mode::Lazy => Ok(()),
+        };
+        match queued {
+            Ok(()) => waiting,
+            // A writer thread that is gone will never write this record.
+            Err(()) => AppendFuture::ready(Err(JournalError::Closed)),
         }
     }
 
@@ -408,6 +445,17 @@ impl Journal {
     pub fn stats(&self) -> JournalStats {
         self.shared.stats.snapshot()
     }
+}
+
+/// How a record is handed to the writer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Mode {
+    /// Queued for the next group commit.
+    Sync,
+    /// Committed on the calling thread when the journal is idle, else like `Sync`.
+    Inline,
+    /// Rides along with a later group commit (see [`Journal::append_lazy`]).
+    Lazy,
 }
 
 /// Resolves once an appended record is durable, or with the error that prevented it.

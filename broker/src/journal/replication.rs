@@ -145,6 +145,11 @@ impl ReplicationGate {
     }
 
     /// Whether this backup is in sync (its acks hold waiters back).
+    /// Whether any backup is connected (syncing or synced).
+    pub(super) fn has_replicas(&self) -> bool {
+        !self.state.lock().replicas.is_empty()
+    }
+
     pub fn is_synced(&self, id: ReplicaId) -> bool {
         self.state.lock().replicas.get(&id).is_some_and(|r| r.acked.is_some())
     }

@@ -593,6 +593,65 @@ async fn given_200_concurrent_appends_when_committed_should_share_fsyncs() {
 }
 
 #[tokio::test]
+async fn given_idle_journal_when_appending_inline_should_commit_on_the_calling_thread_with_waiting_lazy_acks() {
+    use futures::FutureExt;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(JournalConfig::new(dir.path()));
+    durable(&journal, vec![add(1)]).await;
+    wait_until("the writer thread is idle", || journal.shared.committer.is_idle()).await;
+    drop(journal.append_lazy(vec![ack(1)]));
+
+    let inline = journal.append_inline(vec![add(2)]).now_or_never();
+
+    assert!(matches!(inline, Some(Ok(()))), "committed before returning: {inline:?}");
+    let stats = journal.stats();
+    assert_eq!((stats.inline_batches, stats.records_appended), (1, 3), "{stats:?}");
+    close(&journal);
+    assert_eq!(ids(&reopen(dir.path())), vec![2], "the lazy ack rode along");
+}
+
+#[tokio::test]
+async fn given_a_record_queued_for_the_writer_when_appending_inline_should_not_overtake_it() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(JournalConfig::new(dir.path()));
+    for id in 0..20 {
+        // Back to back: the ack, inline if it could, must land after the queued add.
+        let added = journal.append(vec![add(id)]);
+        let acked = journal.append_inline(vec![ack(id)]);
+        acked.await.expect("ack is durable");
+        added.await.expect("add is durable");
+    }
+    close(&journal);
+    assert!(reopen(dir.path()).messages.is_empty());
+}
+
+#[tokio::test]
+async fn given_concurrent_load_or_a_backup_when_appending_inline_should_leave_it_to_the_writer_thread() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(JournalConfig::new(dir.path()));
+    // The last batch carried several records: producers are concurrent.
+    journal.shared.committer.set_last_sync_records(5);
+    journal.append_inline(vec![add(1)]).await.expect("durable");
+    assert_eq!(journal.stats().inline_batches, 0);
+    // That batch carried one: the next lone record is committed inline.
+    wait_until("the writer thread is idle", || journal.shared.committer.is_idle()).await;
+    journal.append_inline(vec![add(2)]).await.expect("durable");
+    assert_eq!(journal.stats().inline_batches, 1);
+    // A connected backup copies batches while the live syncs them, on the caller's runtime.
+    let replica = journal.replication_gate().register();
+    journal.append_inline(vec![add(3)]).await.expect("durable");
+    assert_eq!(journal.stats().inline_batches, 1);
+    journal.replication_gate().remove(replica);
+    wait_until("the writer thread is idle", || journal.shared.committer.is_idle()).await;
+    journal.append_inline(vec![add(4)]).await.expect("durable");
+    assert_eq!(journal.stats().inline_batches, 2);
+    close(&journal);
+    assert_eq!(ids(&reopen(dir.path())), vec![1, 2, 3, 4]);
+    let result = journal.append_inline(vec![add(5)]).await;
+    assert!(matches!(result, Err(JournalError::Closed)), "{result:?}");
+}
+
+#[tokio::test]
 async fn given_add_and_ack_queued_back_to_back_when_reopened_should_keep_call_order() {
     let dir = tempfile::tempdir().expect("tempdir");
     let (journal, _) = open(JournalConfig::new(dir.path()));

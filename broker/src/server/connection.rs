@@ -139,6 +139,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ConnectionContext) 
         subscriptions: HashMap::new(),
         transactions: HashMap::new(),
         pending: FuturesOrdered::new(),
+        last_read: false,
     };
     let end = conn.session_loop(rd, codec, buf, session.expect_every, writer_done).await;
     conn.close(end).await;
@@ -314,6 +315,10 @@ struct Connection {
     subscriptions: HashMap<String, Subscription>,
     transactions: HashMap<String, Transaction>,
     pending: FuturesOrdered<Pending>,
+    /// Whether the frame being handled is the last one read so far: its record may be
+    /// committed on this thread (see `Journal::append_inline`) because no other frame of
+    /// ours could share the group commit.
+    last_read: bool,
 }
 
 impl Connection {
@@ -336,6 +341,7 @@ impl Connection {
                 match codec.decode(&mut buf) {
                     Ok(Some(Inbound::Heartbeat)) => {}
                     Ok(Some(Inbound::Frame(frame))) => {
+                        self.last_read = buf.is_empty();
                         if let Some(end) = self.handle(frame).await {
                             return end;
                         }
@@ -476,7 +482,8 @@ impl Connection {
         if ops.is_empty() {
             return Box::pin(async move { Ok(Effect { publish, receipt, attach: None }) });
         }
-        let append = self.ctx.broker.journal().append(ops);
+        let journal = self.ctx.broker.journal();
+        let append = if self.last_read { journal.append_inline(ops) } else { journal.append(ops) };
         Box::pin(async move {
             match append.await {
                 Ok(()) => Ok(Effect { publish, receipt, attach: None }),
