@@ -31,6 +31,9 @@ pub struct HaConfig {
     /// `sync`: a persistent SEND is receipted (and an ACK takes effect) only once every
     /// synced backup has it. `async`: the live does not wait for backups.
     pub replication: ReplicationMode,
+    /// When a backup acknowledges a batch: `written` (into its copy, then it fdatasyncs;
+    /// as Artemis's backups do) or `synced` (after its fdatasync).
+    pub backup_ack: BackupAck,
     pub arbiter: ArbiterConfig,
     /// How often a backup pings its live.
     pub check_period: HumanDuration,
@@ -49,6 +52,7 @@ impl Default for HaConfig {
             members: Vec::new(),
             allow_failback: false,
             replication: ReplicationMode::Sync,
+            backup_ack: BackupAck::Written,
             arbiter: ArbiterConfig::default(),
             check_period: HumanDuration::millis(200),
             connection_ttl: HumanDuration::millis(1000),
@@ -76,6 +80,22 @@ pub enum PreferredRole {
 pub enum ReplicationMode {
     Sync,
     Async,
+}
+
+/// When a backup acknowledges what it mirrored, and so when a synchronously replicated
+/// receipt may go out.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BackupAck {
+    /// Once the batch is written into the backup's copy (its page cache); the backup
+    /// fdatasyncs right after acknowledging. A receipted message is on the live's disk and
+    /// in the backup's memory: only the live's disk failing together with the backup's
+    /// host losing power within that fdatasync could lose it. Artemis's backups acknowledge
+    /// the same way (they append without a sync).
+    Written,
+    /// After the backup's fdatasync: a receipted message is on both disks. Every receipt
+    /// then waits for the slower of two fdatasyncs.
+    Synced,
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]

@@ -12,7 +12,7 @@ mod units;
 
 pub use ha::{
     ArbiterConfig, ArbiterKind, ClusterConfig, HaConfig, HaPolicy, LeaseConfig, LeaseTarget, Member, PreferredRole,
-    ReplicationMode, RoleChoice, NODE_NAME_ENV, POD_NAMESPACE_ENV, SERVICE_ACCOUNT_NAMESPACE_FILE,
+    ReplicationMode, BackupAck, RoleChoice, NODE_NAME_ENV, POD_NAMESPACE_ENV, SERVICE_ACCOUNT_NAMESPACE_FILE,
 };
 pub use network::{GroupingConfig, GroupingHandler, NetworkConfig, NetworkConnector};
 pub use units::{ByteSize, HumanDuration};
@@ -475,6 +475,15 @@ mod tests {
         assert_eq!(cfg.stomp.listen.to_string(), "127.0.0.1:61613");
         assert_eq!(cfg.admin.listen.to_string(), "127.0.0.1:8161");
         assert_eq!(cfg.storage.data_dir, PathBuf::from("./data"));
+    }
+
+    #[test]
+    fn given_backup_ack_should_parse_both_values_and_name_the_field_when_wrong() {
+        assert_eq!(BrokerConfig::default().ha.backup_ack, BackupAck::Written);
+        let cfg = load_text("ha:\n  backupAck: synced\n").unwrap();
+        assert_eq!(cfg.ha.backup_ack, BackupAck::Synced);
+        let err = load_text("ha:\n  backupAck: fsynced\n").unwrap_err().to_string();
+        assert!(err.contains("ha.backupAck"), "{err}");
     }
 
     #[test]

@@ -9,7 +9,7 @@ use super::epoch::Epoch;
 use super::{probe, HaContext, HaError};
 use crate::admin::api::SyncState;
 use crate::cluster::{connect_handshake, ClusterFrame, Purpose, SegmentDigest};
-use crate::config::{Member, PreferredRole};
+use crate::config::{BackupAck, Member, PreferredRole};
 use crate::journal::Mirror;
 use std::sync::Arc;
 use tokio::net::TcpStream;
@@ -249,15 +249,26 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
         }
         // Acknowledge once everything buffered is written: one fsync for a burst of appends.
         if conn.buffered().is_empty() && written != acked {
-            // The fdatasync (into preallocated space, ~0.1 ms) runs on this worker thread:
+            // The fdatasync (into preallocated space) runs on this worker thread:
             // `block_in_place` cost two thread hand-offs per batch, more than the sync
             // itself, and nothing else a backup serves (status, probes) minds the wait.
-            if let Err(e) = mirror.sync() {
-                return mirror_failed(ctx, "failed to sync the mirrored journal", &e);
+            // With `backupAck: written` it follows the ack, so the live's receipts wait for
+            // its own fdatasync and our write, not for ours as well; the next burst is
+            // read once it is done.
+            let ack_first = ctx.config.backup_ack == BackupAck::Written;
+            if !ack_first {
+                if let Err(e) = mirror.sync() {
+                    return mirror_failed(ctx, "failed to sync the mirrored journal", &e);
+                }
             }
             if let Some((seq, offset)) = written {
                 if let Err(e) = conn.send(&ClusterFrame::Ack { seq, offset, records: mirror.records() }).await {
                     return Followed::Lost { synced: state == SyncState::Synced, reason: error_chain(&e) };
+                }
+            }
+            if ack_first {
+                if let Err(e) = mirror.sync() {
+                    return mirror_failed(ctx, "failed to sync the mirrored journal", &e);
                 }
             }
             acked = written;
