@@ -163,6 +163,14 @@ pub struct HaSpec {
     #[serde(default)]
     pub replication: ReplicationMode,
 
+    /// replication mode only: when a backup acknowledges a batch. written (the default, as
+    /// Artemis's backups do): once the batch is in its copy; it fdatasyncs right after. A
+    /// receipted message is then on the live's disk and in the backup's memory. synced:
+    /// after the backup's fdatasync, so on both disks; every receipt waits for the slower
+    /// of two fdatasyncs.
+    #[serde(default)]
+    pub backup_ack: BackupAck,
+
     /// Who decides that a backup may take over. kubernetes (the default): a Lease per group
     /// that the live holds and renews; a backup takes it only when the live's claim has
     /// expired or was released, and only if it was in sync; a live that cannot renew fences
@@ -192,6 +200,14 @@ pub enum ArbiterSpec {
     #[default]
     Kubernetes,
     Quorum,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum BackupAck {
+    #[default]
+    Written,
+    Synced,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

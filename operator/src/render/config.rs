@@ -6,7 +6,7 @@ use std::path::PathBuf;
 
 use duomq_broker::config::{
     ArbiterKind, BrokerConfig, GroupingConfig, GroupingHandler, HaPolicy, HumanDuration, Member,
-    NetworkConnector, PreferredRole, ReplicationMode,
+    NetworkConnector, PreferredRole, ReplicationMode, BackupAck,
 };
 
 use crate::api::{self, HaMode};
@@ -60,6 +60,10 @@ pub fn build_broker_config(
     ha.replication = match spec.ha.replication {
         api::ReplicationMode::Sync => ReplicationMode::Sync,
         api::ReplicationMode::Async => ReplicationMode::Async,
+    };
+    ha.backup_ack = match spec.ha.backup_ack {
+        api::BackupAck::Written => BackupAck::Written,
+        api::BackupAck::Synced => BackupAck::Synced,
     };
     ha.cluster.listen = any_addr(spec.ports.cluster);
     ha.cluster.user = v.credentials.user.clone();
