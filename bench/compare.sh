@@ -12,6 +12,9 @@ WARMUP=${BENCH_WARMUP:-3s}
 PREFETCH=${BENCH_PREFETCH:-1000}
 ONLY=${BENCH_ONLY:-duomq,activemq,rabbitmq}
 FAILOVER=no
+REPLICATION=no
+REPLICATION_ROUNDS=${BENCH_REPLICATION_ROUNDS:-5}
+REPLICATION_ACKS=written,synced
 MATRIX=yes
 FAILOVER_KILLS=${BENCH_FAILOVER_KILLS:-20}
 FAILOVER_EVERY=${BENCH_FAILOVER_EVERY:-3s}
@@ -99,6 +102,12 @@ Options:
                   restart) per target)
   --failover-only run only the failover section (no fsync rate, no matrix)
   --failover-kills N  kills per target (default ${FAILOVER_KILLS})
+  --replication   also measure what synchronous replication costs (duomq only): rounds
+                  alternate one broker and a live/backup pair (as in --failover) with
+                  ha.backupAck written, then synced, at 1 KiB persistent 1P+1C w64;
+                  the report compares medians (about 3 x rounds x (duration + 5s))
+  --replication-only  run only that section (no fsync rate, no matrix)
+  --replication-rounds N  rounds (default ${REPLICATION_ROUNDS})
   -h, --help      this text
 
 Environment: BENCH_DURATION, BENCH_WARMUP, BENCH_PREFETCH, BENCH_ONLY and BENCH_OUT
@@ -111,6 +120,7 @@ Output directory:
   results.jsonl  one 'duomq-bench run --json' line per cell, labelled TARGET/CELL
   fsync.json     'duomq-bench fsync-rate --json'
   failover.jsonl one 'duomq-bench failover --json' line per target (with --failover)
+  replication.jsonl  one 'duomq-bench run --json' line per round and setup (with --replication)
   run.tsv, cells.tsv, failures.tsv   what the report is made from
   logs/          each broker's log and each cell's duomq-bench stderr
 python3 bench/lib/report.py DIR prints the table of a finished run again.
@@ -146,6 +156,10 @@ while (($#)); do
     --failover-only) FAILOVER=yes MATRIX=no ;;
     --failover-kills) FAILOVER_KILLS=${2:?--failover-kills needs a number}; shift ;;
     --failover-kills=*) FAILOVER_KILLS=${1#*=} ;;
+    --replication) REPLICATION=yes ;;
+    --replication-only) REPLICATION=yes MATRIX=no ;;
+    --replication-rounds) REPLICATION_ROUNDS=${2:?--replication-rounds needs a number}; shift ;;
+    --replication-rounds=*) REPLICATION_ROUNDS=${1#*=} ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -165,6 +179,7 @@ seconds "$DURATION" >/dev/null || die "--duration: \"$DURATION\" is not a durati
 seconds "$WARMUP" >/dev/null || die "--warmup: \"$WARMUP\" is not a duration like 3s, 500ms or 1m"
 [[ $PREFETCH =~ ^[1-9][0-9]*$ ]] || die "--prefetch: \"$PREFETCH\" is not a positive number"
 [[ $FAILOVER_KILLS =~ ^[1-9][0-9]*$ ]] || die "--failover-kills: \"$FAILOVER_KILLS\" is not a positive number"
+[[ $REPLICATION_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--replication-rounds: \"$REPLICATION_ROUNDS\" is not a positive number"
 # duomq-bench's drain timeout (10s) plus a minute for connecting and reporting.
 CELL_TIMEOUT=$(($(seconds "$DURATION") + $(seconds "$WARMUP") + 70))
 
@@ -240,6 +255,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/duomq-compare.XXXXXX")
 . "$LIB_DIR/brokers.sh"
 # shellcheck source=lib/failover.sh
 . "$LIB_DIR/failover.sh"
+# shellcheck source=lib/replication.sh
+. "$LIB_DIR/replication.sh"
 
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
@@ -385,6 +402,12 @@ if [[ $FAILOVER == yes ]]; then
     done
 fi
 
+# --- replication cost -----------------------------------------------------------------
+
+if [[ $REPLICATION == yes && " ${TARGETS[*]} " == *" duomq "* ]]; then
+    run_replication_cost
+fi
+
 # --- the report -----------------------------------------------------------------------
 
 echo
@@ -394,6 +417,10 @@ if [[ $MATRIX == yes ]]; then
 fi
 if [[ $FAILOVER == yes ]]; then
     python3 "$LIB_DIR/failover-report.py" "$OUT/failover.jsonl" | tee "$OUT/failover.txt"
+    echo
+fi
+if [[ $REPLICATION == yes && -s $OUT/replication.jsonl ]]; then
+    python3 "$LIB_DIR/replication-report.py" "$OUT/replication.jsonl" | tee "$OUT/replication.txt"
     echo
 fi
 log "results in $OUT"

@@ -70,6 +70,7 @@ PY
 
 # start_duomq_pair: two duomq-broker processes, ha.policy replication, the fileLock
 # arbiter in the pair's directory; a starts as primary, b as backup and syncs.
+# DUOMQ_BACKUP_ACK sets ha.backupAck (default written).
 start_duomq_pair() {
     FAILOVER_DIR="$WORK/failover-duomq"
     mkdir -p "$FAILOVER_DIR"
@@ -95,6 +96,7 @@ ha:
   policy: replication
   role: $role
   groupName: bench
+  backupAck: ${DUOMQ_BACKUP_ACK:-written}
   checkPeriod: 100ms
   connectionTtl: 1s
   cluster:
