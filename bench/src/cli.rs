@@ -22,8 +22,11 @@ Every option of a command: duomq-bench run --help, duomq-bench failover --help, 
 duomq-bench fsync-rate --help.";
 
 const RUN_ABOUT: &str = "Run producers and consumers against a broker and report what happened.\n\n\
-Every producer and every consumer gets its own connection. Consumers subscribe first, then the \
-producers send for --warmup (not counted) plus --duration (measured). Each message body carries \
+Every producer and every consumer gets its own connection, on its own thread (producer-N, \
+consumer-N in top -H) with a single-threaded async runtime that also runs the client library's \
+tasks for that connection, so the load generator adds no cross-thread hand-offs of its own; the \
+phases, progress line and broker sampling run on a separate runtime. Consumers subscribe first, \
+then the producers send for --warmup (not counted) plus --duration (measured). Each message body carries \
 its producer, sequence number and send time, so consumers measure end-to-end latency and the \
 tool can tell which receipted messages never arrived (lost) or arrived twice (duplicates). After \
 the producers stop, consumers keep going until every receipted message has arrived or \

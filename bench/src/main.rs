@@ -62,8 +62,8 @@ fn main() -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Runs a measurement on a fresh runtime; pending client tasks (readers of closed
-/// connections) must not hold up exit.
+/// Runs a measurement's coordination on a fresh runtime (each connection gets a thread and
+/// runtime of its own, see `run::threads`); pending tasks must not hold up exit.
 fn block_on<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<T> {
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build()?;
     let result = runtime.block_on(work);

@@ -2,18 +2,18 @@
 //! connect the producers, then kill the live member `--kills` times (SIGKILL, wait for the
 //! promotion, restart, wait until the restarted member is ready), stop the producers,
 //! drain, and account: failover gaps from the receipt times, lost, duplicates and
-//! redeliveries from the delivery bitsets. Sending and consuming are `run`'s own modules;
-//! touching the members is [`members`]; the gap arithmetic is [`gaps`]. Nothing here
-//! prints the result.
+//! redeliveries from the delivery bitsets. Sending and consuming are `run`'s own modules,
+//! each connection on its own thread as in `run`; touching the members is [`members`];
+//! the gap arithmetic is [`gaps`]. Nothing here prints the result.
 
 mod gaps;
 mod members;
 
 use crate::cli::FailoverArgs;
 use crate::report::{round3, FailoverReport, KillReport};
-use crate::run::consumer::{self, ConsumerSpec, Recorder};
-use crate::run::drain;
+use crate::run::consumer::{ConsumerSpec, Recorder};
 use crate::run::producer::{self, ProducerSpec};
+use crate::run::{connect_producers, drain, subscribe_consumers};
 use crate::run::shared::{nanos_since, ConnectionGenerations, Counters, Phases, ReceiptLog, Shared};
 use crate::tally::{Deliveries, DeliveryCounts, SeqSet};
 use anyhow::{bail, Context};
@@ -65,15 +65,11 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
         prefetch: args.prefetch,
         subscribe_headers: Vec::new(),
     });
-    let mut subscribed = Vec::new();
-    for i in 0..args.consumers {
-        subscribed.push(consumer::subscribe(&consumer_spec).await.with_context(|| format!("failed to subscribe consumer {i}"))?);
-    }
-    let mut producers = Vec::new();
-    for i in 0..args.producers {
-        producers.push(Client::connect(&args.url, options.clone()).await.with_context(|| format!("failed to connect producer {i}"))?);
-    }
-    let server = subscribed.first().and_then(|s| s.server());
+    let subscribed = subscribe_consumers(&consumer_spec, args.consumers).await?;
+    let producers = connect_producers(&args.url, &options, args.producers).await?;
+    // Kept here to count failovers and log reconnects; the connections run on their threads.
+    let clients: Vec<Client> = producers.iter().map(|p| p.connection().clone()).collect();
+    let server = subscribed.first().and_then(|s| s.connection().server());
 
     let phases = Phases::starting_now(Duration::ZERO, NO_DEADLINE);
     let shared = Arc::new(Shared {
@@ -86,18 +82,18 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
     let (stop_producers, stop_consumers) = (CancellationToken::new(), CancellationToken::new());
     let mut consumer_tasks = Vec::new();
     for (id, consumer) in (0u32..).zip(subscribed) {
-        if let Some(events) = consumer.events() {
+        if let Some(events) = consumer.connection().events() {
             tokio::spawn(count_connection_losses(events, Arc::clone(&shared)));
         }
         let recorder = Recorder::new(Arc::clone(&shared))?;
         let (spec, stop) = (Arc::clone(&consumer_spec), stop_consumers.clone());
-        consumer_tasks.push(tokio::spawn(async move { consumer.consume(&spec, id, recorder, stop).await }));
+        consumer_tasks.push(consumer.run(move |c| async move { c.consume(&spec, id, recorder, stop).await }));
     }
-    for client in &producers {
+    for client in &clients {
         tokio::spawn(log_reconnects(client.events(), Arc::clone(&shared)));
     }
     let mut producer_tasks = Vec::new();
-    for (id, client) in (0u32..).zip(producers.iter().cloned()) {
+    for (id, client) in (0u32..).zip(producers) {
         let spec = ProducerSpec {
             id,
             destination: args.destination.clone(),
@@ -106,7 +102,7 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
             window: args.window,
             headers: Vec::new(),
         };
-        producer_tasks.push(tokio::spawn(producer::produce(client, spec, Arc::clone(&shared), stop_producers.clone())));
+        producer_tasks.push(client.run(|c| producer::produce(c, spec, Arc::clone(&shared), stop_producers.clone())));
     }
 
     let cycles = kill_cycles(&members, args, phases.started, &stop_producers).await;
@@ -121,7 +117,7 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
     let mut confirmed = Vec::new();
     let mut errors: Vec<String> = kill_error.into_iter().collect();
     for task in producer_tasks {
-        let mut outcome = task.await.context("a producer task panicked")?;
+        let mut outcome = task.join().await?;
         confirmed.push(std::mem::take(&mut outcome.confirmed));
         errors.extend(outcome.error);
     }
@@ -130,7 +126,7 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
     stop_consumers.cancel();
     let mut counts = DeliveryCounts::default();
     for task in consumer_tasks {
-        let outcome = task.await.context("a consumer task panicked")?;
+        let outcome = task.join().await?;
         counts.merge(outcome.counts);
         errors.extend(outcome.error);
     }
@@ -176,7 +172,7 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
         redeliveries: counts.redeliveries,
         unflagged_redeliveries: counts.unflagged_redeliveries,
         foreign: counts.foreign,
-        failovers: producers.iter().map(Client::failovers).sum(),
+        failovers: clients.iter().map(Client::failovers).sum(),
         duration_s: round3(duration.as_secs_f64()),
         errors,
     })

@@ -2,25 +2,32 @@
 //! sample the idle broker, run warm-up and measured interval, stop the producers, drain,
 //! stop the consumers, account and report. The phases live here; sending, consuming and
 //! watching live in their own modules, and nothing here prints the result.
+//!
+//! Threading: every producer and every consumer connection lives on its own OS thread
+//! with a current-thread runtime ([`threads`]), from connect to disconnect, so the load
+//! generator adds no cross-thread hand-offs of its own to a message's round trip. The
+//! phases, stop tokens, progress line, memory sampler and drain run here, on the
+//! caller's runtime.
 
 pub(crate) mod consumer;
 mod monitor;
 pub(crate) mod producer;
 mod raw;
 pub(crate) mod shared;
+pub(crate) mod threads;
 
 use crate::cli::RunArgs;
 use crate::footprint::{BrokerProcess, RssStats, MIB};
 use crate::report::{nanos_histogram, round3, LatencyMs, RunReport};
 use crate::tally::{Deliveries, DeliveryCounts, SeqSet};
 use anyhow::Context;
-use consumer::{ConsumerOutcome, ConsumerSpec, Recorder};
+use consumer::{ConsumerOutcome, ConsumerSpec, Recorder, Subscribed};
 use duomq_broker::client::{AckMode, Client, ClientOptions};
 use producer::{ProducerOutcome, ProducerSpec};
 use shared::{Counters, Phases, Shared};
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::task::JoinHandle;
+use threads::{connect_all, OnThread, ThreadTask};
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
 
@@ -38,30 +45,19 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             ..ClientOptions::default()
         };
     let ack = AckMode::from(args.ack);
-    let consumer_spec = ConsumerSpec {
+    let consumer_spec = Arc::new(ConsumerSpec {
         url: args.url.clone(),
         options: options.clone(),
         destination: args.destination.clone(),
         ack,
         prefetch: args.prefetch,
         subscribe_headers: args.subscribe_headers.clone(),
-    };
+    });
 
     // Consumers first, so nothing a producer sends waits for a subscriber.
-    let subscribed = futures::future::try_join_all((0..args.consumers).map(|i| {
-        let spec = &consumer_spec;
-        async move { consumer::subscribe(spec).await.with_context(|| format!("failed to subscribe consumer {i}")) }
-    }))
-    .await?;
-    let server = subscribed.first().and_then(|s| s.server());
-    let producers =
-        futures::future::try_join_all((0..args.producers).map(|i| {
-            let options = options.clone();
-            async move {
-                Client::connect(&args.url, options).await.with_context(|| format!("failed to connect producer {i}"))
-            }
-        }))
-        .await?;
+    let subscribed = subscribe_consumers(&consumer_spec, args.consumers).await?;
+    let server = subscribed.first().and_then(|s| s.connection().server());
+    let producers = connect_producers(&args.url, &options, args.producers).await?;
     tracing::info!(
         server = server.as_deref().unwrap_or("unknown"),
         consumers = args.consumers,
@@ -84,14 +80,13 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     let stop_watching = CancellationToken::new();
     tokio::spawn(stop_on_ctrl_c(stop_producers.clone()));
 
-    let consumer_spec = Arc::new(consumer_spec);
     let mut consumer_tasks = Vec::new();
     for (id, consumer) in (0u32..).zip(subscribed) {
         let recorder = Recorder::new(Arc::clone(&shared))?;
         let (spec, stop) = (Arc::clone(&consumer_spec), stop_consumers.clone());
-        consumer_tasks.push(tokio::spawn(async move { consumer.consume(&spec, id, recorder, stop).await }));
+        consumer_tasks.push(consumer.run(move |c| async move { c.consume(&spec, id, recorder, stop).await }));
     }
-    let producer_tasks: Vec<JoinHandle<ProducerOutcome>> = (0u32..)
+    let producer_tasks: Vec<ThreadTask<ProducerOutcome>> = (0u32..)
         .zip(producers)
         .map(|(id, client)| {
             let spec = ProducerSpec {
@@ -102,7 +97,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                 window: args.window,
                 headers: args.send_headers.clone(),
             };
-            tokio::spawn(producer::produce(client, spec, Arc::clone(&shared), stop_producers.clone()))
+            client.run(|c| producer::produce(c, spec, Arc::clone(&shared), stop_producers.clone()))
         })
         .collect();
     let sampler =
@@ -125,7 +120,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
 
     let mut producer_outcomes = Vec::new();
     for task in producer_tasks {
-        producer_outcomes.push(task.await.context("a producer task panicked")?);
+        producer_outcomes.push(task.join().await?);
     }
     let confirmed: Vec<SeqSet> = producer_outcomes.iter_mut().map(|o| std::mem::take(&mut o.confirmed)).collect();
     let drain_started = Instant::now();
@@ -134,7 +129,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     stop_consumers.cancel();
     let mut consumer_outcomes = Vec::new();
     for task in consumer_tasks {
-        consumer_outcomes.push(task.await.context("a consumer task panicked")?);
+        consumer_outcomes.push(task.join().await?);
     }
     stop_watching.cancel();
     let rss = match sampler {
@@ -192,6 +187,31 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         drain_s: round3(drain_s),
         errors: totals.errors,
     })
+}
+
+/// Connects and subscribes `count` consumers, each on its own thread.
+pub(crate) async fn subscribe_consumers(
+    spec: &Arc<ConsumerSpec>,
+    count: u32,
+) -> anyhow::Result<Vec<OnThread<Subscribed>>> {
+    connect_all("consumer", count, |i| {
+        let spec = Arc::clone(spec);
+        async move { consumer::subscribe(&spec).await.with_context(|| format!("failed to subscribe consumer {i}")) }
+    })
+    .await
+}
+
+/// Connects `count` producers, each on its own thread.
+pub(crate) async fn connect_producers(
+    url: &str,
+    options: &ClientOptions,
+    count: u32,
+) -> anyhow::Result<Vec<OnThread<Client>>> {
+    connect_all("producer", count, |i| {
+        let (url, options) = (url.to_string(), options.clone());
+        async move { Client::connect(&url, options).await.with_context(|| format!("failed to connect producer {i}")) }
+    })
+    .await
 }
 
 /// Sums of every producer's and consumer's outcome.
