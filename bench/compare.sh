@@ -46,7 +46,8 @@ What it does, in order:
      runs 'apt-get update' first only when something has to be installed.
   2. Builds duomq-broker and duomq-bench in release mode with cargo.
   3. Measures the disk's fsync rate (duomq-bench fsync-rate, ${FSYNC_DURATION}) in the same
-     temporary directory where the brokers keep their data.
+     temporary directory where the brokers keep their data, right before each target's
+     cells (a virtual disk drifts; duomq's window-1 ratio uses the one next to it).
   4. For each target in turn, starts a fresh broker as a child process of this script
      (no service manager), on 127.0.0.1 and free ports only, with its data in a
      temporary directory; runs every cell of the matrix; stops the broker and waits
@@ -118,7 +119,8 @@ Output directory:
   summary.md     the tables as Markdown, plus every number of every cell
   table.txt      the table as printed
   results.jsonl  one 'duomq-bench run --json' line per cell, labelled TARGET/CELL
-  fsync.json     'duomq-bench fsync-rate --json'
+  fsync.json     'duomq-bench fsync-rate --json', measured just before duomq's cells
+  fsync-T.json   the same, measured just before target T's cells
   failover.jsonl one 'duomq-bench failover --json' line per target (with --failover)
   replication.jsonl  one 'duomq-bench run --json' line per round and setup (with --replication)
   run.tsv, cells.tsv, failures.tsv   what the report is made from
@@ -301,14 +303,21 @@ if [[ $(df --output=fstype "$WORK" | tail -1) == tmpfs ]]; then
     log "warning: $WORK is on tmpfs, where fsync costs nothing; set TMPDIR to a directory on a disk"
 fi
 
-if [[ $MATRIX == yes ]]; then
-    log "measuring the disk's fsync rate ($FSYNC_DURATION)"
+# measure_fsync TARGET: the disk's fsync rate right before TARGET's cells, into
+# fsync-TARGET.json. A virtual disk's fsync latency drifts from minute to minute, so the
+# window-1 ratio uses the measurement taken just before duomq's window-1 cell (fsync.json).
+measure_fsync() {
+    log "measuring the disk's fsync rate ($FSYNC_DURATION) before $1"
     mkdir -p "$WORK/fsync"
     if ! "$BENCH" fsync-rate --dir "$WORK/fsync" --duration "$FSYNC_DURATION" --json \
-        >"$OUT/fsync.json" 2>"$LOG_DIR/fsync-rate.log"; then
+        >"$OUT/fsync-$1.json" 2>>"$LOG_DIR/fsync-rate.log"; then
         log "fsync-rate failed (see $LOG_DIR/fsync-rate.log)"
+        return
     fi
-fi
+    if [[ $1 == duomq || ! -s $OUT/fsync.json ]]; then
+        cp "$OUT/fsync-$1.json" "$OUT/fsync.json"
+    fi
+}
 
 # --- the matrix -----------------------------------------------------------------------
 
@@ -387,6 +396,7 @@ start_target() {
     fi
     meta "rss_idle.$target" "$(rss_mib "$BROKER_PID")"
     log "$target: up at $BROKER_URL (pid $BROKER_PID, RSS $(rss_mib "$BROKER_PID") MiB)"
+    measure_fsync "$target"
     for c in "${CELLS[@]}"; do
         run_cell "$target" "$c"
     done

@@ -93,6 +93,16 @@ class Run:
                     self.fsync_prealloc = (report.get("preallocated") or {}).get("fsync_rate")
                 except (json.JSONDecodeError, AttributeError):
                     self.fsync = None
+        # The same measured before each target's cells: how far the disk drifted.
+        self.fsync_by_target = {}
+        for target in self.targets:
+            path = os.path.join(out_dir, f"fsync-{target}.json")
+            if os.path.exists(path):
+                with open(path) as f:
+                    try:
+                        self.fsync_by_target[target] = json.load(f).get("fsync_rate")
+                    except (json.JSONDecodeError, AttributeError):
+                        pass
 
     def result(self, target, cell):
         return self.results.get(f"{target}/{cell}")
@@ -251,10 +261,14 @@ def main():
 
     text.append("")
     fsync_line = "disk fsync rate: " + (f"{run.fsync:,.0f} fsyncs/s" if run.fsync else "not measured")
-    fsync_line += f" (1 KiB append + fdatasync, {meta.get('workdir_fs', '?')})"
+    fsync_line += f" (1 KiB append + fdatasync, {meta.get('workdir_fs', '?')}"
+    fsync_line += ", just before duomq's cells)" if "duomq" in run.fsync_by_target else ")"
     if run.fsync_prealloc:
         fsync_line += f"; {run.fsync_prealloc:,.0f} fsyncs/s into preallocated space"
     text.append(fsync_line)
+    if len(run.fsync_by_target) > 1:
+        drift = ", ".join(f"{t} {r:,.0f}" for t, r in run.fsync_by_target.items() if r)
+        text.append(f"  append fsync rate measured before each broker's cells: {drift}")
     w1 = run.rate("duomq", run.cells[0][0]) if run.cells and "duomq" in run.targets else None
     w1_line = None
     if w1 is not None and run.fsync:
