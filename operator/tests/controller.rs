@@ -844,6 +844,23 @@ fn backup_status(node: &str, epoch: u64, live: &str) -> Value {
     })
 }
 
+/// The reconcile reads the BrokerGroup back (its status as last written, not the watch
+/// cache's copy) before it plans role changes; the API server answers `bg`.
+fn read_status(bg: &BrokerGroup) -> Call {
+    get(&apis("duomq.io/v1alpha1", "brokergroups", "pair")).returns(to_json(bg))
+}
+
+/// The list of Leases that ends the observation, then the read of the status.
+fn leases_then_status(bg: &BrokerGroup) -> [Call; 2] {
+    [
+        list(&format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+        ))
+        .items(vec![]),
+        read_status(bg),
+    ]
+}
+
 /// The calls that create `pair` in an empty cluster (scenario 1).
 fn create_calls(bg: &BrokerGroup) -> Vec<Call> {
     let mut calls = vec![get(&core("secrets", "pair-cluster")).not_found()];
@@ -854,12 +871,7 @@ fn create_calls(bg: &BrokerGroup) -> Vec<Call> {
         list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
             .items(vec![statefulset("pair-g0", false)]),
     );
-    calls.push(
-        list(&format!(
-            "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
-        ))
-        .items(vec![]),
-    );
+    calls.extend(leases_then_status(bg));
     calls.push(apply(&status_path()).returns(to_json(bg)));
     calls
 }
@@ -884,8 +896,9 @@ fn settled(lives: &[(&str, &str, u64)]) -> BrokerGroupStatus {
 
 /// The calls of a reconcile of `pair` with `groups` whose objects all exist, up to listing
 /// the pods (answered with `pods`) and StatefulSets (all rolled out).
-fn calls_until_observed(groups: &[&str], pods: Vec<Value>) -> Vec<Call> {
+fn calls_until_observed(bg: &BrokerGroup, groups: &[&str], pods: Vec<Value>) -> Vec<Call> {
     calls_observing(
+        bg,
         groups,
         pods,
         groups.iter().map(|g| statefulset(g, true)).collect(),
@@ -893,18 +906,18 @@ fn calls_until_observed(groups: &[&str], pods: Vec<Value>) -> Vec<Call> {
 }
 
 /// [`calls_until_observed`] with the StatefulSets the API server answers.
-fn calls_observing(groups: &[&str], pods: Vec<Value>, sets: Vec<Value>) -> Vec<Call> {
+fn calls_observing(
+    bg: &BrokerGroup,
+    groups: &[&str],
+    pods: Vec<Value>,
+    sets: Vec<Value>,
+) -> Vec<Call> {
     let mut calls = vec![get(&core("secrets", "pair-cluster")).returns(cluster_secret("pw"))];
     calls.extend(applies(groups));
     calls.extend(orphan_lists(groups, &[]));
     calls.push(list(&format!("/api/v1/namespaces/{NS}/pods")).items(pods));
     calls.push(list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets")).items(sets));
-    calls.push(
-        list(&format!(
-            "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
-        ))
-        .items(vec![]),
-    );
+    calls.extend(leases_then_status(bg));
     calls
 }
 
@@ -959,6 +972,9 @@ async fn given_a_new_brokergroup_and_an_empty_cluster_when_reconciled_should_app
                 list("/apis/apps/v1/namespaces/default/statefulsets")
                     .items(vec![statefulset("pair-g0", false)]),
                 list("/apis/coordination.k8s.io/v1/namespaces/default/leases").items(vec![]),
+                // The status as last written, not the watch cache's copy.
+                get("/apis/duomq.io/v1alpha1/namespaces/default/brokergroups/pair")
+                    .returns(to_json(&bg)),
                 apply("/apis/duomq.io/v1alpha1/namespaces/default/brokergroups/pair/status")
                     .returns(to_json(&bg)),
             ],
@@ -1096,12 +1112,7 @@ async fn given_an_applied_brokergroup_when_reconciled_again_unchanged_should_app
         list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
             .items(vec![statefulset("pair-g0", false)]),
     );
-    calls.push(
-        list(&format!(
-            "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
-        ))
-        .items(vec![]),
-    );
+    calls.extend(leases_then_status(&bg));
     // No status patch: nothing observed changed.
     let second = h.reconcile(&bg, calls).await;
 
@@ -1156,12 +1167,7 @@ async fn given_groups_reduced_from_two_to_one_when_reconciled_should_delete_the_
         list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
             .items(vec![statefulset("pair-g0", true)]),
     );
-    calls.push(
-        list(&format!(
-            "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
-        ))
-        .items(vec![]),
-    );
+    calls.extend(leases_then_status(&bg));
     calls.push(apply(&status_path()).returns(to_json(&bg)));
 
     let step = h.reconcile(&bg, calls).await;
@@ -1245,12 +1251,7 @@ async fn given_named_secrets_and_a_connector_target_when_reconciled_should_read_
         list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
             .items(vec![statefulset("pair-g0", false)]),
     );
-    calls.push(
-        list(&format!(
-            "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
-        ))
-        .items(vec![]),
-    );
+    calls.extend(leases_then_status(&bg));
     calls.push(apply(&status_path()).returns(to_json(&bg)));
 
     let step = h.reconcile(&bg, calls).await;
@@ -1333,6 +1334,7 @@ async fn given_running_brokers_when_the_live_is_lost_should_report_live_and_back
             "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
         ))
         .items(vec![]),
+        read_status(&bg),
         merge_patch(&core("pods", "pair-g0-0")).returns(broker_pod(
             "pair-g0-0",
             "10.0.0.10",
@@ -1407,6 +1409,7 @@ async fn given_running_brokers_when_the_live_is_lost_should_report_live_and_back
             "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
         ))
         .items(vec![]),
+        read_status(&bg),
         merge_patch(&core("pods", "pair-g0-1")).returns(broker_pod(
             "pair-g0-1",
             "10.0.0.11",
@@ -1575,6 +1578,7 @@ async fn given_two_groups_when_both_lives_are_lost_at_once_should_post_one_failo
     h.brokers
         .answer("10.0.2.11", live_status("pair-g1-1", 6, "pair-g1-0"));
     let mut calls = calls_until_observed(
+        &bg,
         &["pair-g0", "pair-g1"],
         vec![
             broker_pod("pair-g0-0", "10.0.1.10", false, Some("live")),
@@ -1638,7 +1642,7 @@ async fn given_two_members_reporting_live_when_reconciled_twice_should_warn_of_s
             broker_pod("pair-g0-1", "10.0.0.11", true, Some("backup")),
         ]
     };
-    let mut calls = calls_until_observed(&["pair-g0"], pods());
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], pods());
     // The first member stays the reported live; its labels are already right.
     calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
     let first = h.reconcile(&bg, calls).await;
@@ -1664,7 +1668,7 @@ async fn given_two_members_reporting_live_when_reconciled_twice_should_warn_of_s
 
     // Still split: the same warning counts up the first event's series instead of adding one.
     let bg = with_status(bg, status);
-    let mut calls = calls_until_observed(&["pair-g0"], pods());
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], pods());
     calls.push(patch_event_series());
     let second = h.reconcile(&bg, calls).await;
 
@@ -1789,7 +1793,7 @@ async fn given_a_switchover_annotation_when_reconciled_should_ask_the_live_then_
         .lock()
         .insert("10.0.0.10".into(), reply("pair-g0-0", "pair-g0-1", 4));
     let pods = || pair_pods("pair-g0-0", [CURRENT; 2]);
-    let mut calls = calls_until_observed(&["pair-g0"], pods());
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], pods());
     calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
     let asked = h.reconcile(&bg, calls).await;
 
@@ -1821,7 +1825,7 @@ async fn given_a_switchover_annotation_when_reconciled_should_ask_the_live_then_
     // The target is live: the annotation entry goes, the failover is a Switchover.
     let bg = with_status(bg, status);
     answer_pair(&h, "pair-g0-1", 4);
-    let mut calls = calls_until_observed(&["pair-g0"], pods());
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], pods());
     calls.extend([
         merge_patch(&apis("duomq.io/v1alpha1", "brokergroups", "pair")).returns(to_json(&bg)),
         merge_patch(&core("pods", "pair-g0-0")),
@@ -1859,7 +1863,7 @@ async fn given_a_switchover_annotation_when_reconciled_should_ask_the_live_then_
     // allowFailback leaves a live chosen by a switchover alone.
     let bg = with_status(pair(), status);
     let pods = pair_pods("pair-g0-1", [CURRENT; 2]);
-    h.reconcile(&bg, calls_until_observed(&["pair-g0"], pods))
+    h.reconcile(&bg, calls_until_observed(&bg, &["pair-g0"], pods))
         .await
         .action();
     assert!(switchovers_asked(&h).is_empty(), "no failback");
@@ -1878,7 +1882,7 @@ async fn given_a_switchover_the_live_refuses_should_report_it_and_keep_the_annot
         "10.0.0.10".into(),
         Err("409 Conflict: pair-g0-1 is not an in-sync backup of this live (in sync: none)".into()),
     );
-    let mut calls = calls_until_observed(&["pair-g0"], pair_pods("pair-g0-0", [CURRENT; 2]));
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], pair_pods("pair-g0-0", [CURRENT; 2]));
     calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
     let refused = h.reconcile(&bg, calls).await;
 
@@ -1911,7 +1915,7 @@ async fn given_allow_failback_when_the_preferred_member_is_back_in_sync_should_s
         .switchover_answers
         .lock()
         .insert("10.0.0.11".into(), reply("pair-g0-1", "pair-g0-0", 5));
-    let mut calls = calls_until_observed(&["pair-g0"], pair_pods("pair-g0-1", [CURRENT; 2]));
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], pair_pods("pair-g0-1", [CURRENT; 2]));
     calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
     let step = h.reconcile(&bg, calls).await;
 
@@ -1940,7 +1944,12 @@ async fn given_a_new_revision_when_reconciled_should_update_the_backup_then_swit
 
     // 1. Both at r1: the backup goes first.
     answer_pair(&h, "pair-g0-0", 3);
-    let mut calls = calls_observing(&["pair-g0"], pair_pods("pair-g0-0", ["r1", "r1"]), sets());
+    let mut calls = calls_observing(
+        &bg,
+        &["pair-g0"],
+        pair_pods("pair-g0-0", ["r1", "r1"]),
+        sets(),
+    );
     calls.extend([
         delete(&core("pods", "pair-g0-1")),
         post_event(),
@@ -1966,7 +1975,12 @@ async fn given_a_new_revision_when_reconciled_should_update_the_backup_then_swit
         .switchover_answers
         .lock()
         .insert("10.0.0.10".into(), reply("pair-g0-0", "pair-g0-1", 4));
-    let mut calls = calls_observing(&["pair-g0"], pair_pods("pair-g0-0", ["r1", "r2"]), sets());
+    let mut calls = calls_observing(
+        &bg,
+        &["pair-g0"],
+        pair_pods("pair-g0-0", ["r1", "r2"]),
+        sets(),
+    );
     calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
     let second = h.reconcile(&bg, calls).await;
     assert_eq!(switchovers_asked(&h), ["10.0.0.10:8161 -> pair-g0-1"]);
@@ -1975,7 +1989,12 @@ async fn given_a_new_revision_when_reconciled_should_update_the_backup_then_swit
     // 3. pair-g0-1 is live: the former live, a synced backup at r1, is updated.
     let bg = with_status(bg, status);
     answer_pair(&h, "pair-g0-1", 4);
-    let mut calls = calls_observing(&["pair-g0"], pair_pods("pair-g0-0", ["r1", "r2"]), sets());
+    let mut calls = calls_observing(
+        &bg,
+        &["pair-g0"],
+        pair_pods("pair-g0-0", ["r1", "r2"]),
+        sets(),
+    );
     calls.extend([
         delete(&core("pods", "pair-g0-0")),
         post_event(),

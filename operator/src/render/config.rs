@@ -5,8 +5,8 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use duomq_broker::config::{
-    ArbiterKind, BrokerConfig, GroupingConfig, GroupingHandler, HaPolicy, HumanDuration, Member,
-    NetworkConnector, PreferredRole, ReplicationMode, BackupAck,
+    ArbiterKind, BackupAck, BrokerConfig, GroupingConfig, GroupingHandler, HaPolicy, HumanDuration,
+    Member, NetworkConnector, PreferredRole, ReplicationMode,
 };
 
 use crate::api::{self, HaMode};
