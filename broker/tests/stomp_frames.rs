@@ -58,6 +58,26 @@ fn given_queue_when_message_sent_should_deliver_with_headers_and_receipt() {
 }
 
 #[test]
+fn given_a_connection_subscribed_where_it_sends_should_get_each_receipt_before_its_message() {
+    let b = Broker::start("receipt-order", "");
+    let mut c = b.connect();
+    c.subscribe("own", "/queue/own", "auto", &[]);
+    for i in 0..20 {
+        let receipt = format!("r{i}");
+        c.send(
+            &Frame::new(Command::Send)
+                .header("destination", "/queue/own")
+                .header("persistent", "true")
+                .header("receipt", receipt.as_str())
+                .with_body(format!("m{i}")),
+        );
+        let first = c.expect_frame();
+        assert_eq!((first.command, first.get("receipt-id")), (Command::Receipt, Some(receipt.as_str())), "send {i}");
+        assert_eq!(body_text(&c.expect(Command::Message)), format!("m{i}"));
+    }
+}
+
+#[test]
 fn given_binary_body_with_nuls_should_arrive_intact() {
     let b = Broker::start("binary", "");
     let mut c = b.connect();
