@@ -1404,9 +1404,9 @@ async fn given_lone_sync_appends_should_write_zeros_ahead_so_later_ones_overwrit
         close(&journal);
         return;
     };
-    // The first append wrote 64 KiB of zeros after its record; the next two landed in
+    // The first append wrote 256 KiB of zeros after its record; the next two landed in
     // them. Those blocks are written; what lies beyond is still only preallocated.
-    let zeroed_to = (first_end + 64 * 1024) / 4096 * 4096;
+    let zeroed_to = (first_end + 256 * 1024) / 4096 * 4096;
     assert!(end < zeroed_to, "the later records fit in the zeros");
     assert!(
         !extents.iter().any(|&(start, _, unwritten)| unwritten && start < zeroed_to),
