@@ -121,6 +121,8 @@ Output directory:
   results.jsonl  one 'duomq-bench run --json' line per cell, labelled TARGET/CELL
   fsync.json     'duomq-bench fsync-rate --json', measured just before duomq's cells
   fsync-T.json   the same, measured just before target T's cells
+  fsync-duomq-after-w1.json  the same, right after duomq's window-1 cell (the ratio uses
+                 the mean of this one and fsync.json)
   failover.jsonl one 'duomq-bench failover --json' line per target (with --failover)
   replication.jsonl  one 'duomq-bench run --json' line per round and setup (with --replication)
   run.tsv, cells.tsv, failures.tsv   what the report is made from
@@ -305,9 +307,10 @@ fi
 
 # measure_fsync TARGET: the disk's fsync rate right before TARGET's cells, into
 # fsync-TARGET.json. A virtual disk's fsync latency drifts from minute to minute, so the
-# window-1 ratio uses the measurement taken just before duomq's window-1 cell (fsync.json).
+# window-1 ratio uses the measurements taken just before duomq's window-1 cell (fsync.json)
+# and just after it (fsync-duomq-after-w1.json).
 measure_fsync() {
-    log "measuring the disk's fsync rate ($FSYNC_DURATION) before $1"
+    log "measuring the disk's fsync rate ($FSYNC_DURATION): $1"
     mkdir -p "$WORK/fsync"
     if ! "$BENCH" fsync-rate --dir "$WORK/fsync" --duration "$FSYNC_DURATION" --json \
         >"$OUT/fsync-$1.json" 2>>"$LOG_DIR/fsync-rate.log"; then
@@ -399,6 +402,11 @@ start_target() {
     measure_fsync "$target"
     for c in "${CELLS[@]}"; do
         run_cell "$target" "$c"
+        # duomq's window-1 cell is compared with the disk: measure right after it too, and
+        # the report takes the mean of the two, so a drift during the cell weighs on both.
+        if [[ $target == duomq && $c == "${CELLS[0]}" ]]; then
+            measure_fsync duomq-after-w1
+        fi
     done
     log "$target: stopping"
     stop_broker

@@ -93,6 +93,23 @@ class Run:
                     self.fsync_prealloc = (report.get("preallocated") or {}).get("fsync_rate")
                 except (json.JSONDecodeError, AttributeError):
                     self.fsync = None
+        # The same right after duomq's window-1 cell: the ratio uses the mean of both.
+        self.fsync_before = (self.fsync, self.fsync_prealloc)
+        self.fsync_after = None
+        after_path = os.path.join(out_dir, "fsync-duomq-after-w1.json")
+        if self.fsync and os.path.exists(after_path):
+            with open(after_path) as f:
+                try:
+                    after = json.load(f)
+                    rate = after.get("fsync_rate")
+                    prealloc = (after.get("preallocated") or {}).get("fsync_rate")
+                    if rate:
+                        self.fsync_after = (rate, prealloc)
+                        self.fsync = (self.fsync + rate) / 2
+                        if self.fsync_prealloc and prealloc:
+                            self.fsync_prealloc = (self.fsync_prealloc + prealloc) / 2
+                except (json.JSONDecodeError, AttributeError):
+                    pass
         # The same measured before each target's cells: how far the disk drifted.
         self.fsync_by_target = {}
         for target in self.targets:
@@ -262,9 +279,15 @@ def main():
     text.append("")
     fsync_line = "disk fsync rate: " + (f"{run.fsync:,.0f} fsyncs/s" if run.fsync else "not measured")
     fsync_line += f" (1 KiB append + fdatasync, {meta.get('workdir_fs', '?')}"
-    fsync_line += ", just before duomq's cells)" if "duomq" in run.fsync_by_target else ")"
+    if run.fsync_after:
+        fsync_line += ", mean of right before and right after duomq's window-1 cell)"
+    else:
+        fsync_line += ", just before duomq's cells)" if "duomq" in run.fsync_by_target else ")"
     if run.fsync_prealloc:
         fsync_line += f"; {run.fsync_prealloc:,.0f} fsyncs/s into preallocated space"
+    if run.fsync_after:
+        (b, bp), (a, ap) = run.fsync_before, run.fsync_after
+        fsync_line += f"\n  before the cell {b:,.0f} append, {bp or 0:,.0f} preallocated; after it {a:,.0f}, {ap or 0:,.0f}"
     text.append(fsync_line)
     if len(run.fsync_by_target) > 1:
         drift = ", ".join(f"{t} {r:,.0f}" for t, r in run.fsync_by_target.items() if r)
