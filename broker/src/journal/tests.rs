@@ -64,13 +64,23 @@ fn prepared_path(dir: &Path, seq: u64) -> PathBuf {
 }
 
 /// What a kill -9 of the running journal would leave: a copy of its files as they are.
-/// Callers wait for the housekeeper to be idle first, so the copy is a consistent one.
+/// Callers wait for the housekeeper to be idle first, so the copy is a consistent one;
+/// only a retired segment (`.del`) may still be shrinking, and one unlinked between the
+/// listing and its copy is simply gone, as it would be from a crash a moment later.
 fn copy_journal_dir(from: &Path) -> tempfile::TempDir {
     let to = tempfile::tempdir().expect("tempdir");
     for entry in fs::read_dir(from).expect("journal dir is listable") {
         let entry = entry.expect("dir entry");
-        if entry.file_name() != super::lock::LOCK_FILE_NAME {
-            fs::copy(entry.path(), to.path().join(entry.file_name())).expect("copy journal file");
+        let name = entry.file_name();
+        if name == super::lock::LOCK_FILE_NAME {
+            continue;
+        }
+        match fs::copy(entry.path(), to.path().join(&name)) {
+            Ok(_) => {}
+            Err(error)
+                if error.kind() == std::io::ErrorKind::NotFound
+                    && name.to_string_lossy().ends_with(".del") => {}
+            Err(error) => panic!("copy journal file {name:?}: {error}"),
         }
     }
     to
