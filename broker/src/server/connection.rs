@@ -408,14 +408,13 @@ impl Connection {
 
     fn apply(&mut self, done: Result<Effect, (FrameError, Option<String>)>) -> Result<(), (FrameError, Option<String>)> {
         let effect = done?;
-        let receipt = effect.receipt.map(|r| Outbound::Frame(Frame::new(Command::Receipt).header("receipt-id", r)));
+        let mut receipt = effect.receipt.map(|r| Outbound::Frame(Frame::new(Command::Receipt).header("receipt-id", r)));
         // A connection that also consumes gets the RECEIPT first, so a client subscribed to
         // where it sends sees its receipt before its own message. One that only produces
         // gets it after the deliveries are queued: the runtime runs the task woken last
         // first, so its writer then sends the RECEIPT before the consumers' writers send
         // the message, and a synchronous producer's next send starts that much sooner.
         let receipt_last = self.subscriptions.is_empty() && !effect.publish.is_empty();
-        let mut receipt = receipt;
         if !receipt_last {
             if let Some(frame) = receipt.take() {
                 let _ = self.outbox.send(frame);
