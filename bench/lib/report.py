@@ -73,6 +73,19 @@ def fmt_ratio(num, den):
     return f"{num / den:.2f}x"
 
 
+def read_fsync(path):
+    """(append rate, preallocated rate) from a 'duomq-bench fsync-rate --json' file;
+    None for what is missing or unreadable."""
+    if not os.path.exists(path):
+        return None, None
+    with open(path) as f:
+        try:
+            report = json.load(f)
+            return report.get("fsync_rate"), (report.get("preallocated") or {}).get("fsync_rate")
+        except (json.JSONDecodeError, AttributeError):
+            return None, None
+
+
 class Run:
     def __init__(self, out_dir):
         self.meta = dict(read_tsv(os.path.join(out_dir, "run.tsv")))
@@ -82,44 +95,21 @@ class Run:
         self.targets = [t for t in self.meta.get("targets", "").split(",") if t]
         # Appending (each fdatasync commits a new size) and into preallocated space (data
         # only, as duomq's journal writes): the faster one is the disk's limit.
-        self.fsync = None
-        self.fsync_prealloc = None
-        fsync_path = os.path.join(out_dir, "fsync.json")
-        if os.path.exists(fsync_path):
-            with open(fsync_path) as f:
-                try:
-                    report = json.load(f)
-                    self.fsync = report.get("fsync_rate")
-                    self.fsync_prealloc = (report.get("preallocated") or {}).get("fsync_rate")
-                except (json.JSONDecodeError, AttributeError):
-                    self.fsync = None
+        self.fsync_before = read_fsync(os.path.join(out_dir, "fsync.json"))
+        self.fsync, self.fsync_prealloc = self.fsync_before
         # The same right after duomq's window-1 cell: the ratio uses the mean of both.
-        self.fsync_before = (self.fsync, self.fsync_prealloc)
-        self.fsync_after = None
-        after_path = os.path.join(out_dir, "fsync-duomq-after-w1.json")
-        if self.fsync and os.path.exists(after_path):
-            with open(after_path) as f:
-                try:
-                    after = json.load(f)
-                    rate = after.get("fsync_rate")
-                    prealloc = (after.get("preallocated") or {}).get("fsync_rate")
-                    if rate:
-                        self.fsync_after = (rate, prealloc)
-                        self.fsync = (self.fsync + rate) / 2
-                        if self.fsync_prealloc and prealloc:
-                            self.fsync_prealloc = (self.fsync_prealloc + prealloc) / 2
-                except (json.JSONDecodeError, AttributeError):
-                    pass
+        after = read_fsync(os.path.join(out_dir, "fsync-duomq-after-w1.json"))
+        self.fsync_after = after if self.fsync and after[0] else None
+        if self.fsync_after:
+            self.fsync = (self.fsync + after[0]) / 2
+            if self.fsync_prealloc and after[1]:
+                self.fsync_prealloc = (self.fsync_prealloc + after[1]) / 2
         # The same measured before each target's cells: how far the disk drifted.
         self.fsync_by_target = {}
         for target in self.targets:
-            path = os.path.join(out_dir, f"fsync-{target}.json")
-            if os.path.exists(path):
-                with open(path) as f:
-                    try:
-                        self.fsync_by_target[target] = json.load(f).get("fsync_rate")
-                    except (json.JSONDecodeError, AttributeError):
-                        pass
+            rate, _ = read_fsync(os.path.join(out_dir, f"fsync-{target}.json"))
+            if rate is not None:
+                self.fsync_by_target[target] = rate
 
     def result(self, target, cell):
         return self.results.get(f"{target}/{cell}")

@@ -16,7 +16,7 @@ use serde::de::DeserializeOwned;
 use tracing::info;
 
 use super::{secret_text, Error};
-use crate::api::BrokerGroup;
+use crate::api::{BrokerGroup, BrokerGroupStatus};
 use crate::names;
 use crate::render::Rendered;
 use crate::validate::{Dependencies, ValidatedBrokerGroup};
@@ -157,6 +157,18 @@ pub async fn delete_orphans(
         }
     }
     Ok(())
+}
+
+/// The BrokerGroup's status as last written, read from the API server rather than the
+/// watch cache; `None` once the BrokerGroup is gone.
+pub async fn fresh_status(
+    client: &Client,
+    namespace: &str,
+    bg: &BrokerGroup,
+) -> Result<Option<BrokerGroupStatus>, Error> {
+    let api: Api<BrokerGroup> = Api::namespaced(client.clone(), namespace);
+    let fresh = get_opt(&api, &bg.name_any(), "read status of BrokerGroup").await?;
+    Ok(fresh.map(|fresh| fresh.status.unwrap_or_default()))
 }
 
 /// Fast failover: empties the holder of `group`'s Lease if `holder` still holds it, so an

@@ -254,14 +254,8 @@ async fn reconcile_phases(bg: &BrokerGroup, ctx: &Context) -> Result<Action, Err
     // The status as last written, not as the watch cache may still hold it: a reconcile
     // that a pod event starts right after the previous one wrote a pending switchover must
     // see it, or the move is recorded with the wrong reason (and counted from stale figures).
-    let api: Api<BrokerGroup> = Api::namespaced(client.clone(), &namespace);
-    let previous = match api
-        .get_opt(&bg.name_any())
-        .await
-        .map_err(Error::kube("read BrokerGroup status"))?
-    {
-        Some(fresh) => fresh.status.unwrap_or_default(),
-        None => return Ok(Action::await_change()),
+    let Some(previous) = apply::fresh_status(client, &namespace, bg).await? else {
+        return Ok(Action::await_change());
     };
     let plan = plan::plan(
         &validated,
