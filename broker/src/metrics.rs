@@ -1,13 +1,17 @@
 //! Prometheus metrics of the broker, in one registry served at `/metrics`.
 //! Labels stay low-cardinality: per-queue gauges are filled at scrape time from the
-//! engine's snapshot, never updated per message.
+//! engine's snapshot, never updated per message, and only for the
+//! `metrics.maxDestinationSeries` destinations holding the most messages. Destination
+//! names are client-chosen, so they are escaped as label values (see [`LabelValue`]).
 
 use crate::admin::api::{HaStatus, Role, SyncState};
 use crate::engine::queue::QueueSnapshot;
 use crate::ha::lease::LeaseMetrics;
 use crate::journal::JournalMetrics;
 use parking_lot::Mutex;
-use prometheus_client::encoding::EncodeLabelSet;
+use crate::config::MetricsConfig;
+use prometheus_client::encoding::{EncodeLabelSet, EncodeLabelValue, LabelValueEncoder};
+use std::fmt::Write as _;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
@@ -15,7 +19,65 @@ use prometheus_client::registry::Registry;
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct QueueLabels {
-    pub queue: String,
+    pub queue: LabelValue,
+}
+
+/// A label value from outside (a destination name), written escaped as the text
+/// exposition formats require: `\` as `\\`, `"` as `\"`, a line feed as `\n`.
+/// prometheus-client 0.23 writes `String` label values as they are, so one `"` in a
+/// queue name would otherwise end the value early and break the whole page.
+#[derive(Debug, Clone, Hash, PartialEq, Eq)]
+pub struct LabelValue(pub String);
+
+impl EncodeLabelValue for LabelValue {
+    fn encode(&self, encoder: &mut LabelValueEncoder) -> Result<(), std::fmt::Error> {
+        let mut rest = self.0.as_str();
+        while let Some(at) = rest.find(['\\', '"', '\n']) {
+            encoder.write_str(&rest[..at])?;
+            let escaped = match rest.as_bytes()[at] {
+                b'\\' => "\\\\",
+                b'"' => "\\\"",
+                _ => "\\n",
+            };
+            encoder.write_str(escaped)?;
+            rest = &rest[at + 1..];
+        }
+        encoder.write_str(rest)
+    }
+}
+
+/// Why the cluster port closed a connection before or during its handshake.
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct ClusterRefusedLabels {
+    /// `pending_limit` (`ha.cluster.maxPendingConnections` reached), `frame_too_large` (a
+    /// frame above the pre-authentication limit), `timed_out`, `authentication`,
+    /// `mismatch` (version or group), `closed` or `protocol`.
+    pub reason: &'static str,
+}
+
+/// The cluster port's gate. Clones share the same values.
+#[derive(Debug, Clone, Default)]
+pub struct ClusterMetrics {
+    /// Connections in their handshake now.
+    pub pending: Gauge,
+    pub refused: Family<ClusterRefusedLabels, Counter>,
+}
+
+impl ClusterMetrics {
+    fn register(registry: &mut Registry) -> ClusterMetrics {
+        let m = ClusterMetrics::default();
+        registry.register(
+            "duomq_cluster_pending_connections",
+            "Cluster connections in their handshake (not yet authenticated)",
+            m.pending.clone(),
+        );
+        registry.register(
+            "duomq_cluster_connections_refused",
+            "Cluster connections closed before or during the handshake, by reason (pending_limit: ha.cluster.maxPendingConnections)",
+            m.refused.clone(),
+        );
+        m
+    }
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -40,6 +102,9 @@ pub struct Metrics {
     queue_depth: Family<QueueLabels, Gauge>,
     queue_in_flight: Family<QueueLabels, Gauge>,
     queue_consumers: Family<QueueLabels, Gauge>,
+    destinations: Gauge,
+    destination_series_omitted: Gauge,
+    max_destination_series: usize,
     ha_epoch: Gauge,
     ha_live: Gauge,
     ha_backups_synced: Gauge,
@@ -51,14 +116,17 @@ pub struct Metrics {
     pub switchovers: Family<SwitchoverLabels, Counter>,
     /// The `kubernetes` arbiter's renewals.
     pub lease: LeaseMetrics,
+    /// The cluster port's handshake gate.
+    pub cluster: ClusterMetrics,
 }
 
 impl Metrics {
     /// Builds the registry; the journal's metrics are registered in it too.
-    pub fn new() -> (Metrics, JournalMetrics) {
+    pub fn new(config: &MetricsConfig) -> (Metrics, JournalMetrics) {
         let mut registry = Registry::default();
         let journal = JournalMetrics::register(&mut registry);
         let lease = LeaseMetrics::register(&mut registry);
+        let cluster = ClusterMetrics::register(&mut registry);
         let m = Metrics {
             messages_in: Counter::default(),
             messages_out: Counter::default(),
@@ -73,6 +141,9 @@ impl Metrics {
             queue_depth: Family::default(),
             queue_in_flight: Family::default(),
             queue_consumers: Family::default(),
+            destinations: Gauge::default(),
+            destination_series_omitted: Gauge::default(),
+            max_destination_series: config.max_destination_series,
             ha_epoch: Gauge::default(),
             ha_live: Gauge::default(),
             ha_backups_synced: Gauge::default(),
@@ -82,6 +153,7 @@ impl Metrics {
             ha_fenced: Gauge::default(),
             switchovers: Family::default(),
             lease,
+            cluster,
             registry: Mutex::new(Registry::default()),
         };
         registry.register("duomq_messages_in", "Messages accepted from producers", m.messages_in.clone());
@@ -98,9 +170,27 @@ impl Metrics {
         registry.register("duomq_protocol_errors", "Connections closed with a protocol ERROR", m.protocol_errors.clone());
         registry.register("duomq_producer_blocked", "SEND frames that waited for memory", m.producer_blocked.clone());
         registry.register("duomq_memory_bytes", "Message bytes held in memory", m.memory_bytes.clone());
-        registry.register("duomq_queue_depth", "Messages waiting for a consumer", m.queue_depth.clone());
-        registry.register("duomq_queue_in_flight", "Messages delivered, not yet acknowledged", m.queue_in_flight.clone());
-        registry.register("duomq_queue_consumers", "Consumers per queue", m.queue_consumers.clone());
+        let per_destination = format!(
+            "; only for the {} destinations with the most messages (depth + in flight, then by name), see duomq_destination_series_omitted",
+            m.max_destination_series
+        );
+        registry.register(
+            "duomq_queue_depth",
+            format!("Messages waiting for a consumer{per_destination}"),
+            m.queue_depth.clone(),
+        );
+        registry.register(
+            "duomq_queue_in_flight",
+            format!("Messages delivered, not yet acknowledged{per_destination}"),
+            m.queue_in_flight.clone(),
+        );
+        registry.register("duomq_queue_consumers", format!("Consumers per queue{per_destination}"), m.queue_consumers.clone());
+        registry.register("duomq_destinations", "Destinations (queues and topics) the broker holds", m.destinations.clone());
+        registry.register(
+            "duomq_destination_series_omitted",
+            "Destinations left out of the per-destination series (beyond metrics.maxDestinationSeries)",
+            m.destination_series_omitted.clone(),
+        );
         registry.register("duomq_ha_epoch", "The group's epoch as this member knows it", m.ha_epoch.clone());
         registry.register("duomq_ha_live", "1 while this member is the group's live", m.ha_live.clone());
         registry.register("duomq_ha_backups_synced", "Backups in sync with this live", m.ha_backups_synced.clone());
@@ -144,8 +234,11 @@ impl Metrics {
         self.queue_depth.clear();
         self.queue_in_flight.clear();
         self.queue_consumers.clear();
-        for q in queues {
-            let labels = QueueLabels { queue: q.name.clone() };
+        let shown = busiest(queues, self.max_destination_series);
+        self.destinations.set(queues.len() as i64);
+        self.destination_series_omitted.set((queues.len() - shown.len()) as i64);
+        for q in shown {
+            let labels = QueueLabels { queue: LabelValue(q.name.clone()) };
             self.queue_depth.get_or_create(&labels).set(q.depth as i64);
             self.queue_in_flight.get_or_create(&labels).set(q.in_flight as i64);
             self.queue_consumers.get_or_create(&labels).set(q.consumers as i64);
@@ -156,5 +249,98 @@ impl Metrics {
             tracing::warn!(error = %e, "failed to encode metrics");
         }
         out
+    }
+}
+
+/// The `max` destinations holding the most messages (depth plus in flight), ties broken
+/// by name, so the same destinations are shown from one scrape to the next.
+fn busiest(queues: &[QueueSnapshot], max: usize) -> Vec<&QueueSnapshot> {
+    let mut all: Vec<&QueueSnapshot> = queues.iter().collect();
+    let order = |a: &&QueueSnapshot, b: &&QueueSnapshot| {
+        (b.depth + b.in_flight).cmp(&(a.depth + a.in_flight)).then_with(|| a.name.cmp(&b.name))
+    };
+    if all.len() > max {
+        if max == 0 {
+            return Vec::new();
+        }
+        all.select_nth_unstable_by(max - 1, order);
+        all.truncate(max);
+    }
+    all.sort_unstable_by(order);
+    all
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::engine::queue::QueueKind;
+
+    fn queue(name: &str, depth: usize, in_flight: usize) -> QueueSnapshot {
+        QueueSnapshot {
+            name: name.to_string(),
+            kind: QueueKind::Anycast,
+            depth,
+            in_flight,
+            consumers: 0,
+            bytes: 0,
+            enqueued_total: 0,
+            acked_total: 0,
+        }
+    }
+
+    fn render(queues: &[QueueSnapshot], max: usize) -> String {
+        let (metrics, _) = Metrics::new(&MetricsConfig { max_destination_series: max });
+        metrics.render(queues, 0, Role::Live, None)
+    }
+
+    fn depth_lines(page: &str) -> Vec<&str> {
+        page.lines().filter(|l| l.starts_with("duomq_queue_depth{")).collect()
+    }
+
+    #[test]
+    fn given_a_queue_name_with_quote_backslash_and_newline_when_rendering_should_escape_the_label_value() {
+        let page = render(&[queue("/queue/x\"} 1\nnot a valid line{\\", 2, 0)], 10);
+        assert_eq!(depth_lines(&page), vec![r#"duomq_queue_depth{queue="/queue/x\"} 1\nnot a valid line{\\"} 2"#]);
+        assert!(!page.lines().any(|l| l.starts_with("not a valid line")), "{page}");
+    }
+
+    #[test]
+    fn given_more_destinations_than_the_limit_when_rendering_should_show_the_busiest_and_count_the_rest() {
+        let queues = [
+            queue("/queue/a", 1, 0),
+            queue("/queue/b", 5, 0),
+            queue("/queue/c", 0, 4),
+            queue("/queue/d", 3, 1),
+            queue("/queue/e", 0, 0),
+        ];
+        let page = render(&queues, 3);
+        let mut shown = depth_lines(&page);
+        shown.sort_unstable();
+        // b holds 5; c and d hold 4 each (ties by name); a and e are left out.
+        assert_eq!(
+            shown,
+            vec![
+                r#"duomq_queue_depth{queue="/queue/b"} 5"#,
+                r#"duomq_queue_depth{queue="/queue/c"} 0"#,
+                r#"duomq_queue_depth{queue="/queue/d"} 3"#,
+            ]
+        );
+        assert!(page.contains("\nduomq_destinations 5\n"), "{page}");
+        assert!(page.contains("\nduomq_destination_series_omitted 2\n"), "{page}");
+        assert!(page.contains("only for the 3 destinations with the most messages"), "{page}");
+    }
+
+    #[test]
+    fn given_fewer_destinations_than_the_limit_when_rendering_should_show_all_and_omit_none() {
+        let page = render(&[queue("/queue/a", 0, 0), queue("/queue/b", 0, 0)], 3);
+        assert_eq!(depth_lines(&page).len(), 2, "{page}");
+        assert!(page.contains("\nduomq_destination_series_omitted 0\n"), "{page}");
+    }
+
+    #[test]
+    fn given_a_limit_of_zero_when_rendering_should_show_no_destination_series() {
+        let page = render(&[queue("/queue/a", 1, 0)], 0);
+        assert!(depth_lines(&page).is_empty(), "{page}");
+        assert!(page.contains("\nduomq_destination_series_omitted 1\n"), "{page}");
     }
 }

@@ -71,7 +71,7 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
     } else {
         tracing::info!(users = users.len(), "authentication on");
     }
-    let (metrics, journal_metrics) = Metrics::new();
+    let (metrics, journal_metrics) = Metrics::new(&config.metrics);
     let metrics = Arc::new(metrics);
 
     let admin_listener = bind("admin HTTP", config.admin.listen).await?;
@@ -171,7 +171,13 @@ async fn run_replicated(shared: &Shared, stomp: &TcpListener, shutdown: &Cancell
     tracing::info!(addr = %cluster.local_addr().unwrap_or(config.ha.cluster.listen), group = %ctx.group, epoch = ctx.epoch().0, "cluster port listening");
     let live_slot: ha::LiveSlot = Arc::new(RwLock::new(None));
     *shared.state.switchover.write() = Some(Arc::new(ha::switchover::Switchover::new(Arc::clone(&ctx), Arc::clone(&live_slot))));
-    let cluster_task = tokio::spawn(ha::serve_cluster(Arc::clone(&ctx), cluster, Arc::clone(&live_slot), shutdown.clone()));
+    let cluster_task = tokio::spawn(ha::serve_cluster(
+        Arc::clone(&ctx),
+        cluster,
+        Arc::clone(&live_slot),
+        shared.metrics.cluster.clone(),
+        shutdown.clone(),
+    ));
     let mut start = ha::starting_role(&ctx).await;
     let result = loop {
         tracing::info!(?start, "taking a role");

@@ -91,6 +91,16 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClusterConn<S> {
         }
     }
 
+    /// Changes the largest frame accepted from now on, in both directions: the handshake
+    /// reads with a small limit and raises it once the peer has proved the password.
+    pub fn set_max_frame(&mut self, max_frame: usize) {
+        self.codec = ClusterCodec::new(max_frame);
+    }
+
+    pub fn max_frame(&self) -> usize {
+        self.codec.max_frame()
+    }
+
     /// Bytes received but not yet decoded.
     pub fn buffered(&self) -> &[u8] {
         &self.read_buf

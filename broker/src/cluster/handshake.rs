@@ -5,6 +5,10 @@
 //! It decides nothing beyond "this peer belongs to my cluster and group": what the peer
 //! may do next is the caller's business.
 //!
+//! Until the peer has proved the password, frames are limited to
+//! [`HANDSHAKE_MAX_FRAME`] bytes (the handshake frames are a few hundred), so a stranger
+//! cannot make this node buffer a large frame; the caller's `max_frame` applies after.
+//!
 //! ```text
 //! client                                      server
 //!   Hello { version, node, group, purpose, epoch, client nonce } ->
@@ -17,7 +21,8 @@
 
 use super::auth::{self, Role, Transcript};
 use super::conn::{ClusterConn, ClusterConnError};
-use super::frame::{ClusterFrame, Purpose, PROTOCOL_VERSION};
+use super::frame::{ClusterCodec, ClusterCodecError, ClusterFrame, Purpose, PROTOCOL_VERSION};
+use bytes::BytesMut;
 use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -26,6 +31,14 @@ use tracing::warn;
 
 /// How long a handshake may take unless configured otherwise.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// The largest frame either side accepts before the handshake succeeds. A handshake frame
+/// carries two names (node id, group) of at most [`MAX_HANDSHAKE_NAME`] bytes each, plus
+/// about 100 bytes of nonces, proofs and numbers.
+pub const HANDSHAKE_MAX_FRAME: usize = 4 * 1024;
+
+/// The longest node id or group name that fits a handshake frame twice over.
+pub const MAX_HANDSHAKE_NAME: usize = 1024;
 
 /// What the server sends a client whose proof is wrong; it says no more, so a guesser
 /// learns nothing.
@@ -41,7 +54,8 @@ pub struct HandshakeConfig {
     pub epoch: u64,
     /// Why this node connects; ignored when accepting.
     pub purpose: Purpose,
-    /// Frames longer than this are refused in both directions.
+    /// Frames longer than this are refused in both directions once the handshake has
+    /// succeeded; during it, [`HANDSHAKE_MAX_FRAME`] applies.
     pub max_frame: usize,
     /// The whole handshake must finish within this.
     pub timeout: Duration,
@@ -86,6 +100,8 @@ pub enum HandshakeError {
     Receive { expected: &'static str, source: ClusterConnError },
     #[error("peer closed the connection before sending the {expected} frame")]
     Closed { expected: &'static str },
+    #[error("the {expected} frame announces {length} bytes, more than the {limit} allowed before authentication")]
+    FrameTooLarge { expected: &'static str, length: usize, limit: usize },
     #[error("handshake timed out after {timeout:?} {step}")]
     TimedOut { step: String, timeout: Duration },
     #[error("expected a {expected} frame, got a {got} frame")]
@@ -115,6 +131,22 @@ impl HandshakeError {
                 AUTHENTICATION_FAILED.to_string()
             }
             other => other.to_string(),
+        }
+    }
+
+    /// A short, fixed name for the kind of failure, for a metric label.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            HandshakeError::FrameTooLarge { .. } => "frame_too_large",
+            HandshakeError::TimedOut { .. } => "timed_out",
+            HandshakeError::ClientProofInvalid { .. } | HandshakeError::ServerProofInvalid { .. } => "authentication",
+            HandshakeError::Closed { .. } | HandshakeError::ClientGaveUp { .. } => "closed",
+            HandshakeError::VersionMismatch { .. } | HandshakeError::GroupMismatch { .. } => "mismatch",
+            HandshakeError::Send { .. }
+            | HandshakeError::Receive { .. }
+            | HandshakeError::Unexpected { .. }
+            | HandshakeError::Refused { .. }
+            | HandshakeError::WelcomeFromOtherNode { .. } => "protocol",
         }
     }
 }
@@ -181,7 +213,7 @@ where
 
     match ex.recv("welcome").await? {
         ClusterFrame::Welcome { node_id, role, epoch } if node_id == server_node => {
-            Ok((ex.conn, ServerPeer { node_id, role, epoch }))
+            Ok((ex.authenticated(), ServerPeer { node_id, role, epoch }))
         }
         ClusterFrame::Welcome { node_id, .. } => {
             let err = HandshakeError::WelcomeFromOtherNode { expected: server_node.clone(), got: node_id };
@@ -206,7 +238,10 @@ where
     let mut ex = Exchange::new(stream, config);
     let hello = match ex.recv("hello").await {
         Ok(frame) => frame,
-        Err(err @ HandshakeError::Receive { source: ClusterConnError::Decode { .. }, .. }) => {
+        Err(
+            err @ (HandshakeError::Receive { source: ClusterConnError::Decode { .. }, .. }
+            | HandshakeError::FrameTooLarge { .. }),
+        ) => {
             return Err(ex.refuse("?", err).await);
         }
         Err(err) => return Err(err),
@@ -250,7 +285,12 @@ where
     })
     .await?;
 
-    let err = match ex.recv("response").await? {
+    let response = match ex.recv("response").await {
+        Ok(frame) => frame,
+        Err(err @ HandshakeError::FrameTooLarge { .. }) => return Err(ex.refuse(&client_node, err).await),
+        Err(err) => return Err(err),
+    };
+    let err = match response {
         ClusterFrame::Response { proof } if auth::verify(&config.password, Role::Client, &transcript, &proof) => {
             ex.send(&ClusterFrame::Welcome {
                 node_id: config.node_id.clone(),
@@ -258,13 +298,21 @@ where
                 epoch: config.epoch,
             })
             .await?;
-            return Ok((ex.conn, ClientPeer { node_id: client_node, purpose, epoch: client_epoch }));
+            return Ok((ex.authenticated(), ClientPeer { node_id: client_node, purpose, epoch: client_epoch }));
         }
         ClusterFrame::Response { .. } => HandshakeError::ClientProofInvalid { client: client_node.clone() },
         ClusterFrame::Goodbye { reason } => HandshakeError::ClientGaveUp { client: client_node.clone(), reason },
         other => unexpected("response", &other),
     };
     Err(ex.refuse(&client_node, err).await)
+}
+
+/// The bytes of a `Refused` frame for a connection turned away before its handshake starts
+/// (too many are pending): the caller writes them without waiting, then closes.
+pub fn refusal_bytes(reason: &str) -> Option<BytesMut> {
+    let mut buf = BytesMut::new();
+    ClusterCodec::new(HANDSHAKE_MAX_FRAME).encode(&ClusterFrame::Refused { reason: reason.to_string() }, &mut buf).ok()?;
+    Some(buf)
 }
 
 fn unexpected(expected: &'static str, got: &ClusterFrame) -> HandshakeError {
@@ -281,15 +329,24 @@ struct Exchange<S> {
     conn: ClusterConn<S>,
     deadline: Instant,
     timeout: Duration,
+    /// The frame limit once the peer is authenticated.
+    max_frame: usize,
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<S> {
     fn new(stream: S, config: &HandshakeConfig) -> Exchange<S> {
         Exchange {
-            conn: ClusterConn::new(stream, config.max_frame),
+            conn: ClusterConn::new(stream, config.max_frame.min(HANDSHAKE_MAX_FRAME)),
             deadline: Instant::now() + config.timeout,
             timeout: config.timeout,
+            max_frame: config.max_frame,
         }
+    }
+
+    /// The connection, with the full frame limit: the peer has proved the password.
+    fn authenticated(mut self) -> ClusterConn<S> {
+        self.conn.set_max_frame(self.max_frame);
+        self.conn
     }
 
     async fn send(&mut self, frame: &ClusterFrame) -> Result<(), HandshakeError> {
@@ -306,6 +363,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<S> {
         match tokio::time::timeout_at(self.deadline, self.conn.recv()).await {
             Ok(Ok(Some(frame))) => Ok(frame),
             Ok(Ok(None)) => Err(HandshakeError::Closed { expected }),
+            Ok(Err(ClusterConnError::Decode { source: ClusterCodecError::FrameTooLarge { length, limit } })) => {
+                Err(HandshakeError::FrameTooLarge { expected, length, limit })
+            }
             Ok(Err(source)) => Err(HandshakeError::Receive { expected, source }),
             Err(_) => Err(HandshakeError::TimedOut {
                 step: format!("waiting for the {expected} frame"),
@@ -620,7 +680,8 @@ mod tests {
         assert!(
             matches!(
                 result,
-                Err(HandshakeError::Receive { expected: "hello", source: ClusterConnError::Decode { .. } })
+                Err(HandshakeError::Receive { expected: "hello", source: ClusterConnError::Decode { .. } }
+                    | HandshakeError::FrameTooLarge { expected: "hello", .. })
             ),
             "{result:?}"
         );
@@ -669,6 +730,95 @@ mod tests {
         drop(a);
         let result = accept_handshake(b, &server, "live").await;
         assert!(matches!(result, Err(HandshakeError::Closed { expected: "hello" })), "{result:?}");
+    }
+
+    #[tokio::test]
+    async fn given_a_hello_announcing_a_large_frame_when_accepting_should_refuse_before_buffering_it() {
+        // Full limit 64 MiB, as a live runs; the stranger announces 64 MiB and starts sending.
+        let server = HandshakeConfig { max_frame: 64 * 1024 * 1024, timeout: Duration::from_secs(2), ..server() };
+        let (mut a, b) = pipe();
+        let mut announce = (64u32 * 1024 * 1024).to_be_bytes().to_vec();
+        announce.push(0x01);
+        announce.extend_from_slice(&[0u8; 1024]);
+        a.write_all(&announce).await.expect("write the start of a huge hello");
+        let result = accept_handshake(b, &server, "live").await;
+        assert!(
+            matches!(
+                result,
+                Err(HandshakeError::FrameTooLarge { expected: "hello", length: 67_108_864, limit: HANDSHAKE_MAX_FRAME })
+            ),
+            "{result:?}"
+        );
+        let mut conn = ClusterConn::new(a, MAX_FRAME);
+        let answer = conn.recv().await.expect("receive the refusal");
+        assert!(
+            matches!(&answer, Some(ClusterFrame::Refused { reason }) if reason.contains("before authentication")),
+            "{answer:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn given_a_response_announcing_a_large_frame_when_accepting_should_refuse() {
+        let server = HandshakeConfig { max_frame: 64 * 1024 * 1024, timeout: Duration::from_secs(2), ..server() };
+        let (a, b) = pipe();
+        let raw = async {
+            let mut conn = ClusterConn::new(a, MAX_FRAME);
+            conn.send(&hello(PROTOCOL_VERSION, [1; 32])).await.expect("send hello");
+            conn.recv().await.expect("receive challenge").expect("a challenge");
+            let (mut stream, _, _) = conn.into_parts();
+            stream.write_all(&[0, 1, 0, 0, 0x03]).await.expect("announce a 64 KiB response");
+            ClusterConn::new(stream, MAX_FRAME).recv().await.expect("receive the refusal")
+        };
+        let (answer, server_side) = tokio::join!(raw, accept_handshake(b, &server, "live"));
+        assert!(matches!(answer, Some(ClusterFrame::Refused { .. })), "{answer:?}");
+        assert!(
+            matches!(server_side, Err(HandshakeError::FrameTooLarge { expected: "response", .. })),
+            "{server_side:?}"
+        );
+    }
+
+    #[tokio::test]
+    async fn given_a_handshake_that_succeeded_should_carry_frames_up_to_the_full_limit() {
+        let client = HandshakeConfig { max_frame: 1024 * 1024, ..client() };
+        let server = HandshakeConfig { max_frame: 1024 * 1024, ..server() };
+        let (a, b) = duplex(4 * 1024 * 1024);
+        let (client_side, server_side) =
+            tokio::join!(connect_handshake(a, &client), accept_handshake(b, &server, "live"));
+        let (mut client_conn, _) = client_side.expect("client handshake");
+        let (mut server_conn, _) = server_side.expect("server handshake");
+        let chunk = ClusterFrame::SegmentChunk { seq: 1, offset: 0, data: Bytes::from(vec![7u8; 512 * 1024]) };
+        server_conn.send(&chunk).await.expect("send a 512 KiB chunk");
+        assert_eq!(client_conn.recv().await.expect("receive the chunk"), Some(chunk.clone()));
+        client_conn.send(&chunk).await.expect("send it back");
+        assert_eq!(server_conn.recv().await.expect("receive it back"), Some(chunk));
+    }
+
+    #[test]
+    fn given_the_longest_names_when_encoding_handshake_frames_should_fit_the_pre_authentication_limit() {
+        let long = "n".repeat(MAX_HANDSHAKE_NAME);
+        let frames = [
+            ClusterFrame::Hello {
+                version: PROTOCOL_VERSION,
+                node_id: long.clone(),
+                group: long.clone(),
+                purpose: Purpose::Replicate,
+                epoch: u64::MAX,
+                nonce: [0; 32],
+            },
+            ClusterFrame::Challenge {
+                version: PROTOCOL_VERSION,
+                node_id: long.clone(),
+                group: long.clone(),
+                epoch: u64::MAX,
+                nonce: [0; 32],
+                proof: [0; 32],
+            },
+            ClusterFrame::Welcome { node_id: long.clone(), role: "starting".into(), epoch: u64::MAX },
+        ];
+        for frame in &frames {
+            let mut buf = BytesMut::new();
+            ClusterCodec::new(HANDSHAKE_MAX_FRAME).encode(frame, &mut buf).expect("fits");
+        }
     }
 
     #[test]

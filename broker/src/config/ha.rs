@@ -3,6 +3,7 @@
 //! master/slave). Types and checks only; the `ha` module acts on them.
 
 use super::{invalid, ConfigError, HumanDuration};
+use crate::cluster::MAX_HANDSHAKE_NAME;
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -108,6 +109,9 @@ pub struct ClusterConfig {
     /// The cluster password; prefer `passwordFile` (a mounted Secret).
     pub password: String,
     pub password_file: Option<PathBuf>,
+    /// Cluster connections still in their handshake (not yet authenticated) at once;
+    /// one more is closed at once, with a `Refused` frame naming this limit.
+    pub max_pending_connections: usize,
 }
 
 impl std::fmt::Debug for ClusterConfig {
@@ -117,6 +121,7 @@ impl std::fmt::Debug for ClusterConfig {
             .field("user", &self.user)
             .field("password", &"<redacted>")
             .field("password_file", &self.password_file)
+            .field("max_pending_connections", &self.max_pending_connections)
             .finish()
     }
 }
@@ -128,6 +133,7 @@ impl Default for ClusterConfig {
             user: "duomq-cluster".to_string(),
             password: String::new(),
             password_file: None,
+            max_pending_connections: 16,
         }
     }
 }
@@ -296,6 +302,15 @@ impl HaConfig {
         if self.cluster.user.is_empty() {
             return invalid("ha.cluster.user", "must not be empty");
         }
+        if self.cluster.max_pending_connections == 0 {
+            return invalid("ha.cluster.maxPendingConnections", "must be at least 1 (backups and voters connect through it)");
+        }
+        if self.group_name.len() > MAX_HANDSHAKE_NAME {
+            return invalid("ha.groupName", format!("must be at most {MAX_HANDSHAKE_NAME} bytes (it travels in the cluster handshake)"));
+        }
+        if let Some(m) = self.members.iter().find(|m| m.name.len() > MAX_HANDSHAKE_NAME) {
+            return invalid("ha.members", format!("member name {:?} is longer than {MAX_HANDSHAKE_NAME} bytes (node ids travel in the cluster handshake)", m.name));
+        }
         if self.members.is_empty() {
             return invalid("ha.members", "list the other members of the group (name, cluster, stomp)");
         }
@@ -434,6 +449,8 @@ mod tests {
     #[case(&kubernetes("    lease:\n      name: Not_A_Name\n"), "ha.arbiter.lease.name")]
     #[case(&kubernetes("    lease:\n      namespace: \"\"\n"), "ha.arbiter.lease.namespace")]
     #[case("ha:\n  policy: sharedStore\n  arbiter:\n    kind: kubernetes\n", "ha.arbiter.kind")]
+    #[case("ha:\n  policy: replication\n  cluster:\n    password: p\n    maxPendingConnections: 0\n  members:\n    - name: b\n      cluster: b:2\n      stomp: b:1\n", "ha.cluster.maxPendingConnections")]
+    #[case(&format!("ha:\n  policy: replication\n  cluster:\n    password: p\n  members:\n    - name: {}\n      cluster: b:2\n      stomp: b:1\n", "b".repeat(1025)), "ha.members")]
     fn given_invalid_ha_section_should_name_field(#[case] ha: &str, #[case] field: &str) {
         given_ha_section_should_fail_naming(ha, field, "g1");
     }

@@ -62,6 +62,23 @@ pub struct BrokerConfig {
     pub grouping: GroupingConfig,
     pub runtime: RuntimeConfig,
     pub log: LogConfig,
+    pub metrics: MetricsConfig,
+}
+
+/// What `/metrics` shows.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct MetricsConfig {
+    /// Per-destination series (`duomq_queue_*`) are shown for at most this many
+    /// destinations: those holding the most messages (depth plus in flight), ties by name.
+    /// `duomq_destinations` counts all, `duomq_destination_series_omitted` the rest.
+    pub max_destination_series: usize,
+}
+
+impl Default for MetricsConfig {
+    fn default() -> MetricsConfig {
+        MetricsConfig { max_destination_series: 500 }
+    }
 }
 
 /// The async runtime serving connections.
@@ -303,6 +320,12 @@ impl BrokerConfig {
         }
         if self.stomp.default_prefetch == 0 {
             return invalid("stomp.defaultPrefetch", "must be at least 1");
+        }
+        if self.ha.policy == HaPolicy::Replication && self.node.id.len() > crate::cluster::MAX_HANDSHAKE_NAME {
+            return invalid(
+                "node.id",
+                format!("must be at most {} bytes with replication (it travels in the cluster handshake)", crate::cluster::MAX_HANDSHAKE_NAME),
+            );
         }
         if self.stomp.listen == self.admin.listen {
             return invalid("admin.listen", "must differ from stomp.listen");

@@ -24,6 +24,7 @@ use crate::admin::api::{BackupStatus, HaStatus, Role, SyncState, SyncStatus};
 use crate::cluster::{accept_handshake, ClusterFrame, HandshakeConfig, Purpose, DEFAULT_HANDSHAKE_TIMEOUT};
 use crate::config::{ArbiterKind, BrokerConfig, HaConfig, HaPolicy, PreferredRole};
 use crate::journal::{Journal, JournalError};
+use crate::metrics::{ClusterMetrics, ClusterRefusedLabels};
 use arbiter::{Arbiter, ArbiterError, FileLockArbiter, QuorumArbiter, Vote};
 use epoch::{Epoch, EpochError, EpochStore};
 use lease::{KubernetesArbiter, LeaseMetrics, LeaseSettings};
@@ -365,8 +366,19 @@ async fn ask_vote(ctx: &HaContext, addr: &str, request: arbiter::ActivationReque
 pub type LiveSlot = Arc<RwLock<Option<(Journal, Arc<LiveTerm>)>>>;
 
 /// Serves the cluster port for the life of the process: probes, votes, and (when live)
-/// replication to backups.
-pub async fn serve_cluster(ctx: Arc<HaContext>, listener: TcpListener, live: LiveSlot, stop: CancellationToken) {
+/// replication to backups. At most `ha.cluster.maxPendingConnections` connections are in
+/// their handshake at once; one more is refused at once (counted, logged at most once a
+/// second), so strangers cannot hold more than that many sockets and small buffers.
+pub async fn serve_cluster(
+    ctx: Arc<HaContext>,
+    listener: TcpListener,
+    live: LiveSlot,
+    metrics: ClusterMetrics,
+    stop: CancellationToken,
+) {
+    let max_pending = ctx.config.cluster.max_pending_connections;
+    let pending = Arc::new(tokio::sync::Semaphore::new(max_pending));
+    let mut excess_log = ExcessLog::default();
     loop {
         let (stream, peer_addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -378,8 +390,14 @@ pub async fn serve_cluster(ctx: Arc<HaContext>, listener: TcpListener, live: Liv
             },
             _ = stop.cancelled() => return,
         };
+        let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
+            metrics.refused.get_or_create(&ClusterRefusedLabels { reason: "pending_limit" }).inc();
+            excess_log.refused(peer_addr, max_pending);
+            refuse_excess(&stream, max_pending);
+            continue;
+        };
         let _ = stream.set_nodelay(true);
-        let (ctx, live, stop) = (Arc::clone(&ctx), Arc::clone(&live), stop.clone());
+        let (ctx, live, stop, metrics) = (Arc::clone(&ctx), Arc::clone(&live), stop.clone(), metrics.clone());
         tokio::spawn(async move {
             let role = match *ctx.role.read() {
                 Role::Live => "live",
@@ -387,9 +405,14 @@ pub async fn serve_cluster(ctx: Arc<HaContext>, listener: TcpListener, live: Liv
                 Role::Fenced => "fenced",
                 _ => "starting",
             };
-            let (mut conn, peer) = match accept_handshake(stream, &ctx.handshake(Purpose::Probe), role).await {
+            metrics.pending.inc();
+            let handshake = accept_handshake(stream, &ctx.handshake(Purpose::Probe), role).await;
+            metrics.pending.dec();
+            drop(permit);
+            let (mut conn, peer) = match handshake {
                 Ok(x) => x,
                 Err(e) => {
+                    metrics.refused.get_or_create(&ClusterRefusedLabels { reason: e.kind() }).inc();
                     tracing::warn!(peer = %peer_addr, error = %backup::error_chain(&e), "refused a cluster connection");
                     return;
                 }
@@ -423,6 +446,42 @@ pub async fn serve_cluster(ctx: Arc<HaContext>, listener: TcpListener, live: Liv
                 }
             }
         });
+    }
+}
+
+/// Best effort, without waiting: a `Refused` frame naming the limit, then the socket closes
+/// when the caller drops it.
+fn refuse_excess(stream: &TcpStream, max_pending: usize) {
+    let reason = format!(
+        "too many unauthenticated cluster connections ({max_pending}, ha.cluster.maxPendingConnections): try again later"
+    );
+    if let Some(bytes) = crate::cluster::refusal_bytes(&reason) {
+        let _ = stream.try_write(&bytes);
+    }
+}
+
+/// Logs refusals for the pending-connection limit at most once a second, with how many
+/// were refused since the last line, so a flood of connections is not a flood of lines.
+#[derive(Default)]
+struct ExcessLog {
+    last: Option<std::time::Instant>,
+    unlogged: u64,
+}
+
+impl ExcessLog {
+    fn refused(&mut self, peer: std::net::SocketAddr, limit: usize) {
+        self.unlogged += 1;
+        if self.last.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1)) {
+            return;
+        }
+        tracing::warn!(
+            %peer,
+            limit,
+            refused = self.unlogged,
+            "closed cluster connections at once: ha.cluster.maxPendingConnections unauthenticated connections are already in their handshake"
+        );
+        self.last = Some(std::time::Instant::now());
+        self.unlogged = 0;
     }
 }
 

@@ -1,0 +1,229 @@
+//! The cluster port against strangers, with a real live broker process: sockets that
+//! announce 64 MiB frames and push bytes at it, and more silent sockets than
+//! `ha.cluster.maxPendingConnections`. The live's memory (VmRSS and its peak VmHWM from
+//! `/proc`) stays bounded, the excess is closed at once with a reason, the handshake
+//! deadline closes the rest, and a real backup still connects and syncs afterwards.
+
+mod common;
+
+use bytes::BytesMut;
+use common::cluster::{Member, Peer};
+use common::{http_get, Broker};
+use duomq_broker::cluster::{ClusterCodec, ClusterFrame};
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::{Duration, Instant};
+
+/// How long the live may take to close a socket it refuses.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
+/// The handshake deadline (10s) plus slack for a loaded machine.
+const HANDSHAKE_DEADLINE_TIMEOUT: Duration = Duration::from_secs(40);
+const MIB: u64 = 1024 * 1024;
+
+/// A live of group `g1` (a `Broker`, so the test knows its pid) and a backup, not started,
+/// that it names as its member.
+struct Group {
+    root: tempfile::TempDir,
+    live: Broker,
+    live_cluster: u16,
+    backup: Member,
+}
+
+impl Group {
+    fn start(max_pending: usize) -> Group {
+        let root = tempfile::Builder::new().prefix("duomq-hostile-cluster-").tempdir().expect("tempdir");
+        std::fs::write(root.path().join("password"), "a-long-random-cluster-password\n").expect("write password");
+        let backup = Member::new(root.path(), "node-b");
+        let live_cluster = common::free_port();
+        let config = format!(
+            "node:\n  id: node-a\n\
+             ha:\n  policy: replication\n  role: primary\n  groupName: g1\n  checkPeriod: 100ms\n  connectionTtl: 1s\n\
+             \x20 cluster:\n    listen: 127.0.0.1:{live_cluster}\n    passwordFile: {pw}\n    maxPendingConnections: {max_pending}\n\
+             \x20 members:\n    - name: node-b\n      cluster: {b_cluster}\n      stomp: {b_stomp}\n\
+             \x20 arbiter:\n    kind: fileLock\n    lockFile: {lock}\n",
+            pw = root.path().join("password").display(),
+            b_cluster = backup.cluster_addr(),
+            b_stomp = backup.stomp_addr(),
+            lock = root.path().join("live.lock").display(),
+        );
+        let live = Broker::start("hostile-cluster-live", &config);
+        Group { root, live, live_cluster, backup }
+    }
+
+    fn live_peer(&self) -> Peer {
+        Peer {
+            name: "node-a".into(),
+            cluster: format!("127.0.0.1:{}", self.live_cluster),
+            stomp: format!("127.0.0.1:{}", self.live.stomp_port),
+        }
+    }
+
+    /// Starts the backup and waits until it reports itself in sync with the live.
+    fn backup_syncs(&mut self) {
+        let peers = [self.live_peer()];
+        self.backup.start(&peers, "backup", "", self.root.path(), "g1", "password");
+        self.backup.wait_synced_backup();
+    }
+
+    fn metric(&self, line_start: &str) -> u64 {
+        metric_value(self.live.admin_port, line_start)
+    }
+}
+
+/// The value of the first `/metrics` line starting with `line_start`, 0 if none.
+fn metric_value(admin_port: u16, line_start: &str) -> u64 {
+    let (_, page) = http_get(admin_port, "/metrics").expect("GET /metrics");
+    page.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
+/// A `VmRSS:`/`VmHWM:` figure of `/proc/<pid>/status`, in bytes.
+fn proc_memory(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
+    let kib: u64 = status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|rest| rest.split_whitespace().next())
+        .and_then(|n| n.parse().ok())
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
+    kib * 1024
+}
+
+/// Reads `stream` until the peer closes it or `timeout` passes; the bytes read and whether
+/// it was closed (end of stream or reset).
+fn read_until_closed(stream: &mut TcpStream, timeout: Duration) -> (Vec<u8>, bool) {
+    let deadline = Instant::now() + timeout;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            return (got, false);
+        }
+        stream.set_read_timeout(Some(left)).expect("set read timeout");
+        match stream.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                return (got, false)
+            }
+            Err(_) => return (got, true),
+        }
+    }
+}
+
+fn log_of(live: &Broker) -> String {
+    std::fs::read_to_string(&live.log).unwrap_or_default()
+}
+
+fn wait_for_log(live: &Broker, needle: &str) {
+    let deadline = Instant::now() + CLOSE_TIMEOUT;
+    while !log_of(live).contains(needle) {
+        assert!(Instant::now() < deadline, "the live never logged {needle:?}; log:\n{}", log_of(live));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+#[test]
+fn given_unauthenticated_sockets_announcing_64_mib_frames_when_they_push_bytes_should_keep_rss_bounded_and_let_a_backup_sync() {
+    const SOCKETS: usize = 48;
+    const PUSH_PER_SOCKET: u64 = 8 * MIB;
+    const BOUND: u64 = 64 * MIB;
+    // A cap above the number of sockets: what is measured here is the frame limit alone.
+    let mut group = Group::start(64);
+    let pid = group.live.pid();
+    let rss_before = proc_memory(pid, "VmRSS:");
+    let hwm_before = proc_memory(pid, "VmHWM:");
+
+    // Every socket announces a 64 MiB hello and pushes 8 MiB of it, all at once; the
+    // sockets stay open until every one has pushed (or been cut off), so a live that
+    // buffered them would hold 48 x 8 MiB = 384 MiB.
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(SOCKETS + 1));
+    let pushers: Vec<_> = (0..SOCKETS)
+        .map(|_| {
+            let (addr, barrier) = (format!("127.0.0.1:{}", group.live_cluster), std::sync::Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(&addr).expect("connect to the cluster port");
+                stream.set_write_timeout(Some(Duration::from_secs(20))).expect("set write timeout");
+                let mut header = (64u32 * 1024 * 1024).to_be_bytes().to_vec();
+                header.push(0x01);
+                let chunk = vec![0x5a_u8; 64 * 1024];
+                let mut pushed = 0u64;
+                if stream.write_all(&header).is_ok() {
+                    while pushed < PUSH_PER_SOCKET && stream.write_all(&chunk).is_ok() {
+                        pushed += chunk.len() as u64;
+                    }
+                }
+                barrier.wait();
+                pushed
+            })
+        })
+        .collect();
+    barrier.wait();
+    let rss_during = proc_memory(pid, "VmRSS:");
+    let hwm_during = proc_memory(pid, "VmHWM:");
+    let pushed: Vec<u64> = pushers.into_iter().map(|t| t.join().expect("pusher thread")).collect();
+    println!(
+        "VmRSS {} MiB before, {} MiB with the sockets open; VmHWM {} MiB before, {} MiB after; \
+         bytes accepted per socket (by the kernel): max {} KiB",
+        rss_before / MIB,
+        rss_during / MIB,
+        hwm_before / MIB,
+        hwm_during / MIB,
+        pushed.iter().max().copied().unwrap_or(0) / 1024,
+    );
+    assert!(
+        hwm_during < rss_before + BOUND,
+        "peak RSS {} MiB went past {} MiB before + {} MiB",
+        hwm_during / MIB,
+        rss_before / MIB,
+        BOUND / MIB
+    );
+
+    wait_for_log(&group.live, "allowed before authentication");
+    let refused = group.metric("duomq_cluster_connections_refused_total{reason=\"frame_too_large\"}");
+    assert_eq!(refused, SOCKETS as u64, "every socket is refused for its frame size");
+    group.backup_syncs();
+}
+
+#[test]
+fn given_more_silent_unauthenticated_sockets_than_the_limit_should_close_the_excess_at_once_then_the_rest_at_the_deadline() {
+    const LIMIT: usize = 16;
+    const SOCKETS: usize = 40;
+    let mut group = Group::start(LIMIT);
+    let addr = format!("127.0.0.1:{}", group.live_cluster);
+    let mut sockets: Vec<TcpStream> =
+        (0..SOCKETS).map(|_| TcpStream::connect(&addr).expect("connect to the cluster port")).collect();
+
+    // The live accepts them in order: the first LIMIT wait in their handshake, every later
+    // one is closed at once with a Refused frame naming the limit.
+    let deadline = Instant::now() + CLOSE_TIMEOUT;
+    while group.metric("duomq_cluster_connections_refused_total{reason=\"pending_limit\"}") < (SOCKETS - LIMIT) as u64 {
+        assert!(Instant::now() < deadline, "the excess sockets were not refused; log:\n{}", log_of(&group.live));
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert_eq!(group.metric("duomq_cluster_pending_connections "), LIMIT as u64);
+    for (i, socket) in sockets.iter_mut().enumerate().skip(LIMIT) {
+        let (bytes, closed) = read_until_closed(socket, CLOSE_TIMEOUT);
+        assert!(closed, "excess socket {i} is still open");
+        let frame = ClusterCodec::new(4096).decode(&mut BytesMut::from(&bytes[..])).expect("a valid frame");
+        assert!(
+            matches!(&frame, Some(ClusterFrame::Refused { reason }) if reason.contains("ha.cluster.maxPendingConnections")),
+            "excess socket {i} got {frame:?}"
+        );
+    }
+    assert!(log_of(&group.live).contains("ha.cluster.maxPendingConnections"), "{}", log_of(&group.live));
+
+    // The first LIMIT are closed by the handshake deadline.
+    for (i, socket) in sockets.iter_mut().enumerate().take(LIMIT) {
+        let (_, closed) = read_until_closed(socket, HANDSHAKE_DEADLINE_TIMEOUT);
+        assert!(closed, "pending socket {i} outlived the handshake deadline");
+    }
+    assert_eq!(group.metric("duomq_cluster_connections_refused_total{reason=\"timed_out\"}"), LIMIT as u64);
+    assert_eq!(group.metric("duomq_cluster_pending_connections "), 0);
+    group.backup_syncs();
+}
+
