@@ -2,7 +2,8 @@
 //! announce 64 MiB frames and push bytes at it, and more silent sockets than
 //! `ha.cluster.maxPendingConnections`. The live's memory (VmRSS and its peak VmHWM from
 //! `/proc`) stays bounded, the excess is closed at once with a reason, the handshake
-//! deadline closes the rest, and a real backup still connects and syncs afterwards.
+//! deadline closes the rest, and a real backup still connects and syncs afterwards. A
+//! backup's STOMP port, which only tells clients who is live, is bounded the same way.
 
 mod common;
 
@@ -227,3 +228,73 @@ fn given_more_silent_unauthenticated_sockets_than_the_limit_should_close_the_exc
     group.backup_syncs();
 }
 
+
+#[test]
+fn given_clients_pushing_16_mib_connect_frames_at_a_backup_should_keep_its_rss_bounded_and_still_name_the_live() {
+    const SOCKETS: usize = 40;
+    const PUSH_PER_SOCKET: u64 = 8 * MIB;
+    const BOUND: u64 = 64 * MIB;
+    let root = tempfile::Builder::new().prefix("duomq-hostile-backup-").tempdir().expect("tempdir");
+    std::fs::write(root.path().join("password"), "a-long-random-cluster-password\n").expect("write password");
+    let mut live = Member::new(root.path(), "node-a");
+    let backup_cluster = common::free_port();
+    let backup_peer = Peer { name: "node-b".into(), cluster: format!("127.0.0.1:{backup_cluster}"), stomp: "127.0.0.1:1".into() };
+    live.start(&[backup_peer], "primary", "", root.path(), "g1", "password");
+    live.wait_live();
+    let config = format!(
+        "node:\n  id: node-b\n\
+         ha:\n  policy: replication\n  role: backup\n  groupName: g1\n  checkPeriod: 100ms\n  connectionTtl: 1s\n\
+         \x20 cluster:\n    listen: 127.0.0.1:{backup_cluster}\n    passwordFile: {pw}\n\
+         \x20 members:\n    - name: node-a\n      cluster: {a_cluster}\n      stomp: {a_stomp}\n\
+         \x20 arbiter:\n    kind: fileLock\n    lockFile: {lock}\n",
+        pw = root.path().join("password").display(),
+        a_cluster = live.cluster_addr(),
+        a_stomp = live.stomp_addr(),
+        lock = root.path().join("live.lock").display(),
+    );
+    // Ready once in sync with the live.
+    let backup = Broker::start("hostile-backup", &config);
+    let pid = backup.pid();
+    let rss_before = proc_memory(pid, "VmRSS:");
+
+    let barrier = std::sync::Arc::new(std::sync::Barrier::new(SOCKETS + 1));
+    let pushers: Vec<_> = (0..SOCKETS)
+        .map(|_| {
+            let (port, barrier) = (backup.stomp_port, std::sync::Arc::clone(&barrier));
+            std::thread::spawn(move || {
+                let mut stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to the backup's STOMP port");
+                stream.set_write_timeout(Some(Duration::from_secs(20))).expect("set write timeout");
+                let chunk = vec![b'x'; 64 * 1024];
+                let mut pushed = 0u64;
+                if stream.write_all(b"CONNECT\naccept-version:1.2\ncontent-length:16777215\n\n").is_ok() {
+                    while pushed < PUSH_PER_SOCKET && stream.write_all(&chunk).is_ok() {
+                        pushed += chunk.len() as u64;
+                    }
+                }
+                barrier.wait();
+                let (answer, _) = read_until_closed(&mut stream, CLOSE_TIMEOUT);
+                String::from_utf8_lossy(&answer).into_owned()
+            })
+        })
+        .collect();
+    barrier.wait();
+    let hwm_during = proc_memory(pid, "VmHWM:");
+    let answers: Vec<String> = pushers.into_iter().map(|t| t.join().expect("pusher thread")).collect();
+    println!("backup VmRSS {} MiB before; VmHWM {} MiB with the sockets open", rss_before / MIB, hwm_during / MIB);
+    assert!(
+        hwm_during < rss_before + BOUND,
+        "peak RSS {} MiB went past {} MiB before + {} MiB",
+        hwm_during / MIB,
+        rss_before / MIB,
+        BOUND / MIB
+    );
+    // A reset may swallow the answer to a client whose bytes were still unread; most get it.
+    let named = answers.iter().filter(|a| a.starts_with("ERROR") && a.contains("not live")).count();
+    assert!(named > 0, "no pusher was told who is live: {answers:?}");
+
+    let mut client = common::Conn::raw(backup.stomp_port);
+    client.send(&duomq_broker::stomp::Frame::new(duomq_broker::stomp::Command::Connect).header("accept-version", "1.2"));
+    let error = client.expect(duomq_broker::stomp::Command::Error);
+    let message = error.get("message").unwrap_or_default().to_string();
+    assert!(message.contains(&live.stomp_addr()), "{message}");
+}

@@ -1,14 +1,29 @@
 //! What a backup says to STOMP clients: it accepts the connection, reads the CONNECT and
 //! answers with an ERROR naming the live, so failover clients move on at once. It serves
 //! no messages and holds no state.
+//!
+//! Its memory is bounded whatever clients send: the first frame may be at most
+//! [`RESPONDER_LIMITS`] (a CONNECT is a few hundred bytes), a frame beyond them gets the
+//! same ERROR at once, and at most [`MAX_RESPONDER_CONNECTIONS`] are answered at a time.
 
 use crate::stomp::{Command, Frame, Inbound, Limits, StompCodec};
+use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::BytesMut;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
+
+/// The first frame a backup reads from a client: a CONNECT (or whatever the client sends
+/// first) needs no more.
+pub const RESPONDER_LIMITS: Limits = Limits { max_header_bytes: 8 * 1024, max_headers: 64, max_body_bytes: 4 * 1024 };
+
+/// Clients answered at once; one more is closed without an answer. Each is answered within
+/// `FIRST_FRAME_TIMEOUT`, so this is only reached by a flood.
+pub const MAX_RESPONDER_CONNECTIONS: usize = 1024;
+
+const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The ERROR message a backup sends; failover clients recognise the `not live` prefix.
 pub fn not_live_message(group: &str, live: Option<&str>) -> String {
@@ -26,8 +41,10 @@ pub async fn serve(
     live: Arc<parking_lot::RwLock<Option<String>>>,
     stop: CancellationToken,
 ) {
+    let answering = Arc::new(tokio::sync::Semaphore::new(MAX_RESPONDER_CONNECTIONS));
+    let refused = AtomicU64::new(0);
     loop {
-        let (mut stream, _) = tokio::select! {
+        let (mut stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(_) => {
@@ -37,14 +54,26 @@ pub async fn serve(
             },
             _ = stop.cancelled() => return,
         };
+        let Ok(permit) = Arc::clone(&answering).try_acquire_owned() else {
+            let total = refused.fetch_add(1, Ordering::Relaxed) + 1;
+            if total.is_power_of_two() {
+                tracing::warn!(%peer, limit = MAX_RESPONDER_CONNECTIONS, refused = total, "backup closed a STOMP connection unanswered: too many clients are being answered at once");
+            }
+            continue;
+        };
         let message = not_live_message(&group, live.read().as_deref());
         tokio::spawn(async move {
-            let mut codec = StompCodec::new(Limits::default());
+            let _permit = permit;
+            let mut codec = StompCodec::new(RESPONDER_LIMITS);
             let mut buf = BytesMut::with_capacity(1024);
-            let first = tokio::time::timeout(Duration::from_secs(5), async {
+            let first = tokio::time::timeout(FIRST_FRAME_TIMEOUT, async {
                 loop {
-                    if let Ok(Some(Inbound::Frame(f))) = codec.decode(&mut buf) {
-                        return Some(f);
+                    match codec.decode(&mut buf) {
+                        Ok(Some(Inbound::Frame(f))) => return Some(f),
+                        Ok(Some(Inbound::Heartbeat)) => continue,
+                        Ok(None) => {}
+                        // Too large or malformed: answer the same without reading further.
+                        Err(_) => return None,
                     }
                     match stream.read_buf(&mut buf).await {
                         Ok(0) | Err(_) => return None,
