@@ -27,7 +27,7 @@ use std::time::Duration;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::time::Instant;
-use tracing::warn;
+use tracing::{debug, warn};
 
 /// How long a handshake may take unless configured otherwise.
 pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -381,9 +381,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> Exchange<S> {
         err
     }
 
-    /// Server side: logs why this node refuses and tells the client, best effort.
+    /// Server side: tells the client why, best effort. The caller logs the error it gets
+    /// back (throttled: strangers can make many), so this only logs at debug.
     async fn refuse(&mut self, client: &str, err: HandshakeError) -> HandshakeError {
-        warn!(client, reason = %err, "cluster handshake refused");
+        debug!(client, reason = %err, "cluster handshake refused");
         self.best_effort(&ClusterFrame::Refused { reason: err.refusal_reason() }).await;
         err
     }

@@ -367,8 +367,9 @@ pub type LiveSlot = Arc<RwLock<Option<(Journal, Arc<LiveTerm>)>>>;
 
 /// Serves the cluster port for the life of the process: probes, votes, and (when live)
 /// replication to backups. At most `ha.cluster.maxPendingConnections` connections are in
-/// their handshake at once; one more is refused at once (counted, logged at most once a
-/// second), so strangers cannot hold more than that many sockets and small buffers.
+/// their handshake at once; one more is refused at once, so strangers cannot hold more than
+/// that many sockets and small buffers. Refusals are counted in metrics and logged at most
+/// once a second per kind (with how many since), so a flood is not a flood of log lines.
 pub async fn serve_cluster(
     ctx: Arc<HaContext>,
     listener: TcpListener,
@@ -378,7 +379,8 @@ pub async fn serve_cluster(
 ) {
     let max_pending = ctx.config.cluster.max_pending_connections;
     let pending = Arc::new(tokio::sync::Semaphore::new(max_pending));
-    let mut excess_log = ExcessLog::default();
+    let mut excess_log = LogThrottle::default();
+    let failed_log = Arc::new(parking_lot::Mutex::new(LogThrottle::default()));
     loop {
         let (stream, peer_addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -392,12 +394,20 @@ pub async fn serve_cluster(
         };
         let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
             metrics.refused.get_or_create(&ClusterRefusedLabels { reason: "pending_limit" }).inc();
-            excess_log.refused(peer_addr, max_pending);
+            if let Some(refused) = excess_log.allow() {
+                tracing::warn!(
+                    peer = %peer_addr,
+                    limit = max_pending,
+                    refused,
+                    "closed cluster connections at once: ha.cluster.maxPendingConnections unauthenticated connections are already in their handshake"
+                );
+            }
             refuse_excess(&stream, max_pending);
             continue;
         };
         let _ = stream.set_nodelay(true);
         let (ctx, live, stop, metrics) = (Arc::clone(&ctx), Arc::clone(&live), stop.clone(), metrics.clone());
+        let failed_log = Arc::clone(&failed_log);
         tokio::spawn(async move {
             let role = match *ctx.role.read() {
                 Role::Live => "live",
@@ -413,7 +423,10 @@ pub async fn serve_cluster(
                 Ok(x) => x,
                 Err(e) => {
                     metrics.refused.get_or_create(&ClusterRefusedLabels { reason: e.kind() }).inc();
-                    tracing::warn!(peer = %peer_addr, error = %backup::error_chain(&e), "refused a cluster connection");
+                    let allowed = failed_log.lock().allow();
+                    if let Some(refused) = allowed {
+                        tracing::warn!(peer = %peer_addr, error = %backup::error_chain(&e), refused, "refused a cluster connection");
+                    }
                     return;
                 }
             };
@@ -460,28 +473,23 @@ fn refuse_excess(stream: &TcpStream, max_pending: usize) {
     }
 }
 
-/// Logs refusals for the pending-connection limit at most once a second, with how many
-/// were refused since the last line, so a flood of connections is not a flood of lines.
+/// Lets a kind of log line through at most once a second, and says how many happened
+/// since the last one that went through (itself included).
 #[derive(Default)]
-struct ExcessLog {
+struct LogThrottle {
     last: Option<std::time::Instant>,
     unlogged: u64,
 }
 
-impl ExcessLog {
-    fn refused(&mut self, peer: std::net::SocketAddr, limit: usize) {
+impl LogThrottle {
+    /// `Some(count)` when this one should be logged.
+    fn allow(&mut self) -> Option<u64> {
         self.unlogged += 1;
         if self.last.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1)) {
-            return;
+            return None;
         }
-        tracing::warn!(
-            %peer,
-            limit,
-            refused = self.unlogged,
-            "closed cluster connections at once: ha.cluster.maxPendingConnections unauthenticated connections are already in their handshake"
-        );
         self.last = Some(std::time::Instant::now());
-        self.unlogged = 0;
+        Some(std::mem::take(&mut self.unlogged))
     }
 }
 
