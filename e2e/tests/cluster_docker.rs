@@ -1039,3 +1039,133 @@ async fn given_deployment_missing_image_and_impossible_placement_when_run_should
     f.shutdown().await?;
     Ok(())
 }
+
+/// Runs kubectl against the fixture's API server, as a user on this machine would.
+fn kubectl_at(kubeconfig: &Path, args: &[&str]) -> Result<std::process::Output> {
+    Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(kubeconfig)
+        .args(args)
+        .output()
+        .context("failed to run kubectl (is it installed? scripts/test installs it)")
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn given_pod_with_output_when_kubectl_logs_should_print_tail_pick_container_and_follow() -> Result<()> {
+    let f = Fixture::start().await?;
+    let kubeconfig = f.state_dir.with_file_name("kubeconfig");
+    f.api
+        .as_ref()
+        .context("api runs until shutdown")?
+        .write_kubeconfig(&kubeconfig, &f.api.as_ref().context("api")?.url())?;
+    // Writes three lines (one on stderr), then one more once the test creates /tmp/go.
+    // (stdout and stderr are separate pipes: the pauses keep their lines in order.)
+    let talk = "echo line 1; echo line 2; sleep 0.5; echo oops >&2; sleep 0.5; echo line 3; \
+                until [ -e /tmp/go ]; do sleep 0.2; done; echo after-follow; exec sleep 3600";
+    f.api::<Pod>()
+        .create(
+            &PostParams::default(),
+            &from_json(json!({
+                "metadata": { "name": "talker", "namespace": NAMESPACE },
+                "spec": {
+                    "terminationGracePeriodSeconds": 1,
+                    "containers": [
+                        { "name": "talk", "image": BASE_IMAGE, "imagePullPolicy": "Never", "command": ["bash", "-c", talk] },
+                        { "name": "quiet", "image": BASE_IMAGE, "imagePullPolicy": "Never", "command": ["sleep", "3600"] }
+                    ]
+                }
+            }))?,
+        )
+        .await?;
+    let logs = |args: &[&str]| -> Result<(bool, String, String)> {
+        let mut all = vec!["-n", NAMESPACE, "logs", "talker"];
+        all.extend_from_slice(args);
+        let out = kubectl_at(&kubeconfig, &all)?;
+        Ok((out.status.success(), String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned()))
+    };
+    let printed = eventually("kubectl logs talker -c talk to print three lines", POD_READY_TIMEOUT, || {
+        let answer = logs(&["-c", "talk"]);
+        async move {
+            match answer? {
+                (true, out, _) if out.contains("line 3") => Ok(out),
+                other => bail!("kubectl logs: {other:?}"),
+            }
+        }
+    })
+    .await?;
+    assert_eq!(printed, "line 1\nline 2\noops\nline 3\n");
+
+    let (ok, out, err) = logs(&["-c", "talk", "--tail=1"])?;
+    assert!(ok, "kubectl logs --tail=1: {err}");
+    assert_eq!(out, "line 3\n");
+    let (ok, out, err) = logs(&["-c", "talk", "--tail=2", "--timestamps"])?;
+    assert!(ok, "kubectl logs --timestamps: {err}");
+    let stamped: Vec<&str> = out.lines().collect();
+    assert_eq!(stamped.len(), 2, "{out}");
+    assert!(stamped.iter().all(|l| l.split_once(' ').is_some_and(|(ts, _)| ts.parse::<jiff::Timestamp>().is_ok())), "{out}");
+    let (ok, out, err) = logs(&["-c", "talk", "--limit-bytes=4"])?;
+    assert!(ok, "kubectl logs --limit-bytes: {err}");
+    assert_eq!(out, "line");
+    // Without -c, kubectl picks the first container, as against a real cluster.
+    let (ok, out, _) = logs(&[])?;
+    assert!(ok && out.starts_with("line 1\n"), "kubectl logs talker: {out}");
+    let (ok, out, err) = logs(&["-c", "quiet"])?;
+    assert!(ok && out.is_empty(), "kubectl logs -c quiet: {out} {err}");
+
+    let (ok, _, err) = logs(&["-c", "nope"])?;
+    assert!(!ok && err.contains("container nope is not valid for pod talker"), "{err}");
+    let (ok, _, err) = logs(&["-c", "talk", "--previous"])?;
+    assert!(!ok && err.contains("previous terminated container \"talk\" in pod \"talker\" not found"), "{err}");
+    let missing = kubectl_at(&kubeconfig, &["-n", NAMESPACE, "logs", "nobody"])?;
+    let missing_err = String::from_utf8_lossy(&missing.stderr);
+    assert!(!missing.status.success() && missing_err.contains("pods \"nobody\" not found"), "{missing_err}");
+
+    // -f streams what the container writes after kubectl started.
+    let mut follow = tokio::process::Command::new("kubectl")
+        .arg("--kubeconfig")
+        .arg(&kubeconfig)
+        .args(["-n", NAMESPACE, "logs", "talker", "-c", "talk", "-f"])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .context("failed to start kubectl logs -f")?;
+    let mut stdout = follow.stdout.take().context("no stdout")?;
+    let mut seen = String::new();
+    let deadline = tokio::time::Instant::now() + STATUS_TIMEOUT;
+    while !seen.contains("line 3\n") {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, stdout.read(&mut buf)).await.context("kubectl logs -f printed no line 3")??;
+        ensure_some(n)?;
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    let container = docker_cli(&[
+        "ps",
+        "-q",
+        "--filter",
+        &format!("label={}={}", cluster::names::DOCKER_LABEL_POD, "talker"),
+        "--filter",
+        &format!("label={}={}", cluster::names::DOCKER_LABEL_CONTAINER, "talk"),
+        "--filter",
+        &format!("label={}={}", cluster::names::DOCKER_LABEL_CLUSTER, f._leftovers.prefix),
+    ])?;
+    docker_cli(&["exec", container.trim(), "touch", "/tmp/go"])?;
+    while !seen.contains("after-follow\n") {
+        let mut buf = [0u8; 4096];
+        let n = tokio::time::timeout_at(deadline, stdout.read(&mut buf)).await.context("kubectl logs -f did not stream the new line")??;
+        ensure_some(n)?;
+        seen.push_str(&String::from_utf8_lossy(&buf[..n]));
+    }
+    assert_eq!(seen, "line 1\nline 2\noops\nline 3\nafter-follow\n");
+    follow.kill().await?;
+    f.shutdown().await?;
+    Ok(())
+}
+
+/// A read of 0 bytes: the stream ended before what the test waits for.
+fn ensure_some(n: usize) -> Result<()> {
+    if n == 0 {
+        bail!("the stream ended");
+    }
+    Ok(())
+}

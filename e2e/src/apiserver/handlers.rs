@@ -2,7 +2,8 @@
 //! PartialObjectMetadata, Table, aggregated discovery, protobuf OpenAPI) and dispatches to
 //! discovery, OpenAPI, or the resource verbs (get, list, watch, create, update, patch,
 //! delete, deletecollection, and the status, scale and binding subresources); port-forward
-//! requests go to [`super::portforward`] before the body is read.
+//! and pod log requests go to [`super::portforward`] and [`super::logs`] before the body is
+//! read.
 //!
 //! It must not hold API rules: those live in write, delete, gc, admission and watch; this
 //! module reads requests and writes responses, logging each at debug.
@@ -25,6 +26,7 @@ use super::discovery;
 use super::error::{ApiError, ApiResult};
 use super::faults::Faults;
 use super::gc;
+use super::logs;
 use super::meta;
 use super::openapi;
 use super::patch::PatchType;
@@ -159,6 +161,14 @@ async fn dispatch(State(app): State<Arc<AppState>>, request: Request) -> Respons
             let method = request.method().clone();
             let response = portforward::serve(app.store.clone(), app.cancel.clone(), request, ns, name).await;
             tracing::debug!(%method, namespace = %ns, pod = %name, status = response.status().as_u16(), "port-forward request");
+            return response;
+        }
+        if let (Some("log"), "", "pods", Some(ns), Some(name)) =
+            (rp.subresource.as_deref(), rp.group.as_str(), rp.plural.as_str(), &rp.namespace, &rp.name)
+        {
+            let method = request.method().clone();
+            let response = logs::serve(app.store.clone(), app.cancel.clone(), &method, request.uri().query(), ns, name).await;
+            tracing::debug!(%method, namespace = %ns, pod = %name, status = response.status().as_u16(), "pod log request");
             return response;
         }
     }

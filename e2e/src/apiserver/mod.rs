@@ -26,8 +26,10 @@
 //! - A pod's `spec.nodeName` may be set by a patch as well as by a Binding.
 //! - Port forwarding connects to the pod's IP itself, with no kubelet in between (see
 //!   `portforward`).
-//! - Not served: pod logs, exec, eviction, TokenRequest, authorization
-//!   reviews, EndpointSlices, and any group not listed in `registry`.
+//! - Pod logs are read from Docker by the API server itself, with no kubelet in between, and
+//!   only of the running container (no `--previous`; see `logs`).
+//! - Not served: exec, eviction, TokenRequest, authorization reviews, EndpointSlices, and
+//!   any group not listed in `registry`.
 
 mod admission;
 mod apply;
@@ -42,6 +44,7 @@ mod fieldsets;
 mod gc;
 mod handlers;
 mod jsonpath;
+mod logs;
 mod managed;
 mod meta;
 mod openapi;
