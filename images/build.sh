@@ -88,7 +88,7 @@ trap '[ -z "$CONTEXT" ] || rm -rf "$CONTEXT"' EXIT
 
 # build_image NAME: builds duomq/NAME from images/NAME.Dockerfile and duomq-NAME.
 build_image() {
-  local name=$1 exe="duomq-$1" binary tag started
+  local name=$1 exe="duomq-$1" binary tag started sha256
   binary=${BINARY:-${CARGO_TARGET_DIR:-$REPO_DIR/target}/release/$exe}
   tag=${TAG:-duomq/$name:$VERSION}
   [ -f "$binary" ] || die "no $exe binary at $binary: build it with 'cargo build --release -p $exe' (or pass --binary PATH)"
@@ -101,10 +101,15 @@ build_image() {
   started=$(date +%s)
   local args=(--file "$IMAGES_DIR/$name.Dockerfile" --build-arg "BASE=$BASE" --tag "$tag")
   if [ -n "$REVISION" ]; then args+=(--label "org.opencontainers.image.revision=$REVISION"); fi
+  # Which binary and Dockerfile the image was built from: `duomq-e2e up` and the tests reuse
+  # an image only when these labels match what they would build (a tag says nothing of it).
+  sha256=$(sha256sum "$binary" | cut -d' ' -f1)
+  args+=(--label "io.duomq.binary-sha256=$sha256")
+  args+=(--label "io.duomq.dockerfile-sha256=$(sha256sum "$IMAGES_DIR/$name.Dockerfile" | cut -d' ' -f1)")
   docker build "${args[@]}" "$CONTEXT"
   rm -rf "$CONTEXT"
   CONTEXT=""
-  step "$name: built $tag ($(($(docker image inspect --format '{{.Size}}' "$tag") / 1000000)) MB) in $(($(date +%s) - started))s"
+  step "$name: built $tag ($(($(docker image inspect --format '{{.Size}}' "$tag") / 1000000)) MB, binary sha256 ${sha256:0:12}) in $(($(date +%s) - started))s"
 }
 
 case "$WHAT" in

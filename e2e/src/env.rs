@@ -17,8 +17,12 @@ pub const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
 
 #[derive(Debug, Error)]
 pub enum EnvError {
-    #[error("{tool} is required for the end-to-end tests: {install}")]
+    #[error("{tool} is missing: {install}")]
     Missing { tool: &'static str, install: &'static str },
+    #[error("failed to build image {image} from {binary}: {reason} (full output in {log})")]
+    ImageBuild { image: String, binary: PathBuf, reason: String, log: PathBuf },
+    #[error("failed to write {path}")]
+    WriteLog { path: PathBuf, source: std::io::Error },
     #[error("failed to run {command}")]
     Spawn { command: String, source: std::io::Error },
     #[error("{command} failed: {output}")]
@@ -74,27 +78,119 @@ pub fn require_tools() -> Result<(), EnvError> {
     }
 }
 
-/// Builds the broker and operator images from binaries next to this one (cargo builds every
-/// workspace binary for `cargo test --workspace`), unless an image of that tag exists and
-/// `rebuild` is false.
-pub fn build_images(binaries: &Path, rebuild: bool) -> Result<(), EnvError> {
-    let (broker, operator) = image_tags();
-    for (name, tag) in [("broker", broker), ("operator", operator)] {
-        let exists = Command::new("docker").args(["image", "inspect", &tag]).output().is_ok_and(|o| o.status.success());
-        if exists && !rebuild {
-            continue;
-        }
-        let binary = binaries.join(format!("duomq-{name}"));
-        if !binary.exists() {
-            return Err(EnvError::Failed {
-                command: format!("images/build.sh {name}"),
-                output: format!("{} is missing: run `cargo build -p duomq-{name}` first", binary.display()),
-            });
-        }
-        info!(image = %tag, "building image");
-        run(Command::new(repo_root().join("images/build.sh")).arg(name).arg("--binary").arg(&binary).arg("--tag").arg(&tag))?;
+/// The Docker label `images/build.sh` puts on an image: the SHA-256 of the binary in it.
+pub const BINARY_SHA256_LABEL: &str = "io.duomq.binary-sha256";
+/// The Docker label `images/build.sh` puts on an image: the SHA-256 of its Dockerfile.
+pub const DOCKERFILE_SHA256_LABEL: &str = "io.duomq.dockerfile-sha256";
+/// The local base image `images/build.sh` builds on (with debootstrap, when missing).
+pub const BASE_IMAGE: &str = "duomq-base:bookworm";
+
+/// What [`ensure_image`] did.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ImageOutcome {
+    /// The image of that tag was built from the same binary: kept.
+    Reused,
+    /// Built now: the tag was missing, held another binary, or a rebuild was asked for.
+    Built,
+}
+
+/// An image and the binary it holds.
+#[derive(Debug, Clone)]
+pub struct Image {
+    pub tag: String,
+    pub binary: PathBuf,
+    pub sha256: String,
+    pub outcome: ImageOutcome,
+}
+
+impl std::fmt::Display for Image {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let how = match self.outcome {
+            ImageOutcome::Reused => "reused: built from this binary before",
+            ImageOutcome::Built => "built now",
+        };
+        write!(f, "{} holds {} (sha256 {}, {how})", self.tag, self.binary.display(), &self.sha256[..self.sha256.len().min(12)])
     }
-    Ok(())
+}
+
+/// The SHA-256 of a file, as `sha256sum` prints it.
+pub fn sha256_of(path: &Path) -> Result<String, EnvError> {
+    let out = run(Command::new("sha256sum").arg(path))?;
+    let text = String::from_utf8_lossy(&out.stdout);
+    text.split_whitespace().next().filter(|h| h.len() == 64).map(String::from).ok_or_else(|| EnvError::Failed {
+        command: format!("sha256sum {}", path.display()),
+        output: text.into_owned(),
+    })
+}
+
+/// The value of `label` on a local image; `None` when the image or the label is missing.
+pub fn image_label(tag: &str, label: &str) -> Option<String> {
+    let format = format!("{{{{index .Config.Labels \"{label}\"}}}}");
+    let out = Command::new("docker").args(["image", "inspect", "--format", &format, tag]).output().ok()?;
+    let value = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !value.is_empty() && value != "<no value>").then_some(value)
+}
+
+/// Makes image `tag` hold `binary` (`name`: `broker` or `operator`): an image of that tag
+/// built from the same binary and Dockerfile (its [`BINARY_SHA256_LABEL`] and
+/// [`DOCKERFILE_SHA256_LABEL`]) is kept unless `rebuild`; any other is rebuilt with `images/build.sh`, whose output goes to `log_dir/image-<name>.log`.
+pub fn ensure_image(name: &str, tag: &str, binary: &Path, rebuild: bool, log_dir: &Path) -> Result<Image, EnvError> {
+    if !binary.is_file() {
+        return Err(EnvError::Failed {
+            command: format!("images/build.sh {name}"),
+            output: format!("{} is missing: run `cargo build -p duomq-{name}` first", binary.display()),
+        });
+    }
+    let sha256 = sha256_of(binary)?;
+    let image = |outcome| Image { tag: tag.to_string(), binary: binary.to_path_buf(), sha256: sha256.clone(), outcome };
+    let held = image_label(tag, BINARY_SHA256_LABEL);
+    let dockerfile = sha256_of(&repo_root().join(format!("images/{name}.Dockerfile")))?;
+    let same_dockerfile = image_label(tag, DOCKERFILE_SHA256_LABEL).as_deref() == Some(dockerfile.as_str());
+    if !rebuild && same_dockerfile && held.as_deref() == Some(sha256.as_str()) {
+        info!(image = %tag, sha256 = %sha256, "image holds this binary; reused");
+        return Ok(image(ImageOutcome::Reused));
+    }
+    info!(image = %tag, binary = %binary.display(), held = held.as_deref().unwrap_or("nothing"), "building image");
+    std::fs::create_dir_all(log_dir).map_err(EnvError::StateDir)?;
+    let log = log_dir.join(format!("image-{name}.log"));
+    let mut command = Command::new(repo_root().join("images/build.sh"));
+    command.arg(name).arg("--binary").arg(binary).arg("--tag").arg(tag);
+    let shown = format!("{command:?}");
+    let output = command.output().map_err(|source| EnvError::Spawn { command: shown.clone(), source })?;
+    let text = format!("$ {shown}\n{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    std::fs::write(&log, &text).map_err(|source| EnvError::WriteLog { path: log.clone(), source })?;
+    if !output.status.success() {
+        // The scripts end on the line that says what went wrong.
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reason = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("images/build.sh failed").trim().to_string();
+        return Err(EnvError::ImageBuild { image: tag.to_string(), binary: binary.to_path_buf(), reason, log });
+    }
+    Ok(image(ImageOutcome::Built))
+}
+
+/// Fails with what to install when building an image would need the base image and the
+/// tool that builds it (debootstrap) is missing, before anything else starts.
+pub fn require_base_image_tools() -> Result<(), EnvError> {
+    let base = Command::new("docker").args(["image", "inspect", BASE_IMAGE]).output().is_ok_and(|o| o.status.success());
+    let debootstrap = ["/usr/sbin", "/sbin", "/usr/bin", "/usr/local/sbin"].iter().any(|d| Path::new(d).join("debootstrap").is_file());
+    if base || debootstrap {
+        return Ok(());
+    }
+    Err(EnvError::Missing {
+        tool: "debootstrap",
+        install: "apt-get install debootstrap (needed once, to build the local base image duomq-base:bookworm), or run scripts/up, which installs it",
+    })
+}
+
+/// Makes the broker and operator images (the tags the chart and the operator use) hold the
+/// binaries in `binaries` (cargo builds every workspace binary for `cargo test --workspace`);
+/// see [`ensure_image`].
+pub fn build_images(binaries: &Path, rebuild: bool, log_dir: &Path) -> Result<Vec<Image>, EnvError> {
+    let (broker, operator) = image_tags();
+    [("broker", broker), ("operator", operator)]
+        .into_iter()
+        .map(|(name, tag)| ensure_image(name, &tag, &binaries.join(format!("duomq-{name}")), rebuild, log_dir))
+        .collect()
 }
 
 /// The local control plane: API server, nodes, kubelets and controllers.

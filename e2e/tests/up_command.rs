@@ -100,3 +100,34 @@ fn check_and_stop(mut up: Up, kubeconfig: &std::path::Path, cluster: &str, pid: 
     ensure!(networks.is_empty(), "network left after Ctrl-C: {networks:?}");
     Ok(())
 }
+
+#[test]
+fn given_missing_tool_when_up_should_print_one_error_line_without_backtrace_and_exit_1() -> Result<()> {
+    // A PATH without kubectl; RUST_BACKTRACE=1 as set on many developer machines.
+    let empty = tempfile::tempdir()?;
+    let out = Command::new(env!("CARGO_BIN_EXE_duomq-e2e"))
+        .args(["up", "--state-dir"])
+        .arg(empty.path().join("state"))
+        .env("PATH", empty.path())
+        .env("RUST_BACKTRACE", "1")
+        .current_dir(repo_root())
+        .output()
+        .context("failed to run duomq-e2e up")?;
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    ensure!(out.status.code() == Some(1), "exit status {}, stderr: {stderr}", out.status);
+    let lines: Vec<&str> = stderr.lines().filter(|l| !l.trim().is_empty()).collect();
+    ensure!(lines.len() == 1, "more than one line on stderr: {stderr}");
+    ensure!(lines[0].starts_with("error: kubectl is missing: "), "stderr: {stderr}");
+
+    // --verbose shows the causes and the backtrace.
+    let verbose = Command::new(env!("CARGO_BIN_EXE_duomq-e2e"))
+        .args(["up", "--verbose"])
+        .env("PATH", empty.path())
+        .env("RUST_BACKTRACE", "1")
+        .current_dir(repo_root())
+        .output()
+        .context("failed to run duomq-e2e up --verbose")?;
+    let stderr = String::from_utf8_lossy(&verbose.stderr);
+    ensure!(verbose.status.code() == Some(1) && stderr.contains("backtrace"), "--verbose: {stderr}");
+    Ok(())
+}

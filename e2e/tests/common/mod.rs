@@ -208,10 +208,12 @@ pub fn binaries_dir() -> Result<PathBuf> {
     std::env::current_exe()?.parent().and_then(Path::parent).map(PathBuf::from).context("no target directory")
 }
 
-/// A local control plane with images built from the binaries next to this test's.
+/// A local control plane with images holding the binaries next to this test's.
 async fn start_local_plane() -> Result<(LocalControlPlane, tempfile::TempDir)> {
     require_tools()?;
-    build_images(&binaries_dir()?, true)?;
+    // Images already holding these binaries are reused; their build logs stay in the target dir.
+    let binaries = binaries_dir()?;
+    build_images(&binaries, false, &binaries.join("e2e-image-logs"))?;
     let state = tempfile::Builder::new().prefix("duomq-e2e-").tempdir()?;
     // Tests of one binary may each start a plane: their containers and networks must differ.
     static STARTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
