@@ -339,3 +339,63 @@ fn given_stomp_1_1_ack_by_message_id_should_work() {
     c.expect(Command::Receipt);
     assert_eq!(b.queue_depth("/queue/a11"), 0);
 }
+
+#[test]
+fn given_stomp_1_1_when_a_header_value_ends_in_cr_should_deliver_the_cr() {
+    let b = Broker::start("cr11", "");
+    // 1.1's end of line is LF alone: the CR before it is the value's.
+    let mut consumer = Conn::connect(b.stomp_port, &[("accept-version", "1.1")]);
+    consumer.subscribe("s", "/queue/cr11", "auto", &[]);
+    let mut producer = Conn::connect(b.stomp_port, &[("accept-version", "1.1")]);
+    producer.send_bytes(b"SEND\ndestination:/queue/cr11\nk:v\r\nreceipt:r\n\nx\0").unwrap();
+    producer.expect(Command::Receipt);
+    let m = consumer.expect(Command::Message);
+    assert_eq!(m.get("k"), Some("v\r"));
+}
+
+#[test]
+fn given_connect_in_crlf_lines_should_strip_the_cr_only_when_it_offers_1_2() {
+    let b = Broker::start("cr-connect", "auth:\n  users:\n    - name: app\n      password: s3cret\n");
+    let mut c = Conn::raw(b.stomp_port);
+    c.send_bytes(b"CONNECT\r\naccept-version:1.1,1.2\r\nhost:/\r\nlogin:app\r\npasscode:s3cret\r\n\r\n\0").unwrap();
+    assert_eq!(c.expect(Command::Connected).get("version"), Some("1.2"));
+    // Offering only 1.1, the CR is part of the passcode, which is then wrong.
+    let mut c = Conn::raw(b.stomp_port);
+    c.send_bytes(b"CONNECT\naccept-version:1.1\nhost:/\nlogin:app\npasscode:s3cret\r\n\n\0").unwrap();
+    c.expect(Command::Error);
+    assert!(c.closed_within(FRAME_TIMEOUT));
+}
+
+#[test]
+fn given_a_nul_in_a_header_should_answer_error_naming_the_header_and_close() {
+    let b = Broker::start("nul-header", "");
+    let mut c = b.connect();
+    c.send_bytes(b"SEND\ndestination:/queue/ok\nk:a\0b\nreceipt:r\n\nx\0").unwrap();
+    let e = c.expect(Command::Error);
+    let message = e.get("message").unwrap_or("");
+    assert!(message.contains("NUL") && message.contains("\"k\""), "{message}");
+    assert!(c.closed_within(FRAME_TIMEOUT));
+    assert_eq!(b.queue_depth("/queue/ok"), 0);
+}
+
+#[test]
+fn given_max_header_bytes_should_accept_a_head_of_exactly_the_limit_and_refuse_one_byte_more() {
+    let b = Broker::start("head-limit", "stomp:\n  maxHeaderBytes: 4KiB\n");
+    // The head: command line, header lines and the blank line, end-of-lines included.
+    let head = |len: usize| {
+        let start = b"SEND\ndestination:/queue/h\nreceipt:r\npad:".as_slice();
+        let mut frame = start.to_vec();
+        frame.extend(std::iter::repeat_n(b'p', len - start.len() - 2));
+        frame.extend_from_slice(b"\n\n");
+        assert_eq!(frame.len(), len);
+        frame.push(0);
+        frame
+    };
+    let mut c = b.connect();
+    c.send_bytes(&head(4096)).unwrap();
+    assert_eq!(c.expect(Command::Receipt).get("receipt-id"), Some("r"));
+    c.send_bytes(&head(4097)).unwrap();
+    let e = c.expect(Command::Error);
+    assert!(e.get("message").unwrap_or("").contains("headers exceed 4096 bytes"), "{e:?}");
+    assert_eq!(b.queue_depth("/queue/h"), 1);
+}
