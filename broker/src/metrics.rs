@@ -6,6 +6,7 @@
 
 use crate::admin::api::{HaStatus, Role, SyncState};
 use crate::engine::queue::QueueSnapshot;
+use crate::engine::metrics::EngineMetrics;
 use crate::ha::lease::LeaseMetrics;
 use crate::journal::JournalMetrics;
 use parking_lot::Mutex;
@@ -116,6 +117,8 @@ pub struct Metrics {
     pub switchovers: Family<SwitchoverLabels, Counter>,
     /// The `kubernetes` arbiter's renewals.
     pub lease: LeaseMetrics,
+    /// The engine's limits: refusals, reclaimed destinations, slow subscribers.
+    pub engine: EngineMetrics,
     /// The cluster port's handshake gate.
     pub cluster: ClusterMetrics,
 }
@@ -126,6 +129,7 @@ impl Metrics {
         let mut registry = Registry::default();
         let journal = JournalMetrics::register(&mut registry);
         let lease = LeaseMetrics::register(&mut registry);
+        let engine = EngineMetrics::register(&mut registry);
         let cluster = ClusterMetrics::register(&mut registry);
         let m = Metrics {
             messages_in: Counter::default(),
@@ -153,6 +157,7 @@ impl Metrics {
             ha_fenced: Gauge::default(),
             switchovers: Family::default(),
             lease,
+            engine,
             cluster,
             registry: Mutex::new(Registry::default()),
         };

@@ -113,7 +113,8 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
 async fn open(shared: &Shared, took_over: bool) -> Result<Arc<Broker>, RunError> {
     let started = std::time::Instant::now();
     let (config, users, metrics) = (Arc::clone(&shared.config), shared.users.clone(), shared.journal_metrics.clone());
-    let opened = tokio::task::spawn_blocking(move || Broker::open(config, users, metrics, took_over)).await;
+    let engine_metrics = shared.metrics.engine.clone();
+    let opened = tokio::task::spawn_blocking(move || Broker::open(config, users, metrics, engine_metrics, took_over)).await;
     let (broker, report) = match opened {
         Ok(r) => r.map_err(RunError::Engine)?,
         Err(e) => std::panic::resume_unwind(e.into_panic()),
@@ -137,7 +138,7 @@ async fn open(shared: &Shared, took_over: bool) -> Result<Arc<Broker>, RunError>
 async fn serve_live(shared: &Shared, listener: &TcpListener, broker: &Arc<Broker>, stop: CancellationToken) -> Result<(), RunError> {
     tracing::info!(addr = %listener.local_addr().unwrap_or(shared.config.stomp.listen), "STOMP listening");
     *shared.state.role.write() = Role::Live;
-    let ctx = ConnectionContext { broker: Arc::clone(broker), metrics: Arc::clone(&shared.metrics), shutdown: stop };
+    let ctx = ConnectionContext::new(Arc::clone(broker), Arc::clone(&shared.metrics), stop);
     server::run(listener, ctx, DRAIN_TIMEOUT).await;
     Ok(())
 }

@@ -54,6 +54,7 @@ pub struct BrokerConfig {
     pub admin: AdminConfig,
     pub storage: StorageConfig,
     pub memory: MemoryConfig,
+    pub destinations: DestinationsConfig,
     pub auth: AuthConfig,
     pub ha: HaConfig,
     /// Store-and-forward bridges to other groups (accepted, not active yet).
@@ -125,6 +126,24 @@ pub struct StompConfig {
     pub max_body_bytes: ByteSize,
     /// Unacknowledged messages in flight per subscription unless the SUBSCRIBE asks for fewer.
     pub default_prefetch: u32,
+    /// A connection on which nothing was read or written for this long is closed, heart-beats
+    /// negotiated or not (0s: never). Clients that stay connected while idle negotiate
+    /// heart-beats.
+    pub idle_timeout: HumanDuration,
+    /// A frame, once its first byte arrived, must arrive whole within this time.
+    pub frame_timeout: HumanDuration,
+    /// A write to a client that does not complete within this time closes the connection.
+    pub write_timeout: HumanDuration,
+    /// Bytes of frames (receipts, errors) queued for one client that does not read them;
+    /// past this the broker stops reading from that client until it catches up.
+    pub max_outgoing_bytes: ByteSize,
+    /// Bytes the whole broker holds in frames still being received; a connection whose frame
+    /// would go past it gets an ERROR and is closed.
+    pub max_partial_frame_bytes: ByteSize,
+    /// Subscriptions one connection may hold.
+    pub max_subscriptions_per_connection: usize,
+    /// Transactions one connection may have open at once.
+    pub max_transactions_per_connection: usize,
 }
 
 impl Default for StompConfig {
@@ -140,6 +159,13 @@ impl Default for StompConfig {
             max_headers: 128,
             max_body_bytes: ByteSize::mib(16),
             default_prefetch: 1000,
+            idle_timeout: HumanDuration::secs(60),
+            frame_timeout: HumanDuration::secs(60),
+            write_timeout: HumanDuration::secs(30),
+            max_outgoing_bytes: ByteSize::mib(1),
+            max_partial_frame_bytes: ByteSize::mib(256),
+            max_subscriptions_per_connection: 1000,
+            max_transactions_per_connection: 16,
         }
     }
 }
@@ -186,6 +212,8 @@ pub struct MemoryConfig {
     pub max_broker_bytes: ByteSize,
     /// How long a producer waits for room before its SEND fails with an ERROR.
     pub producer_block_timeout: HumanDuration,
+    /// What happens to a topic subscriber whose private queue reaches `max_queue_bytes`.
+    pub slow_topic_subscriber: SlowTopicSubscriber,
 }
 
 impl Default for MemoryConfig {
@@ -194,7 +222,38 @@ impl Default for MemoryConfig {
             max_queue_bytes: ByteSize::mib(64),
             max_broker_bytes: ByteSize::mib(512),
             producer_block_timeout: HumanDuration::secs(30),
+            slow_topic_subscriber: SlowTopicSubscriber::Disconnect,
         }
+    }
+}
+
+/// The policy for a topic subscriber that reads slower than the topic's producers send.
+/// Producers to a topic never wait for one.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum SlowTopicSubscriber {
+    /// Send it an ERROR, close its connection and drop its copies (ActiveMQ's
+    /// abortSlowConsumerStrategy, Artemis' slow-consumer-policy KILL).
+    Disconnect,
+    /// Keep it connected and drop the copies that do not fit (counted in
+    /// `duomq_topic_copies_dropped_total`).
+    Drop,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DestinationsConfig {
+    /// Queues and topics the broker holds at once; a SEND or SUBSCRIBE that would create
+    /// one more gets an ERROR.
+    pub max_destinations: usize,
+    /// A destination that holds no message, has no consumer and is not used for this long is
+    /// removed (it comes back on next use). 0s: never.
+    pub idle_timeout: HumanDuration,
+}
+
+impl Default for DestinationsConfig {
+    fn default() -> DestinationsConfig {
+        DestinationsConfig { max_destinations: 10_000, idle_timeout: HumanDuration::secs(60) }
     }
 }
 
@@ -326,6 +385,27 @@ impl BrokerConfig {
                 "node.id",
                 format!("must be at most {} bytes with replication (it travels in the cluster handshake)", crate::cluster::MAX_HANDSHAKE_NAME),
             );
+        }
+        if self.stomp.frame_timeout.get().is_zero() {
+            return invalid("stomp.frameTimeout", "must be longer than 0s");
+        }
+        if self.stomp.write_timeout.get().is_zero() {
+            return invalid("stomp.writeTimeout", "must be longer than 0s");
+        }
+        if self.stomp.max_outgoing_bytes.0 == 0 {
+            return invalid("stomp.maxOutgoingBytes", "must be larger than 0");
+        }
+        if self.stomp.max_partial_frame_bytes < self.stomp.max_body_bytes {
+            return invalid("stomp.maxPartialFrameBytes", "must be at least stomp.maxBodyBytes so one largest frame can arrive");
+        }
+        if self.stomp.max_subscriptions_per_connection == 0 {
+            return invalid("stomp.maxSubscriptionsPerConnection", "must be at least 1");
+        }
+        if self.stomp.max_transactions_per_connection == 0 {
+            return invalid("stomp.maxTransactionsPerConnection", "must be at least 1");
+        }
+        if self.destinations.max_destinations == 0 {
+            return invalid("destinations.maxDestinations", "must be at least 1");
         }
         if self.stomp.listen == self.admin.listen {
             return invalid("admin.listen", "must differ from stomp.listen");

@@ -2,7 +2,15 @@
 //! receipted with the same `message-id` header, and the broker stores it once. The cache
 //! is bounded (oldest ids are forgotten first) and rebuilt from the journal at start, so a
 //! backup that activates knows the ids its live had stored.
+//!
+//! Ids are kept as 128-bit digests, not as the producer's strings: a hostile producer's
+//! 60 KiB ids cost the cache the same 16 bytes as a UUID's, so its memory is fixed by
+//! [`CAPACITY`] whatever clients send (a few MiB). The journal's window of remembered ids
+//! keeps long ids by digest too ([`remembered_form`]); the cache digests that same form,
+//! so ids recovered from the journal and ids sent by producers compare equal.
 
+use crate::journal::remembered_form;
+use sha2::{Digest, Sha256};
 use std::collections::{HashSet, VecDeque};
 
 /// Header a producer sets on SEND to make the message deduplicated.
@@ -12,10 +20,20 @@ pub const STORED_HEADER: &str = "dedup-id";
 /// Ids remembered.
 pub const CAPACITY: usize = 100_000;
 
+/// The first 128 bits of the id's SHA-256: collisions are out of reach in practice.
+type IdDigest = [u8; 16];
+
+fn digest(id: &str) -> IdDigest {
+    let full = Sha256::digest(remembered_form(id).as_bytes());
+    let mut d = [0u8; 16];
+    d.copy_from_slice(&full[..16]);
+    d
+}
+
 #[derive(Debug)]
 pub struct DedupCache {
-    seen: HashSet<String>,
-    order: VecDeque<String>,
+    seen: HashSet<IdDigest>,
+    order: VecDeque<IdDigest>,
     capacity: usize,
 }
 
@@ -26,7 +44,8 @@ impl DedupCache {
 
     /// Records `id`; false when it was already there (a duplicate).
     pub fn insert(&mut self, id: &str) -> bool {
-        if self.seen.contains(id) {
+        let d = digest(id);
+        if self.seen.contains(&d) {
             return false;
         }
         if self.order.len() == self.capacity {
@@ -34,8 +53,8 @@ impl DedupCache {
                 self.seen.remove(&old);
             }
         }
-        self.seen.insert(id.to_string());
-        self.order.push_back(id.to_string());
+        self.seen.insert(d);
+        self.order.push_back(d);
         true
     }
 
@@ -62,5 +81,23 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert!(c.insert("a"), "a was forgotten");
         assert!(!c.insert("c"));
+    }
+
+    #[test]
+    fn given_long_ids_should_keep_sixteen_bytes_each() {
+        let mut c = DedupCache::new(10);
+        let long = "x".repeat(60 * 1024);
+        assert!(c.insert(&long));
+        assert!(!c.insert(&long), "the same long id is a duplicate");
+        assert!(c.insert(&format!("{long}y")), "a different long id is not");
+        assert_eq!(std::mem::size_of::<IdDigest>(), 16);
+    }
+
+    #[test]
+    fn given_the_journal_form_of_a_long_id_should_match_the_id_itself() {
+        let mut c = DedupCache::new(10);
+        let long = "y".repeat(1000);
+        assert!(c.insert(&remembered_form(&long)), "as recovered from the journal");
+        assert!(!c.insert(&long), "the producer's resend is a duplicate");
     }
 }

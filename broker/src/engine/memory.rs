@@ -1,7 +1,14 @@
 //! Broker-wide accounting of message bytes held in memory, and the wait that slows
 //! producers down when a queue or the broker is over its limit.
+//!
+//! Bytes are counted from the moment a SEND is accepted, not from when it is enqueued:
+//! a [`Reservation`] holds them while the message waits for its fsync or sits in an open
+//! transaction, so pipelined producers cannot push a queue past its limit while their
+//! earlier messages are still on their way to disk.
 
+use super::queue::Queue;
 use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
 use std::time::Duration;
 use tokio::sync::Notify;
 
@@ -33,6 +40,12 @@ impl Memory {
         }
     }
 
+    /// Counts `bytes` against the broker-wide limit until the reservation is dropped.
+    pub fn reserve(self: &Arc<Self>, bytes: usize) -> Reservation {
+        self.add(bytes);
+        Reservation { memory: Arc::clone(self), queue: None, bytes }
+    }
+
     /// Waits until `queue_bytes()` and the broker total are under their limits, or the
     /// timeout passes. Returns false on timeout.
     pub async fn wait_for_room(&self, queue_bytes: impl Fn() -> usize, timeout: Duration) -> bool {
@@ -52,5 +65,44 @@ impl Memory {
                 return has_room();
             }
         }
+    }
+}
+
+/// Message bytes counted against the limits before the message is enqueued: a SEND that
+/// waits for its fsync, or one held by an open transaction. Dropping it gives the bytes
+/// back; enqueueing the message hands them over to its queue (`Queue::enqueue_reserved`).
+#[derive(Debug)]
+pub struct Reservation {
+    memory: Arc<Memory>,
+    /// The queue whose limit these bytes count against too (none for a topic).
+    pub(super) queue: Option<Arc<Queue>>,
+    bytes: usize,
+}
+
+impl Reservation {
+    pub(super) fn for_queue(memory: Arc<Memory>, queue: Arc<Queue>, bytes: usize) -> Reservation {
+        memory.add(bytes);
+        Reservation { memory, queue: Some(queue), bytes }
+    }
+
+    pub fn bytes(&self) -> usize {
+        self.bytes
+    }
+
+    /// Gives up the bytes without releasing them: the caller now accounts for them.
+    pub(super) fn transfer(mut self) -> usize {
+        std::mem::take(&mut self.bytes)
+    }
+}
+
+impl Drop for Reservation {
+    fn drop(&mut self) {
+        if self.bytes == 0 {
+            return;
+        }
+        if let Some(q) = &self.queue {
+            q.unreserve(self.bytes);
+        }
+        self.memory.release(self.bytes);
     }
 }

@@ -9,12 +9,14 @@
 pub mod dedup;
 pub mod memory;
 pub mod message;
+pub mod metrics;
 pub mod queue;
 
-use crate::config::{BrokerConfig, User};
+use crate::config::{BrokerConfig, SlowTopicSubscriber, User};
 use crate::journal::{Journal, JournalConfig, JournalError, JournalMetrics, MessageId};
-use memory::Memory;
+use memory::{Memory, Reservation};
 use message::{ConsumerKey, Entry, Message};
+use metrics::{EngineMetrics, Limit};
 use parking_lot::RwLock;
 use queue::{Queue, QueueKind, QueueSnapshot};
 use std::collections::HashMap;
@@ -34,11 +36,50 @@ pub enum EngineError {
     OpenJournal(#[source] JournalError),
 }
 
+/// Longest destination name (after `/queue/` or `/topic/`), in bytes; as RabbitMQ's.
+pub const MAX_DESTINATION_NAME_BYTES: usize = 255;
+
 /// Why a destination header was refused.
 #[derive(Debug, Error, Clone, PartialEq, Eq)]
 pub enum DestinationError {
     #[error("destination {0:?} must start with /queue/ or /topic/ and have a name")]
     Invalid(String),
+    #[error("destination name {name:?} contains a control character at byte {at} (names are printable text)")]
+    ControlCharacter { name: String, at: usize },
+    #[error("destination name is {len} bytes; the longest allowed is {MAX_DESTINATION_NAME_BYTES}")]
+    TooLong { len: usize },
+    #[error("the broker already has {limit} destinations (destinations.maxDestinations); use an existing one or retry once idle ones are reclaimed")]
+    TooMany { limit: usize },
+}
+
+impl DestinationError {
+    /// The limit this refusal counts against in metrics (none for a malformed header).
+    pub fn limit(&self) -> Option<Limit> {
+        match self {
+            DestinationError::Invalid(_) => None,
+            DestinationError::ControlCharacter { .. } | DestinationError::TooLong { .. } => Some(Limit::DestinationName),
+            DestinationError::TooMany { .. } => Some(Limit::Destinations),
+        }
+    }
+}
+
+/// Checks a destination header; returns the kind and the name after the prefix.
+fn parse_destination(destination: &str) -> Result<(bool, &str), DestinationError> {
+    let (is_queue, name) = match (destination.strip_prefix("/queue/"), destination.strip_prefix("/topic/")) {
+        (Some(n), _) => (true, n),
+        (_, Some(n)) => (false, n),
+        _ => return Err(DestinationError::Invalid(destination.to_string())),
+    };
+    if name.is_empty() {
+        return Err(DestinationError::Invalid(destination.to_string()));
+    }
+    if let Some((at, _)) = destination.char_indices().find(|(_, c)| c.is_control()) {
+        return Err(DestinationError::ControlCharacter { name: destination.escape_debug().to_string(), at });
+    }
+    if name.len() > MAX_DESTINATION_NAME_BYTES {
+        return Err(DestinationError::TooLong { len: name.len() });
+    }
+    Ok((is_queue, name))
 }
 
 /// A resolved destination.
@@ -53,6 +94,8 @@ pub enum Target {
 pub struct Topic {
     pub name: Arc<str>,
     subscribers: RwLock<Vec<Arc<Queue>>>,
+    /// Reclaim sweeps that found this topic without subscribers in a row.
+    idle_sweeps: std::sync::atomic::AtomicU32,
 }
 
 impl Topic {
@@ -82,6 +125,7 @@ pub struct Broker {
     next_consumer: AtomicU64,
     users: Vec<User>,
     dedup: parking_lot::Mutex<dedup::DedupCache>,
+    pub metrics: EngineMetrics,
 }
 
 impl Broker {
@@ -93,6 +137,7 @@ impl Broker {
         config: Arc<BrokerConfig>,
         users: Vec<User>,
         journal_metrics: JournalMetrics,
+        metrics: EngineMetrics,
         possibly_delivered: bool,
     ) -> Result<(Arc<Broker>, RecoveryReport), EngineError> {
         let dir = &config.storage.data_dir;
@@ -123,6 +168,7 @@ impl Broker {
             next_consumer: AtomicU64::new(1),
             users,
             dedup: parking_lot::Mutex::new(dedup::DedupCache::new(dedup::CAPACITY)),
+            metrics,
             config,
         });
         {
@@ -140,7 +186,9 @@ impl Broker {
             records: recovered.records,
         };
         for stored in recovered.messages.into_iter() {
-            let Ok(Target::Queue(queue)) = broker.resolve(&stored.destination) else {
+            // What was stored before limits existed (or with other limits) is recovered
+            // whatever today's destination limits say: no stored message is dropped.
+            let Ok(Target::Queue(queue)) = broker.resolve_unlimited(&stored.destination) else {
                 tracing::warn!(destination = %stored.destination, id = stored.id.0, "skipping recovered message for a non-queue destination");
                 continue;
             };
@@ -183,54 +231,179 @@ impl Broker {
         self.dedup.lock().insert(id)
     }
 
-    /// Looks a destination up, creating it on first use.
+    /// Looks a destination up, creating it on first use within `destinations.maxDestinations`.
     pub fn resolve(&self, destination: &str) -> Result<Target, DestinationError> {
-        if destination.strip_prefix("/queue/").is_some_and(|n| !n.is_empty()) {
-            if let Some(q) = self.queues.read().get(destination) {
-                return Ok(Target::Queue(Arc::clone(q)));
-            }
-            let mut queues = self.queues.write();
-            let q = queues.entry(Arc::from(destination)).or_insert_with_key(|k| {
-                tracing::debug!(queue = %k, "created queue");
-                Queue::new(Arc::clone(k), QueueKind::Anycast, Arc::clone(&self.memory))
-            });
-            return Ok(Target::Queue(Arc::clone(q)));
-        }
-        if destination.strip_prefix("/topic/").is_some_and(|n| !n.is_empty()) {
-            if let Some(t) = self.topics.read().get(destination) {
-                return Ok(Target::Topic(Arc::clone(t)));
-            }
-            let mut topics = self.topics.write();
-            let t = topics.entry(Arc::from(destination)).or_insert_with_key(|k| {
-                Arc::new(Topic { name: Arc::clone(k), subscribers: RwLock::new(Vec::new()) })
-            });
-            return Ok(Target::Topic(Arc::clone(t)));
-        }
-        Err(DestinationError::Invalid(destination.to_string()))
+        self.lookup(destination, Some(self.config.destinations.max_destinations))
     }
 
-    /// Hands an accepted message to its destination (after it is durable, if journaled).
-    pub fn publish(&self, target: &Target, message: Arc<Message>, journaled: bool) {
+    fn resolve_unlimited(&self, destination: &str) -> Result<Target, DestinationError> {
+        self.lookup(destination, None)
+    }
+
+    fn lookup(&self, destination: &str, max: Option<usize>) -> Result<Target, DestinationError> {
+        let (is_queue, _) = parse_destination(destination)?;
+        let full = |count: usize| max.is_some_and(|m| count >= m);
+        if is_queue {
+            if let Some(q) = self.queues.read().get(destination) {
+                q.touch();
+                return Ok(Target::Queue(Arc::clone(q)));
+            }
+            // Read the other map before taking this one's write lock: never hold both.
+            let topics = self.topics.read().len();
+            let mut queues = self.queues.write();
+            if let Some(q) = queues.get(destination) {
+                return Ok(Target::Queue(Arc::clone(q)));
+            }
+            if full(queues.len() + topics) {
+                return Err(DestinationError::TooMany { limit: max.unwrap_or_default() });
+            }
+            let name: Arc<str> = Arc::from(destination);
+            tracing::debug!(queue = %name, "created queue");
+            let q = Queue::new(Arc::clone(&name), QueueKind::Anycast, Arc::clone(&self.memory));
+            queues.insert(name, Arc::clone(&q));
+            return Ok(Target::Queue(q));
+        }
+        if let Some(t) = self.topics.read().get(destination) {
+            t.idle_sweeps.store(0, Ordering::Relaxed);
+            return Ok(Target::Topic(Arc::clone(t)));
+        }
+        let queues = self.queues.read().len();
+        let mut topics = self.topics.write();
+        if let Some(t) = topics.get(destination) {
+            return Ok(Target::Topic(Arc::clone(t)));
+        }
+        if full(topics.len() + queues) {
+            return Err(DestinationError::TooMany { limit: max.unwrap_or_default() });
+        }
+        let name: Arc<str> = Arc::from(destination);
+        let t = Arc::new(Topic {
+            name: Arc::clone(&name),
+            subscribers: RwLock::new(Vec::new()),
+            idle_sweeps: std::sync::atomic::AtomicU32::new(0),
+        });
+        topics.insert(name, Arc::clone(&t));
+        Ok(Target::Topic(t))
+    }
+
+    /// Removes destinations that held nothing, had no consumer and were not used for
+    /// `sweeps_needed` sweeps in a row. A destination someone still holds (a connection
+    /// about to send to it, a subscription) is never removed: only the map's reference
+    /// may be left, and the map's write lock keeps anyone from taking a new one meanwhile.
+    pub fn reclaim_idle(&self, sweeps_needed: u32) -> usize {
+        let mut removed = 0;
+        {
+            let mut queues = self.queues.write();
+            queues.retain(|_, q| {
+                let unused = Arc::strong_count(q) == 1 && q.is_unused();
+                let keep = q.idle_sweep(unused) < sweeps_needed;
+                removed += usize::from(!keep);
+                keep
+            });
+        }
+        {
+            let mut topics = self.topics.write();
+            topics.retain(|_, t| {
+                let unused = Arc::strong_count(t) == 1 && t.subscribers.read().is_empty();
+                let sweeps = if unused { t.idle_sweeps.fetch_add(1, Ordering::Relaxed) + 1 } else {
+                    t.idle_sweeps.store(0, Ordering::Relaxed);
+                    0
+                };
+                let keep = sweeps < sweeps_needed;
+                removed += usize::from(!keep);
+                keep
+            });
+        }
+        if removed > 0 {
+            self.metrics.destinations_reclaimed.inc_by(removed as u64);
+            tracing::debug!(removed, "reclaimed idle destinations");
+        }
+        removed
+    }
+
+    /// Number of queues and topics.
+    pub fn destination_count(&self) -> usize {
+        self.queues.read().len() + self.topics.read().len()
+    }
+
+    /// Counts `bytes` against the broker-wide limit only (a transaction's messages until COMMIT).
+    pub fn reserve_broker_wide(&self, bytes: usize) -> Reservation {
+        self.memory.reserve(bytes)
+    }
+
+    /// Counts `message`'s bytes against the limits of `target` from now until it is
+    /// published (or the reservation is dropped): a topic's bytes count broker-wide only.
+    pub fn reserve(&self, target: &Target, message: &Message) -> Reservation {
         match target {
-            Target::Queue(q) => q.enqueue(Entry { message, journaled, redelivered: false }),
+            Target::Queue(q) => q.reserve(message.footprint()),
+            Target::Topic(_) => self.memory.reserve(message.footprint()),
+        }
+    }
+
+    /// Hands an accepted message to its destination (after it is durable, if journaled);
+    /// the reservation made when it was accepted passes to the queue.
+    ///
+    /// A topic copies the message to each subscriber's private queue. A subscriber whose
+    /// queue is already at `memory.maxQueueBytes` reads slower than the topic's producers
+    /// send; per `memory.slowTopicSubscriber` it is cut off or misses this copy. Either
+    /// way the topic's producers and its other subscribers never wait for it.
+    pub fn publish(&self, target: &Target, message: Arc<Message>, journaled: bool, reservation: Reservation) {
+        match target {
+            Target::Queue(q) => q.enqueue_reserved(Entry { message, journaled, redelivered: false }, reservation),
             Target::Topic(t) => {
+                drop(reservation);
+                let size = message.footprint();
+                let mut slow = Vec::new();
                 for q in t.subscribers.read().iter() {
+                    if q.bytes() + size > self.memory.queue_limit {
+                        slow.push(Arc::clone(q));
+                        continue;
+                    }
                     q.enqueue(Entry { message: Arc::clone(&message), journaled: false, redelivered: false });
+                }
+                for q in slow {
+                    self.on_slow_subscriber(t, &q);
                 }
             }
         }
     }
 
-    /// Bytes held by the fullest queue this target feeds, for producer back-pressure.
+    fn on_slow_subscriber(&self, topic: &Arc<Topic>, queue: &Arc<Queue>) {
+        match self.config.memory.slow_topic_subscriber {
+            SlowTopicSubscriber::Drop => {
+                self.metrics.topic_copies_dropped.inc();
+            }
+            SlowTopicSubscriber::Disconnect => {
+                let limit = self.memory.queue_limit;
+                tracing::info!(topic = %topic.name, limit, "disconnecting a slow topic subscriber: its queue reached memory.maxQueueBytes");
+                self.metrics.slow_subscribers_disconnected.inc();
+                let message = format!(
+                    "slow consumer: your subscription to {} holds {limit} bytes not yet read (memory.maxQueueBytes); disconnecting",
+                    topic.name
+                );
+                queue.evict_consumers(
+                    crate::stomp::Frame::new(crate::stomp::Command::Error)
+                        .header("message", message.clone())
+                        .header("content-type", "text/plain")
+                        .with_body(format!("{message}\n")),
+                );
+                self.unsubscribe_topic(topic, queue);
+            }
+        }
+    }
+
+    /// Bytes held by the queue this target feeds, for producer back-pressure. A topic's
+    /// producers are held back by the broker-wide limit only: its slow subscribers are
+    /// dealt with by `memory.slowTopicSubscriber`.
     pub fn target_bytes(target: &Target) -> usize {
         match target {
             Target::Queue(q) => q.bytes(),
-            Target::Topic(t) => t.subscribers.read().iter().map(|q| q.bytes()).max().unwrap_or(0),
+            Target::Topic(_) => 0,
         }
     }
 
     /// Creates the private queue of a new topic subscriber.
     pub fn subscribe_topic(&self, topic: &Arc<Topic>) -> Arc<Queue> {
+        topic.idle_sweeps.store(0, Ordering::Relaxed);
         let q = Queue::new(Arc::clone(&topic.name), QueueKind::TopicSubscription, Arc::clone(&self.memory));
         topic.subscribers.write().push(Arc::clone(&q));
         q

@@ -4,14 +4,16 @@
 //! All state sits behind one short-held lock; nothing here blocks or does I/O. Deliveries
 //! go to connections through unbounded channels whose depth the prefetch window bounds.
 
-use super::memory::Memory;
+use super::memory::{Memory, Reservation};
 use super::message::{ConsumerKey, Delivery, Entry};
 use crate::journal::MessageId;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 /// What a connection's writer receives.
 #[derive(Debug)]
@@ -48,6 +50,9 @@ pub struct ConsumerHandle {
     pub ack_mode: AckMode,
     pub prefetch: usize,
     pub outbox: mpsc::UnboundedSender<Outbound>,
+    /// Cancelled to cut the consumer's connection off at once (a slow topic subscriber),
+    /// even while its writer is stuck on a full socket.
+    pub kill: CancellationToken,
 }
 
 #[derive(Debug, Error, PartialEq, Eq)]
@@ -71,6 +76,8 @@ pub struct Queue {
     pub kind: QueueKind,
     memory: Arc<Memory>,
     state: Mutex<State>,
+    /// Reclaim sweeps that found this queue unused in a row (see `Broker::reclaim_idle`).
+    idle_sweeps: AtomicU32,
 }
 
 impl std::fmt::Debug for Queue {
@@ -86,6 +93,8 @@ struct State {
     /// Round-robin cursor into `consumers`.
     next: usize,
     bytes: usize,
+    /// Bytes of messages accepted for this queue and not enqueued yet (see [`Reservation`]).
+    reserved: usize,
     enqueued_total: u64,
     acked_total: u64,
 }
@@ -114,22 +123,93 @@ pub struct QueueSnapshot {
 
 impl Queue {
     pub fn new(name: Arc<str>, kind: QueueKind, memory: Arc<Memory>) -> Arc<Queue> {
-        Arc::new(Queue { name, kind, memory, state: Mutex::new(State::default()) })
+        Arc::new(Queue { name, kind, memory, state: Mutex::new(State::default()), idle_sweeps: AtomicU32::new(0) })
     }
 
-    /// Bytes of messages this queue holds (pending and in flight).
+    /// Bytes of messages this queue holds (pending, in flight, and accepted but not yet
+    /// enqueued).
     pub fn bytes(&self) -> usize {
-        self.state.lock().bytes
+        let st = self.state.lock();
+        st.bytes + st.reserved
+    }
+
+    /// Counts `bytes` of a message on its way to this queue against its limit and the
+    /// broker's, until the message is enqueued or the reservation dropped.
+    pub fn reserve(self: &Arc<Self>, bytes: usize) -> Reservation {
+        self.state.lock().reserved += bytes;
+        Reservation::for_queue(Arc::clone(&self.memory), Arc::clone(self), bytes)
+    }
+
+    pub(super) fn unreserve(&self, bytes: usize) {
+        let mut st = self.state.lock();
+        st.reserved = st.reserved.saturating_sub(bytes);
     }
 
     pub fn enqueue(self: &Arc<Self>, entry: Entry) {
         let size = entry.message.footprint();
+        self.memory.add(size);
+        self.enqueue_counted(entry, size, 0);
+    }
+
+    /// Enqueues a message whose bytes `reservation` already counts against this queue.
+    pub fn enqueue_reserved(self: &Arc<Self>, entry: Entry, reservation: Reservation) {
+        let mine = reservation.queue.as_ref().is_some_and(|q| Arc::ptr_eq(q, self));
+        if !mine {
+            drop(reservation);
+            return self.enqueue(entry);
+        }
+        let reserved = reservation.transfer();
+        let size = entry.message.footprint();
+        // The reservation was made for this very message, so the sizes agree; adjust the
+        // broker total anyway should they ever differ.
+        if size > reserved {
+            self.memory.add(size - reserved);
+        } else {
+            self.memory.release(reserved - size);
+        }
+        self.enqueue_counted(entry, size, reserved);
+    }
+
+    fn enqueue_counted(self: &Arc<Self>, entry: Entry, size: usize, was_reserved: usize) {
         let mut st = self.state.lock();
+        st.reserved = st.reserved.saturating_sub(was_reserved);
         st.bytes += size;
         st.enqueued_total += 1;
         st.pending.insert(entry.message.id, entry);
-        self.memory.add(size);
         self.dispatch_locked(&mut st);
+    }
+
+    /// True when the queue holds nothing and nobody consumes from it: it may be reclaimed.
+    pub fn is_unused(&self) -> bool {
+        let st = self.state.lock();
+        st.pending.is_empty() && st.consumers.is_empty() && st.bytes == 0 && st.reserved == 0
+    }
+
+    /// Marks the queue used, so the next reclaim sweeps start counting afresh.
+    pub fn touch(&self) {
+        if self.idle_sweeps.load(Ordering::Relaxed) != 0 {
+            self.idle_sweeps.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one more sweep that found the queue unused; returns how many in a row.
+    pub(super) fn idle_sweep(&self, unused: bool) -> u32 {
+        if unused {
+            self.idle_sweeps.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.idle_sweeps.store(0, Ordering::Relaxed);
+            0
+        }
+    }
+
+    /// Cuts every consumer of this queue off: each gets `error` (if its writer can still
+    /// send it) and its connection is closed. Used for topic subscribers that fall behind.
+    pub fn evict_consumers(&self, error: crate::stomp::Frame) {
+        let st = self.state.lock();
+        for c in &st.consumers {
+            let _ = c.handle.outbox.send(Outbound::Frame(error.clone()));
+            c.handle.kill.cancel();
+        }
     }
 
     pub fn add_consumer(self: &Arc<Self>, handle: ConsumerHandle) {
@@ -300,6 +380,7 @@ mod tests {
             ack_mode: mode,
             prefetch,
             outbox: tx,
+            kill: CancellationToken::new(),
         };
         (h, rx)
     }

@@ -139,6 +139,24 @@ impl JournalConfig {
         Self {
             dir: dir.into(),
             segment_size: DEFAULT_SEGMENT_SIZE,
+/// Longest remembered value kept as it is; a longer one is remembered by its digest.
+pub const REMEMBERED_VALUE_MAX: usize = 64;
+
+/// How a remembered header value is kept in the window: as it is when short (a UUID, a
+/// counter), else as `sha256:` and the hex of the first 128 bits of its SHA-256. The
+/// window holds up to [`REMEMBERED_MAX`] values in memory and in every segment's first
+/// record, so a client's 60 KiB ids must not be kept whole. Whoever compares ids with
+/// the window (the broker's duplicate detection) compares this form.
+pub fn remembered_form(value: &str) -> std::borrow::Cow<'_, str> {
+    use sha2::Digest;
+    if value.len() <= REMEMBERED_VALUE_MAX {
+        return std::borrow::Cow::Borrowed(value);
+    }
+    let digest = sha2::Sha256::digest(value.as_bytes());
+    let hex: String = digest[..16].iter().map(|b| format!("{b:02x}")).collect();
+    std::borrow::Cow::Owned(format!("sha256:{hex}"))
+}
+
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             fsync: true,
             remember_header: None,
@@ -366,7 +384,9 @@ impl Journal {
             Some(name) => ops
                 .iter()
                 .filter_map(|op| match op {
-                    Op::Add(message) => message.headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.clone()),
+                    Op::Add(message) => {
+                        message.headers.iter().find(|(k, _)| k == name).map(|(_, v)| remembered_form(v).into_owned())
+                    }
                     Op::Ack(_) => None,
                 })
                 .collect(),

@@ -293,7 +293,7 @@ impl Replay {
                             if self.remembered.len() == super::REMEMBERED_MAX {
                                 self.remembered.pop_front();
                             }
-                            self.remembered.push_back(value.clone());
+                            self.remembered.push_back(super::remembered_form(value).into_owned());
                         }
                     }
                     self.messages.insert(message.id, message);

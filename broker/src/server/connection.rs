@@ -5,10 +5,19 @@
 //! Persistent SENDs are handed to the journal as soon as they are read, so a pipelining
 //! producer shares group commits; their effects (enqueue, RECEIPT) are applied strictly in
 //! frame order once durable, through `pending`.
+//!
+//! Everything a client can make the connection hold is bounded: frames still arriving
+//! (`stomp.maxPartialFrameBytes`, broker-wide), frames read but not applied (`MAX_PENDING`),
+//! receipts it does not read (`stomp.maxOutgoingBytes`), subscriptions and transactions
+//! (per connection), messages accepted but not yet enqueued (counted against the memory
+//! limits from the moment they are read). And nothing waits forever: CONNECT, a frame
+//! once begun, a write, and an idle line each have a deadline.
 
-use super::writer::Writer;
+use super::writer::{Outgoing, Writer};
 use crate::engine::dedup;
+use crate::engine::memory::Reservation;
 use crate::engine::message::{parse_ack_token, ConsumerKey, Message};
+use crate::engine::metrics::Limit;
 use crate::engine::queue::{AckError, AckMode, ConsumerHandle, Outbound, Queue};
 use crate::engine::{Broker, DestinationError, Target, Topic};
 use crate::journal::{MessageId, Op, StoredMessage};
@@ -19,6 +28,7 @@ use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
 use std::collections::HashMap;
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
@@ -56,12 +66,87 @@ pub enum FrameError {
     UnknownTransaction(String),
     #[error("transaction {0:?} already begun")]
     DuplicateTransaction(String),
-    #[error("transaction {0:?} holds more than the queue memory limit")]
-    TransactionTooLarge(String),
+    #[error("transaction {tx:?} would take this connection's open transactions past {limit} bytes (memory.maxQueueBytes)")]
+    TransactionTooLarge { tx: String, limit: usize },
+    #[error("this connection already has {0} open transactions (stomp.maxTransactionsPerConnection)")]
+    TooManyTransactions(usize),
+    #[error("this connection already has {0} subscriptions (stomp.maxSubscriptionsPerConnection)")]
+    TooManySubscriptions(usize),
+    #[error("the broker holds {0} bytes of partly received frames (stomp.maxPartialFrameBytes); retry later")]
+    PartialFrames(usize),
+    #[error("frame not complete within {0:?} of its first byte (stomp.frameTimeout)")]
+    FrameTimeout(Duration),
+    #[error("nothing read or written for {0:?} (stomp.idleTimeout); negotiate heart-beats to stay connected while idle")]
+    Idle(Duration),
     #[error("destination is full: no room within {0:?} (memory limits)")]
     NoRoom(Duration),
     #[error("failed to persist: {0}")]
     Persist(String),
+}
+
+impl FrameError {
+    /// The configured limit this error reports hitting, for `duomq_limit_hits_total`.
+    fn limit(&self) -> Option<Limit> {
+        match self {
+            FrameError::Destination(d) => d.limit(),
+            FrameError::TransactionTooLarge { .. } => Some(Limit::TransactionBytes),
+            FrameError::TooManyTransactions(_) => Some(Limit::Transactions),
+            FrameError::TooManySubscriptions(_) => Some(Limit::Subscriptions),
+            FrameError::PartialFrames(_) => Some(Limit::PartialFrames),
+            FrameError::FrameTimeout(_) => Some(Limit::FrameTimeout),
+            FrameError::Idle(_) => Some(Limit::Idle),
+            FrameError::NoRoom(_) => Some(Limit::ProducerBlocked),
+            _ => None,
+        }
+    }
+}
+
+/// Bytes of partly received frames across all connections, against
+/// `stomp.maxPartialFrameBytes`.
+#[derive(Debug)]
+pub struct PartialFrames {
+    held: AtomicUsize,
+    limit: usize,
+}
+
+impl PartialFrames {
+    pub fn new(limit: usize) -> PartialFrames {
+        PartialFrames { held: AtomicUsize::new(0), limit }
+    }
+
+    pub fn held(&self) -> usize {
+        self.held.load(Ordering::Relaxed)
+    }
+}
+
+/// One connection's share of [`PartialFrames`]; released when dropped.
+struct PartialShare {
+    pool: Arc<PartialFrames>,
+    held: usize,
+}
+
+impl PartialShare {
+    /// Records that the connection now buffers `bytes`; refuses growth past the limit.
+    fn set(&mut self, bytes: usize) -> Result<(), FrameError> {
+        if bytes > self.held {
+            let more = bytes - self.held;
+            let before = self.pool.held.fetch_add(more, Ordering::Relaxed);
+            if before + more > self.pool.limit {
+                self.pool.held.fetch_sub(more, Ordering::Relaxed);
+                return Err(FrameError::PartialFrames(self.pool.limit));
+            }
+        } else {
+            self.pool.held.fetch_sub(self.held - bytes, Ordering::Relaxed);
+        }
+        self.held = bytes;
+        Ok(())
+    }
+}
+
+impl Drop for PartialShare {
+    fn drop(&mut self) {
+        self.pool.held.fetch_sub(self.held, Ordering::Relaxed);
+    }
 }
 
 /// Everything a connection needs from the server.
@@ -70,6 +155,24 @@ pub struct ConnectionContext {
     pub broker: Arc<Broker>,
     pub metrics: Arc<Metrics>,
     pub shutdown: CancellationToken,
+    pub partial_frames: Arc<PartialFrames>,
+}
+
+impl ConnectionContext {
+    pub fn new(broker: Arc<Broker>, metrics: Arc<Metrics>, shutdown: CancellationToken) -> ConnectionContext {
+        let partial_frames = Arc::new(PartialFrames::new(broker.config.stomp.max_partial_frame_bytes.as_usize()));
+        ConnectionContext { broker, metrics, shutdown, partial_frames }
+    }
+}
+
+/// Limits while the client is not authenticated yet: a CONNECT frame is a few short
+/// headers and no body, so an anonymous socket cannot make the broker buffer much.
+fn handshake_limits(full: Limits) -> Limits {
+    Limits {
+        max_header_bytes: full.max_header_bytes.min(8 * 1024),
+        max_headers: full.max_headers.min(32),
+        max_body_bytes: full.max_body_bytes.min(1024),
+    }
 }
 
 pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ConnectionContext) {
@@ -81,7 +184,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ConnectionContext) 
         max_body_bytes: cfg.max_body_bytes.as_usize(),
     };
     let (mut rd, mut wr) = stream.into_split();
-    let mut codec = StompCodec::new(limits);
+    let mut codec = StompCodec::new(handshake_limits(limits));
     let mut buf = BytesMut::with_capacity(16 * 1024);
 
     // Handshake: the first frame must be CONNECT or STOMP, within the connect timeout.
@@ -102,6 +205,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ConnectionContext) 
         Ok(s) => s,
         Err(e) => return reject(&mut wr, &codec, &ctx, &e, connect.get("receipt")).await,
     };
+    // Authenticated: the full frame limits from here on (the codec holds no partial frame
+    // between frames, so a fresh one takes over the buffer as it is).
+    let mut codec = StompCodec::new(limits);
     codec.set_version(session.version);
     let connected = Frame::new(Command::Connected)
         .header("version", session.version.as_str())
@@ -117,6 +223,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ConnectionContext) 
 
     let (outbox, outbox_rx) = mpsc::unbounded_channel();
     let writer_done = CancellationToken::new();
+    let kill = CancellationToken::new();
+    let outgoing = Arc::new(Outgoing::new());
     let mut writer_codec = StompCodec::new(limits);
     writer_codec.set_version(session.version);
     let writer = tokio::spawn(
@@ -128,6 +236,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ConnectionContext) 
             broker: Arc::clone(&ctx.broker),
             metrics: Arc::clone(&ctx.metrics),
             done: writer_done.clone(),
+            kill: kill.clone(),
+            outgoing: Arc::clone(&outgoing),
+            write_timeout: cfg.write_timeout.get(),
         }
         .run(),
     );
@@ -138,8 +249,11 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ConnectionContext) 
         outbox,
         subscriptions: HashMap::new(),
         transactions: HashMap::new(),
+        transaction_bytes: 0,
         pending: FuturesOrdered::new(),
         last_read: false,
+        outgoing,
+        kill,
     };
     let end = conn.session_loop(rd, codec, buf, session.expect_every, writer_done).await;
     conn.close(end).await;
@@ -253,6 +367,8 @@ enum End {
     Error(FrameError, Option<String>),
     /// Heart-beats stopped.
     Silent,
+    /// Nothing read or written for `stomp.idleTimeout`.
+    Idle(Duration),
     /// The broker is stopping.
     Shutdown,
 }
@@ -269,6 +385,8 @@ struct PreparedSend {
     target: Target,
     message: Arc<Message>,
     journaled: bool,
+    /// Its bytes, counted against the memory limits since it was read.
+    reservation: Reservation,
 }
 
 /// A transactional ACK or NACK, applied at COMMIT.
@@ -314,11 +432,16 @@ struct Connection {
     outbox: mpsc::UnboundedSender<Outbound>,
     subscriptions: HashMap<String, Subscription>,
     transactions: HashMap<String, Transaction>,
+    /// Bytes of messages held by all open transactions of this connection.
+    transaction_bytes: usize,
     pending: FuturesOrdered<Pending>,
     /// Whether the frame being handled is the last one read so far: its record may be
     /// committed on this thread (see `Journal::append_inline`) because no other frame of
     /// ours could share the group commit.
     last_read: bool,
+    outgoing: Arc<Outgoing>,
+    /// Ends the connection at once (shared with the writer and every consumer handle).
+    kill: CancellationToken,
 }
 
 impl Connection {
@@ -330,10 +453,22 @@ impl Connection {
         expect_every: Option<Duration>,
         writer_done: CancellationToken,
     ) -> End {
-        let grace = self.ctx.broker.config.stomp.heartbeat_grace;
-        let silence_limit = expect_every.map(|d| d * grace);
+        let cfg = &self.ctx.broker.config.stomp;
+        let silence_limit = expect_every.map(|d| d * cfg.heartbeat_grace);
+        let idle_limit = Some(cfg.idle_timeout.get()).filter(|d| !d.is_zero());
+        let frame_limit = cfg.frame_timeout.get();
+        let max_outgoing = cfg.max_outgoing_bytes.as_usize();
+        let every = [expect_every, idle_limit.map(|d| d / 2), Some(frame_limit / 2)]
+            .into_iter()
+            .flatten()
+            .min()
+            .unwrap_or(frame_limit)
+            .max(Duration::from_millis(50));
+        let mut check = tokio::time::interval(every);
         let mut last_read = Instant::now();
-        let mut check = tokio::time::interval(expect_every.unwrap_or(Duration::from_secs(3600)));
+        // When the frame now arriving began, while bytes of it are buffered.
+        let mut frame_began: Option<Instant> = None;
+        let mut share = PartialShare { pool: Arc::clone(&self.ctx.partial_frames), held: 0 };
         loop {
             // Frames already buffered are handled before reading more; a client that
             // pipelines faster than the journal syncs is not read until effects drain.
@@ -341,6 +476,7 @@ impl Connection {
                 match codec.decode(&mut buf) {
                     Ok(Some(Inbound::Heartbeat)) => {}
                     Ok(Some(Inbound::Frame(frame))) => {
+                        frame_began = None;
                         self.last_read = buf.is_empty();
                         if let Some(end) = self.handle(frame).await {
                             return end;
@@ -350,7 +486,16 @@ impl Connection {
                     Err(e) => return End::Error(e.into(), None),
                 }
             }
-            let reading = self.pending.len() < MAX_PENDING;
+            if let Err(e) = share.set(buf.len()) {
+                return End::Error(e, None);
+            }
+            let reading = self.pending.len() < MAX_PENDING && self.outgoing.bytes() < max_outgoing;
+            if !reading || buf.is_empty() {
+                // A frame we stopped reading is late by our doing, not the client's.
+                frame_began = None;
+            } else if frame_began.is_none() {
+                frame_began = Some(Instant::now());
+            }
             tokio::select! {
                 biased;
                 Some(done) = self.pending.next(), if !self.pending.is_empty() => {
@@ -366,15 +511,30 @@ impl Connection {
                     Ok(0) | Err(_) => return End::Gone,
                     Ok(_) => last_read = Instant::now(),
                 },
+                _ = self.outgoing.drained(), if !reading => last_read = Instant::now(),
                 _ = check.tick() => {
                     if silence_limit.is_some_and(|limit| last_read.elapsed() > limit) {
                         return End::Silent;
+                    }
+                    if let Some(idle) = idle_limit {
+                        if last_read.elapsed() > idle && self.outgoing.since_last_write() > idle {
+                            return End::Idle(idle);
+                        }
+                    }
+                    if frame_began.is_some_and(|t| t.elapsed() > frame_limit) {
+                        return End::Error(FrameError::FrameTimeout(frame_limit), None);
                     }
                 }
                 _ = writer_done.cancelled() => return End::Gone,
                 _ = self.ctx.shutdown.cancelled() => return End::Shutdown,
             }
         }
+    }
+
+    /// Queues a frame for the writer, counted against `stomp.maxOutgoingBytes`.
+    fn send_out(&self, frame: Frame) {
+        self.outgoing.queued(&frame);
+        let _ = self.outbox.send(Outbound::Frame(frame));
     }
 
     /// Handles one frame; `Some` ends the session.
@@ -408,7 +568,7 @@ impl Connection {
 
     fn apply(&mut self, done: Result<Effect, (FrameError, Option<String>)>) -> Result<(), (FrameError, Option<String>)> {
         let effect = done?;
-        let mut receipt = effect.receipt.map(|r| Outbound::Frame(Frame::new(Command::Receipt).header("receipt-id", r)));
+        let mut receipt = effect.receipt.map(|r| Frame::new(Command::Receipt).header("receipt-id", r));
         // A connection that also consumes gets the RECEIPT first, so a client subscribed to
         // where it sends sees its receipt before its own message. One that only produces
         // gets it after the deliveries are queued: the runtime runs the task woken last
@@ -417,17 +577,22 @@ impl Connection {
         let receipt_last = self.subscriptions.is_empty() && !effect.publish.is_empty();
         if !receipt_last {
             if let Some(frame) = receipt.take() {
-                let _ = self.outbox.send(frame);
+                self.send_out(frame);
             }
         }
         for send in effect.publish {
-            self.ctx.broker.publish(&send.target, send.message, send.journaled);
+            self.ctx.broker.publish(&send.target, send.message, send.journaled, send.reservation);
         }
         if let Some(frame) = receipt {
-            let _ = self.outbox.send(frame);
+            self.send_out(frame);
         }
         if let Some((queue, consumer)) = effect.attach {
-            queue.add_consumer(consumer);
+            // An UNSUBSCRIBE read before this SUBSCRIBE's effect came due has removed the
+            // subscription already: attaching now would leave a consumer nobody owns.
+            let current = self.subscriptions.get(&*consumer.subscription_id).is_some_and(|s| s.key == consumer.key);
+            if current {
+                queue.add_consumer(consumer);
+            }
         }
         Ok(())
     }
@@ -472,17 +637,22 @@ impl Connection {
             body,
             persistent,
         });
-        let send = PreparedSend { target, message, journaled };
         if let Some(tx) = transaction {
+            // Held until COMMIT: counted broker-wide now, against its queue once committed.
             let limit = broker.memory().queue_limit;
-            let t = self.transactions.get_mut(&tx).ok_or_else(|| FrameError::UnknownTransaction(tx.clone()))?;
-            t.bytes += send.message.footprint();
-            if t.bytes > limit {
-                return Err(FrameError::TransactionTooLarge(tx));
+            let size = message.footprint();
+            if self.transaction_bytes + size > limit {
+                return Err(FrameError::TransactionTooLarge { tx, limit });
             }
-            t.sends.push(send);
+            let t = self.transactions.get_mut(&tx).ok_or_else(|| FrameError::UnknownTransaction(tx.clone()))?;
+            let reservation = broker.reserve_broker_wide(size);
+            t.bytes += size;
+            self.transaction_bytes += size;
+            t.sends.push(PreparedSend { target, message, journaled, reservation });
             return Ok(None);
         }
+        let reservation = broker.reserve(&target, &message);
+        let send = PreparedSend { target, message, journaled, reservation };
         let ops = if journaled { vec![Op::Add(stored(&send.message))] } else { vec![] };
         Ok(Some(self.durable(ops, vec![send], receipt)))
     }
@@ -513,6 +683,10 @@ impl Connection {
         if self.subscriptions.contains_key(&id) {
             return Err(FrameError::DuplicateSubscription(id));
         }
+        let max = self.ctx.broker.config.stomp.max_subscriptions_per_connection;
+        if self.subscriptions.len() >= max {
+            return Err(FrameError::TooManySubscriptions(max));
+        }
         let mode = AckMode::parse(frame.get("ack")).ok_or_else(|| FrameError::AckMode(frame.get("ack").unwrap_or("").into()))?;
         let default_prefetch = self.ctx.broker.config.stomp.default_prefetch as usize;
         let prefetch = frame
@@ -533,6 +707,7 @@ impl Connection {
             ack_mode: mode,
             prefetch,
             outbox: self.outbox.clone(),
+            kill: self.kill.clone(),
         };
         tracing::debug!(peer = %self.peer, subscription = %id, %destination, ?mode, prefetch, "subscribed");
         self.subscriptions.insert(id, Subscription { key, queue: Arc::clone(&queue), topic, mode });
@@ -624,6 +799,10 @@ impl Connection {
         if self.transactions.contains_key(tx) {
             return Err(FrameError::DuplicateTransaction(tx.to_string()));
         }
+        let max = self.ctx.broker.config.stomp.max_transactions_per_connection;
+        if self.transactions.len() >= max {
+            return Err(FrameError::TooManyTransactions(max));
+        }
         self.transactions.insert(tx.to_string(), Transaction::default());
         Ok(None)
     }
@@ -633,6 +812,7 @@ impl Connection {
     fn on_commit(&mut self, frame: &Frame) -> Result<Option<Pending>, FrameError> {
         let name = frame.get("transaction").ok_or(FrameError::MissingHeader(Command::Commit, "transaction"))?;
         let tx = self.transactions.remove(name).ok_or_else(|| FrameError::UnknownTransaction(name.to_string()))?;
+        self.transaction_bytes -= tx.bytes;
         let mut ops: Vec<Op> = Vec::new();
         for ack in &tx.acks {
             ops.extend(settle(ack)?);
@@ -645,7 +825,8 @@ impl Connection {
 
     fn on_abort(&mut self, frame: &Frame) -> Result<Option<Pending>, FrameError> {
         let name = frame.get("transaction").ok_or(FrameError::MissingHeader(Command::Abort, "transaction"))?;
-        self.transactions.remove(name).ok_or_else(|| FrameError::UnknownTransaction(name.to_string()))?;
+        let tx = self.transactions.remove(name).ok_or_else(|| FrameError::UnknownTransaction(name.to_string()))?;
+        self.transaction_bytes -= tx.bytes;
         Ok(None)
     }
 
@@ -658,12 +839,15 @@ impl Connection {
                 if let Err((e, r)) = self.drain().await {
                     self.send_error(&e, r.as_deref());
                 } else if let Some(r) = receipt {
-                    let _ = self.outbox.send(Outbound::Frame(Frame::new(Command::Receipt).header("receipt-id", r)));
+                    self.send_out(Frame::new(Command::Receipt).header("receipt-id", r));
                 }
                 tracing::debug!(%peer, "client disconnected");
             }
             End::Error(e, receipt) => {
                 self.ctx.metrics.protocol_errors.inc();
+                if let Some(limit) = e.limit() {
+                    self.ctx.broker.metrics.limit_hit(limit);
+                }
                 tracing::info!(%peer, error = %e, "closing connection after error");
                 let _ = self.drain().await;
                 self.send_error(&e, receipt.as_deref());
@@ -676,6 +860,11 @@ impl Connection {
                 let _ = self.outbox.send(Outbound::Frame(f));
             }
             End::Silent => tracing::info!(%peer, "dropping client: no heart-beat"),
+            End::Idle(idle) => {
+                self.ctx.broker.metrics.limit_hit(Limit::Idle);
+                tracing::info!(%peer, ?idle, "closing idle connection (stomp.idleTimeout)");
+                self.send_error(&FrameError::Idle(idle), None);
+            }
             End::Gone => tracing::debug!(%peer, "client connection closed"),
         }
         for (_, sub) in std::mem::take(&mut self.subscriptions) {
@@ -693,7 +882,7 @@ impl Connection {
     }
 
     fn send_error(&self, e: &FrameError, receipt: Option<&str>) {
-        let _ = self.outbox.send(Outbound::Frame(error_frame(e, receipt)));
+        self.send_out(error_frame(e, receipt));
     }
 }
 

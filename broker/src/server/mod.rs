@@ -1,5 +1,6 @@
 //! The STOMP listener: accepts connections up to the configured limit and runs each in
 //! its own task; on shutdown it stops accepting and waits for connections to finish.
+//! While it serves, idle destinations are reclaimed every half `destinations.idleTimeout`.
 
 pub mod connection;
 mod writer;
@@ -15,6 +16,7 @@ use tokio_util::task::TaskTracker;
 /// connections to flush their pending work and close.
 pub async fn run(listener: &TcpListener, ctx: ConnectionContext, drain: Duration) {
     let tracker = TaskTracker::new();
+    tracker.spawn(reclaim_idle_destinations(ctx.clone()));
     let open = Arc::new(AtomicUsize::new(0));
     let max = ctx.broker.config.stomp.max_connections;
     loop {
@@ -51,5 +53,27 @@ pub async fn run(listener: &TcpListener, ctx: ConnectionContext, drain: Duration
     tracker.close();
     if tokio::time::timeout(drain, tracker.wait()).await.is_err() {
         tracing::warn!(remaining = open.load(Ordering::Relaxed), "connections still open after the drain timeout");
+    }
+}
+
+/// Removes destinations unused for `destinations.idleTimeout`: a sweep every half of it,
+/// a destination found unused by three sweeps in a row goes (unused for one to one and a
+/// half times the timeout).
+async fn reclaim_idle_destinations(ctx: ConnectionContext) {
+    let timeout = ctx.broker.config.destinations.idle_timeout.get();
+    if timeout.is_zero() {
+        return;
+    }
+    let mut every = tokio::time::interval((timeout / 2).max(Duration::from_millis(10)));
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = every.tick() => {
+                let broker = Arc::clone(&ctx.broker);
+                // The sweep locks every queue in turn: off the connection threads' hot path.
+                let _ = tokio::task::spawn_blocking(move || broker.reclaim_idle(3)).await;
+            }
+            _ = ctx.shutdown.cancelled() => return,
+        }
     }
 }

@@ -1,20 +1,77 @@
 //! A connection's writer task: encodes frames and deliveries in the negotiated STOMP
 //! version, batches whatever is queued into one socket write, sends heart-beats when the
 //! line is idle, and settles auto-ack deliveries once they are written.
+//!
+//! It never waits forever: a write that does not complete within `stomp.writeTimeout`
+//! (the client stopped reading) ends the connection, and so does the connection's kill
+//! token (a slow topic subscriber cut off by the engine), even mid-write.
 
 use crate::engine::message::{ack_token, Delivery};
+use crate::engine::metrics::Limit;
 use crate::engine::queue::Outbound;
 use crate::engine::Broker;
 use crate::journal::Op;
 use crate::metrics::Metrics;
-use crate::stomp::{Command, StompCodec};
+use crate::stomp::{Command, Frame, StompCodec};
 use bytes::BytesMut;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
 use tokio::net::tcp::OwnedWriteHalf;
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
+
+/// What a connection has queued for its writer and when the writer last wrote: the reader
+/// stops reading while too much is queued (a client that does not read its receipts), and
+/// counts writes as activity for the idle timeout.
+#[derive(Debug)]
+pub struct Outgoing {
+    bytes: AtomicUsize,
+    drained: Notify,
+    born: Instant,
+    last_write_ms: AtomicU64,
+}
+
+impl Outgoing {
+    pub fn new() -> Outgoing {
+        Outgoing { bytes: AtomicUsize::new(0), drained: Notify::new(), born: Instant::now(), last_write_ms: AtomicU64::new(0) }
+    }
+
+    /// Bytes of frames queued and not yet written.
+    pub fn bytes(&self) -> usize {
+        self.bytes.load(Ordering::Relaxed)
+    }
+
+    pub fn queued(&self, frame: &Frame) {
+        self.bytes.fetch_add(frame_cost(frame), Ordering::Relaxed);
+    }
+
+    fn written(&self, bytes: usize) {
+        self.last_write_ms.store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
+        if bytes > 0 {
+            // Frames the engine queued itself (a slow subscriber's ERROR) were never counted.
+            let _ = self.bytes.fetch_update(Ordering::Relaxed, Ordering::Relaxed, |b| Some(b.saturating_sub(bytes)));
+            self.drained.notify_one();
+        }
+    }
+
+    /// Resolves once the writer has written queued frames since the last call.
+    pub async fn drained(&self) {
+        self.drained.notified().await;
+    }
+
+    /// Time since the writer last completed a write (or since the connection began).
+    pub fn since_last_write(&self) -> Duration {
+        let last = Duration::from_millis(self.last_write_ms.load(Ordering::Relaxed));
+        self.born.elapsed().saturating_sub(last)
+    }
+}
+
+/// What a queued frame counts against `stomp.maxOutgoingBytes`: about its encoded size.
+pub fn frame_cost(frame: &Frame) -> usize {
+    32 + frame.body.len() + frame.headers.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>()
+}
 
 /// Bytes gathered before one write.
 const BATCH_BYTES: usize = 256 * 1024;
@@ -28,12 +85,21 @@ pub struct Writer {
     pub metrics: Arc<Metrics>,
     /// Cancelled when the writer stops, so the reader stops too.
     pub done: CancellationToken,
+    /// Cancelled to end the connection at once, even while a write is stuck.
+    pub kill: CancellationToken,
+    pub outgoing: Arc<Outgoing>,
+    pub write_timeout: Duration,
 }
 
 impl Writer {
     pub async fn run(mut self) {
         if let Err(e) = self.pump().await {
-            tracing::debug!(error = %e, "connection write failed");
+            if e.kind() == std::io::ErrorKind::TimedOut {
+                self.broker.metrics.limit_hit(Limit::WriteTimeout);
+                tracing::info!(timeout = ?self.write_timeout, "closing connection: the client stopped reading (stomp.writeTimeout)");
+            } else {
+                tracing::debug!(error = %e, "connection write failed");
+            }
         }
         let _ = self.socket.shutdown().await;
         self.done.cancel();
@@ -43,18 +109,28 @@ impl Writer {
         let mut buf = BytesMut::with_capacity(64 * 1024);
         let mut settle: Vec<Delivery> = Vec::new();
         loop {
-            let first = match self.heartbeat {
-                Some(every) => match tokio::time::timeout(every, self.outbox.recv()).await {
-                    Ok(item) => item,
-                    Err(_) => {
-                        self.socket.write_all(b"\n").await?;
+            let (outbox, kill, heartbeat) = (&mut self.outbox, &self.kill, self.heartbeat);
+            // `None`: the line was idle for a heart-beat interval.
+            let next = async move {
+                match heartbeat {
+                    Some(every) => tokio::time::timeout(every, outbox.recv()).await.ok(),
+                    None => Some(outbox.recv().await),
+                }
+            };
+            let first = tokio::select! {
+                r = next => match r {
+                    Some(item) => item,
+                    None => {
+                        self.write(b"\n").await?;
+                        self.outgoing.written(0);
                         continue;
                     }
                 },
-                None => self.outbox.recv().await,
+                _ = kill.cancelled() => return Ok(()),
             };
             let Some(mut item) = first else { return Ok(()) };
             let mut close = false;
+            let mut frames = 0;
             loop {
                 match item {
                     Outbound::Deliver(d) => {
@@ -63,7 +139,10 @@ impl Writer {
                             settle.push(d);
                         }
                     }
-                    Outbound::Frame(f) => self.codec.encode(&f, &mut buf),
+                    Outbound::Frame(f) => {
+                        frames += frame_cost(&f);
+                        self.codec.encode(&f, &mut buf);
+                    }
                     Outbound::Close => {
                         close = true;
                         break;
@@ -77,13 +156,25 @@ impl Writer {
                     Err(_) => break,
                 }
             }
-            self.socket.write_all(&buf).await?;
+            self.write(&buf).await?;
+            self.outgoing.written(frames);
             buf.clear();
             self.settle_auto(&mut settle);
             if close {
                 self.socket.flush().await?;
                 return Ok(());
             }
+        }
+    }
+
+    /// Writes all of `bytes` within `stomp.writeTimeout`, unless the connection is killed.
+    async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
+        tokio::select! {
+            r = tokio::time::timeout(self.write_timeout, self.socket.write_all(bytes)) => match r {
+                Ok(r) => r,
+                Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write did not complete in time")),
+            },
+            _ = self.kill.cancelled() => Err(std::io::Error::other("connection cut off by the broker")),
         }
     }
 

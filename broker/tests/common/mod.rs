@@ -162,6 +162,16 @@ impl Broker {
         self.child.as_ref().map(|c| c.id() as i32).unwrap_or(0)
     }
 
+    /// The broker's resident memory now (`VmRSS`), in bytes.
+    pub fn rss(&self) -> u64 {
+        proc_memory(self.pid(), "VmRSS:")
+    }
+
+    /// The broker's peak resident memory so far (`VmHWM`), in bytes.
+    pub fn peak_rss(&self) -> u64 {
+        proc_memory(self.pid(), "VmHWM:")
+    }
+
     /// SIGKILL: no chance to flush anything.
     pub fn kill9(&mut self) -> Option<std::process::ExitStatus> {
         let mut child = self.child.take()?;
@@ -274,6 +284,11 @@ impl Conn {
     pub fn raw(port: u16) -> Conn {
         let stream = TcpStream::connect(("127.0.0.1", port)).expect("connect to broker");
         stream.set_nodelay(true).expect("nodelay");
+        Conn::from_stream(stream)
+    }
+
+    /// Wraps a socket the test drove by hand so far.
+    pub fn from_stream(stream: TcpStream) -> Conn {
         Conn { stream, codec: StompCodec::new(Limits::default()), buf: BytesMut::new(), heartbeats_seen: 0 }
     }
 
@@ -449,6 +464,26 @@ pub fn receive_all(url: &str, queue: &str, count: usize) -> String {
     assert!(out.status.success(), "consumer did not get every receipted message from {queue}: {summary}");
     assert!(summary.contains(&format!("received {count} messages")), "{summary}");
     summary
+}
+
+/// A memory figure of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), in bytes.
+pub fn proc_memory(pid: i32, field: &str) -> u64 {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
+    status
+        .lines()
+        .find_map(|l| l.strip_prefix(field))
+        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
+        .map(|kib| kib * 1024)
+        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+}
+
+/// Polls `check` every 50 ms until it holds or `timeout` (named by the caller) passes.
+pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
+    let deadline = Instant::now() + timeout;
+    while !check() {
+        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
 }
 
 pub fn rand_u64() -> u64 {

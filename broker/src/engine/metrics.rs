@@ -1,0 +1,97 @@
+//! Prometheus metrics of the engine's limits: what a client was refused, which idle
+//! destinations were reclaimed, which slow topic subscribers were cut off.
+//!
+//! Labels are the names of limits (a fixed set), never destination or client names.
+
+use prometheus_client::encoding::EncodeLabelSet;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::registry::Registry;
+
+/// The limits a client can hit; each is a `limit` label value and names its config field.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum Limit {
+    /// `destinations.maxDestinations`
+    Destinations,
+    /// A destination name longer than [`super::MAX_DESTINATION_NAME_BYTES`] or with control characters.
+    DestinationName,
+    /// `stomp.maxSubscriptionsPerConnection`
+    Subscriptions,
+    /// `stomp.maxTransactionsPerConnection`
+    Transactions,
+    /// `memory.maxQueueBytes`, for the open transactions of one connection
+    TransactionBytes,
+    /// `stomp.maxPartialFrameBytes`, broker-wide
+    PartialFrames,
+    /// `memory.producerBlockTimeout` ran out while a queue or the broker was full
+    ProducerBlocked,
+    /// `stomp.idleTimeout`
+    Idle,
+    /// `stomp.frameTimeout`
+    FrameTimeout,
+    /// `stomp.writeTimeout`
+    WriteTimeout,
+}
+
+impl Limit {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Limit::Destinations => "maxDestinations",
+            Limit::DestinationName => "destinationName",
+            Limit::Subscriptions => "maxSubscriptionsPerConnection",
+            Limit::Transactions => "maxTransactionsPerConnection",
+            Limit::TransactionBytes => "transactionBytes",
+            Limit::PartialFrames => "maxPartialFrameBytes",
+            Limit::ProducerBlocked => "producerBlockTimeout",
+            Limit::Idle => "idleTimeout",
+            Limit::FrameTimeout => "frameTimeout",
+            Limit::WriteTimeout => "writeTimeout",
+        }
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct LimitLabels {
+    limit: &'static str,
+}
+
+/// Engine metrics. Clones share the same underlying values.
+#[derive(Debug, Clone, Default)]
+pub struct EngineMetrics {
+    limits: Family<LimitLabels, Counter>,
+    pub destinations_reclaimed: Counter,
+    pub slow_subscribers_disconnected: Counter,
+    pub topic_copies_dropped: Counter,
+}
+
+impl EngineMetrics {
+    /// Creates the metrics and registers them in `registry` as `duomq_*`.
+    pub fn register(registry: &mut Registry) -> EngineMetrics {
+        let m = EngineMetrics::default();
+        registry.register(
+            "duomq_limit_hits",
+            "Frames refused or connections closed because a client hit a limit, by limit (the config field)",
+            m.limits.clone(),
+        );
+        registry.register(
+            "duomq_destinations_reclaimed",
+            "Empty destinations without consumers removed after destinations.idleTimeout",
+            m.destinations_reclaimed.clone(),
+        );
+        registry.register(
+            "duomq_slow_topic_subscribers_disconnected",
+            "Topic subscribers cut off because their private queue reached memory.maxQueueBytes (slowTopicSubscriber: disconnect)",
+            m.slow_subscribers_disconnected.clone(),
+        );
+        registry.register(
+            "duomq_topic_copies_dropped",
+            "Topic message copies dropped for subscribers whose private queue was full (slowTopicSubscriber: drop)",
+            m.topic_copies_dropped.clone(),
+        );
+        m
+    }
+
+    pub fn limit_hit(&self, limit: Limit) {
+        self.limits.get_or_create(&LimitLabels { limit: limit.as_str() }).inc();
+    }
+}
