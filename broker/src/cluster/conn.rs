@@ -97,10 +97,6 @@ impl<S: AsyncRead + AsyncWrite + Unpin> ClusterConn<S> {
         self.codec = ClusterCodec::new(max_frame);
     }
 
-    pub fn max_frame(&self) -> usize {
-        self.codec.max_frame()
-    }
-
     /// Bytes received but not yet decoded.
     pub fn buffered(&self) -> &[u8] {
         &self.read_buf

@@ -405,6 +405,7 @@ pub async fn serve_cluster(
             refuse_excess(&stream, max_pending);
             continue;
         };
+        let slot = PendingSlot::take(permit, &metrics.pending);
         let _ = stream.set_nodelay(true);
         let (ctx, live, stop, metrics) = (Arc::clone(&ctx), Arc::clone(&live), stop.clone(), metrics.clone());
         let failed_log = Arc::clone(&failed_log);
@@ -415,10 +416,8 @@ pub async fn serve_cluster(
                 Role::Fenced => "fenced",
                 _ => "starting",
             };
-            metrics.pending.inc();
             let handshake = accept_handshake(stream, &ctx.handshake(Purpose::Probe), role).await;
-            metrics.pending.dec();
-            drop(permit);
+            drop(slot);
             let (mut conn, peer) = match handshake {
                 Ok(x) => x,
                 Err(e) => {
@@ -459,6 +458,26 @@ pub async fn serve_cluster(
                 }
             }
         });
+    }
+}
+
+/// One of the `ha.cluster.maxPendingConnections` places for a connection in its handshake,
+/// shown in `duomq_cluster_pending_connections` until dropped.
+struct PendingSlot {
+    _permit: tokio::sync::OwnedSemaphorePermit,
+    gauge: prometheus_client::metrics::gauge::Gauge,
+}
+
+impl PendingSlot {
+    fn take(permit: tokio::sync::OwnedSemaphorePermit, gauge: &prometheus_client::metrics::gauge::Gauge) -> PendingSlot {
+        gauge.inc();
+        PendingSlot { _permit: permit, gauge: gauge.clone() }
+    }
+}
+
+impl Drop for PendingSlot {
+    fn drop(&mut self) {
+        self.gauge.dec();
     }
 }
 
