@@ -48,10 +48,7 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    tracing_subscriber::fmt()
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into()))
-        .init();
-    match run(cli.command) {
+    match run(cli.command, cli.verbose) {
         Ok(()) => ExitCode::SUCCESS,
         Err(error) => {
             eprintln!("{}", report(&error, cli.verbose));
@@ -71,29 +68,52 @@ fn report(error: &anyhow::Error, verbose: bool) -> String {
     format!("error: {}", chain.collect::<Vec<_>>().join(": "))
 }
 
-fn run(command: Cmd) -> anyhow::Result<()> {
+/// Logs go to `log` (the terminal keeps the steps and the KUBECONFIG line), or to stderr
+/// with `verbose`.
+fn init_logs(log: &std::path::Path, verbose: bool) -> anyhow::Result<()> {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,kube=warn".into());
+    if verbose {
+        tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    } else {
+        let file = std::fs::File::create(log).with_context(|| format!("failed to create the log file {}", log.display()))?;
+        tracing_subscriber::fmt().with_env_filter(filter).with_ansi(false).with_writer(std::sync::Mutex::new(file)).init();
+    }
+    Ok(())
+}
+
+fn run(command: Cmd, verbose: bool) -> anyhow::Result<()> {
     let Cmd::Up { state_dir, example, rebuild_images, bare } = command;
     require_tools()?;
     if !bare {
         require_base_image_tools()?;
     }
     let state_dir = std::path::absolute(&state_dir).with_context(|| format!("bad --state-dir {}", state_dir.display()))?;
+    std::fs::create_dir_all(&state_dir).with_context(|| format!("failed to create the state directory {}", state_dir.display()))?;
+    let log = state_dir.join("duomq-e2e.log");
+    init_logs(&log, verbose)?;
+    if !verbose {
+        println!("logs of the control plane: {}", log.display());
+    }
     if !bare {
         let binaries = std::env::current_exe().context("failed to find this program's path")?.parent().map(PathBuf::from).unwrap_or_default();
+        println!("building the broker and operator images (the first time: the base image too, with debootstrap, ~2 min)");
         for image in build_images(&binaries, rebuild_images, &state_dir)? {
             println!("image {image}");
         }
     }
     let runtime = tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
     runtime.block_on(async move {
+        println!("starting the local control plane: an API server, nodes {}", duomq_e2e::env::NODES.join(", "));
         let prefix = format!("duomq-e2e-{}", std::process::id());
         let plane = LocalControlPlane::start(&state_dir, &prefix).await?;
         let kc = plane.kubeconfig.clone();
         if !bare {
+            println!("installing the operator (manifests/install.yaml) and waiting until it is available");
             let install = repo_root().join("manifests/install.yaml");
             kubectl(&kc, &["apply", "--server-side", "-f", &install.to_string_lossy()])?;
             kubectl(&kc, &["-n", "duomq-system", "wait", "--for=condition=Available", "deployment", "--all", "--timeout=120s"])?;
             if !example.is_empty() {
+                println!("applying {example}");
                 kubectl(&kc, &["apply", "-f", &repo_root().join(&example).to_string_lossy()])?;
             }
         }
@@ -102,7 +122,7 @@ fn run(command: Cmd) -> anyhow::Result<()> {
             kc.display()
         );
         tokio::signal::ctrl_c().await.context("failed to wait for Ctrl-C")?;
-        eprintln!("stopping…");
+        println!("stopping: removing the containers and the network");
         tokio::time::timeout(Duration::from_secs(120), plane.shutdown()).await.ok();
         Ok(())
     })
