@@ -153,6 +153,7 @@ pub fn ensure_image(name: &str, tag: &str, binary: &Path, rebuild: bool, log_dir
     info!(image = %tag, binary = %binary.display(), held = held.as_deref().unwrap_or("nothing"), "building image");
     std::fs::create_dir_all(log_dir).map_err(EnvError::StateDir)?;
     let log = log_dir.join(format!("image-{name}.log"));
+    let previous = image_id(tag);
     let mut command = Command::new(repo_root().join("images/build.sh"));
     command.arg(name).arg("--binary").arg(binary).arg("--tag").arg(tag);
     let shown = format!("{command:?}");
@@ -165,7 +166,19 @@ pub fn ensure_image(name: &str, tag: &str, binary: &Path, rebuild: bool, log_dir
         let reason = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("images/build.sh failed").trim().to_string();
         return Err(EnvError::ImageBuild { image: tag.to_string(), binary: binary.to_path_buf(), reason, log });
     }
+    // The image the tag held before, now untagged: removed unless a container still uses it
+    // (then Docker refuses, harmlessly), so rebuilds do not pile up on the disk.
+    if let Some(old) = previous.filter(|old| image_id(tag).as_ref() != Some(old)) {
+        let _ = Command::new("docker").args(["image", "rm", &old]).output();
+    }
     Ok(image(ImageOutcome::Built))
+}
+
+/// The ID of a local image, `None` when there is none of that tag.
+fn image_id(tag: &str) -> Option<String> {
+    let out = Command::new("docker").args(["image", "inspect", "--format", "{{.Id}}", tag]).output().ok()?;
+    let id = String::from_utf8_lossy(&out.stdout).trim().to_string();
+    (out.status.success() && !id.is_empty()).then_some(id)
 }
 
 /// Fails with what to install when building an image would need the base image and the

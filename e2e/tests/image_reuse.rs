@@ -1,6 +1,7 @@
 //! Images of `duomq-e2e up` and of the scenarios: an image of the tag they use is reused only
 //! when it holds the very binary they would put in (its SHA-256, a label `images/build.sh`
-//! sets), and rebuilt when the binary changed, so a tag built from other code never runs.
+//! sets), and rebuilt when the binary changed, so a tag built from other code never runs;
+//! the image it replaces is removed.
 //!
 //! Needs Docker and the local base image (built with debootstrap when missing) and a built
 //! operator (`cargo build -p duomq-operator`); fails with what is missing.
@@ -65,6 +66,8 @@ fn given_image_of_same_tag_when_binary_changed_should_rebuild_and_when_unchanged
     assert_ne!(image_id(&tag)?, first_id);
     assert_eq!(image_label(&tag, BINARY_SHA256_LABEL), Some(sha256_of(&second)?));
     assert!(rebuilt.to_string().contains("built now"), "{rebuilt}");
+    // The image it replaced is gone, not left dangling on the disk.
+    assert!(image_id(&first_id).is_err(), "the replaced image {first_id} is still there");
 
     // And asked to, it rebuilds even the same binary.
     let forced = ensure_image("operator", &tag, &second, true, work.path())?;
