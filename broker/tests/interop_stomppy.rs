@@ -16,7 +16,7 @@ use std::time::{Duration, Instant};
 const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
 /// How long `python3 -c 'import stomp, pytest'` may take.
 const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
-const INSTALL_HINT: &str = "python3 -m pip install 'stomp.py>=8,<9' pytest";
+const INSTALL_HINT: &str = "scripts/test --install-only (installs everything the tests need), or python3 -m pip install 'stomp.py>=8,<9' pytest";
 
 const AUTH_CONFIG: &str = "auth:\n  users:\n    - name: app\n      password: s3cret\n";
 
