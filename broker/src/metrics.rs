@@ -216,8 +216,10 @@ impl Metrics {
         (m, journal)
     }
 
-    /// Renders the text exposition, refreshing the per-queue gauges first.
+    /// Renders the text exposition, refreshing the per-queue gauges first. Scrapes at the
+    /// same time take turns, so one never encodes the series another is refilling.
     pub fn render(&self, queues: &[QueueSnapshot], memory_used: usize, role: Role, ha: Option<&HaStatus>) -> String {
+        let registry = self.registry.lock();
         if let Some(ha) = ha {
             // From the role, not from `sync`: a shared-store backup has no sync state.
             let is_live = role == Role::Live;
@@ -250,7 +252,7 @@ impl Metrics {
         }
         self.memory_bytes.set(memory_used as i64);
         let mut out = String::new();
-        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &self.registry.lock()) {
+        if let Err(e) = prometheus_client::encoding::text::encode(&mut out, &registry) {
             tracing::warn!(error = %e, "failed to encode metrics");
         }
         out
@@ -340,6 +342,28 @@ mod tests {
         let page = render(&[queue("/queue/a", 0, 0), queue("/queue/b", 0, 0)], 3);
         assert_eq!(depth_lines(&page).len(), 2, "{page}");
         assert!(page.contains("\nduomq_destination_series_omitted 0\n"), "{page}");
+    }
+
+    #[test]
+    fn given_two_scrapes_at_once_when_rendering_should_each_show_one_whole_set_of_destinations() {
+        let (metrics, _) = Metrics::new(&MetricsConfig { max_destination_series: 100 });
+        let sets: Vec<Vec<QueueSnapshot>> = ["a", "b"]
+            .iter()
+            .map(|set| (0..50).map(|i| queue(&format!("/queue/{set}{i}"), 1, 0)).collect())
+            .collect();
+        std::thread::scope(|scope| {
+            for set in &sets {
+                let metrics = &metrics;
+                scope.spawn(move || {
+                    for _ in 0..200 {
+                        let page = metrics.render(set, 0, Role::Live, None);
+                        let shown = depth_lines(&page);
+                        let own = shown.iter().filter(|l| l.contains(&set[0].name[..8])).count();
+                        assert_eq!((shown.len(), own), (50, 50), "a page mixed two scrapes:\n{page}");
+                    }
+                });
+            }
+        });
     }
 
     #[test]
