@@ -68,7 +68,8 @@ pub enum JournalError {
     /// A record that is not a torn tail is damaged; start-up must stop.
     #[error(
         "failed to recover journal: segment {} is corrupt at byte offset {offset}: {reason}; \
-         the journal was left untouched",
+         the journal was left untouched (`duomq-broker journal salvage --help` explains how to \
+         cut the damage out and keep a copy)",
         path.display()
     )]
     CorruptRecord {

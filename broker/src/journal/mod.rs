@@ -10,7 +10,9 @@
 //! What it must not do: decide anything about delivery, hold messages for consumers, or
 //! rewrite history. Recovery modifies files only to cut a torn tail off the last segment
 //! and to tidy up segment creations a crash interrupted; on any other damage it stops
-//! with an error and leaves every file as it found it.
+//! with an error and leaves every file as it found it. Each batch opens with a sync mark
+//! (its own offset), which is how recovery tells the two apart; [`salvage`] is the
+//! explicit, copy-keeping way past damage.
 //!
 //! Layout on disk: `dir/journal-<20-digit sequence>.seg`, each starting with a 32-byte
 //! header (magic, format version, sequence, id floor, checksum), followed by records
@@ -36,10 +38,13 @@ mod reclaim;
 mod record;
 mod recovery;
 mod replication;
+mod salvage;
 mod segment;
 mod stats;
 mod writer;
 
+#[cfg(test)]
+mod corruption_tests;
 #[cfg(test)]
 mod tests;
 
@@ -59,6 +64,7 @@ pub use mirror::{prefix_digest, Mirror, MirroredSegment, DIGEST_TAIL};
 pub use replication::{JournalPosition, ReplicaId, ReplicationGate, SegmentHold};
 pub use metrics::JournalMetrics;
 pub use record::MAX_RECORD_PAYLOAD;
+pub use salvage::{plan as plan_salvage, salvage, SalvageAction, SalvageError};
 
 /// Longest a lazily appended record waits for a group commit to ride along with.
 pub const LAZY_SYNC_DELAY: std::time::Duration = std::time::Duration::from_millis(10);
@@ -133,12 +139,6 @@ pub struct JournalConfig {
 /// Most header values [`Recovered::remembered`] holds.
 pub const REMEMBERED_MAX: usize = 100_000;
 
-impl JournalConfig {
-    /// A configuration for `dir` with the default segment size, batch bound and fsync on.
-    pub fn new(dir: impl Into<PathBuf>) -> Self {
-        Self {
-            dir: dir.into(),
-            segment_size: DEFAULT_SEGMENT_SIZE,
 /// Longest remembered value kept as it is; a longer one is remembered by its digest.
 pub const REMEMBERED_VALUE_MAX: usize = 64;
 
@@ -157,6 +157,12 @@ pub fn remembered_form(value: &str) -> std::borrow::Cow<'_, str> {
     std::borrow::Cow::Owned(format!("sha256:{hex}"))
 }
 
+impl JournalConfig {
+    /// A configuration for `dir` with the default segment size, batch bound and fsync on.
+    pub fn new(dir: impl Into<PathBuf>) -> Self {
+        Self {
+            dir: dir.into(),
+            segment_size: DEFAULT_SEGMENT_SIZE,
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             fsync: true,
             remember_header: None,
@@ -239,8 +245,9 @@ impl Journal {
     /// Recovers the directory (creating it if missing), then starts the writer thread.
     ///
     /// Blocks on file I/O. Fails if another journal holds the directory, if a segment
-    /// other than the last is damaged, or if the last one is damaged in its middle; in
-    /// those cases no segment file was modified.
+    /// other than the last is damaged, or if the last one is damaged before its last
+    /// batch (a sync mark follows the damage); in those cases no segment file was modified
+    /// ([`salvage`] then cuts the damage out, keeping a copy).
     pub fn open(
         config: JournalConfig,
         metrics: JournalMetrics,

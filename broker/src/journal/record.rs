@@ -4,8 +4,16 @@
 //! `[u32 op count]` followed by the ops, each a kind byte and its fields, with strings and
 //! bytes length-prefixed (u32 LE). Besides adds and acks, a record may carry the window of
 //! remembered header values (duplicate-detection ids) as of where it stands, so that the
-//! window outlives the segments whose adds it was built from. Pure byte work: no I/O, and no opinion on whether a bad
-//! frame is a torn tail or corruption (recovery decides that from where it sits).
+//! window outlives the segments whose adds it was built from.
+//!
+//! Two records carry no ops at all. A *sync mark* opens every batch the writer writes and
+//! holds its own byte offset: the writer only starts a batch once the one before it was
+//! synced, so a mark at offset `m` proves that every byte before `m` was durable (see
+//! `recovery`). A *padding* record is what `journal salvage` writes over damaged bytes so
+//! that the valid records after them keep their offsets.
+//!
+//! Pure byte work: no I/O, and no opinion on whether a bad frame is a torn tail or
+//! corruption (recovery decides that from where it sits and what follows it).
 
 use bytes::Bytes;
 
@@ -22,11 +30,21 @@ pub const MAX_RECORD_PAYLOAD: usize = 64 * 1024 * 1024;
 const KIND_ADD: u8 = 1;
 const KIND_ACK: u8 = 2;
 const KIND_REMEMBERED: u8 = 3;
+const KIND_SYNC_MARK: u8 = 4;
+const KIND_PADDING: u8 = 5;
 
 const COUNT_LEN: usize = 4;
 const ID_LEN: usize = 8;
 const LEN_PREFIX: usize = 4;
 const ACK_LEN: usize = 1 + ID_LEN;
+/// Payload of a sync mark: op count, kind, offset.
+const MARK_PAYLOAD_LEN: usize = COUNT_LEN + 1 + ID_LEN;
+
+/// Bytes of a whole sync-mark record, the price of one per batch.
+pub(super) const MARK_FRAME_LEN: usize = FRAME_HEADER_LEN + MARK_PAYLOAD_LEN;
+
+/// The shortest record [`encode_padding_frame`] can write: a frame holding no op.
+pub(super) const MIN_PADDING_LEN: usize = FRAME_HEADER_LEN + COUNT_LEN;
 
 /// Size of the payload [`encode_frame`] writes for `ops`, without the frame header.
 pub(super) fn payload_len(ops: &[Op]) -> usize {
@@ -80,6 +98,47 @@ pub(super) fn encode_remembered_frame<'a>(
     }
     seal_frame(out, start);
     newest.len()
+}
+
+/// Appends the sync mark of a batch that starts at byte `at` of its segment to `out`.
+pub(super) fn encode_mark_frame(at: u64, out: &mut Vec<u8>) {
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    put_u32(out, 1);
+    out.push(KIND_SYNC_MARK);
+    out.extend_from_slice(&at.to_le_bytes());
+    seal_frame(out, start);
+}
+
+/// Appends one record of exactly `len` bytes (at least [`MIN_PADDING_LEN`], at most
+/// [`MAX_RECORD_PAYLOAD`] plus its header) that recovery reads and ignores.
+pub(super) fn encode_padding_frame(len: usize, out: &mut Vec<u8>) {
+    debug_assert!((MIN_PADDING_LEN..=FRAME_HEADER_LEN + MAX_RECORD_PAYLOAD).contains(&len));
+    let start = out.len();
+    out.extend_from_slice(&[0; FRAME_HEADER_LEN]);
+    if len == MIN_PADDING_LEN {
+        put_u32(out, 0);
+    } else {
+        put_u32(out, 1);
+        out.push(KIND_PADDING);
+        out.resize(start + len, 0);
+    }
+    seal_frame(out, start);
+}
+
+/// The first sync mark at or after `from` in `data`: a checksummed record that decodes to
+/// a mark holding its own offset. Bytes that merely look like one (inside a message body,
+/// say) would have to get the checksum, the layout and their own position right.
+pub(super) fn find_mark(data: &[u8], from: usize) -> Option<usize> {
+    let len_field = (MARK_PAYLOAD_LEN as u32).to_le_bytes();
+    let last = data.len().checked_sub(MARK_FRAME_LEN)?;
+    (from..=last).find(|&at| {
+        let frame = &data[at..at + MARK_FRAME_LEN];
+        frame[..4] == len_field
+            && frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + COUNT_LEN + 1] == [1, 0, 0, 0, KIND_SYNC_MARK]
+            && frame[FRAME_HEADER_LEN + COUNT_LEN + 1..] == (at as u64).to_le_bytes()
+            && matches!(read_frame(data, at), FrameRead::Valid { .. })
+    })
 }
 
 /// Appends one framed record holding `ops` to `out`.
@@ -232,6 +291,8 @@ pub(super) struct Decoded {
     pub(super) ops: Vec<Op>,
     /// The remembered window (oldest first) the record carries, if it is such a record.
     pub(super) remembered: Option<Vec<String>>,
+    /// The offset a sync mark holds, if the record is one.
+    pub(super) mark: Option<u64>,
 }
 
 /// Decodes a checksummed payload into its ops. Bodies are copied out so recovered
@@ -242,9 +303,18 @@ pub(super) fn decode_payload(payload: &[u8]) -> Result<Decoded, DecodeError> {
     // Counts come from the file: cap preallocation by what the bytes could hold.
     let mut ops = Vec::with_capacity(count.min(reader.rest.len() / ACK_LEN));
     let mut remembered = None;
+    let mut mark = None;
     for _ in 0..count {
         let kind = reader.u8("operation kind")?;
         let op = match kind {
+            KIND_SYNC_MARK => {
+                mark = Some(reader.u64("sync mark offset")?);
+                continue;
+            }
+            KIND_PADDING => {
+                reader.rest = &[];
+                continue;
+            }
             KIND_REMEMBERED => {
                 let n = reader.u32("remembered count")? as usize;
                 let mut values = Vec::with_capacity(n.min(reader.rest.len() / LEN_PREFIX));
@@ -283,7 +353,7 @@ pub(super) fn decode_payload(payload: &[u8]) -> Result<Decoded, DecodeError> {
             count: reader.rest.len(),
         });
     }
-    Ok(Decoded { ops, remembered })
+    Ok(Decoded { ops, remembered, mark })
 }
 
 struct Reader<'a> {
@@ -372,7 +442,7 @@ mod tests {
                 return Err(TestCaseError::fail("frame did not read back as valid"));
             };
             prop_assert_eq!(end, frame.len());
-            prop_assert_eq!(decode_payload(payload), Ok(Decoded { ops, remembered: None }));
+            prop_assert_eq!(decode_payload(payload), Ok(Decoded { ops, remembered: None, mark: None }));
         }
 
         #[test]
@@ -444,6 +514,40 @@ mod tests {
                 complete_end: Some(end),
             } if end == frame.len()
         ));
+    }
+
+    #[rstest]
+    #[case::at_header_end(32)]
+    #[case::far(70_000_000)]
+    fn given_sync_mark_when_encoded_should_decode_to_its_offset_and_be_found_only_there(#[case] at: u64) {
+        let mut frame = Vec::new();
+        encode_mark_frame(at, &mut frame);
+        assert_eq!(frame.len(), MARK_FRAME_LEN);
+        let FrameRead::Valid { payload, .. } = read_frame(&frame, 0) else { panic!("mark reads back") };
+        assert_eq!(decode_payload(payload).map(|d| (d.ops.len(), d.mark)), Ok((0, Some(at))));
+
+        let mut data = vec![7u8; 100];
+        let placed = data.len();
+        encode_mark_frame(placed as u64, &mut data);
+        data.extend_from_slice(&[9; 10]);
+        assert_eq!(find_mark(&data, 0), Some(placed));
+        assert_eq!(find_mark(&data, placed + 1), None);
+        // The same bytes one byte later claim the wrong offset.
+        data.insert(0, 0);
+        assert_eq!(find_mark(&data, 0), None);
+    }
+
+    #[rstest]
+    #[case::empty_record(MIN_PADDING_LEN)]
+    #[case::one_more(MIN_PADDING_LEN + 1)]
+    #[case::page(4096)]
+    fn given_padding_of_any_length_should_read_as_one_record_without_ops(#[case] len: usize) {
+        let mut frame = Vec::new();
+        encode_padding_frame(len, &mut frame);
+        assert_eq!(frame.len(), len);
+        let FrameRead::Valid { payload, end } = read_frame(&frame, 0) else { panic!("padding reads back") };
+        assert_eq!(end, len);
+        assert_eq!(decode_payload(payload), Ok(Decoded::default()));
     }
 
     #[rstest]

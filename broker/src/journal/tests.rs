@@ -238,8 +238,10 @@ async fn given_torn_multi_op_record_when_reopened_should_contribute_nothing() {
 
     let recovered = reopen(dir.path());
     assert_eq!(ids(&recovered), vec![1]);
-    assert_eq!(recovered.torn_tail_bytes, (full - torn_start) / 2);
-    assert_eq!(file_len(&segment), torn_start);
+    // The batch's sync mark is whole: the cut comes right after it.
+    let mark = record::MARK_FRAME_LEN as u64;
+    assert_eq!(recovered.torn_tail_bytes, (full - torn_start) / 2 - mark);
+    assert_eq!(file_len(&segment), torn_start + mark);
 }
 
 #[tokio::test]
@@ -255,13 +257,15 @@ async fn given_last_record_cut_at_every_offset_when_reopened_should_truncate_and
         fs::write(&copy, &bytes[..cut]).expect("write cut copy");
 
         let (journal, recovered) = open(JournalConfig::new(dir.path()));
+        // The batch opens with its sync mark; once that is whole, the cut comes after it.
+        let kept = if cut >= last_start + record::MARK_FRAME_LEN { last_start + record::MARK_FRAME_LEN } else { last_start };
         assert_eq!(ids(&recovered), vec![1, 2], "cut at {cut}");
         assert_eq!(
             recovered.torn_tail_bytes,
-            (cut - last_start) as u64,
+            (cut - kept) as u64,
             "cut at {cut}"
         );
-        assert_eq!(file_len(&copy), last_start as u64, "cut at {cut}");
+        assert_eq!(file_len(&copy), kept as u64, "cut at {cut}");
         durable(&journal, vec![add(4)]).await;
         close(&journal);
 
@@ -408,7 +412,7 @@ async fn given_damaged_record_in_older_segment_when_reopened_should_fail(#[case]
     .expect_err("damage in an older segment must stop recovery");
     assert!(
         matches!(&error, JournalError::CorruptRecord { path, offset, .. }
-            if path == &older && *offset == HEADER_LEN as u64),
+            if path == &older && *offset == (HEADER_LEN + record::MARK_FRAME_LEN) as u64),
         "{error:?}"
     );
     assert_eq!(fs::read(&older).expect("read segment"), bytes);

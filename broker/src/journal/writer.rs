@@ -6,6 +6,12 @@
 //! the error, and the thread keeps serving: a full disk is an outage, not a crash. It must
 //! not block on anything but its own files, and never panics.
 //!
+//! Every batch opens with a sync mark holding its offset, in the same write: since a batch
+//! is only written once the one before it is synced, the mark tells recovery that the
+//! bytes before it were durable, which is how it tells damage from a torn tail (see
+//! `recovery`). That ordering is the invariant to keep: never start a batch before the
+//! previous one's fdatasync returned.
+//!
 //! A lone synchronous record on an idle journal skips the thread: [`Committer::commit_inline`]
 //! writes and syncs it on the caller's thread, which saves the two cross-thread wake-ups of
 //! a hand-off (tens of microseconds each on a virtual machine, as much as the fsync itself).
@@ -322,6 +328,9 @@ pub(super) struct Writer {
     counters: JournalStats,
     /// Records recovery found: positions count records from the oldest segment at open.
     records_before_open: u64,
+    /// Sync marks written since open (one per batch); positions count them as records,
+    /// as a backup's mirror does, while the stats count only appended records.
+    marks: u64,
     // Fields drop in order: the housekeeper stops (and is waited for) before the
     // directory lock is released.
     replication: Arc<super::replication::Shared>,
@@ -345,6 +354,7 @@ impl Writer {
             segments,
             last,
             remembered_from,
+            frames: recovery_frames,
         } = recovery;
         let next_id = recovered.next_id.0;
         let replication = Arc::new(super::replication::Shared::new(Default::default()));
@@ -422,7 +432,8 @@ impl Writer {
             metrics,
             stats,
             counters: JournalStats::default(),
-            records_before_open: recovered.records,
+            records_before_open: recovery_frames,
+            marks: 0,
             replication,
             housekeeper,
             _lock: lock,
@@ -536,6 +547,10 @@ impl Writer {
             )?;
         }
         self.buffer.clear();
+        // Every byte before `start` is synced (the previous batch's fdatasync returned, or
+        // recovery read it back): the mark says so to a later recovery.
+        record::encode_mark_frame(self.current.len, &mut self.buffer);
+        let mark_len = self.buffer.len();
         // The first batch of a segment carries the remembered window, so that reclaiming
         // the segments it was built from forgets nothing.
         let first_in_segment = self.current.len == HEADER_LEN as u64;
@@ -546,7 +561,7 @@ impl Writer {
                 tracing::debug!(kept, remembered = window.len(), "the remembered window does not fit a quarter of a segment; carrying the newest");
             }
         }
-        let extra_records = u64::from(!self.buffer.is_empty());
+        let extra_records = u64::from(self.buffer.len() > mark_len);
         for request in batch {
             self.buffer.extend_from_slice(&request.frame);
         }
@@ -583,7 +598,7 @@ impl Writer {
         self.replication.written.send_replace(super::replication::JournalPosition {
             segment: self.current.seq.0,
             offset: records_end,
-            records: self.records_before_open + self.counters.records_appended + extra_records + batch.len() as u64,
+            records: self.records_written() + 1 + extra_records + batch.len() as u64,
         });
         if self.fsync {
             let started = Instant::now();
@@ -606,6 +621,7 @@ impl Writer {
         self.current.len = records_end;
         self.current.zeroed = self.current.zeroed.max(written_end);
         self.counters.records_appended += extra_records;
+        self.marks += 1;
         if first_in_segment {
             self.remembered_from = self.current.seq;
         }
@@ -695,7 +711,7 @@ impl Writer {
         self.replication
             .first_records
             .lock()
-            .insert(seq.0, self.records_before_open + self.counters.records_appended);
+            .insert(seq.0, self.records_written());
         self.next = Some(NextSegment::Pending(self.housekeeper.prepare(
             SegmentHeader {
                 seq: seq.next(),
@@ -737,8 +753,13 @@ impl Writer {
         super::replication::JournalPosition {
             segment: self.current.seq.0,
             offset: self.current.len,
-            records: self.records_before_open + self.counters.records_appended,
+            records: self.records_written(),
         }
+    }
+
+    /// Records in the journal, counted from the oldest segment at open, marks included.
+    fn records_written(&self) -> u64 {
+        self.records_before_open + self.counters.records_appended + self.marks
     }
 
     /// What replication shares with this writer (the position starts where it is now).
