@@ -1,5 +1,5 @@
 //! The `duomq-broker` command: run the broker, print its default config, send or receive
-//! messages as a client, and ask a live for a switchover.
+//! messages as a client, ask a live for a switchover, and salvage a damaged journal.
 
 mod cli;
 
@@ -38,6 +38,8 @@ enum Command {
     /// Hand a group's live role to an in-sync backup, with nothing lost (try `switchover --help`).
     #[command(long_about = cli::SWITCHOVER_LONG_ABOUT)]
     Switchover(cli::SwitchoverArgs),
+    /// Repair a stopped broker's journal after damage (try `journal salvage --help`).
+    Journal(cli::JournalArgs),
 }
 
 #[derive(clap::Args)]
@@ -71,6 +73,7 @@ fn main() -> anyhow::Result<()> {
         Command::Send(args) => client_runtime()?.block_on(cli::send(args)),
         Command::Receive(args) => client_runtime()?.block_on(cli::receive(args)),
         Command::Switchover(args) => client_runtime()?.block_on(cli::switchover(args)),
+        Command::Journal(args) => cli::journal(args),
     }
 }
 

@@ -1,7 +1,8 @@
 //! The client subcommands: `send` and `receive`, a producer and a consumer for trying a
 //! broker out, checking what came through, and rough throughput numbers (thin users of
 //! `duomq_broker::client` that must not speak STOMP themselves); and `switchover`, which
-//! asks a live on its admin endpoint to hand its role over.
+//! asks a live on its admin endpoint to hand its role over; and `journal salvage`, which
+//! gets a stopped broker past a damaged journal, keeping a copy of what it cuts.
 //!
 //! Every message `send` produces carries a `duomq-run` header (random per run) and a
 //! `duomq-seq` header (0, 1, 2, ...), and its body starts with the sequence number, so
@@ -10,10 +11,12 @@
 
 mod progress;
 mod receive;
+mod salvage;
 mod send;
 mod switchover;
 
 pub use receive::{receive, ReceiveArgs, RECEIVE_LONG_ABOUT};
+pub use salvage::{journal, JournalArgs};
 pub use send::{send, SendArgs, SEND_LONG_ABOUT};
 pub use switchover::{switchover, SwitchoverArgs, SWITCHOVER_LONG_ABOUT};
 
