@@ -312,3 +312,23 @@ async fn given_open_journal_when_salvaged_should_refuse_without_touching_it() {
     assert!(error.to_string().contains("is another broker using it?"), "{error}");
     journal.close().expect("close");
 }
+
+#[tokio::test]
+async fn given_bad_header_of_newest_segment_when_opened_or_salvaged_should_refuse_naming_it_and_change_no_file() {
+    let copy = crash_copy(5, 2).await;
+    let path = segment(copy.path(), 1);
+    let mut data = fs::read(&path).expect("read segment");
+    data[3] ^= 0xff;
+    fs::write(&path, &data).expect("damage header");
+    let before = snapshot(copy.path());
+
+    let error = open(copy.path()).expect_err("a bad header stops start-up");
+    assert!(matches!(&error, JournalError::BadSegmentHeader { path: named, .. } if named == &path), "{error:?}");
+    let salvage_dir = tempfile::tempdir().expect("tempdir");
+    let error = salvage(copy.path(), salvage_dir.path()).expect_err("salvage repairs records only");
+    let text = error.to_string();
+    assert!(text.contains(&path.display().to_string()) && text.contains("move that file"), "{text}");
+
+    assert_eq!(snapshot(copy.path()), before, "neither changed a file");
+    assert_eq!(fs::read_dir(salvage_dir.path()).expect("salvage dir").count(), 0, "nothing copied");
+}

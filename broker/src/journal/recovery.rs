@@ -24,8 +24,12 @@
 //! rarely can; recovery then refuses rather than guess, and salvage gets past it).
 //!
 //! What marks cannot see: damage inside the last batch of the newest segment (no mark
-//! follows it) is cut like a torn write, at most one batch; and damage that wipes
-//! everything after it, marks included, reads as the end of the records.
+//! follows it, and no whole record behind a bad checksum) is cut like a torn write, at
+//! most one batch; and damage that wipes everything after it, marks included, reads as
+//! the end of the records. A backup's mirror holds the live's bytes, marks included, but
+//! syncs a burst of the live's batches at once: after a power cut of the backup itself its
+//! copy may hold a hole before a later mark, and recovering that copy refuses (a backup
+//! that reconnects first gets the missing bytes from the live instead).
 //!
 //! Once everything read cleanly it also tidies what a crash leaves of segment creation: a
 //! prepared segment (`.seg.next`) that holds records is one the writer had rolled to but
