@@ -184,8 +184,8 @@ fn journal_config(dir: &Path, segment_size: u64) -> JournalConfig {
 }
 
 /// The recovery contract: `open` either fails and leaves every file as it was, or succeeds,
-/// and then a second `open` succeeds too and recovers the same messages, id floor and
-/// remembered window.
+/// and then a second `open` succeeds too, recovers the same messages, id floor and
+/// remembered window, and finds nothing left to cut.
 fn check_recovery_contract(dir: &Path, segment_size: u64) {
     let before = snapshot(dir);
     match Journal::open(journal_config(dir, segment_size), JournalMetrics::unregistered()) {
@@ -215,6 +215,7 @@ fn check_recovery_contract(dir: &Path, segment_size: u64) {
             assert_eq!(first.messages, second.messages, "journal: a second recovery found other messages");
             assert_eq!(first.next_id, second.next_id, "journal: a second recovery found another id floor");
             assert_eq!(first.remembered, second.remembered, "journal: a second recovery remembered other ids");
+            assert_eq!(second.torn_tail_bytes, 0, "journal: a second recovery cut a torn tail the first left");
         }
     }
 }
