@@ -191,43 +191,85 @@ fn given_unauthenticated_sockets_announcing_64_mib_frames_when_they_push_bytes_s
 }
 
 #[test]
-fn given_more_silent_unauthenticated_sockets_than_the_limit_should_close_the_excess_at_once_then_the_rest_at_the_deadline() {
+fn given_more_silent_unauthenticated_sockets_than_the_limit_should_turn_the_excess_away_and_close_the_rest_at_the_deadline() {
     const LIMIT: usize = 16;
     const SOCKETS: usize = 40;
-    let mut group = Group::start(LIMIT);
+    let group = Group::start(LIMIT);
     let addr = format!("127.0.0.1:{}", group.live_cluster);
     let mut sockets: Vec<TcpStream> =
         (0..SOCKETS).map(|_| TcpStream::connect(&addr).expect("connect to the cluster port")).collect();
 
-    // The live accepts them in order: the first LIMIT wait in their handshake, every later
-    // one is closed at once with a Refused frame naming the limit.
+    // LIMIT of them wait in their handshake; every other one is turned away at once, with
+    // a Refused frame naming the limit.
     let deadline = Instant::now() + CLOSE_TIMEOUT;
     while group.metric("duomq_cluster_connections_refused_total{reason=\"pending_limit\"}") < (SOCKETS - LIMIT) as u64 {
-        assert!(Instant::now() < deadline, "the excess sockets were not refused; log:\n{}", log_of(&group.live));
+        assert!(Instant::now() < deadline, "the excess sockets were not turned away; log:\n{}", log_of(&group.live));
         std::thread::sleep(Duration::from_millis(50));
     }
     assert_eq!(group.metric("duomq_cluster_pending_connections "), LIMIT as u64);
-    for (i, socket) in sockets.iter_mut().enumerate().skip(LIMIT) {
-        let (bytes, closed) = read_until_closed(socket, CLOSE_TIMEOUT);
-        assert!(closed, "excess socket {i} is still open");
-        let frame = ClusterCodec::new(4096).decode(&mut BytesMut::from(&bytes[..])).expect("a valid frame");
-        assert!(
-            matches!(&frame, Some(ClusterFrame::Refused { reason }) if reason.contains("ha.cluster.maxPendingConnections")),
-            "excess socket {i} got {frame:?}"
-        );
+    let (mut open, mut told) = (Vec::new(), 0);
+    for socket in sockets.iter_mut() {
+        let (bytes, closed) = read_until_closed(socket, Duration::from_millis(100));
+        let frame = ClusterCodec::new(4096).decode(&mut BytesMut::from(&bytes[..])).ok().flatten();
+        if matches!(&frame, Some(ClusterFrame::Refused { reason }) if reason.contains("ha.cluster.maxPendingConnections")) {
+            told += 1;
+        }
+        if !closed {
+            open.push(socket);
+        }
     }
+    assert_eq!(open.len(), LIMIT, "sockets still open");
+    assert!(told > 0, "no socket turned away was told why");
     assert!(log_of(&group.live).contains("ha.cluster.maxPendingConnections"), "{}", log_of(&group.live));
 
-    // The first LIMIT are closed by the handshake deadline.
-    for (i, socket) in sockets.iter_mut().enumerate().take(LIMIT) {
+    // Those that stay silent are closed by the handshake deadline.
+    for socket in open {
         let (_, closed) = read_until_closed(socket, HANDSHAKE_DEADLINE_TIMEOUT);
-        assert!(closed, "pending socket {i} outlived the handshake deadline");
+        assert!(closed, "a silent socket outlived the handshake deadline");
     }
     assert_eq!(group.metric("duomq_cluster_connections_refused_total{reason=\"timed_out\"}"), LIMIT as u64);
     assert_eq!(group.metric("duomq_cluster_pending_connections "), 0);
-    group.backup_syncs();
 }
 
+#[test]
+fn given_strangers_holding_every_handshake_place_when_a_backup_connects_should_displace_a_stalled_one_and_sync() {
+    const LIMIT: usize = 16;
+    let mut group = Group::start(LIMIT);
+    // LIMIT strangers, each reconnecting the moment its socket is closed and saying nothing:
+    // every place stays taken.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let strangers: Vec<_> = (0..LIMIT)
+        .map(|_| {
+            let (addr, stop) = (format!("127.0.0.1:{}", group.live_cluster), std::sync::Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut connections = 0u64;
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let Ok(mut socket) = TcpStream::connect(&addr) else { continue };
+                    connections += 1;
+                    while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                        if read_until_closed(&mut socket, Duration::from_millis(200)).1 {
+                            break;
+                        }
+                    }
+                }
+                connections
+            })
+        })
+        .collect();
+    let deadline = Instant::now() + CLOSE_TIMEOUT;
+    while group.metric("duomq_cluster_pending_connections ") < LIMIT as u64 {
+        assert!(Instant::now() < deadline, "the strangers never took every place");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Members' probes and the backup's own connection find every place taken; each takes
+    // the place of a stranger stalled for a second or more.
+    group.backup_syncs();
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let connections: u64 = strangers.into_iter().map(|t| t.join().expect("stranger thread")).sum();
+    let displaced = group.metric("duomq_cluster_connections_refused_total{reason=\"pending_limit\"}");
+    println!("strangers opened {connections} connections; {displaced} were turned away or displaced");
+    assert!(group.metric("duomq_cluster_pending_connections ") <= LIMIT as u64);
+}
 
 #[test]
 fn given_clients_pushing_16_mib_connect_frames_at_a_backup_should_keep_its_rss_bounded_and_still_name_the_live() {

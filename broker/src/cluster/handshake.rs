@@ -134,6 +134,12 @@ impl HandshakeError {
         }
     }
 
+    /// The server turned this client away because too many handshakes were under way: it
+    /// is up, only busy.
+    pub fn is_busy(&self) -> bool {
+        matches!(self, HandshakeError::Refused { reason } if reason.starts_with(BUSY_REFUSAL))
+    }
+
     /// A short, fixed name for the kind of failure, for a metric label.
     pub fn kind(&self) -> &'static str {
         match self {
@@ -305,6 +311,17 @@ where
         other => unexpected("response", &other),
     };
     Err(ex.refuse(&client_node, err).await)
+}
+
+/// How the `Refused` frame starts that a server sends a connection it turns away because
+/// too many handshakes are under way. The server is up: a client that only wanted to know
+/// whether it lives (a voter's probe) must not take this for "unreachable".
+pub const BUSY_REFUSAL: &str = "too many unauthenticated cluster connections";
+
+/// The `Refused` reason for a connection turned away because `limit` handshakes are under
+/// way (`ha.cluster.maxPendingConnections`).
+pub fn busy_reason(limit: usize) -> String {
+    format!("{BUSY_REFUSAL} ({limit}, ha.cluster.maxPendingConnections): try again later")
 }
 
 /// The bytes of a `Refused` frame for a connection turned away before its handshake starts
@@ -820,6 +837,17 @@ mod tests {
             let mut buf = BytesMut::new();
             ClusterCodec::new(HANDSHAKE_MAX_FRAME).encode(frame, &mut buf).expect("fits");
         }
+    }
+
+    #[tokio::test]
+    async fn given_a_server_that_is_busy_when_connecting_should_report_it_as_busy() {
+        let (a, mut b) = pipe();
+        let busy = refusal_bytes(&busy_reason(16)).expect("a refusal fits");
+        b.write_all(&busy).await.expect("write the refusal");
+        let result = connect_handshake(a, &client()).await;
+        assert!(matches!(&result, Err(e) if e.is_busy()), "{result:?}");
+        let other = HandshakeError::Refused { reason: AUTHENTICATION_FAILED.into() };
+        assert!(!other.is_busy());
     }
 
     #[test]

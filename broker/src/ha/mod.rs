@@ -13,6 +13,7 @@
 pub mod arbiter;
 pub mod backup;
 pub mod epoch;
+pub mod gate;
 pub mod lease;
 pub mod probe;
 pub mod replica;
@@ -25,6 +26,7 @@ use crate::cluster::{accept_handshake, ClusterFrame, HandshakeConfig, Purpose, D
 use crate::config::{ArbiterKind, BrokerConfig, HaConfig, HaPolicy, PreferredRole};
 use crate::journal::{Journal, JournalError};
 use crate::metrics::{ClusterMetrics, ClusterRefusedLabels};
+use gate::{Admission, LogThrottle, PendingGate};
 use arbiter::{Arbiter, ArbiterError, FileLockArbiter, QuorumArbiter, Vote};
 use epoch::{Epoch, EpochError, EpochStore};
 use lease::{KubernetesArbiter, LeaseMetrics, LeaseSettings};
@@ -366,9 +368,8 @@ async fn ask_vote(ctx: &HaContext, addr: &str, request: arbiter::ActivationReque
 pub type LiveSlot = Arc<RwLock<Option<(Journal, Arc<LiveTerm>)>>>;
 
 /// Serves the cluster port for the life of the process: probes, votes, and (when live)
-/// replication to backups. At most `ha.cluster.maxPendingConnections` connections are in
-/// their handshake at once; one more is refused at once, so strangers cannot hold more than
-/// that many sockets and small buffers. Refusals are counted in metrics and logged at most
+/// replication to backups. Connections in their handshake pass the [`gate`]
+/// (`ha.cluster.maxPendingConnections`). Refusals are counted in metrics and logged at most
 /// once a second per kind (with how many since), so a flood is not a flood of log lines.
 pub async fn serve_cluster(
     ctx: Arc<HaContext>,
@@ -377,9 +378,8 @@ pub async fn serve_cluster(
     metrics: ClusterMetrics,
     stop: CancellationToken,
 ) {
-    let max_pending = ctx.config.cluster.max_pending_connections;
-    let pending = Arc::new(tokio::sync::Semaphore::new(max_pending));
-    let mut excess_log = LogThrottle::default();
+    let gate = PendingGate::new(ctx.config.cluster.max_pending_connections, metrics.pending.clone());
+    let limit_log = Arc::new(parking_lot::Mutex::new(LogThrottle::default()));
     let failed_log = Arc::new(parking_lot::Mutex::new(LogThrottle::default()));
     loop {
         let (stream, peer_addr) = tokio::select! {
@@ -392,23 +392,26 @@ pub async fn serve_cluster(
             },
             _ = stop.cancelled() => return,
         };
-        let Ok(permit) = Arc::clone(&pending).try_acquire_owned() else {
-            metrics.refused.get_or_create(&ClusterRefusedLabels { reason: "pending_limit" }).inc();
-            if let Some(refused) = excess_log.allow() {
-                tracing::warn!(
-                    peer = %peer_addr,
-                    limit = max_pending,
-                    refused,
-                    "closed cluster connections at once: ha.cluster.maxPendingConnections unauthenticated connections are already in their handshake"
-                );
+        let place = match gate.admit(std::time::Instant::now()) {
+            Admission::Admitted(place) | Admission::Displaced(place) => place,
+            Admission::Refused => {
+                metrics.refused.get_or_create(&ClusterRefusedLabels { reason: "pending_limit" }).inc();
+                let allowed = limit_log.lock().allow();
+                if let Some(refused) = allowed {
+                    tracing::warn!(
+                        peer = %peer_addr,
+                        limit = gate.limit(),
+                        refused,
+                        "turned cluster connections away: ha.cluster.maxPendingConnections connections are in their handshake, none for a second yet"
+                    );
+                }
+                refuse_busy(&stream, gate.limit());
+                continue;
             }
-            refuse_excess(&stream, max_pending);
-            continue;
         };
-        let slot = PendingSlot::take(permit, &metrics.pending);
         let _ = stream.set_nodelay(true);
         let (ctx, live, stop, metrics) = (Arc::clone(&ctx), Arc::clone(&live), stop.clone(), metrics.clone());
-        let failed_log = Arc::clone(&failed_log);
+        let (failed_log, limit_log, limit) = (Arc::clone(&failed_log), Arc::clone(&limit_log), gate.limit());
         tokio::spawn(async move {
             let role = match *ctx.role.read() {
                 Role::Live => "live",
@@ -416,11 +419,28 @@ pub async fn serve_cluster(
                 Role::Fenced => "fenced",
                 _ => "starting",
             };
-            let handshake = accept_handshake(stream, &ctx.handshake(Purpose::Probe), role).await;
-            drop(slot);
+            let config = ctx.handshake(Purpose::Probe);
+            let handshake = tokio::select! {
+                result = accept_handshake(stream, &config, role) => Some(result),
+                _ = place.displaced().cancelled() => None,
+            };
+            drop(place);
             let (mut conn, peer) = match handshake {
-                Ok(x) => x,
-                Err(e) => {
+                Some(Ok(x)) => x,
+                None => {
+                    metrics.refused.get_or_create(&ClusterRefusedLabels { reason: "pending_limit" }).inc();
+                    let allowed = limit_log.lock().allow();
+                    if let Some(closed) = allowed {
+                        tracing::warn!(
+                            peer = %peer_addr,
+                            limit,
+                            closed,
+                            "closed a cluster connection stalled in its handshake to make room: ha.cluster.maxPendingConnections were in their handshake"
+                        );
+                    }
+                    return;
+                }
+                Some(Err(e)) => {
                     metrics.refused.get_or_create(&ClusterRefusedLabels { reason: e.kind() }).inc();
                     let allowed = failed_log.lock().allow();
                     if let Some(refused) = allowed {
@@ -461,54 +481,11 @@ pub async fn serve_cluster(
     }
 }
 
-/// One of the `ha.cluster.maxPendingConnections` places for a connection in its handshake,
-/// shown in `duomq_cluster_pending_connections` until dropped.
-struct PendingSlot {
-    _permit: tokio::sync::OwnedSemaphorePermit,
-    gauge: prometheus_client::metrics::gauge::Gauge,
-}
-
-impl PendingSlot {
-    fn take(permit: tokio::sync::OwnedSemaphorePermit, gauge: &prometheus_client::metrics::gauge::Gauge) -> PendingSlot {
-        gauge.inc();
-        PendingSlot { _permit: permit, gauge: gauge.clone() }
-    }
-}
-
-impl Drop for PendingSlot {
-    fn drop(&mut self) {
-        self.gauge.dec();
-    }
-}
-
-/// Best effort, without waiting: a `Refused` frame naming the limit, then the socket closes
-/// when the caller drops it.
-fn refuse_excess(stream: &TcpStream, max_pending: usize) {
-    let reason = format!(
-        "too many unauthenticated cluster connections ({max_pending}, ha.cluster.maxPendingConnections): try again later"
-    );
-    if let Some(bytes) = crate::cluster::refusal_bytes(&reason) {
+/// Best effort, without waiting: a `Refused` frame saying the port is busy (see
+/// [`crate::cluster::handshake::BUSY_REFUSAL`]), then the socket closes when the caller drops it.
+fn refuse_busy(stream: &TcpStream, limit: usize) {
+    if let Some(bytes) = crate::cluster::refusal_bytes(&crate::cluster::busy_reason(limit)) {
         let _ = stream.try_write(&bytes);
-    }
-}
-
-/// Lets a kind of log line through at most once a second, and says how many happened
-/// since the last one that went through (itself included).
-#[derive(Default)]
-struct LogThrottle {
-    last: Option<std::time::Instant>,
-    unlogged: u64,
-}
-
-impl LogThrottle {
-    /// `Some(count)` when this one should be logged.
-    fn allow(&mut self) -> Option<u64> {
-        self.unlogged += 1;
-        if self.last.is_some_and(|at| at.elapsed() < std::time::Duration::from_secs(1)) {
-            return None;
-        }
-        self.last = Some(std::time::Instant::now());
-        Some(std::mem::take(&mut self.unlogged))
     }
 }
 
@@ -527,7 +504,14 @@ async fn decide_vote(ctx: &HaContext, group: &str, live_node: &str, live_addr: &
             live_seen: false,
             reason: format!("{} answers as {} epoch {}", peer.node_id, peer.role, peer.epoch),
         },
-        Err(reason) => ClusterFrame::VoteReply { granted: true, live_seen: false, reason: format!("live {live_node} unreachable: {reason}") },
+        // It answered, so it is up: its cluster port is only full of handshakes (perhaps a
+        // stranger's), which is no reason for a second live.
+        Err(e) if e.busy => ClusterFrame::VoteReply {
+            granted: false,
+            live_seen: true,
+            reason: format!("live {live_node} answers me, busy: {e}"),
+        },
+        Err(e) => ClusterFrame::VoteReply { granted: true, live_seen: false, reason: format!("live {live_node} unreachable: {e}") },
     }
 }
 

@@ -6,17 +6,33 @@ use crate::cluster::{connect_handshake, Purpose, ServerPeer};
 use crate::config::Member;
 use tokio::net::TcpStream;
 
+/// Why a probe got no answer about who the member is.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ProbeError {
+    pub reason: String,
+    /// The member turned the probe away because too many handshakes were under way on its
+    /// cluster port (`ha.cluster.maxPendingConnections`): it is up.
+    pub busy: bool,
+}
+
+impl std::fmt::Display for ProbeError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.reason)
+    }
+}
+
 /// Probes one cluster address.
-pub async fn probe(ctx: &HaContext, addr: &str) -> Result<ServerPeer, String> {
+pub async fn probe(ctx: &HaContext, addr: &str) -> Result<ServerPeer, ProbeError> {
     let timeout = ctx.config.connection_ttl.get();
+    let unreachable = |reason: String| ProbeError { reason, busy: false };
     let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
         Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(format!("failed to connect to {addr}: {e}")),
-        Err(_) => return Err(format!("connecting to {addr} timed out")),
+        Ok(Err(e)) => return Err(unreachable(format!("failed to connect to {addr}: {e}"))),
+        Err(_) => return Err(unreachable(format!("connecting to {addr} timed out"))),
     };
     match connect_handshake(stream, &ctx.handshake(Purpose::Probe)).await {
         Ok((_, peer)) => Ok(peer),
-        Err(e) => Err(super::backup::error_chain(&e)),
+        Err(e) => Err(ProbeError { reason: super::backup::error_chain(&e), busy: e.is_busy() }),
     }
 }
 
