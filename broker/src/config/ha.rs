@@ -109,8 +109,9 @@ pub struct ClusterConfig {
     /// The cluster password; prefer `passwordFile` (a mounted Secret).
     pub password: String,
     pub password_file: Option<PathBuf>,
-    /// Cluster connections still in their handshake (not yet authenticated) at once;
-    /// one more is closed at once, with a `Refused` frame naming this limit.
+    /// Cluster connections still in their handshake (not yet authenticated) at once. When
+    /// all are taken, a newcomer takes the place of the oldest if that one has stalled for
+    /// a second or more; otherwise it gets a `Refused` frame naming this limit.
     pub max_pending_connections: usize,
 }
 
