@@ -62,8 +62,19 @@ struct RunArgs {
     log_level: Option<String>,
 }
 
-fn main() -> anyhow::Result<()> {
-    let cli = Cli::parse();
+/// A failure prints one line (`error: …` with every cause) and exits 1; `RUST_BACKTRACE=1`
+/// adds the causes one per line and the backtrace.
+fn main() -> std::process::ExitCode {
+    match dispatch(Cli::parse()) {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", duomq_broker::report::cli_failure(e.as_ref(), || format!("{e:?}")));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::PrintDefaultConfig => {
             print!("{DEFAULT_CONFIG_YAML}");

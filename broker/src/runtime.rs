@@ -247,7 +247,7 @@ async fn live_term(
     let epoch = match ctx.arbiter.hold_as_live(ctx.epoch(), ctx.marked_synced()).await {
         Ok(epoch) => epoch,
         Err(e) => {
-            tracing::warn!(error = %ha::backup::error_chain(&e), "cannot claim the live role; starting as backup");
+            tracing::warn!(error = %crate::report::error_chain(&e), "cannot claim the live role; starting as backup");
             return Ok(TermEnd::Refused);
         }
     };
@@ -372,7 +372,7 @@ async fn wait_for_lock(
             _ = shutdown.cancelled() => return Ok(None),
         }
         if let Err(e) = ctx.reload_epoch() {
-            tracing::warn!(error = %ha::backup::error_chain(&e), "failed to read the group's epoch from the shared store");
+            tracing::warn!(error = %crate::report::error_chain(&e), "failed to read the group's epoch from the shared store");
         }
         let holder = LiveHolder::read(&ctx.ha_dir()).unwrap_or_else(|e| {
             tracing::debug!(error = %e, "failed to read the live-holder file");

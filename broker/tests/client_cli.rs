@@ -125,3 +125,25 @@ fn given_three_queued_messages_when_cli_receives_one_should_leave_the_others_for
     assert!(rest.status.success(), "receive failed: {}", String::from_utf8_lossy(&rest.stderr));
     assert_eq!(String::from_utf8_lossy(&rest.stdout), "message 1\nmessage 2\n");
 }
+
+#[test]
+fn given_a_failing_command_should_print_one_line_and_exit_1() {
+    let out = Command::new(env!("CARGO_BIN_EXE_duomq-broker"))
+        .args(["run", "--config", "/nonexistent-duomq-config.yaml"])
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("failed to run duomq-broker");
+    assert_eq!(out.status.code(), Some(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(stderr.lines().count(), 1, "one line, no backtrace: {stderr}");
+    assert!(
+        stderr.starts_with("error: failed to read config file /nonexistent-duomq-config.yaml: "),
+        "the step and its cause: {stderr}"
+    );
+    let detailed = Command::new(env!("CARGO_BIN_EXE_duomq-broker"))
+        .args(["run", "--config", "/nonexistent-duomq-config.yaml"])
+        .env("RUST_BACKTRACE", "1")
+        .output()
+        .expect("failed to run duomq-broker");
+    assert!(String::from_utf8_lossy(&detailed.stderr).contains("Caused by:"), "RUST_BACKTRACE=1 shows the causes one per line");
+}

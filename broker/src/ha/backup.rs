@@ -4,6 +4,7 @@
 //! arbiter whether it may activate. It never serves clients and never activates without
 //! having been in sync.
 
+use crate::report::error_chain;
 use super::arbiter::{ActivationRequest, Decision};
 use super::epoch::Epoch;
 use super::{probe, HaContext, HaError};
@@ -313,13 +314,3 @@ fn mirror_failed(ctx: &HaContext, what: &str, e: &crate::journal::JournalError) 
     Followed::Lost { synced: false, reason: error_chain(e) }
 }
 
-pub fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
-}

@@ -347,7 +347,7 @@ async fn ask_vote(ctx: &HaContext, addr: &str, request: arbiter::ActivationReque
     let stream = TcpStream::connect(addr).await.map_err(|e| format!("failed to connect: {e}"))?;
     let (mut conn, _) = crate::cluster::connect_handshake(stream, &ctx.handshake(Purpose::Vote))
         .await
-        .map_err(|e| backup::error_chain(&e))?;
+        .map_err(|e| crate::report::error_chain(&e))?;
     conn.send(&ClusterFrame::VoteRequest {
         group: request.group,
         live_node: request.live_node,
@@ -355,12 +355,12 @@ async fn ask_vote(ctx: &HaContext, addr: &str, request: arbiter::ActivationReque
         epoch: request.epoch,
     })
     .await
-    .map_err(|e| backup::error_chain(&e))?;
+    .map_err(|e| crate::report::error_chain(&e))?;
     match conn.recv().await {
         Ok(Some(ClusterFrame::VoteReply { granted, reason, .. })) => Ok(Vote { granted, reason }),
         Ok(Some(other)) => Err(format!("unexpected {} instead of a vote", other.name())),
         Ok(None) => Err("voter closed the connection".into()),
-        Err(e) => Err(backup::error_chain(&e)),
+        Err(e) => Err(crate::report::error_chain(&e)),
     }
 }
 
@@ -444,7 +444,7 @@ pub async fn serve_cluster(
                     metrics.refused.get_or_create(&ClusterRefusedLabels { reason: e.kind() }).inc();
                     let allowed = failed_log.lock().allow();
                     if let Some(refused) = allowed {
-                        tracing::warn!(peer = %peer_addr, error = %backup::error_chain(&e), refused, "refused a cluster connection");
+                        tracing::warn!(peer = %peer_addr, error = %crate::report::error_chain(&e), refused, "refused a cluster connection");
                     }
                     return;
                 }
@@ -473,7 +473,7 @@ pub async fn serve_cluster(
                     tracing::info!(backup = %peer.node_id, "backup connected");
                     match replica::serve(&ctx, &term, &journal, &mut conn, &peer, &stop).await {
                         Ok(end) => tracing::info!(backup = %peer.node_id, ?end, "replication to backup ended"),
-                        Err(e) => tracing::warn!(backup = %peer.node_id, error = %backup::error_chain(&e), "replication to backup failed"),
+                        Err(e) => tracing::warn!(backup = %peer.node_id, error = %crate::report::error_chain(&e), "replication to backup failed"),
                     }
                 }
             }

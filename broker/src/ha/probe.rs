@@ -32,7 +32,7 @@ pub async fn probe(ctx: &HaContext, addr: &str) -> Result<ServerPeer, ProbeError
     };
     match connect_handshake(stream, &ctx.handshake(Purpose::Probe)).await {
         Ok((_, peer)) => Ok(peer),
-        Err(e) => Err(ProbeError { reason: super::backup::error_chain(&e), busy: e.is_busy() }),
+        Err(e) => Err(ProbeError { reason: crate::report::error_chain(&e), busy: e.is_busy() }),
     }
 }
 

@@ -95,7 +95,7 @@ async fn stream(
         Ok(Ok(Some(ClusterFrame::SyncRequest { segments }))) => segments,
         Ok(Ok(Some(other))) => return Ok(ReplicaEnd::Gone(format!("expected a sync request, got {}", other.name()))),
         Ok(Ok(None)) => return Ok(ReplicaEnd::Gone("connection closed".into())),
-        Ok(Err(e)) => return Ok(ReplicaEnd::Gone(super::backup::error_chain(&e))),
+        Ok(Err(e)) => return Ok(ReplicaEnd::Gone(crate::report::error_chain(&e))),
         Err(_) => return Ok(ReplicaEnd::Gone(format!("no sync request within {ttl:?}"))),
     };
     let mut position = journal.written_position();
@@ -224,7 +224,7 @@ async fn stream(
             }
         }
         if let Err(e) = conn.flush().await {
-            break Ok(ReplicaEnd::Gone(super::backup::error_chain(&e)));
+            break Ok(ReplicaEnd::Gone(crate::report::error_chain(&e)));
         }
         if handing_over && term.clients_stopped.is_cancelled() && acked >= (end.segment, end.offset) {
             let epoch = ctx.epoch().0 + 1;
@@ -232,7 +232,7 @@ async fn stream(
             // win the race for it.
             ctx.arbiter.hand_over(&peer.node_id).await;
             if let Err(e) = conn.send(&ClusterFrame::HandOver { epoch }).await {
-                break Ok(ReplicaEnd::Gone(super::backup::error_chain(&e)));
+                break Ok(ReplicaEnd::Gone(crate::report::error_chain(&e)));
             }
             term.handover_epoch.store(epoch, std::sync::atomic::Ordering::SeqCst);
             term.handed_over.cancel();
@@ -284,7 +284,7 @@ async fn stream(
                 Ok(Some(ClusterFrame::Goodbye { reason })) => break Ok(ReplicaEnd::Gone(reason)),
                 Ok(Some(other)) => tracing::debug!(frame = other.name(), "ignoring frame from backup"),
                 Ok(None) => break Ok(ReplicaEnd::Gone("connection closed".into())),
-                Err(e) => break Ok(ReplicaEnd::Gone(super::backup::error_chain(&e))),
+                Err(e) => break Ok(ReplicaEnd::Gone(crate::report::error_chain(&e))),
             },
             _ = ping.tick() => {
                 if last_heard.elapsed() > ttl {

@@ -9,7 +9,7 @@
 //! that tells backups who is live. It never takes the lock itself: the lock is taken only
 //! by opening the journal, so the member holding it is always the one that recovers it.
 
-use super::backup::error_chain;
+use crate::report::error_chain;
 use crate::admin::StoreCheck;
 use crate::config::{Member, PreferredRole};
 use crate::engine::EngineError;

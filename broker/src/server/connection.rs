@@ -22,6 +22,7 @@ use crate::engine::queue::{AckError, AckMode, ConsumerHandle, Outbound, Queue};
 use crate::engine::{Broker, DestinationError, Target, Topic};
 use crate::journal::{MessageId, Op, StoredMessage};
 use crate::metrics::Metrics;
+use crate::report::error_chain;
 use crate::stomp::{CodecError, Command, Frame, HeartBeat, Inbound, Limits, StompCodec, Version};
 use bytes::BytesMut;
 use futures::future::BoxFuture;
@@ -921,15 +922,4 @@ fn stored(m: &Message) -> StoredMessage {
         headers: m.headers.clone(),
         body: m.body.clone(),
     }
-}
-
-fn error_chain(e: &dyn std::error::Error) -> String {
-    let mut s = e.to_string();
-    let mut cur = e.source();
-    while let Some(c) = cur {
-        s.push_str(": ");
-        s.push_str(&c.to_string());
-        cur = c.source();
-    }
-    s
 }
