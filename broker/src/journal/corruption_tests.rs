@@ -332,3 +332,48 @@ async fn given_bad_header_of_newest_segment_when_opened_or_salvaged_should_refus
     assert_eq!(snapshot(copy.path()), before, "neither changed a file");
     assert_eq!(fs::read_dir(salvage_dir.path()).expect("salvage dir").count(), 0, "nothing copied");
 }
+
+#[tokio::test]
+async fn given_damage_anywhere_in_the_records_when_salvaged_should_always_open_and_keep_every_record_outside_the_copied_bytes(
+) {
+    let template = crash_copy(100, 8).await;
+    let path = segment(template.path(), 1);
+    let original = fs::read(&path).expect("read segment");
+    let all = records(&original);
+    let end = all.last().map(|&(at, _)| at).expect("records");
+    let mut state = 0x9e37_79b9_7f4a_7c15_u64;
+    for round in 0..24 {
+        // xorshift: the same positions every run.
+        state ^= state << 13;
+        state ^= state >> 7;
+        state ^= state << 17;
+        let at = HEADER_LEN + (state as usize) % (end - HEADER_LEN);
+        let copy = tempfile::tempdir().expect("tempdir");
+        for (name, bytes) in snapshot(template.path()) {
+            fs::write(copy.path().join(name), bytes).expect("copy journal");
+        }
+        let damaged_path = segment(copy.path(), 1);
+        let mut data = original.clone();
+        if round % 2 == 0 {
+            data[at] ^= 1 << (state % 8);
+        } else {
+            let page_end = (at + 4096).min(data.len());
+            data[at..page_end].fill(0);
+        }
+        fs::write(&damaged_path, &data).expect("damage segment");
+
+        let salvage_dir = tempfile::tempdir().expect("tempdir");
+        let actions = salvage(copy.path(), salvage_dir.path()).expect("salvage");
+        let (journal, recovered) = open(copy.path()).unwrap_or_else(|e| panic!("round {round} at {at}: {e} after {actions:?}"));
+        journal.close().expect("close");
+        let cut: Vec<(usize, usize)> = actions
+            .iter()
+            .map(|action| match action {
+                SalvageAction::Padded { from, to, .. } => (*from as usize, *to as usize),
+                SalvageAction::Cut { at, .. } => (*at as usize, usize::MAX),
+            })
+            .collect();
+        let kept = all.iter().filter(|&&(start, mark)| !mark && !cut.iter().any(|&(from, to)| start >= from && start < to)).count();
+        assert_eq!(recovered.messages.len(), kept, "round {round} at {at}: {actions:?}");
+    }
+}

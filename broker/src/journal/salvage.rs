@@ -293,10 +293,13 @@ fn plan_segment(path: &Path, data: &[u8]) -> Result<Vec<Repair>, SalvageError> {
 /// damaged batch that survived are kept too. `mark` itself qualifies when it is far
 /// enough from the damage.
 fn resume_point(data: &[u8], damaged: usize, mark: usize) -> Option<usize> {
+    // No record of the batch crosses its successor's mark: a length that would is refused
+    // before any checksum is computed.
+    let batch = data.get(..mark)?;
     (damaged + MIN_PADDING_LEN..=mark).find(|&start| {
         let mut at = start;
         while at < mark {
-            match record::read_frame(data, at) {
+            match record::read_frame(batch, at) {
                 FrameRead::Valid { payload, end } if record::decode_payload(payload).is_ok() => at = end,
                 _ => return false,
             }
