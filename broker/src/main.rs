@@ -65,13 +65,7 @@ struct RunArgs {
 /// A failure prints one line (`error: …` with every cause) and exits 1; `RUST_BACKTRACE=1`
 /// adds the causes one per line and the backtrace.
 fn main() -> std::process::ExitCode {
-    match dispatch(Cli::parse()) {
-        Ok(()) => std::process::ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{}", duomq_broker::report::cli_failure(e.as_ref(), || format!("{e:?}")));
-            std::process::ExitCode::FAILURE
-        }
-    }
+    duomq_broker::report::exit_code(dispatch(Cli::parse()))
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {

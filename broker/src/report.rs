@@ -35,6 +35,20 @@ pub fn cli_failure(e: &dyn Error, detail: impl FnOnce() -> String) -> String {
     }
 }
 
+/// A command-line program's exit: 0, or its failure printed as [`cli_failure`] and 1.
+pub fn exit_code<E>(result: Result<(), E>) -> std::process::ExitCode
+where
+    E: AsRef<dyn Error> + std::fmt::Debug,
+{
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("{}", cli_failure(e.as_ref(), || format!("{e:?}")));
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
