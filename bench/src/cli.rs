@@ -63,6 +63,10 @@ duomq-bench fsync-rate --dir /tmp --duration 10s --size 4096 --json";
 #[derive(Parser, Debug)]
 #[command(name = "duomq-bench", version, about = ABOUT, long_about = LONG_ABOUT)]
 pub struct Cli {
+    /// On failure, print every cause on its own line and the backtrace (captured with
+    /// RUST_BACKTRACE=1), not one line.
+    #[arg(long, global = true)]
+    pub verbose: bool,
     #[command(subcommand)]
     pub command: Command,
 }

@@ -18,8 +18,15 @@ use clap::Parser;
 use cli::{Cli, Command};
 use std::io::{IsTerminal, Write};
 
-fn main() -> anyhow::Result<()> {
+/// A failure prints one line (`error: …` with every cause) and exits 1; `--verbose` adds
+/// the causes one per line and the backtrace.
+fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
+    let verbose = cli.verbose;
+    duomq_broker::report::exit_code(dispatch(cli), verbose)
+}
+
+fn dispatch(cli: Cli) -> anyhow::Result<()> {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::stderr().is_terminal())

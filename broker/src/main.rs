@@ -19,6 +19,10 @@ use tokio_util::sync::CancellationToken;
         127.0.0.1:8161, data in ./data), then try `duomq-broker send` and `duomq-broker receive`."
 )]
 struct Cli {
+    /// On failure, print every cause on its own line and the backtrace (captured with
+    /// RUST_BACKTRACE=1), not one line.
+    #[arg(long, short = 'v', global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -62,10 +66,12 @@ struct RunArgs {
     log_level: Option<String>,
 }
 
-/// A failure prints one line (`error: …` with every cause) and exits 1; `RUST_BACKTRACE=1`
-/// adds the causes one per line and the backtrace.
+/// A failure prints one line (`error: …` with every cause) and exits 1; `--verbose` adds
+/// the causes one per line and the backtrace.
 fn main() -> std::process::ExitCode {
-    duomq_broker::report::exit_code(dispatch(Cli::parse()))
+    let cli = Cli::parse();
+    let verbose = cli.verbose;
+    duomq_broker::report::exit_code(dispatch(cli), verbose)
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {

@@ -1,7 +1,8 @@
 //! How errors read to a person: one line, each cause after the one it explains
 //! (`failed to start the broker: failed to open the journal: segment … is corrupt …`).
 //! Logs, ERROR frames and the command-line programs all use it, so no cause is printed
-//! twice and none is left out.
+//! twice and none is left out. A program's `--verbose` adds the causes one per line and
+//! the backtrace (captured when `RUST_BACKTRACE=1`).
 
 use std::error::Error;
 
@@ -25,25 +26,28 @@ fn fold(s: &str) -> String {
 }
 
 /// What a command-line program prints when it fails: `error: ` and the one-line chain;
-/// with `RUST_BACKTRACE=1` (or `full`) also each cause on its own line and the backtrace,
-/// as `detail` (anyhow's `{:?}`) renders them.
-pub fn cli_failure(e: &dyn Error, detail: impl FnOnce() -> String) -> String {
+/// with `verbose` also each cause on its own line and the backtrace (when one was
+/// captured), as `detail` (anyhow's `{:?}`) renders them.
+pub fn cli_failure(e: &dyn Error, verbose: bool, detail: impl FnOnce() -> String) -> String {
     let line = format!("error: {}", error_chain(e));
-    match std::env::var("RUST_BACKTRACE") {
-        Ok(v) if v != "0" => format!("{line}\n\n{}", detail()),
-        _ => line,
+    if verbose {
+        format!("{line}\n\n{}", detail())
+    } else {
+        line
     }
 }
 
 /// A command-line program's exit: 0, or its failure printed as [`cli_failure`] and 1.
-pub fn exit_code<E>(result: Result<(), E>) -> std::process::ExitCode
+/// `verbose` is the program's `--verbose` flag: `RUST_BACKTRACE` alone does not turn the
+/// one line into a report, since many machines set it for every program.
+pub fn exit_code<E>(result: Result<(), E>, verbose: bool) -> std::process::ExitCode
 where
     E: AsRef<dyn Error> + std::fmt::Debug,
 {
     match result {
         Ok(()) => std::process::ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("{}", cli_failure(e.as_ref(), || format!("{e:?}")));
+            eprintln!("{}", cli_failure(e.as_ref(), verbose, || format!("{e:?}")));
             std::process::ExitCode::FAILURE
         }
     }

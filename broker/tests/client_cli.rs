@@ -130,7 +130,7 @@ fn given_three_queued_messages_when_cli_receives_one_should_leave_the_others_for
 fn given_a_failing_command_should_print_one_line_and_exit_1() {
     let out = Command::new(env!("CARGO_BIN_EXE_duomq-broker"))
         .args(["run", "--config", "/nonexistent-duomq-config.yaml"])
-        .env_remove("RUST_BACKTRACE")
+        .env("RUST_BACKTRACE", "1")
         .output()
         .expect("failed to run duomq-broker");
     assert_eq!(out.status.code(), Some(1));
@@ -141,9 +141,8 @@ fn given_a_failing_command_should_print_one_line_and_exit_1() {
         "the step and its cause: {stderr}"
     );
     let detailed = Command::new(env!("CARGO_BIN_EXE_duomq-broker"))
-        .args(["run", "--config", "/nonexistent-duomq-config.yaml"])
-        .env("RUST_BACKTRACE", "1")
+        .args(["--verbose", "run", "--config", "/nonexistent-duomq-config.yaml"])
         .output()
         .expect("failed to run duomq-broker");
-    assert!(String::from_utf8_lossy(&detailed.stderr).contains("Caused by:"), "RUST_BACKTRACE=1 shows the causes one per line");
+    assert!(String::from_utf8_lossy(&detailed.stderr).contains("Caused by:"), "--verbose shows the causes one per line");
 }

@@ -31,6 +31,10 @@ const CHART_CRD_FILE: &str = "charts/duomq-operator/crds/brokergroups.duomq.io.y
     about = "Kubernetes operator for duomq: turns BrokerGroups into live/backup broker groups, keeps them running and reports failovers in their status."
 )]
 struct Cli {
+    /// On failure, print every cause on its own line and the backtrace (captured with
+    /// RUST_BACKTRACE=1), not one line.
+    #[arg(long, short = 'v', global = true)]
+    verbose: bool,
     #[command(subcommand)]
     command: Command,
 }
@@ -103,10 +107,12 @@ fn crd_yaml() -> anyhow::Result<String> {
     ))
 }
 
-/// A failure prints one line (`error: …` with every cause) and exits 1; `RUST_BACKTRACE=1`
-/// adds the causes one per line and the backtrace.
+/// A failure prints one line (`error: …` with every cause) and exits 1; `--verbose` adds
+/// the causes one per line and the backtrace.
 fn main() -> std::process::ExitCode {
-    duomq_broker::report::exit_code(dispatch(Cli::parse()))
+    let cli = Cli::parse();
+    let verbose = cli.verbose;
+    duomq_broker::report::exit_code(dispatch(cli), verbose)
 }
 
 fn dispatch(cli: Cli) -> anyhow::Result<()> {
