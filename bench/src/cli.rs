@@ -463,7 +463,7 @@ mod tests {
             "--drain-timeout",
             "1s",
         ]);
-        let Ok(Cli { command: Command::Run(run) }) = cli else { panic!("did not parse: {cli:?}") };
+        let Ok(Cli { command: Command::Run(run), .. }) = cli else { panic!("did not parse: {cli:?}") };
         assert_eq!((run.producers, run.consumers, run.size, run.window), (4, 2, 2048, 64));
         assert_eq!((run.duration, run.warmup), (Duration::from_secs(3), Duration::from_millis(500)));
         assert_eq!(run.ack, AckArg::Client);
@@ -476,7 +476,7 @@ mod tests {
     #[test]
     fn given_no_options_should_use_documented_defaults() {
         let cli = Cli::try_parse_from(["duomq-bench", "run"]);
-        let Ok(Cli { command: Command::Run(run) }) = cli else { panic!("did not parse: {cli:?}") };
+        let Ok(Cli { command: Command::Run(run), .. }) = cli else { panic!("did not parse: {cli:?}") };
         assert_eq!((run.producers, run.consumers, run.size, run.window, run.prefetch), (1, 1, 1024, 1, 1000));
         assert_eq!(run.ack, AckArg::ClientIndividual);
         assert_eq!(run.destination, "/queue/bench");
@@ -526,7 +526,7 @@ mod tests {
             "--kills",
             "2",
         ]);
-        let Ok(Cli { command: Command::Failover(f) }) = cli else { panic!("did not parse: {cli:?}") };
+        let Ok(Cli { command: Command::Failover(f), .. }) = cli else { panic!("did not parse: {cli:?}") };
         assert_eq!((f.kills, f.window, f.kill_every), (2, 16, Duration::from_secs(3)));
         assert_eq!(f.kill_mode, KillMode::Status);
         assert_eq!(f.members.len(), 2);
