@@ -428,3 +428,21 @@ fn given_subscribe_and_unsubscribe_pipelined_should_leave_no_consumer_behind() {
     real.subscribe("r", "/queue/ghost", "auto", &[]);
     assert_eq!(&real.expect(Command::Message).body[..], b"for the real consumer");
 }
+
+#[test]
+fn given_frames_past_the_codec_limits_should_count_the_limit_and_keep_the_error_short() {
+    let b = Broker::start("codec-limits", "stomp:\n  maxBodyBytes: 64KiB\n");
+    let mut c = b.connect();
+    let _ = c.send_bytes(b"SEND\ndestination:/queue/big\ncontent-length:70000\n\n");
+    expect_refusal(&mut c, "exceeds the limit");
+    assert_eq!(metric(&b, "duomq_limit_hits_total{limit=\"maxBodyBytes\"}"), 1);
+    // A 10 KiB header line without a colon: the ERROR names its start, not all of it.
+    let mut c = b.connect();
+    let mut frame = b"SEND\n".to_vec();
+    frame.extend_from_slice(&[b'k'; 10 * 1024]);
+    frame.extend_from_slice(b"\n\n\0");
+    let _ = c.send_bytes(&frame);
+    let e = c.read_frame(LIMIT_ACTS).expect("ERROR");
+    let msg = e.get("message").unwrap_or("");
+    assert!(msg.contains("has no ':'") && msg.len() < 200, "{msg}");
+}

@@ -121,8 +121,12 @@ pub struct StompConfig {
     pub heartbeat_receive: HumanDuration,
     /// A client is dropped after this many missed heart-beat intervals.
     pub heartbeat_grace: u32,
+    /// Bytes of a frame's head as sent: command line, header lines and the blank line that
+    /// ends them, line endings included, before unescaping (see `stomp::Limits`).
     pub max_header_bytes: ByteSize,
+    /// Header lines of one frame.
     pub max_headers: usize,
+    /// Bytes of one frame's body.
     pub max_body_bytes: ByteSize,
     /// Unacknowledged messages in flight per subscription unless the SUBSCRIBE asks for fewer.
     pub default_prefetch: u32,

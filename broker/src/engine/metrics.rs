@@ -31,6 +31,12 @@ pub enum Limit {
     FrameTimeout,
     /// `stomp.writeTimeout`
     WriteTimeout,
+    /// `stomp.maxHeaderBytes`
+    HeaderBytes,
+    /// `stomp.maxHeaders`
+    Headers,
+    /// `stomp.maxBodyBytes`
+    BodyBytes,
 }
 
 impl Limit {
@@ -46,6 +52,9 @@ impl Limit {
             Limit::Idle => "idleTimeout",
             Limit::FrameTimeout => "frameTimeout",
             Limit::WriteTimeout => "writeTimeout",
+            Limit::HeaderBytes => "maxHeaderBytes",
+            Limit::Headers => "maxHeaders",
+            Limit::BodyBytes => "maxBodyBytes",
         }
     }
 }

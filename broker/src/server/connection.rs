@@ -97,6 +97,9 @@ impl FrameError {
             FrameError::FrameTimeout(_) => Some(Limit::FrameTimeout),
             FrameError::Idle(_) => Some(Limit::Idle),
             FrameError::NoRoom(_) => Some(Limit::ProducerBlocked),
+            FrameError::Codec(CodecError::HeadersTooLarge { .. }) => Some(Limit::HeaderBytes),
+            FrameError::Codec(CodecError::TooManyHeaders { .. }) => Some(Limit::Headers),
+            FrameError::Codec(CodecError::BodyTooLarge { .. } | CodecError::BodyUnterminated { .. }) => Some(Limit::BodyBytes),
             _ => None,
         }
     }

@@ -193,9 +193,9 @@ impl StompCodec {
                 return Err(CodecError::NulInHeader { name: name_for_error(&line[..colon.unwrap_or(line.len())]) });
             }
             let Some(colon) = colon else {
-                return Err(CodecError::MissingColon {
-                    line: String::from_utf8_lossy(line).into_owned(),
-                });
+                // The start of the line names it; all of it (up to the header limit) would
+                // make the ERROR frame as large as what it refuses.
+                return Err(CodecError::MissingColon { line: name_for_error(line) });
             };
             raw.push((&line[..colon], &line[colon + 1..]));
         }
