@@ -102,6 +102,14 @@ impl Topic {
     pub fn subscriber_queues(&self) -> Vec<Arc<Queue>> {
         self.subscribers.read().clone()
     }
+
+    /// Marks the topic used (a store only when a sweep had counted it idle, so a busy
+    /// topic's senders do not all write one shared word).
+    fn touch(&self) {
+        if self.idle_sweeps.load(Ordering::Relaxed) != 0 {
+            self.idle_sweeps.store(0, Ordering::Relaxed);
+        }
+    }
 }
 
 /// What recovery found, for the start-up log.
@@ -264,7 +272,7 @@ impl Broker {
             return Ok(Target::Queue(q));
         }
         if let Some(t) = self.topics.read().get(destination) {
-            t.idle_sweeps.store(0, Ordering::Relaxed);
+            t.touch();
             return Ok(Target::Topic(Arc::clone(t)));
         }
         let queues = self.queues.read().len();
@@ -403,7 +411,7 @@ impl Broker {
 
     /// Creates the private queue of a new topic subscriber.
     pub fn subscribe_topic(&self, topic: &Arc<Topic>) -> Arc<Queue> {
-        topic.idle_sweeps.store(0, Ordering::Relaxed);
+        topic.touch();
         let q = Queue::new(Arc::clone(&topic.name), QueueKind::TopicSubscription, Arc::clone(&self.memory));
         topic.subscribers.write().push(Arc::clone(&q));
         q
