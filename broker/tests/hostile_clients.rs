@@ -5,7 +5,7 @@
 
 mod common;
 
-use common::{eventually, http_get, Broker, Conn, FRAME_TIMEOUT};
+use common::{eventually, http_get, metric_value, Broker, Conn, FRAME_TIMEOUT};
 use duomq_broker::stomp::{Command, Frame};
 use std::io::Write;
 use std::net::TcpStream;
@@ -33,13 +33,9 @@ fn expect_refusal_any(c: &mut Conn, whys: &[&str]) {
     assert!(c.closed_within(LIMIT_ACTS), "connection must close after the ERROR");
 }
 
-/// The value of an unlabelled (or fully labelled) sample on the `/metrics` page.
+/// The value of one series (name and labels) on the `/metrics` page, 0 if absent.
 fn metric(b: &Broker, series: &str) -> u64 {
-    let page = http_get(b.admin_port, "/metrics").expect("GET /metrics").1;
-    page.lines()
-        .find_map(|l| l.strip_prefix(series).and_then(|rest| rest.strip_prefix(' ')))
-        .and_then(|v| v.trim().parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
+    metric_value(b.admin_port, &format!("{series} "))
 }
 
 #[test]

@@ -9,7 +9,7 @@ mod common;
 
 use bytes::BytesMut;
 use common::cluster::{Member, Peer};
-use common::{http_get, Broker};
+use common::{metric_value, proc_memory, Broker};
 use duomq_broker::cluster::{ClusterCodec, ClusterFrame};
 use std::io::{Read, Write};
 use std::net::TcpStream;
@@ -69,28 +69,6 @@ impl Group {
     fn metric(&self, line_start: &str) -> u64 {
         metric_value(self.live.admin_port, line_start)
     }
-}
-
-/// The value of the first `/metrics` line starting with `line_start`, 0 if none.
-fn metric_value(admin_port: u16, line_start: &str) -> u64 {
-    let (_, page) = http_get(admin_port, "/metrics").expect("GET /metrics");
-    page.lines()
-        .find(|l| l.starts_with(line_start))
-        .and_then(|l| l.rsplit(' ').next())
-        .and_then(|v| v.parse::<f64>().ok())
-        .map_or(0, |v| v as u64)
-}
-
-/// A `VmRSS:`/`VmHWM:` figure of `/proc/<pid>/status`, in bytes.
-fn proc_memory(pid: i32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc status");
-    let kib: u64 = status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|rest| rest.split_whitespace().next())
-        .and_then(|n| n.parse().ok())
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"));
-    kib * 1024
 }
 
 /// Reads `stream` until the peer closes it or `timeout` passes; the bytes read and whether

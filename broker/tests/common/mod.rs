@@ -477,6 +477,17 @@ pub fn proc_memory(pid: i32, field: &str) -> u64 {
         .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
+/// The value of the first `/metrics` line starting with `line_start` (a series name with
+/// its labels, and a space to exclude longer names), 0 if none.
+pub fn metric_value(admin_port: u16, line_start: &str) -> u64 {
+    let (_, page) = http_get(admin_port, "/metrics").expect("GET /metrics");
+    page.lines()
+        .find(|l| l.starts_with(line_start))
+        .and_then(|l| l.rsplit(' ').next())
+        .and_then(|v| v.parse::<f64>().ok())
+        .map_or(0, |v| v as u64)
+}
+
 /// Polls `check` every 50 ms until it holds or `timeout` (named by the caller) passes.
 pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
     let deadline = Instant::now() + timeout;
