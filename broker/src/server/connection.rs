@@ -555,6 +555,9 @@ impl Connection {
             Command::Disconnect => return Some(End::Disconnect(receipt)),
             other => Err(FrameError::UnexpectedCommand(other)),
         };
+        if let (Ok(_), Some(r)) = (&result, &receipt) {
+            self.outgoing.owed_receipt(r);
+        }
         match result {
             Ok(Some(pending)) => {
                 self.pending.push_back(pending);
@@ -579,16 +582,17 @@ impl Connection {
         // first, so its writer then sends the RECEIPT before the consumers' writers send
         // the message, and a synchronous producer's next send starts that much sooner.
         let receipt_last = self.subscriptions.is_empty() && !effect.publish.is_empty();
+        // The receipt was counted against stomp.maxOutgoingBytes when its frame was read.
         if !receipt_last {
             if let Some(frame) = receipt.take() {
-                self.send_out(frame);
+                let _ = self.outbox.send(Outbound::Frame(frame));
             }
         }
         for send in effect.publish {
             self.ctx.broker.publish(&send.target, send.message, send.journaled, send.reservation);
         }
         if let Some(frame) = receipt {
-            self.send_out(frame);
+            let _ = self.outbox.send(Outbound::Frame(frame));
         }
         if let Some((queue, consumer)) = effect.attach {
             // An UNSUBSCRIBE read before this SUBSCRIBE's effect came due has removed the

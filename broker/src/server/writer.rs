@@ -47,6 +47,13 @@ impl Outgoing {
         self.bytes.fetch_add(frame_cost(frame), Ordering::Relaxed);
     }
 
+    /// Counts a RECEIPT the connection owes from the moment its frame is read, while the
+    /// frame still waits for its fsync: receipts of a client that pipelines into a slow
+    /// disk are held back by `stomp.maxOutgoingBytes` too.
+    pub fn owed_receipt(&self, receipt_id: &str) {
+        self.bytes.fetch_add(receipt_cost(receipt_id), Ordering::Relaxed);
+    }
+
     fn written(&self, bytes: usize) {
         self.last_write_ms.store(self.born.elapsed().as_millis() as u64, Ordering::Relaxed);
         if bytes > 0 {
@@ -71,6 +78,11 @@ impl Outgoing {
 /// What a queued frame counts against `stomp.maxOutgoingBytes`: about its encoded size.
 pub fn frame_cost(frame: &Frame) -> usize {
     32 + frame.body.len() + frame.headers.iter().map(|(k, v)| k.len() + v.len() + 2).sum::<usize>()
+}
+
+/// [`frame_cost`] of `RECEIPT` with `receipt-id:<id>`, without building it.
+fn receipt_cost(receipt_id: &str) -> usize {
+    32 + "receipt-id".len() + receipt_id.len() + 2
 }
 
 /// Bytes gathered before one write.
