@@ -95,20 +95,12 @@ pub struct Topic {
     pub name: Arc<str>,
     subscribers: RwLock<Vec<Arc<Queue>>>,
     /// Reclaim sweeps that found this topic without subscribers in a row.
-    idle_sweeps: std::sync::atomic::AtomicU32,
+    idle: queue::IdleSweeps,
 }
 
 impl Topic {
     pub fn subscriber_queues(&self) -> Vec<Arc<Queue>> {
         self.subscribers.read().clone()
-    }
-
-    /// Marks the topic used (a store only when a sweep had counted it idle, so a busy
-    /// topic's senders do not all write one shared word).
-    fn touch(&self) {
-        if self.idle_sweeps.load(Ordering::Relaxed) != 0 {
-            self.idle_sweeps.store(0, Ordering::Relaxed);
-        }
     }
 }
 
@@ -272,7 +264,7 @@ impl Broker {
             return Ok(Target::Queue(q));
         }
         if let Some(t) = self.topics.read().get(destination) {
-            t.touch();
+            t.idle.touch();
             return Ok(Target::Topic(Arc::clone(t)));
         }
         let queues = self.queues.read().len();
@@ -287,7 +279,7 @@ impl Broker {
         let t = Arc::new(Topic {
             name: Arc::clone(&name),
             subscribers: RwLock::new(Vec::new()),
-            idle_sweeps: std::sync::atomic::AtomicU32::new(0),
+            idle: queue::IdleSweeps::default(),
         });
         topics.insert(name, Arc::clone(&t));
         Ok(Target::Topic(t))
@@ -303,7 +295,7 @@ impl Broker {
             let mut queues = self.queues.write();
             queues.retain(|_, q| {
                 let unused = Arc::strong_count(q) == 1 && q.is_unused();
-                let keep = q.idle_sweep(unused) < sweeps_needed;
+                let keep = q.idle.sweep(unused) < sweeps_needed;
                 removed += usize::from(!keep);
                 keep
             });
@@ -312,11 +304,7 @@ impl Broker {
             let mut topics = self.topics.write();
             topics.retain(|_, t| {
                 let unused = Arc::strong_count(t) == 1 && t.subscribers.read().is_empty();
-                let sweeps = if unused { t.idle_sweeps.fetch_add(1, Ordering::Relaxed) + 1 } else {
-                    t.idle_sweeps.store(0, Ordering::Relaxed);
-                    0
-                };
-                let keep = sweeps < sweeps_needed;
+                let keep = t.idle.sweep(unused) < sweeps_needed;
                 removed += usize::from(!keep);
                 keep
             });
@@ -411,7 +399,7 @@ impl Broker {
 
     /// Creates the private queue of a new topic subscriber.
     pub fn subscribe_topic(&self, topic: &Arc<Topic>) -> Arc<Queue> {
-        topic.touch();
+        topic.idle.touch();
         let q = Queue::new(Arc::clone(&topic.name), QueueKind::TopicSubscription, Arc::clone(&self.memory));
         topic.subscribers.write().push(Arc::clone(&q));
         q

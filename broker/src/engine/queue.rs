@@ -77,12 +77,36 @@ pub struct Queue {
     memory: Arc<Memory>,
     state: Mutex<State>,
     /// Reclaim sweeps that found this queue unused in a row (see `Broker::reclaim_idle`).
-    idle_sweeps: AtomicU32,
+    pub(super) idle: IdleSweeps,
 }
 
 impl std::fmt::Debug for Queue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Queue").field("name", &self.name).finish()
+    }
+}
+
+/// How many reclaim sweeps in a row found a destination unused.
+#[derive(Debug, Default)]
+pub(super) struct IdleSweeps(AtomicU32);
+
+impl IdleSweeps {
+    /// Marks the destination used: a store only when a sweep had counted it idle, so a busy
+    /// destination's senders do not all write one shared word.
+    pub(super) fn touch(&self) {
+        if self.0.load(Ordering::Relaxed) != 0 {
+            self.0.store(0, Ordering::Relaxed);
+        }
+    }
+
+    /// Counts one more sweep; returns how many in a row found it unused (0 when used).
+    pub(super) fn sweep(&self, unused: bool) -> u32 {
+        if unused {
+            self.0.fetch_add(1, Ordering::Relaxed) + 1
+        } else {
+            self.0.store(0, Ordering::Relaxed);
+            0
+        }
     }
 }
 
@@ -123,7 +147,7 @@ pub struct QueueSnapshot {
 
 impl Queue {
     pub fn new(name: Arc<str>, kind: QueueKind, memory: Arc<Memory>) -> Arc<Queue> {
-        Arc::new(Queue { name, kind, memory, state: Mutex::new(State::default()), idle_sweeps: AtomicU32::new(0) })
+        Arc::new(Queue { name, kind, memory, state: Mutex::new(State::default()), idle: IdleSweeps::default() })
     }
 
     /// Bytes of messages this queue holds (pending, in flight, and accepted but not yet
@@ -187,19 +211,7 @@ impl Queue {
 
     /// Marks the queue used, so the next reclaim sweeps start counting afresh.
     pub fn touch(&self) {
-        if self.idle_sweeps.load(Ordering::Relaxed) != 0 {
-            self.idle_sweeps.store(0, Ordering::Relaxed);
-        }
-    }
-
-    /// Counts one more sweep that found the queue unused; returns how many in a row.
-    pub(super) fn idle_sweep(&self, unused: bool) -> u32 {
-        if unused {
-            self.idle_sweeps.fetch_add(1, Ordering::Relaxed) + 1
-        } else {
-            self.idle_sweeps.store(0, Ordering::Relaxed);
-            0
-        }
+        self.idle.touch();
     }
 
     /// Cuts every consumer of this queue off: each gets `error` (if its writer can still
