@@ -376,12 +376,7 @@ impl Broker {
                     "slow consumer: your subscription to {} holds {limit} bytes not yet read (memory.maxQueueBytes); disconnecting",
                     topic.name
                 );
-                queue.evict_consumers(
-                    crate::stomp::Frame::new(crate::stomp::Command::Error)
-                        .header("message", message.clone())
-                        .header("content-type", "text/plain")
-                        .with_body(format!("{message}\n")),
-                );
+                queue.evict_consumers(crate::stomp::Frame::error(message));
                 self.unsubscribe_topic(topic, queue);
             }
         }

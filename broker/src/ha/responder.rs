@@ -6,7 +6,7 @@
 //! [`RESPONDER_LIMITS`] (a CONNECT is a few hundred bytes), a frame beyond them gets the
 //! same ERROR at once, and at most [`MAX_RESPONDER_CONNECTIONS`] are answered at a time.
 
-use crate::stomp::{Command, Frame, Inbound, Limits, StompCodec};
+use crate::stomp::{Frame, Inbound, Limits, StompCodec};
 use std::sync::atomic::{AtomicU64, Ordering};
 use bytes::BytesMut;
 use std::sync::Arc;
@@ -83,7 +83,7 @@ pub async fn serve(
             })
             .await;
             let receipt = first.ok().flatten().and_then(|f| f.get("receipt").map(str::to_string));
-            let mut error = Frame::new(Command::Error).header("message", message.clone()).with_body(format!("{message}\n"));
+            let mut error = Frame::error(message.clone());
             if let Some(r) = receipt {
                 error = error.header("receipt-id", r);
             }

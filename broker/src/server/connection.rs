@@ -333,10 +333,7 @@ async fn reject(
 }
 
 fn error_frame(e: &FrameError, receipt: Option<&str>) -> Frame {
-    let mut f = Frame::new(Command::Error)
-        .header("message", e.to_string())
-        .header("content-type", "text/plain")
-        .with_body(format!("{e}\n"));
+    let mut f = Frame::error(e.to_string());
     if let Some(r) = receipt {
         f = f.header("receipt-id", r);
     }

@@ -133,6 +133,14 @@ impl Frame {
         Frame { command, headers: Vec::new(), body: Bytes::new() }
     }
 
+    /// An ERROR frame as the broker sends them: the reason in the `message` header and, as
+    /// plain text, in the body.
+    pub fn error(message: impl Into<String>) -> Frame {
+        let message = message.into();
+        let body = format!("{message}\n");
+        Frame::new(Command::Error).header("message", message).header("content-type", "text/plain").with_body(body)
+    }
+
     /// Adds a header (builder style).
     pub fn header(mut self, name: impl Into<String>, value: impl Into<String>) -> Frame {
         self.headers.push((name.into(), value.into()));
