@@ -132,6 +132,10 @@ struct PartialShare {
 impl PartialShare {
     /// Records that the connection now buffers `bytes`; refuses growth past the limit.
     fn set(&mut self, bytes: usize) -> Result<(), FrameError> {
+        if bytes == self.held {
+            // The common case on every loop of a connection: touch no shared counter.
+            return Ok(());
+        }
         if bytes > self.held {
             let more = bytes - self.held;
             let before = self.pool.held.fetch_add(more, Ordering::Relaxed);
