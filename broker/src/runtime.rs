@@ -59,7 +59,7 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
     if !inactive.is_empty() {
         tracing::warn!(
             features = %inactive.join("; "),
-            "network bridges and the grouping handler are validated but not active in this version: messages stay on the broker that received them"
+            "the grouping handler is validated but not active in this version: message groups are pinned per broker"
         );
     }
     let config = Arc::new(config);

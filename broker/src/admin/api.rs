@@ -60,6 +60,95 @@ pub struct BrokerStatus {
     /// Replication state; absent on a standalone broker (`ha.policy: none`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<HaStatus>,
+    /// Network bridges; absent when the broker has no connector and no inbound link.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<NetworkStatus>,
+}
+
+/// This broker's bridges to other groups.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct NetworkStatus {
+    /// The connectors of `network.connectors`, in config order.
+    pub connectors: Vec<ConnectorStatus>,
+    /// Links other brokers opened to this one (their connectors).
+    pub inbound: Vec<InboundLinkStatus>,
+}
+
+/// One connector: a link per remote group it reaches (one for `masterslave:` and `tcp://`,
+/// one per address for `static:`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ConnectorStatus {
+    pub name: String,
+    pub uri: String,
+    pub duplex: bool,
+    pub links: Vec<LinkStatus>,
+}
+
+impl ConnectorStatus {
+    /// Every link of the connector is up.
+    pub fn linked(&self) -> bool {
+        !self.links.is_empty() && self.links.iter().all(|l| l.state == LinkState::Linked)
+    }
+}
+
+/// The state of one bridge link.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum LinkState {
+    /// Trying the listed members in order.
+    Connecting,
+    /// Linked to the remote group's live.
+    Linked,
+    /// The remote refused the link (wrong password, own group): retried, nothing forwarded.
+    Refused,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct LinkStatus {
+    /// What the link reaches: a `masterslave:(…)` list or one `tcp://host:port`.
+    pub target: String,
+    pub state: LinkState,
+    /// Seconds in the current state.
+    pub state_seconds: u64,
+    /// The address linked to (the remote group's live), when linked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_node: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub remote_group: Option<String>,
+    /// Why the last attempt failed, while not linked.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// Destinations the remote has consumers for (its demand), sorted; at most 100 listed.
+    pub remote_demand: Vec<String>,
+    /// How many destinations the remote asks for in all.
+    pub remote_demand_count: u64,
+    /// How many destinations this side asked the remote for (duplex links only).
+    pub local_demand_count: u64,
+    /// Messages sent over the link and confirmed by the remote.
+    pub forwarded_out: u64,
+    /// Messages received over the link (duplex) and stored here.
+    pub forwarded_in: u64,
+}
+
+/// A link another broker's connector opened to this one.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct InboundLinkStatus {
+    pub connector: String,
+    pub remote_node: String,
+    pub remote_group: String,
+    pub duplex: bool,
+    /// How many destinations this side asked the remote for.
+    pub local_demand_count: u64,
+    /// Messages received over the link and stored here.
+    pub forwarded_in: u64,
+    /// Messages sent back over a duplex link and confirmed.
+    pub forwarded_out: u64,
 }
 
 /// A member's view of its live/backup group.

@@ -125,6 +125,7 @@ async fn status(State(s): State<AdminState>) -> Json<BrokerStatus> {
             })
             .collect(),
         ha: s.ha.read().clone(),
+        network: None,
     })
 }
 

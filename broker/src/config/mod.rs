@@ -14,7 +14,7 @@ pub use ha::{
     ArbiterConfig, ArbiterKind, ClusterConfig, HaConfig, HaPolicy, LeaseConfig, LeaseTarget, Member, PreferredRole,
     ReplicationMode, BackupAck, RoleChoice, NODE_NAME_ENV, POD_NAMESPACE_ENV, SERVICE_ACCOUNT_NAMESPACE_FILE,
 };
-pub use network::{GroupingConfig, GroupingHandler, NetworkConfig, NetworkConnector};
+pub use network::{DestinationFilter, GroupingConfig, GroupingHandler, NetworkConfig, NetworkConnector, MAX_NETWORK_TTL};
 pub use units::{ByteSize, HumanDuration};
 
 use serde::{Deserialize, Serialize};
@@ -446,6 +446,7 @@ impl BrokerConfig {
             return invalid("node.id", "must be set with ha.policy sharedStore: members share storage.dataDir, so a generated id would be the same for all");
         }
         self.network.validate()?;
+        self.validate_connectors_leave_own_group()?;
         self.grouping.validate()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid("log.level", format!("not a valid filter: {e}"));
@@ -456,19 +457,36 @@ impl BrokerConfig {
     /// What is configured but not run by this version (network bridges, the grouping
     /// handler), one entry each, for the single warning the broker logs at start.
     pub fn inactive_features(&self) -> Vec<String> {
-        let mut features: Vec<String> = self
-            .network
-            .connectors
-            .iter()
-            .map(|c| {
-                let uri = c.parsed_uri().map_or_else(|_| c.uri.clone(), |u| u.to_string());
-                format!("network connector {} to {uri}{}", c.name, if c.duplex { " (duplex)" } else { "" })
-            })
-            .collect();
+        let mut features = Vec::new();
         if self.grouping.handler != GroupingHandler::None {
             features.push(format!("grouping handler {}", self.grouping.handler.name()));
         }
         features
+    }
+
+    /// A bridge never links into its own group: a connector that lists this broker's own
+    /// cluster address or one of its group's members is refused, naming both.
+    fn validate_connectors_leave_own_group(&self) -> Result<(), ConfigError> {
+        let own: Vec<(String, String)> = std::iter::once(("this broker".to_string(), self.ha.cluster.listen.to_string()))
+            .chain(self.ha.members.iter().filter(|m| !m.cluster.is_empty()).map(|m| (format!("member {}", m.name), m.cluster.clone())))
+            .collect();
+        for (i, c) in self.network.connectors.iter().enumerate() {
+            let Ok(uri) = c.parsed_uri() else { continue };
+            for address in &uri.addresses {
+                let text = format!("{}:{}", address.host, address.port);
+                let bracketed = format!("[{}]:{}", address.host, address.port);
+                if let Some((who, _)) = own.iter().find(|(_, a)| *a == text || *a == bracketed) {
+                    return invalid(
+                        "network.connectors",
+                        format!(
+                            "connector {i} ({:?}): {address} is {who} of this broker's own group {:?}; a bridge links to other groups only (remove it from uri)",
+                            c.name, self.ha.group_name
+                        ),
+                    );
+                }
+            }
+        }
+        Ok(())
     }
 
     /// All users: those in the file plus `auth.users_file`.
@@ -647,18 +665,22 @@ mod tests {
     }
 
     #[test]
-    fn given_network_and_grouping_should_load_and_list_them_as_inactive() {
-        let text = "network:\n  connectors:\n    - name: to-g2\n      uri: masterslave:(tcp://g2-a:61616, tcp://g2-b:61616)\n      duplex: true\n\
+    fn given_network_and_grouping_should_load_and_list_only_grouping_as_inactive() {
+        let text = "network:\n  connectors:\n    - name: to-g2\n      uri: masterslave:(tcp://g2-a:61616, tcp://g2-b:61616)\n      duplex: true\n      networkTTL: 2\n\
                     grouping:\n  handler: remote\n  address: masterslave:(tcp://g1-a:61616,tcp://g1-b:61616)\n  timeout: 2s\n";
         let cfg = load_text(text).unwrap();
-        assert_eq!(
-            cfg.inactive_features(),
-            vec![
-                "network connector to-g2 to masterslave:(tcp://g2-a:61616,tcp://g2-b:61616) (duplex)".to_string(),
-                "grouping handler remote".to_string(),
-            ]
-        );
+        assert_eq!(cfg.network.connectors[0].network_ttl, 2);
+        assert!(cfg.network.connectors[0].duplex);
+        assert_eq!(cfg.inactive_features(), vec!["grouping handler remote".to_string()]);
         assert!(BrokerConfig::default().inactive_features().is_empty());
+    }
+
+    #[test]
+    fn given_connector_into_own_group_should_be_refused_naming_the_member() {
+        let text = "node:\n  id: g1-0\nha:\n  policy: replication\n  groupName: g1\n  cluster:\n    listen: 127.0.0.1:7001\n    password: x\n  members:\n    - name: g1-1\n      cluster: 127.0.0.1:7002\n      stomp: 127.0.0.1:7102\n\
+                    network:\n  connectors:\n    - name: loop\n      uri: masterslave:(tcp://127.0.0.1:7002,tcp://127.0.0.1:7003)\n";
+        let err = load_text(text).unwrap_err().to_string();
+        assert!(err.contains("network.connectors") && err.contains("member g1-1") && err.contains("own group"), "{err}");
     }
 
     #[test]

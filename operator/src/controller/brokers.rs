@@ -215,6 +215,7 @@ mod tests {
             memory_bytes: 0,
             queues: Vec::new(),
             ha: None,
+            network: None,
         };
         let served = status.clone();
         let app = Router::new()

@@ -109,15 +109,10 @@ pub fn build_broker_config(
         .groups
         .iter()
         .filter(|g| g.name != group.name)
-        .map(|g| NetworkConnector {
-            name: g.name.clone(),
-            uri: group_uri(v, g),
-            duplex: false,
-        })
+        .map(|g| NetworkConnector::new(g.name.clone(), group_uri(v, g)))
         .chain(v.external_connectors.iter().map(|x| NetworkConnector {
-            name: x.name.clone(),
-            uri: x.uri.clone(),
             duplex: x.duplex,
+            ..NetworkConnector::new(x.name.clone(), x.uri.clone())
         }))
         .collect();
 

@@ -561,6 +561,7 @@ pub(crate) mod tests {
                 backups: Vec::new(),
                 alone: false,
             }),
+            network: None,
         })
     }
 
