@@ -11,9 +11,8 @@
 use super::{HaContext, HaError, LiveTerm};
 use crate::admin::api::{BackupStatus, SyncState};
 use crate::cluster::{ClientPeer, ClusterConn, ClusterFrame, SegmentDigest, SegmentExtent};
-use crate::journal::{prefix_digest, Journal, JournalPosition, SEGMENT_HEADER_LEN};
+use crate::journal::{Journal, JournalPosition, SegmentOnDisk, SegmentReader, SEGMENT_HEADER_LEN};
 use std::collections::{BTreeMap, BTreeSet};
-use std::os::unix::fs::FileExt;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -100,10 +99,12 @@ async fn stream(
     };
     let mut position = journal.written_position();
     let mut target = *position.borrow_and_update();
-    let extents = journal.segments_on_disk().map_err(HaError::Journal)?;
-    let first = extents.first().map(|(s, _)| *s).unwrap_or(target.segment);
+    // The segment being read stays open in the reader across batches.
+    let mut reader = journal.reader();
+    let extents = reader.segments().map_err(HaError::Journal)?;
+    let first = extents.first().map(|s| s.seq).unwrap_or(target.segment);
     let hold = journal.hold_segments_from(first);
-    let keep = match tokio::task::block_in_place(|| resume_plan(journal, &held, &extents, target)) {
+    let keep = match tokio::task::block_in_place(|| resume_plan(&reader, &held, &extents, target)) {
         Ok(keep) if !keep.is_empty() => {
             tracing::info!(backup = %peer.node_id, segments = keep.len(), bytes = keep.values().sum::<u64>(), "the backup's journal is a prefix of ours: sending only what it lacks");
             keep
@@ -121,7 +122,7 @@ async fn stream(
     conn.queue(&ClusterFrame::SyncBegin {
         segments: extents
             .iter()
-            .map(|&(seq, len)| SegmentExtent { seq, len, first_record: first_records.get(&seq).copied().unwrap_or(0) })
+            .map(|&SegmentOnDisk { seq, len }| SegmentExtent { seq, len, first_record: first_records.get(&seq).copied().unwrap_or(0) })
             .collect(),
         resume: !keep.is_empty(),
     })
@@ -132,8 +133,6 @@ async fn stream(
     // Journal bytes sent on this connection.
     let mut streamed = 0u64;
     let mut acked_records = 0u64;
-    // The segment being read, kept open across batches.
-    let mut open_segment: Option<(u64, std::fs::File)> = None;
     let mut sent: BTreeSet<u64> = BTreeSet::new();
     let mut synced = false;
     let mut acked = (0u64, 0u64);
@@ -161,46 +160,22 @@ async fn stream(
         let mut queued = 0usize;
         while cursor < (end.segment, end.offset) {
             let (seq, offset) = cursor;
-            let path = journal.segment_path(seq);
-            let limit = if seq < end.segment {
-                match std::fs::metadata(&path) {
-                    Ok(m) => m.len(),
-                    Err(_) => 0,
-                }
-            } else {
-                end.offset
-            };
+            let limit = reader.readable_len(seq, end);
             if offset >= limit {
                 // Done with this segment (or it is gone): on to the next one on disk.
-                let next = journal
-                    .segments_on_disk()
-                    .map_err(HaError::Journal)?
-                    .into_iter()
-                    .map(|(s, _)| s)
-                    .find(|s| *s > seq)
-                    .unwrap_or(end.segment);
+                let next = reader.next_after(seq).map_err(HaError::Journal)?.unwrap_or(end.segment);
                 cursor = (next, keep.get(&next).copied().unwrap_or(0));
                 hold.advance(next);
                 continue;
             }
             let len = ((limit - offset) as usize).min(CHUNK);
             let mut data = vec![0u8; len];
-            let mut read_chunk = || {
-                if open_segment.as_ref().is_none_or(|(s, _)| *s != seq) {
-                    open_segment = Some((seq, std::fs::File::open(&path)?));
-                }
-                match &open_segment {
-                    Some((_, file)) => file.read_exact_at(&mut data, offset),
-                    None => Ok(()),
-                }
-            };
+            let mut read_chunk = || reader.read_at(seq, offset, &mut data);
             // The tail of the current segment was just written: it is in the page cache and
             // read in place. Older segments (an initial sync) may come from disk and are read
             // off the async workers.
             let read = if seq == end.segment && synced { read_chunk() } else { tokio::task::block_in_place(read_chunk) };
-            if let Err(e) = read {
-                return Err(HaError::ReadSegment { path, source: e });
-            }
+            read.map_err(HaError::Journal)?;
             sent.insert(seq);
             conn.queue(&ClusterFrame::Append { seq, offset, records: end.records, data: data.into() })
                 .map_err(HaError::Cluster)?;
@@ -215,8 +190,7 @@ async fn stream(
         // Tell the backup about segments the live reclaimed.
         if last_listing.elapsed() > Duration::from_secs(1) {
             last_listing = Instant::now();
-            let on_disk: BTreeSet<u64> =
-                journal.segments_on_disk().map_err(HaError::Journal)?.into_iter().map(|(s, _)| s).collect();
+            let on_disk: BTreeSet<u64> = reader.segments().map_err(HaError::Journal)?.into_iter().map(|s| s.seq).collect();
             let gone: Vec<u64> = sent.iter().copied().filter(|s| *s < cursor.0 && !on_disk.contains(s)).collect();
             for seq in gone {
                 sent.remove(&seq);
@@ -323,15 +297,15 @@ async fn stream(
 /// other segment that does not continue into ours makes the whole copy suspect: the error
 /// says which, and the backup then gets everything again.
 fn resume_plan(
-    journal: &Journal,
+    reader: &SegmentReader,
     held: &[SegmentDigest],
-    live: &[(u64, u64)],
+    live: &[SegmentOnDisk],
     written: JournalPosition,
 ) -> Result<BTreeMap<u64, u64>, String> {
-    let first = live.first().map_or(written.segment, |(seq, _)| *seq);
+    let first = live.first().map_or(written.segment, |s| s.seq);
     let mut keep = BTreeMap::new();
     for segment in held.iter().filter(|s| s.seq >= first) {
-        let Some(&(_, file_len)) = live.iter().find(|(seq, _)| *seq == segment.seq) else {
+        let Some(&SegmentOnDisk { len: file_len, .. }) = live.iter().find(|s| s.seq == segment.seq) else {
             return Err(format!("the backup holds segment {}, which we do not", segment.seq));
         };
         let ours = match segment.seq.cmp(&written.segment) {
@@ -342,10 +316,9 @@ fn resume_plan(
         if segment.len > ours {
             return Err(format!("the backup's segment {} holds {} bytes, ours {ours}", segment.seq, segment.len));
         }
-        let path = journal.segment_path(segment.seq);
-        let crc = std::fs::File::open(&path)
-            .and_then(|file| prefix_digest(&file, segment.len))
-            .map_err(|e| format!("failed to read our segment {}: {e}", segment.seq))?;
+        let crc = reader
+            .prefix_digest(segment.seq, segment.len)
+            .map_err(|e| format!("failed to read our segment {}: {}", segment.seq, crate::report::error_chain(&e)))?;
         if crc != segment.crc {
             return Err(format!("the backup's segment {} differs from ours before byte {}", segment.seq, segment.len));
         }

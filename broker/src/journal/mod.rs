@@ -34,6 +34,7 @@ mod housekeeper;
 mod lock;
 mod mirror;
 mod metrics;
+mod reader;
 mod reclaim;
 mod record;
 mod recovery;
@@ -63,6 +64,7 @@ pub use error::JournalError;
 pub use mirror::{prefix_digest, Mirror, MirroredSegment, DIGEST_TAIL};
 pub use replication::{JournalPosition, ReplicaId, ReplicationGate, SegmentHold};
 pub use metrics::JournalMetrics;
+pub use reader::{SegmentOnDisk, SegmentReader};
 pub use record::MAX_RECORD_PAYLOAD;
 pub use salvage::{plan as plan_salvage, salvage, SalvageAction, SalvageError};
 
@@ -316,19 +318,10 @@ impl Journal {
         SegmentHold::new(&self.shared.replication.holds, seq)
     }
 
-    /// The file of segment `seq`.
-    pub fn segment_path(&self, seq: u64) -> std::path::PathBuf {
-        segment::SegmentSeq(seq).path(&self.shared.dir)
-    }
-
-    /// Segments on disk (not prepared or retired files) with their lengths, oldest first.
-    pub fn segments_on_disk(&self) -> Result<Vec<(u64, u64)>, JournalError> {
-        let listing = segment::list(&self.shared.dir)?;
-        Ok(listing
-            .segments
-            .into_iter()
-            .filter_map(|seq| std::fs::metadata(seq.path(&self.shared.dir)).ok().map(|m| (seq.0, m.len())))
-            .collect())
+    /// A reader of this journal's segment files, for shipping them to a backup: nobody
+    /// outside the journal opens its files.
+    pub fn reader(&self) -> SegmentReader {
+        SegmentReader::new(self.shared.dir.clone())
     }
 
     /// The number of the first record of every segment on disk, by segment (records are
