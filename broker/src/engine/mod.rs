@@ -6,6 +6,7 @@
 //! copy of every message (shared `Arc`, no body copy). Only queue messages are journaled:
 //! topic subscribers are not durable.
 
+pub mod accept;
 pub mod dedup;
 pub mod memory;
 pub mod message;

@@ -1,0 +1,508 @@
+//! Accepting messages durably: the one place that turns a producer's message into engine
+//! state. It resolves the destination, drops a resend of what is stored already (dedup),
+//! waits for memory room, reserves the message's bytes and hands its record to the
+//! journal; the returned [`Acceptance`] resolves once the message is safe to confirm
+//! (journaled, and replicated as the group's replication gate demands), and only then can
+//! it be published. Every protocol (a STOMP connection, a bridge's inbound side) goes
+//! through here, and so do acknowledgements and transactions, which journal with it.
+//!
+//! What it must not do: speak any protocol (no frames, receipts or connection limits),
+//! publish a message before its record is durable, or block the async runtime except in
+//! [`Commit::Inline`], which the caller asks for.
+
+use super::dedup;
+use super::memory::Reservation;
+use super::message::{ConsumerKey, Message};
+use super::queue::{AckError, Queue};
+use super::{Broker, DestinationError, Target};
+use crate::journal::{AppendFuture, Journal, JournalError, MessageId, Op, StoredMessage};
+use bytes::Bytes;
+use std::future::Future;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use thiserror::Error;
+
+/// A message as a producer hands it over, whatever the protocol.
+#[derive(Debug, Clone)]
+pub struct Incoming {
+    /// `/queue/NAME` or `/topic/NAME`.
+    pub destination: String,
+    /// Application headers only: no receipt, transaction, content-length or destination.
+    pub headers: Vec<(String, String)>,
+    pub body: Bytes,
+    pub persistent: bool,
+    /// The producer's id for duplicate detection ([`dedup::SEND_HEADER`] in STOMP); stored
+    /// and delivered as [`dedup::STORED_HEADER`].
+    pub dedup_id: Option<String>,
+}
+
+/// What publishing a durable message did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Accepted {
+    /// Now visible to consumers (or to nobody, for a topic without subscribers).
+    Stored,
+    /// A resend of a message stored already: safe to confirm, nothing was published.
+    Duplicate,
+}
+
+/// How a record reaches the journal.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Commit {
+    /// Queued for the writer's next group commit; never blocks.
+    Grouped,
+    /// Committed on the caller's thread when the journal is idle (see
+    /// `Journal::append_inline`): for a caller with nothing else to hand over now.
+    Inline,
+}
+
+/// Why a message (or an acknowledgement) was not accepted.
+#[derive(Debug, Error)]
+pub enum AcceptError {
+    #[error("{0}")]
+    Destination(#[from] DestinationError),
+    #[error("destination is full: no room within {0:?} (memory limits)")]
+    NoRoom(Duration),
+    #[error("failed to persist")]
+    Persist(#[source] JournalError),
+    #[error("invalid acknowledgement")]
+    Ack(#[source] AckError),
+    #[error("acceptance polled after it resolved")]
+    Resolved,
+}
+
+/// A message checked, counted against the memory limits and ready to journal: one send of
+/// a transaction, journaled with the others at [`Broker::commit`].
+#[derive(Debug)]
+pub struct Prepared {
+    target: Target,
+    message: Arc<Message>,
+    journaled: bool,
+    /// Its bytes, counted against the memory limits since it was accepted.
+    reservation: Reservation,
+    blocked: bool,
+}
+
+impl Prepared {
+    /// What this message counts against the memory limits.
+    pub fn footprint(&self) -> usize {
+        self.message.footprint()
+    }
+
+    /// Whether accepting it waited for memory room.
+    pub fn blocked(&self) -> bool {
+        self.blocked
+    }
+
+    fn op(&self) -> Option<Op> {
+        self.journaled.then(|| {
+            Op::Add(StoredMessage {
+                id: self.message.id,
+                destination: self.message.destination.to_string(),
+                headers: self.message.headers.clone(),
+                body: self.message.body.clone(),
+            })
+        })
+    }
+}
+
+/// Acknowledgements settled in memory whose journal ops are still to be written.
+#[derive(Debug, Default)]
+pub struct Settled {
+    journaled: Vec<MessageId>,
+}
+
+impl Settled {
+    /// Adds `other`'s acknowledgements to these.
+    pub fn extend(&mut self, other: Settled) {
+        self.journaled.extend(other.journaled);
+    }
+
+    fn ops(&self) -> impl Iterator<Item = Op> + '_ {
+        self.journaled.iter().map(|id| Op::Ack(*id))
+    }
+}
+
+/// Resolves when what was accepted is safe to confirm: at once when nothing had to be
+/// journaled (non-persistent, topic, duplicate), else when its record is durable per the
+/// journal (written, synced, and held by synced backups). Dropping it first publishes
+/// nothing; the bytes it reserved are given back.
+#[must_use = "a message is only published through the Durable its acceptance resolves to"]
+#[derive(Debug)]
+pub struct Acceptance {
+    append: Option<AppendFuture>,
+    durable: Option<Durable>,
+    blocked: bool,
+}
+
+impl Acceptance {
+    fn new(append: Option<AppendFuture>, durable: Durable, blocked: bool) -> Acceptance {
+        Acceptance { append, durable: Some(durable), blocked }
+    }
+
+    /// A resend of a stored message: nothing was stored or reserved.
+    pub fn is_duplicate(&self) -> bool {
+        self.durable.as_ref().is_some_and(|d| d.duplicate)
+    }
+
+    /// Whether accepting waited for memory room (`memory.producerBlockTimeout`).
+    pub fn blocked(&self) -> bool {
+        self.blocked
+    }
+}
+
+impl Future for Acceptance {
+    type Output = Result<Durable, AcceptError>;
+
+    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
+        let this = self.get_mut();
+        if let Some(append) = &mut this.append {
+            match Pin::new(append).poll(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(result) => {
+                    this.append = None;
+                    if let Err(e) = result {
+                        this.durable = None;
+                        return Poll::Ready(Err(AcceptError::Persist(e)));
+                    }
+                }
+            }
+        }
+        Poll::Ready(this.durable.take().ok_or(AcceptError::Resolved))
+    }
+}
+
+/// Accepted and durable, not yet visible: [`Durable::publish`] hands the messages to
+/// their destinations. Dropping it publishes nothing.
+pub struct Durable {
+    broker: Arc<Broker>,
+    sends: Vec<Prepared>,
+    duplicate: bool,
+}
+
+impl std::fmt::Debug for Durable {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Durable").field("sends", &self.sends).field("duplicate", &self.duplicate).finish_non_exhaustive()
+    }
+}
+
+impl Durable {
+    /// Whether publishing makes any message visible (false for a duplicate or acks only).
+    pub fn publishes(&self) -> bool {
+        !self.sends.is_empty()
+    }
+
+    /// Makes the messages visible to consumers, in the order they were accepted; the bytes
+    /// reserved for each pass to its queue.
+    pub fn publish(self) -> Accepted {
+        if self.duplicate {
+            return Accepted::Duplicate;
+        }
+        for send in self.sends {
+            self.broker.publish(&send.target, send.message, send.journaled, send.reservation);
+        }
+        Accepted::Stored
+    }
+}
+
+fn append(journal: &Journal, ops: Vec<Op>, commit: Commit) -> AppendFuture {
+    match commit {
+        Commit::Grouped => journal.append(ops),
+        Commit::Inline => journal.append_inline(ops),
+    }
+}
+
+impl Broker {
+    /// Validates, dedups, waits for memory room (`memory.producerBlockTimeout`), reserves,
+    /// and hands the record to the journal; returns once the record is queued (NOT
+    /// durable). Acceptances queued in order become durable in that order, so a caller
+    /// may pipeline many and publish each as it resolves.
+    pub async fn accept(self: &Arc<Self>, incoming: Incoming, commit: Commit) -> Result<Acceptance, AcceptError> {
+        let target = self.resolve(&incoming.destination)?;
+        let journaled = incoming.persistent && matches!(target, Target::Queue(_));
+        // A resend of a message already stored (the producer failed over before its
+        // confirmation arrived) is confirmed but not stored twice.
+        if let Some(id) = &incoming.dedup_id {
+            if journaled && !self.first_sight(id) {
+                tracing::debug!(destination = %incoming.destination, dedup_id = %id, "duplicate message ignored");
+                let durable = Durable { broker: Arc::clone(self), sends: Vec::new(), duplicate: true };
+                return Ok(Acceptance::new(None, durable, false));
+            }
+        }
+        let blocked = self.wait_for_room(&target).await?;
+        let message = self.message(&target, incoming);
+        let reservation = self.reserve(&target, &message);
+        let send = Prepared { target, message, journaled, reservation, blocked };
+        let append = send.op().map(|op| append(&self.journal, vec![op], commit));
+        let durable = Durable { broker: Arc::clone(self), sends: vec![send], duplicate: false };
+        Ok(Acceptance::new(append, durable, blocked))
+    }
+
+    /// Accepts a message that is journaled later with others, all or nothing
+    /// ([`Broker::commit`]): a transaction's send. Its bytes count broker-wide until then,
+    /// against its queue once committed. Not deduplicated.
+    pub async fn prepare(self: &Arc<Self>, incoming: Incoming) -> Result<Prepared, AcceptError> {
+        let target = self.resolve(&incoming.destination)?;
+        let journaled = incoming.persistent && matches!(target, Target::Queue(_));
+        let blocked = self.wait_for_room(&target).await?;
+        let message = self.message(&target, incoming);
+        let reservation = self.reserve_broker_wide(message.footprint());
+        Ok(Prepared { target, message, journaled, reservation, blocked })
+    }
+
+    /// Journals `acks` and `sends` as one record (after a crash either all of it happened
+    /// or none); the acks were applied in memory already, the sends are published through
+    /// the [`Durable`] the acceptance resolves to.
+    pub fn commit(self: &Arc<Self>, sends: Vec<Prepared>, acks: Settled, commit: Commit) -> Acceptance {
+        let ops: Vec<Op> = acks.ops().chain(sends.iter().filter_map(Prepared::op)).collect();
+        let append = (!ops.is_empty()).then(|| append(&self.journal, ops, commit));
+        Acceptance::new(append, Durable { broker: Arc::clone(self), sends, duplicate: false }, false)
+    }
+
+    /// Settles a consumer's ACK (or NACK) of delivery `tag` in memory, and every earlier
+    /// one with `cumulative`; returns what the journal must record for it to last.
+    pub fn settle(&self, queue: &Arc<Queue>, consumer: ConsumerKey, tag: u64, cumulative: bool, nack: bool) -> Result<Settled, AckError> {
+        if nack {
+            queue.nack(consumer, tag, cumulative)?;
+            return Ok(Settled::default());
+        }
+        let entries = queue.ack(consumer, tag, cumulative)?;
+        Ok(Settled { journaled: entries.iter().filter(|e| e.journaled).map(|e| e.message.id).collect() })
+    }
+
+    /// Journals settled acknowledgements; the acceptance resolves once they are durable.
+    pub fn acknowledge(self: &Arc<Self>, acks: Settled, commit: Commit) -> Acceptance {
+        self.commit(Vec::new(), acks, commit)
+    }
+
+    /// Journals settled acknowledgements nobody waits for: they ride along with the next
+    /// group commit instead of costing an fsync. If the broker crashes first, the messages
+    /// are delivered again, which is all such an acknowledgement promised.
+    pub fn acknowledge_lazy(&self, acks: Settled) {
+        if !acks.journaled.is_empty() {
+            drop(self.journal.append_lazy(acks.ops().collect()));
+        }
+    }
+
+    /// Slows the producer down while the destination or the broker is over its memory
+    /// limit; true when it had to wait.
+    async fn wait_for_room(&self, target: &Target) -> Result<bool, AcceptError> {
+        let memory = &self.memory;
+        let queue_bytes = || Broker::target_bytes(target);
+        if memory.used() < memory.broker_limit && queue_bytes() < memory.queue_limit {
+            return Ok(false);
+        }
+        let timeout = self.config.memory.producer_block_timeout.get();
+        tracing::debug!(?timeout, "producer blocked by memory limits");
+        if memory.wait_for_room(queue_bytes, timeout).await {
+            Ok(true)
+        } else {
+            Err(AcceptError::NoRoom(timeout))
+        }
+    }
+
+    fn message(&self, target: &Target, incoming: Incoming) -> Arc<Message> {
+        let Incoming { mut headers, body, persistent, dedup_id, .. } = incoming;
+        if let Some(id) = dedup_id {
+            headers.push((dedup::STORED_HEADER.to_string(), id));
+        }
+        Arc::new(Message {
+            id: self.next_message_id(),
+            destination: match target {
+                Target::Queue(q) => Arc::clone(&q.name),
+                Target::Topic(t) => Arc::clone(&t.name),
+            },
+            headers,
+            body,
+            persistent,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{ByteSize, HumanDuration};
+    use crate::config::BrokerConfig;
+    use crate::engine::metrics::EngineMetrics;
+    use crate::journal::JournalMetrics;
+
+    fn open(dir: &std::path::Path, tune: impl FnOnce(&mut BrokerConfig)) -> Arc<Broker> {
+        let mut config = BrokerConfig::default();
+        config.storage.data_dir = dir.to_path_buf();
+        config.node.id = "test".into();
+        tune(&mut config);
+        match Broker::open(Arc::new(config), Vec::new(), JournalMetrics::unregistered(), EngineMetrics::default(), false) {
+            Ok((broker, _)) => broker,
+            Err(e) => panic!("open broker: {e}"),
+        }
+    }
+
+    fn incoming(destination: &str, persistent: bool, dedup_id: Option<&str>) -> Incoming {
+        Incoming {
+            destination: destination.into(),
+            headers: vec![("k".into(), "v".into())],
+            body: Bytes::from_static(b"hello"),
+            persistent,
+            dedup_id: dedup_id.map(str::to_string),
+        }
+    }
+
+    fn queue(broker: &Broker, name: &str) -> Arc<Queue> {
+        match broker.resolve(name) {
+            Ok(Target::Queue(q)) => q,
+            other => panic!("expected a queue, got {other:?}"),
+        }
+    }
+
+    /// Waits until every record queued before now is durable (the journal is FIFO), by
+    /// journaling one more message, to a queue of its own.
+    async fn journal_settled(broker: &Arc<Broker>) {
+        let probe = broker.accept(incoming("/queue/probe", true, None), Commit::Grouped).await.expect("accept probe");
+        drop(probe.await.expect("probe durable"));
+    }
+
+    #[tokio::test]
+    async fn given_a_persistent_queue_message_when_durable_and_published_should_be_journaled_and_queued() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open(dir.path(), |_| {});
+        let acceptance = broker.accept(incoming("/queue/a", true, Some("m-1")), Commit::Grouped).await.expect("accept");
+        assert!(!acceptance.is_duplicate());
+        assert!(!acceptance.blocked());
+        let durable = acceptance.await.expect("durable");
+        assert_eq!(broker.journal.stats().records_appended, 1, "one record before it is safe to confirm");
+        assert!(durable.publishes());
+        assert_eq!(durable.publish(), Accepted::Stored);
+        let q = queue(&broker, "/queue/a");
+        assert_eq!(q.snapshot().depth, 1);
+        broker.close().expect("close");
+
+        let reopened = open(dir.path(), |_| {});
+        let q = queue(&reopened, "/queue/a");
+        assert_eq!(q.snapshot().depth, 1, "recovered after a restart");
+        reopened.close().expect("close");
+    }
+
+    #[tokio::test]
+    async fn given_a_resend_with_the_same_dedup_id_should_confirm_it_without_storing_it_again() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open(dir.path(), |_| {});
+        let first = broker.accept(incoming("/queue/a", true, Some("m-1")), Commit::Inline).await.expect("accept");
+        assert_eq!(first.await.expect("durable").publish(), Accepted::Stored);
+        let again = broker.accept(incoming("/queue/a", true, Some("m-1")), Commit::Grouped).await.expect("accept");
+        assert!(again.is_duplicate());
+        let durable = again.await.expect("durable");
+        assert!(!durable.publishes());
+        assert_eq!(durable.publish(), Accepted::Duplicate);
+        assert_eq!(queue(&broker, "/queue/a").snapshot().depth, 1);
+        assert_eq!(broker.journal.stats().records_appended, 1);
+        broker.close().expect("close");
+    }
+
+    #[tokio::test]
+    async fn given_a_stored_dedup_id_should_deliver_it_as_the_stored_header() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open(dir.path(), |_| {});
+        let acceptance = broker.accept(incoming("/queue/a", true, Some("m-7")), Commit::Grouped).await.expect("accept");
+        drop(acceptance.await.expect("durable").publish());
+        broker.close().expect("close");
+        let reopened = open(dir.path(), |_| {});
+        assert!(!reopened.first_sight("m-7"), "the id is remembered across a restart");
+        reopened.close().expect("close");
+    }
+
+    #[tokio::test]
+    async fn given_a_non_persistent_message_should_be_safe_at_once_and_not_journaled() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open(dir.path(), |_| {});
+        let first = broker.accept(incoming("/queue/a", false, Some("n-1")), Commit::Grouped).await.expect("accept");
+        assert_eq!(first.await.expect("durable").publish(), Accepted::Stored);
+        let again = broker.accept(incoming("/queue/a", false, Some("n-1")), Commit::Grouped).await.expect("accept");
+        assert!(!again.is_duplicate(), "only journaled messages are deduplicated");
+        assert_eq!(again.await.expect("durable").publish(), Accepted::Stored);
+        journal_settled(&broker).await;
+        assert_eq!(broker.journal.stats().records_appended, 1, "only the probe's record");
+        assert_eq!(queue(&broker, "/queue/a").snapshot().depth, 2);
+        broker.close().expect("close");
+    }
+
+    #[tokio::test]
+    async fn given_a_persistent_topic_message_should_copy_it_to_subscribers_without_journaling() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open(dir.path(), |_| {});
+        let Ok(Target::Topic(topic)) = broker.resolve("/topic/t") else { panic!("expected a topic") };
+        let subscriber = broker.subscribe_topic(&topic);
+        let acceptance = broker.accept(incoming("/topic/t", true, None), Commit::Grouped).await.expect("accept");
+        assert_eq!(acceptance.await.expect("durable").publish(), Accepted::Stored);
+        assert_eq!(subscriber.snapshot().depth, 1);
+        journal_settled(&broker).await;
+        assert_eq!(broker.journal.stats().records_appended, 1, "only the probe's record");
+        broker.close().expect("close");
+    }
+
+    #[tokio::test]
+    async fn given_a_full_queue_when_no_room_comes_should_refuse_after_the_block_timeout() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open(dir.path(), |c| {
+            c.memory.max_queue_bytes = ByteSize::kib(1);
+            c.memory.producer_block_timeout = HumanDuration(Duration::from_millis(200));
+        });
+        let big = Incoming { body: Bytes::from(vec![b'x'; 2048]), ..incoming("/queue/a", true, None) };
+        let first = broker.accept(big.clone(), Commit::Grouped).await.expect("the first fits: the queue was empty");
+        drop(first.await.expect("durable").publish());
+        let started = std::time::Instant::now();
+        match broker.accept(big, Commit::Grouped).await {
+            Err(AcceptError::NoRoom(timeout)) => assert_eq!(timeout, Duration::from_millis(200)),
+            other => panic!("expected NoRoom, got {other:?}"),
+        }
+        assert!(started.elapsed() >= Duration::from_millis(200), "waited for room first");
+        broker.close().expect("close");
+    }
+
+    #[tokio::test]
+    async fn given_a_bad_destination_should_refuse_it_naming_the_destination() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open(dir.path(), |_| {});
+        match broker.accept(incoming("/elsewhere/x", true, None), Commit::Grouped).await {
+            Err(AcceptError::Destination(DestinationError::Invalid(d))) => assert_eq!(d, "/elsewhere/x"),
+            other => panic!("expected a destination error, got {other:?}"),
+        }
+        assert!(matches!(broker.prepare(incoming("/queue/", true, None)).await, Err(AcceptError::Destination(_))));
+        broker.close().expect("close");
+    }
+
+    #[tokio::test]
+    async fn given_an_acceptance_dropped_before_durable_should_publish_nothing_and_free_its_bytes() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open(dir.path(), |_| {});
+        let acceptance = broker.accept(incoming("/queue/a", true, None), Commit::Grouped).await.expect("accept");
+        assert!(broker.memory.used() > 0, "reserved from acceptance on");
+        drop(acceptance);
+        let durable = broker.accept(incoming("/queue/a", true, None), Commit::Grouped).await.expect("accept");
+        drop(durable.await.expect("durable"));
+        journal_settled(&broker).await;
+        assert_eq!(queue(&broker, "/queue/a").snapshot().depth, 0, "neither the dropped acceptance nor the unpublished durable");
+        assert_eq!(broker.memory.used(), 0);
+        broker.close().expect("close");
+    }
+
+    #[tokio::test]
+    async fn given_prepared_sends_when_committed_should_journal_one_record_and_publish_all_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open(dir.path(), |_| {});
+        let mut sends = Vec::new();
+        for n in 0..3 {
+            let mut m = incoming("/queue/tx", true, None);
+            m.body = Bytes::from(format!("m{n}"));
+            sends.push(broker.prepare(m).await.expect("prepare"));
+        }
+        assert!(sends[0].footprint() > 0);
+        assert_eq!(queue(&broker, "/queue/tx").snapshot().depth, 0, "nothing visible before commit");
+        let durable = broker.commit(sends, Settled::default(), Commit::Grouped).await.expect("durable");
+        assert_eq!(broker.journal.stats().records_appended, 1, "one record for the whole transaction");
+        assert_eq!(durable.publish(), Accepted::Stored);
+        assert_eq!(queue(&broker, "/queue/tx").snapshot().depth, 3);
+        broker.close().expect("close");
+    }
+}
