@@ -66,8 +66,6 @@ pub enum AcceptError {
     NoRoom(Duration),
     #[error("failed to persist")]
     Persist(#[source] JournalError),
-    #[error("invalid acknowledgement")]
-    Ack(#[source] AckError),
     #[error("acceptance polled after it resolved")]
     Resolved,
 }

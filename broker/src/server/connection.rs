@@ -2,9 +2,11 @@
 //! the session loop (frames in, effects applied in frame order), and the close (consumers
 //! removed so their in-flight messages are redelivered).
 //!
-//! Persistent SENDs are handed to the journal as soon as they are read, so a pipelining
-//! producer shares group commits; their effects (enqueue, RECEIPT) are applied strictly in
-//! frame order once durable, through `pending`.
+//! SENDs are handed to the engine (`Broker::accept`, which journals persistent ones) as
+//! soon as they are read, so a pipelining producer shares group commits; their effects
+//! (publish, RECEIPT) are applied strictly in frame order once durable, through `pending`.
+//! The connection builds no journal records itself: sends, transactions and acks all go
+//! through the engine's accept calls.
 //!
 //! Everything a client can make the connection hold is bounded: frames still arriving
 //! (`stomp.maxPartialFrameBytes`, broker-wide), frames read but not applied (`MAX_PENDING`),
@@ -14,13 +16,13 @@
 //! once begun, a write, and an idle line each have a deadline.
 
 use super::writer::{Outgoing, Writer};
+use crate::engine::accept::{AcceptError, Acceptance, Commit, Durable, Incoming, Prepared, Settled};
 use crate::engine::dedup;
-use crate::engine::memory::Reservation;
-use crate::engine::message::{parse_ack_token, ConsumerKey, Message};
+use crate::engine::message::{parse_ack_token, ConsumerKey};
 use crate::engine::metrics::Limit;
 use crate::engine::queue::{AckError, AckMode, ConsumerHandle, Outbound, Queue};
 use crate::engine::{Broker, DestinationError, Target, Topic};
-use crate::journal::{MessageId, Op, StoredMessage};
+use crate::journal::MessageId;
 use crate::metrics::Metrics;
 use crate::report::error_chain;
 use crate::stomp::{CodecError, Command, Frame, HeartBeat, Inbound, Limits, StompCodec, Version};
@@ -83,6 +85,18 @@ pub enum FrameError {
     NoRoom(Duration),
     #[error("failed to persist: {0}")]
     Persist(String),
+}
+
+impl From<AcceptError> for FrameError {
+    fn from(e: AcceptError) -> FrameError {
+        match e {
+            AcceptError::Destination(d) => FrameError::Destination(d),
+            AcceptError::NoRoom(timeout) => FrameError::NoRoom(timeout),
+            // The STOMP ERROR carries the whole chain: the client has no log to read.
+            AcceptError::Persist(source) => FrameError::Persist(error_chain(&source)),
+            other @ AcceptError::Resolved => FrameError::Persist(error_chain(&other)),
+        }
+    }
 }
 
 impl FrameError {
@@ -385,15 +399,6 @@ struct Subscription {
     mode: AckMode,
 }
 
-/// A SEND read but not yet applied.
-struct PreparedSend {
-    target: Target,
-    message: Arc<Message>,
-    journaled: bool,
-    /// Its bytes, counted against the memory limits since it was read.
-    reservation: Reservation,
-}
-
 /// A transactional ACK or NACK, applied at COMMIT.
 struct PendingAck {
     queue: Arc<Queue>,
@@ -406,14 +411,16 @@ struct PendingAck {
 
 #[derive(Default)]
 struct Transaction {
-    sends: Vec<PreparedSend>,
+    /// Its sends, counted against the memory limits since they were read.
+    sends: Vec<Prepared>,
     acks: Vec<PendingAck>,
     bytes: usize,
 }
 
-/// What becomes visible once the journal has made a frame durable.
+/// What becomes visible once the engine has made a frame durable.
 struct Effect {
-    publish: Vec<PreparedSend>,
+    /// Messages to publish (none for a duplicate, acks only, or a frame without any).
+    durable: Option<Durable>,
     receipt: Option<String>,
     /// A new consumer, attached after its SUBSCRIBE's RECEIPT so the receipt comes first.
     attach: Option<(Arc<Queue>, ConsumerHandle)>,
@@ -421,8 +428,18 @@ struct Effect {
 
 impl Effect {
     fn receipt(receipt: Option<String>) -> Effect {
-        Effect { publish: Vec::new(), receipt, attach: None }
+        Effect { durable: None, receipt, attach: None }
     }
+}
+
+/// The pending effect of an acceptance: its RECEIPT (and publishing) once it is durable.
+fn once_durable(acceptance: Acceptance, receipt: Option<String>) -> Pending {
+    Box::pin(async move {
+        match acceptance.await {
+            Ok(durable) => Ok(Effect { durable: Some(durable), receipt, attach: None }),
+            Err(e) => Err((FrameError::from(e), receipt)),
+        }
+    })
 }
 
 /// Frames read but not yet applied (awaiting their fsync) before the connection stops reading.
@@ -582,15 +599,15 @@ impl Connection {
         // gets it after the deliveries are queued: the runtime runs the task woken last
         // first, so its writer then sends the RECEIPT before the consumers' writers send
         // the message, and a synchronous producer's next send starts that much sooner.
-        let receipt_last = self.subscriptions.is_empty() && !effect.publish.is_empty();
+        let receipt_last = self.subscriptions.is_empty() && effect.durable.as_ref().is_some_and(Durable::publishes);
         // The receipt was counted against stomp.maxOutgoingBytes when its frame was read.
         if !receipt_last {
             if let Some(frame) = receipt.take() {
                 let _ = self.outbox.send(Outbound::Frame(frame));
             }
         }
-        for send in effect.publish {
-            self.ctx.broker.publish(&send.target, send.message, send.journaled, send.reservation);
+        if let Some(durable) = effect.durable {
+            durable.publish();
         }
         if let Some(frame) = receipt {
             let _ = self.outbox.send(Outbound::Frame(frame));
@@ -607,8 +624,9 @@ impl Connection {
     }
 
     async fn on_send(&mut self, frame: Frame) -> Result<Option<Pending>, FrameError> {
-        let destination = frame.get("destination").ok_or(FrameError::MissingHeader(Command::Send, "destination"))?;
-        let target = self.ctx.broker.resolve(destination)?;
+        if frame.get("destination").is_none() {
+            return Err(FrameError::MissingHeader(Command::Send, "destination"));
+        }
         let persistent = frame.get("persistent") == Some("true");
         let receipt = frame.get("receipt").map(str::to_string);
         let transaction = frame.get("transaction").map(str::to_string);
@@ -617,68 +635,57 @@ impl Connection {
                 return Err(FrameError::UnknownTransaction(tx.clone()));
             }
         }
-        let journaled = persistent && matches!(target, Target::Queue(_));
-        // A resend of a message already stored (the producer failed over before its
-        // RECEIPT arrived) is receipted but not stored twice.
-        if let Some(id) = frame.get(dedup::SEND_HEADER) {
-            if journaled && transaction.is_none() && !self.ctx.broker.first_sight(id) {
-                tracing::debug!(peer = %self.peer, message_id = id, "duplicate SEND ignored");
-                return Ok(receipt.map(|r| -> Pending { Box::pin(async move { Ok(Effect::receipt(Some(r))) }) }));
-            }
-        }
-        wait_for_room(&self.ctx, self.peer, &target).await?;
-        let Frame { headers, body, .. } = frame;
-        let headers: Vec<(String, String)> = headers
-            .into_iter()
-            .filter(|(k, _)| !matches!(k.as_str(), "receipt" | "transaction" | "content-length" | "destination"))
-            .map(|(k, v)| if k == dedup::SEND_HEADER { (dedup::STORED_HEADER.to_string(), v) } else { (k, v) })
-            .collect();
+        let incoming = incoming(frame.headers, frame.body, persistent);
+        let body_len = incoming.body.len() as u64;
         let broker = &self.ctx.broker;
-        self.ctx.metrics.messages_in.inc();
-        self.ctx.metrics.bytes_in.inc_by(body.len() as u64);
-        let message = Arc::new(Message {
-            id: broker.next_message_id(),
-            destination: match &target {
-                Target::Queue(q) => Arc::clone(&q.name),
-                Target::Topic(t) => Arc::clone(&t.name),
-            },
-            headers,
-            body,
-            persistent,
-        });
         if let Some(tx) = transaction {
             // Held until COMMIT: counted broker-wide now, against its queue once committed.
+            let prepared = broker.prepare(incoming).await;
+            let prepared = self.blocked_if(prepared.as_ref().map_or_else(no_room, Prepared::blocked), prepared)?;
+            self.ctx.metrics.messages_in.inc();
+            self.ctx.metrics.bytes_in.inc_by(body_len);
             let limit = broker.memory().queue_limit;
-            let size = message.footprint();
+            let size = prepared.footprint();
             if self.transaction_bytes + size > limit {
                 return Err(FrameError::TransactionTooLarge { tx, limit });
             }
             let t = self.transactions.get_mut(&tx).ok_or_else(|| FrameError::UnknownTransaction(tx.clone()))?;
-            let reservation = broker.reserve_broker_wide(size);
             t.bytes += size;
             self.transaction_bytes += size;
-            t.sends.push(PreparedSend { target, message, journaled, reservation });
+            t.sends.push(prepared);
             return Ok(None);
         }
-        let reservation = broker.reserve(&target, &message);
-        let send = PreparedSend { target, message, journaled, reservation };
-        let ops = if journaled { vec![Op::Add(stored(&send.message))] } else { vec![] };
-        Ok(Some(self.durable(ops, vec![send], receipt)))
+        let acceptance = broker.accept(incoming, self.commit()).await;
+        let acceptance = self.blocked_if(acceptance.as_ref().map_or_else(no_room, Acceptance::blocked), acceptance)?;
+        if acceptance.is_duplicate() {
+            // A resend of a message already stored (the producer failed over before its
+            // RECEIPT arrived) is receipted but not stored twice.
+            tracing::debug!(peer = %self.peer, "duplicate SEND ignored");
+            return Ok(receipt.map(|r| -> Pending { Box::pin(async move { Ok(Effect::receipt(Some(r))) }) }));
+        }
+        self.ctx.metrics.messages_in.inc();
+        self.ctx.metrics.bytes_in.inc_by(body_len);
+        Ok(Some(once_durable(acceptance, receipt)))
     }
 
-    /// A pending effect that becomes visible after `ops` are durable (at once if none).
-    fn durable(&self, ops: Vec<Op>, publish: Vec<PreparedSend>, receipt: Option<String>) -> Pending {
-        if ops.is_empty() {
-            return Box::pin(async move { Ok(Effect { publish, receipt, attach: None }) });
+    /// Counts a SEND that waited for memory room, then passes its result on.
+    fn blocked_if<T>(&self, blocked: bool, result: Result<T, AcceptError>) -> Result<T, FrameError> {
+        if blocked {
+            self.ctx.metrics.producer_blocked.inc();
+            tracing::debug!(peer = %self.peer, "producer blocked by memory limits");
         }
-        let journal = self.ctx.broker.journal();
-        let append = if self.last_read { journal.append_inline(ops) } else { journal.append(ops) };
-        Box::pin(async move {
-            match append.await {
-                Ok(()) => Ok(Effect { publish, receipt, attach: None }),
-                Err(e) => Err((FrameError::Persist(error_chain(&e)), receipt)),
-            }
-        })
+        result.map_err(FrameError::from)
+    }
+
+    /// How this frame's record goes to the journal: on this thread when it is the last
+    /// frame read (see `Journal::append_inline`), as no other frame of ours could share
+    /// the group commit.
+    fn commit(&self) -> Commit {
+        if self.last_read {
+            Commit::Inline
+        } else {
+            Commit::Grouped
+        }
     }
 
     fn on_subscribe(&mut self, frame: &Frame) -> Result<Option<Pending>, FrameError> {
@@ -789,15 +796,14 @@ impl Connection {
             t.acks.push(ack);
             return Ok(None);
         }
-        let ops = settle(&ack)?;
+        let settled = self.settle(&ack)?;
+        let broker = &self.ctx.broker;
         match frame.get("receipt") {
-            Some(receipt) => Ok(Some(self.durable(ops, vec![], Some(receipt.to_string())))),
+            Some(receipt) => Ok(Some(once_durable(broker.acknowledge(settled, self.commit()), Some(receipt.to_string())))),
             None => {
                 // Nobody waits for this ACK: it rides along with the next group commit
                 // instead of costing an fsync, and holds up none of the frames behind it.
-                if !ops.is_empty() {
-                    drop(self.ctx.broker.journal().append_lazy(ops));
-                }
+                broker.acknowledge_lazy(settled);
                 Ok(None)
             }
         }
@@ -822,14 +828,12 @@ impl Connection {
         let name = frame.get("transaction").ok_or(FrameError::MissingHeader(Command::Commit, "transaction"))?;
         let tx = self.transactions.remove(name).ok_or_else(|| FrameError::UnknownTransaction(name.to_string()))?;
         self.transaction_bytes -= tx.bytes;
-        let mut ops: Vec<Op> = Vec::new();
+        let mut acks = Settled::default();
         for ack in &tx.acks {
-            ops.extend(settle(ack)?);
+            acks.extend(self.settle(ack)?);
         }
-        for send in tx.sends.iter().filter(|s| s.journaled) {
-            ops.push(Op::Add(stored(&send.message)));
-        }
-        Ok(Some(self.durable(ops, tx.sends, frame.get("receipt").map(str::to_string))))
+        let acceptance = self.ctx.broker.commit(tx.sends, acks, self.commit());
+        Ok(Some(once_durable(acceptance, frame.get("receipt").map(str::to_string))))
     }
 
     fn on_abort(&mut self, frame: &Frame) -> Result<Option<Pending>, FrameError> {
@@ -893,41 +897,42 @@ impl Connection {
     fn send_error(&self, e: &FrameError, receipt: Option<&str>) {
         self.send_out(error_frame(e, receipt));
     }
-}
 
-/// Slows the producer down while the destination or the broker is over its memory limit.
-async fn wait_for_room(ctx: &ConnectionContext, peer: SocketAddr, target: &Target) -> Result<(), FrameError> {
-    let memory = ctx.broker.memory();
-    let timeout = ctx.broker.config.memory.producer_block_timeout.get();
-    let queue_bytes = || Broker::target_bytes(target);
-    if memory.used() < memory.broker_limit && queue_bytes() < memory.queue_limit {
-        return Ok(());
-    }
-    ctx.metrics.producer_blocked.inc();
-    tracing::debug!(peer = %peer, "producer blocked by memory limits");
-    if memory.wait_for_room(queue_bytes, timeout).await {
-        Ok(())
-    } else {
-        Err(FrameError::NoRoom(timeout))
+    /// Settles an ACK/NACK in memory; what the journal must record comes back for the
+    /// engine to write.
+    fn settle(&self, ack: &PendingAck) -> Result<Settled, FrameError> {
+        self.ctx
+            .broker
+            .settle(&ack.queue, ack.key, ack.tag, ack.cumulative, ack.nack)
+            .map_err(|source| FrameError::Ack { id: ack.id.clone(), source })
     }
 }
 
-/// Settles an ACK/NACK in memory; returns the journal ops that make an ack durable.
-fn settle(ack: &PendingAck) -> Result<Vec<Op>, FrameError> {
-    let bad = |source| FrameError::Ack { id: ack.id.clone(), source };
-    if ack.nack {
-        ack.queue.nack(ack.key, ack.tag, ack.cumulative).map_err(bad)?;
-        return Ok(vec![]);
-    }
-    let entries = ack.queue.ack(ack.key, ack.tag, ack.cumulative).map_err(bad)?;
-    Ok(entries.iter().filter(|e| e.journaled).map(|e| Op::Ack(e.message.id)).collect())
+/// A NoRoom refusal waited for room first; no other refusal did.
+fn no_room(e: &AcceptError) -> bool {
+    matches!(e, AcceptError::NoRoom(_))
 }
 
-fn stored(m: &Message) -> StoredMessage {
-    StoredMessage {
-        id: m.id,
-        destination: m.destination.to_string(),
-        headers: m.headers.clone(),
-        body: m.body.clone(),
-    }
+/// A SEND's message as the engine takes it: the protocol headers (receipt, transaction,
+/// content-length, destination) go, the producer's `message-id` becomes the dedup id.
+/// Where STOMP repeats a header, the first one counts.
+fn incoming(headers: Vec<(String, String)>, body: bytes::Bytes, persistent: bool) -> Incoming {
+    let mut destination = None;
+    let mut dedup_id = None;
+    let headers = headers
+        .into_iter()
+        .filter_map(|(k, v)| match k.as_str() {
+            "receipt" | "transaction" | "content-length" => None,
+            "destination" => {
+                destination.get_or_insert(v);
+                None
+            }
+            dedup::SEND_HEADER => {
+                dedup_id.get_or_insert(v);
+                None
+            }
+            _ => Some((k, v)),
+        })
+        .collect();
+    Incoming { destination: destination.unwrap_or_default(), headers, body, persistent, dedup_id }
 }
