@@ -11,6 +11,7 @@ pub mod engine;
 pub mod ha;
 pub mod journal;
 pub mod metrics;
+pub mod network;
 pub mod report;
 pub mod runtime;
 pub mod server;

@@ -81,6 +81,43 @@ impl ClusterMetrics {
     }
 }
 
+/// Network bridges, per link (`connector`: a connector's name, with `/target` for each
+/// address of a `static:` list; an inbound link is `inbound:<remote group>/<its connector>`).
+#[derive(Debug, Clone, Default)]
+pub struct NetworkMetrics {
+    /// 1 while the link is up.
+    pub linked: Family<BridgeLabels, Gauge>,
+    /// Destinations the remote side asks for.
+    pub remote_demand: Family<BridgeLabels, Gauge>,
+    /// Messages confirmed by the remote (`out`) or stored here (`in`).
+    pub forwarded: Family<BridgeDirectionLabels, Counter>,
+    /// Forwards the remote refused (no room, a bad destination); they are resent later.
+    pub refused: Family<BridgeLabels, Counter>,
+}
+
+impl NetworkMetrics {
+    fn register(registry: &mut Registry) -> NetworkMetrics {
+        let m = NetworkMetrics::default();
+        registry.register("duomq_bridge_linked", "1 while a network bridge link is up", m.linked.clone());
+        registry.register("duomq_bridge_remote_demand", "Destinations the remote side of a bridge has consumers for", m.remote_demand.clone());
+        registry.register("duomq_bridge_forwarded", "Messages over a bridge: out = confirmed by the remote, in = stored here", m.forwarded.clone());
+        registry.register("duomq_bridge_forwards_refused", "Forwards the remote refused (resent later)", m.refused.clone());
+        m
+    }
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BridgeLabels {
+    pub connector: LabelValue,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct BridgeDirectionLabels {
+    pub connector: LabelValue,
+    /// `in` or `out`.
+    pub direction: &'static str,
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct SwitchoverLabels {
     /// `done`, `refused` (nothing changed), `failed` (clients were stopped, the hand-over
@@ -121,6 +158,8 @@ pub struct Metrics {
     pub engine: EngineMetrics,
     /// The cluster port's handshake gate.
     pub cluster: ClusterMetrics,
+    /// Network bridges.
+    pub network: NetworkMetrics,
 }
 
 impl Metrics {
@@ -131,6 +170,7 @@ impl Metrics {
         let lease = LeaseMetrics::register(&mut registry);
         let engine = EngineMetrics::register(&mut registry);
         let cluster = ClusterMetrics::register(&mut registry);
+        let network = NetworkMetrics::register(&mut registry);
         let m = Metrics {
             messages_in: Counter::default(),
             messages_out: Counter::default(),
@@ -159,6 +199,7 @@ impl Metrics {
             lease,
             engine,
             cluster,
+            network,
             registry: Mutex::new(Registry::default()),
         };
         registry.register("duomq_messages_in", "Messages accepted from producers", m.messages_in.clone());

@@ -33,6 +33,10 @@ pub enum RunError {
     Close(#[source] crate::journal::JournalError),
     #[error("the live/backup group failed")]
     Ha(#[source] HaError),
+    #[error("failed to start the network bridges")]
+    Network(#[source] crate::network::NetworkError),
+    #[error("failed to read the cluster password")]
+    Password(#[source] crate::config::ConfigError),
 }
 
 /// How long shutdown waits for connections to finish their in-flight work.
@@ -84,6 +88,7 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
         policy: config.ha.policy,
         shared_store: Arc::new(RwLock::new(admin::StoreCheck::default())),
         switchover: Arc::new(RwLock::new(None)),
+        network: Arc::new(RwLock::new(None)),
     };
     let admin_stop = CancellationToken::new();
     tracing::info!(addr = %admin_listener.local_addr().unwrap_or(config.admin.listen), "admin endpoint listening");
@@ -94,10 +99,7 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
     let result = match config.ha.policy {
         HaPolicy::Replication => run_replicated(&shared, &stomp_listener, &shutdown).await,
         HaPolicy::SharedStore => run_shared_store(&shared, &stomp_listener, &shutdown).await,
-        HaPolicy::None => match open(&shared, false).await {
-            Ok(broker) => serve_live(&shared, &stomp_listener, &broker, shutdown.clone()).await.and(close(&broker).await),
-            Err(e) => Err(e),
-        },
+        HaPolicy::None => run_standalone(&shared, &stomp_listener, &shutdown).await,
     };
     *state.role.write() = Role::Stopping;
     admin_stop.cancel();
@@ -134,12 +136,66 @@ async fn open(shared: &Shared, took_over: bool) -> Result<Arc<Broker>, RunError>
     Ok(broker)
 }
 
-/// Serves clients until `stop` is cancelled, then lets connections drain.
+/// A standalone broker: live from start to shutdown. It listens on the cluster port for
+/// inbound network bridges when it has a cluster password.
+async fn run_standalone(shared: &Shared, stomp: &TcpListener, shutdown: &CancellationToken) -> Result<(), RunError> {
+    let password = shared.config.ha.load_password().map_err(RunError::Password)?;
+    let broker = open(shared, false).await?;
+    let cluster_task = if password.is_empty() {
+        None
+    } else {
+        let listener = bind("cluster", shared.config.ha.cluster.listen).await?;
+        tracing::info!(addr = %listener.local_addr().unwrap_or(shared.config.ha.cluster.listen), "cluster port listening (network bridges)");
+        let identity = identity(shared, &broker, password.into_bytes());
+        Some(tokio::spawn(crate::network::listener::serve(
+            listener,
+            identity,
+            Arc::clone(&shared.state.network),
+            shared.metrics.cluster.clone(),
+            shared.config.ha.cluster.max_pending_connections,
+            shutdown.clone(),
+        )))
+    };
+    let result = serve_live(shared, stomp, &broker, shutdown.clone()).await;
+    if let Some(task) = cluster_task {
+        task.abort();
+    }
+    result.and(close(&broker).await)
+}
+
+/// Who this broker is on the network of brokers.
+fn identity(shared: &Shared, broker: &Broker, password: Vec<u8>) -> crate::network::Identity {
+    let ha = &shared.config.ha;
+    crate::network::Identity {
+        node_id: broker.node_id.clone(),
+        group: if ha.group_name.trim().is_empty() { broker.node_id.clone() } else { ha.group_name.clone() },
+        password,
+        check_period: ha.check_period.get().max(Duration::from_millis(200)),
+        // A bridge's loop may wait on a full destination; it is not the live's heartbeat.
+        connection_ttl: (ha.connection_ttl.get() * 3).max(Duration::from_secs(3)),
+    }
+}
+
+/// Serves clients until `stop` is cancelled, then lets connections drain. The network
+/// bridges run for as long.
 async fn serve_live(shared: &Shared, listener: &TcpListener, broker: &Arc<Broker>, stop: CancellationToken) -> Result<(), RunError> {
+    let password = shared.config.ha.load_password().map_err(RunError::Password)?;
+    let bridges = stop.child_token();
+    let network = crate::network::Network::start(
+        Arc::clone(broker),
+        identity(shared, broker, password.into_bytes()),
+        &shared.config.network,
+        shared.metrics.network.clone(),
+        bridges.clone(),
+    )
+    .map_err(RunError::Network)?;
+    *shared.state.network.write() = Some(network);
     tracing::info!(addr = %listener.local_addr().unwrap_or(shared.config.stomp.listen), "STOMP listening");
     *shared.state.role.write() = Role::Live;
     let ctx = ConnectionContext::new(Arc::clone(broker), Arc::clone(&shared.metrics), stop);
     server::run(listener, ctx, DRAIN_TIMEOUT).await;
+    bridges.cancel();
+    *shared.state.network.write() = None;
     Ok(())
 }
 
@@ -176,6 +232,7 @@ async fn run_replicated(shared: &Shared, stomp: &TcpListener, shutdown: &Cancell
         Arc::clone(&ctx),
         cluster,
         Arc::clone(&live_slot),
+        Arc::clone(&shared.state.network),
         shared.metrics.cluster.clone(),
         shutdown.clone(),
     ));

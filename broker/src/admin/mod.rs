@@ -40,6 +40,8 @@ pub struct AdminState {
     pub shared_store: Arc<RwLock<StoreCheck>>,
     /// Set once a replicated member's HA machinery runs; `None` otherwise.
     pub switchover: Arc<RwLock<Option<Arc<Switchover>>>>,
+    /// The network bridges of the live term now running.
+    pub network: crate::network::NetworkSlot,
 }
 
 /// What a shared-store backup learned about the shared data directory when it last
@@ -125,7 +127,7 @@ async fn status(State(s): State<AdminState>) -> Json<BrokerStatus> {
             })
             .collect(),
         ha: s.ha.read().clone(),
-        network: None,
+        network: s.network.read().as_ref().filter(|n| !n.is_idle()).map(|n| n.status()),
     })
 }
 

@@ -30,6 +30,8 @@ pub enum Purpose {
     Vote,
     /// A health check or an operator probe.
     Probe,
+    /// A network bridge from another group (store-and-forward).
+    Bridge,
 }
 
 impl Purpose {
@@ -38,6 +40,7 @@ impl Purpose {
             Purpose::Replicate => "replicate",
             Purpose::Vote => "vote",
             Purpose::Probe => "probe",
+            Purpose::Bridge => "bridge",
         }
     }
 
@@ -46,6 +49,7 @@ impl Purpose {
             Purpose::Replicate => 1,
             Purpose::Vote => 2,
             Purpose::Probe => 3,
+            Purpose::Bridge => 4,
         }
     }
 
@@ -54,6 +58,7 @@ impl Purpose {
             1 => Some(Purpose::Replicate),
             2 => Some(Purpose::Vote),
             3 => Some(Purpose::Probe),
+            4 => Some(Purpose::Bridge),
             _ => None,
         }
     }
@@ -83,6 +88,15 @@ pub struct SegmentDigest {
     pub seq: u64,
     pub len: u64,
     pub crc: u32,
+}
+
+/// One destination a side of a bridge has consumers for: `path` lists the groups the
+/// demand came through, the one with the consumers first.
+#[derive(Debug, Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+pub struct DemandEntry {
+    pub destination: String,
+    pub consumers: u32,
+    pub path: Vec<String>,
 }
 
 /// Every frame of the cluster protocol.
@@ -207,6 +221,38 @@ pub enum ClusterFrame {
     Goodbye {
         reason: String,
     },
+    /// Connector → remote, first after the handshake of a bridge: which connector this is,
+    /// whether the remote forwards back over it, and how many bridges a message may cross.
+    BridgeOpen {
+        connector: String,
+        duplex: bool,
+        network_ttl: u8,
+    },
+    /// Either side of a bridge: every destination it has consumers for now (replaces the
+    /// previous demand).
+    Demand {
+        entries: Vec<DemandEntry>,
+    },
+    /// A message crossing a bridge; `path` names the groups that forwarded it so far, this
+    /// one last; `dedup_id` lets the receiver store a resend once.
+    Forward {
+        seq: u64,
+        persistent: bool,
+        destination: String,
+        dedup_id: String,
+        path: Vec<String>,
+        headers: Vec<(String, String)>,
+        body: Bytes,
+    },
+    /// Receiver → sender: `seq` is stored as durably as a client SEND would be.
+    Forwarded {
+        seq: u64,
+    },
+    /// Receiver → sender: `seq` was not stored (no room, bad destination); resend later.
+    ForwardRefused {
+        seq: u64,
+        reason: String,
+    },
 }
 
 mod kind {
@@ -232,6 +278,11 @@ mod kind {
     pub const FAILBACK_REQUEST: u8 = 0x22;
     pub const HAND_OVER: u8 = 0x23;
     pub const GOODBYE: u8 = 0x30;
+    pub const BRIDGE_OPEN: u8 = 0x40;
+    pub const DEMAND: u8 = 0x41;
+    pub const FORWARD: u8 = 0x42;
+    pub const FORWARDED: u8 = 0x43;
+    pub const FORWARD_REFUSED: u8 = 0x44;
 }
 
 impl ClusterFrame {
@@ -264,6 +315,11 @@ impl ClusterFrame {
             ClusterFrame::FailbackRequest => kind::FAILBACK_REQUEST,
             ClusterFrame::HandOver { .. } => kind::HAND_OVER,
             ClusterFrame::Goodbye { .. } => kind::GOODBYE,
+            ClusterFrame::BridgeOpen { .. } => kind::BRIDGE_OPEN,
+            ClusterFrame::Demand { .. } => kind::DEMAND,
+            ClusterFrame::Forward { .. } => kind::FORWARD,
+            ClusterFrame::Forwarded { .. } => kind::FORWARDED,
+            ClusterFrame::ForwardRefused { .. } => kind::FORWARD_REFUSED,
         }
     }
 }
@@ -429,6 +485,37 @@ fn encode_into(
             w.buf.put_u8(u8::from(*live_seen));
             w.string("reason", reason)?;
         }
+        ClusterFrame::BridgeOpen { connector, duplex, network_ttl } => {
+            w.string("connector", connector)?;
+            w.buf.put_u8(u8::from(*duplex));
+            w.buf.put_u8(*network_ttl);
+        }
+        ClusterFrame::Demand { entries } => {
+            w.count("entries", entries.len())?;
+            for entry in entries {
+                w.string("entries", &entry.destination)?;
+                w.buf.put_u32(entry.consumers);
+                w.strings("entries", &entry.path)?;
+            }
+        }
+        ClusterFrame::Forward { seq, persistent, destination, dedup_id, path, headers, body } => {
+            w.buf.put_u64(*seq);
+            w.buf.put_u8(u8::from(*persistent));
+            w.string("destination", destination)?;
+            w.string("dedup_id", dedup_id)?;
+            w.strings("path", path)?;
+            w.count("headers", headers.len())?;
+            for (name, value) in headers {
+                w.string("headers", name)?;
+                w.string("headers", value)?;
+            }
+            w.buf.put_slice(body);
+        }
+        ClusterFrame::Forwarded { seq } => w.buf.put_u64(*seq),
+        ClusterFrame::ForwardRefused { seq, reason } => {
+            w.buf.put_u64(*seq);
+            w.string("reason", reason)?;
+        }
     }
     let length = buf.len() - start - LENGTH_PREFIX;
     if length > max_frame || u32::try_from(length).is_err() {
@@ -464,6 +551,14 @@ impl Writer<'_> {
         })?;
         self.buf.put_u16(len);
         self.buf.put_slice(value.as_bytes());
+        Ok(())
+    }
+
+    fn strings(&mut self, field: &'static str, values: &[String]) -> Result<(), ClusterCodecError> {
+        self.count(field, values.len())?;
+        for value in values {
+            self.string(field, value)?;
+        }
         Ok(())
     }
 }
@@ -529,6 +624,16 @@ impl Reader {
         Ok(count)
     }
 
+    /// A list of strings (each at least its 2-byte length).
+    fn strings(&mut self, field: &'static str) -> Result<Vec<String>, ClusterCodecError> {
+        let count = self.count(field, 2)?;
+        let mut out = Vec::with_capacity(count);
+        for _ in 0..count {
+            out.push(self.string(field)?);
+        }
+        Ok(out)
+    }
+
     fn rest(&mut self) -> Bytes {
         std::mem::take(&mut self.body)
     }
@@ -566,6 +671,11 @@ fn frame_name(kind: u8) -> Option<&'static str> {
         kind::FAILBACK_REQUEST => "failback-request",
         kind::HAND_OVER => "hand-over",
         kind::GOODBYE => "goodbye",
+        kind::BRIDGE_OPEN => "bridge-open",
+        kind::DEMAND => "demand",
+        kind::FORWARD => "forward",
+        kind::FORWARDED => "forwarded",
+        kind::FORWARD_REFUSED => "forward-refused",
         _ => return None,
     })
 }
@@ -667,6 +777,43 @@ fn decode_body(mut body: Bytes) -> Result<ClusterFrame, ClusterCodecError> {
             let reason = r.string("reason")?;
             ClusterFrame::VoteReply { granted, live_seen, reason }
         }
+        kind::BRIDGE_OPEN => {
+            let connector = r.string("connector")?;
+            let duplex = r.bool("duplex")?;
+            let network_ttl = r.u8("network_ttl")?;
+            ClusterFrame::BridgeOpen { connector, duplex, network_ttl }
+        }
+        kind::DEMAND => {
+            // Each entry is at least a name length, a count and a path count.
+            let count = r.count("entries", 10)?;
+            let mut entries = Vec::with_capacity(count);
+            for _ in 0..count {
+                let destination = r.string("entries")?;
+                let consumers = r.u32("entries")?;
+                let path = r.strings("entries")?;
+                entries.push(DemandEntry { destination, consumers, path });
+            }
+            ClusterFrame::Demand { entries }
+        }
+        kind::FORWARD => {
+            let seq = r.u64("seq")?;
+            let persistent = r.bool("persistent")?;
+            let destination = r.string("destination")?;
+            let dedup_id = r.string("dedup_id")?;
+            let path = r.strings("path")?;
+            let count = r.count("headers", 4)?;
+            let mut headers = Vec::with_capacity(count);
+            for _ in 0..count {
+                headers.push((r.string("headers")?, r.string("headers")?));
+            }
+            ClusterFrame::Forward { seq, persistent, destination, dedup_id, path, headers, body: r.rest() }
+        }
+        kind::FORWARDED => ClusterFrame::Forwarded { seq: r.u64("seq")? },
+        kind::FORWARD_REFUSED => {
+            let seq = r.u64("seq")?;
+            let reason = r.string("reason")?;
+            ClusterFrame::ForwardRefused { seq, reason }
+        }
         _ => return Err(ClusterCodecError::UnknownKind(kind)),
     };
     r.finish()?;
@@ -708,7 +855,7 @@ mod tests {
     }
 
     fn purpose() -> impl Strategy<Value = Purpose> {
-        prop_oneof![Just(Purpose::Replicate), Just(Purpose::Vote), Just(Purpose::Probe)]
+        prop_oneof![Just(Purpose::Replicate), Just(Purpose::Vote), Just(Purpose::Probe), Just(Purpose::Bridge)]
     }
 
     fn frame() -> impl Strategy<Value = ClusterFrame> {
@@ -740,6 +887,36 @@ mod tests {
                 epoch
             }),
             text().prop_map(|reason| ClusterFrame::Refused { reason }),
+            (text(), any::<bool>(), any::<u8>()).prop_map(|(connector, duplex, network_ttl)| ClusterFrame::BridgeOpen {
+                connector,
+                duplex,
+                network_ttl
+            }),
+            proptest::collection::vec((text(), any::<u32>(), proptest::collection::vec(text(), 0..3)), 0..5).prop_map(|entries| {
+                ClusterFrame::Demand {
+                    entries: entries.into_iter().map(|(destination, consumers, path)| DemandEntry { destination, consumers, path }).collect(),
+                }
+            }),
+            (
+                any::<u64>(),
+                any::<bool>(),
+                text(),
+                text(),
+                proptest::collection::vec(text(), 0..3),
+                proptest::collection::vec((text(), text()), 0..4),
+                data()
+            )
+                .prop_map(|(seq, persistent, destination, dedup_id, path, headers, body)| ClusterFrame::Forward {
+                    seq,
+                    persistent,
+                    destination,
+                    dedup_id,
+                    path,
+                    headers,
+                    body
+                }),
+            any::<u64>().prop_map(|seq| ClusterFrame::Forwarded { seq }),
+            (any::<u64>(), text()).prop_map(|(seq, reason)| ClusterFrame::ForwardRefused { seq, reason }),
             (proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>()), 0..20), any::<bool>()).prop_map(
                 |(segments, resume)| ClusterFrame::SyncBegin {
                     segments: segments

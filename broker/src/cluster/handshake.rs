@@ -79,6 +79,8 @@ impl std::fmt::Debug for HandshakeConfig {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ServerPeer {
     pub node_id: String,
+    /// The server's group.
+    pub group: String,
     /// What the server says it is ("live", "backup", …).
     pub role: String,
     pub epoch: u64,
@@ -88,6 +90,8 @@ pub struct ServerPeer {
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ClientPeer {
     pub node_id: String,
+    /// The group the client proved it belongs to.
+    pub group: String,
     pub purpose: Purpose,
     pub epoch: u64,
 }
@@ -110,6 +114,8 @@ pub enum HandshakeError {
     VersionMismatch { ours: u16, theirs: u16 },
     #[error("group name differs: expected {ours}, got {theirs}")]
     GroupMismatch { ours: String, theirs: String },
+    #[error("a bridge links groups to each other, and both ends are in group {group}")]
+    BridgeIntoOwnGroup { group: String },
     #[error("server failed to prove the cluster password (server node {server})")]
     ServerProofInvalid { server: String },
     #[error("client failed to prove the cluster password (client node {client})")]
@@ -147,7 +153,9 @@ impl HandshakeError {
             HandshakeError::TimedOut { .. } => "timed_out",
             HandshakeError::ClientProofInvalid { .. } | HandshakeError::ServerProofInvalid { .. } => "authentication",
             HandshakeError::Closed { .. } | HandshakeError::ClientGaveUp { .. } => "closed",
-            HandshakeError::VersionMismatch { .. } | HandshakeError::GroupMismatch { .. } => "mismatch",
+            HandshakeError::VersionMismatch { .. } | HandshakeError::GroupMismatch { .. } | HandshakeError::BridgeIntoOwnGroup { .. } => {
+                "mismatch"
+            }
             HandshakeError::Send { .. }
             | HandshakeError::Receive { .. }
             | HandshakeError::Unexpected { .. }
@@ -178,7 +186,7 @@ where
     })
     .await?;
 
-    let (server_node, server_epoch, server_nonce, server_proof) = match ex.recv("challenge").await? {
+    let (server_node, server_group, server_epoch, server_nonce, server_proof) = match ex.recv("challenge").await? {
         ClusterFrame::Challenge { version, node_id, group, epoch, nonce, proof } => {
             if version != PROTOCOL_VERSION {
                 return Err(ex
@@ -192,7 +200,10 @@ where
                     .give_up(&node_id, HandshakeError::GroupMismatch { ours: config.group.clone(), theirs: group })
                     .await);
             }
-            (node_id, epoch, nonce, proof)
+            if config.purpose == Purpose::Bridge && group == config.group {
+                return Err(ex.give_up(&node_id, HandshakeError::BridgeIntoOwnGroup { group }).await);
+            }
+            (node_id, group, epoch, nonce, proof)
         }
         ClusterFrame::Refused { reason } => return Err(refused(None, reason)),
         other => return Err(ex.give_up("?", unexpected("challenge", &other)).await),
@@ -219,7 +230,7 @@ where
 
     match ex.recv("welcome").await? {
         ClusterFrame::Welcome { node_id, role, epoch } if node_id == server_node => {
-            Ok((ex.authenticated(), ServerPeer { node_id, role, epoch }))
+            Ok((ex.authenticated(), ServerPeer { node_id, group: server_group, role, epoch }))
         }
         ClusterFrame::Welcome { node_id, .. } => {
             let err = HandshakeError::WelcomeFromOtherNode { expected: server_node.clone(), got: node_id };
@@ -267,6 +278,9 @@ where
             .refuse(&client_node, HandshakeError::GroupMismatch { ours: config.group.clone(), theirs: group })
             .await);
     }
+    if purpose == Purpose::Bridge && group == config.group {
+        return Err(ex.refuse(&client_node, HandshakeError::BridgeIntoOwnGroup { group }).await);
+    }
 
     let server_nonce = auth::new_nonce();
     // The transcript binds the client's group: the one the client claims and proves.
@@ -304,7 +318,7 @@ where
                 epoch: config.epoch,
             })
             .await?;
-            return Ok((ex.authenticated(), ClientPeer { node_id: client_node, purpose, epoch: client_epoch }));
+            return Ok((ex.authenticated(), ClientPeer { node_id: client_node, group, purpose, epoch: client_epoch }));
         }
         ClusterFrame::Response { .. } => HandshakeError::ClientProofInvalid { client: client_node.clone() },
         ClusterFrame::Goodbye { reason } => HandshakeError::ClientGaveUp { client: client_node.clone(), reason },
@@ -494,8 +508,8 @@ mod tests {
             tokio::join!(connect_handshake(a, &client), accept_handshake(b, &server, "live"));
         let (mut client_conn, server_peer) = client_side.expect("client handshake");
         let (mut server_conn, client_peer) = server_side.expect("server handshake");
-        assert_eq!(server_peer, ServerPeer { node_id: "orders-0".into(), role: "live".into(), epoch: 7 });
-        assert_eq!(client_peer, ClientPeer { node_id: "orders-1".into(), purpose: Purpose::Replicate, epoch: 5 });
+        assert_eq!(server_peer, ServerPeer { node_id: "orders-0".into(), group: "orders".into(), role: "live".into(), epoch: 7 });
+        assert_eq!(client_peer, ClientPeer { node_id: "orders-1".into(), group: "orders".into(), purpose: Purpose::Replicate, epoch: 5 });
 
         let append = ClusterFrame::Append { seq: 1, offset: 0, records: 1, data: Bytes::from_static(b"batch") };
         server_conn.send(&append).await.expect("send append");

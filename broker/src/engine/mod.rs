@@ -19,7 +19,7 @@ use memory::{Memory, Reservation};
 use message::{ConsumerKey, Entry, Message};
 use metrics::{EngineMetrics, Limit};
 use parking_lot::RwLock;
-use queue::{Queue, QueueKind, QueueSnapshot};
+use queue::{ConsumerChanges, Queue, QueueKind, QueueSnapshot};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -127,6 +127,8 @@ pub struct Broker {
     users: Vec<User>,
     dedup: parking_lot::Mutex<dedup::DedupCache>,
     pub metrics: EngineMetrics,
+    /// Bumped when any queue gains or loses a local consumer (see [`ConsumerChanges`]).
+    consumer_changes: Arc<ConsumerChanges>,
 }
 
 impl Broker {
@@ -170,6 +172,7 @@ impl Broker {
             users,
             dedup: parking_lot::Mutex::new(dedup::DedupCache::new(dedup::CAPACITY)),
             metrics,
+            consumer_changes: Arc::default(),
             config,
         });
         {
@@ -260,7 +263,7 @@ impl Broker {
             }
             let name: Arc<str> = Arc::from(destination);
             tracing::debug!(queue = %name, "created queue");
-            let q = Queue::new(Arc::clone(&name), QueueKind::Anycast, Arc::clone(&self.memory));
+            let q = Queue::new(Arc::clone(&name), QueueKind::Anycast, Arc::clone(&self.memory), Arc::clone(&self.consumer_changes));
             queues.insert(name, Arc::clone(&q));
             return Ok(Target::Queue(q));
         }
@@ -351,6 +354,9 @@ impl Broker {
                 let size = message.footprint();
                 let mut slow = Vec::new();
                 for q in t.subscribers.read().iter() {
+                    if !q.wants(&message) {
+                        continue;
+                    }
                     if q.bytes() + size > self.memory.queue_limit {
                         slow.push(Arc::clone(q));
                         continue;
@@ -396,7 +402,7 @@ impl Broker {
     /// Creates the private queue of a new topic subscriber.
     pub fn subscribe_topic(&self, topic: &Arc<Topic>) -> Arc<Queue> {
         topic.idle.touch();
-        let q = Queue::new(Arc::clone(&topic.name), QueueKind::TopicSubscription, Arc::clone(&self.memory));
+        let q = Queue::new(Arc::clone(&topic.name), QueueKind::TopicSubscription, Arc::clone(&self.memory), Arc::clone(&self.consumer_changes));
         topic.subscribers.write().push(Arc::clone(&q));
         q
     }
@@ -404,6 +410,40 @@ impl Broker {
     pub fn unsubscribe_topic(&self, topic: &Arc<Topic>, queue: &Arc<Queue>) {
         topic.subscribers.write().retain(|q| !Arc::ptr_eq(q, queue));
         queue.purge();
+    }
+
+    /// Tells of every change in local consumers (a network bridge re-advertises its demand).
+    pub fn consumer_changes(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.consumer_changes.subscribe()
+    }
+
+    /// Destinations with local consumers (not network bridges'), and how many: queues by
+    /// their consumers, topics by their subscribers.
+    pub fn local_demand(&self) -> Vec<(String, u32)> {
+        let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
+        let mut out: Vec<(String, u32)> = self
+            .queues
+            .read()
+            .values()
+            .map(|q| (q.name.to_string(), count(q.local_consumers())))
+            .filter(|(_, n)| *n > 0)
+            .collect();
+        for t in self.topics.read().values() {
+            let subscribers = t.subscribers.read().iter().filter(|q| q.local_consumers() > 0).count();
+            if subscribers > 0 {
+                out.push((t.name.to_string(), count(subscribers)));
+            }
+        }
+        out.sort();
+        out
+    }
+
+    /// The names of every queue and topic.
+    pub fn destination_names(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.queues.read().keys().map(|k| k.to_string()).collect();
+        out.extend(self.topics.read().keys().map(|k| k.to_string()));
+        out.sort();
+        out
     }
 
     /// Every queue, sorted by name; topic subscriber queues are summed per topic.

@@ -75,6 +75,8 @@ pub struct Queue {
     pub name: Arc<str>,
     pub kind: QueueKind,
     memory: Arc<Memory>,
+    /// Told whenever a consumer comes or goes (network bridges advertise demand from it).
+    changes: Arc<ConsumerChanges>,
     state: Mutex<State>,
     /// Reclaim sweeps that found this queue unused in a row (see `Broker::reclaim_idle`).
     pub(super) idle: IdleSweeps,
@@ -110,6 +112,46 @@ impl IdleSweeps {
     }
 }
 
+/// A counter bumped whenever any queue gains or loses a consumer, so network bridges
+/// re-advertise their demand without polling every queue.
+#[derive(Debug)]
+pub struct ConsumerChanges(tokio::sync::watch::Sender<u64>);
+
+impl Default for ConsumerChanges {
+    fn default() -> ConsumerChanges {
+        ConsumerChanges(tokio::sync::watch::channel(0).0)
+    }
+}
+
+impl ConsumerChanges {
+    pub fn bump(&self) {
+        self.0.send_modify(|v| *v += 1);
+    }
+
+    pub fn subscribe(&self) -> tokio::sync::watch::Receiver<u64> {
+        self.0.subscribe()
+    }
+}
+
+/// What makes a consumer a network bridge's: it ranks by `priority` (local consumers are
+/// 0; a bridge is below with `decreaseNetworkConsumerPriority`), takes only messages
+/// `accepts` allows (not back to the group they came from, not past `networkTTL`), and is
+/// not counted as demand.
+#[derive(Clone)]
+pub struct NetworkConsumer {
+    pub priority: i8,
+    pub accepts: Arc<dyn Fn(&super::message::Message) -> bool + Send + Sync>,
+}
+
+impl std::fmt::Debug for NetworkConsumer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("NetworkConsumer").field("priority", &self.priority).finish()
+    }
+}
+
+/// How far dispatch looks past the head for a message a network consumer may take.
+const NETWORK_SCAN: usize = 1024;
+
 #[derive(Default)]
 struct State {
     pending: BTreeMap<MessageId, Entry>,
@@ -130,6 +172,17 @@ struct Consumer {
     next_tag: u64,
     /// The connection is gone; skip it until it is removed.
     closed: bool,
+    network: Option<NetworkConsumer>,
+}
+
+impl Consumer {
+    fn priority(&self) -> i8 {
+        self.network.as_ref().map_or(0, |n| n.priority)
+    }
+
+    fn has_room(&self) -> bool {
+        !self.closed && self.in_flight.len() < self.handle.prefetch
+    }
 }
 
 /// A point-in-time view for `/status` and metrics.
@@ -146,8 +199,8 @@ pub struct QueueSnapshot {
 }
 
 impl Queue {
-    pub fn new(name: Arc<str>, kind: QueueKind, memory: Arc<Memory>) -> Arc<Queue> {
-        Arc::new(Queue { name, kind, memory, state: Mutex::new(State::default()), idle: IdleSweeps::default() })
+    pub fn new(name: Arc<str>, kind: QueueKind, memory: Arc<Memory>, changes: Arc<ConsumerChanges>) -> Arc<Queue> {
+        Arc::new(Queue { name, kind, memory, changes, state: Mutex::new(State::default()), idle: IdleSweeps::default() })
     }
 
     /// Bytes of messages this queue holds (pending, in flight, and accepted but not yet
@@ -225,25 +278,74 @@ impl Queue {
     }
 
     pub fn add_consumer(self: &Arc<Self>, handle: ConsumerHandle) {
+        self.attach(handle, None);
+    }
+
+    /// Adds a network bridge's consumer (see [`NetworkConsumer`]).
+    pub fn add_network_consumer(self: &Arc<Self>, handle: ConsumerHandle, network: NetworkConsumer) {
+        self.attach(handle, Some(network));
+    }
+
+    fn attach(self: &Arc<Self>, handle: ConsumerHandle, network: Option<NetworkConsumer>) {
+        let local = network.is_none();
+        {
+            let mut st = self.state.lock();
+            st.consumers.push(Consumer { handle, in_flight: BTreeMap::new(), next_tag: 0, closed: false, network });
+            self.dispatch_locked(&mut st);
+        }
+        if local {
+            self.changes.bump();
+        }
+    }
+
+    /// Whether a topic copy of `message` is for this subscription: not when its only
+    /// consumers are network bridges that would never take it (it came from their remote
+    /// group, or crossed networkTTL bridges), which would otherwise keep it forever.
+    pub fn wants(&self, message: &super::message::Message) -> bool {
+        let st = self.state.lock();
+        st.consumers.is_empty() || st.consumers.iter().any(|c| c.network.as_ref().is_none_or(|n| (n.accepts)(message)))
+    }
+
+    /// Consumers that are not network bridges': what this queue asks remote groups for.
+    pub fn local_consumers(&self) -> usize {
+        self.state.lock().consumers.iter().filter(|c| c.network.is_none()).count()
+    }
+
+    /// Sets how many unacknowledged messages a consumer may hold; 0 stops deliveries to it
+    /// while what it holds is settled (a bridge winding down for a destination).
+    pub fn set_prefetch(self: &Arc<Self>, key: ConsumerKey, prefetch: usize) {
         let mut st = self.state.lock();
-        st.consumers.push(Consumer { handle, in_flight: BTreeMap::new(), next_tag: 0, closed: false });
+        if let Some(c) = st.consumers.iter_mut().find(|c| c.handle.key == key) {
+            c.handle.prefetch = prefetch;
+        }
         self.dispatch_locked(&mut st);
+    }
+
+    /// Messages a consumer holds unacknowledged.
+    pub fn in_flight_of(&self, key: ConsumerKey) -> usize {
+        self.state.lock().consumers.iter().find(|c| c.handle.key == key).map_or(0, |c| c.in_flight.len())
     }
 
     /// Removes a consumer; whatever it had in flight goes back to the head of the queue,
     /// marked redelivered, for the other consumers.
     pub fn remove_consumer(self: &Arc<Self>, key: ConsumerKey) {
-        let mut st = self.state.lock();
-        let Some(pos) = st.consumers.iter().position(|c| c.handle.key == key) else { return };
-        let consumer = st.consumers.remove(pos);
-        if st.next > pos {
-            st.next -= 1;
+        let local = {
+            let mut st = self.state.lock();
+            let Some(pos) = st.consumers.iter().position(|c| c.handle.key == key) else { return };
+            let consumer = st.consumers.remove(pos);
+            if st.next > pos {
+                st.next -= 1;
+            }
+            for (_, mut entry) in consumer.in_flight {
+                entry.redelivered = true;
+                st.pending.insert(entry.message.id, entry);
+            }
+            self.dispatch_locked(&mut st);
+            consumer.network.is_none()
+        };
+        if local {
+            self.changes.bump();
         }
-        for (_, mut entry) in consumer.in_flight {
-            entry.redelivered = true;
-            st.pending.insert(entry.message.id, entry);
-        }
-        self.dispatch_locked(&mut st);
     }
 
     /// Settles acknowledged deliveries and returns them; `cumulative` (ack mode `client`)
@@ -289,18 +391,34 @@ impl Queue {
         }
     }
 
+    /// Hands pending messages to consumers with room: the highest priority first (local
+    /// consumers before network bridges), round robin among equals. A network consumer
+    /// takes the first message it accepts within [`NETWORK_SCAN`] of the head.
     fn dispatch_locked(self: &Arc<Self>, st: &mut State) {
         while !st.pending.is_empty() && !st.consumers.is_empty() {
             let n = st.consumers.len();
-            let Some(offset) = (0..n).find(|i| {
-                let c = &st.consumers[(st.next + i) % n];
-                !c.closed && c.in_flight.len() < c.handle.prefetch
-            }) else {
-                return;
-            };
-            let idx = (st.next + offset) % n;
+            let mut chosen: Option<(usize, MessageId)> = None;
+            for i in 0..n {
+                let idx = (st.next + i) % n;
+                let c = &st.consumers[idx];
+                if !c.has_room() || chosen.is_some_and(|(best, _)| st.consumers[best].priority() >= c.priority()) {
+                    continue;
+                }
+                let pick = match &c.network {
+                    None => st.pending.keys().next().copied(),
+                    Some(net) => st.pending.iter().take(NETWORK_SCAN).find(|(_, e)| (net.accepts)(&e.message)).map(|(id, _)| *id),
+                };
+                if let Some(id) = pick {
+                    chosen = Some((idx, id));
+                    // No consumer ranks above 0 (local consumers): stop looking.
+                    if c.priority() >= 0 {
+                        break;
+                    }
+                }
+            }
+            let Some((idx, id)) = chosen else { return };
             st.next = (idx + 1) % n;
-            let Some((_, entry)) = st.pending.pop_first() else { return };
+            let Some(entry) = st.pending.remove(&id) else { return };
             let c = &mut st.consumers[idx];
             let tag = c.next_tag;
             c.next_tag += 1;
@@ -406,7 +524,7 @@ mod tests {
     }
 
     fn queue() -> Arc<Queue> {
-        Queue::new(Arc::from("/queue/q"), QueueKind::Anycast, Arc::new(Memory::new(1 << 20, 1 << 20)))
+        Queue::new(Arc::from("/queue/q"), QueueKind::Anycast, Arc::new(Memory::new(1 << 20, 1 << 20)), Arc::default())
     }
 
     #[test]

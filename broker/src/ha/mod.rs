@@ -368,13 +368,14 @@ async fn ask_vote(ctx: &HaContext, addr: &str, request: arbiter::ActivationReque
 pub type LiveSlot = Arc<RwLock<Option<(Journal, Arc<LiveTerm>)>>>;
 
 /// Serves the cluster port for the life of the process: probes, votes, and (when live)
-/// replication to backups. Connections in their handshake pass the [`gate`]
+/// replication to backups and inbound network bridges. Connections in their handshake pass the [`gate`]
 /// (`ha.cluster.maxPendingConnections`). Refusals are counted in metrics and logged at most
 /// once a second per kind (with how many since), so a flood is not a flood of log lines.
 pub async fn serve_cluster(
     ctx: Arc<HaContext>,
     listener: TcpListener,
     live: LiveSlot,
+    network: crate::network::NetworkSlot,
     metrics: ClusterMetrics,
     stop: CancellationToken,
 ) {
@@ -411,6 +412,7 @@ pub async fn serve_cluster(
         };
         let _ = stream.set_nodelay(true);
         let (ctx, live, stop, metrics) = (Arc::clone(&ctx), Arc::clone(&live), stop.clone(), metrics.clone());
+        let network = Arc::clone(&network);
         let (failed_log, limit_log, limit) = (Arc::clone(&failed_log), Arc::clone(&limit_log), gate.limit());
         tokio::spawn(async move {
             let role = match *ctx.role.read() {
@@ -451,6 +453,17 @@ pub async fn serve_cluster(
             };
             match peer.purpose {
                 Purpose::Probe => {}
+                Purpose::Bridge => {
+                    let net = network.read().clone();
+                    match net {
+                        Some(net) if *ctx.role.read() == Role::Live => net.serve_inbound(conn, peer).await,
+                        _ => {
+                            let live = ctx.live_stomp.read().clone();
+                            let reason = responder::not_live_message(&ctx.group, live.as_deref());
+                            let _ = conn.send(&ClusterFrame::Goodbye { reason }).await;
+                        }
+                    }
+                }
                 Purpose::Vote => {
                     if let Ok(Some(ClusterFrame::VoteRequest { group, live_node, live_addr, epoch })) = conn.recv().await {
                         let reply = decide_vote(&ctx, &group, &live_node, &live_addr, epoch).await;

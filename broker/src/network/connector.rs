@@ -1,0 +1,230 @@
+//! A connector's links: for each remote group it reaches (one for `masterslave:` and
+//! `tcp://`, one per address for `static:`), try the listed members in order, keep a link
+//! only to the one that answers as live (a backup answers, says it is one, and is left),
+//! and when the link breaks, start again from the top of the list, so the link follows the
+//! remote group's failover. The forwarder outlives the connections (see `forwarder`).
+
+use super::forwarder::{Forwarder, ForwarderConfig};
+use super::link::{self, Roles};
+use super::{LinkShared, Network};
+use crate::admin::api::LinkState;
+use crate::cluster::frame::ClusterFrame;
+use crate::cluster::{connect_handshake, HandshakeConfig, HandshakeError, Purpose, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::config::connector_uri::TcpAddress;
+use parking_lot::Mutex;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpStream;
+
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
+const FIRST_RETRY: Duration = Duration::from_millis(100);
+const LAST_RETRY: Duration = Duration::from_secs(2);
+
+/// One link of a connector, as `/status` shows it.
+pub struct TargetState {
+    pub target: String,
+    pub addresses: Vec<TcpAddress>,
+    pub status: Mutex<TargetStatus>,
+    pub forwarded_out: Arc<AtomicU64>,
+    pub forwarded_in: Arc<AtomicU64>,
+    /// The live link, while there is one.
+    pub link: Mutex<Option<Arc<LinkShared>>>,
+}
+
+pub struct TargetStatus {
+    pub state: LinkState,
+    pub since: Instant,
+    pub linked_to: Option<String>,
+    pub remote_node: Option<String>,
+    pub remote_group: Option<String>,
+    pub last_error: Option<String>,
+}
+
+impl TargetState {
+    pub fn new(target: String, addresses: Vec<TcpAddress>) -> TargetState {
+        TargetState {
+            target,
+            addresses,
+            status: Mutex::new(TargetStatus {
+                state: LinkState::Connecting,
+                since: Instant::now(),
+                linked_to: None,
+                remote_node: None,
+                remote_group: None,
+                last_error: None,
+            }),
+            forwarded_out: Arc::default(),
+            forwarded_in: Arc::default(),
+            link: Mutex::new(None),
+        }
+    }
+
+    fn set(&self, state: LinkState, error: Option<String>) {
+        let mut s = self.status.lock();
+        if s.state != state {
+            s.state = state;
+            s.since = Instant::now();
+        }
+        s.last_error = error;
+        if state != LinkState::Linked {
+            s.linked_to = None;
+        }
+    }
+}
+
+/// What one connector link needs to run.
+pub struct LinkPlan {
+    pub connector: String,
+    /// The label for logs and metrics (`name`, or `name/target` for a static list).
+    pub name: String,
+    pub duplex: bool,
+    pub network_ttl: u8,
+    pub password: Vec<u8>,
+    pub forwarder: ForwarderConfig,
+    /// Applied to the demand this side advertises (duplex).
+    pub filters: super::demand::Filters,
+    pub state: Arc<TargetState>,
+}
+
+/// Keeps the link up until the network stops.
+pub async fn run(net: Arc<Network>, plan: LinkPlan) {
+    let mut forwarder = Forwarder::new(plan.forwarder.clone(), std::sync::Arc::clone(&net.broker));
+    let mut retry = FIRST_RETRY;
+    let mut logged_failure: Option<String> = None;
+    while !net.stop.is_cancelled() {
+        forwarder.release_if_stale();
+        let mut failures = Vec::new();
+        let mut refused = false;
+        let mut linked = false;
+        for address in &plan.state.addresses {
+            let attempt = tokio::select! {
+                a = attempt(&net, &plan, address) => a,
+                _ = net.stop.cancelled() => return,
+            };
+            match attempt {
+                Ok((stream, conn_parts, peer_node, peer_group)) => {
+                    linked = true;
+                    logged_failure = None;
+                    retry = FIRST_RETRY;
+                    serve(&net, &plan, &mut forwarder, address, stream, conn_parts, peer_node, peer_group).await;
+                    break;
+                }
+                Err(Failure { message, auth }) => {
+                    refused |= auth;
+                    failures.push(format!("{address}: {message}"));
+                }
+            }
+        }
+        if linked {
+            continue;
+        }
+        let message = failures.join("; ");
+        let state = if refused { LinkState::Refused } else { LinkState::Connecting };
+        plan.state.set(state, Some(message.clone()));
+        if logged_failure.as_deref() != Some(message.as_str()) {
+            if refused {
+                tracing::warn!(connector = %plan.name, error = %message, "bridge refused (check the remote's cluster password); retrying");
+            } else {
+                tracing::info!(connector = %plan.name, error = %message, "bridge not linked yet; retrying");
+            }
+            logged_failure = Some(message);
+        }
+        tokio::select! {
+            _ = tokio::time::sleep(retry) => {}
+            _ = net.stop.cancelled() => return,
+        }
+        retry = (retry * 2).min(LAST_RETRY);
+    }
+}
+
+struct Failure {
+    message: String,
+    /// The remote did not accept our password (or we did not accept its proof).
+    auth: bool,
+}
+
+type Parts = (crate::cluster::ClusterCodec, bytes::BytesMut);
+
+async fn attempt(net: &Network, plan: &LinkPlan, address: &TcpAddress) -> Result<(TcpStream, Parts, String, String), Failure> {
+    let fail = |message: String| Failure { message, auth: false };
+    let host = address.host.as_str();
+    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, address.port))).await {
+        Ok(Ok(s)) => s,
+        Ok(Err(e)) => return Err(fail(format!("failed to connect: {e}"))),
+        Err(_) => return Err(fail(format!("no answer within {CONNECT_TIMEOUT:?}"))),
+    };
+    let _ = stream.set_nodelay(true);
+    let config = HandshakeConfig {
+        node_id: net.identity.node_id.clone(),
+        group: net.identity.group.clone(),
+        password: plan.password.clone(),
+        epoch: 0,
+        purpose: Purpose::Bridge,
+        max_frame: crate::ha::MAX_CLUSTER_FRAME,
+        timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+    };
+    let (mut conn, peer) = match connect_handshake(stream, &config).await {
+        Ok(x) => x,
+        Err(e) => {
+            let auth = matches!(
+                e,
+                HandshakeError::ServerProofInvalid { .. } | HandshakeError::BridgeIntoOwnGroup { .. }
+            ) || matches!(&e, HandshakeError::Refused { reason } if reason.contains("authentication"));
+            return Err(Failure { message: crate::report::error_chain(&e), auth });
+        }
+    };
+    if peer.role != "live" {
+        // A backup of the remote group (or one starting): it tells who is live; we try the
+        // next member of the list.
+        let said = match tokio::time::timeout(Duration::from_secs(1), conn.recv()).await {
+            Ok(Ok(Some(ClusterFrame::Goodbye { reason }))) => reason,
+            _ => format!("{} is {}", peer.node_id, peer.role),
+        };
+        return Err(fail(said));
+    }
+    let frame = ClusterFrame::BridgeOpen { connector: plan.connector.clone(), duplex: plan.duplex, network_ttl: plan.network_ttl };
+    if let Err(e) = conn.send(&frame).await {
+        return Err(fail(crate::report::error_chain(&e)));
+    }
+    let (stream, codec, buf) = conn.into_parts();
+    Ok((stream, (codec, buf), peer.node_id, peer.group))
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve(
+    net: &Arc<Network>,
+    plan: &LinkPlan,
+    forwarder: &mut Forwarder,
+    address: &TcpAddress,
+    stream: TcpStream,
+    (codec, buf): Parts,
+    peer_node: String,
+    peer_group: String,
+) {
+    let link = Arc::new(LinkShared {
+        forwarded_out: Arc::clone(&plan.state.forwarded_out),
+        forwarded_in: Arc::clone(&plan.state.forwarded_in),
+        filters: plan.filters.clone(),
+        ..LinkShared::new(plan.name.clone(), plan.connector.clone(), peer_node.clone(), peer_group.clone(), plan.network_ttl, plan.duplex, false)
+    });
+    {
+        let mut s = plan.state.status.lock();
+        s.state = LinkState::Linked;
+        s.since = Instant::now();
+        s.linked_to = Some(address.to_string());
+        s.remote_node = Some(peer_node.clone());
+        s.remote_group = Some(peer_group.clone());
+        s.last_error = None;
+    }
+    *plan.state.link.lock() = Some(Arc::clone(&link));
+    net.add_link(&link);
+    tracing::info!(connector = %plan.name, remote = %peer_node, group = %peer_group, %address, duplex = plan.duplex, "bridge linked");
+    let ended = link::run(net, &link, stream, codec, buf, Roles { forwarder: Some(forwarder), receive: plan.duplex }).await;
+    net.remove_link(&link);
+    *plan.state.link.lock() = None;
+    if !net.stop.is_cancelled() {
+        tracing::warn!(connector = %plan.name, remote = %peer_node, reason = %ended, "bridge link lost; reconnecting");
+        plan.state.set(LinkState::Connecting, Some(ended));
+    }
+}

@@ -1,0 +1,306 @@
+//! The sending side of a bridge: network consumers on the local destinations the remote
+//! wants, and the forwards the remote has not confirmed yet.
+//!
+//! A forwarder outlives the connections of its link. What it delivered to the remote and
+//! did not see confirmed stays in flight on its consumers, pinned to this link, and is sent
+//! again when the link is back (to whichever member of the remote group is live then): the
+//! remote's duplicate detection stores each message once, and no local consumer gets a copy
+//! the remote may also have. Only when the link stays down for [`RELEASE_AFTER`] are those
+//! messages handed back to their queues, with a warning that they may now be doubled.
+//!
+//! It settles a message (an ack through the engine) only on the remote's `Forwarded`, which
+//! the remote sends once the message is as durable there as a client SEND would be.
+
+use super::demand::{self, Filters, PATH_HEADER};
+use crate::cluster::frame::{ClusterFrame, DemandEntry};
+use crate::engine::dedup;
+use crate::engine::message::{ConsumerKey, Delivery};
+use crate::engine::queue::{AckMode, ConsumerHandle, NetworkConsumer, Outbound, Queue};
+use crate::engine::{Broker, Target, Topic};
+use parking_lot::RwLock;
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// How long a link may stay down before its unconfirmed forwards go back to their queues.
+pub const RELEASE_AFTER: Duration = Duration::from_secs(60);
+/// How long a destination rests after the remote refused one of its messages.
+const REFUSAL_PAUSE: Duration = Duration::from_secs(1);
+
+/// How the forwarder's consumers behave (from the connector's config).
+#[derive(Debug, Clone)]
+pub struct ForwarderConfig {
+    /// Names the link in logs and the consumers' subscription ids.
+    pub name: String,
+    pub own_group: String,
+    pub network_ttl: u8,
+    /// Below local consumers (-1) or level with them (0).
+    pub priority: i8,
+    pub prefetch: usize,
+    pub filters: Filters,
+}
+
+struct Sub {
+    queue: Arc<Queue>,
+    key: ConsumerKey,
+    topic: Option<Arc<Topic>>,
+    /// The remote no longer wants it: no new deliveries; detached once nothing is in flight.
+    draining: bool,
+    /// Resting after a refusal, until then.
+    paused_until: Option<Instant>,
+}
+
+struct Unconfirmed {
+    queue: Arc<Queue>,
+    key: ConsumerKey,
+    tag: u64,
+    destination: String,
+    frame: ClusterFrame,
+}
+
+pub struct Forwarder {
+    config: ForwarderConfig,
+    broker: Arc<Broker>,
+    tx: mpsc::UnboundedSender<Outbound>,
+    rx: Option<mpsc::UnboundedReceiver<Outbound>>,
+    /// The remote group, read by the consumers' filters.
+    peer_group: Arc<RwLock<String>>,
+    subs: BTreeMap<String, Sub>,
+    unconfirmed: BTreeMap<u64, Unconfirmed>,
+    next_seq: u64,
+    down_since: Option<Instant>,
+    kill: CancellationToken,
+}
+
+impl Forwarder {
+    pub fn new(config: ForwarderConfig, broker: Arc<Broker>) -> Forwarder {
+        let (tx, rx) = mpsc::unbounded_channel();
+        Forwarder {
+            config,
+            broker,
+            tx,
+            rx: Some(rx),
+            peer_group: Arc::new(RwLock::new(String::new())),
+            subs: BTreeMap::new(),
+            unconfirmed: BTreeMap::new(),
+            next_seq: 1,
+            down_since: Some(Instant::now()),
+            kill: CancellationToken::new(),
+        }
+    }
+
+    /// The deliveries channel, for the session's select loop; give it back with
+    /// [`Self::return_deliveries`].
+    pub fn take_deliveries(&mut self) -> Option<mpsc::UnboundedReceiver<Outbound>> {
+        self.rx.take()
+    }
+
+    pub fn return_deliveries(&mut self, rx: mpsc::UnboundedReceiver<Outbound>) {
+        self.rx = Some(rx);
+    }
+
+    /// How many destinations it consumes from.
+    pub fn consuming(&self) -> usize {
+        self.subs.values().filter(|s| !s.draining).count()
+    }
+
+    /// The link is up to `peer_group`: everything not yet confirmed goes again, in order.
+    pub fn link_up(&mut self, peer_group: &str, out: &mpsc::UnboundedSender<ClusterFrame>) {
+        {
+            let mut peer = self.peer_group.write();
+            if *peer != peer_group {
+                if !peer.is_empty() {
+                    tracing::warn!(link = %self.config.name, was = %peer, now = %peer_group, "the link reaches another group than before");
+                }
+                *peer = peer_group.to_string();
+            }
+        }
+        self.down_since = None;
+        if !self.unconfirmed.is_empty() {
+            tracing::info!(link = %self.config.name, resent = self.unconfirmed.len(), "resending forwards the remote had not confirmed");
+        }
+        for u in self.unconfirmed.values() {
+            let _ = out.send(u.frame.clone());
+        }
+    }
+
+    pub fn link_down(&mut self) {
+        self.down_since.get_or_insert_with(Instant::now);
+    }
+
+    /// After [`RELEASE_AFTER`] without a link, hands everything back to the local queues.
+    pub fn release_if_stale(&mut self) {
+        if self.down_since.is_some_and(|t| t.elapsed() >= RELEASE_AFTER) && !self.subs.is_empty() {
+            tracing::warn!(
+                link = %self.config.name,
+                unconfirmed = self.unconfirmed.len(),
+                "bridge down for {RELEASE_AFTER:?}: its unconfirmed forwards go back to their queues and may be delivered twice if the remote stored them"
+            );
+            self.release_all();
+        }
+    }
+
+    /// Detaches every consumer; what was in flight goes back to its queue.
+    pub fn release_all(&mut self) {
+        for (_, sub) in std::mem::take(&mut self.subs) {
+            detach(&self.broker, sub);
+        }
+        self.unconfirmed.clear();
+        // Deliveries already queued for us belong to consumers that are gone.
+        if let Some(rx) = &mut self.rx {
+            while rx.try_recv().is_ok() {}
+        }
+    }
+
+    /// Brings the consumers in line with what the remote wants now (and the static
+    /// includes), and ends rests and drains that are over.
+    pub fn apply_demand(&mut self, remote: &[DemandEntry]) {
+        let existing = if self.config.filters.included.is_empty() { Vec::new() } else { self.broker.destination_names() };
+        let wanted = demand::wanted(&self.config.own_group, remote, &existing, &self.config.filters);
+        for destination in &wanted {
+            match self.subs.get_mut(destination) {
+                Some(sub) if sub.draining => {
+                    sub.draining = false;
+                    if sub.paused_until.is_none() {
+                        sub.queue.set_prefetch(sub.key, self.config.prefetch);
+                    }
+                }
+                Some(_) => {}
+                None => self.attach(destination),
+            }
+        }
+        let now = Instant::now();
+        let mut done = Vec::new();
+        for (destination, sub) in self.subs.iter_mut() {
+            if !sub.draining && wanted.binary_search(destination).is_err() {
+                sub.draining = true;
+                sub.queue.set_prefetch(sub.key, 0);
+            }
+            if sub.paused_until.is_some_and(|t| t <= now) {
+                sub.paused_until = None;
+                if !sub.draining {
+                    sub.queue.set_prefetch(sub.key, self.config.prefetch);
+                }
+            }
+            if sub.draining && sub.queue.in_flight_of(sub.key) == 0 {
+                done.push(destination.clone());
+            }
+        }
+        for destination in done {
+            if let Some(sub) = self.subs.remove(&destination) {
+                tracing::debug!(link = %self.config.name, %destination, "no more remote demand: stopped forwarding");
+                detach(&self.broker, sub);
+            }
+        }
+    }
+
+    fn attach(&mut self, destination: &str) {
+        let target = match self.broker.resolve(destination) {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::warn!(link = %self.config.name, %destination, error = %e, "cannot forward this destination");
+                return;
+            }
+        };
+        let key = self.broker.next_consumer_key();
+        let handle = ConsumerHandle {
+            key,
+            subscription_id: Arc::from(format!("bridge:{}", self.config.name)),
+            ack_mode: AckMode::ClientIndividual,
+            prefetch: self.config.prefetch,
+            outbox: self.tx.clone(),
+            kill: self.kill.clone(),
+        };
+        let (own, peer, ttl) = (self.config.own_group.clone(), Arc::clone(&self.peer_group), self.config.network_ttl);
+        let network = NetworkConsumer {
+            priority: self.config.priority,
+            accepts: Arc::new(move |m| demand::may_forward(&demand::message_path(&m.headers), &own, &peer.read(), ttl)),
+        };
+        let (queue, topic) = match target {
+            Target::Queue(q) => (q, None),
+            Target::Topic(t) => (self.broker.subscribe_topic(&t), Some(t)),
+        };
+        queue.add_network_consumer(handle, network);
+        tracing::debug!(link = %self.config.name, %destination, "remote demand: forwarding");
+        self.subs.insert(destination.to_string(), Sub { queue, key, topic, draining: false, paused_until: None });
+    }
+
+    /// A delivery to one of our consumers becomes a `Forward`, sent at once if `out` is set.
+    pub fn on_delivery(&mut self, outbound: Outbound, out: Option<&mpsc::UnboundedSender<ClusterFrame>>) {
+        let Outbound::Deliver(d) = outbound else { return };
+        let seq = self.next_seq;
+        self.next_seq += 1;
+        let frame = self.forward_frame(seq, &d);
+        if let Some(out) = out {
+            let _ = out.send(frame.clone());
+        }
+        let destination = d.entry.message.destination.to_string();
+        self.unconfirmed.insert(seq, Unconfirmed { queue: d.queue, key: d.consumer, tag: d.tag, destination, frame });
+    }
+
+    fn forward_frame(&self, seq: u64, d: &Delivery) -> ClusterFrame {
+        let m = &d.entry.message;
+        let mut path = demand::message_path(&m.headers);
+        path.push(self.config.own_group.clone());
+        let mut dedup_id = None;
+        let headers = m
+            .headers
+            .iter()
+            .filter(|(k, v)| {
+                if k == dedup::STORED_HEADER {
+                    dedup_id = Some(v.clone());
+                    return false;
+                }
+                k != PATH_HEADER
+            })
+            .cloned()
+            .collect();
+        ClusterFrame::Forward {
+            seq,
+            persistent: m.persistent,
+            destination: m.destination.to_string(),
+            // Stable across a failover of this group: the journal keeps the message's id.
+            dedup_id: dedup_id.unwrap_or_else(|| format!("duomq-net:{}:{}", self.config.own_group, m.id.0)),
+            path,
+            headers,
+            body: m.body.clone(),
+        }
+    }
+
+    /// The remote stored `seq`: settle it here. Returns whether it was ours.
+    pub fn confirm(&mut self, seq: u64) -> bool {
+        let Some(u) = self.unconfirmed.remove(&seq) else { return false };
+        match self.broker.settle(&u.queue, u.key, u.tag, false, false) {
+            Ok(settled) => self.broker.acknowledge_lazy(settled),
+            Err(e) => tracing::warn!(link = %self.config.name, destination = %u.destination, error = %e, "a confirmed forward was no longer in flight"),
+        }
+        true
+    }
+
+    /// The remote refused `seq`: it goes back to its queue and its destination rests.
+    pub fn refused(&mut self, seq: u64, reason: &str) {
+        let Some(u) = self.unconfirmed.remove(&seq) else { return };
+        tracing::info!(link = %self.config.name, destination = %u.destination, %reason, "the remote refused a forward; retrying in {REFUSAL_PAUSE:?}");
+        let _ = self.broker.settle(&u.queue, u.key, u.tag, false, true);
+        if let Some(sub) = self.subs.get_mut(&u.destination) {
+            sub.paused_until = Some(Instant::now() + REFUSAL_PAUSE);
+            sub.queue.set_prefetch(sub.key, 0);
+        }
+    }
+}
+
+impl Drop for Forwarder {
+    fn drop(&mut self) {
+        self.kill.cancel();
+        self.release_all();
+    }
+}
+
+fn detach(broker: &Broker, sub: Sub) {
+    sub.queue.remove_consumer(sub.key);
+    if let Some(topic) = &sub.topic {
+        broker.unsubscribe_topic(topic, &sub.queue);
+    }
+}

@@ -1,0 +1,257 @@
+//! One connection of a bridge, from either end, until it breaks: it reads and writes
+//! cluster frames, stores what the remote forwards (through the engine's one accept
+//! call), forwards what the remote asks for, and keeps both sides' demand current.
+//!
+//! Reading and writing run as two small tasks, so a side busy writing still reads the
+//! other's confirmations: every frame either side sends is bounded by a window (prefetch
+//! for forwards, one confirmation per forward, one demand per change), so neither queue
+//! between the tasks and this loop grows without bound.
+
+use super::demand::PATH_HEADER;
+use super::forwarder::Forwarder;
+use super::{LinkShared, Network};
+use crate::cluster::frame::{ClusterCodec, ClusterFrame, DemandEntry};
+use crate::engine::accept::{AcceptError, Commit, Durable, Incoming};
+use bytes::BytesMut;
+use futures::stream::{FuturesOrdered, StreamExt};
+use futures::future::BoxFuture;
+use std::sync::atomic::Ordering;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+
+/// How often demand that changed is sent, at most.
+const DEMAND_EVERY: Duration = Duration::from_millis(50);
+/// How often static includes, rests and drains are looked at without a change.
+const REFRESH_EVERY: Duration = Duration::from_secs(1);
+
+/// What this end of the link does.
+pub struct Roles<'a> {
+    /// Forwards what the remote wants (the connector's side; the remote's too if duplex).
+    pub forwarder: Option<&'a mut Forwarder>,
+    /// Stores what the remote forwards and tells it what we want.
+    pub receive: bool,
+}
+
+/// Runs the link over an authenticated connection until it breaks or `net` stops;
+/// returns why it ended.
+pub async fn run(
+    net: &Arc<Network>,
+    link: &Arc<LinkShared>,
+    stream: TcpStream,
+    codec: ClusterCodec,
+    read_buf: BytesMut,
+    roles: Roles<'_>,
+) -> String {
+    let (rd, wr) = stream.into_split();
+    let (in_tx, mut inbound) = mpsc::unbounded_channel();
+    let (out, out_rx) = mpsc::unbounded_channel::<ClusterFrame>();
+    let reader = tokio::spawn(read_loop(rd, codec.clone(), read_buf, in_tx));
+    let writer = tokio::spawn(write_loop(wr, codec, out_rx));
+    let ended = session(net, link, &mut inbound, &out, roles).await;
+    reader.abort();
+    // Let the writer send what is queued (a Goodbye) before the socket closes.
+    drop(out);
+    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    ended
+}
+
+type Storing = BoxFuture<'static, (u64, Result<Durable, AcceptError>)>;
+
+async fn session(
+    net: &Arc<Network>,
+    link: &Arc<LinkShared>,
+    inbound: &mut mpsc::UnboundedReceiver<Result<ClusterFrame, String>>,
+    out: &mpsc::UnboundedSender<ClusterFrame>,
+    roles: Roles<'_>,
+) -> String {
+    let Roles { mut forwarder, receive } = roles;
+    let broker = Arc::clone(&net.broker);
+    let mut deliveries = forwarder.as_mut().and_then(|f| f.take_deliveries());
+    if let Some(f) = forwarder.as_mut() {
+        f.link_up(&link.peer_group, out);
+    }
+    let mut storing: FuturesOrdered<Storing> = FuturesOrdered::new();
+    let mut consumers = broker.consumer_changes();
+    let mut relayed = net.relay.subscribe();
+    let mut advertised: Option<Vec<DemandEntry>> = None;
+    let mut demand_dirty = receive;
+    let mut demand_tick = tokio::time::interval(DEMAND_EVERY);
+    let mut refresh = tokio::time::interval(REFRESH_EVERY);
+    let mut ping = tokio::time::interval(net.identity.check_period);
+    let silence = net.identity.connection_ttl;
+    let mut last_heard = Instant::now();
+    let ended = loop {
+        tokio::select! {
+            frame = inbound.recv() => {
+                let frame = match frame {
+                    None => break "connection closed".to_string(),
+                    Some(Err(e)) => break e,
+                    Some(Ok(frame)) => frame,
+                };
+                last_heard = Instant::now();
+                match frame {
+                    ClusterFrame::Demand { entries } => {
+                        *link.remote_demand.lock() = entries;
+                        net.relay.send_modify(|v| *v += 1);
+                        if let Some(f) = forwarder.as_mut() {
+                            f.apply_demand(&link.remote_demand.lock());
+                        }
+                    }
+                    ClusterFrame::Forward { seq, persistent, destination, dedup_id, path, mut headers, body } if receive => {
+                        headers.push((PATH_HEADER.to_string(), path.join(",")));
+                        let incoming = Incoming { destination, headers, body, persistent, dedup_id: Some(dedup_id) };
+                        // Accepted one at a time and in order, so they become durable in the
+                        // order they were forwarded; the fsyncs overlap.
+                        match broker.accept(incoming, Commit::Grouped).await {
+                            Ok(acceptance) => storing.push_back(Box::pin(async move { (seq, acceptance.await) })),
+                            Err(e) => storing.push_back(Box::pin(async move { (seq, Err(e)) })),
+                        }
+                    }
+                    ClusterFrame::Forward { .. } => break "the remote forwarded over a link that is not duplex".to_string(),
+                    ClusterFrame::Forwarded { seq } => {
+                        if let Some(f) = forwarder.as_mut() {
+                            if f.confirm(seq) {
+                                link.forwarded_out.fetch_add(1, Ordering::Relaxed);
+                                net.metrics_forwarded(link, "out");
+                            }
+                        }
+                    }
+                    ClusterFrame::ForwardRefused { seq, reason } => {
+                        if let Some(f) = forwarder.as_mut() {
+                            f.refused(seq, &reason);
+                            net.metrics.refused.get_or_create(&link.labels()).inc();
+                        }
+                    }
+                    ClusterFrame::Ping { at } => {
+                        let _ = out.send(ClusterFrame::Pong { at });
+                    }
+                    ClusterFrame::Pong { .. } => {}
+                    ClusterFrame::Goodbye { reason } => break format!("the remote closed the link: {reason}"),
+                    other => break format!("unexpected {} frame on a bridge", other.name()),
+                }
+            }
+            Some((seq, result)) = storing.next(), if !storing.is_empty() => match result {
+                Ok(durable) => {
+                    durable.publish();
+                    link.forwarded_in.fetch_add(1, Ordering::Relaxed);
+                    net.metrics_forwarded(link, "in");
+                    let _ = out.send(ClusterFrame::Forwarded { seq });
+                }
+                Err(e) => {
+                    let reason = crate::report::error_chain(&e);
+                    tracing::info!(link = %link.name, %reason, "refused a forwarded message");
+                    let _ = out.send(ClusterFrame::ForwardRefused { seq, reason });
+                }
+            },
+            Some(delivery) = next_delivery(&mut deliveries) => {
+                if let Some(f) = forwarder.as_mut() {
+                    f.on_delivery(delivery, Some(out));
+                }
+            }
+            _ = consumers.changed(), if receive => demand_dirty = true,
+            _ = relayed.changed() => demand_dirty = receive,
+            _ = demand_tick.tick(), if demand_dirty => {
+                demand_dirty = false;
+                let entries = net.advertisement(link);
+                if advertised.as_ref() != Some(&entries) {
+                    link.local_demand_count.store(entries.len() as u64, Ordering::Relaxed);
+                    let _ = out.send(ClusterFrame::Demand { entries: entries.clone() });
+                    advertised = Some(entries);
+                }
+            }
+            _ = refresh.tick() => {
+                demand_dirty = receive;
+                if let Some(f) = forwarder.as_mut() {
+                    f.apply_demand(&link.remote_demand.lock());
+                }
+            }
+            _ = ping.tick() => {
+                if last_heard.elapsed() > silence {
+                    break format!("no word from the remote for {silence:?}");
+                }
+                let at = u64::try_from(last_heard.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let _ = out.send(ClusterFrame::Ping { at });
+            }
+            _ = net.stop.cancelled() => {
+                let _ = out.send(ClusterFrame::Goodbye { reason: "the broker stops being live".into() });
+                break "stopping".to_string();
+            }
+        }
+    };
+    if let Some(f) = forwarder.as_mut() {
+        if let Some(rx) = deliveries.take() {
+            f.return_deliveries(rx);
+        }
+        f.link_down();
+    }
+    ended
+}
+
+async fn next_delivery(rx: &mut Option<mpsc::UnboundedReceiver<crate::engine::queue::Outbound>>) -> Option<crate::engine::queue::Outbound> {
+    match rx {
+        Some(rx) => rx.recv().await,
+        None => std::future::pending().await,
+    }
+}
+
+async fn read_loop(
+    mut rd: OwnedReadHalf,
+    mut codec: ClusterCodec,
+    mut buf: BytesMut,
+    tx: mpsc::UnboundedSender<Result<ClusterFrame, String>>,
+) {
+    loop {
+        loop {
+            match codec.decode(&mut buf) {
+                Ok(Some(frame)) => {
+                    if tx.send(Ok(frame)).is_err() {
+                        return;
+                    }
+                }
+                Ok(None) => break,
+                Err(e) => {
+                    let _ = tx.send(Err(format!("failed to decode a frame from the remote: {e}")));
+                    return;
+                }
+            }
+        }
+        if buf.capacity() - buf.len() < 4096 {
+            buf.reserve(64 * 1024);
+        }
+        match rd.read_buf(&mut buf).await {
+            Ok(0) => {
+                let _ = tx.send(Err("the remote closed the connection".into()));
+                return;
+            }
+            Ok(_) => {}
+            Err(e) => {
+                let _ = tx.send(Err(format!("failed to read from the remote: {e}")));
+                return;
+            }
+        }
+    }
+}
+
+async fn write_loop(mut wr: OwnedWriteHalf, mut codec: ClusterCodec, mut rx: mpsc::UnboundedReceiver<ClusterFrame>) {
+    let mut buf = BytesMut::new();
+    while let Some(frame) = rx.recv().await {
+        let mut next = Some(frame);
+        // Everything queued goes out in one write.
+        while let Some(frame) = next {
+            if let Err(e) = codec.encode(&frame, &mut buf) {
+                tracing::warn!(frame = frame.name(), error = %e, "failed to encode a bridge frame; closing the link");
+                return;
+            }
+            next = if buf.len() < 1024 * 1024 { rx.try_recv().ok() } else { None };
+        }
+        if wr.write_all(&buf).await.is_err() {
+            return;
+        }
+        buf.clear();
+    }
+    let _ = wr.shutdown().await;
+}
