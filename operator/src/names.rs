@@ -24,6 +24,8 @@ pub const COMPONENT_BROKER: &str = "broker";
 pub const CONFIG_DIR: &str = "/etc/duomq";
 pub const CLUSTER_SECRET_DIR: &str = "/etc/duomq/cluster";
 pub const USERS_SECRET_DIR: &str = "/etc/duomq/users";
+/// Remote cluster passwords of network connectors: `<connector>/password` each.
+pub const NETWORK_SECRET_DIR: &str = "/etc/duomq/network";
 pub const DATA_DIR: &str = "/var/lib/duomq";
 /// Keys of the cluster-credentials Secret.
 pub const CLUSTER_USER_KEY: &str = "user";
@@ -81,6 +83,17 @@ pub const RELEASED_HOLDER_ANNOTATION: &str = "duomq.io/released-holder";
 /// groups), e.g. `pair-g0=pair-g0-1`. The operator asks the group's live to hand the role
 /// to that pod and removes the entry once the pod is live. `duomq-operator switchover` sets it.
 pub const SWITCHOVER_ANNOTATION: &str = "duomq.io/switchover";
+
+/// On a broker pod template: a hash of its group's ConfigMap, so a change of any member's
+/// `broker.yaml` (a connector added, a group added to the mesh) is a new StatefulSet revision
+/// and rolls out like an image change.
+pub const CONFIG_HASH_ANNOTATION: &str = "duomq.io/config-hash";
+
+/// The file a network connector's remote password is mounted at, relative to
+/// [`NETWORK_SECRET_DIR`].
+pub fn connector_password_path(connector: &str) -> String {
+    format!("{connector}/password")
+}
 
 /// The pod label the StatefulSet controller sets to the revision a pod was created from.
 pub const REVISION_LABEL: &str = "controller-revision-hash";

@@ -2,12 +2,12 @@
 //! becomes a [`ValidatedBrokerGroup`], the only input rendering accepts. Pure: the lookups
 //! happen before, in the controller's dereference phase (or from files in `render`).
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 
 use kube::ResourceExt;
 use thiserror::Error;
 
-use crate::api::{BrokerGroup, BrokerGroupSpec, HaMode, LayoutKind};
+use crate::api::{BrokerGroup, BrokerGroupSpec, HaMode, LayoutKind, NetworkConnectorSpec};
 use crate::names;
 
 /// Why a spec cannot be rendered. The controller shows it as a `Degraded` condition and an
@@ -43,6 +43,18 @@ pub struct Dependencies {
     pub new_password: String,
     /// Specs of the BrokerGroups named by network connectors that exist.
     pub connector_targets: BTreeMap<String, BrokerGroupSpec>,
+    /// The Secrets network connectors authenticate with (connected BrokerGroups' cluster
+    /// Secrets, `passwordSecret`s) that exist, by name. `None` when they were not looked up
+    /// (offline rendering): they are then assumed to exist.
+    pub connector_secrets: Option<BTreeMap<String, ConnectorSecret>>,
+}
+
+/// What the operator read of a Secret a network connector authenticates with: its keys and
+/// its `user` key, never the password.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct ConnectorSecret {
+    pub keys: BTreeSet<String>,
+    pub user: Option<String>,
 }
 
 /// The cluster credentials the members use.
@@ -81,7 +93,21 @@ pub struct GroupModel {
 pub struct ConnectorModel {
     pub name: String,
     pub uri: String,
-    pub duplex: bool,
+    /// The spec entry it comes from (one entry to a BrokerGroup gives a connector per group
+    /// of it): its options.
+    pub spec: NetworkConnectorSpec,
+    /// The remote's cluster password, when it is not this BrokerGroup's own.
+    pub password: Option<ConnectorPassword>,
+}
+
+/// A Secret key holding a remote's cluster password, mounted into the broker pods at
+/// `names::connector_password_file(spec_name)`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConnectorPassword {
+    /// The name of the spec entry (shared by the connectors it expands to).
+    pub spec_name: String,
+    pub secret: String,
+    pub key: String,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -96,6 +122,10 @@ pub struct ValidatedBrokerGroup {
     pub external_connectors: Vec<ConnectorModel>,
     /// Network connector targets named in the spec that do not exist (yet).
     pub missing_targets: Vec<String>,
+    /// Network connectors left out or likely refused, as (reason, message) for the Degraded
+    /// condition: a password Secret that does not exist or lacks its key, a connected
+    /// BrokerGroup whose cluster user differs from this one's.
+    pub connector_problems: Vec<(String, String)>,
 }
 
 /// A `masterslave:(…)` list of a group's members on the cluster port.
@@ -196,15 +226,47 @@ pub fn validate(
 
     let mut external_connectors = Vec::new();
     let mut missing_targets = Vec::new();
+    let mut connector_problems = Vec::new();
     for c in &spec.network_connectors {
         match (&c.broker_group, &c.uri) {
-            (_, Some(uri)) => external_connectors.push(ConnectorModel {
-                name: c.name.clone(),
-                uri: uri.clone(),
-                duplex: c.duplex,
-            }),
+            (_, Some(uri)) => {
+                let password = c.password_secret.as_ref().map(|s| ConnectorPassword {
+                    spec_name: c.name.clone(),
+                    secret: s.name.clone(),
+                    key: s.key.clone(),
+                });
+                if let Some(problem) = password
+                    .as_ref()
+                    .and_then(|p| secret_problem(deps, p, None))
+                {
+                    connector_problems.push(problem);
+                    continue;
+                }
+                external_connectors.push(ConnectorModel {
+                    name: c.name.clone(),
+                    uri: uri.clone(),
+                    spec: c.clone(),
+                    password,
+                });
+            }
             (Some(target), None) => match deps.connector_targets.get(target) {
                 Some(target_spec) => {
+                    let password = ConnectorPassword {
+                        spec_name: c.name.clone(),
+                        secret: cluster_secret_name(target, target_spec),
+                        key: names::CLUSTER_PASSWORD_KEY.into(),
+                    };
+                    if let Some(problem) =
+                        secret_problem(deps, &password, Some(&credentials.user))
+                    {
+                        // A user mismatch still renders: the link's refusal then shows in the
+                        // NetworkLinked condition too.
+                        let left_out = problem.0 != "ConnectorUserMismatch";
+                        connector_problems.push(problem);
+                        if left_out {
+                            continue;
+                        }
+                    }
                     for g in group_models(target, &namespace, target_spec) {
                         external_connectors.push(ConnectorModel {
                             name: format!("{}-{}", c.name, g.name),
@@ -212,7 +274,8 @@ pub fn validate(
                                 g.members.into_iter().map(|m| m.host),
                                 target_spec.ports.cluster,
                             ),
-                            duplex: c.duplex,
+                            spec: c.clone(),
+                            password: Some(password.clone()),
                         });
                     }
                 }
@@ -231,7 +294,48 @@ pub fn validate(
         credentials,
         external_connectors,
         missing_targets,
+        connector_problems,
     })
+}
+
+/// The cluster-credentials Secret of a BrokerGroup named `bg` with this spec.
+pub fn cluster_secret_name(bg: &str, spec: &BrokerGroupSpec) -> String {
+    spec.ha
+        .cluster_credentials_secret
+        .clone()
+        .unwrap_or_else(|| names::generated_cluster_secret(bg))
+}
+
+/// Why a connector's password Secret cannot serve, as (reason, message): it does not exist
+/// or lacks the key (the connector is left out until it does), or its cluster user is not
+/// `user` (rendered anyway; the remote refuses the link).
+fn secret_problem(
+    deps: &Dependencies,
+    password: &ConnectorPassword,
+    user: Option<&str>,
+) -> Option<(String, String)> {
+    let secrets = deps.connector_secrets.as_ref()?;
+    let (name, key) = (&password.secret, &password.key);
+    let Some(found) = secrets.get(name) else {
+        return Some((
+            "ConnectorSecretMissing".into(),
+            format!("network connector {}: Secret {name} does not exist; the connector is left out until it does", password.spec_name),
+        ));
+    };
+    if !found.keys.contains(key) {
+        return Some((
+            "ConnectorSecretMissing".into(),
+            format!("network connector {}: Secret {name} has no key {key}; the connector is left out until it has", password.spec_name),
+        ));
+    }
+    let theirs = found.user.as_deref().unwrap_or(names::DEFAULT_CLUSTER_USER);
+    match user {
+        Some(ours) if ours != theirs => Some((
+            "ConnectorUserMismatch".into(),
+            format!("network connector {}: the remote's cluster user is {theirs} but this BrokerGroup's is {ours}; a link presents this BrokerGroup's user with the remote's password, so the remote refuses it: use one cluster user in both", password.spec_name),
+        )),
+        _ => None,
+    }
 }
 
 impl ClusterCredentials {
@@ -250,5 +354,16 @@ impl ClusterCredentials {
 impl ValidatedBrokerGroup {
     pub fn is_shared_store(&self) -> bool {
         self.spec.ha.mode == HaMode::SharedStore
+    }
+
+    /// The remote passwords the broker pods need, one per spec entry, sorted by its name.
+    pub fn connector_passwords(&self) -> Vec<ConnectorPassword> {
+        let unique: BTreeMap<&str, &ConnectorPassword> = self
+            .external_connectors
+            .iter()
+            .filter_map(|c| c.password.as_ref())
+            .map(|p| (p.spec_name.as_str(), p))
+            .collect();
+        unique.into_values().cloned().collect()
     }
 }

@@ -1232,6 +1232,11 @@ async fn given_named_secrets_and_a_connector_target_when_reconciled_should_read_
         })),
         get(&core("secrets", "pair-users")).not_found(),
         get(&apis("duomq.io/v1alpha1", "brokergroups", "billing")).returns(to_json(&billing)),
+        // billing's cluster password, for the connector to present.
+        get(&core("secrets", "billing-cluster")).returns(json!({
+            "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "billing-cluster", "namespace": NS},
+            "data": {"user": base64("cluster-admin"), "password": base64("billings")},
+        })),
     ];
     // The operator renders no Secret of its own now...
     calls.extend(
@@ -1271,6 +1276,16 @@ async fn given_named_secrets_and_a_connector_target_when_reconciled_should_read_
     assert!(
         broker_yaml.contains("cluster-admin"),
         "the user of the named Secret:\n{broker_yaml}"
+    );
+    assert!(
+        broker_yaml.contains("passwordFile: /etc/duomq/network/to-billing/password"),
+        "the connector presents billing's password:\n{broker_yaml}"
+    );
+    let set = step.body(Method::PATCH, &apis("apps/v1", "statefulsets", "pair-g0"));
+    let volumes = set["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(
+        volumes.contains(r#""name":"billing-cluster""#) && volumes.contains("to-billing/password"),
+        "billing's cluster Secret is mounted for the connector: {volumes}"
     );
     let status = step.status();
     assert_eq!(status.observed_generation, Some(2));

@@ -227,3 +227,90 @@ fn given_shared_store_should_mount_one_read_write_many_claim_per_group_and_no_cl
         .iter()
         .all(|(_, c)| c.ha.policy == duomq_broker::config::HaPolicy::SharedStore));
 }
+
+/// A BrokerGroup `edge` with one group and these network connectors (YAML flow style).
+fn edge(connectors: &str) -> BrokerGroup {
+    let text = format!(
+        "apiVersion: duomq.io/v1alpha1\nkind: BrokerGroup\nmetadata: {{name: edge, uid: 00000000-0000-4000-8000-000000000009}}\nspec: {{groups: 2, networkConnectors: {connectors}}}\n"
+    );
+    parse_documents(&text, "default")
+        .expect("parses")
+        .remove(0)
+}
+
+fn rendered_statefulset(bg: &BrokerGroup) -> StatefulSet {
+    let deps = Dependencies {
+        new_password: PASSWORD.into(),
+        ..Dependencies::default()
+    };
+    render(&validate(bg, &deps).expect("valid"))
+        .statefulsets
+        .remove(0)
+}
+
+#[test]
+fn given_every_connector_option_should_render_them_into_a_config_the_broker_accepts() {
+    let bg = edge(
+        "[{name: to-dc2, uri: 'static:(tcp://dc2-a:61616,tcp://dc2-b:61616)', duplex: true, networkTTL: 3, \
+         decreaseNetworkConsumerPriority: false, excludedDestinations: [/queue/audit.>, '/topic/*.internal'], \
+         staticallyIncludedDestinations: [/queue/orders], prefetchSize: 50, passwordSecret: {name: dc2-cluster}}, \
+         {name: to-dc3, uri: 'tcp://dc3:61616', dynamicOnly: true}]",
+    );
+    let all = configs(std::slice::from_ref(&bg));
+    let (key, config) = &all[0];
+    let names: Vec<&str> = config.network.connectors.iter().map(|c| c.name.as_str()).collect();
+    assert_eq!(names, vec!["edge-g1", "to-dc2", "to-dc3"], "{key}: the mesh first, then the spec's");
+    let mesh = &config.network.connectors[0];
+    assert_eq!(
+        (mesh.network_ttl, mesh.duplex, mesh.password_file.is_none()),
+        (1, false, true),
+        "{key}: the mesh is TTL 1 with this BrokerGroup's own password"
+    );
+    let dc2 = &config.network.connectors[1];
+    assert!(dc2.duplex && dc2.network_ttl == 3 && !dc2.decrease_network_consumer_priority);
+    assert_eq!(dc2.excluded_destinations, vec!["/queue/audit.>", "/topic/*.internal"]);
+    assert_eq!(dc2.statically_included_destinations, vec!["/queue/orders"]);
+    assert_eq!(dc2.prefetch_size, 50);
+    assert_eq!(
+        dc2.password_file.as_deref(),
+        Some(Path::new("/etc/duomq/network/to-dc2/password"))
+    );
+    let dc3 = &config.network.connectors[2];
+    assert!(dc3.dynamic_only && dc3.password_file.is_none() && dc3.conduit_subscriptions);
+
+    let set = rendered_statefulset(&bg);
+    let pod = set.spec.unwrap().template.spec.unwrap();
+    let volume = pod
+        .volumes
+        .unwrap_or_default()
+        .into_iter()
+        .find(|v| v.name == "network-credentials")
+        .expect("a volume with the connector passwords");
+    let sources = volume.projected.unwrap().sources.unwrap_or_default();
+    let secret = sources[0].secret.clone().unwrap();
+    assert_eq!(secret.name, "dc2-cluster");
+    let item = &secret.items.unwrap()[0];
+    assert_eq!((item.key.as_str(), item.path.as_str()), ("password", "to-dc2/password"));
+    assert!(pod.containers[0]
+        .volume_mounts
+        .iter()
+        .flatten()
+        .any(|m| m.name == "network-credentials" && m.mount_path == "/etc/duomq/network"));
+}
+
+#[test]
+fn given_a_connector_option_changed_should_change_the_pod_template_so_the_members_roll() {
+    let hash = |bg: &BrokerGroup| {
+        rendered_statefulset(bg)
+            .spec
+            .and_then(|s| s.template.metadata)
+            .and_then(|m| m.annotations)
+            .and_then(|a| a.get("duomq.io/config-hash").cloned())
+            .expect("a config hash on the pod template")
+    };
+    let before = edge("[{name: to-dc2, uri: 'tcp://dc2:61616'}]");
+    let same = edge("[{name: to-dc2, uri: 'tcp://dc2:61616'}]");
+    let changed = edge("[{name: to-dc2, uri: 'tcp://dc2:61616', excludedDestinations: [/queue/x]}]");
+    assert_eq!(hash(&before), hash(&same), "an unchanged spec keeps its revision");
+    assert_ne!(hash(&before), hash(&changed), "a changed broker.yaml is a new revision");
+}

@@ -59,8 +59,10 @@ pub struct BrokerGroupSpec {
     #[serde(default)]
     pub image_pull_policy: PullPolicy,
 
-    /// How many live/backup groups to run. Each group is one live broker and its backups; groups
-    /// of one BrokerGroup are networked with each other.
+    /// How many live/backup groups to run. Each group is one live broker and its backups. The
+    /// groups of one BrokerGroup are networked: every group's live bridges to every other
+    /// group's live (a full mesh, networkTTL 1, forwarding what the other side's consumers ask
+    /// for), so a client may send to any group and consume from any other.
     #[serde(default = "one")]
     #[schemars(range(min = 1, max = 32))]
     pub groups: i32,
@@ -314,11 +316,17 @@ fn default_admin_port() -> i32 {
     i32::from(duomq_broker::admin::api::DEFAULT_PORT)
 }
 
+/// The CEL rule every destination-pattern list carries: the broker's pattern syntax.
+const PATTERN_RULE: &str = r"self.all(p, p.matches('^/(queue|topic)/([^.>]+\\.)*([^.>]+|>)$'))";
+const PATTERN_MESSAGE: &str = "a destination pattern is /queue/ or /topic/ then dot-separated words, * for any one word and > only as the last word for the rest (e.g. /queue/orders.> or /topic/*.prices): fix the pattern";
+
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 #[x_kube(
     validation = Rule::new("has(self.brokerGroup) != has(self.uri)").message("a network connector needs exactly one of brokerGroup (another BrokerGroup in this namespace) or uri (a masterslave:(…) list)"),
-    validation = Rule::new("!has(self.uri) || self.uri.startsWith('masterslave:(') || self.uri.startsWith('static:(') || self.uri.startsWith('tcp://')").message("a network connector uri must look like masterslave:(tcp://a:61616,tcp://b:61616), static:(…) or tcp://host:port")
+    validation = Rule::new("!has(self.uri) || self.uri.startsWith('masterslave:(') || self.uri.startsWith('static:(') || self.uri.startsWith('tcp://')").message("a network connector uri must look like masterslave:(tcp://a:61616,tcp://b:61616), static:(…) or tcp://host:port"),
+    validation = Rule::new("!has(self.passwordSecret) || has(self.uri)").message("passwordSecret is for uri connectors: a brokerGroup connector already presents that BrokerGroup's cluster password; remove passwordSecret"),
+    validation = Rule::new("!self.dynamicOnly || !has(self.staticallyIncludedDestinations) || size(self.staticallyIncludedDestinations) == 0").message("dynamicOnly forwards only what remote consumers ask for, so it cannot have staticallyIncludedDestinations: remove one of the two")
 )]
 pub struct NetworkConnectorSpec {
     /// Unique name of the connector.
@@ -327,16 +335,88 @@ pub struct NetworkConnectorSpec {
         regex(pattern = r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$")
     )]
     pub name: String,
-    /// Another BrokerGroup in this namespace: the connector reaches every one of its groups.
+    /// Another BrokerGroup in this namespace: the connector reaches every one of its groups
+    /// and authenticates with that BrokerGroup's cluster password (the operator mounts its
+    /// cluster-credentials Secret into this BrokerGroup's pods). Both BrokerGroups must use
+    /// the same cluster user (the default `duomq-cluster` unless a named Secret sets another).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub broker_group: Option<String>,
-    /// An explicit list of the members of one remote group, e.g.
-    /// `masterslave:(tcp://a:61616,tcp://b:61616)`.
+    /// An explicit list of the members of one remote group on their cluster ports, e.g.
+    /// `masterslave:(tcp://a:61616,tcp://b:61616)`; `static:(…)` for independent brokers,
+    /// each linked; or one `tcp://host:port`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 4096))]
     pub uri: Option<String>,
-    /// Forward in both directions over the one connection.
+    /// Also carry messages from the remote side back over the same link (one link serves both
+    /// directions; the remote needs no connector of its own).
     #[serde(default)]
     pub duplex: bool,
+    /// How many bridges a message, or a consumer's demand, may cross (ActiveMQ's
+    /// networkTTL). 1 reaches the brokers this connector links to and no further.
+    #[serde(default = "default_network_ttl", rename = "networkTTL")]
+    #[schemars(range(min = 1, max = 16))]
+    pub network_ttl: i32,
+    /// Forward only what consumers on the remote side ask for: no
+    /// staticallyIncludedDestinations.
+    #[serde(default)]
+    pub dynamic_only: bool,
+    /// Remote consumers rank below local ones: a queue's messages cross the bridge only when
+    /// its local consumers are busy or absent.
+    #[serde(default = "yes")]
+    pub decrease_network_consumer_priority: bool,
+    /// Destinations never forwarded: `/queue/NAME` or `/topic/NAME` patterns, `*` for one
+    /// dot-separated word, a final `>` for the rest (`/queue/audit.>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
+    #[x_kube(validation = Rule::new(PATTERN_RULE).message(PATTERN_MESSAGE))]
+    pub excluded_destinations: Vec<String>,
+    /// Destinations forwarded even when the remote has no consumer for them (same patterns).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
+    #[x_kube(validation = Rule::new(PATTERN_RULE).message(PATTERN_MESSAGE))]
+    pub statically_included_destinations: Vec<String>,
+    /// Messages in flight on the bridge before the remote confirms them.
+    #[serde(default = "default_prefetch_size")]
+    #[schemars(range(min = 1, max = 65536))]
+    pub prefetch_size: i32,
+    /// For a uri connector to brokers whose cluster password is not this BrokerGroup's: the
+    /// Secret in this namespace and its key holding that password. The operator mounts it
+    /// into this BrokerGroup's pods; the remote side needs nothing. The link presents this
+    /// BrokerGroup's cluster user.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub password_secret: Option<SecretKeyRef>,
+}
+
+/// A key of a Secret in the BrokerGroup's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct SecretKeyRef {
+    /// The Secret's name.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// The key holding the password.
+    #[serde(default = "default_password_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn default_network_ttl() -> i32 {
+    1
+}
+
+fn yes() -> bool {
+    true
+}
+
+fn default_prefetch_size() -> i32 {
+    1000
+}
+
+fn default_password_key() -> String {
+    crate::names::CLUSTER_PASSWORD_KEY.into()
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -18,6 +18,9 @@ pub mod condition {
     /// Something needs attention: an invalid spec, a group without a live, a missing Secret,
     /// a switchover that was refused (reason SwitchoverFailed).
     pub const DEGRADED: &str = "Degraded";
+    /// No network connector of any group's live has been unlinked for a minute or more
+    /// (False with reason ConnectorUnlinked, naming the group, connector and last error).
+    pub const NETWORK_LINKED: &str = "NetworkLinked";
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -26,7 +29,7 @@ pub struct BrokerGroupStatus {
     /// The generation of the spec this status describes.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
-    /// Available, Replicated, Progressing and Degraded.
+    /// Available, Replicated, Progressing, Degraded and NetworkLinked.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["type".into()]))]
     pub conditions: Vec<Condition>,
@@ -36,6 +39,10 @@ pub struct BrokerGroupStatus {
     /// Failovers of all groups since the BrokerGroup was created.
     #[serde(default)]
     pub failovers: i64,
+    /// Network connectors linked, of all connectors of every group, e.g. 4/4; absent when no
+    /// group has a connector.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked: Option<String>,
     /// One entry per group, in group order.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
@@ -73,6 +80,17 @@ pub struct GroupStatus {
     /// live agreed to and that has not shown in `live` yet.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub switchover: Option<PendingSwitchover>,
+    /// Network connectors the group's live runs: one per other group of this BrokerGroup, one
+    /// per group of each connected BrokerGroup, one per uri connector.
+    #[serde(default)]
+    pub connectors: i64,
+    /// Of `connectors`, those whose every link is up, as the live reports them (0 while the
+    /// group has no live).
+    #[serde(default)]
+    pub connectors_linked: i64,
+    /// Connectors of the live that have not linked for a minute or more.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub unlinked_connectors: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]

@@ -19,7 +19,7 @@ use super::{secret_text, Error};
 use crate::api::{BrokerGroup, BrokerGroupStatus};
 use crate::names;
 use crate::render::Rendered;
-use crate::validate::{Dependencies, ValidatedBrokerGroup};
+use crate::validate::{cluster_secret_name, ConnectorSecret, Dependencies, ValidatedBrokerGroup};
 
 /// Dependencies plus problems worth reporting that do not stop rendering.
 pub struct Dereferenced {
@@ -43,12 +43,7 @@ pub async fn fetch_dependencies(
 ) -> Result<Dereferenced, Error> {
     let secrets: Api<Secret> = Api::namespaced(client.clone(), namespace);
     let mut problems = Vec::new();
-    let secret_name = bg
-        .spec
-        .ha
-        .cluster_credentials_secret
-        .clone()
-        .unwrap_or_else(|| names::generated_cluster_secret(&bg.name_any()));
+    let secret_name = cluster_secret_name(&bg.name_any(), &bg.spec);
     let cluster_secret = get_opt(&secrets, &secret_name, "read cluster credentials Secret")
         .await?
         .map(|s| secret_text(&s));
@@ -71,16 +66,37 @@ pub async fn fetch_dependencies(
     }
     let groups: Api<BrokerGroup> = Api::namespaced(client.clone(), namespace);
     let mut connector_targets = std::collections::BTreeMap::new();
-    for target in bg
-        .spec
-        .network_connectors
-        .iter()
-        .filter_map(|c| c.broker_group.as_ref())
-    {
-        if let Some(other) =
-            get_opt(&groups, target, "read network connector target BrokerGroup").await?
+    let mut connector_secrets = std::collections::BTreeMap::new();
+    // Each Secret read once; this BrokerGroup's own was read above.
+    let mut looked_up = BTreeSet::from([secret_name.clone()]);
+    if let Some(own) = &cluster_secret {
+        connector_secrets.insert(secret_name.clone(), connector_secret(own));
+    }
+    for c in &bg.spec.network_connectors {
+        // The Secret holding the remote's cluster password: a connected BrokerGroup's
+        // cluster Secret, or the connector's passwordSecret.
+        let secret = match (&c.broker_group, &c.password_secret) {
+            (Some(target), _) => {
+                match get_opt(&groups, target, "read network connector target BrokerGroup").await? {
+                    Some(other) => {
+                        let secret = cluster_secret_name(target, &other.spec);
+                        connector_targets.insert(target.clone(), other.spec);
+                        Some(secret)
+                    }
+                    None => None,
+                }
+            }
+            (None, Some(password)) => Some(password.name.clone()),
+            (None, None) => None,
+        };
+        let Some(secret) = secret else { continue };
+        if !looked_up.insert(secret.clone()) {
+            continue;
+        }
+        if let Some(found) =
+            get_opt(&secrets, &secret, "read network connector password Secret").await?
         {
-            connector_targets.insert(target.clone(), other.spec);
+            connector_secrets.insert(secret, connector_secret(&secret_text(&found)));
         }
     }
     Ok(Dereferenced {
@@ -89,9 +105,18 @@ pub async fn fetch_dependencies(
             // Only used when the Secret does not exist yet.
             new_password: Alphanumeric.sample_string(&mut rand::thread_rng(), 32),
             connector_targets,
+            connector_secrets: Some(connector_secrets),
         },
         problems,
     })
+}
+
+/// What validation may know of a connector's password Secret: its keys and user.
+fn connector_secret(data: &std::collections::BTreeMap<String, String>) -> ConnectorSecret {
+    ConnectorSecret {
+        user: data.get(names::CLUSTER_USER_KEY).cloned(),
+        keys: data.keys().cloned().collect(),
+    }
 }
 
 /// Server-side applies every rendered object, in order, with the one field manager. An

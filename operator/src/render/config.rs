@@ -11,7 +11,9 @@ use duomq_broker::config::{
 
 use crate::api::{self, HaMode};
 use crate::names;
-use crate::validate::{masterslave_uri, GroupModel, MemberModel, ValidatedBrokerGroup};
+use crate::validate::{
+    masterslave_uri, ConnectorModel, GroupModel, MemberModel, ValidatedBrokerGroup,
+};
 
 fn any_addr(port: i32) -> SocketAddr {
     SocketAddr::from((Ipv4Addr::UNSPECIFIED, u16::try_from(port).unwrap_or(0)))
@@ -22,6 +24,38 @@ fn group_uri(v: &ValidatedBrokerGroup, g: &GroupModel) -> String {
         g.members.iter().map(|m| m.host.clone()),
         v.spec.ports.cluster,
     )
+}
+
+/// The network connectors of every member of `group` (only its live runs them): one per other
+/// group of this BrokerGroup (never its own: a TTL-1 full mesh, every option at the
+/// broker's default), then the spec's connectors in spec order, a connector to a BrokerGroup
+/// expanded to one per group of it.
+pub fn group_connectors(v: &ValidatedBrokerGroup, group: &GroupModel) -> Vec<NetworkConnector> {
+    v.groups
+        .iter()
+        .filter(|g| g.name != group.name)
+        .map(|g| NetworkConnector::new(g.name.clone(), group_uri(v, g)))
+        .chain(v.external_connectors.iter().map(external_connector))
+        .collect()
+}
+
+fn external_connector(x: &ConnectorModel) -> NetworkConnector {
+    let defaults = NetworkConnector::new(x.name.clone(), x.uri.clone());
+    let s = &x.spec;
+    NetworkConnector {
+        duplex: s.duplex,
+        network_ttl: u8::try_from(s.network_ttl).unwrap_or(defaults.network_ttl),
+        dynamic_only: s.dynamic_only,
+        decrease_network_consumer_priority: s.decrease_network_consumer_priority,
+        excluded_destinations: s.excluded_destinations.clone(),
+        statically_included_destinations: s.statically_included_destinations.clone(),
+        prefetch_size: usize::try_from(s.prefetch_size).unwrap_or(defaults.prefetch_size),
+        password_file: x.password.as_ref().map(|p| {
+            PathBuf::from(names::NETWORK_SECRET_DIR)
+                .join(names::connector_password_path(&p.spec_name))
+        }),
+        ..defaults
+    }
 }
 
 /// The config of `member` of `group`.
@@ -103,18 +137,7 @@ pub fn build_broker_config(
         }
     }
 
-    // Store-and-forward: every other group of this BrokerGroup (never the member's own), then
-    // the external connectors.
-    c.network.connectors = v
-        .groups
-        .iter()
-        .filter(|g| g.name != group.name)
-        .map(|g| NetworkConnector::new(g.name.clone(), group_uri(v, g)))
-        .chain(v.external_connectors.iter().map(|x| NetworkConnector {
-            duplex: x.duplex,
-            ..NetworkConnector::new(x.name.clone(), x.uri.clone())
-        }))
-        .collect();
+    c.network.connectors = group_connectors(v, group);
 
     if let Some(grouping) = &spec.grouping {
         let local = usize::try_from(grouping.local_group)

@@ -25,7 +25,7 @@ use k8s_openapi::Metadata;
 use kube::core::ApiResource;
 use serde::Serialize;
 
-pub use config::{broker_yaml, build_broker_config};
+pub use config::{broker_yaml, build_broker_config, group_connectors};
 pub use documents::{parse_documents, render_documents, DocumentsError};
 
 use crate::api::{GROUP, KIND, VERSION};
@@ -226,10 +226,9 @@ fn build_cluster_secret(v: &ValidatedBrokerGroup) -> Option<Secret> {
     })
 }
 
-/// One ConfigMap per group with a `<pod>.yaml` per member; a pod picks its own by name.
-fn build_config_map(v: &ValidatedBrokerGroup, g: &GroupModel) -> ConfigMap {
-    let data = g
-        .members
+/// A group's ConfigMap data: a `<pod>.yaml` per member.
+fn config_data(v: &ValidatedBrokerGroup, g: &GroupModel) -> BTreeMap<String, String> {
+    g.members
         .iter()
         .map(|m| {
             (
@@ -237,7 +236,28 @@ fn build_config_map(v: &ValidatedBrokerGroup, g: &GroupModel) -> ConfigMap {
                 broker_yaml(&build_broker_config(v, g, m)),
             )
         })
-        .collect();
+        .collect()
+}
+
+/// A stable hash of a group's ConfigMap data (FNV-1a, 64 bits, as hex): the same on every
+/// machine and Rust version, so an unchanged config never looks changed.
+fn config_hash(data: &BTreeMap<String, String>) -> String {
+    const OFFSET: u64 = 0xcbf2_9ce4_8422_2325;
+    const PRIME: u64 = 0x0000_0100_0000_01b3;
+    let mut hash = OFFSET;
+    for (key, value) in data {
+        // A separator byte that YAML text never holds keeps "ab"+"c" apart from "a"+"bc".
+        for byte in key.bytes().chain([0]).chain(value.bytes()).chain([0]) {
+            hash ^= u64::from(byte);
+            hash = hash.wrapping_mul(PRIME);
+        }
+    }
+    format!("{hash:016x}")
+}
+
+/// One ConfigMap per group with a `<pod>.yaml` per member; a pod picks its own by name.
+fn build_config_map(v: &ValidatedBrokerGroup, g: &GroupModel) -> ConfigMap {
+    let data = config_data(v, g);
     ConfigMap {
         metadata: meta(
             v,

@@ -9,14 +9,15 @@ use k8s_openapi::api::core::v1::{
     HTTPGetAction, KeyToPath, NodeAffinity, NodeSelector, NodeSelectorRequirement,
     NodeSelectorTerm, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
     PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ResourceRequirements, SeccompProfile, SecretVolumeSource,
-    SecurityContext, Volume, VolumeMount,
+    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements,
+    SeccompProfile, SecretProjection, SecretVolumeSource, SecurityContext, Volume, VolumeMount,
+    VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 
-use super::{statefulset_shell, storage_request};
+use super::{config_data, config_hash, statefulset_shell, storage_request};
 use crate::api::LayoutKind;
 use crate::names;
 use crate::validate::{GroupModel, ValidatedBrokerGroup};
@@ -65,8 +66,7 @@ pub fn build_statefulset(v: &ValidatedBrokerGroup, g: &GroupModel) -> StatefulSe
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
-                    annotations: (!overrides.annotations.is_empty())
-                        .then(|| overrides.annotations.clone()),
+                    annotations: Some(pod_annotations(v, g, &overrides.annotations)),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(build_pod_spec(v, g)),
@@ -76,6 +76,56 @@ pub fn build_statefulset(v: &ValidatedBrokerGroup, g: &GroupModel) -> StatefulSe
         },
     )
 }
+
+/// The spec's extra annotations plus the config hash (which they cannot replace): a changed
+/// `broker.yaml` changes the template, so the members restart onto it in the rolling-upgrade
+/// order.
+fn pod_annotations(
+    v: &ValidatedBrokerGroup,
+    g: &GroupModel,
+    extra: &BTreeMap<String, String>,
+) -> BTreeMap<String, String> {
+    let mut annotations = extra.clone();
+    annotations.insert(
+        names::CONFIG_HASH_ANNOTATION.into(),
+        config_hash(&config_data(v, g)),
+    );
+    annotations
+}
+
+/// The remote cluster passwords of the network connectors, one file per connector entry in
+/// one projected volume; `None` when no connector needs one.
+fn network_credentials_volume(v: &ValidatedBrokerGroup) -> Option<Volume> {
+    let passwords = v.connector_passwords();
+    if passwords.is_empty() {
+        return None;
+    }
+    let sources = passwords
+        .into_iter()
+        .map(|p| VolumeProjection {
+            secret: Some(SecretProjection {
+                name: p.secret,
+                items: Some(vec![KeyToPath {
+                    key: p.key,
+                    path: names::connector_password_path(&p.spec_name),
+                    mode: None,
+                }]),
+                optional: None,
+            }),
+            ..VolumeProjection::default()
+        })
+        .collect();
+    Some(Volume {
+        name: NETWORK_CREDENTIALS_VOLUME.into(),
+        projected: Some(ProjectedVolumeSource {
+            sources: Some(sources),
+            default_mode: Some(0o440),
+        }),
+        ..Volume::default()
+    })
+}
+
+const NETWORK_CREDENTIALS_VOLUME: &str = "network-credentials";
 
 fn field_env(name: &str, path: &str) -> EnvVar {
     EnvVar {
@@ -179,6 +229,10 @@ fn build_pod_spec(v: &ValidatedBrokerGroup, g: &GroupModel) -> PodSpec {
     if let Some(users) = &spec.users_secret {
         volumes.push(secret_volume("users", users, names::USERS_KEY));
         mounts.push(mount("users", names::USERS_SECRET_DIR));
+    }
+    if let Some(network) = network_credentials_volume(v) {
+        volumes.push(network);
+        mounts.push(mount(NETWORK_CREDENTIALS_VOLUME, names::NETWORK_SECRET_DIR));
     }
     if v.is_shared_store() {
         volumes.push(Volume {

@@ -2,6 +2,8 @@
 //! previous status) to the BrokerGroup's new status, the role label each pod should carry, and
 //! the transitions worth an Event. Pure: observation happens in the controller.
 
+pub mod network;
+
 use std::collections::BTreeMap;
 
 use duomq_broker::admin::api::{BrokerStatus, Role, SyncState};
@@ -12,6 +14,7 @@ use crate::api::{
     PendingSwitchover,
 };
 use crate::names;
+use crate::render::group_connectors;
 use crate::validate::{GroupModel, ValidatedBrokerGroup};
 
 /// What the operator saw of one pod.
@@ -185,6 +188,7 @@ pub fn compute(
     let mut transitions = Vec::new();
     let mut without_live = Vec::new();
     let mut unreplicated = Vec::new();
+    let mut networks = Vec::new();
 
     for g in &v.groups {
         let before = previous.groups.iter().find(|p| p.name == g.name);
@@ -356,7 +360,33 @@ pub fn compute(
             }
         }
 
+        let expected: Vec<String> = group_connectors(v, g).into_iter().map(|c| c.name).collect();
+        let net = network::group_network(
+            &expected,
+            live_status,
+            before.map_or(&[][..], |b| &b.unlinked_connectors),
+        );
+        for u in &net.unlinked {
+            if !before.is_some_and(|b| b.unlinked_connectors.contains(&u.connector)) {
+                transitions.push(Transition {
+                    warning: true,
+                    reason: network::reason::CONNECTOR_UNLINKED.into(),
+                    note: network::unlinked_note(&g.name, u),
+                });
+            }
+        }
+        for name in &net.relinked {
+            transitions.push(Transition {
+                warning: false,
+                reason: network::reason::CONNECTOR_LINKED.into(),
+                note: format!("group {}: connector {name} is linked again", g.name),
+            });
+        }
+
         groups.push(GroupStatus {
+            connectors: net.connectors as i64,
+            connectors_linked: net.linked as i64,
+            unlinked_connectors: net.unlinked.iter().map(|u| u.connector.clone()).collect(),
             name: g.name.clone(),
             last_live: live.clone().or(last_live),
             live,
@@ -367,6 +397,7 @@ pub fn compute(
             last_failover,
             switchover: pending,
         });
+        networks.push((g.name.clone(), net));
     }
 
     let total = v.groups.len();
@@ -494,6 +525,10 @@ pub fn compute(
         ),
     };
     conditions.set(condition::DEGRADED, degraded, &reason, message);
+    let (linked, reason, message) = network::condition(&networks);
+    conditions.set(condition::NETWORK_LINKED, linked, reason, message);
+    let connectors: usize = networks.iter().map(|(_, n)| n.connectors).sum();
+    let connectors_linked: usize = networks.iter().map(|(_, n)| n.linked).sum();
 
     let failovers = groups.iter().map(|g| g.failovers).sum();
     Computed {
@@ -502,6 +537,7 @@ pub fn compute(
             conditions: conditions.out,
             live: Some(format!("{live_count}/{total}")),
             failovers,
+            linked: (connectors > 0).then(|| format!("{connectors_linked}/{connectors}")),
             groups,
         },
         role_labels,
@@ -783,6 +819,79 @@ pub(crate) mod tests {
         assert_eq!(
             (d.status.as_str(), d.reason.as_str()),
             ("True", "ConnectorTargetMissing")
+        );
+    }
+
+    /// Two groups, each with a synced backup; `g0`'s live reports its connector to `pair-g1`
+    /// in `state` for `seconds`.
+    fn mesh(state: duomq_broker::admin::api::LinkState, seconds: u64) -> Observation {
+        use duomq_broker::admin::api::{ConnectorStatus, LinkStatus, NetworkStatus};
+        let mut seen = Observation::default();
+        for g in ["pair-g0", "pair-g1"] {
+            seen.pods.insert(format!("{g}-0"), pod(broker(Role::Live, 1, None), None));
+            seen.pods.insert(
+                format!("{g}-1"),
+                pod(broker(Role::Backup, 1, Some(SyncState::Synced)), None),
+            );
+        }
+        if let Ok(live) = &mut seen.pods.get_mut("pair-g0-0").unwrap().broker {
+            live.network = Some(NetworkStatus {
+                connectors: vec![ConnectorStatus {
+                    name: "pair-g1".into(),
+                    uri: String::new(),
+                    duplex: false,
+                    links: vec![LinkStatus {
+                        target: String::new(),
+                        state,
+                        state_seconds: seconds,
+                        linked_to: None,
+                        remote_node: None,
+                        remote_group: None,
+                        last_error: Some("wrong password".into()),
+                        remote_demand: Vec::new(),
+                        remote_demand_count: 0,
+                        local_demand_count: 0,
+                        forwarded_out: 0,
+                        forwarded_in: 0,
+                    }],
+                }],
+                inbound: Vec::new(),
+            });
+        }
+        seen
+    }
+
+    #[test]
+    fn given_a_connector_refused_for_a_minute_should_count_it_unlinked_warn_once_and_clear_when_linked(
+    ) {
+        use duomq_broker::admin::api::LinkState;
+        let v = validated("{groups: 2, backupsPerGroup: 1}");
+        let brief = compute(&v, Some(1), &mesh(LinkState::Refused, 30), &BrokerGroupStatus::default(), &at(100));
+        assert_eq!(cond(&brief.status, condition::NETWORK_LINKED).status, "True");
+        assert!(brief.transitions.is_empty(), "{:?}", brief.transitions);
+
+        let long = compute(&v, Some(1), &mesh(LinkState::Refused, 75), &brief.status, &at(145));
+        let g0 = &long.status.groups[0];
+        assert_eq!((g0.connectors, g0.connectors_linked), (1, 0));
+        assert_eq!(g0.unlinked_connectors, vec!["pair-g1".to_string()]);
+        assert_eq!(long.status.linked.as_deref(), Some("0/2"), "g1's live reports no network");
+        let c = cond(&long.status, condition::NETWORK_LINKED);
+        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "ConnectorUnlinked"));
+        assert!(c.message.contains("group pair-g0: connector pair-g1 refused: wrong password"), "{}", c.message);
+        assert_eq!(long.transitions.len(), 1);
+        assert!(long.transitions[0].warning);
+        assert_eq!(long.transitions[0].reason, "ConnectorUnlinked");
+
+        let still = compute(&v, Some(1), &mesh(LinkState::Refused, 90), &long.status, &at(160));
+        assert!(still.transitions.is_empty(), "one event per outage");
+        assert_eq!(still.status, long.status, "no status patch while it stays down");
+
+        let back = compute(&v, Some(1), &mesh(LinkState::Linked, 2), &still.status, &at(175));
+        assert_eq!(back.status.groups[0].connectors_linked, 1);
+        assert_eq!(cond(&back.status, condition::NETWORK_LINKED).status, "True");
+        assert_eq!(
+            (back.transitions[0].reason.as_str(), back.transitions[0].warning),
+            ("ConnectorLinked", false)
         );
     }
 
