@@ -12,8 +12,9 @@ use tracing::info;
 
 use crate::{apiserver, cluster};
 
-/// Names of the simulated nodes of the local control plane.
-pub const NODES: [&str; 3] = ["node-a", "node-b", "node-c"];
+/// Names of the simulated nodes of the local control plane: four, enough for two host pairs
+/// (`manifests/examples/host-pairs-network.yaml`).
+pub const NODES: [&str; 4] = ["node-a", "node-b", "node-c", "node-d"];
 
 #[derive(Debug, Error)]
 pub enum EnvError {

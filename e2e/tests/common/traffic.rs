@@ -38,7 +38,7 @@ pub fn failover_url(address: SocketAddr) -> String {
 }
 
 /// Connects a failover client, retrying while the Service has no live endpoint yet.
-async fn connect_failover(url: &str, options: ClientOptions, timeout: Duration) -> Result<Client> {
+pub async fn connect_failover(url: &str, options: ClientOptions, timeout: Duration) -> Result<Client> {
     let deadline = Instant::now() + timeout;
     loop {
         match Client::connect(url, options.clone()).await {

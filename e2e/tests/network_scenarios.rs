@@ -1,0 +1,550 @@
+//! Networks of brokers end to end (store-and-forward bridges between groups), as a user
+//! meets them: kubectl applies BrokerGroups, clients send and receive through the client
+//! Services only, and faults hit the group that holds the consumer.
+//!
+//! - `bridge`: `manifests/examples/network.yaml`, two BrokerGroups joined by a connector
+//!   (orders → billing). A batch sent to orders arrives once each, in order, at a consumer
+//!   of billing; then, under a steady flow, billing's live is killed: the link follows the
+//!   failover and every receipted message arrives once (no second stored copy), in order.
+//! - `service`: four groups on two host pairs (`e2e/tests/manifests/host-pairs-network.yaml`).
+//!   Messages sent through the BrokerGroup-wide Service on several connections land on
+//!   different groups; one consumer through that same Service gets every one of them.
+//! - `node`: the same four groups; producers through the BrokerGroup-wide Service, a consumer
+//!   on one group's Service, and the node of that group's live fails: nothing receipted is
+//!   lost, the links follow the failover.
+//!
+//! One local control plane and operator for all, one after the other (`node` last: its node
+//! stays failed); `E2E_SCENARIOS=bridge,service` runs a subset. On a cluster reached through
+//! kubectl only (`E2E_KUBECONFIG`, `E2E_KUBECTL_ONLY`) `bridge` runs through
+//! `kubectl port-forward`; `service` and `node` need the local plane (pod IPs for `/status`,
+//! four nodes, node failure) and are skipped with a printed line.
+//! What it must not do: reach a broker other than as a client or through `/status` (it never
+//! changes a broker's state behind the operator's back).
+
+mod common;
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context, Result};
+use common::traffic::{connect_failover, failover_url, Producer};
+use common::{group_status, wait_for_brokergroup, Env, GROUP_AVAILABLE};
+use duomq_broker::admin::api::{BrokerStatus, DEFAULT_PORT as ADMIN_PORT, STATUS};
+use duomq_broker::client::{AckMode, Client, ClientOptions, SendOptions};
+use duomq_e2e::env::repo_root;
+use parking_lot::Mutex;
+use serde_json::Value;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+/// From Available to every connector of every live linked (the operator's `status.linked`).
+const LINKED: Duration = Duration::from_secs(120);
+/// From a fault to the status naming the new live: seconds after a kill, the node monitor's
+/// grace plus the operator's release after a node failure; generous for slow CI.
+const FAILOVER_SEEN: Duration = Duration::from_secs(120);
+/// From the last receipt to every receipted message at the consumer, bridges and
+/// failovers included.
+const DELIVERED: Duration = Duration::from_secs(120);
+/// For a steady flow to start, or to resume after a fault.
+const FLOWING: Duration = Duration::from_secs(90);
+/// How long one `/status` request may take.
+const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// The batch of `bridge`.
+const BATCH: usize = 100;
+/// `service`: connections through the BrokerGroup-wide Service, and messages on each.
+const CONNECTIONS: usize = 8;
+const PER_CONNECTION: usize = 5;
+/// `node`: producers through the BrokerGroup-wide Service.
+const PRODUCERS: usize = 4;
+/// Deliveries (across the bridge) before a fault, and after it before the traffic stops.
+const FLOW_BEFORE: usize = 20;
+const FLOW_AFTER: usize = 30;
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_networked_broker_groups_when_clients_use_the_services_and_a_live_or_node_fails_should_deliver_every_receipted_message_once() -> Result<()> {
+    let env = Env::start().await?;
+    let result = run_all(&env).await;
+    env.shutdown().await;
+    result
+}
+
+/// What a scenario applies: namespace, manifest, BrokerGroups (all must be Available,
+/// Replicated and linked).
+struct Deployment {
+    namespace: &'static str,
+    manifest: &'static str,
+    brokergroups: &'static [&'static str],
+}
+
+const BRIDGE: Deployment = Deployment { namespace: "network-bridge", manifest: "manifests/examples/network.yaml", brokergroups: &["billing", "orders"] };
+const MESH: Deployment = Deployment { namespace: "network-mesh", manifest: "e2e/tests/manifests/host-pairs-network.yaml", brokergroups: &["mesh"] };
+
+/// The scenarios, in the order they run, with what each runs on.
+const SCENARIOS: [(&str, &Deployment); 3] = [("bridge", &BRIDGE), ("service", &MESH), ("node", &MESH)];
+
+/// Scenarios only the local control plane can run, and what they need of it.
+const NEED_THE_LOCAL_PLANE: [(&str, &str); 2] = [
+    ("service", "reads each live's /status at its pod IP to see where messages landed, on four nodes"),
+    ("node", "fails a node (the local Docker kubelet) of a four-node host-pair layout"),
+];
+
+async fn run_scenario(name: &str, env: &Env, namespace: &str) -> Result<()> {
+    match name {
+        "bridge" => bridge_follows_a_failover(env, namespace).await,
+        "service" => service_delivers_the_whole_queue(env, namespace).await,
+        "node" => node_fails_under_cross_group_traffic(env, namespace).await,
+        other => bail!("no scenario {other}"),
+    }
+}
+
+async fn run_all(env: &Env) -> Result<()> {
+    let selected = std::env::var("E2E_SCENARIOS").unwrap_or_default();
+    env.install_operator()?;
+    let mut applied: Option<&str> = None;
+    let mut failed = Vec::new();
+    for (name, deployment) in SCENARIOS {
+        if !selected.is_empty() && !selected.split(',').any(|s| s.trim() == name) {
+            continue;
+        }
+        if let (None, Some((_, why))) = (&env.local, NEED_THE_LOCAL_PLANE.iter().find(|(n, _)| *n == name)) {
+            println!("scenario {name}: skipped: it {why}, which a cluster reached through kubectl only does not offer");
+            continue;
+        }
+        let started = Instant::now();
+        let result = async {
+            if applied != Some(deployment.namespace) {
+                // The previous deployment's pods would only take CPU from this one.
+                if let Some(previous) = SCENARIOS.iter().map(|(_, d)| *d).find(|d| Some(d.namespace) == applied) {
+                    delete_brokergroups(env, previous)?;
+                }
+                apply(env, deployment).await?;
+                applied = Some(deployment.namespace);
+                println!("scenario {name}: {} applied, available and linked in {:.0}s", deployment.manifest, started.elapsed().as_secs_f64());
+            }
+            run_scenario(name, env, deployment.namespace).await
+        }
+        .await;
+        match result {
+            Ok(()) => println!("scenario {name}: passed in {:.0}s", started.elapsed().as_secs_f64()),
+            Err(e) => {
+                eprintln!("scenario {name} failed: {e:#}");
+                for bg in deployment.brokergroups {
+                    env.dump(deployment.namespace, bg);
+                }
+                dump_network(env, deployment).await;
+                failed.push(name);
+            }
+        }
+    }
+    ensure!(failed.is_empty(), "failed scenarios: {}", failed.join(", "));
+    Ok(())
+}
+
+/// Creates the namespace, applies the manifest there and waits until every BrokerGroup is
+/// Available with its backups in sync and every connector of every live linked.
+async fn apply(env: &Env, d: &Deployment) -> Result<()> {
+    env.kubectl(&["create", "namespace", d.namespace])?;
+    let file = repo_root().join(d.manifest);
+    env.kubectl(&["-n", d.namespace, "apply", "-f", &file.to_string_lossy()])?;
+    let timeout = format!("--timeout={}s", GROUP_AVAILABLE.as_secs());
+    for bg in d.brokergroups {
+        for condition in ["Available", "Replicated"] {
+            env.kubectl(&["-n", d.namespace, "wait", &format!("--for=condition={condition}"), &format!("brokergroup/{bg}"), &timeout])?;
+        }
+    }
+    for bg in d.brokergroups {
+        wait_linked(env, d.namespace, bg).await?;
+    }
+    Ok(())
+}
+
+/// Waits until the BrokerGroup's status says every connector of every live is linked
+/// (`status.linked` `n/n`), when it has connectors at all.
+async fn wait_linked(env: &Env, namespace: &str, name: &str) -> Result<Value> {
+    wait_for_brokergroup(env, namespace, name, &format!("every connector of {name} linked"), LINKED, |bg| {
+        let groups = bg["status"]["groups"].as_array().map(Vec::as_slice).unwrap_or_default();
+        let connectors: i64 = groups.iter().filter_map(|g| g["connectors"].as_i64()).sum();
+        let linked: i64 = groups.iter().filter_map(|g| g["connectorsLinked"].as_i64()).sum();
+        !groups.is_empty() && connectors == linked && groups.iter().all(|g| g["live"].is_string())
+    })
+    .await
+}
+
+fn delete_brokergroups(env: &Env, d: &Deployment) -> Result<()> {
+    for bg in d.brokergroups {
+        env.kubectl(&["-n", d.namespace, "delete", "brokergroup", bg, "--wait=false"])?;
+    }
+    Ok(())
+}
+
+/// Each live's network part of `/status`, for a failed scenario's log.
+async fn dump_network(env: &Env, d: &Deployment) {
+    for bg in d.brokergroups {
+        let Ok(status) = env.json(&["-n", d.namespace, "get", "brokergroup", bg]) else { continue };
+        for g in status["status"]["groups"].as_array().into_iter().flatten() {
+            let Some(live) = g["live"].as_str() else { continue };
+            match broker_status(env, d.namespace, live).await {
+                Ok(s) => eprintln!("/status of {live}: network {}, queues {}", json(&s.network), json(&s.queues)),
+                Err(e) => eprintln!("/status of {live}: {e:#}"),
+            }
+        }
+    }
+}
+
+fn json<T: serde::Serialize>(value: &T) -> String {
+    serde_json::to_string(value).unwrap_or_default()
+}
+
+/// `/status` of a pod's broker, at its pod IP (the local control plane only).
+async fn broker_status(env: &Env, namespace: &str, pod: &str) -> Result<BrokerStatus> {
+    let address = SocketAddr::new(env.pod_ip(namespace, pod)?, ADMIN_PORT);
+    let mut stream = tokio::time::timeout(STATUS_TIMEOUT, tokio::net::TcpStream::connect(address)).await??;
+    // HTTP/1.0: the body ends with the connection, never chunked.
+    stream.write_all(format!("GET {STATUS} HTTP/1.0\r\nHost: e2e\r\n\r\n").as_bytes()).await?;
+    let mut response = String::new();
+    tokio::time::timeout(STATUS_TIMEOUT, stream.read_to_string(&mut response)).await??;
+    let (head, body) = response.split_once("\r\n\r\n").with_context(|| format!("no HTTP response from {pod}"))?;
+    ensure!(head.lines().next().is_some_and(|l| l.contains(" 200")), "GET {STATUS} of {pod}: {}", head.lines().next().unwrap_or_default());
+    serde_json::from_str(body).with_context(|| format!("/status of {pod} is not a broker status"))
+}
+
+/// The live of each group of a BrokerGroup, in group order.
+fn lives(env: &Env, namespace: &str, name: &str) -> Result<Vec<String>> {
+    let bg = env.json(&["-n", namespace, "get", "brokergroup", name])?;
+    let groups = bg["status"]["groups"].as_array().context("no groups in the status")?;
+    groups.iter().map(|g| g["live"].as_str().map(String::from).with_context(|| format!("a group without a live: {g}"))).collect()
+}
+
+fn node_of(env: &Env, namespace: &str, pod: &str) -> Result<String> {
+    Ok(env.kubectl(&["-n", namespace, "get", "pod", pod, "-o", "jsonpath={.spec.nodeName}"])?.trim().to_string())
+}
+
+/// The members of group `group`: `{name}-g{group}-0` and `-1`.
+fn members(name: &str, group: usize) -> [String; 2] {
+    [0, 1].map(|i| format!("{name}-g{group}-{i}"))
+}
+
+/// Sends `{prefix}-{from}` … persistent and receipted on one plain connection (no failover,
+/// so the Service picks one live for all of them).
+async fn send_on_one_connection(address: SocketAddr, queue: &str, prefix: &str, from: usize, count: usize) -> Result<BTreeSet<String>> {
+    let client = Client::connect(&format!("stomp://{address}"), ClientOptions::default()).await?;
+    let mut sent = BTreeSet::new();
+    for n in from..from + count {
+        let body = format!("{prefix}-{n}");
+        // A message-id makes a resend of the batch after a failed connection count once.
+        let options = SendOptions { persistent: true, receipt: true, message_id: Some(body.clone()), ..SendOptions::default() };
+        client.send(queue, body.clone(), options).await?;
+        sent.insert(body);
+    }
+    client.disconnect().await?;
+    Ok(sent)
+}
+
+/// Like [`send_on_one_connection`], retried while the Service has no live endpoint yet.
+async fn send_batch(address: SocketAddr, queue: &str, prefix: &str, from: usize, count: usize) -> Result<BTreeSet<String>> {
+    let deadline = Instant::now() + FLOWING;
+    loop {
+        match send_on_one_connection(address, queue, prefix, from, count).await {
+            Ok(sent) => return Ok(sent),
+            Err(e) if Instant::now() < deadline => {
+                eprintln!("send {prefix} through {address}: {e:#} (retrying)");
+                tokio::time::sleep(Duration::from_millis(500)).await;
+            }
+            Err(e) => return Err(e.context(format!("could not send {prefix} through {address}"))),
+        }
+    }
+}
+
+/// One MESSAGE as the consumer saw it.
+#[derive(Debug, Clone)]
+struct Delivery {
+    body: String,
+    /// The broker's id of the stored copy it came from: a second id for one body is a
+    /// second stored copy, the same id again a redelivery.
+    message_id: String,
+    at: Instant,
+}
+
+/// A consumer on a failover URL with individual acks, recording every delivery in order.
+struct Recorder {
+    deliveries: Arc<Mutex<Vec<Delivery>>>,
+    stop: CancellationToken,
+    task: JoinHandle<()>,
+}
+
+impl Recorder {
+    async fn start(url: &str, queue: &str) -> Result<Recorder> {
+        let client = connect_failover(url, ClientOptions::default(), FLOWING).await?;
+        let mut sub = client.subscribe(queue, AckMode::ClientIndividual, Some(100)).await?;
+        let deliveries = Arc::new(Mutex::new(Vec::new()));
+        let stop = CancellationToken::new();
+        let task = tokio::spawn({
+            let (deliveries, stop) = (deliveries.clone(), stop.clone());
+            async move {
+                loop {
+                    let message = tokio::select! {
+                        _ = stop.cancelled() => break,
+                        m = sub.recv() => m,
+                    };
+                    let Some(m) = message else { break };
+                    let body = String::from_utf8_lossy(&m.body).into_owned();
+                    deliveries.lock().push(Delivery { body, message_id: m.message_id.clone(), at: Instant::now() });
+                    // An ack lost in a failover means a redelivery, which the tally tells apart.
+                    client.ack(&m).await.ok();
+                }
+                client.disconnect().await.ok();
+            }
+        });
+        Ok(Recorder { deliveries, stop, task })
+    }
+
+    /// Distinct bodies received so far.
+    fn distinct(&self) -> usize {
+        self.deliveries.lock().iter().map(|d| d.body.as_str()).collect::<BTreeSet<_>>().len()
+    }
+
+    fn first_after(&self, since: Instant) -> Option<Instant> {
+        self.deliveries.lock().iter().map(|d| d.at).find(|at| *at > since)
+    }
+
+    /// Waits until `count` distinct bodies arrived.
+    async fn wait_distinct(&self, count: usize, what: &str, timeout: Duration) -> Result<()> {
+        let deadline = Instant::now() + timeout;
+        while self.distinct() < count {
+            ensure!(Instant::now() < deadline, "{what}: {} of {count} messages arrived within {timeout:?}", self.distinct());
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    /// Waits until every body of `expected` arrived (or `timeout`), then stops.
+    async fn finish(self, expected: &BTreeSet<String>, timeout: Duration) -> Result<Vec<Delivery>> {
+        let deadline = Instant::now() + timeout;
+        let missing = |d: &Mutex<Vec<Delivery>>| {
+            let got: BTreeSet<String> = d.lock().iter().map(|d| d.body.clone()).collect();
+            expected.iter().filter(|b| !got.contains(*b)).count()
+        };
+        while missing(&self.deliveries) > 0 && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        self.stop.cancel();
+        self.task.await.context("consumer task failed")?;
+        Ok(std::mem::take(&mut *self.deliveries.lock()))
+    }
+}
+
+/// What the consumer got of what was receipted.
+#[derive(Debug, Default)]
+struct Tally {
+    expected: usize,
+    deliveries: usize,
+    missing: Vec<String>,
+    /// Bodies delivered again from the same stored copy (an ack lost in a failover).
+    redelivered: usize,
+    /// Bodies delivered from two stored copies: stored twice.
+    stored_twice: Vec<String>,
+    /// First arrivals that came before an earlier-numbered body of the same producer.
+    out_of_order: Vec<String>,
+}
+
+impl Tally {
+    fn of(deliveries: &[Delivery], expected: &BTreeSet<String>) -> Tally {
+        let mut ids: BTreeMap<&str, BTreeSet<&str>> = BTreeMap::new();
+        let mut latest: BTreeMap<&str, u64> = BTreeMap::new();
+        let mut out_of_order = Vec::new();
+        let mut redelivered = 0;
+        for d in deliveries {
+            let first = !ids.contains_key(d.body.as_str());
+            let seen = ids.entry(&d.body).or_default();
+            if !seen.insert(&d.message_id) {
+                redelivered += 1;
+            }
+            let numbered = d.body.rsplit_once('-').and_then(|(p, n)| Some((p, n.parse::<u64>().ok()?)));
+            if let (true, Some((producer, n))) = (first, numbered) {
+                let last = latest.entry(producer).or_insert(n);
+                if n < *last {
+                    out_of_order.push(format!("{} after {producer}-{last}", d.body));
+                }
+                *last = (*last).max(n);
+            }
+        }
+        Tally {
+            expected: expected.len(),
+            deliveries: deliveries.len(),
+            missing: expected.iter().filter(|b| !ids.contains_key(b.as_str())).cloned().collect(),
+            redelivered,
+            stored_twice: ids.iter().filter(|(_, i)| i.len() > 1).map(|(b, _)| b.to_string()).collect(),
+            out_of_order,
+        }
+    }
+
+    fn ensure_complete(&self) -> Result<()> {
+        ensure!(self.missing.is_empty(), "{} of {} receipted messages never arrived, e.g. {:?}", self.missing.len(), self.expected, first(&self.missing));
+        Ok(())
+    }
+
+    fn ensure_once_in_order(&self) -> Result<()> {
+        self.ensure_complete()?;
+        ensure!(self.stored_twice.is_empty(), "{} messages arrived from two stored copies, e.g. {:?}", self.stored_twice.len(), first(&self.stored_twice));
+        ensure!(self.out_of_order.is_empty(), "{} messages arrived out of order, e.g. {:?}", self.out_of_order.len(), first(&self.out_of_order));
+        Ok(())
+    }
+}
+
+fn first(items: &[String]) -> &[String] {
+    &items[..items.len().min(3)]
+}
+
+impl std::fmt::Display for Tally {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} receipted, {} missing, {} deliveries, {} redelivered (lost acks), {} stored twice, {} out of order",
+            self.expected,
+            self.missing.len(),
+            self.deliveries,
+            self.redelivered,
+            self.stored_twice.len(),
+            self.out_of_order.len()
+        )
+    }
+}
+
+/// Waits until every producer got `more` receipts beyond `from`.
+async fn wait_receipts(producers: &[Producer], from: &[usize], more: usize, what: &str) -> Result<()> {
+    let deadline = Instant::now() + FLOWING;
+    loop {
+        let behind: Vec<usize> = producers.iter().zip(from).filter(|(p, f)| p.receipted() < *f + more).map(|(p, _)| p.receipted()).collect();
+        if behind.is_empty() {
+            return Ok(());
+        }
+        ensure!(Instant::now() < deadline, "{what}: producers stuck at {behind:?} receipts");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// `bridge`: a batch across the orders → billing connector, then a steady flow through a
+/// kill -9 of billing's live.
+async fn bridge_follows_a_failover(env: &Env, namespace: &str) -> Result<()> {
+    let orders = env.stomp_address(namespace, "orders").await?;
+    let billing = env.stomp_address(namespace, "billing").await?;
+
+    // A batch sent before anyone consumes waits on orders; billing's consumer asks for it.
+    let sent = send_batch(orders, "/queue/invoices", "invoice", 0, BATCH).await?;
+    let started = Instant::now();
+    let consumer = Recorder::start(&failover_url(billing), "/queue/invoices").await?;
+    let deliveries = consumer.finish(&sent, DELIVERED).await?;
+    let tally = Tally::of(&deliveries, &sent);
+    println!("bridge: batch of {BATCH} sent to orders, at billing's consumer in {:.1}s: {tally}", started.elapsed().as_secs_f64());
+    tally.ensure_once_in_order()?;
+    ensure!(tally.deliveries == BATCH, "each message once: {tally}");
+
+    // A steady flow, and kill -9 of billing's live while it runs.
+    let consumer = Recorder::start(&failover_url(billing), "/queue/payments").await?;
+    let producer = Producer::start(&failover_url(orders), "/queue/payments", "payment").await?;
+    consumer.wait_distinct(FLOW_BEFORE, "the flow across the bridge", FLOWING).await?;
+    let [first_member, second_member] = members("billing", 0);
+    let live = lives(env, namespace, "billing")?.remove(0);
+    let backup = if live == first_member { second_member } else { first_member };
+    let fault = Instant::now();
+    let how = env.kill_pod(namespace, &live)?;
+    let before = consumer.distinct();
+    wait_for_brokergroup(env, namespace, "billing", &format!("{backup} live in the status"), FAILOVER_SEEN, |bg| group_status(bg, 0)["live"] == backup.as_str()).await?;
+    consumer.wait_distinct(before + FLOW_AFTER, "the flow across the bridge after the failover", FLOWING).await?;
+    let resumed = consumer.first_after(fault + Duration::from_millis(500)).map(|at| at.duration_since(fault));
+    let (receipted, not_receipted) = producer.stop().await?;
+    let deliveries = consumer.finish(&receipted, DELIVERED).await?;
+    let tally = Tally::of(&deliveries, &receipted);
+    println!(
+        "bridge: {how} of billing's live {live}: {tally}; {not_receipted} sends not receipted; deliveries resumed {} after the kill",
+        resumed.map_or("never".into(), |d| format!("{:.1}s", d.as_secs_f64()))
+    );
+    tally.ensure_once_in_order()?;
+    let orders_status = wait_linked(env, namespace, "orders").await?;
+    println!("bridge: orders linked again: {}", orders_status["status"]["linked"]);
+    Ok(())
+}
+
+/// `service`: messages sent on several connections through the BrokerGroup-wide Service
+/// land on different groups; one consumer through the same Service receives them all.
+async fn service_delivers_the_whole_queue(env: &Env, namespace: &str) -> Result<()> {
+    let mesh = env.stomp_address(namespace, "mesh").await?;
+    let mut sent = BTreeSet::new();
+    for c in 0..CONNECTIONS {
+        sent.extend(send_batch(mesh, "/queue/spread", "spread", c * PER_CONNECTION, PER_CONNECTION).await?);
+    }
+    // Where they landed: no consumer yet, so nothing has crossed a bridge.
+    let mut landed = Vec::new();
+    for live in lives(env, namespace, "mesh")? {
+        let status = broker_status(env, namespace, &live).await?;
+        let enqueued = status.queues.iter().find(|q| q.name == "/queue/spread").map_or(0, |q| q.enqueued_total);
+        landed.push((live, enqueued));
+    }
+    let groups_used = landed.iter().filter(|(_, n)| *n > 0).count();
+    println!("service: {} messages on {CONNECTIONS} connections landed on {landed:?}", sent.len());
+    ensure!(groups_used >= 2, "the Service spread the connections over one live only: {landed:?}");
+
+    let started = Instant::now();
+    let consumer = Recorder::start(&failover_url(mesh), "/queue/spread").await?;
+    let deliveries = consumer.finish(&sent, DELIVERED).await?;
+    let tally = Tally::of(&deliveries, &sent);
+    println!("service: one consumer through the BrokerGroup-wide Service got them in {:.1}s: {tally}", started.elapsed().as_secs_f64());
+    tally.ensure_complete()?;
+    ensure!(tally.deliveries == sent.len(), "each message once: {tally}");
+    Ok(())
+}
+
+/// `node`: producers through the BrokerGroup-wide Service, a consumer on one group's
+/// Service; that group's live's node fails.
+async fn node_fails_under_cross_group_traffic(env: &Env, namespace: &str) -> Result<()> {
+    // The operator must survive the failure: fail a node it does not run on.
+    let operator_node = env.kubectl(&["-n", "duomq-system", "get", "pods", "-l", "app.kubernetes.io/name=duomq-operator", "-o", "jsonpath={.items[0].spec.nodeName}"])?;
+    let lives = lives(env, namespace, "mesh")?;
+    let mut target = None;
+    for (group, live) in lives.iter().enumerate() {
+        let node = node_of(env, namespace, live)?;
+        if node != operator_node.trim() {
+            target = Some((group, live.clone(), node));
+            break;
+        }
+    }
+    let (group, live, failed) = target.context("every live runs on the operator's node")?;
+    let backup = members("mesh", group).into_iter().find(|m| *m != live).context("no backup")?;
+    ensure!(node_of(env, namespace, &backup)? != failed, "the members of group {group} share a node");
+
+    let mesh = env.stomp_address(namespace, "mesh").await?;
+    let own = env.stomp_address(namespace, &format!("mesh-g{group}")).await?;
+    let consumer = Recorder::start(&failover_url(own), "/queue/cross").await?;
+    let mut producers = Vec::new();
+    for p in 0..PRODUCERS {
+        producers.push(Producer::start(&failover_url(mesh), "/queue/cross", &format!("p{p}")).await?);
+    }
+    consumer.wait_distinct(FLOW_BEFORE * PRODUCERS, "the flow into the consumer's group", FLOWING).await?;
+
+    let fault = Instant::now();
+    env.local()?.cluster.fail_node(&failed).await?;
+    let bg = wait_for_brokergroup(env, namespace, "mesh", &format!("{backup} live in the status"), FAILOVER_SEEN, |bg| group_status(bg, group)["live"] == backup.as_str()).await?;
+    let took = fault.elapsed();
+    let receipted_at_failover: Vec<usize> = producers.iter().map(Producer::receipted).collect();
+    wait_receipts(&producers, &receipted_at_failover, FLOW_AFTER, "after the failover").await?;
+    let mut receipted = BTreeSet::new();
+    let mut not_receipted = 0;
+    for producer in producers {
+        let (r, n) = producer.stop().await?;
+        receipted.extend(r);
+        not_receipted += n;
+    }
+    let deliveries = consumer.finish(&receipted, DELIVERED).await?;
+    let tally = Tally::of(&deliveries, &receipted);
+    println!(
+        "node: {failed} failed (group {group}'s live {live}, the consumer's group): {backup} live in the status after {:.1}s, lastFailover {}; {tally}; {not_receipted} sends not receipted",
+        took.as_secs_f64(),
+        group_status(&bg, group)["lastFailover"]
+    );
+    tally.ensure_complete()?;
+    Ok(())
+}
