@@ -399,11 +399,11 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn given_a_stored_dedup_id_should_deliver_it_as_the_stored_header() {
+    async fn given_a_stored_dedup_id_when_reopened_should_still_know_it() {
         let dir = tempfile::tempdir().expect("tempdir");
         let broker = open(dir.path(), |_| {});
         let acceptance = broker.accept(incoming("/queue/a", true, Some("m-7")), Commit::Grouped).await.expect("accept");
-        drop(acceptance.await.expect("durable").publish());
+        assert_eq!(acceptance.await.expect("durable").publish(), Accepted::Stored);
         broker.close().expect("close");
         let reopened = open(dir.path(), |_| {});
         assert!(!reopened.first_sight("m-7"), "the id is remembered across a restart");
@@ -448,7 +448,7 @@ mod tests {
         });
         let big = Incoming { body: Bytes::from(vec![b'x'; 2048]), ..incoming("/queue/a", true, None) };
         let first = broker.accept(big.clone(), Commit::Grouped).await.expect("the first fits: the queue was empty");
-        drop(first.await.expect("durable").publish());
+        assert_eq!(first.await.expect("durable").publish(), Accepted::Stored);
         let started = std::time::Instant::now();
         match broker.accept(big, Commit::Grouped).await {
             Err(AcceptError::NoRoom(timeout)) => assert_eq!(timeout, Duration::from_millis(200)),
