@@ -160,7 +160,9 @@ fn init_tracing(format: &str) {
         .unwrap_or_else(|_| "info,kube=warn".into());
     // Colours only on a terminal: `kubectl logs` of the pod shows plain text.
     let ansi = std::io::IsTerminal::is_terminal(&std::io::stdout());
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_ansi(ansi);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_ansi(ansi);
     if format == "json" {
         builder.json().init();
     } else {

@@ -256,8 +256,7 @@ pub fn validate(
                         secret: cluster_secret_name(target, target_spec),
                         key: names::CLUSTER_PASSWORD_KEY.into(),
                     };
-                    if let Some(problem) =
-                        secret_problem(deps, &password, Some(&credentials.user))
+                    if let Some(problem) = secret_problem(deps, &password, Some(&credentials.user))
                     {
                         // A user mismatch still renders: the link's refusal then shows in the
                         // NetworkLinked condition too.
@@ -365,5 +364,92 @@ impl ValidatedBrokerGroup {
             .map(|p| (p.spec_name.as_str(), p))
             .collect();
         unique.into_values().cloned().collect()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::render::parse_documents;
+    use rstest::rstest;
+
+    fn orders() -> BrokerGroup {
+        let text = "apiVersion: duomq.io/v1alpha1\nkind: BrokerGroup\nmetadata: {name: orders}\nspec: {networkConnectors: [{name: to-billing, brokerGroup: billing}, {name: to-dc2, uri: 'tcp://dc2:61616', passwordSecret: {name: dc2, key: pw}}]}\n";
+        parse_documents(text, "default").unwrap().remove(0)
+    }
+
+    fn secret(user: Option<&str>, keys: &[&str]) -> ConnectorSecret {
+        ConnectorSecret {
+            keys: keys.iter().map(|k| k.to_string()).collect(),
+            user: user.map(String::from),
+        }
+    }
+
+    #[rstest]
+    // both Secrets there: both rendered, nothing to report
+    #[case(vec![("billing-cluster", secret(None, &["password", "user"])), ("dc2", secret(None, &["pw"]))], vec!["to-billing-billing-g0", "to-dc2"], vec![])]
+    // billing's Secret missing: left out until it exists
+    #[case(vec![("dc2", secret(None, &["pw"]))], vec!["to-dc2"], vec!["ConnectorSecretMissing"])]
+    // dc2's Secret lacks its key: left out
+    #[case(vec![("billing-cluster", secret(None, &["password"])), ("dc2", secret(None, &["password"]))], vec!["to-billing-billing-g0"], vec!["ConnectorSecretMissing"])]
+    // billing uses another cluster user: rendered, and reported (the remote will refuse it)
+    #[case(vec![("billing-cluster", secret(Some("admin"), &["password"])), ("dc2", secret(None, &["pw"]))], vec!["to-billing-billing-g0", "to-dc2"], vec!["ConnectorUserMismatch"])]
+    fn given_connector_secrets_should_render_those_that_can_authenticate_and_report_the_others(
+        #[case] secrets: Vec<(&str, ConnectorSecret)>,
+        #[case] rendered: Vec<&str>,
+        #[case] reasons: Vec<&str>,
+    ) {
+        let billing = parse_documents(
+            "apiVersion: duomq.io/v1alpha1\nkind: BrokerGroup\nmetadata: {name: billing}\nspec: {}\n",
+            "default",
+        )
+        .unwrap()
+        .remove(0);
+        let deps = Dependencies {
+            new_password: "p".into(),
+            connector_targets: BTreeMap::from([("billing".to_string(), billing.spec)]),
+            connector_secrets: Some(
+                secrets
+                    .into_iter()
+                    .map(|(name, s)| (name.to_string(), s))
+                    .collect(),
+            ),
+            ..Dependencies::default()
+        };
+        let v = validate(&orders(), &deps).unwrap();
+        let names: Vec<&str> = v
+            .external_connectors
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect();
+        assert_eq!(names, rendered);
+        let got: Vec<&str> = v
+            .connector_problems
+            .iter()
+            .map(|(reason, _)| reason.as_str())
+            .collect();
+        assert_eq!(got, reasons, "{:?}", v.connector_problems);
+    }
+
+    #[test]
+    fn given_connectors_not_looked_up_should_assume_their_secrets_exist() {
+        let v = validate(
+            &orders(),
+            &Dependencies {
+                new_password: "p".into(),
+                ..Dependencies::default()
+            },
+        )
+        .unwrap();
+        let passwords: Vec<(String, String, String)> = v
+            .connector_passwords()
+            .into_iter()
+            .map(|p| (p.spec_name, p.secret, p.key))
+            .collect();
+        assert_eq!(
+            passwords,
+            vec![("to-dc2".into(), "dc2".into(), "pw".into())],
+            "billing is not known offline here, so only dc2's password is mounted"
+        );
     }
 }

@@ -231,11 +231,9 @@ fn given_shared_store_should_mount_one_read_write_many_claim_per_group_and_no_cl
 /// A BrokerGroup `edge` with one group and these network connectors (YAML flow style).
 fn edge(connectors: &str) -> BrokerGroup {
     let text = format!(
-        "apiVersion: duomq.io/v1alpha1\nkind: BrokerGroup\nmetadata: {{name: edge, uid: 00000000-0000-4000-8000-000000000009}}\nspec: {{groups: 2, networkConnectors: {connectors}}}\n"
+        "apiVersion: duomq.io/v1alpha1\nkind: BrokerGroup\nmetadata: {{name: edge, uid: 00000000-0000-4000-8000-000000000009}}\nspec: {{groups: 2, network: {{excludedDestinations: [/queue/local.>]}}, networkConnectors: {connectors}}}\n"
     );
-    parse_documents(&text, "default")
-        .expect("parses")
-        .remove(0)
+    parse_documents(&text, "default").expect("parses").remove(0)
 }
 
 fn rendered_statefulset(bg: &BrokerGroup) -> StatefulSet {
@@ -258,9 +256,19 @@ fn given_every_connector_option_should_render_them_into_a_config_the_broker_acce
     );
     let all = configs(std::slice::from_ref(&bg));
     let (key, config) = &all[0];
-    let names: Vec<&str> = config.network.connectors.iter().map(|c| c.name.as_str()).collect();
-    assert_eq!(names, vec!["edge-g1", "to-dc2", "to-dc3"], "{key}: the mesh first, then the spec's");
+    let names: Vec<&str> = config
+        .network
+        .connectors
+        .iter()
+        .map(|c| c.name.as_str())
+        .collect();
+    assert_eq!(
+        names,
+        vec!["edge-g1", "to-dc2", "to-dc3"],
+        "{key}: the mesh first, then the spec's"
+    );
     let mesh = &config.network.connectors[0];
+    assert_eq!(mesh.excluded_destinations, vec!["/queue/local.>"]);
     assert_eq!(
         (mesh.network_ttl, mesh.duplex, mesh.password_file.is_none()),
         (1, false, true),
@@ -268,7 +276,10 @@ fn given_every_connector_option_should_render_them_into_a_config_the_broker_acce
     );
     let dc2 = &config.network.connectors[1];
     assert!(dc2.duplex && dc2.network_ttl == 3 && !dc2.decrease_network_consumer_priority);
-    assert_eq!(dc2.excluded_destinations, vec!["/queue/audit.>", "/topic/*.internal"]);
+    assert_eq!(
+        dc2.excluded_destinations,
+        vec!["/queue/audit.>", "/topic/*.internal"]
+    );
     assert_eq!(dc2.statically_included_destinations, vec!["/queue/orders"]);
     assert_eq!(dc2.prefetch_size, 50);
     assert_eq!(
@@ -290,7 +301,10 @@ fn given_every_connector_option_should_render_them_into_a_config_the_broker_acce
     let secret = sources[0].secret.clone().unwrap();
     assert_eq!(secret.name, "dc2-cluster");
     let item = &secret.items.unwrap()[0];
-    assert_eq!((item.key.as_str(), item.path.as_str()), ("password", "to-dc2/password"));
+    assert_eq!(
+        (item.key.as_str(), item.path.as_str()),
+        ("password", "to-dc2/password")
+    );
     assert!(pod.containers[0]
         .volume_mounts
         .iter()
@@ -310,7 +324,16 @@ fn given_a_connector_option_changed_should_change_the_pod_template_so_the_member
     };
     let before = edge("[{name: to-dc2, uri: 'tcp://dc2:61616'}]");
     let same = edge("[{name: to-dc2, uri: 'tcp://dc2:61616'}]");
-    let changed = edge("[{name: to-dc2, uri: 'tcp://dc2:61616', excludedDestinations: [/queue/x]}]");
-    assert_eq!(hash(&before), hash(&same), "an unchanged spec keeps its revision");
-    assert_ne!(hash(&before), hash(&changed), "a changed broker.yaml is a new revision");
+    let changed =
+        edge("[{name: to-dc2, uri: 'tcp://dc2:61616', excludedDestinations: [/queue/x]}]");
+    assert_eq!(
+        hash(&before),
+        hash(&same),
+        "an unchanged spec keeps its revision"
+    );
+    assert_ne!(
+        hash(&before),
+        hash(&changed),
+        "a changed broker.yaml is a new revision"
+    );
 }

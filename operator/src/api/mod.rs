@@ -98,6 +98,11 @@ pub struct BrokerGroupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub users_secret: Option<String>,
 
+    /// The network between this BrokerGroup's own groups (every group's live bridges to every
+    /// other group's, TTL 1, forwarding what the other side's consumers ask for).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub network: Option<MeshSpec>,
+
     /// Store-and-forward connectors to brokers outside this BrokerGroup: another BrokerGroup in
     /// this namespace (every one of its groups, each as a masterslave list), or an explicit
     /// `masterslave:(…)` list.
@@ -385,6 +390,18 @@ pub struct NetworkConnectorSpec {
     /// BrokerGroup's cluster user.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub password_secret: Option<SecretKeyRef>,
+}
+
+/// The bridges between the groups of one BrokerGroup.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct MeshSpec {
+    /// Destinations the groups never forward to each other, so each group keeps its own:
+    /// `/queue/NAME` or `/topic/NAME` patterns, `*` for one word, a final `>` for the rest.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 256)))]
+    #[x_kube(validation = Rule::new(PATTERN_RULE).message(PATTERN_MESSAGE))]
+    pub excluded_destinations: Vec<String>,
 }
 
 /// A key of a Secret in the BrokerGroup's namespace.

@@ -28,13 +28,22 @@ fn group_uri(v: &ValidatedBrokerGroup, g: &GroupModel) -> String {
 
 /// The network connectors of every member of `group` (only its live runs them): one per other
 /// group of this BrokerGroup (never its own: a TTL-1 full mesh, every option at the
-/// broker's default), then the spec's connectors in spec order, a connector to a BrokerGroup
-/// expanded to one per group of it.
+/// broker's default but `spec.network`'s exclusions), then the spec's connectors in spec
+/// order, a connector to a BrokerGroup expanded to one per group of it.
 pub fn group_connectors(v: &ValidatedBrokerGroup, group: &GroupModel) -> Vec<NetworkConnector> {
+    let excluded = v
+        .spec
+        .network
+        .as_ref()
+        .map(|n| n.excluded_destinations.clone())
+        .unwrap_or_default();
     v.groups
         .iter()
         .filter(|g| g.name != group.name)
-        .map(|g| NetworkConnector::new(g.name.clone(), group_uri(v, g)))
+        .map(|g| NetworkConnector {
+            excluded_destinations: excluded.clone(),
+            ..NetworkConnector::new(g.name.clone(), group_uri(v, g))
+        })
         .chain(v.external_connectors.iter().map(external_connector))
         .collect()
 }

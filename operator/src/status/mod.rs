@@ -828,7 +828,8 @@ pub(crate) mod tests {
         use duomq_broker::admin::api::{ConnectorStatus, LinkStatus, NetworkStatus};
         let mut seen = Observation::default();
         for g in ["pair-g0", "pair-g1"] {
-            seen.pods.insert(format!("{g}-0"), pod(broker(Role::Live, 1, None), None));
+            seen.pods
+                .insert(format!("{g}-0"), pod(broker(Role::Live, 1, None), None));
             seen.pods.insert(
                 format!("{g}-1"),
                 pod(broker(Role::Backup, 1, Some(SyncState::Synced)), None),
@@ -866,31 +867,76 @@ pub(crate) mod tests {
     ) {
         use duomq_broker::admin::api::LinkState;
         let v = validated("{groups: 2, backupsPerGroup: 1}");
-        let brief = compute(&v, Some(1), &mesh(LinkState::Refused, 30), &BrokerGroupStatus::default(), &at(100));
-        assert_eq!(cond(&brief.status, condition::NETWORK_LINKED).status, "True");
+        let brief = compute(
+            &v,
+            Some(1),
+            &mesh(LinkState::Refused, 30),
+            &BrokerGroupStatus::default(),
+            &at(100),
+        );
+        assert_eq!(
+            cond(&brief.status, condition::NETWORK_LINKED).status,
+            "True"
+        );
         assert!(brief.transitions.is_empty(), "{:?}", brief.transitions);
 
-        let long = compute(&v, Some(1), &mesh(LinkState::Refused, 75), &brief.status, &at(145));
+        let long = compute(
+            &v,
+            Some(1),
+            &mesh(LinkState::Refused, 75),
+            &brief.status,
+            &at(145),
+        );
         let g0 = &long.status.groups[0];
         assert_eq!((g0.connectors, g0.connectors_linked), (1, 0));
         assert_eq!(g0.unlinked_connectors, vec!["pair-g1".to_string()]);
-        assert_eq!(long.status.linked.as_deref(), Some("0/2"), "g1's live reports no network");
+        assert_eq!(
+            long.status.linked.as_deref(),
+            Some("0/2"),
+            "g1's live reports no network"
+        );
         let c = cond(&long.status, condition::NETWORK_LINKED);
-        assert_eq!((c.status.as_str(), c.reason.as_str()), ("False", "ConnectorUnlinked"));
-        assert!(c.message.contains("group pair-g0: connector pair-g1 refused: wrong password"), "{}", c.message);
+        assert_eq!(
+            (c.status.as_str(), c.reason.as_str()),
+            ("False", "ConnectorUnlinked")
+        );
+        assert!(
+            c.message
+                .contains("group pair-g0: connector pair-g1 refused: wrong password"),
+            "{}",
+            c.message
+        );
         assert_eq!(long.transitions.len(), 1);
         assert!(long.transitions[0].warning);
         assert_eq!(long.transitions[0].reason, "ConnectorUnlinked");
 
-        let still = compute(&v, Some(1), &mesh(LinkState::Refused, 90), &long.status, &at(160));
+        let still = compute(
+            &v,
+            Some(1),
+            &mesh(LinkState::Refused, 90),
+            &long.status,
+            &at(160),
+        );
         assert!(still.transitions.is_empty(), "one event per outage");
-        assert_eq!(still.status, long.status, "no status patch while it stays down");
+        assert_eq!(
+            still.status, long.status,
+            "no status patch while it stays down"
+        );
 
-        let back = compute(&v, Some(1), &mesh(LinkState::Linked, 2), &still.status, &at(175));
+        let back = compute(
+            &v,
+            Some(1),
+            &mesh(LinkState::Linked, 2),
+            &still.status,
+            &at(175),
+        );
         assert_eq!(back.status.groups[0].connectors_linked, 1);
         assert_eq!(cond(&back.status, condition::NETWORK_LINKED).status, "True");
         assert_eq!(
-            (back.transitions[0].reason.as_str(), back.transitions[0].warning),
+            (
+                back.transitions[0].reason.as_str(),
+                back.transitions[0].warning
+            ),
             ("ConnectorLinked", false)
         );
     }

@@ -292,7 +292,9 @@ mod tests {
         assert_eq!((status, reason), (on, expected), "{message}");
         if !on {
             assert!(
-                message.contains("group a-g1: connector to-billing-billing-g0 refused: wrong password"),
+                message.contains(
+                    "group a-g1: connector to-billing-billing-g0 refused: wrong password"
+                ),
                 "names group, connector and error: {message}"
             );
         }
