@@ -114,7 +114,11 @@ pub struct Settled {
 impl Settled {
     /// Adds `other`'s acknowledgements to these.
     pub fn extend(&mut self, other: Settled) {
-        self.journaled.extend(other.journaled);
+        if self.journaled.is_empty() {
+            self.journaled = other.journaled;
+        } else {
+            self.journaled.extend(other.journaled);
+        }
     }
 
     fn ops(&self) -> impl Iterator<Item = Op> + '_ {

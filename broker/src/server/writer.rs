@@ -9,8 +9,8 @@
 use crate::engine::message::{ack_token, Delivery};
 use crate::engine::metrics::Limit;
 use crate::engine::queue::Outbound;
+use crate::engine::accept::Settled;
 use crate::engine::Broker;
-use crate::journal::Op;
 use crate::metrics::Metrics;
 use crate::stomp::{Command, Frame, StompCodec};
 use bytes::BytesMut;
@@ -221,14 +221,12 @@ impl Writer {
     /// Auto-ack deliveries count as acknowledged once written; journaled ones get a lazy
     /// ack record (not awaited: at worst a crash redelivers them).
     fn settle_auto(&self, settle: &mut Vec<Delivery>) {
-        let mut acks = Vec::new();
+        let mut acks = Settled::default();
         for d in settle.drain(..) {
-            if let Ok(entries) = d.queue.ack(d.consumer, d.tag, false) {
-                acks.extend(entries.iter().filter(|e| e.journaled).map(|e| Op::Ack(e.message.id)));
+            if let Ok(settled) = self.broker.settle(&d.queue, d.consumer, d.tag, false, false) {
+                acks.extend(settled);
             }
         }
-        if !acks.is_empty() {
-            drop(self.broker.journal().append_lazy(acks));
-        }
+        self.broker.acknowledge_lazy(acks);
     }
 }
