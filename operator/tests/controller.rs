@@ -2033,3 +2033,89 @@ async fn given_a_new_revision_when_reconciled_should_update_the_backup_then_swit
     );
     assert_eq!(h.ctx.metrics.upgrade_pod_deletions.get(), 2);
 }
+
+/// `status` (a live's `/status`) with one network connector whose one link is in `state` for
+/// `seconds`.
+fn with_connector(mut status: Value, name: &str, state: &str, seconds: u64) -> Value {
+    status["network"] = json!({
+        "connectors": [{"name": name, "uri": "masterslave:(…)", "duplex": false, "links": [{
+            "target": "masterslave:(…)", "state": state, "stateSeconds": seconds,
+            "lastError": if state == "linked" { Value::Null } else { json!("wrong password") },
+            "remoteDemand": [], "remoteDemandCount": 0, "localDemandCount": 0,
+            "forwardedOut": 0, "forwardedIn": 0,
+        }]}],
+        "inbound": [],
+    });
+    status
+}
+
+#[tokio::test]
+async fn given_a_connector_refused_for_over_a_minute_when_reconciled_should_warn_once_and_report_network_linked_false(
+) {
+    let h = Harness::new();
+    let mut bg = pair();
+    bg.spec.groups = 2;
+    let bg = with_status(
+        bg,
+        settled(&[("pair-g0", "pair-g0-0", 1), ("pair-g1", "pair-g1-0", 1)]),
+    );
+    h.brokers.answer(
+        "10.0.1.10",
+        with_connector(
+            live_status("pair-g0-0", 1, "pair-g0-1"),
+            "pair-g1",
+            "refused",
+            90,
+        ),
+    );
+    h.brokers
+        .answer("10.0.1.11", backup_status("pair-g0-1", 1, "pair-g0-0"));
+    h.brokers.answer(
+        "10.0.2.10",
+        with_connector(
+            live_status("pair-g1-0", 1, "pair-g1-1"),
+            "pair-g0",
+            "linked",
+            300,
+        ),
+    );
+    h.brokers
+        .answer("10.0.2.11", backup_status("pair-g1-1", 1, "pair-g1-0"));
+    let pods = vec![
+        broker_pod("pair-g0-0", "10.0.1.10", true, Some("live")),
+        broker_pod("pair-g0-1", "10.0.1.11", true, Some("backup")),
+        broker_pod("pair-g1-0", "10.0.2.10", true, Some("live")),
+        broker_pod("pair-g1-1", "10.0.2.11", true, Some("backup")),
+    ];
+    let mut calls = calls_until_observed(&bg, &["pair-g0", "pair-g1"], pods.clone());
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
+
+    let step = h.reconcile(&bg, calls).await;
+
+    let event = step.body(
+        Method::POST,
+        "/apis/events.k8s.io/v1/namespaces/default/events",
+    );
+    assert_eq!(
+        (event["type"].as_str(), event["reason"].as_str()),
+        (Some("Warning"), Some("ConnectorUnlinked"))
+    );
+    assert_eq!(
+        event["note"].as_str(),
+        Some("group pair-g0: connector pair-g1 has not linked for 90s (refused: wrong password)")
+    );
+    let status = step.status();
+    assert_eq!(status.linked.as_deref(), Some("1/2"));
+    let g0 = &status.groups[0];
+    assert_eq!((g0.connectors, g0.connectors_linked), (1, 0));
+    assert_eq!(g0.unlinked_connectors, vec!["pair-g1".to_string()]);
+    assert_eq!(
+        condition(&status, "NetworkLinked"),
+        ("False", "ConnectorUnlinked")
+    );
+
+    // Still refused a reconcile later: no second event, no status patch.
+    let bg = with_status(bg, status);
+    let calls = calls_until_observed(&bg, &["pair-g0", "pair-g1"], pods);
+    h.reconcile(&bg, calls).await;
+}
