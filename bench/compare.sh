@@ -18,6 +18,8 @@ REPLICATION_ACKS=written,synced
 MATRIX=yes
 FAILOVER_KILLS=${BENCH_FAILOVER_KILLS:-20}
 FAILOVER_EVERY=${BENCH_FAILOVER_EVERY:-3s}
+NETWORK=no
+NETWORK_KILLS=${BENCH_NETWORK_KILLS:-5}
 OUT=${BENCH_OUT:-}
 FSYNC_DURATION=3s
 START_TIMEOUT=120
@@ -37,6 +39,8 @@ usage() {
     cat <<EOF
 Usage: bench/compare.sh [--quick] [--only LIST] [--out DIR] [--duration D] [--warmup D]
                         [--prefetch N] [--failover | --failover-only] [--failover-kills N]
+                        [--replication | --replication-only] [--replication-rounds N]
+                        [--network | --network-only] [--network-kills N]
 
 Measures duomq, ActiveMQ and RabbitMQ one after the other on this machine, over STOMP,
 with the same load generator (duomq-bench) and the same matrix, and prints a table.
@@ -76,7 +80,28 @@ What it does, in order:
                  master/slave, bench/lib/activemq-shared.xml): the slave blocks on
                  KahaDB's lock and opens no port; ready = process running, plus 5s
      Clients use failover:(a,b)?maxReconnectAttempts=-1 and resend unreceipted SENDs.
-  6. Prints the table and writes everything to the output directory.
+  6. With --replication: the cost of synchronous replication (duomq only, see below).
+  7. With --network: a flow across a network bridge (issue 13), three cells of the
+     duration each, 1 KiB persistent 1P+1C w64 as in the matrix (client-individual acks,
+     prefetch ${PREFETCH}), then the failover of the bridge's target (config:
+     bench/lib/network.sh):
+       duomq local     one broker, producer and consumer on it
+       duomq bridged   two standalone brokers A and B, A with a network connector to
+                       B's cluster port; producer on A, consumer on B: msg/s counts what
+                       the consumer on B received
+       activemq        two ActiveMQ brokers, each with its own KahaDB (journal fsyncs on)
+                       and STOMP port, the producer's with a one-way networkConnector
+                       to the consumer's OpenWire port (bench/lib/activemq-network-*.xml)
+     Prints bridged/local (goal >= 0.5) and bridged/ActiveMQ (goal >= 5). A cell whose
+     receipted messages did not all reach the consumer fails (NOT DRAINED).
+     Failover: the target is a duomq live/backup pair (as in --failover), the source a
+     standalone broker with a masterslave:(a,b) connector to the pair's cluster ports;
+     the producer sends to the source, the consumer reads from the pair through
+     failover:(a,b); ${NETWORK_KILLS} times, after ${FAILOVER_EVERY} of flow, SIGKILL the pair's live
+     and restart it. The gap of a kill is the longest pause between two new messages at
+     the consumer until the next kill; reports p50 and max (goal p50 < 1 s), lost
+     (receipted at the source, never delivered) and duplicates.
+  8. Prints the table and writes everything to the output directory.
 
 The matrix (each cell on a fresh queue, consumers acking every message with
 client-individual, prefetch ${PREFETCH}):
@@ -109,11 +134,18 @@ Options:
                   the report compares medians (about 3 x rounds x (duration + 5s))
   --replication-only  run only that section (no fsync rate, no matrix)
   --replication-rounds N  rounds (default ${REPLICATION_ROUNDS})
+  --network       also run the network section (duomq cells when duomq is in --only,
+                  the ActiveMQ cell when activemq is; about 3 x (duration + warm-up)
+                  plus ${NETWORK_KILLS} x (${FAILOVER_EVERY} + failover + restart))
+  --network-only  run only that section (no fsync rate, no matrix)
+  --network-kills N  kills of the target's live (default ${NETWORK_KILLS})
   -h, --help      this text
 
-Environment: BENCH_DURATION, BENCH_WARMUP, BENCH_PREFETCH, BENCH_ONLY and BENCH_OUT
-set the same as the options (options win); TMPDIR chooses where the brokers' data
-lives (default /tmp): keep it on the disk you mean to measure, not on a tmpfs.
+Environment: BENCH_DURATION, BENCH_WARMUP, BENCH_PREFETCH, BENCH_ONLY, BENCH_OUT and
+BENCH_NETWORK_KILLS set the same as the options (options win); TMPDIR chooses where the
+brokers' data lives (default /tmp): keep it on the disk you mean to measure, not on a
+tmpfs. DUOMQ_BROKER and DUOMQ_BENCH, both set, name binaries to use instead of building
+release ones (the bench's tests pass their debug builds).
 
 Output directory:
   summary.md     the tables as Markdown, plus every number of every cell
@@ -125,6 +157,9 @@ Output directory:
                  the mean of this one and fsync.json)
   failover.jsonl one 'duomq-bench failover --json' line per target (with --failover)
   replication.jsonl  one 'duomq-bench run --json' line per round and setup (with --replication)
+  network.jsonl  one 'duomq-bench run --json' line per network cell (with --network)
+  network-failover.jsonl  one 'duomq-bench failover --json' line (with --network)
+  network.txt    the network section's table (python3 bench/lib/network-report.py DIR)
   run.tsv, cells.tsv, failures.tsv   what the report is made from
   logs/          each broker's log and each cell's duomq-bench stderr
 python3 bench/lib/report.py DIR prints the table of a finished run again.
@@ -164,6 +199,10 @@ while (($#)); do
     --replication-only) REPLICATION=yes MATRIX=no ;;
     --replication-rounds) REPLICATION_ROUNDS=${2:?--replication-rounds needs a number}; shift ;;
     --replication-rounds=*) REPLICATION_ROUNDS=${1#*=} ;;
+    --network) NETWORK=yes ;;
+    --network-only) NETWORK=yes MATRIX=no ;;
+    --network-kills) NETWORK_KILLS=${2:?--network-kills needs a number}; shift ;;
+    --network-kills=*) NETWORK_KILLS=${1#*=} ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -184,6 +223,7 @@ seconds "$WARMUP" >/dev/null || die "--warmup: \"$WARMUP\" is not a duration lik
 [[ $PREFETCH =~ ^[1-9][0-9]*$ ]] || die "--prefetch: \"$PREFETCH\" is not a positive number"
 [[ $FAILOVER_KILLS =~ ^[1-9][0-9]*$ ]] || die "--failover-kills: \"$FAILOVER_KILLS\" is not a positive number"
 [[ $REPLICATION_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--replication-rounds: \"$REPLICATION_ROUNDS\" is not a positive number"
+[[ $NETWORK_KILLS =~ ^[1-9][0-9]*$ ]] || die "--network-kills: \"$NETWORK_KILLS\" is not a positive number"
 # duomq-bench's drain timeout (10s) plus a minute for connecting and reporting.
 CELL_TIMEOUT=$(($(seconds "$DURATION") + $(seconds "$WARMUP") + 70))
 
@@ -212,7 +252,8 @@ install_missing() {
     for t in "${TARGETS[@]}"; do
         case $t in
         activemq) pkgs+=(activemq) ;;
-        rabbitmq-*) pkgs+=(rabbitmq-server) ;;
+        # Only the matrix measures RabbitMQ.
+        rabbitmq-*) if [[ $MATRIX == yes ]]; then pkgs+=(rabbitmq-server); fi ;;
         esac
     done
     for p in "${pkgs[@]}"; do
@@ -229,6 +270,11 @@ install_missing() {
 }
 
 build() {
+    if [[ -n ${DUOMQ_BROKER:-} && -n ${DUOMQ_BENCH:-} ]]; then
+        log "using $DUOMQ_BROKER and $DUOMQ_BENCH (DUOMQ_BROKER, DUOMQ_BENCH), not building"
+        BENCH=$DUOMQ_BENCH
+        return
+    fi
     command -v cargo >/dev/null || die "cargo not found: install a Rust toolchain first"
     log "building duomq-broker and duomq-bench (release)"
     (cd "$ROOT" && cargo build --release -p duomq-broker -p duomq-bench) ||
@@ -261,6 +307,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/duomq-compare.XXXXXX")
 . "$LIB_DIR/failover.sh"
 # shellcheck source=lib/replication.sh
 . "$LIB_DIR/replication.sh"
+# shellcheck source=lib/network.sh
+. "$LIB_DIR/network.sh"
 
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
@@ -293,7 +341,7 @@ meta version.duomq "duomq $("$DUOMQ_BROKER" --version | awk '{ print $NF }')"
 if [[ " ${TARGETS[*]} " == *" activemq "* ]]; then
     meta version.activemq "ActiveMQ $(dpkg-query -W -f='${Version}' activemq)"
 fi
-if [[ " ${TARGETS[*]} " == *" rabbitmq-"* ]]; then
+if [[ $MATRIX == yes && " ${TARGETS[*]} " == *" rabbitmq-"* ]]; then
     meta version.rabbitmq "RabbitMQ $(dpkg-query -W -f='${Version}' rabbitmq-server) on Erlang $(dpkg-query -W -f='${Version}' erlang-base 2>/dev/null || echo '?')"
 fi
 for c in "${CELLS[@]}"; do
@@ -426,6 +474,12 @@ if [[ $REPLICATION == yes && " ${TARGETS[*]} " == *" duomq "* ]]; then
     run_replication_cost
 fi
 
+# --- network of brokers ---------------------------------------------------------------
+
+if [[ $NETWORK == yes ]]; then
+    run_network
+fi
+
 # --- the report -----------------------------------------------------------------------
 
 echo
@@ -439,6 +493,10 @@ if [[ $FAILOVER == yes ]]; then
 fi
 if [[ $REPLICATION == yes && -s $OUT/replication.jsonl ]]; then
     python3 "$LIB_DIR/replication-report.py" "$OUT/replication.jsonl" | tee "$OUT/replication.txt"
+    echo
+fi
+if [[ $NETWORK == yes ]]; then
+    python3 "$LIB_DIR/network-report.py" "$OUT" | tee "$OUT/network.txt"
     echo
 fi
 log "results in $OUT"

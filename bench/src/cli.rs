@@ -103,7 +103,11 @@ running process and --settle has passed (ActiveMQ shared-storage master/slave)\n
 The failover gap of one kill is the time from the last RECEIPT any producer received from the \
 killed broker to the first RECEIPT from its successor: receipts are timed as they arrive, and \
 the first producer reconnect after the SIGKILL separates the two brokers' receipts (the dead \
-broker's last ones can still be read a moment after the kill). Deliveries beyond the first are split into \
+broker's last ones can still be read a moment after the kill). With --gap-at deliveries it is \
+instead the longest pause between two consecutive first deliveries (new messages) at the \
+consumers, from the kill until the next kill: what a consumer behind a network bridge sees \
+when the killed pair is the bridge's target and the producers' broker stays up \
+(--consumer-url names the pair, --url the producers' broker). Deliveries beyond the first are split into \
 redeliveries (marked redelivered:true), unflagged redeliveries (not marked, but a consumer \
 connection was lost since the first delivery, so its ACK may have died with it) and duplicates \
 (neither: the broker stored or sent the message twice).\n\n\
@@ -118,6 +122,13 @@ pub struct FailoverArgs {
     /// Broker URL, normally failover:(stomp://a,stomp://b)?maxReconnectAttempts=-1.
     #[arg(long, env = "DUOMQ_URL", value_name = "URL")]
     pub url: String,
+    /// Where the consumers connect, when not to --url: the far side of a network bridge
+    /// (producers on a standalone broker, consumers on the pair whose live is killed).
+    #[arg(long, value_name = "URL")]
+    pub consumer_url: Option<String>,
+    /// What the failover gap is measured on (see above).
+    #[arg(long, value_enum, default_value_t = GapAt::Receipts)]
+    pub gap_at: GapAt,
     /// Login sent on CONNECT (overrides a user in the URL).
     #[arg(long, env = "DUOMQ_LOGIN", value_name = "USER")]
     pub login: Option<String>,
@@ -187,6 +198,16 @@ pub struct MemberArg {
     pub restart_cmd: String,
 }
 
+/// What `failover` measures its gaps on.
+#[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
+pub enum GapAt {
+    /// The producers' RECEIPTs: last from the killed broker to first from its successor.
+    Receipts,
+    /// The consumers' first deliveries: the longest pause between two consecutive new
+    /// messages from the kill until the next kill (or the end of the load).
+    Deliveries,
+}
+
 /// How `failover` finds the live member.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KillMode {
@@ -216,6 +237,10 @@ pub struct RunArgs {
     /// Broker URL: stomp://[user:pass@]host[:port]. A failover:(...) list is tried in order.
     #[arg(long, env = "DUOMQ_URL", default_value = "stomp://127.0.0.1:61613", value_name = "URL")]
     pub url: String,
+    /// Where the consumers connect, when not to --url: another broker that a network
+    /// bridge forwards the producers' messages to. Rates count what arrives there.
+    #[arg(long, value_name = "URL")]
+    pub consumer_url: Option<String>,
     /// Login sent on CONNECT (overrides a user in the URL).
     #[arg(long, env = "DUOMQ_LOGIN", value_name = "USER")]
     pub login: Option<String>,
@@ -531,6 +556,37 @@ mod tests {
         assert_eq!(f.kill_mode, KillMode::Status);
         assert_eq!(f.members.len(), 2);
         assert_eq!(f.member_admins, vec![("a".to_string(), "http://127.0.0.1:3".to_string())]);
+    }
+
+    #[test]
+    fn given_consumer_url_and_gap_at_deliveries_should_parse_for_run_and_failover() {
+        let cli = Cli::try_parse_from(["duomq-bench", "run", "--url", "stomp://a:1", "--consumer-url", "stomp://b:2"]);
+        let Ok(Cli { command: Command::Run(run), .. }) = cli else { panic!("did not parse: {cli:?}") };
+        assert_eq!(run.consumer_url.as_deref(), Some("stomp://b:2"));
+        let cli = Cli::try_parse_from([
+            "duomq-bench",
+            "failover",
+            "--url",
+            "stomp://a:1",
+            "--consumer-url",
+            "failover:(stomp://b:2,stomp://c:3)",
+            "--gap-at",
+            "deliveries",
+            "--member",
+            "b=/b.pid:start b",
+            "--member",
+            "c=/c.pid:start c",
+        ]);
+        let Ok(Cli { command: Command::Failover(f), .. }) = cli else { panic!("did not parse: {cli:?}") };
+        assert_eq!(f.gap_at, GapAt::Deliveries);
+        assert_eq!(f.consumer_url.as_deref(), Some("failover:(stomp://b:2,stomp://c:3)"));
+    }
+
+    #[test]
+    fn given_failover_without_gap_at_should_measure_receipts() {
+        let cli = Cli::try_parse_from(["duomq-bench", "failover", "--url", "stomp://a:1", "--member", "a=/a.pid:x"]);
+        let Ok(Cli { command: Command::Failover(f), .. }) = cli else { panic!("did not parse: {cli:?}") };
+        assert_eq!((f.gap_at, f.consumer_url), (GapAt::Receipts, None));
     }
 
     #[test]

@@ -139,7 +139,10 @@ pub struct FailoverReport {
     pub kills_requested: u32,
     /// Kills made (fewer than requested when a cycle failed; see `errors`).
     pub kills: u32,
-    /// Failover gap percentiles over the kills; `None` when no kill had receipts on both sides.
+    /// What the gaps were measured on: `receipts` (the producers') or `deliveries` (the
+    /// consumers' first deliveries).
+    pub gap_at: &'static str,
+    /// Failover gap percentiles over the kills; `None` when no kill had a gap.
     pub gap_ms: Option<GapSummaryMs>,
     pub per_kill: Vec<KillReport>,
     pub sent: u64,
@@ -171,7 +174,8 @@ pub struct KillReport {
     pub pid: i32,
     /// When SIGKILL was sent, in seconds since the run started.
     pub at_s: f64,
-    /// Last receipt from the killed broker to the first from its successor.
+    /// Last receipt from the killed broker to the first from its successor, or with
+    /// `gap_at: deliveries` the longest pause between new messages at the consumers.
     pub gap_ms: Option<f64>,
     /// Kill to another member answering as live (as polled).
     pub promoted_ms: f64,

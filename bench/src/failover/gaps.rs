@@ -38,6 +38,32 @@ pub fn failover_gaps(receipts: &[u64], kills: &[u64], reconnects: &[u64]) -> Vec
         .collect()
 }
 
+/// The consumers' view of each kill, in order: the longest pause between two consecutive
+/// first deliveries where the later one arrived after the kill and the earlier one
+/// before the next kill (`end_ns` for the last); a pause that spans the next kill counts
+/// for both. `None` when no two consecutive deliveries qualify: nothing arrived after
+/// the kill (the flow never resumed), or a single message did with nothing before it.
+/// `arrivals` and `kills` must be sorted.
+///
+/// Unlike receipts, deliveries need no boundary between brokers: a pause is a pause,
+/// whichever of the killed broker's last messages or its successor's first end it.
+pub fn delivery_gaps(arrivals: &[u64], kills: &[u64], end_ns: u64) -> Vec<Option<Gap>> {
+    kills
+        .iter()
+        .enumerate()
+        .map(|(i, &kill)| {
+            let until = kills.get(i + 1).copied().unwrap_or(end_ns);
+            let first_after = arrivals.partition_point(|&t| t <= kill).max(1);
+            arrivals
+                .windows(2)
+                .skip(first_after - 1)
+                .take_while(|pair| pair[0] < until)
+                .map(|pair| Gap { last_before_ns: pair[0], first_after_ns: pair[1] })
+                .max_by_key(Gap::nanos)
+        })
+        .collect()
+}
+
 /// Gap percentiles in milliseconds, over the kills that had one.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize)]
 pub struct GapSummaryMs {
@@ -106,6 +132,41 @@ mod tests {
     #[case::no_receipts(&[], 10)]
     fn given_no_receipt_on_one_side_should_have_no_gap(#[case] receipts: &[u64], #[case] kill: u64) {
         assert_eq!(failover_gaps(receipts, &[kill], &[]), vec![None]);
+    }
+
+    #[test]
+    fn given_deliveries_around_kills_should_take_the_longest_pause_after_each_kill() {
+        // Kill at 100: 95->300 spans it; kill at 500: 480->600 spans it (and is shorter).
+        let arrivals = [10, 50, 95, 300, 320, 400, 480, 600, 610];
+        let gaps = delivery_gaps(&arrivals, &[100, 500], 1000);
+        assert_eq!(gaps[0], Some(Gap { last_before_ns: 95, first_after_ns: 300 }));
+        assert_eq!(gaps[1], Some(Gap { last_before_ns: 480, first_after_ns: 600 }));
+    }
+
+    #[test]
+    fn given_longer_pause_after_the_first_resumed_message_should_take_that_one() {
+        // The successor delivers one message at 200, then stalls until 900.
+        let gaps = delivery_gaps(&[90, 200, 900, 910], &[100], 1000);
+        assert_eq!(gaps, vec![Some(Gap { last_before_ns: 200, first_after_ns: 900 })]);
+    }
+
+    #[test]
+    fn given_pause_spanning_the_next_kill_should_count_for_both_kills() {
+        let gaps = delivery_gaps(&[90, 110, 120, 600, 900], &[100, 500], 1000);
+        // 120->600 spans the kill at 500: the longest pause of both cycles.
+        assert_eq!(gaps[0], Some(Gap { last_before_ns: 120, first_after_ns: 600 }), "starts before the next kill");
+        assert_eq!(gaps[1], Some(Gap { last_before_ns: 120, first_after_ns: 600 }));
+    }
+
+    #[rstest]
+    #[case::nothing_after(&[5, 6], 10)]
+    #[case::one_after_nothing_before(&[50], 10)]
+    #[case::no_arrivals(&[], 10)]
+    fn given_no_pair_of_deliveries_across_or_after_the_kill_should_have_no_gap(
+        #[case] arrivals: &[u64],
+        #[case] kill: u64,
+    ) {
+        assert_eq!(delivery_gaps(arrivals, &[kill], 1000), vec![None]);
     }
 
     #[test]

@@ -9,17 +9,17 @@
 mod gaps;
 mod members;
 
-use crate::cli::FailoverArgs;
+use crate::cli::{FailoverArgs, GapAt};
 use crate::report::{round3, FailoverReport, KillReport};
 use crate::run::consumer::{ConsumerSpec, Recorder};
 use crate::run::producer::{self, ProducerSpec};
 use crate::run::{connect_producers, drain, subscribe_consumers};
-use crate::run::shared::{nanos_since, ConnectionGenerations, Counters, Phases, ReceiptLog, Shared};
+use crate::run::shared::{nanos_since, ArrivalLog, ConnectionGenerations, Counters, Phases, ReceiptLog, Shared};
 use crate::tally::{Deliveries, DeliveryCounts, SeqSet};
 use anyhow::{bail, Context};
 use duomq_broker::client::{AckMode, Client, ClientOptions, ConnectionEvent};
 pub use gaps::GapSummaryMs;
-use gaps::failover_gaps;
+use gaps::{delivery_gaps, failover_gaps};
 use members::{Member, Role};
 use std::sync::Arc;
 use std::time::Duration;
@@ -58,7 +58,7 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
         ..ClientOptions::default()
     };
     let consumer_spec = Arc::new(ConsumerSpec {
-        url: args.url.clone(),
+        url: args.consumer_url.clone().unwrap_or_else(|| args.url.clone()),
         options: options.clone(),
         destination: args.destination.clone(),
         ack: AckMode::ClientIndividual,
@@ -78,6 +78,7 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
         deliveries: Deliveries::new(args.producers),
         receipts: Some(ReceiptLog::default()),
         generations: Some(ConnectionGenerations::default()),
+        arrivals: (args.gap_at == GapAt::Deliveries).then(ArrivalLog::default),
     });
     let (stop_producers, stop_consumers) = (CancellationToken::new(), CancellationToken::new());
     let mut consumer_tasks = Vec::new();
@@ -114,6 +115,7 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
         }
     };
     stop_producers.cancel();
+    let load_end_ns = nanos_since(phases.started);
     let mut confirmed = Vec::new();
     let mut errors: Vec<String> = kill_error.into_iter().collect();
     for task in producer_tasks {
@@ -135,10 +137,15 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
         tracing::warn!(lost = missing, ?examples, "receipted messages never arrived (producer, seq)");
     }
 
-    let receipts = shared.receipts.as_ref().map(ReceiptLog::sorted).unwrap_or_default();
-    let reconnects = shared.receipts.as_ref().map(ReceiptLog::sorted_reconnects).unwrap_or_default();
     let kill_times: Vec<u64> = kills.iter().map(|k| k.at_ns).collect();
-    let gaps = failover_gaps(&receipts, &kill_times, &reconnects);
+    let gaps = match &shared.arrivals {
+        Some(arrivals) => delivery_gaps(&arrivals.sorted(), &kill_times, load_end_ns),
+        None => {
+            let receipts = shared.receipts.as_ref().map(ReceiptLog::sorted).unwrap_or_default();
+            let reconnects = shared.receipts.as_ref().map(ReceiptLog::sorted_reconnects).unwrap_or_default();
+            failover_gaps(&receipts, &kill_times, &reconnects)
+        }
+    };
     let gap_ns: Vec<u64> = gaps.iter().flatten().map(gaps::Gap::nanos).collect();
     let ms = |d: Duration| round3(d.as_secs_f64() * 1e3);
     Ok(FailoverReport {
@@ -151,6 +158,10 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
         window: args.window,
         kills_requested: args.kills,
         kills: kills.len() as u32,
+        gap_at: match args.gap_at {
+            GapAt::Receipts => "receipts",
+            GapAt::Deliveries => "deliveries",
+        },
         gap_ms: GapSummaryMs::of(&gap_ns),
         per_kill: kills
             .iter()

@@ -144,6 +144,9 @@ impl Recorder {
         if mark == Mark::Foreign {
             return;
         }
+        if let (Some(arrivals), Mark::First) = (&shared.arrivals, mark) {
+            arrivals.push(super::shared::nanos_since(shared.phases.started));
+        }
         if shared.phases.in_measured(now) {
             self.measured_received += 1;
         }

@@ -46,7 +46,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         };
     let ack = AckMode::from(args.ack);
     let consumer_spec = Arc::new(ConsumerSpec {
-        url: args.url.clone(),
+        url: args.consumer_url.clone().unwrap_or_else(|| args.url.clone()),
         options: options.clone(),
         destination: args.destination.clone(),
         ack,
@@ -74,6 +74,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             deliveries: Deliveries::new(args.producers),
             receipts: None,
             generations: None,
+            arrivals: None,
         });
     let stop_producers = CancellationToken::new();
     let stop_consumers = CancellationToken::new();

@@ -125,6 +125,29 @@ impl ReceiptLog {
     }
 }
 
+/// When each message's first delivery reached a consumer, in nanoseconds since
+/// [`Phases::started`]: what `failover --gap-at deliveries` computes its gaps from. Only
+/// that run keeps one.
+#[derive(Debug, Default)]
+pub struct ArrivalLog {
+    times: Mutex<Vec<u64>>,
+}
+
+impl ArrivalLog {
+    pub fn push(&self, at_ns: u64) {
+        if let Ok(mut times) = self.times.lock() {
+            times.push(at_ns);
+        }
+    }
+
+    /// Every arrival time, sorted.
+    pub fn sorted(&self) -> Vec<u64> {
+        let mut times = self.times.lock().map(|t| t.clone()).unwrap_or_default();
+        times.sort_unstable();
+        times
+    }
+}
+
 /// Consumer connection generations: bumped whenever a consumer's connection is lost,
 /// and remembered per message at its first delivery, so that a repeat delivery can tell
 /// whether a connection (and maybe the first delivery's ACK) was lost in between. Only
@@ -171,6 +194,8 @@ pub struct Shared {
     pub receipts: Option<ReceiptLog>,
     /// Consumer connection losses, when the run causes them (failover).
     pub generations: Option<ConnectionGenerations>,
+    /// First-delivery times, when the gaps are measured at the consumers.
+    pub arrivals: Option<ArrivalLog>,
 }
 
 #[cfg(test)]
