@@ -103,9 +103,10 @@ pub struct BrokerGroupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<MeshSpec>,
 
-    /// Store-and-forward connectors to brokers outside this BrokerGroup: another BrokerGroup in
-    /// this namespace (every one of its groups, each as a masterslave list), or an explicit
-    /// `masterslave:(…)` list.
+    /// Store-and-forward connectors from every group of this BrokerGroup to brokers outside
+    /// it: another BrokerGroup in this namespace (a link to each of its groups), or an
+    /// explicit `masterslave:(…)`, `static:(…)` or `tcp://` address on the cluster port.
+    /// Only a group's live runs them; a link follows the remote group's live.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     #[schemars(length(max = 16))]
