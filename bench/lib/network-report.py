@@ -77,6 +77,21 @@ def forwarded_out(out_dir):
         return None
 
 
+def load_line(load, meta):
+    """The 1-minute load average before each cell, against the machine's CPUs."""
+    if not load:
+        return "  load before each cell: not recorded"
+    cpus = meta.get("nproc", "?")
+    each = ", ".join(f"{k.removeprefix('network/')} {v}" for k, v in load.items())
+    busy = ""
+    try:
+        if max(float(v) for v in load.values()) > float(cpus):
+            busy = "  (above the CPU count: other work shared the machine; repeat before quoting)"
+    except ValueError:
+        pass
+    return f"  1-minute load before each cell ({cpus} CPUs): {each}{busy}"
+
+
 def ms(x):
     return "-" if x is None else f"{x:.1f}"
 
@@ -86,6 +101,7 @@ def report(out_dir):
     failovers = read_jsonl(os.path.join(out_dir, "network-failover.jsonl"))
     failures = [(k, v) for k, v in read_tsv(os.path.join(out_dir, "failures.tsv")) if k.startswith("network/")]
     meta = dict(read_tsv(os.path.join(out_dir, "run.tsv")))
+    load = dict(read_tsv(os.path.join(out_dir, "network-load.tsv")))
     any_run = next(iter(runs.values()), None)
     shape = "1 KiB persistent, 1 producer + 1 consumer, 64 receipts in flight"
     if any_run:
@@ -119,6 +135,7 @@ def report(out_dir):
     if bridged is not None and fwd is not None:
         print(f"  A's connector forwarded {fwd} messages that B confirmed; the consumer on B got {bridged['confirmed'] - bridged['lost']} of the {bridged['confirmed']} receipted at A")
     print("  msg/s: messages the consumer received per second of the measured interval (on B, for the bridged cells)")
+    print(load_line(load, meta))
     for label, _ in CELLS:
         r = runs.get(label)
         for problem in run_problems(r) if r else []:

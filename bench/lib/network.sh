@@ -85,6 +85,9 @@ network_cell() {
     local label=$1 url=$2 consumer_url=$3 pid=$4 out="$WORK/network-cell.json" rc=0
     local name=${label#network/}
     log "$label: 1 KiB persistent 1P+1C w64 (${DURATION} after ${WARMUP} warm-up)"
+    # The machine's 1-minute load before the cell: a run taken while other work shares
+    # the CPUs is worth repeating, and the report says so.
+    printf '%s\t%s\n' "$label" "$(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/network-load.tsv"
     timeout --foreground -k 10 "$((CELL_TIMEOUT + 30))" "$BENCH" run --url "$url" --consumer-url "$consumer_url" \
         --destination "/queue/network-$name-$STAMP" --producers 1 --consumers 1 --size 1024 \
         --window 64 --persistent --duration "$DURATION" --warmup "$WARMUP" --prefetch "$PREFETCH" \
@@ -203,6 +206,7 @@ run_network_failover() {
         return
     fi
     log "$label: $NETWORK_KILLS kills of the target's live, one every $FAILOVER_EVERY"
+    printf '%s\t%s\n' "$label" "$(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/network-load.tsv"
     timeout --foreground -k 10 "$((NETWORK_KILLS * 90 + 120))" "$BENCH" failover "${NET_FAILOVER_ARGS[@]}" \
         --destination "/queue/network-failover-$STAMP" --window 64 --size 1024 --kills "$NETWORK_KILLS" \
         --kill-every "$FAILOVER_EVERY" --label "$label" --json >"$out" 2>>"$LOG_DIR/network-failover.log" || rc=$?
@@ -224,6 +228,7 @@ run_network_failover() {
 run_network() {
     : >"$OUT/network.jsonl"
     : >"$OUT/network-failover.jsonl"
+    : >"$OUT/network-load.tsv"
     if [[ " ${TARGETS[*]} " == *" duomq "* ]]; then
         log "network/duomq-local: starting one broker"
         if start_duomq; then
