@@ -160,6 +160,7 @@ Output directory:
   network.jsonl  one 'duomq-bench run --json' line per network cell (with --network)
   network-failover.jsonl  one 'duomq-bench failover --json' line (with --network)
   network.txt    the network section's table (python3 bench/lib/network-report.py DIR)
+  network-load.tsv  the machine's 1-minute load before each network cell
   run.tsv, cells.tsv, failures.tsv   what the report is made from
   logs/          each broker's log and each cell's duomq-bench stderr
 python3 bench/lib/report.py DIR prints the table of a finished run again.
