@@ -256,11 +256,15 @@ pub fn validate(
                         secret: cluster_secret_name(target, target_spec),
                         key: names::CLUSTER_PASSWORD_KEY.into(),
                     };
+                    // A generated Secret is the target's operator-made one: it appears with
+                    // the target's first reconcile, so pods may wait for it a moment (two
+                    // BrokerGroups created together then start linked, with no rolling upgrade).
+                    let generated = target_spec.ha.cluster_credentials_secret.is_none();
                     if let Some(problem) = secret_problem(deps, &password, Some(&credentials.user))
                     {
                         // A user mismatch still renders: the link's refusal then shows in the
                         // NetworkLinked condition too.
-                        let left_out = problem.0 != "ConnectorUserMismatch";
+                        let left_out = problem.0 != "ConnectorUserMismatch" && !generated;
                         connector_problems.push(problem);
                         if left_out {
                             continue;
@@ -306,7 +310,8 @@ pub fn cluster_secret_name(bg: &str, spec: &BrokerGroupSpec) -> String {
 }
 
 /// Why a connector's password Secret cannot serve, as (reason, message): it does not exist
-/// or lacks the key (the connector is left out until it does), or its cluster user is not
+/// or lacks the key (a named Secret's connector is then left out until it does, so a typo
+/// never rolls a running group onto pods that cannot start), or its cluster user is not
 /// `user` (rendered anyway; the remote refuses the link).
 fn secret_problem(
     deps: &Dependencies,
@@ -318,7 +323,7 @@ fn secret_problem(
     let Some(found) = secrets.get(name) else {
         return Some((
             "ConnectorSecretMissing".into(),
-            format!("network connector {}: Secret {name} does not exist; the connector is left out until it does", password.spec_name),
+            format!("network connector {}: Secret {name} does not exist (a named Secret's connector is left out until it does; pods wait for a generated one)", password.spec_name),
         ));
     };
     if !found.keys.contains(key) {
@@ -388,8 +393,10 @@ mod tests {
     #[rstest]
     // both Secrets there: both rendered, nothing to report
     #[case(vec![("billing-cluster", secret(None, &["password", "user"])), ("dc2", secret(None, &["pw"]))], vec!["to-billing-billing-g0", "to-dc2"], vec![])]
-    // billing's Secret missing: left out until it exists
-    #[case(vec![("dc2", secret(None, &["pw"]))], vec!["to-dc2"], vec!["ConnectorSecretMissing"])]
+    // billing's generated Secret not there yet: rendered (the pods wait for it), reported
+    #[case(vec![("dc2", secret(None, &["pw"]))], vec!["to-billing-billing-g0", "to-dc2"], vec!["ConnectorSecretMissing"])]
+    // dc2's named Secret missing: left out until it exists
+    #[case(vec![("billing-cluster", secret(None, &["password"]))], vec!["to-billing-billing-g0"], vec!["ConnectorSecretMissing"])]
     // dc2's Secret lacks its key: left out
     #[case(vec![("billing-cluster", secret(None, &["password"])), ("dc2", secret(None, &["password"]))], vec!["to-billing-billing-g0"], vec!["ConnectorSecretMissing"])]
     // billing uses another cluster user: rendered, and reported (the remote will refuse it)
