@@ -188,6 +188,18 @@ async fn session(
         }
         f.link_down();
     }
+    if !storing.is_empty() {
+        // Forwards already handed to the journal are stored whatever became of the link:
+        // publish them in the order they came, as they become durable. The remote resends
+        // them (it saw no confirmation) and finds them stored.
+        tokio::spawn(async move {
+            while let Some((_, result)) = storing.next().await {
+                if let Ok(durable) = result {
+                    durable.publish();
+                }
+            }
+        });
+    }
     ended
 }
 

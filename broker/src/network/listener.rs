@@ -4,7 +4,7 @@
 
 use super::{Identity, NetworkSlot};
 use crate::cluster::{accept_handshake, ClusterFrame, HandshakeConfig, Purpose, DEFAULT_HANDSHAKE_TIMEOUT};
-use crate::ha::gate::{Admission, PendingGate};
+use crate::ha::gate::{Admission, LogThrottle, PendingGate};
 use crate::metrics::{ClusterMetrics, ClusterRefusedLabels};
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -19,6 +19,7 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let gate = PendingGate::new(max_pending, metrics.pending.clone());
+    let failed_log = Arc::new(parking_lot::Mutex::new(LogThrottle::default()));
     let config = Arc::new(HandshakeConfig {
         node_id: identity.node_id.clone(),
         group: identity.group.clone(),
@@ -47,7 +48,7 @@ pub async fn serve(
             }
         };
         let _ = stream.set_nodelay(true);
-        let (config, network, metrics) = (Arc::clone(&config), Arc::clone(&network), metrics.clone());
+        let (config, network, metrics, failed_log) = (Arc::clone(&config), Arc::clone(&network), metrics.clone(), Arc::clone(&failed_log));
         tokio::spawn(async move {
             let handshake = tokio::select! {
                 result = accept_handshake(stream, &config, "live") => Some(result),
@@ -58,7 +59,10 @@ pub async fn serve(
                 Some(Ok(x)) => x,
                 Some(Err(e)) => {
                     metrics.refused.get_or_create(&ClusterRefusedLabels { reason: e.kind() }).inc();
-                    tracing::warn!(peer = %peer_addr, error = %crate::report::error_chain(&e), "refused a cluster connection");
+                    let allowed = failed_log.lock().allow();
+                    if let Some(refused) = allowed {
+                        tracing::warn!(peer = %peer_addr, error = %crate::report::error_chain(&e), refused, "refused a cluster connection");
+                    }
                     return;
                 }
                 None => return,
