@@ -128,8 +128,10 @@ impl Settled {
 
 /// Resolves when what was accepted is safe to confirm: at once when nothing had to be
 /// journaled (non-persistent, topic, duplicate), else when its record is durable per the
-/// journal (written, synced, and held by synced backups). Dropping it first publishes
-/// nothing; the bytes it reserved are given back.
+/// journal (written, synced, and held by synced backups). Dropping it does not take the
+/// message back: the record is in the journal's hands (and the id in the dedup cache), so
+/// it is published once durable all the same, and memory agrees with what a restart would
+/// recover. Only a failed write publishes nothing.
 #[must_use = "a message is only published through the Durable its acceptance resolves to"]
 #[derive(Debug)]
 pub struct Acceptance {
@@ -165,7 +167,9 @@ impl Future for Acceptance {
                 Poll::Ready(result) => {
                     this.append = None;
                     if let Err(e) = result {
-                        this.durable = None;
+                        if let Some(durable) = this.durable.take() {
+                            durable.discard();
+                        }
                         return Poll::Ready(Err(AcceptError::Persist(e)));
                     }
                 }
@@ -175,8 +179,30 @@ impl Future for Acceptance {
     }
 }
 
+impl Drop for Acceptance {
+    fn drop(&mut self) {
+        match (self.append.take(), self.durable.take()) {
+            (Some(append), Some(durable)) => match tokio::runtime::Handle::try_current() {
+                Ok(runtime) => {
+                    runtime.spawn(async move {
+                        match append.await {
+                            Ok(()) => drop(durable),
+                            Err(_) => durable.discard(),
+                        }
+                    });
+                }
+                Err(_) => durable.discard(),
+            },
+            // Nothing to wait for: published now (its Drop).
+            (None, Some(durable)) => drop(durable),
+            _ => {}
+        }
+    }
+}
+
 /// Accepted and durable, not yet visible: [`Durable::publish`] hands the messages to
-/// their destinations. Dropping it publishes nothing.
+/// their destinations. Dropping it publishes them too (a durable message is never left
+/// out of memory); the caller publishes to choose the moment, e.g. after a receipt.
 pub struct Durable {
     broker: Arc<Broker>,
     sends: Vec<Prepared>,
@@ -197,14 +223,31 @@ impl Durable {
 
     /// Makes the messages visible to consumers, in the order they were accepted; the bytes
     /// reserved for each pass to its queue.
-    pub fn publish(self) -> Accepted {
+    pub fn publish(mut self) -> Accepted {
+        self.publish_now()
+    }
+
+    fn publish_now(&mut self) -> Accepted {
         if self.duplicate {
             return Accepted::Duplicate;
         }
-        for send in self.sends {
+        for send in std::mem::take(&mut self.sends) {
             self.broker.publish(&send.target, send.message, send.journaled, send.reservation);
         }
         Accepted::Stored
+    }
+
+    /// The write failed: nothing is published, the reserved bytes are given back.
+    fn discard(mut self) {
+        self.sends.clear();
+    }
+}
+
+impl Drop for Durable {
+    fn drop(&mut self) {
+        if !self.sends.is_empty() {
+            self.publish_now();
+        }
     }
 }
 
@@ -365,6 +408,15 @@ mod tests {
         drop(probe.await.expect("probe durable"));
     }
 
+    #[test]
+    fn given_the_accept_types_should_be_sendable_across_tasks() {
+        fn send_static<T: Send + 'static>() {}
+        send_static::<Acceptance>();
+        send_static::<Durable>();
+        send_static::<Prepared>();
+        send_static::<Settled>();
+    }
+
     #[tokio::test]
     async fn given_a_persistent_queue_message_when_durable_and_published_should_be_journaled_and_queued() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -475,17 +527,27 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn given_an_acceptance_dropped_before_durable_should_publish_nothing_and_free_its_bytes() {
+    async fn given_an_acceptance_or_durable_dropped_unpublished_should_still_publish_what_the_journal_holds() {
+        // A connection (or a bridge) that goes away between handing a message to the
+        // journal and publishing it: the journal stores it and the dedup cache knows its id,
+        // so it must be in memory too, or a resend would be dropped as a duplicate of nothing.
         let dir = tempfile::tempdir().expect("tempdir");
         let broker = open(dir.path(), |_| {});
-        let acceptance = broker.accept(incoming("/queue/a", true, None), Commit::Grouped).await.expect("accept");
+        let acceptance = broker.accept(incoming("/queue/a", true, Some("id-1")), Commit::Grouped).await.expect("accept");
         assert!(broker.memory.used() > 0, "reserved from acceptance on");
         drop(acceptance);
         let durable = broker.accept(incoming("/queue/a", true, None), Commit::Grouped).await.expect("accept");
         drop(durable.await.expect("durable"));
         journal_settled(&broker).await;
-        assert_eq!(queue(&broker, "/queue/a").snapshot().depth, 0, "neither the dropped acceptance nor the unpublished durable");
-        assert_eq!(broker.memory.used(), 0);
+        for _ in 0..100 {
+            if queue(&broker, "/queue/a").snapshot().depth == 2 {
+                break;
+            }
+            tokio::time::sleep(std::time::Duration::from_millis(10)).await;
+        }
+        assert_eq!(queue(&broker, "/queue/a").snapshot().depth, 2, "both published once durable");
+        let resend = broker.accept(incoming("/queue/a", true, Some("id-1")), Commit::Grouped).await.expect("accept");
+        assert!(resend.is_duplicate(), "the resend finds the stored one");
         broker.close().expect("close");
     }
 
