@@ -872,13 +872,21 @@ impl Connection {
                     .with_body("broker is shutting down; reconnect to another member or retry later\n");
                 let _ = self.outbox.send(Outbound::Frame(f));
             }
-            End::Silent => tracing::info!(%peer, "dropping client: no heart-beat"),
+            End::Silent => {
+                tracing::info!(%peer, "dropping client: no heart-beat");
+                let _ = self.drain().await;
+            }
             End::Idle(idle) => {
                 self.ctx.broker.metrics.limit_hit(Limit::Idle);
                 tracing::info!(%peer, ?idle, "closing idle connection (stomp.idleTimeout)");
+                let _ = self.drain().await;
                 self.send_error(&FrameError::Idle(idle), None);
             }
-            End::Gone => tracing::debug!(%peer, "client connection closed"),
+            End::Gone => {
+                tracing::debug!(%peer, "client connection closed");
+                // What the journal already holds is published, in the order it was sent.
+                let _ = self.drain().await;
+            }
         }
         for (_, sub) in std::mem::take(&mut self.subscriptions) {
             self.drop_subscription(sub);
