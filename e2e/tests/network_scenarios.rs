@@ -11,13 +11,16 @@
 //!   different groups; one consumer through that same Service gets every one of them.
 //! - `node`: the same four groups; producers through the BrokerGroup-wide Service, a consumer
 //!   on one group's Service, and the node of that group's live fails: nothing receipted is
-//!   lost, the links follow the failover.
+//!   lost, the links follow the failover. The node comes back and the groups fail back.
+//! - `node-service`: the same, with the consumer through the BrokerGroup-wide Service too:
+//!   when its live's node fails it reconnects to whichever live the Service picks, and still
+//!   gets every receipted message, those already forwarded to its old group included.
 //!
-//! One local control plane and operator for all, one after the other (`node` last: its node
-//! stays failed); `E2E_SCENARIOS=bridge,service` runs a subset. On a cluster reached through
-//! kubectl only (`E2E_KUBECONFIG`, `E2E_KUBECTL_ONLY`) `bridge` runs through
-//! `kubectl port-forward`; `service` and `node` need the local plane (pod IPs for `/status`,
-//! four nodes, node failure) and are skipped with a printed line.
+//! One local control plane and operator for all, one after the other (`node-service` last:
+//! its node stays failed); `E2E_SCENARIOS=bridge,service` runs a subset. On a cluster
+//! reached through kubectl only (`E2E_KUBECONFIG`, `E2E_KUBECTL_ONLY`) `bridge` runs through
+//! `kubectl port-forward`; the others need the local plane (pod IPs for `/status`, four
+//! nodes, node failure) and are skipped with a printed line.
 //! What it must not do: reach a broker other than as a client or through `/status` (it never
 //! changes a broker's state behind the operator's back).
 
@@ -50,6 +53,8 @@ const FAILOVER_SEEN: Duration = Duration::from_secs(120);
 const DELIVERED: Duration = Duration::from_secs(120);
 /// For a steady flow to start, or to resume after a fault.
 const FLOWING: Duration = Duration::from_secs(90);
+/// From a consumer's SUBSCRIBE to its demand in the other lives' `/status`.
+const DEMAND_SEEN: Duration = Duration::from_secs(30);
 /// How long one `/status` request may take.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
@@ -72,31 +77,35 @@ async fn given_networked_broker_groups_when_clients_use_the_services_and_a_live_
     result
 }
 
-/// What a scenario applies: namespace, manifest, BrokerGroups (all must be Available,
-/// Replicated and linked).
+/// What a scenario applies: namespace, manifest, BrokerGroups with the connectors all their
+/// lives run together (all must be Available, Replicated and every connector linked).
 struct Deployment {
     namespace: &'static str,
     manifest: &'static str,
-    brokergroups: &'static [&'static str],
+    brokergroups: &'static [(&'static str, usize)],
 }
 
-const BRIDGE: Deployment = Deployment { namespace: "network-bridge", manifest: "manifests/examples/network.yaml", brokergroups: &["billing", "orders"] };
-const MESH: Deployment = Deployment { namespace: "network-mesh", manifest: "e2e/tests/manifests/host-pairs-network.yaml", brokergroups: &["mesh"] };
+/// billing runs no connector (it takes orders' inbound link); orders one, to billing's group.
+const BRIDGE: Deployment = Deployment { namespace: "network-bridge", manifest: "manifests/examples/network.yaml", brokergroups: &[("billing", 0), ("orders", 1)] };
+/// A full mesh of four groups: each live links to the three others.
+const MESH: Deployment = Deployment { namespace: "network-mesh", manifest: "e2e/tests/manifests/host-pairs-network.yaml", brokergroups: &[("mesh", 12)] };
 
 /// The scenarios, in the order they run, with what each runs on.
-const SCENARIOS: [(&str, &Deployment); 3] = [("bridge", &BRIDGE), ("service", &MESH), ("node", &MESH)];
+const SCENARIOS: [(&str, &Deployment); 4] = [("bridge", &BRIDGE), ("service", &MESH), ("node", &MESH), ("node-service", &MESH)];
 
 /// Scenarios only the local control plane can run, and what they need of it.
-const NEED_THE_LOCAL_PLANE: [(&str, &str); 2] = [
+const NEED_THE_LOCAL_PLANE: [(&str, &str); 3] = [
     ("service", "reads each live's /status at its pod IP to see where messages landed, on four nodes"),
     ("node", "fails a node (the local Docker kubelet) of a four-node host-pair layout"),
+    ("node-service", "fails a node (the local Docker kubelet) of a four-node host-pair layout"),
 ];
 
 async fn run_scenario(name: &str, env: &Env, namespace: &str) -> Result<()> {
     match name {
         "bridge" => bridge_follows_a_failover(env, namespace).await,
         "service" => service_delivers_the_whole_queue(env, namespace).await,
-        "node" => node_fails_under_cross_group_traffic(env, namespace).await,
+        "node" => node_fails_under_cross_group_traffic(env, namespace, ConsumerVia::GroupService).await,
+        "node-service" => node_fails_under_cross_group_traffic(env, namespace, ConsumerVia::BrokerGroupService).await,
         other => bail!("no scenario {other}"),
     }
 }
@@ -132,7 +141,7 @@ async fn run_all(env: &Env) -> Result<()> {
             Ok(()) => println!("scenario {name}: passed in {:.0}s", started.elapsed().as_secs_f64()),
             Err(e) => {
                 eprintln!("scenario {name} failed: {e:#}");
-                for bg in deployment.brokergroups {
+                for (bg, _) in deployment.brokergroups {
                     env.dump(deployment.namespace, bg);
                 }
                 dump_network(env, deployment).await;
@@ -151,31 +160,33 @@ async fn apply(env: &Env, d: &Deployment) -> Result<()> {
     let file = repo_root().join(d.manifest);
     env.kubectl(&["-n", d.namespace, "apply", "-f", &file.to_string_lossy()])?;
     let timeout = format!("--timeout={}s", GROUP_AVAILABLE.as_secs());
-    for bg in d.brokergroups {
+    for (bg, _) in d.brokergroups {
         for condition in ["Available", "Replicated"] {
             env.kubectl(&["-n", d.namespace, "wait", &format!("--for=condition={condition}"), &format!("brokergroup/{bg}"), &timeout])?;
         }
     }
-    for bg in d.brokergroups {
-        wait_linked(env, d.namespace, bg).await?;
+    for (bg, connectors) in d.brokergroups {
+        wait_linked(env, d.namespace, bg, *connectors).await?;
     }
     Ok(())
 }
 
-/// Waits until the BrokerGroup's status says every connector of every live is linked
-/// (`status.linked` `n/n`), when it has connectors at all.
-async fn wait_linked(env: &Env, namespace: &str, name: &str) -> Result<Value> {
-    wait_for_brokergroup(env, namespace, name, &format!("every connector of {name} linked"), LINKED, |bg| {
+/// Waits until the BrokerGroup's status counts `connectors` connectors over its groups'
+/// lives, every one linked (`connectorsLinked` per group, `linked` `n/n` in all).
+async fn wait_linked(env: &Env, namespace: &str, name: &str, connectors: usize) -> Result<Value> {
+    let expected = i64::try_from(connectors)?;
+    wait_for_brokergroup(env, namespace, name, &format!("{connectors} connectors of {name} linked"), LINKED, |bg| {
         let groups = bg["status"]["groups"].as_array().map(Vec::as_slice).unwrap_or_default();
-        let connectors: i64 = groups.iter().filter_map(|g| g["connectors"].as_i64()).sum();
+        let total: i64 = groups.iter().filter_map(|g| g["connectors"].as_i64()).sum();
         let linked: i64 = groups.iter().filter_map(|g| g["connectorsLinked"].as_i64()).sum();
-        !groups.is_empty() && connectors == linked && groups.iter().all(|g| g["live"].is_string())
+        let summary_ok = connectors == 0 || bg["status"]["linked"] == format!("{connectors}/{connectors}").as_str();
+        !groups.is_empty() && total == expected && linked == expected && summary_ok && groups.iter().all(|g| g["live"].is_string())
     })
     .await
 }
 
 fn delete_brokergroups(env: &Env, d: &Deployment) -> Result<()> {
-    for bg in d.brokergroups {
+    for (bg, _) in d.brokergroups {
         env.kubectl(&["-n", d.namespace, "delete", "brokergroup", bg, "--wait=false"])?;
     }
     Ok(())
@@ -183,7 +194,7 @@ fn delete_brokergroups(env: &Env, d: &Deployment) -> Result<()> {
 
 /// Each live's network part of `/status`, for a failed scenario's log.
 async fn dump_network(env: &Env, d: &Deployment) {
-    for bg in d.brokergroups {
+    for (bg, _) in d.brokergroups {
         let Ok(status) = env.json(&["-n", d.namespace, "get", "brokergroup", bg]) else { continue };
         for g in status["status"]["groups"].as_array().into_iter().flatten() {
             let Some(live) = g["live"].as_str() else { continue };
@@ -430,6 +441,9 @@ async fn wait_receipts(producers: &[Producer], from: &[usize], more: usize, what
 /// `bridge`: a batch across the orders → billing connector, then a steady flow through a
 /// kill -9 of billing's live.
 async fn bridge_follows_a_failover(env: &Env, namespace: &str) -> Result<()> {
+    for bg in ["orders", "billing"] {
+        wait_for_endpoints(env, namespace, bg, &lives(env, namespace, bg)?).await?;
+    }
     let orders = env.stomp_address(namespace, "orders").await?;
     let billing = env.stomp_address(namespace, "billing").await?;
 
@@ -464,7 +478,7 @@ async fn bridge_follows_a_failover(env: &Env, namespace: &str) -> Result<()> {
         resumed.map_or("never".into(), |d| format!("{:.1}s", d.as_secs_f64()))
     );
     tally.ensure_once_in_order()?;
-    let orders_status = wait_linked(env, namespace, "orders").await?;
+    let orders_status = wait_linked(env, namespace, "orders", 1).await?;
     println!("bridge: orders linked again: {}", orders_status["status"]["linked"]);
     Ok(())
 }
@@ -472,14 +486,17 @@ async fn bridge_follows_a_failover(env: &Env, namespace: &str) -> Result<()> {
 /// `service`: messages sent on several connections through the BrokerGroup-wide Service
 /// land on different groups; one consumer through the same Service receives them all.
 async fn service_delivers_the_whole_queue(env: &Env, namespace: &str) -> Result<()> {
+    let lives = lives(env, namespace, "mesh")?;
+    wait_for_endpoints(env, namespace, "mesh", &lives).await?;
     let mesh = env.stomp_address(namespace, "mesh").await?;
     let mut sent = BTreeSet::new();
     for c in 0..CONNECTIONS {
-        sent.extend(send_batch(mesh, "/queue/spread", "spread", c * PER_CONNECTION, PER_CONNECTION).await?);
+        // One prefix per connection: each connection's messages must keep their order.
+        sent.extend(send_batch(mesh, "/queue/spread", &format!("spread{c}"), 0, PER_CONNECTION).await?);
     }
     // Where they landed: no consumer yet, so nothing has crossed a bridge.
     let mut landed = Vec::new();
-    for live in lives(env, namespace, "mesh")? {
+    for live in lives {
         let status = broker_status(env, namespace, &live).await?;
         let enqueued = status.queues.iter().find(|q| q.name == "/queue/spread").map_or(0, |q| q.enqueued_total);
         landed.push((live, enqueued));
@@ -493,35 +510,56 @@ async fn service_delivers_the_whole_queue(env: &Env, namespace: &str) -> Result<
     let deliveries = consumer.finish(&sent, DELIVERED).await?;
     let tally = Tally::of(&deliveries, &sent);
     println!("service: one consumer through the BrokerGroup-wide Service got them in {:.1}s: {tally}", started.elapsed().as_secs_f64());
-    tally.ensure_complete()?;
+    tally.ensure_once_in_order()?;
     ensure!(tally.deliveries == sent.len(), "each message once: {tally}");
     Ok(())
 }
 
-/// `node`: producers through the BrokerGroup-wide Service, a consumer on one group's
-/// Service; that group's live's node fails.
-async fn node_fails_under_cross_group_traffic(env: &Env, namespace: &str) -> Result<()> {
+/// Where the consumer of a node scenario connects.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum ConsumerVia {
+    /// Its group's client Service, which follows that group's live.
+    GroupService,
+    /// The BrokerGroup-wide Service: on a failover it lands on whichever live comes next.
+    BrokerGroupService,
+}
+
+/// `node` and `node-service`: producers through the BrokerGroup-wide Service, a consumer on
+/// one group (see [`ConsumerVia`]); the node of that group's live fails. `node` then brings
+/// the node back and waits for the failback, so that `node-service` finds the layout whole.
+async fn node_fails_under_cross_group_traffic(env: &Env, namespace: &str, via: ConsumerVia) -> Result<()> {
     // The operator must survive the failure: fail a node it does not run on.
     let operator_node = env.kubectl(&["-n", "duomq-system", "get", "pods", "-l", "app.kubernetes.io/name=duomq-operator", "-o", "jsonpath={.items[0].spec.nodeName}"])?;
+    let operator_node = operator_node.trim();
     let lives = lives(env, namespace, "mesh")?;
-    let mut target = None;
-    for (group, live) in lives.iter().enumerate() {
-        let node = node_of(env, namespace, live)?;
-        if node != operator_node.trim() {
-            target = Some((group, live.clone(), node));
-            break;
+    let mesh = env.stomp_address(namespace, "mesh").await?;
+    let queue = match via {
+        ConsumerVia::GroupService => "/queue/cross",
+        ConsumerVia::BrokerGroupService => "/queue/cross-service",
+    };
+    let (consumer, group) = match via {
+        ConsumerVia::GroupService => {
+            let mut group = None;
+            for (g, live) in lives.iter().enumerate() {
+                if node_of(env, namespace, live)? != operator_node {
+                    group = Some(g);
+                    break;
+                }
+            }
+            let group = group.context("every live runs on the operator's node")?;
+            let own = env.stomp_address(namespace, &format!("mesh-g{group}")).await?;
+            (Recorder::start(&failover_url(own), queue).await?, group)
         }
-    }
-    let (group, live, failed) = target.context("every live runs on the operator's node")?;
+        ConsumerVia::BrokerGroupService => consumer_off_the_operator_node(env, namespace, mesh, queue, &lives, operator_node).await?,
+    };
+    let live = lives[group].clone();
+    let failed = node_of(env, namespace, &live)?;
     let backup = members("mesh", group).into_iter().find(|m| *m != live).context("no backup")?;
     ensure!(node_of(env, namespace, &backup)? != failed, "the members of group {group} share a node");
 
-    let mesh = env.stomp_address(namespace, "mesh").await?;
-    let own = env.stomp_address(namespace, &format!("mesh-g{group}")).await?;
-    let consumer = Recorder::start(&failover_url(own), "/queue/cross").await?;
     let mut producers = Vec::new();
     for p in 0..PRODUCERS {
-        producers.push(Producer::start(&failover_url(mesh), "/queue/cross", &format!("p{p}")).await?);
+        producers.push(Producer::start(&failover_url(mesh), queue, &format!("p{p}")).await?);
     }
     consumer.wait_distinct(FLOW_BEFORE * PRODUCERS, "the flow into the consumer's group", FLOWING).await?;
 
@@ -541,10 +579,124 @@ async fn node_fails_under_cross_group_traffic(env: &Env, namespace: &str) -> Res
     let deliveries = consumer.finish(&receipted, DELIVERED).await?;
     let tally = Tally::of(&deliveries, &receipted);
     println!(
-        "node: {failed} failed (group {group}'s live {live}, the consumer's group): {backup} live in the status after {:.1}s, lastFailover {}; {tally}; {not_receipted} sends not receipted",
+        "{via:?}: {failed} failed (group {group}'s live {live}, the consumer's group): {backup} live in the status after {:.1}s, lastFailover {}; {tally}; {not_receipted} sends not receipted",
         took.as_secs_f64(),
         group_status(&bg, group)["lastFailover"]
     );
+    if !tally.missing.is_empty() {
+        let missing: BTreeSet<String> = tally.missing.iter().cloned().collect();
+        let found = stranded(env, namespace, queue, &missing).await;
+        eprintln!("{via:?}: where the {} missing messages are: {found}", missing.len());
+    }
     tally.ensure_complete()?;
+
+    if via == ConsumerVia::GroupService {
+        let restored = Instant::now();
+        env.local()?.cluster.restore_node(&failed).await?;
+        wait_for_brokergroup(env, namespace, "mesh", "every group back on its first node, in sync", GROUP_AVAILABLE, |bg| {
+            let back = lives.iter().enumerate().all(|(g, l)| group_status(bg, g)["live"] == l.as_str());
+            back && common::condition(bg, "Replicated").as_deref() == Some("True")
+        })
+        .await?;
+        wait_linked(env, namespace, "mesh", 12).await?;
+        println!("{via:?}: {failed} restored; failed back, in sync and linked after {:.1}s", restored.elapsed().as_secs_f64());
+    }
     Ok(())
+}
+
+/// Waits until the Service's Endpoints list exactly the pods `lives`, ready: a client of the
+/// Service may then reach every group. (The BrokerGroup is Available, and its status names
+/// the lives, a few seconds before their pods pass the readiness probe: a connection in
+/// between finds fewer endpoints, or none.)
+async fn wait_for_endpoints(env: &Env, namespace: &str, service: &str, lives: &[String]) -> Result<()> {
+    let expected: BTreeSet<&str> = lives.iter().map(String::as_str).collect();
+    let started = Instant::now();
+    let deadline = started + FLOWING;
+    loop {
+        let endpoints = env.json(&["-n", namespace, "get", "endpoints", service])?;
+        let ready: BTreeSet<String> = endpoints["subsets"]
+            .as_array()
+            .into_iter()
+            .flatten()
+            .flat_map(|s| s["addresses"].as_array().into_iter().flatten())
+            .filter_map(|a| a["targetRef"]["name"].as_str().map(String::from))
+            .collect();
+        if ready.iter().map(String::as_str).collect::<BTreeSet<_>>() == expected {
+            println!("Service {service}: endpoints {expected:?} after {:.1}s", started.elapsed().as_secs_f64());
+            return Ok(());
+        }
+        if Instant::now() >= deadline {
+            let pods = env.kubectl(&["-n", namespace, "get", "pods", "-o", "wide", "-L", "duomq.io/role"]).unwrap_or_default();
+            bail!("the endpoints of Service {service} stayed {ready:?}, not the lives {expected:?}:\n{pods}");
+        }
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
+}
+
+/// For a failed scenario: which group's live holds the `missing` messages of `queue` (its
+/// `/status` depth), and whether a consumer on that group's own Service gets them: stranded
+/// there, not lost.
+async fn stranded(env: &Env, namespace: &str, queue: &str, missing: &BTreeSet<String>) -> String {
+    let Ok(lives) = lives(env, namespace, "mesh") else { return "no lives in the status".into() };
+    let mut out = Vec::new();
+    for (group, live) in lives.iter().enumerate() {
+        let depth = match broker_status(env, namespace, live).await {
+            Ok(s) => s.queues.iter().find(|q| q.name == queue).map_or(0, |q| q.depth),
+            Err(e) => {
+                out.push(format!("{live}: {e:#}"));
+                continue;
+            }
+        };
+        if depth == 0 {
+            continue;
+        }
+        let recovered = async {
+            let own = env.stomp_address(namespace, &format!("mesh-g{group}")).await?;
+            let consumer = Recorder::start(&failover_url(own), queue).await?;
+            let got = consumer.finish(missing, Duration::from_secs(20)).await?;
+            anyhow::Ok(got.iter().filter(|d| missing.contains(&d.body)).map(|d| d.body.clone()).collect::<BTreeSet<_>>().len())
+        }
+        .await;
+        match recovered {
+            Ok(n) => out.push(format!("{live} (group {group}) holds {depth} with no consumer; a consumer on Service mesh-g{group} got {n} of the missing")),
+            Err(e) => out.push(format!("{live} (group {group}) holds {depth}; consuming them through mesh-g{group} failed: {e:#}")),
+        }
+    }
+    out.join("; ")
+}
+
+/// A consumer through the BrokerGroup-wide Service on a group whose live does not run on
+/// the operator's node, and that group. Its group is the one the other lives' links see
+/// demand from; a consumer on the operator's node is closed and the next connection goes to
+/// the next live.
+async fn consumer_off_the_operator_node(env: &Env, namespace: &str, mesh: SocketAddr, queue: &str, lives: &[String], operator_node: &str) -> Result<(Recorder, usize)> {
+    for _ in 0..lives.len() {
+        let consumer = Recorder::start(&failover_url(mesh), queue).await?;
+        let group = demand_from(env, namespace, lives, queue).await?;
+        if node_of(env, namespace, &lives[group])? != operator_node {
+            return Ok((consumer, group));
+        }
+        consumer.finish(&BTreeSet::new(), Duration::ZERO).await?;
+    }
+    bail!("every connection through the Service reached a live on the operator's node {operator_node}")
+}
+
+/// The one group whose demand for `queue` the other lives' links report (the group with its
+/// consumer), once only one does.
+async fn demand_from(env: &Env, namespace: &str, lives: &[String], queue: &str) -> Result<usize> {
+    let deadline = Instant::now() + DEMAND_SEEN;
+    loop {
+        let mut groups = BTreeSet::new();
+        for live in lives {
+            let Ok(status) = broker_status(env, namespace, live).await else { continue };
+            let links = status.network.iter().flat_map(|n| &n.connectors).flat_map(|c| &c.links);
+            groups.extend(links.filter(|l| l.remote_demand.iter().any(|d| d == queue)).filter_map(|l| l.remote_group.clone()));
+        }
+        if let [only] = groups.iter().collect::<Vec<_>>()[..] {
+            let index = only.rsplit_once("-g").and_then(|(_, n)| n.parse().ok());
+            return index.with_context(|| format!("a remote group named {only}"));
+        }
+        ensure!(Instant::now() < deadline, "no single group asked for {queue} within {DEMAND_SEEN:?}: {groups:?}");
+        tokio::time::sleep(Duration::from_millis(250)).await;
+    }
 }
