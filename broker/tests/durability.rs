@@ -399,7 +399,7 @@ fn given_a_producer_that_vanishes_mid_write_should_leave_every_stored_message_to
         let f = Frame::new(Command::Send)
             .header("destination", "/queue/vanish")
             .header("persistent", "true")
-            .header("message-id", &format!("v-{i}"))
+            .header("message-id", format!("v-{i}"))
             .with_body(format!("m{i}"));
         p.send(&f);
     }

@@ -658,6 +658,23 @@ mod tests {
     }
 
     #[tokio::test]
+    async fn given_a_bridge_within_one_group_when_handshaking_should_be_refused_and_across_groups_welcomed() {
+        let server = server();
+        let (a, b) = pipe();
+        let own = HandshakeConfig { purpose: Purpose::Bridge, ..client() };
+        let (client_side, server_side) = tokio::join!(connect_handshake(a, &own), accept_handshake(b, &server, "live"));
+        assert!(matches!(&client_side, Err(HandshakeError::Refused { reason }) if reason.contains("both ends are in group orders")), "{client_side:?}");
+        assert!(matches!(server_side, Err(HandshakeError::BridgeIntoOwnGroup { .. })));
+        let (a, b) = pipe();
+        let other = HandshakeConfig { purpose: Purpose::Bridge, group: "payments".into(), ..client() };
+        let (client_side, server_side) = tokio::join!(connect_handshake(a, &other), accept_handshake(b, &server, "live"));
+        let (_, server_peer) = client_side.expect("a bridge between groups is welcomed");
+        assert_eq!(server_peer.group, "orders");
+        let (_, client_peer) = server_side.expect("server side");
+        assert_eq!((client_peer.group.as_str(), client_peer.purpose), ("payments", Purpose::Bridge));
+    }
+
+    #[tokio::test]
     async fn given_another_protocol_version_when_saying_hello_should_be_refused() {
         let server = server();
         let (a, b) = pipe();

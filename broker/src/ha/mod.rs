@@ -52,8 +52,6 @@ pub enum HaError {
     Journal(#[source] JournalError),
     #[error("cluster connection failed")]
     Cluster(#[source] crate::cluster::ClusterConnError),
-    #[error("failed to read journal segment {path}")]
-    ReadSegment { path: PathBuf, source: std::io::Error },
     #[error("arbiter failed")]
     Arbiter(#[from] ArbiterError),
     #[error("failed to write the live-holder file {path}")]

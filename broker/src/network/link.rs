@@ -49,9 +49,10 @@ pub async fn run(
     let (rd, wr) = stream.into_split();
     let (in_tx, mut inbound) = mpsc::unbounded_channel();
     let (out, out_rx) = mpsc::unbounded_channel::<ClusterFrame>();
-    let reader = tokio::spawn(read_loop(rd, codec.clone(), read_buf, in_tx));
+    let heard = Arc::new(parking_lot::Mutex::new(Instant::now()));
+    let reader = tokio::spawn(read_loop(rd, codec.clone(), read_buf, in_tx, out.clone(), Arc::clone(&heard)));
     let writer = tokio::spawn(write_loop(wr, codec, out_rx));
-    let ended = session(net, link, &mut inbound, &out, roles).await;
+    let ended = session(net, link, &mut inbound, &out, &heard, roles).await;
     reader.abort();
     // Let the writer send what is queued (a Goodbye) before the socket closes.
     drop(out);
@@ -66,6 +67,7 @@ async fn session(
     link: &Arc<LinkShared>,
     inbound: &mut mpsc::UnboundedReceiver<Result<ClusterFrame, String>>,
     out: &mpsc::UnboundedSender<ClusterFrame>,
+    heard: &parking_lot::Mutex<Instant>,
     roles: Roles<'_>,
 ) -> String {
     let Roles { mut forwarder, receive } = roles;
@@ -83,7 +85,6 @@ async fn session(
     let mut refresh = tokio::time::interval(REFRESH_EVERY);
     let mut ping = tokio::time::interval(net.identity.check_period);
     let silence = net.identity.connection_ttl;
-    let mut last_heard = Instant::now();
     let ended = loop {
         tokio::select! {
             frame = inbound.recv() => {
@@ -92,7 +93,6 @@ async fn session(
                     Some(Err(e)) => break e,
                     Some(Ok(frame)) => frame,
                 };
-                last_heard = Instant::now();
                 match frame {
                     ClusterFrame::Demand { entries } => {
                         *link.remote_demand.lock() = entries;
@@ -126,10 +126,6 @@ async fn session(
                             net.metrics.refused.get_or_create(&link.labels()).inc();
                         }
                     }
-                    ClusterFrame::Ping { at } => {
-                        let _ = out.send(ClusterFrame::Pong { at });
-                    }
-                    ClusterFrame::Pong { .. } => {}
                     ClusterFrame::Goodbye { reason } => break format!("the remote closed the link: {reason}"),
                     other => break format!("unexpected {} frame on a bridge", other.name()),
                 }
@@ -170,10 +166,11 @@ async fn session(
                 }
             }
             _ = ping.tick() => {
-                if last_heard.elapsed() > silence {
+                let quiet = heard.lock().elapsed();
+                if quiet > silence {
                     break format!("no word from the remote for {silence:?}");
                 }
-                let at = u64::try_from(last_heard.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let at = u64::try_from(quiet.as_millis()).unwrap_or(u64::MAX);
                 let _ = out.send(ClusterFrame::Ping { at });
             }
             _ = net.stop.cancelled() => {
@@ -210,18 +207,31 @@ async fn next_delivery(rx: &mut Option<mpsc::UnboundedReceiver<crate::engine::qu
     }
 }
 
+/// Reads frames for the session, and answers pings itself: a session waiting for room on
+/// a full destination still shows the remote it is alive.
 async fn read_loop(
     mut rd: OwnedReadHalf,
     mut codec: ClusterCodec,
     mut buf: BytesMut,
     tx: mpsc::UnboundedSender<Result<ClusterFrame, String>>,
+    out: mpsc::UnboundedSender<ClusterFrame>,
+    heard: Arc<parking_lot::Mutex<Instant>>,
 ) {
     loop {
         loop {
             match codec.decode(&mut buf) {
                 Ok(Some(frame)) => {
-                    if tx.send(Ok(frame)).is_err() {
-                        return;
+                    *heard.lock() = Instant::now();
+                    match frame {
+                        ClusterFrame::Ping { at } => {
+                            let _ = out.send(ClusterFrame::Pong { at });
+                        }
+                        ClusterFrame::Pong { .. } => {}
+                        frame => {
+                            if tx.send(Ok(frame)).is_err() {
+                                return;
+                            }
+                        }
                     }
                 }
                 Ok(None) => break,

@@ -105,6 +105,9 @@ impl LinkShared {
     }
 }
 
+/// A forwarder one link's session holds at a time.
+type SharedForwarder = Arc<tokio::sync::Mutex<Forwarder>>;
+
 struct ConnectorEntry {
     name: String,
     uri: String,
@@ -122,7 +125,7 @@ pub struct Network {
     relay: tokio::sync::watch::Sender<u64>,
     /// Forwarders of duplex inbound links, by remote group and connector: they outlive a
     /// connection as a connector's do.
-    duplex_forwarders: Mutex<HashMap<(String, String), Arc<tokio::sync::Mutex<Forwarder>>>>,
+    duplex_forwarders: Mutex<HashMap<(String, String), SharedForwarder>>,
     metrics: NetworkMetrics,
     stop: CancellationToken,
 }
