@@ -126,6 +126,28 @@ fn given_a_consumer_on_the_remote_when_messages_are_sent_here_should_forward_eac
 }
 
 #[test]
+fn given_a_static_list_should_link_to_each_broker_and_forward_to_whichever_asks() {
+    let (ca, cb, cc) = (free_port(), free_port(), free_port());
+    let a = Node::start("a", ca, &connectors(&[("edge", format!("static:({},{})", tcp(cb), tcp(cc)), "")]));
+    let b = Node::start("b", cb, "");
+    let c = Node::start("c", cc, "");
+    eventually("both links of the static list up", LINK_TIMEOUT, || {
+        let links = a.status()["network"]["connectors"][0]["links"].clone();
+        links.as_array().is_some_and(|l| l.len() == 2 && l.iter().all(|x| x["state"] == "linked"))
+    });
+    let at_b = consumer(&b.url(), "/queue/to-b", 20, "20s");
+    let at_c = consumer(&c.url(), "/queue/to-c", 20, "20s");
+    eventually("demand from both", LINK_TIMEOUT, || {
+        let links = a.status()["network"]["connectors"][0]["links"].clone();
+        links.as_array().is_some_and(|l| l.iter().all(|x| x["remoteDemandCount"] == 1))
+    });
+    send(&a.url(), "/queue/to-b", 20);
+    send(&a.url(), "/queue/to-c", 20);
+    assert_eq!(finish(at_b).0, (0..20).collect::<Vec<u64>>());
+    assert_eq!(finish(at_c).0, (0..20).collect::<Vec<u64>>());
+}
+
+#[test]
 fn given_local_and_remote_consumers_should_serve_local_ones_first() {
     let (ca, cb) = (free_port(), free_port());
     let a = Node::start("a", ca, &connectors(&[("to-b", tcp(cb), "")]));
