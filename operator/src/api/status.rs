@@ -19,7 +19,8 @@ pub mod condition {
     /// a switchover that was refused (reason SwitchoverFailed).
     pub const DEGRADED: &str = "Degraded";
     /// No network connector of any group's live has been unlinked for a minute or more
-    /// (False with reason ConnectorUnlinked, naming the group, connector and last error).
+    /// (reason AllConnectorsLinked, ConnectorsLinking or NoConnectors); False with reason
+    /// ConnectorUnlinked, naming the group, connector and last error.
     pub const NETWORK_LINKED: &str = "NetworkLinked";
 }
 

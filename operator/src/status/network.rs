@@ -11,8 +11,11 @@ pub const UNLINKED_AFTER_SECONDS: u64 = 60;
 
 /// The `NetworkLinked` condition's reasons.
 pub mod reason {
-    /// Every connector of every live is linked or has been trying for less than a minute.
-    pub const CONNECTORS_LINKED: &str = "ConnectorsLinked";
+    /// Every connector of every group is linked.
+    pub const ALL_CONNECTORS_LINKED: &str = "AllConnectorsLinked";
+    /// Some connectors are not linked yet, none for a minute or more (a link reconnecting
+    /// after a remote failover, a group without a live).
+    pub const CONNECTORS_LINKING: &str = "ConnectorsLinking";
     /// No group has a connector (a single group with no `networkConnectors`).
     pub const NO_CONNECTORS: &str = "NoConnectors";
     /// A connector has not linked for a minute or more; also the Warning event's reason.
@@ -142,11 +145,17 @@ pub fn condition(groups: &[(String, GroupNetwork)]) -> (bool, &'static str, Stri
             reason::NO_CONNECTORS,
             "no group has a network connector".into(),
         )
+    } else if linked == total {
+        (
+            true,
+            reason::ALL_CONNECTORS_LINKED,
+            format!("every connector is linked ({linked}/{total})"),
+        )
     } else if unlinked.is_empty() {
         (
             true,
-            reason::CONNECTORS_LINKED,
-            format!("no connector has been unlinked for {UNLINKED_AFTER_SECONDS}s or more ({linked}/{total} linked)"),
+            reason::CONNECTORS_LINKING,
+            format!("{linked}/{total} connectors linked; none has been unlinked for {UNLINKED_AFTER_SECONDS}s or more"),
         )
     } else {
         (
@@ -256,8 +265,8 @@ mod tests {
 
     #[rstest]
     #[case(vec![], true, reason::NO_CONNECTORS)]
-    #[case(vec![("a-g0", 1, 1, false)], true, reason::CONNECTORS_LINKED)]
-    #[case(vec![("a-g0", 1, 0, false)], true, reason::CONNECTORS_LINKED)]
+    #[case(vec![("a-g0", 1, 1, false)], true, reason::ALL_CONNECTORS_LINKED)]
+    #[case(vec![("a-g0", 1, 0, false)], true, reason::CONNECTORS_LINKING)]
     #[case(vec![("a-g0", 1, 1, false), ("a-g1", 1, 0, true)], false, reason::CONNECTOR_UNLINKED)]
     fn given_groups_networks_should_set_network_linked(
         #[case] groups: Vec<(&str, usize, usize, bool)>,
