@@ -364,3 +364,22 @@ fn given_two_pairs_when_each_live_is_killed_during_the_flow_should_deliver_every
     // Stored once on the target: nothing is left over there.
     assert_eq!(b1.status().map(|s| s["queues"][0]["depth"].clone()), Some(serde_json::json!(0)), "{}", status());
 }
+
+#[test]
+fn given_a_password_file_that_appears_later_should_refuse_that_link_only_and_then_link() {
+    let (ca, cb) = (free_port(), free_port());
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("remote-password");
+    let a = Node::start("a", ca, &connectors(&[("to-b", tcp(cb), &format!("passwordFile: {}", file.display()))]));
+    let b = Node::start("b", cb, "");
+    eventually("link refused while the file is missing", LINK_TIMEOUT, || {
+        let l = a.link("to-b");
+        l["state"] == "refused" && l["lastError"].as_str().is_some_and(|e| e.contains("remote-password"))
+    });
+    // The broker itself serves clients meanwhile.
+    send(&a.url(), "/queue/meanwhile", 3);
+    std::fs::write(&file, format!("{PASSWORD}\n")).unwrap();
+    linked(&a, "to-b");
+    let got = consumer(&b.url(), "/queue/meanwhile", 3, "20s");
+    assert_eq!(finish(got).0, vec![0, 1, 2]);
+}

@@ -73,6 +73,27 @@ impl TargetState {
     }
 }
 
+/// The password a link proves: the remote group's cluster password.
+#[derive(Clone)]
+pub enum Password {
+    Inline(Vec<u8>),
+    /// Read at every attempt (a mounted Secret may be rotated, or not there yet).
+    File(std::path::PathBuf),
+}
+
+impl Password {
+    fn load(&self) -> Result<Vec<u8>, String> {
+        match self {
+            Password::Inline(p) => Ok(p.clone()),
+            Password::File(path) => match std::fs::read_to_string(path) {
+                Ok(s) if !s.trim().is_empty() => Ok(s.trim_end_matches(['\n', '\r']).as_bytes().to_vec()),
+                Ok(_) => Err(format!("passwordFile {} is empty", path.display())),
+                Err(e) => Err(format!("failed to read passwordFile {}: {e}", path.display())),
+            },
+        }
+    }
+}
+
 /// What one connector link needs to run.
 pub struct LinkPlan {
     pub connector: String,
@@ -80,7 +101,7 @@ pub struct LinkPlan {
     pub name: String,
     pub duplex: bool,
     pub network_ttl: u8,
-    pub password: Vec<u8>,
+    pub password: Password,
     pub forwarder: ForwarderConfig,
     /// Applied to the demand this side advertises (duplex).
     pub filters: super::demand::Filters,
@@ -148,6 +169,7 @@ type Parts = (crate::cluster::ClusterCodec, bytes::BytesMut);
 
 async fn attempt(net: &Network, plan: &LinkPlan, address: &TcpAddress) -> Result<(TcpStream, Parts, String, String), Failure> {
     let fail = |message: String| Failure { message, auth: false };
+    let password = plan.password.load().map_err(|message| Failure { message, auth: true })?;
     let host = address.host.as_str();
     let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, address.port))).await {
         Ok(Ok(s)) => s,
@@ -158,7 +180,7 @@ async fn attempt(net: &Network, plan: &LinkPlan, address: &TcpAddress) -> Result
     let config = HandshakeConfig {
         node_id: net.identity.node_id.clone(),
         group: net.identity.group.clone(),
-        password: plan.password.clone(),
+        password,
         epoch: 0,
         purpose: Purpose::Bridge,
         max_frame: crate::ha::MAX_CLUSTER_FRAME,

@@ -28,7 +28,6 @@ use demand::{Filters, OtherLink};
 use forwarder::{Forwarder, ForwarderConfig};
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
-use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -38,8 +37,6 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Error)]
 pub enum NetworkError {
-    #[error("failed to read network.connectors {connector:?} passwordFile {path}")]
-    ReadPassword { connector: String, path: PathBuf, source: std::io::Error },
     #[error("network.connectors {connector:?} has no password: set ha.cluster.password (or passwordFile), or the connector's own password or passwordFile")]
     NoPassword { connector: String },
     #[error("network.connectors {connector:?}: {message}")]
@@ -144,14 +141,14 @@ impl Network {
         for c in &config.connectors {
             let invalid = |message: String| NetworkError::Invalid { connector: c.name.clone(), message };
             let uri = c.parsed_uri().map_err(|e| invalid(e.to_string()))?;
+            // A file is read at every attempt: a rotated Secret is picked up, and a missing
+            // one fails that link (shown in /status), not the broker.
             let password = match (&c.password_file, c.password.is_empty()) {
-                (Some(path), _) => std::fs::read_to_string(path)
-                    .map(|s| s.trim_end_matches(['\n', '\r']).as_bytes().to_vec())
-                    .map_err(|source| NetworkError::ReadPassword { connector: c.name.clone(), path: path.clone(), source })?,
-                (None, false) => c.password.as_bytes().to_vec(),
-                (None, true) => identity.password.clone(),
+                (Some(path), _) => connector::Password::File(path.clone()),
+                (None, false) => connector::Password::Inline(c.password.as_bytes().to_vec()),
+                (None, true) => connector::Password::Inline(identity.password.clone()),
             };
-            if password.is_empty() {
+            if matches!(&password, connector::Password::Inline(p) if p.is_empty()) {
                 return Err(NetworkError::NoPassword { connector: c.name.clone() });
             }
             let parse = |list: &[String]| list.iter().map(|p| DestinationFilter::parse(p)).collect::<Result<Vec<_>, _>>();
