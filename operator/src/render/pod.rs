@@ -109,7 +109,9 @@ fn network_credentials_volume(v: &ValidatedBrokerGroup) -> Option<Volume> {
                     path: names::connector_password_path(&p.spec_name),
                     mode: None,
                 }]),
-                optional: None,
+                // A remote's Secret that is not there (yet) never keeps a pod from starting:
+                // the broker reads the file at every attempt and shows that link refused.
+                optional: Some(true),
             }),
             ..VolumeProjection::default()
         })
