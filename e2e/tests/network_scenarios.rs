@@ -406,6 +406,20 @@ impl Tally {
     }
 }
 
+/// `3-7, 9` for 3, 4, 5, 6, 7, 9.
+fn ranges(mut numbers: Vec<usize>) -> String {
+    numbers.sort_unstable();
+    let mut out: Vec<(usize, usize)> = Vec::new();
+    for n in numbers {
+        match out.last_mut() {
+            Some((_, end)) if *end + 1 == n => *end = n,
+            _ => out.push((n, n)),
+        }
+    }
+    let text: Vec<String> = out.iter().map(|(a, b)| if a == b { a.to_string() } else { format!("{a}-{b}") }).collect();
+    if text.is_empty() { "none".into() } else { text.join(", ") }
+}
+
 fn first(items: &[String]) -> &[String] {
     &items[..items.len().min(3)]
 }
@@ -563,6 +577,7 @@ async fn node_fails_under_cross_group_traffic(env: &Env, namespace: &str, via: C
     }
     consumer.wait_distinct(FLOW_BEFORE * PRODUCERS, "the flow into the consumer's group", FLOWING).await?;
 
+    let receipted_at_fault: Vec<usize> = producers.iter().map(Producer::receipted).collect();
     let fault = Instant::now();
     env.local()?.cluster.fail_node(&failed).await?;
     let bg = wait_for_brokergroup(env, namespace, "mesh", &format!("{backup} live in the status"), FAILOVER_SEEN, |bg| group_status(bg, group)["live"] == backup.as_str()).await?;
@@ -587,6 +602,11 @@ async fn node_fails_under_cross_group_traffic(env: &Env, namespace: &str, via: C
         let missing: BTreeSet<String> = tally.missing.iter().cloned().collect();
         let found = stranded(env, namespace, queue, &missing).await;
         eprintln!("{via:?}: where the {} missing messages are: {found}", missing.len());
+        for (p, (at_fault, at_failover)) in receipted_at_fault.iter().zip(&receipted_at_failover).enumerate() {
+            let prefix = format!("p{p}-");
+            let numbers: Vec<usize> = missing.iter().filter_map(|b| b.strip_prefix(&prefix)?.parse().ok()).collect();
+            eprintln!("{via:?}: p{p} had {at_fault} receipts at the fault and {at_failover} when the status named the new live; missing: {}", ranges(numbers));
+        }
     }
     tally.ensure_complete()?;
 
