@@ -78,18 +78,24 @@ def forwarded_out(out_dir):
 
 
 def load_line(load, meta):
-    """The 1-minute load average before each cell, against the machine's CPUs."""
+    """The 1-minute load average before the section and before each cell. Only the first
+    tells of other work: each later one also holds the previous cell's own load (broker
+    and load generator keep both CPUs busy)."""
     if not load:
-        return "  load before each cell: not recorded"
+        return "  load: not recorded"
     cpus = meta.get("nproc", "?")
-    each = ", ".join(f"{k.removeprefix('network/')} {v}" for k, v in load.items())
+    start = load.get("start", "?")
+    cells = ", ".join(f"{k.removeprefix('network/')} {v}" for k, v in load.items() if k != "start")
     busy = ""
     try:
-        if max(float(v) for v in load.values()) > float(cpus):
-            busy = "  (above the CPU count: other work shared the machine; repeat before quoting)"
+        if float(start) > float(cpus) / 2:
+            busy = "  (other work was using the CPUs: repeat before quoting)"
     except ValueError:
         pass
-    return f"  1-minute load before each cell ({cpus} CPUs): {each}{busy}"
+    return (
+        f"  1-minute load before the section {start} on {cpus} CPUs{busy}\n"
+        f"  before each cell (including the previous cell's own): {cells}"
+    )
 
 
 def ms(x):

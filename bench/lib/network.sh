@@ -228,7 +228,7 @@ run_network_failover() {
 run_network() {
     : >"$OUT/network.jsonl"
     : >"$OUT/network-failover.jsonl"
-    : >"$OUT/network-load.tsv"
+    printf 'start\t%s\n' "$(cut -d' ' -f1 /proc/loadavg)" >"$OUT/network-load.tsv"
     if [[ " ${TARGETS[*]} " == *" duomq "* ]]; then
         log "network/duomq-local: starting one broker"
         if start_duomq; then
