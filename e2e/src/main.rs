@@ -1,5 +1,5 @@
 //! `duomq-e2e`: a local Kubernetes control plane for trying duomq without a cluster. `up`
-//! starts the API server, three simulated nodes whose pods run as Docker containers, installs
+//! starts the API server, four simulated nodes (node-a … node-d) whose pods run as Docker containers, installs
 //! the operator from its image and applies an example BrokerGroup, then prints how to use
 //! kubectl with it.
 //!
