@@ -117,7 +117,7 @@ def report(out_dir):
     for label, title in CELLS:
         r = runs.get(label)
         if r is None:
-            reason = next((v for k, v in failures if k == label), "not run")
+            reason = next((v for k, v in failures if k == label), "not run: not in --only")
             print(f"  {title:<26}{'-':>10}  ({reason})")
             continue
         flag = " !" if run_problems(r) else ""
@@ -161,7 +161,8 @@ def report(out_dir):
         print(f"  per kill (ms): {per_kill}")
         print(
             f"  receipted at the source {r['confirmed']}, lost {r['lost']}, duplicates {r['duplicates']},"
-            f" redeliveries {r['redeliveries']} (+{r['unflagged_redeliveries']} unflagged)"
+            f" redeliveries {r['redeliveries']} (+{r['unflagged_redeliveries']} unflagged),"
+            f" consumer reconnects {r.get('consumer_failovers', '?')}"
         )
         print("  gap: longest pause between two new messages at the consumer from a kill to the next")
         for problem in failover_problems(r):

@@ -163,6 +163,8 @@ pub struct FailoverReport {
     pub foreign: u64,
     /// Reconnects of the producers' clients.
     pub failovers: u64,
+    /// Reconnects of the consumers' clients.
+    pub consumer_failovers: u64,
     pub duration_s: f64,
     pub errors: Vec<String>,
 }
@@ -207,7 +209,7 @@ impl FailoverReport {
         let gaps = self.gap_ms.map_or("-".to_string(), |g| format!("{:.1}/{:.1}/{:.1}", g.p50, g.p99, g.max));
         let _ = writeln!(
             out,
-            "{}: {}/{} kills  gap p50/p99/max {gaps} ms  sent {}  confirmed {}  lost {}  duplicates {}  redeliveries {} (+{} unflagged)  failovers {}",
+            "{}: {}/{} kills  gap p50/p99/max {gaps} ms  sent {}  confirmed {}  lost {}  duplicates {}  redeliveries {} (+{} unflagged)  failovers {} (consumers {})",
             self.label,
             self.kills,
             self.kills_requested,
@@ -217,7 +219,8 @@ impl FailoverReport {
             self.duplicates,
             self.redeliveries,
             self.unflagged_redeliveries,
-            self.failovers
+            self.failovers,
+            self.consumer_failovers
         );
         for error in &self.errors {
             let _ = writeln!(out, "ERROR: {error}");

@@ -101,6 +101,7 @@ fn given_quick_network_section_when_run_should_measure_local_and_bridged_flows_a
     assert!(failover["gap_ms"]["p50"].as_f64().is_some_and(|ms| ms > 0.0), "{failover}");
     assert!(failover["confirmed"].as_u64().is_some_and(|n| n > 0), "{failover}");
     assert_eq!(failover["lost"], 0, "{failover}\n{}", logs());
+    assert!(failover["consumer_failovers"].as_u64().is_some_and(|n| n >= 1), "the consumer followed the kill: {failover}");
 
     let table = std::fs::read_to_string(out_dir.join("network.txt"))?;
     assert!(table.contains("bridged / local") && table.contains("gap at the consumer"), "{table}");

@@ -70,6 +70,13 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
     // Kept here to count failovers and log reconnects; the connections run on their threads.
     let clients: Vec<Client> = producers.iter().map(|p| p.connection().clone()).collect();
     let server = subscribed.first().and_then(|s| s.connection().server());
+    let consumer_clients: Vec<Client> = subscribed
+        .iter()
+        .filter_map(|s| match s.connection() {
+            crate::run::consumer::Subscribed::Client { client, .. } => Some(client.clone()),
+            crate::run::consumer::Subscribed::Raw(_) => None,
+        })
+        .collect();
 
     let phases = Phases::starting_now(Duration::ZERO, NO_DEADLINE);
     let shared = Arc::new(Shared {
@@ -184,6 +191,7 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
         unflagged_redeliveries: counts.unflagged_redeliveries,
         foreign: counts.foreign,
         failovers: clients.iter().map(Client::failovers).sum(),
+        consumer_failovers: consumer_clients.iter().map(Client::failovers).sum(),
         duration_s: round3(duration.as_secs_f64()),
         errors,
     })
