@@ -383,3 +383,25 @@ fn given_a_password_file_that_appears_later_should_refuse_that_link_only_and_the
     let got = consumer(&b.url(), "/queue/meanwhile", 3, "20s");
     assert_eq!(finish(got).0, vec![0, 1, 2]);
 }
+
+#[test]
+fn given_a_consumer_that_moves_back_should_replay_what_was_forwarded_but_not_consumed() {
+    // Two groups bridged both ways (as a BrokerGroup's mesh is). Messages sent on a follow
+    // a consumer to b; the consumer leaves b after five and reappears on a: the rest, with
+    // no consumer left on b, go back to a (replayWhenNoConsumers), each once.
+    let (ca, cb) = (free_port(), free_port());
+    let a = Node::start("a", ca, &connectors(&[("to-b", tcp(cb), "")]));
+    let b = Node::start("b", cb, &connectors(&[("to-a", tcp(ca), "")]));
+    linked(&a, "to-b");
+    linked(&b, "to-a");
+    let first = consumer(&b.url(), "/queue/moving", 5, "20s");
+    remote_wants(&a, "to-b", "/queue/moving");
+    send(&a.url(), "/queue/moving", 50);
+    let (got_first, _) = finish(first);
+    assert_eq!(got_first, (0..5).collect::<Vec<u64>>());
+    eventually("the rest forwarded to b", LINK_TIMEOUT, || b.broker.queue_depth("/queue/moving") == 45);
+    let second = consumer(&a.url(), "/queue/moving", 45, "20s");
+    let (got_second, summary) = finish(second);
+    assert_eq!(got_second, (5..50).collect::<Vec<u64>>(), "{summary}");
+    eventually("b empty", LINK_TIMEOUT, || b.broker.queue_depth("/queue/moving") == 0);
+}

@@ -58,6 +58,12 @@ pub struct NetworkConnector {
     /// Messages in flight on this bridge before the remote confirms them.
     #[serde(default = "default_prefetch")]
     pub prefetch_size: usize,
+    /// A queue's message with no local consumer left may cross to a group that wants it
+    /// even back where it came from or past networkTTL, so a consumer that moved to
+    /// another group (a client Service, a failover) still gets it (ActiveMQ's
+    /// replayWhenNoConsumers, on by default here).
+    #[serde(default = "yes")]
+    pub replay_when_no_consumers: bool,
     /// The remote group's cluster password, when it is not this broker's own (a bridge
     /// to another BrokerGroup); prefer `passwordFile`.
     #[serde(default, skip_serializing_if = "String::is_empty")]
@@ -89,6 +95,7 @@ impl std::fmt::Debug for NetworkConnector {
             .field("excluded_destinations", &self.excluded_destinations)
             .field("statically_included_destinations", &self.statically_included_destinations)
             .field("prefetch_size", &self.prefetch_size)
+            .field("replay_when_no_consumers", &self.replay_when_no_consumers)
             .field("password", &if self.password.is_empty() { "" } else { "<redacted>" })
             .field("password_file", &self.password_file)
             .finish()
@@ -109,6 +116,7 @@ impl NetworkConnector {
             excluded_destinations: Vec::new(),
             statically_included_destinations: Vec::new(),
             prefetch_size: default_prefetch(),
+            replay_when_no_consumers: true,
             password: String::new(),
             password_file: None,
         }

@@ -136,12 +136,16 @@ impl ConsumerChanges {
 /// What makes a consumer a network bridge's: it ranks by `priority` (local consumers are
 /// 0; a bridge is below with `decreaseNetworkConsumerPriority`), takes only messages
 /// `accepts` allows (not back to the group they came from, not past `networkTTL`), and is
-/// not counted as demand.
+/// not counted as demand. `accepts` is also told whether the message would otherwise be
+/// stranded: a point-to-point queue with no local consumer at all (replayWhenNoConsumers).
 #[derive(Clone)]
 pub struct NetworkConsumer {
     pub priority: i8,
-    pub accepts: Arc<dyn Fn(&super::message::Message) -> bool + Send + Sync>,
+    pub accepts: Arc<NetworkFilter>,
 }
+
+/// Whether a bridge may take a message (the message, and whether it is stranded here).
+pub type NetworkFilter = dyn Fn(&super::message::Message, bool) -> bool + Send + Sync;
 
 impl std::fmt::Debug for NetworkConsumer {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -303,7 +307,7 @@ impl Queue {
     /// group, or crossed networkTTL bridges), which would otherwise keep it forever.
     pub fn wants(&self, message: &super::message::Message) -> bool {
         let st = self.state.lock();
-        st.consumers.is_empty() || st.consumers.iter().any(|c| c.network.as_ref().is_none_or(|n| (n.accepts)(message)))
+        st.consumers.is_empty() || st.consumers.iter().any(|c| c.network.as_ref().is_none_or(|n| (n.accepts)(message, false)))
     }
 
     /// Consumers that are not network bridges': what this queue asks remote groups for.
@@ -397,6 +401,9 @@ impl Queue {
     fn dispatch_locked(self: &Arc<Self>, st: &mut State) {
         while !st.pending.is_empty() && !st.consumers.is_empty() {
             let n = st.consumers.len();
+            // Nobody here would ever take a message: bridges may carry it anywhere there is
+            // demand, even back where it came from. Never for a topic subscription.
+            let stranded = self.kind == QueueKind::Anycast && st.consumers.iter().all(|c| c.network.is_some());
             let mut chosen: Option<(usize, MessageId)> = None;
             for i in 0..n {
                 let idx = (st.next + i) % n;
@@ -406,7 +413,12 @@ impl Queue {
                 }
                 let pick = match &c.network {
                     None => st.pending.keys().next().copied(),
-                    Some(net) => st.pending.iter().take(NETWORK_SCAN).find(|(_, e)| (net.accepts)(&e.message)).map(|(id, _)| *id),
+                    Some(net) => st
+                        .pending
+                        .iter()
+                        .take(NETWORK_SCAN)
+                        .find(|(_, e)| (net.accepts)(&e.message, stranded))
+                        .map(|(id, _)| *id),
                 };
                 if let Some(id) = pick {
                     chosen = Some((idx, id));

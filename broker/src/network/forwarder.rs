@@ -40,6 +40,9 @@ pub struct ForwarderConfig {
     pub priority: i8,
     pub prefetch: usize,
     pub filters: Filters,
+    /// A queue message with no local consumer left may go back where it came from, or past
+    /// networkTTL, to a group whose consumers want it (ActiveMQ's replayWhenNoConsumers).
+    pub replay_when_no_consumers: bool,
 }
 
 struct Sub {
@@ -50,6 +53,19 @@ struct Sub {
     draining: bool,
     /// Resting after a refusal, until then.
     paused_until: Option<Instant>,
+    /// Taking new messages (its prefetch is open).
+    open: bool,
+}
+
+impl Sub {
+    /// Opens or closes the consumer's window to what it should be now.
+    fn settle_window(&mut self, prefetch: usize, link_up: bool) {
+        let open = link_up && !self.draining && self.paused_until.is_none();
+        if open != self.open {
+            self.queue.set_prefetch(self.key, if open { prefetch } else { 0 });
+            self.open = open;
+        }
+    }
 }
 
 struct Unconfirmed {
@@ -117,6 +133,7 @@ impl Forwarder {
                 *peer = peer_group.to_string();
             }
         }
+        // Windows open again with the remote's first demand (see apply_demand).
         self.down_since = None;
         if !self.unconfirmed.is_empty() {
             tracing::info!(link = %self.config.name, resent = self.unconfirmed.len(), "resending forwards the remote had not confirmed");
@@ -126,8 +143,13 @@ impl Forwarder {
         }
     }
 
+    /// While down, the link takes no new messages: what it holds stays pinned to it, the
+    /// rest goes to local consumers and other links.
     pub fn link_down(&mut self) {
         self.down_since.get_or_insert_with(Instant::now);
+        for sub in self.subs.values_mut() {
+            sub.settle_window(self.config.prefetch, false);
+        }
     }
 
     /// After [`RELEASE_AFTER`] without a link, hands everything back to the local queues.
@@ -157,17 +179,14 @@ impl Forwarder {
     /// Brings the consumers in line with what the remote wants now (and the static
     /// includes), and ends rests and drains that are over.
     pub fn apply_demand(&mut self, remote: &[DemandEntry]) {
+        if self.down_since.is_some() {
+            return;
+        }
         let existing = if self.config.filters.included.is_empty() { Vec::new() } else { self.broker.destination_names() };
         let wanted = demand::wanted(&self.config.own_group, remote, &existing, &self.config.filters);
         for destination in &wanted {
             match self.subs.get_mut(destination) {
-                Some(sub) if sub.draining => {
-                    sub.draining = false;
-                    if sub.paused_until.is_none() {
-                        sub.queue.set_prefetch(sub.key, self.config.prefetch);
-                    }
-                }
-                Some(_) => {}
+                Some(sub) => sub.draining = false,
                 None => self.attach(destination),
             }
         }
@@ -176,14 +195,11 @@ impl Forwarder {
         for (destination, sub) in self.subs.iter_mut() {
             if !sub.draining && wanted.binary_search(destination).is_err() {
                 sub.draining = true;
-                sub.queue.set_prefetch(sub.key, 0);
             }
             if sub.paused_until.is_some_and(|t| t <= now) {
                 sub.paused_until = None;
-                if !sub.draining {
-                    sub.queue.set_prefetch(sub.key, self.config.prefetch);
-                }
             }
+            sub.settle_window(self.config.prefetch, true);
             if sub.draining && sub.queue.in_flight_of(sub.key) == 0 {
                 done.push(destination.clone());
             }
@@ -214,9 +230,13 @@ impl Forwarder {
             kill: self.kill.clone(),
         };
         let (own, peer, ttl) = (self.config.own_group.clone(), Arc::clone(&self.peer_group), self.config.network_ttl);
+        let replay = self.config.replay_when_no_consumers;
         let network = NetworkConsumer {
             priority: self.config.priority,
-            accepts: Arc::new(move |m| demand::may_forward(&demand::message_path(&m.headers), &own, &peer.read(), ttl)),
+            accepts: Arc::new(move |m, stranded| {
+                let peer = peer.read();
+                (replay && stranded && *peer != own) || demand::may_forward(&demand::message_path(&m.headers), &own, &peer, ttl)
+            }),
         };
         let (queue, topic) = match target {
             Target::Queue(q) => (q, None),
@@ -224,7 +244,7 @@ impl Forwarder {
         };
         queue.add_network_consumer(handle, network);
         tracing::debug!(link = %self.config.name, %destination, "remote demand: forwarding");
-        self.subs.insert(destination.to_string(), Sub { queue, key, topic, draining: false, paused_until: None });
+        self.subs.insert(destination.to_string(), Sub { queue, key, topic, draining: false, paused_until: None, open: true });
     }
 
     /// A delivery to one of our consumers becomes a `Forward`, sent at once if `out` is set.
@@ -243,6 +263,7 @@ impl Forwarder {
     fn forward_frame(&self, seq: u64, d: &Delivery) -> ClusterFrame {
         let m = &d.entry.message;
         let mut path = demand::message_path(&m.headers);
+        let arrived_over = path.len();
         path.push(self.config.own_group.clone());
         let mut dedup_id = None;
         let headers = m
@@ -257,12 +278,20 @@ impl Forwarder {
             })
             .cloned()
             .collect();
+        // Stable across a failover of this group (the journal keeps the message's id and
+        // headers), so a resend is recognised; different for each hop, so a message that
+        // comes back to a group it was stored in (a replay) is not taken for a resend there.
+        let base = dedup_id.unwrap_or_else(|| format!("duomq-net:{}:{}", self.config.own_group, m.id.0));
+        let base = match base.strip_suffix(&format!("~{arrived_over}")) {
+            Some(stripped) if arrived_over > 0 => stripped.to_string(),
+            _ => base,
+        };
+        let dedup_id = if path.len() > 1 { format!("{base}~{}", path.len()) } else { base };
         ClusterFrame::Forward {
             seq,
             persistent: m.persistent,
             destination: m.destination.to_string(),
-            // Stable across a failover of this group: the journal keeps the message's id.
-            dedup_id: dedup_id.unwrap_or_else(|| format!("duomq-net:{}:{}", self.config.own_group, m.id.0)),
+            dedup_id,
             path,
             headers,
             body: m.body.clone(),
@@ -286,7 +315,7 @@ impl Forwarder {
         let _ = self.broker.settle(&u.queue, u.key, u.tag, false, true);
         if let Some(sub) = self.subs.get_mut(&u.destination) {
             sub.paused_until = Some(Instant::now() + REFUSAL_PAUSE);
-            sub.queue.set_prefetch(sub.key, 0);
+            sub.settle_window(self.config.prefetch, true);
         }
     }
 }

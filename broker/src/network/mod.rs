@@ -178,6 +178,7 @@ impl Network {
                         priority: if c.decrease_network_consumer_priority { -1 } else { 0 },
                         prefetch: c.prefetch_size,
                         filters: filters.clone(),
+                        replay_when_no_consumers: c.replay_when_no_consumers,
                     },
                     filters: filters.clone(),
                     state,
@@ -268,6 +269,7 @@ impl Network {
                         priority: -1,
                         prefetch: 1000,
                         filters: Filters::default(),
+                        replay_when_no_consumers: true,
                     };
                     Arc::new(tokio::sync::Mutex::new(Forwarder::new(config, Arc::clone(&self.broker))))
                 });
