@@ -279,14 +279,17 @@ impl Forwarder {
             .cloned()
             .collect();
         // Stable across a failover of this group (the journal keeps the message's id and
-        // headers), so a resend is recognised; different for each hop, so a message that
-        // comes back to a group it was stored in (a replay) is not taken for a resend there.
+        // headers), so a resend is recognised, and the same whatever route a message took,
+        // so two copies (a producer that failed over to another group and resent) meet as
+        // one. Only a message going back to a group it was stored in (a replay) gets another
+        // id there, or that group would take it for a resend of what it forwarded.
         let base = dedup_id.unwrap_or_else(|| format!("duomq-net:{}:{}", self.config.own_group, m.id.0));
-        let base = match base.strip_suffix(&format!("~{arrived_over}")) {
-            Some(stripped) if arrived_over > 0 => stripped.to_string(),
+        let base = match base.rsplit_once("~r") {
+            Some((stripped, n)) if n.parse::<usize>().is_ok() => stripped.to_string(),
             _ => base,
         };
-        let dedup_id = if path.len() > 1 { format!("{base}~{}", path.len()) } else { base };
+        let peer = self.peer_group.read().clone();
+        let dedup_id = if path[..arrived_over].contains(&peer) { format!("{base}~r{arrived_over}") } else { base };
         ClusterFrame::Forward {
             seq,
             persistent: m.persistent,
