@@ -396,7 +396,7 @@ async fn given_brokergroup_crd_when_used_with_kubectl_should_print_columns_and_r
         .collect();
     assert_eq!(
         header,
-        ["NAME", "GROUPS", "LIVE", "REPLICATED", "FAILOVERS", "AGE"],
+        ["NAME", "GROUPS", "LIVE", "REPLICATED", "LINKED", "FAILOVERS", "AGE"],
         "{table}"
     );
     let row: Vec<&str> = table

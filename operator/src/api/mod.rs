@@ -35,6 +35,7 @@ pub const KIND: &str = "BrokerGroup";
     printcolumn = r#"{"name":"Groups","type":"integer","jsonPath":".spec.groups","description":"Live/backup groups"}"#,
     printcolumn = r#"{"name":"Live","type":"string","jsonPath":".status.live","description":"Groups with a live broker, of all groups"}"#,
     printcolumn = r#"{"name":"Replicated","type":"string","jsonPath":".status.conditions[?(@.type==\"Replicated\")].status","description":"Every group has an in-sync backup"}"#,
+    printcolumn = r#"{"name":"Linked","type":"string","jsonPath":".status.linked","description":"Network connectors linked, of all (empty without connectors)"}"#,
     printcolumn = r#"{"name":"Failovers","type":"integer","jsonPath":".status.failovers","description":"Failovers of all groups since creation"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
     validation = Rule::new("!has(self.spec.networkConnectors) || self.spec.networkConnectors.all(c, !has(c.brokerGroup) || c.brokerGroup != self.metadata.name)").message("a network connector cannot point at its own BrokerGroup (the groups of one BrokerGroup are already connected to each other): remove it or name another BrokerGroup")
