@@ -6,7 +6,7 @@
 //!   (orders → billing). A batch sent to orders arrives once each, in order, at a consumer
 //!   of billing; then, under a steady flow, billing's live is killed: the link follows the
 //!   failover and every receipted message arrives once (no second stored copy), in order.
-//! - `service`: four groups on two host pairs (`e2e/tests/manifests/host-pairs-network.yaml`).
+//! - `service`: four groups on two host pairs (`manifests/examples/host-pairs-network.yaml`).
 //!   Messages sent through the BrokerGroup-wide Service on several connections land on
 //!   different groups; one consumer through that same Service gets every one of them.
 //! - `node`: the same four groups; producers through the BrokerGroup-wide Service, a consumer
@@ -88,7 +88,7 @@ struct Deployment {
 /// billing runs no connector (it takes orders' inbound link); orders one, to billing's group.
 const BRIDGE: Deployment = Deployment { namespace: "network-bridge", manifest: "manifests/examples/network.yaml", brokergroups: &[("billing", 0), ("orders", 1)] };
 /// A full mesh of four groups: each live links to the three others.
-const MESH: Deployment = Deployment { namespace: "network-mesh", manifest: "e2e/tests/manifests/host-pairs-network.yaml", brokergroups: &[("mesh", 12)] };
+const MESH: Deployment = Deployment { namespace: "network-mesh", manifest: "manifests/examples/host-pairs-network.yaml", brokergroups: &[("mesh", 12)] };
 
 /// The scenarios, in the order they run, with what each runs on.
 const SCENARIOS: [(&str, &Deployment); 4] = [("bridge", &BRIDGE), ("service", &MESH), ("node", &MESH), ("node-service", &MESH)];
