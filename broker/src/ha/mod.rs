@@ -381,34 +381,9 @@ pub async fn serve_cluster(
     let limit_log = Arc::new(parking_lot::Mutex::new(LogThrottle::default()));
     let failed_log = Arc::new(parking_lot::Mutex::new(LogThrottle::default()));
     loop {
-        let (stream, peer_addr) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => return,
+        let Some((stream, peer_addr, place)) = admit_next(&listener, &gate, &metrics, &limit_log, &stop).await else {
+            return;
         };
-        let place = match gate.admit(std::time::Instant::now()) {
-            Admission::Admitted(place) | Admission::Displaced(place) => place,
-            Admission::Refused => {
-                metrics.refused.get_or_create(&ClusterRefusedLabels { reason: "pending_limit" }).inc();
-                let allowed = limit_log.lock().allow();
-                if let Some(refused) = allowed {
-                    tracing::warn!(
-                        peer = %peer_addr,
-                        limit = gate.limit(),
-                        refused,
-                        "turned cluster connections away: ha.cluster.maxPendingConnections connections are in their handshake, none for a second yet"
-                    );
-                }
-                refuse_busy(&stream, gate.limit());
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
         let (ctx, live, stop, metrics) = (Arc::clone(&ctx), Arc::clone(&live), stop.clone(), metrics.clone());
         let network = Arc::clone(&network);
         let (failed_log, limit_log, limit) = (Arc::clone(&failed_log), Arc::clone(&limit_log), gate.limit());
@@ -489,6 +464,49 @@ pub async fn serve_cluster(
                 }
             }
         });
+    }
+}
+
+/// Accepts the next cluster connection that gets a place at `gate`. One that does not is
+/// counted, logged at most once a second, told the port is busy and closed. `None` once
+/// `stop` is cancelled. Shared by a member's cluster port and a standalone broker's.
+pub async fn admit_next(
+    listener: &TcpListener,
+    gate: &PendingGate,
+    metrics: &ClusterMetrics,
+    limit_log: &parking_lot::Mutex<LogThrottle>,
+    stop: &CancellationToken,
+) -> Option<(TcpStream, std::net::SocketAddr, gate::PendingPlace)> {
+    loop {
+        let (stream, peer_addr) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(_) => {
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.cancelled() => return None,
+        };
+        match gate.admit(std::time::Instant::now()) {
+            Admission::Admitted(place) | Admission::Displaced(place) => {
+                let _ = stream.set_nodelay(true);
+                return Some((stream, peer_addr, place));
+            }
+            Admission::Refused => {
+                metrics.refused.get_or_create(&ClusterRefusedLabels { reason: "pending_limit" }).inc();
+                let allowed = limit_log.lock().allow();
+                if let Some(refused) = allowed {
+                    tracing::warn!(
+                        peer = %peer_addr,
+                        limit = gate.limit(),
+                        refused,
+                        "turned cluster connections away: ha.cluster.maxPendingConnections connections are in their handshake, none for a second yet"
+                    );
+                }
+                refuse_busy(&stream, gate.limit());
+            }
+        }
     }
 }
 

@@ -4,7 +4,7 @@
 
 use super::{Identity, NetworkSlot};
 use crate::cluster::{accept_handshake, ClusterFrame, HandshakeConfig, Purpose, DEFAULT_HANDSHAKE_TIMEOUT};
-use crate::ha::gate::{Admission, LogThrottle, PendingGate};
+use crate::ha::gate::{LogThrottle, PendingGate};
 use crate::metrics::{ClusterMetrics, ClusterRefusedLabels};
 use std::sync::Arc;
 use tokio::net::TcpListener;
@@ -29,25 +29,11 @@ pub async fn serve(
         max_frame: crate::ha::MAX_CLUSTER_FRAME,
         timeout: DEFAULT_HANDSHAKE_TIMEOUT,
     });
+    let limit_log = parking_lot::Mutex::new(LogThrottle::default());
     loop {
-        let (stream, peer_addr) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => {
-                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => return,
+        let Some((stream, peer_addr, place)) = crate::ha::admit_next(&listener, &gate, &metrics, &limit_log, &stop).await else {
+            return;
         };
-        let place = match gate.admit(std::time::Instant::now()) {
-            Admission::Admitted(place) | Admission::Displaced(place) => place,
-            Admission::Refused => {
-                metrics.refused.get_or_create(&ClusterRefusedLabels { reason: "pending_limit" }).inc();
-                continue;
-            }
-        };
-        let _ = stream.set_nodelay(true);
         let (config, network, metrics, failed_log) = (Arc::clone(&config), Arc::clone(&network), metrics.clone(), Arc::clone(&failed_log));
         tokio::spawn(async move {
             let handshake = tokio::select! {
