@@ -846,6 +846,24 @@ mod tests {
         Ok(out)
     }
 
+    #[test]
+    fn given_the_fuzz_seeds_of_bridge_frames_should_decode_each_to_its_frame() {
+        let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/cluster_frame");
+        for (file, name) in [
+            ("bridge-open", "bridge-open"),
+            ("demand", "demand"),
+            ("forward", "forward"),
+            ("forwarded", "forwarded"),
+            ("forward-refused", "forward-refused"),
+        ] {
+            let bytes = std::fs::read(dir.join(file)).expect("seed file");
+            let mut buf = BytesMut::from(&bytes[..]);
+            let frame = ClusterCodec::new(MAX).decode(&mut buf).expect("decodes").expect("whole frame");
+            assert_eq!(frame.name(), name);
+            assert!(buf.is_empty(), "{file}: nothing left over");
+        }
+    }
+
     fn text() -> impl Strategy<Value = String> {
         ".{0,40}"
     }
