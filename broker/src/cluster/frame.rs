@@ -222,11 +222,16 @@ pub enum ClusterFrame {
         reason: String,
     },
     /// Connector → remote, first after the handshake of a bridge: which connector this is,
-    /// whether the remote forwards back over it, and how many bridges a message may cross.
+    /// whether the remote forwards back over it, how many bridges a message may cross, and
+    /// (for a duplex link) how the remote's forwarder behaves: its window, whether its
+    /// consumers rank below local ones, whether stranded messages may replay.
     BridgeOpen {
         connector: String,
         duplex: bool,
         network_ttl: u8,
+        prefetch: u32,
+        decrease_priority: bool,
+        replay: bool,
     },
     /// Either side of a bridge: every destination it has consumers for now (replaces the
     /// previous demand).
@@ -485,10 +490,13 @@ fn encode_into(
             w.buf.put_u8(u8::from(*live_seen));
             w.string("reason", reason)?;
         }
-        ClusterFrame::BridgeOpen { connector, duplex, network_ttl } => {
+        ClusterFrame::BridgeOpen { connector, duplex, network_ttl, prefetch, decrease_priority, replay } => {
             w.string("connector", connector)?;
             w.buf.put_u8(u8::from(*duplex));
             w.buf.put_u8(*network_ttl);
+            w.buf.put_u32(*prefetch);
+            w.buf.put_u8(u8::from(*decrease_priority));
+            w.buf.put_u8(u8::from(*replay));
         }
         ClusterFrame::Demand { entries } => {
             w.count("entries", entries.len())?;
@@ -781,7 +789,10 @@ fn decode_body(mut body: Bytes) -> Result<ClusterFrame, ClusterCodecError> {
             let connector = r.string("connector")?;
             let duplex = r.bool("duplex")?;
             let network_ttl = r.u8("network_ttl")?;
-            ClusterFrame::BridgeOpen { connector, duplex, network_ttl }
+            let prefetch = r.u32("prefetch")?;
+            let decrease_priority = r.bool("decrease_priority")?;
+            let replay = r.bool("replay")?;
+            ClusterFrame::BridgeOpen { connector, duplex, network_ttl, prefetch, decrease_priority, replay }
         }
         kind::DEMAND => {
             // Each entry is at least a name length, a count and a path count.
@@ -905,11 +916,16 @@ mod tests {
                 epoch
             }),
             text().prop_map(|reason| ClusterFrame::Refused { reason }),
-            (text(), any::<bool>(), any::<u8>()).prop_map(|(connector, duplex, network_ttl)| ClusterFrame::BridgeOpen {
-                connector,
-                duplex,
-                network_ttl
-            }),
+            (text(), any::<bool>(), any::<u8>(), any::<u32>(), any::<bool>(), any::<bool>()).prop_map(
+                |(connector, duplex, network_ttl, prefetch, decrease_priority, replay)| ClusterFrame::BridgeOpen {
+                    connector,
+                    duplex,
+                    network_ttl,
+                    prefetch,
+                    decrease_priority,
+                    replay
+                }
+            ),
             proptest::collection::vec((text(), any::<u32>(), proptest::collection::vec(text(), 0..3)), 0..5).prop_map(|entries| {
                 ClusterFrame::Demand {
                     entries: entries.into_iter().map(|(destination, consumers, path)| DemandEntry { destination, consumers, path }).collect(),

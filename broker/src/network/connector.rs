@@ -205,7 +205,14 @@ async fn attempt(net: &Network, plan: &LinkPlan, address: &TcpAddress) -> Result
         };
         return Err(fail(said));
     }
-    let frame = ClusterFrame::BridgeOpen { connector: plan.connector.clone(), duplex: plan.duplex, network_ttl: plan.network_ttl };
+    let frame = ClusterFrame::BridgeOpen {
+        connector: plan.connector.clone(),
+        duplex: plan.duplex,
+        network_ttl: plan.network_ttl,
+        prefetch: u32::try_from(plan.forwarder.prefetch).unwrap_or(u32::MAX),
+        decrease_priority: plan.forwarder.priority < 0,
+        replay: plan.forwarder.replay_when_no_consumers,
+    };
     if let Err(e) = conn.send(&frame).await {
         return Err(fail(crate::report::error_chain(&e)));
     }

@@ -244,10 +244,15 @@ impl Network {
     /// it over after the handshake).
     pub async fn serve_inbound(self: &Arc<Self>, mut conn: ClusterConn<TcpStream>, peer: ClientPeer) {
         let open = tokio::time::timeout(crate::cluster::DEFAULT_HANDSHAKE_TIMEOUT, conn.recv()).await;
-        let (connector, duplex, network_ttl) = match open {
-            Ok(Ok(Some(ClusterFrame::BridgeOpen { connector, duplex, network_ttl }))) => {
-                (connector, duplex, network_ttl.clamp(1, crate::config::MAX_NETWORK_TTL))
-            }
+        let (connector, duplex, network_ttl, prefetch, decrease_priority, replay) = match open {
+            Ok(Ok(Some(ClusterFrame::BridgeOpen { connector, duplex, network_ttl, prefetch, decrease_priority, replay }))) => (
+                connector,
+                duplex,
+                network_ttl.clamp(1, crate::config::MAX_NETWORK_TTL),
+                (prefetch as usize).clamp(1, 65_536),
+                decrease_priority,
+                replay,
+            ),
             _ => {
                 let _ = conn.send(&ClusterFrame::Goodbye { reason: "expected a bridge-open frame".into() }).await;
                 return;
@@ -262,14 +267,15 @@ impl Network {
             let forwarder = {
                 let mut map = self.duplex_forwarders.lock();
                 let entry = map.entry((peer.group.clone(), connector.clone())).or_insert_with(|| {
+                    // The reverse direction of a duplex link behaves as its connector says.
                     let config = ForwarderConfig {
                         name: name.clone(),
                         own_group: self.identity.group.clone(),
                         network_ttl,
-                        priority: -1,
-                        prefetch: 1000,
+                        priority: if decrease_priority { -1 } else { 0 },
+                        prefetch,
                         filters: Filters::default(),
-                        replay_when_no_consumers: true,
+                        replay_when_no_consumers: replay,
                     };
                     Arc::new(tokio::sync::Mutex::new(Forwarder::new(config, Arc::clone(&self.broker))))
                 });
