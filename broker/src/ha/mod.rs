@@ -378,15 +378,13 @@ pub async fn serve_cluster(
     stop: CancellationToken,
 ) {
     let gate = PendingGate::new(ctx.config.cluster.max_pending_connections, metrics.pending.clone());
-    let limit_log = Arc::new(parking_lot::Mutex::new(LogThrottle::default()));
-    let failed_log = Arc::new(parking_lot::Mutex::new(LogThrottle::default()));
+    let logs = Arc::new(RefusalLogs::default());
     loop {
-        let Some((stream, peer_addr, place)) = admit_next(&listener, &gate, &metrics, &limit_log, &stop).await else {
+        let Some(admitted) = admit_next(&listener, &gate, &metrics, &logs, &stop).await else {
             return;
         };
         let (ctx, live, stop, metrics) = (Arc::clone(&ctx), Arc::clone(&live), stop.clone(), metrics.clone());
-        let network = Arc::clone(&network);
-        let (failed_log, limit_log, limit) = (Arc::clone(&failed_log), Arc::clone(&limit_log), gate.limit());
+        let (network, logs) = (Arc::clone(&network), Arc::clone(&logs));
         tokio::spawn(async move {
             let role = match *ctx.role.read() {
                 Role::Live => "live",
@@ -395,34 +393,8 @@ pub async fn serve_cluster(
                 _ => "starting",
             };
             let config = ctx.handshake(Purpose::Probe);
-            let handshake = tokio::select! {
-                result = accept_handshake(stream, &config, role) => Some(result),
-                _ = place.displaced().cancelled() => None,
-            };
-            drop(place);
-            let (mut conn, peer) = match handshake {
-                Some(Ok(x)) => x,
-                None => {
-                    metrics.refused.get_or_create(&ClusterRefusedLabels { reason: "pending_limit" }).inc();
-                    let allowed = limit_log.lock().allow();
-                    if let Some(closed) = allowed {
-                        tracing::warn!(
-                            peer = %peer_addr,
-                            limit,
-                            closed,
-                            "closed a cluster connection stalled in its handshake to make room: ha.cluster.maxPendingConnections were in their handshake"
-                        );
-                    }
-                    return;
-                }
-                Some(Err(e)) => {
-                    metrics.refused.get_or_create(&ClusterRefusedLabels { reason: e.kind() }).inc();
-                    let allowed = failed_log.lock().allow();
-                    if let Some(refused) = allowed {
-                        tracing::warn!(peer = %peer_addr, error = %crate::report::error_chain(&e), refused, "refused a cluster connection");
-                    }
-                    return;
-                }
+            let Some((mut conn, peer)) = admitted.handshake(&config, role, &metrics, &logs).await else {
+                return;
             };
             match peer.purpose {
                 Purpose::Probe => {}
@@ -467,6 +439,66 @@ pub async fn serve_cluster(
     }
 }
 
+/// A cluster port's refusal logs, each written at most once a second (with how many since).
+#[derive(Default)]
+pub struct RefusalLogs {
+    /// Turned away or displaced for `ha.cluster.maxPendingConnections`.
+    limit: parking_lot::Mutex<LogThrottle>,
+    /// Handshakes that failed.
+    failed: parking_lot::Mutex<LogThrottle>,
+}
+
+/// A connection that got a place at the gate, not yet authenticated.
+pub struct Admitted {
+    stream: TcpStream,
+    peer_addr: std::net::SocketAddr,
+    place: gate::PendingPlace,
+    limit: usize,
+}
+
+impl Admitted {
+    /// Runs the server side of the handshake while the connection holds its place. A
+    /// handshake that fails, or is displaced by a newcomer, is counted and logged; `None`.
+    pub async fn handshake(
+        self,
+        config: &HandshakeConfig,
+        role: &str,
+        metrics: &ClusterMetrics,
+        logs: &RefusalLogs,
+    ) -> Option<(crate::cluster::ClusterConn<TcpStream>, crate::cluster::ClientPeer)> {
+        let Admitted { stream, peer_addr, place, limit } = self;
+        let handshake = tokio::select! {
+            result = accept_handshake(stream, config, role) => Some(result),
+            _ = place.displaced().cancelled() => None,
+        };
+        drop(place);
+        match handshake {
+            Some(Ok(x)) => Some(x),
+            None => {
+                metrics.refused.get_or_create(&ClusterRefusedLabels { reason: "pending_limit" }).inc();
+                let allowed = logs.limit.lock().allow();
+                if let Some(closed) = allowed {
+                    tracing::warn!(
+                        peer = %peer_addr,
+                        limit,
+                        closed,
+                        "closed a cluster connection stalled in its handshake to make room: ha.cluster.maxPendingConnections were in their handshake"
+                    );
+                }
+                None
+            }
+            Some(Err(e)) => {
+                metrics.refused.get_or_create(&ClusterRefusedLabels { reason: e.kind() }).inc();
+                let allowed = logs.failed.lock().allow();
+                if let Some(refused) = allowed {
+                    tracing::warn!(peer = %peer_addr, error = %crate::report::error_chain(&e), refused, "refused a cluster connection");
+                }
+                None
+            }
+        }
+    }
+}
+
 /// Accepts the next cluster connection that gets a place at `gate`. One that does not is
 /// counted, logged at most once a second, told the port is busy and closed. `None` once
 /// `stop` is cancelled. Shared by a member's cluster port and a standalone broker's.
@@ -474,9 +506,9 @@ pub async fn admit_next(
     listener: &TcpListener,
     gate: &PendingGate,
     metrics: &ClusterMetrics,
-    limit_log: &parking_lot::Mutex<LogThrottle>,
+    logs: &RefusalLogs,
     stop: &CancellationToken,
-) -> Option<(TcpStream, std::net::SocketAddr, gate::PendingPlace)> {
+) -> Option<Admitted> {
     loop {
         let (stream, peer_addr) = tokio::select! {
             r = listener.accept() => match r {
@@ -491,11 +523,11 @@ pub async fn admit_next(
         match gate.admit(std::time::Instant::now()) {
             Admission::Admitted(place) | Admission::Displaced(place) => {
                 let _ = stream.set_nodelay(true);
-                return Some((stream, peer_addr, place));
+                return Some(Admitted { stream, peer_addr, place, limit: gate.limit() });
             }
             Admission::Refused => {
                 metrics.refused.get_or_create(&ClusterRefusedLabels { reason: "pending_limit" }).inc();
-                let allowed = limit_log.lock().allow();
+                let allowed = logs.limit.lock().allow();
                 if let Some(refused) = allowed {
                     tracing::warn!(
                         peer = %peer_addr,

@@ -3,9 +3,10 @@
 //! group member's cluster port. A replicated member's port is `ha::serve_cluster`.
 
 use super::{Identity, NetworkSlot};
-use crate::cluster::{accept_handshake, ClusterFrame, HandshakeConfig, Purpose, DEFAULT_HANDSHAKE_TIMEOUT};
-use crate::ha::gate::{LogThrottle, PendingGate};
-use crate::metrics::{ClusterMetrics, ClusterRefusedLabels};
+use crate::cluster::{ClusterFrame, HandshakeConfig, Purpose, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::ha::gate::PendingGate;
+use crate::ha::RefusalLogs;
+use crate::metrics::ClusterMetrics;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -19,7 +20,6 @@ pub async fn serve(
     stop: CancellationToken,
 ) {
     let gate = PendingGate::new(max_pending, metrics.pending.clone());
-    let failed_log = Arc::new(parking_lot::Mutex::new(LogThrottle::default()));
     let config = Arc::new(HandshakeConfig {
         node_id: identity.node_id.clone(),
         group: identity.group.clone(),
@@ -29,29 +29,15 @@ pub async fn serve(
         max_frame: crate::ha::MAX_CLUSTER_FRAME,
         timeout: DEFAULT_HANDSHAKE_TIMEOUT,
     });
-    let limit_log = parking_lot::Mutex::new(LogThrottle::default());
+    let logs = Arc::new(RefusalLogs::default());
     loop {
-        let Some((stream, peer_addr, place)) = crate::ha::admit_next(&listener, &gate, &metrics, &limit_log, &stop).await else {
+        let Some(admitted) = crate::ha::admit_next(&listener, &gate, &metrics, &logs, &stop).await else {
             return;
         };
-        let (config, network, metrics, failed_log) = (Arc::clone(&config), Arc::clone(&network), metrics.clone(), Arc::clone(&failed_log));
+        let (config, network, metrics, logs) = (Arc::clone(&config), Arc::clone(&network), metrics.clone(), Arc::clone(&logs));
         tokio::spawn(async move {
-            let handshake = tokio::select! {
-                result = accept_handshake(stream, &config, "live") => Some(result),
-                _ = place.displaced().cancelled() => None,
-            };
-            drop(place);
-            let (mut conn, peer) = match handshake {
-                Some(Ok(x)) => x,
-                Some(Err(e)) => {
-                    metrics.refused.get_or_create(&ClusterRefusedLabels { reason: e.kind() }).inc();
-                    let allowed = failed_log.lock().allow();
-                    if let Some(refused) = allowed {
-                        tracing::warn!(peer = %peer_addr, error = %crate::report::error_chain(&e), refused, "refused a cluster connection");
-                    }
-                    return;
-                }
-                None => return,
+            let Some((mut conn, peer)) = admitted.handshake(&config, "live", &metrics, &logs).await else {
+                return;
             };
             match peer.purpose {
                 Purpose::Probe => {}
