@@ -9,7 +9,7 @@ use super::message::{ConsumerKey, Delivery, Entry};
 use crate::journal::MessageId;
 use parking_lot::Mutex;
 use std::collections::BTreeMap;
-use std::sync::atomic::{AtomicU32, Ordering};
+use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::sync::mpsc;
@@ -77,6 +77,8 @@ pub struct Queue {
     memory: Arc<Memory>,
     /// Told whenever a consumer comes or goes (network bridges advertise demand from it).
     changes: Arc<ConsumerChanges>,
+    /// How many of its consumers are network bridges'.
+    network_consumers: AtomicUsize,
     state: Mutex<State>,
     /// Reclaim sweeps that found this queue unused in a row (see `Broker::reclaim_idle`).
     pub(super) idle: IdleSweeps,
@@ -204,7 +206,7 @@ pub struct QueueSnapshot {
 
 impl Queue {
     pub fn new(name: Arc<str>, kind: QueueKind, memory: Arc<Memory>, changes: Arc<ConsumerChanges>) -> Arc<Queue> {
-        Arc::new(Queue { name, kind, memory, changes, state: Mutex::new(State::default()), idle: IdleSweeps::default() })
+        Arc::new(Queue { name, kind, memory, changes, network_consumers: AtomicUsize::new(0), state: Mutex::new(State::default()), idle: IdleSweeps::default() })
     }
 
     /// Bytes of messages this queue holds (pending, in flight, and accepted but not yet
@@ -294,6 +296,9 @@ impl Queue {
         let local = network.is_none();
         {
             let mut st = self.state.lock();
+            if !local {
+                self.network_consumers.fetch_add(1, Ordering::Relaxed);
+            }
             st.consumers.push(Consumer { handle, in_flight: BTreeMap::new(), next_tag: 0, closed: false, network });
             self.dispatch_locked(&mut st);
         }
@@ -306,6 +311,10 @@ impl Queue {
     /// consumers are network bridges that would never take it (it came from their remote
     /// group, or crossed networkTTL bridges), which would otherwise keep it forever.
     pub fn wants(&self, message: &super::message::Message) -> bool {
+        // Without network consumers (every subscription but a bridge's conduit): no lock.
+        if self.network_consumers.load(Ordering::Relaxed) == 0 {
+            return true;
+        }
         let st = self.state.lock();
         st.consumers.is_empty() || st.consumers.iter().any(|c| c.network.as_ref().is_none_or(|n| (n.accepts)(message, false)))
     }
@@ -345,6 +354,9 @@ impl Queue {
                 st.pending.insert(entry.message.id, entry);
             }
             self.dispatch_locked(&mut st);
+            if consumer.network.is_some() {
+                self.network_consumers.fetch_sub(1, Ordering::Relaxed);
+            }
             consumer.network.is_none()
         };
         if local {
@@ -399,11 +411,11 @@ impl Queue {
     /// consumers before network bridges), round robin among equals. A network consumer
     /// takes the first message it accepts within [`NETWORK_SCAN`] of the head.
     fn dispatch_locked(self: &Arc<Self>, st: &mut State) {
+        // Nobody here would ever take a message: bridges may carry it anywhere there is
+        // demand, even back where it came from. Never for a topic subscription.
+        let stranded = self.kind == QueueKind::Anycast && st.consumers.iter().all(|c| c.network.is_some());
         while !st.pending.is_empty() && !st.consumers.is_empty() {
             let n = st.consumers.len();
-            // Nobody here would ever take a message: bridges may carry it anywhere there is
-            // demand, even back where it came from. Never for a topic subscription.
-            let stranded = self.kind == QueueKind::Anycast && st.consumers.iter().all(|c| c.network.is_some());
             let mut chosen: Option<(usize, MessageId)> = None;
             for i in 0..n {
                 let idx = (st.next + i) % n;
