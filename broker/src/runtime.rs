@@ -139,51 +139,57 @@ async fn open(shared: &Shared, took_over: bool) -> Result<Arc<Broker>, RunError>
 /// A standalone broker: live from start to shutdown. It listens on the cluster port for
 /// inbound network bridges when it has a cluster password.
 async fn run_standalone(shared: &Shared, stomp: &TcpListener, shutdown: &CancellationToken) -> Result<(), RunError> {
-    let password = shared.config.ha.load_password().map_err(RunError::Password)?;
     let broker = open(shared, false).await?;
-    let cluster_task = if password.is_empty() {
+    let identity = identity(shared, &broker)?;
+    let cluster_task = if identity.password.is_empty() {
         None
     } else {
         let listener = bind("cluster", shared.config.ha.cluster.listen).await?;
         tracing::info!(addr = %listener.local_addr().unwrap_or(shared.config.ha.cluster.listen), "cluster port listening (network bridges)");
-        let identity = identity(shared, &broker, password.into_bytes());
         Some(tokio::spawn(crate::network::listener::serve(
             listener,
-            identity,
+            identity.clone(),
             Arc::clone(&shared.state.network),
             shared.metrics.cluster.clone(),
             shared.config.ha.cluster.max_pending_connections,
             shutdown.clone(),
         )))
     };
-    let result = serve_live(shared, stomp, &broker, shutdown.clone()).await;
+    let result = serve_live(shared, stomp, &broker, identity, shutdown.clone()).await;
     if let Some(task) = cluster_task {
         task.abort();
     }
     result.and(close(&broker).await)
 }
 
-/// Who this broker is on the network of brokers.
-fn identity(shared: &Shared, broker: &Broker, password: Vec<u8>) -> crate::network::Identity {
+/// Who this broker is on the network of brokers. The cluster password is read each time
+/// (once per live term), so a rotated Secret counts from the next term.
+fn identity(shared: &Shared, broker: &Broker) -> Result<crate::network::Identity, RunError> {
     let ha = &shared.config.ha;
-    crate::network::Identity {
+    let password = ha.load_password().map_err(RunError::Password)?.into_bytes();
+    Ok(crate::network::Identity {
         node_id: broker.node_id.clone(),
         group: if ha.group_name.trim().is_empty() { broker.node_id.clone() } else { ha.group_name.clone() },
         password,
         check_period: ha.check_period.get().max(Duration::from_millis(200)),
         // A bridge's loop may wait on a full destination; it is not the live's heartbeat.
         connection_ttl: (ha.connection_ttl.get() * 3).max(Duration::from_secs(3)),
-    }
+    })
 }
 
 /// Serves clients until `stop` is cancelled, then lets connections drain. The network
 /// bridges run for as long.
-async fn serve_live(shared: &Shared, listener: &TcpListener, broker: &Arc<Broker>, stop: CancellationToken) -> Result<(), RunError> {
-    let password = shared.config.ha.load_password().map_err(RunError::Password)?;
+async fn serve_live(
+    shared: &Shared,
+    listener: &TcpListener,
+    broker: &Arc<Broker>,
+    identity: crate::network::Identity,
+    stop: CancellationToken,
+) -> Result<(), RunError> {
     let bridges = stop.child_token();
     let network = crate::network::Network::start(
         Arc::clone(broker),
-        identity(shared, broker, password.into_bytes()),
+        identity,
         &shared.config.network,
         shared.metrics.network.clone(),
         bridges.clone(),
@@ -341,7 +347,7 @@ async fn live_term(
             stop.cancel();
         })
     };
-    serve_live(shared, stomp, &broker, stop.clone()).await?;
+    serve_live(shared, stomp, &broker, identity(shared, &broker)?, stop.clone()).await?;
     if term.step_down.is_cancelled() && !shutdown.is_cancelled() {
         ctx.stepping_down();
     }
@@ -409,7 +415,7 @@ async fn run_shared_store(shared: &Shared, stomp: &TcpListener, shutdown: &Cance
         .map_err(|source| RunError::Ha(HaError::WriteLiveFile { path: LiveHolder::path(&ctx.ha_dir()), source }))?;
     ctx.activated().map_err(RunError::Ha)?;
     tracing::info!(epoch = ctx.epoch().0, group = %ctx.group, "live: holding the shared journal lock");
-    serve_live(shared, stomp, &broker, shutdown.clone()).await?;
+    serve_live(shared, stomp, &broker, identity(shared, &broker)?, shutdown.clone()).await?;
     close(&broker).await
 }
 

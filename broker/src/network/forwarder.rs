@@ -117,11 +117,6 @@ impl Forwarder {
         self.rx = Some(rx);
     }
 
-    /// How many destinations it consumes from.
-    pub fn consuming(&self) -> usize {
-        self.subs.values().filter(|s| !s.draining).count()
-    }
-
     /// The link is up to `peer_group`: everything not yet confirmed goes again, in order.
     pub fn link_up(&mut self, peer_group: &str, out: &mpsc::UnboundedSender<ClusterFrame>) {
         {
@@ -247,15 +242,13 @@ impl Forwarder {
         self.subs.insert(destination.to_string(), Sub { queue, key, topic, draining: false, paused_until: None, open: true });
     }
 
-    /// A delivery to one of our consumers becomes a `Forward`, sent at once if `out` is set.
-    pub fn on_delivery(&mut self, outbound: Outbound, out: Option<&mpsc::UnboundedSender<ClusterFrame>>) {
+    /// A delivery to one of our consumers becomes a `Forward`, sent at once.
+    pub fn on_delivery(&mut self, outbound: Outbound, out: &mpsc::UnboundedSender<ClusterFrame>) {
         let Outbound::Deliver(d) = outbound else { return };
         let seq = self.next_seq;
         self.next_seq += 1;
         let frame = self.forward_frame(seq, &d);
-        if let Some(out) = out {
-            let _ = out.send(frame.clone());
-        }
+        let _ = out.send(frame.clone());
         let destination = d.entry.message.destination.to_string();
         self.unconfirmed.insert(seq, Unconfirmed { queue: d.queue, key: d.consumer, tag: d.tag, destination, frame });
     }

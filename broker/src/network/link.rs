@@ -145,7 +145,7 @@ async fn session(
             },
             Some(delivery) = next_delivery(&mut deliveries) => {
                 if let Some(f) = forwarder.as_mut() {
-                    f.on_delivery(delivery, Some(out));
+                    f.on_delivery(delivery, out);
                 }
             }
             _ = consumers.changed(), if receive => demand_dirty = true,

@@ -204,10 +204,6 @@ impl Network {
         Ok(net)
     }
 
-    pub fn identity(&self) -> &Identity {
-        &self.identity
-    }
-
     fn add_link(&self, link: &Arc<LinkShared>) {
         self.links.lock().push(Arc::clone(link));
         self.metrics.linked.get_or_create(&link.labels()).set(1);
