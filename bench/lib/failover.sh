@@ -17,6 +17,21 @@ FAILOVER_MEMBERS=()
 FAILOVER_QUERY='initialReconnectDelay=10ms&maxReconnectDelay=200ms&maxReconnectAttempts=-1'
 
 # write_start_script DIR LOG CMD...: DIR/start.sh starts CMD in the background.
+# write_activemq_instance BASE CONFIG STOMP_PORT LOG [-Dname=value...]: an ActiveMQ
+# instance in BASE (conf, data, tmp) with bench/lib/CONFIG as its activemq.xml, listening
+# for STOMP on STOMP_PORT, and BASE/start.sh that starts it logging to LOG; the extra
+# system properties go before -jar, with the others.
+write_activemq_instance() {
+    local base=$1 config=$2 stomp=$3 log=$4
+    shift 4
+    mkdir -p "$base/conf" "$base/data" "$base/tmp"
+    cp "$LIB_DIR/$config" "$base/conf/activemq.xml"
+    cp "$LIB_DIR/activemq-log4j.properties" "$base/conf/log4j.properties"
+    activemq_command "$base" "$stomp" "$base/conf/activemq.xml"
+    local cmd=("${ACTIVEMQ_CMD[@]:0:${#ACTIVEMQ_CMD[@]}-4}" "$@" "${ACTIVEMQ_CMD[@]: -4}")
+    write_start_script "$base" "$log" "${cmd[@]}"
+}
+
 write_start_script() {
     local dir=$1 log=$2
     shift 2
@@ -135,19 +150,12 @@ YAML
 start_activemq_pair() {
     FAILOVER_DIR="$WORK/failover-activemq"
     mkdir -p "$FAILOVER_DIR/shared"
-    local m base ports
+    local m ports
     read -r -a ports <<<"$(free_ports 2)"
     declare -gA AMQ_STOMP=([a]=${ports[0]} [b]=${ports[1]})
     for m in a b; do
-        base="$FAILOVER_DIR/$m"
-        mkdir -p "$base/conf" "$base/data" "$base/tmp"
-        cp "$LIB_DIR/activemq-shared.xml" "$base/conf/activemq.xml"
-        cp "$LIB_DIR/activemq-log4j.properties" "$base/conf/log4j.properties"
-        activemq_command "$base" "${AMQ_STOMP[$m]}" "$base/conf/activemq.xml"
-        # The shared directory goes before -jar, with the other system properties.
-        local cmd=("${ACTIVEMQ_CMD[@]:0:${#ACTIVEMQ_CMD[@]}-4}" -Dduomqbench.sharedDir="$FAILOVER_DIR/shared"
-            "${ACTIVEMQ_CMD[@]: -4}")
-        write_start_script "$base" "$LOG_DIR/failover-activemq-$m.log" "${cmd[@]}"
+        write_activemq_instance "$FAILOVER_DIR/$m" activemq-shared.xml "${AMQ_STOMP[$m]}" \
+            "$LOG_DIR/failover-activemq-$m.log" -Dduomqbench.sharedDir="$FAILOVER_DIR/shared"
     done
     FAILOVER_MEMBERS=(a b)
     RUNNING_STOP=stop_pair

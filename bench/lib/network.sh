@@ -148,19 +148,13 @@ await_log() {
 start_network_activemq() {
     FAILOVER_DIR="$WORK/network-activemq"
     rm -rf "$FAILOVER_DIR"
-    local m base p cmd
+    local m p
     read -r -a p <<<"$(free_ports 3)"
     local -A stomp=([source]=${p[0]} [sink]=${p[1]})
     for m in sink source; do
-        base="$FAILOVER_DIR/$m"
-        mkdir -p "$base/conf" "$base/data" "$base/tmp"
-        cp "$LIB_DIR/activemq-network-$m.xml" "$base/conf/activemq.xml"
-        cp "$LIB_DIR/activemq-log4j.properties" "$base/conf/log4j.properties"
-        activemq_command "$base" "${stomp[$m]}" "$base/conf/activemq.xml"
-        # The extra properties go before -jar, with the other system properties.
-        cmd=("${ACTIVEMQ_CMD[@]:0:${#ACTIVEMQ_CMD[@]}-4}" -Dduomqbench.brokerName="bench-$m"
-            -Dduomqbench.openwirePort="${p[2]}" -Dduomqbench.peerPort="${p[2]}" "${ACTIVEMQ_CMD[@]: -4}")
-        write_start_script "$base" "$LOG_DIR/network-activemq-$m.log" "${cmd[@]}"
+        write_activemq_instance "$FAILOVER_DIR/$m" "activemq-network-$m.xml" "${stomp[$m]}" \
+            "$LOG_DIR/network-activemq-$m.log" -Dduomqbench.brokerName="bench-$m" \
+            -Dduomqbench.openwirePort="${p[2]}" -Dduomqbench.peerPort="${p[2]}"
     done
     FAILOVER_MEMBERS=(source sink)
     RUNNING_STOP=stop_pair
