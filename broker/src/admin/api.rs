@@ -63,6 +63,43 @@ pub struct BrokerStatus {
     /// Network bridges; absent when the broker has no connector and no inbound link.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub network: Option<NetworkStatus>,
+    /// The clustered grouping handler; absent with `grouping.handler: none`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grouping: Option<GroupingStatus>,
+}
+
+/// Which grouping handler a broker runs.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum GroupingHandlerKind {
+    /// Decides group bindings for the cluster; they are journaled and replicated.
+    Local,
+    /// Asks the local handler, and caches what it learnt.
+    Remote,
+}
+
+/// The clustered grouping handler of a live broker.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupingStatus {
+    pub handler: GroupingHandlerKind,
+    /// This broker's group name (a local handler's is the one the cluster asks).
+    pub group: String,
+    /// Cluster bindings held: decided (local) or cached (remote).
+    pub bindings: u64,
+    /// Proposals made (remote) or answered (local).
+    pub proposals_total: u64,
+    /// Decisions that did not come within `grouping.timeout` (remote; SENDs refused).
+    pub timeouts_total: u64,
+    /// Bindings removed unused after `grouping.groupTimeout`.
+    pub reaped_total: u64,
+    /// Remote: whether the link to the local handler's live is up; local: always true.
+    pub connected: bool,
+    /// Remote: the member of the local handler's group it is linked to.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub linked_to: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
 }
 
 /// This broker's bridges to other groups.

@@ -230,11 +230,30 @@ pub struct GroupingConfig {
     pub address: Option<String>,
     /// How long a decision may take before the message is refused.
     pub timeout: HumanDuration,
+    /// A cluster binding unused this long is removed by the local handler's reaper (and
+    /// forgotten by the remote handlers' caches); `0s` keeps bindings forever.
+    pub group_timeout: HumanDuration,
+    /// How often the reaper looks for unused bindings.
+    pub reaper_period: HumanDuration,
+    /// Group bindings a queue keeps, on every broker: past it, the least recently used
+    /// idle binding is dropped (its group binds afresh); the local handler refuses a new
+    /// group for a queue that holds this many cluster bindings.
+    pub max_groups: usize,
 }
+
+/// Default for `grouping.maxGroups`.
+pub const DEFAULT_MAX_GROUPS: usize = 10_000;
 
 impl Default for GroupingConfig {
     fn default() -> GroupingConfig {
-        GroupingConfig { handler: GroupingHandler::None, address: None, timeout: HumanDuration::secs(5) }
+        GroupingConfig {
+            handler: GroupingHandler::None,
+            address: None,
+            timeout: HumanDuration::secs(5),
+            group_timeout: HumanDuration::secs(3600),
+            reaper_period: HumanDuration::secs(30),
+            max_groups: DEFAULT_MAX_GROUPS,
+        }
     }
 }
 
@@ -266,6 +285,12 @@ impl GroupingConfig {
     pub(super) fn validate(&self) -> Result<(), ConfigError> {
         if self.timeout.get().is_zero() {
             return invalid("grouping.timeout", "must be longer than 0s");
+        }
+        if self.reaper_period.get().is_zero() {
+            return invalid("grouping.reaperPeriod", "must be longer than 0s");
+        }
+        if self.max_groups == 0 {
+            return invalid("grouping.maxGroups", "must be at least 1");
         }
         match (self.handler, &self.address) {
             (GroupingHandler::Remote, None) => {

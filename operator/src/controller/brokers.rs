@@ -216,6 +216,7 @@ mod tests {
             queues: Vec::new(),
             ha: None,
             network: None,
+            grouping: None,
         };
         let served = status.clone();
         let app = Router::new()

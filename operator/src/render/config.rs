@@ -161,6 +161,7 @@ pub fn build_broker_config(
                 },
                 address: (local.name != group.name).then(|| group_uri(v, local)),
                 timeout: parse_duration(&grouping.timeout).unwrap_or(c.grouping.timeout),
+                ..c.grouping.clone()
             };
         }
     }

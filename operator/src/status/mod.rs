@@ -598,6 +598,7 @@ pub(crate) mod tests {
                 alone: false,
             }),
             network: None,
+            grouping: None,
         })
     }
 

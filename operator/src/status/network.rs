@@ -214,6 +214,7 @@ mod tests {
                     .collect(),
                 inbound: Vec::new(),
             }),
+            grouping: None,
         }
     }
 
