@@ -333,6 +333,7 @@ mod tests {
             bytes: 0,
             enqueued_total: 0,
             acked_total: 0,
+            groups: 0,
         }
     }
 

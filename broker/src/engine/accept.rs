@@ -358,6 +358,7 @@ impl Broker {
                 Target::Queue(q) => Arc::clone(&q.name),
                 Target::Topic(t) => Arc::clone(&t.name),
             },
+            group: super::message::MessageGroup::from_headers(&headers),
             headers,
             body,
             persistent,

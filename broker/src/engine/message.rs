@@ -15,6 +15,9 @@ pub struct Message {
     pub body: Bytes,
     /// The producer asked for `persistent:true`.
     pub persistent: bool,
+    /// The message group it belongs to (`JMSXGroupID`), if any: a queue hands every
+    /// message of a group to one consumer, in order.
+    pub group: Option<MessageGroup>,
 }
 
 impl Message {
@@ -23,6 +26,51 @@ impl Message {
         self.body.len()
             + self.headers.iter().map(|(k, v)| k.len() + v.len() + 16).sum::<usize>()
             + 96
+    }
+}
+
+/// The header naming a message's group (ActiveMQ's and Artemis's).
+pub const GROUP_ID_HEADER: &str = "JMSXGroupID";
+/// The header numbering a message in its group; `-1` closes the group.
+pub const GROUP_SEQ_HEADER: &str = "JMSXGroupSeq";
+/// Set to `true` on the first message a consumer gets of a group it newly owns.
+pub const GROUP_FIRST_HEADER: &str = "JMSXGroupFirstForConsumer";
+
+/// A message's group, as its headers name it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct MessageGroup {
+    pub id: Arc<str>,
+    /// `JMSXGroupSeq: -1`: once this message is delivered the group's binding is dropped,
+    /// so the next message with this id binds afresh.
+    pub close: bool,
+    /// Which consumers may own the group on this broker.
+    pub owner: GroupOwner,
+}
+
+/// Where a group's messages may go, as the cluster-wide grouping handler decided.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum GroupOwner {
+    /// Any consumer: local ones or network bridges.
+    Any,
+    /// Local consumers only, never a network bridge (even when no local consumer is left).
+    Here,
+    /// Network bridges only; their filter decides which one leads to the named group.
+    Elsewhere(Arc<str>),
+}
+
+impl MessageGroup {
+    /// The group named by `JMSXGroupID` (the first such header; an empty id is no group),
+    /// closed by `JMSXGroupSeq: -1`, owned by any consumer.
+    pub fn from_headers(headers: &[(String, String)]) -> Option<MessageGroup> {
+        let id = headers.iter().find(|(k, _)| k == GROUP_ID_HEADER).map(|(_, v)| v.as_str())?;
+        if id.is_empty() {
+            return None;
+        }
+        let close = headers
+            .iter()
+            .find(|(k, _)| k == GROUP_SEQ_HEADER)
+            .is_some_and(|(_, v)| v.trim().parse::<i64>() == Ok(-1));
+        Some(MessageGroup { id: Arc::from(id), close, owner: GroupOwner::Any })
     }
 }
 
@@ -47,6 +95,9 @@ pub struct Delivery {
     pub entry: Entry,
     /// Auto-ack deliveries are settled by the writer once written to the socket.
     pub auto_ack: bool,
+    /// The first message this consumer gets of a group it newly owns: the MESSAGE frame
+    /// carries `JMSXGroupFirstForConsumer: true`.
+    pub group_first: bool,
 }
 
 /// Identifies a consumer broker-wide.
@@ -61,4 +112,27 @@ pub fn ack_token(consumer: ConsumerKey, tag: u64) -> String {
 pub fn parse_ack_token(s: &str) -> Option<(ConsumerKey, u64)> {
     let (c, t) = s.split_once('-')?;
     Some((ConsumerKey(c.parse().ok()?), t.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
+        pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn given_group_headers_should_name_group_and_close() {
+        let open = MessageGroup::from_headers(&headers(&[("JMSXGroupID", "g1"), ("JMSXGroupSeq", "3")]));
+        assert_eq!(open, Some(MessageGroup { id: Arc::from("g1"), close: false, owner: GroupOwner::Any }));
+        let closing = MessageGroup::from_headers(&headers(&[("JMSXGroupSeq", "-1"), ("JMSXGroupID", "g1")]));
+        assert!(closing.is_some_and(|g| g.close));
+    }
+
+    #[test]
+    fn given_no_or_empty_group_id_should_have_no_group() {
+        assert_eq!(MessageGroup::from_headers(&headers(&[("JMSXGroupSeq", "-1")])), None);
+        assert_eq!(MessageGroup::from_headers(&headers(&[("JMSXGroupID", "")])), None);
+    }
 }

@@ -1,5 +1,6 @@
 //! Prometheus metrics of the engine's limits: what a client was refused, which idle
-//! destinations were reclaimed, which slow topic subscribers were cut off.
+//! destinations were reclaimed, which slow topic subscribers were cut off, which group
+//! bindings were evicted.
 //!
 //! Labels are the names of limits (a fixed set), never destination or client names.
 
@@ -71,6 +72,7 @@ pub struct EngineMetrics {
     pub destinations_reclaimed: Counter,
     pub slow_subscribers_disconnected: Counter,
     pub topic_copies_dropped: Counter,
+    pub group_bindings_evicted: Counter,
 }
 
 impl EngineMetrics {
@@ -96,6 +98,11 @@ impl EngineMetrics {
             "duomq_topic_copies_dropped",
             "Topic message copies dropped for subscribers whose private queue was full (slowTopicSubscriber: drop)",
             m.topic_copies_dropped.clone(),
+        );
+        registry.register(
+            "duomq_group_bindings_evicted",
+            "Idle message-group bindings dropped, least recently used first, to bind a new group past grouping.maxGroups",
+            m.group_bindings_evicted.clone(),
         );
         m
     }

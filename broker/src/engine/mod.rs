@@ -16,7 +16,7 @@ pub mod queue;
 use crate::config::{BrokerConfig, SlowTopicSubscriber, User};
 use crate::journal::{Journal, JournalConfig, JournalError, JournalMetrics, MessageId};
 use memory::{Memory, Reservation};
-use message::{ConsumerKey, Entry, Message};
+use message::{ConsumerKey, Entry, Message, MessageGroup};
 use metrics::{EngineMetrics, Limit};
 use parking_lot::RwLock;
 use queue::{ConsumerChanges, Queue, QueueKind, QueueSnapshot};
@@ -199,6 +199,7 @@ impl Broker {
             let message = Arc::new(Message {
                 id: stored.id,
                 destination: Arc::clone(&queue.name),
+                group: MessageGroup::from_headers(&stored.headers),
                 headers: stored.headers,
                 body: stored.body,
                 persistent: true,
@@ -263,7 +264,7 @@ impl Broker {
             }
             let name: Arc<str> = Arc::from(destination);
             tracing::debug!(queue = %name, "created queue");
-            let q = Queue::new(Arc::clone(&name), QueueKind::Anycast, Arc::clone(&self.memory), Arc::clone(&self.consumer_changes));
+            let q = self.new_queue(Arc::clone(&name), QueueKind::Anycast);
             queues.insert(name, Arc::clone(&q));
             return Ok(Target::Queue(q));
         }
@@ -399,10 +400,21 @@ impl Broker {
         }
     }
 
+    fn new_queue(&self, name: Arc<str>, kind: QueueKind) -> Arc<Queue> {
+        Queue::with_eviction_counter(
+            name,
+            kind,
+            Arc::clone(&self.memory),
+            Arc::clone(&self.consumer_changes),
+            self.config.grouping.max_groups,
+            self.metrics.group_bindings_evicted.clone(),
+        )
+    }
+
     /// Creates the private queue of a new topic subscriber.
     pub fn subscribe_topic(&self, topic: &Arc<Topic>) -> Arc<Queue> {
         topic.idle.touch();
-        let q = Queue::new(Arc::clone(&topic.name), QueueKind::TopicSubscription, Arc::clone(&self.memory), Arc::clone(&self.consumer_changes));
+        let q = self.new_queue(Arc::clone(&topic.name), QueueKind::TopicSubscription);
         topic.subscribers.write().push(Arc::clone(&q));
         q
     }
@@ -460,6 +472,7 @@ impl Broker {
                 bytes: 0,
                 enqueued_total: 0,
                 acked_total: 0,
+                groups: 0,
             };
             for q in subs.iter() {
                 let s = q.snapshot();

@@ -3,12 +3,21 @@
 //!
 //! All state sits behind one short-held lock; nothing here blocks or does I/O. Deliveries
 //! go to connections through unbounded channels whose depth the prefetch window bounds.
+//!
+//! Message groups (`JMSXGroupID`, point-to-point queues only): the first message of a
+//! group binds it to one consumer, the one with the fewest groups; the group's later
+//! messages go to that consumer only, in id order, until the consumer leaves, the group is
+//! closed (`JMSXGroupSeq: -1`) or its binding, idle, is evicted past `grouping.maxGroups`.
+//! A group whose consumer has no room waits without holding back anything behind it.
+//! While no grouped message is pending, dispatch takes the plain round-robin path.
 
 use super::memory::{Memory, Reservation};
-use super::message::{ConsumerKey, Delivery, Entry};
+use super::message::{ConsumerKey, Delivery, Entry, GroupOwner, Message, MessageGroup};
 use crate::journal::MessageId;
 use parking_lot::Mutex;
-use std::collections::BTreeMap;
+use prometheus_client::metrics::counter::Counter;
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::ops::Bound;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
@@ -79,6 +88,10 @@ pub struct Queue {
     changes: Arc<ConsumerChanges>,
     /// How many of its consumers are network bridges'.
     network_consumers: AtomicUsize,
+    /// Group bindings kept at most (`grouping.maxGroups`).
+    max_groups: usize,
+    /// Idle bindings dropped to make room for a new group.
+    groups_evicted: Counter,
     state: Mutex<State>,
     /// Reclaim sweeps that found this queue unused in a row (see `Broker::reclaim_idle`).
     pub(super) idle: IdleSweeps,
@@ -158,9 +171,16 @@ impl std::fmt::Debug for NetworkConsumer {
 /// How far dispatch looks past the head for a message a network consumer may take.
 const NETWORK_SCAN: usize = 1024;
 
+/// How many pending messages one grouped dispatch passes over (waiting groups, messages
+/// no consumer with room may take) before it stops until the next ack or arrival.
+const GROUP_SCAN: usize = 1024;
+
 #[derive(Default)]
 struct State {
     pending: BTreeMap<MessageId, Entry>,
+    /// Pending messages that belong to a group; while 0, dispatch takes the plain path.
+    grouped_pending: usize,
+    groups: Groups,
     consumers: Vec<Consumer>,
     /// Round-robin cursor into `consumers`.
     next: usize,
@@ -174,7 +194,9 @@ struct State {
 struct Consumer {
     handle: ConsumerHandle,
     /// Delivered and not yet settled, by delivery tag (delivery order).
-    in_flight: BTreeMap<u64, Entry>,
+    in_flight: BTreeMap<u64, Held>,
+    /// The groups bound to this consumer.
+    groups: HashSet<Arc<str>>,
     next_tag: u64,
     /// The connection is gone; skip it until it is removed.
     closed: bool,
@@ -189,6 +211,107 @@ impl Consumer {
     fn has_room(&self) -> bool {
         !self.closed && self.in_flight.len() < self.handle.prefetch
     }
+
+    /// Whether this consumer may be handed `message` of a group owned by `owner`: local
+    /// consumers unless the group is owned elsewhere; network bridges unless it is owned
+    /// here, and then only what their filter accepts.
+    fn may_take(&self, message: &Message, owner: &GroupOwner, stranded: bool) -> bool {
+        match (&self.network, owner) {
+            (None, GroupOwner::Elsewhere(_)) | (Some(_), GroupOwner::Here) => false,
+            (None, _) => true,
+            (Some(net), _) => (net.accepts)(message, stranded),
+        }
+    }
+}
+
+/// A delivery in flight, with the serial of the group binding it counts against.
+#[derive(Debug)]
+struct Held {
+    entry: Entry,
+    binding: Option<u64>,
+}
+
+/// A group's binding to one consumer.
+#[derive(Debug)]
+struct Binding {
+    consumer: ConsumerKey,
+    /// Tells this binding from a later one of the same group (after a close or eviction),
+    /// so settling an old delivery never counts against the new binding.
+    serial: u64,
+    /// Messages of the group in flight at its consumer; the binding is idle at 0.
+    in_flight: usize,
+    /// When it was last delivered to or became idle: its key in `Groups::idle`.
+    last_use: u64,
+}
+
+/// A queue's group bindings, with the idle ones ordered by last use so the least
+/// recently used is found in O(log n).
+#[derive(Debug, Default)]
+struct Groups {
+    bindings: HashMap<Arc<str>, Binding>,
+    /// Bindings with nothing in flight, by `last_use`.
+    idle: BTreeMap<u64, Arc<str>>,
+    clock: u64,
+}
+
+impl Groups {
+    fn tick(&mut self) -> u64 {
+        self.clock += 1;
+        self.clock
+    }
+
+    /// Binds `group` to `consumer`; the binding starts idle.
+    fn bind(&mut self, group: &Arc<str>, consumer: ConsumerKey) {
+        let now = self.tick();
+        self.idle.insert(now, Arc::clone(group));
+        self.bindings.insert(Arc::clone(group), Binding { consumer, serial: now, in_flight: 0, last_use: now });
+    }
+
+    /// Counts one more message of `group` in flight; returns the binding's serial.
+    fn delivered(&mut self, group: &str) -> Option<u64> {
+        let now = self.tick();
+        let b = self.bindings.get_mut(group)?;
+        if b.in_flight == 0 {
+            self.idle.remove(&b.last_use);
+        }
+        b.in_flight += 1;
+        b.last_use = now;
+        Some(b.serial)
+    }
+
+    /// Counts a message of `group` settled (acked, nacked, or handed back), if it was
+    /// delivered under the binding the group still has.
+    fn settled(&mut self, group: &Arc<str>, serial: u64) {
+        let now = self.tick();
+        let Some(b) = self.bindings.get_mut(group).filter(|b| b.serial == serial) else { return };
+        b.in_flight = b.in_flight.saturating_sub(1);
+        if b.in_flight == 0 {
+            b.last_use = now;
+            self.idle.insert(now, Arc::clone(group));
+        }
+    }
+
+    fn unbind(&mut self, group: &str) -> Option<Binding> {
+        let b = self.bindings.remove(group)?;
+        if b.in_flight == 0 {
+            self.idle.remove(&b.last_use);
+        }
+        Some(b)
+    }
+
+    /// Drops the least recently used idle binding; returns its group and consumer.
+    fn evict_idle(&mut self) -> Option<(Arc<str>, ConsumerKey)> {
+        let (_, group) = self.idle.pop_first()?;
+        let b = self.bindings.remove(&group)?;
+        Some((group, b.consumer))
+    }
+}
+
+/// Where one grouped dispatch sends a message.
+struct Route {
+    consumer: usize,
+    /// The group was bound to this consumer just now.
+    first: bool,
 }
 
 /// A point-in-time view for `/status` and metrics.
@@ -202,11 +325,70 @@ pub struct QueueSnapshot {
     pub bytes: usize,
     pub enqueued_total: u64,
     pub acked_total: u64,
+    /// Message groups bound to a consumer.
+    pub groups: usize,
 }
 
 impl Queue {
-    pub fn new(name: Arc<str>, kind: QueueKind, memory: Arc<Memory>, changes: Arc<ConsumerChanges>) -> Arc<Queue> {
-        Arc::new(Queue { name, kind, memory, changes, network_consumers: AtomicUsize::new(0), state: Mutex::new(State::default()), idle: IdleSweeps::default() })
+    /// A queue keeping at most `max_groups` group bindings (`grouping.maxGroups`).
+    pub fn new(name: Arc<str>, kind: QueueKind, memory: Arc<Memory>, changes: Arc<ConsumerChanges>, max_groups: usize) -> Arc<Queue> {
+        Queue::with_eviction_counter(name, kind, memory, changes, max_groups, Counter::default())
+    }
+
+    /// As [`Queue::new`], counting evicted group bindings in `groups_evicted`.
+    pub fn with_eviction_counter(
+        name: Arc<str>,
+        kind: QueueKind,
+        memory: Arc<Memory>,
+        changes: Arc<ConsumerChanges>,
+        max_groups: usize,
+        groups_evicted: Counter,
+    ) -> Arc<Queue> {
+        Arc::new(Queue {
+            name,
+            kind,
+            memory,
+            changes,
+            network_consumers: AtomicUsize::new(0),
+            max_groups: max_groups.max(1),
+            groups_evicted,
+            state: Mutex::new(State::default()),
+            idle: IdleSweeps::default(),
+        })
+    }
+
+    /// Message groups currently bound to a consumer of this queue.
+    pub fn group_bindings(&self) -> usize {
+        self.state.lock().groups.bindings.len()
+    }
+
+    /// Whether dispatch treats `message` as part of a group: topic subscriptions ignore
+    /// groups (each has one consumer anyway).
+    fn group_of<'m>(&self, message: &'m Message) -> Option<&'m MessageGroup> {
+        message.group.as_ref().filter(|_| self.kind == QueueKind::Anycast)
+    }
+
+    fn push_pending(&self, st: &mut State, entry: Entry) {
+        let grouped = self.group_of(&entry.message).is_some();
+        if st.pending.insert(entry.message.id, entry).is_none() && grouped {
+            st.grouped_pending += 1;
+        }
+    }
+
+    fn take_pending(&self, st: &mut State, id: MessageId) -> Option<Entry> {
+        let entry = st.pending.remove(&id)?;
+        if self.group_of(&entry.message).is_some() {
+            st.grouped_pending -= 1;
+        }
+        Some(entry)
+    }
+
+    /// Ends a delivery's count against its group binding; returns its entry.
+    fn settle_held(st: &mut State, held: Held) -> Entry {
+        if let (Some(serial), Some(group)) = (held.binding, held.entry.message.group.as_ref()) {
+            st.groups.settled(&group.id, serial);
+        }
+        held.entry
     }
 
     /// Bytes of messages this queue holds (pending, in flight, and accepted but not yet
@@ -258,7 +440,7 @@ impl Queue {
         st.reserved = st.reserved.saturating_sub(was_reserved);
         st.bytes += size;
         st.enqueued_total += 1;
-        st.pending.insert(entry.message.id, entry);
+        self.push_pending(&mut st, entry);
         self.dispatch_locked(&mut st);
     }
 
@@ -299,7 +481,14 @@ impl Queue {
             if !local {
                 self.network_consumers.fetch_add(1, Ordering::Relaxed);
             }
-            st.consumers.push(Consumer { handle, in_flight: BTreeMap::new(), next_tag: 0, closed: false, network });
+            st.consumers.push(Consumer {
+                handle,
+                in_flight: BTreeMap::new(),
+                groups: HashSet::new(),
+                next_tag: 0,
+                closed: false,
+                network,
+            });
             self.dispatch_locked(&mut st);
         }
         if local {
@@ -340,7 +529,7 @@ impl Queue {
     }
 
     /// Removes a consumer; whatever it had in flight goes back to the head of the queue,
-    /// marked redelivered, for the other consumers.
+    /// marked redelivered, for the other consumers. Its groups bind afresh.
     pub fn remove_consumer(self: &Arc<Self>, key: ConsumerKey) {
         let local = {
             let mut st = self.state.lock();
@@ -349,9 +538,16 @@ impl Queue {
             if st.next > pos {
                 st.next -= 1;
             }
-            for (_, mut entry) in consumer.in_flight {
+            for group in &consumer.groups {
+                st.groups.unbind(group);
+            }
+            if !consumer.groups.is_empty() {
+                tracing::debug!(queue = %self.name, groups = consumer.groups.len(), "consumer left; its message groups bind afresh");
+            }
+            for (_, held) in consumer.in_flight {
+                let mut entry = held.entry;
                 entry.redelivered = true;
-                st.pending.insert(entry.message.id, entry);
+                self.push_pending(&mut st, entry);
             }
             self.dispatch_locked(&mut st);
             if consumer.network.is_some() {
@@ -368,7 +564,8 @@ impl Queue {
     /// settles every delivery up to and including `tag`.
     pub fn ack(self: &Arc<Self>, key: ConsumerKey, tag: u64, cumulative: bool) -> Result<Vec<Entry>, AckError> {
         let mut st = self.state.lock();
-        let taken = take_in_flight(&mut st, key, tag, cumulative)?;
+        let taken: Vec<Entry> =
+            take_in_flight(&mut st, key, tag, cumulative)?.into_iter().map(|h| Self::settle_held(&mut st, h)).collect();
         let freed: usize = taken.iter().map(|e| e.message.footprint()).sum();
         st.bytes -= freed;
         st.acked_total += taken.len() as u64;
@@ -380,10 +577,10 @@ impl Queue {
     /// Returns negatively acknowledged deliveries to the head of the queue, redelivered.
     pub fn nack(self: &Arc<Self>, key: ConsumerKey, tag: u64, cumulative: bool) -> Result<(), AckError> {
         let mut st = self.state.lock();
-        let taken = take_in_flight(&mut st, key, tag, cumulative)?;
-        for mut entry in taken {
+        for held in take_in_flight(&mut st, key, tag, cumulative)? {
+            let mut entry = Self::settle_held(&mut st, held);
             entry.redelivered = true;
-            st.pending.insert(entry.message.id, entry);
+            self.push_pending(&mut st, entry);
         }
         self.dispatch_locked(&mut st);
         Ok(())
@@ -395,7 +592,7 @@ impl Queue {
         let c = st.consumers.iter().find(|c| c.handle.key == key).ok_or(AckError::UnknownConsumer)?;
         c.in_flight
             .iter()
-            .find(|(_, e)| e.message.id == id)
+            .find(|(_, h)| h.entry.message.id == id)
             .map(|(t, _)| *t)
             .ok_or(AckError::NotInFlight)
     }
@@ -409,11 +606,15 @@ impl Queue {
 
     /// Hands pending messages to consumers with room: the highest priority first (local
     /// consumers before network bridges), round robin among equals. A network consumer
-    /// takes the first message it accepts within [`NETWORK_SCAN`] of the head.
+    /// takes the first message it accepts within [`NETWORK_SCAN`] of the head. Grouped
+    /// messages pending: see [`Queue::dispatch_grouped`].
     fn dispatch_locked(self: &Arc<Self>, st: &mut State) {
+        if st.grouped_pending > 0 {
+            return self.dispatch_grouped(st);
+        }
         // Nobody here would ever take a message: bridges may carry it anywhere there is
         // demand, even back where it came from. Never for a topic subscription.
-        let stranded = self.kind == QueueKind::Anycast && st.consumers.iter().all(|c| c.network.is_some());
+        let stranded = self.stranded(st);
         while !st.pending.is_empty() && !st.consumers.is_empty() {
             let n = st.consumers.len();
             let mut chosen: Option<(usize, MessageId)> = None;
@@ -443,26 +644,159 @@ impl Queue {
             let Some((idx, id)) = chosen else { return };
             st.next = (idx + 1) % n;
             let Some(entry) = st.pending.remove(&id) else { return };
-            let c = &mut st.consumers[idx];
-            let tag = c.next_tag;
-            c.next_tag += 1;
-            c.in_flight.insert(tag, entry.clone());
-            let delivery = Delivery {
-                queue: Arc::clone(self),
-                consumer: c.handle.key,
-                subscription_id: Arc::clone(&c.handle.subscription_id),
-                tag,
-                entry,
-                auto_ack: c.handle.ack_mode == AckMode::Auto,
+            self.deliver(st, idx, entry, false);
+        }
+    }
+
+    fn stranded(&self, st: &State) -> bool {
+        self.kind == QueueKind::Anycast && st.consumers.iter().all(|c| c.network.is_some())
+    }
+
+    /// Dispatch while grouped messages are pending: walks the pending messages in id order
+    /// and sends each where it may go: a bound group to its consumer, a new group to the
+    /// consumer with the fewest groups, an ungrouped message round robin. A message that
+    /// must wait (its consumer is full, no binding can be made) is passed over, and so is
+    /// the rest of its group in this walk, keeping the group's order. Stops as soon as no
+    /// consumer has room, or after passing over [`GROUP_SCAN`] messages.
+    fn dispatch_grouped(self: &Arc<Self>, st: &mut State) {
+        let stranded = self.stranded(st);
+        let mut after: Option<MessageId> = None;
+        let mut passed = 0;
+        // Groups one of whose messages was passed over in this walk.
+        let mut waiting: HashSet<Arc<str>> = HashSet::new();
+        while passed < GROUP_SCAN && st.consumers.iter().any(Consumer::has_room) {
+            let next = match after {
+                None => st.pending.iter().next(),
+                Some(last) => st.pending.range((Bound::Excluded(last), Bound::Unbounded)).next(),
             };
-            if c.handle.outbox.send(Outbound::Deliver(delivery)).is_err() {
-                let key = c.handle.key;
-                if let Some(mut entry) = c.in_flight.remove(&tag) {
-                    entry.redelivered = false;
-                    st.pending.insert(entry.message.id, entry);
+            let Some((&id, entry)) = next else { return };
+            after = Some(id);
+            let message = Arc::clone(&entry.message);
+            let route = match self.group_of(&message) {
+                None => self.pick_ungrouped(st, &message, stranded).map(|consumer| Route { consumer, first: false }),
+                Some(group) if waiting.contains(&group.id) => None,
+                Some(group) => self.route_group(st, group, &message, stranded),
+            };
+            let Some(route) = route else {
+                passed += 1;
+                if let Some(group) = self.group_of(&message) {
+                    waiting.insert(Arc::clone(&group.id));
                 }
-                Self::mark_closed(st, key);
+                continue;
+            };
+            if let Some(entry) = self.take_pending(st, id) {
+                self.deliver(st, route.consumer, entry, route.first);
             }
+        }
+    }
+
+    /// The consumer for an ungrouped message: the best priority with room, round robin.
+    fn pick_ungrouped(&self, st: &mut State, message: &Message, stranded: bool) -> Option<usize> {
+        let n = st.consumers.len();
+        let mut chosen: Option<usize> = None;
+        for i in 0..n {
+            let idx = (st.next + i) % n;
+            let c = &st.consumers[idx];
+            if !c.has_room() || chosen.is_some_and(|best| st.consumers[best].priority() >= c.priority()) {
+                continue;
+            }
+            if c.may_take(message, &GroupOwner::Any, stranded) {
+                chosen = Some(idx);
+                if c.priority() >= 0 {
+                    break;
+                }
+            }
+        }
+        let idx = chosen?;
+        st.next = (idx + 1) % n;
+        Some(idx)
+    }
+
+    /// Where a grouped message goes now, binding its group if it has no binding; `None`
+    /// when it must wait.
+    fn route_group(&self, st: &mut State, group: &MessageGroup, message: &Message, stranded: bool) -> Option<Route> {
+        if let Some(b) = st.groups.bindings.get(&group.id) {
+            let (idx, busy) = (st.consumers.iter().position(|c| c.handle.key == b.consumer), b.in_flight > 0);
+            match idx {
+                Some(idx) if st.consumers[idx].may_take(message, &group.owner, stranded) => {
+                    return st.consumers[idx].has_room().then_some(Route { consumer: idx, first: false });
+                }
+                // Its consumer may no longer take the group (the owner changed): once
+                // nothing of the group is in flight there, the group binds afresh.
+                Some(_) if busy => return None,
+                _ => self.unbind(st, &group.id),
+            }
+        }
+        let n = st.consumers.len();
+        let mut chosen: Option<usize> = None;
+        for i in 0..n {
+            let idx = (st.next + i) % n;
+            let c = &st.consumers[idx];
+            if !c.has_room() || !c.may_take(message, &group.owner, stranded) {
+                continue;
+            }
+            let better = chosen.is_none_or(|best| {
+                let b = &st.consumers[best];
+                (c.priority(), std::cmp::Reverse(c.groups.len())) > (b.priority(), std::cmp::Reverse(b.groups.len()))
+            });
+            if better {
+                chosen = Some(idx);
+            }
+        }
+        let idx = chosen?;
+        if st.groups.bindings.len() >= self.max_groups {
+            let (evicted, owner) = st.groups.evict_idle()?;
+            if let Some(c) = st.consumers.iter_mut().find(|c| c.handle.key == owner) {
+                c.groups.remove(&evicted);
+            }
+            self.groups_evicted.inc();
+            tracing::debug!(queue = %self.name, group = %evicted, max_groups = self.max_groups, "evicted the least recently used idle group binding");
+        }
+        st.next = (idx + 1) % n;
+        let c = &mut st.consumers[idx];
+        c.groups.insert(Arc::clone(&group.id));
+        st.groups.bind(&group.id, c.handle.key);
+        Some(Route { consumer: idx, first: true })
+    }
+
+    fn unbind(&self, st: &mut State, group: &str) {
+        if let Some(b) = st.groups.unbind(group) {
+            if let Some(c) = st.consumers.iter_mut().find(|c| c.handle.key == b.consumer) {
+                c.groups.remove(group);
+            }
+        }
+    }
+
+    /// Hands `entry` to consumer `idx`; a closed outbox puts it back and marks the
+    /// consumer closed. A closing message (`JMSXGroupSeq: -1`) drops its group's binding.
+    fn deliver(self: &Arc<Self>, st: &mut State, idx: usize, entry: Entry, group_first: bool) {
+        let group = self.group_of(&entry.message).map(|g| (Arc::clone(&g.id), g.close));
+        let binding = group.as_ref().and_then(|(id, _)| st.groups.delivered(id));
+        let c = &mut st.consumers[idx];
+        let tag = c.next_tag;
+        c.next_tag += 1;
+        c.in_flight.insert(tag, Held { entry: entry.clone(), binding });
+        let delivery = Delivery {
+            queue: Arc::clone(self),
+            consumer: c.handle.key,
+            subscription_id: Arc::clone(&c.handle.subscription_id),
+            tag,
+            entry,
+            auto_ack: c.handle.ack_mode == AckMode::Auto,
+            group_first,
+        };
+        if c.handle.outbox.send(Outbound::Deliver(delivery)).is_err() {
+            let key = c.handle.key;
+            if let Some(held) = c.in_flight.remove(&tag) {
+                let mut entry = Self::settle_held(st, held);
+                entry.redelivered = false;
+                self.push_pending(st, entry);
+            }
+            Self::mark_closed(st, key);
+            return;
+        }
+        if let Some((id, true)) = group {
+            self.unbind(st, &id);
         }
     }
 
@@ -477,6 +811,7 @@ impl Queue {
             bytes: st.bytes,
             enqueued_total: st.enqueued_total,
             acked_total: st.acked_total,
+            groups: st.groups.bindings.len(),
         }
     }
 
@@ -485,15 +820,18 @@ impl Queue {
         let mut st = self.state.lock();
         let freed = st.bytes;
         st.pending.clear();
+        st.grouped_pending = 0;
+        st.groups = Groups::default();
         for c in &mut st.consumers {
             c.in_flight.clear();
+            c.groups.clear();
         }
         st.bytes = 0;
         self.memory.release(freed);
     }
 }
 
-fn take_in_flight(st: &mut State, key: ConsumerKey, tag: u64, cumulative: bool) -> Result<Vec<Entry>, AckError> {
+fn take_in_flight(st: &mut State, key: ConsumerKey, tag: u64, cumulative: bool) -> Result<Vec<Held>, AckError> {
     let c = st.consumers.iter_mut().find(|c| c.handle.key == key).ok_or(AckError::UnknownConsumer)?;
     if !c.in_flight.contains_key(&tag) {
         return Err(AckError::NotInFlight);
@@ -513,17 +851,60 @@ mod tests {
     use bytes::Bytes;
 
     fn entry(id: u64) -> Entry {
+        entry_with(id, vec![])
+    }
+
+    fn entry_with(id: u64, headers: Vec<(String, String)>) -> Entry {
         Entry {
             message: Arc::new(Message {
                 id: MessageId(id),
                 destination: Arc::from("/queue/q"),
-                headers: vec![],
+                group: MessageGroup::from_headers(&headers),
+                headers,
                 body: Bytes::from_static(b"x"),
                 persistent: true,
             }),
             journaled: true,
             redelivered: false,
         }
+    }
+
+    /// Message `id` of group `group`.
+    fn grouped(id: u64, group: &str) -> Entry {
+        entry_with(id, vec![("JMSXGroupID".into(), group.into())])
+    }
+
+    /// Message `id` closing group `group` (`JMSXGroupSeq: -1`).
+    fn closing(id: u64, group: &str) -> Entry {
+        entry_with(id, vec![("JMSXGroupID".into(), group.into()), ("JMSXGroupSeq".into(), "-1".into())])
+    }
+
+    /// Message `id` of group `group`, owned as `owner` says.
+    fn owned(id: u64, group: &str, owner: GroupOwner) -> Entry {
+        let mut e = grouped(id, group);
+        let message = Message {
+            id: e.message.id,
+            destination: Arc::clone(&e.message.destination),
+            headers: e.message.headers.clone(),
+            body: e.message.body.clone(),
+            persistent: true,
+            group: Some(MessageGroup { id: Arc::from(group), close: false, owner }),
+        };
+        e.message = Arc::new(message);
+        e
+    }
+
+    /// (message id, tag, group_first) of what reached a consumer.
+    fn received(rx: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<(u64, u64, bool)> {
+        let mut out = vec![];
+        while let Ok(Outbound::Deliver(d)) = rx.try_recv() {
+            out.push((d.entry.message.id.0, d.tag, d.group_first));
+        }
+        out
+    }
+
+    fn ids(got: &[(u64, u64, bool)]) -> Vec<u64> {
+        got.iter().map(|d| d.0).collect()
     }
 
     fn consumer(key: u64, prefetch: usize, mode: AckMode) -> (ConsumerHandle, mpsc::UnboundedReceiver<Outbound>) {
@@ -548,7 +929,11 @@ mod tests {
     }
 
     fn queue() -> Arc<Queue> {
-        Queue::new(Arc::from("/queue/q"), QueueKind::Anycast, Arc::new(Memory::new(1 << 20, 1 << 20)), Arc::default())
+        queue_with_max_groups(1000)
+    }
+
+    fn queue_with_max_groups(max_groups: usize) -> Arc<Queue> {
+        Queue::new(Arc::from("/queue/q"), QueueKind::Anycast, Arc::new(Memory::new(1 << 20, 1 << 20)), Arc::default(), max_groups)
     }
 
     #[test]
@@ -628,5 +1013,197 @@ mod tests {
         q.add_consumer(a);
         q.enqueue(entry(1));
         assert_eq!(q.snapshot().depth, 1);
+    }
+
+    #[test]
+    fn given_grouped_messages_should_pin_each_group_to_one_consumer() {
+        let q = queue();
+        let (a, mut ra) = consumer(1, 100, AckMode::ClientIndividual);
+        let (b, mut rb) = consumer(2, 100, AckMode::ClientIndividual);
+        q.add_consumer(a);
+        q.add_consumer(b);
+        for i in 0..10 {
+            q.enqueue(grouped(i, if i % 2 == 0 { "even" } else { "odd" }));
+        }
+        let (got_a, got_b) = (received(&mut ra), received(&mut rb));
+        assert_eq!(ids(&got_a), vec![0, 2, 4, 6, 8]);
+        assert_eq!(ids(&got_b), vec![1, 3, 5, 7, 9]);
+        assert_eq!(got_a.iter().map(|d| d.2).collect::<Vec<_>>(), vec![true, false, false, false, false]);
+        assert_eq!(q.group_bindings(), 2);
+        assert_eq!(q.snapshot().groups, 2);
+    }
+
+    #[test]
+    fn given_three_consumers_and_thirty_groups_should_bind_ten_each() {
+        let q = queue();
+        let mut rxs = vec![];
+        for key in 1..=3 {
+            let (c, rx) = consumer(key, 1000, AckMode::ClientIndividual);
+            q.add_consumer(c);
+            rxs.push(rx);
+        }
+        for round in 0..3 {
+            for g in 0..30 {
+                q.enqueue(grouped(round * 30 + g, &format!("g{g}")));
+            }
+        }
+        let mut owner: HashMap<u64, usize> = HashMap::new();
+        for (i, rx) in rxs.iter_mut().enumerate() {
+            let got = received(rx);
+            assert_eq!(got.len(), 30, "consumer {i} got {} messages", got.len());
+            assert_eq!(got.iter().filter(|d| d.2).count(), 10, "consumer {i} should own 10 groups");
+            for d in got {
+                assert_eq!(*owner.entry(d.0 % 30).or_insert(i), i, "group g{} reached two consumers", d.0 % 30);
+            }
+        }
+    }
+
+    #[test]
+    fn given_nack_in_group_should_redeliver_in_order_to_the_same_consumer() {
+        let q = queue();
+        let (a, mut ra) = consumer(1, 1, AckMode::ClientIndividual);
+        let (b, mut rb) = consumer(2, 1, AckMode::ClientIndividual);
+        q.add_consumer(a);
+        q.add_consumer(b);
+        for i in 1..=3 {
+            q.enqueue(grouped(i, "g"));
+        }
+        let first = received(&mut ra);
+        assert_eq!(ids(&first), vec![1]);
+        q.nack(ConsumerKey(1), first[0].1, false).unwrap();
+        let again = received(&mut ra);
+        assert_eq!(again, vec![(1, 1, false)], "the nacked message comes back first, to the group's consumer");
+        q.ack(ConsumerKey(1), again[0].1, false).unwrap();
+        let next = received(&mut ra);
+        assert_eq!(ids(&next), vec![2]);
+        assert!(received(&mut rb).is_empty(), "the other consumer never gets the group");
+    }
+
+    #[test]
+    fn given_group_owner_leaves_should_rebind_with_first_flag_and_order() {
+        let q = queue();
+        let (a, mut ra) = consumer(1, 10, AckMode::ClientIndividual);
+        let (b, mut rb) = consumer(2, 10, AckMode::ClientIndividual);
+        q.add_consumer(a);
+        q.add_consumer(b);
+        q.enqueue(grouped(1, "g"));
+        q.enqueue(grouped(2, "h"));
+        q.enqueue(grouped(3, "g"));
+        assert_eq!(received(&mut ra), vec![(1, 0, true), (3, 1, false)]);
+        assert_eq!(received(&mut rb), vec![(2, 0, true)]);
+        q.remove_consumer(ConsumerKey(1));
+        q.enqueue(grouped(4, "g"));
+        assert_eq!(received(&mut rb), vec![(1, 1, true), (3, 2, false), (4, 3, false)]);
+        assert_eq!(q.group_bindings(), 2);
+    }
+
+    #[test]
+    fn given_closing_message_should_unbind_and_next_message_binds_afresh() {
+        let q = queue();
+        let (a, mut ra) = consumer(1, 10, AckMode::ClientIndividual);
+        let (b, mut rb) = consumer(2, 10, AckMode::ClientIndividual);
+        q.add_consumer(a);
+        q.add_consumer(b);
+        q.enqueue(grouped(1, "g"));
+        q.enqueue(closing(2, "g"));
+        assert_eq!(received(&mut ra), vec![(1, 0, true), (2, 1, false)]);
+        assert_eq!(q.group_bindings(), 0);
+        q.enqueue(grouped(3, "g"));
+        assert_eq!(received(&mut rb), vec![(3, 0, true)], "a new binding, to the consumer next in turn");
+        // Settling what the closed binding delivered leaves the new binding busy.
+        q.ack(ConsumerKey(1), 0, false).unwrap();
+        q.ack(ConsumerKey(1), 1, false).unwrap();
+        let st = q.state.lock();
+        assert_eq!(st.groups.bindings["g"].in_flight, 1);
+        assert!(st.groups.idle.is_empty());
+    }
+
+    #[test]
+    fn given_max_groups_should_evict_the_least_recently_used_idle_binding_and_busy_ones_wait() {
+        let q = queue_with_max_groups(2);
+        let (a, mut ra) = consumer(1, 10, AckMode::ClientIndividual);
+        q.add_consumer(a);
+        q.enqueue(grouped(1, "g1"));
+        q.ack(ConsumerKey(1), 0, false).unwrap();
+        q.enqueue(grouped(2, "g2"));
+        q.enqueue(grouped(3, "g3"));
+        assert_eq!(received(&mut ra), vec![(1, 0, true), (2, 1, true), (3, 2, true)]);
+        assert_eq!(q.groups_evicted.get(), 1, "idle g1 made room for g3");
+        // g2 and g3 are in flight: a fourth group waits, and does not block an ungrouped one.
+        q.enqueue(grouped(4, "g4"));
+        q.enqueue(entry(5));
+        assert_eq!(received(&mut ra), vec![(5, 3, false)]);
+        assert_eq!(q.snapshot().depth, 1);
+        q.ack(ConsumerKey(1), 1, false).unwrap();
+        assert_eq!(received(&mut ra), vec![(4, 4, true)]);
+        assert_eq!(q.groups_evicted.get(), 2);
+        assert_eq!(q.group_bindings(), 2);
+        // g1 was evicted: its next message binds afresh (g4 became idle first once acked).
+        q.ack(ConsumerKey(1), 4, false).unwrap();
+        q.enqueue(grouped(6, "g1"));
+        assert_eq!(received(&mut ra), vec![(6, 5, true)]);
+    }
+
+    #[test]
+    fn given_group_consumer_full_should_not_block_other_groups_or_ungrouped() {
+        let q = queue();
+        let (a, mut ra) = consumer(1, 1, AckMode::ClientIndividual);
+        let (b, mut rb) = consumer(2, 10, AckMode::ClientIndividual);
+        q.add_consumer(a);
+        q.add_consumer(b);
+        q.enqueue(grouped(1, "g"));
+        q.enqueue(grouped(2, "g"));
+        q.enqueue(entry(3));
+        q.enqueue(grouped(4, "h"));
+        q.enqueue(grouped(5, "g"));
+        assert_eq!(ids(&received(&mut ra)), vec![1]);
+        assert_eq!(ids(&received(&mut rb)), vec![3, 4]);
+        assert_eq!(q.snapshot().depth, 2);
+        q.ack(ConsumerKey(1), 0, false).unwrap();
+        assert_eq!(ids(&received(&mut ra)), vec![2]);
+    }
+
+    fn network_consumer(q: &Arc<Queue>, key: u64) -> mpsc::UnboundedReceiver<Outbound> {
+        let (h, rx) = consumer(key, 10, AckMode::ClientIndividual);
+        q.add_network_consumer(h, NetworkConsumer { priority: -1, accepts: Arc::new(|_: &Message, _: bool| true) });
+        rx
+    }
+
+    #[test]
+    fn given_group_owned_here_should_never_go_to_a_network_consumer() {
+        let q = queue();
+        let mut rn = network_consumer(&q, 9);
+        q.enqueue(owned(1, "g", GroupOwner::Here));
+        q.enqueue(owned(2, "h", GroupOwner::Any));
+        assert_eq!(ids(&received(&mut rn)), vec![2], "stranded: only the group owned by anyone crosses");
+        let (a, mut ra) = consumer(1, 10, AckMode::ClientIndividual);
+        q.add_consumer(a);
+        assert_eq!(received(&mut ra), vec![(1, 0, true)]);
+    }
+
+    #[test]
+    fn given_group_owned_elsewhere_should_go_to_network_consumers_only() {
+        let q = queue();
+        let (a, mut ra) = consumer(1, 10, AckMode::ClientIndividual);
+        q.add_consumer(a);
+        q.enqueue(owned(1, "g", GroupOwner::Elsewhere(Arc::from("g2"))));
+        assert!(received(&mut ra).is_empty());
+        assert_eq!(q.snapshot().depth, 1);
+        let mut rn = network_consumer(&q, 9);
+        assert_eq!(received(&mut rn), vec![(1, 0, true)]);
+        q.enqueue(owned(2, "g", GroupOwner::Elsewhere(Arc::from("g2"))));
+        q.enqueue(entry(3));
+        assert_eq!(ids(&received(&mut rn)), vec![2]);
+        assert_eq!(ids(&received(&mut ra)), vec![3]);
+    }
+
+    #[test]
+    fn given_topic_subscription_should_ignore_groups() {
+        let q = Queue::new(Arc::from("/topic/t"), QueueKind::TopicSubscription, Arc::new(Memory::new(1 << 20, 1 << 20)), Arc::default(), 10);
+        let (a, mut ra) = consumer(1, 10, AckMode::ClientIndividual);
+        q.add_consumer(a);
+        q.enqueue(grouped(1, "g"));
+        assert_eq!(received(&mut ra), vec![(1, 0, false)]);
+        assert_eq!(q.group_bindings(), 0);
     }
 }

@@ -6,7 +6,7 @@
 //! (the client stopped reading) ends the connection, and so does the connection's kill
 //! token (a slow topic subscriber cut off by the engine), even mid-write.
 
-use crate::engine::message::{ack_token, Delivery};
+use crate::engine::message::{ack_token, Delivery, GROUP_FIRST_HEADER};
 use crate::engine::metrics::Limit;
 use crate::engine::queue::Outbound;
 use crate::engine::accept::Settled;
@@ -194,7 +194,7 @@ impl Writer {
         let m = &d.entry.message;
         let message_id = m.id.0.to_string();
         let ack = ack_token(d.consumer, d.tag);
-        let mut proto: [(&str, &str); 5] = [("", ""); 5];
+        let mut proto: [(&str, &str); 6] = [("", ""); 6];
         let mut n = 0;
         for pair in [
             ("destination", &*m.destination),
@@ -210,6 +210,10 @@ impl Writer {
         }
         if d.entry.redelivered {
             proto[n] = ("redelivered", "true");
+            n += 1;
+        }
+        if d.group_first {
+            proto[n] = (GROUP_FIRST_HEADER, "true");
             n += 1;
         }
         let user = m.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
