@@ -8,6 +8,7 @@ pub mod client;
 pub mod cluster;
 pub mod config;
 pub mod engine;
+pub mod grouping;
 pub mod ha;
 pub mod journal;
 pub mod metrics;

@@ -106,6 +106,33 @@ impl NetworkMetrics {
     }
 }
 
+/// The clustered grouping handler (`grouping.handler` local or remote).
+#[derive(Debug, Clone, Default)]
+pub struct GroupingMetrics {
+    /// Cluster bindings held: decided (local) or cached (remote).
+    pub bindings: Gauge,
+    /// Proposals answered (local) or made (remote).
+    pub proposals: Counter,
+    /// Decisions that did not come within grouping.timeout (the SEND was refused).
+    pub timeouts: Counter,
+    /// Bindings removed unused after grouping.groupTimeout.
+    pub reaped: Counter,
+    /// Remote: 1 while linked to the local handler's live; local: 1.
+    pub connected: Gauge,
+}
+
+impl GroupingMetrics {
+    fn register(registry: &mut Registry) -> GroupingMetrics {
+        let m = GroupingMetrics::default();
+        registry.register("duomq_grouping_bindings", "Cluster message-group bindings held (decided by a local handler, cached by a remote one)", m.bindings.clone());
+        registry.register("duomq_grouping_proposals", "Grouping proposals answered (local handler) or made (remote handler)", m.proposals.clone());
+        registry.register("duomq_grouping_timeouts", "Grouping decisions not had within grouping.timeout (the SEND got an ERROR)", m.timeouts.clone());
+        registry.register("duomq_grouping_reaped", "Group bindings removed unused after grouping.groupTimeout", m.reaped.clone());
+        registry.register("duomq_grouping_connected", "1 while a remote grouping handler is linked to the local handler (always 1 on the local handler)", m.connected.clone());
+        m
+    }
+}
+
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct BridgeLabels {
     pub connector: LabelValue,
@@ -160,6 +187,8 @@ pub struct Metrics {
     pub cluster: ClusterMetrics,
     /// Network bridges.
     pub network: NetworkMetrics,
+    /// The clustered grouping handler.
+    pub grouping: GroupingMetrics,
 }
 
 impl Metrics {
@@ -171,6 +200,7 @@ impl Metrics {
         let engine = EngineMetrics::register(&mut registry);
         let cluster = ClusterMetrics::register(&mut registry);
         let network = NetworkMetrics::register(&mut registry);
+        let grouping = GroupingMetrics::register(&mut registry);
         let m = Metrics {
             messages_in: Counter::default(),
             messages_out: Counter::default(),
@@ -200,6 +230,7 @@ impl Metrics {
             engine,
             cluster,
             network,
+            grouping,
             registry: Mutex::new(Registry::default()),
         };
         registry.register("duomq_messages_in", "Messages accepted from producers", m.messages_in.clone());

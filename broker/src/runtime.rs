@@ -35,6 +35,8 @@ pub enum RunError {
     Ha(#[source] HaError),
     #[error("failed to start the network bridges")]
     Network(#[source] crate::network::NetworkError),
+    #[error("failed to start the grouping handler")]
+    Grouping(#[source] crate::grouping::GroupingError),
     #[error("failed to read the cluster password")]
     Password(#[source] crate::config::ConfigError),
 }
@@ -58,13 +60,6 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
         let choice = config.ha.effective_role(|key| std::env::var(key).ok());
         tracing::info!(role = ?choice.role, reason = %choice.reason, group = %config.ha.group_name, "preferred role chosen");
         config.ha.role = choice.role;
-    }
-    let inactive = config.inactive_features();
-    if !inactive.is_empty() {
-        tracing::warn!(
-            features = %inactive.join("; "),
-            "the grouping handler is validated but not active in this version: message groups are pinned per broker"
-        );
     }
     let config = Arc::new(config);
     let users = config.load_users().map_err(RunError::Users)?;
@@ -189,19 +184,33 @@ async fn serve_live(
     let bridges = stop.child_token();
     let network = crate::network::Network::start(
         Arc::clone(broker),
-        identity,
+        identity.clone(),
         &shared.config.network,
         shared.metrics.network.clone(),
         bridges.clone(),
     )
     .map_err(RunError::Network)?;
+    let grouping = crate::grouping::Grouping::start(
+        broker,
+        &identity,
+        &shared.config.grouping,
+        Arc::downgrade(&network),
+        shared.metrics.grouping.clone(),
+        bridges.clone(),
+    )
+    .map_err(RunError::Grouping)?;
+    network.set_grouping(grouping.clone());
+    broker.set_group_router(grouping.map(|g| g as Arc<dyn crate::engine::accept::GroupRouter>));
     *shared.state.network.write() = Some(network);
     tracing::info!(addr = %listener.local_addr().unwrap_or(shared.config.stomp.listen), "STOMP listening");
     *shared.state.role.write() = Role::Live;
     let ctx = ConnectionContext::new(Arc::clone(broker), Arc::clone(&shared.metrics), stop);
     server::run(listener, ctx, DRAIN_TIMEOUT).await;
     bridges.cancel();
-    *shared.state.network.write() = None;
+    broker.set_group_router(None);
+    if let Some(network) = shared.state.network.write().take() {
+        network.set_grouping(None);
+    }
     Ok(())
 }
 

@@ -128,7 +128,7 @@ async fn status(State(s): State<AdminState>) -> Json<BrokerStatus> {
             .collect(),
         ha: s.ha.read().clone(),
         network: s.network.read().as_ref().filter(|n| !n.is_idle()).map(|n| n.status()),
-        grouping: None,
+        grouping: s.network.read().as_ref().and_then(|n| n.grouping()).map(|g| g.status()),
     })
 }
 

@@ -32,6 +32,8 @@ pub enum Purpose {
     Probe,
     /// A network bridge from another group (store-and-forward).
     Bridge,
+    /// A remote grouping handler asking the local one for group bindings.
+    Grouping,
 }
 
 impl Purpose {
@@ -41,6 +43,7 @@ impl Purpose {
             Purpose::Vote => "vote",
             Purpose::Probe => "probe",
             Purpose::Bridge => "bridge",
+            Purpose::Grouping => "grouping",
         }
     }
 
@@ -50,6 +53,7 @@ impl Purpose {
             Purpose::Vote => 2,
             Purpose::Probe => 3,
             Purpose::Bridge => 4,
+            Purpose::Grouping => 5,
         }
     }
 
@@ -59,6 +63,7 @@ impl Purpose {
             2 => Some(Purpose::Vote),
             3 => Some(Purpose::Probe),
             4 => Some(Purpose::Bridge),
+            5 => Some(Purpose::Grouping),
             _ => None,
         }
     }
@@ -258,6 +263,26 @@ pub enum ClusterFrame {
         seq: u64,
         reason: String,
     },
+    /// Remote handler → local handler: who should own `group` of `queue`; `owner` is the
+    /// group the remote proposes (where the queue has consumers).
+    GroupPropose {
+        id: u64,
+        queue: String,
+        group: String,
+        owner: String,
+    },
+    /// Local handler → remote: the binding of proposal `id` (the proposal, or the binding
+    /// decided before); `error` is set, and `owner` empty, when none could be made.
+    GroupDecision {
+        id: u64,
+        owner: String,
+        error: String,
+    },
+    /// Remote handler → local handler: these bindings (queue, group) were used since the
+    /// last touch, so the reaper keeps them.
+    GroupTouch {
+        bindings: Vec<(String, String)>,
+    },
 }
 
 mod kind {
@@ -288,6 +313,9 @@ mod kind {
     pub const FORWARD: u8 = 0x42;
     pub const FORWARDED: u8 = 0x43;
     pub const FORWARD_REFUSED: u8 = 0x44;
+    pub const GROUP_PROPOSE: u8 = 0x48;
+    pub const GROUP_DECISION: u8 = 0x49;
+    pub const GROUP_TOUCH: u8 = 0x4a;
 }
 
 impl ClusterFrame {
@@ -325,6 +353,9 @@ impl ClusterFrame {
             ClusterFrame::Forward { .. } => kind::FORWARD,
             ClusterFrame::Forwarded { .. } => kind::FORWARDED,
             ClusterFrame::ForwardRefused { .. } => kind::FORWARD_REFUSED,
+            ClusterFrame::GroupPropose { .. } => kind::GROUP_PROPOSE,
+            ClusterFrame::GroupDecision { .. } => kind::GROUP_DECISION,
+            ClusterFrame::GroupTouch { .. } => kind::GROUP_TOUCH,
         }
     }
 }
@@ -524,6 +555,24 @@ fn encode_into(
             w.buf.put_u64(*seq);
             w.string("reason", reason)?;
         }
+        ClusterFrame::GroupPropose { id, queue, group, owner } => {
+            w.buf.put_u64(*id);
+            w.string("queue", queue)?;
+            w.string("group", group)?;
+            w.string("owner", owner)?;
+        }
+        ClusterFrame::GroupDecision { id, owner, error } => {
+            w.buf.put_u64(*id);
+            w.string("owner", owner)?;
+            w.string("error", error)?;
+        }
+        ClusterFrame::GroupTouch { bindings } => {
+            w.count("bindings", bindings.len())?;
+            for (queue, group) in bindings {
+                w.string("bindings", queue)?;
+                w.string("bindings", group)?;
+            }
+        }
     }
     let length = buf.len() - start - LENGTH_PREFIX;
     if length > max_frame || u32::try_from(length).is_err() {
@@ -684,6 +733,9 @@ fn frame_name(kind: u8) -> Option<&'static str> {
         kind::FORWARD => "forward",
         kind::FORWARDED => "forwarded",
         kind::FORWARD_REFUSED => "forward-refused",
+        kind::GROUP_PROPOSE => "group-propose",
+        kind::GROUP_DECISION => "group-decision",
+        kind::GROUP_TOUCH => "group-touch",
         _ => return None,
     })
 }
@@ -825,6 +877,28 @@ fn decode_body(mut body: Bytes) -> Result<ClusterFrame, ClusterCodecError> {
             let reason = r.string("reason")?;
             ClusterFrame::ForwardRefused { seq, reason }
         }
+        kind::GROUP_PROPOSE => {
+            let id = r.u64("id")?;
+            let queue = r.string("queue")?;
+            let group = r.string("group")?;
+            let owner = r.string("owner")?;
+            ClusterFrame::GroupPropose { id, queue, group, owner }
+        }
+        kind::GROUP_DECISION => {
+            let id = r.u64("id")?;
+            let owner = r.string("owner")?;
+            let error = r.string("error")?;
+            ClusterFrame::GroupDecision { id, owner, error }
+        }
+        kind::GROUP_TOUCH => {
+            // Each binding is at least two name lengths.
+            let count = r.count("bindings", 8)?;
+            let mut bindings = Vec::with_capacity(count);
+            for _ in 0..count {
+                bindings.push((r.string("bindings")?, r.string("bindings")?));
+            }
+            ClusterFrame::GroupTouch { bindings }
+        }
         _ => return Err(ClusterCodecError::UnknownKind(kind)),
     };
     r.finish()?;
@@ -858,7 +932,7 @@ mod tests {
     }
 
     #[test]
-    fn given_the_fuzz_seeds_of_bridge_frames_should_decode_each_to_its_frame() {
+    fn given_the_fuzz_seeds_of_bridge_and_grouping_frames_should_decode_each_to_its_frame() {
         let dir = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("fuzz/seeds/cluster_frame");
         for (file, name) in [
             ("bridge-open", "bridge-open"),
@@ -866,6 +940,9 @@ mod tests {
             ("forward", "forward"),
             ("forwarded", "forwarded"),
             ("forward-refused", "forward-refused"),
+            ("group-propose", "group-propose"),
+            ("group-decision", "group-decision"),
+            ("group-touch", "group-touch"),
         ] {
             let bytes = std::fs::read(dir.join(file)).expect("seed file");
             let mut buf = BytesMut::from(&bytes[..]);
@@ -884,7 +961,7 @@ mod tests {
     }
 
     fn purpose() -> impl Strategy<Value = Purpose> {
-        prop_oneof![Just(Purpose::Replicate), Just(Purpose::Vote), Just(Purpose::Probe), Just(Purpose::Bridge)]
+        prop_oneof![Just(Purpose::Replicate), Just(Purpose::Vote), Just(Purpose::Probe), Just(Purpose::Bridge), Just(Purpose::Grouping)]
     }
 
     fn frame() -> impl Strategy<Value = ClusterFrame> {
@@ -951,6 +1028,9 @@ mod tests {
                 }),
             any::<u64>().prop_map(|seq| ClusterFrame::Forwarded { seq }),
             (any::<u64>(), text()).prop_map(|(seq, reason)| ClusterFrame::ForwardRefused { seq, reason }),
+            (any::<u64>(), text(), text(), text()).prop_map(|(id, queue, group, owner)| ClusterFrame::GroupPropose { id, queue, group, owner }),
+            (any::<u64>(), text(), text()).prop_map(|(id, owner, error)| ClusterFrame::GroupDecision { id, owner, error }),
+            proptest::collection::vec((text(), text()), 0..5).prop_map(|bindings| ClusterFrame::GroupTouch { bindings }),
             (proptest::collection::vec((any::<u64>(), any::<u64>(), any::<u64>()), 0..20), any::<bool>()).prop_map(
                 |(segments, resume)| ClusterFrame::SyncBegin {
                     segments: segments

@@ -59,7 +59,7 @@ pub struct BrokerConfig {
     pub ha: HaConfig,
     /// Store-and-forward bridges to other groups (accepted, not active yet).
     pub network: NetworkConfig,
-    /// Cluster-wide message grouping (accepted, not active yet).
+    /// Cluster-wide message grouping (the grouping handler).
     pub grouping: GroupingConfig,
     pub runtime: RuntimeConfig,
     pub log: LogConfig,
@@ -454,16 +454,6 @@ impl BrokerConfig {
         Ok(())
     }
 
-    /// What is configured but not run by this version (network bridges, the grouping
-    /// handler), one entry each, for the single warning the broker logs at start.
-    pub fn inactive_features(&self) -> Vec<String> {
-        let mut features = Vec::new();
-        if self.grouping.handler != GroupingHandler::None {
-            features.push(format!("grouping handler {}", self.grouping.handler.name()));
-        }
-        features
-    }
-
     /// A bridge never links into its own group: a connector that lists this broker's own
     /// cluster address or one of its group's members is refused, naming both.
     fn validate_connectors_leave_own_group(&self) -> Result<(), ConfigError> {
@@ -665,14 +655,14 @@ mod tests {
     }
 
     #[test]
-    fn given_network_and_grouping_should_load_and_list_only_grouping_as_inactive() {
+    fn given_network_and_grouping_should_load() {
         let text = "network:\n  connectors:\n    - name: to-g2\n      uri: masterslave:(tcp://g2-a:61616, tcp://g2-b:61616)\n      duplex: true\n      networkTTL: 2\n\
                     grouping:\n  handler: remote\n  address: masterslave:(tcp://g1-a:61616,tcp://g1-b:61616)\n  timeout: 2s\n";
         let cfg = load_text(text).unwrap();
         assert_eq!(cfg.network.connectors[0].network_ttl, 2);
         assert!(cfg.network.connectors[0].duplex);
-        assert_eq!(cfg.inactive_features(), vec!["grouping handler remote".to_string()]);
-        assert!(BrokerConfig::default().inactive_features().is_empty());
+        assert_eq!(cfg.grouping.handler, GroupingHandler::Remote);
+        assert_eq!(cfg.grouping.timeout.get(), std::time::Duration::from_secs(2));
     }
 
     #[test]

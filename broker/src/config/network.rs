@@ -1,10 +1,7 @@
 //! The `network` and `grouping` sections of `broker.yaml`: store-and-forward bridges to
 //! other groups (ActiveMQ networks of brokers) and the clustered message-grouping handler
-//! (Artemis LOCAL/REMOTE). Types and checks only; the bridges run in `crate::network`.
-//!
-//! The grouping handler is not active yet: it is accepted and validated so the operator
-//! can render complete host-pair layouts today, and the broker says at start that it does
-//! nothing (see [`BrokerConfig::inactive_features`](super::BrokerConfig::inactive_features)).
+//! (Artemis LOCAL/REMOTE). Types and checks only; the bridges run in `crate::network`,
+//! the grouping handler in `crate::grouping`.
 
 use super::connector_uri::{ConnectorUri, UriKind};
 use super::{invalid, ConfigError, HumanDuration};

@@ -68,6 +68,33 @@ pub enum AcceptError {
     Persist(#[source] JournalError),
     #[error("acceptance polled after it resolved")]
     Resolved,
+    #[error("{0}")]
+    Grouping(#[from] RouteError),
+}
+
+/// The header naming the group (`ha.groupName`) that owns a message's group cluster-wide;
+/// written by the engine when the grouping handler decided, journaled and forwarded with
+/// the message, so dispatch after a restart or a failover keeps to the decision.
+pub const OWNER_HEADER: &str = "duomq-group-owner";
+/// The header that puts a message in a group (ActiveMQ's and Artemis' name over STOMP).
+pub const GROUP_HEADER: &str = "JMSXGroupID";
+
+/// Decides which group of the cluster owns a message group (`grouping.handler` local or
+/// remote), before the first message of the group is stored.
+pub trait GroupRouter: Send + Sync {
+    /// The group (`ha.groupName`) whose broker takes `group`'s messages of `queue`.
+    fn route<'a>(&'a self, queue: &'a Arc<Queue>, group: &'a str) -> Pin<Box<dyn Future<Output = Result<Arc<str>, RouteError>> + Send + 'a>>;
+    /// This broker's group name.
+    fn own_group(&self) -> &str;
+}
+
+/// Why no cluster-wide decision was had for a message group: the message is not stored.
+#[derive(Debug, Error, Clone, PartialEq, Eq)]
+pub enum RouteError {
+    #[error("no grouping decision for group {group:?} of {queue} within {timeout:?} (grouping.timeout): {reason}; the message was not stored")]
+    Timeout { queue: String, group: String, timeout: Duration, reason: String },
+    #[error("the grouping handler refused group {group:?} of {queue}: {reason}; the message was not stored")]
+    Refused { queue: String, group: String, reason: String },
 }
 
 /// A message checked, counted against the memory limits and ready to journal: one send of
@@ -263,7 +290,7 @@ impl Broker {
     /// and hands the record to the journal; returns once the record is queued (NOT
     /// durable). Acceptances queued in order become durable in that order, so a caller
     /// may pipeline many and publish each as it resolves.
-    pub async fn accept(self: &Arc<Self>, incoming: Incoming, commit: Commit) -> Result<Acceptance, AcceptError> {
+    pub async fn accept(self: &Arc<Self>, mut incoming: Incoming, commit: Commit) -> Result<Acceptance, AcceptError> {
         let target = self.resolve(&incoming.destination)?;
         let journaled = incoming.persistent && matches!(target, Target::Queue(_));
         // A resend of a message already stored (the producer failed over before its
@@ -275,6 +302,7 @@ impl Broker {
                 return Ok(Acceptance::new(None, durable, false));
             }
         }
+        self.route_group(&target, &mut incoming.headers).await?;
         let blocked = self.wait_for_room(&target).await?;
         let message = self.message(&target, incoming);
         let reservation = self.reserve(&target, &message);
@@ -287,9 +315,10 @@ impl Broker {
     /// Accepts a message that is journaled later with others, all or nothing
     /// ([`Broker::commit`]): a transaction's send. Its bytes count broker-wide until then,
     /// against its queue once committed. Not deduplicated.
-    pub async fn prepare(self: &Arc<Self>, incoming: Incoming) -> Result<Prepared, AcceptError> {
+    pub async fn prepare(self: &Arc<Self>, mut incoming: Incoming) -> Result<Prepared, AcceptError> {
         let target = self.resolve(&incoming.destination)?;
         let journaled = incoming.persistent && matches!(target, Target::Queue(_));
+        self.route_group(&target, &mut incoming.headers).await?;
         let blocked = self.wait_for_room(&target).await?;
         let message = self.message(&target, incoming);
         let reservation = self.reserve_broker_wide(message.footprint());
@@ -327,6 +356,52 @@ impl Broker {
     pub fn acknowledge_lazy(&self, acks: Settled) {
         if !acks.journaled.is_empty() {
             drop(self.journal.append_lazy(acks.ops().collect()));
+        }
+    }
+
+    /// Has a grouped queue message's owner decided cluster-wide (with a grouping handler),
+    /// and writes it in [`OWNER_HEADER`]. A message that crossed a bridge to the group that
+    /// owns it keeps its header; one the producer set is not trusted otherwise.
+    async fn route_group(&self, target: &Target, headers: &mut Vec<(String, String)>) -> Result<(), RouteError> {
+        let Target::Queue(queue) = target else { return Ok(()) };
+        let router = self.group_router();
+        let Some(group) = headers.iter().find(|(k, _)| k == GROUP_HEADER).map(|(_, v)| v.clone()) else {
+            return Ok(());
+        };
+        let stated = headers.iter().position(|(k, _)| k == OWNER_HEADER);
+        let Some(router) = router else {
+            if let Some(at) = stated {
+                headers.remove(at);
+            }
+            return Ok(());
+        };
+        if let Some(at) = stated {
+            if headers[at].1 == router.own_group() {
+                return Ok(());
+            }
+            headers.remove(at);
+        }
+        let owner = router.route(queue, &group).await?;
+        headers.push((OWNER_HEADER.to_string(), owner.to_string()));
+        Ok(())
+    }
+
+    /// Journals a record of the broker's own under a reserved destination (see
+    /// [`super::RESERVED_PREFIX`]), e.g. a grouping binding: replicated like any message,
+    /// recovered through [`Broker::take_own_records`], never delivered. The future
+    /// resolves once it is durable.
+    pub fn journal_record(&self, destination: &str, headers: Vec<(String, String)>) -> (MessageId, AppendFuture) {
+        debug_assert!(super::is_reserved(destination));
+        let id = self.next_message_id();
+        let op = Op::Add(StoredMessage { id, destination: destination.to_string(), headers, body: Bytes::new() });
+        (id, self.journal.append(vec![op]))
+    }
+
+    /// Removes records of [`Broker::journal_record`]; nobody needs to wait for it (after a
+    /// crash first, the records come back and are removed again).
+    pub fn forget_records(&self, ids: &[MessageId]) {
+        if !ids.is_empty() {
+            drop(self.journal.append_lazy(ids.iter().map(|id| Op::Ack(*id)).collect()));
         }
     }
 

@@ -51,13 +51,28 @@ pub enum DestinationError {
     TooLong { len: usize },
     #[error("the broker already has {limit} destinations (destinations.maxDestinations); use an existing one or retry once idle ones are reclaimed")]
     TooMany { limit: usize },
+    #[error("destination {0:?} is reserved for the broker's own records (names starting with {RESERVED_PREFIX:?})")]
+    Reserved(String),
+}
+
+/// Names (after `/queue/`) the broker keeps for its own journal records, such as the
+/// grouping handler's bindings; clients may neither send to nor read from them.
+pub const RESERVED_PREFIX: &str = "$duomq.";
+
+/// A record the broker journaled for itself under a reserved destination (see
+/// [`Broker::journal_record`]), as recovery found it.
+#[derive(Debug, Clone)]
+pub struct OwnRecord {
+    pub id: MessageId,
+    pub destination: String,
+    pub headers: Vec<(String, String)>,
 }
 
 impl DestinationError {
     /// The limit this refusal counts against in metrics (none for a malformed header).
     pub fn limit(&self) -> Option<Limit> {
         match self {
-            DestinationError::Invalid(_) => None,
+            DestinationError::Invalid(_) | DestinationError::Reserved(_) => None,
             DestinationError::ControlCharacter { .. } | DestinationError::TooLong { .. } => Some(Limit::DestinationName),
             DestinationError::TooMany { .. } => Some(Limit::Destinations),
         }
@@ -129,6 +144,11 @@ pub struct Broker {
     pub metrics: EngineMetrics,
     /// Bumped when any queue gains or loses a local consumer (see [`ConsumerChanges`]).
     consumer_changes: Arc<ConsumerChanges>,
+    /// Records of the broker's own that recovery found, until their owner takes them.
+    own_records: parking_lot::Mutex<Vec<OwnRecord>>,
+    /// Decides which group owns a message group cluster-wide (`grouping.handler`), while
+    /// this broker is live; none: message groups are pinned per queue only.
+    group_router: RwLock<Option<Arc<dyn accept::GroupRouter>>>,
 }
 
 impl Broker {
@@ -173,6 +193,8 @@ impl Broker {
             dedup: parking_lot::Mutex::new(dedup::DedupCache::new(dedup::CAPACITY)),
             metrics,
             consumer_changes: Arc::default(),
+            own_records: parking_lot::Mutex::new(Vec::new()),
+            group_router: RwLock::new(None),
             config,
         });
         {
@@ -190,6 +212,10 @@ impl Broker {
             records: recovered.records,
         };
         for stored in recovered.messages.into_iter() {
+            if is_reserved(&stored.destination) {
+                broker.own_records.lock().push(OwnRecord { id: stored.id, destination: stored.destination, headers: stored.headers });
+                continue;
+            }
             // What was stored before limits existed (or with other limits) is recovered
             // whatever today's destination limits say: no stored message is dropped.
             let Ok(Target::Queue(queue)) = broker.resolve_unlimited(&stored.destination) else {
@@ -238,7 +264,27 @@ impl Broker {
 
     /// Looks a destination up, creating it on first use within `destinations.maxDestinations`.
     pub fn resolve(&self, destination: &str) -> Result<Target, DestinationError> {
+        if is_reserved(destination) {
+            return Err(DestinationError::Reserved(destination.to_string()));
+        }
         self.lookup(destination, Some(self.config.destinations.max_destinations))
+    }
+
+    /// Takes the recovered records of the broker's own under `destination` (each once).
+    pub fn take_own_records(&self, destination: &str) -> Vec<OwnRecord> {
+        let mut all = self.own_records.lock();
+        let (mine, rest) = std::mem::take(&mut *all).into_iter().partition(|r| r.destination == destination);
+        *all = rest;
+        mine
+    }
+
+    /// Sets (or clears) what decides message groups cluster-wide.
+    pub fn set_group_router(&self, router: Option<Arc<dyn accept::GroupRouter>>) {
+        *self.group_router.write() = router;
+    }
+
+    pub(crate) fn group_router(&self) -> Option<Arc<dyn accept::GroupRouter>> {
+        self.group_router.read().clone()
     }
 
     fn resolve_unlimited(&self, destination: &str) -> Result<Target, DestinationError> {
@@ -493,6 +539,11 @@ impl Broker {
     pub fn close(&self) -> Result<(), JournalError> {
         self.journal.close()
     }
+}
+
+/// Whether a destination is one of the broker's own (see [`RESERVED_PREFIX`]).
+pub fn is_reserved(destination: &str) -> bool {
+    destination.strip_prefix("/queue/").is_some_and(|n| n.starts_with(RESERVED_PREFIX))
 }
 
 /// The configured node id, or the one kept in `dataDir/node-id` (created on first use).

@@ -409,6 +409,17 @@ pub async fn serve_cluster(
                         }
                     }
                 }
+                Purpose::Grouping => {
+                    let net = network.read().clone();
+                    match net {
+                        Some(net) if *ctx.role.read() == Role::Live => net.serve_grouping(conn, peer).await,
+                        _ => {
+                            let live = ctx.live_stomp.read().clone();
+                            let reason = responder::not_live_message(&ctx.group, live.as_deref());
+                            let _ = conn.send(&ClusterFrame::Goodbye { reason }).await;
+                        }
+                    }
+                }
                 Purpose::Vote => {
                     if let Ok(Some(ClusterFrame::VoteRequest { group, live_node, live_addr, epoch })) = conn.recv().await {
                         let reply = decide_vote(&ctx, &group, &live_node, &live_addr, epoch).await;

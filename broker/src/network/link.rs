@@ -209,7 +209,7 @@ async fn next_delivery(rx: &mut Option<mpsc::UnboundedReceiver<crate::engine::qu
 
 /// Reads frames for the session, and answers pings itself: a session waiting for room on
 /// a full destination still shows the remote it is alive.
-async fn read_loop(
+pub(crate) async fn read_loop(
     mut rd: OwnedReadHalf,
     mut codec: ClusterCodec,
     mut buf: BytesMut,
@@ -258,7 +258,7 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut codec: ClusterCodec, mut rx: mpsc::UnboundedReceiver<ClusterFrame>) {
+pub(crate) async fn write_loop(mut wr: OwnedWriteHalf, mut codec: ClusterCodec, mut rx: mpsc::UnboundedReceiver<ClusterFrame>) {
     let mut buf = BytesMut::new();
     while let Some(frame) = rx.recv().await {
         let mut next = Some(frame);

@@ -50,6 +50,15 @@ pub async fn serve(
                         }
                     }
                 }
+                Purpose::Grouping => {
+                    let net = network.read().clone();
+                    match net {
+                        Some(net) => net.serve_grouping(conn, peer).await,
+                        None => {
+                            let _ = conn.send(&ClusterFrame::Goodbye { reason: "not serving clients yet".into() }).await;
+                        }
+                    }
+                }
                 Purpose::Replicate | Purpose::Vote => {
                     let reason = "a standalone broker (ha.policy none) neither replicates nor votes".to_string();
                     let _ = conn.send(&ClusterFrame::Goodbye { reason }).await;

@@ -125,6 +125,9 @@ pub struct Network {
     duplex_forwarders: Mutex<HashMap<(String, String), SharedForwarder>>,
     metrics: NetworkMetrics,
     stop: CancellationToken,
+    /// The grouping handler of this live term, if `grouping.handler` is not none: its
+    /// remote handlers reach it through the cluster port as bridges do.
+    grouping: RwLock<Option<Arc<crate::grouping::Grouping>>>,
 }
 
 impl Network {
@@ -195,6 +198,7 @@ impl Network {
             duplex_forwarders: Mutex::new(HashMap::new()),
             metrics,
             stop,
+            grouping: RwLock::new(None),
         });
         for plan in plans {
             net.metrics.linked.get_or_create(&BridgeLabels { connector: LabelValue(plan.name.clone()) }).set(0);
@@ -234,6 +238,42 @@ impl Network {
             .collect();
         let others: Vec<OtherLink<'_>> = others.iter().map(|(peer, demand)| OtherLink { peer, demand }).collect();
         demand::advertise(&self.identity.group, &link.peer_group, link.network_ttl, &local, &others, &link.filters)
+    }
+
+    /// Sets the grouping handler of this live term.
+    pub fn set_grouping(&self, grouping: Option<Arc<crate::grouping::Grouping>>) {
+        *self.grouping.write() = grouping;
+    }
+
+    pub fn grouping(&self) -> Option<Arc<crate::grouping::Grouping>> {
+        self.grouping.read().clone()
+    }
+
+    /// Serves a remote grouping handler's connection (the cluster listener hands it over).
+    pub async fn serve_grouping(&self, mut conn: ClusterConn<TcpStream>, peer: ClientPeer) {
+        match self.grouping() {
+            Some(g) => g.serve_remote(conn, peer, &self.identity).await,
+            None => {
+                let reason = format!("{} runs no grouping handler (grouping.handler none); check grouping.address", self.identity.group);
+                let _ = conn.send(&ClusterFrame::Goodbye { reason }).await;
+            }
+        }
+    }
+
+    /// The group a linked bridge has the most consumers of `destination` at, consumers
+    /// of its own (not relayed from further away): where a new message group should go
+    /// when no consumer is here.
+    pub fn group_with_consumers(&self, destination: &str) -> Option<String> {
+        self.links
+            .lock()
+            .iter()
+            .filter_map(|l| {
+                let demand = l.remote_demand.lock();
+                let entry = demand.iter().find(|e| e.destination == destination && e.path.len() == 1 && e.path[0] == l.peer_group)?;
+                Some((entry.consumers, l.peer_group.clone()))
+            })
+            .max()
+            .map(|(_, group)| group)
     }
 
     /// Serves a link another broker's connector opened to us (the cluster listener hands

@@ -85,6 +85,8 @@ pub enum FrameError {
     NoRoom(Duration),
     #[error("failed to persist: {0}")]
     Persist(String),
+    #[error("{0}")]
+    Grouping(#[from] crate::engine::accept::RouteError),
 }
 
 impl From<AcceptError> for FrameError {
@@ -95,6 +97,7 @@ impl From<AcceptError> for FrameError {
             // The STOMP ERROR carries the whole chain: the client has no log to read.
             AcceptError::Persist(source) => FrameError::Persist(error_chain(&source)),
             other @ AcceptError::Resolved => FrameError::Persist(error_chain(&other)),
+            AcceptError::Grouping(e) => FrameError::Grouping(e),
         }
     }
 }
