@@ -164,7 +164,7 @@ fn identity(shared: &Shared, broker: &Broker) -> Result<crate::network::Identity
     let password = ha.load_password().map_err(RunError::Password)?.into_bytes();
     Ok(crate::network::Identity {
         node_id: broker.node_id.clone(),
-        group: if ha.group_name.trim().is_empty() { broker.node_id.clone() } else { ha.group_name.clone() },
+        group: broker.group_name().to_string(),
         password,
         check_period: ha.check_period.get().max(Duration::from_millis(200)),
         // A bridge's loop may wait on a full destination; it is not the live's heartbeat.

@@ -12,7 +12,7 @@
 
 use super::dedup;
 use super::memory::Reservation;
-use super::message::{ConsumerKey, Message};
+use super::message::{ConsumerKey, GroupOwner, Message, MessageGroup};
 use super::queue::{AckError, Queue};
 use super::{Broker, DestinationError, Target};
 use crate::journal::{AppendFuture, Journal, JournalError, MessageId, Op, StoredMessage};
@@ -76,8 +76,6 @@ pub enum AcceptError {
 /// written by the engine when the grouping handler decided, journaled and forwarded with
 /// the message, so dispatch after a restart or a failover keeps to the decision.
 pub const OWNER_HEADER: &str = "duomq-group-owner";
-/// The header that puts a message in a group (ActiveMQ's and Artemis' name over STOMP).
-pub const GROUP_HEADER: &str = "JMSXGroupID";
 
 /// Decides which group of the cluster owns a message group (`grouping.handler` local or
 /// remote), before the first message of the group is stored.
@@ -365,7 +363,7 @@ impl Broker {
     async fn route_group(&self, target: &Target, headers: &mut Vec<(String, String)>) -> Result<(), RouteError> {
         let Target::Queue(queue) = target else { return Ok(()) };
         let router = self.group_router();
-        let Some(group) = headers.iter().find(|(k, _)| k == GROUP_HEADER).map(|(_, v)| v.clone()) else {
+        let Some(group) = MessageGroup::from_headers(headers).map(|g| g.id) else {
             return Ok(());
         };
         let stated = headers.iter().position(|(k, _)| k == OWNER_HEADER);
@@ -384,6 +382,17 @@ impl Broker {
         let owner = router.route(queue, &group).await?;
         headers.push((OWNER_HEADER.to_string(), owner.to_string()));
         Ok(())
+    }
+
+    /// A message's group as its headers name it, owned as [`OWNER_HEADER`] says: by this
+    /// broker's group (local consumers only), another (bridges to it only), or, without
+    /// a cluster decision, any consumer.
+    pub(crate) fn message_group(&self, headers: &[(String, String)]) -> Option<MessageGroup> {
+        let mut group = MessageGroup::from_headers(headers)?;
+        if let Some((_, owner)) = headers.iter().find(|(k, _)| k == OWNER_HEADER) {
+            group.owner = if *owner == self.group_name() { GroupOwner::Here } else { GroupOwner::Elsewhere(Arc::from(owner.as_str())) };
+        }
+        Some(group)
     }
 
     /// Journals a record of the broker's own under a reserved destination (see
@@ -433,7 +442,7 @@ impl Broker {
                 Target::Queue(q) => Arc::clone(&q.name),
                 Target::Topic(t) => Arc::clone(&t.name),
             },
-            group: super::message::MessageGroup::from_headers(&headers),
+            group: self.message_group(&headers),
             headers,
             body,
             persistent,

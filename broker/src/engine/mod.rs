@@ -16,7 +16,7 @@ pub mod queue;
 use crate::config::{BrokerConfig, SlowTopicSubscriber, User};
 use crate::journal::{Journal, JournalConfig, JournalError, JournalMetrics, MessageId};
 use memory::{Memory, Reservation};
-use message::{ConsumerKey, Entry, Message, MessageGroup};
+use message::{ConsumerKey, Entry, Message};
 use metrics::{EngineMetrics, Limit};
 use parking_lot::RwLock;
 use queue::{ConsumerChanges, Queue, QueueKind, QueueSnapshot};
@@ -225,7 +225,7 @@ impl Broker {
             let message = Arc::new(Message {
                 id: stored.id,
                 destination: Arc::clone(&queue.name),
-                group: MessageGroup::from_headers(&stored.headers),
+                group: broker.message_group(&stored.headers),
                 headers: stored.headers,
                 body: stored.body,
                 persistent: true,
@@ -268,6 +268,16 @@ impl Broker {
             return Err(DestinationError::Reserved(destination.to_string()));
         }
         self.lookup(destination, Some(self.config.destinations.max_destinations))
+    }
+
+    /// This broker's group on the network: `ha.groupName`, or a standalone broker's node id.
+    pub fn group_name(&self) -> &str {
+        let name = self.config.ha.group_name.trim();
+        if name.is_empty() {
+            &self.node_id
+        } else {
+            name
+        }
     }
 
     /// Takes the recovered records of the broker's own under `destination` (each once).

@@ -39,6 +39,9 @@ struct Cached {
 
 type Decision = Result<String, String>;
 
+/// Cached bindings by queue, then group.
+type Cache = HashMap<Arc<str>, HashMap<Arc<str>, Cached>>;
+
 pub struct RemoteHandler {
     identity: Identity,
     addresses: Vec<TcpAddress>,
@@ -46,7 +49,7 @@ pub struct RemoteHandler {
     max_groups: usize,
     group_timeout: Duration,
     metrics: GroupingMetrics,
-    cache: Mutex<HashMap<Arc<str>, HashMap<Arc<str>, Cached>>>,
+    cache: Mutex<Cache>,
     /// The link's outbox while linked.
     link: watch::Sender<Option<mpsc::UnboundedSender<ClusterFrame>>>,
     pending: Mutex<HashMap<u64, oneshot::Sender<Decision>>>,

@@ -14,7 +14,7 @@
 use super::demand::{self, Filters, PATH_HEADER};
 use crate::cluster::frame::{ClusterFrame, DemandEntry};
 use crate::engine::dedup;
-use crate::engine::message::{ConsumerKey, Delivery};
+use crate::engine::message::{ConsumerKey, Delivery, GroupOwner};
 use crate::engine::queue::{AckMode, ConsumerHandle, NetworkConsumer, Outbound, Queue};
 use crate::engine::{Broker, Target, Topic};
 use parking_lot::RwLock;
@@ -230,6 +230,11 @@ impl Forwarder {
             priority: self.config.priority,
             accepts: Arc::new(move |m, stranded| {
                 let peer = peer.read();
+                // A group the grouping handler gave to a group: only towards it, however
+                // the message got here (the queue never offers us a group owned here).
+                if let Some(GroupOwner::Elsewhere(owner)) = m.group.as_ref().map(|g| &g.owner) {
+                    return **owner == **peer;
+                }
                 (replay && stranded && *peer != own) || demand::may_forward(&demand::message_path(&m.headers), &own, &peer, ttl)
             }),
         };
