@@ -114,7 +114,10 @@ pub struct BrokerGroupSpec {
     pub network_connectors: Vec<NetworkConnectorSpec>,
 
     /// Clustered message grouping: one group hosts the LOCAL grouping handler, the others ask it
-    /// (REMOTE), so all messages of one group go to one consumer wherever they arrive.
+    /// (REMOTE), so all messages of one group (JMSXGroupID) go to one consumer wherever they
+    /// arrive. They reach that consumer's group over the bridges every BrokerGroup has between
+    /// its groups; a queue in network.excludedDestinations is not bridged, so its message
+    /// groups are pinned per group only.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grouping: Option<GroupingSpec>,
 
@@ -438,21 +441,65 @@ fn default_password_key() -> String {
     crate::names::CLUSTER_PASSWORD_KEY.into()
 }
 
-#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+/// The CEL rule of a grouping duration: what the broker reads, in one unit.
+const DURATION_RULE: &str = "self.matches('^[0-9]+(ms|s|m|h)$')";
+
+/// Clustered message grouping (Artemis' LOCAL/REMOTE grouping handlers), rendered into every
+/// member's broker.yaml (`crate::render::config`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
 #[serde(rename_all = "camelCase")]
 pub struct GroupingSpec {
     /// Index of the group whose live runs the LOCAL grouping handler (0 is the first group).
+    /// Its bindings are journaled and replicated with the group, so they survive its failover.
     #[serde(default)]
     #[schemars(range(min = 0))]
     pub local_group: i32,
-    /// How long a REMOTE handler waits for the LOCAL handler's decision, e.g. 5s.
+    /// How long a REMOTE handler waits for the LOCAL handler's decision before the SEND is
+    /// refused with an ERROR naming the group, e.g. 5s or 500ms.
     #[serde(default = "default_grouping_timeout")]
-    #[schemars(regex(pattern = r"^[0-9]+(ms|s|m)$"))]
+    #[schemars(length(max = 32))]
+    #[x_kube(
+        validation = Rule::new(DURATION_RULE).message("grouping.timeout is a whole number and one unit, ms, s, m or h (e.g. 5s or 500ms): fix the duration"),
+        validation = Rule::new("!self.matches('^0+(ms|s|m|h)$')").message("grouping.timeout must be longer than 0: a SEND would never wait for the handler's decision; set e.g. 5s")
+    )]
     pub timeout: String,
+    /// A group binding unused this long is removed by the LOCAL handler's reaper (Artemis'
+    /// group-timeout); the group binds afresh on its next message. 0s keeps bindings forever.
+    #[serde(default = "default_group_timeout")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("grouping.groupTimeout is a whole number and one unit, ms, s, m or h (e.g. 1h, or 0s to keep bindings forever): fix the duration"))]
+    pub group_timeout: String,
+    /// How often the reaper looks for bindings unused for groupTimeout.
+    #[serde(default = "default_reaper_period")]
+    #[schemars(length(max = 32))]
+    #[x_kube(
+        validation = Rule::new(DURATION_RULE).message("grouping.reaperPeriod is a whole number and one unit, ms, s, m or h (e.g. 30s): fix the duration"),
+        validation = Rule::new("!self.matches('^0+(ms|s|m|h)$')").message("grouping.reaperPeriod must be longer than 0: set e.g. 30s")
+    )]
+    pub reaper_period: String,
+    /// Group bindings a queue keeps on every broker: past it the least recently used idle
+    /// binding is dropped, and the LOCAL handler refuses a new group for a queue holding
+    /// this many cluster bindings. Bounds the memory a producer inventing a group per
+    /// message can take.
+    #[serde(default = "default_max_groups")]
+    #[x_kube(validation = Rule::new("self >= 1").message("grouping.maxGroups must be at least 1 (the default is 10000)"))]
+    pub max_groups: i64,
 }
 
 fn default_grouping_timeout() -> String {
     "5s".into()
+}
+
+fn default_group_timeout() -> String {
+    "1h".into()
+}
+
+fn default_reaper_period() -> String {
+    "30s".into()
+}
+
+fn default_max_groups() -> i64 {
+    i64::try_from(duomq_broker::config::GroupingConfig::default().max_groups).unwrap_or(i64::MAX)
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

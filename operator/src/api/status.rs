@@ -48,6 +48,31 @@ pub struct BrokerGroupStatus {
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[x_kube(merge_strategy = ListMerge::Map(vec!["name".into()]))]
     pub groups: Vec<GroupStatus>,
+    /// The clustered grouping handler, with `spec.grouping`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grouping: Option<GroupingHandlerStatus>,
+}
+
+/// Where the LOCAL grouping handler runs and how the REMOTE handlers reach it.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupingHandlerStatus {
+    /// The group whose live runs the LOCAL handler (`spec.grouping.localGroup`).
+    pub local_group: String,
+    /// The pod running it: that group's live; absent while the group has none.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub live: Option<String>,
+    /// Group bindings the LOCAL handler holds, as its live reports them; absent when it
+    /// reports none (not answering, or a broker without grouping).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub bindings: Option<i64>,
+    /// The other groups' lives whose REMOTE handler is linked to the LOCAL handler, of all
+    /// other groups, e.g. 2/2.
+    pub remotes_connected: String,
+    /// SENDs the REMOTE handlers refused because no decision came within grouping.timeout,
+    /// summed over the other groups' current lives.
+    #[serde(default)]
+    pub timeouts: i64,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]

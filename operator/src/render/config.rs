@@ -161,7 +161,14 @@ pub fn build_broker_config(
                 },
                 address: (local.name != group.name).then(|| group_uri(v, local)),
                 timeout: parse_duration(&grouping.timeout).unwrap_or(c.grouping.timeout),
-                ..c.grouping.clone()
+                group_timeout: parse_duration(&grouping.group_timeout)
+                    .unwrap_or(c.grouping.group_timeout),
+                reaper_period: parse_duration(&grouping.reaper_period)
+                    .unwrap_or(c.grouping.reaper_period),
+                max_groups: usize::try_from(grouping.max_groups)
+                    .ok()
+                    .filter(|n| *n >= 1)
+                    .unwrap_or(c.grouping.max_groups),
             };
         }
     }

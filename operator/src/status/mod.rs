@@ -2,6 +2,7 @@
 //! previous status) to the BrokerGroup's new status, the role label each pod should carry, and
 //! the transitions worth an Event. Pure: observation happens in the controller.
 
+pub mod grouping;
 pub mod network;
 
 use std::collections::BTreeMap;
@@ -171,6 +172,12 @@ pub fn preferred_live(g: &GroupModel, seen: &Observation) -> String {
         .unwrap_or_else(|| g.preferred_live.clone())
 }
 
+/// The name of the group that holds the LOCAL grouping handler, with `spec.grouping`.
+fn local_grouping_group(v: &ValidatedBrokerGroup) -> Option<&str> {
+    let index = usize::try_from(v.spec.grouping.as_ref()?.local_group).ok()?;
+    v.groups.get(index).map(|g| g.name.as_str())
+}
+
 /// How long a switchover the live agreed to may take to show before the operator stops
 /// waiting for it (the group then fails over as after a crash).
 const SWITCHOVER_PENDING_FOR: i64 = 120;
@@ -189,6 +196,7 @@ pub fn compute(
     let mut without_live = Vec::new();
     let mut unreplicated = Vec::new();
     let mut networks = Vec::new();
+    let mut group_lives = Vec::new();
 
     for g in &v.groups {
         let before = previous.groups.iter().find(|p| p.name == g.name);
@@ -398,7 +406,27 @@ pub fn compute(
             switchover: pending,
         });
         networks.push((g.name.clone(), net));
+        group_lives.push((
+            live_status,
+            before.and_then(|b| b.live.clone().or_else(|| b.last_live.clone())),
+        ));
     }
+
+    let grouping = local_grouping_group(v).map(|local| {
+        let lives: Vec<grouping::GroupLive<'_>> = groups
+            .iter()
+            .zip(&group_lives)
+            .map(|(g, (status, last_live))| grouping::GroupLive {
+                name: &g.name,
+                live: g.live.as_deref(),
+                status: *status,
+                last_live: last_live.as_deref(),
+            })
+            .collect();
+        let (status, moved) = grouping::handler_status(local, &lives);
+        transitions.extend(moved);
+        status
+    });
 
     let total = v.groups.len();
     let live_count = total - without_live.len();
@@ -539,6 +567,7 @@ pub fn compute(
             failovers,
             linked: (connectors > 0).then(|| format!("{connectors_linked}/{connectors}")),
             groups,
+            grouping,
         },
         role_labels,
         transitions,
