@@ -20,6 +20,7 @@ FAILOVER_KILLS=${BENCH_FAILOVER_KILLS:-20}
 FAILOVER_EVERY=${BENCH_FAILOVER_EVERY:-3s}
 NETWORK=no
 NETWORK_KILLS=${BENCH_NETWORK_KILLS:-5}
+GROUPS_SECTION=no
 OUT=${BENCH_OUT:-}
 FSYNC_DURATION=3s
 START_TIMEOUT=120
@@ -41,6 +42,7 @@ Usage: bench/compare.sh [--quick] [--only LIST] [--out DIR] [--duration D] [--wa
                         [--prefetch N] [--failover | --failover-only] [--failover-kills N]
                         [--replication | --replication-only] [--replication-rounds N]
                         [--network | --network-only] [--network-kills N]
+                        [--groups | --groups-only]
 
 Measures duomq, ActiveMQ and RabbitMQ one after the other on this machine, over STOMP,
 with the same load generator (duomq-bench) and the same matrix, and prints a table.
@@ -101,7 +103,24 @@ What it does, in order:
      and restart it. The gap of a kill is the longest pause between two new messages at
      the consumer until the next kill; reports p50 and max (goal p50 < 1 s), lost
      (receipted at the source, never delivered) and duplicates.
-  8. Prints the table and writes everything to the output directory.
+  8. With --groups: message groups (issue 14), each cell the duration after the warm-up
+     (config: bench/lib/groups.sh):
+       throughput  one broker each, 1 KiB persistent, 2 producers + 4 consumers, window
+                   64, client-individual acks, prefetch ${PREFETCH}: ungrouped, then grouped
+                   (message i of each producer carries JMSXGroupID g<i % 1000>); duomq,
+                   and ActiveMQ, whose STOMP connector maps JMSXGroupID to its message
+                   groups. RabbitMQ has no message groups and is left out (the report
+                   says so). Prints duomq grouped/ungrouped (goal >= 0.8) and duomq
+                   grouped/ActiveMQ grouped. Every grouped cell checks that each group
+                   reached exactly one consumer, in order per producer; a cell with a
+                   violation fails.
+       decision    two standalone duomq brokers bridged both ways, L with
+                   grouping.handler local, R with remote asking L: 1 producer + 1
+                   consumer on R, then on L, window 1, 10 groups alive at a time, each
+                   replaced after 5 messages; the receipt latency (p50, p99) of a new
+                   group's first message beside the others' (on R the first one waits
+                   for L's decision).
+  9. Prints the table and writes everything to the output directory.
 
 The matrix (each cell on a fresh queue, consumers acking every message with
 client-individual, prefetch ${PREFETCH}):
@@ -139,6 +158,9 @@ Options:
                   plus ${NETWORK_KILLS} x (${FAILOVER_EVERY} + failover + restart))
   --network-only  run only that section (no fsync rate, no matrix)
   --network-kills N  kills of the target's live (default ${NETWORK_KILLS})
+  --groups        also run the message groups section (duomq and ActiveMQ as --only
+                  allows; about 6 x (duration + warm-up) plus broker start-ups)
+  --groups-only   run only that section (no fsync rate, no matrix)
   -h, --help      this text
 
 Environment: BENCH_DURATION, BENCH_WARMUP, BENCH_PREFETCH, BENCH_ONLY, BENCH_OUT and
@@ -161,6 +183,8 @@ Output directory:
   network-failover.jsonl  one 'duomq-bench failover --json' line (with --network)
   network.txt    the network section's table (python3 bench/lib/network-report.py DIR)
   network-load.tsv  the machine's 1-minute load before each network cell
+  groups.jsonl   one 'duomq-bench run --json' line per message groups cell (with --groups)
+  groups.txt     that section's tables (python3 bench/lib/groups-report.py DIR)
   run.tsv, cells.tsv, failures.tsv   what the report is made from
   logs/          each broker's log and each cell's duomq-bench stderr
 python3 bench/lib/report.py DIR prints the table of a finished run again.
@@ -204,6 +228,8 @@ while (($#)); do
     --network-only) NETWORK=yes MATRIX=no ;;
     --network-kills) NETWORK_KILLS=${2:?--network-kills needs a number}; shift ;;
     --network-kills=*) NETWORK_KILLS=${1#*=} ;;
+    --groups) GROUPS_SECTION=yes ;;
+    --groups-only) GROUPS_SECTION=yes MATRIX=no ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -310,6 +336,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/duomq-compare.XXXXXX")
 . "$LIB_DIR/replication.sh"
 # shellcheck source=lib/network.sh
 . "$LIB_DIR/network.sh"
+# shellcheck source=lib/groups.sh
+. "$LIB_DIR/groups.sh"
 
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
@@ -481,6 +509,12 @@ if [[ $NETWORK == yes ]]; then
     run_network
 fi
 
+# --- message groups -------------------------------------------------------------------
+
+if [[ $GROUPS_SECTION == yes ]]; then
+    run_groups
+fi
+
 # --- the report -----------------------------------------------------------------------
 
 echo
@@ -498,6 +532,10 @@ if [[ $REPLICATION == yes && -s $OUT/replication.jsonl ]]; then
 fi
 if [[ $NETWORK == yes ]]; then
     python3 "$LIB_DIR/network-report.py" "$OUT" | tee "$OUT/network.txt"
+    echo
+fi
+if [[ $GROUPS_SECTION == yes ]]; then
+    python3 "$LIB_DIR/groups-report.py" "$OUT" | tee "$OUT/groups.txt"
     echo
 fi
 log "results in $OUT"

@@ -42,6 +42,8 @@ Examples:\n  \
 duomq-bench run --destination /queue/bench --persistent --window 64 --broker-pid $(pidof duomq-broker)\n\n  \
 # fully synchronous: each send waits for its RECEIPT\n  \
 duomq-bench run --persistent --window 1 --duration 30s --label duomq-sync\n\n  \
+# message groups: JMSXGroupID over 1000 groups, each checked to reach one consumer, in order\n  \
+duomq-bench run --persistent --window 64 --producers 2 --consumers 4 --groups 1000\n\n  \
 # ActiveMQ 5.17 with 4 producers and 4 consumers, as JSON\n  \
 duomq-bench run --url stomp://admin:admin@127.0.0.1:61613 --producers 4 --consumers 4 --persistent --window 64 --json\n\n  \
 # RabbitMQ 3.10, durable quorum queue (pass the beam.smp pid for the footprint)\n  \
@@ -290,6 +292,19 @@ pub struct RunArgs {
     /// for more.
     #[arg(long = "subscribe-header", value_name = "NAME=VALUE", value_parser = parse_header)]
     pub subscribe_headers: Vec<(String, String)>,
+    /// Message groups: tag message i of each producer with the group header, value
+    /// g<i % N>, and check that every group's messages reached exactly one consumer, in
+    /// order per producer (the run fails on any violation). Also reports the receipt
+    /// latency of each group's first message apart from the others.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub groups: Option<u64>,
+    /// With --groups: messages each producer sends per group before a fresh group takes
+    /// its place, so new groups keep arriving all run (first-of-group latency).
+    #[arg(long, value_name = "K", requires = "groups", value_parser = clap::value_parser!(u64).range(1..))]
+    pub group_size: Option<u64>,
+    /// With --groups: the SEND header that carries the group.
+    #[arg(long, value_name = "NAME", requires = "groups", default_value = crate::groups::DEFAULT_GROUP_HEADER)]
+    pub group_header: String,
     /// Process id of the broker: sample its memory (VmRSS) and CPU time from /proc. Only
     /// that process, not its children (for RabbitMQ pass the beam.smp pid).
     #[arg(long, value_name = "PID")]
@@ -506,6 +521,16 @@ mod tests {
         assert_eq!(run.ack, AckArg::ClientIndividual);
         assert_eq!(run.destination, "/queue/bench");
         assert!(!run.persistent);
+    }
+
+    #[test]
+    fn given_groups_options_should_parse_and_group_size_should_need_groups() {
+        let cli = Cli::try_parse_from(["duomq-bench", "run", "--groups", "1000", "--group-size", "5"]);
+        let Ok(Cli { command: Command::Run(run), .. }) = cli else { panic!("did not parse: {cli:?}") };
+        assert_eq!((run.groups, run.group_size), (Some(1000), Some(5)));
+        assert_eq!(run.group_header, "JMSXGroupID");
+        assert!(Cli::try_parse_from(["duomq-bench", "run", "--group-size", "5"]).is_err());
+        assert!(Cli::try_parse_from(["duomq-bench", "run", "--groups", "0"]).is_err());
     }
 
     #[test]

@@ -10,6 +10,7 @@ mod cli;
 mod failover;
 mod footprint;
 mod fsync_rate;
+mod groups;
 mod report;
 mod run;
 mod tally;
@@ -19,7 +20,8 @@ use cli::{Cli, Command};
 use std::io::{IsTerminal, Write};
 
 /// A failure prints one line (`error: …` with every cause) and exits 1; `--verbose` adds
-/// the causes one per line and the backtrace.
+/// the causes one per line and the backtrace. A grouped run that broke its groups prints
+/// its report first, then fails.
 fn main() -> std::process::ExitCode {
     let cli = Cli::parse();
     let verbose = cli.verbose;
@@ -35,10 +37,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("duomq_bench=info,warn")),
         )
         .init();
+    let mut group_violations = 0;
     let output = match cli.command {
         Command::Run(args) => {
             let report = block_on(run::run(&args))?;
             warn_if_lost(report.lost, report.duplicates);
+            group_violations = report.group_violations();
             if args.json {
                 report.to_json_line()? + "\n"
             } else {
@@ -66,6 +70,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(output.as_bytes())?;
     stdout.flush()?;
+    if group_violations > 0 {
+        anyhow::bail!(
+            "{group_violations} message group violations: a group reached more than one consumer or came out of order"
+        );
+    }
     Ok(())
 }
 

@@ -2,6 +2,7 @@
 //! snake_case keys, for scripts) and a table for people. Pure: the caller prints.
 
 pub use crate::failover::GapSummaryMs;
+use crate::groups::GroupsReport;
 use hdrhistogram::Histogram;
 use serde::Serialize;
 use std::fmt::Write as _;
@@ -75,6 +76,8 @@ pub struct RunReport {
     pub drain_s: f64,
     /// Connections that failed during the run, as "producer 2: ..." lines.
     pub errors: Vec<String>,
+    /// With --groups: the grouping check and the first-of-group receipt latency.
+    pub groups: Option<GroupsReport>,
 }
 
 impl RunReport {
@@ -119,10 +122,44 @@ impl RunReport {
         if self.foreign > 0 {
             let _ = writeln!(out, "note: {} messages from earlier runs were consumed and ignored", self.foreign);
         }
+        if let Some(g) = &self.groups {
+            let c = &g.check;
+            let size = g.group_size.map_or(String::new(), |k| format!(", {k} messages each"));
+            let _ = writeln!(
+                out,
+                "groups: {} ({}{size}), {} seen, {}..{} per consumer",
+                g.groups, g.header, c.groups_seen, c.groups_per_consumer_min, c.groups_per_consumer_max,
+            );
+            let _ = writeln!(
+                out,
+                "receipt p50/p99 ms: first of a group {}/{} ({} sends), others {}/{} ({} sends)",
+                ms(g.receipt_ms_first.p50),
+                ms(g.receipt_ms_first.p99),
+                g.first_sends,
+                ms(g.receipt_ms_later.p50),
+                ms(g.receipt_ms_later.p99),
+                g.later_sends,
+            );
+            if c.violations > 0 {
+                let _ = writeln!(
+                    out,
+                    "GROUP VIOLATIONS: {} groups reached more than one consumer, {} deliveries out of order",
+                    c.split_groups, c.out_of_order
+                );
+                for example in &c.examples {
+                    let _ = writeln!(out, "  {example}");
+                }
+            }
+        }
         for error in &self.errors {
             let _ = writeln!(out, "ERROR: {error}");
         }
         out
+    }
+
+    /// Grouping violations (0 without --groups): the run fails when there are any.
+    pub fn group_violations(&self) -> u64 {
+        self.groups.as_ref().map_or(0, |g| g.check.violations)
     }
 }
 
@@ -322,6 +359,7 @@ mod tests {
             warmup_s: 2.0,
             drain_s: 0.1,
             errors: vec![],
+            groups: None,
         }
     }
 
@@ -359,6 +397,32 @@ mod tests {
         assert!(table.contains("4x4"));
         assert!(table.contains("LOST: 2"));
         assert!(!table.contains("DUPLICATES"));
+    }
+
+    #[test]
+    fn given_group_violations_when_table_should_print_them_and_count_them() {
+        let mut report = sample();
+        assert_eq!(report.group_violations(), 0);
+        report.groups = Some(GroupsReport {
+            header: "JMSXGroupID".into(),
+            groups: 10,
+            group_size: None,
+            check: crate::groups::GroupCheckSummary {
+                groups_seen: 10,
+                split_groups: 3,
+                violations: 3,
+                examples: vec!["group g1: ...".into()],
+                ..Default::default()
+            },
+            first_sends: 0,
+            later_sends: 5,
+            receipt_ms_first: LatencyMs::default(),
+            receipt_ms_later: LatencyMs::default(),
+        });
+        let table = report.to_table();
+        assert!(table.contains("GROUP VIOLATIONS: 3 groups"), "{table}");
+        assert!(table.contains("  group g1: ..."), "{table}");
+        assert_eq!(report.group_violations(), 3);
     }
 
     #[test]

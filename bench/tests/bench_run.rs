@@ -9,79 +9,9 @@
 
 mod common;
 
-use anyhow::{bail, Context};
-use common::{bench_json, broker_binary, free_port, http_get};
-use std::path::PathBuf;
-use std::process::{Child, Command, Stdio};
+use anyhow::Context;
+use common::{bench_json, Broker};
 use std::time::{Duration, Instant};
-
-/// How long the broker may take to answer /readyz.
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
-
-/// A broker process in its own temp dir; killed on drop, its log printed on failure.
-struct Broker {
-    child: Child,
-    stomp_port: u16,
-    log: PathBuf,
-    _dir: tempfile::TempDir,
-}
-
-impl Broker {
-    fn start() -> anyhow::Result<Broker> {
-        let dir = tempfile::Builder::new().prefix("duomq-bench-test-").tempdir()?;
-        let log = dir.path().join("broker.log");
-        let (stomp_port, admin_port) = (free_port()?, free_port()?);
-        let child = Command::new(broker_binary()?)
-            .arg("run")
-            .arg("--data-dir")
-            .arg(dir.path().join("data"))
-            .args(["--stomp-listen", &format!("127.0.0.1:{stomp_port}")])
-            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
-            .stdout(Stdio::null())
-            .stderr(std::fs::File::create(&log)?)
-            .spawn()
-            .context("failed to start duomq-broker")?;
-        let mut broker = Broker { child, stomp_port, log, _dir: dir };
-        broker.wait_ready(admin_port)?;
-        Ok(broker)
-    }
-
-    fn wait_ready(&mut self, admin_port: u16) -> anyhow::Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("broker exited with {status} before it was ready:\n{}", self.log_text());
-            }
-            if http_get(admin_port, "/readyz").is_ok_and(|(code, _)| code == 200) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        bail!("broker was not ready within {READY_TIMEOUT:?}:\n{}", self.log_text())
-    }
-
-    fn pid(&self) -> u32 {
-        self.child.id()
-    }
-
-    fn url(&self) -> String {
-        format!("stomp://127.0.0.1:{}", self.stomp_port)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-}
-
-impl Drop for Broker {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-        if std::thread::panicking() {
-            eprintln!("--- broker log ({}) ---\n{}", self.log.display(), self.log_text());
-        }
-    }
-}
 
 #[test]
 fn given_broker_when_benchmarked_persistently_should_report_rates_footprint_and_no_losses() -> anyhow::Result<()> {

@@ -86,6 +86,7 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
         receipts: Some(ReceiptLog::default()),
         generations: Some(ConnectionGenerations::default()),
         arrivals: (args.gap_at == GapAt::Deliveries).then(ArrivalLog::default),
+        groups: None,
     });
     let (stop_producers, stop_consumers) = (CancellationToken::new(), CancellationToken::new());
     let mut consumer_tasks = Vec::new();
@@ -93,7 +94,7 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
         if let Some(events) = consumer.connection().events() {
             tokio::spawn(count_connection_losses(events, Arc::clone(&shared)));
         }
-        let recorder = Recorder::new(Arc::clone(&shared))?;
+        let recorder = Recorder::new(Arc::clone(&shared), id)?;
         let (spec, stop) = (Arc::clone(&consumer_spec), stop_consumers.clone());
         consumer_tasks.push(consumer.run(move |c| async move { c.consume(&spec, id, recorder, stop).await }));
     }
@@ -109,6 +110,7 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
             persistent: true,
             window: args.window,
             headers: Vec::new(),
+            groups: None,
         };
         producer_tasks.push(client.run(|c| producer::produce(c, spec, Arc::clone(&shared), stop_producers.clone())));
     }

@@ -107,14 +107,22 @@ pub struct ConsumerOutcome {
 /// Books each delivery of one consumer.
 pub struct Recorder {
     shared: Arc<Shared>,
+    /// Which consumer this is, for the group check.
+    consumer: u32,
     latencies: Histogram<u64>,
     measured_received: u64,
     counts: DeliveryCounts,
 }
 
 impl Recorder {
-    pub fn new(shared: Arc<Shared>) -> anyhow::Result<Recorder> {
-        Ok(Recorder { shared, latencies: nanos_histogram()?, measured_received: 0, counts: DeliveryCounts::default() })
+    pub fn new(shared: Arc<Shared>, consumer: u32) -> anyhow::Result<Recorder> {
+        Ok(Recorder {
+            shared,
+            consumer,
+            latencies: nanos_histogram()?,
+            measured_received: 0,
+            counts: DeliveryCounts::default(),
+        })
     }
 
     /// Books one delivered body, received now; `redelivered` is the MESSAGE's
@@ -146,6 +154,9 @@ impl Recorder {
         }
         if let (Some(arrivals), Mark::First) = (&shared.arrivals, mark) {
             arrivals.push(super::shared::nanos_since(shared.phases.started));
+        }
+        if let (Some(groups), Mark::First) = (&shared.groups, mark) {
+            groups.delivered(self.consumer, stamp.producer, stamp.seq);
         }
         if shared.phases.in_measured(now) {
             self.measured_received += 1;

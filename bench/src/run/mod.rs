@@ -1,7 +1,8 @@
 //! `duomq-bench run`, top to bottom: subscribe the consumers, connect the producers,
 //! sample the idle broker, run warm-up and measured interval, stop the producers, drain,
-//! stop the consumers, account and report. The phases live here; sending, consuming and
-//! watching live in their own modules, and nothing here prints the result.
+//! stop the consumers, account (with --groups, the grouping check too) and report. The
+//! phases live here; sending, consuming and watching live in their own modules, and
+//! nothing here prints the result.
 //!
 //! Threading: every producer and every consumer connection lives on its own OS thread
 //! with a current-thread runtime ([`threads`]), from connect to disconnect, so the load
@@ -18,6 +19,7 @@ pub(crate) mod threads;
 
 use crate::cli::RunArgs;
 use crate::footprint::{BrokerProcess, RssStats, MIB};
+use crate::groups::{GroupCheck, GroupPlan, GroupsReport, ReceiptLatencies};
 use crate::report::{nanos_histogram, round3, LatencyMs, RunReport};
 use crate::tally::{Deliveries, DeliveryCounts, SeqSet};
 use anyhow::Context;
@@ -75,6 +77,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             receipts: None,
             generations: None,
             arrivals: None,
+            groups: group_plan(args).map(|plan| GroupCheck::new(plan, args.producers)),
         });
     let stop_producers = CancellationToken::new();
     let stop_consumers = CancellationToken::new();
@@ -83,7 +86,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
 
     let mut consumer_tasks = Vec::new();
     for (id, consumer) in (0u32..).zip(subscribed) {
-        let recorder = Recorder::new(Arc::clone(&shared))?;
+        let recorder = Recorder::new(Arc::clone(&shared), id)?;
         let (spec, stop) = (Arc::clone(&consumer_spec), stop_consumers.clone());
         consumer_tasks.push(consumer.run(move |c| async move { c.consume(&spec, id, recorder, stop).await }));
     }
@@ -97,6 +100,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
                 persistent: args.persistent,
                 window: args.window,
                 headers: args.send_headers.clone(),
+                groups: group_plan(args).map(|plan| (args.group_header.clone(), plan)),
             };
             client.run(|c| producer::produce(c, spec, Arc::clone(&shared), stop_producers.clone()))
         })
@@ -158,6 +162,27 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         _ => None,
     };
     let totals = Totals::of(&producer_outcomes, consumer_outcomes)?;
+    let groups = match &shared.groups {
+        Some(check) => {
+            let mut latencies = ReceiptLatencies::new()?;
+            for outcome in &producer_outcomes {
+                if let Some(l) = &outcome.receipt_latencies {
+                    latencies.merge(l)?;
+                }
+            }
+            let report = GroupsReport::of(&args.group_header, check, args.consumers, &latencies);
+            if report.check.violations > 0 {
+                tracing::warn!(
+                    split_groups = report.check.split_groups,
+                    out_of_order = report.check.out_of_order,
+                    examples = ?report.check.examples,
+                    "message groups were not kept to one consumer in order"
+                );
+            }
+            Some(report)
+        }
+        None => None,
+    };
     let per_second = |n: u64| if measured_s > 0.0 { round3(n as f64 / measured_s) } else { 0.0 };
     Ok(RunReport {
         label: args.label.clone().or_else(|| server.clone()).unwrap_or_else(|| args.url.clone()),
@@ -187,7 +212,13 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         warmup_s: round3(args.warmup.as_secs_f64()),
         drain_s: round3(drain_s),
         errors: totals.errors,
+        groups,
     })
+}
+
+/// How the run spreads its messages over groups; `None` without --groups.
+fn group_plan(args: &RunArgs) -> Option<GroupPlan> {
+    args.groups.map(|groups| GroupPlan { groups, group_size: args.group_size })
 }
 
 /// Connects and subscribes `count` consumers, each on its own thread.

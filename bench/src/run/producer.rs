@@ -1,10 +1,12 @@
 //! One producer: sends stamped messages on its own connection until the measured interval
 //! ends, keeping up to `window` receipts outstanding, and remembers which sequence
 //! numbers the broker confirmed. It never decides what counts as lost; it only reports
-//! what it was promised.
+//! what it was promised. In a grouped run it tags each message with its group and times
+//! each receipt, first messages of a group apart from the rest.
 
 use super::shared::Shared;
 use crate::body::{wall_clock_ns, BodyWriter, Stamp};
+use crate::groups::{GroupPlan, ReceiptLatencies};
 use crate::tally::SeqSet;
 use anyhow::Context;
 use duomq_broker::client::{Client, ClientError, ReceiptFuture, SendOptions};
@@ -23,6 +25,8 @@ pub struct ProducerSpec {
     /// Outstanding receipts allowed; 0 sends without receipts.
     pub window: u32,
     pub headers: Vec<(String, String)>,
+    /// Message groups: the header and how messages spread over groups.
+    pub groups: Option<(String, GroupPlan)>,
 }
 
 /// What a producer did, including after a failure.
@@ -32,6 +36,8 @@ pub struct ProducerOutcome {
     pub confirmed: SeqSet,
     /// Messages sent during the measured interval.
     pub measured_sent: u64,
+    /// In a grouped run, the receipt latency of the measured sends.
+    pub receipt_latencies: Option<ReceiptLatencies>,
     pub error: Option<String>,
 }
 
@@ -45,7 +51,11 @@ pub async fn produce(
 ) -> ProducerOutcome {
     let mut outcome = ProducerOutcome::default();
     let mut pending = VecDeque::with_capacity(spec.window as usize);
-    let result = send_loop(&client, &spec, &shared, &stop, &mut outcome, &mut pending).await;
+    let result = match spec.groups.is_some() {
+        true => ReceiptLatencies::new().map(|l| outcome.receipt_latencies = Some(l)),
+        false => Ok(()),
+    };
+    let result = result.and(send_loop(&client, &spec, &shared, &stop, &mut outcome, &mut pending).await);
     // Receipts abandoned by a failure no longer count as outstanding.
     shared.counters.outstanding.fetch_sub(pending.len() as i64, Ordering::Relaxed);
     if let Err(e) = result {
@@ -64,7 +74,7 @@ async fn send_loop(
     shared: &Arc<Shared>,
     stop: &CancellationToken,
     outcome: &mut ProducerOutcome,
-    pending: &mut VecDeque<(u64, PendingReceipt)>,
+    pending: &mut VecDeque<Outstanding>,
 ) -> anyhow::Result<()> {
     let window = spec.window as usize;
     let mut bodies = BodyWriter::new(spec.size);
@@ -79,8 +89,12 @@ async fn send_loop(
             break;
         }
         let body = bodies.body(Stamp { producer: spec.id, seq, sent_ns: now });
-        let options =
-            SendOptions { persistent: spec.persistent, headers: spec.headers.clone(), ..SendOptions::default() };
+        let mut headers = spec.headers.clone();
+        if let Some((header, plan)) = &spec.groups {
+            headers.push((header.clone(), plan.group_name(seq)));
+        }
+        let options = SendOptions { persistent: spec.persistent, headers, ..SendOptions::default() };
+        let measured = shared.phases.in_measured(now);
         if window == 0 {
             client
                 .send(&spec.destination, body, options)
@@ -92,11 +106,14 @@ async fn send_loop(
                 .send_with_receipt(&spec.destination, body, options)
                 .await
                 .with_context(|| format!("failed to send message {seq}"))?;
-            pending.push_back((seq, PendingReceipt::new(receipt, shared)));
+            let first = spec.groups.as_ref().is_some_and(|(_, plan)| plan.is_first(seq));
+            let sent = std::time::Instant::now();
+            let receipt = PendingReceipt::new(receipt, shared);
+            pending.push_back(Outstanding { seq, first, measured, sent, receipt });
             shared.counters.outstanding.fetch_add(1, Ordering::Relaxed);
         }
         shared.counters.sent.fetch_add(1, Ordering::Relaxed);
-        if shared.phases.in_measured(now) {
+        if measured {
             outcome.measured_sent += 1;
         }
         seq += 1;
@@ -107,15 +124,32 @@ async fn send_loop(
     Ok(())
 }
 
-/// Waits for the oldest outstanding receipt; the broker answers them in send order.
+/// A sent message waiting for its RECEIPT.
+struct Outstanding {
+    seq: u64,
+    /// The first message this producer sent in its group.
+    first: bool,
+    /// Sent during the measured interval.
+    measured: bool,
+    /// When the SEND was handed to the connection.
+    sent: std::time::Instant,
+    receipt: PendingReceipt,
+}
+
+/// Waits for the oldest outstanding receipt; the broker answers them in send order. The
+/// receipt latency is taken when the wait ends: exact with a window of 1; with a larger
+/// window a receipt that arrived while the producer was sending counts from then on.
 async fn settle_oldest(
-    pending: &mut VecDeque<(u64, PendingReceipt)>,
+    pending: &mut VecDeque<Outstanding>,
     outcome: &mut ProducerOutcome,
     shared: &Shared,
 ) -> anyhow::Result<()> {
-    let Some((seq, receipt)) = pending.pop_front() else { return Ok(()) };
+    let Some(Outstanding { seq, first, measured, sent, receipt }) = pending.pop_front() else { return Ok(()) };
     shared.counters.outstanding.fetch_sub(1, Ordering::Relaxed);
     receipt.wait().await.with_context(|| format!("failed to get the receipt of message {seq}"))?;
+    if let (Some(latencies), true) = (&mut outcome.receipt_latencies, measured) {
+        latencies.record(first, u64::try_from(sent.elapsed().as_nanos()).unwrap_or(u64::MAX));
+    }
     outcome.confirmed.insert(seq);
     Ok(())
 }

@@ -1,8 +1,10 @@
 //! What the producers, consumers and reporters of one run share: the phase boundaries
 //! (warm-up, measured interval), live counters for the progress line, and the delivery
-//! bitsets. Everything here is lock-free; per-message work is a few relaxed atomics.
+//! bitsets. Everything here but the optional logs and the group check is lock-free;
+//! per-message work is a few relaxed atomics.
 
 use crate::body::wall_clock_ns;
+use crate::groups::GroupCheck;
 use crate::tally::Deliveries;
 use std::ops::Deref;
 use std::collections::HashMap;
@@ -196,6 +198,8 @@ pub struct Shared {
     pub generations: Option<ConnectionGenerations>,
     /// First-delivery times, when the gaps are measured at the consumers.
     pub arrivals: Option<ArrivalLog>,
+    /// The message groups check, when the run tags messages with groups.
+    pub groups: Option<GroupCheck>,
 }
 
 #[cfg(test)]

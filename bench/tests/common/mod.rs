@@ -1,5 +1,6 @@
 //! What the bench's integration tests share: the binaries under test (the broker built
-//! first when missing), free loopback ports, and running the bench for its JSON line.
+//! first when missing), free loopback ports, a broker process in a temp dir, and running
+//! the bench for its JSON line.
 
 #![allow(dead_code)] // each test file uses its own part
 
@@ -7,7 +8,7 @@ use anyhow::{bail, Context};
 use std::io::{Read, Write};
 use std::net::{TcpListener, TcpStream};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output};
+use std::process::{Child, Command, Output, Stdio};
 use std::time::{Duration, Instant};
 
 /// How long building a missing broker binary may take.
@@ -74,14 +75,31 @@ pub fn free_port() -> anyhow::Result<u16> {
 
 /// Runs the bench and parses its one JSON line; its stderr is shown if that fails.
 pub fn bench_json(args: &[&str]) -> anyhow::Result<serde_json::Value> {
+    let run = bench_outcome(args)?;
+    if !run.success {
+        bail!("duomq-bench {args:?} failed; stderr:\n{}", run.stderr);
+    }
+    run.json
+}
+
+/// What one bench process did: whether it exited 0, its JSON line, its stderr.
+pub struct BenchOutcome {
+    pub success: bool,
+    pub json: anyhow::Result<serde_json::Value>,
+    pub stderr: String,
+}
+
+/// Runs the bench, whatever its exit status, and parses its JSON line.
+pub fn bench_outcome(args: &[&str]) -> anyhow::Result<BenchOutcome> {
     let Output { status, stdout, stderr } = Command::new(bench_binary()).args(args).output()?;
     let stdout = String::from_utf8_lossy(&stdout);
-    let stderr = String::from_utf8_lossy(&stderr);
-    if !status.success() {
-        bail!("duomq-bench {args:?} exited with {status}; stderr:\n{stderr}");
-    }
-    let line = stdout.lines().find(|l| l.starts_with('{')).with_context(|| format!("no JSON in {stdout:?}"))?;
-    serde_json::from_str(line).with_context(|| format!("bad JSON {line:?}; stderr:\n{stderr}"))
+    let stderr = String::from_utf8_lossy(&stderr).into_owned();
+    let json = stdout
+        .lines()
+        .find(|l| l.starts_with('{'))
+        .with_context(|| format!("no JSON in {stdout:?}; stderr:\n{stderr}"))
+        .and_then(|line| serde_json::from_str(line).with_context(|| format!("bad JSON {line:?}; stderr:\n{stderr}")));
+    Ok(BenchOutcome { success: status.success(), json, stderr })
 }
 
 
@@ -95,4 +113,72 @@ pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     let code = response.split_whitespace().nth(1).context("empty HTTP response")?;
     let body = response.split_once("\r\n\r\n").map(|(_, b)| b.to_string()).unwrap_or_default();
     Ok((code.parse()?, body))
+}
+
+/// How long the broker may take to answer /readyz.
+const READY_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// A broker process in its own temp dir; killed on drop, its log printed on failure.
+pub struct Broker {
+    child: Child,
+    stomp_port: u16,
+    log: PathBuf,
+    _dir: tempfile::TempDir,
+}
+
+impl Broker {
+    pub fn start() -> anyhow::Result<Broker> {
+        let dir = tempfile::Builder::new().prefix("duomq-bench-test-").tempdir()?;
+        let log = dir.path().join("broker.log");
+        let (stomp_port, admin_port) = (free_port()?, free_port()?);
+        let child = Command::new(broker_binary()?)
+            .arg("run")
+            .arg("--data-dir")
+            .arg(dir.path().join("data"))
+            .args(["--stomp-listen", &format!("127.0.0.1:{stomp_port}")])
+            .args(["--admin-listen", &format!("127.0.0.1:{admin_port}")])
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log)?)
+            .spawn()
+            .context("failed to start duomq-broker")?;
+        let mut broker = Broker { child, stomp_port, log, _dir: dir };
+        broker.wait_ready(admin_port)?;
+        Ok(broker)
+    }
+
+    fn wait_ready(&mut self, admin_port: u16) -> anyhow::Result<()> {
+        let deadline = Instant::now() + READY_TIMEOUT;
+        while Instant::now() < deadline {
+            if let Some(status) = self.child.try_wait()? {
+                bail!("broker exited with {status} before it was ready:\n{}", self.log_text());
+            }
+            if http_get(admin_port, "/readyz").is_ok_and(|(code, _)| code == 200) {
+                return Ok(());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        bail!("broker was not ready within {READY_TIMEOUT:?}:\n{}", self.log_text())
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn url(&self) -> String {
+        format!("stomp://127.0.0.1:{}", self.stomp_port)
+    }
+
+    pub fn log_text(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+}
+
+impl Drop for Broker {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+        if std::thread::panicking() {
+            eprintln!("--- broker log ({}) ---\n{}", self.log.display(), self.log_text());
+        }
+    }
 }

@@ -1,0 +1,200 @@
+#!/usr/bin/env python3
+"""The message groups section of bench/compare.sh: prints its tables from a finished run's
+directory (groups.jsonl, failures.tsv, run.tsv), or checks one result line on stdin and
+prints what is wrong with it.
+
+  groups-report.py OUT_DIR      grouped vs ungrouped throughput, duomq vs ActiveMQ, and
+                                the first-of-group receipt latency on the two-broker cluster
+  groups-report.py --check-run  one 'duomq-bench run --json' line on stdin: prints its
+                                problems (group violations, losses, errors), or nothing
+
+It reads results only; it measures nothing. Python standard library only.
+"""
+import json
+import os
+import sys
+
+THROUGHPUT = [
+    ("groups/duomq-ungrouped", "duomq, ungrouped"),
+    ("groups/duomq-grouped", "duomq, grouped"),
+    ("groups/activemq-ungrouped", "ActiveMQ, ungrouped"),
+    ("groups/activemq-grouped", "ActiveMQ, grouped"),
+]
+LATENCY = [
+    ("groups/cluster-remote", "R (asks L)"),
+    ("groups/cluster-local", "L (decides)"),
+]
+# The issue's goal: grouped >= 0.8x ungrouped on one broker.
+GOAL_GROUPED = 0.8
+
+
+def run_problems(r):
+    p = []
+    g = r.get("groups")
+    if g and g["violations"]:
+        p.append(
+            f"GROUP VIOLATIONS: {g['split_groups']} groups reached more than one consumer, "
+            f"{g['out_of_order']} deliveries out of order"
+        )
+    if r["lost"]:
+        p.append(f"NOT DRAINED: {r['lost']} of {r['confirmed']} receipted messages never reached a consumer")
+    if r["duplicates"]:
+        p.append(f"{r['duplicates']} duplicate deliveries")
+    if r["received"] == 0:
+        p.append("the consumers received nothing in the measured interval")
+    if r["errors"]:
+        p.append("errors: " + "; ".join(r["errors"]))
+    return p
+
+
+def read_jsonl(path):
+    try:
+        with open(path) as f:
+            return [json.loads(line) for line in f if line.strip()]
+    except FileNotFoundError:
+        return []
+
+
+def read_tsv(path):
+    try:
+        with open(path) as f:
+            return [line.rstrip("\n").split("\t", 1) for line in f if "\t" in line]
+    except FileNotFoundError:
+        return []
+
+
+def ms(x):
+    return "-" if x is None else f"{x:.2f}"
+
+
+def ratio_line(name, a, b, goal=None):
+    if a is None or b is None or not b["receive_rate"]:
+        return f"  {name:<34} -"
+    x = a["receive_rate"] / b["receive_rate"]
+    verdict = "" if goal is None else f"   (goal >= {goal:g}x: {'meets' if x >= goal else 'MISSES'})"
+    return f"  {name:<34} {x:5.2f}x{verdict}"
+
+
+def reason(label, failures, targets):
+    found = next((v for k, v in failures if k == label), None)
+    if found:
+        return found
+    target = label.split("/")[1].split("-")[0]
+    if target == "cluster":
+        target = "duomq"
+    return "not run: not in --only" if target not in targets else "no result"
+
+
+def throughput_table(runs, failures, meta, targets):
+    shape = "1 KiB persistent"
+    any_run = next((runs[k] for k, _ in THROUGHPUT if k in runs), None)
+    groups = next((runs[k]["groups"]["groups"] for k, _ in THROUGHPUT if k in runs and runs[k].get("groups")), None)
+    if any_run:
+        shape += (
+            f", {any_run['producers']} producers + {any_run['consumers']} consumers, {any_run['window']} receipts in"
+            f" flight, {any_run['ack']} acks, prefetch {any_run['prefetch']}"
+        )
+    if groups:
+        shape += f"; grouped: {groups} groups (JMSXGroupID g<i % {groups}>)"
+    print(f"Message groups on one broker: {shape}; {meta.get('duration', '?')} measured after {meta.get('warmup', '?')}")
+    print(
+        f"  {'cell':<22}{'msg/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'groups':>8}{'per consumer':>14}"
+        f"{'violations':>12}{'lost':>6}{'dup':>5}"
+    )
+    for label, title in THROUGHPUT:
+        r = runs.get(label)
+        if r is None:
+            print(f"  {title:<22}{'-':>10}  ({reason(label, failures, targets)})")
+            continue
+        g = r.get("groups")
+        seen = spread = violations = "-"
+        if g:
+            seen = str(g["groups_seen"])
+            spread = f"{g['groups_per_consumer_min']}..{g['groups_per_consumer_max']}"
+            violations = str(g["violations"])
+        lat = r["latency_ms"]
+        flag = " !" if run_problems(r) else ""
+        print(
+            f"  {title:<22}{r['receive_rate']:>10,.0f}{ms(lat['p50']):>9}{ms(lat['p99']):>9}{seen:>8}{spread:>14}"
+            f"{violations:>12}{r['lost']:>6}{r['duplicates']:>5}{flag}"
+        )
+    print("  RabbitMQ: no message groups (JMSXGroupID means nothing to it): not measured")
+    du, dg, au, ag = (runs.get(label) for label, _ in THROUGHPUT)
+    print(ratio_line("duomq grouped / ungrouped", dg, du, GOAL_GROUPED))
+    print(ratio_line("duomq grouped / ActiveMQ grouped", dg, ag))
+    print(ratio_line("ActiveMQ grouped / ungrouped", ag, au))
+    print("  msg/s: messages the consumers received per second; p50/p99: send to receive;")
+    print("  per consumer: fewest..most groups a consumer owned; violations: groups split over")
+    print("  consumers plus deliveries out of order per producer (the cell fails on any)")
+
+
+def latency_table(runs, failures, targets):
+    any_run = next((runs[k] for k, _ in LATENCY if k in runs), None)
+    shape = "1 KiB persistent, 1 producer + 1 consumer on the same broker, 1 receipt in flight"
+    if any_run and any_run.get("groups"):
+        g = any_run["groups"]
+        shape += f", {g['groups']} groups alive, each replaced after {g['group_size']} messages"
+    print("Grouping decision latency: duomq brokers L (grouping.handler local) and R (remote, asks L),")
+    print(f"  network connectors both ways; {shape}")
+    print(
+        f"  {'producer on':<14}{'msg/s':>8}{'first of group p50/p99 ms':>28}{'others p50/p99 ms':>20}"
+        f"{'first sends':>13}{'violations':>12}"
+    )
+    for label, title in LATENCY:
+        r = runs.get(label)
+        if r is None or not r.get("groups"):
+            print(f"  {title:<14}{'-':>8}  ({reason(label, failures, targets)})")
+            continue
+        g = r["groups"]
+        first = f"{ms(g['receipt_ms_first']['p50'])}/{ms(g['receipt_ms_first']['p99'])}"
+        later = f"{ms(g['receipt_ms_later']['p50'])}/{ms(g['receipt_ms_later']['p99'])}"
+        flag = " !" if run_problems(r) else ""
+        print(
+            f"  {title:<14}{r['receive_rate']:>8,.0f}{first:>28}{later:>20}{g['first_sends']:>13}"
+            f"{g['violations']:>12}{flag}"
+        )
+    for label, title in LATENCY:
+        r = runs.get(label)
+        g = r and r.get("groups")
+        if not g or g["receipt_ms_first"]["p50"] is None or g["receipt_ms_later"]["p50"] is None:
+            continue
+        extra = g["receipt_ms_first"]["p50"] - g["receipt_ms_later"]["p50"]
+        extra99 = (g["receipt_ms_first"]["p99"] or 0) - (g["receipt_ms_later"]["p99"] or 0)
+        print(f"  {title}: a new group's first SEND costs {extra:+.2f} ms at p50, {extra99:+.2f} ms at p99")
+    print("  receipt latency: SEND written to RECEIPT read, for sends of the measured interval")
+
+
+def report(out_dir):
+    runs = {r["label"]: r for r in read_jsonl(os.path.join(out_dir, "groups.jsonl"))}
+    failures = [(k, v) for k, v in read_tsv(os.path.join(out_dir, "failures.tsv")) if k.startswith("groups/")]
+    meta = dict(read_tsv(os.path.join(out_dir, "run.tsv")))
+    targets = meta.get("targets", "duomq,activemq").split(",")
+    throughput_table(runs, failures, meta, targets)
+    print()
+    latency_table(runs, failures, targets)
+    failed = dict(failures)
+    for label, _ in THROUGHPUT + LATENCY:
+        r = runs.get(label)
+        if r is None:
+            continue
+        if label not in failed:
+            for problem in run_problems(r):
+                print(f"{label}: {problem}")
+    for k, v in failures:
+        print(f"{k}: FAILED: {v}")
+        r = runs.get(k)
+        for example in (r.get("groups") or {}).get("examples", []) if r else []:
+            print(f"    {example}")
+
+
+def main(argv):
+    if argv[1:] == ["--check-run"]:
+        print(", ".join(run_problems(json.loads(sys.stdin.read()))))
+    elif len(argv) == 2 and not argv[1].startswith("-"):
+        report(argv[1])
+    else:
+        sys.exit("usage: groups-report.py OUT_DIR | --check-run")
+
+
+if __name__ == "__main__":
+    main(sys.argv)
