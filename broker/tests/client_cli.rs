@@ -146,3 +146,36 @@ fn given_a_failing_command_should_print_one_line_and_exit_1() {
         .expect("failed to run duomq-broker");
     assert!(String::from_utf8_lossy(&detailed.stderr).contains("Caused by:"), "--verbose shows the causes one per line");
 }
+
+#[test]
+fn given_cli_send_with_groups_and_a_stomp_style_header_when_received_with_print_header_should_print_each_group_before_its_body() {
+    let broker = Broker::start("cli-groups-print-header", "");
+    let sent = cli(
+        &broker,
+        &["send", "--destination", "/queue/grouped", "--count", "6", "--groups", "3", "--header", "tenant:acme", "--receipts"],
+    );
+    let sent_err = String::from_utf8_lossy(&sent.stderr);
+    assert!(sent.status.success(), "send failed: {sent_err}");
+    assert!(sent_err.contains("sent 6 messages in 3 groups"), "{sent_err}");
+
+    let received = cli(
+        &broker,
+        &[
+            "receive",
+            "--destination",
+            "/queue/grouped",
+            "--count",
+            "6",
+            "--print-header",
+            "JMSXGroupID",
+            "--print-header",
+            "tenant",
+            "--timeout",
+            "10s",
+        ],
+    );
+    assert!(received.status.success(), "receive failed: {}", String::from_utf8_lossy(&received.stderr));
+    let stdout = String::from_utf8(received.stdout).unwrap();
+    let expected: Vec<String> = (0..6).map(|i| format!("JMSXGroupID:g{}\ttenant:acme\tmessage {i}", i % 3)).collect();
+    assert_eq!(stdout.lines().collect::<Vec<_>>(), expected);
+}

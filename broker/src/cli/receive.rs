@@ -41,7 +41,11 @@ pub const RECEIVE_LONG_ABOUT: &str = "Receive messages from a queue or topic, as
         Examples:\n  \
         duomq-broker receive --destination /queue/hello --count 1 --print\n  \
         duomq-broker receive --destination /queue/demo --count 1000 --ack client-individual --prefetch 100\n  \
-        duomq-broker receive --destination /topic/news --timeout 1m --print";
+        duomq-broker receive --destination /topic/news --timeout 1m --print\n  \
+        duomq-broker receive --destination /queue/orders --print-header JMSXGroupID --timeout 10s\n\n\
+        --print-header NAME prints NAME:VALUE and a tab before each body (NAME: when the message \
+        lacks it), e.g. `JMSXGroupID:g3<TAB>message 7`, to see which message groups reached \
+        this consumer; repeat it for more headers, in the order given.";
 
 /// Options of `duomq-broker receive`.
 #[derive(clap::Args, Debug, Clone)]
@@ -70,6 +74,24 @@ pub struct ReceiveArgs {
     /// Print each body to stdout, one per line.
     #[arg(long)]
     pub print: bool,
+    /// Print this header before each body as NAME:VALUE and a tab (implies --print); repeat
+    /// for more, e.g. --print-header JMSXGroupID --print-header duomq-seq.
+    #[arg(long = "print-header", value_name = "NAME")]
+    pub print_headers: Vec<String>,
+}
+
+/// The line `--print` writes for `message`: the `--print-header` headers, then the body.
+fn print_line(message: &Message, headers: &[String]) -> String {
+    let body = String::from_utf8_lossy(&message.body);
+    let mut line = String::new();
+    for name in headers {
+        line.push_str(name);
+        line.push(':');
+        line.push_str(message.header(name).unwrap_or_default());
+        line.push('\t');
+    }
+    line.push_str(body.strip_suffix('\n').unwrap_or(&body));
+    line
 }
 
 /// What `receive` saw.
@@ -116,9 +138,8 @@ pub async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
                 anyhow::bail!("stopped after {} messages: {why}", tally.received);
             }
         };
-        if args.print {
-            let body = String::from_utf8_lossy(&message.body);
-            writeln!(stdout, "{}", body.strip_suffix('\n').unwrap_or(&body)).context("failed to write to stdout")?;
+        if args.print || !args.print_headers.is_empty() {
+            writeln!(stdout, "{}", print_line(&message, &args.print_headers)).context("failed to write to stdout")?;
         }
         if ack != AckMode::Auto {
             client
@@ -191,6 +212,17 @@ mod tests {
         assert_eq!(prefetch(&parse(&[])), None);
         assert_eq!(parse(&[]).ack, AckArg::ClientIndividual);
         assert_eq!(parse(&["--timeout", "250ms"]).timeout, Duration::from_millis(250));
+    }
+
+    #[test]
+    fn given_print_headers_when_printing_should_put_each_header_before_the_body_in_order() {
+        let mut m = message("r1", 7, false);
+        m.headers.push(("JMSXGroupID".into(), "g3".into()));
+        m.body = Bytes::from("message 7\n");
+        let names = ["JMSXGroupID".to_string(), SEQ_HEADER.to_string(), "absent".to_string()];
+        assert_eq!(print_line(&m, &names), "JMSXGroupID:g3\tduomq-seq:7\tabsent:\tmessage 7");
+        assert_eq!(print_line(&m, &[]), "message 7");
+        assert_eq!(parse(&["--print-header", "a", "--print-header", "b"]).print_headers, ["a", "b"]);
     }
 
     #[test]

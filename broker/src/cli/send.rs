@@ -21,7 +21,12 @@ pub const SEND_LONG_ABOUT: &str = "Send messages to a queue or topic, as a STOMP
         Examples:\n  \
         duomq-broker send --destination /queue/hello --message 'hello, duomq'\n  \
         duomq-broker send --destination /queue/demo --count 1000 --size 1024 --persistent --receipts --window 32\n  \
-        duomq-broker send --url stomp://app:secret@broker:61613 --destination /topic/news --header priority=high";
+        duomq-broker send --url stomp://app:secret@broker:61613 --destination /topic/news --header priority=high\n  \
+        duomq-broker send --destination /queue/orders --count 1000 --groups 10 --receipts --window 32\n\n\
+        With --groups N, message i carries JMSXGroupID: g<i % N> (ActiveMQ's and Artemis' message \
+        group header): every message of a group goes to one consumer of the queue, also across the \
+        live/backup groups of a cluster with a grouping handler. `duomq-broker receive --print-header \
+        JMSXGroupID` shows which groups a consumer got.";
 
 /// Options of `duomq-broker send`.
 #[derive(clap::Args, Debug, Clone)]
@@ -54,9 +59,25 @@ pub struct SendArgs {
     #[arg(long, default_value_t = 1, value_name = "N", requires = "receipts",
           value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub window: u32,
-    /// Extra header on every message, as NAME=VALUE; repeat for more.
+    /// Extra header on every message, as NAME=VALUE or NAME:VALUE (split at the first = or
+    /// :); repeat for more.
     #[arg(long = "header", short = 'H', value_name = "NAME=VALUE", value_parser = parse_header)]
     pub headers: Vec<(String, String)>,
+    /// Spread the messages over N message groups: message i carries the header
+    /// JMSXGroupID: <PREFIX><i % N> (see --group-prefix).
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub groups: Option<u64>,
+    /// With --groups: the start of every group id.
+    #[arg(long, default_value = "g", value_name = "PREFIX", requires = "groups")]
+    pub group_prefix: String,
+}
+
+/// The message group header of ActiveMQ and Artemis.
+const GROUP_HEADER: &str = "JMSXGroupID";
+
+/// The group id of message `seq`, if the run sends to groups.
+fn group_of(seq: u64, args: &SendArgs) -> Option<String> {
+    args.groups.map(|n| format!("{}{}", args.group_prefix, seq % n))
 }
 
 /// Runs `duomq-broker send`.
@@ -67,9 +88,12 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     let mut window: VecDeque<(u64, ReceiptFuture)> = VecDeque::new();
     let mut receipted = 0u64;
     for seq in 0..args.count {
-        let mut headers = Vec::with_capacity(args.headers.len() + 2);
+        let mut headers = Vec::with_capacity(args.headers.len() + 3);
         headers.push((RUN_HEADER.to_string(), run.clone()));
         headers.push((SEQ_HEADER.to_string(), seq.to_string()));
+        if let Some(group) = group_of(seq, &args) {
+            headers.push((GROUP_HEADER.to_string(), group));
+        }
         headers.extend(args.headers.iter().cloned());
         let options = SendOptions { persistent: args.persistent, headers, ..SendOptions::default() };
         let body = body(seq, &args);
@@ -102,8 +126,9 @@ pub async fn send(args: SendArgs) -> anyhow::Result<()> {
     client.disconnect().await?;
     let elapsed = progress.elapsed();
     let receipts = if args.receipts { format!(", {receipted} receipted") } else { String::new() };
+    let groups = args.groups.map_or_else(String::new, |n| format!(" in {} groups", n.min(args.count)));
     eprintln!(
-        "sent {} messages to {}{receipts} in {:.2}s: {:.0} msg/s",
+        "sent {} messages{groups} to {}{receipts} in {:.2}s: {:.0} msg/s",
         args.count,
         args.destination,
         elapsed.as_secs_f64(),
@@ -124,10 +149,11 @@ fn body(seq: u64, args: &SendArgs) -> Bytes {
     }
 }
 
+/// `NAME=VALUE` or `NAME:VALUE` (STOMP's own form), split at the first `=` or `:`.
 fn parse_header(s: &str) -> Result<(String, String), String> {
-    match s.split_once('=') {
-        Some((name, value)) if !name.is_empty() => Ok((name.to_string(), value.to_string())),
-        _ => Err(format!("{s:?} is not NAME=VALUE")),
+    match s.find(['=', ':']) {
+        Some(at) if at > 0 => Ok((s[..at].to_string(), s[at + 1..].to_string())),
+        _ => Err(format!("{s:?} is not NAME=VALUE or NAME:VALUE")),
     }
 }
 
@@ -163,6 +189,21 @@ mod tests {
         assert_eq!(args.headers, [("a".into(), "b=c".into()), ("e".into(), String::new())]);
         assert!(parse(&["--header", "novalue"]).is_err());
         assert!(parse(&["--header", "=v"]).is_err());
+        let stomp_style = parse(&["-H", "JMSXGroupID:g1", "-H", "a:b=c"]).unwrap();
+        assert_eq!(stomp_style.headers, [("JMSXGroupID".into(), "g1".into()), ("a".into(), "b=c".into())]);
+        assert!(parse(&["--header", ":v"]).is_err());
+    }
+
+    #[test]
+    fn given_groups_when_numbering_messages_should_cycle_through_n_group_ids() {
+        let args = parse(&["--groups", "3"]).unwrap();
+        let ids: Vec<Option<String>> = (0..5).map(|i| group_of(i, &args)).collect();
+        assert_eq!(ids, ["g0", "g1", "g2", "g0", "g1"].map(|g| Some(g.to_string())));
+        let prefixed = parse(&["--groups", "2", "--group-prefix", "order-"]).unwrap();
+        assert_eq!(group_of(3, &prefixed).as_deref(), Some("order-1"));
+        assert_eq!(group_of(3, &parse(&[]).unwrap()), None);
+        assert!(parse(&["--groups", "0"]).is_err());
+        assert!(parse(&["--group-prefix", "x"]).is_err(), "--group-prefix needs --groups");
     }
 
     #[test]
