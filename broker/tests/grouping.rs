@@ -173,6 +173,11 @@ fn given_a_remote_handler_should_bind_each_new_group_once_through_the_local_one_
         assert!(out.status.success(), "producer: {}", String::from_utf8_lossy(&out.stderr));
     }
     eventually("all 800 consumed", LINK_TIMEOUT, || consumers.count() >= 800);
+    let bound: u64 = [&local, &remote]
+        .iter()
+        .map(|b| b.status()["queues"].as_array().and_then(|qs| qs.iter().find(|q| q["name"] == "/queue/orders")).map_or(0, |q| q["groups"].as_u64().unwrap_or(0)))
+        .sum();
+    assert!(bound >= 40, "every group is bound to a consumer (a bridge's, where it is owned elsewhere): {bound}");
     let seen = consumers.finish();
     assert_eq!(seen.len(), 800, "each message once");
     let owners = check_pinned(&seen);

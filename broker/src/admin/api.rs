@@ -280,4 +280,7 @@ pub struct QueueStatus {
     pub bytes: u64,
     pub enqueued_total: u64,
     pub acked_total: u64,
+    /// Message groups (`JMSXGroupID`) bound to a consumer of this queue.
+    #[serde(default)]
+    pub groups: u64,
 }

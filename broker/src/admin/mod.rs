@@ -124,6 +124,7 @@ async fn status(State(s): State<AdminState>) -> Json<BrokerStatus> {
                 bytes: q.bytes as u64,
                 enqueued_total: q.enqueued_total,
                 acked_total: q.acked_total,
+                groups: q.groups as u64,
             })
             .collect(),
         ha: s.ha.read().clone(),
