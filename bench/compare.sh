@@ -185,6 +185,7 @@ Output directory:
   network-load.tsv  the machine's 1-minute load before each network cell
   groups.jsonl   one 'duomq-bench run --json' line per message groups cell (with --groups)
   groups.txt     that section's tables (python3 bench/lib/groups-report.py DIR)
+  groups-load.tsv  the machine's 1-minute load before each message groups cell
   run.tsv, cells.tsv, failures.tsv   what the report is made from
   logs/          each broker's log and each cell's duomq-bench stderr
 python3 bench/lib/report.py DIR prints the table of a finished run again.

@@ -128,7 +128,16 @@ def throughput_table(runs, failures, meta, targets):
     print("  consumers plus deliveries out of order per producer (the cell fails on any)")
 
 
-def latency_table(runs, failures, targets):
+def handler_status(out_dir, name):
+    """The grouping section of L's or R's /status after the cells, or None."""
+    try:
+        with open(os.path.join(out_dir, "logs", f"groups-{name}-status.json")) as f:
+            return json.load(f).get("grouping")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def latency_table(runs, failures, targets, out_dir):
     any_run = next((runs[k] for k, _ in LATENCY if k in runs), None)
     shape = "1 KiB persistent, 1 producer + 1 consumer on the same broker, 1 receipt in flight"
     if any_run and any_run.get("groups"):
@@ -161,7 +170,34 @@ def latency_table(runs, failures, targets):
         extra = g["receipt_ms_first"]["p50"] - g["receipt_ms_later"]["p50"]
         extra99 = (g["receipt_ms_first"]["p99"] or 0) - (g["receipt_ms_later"]["p99"] or 0)
         print(f"  {title}: a new group's first SEND costs {extra:+.2f} ms at p50, {extra99:+.2f} ms at p99")
+    l, r = handler_status(out_dir, "l"), handler_status(out_dir, "r")
+    if l and r:
+        print(
+            f"  after both cells: L ({l.get('handler')}) decided {l.get('proposalsTotal')} proposals and holds"
+            f" {l.get('bindings')} bindings; R ({r.get('handler')}) asked {r.get('proposalsTotal')} times, learnt"
+            f" {r.get('bindings')} bindings; timeouts L {l.get('timeoutsTotal')}, R {r.get('timeoutsTotal')}"
+        )
     print("  receipt latency: SEND written to RECEIPT read, for sends of the measured interval")
+
+
+def load_line(load, meta):
+    """The 1-minute load average before the section and before each cell; only the first
+    tells of other work (each later one also holds the previous cell's own load)."""
+    if not load:
+        return "  load: not recorded"
+    cpus = meta.get("nproc", "?")
+    start = load.get("start", "?")
+    cells = ", ".join(f"{k.removeprefix('groups/')} {v}" for k, v in load.items() if k != "start")
+    busy = ""
+    try:
+        if float(start) > float(cpus) / 2:
+            busy = "  (other work was using the CPUs: repeat before quoting)"
+    except ValueError:
+        pass
+    return (
+        f"1-minute load before the section {start} on {cpus} CPUs{busy}\n"
+        f"  before each cell (including the previous cell's own): {cells}"
+    )
 
 
 def report(out_dir):
@@ -171,7 +207,9 @@ def report(out_dir):
     targets = meta.get("targets", "duomq,activemq").split(",")
     throughput_table(runs, failures, meta, targets)
     print()
-    latency_table(runs, failures, targets)
+    latency_table(runs, failures, targets, out_dir)
+    print()
+    print(load_line(dict(read_tsv(os.path.join(out_dir, "groups-load.tsv"))), meta))
     failed = dict(failures)
     for label, _ in THROUGHPUT + LATENCY:
         r = runs.get(label)

@@ -69,9 +69,10 @@ await_linked() {
         'bool(s.get("network") and s["network"]["connectors"] and all(c["links"] and all(l["state"] == "linked" for l in c["links"]) for c in s["network"]["connectors"]))'
 }
 
-# save_status NAME ADMIN_PORT: the broker's /status, into logs/network-NAME-status.json.
+# save_status NAME ADMIN_PORT [FILE]: the broker's /status, into FILE (default
+# logs/network-NAME-status.json).
 save_status() {
-    python3 - "$2" >"$LOG_DIR/network-$1-status.json" 2>/dev/null <<'PY' || true
+    python3 - "$2" >"${3:-$LOG_DIR/network-$1-status.json}" 2>/dev/null <<'PY' || true
 import sys, urllib.request
 with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/status", timeout=5) as r:
     sys.stdout.write(r.read().decode())
