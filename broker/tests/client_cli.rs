@@ -174,7 +174,9 @@ fn given_cli_send_with_groups_and_a_stomp_style_header_when_received_with_print_
             "10s",
         ],
     );
-    assert!(received.status.success(), "receive failed: {}", String::from_utf8_lossy(&received.stderr));
+    let received_err = String::from_utf8_lossy(&received.stderr);
+    assert!(received.status.success(), "receive failed: {received_err}");
+    assert!(received_err.starts_with("subscribed to /queue/grouped at stomp://127.0.0.1:"), "says when it is subscribed: {received_err}");
     let stdout = String::from_utf8(received.stdout).unwrap();
     let expected: Vec<String> = (0..6).map(|i| format!("JMSXGroupID:g{}\ttenant:acme\tmessage {i}", i % 3)).collect();
     assert_eq!(stdout.lines().collect::<Vec<_>>(), expected);

@@ -33,7 +33,8 @@ impl From<AckArg> for AckMode {
 /// `--help` text of the subcommand (see [`super::SEND_LONG_ABOUT`]).
 pub const RECEIVE_LONG_ABOUT: &str = "Receive messages from a queue or topic, as a STOMP consumer.\n\n\
         Stops after --count messages, or when nothing arrives for --timeout; with --count, \
-        stopping early is an error (exit status 1). By default (--ack client-individual) each \
+        stopping early is an error (exit status 1). Once the broker has confirmed the subscription, \
+        a line `subscribed to DESTINATION at BROKER` goes to stderr. By default (--ack client-individual) each \
         message is acknowledged after it is handled; messages left unacknowledged go back to the \
         queue when the connection closes and come again marked redelivered. Progress goes to \
         stderr every second, then a summary: received, redelivered, and duplicates (messages \
@@ -126,6 +127,8 @@ pub async fn receive(args: ReceiveArgs) -> anyhow::Result<()> {
         .subscribe(&args.destination, ack, prefetch(&args))
         .await
         .with_context(|| format!("failed to subscribe to {}", args.destination))?;
+    // The broker has confirmed the SUBSCRIBE: a script may start its producers now.
+    eprintln!("subscribed to {} at {}", args.destination, client.connected_to());
     let mut progress = Progress::start("received");
     let mut tally = Tally::default();
     let mut stdout = std::io::stdout();
