@@ -27,6 +27,7 @@ mod common;
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
 use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -54,6 +55,8 @@ const FLOWING: Duration = Duration::from_secs(90);
 /// From a change in a live's `/status` to the BrokerGroup's status showing it (the operator
 /// looks again every few seconds).
 const STATUS_SEEN: Duration = Duration::from_secs(60);
+/// Lines of a consumer's stderr kept for a failed run's log.
+const CONSUMER_LOG_LINES: usize = 20;
 /// How long one `/status` request may take.
 const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one `duomq-broker send` of the batch may take.
@@ -109,17 +112,27 @@ async fn run(env: &Env) -> Result<()> {
         consumers.push(CliConsumer::start(name, services[group]).await?);
     }
 
+    for c in &consumers {
+        c.wait_subscribed().await?;
+    }
     wait_for_demand(env, &[(1, 2), (2, 1)]).await?;
 
-    let started = Instant::now();
-    pinned(env, &services, &consumers).await?;
-    println!("scenario pinned: passed in {:.0}s", started.elapsed().as_secs_f64());
-
-    for fault in [Fault::Delete, Fault::Kill] {
+    let result = async {
         let started = Instant::now();
-        handler_failover(env, &services, &consumers, fault).await?;
-        println!("scenario {}: passed in {:.0}s", fault.scenario(), started.elapsed().as_secs_f64());
+        pinned(env, &services, &consumers).await?;
+        println!("scenario pinned: passed in {:.0}s", started.elapsed().as_secs_f64());
+        for fault in [Fault::Delete, Fault::Kill] {
+            let started = Instant::now();
+            handler_failover(env, &services, &consumers, fault).await?;
+            println!("scenario {}: passed in {:.0}s", fault.scenario(), started.elapsed().as_secs_f64());
+        }
+        anyhow::Ok(())
     }
+    .await;
+    if result.is_err() {
+        consumers.iter().for_each(CliConsumer::print_log);
+    }
+    result?;
 
     for c in consumers {
         c.stop().await;
@@ -191,7 +204,7 @@ async fn wait_for_endpoint(env: &Env, service: &str, live: &str) -> Result<()> {
 /// through kubectl only it says so and does not wait.
 async fn wait_for_demand(env: &Env, consumers: &[(usize, u64)]) -> Result<()> {
     if env.local.is_none() {
-        println!("the consumers' demand is not observable through kubectl only: sending without waiting for it");
+        println!("the consumers are subscribed; their demand on the other groups is not observable through kubectl only: sending without waiting for it");
         return Ok(());
     }
     let started = Instant::now();
@@ -303,6 +316,10 @@ struct CliConsumer {
     name: &'static str,
     child: Child,
     seen: Arc<Mutex<Vec<Seen>>>,
+    /// The last lines of its stderr.
+    log: Arc<Mutex<Vec<String>>>,
+    /// It printed that the broker confirmed its SUBSCRIBE.
+    subscribed: Arc<AtomicBool>,
     reader: JoinHandle<()>,
 }
 
@@ -312,12 +329,32 @@ impl CliConsumer {
             .args(["receive", "--url", &failover_url(service), "--destination", QUEUE, "--timeout", "30m", "--prefetch", "10"])
             .args(["--print-header", GROUP_HEADER, "--print-header", RUN_HEADER, "--print-header", SEQ_HEADER])
             .stdout(Stdio::piped())
-            .stderr(Stdio::null())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
             .context("failed to start duomq-broker receive")?;
         let stdout = child.stdout.take().context("no stdout")?;
+        let stderr = child.stderr.take().context("no stderr")?;
         let seen = Arc::new(Mutex::new(Vec::new()));
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let subscribed = Arc::new(AtomicBool::new(false));
+        // Its progress and errors, the last few kept for a failed run's log.
+        tokio::spawn({
+            let (log, subscribed) = (log.clone(), subscribed.clone());
+            async move {
+                let mut lines = BufReader::new(stderr).lines();
+                while let Ok(Some(line)) = lines.next_line().await {
+                    if line.starts_with("subscribed to ") {
+                        subscribed.store(true, Ordering::Relaxed);
+                    }
+                    let mut log = log.lock();
+                    if log.len() == CONSUMER_LOG_LINES {
+                        log.remove(0);
+                    }
+                    log.push(line);
+                }
+            }
+        });
         let reader = tokio::spawn({
             let seen = seen.clone();
             async move {
@@ -330,11 +367,25 @@ impl CliConsumer {
                 }
             }
         });
-        Ok(CliConsumer { name, child, seen, reader })
+        Ok(CliConsumer { name, child, seen, log, subscribed, reader })
     }
 
     fn seen(&self) -> Vec<Seen> {
         self.seen.lock().clone()
+    }
+
+    /// Waits until the broker confirmed its subscription.
+    async fn wait_subscribed(&self) -> Result<()> {
+        let deadline = Instant::now() + FLOWING;
+        while !self.subscribed.load(Ordering::Relaxed) {
+            ensure!(Instant::now() < deadline, "consumer {} did not subscribe within {FLOWING:?}: {}", self.name, self.log.lock().join("; "));
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        Ok(())
+    }
+
+    fn print_log(&self) {
+        eprintln!("consumer {}: stderr ends with:\n{}", self.name, self.log.lock().join("\n"));
     }
 
     async fn stop(mut self) {
