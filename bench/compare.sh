@@ -21,6 +21,7 @@ FAILOVER_EVERY=${BENCH_FAILOVER_EVERY:-3s}
 NETWORK=no
 NETWORK_KILLS=${BENCH_NETWORK_KILLS:-5}
 GROUPS_SECTION=no
+GROUPS_ROUNDS=${BENCH_GROUPS_ROUNDS:-1}
 OUT=${BENCH_OUT:-}
 FSYNC_DURATION=3s
 START_TIMEOUT=120
@@ -42,7 +43,7 @@ Usage: bench/compare.sh [--quick] [--only LIST] [--out DIR] [--duration D] [--wa
                         [--prefetch N] [--failover | --failover-only] [--failover-kills N]
                         [--replication | --replication-only] [--replication-rounds N]
                         [--network | --network-only] [--network-kills N]
-                        [--groups | --groups-only]
+                        [--groups | --groups-only] [--groups-rounds N]
 
 Measures duomq, ActiveMQ and RabbitMQ one after the other on this machine, over STOMP,
 with the same load generator (duomq-bench) and the same matrix, and prints a table.
@@ -161,12 +162,14 @@ Options:
   --groups        also run the message groups section (duomq and ActiveMQ as --only
                   allows; about 6 x (duration + warm-up) plus broker start-ups)
   --groups-only   run only that section (no fsync rate, no matrix)
+  --groups-rounds N  run the ungrouped/grouped pair N times, alternating; the report
+                  takes each kind's best round (default ${GROUPS_ROUNDS})
   -h, --help      this text
 
-Environment: BENCH_DURATION, BENCH_WARMUP, BENCH_PREFETCH, BENCH_ONLY, BENCH_OUT and
-BENCH_NETWORK_KILLS set the same as the options (options win); TMPDIR chooses where the
-brokers' data lives (default /tmp): keep it on the disk you mean to measure, not on a
-tmpfs. DUOMQ_BROKER and DUOMQ_BENCH, both set, name binaries to use instead of building
+Environment: BENCH_DURATION, BENCH_WARMUP, BENCH_PREFETCH, BENCH_ONLY, BENCH_OUT,
+BENCH_NETWORK_KILLS and BENCH_GROUPS_ROUNDS set the same as the options (options win);
+TMPDIR chooses where the brokers' data lives (default /tmp): keep it on the disk you
+mean to measure, not on a tmpfs. DUOMQ_BROKER and DUOMQ_BENCH, both set, name binaries to use instead of building
 release ones (the bench's tests pass their debug builds).
 
 Output directory:
@@ -231,6 +234,8 @@ while (($#)); do
     --network-kills=*) NETWORK_KILLS=${1#*=} ;;
     --groups) GROUPS_SECTION=yes ;;
     --groups-only) GROUPS_SECTION=yes MATRIX=no ;;
+    --groups-rounds) GROUPS_ROUNDS=${2:?--groups-rounds needs a number}; shift ;;
+    --groups-rounds=*) GROUPS_ROUNDS=${1#*=} ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -252,6 +257,7 @@ seconds "$WARMUP" >/dev/null || die "--warmup: \"$WARMUP\" is not a duration lik
 [[ $FAILOVER_KILLS =~ ^[1-9][0-9]*$ ]] || die "--failover-kills: \"$FAILOVER_KILLS\" is not a positive number"
 [[ $REPLICATION_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--replication-rounds: \"$REPLICATION_ROUNDS\" is not a positive number"
 [[ $NETWORK_KILLS =~ ^[1-9][0-9]*$ ]] || die "--network-kills: \"$NETWORK_KILLS\" is not a positive number"
+[[ $GROUPS_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--groups-rounds: \"$GROUPS_ROUNDS\" is not a positive number"
 # duomq-bench's drain timeout (10s) plus a minute for connecting and reporting.
 CELL_TIMEOUT=$(($(seconds "$DURATION") + $(seconds "$WARMUP") + 70))
 
@@ -362,6 +368,7 @@ meta targets "$(
 meta duration "$DURATION"
 meta warmup "$WARMUP"
 meta prefetch "$PREFETCH"
+[[ $GROUPS_SECTION == yes ]] && meta groups_rounds "$GROUPS_ROUNDS"
 meta nproc "$(nproc)"
 meta memory "$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
 meta kernel "$(uname -r)"

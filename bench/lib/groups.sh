@@ -11,7 +11,10 @@
 #   groups/duomq-grouped        message i of each producer in group g<i % GROUPS_COUNT>
 #   groups/activemq-ungrouped   the same two on ActiveMQ (its STOMP connector maps the
 #   groups/activemq-grouped     JMSXGroupID header to its message groups)
-# RabbitMQ has no message groups: the section says so and leaves it out.
+# RabbitMQ has no message groups: the section says so and leaves it out. With
+# GROUPS_ROUNDS (--groups-rounds) above 1 the pair runs again, alternating, as
+# groups/TARGET-ungrouped-r2, groups/TARGET-grouped-r2, ...; the report takes each
+# kind's best round (other work on the machine only ever slows a cell down).
 # Every grouped cell checks that each group reached exactly one consumer, in order per
 # producer (duomq-bench fails the run otherwise; the cell is then marked).
 #
@@ -106,11 +109,15 @@ groups_cell() {
     fi
 }
 
-# groups_throughput TARGET: the ungrouped and the grouped cell on the broker that is up.
+# groups_throughput TARGET: the ungrouped and the grouped cell on the broker that is up,
+# GROUPS_ROUNDS times.
 groups_throughput() {
-    local load=(--producers "$GROUPS_PRODUCERS" --consumers "$GROUPS_CONSUMERS" --window 64)
-    groups_cell "groups/$1-ungrouped" "$BROKER_URL" "$BROKER_PID" "${load[@]}"
-    groups_cell "groups/$1-grouped" "$BROKER_URL" "$BROKER_PID" "${load[@]}" --groups "$GROUPS_COUNT"
+    local load=(--producers "$GROUPS_PRODUCERS" --consumers "$GROUPS_CONSUMERS" --window 64) round suffix=''
+    for ((round = 1; round <= GROUPS_ROUNDS; round++)); do
+        ((round == 1)) || suffix="-r$round"
+        groups_cell "groups/$1-ungrouped$suffix" "$BROKER_URL" "$BROKER_PID" "${load[@]}"
+        groups_cell "groups/$1-grouped$suffix" "$BROKER_URL" "$BROKER_PID" "${load[@]}" --groups "$GROUPS_COUNT"
+    done
 }
 
 # start_groups_cluster: brokers L (local handler) and R (remote handler), bridged both
