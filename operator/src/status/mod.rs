@@ -971,6 +971,109 @@ pub(crate) mod tests {
         );
     }
 
+    /// Three groups with grouping (the handler on group 1); every live reports its handler.
+    fn grouped(handler_live: &str, bindings: u64) -> Observation {
+        use duomq_broker::admin::api::{GroupingHandlerKind, GroupingStatus};
+        let mut seen = Observation::default();
+        for g in 0..3 {
+            for m in 0..2 {
+                let pod = format!("pair-g{g}-{m}");
+                let live = if g == 1 { pod == handler_live } else { m == 0 };
+                let mut status = if live {
+                    broker(Role::Live, 1, None)
+                } else {
+                    broker(Role::Backup, 1, Some(SyncState::Synced))
+                };
+                if let (true, Ok(b)) = (live, &mut status) {
+                    b.grouping = Some(GroupingStatus {
+                        handler: if g == 1 {
+                            GroupingHandlerKind::Local
+                        } else {
+                            GroupingHandlerKind::Remote
+                        },
+                        group: format!("pair-g{g}"),
+                        bindings,
+                        proposals_total: 0,
+                        timeouts_total: 0,
+                        reaped_total: 0,
+                        connected: true,
+                        linked_to: None,
+                        last_error: None,
+                    });
+                }
+                seen.pods.insert(pod, self::pod(status, None));
+            }
+        }
+        seen
+    }
+
+    #[test]
+    fn given_grouping_when_the_handlers_group_fails_over_should_name_the_new_live_and_record_the_move(
+    ) {
+        let v = validated("{groups: 3, backupsPerGroup: 1, grouping: {localGroup: 1}}");
+        let before = compute(
+            &v,
+            Some(1),
+            &grouped("pair-g1-0", 20),
+            &BrokerGroupStatus::default(),
+            &at(100),
+        );
+        let g = before.status.grouping.clone().expect("status.grouping");
+        assert_eq!(
+            (g.local_group.as_str(), g.live.as_deref(), g.bindings),
+            ("pair-g1", Some("pair-g1-0"), Some(20))
+        );
+        assert_eq!(g.remotes_connected, "2/2");
+        assert_eq!(
+            compute(
+                &pair(),
+                Some(1),
+                &healthy(),
+                &BrokerGroupStatus::default(),
+                &at(100)
+            )
+            .status
+            .grouping,
+            None,
+            "no grouping section without spec.grouping"
+        );
+
+        // a look while the group has no live, then its backup is live with every binding
+        let mut gap = grouped("pair-g1-0", 20);
+        gap.pods.get_mut("pair-g1-0").unwrap().broker = Err("connection refused".into());
+        let during = compute(&v, Some(1), &gap, &before.status, &at(110));
+        assert_eq!(during.status.grouping.as_ref().unwrap().live, None);
+        assert!(!during
+            .transitions
+            .iter()
+            .any(|t| t.reason == grouping::HANDLER_MOVED));
+        let after = compute(
+            &v,
+            Some(1),
+            &grouped("pair-g1-1", 20),
+            &during.status,
+            &at(120),
+        );
+        let g = after.status.grouping.as_ref().unwrap();
+        assert_eq!(
+            (g.live.as_deref(), g.bindings),
+            (Some("pair-g1-1"), Some(20))
+        );
+        let moved: Vec<&Transition> = after
+            .transitions
+            .iter()
+            .filter(|t| t.reason == grouping::HANDLER_MOVED)
+            .collect();
+        assert_eq!(moved.len(), 1, "{:?}", after.transitions);
+        assert!(
+            moved[0]
+                .note
+                .contains("from pair-g1-0 to pair-g1-1 with 20 bindings"),
+            "{}",
+            moved[0].note
+        );
+    }
+
     #[test]
     fn given_the_lease_holder_is_not_running_should_release_it_and_call_the_failover_operator_driven(
     ) {
