@@ -162,8 +162,8 @@ Options:
   --groups        also run the message groups section (duomq and ActiveMQ as --only
                   allows; about 6 x (duration + warm-up) plus broker start-ups)
   --groups-only   run only that section (no fsync rate, no matrix)
-  --groups-rounds N  run the ungrouped/grouped pair N times, alternating; the report
-                  takes each kind's best round (default ${GROUPS_ROUNDS})
+  --groups-rounds N  run the ungrouped/grouped pair N times, every other round grouped
+                  first; the report takes each kind's mean (default ${GROUPS_ROUNDS})
   -h, --help      this text
 
 Environment: BENCH_DURATION, BENCH_WARMUP, BENCH_PREFETCH, BENCH_ONLY, BENCH_OUT,

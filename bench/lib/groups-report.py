@@ -91,16 +91,23 @@ def cell_of(label):
     return re.sub(r"-r[0-9]+$", "", label)
 
 
-def best_rounds(results):
-    """Per throughput cell, its round with the highest rate, and every round's rate in
-    run order. Other work on the machine only slows a cell down, so the best round is the
-    one least disturbed."""
+def merge_rounds(results):
+    """Per cell, its first round with msg/s the mean over its rounds (lost and dup their
+    sums), and every round's msg/s in run order. groups.sh turns the order round every other round, so a
+    steady slow-down weighs on both kinds alike in the mean."""
     rounds = {}
     for r in results:
         rounds.setdefault(cell_of(r["label"]), []).append(r)
-    best = {cell: max(rs, key=lambda r: r["receive_rate"]) for cell, rs in rounds.items()}
+    merged = {}
+    for cell, rs in rounds.items():
+        merged[cell] = dict(
+            rs[0],
+            receive_rate=sum(r["receive_rate"] for r in rs) / len(rs),
+            lost=sum(r["lost"] for r in rs),
+            duplicates=sum(r["duplicates"] for r in rs),
+        )
     rates = {cell: [r["receive_rate"] for r in rs] for cell, rs in rounds.items()}
-    return best, rates
+    return merged, rates
 
 
 def throughput_table(runs, failures, meta, targets, rates):
@@ -115,7 +122,7 @@ def throughput_table(runs, failures, meta, targets, rates):
     if groups:
         shape += f"; grouped: {groups} groups (JMSXGroupID g<i % {groups}>)"
     rounds = meta.get("groups_rounds", "1")
-    per = f"; best of {rounds} alternating rounds per cell" if rounds != "1" else ""
+    per = f"; msg/s the mean of {rounds} rounds (p50, p99: first round)" if rounds != "1" else ""
     print(f"Message groups on one broker: {shape}; {meta.get('duration', '?')} measured after {meta.get('warmup', '?')}{per}")
     print(
         f"  {'cell':<22}{'msg/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'groups':>8}{'per consumer':>14}"
@@ -226,7 +233,7 @@ def load_line(load, meta):
 
 def report(out_dir):
     results = read_jsonl(os.path.join(out_dir, "groups.jsonl"))
-    runs, rates = best_rounds(results)
+    runs, rates = merge_rounds(results)
     failures = [(k, v) for k, v in read_tsv(os.path.join(out_dir, "failures.tsv")) if k.startswith("groups/")]
     meta = dict(read_tsv(os.path.join(out_dir, "run.tsv")))
     targets = meta.get("targets", "duomq,activemq").split(",")

@@ -12,9 +12,11 @@
 #   groups/activemq-ungrouped   the same two on ActiveMQ (its STOMP connector maps the
 #   groups/activemq-grouped     JMSXGroupID header to its message groups)
 # RabbitMQ has no message groups: the section says so and leaves it out. With
-# GROUPS_ROUNDS (--groups-rounds) above 1 the pair runs again, alternating, as
-# groups/TARGET-ungrouped-r2, groups/TARGET-grouped-r2, ...; the report takes each
-# kind's best round (other work on the machine only ever slows a cell down).
+# GROUPS_ROUNDS (--groups-rounds) above 1 the pair runs again as
+# groups/TARGET-ungrouped-r2, groups/TARGET-grouped-r2, ..., every other round grouped
+# first (ungrouped, grouped, grouped, ungrouped, ...), and the report takes each kind's
+# mean: a broker that slows down steadily as its cells write (a disk's write budget
+# running out) then weighs on both kinds alike.
 # Every grouped cell checks that each group reached exactly one consumer, in order per
 # producer (duomq-bench fails the run otherwise; the cell is then marked).
 #
@@ -110,13 +112,20 @@ groups_cell() {
 }
 
 # groups_throughput TARGET: the ungrouped and the grouped cell on the broker that is up,
-# GROUPS_ROUNDS times.
+# GROUPS_ROUNDS times, the order turned round every other round.
 groups_throughput() {
-    local load=(--producers "$GROUPS_PRODUCERS" --consumers "$GROUPS_CONSUMERS" --window 64) round suffix=''
+    local load=(--producers "$GROUPS_PRODUCERS" --consumers "$GROUPS_CONSUMERS" --window 64) round suffix='' kind
     for ((round = 1; round <= GROUPS_ROUNDS; round++)); do
         ((round == 1)) || suffix="-r$round"
-        groups_cell "groups/$1-ungrouped$suffix" "$BROKER_URL" "$BROKER_PID" "${load[@]}"
-        groups_cell "groups/$1-grouped$suffix" "$BROKER_URL" "$BROKER_PID" "${load[@]}" --groups "$GROUPS_COUNT"
+        local kinds=(ungrouped grouped)
+        ((round % 2 == 1)) || kinds=(grouped ungrouped)
+        for kind in "${kinds[@]}"; do
+            if [[ $kind == grouped ]]; then
+                groups_cell "groups/$1-grouped$suffix" "$BROKER_URL" "$BROKER_PID" "${load[@]}" --groups "$GROUPS_COUNT"
+            else
+                groups_cell "groups/$1-ungrouped$suffix" "$BROKER_URL" "$BROKER_PID" "${load[@]}"
+            fi
+        done
     done
 }
 
