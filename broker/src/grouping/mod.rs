@@ -90,16 +90,21 @@ impl Grouping {
     }
 
     /// The group a new message group of `queue` should go to: this one if the queue has
-    /// consumers here, else the group a bridge knows consumers at, else this one (its
-    /// messages wait here for a consumer).
-    fn proposal(&self, queue: &Queue) -> Arc<str> {
+    /// consumers here; else one of the groups bridges know consumers at, chosen by the
+    /// group id's hash so that groups spread over them; else this one (its messages wait
+    /// here for a consumer).
+    fn proposal(&self, queue: &Queue, group: &str) -> Arc<str> {
         if queue.local_consumers() > 0 {
             return Arc::clone(&self.own);
         }
-        self.network
-            .upgrade()
-            .and_then(|n| n.group_with_consumers(&queue.name))
-            .map_or_else(|| Arc::clone(&self.own), Arc::from)
+        let candidates = self.network.upgrade().map(|n| n.groups_with_consumers(&queue.name)).unwrap_or_default();
+        if candidates.is_empty() {
+            return Arc::clone(&self.own);
+        }
+        let mut hasher = std::collections::hash_map::DefaultHasher::new();
+        std::hash::Hash::hash(group, &mut hasher);
+        let pick = std::hash::Hasher::finish(&hasher) % candidates.len() as u64;
+        Arc::from(candidates[usize::try_from(pick).unwrap_or(0)].as_str())
     }
 
     pub fn status(&self) -> GroupingStatus {
@@ -132,7 +137,7 @@ impl GroupRouter for Grouping {
                     if let Some(owner) = h.known(&queue.name, group) {
                         return Ok(owner);
                     }
-                    let proposal = self.proposal(queue);
+                    let proposal = self.proposal(queue, group);
                     h.decide(&queue.name, group, &proposal).await.map_err(|reason| RouteError::Refused {
                         queue: queue.name.to_string(),
                         group: group.to_string(),
@@ -143,7 +148,7 @@ impl GroupRouter for Grouping {
                     if let Some(owner) = h.known(&queue.name, group) {
                         return Ok(owner);
                     }
-                    let proposal = self.proposal(queue);
+                    let proposal = self.proposal(queue, group);
                     match tokio::time::timeout(self.timeout, h.ask(&queue.name, group, &proposal)).await {
                         Ok(Ok(owner)) => Ok(owner),
                         Ok(Err(remote::AskError::Refused(reason))) => {

@@ -260,20 +260,22 @@ impl Network {
         }
     }
 
-    /// The group a linked bridge has the most consumers of `destination` at, consumers
-    /// of its own (not relayed from further away): where a new message group should go
-    /// when no consumer is here.
-    pub fn group_with_consumers(&self, destination: &str) -> Option<String> {
-        self.links
+    /// The groups linked bridges know consumers of `destination` at, consumers of their own
+    /// (not relayed from further away), sorted: where a new message group may go when no
+    /// consumer is here.
+    pub fn groups_with_consumers(&self, destination: &str) -> Vec<String> {
+        let mut groups: Vec<String> = self
+            .links
             .lock()
             .iter()
-            .filter_map(|l| {
-                let demand = l.remote_demand.lock();
-                let entry = demand.iter().find(|e| e.destination == destination && e.path.len() == 1 && e.path[0] == l.peer_group)?;
-                Some((entry.consumers, l.peer_group.clone()))
+            .filter(|l| {
+                l.remote_demand.lock().iter().any(|e| e.destination == destination && e.path.len() == 1 && e.path[0] == l.peer_group)
             })
-            .max()
-            .map(|(_, group)| group)
+            .map(|l| l.peer_group.clone())
+            .collect();
+        groups.sort();
+        groups.dedup();
+        groups
     }
 
     /// Serves a link another broker's connector opened to us (the cluster listener hands
