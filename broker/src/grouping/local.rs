@@ -14,7 +14,8 @@ use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
-use tokio::sync::{mpsc, watch};
+use crate::network::link::Wire;
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 
 /// Record header names of a binding.
@@ -180,18 +181,13 @@ impl LocalHandler {
     pub async fn serve(self: &Arc<Self>, conn: ClusterConn<TcpStream>, peer: ClientPeer, identity: &crate::network::Identity) {
         tracing::info!(remote = %peer.node_id, group = %peer.group, "remote grouping handler connected");
         let (stream, codec, buf) = conn.into_parts();
-        let (rd, wr) = stream.into_split();
-        let (in_tx, mut inbound) = mpsc::unbounded_channel();
-        let (out, out_rx) = mpsc::unbounded_channel::<ClusterFrame>();
-        let heard = Arc::new(Mutex::new(Instant::now()));
-        let reader = tokio::spawn(crate::network::link::read_loop(rd, codec.clone(), buf, in_tx, out.clone(), Arc::clone(&heard)));
-        let writer = tokio::spawn(crate::network::link::write_loop(wr, codec, out_rx));
+        let mut wire = Wire::start(stream, codec, buf);
         let mut deciding = FuturesUnordered::new();
         let mut check = tokio::time::interval(identity.check_period);
         let silence = identity.connection_ttl;
         let ended = loop {
             tokio::select! {
-                frame = inbound.recv() => match frame {
+                frame = wire.inbound.recv() => match frame {
                     None => break "connection closed".to_string(),
                     Some(Err(e)) => break e,
                     Some(Ok(ClusterFrame::GroupPropose { id, queue, group, owner })) => {
@@ -206,18 +202,16 @@ impl LocalHandler {
                         Ok(owner) => ClusterFrame::GroupDecision { id, owner: owner.to_string(), error: String::new() },
                         Err(error) => ClusterFrame::GroupDecision { id, owner: String::new(), error },
                     };
-                    let _ = out.send(frame);
+                    let _ = wire.out.send(frame);
                 }
                 _ = check.tick() => {
-                    if heard.lock().elapsed() > silence {
+                    if wire.heard.lock().elapsed() > silence {
                         break format!("no word from the remote for {silence:?}");
                     }
                 }
             }
         };
-        reader.abort();
-        drop(out);
-        let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+        wire.close().await;
         tracing::info!(remote = %peer.node_id, group = %peer.group, reason = %ended, "remote grouping handler disconnected");
     }
 }

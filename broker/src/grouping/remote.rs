@@ -228,12 +228,8 @@ impl RemoteHandler {
 
     async fn serve(&self, conn: crate::cluster::ClusterConn<TcpStream>, address: &TcpAddress, peer_node: &str, stop: &CancellationToken) {
         let (stream, codec, buf) = conn.into_parts();
-        let (rd, wr) = stream.into_split();
-        let (in_tx, mut inbound) = mpsc::unbounded_channel();
-        let (out, out_rx) = mpsc::unbounded_channel::<ClusterFrame>();
-        let heard = Arc::new(Mutex::new(Instant::now()));
-        let reader = tokio::spawn(crate::network::link::read_loop(rd, codec.clone(), buf, in_tx, out.clone(), Arc::clone(&heard)));
-        let writer = tokio::spawn(crate::network::link::write_loop(wr, codec, out_rx));
+        let mut wire = crate::network::link::Wire::start(stream, codec, buf);
+        let out = wire.out.clone();
         *self.state.lock() = (Some(address.to_string()), None);
         self.metrics.connected.set(1);
         tracing::info!(local = %peer_node, %address, "grouping handler linked to the local handler");
@@ -245,7 +241,7 @@ impl RemoteHandler {
         let silence = self.identity.connection_ttl;
         let ended = loop {
             tokio::select! {
-                frame = inbound.recv() => match frame {
+                frame = wire.inbound.recv() => match frame {
                     None => break "connection closed".to_string(),
                     Some(Err(e)) => break e,
                     Some(Ok(ClusterFrame::GroupDecision { id, owner, error })) => {
@@ -257,7 +253,7 @@ impl RemoteHandler {
                     Some(Ok(other)) => break format!("unexpected {} frame from the local grouping handler", other.name()),
                 },
                 _ = ping.tick() => {
-                    let quiet = heard.lock().elapsed();
+                    let quiet = wire.heard.lock().elapsed();
                     if quiet > silence {
                         break format!("no word from the local handler for {silence:?}");
                     }
@@ -274,9 +270,8 @@ impl RemoteHandler {
         self.pending.lock().clear();
         self.metrics.connected.set(0);
         *self.state.lock() = (None, Some(ended.clone()));
-        reader.abort();
         drop(out);
-        let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+        wire.close().await;
         if !stop.is_cancelled() {
             tracing::warn!(local = %peer_node, %address, reason = %ended, "grouping handler lost the local handler; reconnecting");
         }

@@ -46,18 +46,40 @@ pub async fn run(
     read_buf: BytesMut,
     roles: Roles<'_>,
 ) -> String {
-    let (rd, wr) = stream.into_split();
-    let (in_tx, mut inbound) = mpsc::unbounded_channel();
-    let (out, out_rx) = mpsc::unbounded_channel::<ClusterFrame>();
-    let heard = Arc::new(parking_lot::Mutex::new(Instant::now()));
-    let reader = tokio::spawn(read_loop(rd, codec.clone(), read_buf, in_tx, out.clone(), Arc::clone(&heard)));
-    let writer = tokio::spawn(write_loop(wr, codec, out_rx));
-    let ended = session(net, link, &mut inbound, &out, &heard, roles).await;
-    reader.abort();
-    // Let the writer send what is queued (a Goodbye) before the socket closes.
-    drop(out);
-    let _ = tokio::time::timeout(Duration::from_secs(1), writer).await;
+    let mut wire = Wire::start(stream, codec, read_buf);
+    let ended = session(net, link, &mut wire.inbound, &wire.out, &wire.heard, roles).await;
+    wire.close().await;
     ended
+}
+
+/// An authenticated cluster connection as two tasks: frames read (pings answered) arrive
+/// on `inbound`, frames for `out` are written. Bridges and the grouping link use it.
+pub(crate) struct Wire {
+    pub inbound: mpsc::UnboundedReceiver<Result<ClusterFrame, String>>,
+    pub out: mpsc::UnboundedSender<ClusterFrame>,
+    /// When the remote was last heard from (any frame).
+    pub heard: Arc<parking_lot::Mutex<Instant>>,
+    reader: tokio::task::JoinHandle<()>,
+    writer: tokio::task::JoinHandle<()>,
+}
+
+impl Wire {
+    pub(crate) fn start(stream: TcpStream, codec: ClusterCodec, read_buf: BytesMut) -> Wire {
+        let (rd, wr) = stream.into_split();
+        let (in_tx, inbound) = mpsc::unbounded_channel();
+        let (out, out_rx) = mpsc::unbounded_channel::<ClusterFrame>();
+        let heard = Arc::new(parking_lot::Mutex::new(Instant::now()));
+        let reader = tokio::spawn(read_loop(rd, codec.clone(), read_buf, in_tx, out.clone(), Arc::clone(&heard)));
+        let writer = tokio::spawn(write_loop(wr, codec, out_rx));
+        Wire { inbound, out, heard, reader, writer }
+    }
+
+    /// Stops reading, lets the writer send what is queued (a Goodbye), then closes.
+    pub(crate) async fn close(self) {
+        self.reader.abort();
+        drop(self.out);
+        let _ = tokio::time::timeout(Duration::from_secs(1), self.writer).await;
+    }
 }
 
 type Storing = BoxFuture<'static, (u64, Result<Durable, AcceptError>)>;
@@ -209,7 +231,7 @@ async fn next_delivery(rx: &mut Option<mpsc::UnboundedReceiver<crate::engine::qu
 
 /// Reads frames for the session, and answers pings itself: a session waiting for room on
 /// a full destination still shows the remote it is alive.
-pub(crate) async fn read_loop(
+async fn read_loop(
     mut rd: OwnedReadHalf,
     mut codec: ClusterCodec,
     mut buf: BytesMut,
@@ -258,7 +280,7 @@ pub(crate) async fn read_loop(
     }
 }
 
-pub(crate) async fn write_loop(mut wr: OwnedWriteHalf, mut codec: ClusterCodec, mut rx: mpsc::UnboundedReceiver<ClusterFrame>) {
+async fn write_loop(mut wr: OwnedWriteHalf, mut codec: ClusterCodec, mut rx: mpsc::UnboundedReceiver<ClusterFrame>) {
     let mut buf = BytesMut::new();
     while let Some(frame) = rx.recv().await {
         let mut next = Some(frame);
