@@ -398,21 +398,10 @@ pub async fn serve_cluster(
             };
             match peer.purpose {
                 Purpose::Probe => {}
-                Purpose::Bridge => {
+                Purpose::Bridge | Purpose::Grouping => {
                     let net = network.read().clone();
                     match net {
-                        Some(net) if *ctx.role.read() == Role::Live => net.serve_inbound(conn, peer).await,
-                        _ => {
-                            let live = ctx.live_stomp.read().clone();
-                            let reason = responder::not_live_message(&ctx.group, live.as_deref());
-                            let _ = conn.send(&ClusterFrame::Goodbye { reason }).await;
-                        }
-                    }
-                }
-                Purpose::Grouping => {
-                    let net = network.read().clone();
-                    match net {
-                        Some(net) if *ctx.role.read() == Role::Live => net.serve_grouping(conn, peer).await,
+                        Some(net) if *ctx.role.read() == Role::Live => net.serve_peer(conn, peer).await,
                         _ => {
                             let live = ctx.live_stomp.read().clone();
                             let reason = responder::not_live_message(&ctx.group, live.as_deref());

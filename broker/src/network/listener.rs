@@ -41,19 +41,10 @@ pub async fn serve(
             };
             match peer.purpose {
                 Purpose::Probe => {}
-                Purpose::Bridge => {
+                Purpose::Bridge | Purpose::Grouping => {
                     let net = network.read().clone();
                     match net {
-                        Some(net) => net.serve_inbound(conn, peer).await,
-                        None => {
-                            let _ = conn.send(&ClusterFrame::Goodbye { reason: "not serving clients yet".into() }).await;
-                        }
-                    }
-                }
-                Purpose::Grouping => {
-                    let net = network.read().clone();
-                    match net {
-                        Some(net) => net.serve_grouping(conn, peer).await,
+                        Some(net) => net.serve_peer(conn, peer).await,
                         None => {
                             let _ = conn.send(&ClusterFrame::Goodbye { reason: "not serving clients yet".into() }).await;
                         }

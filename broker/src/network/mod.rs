@@ -249,8 +249,17 @@ impl Network {
         self.grouping.read().clone()
     }
 
-    /// Serves a remote grouping handler's connection (the cluster listener hands it over).
-    pub async fn serve_grouping(&self, mut conn: ClusterConn<TcpStream>, peer: ClientPeer) {
+    /// Serves what a peer opened to this live's cluster port: a bridge, or a remote
+    /// grouping handler (the cluster listener hands both over after the handshake).
+    pub async fn serve_peer(self: &Arc<Self>, conn: ClusterConn<TcpStream>, peer: ClientPeer) {
+        match peer.purpose {
+            crate::cluster::Purpose::Grouping => self.serve_grouping(conn, peer).await,
+            _ => self.serve_inbound(conn, peer).await,
+        }
+    }
+
+    /// Serves a remote grouping handler's connection.
+    async fn serve_grouping(&self, mut conn: ClusterConn<TcpStream>, peer: ClientPeer) {
         match self.grouping() {
             Some(g) => g.serve_remote(conn, peer, &self.identity).await,
             None => {
@@ -278,9 +287,8 @@ impl Network {
         groups
     }
 
-    /// Serves a link another broker's connector opened to us (the cluster listener hands
-    /// it over after the handshake).
-    pub async fn serve_inbound(self: &Arc<Self>, mut conn: ClusterConn<TcpStream>, peer: ClientPeer) {
+    /// Serves a link another broker's connector opened to us.
+    async fn serve_inbound(self: &Arc<Self>, mut conn: ClusterConn<TcpStream>, peer: ClientPeer) {
         let open = tokio::time::timeout(crate::cluster::DEFAULT_HANDSHAKE_TIMEOUT, conn.recv()).await;
         let (connector, duplex, network_ttl, prefetch, decrease_priority, replay) = match open {
             Ok(Ok(Some(ClusterFrame::BridgeOpen { connector, duplex, network_ttl, prefetch, decrease_priority, replay }))) => (
