@@ -68,6 +68,25 @@ pub struct BrokerStatus {
     pub grouping: Option<GroupingStatus>,
 }
 
+impl BrokerStatus {
+    /// A broker with nothing to report yet beyond who it is: no queues, no connections, no
+    /// replication, network or grouping section (the start of a test's or a probe's view).
+    pub fn bare(node_id: &str, role: Role) -> BrokerStatus {
+        BrokerStatus {
+            version: env!("CARGO_PKG_VERSION").to_string(),
+            node_id: node_id.to_string(),
+            role,
+            uptime_seconds: 0,
+            connections: 0,
+            memory_bytes: 0,
+            queues: Vec::new(),
+            ha: None,
+            network: None,
+            grouping: None,
+        }
+    }
+}
+
 /// Which grouping handler a broker runs.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

@@ -206,18 +206,7 @@ mod tests {
     async fn given_a_live_should_serve_status_and_take_a_signed_switchover_or_refuse_it() {
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let port = listener.local_addr().unwrap().port();
-        let status = BrokerStatus {
-            version: "0".into(),
-            node_id: "a".into(),
-            role: duomq_broker::admin::api::Role::Live,
-            uptime_seconds: 1,
-            connections: 0,
-            memory_bytes: 0,
-            queues: Vec::new(),
-            ha: None,
-            network: None,
-            grouping: None,
-        };
+        let status = BrokerStatus::bare("a", duomq_broker::admin::api::Role::Live);
         let served = status.clone();
         let app = Router::new()
             .route(SWITCHOVER, axum::routing::post(fake_live))

@@ -84,15 +84,6 @@ mod tests {
         timeouts: u64,
     ) -> BrokerStatus {
         BrokerStatus {
-            version: "0".into(),
-            node_id: "x".into(),
-            role: Role::Live,
-            uptime_seconds: 1,
-            connections: 0,
-            memory_bytes: 0,
-            queues: Vec::new(),
-            ha: None,
-            network: None,
             grouping: Some(GroupingStatus {
                 handler: kind,
                 group: "x".into(),
@@ -104,6 +95,7 @@ mod tests {
                 linked_to: None,
                 last_error: None,
             }),
+            ..BrokerStatus::bare("x", Role::Live)
         }
     }
 

@@ -607,13 +607,6 @@ pub(crate) mod tests {
         sync: Option<SyncState>,
     ) -> Result<BrokerStatus, String> {
         Ok(BrokerStatus {
-            version: "0".into(),
-            node_id: String::new(),
-            role,
-            uptime_seconds: 1,
-            connections: 0,
-            memory_bytes: 0,
-            queues: Vec::new(),
             ha: Some(HaStatus {
                 group: "pair-g0".into(),
                 epoch,
@@ -626,8 +619,7 @@ pub(crate) mod tests {
                 backups: Vec::new(),
                 alone: false,
             }),
-            network: None,
-            grouping: None,
+            ..BrokerStatus::bare("", role)
         })
     }
 

@@ -194,14 +194,6 @@ mod tests {
 
     fn live(connectors: Vec<(&str, Vec<LinkStatus>)>) -> BrokerStatus {
         BrokerStatus {
-            version: "0".into(),
-            node_id: "a-0".into(),
-            role: Role::Live,
-            uptime_seconds: 1,
-            connections: 0,
-            memory_bytes: 0,
-            queues: Vec::new(),
-            ha: None,
             network: Some(NetworkStatus {
                 connectors: connectors
                     .into_iter()
@@ -214,7 +206,7 @@ mod tests {
                     .collect(),
                 inbound: Vec::new(),
             }),
-            grouping: None,
+            ..BrokerStatus::bare("a-0", Role::Live)
         }
     }
 
