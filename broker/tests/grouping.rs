@@ -222,9 +222,57 @@ fn given_the_local_handler_unreachable_should_refuse_new_groups_with_the_timeout
 }
 
 #[test]
+fn given_producers_before_any_consumer_should_hold_the_groups_undecided_and_decide_them_where_a_consumer_appears() {
+    let (cl, cr) = (free_port(), free_port());
+    let local = node("l", cl, &format!("{}grouping:\n  handler: local\n", connectors(&[("to-r", format!("tcp://127.0.0.1:{cr}"))])));
+    let remote = node(
+        "r",
+        cr,
+        &format!(
+            "{}grouping:\n  handler: remote\n  address: masterslave:(tcp://127.0.0.1:{cl})\n",
+            connectors(&[("to-l", format!("tcp://127.0.0.1:{cl}"))])
+        ),
+    );
+    eventually("remote handler linked", LINK_TIMEOUT, || grouping_status(&remote.status())["connected"] == true);
+    // Nobody consumes anywhere: the groups stay undecided where they were sent.
+    for (name, b) in [("pl", &local), ("pr", &remote)] {
+        let out = cli(&[
+            "send", "--url", &format!("stomp://127.0.0.1:{}", b.stomp_port), "--destination", "/queue/late", "--count", "50",
+            "--groups", "10", "--persistent", "--receipts", "--window", "8", "--header", &format!("producer={name}"),
+        ])
+        .output()
+        .expect("producer");
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    assert_eq!(grouping_status(&local.status())["bindings"], 0, "no binding without a consumer");
+    assert_eq!(local.queue_depth("/queue/late"), 50);
+    // The first consumer appears on r: every group is decided there, l's messages cross.
+    let mut consumers = Consumers::new();
+    consumers.add("at-r", remote.stomp_port, "/queue/late");
+    eventually("all 100 consumed at r", LINK_TIMEOUT, || consumers.count() >= 100);
+    // A consumer on l now changes nothing: the groups are r's.
+    consumers.add("at-l", local.stomp_port, "/queue/late");
+    let out = cli(&[
+        "send", "--url", &format!("stomp://127.0.0.1:{}", local.stomp_port), "--destination", "/queue/late", "--count", "20",
+        "--groups", "10", "--persistent", "--receipts", "--header", "producer=pl2",
+    ])
+    .output()
+    .expect("producer");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    eventually("all 120 consumed", LINK_TIMEOUT, || consumers.count() >= 120);
+    let seen = consumers.finish();
+    assert_eq!(seen.len(), 120, "each message once");
+    let owners = check_pinned(&seen);
+    assert!(owners.values().all(|c| c == "at-r"), "every group stayed where it was decided: {owners:?}");
+    assert_eq!(grouping_status(&local.status())["bindings"], 10);
+}
+
+#[test]
 fn given_a_group_timeout_should_reap_unused_bindings_and_bind_them_afresh() {
     let cl = free_port();
     let local = node("l", cl, "grouping:\n  handler: local\n  groupTimeout: 1s\n  reaperPeriod: 200ms\n");
+    let mut consumer = Conn::connect(local.stomp_port, &[("accept-version", "1.2"), ("host", "/")]);
+    consumer.subscribe("s", "/queue/reap", "auto", &[]);
     for g in ["a", "b", "c"] {
         assert_eq!(send_grouped(local.stomp_port, "/queue/reap", g).command, Command::Receipt);
     }

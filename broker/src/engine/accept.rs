@@ -77,11 +77,16 @@ pub enum AcceptError {
 /// the message, so dispatch after a restart or a failover keeps to the decision.
 pub const OWNER_HEADER: &str = "duomq-group-owner";
 
+/// What [`GroupRouter::route`] resolves to.
+pub type Routing<'a> = Pin<Box<dyn Future<Output = Result<Option<Arc<str>>, RouteError>> + Send + 'a>>;
+
 /// Decides which group of the cluster owns a message group (`grouping.handler` local or
 /// remote), before the first message of the group is stored.
 pub trait GroupRouter: Send + Sync {
-    /// The group (`ha.groupName`) whose broker takes `group`'s messages of `queue`.
-    fn route<'a>(&'a self, queue: &'a Arc<Queue>, group: &'a str) -> Pin<Box<dyn Future<Output = Result<Arc<str>, RouteError>> + Send + 'a>>;
+    /// The group (`ha.groupName`) whose broker takes `group`'s messages of `queue`; `None`
+    /// while no consumer of the queue exists anywhere and the group has no binding yet:
+    /// the message is stored undecided, and decided once a consumer appears.
+    fn route<'a>(&'a self, queue: &'a Arc<Queue>, group: &'a str) -> Routing<'a>;
     /// This broker's group name.
     fn own_group(&self) -> &str;
 }
@@ -379,19 +384,29 @@ impl Broker {
             }
             headers.remove(at);
         }
-        let owner = router.route(queue, &group).await?;
-        headers.push((OWNER_HEADER.to_string(), owner.to_string()));
+        // Earlier messages of the group wait here for a decision: this one waits with them
+        // (stored without an owner), so the group keeps its order.
+        if queue.has_undecided(&group) {
+            return Ok(());
+        }
+        if let Some(owner) = router.route(queue, &group).await? {
+            headers.push((OWNER_HEADER.to_string(), owner.to_string()));
+        }
         Ok(())
     }
 
     /// A message's group as its headers name it, owned as [`OWNER_HEADER`] says: by this
-    /// broker's group (local consumers only), another (bridges to it only), or, without
-    /// a cluster decision, any consumer.
+    /// broker's group (local consumers only), another (bridges to it only); without the
+    /// header, undecided when a grouping handler runs (see [`GroupOwner::Undecided`]), else
+    /// any consumer.
     pub(crate) fn message_group(&self, headers: &[(String, String)]) -> Option<MessageGroup> {
         let mut group = MessageGroup::from_headers(headers)?;
-        if let Some((_, owner)) = headers.iter().find(|(k, _)| k == OWNER_HEADER) {
-            group.owner = if *owner == self.group_name() { GroupOwner::Here } else { GroupOwner::Elsewhere(Arc::from(owner.as_str())) };
-        }
+        group.owner = match headers.iter().find(|(k, _)| k == OWNER_HEADER) {
+            Some((_, owner)) if *owner == self.group_name() => GroupOwner::Here,
+            Some((_, owner)) => GroupOwner::Elsewhere(Arc::from(owner.as_str())),
+            None if self.config.grouping.handler != crate::config::GroupingHandler::None => GroupOwner::Undecided,
+            None => GroupOwner::Any,
+        };
         Some(group)
     }
 

@@ -43,8 +43,11 @@ pub struct MessageGroup {
     /// `JMSXGroupSeq: -1`: once this message is delivered the group's binding is dropped,
     /// so the next message with this id binds afresh.
     pub close: bool,
-    /// Which consumers may own the group on this broker.
+    /// Which consumers may own the group on this broker, as stored.
     pub owner: GroupOwner,
+    /// The owner decided after the message was stored [`GroupOwner::Undecided`]; see
+    /// [`MessageGroup::owner`].
+    pub decided: std::sync::OnceLock<GroupOwner>,
 }
 
 /// Where a group's messages may go, as the cluster-wide grouping handler decided.
@@ -56,6 +59,9 @@ pub enum GroupOwner {
     Here,
     /// Network bridges only; their filter decides which one leads to the named group.
     Elsewhere(Arc<str>),
+    /// Nobody yet: the grouping handler is to decide once a consumer exists somewhere (it
+    /// was stored while none did).
+    Undecided,
 }
 
 impl MessageGroup {
@@ -70,7 +76,16 @@ impl MessageGroup {
             .iter()
             .find(|(k, _)| k == GROUP_SEQ_HEADER)
             .is_some_and(|(_, v)| v.trim().parse::<i64>() == Ok(-1));
-        Some(MessageGroup { id: Arc::from(id), close, owner: GroupOwner::Any })
+        Some(MessageGroup::new(Arc::from(id), close, GroupOwner::Any))
+    }
+
+    pub fn new(id: Arc<str>, close: bool, owner: GroupOwner) -> MessageGroup {
+        MessageGroup { id, close, owner, decided: std::sync::OnceLock::new() }
+    }
+
+    /// Who may take the group's message now: as stored, or as decided later.
+    pub fn owner(&self) -> &GroupOwner {
+        self.decided.get().unwrap_or(&self.owner)
     }
 }
 
@@ -125,7 +140,7 @@ mod tests {
     #[test]
     fn given_group_headers_should_name_group_and_close() {
         let open = MessageGroup::from_headers(&headers(&[("JMSXGroupID", "g1"), ("JMSXGroupSeq", "3")]));
-        assert_eq!(open, Some(MessageGroup { id: Arc::from("g1"), close: false, owner: GroupOwner::Any }));
+        assert_eq!(open, Some(MessageGroup::new(Arc::from("g1"), false, GroupOwner::Any)));
         let closing = MessageGroup::from_headers(&headers(&[("JMSXGroupSeq", "-1"), ("JMSXGroupID", "g1")]));
         assert!(closing.is_some_and(|g| g.close));
     }

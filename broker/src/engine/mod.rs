@@ -506,6 +506,12 @@ impl Broker {
         out
     }
 
+    /// Queues holding grouped messages whose owner is not decided yet (stored while no
+    /// consumer existed anywhere).
+    pub fn queues_with_undecided_groups(&self) -> Vec<Arc<Queue>> {
+        self.queues.read().values().filter(|q| q.has_undecided_groups()).cloned().collect()
+    }
+
     /// The names of every queue and topic.
     pub fn destination_names(&self) -> Vec<String> {
         let mut out: Vec<String> = self.queues.read().keys().map(|k| k.to_string()).collect();

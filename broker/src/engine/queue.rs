@@ -180,6 +180,8 @@ struct State {
     pending: BTreeMap<MessageId, Entry>,
     /// Pending messages that belong to a group; while 0, dispatch takes the plain path.
     grouped_pending: usize,
+    /// Pending grouped messages whose owner the grouping handler has not decided yet.
+    undecided: usize,
     groups: Groups,
     consumers: Vec<Consumer>,
     /// Round-robin cursor into `consumers`.
@@ -217,7 +219,7 @@ impl Consumer {
     /// here, and then only what their filter accepts.
     fn may_take(&self, message: &Message, owner: &GroupOwner, stranded: bool) -> bool {
         match (&self.network, owner) {
-            (None, GroupOwner::Elsewhere(_)) | (Some(_), GroupOwner::Here) => false,
+            (_, GroupOwner::Undecided) | (None, GroupOwner::Elsewhere(_)) | (Some(_), GroupOwner::Here) => false,
             (None, _) => true,
             (Some(net), _) => (net.accepts)(message, stranded),
         }
@@ -369,18 +371,74 @@ impl Queue {
     }
 
     fn push_pending(&self, st: &mut State, entry: Entry) {
-        let grouped = self.group_of(&entry.message).is_some();
-        if st.pending.insert(entry.message.id, entry).is_none() && grouped {
-            st.grouped_pending += 1;
+        let group = self.group_of(&entry.message).map(|g| *g.owner() == GroupOwner::Undecided);
+        if st.pending.insert(entry.message.id, entry).is_none() {
+            if let Some(undecided) = group {
+                st.grouped_pending += 1;
+                st.undecided += usize::from(undecided);
+            }
         }
     }
 
     fn take_pending(&self, st: &mut State, id: MessageId) -> Option<Entry> {
         let entry = st.pending.remove(&id)?;
-        if self.group_of(&entry.message).is_some() {
+        if let Some(group) = self.group_of(&entry.message) {
             st.grouped_pending -= 1;
+            st.undecided -= usize::from(*group.owner() == GroupOwner::Undecided);
         }
         Some(entry)
+    }
+
+    /// The groups of pending messages stored before their owner was decided (see
+    /// [`GroupOwner::Undecided`]).
+    pub fn undecided_groups(&self) -> Vec<Arc<str>> {
+        let st = self.state.lock();
+        if st.undecided == 0 {
+            return Vec::new();
+        }
+        let mut groups: Vec<Arc<str>> = st
+            .pending
+            .values()
+            .filter_map(|e| self.group_of(&e.message))
+            .filter(|g| *g.owner() == GroupOwner::Undecided)
+            .map(|g| Arc::clone(&g.id))
+            .collect();
+        groups.sort();
+        groups.dedup();
+        groups
+    }
+
+    /// Whether any pending message waits for its group's owner to be decided.
+    pub fn has_undecided_groups(&self) -> bool {
+        self.state.lock().undecided > 0
+    }
+
+    /// Whether messages of `group` wait here for their owner to be decided: a later
+    /// message of the group must wait with them, so the group keeps its order.
+    pub fn has_undecided(&self, group: &str) -> bool {
+        let st = self.state.lock();
+        st.undecided > 0
+            && st.pending.values().filter_map(|e| self.group_of(&e.message)).any(|g| *g.id == *group && *g.owner() == GroupOwner::Undecided)
+    }
+
+    /// Gives the pending messages of each group in `decided` their owner (they were
+    /// stored undecided) and dispatches them, in the order they were stored.
+    pub fn decide_groups(self: &Arc<Self>, decided: &HashMap<Arc<str>, GroupOwner>) {
+        let mut st = self.state.lock();
+        let mut settled = 0;
+        for entry in st.pending.values() {
+            let Some(group) = self.group_of(&entry.message) else { continue };
+            if *group.owner() != GroupOwner::Undecided {
+                continue;
+            }
+            if let Some(owner) = decided.get(&group.id) {
+                if group.decided.set(owner.clone()).is_ok() {
+                    settled += 1;
+                }
+            }
+        }
+        st.undecided -= settled;
+        self.dispatch_locked(&mut st);
     }
 
     /// Ends a delivery's count against its group binding; returns its entry.
@@ -718,7 +776,7 @@ impl Queue {
         if let Some(b) = st.groups.bindings.get(&group.id) {
             let (idx, busy) = (st.consumers.iter().position(|c| c.handle.key == b.consumer), b.in_flight > 0);
             match idx {
-                Some(idx) if st.consumers[idx].may_take(message, &group.owner, stranded) => {
+                Some(idx) if st.consumers[idx].may_take(message, group.owner(), stranded) => {
                     return st.consumers[idx].has_room().then_some(Route { consumer: idx, first: false });
                 }
                 // Its consumer may no longer take the group (the owner changed): once
@@ -732,7 +790,7 @@ impl Queue {
         for i in 0..n {
             let idx = (st.next + i) % n;
             let c = &st.consumers[idx];
-            if !c.has_room() || !c.may_take(message, &group.owner, stranded) {
+            if !c.has_room() || !c.may_take(message, group.owner(), stranded) {
                 continue;
             }
             let better = chosen.is_none_or(|best| {
@@ -821,6 +879,7 @@ impl Queue {
         let freed = st.bytes;
         st.pending.clear();
         st.grouped_pending = 0;
+        st.undecided = 0;
         st.groups = Groups::default();
         for c in &mut st.consumers {
             c.in_flight.clear();
@@ -888,7 +947,7 @@ mod tests {
             headers: e.message.headers.clone(),
             body: e.message.body.clone(),
             persistent: true,
-            group: Some(MessageGroup { id: Arc::from(group), close: false, owner }),
+            group: Some(MessageGroup::new(Arc::from(group), false, owner)),
         };
         e.message = Arc::new(message);
         e
@@ -1161,6 +1220,29 @@ mod tests {
         assert_eq!(q.snapshot().depth, 2);
         q.ack(ConsumerKey(1), 0, false).unwrap();
         assert_eq!(ids(&received(&mut ra)), vec![2]);
+    }
+
+    #[test]
+    fn given_undecided_groups_should_hold_them_until_decided_then_deliver_in_order() {
+        let q = queue();
+        let (a, mut ra) = consumer(1, 10, AckMode::ClientIndividual);
+        q.add_consumer(a);
+        let mut rn = network_consumer(&q, 9);
+        q.enqueue(owned(1, "g", GroupOwner::Undecided));
+        q.enqueue(owned(2, "h", GroupOwner::Undecided));
+        q.enqueue(owned(3, "g", GroupOwner::Undecided));
+        q.enqueue(entry(4));
+        assert_eq!(ids(&received(&mut ra)), vec![4], "undecided groups go nowhere, the rest flows");
+        assert!(received(&mut rn).is_empty());
+        assert_eq!(q.undecided_groups(), vec![Arc::<str>::from("g"), Arc::from("h")]);
+        assert!(q.has_undecided("g") && q.has_undecided_groups());
+        q.decide_groups(&HashMap::from([(Arc::<str>::from("g"), GroupOwner::Here)]));
+        assert_eq!(ids(&received(&mut ra)), vec![1, 3], "decided: delivered in the order stored");
+        assert!(!q.has_undecided("g") && q.has_undecided("h"));
+        q.decide_groups(&HashMap::from([(Arc::<str>::from("h"), GroupOwner::Elsewhere(Arc::from("g2")))]));
+        assert!(received(&mut ra).is_empty(), "owned elsewhere: never to a local consumer");
+        assert_eq!(ids(&received(&mut rn)), vec![2]);
+        assert!(!q.has_undecided_groups());
     }
 
     fn network_consumer(q: &Arc<Queue>, key: u64) -> mpsc::UnboundedReceiver<Outbound> {

@@ -20,14 +20,18 @@ pub mod remote;
 
 use crate::admin::api::{GroupingHandlerKind, GroupingStatus};
 use crate::config::GroupingConfig;
-use crate::engine::accept::{GroupRouter, RouteError};
+use crate::engine::accept::{GroupRouter, RouteError, Routing};
+use crate::engine::message::GroupOwner;
 use crate::engine::queue::Queue;
+use std::collections::HashMap;
 use crate::metrics::GroupingMetrics;
-use std::future::Future;
-use std::pin::Pin;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
 use thiserror::Error;
+
+/// How often message groups stored undecided are looked at besides consumer changes (a
+/// bridge learning of a remote consumer).
+const WAITING_CHECK: Duration = Duration::from_millis(500);
 
 /// The reserved destination the local handler journals its bindings under.
 pub const BINDINGS: &str = "/queue/$duomq.grouping";
@@ -69,12 +73,14 @@ impl Grouping {
         let own: Arc<str> = Arc::from(identity.group.as_str());
         let handler = match config.handler {
             GroupingHandler::None => return Ok(None),
-            GroupingHandler::Local => Handler::Local(local::LocalHandler::start(Arc::clone(broker), config, metrics.clone(), stop)),
-            GroupingHandler::Remote => Handler::Remote(remote::RemoteHandler::start(identity, config, metrics.clone(), stop)?),
+            GroupingHandler::Local => Handler::Local(local::LocalHandler::start(Arc::clone(broker), config, metrics.clone(), stop.clone())),
+            GroupingHandler::Remote => Handler::Remote(remote::RemoteHandler::start(identity, config, metrics.clone(), stop.clone())?),
         };
         metrics.connected.set(i64::from(matches!(handler, Handler::Local(_))));
         tracing::info!(handler = config.handler.name(), group = %own, timeout = ?config.timeout.get(), "grouping handler started");
-        Ok(Some(Arc::new(Grouping { handler, own, timeout: config.timeout.get(), network, metrics })))
+        let grouping = Arc::new(Grouping { handler, own, timeout: config.timeout.get(), network, metrics });
+        tokio::spawn(decide_waiting(Arc::downgrade(&grouping), Arc::clone(broker), stop));
+        Ok(Some(grouping))
     }
 
     /// Serves a remote handler's connection (local handler only).
@@ -91,20 +97,46 @@ impl Grouping {
 
     /// The group a new message group of `queue` should go to: this one if the queue has
     /// consumers here; else one of the groups bridges know consumers at, chosen by the
-    /// group id's hash so that groups spread over them; else this one (its messages wait
-    /// here for a consumer).
-    fn proposal(&self, queue: &Queue, group: &str) -> Arc<str> {
+    /// group id's hash so that groups spread over them; none while no consumer is known
+    /// anywhere (the group is decided when one appears).
+    fn proposal(&self, queue: &Queue, group: &str) -> Option<Arc<str>> {
         if queue.local_consumers() > 0 {
-            return Arc::clone(&self.own);
+            return Some(Arc::clone(&self.own));
         }
         let candidates = self.network.upgrade().map(|n| n.groups_with_consumers(&queue.name)).unwrap_or_default();
         if candidates.is_empty() {
-            return Arc::clone(&self.own);
+            return None;
         }
         let mut hasher = std::collections::hash_map::DefaultHasher::new();
         std::hash::Hash::hash(group, &mut hasher);
         let pick = std::hash::Hasher::finish(&hasher) % candidates.len() as u64;
-        Arc::from(candidates[usize::try_from(pick).unwrap_or(0)].as_str())
+        Some(Arc::from(candidates[usize::try_from(pick).unwrap_or(0)].as_str()))
+    }
+
+    /// A binding this broker knows already (the local handler's, or a remote's cache).
+    fn known(&self, queue: &str, group: &str) -> Option<Arc<str>> {
+        match &self.handler {
+            Handler::Local(h) => h.known(queue, group),
+            Handler::Remote(h) => h.known(queue, group),
+        }
+    }
+
+    /// Has the handler bind `group` of `queue` to `proposal`, or tell the binding it has.
+    async fn decide(&self, queue: &str, group: &str, proposal: &str) -> Result<Arc<str>, RouteError> {
+        let refused = |reason| RouteError::Refused { queue: queue.to_string(), group: group.to_string(), reason };
+        match &self.handler {
+            Handler::Local(h) => h.decide(queue, group, proposal).await.map_err(refused),
+            Handler::Remote(h) => match tokio::time::timeout(self.timeout, h.ask(queue, group, proposal)).await {
+                Ok(Ok(owner)) => Ok(owner),
+                Ok(Err(remote::AskError::Refused(reason))) => Err(refused(reason)),
+                Err(_) => {
+                    self.metrics.timeouts.inc();
+                    let reason = h.unreachable_reason();
+                    tracing::warn!(%queue, %group, timeout = ?self.timeout, %reason, "no grouping decision in time");
+                    Err(RouteError::Timeout { queue: queue.to_string(), group: group.to_string(), timeout: self.timeout, reason })
+                }
+            },
+        }
     }
 
     pub fn status(&self) -> GroupingStatus {
@@ -130,43 +162,56 @@ impl Grouping {
 }
 
 impl GroupRouter for Grouping {
-    fn route<'a>(&'a self, queue: &'a Arc<Queue>, group: &'a str) -> Pin<Box<dyn Future<Output = Result<Arc<str>, RouteError>> + Send + 'a>> {
+    fn route<'a>(&'a self, queue: &'a Arc<Queue>, group: &'a str) -> Routing<'a> {
         Box::pin(async move {
-            match &self.handler {
-                Handler::Local(h) => {
-                    if let Some(owner) = h.known(&queue.name, group) {
-                        return Ok(owner);
-                    }
-                    let proposal = self.proposal(queue, group);
-                    h.decide(&queue.name, group, &proposal).await.map_err(|reason| RouteError::Refused {
-                        queue: queue.name.to_string(),
-                        group: group.to_string(),
-                        reason,
-                    })
-                }
-                Handler::Remote(h) => {
-                    if let Some(owner) = h.known(&queue.name, group) {
-                        return Ok(owner);
-                    }
-                    let proposal = self.proposal(queue, group);
-                    match tokio::time::timeout(self.timeout, h.ask(&queue.name, group, &proposal)).await {
-                        Ok(Ok(owner)) => Ok(owner),
-                        Ok(Err(remote::AskError::Refused(reason))) => {
-                            Err(RouteError::Refused { queue: queue.name.to_string(), group: group.to_string(), reason })
-                        }
-                        Err(_) => {
-                            self.metrics.timeouts.inc();
-                            let reason = h.unreachable_reason();
-                            tracing::warn!(queue = %queue.name, %group, timeout = ?self.timeout, %reason, "no grouping decision in time: SEND refused");
-                            Err(RouteError::Timeout { queue: queue.name.to_string(), group: group.to_string(), timeout: self.timeout, reason })
-                        }
-                    }
-                }
+            if let Some(owner) = self.known(&queue.name, group) {
+                return Ok(Some(owner));
+            }
+            match self.proposal(queue, group) {
+                Some(proposal) => self.decide(&queue.name, group, &proposal).await.map(Some),
+                None => Ok(None),
             }
         })
     }
 
     fn own_group(&self) -> &str {
         &self.own
+    }
+}
+
+/// Decides the message groups stored while no consumer of their queue existed anywhere,
+/// once one does (a local consumer comes, or a bridge learns of one), until `stop`.
+async fn decide_waiting(grouping: std::sync::Weak<Grouping>, broker: Arc<crate::engine::Broker>, stop: tokio_util::sync::CancellationToken) {
+    let mut consumers = broker.consumer_changes();
+    let mut tick = tokio::time::interval(WAITING_CHECK);
+    loop {
+        tokio::select! {
+            _ = consumers.changed() => {}
+            _ = tick.tick() => {}
+            _ = stop.cancelled() => return,
+        }
+        let Some(grouping) = grouping.upgrade() else { return };
+        for queue in broker.queues_with_undecided_groups() {
+            let mut decided = HashMap::new();
+            for group in queue.undecided_groups() {
+                let Some(proposal) = grouping.proposal(&queue, &group) else { continue };
+                let owner = match grouping.known(&queue.name, &group) {
+                    Some(owner) => owner,
+                    None => match grouping.decide(&queue.name, &group, &proposal).await {
+                        Ok(owner) => owner,
+                        Err(e) => {
+                            tracing::debug!(queue = %queue.name, %group, error = %e, "a waiting message group is not decided yet");
+                            continue;
+                        }
+                    },
+                };
+                let owner = if *owner == *grouping.own { GroupOwner::Here } else { GroupOwner::Elsewhere(owner) };
+                decided.insert(group, owner);
+            }
+            if !decided.is_empty() {
+                tracing::info!(queue = %queue.name, groups = decided.len(), "decided message groups stored while no consumer existed");
+                queue.decide_groups(&decided);
+            }
+        }
     }
 }

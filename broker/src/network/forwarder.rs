@@ -13,6 +13,7 @@
 
 use super::demand::{self, Filters, PATH_HEADER};
 use crate::cluster::frame::{ClusterFrame, DemandEntry};
+use crate::engine::accept::OWNER_HEADER;
 use crate::engine::dedup;
 use crate::engine::message::{ConsumerKey, Delivery, GroupOwner};
 use crate::engine::queue::{AckMode, ConsumerHandle, NetworkConsumer, Outbound, Queue};
@@ -232,7 +233,7 @@ impl Forwarder {
                 let peer = peer.read();
                 // A group the grouping handler gave to a group: only towards it, however
                 // the message got here (the queue never offers us a group owned here).
-                if let Some(GroupOwner::Elsewhere(owner)) = m.group.as_ref().map(|g| &g.owner) {
+                if let Some(GroupOwner::Elsewhere(owner)) = m.group.as_ref().map(|g| g.owner()) {
                     return **owner == **peer;
                 }
                 (replay && stranded && *peer != own) || demand::may_forward(&demand::message_path(&m.headers), &own, &peer, ttl)
@@ -264,7 +265,7 @@ impl Forwarder {
         let arrived_over = path.len();
         path.push(self.config.own_group.clone());
         let mut dedup_id = None;
-        let headers = m
+        let mut headers: Vec<(String, String)> = m
             .headers
             .iter()
             .filter(|(k, v)| {
@@ -276,6 +277,11 @@ impl Forwarder {
             })
             .cloned()
             .collect();
+        // A group decided after its message was stored: the owner goes along, as it does
+        // with one decided before.
+        if let Some(GroupOwner::Elsewhere(owner)) = m.group.as_ref().and_then(|g| g.decided.get()) {
+            headers.push((OWNER_HEADER.to_string(), owner.to_string()));
+        }
         // Stable across a failover of this group (the journal keeps the message's id and
         // headers), so a resend is recognised, and the same whatever route a message took,
         // so two copies (a producer that failed over to another group and resent) meet as
