@@ -180,8 +180,9 @@ struct State {
     pending: BTreeMap<MessageId, Entry>,
     /// Pending messages that belong to a group; while 0, dispatch takes the plain path.
     grouped_pending: usize,
-    /// Pending grouped messages whose owner the grouping handler has not decided yet.
-    undecided: usize,
+    /// Pending grouped messages whose owner the grouping handler has not decided yet, by
+    /// group.
+    undecided: HashMap<Arc<str>, usize>,
     groups: Groups,
     consumers: Vec<Consumer>,
     /// Round-robin cursor into `consumers`.
@@ -371,11 +372,13 @@ impl Queue {
     }
 
     fn push_pending(&self, st: &mut State, entry: Entry) {
-        let group = self.group_of(&entry.message).map(|g| *g.owner() == GroupOwner::Undecided);
-        if st.pending.insert(entry.message.id, entry).is_none() {
-            if let Some(undecided) = group {
+        let message = Arc::clone(&entry.message);
+        if st.pending.insert(message.id, entry).is_none() {
+            if let Some(group) = self.group_of(&message) {
                 st.grouped_pending += 1;
-                st.undecided += usize::from(undecided);
+                if *group.owner() == GroupOwner::Undecided {
+                    *st.undecided.entry(Arc::clone(&group.id)).or_default() += 1;
+                }
             }
         }
     }
@@ -384,48 +387,46 @@ impl Queue {
         let entry = st.pending.remove(&id)?;
         if let Some(group) = self.group_of(&entry.message) {
             st.grouped_pending -= 1;
-            st.undecided -= usize::from(*group.owner() == GroupOwner::Undecided);
+            if *group.owner() == GroupOwner::Undecided {
+                Self::count_decided(st, &group.id, 1);
+            }
         }
         Some(entry)
+    }
+
+    fn count_decided(st: &mut State, group: &str, n: usize) {
+        if let Some(left) = st.undecided.get_mut(group) {
+            *left = left.saturating_sub(n);
+            if *left == 0 {
+                st.undecided.remove(group);
+            }
+        }
     }
 
     /// The groups of pending messages stored before their owner was decided (see
     /// [`GroupOwner::Undecided`]).
     pub fn undecided_groups(&self) -> Vec<Arc<str>> {
-        let st = self.state.lock();
-        if st.undecided == 0 {
-            return Vec::new();
-        }
-        let mut groups: Vec<Arc<str>> = st
-            .pending
-            .values()
-            .filter_map(|e| self.group_of(&e.message))
-            .filter(|g| *g.owner() == GroupOwner::Undecided)
-            .map(|g| Arc::clone(&g.id))
-            .collect();
+        let mut groups: Vec<Arc<str>> = self.state.lock().undecided.keys().cloned().collect();
         groups.sort();
-        groups.dedup();
         groups
     }
 
     /// Whether any pending message waits for its group's owner to be decided.
     pub fn has_undecided_groups(&self) -> bool {
-        self.state.lock().undecided > 0
+        !self.state.lock().undecided.is_empty()
     }
 
     /// Whether messages of `group` wait here for their owner to be decided: a later
     /// message of the group must wait with them, so the group keeps its order.
     pub fn has_undecided(&self, group: &str) -> bool {
-        let st = self.state.lock();
-        st.undecided > 0
-            && st.pending.values().filter_map(|e| self.group_of(&e.message)).any(|g| *g.id == *group && *g.owner() == GroupOwner::Undecided)
+        self.state.lock().undecided.contains_key(group)
     }
 
     /// Gives the pending messages of each group in `decided` their owner (they were
     /// stored undecided) and dispatches them, in the order they were stored.
     pub fn decide_groups(self: &Arc<Self>, decided: &HashMap<Arc<str>, GroupOwner>) {
         let mut st = self.state.lock();
-        let mut settled = 0;
+        let mut settled: HashMap<Arc<str>, usize> = HashMap::new();
         for entry in st.pending.values() {
             let Some(group) = self.group_of(&entry.message) else { continue };
             if *group.owner() != GroupOwner::Undecided {
@@ -433,11 +434,13 @@ impl Queue {
             }
             if let Some(owner) = decided.get(&group.id) {
                 if group.decided.set(owner.clone()).is_ok() {
-                    settled += 1;
+                    *settled.entry(Arc::clone(&group.id)).or_default() += 1;
                 }
             }
         }
-        st.undecided -= settled;
+        for (group, n) in settled {
+            Self::count_decided(&mut st, &group, n);
+        }
         self.dispatch_locked(&mut st);
     }
 
@@ -879,7 +882,7 @@ impl Queue {
         let freed = st.bytes;
         st.pending.clear();
         st.grouped_pending = 0;
-        st.undecided = 0;
+        st.undecided.clear();
         st.groups = Groups::default();
         for c in &mut st.consumers {
             c.in_flight.clear();
