@@ -160,7 +160,8 @@ Options:
   --network-only  run only that section (no fsync rate, no matrix)
   --network-kills N  kills of the target's live (default ${NETWORK_KILLS})
   --groups        also run the message groups section (duomq and ActiveMQ as --only
-                  allows; about 6 x (duration + warm-up) plus broker start-ups)
+                  allows; about (4 x rounds + 2) x (duration + warm-up) plus broker
+                  start-ups)
   --groups-only   run only that section (no fsync rate, no matrix)
   --groups-rounds N  run the ungrouped/grouped pair N times, every other round grouped
                   first; the report takes each kind's mean (default ${GROUPS_ROUNDS})
