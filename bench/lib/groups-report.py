@@ -15,6 +15,8 @@ import os
 import re
 import sys
 
+from benchfiles import read_jsonl, read_tsv
+
 THROUGHPUT = [
     ("groups/duomq-ungrouped", "duomq, ungrouped"),
     ("groups/duomq-grouped", "duomq, grouped"),
@@ -46,22 +48,6 @@ def run_problems(r):
     if r["errors"]:
         p.append("errors: " + "; ".join(r["errors"]))
     return p
-
-
-def read_jsonl(path):
-    try:
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except FileNotFoundError:
-        return []
-
-
-def read_tsv(path):
-    try:
-        with open(path) as f:
-            return [line.rstrip("\n").split("\t", 1) for line in f if "\t" in line]
-    except FileNotFoundError:
-        return []
 
 
 def ms(x):

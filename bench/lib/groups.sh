@@ -49,25 +49,8 @@ GROUPS_GROUP_SIZE=5
 # HANDLER (local, or remote asking PEER_CLUSTER); DIR/start.sh starts it.
 write_grouping_config() {
     local dir=$1 name=$2 stomp=$3 admin=$4 cluster=$5 password=$6 peer=$7 handler=$8
-    mkdir -p "$dir/data"
-    cat >"$dir/broker.yaml" <<YAML
-node:
-  id: $name
-stomp:
-  listen: 127.0.0.1:$stomp
-admin:
-  listen: 127.0.0.1:$admin
-storage:
-  dataDir: $dir/data
-ha:
-  policy: none
-  cluster:
-    listen: 127.0.0.1:$cluster
-    passwordFile: $password
-network:
-  connectors:
-    - name: to-peer
-      uri: tcp://127.0.0.1:$peer
+    write_standalone_config "$dir" "$name" "$stomp" "$admin" "$cluster" "$password" "tcp://127.0.0.1:$peer" "$LOG_DIR/$name.log"
+    cat >>"$dir/broker.yaml" <<YAML
 grouping:
   handler: $handler
   # New groups keep coming for the whole cell (one in GROUPS_GROUP_SIZE messages): room
@@ -77,7 +60,6 @@ YAML
     if [[ $handler == remote ]]; then
         printf '  address: masterslave:(tcp://127.0.0.1:%s)\n' "$peer" >>"$dir/broker.yaml"
     fi
-    write_start_script "$dir" "$LOG_DIR/$name.log" "$DUOMQ_BROKER" run --config "$dir/broker.yaml"
 }
 
 # groups_cell LABEL URL PID [ARGS...]: one duomq-bench run, its JSON line into

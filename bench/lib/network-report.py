@@ -14,6 +14,8 @@ import json
 import os
 import sys
 
+from benchfiles import read_jsonl, read_tsv
+
 CELLS = [
     ("network/duomq-local", "duomq, one broker"),
     ("network/duomq-bridged", "duomq, bridged A -> B"),
@@ -49,22 +51,6 @@ def failover_problems(r):
     if r["errors"]:
         p.append("errors: " + "; ".join(r["errors"]))
     return p
-
-
-def read_jsonl(path):
-    try:
-        with open(path) as f:
-            return [json.loads(line) for line in f if line.strip()]
-    except FileNotFoundError:
-        return []
-
-
-def read_tsv(path):
-    try:
-        with open(path) as f:
-            return [line.rstrip("\n").split("\t", 1) for line in f if "\t" in line]
-    except FileNotFoundError:
-        return []
 
 
 def forwarded_out(out_dir):

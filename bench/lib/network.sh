@@ -30,11 +30,13 @@
 # may still hold up to its prefetch in flight when they do.
 NETWORK_DRAIN_TIMEOUT=30s
 
-# write_standalone_config DIR NAME STOMP ADMIN CLUSTER PASSWORD_FILE [CONNECTOR_URI]:
+# write_standalone_config DIR NAME STOMP ADMIN CLUSTER PASSWORD_FILE [CONNECTOR_URI [LOG]]:
 # DIR/broker.yaml for a standalone duomq broker (ha.policy none) that accepts bridges on
-# its cluster port and, with CONNECTOR_URI, bridges to it; DIR/start.sh starts it.
+# its cluster port and, with CONNECTOR_URI, bridges to it; DIR/start.sh starts it, logging
+# to LOG (logs/network-NAME.log).
 write_standalone_config() {
     local dir=$1 name=$2 stomp=$3 admin=$4 cluster=$5 password=$6 uri=${7:-}
+    local log=${8:-$LOG_DIR/network-$2.log}
     mkdir -p "$dir/data"
     cat >"$dir/broker.yaml" <<YAML
 node:
@@ -59,7 +61,7 @@ network:
       uri: $uri
 YAML
     fi
-    write_start_script "$dir" "$LOG_DIR/network-$name.log" "$DUOMQ_BROKER" run --config "$dir/broker.yaml"
+    write_start_script "$dir" "$log" "$DUOMQ_BROKER" run --config "$dir/broker.yaml"
 }
 
 # await_linked NAME ADMIN_PORT: until the broker's first connector reports every link
