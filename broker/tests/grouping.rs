@@ -121,6 +121,23 @@ fn connectors(list: &[(&str, String)]) -> String {
     out
 }
 
+/// Two standalone brokers bridged both ways: `l` runs the local grouping handler, `r` a
+/// remote one asking it; returns once `r` is linked to `l`'s handler.
+fn bridged_local_and_remote() -> (Broker, Broker) {
+    let (cl, cr) = (free_port(), free_port());
+    let local = node("l", cl, &format!("{}grouping:\n  handler: local\n", connectors(&[("to-r", format!("tcp://127.0.0.1:{cr}"))])));
+    let remote = node(
+        "r",
+        cr,
+        &format!(
+            "{}grouping:\n  handler: remote\n  address: masterslave:(tcp://127.0.0.1:{cl})\n  timeout: 5s\n",
+            connectors(&[("to-l", format!("tcp://127.0.0.1:{cl}"))])
+        ),
+    );
+    eventually("remote handler linked", LINK_TIMEOUT, || grouping_status(&remote.status())["connected"] == true);
+    (local, remote)
+}
+
 fn send_grouped(port: u16, destination: &str, group: &str) -> Frame {
     let mut conn = Conn::connect(port, &[("accept-version", "1.2"), ("host", "/")]);
     conn.send(
@@ -136,17 +153,7 @@ fn send_grouped(port: u16, destination: &str, group: &str) -> Frame {
 
 #[test]
 fn given_a_remote_handler_should_bind_each_new_group_once_through_the_local_one_and_reach_its_consumer() {
-    let (cl, cr) = (free_port(), free_port());
-    let local = node("l", cl, &format!("{}grouping:\n  handler: local\n", connectors(&[("to-r", format!("tcp://127.0.0.1:{cr}"))])));
-    let remote = node(
-        "r",
-        cr,
-        &format!(
-            "{}grouping:\n  handler: remote\n  address: masterslave:(tcp://127.0.0.1:{cl})\n  timeout: 5s\n",
-            connectors(&[("to-l", format!("tcp://127.0.0.1:{cl}"))])
-        ),
-    );
-    eventually("remote handler linked", LINK_TIMEOUT, || grouping_status(&remote.status())["connected"] == true);
+    let (local, remote) = bridged_local_and_remote();
     // One consumer on each broker: every group lands wholly on one of them.
     let mut consumers = Consumers::new();
     consumers.add("at-l", local.stomp_port, "/queue/orders");
@@ -223,17 +230,7 @@ fn given_the_local_handler_unreachable_should_refuse_new_groups_with_the_timeout
 
 #[test]
 fn given_producers_before_any_consumer_should_hold_the_groups_undecided_and_decide_them_where_a_consumer_appears() {
-    let (cl, cr) = (free_port(), free_port());
-    let local = node("l", cl, &format!("{}grouping:\n  handler: local\n", connectors(&[("to-r", format!("tcp://127.0.0.1:{cr}"))])));
-    let remote = node(
-        "r",
-        cr,
-        &format!(
-            "{}grouping:\n  handler: remote\n  address: masterslave:(tcp://127.0.0.1:{cl})\n",
-            connectors(&[("to-l", format!("tcp://127.0.0.1:{cl}"))])
-        ),
-    );
-    eventually("remote handler linked", LINK_TIMEOUT, || grouping_status(&remote.status())["connected"] == true);
+    let (local, remote) = bridged_local_and_remote();
     // Nobody consumes anywhere: the groups stay undecided where they were sent.
     for (name, b) in [("pl", &local), ("pr", &remote)] {
         let out = cli(&[
