@@ -1,4 +1,4 @@
-//! Message groups on one broker, over raw STOMP against the real binary: a group's
+//! Message groups on one broker, over raw STOMP and the Rust client against the real binary: a group's
 //! messages reach one consumer in order, groups spread evenly, a group moves (flagged
 //! `JMSXGroupFirstForConsumer`) when its consumer disconnects, `JMSXGroupSeq: -1` closes
 //! a group, and bindings past `grouping.maxGroups` are evicted and counted.
@@ -161,4 +161,91 @@ fn given_max_groups_when_more_groups_come_should_evict_idle_bindings_and_count_t
     let again = collect(&mut consumers, 1).remove(0);
     assert!(first_for_consumer(&again[0]));
     assert!(consumers[0].read_frame(QUIET).is_none());
+}
+
+/// The same with duomq's Rust client (`duomq_broker::client`): three consumers, a producer
+/// of 12 groups; one consumer leaves and its groups move, flagged, in order; a group closed
+/// with `JMSXGroupSeq: -1` binds afresh.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn given_the_rust_client_should_see_groups_pinned_moved_flagged_and_closed() {
+    use duomq_broker::client::{AckMode, Client, ClientOptions, SendOptions, Subscription};
+    let broker = Broker::start("groups-rust-client", "");
+    let url = format!("stomp://127.0.0.1:{}", broker.stomp_port);
+    let mut consumers: Vec<(Client, Subscription)> = Vec::new();
+    for _ in 0..3 {
+        let c = Client::connect(&url, ClientOptions::default()).await.expect("connect a consumer");
+        let s = c.subscribe("/queue/rust-groups", AckMode::ClientIndividual, Some(100)).await.expect("subscribe");
+        consumers.push((c, s));
+    }
+    let producer = Client::connect(&url, ClientOptions::default()).await.expect("connect the producer");
+    let send = |group: String, seq: usize, close: bool| {
+        let mut headers = vec![("JMSXGroupID".to_string(), group.clone())];
+        if close {
+            headers.push(("JMSXGroupSeq".to_string(), "-1".to_string()));
+        }
+        let producer = &producer;
+        async move {
+            let options = SendOptions { persistent: true, receipt: true, headers, ..SendOptions::default() };
+            producer.send("/queue/rust-groups", format!("{group}-{seq}"), options).await.expect("send");
+        }
+    };
+    for seq in 0..5 {
+        for g in 0..12 {
+            send(format!("g{g}"), seq, false).await;
+        }
+    }
+    // Every consumer drains what it got: (group, seq, first-flag) in arrival order.
+    async fn drain(c: &Client, s: &mut Subscription, want: usize, wait: Duration, out: &mut Vec<(String, usize, bool)>) {
+        while out.len() < want {
+            let Ok(Some(m)) = tokio::time::timeout(wait, s.recv()).await else { break };
+            let body = String::from_utf8_lossy(&m.body).into_owned();
+            let (g, seq) = body.split_once('-').expect("group-seq body");
+            let first = m.headers.iter().any(|(k, v)| k == "JMSXGroupFirstForConsumer" && v == "true");
+            out.push((g.to_string(), seq.parse().expect("seq"), first));
+            c.ack(&m).await.expect("ack");
+        }
+    }
+    let mut got: Vec<Vec<(String, usize, bool)>> = vec![Vec::new(), Vec::new(), Vec::new()];
+    for (i, (c, s)) in consumers.iter_mut().enumerate() {
+        drain(c, s, 20, Duration::from_secs(10), &mut got[i]).await;
+    }
+    let mut owner: BTreeMap<String, usize> = BTreeMap::new();
+    for (i, seen) in got.iter().enumerate() {
+        assert_eq!(seen.len(), 20, "4 groups of 5 on each consumer: {seen:?}");
+        for (g, seq, first) in seen {
+            assert_eq!(*owner.entry(g.clone()).or_insert(i), i, "group {g} reached two consumers");
+            assert_eq!(*first, *seq == 0, "only a group's first message is flagged: {g}-{seq}");
+        }
+        for g in owner.iter().filter(|(_, c)| **c == i).map(|(g, _)| g) {
+            let seqs: Vec<usize> = seen.iter().filter(|(x, _, _)| x == g).map(|(_, s, _)| *s).collect();
+            assert_eq!(seqs, (0..5).collect::<Vec<_>>(), "group {g} in order");
+        }
+    }
+    // Consumer 0 leaves: its groups move to the others, flagged on their next message.
+    let (leaver, sub) = consumers.remove(0);
+    drop(sub);
+    leaver.disconnect().await.expect("disconnect");
+    let moved: Vec<String> = owner.iter().filter(|(_, c)| **c == 0).map(|(g, _)| g.clone()).collect();
+    for g in &moved {
+        send(g.clone(), 5, false).await;
+    }
+    // One of the others' groups is closed, then sent again: it binds afresh, flagged.
+    let kept = owner.iter().find(|(_, c)| **c == 1).map(|(g, _)| g.clone()).expect("a group of consumer 1");
+    send(kept.clone(), 5, true).await;
+    send(kept.clone(), 6, false).await;
+    let mut after: Vec<(String, usize, bool)> = Vec::new();
+    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    while after.len() < moved.len() + 2 && Instant::now() < deadline {
+        for (c, s) in consumers.iter_mut() {
+            let mut one = Vec::new();
+            drain(c, s, 1, POLL, &mut one).await;
+            after.extend(one);
+        }
+    }
+    for g in &moved {
+        let firsts: Vec<bool> = after.iter().filter(|(x, _, _)| x == g).map(|(_, _, f)| *f).collect();
+        assert_eq!(firsts, vec![true], "{g} moved with its first message flagged: {after:?}");
+    }
+    let closed: Vec<(usize, bool)> = after.iter().filter(|(x, _, _)| *x == kept).map(|(_, s, f)| (*s, *f)).collect();
+    assert_eq!(closed, vec![(5, false), (6, true)], "closing keeps the message, the next one binds afresh");
 }
