@@ -367,12 +367,11 @@ impl Broker {
     /// owns it keeps its header; one the producer set is not trusted otherwise.
     async fn route_group(&self, target: &Target, headers: &mut Vec<(String, String)>) -> Result<(), RouteError> {
         let Target::Queue(queue) = target else { return Ok(()) };
-        let router = self.group_router();
         let Some(group) = MessageGroup::from_headers(headers).map(|g| g.id) else {
             return Ok(());
         };
         let stated = headers.iter().position(|(k, _)| k == OWNER_HEADER);
-        let Some(router) = router else {
+        let Some(router) = self.group_router() else {
             if let Some(at) = stated {
                 headers.remove(at);
             }

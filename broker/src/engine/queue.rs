@@ -372,12 +372,15 @@ impl Queue {
     }
 
     fn push_pending(&self, st: &mut State, entry: Entry) {
-        let message = Arc::clone(&entry.message);
-        if st.pending.insert(message.id, entry).is_none() {
-            if let Some(group) = self.group_of(&message) {
+        // Some(undecided group id) for a grouped message; ungrouped ones cost nothing more.
+        let grouped = self
+            .group_of(&entry.message)
+            .map(|g| (*g.owner() == GroupOwner::Undecided).then(|| Arc::clone(&g.id)));
+        if st.pending.insert(entry.message.id, entry).is_none() {
+            if let Some(undecided) = grouped {
                 st.grouped_pending += 1;
-                if *group.owner() == GroupOwner::Undecided {
-                    *st.undecided.entry(Arc::clone(&group.id)).or_default() += 1;
+                if let Some(group) = undecided {
+                    *st.undecided.entry(group).or_default() += 1;
                 }
             }
         }
@@ -388,19 +391,15 @@ impl Queue {
         if let Some(group) = self.group_of(&entry.message) {
             st.grouped_pending -= 1;
             if *group.owner() == GroupOwner::Undecided {
-                Self::count_decided(st, &group.id, 1);
+                if let Some(left) = st.undecided.get_mut(&group.id) {
+                    *left -= 1;
+                    if *left == 0 {
+                        st.undecided.remove(&group.id);
+                    }
+                }
             }
         }
         Some(entry)
-    }
-
-    fn count_decided(st: &mut State, group: &str, n: usize) {
-        if let Some(left) = st.undecided.get_mut(group) {
-            *left = left.saturating_sub(n);
-            if *left == 0 {
-                st.undecided.remove(group);
-            }
-        }
     }
 
     /// The groups of pending messages stored before their owner was decided (see
@@ -426,21 +425,17 @@ impl Queue {
     /// stored undecided) and dispatches them, in the order they were stored.
     pub fn decide_groups(self: &Arc<Self>, decided: &HashMap<Arc<str>, GroupOwner>) {
         let mut st = self.state.lock();
-        let mut settled: HashMap<Arc<str>, usize> = HashMap::new();
         for entry in st.pending.values() {
             let Some(group) = self.group_of(&entry.message) else { continue };
-            if *group.owner() != GroupOwner::Undecided {
-                continue;
-            }
-            if let Some(owner) = decided.get(&group.id) {
-                if group.decided.set(owner.clone()).is_ok() {
-                    *settled.entry(Arc::clone(&group.id)).or_default() += 1;
+            if group.owner == GroupOwner::Undecided {
+                if let Some(owner) = decided.get(&group.id) {
+                    // A message decided before keeps its owner (the set fails).
+                    let _ = group.decided.set(owner.clone());
                 }
             }
         }
-        for (group, n) in settled {
-            Self::count_decided(&mut st, &group, n);
-        }
+        // Every pending message of these groups now has its owner.
+        st.undecided.retain(|group, _| !decided.contains_key(group));
         self.dispatch_locked(&mut st);
     }
 

@@ -113,6 +113,18 @@ impl Grouping {
         Some(Arc::from(candidates[usize::try_from(pick).unwrap_or(0)].as_str()))
     }
 
+    /// The group that owns `group` of `queue`: the binding known here, else the handler's
+    /// decision on this broker's proposal; none while no consumer exists anywhere.
+    async fn owner(&self, queue: &Queue, group: &str) -> Result<Option<Arc<str>>, RouteError> {
+        if let Some(owner) = self.known(&queue.name, group) {
+            return Ok(Some(owner));
+        }
+        match self.proposal(queue, group) {
+            Some(proposal) => self.decide(&queue.name, group, &proposal).await.map(Some),
+            None => Ok(None),
+        }
+    }
+
     /// A binding this broker knows already (the local handler's, or a remote's cache).
     fn known(&self, queue: &str, group: &str) -> Option<Arc<str>> {
         match &self.handler {
@@ -163,15 +175,7 @@ impl Grouping {
 
 impl GroupRouter for Grouping {
     fn route<'a>(&'a self, queue: &'a Arc<Queue>, group: &'a str) -> Routing<'a> {
-        Box::pin(async move {
-            if let Some(owner) = self.known(&queue.name, group) {
-                return Ok(Some(owner));
-            }
-            match self.proposal(queue, group) {
-                Some(proposal) => self.decide(&queue.name, group, &proposal).await.map(Some),
-                None => Ok(None),
-            }
-        })
+        Box::pin(self.owner(queue, group))
     }
 
     fn own_group(&self) -> &str {
@@ -194,16 +198,13 @@ async fn decide_waiting(grouping: std::sync::Weak<Grouping>, broker: Arc<crate::
         for queue in broker.queues_with_undecided_groups() {
             let mut decided = HashMap::new();
             for group in queue.undecided_groups() {
-                let Some(proposal) = grouping.proposal(&queue, &group) else { continue };
-                let owner = match grouping.known(&queue.name, &group) {
-                    Some(owner) => owner,
-                    None => match grouping.decide(&queue.name, &group, &proposal).await {
-                        Ok(owner) => owner,
-                        Err(e) => {
-                            tracing::debug!(queue = %queue.name, %group, error = %e, "a waiting message group is not decided yet");
-                            continue;
-                        }
-                    },
+                let owner = match grouping.owner(&queue, &group).await {
+                    Ok(Some(owner)) => owner,
+                    Ok(None) => continue,
+                    Err(e) => {
+                        tracing::debug!(queue = %queue.name, %group, error = %e, "a waiting message group is not decided yet");
+                        continue;
+                    }
                 };
                 let owner = if *owner == *grouping.own { GroupOwner::Here } else { GroupOwner::Elsewhere(owner) };
                 decided.insert(group, owner);
