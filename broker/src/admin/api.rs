@@ -108,7 +108,7 @@ pub struct GroupingStatus {
     pub bindings: u64,
     /// Proposals made (remote) or answered (local).
     pub proposals_total: u64,
-    /// Decisions that did not come within `grouping.timeout` (remote; SENDs refused).
+    /// Decisions that did not come within `grouping.timeout` (the SENDs were refused).
     pub timeouts_total: u64,
     /// Bindings removed unused after `grouping.groupTimeout`.
     pub reaped_total: u64,

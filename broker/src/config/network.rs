@@ -225,7 +225,9 @@ pub struct GroupingConfig {
     pub handler: GroupingHandler,
     /// With `remote`: the group of the local handler, `masterslave:(tcp://...,...)`.
     pub address: Option<String>,
-    /// How long a decision may take before the message is refused.
+    /// How long a decision may take (a remote handler asking, the local handler making its
+    /// binding durable) before the message is refused. With a handler only, as are
+    /// `groupTimeout` and `reaperPeriod`.
     pub timeout: HumanDuration,
     /// A cluster binding unused this long is removed by the local handler's reaper (and
     /// forgotten by the remote handlers' caches); `0s` keeps bindings forever.
@@ -288,6 +290,18 @@ impl GroupingConfig {
         }
         if self.max_groups == 0 {
             return invalid("grouping.maxGroups", "must be at least 1");
+        }
+        if self.handler == GroupingHandler::None {
+            let defaults = GroupingConfig::default();
+            for (field, set) in [
+                ("grouping.timeout", self.timeout != defaults.timeout),
+                ("grouping.groupTimeout", self.group_timeout != defaults.group_timeout),
+                ("grouping.reaperPeriod", self.reaper_period != defaults.reaper_period),
+            ] {
+                if set {
+                    return invalid(field, "applies to a grouping handler only: set grouping.handler to local or remote, or leave it out");
+                }
+            }
         }
         match (self.handler, &self.address) {
             (GroupingHandler::Remote, None) => {
@@ -401,5 +415,14 @@ mod tests {
     fn given_zero_timeout_should_name_field() {
         let grouping = GroupingConfig { timeout: HumanDuration::secs(0), ..GroupingConfig::default() };
         assert!(grouping.validate().unwrap_err().to_string().contains("grouping.timeout"));
+    }
+
+    #[test]
+    fn given_handler_settings_without_a_handler_should_refuse_them_and_take_them_with_one() {
+        let none = GroupingConfig { group_timeout: HumanDuration::secs(60), ..GroupingConfig::default() };
+        let err = none.validate().unwrap_err().to_string();
+        assert!(err.contains("grouping.groupTimeout") && err.contains("handler"), "{err}");
+        let local = GroupingConfig { handler: GroupingHandler::Local, ..none };
+        assert!(local.validate().is_ok());
     }
 }

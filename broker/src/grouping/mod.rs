@@ -137,18 +137,24 @@ impl Grouping {
     async fn decide(&self, queue: &str, group: &str, proposal: &str) -> Result<Arc<str>, RouteError> {
         let refused = |reason| RouteError::Refused { queue: queue.to_string(), group: group.to_string(), reason };
         match &self.handler {
-            Handler::Local(h) => h.decide(queue, group, proposal).await.map_err(refused),
+            // The local handler's decision waits for its record to be durable (and held by
+            // synced backups): bounded by the same timeout.
+            Handler::Local(h) => match tokio::time::timeout(self.timeout, h.decide(queue, group, proposal)).await {
+                Ok(decided) => decided.map_err(refused),
+                Err(_) => Err(self.timed_out(queue, group, "the binding was not durable in time (journal or backups slow)".into())),
+            },
             Handler::Remote(h) => match tokio::time::timeout(self.timeout, h.ask(queue, group, proposal)).await {
                 Ok(Ok(owner)) => Ok(owner),
                 Ok(Err(remote::AskError::Refused(reason))) => Err(refused(reason)),
-                Err(_) => {
-                    self.metrics.timeouts.inc();
-                    let reason = h.unreachable_reason();
-                    tracing::warn!(%queue, %group, timeout = ?self.timeout, %reason, "no grouping decision in time");
-                    Err(RouteError::Timeout { queue: queue.to_string(), group: group.to_string(), timeout: self.timeout, reason })
-                }
+                Err(_) => Err(self.timed_out(queue, group, h.unreachable_reason())),
             },
         }
+    }
+
+    fn timed_out(&self, queue: &str, group: &str, reason: String) -> RouteError {
+        self.metrics.timeouts.inc();
+        tracing::warn!(%queue, %group, timeout = ?self.timeout, %reason, "no grouping decision in time");
+        RouteError::Timeout { queue: queue.to_string(), group: group.to_string(), timeout: self.timeout, reason }
     }
 
     pub fn status(&self) -> GroupingStatus {
