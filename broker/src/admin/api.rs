@@ -221,6 +221,29 @@ pub struct HaStatus {
     pub backups: Vec<BackupStatus>,
     /// On a live: no synced backup is connected, so writes are not replicated.
     pub alone: bool,
+    /// With `storage.store: database`: the database and its lease as this member sees them.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseStatus>,
+}
+
+/// A shared-database member's view of the database (`storage.store: database`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseStatus {
+    /// The last statement (a commit, a renewal or a poll) reached the database.
+    pub reachable: bool,
+    /// Why the last statement failed, while it is unreachable.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub last_error: Option<String>,
+    /// The lease's holder, as last read (this member's own name on the live).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_holder: Option<String>,
+    /// On the live: milliseconds until it fences itself unless a renewal succeeds; on a
+    /// backup: until the lease expires in the database's clock, as last read.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease_remaining_ms: Option<u64>,
+    /// Transactions committed by this member's current live term.
+    pub commits: u64,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]

@@ -194,6 +194,7 @@ mod tests {
             sync: Some(SyncStatus { state, lag_bytes: 10, lag_records: 0 }),
             backups: Vec::new(),
             alone: false,
+            database: None,
         }
     }
 

@@ -6,6 +6,7 @@
 //! This module only reads and checks configuration; it starts nothing.
 
 pub mod connector_uri;
+mod database;
 mod ha;
 mod network;
 mod units;
@@ -16,6 +17,7 @@ pub use ha::{
 };
 pub use network::{DestinationFilter, GroupingConfig, GroupingHandler, NetworkConfig, NetworkConnector, MAX_NETWORK_TTL};
 pub use units::{ByteSize, HumanDuration};
+pub use database::{DatabaseConfig, DatabaseLeaseConfig, DatabaseUrlError, SslMode, StoreKind};
 
 use serde::{Deserialize, Serialize};
 use std::net::SocketAddr;
@@ -194,6 +196,10 @@ pub struct StorageConfig {
     pub max_batch_bytes: ByteSize,
     /// fdatasync every group commit. Turning it off loses receipted messages on power loss.
     pub fsync: bool,
+    /// `file` (the journal in `dataDir`) or `database` (PostgreSQL, `storage.database`).
+    pub store: StoreKind,
+    /// The shared database, for `store: database`.
+    pub database: DatabaseConfig,
 }
 
 impl Default for StorageConfig {
@@ -203,6 +209,8 @@ impl Default for StorageConfig {
             segment_size: ByteSize::mib(64),
             max_batch_bytes: ByteSize::mib(4),
             fsync: true,
+            store: StoreKind::File,
+            database: DatabaseConfig::default(),
         }
     }
 }
@@ -416,6 +424,21 @@ impl BrokerConfig {
         }
         if self.storage.data_dir.as_os_str().is_empty() {
             return invalid("storage.dataDir", "must not be empty");
+        }
+        match self.storage.store {
+            StoreKind::Database => {
+                if self.ha.policy != HaPolicy::SharedStore {
+                    return invalid(
+                        "storage.store",
+                        "database is a shared store: set ha.policy: sharedStore (one member alone works too)",
+                    );
+                }
+                self.storage.database.validate()?;
+            }
+            StoreKind::File if self.storage.database != DatabaseConfig::default() => {
+                return invalid("storage.database", "is set but storage.store is file: set storage.store: database to use it");
+            }
+            StoreKind::File => {}
         }
         if self.storage.segment_size < ByteSize::kib(64) {
             return invalid("storage.segmentSize", "must be at least 64KiB");

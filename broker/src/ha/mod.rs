@@ -84,6 +84,8 @@ pub struct HaContext {
     /// This process handed the live role over on purpose (a switchover): as a preferred
     /// primary it does not ask for failback until it restarts.
     handed_over: std::sync::atomic::AtomicBool,
+    /// With `storage.store: database`: what `/status` shows under `ha.database`.
+    pub database: RwLock<Option<crate::admin::api::DatabaseStatus>>,
 }
 
 /// One stretch of being live; replicas use it to ask the live to step down for failback,
@@ -188,6 +190,7 @@ impl HaContext {
                 live_node: RwLock::new(None),
                 backups: Mutex::new(Vec::new()),
                 handed_over: std::sync::atomic::AtomicBool::new(false),
+                database: RwLock::new(None),
             }
         });
         Ok(ctx)
@@ -277,6 +280,7 @@ impl HaContext {
                 && self.config.policy == HaPolicy::Replication
                 && !backups.iter().any(|b| b.state == SyncState::Synced),
             backups: if role == Role::Live { backups } else { Vec::new() },
+            database: self.database.read().clone(),
         });
     }
 

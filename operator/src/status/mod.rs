@@ -618,6 +618,7 @@ pub(crate) mod tests {
                 }),
                 backups: Vec::new(),
                 alone: false,
+                database: None,
             }),
             ..BrokerStatus::bare("", role)
         })
