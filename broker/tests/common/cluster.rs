@@ -92,6 +92,39 @@ impl Member {
         self.launch(&config);
     }
 
+    /// Starts a member of a shared-database group (`storage.store: database`) on `url`,
+    /// with short lease timings (duration 3s, renewal every 500ms, backups polling every
+    /// 200ms). `extra_yaml` is merged over the generated config, key by key, so a test can
+    /// change any of it (`storage:\n  database:\n    lease:\n      duration: 5s\n`) without
+    /// repeating a key.
+    pub fn start_shared_database(&mut self, url: &str, peers: &[Peer], role: &str, group: &str, extra_yaml: &str) {
+        let generated = format!(
+            "{listeners}storage:\n  dataDir: {data}\n  store: database\n  database:\n    url: {url}\n    \
+             lease:\n      duration: 3s\n      renewInterval: 500ms\n      pollInterval: 200ms\n\
+             ha:\n  policy: sharedStore\n  role: {role}\n  groupName: {group}\n  members:\n{members}",
+            listeners = self.listeners(),
+            data = self.dir.join("data").display(),
+            url = serde_json::to_string(url).expect("quote the URL"),
+            members = if peers.is_empty() { "    []\n".to_string() } else { members_yaml(peers) },
+        );
+        let mut config: serde_yaml::Value = serde_yaml::from_str(&generated).expect("generated config is YAML");
+        if !extra_yaml.trim().is_empty() {
+            let extra: serde_yaml::Value = serde_yaml::from_str(extra_yaml).expect("extra_yaml is YAML");
+            merge_yaml(&mut config, extra);
+        }
+        self.launch(&serde_yaml::to_string(&config).expect("config to YAML"));
+    }
+
+    /// The process id, while the member runs.
+    pub fn pid(&self) -> Option<i32> {
+        self.child.as_ref().map(|c| c.id() as i32)
+    }
+
+    /// The exit status once the process has ended (without waiting); None while it runs.
+    pub fn exit_status(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut().and_then(|c| c.try_wait().ok().flatten())
+    }
+
     fn listeners(&self) -> String {
         format!(
             "node:\n  id: {name}\nstomp:\n  listen: {ip}:{stomp}\nadmin:\n  listen: {ip}:{admin}\n",
@@ -207,6 +240,23 @@ impl Member {
 
 fn members_yaml(peers: &[Peer]) -> String {
     peers.iter().map(|p| format!("    - name: {}\n      cluster: {}\n      stomp: {}\n", p.name, p.cluster, p.stomp)).collect()
+}
+
+/// Merges `extra` into `base`: mappings key by key (recursively), anything else replaced.
+fn merge_yaml(base: &mut serde_yaml::Value, extra: serde_yaml::Value) {
+    match (base, extra) {
+        (serde_yaml::Value::Mapping(base), serde_yaml::Value::Mapping(extra)) => {
+            for (key, value) in extra {
+                match base.get_mut(&key) {
+                    Some(existing) => merge_yaml(existing, value),
+                    None => {
+                        base.insert(key, value);
+                    }
+                }
+            }
+        }
+        (base, extra) => *base = extra,
+    }
 }
 
 impl Drop for Member {

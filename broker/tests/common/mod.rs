@@ -5,6 +5,7 @@
 
 pub mod cluster;
 pub mod kube_api;
+pub mod postgres;
 
 use bytes::BytesMut;
 use duomq_broker::stomp::{Command, Frame, Inbound, Limits, StompCodec, Version};
