@@ -456,6 +456,27 @@ pub fn cli(args: &[&str]) -> Process {
     c
 }
 
+/// Waits for `child` (its stdout and stderr piped, or not) and collects its output; kills
+/// it once `timeout` has passed. A thread drains the pipes meanwhile, so a chatty child
+/// cannot block on them.
+pub fn output_within(child: Child, timeout: Duration) -> Result<std::process::Output, String> {
+    let pid = child.id() as i32;
+    let (done, result) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = done.send(child.wait_with_output());
+    });
+    match result.recv_timeout(timeout) {
+        Ok(output) => output.map_err(|e| format!("failed to wait for process {pid}: {e}")),
+        Err(_) => {
+            // SAFETY: a signal to a child the caller started; the thread still waits on it.
+            unsafe {
+                libc::kill(pid, libc::SIGKILL);
+            }
+            Err(format!("process {pid} did not finish within {timeout:?}"))
+        }
+    }
+}
+
 /// Receives exactly `count` messages with the CLI and returns its summary line.
 pub fn receive_all(url: &str, queue: &str, count: usize) -> String {
     let out = cli(&["receive", "--url", url, "--destination", queue, "--count", &count.to_string(), "--timeout", "10s"])

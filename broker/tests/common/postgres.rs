@@ -7,7 +7,7 @@
 //! next start), [`Postgres::start_again`] brings the same cluster back on the same port.
 //! The server is stopped immediately on drop; the log tail is printed when a test panics.
 
-use super::free_port;
+use super::{free_port, output_within};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -337,20 +337,5 @@ fn run(mut command: Command, timeout: Duration) -> Result<Output, String> {
         .stderr(Stdio::piped())
         .spawn()
         .map_err(|e| format!("failed to start {program}: {e}"))?;
-    let pid = child.id() as i32;
-    let (done, result) = std::sync::mpsc::channel();
-    // A thread drains the pipes while it waits, so a chatty program cannot block on them.
-    std::thread::spawn(move || {
-        let _ = done.send(child.wait_with_output());
-    });
-    match result.recv_timeout(timeout) {
-        Ok(output) => output.map_err(|e| format!("failed to wait for {program}: {e}")),
-        Err(_) => {
-            // SAFETY: a signal to a child this function started; the thread still waits on it.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-            Err(format!("{program} did not finish within {timeout:?}"))
-        }
-    }
+    output_within(child, timeout).map_err(|e| format!("{program}: {e}"))
 }
