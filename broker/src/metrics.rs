@@ -189,6 +189,8 @@ pub struct Metrics {
     pub network: NetworkMetrics,
     /// The clustered grouping handler.
     pub grouping: GroupingMetrics,
+    /// The shared database store (`storage.store: database`).
+    pub database: crate::db::DatabaseMetrics,
 }
 
 impl Metrics {
@@ -201,6 +203,7 @@ impl Metrics {
         let cluster = ClusterMetrics::register(&mut registry);
         let network = NetworkMetrics::register(&mut registry);
         let grouping = GroupingMetrics::register(&mut registry);
+        let database = crate::db::DatabaseMetrics::register(&mut registry);
         let m = Metrics {
             messages_in: Counter::default(),
             messages_out: Counter::default(),
@@ -231,6 +234,7 @@ impl Metrics {
             cluster,
             network,
             grouping,
+            database,
             registry: Mutex::new(Registry::default()),
         };
         registry.register("duomq_messages_in", "Messages accepted from producers", m.messages_in.clone());

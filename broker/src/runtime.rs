@@ -6,8 +6,9 @@
 
 use crate::admin::api::Role;
 use crate::admin::{self, AdminState, StoreCheck};
-use crate::config::{BrokerConfig, HaPolicy, ReplicationMode, User};
+use crate::config::{BrokerConfig, HaPolicy, ReplicationMode, StoreKind, User};
 use crate::engine::{Broker, EngineError};
+use crate::db::Database;
 use crate::ha::shared_store::{self, Decision, LiveHolder, SharedStoreMember};
 use crate::ha::{self, backup::BackupOutcome, HaContext, HaError, LiveTerm, StartAs};
 use crate::journal::JournalMetrics;
@@ -39,6 +40,10 @@ pub enum RunError {
     Grouping(#[source] crate::grouping::GroupingError),
     #[error("failed to read the cluster password")]
     Password(#[source] crate::config::ConfigError),
+    #[error("replication streams the file journal: it needs storage.store: file")]
+    NotFileStore,
+    #[error("failed to use the shared database")]
+    Database(#[source] crate::db::DbError),
 }
 
 /// How long shutdown waits for connections to finish their in-flight work.
@@ -93,6 +98,9 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
 
     let result = match config.ha.policy {
         HaPolicy::Replication => run_replicated(&shared, &stomp_listener, &shutdown).await,
+        HaPolicy::SharedStore if config.storage.store == StoreKind::Database => {
+            run_shared_database(&shared, &stomp_listener, &shutdown).await
+        }
         HaPolicy::SharedStore => run_shared_store(&shared, &stomp_listener, &shutdown).await,
         HaPolicy::None => run_standalone(&shared, &stomp_listener, &shutdown).await,
     };
@@ -329,16 +337,17 @@ async fn live_term(
         None => {}
     }
     let broker = open(shared, took_over).await?;
-    broker.journal().replication_gate().set_synchronous(shared.config.ha.replication == ReplicationMode::Sync);
+    let journal = broker.journal().cloned().ok_or(RunError::NotFileStore)?;
+    journal.replication_gate().set_synchronous(shared.config.ha.replication == ReplicationMode::Sync);
     ctx.activated().map_err(RunError::Ha)?;
     tracing::info!(epoch = ctx.epoch().0, group = %ctx.group, "live");
     let term = Arc::new(LiveTerm::default());
-    *live_slot.write() = Some((broker.journal().clone(), Arc::clone(&term)));
+    *live_slot.write() = Some((journal.clone(), Arc::clone(&term)));
     let stop = CancellationToken::new();
     let lost = Arc::new(parking_lot::Mutex::new(None::<String>));
     let watcher = {
-        let (stop, term, shutdown, lost, ctx, broker) =
-            (stop.clone(), Arc::clone(&term), shutdown.clone(), Arc::clone(&lost), Arc::clone(ctx), Arc::clone(&broker));
+        let (stop, term, shutdown, lost, ctx, journal) =
+            (stop.clone(), Arc::clone(&term), shutdown.clone(), Arc::clone(&lost), Arc::clone(ctx), journal.clone());
         let claim_lost = ctx.arbiter.lost();
         tokio::spawn(async move {
             tokio::select! {
@@ -346,7 +355,7 @@ async fn live_term(
                 _ = term.step_down.cancelled() => {}
                 reason = claim_lost => {
                     // Fence before anything else: no receipt may leave after this.
-                    broker.journal().replication_gate().fence();
+                    journal.replication_gate().fence();
                     ctx.became_fenced();
                     term.fenced.cancel();
                     tracing::warn!(%reason, "fenced: stopped serving clients and confirming writes");
@@ -485,6 +494,248 @@ async fn wait_for_lock(
         }
         wait = retry_in;
     }
+}
+
+/// The shared-database member: a backup until it takes the database lease, then live until
+/// shutdown or until it loses the lease (fenced), after which it waits as a backup again.
+async fn run_shared_database(shared: &Shared, stomp: &TcpListener, shutdown: &CancellationToken) -> Result<(), RunError> {
+    let config = &shared.config;
+    std::fs::create_dir_all(&config.storage.data_dir)
+        .map_err(|source| RunError::Engine(EngineError::CreateDataDir { path: config.storage.data_dir.clone(), source }))?;
+    let node_id = crate::engine::resolve_node_id(&config.node.id, &config.storage.data_dir).map_err(RunError::Engine)?;
+    *shared.state.node_id.write() = node_id.clone();
+    let ctx = HaContext::new(
+        config,
+        node_id.clone(),
+        Arc::clone(&shared.state.ha),
+        Arc::clone(&shared.state.role),
+        shared.metrics.lease.clone(),
+    )
+    .await
+    .map_err(RunError::Ha)?;
+    let db = Database::new(&config.storage.database, &ctx.group, &node_id, shared.metrics.database.clone());
+    let advertised = stomp.local_addr().unwrap_or(config.stomp.listen).to_string();
+    let mut seen_other_live = false;
+    let mut fenced = false;
+    loop {
+        if fenced {
+            ctx.became_fenced();
+        } else {
+            ctx.became_backup();
+        }
+        *shared.state.broker.write() = None;
+        let stop_responder = CancellationToken::new();
+        let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), stop_responder.clone());
+        let taken = tokio::select! {
+            r = wait_for_lease(shared, &ctx, &db, &advertised, shutdown, &mut seen_other_live, fenced) => r?,
+            _ = responder => return Ok(()),
+        };
+        stop_responder.cancel();
+        let Some((client, acquired)) = taken else { return Ok(()) };
+        match database_term(shared, &ctx, &db, stomp, shutdown, client, acquired, seen_other_live).await? {
+            DatabaseTermEnd::Shutdown => return Ok(()),
+            DatabaseTermEnd::Fenced => {
+                fenced = true;
+                seen_other_live = true;
+            }
+        }
+    }
+}
+
+enum DatabaseTermEnd {
+    Shutdown,
+    Fenced,
+}
+
+/// Polls the lease until this member takes it (`Some`) or shutdown (`None`), reporting
+/// itself as a backup meanwhile; connects (with backoff) and creates the schema first.
+async fn wait_for_lease(
+    shared: &Shared,
+    ctx: &HaContext,
+    db: &Database,
+    advertised: &str,
+    shutdown: &CancellationToken,
+    seen_other_live: &mut bool,
+    fenced: bool,
+) -> Result<Option<(tokio_postgres::Client, crate::db::Acquired)>, RunError> {
+    let poll = db.config.lease.poll_interval.get();
+    let mut wait = match (ctx.config.role, fenced) {
+        // A preferred backup lets a primary that starts at the same time go first.
+        (crate::config::PreferredRole::Backup, _) | (_, true) => poll,
+        (crate::config::PreferredRole::Primary, false) => Duration::ZERO,
+    };
+    let mut backoff = Duration::from_millis(100);
+    let mut client: Option<tokio_postgres::Client> = None;
+    let mut last_problem: Option<String> = None;
+    let mut last_holder: Option<String> = None;
+    loop {
+        tokio::select! {
+            _ = tokio::time::sleep(wait) => {}
+            _ = shutdown.cancelled() => return Ok(None),
+        }
+        let attempt = async {
+            if client.as_ref().is_none_or(|c| c.is_closed()) {
+                let mut fresh = db.connect().await?;
+                crate::db::migrate(&mut fresh, &db.tables).await?;
+                client = Some(fresh);
+            }
+            match client.as_mut() {
+                Some(c) => db.try_acquire(c, advertised).await,
+                None => Err(crate::db::DbError::NotConnected),
+            }
+        };
+        match attempt.await {
+            Ok(crate::db::Attempt::Taken(acquired)) => {
+                let Some(client) = client.take() else { continue };
+                tracing::info!(epoch = acquired.epoch, previous = ?acquired.previous_holder, "took the database lease");
+                return Ok(Some((client, acquired)));
+            }
+            Ok(crate::db::Attempt::Held(view)) => {
+                backoff = Duration::from_millis(100);
+                if view.holder != ctx.node_id {
+                    *seen_other_live = true;
+                }
+                let _ = ctx.store_epoch(ha::epoch::Epoch(view.epoch.max(0) as u64));
+                let holder = LiveHolder { node: view.holder.clone(), stomp: view.stomp.clone() };
+                ctx.show_live(Some(&view.holder), holder.client_address(&ctx.config.members));
+                ctx.set_database_status(admin::api::DatabaseStatus {
+                    reachable: true,
+                    last_error: None,
+                    lease_holder: Some(view.holder.clone()),
+                    lease_remaining_ms: Some(view.remaining.as_millis() as u64),
+                    commits: 0,
+                });
+                shared.metrics.database.reachable.set(1);
+                *shared.state.shared_store.write() = StoreCheck::Reachable;
+                if last_problem.take().is_some() || last_holder.as_deref() != Some(view.holder.as_str()) {
+                    if *ctx.role.read() == admin::api::Role::Fenced {
+                        ctx.became_backup();
+                    }
+                    tracing::info!(live = %view.holder, epoch = view.epoch, poll = ?poll, "the database lease is held by the live: waiting as backup");
+                    last_holder = Some(view.holder.clone());
+                }
+                wait = poll;
+            }
+            Err(e) if e.is_fatal() => return Err(RunError::Database(e)),
+            Err(e) => {
+                client = None;
+                let reason = crate::report::error_chain(&e);
+                shared.metrics.database.reachable.set(0);
+                ctx.set_database_status(admin::api::DatabaseStatus { reachable: false, last_error: Some(reason.clone()), ..Default::default() });
+                *shared.state.shared_store.write() = StoreCheck::Unreachable { reason: reason.clone() };
+                if last_problem.as_deref() != Some(reason.as_str()) {
+                    tracing::warn!(error = %reason, retry = ?backoff, "cannot use the shared database: waiting as backup");
+                    last_problem = Some(reason);
+                } else {
+                    tracing::debug!(error = %reason, retry = ?backoff, "the shared database is still unreachable");
+                }
+                wait = backoff;
+                backoff = (backoff * 2).min(db.config.max_reconnect_delay.get());
+            }
+        }
+    }
+}
+
+/// One term as live on the database: recover the group's rows, serve clients while the
+/// lease is renewed, and stop serving the moment it is lost.
+#[allow(clippy::too_many_arguments)]
+async fn database_term(
+    shared: &Shared,
+    ctx: &Arc<HaContext>,
+    db: &Database,
+    stomp: &TcpListener,
+    shutdown: &CancellationToken,
+    client: tokio_postgres::Client,
+    acquired: crate::db::Acquired,
+    seen_other_live: bool,
+) -> Result<DatabaseTermEnd, RunError> {
+    let started = std::time::Instant::now();
+    let term = Arc::new(crate::db::Term::new(&acquired, db.config.lease.duration.get()));
+    let client = Arc::new(client);
+    let renewer = tokio::spawn(crate::db::keep_lease(db.clone(), Arc::clone(&client), Arc::clone(&term), {
+        let ctx = Arc::clone(ctx);
+        Arc::new(move |s| ctx.set_database_status(s))
+    }));
+    let possibly_delivered = seen_other_live || acquired.previous_holder.as_deref().is_some_and(|h| h != ctx.node_id);
+    let status: Arc<dyn Fn(admin::api::DatabaseStatus) + Send + Sync> = {
+        let ctx = Arc::clone(ctx);
+        Arc::new(move |s| ctx.set_database_status(s))
+    };
+    let recovered = crate::db::recover(db, &client, Arc::clone(&term), acquired.next_id, crate::engine::dedup::STORED_HEADER, status).await;
+    let (store, recovered) = match recovered {
+        Ok(r) => r,
+        Err(e) => {
+            tracing::warn!(error = %crate::report::error_chain(&e), "failed to recover the database store: giving the lease up");
+            term.fence(format!("recovery failed: {}", crate::report::error_chain(&e)));
+            if let Ok(client) = renewer.await {
+                let _ = db.release(&client, acquired.epoch).await;
+            }
+            if e.is_fatal() {
+                return Err(RunError::Database(e));
+            }
+            return Ok(DatabaseTermEnd::Fenced);
+        }
+    };
+    let users = shared.users.clone();
+    let (broker, report) = crate::engine::Broker::with_store(
+        Arc::clone(&shared.config),
+        ctx.node_id.clone(),
+        users,
+        crate::engine::Store::Database(store),
+        recovered,
+        shared.metrics.engine.clone(),
+        possibly_delivered,
+    );
+    tracing::info!(
+        node = %broker.node_id,
+        messages = report.messages,
+        queues = report.queues,
+        possibly_delivered,
+        took_ms = started.elapsed().as_millis() as u64,
+        "database store recovered"
+    );
+    *shared.state.broker.write() = Some(Arc::clone(&broker));
+    ctx.store_epoch(ha::epoch::Epoch(acquired.epoch.max(0) as u64)).map_err(RunError::Ha)?;
+    ctx.show_live(Some(&ctx.node_id), None);
+    ctx.activated().map_err(RunError::Ha)?;
+    shared.metrics.database.lease_held.set(1);
+    tracing::info!(epoch = acquired.epoch, group = %ctx.group, "live: holding the database lease");
+    let stop = CancellationToken::new();
+    let watcher = {
+        let (stop, term, shutdown, ctx, metrics) =
+            (stop.clone(), Arc::clone(&term), shutdown.clone(), Arc::clone(ctx), shared.metrics.database.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = shutdown.cancelled() => {}
+                reason = term.fenced() => {
+                    ctx.became_fenced();
+                    metrics.fenced.inc();
+                    tracing::warn!(%reason, "fenced: stopped serving clients and writing to the database");
+                }
+            }
+            stop.cancel();
+        })
+    };
+    serve_live(shared, stomp, &broker, identity(shared, &broker)?, stop.clone()).await?;
+    stop.cancel();
+    let _ = watcher.await;
+    shared.metrics.database.lease_held.set(0);
+    let fenced = term.is_fenced();
+    if fenced {
+        // serve_live reported `live` on its way in; the member is fenced.
+        ctx.became_fenced();
+    }
+    close(&broker).await?;
+    term.fence("the live term ended".into());
+    let client = renewer.await.unwrap_or(client);
+    if !fenced {
+        // After the last write: the next live reads everything.
+        if let Err(e) = db.release(&client, acquired.epoch).await {
+            tracing::warn!(error = %crate::report::error_chain(&e), "failed to release the database lease; a backup takes it when it expires");
+        }
+        return Ok(DatabaseTermEnd::Shutdown);
+    }
+    Ok(DatabaseTermEnd::Fenced)
 }
 
 async fn bind(what: &'static str, addr: SocketAddr) -> Result<TcpListener, RunError> {

@@ -15,7 +15,7 @@ use super::memory::Reservation;
 use super::message::{ConsumerKey, GroupOwner, Message, MessageGroup};
 use super::queue::{AckError, Queue};
 use super::{Broker, DestinationError, Target};
-use crate::journal::{AppendFuture, Journal, JournalError, MessageId, Op, StoredMessage};
+use crate::journal::{AppendFuture, JournalError, MessageId, Op, StoredMessage};
 use bytes::Bytes;
 use std::future::Future;
 use std::pin::Pin;
@@ -281,13 +281,6 @@ impl Drop for Durable {
     }
 }
 
-fn append(journal: &Journal, ops: Vec<Op>, commit: Commit) -> AppendFuture {
-    match commit {
-        Commit::Grouped => journal.append(ops),
-        Commit::Inline => journal.append_inline(ops),
-    }
-}
-
 impl Broker {
     /// Validates, dedups, waits for memory room (`memory.producerBlockTimeout`), reserves,
     /// and hands the record to the journal; returns once the record is queued (NOT
@@ -310,7 +303,7 @@ impl Broker {
         let message = self.message(&target, incoming);
         let reservation = self.reserve(&target, &message);
         let send = Prepared { target, message, journaled, reservation, blocked };
-        let append = send.op().map(|op| append(&self.journal, vec![op], commit));
+        let append = send.op().map(|op| self.store.append(vec![op], commit));
         let durable = Durable { broker: Arc::clone(self), sends: vec![send], duplicate: false };
         Ok(Acceptance::new(append, durable, blocked))
     }
@@ -333,7 +326,7 @@ impl Broker {
     /// the [`Durable`] the acceptance resolves to.
     pub fn commit(self: &Arc<Self>, sends: Vec<Prepared>, acks: Settled, commit: Commit) -> Acceptance {
         let ops: Vec<Op> = acks.ops().chain(sends.iter().filter_map(Prepared::op)).collect();
-        let append = (!ops.is_empty()).then(|| append(&self.journal, ops, commit));
+        let append = (!ops.is_empty()).then(|| self.store.append(ops, commit));
         Acceptance::new(append, Durable { broker: Arc::clone(self), sends, duplicate: false }, false)
     }
 
@@ -358,7 +351,7 @@ impl Broker {
     /// are delivered again, which is all such an acknowledgement promised.
     pub fn acknowledge_lazy(&self, acks: Settled) {
         if !acks.journaled.is_empty() {
-            drop(self.journal.append_lazy(acks.ops().collect()));
+            drop(self.store.append_lazy(acks.ops().collect()));
         }
     }
 
@@ -417,14 +410,14 @@ impl Broker {
         debug_assert!(super::is_reserved(destination));
         let id = self.next_message_id();
         let op = Op::Add(StoredMessage { id, destination: destination.to_string(), headers, body: Bytes::new() });
-        (id, self.journal.append(vec![op]))
+        (id, self.store.append(vec![op], Commit::Grouped))
     }
 
     /// Removes records of [`Broker::journal_record`]; nobody needs to wait for it (after a
     /// crash first, the records come back and are removed again).
     pub fn forget_records(&self, ids: &[MessageId]) {
         if !ids.is_empty() {
-            drop(self.journal.append_lazy(ids.iter().map(|id| Op::Ack(*id)).collect()));
+            drop(self.store.append_lazy(ids.iter().map(|id| Op::Ack(*id)).collect()));
         }
     }
 
@@ -524,7 +517,7 @@ mod tests {
         assert!(!acceptance.is_duplicate());
         assert!(!acceptance.blocked());
         let durable = acceptance.await.expect("durable");
-        assert_eq!(broker.journal.stats().records_appended, 1, "one record before it is safe to confirm");
+        assert_eq!(broker.journal().expect("a file store").stats().records_appended, 1, "one record before it is safe to confirm");
         assert!(durable.publishes());
         assert_eq!(durable.publish(), Accepted::Stored);
         let q = queue(&broker, "/queue/a");
@@ -549,7 +542,7 @@ mod tests {
         assert!(!durable.publishes());
         assert_eq!(durable.publish(), Accepted::Duplicate);
         assert_eq!(queue(&broker, "/queue/a").snapshot().depth, 1);
-        assert_eq!(broker.journal.stats().records_appended, 1);
+        assert_eq!(broker.journal().expect("a file store").stats().records_appended, 1);
         broker.close().expect("close");
     }
 
@@ -575,7 +568,7 @@ mod tests {
         assert!(!again.is_duplicate(), "only journaled messages are deduplicated");
         assert_eq!(again.await.expect("durable").publish(), Accepted::Stored);
         journal_settled(&broker).await;
-        assert_eq!(broker.journal.stats().records_appended, 1, "only the probe's record");
+        assert_eq!(broker.journal().expect("a file store").stats().records_appended, 1, "only the probe's record");
         assert_eq!(queue(&broker, "/queue/a").snapshot().depth, 2);
         broker.close().expect("close");
     }
@@ -590,7 +583,7 @@ mod tests {
         assert_eq!(acceptance.await.expect("durable").publish(), Accepted::Stored);
         assert_eq!(subscriber.snapshot().depth, 1);
         journal_settled(&broker).await;
-        assert_eq!(broker.journal.stats().records_appended, 1, "only the probe's record");
+        assert_eq!(broker.journal().expect("a file store").stats().records_appended, 1, "only the probe's record");
         broker.close().expect("close");
     }
 
@@ -663,7 +656,7 @@ mod tests {
         assert!(sends[0].footprint() > 0);
         assert_eq!(queue(&broker, "/queue/tx").snapshot().depth, 0, "nothing visible before commit");
         let durable = broker.commit(sends, Settled::default(), Commit::Grouped).await.expect("durable");
-        assert_eq!(broker.journal.stats().records_appended, 1, "one record for the whole transaction");
+        assert_eq!(broker.journal().expect("a file store").stats().records_appended, 1, "one record for the whole transaction");
         assert_eq!(durable.publish(), Accepted::Stored);
         assert_eq!(queue(&broker, "/queue/tx").snapshot().depth, 3);
         broker.close().expect("close");

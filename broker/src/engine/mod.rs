@@ -12,9 +12,11 @@ pub mod memory;
 pub mod message;
 pub mod metrics;
 pub mod queue;
+pub mod store;
 
 use crate::config::{BrokerConfig, SlowTopicSubscriber, User};
-use crate::journal::{Journal, JournalConfig, JournalError, JournalMetrics, MessageId};
+use crate::journal::{Journal, JournalConfig, JournalError, JournalMetrics, MessageId, Recovered};
+pub use store::Store;
 use memory::{Memory, Reservation};
 use message::{ConsumerKey, Entry, Message};
 use metrics::{EngineMetrics, Limit};
@@ -133,7 +135,7 @@ pub struct Broker {
     pub config: Arc<BrokerConfig>,
     pub node_id: String,
     pub started: Instant,
-    journal: Journal,
+    store: Store,
     memory: Arc<Memory>,
     queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
@@ -176,6 +178,19 @@ impl Broker {
         };
         let (journal, recovered) =
             Journal::open(journal_config, journal_metrics).map_err(EngineError::OpenJournal)?;
+        Ok(Broker::with_store(config, node_id, users, Store::File(journal), recovered, metrics, possibly_delivered))
+    }
+
+    /// Rebuilds every queue from what `store` recovered (see [`Broker::open`]).
+    pub fn with_store(
+        config: Arc<BrokerConfig>,
+        node_id: String,
+        users: Vec<User>,
+        store: Store,
+        recovered: Recovered,
+        metrics: EngineMetrics,
+        possibly_delivered: bool,
+    ) -> (Arc<Broker>, RecoveryReport) {
         let memory = Arc::new(Memory::new(
             config.memory.max_broker_bytes.as_usize(),
             config.memory.max_queue_bytes.as_usize(),
@@ -183,7 +198,7 @@ impl Broker {
         let broker = Arc::new(Broker {
             node_id,
             started: Instant::now(),
-            journal,
+            store,
             memory,
             queues: RwLock::new(HashMap::new()),
             topics: RwLock::new(HashMap::new()),
@@ -233,11 +248,12 @@ impl Broker {
             queue.enqueue(Entry { message, journaled: true, redelivered: possibly_delivered });
         }
         let queues = broker.queues.read().len();
-        Ok((broker, RecoveryReport { queues, ..report }))
+        (broker, RecoveryReport { queues, ..report })
     }
 
-    pub fn journal(&self) -> &Journal {
-        &self.journal
+    /// The file journal, when that is the store (a replicated live streams it).
+    pub fn journal(&self) -> Option<&Journal> {
+        self.store.journal()
     }
 
     pub fn memory(&self) -> &Memory {
@@ -553,7 +569,7 @@ impl Broker {
 
     /// Flushes and stops the journal writer.
     pub fn close(&self) -> Result<(), JournalError> {
-        self.journal.close()
+        self.store.close()
     }
 }
 

@@ -235,6 +235,15 @@ impl HaContext {
         }
     }
 
+    /// Shows the shared database's state under `ha.database` (`storage.store: database`).
+    pub fn set_database_status(&self, status: crate::admin::api::DatabaseStatus) {
+        if self.database.read().as_ref() == Some(&status) {
+            return;
+        }
+        *self.database.write() = Some(status);
+        self.publish(None);
+    }
+
     /// After handing the live role to `node`: clients that still reach this member are
     /// told that `node` is live (until it is followed, which says the same).
     pub fn handed_over_to(&self, node: &str) {

@@ -171,6 +171,13 @@ pub enum JournalError {
     /// a backup that takes over may not have it. The write may or may not survive.
     #[error("failed to confirm the write: this live stopped being live before its backups had it")]
     Fenced,
+    /// The database store refused the write (not a lost connection: those are retried
+    /// until the live fences). Nothing of the batch was written.
+    #[error("failed to store in the database: {reason}")]
+    Database {
+        /// What the database said.
+        reason: String,
+    },
     /// The writer thread panicked; what it last wrote is unknown.
     #[error("failed to stop the journal writer: it panicked")]
     WriterPanicked,

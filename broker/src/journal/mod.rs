@@ -492,9 +492,18 @@ enum AppendState {
 }
 
 impl AppendFuture {
-    fn ready(result: Result<(), JournalError>) -> Self {
+    /// A future that is already resolved (for example a write refused before it started).
+    pub(crate) fn ready(result: Result<(), JournalError>) -> Self {
         Self {
             state: AppendState::Ready(Some(result)),
+        }
+    }
+
+    /// A future resolved by whoever holds the sender: another store (the database) that
+    /// answers appends with the journal's contract.
+    pub(crate) fn waiting(receiver: oneshot::Receiver<Result<(), JournalError>>) -> Self {
+        Self {
+            state: AppendState::Waiting(receiver),
         }
     }
 }
