@@ -7,6 +7,7 @@ pub mod admin;
 pub mod client;
 pub mod cluster;
 pub mod config;
+pub mod db;
 pub mod engine;
 pub mod grouping;
 pub mod ha;

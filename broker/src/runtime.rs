@@ -513,7 +513,7 @@ async fn run_shared_database(shared: &Shared, stomp: &TcpListener, shutdown: &Ca
     )
     .await
     .map_err(RunError::Ha)?;
-    let db = Database::new(&config.storage.database, &ctx.group, &node_id, shared.metrics.database.clone());
+    let db = Database::new(&config.storage, &ctx.group, &node_id, shared.metrics.database.clone());
     let advertised = stomp.local_addr().unwrap_or(config.stomp.listen).to_string();
     let mut seen_other_live = false;
     let mut fenced = false;

@@ -70,7 +70,7 @@ pub fn readiness(role: Role, policy: HaPolicy, ha: Option<&HaStatus>, store: &St
         (Role::Backup, HaPolicy::SharedStore) => match store {
             StoreCheck::Reachable => Ok(()),
             StoreCheck::NotTried => Err("shared-store backup has not tried the journal lock yet".to_string()),
-            StoreCheck::Unreachable { reason } => Err(format!("shared-store backup cannot reach the data directory: {reason}")),
+            StoreCheck::Unreachable { reason } => Err(format!("shared-store backup cannot reach the shared store: {reason}")),
         },
         (Role::Fenced, _) => Err("fenced: this live lost the group's Lease; rejoining as a backup".to_string()),
         (role, _) => Err(format!("{role:?}")),

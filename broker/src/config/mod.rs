@@ -434,6 +434,15 @@ impl BrokerConfig {
                     );
                 }
                 self.storage.database.validate()?;
+                if self.storage.segment_size != StorageConfig::default().segment_size {
+                    return invalid("storage.segmentSize", "is for the file journal; the database store has no segments (remove it)");
+                }
+                if self.ha.arbiter != ArbiterConfig::default() {
+                    return invalid(
+                        "ha.arbiter",
+                        "is not used with storage.store: database: the database lease decides who is live (set storage.database.lease instead)",
+                    );
+                }
             }
             StoreKind::File if self.storage.database != DatabaseConfig::default() => {
                 return invalid("storage.database", "is set but storage.store is file: set storage.store: database to use it");
@@ -668,6 +677,39 @@ mod tests {
         assert!(err.contains("node.id"), "{err}");
         let cfg = load_text("node:\n  id: a\nha:\n  policy: sharedStore\n  groupName: g1\n").unwrap();
         assert_eq!(cfg.ha.policy, HaPolicy::SharedStore);
+    }
+
+    const DATABASE: &str = "node:\n  id: a\nha:\n  policy: sharedStore\n  groupName: g1\nstorage:\n  store: database\n  database:\n    url: postgresql://u@h/db\n";
+
+    #[rstest::rstest]
+    #[case::database_needs_shared_store("storage:\n  store: database\n  database:\n    url: postgresql://u@h/db\n", "storage.store")]
+    #[case::database_needs_a_url("node:\n  id: a\nha:\n  policy: sharedStore\n  groupName: g1\nstorage:\n  store: database\n", "storage.database.url")]
+    #[case::database_section_under_file_store("storage:\n  database:\n    url: postgresql://u@h/db\n", "storage.database")]
+    #[case::url_and_file("storage:\n    urlFile: /u\n", "urlFile")]
+    #[case::renew_longer_than_half_the_lease("storage:\n    lease: {duration: 2s, renewInterval: 1500ms}\n", "renewInterval")]
+    #[case::segments_are_for_files("storage:\n  segmentSize: 1MiB\n", "storage.segmentSize")]
+    #[case::arbiter_is_the_lease("ha:\n  arbiter: {retryInterval: 5s}\n", "ha.arbiter")]
+    #[case::table_prefix("storage:\n    tablePrefix: Bad-Name\n", "tablePrefix")]
+    fn given_bad_database_store_config_should_name_the_field(#[case] text: &str, #[case] field: &str) {
+        // The cases starting with "storage:\n    " are merged into the valid DATABASE config.
+        let text = if let Some(rest) = text.strip_prefix("storage:\n    ") {
+            format!("{DATABASE}    {rest}")
+        } else if text.starts_with("storage:\n  segmentSize") {
+            format!("{DATABASE}  segmentSize: 1MiB\n")
+        } else if let Some(rest) = text.strip_prefix("ha:\n") {
+            DATABASE.replace("  groupName: g1\n", &format!("  groupName: g1\n{rest}"))
+        } else {
+            text.to_string()
+        };
+        let err = load_text(&text).unwrap_err().to_string();
+        assert!(err.contains(field), "{text}\n=> {err}");
+    }
+
+    #[test]
+    fn given_database_store_should_load_with_lease_defaults() {
+        let cfg = load_text(DATABASE).unwrap();
+        assert_eq!(cfg.storage.store, StoreKind::Database);
+        assert_eq!(cfg.storage.database.lease.duration, HumanDuration::secs(10));
     }
 
     #[test]

@@ -32,7 +32,7 @@ pub use schema::{migrate, Tables, SCHEMA_VERSION};
 pub use store::{recover, DbStore};
 pub use tls::TlsError;
 
-use crate::config::{DatabaseConfig, DatabaseUrlError, SslMode};
+use crate::config::{DatabaseConfig, DatabaseUrlError, SslMode, StorageConfig};
 use std::path::PathBuf;
 use std::time::Duration;
 use thiserror::Error;
@@ -80,6 +80,11 @@ impl DbError {
 #[derive(Debug, Clone)]
 pub struct Database {
     pub config: DatabaseConfig,
+    /// Most message bytes one group commit carries (`storage.maxBatchBytes`).
+    pub max_batch_bytes: usize,
+    /// `storage.fsync`: with `false` the writer's commits do not wait for the database's
+    /// WAL flush (`synchronous_commit = off`): benchmarks only, like the file journal's.
+    pub synchronous: bool,
     pub group: String,
     pub node: String,
     pub tables: Tables,
@@ -153,9 +158,12 @@ fn split_target(url: &str, config: &DatabaseConfig) -> Result<Target, DbError> {
 }
 
 impl Database {
-    pub fn new(config: &DatabaseConfig, group: &str, node: &str, metrics: DatabaseMetrics) -> Database {
+    pub fn new(storage: &StorageConfig, group: &str, node: &str, metrics: DatabaseMetrics) -> Database {
+        let config = &storage.database;
         Database {
             config: config.clone(),
+            max_batch_bytes: storage.max_batch_bytes.as_usize(),
+            synchronous: storage.fsync,
             group: group.to_string(),
             node: node.to_string(),
             tables: Tables::new(&config.table_prefix),

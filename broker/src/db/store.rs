@@ -20,8 +20,6 @@ const LAZY_DELAY: Duration = crate::journal::LAZY_SYNC_DELAY;
 const FIRST_RECONNECT_DELAY: Duration = Duration::from_millis(100);
 /// Longest `close` waits for the writer to finish what was queued.
 const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-/// A batch stops taking requests past this many message bytes (one statement's arrays).
-const MAX_BATCH_BYTES: usize = 4 * 1024 * 1024;
 /// The dedup window is trimmed once per this many commits that remembered something.
 const TRIM_EVERY: u64 = 1024;
 
@@ -94,6 +92,7 @@ pub async fn recover(
         remember_header: remember_header.to_string(),
         stop: stop.clone(),
         remembered_commits: 0,
+        connected_before: false,
         status,
     };
     tokio::spawn(async move {
@@ -159,6 +158,8 @@ struct Writer {
     remember_header: String,
     stop: tokio_util::sync::CancellationToken,
     remembered_commits: u64,
+    /// The first connection was made (by recovery); any later one is a reconnection.
+    connected_before: bool,
     status: Arc<dyn Fn(DatabaseStatus) + Send + Sync>,
 }
 
@@ -230,7 +231,7 @@ enum Outcome {
 
 impl Writer {
     async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Request>) {
-        let max_bytes = MAX_BATCH_BYTES;
+        let max_bytes = self.db.max_batch_bytes;
         let mut carried: Option<Request> = None;
         loop {
             let first = match carried.take() {
@@ -348,8 +349,18 @@ impl Writer {
             self.statements = None;
         }
         if self.client.is_none() {
-            self.client = Some(self.db.connect().await?);
-            self.db.metrics.reconnects.inc();
+            let client = self.db.connect().await?;
+            if !self.db.synchronous {
+                client
+                    .batch_execute("SET synchronous_commit = off")
+                    .await
+                    .map_err(|source| DbError::Query { what: "turn synchronous_commit off (storage.fsync: false)", source })?;
+            }
+            self.client = Some(client);
+            if self.connected_before {
+                self.db.metrics.reconnects.inc();
+            }
+            self.connected_before = true;
         }
         if self.statements.is_none() {
             let Some(client) = &self.client else { return Ok(()) };
