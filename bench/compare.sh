@@ -22,6 +22,8 @@ NETWORK=no
 NETWORK_KILLS=${BENCH_NETWORK_KILLS:-5}
 GROUPS_SECTION=no
 GROUPS_ROUNDS=${BENCH_GROUPS_ROUNDS:-1}
+DATABASE=no
+DATABASE_KILLS=${BENCH_DATABASE_KILLS:-5}
 OUT=${BENCH_OUT:-}
 FSYNC_DURATION=3s
 START_TIMEOUT=120
@@ -44,13 +46,15 @@ Usage: bench/compare.sh [--quick] [--only LIST] [--out DIR] [--duration D] [--wa
                         [--replication | --replication-only] [--replication-rounds N]
                         [--network | --network-only] [--network-kills N]
                         [--groups | --groups-only] [--groups-rounds N]
+                        [--database | --database-only] [--database-kills N]
 
 Measures duomq, ActiveMQ and RabbitMQ one after the other on this machine, over STOMP,
 with the same load generator (duomq-bench) and the same matrix, and prints a table.
 
 What it does, in order:
-  1. Installs what is missing with apt-get (activemq, rabbitmq-server, python3); it
-     runs 'apt-get update' first only when something has to be installed.
+  1. Installs what is missing with apt-get (activemq, rabbitmq-server, python3, and for
+     --database postgresql and libpostgresql-jdbc-java); it runs 'apt-get update' first
+     only when something has to be installed.
   2. Builds duomq-broker and duomq-bench in release mode with cargo.
   3. Measures the disk's fsync rate (duomq-bench fsync-rate, ${FSYNC_DURATION}) in the same
      temporary directory where the brokers keep their data, right before each target's
@@ -121,7 +125,24 @@ What it does, in order:
                    replaced after 5 messages; the receipt latency (p50, p99) of a new
                    group's first message beside the others' (on R the first one waits
                    for L's decision).
-  9. Prints the table and writes everything to the output directory.
+  9. With --database: shared-database master/slave on PostgreSQL (issue 15), on one
+     PostgreSQL server that the script starts on 127.0.0.1 (initdb and pg_ctl of the
+     Debian package, as the postgres user when run as root, data in the temporary
+     directory, fsync and synchronous_commit on) and stops at the end (config:
+     bench/lib/database.sh):
+       duomq     two duomq-broker run, ha.policy sharedStore, storage.store database on
+                 one database; lease 5s, renewed every 1s, the backup polls every 500ms
+       activemq  two ActiveMQ brokers, JDBC persistence adapter on another database of
+                 the same server (commons-dbcp pool, Debian's PostgreSQL JDBC driver),
+                 lease database locker with the same lease renewed as often (ActiveMQ's
+                 slave retries once per lease) (bench/lib/activemq-jdbc.xml)
+     Per pair: 1 KiB persistent 1P+1C at window 1 and window 64 against the live member
+     (client-individual acks, prefetch ${PREFETCH}), the duration after the warm-up each;
+     then ${DATABASE_KILLS} times, after ${FAILOVER_EVERY} of load, SIGKILL the live member (as in
+     --failover), wait for the other to take over, restart the killed one. Prints msg/s
+     and duomq/ActiveMQ (goal >= 3), and the failover gap from the kill to the first
+     receipt from the new live, p50 and max (goal: duomq's p50 below ActiveMQ's).
+ 10. Prints the table and writes everything to the output directory.
 
 The matrix (each cell on a fresh queue, consumers acking every message with
 client-individual, prefetch ${PREFETCH}):
@@ -165,10 +186,16 @@ Options:
   --groups-only   run only that section (no fsync rate, no matrix)
   --groups-rounds N  run the ungrouped/grouped pair N times, every other round grouped
                   first; the report takes each kind's mean (default ${GROUPS_ROUNDS})
+  --database      also run the shared-database section (duomq and ActiveMQ as --only
+                  allows; about 2 x 2 x (duration + warm-up) plus kills x (${FAILOVER_EVERY} +
+                  failover + restart) per system: 3 to 4 minutes by default)
+  --database-only run only that section (no fsync rate, no matrix)
+  --database-kills N  kills of the live member per system (default ${DATABASE_KILLS})
   -h, --help      this text
 
 Environment: BENCH_DURATION, BENCH_WARMUP, BENCH_PREFETCH, BENCH_ONLY, BENCH_OUT,
-BENCH_NETWORK_KILLS and BENCH_GROUPS_ROUNDS set the same as the options (options win);
+BENCH_NETWORK_KILLS, BENCH_GROUPS_ROUNDS and BENCH_DATABASE_KILLS set the same as the
+options (options win);
 TMPDIR chooses where the brokers' data lives (default /tmp): keep it on the disk you
 mean to measure, not on a tmpfs. DUOMQ_BROKER and DUOMQ_BENCH, both set, name binaries to use instead of building
 release ones (the bench's tests pass their debug builds).
@@ -190,8 +217,11 @@ Output directory:
   groups.jsonl   one 'duomq-bench run --json' line per message groups cell (with --groups)
   groups.txt     that section's tables (python3 bench/lib/groups-report.py DIR)
   groups-load.tsv  the machine's 1-minute load before each message groups cell
+  database.jsonl one 'duomq-bench run --json' line per database cell (with --database)
+  database-failover.jsonl  one 'duomq-bench failover --json' line per system (with --database)
+  database.txt   that section's tables (python3 bench/lib/database-report.py DIR)
   run.tsv, cells.tsv, failures.tsv   what the report is made from
-  logs/          each broker's log and each cell's duomq-bench stderr
+  logs/          each broker's log and each cell's duomq-bench stderr (and PostgreSQL's)
 python3 bench/lib/report.py DIR prints the table of a finished run again.
 
 Needs: root (for apt-get) or the packages already installed, cargo, about 2 GiB of
@@ -237,6 +267,10 @@ while (($#)); do
     --groups-only) GROUPS_SECTION=yes MATRIX=no ;;
     --groups-rounds) GROUPS_ROUNDS=${2:?--groups-rounds needs a number}; shift ;;
     --groups-rounds=*) GROUPS_ROUNDS=${1#*=} ;;
+    --database) DATABASE=yes ;;
+    --database-only) DATABASE=yes MATRIX=no ;;
+    --database-kills) DATABASE_KILLS=${2:?--database-kills needs a number}; shift ;;
+    --database-kills=*) DATABASE_KILLS=${1#*=} ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -259,6 +293,7 @@ seconds "$WARMUP" >/dev/null || die "--warmup: \"$WARMUP\" is not a duration lik
 [[ $REPLICATION_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--replication-rounds: \"$REPLICATION_ROUNDS\" is not a positive number"
 [[ $NETWORK_KILLS =~ ^[1-9][0-9]*$ ]] || die "--network-kills: \"$NETWORK_KILLS\" is not a positive number"
 [[ $GROUPS_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--groups-rounds: \"$GROUPS_ROUNDS\" is not a positive number"
+[[ $DATABASE_KILLS =~ ^[1-9][0-9]*$ ]] || die "--database-kills: \"$DATABASE_KILLS\" is not a positive number"
 # duomq-bench's drain timeout (10s) plus a minute for connecting and reporting.
 CELL_TIMEOUT=$(($(seconds "$DURATION") + $(seconds "$WARMUP") + 70))
 
@@ -284,6 +319,10 @@ done
 install_missing() {
     local pkgs=() missing=() p
     command -v python3 >/dev/null || pkgs+=(python3)
+    if [[ $DATABASE == yes ]]; then
+        pkgs+=(postgresql)
+        if [[ " ${TARGETS[*]} " == *" activemq "* ]]; then pkgs+=(libpostgresql-jdbc-java); fi
+    fi
     for t in "${TARGETS[@]}"; do
         case $t in
         activemq) pkgs+=(activemq) ;;
@@ -346,12 +385,15 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/duomq-compare.XXXXXX")
 . "$LIB_DIR/network.sh"
 # shellcheck source=lib/groups.sh
 . "$LIB_DIR/groups.sh"
+# shellcheck source=lib/database.sh
+. "$LIB_DIR/database.sh"
 
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
     # A second Ctrl-C must not cut the broker's stop short.
     trap '' INT TERM
     stop_broker
+    stop_postgres
     rm -rf "$WORK"
 }
 trap cleanup EXIT
@@ -524,6 +566,12 @@ if [[ $GROUPS_SECTION == yes ]]; then
     run_groups
 fi
 
+# --- shared database ------------------------------------------------------------------
+
+if [[ $DATABASE == yes ]]; then
+    run_database
+fi
+
 # --- the report -----------------------------------------------------------------------
 
 echo
@@ -545,6 +593,10 @@ if [[ $NETWORK == yes ]]; then
 fi
 if [[ $GROUPS_SECTION == yes ]]; then
     python3 "$LIB_DIR/groups-report.py" "$OUT" | tee "$OUT/groups.txt"
+    echo
+fi
+if [[ $DATABASE == yes ]]; then
+    python3 "$LIB_DIR/database-report.py" "$OUT" | tee "$OUT/database.txt"
     echo
 fi
 log "results in $OUT"

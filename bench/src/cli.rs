@@ -98,12 +98,14 @@ member is ready again. After --kills cycles the producers stop and the consumers
 How the live member is found (--kill-mode):\n  \
 status  each member's admin /status (--member-admin NAME=URL): the live one reports \
 \"role\":\"live\"; a restarted member is ready once it reports role backup with \
-ha.sync.state synced (duomq)\n  \
+ha.sync.state synced (duomq, replication) or with ha.database.reachable true (duomq, database \
+store)\n  \
 port    each member's STOMP address (--member-stomp NAME=HOST:PORT): the live one accepts TCP \
 connections, a slave does not listen; a restarted member is ready once its pid file names a \
 running process and --settle has passed (ActiveMQ shared-storage master/slave)\n\n\
 The failover gap of one kill is the time from the last RECEIPT any producer received from the \
-killed broker to the first RECEIPT from its successor: receipts are timed as they arrive, and \
+killed broker to the first RECEIPT from its successor (each kill also reports the time from the \
+SIGKILL itself to that first RECEIPT, kill_to_resume_ms): receipts are timed as they arrive, and \
 the first producer reconnect after the SIGKILL separates the two brokers' receipts (the dead \
 broker's last ones can still be read a moment after the kill). With --gap-at deliveries it is \
 instead the longest pause between two consecutive first deliveries (new messages) at the \
@@ -213,7 +215,8 @@ pub enum GapAt {
 /// How `failover` finds the live member.
 #[derive(ValueEnum, Debug, Clone, Copy, PartialEq, Eq)]
 pub enum KillMode {
-    /// The admin `/status` JSON: `role` is `live`; ready once `backup` and `synced`.
+    /// The admin `/status` JSON: `role` is `live`; ready once `backup` and `synced` (or,
+    /// with the database store, the database reachable).
     Status,
     /// Whoever accepts TCP on its STOMP address; ready once its pid file names a process.
     Port,

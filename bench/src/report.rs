@@ -216,6 +216,9 @@ pub struct KillReport {
     /// Last receipt from the killed broker to the first from its successor, or with
     /// `gap_at: deliveries` the longest pause between new messages at the consumers.
     pub gap_ms: Option<f64>,
+    /// The SIGKILL to the end of that gap: the first receipt from the successor, or the
+    /// delivery that ended the longest pause.
+    pub kill_to_resume_ms: Option<f64>,
     /// Kill to another member answering as live (as polled).
     pub promoted_ms: f64,
     /// Kill to the restarted member being ready again.
@@ -232,9 +235,10 @@ impl FailoverReport {
         let mut out = String::new();
         for (i, k) in self.per_kill.iter().enumerate() {
             let gap = k.gap_ms.map_or("-".to_string(), |g| format!("{g:.1}"));
+            let resumed = k.kill_to_resume_ms.map_or("-".to_string(), |g| format!("{g:.1}"));
             let _ = writeln!(
                 out,
-                "kill {:>2}: {} (pid {}) at {:.1}s  gap {gap} ms  promoted {:.0} ms  ready {:.0} ms",
+                "kill {:>2}: {} (pid {}) at {:.1}s  gap {gap} ms  (from the kill {resumed} ms)  promoted {:.0} ms  ready {:.0} ms",
                 i + 1,
                 k.member,
                 k.pid,

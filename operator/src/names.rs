@@ -24,6 +24,12 @@ pub const COMPONENT_BROKER: &str = "broker";
 pub const CONFIG_DIR: &str = "/etc/duomq";
 pub const CLUSTER_SECRET_DIR: &str = "/etc/duomq/cluster";
 pub const USERS_SECRET_DIR: &str = "/etc/duomq/users";
+/// sharedDatabase: the database URL Secret's key and the CA Secret's key, mounted here.
+pub const DATABASE_SECRET_DIR: &str = "/etc/duomq/database";
+pub const DATABASE_CA_DIR: &str = "/etc/duomq/database-ca";
+/// Default keys of those Secrets (CloudNativePG's application and CA Secrets).
+pub const DATABASE_URL_KEY: &str = "uri";
+pub const DATABASE_CA_KEY: &str = "ca.crt";
 /// Remote cluster passwords of network connectors: `<connector>/password` each.
 pub const NETWORK_SECRET_DIR: &str = "/etc/duomq/network";
 pub const DATA_DIR: &str = "/var/lib/duomq";

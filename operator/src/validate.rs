@@ -47,6 +47,9 @@ pub struct Dependencies {
     /// Secrets, `passwordSecret`s) that exist, by name. `None` when they were not looked up
     /// (offline rendering): they are then assumed to exist.
     pub connector_secrets: Option<BTreeMap<String, ConnectorSecret>>,
+    /// sharedDatabase: the keys of the database URL Secret and of the CA Secret that exist,
+    /// by Secret name. `None` when they were not looked up (offline rendering).
+    pub database_secrets: Option<BTreeMap<String, BTreeSet<String>>>,
 }
 
 /// What the operator read of a Secret a network connector authenticates with: its keys and
@@ -126,6 +129,9 @@ pub struct ValidatedBrokerGroup {
     /// condition: a password Secret that does not exist or lacks its key, a connected
     /// BrokerGroup whose cluster user differs from this one's.
     pub connector_problems: Vec<(String, String)>,
+    /// sharedDatabase: the URL or CA Secret does not exist or lacks its key, as (reason,
+    /// message). Rendered anyway: the pods wait for the Secret, as for a users Secret.
+    pub database_problems: Vec<(String, String)>,
 }
 
 /// A `masterslave:(…)` list of a group's members on the cluster port.
@@ -288,6 +294,7 @@ pub fn validate(
         }
     }
 
+    let database_problems = database_problems(&spec, deps);
     Ok(ValidatedBrokerGroup {
         uid: bg.metadata.uid.clone(),
         name,
@@ -298,7 +305,63 @@ pub fn validate(
         external_connectors,
         missing_targets,
         connector_problems,
+        database_problems,
     })
+}
+
+/// The Secrets sharedDatabase mounts that are missing or lack their key. A broker pod
+/// mounts them without `optional`, so such a pod does not start until they are there.
+fn database_problems(spec: &BrokerGroupSpec, deps: &Dependencies) -> Vec<(String, String)> {
+    let (Some(found), Some(db)) = (&deps.database_secrets, &spec.ha.database) else {
+        return Vec::new();
+    };
+    if spec.ha.mode != HaMode::SharedDatabase {
+        return Vec::new();
+    }
+    let wanted = db
+        .secret_ref
+        .iter()
+        .map(|r| ("database URL", &r.name, &r.key))
+        .chain(
+            db.ca_secret_ref
+                .iter()
+                .map(|r| ("database CA", &r.name, &r.key)),
+        );
+    wanted
+        .filter_map(|(what, name, key)| match found.get(name) {
+            None => Some(format!("{what} Secret {name} does not exist: the broker pods wait for it; create it with key {key} (CloudNativePG creates <cluster>-app and <cluster>-ca)")),
+            Some(keys) if !keys.contains(key) => Some(format!("{what} Secret {name} has no key {key}: the broker pods wait for it; add the key or set the secretRef's key")),
+            Some(_) => None,
+        })
+        .map(|message| {
+            (
+                crate::status::database::DATABASE_SECRET_MISSING.to_string(),
+                message,
+            )
+        })
+        .collect()
+}
+
+/// The Secrets a BrokerGroup's sharedDatabase mode mounts, by name: the database URL's and
+/// the CA's (none in another mode).
+pub fn database_secret_names(spec: &BrokerGroupSpec) -> Vec<String> {
+    let Some(db) = spec
+        .ha
+        .database
+        .as_ref()
+        .filter(|_| spec.ha.mode == HaMode::SharedDatabase)
+    else {
+        return Vec::new();
+    };
+    let mut names: Vec<String> = db
+        .secret_ref
+        .iter()
+        .map(|r| r.name.clone())
+        .chain(db.ca_secret_ref.iter().map(|r| r.name.clone()))
+        .filter(|n| !n.is_empty())
+        .collect();
+    names.dedup();
+    names
 }
 
 /// The cluster-credentials Secret of a BrokerGroup named `bg` with this spec.
@@ -356,8 +419,23 @@ impl ClusterCredentials {
 }
 
 impl ValidatedBrokerGroup {
+    /// The members of a group share one store (a volume or a database): whoever holds its
+    /// lock or lease is live, the others wait on it with nothing to copy.
     pub fn is_shared_store(&self) -> bool {
+        matches!(
+            self.spec.ha.mode,
+            HaMode::SharedStore | HaMode::SharedDatabase
+        )
+    }
+
+    /// The shared store is a ReadWriteMany volume per group (sharedStore mode).
+    pub fn is_shared_volume(&self) -> bool {
         self.spec.ha.mode == HaMode::SharedStore
+    }
+
+    /// The shared store is a PostgreSQL database (sharedDatabase mode).
+    pub fn is_shared_database(&self) -> bool {
+        self.spec.ha.mode == HaMode::SharedDatabase
     }
 
     /// The remote passwords the broker pods need, one per spec entry, sorted by its name.
@@ -457,6 +535,63 @@ mod tests {
             passwords,
             vec![("to-dc2".into(), "dc2".into(), "pw".into())],
             "billing is not known offline here, so only dc2's password is mounted"
+        );
+    }
+
+    #[rstest]
+    // both Secrets with their keys: nothing to report
+    #[case(vec![("pg-app", vec!["uri", "password"]), ("pg-ca", vec!["ca.crt"])], vec![])]
+    // the URL Secret missing: the pods wait for it
+    #[case(vec![("pg-ca", vec!["ca.crt"])], vec!["database URL Secret pg-app does not exist"])]
+    // the URL Secret without its key, the CA Secret missing
+    #[case(vec![("pg-app", vec!["jdbc-uri"])], vec!["database URL Secret pg-app has no key uri", "database CA Secret pg-ca does not exist"])]
+    fn given_the_database_secrets_should_report_those_missing_or_without_their_key(
+        #[case] secrets: Vec<(&str, Vec<&str>)>,
+        #[case] expected: Vec<&str>,
+    ) {
+        let text = "apiVersion: duomq.io/v1alpha1\nkind: BrokerGroup\nmetadata: {name: db}\nspec: {ha: {mode: sharedDatabase, database: {secretRef: {name: pg-app}, sslMode: verify-ca, caSecretRef: {name: pg-ca}}}}\n";
+        let bg = parse_documents(text, "default").unwrap().remove(0);
+        assert_eq!(
+            database_secret_names(&bg.spec),
+            vec!["pg-app".to_string(), "pg-ca".to_string()]
+        );
+        let deps = Dependencies {
+            new_password: "p".into(),
+            database_secrets: Some(
+                secrets
+                    .into_iter()
+                    .map(|(name, keys)| {
+                        (
+                            name.to_string(),
+                            keys.into_iter().map(String::from).collect(),
+                        )
+                    })
+                    .collect(),
+            ),
+            ..Dependencies::default()
+        };
+        let v = validate(&bg, &deps).unwrap();
+        assert_eq!(
+            v.database_problems.len(),
+            expected.len(),
+            "{:?}",
+            v.database_problems
+        );
+        for ((reason, message), start) in v.database_problems.iter().zip(expected) {
+            assert_eq!(reason, "DatabaseSecretMissing");
+            assert!(message.starts_with(start), "{message}");
+        }
+        let offline = validate(
+            &bg,
+            &Dependencies {
+                new_password: "p".into(),
+                ..Dependencies::default()
+            },
+        )
+        .unwrap();
+        assert!(
+            offline.database_problems.is_empty(),
+            "not looked up: assumed to exist"
         );
     }
 }

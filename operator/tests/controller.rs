@@ -2119,3 +2119,207 @@ async fn given_a_connector_refused_for_over_a_minute_when_reconciled_should_warn
     let calls = calls_until_observed(&bg, &["pair-g0", "pair-g1"], pods);
     h.reconcile(&bg, calls).await;
 }
+
+// ---------------------------------------------------------------------------------------------
+// sharedDatabase: the members share a PostgreSQL database named by a Secret
+// ---------------------------------------------------------------------------------------------
+
+/// `pair` in sharedDatabase mode, its URL in Secret `pg-app` (CloudNativePG's shape).
+fn shared_database() -> BrokerGroup {
+    let mut bg = pair();
+    bg.spec.ha = serde_json::from_value(json!({
+        "mode": "sharedDatabase",
+        "database": {"secretRef": {"name": "pg-app"}},
+    }))
+    .unwrap_or_else(|e| panic!("an ha section: {e}"));
+    bg
+}
+
+/// The Secret CloudNativePG creates for a cluster's application user.
+fn app_secret() -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "Secret", "metadata": {"name": "pg-app", "namespace": NS},
+        "type": "kubernetes.io/basic-auth",
+        "data": {
+            "uri": base64("postgresql://app:pw@pg-rw.default.svc:5432/app"),
+            "host": base64("pg-rw"), "port": base64("5432"), "dbname": base64("app"),
+            "user": base64("app"), "username": base64("app"), "password": base64("pw"),
+        },
+    })
+}
+
+/// Every call of a reconcile of the sharedDatabase `pair` up to reading its status: the
+/// database Secret read after the cluster Secret, no Lease applied (the database lease is
+/// the arbiter), nothing owned deleted.
+fn shared_database_calls(bg: &BrokerGroup, secret: Call, pods: Vec<Value>) -> Vec<Call> {
+    let mut calls = vec![
+        get(&core("secrets", "pair-cluster")).returns(cluster_secret("pw")),
+        secret,
+    ];
+    calls.extend(
+        applies(&["pair-g0"])
+            .into_iter()
+            .filter(|c| !c.path.contains("/leases/")),
+    );
+    let [statefulsets, services, config_maps, pdbs, secrets, claims, _] =
+        orphan_lists(&["pair-g0"], &[]);
+    calls.extend([statefulsets, services, config_maps, pdbs, secrets, claims]);
+    calls.push(
+        list_metadata(&format!(
+            "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
+        ))
+        .items(vec![]),
+    );
+    calls.push(list(&format!("/api/v1/namespaces/{NS}/pods")).items(pods));
+    calls.push(
+        list(&format!("/apis/apps/v1/namespaces/{NS}/statefulsets"))
+            .items(vec![statefulset("pair-g0", true)]),
+    );
+    calls.extend(leases_then_status(bg));
+    calls
+}
+
+/// The `/status` of a shared-database member: `role` at `epoch`, and the database as it
+/// sees it (`error`: unreachable, with that error).
+fn database_member_status(node: &str, role: &str, epoch: u64, error: Option<&str>) -> Value {
+    let mut database = json!({
+        "reachable": error.is_none(), "leaseHolder": "pair-g0-0", "leaseRemainingMs": 8000,
+        "commits": 40,
+    });
+    if let Some(e) = error {
+        database["lastError"] = json!(e);
+    }
+    json!({
+        "version": "0.1.0", "nodeId": node, "role": role, "uptimeSeconds": 60,
+        "connections": 0, "memoryBytes": 0, "queues": [],
+        "ha": {"group": group_of(node), "epoch": epoch, "live": "pair-g0-0", "sync": null,
+               "alone": false, "backups": [], "database": database},
+    })
+}
+
+#[tokio::test]
+async fn given_shared_database_whose_secret_is_missing_when_reconciled_should_render_it_without_lease_or_volumes_and_report_the_secret_once(
+) {
+    let h = Harness::new();
+    let bg = shared_database();
+    let mut calls = shared_database_calls(&bg, get(&core("secrets", "pg-app")).not_found(), vec![]);
+    calls.push(post_event());
+    calls.push(apply(&status_path()).returns(to_json(&bg)));
+
+    let step = h.reconcile(&bg, calls).await;
+
+    let config = step.body(Method::PATCH, &core("configmaps", "pair-g0-config"));
+    let broker_yaml = config["data"]["pair-g0-0.yaml"]
+        .as_str()
+        .unwrap_or_default();
+    for line in [
+        "store: database",
+        "urlFile: /etc/duomq/database/uri",
+        "policy: sharedStore",
+        "groupName: pair-g0",
+    ] {
+        assert!(broker_yaml.contains(line), "{line} in:\n{broker_yaml}");
+    }
+    let set = step.body(Method::PATCH, &apis("apps/v1", "statefulsets", "pair-g0"));
+    assert_eq!(
+        set["spec"]["volumeClaimTemplates"],
+        Value::Null,
+        "no journal volumes"
+    );
+    let volumes = set["spec"]["template"]["spec"]["volumes"].to_string();
+    assert!(
+        volumes.contains(r#""secretName":"pg-app""#) && volumes.contains(r#""emptyDir":{}"#),
+        "the Secret mounted (the pods wait for it), dataDir on an emptyDir: {volumes}"
+    );
+    let events = posted_events(&step);
+    assert_eq!(
+        events
+            .iter()
+            .map(|(t, r, _)| (t.as_str(), r.as_str()))
+            .collect::<Vec<_>>(),
+        [("Warning", "DatabaseSecretMissing")]
+    );
+    let status = step.status();
+    assert_eq!(
+        condition(&status, "Degraded"),
+        ("True", "DatabaseSecretMissing")
+    );
+    let said: Vec<&str> = status
+        .conditions
+        .iter()
+        .filter(|c| c.type_ == "Degraded")
+        .map(|c| c.message.as_str())
+        .collect();
+    assert!(
+        said[0].starts_with("database URL Secret pg-app does not exist"),
+        "{said:?}"
+    );
+
+    // Looked at again with that status: said already, so no second event.
+    let bg = with_status(bg, status);
+    let again = h
+        .reconcile(
+            &bg,
+            shared_database_calls(&bg, get(&core("secrets", "pg-app")).not_found(), vec![]),
+        )
+        .await;
+    assert_eq!(again.action(), Action::requeue(Duration::from_secs(3)));
+}
+
+#[tokio::test]
+async fn given_shared_database_when_the_backup_cannot_reach_the_database_should_report_it_degraded_and_not_in_sync(
+) {
+    let h = Harness::new();
+    let bg = with_status(shared_database(), settled(&[("pair-g0", "pair-g0-0", 2)]));
+    h.brokers.answer(
+        "10.0.0.10",
+        database_member_status("pair-g0-0", "live", 2, None),
+    );
+    h.brokers.answer(
+        "10.0.0.11",
+        database_member_status("pair-g0-1", "backup", 2, Some("connection refused")),
+    );
+    let mut calls = shared_database_calls(
+        &bg,
+        get(&core("secrets", "pg-app")).returns(app_secret()),
+        vec![
+            broker_pod("pair-g0-0", "10.0.0.10", true, Some("live")),
+            broker_pod("pair-g0-1", "10.0.0.11", true, Some("backup")),
+        ],
+    );
+    calls.push(post_event());
+    calls.push(apply(&status_path()).returns(to_json(&bg)));
+
+    let step = h.reconcile(&bg, calls).await;
+
+    assert_eq!(
+        posted_events(&step),
+        [(
+            "Warning".to_string(),
+            "DatabaseUnreachable".to_string(),
+            "group pair-g0: pair-g0-1 cannot reach the database: connection refused".to_string()
+        )]
+    );
+    let status = step.status();
+    let conditions: Vec<(&str, &str)> = ["Available", "Replicated", "Degraded"]
+        .into_iter()
+        .map(|kind| condition(&status, kind))
+        .collect();
+    assert_eq!(
+        conditions,
+        [
+            ("True", "AllGroupsLive"),
+            ("False", "BackupsNotInSync"),
+            ("True", "DatabaseUnreachable")
+        ]
+    );
+    let g0 = &status.groups[0];
+    assert_eq!(g0.database_unreachable, vec!["pair-g0-1".to_string()]);
+    assert_eq!(
+        g0.backups
+            .iter()
+            .map(|b| (b.pod.as_str(), b.state.as_str(), b.synced))
+            .collect::<Vec<_>>(),
+        [("pair-g0-1", "backup", false)]
+    );
+}

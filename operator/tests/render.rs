@@ -337,3 +337,116 @@ fn given_a_connector_option_changed_should_change_the_pod_template_so_the_member
         "a changed broker.yaml is a new revision"
     );
 }
+
+#[test]
+fn given_shared_database_should_render_the_database_store_per_group_on_empty_dirs_with_the_secrets_read_only(
+) {
+    let groups = load(&repo().join("manifests/examples/shared-database.yaml"));
+    let deps = Dependencies {
+        new_password: PASSWORD.into(),
+        ..Dependencies::default()
+    };
+    let r = render(&validate(&groups[0], &deps).unwrap());
+    assert!(r.claims.is_empty(), "no shared volume");
+    assert!(r.leases.is_empty(), "the database lease is the arbiter");
+    for sts in &r.statefulsets {
+        let spec = sts.spec.as_ref().unwrap();
+        assert!(spec.volume_claim_templates.is_none(), "no journal volumes");
+        let pod = spec.template.spec.as_ref().unwrap();
+        let volumes = pod.volumes.clone().unwrap_or_default();
+        let volume = |name: &str| {
+            volumes
+                .iter()
+                .find(|v| v.name == name)
+                .unwrap_or_else(|| panic!("no volume {name} in {volumes:?}"))
+        };
+        assert!(volume("data").empty_dir.is_some());
+        let url = volume("database").secret.clone().unwrap();
+        assert_eq!(url.secret_name.as_deref(), Some("orders-db-app"));
+        assert_eq!(url.items.unwrap()[0].key, "uri");
+        assert_eq!(url.optional, None, "a missing Secret keeps the pod waiting");
+        let ca = volume("database-ca").secret.clone().unwrap();
+        assert_eq!(ca.secret_name.as_deref(), Some("orders-db-ca"));
+        let mounts = pod.containers[0].volume_mounts.clone().unwrap_or_default();
+        for (name, path) in [
+            ("database", "/etc/duomq/database"),
+            ("database-ca", "/etc/duomq/database-ca"),
+        ] {
+            assert!(
+                mounts
+                    .iter()
+                    .any(|m| m.name == name && m.mount_path == path && m.read_only == Some(true)),
+                "{name} mounted read-only at {path}: {mounts:?}"
+            );
+        }
+    }
+    let mut group_names = std::collections::BTreeSet::new();
+    for (key, c) in configs(&groups) {
+        use duomq_broker::config::{HaPolicy, SslMode, StoreKind};
+        assert_eq!(c.ha.policy, HaPolicy::SharedStore, "{key}");
+        assert_eq!(c.storage.store, StoreKind::Database, "{key}");
+        let db = &c.storage.database;
+        assert_eq!(
+            db.url_file.as_deref(),
+            Some(Path::new("/etc/duomq/database/uri")),
+            "{key}"
+        );
+        assert_eq!(db.url, None, "{key}: the URL never enters the ConfigMap");
+        assert_eq!(db.ssl_mode, Some(SslMode::VerifyFull), "{key}");
+        assert_eq!(
+            db.ssl_root_cert.as_deref(),
+            Some(Path::new("/etc/duomq/database-ca/ca.crt")),
+            "{key}"
+        );
+        assert!(
+            key.starts_with(&c.ha.group_name),
+            "{key}: {}",
+            c.ha.group_name
+        );
+        group_names.insert(c.ha.group_name.clone());
+    }
+    assert_eq!(
+        group_names.into_iter().collect::<Vec<_>>(),
+        vec!["jdbc-g0", "jdbc-g1"],
+        "each group is its own master/slave group in the one database"
+    );
+}
+
+#[test]
+fn given_shared_database_options_should_render_lease_timing_and_table_prefix() {
+    let text = "apiVersion: duomq.io/v1alpha1\nkind: BrokerGroup\nmetadata: {name: db, uid: 00000000-0000-4000-8000-000000000009}\n\
+                spec: {ha: {mode: sharedDatabase, database: {secretRef: {name: pg-app, key: jdbc-uri}, sslMode: require, tablePrefix: orders_mq, \
+                lease: {duration: 4s, renewInterval: 1s, pollInterval: 500ms}}}}\n";
+    let bg = parse_documents(text, "default").expect("parses").remove(0);
+    let all = configs(std::slice::from_ref(&bg));
+    let (key, c) = &all[0];
+    let db = &c.storage.database;
+    assert_eq!(
+        db.url_file.as_deref(),
+        Some(Path::new("/etc/duomq/database/jdbc-uri")),
+        "{key}"
+    );
+    assert_eq!(db.table_prefix, "orders_mq");
+    assert_eq!(db.ssl_root_cert, None, "no CA Secret, no sslRootCert");
+    assert_eq!(
+        (
+            db.lease.duration.get(),
+            db.lease.renew_interval.get(),
+            db.lease.poll_interval.get()
+        ),
+        (
+            std::time::Duration::from_secs(4),
+            std::time::Duration::from_secs(1),
+            std::time::Duration::from_millis(500)
+        )
+    );
+    let set = rendered_statefulset(&bg);
+    let pod = set.spec.unwrap().template.spec.unwrap();
+    assert!(
+        !pod.volumes
+            .unwrap_or_default()
+            .iter()
+            .any(|v| v.name == "database-ca"),
+        "no CA volume without caSecretRef"
+    );
+}

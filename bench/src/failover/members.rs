@@ -25,8 +25,9 @@ pub enum Probe {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Live,
-    /// A backup in sync with the live (status mode only).
-    SyncedBackup,
+    /// A backup that could take over (status mode only): in sync with the live
+    /// (replication), or with the shared database reachable (database store).
+    ReadyBackup,
     /// Down, starting, syncing, or a slave waiting for a lock.
     Other,
 }
@@ -119,11 +120,13 @@ impl Member {
     }
 }
 
-/// `role` and `ha.sync.state` of duomq's /status.
+/// `role`, `ha.sync.state` and `ha.database.reachable` of duomq's /status. A backup of
+/// the database store has nothing to sync: it is ready once it reaches the database.
 pub fn role_of_status(status: &serde_json::Value) -> Role {
-    match (status["role"].as_str(), status["ha"]["sync"]["state"].as_str()) {
-        (Some("live"), _) => Role::Live,
-        (Some("backup"), Some("synced")) => Role::SyncedBackup,
+    let ha = &status["ha"];
+    match (status["role"].as_str(), ha["sync"]["state"].as_str(), ha["database"]["reachable"].as_bool()) {
+        (Some("live"), _, _) => Role::Live,
+        (Some("backup"), Some("synced"), _) | (Some("backup"), _, Some(true)) => Role::ReadyBackup,
         _ => Role::Other,
     }
 }
@@ -149,8 +152,11 @@ mod tests {
 
     #[rstest]
     #[case(json!({"role": "live", "ha": {"sync": {"state": "none"}}}), Role::Live)]
-    #[case(json!({"role": "backup", "ha": {"sync": {"state": "synced"}}}), Role::SyncedBackup)]
+    #[case(json!({"role": "backup", "ha": {"sync": {"state": "synced"}}}), Role::ReadyBackup)]
     #[case(json!({"role": "backup", "ha": {"sync": {"state": "catchingUp"}}}), Role::Other)]
+    #[case(json!({"role": "backup", "ha": {"database": {"reachable": true}}}), Role::ReadyBackup)]
+    #[case(json!({"role": "backup", "ha": {"database": {"reachable": false}}}), Role::Other)]
+    #[case(json!({"role": "fenced", "ha": {"database": {"reachable": true}}}), Role::Other)]
     #[case(json!({"queues": []}), Role::Other)]
     fn given_status_json_should_read_role(#[case] status: serde_json::Value, #[case] want: Role) {
         assert_eq!(role_of_status(&status), want);

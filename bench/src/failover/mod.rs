@@ -180,6 +180,7 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
                 pid: k.pid,
                 at_s: round3(k.at_ns as f64 / 1e9),
                 gap_ms: gap.map(|g| round3(g.nanos() as f64 / 1e6)),
+                kill_to_resume_ms: gap.map(|g| round3(g.first_after_ns.saturating_sub(k.at_ns) as f64 / 1e6)),
                 promoted_ms: ms(k.promoted),
                 ready_ms: ms(k.ready),
             })
@@ -263,13 +264,13 @@ async fn wait_for_live(members: &[Member], except: Option<usize>, timeout: Durat
     }
 }
 
-/// A restarted member is ready when it could take over again: a synced backup (status
-/// mode), or a running process given `--settle` to find the lock (port mode).
+/// A restarted member is ready when it could take over again: a synced backup, or one
+/// that reaches the shared database (status mode), or a running process given `--settle` to find the lock (port mode).
 async fn wait_until_ready(member: &Member, args: &FailoverArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + args.role_timeout;
     loop {
         let ready = match args.kill_mode {
-            crate::cli::KillMode::Status => member.role().await == Role::SyncedBackup,
+            crate::cli::KillMode::Status => member.role().await == Role::ReadyBackup,
             crate::cli::KillMode::Port => member.is_running(),
         };
         if ready {

@@ -182,3 +182,80 @@ impl Drop for Broker {
         }
     }
 }
+
+/// Where compare.sh finds ActiveMQ unless ACTIVEMQ_HOME says otherwise.
+const ACTIVEMQ_HOME: &str = "/usr/share/activemq";
+
+/// Whether ActiveMQ is installed as compare.sh expects it (the Debian package's layout)
+/// and a JVM runs.
+pub fn activemq_installed() -> bool {
+    let home = std::env::var("ACTIVEMQ_HOME").unwrap_or_else(|_| ACTIVEMQ_HOME.to_string());
+    Path::new(&home).join("bin/activemq.jar").exists()
+        && Command::new("java")
+            .arg("-version")
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .status()
+            .is_ok_and(|s| s.success())
+}
+
+/// One JSON value per non-empty line of a file.
+pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
+    let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?;
+    text.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(serde_json::from_str(l)?)).collect()
+}
+
+/// A finished `bench/compare.sh` run in a temp dir of its own: its output directory is
+/// `out/`, its output `compare.log`, and TMPDIR (the brokers' data) the temp dir.
+pub struct CompareRun {
+    pub root: tempfile::TempDir,
+    pub status: std::process::ExitStatus,
+}
+
+impl CompareRun {
+    /// Runs compare.sh with ARGS and `--out`, against the debug builds of duomq-broker and
+    /// duomq-bench, with ENV added, for at most `limit`.
+    pub fn run(prefix: &str, args: &[&str], env: &[(&str, &str)], limit: Duration) -> anyhow::Result<CompareRun> {
+        let root = tempfile::Builder::new().prefix(prefix).tempdir()?;
+        // Searchable by others: as root, compare.sh runs PostgreSQL as the postgres user,
+        // whose data directory is below this one.
+        std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
+        let log = std::fs::File::create(root.path().join("compare.log"))?;
+        let mut child = Command::new("bash")
+            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("compare.sh"))
+            .args(args)
+            .arg("--out")
+            .arg(root.path().join("out"))
+            .env("DUOMQ_BROKER", broker_binary()?)
+            .env("DUOMQ_BENCH", bench_binary())
+            .env("TMPDIR", root.path())
+            .envs(env.iter().copied())
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log)
+            .spawn()
+            .context("failed to run bench/compare.sh")?;
+        let status = wait_with_timeout(&mut child, limit)?;
+        Ok(CompareRun { root, status })
+    }
+
+    pub fn out(&self, file: &str) -> PathBuf {
+        self.root.path().join("out").join(file)
+    }
+
+    /// The script's output and the last `lines` lines of every log of the run, for a
+    /// failed assertion.
+    pub fn logs(&self, lines: usize) -> String {
+        let mut out = std::fs::read_to_string(self.root.path().join("compare.log")).unwrap_or_default();
+        let mut entries: Vec<PathBuf> =
+            std::fs::read_dir(self.out("logs")).map(|d| d.flatten().map(|e| e.path()).collect()).unwrap_or_default();
+        entries.sort();
+        for path in entries {
+            let text = std::fs::read_to_string(&path).unwrap_or_default();
+            let tail: Vec<&str> = text.lines().rev().take(lines).collect();
+            out += &format!("\n--- {} (last {lines} lines) ---\n", path.display());
+            out.extend(tail.into_iter().rev().map(|l| format!("{l}\n")));
+        }
+        out
+    }
+}

@@ -43,6 +43,8 @@ pub const KIND: &str = "BrokerGroup";
 #[x_kube(
     validation = Rule::new("self.ha.mode != 'replication' || self.backupsPerGroup >= 1").message("replication needs a backup to replicate to: set backupsPerGroup to 1 or more"),
     validation = Rule::new("self.ha.mode != 'sharedStore' || self.backupsPerGroup >= 1").message("a shared-store group needs a slave to take over: set backupsPerGroup to 1 or more"),
+    validation = Rule::new("self.ha.mode != 'sharedDatabase' || self.backupsPerGroup >= 1").message("a shared-database group needs a slave to take over the database lease: set backupsPerGroup to 1 or more"),
+    validation = Rule::new("self.ha.mode != 'sharedDatabase' || !self.ha.allowFailback").message("allowFailback is for replication: a shared-database slave takes over the database lease itself and there is nothing to fail back; set ha.allowFailback to false"),
     validation = Rule::new("self.ha.arbiter != 'quorum' || self.groups >= 3").message("a quorum arbiter needs at least three groups to vote (Artemis' rule): set groups to 3 or more, or use ha.arbiter kubernetes"),
     validation = Rule::new("self.ha.mode != 'sharedStore' || !self.ha.allowFailback").message("allowFailback is for replication: a shared-store slave takes over the store itself and there is nothing to fail back; set ha.allowFailback to false"),
     validation = Rule::new("self.ha.mode != 'sharedStore' || has(self.storage.storageClassName)").message("shared store keeps each group's journal on one volume all its members mount: set storage.storageClassName to a class that provides ReadWriteMany volumes (NFS, CephFS)"),
@@ -154,10 +156,16 @@ impl PullPolicy {
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
 #[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.mode != 'sharedDatabase' || (has(self.database) && has(self.database.secretRef) && self.database.secretRef.name != '')").message("ha.mode sharedDatabase keeps the messages in PostgreSQL: set ha.database.secretRef.name to the Secret holding the database URL (CloudNativePG creates <cluster>-app, key uri)"),
+    validation = Rule::new("self.mode == 'sharedDatabase' || !has(self.database)").message("ha.database is for ha.mode sharedDatabase: remove it (ha.mode cannot change on an existing BrokerGroup)")
+)]
 pub struct HaSpec {
     /// replication: members share nothing; the live streams every persistent write to its
     /// backups (Artemis style). sharedStore: members mount one ReadWriteMany volume; whoever
-    /// holds its lock is master (ActiveMQ style). Cannot be changed later.
+    /// holds its lock is master (ActiveMQ style). sharedDatabase: members share a PostgreSQL
+    /// database (ha.database); whoever holds its lease is master (ActiveMQ's JDBC
+    /// master/slave). Cannot be changed later.
     #[serde(default)]
     #[x_kube(validation = Rule::new("self == oldSelf").message("ha.mode cannot change on an existing BrokerGroup: create a new BrokerGroup and move clients to it"))]
     pub mode: HaMode,
@@ -196,6 +204,11 @@ pub struct HaSpec {
     /// random password.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster_credentials_secret: Option<String>,
+
+    /// sharedDatabase mode only: the PostgreSQL database the members of every group share
+    /// (a CloudNativePG cluster's application database, say).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub database: Option<DatabaseSpec>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
@@ -204,6 +217,153 @@ pub enum HaMode {
     #[default]
     Replication,
     SharedStore,
+    SharedDatabase,
+}
+
+/// The database of sharedDatabase mode: messages and the lease that decides each group's
+/// live are rows of PostgreSQL tables, keyed by the group's name, so every group of the
+/// BrokerGroup shares the one database (ActiveMQ's JDBC master/slave).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.sslMode) || !(self.sslMode in ['verify-ca', 'verify-full']) || has(self.caSecretRef)").message("sslMode verify-ca and verify-full check the server's certificate against a CA: set ha.database.caSecretRef to the Secret holding it (CloudNativePG: <cluster>-ca, key ca.crt)"))]
+pub struct DatabaseSpec {
+    /// The Secret holding the database URL (`postgresql://user:password@host:5432/db`),
+    /// mounted read-only into the broker pods. CloudNativePG creates one for the
+    /// application user of a cluster: `<cluster>-app`, key `uri`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_ref: Option<DatabaseSecretRef>,
+
+    /// TLS towards the database, as libpq's sslmode: disable, prefer, require, verify-ca or
+    /// verify-full. Overrides the URL's sslmode; without either, prefer.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ssl_mode: Option<DatabaseSslMode>,
+
+    /// The Secret holding the CA certificates (PEM) the server's certificate is checked
+    /// against, needed by verify-ca and verify-full (CloudNativePG: `<cluster>-ca`, key
+    /// `ca.crt`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_secret_ref: Option<CaSecretRef>,
+
+    /// The database lease: the member holding it is its group's live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub lease: Option<DatabaseLeaseSpec>,
+
+    /// Prefix of the tables (`<prefix>_messages`, `<prefix>_lease`, …); BrokerGroups
+    /// sharing one database need different prefixes, or different group names.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 40), regex(pattern = r"^[a-z0-9_]+$"))]
+    pub table_prefix: Option<String>,
+}
+
+/// The key of a Secret holding the database URL.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct DatabaseSecretRef {
+    /// The Secret's name, in the BrokerGroup's namespace.
+    #[serde(default)]
+    #[schemars(
+        length(max = 253),
+        regex(pattern = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$")
+    )]
+    pub name: String,
+    /// The key holding the URL.
+    #[serde(default = "default_database_url_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+/// The key of a Secret holding CA certificates.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CaSecretRef {
+    /// The Secret's name, in the BrokerGroup's namespace.
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    /// The key holding the PEM certificates.
+    #[serde(default = "default_ca_key")]
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
+}
+
+fn default_database_url_key() -> String {
+    crate::names::DATABASE_URL_KEY.into()
+}
+
+fn default_ca_key() -> String {
+    crate::names::DATABASE_CA_KEY.into()
+}
+
+/// libpq's sslmode values.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "kebab-case")]
+pub enum DatabaseSslMode {
+    Disable,
+    Prefer,
+    Require,
+    VerifyCa,
+    VerifyFull,
+}
+
+/// Timing of the database lease. A live that cannot renew within `duration` fences itself
+/// (stops serving); a slave takes the lease once it expired in the database's clock, so a
+/// failover after a crash takes about `duration` plus `pollInterval`.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("!self.duration.matches('^[0-9]+(ms|s|m|h)$') || duration(self.duration) >= duration('1s')").message("ha.database.lease.duration must be at least 1s (the default is 10s)"),
+    validation = Rule::new("!self.duration.matches('^[0-9]+(ms|s|m|h)$') || !self.renewInterval.matches('^[0-9]+(ms|s|m|h)$') || duration(self.renewInterval) + duration(self.renewInterval) <= duration(self.duration)").message("ha.database.lease.renewInterval must be at most half of lease.duration, so one failed renewal does not fence the live: shorten renewInterval or lengthen duration")
+)]
+pub struct DatabaseLeaseSpec {
+    /// How long a lease lasts after each renewal, e.g. 10s.
+    #[serde(default = "default_lease_duration")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(DURATION_RULE).message("ha.database.lease.duration is a whole number and one unit, ms, s, m or h (e.g. 10s): fix the duration"))]
+    pub duration: String,
+    /// How often the live renews, e.g. 2s; at most half of duration.
+    #[serde(default = "default_lease_renew_interval")]
+    #[schemars(length(max = 32))]
+    #[x_kube(
+        validation = Rule::new(DURATION_RULE).message("ha.database.lease.renewInterval is a whole number and one unit, ms, s, m or h (e.g. 2s): fix the duration"),
+        validation = Rule::new("!self.matches('^0+(ms|s|m|h)$')").message("ha.database.lease.renewInterval must be longer than 0: set e.g. 2s")
+    )]
+    pub renew_interval: String,
+    /// How often a slave looks whether the lease expired, e.g. 1s.
+    #[serde(default = "default_lease_poll_interval")]
+    #[schemars(length(max = 32))]
+    #[x_kube(
+        validation = Rule::new(DURATION_RULE).message("ha.database.lease.pollInterval is a whole number and one unit, ms, s, m or h (e.g. 1s): fix the duration"),
+        validation = Rule::new("!self.matches('^0+(ms|s|m|h)$')").message("ha.database.lease.pollInterval must be longer than 0: set e.g. 1s")
+    )]
+    pub poll_interval: String,
+}
+
+impl Default for DatabaseLeaseSpec {
+    fn default() -> Self {
+        DatabaseLeaseSpec {
+            duration: default_lease_duration(),
+            renew_interval: default_lease_renew_interval(),
+            poll_interval: default_lease_poll_interval(),
+        }
+    }
+}
+
+fn broker_lease_default() -> duomq_broker::config::DatabaseLeaseConfig {
+    duomq_broker::config::DatabaseLeaseConfig::default()
+}
+
+fn default_lease_duration() -> String {
+    broker_lease_default().duration.to_string()
+}
+
+fn default_lease_renew_interval() -> String {
+    broker_lease_default().renew_interval.to_string()
+}
+
+fn default_lease_poll_interval() -> String {
+    broker_lease_default().poll_interval.to_string()
 }
 
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]

@@ -16,7 +16,8 @@ pub mod condition {
     /// upgrade (reason RollingUpgrade) or a switchover (reason Switchover) is under way.
     pub const PROGRESSING: &str = "Progressing";
     /// Something needs attention: an invalid spec, a group without a live, a missing Secret,
-    /// a switchover that was refused (reason SwitchoverFailed).
+    /// a switchover that was refused (reason SwitchoverFailed), a member that cannot reach
+    /// the shared database (reason DatabaseUnreachable).
     pub const DEGRADED: &str = "Degraded";
     /// No network connector of any group's live has been unlinked for a minute or more
     /// (reason AllConnectorsLinked, ConnectorsLinking or NoConnectors); False with reason
@@ -117,6 +118,10 @@ pub struct GroupStatus {
     /// Connectors of the live that have not linked for a minute or more.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub unlinked_connectors: Vec<String>,
+    /// sharedDatabase: members that report they cannot reach the database (a live among
+    /// them fences itself once its lease runs out; a backup among them cannot take over).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub database_unreachable: Vec<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -138,7 +143,8 @@ pub struct MemberStatus {
     /// What the member reports: starting, backup, live, stopping; unreachable when its admin
     /// endpoint does not answer; pending when the pod is not running.
     pub state: String,
-    /// The member holds everything the live has (replication), or waits on the shared store.
+    /// The member holds everything the live has (replication), or waits on the shared store
+    /// (for a shared database: and reaches it).
     pub synced: bool,
     /// Bytes of journal the member is behind its live.
     #[serde(default)]

@@ -19,7 +19,9 @@ use super::{secret_text, Error};
 use crate::api::{BrokerGroup, BrokerGroupStatus};
 use crate::names;
 use crate::render::Rendered;
-use crate::validate::{cluster_secret_name, ConnectorSecret, Dependencies, ValidatedBrokerGroup};
+use crate::validate::{
+    cluster_secret_name, database_secret_names, ConnectorSecret, Dependencies, ValidatedBrokerGroup,
+};
 
 /// Dependencies plus problems worth reporting that do not stop rendering.
 pub struct Dereferenced {
@@ -99,6 +101,20 @@ pub async fn fetch_dependencies(
             connector_secrets.insert(secret, connector_secret(&secret_text(&found)));
         }
     }
+    // sharedDatabase: which keys the database's Secrets have (never their values).
+    let mut database_secrets = std::collections::BTreeMap::new();
+    for name in database_secret_names(&bg.spec) {
+        if let Some(found) = get_opt(&secrets, &name, "read database Secret").await? {
+            let keys = found
+                .data
+                .iter()
+                .flat_map(|d| d.keys())
+                .chain(found.string_data.iter().flat_map(|d| d.keys()))
+                .cloned()
+                .collect();
+            database_secrets.insert(name, keys);
+        }
+    }
     Ok(Dereferenced {
         dependencies: Dependencies {
             cluster_secret,
@@ -106,6 +122,7 @@ pub async fn fetch_dependencies(
             new_password: Alphanumeric.sample_string(&mut rand::thread_rng(), 32),
             connector_targets,
             connector_secrets: Some(connector_secrets),
+            database_secrets: Some(database_secrets),
         },
         problems,
     })

@@ -241,6 +241,8 @@ async fn reconcile_phases(bg: &BrokerGroup, ctx: &Context) -> Result<Action, Err
     }
     seen.problems
         .extend(validated.connector_problems.iter().cloned());
+    seen.problems
+        .extend(validated.database_problems.iter().cloned());
     for (group, holder) in status::leases_to_release(&validated, &seen) {
         if apply::release_lease(client, &namespace, &names::lease(&group), &holder).await? {
             let note = format!("group {group}: live {holder} is dead; released its Lease so an in-sync backup takes over now");

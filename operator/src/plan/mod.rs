@@ -114,7 +114,7 @@ fn in_service(p: Option<&PodObservation>, shared_store: bool) -> bool {
     match role(p) {
         Some(Role::Live) => true,
         Some(Role::Backup) => {
-            shared_store
+            (shared_store && crate::status::database::reaches_database(p))
                 || p.broker
                     .as_ref()
                     .ok()
@@ -290,6 +290,11 @@ pub fn plan(
                 plan.problems.push((
                     "SwitchoverFailed".into(),
                     format!("switchover: {} is a shared-store group; its live keeps the store's lock until it stops", g.name),
+                ));
+            } else if v.spec.ha.mode == HaMode::SharedDatabase {
+                plan.problems.push((
+                    "SwitchoverFailed".into(),
+                    format!("switchover: {} is a shared-database group; its live keeps the database lease until it stops", g.name),
                 ));
             } else if let Some(from) = &live {
                 plan.switchovers.push(SwitchoverStep {

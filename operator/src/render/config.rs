@@ -5,8 +5,9 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use duomq_broker::config::{
-    ArbiterKind, BackupAck, BrokerConfig, GroupingConfig, GroupingHandler, HaPolicy, HumanDuration,
-    Member, NetworkConnector, PreferredRole, ReplicationMode,
+    ArbiterKind, BackupAck, BrokerConfig, DatabaseConfig, GroupingConfig, GroupingHandler,
+    HaPolicy, HumanDuration, Member, NetworkConnector, PreferredRole, ReplicationMode, SslMode,
+    StoreKind,
 };
 
 use crate::api::{self, HaMode};
@@ -86,7 +87,8 @@ pub fn build_broker_config(
     let ha = &mut c.ha;
     ha.policy = match spec.ha.mode {
         HaMode::Replication => HaPolicy::Replication,
-        HaMode::SharedStore => HaPolicy::SharedStore,
+        // The database is a shared store too: whoever holds its lease is live.
+        HaMode::SharedStore | HaMode::SharedDatabase => HaPolicy::SharedStore,
     };
     ha.group_name = group.name.clone();
     ha.role = if member.ordinal == 0 {
@@ -122,9 +124,9 @@ pub fn build_broker_config(
             stomp: format!("{}:{}", m.host, spec.ports.stomp),
         })
         .collect();
-    // A shared store's arbiter is the store's own lock.
+    // A shared store's arbiter is the store's own lock (or the database's lease).
     match (spec.ha.mode, spec.ha.arbiter) {
-        (HaMode::SharedStore, _) => {}
+        (HaMode::SharedStore | HaMode::SharedDatabase, _) => {}
         // The group's Lease: the live holds it; a backup takes it only when it is free.
         (HaMode::Replication, api::ArbiterSpec::Kubernetes) => {
             ha.arbiter.kind = ArbiterKind::Kubernetes;
@@ -144,6 +146,11 @@ pub fn build_broker_config(
                 })
                 .collect();
         }
+    }
+
+    if let Some(db) = spec.ha.database.as_ref().filter(|_| v.is_shared_database()) {
+        c.storage.store = StoreKind::Database;
+        database_config(&mut c.storage.database, db);
     }
 
     c.network.connectors = group_connectors(v, group);
@@ -173,6 +180,37 @@ pub fn build_broker_config(
         }
     }
     c
+}
+
+/// `storage.database` from `spec.ha.database`: the URL and CA certificates from the
+/// mounted Secrets (`crate::render::pod`), every other field at the broker's default unless
+/// the spec sets it. Every group has the same database section: the tables are keyed by
+/// `ha.groupName`.
+fn database_config(c: &mut DatabaseConfig, db: &api::DatabaseSpec) {
+    c.url_file = db
+        .secret_ref
+        .as_ref()
+        .map(|r| PathBuf::from(names::DATABASE_SECRET_DIR).join(&r.key));
+    c.ssl_mode = db.ssl_mode.map(|m| match m {
+        api::DatabaseSslMode::Disable => SslMode::Disable,
+        api::DatabaseSslMode::Prefer => SslMode::Prefer,
+        api::DatabaseSslMode::Require => SslMode::Require,
+        api::DatabaseSslMode::VerifyCa => SslMode::VerifyCa,
+        api::DatabaseSslMode::VerifyFull => SslMode::VerifyFull,
+    });
+    c.ssl_root_cert = db
+        .ca_secret_ref
+        .as_ref()
+        .map(|r| PathBuf::from(names::DATABASE_CA_DIR).join(&r.key));
+    if let Some(prefix) = &db.table_prefix {
+        c.table_prefix = prefix.clone();
+    }
+    if let Some(lease) = &db.lease {
+        let l = &mut c.lease;
+        l.duration = parse_duration(&lease.duration).unwrap_or(l.duration);
+        l.renew_interval = parse_duration(&lease.renew_interval).unwrap_or(l.renew_interval);
+        l.poll_interval = parse_duration(&lease.poll_interval).unwrap_or(l.poll_interval);
+    }
 }
 
 /// A CRD duration (`5s`), read the way the broker reads its own config.

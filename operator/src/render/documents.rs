@@ -61,6 +61,8 @@ pub fn render_documents(groups: &[BrokerGroup], password: &str) -> Result<String
             connector_targets: targets.clone(),
             // Offline: the connectors' password Secrets are assumed to exist.
             connector_secrets: None,
+            // Likewise the database's Secrets.
+            database_secrets: None,
         };
         let v = validate(bg, &deps).map_err(|source| DocumentsError::Invalid {
             name: bg.metadata.name.clone().unwrap_or_default(),

@@ -46,7 +46,8 @@ pub struct Rendered {
     pub claims: Vec<PersistentVolumeClaim>,
     pub services: Vec<Service>,
     pub pdbs: Vec<PodDisruptionBudget>,
-    /// One Lease per group: the group's arbiter (replication mode). Rendered with metadata
+    /// One Lease per group: the group's arbiter (replication mode; a shared store's lock or
+    /// lease is its own arbiter). Rendered with metadata
     /// only, so the operator owns its existence and the brokers own its spec.
     pub leases: Vec<Lease>,
     pub statefulsets: Vec<StatefulSet>,
@@ -109,7 +110,7 @@ pub fn render(v: &ValidatedBrokerGroup) -> Rendered {
         role_binding: build_role_binding(v),
         secret: build_cluster_secret(v),
         config_maps: v.groups.iter().map(|g| build_config_map(v, g)).collect(),
-        claims: if v.is_shared_store() {
+        claims: if v.is_shared_volume() {
             v.groups.iter().map(|g| build_shared_claim(v, g)).collect()
         } else {
             Vec::new()

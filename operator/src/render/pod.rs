@@ -5,12 +5,13 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::apps::v1::{StatefulSet, StatefulSetSpec};
 use k8s_openapi::api::core::v1::{
-    Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EnvVar, EnvVarSource,
-    HTTPGetAction, KeyToPath, NodeAffinity, NodeSelector, NodeSelectorRequirement,
-    NodeSelectorTerm, ObjectFieldSelector, PersistentVolumeClaim, PersistentVolumeClaimSpec,
-    PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity, PodSecurityContext,
-    PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource, ResourceRequirements, SeccompProfile,
-    SecretProjection, SecretVolumeSource, SecurityContext, Volume, VolumeMount, VolumeProjection,
+    Affinity, Capabilities, ConfigMapVolumeSource, Container, ContainerPort, EmptyDirVolumeSource,
+    EnvVar, EnvVarSource, HTTPGetAction, KeyToPath, NodeAffinity, NodeSelector,
+    NodeSelectorRequirement, NodeSelectorTerm, ObjectFieldSelector, PersistentVolumeClaim,
+    PersistentVolumeClaimSpec, PersistentVolumeClaimVolumeSource, PodAffinityTerm, PodAntiAffinity,
+    PodSecurityContext, PodSpec, PodTemplateSpec, Probe, ProjectedVolumeSource,
+    ResourceRequirements, SeccompProfile, SecretProjection, SecretVolumeSource, SecurityContext,
+    Volume, VolumeMount, VolumeProjection,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
@@ -127,6 +128,9 @@ fn network_credentials_volume(v: &ValidatedBrokerGroup) -> Option<Volume> {
 }
 
 const NETWORK_CREDENTIALS_VOLUME: &str = "network-credentials";
+/// sharedDatabase: the database URL and CA Secrets.
+const DATABASE_VOLUME: &str = "database";
+const DATABASE_CA_VOLUME: &str = "database-ca";
 
 fn field_env(name: &str, path: &str) -> EnvVar {
     EnvVar {
@@ -235,7 +239,7 @@ fn build_pod_spec(v: &ValidatedBrokerGroup, g: &GroupModel) -> PodSpec {
         volumes.push(network);
         mounts.push(mount(NETWORK_CREDENTIALS_VOLUME, names::NETWORK_SECRET_DIR));
     }
-    if v.is_shared_store() {
+    if v.is_shared_volume() {
         volumes.push(Volume {
             name: "data".into(),
             persistent_volume_claim: Some(PersistentVolumeClaimVolumeSource {
@@ -244,6 +248,23 @@ fn build_pod_spec(v: &ValidatedBrokerGroup, g: &GroupModel) -> PodSpec {
             }),
             ..Volume::default()
         });
+    }
+    if let Some(db) = spec.ha.database.as_ref().filter(|_| v.is_shared_database()) {
+        // The messages live in the database: dataDir holds only the node id, so a volume
+        // that goes with the pod will do.
+        volumes.push(Volume {
+            name: "data".into(),
+            empty_dir: Some(EmptyDirVolumeSource::default()),
+            ..Volume::default()
+        });
+        if let Some(url) = &db.secret_ref {
+            volumes.push(secret_volume(DATABASE_VOLUME, &url.name, &url.key));
+            mounts.push(mount(DATABASE_VOLUME, names::DATABASE_SECRET_DIR));
+        }
+        if let Some(ca) = &db.ca_secret_ref {
+            volumes.push(secret_volume(DATABASE_CA_VOLUME, &ca.name, &ca.key));
+            mounts.push(mount(DATABASE_CA_VOLUME, names::DATABASE_CA_DIR));
+        }
     }
     mounts.push(VolumeMount {
         name: "data".into(),

@@ -2,6 +2,7 @@
 //! previous status) to the BrokerGroup's new status, the role label each pod should carry, and
 //! the transitions worth an Event. Pure: observation happens in the controller.
 
+pub mod database;
 pub mod grouping;
 pub mod network;
 
@@ -197,6 +198,7 @@ pub fn compute(
     let mut unreplicated = Vec::new();
     let mut networks = Vec::new();
     let mut group_lives = Vec::new();
+    let mut database_problems = Vec::new();
 
     for g in &v.groups {
         let before = previous.groups.iter().find(|p| p.name == g.name);
@@ -244,9 +246,12 @@ pub fn compute(
             {
                 Some(ha) => match &ha.sync {
                     Some(s) => (s.state == SyncState::Synced, s.lag_bytes),
-                    // A shared-store slave has nothing to copy: it is in sync by construction.
+                    // A shared-store slave has nothing to copy: it is in sync by construction,
+                    // as long as it reaches the shared database.
                     None => (
-                        v.is_shared_store() && pod.and_then(role_of) == Some(Role::Backup),
+                        v.is_shared_store()
+                            && pod.and_then(role_of) == Some(Role::Backup)
+                            && pod.is_some_and(database::reaches_database),
                         0,
                     ),
                 },
@@ -391,7 +396,19 @@ pub fn compute(
             });
         }
 
+        let no_database = database::unreachable(g, |p| seen.pods.get(p));
+        transitions.extend(database::transitions(
+            &g.name,
+            &no_database,
+            before.map_or(&[][..], |b| &b.database_unreachable),
+            |p| seen.pods.get(p),
+        ));
+        if !no_database.is_empty() {
+            database_problems.push(database::message(&g.name, &no_database));
+        }
+
         groups.push(GroupStatus {
+            database_unreachable: no_database.into_iter().map(|u| u.pod).collect(),
             connectors: net.connectors as i64,
             connectors_linked: net.linked as i64,
             unlinked_connectors: net.unlinked.iter().map(|u| u.connector.clone()).collect(),
@@ -541,6 +558,11 @@ pub fn compute(
     );
     let (degraded, reason, message) = match seen.problems.first() {
         Some((reason, message)) => (true, reason.clone(), message.clone()),
+        None if !database_problems.is_empty() => (
+            true,
+            database::DATABASE_UNREACHABLE.to_string(),
+            database_problems.join("; "),
+        ),
         None if !without_live.is_empty() && !progressing => (
             true,
             "GroupsWithoutLive".to_string(),
@@ -552,6 +574,10 @@ pub fn compute(
             "nothing needs attention".to_string(),
         ),
     };
+    transitions.extend(database::secret_transitions(
+        &seen.problems,
+        &previous.conditions,
+    ));
     conditions.set(condition::DEGRADED, degraded, &reason, message);
     let (linked, reason, message) = network::condition(&networks);
     conditions.set(condition::NETWORK_LINKED, linked, reason, message);
@@ -1109,6 +1135,155 @@ pub(crate) mod tests {
         assert_eq!(
             c.status.groups[0].last_failover.as_ref().unwrap().reason,
             FailoverReason::OperatorFailover
+        );
+    }
+
+    /// A shared-database member's `/status`: its role and what it says of the database.
+    fn database_member(
+        role: Role,
+        epoch: u64,
+        error: Option<&str>,
+    ) -> Result<BrokerStatus, String> {
+        let mut status = broker(role, epoch, None);
+        if let Ok(b) = &mut status {
+            if let Some(ha) = &mut b.ha {
+                ha.database = Some(duomq_broker::admin::api::DatabaseStatus {
+                    reachable: error.is_none(),
+                    last_error: error.map(String::from),
+                    lease_holder: Some("pair-g0-0".into()),
+                    lease_remaining_ms: Some(8000),
+                    commits: 12,
+                });
+            }
+        }
+        status
+    }
+
+    fn shared_database() -> ValidatedBrokerGroup {
+        validated("{groups: 1, backupsPerGroup: 1, ha: {mode: sharedDatabase, database: {secretRef: {name: pg-app}}}}")
+    }
+
+    fn database_pair(backup_error: Option<&str>) -> Observation {
+        Observation {
+            pods: BTreeMap::from([
+                (
+                    "pair-g0-0".to_string(),
+                    pod(database_member(Role::Live, 1, None), Some("live")),
+                ),
+                (
+                    "pair-g0-1".to_string(),
+                    pod(
+                        database_member(Role::Backup, 1, backup_error),
+                        Some("backup"),
+                    ),
+                ),
+            ]),
+            ..Observation::default()
+        }
+    }
+
+    #[test]
+    fn given_a_shared_database_group_when_the_live_is_lost_should_record_the_failover_to_the_backup(
+    ) {
+        let v = shared_database();
+        let before = compute(
+            &v,
+            Some(1),
+            &database_pair(None),
+            &BrokerGroupStatus::default(),
+            &at(100),
+        );
+        let g = &before.status.groups[0];
+        assert_eq!(g.live.as_deref(), Some("pair-g0-0"));
+        assert!(
+            g.backups[0].synced,
+            "a backup reaching the database can take over"
+        );
+        assert_eq!(cond(&before.status, condition::REPLICATED).status, "True");
+        assert_eq!(cond(&before.status, condition::DEGRADED).status, "False");
+
+        let mut seen = database_pair(None);
+        seen.pods.insert(
+            "pair-g0-0".into(),
+            PodObservation {
+                running: false,
+                ..pod(Err("broker container not running".into()), Some("live"))
+            },
+        );
+        seen.pods.get_mut("pair-g0-1").unwrap().broker = database_member(Role::Live, 2, None);
+        let after = compute(&v, Some(1), &seen, &before.status, &at(130));
+        let g = &after.status.groups[0];
+        let last = g.last_failover.as_ref().expect("the failover recorded");
+        assert_eq!(
+            (
+                last.from.as_str(),
+                last.to.as_str(),
+                last.reason,
+                g.failovers,
+                g.epoch
+            ),
+            ("pair-g0-0", "pair-g0-1", FailoverReason::LiveLost, 1, 2)
+        );
+        assert_eq!(after.transitions[0].reason, "FailedOver");
+        assert_eq!(
+            after.role_labels.get("pair-g0-1").map(String::as_str),
+            Some("live")
+        );
+    }
+
+    #[test]
+    fn given_a_member_that_cannot_reach_the_database_should_be_degraded_warn_once_and_say_when_it_is_back(
+    ) {
+        let v = shared_database();
+        let lost = compute(
+            &v,
+            Some(1),
+            &database_pair(Some("connection refused")),
+            &BrokerGroupStatus::default(),
+            &at(100),
+        );
+        let g = &lost.status.groups[0];
+        assert!(
+            !g.backups[0].synced,
+            "a backup without the database cannot take over"
+        );
+        assert_eq!(g.database_unreachable, vec!["pair-g0-1".to_string()]);
+        assert_eq!(cond(&lost.status, condition::REPLICATED).status, "False");
+        let d = cond(&lost.status, condition::DEGRADED);
+        assert_eq!(
+            (d.status.as_str(), d.reason.as_str()),
+            ("True", database::DATABASE_UNREACHABLE)
+        );
+        assert_eq!(
+            d.message,
+            "group pair-g0: cannot reach the database: pair-g0-1 (connection refused)"
+        );
+        assert_eq!(lost.transitions.len(), 1, "{:?}", lost.transitions);
+        assert!(lost.transitions[0].warning);
+        assert_eq!(lost.transitions[0].reason, database::DATABASE_UNREACHABLE);
+
+        let still = compute(
+            &v,
+            Some(1),
+            &database_pair(Some("connection refused")),
+            &lost.status,
+            &at(115),
+        );
+        assert!(still.transitions.is_empty(), "one event per outage");
+        assert_eq!(
+            still.status, lost.status,
+            "no status patch while it stays down"
+        );
+
+        let back = compute(&v, Some(1), &database_pair(None), &still.status, &at(130));
+        assert!(back.status.groups[0].database_unreachable.is_empty());
+        assert_eq!(cond(&back.status, condition::DEGRADED).status, "False");
+        assert_eq!(
+            (
+                back.transitions[0].reason.as_str(),
+                back.transitions[0].warning
+            ),
+            (database::DATABASE_REACHABLE, false)
         );
     }
 }
