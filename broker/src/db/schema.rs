@@ -70,11 +70,15 @@ pub async fn migrate(client: &mut Client, tables: &Tables) -> Result<(), DbError
     let query = |source| DbError::Query { what, source };
     let tx = client.transaction().await.map_err(query)?;
     tx.execute("SELECT pg_advisory_xact_lock(hashtext($1))", &[&tables.schema]).await.map_err(query)?;
-    // `IF NOT EXISTS` would otherwise log a NOTICE at every connection.
+    // `IF NOT EXISTS` on tables that are there already would log a NOTICE.
     tx.batch_execute("SET LOCAL client_min_messages = warning").await.map_err(query)?;
-    tx.batch_execute(&format!("CREATE TABLE IF NOT EXISTS {} (version integer NOT NULL)", tables.schema))
-        .await
-        .map_err(query)?;
+    // Only a missing schema needs the right to create tables: a database prepared by its
+    // administrator works with a user that may only read and write.
+    let exists: Option<String> =
+        tx.query_one("SELECT to_regclass($1)::text", &[&tables.schema]).await.map_err(query)?.get(0);
+    if exists.is_none() {
+        tx.batch_execute(&format!("CREATE TABLE {} (version integer NOT NULL)", tables.schema)).await.map_err(query)?;
+    }
     let found: Option<i32> =
         tx.query_one(&format!("SELECT max(version) FROM {}", tables.schema), &[]).await.map_err(query)?.get(0);
     match found {
