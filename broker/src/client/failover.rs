@@ -337,7 +337,7 @@ mod tests {
     #[case("broker is shutting down", true)]
     #[case("not live: backup of group g1; live is stomp://10.0.0.1:61613", true)]
     #[case("Not Live", true)]
-    #[case("failed to persist: failed to confirm the write: this live stopped being live before its backups had it", true)]
+    #[case("failed to persist: failed to confirm the write: this member stopped being live before the write was safe", true)]
     #[case("destination is full: no room within 1s (memory limits)", false)]
     #[case("authentication failed for login \"x\"", false)]
     fn given_broker_error_should_fail_over_only_when_the_broker_stops_serving(#[case] message: &str, #[case] fails_over: bool) {

@@ -167,9 +167,10 @@ pub enum JournalError {
     /// The journal was closed (or its writer is gone); nothing was written.
     #[error("failed to append: the journal is closed")]
     Closed,
-    /// The live lost its claim or is stopping before its backups confirmed the write, so
-    /// a backup that takes over may not have it. The write may or may not survive.
-    #[error("failed to confirm the write: this live stopped being live before its backups had it")]
+    /// The live lost its claim (its Lease, or the database lease) or is stopping before its
+    /// backups confirmed the write, so the member that takes over may not have it. The
+    /// write may or may not survive.
+    #[error("failed to confirm the write: this member stopped being live before the write was safe (its backups or the database lease); it may or may not survive, resend it to the new live")]
     Fenced,
     /// The database store refused the write (not a lost connection: those are retried
     /// until the live fences). Nothing of the batch was written.
