@@ -144,25 +144,35 @@ async fn open(shared: &Shared, took_over: bool) -> Result<Arc<Broker>, RunError>
 async fn run_standalone(shared: &Shared, stomp: &TcpListener, shutdown: &CancellationToken) -> Result<(), RunError> {
     let broker = open(shared, false).await?;
     let identity = identity(shared, &broker)?;
-    let cluster_task = if identity.password.is_empty() {
-        None
-    } else {
-        let listener = bind("cluster", shared.config.ha.cluster.listen).await?;
-        tracing::info!(addr = %listener.local_addr().unwrap_or(shared.config.ha.cluster.listen), "cluster port listening (network bridges)");
-        Some(tokio::spawn(crate::network::listener::serve(
-            listener,
-            identity.clone(),
-            Arc::clone(&shared.state.network),
-            shared.metrics.cluster.clone(),
-            shared.config.ha.cluster.max_pending_connections,
-            shutdown.clone(),
-        )))
-    };
+    let cluster_task = inbound_bridges(shared, &identity, shutdown).await?;
     let result = serve_live(shared, stomp, &broker, identity, shutdown.clone()).await;
     if let Some(task) = cluster_task {
         task.abort();
     }
     result.and(close(&broker).await)
+}
+
+/// A live that is not replicated (standalone, shared store) listens on the cluster port
+/// for other groups' network bridges and grouping links while it is live, when it has a
+/// cluster password; a backup does not listen, so a `masterslave:` list moves past it.
+async fn inbound_bridges(
+    shared: &Shared,
+    identity: &crate::network::Identity,
+    stop: &CancellationToken,
+) -> Result<Option<tokio::task::JoinHandle<()>>, RunError> {
+    if identity.password.is_empty() {
+        return Ok(None);
+    }
+    let listener = bind("cluster", shared.config.ha.cluster.listen).await?;
+    tracing::info!(addr = %listener.local_addr().unwrap_or(shared.config.ha.cluster.listen), "cluster port listening (network bridges)");
+    Ok(Some(tokio::spawn(crate::network::listener::serve(
+        listener,
+        identity.clone(),
+        Arc::clone(&shared.state.network),
+        shared.metrics.cluster.clone(),
+        shared.config.ha.cluster.max_pending_connections,
+        stop.clone(),
+    ))))
 }
 
 /// Who this broker is on the network of brokers. The cluster password is read each time
@@ -433,8 +443,13 @@ async fn run_shared_store(shared: &Shared, stomp: &TcpListener, shutdown: &Cance
         .map_err(|source| RunError::Ha(HaError::WriteLiveFile { path: LiveHolder::path(&ctx.ha_dir()), source }))?;
     ctx.activated().map_err(RunError::Ha)?;
     tracing::info!(epoch = ctx.epoch().0, group = %ctx.group, "live: holding the shared journal lock");
-    serve_live(shared, stomp, &broker, identity(shared, &broker)?, shutdown.clone()).await?;
-    close(&broker).await
+    let identity = identity(shared, &broker)?;
+    let cluster_task = inbound_bridges(shared, &identity, shutdown).await?;
+    let result = serve_live(shared, stomp, &broker, identity, shutdown.clone()).await;
+    if let Some(task) = cluster_task {
+        task.abort();
+    }
+    result.and(close(&broker).await)
 }
 
 /// Tries to open the shared journal until it works (`Some`) or shutdown (`None`),
@@ -716,7 +731,14 @@ async fn database_term(
             stop.cancel();
         })
     };
-    serve_live(shared, stomp, &broker, identity(shared, &broker)?, stop.clone()).await?;
+    let identity = identity(shared, &broker)?;
+    let cluster_task = inbound_bridges(shared, &identity, &stop).await?;
+    let served = serve_live(shared, stomp, &broker, identity, stop.clone()).await;
+    if let Some(task) = cluster_task {
+        task.abort();
+        let _ = task.await;
+    }
+    served?;
     stop.cancel();
     let _ = watcher.await;
     shared.metrics.database.lease_held.set(0);

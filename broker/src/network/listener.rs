@@ -1,4 +1,4 @@
-//! The cluster port of a standalone broker (`ha.policy: none`): it only takes inbound
+//! The cluster port of a live that is not replicated (standalone, shared store): it only takes inbound
 //! network bridges (and probes). Handshakes pass the same pending-connection gate as a
 //! group member's cluster port. A replicated member's port is `ha::serve_cluster`.
 
