@@ -61,6 +61,12 @@ pub enum DbError {
 }
 
 impl DbError {
+    /// The database rolled the statement back for reasons of its own (a serialization
+    /// failure, a deadlock: SQLSTATE class 40): the same statement may simply be sent again.
+    pub fn transient(&self) -> bool {
+        matches!(self, DbError::Query { source, .. } if source.as_db_error().is_some_and(|db| db.code().code().starts_with("40")))
+    }
+
     /// Retrying cannot help: the configuration or the schema must change first.
     pub fn is_fatal(&self) -> bool {
         matches!(self, DbError::BadUrl { .. } | DbError::SchemaTooNew { .. } | DbError::Tls(_) | DbError::Unreadable { .. })
@@ -69,7 +75,11 @@ impl DbError {
     /// The connection is gone: open a new one before the next statement.
     pub fn lost_connection(&self) -> bool {
         match self {
-            DbError::Query { source, .. } => source.is_closed() || source.as_db_error().is_none(),
+            // An administrator's shutdown or termination (57P01..57P03) ends the session too.
+            DbError::Query { source, .. } => {
+                source.is_closed()
+                    || source.as_db_error().is_none_or(|db| db.code().code().starts_with("57P"))
+            }
             DbError::Unreadable { .. } | DbError::SchemaTooNew { .. } | DbError::BadUrl { .. } | DbError::Tls(_) => false,
             DbError::Url(_) | DbError::Connect { .. } | DbError::ConnectTimeout { .. } | DbError::NotConnected => true,
         }

@@ -317,6 +317,10 @@ impl Writer {
                     self.term.fence(format!("the database refused a write of epoch {}: another member took the lease", self.term.epoch));
                     return Err(JournalError::Fenced);
                 }
+                Outcome::Failed(e) if e.transient() => {
+                    tracing::debug!(error = %crate::report::error_chain(&e), "the database rolled a batch back; sending it again");
+                    tokio::time::sleep(FIRST_RECONNECT_DELAY).await;
+                }
                 Outcome::Failed(e) if e.lost_connection() => {
                     self.client = None;
                     self.statements = None;
