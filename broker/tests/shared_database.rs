@@ -214,6 +214,33 @@ fn given_pair_on_one_database_should_have_one_live_and_a_ready_backup_refusing_c
 }
 
 #[test]
+fn given_two_members_starting_together_should_elect_one_live_and_a_clean_stop_should_hand_over_before_the_lease_runs_out() {
+    let pg = Postgres::start("together");
+    let root = tempfile::Builder::new().prefix("duomq-db-together-").tempdir().unwrap();
+    let mut a = Member::new(root.path(), "node-a");
+    let mut b = Member::new(root.path(), "node-b");
+    a.start_shared_database(&pg.url(), &[b.peer()], "primary", GROUP, "");
+    b.start_shared_database(&pg.url(), &[a.peer()], "primary", GROUP, "");
+    eventually("one of two members live", ROLE_TIMEOUT, || role(&a) == "live" || role(&b) == "live");
+    // Watched for two lease renewals of time: never both live, the other a backup.
+    let watch = Instant::now();
+    while watch.elapsed() < Duration::from_secs(1) {
+        assert!(!(role(&a) == "live" && role(&b) == "live"), "two lives on one database");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let (mut live, backup) = if role(&a) == "live" { (a, b) } else { (b, a) };
+    backup.wait_for("the backup", |s| s["role"] == "backup" && s["ha"]["live"] == live.name.as_str());
+
+    let status = live.terminate();
+    assert!(status.success(), "{} did not stop cleanly: {status}", live.name);
+    let stopped = Instant::now();
+    backup.wait_live();
+    let took = stopped.elapsed();
+    println!("{} live {took:?} after {} stopped cleanly (lease {LEASE:?})", backup.name, live.name);
+    assert!(took < LEASE, "a clean stop did not give the lease up: the backup waited {took:?}");
+}
+
+#[test]
 fn given_pair_under_load_when_the_live_is_killed_ten_times_should_lose_no_receipted_message() {
     const ROUNDS: usize = 10;
     const PER_ROUND: u64 = 1500;
