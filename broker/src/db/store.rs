@@ -163,18 +163,31 @@ struct Writer {
     status: Arc<dyn Fn(DatabaseStatus) + Send + Sync>,
 }
 
-/// The ops of one batch, as the statement's arrays.
+/// One added message, as its row.
+struct AddRow {
+    id: i64,
+    destination: String,
+    headers: String,
+    body: Bytes,
+}
+
+/// The ops of one batch.
 #[derive(Default)]
 struct Batch {
-    ids: Vec<i64>,
-    destinations: Vec<String>,
-    headers: Vec<String>,
-    bodies: Vec<Bytes>,
+    adds: Vec<AddRow>,
     acks: Vec<i64>,
     remembered_ids: Vec<i64>,
     remembered: Vec<String>,
     max_id: i64,
     bytes: usize,
+}
+
+/// A batch's adds as the statement's arrays, built once per batch (a retry reuses them).
+struct Columns<'a> {
+    ids: Vec<i64>,
+    destinations: Vec<&'a str>,
+    headers: Vec<&'a str>,
+    bodies: Vec<&'a [u8]>,
 }
 
 impl Batch {
@@ -183,17 +196,14 @@ impl Batch {
             match op {
                 Op::Add(m) => {
                     let id = m.id.0 as i64;
-                    self.ids.push(id);
                     self.max_id = self.max_id.max(id);
-                    self.destinations.push(m.destination.clone());
                     let headers = serde_json::to_string(&m.headers).unwrap_or_else(|_| "[]".into());
                     self.bytes += m.body.len() + headers.len() + m.destination.len();
-                    self.headers.push(headers);
-                    self.bodies.push(m.body.clone());
                     if let Some((_, v)) = m.headers.iter().find(|(k, _)| k == remember_header) {
                         self.remembered_ids.push(id);
                         self.remembered.push(remembered_form(v).into_owned());
                     }
+                    self.adds.push(AddRow { id, destination: m.destination.clone(), headers, body: m.body.clone() });
                 }
                 Op::Ack(id) => self.acks.push(id.0 as i64),
             }
@@ -201,25 +211,27 @@ impl Batch {
     }
 
     /// An add and its ack in one batch cancel out: the statement's delete does not see the
-    /// rows its own insert writes.
+    /// rows its own insert writes. (The add's duplicate-detection id is still remembered,
+    /// as the file journal remembers acknowledged messages' ids.)
     fn cancel_out(&mut self) {
-        if self.acks.is_empty() || self.ids.is_empty() {
+        if self.acks.is_empty() || self.adds.is_empty() {
             return;
         }
-        let added: HashSet<i64> = self.ids.iter().copied().collect();
+        let added: HashSet<i64> = self.adds.iter().map(|a| a.id).collect();
         let both: HashSet<i64> = self.acks.iter().copied().filter(|id| added.contains(id)).collect();
-        if both.is_empty() {
-            return;
+        if !both.is_empty() {
+            self.adds.retain(|a| !both.contains(&a.id));
+            self.acks.retain(|id| !both.contains(id));
         }
-        let keep: Vec<bool> = self.ids.iter().map(|id| !both.contains(id)).collect();
-        let mut i = 0;
-        self.destinations.retain(|_| (keep[i], i += 1).0);
-        i = 0;
-        self.headers.retain(|_| (keep[i], i += 1).0);
-        i = 0;
-        self.bodies.retain(|_| (keep[i], i += 1).0);
-        self.ids.retain(|id| !both.contains(id));
-        self.acks.retain(|id| !both.contains(id));
+    }
+
+    fn columns(&self) -> Columns<'_> {
+        Columns {
+            ids: self.adds.iter().map(|a| a.id).collect(),
+            destinations: self.adds.iter().map(|a| a.destination.as_str()).collect(),
+            headers: self.adds.iter().map(|a| a.headers.as_str()).collect(),
+            bodies: self.adds.iter().map(|a| a.body.as_ref()).collect(),
+        }
     }
 }
 
@@ -232,14 +244,10 @@ enum Outcome {
 impl Writer {
     async fn run(mut self, mut receiver: mpsc::UnboundedReceiver<Request>) {
         let max_bytes = self.db.max_batch_bytes;
-        let mut carried: Option<Request> = None;
         loop {
-            let first = match carried.take() {
-                Some(r) => r,
-                None => tokio::select! {
-                    r = receiver.recv() => match r { Some(r) => r, None => break },
-                    _ = self.stop.cancelled() => break,
-                },
+            let first = tokio::select! {
+                r = receiver.recv() => match r { Some(r) => r, None => break },
+                _ = self.stop.cancelled() => break,
             };
             let mut all_lazy = first.lazy;
             let mut requests = vec![first];
@@ -284,12 +292,12 @@ impl Writer {
         while let Ok(r) = receiver.try_recv() {
             let _ = r.reply.send(Err(if self.term.is_fenced() { JournalError::Fenced } else { JournalError::Closed }));
         }
-        drop(carried);
     }
 
     /// Commits `batch`, retrying across lost connections while the term holds. `Ok` only
     /// when the database committed it under this term's epoch and the term still holds.
     async fn commit(&mut self, batch: &Batch) -> Result<(), JournalError> {
+        let columns = batch.columns();
         let mut delay = FIRST_RECONNECT_DELAY;
         let mut logged = false;
         loop {
@@ -300,7 +308,7 @@ impl Writer {
                 return Err(JournalError::Closed);
             }
             let outcome = match self.ready().await {
-                Ok(()) => self.execute(batch).await,
+                Ok(()) => self.execute(batch, &columns).await,
                 Err(e) => Outcome::Failed(e),
             };
             match outcome {
@@ -411,11 +419,10 @@ impl Writer {
         Ok(())
     }
 
-    async fn execute(&mut self, batch: &Batch) -> Outcome {
+    async fn execute(&mut self, batch: &Batch, columns: &Columns<'_>) -> Outcome {
         let (Some(client), Some(statements)) = (&self.client, &self.statements) else {
             return Outcome::Failed(DbError::NotConnected);
         };
-        let bodies: Vec<&[u8]> = batch.bodies.iter().map(|b| b.as_ref()).collect();
         let next_id = batch.max_id + 1;
         let started = Instant::now();
         let result = client
@@ -425,10 +432,10 @@ impl Writer {
                     &self.db.group,
                     &self.term.epoch,
                     &next_id,
-                    &batch.ids,
-                    &batch.destinations,
-                    &batch.headers,
-                    &bodies,
+                    &columns.ids,
+                    &columns.destinations,
+                    &columns.headers,
+                    &columns.bodies,
                     &batch.acks,
                     &batch.remembered_ids,
                     &batch.remembered,
@@ -480,10 +487,9 @@ mod tests {
         batch.add(&[add(1), add(2), add(3)], "dedup");
         batch.add(&[Op::Ack(MessageId(2)), Op::Ack(MessageId(9))], "dedup");
         batch.cancel_out();
-        assert_eq!(batch.ids, vec![1, 3]);
-        assert_eq!(batch.destinations.len(), 2);
-        assert_eq!(batch.headers.len(), 2);
-        assert_eq!(batch.bodies.len(), 2);
+        let columns = batch.columns();
+        assert_eq!(columns.ids, vec![1, 3]);
+        assert_eq!((columns.destinations.len(), columns.headers.len(), columns.bodies.len()), (2, 2, 2));
         assert_eq!(batch.acks, vec![9]);
         assert_eq!(batch.max_id, 3, "the id floor still counts the cancelled add");
     }
