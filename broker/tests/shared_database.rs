@@ -445,6 +445,39 @@ fn given_postgres_crashing_under_load_should_lose_no_receipted_message_and_a_lon
 }
 
 #[test]
+fn given_url_file_when_the_password_is_rotated_and_sessions_cut_should_reconnect_with_the_new_url() {
+    let pg = Postgres::start("rotate");
+    let root = tempfile::Builder::new().prefix("duomq-db-rotate-").tempdir().unwrap();
+    let url_file = root.path().join("uri");
+    std::fs::write(&url_file, pg.url()).expect("write the URL file");
+    let mut a = Member::new(root.path(), "node-a");
+    // As with a CloudNativePG application Secret mounted as a file.
+    a.start_shared_database(&pg.url(), &[], "primary", GROUP, &format!("storage:\n  database:\n    url: null\n    urlFile: {}\n", url_file.display()));
+    a.wait_live();
+    let url = url_of(&[&a]);
+    let (ok, report) = finish(producer(&url, "/queue/rotate", 200, "before"));
+    assert!(ok, "{report}");
+
+    // Under load, the Secret is rotated: new password in the database and in the file,
+    // then every session of the old login is cut.
+    let mut p = producer(&url, "/queue/rotate", 1500, "after");
+    wait_for_load(&pg, &mut p, stored(&pg), 300);
+    pg.psql(&format!("ALTER ROLE {} PASSWORD 'rotated-password'", pg.user));
+    std::fs::write(&url_file, pg.url_with_password("rotated-password")).expect("rewrite the URL file");
+    let cut = pg.psql(&format!("SELECT count(pg_terminate_backend(pid)) FROM pg_stat_activity WHERE usename = '{}'", pg.user));
+    println!("sessions cut: {cut}");
+    let (ok, report) = finish(p);
+    assert!(ok, "the producer failed across the rotation: {report}");
+    eventually("live on the new password", ROLE_TIMEOUT, || role(&a) == "live" && metric(&a, "duomq_database_reachable") == 1);
+    let sessions = count(&pg, &format!("SELECT count(*) FROM pg_stat_activity WHERE usename = '{}'", pg.user));
+    assert!(sessions >= 1, "no session of the member after the rotation");
+    let delivered = drain(&url, "/queue/rotate");
+    let duplicates = assert_delivered(&delivered, &[("before".into(), 200), ("after".into(), 1500)]);
+    println!("after the rotation: role {}, reconnects {}, {duplicates} duplicates", role(&a), metric(&a, "duomq_database_reconnects_total"));
+    assert!(!log_has_panic(&a.log()), "{}", a.log());
+}
+
+#[test]
 fn given_database_down_at_start_should_wait_as_unready_backup_and_become_live_once_it_is_up() {
     let mut pg = Postgres::start("late");
     pg.stop();
