@@ -152,21 +152,10 @@ pub fn ensure_image(name: &str, tag: &str, binary: &Path, rebuild: bool, log_dir
         return Ok(image(ImageOutcome::Reused));
     }
     info!(image = %tag, binary = %binary.display(), held = held.as_deref().unwrap_or("nothing"), "building image");
-    std::fs::create_dir_all(log_dir).map_err(EnvError::StateDir)?;
-    let log = log_dir.join(format!("image-{name}.log"));
     let previous = image_id(tag);
     let mut command = Command::new(repo_root().join("images/build.sh"));
     command.arg(name).arg("--binary").arg(binary).arg("--tag").arg(tag);
-    let shown = format!("{command:?}");
-    let output = command.output().map_err(|source| EnvError::Spawn { command: shown.clone(), source })?;
-    let text = format!("$ {shown}\n{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
-    std::fs::write(&log, &text).map_err(|source| EnvError::WriteLog { path: log.clone(), source })?;
-    if !output.status.success() {
-        // The scripts end on the line that says what went wrong.
-        let stderr = String::from_utf8_lossy(&output.stderr);
-        let reason = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("images/build.sh failed").trim().to_string();
-        return Err(EnvError::ImageBuild { image: tag.to_string(), binary: binary.to_path_buf(), reason, log });
-    }
+    run_build(command, tag, binary, &log_dir.join(format!("image-{name}.log")))?;
     // The image the tag held before, now untagged: removed unless a container still uses it
     // (then Docker refuses, harmlessly), so rebuilds do not pile up on the disk.
     if let Some(old) = previous.filter(|old| image_id(tag).as_ref() != Some(old)) {
@@ -205,6 +194,40 @@ pub fn build_images(binaries: &Path, rebuild: bool, log_dir: &Path) -> Result<Ve
         .into_iter()
         .map(|(name, tag)| ensure_image(name, &tag, &binaries.join(format!("duomq-{name}")), rebuild, log_dir))
         .collect()
+}
+
+/// The PostgreSQL image of the shared-database scenarios (`images/build-postgres.sh`).
+pub const POSTGRES_IMAGE: &str = "duomq/postgres:15";
+
+/// Makes [`POSTGRES_IMAGE`] hold PostgreSQL as `images/postgres.Dockerfile` says: the
+/// script keeps an image built from the same files and builds it otherwise (Debian's
+/// postgresql-15 with apt, on the local base image), its output in
+/// `log_dir/image-postgres.log`.
+pub fn ensure_postgres_image(log_dir: &Path) -> Result<String, EnvError> {
+    let mut command = Command::new(repo_root().join("images/build-postgres.sh"));
+    command.arg("--tag").arg(POSTGRES_IMAGE);
+    let dockerfile = repo_root().join("images/postgres.Dockerfile");
+    run_build(command, POSTGRES_IMAGE, &dockerfile, &log_dir.join("image-postgres.log"))?;
+    Ok(POSTGRES_IMAGE.to_string())
+}
+
+/// Runs an image build script of `images/` for `image` (built from `source`), its whole
+/// output in `log`; a failure names the last line the script printed.
+fn run_build(mut command: Command, image: &str, source: &Path, log: &Path) -> Result<(), EnvError> {
+    if let Some(dir) = log.parent() {
+        std::fs::create_dir_all(dir).map_err(EnvError::StateDir)?;
+    }
+    let shown = format!("{command:?}");
+    let output = command.output().map_err(|source| EnvError::Spawn { command: shown.clone(), source })?;
+    let text = format!("$ {shown}\n{}{}", String::from_utf8_lossy(&output.stdout), String::from_utf8_lossy(&output.stderr));
+    std::fs::write(log, &text).map_err(|source| EnvError::WriteLog { path: log.to_path_buf(), source })?;
+    if !output.status.success() {
+        // The scripts end on the line that says what went wrong.
+        let stderr = String::from_utf8_lossy(&output.stderr);
+        let reason = stderr.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("the image build failed").trim().to_string();
+        return Err(EnvError::ImageBuild { image: image.to_string(), binary: source.to_path_buf(), reason, log: log.to_path_buf() });
+    }
+    Ok(())
 }
 
 /// The local control plane: API server, nodes, kubelets and controllers.

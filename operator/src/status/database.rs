@@ -15,6 +15,10 @@ use crate::validate::GroupModel;
 pub const DATABASE_UNREACHABLE: &str = "DatabaseUnreachable";
 /// The Normal event when such a member reaches it again.
 pub const DATABASE_REACHABLE: &str = "DatabaseReachable";
+/// The Warning event when a group's live takes the database lease again under a new epoch
+/// (restarted in place, or resumed after fencing itself): no failover, but its clients
+/// were cut off for a moment.
+pub const LEASE_RETAKEN: &str = "LeaseRetaken";
 /// The Degraded reason and Warning event while the database URL or CA Secret is missing or
 /// lacks its key (`crate::validate`): the broker pods wait for it.
 pub const DATABASE_SECRET_MISSING: &str = "DatabaseSecretMissing";

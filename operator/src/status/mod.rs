@@ -314,6 +314,21 @@ pub fn compute(
                     to,
                     reason,
                 });
+            } else if v.is_shared_database()
+                && before.is_some_and(|b| b.epoch > 0 && epoch > b.epoch as u64)
+            {
+                // The database lease gets a new epoch whenever it is taken, also by the
+                // member that held it: a live restarted in place (its lease had not run
+                // out), or one that fenced itself and took the lease again. Nobody else was
+                // live, so it is no failover.
+                transitions.push(Transition {
+                    warning: true,
+                    reason: database::LEASE_RETAKEN.into(),
+                    note: format!(
+                        "group {}: {to} took the database lease again at epoch {epoch} (it restarted, or fenced itself and resumed)",
+                        g.name
+                    ),
+                });
             } else if before.is_some_and(|b| b.epoch > 0 && epoch > b.epoch as u64) {
                 // The same live as last time, but the epoch moved: the role went away and came
                 // back between two looks (a failover and a failback). Each change of live
@@ -1163,6 +1178,17 @@ pub(crate) mod tests {
         validated("{groups: 1, backupsPerGroup: 1, ha: {mode: sharedDatabase, database: {secretRef: {name: pg-app}}}}")
     }
 
+    /// The status of the shared-database `pair` computed from `seen` with no previous status.
+    fn database_first(seen: &Observation) -> Computed {
+        compute(
+            &shared_database(),
+            Some(1),
+            seen,
+            &BrokerGroupStatus::default(),
+            &at(100),
+        )
+    }
+
     fn database_pair(backup_error: Option<&str>) -> Observation {
         Observation {
             pods: BTreeMap::from([
@@ -1186,13 +1212,7 @@ pub(crate) mod tests {
     fn given_a_shared_database_group_when_the_live_is_lost_should_record_the_failover_to_the_backup(
     ) {
         let v = shared_database();
-        let before = compute(
-            &v,
-            Some(1),
-            &database_pair(None),
-            &BrokerGroupStatus::default(),
-            &at(100),
-        );
+        let before = database_first(&database_pair(None));
         let g = &before.status.groups[0];
         assert_eq!(g.live.as_deref(), Some("pair-g0-0"));
         assert!(
@@ -1235,13 +1255,7 @@ pub(crate) mod tests {
     fn given_a_member_that_cannot_reach_the_database_should_be_degraded_warn_once_and_say_when_it_is_back(
     ) {
         let v = shared_database();
-        let lost = compute(
-            &v,
-            Some(1),
-            &database_pair(Some("connection refused")),
-            &BrokerGroupStatus::default(),
-            &at(100),
-        );
+        let lost = database_first(&database_pair(Some("connection refused")));
         let g = &lost.status.groups[0];
         assert!(
             !g.backups[0].synced,
@@ -1284,6 +1298,35 @@ pub(crate) mod tests {
                 back.transitions[0].warning
             ),
             (database::DATABASE_REACHABLE, false)
+        );
+    }
+
+    #[test]
+    fn given_a_shared_database_live_that_took_its_lease_again_should_say_so_without_counting_a_failover(
+    ) {
+        let v = shared_database();
+        let before = database_first(&database_pair(None));
+        let mut seen = database_pair(None);
+        seen.pods.get_mut("pair-g0-0").unwrap().broker = database_member(Role::Live, 2, None);
+        let after = compute(&v, Some(1), &seen, &before.status, &at(110));
+        let g = &after.status.groups[0];
+        assert_eq!(
+            (
+                g.live.as_deref(),
+                g.epoch,
+                g.failovers,
+                g.last_failover.is_none()
+            ),
+            (Some("pair-g0-0"), 2, 0, true)
+        );
+        assert_eq!(after.transitions.len(), 1, "{:?}", after.transitions);
+        assert_eq!(after.transitions[0].reason, database::LEASE_RETAKEN);
+        assert!(
+            after.transitions[0]
+                .note
+                .contains("pair-g0-0 took the database lease again at epoch 2"),
+            "{}",
+            after.transitions[0].note
         );
     }
 }
