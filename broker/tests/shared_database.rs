@@ -78,9 +78,24 @@ type Delivered = BTreeMap<String, BTreeMap<u64, u32>>;
 
 /// Receives from `queue` until nothing comes for [`QUIET`].
 fn drain(url: &str, queue: &str) -> Delivered {
-    let out = cli(&["receive", "--url", url, "--destination", queue, "--timeout", QUIET, "--print-header", RUN_TAG, "--print-header", "duomq-seq"])
-        .output()
-        .expect("run consumer");
+    collect(consumer(url, queue, &[]))
+}
+
+/// A consumer of `queue`, running until nothing comes for [`QUIET`]; its output is read
+/// as it comes (a full pipe would stall it). See [`collect`].
+fn consumer(url: &str, queue: &str, extra: &[&str]) -> std::thread::JoinHandle<Result<Output, String>> {
+    let child = cli(&["receive", "--url", url, "--destination", queue, "--timeout", QUIET, "--print-header", RUN_TAG, "--print-header", "duomq-seq"])
+        .args(extra)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("spawn consumer");
+    std::thread::spawn(move || output_within(child, PRODUCE_TIMEOUT))
+}
+
+/// What a [`consumer`] got, once it has stopped.
+fn collect(consumer: std::thread::JoinHandle<Result<Output, String>>) -> Delivered {
+    let out = consumer.join().expect("consumer thread").unwrap_or_else(|e| panic!("the consumer: {e}"));
     let stderr = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "consumer failed: {stderr}");
     println!("consumer: {}", stderr.lines().last().unwrap_or_default());
@@ -286,6 +301,28 @@ fn given_pair_under_load_when_the_live_is_killed_ten_times_should_lose_no_receip
     let duplicates = assert_delivered(&delivered, &runs);
     let total: u32 = delivered.values().flat_map(|s| s.values()).sum();
     println!("delivered {total} messages for {} receipted; {duplicates} duplicates", ROUNDS as u64 * PER_ROUND);
+    eventually("acknowledged rows deleted", Duration::from_secs(30), || stored(&pg) == 0);
+}
+
+#[test]
+fn given_consumer_draining_when_the_live_is_killed_should_get_every_message_from_the_new_live() {
+    const COUNT: u64 = 3000;
+    let pg = Postgres::start("consume");
+    let root = tempfile::Builder::new().prefix("duomq-db-consume-").tempdir().unwrap();
+    let (mut a, b) = start_pair(root.path(), &pg);
+    let url = url_of(&[&a, &b]);
+    let (ok, report) = finish(producer(&url, "/queue/consume", COUNT, "stored"));
+    assert!(ok, "{report}");
+    // A small prefetch keeps most messages in the database until the kill.
+    let c = consumer(&url, "/queue/consume", &["--prefetch", "10"]);
+    eventually("some consumed and acknowledged", PRODUCE_TIMEOUT, || stored(&pg) <= COUNT - 300);
+    a.kill9();
+    let killed = Instant::now();
+    b.wait_live();
+    println!("node-b live {:?} after the kill, {} messages left in the database", killed.elapsed(), stored(&pg));
+    let delivered = collect(c);
+    let duplicates = assert_delivered(&delivered, &[("stored".into(), COUNT)]);
+    println!("every message delivered across the failover; {duplicates} delivered again (acknowledged on node-a, not yet deleted)");
     eventually("acknowledged rows deleted", Duration::from_secs(30), || stored(&pg) == 0);
 }
 
