@@ -13,7 +13,9 @@
 //!    recreated pod waits as the slave.
 //!
 //! Throughout, every receipted message is received and the two members never accepted
-//! sends at once.
+//! sends at once. Then, on the local control plane only, PostgreSQL is frozen (`docker
+//! pause`): the status says `Degraded`, reason `DatabaseUnreachable`; thawed, the group
+//! has a live again.
 //!
 //! PostgreSQL runs from `duomq/postgres:15`, which `images/build-postgres.sh` builds from
 //! Debian's postgresql-15 on the local base image (no registry). With `E2E_KUBECONFIG`
@@ -40,6 +42,9 @@ const DATABASE_READY: Duration = Duration::from_secs(120);
 /// From the kill to the status naming the slave live: the lease (4 s) runs out, the slave
 /// polls (0.5 s) and takes it, the operator looks; generous for slow CI.
 const FAILOVER_SEEN: Duration = Duration::from_secs(60);
+/// From freezing or thawing PostgreSQL to the status saying so: the members notice within
+/// the lease (4 s), the operator at its next look.
+const OUTAGE_SEEN: Duration = Duration::from_secs(60);
 /// Receipts the producer must get after the failover before it stops.
 const RECEIPTS_AFTER: usize = 20;
 
@@ -124,8 +129,46 @@ async fn kill_the_live(env: &Env) -> Result<()> {
     ensure!(g["live"] == new.as_str(), "the live stayed {new}: {g}");
     ensure!(g["databaseUnreachable"].is_null(), "every member reaches the database: {g}");
     ensure!(condition(&bg, "Degraded").as_deref() == Some("False"), "not degraded: {}", bg["status"]["conditions"]);
+    freeze_the_database(env).await?;
     env.kubectl(&["-n", NAMESPACE, "delete", "brokergroup", NAME, "--wait=false"])?;
     println!("shared-database: passed in {:.0}s", started.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// PostgreSQL frozen (`docker pause` of its container, the local plane only): the members
+/// cannot reach the database, and the status says so (`Degraded`, reason
+/// `DatabaseUnreachable`, naming them); thawed, a member takes the lease and the
+/// BrokerGroup is whole again.
+async fn freeze_the_database(env: &Env) -> Result<()> {
+    let Some(local) = &env.local else {
+        println!("shared-database: database outage skipped: it freezes the PostgreSQL container (docker pause), which a cluster reached through kubectl only does not offer");
+        return Ok(());
+    };
+    let container = local.cluster.container_of(NAMESPACE, "pg").context("no container for pod pg")?;
+    let frozen = Instant::now();
+    docker(&["pause", &container])?;
+    let seen = wait_for_brokergroup(env, NAMESPACE, NAME, "Degraded with reason DatabaseUnreachable", OUTAGE_SEEN, |bg| condition_of(bg, "Degraded")["reason"] == "DatabaseUnreachable").await;
+    let thawed = docker(&["unpause", &container]);
+    let bg = seen?;
+    thawed?;
+    let degraded = condition_of(&bg, "Degraded");
+    println!("shared-database: PostgreSQL frozen: seen after {:.1}s: {}; live {}", frozen.elapsed().as_secs_f64(), degraded["message"], group_status(&bg, 0)["live"]);
+    let bg = wait_for_brokergroup(env, NAMESPACE, NAME, "a live and nothing degraded after the thaw", OUTAGE_SEEN, |bg| {
+        condition(bg, "Available").as_deref() == Some("True") && condition(bg, "Degraded").as_deref() == Some("False")
+    })
+    .await?;
+    println!("shared-database: PostgreSQL thawed: live {} at epoch {} after {:.1}s", group_status(&bg, 0)["live"], group_status(&bg, 0)["epoch"], frozen.elapsed().as_secs_f64());
+    Ok(())
+}
+
+/// A condition of a BrokerGroup, `null` when it has none of that type.
+fn condition_of<'a>(bg: &'a Value, kind: &str) -> &'a Value {
+    bg["status"]["conditions"].as_array().and_then(|cs| cs.iter().find(|c| c["type"] == kind)).unwrap_or(&Value::Null)
+}
+
+fn docker(args: &[&str]) -> Result<()> {
+    let out = std::process::Command::new("docker").args(args).output().with_context(|| format!("failed to run docker {}", args.join(" ")))?;
+    ensure!(out.status.success(), "docker {}: {}", args.join(" "), String::from_utf8_lossy(&out.stderr));
     Ok(())
 }
 
