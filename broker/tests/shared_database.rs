@@ -1,9 +1,12 @@
 //! Shared-database master/slave (`storage.store: database`) with real broker processes
 //! and a real PostgreSQL server per test (see `common::postgres`). Covered: the pair on
-//! one database (live, ready backup refusing clients); ten kill -9 failovers under
-//! receipted load; a live frozen (SIGSTOP) past its lease, fenced by the database when it
-//! wakes; PostgreSQL crashing under load, briefly and for longer than the lease; the
-//! database unreachable at start; a wrong password and a malformed URL.
+//! one database (live, ready backup refusing clients); two members starting together; a
+//! clean stop handing the lease over; ten kill -9 failovers under receipted load; a
+//! consumer across a failover; a live frozen (SIGSTOP) past its lease, fenced when it
+//! wakes; a lease taken behind the live's back, its write refused by the database;
+//! PostgreSQL crashing under load, briefly and for longer than the lease; a rotated
+//! password in a URL file; the database unreachable at start; a wrong password and a
+//! malformed URL.
 //!
 //! Lease timings are the harness's (`Member::start_shared_database`): 3s lease, renewed
 //! every 500ms, backups polling every 200ms.
@@ -165,6 +168,17 @@ fn wait_for_load(pg: &Postgres, producer: &mut Child, before: u64, more: u64) {
     eventually("the producer under way", PRODUCE_TIMEOUT, || {
         matches!(producer.try_wait(), Ok(Some(_))) || pg.try_psql(&format!("SELECT count(*) FROM duomq_messages WHERE grp = '{GROUP}'")).ok().and_then(|t| t.parse::<u64>().ok()).is_some_and(|n| n >= before + more)
     });
+}
+
+/// True once every thread of process `pid` is stopped (state `T` in `/proc`): SIGSTOP
+/// takes effect asynchronously, thread by thread.
+fn all_threads_stopped(pid: i32) -> bool {
+    let Ok(tasks) = std::fs::read_dir(format!("/proc/{pid}/task")) else { return false };
+    tasks.flatten().all(|task| {
+        let stat = std::fs::read_to_string(task.path().join("stat")).unwrap_or_default();
+        // The state follows the command name, which is in parentheses and may hold spaces.
+        stat.rsplit_once(") ").is_some_and(|(_, rest)| rest.starts_with('T'))
+    })
 }
 
 fn log_has_panic(log: &str) -> bool {
@@ -342,6 +356,7 @@ fn given_live_frozen_past_its_lease_when_it_wakes_should_be_fenced_and_confirm_n
         libc::kill(pid, libc::SIGSTOP);
     }
     let stopped = Instant::now();
+    eventually("every thread of node-a stopped", Duration::from_secs(10), || all_threads_stopped(pid));
     // Written while it is frozen: they wait in its socket buffer until it wakes.
     for n in 0..5 {
         let send = Frame::new(Stomp::Send)
