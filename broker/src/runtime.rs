@@ -599,6 +599,9 @@ async fn wait_for_lease(
                 None => Err(crate::db::DbError::NotConnected),
             }
         };
+        // A database that accepts connections but never answers (frozen) counts as away.
+        let answer = db.config.connect_timeout.get() * 2;
+        let attempt = async { tokio::time::timeout(answer, attempt).await.unwrap_or(Err(crate::db::DbError::NoAnswer { after: answer })) };
         match attempt.await {
             Ok(crate::db::Attempt::Taken(acquired)) => {
                 let Some(client) = client.take() else { continue };
@@ -676,7 +679,11 @@ async fn database_term(
         let ctx = Arc::clone(ctx);
         Arc::new(move |s| ctx.set_database_status(s))
     };
-    let recovered = crate::db::recover(db, &client, Arc::clone(&term), acquired.next_id, crate::engine::dedup::STORED_HEADER, status).await;
+    let recovered = tokio::select! {
+        r = crate::db::recover(db, &client, Arc::clone(&term), acquired.next_id, crate::engine::dedup::STORED_HEADER, status) => r,
+        // The database stopped answering while this member read it: the lease ran out.
+        reason = term.fenced() => Err(crate::db::DbError::Fenced { reason }),
+    };
     let (store, recovered) = match recovered {
         Ok(r) => r,
         Err(e) => {
@@ -712,6 +719,13 @@ async fn database_term(
     *shared.state.broker.write() = Some(Arc::clone(&broker));
     ctx.store_epoch(ha::epoch::Epoch(acquired.epoch.max(0) as u64)).map_err(RunError::Ha)?;
     ctx.show_live(Some(&ctx.node_id), None);
+    ctx.set_database_status(admin::api::DatabaseStatus {
+        reachable: true,
+        last_error: None,
+        lease_holder: Some(ctx.node_id.clone()),
+        lease_remaining_ms: Some(term.deadline().saturating_duration_since(std::time::Instant::now()).as_millis() as u64),
+        commits: 0,
+    });
     ctx.activated().map_err(RunError::Ha)?;
     shared.metrics.database.lease_held.set(1);
     tracing::info!(epoch = acquired.epoch, group = %ctx.group, "live: holding the database lease");

@@ -72,7 +72,7 @@ pub fn readiness(role: Role, policy: HaPolicy, ha: Option<&HaStatus>, store: &St
             StoreCheck::NotTried => Err("shared-store backup has not tried the journal lock yet".to_string()),
             StoreCheck::Unreachable { reason } => Err(format!("shared-store backup cannot reach the shared store: {reason}")),
         },
-        (Role::Fenced, _) => Err("fenced: this live lost the group's Lease; rejoining as a backup".to_string()),
+        (Role::Fenced, _) => Err("fenced: this live lost its claim (the group's Lease or database lease); rejoining as a backup".to_string()),
         (role, _) => Err(format!("{role:?}")),
     }
 }

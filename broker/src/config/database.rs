@@ -33,6 +33,12 @@ pub enum SslMode {
     VerifyFull,
 }
 
+impl StoreKind {
+    pub fn is_file(&self) -> bool {
+        *self == StoreKind::File
+    }
+}
+
 impl SslMode {
     pub fn parse(text: &str) -> Option<SslMode> {
         Some(match text {
@@ -123,6 +129,10 @@ pub enum DatabaseUrlError {
 }
 
 impl DatabaseConfig {
+    pub fn is_default(&self) -> bool {
+        *self == DatabaseConfig::default()
+    }
+
     /// The URL, from `url` or read from `url_file` now.
     pub fn load_url(&self) -> Result<String, DatabaseUrlError> {
         if let Some(url) = &self.url {

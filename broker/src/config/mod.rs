@@ -197,8 +197,12 @@ pub struct StorageConfig {
     /// fdatasync every group commit. Turning it off loses receipted messages on power loss.
     pub fsync: bool,
     /// `file` (the journal in `dataDir`) or `database` (PostgreSQL, `storage.database`).
+    /// Left out of a rendered file at their defaults, so that configs rendered before the
+    /// database store existed (the operator's, hashed into its pods) stay the same.
+    #[serde(skip_serializing_if = "StoreKind::is_file")]
     pub store: StoreKind,
     /// The shared database, for `store: database`.
+    #[serde(skip_serializing_if = "DatabaseConfig::is_default")]
     pub database: DatabaseConfig,
 }
 
@@ -598,7 +602,11 @@ mod tests {
     #[test]
     fn given_printed_default_config_should_mention_every_field() {
         let printed: serde_yaml::Value = serde_yaml::from_str(DEFAULT_CONFIG_YAML).unwrap();
-        let full = serde_yaml::to_value(BrokerConfig::default()).unwrap();
+        // The storage fields left out at their defaults are set, so that they count too.
+        let mut all = BrokerConfig::default();
+        all.storage.store = StoreKind::Database;
+        all.storage.database.url = Some("postgresql://h/db".into());
+        let full = serde_yaml::to_value(all).unwrap();
         fn keys(v: &serde_yaml::Value, prefix: &str, out: &mut Vec<String>) {
             if let serde_yaml::Value::Mapping(m) = v {
                 for (k, v) in m {

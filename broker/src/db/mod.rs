@@ -56,6 +56,10 @@ pub enum DbError {
     Unreadable { reason: String },
     #[error("not connected to the database")]
     NotConnected,
+    #[error("no answer from the database within {after:?}")]
+    NoAnswer { after: Duration },
+    #[error("the term ended: {reason}")]
+    Fenced { reason: String },
     #[error("the database schema is version {found}, newer than this broker knows ({known}); upgrade the broker")]
     SchemaTooNew { found: i32, known: i32 },
 }
@@ -81,7 +85,12 @@ impl DbError {
                     || source.as_db_error().is_none_or(|db| db.code().code().starts_with("57P"))
             }
             DbError::Unreadable { .. } | DbError::SchemaTooNew { .. } | DbError::BadUrl { .. } | DbError::Tls(_) => false,
-            DbError::Url(_) | DbError::Connect { .. } | DbError::ConnectTimeout { .. } | DbError::NotConnected => true,
+            DbError::Url(_)
+            | DbError::Connect { .. }
+            | DbError::ConnectTimeout { .. }
+            | DbError::NotConnected
+            | DbError::NoAnswer { .. }
+            | DbError::Fenced { .. } => true,
         }
     }
 }

@@ -425,23 +425,25 @@ impl Writer {
         };
         let next_id = batch.max_id + 1;
         let started = Instant::now();
-        let result = client
-            .query_one(
-                &statements.commit,
-                &[
-                    &self.db.group,
-                    &self.term.epoch,
-                    &next_id,
-                    &columns.ids,
-                    &columns.destinations,
-                    &columns.headers,
-                    &columns.bodies,
-                    &batch.acks,
-                    &batch.remembered_ids,
-                    &batch.remembered,
-                ],
-            )
-            .await;
+        let params: [&(dyn tokio_postgres::types::ToSql + Sync); 10] = [
+            &self.db.group,
+            &self.term.epoch,
+            &next_id,
+            &columns.ids,
+            &columns.destinations,
+            &columns.headers,
+            &columns.bodies,
+            &batch.acks,
+            &batch.remembered_ids,
+            &batch.remembered,
+        ];
+        let query = client.query_one(&statements.commit, &params);
+        // A database that stops answering must not hold the batch past the term: the
+        // renewer fences at the deadline, and the waiters hear it now.
+        let result = tokio::select! {
+            r = query => r,
+            reason = self.term.fenced() => return Outcome::Failed(DbError::Fenced { reason }),
+        };
         match result {
             Ok(row) => {
                 let fenced_in: i64 = row.get(0);
