@@ -24,6 +24,7 @@ GROUPS_SECTION=no
 GROUPS_ROUNDS=${BENCH_GROUPS_ROUNDS:-1}
 DATABASE=no
 DATABASE_KILLS=${BENCH_DATABASE_KILLS:-5}
+DATABASE_ROUNDS=${BENCH_DATABASE_ROUNDS:-3}
 OUT=${BENCH_OUT:-}
 FSYNC_DURATION=3s
 START_TIMEOUT=120
@@ -47,6 +48,7 @@ Usage: bench/compare.sh [--quick] [--only LIST] [--out DIR] [--duration D] [--wa
                         [--network | --network-only] [--network-kills N]
                         [--groups | --groups-only] [--groups-rounds N]
                         [--database | --database-only] [--database-kills N]
+                        [--database-rounds N]
 
 Measures duomq, ActiveMQ and RabbitMQ one after the other on this machine, over STOMP,
 with the same load generator (duomq-bench) and the same matrix, and prints a table.
@@ -136,12 +138,15 @@ What it does, in order:
                  the same server (commons-dbcp pool, Debian's PostgreSQL JDBC driver),
                  lease database locker with the same lease renewed as often (ActiveMQ's
                  slave retries once per lease) (bench/lib/activemq-jdbc.xml)
-     Per pair: 1 KiB persistent 1P+1C at window 1 and window 64 against the live member
-     (client-individual acks, prefetch ${PREFETCH}), the duration after the warm-up each;
-     then ${DATABASE_KILLS} times, after ${FAILOVER_EVERY} of load, SIGKILL the live member (as in
-     --failover), wait for the other to take over, restart the killed one. Prints msg/s
-     and duomq/ActiveMQ (goal >= 3), and the failover gap from the kill to the first
-     receipt from the new live, p50 and max (goal: duomq's p50 below ActiveMQ's).
+     ${DATABASE_ROUNDS} rounds, each starting each pair afresh (every other round ActiveMQ's
+     first): 1 KiB persistent 1P+1C at window 1 and window 64 against the live member
+     (client-individual acks, prefetch ${PREFETCH}), the duration after the warm-up each,
+     counting the transactions PostgreSQL committed for each. Then per pair,
+     ${DATABASE_KILLS} times, after ${FAILOVER_EVERY} of load, SIGKILL the live member (as in --failover),
+     wait for the other to take over, restart the killed one. Prints each cell's median
+     msg/s over the rounds and duomq/ActiveMQ (goal >= 3), commits per message, and the
+     failover gap from the kill to the first receipt from the new live, p50 and max
+     (goal: duomq's p50 below ActiveMQ's).
  10. Prints the table and writes everything to the output directory.
 
 The matrix (each cell on a fresh queue, consumers acking every message with
@@ -187,15 +192,16 @@ Options:
   --groups-rounds N  run the ungrouped/grouped pair N times, every other round grouped
                   first; the report takes each kind's mean (default ${GROUPS_ROUNDS})
   --database      also run the shared-database section (duomq and ActiveMQ as --only
-                  allows; about 2 x 2 x (duration + warm-up) plus kills x (${FAILOVER_EVERY} +
-                  failover + restart) per system: 3 to 4 minutes by default)
+                  allows; about rounds x 2 x 2 x (duration + warm-up + 2s) plus kills x
+                  (${FAILOVER_EVERY} + failover + restart) per system: 6 to 7 minutes by default)
   --database-only run only that section (no fsync rate, no matrix)
   --database-kills N  kills of the live member per system (default ${DATABASE_KILLS})
+  --database-rounds N  rounds of throughput cells (default ${DATABASE_ROUNDS})
   -h, --help      this text
 
 Environment: BENCH_DURATION, BENCH_WARMUP, BENCH_PREFETCH, BENCH_ONLY, BENCH_OUT,
-BENCH_NETWORK_KILLS, BENCH_GROUPS_ROUNDS and BENCH_DATABASE_KILLS set the same as the
-options (options win);
+BENCH_NETWORK_KILLS, BENCH_GROUPS_ROUNDS, BENCH_DATABASE_KILLS and BENCH_DATABASE_ROUNDS
+set the same as the options (options win);
 TMPDIR chooses where the brokers' data lives (default /tmp): keep it on the disk you
 mean to measure, not on a tmpfs. DUOMQ_BROKER and DUOMQ_BENCH, both set, name binaries to use instead of building
 release ones (the bench's tests pass their debug builds).
@@ -218,6 +224,7 @@ Output directory:
   groups.txt     that section's tables (python3 bench/lib/groups-report.py DIR)
   groups-load.tsv  the machine's 1-minute load before each message groups cell
   database.jsonl one 'duomq-bench run --json' line per database cell (with --database)
+  database-commits.tsv  PostgreSQL transactions committed during each database cell
   database-failover.jsonl  one 'duomq-bench failover --json' line per system (with --database)
   database.txt   that section's tables (python3 bench/lib/database-report.py DIR)
   run.tsv, cells.tsv, failures.tsv   what the report is made from
@@ -271,6 +278,8 @@ while (($#)); do
     --database-only) DATABASE=yes MATRIX=no ;;
     --database-kills) DATABASE_KILLS=${2:?--database-kills needs a number}; shift ;;
     --database-kills=*) DATABASE_KILLS=${1#*=} ;;
+    --database-rounds) DATABASE_ROUNDS=${2:?--database-rounds needs a number}; shift ;;
+    --database-rounds=*) DATABASE_ROUNDS=${1#*=} ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -294,6 +303,7 @@ seconds "$WARMUP" >/dev/null || die "--warmup: \"$WARMUP\" is not a duration lik
 [[ $NETWORK_KILLS =~ ^[1-9][0-9]*$ ]] || die "--network-kills: \"$NETWORK_KILLS\" is not a positive number"
 [[ $GROUPS_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--groups-rounds: \"$GROUPS_ROUNDS\" is not a positive number"
 [[ $DATABASE_KILLS =~ ^[1-9][0-9]*$ ]] || die "--database-kills: \"$DATABASE_KILLS\" is not a positive number"
+[[ $DATABASE_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--database-rounds: \"$DATABASE_ROUNDS\" is not a positive number"
 # duomq-bench's drain timeout (10s) plus a minute for connecting and reporting.
 CELL_TIMEOUT=$(($(seconds "$DURATION") + $(seconds "$WARMUP") + 70))
 
@@ -464,7 +474,7 @@ fail_cell() {
 run_cell() {
     local target=$1 id producers consumers size persistent window title
     IFS='|' read -r id producers consumers size persistent window title <<<"$2"
-    local label="$target/$id" dest="/queue/bench-$id-$STAMP" out="$WORK/cell.json"
+    local label="$target/$id" dest="/queue/bench-$id-$STAMP"
     local args=(run --url "$BROKER_URL" --destination "$dest"
         --producers "$producers" --consumers "$consumers" --size "$size" --window "$window"
         --duration "$DURATION" --warmup "$WARMUP" --prefetch "$PREFETCH" --ack client-individual
@@ -497,16 +507,7 @@ run_cell() {
     fi
 
     log "$label: ${title} (${DURATION} after ${WARMUP} warm-up)"
-    local rc=0
-    timeout --foreground -k 10 "$CELL_TIMEOUT" "$BENCH" "${args[@]}" \
-        >"$out" 2>>"$LOG_DIR/$target-$id.log" || rc=$?
-    if ((rc != 0)); then
-        fail_cell "$label" "duomq-bench exited with $rc (see logs/$target-$id.log)"
-    elif ! tail -n 1 "$out" | python3 -c 'import json, sys; json.loads(sys.stdin.read())' 2>/dev/null; then
-        fail_cell "$label" "duomq-bench printed no JSON result (see logs/$target-$id.log)"
-    else
-        tail -n 1 "$out" >>"$OUT/results.jsonl"
-    fi
+    bench_json "$label" "$OUT/results.jsonl" "$target-$id.log" "$CELL_TIMEOUT" "${args[@]}"
 }
 
 start_target() {

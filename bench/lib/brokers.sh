@@ -34,6 +34,25 @@ BROKER_URL='' BROKER_LOGIN='' BROKER_PASSCODE='' BROKER_PID=''
 
 probe() { python3 "$LIB_DIR/probe.py" "$@"; }
 
+# bench_json LABEL JSONL LOG LIMIT ARGS...: duomq-bench ARGS, killed after LIMIT seconds,
+# its stderr appended to logs/LOG and its result (the last line it prints, JSON) to
+# JSONL and BENCH_RESULT. A run that exits non-zero or prints no JSON fails LABEL
+# (fail_cell) instead and leaves BENCH_RESULT empty.
+bench_json() {
+    local label=$1 jsonl=$2 log=$3 limit=$4 out="$WORK/bench-result.json" rc=0
+    shift 4
+    BENCH_RESULT=''
+    timeout --foreground -k 10 "$limit" "$BENCH" "$@" >"$out" 2>>"$LOG_DIR/$log" || rc=$?
+    if ((rc != 0)); then
+        fail_cell "$label" "duomq-bench $1 exited with $rc (see logs/$log)"
+    elif ! tail -n 1 "$out" | python3 -c 'import json, sys; json.loads(sys.stdin.read())' 2>/dev/null; then
+        fail_cell "$label" "duomq-bench $1 printed no JSON result (see logs/$log)"
+    else
+        BENCH_RESULT=$(tail -n 1 "$out")
+        printf '%s\n' "$BENCH_RESULT" >>"$jsonl"
+    fi
+}
+
 free_ports() { probe free-ports "$1" | paste -sd' '; }
 
 # is_running PID: the process exists and is not a zombie.

@@ -96,17 +96,9 @@ start_duomq_pair() {
     declare -gA DUOMQ_ADMIN=([a]=${ports[1]} [b]=${ports[4]})
     declare -gA DUOMQ_CLUSTER=([a]=${ports[2]} [b]=${ports[5]})
     for m in a b; do
-        mkdir -p "$FAILOVER_DIR/$m/data"
         if [[ $m == a ]]; then role=primary; else role=backup; fi
-        cat >"$FAILOVER_DIR/$m/broker.yaml" <<YAML
-node:
-  id: node-$m
-stomp:
-  listen: 127.0.0.1:${DUOMQ_STOMP[$m]}
-admin:
-  listen: 127.0.0.1:${DUOMQ_ADMIN[$m]}
-storage:
-  dataDir: $FAILOVER_DIR/$m/data
+        write_duomq_member "$m" "failover-duomq-$m.log"
+        cat >>"$FAILOVER_DIR/$m/broker.yaml" <<YAML
 ha:
   policy: replication
   role: $role
@@ -128,14 +120,38 @@ ha:
     kind: fileLock
     lockFile: $FAILOVER_DIR/live.lock
 YAML
-        write_start_script "$FAILOVER_DIR/$m" "$LOG_DIR/failover-duomq-$m.log" \
-            "$DUOMQ_BROKER" run --config "$FAILOVER_DIR/$m/broker.yaml"
     done
+    start_duomq_members 's["role"] == "backup" and s["ha"]["sync"]["state"] == "synced"'
+}
+
+# write_duomq_member NAME LOG: FAILOVER_DIR/NAME/broker.yaml up to storage.dataDir (the
+# caller appends the rest), for node-NAME on ports DUOMQ_STOMP[NAME] and
+# DUOMQ_ADMIN[NAME], and its start.sh, logging to logs/LOG.
+write_duomq_member() {
+    local m=$1 dir="$FAILOVER_DIR/$1"
+    mkdir -p "$dir/data"
+    cat >"$dir/broker.yaml" <<YAML
+node:
+  id: node-$m
+stomp:
+  listen: 127.0.0.1:${DUOMQ_STOMP[$m]}
+admin:
+  listen: 127.0.0.1:${DUOMQ_ADMIN[$m]}
+storage:
+  dataDir: $dir/data
+YAML
+    write_start_script "$dir" "$LOG_DIR/$2" "$DUOMQ_BROKER" run --config "$dir/broker.yaml"
+}
+
+# start_duomq_members BACKUP_READY: starts members a and b written by write_duomq_member,
+# a until it is live, then b until the Python expression BACKUP_READY holds for its
+# /status `s`; sets FAILOVER_ARGS for 'duomq-bench failover --kill-mode status'.
+start_duomq_members() {
+    local m
     FAILOVER_MEMBERS=(a b)
     RUNNING_STOP=stop_pair
     "$FAILOVER_DIR/a/start.sh" && await_status a "${DUOMQ_ADMIN[a]}" 's["role"] == "live"' || return 1
-    "$FAILOVER_DIR/b/start.sh" &&
-        await_status b "${DUOMQ_ADMIN[b]}" 's["role"] == "backup" and s["ha"]["sync"]["state"] == "synced"' || return 1
+    "$FAILOVER_DIR/b/start.sh" && await_status b "${DUOMQ_ADMIN[b]}" "$1" || return 1
     FAILOVER_ARGS=(--url "failover:(stomp://127.0.0.1:${DUOMQ_STOMP[a]},stomp://127.0.0.1:${DUOMQ_STOMP[b]})?$FAILOVER_QUERY"
         --kill-mode status)
     for m in a b; do
@@ -157,6 +173,16 @@ start_activemq_pair() {
         write_activemq_instance "$FAILOVER_DIR/$m" activemq-shared.xml "${AMQ_STOMP[$m]}" \
             "$LOG_DIR/failover-activemq-$m.log" -Dduomqbench.sharedDir="$FAILOVER_DIR/shared"
     done
+    start_activemq_members
+}
+
+# start_activemq_members: starts ActiveMQ members a and b (instances written by
+# write_activemq_instance under FAILOVER_DIR, on STOMP ports AMQ_STOMP[NAME]), a until it
+# accepts STOMP clients, then b, the slave; sets FAILOVER_ARGS for 'duomq-bench failover
+# --kill-mode port' (a restarted member is a slave once it runs: it only waits for the
+# lock then).
+start_activemq_members() {
+    local m
     FAILOVER_MEMBERS=(a b)
     RUNNING_STOP=stop_pair
     "$FAILOVER_DIR/a/start.sh" &&
@@ -173,7 +199,7 @@ start_activemq_pair() {
 
 # run_failover TARGET: start the pair, run duomq-bench failover, stop the pair.
 run_failover() {
-    local target=$1 out="$WORK/failover-$1.json" rc=0
+    local target=$1
     log "failover/$target: starting the pair"
     if ! "start_${target}_pair"; then
         fail_cell "failover/$target" "the pair did not start (see logs/failover-$target-*.log)"
@@ -181,16 +207,9 @@ run_failover() {
         return
     fi
     log "failover/$target: $FAILOVER_KILLS kills, one every $FAILOVER_EVERY"
-    timeout --foreground -k 10 "$((FAILOVER_KILLS * 90 + 120))" "$BENCH" failover "${FAILOVER_ARGS[@]}" \
-        --destination "/queue/failover-$STAMP" --kills "$FAILOVER_KILLS" --kill-every "$FAILOVER_EVERY" \
-        --label "failover/$target" --json >"$out" 2>>"$LOG_DIR/failover-$target.log" || rc=$?
-    if ((rc != 0)); then
-        fail_cell "failover/$target" "duomq-bench failover exited with $rc (see logs/failover-$target.log)"
-    elif ! tail -n 1 "$out" | python3 -c 'import json, sys; json.loads(sys.stdin.read())' 2>/dev/null; then
-        fail_cell "failover/$target" "duomq-bench failover printed no JSON (see logs/failover-$target.log)"
-    else
-        tail -n 1 "$out" >>"$OUT/failover.jsonl"
-    fi
+    bench_json "failover/$target" "$OUT/failover.jsonl" "failover-$target.log" "$((FAILOVER_KILLS * 90 + 120))" \
+        failover "${FAILOVER_ARGS[@]}" --destination "/queue/failover-$STAMP" --kills "$FAILOVER_KILLS" \
+        --kill-every "$FAILOVER_EVERY" --label "failover/$target" --json
     log "failover/$target: stopping the pair"
     stop_broker
 }

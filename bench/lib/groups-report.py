@@ -15,6 +15,7 @@ import os
 import re
 import sys
 
+import benchfiles
 from benchfiles import read_jsonl, read_tsv
 
 THROUGHPUT = [
@@ -39,15 +40,7 @@ def run_problems(r):
             f"GROUP VIOLATIONS: {g['split_groups']} groups reached more than one consumer, "
             f"{g['out_of_order']} deliveries out of order"
         )
-    if r["lost"]:
-        p.append(f"NOT DRAINED: {r['lost']} of {r['confirmed']} receipted messages never reached a consumer")
-    if r["duplicates"]:
-        p.append(f"{r['duplicates']} duplicate deliveries")
-    if r["received"] == 0:
-        p.append("the consumers received nothing in the measured interval")
-    if r["errors"]:
-        p.append("errors: " + "; ".join(r["errors"]))
-    return p
+    return p + benchfiles.run_problems(r, "the consumers")
 
 
 def ms(x):

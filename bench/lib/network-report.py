@@ -14,7 +14,7 @@ import json
 import os
 import sys
 
-from benchfiles import read_jsonl, read_tsv
+from benchfiles import read_jsonl, read_tsv, run_problems
 
 CELLS = [
     ("network/duomq-local", "duomq, one broker"),
@@ -25,19 +25,6 @@ CELLS = [
 GOAL_LOCAL = 0.5
 GOAL_ACTIVEMQ = 5.0
 GOAL_GAP_MS = 1000.0
-
-
-def run_problems(r):
-    p = []
-    if r["lost"]:
-        p.append(f"NOT DRAINED: {r['lost']} of {r['confirmed']} receipted messages never reached the consumer")
-    if r["duplicates"]:
-        p.append(f"{r['duplicates']} duplicate deliveries")
-    if r["received"] == 0:
-        p.append("the consumer received nothing in the measured interval")
-    if r["errors"]:
-        p.append("errors: " + "; ".join(r["errors"]))
-    return p
 
 
 def failover_problems(r):

@@ -8,15 +8,13 @@
 mod common;
 
 use anyhow::{bail, Context};
-use common::{bench_binary, bench_json, bench_outcome, broker_binary, wait_with_timeout, Broker};
+use common::{activemq_installed, bench_binary, bench_json, bench_outcome, broker_binary, read_jsonl, wait_with_timeout, Broker};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
 
 /// The whole section: broker start-ups and six short cells, generous for a loaded machine.
 const COMPARE_TIMEOUT: Duration = Duration::from_secs(600);
-/// Where compare.sh finds ActiveMQ unless ACTIVEMQ_HOME says otherwise.
-const ACTIVEMQ_HOME: &str = "/usr/share/activemq";
 
 /// 2 producers, 4 consumers, 39 groups: a count coprime with the consumer count, so that
 /// strict round-robin dispatch cannot keep groups together by chance.
@@ -110,21 +108,7 @@ fn given_rotating_groups_with_window_one_should_time_first_sends_apart_from_the_
     Ok(())
 }
 
-fn activemq_installed() -> bool {
-    let home = std::env::var("ACTIVEMQ_HOME").unwrap_or_else(|_| ACTIVEMQ_HOME.to_string());
-    Path::new(&home).join("bin/activemq.jar").exists()
-        && Command::new("java")
-            .arg("-version")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
-            .status()
-            .is_ok_and(|s| s.success())
-}
 
-fn read_jsonl(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?;
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(serde_json::from_str(l)?)).collect()
-}
 
 /// The script's output and every log of the run, for a failed assertion.
 fn run_logs(root: &Path) -> String {

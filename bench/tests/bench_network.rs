@@ -9,7 +9,7 @@
 mod common;
 
 use anyhow::{bail, Context};
-use common::{bench_binary, broker_binary, wait_with_timeout};
+use common::{activemq_installed, bench_binary, broker_binary, read_jsonl, wait_with_timeout};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::Duration;
@@ -18,23 +18,12 @@ use std::time::Duration;
 /// and resync, generous for a loaded machine.
 const RUN_TIMEOUT: Duration = Duration::from_secs(600);
 
-/// Where compare.sh finds ActiveMQ unless ACTIVEMQ_HOME says otherwise.
-const ACTIVEMQ_HOME: &str = "/usr/share/activemq";
 
 fn compare_script() -> PathBuf {
     Path::new(env!("CARGO_MANIFEST_DIR")).join("compare.sh")
 }
 
-fn activemq_installed() -> bool {
-    let home = std::env::var("ACTIVEMQ_HOME").unwrap_or_else(|_| ACTIVEMQ_HOME.to_string());
-    Path::new(&home).join("bin/activemq.jar").exists()
-        && Command::new("java").arg("-version").stdout(Stdio::null()).stderr(Stdio::null()).status().is_ok_and(|s| s.success())
-}
 
-fn read_jsonl(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
-    let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?;
-    text.lines().filter(|l| !l.trim().is_empty()).map(|l| Ok(serde_json::from_str(l)?)).collect()
-}
 
 /// The script's output and every log of the run, for a failed assertion.
 fn run_logs(root: &Path) -> String {
