@@ -64,6 +64,38 @@ def reason(label, failures, meta):
     return "not in --only" if system not in meta.get("targets", "").split(",") else "no result"
 
 
+def commit_totals(path):
+    """(sum, count) of duomq_database_commit_seconds in a saved /metrics, or None."""
+    total = count = None
+    try:
+        with open(path) as f:
+            for line in f:
+                key, _, value = line.strip().partition(" ")
+                if key == "duomq_database_commit_seconds_sum":
+                    total = float(value)
+                elif key == "duomq_database_commit_seconds_count":
+                    count = float(value)
+    except (OSError, ValueError):
+        return None
+    return None if total is None or count is None else (total, count)
+
+
+def duomq_commit_ms(out_dir, window, rounds):
+    """duomq's mean commit time (ms) during its window-W cells: the live's /metrics saved
+    after each cell count from the pair's start, so a cell's share is the difference from
+    the round's cell before it."""
+    total = count = 0.0
+    for suffix in rounds:
+        at = [commit_totals(os.path.join(out_dir, "logs", f"database-duomq-w{w}{suffix}.metrics")) for w in WINDOWS]
+        i = WINDOWS.index(window)
+        if at[i] is None or (i > 0 and at[i - 1] is None):
+            continue
+        before = at[i - 1] if i > 0 else (0.0, 0.0)
+        total += at[i][0] - before[0]
+        count += at[i][1] - before[1]
+    return total / count * 1e3 if count else None
+
+
 def rounds_of(runs, label):
     """The results of LABEL's rounds, in order: LABEL, LABEL-r2, LABEL-r3, ..."""
     out = []
@@ -79,7 +111,7 @@ def commits_per_message(rs, commits):
     return sum(c for c, _ in done) / sum(n for _, n in done) if done else None
 
 
-def throughput(runs, commits, probe, failures, meta):
+def throughput(out_dir, runs, commits, probe, failures, meta):
     print(
         f"Throughput: 1 KiB persistent, 1 producer + 1 consumer on the live member, client-individual acks;"
         f" median of {meta.get('database.rounds', '?')} rounds"
@@ -125,6 +157,13 @@ def throughput(runs, commits, probe, failures, meta):
             f"  PostgreSQL alone, one 1 KiB INSERT per transaction on one connection: {num(p50(rates))} commits/s"
             f" (median; before each round: {', '.join(num(x) for x in rates)}): the window-1 ceiling of one"
             f" commit per message"
+        )
+    suffixes = [r["label"].removeprefix(f"database/duomq-w{WINDOWS[0]}") for r in rounds_of(runs, f"database/duomq-w{WINDOWS[0]}")]
+    commit_ms = [(w, duomq_commit_ms(out_dir, w, suffixes)) for w in WINDOWS]
+    if any(ms is not None for _, ms in commit_ms):
+        print(
+            "  duomq's commits (duomq_database_commit_seconds, statement sent to result read), mean: "
+            + ", ".join(f"window {w} {num(ms, '{:.2f}')} ms" for w, ms in commit_ms)
         )
     loads = [v for k, v in sorted(meta.items()) if k.startswith("database.load.round")]
     if loads:
@@ -211,7 +250,7 @@ def report(out_dir):
           f" ({meta.get('database.jdbc', '?')}, commons-dbcp pool), lease database locker")
     print()
     probe = [(k, v) for k, v in read_tsv(os.path.join(out_dir, "database-probe.tsv")) if re.fullmatch(r"[0-9.]+", v)]
-    throughput(runs, commits, probe, failures, meta)
+    throughput(out_dir, runs, commits, probe, failures, meta)
     print()
     failover(fails, failures, meta)
     for k, v in failures:

@@ -246,6 +246,15 @@ commit_probe() {
     fi
 }
 
+# save_metrics ADMIN_PORT FILE: a duomq broker's /metrics, into FILE.
+save_metrics() {
+    python3 - "$1" >"$2" 2>/dev/null <<'PY' || true
+import sys, urllib.request
+with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/metrics", timeout=5) as r:
+    sys.stdout.write(r.read().decode())
+PY
+}
+
 # database_commits DATABASE: transactions PostgreSQL has committed in DATABASE so far
 # (its statistics, which a busy backend reports at most once a second).
 database_commits() {
@@ -271,6 +280,11 @@ database_cell() {
     after=$(database_commits "$target")
     if [[ $before =~ ^[0-9]+$ && $after =~ ^[0-9]+$ ]]; then
         printf '%s\t%s\n' "$label" "$((after - before))" >>"$OUT/database-commits.tsv"
+    fi
+    # duomq's own account of its commits (duomq_database_commit_seconds), which count
+    # from the pair's start: the report takes the difference between a round's cells.
+    if [[ $target == duomq ]]; then
+        save_metrics "${DUOMQ_ADMIN[a]}" "$LOG_DIR/database-duomq-w$window$3.metrics"
     fi
 }
 
