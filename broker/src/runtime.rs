@@ -241,22 +241,28 @@ async fn close(broker: &Arc<Broker>) -> Result<(), RunError> {
     }
 }
 
-/// The replicated member: backup and live in turn, until shutdown.
-async fn run_replicated(shared: &Shared, stomp: &TcpListener, shutdown: &CancellationToken) -> Result<(), RunError> {
+/// The node id (`node.id`, else the one kept in `storage.dataDir`), shown on `/status`.
+fn resolve_node_id(shared: &Shared) -> Result<String, RunError> {
     let config = &shared.config;
     std::fs::create_dir_all(&config.storage.data_dir)
         .map_err(|source| RunError::Engine(EngineError::CreateDataDir { path: config.storage.data_dir.clone(), source }))?;
     let node_id = crate::engine::resolve_node_id(&config.node.id, &config.storage.data_dir).map_err(RunError::Engine)?;
     *shared.state.node_id.write() = node_id.clone();
-    let ctx = HaContext::new(
-        config,
-        node_id,
-        Arc::clone(&shared.state.ha),
-        Arc::clone(&shared.state.role),
-        shared.metrics.lease.clone(),
-    )
-    .await
-    .map_err(RunError::Ha)?;
+    Ok(node_id)
+}
+
+/// What a member of a live/backup group shares with its HA machinery (`/status` `ha`).
+async fn ha_context(shared: &Shared, node_id: String) -> Result<Arc<HaContext>, RunError> {
+    HaContext::new(&shared.config, node_id, Arc::clone(&shared.state.ha), Arc::clone(&shared.state.role), shared.metrics.lease.clone())
+        .await
+        .map_err(RunError::Ha)
+}
+
+/// The replicated member: backup and live in turn, until shutdown.
+async fn run_replicated(shared: &Shared, stomp: &TcpListener, shutdown: &CancellationToken) -> Result<(), RunError> {
+    let config = &shared.config;
+    let node_id = resolve_node_id(shared)?;
+    let ctx = ha_context(shared, node_id).await?;
     let cluster = bind("cluster", config.ha.cluster.listen).await?;
     tracing::info!(addr = %cluster.local_addr().unwrap_or(config.ha.cluster.listen), group = %ctx.group, epoch = ctx.epoch().0, "cluster port listening");
     let live_slot: ha::LiveSlot = Arc::new(RwLock::new(None));
@@ -415,15 +421,7 @@ async fn run_shared_store(shared: &Shared, stomp: &TcpListener, shutdown: &Cance
     let config = &shared.config;
     let node_id = config.node.id.clone();
     *shared.state.node_id.write() = node_id.clone();
-    let ctx = HaContext::new(
-        config,
-        node_id.clone(),
-        Arc::clone(&shared.state.ha),
-        Arc::clone(&shared.state.role),
-        shared.metrics.lease.clone(),
-    )
-    .await
-    .map_err(RunError::Ha)?;
+    let ctx = ha_context(shared, node_id.clone()).await?;
     let mut member = SharedStoreMember::new(node_id.clone(), config.ha.role, config.ha.arbiter.retry_interval.get());
     let stop_responder = CancellationToken::new();
     let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), stop_responder.clone());
@@ -515,19 +513,8 @@ async fn wait_for_lock(
 /// shutdown or until it loses the lease (fenced), after which it waits as a backup again.
 async fn run_shared_database(shared: &Shared, stomp: &TcpListener, shutdown: &CancellationToken) -> Result<(), RunError> {
     let config = &shared.config;
-    std::fs::create_dir_all(&config.storage.data_dir)
-        .map_err(|source| RunError::Engine(EngineError::CreateDataDir { path: config.storage.data_dir.clone(), source }))?;
-    let node_id = crate::engine::resolve_node_id(&config.node.id, &config.storage.data_dir).map_err(RunError::Engine)?;
-    *shared.state.node_id.write() = node_id.clone();
-    let ctx = HaContext::new(
-        config,
-        node_id.clone(),
-        Arc::clone(&shared.state.ha),
-        Arc::clone(&shared.state.role),
-        shared.metrics.lease.clone(),
-    )
-    .await
-    .map_err(RunError::Ha)?;
+    let node_id = resolve_node_id(shared)?;
+    let ctx = ha_context(shared, node_id.clone()).await?;
     let db = Database::new(&config.storage, &ctx.group, &node_id, shared.metrics.database.clone());
     let advertised = stomp.local_addr().unwrap_or(config.stomp.listen).to_string();
     let mut seen_other_live = false;
