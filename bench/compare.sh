@@ -130,8 +130,8 @@ What it does, in order:
   9. With --database: shared-database master/slave on PostgreSQL (issue 15), on one
      PostgreSQL server that the script starts on 127.0.0.1 (initdb and pg_ctl of the
      Debian package, as the postgres user when run as root, data in the temporary
-     directory, fsync and synchronous_commit on) and stops at the end (config:
-     bench/lib/database.sh):
+     directory, fsync and synchronous_commit on, no checkpoint during the section) and
+     stops at the end (config: bench/lib/database.sh):
        duomq     two duomq-broker run, ha.policy sharedStore, storage.store database on
                  one database; lease 5s, renewed every 1s, the backup polls every 500ms
        activemq  two ActiveMQ brokers, JDBC persistence adapter on another database of

@@ -8,8 +8,9 @@
 # PostgreSQL: one server for the whole section, started here from the Debian package's
 # binaries (initdb, pg_ctl), on 127.0.0.1 and a free port only, no Unix socket, its data
 # in $WORK/postgres, fsync and synchronous_commit on (every commit waits for its WAL
-# flush). As root it runs as the `postgres` system user (runuser); otherwise as the user
-# running compare.sh. A password role `bench` owns two databases, `duomq` and `activemq`,
+# flush), checkpoints kept out of the section (max_wal_size 8GB, checkpoint_timeout 1h).
+# As root it runs as the `postgres` system user (runuser); otherwise as the user running
+# compare.sh. A password role `bench` owns two databases, `duomq` and `activemq`,
 # one per system. It is stopped at the end of the section (and by compare.sh's cleanup on
 # errors and Ctrl-C); its log ends up in logs/postgres.log.
 #
@@ -122,9 +123,13 @@ start_postgres() {
     as_postgres rm -f "$PG_DIR/pwfile"
     PG_PORT=$(free_ports 1)
     # Durability as a production server keeps it, stated rather than assumed: fsync,
-    # synchronous commits and full pages on. No Unix socket: loopback TCP only.
+    # synchronous commits and full pages on. No Unix socket: loopback TCP only. No
+    # checkpoint during the section (the cells write about a gigabyte of WAL, which would
+    # start one under the default max_wal_size): a checkpoint's writes and the full-page
+    # images after it slowed whichever cell they fell on by up to five times.
     local opts="-c listen_addresses=127.0.0.1 -p $PG_PORT -c unix_socket_directories='' -c fsync=on"
     opts+=" -c synchronous_commit=on -c full_page_writes=on -c max_connections=200"
+    opts+=" -c max_wal_size=8GB -c checkpoint_timeout=1h"
     PG_RUNNING=yes
     # Its own session, so that Ctrl-C reaches compare.sh, which then stops it in order.
     if ! as_postgres setsid -w "$PG_BIN/pg_ctl" -D "$PG_DIR/data" -l "$PG_DIR/postgres.log" -o "$opts" \
@@ -139,7 +144,7 @@ start_postgres() {
         return 1
     fi
     meta database.postgres "$(psql_ postgres -At -c 'SHOW server_version' 2>/dev/null | awk '{ print "PostgreSQL " $1 }')"
-    meta database.settings "$(psql_ postgres -At -F ' ' -c "SELECT string_agg(name || '=' || current_setting(name), ' ' ORDER BY name) FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'wal_sync_method', 'full_page_writes', 'shared_buffers')" 2>/dev/null)"
+    meta database.settings "$(psql_ postgres -At -F ' ' -c "SELECT string_agg(name || '=' || current_setting(name), ' ' ORDER BY name) FROM pg_settings WHERE name IN ('fsync', 'synchronous_commit', 'wal_sync_method', 'full_page_writes', 'shared_buffers', 'max_wal_size', 'checkpoint_timeout')" 2>/dev/null)"
     log "database: PostgreSQL up on 127.0.0.1:$PG_PORT (data in $PG_DIR/data)"
 }
 
