@@ -396,6 +396,13 @@ impl HaConfig {
         if self.allow_failback {
             return invalid("ha.allowFailback", "must be false with policy sharedStore (the lock holder stays live)");
         }
+        let replicated = HaConfig::default();
+        if self.replication != replicated.replication || self.backup_ack != replicated.backup_ack {
+            return invalid(
+                "ha.replication",
+                "ha.replication and ha.backupAck are for policy replication: a shared store has no backups to wait for (remove them)",
+            );
+        }
         if self.arbiter.retry_interval.get().is_zero() {
             return invalid("ha.arbiter.retryInterval", "must be longer than 0s (a shared-store backup retries the lock this often)");
         }

@@ -697,6 +697,7 @@ mod tests {
     #[case::renew_longer_than_half_the_lease("storage:\n    lease: {duration: 2s, renewInterval: 1500ms}\n", "renewInterval")]
     #[case::segments_are_for_files("storage:\n  segmentSize: 1MiB\n", "storage.segmentSize")]
     #[case::arbiter_is_the_lease("ha:\n  arbiter: {retryInterval: 5s}\n", "ha.arbiter")]
+    #[case::replication_settings_under_a_shared_store("ha:\n  replication: async\n", "ha.replication")]
     #[case::table_prefix("storage:\n    tablePrefix: Bad-Name\n", "tablePrefix")]
     fn given_bad_database_store_config_should_name_the_field(#[case] text: &str, #[case] field: &str) {
         // The cases starting with "storage:\n    " are merged into the valid DATABASE config.

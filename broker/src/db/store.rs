@@ -7,7 +7,7 @@ use super::{Database, DbError};
 use crate::admin::api::DatabaseStatus;
 use crate::journal::{remembered_form, AppendFuture, JournalError, MessageId, Op, Recovered, StoredMessage, REMEMBERED_MAX};
 use bytes::Bytes;
-use parking_lot::Mutex;
+use parking_lot::{Mutex, RwLock};
 use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -31,7 +31,9 @@ struct Request {
 
 /// Handle to the database store of one live term. Appends never block.
 pub struct DbStore {
-    sender: Mutex<Option<mpsc::UnboundedSender<Request>>>,
+    /// Appends hold the read lock while sending, so `close` (the write lock) cannot slip
+    /// between an append's check and its send.
+    sender: RwLock<Option<mpsc::UnboundedSender<Request>>>,
     done: Mutex<Option<std::sync::mpsc::Receiver<()>>>,
     term: Arc<Term>,
     stop: tokio_util::sync::CancellationToken,
@@ -100,7 +102,7 @@ pub async fn recover(
         let _ = done_tx.send(());
     });
     tracing::info!(messages = recovered.messages.len(), next_id = next_id, epoch = term.epoch, "recovered the database store");
-    Ok((DbStore { sender: Mutex::new(Some(sender)), done: Mutex::new(Some(done_rx)), term, stop }, recovered))
+    Ok((DbStore { sender: RwLock::new(Some(sender)), done: Mutex::new(Some(done_rx)), term, stop }, recovered))
 }
 
 impl DbStore {
@@ -117,7 +119,7 @@ impl DbStore {
             return AppendFuture::ready(Err(JournalError::Fenced));
         }
         let (reply, receiver) = oneshot::channel();
-        let sender = self.sender.lock();
+        let sender = self.sender.read();
         let Some(sender) = sender.as_ref() else { return AppendFuture::ready(Err(JournalError::Closed)) };
         match sender.send(Request { ops, reply, lazy }) {
             Ok(()) => AppendFuture::waiting(receiver),
@@ -133,7 +135,7 @@ impl DbStore {
     /// Lets the writer finish what was queued (while the term holds), then stops it.
     /// Blocks: call from `spawn_blocking`.
     pub fn close(&self) -> Result<(), JournalError> {
-        drop(self.sender.lock().take());
+        drop(self.sender.write().take());
         let Some(done) = self.done.lock().take() else { return Ok(()) };
         if done.recv_timeout(CLOSE_TIMEOUT).is_err() {
             // The database stays away: what is still queued is answered with an error.

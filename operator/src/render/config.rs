@@ -102,14 +102,17 @@ pub fn build_broker_config(
     // Under the Lease arbiter the operator fails back itself (see `crate::plan`), so a
     // broker never takes the role back in the middle of a rolling upgrade.
     ha.allow_failback = spec.ha.allow_failback && spec.ha.arbiter != api::ArbiterSpec::Kubernetes;
-    ha.replication = match spec.ha.replication {
-        api::ReplicationMode::Sync => ReplicationMode::Sync,
-        api::ReplicationMode::Async => ReplicationMode::Async,
-    };
-    ha.backup_ack = match spec.ha.backup_ack {
-        api::BackupAck::Written => BackupAck::Written,
-        api::BackupAck::Synced => BackupAck::Synced,
-    };
+    // Replication settings mean nothing to a shared store (the broker refuses them there).
+    if spec.ha.mode == HaMode::Replication {
+        ha.replication = match spec.ha.replication {
+            api::ReplicationMode::Sync => ReplicationMode::Sync,
+            api::ReplicationMode::Async => ReplicationMode::Async,
+        };
+        ha.backup_ack = match spec.ha.backup_ack {
+            api::BackupAck::Written => BackupAck::Written,
+            api::BackupAck::Synced => BackupAck::Synced,
+        };
+    }
     ha.cluster.listen = any_addr(spec.ports.cluster);
     ha.cluster.user = v.credentials.user.clone();
     ha.cluster.password_file =
