@@ -15,7 +15,7 @@ use clap::{Parser, Subcommand};
 use duomq_operator::api::BrokerGroup;
 use duomq_operator::controller::{self, metrics::Metrics, HttpBrokerStatus};
 use duomq_operator::names::SWITCHOVER_ANNOTATION;
-use duomq_operator::render::{parse_documents, render_documents};
+use duomq_operator::render::{generated_secrets, parse_documents, render_documents};
 use kube::CustomResourceExt;
 use prometheus_client::registry::Registry;
 use tracing::info;
@@ -64,9 +64,6 @@ enum Command {
         /// Namespace for BrokerGroups that name none.
         #[arg(short, long, default_value = "default")]
         namespace: String,
-        /// Password for a generated cluster-credentials Secret (default: random).
-        #[arg(long)]
-        cluster_password: Option<String>,
     },
     /// Hand the live role of one group to another member, with nothing lost: sets the
     /// duomq.io/switchover annotation on the BrokerGroup; the running operator asks the
@@ -127,12 +124,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
             runtime.block_on(run(namespace, listen))
         }
-        Command::Render {
-            file,
-            namespace,
-            cluster_password,
-        } => {
-            print!("{}", render_file(&file, &namespace, cluster_password)?);
+        Command::Render { file, namespace } => {
+            print!("{}", render_file(&file, &namespace)?);
             Ok(())
         }
         Command::Switchover {
@@ -185,12 +178,9 @@ fn generate(root: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Renders every BrokerGroup of a YAML file.
-fn render_file(
-    file: &Path,
-    namespace: &str,
-    cluster_password: Option<String>,
-) -> anyhow::Result<String> {
+/// Renders every BrokerGroup of a YAML file. The output holds no secret: the generated
+/// cluster-credentials Secrets are named on stderr instead.
+fn render_file(file: &Path, namespace: &str) -> anyhow::Result<String> {
     let text = if file.as_os_str() == "-" {
         std::io::read_to_string(std::io::stdin()).context("failed to read standard input")?
     } else {
@@ -198,11 +188,18 @@ fn render_file(
             .with_context(|| format!("failed to read {}", file.display()))?
     };
     let groups = parse_documents(&text, namespace)?;
-    let password = cluster_password.unwrap_or_else(|| {
-        use rand::distributions::{Alphanumeric, DistString};
-        Alphanumeric.sample_string(&mut rand::thread_rng(), 32)
-    });
-    Ok(render_documents(&groups, &password)?)
+    let rendered = render_documents(&groups)?;
+    for secret in generated_secrets(&groups) {
+        eprintln!(
+            "note: Secret {secret} (the cluster credentials) is not printed, so the output holds no password: \
+             the operator creates it, or create it first: kubectl create secret generic {secret} \
+             --from-literal={user}={default_user} --from-literal={password}=<password>",
+            user = duomq_operator::names::CLUSTER_USER_KEY,
+            default_user = duomq_operator::names::DEFAULT_CLUSTER_USER,
+            password = duomq_operator::names::CLUSTER_PASSWORD_KEY,
+        );
+    }
+    Ok(rendered)
 }
 
 /// Sets the switchover annotation, then optionally waits for the target to be live.

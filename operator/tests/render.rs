@@ -45,7 +45,7 @@ fn given_each_example_when_rendered_should_match_its_snapshot() {
     let update = std::env::var_os("UPDATE_SNAPSHOTS").is_some();
     let mut stale = Vec::new();
     for path in examples() {
-        let rendered = render_documents(&load(&path), PASSWORD).expect("example renders");
+        let rendered = render_documents(&load(&path)).expect("example renders");
         let stem = path
             .file_stem()
             .and_then(|s| s.to_str())
@@ -71,8 +71,8 @@ fn given_an_unchanged_spec_when_rendered_twice_should_be_byte_identical() {
     for path in examples() {
         let groups = load(&path);
         assert_eq!(
-            render_documents(&groups, PASSWORD).unwrap(),
-            render_documents(&groups, PASSWORD).unwrap(),
+            render_documents(&groups).unwrap(),
+            render_documents(&groups).unwrap(),
             "{path:?}"
         );
     }
@@ -449,4 +449,21 @@ fn given_shared_database_options_should_render_lease_timing_and_table_prefix() {
             .any(|v| v.name == "database-ca"),
         "no CA volume without caSecretRef"
     );
+}
+
+/// `duomq-operator render` is offered for GitOps: its output holds no secret, and the
+/// Secrets it leaves out (the generated cluster credentials) are named for the user.
+#[test]
+fn given_each_example_when_rendered_should_hold_no_secret_and_name_the_generated_one() {
+    for path in examples() {
+        let groups = load(&path);
+        let rendered = render_documents(&groups).unwrap();
+        assert!(!rendered.contains("kind: Secret"), "{path:?} renders a Secret");
+        let generated = duomq_operator::render::generated_secrets(&groups);
+        let unnamed = groups.iter().filter(|g| g.spec.ha.cluster_credentials_secret.is_none()).count();
+        assert_eq!(generated.len(), unnamed, "{path:?}: {generated:?}");
+        for secret in &generated {
+            assert!(rendered.contains(secret.as_str()), "{path:?}: the pods mount {secret}, so the output names it");
+        }
+    }
 }

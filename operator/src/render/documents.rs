@@ -46,9 +46,10 @@ pub fn parse_documents(text: &str, namespace: &str) -> Result<Vec<BrokerGroup>, 
     Ok(groups)
 }
 
-/// Every object of every BrokerGroup in `groups`, as multi-document YAML. `password` goes into
-/// generated cluster-credentials Secrets.
-pub fn render_documents(groups: &[BrokerGroup], password: &str) -> Result<String, DocumentsError> {
+/// Every object of every BrokerGroup in `groups`, as multi-document YAML: the same on every
+/// run and free of secrets, so it can go into Git. A cluster-credentials Secret the operator
+/// would generate (with a random password) is left out: see [`generated_secrets`].
+pub fn render_documents(groups: &[BrokerGroup]) -> Result<String, DocumentsError> {
     let targets: BTreeMap<String, _> = groups
         .iter()
         .map(|g| (g.metadata.name.clone().unwrap_or_default(), g.spec.clone()))
@@ -57,18 +58,29 @@ pub fn render_documents(groups: &[BrokerGroup], password: &str) -> Result<String
     for bg in groups {
         let deps = Dependencies {
             cluster_secret: None,
-            new_password: password.to_string(),
+            new_password: String::new(),
             connector_targets: targets.clone(),
             // Offline: the connectors' password Secrets are assumed to exist.
             connector_secrets: None,
             // Likewise the database's Secrets.
             database_secrets: None,
         };
-        let v = validate(bg, &deps).map_err(|source| DocumentsError::Invalid {
+        let mut v = validate(bg, &deps).map_err(|source| DocumentsError::Invalid {
             name: bg.metadata.name.clone().unwrap_or_default(),
             source,
         })?;
+        v.credentials.generated_password = None;
         out.push_str(&render(&v).to_yaml());
     }
     Ok(out)
+}
+
+/// The cluster-credentials Secrets that [`render_documents`] leaves out: those of
+/// BrokerGroups that name none, which the operator generates (or the user creates).
+pub fn generated_secrets(groups: &[BrokerGroup]) -> Vec<String> {
+    groups
+        .iter()
+        .filter(|g| g.spec.ha.cluster_credentials_secret.is_none())
+        .map(|g| crate::names::generated_cluster_secret(&g.metadata.name.clone().unwrap_or_default()))
+        .collect()
 }

@@ -26,7 +26,7 @@ use kube::core::ApiResource;
 use serde::Serialize;
 
 pub use config::{broker_yaml, build_broker_config, group_connectors};
-pub use documents::{parse_documents, render_documents, DocumentsError};
+pub use documents::{generated_secrets, parse_documents, render_documents, DocumentsError};
 
 use crate::api::{GROUP, KIND, VERSION};
 use crate::names;
