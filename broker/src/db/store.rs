@@ -82,7 +82,7 @@ pub async fn recover(
     let records = messages.len() as u64;
     let recovered =
         Recovered { messages, next_id: MessageId(next_id), segments: 0, records, torn_tail_bytes: 0, remembered };
-    let writer_client = db.connect().await?;
+    let writer_client = connect_writer(db).await?;
     let (sender, receiver) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel();
     let stop = tokio_util::sync::CancellationToken::new();
@@ -94,7 +94,6 @@ pub async fn recover(
         remember_header: remember_header.to_string(),
         stop: stop.clone(),
         remembered_commits: 0,
-        connected_before: false,
         status,
     };
     tokio::spawn(async move {
@@ -103,6 +102,19 @@ pub async fn recover(
     });
     tracing::info!(messages = recovered.messages.len(), next_id = next_id, epoch = term.epoch, "recovered the database store");
     Ok((DbStore { sender: RwLock::new(Some(sender)), done: Mutex::new(Some(done_rx)), term, stop }, recovered))
+}
+
+/// The writer's connection, with its session settings: `storage.fsync: false` means the
+/// writer's commits do not wait for the WAL flush.
+async fn connect_writer(db: &Database) -> Result<Client, DbError> {
+    let client = db.connect().await?;
+    if !db.synchronous {
+        client
+            .batch_execute("SET synchronous_commit = off")
+            .await
+            .map_err(|source| DbError::Query { what: "turn synchronous_commit off (storage.fsync: false)", source })?;
+    }
+    Ok(client)
 }
 
 impl DbStore {
@@ -125,11 +137,6 @@ impl DbStore {
             Ok(()) => AppendFuture::waiting(receiver),
             Err(_) => AppendFuture::ready(Err(JournalError::Closed)),
         }
-    }
-
-    /// The term's epoch and deadline.
-    pub fn term(&self) -> &Arc<Term> {
-        &self.term
     }
 
     /// Lets the writer finish what was queued (while the term holds), then stops it.
@@ -160,8 +167,6 @@ struct Writer {
     remember_header: String,
     stop: tokio_util::sync::CancellationToken,
     remembered_commits: u64,
-    /// The first connection was made (by recovery); any later one is a reconnection.
-    connected_before: bool,
     status: Arc<dyn Fn(DatabaseStatus) + Send + Sync>,
 }
 
@@ -327,6 +332,8 @@ impl Writer {
                     self.term.fence(format!("the database refused a write of epoch {}: another member took the lease", self.term.epoch));
                     return Err(JournalError::Fenced);
                 }
+                // The term ended while the statement was out: nothing is confirmed.
+                Outcome::Failed(DbError::Fenced { .. }) => return Err(JournalError::Fenced),
                 Outcome::Failed(e) if e.transient() => {
                     tracing::debug!(error = %crate::report::error_chain(&e), "the database rolled a batch back; sending it again");
                     tokio::time::sleep(FIRST_RECONNECT_DELAY).await;
@@ -363,18 +370,9 @@ impl Writer {
             self.statements = None;
         }
         if self.client.is_none() {
-            let client = self.db.connect().await?;
-            if !self.db.synchronous {
-                client
-                    .batch_execute("SET synchronous_commit = off")
-                    .await
-                    .map_err(|source| DbError::Query { what: "turn synchronous_commit off (storage.fsync: false)", source })?;
-            }
-            self.client = Some(client);
-            if self.connected_before {
-                self.db.metrics.reconnects.inc();
-            }
-            self.connected_before = true;
+            // Recovery made the first connection: this one replaces a lost one.
+            self.client = Some(connect_writer(&self.db).await?);
+            self.db.metrics.reconnects.inc();
         }
         if self.statements.is_none() {
             let Some(client) = &self.client else { return Ok(()) };
