@@ -2132,6 +2132,8 @@ fn shared_database() -> BrokerGroup {
         "database": {"secretRef": {"name": "pg-app"}},
     }))
     .unwrap_or_else(|e| panic!("an ha section: {e}"));
+    // No journal volumes in this mode: `pair`'s storage size would be refused.
+    bg.spec.storage = Default::default();
     bg
 }
 
