@@ -90,6 +90,23 @@ pub const RELEASED_HOLDER_ANNOTATION: &str = "duomq.io/released-holder";
 /// to that pod and removes the entry once the pod is live. `duomq-operator switchover` sets it.
 pub const SWITCHOVER_ANNOTATION: &str = "duomq.io/switchover";
 
+/// On a BrokerGroup: `on` hibernates it (CloudNativePG's `cnpg.io/hibernation`): every
+/// group's StatefulSet goes to zero pods, lives last so they hold the newest journal; claims,
+/// Secrets and the spec stay. `off` or removing the annotation resumes it. `kubectl duomq
+/// hibernate|resume` sets it.
+pub const HIBERNATION_ANNOTATION: &str = "duomq.io/hibernation";
+pub const HIBERNATION_ON: &str = "on";
+pub const HIBERNATION_OFF: &str = "off";
+
+/// On a BrokerGroup: a JSON list of member pods to fence (CloudNativePG's
+/// `cnpg.io/fencedInstances`), e.g. `["pair-g0-1"]`. A fenced member stops serving and
+/// replicating and never takes the live role; its pod and data stay. A live listed here is
+/// first switched over to an in-sync backup. `kubectl duomq fence|unfence` edits it.
+pub const FENCED_MEMBERS_ANNOTATION: &str = "duomq.io/fenced-members";
+
+/// The Lease the operator's replicas elect their leader on, in the operator's namespace.
+pub const OPERATOR_LEASE: &str = "duomq-operator-leader";
+
 /// On a broker pod template: a hash of its group's ConfigMap, so a change of any member's
 /// `broker.yaml` (a connector added, a group added to the mesh) is a new StatefulSet revision
 /// and rolls out like an image change.

@@ -28,6 +28,80 @@ pub const METRICS: &str = "/metrics";
 /// after a crash, to an in-sync member).
 pub const SWITCHOVER: &str = "/ha/switchover";
 
+/// `POST` a [`DrainRequest`] to a group's live, signed like [`SWITCHOVER`]: the group is being
+/// removed (a BrokerGroup scaled down). The live stops taking clients (new STOMP connections
+/// get an ERROR saying the group is draining; open client connections are closed so that
+/// failover clients move to another group), stops advertising demand on its bridges, and
+/// forwards every queued message over its linked bridges to the named groups, whether or
+/// not they have consumers. Each message is settled here only once stored there, as with
+/// any forward, so nothing is lost if either side dies. Idempotent: asking again answers
+/// the progress. 200 [`DrainStatus`]; 401 unsigned or wrongly signed; 409 [`AdminError`]
+/// when this member is not live. Not persistent: a member that becomes live later (after
+/// a failover) is asked again by the operator.
+pub const DRAIN: &str = "/ha/drain";
+/// `POST` a [`FenceRequest`] to any member, signed like [`SWITCHOVER`] (CloudNativePG's
+/// fencing): a fenced member stops serving and replicating, is not ready, never takes the
+/// live role, and keeps its data; unfencing makes it rejoin its group as a backup. A live
+/// is refused (409) unless `force`: hand its role over first (the operator switches over to
+/// an in-sync backup before fencing a live). 200 [`FenceReply`]; 401 unsigned or wrongly
+/// signed. Not persistent: the operator asks again after a restart while the member is
+/// still listed in the `duomq.io/fenced-members` annotation.
+pub const FENCE: &str = "/ha/fence";
+
+/// The body of `POST /ha/drain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainRequest {
+    /// The groups (`ha.groupName`) the messages go to: the ones that stay. Links to any other
+    /// group forward nothing while draining.
+    pub targets: Vec<String>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum DrainState {
+    /// Moving messages; `messagesLeft` counts down.
+    Draining,
+    /// No message and no client left: the group can be deleted.
+    Drained,
+    /// Messages are left but no bridge to any target group is linked; `reason` says why.
+    Stuck,
+}
+
+/// A draining live's progress, in `/status` and as the answer to `POST /ha/drain`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DrainStatus {
+    pub state: DrainState,
+    /// Messages still held here: queued and in flight, over all queues.
+    pub messages_left: u64,
+    /// Messages forwarded to the targets since the drain began.
+    pub forwarded: u64,
+    pub targets: Vec<String>,
+    /// Why the drain is stuck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+}
+
+/// The body of `POST /ha/fence`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FenceRequest {
+    /// true to fence, false to unfence.
+    pub fenced: bool,
+    /// Fence even a live (its clients are cut off; the group fails over as after a crash).
+    #[serde(default)]
+    pub force: bool,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct FenceReply {
+    pub node: String,
+    /// Whether the member is fenced now.
+    pub fenced: bool,
+}
+
 /// What a broker is doing right now.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]
@@ -42,7 +116,8 @@ pub enum Role {
     Stopping,
     /// A live that lost the group's Lease (it could not renew it in time, or another
     /// member holds it now): it stopped serving clients and confirms no more writes, and
-    /// rejoins as a backup once it reaches the new live.
+    /// rejoins as a backup once it reaches the new live. Also a member fenced by an admin
+    /// request (`adminFenced`), until it is unfenced.
     Fenced,
 }
 
@@ -66,6 +141,12 @@ pub struct BrokerStatus {
     /// The clustered grouping handler; absent with `grouping.handler: none`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grouping: Option<GroupingStatus>,
+    /// Fenced by an admin request ([`FENCE`]); its role is then `fenced`.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub admin_fenced: bool,
+    /// A drain ([`DRAIN`]) under way or done on this live.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<DrainStatus>,
 }
 
 impl BrokerStatus {
@@ -83,6 +164,8 @@ impl BrokerStatus {
             ha: None,
             network: None,
             grouping: None,
+            admin_fenced: false,
+            drain: None,
         }
     }
 }

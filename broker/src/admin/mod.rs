@@ -130,6 +130,8 @@ async fn status(State(s): State<AdminState>) -> Json<BrokerStatus> {
         ha: s.ha.read().clone(),
         network: s.network.read().as_ref().filter(|n| !n.is_idle()).map(|n| n.status()),
         grouping: s.network.read().as_ref().and_then(|n| n.grouping()).map(|g| g.status()),
+        admin_fenced: false,
+        drain: None,
     })
 }
 

@@ -23,6 +23,10 @@ pub mod condition {
     /// (reason AllConnectorsLinked, ConnectorsLinking or NoConnectors); False with reason
     /// ConnectorUnlinked, naming the group, connector and last error.
     pub const NETWORK_LINKED: &str = "NetworkLinked";
+    /// The BrokerGroup is hibernated (annotation `duomq.io/hibernation: on`): no broker
+    /// pod runs; claims and Secrets are kept (reason Hibernated, or Resuming while the pods
+    /// come back).
+    pub const HIBERNATED: &str = "Hibernated";
 }
 
 #[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
@@ -38,9 +42,13 @@ pub struct BrokerGroupStatus {
     /// Groups with a live broker, of all groups, e.g. 2/2.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub live: Option<String>,
-    /// Failovers of all groups since the BrokerGroup was created.
+    /// Unplanned changes of live (LiveLost, OperatorFailover) of all groups since the
+    /// BrokerGroup was created.
     #[serde(default)]
     pub failovers: i64,
+    /// Planned hand-overs (Switchover, Failback, RollingUpgrade, Fence) of all groups.
+    #[serde(default)]
+    pub switchovers: i64,
     /// Network connectors linked, of all connectors of every group, e.g. 4/4; absent when no
     /// group has a connector.
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -97,9 +105,19 @@ pub struct GroupStatus {
     /// The group's epoch: it increases on every change of live.
     #[serde(default)]
     pub epoch: i64,
-    /// Failovers of this group seen by the operator.
+    /// Unplanned changes of live of this group seen by the operator.
     #[serde(default)]
     pub failovers: i64,
+    /// Planned hand-overs of this group's live role.
+    #[serde(default)]
+    pub switchovers: i64,
+    /// Members fenced (annotation `duomq.io/fenced-members`) that report they are.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub fenced: Vec<String>,
+    /// The group is being removed (spec.groups was lowered): its messages move to the
+    /// remaining groups over the bridges, and it is deleted once empty.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub drain: Option<GroupDrain>,
     /// The most recent failover.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub last_failover: Option<FailoverRecord>,
@@ -122,6 +140,23 @@ pub struct GroupStatus {
     /// them fences itself once its lease runs out; a backup among them cannot take over).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub database_unreachable: Vec<String>,
+}
+
+/// A group being drained before it is deleted.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GroupDrain {
+    /// When the operator first asked the group's live to drain.
+    pub since: Time,
+    /// Messages still held by the group, as its live reports them (absent while unknown).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub messages_left: Option<i64>,
+    /// Messages moved to the remaining groups so far (by the current live).
+    #[serde(default)]
+    pub forwarded: i64,
+    /// Why the drain cannot go on (no bridge to a remaining group is linked), while stuck.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stuck: Option<String>,
 }
 
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, JsonSchema)]
@@ -160,7 +195,7 @@ pub struct FailoverRecord {
     pub from: String,
     /// The pod that is live now.
     pub to: String,
-    /// Why: LiveLost, OperatorFailover, Switchover, Failback or RollingUpgrade.
+    /// Why: LiveLost, OperatorFailover, Switchover, Failback, RollingUpgrade or Fence.
     pub reason: FailoverReason,
 }
 
@@ -179,4 +214,7 @@ pub enum FailoverReason {
     /// A planned hand-over by the operator during a rolling upgrade: the live's member was
     /// next to be updated.
     RollingUpgrade,
+    /// A planned hand-over by the operator because the live was listed in the
+    /// `duomq.io/fenced-members` annotation.
+    Fence,
 }

@@ -55,6 +55,7 @@ impl Drive<'_> {
             let why = match s.reason {
                 FailoverReason::Failback => "failback to the preferred live",
                 FailoverReason::RollingUpgrade => "rolling upgrade",
+                FailoverReason::Fence => "the live is to be fenced",
                 _ => "switchover asked for",
             };
             let result = match (
@@ -77,6 +78,7 @@ impl Drive<'_> {
             let reason = match s.reason {
                 FailoverReason::Failback => "Failback",
                 FailoverReason::RollingUpgrade => "RollingUpgrade",
+                FailoverReason::Fence => "Fence",
                 _ => "Switchover",
             };
             let labels = |result: &'static str| SwitchoverLabels { reason, result };

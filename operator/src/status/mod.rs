@@ -296,7 +296,9 @@ pub fn compute(
                     warning: planned.is_none() && reason != FailoverReason::Failback,
                     reason: match reason {
                         FailoverReason::Failback => "FailedBack".into(),
-                        FailoverReason::Switchover | FailoverReason::RollingUpgrade => {
+                        FailoverReason::Switchover
+                        | FailoverReason::RollingUpgrade
+                        | FailoverReason::Fence => {
                             "SwitchedOver".into()
                         }
                         FailoverReason::LiveLost | FailoverReason::OperatorFailover => {
@@ -434,6 +436,9 @@ pub fn compute(
             backups,
             epoch: epoch as i64,
             failovers,
+            switchovers: before.map_or(0, |b| b.switchovers),
+            fenced: Vec::new(),
+            drain: None,
             last_failover,
             switchover: pending,
         });
@@ -606,6 +611,7 @@ pub fn compute(
             conditions: conditions.out,
             live: Some(format!("{live_count}/{total}")),
             failovers,
+            switchovers: groups.iter().map(|g| g.switchovers).sum(),
             linked: (connectors > 0).then(|| format!("{connectors_linked}/{connectors}")),
             groups,
             grouping,
