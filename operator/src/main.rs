@@ -1,6 +1,8 @@
 //! `duomq-operator`: runs the BrokerGroup controller, or renders, prints and generates what it
 //! would apply, offline.
 
+mod leader;
+
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -53,6 +55,8 @@ enum Command {
         /// Log format: text or json.
         #[arg(long, env = "DUOMQ_OPERATOR_LOG_FORMAT", default_value = "text")]
         log_format: String,
+        #[command(flatten)]
+        election: ElectionArgs,
     },
     /// Print every object the operator would create for the BrokerGroups in FILE, without a
     /// cluster: for review, GitOps and debugging. BrokerGroups in the same file can be each
@@ -97,6 +101,61 @@ enum Command {
     },
 }
 
+/// Leader election among replicas of `run`; see the README's "Operator high availability".
+#[derive(clap::Args)]
+#[command(next_help_heading = "Leader election")]
+struct ElectionArgs {
+    /// Elect one leader among the operator's replicas on the Lease duomq-operator-leader in
+    /// the operator's namespace (POD_NAMESPACE, else the kubeconfig's): only the leader runs
+    /// the controller; the others stand by (Ready, /readyz says "standby") and one takes over
+    /// when the leader's claim lapses. The default.
+    #[arg(long, overrides_with = "no_leader_election")]
+    leader_election: bool,
+    /// Run the controller at once, with no election: for a single local run only. Two
+    /// operators running this way act at once.
+    #[arg(long, overrides_with = "leader_election")]
+    no_leader_election: bool,
+    /// How long the leader's claim stands without a renewal; a standby takes over once it
+    /// has seen the Lease unchanged this long. Whole seconds.
+    #[arg(long, env = "DUOMQ_OPERATOR_LEASE_DURATION", default_value = "15s", value_parser = humantime::parse_duration)]
+    leader_lease_duration: std::time::Duration,
+    /// The leader stops the controller and exits (non-zero) when no renewal got through for
+    /// this long since the last one was sent; shorter than the lease duration, so it stops
+    /// before a standby may take over.
+    #[arg(long, env = "DUOMQ_OPERATOR_RENEW_DEADLINE", default_value = "10s", value_parser = humantime::parse_duration)]
+    leader_renew_deadline: std::time::Duration,
+    /// How often the leader renews its claim.
+    #[arg(long, env = "DUOMQ_OPERATOR_RENEW_INTERVAL", default_value = "5s", value_parser = humantime::parse_duration)]
+    leader_renew_interval: std::time::Duration,
+    /// How often a standby looks at the Lease, and the leader retries a failed renewal.
+    #[arg(long, env = "DUOMQ_OPERATOR_RETRY_INTERVAL", default_value = "2s", value_parser = humantime::parse_duration)]
+    leader_retry_interval: std::time::Duration,
+}
+
+impl ElectionArgs {
+    /// The election settings, or `None` with `--no-leader-election`.
+    fn settings(&self, client: &kube::Client) -> Option<leader::ElectionSettings> {
+        if self.no_leader_election {
+            return None;
+        }
+        let namespace = std::env::var("POD_NAMESPACE")
+            .ok()
+            .filter(|n| !n.is_empty())
+            .unwrap_or_else(|| client.default_namespace().to_string());
+        Some(leader::ElectionSettings {
+            lease_duration: self.leader_lease_duration,
+            renew_deadline: self.leader_renew_deadline,
+            renew_interval: self.leader_renew_interval,
+            retry_interval: self.leader_retry_interval,
+            ..leader::ElectionSettings::new(
+                namespace,
+                duomq_operator::names::OPERATOR_LEASE,
+                leader::default_identity(),
+            )
+        })
+    }
+}
+
 fn crd_yaml() -> anyhow::Result<String> {
     let body = serde_yaml::to_string(&BrokerGroup::crd()).context("failed to serialize the CRD")?;
     Ok(format!(
@@ -118,11 +177,12 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             namespace,
             listen,
             log_format,
+            election,
         } => {
             init_tracing(&log_format);
             let runtime =
                 tokio::runtime::Runtime::new().context("failed to start the async runtime")?;
-            runtime.block_on(run(namespace, listen))
+            runtime.block_on(run(namespace, listen, election))
         }
         Command::Render { file, namespace } => {
             print!("{}", render_file(&file, &namespace)?);
@@ -275,14 +335,30 @@ async fn switchover(
 struct Http {
     registry: Registry,
     ready: std::sync::atomic::AtomicBool,
+    /// This replica's part in the leader election; `None` without one.
+    role: Option<tokio::sync::watch::Receiver<leader::Role>>,
 }
 
-async fn run(namespace: Option<String>, listen: SocketAddr) -> anyhow::Result<()> {
+async fn run(
+    namespace: Option<String>,
+    listen: SocketAddr,
+    election: ElectionArgs,
+) -> anyhow::Result<()> {
     let client = kube::Client::try_default()
         .await
         .context("failed to find a Kubernetes API (kubeconfig or in-cluster service account)")?;
     let mut registry = Registry::default();
     let metrics = Arc::new(Metrics::new(&mut registry));
+    let elector = election
+        .settings(&client)
+        .map(|settings| leader::Elector::new(client.clone(), settings))
+        .transpose()?
+        .map(|elector| {
+            elector.with_metrics(leader::LeaderMetrics {
+                leader: metrics.leader.clone(),
+                transitions: metrics.leader_transitions.clone(),
+            })
+        });
     let ctx = Arc::new(controller::Context::new(
         client.clone(),
         metrics,
@@ -291,6 +367,7 @@ async fn run(namespace: Option<String>, listen: SocketAddr) -> anyhow::Result<()
     let http = Arc::new(Http {
         registry,
         ready: std::sync::atomic::AtomicBool::new(false),
+        role: elector.as_ref().map(leader::Elector::role),
     });
     let app = Router::new()
         .route("/healthz", get(|| async { "ok\n" }))
@@ -300,21 +377,46 @@ async fn run(namespace: Option<String>, listen: SocketAddr) -> anyhow::Result<()
     let listener = tokio::net::TcpListener::bind(listen)
         .await
         .with_context(|| format!("failed to listen on {listen}"))?;
+    // The bound address: with port 0 the system picked one.
+    let listen = listener.local_addr().unwrap_or(listen);
     info!(%listen, namespace = namespace.as_deref().unwrap_or("(all)"), "duomq-operator starting");
     let server = tokio::spawn(async move { axum::serve(listener, app).await });
+    // A standby is Ready: it is healthy, and only the Lease decides who acts.
     http.ready.store(true, std::sync::atomic::Ordering::Relaxed);
-    controller::run(client, namespace, ctx).await;
+    let controller = controller::run(client, namespace, ctx);
+    let outcome = match &elector {
+        None => {
+            info!("leader election is off: running the controller at once");
+            controller.await;
+            Ok(())
+        }
+        Some(elector) => {
+            let s = elector.settings();
+            info!(lease = %s.lease, namespace = %s.namespace, identity = %s.identity, "leader election: standing by until this replica holds the Lease");
+            // On losing the Lease the controller is already dropped: exit non-zero, and the
+            // Deployment restarts this replica as a standby.
+            elector.lead(controller).await.map_err(anyhow::Error::from)
+        }
+    };
     server.abort();
     info!("duomq-operator stopped");
-    Ok(())
+    outcome
 }
 
+/// Ready once serving; the body says whether this replica leads or stands by.
 async fn readyz(State(http): State<Arc<Http>>) -> impl IntoResponse {
-    if http.ready.load(std::sync::atomic::Ordering::Relaxed) {
-        (StatusCode::OK, "ready\n")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "starting\n")
+    if !http.ready.load(std::sync::atomic::Ordering::Relaxed) {
+        return (StatusCode::SERVICE_UNAVAILABLE, "starting\n".to_string());
     }
+    let role = match http.role.as_ref().map(|r| r.borrow().clone()) {
+        None => "ready\n".to_string(),
+        Some(leader::Role::Leader) => "ready: leader\n".to_string(),
+        Some(leader::Role::Standby { leader: Some(holder) }) => {
+            format!("ready: standby (leader: {holder})\n")
+        }
+        Some(leader::Role::Standby { leader: None }) => "ready: standby\n".to_string(),
+    };
+    (StatusCode::OK, role)
 }
 
 async fn metrics_text(State(http): State<Arc<Http>>) -> impl IntoResponse {

@@ -5,6 +5,7 @@ use std::time::Instant;
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::metrics::histogram::{exponential_buckets, Histogram};
 use prometheus_client::registry::Registry;
 
@@ -28,6 +29,10 @@ pub struct Metrics {
     pub invalid_specs: Counter,
     pub switchovers: Family<SwitchoverLabels, Counter>,
     pub upgrade_pod_deletions: Counter,
+    /// 1 while this replica leads (runs the controller), 0 while it stands by.
+    pub leader: Gauge,
+    /// Times this replica became the leader.
+    pub leader_transitions: Counter,
 }
 
 impl Metrics {
@@ -39,6 +44,8 @@ impl Metrics {
             invalid_specs: Counter::default(),
             switchovers: Family::default(),
             upgrade_pod_deletions: Counter::default(),
+            leader: Gauge::default(),
+            leader_transitions: Counter::default(),
         };
         let r = registry.sub_registry_with_prefix("duomq_operator");
         r.register(
@@ -70,6 +77,16 @@ impl Metrics {
             "upgrade_pod_deletions",
             "Pods deleted by rolling upgrades so that they come back at the new revision",
             m.upgrade_pod_deletions.clone(),
+        );
+        r.register(
+            "leader",
+            "1 while this replica is the leader and runs the controller, 0 while it stands by",
+            m.leader.clone(),
+        );
+        r.register(
+            "leader_transitions",
+            "Times this replica became the leader (took the operator's Lease)",
+            m.leader_transitions.clone(),
         );
         m
     }
