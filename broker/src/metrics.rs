@@ -152,6 +152,12 @@ pub struct SwitchoverLabels {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdminRequestLabels {
+    /// `fenced`, `unfenced`, `started` or `progress` (a drain), `refused` or `unauthorized`.
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub messages_in: Counter,
@@ -179,6 +185,16 @@ pub struct Metrics {
     ha_fenced: Gauge,
     /// Switchover requests to this member's admin endpoint, by result.
     pub switchovers: Family<SwitchoverLabels, Counter>,
+    /// 1 while this member is fenced by an admin request (`POST /ha/fence`).
+    pub admin_fenced: Gauge,
+    /// Fence requests to this member's admin endpoint, by result.
+    pub fence_requests: Family<AdminRequestLabels, Counter>,
+    /// Drain requests to this member's admin endpoint, by result.
+    pub drain_requests: Family<AdminRequestLabels, Counter>,
+    /// 1 while this live drains its group (`POST /ha/drain`).
+    pub draining: Gauge,
+    /// Messages a drain forwarded to its target groups (settled here once stored there).
+    pub drained_messages: Counter,
     /// The `kubernetes` arbiter's renewals.
     pub lease: LeaseMetrics,
     /// The engine's limits: refusals, reclaimed destinations, slow subscribers.
@@ -229,6 +245,11 @@ impl Metrics {
             ha_lag_records: Gauge::default(),
             ha_fenced: Gauge::default(),
             switchovers: Family::default(),
+            admin_fenced: Gauge::default(),
+            fence_requests: Family::default(),
+            drain_requests: Family::default(),
+            draining: Gauge::default(),
+            drained_messages: Counter::default(),
             lease,
             engine,
             cluster,
@@ -286,8 +307,13 @@ impl Metrics {
             "Journal records not yet confirmed: a backup's own lag, or a live's largest backup lag",
             m.ha_lag_records.clone(),
         );
-        registry.register("duomq_ha_fenced", "1 while this member is fenced: it lost the group's Lease as live", m.ha_fenced.clone());
+        registry.register("duomq_ha_fenced", "1 while this member is fenced: it lost its claim as live (the group's Lease or database lease), or an admin request fenced it", m.ha_fenced.clone());
         registry.register("duomq_ha_switchover_requests", "Switchover requests to this member, by result", m.switchovers.clone());
+        registry.register("duomq_admin_fenced", "1 while this member is fenced by an admin request (POST /ha/fence)", m.admin_fenced.clone());
+        registry.register("duomq_admin_fence_requests", "Fence and unfence requests to this member, by result", m.fence_requests.clone());
+        registry.register("duomq_drain_requests", "Drain requests to this member, by result", m.drain_requests.clone());
+        registry.register("duomq_draining", "1 while this live drains its group to other groups (POST /ha/drain)", m.draining.clone());
+        registry.register("duomq_drained_messages", "Messages a drain forwarded to its target groups and saw stored there", m.drained_messages.clone());
         *m.registry.lock() = registry;
         (m, journal)
     }

@@ -89,6 +89,8 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
         shared_store: Arc::new(RwLock::new(admin::StoreCheck::default())),
         switchover: Arc::new(RwLock::new(None)),
         network: Arc::new(RwLock::new(None)),
+        config: Arc::clone(&config),
+        fence: Arc::new(ha::fence::AdminFence::default()),
     };
     let admin_stop = CancellationToken::new();
     tracing::info!(addr = %admin_listener.local_addr().unwrap_or(config.admin.listen), "admin endpoint listening");
@@ -258,6 +260,32 @@ async fn ha_context(shared: &Shared, node_id: String) -> Result<Arc<HaContext>, 
         .map_err(RunError::Ha)
 }
 
+/// While an admin request keeps this member fenced: it reports `fenced`, answers clients
+/// "not live", and neither replicates nor tries for the live role. Returns whether it was
+/// fenced at all, or `None` at shutdown.
+async fn hold_fenced(shared: &Shared, ctx: &HaContext, stomp: &TcpListener, shutdown: &CancellationToken) -> Option<bool> {
+    let fence = &shared.state.fence;
+    if !fence.is_fenced() {
+        return Some(false);
+    }
+    ctx.became_fenced();
+    *shared.state.broker.write() = None;
+    tracing::warn!(group = %ctx.group, "fenced by an admin request: not replicating and never live until unfenced; the data directory is kept");
+    let stop_responder = CancellationToken::new();
+    let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), stop_responder.clone());
+    let held = tokio::select! {
+        _ = fence.unfenced() => Some(true),
+        _ = shutdown.cancelled() => None,
+        _ = responder => None,
+    };
+    stop_responder.cancel();
+    if held.is_some() {
+        tracing::warn!(group = %ctx.group, "unfenced: rejoining the group as a backup");
+        ctx.became_backup();
+    }
+    held
+}
+
 /// The replicated member: backup and live in turn, until shutdown.
 async fn run_replicated(shared: &Shared, stomp: &TcpListener, shutdown: &CancellationToken) -> Result<(), RunError> {
     let config = &shared.config;
@@ -277,6 +305,11 @@ async fn run_replicated(shared: &Shared, stomp: &TcpListener, shutdown: &Cancell
     ));
     let mut start = ha::starting_role(&ctx).await;
     let result = loop {
+        match hold_fenced(shared, &ctx, stomp, shutdown).await {
+            None => break Ok(()),
+            Some(true) => start = StartAs::Backup { reason: "unfenced by an admin request".into(), fenced: false },
+            Some(false) => {}
+        }
         tracing::info!(?start, "taking a role");
         match start {
             StartAs::Backup { fenced, .. } => {
@@ -291,6 +324,11 @@ async fn run_replicated(shared: &Shared, stomp: &TcpListener, shutdown: &Cancell
                 let outcome = tokio::select! {
                     o = ha::backup::run(&ctx, shutdown) => o,
                     _ = responder => continue,
+                    // Stops following the live (the connection drops) and asks no arbiter.
+                    _ = shared.state.fence.fenced() => {
+                        stop_responder.cancel();
+                        continue;
+                    }
                 };
                 stop_responder.cancel();
                 match outcome {
@@ -310,6 +348,7 @@ async fn run_replicated(shared: &Shared, stomp: &TcpListener, shutdown: &Cancell
                 Ok(TermEnd::Refused) => start = StartAs::Backup { reason: "arbiter refused".into(), fenced: false },
                 Ok(TermEnd::HandedOver) => start = StartAs::Backup { reason: "handed over".into(), fenced: false },
                 Ok(TermEnd::Fenced { reason }) => start = StartAs::Backup { reason: format!("fenced: {reason}"), fenced: true },
+                Ok(TermEnd::AdminFenced) => start = StartAs::Backup { reason: "fenced by an admin request".into(), fenced: true },
                 Err(e) => break Err(e),
             },
         }
@@ -327,6 +366,9 @@ enum TermEnd {
     HandedOver,
     /// The arbiter's claim was lost: this member stopped serving and confirmed nothing more.
     Fenced { reason: String },
+    /// Fenced by an admin request (with force): it stopped serving and confirmed nothing
+    /// more, as when the claim is lost, and gave the claim up for a backup to take.
+    AdminFenced,
 }
 
 /// One term as live: claim the role, recover the journal, serve clients until shutdown,
@@ -361,21 +403,30 @@ async fn live_term(
     *live_slot.write() = Some((journal.clone(), Arc::clone(&term)));
     let stop = CancellationToken::new();
     let lost = Arc::new(parking_lot::Mutex::new(None::<String>));
+    let admin_fenced = Arc::new(std::sync::atomic::AtomicBool::new(false));
     let watcher = {
         let (stop, term, shutdown, lost, ctx, journal) =
             (stop.clone(), Arc::clone(&term), shutdown.clone(), Arc::clone(&lost), Arc::clone(ctx), journal.clone());
+        let (fence, admin_fenced) = (Arc::clone(&shared.state.fence), Arc::clone(&admin_fenced));
         let claim_lost = ctx.arbiter.lost();
         tokio::spawn(async move {
+            let fence_live = |reason: &str| {
+                // Fence before anything else: no receipt may leave after this.
+                journal.replication_gate().fence();
+                ctx.became_fenced();
+                term.fenced.cancel();
+                tracing::warn!(%reason, "fenced: stopped serving clients and confirming writes");
+            };
             tokio::select! {
                 _ = shutdown.cancelled() => {}
                 _ = term.step_down.cancelled() => {}
                 reason = claim_lost => {
-                    // Fence before anything else: no receipt may leave after this.
-                    journal.replication_gate().fence();
-                    ctx.became_fenced();
-                    term.fenced.cancel();
-                    tracing::warn!(%reason, "fenced: stopped serving clients and confirming writes");
+                    fence_live(&reason);
                     *lost.lock() = Some(reason);
+                }
+                _ = fence.fenced() => {
+                    fence_live("fenced by an admin request (force)");
+                    admin_fenced.store(true, std::sync::atomic::Ordering::SeqCst);
                 }
             }
             stop.cancel();
@@ -393,6 +444,9 @@ async fn live_term(
         // serve_live reported `live` on its way in; the member is fenced.
         ctx.became_fenced();
         TermEnd::Fenced { reason }
+    } else if admin_fenced.load(std::sync::atomic::Ordering::SeqCst) {
+        ctx.became_fenced();
+        TermEnd::AdminFenced
     } else if shutdown.is_cancelled() {
         TermEnd::Shutdown
     } else {
@@ -407,6 +461,7 @@ async fn live_term(
     close(&broker).await?;
     if !matches!(end, TermEnd::Fenced { .. }) {
         // After the journal is closed: the next live must find everything on its backups.
+        // A live fenced by an admin still holds its claim: it gives it up for a backup.
         ctx.arbiter.release().await;
     }
     if !matches!(end, TermEnd::Shutdown) {
@@ -417,37 +472,75 @@ async fn live_term(
 
 /// The shared-store member: a backup until it takes the journal lock, then live until
 /// shutdown (the lock is never handed back; a restarted former live waits as a backup).
+/// Only an admin fence (with force, on the live) ends a live term early: the journal is
+/// closed, which releases the lock for a backup, and the member waits fenced, then as a
+/// backup again.
 async fn run_shared_store(shared: &Shared, stomp: &TcpListener, shutdown: &CancellationToken) -> Result<(), RunError> {
     let config = &shared.config;
     let node_id = config.node.id.clone();
     *shared.state.node_id.write() = node_id.clone();
     let ctx = ha_context(shared, node_id.clone()).await?;
     let mut member = SharedStoreMember::new(node_id.clone(), config.ha.role, config.ha.arbiter.retry_interval.get());
-    let stop_responder = CancellationToken::new();
-    let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), stop_responder.clone());
-    let broker = tokio::select! {
-        r = wait_for_lock(shared, &ctx, &mut member, shutdown) => r?,
-        _ = responder => return Ok(()),
-    };
-    stop_responder.cancel();
-    let Some(broker) = broker else { return Ok(()) };
-    ctx.reload_epoch().map_err(RunError::Ha)?;
-    ctx.store_epoch(ha::epoch::Epoch(ctx.epoch().0 + 1)).map_err(RunError::Ha)?;
-    // Written before clients are served, so a member that takes over later knows that
-    // this one may have delivered what it recovers.
-    let holder = LiveHolder { node: node_id, stomp: stomp.local_addr().unwrap_or(config.stomp.listen).to_string() };
-    holder
-        .write(&ctx.ha_dir())
-        .map_err(|source| RunError::Ha(HaError::WriteLiveFile { path: LiveHolder::path(&ctx.ha_dir()), source }))?;
-    ctx.activated().map_err(RunError::Ha)?;
-    tracing::info!(epoch = ctx.epoch().0, group = %ctx.group, "live: holding the shared journal lock");
-    let identity = identity(shared, &broker)?;
-    let cluster_task = inbound_bridges(shared, &identity, shutdown).await?;
-    let result = serve_live(shared, stomp, &broker, identity, shutdown.clone()).await;
-    if let Some(task) = cluster_task {
-        task.abort();
+    loop {
+        if hold_fenced(shared, &ctx, stomp, shutdown).await.is_none() {
+            return Ok(());
+        }
+        let stop_responder = CancellationToken::new();
+        let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), stop_responder.clone());
+        let broker = tokio::select! {
+            r = wait_for_lock(shared, &ctx, &mut member, shutdown) => r?,
+            _ = responder => return Ok(()),
+            // Stops trying the lock.
+            _ = shared.state.fence.fenced() => {
+                stop_responder.cancel();
+                continue;
+            }
+        };
+        stop_responder.cancel();
+        let Some(broker) = broker else { return Ok(()) };
+        ctx.reload_epoch().map_err(RunError::Ha)?;
+        ctx.store_epoch(ha::epoch::Epoch(ctx.epoch().0 + 1)).map_err(RunError::Ha)?;
+        // Written before clients are served, so a member that takes over later knows that
+        // this one may have delivered what it recovers.
+        let holder = LiveHolder { node: node_id.clone(), stomp: stomp.local_addr().unwrap_or(config.stomp.listen).to_string() };
+        holder
+            .write(&ctx.ha_dir())
+            .map_err(|source| RunError::Ha(HaError::WriteLiveFile { path: LiveHolder::path(&ctx.ha_dir()), source }))?;
+        ctx.activated().map_err(RunError::Ha)?;
+        tracing::info!(epoch = ctx.epoch().0, group = %ctx.group, "live: holding the shared journal lock");
+        let stop = fenced_or_shutdown(shared, &ctx, shutdown);
+        let identity = identity(shared, &broker)?;
+        let cluster_task = inbound_bridges(shared, &identity, &stop).await?;
+        let result = serve_live(shared, stomp, &broker, identity, stop.clone()).await;
+        if let Some(task) = cluster_task {
+            task.abort();
+        }
+        stop.cancel();
+        result.and(close(&broker).await)?;
+        if shutdown.is_cancelled() {
+            return Ok(());
+        }
+        tracing::warn!(group = %ctx.group, "closed the shared journal for the fence: its lock is free for a backup");
+        *shared.state.broker.write() = None;
     }
-    result.and(close(&broker).await)
+}
+
+/// A live term's stop: cancelled at shutdown, or when an admin request fences this live
+/// (then the member reports `fenced` at once).
+fn fenced_or_shutdown(shared: &Shared, ctx: &Arc<HaContext>, shutdown: &CancellationToken) -> CancellationToken {
+    let stop = shutdown.child_token();
+    let (fence, ctx, stop_on_fence) = (Arc::clone(&shared.state.fence), Arc::clone(ctx), stop.clone());
+    tokio::spawn(async move {
+        tokio::select! {
+            _ = fence.fenced() => {
+                ctx.became_fenced();
+                tracing::warn!("fenced by an admin request (force): stopped serving clients");
+                stop_on_fence.cancel();
+            }
+            _ = stop_on_fence.cancelled() => {}
+        }
+    });
+    stop
 }
 
 /// Tries to open the shared journal until it works (`Some`) or shutdown (`None`),
@@ -520,6 +613,11 @@ async fn run_shared_database(shared: &Shared, stomp: &TcpListener, shutdown: &Ca
     let mut seen_other_live = false;
     let mut fenced = false;
     loop {
+        match hold_fenced(shared, &ctx, stomp, shutdown).await {
+            None => return Ok(()),
+            Some(true) => fenced = false,
+            Some(false) => {}
+        }
         if fenced {
             ctx.became_fenced();
         } else {
@@ -531,6 +629,11 @@ async fn run_shared_database(shared: &Shared, stomp: &TcpListener, shutdown: &Ca
         let taken = tokio::select! {
             r = wait_for_lease(shared, &ctx, &db, &advertised, shutdown, &mut seen_other_live, fenced) => r?,
             _ = responder => return Ok(()),
+            // Stops polling the lease.
+            _ = shared.state.fence.fenced() => {
+                stop_responder.cancel();
+                continue;
+            }
         };
         stop_responder.cancel();
         let Some((client, acquired)) = taken else { return Ok(()) };
@@ -540,6 +643,7 @@ async fn run_shared_database(shared: &Shared, stomp: &TcpListener, shutdown: &Ca
                 fenced = true;
                 seen_other_live = true;
             }
+            DatabaseTermEnd::AdminFenced => seen_other_live = true,
         }
     }
 }
@@ -547,6 +651,8 @@ async fn run_shared_database(shared: &Shared, stomp: &TcpListener, shutdown: &Ca
 enum DatabaseTermEnd {
     Shutdown,
     Fenced,
+    /// Fenced by an admin request (force): the lease was released after the last write.
+    AdminFenced,
 }
 
 /// Polls the lease until this member takes it (`Some`) or shutdown (`None`), reporting
@@ -720,6 +826,7 @@ async fn database_term(
     let watcher = {
         let (stop, term, shutdown, ctx, metrics) =
             (stop.clone(), Arc::clone(&term), shutdown.clone(), Arc::clone(ctx), shared.metrics.database.clone());
+        let fence = Arc::clone(&shared.state.fence);
         tokio::spawn(async move {
             tokio::select! {
                 _ = shutdown.cancelled() => {}
@@ -727,6 +834,10 @@ async fn database_term(
                     ctx.became_fenced();
                     metrics.fenced.inc();
                     tracing::warn!(%reason, "fenced: stopped serving clients and writing to the database");
+                }
+                _ = fence.fenced() => {
+                    ctx.became_fenced();
+                    tracing::warn!("fenced by an admin request (force): stopped serving clients; the lease is released after the last write");
                 }
             }
             stop.cancel();
@@ -755,6 +866,10 @@ async fn database_term(
         // After the last write: the next live reads everything.
         if let Err(e) = db.release(&client, acquired.epoch).await {
             tracing::warn!(error = %crate::report::error_chain(&e), "failed to release the database lease; a backup takes it when it expires");
+        }
+        if !shutdown.is_cancelled() && shared.state.fence.is_fenced() {
+            ctx.became_fenced();
+            return Ok(DatabaseTermEnd::AdminFenced);
         }
         return Ok(DatabaseTermEnd::Shutdown);
     }

@@ -10,7 +10,7 @@ pub const HEALTHZ: &str = "/healthz";
 /// backup that could take over at once: with replication, one whose sync state is
 /// `synced`; with a shared store, a slave waiting for the lock whose data directory
 /// answers. 503 otherwise (starting, stopping, a backup still syncing or cut off from its
-/// store), with a one-line reason in the body. Kubernetes rolling updates wait for Ready
+/// store, a member fenced by an admin request), with a one-line reason in the body. Kubernetes rolling updates wait for Ready
 /// pods, so a healthy backup must count as ready; route clients by role, not readiness.
 pub const READYZ: &str = "/readyz";
 /// [`BrokerStatus`] as JSON.
@@ -40,12 +40,17 @@ pub const SWITCHOVER: &str = "/ha/switchover";
 /// a failover) is asked again by the operator.
 pub const DRAIN: &str = "/ha/drain";
 /// `POST` a [`FenceRequest`] to any member, signed like [`SWITCHOVER`] (CloudNativePG's
-/// fencing): a fenced member stops serving and replicating, is not ready, never takes the
-/// live role, and keeps its data; unfencing makes it rejoin its group as a backup. A live
-/// is refused (409) unless `force`: hand its role over first (the operator switches over to
-/// an in-sync backup before fencing a live). 200 [`FenceReply`]; 401 unsigned or wrongly
-/// signed. Not persistent: the operator asks again after a restart while the member is
-/// still listed in the `duomq.io/fenced-members` annotation.
+/// fencing): a fenced member stops serving and replicating (or polling the journal lock,
+/// or the database lease), is not ready, never takes the live role, and keeps its data;
+/// unfencing makes it rejoin its group as a backup (resyncing as needed). A live is
+/// refused (409) unless `force`: hand its role over first (the operator switches over to
+/// an in-sync backup before fencing a live). A forced live stops serving as after a crash
+/// (with replication it confirms no more writes at once), closes its journal and gives its
+/// claim up (lock, Lease or database lease) so a backup takes over. A standalone broker
+/// (`ha.policy: none`) is refused (409): it has no group. Idempotent. 200 [`FenceReply`],
+/// answered at once (`/status` shows the member `fenced` within moments); 401 unsigned or
+/// wrongly signed. Not persistent: the operator asks again after a restart while the
+/// member is still listed in the `duomq.io/fenced-members` annotation.
 pub const FENCE: &str = "/ha/fence";
 
 /// The body of `POST /ha/drain`.

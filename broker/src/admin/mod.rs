@@ -1,6 +1,7 @@
 //! The admin HTTP endpoint: health, readiness, status JSON and Prometheus metrics, all
-//! read-only views; and one signed write, `POST /ha/switchover`, which it checks and passes
-//! to the HA machinery (`ha::switchover`) without deciding anything itself.
+//! read-only views; and three signed writes, `POST /ha/switchover`, `/ha/fence` and
+//! `/ha/drain`, which it checks and passes to the HA machinery (`ha::switchover`,
+//! `ha::fence`) or the live's drain (`network::drain`) without deciding anything itself.
 //!
 //! Readiness is decided by [`readiness`], a pure function of what the node loops publish,
 //! so the probe itself never touches the disk (a hung shared volume must not hang it).
@@ -12,8 +13,8 @@ use crate::config::HaPolicy;
 use crate::engine::queue::QueueKind;
 use crate::engine::Broker;
 use crate::ha::switchover::Switchover;
-use crate::metrics::{Metrics, SwitchoverLabels};
-use api::{AdminError, BrokerStatus, DestinationKind, HaStatus, QueueStatus, Role, SwitchoverRequest, SyncState};
+use crate::metrics::{AdminRequestLabels, Metrics, SwitchoverLabels};
+use api::{AdminError, BrokerStatus, DestinationKind, FenceReply, FenceRequest, HaStatus, QueueStatus, Role, SwitchoverRequest, SyncState};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -42,6 +43,11 @@ pub struct AdminState {
     pub switchover: Arc<RwLock<Option<Arc<Switchover>>>>,
     /// The network bridges of the live term now running.
     pub network: crate::network::NetworkSlot,
+    /// The broker's config: the cluster password that signs admin writes is read from it
+    /// at each request, so a rotated Secret counts at once.
+    pub config: Arc<crate::config::BrokerConfig>,
+    /// Fenced by an admin request; the node loops obey it.
+    pub fence: Arc<crate::ha::fence::AdminFence>,
 }
 
 /// What a shared-store backup learned about the shared data directory when it last
@@ -59,7 +65,10 @@ pub enum StoreCheck {
 /// Ready (`Ok`) or why not, in one line. A live is ready; so is a backup that could take
 /// over at once (a replica in sync, or a shared-store slave that reaches the store), so
 /// that StatefulSet rolling updates, which wait for Ready pods, move past healthy backups.
-pub fn readiness(role: Role, policy: HaPolicy, ha: Option<&HaStatus>, store: &StoreCheck) -> Result<(), String> {
+pub fn readiness(role: Role, policy: HaPolicy, ha: Option<&HaStatus>, store: &StoreCheck, admin_fenced: bool) -> Result<(), String> {
+    if admin_fenced {
+        return Err("fenced by an admin request: not serving, not replicating, never taking the live role until unfenced".to_string());
+    }
     match (role, policy) {
         (Role::Live, _) => Ok(()),
         (Role::Backup, HaPolicy::Replication) => match ha.and_then(|h| h.sync.as_ref()) {
@@ -84,13 +93,14 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
         .route(api::STATUS, get(status))
         .route(api::METRICS, get(metrics))
         .route(api::SWITCHOVER, post(switchover))
+        .route(api::FENCE, post(fence))
         .with_state(state);
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
     let role = *s.role.read();
-    let verdict = readiness(role, s.policy, s.ha.read().as_ref(), &s.shared_store.read());
+    let verdict = readiness(role, s.policy, s.ha.read().as_ref(), &s.shared_store.read(), s.fence.is_fenced());
     match verdict {
         Ok(()) => (StatusCode::OK, format!("ready: {role:?}\n")).into_response(),
         Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}\n")).into_response(),
@@ -130,9 +140,53 @@ async fn status(State(s): State<AdminState>) -> Json<BrokerStatus> {
         ha: s.ha.read().clone(),
         network: s.network.read().as_ref().filter(|n| !n.is_idle()).map(|n| n.status()),
         grouping: s.network.read().as_ref().and_then(|n| n.grouping()).map(|g| g.status()),
-        admin_fenced: false,
+        admin_fenced: s.fence.is_fenced(),
         drain: None,
     })
+}
+
+/// Checks an admin write's signature against the cluster password as configured now.
+fn authorize(s: &AdminState, path: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
+    let password = s.config.ha.load_password().map_err(|e| crate::report::error_chain(&e))?;
+    if password.is_empty() {
+        return Err("no cluster password is configured (ha.cluster.password or passwordFile): admin writes cannot be signed".into());
+    }
+    let signature = headers.get(auth::SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
+    auth::verify(password.as_bytes(), "POST", path, body, signature, auth::unix_now()).map_err(|e| e.to_string())
+}
+
+/// `POST /ha/fence`: see [`api::FENCE`]. Flips the admin fence the node loops obey; the
+/// answer comes at once (`/status` shows the member become `fenced`, or rejoin).
+async fn fence(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    let refuse = |code: StatusCode, result: &'static str, error: String| {
+        s.metrics.fence_requests.get_or_create(&AdminRequestLabels { result }).inc();
+        (code, Json(AdminError { error })).into_response()
+    };
+    if let Err(e) = authorize(&s, api::FENCE, &headers, &body) {
+        tracing::warn!(error = %e, "refused an unauthenticated fence request");
+        return refuse(StatusCode::UNAUTHORIZED, "unauthorized", e);
+    }
+    let request: FenceRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => {
+            return refuse(StatusCode::BAD_REQUEST, "refused", format!("failed to read the request: {e}; expected {{\"fenced\":true|false,\"force\":false}}"))
+        }
+    };
+    let role = *s.role.read();
+    if let Err(e) = crate::ha::fence::check(s.policy, role, request.fenced, request.force) {
+        tracing::info!(fenced = request.fenced, force = request.force, ?role, reason = %e, "fence request refused");
+        return refuse(StatusCode::CONFLICT, "refused", e.to_string());
+    }
+    let changed = s.fence.set(request.fenced);
+    s.metrics.admin_fenced.set(i64::from(request.fenced));
+    let result = if request.fenced { "fenced" } else { "unfenced" };
+    s.metrics.fence_requests.get_or_create(&AdminRequestLabels { result }).inc();
+    match (changed, request.fenced) {
+        (true, true) => tracing::warn!(?role, force = request.force, "fenced by an admin request: stops serving and replicating, never takes the live role, keeps its data"),
+        (true, false) => tracing::warn!("unfenced by an admin request: rejoining the group as a backup"),
+        (false, _) => tracing::info!(fenced = request.fenced, "fence request: nothing to change"),
+    }
+    Json(FenceReply { node: s.node_id.read().clone(), fenced: request.fenced }).into_response()
 }
 
 /// `POST /ha/switchover`: see [`api::SWITCHOVER`].
@@ -220,10 +274,19 @@ mod tests {
         #[case] ready: bool,
     ) {
         let ha = sync.map(backup_status);
-        let verdict = readiness(role, policy, ha.as_ref(), &store);
+        let verdict = readiness(role, policy, ha.as_ref(), &store, false);
         assert_eq!(verdict.is_ok(), ready, "{verdict:?}");
         if let Err(reason) = verdict {
             assert!(!reason.contains('\n'), "one line: {reason}");
+        }
+    }
+
+    #[test]
+    fn given_an_admin_fence_should_never_be_ready_whatever_the_role() {
+        let synced = backup_status(SyncState::Synced);
+        for role in [Role::Live, Role::Backup, Role::Fenced] {
+            let verdict = readiness(role, HaPolicy::Replication, Some(&synced), &StoreCheck::Reachable, true);
+            assert!(verdict.as_ref().is_err_and(|r| r.contains("fenced by an admin request")), "{role:?}: {verdict:?}");
         }
     }
 }

@@ -13,6 +13,7 @@
 pub mod arbiter;
 pub mod backup;
 pub mod epoch;
+pub mod fence;
 pub mod gate;
 pub mod lease;
 pub mod probe;

@@ -83,13 +83,24 @@ impl Member {
 
     /// Starts a shared-store member on `data_dir`, which its peers use too.
     pub fn start_shared_store(&mut self, data_dir: &Path, peers: &[Peer], role: &str, group: &str) {
+        self.start_shared_store_with(data_dir, peers, role, group, "");
+    }
+
+    /// [`Member::start_shared_store`] with `extra` appended to the `ha:` section (indented
+    /// two spaces, as `  cluster:\n    password: ...\n`).
+    pub fn start_shared_store_with(&mut self, data_dir: &Path, peers: &[Peer], role: &str, group: &str, extra: &str) {
         let config = format!(
-            "{listeners}storage:\n  dataDir: {data}\nha:\n  policy: sharedStore\n  role: {role}\n  groupName: {group}\n  arbiter:\n    retryInterval: 100ms\n  members:\n{members}",
+            "{listeners}storage:\n  dataDir: {data}\nha:\n  policy: sharedStore\n  role: {role}\n  groupName: {group}\n  arbiter:\n    retryInterval: 100ms\n  members:\n{members}{extra}",
             listeners = self.listeners(),
             data = data_dir.display(),
             members = members_yaml(peers),
         );
         self.launch(&config);
+    }
+
+    /// A signed `POST` of `body` to this member's admin `path`; `None` sends it unsigned.
+    pub fn admin_post(&self, path: &str, body: &str, password: Option<&str>) -> (u16, String) {
+        super::signed_post(&self.ip, self.admin, path, body, password)
     }
 
     /// Starts a member of a shared-database group (`storage.store: database`) on `url`,

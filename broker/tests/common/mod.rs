@@ -261,6 +261,15 @@ pub fn http_post_at(ip: &str, port: u16, path: &str, headers: &[(&str, &str)], b
     http_request(ip, port, &request, Duration::from_secs(60))
 }
 
+/// A `POST` of `body` to an admin write (`/ha/fence`, `/ha/drain`, ...) signed with
+/// `password` as the operator signs it; `None` sends it unsigned.
+pub fn signed_post(ip: &str, port: u16, path: &str, body: &str, password: Option<&str>) -> (u16, String) {
+    use duomq_broker::admin::auth;
+    let signature = password.map(|p| auth::sign(p.as_bytes(), "POST", path, body.as_bytes(), auth::unix_now()));
+    let headers: Vec<(&str, &str)> = signature.iter().map(|s| (auth::SIGNATURE_HEADER, s.as_str())).collect();
+    http_post_at(ip, port, path, &headers, body).unwrap_or_else(|e| panic!("POST {path} to {ip}:{port}: {e}"))
+}
+
 fn http_request(ip: &str, port: u16, request: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
     let addr: std::net::SocketAddr = format!("{ip}:{port}").parse().map_err(std::io::Error::other)?;
     let mut s = TcpStream::connect_timeout(&addr, Duration::from_secs(2))?;
