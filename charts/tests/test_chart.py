@@ -59,6 +59,13 @@ def operator_container(objects: list[dict]) -> dict:
     return containers[0]
 
 
+def operator_rbac(objects: list[dict], kind: str) -> dict:
+    """The operator's main Role/RoleBinding (or Cluster ones), not the leader-election pair."""
+    found = [o for o in objects if o["kind"] == kind and not o["metadata"]["name"].endswith("-leader-election")]
+    assert len(found) == 1, f"want one {kind} of the operator, the chart rendered {len(found)}"
+    return found[0]
+
+
 def require_brokergroup_crd() -> dict:
     assert BROKERGROUP_CRD.is_file(), (
         f"{relative(BROKERGROUP_CRD)} is missing: it is generated from the operator's Rust types "
@@ -76,9 +83,9 @@ def test_given_chart_when_linted_strictly_should_find_no_problem(values):
 
 
 SCHEMA_VIOLATIONS = {
-    "unknown top-level key": {"replicaCount": 2},
-    "replicas not an integer": {"replicas": "two"},
-    "two replicas without leader election": {"replicas": 2},
+    "unknown top-level key (replicas is now replicaCount)": {"replicas": 1},
+    "replicaCount not an integer": {"replicaCount": "two"},
+    "replicaCount negative": {"replicaCount": -1},
     "logFormat not text or json": {"logFormat": "xml"},
     "watchNamespace not a DNS label": {"watchNamespace": "Team_A"},
     "metrics port below 1024": {"metrics": {"port": 80}},
@@ -86,6 +93,11 @@ SCHEMA_VIOLATIONS = {
     "pullPolicy not a Kubernetes one": {"image": {"pullPolicy": "Sometimes"}},
     "imagePullSecrets as strings": {"imagePullSecrets": ["regcred"]},
     "podLabels value not a string": {"podLabels": {"team": 7}},
+    "unknown monitoring key": {"monitoring": {"serviceMonitor": {"enabled": True}}},
+    "scrape interval not a duration": {"monitoring": {"podMonitor": {"interval": "30 seconds"}}},
+    "disk threshold of 100 percent": {"monitoring": {"prometheusRule": {"diskFreePercent": 100}}},
+    "replication lag threshold not a number": {"monitoring": {"prometheusRule": {"replicationLagBytes": "64Mi"}}},
+    "dashboard namespace not a DNS label": {"monitoring": {"grafanaDashboard": {"namespace": "Grafana"}}},
 }
 
 
@@ -120,7 +132,8 @@ def test_given_rendered_chart_when_validated_strictly_should_be_valid_kubernetes
 def test_given_default_values_when_rendered_should_watch_every_namespace_with_a_cluster_role():
     objects = objects_of({})
     kinds = [o["kind"] for o in objects]
-    assert kinds == ["ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Service", "Deployment"], kinds
+    assert kinds == ["PodDisruptionBudget", "ServiceAccount", "ClusterRole", "ClusterRoleBinding", "Role",
+                     "RoleBinding", "Service", "Deployment"], kinds
     binding = only(objects, "ClusterRoleBinding")
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole",
                                   "name": only(objects, "ClusterRole")["metadata"]["name"]}
@@ -132,7 +145,7 @@ def test_given_default_values_when_rendered_should_watch_every_namespace_with_a_
 def test_given_watch_namespace_when_rendered_should_grant_nothing_cluster_wide():
     objects = objects_of({"watchNamespace": "team-a"})
     assert not [o for o in objects if o["kind"] in ("ClusterRole", "ClusterRoleBinding")]
-    role, binding = only(objects, "Role"), only(objects, "RoleBinding")
+    role, binding = operator_rbac(objects, "Role"), operator_rbac(objects, "RoleBinding")
     assert role["metadata"]["namespace"] == "team-a"
     assert binding["metadata"]["namespace"] == "team-a"
     assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
@@ -172,7 +185,7 @@ BROKER_POD_LEASE_VERBS = {"get", "list", "watch", "create", "update", "patch"}
                          ids=["ClusterRole", "Role"])
 def test_given_rbac_when_rendered_should_grant_exactly_the_least_privilege(values, kind):
     granted: dict[tuple[str, str], set[str]] = {}
-    for rule in only(objects_of(values), kind)["rules"]:
+    for rule in operator_rbac(objects_of(values), kind)["rules"]:
         assert not rule.get("resourceNames") and not rule.get("nonResourceURLs"), rule
         for group in rule["apiGroups"]:
             for resource in rule["resources"]:
@@ -180,6 +193,40 @@ def test_given_rbac_when_rendered_should_grant_exactly_the_least_privilege(value
                 granted.setdefault((group, resource), set()).update(rule["verbs"])
     assert granted == LEAST_PRIVILEGE
     assert BROKER_POD_LEASE_VERBS <= granted[("coordination.k8s.io", "leases")]
+
+
+@pytest.mark.parametrize("values", VALUE_SETS.values(), ids=VALUE_SETS.keys())
+def test_given_leader_election_when_rendered_should_grant_leases_in_the_release_namespace_only(values):
+    objects = objects_of(values)
+    role = next(o for o in objects if o["kind"] == "Role" and o["metadata"]["name"].endswith("-leader-election"))
+    binding = next(o for o in objects
+                   if o["kind"] == "RoleBinding" and o["metadata"]["name"] == role["metadata"]["name"])
+    assert role["metadata"]["namespace"] == binding["metadata"]["namespace"] == INSTALL_NAMESPACE
+    assert role["rules"] == [{"apiGroups": ["coordination.k8s.io"], "resources": ["leases"],
+                              "verbs": ["get", "list", "watch", "create", "update", "patch"]}]
+    assert binding["roleRef"] == {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role",
+                                  "name": role["metadata"]["name"]}
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "duomq-operator",
+                                    "namespace": INSTALL_NAMESPACE}]
+
+
+def test_given_default_values_when_rendered_should_run_two_operators_spread_and_guarded():
+    objects = objects_of({})
+    deployment = only(objects, "Deployment")
+    assert deployment["spec"]["replicas"] == 2
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    pod = deployment["spec"]["template"]
+    budget = only(objects, "PodDisruptionBudget")
+    assert budget["spec"]["minAvailable"] == 1 and "maxUnavailable" not in budget["spec"]
+    assert budget["spec"]["selector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    (term,) = pod["spec"]["affinity"]["podAntiAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"]
+    assert term["podAffinityTerm"]["topologyKey"] == "kubernetes.io/hostname"
+    assert term["podAffinityTerm"]["labelSelector"]["matchLabels"].items() <= pod["metadata"]["labels"].items()
+    single = objects_of({"replicaCount": 1})
+    assert only(single, "Deployment")["spec"]["replicas"] == 1
+    assert not [o for o in single if o["kind"] == "PodDisruptionBudget"], (
+        "minAvailable 1 over one pod would block every node drain")
 
 
 def test_given_default_values_when_rendered_should_run_the_operator_binary_contract():
@@ -193,6 +240,7 @@ def test_given_default_values_when_rendered_should_run_the_operator_binary_contr
     assert env["RUST_LOG"]["value"] == "info,kube=warn"
     assert env["DUOMQ_OPERATOR_LOG_FORMAT"]["value"] == "text"
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
+    assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
     assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
@@ -220,7 +268,7 @@ def test_given_values_when_rendered_should_reach_the_pod():
                 {"key": "kubernetes.io/arch", "operator": "In", "values": ["amd64"]}]}]}}},
         "priorityClassName": "system-cluster-critical",
         "podLabels": {"team": "messaging"}, "podAnnotations": {"example.com/scrape": "true"},
-        "replicas": 0,
+        "replicaCount": 0,
     }
     objects = objects_of(values)
     assert not kubecheck.validate_objects(objects, "chart with every value set")
@@ -228,6 +276,7 @@ def test_given_values_when_rendered_should_reach_the_pod():
     pod = deployment["spec"]["template"]
     container = operator_container(objects)
     assert deployment["spec"]["replicas"] == 0
+    assert not [o for o in objects if o["kind"] == "PodDisruptionBudget"], "no budget for a paused operator"
     assert container["image"] == "acme/duomq-operator:dev"
     assert container["imagePullPolicy"] == "Always"
     assert container["args"] == ["run", "--listen", "0.0.0.0:9090"]

@@ -79,3 +79,13 @@ cluster-scoped resource, so a namespaced install needs no ClusterRole at all.
   resources: ["events"]
   verbs: ["create", "patch"]
 {{- end }}
+
+{{/* The Prometheus job of the broker targets: the PodMonitor's default, <namespace>/<name>. */}}
+{{- define "duomq-operator.brokerPodMonitor" -}}
+{{- include "duomq-operator.fullname" . }}-brokers
+{{- end }}
+
+{{/* The namespaces the broker alerts look at: a label matcher, empty when every namespace. */}}
+{{- define "duomq-operator.brokerNamespaceMatcher" -}}
+{{- with .Values.watchNamespace }}namespace="{{ . }}"{{ end }}
+{{- end }}
