@@ -119,6 +119,17 @@ def render(
     return "".join(f"---\n# Source: {source}\n{doc}" for source, _, doc in docs)
 
 
+def notes(chart: str | Path = CHART_DIR, values: dict[str, Any] | None = None,
+          namespace: str = INSTALL_NAMESPACE, *, release: str = RELEASE_NAME) -> str:
+    """NOTES.txt as `helm install` prints it with `values`."""
+    with helm.Chart.load(str(chart)) as loaded:
+        rendered = loaded.render(values or {}, name=release, namespace=namespace, is_install=True)
+    found = [text for source, text in rendered.items() if source.endswith("NOTES.txt")]
+    if len(found) != 1:
+        raise ChartError(f"the chart rendered {len(found)} NOTES.txt")
+    return found[0]
+
+
 def lint(chart: str | Path = CHART_DIR, values: dict[str, Any] | None = None,
          namespace: str = INSTALL_NAMESPACE) -> list[str]:
     """`helm lint --strict` with `values` over the chart's defaults: the problems found,

@@ -97,6 +97,8 @@ SCHEMA_VIOLATIONS = {
     "scrape interval not a duration": {"monitoring": {"podMonitor": {"interval": "30 seconds"}}},
     "disk threshold of 100 percent": {"monitoring": {"prometheusRule": {"diskFreePercent": 100}}},
     "replication lag threshold not a number": {"monitoring": {"prometheusRule": {"replicationLagBytes": "64Mi"}}},
+    "lease duration not whole seconds": {"leaderElection": {"leaseDuration": "1500ms"}},
+    "renew interval not a duration": {"leaderElection": {"renewInterval": "often"}},
     "dashboard namespace not a DNS label": {"monitoring": {"grafanaDashboard": {"namespace": "Grafana"}}},
 }
 
@@ -241,6 +243,9 @@ def test_given_default_values_when_rendered_should_run_the_operator_binary_contr
     assert env["DUOMQ_OPERATOR_LOG_FORMAT"]["value"] == "text"
     assert env["POD_NAMESPACE"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.namespace"}}
     assert env["POD_NAME"]["valueFrom"] == {"fieldRef": {"fieldPath": "metadata.name"}}
+    assert {k: env[k]["value"] for k in env if k.startswith("DUOMQ_OPERATOR_") and "LOG" not in k} == {
+        "DUOMQ_OPERATOR_LEASE_DURATION": "15s", "DUOMQ_OPERATOR_RENEW_DEADLINE": "10s",
+        "DUOMQ_OPERATOR_RENEW_INTERVAL": "5s", "DUOMQ_OPERATOR_RETRY_INTERVAL": "2s"}
     assert container["ports"] == [{"name": "http", "containerPort": 8080, "protocol": "TCP"}]
     assert container["livenessProbe"]["httpGet"] == {"path": "/healthz", "port": "http"}
     assert container["readinessProbe"]["httpGet"] == {"path": "/readyz", "port": "http"}
@@ -269,6 +274,8 @@ def test_given_values_when_rendered_should_reach_the_pod():
         "priorityClassName": "system-cluster-critical",
         "podLabels": {"team": "messaging"}, "podAnnotations": {"example.com/scrape": "true"},
         "replicaCount": 0,
+        "leaderElection": {"leaseDuration": "30s", "renewDeadline": "20s", "renewInterval": "3s",
+                           "retryInterval": "500ms"},
     }
     objects = objects_of(values)
     assert not kubecheck.validate_objects(objects, "chart with every value set")
@@ -282,6 +289,9 @@ def test_given_values_when_rendered_should_reach_the_pod():
     assert container["args"] == ["run", "--listen", "0.0.0.0:9090"]
     assert {e["name"]: e.get("value") for e in container["env"]}["RUST_LOG"] == "debug,kube=info"
     assert {e["name"]: e.get("value") for e in container["env"]}["DUOMQ_OPERATOR_LOG_FORMAT"] == "json"
+    env = {e["name"]: e.get("value") for e in container["env"]}
+    assert (env["DUOMQ_OPERATOR_LEASE_DURATION"], env["DUOMQ_OPERATOR_RENEW_DEADLINE"],
+            env["DUOMQ_OPERATOR_RENEW_INTERVAL"], env["DUOMQ_OPERATOR_RETRY_INTERVAL"]) == ("30s", "20s", "3s", "500ms")
     assert container["ports"][0]["containerPort"] == 9090
     assert only(objects, "Service")["spec"]["ports"][0]["port"] == 9090
     for key in ("nodeSelector", "tolerations", "affinity", "priorityClassName"):
@@ -316,6 +326,20 @@ def test_given_service_monitor_enabled_when_rendered_should_scrape_the_metrics_p
     assert monitor["spec"]["endpoints"] == [{"port": service["spec"]["ports"][0]["name"],
                                              "path": "/metrics", "interval": "15s"}]
     assert not [o for o in objects_of({}) if o["kind"] == "ServiceMonitor"]
+
+
+def test_given_install_notes_when_rendered_should_tell_how_to_find_the_leader_and_get_the_plugin():
+    text = helmtool.notes(CHART_DIR, {})
+    assert f"kubectl -n {INSTALL_NAMESPACE} get lease duomq-operator-leader" in text
+    assert "2 operator pods elect a leader" in text
+    assert "cargo install --locked --path plugin" in text and "kubectl-duomq on your PATH" in text
+    for command in ("status", "switchover", "fence", "unfence", "hibernate", "resume", "logs"):
+        assert f"kubectl duomq {command} NAME" in text, command
+    assert "Monitoring:" not in text
+    scoped = helmtool.notes(CHART_DIR, {"watchNamespace": "team-a", "replicaCount": 1,
+                                        "monitoring": {"prometheusRule": {"enabled": True}}})
+    assert "kubectl duomq status NAME -n team-a" in scoped and "no standby" in scoped
+    assert "PrometheusRule duomq-operator" in scoped and "enable\n  monitoring.podMonitor" in scoped
 
 
 # --- generated files and drift ---------------------------------------------------------------
