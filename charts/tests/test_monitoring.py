@@ -484,6 +484,38 @@ def test_given_dashboard_queries_when_checked_by_promtool_should_pass():
     assert not problems, "promtool check rules on the dashboard's queries:\n" + "\n".join(problems)
 
 
+def panel_query(board: dict, title: str, ref: str = "A") -> str:
+    (expr,) = [t["expr"] for p in board["panels"] if p["title"] == title for t in p["targets"] if t["refId"] == ref]
+    return as_prometheus_query(expr)
+
+
+def test_given_a_pair_with_a_fenced_third_member_when_panels_queried_should_show_roles_and_sync():
+    board = dashboard()
+    series = healthy_pair() + [member("duomq_ha_live", "orders-g0-2", "0x20"),
+                               member("duomq_ha_fenced", "orders-g0-2", "1x20"),
+                               member("duomq_ha_alone", "orders-g0-2", "0x20")]
+    series += replace(healthy_pair("orders-g1"), "duomq_ha_live", "orders-g1-0", "0x20")
+    case = {"interval": "1m", "input_series": series, "promql_expr_test": [
+        {"expr": panel_query(board, "Role of each member"), "eval_time": "5m", "exp_samples": [
+            {"labels": f'{{namespace="shop", brokergroup="orders", group="orders-g{g}", pod="orders-g{g}-{i}"}}',
+             "value": v} for g, i, v in [(0, 0, 1), (0, 1, 0), (0, 2, 2), (1, 0, 0), (1, 1, 0)]]},
+        {"expr": panel_query(board, "Groups without a live"), "eval_time": "5m",
+         "exp_samples": [{"labels": "{}", "value": 1}]},
+        {"expr": panel_query(board, "Fenced members"), "eval_time": "5m",
+         "exp_samples": [{"labels": "{}", "value": 1}]},
+        {"expr": panel_query(board, "Backups in sync"), "eval_time": "5m",
+         "exp_samples": [{"labels": '{group="orders-g0"}', "value": 1}]},
+    ]}
+    problems = promcheck.run_rule_tests([], [case])
+    assert not problems, "promtool test rules on the dashboard's queries:\n" + "\n".join(problems)
+
+
+def test_given_monitoring_on_when_linted_strictly_should_find_no_problem():
+    for values in (ALL_ON, {**ALL_ON, "watchNamespace": "team-a"}):
+        problems = helmtool.lint(CHART_DIR, values)
+        assert not problems, "\n".join(problems)
+
+
 def test_given_dashboard_enabled_when_rendered_should_carry_the_json_and_the_sidecar_label():
     configmap = only(objects_of(ALL_ON), "ConfigMap")
     assert configmap["metadata"]["labels"]["grafana_dashboard"] == "1"
