@@ -5,6 +5,7 @@
 // Each test binary compiles this module and uses a part of it.
 #![allow(dead_code)]
 
+pub mod operator_ha;
 pub mod traffic;
 
 use std::collections::{BTreeMap, HashMap};
