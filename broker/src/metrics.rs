@@ -93,6 +93,10 @@ pub struct NetworkMetrics {
     pub forwarded: Family<BridgeDirectionLabels, Counter>,
     /// Forwards the remote refused (no room, a bad destination); they are resent later.
     pub refused: Family<BridgeLabels, Counter>,
+    /// 1 while this live drains its group (`POST /ha/drain`).
+    pub draining: Gauge,
+    /// Messages a drain forwarded to its target groups (settled here once stored there).
+    pub drained: Counter,
 }
 
 impl NetworkMetrics {
@@ -102,6 +106,8 @@ impl NetworkMetrics {
         registry.register("duomq_bridge_remote_demand", "Destinations the remote side of a bridge has consumers for", m.remote_demand.clone());
         registry.register("duomq_bridge_forwarded", "Messages over a bridge: out = confirmed by the remote, in = stored here", m.forwarded.clone());
         registry.register("duomq_bridge_forwards_refused", "Forwards the remote refused (resent later)", m.refused.clone());
+        registry.register("duomq_draining", "1 while this live drains its group to other groups (POST /ha/drain)", m.draining.clone());
+        registry.register("duomq_drained_messages", "Messages a drain forwarded to its target groups and saw stored there", m.drained.clone());
         m
     }
 }
@@ -191,10 +197,6 @@ pub struct Metrics {
     pub fence_requests: Family<AdminRequestLabels, Counter>,
     /// Drain requests to this member's admin endpoint, by result.
     pub drain_requests: Family<AdminRequestLabels, Counter>,
-    /// 1 while this live drains its group (`POST /ha/drain`).
-    pub draining: Gauge,
-    /// Messages a drain forwarded to its target groups (settled here once stored there).
-    pub drained_messages: Counter,
     /// The `kubernetes` arbiter's renewals.
     pub lease: LeaseMetrics,
     /// The engine's limits: refusals, reclaimed destinations, slow subscribers.
@@ -248,8 +250,6 @@ impl Metrics {
             admin_fenced: Gauge::default(),
             fence_requests: Family::default(),
             drain_requests: Family::default(),
-            draining: Gauge::default(),
-            drained_messages: Counter::default(),
             lease,
             engine,
             cluster,
@@ -312,8 +312,6 @@ impl Metrics {
         registry.register("duomq_admin_fenced", "1 while this member is fenced by an admin request (POST /ha/fence)", m.admin_fenced.clone());
         registry.register("duomq_admin_fence_requests", "Fence and unfence requests to this member, by result", m.fence_requests.clone());
         registry.register("duomq_drain_requests", "Drain requests to this member, by result", m.drain_requests.clone());
-        registry.register("duomq_draining", "1 while this live drains its group to other groups (POST /ha/drain)", m.draining.clone());
-        registry.register("duomq_drained_messages", "Messages a drain forwarded to its target groups and saw stored there", m.drained_messages.clone());
         *m.registry.lock() = registry;
         (m, journal)
     }

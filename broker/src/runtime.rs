@@ -231,6 +231,8 @@ async fn serve_live(
     if let Some(network) = shared.state.network.write().take() {
         network.set_grouping(None);
     }
+    // A drain belongs to the term that was asked: the next live is asked again.
+    shared.metrics.network.draining.set(0);
     Ok(())
 }
 

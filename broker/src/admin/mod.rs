@@ -14,7 +14,7 @@ use crate::engine::queue::QueueKind;
 use crate::engine::Broker;
 use crate::ha::switchover::Switchover;
 use crate::metrics::{AdminRequestLabels, Metrics, SwitchoverLabels};
-use api::{AdminError, BrokerStatus, DestinationKind, FenceReply, FenceRequest, HaStatus, QueueStatus, Role, SwitchoverRequest, SyncState};
+use api::{AdminError, BrokerStatus, DestinationKind, DrainRequest, FenceReply, FenceRequest, HaStatus, QueueStatus, Role, SwitchoverRequest, SyncState};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -94,6 +94,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
         .route(api::METRICS, get(metrics))
         .route(api::SWITCHOVER, post(switchover))
         .route(api::FENCE, post(fence))
+        .route(api::DRAIN, post(drain))
         .with_state(state);
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
 }
@@ -141,8 +142,53 @@ async fn status(State(s): State<AdminState>) -> Json<BrokerStatus> {
         network: s.network.read().as_ref().filter(|n| !n.is_idle()).map(|n| n.status()),
         grouping: s.network.read().as_ref().and_then(|n| n.grouping()).map(|g| g.status()),
         admin_fenced: s.fence.is_fenced(),
-        drain: None,
+        drain: s.network.read().as_ref().and_then(|n| n.drain_status(open_connections(&s))),
     })
+}
+
+fn open_connections(s: &AdminState) -> u64 {
+    s.metrics.connections.get().max(0) as u64
+}
+
+/// `POST /ha/drain`: see [`api::DRAIN`]. Begins the drain on the live's bridges (or
+/// changes its targets) and answers its progress at once; asking again answers it anew.
+async fn drain(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    let refuse = |code: StatusCode, result: &'static str, error: String| {
+        s.metrics.drain_requests.get_or_create(&AdminRequestLabels { result }).inc();
+        (code, Json(AdminError { error })).into_response()
+    };
+    if let Err(e) = authorize(&s, api::DRAIN, &headers, &body) {
+        tracing::warn!(error = %e, "refused an unauthenticated drain request");
+        return refuse(StatusCode::UNAUTHORIZED, "unauthorized", e);
+    }
+    let request: DrainRequest = match serde_json::from_slice(&body) {
+        Ok(r) => r,
+        Err(e) => return refuse(StatusCode::BAD_REQUEST, "refused", format!("failed to read the request: {e}; expected {{\"targets\":[\"<group>\"]}}")),
+    };
+    let own = s.config.ha.group_name.clone();
+    if request.targets.is_empty() || request.targets.iter().any(|t| t.is_empty()) {
+        return refuse(StatusCode::BAD_REQUEST, "refused", "targets must name at least one group (ha.groupName; a standalone broker's node id)".into());
+    }
+    let role = *s.role.read();
+    let network = s.network.read().clone();
+    let Some(network) = network.filter(|_| role == Role::Live && !s.fence.is_fenced()) else {
+        let role = format!("{role:?}").to_lowercase();
+        tracing::info!(%role, "drain refused: not live");
+        return refuse(StatusCode::CONFLICT, "refused", format!("this member is {role}, not live: send the drain to the group's live"));
+    };
+    if let Some(me) = request.targets.iter().find(|t| **t == own || **t == *s.node_id.read()) {
+        return refuse(StatusCode::BAD_REQUEST, "refused", format!("{me} is this group: a drain moves messages to other groups"));
+    }
+    if network.begin_drain(request.targets.clone()) {
+        tracing::warn!(targets = ?request.targets, "draining: refusing clients, closing open connections and forwarding every queued message to the target groups");
+        s.metrics.drain_requests.get_or_create(&AdminRequestLabels { result: "started" }).inc();
+    } else {
+        s.metrics.drain_requests.get_or_create(&AdminRequestLabels { result: "progress" }).inc();
+    }
+    match network.drain_status(open_connections(&s)) {
+        Some(status) => Json(status).into_response(),
+        None => refuse(StatusCode::INTERNAL_SERVER_ERROR, "failed", "the drain did not begin".into()),
+    }
 }
 
 /// Checks an admin write's signature against the cluster password as configured now.

@@ -8,6 +8,7 @@
 
 pub mod accept;
 pub mod dedup;
+pub mod drain;
 pub mod memory;
 pub mod message;
 pub mod metrics;
@@ -151,6 +152,8 @@ pub struct Broker {
     /// Decides which group owns a message group cluster-wide (`grouping.handler`), while
     /// this broker is live; none: message groups are pinned per queue only.
     group_router: RwLock<Option<Arc<dyn accept::GroupRouter>>>,
+    /// Set when this live drains its group (`POST /ha/drain`); for this term only.
+    pub drain: Arc<drain::Drain>,
 }
 
 impl Broker {
@@ -210,6 +213,7 @@ impl Broker {
             consumer_changes: Arc::default(),
             own_records: parking_lot::Mutex::new(Vec::new()),
             group_router: RwLock::new(None),
+            drain: Arc::default(),
             config,
         });
         {
@@ -526,6 +530,19 @@ impl Broker {
     /// consumer existed anywhere).
     pub fn queues_with_undecided_groups(&self) -> Vec<Arc<Queue>> {
         self.queues.read().values().filter(|q| q.has_undecided_groups()).cloned().collect()
+    }
+
+    /// The names of the point-to-point queues.
+    pub fn queue_names(&self) -> Vec<String> {
+        let mut out: Vec<String> = self.queues.read().keys().filter(|k| !is_reserved(k)).map(|k| k.to_string()).collect();
+        out.sort();
+        out
+    }
+
+    /// Messages held in point-to-point queues: waiting and delivered but not acknowledged
+    /// (what a drain still has to move).
+    pub fn queued_messages(&self) -> u64 {
+        self.queues.read().values().map(|q| q.snapshot()).map(|s| (s.depth + s.in_flight) as u64).sum()
     }
 
     /// The names of every queue and topic.

@@ -157,6 +157,9 @@ impl ConsumerChanges {
 pub struct NetworkConsumer {
     pub priority: i8,
     pub accepts: Arc<NetworkFilter>,
+    /// Whether it may also be offered messages of groups bound to this broker or not
+    /// decided yet (then `accepts` decides): only while a drain moves every message away.
+    pub takes_bound_groups: Arc<dyn Fn() -> bool + Send + Sync>,
 }
 
 /// Whether a bridge may take a message (the message, and whether it is stranded here).
@@ -220,6 +223,7 @@ impl Consumer {
     /// here, and then only what their filter accepts.
     fn may_take(&self, message: &Message, owner: &GroupOwner, stranded: bool) -> bool {
         match (&self.network, owner) {
+            (Some(net), GroupOwner::Undecided | GroupOwner::Here) if (net.takes_bound_groups)() => (net.accepts)(message, stranded),
             (_, GroupOwner::Undecided) | (None, GroupOwner::Elsewhere(_)) | (Some(_), GroupOwner::Here) => false,
             (None, _) => true,
             (Some(net), _) => (net.accepts)(message, stranded),
@@ -1245,7 +1249,7 @@ mod tests {
 
     fn network_consumer(q: &Arc<Queue>, key: u64) -> mpsc::UnboundedReceiver<Outbound> {
         let (h, rx) = consumer(key, 10, AckMode::ClientIndividual);
-        q.add_network_consumer(h, NetworkConsumer { priority: -1, accepts: Arc::new(|_: &Message, _: bool| true) });
+        q.add_network_consumer(h, NetworkConsumer { priority: -1, accepts: Arc::new(|_: &Message, _: bool| true), takes_bound_groups: Arc::new(|| false) });
         rx
     }
 

@@ -178,12 +178,16 @@ impl Forwarder {
         if self.down_since.is_some() {
             return;
         }
-        let existing = if self.config.filters.included.is_empty() { Vec::new() } else { self.broker.destination_names() };
-        let wanted = demand::wanted(&self.config.own_group, remote, &existing, &self.config.filters);
+        let (wanted, demanded) = self.wanted_now(remote);
         for destination in &wanted {
             match self.subs.get_mut(destination) {
                 Some(sub) => sub.draining = false,
-                None => self.attach(destination),
+                None => {
+                    // Queues a drain forwards without demand rank below those with it, so
+                    // targets with consumers for a queue get its messages first.
+                    let priority = if demanded.binary_search(destination).is_ok() { self.config.priority } else { self.config.priority - 1 };
+                    self.attach(destination, priority)
+                }
             }
         }
         let now = Instant::now();
@@ -208,7 +212,28 @@ impl Forwarder {
         }
     }
 
-    fn attach(&mut self, destination: &str) {
+    /// The destinations to consume for the remote now, and those of them it has demand
+    /// for (both sorted). While the broker drains: a target gets every queue besides what
+    /// it asks for (whatever the filters say: nothing may be left behind), any other group
+    /// nothing.
+    fn wanted_now(&self, remote: &[DemandEntry]) -> (Vec<String>, Vec<String>) {
+        let drain = &self.broker.drain;
+        if drain.is_draining() {
+            if !drain.is_target(&self.peer_group.read()) {
+                return (Vec::new(), Vec::new());
+            }
+            let demanded = demand::wanted(&self.config.own_group, remote, &[], &Filters::default());
+            let mut wanted: Vec<String> = demanded.iter().cloned().chain(self.broker.queue_names()).collect();
+            wanted.sort();
+            wanted.dedup();
+            return (wanted, demanded);
+        }
+        let existing = if self.config.filters.included.is_empty() { Vec::new() } else { self.broker.destination_names() };
+        let wanted = demand::wanted(&self.config.own_group, remote, &existing, &self.config.filters);
+        (wanted.clone(), wanted)
+    }
+
+    fn attach(&mut self, destination: &str, priority: i8) {
         let target = match self.broker.resolve(destination) {
             Ok(t) => t,
             Err(e) => {
@@ -227,10 +252,15 @@ impl Forwarder {
         };
         let (own, peer, ttl) = (self.config.own_group.clone(), Arc::clone(&self.peer_group), self.config.network_ttl);
         let replay = self.config.replay_when_no_consumers;
+        let (drain, draining) = (Arc::clone(&self.broker.drain), Arc::clone(&self.broker.drain));
         let network = NetworkConsumer {
-            priority: self.config.priority,
+            priority,
+            takes_bound_groups: Arc::new(move || draining.is_draining()),
             accepts: Arc::new(move |m, stranded| {
                 let peer = peer.read();
+                if drain.is_draining() {
+                    return drain.carries(m, &peer);
+                }
                 // A group the grouping handler gave to a group: only towards it, however
                 // the message got here (the queue never offers us a group owned here).
                 if let Some(GroupOwner::Elsewhere(owner)) = m.group.as_ref().map(|g| g.owner()) {

@@ -123,6 +123,10 @@ async fn session(
                             f.apply_demand(&link.remote_demand.lock());
                         }
                     }
+                    ClusterFrame::Forward { seq, .. } if receive && broker.drain.is_draining() => {
+                        let reason = format!("group {} is draining and being removed: it takes no messages", net.identity.group);
+                        let _ = out.send(ClusterFrame::ForwardRefused { seq, reason });
+                    }
                     ClusterFrame::Forward { seq, persistent, destination, dedup_id, path, mut headers, body } if receive => {
                         headers.push((PATH_HEADER.to_string(), path.join(",")));
                         let incoming = Incoming { destination, headers, body, persistent, dedup_id: Some(dedup_id) };
@@ -139,6 +143,10 @@ async fn session(
                             if f.confirm(seq) {
                                 link.forwarded_out.fetch_add(1, Ordering::Relaxed);
                                 net.metrics_forwarded(link, "out");
+                                if broker.drain.is_target(&link.peer_group) {
+                                    broker.drain.count_forwarded();
+                                    net.metrics.drained.inc();
+                                }
                             }
                         }
                     }

@@ -16,7 +16,7 @@ pub mod forwarder;
 pub mod link;
 pub mod listener;
 
-use crate::admin::api::{ConnectorStatus, InboundLinkStatus, LinkState, LinkStatus, NetworkStatus};
+use crate::admin::api::{ConnectorStatus, DrainState, DrainStatus, InboundLinkStatus, LinkState, LinkStatus, NetworkStatus};
 use crate::cluster::frame::{ClusterFrame, DemandEntry};
 use crate::cluster::{ClientPeer, ClusterConn};
 use crate::config::connector_uri::UriKind;
@@ -228,6 +228,10 @@ impl Network {
     /// What to tell `link`'s remote we want: our consumers, and what other links' remotes
     /// want that may cross one more bridge.
     fn advertisement(&self, link: &Arc<LinkShared>) -> Vec<DemandEntry> {
+        if self.broker.drain.is_draining() {
+            // A group being removed asks for nothing: nobody here will consume it.
+            return Vec::new();
+        }
         let local = self.broker.local_demand();
         let others: Vec<(String, Vec<DemandEntry>)> = self
             .links
@@ -367,6 +371,58 @@ impl Network {
             })
             .collect();
         NetworkStatus { connectors, inbound }
+    }
+
+    /// Begins draining this live towards `targets` (see [`crate::engine::drain`]), or
+    /// changes them; whether it began just now. Every link advertises its (now empty)
+    /// demand again at once; forwarders take up every queue at their next refresh.
+    pub fn begin_drain(&self, targets: Vec<String>) -> bool {
+        let began = self.broker.drain.begin(targets);
+        self.metrics.draining.set(1);
+        self.relay.send_modify(|v| *v += 1);
+        began
+    }
+
+    /// The drain's progress, once one was asked for; `clients`: open client connections.
+    pub fn drain_status(&self, clients: u64) -> Option<DrainStatus> {
+        let drain = &self.broker.drain;
+        let targets = drain.targets()?;
+        let messages_left = self.broker.queued_messages();
+        // Links that forward from here: our connectors', and duplex links opened to us.
+        let forwarding = self.links.lock().iter().filter(|l| (!l.inbound || l.duplex) && drain.is_target(&l.peer_group)).count();
+        let (state, reason) = if messages_left == 0 && clients == 0 {
+            (DrainState::Drained, None)
+        } else if messages_left > 0 && forwarding == 0 {
+            (DrainState::Stuck, Some(self.unlinked_reason(&targets)))
+        } else {
+            (DrainState::Draining, None)
+        };
+        Some(DrainStatus { state, messages_left, forwarded: drain.forwarded(), targets: targets.to_vec(), reason })
+    }
+
+    /// Why no bridge to a target group is linked, in one line.
+    fn unlinked_reason(&self, targets: &[String]) -> String {
+        let wanted = targets.join(", ");
+        if self.connectors.is_empty() {
+            return format!(
+                "no bridge to {wanted} is linked: this broker has no network connector (network.connectors) and no duplex bridge from a target is linked to it"
+            );
+        }
+        let links: Vec<String> = self
+            .connectors
+            .iter()
+            .flat_map(|c| c.targets.iter().map(move |t| (c, t)))
+            .map(|(c, t)| {
+                let s = t.status.lock();
+                let what = match (&s.remote_group, &s.last_error) {
+                    (Some(group), _) if s.state == LinkState::Linked => format!("linked to group {group}, not a target"),
+                    (_, Some(error)) => format!("{:?}: {error}", s.state).to_lowercase(),
+                    _ => format!("{:?}", s.state).to_lowercase(),
+                };
+                format!("{} ({}) {what}", c.name, t.target)
+            })
+            .collect();
+        format!("no bridge to {wanted} is linked: {}", links.join("; "))
     }
 
     /// True when there is nothing to show (no connector, no inbound link).

@@ -87,6 +87,9 @@ pub enum FrameError {
     Persist(String),
     #[error("{0}")]
     Grouping(#[from] crate::engine::accept::RouteError),
+    /// The live drains its group (`POST /ha/drain`): see [`crate::engine::drain::refusal`].
+    #[error("{0}")]
+    Draining(String),
 }
 
 impl From<AcceptError> for FrameError {
@@ -226,6 +229,10 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ConnectionContext) 
         },
         _ = ctx.shutdown.cancelled() => return,
     };
+    if ctx.broker.drain.is_draining() {
+        let refusal = FrameError::Draining(crate::engine::drain::refusal(ctx.broker.group_name()));
+        return reject(&mut wr, &codec, &ctx, &refusal, connect.get("receipt")).await;
+    }
     let session = match handshake(&connect, &ctx.broker) {
         Ok(s) => s,
         Err(e) => return reject(&mut wr, &codec, &ctx, &e, connect.get("receipt")).await,
@@ -393,6 +400,8 @@ enum End {
     Idle(Duration),
     /// The broker is stopping.
     Shutdown,
+    /// The live began draining its group: clients go to another group.
+    Draining,
 }
 
 struct Subscription {
@@ -552,6 +561,7 @@ impl Connection {
                 }
                 _ = writer_done.cancelled() => return End::Gone,
                 _ = self.ctx.shutdown.cancelled() => return End::Shutdown,
+                _ = self.ctx.broker.drain.started() => return End::Draining,
             }
         }
     }
@@ -874,6 +884,12 @@ impl Connection {
                     .header("message", "broker is shutting down")
                     .with_body("broker is shutting down; reconnect to another member or retry later\n");
                 let _ = self.outbox.send(Outbound::Frame(f));
+            }
+            End::Draining => {
+                // What the journal holds is published (and drained) before the client goes.
+                let _ = self.drain().await;
+                tracing::debug!(%peer, "closing client connection: the group is draining");
+                self.send_error(&FrameError::Draining(crate::engine::drain::refusal(self.ctx.broker.group_name())), None);
             }
             End::Silent => {
                 tracing::info!(%peer, "dropping client: no heart-beat");
