@@ -149,35 +149,90 @@ _PREFIX = re.compile(r'sub_registry_with_prefix\(\s*"([a-zA-Z_:][a-zA-Z0-9_:]*)"
 _KINDS = {"Counter": "counter", "Gauge": "gauge", "Histogram": "histogram"}
 
 
-def _declared_kind(source: str, field: str) -> str | None:
-    """The metric type of `field` from its declaration (`field: Family<L, Counter>`,
-    `field: Gauge`, `let field = Histogram::new(..)`), or None when it cannot be told."""
+def _declaration(source: str, field: str) -> tuple[str, str] | None:
+    """The metric type of `field` and the text of its declaration (`field: Family<L,
+    Counter>`, `field: Gauge`, `let field = Histogram::new(..)`), or None when it cannot be
+    told."""
     for m in re.finditer(rf"\b{re.escape(field)}\s*(?::|=)\s*([^;{{\n]*)", source):
         found = [kind for name, kind in _KINDS.items() if re.search(rf"\b{name}\b", m.group(1))]
         if found:
-            return found[-1]  # Family<Labels, Counter>: the metric is the last type named
+            return found[-1], m.group(1)  # Family<Labels, Counter>: the metric is the last type named
     return None
 
 
-def source_metric_types(root: Path) -> tuple[dict[str, str], list[str]]:
-    """Metric families registered in the .rs files under `root`: name -> type, and the
-    registrations whose name or type could not be read (a problem for the caller)."""
-    families: dict[str, str] = {}
+def _label_struct_fields(sources: dict[Path, str], path: Path, struct: str) -> set[str] | None:
+    """The fields of `struct` (a prometheus-client label set: each field is a label), looked
+    up in `path` first, then in the other sources."""
+    pattern = re.compile(rf"\bstruct\s+{re.escape(struct)}\s*\{{([^}}]*)\}}")
+    for candidate in [path, *sources]:
+        m = pattern.search(sources[candidate])
+        if m:
+            body = re.sub(r"//[^\n]*", "", m.group(1))
+            return set(re.findall(r"(?:pub(?:\([^)]*\))?\s+)?(\w+)\s*:", body))
+    return None
+
+
+def source_metrics(root: Path) -> tuple[dict[str, tuple[str, set[str]]], list[str]]:
+    """Metric families registered in the .rs files under `root`: name -> (type, label
+    names), and the registrations whose type or labels could not be read (a problem for
+    the caller)."""
+    sources = {path: path.read_text() for path in sorted(root.rglob("*.rs"))}
+    families: dict[str, tuple[str, set[str]]] = {}
     unread: list[str] = []
-    for path in sorted(root.rglob("*.rs")):
-        source = path.read_text()
+    for path, source in sources.items():
         prefix = _PREFIX.search(source)
         for m in _REGISTER.finditer(source):
             name, value = m.group(1), m.group(2).strip()
             if prefix and not name.startswith(prefix.group(1)):
                 name = f"{prefix.group(1)}_{name}"
+            # The field is declared in the struct whose impl registers it (two structs of a
+            # file may both have a field of that name); else anywhere in the file.
+            owner = [o.group(1) for o in re.finditer(r"\bimpl(?:<[^>]*>)?\s+(\w+)", source[:m.start()])]
+            body = re.search(rf"\bstruct\s+{owner[-1]}\s*\{{([^}}]*)\}}", source) if owner else None
             field = value.split(".")[-1]
-            kind = _declared_kind(source, field)
-            if kind is None:
+            declared = (body and _declaration(body.group(1), field)) or _declaration(source, field)
+            if declared is None:
                 unread.append(f"{path.relative_to(REPO_ROOT)}: type of {name} ({value}) not found")
                 continue
-            families[name] = kind
+            kind, text = declared
+            labels: set[str] | None = set()
+            family = re.search(r"\bFamily\s*<\s*(\w+)\s*,", text)
+            if family:
+                labels = _label_struct_fields(sources, path, family.group(1))
+                if labels is None:
+                    unread.append(f"{path.relative_to(REPO_ROOT)}: label set {family.group(1)} of {name} not found")
+                    continue
+            families[name] = (kind, labels)
     return families, unread
+
+
+def source_metric_types(root: Path) -> tuple[dict[str, str], list[str]]:
+    """Like `source_metrics`, the types only."""
+    families, unread = source_metrics(root)
+    return {name: kind for name, (kind, _) in families.items()}, unread
+
+
+def series_labels(families: dict[str, tuple[str, set[str]]]) -> dict[str, set[str]]:
+    """Series name -> the label names the code gives it (a histogram's buckets add `le`)."""
+    out: dict[str, set[str]] = {}
+    for name, (kind, labels) in families.items():
+        for series in series_names({name: kind}):
+            out[series] = labels | ({"le"} if series.endswith("_bucket") else set())
+    return out
+
+
+_GROUPING = re.compile(r"\b(?:by|without|on|ignoring|group_left|group_right)\s*\(([^)]*)\)")
+_MATCHER = re.compile(r"([A-Za-z_][A-Za-z0-9_]*)\s*(?:=~|!~|!=|=)")
+
+
+def label_names_in(expr: str) -> set[str]:
+    """The label names a PromQL expression groups, matches or selects on: those of `by`,
+    `without`, `on`, `ignoring`, `group_left/right` and of every `{...}` matcher."""
+    bare = _STRING.sub('""', expr)
+    names = {label.strip() for m in _GROUPING.finditer(bare) for label in m.group(1).split(",") if label.strip()}
+    for selector in re.findall(r"\{([^}]*)\}", bare):
+        names.update(_MATCHER.findall(selector))
+    return names
 
 
 def series_names(families: dict[str, str]) -> set[str]:

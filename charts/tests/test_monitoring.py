@@ -47,12 +47,16 @@ VALUE_SETS = {
     },
 }
 
-#: Metrics from outside duomq that alerts and panels may use, and who serves them.
+#: Labels Prometheus gives every series of a target the PodMonitor or ServiceMonitor finds
+#: (the Prometheus Operator's own relabelings, and the PodMonitor's brokergroup and group).
+TARGET_LABELS = {"job", "instance", "namespace", "pod", "container", "endpoint", "service", "brokergroup", "group"}
+#: Metrics from outside duomq that alerts and panels may use (served by Prometheus itself
+#: for every target, by the kubelet's volume stats and by its cAdvisor), and their labels.
 EXTERNAL_METRICS = {
-    "up": "Prometheus, for every scrape target",
-    "kubelet_volume_stats_available_bytes": "the kubelet (volume stats)",
-    "kubelet_volume_stats_capacity_bytes": "the kubelet (volume stats)",
-    "container_memory_working_set_bytes": "the kubelet's cAdvisor",
+    "up": TARGET_LABELS,
+    "kubelet_volume_stats_available_bytes": {"namespace", "persistentvolumeclaim"},
+    "kubelet_volume_stats_capacity_bytes": {"namespace", "persistentvolumeclaim"},
+    "container_memory_working_set_bytes": {"namespace", "pod", "container"},
 }
 METRIC_PREFIXES = ("duomq_", "kubelet_", "container_", "up")
 
@@ -399,6 +403,20 @@ def known_series(broker_families) -> set[str]:
     return promcheck.series_names(broker_families) | promcheck.series_names(operator) | set(EXTERNAL_METRICS)
 
 
+@pytest.fixture(scope="module")
+def series_labels() -> dict[str, set[str]]:
+    """Series name -> the labels it carries once scraped: its own (from the code) and the
+    target's."""
+    labels = {name: set(names) for name, names in EXTERNAL_METRICS.items()}
+    for crate in ("broker", "operator"):
+        families, unread = promcheck.source_metrics(REPO_ROOT / crate / "src")
+        assert not unread, "\n".join(unread)
+        for series, own in promcheck.series_labels(families).items():
+            labels[series] = own | TARGET_LABELS
+    assert labels["duomq_bridge_linked"] >= {"connector"} and labels["duomq_operator_switchovers_total"] >= {"reason"}
+    return labels
+
+
 def test_given_broker_sources_when_read_should_register_what_a_real_broker_serves(broker_families):
     from_source, unread = promcheck.source_metric_types(REPO_ROOT / "broker" / "src")
     assert not unread, "\n".join(unread)
@@ -425,6 +443,27 @@ def test_given_alerts_and_panels_when_read_should_use_only_metrics_that_exist(kn
     assert len({m for _, m in used}) > 25, f"the metric name extraction found too little: {used}"
     missing = sorted({f"{where}: {metric}" for where, metric in used if metric not in known_series})
     assert not missing, "metrics no code serves:\n" + "\n".join(missing)
+
+
+def unknown_labels(expr: str, legend: str, series_labels: dict[str, set[str]]) -> set[str]:
+    """Labels an expression (or its legend) names that none of the series it selects has."""
+    metrics = promcheck.metric_names_in(expr, METRIC_PREFIXES)
+    allowed = set().union(*(series_labels.get(m, set()) for m in metrics)) if metrics else set()
+    named = promcheck.label_names_in(expr) | set(re.findall(r"\{\{\s*(\w+)\s*\}\}", legend))
+    return named - allowed
+
+
+def test_given_alerts_and_panels_when_read_should_group_and_match_only_on_labels_the_series_have(series_labels):
+    unknown = []
+    for name, rule in alerts(rule_groups()).items():
+        unknown.extend(f"alert {name}: {label}" for label in unknown_labels(rule["expr"], "", series_labels))
+    for panel in dashboard()["panels"]:
+        for target in panel.get("targets", []):
+            unknown.extend(f"panel {panel['title']!r}: {label}"
+                           for label in unknown_labels(target["expr"], target.get("legendFormat", ""), series_labels))
+    assert not unknown, "labels no selected series carries:\n" + "\n".join(sorted(unknown))
+    assert unknown_labels('sum by (queue) (duomq_bridge_linked{connector="a"})', "{{direction}}", series_labels) == {
+        "queue", "direction"}, "the label check must catch a label of another metric"
 
 
 def test_given_a_misspelt_metric_when_checked_should_be_reported(known_series):
