@@ -2,8 +2,8 @@
 
 - `check_rules` / `test_rules`: `promtool check rules` and `promtool test rules` (the
   promtool of Debian's `prometheus` package; scripts/test installs it) on rule groups.
-- `broker_metric_types`: the metric families a real `duomq-broker` serves at /metrics,
-  scraped from the binary started on loopback ports.
+- `broker_metrics_page`: what a real `duomq-broker` serves at /metrics, scraped from the
+  binary started on loopback ports (`parse_exposition_types`, `parse_sample_names` read it).
 - `source_metric_types`: the metric families registered in Rust sources (for the operator,
   whose /metrics needs a cluster), read from the `register("name", ..., field)` calls and
   the declared types of those fields.
@@ -109,10 +109,15 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-def broker_metric_types(binary: Path | None = None) -> dict[str, str]:
+def parse_sample_names(text: str) -> set[str]:
+    """The series names of the samples of a text exposition."""
+    return {re.split(r"[{ ]", line, maxsplit=1)[0] for line in text.splitlines() if line and not line.startswith("#")}
+
+
+def broker_metrics_page(binary: Path | None = None) -> str:
     """Starts the real broker (standalone, loopback ports, a temporary data directory),
-    scrapes its /metrics once and stops it. Every registered family is on the page, with
-    `# TYPE`, even before it has a sample."""
+    scrapes its /metrics once and stops it: the page. Every registered family is on it,
+    with `# TYPE`, even before it has a sample."""
     binary = binary or broker_binary()
     if not binary.is_file():
         raise PromCheckError(f"{binary} is missing: build it with `cargo build -p duomq-broker` "
@@ -132,7 +137,7 @@ def broker_metric_types(binary: Path | None = None) -> dict[str, str]:
                 while True:
                     try:
                         with urllib.request.urlopen(f"http://127.0.0.1:{admin}/metrics", timeout=5) as page:
-                            return parse_exposition_types(page.read().decode())
+                            return page.read().decode()
                     except OSError as e:
                         if broker.poll() is not None or time.monotonic() > deadline:
                             raise PromCheckError(f"the broker did not serve /metrics ({e}); its log:\n"

@@ -391,8 +391,13 @@ def test_given_no_live_alert_when_it_fires_should_say_which_group_and_what_to_ru
 # --- metrics that exist ----------------------------------------------------------------------
 
 @pytest.fixture(scope="module")
-def broker_families() -> dict[str, str]:
-    return promcheck.broker_metric_types()
+def broker_page() -> str:
+    return promcheck.broker_metrics_page()
+
+
+@pytest.fixture(scope="module")
+def broker_families(broker_page) -> dict[str, str]:
+    return promcheck.parse_exposition_types(broker_page)
 
 
 @pytest.fixture(scope="module")
@@ -426,6 +431,16 @@ def test_given_broker_sources_when_read_should_register_what_a_real_broker_serve
         f"{sorted(set(from_source.items()) ^ set(broker_families.items()))}"
     )
     assert broker_families["duomq_ha_live"] == "gauge" and broker_families["duomq_messages_in"] == "counter"
+
+
+def test_given_a_real_broker_page_when_read_should_name_its_samples_as_the_checks_expect(broker_page, broker_families):
+    samples = promcheck.parse_sample_names(broker_page)
+    expected = promcheck.series_names(broker_families)
+    assert samples <= expected, f"samples named otherwise than series_names() says: {sorted(samples - expected)}"
+    families, _ = promcheck.source_metrics(REPO_ROOT / "broker" / "src")
+    unlabelled = promcheck.series_names({name: kind for name, (kind, labels) in families.items() if not labels})
+    assert unlabelled <= samples, f"unlabelled series missing from the page: {sorted(unlabelled - samples)}"
+    assert {"duomq_messages_in_total", "duomq_journal_fsync_seconds_bucket", "duomq_ha_live"} <= samples
 
 
 def used_metrics() -> list[tuple[str, str]]:
