@@ -1,5 +1,6 @@
 //! The `duomq-broker` command: run the broker, print its default config, send or receive
-//! messages as a client, ask a live for a switchover, and salvage a damaged journal.
+//! messages as a client, ask a live for a switchover, fence a member or drain a group, and
+//! salvage a damaged journal.
 
 mod cli;
 
@@ -42,6 +43,12 @@ enum Command {
     /// Hand a group's live role to an in-sync backup, with nothing lost (try `switchover --help`).
     #[command(long_about = cli::SWITCHOVER_LONG_ABOUT)]
     Switchover(cli::SwitchoverArgs),
+    /// Fence a member of a group, or unfence it (try `fence --help`).
+    #[command(long_about = cli::FENCE_LONG_ABOUT)]
+    Fence(cli::FenceArgs),
+    /// Drain a group into other groups before removing it (try `drain --help`).
+    #[command(long_about = cli::DRAIN_LONG_ABOUT)]
+    Drain(cli::DrainArgs),
     /// Repair a stopped broker's journal after damage (try `journal salvage --help`).
     Journal(cli::JournalArgs),
 }
@@ -84,6 +91,8 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Send(args) => client_runtime()?.block_on(cli::send(args)),
         Command::Receive(args) => client_runtime()?.block_on(cli::receive(args)),
         Command::Switchover(args) => client_runtime()?.block_on(cli::switchover(args)),
+        Command::Fence(args) => client_runtime()?.block_on(cli::fence(args)),
+        Command::Drain(args) => client_runtime()?.block_on(cli::drain(args)),
         Command::Journal(args) => cli::journal(args),
     }
 }

@@ -87,6 +87,9 @@ fn given_a_fenced_replication_backup_should_stop_replicating_never_take_over_and
     assert_eq!(code, 401, "{reply}");
     assert_eq!(b.status().unwrap()["role"], "backup");
 
+    let (code, reply) = b.admin_post("/ha/drain", r#"{"targets":["g2"]}"#, Some(PASSWORD));
+    assert_eq!(code, 409, "a backup does not drain: {reply}");
+
     let reply = fence(&b, FENCE_ON);
     assert_eq!((&reply["node"], &reply["fenced"]), (&"node-b".into(), &true.into()), "{reply}");
     wait_admin_fenced(&b);
@@ -183,7 +186,12 @@ fn given_a_fenced_shared_store_backup_should_leave_the_lock_alone_until_unfenced
     a.kill9();
     assert_stays_fenced(&b);
 
-    fence(&b, UNFENCE);
+    // Unfenced with the CLI, it takes the free lock and serves what the live stored.
+    let password = root.path().join("password");
+    std::fs::write(&password, format!("{PASSWORD}\n")).unwrap();
+    let admin = format!("{}:{}", b.ip, b.admin);
+    let out = cli(&["fence", "--admin", &admin, "--unfence", "--password-file", &password.display().to_string()]).output().unwrap();
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     b.wait_live();
     receive_all(&failover_url(&[&b]), "/queue/kept", 100);
 }

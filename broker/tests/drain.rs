@@ -6,6 +6,7 @@
 
 mod common;
 
+use common::cluster::Member;
 use common::{cli, eventually, free_port, receive_all, Broker, Conn, FRAME_TIMEOUT};
 use duomq_broker::stomp::{Command, Frame};
 use serde_json::Value;
@@ -165,4 +166,49 @@ fn given_the_draining_live_killed_mid_drain_should_lose_nothing_and_complete_whe
     let summary = receive_all(&url(&a), "/queue/moving", N);
     assert!(summary.contains(" 0 duplicates"), "{summary}");
     assert_eq!(a.queue_depth("/queue/moving"), 0, "nothing stored twice");
+}
+
+#[test]
+fn given_a_replicated_group_whose_live_dies_mid_drain_should_refuse_the_backup_and_finish_from_the_new_live_with_the_cli() {
+    const N: usize = 10_000;
+    let ca = free_port();
+    let a = node("a", ca, None);
+    let root = tempfile::Builder::new().prefix("duomq-drain-pair-").tempdir().unwrap();
+    std::fs::write(root.path().join("password"), format!("{PASSWORD}\n")).unwrap();
+    let password = root.path().join("password").display().to_string();
+    let to_a = format!("network:\n  connectors:\n    - name: to-a\n      uri: tcp://127.0.0.1:{ca}\n");
+    let mut b0 = Member::new(root.path(), "b0");
+    let mut b1 = Member::new(root.path(), "b1");
+    b0.start(&[b1.peer()], "primary", &to_a, root.path(), "gb", "password");
+    b0.wait_live();
+    b1.start(&[b0.peer()], "backup", &to_a, root.path(), "gb", "password");
+    b1.wait_synced_backup();
+    let linked = |m: &Member| m.wait_for("to-a linked", |s| s["network"]["connectors"][0]["links"][0]["state"] == "linked");
+    linked(&b0);
+    let url_b = format!("failover:(stomp://{},stomp://{})", b0.stomp_addr(), b1.stomp_addr());
+    let out = cli(&["send", "--url", &url_b, "--destination", "/queue/pair", "--count", &N.to_string(), "--size", "512", "--persistent", "--receipts", "--window", "64"])
+        .output()
+        .expect("run producer");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let admin = |m: &Member| format!("{}:{}", m.ip, m.admin);
+    let out = cli(&["drain", "--admin", &admin(&b1), "--target", "a", "--password-file", &password]).output().expect("run drain");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && said.contains("not live"), "a backup refuses: {said}");
+
+    let (code, reply) = b0.admin_post(DRAIN, r#"{"targets":["a"]}"#, Some(PASSWORD));
+    assert_eq!(code, 200, "{reply}");
+    b0.wait_for("some forwarded", |s| s["drain"]["forwarded"].as_u64().unwrap_or(0) >= 500);
+    b0.kill9();
+    b1.wait_live();
+    assert!(b1.status().unwrap()["drain"].is_null(), "a drain is the live term's: the new live is asked again");
+    linked(&b1);
+    let out = cli(&["drain", "--admin", &admin(&b1), "--target", "a", "--password-file", &password, "--timeout", "2m"])
+        .output()
+        .expect("run drain");
+    let said = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && said.contains("drained: 0 messages left"), "{said}");
+    let summary = receive_all(&url(&a), "/queue/pair", N);
+    assert!(summary.contains(" 0 duplicates"), "{summary}");
+    assert_eq!(a.queue_depth("/queue/pair"), 0, "nothing stored twice");
 }

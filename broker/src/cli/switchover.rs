@@ -42,37 +42,51 @@ pub struct SwitchoverArgs {
 }
 
 pub async fn switchover(args: SwitchoverArgs) -> anyhow::Result<()> {
-    let password = std::fs::read_to_string(&args.password_file)
-        .with_context(|| format!("failed to read the cluster password from {}", args.password_file.display()))?;
-    let password = password.trim_end_matches(['\n', '\r']);
     let body = serde_json::to_vec(&SwitchoverRequest { to: args.to.clone() }).context("failed to encode the request")?;
-    let signature = auth::sign(password.as_bytes(), "POST", SWITCHOVER, &body, auth::unix_now());
-    let (status, reply) = tokio::time::timeout(REPLY_TIMEOUT, post(&args.admin, &signature, &body))
+    let reply = signed_post(&args.admin, SWITCHOVER, &args.password_file, &body, REPLY_TIMEOUT).await;
+    let done: SwitchoverReply = match reply? {
+        Ok(answer) => serde_json::from_slice(&answer).context("failed to read the live's answer")?,
+        Err((409, error)) => bail!("switchover refused, nothing changed: {error}"),
+        Err((401, error)) => bail!("switchover not authorized: {error}"),
+        Err((status, error)) => bail!("switchover failed (HTTP {status}): {error}"),
+    };
+    println!("{} handed the live role to {} (epoch {})", done.from, done.to, done.epoch);
+    Ok(())
+}
+
+/// Signs `body` with the cluster password in `password_file` and posts it to `path` on the
+/// admin endpoint `admin`: the 200 answer's body, or the status code and the error it gave.
+pub(super) async fn signed_post(
+    admin: &str,
+    path: &str,
+    password_file: &std::path::Path,
+    body: &[u8],
+    timeout: Duration,
+) -> anyhow::Result<Result<Vec<u8>, (u16, String)>> {
+    let password = std::fs::read_to_string(password_file)
+        .with_context(|| format!("failed to read the cluster password from {}", password_file.display()))?;
+    let password = password.trim_end_matches(['\n', '\r']);
+    let signature = auth::sign(password.as_bytes(), "POST", path, body, auth::unix_now());
+    let (status, reply) = tokio::time::timeout(timeout, post(admin, path, &signature, body))
         .await
-        .with_context(|| format!("{} did not answer within {REPLY_TIMEOUT:?}", args.admin))??;
+        .with_context(|| format!("{admin} did not answer within {timeout:?}"))??;
     if status == 200 {
-        let done: SwitchoverReply = serde_json::from_slice(&reply).context("failed to read the live's answer")?;
-        println!("{} handed the live role to {} (epoch {})", done.from, done.to, done.epoch);
-        return Ok(());
+        return Ok(Ok(reply));
     }
     let error = serde_json::from_slice::<AdminError>(&reply)
         .map(|e| e.error)
         .unwrap_or_else(|_| String::from_utf8_lossy(&reply).trim().to_string());
-    match status {
-        409 => bail!("switchover refused, nothing changed: {error}"),
-        401 => bail!("switchover not authorized: {error}"),
-        _ => bail!("switchover failed (HTTP {status}): {error}"),
-    }
+    Ok(Err((status, error)))
 }
 
-/// One `POST /ha/switchover` over HTTP/1.1 with `Connection: close`: the status code and body.
-async fn post(admin: &str, signature: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
+/// One `POST` of an admin write over HTTP/1.1 with `Connection: close`: the status code and body.
+async fn post(admin: &str, path: &str, signature: &str, body: &[u8]) -> anyhow::Result<(u16, Vec<u8>)> {
     let mut stream = tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect(admin))
         .await
         .with_context(|| format!("failed to connect to {admin} within {CONNECT_TIMEOUT:?}"))?
         .with_context(|| format!("failed to connect to the admin endpoint {admin}"))?;
     let head = format!(
-        "POST {SWITCHOVER} HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}: {signature}\r\nConnection: close\r\n\r\n",
+        "POST {path} HTTP/1.1\r\nHost: {admin}\r\nContent-Type: application/json\r\nContent-Length: {}\r\n{}: {signature}\r\nConnection: close\r\n\r\n",
         body.len(),
         auth::SIGNATURE_HEADER
     );
