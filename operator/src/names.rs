@@ -16,6 +16,8 @@ pub const LABEL_GROUP: &str = "duomq.io/group";
 pub const LABEL_ROLE: &str = "duomq.io/role";
 pub const ROLE_LIVE: &str = "live";
 pub const ROLE_BACKUP: &str = "backup";
+/// The live of a group being drained before removal: out of the client Service.
+pub const ROLE_DRAINING: &str = "draining";
 
 pub const APP_NAME: &str = "duomq-broker";
 pub const COMPONENT_BROKER: &str = "broker";
@@ -124,6 +126,11 @@ pub const REVISION_LABEL: &str = "controller-revision-hash";
 /// The group's arbiter Lease.
 pub fn lease(group: &str) -> String {
     group.to_string()
+}
+
+/// The journal claim a StatefulSet makes for member `pod` (its volume claim template `data`).
+pub fn journal_claim(pod: &str) -> String {
+    format!("data-{pod}")
 }
 
 pub fn shared_claim(group: &str) -> String {

@@ -9,6 +9,7 @@ use thiserror::Error;
 
 use crate::api::{BrokerGroup, BrokerGroupSpec, HaMode, LayoutKind, NetworkConnectorSpec};
 use crate::names;
+use crate::status::reason::{Problem, Reason};
 
 /// Why a spec cannot be rendered. The controller shows it as a `Degraded` condition and an
 /// event, and waits for the spec to change instead of retrying.
@@ -23,12 +24,11 @@ pub enum InvalidSpec {
 }
 
 impl InvalidSpec {
-    /// PascalCase reason for conditions and events.
-    pub fn reason(&self) -> &'static str {
+    /// The reason for the Degraded condition and the Warning event.
+    pub fn reason(&self) -> Reason {
         match self {
-            InvalidSpec::Rule { .. } => "InvalidSpec",
-            InvalidSpec::NoNamespace => "InvalidSpec",
-            InvalidSpec::CredentialsKeyMissing { .. } => "InvalidCredentials",
+            InvalidSpec::Rule { .. } | InvalidSpec::NoNamespace => Reason::InvalidSpec,
+            InvalidSpec::CredentialsKeyMissing { .. } => Reason::InvalidCredentials,
         }
     }
 }
@@ -50,6 +50,10 @@ pub struct Dependencies {
     /// sharedDatabase: the keys of the database URL Secret and of the CA Secret that exist,
     /// by Secret name. `None` when they were not looked up (offline rendering).
     pub database_secrets: Option<BTreeMap<String, BTreeSet<String>>>,
+    /// The groups whose StatefulSet exists, by name, with the size their journal claim
+    /// template asks for (`None` for a group without one: shared store or database). Empty
+    /// when rendering offline.
+    pub existing_groups: BTreeMap<String, Option<String>>,
 }
 
 /// What the operator read of a Secret a network connector authenticates with: its keys and
@@ -89,6 +93,14 @@ pub struct GroupModel {
     /// hostPairs: the node this group's live belongs on, and both nodes of its pair.
     pub primary_node: Option<String>,
     pub pair_nodes: Vec<String>,
+    /// Beyond `spec.groups` but still there: being drained into the other groups before it
+    /// is deleted (safe scale-down). Rendered as before until it is empty, so that nothing
+    /// about it changes while it drains.
+    pub draining: bool,
+    /// The journal claim size its StatefulSet's template asks for: the existing one's (a
+    /// template cannot change; the claims grow and the StatefulSet is recreated instead),
+    /// or `storage.size` for a new one.
+    pub journal_size: String,
 }
 
 /// A connector the brokers of this BrokerGroup open to another group.
@@ -123,15 +135,15 @@ pub struct ValidatedBrokerGroup {
     pub credentials: ClusterCredentials,
     /// Connectors to outside this BrokerGroup (every member opens all of them).
     pub external_connectors: Vec<ConnectorModel>,
-    /// Network connector targets named in the spec that do not exist (yet).
-    pub missing_targets: Vec<String>,
-    /// Network connectors left out or likely refused, as (reason, message) for the Degraded
-    /// condition: a password Secret that does not exist or lacks its key, a connected
-    /// BrokerGroup whose cluster user differs from this one's.
-    pub connector_problems: Vec<(String, String)>,
-    /// sharedDatabase: the URL or CA Secret does not exist or lacks its key, as (reason,
-    /// message). Rendered anyway: the pods wait for the Secret, as for a users Secret.
-    pub database_problems: Vec<(String, String)>,
+    /// What does not stop rendering but needs attention, for the Degraded condition:
+    /// connector targets that do not exist yet, connectors left out or likely refused (a
+    /// password Secret missing or lacking its key, another cluster user), a database Secret
+    /// missing (the pods wait for it), a garbled annotation.
+    pub problems: Vec<Problem>,
+    /// Annotation `duomq.io/hibernation: on`: every StatefulSet is rendered with no pod.
+    pub hibernate: bool,
+    /// Annotation `duomq.io/fenced-members`: member pods to fence.
+    pub fenced: BTreeSet<String>,
 }
 
 /// A `masterslave:(…)` list of a group's members on the cluster port.
@@ -145,8 +157,25 @@ pub fn masterslave_uri(hosts: impl IntoIterator<Item = String>, cluster_port: i3
 
 /// Models of every group of a BrokerGroup spec named `bg` in `namespace`.
 pub fn group_models(bg: &str, namespace: &str, spec: &BrokerGroupSpec) -> Vec<GroupModel> {
+    groups_with_existing(bg, namespace, spec, &BTreeMap::new())
+}
+
+/// [`group_models`] plus the groups beyond `spec.groups` that still exist (`draining`), each
+/// with the journal size of its existing StatefulSet.
+fn groups_with_existing(
+    bg: &str,
+    namespace: &str,
+    spec: &BrokerGroupSpec,
+    existing: &BTreeMap<String, Option<String>>,
+) -> Vec<GroupModel> {
     let members_per_group = 1 + spec.backups_per_group.max(0) as usize;
-    (0..spec.groups.max(0) as usize)
+    let wanted = spec.groups.max(0) as usize;
+    // Removed groups are the highest-numbered ones: keep every one up to the last that exists.
+    let count = (wanted..wanted + 64)
+        .filter(|i| existing.contains_key(&names::group_name(bg, *i)))
+        .max()
+        .map_or(wanted, |last| last + 1);
+    (0..count)
         .map(|index| {
             let name = names::group_name(bg, index);
             let members: Vec<MemberModel> = (0..members_per_group)
@@ -166,6 +195,11 @@ pub fn group_models(bg: &str, namespace: &str, spec: &BrokerGroupSpec) -> Vec<Gr
                 },
                 LayoutKind::Spread => (None, Vec::new()),
             };
+            let journal_size = existing
+                .get(&name)
+                .cloned()
+                .flatten()
+                .unwrap_or_else(|| spec.storage.size.clone());
             GroupModel {
                 index,
                 preferred_live: members[0].pod.clone(),
@@ -173,6 +207,8 @@ pub fn group_models(bg: &str, namespace: &str, spec: &BrokerGroupSpec) -> Vec<Gr
                 members,
                 primary_node,
                 pair_nodes,
+                draining: index >= wanted,
+                journal_size,
             }
         })
         .collect()
@@ -198,7 +234,27 @@ pub fn validate(
     let name = bg.name_any();
     let namespace = bg.namespace().ok_or(InvalidSpec::NoNamespace)?;
     let spec = bg.spec.clone();
-    let groups = group_models(&name, &namespace, &spec);
+    let groups = groups_with_existing(&name, &namespace, &spec, &deps.existing_groups);
+    let mut problems = Vec::new();
+    let hibernate = match bg.annotations().get(names::HIBERNATION_ANNOTATION).map(|v| v.trim()) {
+        None | Some("") => false,
+        Some(v) if v == names::HIBERNATION_ON => true,
+        Some(v) if v == names::HIBERNATION_OFF => false,
+        Some(other) => {
+            problems.push(Problem::new(
+                Reason::InvalidAnnotation,
+                format!("annotation {}: {other:?} is neither {} nor {}; the BrokerGroup is left running", names::HIBERNATION_ANNOTATION, names::HIBERNATION_ON, names::HIBERNATION_OFF),
+            ));
+            false
+        }
+    };
+    let fenced = match fenced_members(bg, &groups) {
+        Ok(fenced) => fenced,
+        Err(message) => {
+            problems.push(Problem::new(Reason::InvalidAnnotation, message));
+            BTreeSet::new()
+        }
+    };
 
     let credentials = match (&spec.ha.cluster_credentials_secret, &deps.cluster_secret) {
         (Some(secret), Some(data)) => ClusterCredentials {
@@ -231,8 +287,6 @@ pub fn validate(
     };
 
     let mut external_connectors = Vec::new();
-    let mut missing_targets = Vec::new();
-    let mut connector_problems = Vec::new();
     for c in &spec.network_connectors {
         match (&c.broker_group, &c.uri) {
             (_, Some(uri)) => {
@@ -245,7 +299,7 @@ pub fn validate(
                     .as_ref()
                     .and_then(|p| secret_problem(deps, p, None))
                 {
-                    connector_problems.push(problem);
+                    problems.push(problem);
                     continue;
                 }
                 external_connectors.push(ConnectorModel {
@@ -270,8 +324,8 @@ pub fn validate(
                     {
                         // A user mismatch still renders: the link's refusal then shows in the
                         // NetworkLinked condition too.
-                        let left_out = problem.0 != "ConnectorUserMismatch" && !generated;
-                        connector_problems.push(problem);
+                        let left_out = problem.reason != Reason::ConnectorUserMismatch && !generated;
+                        problems.push(problem);
                         if left_out {
                             continue;
                         }
@@ -288,13 +342,16 @@ pub fn validate(
                         });
                     }
                 }
-                None => missing_targets.push(target.clone()),
+                None => problems.push(Problem::new(
+                    Reason::ConnectorTargetMissing,
+                    format!("network connector target BrokerGroup {target} does not exist in namespace {namespace}"),
+                )),
             },
             (None, None) => {} // rejected by the CEL rule above
         }
     }
 
-    let database_problems = database_problems(&spec, deps);
+    problems.extend(database_problems(&spec, deps));
     Ok(ValidatedBrokerGroup {
         uid: bg.metadata.uid.clone(),
         name,
@@ -303,15 +360,37 @@ pub fn validate(
         groups,
         credentials,
         external_connectors,
-        missing_targets,
-        connector_problems,
-        database_problems,
+        problems,
+        hibernate,
+        fenced,
     })
+}
+
+/// The members listed in the `duomq.io/fenced-members` annotation (a JSON list of pod
+/// names, CloudNativePG's format), each checked to be a member of one of `groups`.
+fn fenced_members(bg: &BrokerGroup, groups: &[GroupModel]) -> Result<BTreeSet<String>, String> {
+    let key = names::FENCED_MEMBERS_ANNOTATION;
+    let Some(text) = bg.annotations().get(key).filter(|t| !t.trim().is_empty()) else {
+        return Ok(BTreeSet::new());
+    };
+    let listed: Vec<String> = serde_json::from_str(text).map_err(|e| {
+        format!("annotation {key}: {text:?} is not a JSON list of pod names ({e}); nothing is fenced until it is, e.g. [\"{}-g0-1\"]", bg.name_any())
+    })?;
+    let members: BTreeSet<&str> = groups
+        .iter()
+        .flat_map(|g| g.members.iter().map(|m| m.pod.as_str()))
+        .collect();
+    if let Some(stranger) = listed.iter().find(|p| !members.contains(p.as_str())) {
+        return Err(format!(
+            "annotation {key}: {stranger} is not a member of this BrokerGroup; nothing is fenced until the list names members only"
+        ));
+    }
+    Ok(listed.into_iter().collect())
 }
 
 /// The Secrets sharedDatabase mounts that are missing or lack their key. A broker pod
 /// mounts them without `optional`, so such a pod does not start until they are there.
-fn database_problems(spec: &BrokerGroupSpec, deps: &Dependencies) -> Vec<(String, String)> {
+fn database_problems(spec: &BrokerGroupSpec, deps: &Dependencies) -> Vec<Problem> {
     let (Some(found), Some(db)) = (&deps.database_secrets, &spec.ha.database) else {
         return Vec::new();
     };
@@ -333,12 +412,7 @@ fn database_problems(spec: &BrokerGroupSpec, deps: &Dependencies) -> Vec<(String
             Some(keys) if !keys.contains(key) => Some(format!("{what} Secret {name} has no key {key}: the broker pods wait for it; add the key or set the secretRef's key")),
             Some(_) => None,
         })
-        .map(|message| {
-            (
-                crate::status::database::DATABASE_SECRET_MISSING.to_string(),
-                message,
-            )
-        })
+        .map(|message| Problem::new(Reason::DatabaseSecretMissing, message))
         .collect()
 }
 
@@ -380,25 +454,25 @@ fn secret_problem(
     deps: &Dependencies,
     password: &ConnectorPassword,
     user: Option<&str>,
-) -> Option<(String, String)> {
+) -> Option<Problem> {
     let secrets = deps.connector_secrets.as_ref()?;
     let (name, key) = (&password.secret, &password.key);
     let Some(found) = secrets.get(name) else {
-        return Some((
-            "ConnectorSecretMissing".into(),
+        return Some(Problem::new(
+            Reason::ConnectorSecretMissing,
             format!("network connector {}: Secret {name} does not exist (a named Secret's connector is left out until it does; pods wait for a generated one)", password.spec_name),
         ));
     };
     if !found.keys.contains(key) {
-        return Some((
-            "ConnectorSecretMissing".into(),
+        return Some(Problem::new(
+            Reason::ConnectorSecretMissing,
             format!("network connector {}: Secret {name} has no key {key}; the connector is left out until it has", password.spec_name),
         ));
     }
     let theirs = found.user.as_deref().unwrap_or(names::DEFAULT_CLUSTER_USER);
     match user {
-        Some(ours) if ours != theirs => Some((
-            "ConnectorUserMismatch".into(),
+        Some(ours) if ours != theirs => Some(Problem::new(
+            Reason::ConnectorUserMismatch,
             format!("network connector {}: the remote's cluster user is {theirs} but this BrokerGroup's is {ours}; a link presents this BrokerGroup's user with the remote's password, so the remote refuses it: use one cluster user in both", password.spec_name),
         )),
         _ => None,
@@ -509,11 +583,12 @@ mod tests {
             .collect();
         assert_eq!(names, rendered);
         let got: Vec<&str> = v
-            .connector_problems
+            .problems
             .iter()
-            .map(|(reason, _)| reason.as_str())
+            .filter(|p| p.reason != Reason::ConnectorTargetMissing)
+            .map(|p| p.reason.as_str())
             .collect();
-        assert_eq!(got, reasons, "{:?}", v.connector_problems);
+        assert_eq!(got, reasons, "{:?}", v.problems);
     }
 
     #[test]
@@ -571,15 +646,10 @@ mod tests {
             ..Dependencies::default()
         };
         let v = validate(&bg, &deps).unwrap();
-        assert_eq!(
-            v.database_problems.len(),
-            expected.len(),
-            "{:?}",
-            v.database_problems
-        );
-        for ((reason, message), start) in v.database_problems.iter().zip(expected) {
-            assert_eq!(reason, "DatabaseSecretMissing");
-            assert!(message.starts_with(start), "{message}");
+        assert_eq!(v.problems.len(), expected.len(), "{:?}", v.problems);
+        for (p, start) in v.problems.iter().zip(expected) {
+            assert_eq!(p.reason, Reason::DatabaseSecretMissing);
+            assert!(p.message.starts_with(start), "{}", p.message);
         }
         let offline = validate(
             &bg,
@@ -590,7 +660,7 @@ mod tests {
         )
         .unwrap();
         assert!(
-            offline.database_problems.is_empty(),
+            offline.problems.is_empty(),
             "not looked up: assumed to exist"
         );
     }

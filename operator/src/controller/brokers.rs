@@ -6,8 +6,11 @@
 use std::time::Duration;
 
 use duomq_broker::admin::api::{
-    AdminError, BrokerStatus, SwitchoverReply, SwitchoverRequest, STATUS, SWITCHOVER,
+    AdminError, BrokerStatus, DrainRequest, DrainStatus, FenceReply, FenceRequest, SwitchoverReply,
+    SwitchoverRequest, DRAIN, FENCE, STATUS, SWITCHOVER,
 };
+use serde::de::DeserializeOwned;
+use serde::Serialize;
 use duomq_broker::admin::auth;
 use futures::future::BoxFuture;
 use http_body_util::{BodyExt, Full};
@@ -38,6 +41,29 @@ pub trait BrokerStatusSource: Send + Sync {
         _password: &'a str,
     ) -> BoxFuture<'a, Result<SwitchoverReply, String>> {
         Box::pin(async move { Err(format!("cannot ask {ip}:{port} for a switchover")) })
+    }
+    /// Asks the live at `ip:port` to drain into the `targets` groups (`POST /ha/drain`);
+    /// answers its progress.
+    fn drain<'a>(
+        &'a self,
+        ip: &'a str,
+        port: u16,
+        _targets: &'a [String],
+        _password: &'a str,
+    ) -> BoxFuture<'a, Result<DrainStatus, String>> {
+        Box::pin(async move { Err(format!("cannot ask {ip}:{port} to drain")) })
+    }
+    /// Fences (`fenced`) or unfences the member at `ip:port` (`POST /ha/fence`); `force`
+    /// fences even a live.
+    fn fence<'a>(
+        &'a self,
+        ip: &'a str,
+        port: u16,
+        _fenced: bool,
+        _force: bool,
+        _password: &'a str,
+    ) -> BoxFuture<'a, Result<FenceReply, String>> {
+        Box::pin(async move { Err(format!("cannot ask {ip}:{port} to fence")) })
     }
 }
 
@@ -101,31 +127,28 @@ impl HttpBrokerStatus {
         serde_json::from_slice(&body).map_err(|e| format!("failed to parse /status: {e}"))
     }
 
-    async fn post_switchover(
+    /// `POST`s `request` as JSON to `path`, signed with the cluster `password`; the reply,
+    /// or the status and the broker's one-line error.
+    async fn post_signed<Req: Serialize, Rep: DeserializeOwned>(
         &self,
         ip: &str,
         port: u16,
-        to: &str,
+        path: &str,
+        request: &Req,
         password: &str,
-    ) -> Result<SwitchoverReply, String> {
-        let body = serde_json::to_vec(&SwitchoverRequest { to: to.into() })
+    ) -> Result<Rep, String> {
+        let body = serde_json::to_vec(request)
             .map_err(|e| format!("failed to encode the request: {e}"))?;
-        let signature = auth::sign(
-            password.as_bytes(),
-            "POST",
-            SWITCHOVER,
-            &body,
-            auth::unix_now(),
-        );
-        let request = hyper::Request::post(uri(ip, port, SWITCHOVER)?)
+        let signature = auth::sign(password.as_bytes(), "POST", path, &body, auth::unix_now());
+        let request = hyper::Request::post(uri(ip, port, path)?)
             .header(hyper::header::CONTENT_TYPE, "application/json")
             .header(auth::SIGNATURE_HEADER, signature)
             .body(Full::new(Bytes::from(body)))
             .map_err(|e| format!("failed to build the request: {e}"))?;
-        let (status, body) = self.send(request, SWITCHOVER).await?;
+        let (status, body) = self.send(request, path).await?;
         if status.is_success() {
             return serde_json::from_slice(&body)
-                .map_err(|e| format!("failed to parse the switchover reply: {e}"));
+                .map_err(|e| format!("failed to parse the reply to {path}: {e}"));
         }
         let error = serde_json::from_slice::<AdminError>(&body)
             .map(|e| e.error)
@@ -134,14 +157,20 @@ impl HttpBrokerStatus {
     }
 }
 
+/// `call`, or an error once `limit` has passed without an answer.
+async fn within<T>(
+    limit: Duration,
+    call: impl std::future::Future<Output = Result<T, String>>,
+) -> Result<T, String> {
+    match tokio::time::timeout(limit, call).await {
+        Ok(result) => result,
+        Err(_) => Err(format!("no answer within {limit:?}")),
+    }
+}
+
 impl BrokerStatusSource for HttpBrokerStatus {
     fn fetch<'a>(&'a self, ip: &'a str, port: u16) -> BoxFuture<'a, Result<BrokerStatus, String>> {
-        Box::pin(async move {
-            match tokio::time::timeout(FETCH_TIMEOUT, self.get(ip, port)).await {
-                Ok(result) => result,
-                Err(_) => Err(format!("no answer within {FETCH_TIMEOUT:?}")),
-            }
-        })
+        Box::pin(within(FETCH_TIMEOUT, self.get(ip, port)))
     }
 
     fn switchover<'a>(
@@ -151,12 +180,41 @@ impl BrokerStatusSource for HttpBrokerStatus {
         to: &'a str,
         password: &'a str,
     ) -> BoxFuture<'a, Result<SwitchoverReply, String>> {
+        let request = SwitchoverRequest { to: to.into() };
         Box::pin(async move {
-            let call = self.post_switchover(ip, port, to, password);
-            match tokio::time::timeout(SWITCHOVER_TIMEOUT, call).await {
-                Ok(result) => result,
-                Err(_) => Err(format!("no answer within {SWITCHOVER_TIMEOUT:?}")),
-            }
+            let call = self.post_signed(ip, port, SWITCHOVER, &request, password);
+            within(SWITCHOVER_TIMEOUT, call).await
+        })
+    }
+
+    fn drain<'a>(
+        &'a self,
+        ip: &'a str,
+        port: u16,
+        targets: &'a [String],
+        password: &'a str,
+    ) -> BoxFuture<'a, Result<DrainStatus, String>> {
+        let request = DrainRequest {
+            targets: targets.to_vec(),
+        };
+        Box::pin(async move {
+            let call = self.post_signed(ip, port, DRAIN, &request, password);
+            within(FETCH_TIMEOUT, call).await
+        })
+    }
+
+    fn fence<'a>(
+        &'a self,
+        ip: &'a str,
+        port: u16,
+        fenced: bool,
+        force: bool,
+        password: &'a str,
+    ) -> BoxFuture<'a, Result<FenceReply, String>> {
+        let request = FenceRequest { fenced, force };
+        Box::pin(async move {
+            let call = self.post_signed(ip, port, FENCE, &request, password);
+            within(SWITCHOVER_TIMEOUT, call).await
         })
     }
 }

@@ -1,16 +1,17 @@
 //! The controller: watches BrokerGroups and what they own, and reconciles each one in
-//! phases that read top to bottom: dereference (I/O) → validate (pure) → render (pure) →
-//! apply (server-side apply, one field manager) → delete orphans → observe pods and brokers →
-//! plan role changes (pure) and carry them out (switchovers, rolling-upgrade deletions) →
-//! compute status (pure) → label pods, publish events, patch status.
+//! steps that read top to bottom and never go back: dereference (reads only) → validate
+//! (pure) → render (pure) → apply (server-side apply, one field manager) → observe (facts
+//! only) → plan (pure: every action) → act (carries the plan out, returns an outcome) →
+//! status (pure: computed from facts and outcome; then pod labels, Events, the status patch).
 
+mod act;
 mod apply;
 mod brokers;
-mod drive;
+mod dereference;
 pub mod metrics;
 mod observe;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -36,14 +37,40 @@ use crate::api::{condition, BrokerGroup, BrokerGroupStatus};
 use crate::names;
 use crate::plan;
 use crate::render::render;
-use crate::status::{self, Observation};
+use crate::status::reason::Reason;
+use crate::status;
 use crate::validate::{validate, InvalidSpec};
 
+/// A reconcile that failed, by the step that failed.
 #[derive(Debug, Error)]
 pub enum Error {
-    #[error("failed to {step}")]
-    Kube {
-        step: String,
+    #[error("dereference: failed to {what}")]
+    Dereference {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("apply: failed to {what}")]
+    Apply {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("observe: failed to {what}")]
+    Observe {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("act: failed to {what}")]
+    Act {
+        what: String,
+        #[source]
+        source: kube::Error,
+    },
+    #[error("status: failed to {what}")]
+    Status {
+        what: String,
         #[source]
         source: kube::Error,
     },
@@ -51,12 +78,20 @@ pub enum Error {
     NoNamespace,
 }
 
-impl Error {
-    fn kube(step: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
-        let step = step.into();
-        move |source| Error::Kube { step, source }
-    }
+macro_rules! step_error {
+    ($($name:ident => $variant:ident),*) => {
+        impl Error {
+            $(
+                fn $name(what: impl Into<String>) -> impl FnOnce(kube::Error) -> Error {
+                    let what = what.into();
+                    move |source| Error::$variant { what, source }
+                }
+            )*
+        }
+    };
 }
+
+step_error!(dereference => Dereference, apply => Apply, observe => Observe, act => Act, status => Status);
 
 /// How often a settled BrokerGroup is looked at again (its brokers' status is polled, not
 /// watched), and how often while members are starting or a group has no live.
@@ -210,68 +245,60 @@ async fn reconcile_phases(bg: &BrokerGroup, ctx: &Context) -> Result<Action, Err
     let namespace = bg.namespace().ok_or(Error::NoNamespace)?;
     let client = &ctx.client;
 
-    // Dereference: everything the spec points at.
-    let deps = apply::fetch_dependencies(client, &namespace, bg).await?;
-    let existing_password = deps
+    // Dereference: the status as last written, everything the spec points at, what exists.
+    let Some(inputs) = dereference::dereference(client, &namespace, bg).await? else {
+        return Ok(Action::await_change());
+    };
+    let previous = &inputs.previous;
+
+    // Validate.
+    let mut validated = match validate(bg, &inputs.dependencies) {
+        Ok(v) => v,
+        Err(invalid) => return report_invalid(bg, ctx, &namespace, &invalid).await,
+    };
+    validated.problems.splice(0..0, inputs.problems.iter().cloned());
+
+    // Render and apply.
+    let rendered = render(&validated);
+    apply::apply_all(client, &namespace, &rendered).await?;
+
+    // Observe: facts only.
+    let seen = observe::observe(
+        client,
+        ctx.brokers.as_ref(),
+        &namespace,
+        &validated,
+        &inputs.statefulsets,
+    )
+    .await?;
+
+    // Plan every action, then carry it out.
+    let rendered_keys: BTreeSet<(String, String)> = rendered
+        .objects()
+        .into_iter()
+        .map(|o| (o.kind.to_string(), o.name))
+        .collect();
+    let now = now();
+    let plan = plan::plan(
+        &validated,
+        &seen,
+        &plan::PlanInputs {
+            annotation: bg
+                .annotations()
+                .get(names::SWITCHOVER_ANNOTATION)
+                .map(String::as_str),
+            previous,
+            rendered: &rendered_keys,
+            now: &now,
+        },
+    );
+    let existing_password = inputs
         .dependencies
         .cluster_secret
         .as_ref()
         .and_then(|d| d.get(names::CLUSTER_PASSWORD_KEY).cloned());
-
-    // Validate.
-    let validated = match validate(bg, &deps.dependencies) {
-        Ok(v) => v,
-        Err(invalid) => return report_invalid(bg, ctx, &namespace, &invalid).await,
-    };
-
-    // Build and apply.
-    let rendered = render(&validated);
-    apply::apply_all(client, &namespace, &rendered).await?;
-    apply::delete_orphans(client, &namespace, &validated, &rendered).await?;
-
-    // Observe and report.
-    let mut seen: Observation =
-        observe::observe(client, ctx.brokers.as_ref(), &namespace, &validated).await?;
-    seen.problems.extend(deps.problems);
-    for target in &validated.missing_targets {
-        seen.problems.push((
-            "ConnectorTargetMissing".into(),
-            format!("network connector target BrokerGroup {target} does not exist in namespace {namespace}"),
-        ));
-    }
-    seen.problems
-        .extend(validated.connector_problems.iter().cloned());
-    seen.problems
-        .extend(validated.database_problems.iter().cloned());
-    for (group, holder) in status::leases_to_release(&validated, &seen) {
-        if apply::release_lease(client, &namespace, &names::lease(&group), &holder).await? {
-            let note = format!("group {group}: live {holder} is dead; released its Lease so an in-sync backup takes over now");
-            publish(ctx, bg, EventType::Warning, "OperatorFailover", &note).await;
-            if let Some(lease) = seen.leases.get_mut(&group) {
-                lease.holder = None;
-                lease.released_holder = Some(holder);
-            }
-        }
-    }
-
-    // Role changes: asked-for switchovers, failback, the next step of a rolling upgrade.
-    // The status as last written, not as the watch cache may still hold it: a reconcile
-    // that a pod event starts right after the previous one wrote a pending switchover must
-    // see it, or the move is recorded with the wrong reason (and counted from stale figures).
-    let Some(previous) = apply::fresh_status(client, &namespace, bg).await? else {
-        return Ok(Action::await_change());
-    };
-    let plan = plan::plan(
-        &validated,
-        &seen,
-        bg.annotations()
-            .get(names::SWITCHOVER_ANNOTATION)
-            .map(String::as_str),
-        &previous,
-    );
-    seen.upgrade = plan.upgrade.clone();
     let password = existing_password.or_else(|| validated.credentials.generated_password.clone());
-    let drive = drive::Drive {
+    let act = act::Act {
         ctx,
         bg,
         namespace: &namespace,
@@ -279,40 +306,31 @@ async fn reconcile_phases(bg: &BrokerGroup, ctx: &Context) -> Result<Action, Err
             .unwrap_or(duomq_broker::admin::api::DEFAULT_PORT),
         password: password.as_deref(),
     };
-    drive.carry_out(&plan, &mut seen).await?;
+    let outcome = act.carry_out(&plan, &seen).await?;
 
-    let computed = status::compute(&validated, bg.meta().generation, &seen, &previous, &now());
-
+    // Status, from the facts and the outcome.
+    let facts = status::Facts {
+        seen: &seen,
+        plan: &plan,
+        outcome: &outcome,
+    };
+    let computed = status::compute(&validated, bg.meta().generation, &facts, previous, &now);
     let pods: Api<Pod> = Api::namespaced(client.clone(), &namespace);
     for (pod, role) in &computed.role_labels {
         let patch = serde_json::json!({"metadata": {"labels": {names::LABEL_ROLE: role}}});
         pods.patch(pod, &PatchParams::default(), &Patch::Merge(&patch))
             .await
-            .map_err(Error::kube(format!("label pod {pod} {role}")))?;
+            .map_err(Error::status(format!("label pod {pod} {role}")))?;
         info!(pod = %pod, role = %role, "pod role label set");
     }
     for t in &computed.transitions {
-        publish(
-            ctx,
-            bg,
-            if t.warning {
-                EventType::Warning
-            } else {
-                EventType::Normal
-            },
-            &t.reason,
-            &t.note,
-        )
-        .await;
-        if matches!(
-            t.reason.as_str(),
-            "FailedOver" | "FailedBack" | "SwitchedOver"
-        ) {
+        publish(ctx, bg, t.reason, &t.note).await;
+        if t.reason == Reason::FailedOver {
             ctx.metrics.failovers.inc();
         }
         info!(brokergroup = %bg.name_any(), reason = %t.reason, "{}", t.note);
     }
-    if computed.status != previous {
+    if &computed.status != previous {
         patch_status(client, &namespace, bg, &computed.status).await?;
     }
     let progressing = computed
@@ -321,11 +339,13 @@ async fn reconcile_phases(bg: &BrokerGroup, ctx: &Context) -> Result<Action, Err
         .iter()
         .any(|c| c.type_ == condition::PROGRESSING && c.status == "True");
     let all_live = computed.status.groups.iter().all(|g| g.live.is_some());
-    Ok(Action::requeue(if !progressing && all_live {
-        REQUEUE_STABLE
-    } else {
-        REQUEUE_BUSY
-    }))
+    Ok(Action::requeue(
+        if (!progressing && all_live) || (validated.hibernate && seen.pods.is_empty()) {
+            REQUEUE_STABLE
+        } else {
+            REQUEUE_BUSY
+        },
+    ))
 }
 
 /// An invalid spec: say so in the status and an event, and wait for the spec to change.
@@ -343,8 +363,8 @@ async fn report_invalid(
         .any(|c| c.type_ == condition::DEGRADED && c.status == "True" && c.message == message)
         && previous.observed_generation == bg.meta().generation;
     if !already {
-        warn!(brokergroup = %bg.name_any(), reason = invalid.reason(), "{message}");
-        publish(ctx, bg, EventType::Warning, invalid.reason(), &message).await;
+        warn!(brokergroup = %bg.name_any(), reason = %invalid.reason(), "{message}");
+        publish(ctx, bg, invalid.reason(), &message).await;
         let mut status = previous.clone();
         status.observed_generation = bg.meta().generation;
         status.conditions.retain(|c| c.type_ != condition::DEGRADED);
@@ -353,7 +373,7 @@ async fn report_invalid(
             .push(k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition {
                 type_: condition::DEGRADED.into(),
                 status: "True".into(),
-                reason: invalid.reason().into(),
+                reason: invalid.reason().as_str().into(),
                 message,
                 last_transition_time: now(),
                 observed_generation: bg.meta().generation,
@@ -382,23 +402,27 @@ async fn patch_status(
         &Patch::Apply(&patch),
     )
     .await
-    .map_err(Error::kube("patch BrokerGroup status"))?;
+    .map_err(Error::status("patch BrokerGroup status"))?;
     Ok(())
 }
 
-async fn publish(ctx: &Context, bg: &BrokerGroup, type_: EventType, reason: &str, note: &str) {
+async fn publish(ctx: &Context, bg: &BrokerGroup, reason: Reason, note: &str) {
     let note: String = note.chars().take(1000).collect();
-    let recorder = ctx.recorder(reason, &note);
+    let recorder = ctx.recorder(reason.as_str(), &note);
     let event = Event {
-        type_,
-        reason: reason.into(),
+        type_: if reason.warning() {
+            EventType::Warning
+        } else {
+            EventType::Normal
+        },
+        reason: reason.as_str().into(),
         note: Some(note),
         action: "Reconcile".into(),
         secondary: None,
     };
     // An event that cannot be written is not worth failing the reconcile for.
     if let Err(e) = recorder.publish(&event, &bg.object_ref(&())).await {
-        warn!(error = %e, reason, "failed to publish event");
+        warn!(error = %e, reason = %reason, "failed to publish event");
     }
 }
 

@@ -1,16 +1,19 @@
-//! Observation: the pods of a BrokerGroup, what each broker says about itself, and which
-//! StatefulSets are still rolling out. Reads only.
+//! Observation: the facts after applying. What this BrokerGroup owns, its pods and what each
+//! broker says about itself, its Leases, and which StatefulSets are still rolling out. Reads
+//! only; nothing decided.
 
 use futures::future::join_all;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::coordination::v1::Lease;
 use k8s_openapi::api::core::v1::Pod;
 use kube::api::{Api, ListParams};
+use kube::core::DynamicObject;
 use kube::{Client, ResourceExt};
 
+use super::apply::owned_kinds;
 use super::{BrokerStatusSource, Error};
 use crate::names;
-use crate::status::{LeaseObservation, Observation, PodObservation};
+use crate::status::{LeaseObservation, Observation, OwnedObject, PodObservation};
 use crate::validate::ValidatedBrokerGroup;
 
 fn broker_running(pod: &Pod) -> bool {
@@ -25,21 +28,67 @@ fn broker_running(pod: &Pod) -> bool {
             })
 }
 
+/// The scheduler's message while a pod cannot be placed.
+fn unschedulable(pod: &Pod) -> Option<String> {
+    let condition = pod
+        .status
+        .as_ref()?
+        .conditions
+        .as_ref()?
+        .iter()
+        .find(|c| c.type_ == "PodScheduled" && c.status == "False")?;
+    (condition.reason.as_deref() == Some("Unschedulable")).then(|| {
+        condition
+            .message
+            .clone()
+            .unwrap_or_else(|| "Unschedulable".into())
+    })
+}
+
 pub async fn observe(
     client: &Client,
     brokers: &dyn BrokerStatusSource,
     namespace: &str,
     v: &ValidatedBrokerGroup,
+    statefulsets: &[StatefulSet],
 ) -> Result<Observation, Error> {
     let selector = ListParams::default().labels(&format!("{}={}", names::LABEL_INSTANCE, v.name));
+
+    // What this BrokerGroup owns: only objects carrying its controller owner reference (a
+    // previous BrokerGroup of the same name owned others, not ours to touch).
+    let mut owned = Vec::new();
+    if let Some(uid) = &v.uid {
+        for resource in owned_kinds() {
+            let api: Api<DynamicObject> =
+                Api::namespaced_with(client.clone(), namespace, &resource);
+            let list = api
+                .list_metadata(&selector)
+                .await
+                .map_err(Error::observe(format!("list {}", resource.plural)))?;
+            owned.extend(
+                list.items
+                    .into_iter()
+                    .filter(|o| {
+                        o.owner_references()
+                            .iter()
+                            .any(|r| &r.uid == uid && r.controller == Some(true))
+                    })
+                    .map(|o| OwnedObject {
+                        kind: resource.kind.clone(),
+                        group: o.labels().get(names::LABEL_GROUP).cloned(),
+                        name: o.name_any(),
+                    }),
+            );
+        }
+    }
+
     let pods: Api<Pod> = Api::namespaced(client.clone(), namespace);
     let pods = pods
         .list(&selector)
         .await
-        .map_err(Error::kube("list broker pods"))?;
+        .map_err(Error::observe("list broker pods"))?;
     let admin_port =
         u16::try_from(v.spec.ports.admin).unwrap_or(duomq_broker::admin::api::DEFAULT_PORT);
-
     let fetches = pods.items.iter().map(|pod| async move {
         let running = broker_running(pod);
         let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
@@ -58,18 +107,13 @@ pub async fn observe(
                 broker,
                 ip,
                 revision: pod.labels().get(names::REVISION_LABEL).cloned(),
+                unschedulable: unschedulable(pod),
             },
         )
     });
     let observed = join_all(fetches).await.into_iter().collect();
 
-    let sets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
-    let sets = sets
-        .list(&selector)
-        .await
-        .map_err(Error::kube("list StatefulSets"))?;
-    let rolling_out = sets
-        .items
+    let rolling_out = statefulsets
         .iter()
         .filter(|s| {
             let want = s.spec.as_ref().and_then(|sp| sp.replicas).unwrap_or(1);
@@ -82,8 +126,7 @@ pub async fn observe(
         .collect();
     // Only once the StatefulSet controller has seen the current spec: before that its
     // updateRevision is the previous one.
-    let update_revisions = sets
-        .items
+    let update_revisions = statefulsets
         .iter()
         .filter_map(|s| {
             let st = s.status.as_ref()?;
@@ -100,7 +143,7 @@ pub async fn observe(
     let leases = leases
         .list(&selector)
         .await
-        .map_err(Error::kube("list Leases"))?
+        .map_err(Error::observe("list Leases"))?
         .items
         .into_iter()
         .map(|l| {
@@ -124,7 +167,6 @@ pub async fn observe(
         leases,
         rolling_out,
         update_revisions,
-        problems: Vec::new(),
-        ..Observation::default()
+        owned,
     })
 }

@@ -4,6 +4,26 @@ use crate::status::PodObservation;
 use duomq_broker::admin::api::SyncState;
 use rstest::rstest;
 
+/// The plan with nothing rendered or owned (no removals), at a fixed time.
+fn plan(
+    v: &ValidatedBrokerGroup,
+    seen: &Observation,
+    annotation: Option<&str>,
+    previous: &BrokerGroupStatus,
+) -> Plan {
+    let now = Time(k8s_openapi::jiff::Timestamp::from_second(1_000).unwrap());
+    super::plan(
+        v,
+        seen,
+        &PlanInputs {
+            annotation,
+            previous,
+            rendered: &BTreeSet::new(),
+            now: &now,
+        },
+    )
+}
+
 fn pair() -> ValidatedBrokerGroup {
     validated("{groups: 1, backupsPerGroup: 1, ha: {allowFailback: true}}")
 }
@@ -140,7 +160,7 @@ fn given_a_bad_switchover_annotation_should_report_it_and_switch_nothing(
     assert!(
         p.problems
             .iter()
-            .any(|(reason, m)| reason == "SwitchoverFailed" && m.contains(message)),
+            .any(|p| p.reason == Reason::SwitchoverFailed && p.message.contains(message)),
         "{:?}",
         p.problems
     );

@@ -64,6 +64,8 @@ pub fn render_documents(groups: &[BrokerGroup]) -> Result<String, DocumentsError
             connector_secrets: None,
             // Likewise the database's Secrets.
             database_secrets: None,
+            // Offline: nothing exists yet.
+            existing_groups: Default::default(),
         };
         let mut v = validate(bg, &deps).map_err(|source| DocumentsError::Invalid {
             name: bg.metadata.name.clone().unwrap_or_default(),

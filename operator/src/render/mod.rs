@@ -280,18 +280,18 @@ fn build_shared_claim(v: &ValidatedBrokerGroup, g: &GroupModel) -> PersistentVol
         spec: Some(PersistentVolumeClaimSpec {
             access_modes: Some(vec!["ReadWriteMany".into()]),
             storage_class_name: v.spec.storage.storage_class_name.clone(),
-            resources: Some(storage_request(v)),
+            resources: Some(storage_request(&v.spec.storage.size)),
             ..PersistentVolumeClaimSpec::default()
         }),
         ..PersistentVolumeClaim::default()
     }
 }
 
-fn storage_request(v: &ValidatedBrokerGroup) -> VolumeResourceRequirements {
+fn storage_request(size: &str) -> VolumeResourceRequirements {
     VolumeResourceRequirements {
         requests: Some(BTreeMap::from([(
             "storage".to_string(),
-            Quantity(v.spec.storage.size.clone()),
+            Quantity(size.to_string()),
         )])),
         ..VolumeResourceRequirements::default()
     }

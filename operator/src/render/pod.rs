@@ -44,7 +44,7 @@ pub fn build_statefulset(v: &ValidatedBrokerGroup, g: &GroupModel) -> StatefulSe
             spec: Some(PersistentVolumeClaimSpec {
                 access_modes: Some(vec!["ReadWriteOnce".into()]),
                 storage_class_name: v.spec.storage.storage_class_name.clone(),
-                resources: Some(storage_request(v)),
+                resources: Some(storage_request(&g.journal_size)),
                 ..PersistentVolumeClaimSpec::default()
             }),
             ..PersistentVolumeClaim::default()
@@ -54,7 +54,9 @@ pub fn build_statefulset(v: &ValidatedBrokerGroup, g: &GroupModel) -> StatefulSe
         v,
         g,
         StatefulSetSpec {
-            replicas: Some(g.members.len() as i32),
+            // Hibernated: no pod (Parallel: all stop at once; each live hands nothing over,
+            // it releases its claim listing itself in sync, so it is the one to come back).
+            replicas: Some(if v.hibernate { 0 } else { g.members.len() as i32 }),
             service_name: Some(names::members_service(&g.name)),
             // Members start together: a backup must be up to sync while the primary waits
             // to find out whether a live of its group already exists.

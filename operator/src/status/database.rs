@@ -5,23 +5,9 @@
 
 use duomq_broker::admin::api::{BrokerStatus, DatabaseStatus};
 
-use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
-
-use super::{PodObservation, Transition};
-use crate::api::condition;
+use super::reason::{Reason, Transition};
+use super::PodObservation;
 use crate::validate::GroupModel;
-
-/// The Degraded reason while a member cannot reach the database; also the Warning event's.
-pub const DATABASE_UNREACHABLE: &str = "DatabaseUnreachable";
-/// The Normal event when such a member reaches it again.
-pub const DATABASE_REACHABLE: &str = "DatabaseReachable";
-/// The Warning event when a group's live takes the database lease again under a new epoch
-/// (restarted in place, or resumed after fencing itself): no failover, but its clients
-/// were cut off for a moment.
-pub const LEASE_RETAKEN: &str = "LeaseRetaken";
-/// The Degraded reason and Warning event while the database URL or CA Secret is missing or
-/// lacks its key (`crate::validate`): the broker pods wait for it.
-pub const DATABASE_SECRET_MISSING: &str = "DatabaseSecretMissing";
 
 /// What a broker says of the database, when it uses one.
 fn database(b: &BrokerStatus) -> Option<&DatabaseStatus> {
@@ -92,8 +78,7 @@ pub fn transitions<'a>(
         .iter()
         .filter(|u| !before.contains(&u.pod))
         .map(|u| Transition {
-            warning: true,
-            reason: DATABASE_UNREACHABLE.into(),
+            reason: Reason::DatabaseUnreachable,
             note: format!(
                 "group {group}: {} cannot reach the database{}",
                 u.pod,
@@ -115,35 +100,12 @@ pub fn transitions<'a>(
                         .is_some_and(|d| d.reachable)
             })
         })
-        .map(|p| Transition {
-            warning: false,
-            reason: DATABASE_REACHABLE.into(),
-            note: format!("group {group}: {p} reaches the database again"),
+        .map(|p| {
+            Transition::new(
+                Reason::DatabaseReachable,
+                format!("group {group}: {p} reaches the database again"),
+            )
         });
     lost.chain(back).collect()
 }
 
-/// A Warning event for each missing database Secret, unless the previous Degraded condition
-/// already said so: the pods wait silently for a Secret, so the operator says it once.
-pub fn secret_transitions(
-    problems: &[(String, String)],
-    previous: &[Condition],
-) -> Vec<Transition> {
-    let said = |message: &str| {
-        previous.iter().any(|c| {
-            c.type_ == condition::DEGRADED
-                && c.status == "True"
-                && c.reason == DATABASE_SECRET_MISSING
-                && c.message == message
-        })
-    };
-    problems
-        .iter()
-        .filter(|(reason, message)| reason == DATABASE_SECRET_MISSING && !said(message))
-        .map(|(reason, message)| Transition {
-            warning: true,
-            reason: reason.clone(),
-            note: message.clone(),
-        })
-        .collect()
-}

@@ -6,10 +6,7 @@
 use duomq_broker::admin::api::{BrokerStatus, GroupingHandlerKind};
 
 use crate::api::GroupingHandlerStatus;
-use crate::status::Transition;
-
-/// The Normal event's reason when the LOCAL handler's group changes live.
-pub const HANDLER_MOVED: &str = "GroupingHandlerMoved";
+use crate::status::reason::{Reason, Transition};
 
 /// One group of the BrokerGroup as the grouping status needs it.
 #[derive(Debug, Clone, Copy)]
@@ -59,8 +56,7 @@ pub fn handler_status(
     };
     let moved = match (handler.and_then(|g| g.last_live), live.as_deref()) {
         (Some(from), Some(to)) if from != to => Some(Transition {
-            warning: false,
-            reason: HANDLER_MOVED.into(),
+            reason: Reason::GroupingHandlerMoved,
             note: format!(
                 "the LOCAL grouping handler of group {local} moved from {from} to {to}{}",
                 bindings.map_or_else(String::new, |n| format!(" with {n} bindings"))
@@ -196,8 +192,8 @@ mod tests {
         assert_eq!(after.live.as_deref(), Some("o-g0-1"));
         let event = event.expect("an event");
         assert_eq!(
-            (event.reason.as_str(), event.warning),
-            (HANDLER_MOVED, false)
+            (event.reason, event.warning()),
+            (Reason::GroupingHandlerMoved, false)
         );
         assert_eq!(
             event.note,

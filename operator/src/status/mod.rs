@@ -1,23 +1,30 @@
-//! Status computation: from what the operator observed (pods, each broker's `/status`, the
-//! previous status) to the BrokerGroup's new status, the role label each pod should carry, and
-//! the transitions worth an Event. Pure: observation happens in the controller.
+//! Status computation: from the facts the operator observed (pods, each broker's `/status`,
+//! Leases), what the plan decided and what carrying it out did, and the previous status, to
+//! the BrokerGroup's new status, the role label each pod should carry, and the transitions
+//! worth an Event. Pure: observation and action happen in the controller.
+//!
+//! Per group (`group_status`): who is live, its backups, failovers and switchovers counted
+//! apart, a drain, fenced members; then the conditions over all groups (`conditions`).
 
 pub mod database;
 pub mod grouping;
 pub mod network;
+pub mod reason;
 
 use std::collections::BTreeMap;
 
-use duomq_broker::admin::api::{BrokerStatus, Role, SyncState};
+use duomq_broker::admin::api::{BrokerStatus, DrainState, Role, SyncState};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::{
-    condition, BrokerGroupStatus, FailoverReason, FailoverRecord, GroupStatus, MemberStatus,
-    PendingSwitchover,
+    condition, BrokerGroupStatus, FailoverReason, FailoverRecord, GroupDrain, GroupStatus,
+    MemberStatus, PendingSwitchover,
 };
 use crate::names;
+use crate::plan::{Outcome, Plan};
 use crate::render::group_connectors;
 use crate::validate::{GroupModel, ValidatedBrokerGroup};
+use reason::{Problem, Reason, Transition};
 
 /// What the operator saw of one pod.
 #[derive(Debug, Clone, PartialEq)]
@@ -36,6 +43,9 @@ pub struct PodObservation {
     pub ip: Option<String>,
     /// The StatefulSet revision the pod was created from (`controller-revision-hash`).
     pub revision: Option<String>,
+    /// The scheduler's message while the pod cannot be placed (`PodScheduled` False with
+    /// reason `Unschedulable`).
+    pub unschedulable: Option<String>,
 }
 
 /// A group's arbiter Lease as the operator saw it.
@@ -47,7 +57,17 @@ pub struct LeaseObservation {
     pub released_holder: Option<String>,
 }
 
-/// Everything observed in one reconcile.
+/// An object carrying this BrokerGroup's controller owner reference.
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+pub struct OwnedObject {
+    /// Kind, as `crate::controller` lists them (StatefulSet, Service, ...).
+    pub kind: String,
+    pub name: String,
+    /// Its `duomq.io/group` label.
+    pub group: Option<String>,
+}
+
+/// The facts of one reconcile: what exists and what each broker says. Nothing decided.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Observation {
     pub pods: BTreeMap<String, PodObservation>,
@@ -58,23 +78,8 @@ pub struct Observation {
     /// Each group's StatefulSet `updateRevision`, once its controller has seen the current
     /// spec: pods of another revision are to be updated.
     pub update_revisions: BTreeMap<String, String>,
-    /// Switchovers the live agreed to in this reconcile, by group.
-    pub switchovers: BTreeMap<String, PendingSwitchover>,
-    /// What a rolling upgrade is doing, if one is under way.
-    pub upgrade: Option<String>,
-    /// Problems found before status (missing Secret, missing connector target), as
-    /// (reason, message) for the Degraded condition.
-    pub problems: Vec<(String, String)>,
-}
-
-/// A role change or problem worth a Kubernetes Event.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Transition {
-    /// Normal or Warning.
-    pub warning: bool,
-    /// PascalCase, e.g. `FailedOver`.
-    pub reason: String,
-    pub note: String,
+    /// Objects this BrokerGroup owns, by kind and name.
+    pub owned: Vec<OwnedObject>,
 }
 
 #[derive(Debug, Clone, PartialEq)]
@@ -94,10 +99,16 @@ pub(crate) fn role_of(p: &PodObservation) -> Option<Role> {
     p.broker.as_ref().ok().map(|b| b.role)
 }
 
+/// The broker's `/status` of a pod that runs and answered.
+fn broker_of(p: &PodObservation) -> Option<&BrokerStatus> {
+    p.broker.as_ref().ok().filter(|_| p.running && !p.terminating)
+}
+
 fn member_state(p: Option<&PodObservation>) -> String {
     match p {
         None => "missing".into(),
         Some(p) if p.terminating => "terminating".into(),
+        Some(p) if p.unschedulable.is_some() => "unschedulable".into(),
         Some(p) if !p.running => "pending".into(),
         Some(p) => match &p.broker {
             Err(_) => "unreachable".into(),
@@ -141,24 +152,6 @@ impl Conditions<'_> {
     }
 }
 
-/// Fast failover: the Leases whose holder the operator knows is dead (its pod is gone, or
-/// its broker container is not running), so their claim can be released for an in-sync
-/// backup at once instead of waiting for it to expire. A holder whose container runs is
-/// never released: it might still be serving.
-pub fn leases_to_release(v: &ValidatedBrokerGroup, seen: &Observation) -> Vec<(String, String)> {
-    v.groups
-        .iter()
-        .filter_map(|g| {
-            let holder = seen.leases.get(&g.name)?.holder.clone()?;
-            let dead = match seen.pods.get(&holder) {
-                None => true,
-                Some(p) => !p.running,
-            };
-            dead.then(|| (g.name.clone(), holder))
-        })
-        .collect()
-}
-
 /// The preferred live of a group: the first member, or in a host-pair layout the one
 /// scheduled on the group's primary node.
 pub fn preferred_live(g: &GroupModel, seen: &Observation) -> String {
@@ -173,6 +166,15 @@ pub fn preferred_live(g: &GroupModel, seen: &Observation) -> String {
         .unwrap_or_else(|| g.preferred_live.clone())
 }
 
+/// The members of `g` reporting live, in member order (two or more: split brain).
+pub(crate) fn lives_of<'a>(g: &'a GroupModel, seen: &Observation) -> Vec<&'a str> {
+    g.members
+        .iter()
+        .filter(|m| seen.pods.get(&m.pod).and_then(role_of) == Some(Role::Live))
+        .map(|m| m.pod.as_str())
+        .collect()
+}
+
 /// The name of the group that holds the LOCAL grouping handler, with `spec.grouping`.
 fn local_grouping_group(v: &ValidatedBrokerGroup) -> Option<&str> {
     let index = usize::try_from(v.spec.grouping.as_ref()?.local_group).ok()?;
@@ -181,283 +183,424 @@ fn local_grouping_group(v: &ValidatedBrokerGroup) -> Option<&str> {
 
 /// How long a switchover the live agreed to may take to show before the operator stops
 /// waiting for it (the group then fails over as after a crash).
-const SWITCHOVER_PENDING_FOR: i64 = 120;
+pub const SWITCHOVER_PENDING_FOR: i64 = 120;
 
-/// The new status of `v` from `seen`, given the previous status and the time now.
-pub fn compute(
-    v: &ValidatedBrokerGroup,
-    generation: Option<i64>,
-    seen: &Observation,
-    previous: &BrokerGroupStatus,
+/// The switchover of group `g` under way: agreed in this reconcile, or recorded in the
+/// previous status and not yet stale.
+pub fn pending_switchover(
+    group: &str,
+    outcome: &Outcome,
+    before: Option<&GroupStatus>,
     now: &Time,
-) -> Computed {
-    let mut groups = Vec::new();
-    let mut role_labels = BTreeMap::new();
-    let mut transitions = Vec::new();
-    let mut without_live = Vec::new();
-    let mut unreplicated = Vec::new();
-    let mut networks = Vec::new();
-    let mut group_lives = Vec::new();
-    let mut database_problems = Vec::new();
+) -> Option<PendingSwitchover> {
+    outcome
+        .switchovers
+        .get(group)
+        .or_else(|| before.and_then(|b| b.switchover.as_ref()))
+        .filter(|p| now.0.as_second() - p.time.0.as_second() <= SWITCHOVER_PENDING_FOR)
+        .cloned()
+}
 
-    for g in &v.groups {
-        let before = previous.groups.iter().find(|p| p.name == g.name);
-        let lives: Vec<&str> = g
-            .members
-            .iter()
-            .filter(|m| seen.pods.get(&m.pod).and_then(role_of) == Some(Role::Live))
-            .map(|m| m.pod.as_str())
-            .collect();
-        // Two members answering live would be split brain; report it rather than pick one.
-        if lives.len() > 1 {
-            transitions.push(Transition {
-                warning: true,
-                reason: "SplitBrain".into(),
-                note: format!(
-                    "group {} has {} members reporting live: {}",
-                    g.name,
-                    lives.len(),
-                    lives.join(", ")
+/// A planned hand-over (counted as a switchover) rather than a failover.
+fn planned(reason: FailoverReason) -> bool {
+    !matches!(
+        reason,
+        FailoverReason::LiveLost | FailoverReason::OperatorFailover
+    )
+}
+
+/// One group's part of the status, and what the rest of the computation needs of it.
+struct GroupComputed<'a> {
+    status: GroupStatus,
+    live_status: Option<&'a BrokerStatus>,
+    last_live: Option<String>,
+    net: network::GroupNetwork,
+    unreplicated: bool,
+    problems: Vec<Problem>,
+}
+
+/// Everything the status is computed from.
+pub struct Facts<'a> {
+    pub seen: &'a Observation,
+    pub plan: &'a Plan,
+    pub outcome: &'a Outcome,
+}
+
+#[allow(clippy::too_many_lines)]
+fn group_status<'a>(
+    v: &ValidatedBrokerGroup,
+    g: &GroupModel,
+    facts: &Facts<'a>,
+    before: Option<&GroupStatus>,
+    now: &Time,
+    transitions: &mut Vec<Transition>,
+    role_labels: &mut BTreeMap<String, String>,
+) -> GroupComputed<'a> {
+    let (seen, outcome) = (facts.seen, facts.outcome);
+    let lives = lives_of(g, seen);
+    // Two members answering live would be split brain; report it rather than pick one.
+    if lives.len() > 1 {
+        transitions.push(Transition::new(
+            Reason::SplitBrain,
+            format!(
+                "group {} has {} members reporting live: {}",
+                g.name,
+                lives.len(),
+                lives.join(", ")
+            ),
+        ));
+    }
+    let live = lives.first().map(|s| s.to_string());
+    let preferred_live = preferred_live(g, seen);
+    let live_status = live
+        .as_ref()
+        .and_then(|l| seen.pods.get(l))
+        .and_then(|p| p.broker.as_ref().ok());
+    let epoch = live_status
+        .and_then(|b| b.ha.as_ref().map(|h| h.epoch))
+        .or_else(|| before.map(|b| b.epoch as u64))
+        .unwrap_or(0);
+
+    let mut backups = Vec::new();
+    for m in g.members.iter().filter(|m| Some(&m.pod) != live.as_ref()) {
+        let pod = seen.pods.get(&m.pod);
+        let (synced, lag) = match pod.and_then(broker_of).and_then(|b| b.ha.as_ref()) {
+            Some(ha) => match &ha.sync {
+                Some(s) => (s.state == SyncState::Synced, s.lag_bytes),
+                // A shared-store slave has nothing to copy: it stands by as long as it
+                // reaches the shared store (for a database, as far as it says).
+                None => (
+                    v.is_shared_store()
+                        && pod.and_then(role_of) == Some(Role::Backup)
+                        && pod.is_some_and(database::reaches_database),
+                    0,
                 ),
-            });
-        }
-        let live = lives.first().map(|s| s.to_string());
+            },
+            None => (false, 0),
+        };
+        backups.push(MemberStatus {
+            pod: m.pod.clone(),
+            state: member_state(pod),
+            synced,
+            lag: lag as i64,
+        });
+    }
 
-        let preferred_live = preferred_live(g, seen);
-
-        let live_status = live
-            .as_ref()
-            .and_then(|l| seen.pods.get(l))
-            .and_then(|p| p.broker.as_ref().ok());
-        let epoch = live_status
-            .and_then(|b| b.ha.as_ref().map(|h| h.epoch))
-            .or_else(|| before.map(|b| b.epoch as u64))
-            .unwrap_or(0);
-
-        let mut backups = Vec::new();
-        for m in &g.members {
-            if Some(&m.pod) == live.as_ref() {
-                continue;
-            }
-            let pod = seen.pods.get(&m.pod);
-            let (synced, lag) = match pod
-                .and_then(|p| p.broker.as_ref().ok())
-                .and_then(|b| b.ha.as_ref())
-            {
-                Some(ha) => match &ha.sync {
-                    Some(s) => (s.state == SyncState::Synced, s.lag_bytes),
-                    // A shared-store slave has nothing to copy: it is in sync by construction,
-                    // as long as it reaches the shared database.
-                    None => (
-                        v.is_shared_store()
-                            && pod.and_then(role_of) == Some(Role::Backup)
-                            && pod.is_some_and(database::reaches_database),
-                        0,
-                    ),
-                },
-                None => (false, 0),
-            };
-            backups.push(MemberStatus {
-                pod: m.pod.clone(),
-                state: member_state(pod),
-                synced,
-                lag: lag as i64,
-            });
-        }
-
-        let mut failovers = before.map(|b| b.failovers).unwrap_or(0);
-        let mut last_failover = before.and_then(|b| b.last_failover.clone());
-        let last_live = before.and_then(|b| b.live.clone().or_else(|| b.last_live.clone()));
-        let mut pending = seen
-            .switchovers
-            .get(&g.name)
-            .or_else(|| before.and_then(|b| b.switchover.as_ref()))
-            .filter(|p| now.0.as_second() - p.time.0.as_second() <= SWITCHOVER_PENDING_FOR)
-            .cloned();
-        if let (Some(from), Some(to)) = (last_live.clone(), live.clone()) {
-            if from != to {
-                let released = seen
+    let mut failovers = before.map_or(0, |b| b.failovers);
+    let mut switchovers = before.map_or(0, |b| b.switchovers);
+    let mut last_failover = before.and_then(|b| b.last_failover.clone());
+    let last_live = before.and_then(|b| b.live.clone().or_else(|| b.last_live.clone()));
+    let mut pending = pending_switchover(&g.name, outcome, before, now);
+    let epoch_moved = before.is_some_and(|b| b.epoch > 0 && epoch > b.epoch as u64);
+    match (last_live.clone(), live.clone()) {
+        (Some(from), Some(to)) if from != to => {
+            let released = outcome.released.get(&g.name) == Some(&from)
+                || seen
                     .leases
                     .get(&g.name)
                     .and_then(|l| l.released_holder.as_ref())
                     == Some(&from);
-                let planned = pending.as_ref().filter(|p| p.to == to).map(|p| p.reason);
-                let reason = if let Some(reason) = planned {
-                    reason
-                } else if to == preferred_live {
-                    FailoverReason::Failback
-                } else if released {
-                    FailoverReason::OperatorFailover
-                } else {
-                    FailoverReason::LiveLost
-                };
-                failovers += 1;
-                transitions.push(Transition {
-                    warning: planned.is_none() && reason != FailoverReason::Failback,
-                    reason: match reason {
-                        FailoverReason::Failback => "FailedBack".into(),
-                        FailoverReason::Switchover
-                        | FailoverReason::RollingUpgrade
-                        | FailoverReason::Fence => {
-                            "SwitchedOver".into()
-                        }
-                        FailoverReason::LiveLost | FailoverReason::OperatorFailover => {
-                            "FailedOver".into()
-                        }
-                    },
-                    note: format!(
-                        "group {}: live moved from {from} to {to} ({reason:?})",
-                        g.name
-                    ),
-                });
-                last_failover = Some(FailoverRecord {
-                    time: now.clone(),
-                    from,
-                    to,
-                    reason,
-                });
-            } else if v.is_shared_database()
-                && before.is_some_and(|b| b.epoch > 0 && epoch > b.epoch as u64)
-            {
-                // The database lease gets a new epoch whenever it is taken, also by the
-                // member that held it: a live restarted in place (its lease had not run
-                // out), or one that fenced itself and took the lease again. Nobody else was
-                // live, so it is no failover.
-                transitions.push(Transition {
-                    warning: true,
-                    reason: database::LEASE_RETAKEN.into(),
-                    note: format!(
-                        "group {}: {to} took the database lease again at epoch {epoch} (it restarted, or fenced itself and resumed)",
-                        g.name
-                    ),
-                });
-            } else if before.is_some_and(|b| b.epoch > 0 && epoch > b.epoch as u64) {
-                // The same live as last time, but the epoch moved: the role went away and came
-                // back between two looks (a failover and a failback). Each change of live
-                // raises the epoch by one.
-                let changes = epoch - before.map_or(0, |b| b.epoch as u64);
-                failovers += changes as i64;
-                let other = g
-                    .members
-                    .iter()
-                    .map(|m| m.pod.clone())
-                    .find(|p| *p != to)
-                    .unwrap_or_default();
-                transitions.push(Transition {
-                    warning: true,
-                    reason: "FailedOver".into(),
-                    note: format!("group {}: the live role left {to} and came back ({changes} changes of live)", g.name),
-                });
-                last_failover = Some(FailoverRecord {
-                    time: now.clone(),
-                    from: other,
-                    to,
-                    reason: FailoverReason::Failback,
-                });
-            }
-        }
-        if pending
-            .as_ref()
-            .is_some_and(|p| live.as_ref() == Some(&p.to))
-        {
-            pending = None;
-        }
-        if live.is_none() {
-            without_live.push(g.name.clone());
-            if before.and_then(|b| b.live.as_ref()).is_some() {
-                transitions.push(Transition {
-                    warning: true,
-                    reason: "LiveLost".into(),
-                    note: format!("group {} has no live broker", g.name),
-                });
-            }
-        }
-        if !backups.iter().any(|b| b.synced) {
-            unreplicated.push(g.name.clone());
-        }
-
-        for m in &g.members {
-            let Some(pod) = seen.pods.get(&m.pod) else {
-                continue;
-            };
-            let want = if Some(&m.pod) == live.as_ref() {
-                names::ROLE_LIVE
+            let asked = pending.as_ref().filter(|p| p.to == to).map(|p| p.reason);
+            let reason = if let Some(reason) = asked {
+                reason
+            } else if to == preferred_live && !v.is_shared_store() {
+                FailoverReason::Failback
+            } else if released {
+                FailoverReason::OperatorFailover
             } else {
-                names::ROLE_BACKUP
+                FailoverReason::LiveLost
             };
-            if pod.running && !pod.terminating && pod.role_label.as_deref() != Some(want) {
-                role_labels.insert(m.pod.clone(), want.to_string());
+            if planned(reason) {
+                switchovers += 1;
+            } else {
+                failovers += 1;
             }
-        }
-
-        let expected: Vec<String> = group_connectors(v, g).into_iter().map(|c| c.name).collect();
-        let net = network::group_network(
-            &expected,
-            live_status,
-            before.map_or(&[][..], |b| &b.unlinked_connectors),
-        );
-        for u in &net.unlinked {
-            if !before.is_some_and(|b| b.unlinked_connectors.contains(&u.connector)) {
-                transitions.push(Transition {
-                    warning: true,
-                    reason: network::reason::CONNECTOR_UNLINKED.into(),
-                    note: network::unlinked_note(&g.name, u),
-                });
-            }
-        }
-        for name in &net.relinked {
-            transitions.push(Transition {
-                warning: false,
-                reason: network::reason::CONNECTOR_LINKED.into(),
-                note: format!("group {}: connector {name} is linked again", g.name),
+            transitions.push(Transition::new(
+                match reason {
+                    FailoverReason::Failback => Reason::FailedBack,
+                    FailoverReason::LiveLost | FailoverReason::OperatorFailover => {
+                        Reason::FailedOver
+                    }
+                    _ => Reason::SwitchedOver,
+                },
+                format!("group {}: live moved from {from} to {to} ({reason:?})", g.name),
+            ));
+            last_failover = Some(FailoverRecord {
+                time: now.clone(),
+                from,
+                to,
+                reason,
             });
         }
-
-        let no_database = database::unreachable(g, |p| seen.pods.get(p));
-        transitions.extend(database::transitions(
-            &g.name,
-            &no_database,
-            before.map_or(&[][..], |b| &b.database_unreachable),
-            |p| seen.pods.get(p),
-        ));
-        if !no_database.is_empty() {
-            database_problems.push(database::message(&g.name, &no_database));
+        (Some(_), Some(to)) if epoch_moved && v.is_shared_store() => {
+            // A shared store's lock or lease gets a new epoch whenever it is taken, also by
+            // the member that held it: a live restarted in place (its claim had not run out
+            // or its slave was slower), or one that fenced itself and took it again. Nobody
+            // else was live: no failover, no failback, but its clients were cut off.
+            transitions.push(Transition::new(
+                Reason::LeaseRetaken,
+                format!(
+                    "group {}: {to} took the shared store again at epoch {epoch} (it restarted, or fenced itself and resumed); no other member was live",
+                    g.name
+                ),
+            ));
         }
+        (Some(_), Some(to)) if epoch_moved => {
+            // The same live as last time, but the epoch moved: the role went away and came
+            // back between two looks (a failover, then a failback). Each change of live
+            // raises the epoch by one: the first was unplanned, the rest hand-overs.
+            let changes = epoch - before.map_or(0, |b| b.epoch as u64);
+            failovers += 1;
+            switchovers += changes.saturating_sub(1) as i64;
+            let other = g
+                .members
+                .iter()
+                .map(|m| m.pod.clone())
+                .find(|p| *p != to)
+                .unwrap_or_default();
+            transitions.push(Transition::new(
+                Reason::FailedOver,
+                format!(
+                    "group {}: the live role left {to} and came back ({changes} changes of live)",
+                    g.name
+                ),
+            ));
+            last_failover = Some(FailoverRecord {
+                time: now.clone(),
+                from: other,
+                to,
+                reason: FailoverReason::Failback,
+            });
+        }
+        _ => {}
+    }
+    if pending.as_ref().is_some_and(|p| live.as_ref() == Some(&p.to)) {
+        pending = None;
+    }
+    let hibernating = v.hibernate;
+    if live.is_none()
+        && before.and_then(|b| b.live.as_ref()).is_some()
+        && pending.is_none()
+        && !hibernating
+    {
+        // During a hand-over the old live has let go and the new one not yet taken over;
+        // that is the switchover working, not a lost live.
+        transitions.push(Transition::new(
+            Reason::LiveLost,
+            format!("group {} has no live broker", g.name),
+        ));
+    }
 
-        groups.push(GroupStatus {
+    let draining = g.draining;
+    for m in &g.members {
+        let Some(pod) = seen.pods.get(&m.pod) else {
+            continue;
+        };
+        let want = if Some(&m.pod) != live.as_ref() {
+            names::ROLE_BACKUP
+        } else if draining {
+            // Out of the client Service: a draining live takes no new clients.
+            names::ROLE_DRAINING
+        } else {
+            names::ROLE_LIVE
+        };
+        if pod.running && !pod.terminating && pod.role_label.as_deref() != Some(want) {
+            role_labels.insert(m.pod.clone(), want.to_string());
+        }
+    }
+
+    let expected: Vec<String> = group_connectors(v, g).into_iter().map(|c| c.name).collect();
+    let net = network::group_network(
+        &expected,
+        live_status,
+        before.map_or(&[][..], |b| &b.unlinked_connectors),
+    );
+    for u in &net.unlinked {
+        if !before.is_some_and(|b| b.unlinked_connectors.contains(&u.connector)) {
+            transitions.push(Transition::new(
+                Reason::ConnectorUnlinked,
+                network::unlinked_note(&g.name, u),
+            ));
+        }
+    }
+    for name in &net.relinked {
+        transitions.push(Transition::new(
+            Reason::ConnectorLinked,
+            format!("group {}: connector {name} is linked again", g.name),
+        ));
+    }
+
+    let mut problems = Vec::new();
+    let no_database = database::unreachable(g, |p| seen.pods.get(p));
+    transitions.extend(database::transitions(
+        &g.name,
+        &no_database,
+        before.map_or(&[][..], |b| &b.database_unreachable),
+        |p| seen.pods.get(p),
+    ));
+    if !no_database.is_empty() {
+        problems.push(Problem::new(
+            Reason::DatabaseUnreachable,
+            database::message(&g.name, &no_database),
+        ));
+    }
+
+    let fenced: Vec<String> = g
+        .members
+        .iter()
+        .filter(|m| {
+            outcome.fences.get(&m.pod).copied().unwrap_or_else(|| {
+                seen.pods
+                    .get(&m.pod)
+                    .and_then(broker_of)
+                    .is_some_and(|b| b.admin_fenced)
+            })
+        })
+        .map(|m| m.pod.clone())
+        .collect();
+
+    let drain = draining.then(|| {
+        let report = outcome
+            .drains
+            .get(&g.name)
+            .or_else(|| live_status.and_then(|b| b.drain.as_ref()));
+        let stuck = match report {
+            Some(d) if d.state == DrainState::Stuck => Some(
+                d.reason
+                    .clone()
+                    .unwrap_or_else(|| "no bridge to a remaining group is linked".into()),
+            ),
+            None if live.is_none() => Some(if v.hibernate {
+                "the BrokerGroup is hibernated: resume it so the group can drain".into()
+            } else {
+                "the group has no live broker to drain it".into()
+            }),
+            _ => None,
+        };
+        GroupDrain {
+            since: before
+                .and_then(|b| b.drain.as_ref())
+                .map_or_else(|| now.clone(), |d| d.since.clone()),
+            messages_left: report.map(|d| d.messages_left as i64),
+            forwarded: report.map_or(0, |d| d.forwarded as i64),
+            stuck,
+        }
+    });
+    if let Some(stuck) = drain.as_ref().and_then(|d| d.stuck.as_ref()) {
+        problems.push(Problem::new(
+            Reason::DrainStuck,
+            format!(
+                "group {} is being removed but cannot drain: {stuck}; it is kept, with its messages, until it can",
+                g.name
+            ),
+        ));
+    }
+
+    let unreplicated = !backups.iter().any(|b| b.synced);
+    GroupComputed {
+        status: GroupStatus {
             database_unreachable: no_database.into_iter().map(|u| u.pod).collect(),
             connectors: net.connectors as i64,
             connectors_linked: net.linked as i64,
             unlinked_connectors: net.unlinked.iter().map(|u| u.connector.clone()).collect(),
             name: g.name.clone(),
-            last_live: live.clone().or(last_live),
+            last_live: live.clone().or(last_live.clone()),
             live,
             preferred_live,
             backups,
             epoch: epoch as i64,
             failovers,
-            switchovers: before.map_or(0, |b| b.switchovers),
-            fenced: Vec::new(),
-            drain: None,
+            switchovers,
+            fenced,
+            drain,
             last_failover,
             switchover: pending,
-        });
-        networks.push((g.name.clone(), net));
-        group_lives.push((
-            live_status,
-            before.and_then(|b| b.live.clone().or_else(|| b.last_live.clone())),
-        ));
+        },
+        live_status,
+        last_live,
+        net,
+        unreplicated,
+        problems,
     }
+}
+
+/// Pods that cannot be scheduled, as one problem naming them and the scheduler's reason.
+fn unschedulable(v: &ValidatedBrokerGroup, seen: &Observation) -> Option<Problem> {
+    let stuck: Vec<String> = v
+        .groups
+        .iter()
+        .flat_map(|g| &g.members)
+        .filter_map(|m| {
+            let why = seen.pods.get(&m.pod)?.unschedulable.as_ref()?;
+            Some(format!("{} ({why})", m.pod))
+        })
+        .collect();
+    (!stuck.is_empty()).then(|| {
+        Problem::new(
+            Reason::PodsUnschedulable,
+            format!(
+                "member pods cannot be scheduled: {}; check the layout's nodes, resources and tolerations",
+                stuck.join("; ")
+            ),
+        )
+    })
+}
+
+/// Problems worth a Warning event the first time they show: those nothing else announces
+/// (a lost live or a connector has its own transition), unless the previous Degraded
+/// condition already said so.
+fn problem_transitions(problems: &[Problem], previous: &[Condition]) -> Vec<Transition> {
+    let said = |p: &Problem| {
+        previous.iter().any(|c| {
+            c.type_ == condition::DEGRADED
+                && c.status == "True"
+                && c.reason == p.reason.as_str()
+                && c.message == p.message
+        })
+    };
+    problems
+        .iter()
+        .filter(|p| {
+            matches!(
+                p.reason,
+                Reason::DatabaseSecretMissing
+                    | Reason::PodsUnschedulable
+                    | Reason::DrainStuck
+                    | Reason::InvalidAnnotation
+            ) && !said(p)
+        })
+        .map(|p| Transition::new(p.reason, p.message.clone()))
+        .collect()
+}
+
+/// The new status of `v` from `facts`, given the previous status and the time now.
+pub fn compute(
+    v: &ValidatedBrokerGroup,
+    generation: Option<i64>,
+    facts: &Facts<'_>,
+    previous: &BrokerGroupStatus,
+    now: &Time,
+) -> Computed {
+    let seen = facts.seen;
+    let mut role_labels = BTreeMap::new();
+    let mut transitions = facts.outcome.transitions.clone();
+    let computed: Vec<GroupComputed<'_>> = v
+        .groups
+        .iter()
+        .map(|g| {
+            let before = previous.groups.iter().find(|p| p.name == g.name);
+            group_status(v, g, facts, before, now, &mut transitions, &mut role_labels)
+        })
+        .collect();
 
     let grouping = local_grouping_group(v).map(|local| {
-        let lives: Vec<grouping::GroupLive<'_>> = groups
+        let lives: Vec<grouping::GroupLive<'_>> = computed
             .iter()
-            .zip(&group_lives)
-            .map(|(g, (status, last_live))| grouping::GroupLive {
-                name: &g.name,
-                live: g.live.as_deref(),
-                status: *status,
-                last_live: last_live.as_deref(),
+            .map(|c| grouping::GroupLive {
+                name: &c.status.name,
+                live: c.status.live.as_deref(),
+                status: c.live_status,
+                last_live: c.last_live.as_deref(),
             })
             .collect();
         let (status, moved) = grouping::handler_status(local, &lives);
@@ -465,152 +608,30 @@ pub fn compute(
         status
     });
 
-    let total = v.groups.len();
-    let live_count = total - without_live.len();
-    let mut conditions = Conditions {
-        out: Vec::new(),
-        previous: &previous.conditions,
-        now,
-        generation,
-    };
-    conditions.set(
-        condition::AVAILABLE,
-        without_live.is_empty(),
-        if without_live.is_empty() {
-            "AllGroupsLive"
-        } else {
-            "GroupsWithoutLive"
-        },
-        if without_live.is_empty() {
-            format!("every group ({total}) has a live broker serving clients")
-        } else {
-            format!("no live broker in: {}", without_live.join(", "))
-        },
-    );
-    conditions.set(
-        condition::REPLICATED,
-        unreplicated.is_empty(),
-        if unreplicated.is_empty() {
-            "AllGroupsReplicated"
-        } else {
-            "BackupsNotInSync"
-        },
-        if unreplicated.is_empty() {
-            "every group has a backup in sync with its live".into()
-        } else {
-            format!("no backup in sync in: {}", unreplicated.join(", "))
-        },
-    );
-    let starting: Vec<&String> = seen
-        .pods
+    // Every problem, most fundamental first: the spec's, the plan's, acting's, the groups'.
+    let mut problems: Vec<Problem> = v.problems.clone();
+    problems.extend(facts.plan.problems.iter().cloned());
+    problems.extend(facts.outcome.problems.iter().cloned());
+    problems.extend(unschedulable(v, seen));
+    problems.extend(computed.iter().flat_map(|c| c.problems.iter().cloned()));
+    transitions.extend(problem_transitions(&problems, &previous.conditions));
+
+    let conditions = conditions(v, generation, facts, &computed, &problems, previous, now);
+    transitions.extend(hibernation_transition(v, &conditions, previous));
+    let networks: Vec<(String, network::GroupNetwork)> = computed
         .iter()
-        .filter(|(_, p)| {
-            !p.running
-                || matches!(
-                    p.broker.as_ref().map(|b| b.role),
-                    Ok(Role::Starting) | Err(_)
-                )
-        })
-        .map(|(name, _)| name)
+        .map(|c| (c.status.name.clone(), c.net.clone()))
         .collect();
-    let missing = v
-        .groups
-        .iter()
-        .flat_map(|g| &g.members)
-        .filter(|m| !seen.pods.contains_key(&m.pod))
-        .count();
-    let switching: Vec<String> = groups
-        .iter()
-        .filter_map(|g| {
-            g.switchover
-                .as_ref()
-                .map(|p| format!("{} to {}", g.name, p.to))
-        })
-        .collect();
-    let progressing = !seen.rolling_out.is_empty()
-        || !starting.is_empty()
-        || missing > 0
-        || seen.upgrade.is_some()
-        || !switching.is_empty();
-    conditions.set(
-        condition::PROGRESSING,
-        progressing,
-        if seen.upgrade.is_some() {
-            "RollingUpgrade"
-        } else if !switching.is_empty() {
-            "Switchover"
-        } else if progressing {
-            "MembersStarting"
-        } else {
-            "Stable"
-        },
-        if progressing {
-            let mut parts = Vec::new();
-            if let Some(upgrade) = &seen.upgrade {
-                parts.push(upgrade.clone());
-            }
-            if !switching.is_empty() {
-                parts.push(format!(
-                    "handing the live role over: {}",
-                    switching.join(", ")
-                ));
-            }
-            if !seen.rolling_out.is_empty() {
-                parts.push(format!("rolling out: {}", seen.rolling_out.join(", ")));
-            }
-            if missing > 0 {
-                parts.push(format!("{missing} member pod(s) not created yet"));
-            }
-            if !starting.is_empty() {
-                parts.push(format!(
-                    "starting: {}",
-                    starting
-                        .iter()
-                        .map(|s| s.as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ));
-            }
-            parts.join("; ")
-        } else {
-            "every member runs the current spec".into()
-        },
-    );
-    let (degraded, reason, message) = match seen.problems.first() {
-        Some((reason, message)) => (true, reason.clone(), message.clone()),
-        None if !database_problems.is_empty() => (
-            true,
-            database::DATABASE_UNREACHABLE.to_string(),
-            database_problems.join("; "),
-        ),
-        None if !without_live.is_empty() && !progressing => (
-            true,
-            "GroupsWithoutLive".to_string(),
-            format!("no live broker in: {}", without_live.join(", ")),
-        ),
-        None => (
-            false,
-            "AsExpected".to_string(),
-            "nothing needs attention".to_string(),
-        ),
-    };
-    transitions.extend(database::secret_transitions(
-        &seen.problems,
-        &previous.conditions,
-    ));
-    conditions.set(condition::DEGRADED, degraded, &reason, message);
-    let (linked, reason, message) = network::condition(&networks);
-    conditions.set(condition::NETWORK_LINKED, linked, reason, message);
     let connectors: usize = networks.iter().map(|(_, n)| n.connectors).sum();
     let connectors_linked: usize = networks.iter().map(|(_, n)| n.linked).sum();
-
-    let failovers = groups.iter().map(|g| g.failovers).sum();
+    let groups: Vec<GroupStatus> = computed.into_iter().map(|c| c.status).collect();
+    let live_count = groups.iter().filter(|g| g.live.is_some()).count();
     Computed {
         status: BrokerGroupStatus {
             observed_generation: generation,
-            conditions: conditions.out,
-            live: Some(format!("{live_count}/{total}")),
-            failovers,
+            conditions,
+            live: Some(format!("{live_count}/{}", groups.len())),
+            failovers: groups.iter().map(|g| g.failovers).sum(),
             switchovers: groups.iter().map(|g| g.switchovers).sum(),
             linked: (connectors > 0).then(|| format!("{connectors_linked}/{connectors}")),
             groups,
@@ -621,10 +642,261 @@ pub fn compute(
     }
 }
 
+/// The Hibernated event once every pod is gone, the Resumed event once every group has a
+/// live again after a hibernation.
+fn hibernation_transition(
+    v: &ValidatedBrokerGroup,
+    now: &[Condition],
+    previous: &BrokerGroupStatus,
+) -> Option<Transition> {
+    let reason_of = |list: &[Condition]| {
+        list.iter()
+            .find(|c| c.type_ == condition::HIBERNATED)
+            .map(|c| c.reason.clone())
+    };
+    let (before, after) = (reason_of(&previous.conditions), reason_of(now));
+    match (before.as_deref(), after.as_deref()) {
+        (Some(b), Some("Hibernated")) if b != "Hibernated" => Some(Transition::new(
+            Reason::Hibernated,
+            format!("{}: every broker pod stopped; claims and Secrets are kept", v.name),
+        )),
+        (Some("Hibernated" | "Hibernating" | "Resuming"), Some("Running")) => Some(Transition::new(
+            Reason::Resumed,
+            format!("{}: every group has a live broker again", v.name),
+        )),
+        _ => None,
+    }
+}
+
+/// The conditions: Available, Replicated, Progressing, Degraded, NetworkLinked, Hibernated.
+fn conditions(
+    v: &ValidatedBrokerGroup,
+    generation: Option<i64>,
+    facts: &Facts<'_>,
+    groups: &[GroupComputed<'_>],
+    problems: &[Problem],
+    previous: &BrokerGroupStatus,
+    now: &Time,
+) -> Vec<Condition> {
+    let seen = facts.seen;
+    let mut conditions = Conditions {
+        out: Vec::new(),
+        previous: &previous.conditions,
+        now,
+        generation,
+    };
+    let total = groups.len();
+    let without_live: Vec<&str> = groups
+        .iter()
+        .filter(|c| c.status.live.is_none())
+        .map(|c| c.status.name.as_str())
+        .collect();
+    conditions.set(
+        condition::AVAILABLE,
+        without_live.is_empty(),
+        if without_live.is_empty() {
+            "AllGroupsLive"
+        } else if v.hibernate {
+            "Hibernated"
+        } else {
+            "GroupsWithoutLive"
+        },
+        if without_live.is_empty() {
+            format!("every group ({total}) has a live broker serving clients")
+        } else {
+            format!("no live broker in: {}", without_live.join(", "))
+        },
+    );
+    let unreplicated: Vec<&str> = groups
+        .iter()
+        .filter(|c| c.unreplicated)
+        .map(|c| c.status.name.as_str())
+        .collect();
+    // With a shared store nothing is copied: what matters is a slave standing by that
+    // reaches the store.
+    let (ok_reason, ok_message, bad_reason, bad_message) = if v.is_shared_store() {
+        (
+            "AllGroupsStandingBy",
+            "every group has a slave waiting on the shared store (nothing is copied: the members share it)",
+            "NoSlaveStandingBy",
+            "no slave waiting on the shared store in",
+        )
+    } else {
+        (
+            "AllGroupsReplicated",
+            "every group has a backup in sync with its live",
+            "BackupsNotInSync",
+            "no backup in sync in",
+        )
+    };
+    conditions.set(
+        condition::REPLICATED,
+        unreplicated.is_empty(),
+        if unreplicated.is_empty() {
+            ok_reason
+        } else {
+            bad_reason
+        },
+        if unreplicated.is_empty() {
+            ok_message.into()
+        } else {
+            format!("{bad_message}: {}", unreplicated.join(", "))
+        },
+    );
+
+    let starting: Vec<&str> = seen
+        .pods
+        .iter()
+        .filter(|(_, p)| {
+            !p.running
+                || matches!(
+                    p.broker.as_ref().map(|b| b.role),
+                    Ok(Role::Starting) | Err(_)
+                )
+        })
+        .map(|(name, _)| name.as_str())
+        .collect();
+    let missing = if v.hibernate {
+        0
+    } else {
+        v.groups
+            .iter()
+            .flat_map(|g| &g.members)
+            .filter(|m| !seen.pods.contains_key(&m.pod))
+            .count()
+    };
+    let switching: Vec<String> = groups
+        .iter()
+        .filter_map(|c| {
+            let p = c.status.switchover.as_ref()?;
+            Some(format!("{} to {}", c.status.name, p.to))
+        })
+        .collect();
+    let draining: Vec<String> = groups
+        .iter()
+        .filter_map(|c| {
+            let d = c.status.drain.as_ref()?;
+            Some(match d.messages_left {
+                Some(left) => format!("{} ({left} messages left)", c.status.name),
+                None => c.status.name.clone(),
+            })
+        })
+        .collect();
+    let upgrade = facts.plan.upgrade.as_ref();
+    let progressing = !seen.rolling_out.is_empty()
+        || !starting.is_empty()
+        || missing > 0
+        || upgrade.is_some()
+        || !switching.is_empty()
+        || !draining.is_empty()
+        || (v.hibernate && !seen.pods.is_empty());
+    let mut parts = Vec::new();
+    if !draining.is_empty() {
+        parts.push(format!(
+            "draining removed groups into the others: {}",
+            draining.join(", ")
+        ));
+    }
+    if let Some(upgrade) = upgrade {
+        parts.push(upgrade.clone());
+    }
+    if !switching.is_empty() {
+        parts.push(format!(
+            "handing the live role over: {}",
+            switching.join(", ")
+        ));
+    }
+    if v.hibernate && !seen.pods.is_empty() {
+        parts.push(format!("hibernating: {} pod(s) left", seen.pods.len()));
+    }
+    if !seen.rolling_out.is_empty() {
+        parts.push(format!("rolling out: {}", seen.rolling_out.join(", ")));
+    }
+    if missing > 0 {
+        parts.push(format!("{missing} member pod(s) not created yet"));
+    }
+    if !starting.is_empty() {
+        parts.push(format!("starting: {}", starting.join(", ")));
+    }
+    conditions.set(
+        condition::PROGRESSING,
+        progressing,
+        if !draining.is_empty() {
+            "ScalingDown"
+        } else if upgrade.is_some() {
+            "RollingUpgrade"
+        } else if !switching.is_empty() {
+            "Switchover"
+        } else if v.hibernate && progressing {
+            "Hibernating"
+        } else if progressing {
+            "MembersStarting"
+        } else {
+            "Stable"
+        },
+        if progressing {
+            parts.join("; ")
+        } else {
+            "every member runs the current spec".into()
+        },
+    );
+
+    let database: Vec<&Problem> = problems
+        .iter()
+        .filter(|p| p.reason == Reason::DatabaseUnreachable)
+        .collect();
+    let first = problems
+        .iter()
+        .find(|p| p.reason != Reason::DatabaseUnreachable);
+    let (degraded, reason, message) = match first {
+        Some(p) => (true, p.reason.as_str().to_string(), p.message.clone()),
+        None if !database.is_empty() => (
+            true,
+            Reason::DatabaseUnreachable.as_str().to_string(),
+            database
+                .iter()
+                .map(|p| p.message.as_str())
+                .collect::<Vec<_>>()
+                .join("; "),
+        ),
+        None if !without_live.is_empty() && !progressing && !v.hibernate => (
+            true,
+            "GroupsWithoutLive".to_string(),
+            format!("no live broker in: {}", without_live.join(", ")),
+        ),
+        None => (
+            false,
+            "AsExpected".to_string(),
+            "nothing needs attention".to_string(),
+        ),
+    };
+    conditions.set(condition::DEGRADED, degraded, &reason, message);
+    let networks: Vec<(String, network::GroupNetwork)> = groups
+        .iter()
+        .map(|c| (c.status.name.clone(), c.net.clone()))
+        .collect();
+    let (linked, reason, message) = network::condition(&networks);
+    conditions.set(condition::NETWORK_LINKED, linked, reason, message);
+
+    let asleep = v.hibernate && seen.pods.is_empty();
+    let waking = previous.conditions.iter().any(|c| {
+        c.type_ == condition::HIBERNATED
+            && matches!(c.reason.as_str(), "Hibernated" | "Hibernating" | "Resuming")
+    }) && !without_live.is_empty();
+    let (reason, message) = match (v.hibernate, asleep) {
+        (true, true) => ("Hibernated", "no broker pod runs; claims, Secrets and the spec are kept; set duomq.io/hibernation: off to resume".to_string()),
+        (true, false) => ("Hibernating", format!("stopping every broker pod: {} left", seen.pods.len())),
+        (false, _) if waking => ("Resuming", "starting the broker pods again".to_string()),
+        (false, _) => ("Running", "the brokers run (annotate duomq.io/hibernation: on to hibernate)".to_string()),
+    };
+    conditions.set(condition::HIBERNATED, asleep, reason, message);
+    conditions.out
+}
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
     use crate::api::BrokerGroup;
+    use crate::plan::{Outcome, Plan};
     use crate::render::parse_documents;
     use crate::validate::{validate, Dependencies};
     use duomq_broker::admin::api::{HaStatus, SyncStatus};
@@ -680,7 +952,36 @@ pub(crate) mod tests {
             broker,
             ip: None,
             revision: None,
+            unschedulable: None,
         }
+    }
+
+    /// The status computed from `seen` alone (nothing planned or done).
+    pub(crate) fn status_of(
+        v: &ValidatedBrokerGroup,
+        generation: Option<i64>,
+        seen: &Observation,
+        previous: &BrokerGroupStatus,
+        now: &Time,
+    ) -> Computed {
+        status_after(v, generation, seen, &Outcome::default(), previous, now)
+    }
+
+    /// The status computed from `seen` and what acting did.
+    pub(crate) fn status_after(
+        v: &ValidatedBrokerGroup,
+        generation: Option<i64>,
+        seen: &Observation,
+        outcome: &Outcome,
+        previous: &BrokerGroupStatus,
+        now: &Time,
+    ) -> Computed {
+        let facts = Facts {
+            seen,
+            plan: &Plan::default(),
+            outcome,
+        };
+        compute(v, generation, &facts, previous, now)
     }
 
     fn at(secs: i64) -> Time {
@@ -693,7 +994,7 @@ pub(crate) mod tests {
 
     /// The status computed from `seen` with no previous status.
     fn first(seen: &Observation) -> Computed {
-        compute(
+        status_of(
             &pair(),
             Some(1),
             seen,
@@ -743,7 +1044,7 @@ pub(crate) mod tests {
     #[test]
     fn given_an_unchanged_observation_should_keep_status_and_transition_times() {
         let first = first(&healthy());
-        let second = compute(&pair(), Some(1), &healthy(), &first.status, &at(200));
+        let second = status_of(&pair(), Some(1), &healthy(), &first.status, &at(200));
         assert_eq!(first.status, second.status);
     }
 
@@ -763,7 +1064,7 @@ pub(crate) mod tests {
             "pair-g0-1".into(),
             pod(broker(Role::Live, 2, None), Some("backup")),
         );
-        let c = compute(&pair(), Some(1), &seen, &before, &at(200));
+        let c = status_of(&pair(), Some(1), &seen, &before, &at(200));
         let g = &c.status.groups[0];
         assert_eq!(g.live.as_deref(), Some("pair-g0-1"));
         assert_eq!(g.failovers, 1);
@@ -775,8 +1076,8 @@ pub(crate) mod tests {
         );
         assert_eq!(g.epoch, 2);
         assert_eq!(cond(&c.status, condition::REPLICATED).status, "False");
-        assert_eq!(c.transitions[0].reason, "FailedOver");
-        assert!(c.transitions[0].warning);
+        assert_eq!(c.transitions[0].reason, Reason::FailedOver);
+        assert!(c.transitions[0].warning());
         assert_eq!(
             c.role_labels.get("pair-g0-1").map(String::as_str),
             Some("live")
@@ -787,21 +1088,24 @@ pub(crate) mod tests {
         // the original member resyncs and takes the role back
         let mut back = healthy();
         back.pods.get_mut("pair-g0-0").unwrap().broker = broker(Role::Live, 3, None);
-        let d = compute(&pair(), Some(1), &back, &c.status, &at(300));
+        let d = status_of(&pair(), Some(1), &back, &c.status, &at(300));
         let g = &d.status.groups[0];
-        assert_eq!(g.failovers, 2);
+        // counted apart: one failover, one failback (a planned hand-over)
+        assert_eq!((g.failovers, g.switchovers), (1, 1));
+        assert_eq!((d.status.failovers, d.status.switchovers), (1, 1));
         assert_eq!(
             g.last_failover.as_ref().unwrap().reason,
             FailoverReason::Failback
         );
-        assert_eq!(d.transitions[0].reason, "FailedBack");
+        assert_eq!(d.transitions[0].reason, Reason::FailedBack);
     }
 
     #[test]
     fn given_a_switchover_the_live_agreed_to_should_be_pending_then_recorded_with_its_reason() {
         let before = first(&healthy()).status;
-        let mut seen = healthy();
-        seen.switchovers.insert(
+        let seen = healthy();
+        let mut outcome = Outcome::default();
+        outcome.switchovers.insert(
             "pair-g0".into(),
             PendingSwitchover {
                 to: "pair-g0-1".into(),
@@ -809,7 +1113,7 @@ pub(crate) mod tests {
                 time: at(150),
             },
         );
-        let asked = compute(&pair(), Some(1), &seen, &before, &at(150));
+        let asked = status_after(&pair(), Some(1), &seen, &outcome, &before, &at(150));
         let pending = asked.status.groups[0].switchover.clone();
         assert_eq!(pending.as_ref().map(|p| p.to.as_str()), Some("pair-g0-1"));
         assert_eq!(
@@ -817,12 +1121,24 @@ pub(crate) mod tests {
             "Switchover"
         );
 
+        // a look in between: the old live let go, the target has not taken over yet; that
+        // is the hand-over working, not a lost live (no LiveLost warning, not Degraded)
+        let mut between = healthy();
+        between.pods.get_mut("pair-g0-0").unwrap().broker =
+            broker(Role::Backup, 1, Some(SyncState::Connecting));
+        between.pods.get_mut("pair-g0-1").unwrap().broker =
+            broker(Role::Backup, 1, Some(SyncState::Synced));
+        let gap = status_of(&pair(), Some(1), &between, &asked.status, &at(155));
+        assert!(gap.transitions.is_empty(), "{:?}", gap.transitions);
+        assert_eq!(cond(&gap.status, condition::DEGRADED).status, "False");
+        assert_eq!(cond(&gap.status, condition::PROGRESSING).reason, "Switchover");
+
         // next look: the target is live; the old live follows it
         let mut after = healthy();
         after.pods.get_mut("pair-g0-0").unwrap().broker =
             broker(Role::Backup, 2, Some(SyncState::Synced));
         after.pods.get_mut("pair-g0-1").unwrap().broker = broker(Role::Live, 2, None);
-        let done = compute(&pair(), Some(1), &after, &asked.status, &at(160));
+        let done = status_of(&pair(), Some(1), &after, &gap.status, &at(160));
         let g = &done.status.groups[0];
         let last = g.last_failover.as_ref().unwrap();
         assert_eq!(
@@ -832,15 +1148,15 @@ pub(crate) mod tests {
         assert_eq!(g.switchover, None, "done");
         assert_eq!(
             (
-                done.transitions[0].reason.as_str(),
-                done.transitions[0].warning
+                done.transitions[0].reason,
+                done.transitions[0].warning()
             ),
-            ("SwitchedOver", false)
+            (Reason::SwitchedOver, false)
         );
         assert_eq!(cond(&done.status, condition::PROGRESSING).reason, "Stable");
 
         // a pending switchover that never shows is dropped after a while
-        let stale = compute(
+        let stale = status_of(
             &pair(),
             Some(1),
             &healthy(),
@@ -874,17 +1190,17 @@ pub(crate) mod tests {
         assert!(c
             .transitions
             .iter()
-            .any(|t| t.reason == "SplitBrain" && t.warning));
+            .any(|t| t.reason == Reason::SplitBrain && t.warning()));
     }
 
     #[test]
     fn given_a_problem_should_be_degraded_with_its_reason() {
-        let mut seen = healthy();
-        seen.problems.push((
-            "ConnectorTargetMissing".into(),
-            "billing does not exist".into(),
+        let mut v = pair();
+        v.problems.push(Problem::new(
+            Reason::ConnectorTargetMissing,
+            "billing does not exist",
         ));
-        let c = first(&seen);
+        let c = status_of(&v, Some(1), &healthy(), &BrokerGroupStatus::default(), &at(100));
         let d = cond(&c.status, condition::DEGRADED);
         assert_eq!(
             (d.status.as_str(), d.reason.as_str()),
@@ -937,7 +1253,7 @@ pub(crate) mod tests {
     ) {
         use duomq_broker::admin::api::LinkState;
         let v = validated("{groups: 2, backupsPerGroup: 1}");
-        let brief = compute(
+        let brief = status_of(
             &v,
             Some(1),
             &mesh(LinkState::Refused, 30),
@@ -950,7 +1266,7 @@ pub(crate) mod tests {
         );
         assert!(brief.transitions.is_empty(), "{:?}", brief.transitions);
 
-        let long = compute(
+        let long = status_of(
             &v,
             Some(1),
             &mesh(LinkState::Refused, 75),
@@ -977,10 +1293,10 @@ pub(crate) mod tests {
             c.message
         );
         assert_eq!(long.transitions.len(), 1);
-        assert!(long.transitions[0].warning);
-        assert_eq!(long.transitions[0].reason, "ConnectorUnlinked");
+        assert!(long.transitions[0].warning());
+        assert_eq!(long.transitions[0].reason, Reason::ConnectorUnlinked);
 
-        let still = compute(
+        let still = status_of(
             &v,
             Some(1),
             &mesh(LinkState::Refused, 90),
@@ -993,7 +1309,7 @@ pub(crate) mod tests {
             "no status patch while it stays down"
         );
 
-        let back = compute(
+        let back = status_of(
             &v,
             Some(1),
             &mesh(LinkState::Linked, 2),
@@ -1005,7 +1321,7 @@ pub(crate) mod tests {
         assert_eq!(
             (
                 back.transitions[0].reason.as_str(),
-                back.transitions[0].warning
+                back.transitions[0].warning()
             ),
             ("ConnectorLinked", false)
         );
@@ -1051,7 +1367,7 @@ pub(crate) mod tests {
     fn given_grouping_when_the_handlers_group_fails_over_should_name_the_new_live_and_record_the_move(
     ) {
         let v = validated("{groups: 3, backupsPerGroup: 1, grouping: {localGroup: 1}}");
-        let before = compute(
+        let before = status_of(
             &v,
             Some(1),
             &grouped("pair-g1-0", 20),
@@ -1065,7 +1381,7 @@ pub(crate) mod tests {
         );
         assert_eq!(g.remotes_connected, "2/2");
         assert_eq!(
-            compute(
+            status_of(
                 &pair(),
                 Some(1),
                 &healthy(),
@@ -1081,13 +1397,13 @@ pub(crate) mod tests {
         // a look while the group has no live, then its backup is live with every binding
         let mut gap = grouped("pair-g1-0", 20);
         gap.pods.get_mut("pair-g1-0").unwrap().broker = Err("connection refused".into());
-        let during = compute(&v, Some(1), &gap, &before.status, &at(110));
+        let during = status_of(&v, Some(1), &gap, &before.status, &at(110));
         assert_eq!(during.status.grouping.as_ref().unwrap().live, None);
         assert!(!during
             .transitions
             .iter()
-            .any(|t| t.reason == grouping::HANDLER_MOVED));
-        let after = compute(
+            .any(|t| t.reason == Reason::GroupingHandlerMoved));
+        let after = status_of(
             &v,
             Some(1),
             &grouped("pair-g1-1", 20),
@@ -1102,7 +1418,7 @@ pub(crate) mod tests {
         let moved: Vec<&Transition> = after
             .transitions
             .iter()
-            .filter(|t| t.reason == grouping::HANDLER_MOVED)
+            .filter(|t| t.reason == Reason::GroupingHandlerMoved)
             .collect();
         assert_eq!(moved.len(), 1, "{:?}", after.transitions);
         assert!(
@@ -1125,20 +1441,26 @@ pub(crate) mod tests {
                 released_holder: None,
             },
         );
+        let releases = |seen: &Observation| -> Vec<(String, String)> {
+            crate::plan::lease_releases(&pair(), seen)
+                .into_iter()
+                .map(|r| (r.group, r.holder))
+                .collect()
+        };
         assert!(
-            leases_to_release(&pair(), &seen).is_empty(),
+            releases(&seen).is_empty(),
             "a running holder is never released"
         );
 
         let before = first(&seen).status;
         seen.pods.get_mut("pair-g0-0").unwrap().running = false;
         assert_eq!(
-            leases_to_release(&pair(), &seen),
+            releases(&seen),
             vec![("pair-g0".to_string(), "pair-g0-0".to_string())]
         );
         seen.pods.remove("pair-g0-0");
         assert_eq!(
-            leases_to_release(&pair(), &seen).len(),
+            releases(&seen).len(),
             1,
             "a deleted holder is released too"
         );
@@ -1152,7 +1474,7 @@ pub(crate) mod tests {
             },
         );
         seen.pods.get_mut("pair-g0-1").unwrap().broker = broker(Role::Live, 2, None);
-        let c = compute(&pair(), Some(1), &seen, &before, &at(200));
+        let c = status_of(&pair(), Some(1), &seen, &before, &at(200));
         assert_eq!(
             c.status.groups[0].last_failover.as_ref().unwrap().reason,
             FailoverReason::OperatorFailover
@@ -1186,7 +1508,7 @@ pub(crate) mod tests {
 
     /// The status of the shared-database `pair` computed from `seen` with no previous status.
     fn database_first(seen: &Observation) -> Computed {
-        compute(
+        status_of(
             &shared_database(),
             Some(1),
             seen,
@@ -1237,7 +1559,7 @@ pub(crate) mod tests {
             },
         );
         seen.pods.get_mut("pair-g0-1").unwrap().broker = database_member(Role::Live, 2, None);
-        let after = compute(&v, Some(1), &seen, &before.status, &at(130));
+        let after = status_of(&v, Some(1), &seen, &before.status, &at(130));
         let g = &after.status.groups[0];
         let last = g.last_failover.as_ref().expect("the failover recorded");
         assert_eq!(
@@ -1250,7 +1572,7 @@ pub(crate) mod tests {
             ),
             ("pair-g0-0", "pair-g0-1", FailoverReason::LiveLost, 1, 2)
         );
-        assert_eq!(after.transitions[0].reason, "FailedOver");
+        assert_eq!(after.transitions[0].reason, Reason::FailedOver);
         assert_eq!(
             after.role_labels.get("pair-g0-1").map(String::as_str),
             Some("live")
@@ -1272,17 +1594,17 @@ pub(crate) mod tests {
         let d = cond(&lost.status, condition::DEGRADED);
         assert_eq!(
             (d.status.as_str(), d.reason.as_str()),
-            ("True", database::DATABASE_UNREACHABLE)
+            ("True", Reason::DatabaseUnreachable.as_str())
         );
         assert_eq!(
             d.message,
             "group pair-g0: cannot reach the database: pair-g0-1 (connection refused)"
         );
         assert_eq!(lost.transitions.len(), 1, "{:?}", lost.transitions);
-        assert!(lost.transitions[0].warning);
-        assert_eq!(lost.transitions[0].reason, database::DATABASE_UNREACHABLE);
+        assert!(lost.transitions[0].warning());
+        assert_eq!(lost.transitions[0].reason, Reason::DatabaseUnreachable);
 
-        let still = compute(
+        let still = status_of(
             &v,
             Some(1),
             &database_pair(Some("connection refused")),
@@ -1295,15 +1617,15 @@ pub(crate) mod tests {
             "no status patch while it stays down"
         );
 
-        let back = compute(&v, Some(1), &database_pair(None), &still.status, &at(130));
+        let back = status_of(&v, Some(1), &database_pair(None), &still.status, &at(130));
         assert!(back.status.groups[0].database_unreachable.is_empty());
         assert_eq!(cond(&back.status, condition::DEGRADED).status, "False");
         assert_eq!(
             (
-                back.transitions[0].reason.as_str(),
-                back.transitions[0].warning
+                back.transitions[0].reason,
+                back.transitions[0].warning()
             ),
-            (database::DATABASE_REACHABLE, false)
+            (Reason::DatabaseReachable, false)
         );
     }
 
@@ -1314,7 +1636,7 @@ pub(crate) mod tests {
         let before = database_first(&database_pair(None));
         let mut seen = database_pair(None);
         seen.pods.get_mut("pair-g0-0").unwrap().broker = database_member(Role::Live, 2, None);
-        let after = compute(&v, Some(1), &seen, &before.status, &at(110));
+        let after = status_of(&v, Some(1), &seen, &before.status, &at(110));
         let g = &after.status.groups[0];
         assert_eq!(
             (
@@ -1326,11 +1648,11 @@ pub(crate) mod tests {
             (Some("pair-g0-0"), 2, 0, true)
         );
         assert_eq!(after.transitions.len(), 1, "{:?}", after.transitions);
-        assert_eq!(after.transitions[0].reason, database::LEASE_RETAKEN);
+        assert_eq!(after.transitions[0].reason, Reason::LeaseRetaken);
         assert!(
             after.transitions[0]
                 .note
-                .contains("pair-g0-0 took the database lease again at epoch 2"),
+                .contains("pair-g0-0 took the shared store again at epoch 2"),
             "{}",
             after.transitions[0].note
         );
