@@ -7,7 +7,9 @@
 //!   sample with two leaders. The leader's Lease is stolen by a test write (it stops at its
 //!   next renewal; nobody takes over before the thief's claim lapsed), the next leader is
 //!   cut off the API server (it exits before its claim could lapse, then a standby takes
-//!   over), the next one is killed with SIGKILL (a standby takes over).
+//!   over), the next one is killed with SIGKILL (a standby takes over once the claim
+//!   lapsed), the next one stopped with SIGTERM (it releases the Lease: a standby takes
+//!   over at once).
 //! - `failover`: the installed operator scaled to two replicas on the local control plane;
 //!   its leader's pod is deleted (grace 0, forced) at the moment a group's live broker is
 //!   killed; the standby takes the Lease and finishes the failover: the status names the
@@ -235,6 +237,19 @@ async fn election(api: &ApiServerHandle) -> Result<()> {
     let (fourth, led_at) = sampler.new_leader(killed_at, &third, TAKEOVER).await?;
     println!("killed: {fourth} leads {:.1}s after {third} was killed", led_at.duration_since(killed_at).as_secs_f64());
     ensure!(holder(&leases).await?.as_deref() == Some(fourth.as_str()), "the Lease names {fourth}");
+
+    // The leader stopped (SIGTERM, as in a rolling update): it releases the Lease on its
+    // way out and a standby leads long before the claim would have lapsed.
+    let r = replicas.get_mut(&fourth).context("the fourth leader")?;
+    let stopped_at = Instant::now();
+    r.process.terminate()?;
+    let status = r.process.exited_within(EXIT).await?;
+    ensure!(status.success(), "{fourth} exits 0 on SIGTERM: {status}");
+    ensure!(r.process.log_text().contains("released the leader Lease"), "{fourth} released the Lease:\n{}", r.process.log_text());
+    let (fifth, led_at) = sampler.new_leader(stopped_at, &fourth, TAKEOVER).await?;
+    let took = led_at.duration_since(stopped_at);
+    ensure!(took < LEASE_DURATION, "{fifth} led {took:?} after {fourth} stopped: the Lease was not released");
+    println!("stopped: {fifth} leads {:.1}s after {fourth} got SIGTERM", took.as_secs_f64());
 
     let samples = sampler.check()?;
     println!("election: {samples} samples, never two leaders");

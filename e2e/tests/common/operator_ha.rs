@@ -86,6 +86,13 @@ impl OperatorProcess {
         Ok(())
     }
 
+    /// SIGTERM, as the kubelet stops a container.
+    pub fn terminate(&self) -> Result<()> {
+        let status = Command::new("kill").args(["-TERM", &self.child.id().to_string()]).status().context("failed to run kill")?;
+        anyhow::ensure!(status.success(), "kill -TERM {} failed", self.child.id());
+        Ok(())
+    }
+
     /// The exit status, once the process exited by itself within `timeout`.
     pub async fn exited_within(&mut self, timeout: Duration) -> Result<ExitStatus> {
         let deadline = Instant::now() + timeout;
