@@ -33,11 +33,22 @@ pub const SWITCHOVER: &str = "/ha/switchover";
 /// get an ERROR saying the group is draining; open client connections are closed so that
 /// failover clients move to another group), stops advertising demand on its bridges, and
 /// forwards every queued message over its linked bridges to the named groups, whether or
-/// not they have consumers. Each message is settled here only once stored there, as with
-/// any forward, so nothing is lost if either side dies. Idempotent: asking again answers
-/// the progress. 200 [`DrainStatus`]; 401 unsigned or wrongly signed; 409 [`AdminError`]
-/// when this member is not live. Not persistent: a member that becomes live later (after
-/// a failover) is asked again by the operator.
+/// not they have consumers (and whatever the connectors' destination filters say), refusing
+/// what other groups forward to it. Each message is settled here only once stored there,
+/// as with any forward, so nothing is lost if either side dies; a resend after a crash is
+/// stored once (the forward's id is kept in the journal). Messages are spread over the
+/// linked targets, those with consumers for the queue first. Messages of a message group
+/// go to the one target that took the group's first message here (the queue keeps the
+/// group on that bridge while it is linked), or, when the grouping handler gave the group
+/// to a target group, to that group; a group bound to this group is forwarded like any
+/// message and bound anew by the target. Topics: their subscribers were clients of this
+/// group, so their subscriptions end with their connections, with what they held; topic
+/// messages already taken by a bridge to a target go on. Links to non-target groups forward
+/// nothing. Idempotent: asking again answers the progress (with other targets, changes
+/// them). 200 [`DrainStatus`]; 400 without targets or naming this group; 401 unsigned or
+/// wrongly signed; 409 [`AdminError`] when this member is not live (or is fenced). Not
+/// persistent: a member that becomes live later (a restart, a failover) serves clients
+/// again and is asked again by the operator.
 pub const DRAIN: &str = "/ha/drain";
 /// `POST` a [`FenceRequest`] to any member, signed like [`SWITCHOVER`] (CloudNativePG's
 /// fencing): a fenced member stops serving and replicating (or polling the journal lock,
@@ -69,7 +80,9 @@ pub enum DrainState {
     Draining,
     /// No message and no client left: the group can be deleted.
     Drained,
-    /// Messages are left but no bridge to any target group is linked; `reason` says why.
+    /// Messages are left but no bridge that forwards from here (a connector's link, or a
+    /// duplex link a target opened) reaches a target group; `reason` says why (no
+    /// connector at all, or each connector's link state and last error).
     Stuck,
 }
 
@@ -78,7 +91,8 @@ pub enum DrainState {
 #[serde(rename_all = "camelCase")]
 pub struct DrainStatus {
     pub state: DrainState,
-    /// Messages still held here: queued and in flight, over all queues.
+    /// Messages still held here: queued and in flight, over all point-to-point queues
+    /// (topic subscriptions are not counted: see [`DRAIN`]).
     pub messages_left: u64,
     /// Messages forwarded to the targets since the drain began.
     pub forwarded: u64,

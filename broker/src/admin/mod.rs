@@ -22,6 +22,8 @@ use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
 use parking_lot::RwLock;
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
 use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio_util::sync::CancellationToken;
@@ -153,17 +155,11 @@ fn open_connections(s: &AdminState) -> u64 {
 /// `POST /ha/drain`: see [`api::DRAIN`]. Begins the drain on the live's bridges (or
 /// changes its targets) and answers its progress at once; asking again answers it anew.
 async fn drain(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
-    let refuse = |code: StatusCode, result: &'static str, error: String| {
-        s.metrics.drain_requests.get_or_create(&AdminRequestLabels { result }).inc();
-        (code, Json(AdminError { error })).into_response()
-    };
-    if let Err(e) = authorize(&s, api::DRAIN, &headers, &body) {
-        tracing::warn!(error = %e, "refused an unauthenticated drain request");
-        return refuse(StatusCode::UNAUTHORIZED, "unauthorized", e);
-    }
-    let request: DrainRequest = match serde_json::from_slice(&body) {
+    let counter = &s.metrics.drain_requests;
+    let refuse = |code: StatusCode, result: &'static str, error: String| refusal(counter, code, result, error);
+    let request: DrainRequest = match signed_request(&s, api::DRAIN, &headers, &body, counter, r#"{"targets":["<group>"]}"#) {
         Ok(r) => r,
-        Err(e) => return refuse(StatusCode::BAD_REQUEST, "refused", format!("failed to read the request: {e}; expected {{\"targets\":[\"<group>\"]}}")),
+        Err(refused) => return *refused,
     };
     let own = s.config.ha.group_name.clone();
     if request.targets.is_empty() || request.targets.iter().any(|t| t.is_empty()) {
@@ -181,9 +177,9 @@ async fn drain(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> 
     }
     if network.begin_drain(request.targets.clone()) {
         tracing::warn!(targets = ?request.targets, "draining: refusing clients, closing open connections and forwarding every queued message to the target groups");
-        s.metrics.drain_requests.get_or_create(&AdminRequestLabels { result: "started" }).inc();
+        counter.get_or_create(&AdminRequestLabels { result: "started" }).inc();
     } else {
-        s.metrics.drain_requests.get_or_create(&AdminRequestLabels { result: "progress" }).inc();
+        counter.get_or_create(&AdminRequestLabels { result: "progress" }).inc();
     }
     match network.drain_status(open_connections(&s)) {
         Some(status) => Json(status).into_response(),
@@ -201,32 +197,48 @@ fn authorize(s: &AdminState, path: &str, headers: &HeaderMap, body: &[u8]) -> Re
     auth::verify(password.as_bytes(), "POST", path, body, signature, auth::unix_now()).map_err(|e| e.to_string())
 }
 
+/// An admin write's refusal: counted by `result` and answered with `code` and the reason.
+fn refusal(counter: &Family<AdminRequestLabels, Counter>, code: StatusCode, result: &'static str, error: String) -> Response {
+    counter.get_or_create(&AdminRequestLabels { result }).inc();
+    (code, Json(AdminError { error })).into_response()
+}
+
+/// What every signed admin write but the switchover does first: check the signature (401),
+/// then read the JSON body (400, naming the `expected` shape).
+fn signed_request<T: serde::de::DeserializeOwned>(
+    s: &AdminState,
+    path: &str,
+    headers: &HeaderMap,
+    body: &[u8],
+    counter: &Family<AdminRequestLabels, Counter>,
+    expected: &str,
+) -> Result<T, Box<Response>> {
+    if let Err(e) = authorize(s, path, headers, body) {
+        tracing::warn!(error = %e, path, "refused an unauthenticated admin request");
+        return Err(Box::new(refusal(counter, StatusCode::UNAUTHORIZED, "unauthorized", e)));
+    }
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(refusal(counter, StatusCode::BAD_REQUEST, "refused", format!("failed to read the request: {e}; expected {expected}")))
+    })
+}
+
 /// `POST /ha/fence`: see [`api::FENCE`]. Flips the admin fence the node loops obey; the
 /// answer comes at once (`/status` shows the member become `fenced`, or rejoin).
 async fn fence(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
-    let refuse = |code: StatusCode, result: &'static str, error: String| {
-        s.metrics.fence_requests.get_or_create(&AdminRequestLabels { result }).inc();
-        (code, Json(AdminError { error })).into_response()
-    };
-    if let Err(e) = authorize(&s, api::FENCE, &headers, &body) {
-        tracing::warn!(error = %e, "refused an unauthenticated fence request");
-        return refuse(StatusCode::UNAUTHORIZED, "unauthorized", e);
-    }
-    let request: FenceRequest = match serde_json::from_slice(&body) {
+    let counter = &s.metrics.fence_requests;
+    let request: FenceRequest = match signed_request(&s, api::FENCE, &headers, &body, counter, r#"{"fenced":true|false,"force":false}"#) {
         Ok(r) => r,
-        Err(e) => {
-            return refuse(StatusCode::BAD_REQUEST, "refused", format!("failed to read the request: {e}; expected {{\"fenced\":true|false,\"force\":false}}"))
-        }
+        Err(refused) => return *refused,
     };
     let role = *s.role.read();
     if let Err(e) = crate::ha::fence::check(s.policy, role, request.fenced, request.force) {
         tracing::info!(fenced = request.fenced, force = request.force, ?role, reason = %e, "fence request refused");
-        return refuse(StatusCode::CONFLICT, "refused", e.to_string());
+        return refusal(counter, StatusCode::CONFLICT, "refused", e.to_string());
     }
     let changed = s.fence.set(request.fenced);
     s.metrics.admin_fenced.set(i64::from(request.fenced));
     let result = if request.fenced { "fenced" } else { "unfenced" };
-    s.metrics.fence_requests.get_or_create(&AdminRequestLabels { result }).inc();
+    counter.get_or_create(&AdminRequestLabels { result }).inc();
     match (changed, request.fenced) {
         (true, true) => tracing::warn!(?role, force = request.force, "fenced by an admin request: stops serving and replicating, never takes the live role, keeps its data"),
         (true, false) => tracing::warn!("unfenced by an admin request: rejoining the group as a backup"),

@@ -86,7 +86,8 @@ impl Drain {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::message::{MessageGroup, MessageId};
+    use crate::engine::message::MessageGroup;
+    use crate::journal::MessageId;
 
     fn message(group: Option<(&str, GroupOwner)>) -> Message {
         Message {
