@@ -2,7 +2,9 @@
 //! a fenced replication backup stops replicating, is not ready and does not take over
 //! when its live is killed, and resyncs once unfenced; a live is fenced only with `force`,
 //! and then its backup takes over with every receipted message; a fenced shared-store
-//! backup leaves the journal lock alone. Unsigned and wrongly signed requests are refused.
+//! backup leaves the journal lock alone, a fenced shared-database backup the lease, and a
+//! forced shared-database live gives the lease up. Unsigned and wrongly signed requests
+//! are refused.
 
 mod common;
 
@@ -194,4 +196,39 @@ fn given_a_fenced_shared_store_backup_should_leave_the_lock_alone_until_unfenced
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     b.wait_live();
     receive_all(&failover_url(&[&b]), "/queue/kept", 100);
+}
+
+#[test]
+fn given_a_fenced_shared_database_backup_should_not_take_the_lease_and_a_forced_live_should_release_it() {
+    let root = tempfile::Builder::new().prefix("duomq-fence-db-").tempdir().unwrap();
+    let pg = common::postgres::Postgres::start("fence");
+    let mut a = Member::new(root.path(), "node-a");
+    let mut b = Member::new(root.path(), "node-b");
+    let cluster = |m: &Member| format!("ha:\n  cluster:\n    listen: {}\n    password: {PASSWORD}\n", m.cluster_addr());
+    a.start_shared_database(&pg.url(), &[b.peer()], "primary", "g1", &cluster(&a));
+    a.wait_live();
+    b.start_shared_database(&pg.url(), &[a.peer()], "backup", "g1", &cluster(&b));
+    b.wait_for("a backup", |s| s["role"] == "backup" && s["ha"]["live"] == "node-a");
+    send(&failover_url(&[&a, &b]), "/queue/kept", 50);
+
+    fence(&b, FENCE_ON);
+    wait_admin_fenced(&b);
+    // The lease (3 s) runs out; an unfenced backup would take it within a poll (200 ms).
+    a.kill9();
+    assert_stays_fenced(&b);
+    fence(&b, UNFENCE);
+    b.wait_live();
+    receive_all(&failover_url(&[&b]), "/queue/kept", 50);
+
+    // A forced fence of the live releases the lease after its last write; the backup takes
+    // it and serves what the fenced live stored.
+    let peer_b = b.peer();
+    a.start_shared_database(&pg.url(), &[peer_b], "backup", "g1", &cluster(&a));
+    a.wait_for("a backup", |s| s["role"] == "backup" && s["ha"]["live"] == "node-b");
+    send(&failover_url(&[&a, &b]), "/queue/moved", 50);
+    fence(&b, FENCE_FORCED);
+    a.wait_live();
+    wait_admin_fenced(&b);
+    assert!(b.log().contains("fenced by an admin request (force)"), "{}", b.log());
+    receive_all(&failover_url(&[&a]), "/queue/moved", 50);
 }
