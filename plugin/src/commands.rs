@@ -91,6 +91,14 @@ impl Target {
     }
 }
 
+/// The `--wait` limit; without one, tells where to see the operator's progress.
+fn wait_or_say_how_to_follow(wait: Option<Duration>, name: &str) -> Option<Duration> {
+    if wait.is_none() {
+        println!("the operator carries it out; `kubectl duomq status {name}` shows it");
+    }
+    wait
+}
+
 fn status_of(bg: &BrokerGroup) -> BrokerGroupStatus {
     bg.status.clone().unwrap_or_default()
 }
@@ -151,8 +159,7 @@ pub async fn switchover(
     let bg = target.brokergroup(name).await?;
     let text = request_switchover(&target.brokergroups(), &bg, group, to).await?;
     println!("asked for a switchover of {group} to {to} ({SWITCHOVER_ANNOTATION}={text})");
-    let Some(limit) = wait else {
-        println!("the operator carries it out; `kubectl duomq status {name}` shows it");
+    let Some(limit) = wait_or_say_how_to_follow(wait, name) else {
         return Ok(());
     };
     let live_of = |bg: &BrokerGroup| {
@@ -247,8 +254,7 @@ pub async fn fence(
     } else {
         println!("asked to {verb} {pod} ({FENCED_MEMBERS_ANNOTATION}: {list})");
     }
-    let Some(limit) = wait else {
-        println!("the operator carries it out; `kubectl duomq status {name}` shows it");
+    let Some(limit) = wait_or_say_how_to_follow(wait, name) else {
         return Ok(());
     };
     let shown = |bg: &BrokerGroup| {
@@ -333,8 +339,7 @@ pub async fn hibernate(
     } else {
         println!("asked to resume BrokerGroup {ns}/{name} ({HIBERNATION_ANNOTATION}={value})");
     }
-    let Some(limit) = wait else {
-        println!("the operator carries it out; `kubectl duomq status {name}` shows it");
+    let Some(limit) = wait_or_say_how_to_follow(wait, name) else {
         return Ok(());
     };
     let hibernated = |bg: &BrokerGroup| {
