@@ -62,10 +62,16 @@ const EXIT: Duration = Duration::from_secs(20);
 /// Between two samples of every process's role.
 const SAMPLE_EVERY: Duration = Duration::from_millis(50);
 
+/// Which processes reported themselves leader in one round of scrapes, started `at`.
+struct Sample {
+    at: Instant,
+    leaders: Vec<String>,
+}
+
 /// Every process's leader gauge, sampled: fails the test on a sample with two leaders.
 struct Sampler {
     targets: Arc<Mutex<BTreeMap<String, SocketAddr>>>,
-    samples: Arc<Mutex<Vec<(Instant, Vec<String>)>>>,
+    samples: Arc<Mutex<Vec<Sample>>>,
     stop: CancellationToken,
 }
 
@@ -83,7 +89,7 @@ impl Sampler {
                         leaders.push(identity);
                     }
                 }
-                samples.lock().push((at, leaders));
+                samples.lock().push(Sample { at, leaders });
                 tokio::time::sleep(SAMPLE_EVERY).await;
             }
         });
@@ -97,8 +103,8 @@ impl Sampler {
     /// Fails when any sample so far saw two leaders.
     fn check(&self) -> Result<usize> {
         let samples = self.samples.lock();
-        if let Some((at, leaders)) = samples.iter().find(|(_, l)| l.len() > 1) {
-            bail!("two operators led at once ({leaders:?}), {:?} after the first sample", at.duration_since(samples[0].0));
+        if let Some(two) = samples.iter().find(|s| s.leaders.len() > 1) {
+            bail!("two operators led at once ({:?}), {:?} after the first sample", two.leaders, two.at.duration_since(samples[0].at));
         }
         Ok(samples.len())
     }
@@ -108,7 +114,7 @@ impl Sampler {
     async fn new_leader(&self, since: Instant, not: &str, timeout: Duration) -> Result<(String, Instant)> {
         let found = wait_for(&format!("a leader other than {not}"), timeout, || {
             let samples = self.samples.lock();
-            samples.iter().filter(|(at, _)| *at >= since).find(|(_, l)| l.len() == 1 && l[0] != not).map(|(at, l)| (l[0].clone(), *at))
+            samples.iter().filter(|s| s.at >= since).find(|s| s.leaders.len() == 1 && s.leaders[0] != not).map(|s| (s.leaders[0].clone(), s.at))
         })
         .await?;
         self.check()?;
