@@ -396,7 +396,7 @@ async fn given_brokergroup_crd_when_used_with_kubectl_should_print_columns_and_r
         .collect();
     assert_eq!(
         header,
-        ["NAME", "GROUPS", "LIVE", "REPLICATED", "LINKED", "FAILOVERS", "AGE"],
+        ["NAME", "GROUPS", "LIVE", "REPLICATED", "LINKED", "FAILOVERS", "SWITCHOVERS", "AGE"],
         "{table}"
     );
     let row: Vec<&str> = table
@@ -427,6 +427,30 @@ spec: {backupsPerGroup: 0}
     let err = k.fails(&["apply", "-f", "-"], invalid).await;
     assert!(
         err.contains("The BrokerGroup \"lonely\" is invalid: spec: Invalid value: \"object\": replication needs a backup to replicate to: set backupsPerGroup to 1 or more"),
+        "{err}"
+    );
+    // A size in the wrong units names the field and says what to write, not a raw
+    // evaluation error; a root-level rule names the field it is about, not `<nil>`.
+    let gigabytes = "apiVersion: duomq.io/v1alpha1
+kind: BrokerGroup
+metadata: {name: gigabytes}
+spec: {storage: {size: 1GB}}
+";
+    let err = k.fails(&["apply", "-f", "-"], gigabytes).await;
+    assert!(
+        err.contains("spec.storage.size: Invalid value: \"string\": storage.size must be a positive Kubernetes quantity such as 10Gi")
+            && err.contains("write 1G or 1Gi"),
+        "{err}"
+    );
+    let itself = "apiVersion: duomq.io/v1alpha1
+kind: BrokerGroup
+metadata: {name: loop}
+spec: {networkConnectors: [{name: back, brokerGroup: loop}]}
+";
+    let err = k.fails(&["apply", "-f", "-"], itself).await;
+    assert!(
+        err.contains("spec.networkConnectors: Invalid value: \"array\": a network connector cannot point at its own BrokerGroup")
+            && !err.contains("<nil>"),
         "{err}"
     );
     let unknown = "apiVersion: duomq.io/v1alpha1

@@ -33,6 +33,15 @@ fn file_schema() -> serde_json::Value {
     crd["spec"]["versions"][0]["schema"]["openAPIV3Schema"].clone()
 }
 
+/// The field paths the checked-in CRD's failed rules report (what `kubectl apply` shows).
+fn file_fields(bg: &BrokerGroup) -> Vec<String> {
+    let object = serde_json::to_value(bg).expect("serializes");
+    match Validator::new().validate(&file_schema(), &object, None) {
+        Ok(()) => Vec::new(),
+        Err(e) => e.into_vec().into_iter().map(|e| e.field_path).collect(),
+    }
+}
+
 /// Both evaluations; the messages of the failed rules.
 fn check(bg: &BrokerGroup) -> (Vec<String>, Vec<String>) {
     let from_types = match BrokerGroup::validate_cel(bg) {
@@ -105,6 +114,14 @@ fn given_each_broken_broker_group_should_be_rejected_with_the_expected_message()
             vec![expect.to_string()],
             "{path:?} (rules from crds/)"
         );
+        // `# field: PATH` on the second line: the field the error names (not `<nil>`).
+        if let Some(field) = text.lines().nth(1).and_then(|l| l.strip_prefix("# field: ")) {
+            let fields: Vec<String> = file_fields(&bg)
+                .into_iter()
+                .map(|f| f.trim_start_matches('.').to_string())
+                .collect();
+            assert_eq!(fields, vec![field.to_string()], "{path:?} (field)");
+        }
     }
 }
 

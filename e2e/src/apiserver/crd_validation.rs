@@ -559,12 +559,14 @@ fn cel_rules(schema: &Value, obj: &Value, old: Option<&Value>, causes: &mut Vec<
                 continue;
             }
         }
-        let field = if error.field_path.is_empty() {
+        // A rule's fieldPath is written `.spec.x`; the API server names the field `spec.x`.
+        let path = error.field_path.trim_start_matches('.');
+        let field = if path.is_empty() {
             "<nil>".to_string()
         } else {
-            error.field_path.clone()
+            path.to_string()
         };
-        let type_shown = schema_at(schema, &error.field_path)
+        let type_shown = schema_at(schema, path)
             .and_then(|s| s.get("type"))
             .and_then(Value::as_str)
             .unwrap_or("object");

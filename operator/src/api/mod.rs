@@ -36,9 +36,10 @@ pub const KIND: &str = "BrokerGroup";
     printcolumn = r#"{"name":"Live","type":"string","jsonPath":".status.live","description":"Groups with a live broker, of all groups"}"#,
     printcolumn = r#"{"name":"Replicated","type":"string","jsonPath":".status.conditions[?(@.type==\"Replicated\")].status","description":"Every group has an in-sync backup"}"#,
     printcolumn = r#"{"name":"Linked","type":"string","jsonPath":".status.linked","description":"Network connectors linked, of all (empty without connectors)"}"#,
-    printcolumn = r#"{"name":"Failovers","type":"integer","jsonPath":".status.failovers","description":"Failovers of all groups since creation"}"#,
+    printcolumn = r#"{"name":"Failovers","type":"integer","jsonPath":".status.failovers","description":"Unplanned changes of live (a live lost) of all groups since creation"}"#,
+    printcolumn = r#"{"name":"Switchovers","type":"integer","jsonPath":".status.switchovers","description":"Planned hand-overs (switchover, failback, rolling upgrade, fence) of all groups since creation"}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#,
-    validation = Rule::new("!has(self.spec.networkConnectors) || self.spec.networkConnectors.all(c, !has(c.brokerGroup) || c.brokerGroup != self.metadata.name)").message("a network connector cannot point at its own BrokerGroup (the groups of one BrokerGroup are already connected to each other): remove it or name another BrokerGroup")
+    validation = Rule::new("!has(self.spec.networkConnectors) || self.spec.networkConnectors.all(c, !has(c.brokerGroup) || c.brokerGroup != self.metadata.name)").message("a network connector cannot point at its own BrokerGroup (the groups of one BrokerGroup are already connected to each other): remove it or name another BrokerGroup").field_path(".spec.networkConnectors")
 )]
 #[x_kube(
     validation = Rule::new("self.ha.mode != 'replication' || self.backupsPerGroup >= 1").message("replication needs a backup to replicate to: set backupsPerGroup to 1 or more"),
@@ -429,7 +430,7 @@ pub struct HostPair {
 pub struct StorageSpec {
     /// Size of each journal volume, e.g. 10Gi.
     #[serde(default = "default_storage_size")]
-    #[x_kube(validation = Rule::new("quantity(self).isGreaterThan(quantity('0'))").message("storage.size must be a positive quantity such as 10Gi"))]
+    #[x_kube(validation = Rule::new("isQuantity(self) && quantity(self).isGreaterThan(quantity('0'))").message("storage.size must be a positive Kubernetes quantity such as 10Gi or 500Mi (units Ki, Mi, Gi, Ti or k, M, G, T; 1GB is not one, write 1G or 1Gi)"))]
     pub size: String,
 
     /// StorageClass of the volumes; the cluster's default class when empty. Shared store needs
