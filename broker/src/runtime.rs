@@ -272,6 +272,9 @@ async fn hold_fenced(shared: &Shared, ctx: &HaContext, stomp: &TcpListener, shut
     }
     ctx.became_fenced();
     *shared.state.broker.write() = None;
+    // A claim taken just as the fence came (a backup granted activation) is given up, so
+    // another member can take over; nothing is released when none is held.
+    ctx.arbiter.release().await;
     tracing::warn!(group = %ctx.group, "fenced by an admin request: not replicating and never live until unfenced; the data directory is kept");
     let stop_responder = CancellationToken::new();
     let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), stop_responder.clone());
@@ -324,6 +327,9 @@ async fn run_replicated(shared: &Shared, stomp: &TcpListener, shutdown: &Cancell
                 let stop_responder = CancellationToken::new();
                 let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), stop_responder.clone());
                 let outcome = tokio::select! {
+                    // Polled first: what was won (a claim, the lock, the lease) is then given up as it
+                    // should be, by a live term that obeys the fence at once or by the fenced hold.
+                    biased;
                     o = ha::backup::run(&ctx, shutdown) => o,
                     _ = responder => continue,
                     // Stops following the live (the connection drops) and asks no arbiter.
@@ -490,6 +496,9 @@ async fn run_shared_store(shared: &Shared, stomp: &TcpListener, shutdown: &Cance
         let stop_responder = CancellationToken::new();
         let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), stop_responder.clone());
         let broker = tokio::select! {
+            // Polled first: what was won (a claim, the lock, the lease) is then given up as it
+            // should be, by a live term that obeys the fence at once or by the fenced hold.
+            biased;
             r = wait_for_lock(shared, &ctx, &mut member, shutdown) => r?,
             _ = responder => return Ok(()),
             // Stops trying the lock.
@@ -629,6 +638,9 @@ async fn run_shared_database(shared: &Shared, stomp: &TcpListener, shutdown: &Ca
         let stop_responder = CancellationToken::new();
         let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), stop_responder.clone());
         let taken = tokio::select! {
+            // Polled first: what was won (a claim, the lock, the lease) is then given up as it
+            // should be, by a live term that obeys the fence at once or by the fenced hold.
+            biased;
             r = wait_for_lease(shared, &ctx, &db, &advertised, shutdown, &mut seen_other_live, fenced) => r?,
             _ = responder => return Ok(()),
             // Stops polling the lease.
