@@ -240,9 +240,12 @@ impl Elector {
         self.set_role(Role::Leader);
         self.metrics.transitions.inc();
         info!(lease = %self.settings.lease, namespace = %self.settings.namespace, identity = %self.settings.identity, "became the leader: starting the controller");
+        // The claim is looked at first whenever the task wakes: after a pause of the process
+        // (stopped, starved), a lapsed claim stops the work before it takes another step.
         let outcome = tokio::select! {
-            out = work => Ok(out),
+            biased;
             reason = self.keep(sent) => Err(reason),
+            out = work => Ok(out),
         };
         // `work` is dropped here, before anything else happens.
         match outcome {

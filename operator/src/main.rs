@@ -361,7 +361,7 @@ async fn run(
         });
     let ctx = Arc::new(controller::Context::new(
         client.clone(),
-        metrics,
+        metrics.clone(),
         Arc::new(HttpBrokerStatus::default()),
     ));
     let http = Arc::new(Http {
@@ -387,6 +387,7 @@ async fn run(
     let outcome = match &elector {
         None => {
             info!("leader election is off: running the controller at once");
+            metrics.leader.set(1);
             controller.await;
             Ok(())
         }
