@@ -374,3 +374,197 @@ fn given_a_live_chosen_by_a_switchover_should_not_fail_back_from_it() {
         "after a failover it fails back"
     );
 }
+
+/// A live and its synced backup, both at revision r1.
+fn settled_pair() -> Observation {
+    seen(
+        &[
+            ("pair-g0-0", member(Role::Live, false, "r1")),
+            ("pair-g0-1", member(Role::Backup, true, "r1")),
+        ],
+        "r1",
+    )
+}
+
+#[test]
+fn given_a_pending_switchover_when_no_member_is_live_for_a_moment_should_wait_silently() {
+    let mut between = settled_pair();
+    between.pods.get_mut("pair-g0-0").unwrap().broker =
+        crate::status::tests::broker(Role::Backup, 1, Some(SyncState::Connecting));
+    let previous: BrokerGroupStatus = serde_json::from_value(serde_json::json!({
+        "groups": [{"name": "pair-g0", "preferredLive": "pair-g0-0",
+                    "switchover": {"to": "pair-g0-1", "reason": "Switchover", "time": "1970-01-01T00:16:30Z"}}],
+    }))
+    .unwrap();
+    let p = plan(&pair(), &between, Some("pair-g0=pair-g0-1"), &previous);
+    assert!(p.problems.is_empty() && p.switchovers.is_empty(), "{p:?}");
+    // with nothing pending, a request with no live to ask is a problem
+    let p = plan(&pair(), &between, Some("pair-g0=pair-g0-1"), &BrokerGroupStatus::default());
+    assert!(
+        p.problems
+            .iter()
+            .any(|p| p.reason == Reason::SwitchoverFailed && p.message.contains("no live")),
+        "{p:?}"
+    );
+}
+
+fn fenced(spec_annotations: &str) -> ValidatedBrokerGroup {
+    let text = format!("apiVersion: duomq.io/v1alpha1\nkind: BrokerGroup\nmetadata: {{name: pair, annotations: {spec_annotations}}}\nspec: {{groups: 1, backupsPerGroup: 1}}\n");
+    let bg: crate::api::BrokerGroup =
+        crate::render::parse_documents(&text, "default").unwrap().remove(0);
+    crate::validate::validate(
+        &bg,
+        &crate::validate::Dependencies {
+            new_password: "p".into(),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn given_a_fenced_backup_should_fence_it_and_a_fenced_live_should_hand_over_first() {
+    let v = fenced(r#"{duomq.io/fenced-members: '["pair-g0-1"]'}"#);
+    let p = plan(&v, &settled_pair(), None, &BrokerGroupStatus::default());
+    assert_eq!(
+        p.fences,
+        vec![FenceStep {
+            group: "pair-g0".into(),
+            pod: "pair-g0-1".into(),
+            fenced: true,
+            force: false
+        }]
+    );
+
+    let v = fenced(r#"{duomq.io/fenced-members: '["pair-g0-0"]'}"#);
+    let p = plan(&v, &settled_pair(), None, &BrokerGroupStatus::default());
+    assert_eq!(
+        p.switchovers,
+        vec![step("pair-g0-0", "pair-g0-1", FailoverReason::Fence)]
+    );
+    assert!(p.fences.is_empty(), "fenced once it is a backup: {p:?}");
+
+    // no backup in sync: the live keeps serving and the problem says why
+    let mut lonely = settled_pair();
+    lonely.pods.get_mut("pair-g0-1").unwrap().broker =
+        crate::status::tests::broker(Role::Backup, 1, Some(SyncState::Syncing));
+    let p = plan(&v, &lonely, None, &BrokerGroupStatus::default());
+    assert!(p.switchovers.is_empty() && p.fences.is_empty(), "{p:?}");
+    assert_eq!(p.problems[0].reason, Reason::FenceFailed);
+
+    // listed no more: unfenced
+    let mut was = settled_pair();
+    if let Ok(b) = &mut was.pods.get_mut("pair-g0-1").unwrap().broker {
+        b.admin_fenced = true;
+    }
+    let p = plan(&pair(), &was, None, &BrokerGroupStatus::default());
+    assert_eq!(p.fences.len(), 1);
+    assert!(!p.fences[0].fenced);
+}
+
+#[test]
+fn given_a_garbled_or_foreign_fenced_members_annotation_should_fence_nothing_and_say_why() {
+    for text in [r#"'pair-g0-1'"#, r#"'["other-g0-1"]'"#] {
+        let v = fenced(&format!("{{duomq.io/fenced-members: {text}}}"));
+        assert!(v.fenced.is_empty());
+        assert_eq!(v.problems[0].reason, Reason::InvalidAnnotation, "{text}");
+    }
+}
+
+/// `pair` with one group in the spec while `existing` groups have StatefulSets (name, claim size).
+fn with_existing(spec: &str, existing: &[(&str, &str)]) -> ValidatedBrokerGroup {
+    let text = format!("apiVersion: duomq.io/v1alpha1\nkind: BrokerGroup\nmetadata: {{name: pair}}\nspec: {spec}\n");
+    let bg: crate::api::BrokerGroup =
+        crate::render::parse_documents(&text, "default").unwrap().remove(0);
+    crate::validate::validate(
+        &bg,
+        &crate::validate::Dependencies {
+            new_password: "p".into(),
+            existing_groups: existing
+                .iter()
+                .map(|(g, size)| (g.to_string(), Some(size.to_string())))
+                .collect(),
+            ..Default::default()
+        },
+    )
+    .unwrap()
+}
+
+#[test]
+fn given_a_removed_group_should_drain_it_into_the_others_and_delete_it_only_once_drained() {
+    use duomq_broker::admin::api::{DrainState, DrainStatus};
+    let v = with_existing(
+        "{groups: 1, backupsPerGroup: 1}",
+        &[("pair-g0", "10Gi"), ("pair-g1", "10Gi")],
+    );
+    assert_eq!(
+        v.groups.iter().map(|g| (g.name.as_str(), g.draining)).collect::<Vec<_>>(),
+        vec![("pair-g0", false), ("pair-g1", true)]
+    );
+    let mut s = settled_pair();
+    s.pods.insert("pair-g1-0".into(), member(Role::Live, false, "r1"));
+    s.pods.insert("pair-g1-1".into(), member(Role::Backup, true, "r1"));
+    let p = plan(&v, &s, None, &BrokerGroupStatus::default());
+    assert_eq!(
+        p.drains,
+        vec![DrainStep {
+            group: "pair-g1".into(),
+            live: "pair-g1-0".into(),
+            targets: vec!["pair-g0".into()],
+        }]
+    );
+    assert!(p.removals.is_empty(), "not before it is drained: {p:?}");
+
+    let progress = |state, left| DrainStatus {
+        state,
+        messages_left: left,
+        forwarded: 10,
+        targets: vec!["pair-g0".into()],
+        reason: None,
+    };
+    let set = |s: &mut Observation, d: DrainStatus| {
+        if let Ok(b) = &mut s.pods.get_mut("pair-g1-0").unwrap().broker {
+            b.drain = Some(d);
+        }
+    };
+    set(&mut s, progress(DrainState::Draining, 5));
+    let p = plan(&v, &s, None, &BrokerGroupStatus::default());
+    assert!(p.drains.is_empty() && p.removals.is_empty(), "asked already: {p:?}");
+
+    set(&mut s, progress(DrainState::Drained, 0));
+    let p = plan(&v, &s, None, &BrokerGroupStatus::default());
+    assert_eq!(
+        p.removals,
+        vec![Removal {
+            kind: "StatefulSet".into(),
+            name: "pair-g1".into(),
+            orphan: false
+        }]
+    );
+}
+
+#[test]
+fn given_a_larger_storage_size_should_grow_the_claims_and_render_the_existing_template_size() {
+    let v = with_existing(
+        "{groups: 1, backupsPerGroup: 1, storage: {size: 20Gi}}",
+        &[("pair-g0", "10Gi")],
+    );
+    assert_eq!(v.groups[0].journal_size, "10Gi", "the template cannot change in place");
+    let mut s = settled_pair();
+    s.owned.push(crate::status::OwnedObject {
+        kind: "StatefulSet".into(),
+        name: "pair-g0".into(),
+        group: Some("pair-g0".into()),
+    });
+    let p = plan(&v, &s, None, &BrokerGroupStatus::default());
+    assert_eq!(
+        p.resizes,
+        vec![Resize {
+            group: "pair-g0".into(),
+            claims: vec!["data-pair-g0-0".into(), "data-pair-g0-1".into()],
+            size: "20Gi".into(),
+        }]
+    );
+    let same = with_existing("{groups: 1, backupsPerGroup: 1, storage: {size: 20Gi}}", &[("pair-g0", "20Gi")]);
+    assert!(plan(&same, &s, None, &BrokerGroupStatus::default()).resizes.is_empty());
+}

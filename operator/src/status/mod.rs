@@ -1657,4 +1657,64 @@ pub(crate) mod tests {
             after.transitions[0].note
         );
     }
+
+    #[test]
+    fn given_a_shared_store_live_that_took_its_lock_back_should_not_record_a_failback_from_the_slave(
+    ) {
+        let v = validated("{groups: 1, backupsPerGroup: 1, ha: {mode: sharedStore}, storage: {storageClassName: nfs}}");
+        let before = status_of(&v, Some(1), &healthy(), &BrokerGroupStatus::default(), &at(100));
+        // the live was killed and restarted; it took the lock again before its slave did
+        let mut seen = healthy();
+        seen.pods.get_mut("pair-g0-0").unwrap().broker = broker(Role::Live, 2, None);
+        let after = status_of(&v, Some(1), &seen, &before.status, &at(110));
+        let g = &after.status.groups[0];
+        assert_eq!((g.failovers, g.switchovers, g.last_failover.is_none()), (0, 0, true));
+        assert_eq!(after.transitions.len(), 1, "{:?}", after.transitions);
+        assert_eq!(after.transitions[0].reason, Reason::LeaseRetaken);
+        let replicated = cond(&after.status, condition::REPLICATED);
+        assert_eq!(replicated.reason, "AllGroupsStandingBy", "said of a shared store as it is");
+    }
+
+    #[test]
+    fn given_unschedulable_member_pods_should_be_degraded_and_say_which_and_why() {
+        let mut seen = healthy();
+        let p = seen.pods.get_mut("pair-g0-1").unwrap();
+        p.running = false;
+        p.broker = Err("broker container not running".into());
+        p.unschedulable = Some("0/4 nodes are available: 4 node(s) didn't match Pod's node affinity".into());
+        let c = first(&seen);
+        let d = cond(&c.status, condition::DEGRADED);
+        assert_eq!((d.status.as_str(), d.reason.as_str()), ("True", "PodsUnschedulable"));
+        assert!(d.message.contains("pair-g0-1 (0/4 nodes are available"), "{}", d.message);
+        assert_eq!(c.status.groups[0].backups[0].state, "unschedulable");
+        assert!(c.transitions.iter().any(|t| t.reason == Reason::PodsUnschedulable));
+        // said once
+        let again = status_of(&pair(), Some(1), &seen, &c.status, &at(200));
+        assert!(!again.transitions.iter().any(|t| t.reason == Reason::PodsUnschedulable));
+    }
+
+    #[test]
+    fn given_hibernation_should_stop_quietly_then_report_hibernated_and_resumed() {
+        let running = first(&healthy()).status;
+        let mut v = pair();
+        v.hibernate = true;
+        let stopping = status_of(&v, Some(1), &healthy(), &running, &at(110));
+        assert_eq!(cond(&stopping.status, condition::HIBERNATED).reason, "Hibernating");
+        let gone = Observation::default();
+        let asleep = status_of(&v, Some(1), &gone, &stopping.status, &at(120));
+        let h = cond(&asleep.status, condition::HIBERNATED);
+        assert_eq!((h.status.as_str(), h.reason.as_str()), ("True", "Hibernated"));
+        assert_eq!(cond(&asleep.status, condition::DEGRADED).status, "False");
+        assert_eq!(cond(&asleep.status, condition::AVAILABLE).reason, "Hibernated");
+        assert_eq!(
+            asleep.transitions.iter().map(|t| t.reason).collect::<Vec<_>>(),
+            vec![Reason::Hibernated],
+            "no LiveLost while hibernating"
+        );
+        let waking = status_of(&pair(), Some(1), &gone, &asleep.status, &at(130));
+        assert_eq!(cond(&waking.status, condition::HIBERNATED).reason, "Resuming");
+        let back = status_of(&pair(), Some(1), &healthy(), &waking.status, &at(140));
+        assert_eq!(cond(&back.status, condition::HIBERNATED).reason, "Running");
+        assert!(back.transitions.iter().any(|t| t.reason == Reason::Resumed));
+    }
 }
