@@ -433,6 +433,7 @@ pub fn default_identity() -> String {
 mod tests {
     use super::*;
     use rstest::rstest;
+    use std::sync::Arc;
 
     const D: Duration = Duration::from_secs(15);
 
@@ -489,5 +490,194 @@ mod tests {
         assert_eq!(lease.lease_transitions, Some(transitions));
         let acquired = if taken { Some(now) } else { Some(MicroTime(Timestamp::UNIX_EPOCH)) };
         assert_eq!(lease.acquire_time, acquired);
+    }
+
+    /// A fake Lease API for one Lease: GET, POST (create) and PUT with optimistic
+    /// concurrency (a stale `resourceVersion` is 409). While `hang` is set it answers
+    /// nothing, as an unreachable API server.
+    mod fake {
+        use std::sync::Arc;
+
+        use http::{Method, Request, Response, StatusCode};
+        use k8s_openapi::api::coordination::v1::Lease;
+        use kube::client::Body;
+        use parking_lot::Mutex;
+        use tower_test::mock::{Handle, SendResponse};
+
+        #[derive(Default)]
+        pub struct LeaseServer {
+            pub lease: Option<Lease>,
+            pub version: u64,
+            pub hang: bool,
+            /// Requests held while hanging: dropped with the server.
+            held: Vec<SendResponse<Response<Body>>>,
+        }
+
+        impl LeaseServer {
+            /// Stores `lease` as the next version, as any writer would.
+            pub fn write(&mut self, mut lease: Lease) {
+                self.version += 1;
+                lease.metadata.resource_version = Some(self.version.to_string());
+                self.lease = Some(lease);
+            }
+
+            pub fn holder(&self) -> Option<String> {
+                self.lease.as_ref().and_then(|l| l.spec.as_ref()?.holder_identity.clone())
+            }
+        }
+
+        pub fn client() -> (kube::Client, Arc<Mutex<LeaseServer>>) {
+            let (service, handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+            let server = Arc::new(Mutex::new(LeaseServer::default()));
+            tokio::spawn(serve(handle, server.clone()));
+            (kube::Client::new(service, "ns"), server)
+        }
+
+        fn json(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+            let mut response = Response::new(Body::from(body.to_string().into_bytes()));
+            *response.status_mut() = status;
+            response
+        }
+
+        fn status(code: StatusCode, reason: &str) -> Response<Body> {
+            let body = serde_json::json!({"kind": "Status", "apiVersion": "v1", "status": "Failure", "reason": reason, "code": code.as_u16(), "message": reason});
+            json(code, body)
+        }
+
+        async fn serve(mut handle: Handle<Request<Body>, Response<Body>>, server: Arc<Mutex<LeaseServer>>) {
+            while let Some((request, send)) = handle.next_request().await {
+                let (parts, body) = request.into_parts();
+                let body = body.collect_bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+                let mut server = server.lock();
+                if server.hang {
+                    server.held.push(send);
+                    continue;
+                }
+                let response = match parts.method {
+                    Method::GET => match &server.lease {
+                        Some(lease) => json(StatusCode::OK, serde_json::to_value(lease).unwrap_or_default()),
+                        None => status(StatusCode::NOT_FOUND, "NotFound"),
+                    },
+                    Method::POST if server.lease.is_some() => status(StatusCode::CONFLICT, "AlreadyExists"),
+                    Method::POST | Method::PUT => match serde_json::from_slice::<Lease>(&body) {
+                        Ok(lease) => {
+                            let current = server.lease.as_ref().and_then(|l| l.metadata.resource_version.clone());
+                            if parts.method == Method::PUT && lease.metadata.resource_version != current {
+                                status(StatusCode::CONFLICT, "Conflict")
+                            } else {
+                                server.write(lease);
+                                json(StatusCode::OK, serde_json::to_value(&server.lease).unwrap_or_default())
+                            }
+                        }
+                        Err(e) => status(StatusCode::BAD_REQUEST, &e.to_string()),
+                    },
+                    _ => status(StatusCode::METHOD_NOT_ALLOWED, "MethodNotAllowed"),
+                };
+                send.send_response(response);
+            }
+        }
+    }
+
+    /// Sets its flag when dropped: the work of a leader is gone.
+    struct Dropped(Arc<std::sync::atomic::AtomicBool>);
+
+    impl Drop for Dropped {
+        fn drop(&mut self) {
+            self.0.store(true, std::sync::atomic::Ordering::SeqCst);
+        }
+    }
+
+    /// Work that runs until dropped, and the flag its drop sets.
+    fn endless_work() -> (impl Future<Output = ()>, Arc<std::sync::atomic::AtomicBool>) {
+        let flag = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let guard = Dropped(flag.clone());
+        let work = async move {
+            let _guard = guard;
+            std::future::pending::<()>().await
+        };
+        (work, flag)
+    }
+
+    fn elector(client: kube::Client, identity: &str) -> Elector {
+        Elector::new(client, ElectionSettings::new("ns", "leader", identity)).expect("valid settings")
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_leader_whose_api_hangs_when_the_renew_deadline_passes_should_drop_the_work_and_report_lost() {
+        let (client, server) = fake::client();
+        let elector = elector(client, "me");
+        let mut role = elector.role();
+        let (work, dropped) = endless_work();
+        let leading = tokio::spawn(async move { elector.lead(work).await });
+        role.wait_for(|r| *r == Role::Leader).await.expect("becomes leader");
+        assert_eq!(server.lock().holder().as_deref(), Some("me"));
+        // Two renewals get through, then the API server stops answering.
+        tokio::time::sleep(Duration::from_secs(11)).await;
+        let renewed = server.lock().version;
+        assert!(renewed >= 3, "renewed every 5s: version {renewed}");
+        server.lock().hang = true;
+        let hung_at = Instant::now();
+        let result = tokio::time::timeout(Duration::from_secs(60), leading).await.expect("lead returns").expect("the election task");
+        let stopped = hung_at.elapsed();
+        assert!(matches!(result, Err(LeaderError::Lost { .. })), "{result:?}");
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst), "the work is dropped");
+        // The last renewal that got through was sent at most one renew interval before the
+        // hang: the leader stops within the renew deadline of it, before the 15 s Lease lapses.
+        assert!(stopped <= DEFAULT_RENEW_DEADLINE, "stopped {stopped:?} after the hang");
+        assert!(stopped >= DEFAULT_RENEW_DEADLINE - DEFAULT_RENEW_INTERVAL, "stopped {stopped:?} after the hang: too early");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_leader_when_another_writer_takes_the_lease_should_stop_at_its_next_renewal() {
+        let (client, server) = fake::client();
+        let elector = elector(client, "me");
+        let mut role = elector.role();
+        let (work, dropped) = endless_work();
+        let leading = tokio::spawn(async move { elector.lead(work).await });
+        role.wait_for(|r| *r == Role::Leader).await.expect("becomes leader");
+        let stolen_at = Instant::now();
+        {
+            let mut server = server.lock();
+            let mut lease = server.lease.clone().expect("the Lease");
+            lease.spec.as_mut().expect("a spec").holder_identity = Some("thief".into());
+            server.write(lease);
+        }
+        let result = tokio::time::timeout(Duration::from_secs(60), leading).await.expect("lead returns").expect("the election task");
+        assert!(matches!(&result, Err(LeaderError::Lost { reason }) if reason.contains("thief")), "{result:?}");
+        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst), "the work is dropped");
+        assert!(stolen_at.elapsed() <= DEFAULT_RENEW_INTERVAL, "stopped {:?} after the theft", stolen_at.elapsed());
+        assert_eq!(server.lock().holder().as_deref(), Some("thief"), "the leader wrote nothing more");
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_standby_when_the_holder_stops_renewing_should_take_over_after_seeing_the_lease_unchanged_for_its_duration() {
+        let (client, server) = fake::client();
+        let settings = ElectionSettings::new("ns", "leader", "other");
+        server.lock().write(Lease {
+            metadata: ObjectMeta { name: Some("leader".into()), ..ObjectMeta::default() },
+            spec: Some(claimed(&settings, None, true, micro_now())),
+        });
+        let elector = elector(client, "me");
+        let mut role = elector.role();
+        let started = Instant::now();
+        let leading = tokio::spawn(async move { elector.lead(std::future::pending::<()>()).await });
+        role.wait_for(|r| *r == Role::Standby { leader: Some("other".into()) }).await.expect("stands by");
+        role.wait_for(|r| *r == Role::Leader).await.expect("takes over");
+        let waited = started.elapsed();
+        assert!(waited >= DEFAULT_LEASE_DURATION, "took over after {waited:?}");
+        assert!(waited <= DEFAULT_LEASE_DURATION + DEFAULT_RETRY_INTERVAL, "took over after {waited:?}");
+        let lease = server.lock().lease.clone().and_then(|l| l.spec).expect("the Lease");
+        assert_eq!((lease.holder_identity.as_deref(), lease.lease_transitions), (Some("me"), Some(1)));
+        leading.abort();
+    }
+
+    #[tokio::test(start_paused = true)]
+    async fn given_a_leader_when_its_work_ends_should_release_the_lease() {
+        let (client, server) = fake::client();
+        let elector = elector(client, "me");
+        let out = elector.lead(async { 7 }).await.expect("the work's output");
+        assert_eq!(out, 7);
+        assert_eq!(server.lock().holder(), None, "released");
+        assert_eq!(*elector.role().borrow(), Role::Standby { leader: None });
     }
 }
