@@ -10,7 +10,7 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use duomq_broker::admin::api::{BrokerStatus, SwitchoverReply};
+use duomq_broker::admin::api::{BrokerStatus, DrainState, DrainStatus, FenceReply, SwitchoverReply};
 use duomq_operator::api::{BrokerGroup, BrokerGroupStatus, FailoverReason, PendingSwitchover};
 use duomq_operator::controller::metrics::Metrics;
 use duomq_operator::controller::{reconcile, BrokerStatusSource, Context, Error};
@@ -111,6 +111,18 @@ impl Call {
             json!({
                 "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
                 "message": format!("\"{name}\" not found"), "reason": "NotFound", "code": 404,
+            }),
+        );
+        self
+    }
+
+    /// `code` with the Status the API server sends for a refusal (`reason`, `message`).
+    fn refused(mut self, code: StatusCode, reason: &str, message: &str) -> Call {
+        self.reply = Reply::Json(
+            code,
+            json!({
+                "apiVersion": "v1", "kind": "Status", "metadata": {}, "status": "Failure",
+                "message": message, "reason": reason, "code": code.as_u16(),
             }),
         );
         self
@@ -424,7 +436,8 @@ async fn serve(mut handle: Handle<Request<Body>, Response<Body>>, server: Arc<Mu
 }
 
 /// Answers `/status` for brokers that do not run: per pod IP, or "connection refused"; and
-/// switchover requests, which it records.
+/// switchover, drain and fence requests, which it records and answers as canned per pod IP
+/// ("connection refused" when nothing is canned).
 #[derive(Default)]
 struct FakeBrokers {
     answers: Mutex<BTreeMap<String, BrokerStatus>>,
@@ -433,6 +446,14 @@ struct FakeBrokers {
     switchover_answers: Mutex<BTreeMap<String, Result<SwitchoverReply, String>>>,
     /// Switchover requests: `ip:port`, target, password.
     switchovers: Mutex<Vec<(String, String, String)>>,
+    /// The answer to the next drain request, per pod IP.
+    drain_answers: Mutex<BTreeMap<String, Result<DrainStatus, String>>>,
+    /// Drain requests: `ip:port`, targets, password.
+    drains: Mutex<Vec<(String, Vec<String>, String)>>,
+    /// The answer to the next fence request, per pod IP.
+    fence_answers: Mutex<BTreeMap<String, Result<FenceReply, String>>>,
+    /// Fence requests: `ip:port`, fenced, force, password.
+    fences: Mutex<Vec<(String, bool, bool, String)>>,
 }
 
 impl FakeBrokers {
@@ -480,6 +501,48 @@ impl BrokerStatusSource for FakeBrokers {
         ));
         let answer = self
             .switchover_answers
+            .lock()
+            .remove(ip)
+            .unwrap_or_else(|| Err(format!("connection refused by {ip}:{port}")));
+        Box::pin(async move { answer })
+    }
+
+    fn drain<'a>(
+        &'a self,
+        ip: &'a str,
+        port: u16,
+        targets: &'a [String],
+        password: &'a str,
+    ) -> BoxFuture<'a, Result<DrainStatus, String>> {
+        self.drains.lock().push((
+            format!("{ip}:{port}"),
+            targets.to_vec(),
+            password.to_string(),
+        ));
+        let answer = self
+            .drain_answers
+            .lock()
+            .remove(ip)
+            .unwrap_or_else(|| Err(format!("connection refused by {ip}:{port}")));
+        Box::pin(async move { answer })
+    }
+
+    fn fence<'a>(
+        &'a self,
+        ip: &'a str,
+        port: u16,
+        fenced: bool,
+        force: bool,
+        password: &'a str,
+    ) -> BoxFuture<'a, Result<FenceReply, String>> {
+        self.fences.lock().push((
+            format!("{ip}:{port}"),
+            fenced,
+            force,
+            password.to_string(),
+        ));
+        let answer = self
+            .fence_answers
             .lock()
             .remove(ip)
             .unwrap_or_else(|| Err(format!("connection refused by {ip}:{port}")));
@@ -854,12 +917,17 @@ fn list_statefulsets(sets: Vec<Value>) -> Call {
 
 /// The list of pods (answered with `pods`), then of Leases (none), that end the observation.
 fn pods_then_leases(pods: Vec<Value>) -> [Call; 2] {
+    pods_and_leases(pods, vec![])
+}
+
+/// [`pods_then_leases`] with the Leases the API server answers.
+fn pods_and_leases(pods: Vec<Value>, leases: Vec<Value>) -> [Call; 2] {
     [
         list(&format!("/api/v1/namespaces/{NS}/pods")).items(pods),
         list(&format!(
             "/apis/coordination.k8s.io/v1/namespaces/{NS}/leases"
         ))
-        .items(vec![]),
+        .items(leases),
     ]
 }
 
@@ -2404,4 +2472,930 @@ async fn given_shared_database_when_the_backup_cannot_reach_the_database_should_
             .collect::<Vec<_>>(),
         [("pair-g0-1", "backup", false)]
     );
+}
+
+// ---------------------------------------------------------------------------------------------
+// Day two: scale-down, fencing, hibernation, volume expansion, what degrades and what counts
+// ---------------------------------------------------------------------------------------------
+
+const FENCED_MEMBERS: &str = "duomq.io/fenced-members";
+const HIBERNATION: &str = "duomq.io/hibernation";
+
+/// The brokers of pair-g0 and pair-g1 answer: each `-0` live at epoch 1, each `-1` a synced
+/// backup; `drain` is pair-g1's live's drain section, if any.
+fn answer_two_groups(h: &Harness, drain: Option<Value>) {
+    for g in 0..2 {
+        let (live, backup) = (format!("pair-g{g}-0"), format!("pair-g{g}-1"));
+        let mut status = live_status(&live, 1, &backup);
+        if let (1, Some(drain)) = (g, &drain) {
+            status["drain"] = drain.clone();
+        }
+        h.brokers.answer(&format!("10.0.{}.10", g + 1), status);
+        h.brokers
+            .answer(&format!("10.0.{}.11", g + 1), backup_status(&backup, 1, &live));
+    }
+}
+
+/// A draining live's drain section into pair-g0.
+fn drain_section(state: &str, left: u64, forwarded: u64, reason: Option<&str>) -> Value {
+    let mut drain = json!({
+        "state": state, "messagesLeft": left, "forwarded": forwarded, "targets": ["pair-g0"],
+    });
+    if let Some(reason) = reason {
+        drain["reason"] = json!(reason);
+    }
+    drain
+}
+
+/// The pods of pair-g0 and pair-g1 (each `-0` labelled live, pair-g1-0 `g1_live_label`).
+fn two_groups_pods(g1_live_label: &str) -> Vec<Value> {
+    vec![
+        broker_pod("pair-g0-0", "10.0.1.10", true, Some("live")),
+        broker_pod("pair-g0-1", "10.0.1.11", true, Some("backup")),
+        broker_pod("pair-g1-0", "10.0.2.10", true, Some(g1_live_label)),
+        broker_pod("pair-g1-1", "10.0.2.11", true, Some("backup")),
+    ]
+}
+
+/// `pair` with `spec.groups` lowered from two to one, both groups settled before.
+fn scaled_down() -> BrokerGroup {
+    let mut bg = pair();
+    bg.metadata.generation = Some(2);
+    bg.spec.groups = 1;
+    with_status(
+        bg,
+        settled(&[("pair-g0", "pair-g0-0", 1), ("pair-g1", "pair-g1-0", 1)]),
+    )
+}
+
+/// The drains asked for since the last look, as `admin address -> targets`; each must be
+/// signed with the cluster password.
+fn drains_asked(h: &Harness) -> Vec<String> {
+    std::mem::take(&mut *h.brokers.drains.lock())
+        .into_iter()
+        .map(|(addr, targets, password)| {
+            assert_eq!(password, "pw", "signed with the cluster password");
+            format!("{addr} -> {}", targets.join(","))
+        })
+        .collect()
+}
+
+/// The fences asked for since the last look, as `admin address fenced|unfenced [force]`;
+/// each must be signed with the cluster password.
+fn fences_asked(h: &Harness) -> Vec<String> {
+    std::mem::take(&mut *h.brokers.fences.lock())
+        .into_iter()
+        .map(|(addr, fenced, force, password)| {
+            assert_eq!(password, "pw", "signed with the cluster password");
+            let verb = if fenced { "fenced" } else { "unfenced" };
+            format!("{addr} {verb}{}", if force { " force" } else { "" })
+        })
+        .collect()
+}
+
+/// The (type, reason) of every event the reconcile posted, in order.
+fn event_reasons(step: &Step) -> Vec<(String, String)> {
+    posted_events(step)
+        .into_iter()
+        .map(|(kind, reason, _)| (kind, reason))
+        .collect()
+}
+
+fn pair_of(kind: &str, reason: &str) -> (String, String) {
+    (kind.to_string(), reason.to_string())
+}
+
+/// The message of `status`'s condition `kind`.
+fn message<'a>(status: &'a BrokerGroupStatus, kind: &str) -> &'a str {
+    status
+        .conditions
+        .iter()
+        .find(|c| c.type_ == kind)
+        .map(|c| c.message.as_str())
+        .unwrap_or_else(|| panic!("no {kind} condition in {status:?}"))
+}
+
+/// Scale-down: the removed group is still rendered and its live is asked to drain into the
+/// remaining group (its pod labelled `draining`, out of the client Service); the status
+/// follows the drain; once the live reports it drained, its StatefulSet is deleted (pods
+/// with it, claims kept).
+#[tokio::test]
+async fn given_groups_lowered_from_two_to_one_should_drain_the_removed_group_then_delete_its_statefulset_once_drained(
+) {
+    let h = Harness::new();
+    let bg = scaled_down();
+    let groups = ["pair-g0", "pair-g1"];
+
+    // 1. pair-g1 still exists: it is rendered, and its live is asked to drain into pair-g0.
+    answer_two_groups(&h, None);
+    h.brokers.drain_answers.lock().insert(
+        "10.0.2.10".into(),
+        Ok(DrainStatus {
+            state: DrainState::Draining,
+            messages_left: 40,
+            forwarded: 0,
+            targets: vec!["pair-g0".into()],
+            reason: None,
+        }),
+    );
+    let mut calls = calls_until_observed(&bg, &groups, two_groups_pods("live"));
+    calls.extend([
+        merge_patch(&core("pods", "pair-g1-0")),
+        post_event(),
+        apply(&status_path()).returns(to_json(&bg)),
+    ]);
+    let asked = h.reconcile(&bg, calls).await;
+
+    assert_eq!(drains_asked(&h), ["10.0.2.10:8161 -> pair-g0"]);
+    assert_eq!(
+        asked.body(Method::PATCH, &core("pods", "pair-g1-0")),
+        json!({"metadata": {"labels": {"duomq.io/role": "draining"}}}),
+        "out of the client Service while it drains"
+    );
+    let set = asked.body(Method::PATCH, &apis("apps/v1", "statefulsets", "pair-g1"));
+    assert_eq!(set["spec"]["replicas"], 2, "rendered as before while it drains");
+    let events = posted_events(&asked);
+    assert_eq!(
+        event_reasons(&asked),
+        [pair_of("Normal", "Draining")],
+        "{events:?}"
+    );
+    assert!(
+        events[0]
+            .2
+            .contains("group pair-g1 is being removed: its live pair-g1-0 moves its 40 messages to pair-g0"),
+        "{events:?}"
+    );
+    let status = asked.status();
+    assert_eq!(status.observed_generation, Some(2));
+    let names: Vec<&str> = status.groups.iter().map(|g| g.name.as_str()).collect();
+    assert_eq!(names, groups);
+    let drain = status.groups[1].drain.clone().expect("pair-g1 drains");
+    assert_eq!(
+        (drain.messages_left, drain.forwarded, drain.stuck),
+        (Some(40), 0, None)
+    );
+    assert_eq!(status.groups[0].drain, None);
+    assert_eq!(condition(&status, "Progressing"), ("True", "ScalingDown"));
+    assert!(
+        message(&status, "Progressing").contains("pair-g1 (40 messages left)"),
+        "{status:?}"
+    );
+    assert_eq!(condition(&status, "Degraded"), ("False", "AsExpected"));
+    assert_eq!(asked.action(), Action::requeue(Duration::from_secs(3)));
+
+    // 2. Under way: not asked again, the status follows the live's count.
+    let bg = with_status(bg, status);
+    answer_two_groups(&h, Some(drain_section("draining", 12, 28, None)));
+    let mut calls = calls_until_observed(&bg, &groups, two_groups_pods("draining"));
+    calls.push(apply(&status_path()).returns(to_json(&bg)));
+    let under_way = h.reconcile(&bg, calls).await;
+
+    assert!(drains_asked(&h).is_empty(), "it already drains into pair-g0");
+    let status = under_way.status();
+    let drain = status.groups[1].drain.clone().expect("pair-g1 drains");
+    assert_eq!((drain.messages_left, drain.forwarded), (Some(12), 28));
+
+    // 3. Drained: its StatefulSet goes (its pods with it), no claim is touched.
+    let bg = with_status(bg, status);
+    answer_two_groups(&h, Some(drain_section("drained", 0, 40, None)));
+    let mut calls = calls_until_observed(&bg, &groups, two_groups_pods("draining"));
+    calls.extend([
+        delete(&apis("apps/v1", "statefulsets", "pair-g1")),
+        post_event(),
+        apply(&status_path()).returns(to_json(&bg)),
+    ]);
+    let drained = h.reconcile(&bg, calls).await;
+
+    let deleted = drained.body(Method::DELETE, &apis("apps/v1", "statefulsets", "pair-g1"));
+    assert_eq!(deleted["propagationPolicy"], "Background");
+    let events = posted_events(&drained);
+    assert_eq!(event_reasons(&drained), [pair_of("Normal", "GroupRemoved")]);
+    assert!(
+        events[0].2.contains("its journal claims are kept"),
+        "{events:?}"
+    );
+    assert!(drains_asked(&h).is_empty());
+}
+
+/// A removed group whose live cannot move its messages (no bridge to the remaining group
+/// links) is kept: Degraded DrainStuck with the live's reason, one Warning event.
+#[tokio::test]
+async fn given_a_removed_group_whose_drain_is_stuck_should_keep_it_and_warn_once_with_drain_stuck(
+) {
+    let h = Harness::new();
+    let bg = scaled_down();
+    let groups = ["pair-g0", "pair-g1"];
+    let why = "no bridge to pair-g0 is linked (connector pair-g0: refused: wrong password)";
+    answer_two_groups(&h, Some(drain_section("stuck", 7, 0, Some(why))));
+    let mut calls = calls_until_observed(&bg, &groups, two_groups_pods("draining"));
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
+    let stuck = h.reconcile(&bg, calls).await;
+
+    assert!(drains_asked(&h).is_empty(), "asked already: it says why it is stuck");
+    assert_eq!(event_reasons(&stuck), [pair_of("Warning", "DrainStuck")]);
+    let status = stuck.status();
+    assert_eq!(condition(&status, "Degraded"), ("True", "DrainStuck"));
+    let said = message(&status, "Degraded");
+    assert!(
+        said.contains("group pair-g1 is being removed but cannot drain") && said.contains(why),
+        "{said}"
+    );
+    let drain = status.groups[1].drain.clone().expect("pair-g1 drains");
+    assert_eq!(
+        (drain.messages_left, drain.stuck.as_deref()),
+        (Some(7), Some(why))
+    );
+
+    // Still stuck: said already, nothing changed.
+    let bg = with_status(bg, status);
+    let again = h
+        .reconcile(&bg, calls_until_observed(&bg, &groups, two_groups_pods("draining")))
+        .await;
+    assert_eq!(again.action(), Action::requeue(Duration::from_secs(3)));
+}
+
+/// A removed group with no live (both members down) cannot drain: DrainStuck says so.
+#[tokio::test]
+async fn given_a_removed_group_without_a_live_should_report_its_drain_stuck() {
+    let h = Harness::new();
+    let mut bg = pair();
+    bg.spec.groups = 1;
+    let bg = with_status(bg, settled(&[("pair-g0", "pair-g0-0", 1)]));
+    answer_two_groups(&h, None);
+    h.brokers.silence("10.0.2.10");
+    h.brokers.silence("10.0.2.11");
+    let mut pods = two_groups_pods("draining");
+    pods[2] = broker_pod("pair-g1-0", "10.0.2.10", false, Some("draining"));
+    pods[3] = broker_pod("pair-g1-1", "10.0.2.11", false, Some("backup"));
+    let mut calls = calls_until_observed(&bg, &["pair-g0", "pair-g1"], pods);
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
+    let step = h.reconcile(&bg, calls).await;
+
+    assert!(drains_asked(&h).is_empty(), "no live to ask");
+    assert_eq!(event_reasons(&step), [pair_of("Warning", "DrainStuck")]);
+    let status = step.status();
+    assert_eq!(condition(&status, "Degraded"), ("True", "DrainStuck"));
+    assert_eq!(
+        status.groups[1]
+            .drain
+            .as_ref()
+            .and_then(|d| d.stuck.as_deref()),
+        Some("the group has no live broker to drain it")
+    );
+}
+
+/// The `/status` of a member fenced by an admin request.
+fn fenced_status(node: &str, epoch: u64, live: &str) -> Value {
+    let mut status = backup_status(node, epoch, live);
+    status["role"] = json!("fenced");
+    status["adminFenced"] = json!(true);
+    status["ha"]["sync"] = Value::Null;
+    status
+}
+
+fn fence_reply(node: &str, fenced: bool) -> Result<FenceReply, String> {
+    Ok(FenceReply {
+        node: node.into(),
+        fenced,
+    })
+}
+
+#[tokio::test]
+async fn given_a_backup_listed_in_fenced_members_should_fence_it_through_its_admin_endpoint_and_show_it_fenced(
+) {
+    let h = Harness::new();
+    let bg = with_annotation(
+        with_status(pair(), settled(&[("pair-g0", "pair-g0-0", 3)])),
+        FENCED_MEMBERS,
+        r#"["pair-g0-1"]"#,
+    );
+    answer_pair(&h, "pair-g0-0", 3);
+    h.brokers
+        .fence_answers
+        .lock()
+        .insert("10.0.0.11".into(), fence_reply("pair-g0-1", true));
+    let pods = || pair_pods("pair-g0-0", [CURRENT; 2]);
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], pods());
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
+    let fenced = h.reconcile(&bg, calls).await;
+
+    assert_eq!(
+        fences_asked(&h),
+        ["10.0.0.11:8161 fenced"],
+        "the backup, on its admin port, not forced"
+    );
+    assert!(switchovers_asked(&h).is_empty(), "a backup hands nothing over");
+    let events = posted_events(&fenced);
+    assert_eq!(event_reasons(&fenced), [pair_of("Normal", "Fenced")]);
+    assert!(events[0].2.contains("fenced pair-g0-1"), "{events:?}");
+    let status = fenced.status();
+    assert_eq!(status.groups[0].fenced, ["pair-g0-1"]);
+    assert_eq!(status.groups[0].live.as_deref(), Some("pair-g0-0"));
+
+    // It reports itself fenced: not asked again; the status reads it from the broker.
+    let bg = with_status(bg, status);
+    h.brokers
+        .answer("10.0.0.11", fenced_status("pair-g0-1", 3, "pair-g0-0"));
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], pods());
+    calls.push(apply(&status_path()).returns(to_json(&bg)));
+    let after = h.reconcile(&bg, calls).await;
+
+    assert!(fences_asked(&h).is_empty(), "fenced already");
+    let status = after.status();
+    let g0 = &status.groups[0];
+    assert_eq!(g0.fenced, ["pair-g0-1"]);
+    assert_eq!(
+        g0.backups
+            .iter()
+            .map(|b| (b.pod.as_str(), b.state.as_str(), b.synced))
+            .collect::<Vec<_>>(),
+        [("pair-g0-1", "fenced", false)]
+    );
+}
+
+#[tokio::test]
+async fn given_a_fenced_member_no_longer_listed_should_unfence_it() {
+    let h = Harness::new();
+    let mut status = settled(&[("pair-g0", "pair-g0-0", 3)]);
+    status.groups[0].fenced = vec!["pair-g0-1".into()];
+    let bg = with_status(pair(), status);
+    answer_pair(&h, "pair-g0-0", 3);
+    h.brokers
+        .answer("10.0.0.11", fenced_status("pair-g0-1", 3, "pair-g0-0"));
+    h.brokers
+        .fence_answers
+        .lock()
+        .insert("10.0.0.11".into(), fence_reply("pair-g0-1", false));
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], pair_pods("pair-g0-0", [CURRENT; 2]));
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
+    let step = h.reconcile(&bg, calls).await;
+
+    assert_eq!(fences_asked(&h), ["10.0.0.11:8161 unfenced"]);
+    let events = posted_events(&step);
+    assert_eq!(event_reasons(&step), [pair_of("Normal", "Unfenced")]);
+    assert!(events[0].2.contains("unfenced pair-g0-1"), "{events:?}");
+    assert!(step.status().groups[0].fenced.is_empty());
+}
+
+/// Fencing the live: it first hands its role to an in-sync backup (a switchover with reason
+/// Fence, counted as a switchover), and is fenced once it is a backup.
+#[tokio::test]
+async fn given_the_live_listed_in_fenced_members_should_switch_over_to_the_backup_first_then_fence_it(
+) {
+    let h = Harness::new();
+    let bg = with_annotation(
+        with_status(pair(), settled(&[("pair-g0", "pair-g0-0", 3)])),
+        FENCED_MEMBERS,
+        r#"["pair-g0-0"]"#,
+    );
+    answer_pair(&h, "pair-g0-0", 3);
+    h.brokers
+        .switchover_answers
+        .lock()
+        .insert("10.0.0.10".into(), reply("pair-g0-0", "pair-g0-1", 4));
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], pair_pods("pair-g0-0", [CURRENT; 2]));
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
+    let handing = h.reconcile(&bg, calls).await;
+
+    assert_eq!(switchovers_asked(&h), ["10.0.0.10:8161 -> pair-g0-1"]);
+    assert!(fences_asked(&h).is_empty(), "never fence a live that serves");
+    let events = posted_events(&handing);
+    assert_eq!(event_reasons(&handing), [pair_of("Normal", "SwitchingOver")]);
+    assert!(events[0].2.contains("the live is to be fenced"), "{events:?}");
+    let status = handing.status();
+    assert_eq!(
+        status.groups[0]
+            .switchover
+            .as_ref()
+            .map(|p| (p.to.as_str(), p.reason)),
+        Some(("pair-g0-1", FailoverReason::Fence))
+    );
+
+    // pair-g0-1 is live: the former live, now a backup, is fenced.
+    let bg = with_status(bg, status);
+    answer_pair(&h, "pair-g0-1", 4);
+    h.brokers
+        .fence_answers
+        .lock()
+        .insert("10.0.0.10".into(), fence_reply("pair-g0-0", true));
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], pair_pods("pair-g0-0", [CURRENT; 2]));
+    calls.extend([
+        merge_patch(&core("pods", "pair-g0-0")),
+        merge_patch(&core("pods", "pair-g0-1")),
+        post_event(),
+        post_event(),
+        apply(&status_path()).returns(to_json(&bg)),
+    ]);
+    let fenced = h.reconcile(&bg, calls).await;
+
+    assert_eq!(fences_asked(&h), ["10.0.0.10:8161 fenced"]);
+    assert!(switchovers_asked(&h).is_empty());
+    assert_eq!(
+        event_reasons(&fenced),
+        [pair_of("Normal", "Fenced"), pair_of("Normal", "SwitchedOver")]
+    );
+    let status = fenced.status();
+    let g0 = &status.groups[0];
+    assert_eq!(g0.fenced, ["pair-g0-0"]);
+    assert_eq!(g0.live.as_deref(), Some("pair-g0-1"));
+    let last = g0.last_failover.as_ref().expect("a lastFailover");
+    assert_eq!(
+        (last.from.as_str(), last.to.as_str(), last.reason),
+        ("pair-g0-0", "pair-g0-1", FailoverReason::Fence)
+    );
+    assert_eq!((g0.failovers, g0.switchovers), (0, 1));
+
+    // No failback onto a fenced member.
+    let bg = with_status(bg, status);
+    h.brokers
+        .answer("10.0.0.10", fenced_status("pair-g0-0", 4, "pair-g0-1"));
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], pair_pods("pair-g0-1", [CURRENT; 2]));
+    calls.push(apply(&status_path()).returns(to_json(&bg)));
+    h.reconcile(&bg, calls).await.action();
+    assert!(switchovers_asked(&h).is_empty(), "no failback to a fenced member");
+    assert!(fences_asked(&h).is_empty());
+}
+
+#[tokio::test]
+async fn given_a_garbled_fenced_members_annotation_should_fence_nothing_and_warn_once_with_invalid_annotation(
+) {
+    let h = Harness::new();
+    let bg = with_annotation(
+        with_status(pair(), settled(&[("pair-g0", "pair-g0-0", 3)])),
+        FENCED_MEMBERS,
+        "pair-g0-1",
+    );
+    answer_pair(&h, "pair-g0-0", 3);
+    let pods = || pair_pods("pair-g0-0", [CURRENT; 2]);
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], pods());
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
+    let step = h.reconcile(&bg, calls).await;
+
+    assert!(fences_asked(&h).is_empty() && switchovers_asked(&h).is_empty());
+    assert_eq!(event_reasons(&step), [pair_of("Warning", "InvalidAnnotation")]);
+    let status = step.status();
+    assert_eq!(condition(&status, "Degraded"), ("True", "InvalidAnnotation"));
+    let said = message(&status, "Degraded");
+    assert!(
+        said.contains("duomq.io/fenced-members") && said.contains("is not a JSON list of pod names"),
+        "{said}"
+    );
+
+    // Said once.
+    let bg = with_status(bg, status);
+    h.reconcile(&bg, calls_until_observed(&bg, &["pair-g0"], pods()))
+        .await
+        .action();
+}
+
+/// A group's Lease as the API server holds it.
+fn lease(group: &str, holder: Option<&str>, released: Option<&str>) -> Value {
+    let mut lease = json!({
+        "apiVersion": "coordination.k8s.io/v1", "kind": "Lease",
+        "metadata": {"name": group, "namespace": NS, "resourceVersion": "7",
+                     "labels": {"app.kubernetes.io/instance": "pair"}, "ownerReferences": owner(UID)},
+        "spec": {"leaseDurationSeconds": 10},
+    });
+    if let Some(holder) = holder {
+        lease["spec"]["holderIdentity"] = json!(holder);
+    }
+    if let Some(released) = released {
+        lease["metadata"]["annotations"] = json!({"duomq.io/released-holder": released});
+    }
+    lease
+}
+
+/// The calls of a reconcile of `pair` (one group, rolled out) up to observing `pods` and
+/// `leases`.
+fn calls_with_leases(bg: &BrokerGroup, pods: Vec<Value>, leases: Vec<Value>) -> Vec<Call> {
+    let mut calls = vec![
+        read_status(bg),
+        get(&core("secrets", "pair-cluster")).returns(cluster_secret("pw")),
+        list_statefulsets(vec![statefulset("pair-g0", true)]),
+    ];
+    calls.extend(applies(&["pair-g0"]));
+    calls.extend(orphan_lists(&["pair-g0"], &[]));
+    calls.extend(pods_and_leases(pods, leases));
+    calls
+}
+
+/// Hibernation: every StatefulSet goes to no pod; once none is left the BrokerGroup says
+/// Hibernated (no LiveLost, no Lease release for the lives that stopped); resumed, the pods
+/// come back and Resumed is said once every group is live again.
+#[tokio::test]
+async fn given_hibernation_on_then_off_should_stop_every_pod_without_failover_then_resume() {
+    let h = Harness::new();
+    let settled_bg = with_status(pair(), settled(&[("pair-g0", "pair-g0-0", 3)]));
+    let bg = with_annotation(settled_bg.clone(), HIBERNATION, "on");
+
+    // 1. Asked: the StatefulSet is applied with no replica; the pods are still stopping.
+    answer_pair(&h, "pair-g0-0", 3);
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], pair_pods("pair-g0-0", [CURRENT; 2]));
+    calls.push(apply(&status_path()).returns(to_json(&bg)));
+    let stopping = h.reconcile(&bg, calls).await;
+
+    let set = stopping.body(Method::PATCH, &apis("apps/v1", "statefulsets", "pair-g0"));
+    assert_eq!(set["spec"]["replicas"], 0);
+    assert!(posted_events(&stopping).is_empty());
+    let status = stopping.status();
+    assert_eq!(condition(&status, "Hibernated"), ("False", "Hibernating"));
+    assert_eq!(condition(&status, "Progressing"), ("True", "Hibernating"));
+
+    // 2. No pod left; the live that stopped still holds its Lease: not released.
+    let bg = with_status(bg, status);
+    let calls = calls_with_leases(&bg, vec![], vec![lease("pair-g0", Some("pair-g0-0"), None)]);
+    let mut calls = calls;
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
+    let asleep = h.reconcile(&bg, calls).await;
+
+    assert_eq!(
+        event_reasons(&asleep),
+        [pair_of("Normal", "Hibernated")],
+        "no LiveLost, no OperatorFailover"
+    );
+    let status = asleep.status();
+    assert_eq!(condition(&status, "Available"), ("False", "Hibernated"));
+    assert_eq!(condition(&status, "Hibernated"), ("True", "Hibernated"));
+    assert_eq!(condition(&status, "Degraded"), ("False", "AsExpected"));
+    assert_eq!((status.failovers, status.switchovers), (0, 0));
+    assert_eq!(
+        asleep.action(),
+        Action::requeue(Duration::from_secs(15)),
+        "asleep: the slow poll"
+    );
+
+    // 3. Resumed: the StatefulSet is applied with its members again.
+    let bg = with_annotation(with_status(settled_bg, status), HIBERNATION, "off");
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], vec![]);
+    calls.push(apply(&status_path()).returns(to_json(&bg)));
+    let resuming = h.reconcile(&bg, calls).await;
+
+    let set = resuming.body(Method::PATCH, &apis("apps/v1", "statefulsets", "pair-g0"));
+    assert_eq!(set["spec"]["replicas"], 2);
+    assert!(posted_events(&resuming).is_empty());
+    let status = resuming.status();
+    assert_eq!(condition(&status, "Hibernated"), ("False", "Resuming"));
+    assert_eq!(condition(&status, "Degraded"), ("False", "AsExpected"));
+
+    // 4. Every group live again: Resumed, and no failover was counted.
+    let bg = with_status(bg, status);
+    let mut pods = pair_pods("pair-g0-0", [CURRENT; 2]);
+    for pod in &mut pods {
+        if let Some(labels) = pod["metadata"]["labels"].as_object_mut() {
+            labels.remove("duomq.io/role");
+        }
+    }
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], pods);
+    calls.extend([
+        merge_patch(&core("pods", "pair-g0-0")),
+        merge_patch(&core("pods", "pair-g0-1")),
+        post_event(),
+        apply(&status_path()).returns(to_json(&bg)),
+    ]);
+    let resumed = h.reconcile(&bg, calls).await;
+
+    assert_eq!(event_reasons(&resumed), [pair_of("Normal", "Resumed")]);
+    let status = resumed.status();
+    assert_eq!(condition(&status, "Available"), ("True", "AllGroupsLive"));
+    assert_eq!(condition(&status, "Hibernated"), ("False", "Running"));
+    assert_eq!((status.failovers, status.switchovers), (0, 0));
+}
+
+/// A group's StatefulSet whose `data` claim template asks for `size`.
+fn statefulset_with_claims(name: &str, size: &str) -> Value {
+    let mut sts = statefulset(name, true);
+    sts["spec"]["volumeClaimTemplates"] = json!([{
+        "metadata": {"name": "data"},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}},
+    }]);
+    sts
+}
+
+/// A journal claim as the API server holds it.
+fn claim(name: &str, size: &str) -> Value {
+    json!({
+        "apiVersion": "v1", "kind": "PersistentVolumeClaim",
+        "metadata": {"name": name, "namespace": NS},
+        "spec": {"accessModes": ["ReadWriteOnce"], "resources": {"requests": {"storage": size}}},
+    })
+}
+
+/// `pair` whose `storage.size` grew from 1Gi to 2Gi.
+fn grown() -> BrokerGroup {
+    let mut bg = pair();
+    bg.metadata.generation = Some(2);
+    bg.spec.storage.size = "2Gi".into();
+    with_status(bg, settled(&[("pair-g0", "pair-g0-0", 3)]))
+}
+
+#[tokio::test]
+async fn given_a_larger_storage_size_should_apply_the_old_template_grow_each_claim_then_orphan_delete_the_statefulset(
+) {
+    let h = Harness::new();
+    let bg = grown();
+    answer_pair(&h, "pair-g0-0", 3);
+    let mut calls = calls_observing(
+        &bg,
+        &["pair-g0"],
+        pair_pods("pair-g0-0", [CURRENT; 2]),
+        vec![statefulset_with_claims("pair-g0", "1Gi")],
+    );
+    calls.extend([
+        merge_patch(&core("persistentvolumeclaims", "data-pair-g0-0"))
+            .returns(claim("data-pair-g0-0", "2Gi")),
+        merge_patch(&core("persistentvolumeclaims", "data-pair-g0-1"))
+            .returns(claim("data-pair-g0-1", "2Gi")),
+        delete(&apis("apps/v1", "statefulsets", "pair-g0")),
+        post_event(),
+        apply(&status_path()).returns(to_json(&bg)),
+    ]);
+    let step = h.reconcile(&bg, calls).await;
+
+    let set = step.body(Method::PATCH, &apis("apps/v1", "statefulsets", "pair-g0"));
+    assert_eq!(
+        set["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
+        "1Gi",
+        "a claim template is immutable: applied as it is"
+    );
+    for pod in ["pair-g0-0", "pair-g0-1"] {
+        assert_eq!(
+            step.body(
+                Method::PATCH,
+                &core("persistentvolumeclaims", &format!("data-{pod}"))
+            ),
+            json!({"spec": {"resources": {"requests": {"storage": "2Gi"}}}})
+        );
+    }
+    let deleted = step.body(Method::DELETE, &apis("apps/v1", "statefulsets", "pair-g0"));
+    assert_eq!(
+        deleted["propagationPolicy"], "Orphan",
+        "its pods keep running while it is recreated"
+    );
+    let events = posted_events(&step);
+    assert_eq!(event_reasons(&step), [pair_of("Normal", "VolumeExpanding")]);
+    assert!(events[0].2.contains("2Gi"), "{events:?}");
+    assert_eq!(condition(&step.status(), "Degraded"), ("False", "AsExpected"));
+}
+
+#[tokio::test]
+async fn given_a_larger_storage_size_that_the_storage_class_refuses_should_report_volume_expansion_refused_and_delete_nothing(
+) {
+    let h = Harness::new();
+    let bg = grown();
+    answer_pair(&h, "pair-g0-0", 3);
+    let refusal = "persistentvolumeclaims \"data-pair-g0-0\" is forbidden: only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize";
+    let mut calls = calls_observing(
+        &bg,
+        &["pair-g0"],
+        pair_pods("pair-g0-0", [CURRENT; 2]),
+        vec![statefulset_with_claims("pair-g0", "1Gi")],
+    );
+    calls.extend([
+        merge_patch(&core("persistentvolumeclaims", "data-pair-g0-0")).refused(
+            StatusCode::FORBIDDEN,
+            "Forbidden",
+            refusal,
+        ),
+        apply(&status_path()).returns(to_json(&bg)),
+    ]);
+    let step = h.reconcile(&bg, calls).await;
+
+    assert!(
+        !step.requests.iter().any(|s| s.method == Method::DELETE),
+        "the StatefulSet is kept"
+    );
+    let status = step.status();
+    assert_eq!(
+        condition(&status, "Degraded"),
+        ("True", "VolumeExpansionRefused")
+    );
+    let said = message(&status, "Degraded");
+    assert!(
+        said.contains("claim data-pair-g0-0 cannot grow to 2Gi") && said.contains(refusal),
+        "{said}"
+    );
+}
+
+/// A member pod the scheduler cannot place: PodScheduled False, reason Unschedulable.
+fn unschedulable_pod(name: &str) -> Value {
+    let mut pod = broker_pod(name, "", false, None);
+    if let Some(spec) = pod["spec"].as_object_mut() {
+        spec.remove("nodeName");
+    }
+    pod["status"] = json!({
+        "phase": "Pending",
+        "conditions": [{"type": "PodScheduled", "status": "False", "reason": "Unschedulable",
+                        "message": "0/3 nodes are available: 3 Insufficient memory."}],
+    });
+    pod
+}
+
+#[tokio::test]
+async fn given_member_pods_that_cannot_be_scheduled_should_report_pods_unschedulable_naming_them_once(
+) {
+    let h = Harness::new();
+    let bg = pair();
+    let pods = || {
+        vec![
+            unschedulable_pod("pair-g0-0"),
+            unschedulable_pod("pair-g0-1"),
+        ]
+    };
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], pods());
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
+    let step = h.reconcile(&bg, calls).await;
+
+    assert!(h.brokers.asked().is_empty(), "no broker runs to ask");
+    assert_eq!(event_reasons(&step), [pair_of("Warning", "PodsUnschedulable")]);
+    let status = step.status();
+    assert_eq!(condition(&status, "Degraded"), ("True", "PodsUnschedulable"));
+    let said = message(&status, "Degraded");
+    for pod in ["pair-g0-0", "pair-g0-1"] {
+        assert!(
+            said.contains(&format!("{pod} (0/3 nodes are available: 3 Insufficient memory.)")),
+            "{said}"
+        );
+    }
+    assert_eq!(
+        status.groups[0]
+            .backups
+            .iter()
+            .map(|b| b.state.as_str())
+            .collect::<Vec<_>>(),
+        ["unschedulable", "unschedulable"]
+    );
+
+    // Still unschedulable: said already, nothing changed.
+    let bg = with_status(bg, status);
+    h.reconcile(&bg, calls_until_observed(&bg, &["pair-g0"], pods()))
+        .await
+        .action();
+}
+
+/// Between the live letting go and its target taking over there is no live for a moment:
+/// while the switchover the live agreed to is pending, that look says nothing (changed with
+/// the one-way reconcile: it used to post LiveLost and SwitchoverFailed "has no live to hand
+/// over").
+#[tokio::test]
+async fn given_a_pending_switchover_when_a_look_finds_no_live_should_say_nothing_and_wait() {
+    let h = Harness::new();
+    let status = pending(
+        settled(&[("pair-g0", "pair-g0-0", 3)]),
+        "pair-g0-1",
+        FailoverReason::Switchover,
+    );
+    let bg = with_annotation(with_status(pair(), status), SWITCHOVER, "pair-g0=pair-g0-1");
+    // The former live is a backup already; its target is not live yet.
+    h.brokers
+        .answer("10.0.0.10", backup_status("pair-g0-0", 3, "pair-g0-1"));
+    h.brokers
+        .answer("10.0.0.11", backup_status("pair-g0-1", 3, "pair-g0-0"));
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], pair_pods("pair-g0-0", [CURRENT; 2]));
+    calls.extend([
+        merge_patch(&core("pods", "pair-g0-0")),
+        apply(&status_path()).returns(to_json(&bg)),
+    ]);
+    let step = h.reconcile(&bg, calls).await;
+
+    assert!(posted_events(&step).is_empty(), "{:?}", posted_events(&step));
+    assert!(switchovers_asked(&h).is_empty(), "asked once already");
+    assert_eq!(
+        step.body(Method::PATCH, &core("pods", "pair-g0-0")),
+        json!({"metadata": {"labels": {"duomq.io/role": "backup"}}}),
+        "out of the client Service"
+    );
+    let status = step.status();
+    assert_eq!(status.groups[0].live, None);
+    assert_eq!(
+        status.groups[0].switchover.as_ref().map(|p| p.to.as_str()),
+        Some("pair-g0-1"),
+        "still waiting for it"
+    );
+    assert_eq!(condition(&status, "Progressing"), ("True", "Switchover"));
+    assert_eq!(condition(&status, "Degraded"), ("False", "AsExpected"));
+    assert_eq!((status.failovers, status.switchovers), (0, 0));
+}
+
+/// A dead live's Lease is released (GET, then PUT without holder), the backup takes over
+/// (an unplanned change: a failover), then the preferred member fails back (planned: a
+/// switchover): status.failovers and status.switchovers count them apart, and only the
+/// failover counts in the operator's failover metric.
+#[tokio::test]
+async fn given_an_operator_failover_then_a_failback_should_count_one_failover_and_one_switchover(
+) {
+    let h = Harness::new();
+    let bg = with_status(pair(), settled(&[("pair-g0", "pair-g0-0", 3)]));
+
+    // 1. The live's container died while it holds the Lease: released at once.
+    h.brokers
+        .answer("10.0.0.11", backup_status("pair-g0-1", 3, "pair-g0-0"));
+    let dead = || {
+        vec![
+            broker_pod("pair-g0-0", "10.0.0.10", false, Some("live")),
+            broker_pod("pair-g0-1", "10.0.0.11", true, Some("backup")),
+        ]
+    };
+    let held = lease("pair-g0", Some("pair-g0-0"), None);
+    let mut calls = calls_with_leases(&bg, dead(), vec![held.clone()]);
+    calls.extend([
+        get(&apis("coordination.k8s.io/v1", "leases", "pair-g0")).returns(held),
+        Call::new(
+            Method::PUT,
+            apis("coordination.k8s.io/v1", "leases", "pair-g0"),
+        )
+        .query(&[])
+        .content_type(JSON),
+        post_event(),
+        post_event(),
+        apply(&status_path()).returns(to_json(&bg)),
+    ]);
+    let released = h.reconcile(&bg, calls).await;
+
+    let put = released.body(
+        Method::PUT,
+        &apis("coordination.k8s.io/v1", "leases", "pair-g0"),
+    );
+    assert_eq!(put["spec"]["holderIdentity"], Value::Null, "{put}");
+    assert_eq!(
+        put["metadata"]["annotations"]["duomq.io/released-holder"], "pair-g0-0",
+        "{put}"
+    );
+    assert_eq!(put["metadata"]["resourceVersion"], "7", "a concurrent change is refused");
+    assert_eq!(
+        event_reasons(&released),
+        [
+            pair_of("Warning", "OperatorFailover"),
+            pair_of("Warning", "LiveLost")
+        ]
+    );
+
+    // 2. The backup took the released Lease and is live: a failover.
+    let bg = with_status(bg, released.status());
+    h.brokers
+        .answer("10.0.0.11", live_status("pair-g0-1", 4, "pair-g0-0"));
+    let mut calls = calls_with_leases(
+        &bg,
+        dead(),
+        vec![lease("pair-g0", Some("pair-g0-1"), Some("pair-g0-0"))],
+    );
+    calls.extend([
+        merge_patch(&core("pods", "pair-g0-1")),
+        post_event(),
+        apply(&status_path()).returns(to_json(&bg)),
+    ]);
+    let failed_over = h.reconcile(&bg, calls).await;
+
+    assert_eq!(event_reasons(&failed_over), [pair_of("Warning", "FailedOver")]);
+    let status = failed_over.status();
+    let g0 = &status.groups[0];
+    assert_eq!(
+        g0.last_failover.as_ref().map(|f| f.reason),
+        Some(FailoverReason::OperatorFailover)
+    );
+    assert_eq!((g0.failovers, g0.switchovers), (1, 0));
+
+    // 3. The preferred member is back in sync: failback asked.
+    let bg = with_status(bg, status);
+    answer_pair(&h, "pair-g0-1", 4);
+    h.brokers
+        .switchover_answers
+        .lock()
+        .insert("10.0.0.11".into(), reply("pair-g0-1", "pair-g0-0", 5));
+    let mut calls = calls_with_leases(
+        &bg,
+        pair_pods("pair-g0-1", [CURRENT; 2]),
+        vec![lease("pair-g0", Some("pair-g0-1"), Some("pair-g0-0"))],
+    );
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
+    let asked = h.reconcile(&bg, calls).await;
+    assert_eq!(switchovers_asked(&h), ["10.0.0.11:8161 -> pair-g0-0"]);
+    assert_eq!(event_reasons(&asked), [pair_of("Normal", "SwitchingOver")]);
+
+    // 4. It is live again: a switchover, not a failover.
+    let bg = with_status(bg, asked.status());
+    answer_pair(&h, "pair-g0-0", 5);
+    let mut calls = calls_with_leases(
+        &bg,
+        pair_pods("pair-g0-1", [CURRENT; 2]),
+        vec![lease("pair-g0", Some("pair-g0-0"), Some("pair-g0-0"))],
+    );
+    calls.extend([
+        merge_patch(&core("pods", "pair-g0-0")),
+        merge_patch(&core("pods", "pair-g0-1")),
+        post_event(),
+        apply(&status_path()).returns(to_json(&bg)),
+    ]);
+    let back = h.reconcile(&bg, calls).await;
+
+    assert_eq!(event_reasons(&back), [pair_of("Normal", "FailedBack")]);
+    let status = back.status();
+    let g0 = &status.groups[0];
+    assert_eq!(
+        g0.last_failover.as_ref().map(|f| f.reason),
+        Some(FailoverReason::Failback)
+    );
+    assert_eq!((g0.failovers, g0.switchovers), (1, 1));
+    assert_eq!((status.failovers, status.switchovers), (1, 1));
+    assert_eq!(h.ctx.metrics.failovers.get(), 1, "planned hand-overs are not failovers");
 }
