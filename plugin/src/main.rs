@@ -81,9 +81,11 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Command {
-    /// Show a BrokerGroup as a tree: conditions, then each group with its live, epoch,
-    /// failovers and switchovers, every member (role, synced, lag, pod phase and readiness),
-    /// fenced members, a drain in progress, connectors and the grouping handler.
+    /// Show a BrokerGroup as a tree of its groups and members.
+    ///
+    /// The conditions, then each group with its live, epoch, failovers and switchovers,
+    /// every member (role, synced, lag, pod phase and readiness), fenced members, a drain in
+    /// progress, connectors and the grouping handler.
     Status {
         /// The BrokerGroup's name.
         brokergroup: String,
@@ -91,9 +93,11 @@ enum Command {
         #[arg(short, long, value_enum, default_value = "tree")]
         output: Output,
     },
-    /// Hand a group's live role to another member with nothing lost (the running operator
-    /// asks the live to hand over; it refuses unless the member is an in-sync backup).
-    /// Sets the duomq.io/switchover annotation, as `duomq-operator switchover` does.
+    /// Hand a group's live role to another member, with nothing lost.
+    ///
+    /// The running operator asks the live to hand over; it refuses unless the member is an
+    /// in-sync backup. Sets the duomq.io/switchover annotation, as `duomq-operator
+    /// switchover` does.
     Switchover {
         /// The BrokerGroup's name.
         brokergroup: String,
@@ -104,9 +108,11 @@ enum Command {
         #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Fence a member: it stops serving and replicating and never takes the live role; its
-    /// pod and data stay. A live is first switched over to an in-sync backup. Adds the pod
-    /// to the duomq.io/fenced-members annotation, keeping the other entries.
+    /// Fence a member: it stops serving and never takes the live role.
+    ///
+    /// A fenced member stops serving and replicating and never takes the live role; its pod
+    /// and data stay. A live is first switched over to an in-sync backup. Adds the pod to the
+    /// duomq.io/fenced-members annotation, keeping the other entries.
     Fence {
         /// The BrokerGroup's name.
         brokergroup: String,
@@ -115,8 +121,10 @@ enum Command {
         #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Unfence a member: it rejoins its group as a backup. Removes the pod from the
-    /// duomq.io/fenced-members annotation, keeping the other entries.
+    /// Unfence a member: it rejoins its group as a backup.
+    ///
+    /// Removes the pod from the duomq.io/fenced-members annotation, keeping the other
+    /// entries.
     Unfence {
         /// The BrokerGroup's name.
         brokergroup: String,
@@ -125,16 +133,19 @@ enum Command {
         #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Hibernate a BrokerGroup: every broker pod stops (lives last); volumes, Secrets and
-    /// the spec stay, so `resume` brings the messages back. Sets duomq.io/hibernation=on.
+    /// Hibernate a BrokerGroup: its broker pods stop, its data stays.
+    ///
+    /// Every broker pod stops (lives last); volumes, Secrets and the spec stay, so `resume`
+    /// brings the messages back. Sets duomq.io/hibernation=on.
     Hibernate {
         /// The BrokerGroup's name.
         brokergroup: String,
         #[command(flatten)]
         wait: WaitArgs,
     },
-    /// Resume a hibernated BrokerGroup: its pods start again on their volumes. Sets
-    /// duomq.io/hibernation=off.
+    /// Resume a hibernated BrokerGroup.
+    ///
+    /// Its pods start again on their volumes. Sets duomq.io/hibernation=off.
     Resume {
         /// The BrokerGroup's name.
         brokergroup: String,
@@ -142,6 +153,9 @@ enum Command {
         wait: WaitArgs,
     },
     /// Print the broker log of a group's live (or of another member with --member).
+    ///
+    /// The live is the one the status names, else the pod labelled duomq.io/role=live. The
+    /// pod read is named on stderr, so the log itself can be piped.
     Logs {
         /// The BrokerGroup's name.
         brokergroup: String,
