@@ -43,10 +43,10 @@ impl Act<'_> {
         }
         for r in &plan.removals {
             apply::delete_object(client, self.namespace, &r.kind, &r.name, r.orphan).await?;
-            if r.kind == "StatefulSet" && seen.pods.keys().any(|p| p.starts_with(&format!("{}-", r.name))) {
+            if r.kind == "StatefulSet" {
                 out.transitions.push(Transition::new(
                     Reason::GroupRemoved,
-                    format!("group {} is drained: deleted it; its journal claims are kept", r.name),
+                    format!("group {} is no longer in the spec and holds no message: deleted it; its journal claims are kept", r.name),
                 ));
             }
         }

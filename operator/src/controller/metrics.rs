@@ -60,7 +60,7 @@ impl Metrics {
         );
         r.register(
             "failovers",
-            "Changes of a group's live broker seen by the operator",
+            "Unplanned changes of a group's live broker (a live lost) seen by the operator; planned hand-overs are counted in switchovers_total",
             m.failovers.clone(),
         );
         r.register(
