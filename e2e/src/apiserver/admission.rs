@@ -107,6 +107,11 @@ fn admit(
             }
         }
         ("", "services") => service_ip(state, obj, old),
+        ("", "persistentvolumeclaims") => {
+            if let Some(old) = old {
+                claim_resize(state, obj, old)?;
+            }
+        }
         ("apiextensions.k8s.io", "customresourcedefinitions") => crd(resource, obj)?,
         _ => {}
     }
@@ -122,6 +127,52 @@ fn admit(
         return Err(ApiError::invalid(resource, meta::name(obj), causes));
     }
     Ok(Vec::new())
+}
+
+/// The storage a claim asks for, in bytes.
+pub(crate) fn claim_request(claim: &Value) -> Option<f64> {
+    claim
+        .pointer("/spec/resources/requests/storage")
+        .and_then(Value::as_str)
+        .and_then(crate::cluster::quantity::parse)
+}
+
+/// Kubernetes' `PersistentVolumeClaimResize` admission: a claim may only grow when it is
+/// bound and its StorageClass (the beta annotation, else `spec.storageClassName`) exists
+/// and has `allowVolumeExpansion: true`. Shrinking is left to validation.
+fn claim_resize(state: &State, claim: &Value, old: &Value) -> ApiResult<()> {
+    let (Some(new_size), Some(old_size)) = (claim_request(claim), claim_request(old)) else {
+        return Ok(());
+    };
+    if new_size <= old_size {
+        return Ok(());
+    }
+    let forbidden = |why: &str| {
+        ApiError::forbidden(format!(
+            "persistentvolumeclaims \"{}\" is forbidden: {why}",
+            meta::name(claim)
+        ))
+    };
+    if old.pointer("/status/phase").and_then(Value::as_str) != Some("Bound") {
+        return Err(forbidden("Only bound persistent volume claims can be expanded"));
+    }
+    let class = claim
+        .pointer("/metadata/annotations/volume.beta.kubernetes.io~1storage-class")
+        .or_else(|| claim.pointer("/spec/storageClassName"))
+        .and_then(Value::as_str)
+        .unwrap_or_default();
+    let allowed = !class.is_empty()
+        && state
+            .registry
+            .lookup("storage.k8s.io", "v1", "storageclasses")
+            .and_then(|r| state.get(&r.storage, "", class))
+            .is_some_and(|sc| sc["allowVolumeExpansion"].as_bool() == Some(true));
+    if !allowed {
+        return Err(forbidden(
+            "only dynamically provisioned pvc can be resized and the storageclass that provisions the pvc must support resize",
+        ));
+    }
+    Ok(())
 }
 
 /// The status a new object starts with: none for resources with a status subresource

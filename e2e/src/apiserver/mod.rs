@@ -55,6 +55,8 @@ mod protobuf;
 mod registry;
 mod selectors;
 mod store;
+#[cfg(test)]
+mod storage_tests;
 mod subresources;
 mod table;
 mod validation;

@@ -181,6 +181,7 @@ const BUILTINS: &[Builtin] = &[
     ("rbac.authorization.k8s.io", "v1", "clusterroles", "clusterrole", "ClusterRole", false, NONE, NONE, PLAIN),
     ("rbac.authorization.k8s.io", "v1", "clusterrolebindings", "clusterrolebinding", "ClusterRoleBinding", false, NONE, NONE, PLAIN),
     ("coordination.k8s.io", "v1", "leases", "lease", "Lease", true, NONE, NONE, PLAIN),
+    ("storage.k8s.io", "v1", "storageclasses", "storageclass", "StorageClass", false, &["sc"], NONE, PLAIN),
     ("events.k8s.io", "v1", "events", "event", "Event", true, &["ev"], NONE, PLAIN),
     ("apiextensions.k8s.io", "v1", "customresourcedefinitions", "customresourcedefinition", "CustomResourceDefinition", false, &["crd", "crds"], &["api-extensions"], STATUS),
 ];

@@ -164,6 +164,7 @@ pub(crate) fn validate(resource: &ResourceInfo, obj: &Value, old: Option<&Value>
         ("", "persistentvolumeclaims") => {
             if let Some(old) = old {
                 claim_update(&obj["spec"], &old["spec"], &mut causes);
+                claim_shrink(obj, old, &mut causes);
             }
         }
         _ => {}
@@ -403,6 +404,27 @@ fn claim_update(spec: &Value, old: &Value, causes: &mut Vec<Cause>) {
         causes.push(forbidden(
             "spec",
             "spec is immutable after creation except resources.requests and volumeAttributesClassName for bound claims",
+        ));
+    }
+}
+
+/// A claim's request may shrink only while it stays above `status.capacity` (to recover
+/// from an expansion that failed, Kubernetes' RecoverVolumeExpansionFailure): volumes never
+/// shrink.
+fn claim_shrink(obj: &Value, old: &Value, causes: &mut Vec<Cause>) {
+    use super::admission::claim_request;
+    let (Some(new), Some(before)) = (claim_request(obj), claim_request(old)) else {
+        return;
+    };
+    let capacity = old
+        .pointer("/status/capacity/storage")
+        .and_then(Value::as_str)
+        .and_then(crate::cluster::quantity::parse)
+        .unwrap_or(0.0);
+    if new < before && new <= capacity {
+        causes.push(forbidden(
+            "spec.resources.requests.storage",
+            "field can not be less than status.capacity",
         ));
     }
 }

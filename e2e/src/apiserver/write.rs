@@ -419,6 +419,19 @@ fn commit_update(
             return Err(ApiError::conflict(resource, &name));
         }
     }
+    // A uid sent is a precondition, as Kubernetes' registry store takes it (an adoption
+    // patch carries the uid of the orphan it means).
+    let sent_uid = meta::uid(&sent);
+    if !sent_uid.is_empty() && sent_uid != meta::uid(old) {
+        return Err(ApiError::precondition(
+            resource,
+            &name,
+            &format!(
+                "Precondition failed: UID in precondition: {sent_uid}, UID in object meta: {}",
+                meta::uid(old)
+            ),
+        ));
+    }
     let mut obj = match part {
         Part::Main => {
             let mut obj = sent;

@@ -4,6 +4,7 @@
 use std::fmt::Debug;
 
 use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams, Preconditions};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::OwnerReference;
 use kube::Resource;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
@@ -35,6 +36,30 @@ where
         ..DeleteParams::default()
     };
     match api.delete(name, &params).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
+        Err(e) => Err(e),
+    }
+}
+
+/// Makes `owner` the controller of the object `name` with `uid`: how a controller adopts
+/// an orphan. The same strategic merge patch Kubernetes' controller-ref manager sends (the
+/// owner reference merged by uid into those the object has, and its uid, which the API
+/// server takes as a precondition). One gone or replaced meanwhile is left alone.
+pub async fn adopt<K>(
+    api: &Api<K>,
+    name: &str,
+    uid: &str,
+    owner: &OwnerReference,
+) -> Result<(), kube::Error>
+where
+    K: Resource + Clone + Debug + DeserializeOwned,
+{
+    let patch = json!({"metadata": {"ownerReferences": [owner], "uid": uid}});
+    match api
+        .patch(name, &PatchParams::default(), &Patch::Strategic(&patch))
+        .await
+    {
         Ok(_) => Ok(()),
         Err(kube::Error::Api(e)) if e.code == 404 || e.code == 409 => Ok(()),
         Err(e) => Err(e),

@@ -1,6 +1,7 @@
 //! The StatefulSet controller: on every change of a StatefulSet, its pods or claims, plans
 //! (`plan`, pure) and carries the actions out, then writes the status. Pods are created
-//! with the StatefulSet as controller; claims are created before their pod and kept.
+//! with the StatefulSet as controller; claims are created before their pod and kept; pods
+//! a former StatefulSet of the same name left behind (orphan deletion) are adopted.
 
 pub mod plan;
 
@@ -15,6 +16,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::api;
+use super::pods::controller_ref;
 use super::error_chain;
 use super::watch::{next_round, Informer};
 use plan::{plan_statefulset, StsAction};
@@ -82,6 +84,10 @@ async fn reconcile(
                     info!(statefulset = %name, pod = %pod.name_any(), "created pod");
                 }
             }),
+            StsAction::AdoptPod { name: pod, uid } => {
+                info!(statefulset = %name, %pod, "adopting orphaned pod");
+                api::adopt(&pod_api, pod, uid, &controller_ref(set)).await
+            }
             StsAction::DeletePod {
                 name: pod,
                 uid,

@@ -13,6 +13,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
 use crate::cluster::names;
+use crate::cluster::selector::label_selector_matches;
 use crate::cluster::pods::{
     controller_ref, is_controlled_by, is_running_and_ready, is_terminal, is_terminating,
     template_hash,
@@ -24,6 +25,10 @@ pub enum StsAction {
     /// Create a claim from a volumeClaimTemplate (always before its pod).
     CreateClaim(Box<PersistentVolumeClaim>),
     CreatePod(Box<Pod>),
+    /// Adopt an orphan (this uid only): a pod of this set's name and selector that no
+    /// controller owns, e.g. left running when a former StatefulSet of the same name was
+    /// deleted with `propagationPolicy: Orphan`. It gets this set as its controller.
+    AdoptPod { name: String, uid: String },
     /// Delete a pod (this uid only): scale-down, a failed pod to recreate, or a rolling
     /// update.
     DeletePod {
@@ -65,6 +70,11 @@ pub fn update_revision(sts: &StatefulSet) -> String {
 ///
 /// Pods recreated below the partition also get the update revision: this controller keeps
 /// only the current template, not ControllerRevisions of older ones.
+///
+/// Orphans are adopted first, as Kubernetes' controller-ref manager does: a pod named
+/// `{set}-{ordinal}` that matches the selector, is not being deleted and has no controller
+/// becomes this set's, and is planned as one of its pods from then on (a pod of the same
+/// template keeps running: its revision label is the update revision).
 pub fn plan_statefulset(
     sts: &StatefulSet,
     pods: &[Pod],
@@ -90,14 +100,26 @@ pub fn plan_statefulset(
         .unwrap_or(0)
         .max(0);
 
+    let orphans: Vec<&Pod> = pods
+        .iter()
+        .filter(|p| is_orphan_of(sts, p))
+        .collect();
     let owned: BTreeMap<i32, &Pod> = pods
         .iter()
         .filter(|p| is_controlled_by(p, &uid))
+        .chain(orphans.iter().copied())
         .filter_map(|p| Some((ordinal_of(&name, &p.name_any())?, p)))
         .collect();
     let claim_names: Vec<String> = claims.iter().map(|c| c.name_any()).collect();
 
-    let mut actions = Vec::new();
+    let mut actions: Vec<StsAction> = orphans
+        .iter()
+        .map(|p| StsAction::AdoptPod {
+            name: p.name_any(),
+            uid: p.uid().unwrap_or_default(),
+        })
+        .collect();
+    let adopting = actions.len();
     let mut blocked = false;
     for ordinal in 0..replicas {
         match owned.get(&ordinal) {
@@ -157,7 +179,7 @@ pub fn plan_statefulset(
         }
     }
 
-    if !on_delete && !blocked && actions.is_empty() {
+    if !on_delete && !blocked && actions.len() == adopting {
         for ordinal in (partition..replicas).rev() {
             let Some(pod) = owned.get(&ordinal) else {
                 break;
@@ -215,6 +237,22 @@ fn compute_status(
         collision_count: Some(0),
         conditions: sts.status.as_ref().and_then(|s| s.conditions.clone()),
     }
+}
+
+/// Whether `pod` is an orphan `sts` adopts: named as one of its pods, matching its
+/// selector, not being deleted, and without a controller.
+fn is_orphan_of(sts: &StatefulSet, pod: &Pod) -> bool {
+    let selector = sts.spec.as_ref().map(|s| &s.selector);
+    let has_controller = pod
+        .metadata
+        .owner_references
+        .iter()
+        .flatten()
+        .any(|r| r.controller == Some(true));
+    !has_controller
+        && !is_terminating(pod)
+        && ordinal_of(&sts.name_any(), &pod.name_any()).is_some()
+        && selector.is_some_and(|s| label_selector_matches(s, pod.labels()))
 }
 
 /// The ordinal of `pod_name` if it is `{sts}-{n}`.
@@ -442,6 +480,7 @@ mod tests {
                 StsAction::CreateClaim(c) => format!("claim:{}", c.name_any()),
                 StsAction::CreatePod(p) => format!("create:{}", p.name_any()),
                 StsAction::DeletePod { name, .. } => format!("delete:{name}"),
+                StsAction::AdoptPod { name, .. } => format!("adopt:{name}"),
             })
             .collect()
     }
@@ -480,6 +519,53 @@ mod tests {
             .collect();
         let plan = plan_statefulset(&set, &existing, &claims_of(&set, &claim_ordinals));
         assert_eq!(summary(&plan), expected);
+    }
+
+    /// `pod` without its owner: what a deletion with `propagationPolicy: Orphan` of its
+    /// StatefulSet leaves.
+    fn orphaned(mut p: Pod) -> Pod {
+        p.metadata.owner_references = None;
+        p
+    }
+
+    #[test]
+    fn given_orphans_of_a_deleted_set_when_a_set_of_that_name_plans_should_adopt_them_and_keep_them_running() {
+        let set = sts(2, "OrderedReady", NEW);
+        let existing = vec![
+            orphaned(pod(&set, 0, NEW, State::Ready)),
+            orphaned(pod(&set, 1, NEW, State::Ready)),
+        ];
+        let plan = plan_statefulset(&set, &existing, &claims_of(&set, &[0, 1]));
+        assert_eq!(summary(&plan), vec!["adopt:web-0", "adopt:web-1"]);
+        assert_eq!(plan.status.replicas, 2);
+        assert_eq!(plan.status.ready_replicas, Some(2));
+    }
+
+    #[test]
+    fn given_orphan_of_an_older_template_when_adopted_should_be_updated_like_its_own_pods() {
+        let set = sts(1, "OrderedReady", NEW);
+        let existing = vec![orphaned(pod(&set, 0, OLD, State::Ready))];
+        let plan = plan_statefulset(&set, &existing, &claims_of(&set, &[0]));
+        assert_eq!(summary(&plan), vec!["adopt:web-0", "delete:web-0"]);
+    }
+
+    #[rstest]
+    #[case::other_labels(&[("app", "other")], None)]
+    #[case::another_controller(&[("app", "web")], Some("rs-uid"))]
+    fn given_pod_the_set_may_not_claim_when_planning_should_not_adopt_it(
+        #[case] labels: &[(&str, &str)],
+        #[case] controller: Option<&str>,
+    ) {
+        let set = sts(1, "OrderedReady", NEW);
+        let mut p = orphaned(pod(&set, 0, NEW, State::Ready));
+        p.metadata.labels = Some(crate::cluster::fixtures::map(labels));
+        if let Some(uid) = controller {
+            let mut owner = controller_ref(&set);
+            owner.uid = uid.into();
+            p.metadata.owner_references = Some(vec![owner]);
+        }
+        let plan = plan_statefulset(&set, &[p], &claims_of(&set, &[0]));
+        assert!(!summary(&plan).iter().any(|a| a.starts_with("adopt:")), "{:?}", summary(&plan));
     }
 
     #[test]
