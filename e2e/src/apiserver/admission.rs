@@ -154,7 +154,9 @@ fn claim_resize(state: &State, claim: &Value, old: &Value) -> ApiResult<()> {
         ))
     };
     if old.pointer("/status/phase").and_then(Value::as_str) != Some("Bound") {
-        return Err(forbidden("Only bound persistent volume claims can be expanded"));
+        return Err(forbidden(
+            "Only bound persistent volume claims can be expanded",
+        ));
     }
     let class = claim
         .pointer("/metadata/annotations/volume.beta.kubernetes.io~1storage-class")

@@ -17,8 +17,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::api;
-use super::quantity;
 use super::error_chain;
+use super::quantity;
 use super::watch::{next_round, Informer};
 
 /// The status of a bound claim: phase Bound, its access modes, capacity = request.
@@ -108,8 +108,8 @@ pub async fn run(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::core::v1::VolumeResourceRequirements;
     use k8s_openapi::api::core::v1::PersistentVolumeClaimSpec;
+    use k8s_openapi::api::core::v1::VolumeResourceRequirements;
 
     fn claim(request: &str, phase: Option<&str>, capacity: Option<&str>) -> PersistentVolumeClaim {
         let storage = |q: &str| BTreeMap::from([("storage".to_string(), Quantity(q.into()))]);
@@ -140,9 +140,15 @@ mod tests {
     #[test]
     fn given_claim_at_its_capacity_or_unbound_when_resizing_should_do_nothing() {
         // 1024Mi is 1Gi: nothing to grow.
-        assert_eq!(expanded_status(&claim("1024Mi", Some("Bound"), Some("1Gi"))), None);
+        assert_eq!(
+            expanded_status(&claim("1024Mi", Some("Bound"), Some("1Gi"))),
+            None
+        );
         // Asking for less than the capacity (a failed expansion undone) shrinks nothing.
-        assert_eq!(expanded_status(&claim("1Gi", Some("Bound"), Some("2Gi"))), None);
+        assert_eq!(
+            expanded_status(&claim("1Gi", Some("Bound"), Some("2Gi"))),
+            None
+        );
         assert_eq!(expanded_status(&claim("2Gi", Some("Pending"), None)), None);
     }
 

@@ -16,8 +16,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use super::api;
-use super::pods::controller_ref;
 use super::error_chain;
+use super::pods::controller_ref;
 use super::watch::{next_round, Informer};
 use plan::{plan_statefulset, StsAction};
 

@@ -13,11 +13,11 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::ObjectMeta;
 use kube::ResourceExt;
 
 use crate::cluster::names;
-use crate::cluster::selector::label_selector_matches;
 use crate::cluster::pods::{
     controller_ref, is_controlled_by, is_running_and_ready, is_terminal, is_terminating,
     template_hash,
 };
+use crate::cluster::selector::label_selector_matches;
 
 /// One step towards the StatefulSet's spec.
 #[derive(Debug, Clone, PartialEq)]
@@ -28,7 +28,10 @@ pub enum StsAction {
     /// Adopt an orphan (this uid only): a pod of this set's name and selector that no
     /// controller owns, e.g. left running when a former StatefulSet of the same name was
     /// deleted with `propagationPolicy: Orphan`. It gets this set as its controller.
-    AdoptPod { name: String, uid: String },
+    AdoptPod {
+        name: String,
+        uid: String,
+    },
     /// Delete a pod (this uid only): scale-down, a failed pod to recreate, or a rolling
     /// update.
     DeletePod {
@@ -100,10 +103,7 @@ pub fn plan_statefulset(
         .unwrap_or(0)
         .max(0);
 
-    let orphans: Vec<&Pod> = pods
-        .iter()
-        .filter(|p| is_orphan_of(sts, p))
-        .collect();
+    let orphans: Vec<&Pod> = pods.iter().filter(|p| is_orphan_of(sts, p)).collect();
     let owned: BTreeMap<i32, &Pod> = pods
         .iter()
         .filter(|p| is_controlled_by(p, &uid))
@@ -529,7 +529,8 @@ mod tests {
     }
 
     #[test]
-    fn given_orphans_of_a_deleted_set_when_a_set_of_that_name_plans_should_adopt_them_and_keep_them_running() {
+    fn given_orphans_of_a_deleted_set_when_a_set_of_that_name_plans_should_adopt_them_and_keep_them_running(
+    ) {
         let set = sts(2, "OrderedReady", NEW);
         let existing = vec![
             orphaned(pod(&set, 0, NEW, State::Ready)),
@@ -565,7 +566,11 @@ mod tests {
             p.metadata.owner_references = Some(vec![owner]);
         }
         let plan = plan_statefulset(&set, &[p], &claims_of(&set, &[0]));
-        assert!(!summary(&plan).iter().any(|a| a.starts_with("adopt:")), "{:?}", summary(&plan));
+        assert!(
+            !summary(&plan).iter().any(|a| a.starts_with("adopt:")),
+            "{:?}",
+            summary(&plan)
+        );
     }
 
     #[test]
