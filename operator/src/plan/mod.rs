@@ -348,6 +348,18 @@ pub fn plan(v: &ValidatedBrokerGroup, seen: &Observation, inputs: &PlanInputs<'_
             // A group being removed is neither upgraded nor switched over: it only drains.
             continue;
         }
+        let still_draining = live
+            .as_ref()
+            .and_then(|l| seen.pods.get(l))
+            .and_then(|p| p.broker.as_ref().ok())
+            .is_some_and(|b| b.drain.is_some());
+        if let (true, Some(live)) = (still_draining, &live) {
+            // Scaled back up during a drain: a broker does not undo a drain.
+            plan.problems.push(Problem::new(
+                Reason::DrainStuck,
+                format!("group {} is in the spec again but its live {live} still drains from the earlier scale-down and refuses clients: delete pod {live}; an in-sync backup takes over and serves", g.name),
+            ));
+        }
         // A group that is not settled enough to upgrade waits, and so do the groups after it.
         let step = if upgrading || v.hibernate {
             UpgradeStep::Done
