@@ -21,6 +21,8 @@ pub const ROLE_DRAINING: &str = "draining";
 
 pub const APP_NAME: &str = "duomq-broker";
 pub const COMPONENT_BROKER: &str = "broker";
+/// The broker container of every broker pod.
+pub const BROKER_CONTAINER: &str = "broker";
 
 /// Where a broker pod finds its files.
 pub const CONFIG_DIR: &str = "/etc/duomq";

@@ -21,7 +21,6 @@ use duomq_operator::names::{
 use crate::{fenced, view};
 
 /// The broker's container in every member pod (as the operator renders it).
-const BROKER_CONTAINER: &str = "broker";
 /// Tries of a fence edit that lost a race with another writer of the BrokerGroup.
 const FENCE_TRIES: usize = 5;
 
@@ -424,7 +423,7 @@ pub async fn logs(
         }
     );
     let params = LogParams {
-        container: Some(BROKER_CONTAINER.to_string()),
+        container: Some(duomq_operator::names::BROKER_CONTAINER.to_string()),
         follow: request.follow,
         tail_lines: request.tail,
         ..LogParams::default()

@@ -23,7 +23,7 @@ fn broker_running(pod: &Pod) -> bool {
             .and_then(|s| s.container_statuses.as_ref())
             .is_some_and(|cs| {
                 cs.iter().any(|c| {
-                    c.name == "broker" && c.state.as_ref().is_some_and(|st| st.running.is_some())
+                    c.name == names::BROKER_CONTAINER && c.state.as_ref().is_some_and(|st| st.running.is_some())
                 })
             })
 }

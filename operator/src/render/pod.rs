@@ -275,7 +275,7 @@ fn build_pod_spec(v: &ValidatedBrokerGroup, g: &GroupModel) -> PodSpec {
     });
 
     let container = Container {
-        name: "broker".into(),
+        name: names::BROKER_CONTAINER.into(),
         image: Some(spec.image.clone()),
         image_pull_policy: Some(spec.image_pull_policy.as_str().into()),
         // Each member reads its own file from the group's ConfigMap.
