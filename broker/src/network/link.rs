@@ -103,6 +103,7 @@ async fn session(
     let mut relayed = net.relay.subscribe();
     let mut advertised: Option<Vec<DemandEntry>> = None;
     let mut demand_dirty = receive;
+    let mut drain_seen = false;
     let mut demand_tick = tokio::time::interval(DEMAND_EVERY);
     let mut refresh = tokio::time::interval(REFRESH_EVERY);
     let mut ping = tokio::time::interval(net.identity.check_period);
@@ -176,6 +177,13 @@ async fn session(
             Some(delivery) = next_delivery(&mut deliveries) => {
                 if let Some(f) = forwarder.as_mut() {
                     f.on_delivery(delivery, out);
+                }
+            }
+            // A drain began: the forwarder takes up every queue now, not at the next refresh.
+            _ = broker.drain.started(), if !drain_seen => {
+                drain_seen = true;
+                if let Some(f) = forwarder.as_mut() {
+                    f.apply_demand(&link.remote_demand.lock());
                 }
             }
             _ = consumers.changed(), if receive => demand_dirty = true,
