@@ -3541,3 +3541,27 @@ async fn given_a_larger_storage_size_that_the_storage_class_refuses_should_warn_
         [pair_of("Warning", "VolumeExpansionRefused")]
     );
 }
+
+/// The API server stores quantities in canonical form: a StatefulSet created with a claim
+/// template of `2048Mi` reads back as `2Gi`. The same size written another way is no
+/// resize; today the strings are compared, so every reconcile would patch the claims and
+/// orphan-delete the StatefulSet again (a VolumeExpanding event each time).
+#[tokio::test]
+#[ignore = "bug: plan::resizes compares GroupModel.journal_size with storage.size as strings; the API server canonicalizes the template's quantity (2048Mi reads back as 2Gi, 1.5Gi as 1536Mi), so an equal size written differently recreates the StatefulSet on every reconcile"]
+async fn given_a_storage_size_equal_to_the_template_but_written_differently_should_resize_nothing(
+) {
+    let h = Harness::new();
+    let mut bg = pair();
+    bg.spec.storage.size = "2048Mi".into();
+    let bg = with_status(bg, settled(&[("pair-g0", "pair-g0-0", 3)]));
+    answer_pair(&h, "pair-g0-0", 3);
+    let mut calls = calls_observing(
+        &bg,
+        &["pair-g0"],
+        pair_pods("pair-g0-0", [CURRENT; 2]),
+        vec![statefulset_with_claims("pair-g0", "2Gi")],
+    );
+    calls.push(apply(&status_path()).returns(to_json(&bg)));
+    let step = h.reconcile(&bg, calls).await;
+    assert!(posted_events(&step).is_empty());
+}
