@@ -346,8 +346,9 @@ async fn failover(env: &Env) -> Result<()> {
     let report = traffic.finish(&old, fault, 20).await?;
     println!("operator-ha: {report}");
     println!(
-        "operator-ha: {leader} deleted and {how} of {old}: {standby} led after {:.1}s, the status named {new} after {:.1}s; total {:.0}s",
+        "operator-ha: {leader} deleted and {how} of {old}: {standby} led after {:.1}s, the status named {new} (reason {}) after {:.1}s; total {:.0}s",
         took_over.duration_since(fault).as_secs_f64(),
+        g["lastFailover"]["reason"],
         seen.as_secs_f64(),
         started.elapsed().as_secs_f64()
     );
