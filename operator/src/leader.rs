@@ -66,7 +66,11 @@ pub struct ElectionSettings {
 
 impl ElectionSettings {
     /// Settings with the default timings.
-    pub fn new(namespace: impl Into<String>, lease: impl Into<String>, identity: impl Into<String>) -> Self {
+    pub fn new(
+        namespace: impl Into<String>,
+        lease: impl Into<String>,
+        identity: impl Into<String>,
+    ) -> Self {
         ElectionSettings {
             namespace: namespace.into(),
             lease: lease.into(),
@@ -86,7 +90,10 @@ impl ElectionSettings {
             return bad("the identity is empty".into());
         }
         if self.lease_duration.subsec_nanos() != 0 || self.lease_duration < Duration::from_secs(1) {
-            return bad(format!("the lease duration ({:?}) must be a whole number of seconds, at least 1s", self.lease_duration));
+            return bad(format!(
+                "the lease duration ({:?}) must be a whole number of seconds, at least 1s",
+                self.lease_duration
+            ));
         }
         if self.renew_deadline >= self.lease_duration {
             return bad(format!(
@@ -154,9 +161,16 @@ enum Verdict {
 }
 
 /// May `me` take the Lease, having seen its current version for `unchanged_for`? Pure.
-fn may_take(spec: &LeaseSpec, me: &str, unchanged_for: Duration, default_duration: Duration) -> Verdict {
+fn may_take(
+    spec: &LeaseSpec,
+    me: &str,
+    unchanged_for: Duration,
+    default_duration: Duration,
+) -> Verdict {
     let holder = spec.holder_identity.as_deref().filter(|h| !h.is_empty());
-    let Some(holder) = holder else { return Verdict::Take { transition: true } };
+    let Some(holder) = holder else {
+        return Verdict::Take { transition: true };
+    };
     if holder == me {
         // A previous process of this replica (the same pod name): it is gone.
         return Verdict::Take { transition: false };
@@ -168,7 +182,9 @@ fn may_take(spec: &LeaseSpec, me: &str, unchanged_for: Duration, default_duratio
     if unchanged_for >= duration {
         Verdict::Take { transition: true }
     } else {
-        Verdict::Wait { holder: holder.to_string() }
+        Verdict::Wait {
+            holder: holder.to_string(),
+        }
     }
 }
 
@@ -190,16 +206,30 @@ fn micro_now() -> MicroTime {
 
 /// The spec of a Lease `settings.identity` holds, renewed at `now`; `taken` when it
 /// changes hands (a new acquire time, one more transition if someone held it before).
-fn claimed(settings: &ElectionSettings, previous: Option<&LeaseSpec>, taken: bool, now: MicroTime) -> LeaseSpec {
+fn claimed(
+    settings: &ElectionSettings,
+    previous: Option<&LeaseSpec>,
+    taken: bool,
+    now: MicroTime,
+) -> LeaseSpec {
     let previous = previous.cloned().unwrap_or_default();
     let seconds = i32::try_from(settings.lease_duration.as_secs()).unwrap_or(i32::MAX);
-    let held_before = previous.holder_identity.as_deref().is_some_and(|h| !h.is_empty());
+    let held_before = previous
+        .holder_identity
+        .as_deref()
+        .is_some_and(|h| !h.is_empty());
     LeaseSpec {
         holder_identity: Some(settings.identity.clone()),
         lease_duration_seconds: Some(seconds),
-        acquire_time: if taken { Some(now.clone()) } else { previous.acquire_time.clone() },
+        acquire_time: if taken {
+            Some(now.clone())
+        } else {
+            previous.acquire_time.clone()
+        },
         renew_time: Some(now),
-        lease_transitions: Some(previous.lease_transitions.unwrap_or(0) + i32::from(taken && held_before)),
+        lease_transitions: Some(
+            previous.lease_transitions.unwrap_or(0) + i32::from(taken && held_before),
+        ),
         ..previous
     }
 }
@@ -272,18 +302,24 @@ impl Elector {
     async fn acquire(&self) -> Instant {
         let mut last_logged: Option<String> = None;
         loop {
-            let attempt = tokio::time::timeout(self.settings.renew_deadline, self.try_acquire()).await;
+            let attempt =
+                tokio::time::timeout(self.settings.renew_deadline, self.try_acquire()).await;
             let note = match attempt {
                 Ok(Ok(Ok(sent))) => return sent,
                 Ok(Ok(Err(holder))) => {
                     self.role.send_if_modified(|role| {
-                        let now = Role::Standby { leader: Some(holder.clone()) };
+                        let now = Role::Standby {
+                            leader: Some(holder.clone()),
+                        };
                         std::mem::replace(role, now.clone()) != now
                     });
                     format!("standby: waiting for {holder}")
                 }
                 Ok(Err(reason)) => format!("cannot take the leader Lease: {reason}"),
-                Err(_) => format!("cannot take the leader Lease: no answer within {:?}", self.settings.renew_deadline),
+                Err(_) => format!(
+                    "cannot take the leader Lease: no answer within {:?}",
+                    self.settings.renew_deadline
+                ),
             };
             if last_logged.as_deref() != Some(note.as_str()) {
                 info!(lease = %self.settings.lease, identity = %self.settings.identity, "{note}");
@@ -302,7 +338,10 @@ impl Elector {
         let Some(current) = current else {
             self.observed.lock().forget();
             let lease = Lease {
-                metadata: ObjectMeta { name: Some(name.clone()), ..ObjectMeta::default() },
+                metadata: ObjectMeta {
+                    name: Some(name.clone()),
+                    ..ObjectMeta::default()
+                },
                 spec: Some(claimed(&self.settings, None, true, micro_now())),
             };
             let sent = Instant::now();
@@ -312,7 +351,11 @@ impl Elector {
                 Err(e) => Err(api_error(&e)),
             };
         };
-        let version = current.metadata.resource_version.clone().unwrap_or_default();
+        let version = current
+            .metadata
+            .resource_version
+            .clone()
+            .unwrap_or_default();
         let unchanged_for = self.observed.lock().note(&version, Instant::now());
         let spec = current.spec.clone().unwrap_or_default();
         let transition = match may_take(&spec, me, unchanged_for, self.settings.lease_duration) {
@@ -320,7 +363,12 @@ impl Elector {
             Verdict::Take { transition } => transition,
         };
         let mut lease = current;
-        lease.spec = Some(claimed(&self.settings, Some(&spec), transition, micro_now()));
+        lease.spec = Some(claimed(
+            &self.settings,
+            Some(&spec),
+            transition,
+            micro_now(),
+        ));
         let sent = Instant::now();
         match self.api.replace(name, &PostParams::default(), &lease).await {
             Ok(_) => {
@@ -329,7 +377,9 @@ impl Elector {
                 }
                 Ok(Ok(sent))
             }
-            Err(e) if is_conflict(&e) => Err("another replica wrote the Lease between our read and our write".into()),
+            Err(e) if is_conflict(&e) => {
+                Err("another replica wrote the Lease between our read and our write".into())
+            }
             Err(e) => Err(api_error(&e)),
         }
     }
@@ -337,7 +387,12 @@ impl Elector {
     /// Renews the claim until it is lost; returns why. `last_sent` is when the last write
     /// that got through was sent: the claim is given up `renew_deadline` after it.
     async fn keep(&self, mut last_sent: Instant) -> String {
-        let ElectionSettings { renew_deadline, renew_interval, retry_interval, .. } = self.settings;
+        let ElectionSettings {
+            renew_deadline,
+            renew_interval,
+            retry_interval,
+            ..
+        } = self.settings;
         let mut wait = renew_interval;
         let mut last_error = String::from("none");
         loop {
@@ -366,18 +421,32 @@ impl Elector {
 
     async fn renew_once(&self) -> Result<(), RenewFailure> {
         let name = &self.settings.lease;
-        let current = self.api.get_opt(name).await.map_err(|e| RenewFailure::Failed(api_error(&e)))?;
-        let Some(mut lease) = current else { return Err(RenewFailure::Lost("the leader Lease was deleted".into())) };
+        let current = self
+            .api
+            .get_opt(name)
+            .await
+            .map_err(|e| RenewFailure::Failed(api_error(&e)))?;
+        let Some(mut lease) = current else {
+            return Err(RenewFailure::Lost("the leader Lease was deleted".into()));
+        };
         let spec = lease.spec.clone().unwrap_or_default();
         match spec.holder_identity.as_deref() {
             Some(h) if h == self.settings.identity => {}
-            Some(h) if !h.is_empty() => return Err(RenewFailure::Lost(format!("{h} holds the Lease now"))),
-            _ => return Err(RenewFailure::Lost("the Lease was released by someone else".into())),
+            Some(h) if !h.is_empty() => {
+                return Err(RenewFailure::Lost(format!("{h} holds the Lease now")))
+            }
+            _ => {
+                return Err(RenewFailure::Lost(
+                    "the Lease was released by someone else".into(),
+                ))
+            }
         }
         lease.spec = Some(claimed(&self.settings, Some(&spec), false, micro_now()));
         match self.api.replace(name, &PostParams::default(), &lease).await {
             Ok(_) => Ok(()),
-            Err(e) if is_conflict(&e) => Err(RenewFailure::Failed("the Lease was written by someone else meanwhile".into())),
+            Err(e) if is_conflict(&e) => Err(RenewFailure::Failed(
+                "the Lease was written by someone else meanwhile".into(),
+            )),
             Err(e) => Err(RenewFailure::Failed(api_error(&e))),
         }
     }
@@ -397,15 +466,22 @@ impl Elector {
             spec.holder_identity = None;
             spec.renew_time = Some(micro_now());
             lease.spec = Some(spec);
-            self.api.replace(name, &PostParams::default(), &lease).await.map_err(|e| api_error(&e))?;
+            self.api
+                .replace(name, &PostParams::default(), &lease)
+                .await
+                .map_err(|e| api_error(&e))?;
             Ok::<_, String>(true)
         })
         .await;
         match attempt {
             Ok(Ok(true)) => info!(lease = %name, "released the leader Lease"),
             Ok(Ok(false)) => {}
-            Ok(Err(reason)) => warn!(lease = %name, %reason, "failed to release the leader Lease; it expires instead"),
-            Err(_) => warn!(lease = %name, "releasing the leader Lease timed out; it expires instead"),
+            Ok(Err(reason)) => {
+                warn!(lease = %name, %reason, "failed to release the leader Lease; it expires instead")
+            }
+            Err(_) => {
+                warn!(lease = %name, "releasing the leader Lease timed out; it expires instead")
+            }
         }
     }
 }
@@ -422,10 +498,11 @@ pub fn default_identity() -> String {
         .map(|h| h.trim().to_string())
         .filter(|h| !h.is_empty())
         .unwrap_or_else(|| "duomq-operator".into());
-    let suffix: String = rand::Rng::sample_iter(rand::thread_rng(), &rand::distributions::Alphanumeric)
-        .take(6)
-        .map(|c| char::from(c).to_ascii_lowercase())
-        .collect();
+    let suffix: String =
+        rand::Rng::sample_iter(rand::thread_rng(), &rand::distributions::Alphanumeric)
+            .take(6)
+            .map(|c| char::from(c).to_ascii_lowercase())
+            .collect();
     format!("{host}-{suffix}")
 }
 
@@ -453,8 +530,15 @@ mod tests {
     #[case::claim_lapsed(spec(Some("other"), Some(15)), 15, Verdict::Take { transition: true })]
     #[case::holder_duration_counts(spec(Some("other"), Some(40)), 30, Verdict::Wait { holder: "other".into() })]
     #[case::no_duration_uses_ours(spec(Some("other"), None), 15, Verdict::Take { transition: true })]
-    fn given_a_lease_when_a_replica_looks_should_take_only_a_free_or_lapsed_one(#[case] lease: LeaseSpec, #[case] unchanged_secs: u64, #[case] expected: Verdict) {
-        assert_eq!(may_take(&lease, "me", Duration::from_secs(unchanged_secs), D), expected);
+    fn given_a_lease_when_a_replica_looks_should_take_only_a_free_or_lapsed_one(
+        #[case] lease: LeaseSpec,
+        #[case] unchanged_secs: u64,
+        #[case] expected: Verdict,
+    ) {
+        assert_eq!(
+            may_take(&lease, "me", Duration::from_secs(unchanged_secs), D),
+            expected
+        );
     }
 
     #[rstest]
@@ -462,8 +546,18 @@ mod tests {
     #[case::deadline_not_shorter(15, 15, 5, 2, false)]
     #[case::interval_not_shorter(15, 10, 10, 2, false)]
     #[case::fractional_duration(15_500, 10, 5, 2, false)]
-    fn given_timings_when_validated_should_nest(#[case] duration: u64, #[case] deadline: u64, #[case] interval: u64, #[case] retry: u64, #[case] ok: bool) {
-        let duration = if duration > 1000 { Duration::from_millis(duration) } else { Duration::from_secs(duration) };
+    fn given_timings_when_validated_should_nest(
+        #[case] duration: u64,
+        #[case] deadline: u64,
+        #[case] interval: u64,
+        #[case] retry: u64,
+        #[case] ok: bool,
+    ) {
+        let duration = if duration > 1000 {
+            Duration::from_millis(duration)
+        } else {
+            Duration::from_secs(duration)
+        };
         let settings = ElectionSettings {
             lease_duration: duration,
             renew_deadline: Duration::from_secs(deadline),
@@ -479,16 +573,28 @@ mod tests {
     #[case::taken_when_free(Some(spec(None, Some(15))), true, 3)]
     #[case::created(None, true, 0)]
     #[case::renewed(Some(spec(Some("me"), Some(15))), false, 3)]
-    fn given_a_lease_when_claimed_should_name_this_replica_and_count_changes_of_hands(#[case] previous: Option<LeaseSpec>, #[case] taken: bool, #[case] transitions: i32) {
+    fn given_a_lease_when_claimed_should_name_this_replica_and_count_changes_of_hands(
+        #[case] previous: Option<LeaseSpec>,
+        #[case] taken: bool,
+        #[case] transitions: i32,
+    ) {
         let settings = ElectionSettings::new("ns", "lease", "me");
-        let previous = previous.map(|p| LeaseSpec { lease_transitions: Some(3), acquire_time: Some(MicroTime(Timestamp::UNIX_EPOCH)), ..p });
+        let previous = previous.map(|p| LeaseSpec {
+            lease_transitions: Some(3),
+            acquire_time: Some(MicroTime(Timestamp::UNIX_EPOCH)),
+            ..p
+        });
         let now = MicroTime(Timestamp::from_second(1_000).expect("a valid time"));
         let lease = claimed(&settings, previous.as_ref(), taken, now.clone());
         assert_eq!(lease.holder_identity.as_deref(), Some("me"));
         assert_eq!(lease.lease_duration_seconds, Some(15));
         assert_eq!(lease.renew_time, Some(now.clone()));
         assert_eq!(lease.lease_transitions, Some(transitions));
-        let acquired = if taken { Some(now) } else { Some(MicroTime(Timestamp::UNIX_EPOCH)) };
+        let acquired = if taken {
+            Some(now)
+        } else {
+            Some(MicroTime(Timestamp::UNIX_EPOCH))
+        };
         assert_eq!(lease.acquire_time, acquired);
     }
 
@@ -522,7 +628,9 @@ mod tests {
             }
 
             pub fn holder(&self) -> Option<String> {
-                self.lease.as_ref().and_then(|l| l.spec.as_ref()?.holder_identity.clone())
+                self.lease
+                    .as_ref()
+                    .and_then(|l| l.spec.as_ref()?.holder_identity.clone())
             }
         }
 
@@ -544,10 +652,17 @@ mod tests {
             json(code, body)
         }
 
-        async fn serve(mut handle: Handle<Request<Body>, Response<Body>>, server: Arc<Mutex<LeaseServer>>) {
+        async fn serve(
+            mut handle: Handle<Request<Body>, Response<Body>>,
+            server: Arc<Mutex<LeaseServer>>,
+        ) {
             while let Some((request, send)) = handle.next_request().await {
                 let (parts, body) = request.into_parts();
-                let body = body.collect_bytes().await.map(|b| b.to_vec()).unwrap_or_default();
+                let body = body
+                    .collect_bytes()
+                    .await
+                    .map(|b| b.to_vec())
+                    .unwrap_or_default();
                 let mut server = server.lock();
                 if server.hang {
                     server.held.push(send);
@@ -555,18 +670,31 @@ mod tests {
                 }
                 let response = match parts.method {
                     Method::GET => match &server.lease {
-                        Some(lease) => json(StatusCode::OK, serde_json::to_value(lease).unwrap_or_default()),
+                        Some(lease) => json(
+                            StatusCode::OK,
+                            serde_json::to_value(lease).unwrap_or_default(),
+                        ),
                         None => status(StatusCode::NOT_FOUND, "NotFound"),
                     },
-                    Method::POST if server.lease.is_some() => status(StatusCode::CONFLICT, "AlreadyExists"),
+                    Method::POST if server.lease.is_some() => {
+                        status(StatusCode::CONFLICT, "AlreadyExists")
+                    }
                     Method::POST | Method::PUT => match serde_json::from_slice::<Lease>(&body) {
                         Ok(lease) => {
-                            let current = server.lease.as_ref().and_then(|l| l.metadata.resource_version.clone());
-                            if parts.method == Method::PUT && lease.metadata.resource_version != current {
+                            let current = server
+                                .lease
+                                .as_ref()
+                                .and_then(|l| l.metadata.resource_version.clone());
+                            if parts.method == Method::PUT
+                                && lease.metadata.resource_version != current
+                            {
                                 status(StatusCode::CONFLICT, "Conflict")
                             } else {
                                 server.write(lease);
-                                json(StatusCode::OK, serde_json::to_value(&server.lease).unwrap_or_default())
+                                json(
+                                    StatusCode::OK,
+                                    serde_json::to_value(&server.lease).unwrap_or_default(),
+                                )
                             }
                         }
                         Err(e) => status(StatusCode::BAD_REQUEST, &e.to_string()),
@@ -599,17 +727,21 @@ mod tests {
     }
 
     fn elector(client: kube::Client, identity: &str) -> Elector {
-        Elector::new(client, ElectionSettings::new("ns", "leader", identity)).expect("valid settings")
+        Elector::new(client, ElectionSettings::new("ns", "leader", identity))
+            .expect("valid settings")
     }
 
     #[tokio::test(start_paused = true)]
-    async fn given_a_leader_whose_api_hangs_when_the_renew_deadline_passes_should_drop_the_work_and_report_lost() {
+    async fn given_a_leader_whose_api_hangs_when_the_renew_deadline_passes_should_drop_the_work_and_report_lost(
+    ) {
         let (client, server) = fake::client();
         let elector = elector(client, "me");
         let mut role = elector.role();
         let (work, dropped) = endless_work();
         let leading = tokio::spawn(async move { elector.lead(work).await });
-        role.wait_for(|r| *r == Role::Leader).await.expect("becomes leader");
+        role.wait_for(|r| *r == Role::Leader)
+            .await
+            .expect("becomes leader");
         assert_eq!(server.lock().holder().as_deref(), Some("me"));
         // Two renewals get through, then the API server stops answering.
         tokio::time::sleep(Duration::from_secs(11)).await;
@@ -617,14 +749,29 @@ mod tests {
         assert!(renewed >= 3, "renewed every 5s: version {renewed}");
         server.lock().hang = true;
         let hung_at = Instant::now();
-        let result = tokio::time::timeout(Duration::from_secs(60), leading).await.expect("lead returns").expect("the election task");
+        let result = tokio::time::timeout(Duration::from_secs(60), leading)
+            .await
+            .expect("lead returns")
+            .expect("the election task");
         let stopped = hung_at.elapsed();
-        assert!(matches!(result, Err(LeaderError::Lost { .. })), "{result:?}");
-        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst), "the work is dropped");
+        assert!(
+            matches!(result, Err(LeaderError::Lost { .. })),
+            "{result:?}"
+        );
+        assert!(
+            dropped.load(std::sync::atomic::Ordering::SeqCst),
+            "the work is dropped"
+        );
         // The last renewal that got through was sent at most one renew interval before the
         // hang: the leader stops within the renew deadline of it, before the 15 s Lease lapses.
-        assert!(stopped <= DEFAULT_RENEW_DEADLINE, "stopped {stopped:?} after the hang");
-        assert!(stopped >= DEFAULT_RENEW_DEADLINE - DEFAULT_RENEW_INTERVAL, "stopped {stopped:?} after the hang: too early");
+        assert!(
+            stopped <= DEFAULT_RENEW_DEADLINE,
+            "stopped {stopped:?} after the hang"
+        );
+        assert!(
+            stopped >= DEFAULT_RENEW_DEADLINE - DEFAULT_RENEW_INTERVAL,
+            "stopped {stopped:?} after the hang: too early"
+        );
     }
 
     #[tokio::test(start_paused = true)]
@@ -634,7 +781,9 @@ mod tests {
         let mut role = elector.role();
         let (work, dropped) = endless_work();
         let leading = tokio::spawn(async move { elector.lead(work).await });
-        role.wait_for(|r| *r == Role::Leader).await.expect("becomes leader");
+        role.wait_for(|r| *r == Role::Leader)
+            .await
+            .expect("becomes leader");
         let stolen_at = Instant::now();
         {
             let mut server = server.lock();
@@ -642,32 +791,75 @@ mod tests {
             lease.spec.as_mut().expect("a spec").holder_identity = Some("thief".into());
             server.write(lease);
         }
-        let result = tokio::time::timeout(Duration::from_secs(60), leading).await.expect("lead returns").expect("the election task");
-        assert!(matches!(&result, Err(LeaderError::Lost { reason }) if reason.contains("thief")), "{result:?}");
-        assert!(dropped.load(std::sync::atomic::Ordering::SeqCst), "the work is dropped");
-        assert!(stolen_at.elapsed() <= DEFAULT_RENEW_INTERVAL, "stopped {:?} after the theft", stolen_at.elapsed());
-        assert_eq!(server.lock().holder().as_deref(), Some("thief"), "the leader wrote nothing more");
+        let result = tokio::time::timeout(Duration::from_secs(60), leading)
+            .await
+            .expect("lead returns")
+            .expect("the election task");
+        assert!(
+            matches!(&result, Err(LeaderError::Lost { reason }) if reason.contains("thief")),
+            "{result:?}"
+        );
+        assert!(
+            dropped.load(std::sync::atomic::Ordering::SeqCst),
+            "the work is dropped"
+        );
+        assert!(
+            stolen_at.elapsed() <= DEFAULT_RENEW_INTERVAL,
+            "stopped {:?} after the theft",
+            stolen_at.elapsed()
+        );
+        assert_eq!(
+            server.lock().holder().as_deref(),
+            Some("thief"),
+            "the leader wrote nothing more"
+        );
     }
 
     #[tokio::test(start_paused = true)]
-    async fn given_a_standby_when_the_holder_stops_renewing_should_take_over_after_seeing_the_lease_unchanged_for_its_duration() {
+    async fn given_a_standby_when_the_holder_stops_renewing_should_take_over_after_seeing_the_lease_unchanged_for_its_duration(
+    ) {
         let (client, server) = fake::client();
         let settings = ElectionSettings::new("ns", "leader", "other");
         server.lock().write(Lease {
-            metadata: ObjectMeta { name: Some("leader".into()), ..ObjectMeta::default() },
+            metadata: ObjectMeta {
+                name: Some("leader".into()),
+                ..ObjectMeta::default()
+            },
             spec: Some(claimed(&settings, None, true, micro_now())),
         });
         let elector = elector(client, "me");
         let mut role = elector.role();
         let started = Instant::now();
         let leading = tokio::spawn(async move { elector.lead(std::future::pending::<()>()).await });
-        role.wait_for(|r| *r == Role::Standby { leader: Some("other".into()) }).await.expect("stands by");
-        role.wait_for(|r| *r == Role::Leader).await.expect("takes over");
+        role.wait_for(|r| {
+            *r == Role::Standby {
+                leader: Some("other".into()),
+            }
+        })
+        .await
+        .expect("stands by");
+        role.wait_for(|r| *r == Role::Leader)
+            .await
+            .expect("takes over");
         let waited = started.elapsed();
-        assert!(waited >= DEFAULT_LEASE_DURATION, "took over after {waited:?}");
-        assert!(waited <= DEFAULT_LEASE_DURATION + DEFAULT_RETRY_INTERVAL, "took over after {waited:?}");
-        let lease = server.lock().lease.clone().and_then(|l| l.spec).expect("the Lease");
-        assert_eq!((lease.holder_identity.as_deref(), lease.lease_transitions), (Some("me"), Some(1)));
+        assert!(
+            waited >= DEFAULT_LEASE_DURATION,
+            "took over after {waited:?}"
+        );
+        assert!(
+            waited <= DEFAULT_LEASE_DURATION + DEFAULT_RETRY_INTERVAL,
+            "took over after {waited:?}"
+        );
+        let lease = server
+            .lock()
+            .lease
+            .clone()
+            .and_then(|l| l.spec)
+            .expect("the Lease");
+        assert_eq!(
+            (lease.holder_identity.as_deref(), lease.lease_transitions),
+            (Some("me"), Some(1))
+        );
         leading.abort();
     }
 

@@ -412,7 +412,9 @@ async fn readyz(State(http): State<Arc<Http>>) -> impl IntoResponse {
     let role = match http.role.as_ref().map(|r| r.borrow().clone()) {
         None => "ready\n".to_string(),
         Some(leader::Role::Leader) => "ready: leader\n".to_string(),
-        Some(leader::Role::Standby { leader: Some(holder) }) => {
+        Some(leader::Role::Standby {
+            leader: Some(holder),
+        }) => {
             format!("ready: standby (leader: {holder})\n")
         }
         Some(leader::Role::Standby { leader: None }) => "ready: standby\n".to_string(),
