@@ -143,6 +143,14 @@ fn given_no_linked_bridge_to_a_target_should_report_stuck_with_the_reason_and_re
     assert!(reason.contains("no network connector"), "{reason}");
     assert_eq!(c.status()["drain"]["state"], "stuck");
     assert_eq!(c.queue_depth("/queue/stays"), 10, "nothing goes anywhere");
+
+    // A connector whose target does not answer: stuck, naming the link and its error.
+    let d = node("d", free_port(), Some(("nobody", free_port())));
+    send(&d, "/queue/stays", 10, 64);
+    let progress = drain_ok(&d, &["nobody"]);
+    assert_eq!(progress["state"], "stuck", "{progress}");
+    let reason = progress["reason"].as_str().unwrap_or_default();
+    assert!(reason.contains("to-nobody (tcp://127.0.0.1:") && reason.contains("connecting"), "{reason}");
 }
 
 #[test]
