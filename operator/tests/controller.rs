@@ -3565,3 +3565,101 @@ async fn given_a_storage_size_equal_to_the_template_but_written_differently_shou
     let step = h.reconcile(&bg, calls).await;
     assert!(posted_events(&step).is_empty());
 }
+
+/// A switchover that never showed within two minutes is no longer waited for: the group
+/// has lost its live (LiveLost), and the request, still in the annotation, cannot be made.
+#[tokio::test]
+async fn given_a_pending_switchover_older_than_two_minutes_when_no_member_is_live_should_report_the_live_lost(
+) {
+    let h = Harness::new();
+    let mut status = pending(
+        settled(&[("pair-g0", "pair-g0-0", 3)]),
+        "pair-g0-1",
+        FailoverReason::Switchover,
+    );
+    if let Some(p) = status.groups[0].switchover.as_mut() {
+        p.time = Time(
+            Timestamp::from_second(Timestamp::now().as_second() - 200)
+                .unwrap_or_else(|e| panic!("a timestamp: {e}")),
+        );
+    }
+    let bg = with_annotation(with_status(pair(), status), SWITCHOVER, "pair-g0=pair-g0-1");
+    h.brokers
+        .answer("10.0.0.10", backup_status("pair-g0-0", 3, "pair-g0-1"));
+    h.brokers
+        .answer("10.0.0.11", backup_status("pair-g0-1", 3, "pair-g0-0"));
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], pair_pods("pair-g0-0", [CURRENT; 2]));
+    calls.extend([
+        merge_patch(&core("pods", "pair-g0-0")),
+        post_event(),
+        apply(&status_path()).returns(to_json(&bg)),
+    ]);
+    let step = h.reconcile(&bg, calls).await;
+
+    assert_eq!(event_reasons(&step), [pair_of("Warning", "LiveLost")]);
+    assert!(switchovers_asked(&h).is_empty(), "no live to ask");
+    let status = step.status();
+    assert_eq!(status.groups[0].switchover, None, "no longer waited for");
+    assert_eq!(condition(&status, "Degraded"), ("True", "SwitchoverFailed"));
+    assert!(
+        message(&status, "Degraded").contains("pair-g0 has no live to hand over"),
+        "{status:?}"
+    );
+}
+
+#[tokio::test]
+async fn given_a_garbled_hibernation_annotation_should_leave_the_brokers_running_and_warn_with_invalid_annotation(
+) {
+    let h = Harness::new();
+    let bg = with_annotation(
+        with_status(pair(), settled(&[("pair-g0", "pair-g0-0", 3)])),
+        HIBERNATION,
+        "yes",
+    );
+    answer_pair(&h, "pair-g0-0", 3);
+    let mut calls = calls_until_observed(&bg, &["pair-g0"], pair_pods("pair-g0-0", [CURRENT; 2]));
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
+    let step = h.reconcile(&bg, calls).await;
+
+    let set = step.body(Method::PATCH, &apis("apps/v1", "statefulsets", "pair-g0"));
+    assert_eq!(set["spec"]["replicas"], 2, "left running");
+    assert_eq!(event_reasons(&step), [pair_of("Warning", "InvalidAnnotation")]);
+    let status = step.status();
+    assert_eq!(condition(&status, "Degraded"), ("True", "InvalidAnnotation"));
+    assert!(
+        message(&status, "Degraded").contains("duomq.io/hibernation"),
+        "{status:?}"
+    );
+    assert_eq!(condition(&status, "Hibernated"), ("False", "Running"));
+}
+
+/// A removed group's live that cannot be asked to drain (its admin endpoint refuses): the
+/// group is kept and DrainStuck says why, with one Warning event.
+#[tokio::test]
+async fn given_a_removed_groups_live_that_cannot_be_asked_to_drain_should_warn_with_drain_stuck(
+) {
+    let h = Harness::new();
+    let bg = scaled_down();
+    answer_two_groups(&h, None);
+    // Nothing canned: the fake refuses the drain request.
+    let mut calls = calls_until_observed(&bg, &["pair-g0", "pair-g1"], two_groups_pods("live"));
+    calls.extend([
+        merge_patch(&core("pods", "pair-g1-0")),
+        post_event(),
+        apply(&status_path()).returns(to_json(&bg)),
+    ]);
+    let step = h.reconcile(&bg, calls).await;
+
+    assert_eq!(drains_asked(&h), ["10.0.2.10:8161 -> pair-g0"]);
+    assert!(
+        !step.requests.iter().any(|s| s.method == Method::DELETE),
+        "nothing deleted before it drained"
+    );
+    let events = posted_events(&step);
+    assert_eq!(event_reasons(&step), [pair_of("Warning", "DrainStuck")]);
+    assert!(
+        events[0].2.contains("did not start draining: connection refused"),
+        "{events:?}"
+    );
+    assert_eq!(condition(&step.status(), "Degraded"), ("True", "DrainStuck"));
+}
