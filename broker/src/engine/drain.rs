@@ -10,7 +10,7 @@
 
 use super::message::{GroupOwner, Message};
 use parking_lot::RwLock;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio_util::sync::CancellationToken;
 
@@ -22,6 +22,8 @@ pub fn refusal(group: &str) -> String {
 
 #[derive(Default)]
 pub struct Drain {
+    /// Set once a drain begins: what bridge consumers read for every message they look at.
+    draining: AtomicBool,
     /// The groups messages go to, sorted; `None` until a drain begins.
     targets: RwLock<Option<Arc<[String]>>>,
     /// Cancelled when the drain begins: open client connections close.
@@ -36,12 +38,13 @@ impl Drain {
         targets.sort();
         targets.dedup();
         let began = self.targets.write().replace(targets.into()).is_none();
+        self.draining.store(true, Ordering::Release);
         self.started.cancel();
         began
     }
 
     pub fn is_draining(&self) -> bool {
-        self.targets.read().is_some()
+        self.draining.load(Ordering::Acquire)
     }
 
     pub fn targets(&self) -> Option<Arc<[String]>> {

@@ -503,6 +503,10 @@ impl Connection {
         // When the frame now arriving began, while bytes of it are buffered.
         let mut frame_began: Option<Instant> = None;
         let mut share = PartialShare { pool: Arc::clone(&self.ctx.partial_frames), held: 0 };
+        // Registered once, not at every turn of the loop (every connection waits on it).
+        let drain = Arc::clone(&self.ctx.broker.drain);
+        let drain_started = drain.started();
+        tokio::pin!(drain_started);
         loop {
             // Frames already buffered are handled before reading more; a client that
             // pipelines faster than the journal syncs is not read until effects drain.
@@ -561,7 +565,7 @@ impl Connection {
                 }
                 _ = writer_done.cancelled() => return End::Gone,
                 _ = self.ctx.shutdown.cancelled() => return End::Shutdown,
-                _ = self.ctx.broker.drain.started() => return End::Draining,
+                _ = &mut drain_started => return End::Draining,
             }
         }
     }
