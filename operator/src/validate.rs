@@ -367,7 +367,8 @@ pub fn validate(
 }
 
 /// The members listed in the `duomq.io/fenced-members` annotation (a JSON list of pod
-/// names, CloudNativePG's format), each checked to be a member of one of `groups`.
+/// names, CloudNativePG's format). Names of no member (a pod of a group scaled away) are
+/// left alone: they fence nothing and do not stop the others from being fenced.
 fn fenced_members(bg: &BrokerGroup, groups: &[GroupModel]) -> Result<BTreeSet<String>, String> {
     let key = names::FENCED_MEMBERS_ANNOTATION;
     let Some(text) = bg.annotations().get(key).filter(|t| !t.trim().is_empty()) else {
@@ -380,12 +381,10 @@ fn fenced_members(bg: &BrokerGroup, groups: &[GroupModel]) -> Result<BTreeSet<St
         .iter()
         .flat_map(|g| g.members.iter().map(|m| m.pod.as_str()))
         .collect();
-    if let Some(stranger) = listed.iter().find(|p| !members.contains(p.as_str())) {
-        return Err(format!(
-            "annotation {key}: {stranger} is not a member of this BrokerGroup; nothing is fenced until the list names members only"
-        ));
-    }
-    Ok(listed.into_iter().collect())
+    Ok(listed
+        .into_iter()
+        .filter(|p| members.contains(p.as_str()))
+        .collect())
 }
 
 /// The Secrets sharedDatabase mounts that are missing or lack their key. A broker pod
