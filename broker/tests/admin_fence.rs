@@ -3,8 +3,9 @@
 //! when its live is killed, and resyncs once unfenced; a live is fenced only with `force`,
 //! and then its backup takes over with every receipted message; a fenced shared-store
 //! backup leaves the journal lock alone, a fenced shared-database backup the lease, and a
-//! forced shared-database live gives the lease up. Unsigned and wrongly signed requests
-//! are refused.
+//! forced shared-database live gives the lease up, as a forced live with the Kubernetes
+//! arbiter gives up the group's Lease (taken by its backup at once, not after expiry).
+//! Unsigned and wrongly signed requests are refused.
 
 mod common;
 
@@ -231,4 +232,42 @@ fn given_a_fenced_shared_database_backup_should_not_take_the_lease_and_a_forced_
     wait_admin_fenced(&b);
     assert!(b.log().contains("fenced by an admin request (force)"), "{}", b.log());
     receive_all(&failover_url(&[&a]), "/queue/moved", 50);
+}
+
+#[test]
+fn given_a_lease_live_fenced_with_force_should_release_the_lease_so_its_backup_takes_over_well_before_expiry() {
+    const LEASE_DURATION: Duration = Duration::from_secs(20);
+    let api = common::kube_api::KubeApi::start();
+    let root = tempfile::Builder::new().prefix("duomq-fence-lease-").tempdir().unwrap();
+    std::fs::write(root.path().join("password"), format!("{PASSWORD}\n")).unwrap();
+    let lease_member = |name: &str| {
+        let mut m = Member::new(root.path(), name);
+        m.arbiter = format!(
+            "  arbiter:\n    kind: kubernetes\n    retryInterval: 100ms\n    lease:\n      duration: {}ms\n      renewDeadline: 12000ms\n      renewInterval: 300ms\n",
+            LEASE_DURATION.as_millis()
+        );
+        m.env = vec![
+            ("KUBECONFIG".into(), api.kubeconfig(root.path(), name).display().to_string()),
+            ("POD_NAMESPACE".into(), "duomq-test".into()),
+        ];
+        m
+    };
+    let (mut a, mut b) = (lease_member("node-a"), lease_member("node-b"));
+    a.start(&[b.peer()], "primary", "", root.path(), "g1", "password");
+    a.wait_live();
+    b.start(&[a.peer()], "backup", "", root.path(), "g1", "password");
+    b.wait_synced_backup();
+    let lease = || api.lease("duomq-test", "g1").unwrap_or_default();
+    common::eventually("the Lease lists node-b in sync", ROLE_TIMEOUT, || lease()["metadata"]["annotations"]["duomq.io/in-sync"] == "node-b");
+    send(&failover_url(&[&a, &b]), "/queue/lease", 100);
+
+    fence(&a, FENCE_FORCED);
+    let fenced = Instant::now();
+    b.wait_live();
+    let takeover = fenced.elapsed();
+    println!("takeover after a forced fence (lease duration {LEASE_DURATION:?}): {takeover:?}");
+    assert!(takeover < LEASE_DURATION / 4, "the fenced live released the Lease: taken at once, not after expiry: {takeover:?}");
+    assert_eq!(lease()["spec"]["holderIdentity"], "node-b");
+    wait_admin_fenced(&a);
+    receive_all(&failover_url(&[&b]), "/queue/lease", 100);
 }
