@@ -10,7 +10,9 @@ use std::fmt::Write as _;
 use std::sync::Arc;
 use std::time::Duration;
 
-use duomq_broker::admin::api::{BrokerStatus, DrainState, DrainStatus, FenceReply, SwitchoverReply};
+use duomq_broker::admin::api::{
+    BrokerStatus, DrainState, DrainStatus, FenceReply, SwitchoverReply,
+};
 use duomq_operator::api::{BrokerGroup, BrokerGroupStatus, FailoverReason, PendingSwitchover};
 use duomq_operator::controller::metrics::Metrics;
 use duomq_operator::controller::{reconcile, BrokerStatusSource, Context, Error};
@@ -435,25 +437,71 @@ async fn serve(mut handle: Handle<Request<Body>, Response<Body>>, server: Arc<Mu
     }
 }
 
+/// Admin requests of one kind (switchover, drain, fence): recorded as (`ip:port`, what was
+/// asked, password) and answered as canned per pod IP ("connection refused" when nothing is).
+struct Canned<R> {
+    answers: Mutex<BTreeMap<String, Result<R, String>>>,
+    asked: Mutex<Vec<(String, String, String)>>,
+}
+
+impl<R> Default for Canned<R> {
+    fn default() -> Self {
+        Canned {
+            answers: Mutex::new(BTreeMap::new()),
+            asked: Mutex::new(Vec::new()),
+        }
+    }
+}
+
+impl<R: Send + 'static> Canned<R> {
+    /// The answer to the next request to the broker at `ip`.
+    fn can(&self, ip: &str, answer: Result<R, String>) {
+        self.answers.lock().insert(ip.to_string(), answer);
+    }
+
+    fn ask<'a>(
+        &self,
+        ip: &str,
+        port: u16,
+        what: String,
+        password: &str,
+    ) -> BoxFuture<'a, Result<R, String>> {
+        self.asked
+            .lock()
+            .push((format!("{ip}:{port}"), what, password.to_string()));
+        let answer = self
+            .answers
+            .lock()
+            .remove(ip)
+            .unwrap_or_else(|| Err(format!("connection refused by {ip}:{port}")));
+        Box::pin(async move { answer })
+    }
+
+    /// The requests since the last look, as `ip:port what`; each must be signed with the
+    /// cluster password.
+    fn take(&self) -> Vec<String> {
+        std::mem::take(&mut *self.asked.lock())
+            .into_iter()
+            .map(|(addr, what, password)| {
+                assert_eq!(password, "pw", "signed with the cluster password");
+                format!("{addr} {what}")
+            })
+            .collect()
+    }
+}
+
 /// Answers `/status` for brokers that do not run: per pod IP, or "connection refused"; and
-/// switchover, drain and fence requests, which it records and answers as canned per pod IP
-/// ("connection refused" when nothing is canned).
+/// records switchover, drain and fence requests, answering them as canned.
 #[derive(Default)]
 struct FakeBrokers {
     answers: Mutex<BTreeMap<String, BrokerStatus>>,
     asked: Mutex<Vec<String>>,
-    /// The answer to the next switchover request, per pod IP.
-    switchover_answers: Mutex<BTreeMap<String, Result<SwitchoverReply, String>>>,
-    /// Switchover requests: `ip:port`, target, password.
-    switchovers: Mutex<Vec<(String, String, String)>>,
-    /// The answer to the next drain request, per pod IP.
-    drain_answers: Mutex<BTreeMap<String, Result<DrainStatus, String>>>,
-    /// Drain requests: `ip:port`, targets, password.
-    drains: Mutex<Vec<(String, Vec<String>, String)>>,
-    /// The answer to the next fence request, per pod IP.
-    fence_answers: Mutex<BTreeMap<String, Result<FenceReply, String>>>,
-    /// Fence requests: `ip:port`, fenced, force, password.
-    fences: Mutex<Vec<(String, bool, bool, String)>>,
+    /// Switchovers, asked as `-> <target>`.
+    switchovers: Canned<SwitchoverReply>,
+    /// Drains, asked as `-> <target groups, comma-separated>`.
+    drains: Canned<DrainStatus>,
+    /// Fences, asked as `fenced` or `unfenced`, with ` force` when forced.
+    fences: Canned<FenceReply>,
 }
 
 impl FakeBrokers {
@@ -494,17 +542,7 @@ impl BrokerStatusSource for FakeBrokers {
         to: &'a str,
         password: &'a str,
     ) -> BoxFuture<'a, Result<SwitchoverReply, String>> {
-        self.switchovers.lock().push((
-            format!("{ip}:{port}"),
-            to.to_string(),
-            password.to_string(),
-        ));
-        let answer = self
-            .switchover_answers
-            .lock()
-            .remove(ip)
-            .unwrap_or_else(|| Err(format!("connection refused by {ip}:{port}")));
-        Box::pin(async move { answer })
+        self.switchovers.ask(ip, port, format!("-> {to}"), password)
     }
 
     fn drain<'a>(
@@ -514,17 +552,8 @@ impl BrokerStatusSource for FakeBrokers {
         targets: &'a [String],
         password: &'a str,
     ) -> BoxFuture<'a, Result<DrainStatus, String>> {
-        self.drains.lock().push((
-            format!("{ip}:{port}"),
-            targets.to_vec(),
-            password.to_string(),
-        ));
-        let answer = self
-            .drain_answers
-            .lock()
-            .remove(ip)
-            .unwrap_or_else(|| Err(format!("connection refused by {ip}:{port}")));
-        Box::pin(async move { answer })
+        self.drains
+            .ask(ip, port, format!("-> {}", targets.join(",")), password)
     }
 
     fn fence<'a>(
@@ -535,18 +564,9 @@ impl BrokerStatusSource for FakeBrokers {
         force: bool,
         password: &'a str,
     ) -> BoxFuture<'a, Result<FenceReply, String>> {
-        self.fences.lock().push((
-            format!("{ip}:{port}"),
-            fenced,
-            force,
-            password.to_string(),
-        ));
-        let answer = self
-            .fence_answers
-            .lock()
-            .remove(ip)
-            .unwrap_or_else(|| Err(format!("connection refused by {ip}:{port}")));
-        Box::pin(async move { answer })
+        let verb = if fenced { "fenced" } else { "unfenced" };
+        let what = format!("{verb}{}", if force { " force" } else { "" });
+        self.fences.ask(ip, port, what, password)
     }
 }
 
@@ -1840,16 +1860,9 @@ fn pair_pods(labelled_live: &str, revisions: [&str; 2]) -> Vec<Value> {
         .collect()
 }
 
-/// The switchovers asked for since the last look, as `admin address -> target`; each must
-/// be signed with the cluster password.
+/// The switchovers asked for since the last look, as `admin address -> target`.
 fn switchovers_asked(h: &Harness) -> Vec<String> {
-    std::mem::take(&mut *h.brokers.switchovers.lock())
-        .into_iter()
-        .map(|(addr, to, password)| {
-            assert_eq!(password, "pw", "signed with the cluster password");
-            format!("{addr} -> {to}")
-        })
-        .collect()
+    h.brokers.switchovers.take()
 }
 
 fn reply(from: &str, to: &str, epoch: u64) -> Result<SwitchoverReply, String> {
@@ -1884,9 +1897,8 @@ async fn given_a_switchover_annotation_when_reconciled_should_ask_the_live_then_
     );
     answer_pair(&h, "pair-g0-0", 3);
     h.brokers
-        .switchover_answers
-        .lock()
-        .insert("10.0.0.10".into(), reply("pair-g0-0", "pair-g0-1", 4));
+        .switchovers
+        .can("10.0.0.10", reply("pair-g0-0", "pair-g0-1", 4));
     let pods = || pair_pods("pair-g0-0", [CURRENT; 2]);
     let mut calls = calls_until_observed(&bg, &["pair-g0"], pods());
     calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
@@ -1953,7 +1965,12 @@ async fn given_a_switchover_annotation_when_reconciled_should_ask_the_live_then_
     // A planned hand-over counts as a switchover, not a failover (changed with the one-way
     // reconcile: failovers used to count both).
     assert_eq!(
-        (g0.failovers, g0.switchovers, g0.epoch, g0.switchover.is_none()),
+        (
+            g0.failovers,
+            g0.switchovers,
+            g0.epoch,
+            g0.switchover.is_none()
+        ),
         (0, 1, 4, true)
     );
     assert_eq!((status.failovers, status.switchovers), (0, 1));
@@ -1976,8 +1993,8 @@ async fn given_a_switchover_the_live_refuses_should_report_it_and_keep_the_annot
         "pair-g0=pair-g0-1",
     );
     answer_pair(&h, "pair-g0-0", 3);
-    h.brokers.switchover_answers.lock().insert(
-        "10.0.0.10".into(),
+    h.brokers.switchovers.can(
+        "10.0.0.10",
         Err("409 Conflict: pair-g0-1 is not an in-sync backup of this live (in sync: none)".into()),
     );
     let mut calls = calls_until_observed(&bg, &["pair-g0"], pair_pods("pair-g0-0", [CURRENT; 2]));
@@ -2010,9 +2027,8 @@ async fn given_allow_failback_when_the_preferred_member_is_back_in_sync_should_s
     let bg = with_status(pair(), status);
     answer_pair(&h, "pair-g0-1", 4);
     h.brokers
-        .switchover_answers
-        .lock()
-        .insert("10.0.0.11".into(), reply("pair-g0-1", "pair-g0-0", 5));
+        .switchovers
+        .can("10.0.0.11", reply("pair-g0-1", "pair-g0-0", 5));
     let mut calls = calls_until_observed(&bg, &["pair-g0"], pair_pods("pair-g0-1", [CURRENT; 2]));
     calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
     let step = h.reconcile(&bg, calls).await;
@@ -2070,9 +2086,8 @@ async fn given_a_new_revision_when_reconciled_should_update_the_backup_then_swit
     // 2. The backup is back at r2 and in sync: the live hands over to it.
     let bg = with_status(bg, status);
     h.brokers
-        .switchover_answers
-        .lock()
-        .insert("10.0.0.10".into(), reply("pair-g0-0", "pair-g0-1", 4));
+        .switchovers
+        .can("10.0.0.10", reply("pair-g0-0", "pair-g0-1", 4));
     let mut calls = calls_observing(
         &bg,
         &["pair-g0"],
@@ -2316,8 +2331,7 @@ fn shared_database_calls(bg: &BrokerGroup, secret: Call, pods: Vec<Value>) -> Ve
             .into_iter()
             .filter(|c| !c.path.contains("/leases/")),
     );
-    let [statefulsets, services, config_maps, pdbs, secrets, _] =
-        orphan_lists(&["pair-g0"], &[]);
+    let [statefulsets, services, config_maps, pdbs, secrets, _] = orphan_lists(&["pair-g0"], &[]);
     calls.extend([statefulsets, services, config_maps, pdbs, secrets]);
     calls.push(
         list_metadata(&format!(
@@ -2491,8 +2505,10 @@ fn answer_two_groups(h: &Harness, drain: Option<Value>) {
             status["drain"] = drain.clone();
         }
         h.brokers.answer(&format!("10.0.{}.10", g + 1), status);
-        h.brokers
-            .answer(&format!("10.0.{}.11", g + 1), backup_status(&backup, 1, &live));
+        h.brokers.answer(
+            &format!("10.0.{}.11", g + 1),
+            backup_status(&backup, 1, &live),
+        );
     }
 }
 
@@ -2528,29 +2544,14 @@ fn scaled_down() -> BrokerGroup {
     )
 }
 
-/// The drains asked for since the last look, as `admin address -> targets`; each must be
-/// signed with the cluster password.
+/// The drains asked for since the last look, as `admin address -> targets`.
 fn drains_asked(h: &Harness) -> Vec<String> {
-    std::mem::take(&mut *h.brokers.drains.lock())
-        .into_iter()
-        .map(|(addr, targets, password)| {
-            assert_eq!(password, "pw", "signed with the cluster password");
-            format!("{addr} -> {}", targets.join(","))
-        })
-        .collect()
+    h.brokers.drains.take()
 }
 
-/// The fences asked for since the last look, as `admin address fenced|unfenced [force]`;
-/// each must be signed with the cluster password.
+/// The fences asked for since the last look, as `admin address fenced|unfenced [force]`.
 fn fences_asked(h: &Harness) -> Vec<String> {
-    std::mem::take(&mut *h.brokers.fences.lock())
-        .into_iter()
-        .map(|(addr, fenced, force, password)| {
-            assert_eq!(password, "pw", "signed with the cluster password");
-            let verb = if fenced { "fenced" } else { "unfenced" };
-            format!("{addr} {verb}{}", if force { " force" } else { "" })
-        })
-        .collect()
+    h.brokers.fences.take()
 }
 
 /// The (type, reason) of every event the reconcile posted, in order.
@@ -2588,8 +2589,8 @@ async fn given_groups_lowered_from_two_to_one_should_drain_the_removed_group_the
 
     // 1. pair-g1 still exists: it is rendered, and its live is asked to drain into pair-g0.
     answer_two_groups(&h, None);
-    h.brokers.drain_answers.lock().insert(
-        "10.0.2.10".into(),
+    h.brokers.drains.can(
+        "10.0.2.10",
         Ok(DrainStatus {
             state: DrainState::Draining,
             messages_left: 40,
@@ -2613,7 +2614,10 @@ async fn given_groups_lowered_from_two_to_one_should_drain_the_removed_group_the
         "out of the client Service while it drains"
     );
     let set = asked.body(Method::PATCH, &apis("apps/v1", "statefulsets", "pair-g1"));
-    assert_eq!(set["spec"]["replicas"], 2, "rendered as before while it drains");
+    assert_eq!(
+        set["spec"]["replicas"], 2,
+        "rendered as before while it drains"
+    );
     let events = posted_events(&asked);
     assert_eq!(
         event_reasons(&asked),
@@ -2621,9 +2625,9 @@ async fn given_groups_lowered_from_two_to_one_should_drain_the_removed_group_the
         "{events:?}"
     );
     assert!(
-        events[0]
-            .2
-            .contains("group pair-g1 is being removed: its live pair-g1-0 moves its 40 messages to pair-g0"),
+        events[0].2.contains(
+            "group pair-g1 is being removed: its live pair-g1-0 moves its 40 messages to pair-g0"
+        ),
         "{events:?}"
     );
     let status = asked.status();
@@ -2651,7 +2655,10 @@ async fn given_groups_lowered_from_two_to_one_should_drain_the_removed_group_the
     calls.push(apply(&status_path()).returns(to_json(&bg)));
     let under_way = h.reconcile(&bg, calls).await;
 
-    assert!(drains_asked(&h).is_empty(), "it already drains into pair-g0");
+    assert!(
+        drains_asked(&h).is_empty(),
+        "it already drains into pair-g0"
+    );
     let status = under_way.status();
     let drain = status.groups[1].drain.clone().expect("pair-g1 drains");
     assert_eq!((drain.messages_left, drain.forwarded), (Some(12), 28));
@@ -2681,8 +2688,8 @@ async fn given_groups_lowered_from_two_to_one_should_drain_the_removed_group_the
 /// A removed group whose live cannot move its messages (no bridge to the remaining group
 /// links) is kept: Degraded DrainStuck with the live's reason, one Warning event.
 #[tokio::test]
-async fn given_a_removed_group_whose_drain_is_stuck_should_keep_it_and_warn_once_with_drain_stuck(
-) {
+async fn given_a_removed_group_whose_drain_is_stuck_should_keep_it_and_warn_once_with_drain_stuck()
+{
     let h = Harness::new();
     let bg = scaled_down();
     let groups = ["pair-g0", "pair-g1"];
@@ -2692,7 +2699,10 @@ async fn given_a_removed_group_whose_drain_is_stuck_should_keep_it_and_warn_once
     calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
     let stuck = h.reconcile(&bg, calls).await;
 
-    assert!(drains_asked(&h).is_empty(), "asked already: it says why it is stuck");
+    assert!(
+        drains_asked(&h).is_empty(),
+        "asked already: it says why it is stuck"
+    );
     assert_eq!(event_reasons(&stuck), [pair_of("Warning", "DrainStuck")]);
     let status = stuck.status();
     assert_eq!(condition(&status, "Degraded"), ("True", "DrainStuck"));
@@ -2710,7 +2720,10 @@ async fn given_a_removed_group_whose_drain_is_stuck_should_keep_it_and_warn_once
     // Still stuck: said already, nothing changed.
     let bg = with_status(bg, status);
     let again = h
-        .reconcile(&bg, calls_until_observed(&bg, &groups, two_groups_pods("draining")))
+        .reconcile(
+            &bg,
+            calls_until_observed(&bg, &groups, two_groups_pods("draining")),
+        )
         .await;
     assert_eq!(again.action(), Action::requeue(Duration::from_secs(3)));
 }
@@ -2772,9 +2785,8 @@ async fn given_a_backup_listed_in_fenced_members_should_fence_it_through_its_adm
     );
     answer_pair(&h, "pair-g0-0", 3);
     h.brokers
-        .fence_answers
-        .lock()
-        .insert("10.0.0.11".into(), fence_reply("pair-g0-1", true));
+        .fences
+        .can("10.0.0.11", fence_reply("pair-g0-1", true));
     let pods = || pair_pods("pair-g0-0", [CURRENT; 2]);
     let mut calls = calls_until_observed(&bg, &["pair-g0"], pods());
     calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
@@ -2785,7 +2797,10 @@ async fn given_a_backup_listed_in_fenced_members_should_fence_it_through_its_adm
         ["10.0.0.11:8161 fenced"],
         "the backup, on its admin port, not forced"
     );
-    assert!(switchovers_asked(&h).is_empty(), "a backup hands nothing over");
+    assert!(
+        switchovers_asked(&h).is_empty(),
+        "a backup hands nothing over"
+    );
     let events = posted_events(&fenced);
     assert_eq!(event_reasons(&fenced), [pair_of("Normal", "Fenced")]);
     assert!(events[0].2.contains("fenced pair-g0-1"), "{events:?}");
@@ -2824,9 +2839,8 @@ async fn given_a_fenced_member_no_longer_listed_should_unfence_it() {
     h.brokers
         .answer("10.0.0.11", fenced_status("pair-g0-1", 3, "pair-g0-0"));
     h.brokers
-        .fence_answers
-        .lock()
-        .insert("10.0.0.11".into(), fence_reply("pair-g0-1", false));
+        .fences
+        .can("10.0.0.11", fence_reply("pair-g0-1", false));
     let mut calls = calls_until_observed(&bg, &["pair-g0"], pair_pods("pair-g0-0", [CURRENT; 2]));
     calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
     let step = h.reconcile(&bg, calls).await;
@@ -2851,18 +2865,26 @@ async fn given_the_live_listed_in_fenced_members_should_switch_over_to_the_backu
     );
     answer_pair(&h, "pair-g0-0", 3);
     h.brokers
-        .switchover_answers
-        .lock()
-        .insert("10.0.0.10".into(), reply("pair-g0-0", "pair-g0-1", 4));
+        .switchovers
+        .can("10.0.0.10", reply("pair-g0-0", "pair-g0-1", 4));
     let mut calls = calls_until_observed(&bg, &["pair-g0"], pair_pods("pair-g0-0", [CURRENT; 2]));
     calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
     let handing = h.reconcile(&bg, calls).await;
 
     assert_eq!(switchovers_asked(&h), ["10.0.0.10:8161 -> pair-g0-1"]);
-    assert!(fences_asked(&h).is_empty(), "never fence a live that serves");
+    assert!(
+        fences_asked(&h).is_empty(),
+        "never fence a live that serves"
+    );
     let events = posted_events(&handing);
-    assert_eq!(event_reasons(&handing), [pair_of("Normal", "SwitchingOver")]);
-    assert!(events[0].2.contains("the live is to be fenced"), "{events:?}");
+    assert_eq!(
+        event_reasons(&handing),
+        [pair_of("Normal", "SwitchingOver")]
+    );
+    assert!(
+        events[0].2.contains("the live is to be fenced"),
+        "{events:?}"
+    );
     let status = handing.status();
     assert_eq!(
         status.groups[0]
@@ -2876,9 +2898,8 @@ async fn given_the_live_listed_in_fenced_members_should_switch_over_to_the_backu
     let bg = with_status(bg, status);
     answer_pair(&h, "pair-g0-1", 4);
     h.brokers
-        .fence_answers
-        .lock()
-        .insert("10.0.0.10".into(), fence_reply("pair-g0-0", true));
+        .fences
+        .can("10.0.0.10", fence_reply("pair-g0-0", true));
     let mut calls = calls_until_observed(&bg, &["pair-g0"], pair_pods("pair-g0-0", [CURRENT; 2]));
     calls.extend([
         merge_patch(&core("pods", "pair-g0-0")),
@@ -2893,7 +2914,10 @@ async fn given_the_live_listed_in_fenced_members_should_switch_over_to_the_backu
     assert!(switchovers_asked(&h).is_empty());
     assert_eq!(
         event_reasons(&fenced),
-        [pair_of("Normal", "Fenced"), pair_of("Normal", "SwitchedOver")]
+        [
+            pair_of("Normal", "Fenced"),
+            pair_of("Normal", "SwitchedOver")
+        ]
     );
     let status = fenced.status();
     let g0 = &status.groups[0];
@@ -2913,7 +2937,10 @@ async fn given_the_live_listed_in_fenced_members_should_switch_over_to_the_backu
     let mut calls = calls_until_observed(&bg, &["pair-g0"], pair_pods("pair-g0-1", [CURRENT; 2]));
     calls.push(apply(&status_path()).returns(to_json(&bg)));
     h.reconcile(&bg, calls).await.action();
-    assert!(switchovers_asked(&h).is_empty(), "no failback to a fenced member");
+    assert!(
+        switchovers_asked(&h).is_empty(),
+        "no failback to a fenced member"
+    );
     assert!(fences_asked(&h).is_empty());
 }
 
@@ -2933,12 +2960,19 @@ async fn given_a_garbled_fenced_members_annotation_should_fence_nothing_and_warn
     let step = h.reconcile(&bg, calls).await;
 
     assert!(fences_asked(&h).is_empty() && switchovers_asked(&h).is_empty());
-    assert_eq!(event_reasons(&step), [pair_of("Warning", "InvalidAnnotation")]);
+    assert_eq!(
+        event_reasons(&step),
+        [pair_of("Warning", "InvalidAnnotation")]
+    );
     let status = step.status();
-    assert_eq!(condition(&status, "Degraded"), ("True", "InvalidAnnotation"));
+    assert_eq!(
+        condition(&status, "Degraded"),
+        ("True", "InvalidAnnotation")
+    );
     let said = message(&status, "Degraded");
     assert!(
-        said.contains("duomq.io/fenced-members") && said.contains("is not a JSON list of pod names"),
+        said.contains("duomq.io/fenced-members")
+            && said.contains("is not a JSON list of pod names"),
         "{said}"
     );
 
@@ -3114,8 +3148,7 @@ async fn given_a_larger_storage_size_should_apply_the_old_template_grow_each_cla
 
     let set = step.body(Method::PATCH, &apis("apps/v1", "statefulsets", "pair-g0"));
     assert_eq!(
-        set["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"],
-        "1Gi",
+        set["spec"]["volumeClaimTemplates"][0]["spec"]["resources"]["requests"]["storage"], "1Gi",
         "a claim template is immutable: applied as it is"
     );
     for pod in ["pair-g0-0", "pair-g0-1"] {
@@ -3225,13 +3258,21 @@ async fn given_member_pods_that_cannot_be_scheduled_should_report_pods_unschedul
     let step = h.reconcile(&bg, calls).await;
 
     assert!(h.brokers.asked().is_empty(), "no broker runs to ask");
-    assert_eq!(event_reasons(&step), [pair_of("Warning", "PodsUnschedulable")]);
+    assert_eq!(
+        event_reasons(&step),
+        [pair_of("Warning", "PodsUnschedulable")]
+    );
     let status = step.status();
-    assert_eq!(condition(&status, "Degraded"), ("True", "PodsUnschedulable"));
+    assert_eq!(
+        condition(&status, "Degraded"),
+        ("True", "PodsUnschedulable")
+    );
     let said = message(&status, "Degraded");
     for pod in ["pair-g0-0", "pair-g0-1"] {
         assert!(
-            said.contains(&format!("{pod} (0/3 nodes are available: 3 Insufficient memory.)")),
+            said.contains(&format!(
+                "{pod} (0/3 nodes are available: 3 Insufficient memory.)"
+            )),
             "{said}"
         );
     }
@@ -3276,7 +3317,11 @@ async fn given_a_pending_switchover_when_a_look_finds_no_live_should_say_nothing
     ]);
     let step = h.reconcile(&bg, calls).await;
 
-    assert!(posted_events(&step).is_empty(), "{:?}", posted_events(&step));
+    assert!(
+        posted_events(&step).is_empty(),
+        "{:?}",
+        posted_events(&step)
+    );
     assert!(switchovers_asked(&h).is_empty(), "asked once already");
     assert_eq!(
         step.body(Method::PATCH, &core("pods", "pair-g0-0")),
@@ -3300,8 +3345,7 @@ async fn given_a_pending_switchover_when_a_look_finds_no_live_should_say_nothing
 /// switchover): status.failovers and status.switchovers count them apart, and only the
 /// failover counts in the operator's failover metric.
 #[tokio::test]
-async fn given_an_operator_failover_then_a_failback_should_count_one_failover_and_one_switchover(
-) {
+async fn given_an_operator_failover_then_a_failback_should_count_one_failover_and_one_switchover() {
     let h = Harness::new();
     let bg = with_status(pair(), settled(&[("pair-g0", "pair-g0-0", 3)]));
 
@@ -3339,7 +3383,10 @@ async fn given_an_operator_failover_then_a_failback_should_count_one_failover_an
         put["metadata"]["annotations"]["duomq.io/released-holder"], "pair-g0-0",
         "{put}"
     );
-    assert_eq!(put["metadata"]["resourceVersion"], "7", "a concurrent change is refused");
+    assert_eq!(
+        put["metadata"]["resourceVersion"], "7",
+        "a concurrent change is refused"
+    );
     assert_eq!(
         event_reasons(&released),
         [
@@ -3364,7 +3411,10 @@ async fn given_an_operator_failover_then_a_failback_should_count_one_failover_an
     ]);
     let failed_over = h.reconcile(&bg, calls).await;
 
-    assert_eq!(event_reasons(&failed_over), [pair_of("Warning", "FailedOver")]);
+    assert_eq!(
+        event_reasons(&failed_over),
+        [pair_of("Warning", "FailedOver")]
+    );
     let status = failed_over.status();
     let g0 = &status.groups[0];
     assert_eq!(
@@ -3377,9 +3427,8 @@ async fn given_an_operator_failover_then_a_failback_should_count_one_failover_an
     let bg = with_status(bg, status);
     answer_pair(&h, "pair-g0-1", 4);
     h.brokers
-        .switchover_answers
-        .lock()
-        .insert("10.0.0.11".into(), reply("pair-g0-1", "pair-g0-0", 5));
+        .switchovers
+        .can("10.0.0.11", reply("pair-g0-1", "pair-g0-0", 5));
     let mut calls = calls_with_leases(
         &bg,
         pair_pods("pair-g0-1", [CURRENT; 2]),
@@ -3415,7 +3464,11 @@ async fn given_an_operator_failover_then_a_failback_should_count_one_failover_an
     );
     assert_eq!((g0.failovers, g0.switchovers), (1, 1));
     assert_eq!((status.failovers, status.switchovers), (1, 1));
-    assert_eq!(h.ctx.metrics.failovers.get(), 1, "planned hand-overs are not failovers");
+    assert_eq!(
+        h.ctx.metrics.failovers.get(),
+        1,
+        "planned hand-overs are not failovers"
+    );
 }
 
 /// The live cannot be fenced while no unfenced backup is in sync to take its role: it keeps
@@ -3468,9 +3521,8 @@ async fn given_a_shared_database_live_listed_in_fenced_members_should_fence_it_w
         database_member_status("pair-g0-1", "backup", 2, None),
     );
     h.brokers
-        .fence_answers
-        .lock()
-        .insert("10.0.0.10".into(), fence_reply("pair-g0-0", true));
+        .fences
+        .can("10.0.0.10", fence_reply("pair-g0-0", true));
     let mut calls = shared_database_calls(
         &bg,
         get(&core("secrets", "pg-app")).returns(app_secret()),
@@ -3483,7 +3535,10 @@ async fn given_a_shared_database_live_listed_in_fenced_members_should_fence_it_w
     let step = h.reconcile(&bg, calls).await;
 
     assert_eq!(fences_asked(&h), ["10.0.0.10:8161 fenced force"]);
-    assert!(switchovers_asked(&h).is_empty(), "a shared store hands nothing over");
+    assert!(
+        switchovers_asked(&h).is_empty(),
+        "a shared store hands nothing over"
+    );
     assert_eq!(event_reasons(&step), [pair_of("Normal", "Fenced")]);
     assert_eq!(step.status().groups[0].fenced, ["pair-g0-0"]);
 }
@@ -3508,7 +3563,10 @@ async fn given_a_backup_that_refuses_to_be_fenced_should_warn_with_fence_failed(
 
     assert_eq!(fences_asked(&h), ["10.0.0.11:8161 fenced"]);
     assert_eq!(event_reasons(&step), [pair_of("Warning", "FenceFailed")]);
-    assert_eq!(condition(&step.status(), "Degraded"), ("True", "FenceFailed"));
+    assert_eq!(
+        condition(&step.status(), "Degraded"),
+        ("True", "FenceFailed")
+    );
 }
 
 /// Claims the storage class cannot grow should be said with a Warning event, as
@@ -3548,8 +3606,8 @@ async fn given_a_larger_storage_size_that_the_storage_class_refuses_should_warn_
 /// orphan-delete the StatefulSet again (a VolumeExpanding event each time).
 #[tokio::test]
 #[ignore = "bug: plan::resizes compares GroupModel.journal_size with storage.size as strings; the API server canonicalizes the template's quantity (2048Mi reads back as 2Gi, 1.5Gi as 1536Mi), so an equal size written differently recreates the StatefulSet on every reconcile"]
-async fn given_a_storage_size_equal_to_the_template_but_written_differently_should_resize_nothing(
-) {
+async fn given_a_storage_size_equal_to_the_template_but_written_differently_should_resize_nothing()
+{
     let h = Harness::new();
     let mut bg = pair();
     bg.spec.storage.size = "2048Mi".into();
@@ -3623,9 +3681,15 @@ async fn given_a_garbled_hibernation_annotation_should_leave_the_brokers_running
 
     let set = step.body(Method::PATCH, &apis("apps/v1", "statefulsets", "pair-g0"));
     assert_eq!(set["spec"]["replicas"], 2, "left running");
-    assert_eq!(event_reasons(&step), [pair_of("Warning", "InvalidAnnotation")]);
+    assert_eq!(
+        event_reasons(&step),
+        [pair_of("Warning", "InvalidAnnotation")]
+    );
     let status = step.status();
-    assert_eq!(condition(&status, "Degraded"), ("True", "InvalidAnnotation"));
+    assert_eq!(
+        condition(&status, "Degraded"),
+        ("True", "InvalidAnnotation")
+    );
     assert!(
         message(&status, "Degraded").contains("duomq.io/hibernation"),
         "{status:?}"
@@ -3636,8 +3700,7 @@ async fn given_a_garbled_hibernation_annotation_should_leave_the_brokers_running
 /// A removed group's live that cannot be asked to drain (its admin endpoint refuses): the
 /// group is kept and DrainStuck says why, with one Warning event.
 #[tokio::test]
-async fn given_a_removed_groups_live_that_cannot_be_asked_to_drain_should_warn_with_drain_stuck(
-) {
+async fn given_a_removed_groups_live_that_cannot_be_asked_to_drain_should_warn_with_drain_stuck() {
     let h = Harness::new();
     let bg = scaled_down();
     answer_two_groups(&h, None);
@@ -3658,8 +3721,13 @@ async fn given_a_removed_groups_live_that_cannot_be_asked_to_drain_should_warn_w
     let events = posted_events(&step);
     assert_eq!(event_reasons(&step), [pair_of("Warning", "DrainStuck")]);
     assert!(
-        events[0].2.contains("did not start draining: connection refused"),
+        events[0]
+            .2
+            .contains("did not start draining: connection refused"),
         "{events:?}"
     );
-    assert_eq!(condition(&step.status(), "Degraded"), ("True", "DrainStuck"));
+    assert_eq!(
+        condition(&step.status(), "Degraded"),
+        ("True", "DrainStuck")
+    );
 }
