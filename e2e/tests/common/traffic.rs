@@ -108,10 +108,11 @@ impl Producer {
     }
 }
 
-/// Receives from a queue with individual acknowledgements until stopped, counting every
-/// body (a redelivery after a failover counts twice).
+/// Receives from a queue with individual acknowledgements until stopped, recording every
+/// delivery of every body with the broker's message id (a redelivery after a failover
+/// counts twice, with the same id; a second stored copy has another id).
 pub struct Consumer {
-    received: Arc<Mutex<BTreeMap<String, usize>>>,
+    received: Arc<Mutex<Deliveries>>,
     stop: CancellationToken,
     task: JoinHandle<()>,
 }
@@ -120,7 +121,7 @@ impl Consumer {
     pub async fn start(url: &str, queue: &str) -> Result<Consumer> {
         let client = connect_failover(url, ClientOptions::default(), Duration::from_secs(60)).await?;
         let mut sub = client.subscribe(queue, AckMode::ClientIndividual, Some(100)).await?;
-        let received = Arc::new(Mutex::new(BTreeMap::new()));
+        let received = Arc::new(Mutex::new(Deliveries::new()));
         let stop = CancellationToken::new();
         let task = tokio::spawn({
             let (received, stop) = (received.clone(), stop.clone());
@@ -131,7 +132,8 @@ impl Consumer {
                         m = sub.recv() => m,
                     };
                     let Some(message) = message else { break };
-                    *received.lock().entry(String::from_utf8_lossy(&message.body).into_owned()).or_insert(0) += 1;
+                    let body = String::from_utf8_lossy(&message.body).into_owned();
+                    received.lock().entry(body).or_default().push(message.message_id.clone());
                     // An ack lost in a failover is redelivered and counted again: fine.
                     client.ack(&message).await.ok();
                 }
@@ -155,10 +157,73 @@ impl Consumer {
         }
         self.stop.cancel();
         let missing = self.missing(expected);
-        let redelivered = self.received.lock().values().map(|n| n - 1).sum();
+        let redelivered = self.received.lock().values().map(|ids| ids.len() - 1).sum();
         self.task.await.context("consumer task failed")?;
         ensure!(missing == 0, "{missing} of {} receipted messages never arrived", expected.len());
         Ok(redelivered)
+    }
+
+    /// Distinct bodies received so far.
+    pub fn distinct(&self) -> usize {
+        self.received.lock().len()
+    }
+
+    /// Whether `body` has arrived.
+    pub fn has(&self, body: &str) -> bool {
+        self.received.lock().contains_key(body)
+    }
+
+    /// Stops receiving and returns every delivery.
+    pub async fn stop(self) -> Result<Deliveries> {
+        self.stop.cancel();
+        self.task.await.context("consumer task failed")?;
+        Ok(std::mem::take(&mut *self.received.lock()))
+    }
+}
+
+/// Every delivery a consumer got: body → the broker's message id of each delivery.
+pub type Deliveries = BTreeMap<String, Vec<String>>;
+
+/// What consumers got of the bodies `expected`: how many never arrived (examples), how
+/// many deliveries repeated a stored copy already delivered (a lost ack's redelivery), and
+/// which bodies came from two stored copies (stored twice: never right).
+#[derive(Debug, Default)]
+pub struct Once {
+    pub expected: usize,
+    pub missing: Vec<String>,
+    pub redelivered: usize,
+    pub stored_twice: Vec<String>,
+}
+
+impl Once {
+    /// Tallies the deliveries of several consumers together.
+    pub fn of<'a>(all: impl IntoIterator<Item = &'a Deliveries>, expected: &BTreeSet<String>) -> Once {
+        let mut merged: BTreeMap<&str, Vec<&str>> = BTreeMap::new();
+        for deliveries in all {
+            for (body, ids) in deliveries {
+                merged.entry(body).or_default().extend(ids.iter().map(String::as_str));
+            }
+        }
+        let copies = |ids: &Vec<&str>| ids.iter().collect::<BTreeSet<_>>().len();
+        Once {
+            expected: expected.len(),
+            missing: expected.iter().filter(|b| !merged.contains_key(b.as_str())).cloned().collect(),
+            redelivered: merged.values().map(|ids| ids.len() - copies(ids)).sum(),
+            stored_twice: merged.iter().filter(|(_, ids)| copies(ids) > 1).map(|(b, _)| b.to_string()).collect(),
+        }
+    }
+
+    /// Every expected body arrived, each from one stored copy.
+    pub fn ensure(&self) -> Result<()> {
+        ensure!(self.missing.is_empty(), "receipted messages never arrived, e.g. {:?}: {self}", &self.missing[..self.missing.len().min(5)]);
+        ensure!(self.stored_twice.is_empty(), "messages arrived from two stored copies, e.g. {:?}: {self}", &self.stored_twice[..self.stored_twice.len().min(5)]);
+        Ok(())
+    }
+}
+
+impl std::fmt::Display for Once {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{} expected, {} missing, {} redelivered (lost acks), {} stored twice", self.expected, self.missing.len(), self.redelivered, self.stored_twice.len())
     }
 }
 
