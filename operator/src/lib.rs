@@ -4,6 +4,7 @@ pub mod api;
 pub mod controller;
 pub mod names;
 pub mod plan;
+pub mod quantity;
 pub mod render;
 pub mod status;
 pub mod validate;

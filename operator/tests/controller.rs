@@ -11,8 +11,6 @@
 //! owned kinds, LIST pods, LIST Leases), act (Lease releases, deletions, claim resizes, pod
 //! deletions; switchovers, fences and drains go to the brokers; then the merge patch clearing
 //! finished switchover entries), status (pod role labels, every Event, the status apply).
-//!
-//! Scenarios marked `#[ignore = "bug: …"]` pin operator bugs not fixed yet: `-- --ignored`.
 
 use std::collections::{BTreeMap, VecDeque};
 use std::fmt::Write as _;
@@ -2062,10 +2060,8 @@ async fn given_allow_failback_when_the_preferred_member_is_back_in_sync_should_s
 }
 
 /// CloudNativePG's order for a pair whose StatefulSet moved to revision r2: delete the
-/// backup; once it is back in sync at r2, switch over to it; then delete the former live.
-/// Changed with the one-way reconcile: the former live is deleted one reconcile after the
-/// hand-over shows (a bug, pinned by the ignored scenario after this one), and events come
-/// after the pod labels.
+/// backup; once it is back in sync at r2, switch over to it; then, in the reconcile where
+/// the hand-over shows, delete the former live. Events come after the pod labels.
 #[tokio::test]
 async fn given_a_new_revision_when_reconciled_should_update_the_backup_then_switch_over_then_update_the_former_live(
 ) {
@@ -2117,7 +2113,7 @@ async fn given_a_new_revision_when_reconciled_should_update_the_backup_then_swit
     let status = second.status();
 
     // 3. pair-g0-1 is live: the hand-over shows (labels, SwitchedOver, counted as a
-    // switchover).
+    // switchover) and the former live, a synced backup at r1, is updated at once.
     let bg = with_status(bg, status);
     answer_pair(&h, "pair-g0-1", 4);
     let mut calls = calls_observing(
@@ -2127,15 +2123,17 @@ async fn given_a_new_revision_when_reconciled_should_update_the_backup_then_swit
         sets(),
     );
     calls.extend([
+        delete(&core("pods", "pair-g0-0")),
         merge_patch(&core("pods", "pair-g0-0")),
         merge_patch(&core("pods", "pair-g0-1")),
+        post_event(),
         post_event(),
         apply(&status_path()).returns(to_json(&bg)),
     ]);
     let third = h.reconcile(&bg, calls).await;
     assert!(switchovers_asked(&h).is_empty(), "no failback mid-upgrade");
     let reasons: Vec<String> = posted_events(&third).into_iter().map(|e| e.1).collect();
-    assert_eq!(reasons, ["SwitchedOver"]);
+    assert_eq!(reasons, ["RollingUpgrade", "SwitchedOver"]);
     let status = third.status();
     let last = status.groups[0]
         .last_failover
@@ -2146,27 +2144,8 @@ async fn given_a_new_revision_when_reconciled_should_update_the_backup_then_swit
         ("pair-g0-0", "pair-g0-1", FailoverReason::RollingUpgrade)
     );
     assert_eq!((status.failovers, status.switchovers), (0, 1));
-
-    // 4. The former live, a synced backup at r1, is updated. (One reconcile after the
-    // hand-over showed: see the ignored scenario below for why not in step 3.)
-    let bg = with_status(bg, status);
-    let mut calls = calls_observing(
-        &bg,
-        &["pair-g0"],
-        pair_pods("pair-g0-1", ["r1", "r2"]),
-        sets(),
-    );
-    calls.extend([
-        delete(&core("pods", "pair-g0-0")),
-        post_event(),
-        apply(&status_path()).returns(to_json(&bg)),
-    ]);
-    let fourth = h.reconcile(&bg, calls).await;
-    assert!(switchovers_asked(&h).is_empty(), "no failback mid-upgrade");
-    let reasons: Vec<String> = posted_events(&fourth).into_iter().map(|e| e.1).collect();
-    assert_eq!(reasons, ["RollingUpgrade"]);
     assert_eq!(
-        condition(&fourth.status(), "Progressing"),
+        condition(&status, "Progressing"),
         ("True", "RollingUpgrade")
     );
     assert_eq!(h.ctx.metrics.upgrade_pod_deletions.get(), 2);
@@ -2182,12 +2161,9 @@ fn pending(mut status: BrokerGroupStatus, to: &str, reason: FailoverReason) -> B
     status
 }
 
-/// The reconcile in which a rolling upgrade's hand-over shows should also update the former
-/// live: the plan skips every group whose previous status still records a pending switchover,
-/// even one this very observation shows done (the status computation clears it; the plan
-/// does not), so the upgrade waits one more look.
+/// The reconcile in which a rolling upgrade's hand-over shows also updates the former live:
+/// a pending switchover the observation shows done (its target is live) holds nothing up.
 #[tokio::test]
-#[ignore = "bug: plan::plan skips a group while the previous status's switchover is pending even when the observed live is already its target (status::group_status clears it, plan does not), so the former live is updated one reconcile late"]
 async fn given_a_rolling_upgrade_hand_over_that_shows_should_update_the_former_live_in_the_same_reconcile(
 ) {
     let h = Harness::new();
@@ -3227,6 +3203,7 @@ async fn given_a_larger_storage_size_that_the_storage_class_refuses_should_repor
             "Forbidden",
             refusal,
         ),
+        post_event(),
         apply(&status_path()).returns(to_json(&bg)),
     ]);
     let step = h.reconcile(&bg, calls).await;
@@ -3234,6 +3211,10 @@ async fn given_a_larger_storage_size_that_the_storage_class_refuses_should_repor
     assert!(
         !step.requests.iter().any(|s| s.method == Method::DELETE),
         "the StatefulSet is kept"
+    );
+    assert_eq!(
+        event_reasons(&step),
+        [pair_of("Warning", "VolumeExpansionRefused")]
     );
     let status = step.status();
     assert_eq!(
@@ -3504,10 +3485,11 @@ async fn given_the_live_listed_in_fenced_members_without_an_in_sync_backup_shoul
     answer_pair(&h, "pair-g0-0", 3);
     h.brokers.silence("10.0.0.11");
     let mut calls = calls_until_observed(&bg, &["pair-g0"], pair_pods("pair-g0-0", [CURRENT; 2]));
-    calls.push(apply(&status_path()).returns(to_json(&bg)));
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
     let step = h.reconcile(&bg, calls).await;
 
     assert!(switchovers_asked(&h).is_empty() && fences_asked(&h).is_empty());
+    assert_eq!(event_reasons(&step), [pair_of("Warning", "FenceFailed")]);
     let status = step.status();
     assert_eq!(condition(&status, "Degraded"), ("True", "FenceFailed"));
     assert!(
@@ -3562,11 +3544,9 @@ async fn given_a_shared_database_live_listed_in_fenced_members_should_fence_it_w
     assert_eq!(step.status().groups[0].fenced, ["pair-g0-0"]);
 }
 
-/// A member that refuses to be fenced (or cannot be reached) should be said with a Warning
-/// event, as `Reason::FenceFailed` is documented (Warning; problem): today it only shows in
-/// the Degraded condition, no event is published.
+/// A member that refuses to be fenced (or cannot be reached) is said with a Warning event,
+/// as `Reason::FenceFailed` is documented (Warning; problem), besides the Degraded condition.
 #[tokio::test]
-#[ignore = "bug: act::fences records a refused fence only as a problem (Degraded FenceFailed); no FenceFailed Warning event is published, though status::reason marks FenceFailed a Warning and status::problem_transitions leaves it out"]
 async fn given_a_backup_that_refuses_to_be_fenced_should_warn_with_fence_failed() {
     let h = Harness::new();
     let bg = with_annotation(
@@ -3588,11 +3568,9 @@ async fn given_a_backup_that_refuses_to_be_fenced_should_warn_with_fence_failed(
     );
 }
 
-/// Claims the storage class cannot grow should be said with a Warning event, as
-/// `Reason::VolumeExpansionRefused` is documented (Warning; problem): today it only shows in
-/// the Degraded condition.
+/// Claims the storage class cannot grow are said with a Warning event (once), as
+/// `Reason::VolumeExpansionRefused` is documented (Warning; problem).
 #[tokio::test]
-#[ignore = "bug: act::resize records a refused claim resize only as a problem (Degraded VolumeExpansionRefused); no Warning event is published, though status::reason marks VolumeExpansionRefused a Warning and status::problem_transitions leaves it out"]
 async fn given_a_larger_storage_size_that_the_storage_class_refuses_should_warn_once() {
     let h = Harness::new();
     let bg = grown();
@@ -3621,10 +3599,9 @@ async fn given_a_larger_storage_size_that_the_storage_class_refuses_should_warn_
 
 /// The API server stores quantities in canonical form: a StatefulSet created with a claim
 /// template of `2048Mi` reads back as `2Gi`. The same size written another way is no
-/// resize; today the strings are compared, so every reconcile would patch the claims and
-/// orphan-delete the StatefulSet again (a VolumeExpanding event each time).
+/// resize (sizes compare as quantities), or every reconcile would patch the claims and
+/// orphan-delete the StatefulSet again.
 #[tokio::test]
-#[ignore = "bug: plan::resizes compares GroupModel.journal_size with storage.size as strings; the API server canonicalizes the template's quantity (2048Mi reads back as 2Gi, 1.5Gi as 1536Mi), so an equal size written differently recreates the StatefulSet on every reconcile"]
 async fn given_a_storage_size_equal_to_the_template_but_written_differently_should_resize_nothing()
 {
     let h = Harness::new();
@@ -3669,11 +3646,18 @@ async fn given_a_pending_switchover_older_than_two_minutes_when_no_member_is_liv
     calls.extend([
         merge_patch(&core("pods", "pair-g0-0")),
         post_event(),
+        post_event(),
         apply(&status_path()).returns(to_json(&bg)),
     ]);
     let step = h.reconcile(&bg, calls).await;
 
-    assert_eq!(event_reasons(&step), [pair_of("Warning", "LiveLost")]);
+    assert_eq!(
+        event_reasons(&step),
+        [
+            pair_of("Warning", "LiveLost"),
+            pair_of("Warning", "SwitchoverFailed")
+        ]
+    );
     assert!(switchovers_asked(&h).is_empty(), "no live to ask");
     let status = step.status();
     assert_eq!(status.groups[0].switchover, None, "no longer waited for");

@@ -168,8 +168,7 @@ impl Act<'_> {
                         s.group, s.from, s.to
                     );
                     warn!(brokergroup = %self.bg.name_any(), "{note}");
-                    out.transitions
-                        .push(Transition::new(Reason::SwitchoverFailed, note.clone()));
+                    // The problem is announced once, with the others (crate::status).
                     out.problems.push(Problem::new(Reason::SwitchoverFailed, note));
                 }
             }

@@ -336,12 +336,15 @@ pub fn plan(v: &ValidatedBrokerGroup, seen: &Observation, inputs: &PlanInputs<'_
     }
     plan.lease_releases = lease_releases(v, seen);
     plan.removals = removals(v, seen, inputs.rendered);
-    plan.resizes = resizes(v, seen);
+    plan.resizes = resizes(v, seen, &mut plan.problems);
     let mut upgrading = false;
     for g in &v.groups {
         let live = live_of(g, seen);
         let before = previous.groups.iter().find(|p| p.name == g.name);
-        let pending = pending_switchover(&g.name, &Outcome::default(), before, inputs.now);
+        // A hand-over that already shows (its target is live) is done, whatever the
+        // previous status still says.
+        let pending = pending_switchover(&g.name, &Outcome::default(), before, inputs.now)
+            .filter(|p| live.as_deref() != Some(p.to.as_str()));
         fences(v, g, seen, live.as_deref(), &mut plan);
         if g.draining {
             drain(v, g, seen, live.as_deref(), &mut plan);
@@ -528,14 +531,26 @@ fn removals(
 
 /// Groups whose StatefulSet asks for a smaller journal claim than `storage.size`: grow
 /// their members' claims (the storage class must allow expansion), then recreate the
-/// StatefulSet around the running pods with the new size.
-fn resizes(v: &ValidatedBrokerGroup, seen: &Observation) -> Vec<Resize> {
+/// StatefulSet around the running pods with the new size. Sizes compare as quantities
+/// (`2048Mi` is `2Gi`); a smaller `storage.size` is a problem, since claims never shrink.
+fn resizes(v: &ValidatedBrokerGroup, seen: &Observation, problems: &mut Vec<Problem>) -> Vec<Resize> {
     if v.is_shared_store() {
         return Vec::new();
     }
+    let wanted = crate::quantity::bytes(&v.spec.storage.size);
     v.groups
         .iter()
-        .filter(|g| g.journal_size != v.spec.storage.size)
+        .filter(|g| match (crate::quantity::bytes(&g.journal_size), wanted) {
+            (Some(has), Some(want)) if want < has => {
+                problems.push(Problem::new(
+                    Reason::VolumeExpansionRefused,
+                    format!("group {}: storage.size {} is smaller than its journal claims ({}); claims never shrink: set storage.size back to {} or more", g.name, v.spec.storage.size, g.journal_size, g.journal_size),
+                ));
+                false
+            }
+            (Some(has), Some(want)) => want > has,
+            _ => g.journal_size != v.spec.storage.size,
+        })
         .filter(|g| seen.owned.iter().any(|o| o.kind == "StatefulSet" && o.name == g.name))
         .map(|g| Resize {
             group: g.name.clone(),

@@ -567,6 +567,9 @@ fn problem_transitions(problems: &[Problem], previous: &[Condition]) -> Vec<Tran
                     | Reason::PodsUnschedulable
                     | Reason::DrainStuck
                     | Reason::InvalidAnnotation
+                    | Reason::SwitchoverFailed
+                    | Reason::FenceFailed
+                    | Reason::VolumeExpansionRefused
             ) && !said(p)
         })
         .map(|p| Transition::new(p.reason, p.message.clone()))
