@@ -191,7 +191,6 @@ async fn follow_prints_a_line(plugin: &Plugin) -> Result<()> {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs the operator side of fence/hibernate (issue 16)"]
 async fn given_a_running_pair_when_a_member_is_fenced_and_the_group_hibernated_should_wait_for_each_and_come_back() -> Result<()> {
     let env = Env::start().await?;
     let result = scenario(&env, fence_and_hibernate).await;
