@@ -184,8 +184,11 @@ async fn cut_the_live_off_the_api(env: &Env, namespace: &str) -> Result<Vec<Traf
 /// live on the other node.
 async fn fail_a_node_of_host_pairs(env: &Env, namespace: &str) -> Result<Vec<TrafficReport>> {
     apply_in_namespace(env, namespace, "manifests/examples/host-pairs.yaml", "crossed")?;
-    // The operator must survive the failure: fail the node of the pair it does not run on.
-    let operator_node = env.kubectl(&["-n", "duomq-system", "get", "pods", "-l", "app.kubernetes.io/name=duomq-operator", "-o", "jsonpath={.items[0].spec.nodeName}"])?;
+    // The operator must survive the failure: fail the node of the pair its leader does not
+    // run on (the standby may be anywhere; the Lease names the leader's pod).
+    let leader = env.kubectl(&["-n", "duomq-system", "get", "lease", duomq_operator::names::OPERATOR_LEASE, "-o", "jsonpath={.spec.holderIdentity}"])?;
+    ensure!(!leader.trim().is_empty(), "the operator has no leader yet");
+    let operator_node = env.kubectl(&["-n", "duomq-system", "get", "pod", leader.trim(), "-o", "jsonpath={.spec.nodeName}"])?;
     let (failed, survivor) = if operator_node.trim() == "node-a" { ("node-b", "node-a") } else { ("node-a", "node-b") };
     let node_of = |pod: &str| env.kubectl(&["-n", namespace, "get", "pod", pod, "-o", "jsonpath={.spec.nodeName}"]).map(|n| n.trim().to_string());
 

@@ -2,6 +2,7 @@
 //! status it reports. The broker's config types and admin contract come from the broker crate.
 pub mod api;
 pub mod controller;
+pub mod leader;
 pub mod names;
 pub mod plan;
 pub mod quantity;

@@ -1,7 +1,7 @@
 //! `duomq-operator`: runs the BrokerGroup controller, or renders, prints and generates what it
 //! would apply, offline.
 
-mod leader;
+use duomq_operator::leader;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -270,8 +270,7 @@ async fn switchover(
     namespace: Option<String>,
     wait: std::time::Duration,
 ) -> anyhow::Result<()> {
-    use kube::api::{Api, Patch, PatchParams};
-    use kube::ResourceExt;
+    use kube::api::Api;
     let client = kube::Client::try_default()
         .await
         .context("failed to find a Kubernetes API (kubeconfig or in-cluster service account)")?;
@@ -281,18 +280,7 @@ async fn switchover(
         .get(name)
         .await
         .with_context(|| format!("failed to read BrokerGroup {namespace}/{name}"))?;
-    let groups = duomq_operator::validate::group_models(name, &namespace, &bg.spec);
-    let current = bg
-        .annotations()
-        .get(SWITCHOVER_ANNOTATION)
-        .map(String::as_str);
-    let text = duomq_operator::plan::with_request(&groups, current, group, to)
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("cannot switch over BrokerGroup {namespace}/{name}"))?;
-    let patch = serde_json::json!({"metadata": {"annotations": {SWITCHOVER_ANNOTATION: text}}});
-    api.patch(name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .with_context(|| format!("failed to annotate BrokerGroup {namespace}/{name}"))?;
+    let text = duomq_operator::controller::request_switchover(&api, &bg, group, to).await?;
     println!("asked for a switchover of {group} to {to} ({SWITCHOVER_ANNOTATION}={text})");
     if wait.is_zero() {
         println!(

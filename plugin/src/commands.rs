@@ -122,32 +122,6 @@ pub async fn status(target: &Target, name: &str) -> anyhow::Result<view::StatusV
     Ok(view::build(&bg, &pods.items))
 }
 
-/// Asks for a switchover of `group` to `to` with the `duomq.io/switchover` annotation,
-/// exactly as `duomq-operator switchover` does (the operator's library checks the request
-/// and merges it with entries for other groups); returns the annotation's new text.
-pub async fn request_switchover(
-    api: &Api<BrokerGroup>,
-    bg: &BrokerGroup,
-    group: &str,
-    to: &str,
-) -> anyhow::Result<String> {
-    let name = bg.name_any();
-    let namespace = bg.namespace().unwrap_or_default();
-    let groups = duomq_operator::validate::group_models(&name, &namespace, &bg.spec);
-    let current = bg
-        .annotations()
-        .get(SWITCHOVER_ANNOTATION)
-        .map(String::as_str);
-    let text = duomq_operator::plan::with_request(&groups, current, group, to)
-        .map_err(anyhow::Error::msg)
-        .with_context(|| format!("cannot switch over BrokerGroup {namespace}/{name}"))?;
-    let patch = json!({"metadata": {"annotations": {SWITCHOVER_ANNOTATION: text}}});
-    api.patch(&name, &PatchParams::default(), &Patch::Merge(&patch))
-        .await
-        .with_context(|| format!("failed to annotate BrokerGroup {namespace}/{name}"))?;
-    Ok(text)
-}
-
 pub async fn switchover(
     target: &Target,
     name: &str,
@@ -156,7 +130,9 @@ pub async fn switchover(
     wait: Option<Duration>,
 ) -> anyhow::Result<()> {
     let bg = target.brokergroup(name).await?;
-    let text = request_switchover(&target.brokergroups(), &bg, group, to).await?;
+    let text =
+        duomq_operator::controller::request_switchover(&target.brokergroups(), &bg, group, to)
+            .await?;
     println!("asked for a switchover of {group} to {to} ({SWITCHOVER_ANNOTATION}={text})");
     let Some(limit) = wait_or_say_how_to_follow(wait, name) else {
         return Ok(());

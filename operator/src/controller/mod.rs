@@ -10,6 +10,7 @@ mod brokers;
 mod dereference;
 pub mod metrics;
 mod observe;
+mod request;
 
 use std::collections::{BTreeMap, BTreeSet, HashMap};
 use std::sync::Arc;
@@ -32,6 +33,7 @@ use thiserror::Error;
 use tracing::{info, warn};
 
 pub use brokers::{BrokerStatusSource, HttpBrokerStatus};
+pub use request::{request_switchover, RequestError};
 
 use crate::api::{condition, BrokerGroup, BrokerGroupStatus};
 use crate::names;
