@@ -16,7 +16,6 @@ use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
 use common::{binaries_dir, condition, group_status, wait_for_brokergroup, Env, GROUP_AVAILABLE};
-use duomq_e2e::env::repo_root;
 use serde_json::Value;
 use tokio::io::AsyncBufReadExt;
 
@@ -77,13 +76,8 @@ impl Plugin {
 
 /// Installs the operator, applies the example pair and waits until it is whole.
 async fn running_pair(env: &Env) -> Result<()> {
-    env.install_operator()?;
-    let pair = repo_root().join("manifests/examples/pair.yaml");
-    env.kubectl(&["-n", NAMESPACE, "apply", "-f", &pair.to_string_lossy()])?;
+    env.run_example_pair(NAMESPACE)?;
     let timeout = format!("--timeout={}s", GROUP_AVAILABLE.as_secs());
-    for condition in ["Available", "Replicated"] {
-        env.kubectl(&["-n", NAMESPACE, "wait", &format!("--for=condition={condition}"), "brokergroup/pair", &timeout])?;
-    }
     // The tree shows each pod's readiness, which lags the status by a probe period.
     env.kubectl(&["-n", NAMESPACE, "wait", "--for=condition=Ready", "pod", "-l", "app.kubernetes.io/instance=pair", &timeout])?;
     Ok(())

@@ -18,7 +18,7 @@ use std::time::{Duration, Instant};
 use anyhow::{ensure, Context, Result};
 use common::traffic::{handover, longest_pause, runs, Accepted, GroupTraffic};
 use common::{binaries_dir, condition, group_status, wait_for_brokergroup, Env, GROUP_AVAILABLE};
-use duomq_e2e::env::{repo_root, wait_for};
+use duomq_e2e::env::wait_for;
 
 const NAMESPACE: &str = "default";
 /// `duomq-operator switchover --wait`: the live drains its clients and hands over.
@@ -64,13 +64,7 @@ struct Moves {
 }
 
 async fn planned_moves(env: &Env) -> Result<()> {
-    env.install_operator()?;
-    let pair = repo_root().join("manifests/examples/pair.yaml");
-    env.kubectl(&["-n", NAMESPACE, "apply", "-f", &pair.to_string_lossy()])?;
-    let timeout = format!("--timeout={}s", GROUP_AVAILABLE.as_secs());
-    for condition in ["Available", "Replicated"] {
-        env.kubectl(&["-n", NAMESPACE, "wait", &format!("--for=condition={condition}"), "brokergroup/pair", &timeout])?;
-    }
+    env.run_example_pair(NAMESPACE)?;
     let (first, second) = ("pair-g0-0", "pair-g0-1");
     let traffic = GroupTraffic::start(env, NAMESPACE, "pair-g0", &[first, second].map(String::from), first).await?;
 

@@ -162,6 +162,19 @@ impl Env {
         Ok(())
     }
 
+    /// Installs the operator, applies `manifests/examples/pair.yaml` in `namespace` and waits
+    /// until the pair is Available and Replicated.
+    pub fn run_example_pair(&self, namespace: &str) -> Result<()> {
+        self.install_operator()?;
+        let pair = repo_root().join("manifests/examples/pair.yaml");
+        self.kubectl(&["-n", namespace, "apply", "-f", &pair.to_string_lossy()])?;
+        let timeout = format!("--timeout={}s", GROUP_AVAILABLE.as_secs());
+        for condition in ["Available", "Replicated"] {
+            self.kubectl(&["-n", namespace, "wait", &format!("--for=condition={condition}"), "brokergroup/pair", &timeout])?;
+        }
+        Ok(())
+    }
+
     /// What a person would look at first when a scenario in `namespace` failed: objects,
     /// the BrokerGroup's status, the last lines of each pod's broker.
     pub fn dump(&self, namespace: &str, brokergroup: &str) {
