@@ -226,7 +226,6 @@ pub struct Facts<'a> {
     pub outcome: &'a Outcome,
 }
 
-#[allow(clippy::too_many_lines)]
 fn group_status<'a>(
     v: &ValidatedBrokerGroup,
     g: &GroupModel,
