@@ -145,6 +145,16 @@ fn reason(bg: &Value, kind: &str) -> Option<String> {
     bg["status"]["conditions"].as_array()?.iter().find(|c| c["type"] == kind).and_then(|c| c["reason"].as_str()).map(String::from)
 }
 
+/// Waits for an Event of `reason` about BrokerGroup `name`; its message.
+async fn event(env: &Env, namespace: &str, name: &str, reason: &str) -> Result<String> {
+    until(&format!("an Event {reason} about {name}"), Duration::from_secs(30), || {
+        let events = env.json(&["-n", namespace, "get", "events", "--field-selector", &format!("involvedObject.name={name}")])?;
+        let found = events["items"].as_array().into_iter().flatten().find(|e| e["reason"] == reason);
+        Ok(found.map(|e| e["message"].as_str().unwrap_or_default().to_string()))
+    })
+    .await
+}
+
 /// Polls until `check` yields a value, failing with what the BrokerGroup shows then.
 async fn until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
     let deadline = Instant::now() + timeout;
@@ -301,6 +311,9 @@ async fn scale_down_under_traffic(env: &Env, namespace: &str) -> Result<()> {
         Ok((!pods.contains(removed)).then_some(()))
     })
     .await?;
+    for reason in ["Draining", "GroupRemoved"] {
+        println!("scale: Event {reason}: {}", event(env, namespace, bg, reason).await?);
+    }
     let claims_after = claims_of(env, namespace, removed)?;
     ensure!(claims_after == claims_before && claims_after.len() == 2, "the removed group's claims must be kept: before {claims_before:?}, after {claims_after:?}");
     let status = until("two groups in the status, no longer scaling down", SCALED_DOWN, || {
@@ -382,6 +395,9 @@ async fn hibernate_and_resume(env: &Env, namespace: &str) -> Result<()> {
         condition(&status, "Hibernated"),
         reason(&status, "Hibernated")
     );
+    for reason in ["Hibernated", "Resumed"] {
+        println!("hibernate: Event {reason}: {}", event(env, namespace, bg, reason).await?);
+    }
     let kept = consume(env, namespace, &["sleepy-g0"], "/queue/kept", &sent, FLOWING).await?;
     println!("hibernate: the {KEPT} messages sent before: {kept}");
     kept.ensure()?;
@@ -467,6 +483,7 @@ async fn expand_volumes(env: &Env, namespace: &str) -> Result<()> {
         let (uid_before, restarts_before, _) = &before[&pod];
         ensure!(&uid == uid_before && restarts == *restarts_before, "{pod} was replaced or restarted");
     }
+    println!("volumes: Event VolumeExpanding: {}", event(env, namespace, "grow", "VolumeExpanding").await?);
     let grow = brokergroup_json(env, namespace, "grow")?;
     ensure!(condition(&grow, "Available").as_deref() == Some("True") && condition(&grow, "Degraded").as_deref() != Some("True"), "grow should be Available and not Degraded: {}", grow["status"]["conditions"]);
     let kept = consume(env, namespace, &["grow-g0"], "/queue/kept", &sent, FLOWING).await?;
