@@ -27,12 +27,19 @@ mod common;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
 use common::traffic::{failover_url, Consumer, Deliveries, Once, Producer};
 use common::{condition, Env, GROUP_AVAILABLE};
 use duomq_broker::client::{Client, ClientOptions, SendOptions};
+use duomq_operator::api::BrokerGroup;
+use futures::StreamExt;
+use k8s_openapi::api::core::v1::Pod;
+use kube::runtime::{watcher, WatchStreamExt};
+use kube::{Api, ResourceExt};
+use parking_lot::Mutex;
 use serde_json::Value;
 
 /// From `spec.groups` lowered to the removed group's StatefulSet gone: the drain (the
@@ -229,14 +236,71 @@ fn lives(bg: &Value) -> Result<Vec<String>> {
 /// What the scale-down looked like from outside, while it ran.
 #[derive(Debug, Default)]
 struct DrainSeen {
-    /// `status.groups[].drain` of the removed group, each distinct one seen.
+    /// `status.groups[].drain` of the removed group, each distinct one written.
     progress: Vec<String>,
     most_left: i64,
     forwarded: i64,
     scaling_down: bool,
     draining_label: bool,
-    /// From `spec.groups` lowered to the StatefulSet gone.
-    took: Duration,
+}
+
+impl DrainSeen {
+    fn saw_status(&mut self, bg: &Value, removed: &str) {
+        let groups = bg["status"]["groups"].as_array().map(Vec::as_slice).unwrap_or_default();
+        if let Some(drain) = groups.iter().find(|g| g["name"] == removed).map(|g| &g["drain"]).filter(|d| d.is_object()) {
+            let text = drain.to_string();
+            if self.progress.last() != Some(&text) {
+                self.progress.push(text);
+            }
+            self.most_left = self.most_left.max(drain["messagesLeft"].as_i64().unwrap_or(0));
+            self.forwarded = self.forwarded.max(drain["forwarded"].as_i64().unwrap_or(0));
+        }
+        self.scaling_down |= reason(bg, "Progressing").as_deref() == Some("ScalingDown") && condition(bg, "Progressing").as_deref() == Some("True");
+    }
+}
+
+/// Watches of the BrokerGroup and of the pods labelled `duomq.io/role=draining`, filling a
+/// [`DrainSeen`] with every change until stopped.
+struct DrainWatch {
+    seen: Arc<Mutex<DrainSeen>>,
+    tasks: Vec<tokio::task::JoinHandle<()>>,
+}
+
+impl DrainWatch {
+    async fn start(env: &Env, namespace: &str, bg: &str, removed: &str) -> Result<DrainWatch> {
+        let client = env.kube_client().await?;
+        let seen = Arc::new(Mutex::new(DrainSeen::default()));
+        let brokergroups: Api<BrokerGroup> = Api::namespaced(client.clone(), namespace);
+        let pods: Api<Pod> = Api::namespaced(client, namespace);
+        let by_name = watcher::Config::default().fields(&format!("metadata.name={bg}"));
+        let statuses = {
+            let (seen, removed) = (seen.clone(), removed.to_string());
+            watcher(brokergroups, by_name).applied_objects().for_each(move |b| {
+                if let Ok(value) = b.map_err(anyhow::Error::from).and_then(|b| Ok(serde_json::to_value(b)?)) {
+                    seen.lock().saw_status(&value, &removed);
+                }
+                std::future::ready(())
+            })
+        };
+        let draining = watcher::Config::default().labels("duomq.io/role=draining");
+        let labels = {
+            let (seen, removed) = (seen.clone(), format!("{removed}-"));
+            watcher(pods, draining).applied_objects().for_each(move |p| {
+                if p.is_ok_and(|p| p.name_any().starts_with(&removed)) {
+                    seen.lock().draining_label = true;
+                }
+                std::future::ready(())
+            })
+        };
+        Ok(DrainWatch { seen, tasks: vec![tokio::spawn(statuses), tokio::spawn(labels)] })
+    }
+
+    fn stop(self) -> DrainSeen {
+        for task in &self.tasks {
+            task.abort();
+        }
+        std::mem::take(&mut *self.seen.lock())
+    }
 }
 
 /// `scale`: three groups to two under traffic, nothing lost.
@@ -267,32 +331,23 @@ async fn scale_down_under_traffic(env: &Env, namespace: &str) -> Result<()> {
     until("the flow into the first two groups", FLOWING, || Ok((consumers.iter().map(Consumer::distinct).sum::<usize>() >= FLOW_BEFORE).then_some(()))).await?;
 
     let claims_before = claims_of(env, namespace, removed)?;
+    // Every status write and pod label is seen through watches: a drain of a few hundred
+    // messages may be over between two polls.
+    let watch = DrainWatch::start(env, namespace, bg, removed).await?;
     let patched = Instant::now();
     env.kubectl(&["-n", namespace, "patch", "brokergroup", bg, "--type=merge", "-p", r#"{"spec":{"groups":2}}"#])?;
-    let mut seen = DrainSeen::default();
-    until("the removed group drained and its StatefulSet deleted", SCALED_DOWN, || {
-        let s = brokergroup_json(env, namespace, bg)?;
-        let group = s["status"]["groups"].as_array().and_then(|g| g.iter().find(|g| g["name"] == removed)).cloned().unwrap_or_default();
-        let drain = &group["drain"];
-        if drain.is_object() {
-            let text = drain.to_string();
-            if seen.progress.last() != Some(&text) {
-                seen.progress.push(text);
-            }
-            seen.most_left = seen.most_left.max(drain["messagesLeft"].as_i64().unwrap_or(0));
-            seen.forwarded = seen.forwarded.max(drain["forwarded"].as_i64().unwrap_or(0));
-        }
-        seen.scaling_down |= reason(&s, "Progressing").as_deref() == Some("ScalingDown") && condition(&s, "Progressing").as_deref() == Some("True");
-        let draining = env.kubectl(&["-n", namespace, "get", "pods", "-l", "duomq.io/role=draining", "-o", "name"])?;
-        seen.draining_label |= draining.contains(removed);
-        let gone = env.kubectl(&["-n", namespace, "get", "statefulsets", "-o", "name"])?;
-        Ok((!gone.contains(removed)).then_some(()))
+    until("the removed group's StatefulSet deleted", SCALED_DOWN, || {
+        let sets = env.kubectl(&["-n", namespace, "get", "statefulsets", "-o", "name"])?;
+        Ok((!sets.contains(removed)).then_some(()))
     })
     .await?;
-    seen.took = patched.elapsed();
+    let took = patched.elapsed();
+    // The last status writes and pod changes before the deletion reach the watches.
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let seen = watch.stop();
     println!(
         "scale: {removed} drained and deleted {:.1}s after spec.groups: 2; drain status seen: {}; at most {} messages left, {} forwarded; Progressing ScalingDown seen: {}; pod labelled draining seen: {}",
-        seen.took.as_secs_f64(),
+        took.as_secs_f64(),
         seen.progress.join(" → "),
         seen.most_left,
         seen.forwarded,
@@ -300,20 +355,18 @@ async fn scale_down_under_traffic(env: &Env, namespace: &str) -> Result<()> {
         seen.draining_label
     );
     ensure!(!seen.progress.is_empty(), "status.groups never showed the drain of {removed}");
-    // The drain may be over before the first look (a hundred messages move in moments):
-    // what it forwarded tells.
     ensure!(seen.forwarded >= STRANDED as i64, "the drain should have moved at least the {STRANDED} stranded messages: {seen:?}");
     ensure!(seen.scaling_down, "Progressing never had reason ScalingDown");
     ensure!(seen.draining_label, "the removed group's live was never labelled duomq.io/role=draining");
+    for reason in ["Draining", "GroupRemoved"] {
+        println!("scale: Event {reason}: {}", event(env, namespace, bg, reason).await?);
+    }
 
     until("the removed group's pods gone", SCALED_DOWN, || {
         let pods = env.kubectl(&["-n", namespace, "get", "pods", "-o", "name"])?;
         Ok((!pods.contains(removed)).then_some(()))
     })
     .await?;
-    for reason in ["Draining", "GroupRemoved"] {
-        println!("scale: Event {reason}: {}", event(env, namespace, bg, reason).await?);
-    }
     let claims_after = claims_of(env, namespace, removed)?;
     ensure!(claims_after == claims_before && claims_after.len() == 2, "the removed group's claims must be kept: before {claims_before:?}, after {claims_after:?}");
     let status = until("two groups in the status, no longer scaling down", SCALED_DOWN, || {
