@@ -15,7 +15,8 @@
 //!   with `allowVolumeExpansion` (its claims grow, its StatefulSet is recreated with the new
 //!   claim template and adopts the running pods, which are not restarted; messages kept),
 //!   one on a class without it (`Degraded` reason `VolumeExpansionRefused`, nothing
-//!   deleted, nothing grown).
+//!   deleted, nothing grown, and no longer Degraded once the size is set back); a smaller
+//!   size afterwards is refused the same way (volumes never shrink).
 //!
 //! One local control plane and operator for all, one after the other, each in its own
 //! namespace; `E2E_SCENARIOS=hibernate,volumes` runs a subset. They need what only the
@@ -536,11 +537,29 @@ async fn expand_volumes(env: &Env, namespace: &str) -> Result<()> {
         let (uid_before, restarts_before, _) = &before[&pod];
         ensure!(&uid == uid_before && restarts == *restarts_before, "{pod} was replaced or restarted");
     }
+    // Setting the size back is what the condition's message says to do: it clears.
+    env.kubectl(&["-n", namespace, "patch", "brokergroup", "fixed", "--type=merge", "-p", r#"{"spec":{"storage":{"size":"1Gi"}}}"#])?;
+    until("fixed no longer Degraded once storage.size is back at 1Gi", EXPANDED, || {
+        let s = brokergroup_json(env, namespace, "fixed")?;
+        Ok((condition(&s, "Degraded").as_deref() == Some("False")).then_some(()))
+    })
+    .await?;
     println!("volumes: Event VolumeExpanding: {}", event(env, namespace, "grow", "VolumeExpanding").await?);
     let grow = brokergroup_json(env, namespace, "grow")?;
     ensure!(condition(&grow, "Available").as_deref() == Some("True") && condition(&grow, "Degraded").as_deref() != Some("True"), "grow should be Available and not Degraded: {}", grow["status"]["conditions"]);
     let kept = consume(env, namespace, &["grow-g0"], "/queue/kept", &sent, FLOWING).await?;
     println!("volumes: the {KEPT} messages sent before the expansion: {kept}");
     kept.ensure()?;
+
+    // Volumes never shrink: back to 1Gi is refused the same way, and nothing is deleted.
+    env.kubectl(&["-n", namespace, "patch", "brokergroup", "grow", "--type=merge", "-p", r#"{"spec":{"storage":{"size":"1Gi"}}}"#])?;
+    let shrink = until("grow Degraded with reason VolumeExpansionRefused after a smaller size", EXPANDED, || {
+        let s = brokergroup_json(env, namespace, "grow")?;
+        let refused = condition(&s, "Degraded").as_deref() == Some("True") && reason(&s, "Degraded").as_deref() == Some("VolumeExpansionRefused");
+        Ok(refused.then(|| s["status"]["conditions"].as_array().and_then(|c| c.iter().find(|c| c["type"] == "Degraded")).map(|c| c["message"].to_string()).unwrap_or_default()))
+    })
+    .await?;
+    println!("volumes: grow back to 1Gi: Degraded VolumeExpansionRefused: {shrink}");
+    ensure!(&uid_of(&statefulset(env, namespace, "grow-g0")?) == new_set, "grow's StatefulSet must not be deleted for a size its claims cannot take");
     Ok(())
 }
