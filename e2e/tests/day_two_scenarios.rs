@@ -19,10 +19,10 @@
 //!   size afterwards is refused the same way (volumes never shrink).
 //!
 //! One local control plane and operator for all, one after the other, each in its own
-//! namespace; `E2E_SCENARIOS=hibernate,volumes` runs a subset. They need what only the
-//! local plane has (StorageClasses it admits resizes against, claims it binds and grows,
-//! pod restart counts from its kubelet), so on a cluster reached through kubectl only they
-//! are skipped with a printed line.
+//! namespace; `E2E_SCENARIOS=hibernate,volumes` runs a subset. On a cluster reached through
+//! kubectl only they are skipped with a printed line: `volumes` creates StorageClasses the
+//! local plane's resizer serves, and `scale` follows a Service whose endpoints go away,
+//! which `kubectl port-forward` does not.
 
 mod common;
 
@@ -80,7 +80,7 @@ async fn run_all(env: &Env) -> Result<()> {
     let chosen: Vec<&str> = SCENARIOS.into_iter().filter(|s| selected.is_empty() || selected.split(',').any(|x| x.trim() == *s)).collect();
     if env.local.is_none() {
         for name in chosen {
-            println!("scenario {name}: skipped: it needs the local control plane (StorageClasses, claim resizing, the kubelet's restart counts), not a cluster reached through kubectl only");
+            println!("scenario {name}: skipped: the day-two scenarios run on the local control plane only (its StorageClasses and volume resizer, and Services reached without kubectl port-forward while their endpoints go away)");
         }
         return Ok(());
     }
