@@ -162,7 +162,8 @@ async fn roll_out_an_upgrade(env: &Env, first: &str, second: &str) -> Result<Ins
     let last = &g["lastFailover"];
     ensure!(last["reason"] == "RollingUpgrade" && last["from"] == second && last["to"] == first, "lastFailover: {last}");
     // The switchover and the upgrade's switchover; a failback in between would add one.
-    ensure!(g["failovers"] == 2, "two moves of the live role counted: {g}");
+    // Both moves were planned: counted as switchovers, none as a failover.
+    ensure!(g["switchovers"] == 2 && g["failovers"] == 0, "two planned moves of the live role counted: {g}");
     if let Some(upgraded) = upgraded_image {
         for name in [first, second] {
             let pod = env.json(&["-n", NAMESPACE, "get", "pod", name])?;
