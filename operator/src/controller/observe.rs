@@ -75,7 +75,6 @@ pub async fn observe(
                     })
                     .map(|o| OwnedObject {
                         kind: resource.kind.clone(),
-                        group: o.labels().get(names::LABEL_GROUP).cloned(),
                         name: o.name_any(),
                     }),
             );

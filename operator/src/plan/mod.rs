@@ -343,7 +343,7 @@ pub fn plan(v: &ValidatedBrokerGroup, seen: &Observation, inputs: &PlanInputs<'_
         let before = previous.groups.iter().find(|p| p.name == g.name);
         // A hand-over that already shows (its target is live) is done, whatever the
         // previous status still says.
-        let pending = pending_switchover(&g.name, &Outcome::default(), before, inputs.now)
+        let pending = pending_switchover(None, before, inputs.now)
             .filter(|p| live.as_deref() != Some(p.to.as_str()));
         fences(v, g, seen, live.as_deref(), &mut plan);
         if g.draining {

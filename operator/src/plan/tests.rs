@@ -556,7 +556,6 @@ fn given_a_larger_storage_size_should_grow_the_claims_and_render_the_existing_te
     s.owned.push(crate::status::OwnedObject {
         kind: "StatefulSet".into(),
         name: "pair-g0".into(),
-        group: Some("pair-g0".into()),
     });
     let p = plan(&v, &s, None, &BrokerGroupStatus::default());
     assert_eq!(

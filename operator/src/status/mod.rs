@@ -63,8 +63,6 @@ pub struct OwnedObject {
     /// Kind, as `crate::controller` lists them (StatefulSet, Service, ...).
     pub kind: String,
     pub name: String,
-    /// Its `duomq.io/group` label.
-    pub group: Option<String>,
 }
 
 /// The facts of one reconcile: what exists and what each broker says. Nothing decided.
@@ -185,17 +183,14 @@ fn local_grouping_group(v: &ValidatedBrokerGroup) -> Option<&str> {
 /// waiting for it (the group then fails over as after a crash).
 pub const SWITCHOVER_PENDING_FOR: i64 = 120;
 
-/// The switchover of group `g` under way: agreed in this reconcile, or recorded in the
-/// previous status and not yet stale.
+/// A group's switchover under way: `agreed` in this reconcile, or recorded in the previous
+/// status and not yet stale.
 pub fn pending_switchover(
-    group: &str,
-    outcome: &Outcome,
+    agreed: Option<&PendingSwitchover>,
     before: Option<&GroupStatus>,
     now: &Time,
 ) -> Option<PendingSwitchover> {
-    outcome
-        .switchovers
-        .get(group)
+    agreed
         .or_else(|| before.and_then(|b| b.switchover.as_ref()))
         .filter(|p| now.0.as_second() - p.time.0.as_second() <= SWITCHOVER_PENDING_FOR)
         .cloned()
@@ -289,7 +284,7 @@ fn group_status<'a>(
     let mut switchovers = before.map_or(0, |b| b.switchovers);
     let mut last_failover = before.and_then(|b| b.last_failover.clone());
     let last_live = before.and_then(|b| b.live.clone().or_else(|| b.last_live.clone()));
-    let mut pending = pending_switchover(&g.name, outcome, before, now);
+    let mut pending = pending_switchover(outcome.switchovers.get(&g.name), before, now);
     let epoch_moved = before.is_some_and(|b| b.epoch > 0 && epoch > b.epoch as u64);
     match (last_live.clone(), live.clone()) {
         (Some(from), Some(to)) if from != to => {
