@@ -185,6 +185,7 @@ fn identity(shared: &Shared, broker: &Broker) -> Result<crate::network::Identity
     Ok(crate::network::Identity {
         node_id: broker.node_id.clone(),
         group: broker.group_name().to_string(),
+        user: ha.cluster.user.clone(),
         password,
         check_period: ha.check_period.get().max(Duration::from_millis(200)),
         // A bridge's loop may wait on a full destination; it is not the live's heartbeat.

@@ -22,7 +22,12 @@ struct Node {
 
 impl Node {
     fn start(name: &str, cluster: u16, network: &str) -> Node {
-        let config = format!("node:\n  id: {name}\nha:\n  cluster:\n    listen: 127.0.0.1:{cluster}\n    password: {PASSWORD}\n{network}");
+        Node::start_as(name, cluster, network, "duomq-cluster")
+    }
+
+    /// A node whose cluster user is `user` (the password is the shared one).
+    fn start_as(name: &str, cluster: u16, network: &str, user: &str) -> Node {
+        let config = format!("node:\n  id: {name}\nha:\n  cluster:\n    listen: 127.0.0.1:{cluster}\n    user: {user}\n    password: {PASSWORD}\n{network}");
         Node { broker: Broker::start(name, &config) }
     }
 
@@ -272,8 +277,8 @@ fn given_a_wrong_password_on_the_connector_should_refuse_log_retry_and_forward_n
     send(&a.url(), "/queue/x", 5);
     eventually("connector refused", LINK_TIMEOUT, || a.link("to-b")["state"] == "refused");
     let link = a.link("to-b");
-    assert!(link["lastError"].as_str().is_some_and(|e| e.contains("failed to prove the cluster password")), "{link}");
-    assert!(a.broker.log_text().contains("bridge refused (check the remote's cluster password)"));
+    assert!(link["lastError"].as_str().is_some_and(|e| e.contains("failed to prove the cluster credentials")), "{link}");
+    assert!(a.broker.log_text().contains("bridge refused (check the remote's cluster user and password)"));
     assert!(b.broker.log_text().contains("refused a cluster connection"));
     assert!(finish(waiting).0.is_empty(), "nothing crosses a refused link");
     assert_eq!(a.broker.queue_depth("/queue/x"), 5);
@@ -282,6 +287,20 @@ fn given_a_wrong_password_on_the_connector_should_refuse_log_retry_and_forward_n
     let refused = || common::metric_value(b.broker.admin_port, "duomq_cluster_connections_refused_total{reason=\"closed\"}");
     let before = refused();
     eventually("connector retries", LINK_TIMEOUT, || refused() > before);
+}
+
+#[test]
+fn given_the_right_password_with_another_cluster_user_should_refuse_the_link() {
+    let (ca, cb) = (free_port(), free_port());
+    let a = Node::start("a", ca, &connectors(&[("to-b", tcp(cb), "")]));
+    let b = Node::start_as("b", cb, "", "another-user");
+    eventually("connector refused", LINK_TIMEOUT, || a.link("to-b")["state"] == "refused");
+    let link = a.link("to-b");
+    assert!(
+        link["lastError"].as_str().is_some_and(|e| e.contains("another cluster user or password")),
+        "{link}"
+    );
+    assert!(b.broker.log_text().contains("refused a cluster connection"));
 }
 
 fn start_pair(root: &Path, names: [&str; 2], group: &str, extra: &str) -> (Member, Member) {

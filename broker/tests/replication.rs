@@ -176,7 +176,7 @@ fn given_backup_with_wrong_password_or_group_should_be_refused_and_both_sides_lo
     a.wait_live();
     b.start(&[a.peer()], "backup", "", root.path(), "g1", "wrong");
     let deadline = Instant::now() + ROLE_TIMEOUT;
-    while !b.log().contains("cluster password") {
+    while !b.log().contains("cluster credentials") {
         assert!(Instant::now() < deadline, "backup never reported the refusal:\n{}", b.log());
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -1,6 +1,7 @@
-//! Mutual challenge–response with the cluster password. Each side proves it knows the
+//! Mutual challenge–response with the cluster credentials. Each side proves it knows the
 //! password by sending HMAC-SHA256, keyed with the password, over a transcript of the
-//! handshake; the password itself never crosses the wire. Pure functions: no I/O, no
+//! handshake that includes the cluster user it was configured with, so a peer with another
+//! user fails as one with another password does; neither crosses the wire. Pure functions: no I/O, no
 //! frames, no decisions about who may connect.
 //!
 //! The transcript binds both fresh nonces (so a proof from an earlier session is
@@ -46,6 +47,9 @@ impl Role {
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Transcript<'a> {
     pub version: u16,
+    /// The cluster user (`ha.cluster.user`) of the side computing the proof; both must hold
+    /// the same one.
+    pub user: &'a str,
     pub group: &'a str,
     pub purpose: Purpose,
     pub client_node: &'a str,
@@ -85,6 +89,7 @@ fn keyed(password: &[u8], role: Role, t: &Transcript) -> HmacSha256 {
     field(DOMAIN);
     field(role.as_str().as_bytes());
     field(&t.version.to_be_bytes());
+    field(t.user.as_bytes());
     field(t.group.as_bytes());
     field(t.purpose.as_str().as_bytes());
     field(t.client_node.as_bytes());
@@ -106,6 +111,7 @@ mod tests {
     fn transcript() -> Transcript<'static> {
         Transcript {
             version: 1,
+            user: "duomq-cluster",
             group: "orders",
             purpose: Purpose::Replicate,
             client_node: "orders-1",
@@ -141,6 +147,7 @@ mod tests {
         let other_nonce = [9u8; 32];
         let changed = [
             Transcript { version: 2, ..transcript() },
+            Transcript { user: "someone-else", ..transcript() },
             Transcript { group: "payments", ..transcript() },
             Transcript { purpose: Purpose::Vote, ..transcript() },
             Transcript { client_node: "orders-2", ..transcript() },

@@ -49,6 +49,8 @@ const AUTHENTICATION_FAILED: &str = "authentication failed";
 pub struct HandshakeConfig {
     pub node_id: String,
     pub group: String,
+    /// The cluster user (`ha.cluster.user`); it is part of what both sides prove, never sent.
+    pub user: String,
     /// The cluster password; it only keys HMACs and is never sent.
     pub password: Vec<u8>,
     pub epoch: u64,
@@ -66,6 +68,7 @@ impl std::fmt::Debug for HandshakeConfig {
         f.debug_struct("HandshakeConfig")
             .field("node_id", &self.node_id)
             .field("group", &self.group)
+            .field("user", &self.user)
             .field("password", &"<redacted>")
             .field("epoch", &self.epoch)
             .field("purpose", &self.purpose)
@@ -116,9 +119,9 @@ pub enum HandshakeError {
     GroupMismatch { ours: String, theirs: String },
     #[error("a bridge links groups to each other, and both ends are in group {group}")]
     BridgeIntoOwnGroup { group: String },
-    #[error("server failed to prove the cluster password (server node {server})")]
+    #[error("server failed to prove the cluster credentials: another cluster user or password (server node {server})")]
     ServerProofInvalid { server: String },
-    #[error("client failed to prove the cluster password (client node {client})")]
+    #[error("client failed to prove the cluster credentials: another cluster user or password (client node {client})")]
     ClientProofInvalid { client: String },
     #[error("refused by the server: {reason}")]
     Refused { reason: String },
@@ -211,6 +214,7 @@ where
 
     let transcript = Transcript {
         version: PROTOCOL_VERSION,
+        user: &config.user,
         group: &config.group,
         purpose: config.purpose,
         client_node: &config.node_id,
@@ -286,6 +290,7 @@ where
     // The transcript binds the client's group: the one the client claims and proves.
     let transcript = Transcript {
         version: PROTOCOL_VERSION,
+        user: &config.user,
         group: &group,
         purpose,
         client_node: &client_node,
@@ -439,6 +444,7 @@ mod tests {
         HandshakeConfig {
             node_id: node_id.into(),
             group: group.into(),
+            user: "duomq-cluster".into(),
             password: password.as_bytes().to_vec(),
             epoch: 0,
             purpose: Purpose::Replicate,
@@ -487,6 +493,7 @@ mod tests {
         let c = client();
         let transcript = Transcript {
             version: PROTOCOL_VERSION,
+            user: &c.user,
             group: &c.group,
             purpose: c.purpose,
             client_node: &c.node_id,
@@ -559,23 +566,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn given_a_wrong_password_when_handshaking_should_fail_on_both_sides() {
-        let server = server();
-        let (a, b) = pipe();
-        let wrong = HandshakeConfig { password: b"guess".to_vec(), ..client() };
-        let (client_side, server_side) =
-            tokio::join!(connect_handshake(a, &wrong), accept_handshake(b, &server, "live"));
-        let client_err = client_side.expect_err("client must fail");
-        assert!(
-            matches!(&client_err, HandshakeError::ServerProofInvalid { server } if server == "orders-0"),
-            "{client_err:?}"
-        );
-        assert!(client_err.to_string().starts_with("server failed to prove the cluster password"), "{client_err}");
-        let server_err = server_side.expect_err("server must fail");
-        assert!(
-            matches!(&server_err, HandshakeError::ClientGaveUp { client, reason } if client == "orders-1" && reason.contains("failed to prove")),
-            "{server_err:?}"
-        );
+    async fn given_a_wrong_password_or_user_when_handshaking_should_fail_on_both_sides() {
+        let wrong_password = HandshakeConfig { password: b"guess".to_vec(), ..client() };
+        // The same password with another cluster user fails the same way: the user is part
+        // of what both sides prove.
+        let wrong_user = HandshakeConfig { user: "intruder".into(), ..client() };
+        for wrong in [wrong_password, wrong_user] {
+            let server = server();
+            let (a, b) = pipe();
+            let (client_side, server_side) =
+                tokio::join!(connect_handshake(a, &wrong), accept_handshake(b, &server, "live"));
+            let client_err = client_side.expect_err("client must fail");
+            assert!(
+                matches!(&client_err, HandshakeError::ServerProofInvalid { server } if server == "orders-0"),
+                "{client_err:?}"
+            );
+            assert!(
+                client_err.to_string().starts_with("server failed to prove the cluster credentials: another cluster user or password"),
+                "{client_err}"
+            );
+            let server_err = server_side.expect_err("server must fail");
+            assert!(
+                matches!(&server_err, HandshakeError::ClientGaveUp { client, reason } if client == "orders-1" && reason.contains("failed to prove")),
+                "{server_err:?}"
+            );
+        }
     }
 
     #[tokio::test]

@@ -209,6 +209,7 @@ impl RemoteHandler {
         let config = HandshakeConfig {
             node_id: self.identity.node_id.clone(),
             group: self.identity.group.clone(),
+            user: self.identity.user.clone(),
             password: self.identity.password.clone(),
             epoch: 0,
             purpose: Purpose::Grouping,

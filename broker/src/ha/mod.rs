@@ -267,6 +267,7 @@ impl HaContext {
         HandshakeConfig {
             node_id: self.node_id.clone(),
             group: self.group.clone(),
+            user: self.config.cluster.user.clone(),
             password: self.password.clone(),
             epoch: self.epoch().0,
             purpose,

@@ -145,7 +145,7 @@ pub async fn run(net: Arc<Network>, plan: LinkPlan) {
         plan.state.set(state, Some(message.clone()));
         if logged_failure.as_deref() != Some(message.as_str()) {
             if refused {
-                tracing::warn!(connector = %plan.name, error = %message, "bridge refused (check the remote's cluster password); retrying");
+                tracing::warn!(connector = %plan.name, error = %message, "bridge refused (check the remote's cluster user and password); retrying");
             } else {
                 tracing::info!(connector = %plan.name, error = %message, "bridge not linked yet; retrying");
             }
@@ -180,6 +180,7 @@ async fn attempt(net: &Network, plan: &LinkPlan, address: &TcpAddress) -> Result
     let config = HandshakeConfig {
         node_id: net.identity.node_id.clone(),
         group: net.identity.group.clone(),
+        user: net.identity.user.clone(),
         password,
         epoch: 0,
         purpose: Purpose::Bridge,

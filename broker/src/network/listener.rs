@@ -23,6 +23,7 @@ pub async fn serve(
     let config = Arc::new(HandshakeConfig {
         node_id: identity.node_id.clone(),
         group: identity.group.clone(),
+        user: identity.user.clone(),
         password: identity.password.clone(),
         epoch: 0,
         purpose: Purpose::Probe,

@@ -49,6 +49,8 @@ pub struct Identity {
     pub node_id: String,
     /// The group name (`ha.groupName`; a standalone broker's node id).
     pub group: String,
+    /// The cluster user (`ha.cluster.user`), proved with the password on every link.
+    pub user: String,
     /// This broker's cluster password: what inbound links prove, and what connectors use
     /// unless they name the remote's.
     pub password: Vec<u8>,
