@@ -85,8 +85,22 @@ async fn reconcile(
                 }
             }),
             StsAction::AdoptPod { name: pod, uid } => {
-                info!(statefulset = %name, %pod, "adopting orphaned pod");
-                api::adopt(&pod_api, pod, uid, &controller_ref(set)).await
+                // Kubernetes' adoption recheck: the informer may still hold a StatefulSet
+                // that was just deleted (with Orphan, its pods are the orphans in view);
+                // adopting them for it would leave them with a dangling owner, which the
+                // garbage collector then deletes. Adopt only for the StatefulSet the API
+                // server has now, by uid, and not while it is being deleted.
+                let set_api: Api<StatefulSet> = Api::namespaced(client.clone(), &namespace);
+                match set_api.get_opt(&name).await {
+                    Ok(Some(fresh))
+                        if fresh.uid() == set.uid() && fresh.metadata.deletion_timestamp.is_none() =>
+                    {
+                        info!(statefulset = %name, %pod, "adopting orphaned pod");
+                        api::adopt(&pod_api, pod, uid, &controller_ref(set)).await
+                    }
+                    Ok(_) => return,
+                    Err(e) => Err(e),
+                }
             }
             StsAction::DeletePod {
                 name: pod,
