@@ -42,7 +42,7 @@ impl Act<'_> {
             }
         }
         for r in &plan.removals {
-            apply::delete_object(client, self.namespace, &r.kind, &r.name, r.orphan).await?;
+            apply::delete_object(client, self.namespace, &r.kind, &r.name, false).await?;
             if r.kind == "StatefulSet" {
                 out.transitions.push(Transition::new(
                     Reason::GroupRemoved,

@@ -66,13 +66,12 @@ pub struct DrainStep {
 }
 
 /// Delete an object this BrokerGroup owns: one the spec no longer renders, or the
-/// StatefulSet of a group that is drained (`orphan`: false) or whose journal claims grew
-/// (`orphan`: true, so its pods stay and the next apply recreates it with the new size).
+/// StatefulSet of a group that is drained. (A StatefulSet recreated around grown claims is
+/// deleted by its [`Resize`], with Orphan propagation.)
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Removal {
     pub kind: String,
     pub name: String,
-    pub orphan: bool,
 }
 
 /// Grow the journal claims of `group` to `size`, then recreate its StatefulSet.
@@ -509,7 +508,6 @@ fn removals(
         .map(|o| Removal {
             kind: o.kind.clone(),
             name: o.name.clone(),
-            orphan: false,
         })
         .collect();
     for g in v.groups.iter().filter(|g| g.draining) {
@@ -522,8 +520,7 @@ fn removals(
             out.push(Removal {
                 kind: "StatefulSet".into(),
                 name: g.name.clone(),
-                orphan: false,
-            });
+                });
         }
     }
     out

@@ -540,7 +540,6 @@ fn given_a_removed_group_should_drain_it_into_the_others_and_delete_it_only_once
         vec![Removal {
             kind: "StatefulSet".into(),
             name: "pair-g1".into(),
-            orphan: false
         }]
     );
 }
