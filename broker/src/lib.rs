@@ -18,3 +18,4 @@ pub mod report;
 pub mod runtime;
 pub mod server;
 pub mod stomp;
+pub mod tls;

@@ -209,6 +209,8 @@ pub struct Metrics {
     pub grouping: GroupingMetrics,
     /// The shared database store (`storage.store: database`).
     pub database: crate::db::DatabaseMetrics,
+    /// TLS handshakes and certificate reloads.
+    pub tls: crate::tls::TlsMetrics,
 }
 
 impl Metrics {
@@ -222,6 +224,8 @@ impl Metrics {
         let network = NetworkMetrics::register(&mut registry);
         let grouping = GroupingMetrics::register(&mut registry);
         let database = crate::db::DatabaseMetrics::register(&mut registry);
+        let tls = crate::tls::TlsMetrics::default();
+        tls.register(&mut registry);
         let m = Metrics {
             messages_in: Counter::default(),
             messages_out: Counter::default(),
@@ -256,6 +260,7 @@ impl Metrics {
             network,
             grouping,
             database,
+            tls,
             registry: Mutex::new(Registry::default()),
         };
         registry.register("duomq_messages_in", "Messages accepted from producers", m.messages_in.clone());

@@ -14,6 +14,7 @@ use crate::ha::{self, backup::BackupOutcome, HaContext, HaError, LiveTerm, Start
 use crate::journal::JournalMetrics;
 use crate::metrics::Metrics;
 use crate::server::{self, connection::ConnectionContext};
+use crate::tls::TlsContext;
 use parking_lot::RwLock;
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -44,6 +45,8 @@ pub enum RunError {
     NotFileStore,
     #[error("failed to use the shared database")]
     Database(#[source] crate::db::DbError),
+    #[error("failed to load the TLS certificates (tls:)")]
+    Tls(#[source] crate::tls::TlsError),
 }
 
 /// How long shutdown waits for connections to finish their in-flight work.
@@ -53,6 +56,8 @@ const HAND_OVER_TIMEOUT: Duration = Duration::from_secs(30);
 
 struct Shared {
     config: Arc<BrokerConfig>,
+    /// The certificates in use for every listener and outgoing cluster connection.
+    tls: Arc<TlsContext>,
     users: Vec<User>,
     metrics: Arc<Metrics>,
     journal_metrics: JournalMetrics,
@@ -77,6 +82,18 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
     }
     let (metrics, journal_metrics) = Metrics::new(&config.metrics);
     let metrics = Arc::new(metrics);
+    let tls = TlsContext::new(&config.tls, metrics.tls.clone()).map_err(RunError::Tls)?;
+    if config.tls.any_enabled() {
+        tracing::info!(
+            stomp = config.tls.stomp.enabled,
+            cluster = config.tls.cluster.enabled,
+            admin = config.tls.admin.enabled,
+            client_auth = ?config.tls.stomp.client_auth,
+            "TLS on; certificate files checked for changes every {}", config.tls.reload_interval
+        );
+    }
+    let tls_watch = CancellationToken::new();
+    tokio::spawn(Arc::clone(&tls).watch(tls_watch.clone()));
 
     let admin_listener = bind("admin HTTP", config.admin.listen).await?;
     let state = AdminState {
@@ -91,12 +108,14 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
         network: Arc::new(RwLock::new(None)),
         config: Arc::clone(&config),
         fence: Arc::new(ha::fence::AdminFence::default()),
+        tls: Arc::clone(&tls),
+        users: Arc::new(users.clone()),
     };
     let admin_stop = CancellationToken::new();
     tracing::info!(addr = %admin_listener.local_addr().unwrap_or(config.admin.listen), "admin endpoint listening");
     let admin_task = tokio::spawn(admin::serve(admin_listener, state.clone(), admin_stop.clone()));
     let stomp_listener = bind("STOMP", config.stomp.listen).await?;
-    let shared = Shared { config: Arc::clone(&config), users, metrics, journal_metrics, state: state.clone() };
+    let shared = Shared { config: Arc::clone(&config), tls, users, metrics, journal_metrics, state: state.clone() };
 
     let result = match config.ha.policy {
         HaPolicy::Replication => run_replicated(&shared, &stomp_listener, &shutdown).await,
@@ -107,6 +126,7 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
         HaPolicy::None => run_standalone(&shared, &stomp_listener, &shutdown).await,
     };
     *state.role.write() = Role::Stopping;
+    tls_watch.cancel();
     admin_stop.cancel();
     let _ = admin_task.await;
     if result.is_ok() {
@@ -225,7 +245,7 @@ async fn serve_live(
     *shared.state.network.write() = Some(network);
     tracing::info!(addr = %listener.local_addr().unwrap_or(shared.config.stomp.listen), "STOMP listening");
     *shared.state.role.write() = Role::Live;
-    let ctx = ConnectionContext::new(Arc::clone(broker), Arc::clone(&shared.metrics), stop);
+    let ctx = ConnectionContext::new(Arc::clone(broker), Arc::clone(&shared.metrics), Arc::clone(&shared.tls), stop);
     server::run(listener, ctx, DRAIN_TIMEOUT).await;
     bridges.cancel();
     broker.set_group_router(None);

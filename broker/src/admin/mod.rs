@@ -50,6 +50,10 @@ pub struct AdminState {
     pub config: Arc<crate::config::BrokerConfig>,
     /// Fenced by an admin request; the node loops obey it.
     pub fence: Arc<crate::ha::fence::AdminFence>,
+    /// The certificates (`tls.admin.enabled`: the admin listener speaks TLS).
+    pub tls: Arc<crate::tls::TlsContext>,
+    /// Users and their passwords, for HTTP Basic on `/status`.
+    pub users: Arc<Vec<crate::config::User>>,
 }
 
 /// What a shared-store backup learned about the shared data directory when it last

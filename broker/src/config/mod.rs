@@ -9,6 +9,7 @@ pub mod connector_uri;
 mod database;
 mod ha;
 mod network;
+mod tls;
 mod units;
 
 pub use ha::{
@@ -17,9 +18,11 @@ pub use ha::{
 };
 pub use network::{DestinationFilter, GroupingConfig, GroupingHandler, NetworkConfig, NetworkConnector, MAX_NETWORK_TTL};
 pub use units::{ByteSize, HumanDuration};
+pub use tls::{ClientAuth, ListenerTlsConfig, Permission, Roles, StompTlsConfig, TlsConfig, TlsVersion};
 pub use database::{DatabaseConfig, DatabaseLeaseConfig, DatabaseUrlError, SslMode, StoreKind};
 
 use serde::{Deserialize, Serialize};
+use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use thiserror::Error;
@@ -58,6 +61,10 @@ pub struct BrokerConfig {
     pub memory: MemoryConfig,
     pub destinations: DestinationsConfig,
     pub auth: AuthConfig,
+    /// TLS on the STOMP listener, the cluster port and the admin API. Left out of a
+    /// rendered file at its default, so rendered configs without TLS stay the same.
+    #[serde(skip_serializing_if = "TlsConfig::is_default")]
+    pub tls: TlsConfig,
     pub ha: HaConfig,
     /// Store-and-forward bridges to other groups (accepted, not active yet).
     pub network: NetworkConfig,
@@ -180,12 +187,20 @@ impl Default for StompConfig {
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub listen: SocketAddr,
+    /// `/metrics` answers without credentials (for Prometheus); `false` asks for them as
+    /// `/status` does. `/healthz` and `/readyz` are always open (probes).
+    #[serde(skip_serializing_if = "is_true")]
+    pub open_metrics: bool,
 }
 
 impl Default for AdminConfig {
     fn default() -> AdminConfig {
-        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8161)) }
+        AdminConfig { listen: SocketAddr::from(([127, 0, 0, 1], 8161)), open_metrics: true }
     }
+}
+
+fn is_true(b: &bool) -> bool {
+    *b
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -273,7 +288,7 @@ impl Default for DestinationsConfig {
     }
 }
 
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize, Default)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
 pub struct AuthConfig {
     pub users: Vec<User>,
@@ -281,6 +296,48 @@ pub struct AuthConfig {
     pub users_file: Option<PathBuf>,
     /// With users configured, still accept clients that send no login.
     pub allow_anonymous: bool,
+    /// Role name → the users holding it (Artemis' roles file). Users from `users`,
+    /// `usersFile` and `certificateUsers` alike.
+    #[serde(skip_serializing_if = "Roles::is_empty")]
+    pub roles: Roles,
+    /// Roles of a client that logged in anonymously (`allowAnonymous`).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub anonymous_roles: Vec<String>,
+    /// Per-destination permissions. Empty: every authenticated client may do everything
+    /// (as before). With any entry, a destination no entry matches is denied.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub permissions: Vec<Permission>,
+    /// A client certificate's subject common name → the user it logs in as (with
+    /// `tls.stomp.clientAuth`). A CONNECT with a login as well must name the same user.
+    #[serde(skip_serializing_if = "BTreeMap::is_empty")]
+    pub certificate_users: BTreeMap<String, String>,
+    /// Users holding one of these roles may read `/status` (and `/metrics` when closed)
+    /// with HTTP Basic credentials. Admin writes need the cluster credentials.
+    #[serde(skip_serializing_if = "is_default_admin_roles")]
+    pub admin_roles: Vec<String>,
+}
+
+impl Default for AuthConfig {
+    fn default() -> AuthConfig {
+        AuthConfig {
+            users: Vec::new(),
+            users_file: None,
+            allow_anonymous: false,
+            roles: Roles::new(),
+            anonymous_roles: Vec::new(),
+            permissions: Vec::new(),
+            certificate_users: BTreeMap::new(),
+            admin_roles: default_admin_roles(),
+        }
+    }
+}
+
+fn default_admin_roles() -> Vec<String> {
+    vec!["admin".to_string()]
+}
+
+fn is_default_admin_roles(roles: &Vec<String>) -> bool {
+    *roles == default_admin_roles()
 }
 
 #[derive(Clone, PartialEq, Serialize, Deserialize)]
@@ -476,6 +533,14 @@ impl BrokerConfig {
                 });
             }
         }
+        for (cn, user) in &self.auth.certificate_users {
+            if cn.is_empty() || user.is_empty() || user.contains(':') {
+                return invalid("auth.certificateUsers", format!("{cn:?}: {user:?}: needs a common name and a user name without ':'"));
+            }
+        }
+        if let Err((field, message)) = self.tls.validate() {
+            return invalid(field, message);
+        }
         self.ha.validate()?;
         if self.ha.policy == HaPolicy::SharedStore && self.node.id.trim().is_empty() {
             // The generated id lives in dataDir/node-id, which the members share.
@@ -606,6 +671,19 @@ mod tests {
         let mut all = BrokerConfig::default();
         all.storage.store = StoreKind::Database;
         all.storage.database.url = Some("postgresql://h/db".into());
+        all.admin.open_metrics = false;
+        all.tls.stomp.enabled = true;
+        all.auth.roles.insert("admin".into(), vec!["ops".into()]);
+        all.auth.anonymous_roles = vec!["guest".into()];
+        all.auth.permissions = vec![Permission {
+            pattern: ">".into(),
+            send: vec!["a".into()],
+            consume: vec!["a".into()],
+            browse: vec!["a".into()],
+            create: vec!["a".into()],
+        }];
+        all.auth.certificate_users.insert("cn".into(), "ops".into());
+        all.auth.admin_roles = vec!["ops".into()];
         let full = serde_yaml::to_value(all).unwrap();
         fn keys(v: &serde_yaml::Value, prefix: &str, out: &mut Vec<String>) {
             if let serde_yaml::Value::Mapping(m) = v {
@@ -619,6 +697,8 @@ mod tests {
         let (mut a, mut b) = (Vec::new(), Vec::new());
         keys(&printed, "", &mut a);
         keys(&full, "", &mut b);
+        // Map entries are examples, not fields.
+        b.retain(|k| k != "auth.roles.admin" && k != "auth.certificateUsers.cn");
         a.sort();
         b.sort();
         assert_eq!(a, b);

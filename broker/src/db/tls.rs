@@ -26,12 +26,7 @@ pub enum TlsError {
     Config(#[source] rustls::Error),
 }
 
-/// ring, as the rest of the workspace (kube) uses: aws-lc-rs, which rustls now prefers
-/// for its post-quantum key exchange, needs cmake and a C build this project avoids.
-#[allow(deprecated)]
-fn provider() -> Arc<CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
-}
+use crate::tls::provider;
 
 /// The rustls settings for `mode` (not for `disable`), roots from `root_cert`.
 pub fn client_config(mode: SslMode, root_cert: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {

@@ -26,6 +26,7 @@ use crate::journal::MessageId;
 use crate::metrics::Metrics;
 use crate::report::error_chain;
 use crate::stomp::{CodecError, Command, Frame, HeartBeat, Inbound, Limits, StompCodec, Version};
+use crate::tls::{Stream, TlsContext};
 use bytes::BytesMut;
 use futures::future::BoxFuture;
 use futures::stream::{FuturesOrdered, StreamExt};
@@ -35,9 +36,7 @@ use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::OwnedReadHalf;
-use tokio::net::TcpStream;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::sync::mpsc;
 use tokio::time::Instant;
 use tokio_util::sync::CancellationToken;
@@ -53,6 +52,8 @@ pub enum FrameError {
     Destination(#[from] DestinationError),
     #[error("unsupported STOMP version; this broker speaks 1.0, 1.1 and 1.2")]
     Version,
+    #[error("the client certificate logs in as {user:?}, not the CONNECT login {login:?}")]
+    CertificateUser { login: String, user: String },
     #[error("authentication failed for login {0:?}")]
     Auth(String),
     #[error("{0} is not a client frame")]
@@ -182,14 +183,34 @@ impl Drop for PartialShare {
 pub struct ConnectionContext {
     pub broker: Arc<Broker>,
     pub metrics: Arc<Metrics>,
+    /// The certificates new connections are accepted with (`tls.stomp.enabled`).
+    pub tls: Arc<TlsContext>,
     pub shutdown: CancellationToken,
     pub partial_frames: Arc<PartialFrames>,
 }
 
 impl ConnectionContext {
-    pub fn new(broker: Arc<Broker>, metrics: Arc<Metrics>, shutdown: CancellationToken) -> ConnectionContext {
+    pub fn new(broker: Arc<Broker>, metrics: Arc<Metrics>, tls: Arc<TlsContext>, shutdown: CancellationToken) -> ConnectionContext {
         let partial_frames = Arc::new(PartialFrames::new(broker.config.stomp.max_partial_frame_bytes.as_usize()));
-        ConnectionContext { broker, metrics, shutdown, partial_frames }
+        ConnectionContext { broker, metrics, tls, shutdown, partial_frames }
+    }
+}
+
+/// The halves of a client's stream: TCP's own halves in plaintext (no lock between
+/// reader and writer), `tokio::io::split`'s over TLS.
+pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
+pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
+
+fn split(stream: Stream) -> (ReadHalf, WriteHalf) {
+    match stream {
+        Stream::Plain(tcp) => {
+            let (rd, wr) = tcp.into_split();
+            (Box::new(rd), Box::new(wr))
+        }
+        tls => {
+            let (rd, wr) = tokio::io::split(tls);
+            (Box::new(rd), Box::new(wr))
+        }
     }
 }
 
@@ -203,15 +224,17 @@ fn handshake_limits(full: Limits) -> Limits {
     }
 }
 
-pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ConnectionContext) {
-    let _ = stream.set_nodelay(true);
+pub async fn serve(stream: Stream, peer: SocketAddr, ctx: ConnectionContext) {
+    let _ = stream.tcp().set_nodelay(true);
+    // A client certificate, checked against tls.caFile in the handshake.
+    let certificate_name = stream.peer_common_name();
     let cfg = &ctx.broker.config.stomp;
     let limits = Limits {
         max_header_bytes: cfg.max_header_bytes.as_usize(),
         max_headers: cfg.max_headers,
         max_body_bytes: cfg.max_body_bytes.as_usize(),
     };
-    let (mut rd, mut wr) = stream.into_split();
+    let (mut rd, mut wr) = split(stream);
     let mut codec = StompCodec::new(handshake_limits(limits));
     let mut buf = BytesMut::with_capacity(16 * 1024);
 
@@ -233,7 +256,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ConnectionContext) 
         let refusal = FrameError::Draining(crate::engine::drain::refusal(ctx.broker.group_name()));
         return reject(&mut wr, &codec, &ctx, &refusal, connect.get("receipt")).await;
     }
-    let session = match handshake(&connect, &ctx.broker) {
+    let session = match handshake(&connect, &ctx.broker, certificate_name.as_deref()) {
         Ok(s) => s,
         Err(e) => return reject(&mut wr, &codec, &ctx, &e, connect.get("receipt")).await,
     };
@@ -303,13 +326,12 @@ struct Session {
     expect_every: Option<Duration>,
 }
 
-fn handshake(frame: &Frame, broker: &Broker) -> Result<Session, FrameError> {
+fn handshake(frame: &Frame, broker: &Broker, certificate_name: Option<&str>) -> Result<Session, FrameError> {
     if !matches!(frame.command, Command::Connect | Command::Stomp) {
         return Err(FrameError::UnexpectedCommand(frame.command));
     }
     let version = Version::negotiate(frame.get("accept-version")).ok_or(FrameError::Version)?;
-    let login = frame.get("login").unwrap_or("").to_string();
-    authenticate(broker, &login, frame.get("passcode"))?;
+    let login = authenticate(broker, frame.get("login").unwrap_or(""), frame.get("passcode"), certificate_name)?;
     let cfg = &broker.config.stomp;
     let ours = HeartBeat { can_send: cfg.heartbeat_send.get(), wants: cfg.heartbeat_receive.get() };
     let (send_every, expect_every) = HeartBeat::negotiate(ours, HeartBeat::parse(frame.get("heart-beat")));
@@ -323,18 +345,31 @@ fn handshake(frame: &Frame, broker: &Broker) -> Result<Session, FrameError> {
     })
 }
 
-fn authenticate(broker: &Broker, login: &str, passcode: Option<&str>) -> Result<(), FrameError> {
+/// Who the client is: the user its certificate maps to (`auth.certificateUsers`), else
+/// the user its login and passcode prove, else anonymous (`""`) where that is allowed:
+/// with no users configured, or with `auth.allowAnonymous` and no login sent. A login
+/// that proves nothing (no users configured) is not taken as a user.
+fn authenticate(broker: &Broker, login: &str, passcode: Option<&str>, certificate_name: Option<&str>) -> Result<String, FrameError> {
+    if let Some(user) = certificate_name.and_then(|cn| broker.config.auth.certificate_users.get(cn)) {
+        if !login.is_empty() && login != user {
+            return Err(FrameError::CertificateUser { login: login.to_string(), user: user.clone() });
+        }
+        return Ok(user.clone());
+    }
     let users = broker.users();
     if users.is_empty() {
-        return Ok(());
+        return Ok(String::new());
     }
     if login.is_empty() && passcode.is_none() && broker.config.auth.allow_anonymous {
-        return Ok(());
+        return Ok(String::new());
     }
     let given = passcode.unwrap_or("");
-    let ok = users.iter().any(|u| u.name == login && constant_time_eq(u.password.as_bytes(), given.as_bytes()));
+    // A user known only by certificate has no password and cannot log in with one.
+    let ok = users
+        .iter()
+        .any(|u| u.name == login && !u.password.is_empty() && constant_time_eq(u.password.as_bytes(), given.as_bytes()));
     if ok {
-        Ok(())
+        Ok(login.to_string())
     } else {
         Err(FrameError::Auth(login.to_string()))
     }
@@ -346,7 +381,7 @@ fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
 
 /// Sends an ERROR for a failed handshake and closes.
 async fn reject(
-    wr: &mut tokio::net::tcp::OwnedWriteHalf,
+    wr: &mut WriteHalf,
     codec: &StompCodec,
     ctx: &ConnectionContext,
     e: &FrameError,
@@ -369,7 +404,7 @@ fn error_frame(e: &FrameError, receipt: Option<&str>) -> Frame {
 }
 
 async fn read_frame(
-    rd: &mut OwnedReadHalf,
+    rd: &mut ReadHalf,
     codec: &mut StompCodec,
     buf: &mut BytesMut,
 ) -> Result<Option<Frame>, FrameError> {
@@ -481,7 +516,7 @@ struct Connection {
 impl Connection {
     async fn session_loop(
         &mut self,
-        mut rd: OwnedReadHalf,
+        mut rd: ReadHalf,
         mut codec: StompCodec,
         mut buf: BytesMut,
         expect_every: Option<Duration>,

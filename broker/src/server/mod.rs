@@ -5,6 +5,7 @@
 pub mod connection;
 mod writer;
 
+use crate::tls::{self, Listener};
 use connection::ConnectionContext;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -45,7 +46,17 @@ pub async fn run(listener: &TcpListener, ctx: ConnectionContext, drain: Duration
         let ctx = ctx.clone();
         let open = Arc::clone(&open);
         tracker.spawn(async move {
-            connection::serve(stream, peer, ctx.clone()).await;
+            // TLS (tls.stomp.enabled) within the connect timeout: a plaintext client on
+            // a TLS port fails here and is closed, never served in plaintext.
+            let acceptor = ctx.tls.acceptor(Listener::Stomp);
+            let timeout = ctx.broker.config.stomp.connect_timeout.get();
+            match tls::accept(stream, acceptor, timeout, Listener::Stomp, &ctx.metrics.tls).await {
+                Ok(stream) => connection::serve(stream, peer, ctx.clone()).await,
+                Err(e) => {
+                    ctx.metrics.connections_rejected.inc();
+                    tracing::debug!(%peer, error = %crate::report::error_chain(&e), "refused a STOMP connection");
+                }
+            }
             open.fetch_sub(1, Ordering::Relaxed);
             ctx.metrics.connections.dec();
         });

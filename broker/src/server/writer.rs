@@ -18,7 +18,6 @@ use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::AsyncWriteExt;
-use tokio::net::tcp::OwnedWriteHalf;
 use tokio::sync::{mpsc, Notify};
 use tokio_util::sync::CancellationToken;
 
@@ -89,7 +88,7 @@ fn receipt_cost(receipt_id: &str) -> usize {
 const BATCH_BYTES: usize = 256 * 1024;
 
 pub struct Writer {
-    pub socket: OwnedWriteHalf,
+    pub socket: super::connection::WriteHalf,
     pub outbox: mpsc::UnboundedReceiver<Outbound>,
     pub codec: StompCodec,
     pub heartbeat: Option<Duration>,
