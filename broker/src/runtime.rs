@@ -207,6 +207,7 @@ fn identity(shared: &Shared, broker: &Broker) -> Result<crate::network::Identity
         group: broker.group_name().to_string(),
         user: ha.cluster.user.clone(),
         password,
+        tls: Arc::clone(&shared.tls),
         check_period: ha.check_period.get().max(Duration::from_millis(200)),
         // A bridge's loop may wait on a full destination; it is not the live's heartbeat.
         connection_ttl: (ha.connection_ttl.get() * 3).max(Duration::from_secs(3)),
@@ -278,7 +279,8 @@ fn resolve_node_id(shared: &Shared) -> Result<String, RunError> {
 
 /// What a member of a live/backup group shares with its HA machinery (`/status` `ha`).
 async fn ha_context(shared: &Shared, node_id: String) -> Result<Arc<HaContext>, RunError> {
-    HaContext::new(&shared.config, node_id, Arc::clone(&shared.state.ha), Arc::clone(&shared.state.role), shared.metrics.lease.clone())
+    let (status, role, lease) = (Arc::clone(&shared.state.ha), Arc::clone(&shared.state.role), shared.metrics.lease.clone());
+    HaContext::new(&shared.config, node_id, status, role, lease, Arc::clone(&shared.tls))
         .await
         .map_err(RunError::Ha)
 }
@@ -298,7 +300,7 @@ async fn hold_fenced(shared: &Shared, ctx: &HaContext, stomp: &TcpListener, shut
     ctx.arbiter.release().await;
     tracing::warn!(group = %ctx.group, "fenced by an admin request: not replicating and never live until unfenced; the data directory is kept");
     let stop_responder = CancellationToken::new();
-    let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), stop_responder.clone());
+    let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), Arc::clone(&shared.tls), stop_responder.clone());
     let held = tokio::select! {
         _ = fence.unfenced() => Some(true),
         _ = shutdown.cancelled() => None,
@@ -346,7 +348,7 @@ async fn run_replicated(shared: &Shared, stomp: &TcpListener, shutdown: &Cancell
                 }
                 *shared.state.broker.write() = None;
                 let stop_responder = CancellationToken::new();
-                let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), stop_responder.clone());
+                let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), Arc::clone(&shared.tls), stop_responder.clone());
                 let outcome = tokio::select! {
                     // Polled first: what was won (a claim, the lock, the lease) is then given up as it
                     // should be, by a live term that obeys the fence at once or by the fenced hold.
@@ -515,7 +517,7 @@ async fn run_shared_store(shared: &Shared, stomp: &TcpListener, shutdown: &Cance
             return Ok(());
         }
         let stop_responder = CancellationToken::new();
-        let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), stop_responder.clone());
+        let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), Arc::clone(&shared.tls), stop_responder.clone());
         let broker = tokio::select! {
             // Polled first: what was won (a claim, the lock, the lease) is then given up as it
             // should be, by a live term that obeys the fence at once or by the fenced hold.
@@ -657,7 +659,7 @@ async fn run_shared_database(shared: &Shared, stomp: &TcpListener, shutdown: &Ca
         }
         *shared.state.broker.write() = None;
         let stop_responder = CancellationToken::new();
-        let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), stop_responder.clone());
+        let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), Arc::clone(&shared.tls), stop_responder.clone());
         let taken = tokio::select! {
             // Polled first: what was won (a claim, the lock, the lease) is then given up as it
             // should be, by a live term that obeys the fence at once or by the fenced hold.

@@ -7,6 +7,7 @@ pub mod auth;
 pub mod conn;
 pub mod frame;
 pub mod handshake;
+pub mod transport;
 
 pub use conn::{ClusterConn, ClusterConnError};
 pub use frame::{ClusterCodec, ClusterCodecError, ClusterFrame, Purpose, SegmentDigest, SegmentExtent, PROTOCOL_VERSION};
@@ -14,3 +15,4 @@ pub use handshake::{
     accept_handshake, busy_reason, connect_handshake, refusal_bytes, ClientPeer, HandshakeConfig, HandshakeError, ServerPeer,
     DEFAULT_HANDSHAKE_TIMEOUT, HANDSHAKE_MAX_FRAME, MAX_HANDSHAKE_NAME,
 };
+pub use transport::TransportError;

@@ -13,7 +13,7 @@ use parking_lot::Mutex;
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
+use crate::tls::Stream;
 use crate::network::link::Wire;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -178,7 +178,7 @@ impl LocalHandler {
     }
 
     /// Answers one remote handler until its connection ends.
-    pub async fn serve(self: &Arc<Self>, conn: ClusterConn<TcpStream>, peer: ClientPeer, identity: &crate::network::Identity) {
+    pub async fn serve(self: &Arc<Self>, conn: ClusterConn<Stream>, peer: ClientPeer, identity: &crate::network::Identity) {
         tracing::info!(remote = %peer.node_id, group = %peer.group, "remote grouping handler connected");
         let (stream, codec, buf) = conn.into_parts();
         let mut wire = Wire::start(stream, codec, buf);

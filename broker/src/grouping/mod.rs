@@ -84,7 +84,7 @@ impl Grouping {
     }
 
     /// Serves a remote handler's connection (local handler only).
-    pub async fn serve_remote(&self, conn: crate::cluster::ClusterConn<tokio::net::TcpStream>, peer: crate::cluster::ClientPeer, identity: &crate::network::Identity) {
+    pub async fn serve_remote(&self, conn: crate::cluster::ClusterConn<crate::tls::Stream>, peer: crate::cluster::ClientPeer, identity: &crate::network::Identity) {
         match &self.handler {
             Handler::Local(h) => h.serve(conn, peer, identity).await,
             Handler::Remote(_) => {

@@ -5,7 +5,7 @@
 //! link for `grouping.groupTimeout` is forgotten, as the local handler may have reaped it.
 
 use super::GroupingError;
-use crate::cluster::{connect_handshake, ClusterFrame, HandshakeConfig, Purpose, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::cluster::{ClusterFrame, HandshakeConfig, Purpose, DEFAULT_HANDSHAKE_TIMEOUT};
 use crate::config::connector_uri::{ConnectorUri, TcpAddress};
 use crate::config::GroupingConfig;
 use crate::metrics::GroupingMetrics;
@@ -15,7 +15,7 @@ use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
+use crate::tls::Stream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio_util::sync::CancellationToken;
 
@@ -199,13 +199,7 @@ impl RemoteHandler {
         }
     }
 
-    async fn attempt(&self, address: &TcpAddress) -> Result<(crate::cluster::ClusterConn<TcpStream>, String), String> {
-        let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((address.host.as_str(), address.port))).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(format!("failed to connect: {e}")),
-            Err(_) => return Err(format!("no answer within {CONNECT_TIMEOUT:?}")),
-        };
-        let _ = stream.set_nodelay(true);
+    async fn attempt(&self, address: &TcpAddress) -> Result<(crate::cluster::ClusterConn<Stream>, String), String> {
         let config = HandshakeConfig {
             node_id: self.identity.node_id.clone(),
             group: self.identity.group.clone(),
@@ -216,7 +210,9 @@ impl RemoteHandler {
             max_frame: crate::ha::MAX_CLUSTER_FRAME,
             timeout: DEFAULT_HANDSHAKE_TIMEOUT,
         };
-        let (mut conn, peer) = connect_handshake(stream, &config).await.map_err(|e| crate::report::error_chain(&e))?;
+        let (mut conn, peer) = crate::cluster::transport::open(&address.host, address.port, &self.identity.tls, &config, CONNECT_TIMEOUT)
+            .await
+            .map_err(|e| e.describe())?;
         if peer.role != "live" {
             let said = match tokio::time::timeout(Duration::from_secs(1), conn.recv()).await {
                 Ok(Ok(Some(ClusterFrame::Goodbye { reason }))) => reason,
@@ -227,7 +223,7 @@ impl RemoteHandler {
         Ok((conn, peer.node_id))
     }
 
-    async fn serve(&self, conn: crate::cluster::ClusterConn<TcpStream>, address: &TcpAddress, peer_node: &str, stop: &CancellationToken) {
+    async fn serve(&self, conn: crate::cluster::ClusterConn<Stream>, address: &TcpAddress, peer_node: &str, stop: &CancellationToken) {
         let (stream, codec, buf) = conn.into_parts();
         let mut wire = crate::network::link::Wire::start(stream, codec, buf);
         let out = wire.out.clone();

@@ -9,11 +9,10 @@ use super::arbiter::{ActivationRequest, Decision};
 use super::epoch::Epoch;
 use super::{probe, HaContext, HaError};
 use crate::admin::api::SyncState;
-use crate::cluster::{connect_handshake, ClusterFrame, Purpose, SegmentDigest};
+use crate::cluster::{ClusterFrame, Purpose, SegmentDigest, TransportError};
 use crate::config::{BackupAck, Member, PreferredRole};
 use crate::journal::Mirror;
 use std::sync::Arc;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::AbortOnDropHandle;
 
@@ -109,15 +108,12 @@ pub async fn run(ctx: &HaContext, shutdown: &CancellationToken) -> Result<Backup
 
 /// Mirrors one live until the connection ends.
 async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &CancellationToken) -> Followed {
-    let stream = match tokio::time::timeout(ctx.config.connection_ttl.get(), TcpStream::connect(&live.cluster)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Followed::Lost { synced: false, reason: format!("failed to connect: {e}") },
-        Err(_) => return Followed::Lost { synced: false, reason: "connect timed out".into() },
-    };
-    let _ = stream.set_nodelay(true);
-    let (mut conn, peer) = match connect_handshake(stream, &ctx.handshake(Purpose::Replicate)).await {
+    let (mut conn, peer) = match ctx.open(&live.cluster, Purpose::Replicate, ctx.config.connection_ttl.get()).await {
         Ok(x) => x,
-        Err(e) => return Followed::Refused { reason: error_chain(&e) },
+        Err(e @ (TransportError::Connect { .. } | TransportError::ConnectTimeout { .. })) => {
+            return Followed::Lost { synced: false, reason: e.describe() }
+        }
+        Err(e) => return Followed::Refused { reason: e.describe() },
     };
     if peer.role != "live" {
         return Followed::Refused { reason: format!("{} is {}, not live", peer.node_id, peer.role) };

@@ -23,7 +23,8 @@ pub mod shared_store;
 pub mod switchover;
 
 use crate::admin::api::{BackupStatus, HaStatus, Role, SyncState, SyncStatus};
-use crate::cluster::{accept_handshake, ClusterFrame, HandshakeConfig, Purpose, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::cluster::{ClusterFrame, HandshakeConfig, Purpose, TransportError, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::tls::{Stream, TlsContext};
 use crate::config::{ArbiterKind, BrokerConfig, HaConfig, HaPolicy, PreferredRole};
 use crate::journal::{Journal, JournalError};
 use crate::metrics::{ClusterMetrics, ClusterRefusedLabels};
@@ -36,6 +37,7 @@ use std::path::PathBuf;
 use std::sync::Arc;
 use thiserror::Error;
 use tokio::net::{TcpListener, TcpStream};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 /// Largest cluster frame: a journal chunk plus headroom.
@@ -72,6 +74,11 @@ pub struct HaContext {
     epoch: Mutex<Epoch>,
     epoch_store: EpochStore,
     pub arbiter: Arc<dyn Arbiter>,
+    /// The certificates for the cluster port and every connection to another member.
+    pub tls: Arc<TlsContext>,
+    /// The last refusal met dialling each member (TLS, credentials), logged at warn when it
+    /// changes; forgotten once the member lets a connection through.
+    dial_refusals: Mutex<std::collections::HashMap<String, String>>,
     pub journal_dir: PathBuf,
     /// What `/status` shows under `ha`.
     pub status: Arc<RwLock<Option<HaStatus>>>,
@@ -136,6 +143,7 @@ impl HaContext {
         status: Arc<RwLock<Option<HaStatus>>>,
         role: Arc<RwLock<Role>>,
         lease_metrics: LeaseMetrics,
+        tls: Arc<TlsContext>,
     ) -> Result<Arc<HaContext>, HaError> {
         let ha = config.ha.clone();
         let password = ha.load_password().map_err(HaError::Password)?.into_bytes();
@@ -184,6 +192,8 @@ impl HaContext {
                 epoch: Mutex::new(epoch),
                 epoch_store,
                 arbiter,
+                tls,
+                dial_refusals: Mutex::new(std::collections::HashMap::new()),
                 journal_dir: config.storage.data_dir.join("journal"),
                 status,
                 live_stomp: Arc::new(RwLock::new(None)),
@@ -276,6 +286,36 @@ impl HaContext {
         }
     }
 
+    /// Opens a cluster connection to another member (`addr` is `host:port`), over TLS when
+    /// the cluster port is on TLS. A refusal (TLS, credentials) is logged at warn when it
+    /// differs from the last one, so a probe every check period does not repeat it.
+    pub async fn open(
+        &self,
+        addr: &str,
+        purpose: Purpose,
+        connect_timeout: Duration,
+    ) -> Result<(crate::cluster::ClusterConn<Stream>, crate::cluster::ServerPeer), TransportError> {
+        let (host, port) = crate::cluster::transport::split_addr(addr).ok_or_else(|| TransportError::Address { addr: addr.to_string() })?;
+        match crate::cluster::transport::open(host, port, &self.tls, &self.handshake(purpose), connect_timeout).await {
+            Ok(x) => {
+                self.dial_refusals.lock().remove(addr);
+                Ok(x)
+            }
+            Err(e) => {
+                let refused = e.is_tls() || e.handshake().is_some_and(|h| h.kind() == "authentication" || h.kind() == "mismatch");
+                if refused {
+                    let described = e.describe();
+                    let mut last = self.dial_refusals.lock();
+                    if last.get(addr) != Some(&described) {
+                        tracing::warn!(member = %addr, error = %described, "cluster connection to a member refused");
+                        last.insert(addr.to_string(), described);
+                    }
+                }
+                Err(e)
+            }
+        }
+    }
+
     fn publish(&self, sync: Option<SyncStatus>) {
         let role = *self.role.read();
         let backups = self.backups.lock().clone();
@@ -357,10 +397,7 @@ impl HaContext {
 
 /// Asks one voter whether the live is gone.
 async fn ask_vote(ctx: &HaContext, addr: &str, request: arbiter::ActivationRequest) -> Result<Vote, String> {
-    let stream = TcpStream::connect(addr).await.map_err(|e| format!("failed to connect: {e}"))?;
-    let (mut conn, _) = crate::cluster::connect_handshake(stream, &ctx.handshake(Purpose::Vote))
-        .await
-        .map_err(|e| crate::report::error_chain(&e))?;
+    let (mut conn, _) = ctx.open(addr, Purpose::Vote, ctx.config.connection_ttl.get()).await.map_err(|e| e.describe())?;
     conn.send(&ClusterFrame::VoteRequest {
         group: request.group,
         live_node: request.live_node,
@@ -408,7 +445,7 @@ pub async fn serve_cluster(
                 _ => "starting",
             };
             let config = ctx.handshake(Purpose::Probe);
-            let Some((mut conn, peer)) = admitted.handshake(&config, role, &metrics, &logs).await else {
+            let Some((mut conn, peer)) = admitted.handshake(&config, role, &ctx.tls, &metrics, &logs).await else {
                 return;
             };
             match peer.purpose {
@@ -474,16 +511,18 @@ pub struct Admitted {
 impl Admitted {
     /// Runs the server side of the handshake while the connection holds its place. A
     /// handshake that fails, or is displaced by a newcomer, is counted and logged; `None`.
+    /// TLS comes first when the cluster port is on TLS, within the same place and timeout.
     pub async fn handshake(
         self,
         config: &HandshakeConfig,
         role: &str,
+        tls: &TlsContext,
         metrics: &ClusterMetrics,
         logs: &RefusalLogs,
-    ) -> Option<(crate::cluster::ClusterConn<TcpStream>, crate::cluster::ClientPeer)> {
+    ) -> Option<(crate::cluster::ClusterConn<Stream>, crate::cluster::ClientPeer)> {
         let Admitted { stream, peer_addr, place, limit } = self;
         let handshake = tokio::select! {
-            result = accept_handshake(stream, config, role) => Some(result),
+            result = crate::cluster::transport::accept(stream, tls, config, role) => Some(result),
             _ = place.displaced().cancelled() => None,
         };
         drop(place);
@@ -506,7 +545,7 @@ impl Admitted {
                 metrics.refused.get_or_create(&ClusterRefusedLabels { reason: e.kind() }).inc();
                 let allowed = logs.failed.lock().allow();
                 if let Some(refused) = allowed {
-                    tracing::warn!(peer = %peer_addr, error = %crate::report::error_chain(&e), refused, "refused a cluster connection");
+                    tracing::warn!(peer = %peer_addr, error = %e.describe(), refused, "refused a cluster connection");
                 }
                 None
             }

@@ -2,16 +2,16 @@
 //! node id, role and epoch, and nothing else happens on that connection.
 
 use super::HaContext;
-use crate::cluster::{connect_handshake, Purpose, ServerPeer};
+use crate::cluster::{Purpose, ServerPeer};
 use crate::config::Member;
-use tokio::net::TcpStream;
 
 /// Why a probe got no answer about who the member is.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ProbeError {
     pub reason: String,
-    /// The member turned the probe away because too many handshakes were under way on its
-    /// cluster port (`ha.cluster.maxPendingConnections`): it is up.
+    /// The member answered but did not let the probe through: too many handshakes were
+    /// under way on its cluster port (`ha.cluster.maxPendingConnections`), or TLS failed
+    /// (another CA, an expired certificate, TLS on one end only). It is up.
     pub busy: bool,
 }
 
@@ -23,16 +23,9 @@ impl std::fmt::Display for ProbeError {
 
 /// Probes one cluster address.
 pub async fn probe(ctx: &HaContext, addr: &str) -> Result<ServerPeer, ProbeError> {
-    let timeout = ctx.config.connection_ttl.get();
-    let unreachable = |reason: String| ProbeError { reason, busy: false };
-    let stream = match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(unreachable(format!("failed to connect to {addr}: {e}"))),
-        Err(_) => return Err(unreachable(format!("connecting to {addr} timed out"))),
-    };
-    match connect_handshake(stream, &ctx.handshake(Purpose::Probe)).await {
+    match ctx.open(addr, Purpose::Probe, ctx.config.connection_ttl.get()).await {
         Ok((_, peer)) => Ok(peer),
-        Err(e) => Err(ProbeError { reason: crate::report::error_chain(&e), busy: e.is_busy() }),
+        Err(e) => Err(ProbeError { reason: e.describe(), busy: e.answered() }),
     }
 }
 

@@ -14,7 +14,7 @@ use crate::cluster::{ClientPeer, ClusterConn, ClusterFrame, SegmentDigest, Segme
 use crate::journal::{Journal, JournalPosition, SegmentOnDisk, SegmentReader, SEGMENT_HEADER_LEN};
 use std::collections::{BTreeMap, BTreeSet};
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
+use crate::tls::Stream;
 use tokio_util::sync::CancellationToken;
 
 /// Bytes read and sent per Append frame.
@@ -41,7 +41,7 @@ pub async fn serve(
     ctx: &HaContext,
     term: &LiveTerm,
     journal: &Journal,
-    conn: &mut ClusterConn<TcpStream>,
+    conn: &mut ClusterConn<Stream>,
     peer: &ClientPeer,
     stop: &CancellationToken,
 ) -> Result<ReplicaEnd, HaError> {
@@ -82,7 +82,7 @@ async fn stream(
     ctx: &HaContext,
     term: &LiveTerm,
     journal: &Journal,
-    conn: &mut ClusterConn<TcpStream>,
+    conn: &mut ClusterConn<Stream>,
     peer: &ClientPeer,
     stop: &CancellationToken,
     replica: crate::journal::ReplicaId,

@@ -13,6 +13,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpListener;
+use crate::tls::{self, Listener, TlsContext};
 use tokio_util::sync::CancellationToken;
 
 /// The first frame a backup reads from a client: a CONNECT (or whatever the client sends
@@ -34,17 +35,19 @@ pub fn not_live_message(group: &str, live: Option<&str>) -> String {
 }
 
 /// Answers every client with "not live" until `stop` is cancelled. `live` is read per
-/// connection, so the answer follows the group as it changes.
+/// connection, so the answer follows the group as it changes. With `tls.stomp.enabled`
+/// the answer goes over TLS, as the live's would, so `stomp+ssl://` clients read it.
 pub async fn serve(
     listener: &TcpListener,
     group: String,
     live: Arc<parking_lot::RwLock<Option<String>>>,
+    tls: Arc<TlsContext>,
     stop: CancellationToken,
 ) {
     let answering = Arc::new(tokio::sync::Semaphore::new(MAX_RESPONDER_CONNECTIONS));
     let refused = AtomicU64::new(0);
     loop {
-        let (mut stream, peer) = tokio::select! {
+        let (tcp, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(_) => {
@@ -62,8 +65,17 @@ pub async fn serve(
             continue;
         };
         let message = not_live_message(&group, live.read().as_deref());
+        let tls = Arc::clone(&tls);
         tokio::spawn(async move {
             let _permit = permit;
+            let acceptor = tls.acceptor(Listener::Stomp);
+            let mut stream = match tls::accept(tcp, acceptor, FIRST_FRAME_TIMEOUT, Listener::Stomp, &tls.metrics).await {
+                Ok(s) => s,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "backup refused a STOMP connection");
+                    return;
+                }
+            };
             let mut codec = StompCodec::new(RESPONDER_LIMITS);
             let mut buf = BytesMut::with_capacity(1024);
             let first = tokio::time::timeout(FIRST_FRAME_TIMEOUT, async {

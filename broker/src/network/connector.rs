@@ -9,13 +9,13 @@ use super::link::{self, Roles};
 use super::{LinkShared, Network};
 use crate::admin::api::LinkState;
 use crate::cluster::frame::ClusterFrame;
-use crate::cluster::{connect_handshake, HandshakeConfig, HandshakeError, Purpose, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::cluster::{HandshakeConfig, HandshakeError, Purpose, DEFAULT_HANDSHAKE_TIMEOUT};
 use crate::config::connector_uri::TcpAddress;
 use parking_lot::Mutex;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::net::TcpStream;
+use crate::tls::Stream;
 
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const FIRST_RETRY: Duration = Duration::from_millis(100);
@@ -145,7 +145,7 @@ pub async fn run(net: Arc<Network>, plan: LinkPlan) {
         plan.state.set(state, Some(message.clone()));
         if logged_failure.as_deref() != Some(message.as_str()) {
             if refused {
-                tracing::warn!(connector = %plan.name, error = %message, "bridge refused (check the remote's cluster user and password); retrying");
+                tracing::warn!(connector = %plan.name, error = %message, "bridge refused (check the remote's cluster user and password, or the certificates: see the error); retrying");
             } else {
                 tracing::info!(connector = %plan.name, error = %message, "bridge not linked yet; retrying");
             }
@@ -167,16 +167,9 @@ struct Failure {
 
 type Parts = (crate::cluster::ClusterCodec, bytes::BytesMut);
 
-async fn attempt(net: &Network, plan: &LinkPlan, address: &TcpAddress) -> Result<(TcpStream, Parts, String, String), Failure> {
+async fn attempt(net: &Network, plan: &LinkPlan, address: &TcpAddress) -> Result<(Stream, Parts, String, String), Failure> {
     let fail = |message: String| Failure { message, auth: false };
     let password = plan.password.load().map_err(|message| Failure { message, auth: true })?;
-    let host = address.host.as_str();
-    let stream = match tokio::time::timeout(CONNECT_TIMEOUT, TcpStream::connect((host, address.port))).await {
-        Ok(Ok(s)) => s,
-        Ok(Err(e)) => return Err(fail(format!("failed to connect: {e}"))),
-        Err(_) => return Err(fail(format!("no answer within {CONNECT_TIMEOUT:?}"))),
-    };
-    let _ = stream.set_nodelay(true);
     let config = HandshakeConfig {
         node_id: net.identity.node_id.clone(),
         group: net.identity.group.clone(),
@@ -187,14 +180,14 @@ async fn attempt(net: &Network, plan: &LinkPlan, address: &TcpAddress) -> Result
         max_frame: crate::ha::MAX_CLUSTER_FRAME,
         timeout: DEFAULT_HANDSHAKE_TIMEOUT,
     };
-    let (mut conn, peer) = match connect_handshake(stream, &config).await {
+    let opened = crate::cluster::transport::open(&address.host, address.port, &net.identity.tls, &config, CONNECT_TIMEOUT).await;
+    let (mut conn, peer) = match opened {
         Ok(x) => x,
         Err(e) => {
-            let auth = matches!(
-                e,
-                HandshakeError::ServerProofInvalid { .. } | HandshakeError::BridgeIntoOwnGroup { .. }
-            ) || matches!(&e, HandshakeError::Refused { reason } if reason.contains("authentication"));
-            return Err(Failure { message: crate::report::error_chain(&e), auth });
+            let auth = e.is_tls()
+                || matches!(e.handshake(), Some(HandshakeError::ServerProofInvalid { .. } | HandshakeError::BridgeIntoOwnGroup { .. }))
+                || matches!(e.handshake(), Some(HandshakeError::Refused { reason }) if reason.contains("authentication"));
+            return Err(Failure { message: e.describe(), auth });
         }
     };
     if peer.role != "live" {
@@ -227,7 +220,7 @@ async fn serve(
     plan: &LinkPlan,
     forwarder: &mut Forwarder,
     address: &TcpAddress,
-    stream: TcpStream,
+    stream: Stream,
     (codec, buf): Parts,
     peer_node: String,
     peer_group: String,

@@ -19,8 +19,8 @@ use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
-use tokio::net::TcpStream;
+use crate::tls::Stream;
+use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
 
 /// How often demand that changed is sent, at most.
@@ -41,7 +41,7 @@ pub struct Roles<'a> {
 pub async fn run(
     net: &Arc<Network>,
     link: &Arc<LinkShared>,
-    stream: TcpStream,
+    stream: Stream,
     codec: ClusterCodec,
     read_buf: BytesMut,
     roles: Roles<'_>,
@@ -64,8 +64,8 @@ pub(crate) struct Wire {
 }
 
 impl Wire {
-    pub(crate) fn start(stream: TcpStream, codec: ClusterCodec, read_buf: BytesMut) -> Wire {
-        let (rd, wr) = stream.into_split();
+    pub(crate) fn start(stream: Stream, codec: ClusterCodec, read_buf: BytesMut) -> Wire {
+        let (rd, wr) = tokio::io::split(stream);
         let (in_tx, inbound) = mpsc::unbounded_channel();
         let (out, out_rx) = mpsc::unbounded_channel::<ClusterFrame>();
         let heard = Arc::new(parking_lot::Mutex::new(Instant::now()));
@@ -248,7 +248,7 @@ async fn next_delivery(rx: &mut Option<mpsc::UnboundedReceiver<crate::engine::qu
 /// Reads frames for the session, and answers pings itself: a session waiting for room on
 /// a full destination still shows the remote it is alive.
 async fn read_loop(
-    mut rd: OwnedReadHalf,
+    mut rd: ReadHalf<Stream>,
     mut codec: ClusterCodec,
     mut buf: BytesMut,
     tx: mpsc::UnboundedSender<Result<ClusterFrame, String>>,
@@ -296,7 +296,7 @@ async fn read_loop(
     }
 }
 
-async fn write_loop(mut wr: OwnedWriteHalf, mut codec: ClusterCodec, mut rx: mpsc::UnboundedReceiver<ClusterFrame>) {
+async fn write_loop(mut wr: WriteHalf<Stream>, mut codec: ClusterCodec, mut rx: mpsc::UnboundedReceiver<ClusterFrame>) {
     let mut buf = BytesMut::new();
     while let Some(frame) = rx.recv().await {
         let mut next = Some(frame);

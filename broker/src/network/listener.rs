@@ -36,8 +36,9 @@ pub async fn serve(
             return;
         };
         let (config, network, metrics, logs) = (Arc::clone(&config), Arc::clone(&network), metrics.clone(), Arc::clone(&logs));
+        let identity = identity.clone();
         tokio::spawn(async move {
-            let Some((mut conn, peer)) = admitted.handshake(&config, "live", &metrics, &logs).await else {
+            let Some((mut conn, peer)) = admitted.handshake(&config, "live", &identity.tls, &metrics, &logs).await else {
                 return;
             };
             match peer.purpose {

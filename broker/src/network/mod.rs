@@ -32,7 +32,6 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 use thiserror::Error;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, Error)]
@@ -54,6 +53,8 @@ pub struct Identity {
     /// This broker's cluster password: what inbound links prove, and what connectors use
     /// unless they name the remote's.
     pub password: Vec<u8>,
+    /// The certificates for the cluster port and outgoing links (`tls.cluster.enabled`).
+    pub tls: Arc<crate::tls::TlsContext>,
     /// How often a link pings, and how long a silent one has.
     pub check_period: Duration,
     pub connection_ttl: Duration,
@@ -257,7 +258,7 @@ impl Network {
 
     /// Serves what a peer opened to this live's cluster port: a bridge, or a remote
     /// grouping handler (the cluster listener hands both over after the handshake).
-    pub async fn serve_peer(self: &Arc<Self>, conn: ClusterConn<TcpStream>, peer: ClientPeer) {
+    pub async fn serve_peer(self: &Arc<Self>, conn: ClusterConn<crate::tls::Stream>, peer: ClientPeer) {
         match peer.purpose {
             crate::cluster::Purpose::Grouping => self.serve_grouping(conn, peer).await,
             _ => self.serve_inbound(conn, peer).await,
@@ -265,7 +266,7 @@ impl Network {
     }
 
     /// Serves a remote grouping handler's connection.
-    async fn serve_grouping(&self, mut conn: ClusterConn<TcpStream>, peer: ClientPeer) {
+    async fn serve_grouping(&self, mut conn: ClusterConn<crate::tls::Stream>, peer: ClientPeer) {
         match self.grouping() {
             Some(g) => g.serve_remote(conn, peer, &self.identity).await,
             None => {
@@ -294,7 +295,7 @@ impl Network {
     }
 
     /// Serves a link another broker's connector opened to us.
-    async fn serve_inbound(self: &Arc<Self>, mut conn: ClusterConn<TcpStream>, peer: ClientPeer) {
+    async fn serve_inbound(self: &Arc<Self>, mut conn: ClusterConn<crate::tls::Stream>, peer: ClientPeer) {
         let open = tokio::time::timeout(crate::cluster::DEFAULT_HANDSHAKE_TIMEOUT, conn.recv()).await;
         let (connector, duplex, network_ttl, prefetch, decrease_priority, replay) = match open {
             Ok(Ok(Some(ClusterFrame::BridgeOpen { connector, duplex, network_ttl, prefetch, decrease_priority, replay }))) => (
