@@ -16,6 +16,7 @@ pub mod metrics;
 pub mod network;
 pub mod report;
 pub mod runtime;
+pub mod security;
 pub mod server;
 pub mod stomp;
 pub mod tls;

@@ -538,6 +538,9 @@ impl BrokerConfig {
                 return invalid("auth.certificateUsers", format!("{cn:?}: {user:?}: needs a common name and a user name without ':'"));
             }
         }
+        if let Err(e) = crate::security::validate(&self.auth) {
+            return invalid(e.field, e.message);
+        }
         if let Err((field, message)) = self.tls.validate() {
             return invalid(field, message);
         }

@@ -2,7 +2,10 @@
 //! destinations were reclaimed, which slow topic subscribers were cut off, which group
 //! bindings were evicted.
 //!
-//! Labels are the names of limits (a fixed set), never destination or client names.
+//! What clients were not authorized to do is counted here too, by permission.
+//!
+//! Labels are the names of limits and permissions (fixed sets), never destination or
+//! client names.
 
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -65,6 +68,11 @@ struct LimitLabels {
     limit: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PermissionLabels {
+    permission: &'static str,
+}
+
 /// Engine metrics. Clones share the same underlying values.
 #[derive(Debug, Clone, Default)]
 pub struct EngineMetrics {
@@ -73,6 +81,7 @@ pub struct EngineMetrics {
     pub slow_subscribers_disconnected: Counter,
     pub topic_copies_dropped: Counter,
     pub group_bindings_evicted: Counter,
+    authorization_denied: Family<PermissionLabels, Counter>,
 }
 
 impl EngineMetrics {
@@ -104,7 +113,21 @@ impl EngineMetrics {
             "Idle message-group bindings dropped, least recently used first, to bind a new group past grouping.maxGroups",
             m.group_bindings_evicted.clone(),
         );
+        registry.register(
+            "duomq_authorization_denied",
+            "Client frames refused because the client's roles lack the permission (auth.permissions), by permission",
+            m.authorization_denied.clone(),
+        );
+        // Every series from the start: a dashboard sees 0, not nothing, until a denial.
+        for permission in crate::security::Permission::ALL {
+            let _ = m.authorization_denied.get_or_create(&PermissionLabels { permission: permission.as_str() });
+        }
         m
+    }
+
+    /// Counts a frame refused for want of `permission`.
+    pub fn authorization_denied(&self, permission: crate::security::Permission) {
+        self.authorization_denied.get_or_create(&PermissionLabels { permission: permission.as_str() }).inc();
     }
 
     pub fn limit_hit(&self, limit: Limit) {

@@ -143,6 +143,8 @@ pub struct Broker {
     next_id: AtomicU64,
     next_consumer: AtomicU64,
     users: Vec<User>,
+    /// What clients may do on which destinations (`auth.roles`, `auth.permissions`).
+    authorizer: crate::security::Authorizer,
     dedup: parking_lot::Mutex<dedup::DedupCache>,
     pub metrics: EngineMetrics,
     /// Bumped when any queue gains or loses a local consumer (see [`ConsumerChanges`]).
@@ -207,6 +209,7 @@ impl Broker {
             topics: RwLock::new(HashMap::new()),
             next_id: AtomicU64::new(recovered.next_id.0),
             next_consumer: AtomicU64::new(1),
+            authorizer: crate::security::Authorizer::new(&config.auth, &users),
             users,
             dedup: parking_lot::Mutex::new(dedup::DedupCache::new(dedup::CAPACITY)),
             metrics,
@@ -268,6 +271,16 @@ impl Broker {
         &self.users
     }
 
+    pub fn authorizer(&self) -> &crate::security::Authorizer {
+        &self.authorizer
+    }
+
+    /// The id the next accepted message gets: every message accepted so far has a
+    /// smaller one (a browser's end, see [`queue::Queue::browse`]).
+    pub fn message_id_bound(&self) -> MessageId {
+        MessageId(self.next_id.load(Ordering::Relaxed))
+    }
+
     pub fn next_message_id(&self) -> MessageId {
         MessageId(self.next_id.fetch_add(1, Ordering::Relaxed))
     }
@@ -288,6 +301,22 @@ impl Broker {
             return Err(DestinationError::Reserved(destination.to_string()));
         }
         self.lookup(destination, Some(self.config.destinations.max_destinations))
+    }
+
+    /// Whether the broker holds `destination` now, without creating it: a SEND or
+    /// SUBSCRIBE to one it does not hold needs the `create` permission too. Refuses what
+    /// [`Broker::resolve`] refuses. A held destination is marked used, so the reclaim
+    /// sweep does not take it between this answer and the frame that uses it.
+    pub fn holds(&self, destination: &str) -> Result<bool, DestinationError> {
+        if is_reserved(destination) {
+            return Err(DestinationError::Reserved(destination.to_string()));
+        }
+        let (is_queue, _) = parse_destination(destination)?;
+        if is_queue {
+            Ok(self.queues.read().get(destination).inspect(|q| q.touch()).is_some())
+        } else {
+            Ok(self.topics.read().get(destination).inspect(|t| t.idle.touch()).is_some())
+        }
     }
 
     /// This broker's group on the network: `ha.groupName`, or a standalone broker's node id.

@@ -875,6 +875,26 @@ impl Queue {
         }
     }
 
+    /// A page of what a browser sees (`SUBSCRIBE` with `browser:true`): up to `limit`
+    /// messages this queue holds, waiting or delivered and not yet acknowledged, with ids
+    /// after `after` and below `below`, in id order. Nothing is taken or marked: consumers
+    /// get the same messages as if nobody browsed. A browser pages through a queue with
+    /// the last id of each page, so memory stays bounded by `limit` however deep the queue.
+    pub fn browse(&self, after: Option<MessageId>, below: MessageId, limit: usize) -> Vec<Arc<Message>> {
+        let st = self.state.lock();
+        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
+        let range = (from, Bound::Excluded(below));
+        let mut page: Vec<Arc<Message>> = st.pending.range(range).take(limit).map(|(_, e)| Arc::clone(&e.message)).collect();
+        // In flight: at most the consumers' prefetch windows.
+        let in_range = |id: MessageId| after.is_none_or(|a| id > a) && id < below;
+        let delivered = st.consumers.iter().flat_map(|c| c.in_flight.values()).map(|h| &h.entry.message).filter(|m| in_range(m.id));
+        page.extend(delivered.cloned());
+        page.sort_by_key(|m| m.id);
+        page.dedup_by_key(|m| m.id);
+        page.truncate(limit);
+        page
+    }
+
     /// Drops every message (a topic subscriber's queue when it unsubscribes).
     pub fn purge(&self) {
         let mut st = self.state.lock();

@@ -8,6 +8,12 @@
 //! The connection builds no journal records itself: sends, transactions and acks all go
 //! through the engine's accept calls.
 //!
+//! Authorization (`auth.permissions`) is checked as each SEND and SUBSCRIBE is read,
+//! before the engine sees it: a denied frame gets an ERROR naming the destination and the
+//! missing permission, and nothing of it is stored or delivered. ACK and NACK go through
+//! the subscription already authorized. A `SUBSCRIBE` with `browser:true` streams what a
+//! queue holds without consuming it (see [`Browser`]).
+//!
 //! Everything a client can make the connection hold is bounded: frames still arriving
 //! (`stomp.maxPartialFrameBytes`, broker-wide), frames read but not applied (`MAX_PENDING`),
 //! receipts it does not read (`stomp.maxOutgoingBytes`), subscriptions and transactions
@@ -25,6 +31,7 @@ use crate::engine::{Broker, DestinationError, Target, Topic};
 use crate::journal::MessageId;
 use crate::metrics::Metrics;
 use crate::report::error_chain;
+use crate::security::{Decisions, Denied, Permission, Principal};
 use crate::stomp::{CodecError, Command, Frame, HeartBeat, Inbound, Limits, StompCodec, Version};
 use crate::tls::{Stream, TlsContext};
 use bytes::BytesMut;
@@ -91,6 +98,11 @@ pub enum FrameError {
     /// The live drains its group (`POST /ha/drain`): see [`crate::engine::drain::refusal`].
     #[error("{0}")]
     Draining(String),
+    /// The client's roles lack a permission; the ERROR body says which (see [`error_frame`]).
+    #[error("not authorized")]
+    NotAuthorized(Box<Denied>),
+    #[error("{0} is a topic; only queues can be browsed (subscribe without browser:true to receive its messages)")]
+    BrowseTopic(String),
 }
 
 impl From<AcceptError> for FrameError {
@@ -297,9 +309,12 @@ pub async fn serve(stream: Stream, peer: SocketAddr, ctx: ConnectionContext) {
         }
         .run(),
     );
+    let principal = ctx.broker.authorizer().principal(&session.login);
     let mut conn = Connection {
         ctx: ctx.clone(),
         peer,
+        principal,
+        decisions: Decisions::default(),
         version: session.version,
         outbox,
         subscriptions: HashMap::new(),
@@ -397,6 +412,9 @@ async fn reject(
 
 fn error_frame(e: &FrameError, receipt: Option<&str>) -> Frame {
     let mut f = Frame::error(e.to_string());
+    if let FrameError::NotAuthorized(denied) = e {
+        f = f.with_body(format!("{denied}\n"));
+    }
     if let Some(r) = receipt {
         f = f.header("receipt-id", r);
     }
@@ -444,6 +462,8 @@ struct Subscription {
     queue: Arc<Queue>,
     topic: Option<Arc<Topic>>,
     mode: AckMode,
+    /// A browser's: stops its [`Browser`]. A browser is no consumer of the queue.
+    browse: Option<CancellationToken>,
 }
 
 /// A transactional ACK or NACK, applied at COMMIT.
@@ -471,11 +491,13 @@ struct Effect {
     receipt: Option<String>,
     /// A new consumer, attached after its SUBSCRIBE's RECEIPT so the receipt comes first.
     attach: Option<(Arc<Queue>, ConsumerHandle)>,
+    /// A new browser, started after its SUBSCRIBE's RECEIPT.
+    browse: Option<Browser>,
 }
 
 impl Effect {
     fn receipt(receipt: Option<String>) -> Effect {
-        Effect { durable: None, receipt, attach: None }
+        Effect { durable: None, receipt, attach: None, browse: None }
     }
 }
 
@@ -483,7 +505,7 @@ impl Effect {
 fn once_durable(acceptance: Acceptance, receipt: Option<String>) -> Pending {
     Box::pin(async move {
         match acceptance.await {
-            Ok(durable) => Ok(Effect { durable: Some(durable), receipt, attach: None }),
+            Ok(durable) => Ok(Effect { durable: Some(durable), receipt, attach: None, browse: None }),
             Err(e) => Err((FrameError::from(e), receipt)),
         }
     })
@@ -497,6 +519,10 @@ type Pending = BoxFuture<'static, Result<Effect, (FrameError, Option<String>)>>;
 struct Connection {
     ctx: ConnectionContext,
     peer: SocketAddr,
+    /// Who the client is and its roles, for authorization.
+    principal: Principal,
+    /// Authorization decisions made for this connection so far.
+    decisions: Decisions,
     version: Version,
     outbox: mpsc::UnboundedSender<Outbound>,
     subscriptions: HashMap<String, Subscription>,
@@ -672,13 +698,43 @@ impl Connection {
                 queue.add_consumer(consumer);
             }
         }
+        if let Some(browser) = effect.browse {
+            // Likewise: an UNSUBSCRIBE read meanwhile has stopped it already.
+            if !browser.stop.is_cancelled() {
+                tokio::spawn(browser.run());
+            }
+        }
         Ok(())
     }
 
-    async fn on_send(&mut self, frame: Frame) -> Result<Option<Pending>, FrameError> {
-        if frame.get("destination").is_none() {
-            return Err(FrameError::MissingHeader(Command::Send, "destination"));
+    /// Checks that the client may do `permission` on `destination`, and `create` too when
+    /// the broker does not hold the destination yet. A refusal is counted and logged at
+    /// debug (a client retrying cannot flood the log); the frame then ends the connection.
+    fn authorize(&mut self, destination: &str, permission: Permission) -> Result<(), FrameError> {
+        let broker = &self.ctx.broker;
+        let authorizer = broker.authorizer();
+        if authorizer.is_open() {
+            return Ok(());
         }
+        let held = broker.holds(destination)?;
+        let mut result = self.decisions.check(authorizer, &self.principal, destination, permission);
+        if result.is_ok() && !held {
+            result = self.decisions.check(authorizer, &self.principal, destination, Permission::Create);
+        }
+        result.map_err(|denied| {
+            broker.metrics.authorization_denied(denied.permission);
+            tracing::debug!(peer = %self.peer, user = %denied.user, %destination, permission = %denied.permission, "frame not authorized");
+            FrameError::NotAuthorized(Box::new(denied))
+        })
+    }
+
+    async fn on_send(&mut self, frame: Frame) -> Result<Option<Pending>, FrameError> {
+        let Some(destination) = frame.get("destination") else {
+            return Err(FrameError::MissingHeader(Command::Send, "destination"));
+        };
+        // In a transaction too: a denied SEND ends the connection, and its open
+        // transactions with it, so COMMIT stores nothing of them.
+        self.authorize(destination, Permission::Send)?;
         let persistent = frame.get("persistent") == Some("true");
         let receipt = frame.get("receipt").map(str::to_string);
         let transaction = frame.get("transaction").map(str::to_string);
@@ -763,8 +819,18 @@ impl Connection {
             .and_then(|p| p.trim().parse::<usize>().ok())
             .filter(|p| *p > 0)
             .map_or(default_prefetch, |p| p.min(default_prefetch));
+        let browse = frame.get("browser") == Some("true");
+        if browse && destination.starts_with("/topic/") {
+            return Err(FrameError::BrowseTopic(destination.to_string()));
+        }
+        let destination = destination.to_string();
+        self.authorize(&destination, if browse { Permission::Browse } else { Permission::Consume })?;
+        let receipt = frame.get("receipt").map(str::to_string);
+        if browse {
+            return self.on_browse(id, &destination, prefetch, receipt).map(Some);
+        }
         let broker = &self.ctx.broker;
-        let (queue, topic) = match broker.resolve(destination)? {
+        let (queue, topic) = match broker.resolve(&destination)? {
             Target::Queue(q) => (q, None),
             Target::Topic(t) => (broker.subscribe_topic(&t), Some(t)),
         };
@@ -778,9 +844,35 @@ impl Connection {
             kill: self.kill.clone(),
         };
         tracing::debug!(peer = %self.peer, subscription = %id, %destination, ?mode, prefetch, "subscribed");
-        self.subscriptions.insert(id, Subscription { key, queue: Arc::clone(&queue), topic, mode });
-        let effect = Effect { attach: Some((queue, consumer)), ..Effect::receipt(frame.get("receipt").map(str::to_string)) };
+        self.subscriptions.insert(id, Subscription { key, queue: Arc::clone(&queue), topic, mode, browse: None });
+        let effect = Effect { attach: Some((queue, consumer)), ..Effect::receipt(receipt) };
         Ok(Some(Box::pin(async move { Ok(effect) })))
+    }
+
+    /// `SUBSCRIBE` with `browser:true` on a queue: a [`Browser`] streams what the queue
+    /// holds now, `prefetch` messages at a time, once the RECEIPT (if asked) is sent.
+    fn on_browse(&mut self, id: String, destination: &str, prefetch: usize, receipt: Option<String>) -> Result<Pending, FrameError> {
+        let broker = &self.ctx.broker;
+        let queue = match broker.resolve(destination)? {
+            Target::Queue(q) => q,
+            Target::Topic(_) => return Err(FrameError::BrowseTopic(destination.to_string())),
+        };
+        let stop = self.kill.child_token();
+        let browser = Browser {
+            queue: Arc::clone(&queue),
+            subscription: Arc::from(id.as_str()),
+            below: broker.message_id_bound(),
+            page: prefetch,
+            outbox: self.outbox.clone(),
+            outgoing: Arc::clone(&self.outgoing),
+            budget: broker.config.stomp.max_outgoing_bytes.as_usize() / 2,
+            stop: stop.clone(),
+        };
+        tracing::debug!(peer = %self.peer, subscription = %id, %destination, "browsing");
+        let key = broker.next_consumer_key();
+        self.subscriptions.insert(id, Subscription { key, queue, topic: None, mode: AckMode::Auto, browse: Some(stop) });
+        let effect = Effect { browse: Some(browser), ..Effect::receipt(receipt) };
+        Ok(Box::pin(async move { Ok(effect) }))
     }
 
     fn on_unsubscribe(&mut self, frame: &Frame) -> Result<Option<Pending>, FrameError> {
@@ -795,6 +887,10 @@ impl Connection {
     }
 
     fn drop_subscription(&self, sub: Subscription) {
+        if let Some(stop) = &sub.browse {
+            stop.cancel();
+            return;
+        }
         sub.queue.remove_consumer(sub.key);
         if let Some(topic) = &sub.topic {
             self.ctx.broker.unsubscribe_topic(topic, &sub.queue);
@@ -913,7 +1009,10 @@ impl Connection {
                 if let Some(limit) = e.limit() {
                     self.ctx.broker.metrics.limit_hit(limit);
                 }
-                tracing::info!(%peer, error = %e, "closing connection after error");
+                // A denial was logged at debug already.
+                if !matches!(e, FrameError::NotAuthorized(_)) {
+                    tracing::info!(%peer, error = %e, "closing connection after error");
+                }
                 let _ = self.drain().await;
                 self.send_error(&e, receipt.as_deref());
             }
@@ -971,6 +1070,77 @@ impl Connection {
             .broker
             .settle(&ack.queue, ack.key, ack.tag, ack.cumulative, ack.nack)
             .map_err(|source| FrameError::Ack { id: ack.id.clone(), source })
+    }
+}
+
+/// Streams what a queue holds to a browsing subscription (ActiveMQ's STOMP
+/// `browser:true`): the messages waiting or in flight when it subscribed, in id order, as
+/// MESSAGE frames that need no ACK and take nothing from the queue, then one MESSAGE with
+/// the header line `browser:end` and an empty body, as ActiveMQ ends a browse. A page of `page` messages at a time, the next
+/// once the writer has written most of the last (`budget` bytes left queued), so a deep
+/// queue is never copied at once.
+struct Browser {
+    queue: Arc<Queue>,
+    subscription: Arc<str>,
+    /// Messages accepted later than the SUBSCRIBE are not shown.
+    below: MessageId,
+    page: usize,
+    outbox: mpsc::UnboundedSender<Outbound>,
+    outgoing: Arc<Outgoing>,
+    budget: usize,
+    /// Cancelled by UNSUBSCRIBE or the connection's end.
+    stop: CancellationToken,
+}
+
+/// `message-id` of the frame that ends a browse.
+const BROWSER_END_ID: &str = "browser-end";
+
+impl Browser {
+    async fn run(self) {
+        let mut after = None;
+        let mut shown = 0usize;
+        loop {
+            let page = self.queue.browse(after, self.below, self.page);
+            for message in &page {
+                let mut frame = Frame::new(Command::Message)
+                    .header("destination", &*message.destination)
+                    .header("message-id", message.id.0.to_string())
+                    .header("subscription", &*self.subscription);
+                frame.headers.extend(message.headers.iter().cloned());
+                if !self.send(frame.with_body(message.body.clone())) {
+                    return;
+                }
+            }
+            shown += page.len();
+            let Some(last) = page.last().filter(|_| page.len() == self.page) else { break };
+            after = Some(last.id);
+            while self.outgoing.bytes() > self.budget {
+                tokio::select! {
+                    _ = self.stop.cancelled() => return,
+                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+                }
+            }
+            if self.stop.is_cancelled() {
+                return;
+            }
+        }
+        let end = Frame::new(Command::Message)
+            .header("destination", &*self.queue.name)
+            .header("message-id", BROWSER_END_ID)
+            .header("subscription", &*self.subscription)
+            // ActiveMQ's marker: the line `browser:end`, header `browser`, value `end`.
+            .header("browser", "end");
+        self.send(end);
+        tracing::debug!(queue = %self.queue.name, subscription = %self.subscription, shown, "browse complete");
+    }
+
+    /// Queues a frame for the writer; false once the browse is stopped or the writer gone.
+    fn send(&self, frame: Frame) -> bool {
+        if self.stop.is_cancelled() {
+            return false;
+        }
+        self.outgoing.queued(&frame);
+        self.outbox.send(Outbound::Frame(frame)).is_ok()
     }
 }
 
