@@ -10,6 +10,19 @@
 //! `receive` can count duplicates. Progress lines and summaries go to stderr; stdout
 //! only carries what `receive --print` prints.
 
+/// The `--help` paragraph on TLS that `send` and `receive` share (a macro, so that their
+/// `LONG_ABOUT` constants can `concat!` it).
+macro_rules! tls_help {
+    () => {
+        "Over TLS: use a stomp+ssl://HOST:PORT URL (ssl:// works too, also inside failover:(...)) and \
+         --ca-file with the CA that signed the broker's certificate; that certificate must name HOST, \
+         or the name given with --tls-server-name. A broker with tls.stomp.clientAuth wants \
+         --cert-file and --key-file too; with auth.certificateUsers the certificate logs you in as \
+         its user, no --login needed. A broker that refuses the handshake is reported with why \
+         (certificate from another CA, for another name, expired; client certificate missing)."
+    };
+}
+
 mod fence_drain;
 mod progress;
 mod receive;
@@ -23,7 +36,8 @@ pub use salvage::{journal, JournalArgs};
 pub use send::{send, SendArgs, SEND_LONG_ABOUT};
 pub use switchover::{switchover, SwitchoverArgs, SWITCHOVER_LONG_ABOUT};
 
-use duomq_broker::client::{Client, ClientOptions};
+use duomq_broker::client::{Client, ClientOptions, TlsOptions};
+use std::path::PathBuf;
 
 /// Header naming the `send` run a message came from.
 const RUN_HEADER: &str = "duomq-run";
@@ -33,25 +47,68 @@ const SEQ_HEADER: &str = "duomq-seq";
 /// Where the broker is and who we are; shared by `send` and `receive`.
 #[derive(clap::Args, Debug, Clone)]
 pub struct ConnectArgs {
-    /// Broker URL: stomp://[user:pass@]host[:port] (port 61613 by default), or a
+    /// Broker URL: stomp://[user:pass@]host[:port] (port 61613 by default),
+    /// stomp+ssl://host:port for STOMP over TLS (needs --ca-file), or a
     /// failover:(stomp://a:61613,stomp://b:61613) list whose members are tried in order.
     #[arg(long, env = "DUOMQ_URL", default_value = "stomp://127.0.0.1:61613", value_name = "URL")]
     pub url: String,
-    /// Login sent on CONNECT (overrides a user in the URL).
+    /// Login sent on CONNECT (overrides a user in the URL). Not needed when the broker
+    /// maps your client certificate to a user (auth.certificateUsers).
     #[arg(long, env = "DUOMQ_LOGIN", value_name = "USER")]
     pub login: Option<String>,
     /// Passcode sent on CONNECT (overrides a password in the URL).
     #[arg(long, env = "DUOMQ_PASSCODE", hide_env_values = true, value_name = "PASSWORD")]
     pub passcode: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
+}
+
+/// How to reach `stomp+ssl://` brokers; ignored for `stomp://` ones.
+#[derive(clap::Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// For stomp+ssl:// URLs: PEM file with the CA certificate that signed the broker's
+    /// certificate (on Kubernetes, ca.crt of the group's TLS Secret). The broker must
+    /// present a certificate from this CA for the host name in the URL.
+    #[arg(long, env = "DUOMQ_CA_FILE", value_name = "PEM")]
+    pub ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) to present, for brokers with tls.stomp.clientAuth; its
+    /// common name can log you in as a user (auth.certificateUsers). Needs --key-file.
+    #[arg(long, env = "DUOMQ_CERT_FILE", value_name = "PEM", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// Private key (PEM) of --cert-file.
+    #[arg(long, env = "DUOMQ_KEY_FILE", value_name = "PEM", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// Check the broker's certificate against this name instead of the URL's host, like
+    /// `openssl s_client -servername`: for an IP address or a port-forward
+    /// (stomp+ssl://127.0.0.1:61614 with --tls-server-name broker.example.svc).
+    #[arg(long, env = "DUOMQ_TLS_SERVER_NAME", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+}
+
+impl TlsArgs {
+    /// The client's TLS options.
+    pub fn options(&self) -> TlsOptions {
+        TlsOptions {
+            ca_file: self.ca_file.clone(),
+            cert_file: self.cert_file.clone(),
+            key_file: self.key_file.clone(),
+            server_name: self.tls_server_name.clone(),
+        }
+    }
 }
 
 impl ConnectArgs {
     async fn connect(&self) -> anyhow::Result<Client> {
-        let options =
-            ClientOptions { login: self.login.clone(), passcode: self.passcode.clone(), ..ClientOptions::default() };
+        let options = ClientOptions {
+            login: self.login.clone(),
+            passcode: self.passcode.clone(),
+            tls: self.tls.options(),
+            ..ClientOptions::default()
+        };
         // The client's errors already name the broker and the step.
         let client = Client::connect(&self.url, options).await?;
         tracing::debug!(broker = %client.connected_to(), version = %client.version(), "connected");
         Ok(client)
     }
 }
+

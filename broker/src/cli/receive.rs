@@ -31,7 +31,7 @@ impl From<AckArg> for AckMode {
 }
 
 /// `--help` text of the subcommand (see [`super::SEND_LONG_ABOUT`]).
-pub const RECEIVE_LONG_ABOUT: &str = "Receive messages from a queue or topic, as a STOMP consumer.\n\n\
+pub const RECEIVE_LONG_ABOUT: &str = concat!("Receive messages from a queue or topic, as a STOMP consumer.\n\n\
         Stops after --count messages, or when nothing arrives for --timeout; with --count, \
         stopping early is an error (exit status 1). Once the broker has confirmed the subscription, \
         a line `subscribed to DESTINATION at BROKER` goes to stderr. By default (--ack client-individual) each \
@@ -43,10 +43,12 @@ pub const RECEIVE_LONG_ABOUT: &str = "Receive messages from a queue or topic, as
         duomq-broker receive --destination /queue/hello --count 1 --print\n  \
         duomq-broker receive --destination /queue/demo --count 1000 --ack client-individual --prefetch 100\n  \
         duomq-broker receive --destination /topic/news --timeout 1m --print\n  \
-        duomq-broker receive --destination /queue/orders --print-header JMSXGroupID --timeout 10s\n\n\
+        duomq-broker receive --destination /queue/orders --print-header JMSXGroupID --timeout 10s\n  \
+        duomq-broker receive --url stomp+ssl://broker:61614 --ca-file ca.crt --cert-file me.crt --key-file me.key \
+        --destination /queue/hello --count 1 --print\n\n\
         --print-header NAME prints NAME:VALUE and a tab before each body (NAME: when the message \
         lacks it), e.g. `JMSXGroupID:g3<TAB>message 7`, to see which message groups reached \
-        this consumer; repeat it for more headers, in the order given.";
+        this consumer; repeat it for more headers, in the order given.\n\n", tls_help!());
 
 /// Options of `duomq-broker receive`.
 #[derive(clap::Args, Debug, Clone)]

@@ -10,7 +10,7 @@ use std::collections::VecDeque;
 
 /// `--help` text of the subcommand; the binary's subcommand variant uses it too, because
 /// a doc comment there would replace it.
-pub const SEND_LONG_ABOUT: &str = "Send messages to a queue or topic, as a STOMP producer.\n\n\
+pub const SEND_LONG_ABOUT: &str = concat!("Send messages to a queue or topic, as a STOMP producer.\n\n\
         Each message gets a sequence number (in its body and in the duomq-seq header) so that \
         `duomq-broker receive` can spot duplicates. Progress goes to stderr every second, then a \
         summary with the rate.\n\n\
@@ -22,11 +22,12 @@ pub const SEND_LONG_ABOUT: &str = "Send messages to a queue or topic, as a STOMP
         duomq-broker send --destination /queue/hello --message 'hello, duomq'\n  \
         duomq-broker send --destination /queue/demo --count 1000 --size 1024 --persistent --receipts --window 32\n  \
         duomq-broker send --url stomp://app:secret@broker:61613 --destination /topic/news --header priority=high\n  \
-        duomq-broker send --destination /queue/orders --count 1000 --groups 10 --receipts --window 32\n\n\
+        duomq-broker send --destination /queue/orders --count 1000 --groups 10 --receipts --window 32\n  \
+        duomq-broker send --url stomp+ssl://broker:61614 --ca-file ca.crt --destination /queue/hello -m hi\n\n\
         With --groups N, message i carries JMSXGroupID: g<i % N> (ActiveMQ's and Artemis' message \
         group header): every message of a group goes to one consumer of the queue, also across the \
         live/backup groups of a cluster with a grouping handler. `duomq-broker receive --print-header \
-        JMSXGroupID` shows which groups a consumer got.";
+        JMSXGroupID` shows which groups a consumer got.\n\n", tls_help!());
 
 /// Options of `duomq-broker send`.
 #[derive(clap::Args, Debug, Clone)]
@@ -204,6 +205,18 @@ mod tests {
         assert_eq!(group_of(3, &parse(&[]).unwrap()), None);
         assert!(parse(&["--groups", "0"]).is_err());
         assert!(parse(&["--group-prefix", "x"]).is_err(), "--group-prefix needs --groups");
+    }
+
+    #[test]
+    fn given_tls_flags_when_parsed_should_become_client_tls_options() {
+        let args = parse(&["--ca-file", "ca.pem", "--cert-file", "me.pem", "--key-file", "me.key"]).unwrap();
+        let tls = args.connect.tls.options();
+        assert_eq!(tls.ca_file.as_deref(), Some(std::path::Path::new("ca.pem")));
+        assert_eq!((tls.cert_file.is_some(), tls.key_file.is_some(), tls.server_name), (true, true, None));
+        assert!(parse(&["--cert-file", "me.pem"]).is_err(), "a certificate needs its key");
+        assert!(parse(&["--key-file", "me.key"]).is_err(), "a key needs its certificate");
+        let named = parse(&["--tls-server-name", "broker.svc"]).unwrap();
+        assert_eq!(named.connect.tls.options().server_name.as_deref(), Some("broker.svc"));
     }
 
     #[test]

@@ -12,14 +12,15 @@
 
 use super::error::ClientError;
 use super::options::{ClientOptions, Heartbeat};
+use super::tls;
 use super::router::{error_message, CloseReason, Generation, Outbound, Router};
 use super::url::StompUrl;
 use crate::stomp::{Command, Frame, HeartBeat, Inbound, Limits, StompCodec, Version};
+use crate::tls::Stream;
 use bytes::BytesMut;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::tcp::{OwnedReadHalf, OwnedWriteHalf};
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio::sync::mpsc;
 use tokio::task::{JoinError, JoinHandle};
@@ -36,7 +37,7 @@ const HEARTBEAT_GRACE: u32 = 3;
 
 /// A connection that completed its handshake, before its tasks start.
 pub(super) struct Established {
-    stream: TcpStream,
+    stream: Stream,
     /// Bytes that arrived after CONNECTED.
     buf: BytesMut,
     pub(super) version: Version,
@@ -48,28 +49,39 @@ pub(super) struct Established {
     pub(super) server: Option<String>,
 }
 
-/// Opens a TCP connection to `member` and exchanges CONNECT/CONNECTED.
+/// Opens a TCP connection to `member`, TLS over it for a `stomp+ssl://` member, and
+/// exchanges CONNECT/CONNECTED.
 pub(super) async fn handshake(member: &StompUrl, options: &ClientOptions) -> Result<Established, ClientError> {
     let addr = member.address();
     let limit = options.connect_timeout;
     let connecting = TcpStream::connect(addr.as_str());
-    let mut stream = match tokio::time::timeout(limit, connecting).await {
+    let tcp = match tokio::time::timeout(limit, connecting).await {
         Err(_) => return Err(ClientError::Timeout { what: format!("a TCP connection to {addr} ({limit:?})") }),
         Ok(Err(source)) => return Err(ClientError::Connect { addr, source }),
         Ok(Ok(s)) => s,
     };
     // Small frames (ACKs, RECEIPT-gated sends) must not wait for Nagle.
-    let _ = stream.set_nodelay(true);
+    let _ = tcp.set_nodelay(true);
+    let mut stream = tls::wrap(tcp, member, &options.tls, limit).await?;
+    // With TLS 1.3 a broker refusing this client's certificate says so after the
+    // handshake: its alert is what the first write or read fails with.
+    let name = options.tls.server_name.as_deref().unwrap_or(&member.host);
+    let tls_said = |e: std::io::Error| match tls::explain(&e, name, &options.tls) {
+        Some(reason) => ClientError::Tls { addr: member.address(), reason },
+        None => ClientError::Io(e),
+    };
 
     let mut codec = StompCodec::new(Limits::default());
     let mut out = BytesMut::new();
     codec.encode(&connect_frame(member, options), &mut out);
-    stream.write_all(&out).await.map_err(ClientError::Io)?;
+    stream.write_all(&out).await.map_err(tls_said)?;
+    stream.flush().await.map_err(tls_said)?;
 
     let mut buf = BytesMut::with_capacity(16 * 1024);
     let reply = match tokio::time::timeout(limit, read_first_frame(&mut stream, &mut codec, &mut buf)).await {
         Err(_) => return Err(ClientError::Timeout { what: format!("CONNECTED from {addr} ({limit:?})") }),
-        Ok(Err(e)) => return Err(e),
+        Ok(Err(FirstFrameError::Io(e))) => return Err(tls_said(e)),
+        Ok(Err(FirstFrameError::Client(e))) => return Err(e),
         Ok(Ok(None)) => {
             let source = std::io::Error::new(
                 std::io::ErrorKind::UnexpectedEof,
@@ -124,18 +136,23 @@ pub(super) fn negotiate_heartbeat(offered: Heartbeat, connected: Option<&str>) -
     HeartBeat::negotiate(ours, HeartBeat::parse(connected))
 }
 
+enum FirstFrameError {
+    Io(std::io::Error),
+    Client(ClientError),
+}
+
 async fn read_first_frame(
-    stream: &mut TcpStream,
+    stream: &mut Stream,
     codec: &mut StompCodec,
     buf: &mut BytesMut,
-) -> Result<Option<Frame>, ClientError> {
+) -> Result<Option<Frame>, FirstFrameError> {
     loop {
-        while let Some(item) = codec.decode(buf).map_err(ClientError::Protocol)? {
+        while let Some(item) = codec.decode(buf).map_err(|e| FirstFrameError::Client(ClientError::Protocol(e)))? {
             if let Inbound::Frame(frame) = item {
                 return Ok(Some(frame));
             }
         }
-        if stream.read_buf(buf).await.map_err(ClientError::Io)? == 0 {
+        if stream.read_buf(buf).await.map_err(FirstFrameError::Io)? == 0 {
             return Ok(None);
         }
     }
@@ -201,20 +218,46 @@ pub(super) fn start(
     replay: Vec<Frame>,
 ) -> Running {
     let Established { stream, buf, version, send_every, expect_every, .. } = established;
-    let (rd, wr) = stream.into_split();
     let mut read_codec = StompCodec::new(Limits::default());
     read_codec.set_version(version);
     let mut write_codec = StompCodec::new(Limits::default());
     write_codec.set_version(version);
     let link = Link::new();
-    let reader = tokio::spawn(read_loop(rd, read_codec, buf, expect_every, Arc::clone(router), Arc::clone(&link)));
     let writer = Writer { codec: write_codec, generation, router: Arc::clone(router), link: Arc::clone(&link) };
-    let writer = tokio::spawn(writer.run(wr, outbox, replay, send_every));
+    let reading = Reading { codec: read_codec, buf, expect_every, router: Arc::clone(router), link: Arc::clone(&link) };
+    let (reader, writer) = match stream {
+        // Plain TCP splits without a lock between the halves.
+        Stream::Plain(tcp) => {
+            let (rd, wr) = tcp.into_split();
+            (tokio::spawn(reading.run(rd)), tokio::spawn(writer.run(wr, outbox, replay, send_every)))
+        }
+        tls => {
+            let (rd, wr) = tokio::io::split(tls);
+            (tokio::spawn(reading.run(rd)), tokio::spawn(writer.run(wr, outbox, replay, send_every)))
+        }
+    };
     Running { link, reader, writer }
 }
 
+/// What the reader task starts with.
+struct Reading {
+    codec: StompCodec,
+    /// Bytes that arrived after CONNECTED.
+    buf: BytesMut,
+    expect_every: Option<Duration>,
+    router: Arc<Router>,
+    link: Arc<Link>,
+}
+
+impl Reading {
+    async fn run(self, rd: impl AsyncRead + Unpin) {
+        let Reading { codec, buf, expect_every, router, link } = self;
+        read_loop(rd, codec, buf, expect_every, router, link).await;
+    }
+}
+
 async fn read_loop(
-    mut rd: OwnedReadHalf,
+    mut rd: impl AsyncRead + Unpin,
     mut codec: StompCodec,
     mut buf: BytesMut,
     expect_every: Option<Duration>,
@@ -265,7 +308,7 @@ struct Writer {
 impl Writer {
     async fn run(
         self,
-        mut wr: OwnedWriteHalf,
+        mut wr: impl AsyncWrite + Unpin,
         mut outbox: mpsc::Receiver<Outbound>,
         replay: Vec<Frame>,
         send_every: Option<Duration>,
@@ -311,7 +354,8 @@ impl Writer {
             let written = tokio::select! {
                 biased;
                 _ = self.link.lost() => break,
-                written = wr.write_all(&buf) => written,
+                // TLS keeps what the socket did not take until flushed.
+                written = async { wr.write_all(&buf).await?; wr.flush().await } => written,
             };
             if let Err(e) = written {
                 self.link.fail(CloseReason::Io(e.kind(), e.to_string()));

@@ -18,6 +18,19 @@ pub enum ClientError {
         #[source]
         source: std::io::Error,
     },
+    /// A `stomp+ssl://` member cannot be reached with the TLS options given (no CA file, a
+    /// certificate without its key); `reason` names the option to set.
+    #[error("cannot connect over TLS: {reason}")]
+    TlsUnconfigured { reason: String },
+    /// The TLS options' files (CA, client certificate, key) could not be loaded; the
+    /// source names the file.
+    #[error("failed to load the client's TLS settings")]
+    TlsSettings(#[source] crate::tls::TlsError),
+    /// The TLS handshake with `addr` failed, or the broker ended the session with a TLS
+    /// alert before CONNECTED; `reason` says what was refused (the broker's certificate:
+    /// unknown CA, wrong name, expired; or this client's certificate).
+    #[error("TLS with {addr} failed: {reason}")]
+    Tls { addr: String, reason: String },
     /// The broker answered CONNECT with an ERROR frame (bad credentials, unsupported
     /// version, ...). `message` is the broker's `message` header.
     #[error("broker refused the connection: {message}")]

@@ -63,6 +63,7 @@ mod failover;
 mod message;
 mod options;
 mod router;
+mod tls;
 mod url;
 
 #[cfg(test)]
@@ -71,7 +72,7 @@ mod tests;
 pub use error::ClientError;
 pub use failover::ConnectionEvent;
 pub use message::Message;
-pub use options::{AckMode, AckOptions, ClientOptions, Heartbeat, SendOptions, SubscribeOptions};
+pub use options::{AckMode, AckOptions, ClientOptions, Heartbeat, SendOptions, SubscribeOptions, TlsOptions};
 pub use url::{BrokerUrl, FailoverOptions, FailoverUrl, StompUrl, DEFAULT_STOMP_PORT};
 
 use crate::stomp::{Command, Frame, Version};
@@ -137,6 +138,7 @@ impl Client {
             BrokerUrl::Stomp(_) => None,
         };
         let members = url.members().to_vec();
+        tls::check(&members, &options.tls)?;
         let order = failover::member_order(members.len(), policy.as_ref().is_some_and(|p| p.randomize));
         let (index, established) = failover::connect_round(&members, &order, &options).await?;
         let version = established.version;

@@ -2,6 +2,7 @@
 //! with defaults; nothing here touches the network.
 
 use crate::stomp::Version;
+use std::path::PathBuf;
 use std::time::Duration;
 
 /// Heart-beat intervals offered on CONNECT; zero turns a direction off. What is used is
@@ -47,6 +48,27 @@ pub struct ClientOptions {
     /// [`SendOptions::message_id`] or the headers set one), so a broker can store a
     /// resent message once. Always on for failover URLs; default off for `stomp://`.
     pub dedup_ids: bool,
+    /// How to reach `stomp+ssl://` members; plaintext members ignore it.
+    pub tls: TlsOptions,
+}
+
+/// TLS settings for `stomp+ssl://` (and `ssl://`) members. The files are read at each
+/// connect and reconnect, so a rotated CA or client certificate is picked up by the next
+/// connection.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct TlsOptions {
+    /// PEM file with the CA certificate(s) a broker's certificate must chain to. Required
+    /// to connect to a TLS member: there is no fallback to the system's trust store.
+    pub ca_file: Option<PathBuf>,
+    /// PEM client certificate chain (leaf first) presented when the broker asks; with
+    /// `auth.certificateUsers` the broker maps its common name to a user.
+    pub cert_file: Option<PathBuf>,
+    /// PEM private key of `cert_file`; both or neither.
+    pub key_file: Option<PathBuf>,
+    /// The name the broker's certificate must carry, instead of the URL's host (like
+    /// `openssl s_client -servername`): dial an address (a port-forward, an IP) and still
+    /// check the certificate by its DNS name. Also sent as SNI.
+    pub server_name: Option<String>,
 }
 
 impl Default for ClientOptions {
@@ -60,6 +82,7 @@ impl Default for ClientOptions {
             connect_timeout: Duration::from_secs(10),
             receipt_timeout: Duration::from_secs(30),
             dedup_ids: false,
+            tls: TlsOptions::default(),
         }
     }
 }

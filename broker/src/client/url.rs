@@ -1,10 +1,13 @@
-//! Broker URLs: `stomp://[user:pass@]host[:port]` and ActiveMQ-style
-//! `failover:(stomp://a:61613,stomp://b:61613)?option=value&...` lists. Pure parsing and
-//! printing: no name resolution and no sockets.
+//! Broker URLs: `stomp://[user:pass@]host[:port]`, `stomp+ssl://...` (STOMP over TLS) and
+//! ActiveMQ-style `failover:(stomp://a:61613,stomp+ssl://b:61613)?option=value&...` lists.
+//! Pure parsing and printing: no name resolution and no sockets.
 //!
-//! `tcp://` is accepted as a synonym of `stomp://`, because ActiveMQ users write failover
-//! lists with it. Durations in failover options are milliseconds when bare (`10`, as
-//! ActiveMQ writes them) or carry a unit (`10ms`, `2s`).
+//! `tcp://` is accepted as a synonym of `stomp://`, and `ssl://` of `stomp+ssl://`, because
+//! ActiveMQ users write failover lists with them. A TLS URL carries no TLS settings: the CA
+//! and client certificate are client options ([`super::TlsOptions`]).
+//!
+//! Durations in failover options are milliseconds when bare (`10`, as ActiveMQ writes
+//! them) or carry a unit (`10ms`, `2s`).
 
 use super::error::ClientError;
 use std::fmt;
@@ -24,6 +27,8 @@ pub struct StompUrl {
     pub login: Option<String>,
     /// Passcode from the URL's user part (percent-decoded).
     pub passcode: Option<String>,
+    /// `stomp+ssl://` (or `ssl://`): STOMP over TLS.
+    pub tls: bool,
 }
 
 impl StompUrl {
@@ -35,14 +40,24 @@ impl StompUrl {
             format!("{}:{}", self.host, self.port)
         }
     }
+
+    /// `stomp+ssl` or `stomp`.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls {
+            "stomp+ssl"
+        } else {
+            "stomp"
+        }
+    }
 }
 
 /// Prints the URL without the passcode, so it is safe in logs.
 impl fmt::Display for StompUrl {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let scheme = self.scheme();
         match &self.login {
-            Some(login) => write!(f, "stomp://{login}@{}", self.address()),
-            None => write!(f, "stomp://{}", self.address()),
+            Some(login) => write!(f, "{scheme}://{login}@{}", self.address()),
+            None => write!(f, "{scheme}://{}", self.address()),
         }
     }
 }
@@ -190,11 +205,11 @@ fn parse_stomp(s: &str) -> Result<StompUrl, String> {
     let Some((scheme, rest)) = s.split_once("://") else {
         return Err("missing scheme; write stomp://host:port".into());
     };
-    match scheme.to_ascii_lowercase().as_str() {
-        "stomp" | "tcp" => {}
-        "stomp+ssl" | "ssl" => return Err("TLS (stomp+ssl://) is not supported by this client yet".into()),
-        _ => return Err(format!("unsupported scheme {scheme:?}; use stomp://")),
-    }
+    let tls = match scheme.to_ascii_lowercase().as_str() {
+        "stomp" | "tcp" => false,
+        "stomp+ssl" | "ssl" => true,
+        _ => return Err(format!("unsupported scheme {scheme:?}; use stomp:// or stomp+ssl://")),
+    };
     if rest.contains('?') {
         return Err("a stomp:// URL takes no options; put them on a failover:(...) URL".into());
     }
@@ -221,7 +236,7 @@ fn parse_stomp(s: &str) -> Result<StompUrl, String> {
         }
     };
     let (host, port) = split_host_port(hostport)?;
-    Ok(StompUrl { host, port, login, passcode })
+    Ok(StompUrl { host, port, login, passcode, tls })
 }
 
 fn split_host_port(hostport: &str) -> Result<(String, u16), String> {
@@ -401,7 +416,34 @@ mod tests {
         #[case] port: u16,
     ) {
         let u: StompUrl = url.parse().unwrap();
-        assert_eq!((u.host.as_str(), u.port, u.login, u.passcode), (host, port, None, None));
+        assert_eq!((u.host.as_str(), u.port, u.login, u.passcode, u.tls), (host, port, None, None, false));
+    }
+
+    #[rstest]
+    #[case("stomp+ssl://broker:61614", "broker", 61614, "stomp+ssl://broker:61614")]
+    #[case("ssl://broker", "broker", DEFAULT_STOMP_PORT, "stomp+ssl://broker:61613")]
+    #[case("STOMP+SSL://[::1]:2", "::1", 2, "stomp+ssl://[::1]:2")]
+    #[case("stomp+ssl://app:secret@h:3", "h", 3, "stomp+ssl://app@h:3")]
+    fn given_tls_url_when_parsed_should_mark_it_tls_and_print_its_scheme(
+        #[case] url: &str,
+        #[case] host: &str,
+        #[case] port: u16,
+        #[case] shown: &str,
+    ) {
+        let u: StompUrl = url.parse().unwrap();
+        assert_eq!((u.host.as_str(), u.port, u.tls), (host, port, true));
+        assert_eq!(u.to_string(), shown);
+        assert!(u.to_string().parse::<StompUrl>().unwrap().tls);
+    }
+
+    #[test]
+    fn given_failover_url_mixing_tls_and_plain_when_parsed_should_keep_each_members_scheme() {
+        let f: FailoverUrl = "failover:(stomp+ssl://a:1,stomp://b:2,ssl://c:3)?randomize=false".parse().unwrap();
+        let tls: Vec<bool> = f.members.iter().map(|m| m.tls).collect();
+        assert_eq!(tls, [true, false, true]);
+        let shown = f.to_string();
+        assert!(shown.starts_with("failover:(stomp+ssl://a:1,stomp://b:2,stomp+ssl://c:3)?"), "{shown}");
+        assert_eq!(shown.parse::<FailoverUrl>().unwrap(), f);
     }
 
     #[test]
@@ -429,7 +471,7 @@ mod tests {
     #[rstest]
     #[case("127.0.0.1:61613", "missing scheme")]
     #[case("http://host:80", "unsupported scheme")]
-    #[case("stomp+ssl://host:61614", "TLS")]
+    #[case("https://host:61614", "stomp+ssl://")]
     #[case("stomp://", "missing host")]
     #[case("stomp://:61613", "missing host")]
     #[case("stomp://host:", "not a number")]
