@@ -164,6 +164,14 @@ pub struct AdminRequestLabels {
     pub result: &'static str,
 }
 
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+pub struct AdminRefusedLabels {
+    /// The view asked for: `/status` or `/metrics`.
+    pub path: &'static str,
+    /// `unauthorized` (no or wrong credentials, 401) or `forbidden` (no admin role, 403).
+    pub result: &'static str,
+}
+
 pub struct Metrics {
     registry: Mutex<Registry>,
     pub messages_in: Counter,
@@ -197,6 +205,8 @@ pub struct Metrics {
     pub fence_requests: Family<AdminRequestLabels, Counter>,
     /// Drain requests to this member's admin endpoint, by result.
     pub drain_requests: Family<AdminRequestLabels, Counter>,
+    /// Reads of the admin endpoint's closed views refused for their credentials.
+    pub admin_refused: Family<AdminRefusedLabels, Counter>,
     /// The `kubernetes` arbiter's renewals.
     pub lease: LeaseMetrics,
     /// The engine's limits: refusals, reclaimed destinations, slow subscribers.
@@ -254,6 +264,7 @@ impl Metrics {
             admin_fenced: Gauge::default(),
             fence_requests: Family::default(),
             drain_requests: Family::default(),
+            admin_refused: Family::default(),
             lease,
             engine,
             cluster,
@@ -317,6 +328,11 @@ impl Metrics {
         registry.register("duomq_admin_fenced", "1 while this member is fenced by an admin request (POST /ha/fence)", m.admin_fenced.clone());
         registry.register("duomq_admin_fence_requests", "Fence and unfence requests to this member, by result", m.fence_requests.clone());
         registry.register("duomq_drain_requests", "Drain requests to this member, by result", m.drain_requests.clone());
+        registry.register(
+            "duomq_admin_refused_requests",
+            "Reads of /status (and of /metrics when closed) refused for their credentials, by path and result",
+            m.admin_refused.clone(),
+        );
         *m.registry.lock() = registry;
         (m, journal)
     }

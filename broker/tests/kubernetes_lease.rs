@@ -130,10 +130,11 @@ impl LeasePair {
     fn watch_roles(&self) -> (Arc<AtomicBool>, std::thread::JoinHandle<Vec<RoleSample>>) {
         let stop = Arc::new(AtomicBool::new(false));
         let started = Instant::now();
-        let (flag, a, b) = (Arc::clone(&stop), (self.a.ip.clone(), self.a.admin), (self.b.ip.clone(), self.b.admin));
+        let member = |m: &Member| (m.ip.clone(), m.admin, m.config_path());
+        let (flag, a, b) = (Arc::clone(&stop), member(&self.a), member(&self.b));
         let watcher = std::thread::spawn(move || {
-            let role_at = |(ip, port): &(String, u16)| {
-                common::http_get_at(ip, *port, "/status")
+            let role_at = |(ip, port, config): &(String, u16, std::path::PathBuf)| {
+                common::http_get_admin(ip, *port, "/status", config)
                     .ok()
                     .and_then(|(_, body)| serde_json::from_str::<Value>(&body).ok())
                     .and_then(|s| s["role"].as_str().map(str::to_string))

@@ -11,7 +11,7 @@
 //! live).
 
 use hmac::{Hmac, Mac};
-use sha2::Sha256;
+use sha2::{Digest, Sha256};
 use thiserror::Error;
 
 type HmacSha256 = Hmac<Sha256>;
@@ -61,6 +61,69 @@ pub fn unix_now() -> u64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs()).unwrap_or(0)
 }
 
+/// Whether `a` and `b` are the same bytes, in a time that does not depend on where they
+/// differ (nor, as both are hashed first, on their lengths): for passwords.
+pub fn constant_time_eq(a: &[u8], b: &[u8]) -> bool {
+    let (a, b) = (Sha256::digest(a), Sha256::digest(b));
+    a.iter().zip(b.iter()).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
+}
+
+/// The `Authorization` header value of HTTP Basic for `user` and `password` (RFC 7617).
+pub fn basic_header(user: &str, password: &str) -> String {
+    format!("Basic {}", base64_encode(format!("{user}:{password}").as_bytes()))
+}
+
+/// The user and password of an HTTP Basic `Authorization` header value; `None` when it is
+/// not Basic or not valid base64 of `user:password`.
+pub fn parse_basic(header: &str) -> Option<(String, String)> {
+    let (scheme, encoded) = header.trim().split_once(' ')?;
+    if !scheme.eq_ignore_ascii_case("basic") {
+        return None;
+    }
+    let decoded = String::from_utf8(base64_decode(encoded.trim())?).ok()?;
+    let (user, password) = decoded.split_once(':')?;
+    Some((user.to_string(), password.to_string()))
+}
+
+const BASE64: &[u8; 64] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+
+fn base64_encode(bytes: &[u8]) -> String {
+    let mut out = String::with_capacity(bytes.len().div_ceil(3) * 4);
+    for chunk in bytes.chunks(3) {
+        let n = chunk.iter().enumerate().fold(0u32, |n, (i, b)| n | u32::from(*b) << (16 - 8 * i));
+        for i in 0..4 {
+            if i <= chunk.len() {
+                out.push(char::from(BASE64[(n >> (18 - 6 * i)) as usize & 63]));
+            } else {
+                out.push('=');
+            }
+        }
+    }
+    out
+}
+
+fn base64_decode(text: &str) -> Option<Vec<u8>> {
+    let text = text.as_bytes();
+    if text.len() % 4 != 0 {
+        return None;
+    }
+    let mut out = Vec::with_capacity(text.len() / 4 * 3);
+    for (index, chunk) in text.chunks(4).enumerate() {
+        let last = index == text.len() / 4 - 1;
+        let pad = chunk.iter().rev().take_while(|c| **c == b'=').count();
+        if pad > 2 || (pad > 0 && !last) {
+            return None;
+        }
+        let mut n = 0u32;
+        for (i, c) in chunk[..4 - pad].iter().enumerate() {
+            let value = BASE64.iter().position(|b| b == c)? as u32;
+            n |= value << (18 - 6 * i);
+        }
+        out.extend_from_slice(&n.to_be_bytes()[1..4 - pad]);
+    }
+    Some(out)
+}
+
 fn decode_hex(text: &str) -> Option<Vec<u8>> {
     if text.len() != 64 {
         return None;
@@ -103,6 +166,31 @@ mod tests {
         assert_eq!(check(Some(&header), b"guess", BODY, NOW), Err(AuthError::Wrong));
         assert_eq!(check(Some(&header), b"s3cret", br#"{"to":"pair-g0-2"}"#, NOW), Err(AuthError::Wrong));
         assert_eq!(verify(b"s3cret", "POST", "/other", BODY, Some(&header), NOW), Err(AuthError::Wrong));
+    }
+
+    #[test]
+    fn given_basic_credentials_should_round_trip_and_match_known_encodings() {
+        // RFC 7617's example, and the three padding lengths.
+        assert_eq!(basic_header("Aladdin", "open sesame"), "Basic QWxhZGRpbjpvcGVuIHNlc2FtZQ==");
+        assert_eq!(basic_header("a", "b"), "Basic YTpi");
+        assert_eq!(basic_header("ab", "c:d"), "Basic YWI6Yzpk");
+        assert_eq!(basic_header("ab", "cd"), "Basic YWI6Y2Q=");
+        for (user, password) in [("ops", "s3cret"), ("a", ""), ("ünï", "pa:ss wörd"), ("x", "yz")] {
+            let header = basic_header(user, password);
+            assert_eq!(parse_basic(&header), Some((user.to_string(), password.to_string())), "{header}");
+        }
+        assert_eq!(parse_basic("bearer abc"), None);
+        assert_eq!(parse_basic("Basic !!!!"), None);
+        assert_eq!(parse_basic("Basic YTpi="), None, "not a multiple of four");
+        assert_eq!(parse_basic("Basic bm9jb2xvbg=="), None, "no colon");
+    }
+
+    #[test]
+    fn given_passwords_should_compare_equal_only_when_identical() {
+        assert!(constant_time_eq(b"s3cret", b"s3cret"));
+        assert!(!constant_time_eq(b"s3cret", b"s3cre"));
+        assert!(!constant_time_eq(b"s3cret", b"S3cret"));
+        assert!(constant_time_eq(b"", b""));
     }
 
     #[test]

@@ -3,17 +3,25 @@
 //! `/ha/drain`, which it checks and passes to the HA machinery (`ha::switchover`,
 //! `ha::fence`) or the live's drain (`network::drain`) without deciding anything itself.
 //!
+//! With `tls.admin.enabled` it speaks TLS only ([`listener`]). `/status` (and `/metrics`
+//! with `admin.openMetrics: false`) need credentials whenever the broker has any
+//! ([`access`]); the writes need the cluster password's signature. [`client`] is the one
+//! client of it in this workspace (the CLIs, the bench, the tests).
+//!
 //! Readiness is decided by [`readiness`], a pure function of what the node loops publish,
 //! so the probe itself never touches the disk (a hung shared volume must not hang it).
 
+pub mod access;
 pub mod api;
 pub mod auth;
+pub mod client;
+pub mod listener;
 
 use crate::config::HaPolicy;
 use crate::engine::queue::QueueKind;
 use crate::engine::Broker;
 use crate::ha::switchover::Switchover;
-use crate::metrics::{AdminRequestLabels, Metrics, SwitchoverLabels};
+use crate::metrics::{AdminRefusedLabels, AdminRequestLabels, Metrics, SwitchoverLabels};
 use api::{AdminError, BrokerStatus, DestinationKind, DrainRequest, FenceReply, FenceRequest, HaStatus, QueueStatus, Role, SwitchoverRequest, SyncState};
 use axum::body::Bytes;
 use axum::extract::State;
@@ -92,7 +100,22 @@ pub fn readiness(role: Role, policy: HaPolicy, ha: Option<&HaStatus>, store: &St
     }
 }
 
+/// Serves the admin API on `listener` until `shutdown`: TLS only with `tls.admin.enabled`.
 pub async fn serve(listener: TcpListener, state: AdminState, shutdown: CancellationToken) -> std::io::Result<()> {
+    let tls = state.tls.config().admin.enabled;
+    if access::has_credentials(&state.config, &state.users) {
+        tracing::info!(
+            tls,
+            open_metrics = state.config.admin.open_metrics,
+            "admin API: /status{} need credentials (HTTP Basic of a user with a role in auth.adminRoles, or a request signed with the cluster password); /healthz and /readyz are open",
+            if state.config.admin.open_metrics { "" } else { " and /metrics" }
+        );
+    } else {
+        tracing::warn!(
+            tls,
+            "admin API open: no cluster password and no users are configured, so /status and /metrics answer anyone (fine for a broker on loopback; set ha.cluster.passwordFile or auth.users otherwise)"
+        );
+    }
     let app = Router::new()
         .route(api::HEALTHZ, get(|| async { "ok\n" }))
         .route(api::READYZ, get(readyz))
@@ -101,8 +124,22 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
         .route(api::SWITCHOVER, post(switchover))
         .route(api::FENCE, post(fence))
         .route(api::DRAIN, post(drain))
-        .with_state(state);
+        .with_state(state.clone());
+    let listener = listener::AdminListener::new(listener, Arc::clone(&state.tls));
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
+}
+
+/// Checks the credentials of a read of a closed view; the refusal is counted and answered.
+fn closed_view(s: &AdminState, path: &'static str, headers: &HeaderMap) -> Result<(), Box<Response>> {
+    access::check_read(&s.config, &s.users, path, headers).map_err(|refused| {
+        let result = match refused {
+            access::Refused::Unauthenticated(_) => "unauthorized",
+            access::Refused::Forbidden(_) => "forbidden",
+        };
+        tracing::info!(path, reason = ?refused, "refused an admin read");
+        s.metrics.admin_refused.get_or_create(&AdminRefusedLabels { path, result }).inc();
+        Box::new(refused.into_response(&s.config))
+    })
 }
 
 async fn readyz(State(s): State<AdminState>) -> Response {
@@ -114,7 +151,10 @@ async fn readyz(State(s): State<AdminState>) -> Response {
     }
 }
 
-async fn status(State(s): State<AdminState>) -> Json<BrokerStatus> {
+async fn status(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Err(refused) = closed_view(&s, api::STATUS, &headers) {
+        return *refused;
+    }
     let broker = s.broker.read().clone();
     let (queues, memory, uptime) = match &broker {
         Some(b) => (b.snapshot(), b.memory().used(), b.started.elapsed().as_secs()),
@@ -150,6 +190,7 @@ async fn status(State(s): State<AdminState>) -> Json<BrokerStatus> {
         admin_fenced: s.fence.is_fenced(),
         drain: s.network.read().as_ref().and_then(|n| n.drain_status(open_connections(&s))),
     })
+    .into_response()
 }
 
 fn open_connections(s: &AdminState) -> u64 {
@@ -287,7 +328,12 @@ async fn switchover(State(s): State<AdminState>, headers: HeaderMap, body: Bytes
     }
 }
 
-async fn metrics(State(s): State<AdminState>) -> Response {
+async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if !s.config.admin.open_metrics {
+        if let Err(refused) = closed_view(&s, api::METRICS, &headers) {
+            return *refused;
+        }
+    }
     let broker = s.broker.read().clone();
     let (queues, memory) = match &broker {
         Some(b) => (b.snapshot(), b.memory().used()),

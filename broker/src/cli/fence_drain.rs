@@ -2,10 +2,9 @@
 //! `POST /ha/drain`, signed with the cluster password, for people without the operator.
 //! Thin clients like `switchover`: the broker decides and does everything.
 
-use super::switchover::signed_post;
+use super::switchover::AdminEndpointArgs;
 use anyhow::{bail, Context};
 use duomq_broker::admin::api::{DrainRequest, DrainState, DrainStatus, FenceReply, FenceRequest, DRAIN, FENCE};
-use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
 /// Both answer at once; a drain is then polled with the same request.
@@ -33,12 +32,8 @@ pub const DRAIN_LONG_ABOUT: &str = "Drain a group that is being removed into oth
 #[derive(clap::Args, Debug, Clone)]
 #[command(about = "Fence a member (or unfence it)", long_about = FENCE_LONG_ABOUT)]
 pub struct FenceArgs {
-    /// Admin HTTP address of the member (its admin.listen).
-    #[arg(long, default_value = "127.0.0.1:8161", value_name = "HOST:PORT")]
-    pub admin: String,
-    /// File with the group's cluster password (the members' ha.cluster.passwordFile).
-    #[arg(long, value_name = "FILE")]
-    pub password_file: PathBuf,
+    #[command(flatten)]
+    pub endpoint: AdminEndpointArgs,
     /// Unfence: the member rejoins its group as a backup.
     #[arg(long)]
     pub unfence: bool,
@@ -50,15 +45,11 @@ pub struct FenceArgs {
 #[derive(clap::Args, Debug, Clone)]
 #[command(about = "Drain a group into other groups", long_about = DRAIN_LONG_ABOUT)]
 pub struct DrainArgs {
-    /// Admin HTTP address of the group's live.
-    #[arg(long, default_value = "127.0.0.1:8161", value_name = "HOST:PORT")]
-    pub admin: String,
+    #[command(flatten)]
+    pub endpoint: AdminEndpointArgs,
     /// A group that takes the messages (its ha.groupName); repeat for several.
     #[arg(long = "target", value_name = "GROUP", required = true)]
     pub targets: Vec<String>,
-    /// File with the group's cluster password (the members' ha.cluster.passwordFile).
-    #[arg(long, value_name = "FILE")]
-    pub password_file: PathBuf,
     /// How long to wait for the group to be drained.
     #[arg(long, default_value = "10m", value_parser = humantime::parse_duration, value_name = "DURATION")]
     pub timeout: Duration,
@@ -67,7 +58,7 @@ pub struct DrainArgs {
 pub async fn fence(args: FenceArgs) -> anyhow::Result<()> {
     let request = FenceRequest { fenced: !args.unfence, force: args.force };
     let body = serde_json::to_vec(&request).context("failed to encode the request")?;
-    let reply: FenceReply = match signed_post(&args.admin, FENCE, &args.password_file, &body, REPLY_TIMEOUT).await? {
+    let reply: FenceReply = match args.endpoint.signed_post(FENCE, &body, REPLY_TIMEOUT).await? {
         Ok(answer) => serde_json::from_slice(&answer).context("failed to read the member's answer")?,
         Err((409, error)) => bail!("fence refused, nothing changed: {error}"),
         Err((401, error)) => bail!("fence not authorized: {error}"),
@@ -82,7 +73,7 @@ pub async fn drain(args: DrainArgs) -> anyhow::Result<()> {
     let deadline = Instant::now() + args.timeout;
     let mut last = None;
     loop {
-        let status: DrainStatus = match signed_post(&args.admin, DRAIN, &args.password_file, &body, REPLY_TIMEOUT).await? {
+        let status: DrainStatus = match args.endpoint.signed_post(DRAIN, &body, REPLY_TIMEOUT).await? {
             Ok(answer) => serde_json::from_slice(&answer).context("failed to read the live's answer")?,
             Err((409, error)) => bail!("drain refused: {error}"),
             Err((401, error)) => bail!("drain not authorized: {error}"),

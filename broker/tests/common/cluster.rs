@@ -2,7 +2,7 @@
 //! name each other across restarts, an optional network namespace for partition tests,
 //! and polling of `/status` with a named timeout.
 
-use super::{free_port, http_get_at};
+use super::{free_port, http_get_admin};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -146,8 +146,13 @@ impl Member {
         )
     }
 
+    /// The config file the member runs with.
+    pub fn config_path(&self) -> PathBuf {
+        self.dir.join("broker.yaml")
+    }
+
     fn launch(&mut self, config: &str) {
-        let path = self.dir.join("broker.yaml");
+        let path = self.config_path();
         std::fs::write(&path, config).expect("write config");
         let log = std::fs::OpenOptions::new().create(true).append(true).open(self.dir.join("broker.log")).expect("log");
         let mut command = match &self.netns {
@@ -195,14 +200,15 @@ impl Member {
         }
     }
 
+    /// `/status`, signed with the cluster password of this member's config (if any).
     pub fn status(&self) -> Option<serde_json::Value> {
-        let (code, body) = http_get_at(&self.ip, self.admin, "/status").ok()?;
+        let (code, body) = http_get_admin(&self.ip, self.admin, "/status", &self.config_path()).ok()?;
         (code == 200).then(|| serde_json::from_str(&body).ok()).flatten()
     }
 
     /// `/readyz`: the status code and the one-line reason.
     pub fn readyz(&self) -> (u16, String) {
-        http_get_at(&self.ip, self.admin, "/readyz").unwrap_or((0, "unreachable".into()))
+        http_get_admin(&self.ip, self.admin, "/readyz", &self.config_path()).unwrap_or((0, "unreachable".into()))
     }
 
     pub fn log(&self) -> String {

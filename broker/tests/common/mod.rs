@@ -148,7 +148,7 @@ impl Broker {
                     return false;
                 }
             }
-            if http_get(self.admin_port, "/readyz").map(|(s, _)| s == 200).unwrap_or(false) {
+            if http_get_admin("127.0.0.1", self.admin_port, "/readyz", &self.config_path()).map(|(s, _)| s == 200).unwrap_or(false) {
                 return true;
             }
             std::thread::sleep(Duration::from_millis(20));
@@ -211,9 +211,10 @@ impl Broker {
         Conn::connect(self.stomp_port, &[("accept-version", "1.2"), ("host", "/")])
     }
 
+    /// `/status`, with the credentials its config gives (see [`http_get_admin`]).
     pub fn status(&self) -> serde_json::Value {
-        let (code, body) = http_get(self.admin_port, "/status").expect("GET /status");
-        assert_eq!(code, 200);
+        let (code, body) = http_get_admin("127.0.0.1", self.admin_port, "/status", &self.config_path()).expect("GET /status");
+        assert_eq!(code, 200, "GET /status: {body}");
         serde_json::from_str(&body).expect("status JSON")
     }
 
@@ -248,6 +249,78 @@ pub fn http_get(port: u16, path: &str) -> std::io::Result<(u16, String)> {
 /// A minimal HTTP/1.0 GET for an admin endpoint at `ip`.
 pub fn http_get_at(ip: &str, port: u16, path: &str) -> std::io::Result<(u16, String)> {
     http_request(ip, port, &format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n\r\n"), Duration::from_secs(5))
+}
+
+/// How a test reads a broker's closed admin views (`/status`): what its config gives.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum AdminCredentials {
+    /// Requests signed with the cluster password.
+    Signed(String),
+    /// HTTP Basic of a user holding a role in `auth.adminRoles`.
+    Basic(String, String),
+    /// Neither: the broker is open.
+    None,
+}
+
+impl AdminCredentials {
+    /// The cluster password when the config has one, else its first user holding a role in
+    /// `auth.adminRoles`, else none.
+    pub fn of(config: &duomq_broker::config::BrokerConfig) -> AdminCredentials {
+        if let Some(password) = config.ha.load_password().ok().filter(|p| !p.is_empty()) {
+            return AdminCredentials::Signed(password);
+        }
+        let holds_admin_role = |name: &str| {
+            config.auth.admin_roles.iter().any(|role| config.auth.roles.get(role).is_some_and(|holders| holders.iter().any(|h| h == name)))
+        };
+        let users = config.load_users().unwrap_or_default();
+        match users.into_iter().find(|u| holds_admin_role(&u.name)) {
+            Some(u) => AdminCredentials::Basic(u.name, u.password),
+            None => AdminCredentials::None,
+        }
+    }
+
+    /// The header of a bodiless request.
+    pub fn header(&self, method: &str, path: &str) -> Option<(&'static str, String)> {
+        use duomq_broker::admin::auth;
+        match self {
+            AdminCredentials::Signed(p) => Some((auth::SIGNATURE_HEADER, auth::sign(p.as_bytes(), method, path, b"", auth::unix_now()))),
+            AdminCredentials::Basic(user, password) => Some(("authorization", auth::basic_header(user, password))),
+            AdminCredentials::None => None,
+        }
+    }
+}
+
+/// A broker's config as it reads it (the file alone: no environment, no flags).
+pub fn load_config(config_file: &Path) -> Option<duomq_broker::config::BrokerConfig> {
+    duomq_broker::config::BrokerConfig::load(Some(config_file), std::iter::empty(), &[]).ok()
+}
+
+/// A GET of an admin view of the broker configured by `config_file`, as the tests read
+/// `/status`: over TLS (checked against its `tls.caFile`) when it has `tls.admin.enabled`,
+/// with the [`AdminCredentials`] its config gives.
+pub fn http_get_admin(ip: &str, port: u16, path: &str, config_file: &Path) -> std::io::Result<(u16, String)> {
+    let config = load_config(config_file);
+    let credentials = config.as_ref().map_or(AdminCredentials::None, AdminCredentials::of);
+    if let Some(tls) = config.as_ref().map(|c| &c.tls).filter(|t| t.admin.enabled) {
+        let ca = tls.ca_file.clone().ok_or_else(|| std::io::Error::other("tls.admin.enabled without tls.caFile: the test cannot check the certificate"))?;
+        let client = duomq_broker::admin::client::AdminClient::new(&format!("https://{ip}:{port}"))
+            .and_then(|c| c.with_ca_file(&ca, None))
+            .map_err(std::io::Error::other)?;
+        let client = match credentials {
+            AdminCredentials::Signed(password) => client.with_password(&password),
+            AdminCredentials::Basic(user, password) => client.with_basic(&user, &password),
+            AdminCredentials::None => client,
+        };
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
+        let reply = runtime.block_on(client.get(path)).map_err(std::io::Error::other)?;
+        return Ok((reply.code, String::from_utf8_lossy(&reply.body).into_owned()));
+    }
+    let mut request = format!("GET {path} HTTP/1.0\r\nHost: localhost\r\n");
+    if let Some((name, value)) = credentials.header("GET", path) {
+        request.push_str(&format!("{name}: {value}\r\n"));
+    }
+    request.push_str("\r\n");
+    http_request(ip, port, &request, Duration::from_secs(5))
 }
 
 /// A minimal HTTP/1.0 POST of a JSON body with extra headers, for admin writes (which may
