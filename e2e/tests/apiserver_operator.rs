@@ -24,12 +24,11 @@ use serde_json::json;
 struct NoBrokers;
 
 impl BrokerStatusSource for NoBrokers {
-    fn fetch<'a>(
+    fn status<'a>(
         &'a self,
-        ip: &'a str,
-        port: u16,
+        at: &'a controller::Endpoint,
     ) -> BoxFuture<'a, Result<duomq_broker::admin::api::BrokerStatus, String>> {
-        Box::pin(async move { Err(format!("no broker at {ip}:{port} in this test")) })
+        Box::pin(async move { Err(format!("no broker at {} in this test", at.address())) })
     }
 }
 

@@ -66,11 +66,12 @@ pub fn pod_name(group: &str, ordinal: usize) -> String {
 /// A member's DNS name inside the cluster (resolved through the pod's search path, so it
 /// works whatever the cluster domain is).
 pub fn pod_host(group: &str, ordinal: usize, namespace: &str) -> String {
-    format!(
-        "{}.{}.{namespace}.svc",
-        pod_name(group, ordinal),
-        members_service(group)
-    )
+    member_host(group, &pod_name(group, ordinal), namespace)
+}
+
+/// [`pod_host`] of a member known by its pod name.
+pub fn member_host(group: &str, pod: &str, namespace: &str) -> String {
+    format!("{pod}.{}.{namespace}.svc", members_service(group))
 }
 
 pub fn config_map(group: &str) -> String {

@@ -22,7 +22,7 @@ use duomq_broker::admin::api::{
 };
 use duomq_operator::api::{BrokerGroup, BrokerGroupStatus, FailoverReason, PendingSwitchover};
 use duomq_operator::controller::metrics::Metrics;
-use duomq_operator::controller::{reconcile, BrokerStatusSource, Context, Error};
+use duomq_operator::controller::{reconcile, BrokerStatusSource, Context, Endpoint, Error};
 use futures::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -466,16 +466,12 @@ impl<R: Send + 'static> Canned<R> {
         self.answers.lock().insert(ip.to_string(), answer);
     }
 
-    fn ask<'a>(
-        &self,
-        ip: &str,
-        port: u16,
-        what: String,
-        password: &str,
-    ) -> BoxFuture<'a, Result<R, String>> {
+    fn ask<'a>(&self, at: &Endpoint, what: String) -> BoxFuture<'a, Result<R, String>> {
+        let (ip, port) = (&at.ip, at.port);
+        let password = at.password.clone().unwrap_or_default();
         self.asked
             .lock()
-            .push((format!("{ip}:{port}"), what, password.to_string()));
+            .push((format!("{ip}:{port}"), what, password));
         let answer = self
             .answers
             .lock()
@@ -503,6 +499,8 @@ impl<R: Send + 'static> Canned<R> {
 struct FakeBrokers {
     answers: Mutex<BTreeMap<String, BrokerStatus>>,
     asked: Mutex<Vec<String>>,
+    /// The last `/status` request per pod IP: how it was signed and dialled.
+    endpoints: Mutex<BTreeMap<String, Endpoint>>,
     /// Switchovers, asked as `-> <target>`.
     switchovers: Canned<SwitchoverReply>,
     /// Drains, asked as `-> <target groups, comma-separated>`.
@@ -531,8 +529,10 @@ impl FakeBrokers {
 }
 
 impl BrokerStatusSource for FakeBrokers {
-    fn fetch<'a>(&'a self, ip: &'a str, port: u16) -> BoxFuture<'a, Result<BrokerStatus, String>> {
+    fn status<'a>(&'a self, at: &'a Endpoint) -> BoxFuture<'a, Result<BrokerStatus, String>> {
+        let (ip, port) = (&at.ip, at.port);
         self.asked.lock().push(format!("{ip}:{port}"));
+        self.endpoints.lock().insert(ip.clone(), at.clone());
         let answer = self
             .answers
             .lock()
@@ -544,36 +544,29 @@ impl BrokerStatusSource for FakeBrokers {
 
     fn switchover<'a>(
         &'a self,
-        ip: &'a str,
-        port: u16,
+        at: &'a Endpoint,
         to: &'a str,
-        password: &'a str,
     ) -> BoxFuture<'a, Result<SwitchoverReply, String>> {
-        self.switchovers.ask(ip, port, format!("-> {to}"), password)
+        self.switchovers.ask(at, format!("-> {to}"))
     }
 
     fn drain<'a>(
         &'a self,
-        ip: &'a str,
-        port: u16,
+        at: &'a Endpoint,
         targets: &'a [String],
-        password: &'a str,
     ) -> BoxFuture<'a, Result<DrainStatus, String>> {
-        self.drains
-            .ask(ip, port, format!("-> {}", targets.join(",")), password)
+        self.drains.ask(at, format!("-> {}", targets.join(",")))
     }
 
     fn fence<'a>(
         &'a self,
-        ip: &'a str,
-        port: u16,
+        at: &'a Endpoint,
         fenced: bool,
         force: bool,
-        password: &'a str,
     ) -> BoxFuture<'a, Result<FenceReply, String>> {
         let verb = if fenced { "fenced" } else { "unfenced" };
         let what = format!("{verb}{}", if force { " force" } else { "" });
-        self.fences.ask(ip, port, what, password)
+        self.fences.ask(at, what)
     }
 }
 
@@ -1921,6 +1914,14 @@ async fn given_a_switchover_annotation_when_reconciled_should_ask_the_live_then_
         ["10.0.0.10:8161 -> pair-g0-1"],
         "the live, on its admin port, signed with the cluster password"
     );
+    let read = h.brokers.endpoints.lock().get("10.0.0.10").cloned();
+    let read = read.expect("the live's /status was read");
+    assert_eq!(
+        (read.port, read.password.as_deref()),
+        (8161, Some("pw")),
+        "/status is signed with the cluster password too"
+    );
+    assert!(read.tls.is_none(), "plain HTTP without spec.tls");
     let events = posted_events(&asked);
     assert_eq!(
         (events[0].0.as_str(), events[0].1.as_str()),

@@ -9,6 +9,7 @@ use kube::ResourceExt;
 use tracing::{info, warn};
 
 use super::metrics::SwitchoverLabels;
+use super::brokers::{Access, Endpoint};
 use super::{apply, now, Context, Error};
 use crate::api::{BrokerGroup, FailoverReason, PendingSwitchover};
 use crate::names;
@@ -21,9 +22,8 @@ pub struct Act<'a> {
     pub ctx: &'a Context,
     pub bg: &'a BrokerGroup,
     pub namespace: &'a str,
-    pub admin_port: u16,
-    /// The cluster password admin writes are signed with, if the Secret has one.
-    pub password: Option<&'a str>,
+    /// How to reach the brokers: admin port, cluster password, TLS trust.
+    pub access: &'a Access,
 }
 
 impl Act<'_> {
@@ -105,17 +105,14 @@ impl Act<'_> {
         Ok(())
     }
 
-    fn password(&self) -> Result<&str, String> {
-        self.password.ok_or_else(|| {
-            "the cluster credentials Secret has no password to sign the request with".into()
-        })
-    }
-
-    fn ip<'s>(&self, seen: &'s Observation, pod: &str) -> Result<&'s str, String> {
-        seen.pods
+    /// The admin endpoint of member `pod` of `group`.
+    fn endpoint(&self, seen: &Observation, group: &str, pod: &str) -> Result<Endpoint, String> {
+        let ip = seen
+            .pods
             .get(pod)
             .and_then(|p| p.ip.as_deref())
-            .ok_or_else(|| format!("{pod} has no pod IP"))
+            .ok_or_else(|| format!("{pod} has no pod IP"))?;
+        Ok(self.access.endpoint(group, pod, ip))
     }
 
     async fn switchovers(&self, plan: &Plan, seen: &Observation, out: &mut Outcome) {
@@ -126,14 +123,11 @@ impl Act<'_> {
                 FailoverReason::Fence => "the live is to be fenced",
                 _ => "switchover asked for",
             };
-            let result = match (self.ip(seen, &s.from), self.password()) {
-                (Err(e), _) | (_, Err(e)) => Err(e),
-                (Ok(ip), Ok(password)) => {
+            let result = match self.endpoint(seen, &s.group, &s.from) {
+                Err(e) => Err(e),
+                Ok(at) => {
                     info!(brokergroup = %self.bg.name_any(), group = %s.group, from = %s.from, to = %s.to, why, "asking the live for a switchover");
-                    self.ctx
-                        .brokers
-                        .switchover(ip, self.admin_port, &s.to, password)
-                        .await
+                    self.ctx.brokers.switchover(&at, &s.to).await
                 }
             };
             let reason = match s.reason {
@@ -178,14 +172,9 @@ impl Act<'_> {
     async fn fences(&self, plan: &Plan, seen: &Observation, out: &mut Outcome) {
         for f in &plan.fences {
             let verb = if f.fenced { "fence" } else { "unfence" };
-            let result = match (self.ip(seen, &f.pod), self.password()) {
-                (Err(e), _) | (_, Err(e)) => Err(e),
-                (Ok(ip), Ok(password)) => {
-                    self.ctx
-                        .brokers
-                        .fence(ip, self.admin_port, f.fenced, f.force, password)
-                        .await
-                }
+            let result = match self.endpoint(seen, &f.group, &f.pod) {
+                Err(e) => Err(e),
+                Ok(at) => self.ctx.brokers.fence(&at, f.fenced, f.force).await,
             };
             match result {
                 Ok(reply) => {
@@ -209,14 +198,9 @@ impl Act<'_> {
 
     async fn drains(&self, plan: &Plan, seen: &Observation, out: &mut Outcome) {
         for d in &plan.drains {
-            let result = match (self.ip(seen, &d.live), self.password()) {
-                (Err(e), _) | (_, Err(e)) => Err(e),
-                (Ok(ip), Ok(password)) => {
-                    self.ctx
-                        .brokers
-                        .drain(ip, self.admin_port, &d.targets, password)
-                        .await
-                }
+            let result = match self.endpoint(seen, &d.group, &d.live) {
+                Err(e) => Err(e),
+                Ok(at) => self.ctx.brokers.drain(&at, &d.targets).await,
             };
             match result {
                 Ok(progress) => {

@@ -32,7 +32,7 @@ use parking_lot::Mutex;
 use thiserror::Error;
 use tracing::{info, warn};
 
-pub use brokers::{BrokerStatusSource, HttpBrokerStatus};
+pub use brokers::{Access, BrokerStatusSource, Endpoint, EndpointTls, HttpBrokerStatus};
 pub use request::{request_switchover, RequestError};
 
 use crate::api::{condition, BrokerGroup, BrokerGroupStatus};
@@ -265,9 +265,22 @@ async fn reconcile_phases(bg: &BrokerGroup, ctx: &Context) -> Result<Action, Err
     apply::apply_all(client, &namespace, &rendered).await?;
 
     // Observe: facts only.
+    let existing_password = inputs
+        .dependencies
+        .cluster_secret
+        .as_ref()
+        .and_then(|d| d.get(names::CLUSTER_PASSWORD_KEY).cloned());
+    let access = brokers::Access {
+        namespace: namespace.clone(),
+        port: u16::try_from(validated.spec.ports.admin)
+            .unwrap_or(duomq_broker::admin::api::DEFAULT_PORT),
+        password: existing_password.or_else(|| validated.credentials.generated_password.clone()),
+        tls: None,
+    };
     let seen = observe::observe(
         client,
         ctx.brokers.as_ref(),
+        &access,
         &namespace,
         &validated,
         &inputs.statefulsets,
@@ -294,19 +307,11 @@ async fn reconcile_phases(bg: &BrokerGroup, ctx: &Context) -> Result<Action, Err
             now: &now,
         },
     );
-    let existing_password = inputs
-        .dependencies
-        .cluster_secret
-        .as_ref()
-        .and_then(|d| d.get(names::CLUSTER_PASSWORD_KEY).cloned());
-    let password = existing_password.or_else(|| validated.credentials.generated_password.clone());
     let act = act::Act {
         ctx,
         bg,
         namespace: &namespace,
-        admin_port: u16::try_from(validated.spec.ports.admin)
-            .unwrap_or(duomq_broker::admin::api::DEFAULT_PORT),
-        password: password.as_deref(),
+        access: &access,
     };
     let outcome = act.carry_out(&plan, &seen).await?;
 

@@ -11,6 +11,7 @@ use kube::core::DynamicObject;
 use kube::{Client, ResourceExt};
 
 use super::apply::owned_kinds;
+use super::brokers::Access;
 use super::{BrokerStatusSource, Error};
 use crate::names;
 use crate::status::{LeaseObservation, Observation, OwnedObject, PodObservation};
@@ -48,6 +49,7 @@ fn unschedulable(pod: &Pod) -> Option<String> {
 pub async fn observe(
     client: &Client,
     brokers: &dyn BrokerStatusSource,
+    access: &Access,
     namespace: &str,
     v: &ValidatedBrokerGroup,
     statefulsets: &[StatefulSet],
@@ -86,13 +88,15 @@ pub async fn observe(
         .list(&selector)
         .await
         .map_err(Error::observe("list broker pods"))?;
-    let admin_port =
-        u16::try_from(v.spec.ports.admin).unwrap_or(duomq_broker::admin::api::DEFAULT_PORT);
     let fetches = pods.items.iter().map(|pod| async move {
         let running = broker_running(pod);
         let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
+        let group = pod.labels().get(names::LABEL_GROUP).cloned().unwrap_or_default();
         let broker = match (running, &ip) {
-            (true, Some(ip)) => brokers.fetch(ip, admin_port).await,
+            (true, Some(ip)) => {
+                let at = access.endpoint(&group, &pod.name_any(), ip);
+                brokers.status(&at).await
+            }
             (true, None) => Err("no pod IP yet".to_string()),
             (false, _) => Err("broker container not running".to_string()),
         };
