@@ -143,9 +143,18 @@ fn count_failure(tls: &TlsContext) {
     tls.metrics.handshake_failures.get_or_create(&ListenerLabels { listener: Listener::Cluster.as_str() }).inc();
 }
 
+/// The error a [`TransportError`] wraps: its `source` skips that one (it is transparent).
+fn unwrap_transparent<'a>(e: &'a (dyn Error + 'static)) -> &'a (dyn Error + 'static) {
+    match e.downcast_ref::<TransportError>() {
+        Some(TransportError::Tls(t)) => t,
+        Some(TransportError::Handshake(h)) => h,
+        _ => e,
+    }
+}
+
 /// The rustls error somewhere in `e`'s causes.
 fn rustls_error<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a rustls::Error> {
-    let mut cur: Option<&(dyn Error + 'static)> = Some(e);
+    let mut cur: Option<&(dyn Error + 'static)> = Some(unwrap_transparent(e));
     while let Some(err) = cur {
         if let Some(r) = err.downcast_ref::<rustls::Error>() {
             return Some(r);
@@ -161,7 +170,7 @@ fn rustls_error<'a>(e: &'a (dyn Error + 'static)) -> Option<&'a rustls::Error> {
 /// A handshake frame whose length prefix is a TLS record header (content type 20–23,
 /// version 3.x): the peer speaks TLS to a plaintext end.
 fn tls_record_as_frame(e: &(dyn Error + 'static)) -> bool {
-    let mut cur: Option<&(dyn Error + 'static)> = Some(e);
+    let mut cur: Option<&(dyn Error + 'static)> = Some(unwrap_transparent(e));
     while let Some(err) = cur {
         if let Some(HandshakeError::FrameTooLarge { length, .. }) = err.downcast_ref::<HandshakeError>() {
             let b = u32::try_from(*length).unwrap_or(0).to_be_bytes();
@@ -194,7 +203,7 @@ pub fn cause(e: &(dyn Error + 'static)) -> Option<&'static str> {
             "the peer presented no certificate: every member needs a certificate from the same CA (tls.certFile, tls.caFile)"
         }
         rustls::Error::InvalidMessage(_) => {
-            "the peer answered without TLS: it has tls.cluster.enabled off, or its port was too busy to take the connection"
+            "no TLS from the peer: tls.cluster.enabled must be on for every member or off for every one (a port too busy to take a connection also answers without TLS)"
         }
         rustls::Error::AlertReceived(alert) => match alert {
             AlertDescription::UnknownCA => {

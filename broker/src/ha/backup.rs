@@ -138,7 +138,8 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
             }
         }))
     });
-    tracing::info!(live = %peer.node_id, epoch = peer.epoch, "following the live");
+    let tls = conn.stream().protocol().map_or_else(|| "off".to_string(), |v| format!("{v:?}"));
+    tracing::info!(live = %peer.node_id, epoch = peer.epoch, %tls, "following the live");
     // Tell the live what this copy holds, so that it sends only what is missing.
     let held = match tokio::task::block_in_place(|| mirror.digests()) {
         Ok(held) => held,

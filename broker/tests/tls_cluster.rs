@@ -1,0 +1,369 @@
+//! TLS on the cluster port with real processes on loopback: a replicated pair over mutual
+//! TLS failing over after kill -9, members refused (certificates from another CA, one
+//! member in plaintext) with the reason on both sides and in the metrics, a network
+//! bridge over TLS, and the certificate files rotated under load with nothing lost and
+//! the live role never moving.
+
+mod common;
+
+use common::cluster::{Member, ROLE_TIMEOUT};
+use common::tls::{LeafFiles, Pki};
+use common::{cli, eventually, metric_value};
+use duomq_broker::tls::pki::Leaf;
+use std::path::{Path, PathBuf};
+use std::process::Stdio;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+const PASSWORD_FILE: &str = "password";
+
+fn root() -> tempfile::TempDir {
+    let root = tempfile::Builder::new().prefix("duomq-tls-pair-").tempdir().expect("tempdir");
+    std::fs::write(root.path().join(PASSWORD_FILE), "a-long-random-cluster-password\n").expect("write the password");
+    root
+}
+
+fn failover_url(a: &Member, b: &Member) -> String {
+    format!(
+        "failover:(stomp://{},stomp://{})?initialReconnectDelay=10ms&maxReconnectDelay=200ms&maxReconnectAttempts=-1",
+        a.stomp_addr(),
+        b.stomp_addr()
+    )
+}
+
+/// Prints the first log line of `member` containing `needle` (the refusals, for the record).
+fn show(member: &Member, needle: &str) {
+    if let Some(line) = member.log().lines().find(|l| l.contains(needle)) {
+        println!("{}: {line}", member.name);
+    }
+}
+
+fn metric(member: &Member, line_start: &str) -> u64 {
+    metric_value(member.admin, &format!("{line_start} "))
+}
+
+/// Receives `count` messages from `url` and returns the consumer's summary line.
+fn receive_all(url: &str, destination: &str, count: usize) -> String {
+    let out = cli(&["receive", "--url", url, "--destination", destination, "--count", &count.to_string(), "--timeout", "20s"])
+        .output()
+        .expect("run the consumer");
+    let summary = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(out.status.success(), "the consumer did not get every message: {summary}");
+    summary
+}
+
+fn send(url: &str, destination: &str, count: usize) {
+    let out = cli(&["send", "--url", url, "--destination", destination, "--count", &count.to_string(), "--size", "256", "--persistent", "--receipts", "--window", "32"])
+        .output()
+        .expect("run the producer");
+    assert!(out.status.success(), "producer failed: {}", String::from_utf8_lossy(&out.stderr));
+}
+
+#[test]
+fn given_a_pair_over_mutual_tls_when_the_live_is_killed_should_take_over_with_every_receipted_message() {
+    let root = root();
+    let pki = Pki::new("pair");
+    let mut a = Member::new(root.path(), "node-a");
+    let mut b = Member::new(root.path(), "node-b");
+    let (leaf_a, leaf_b) = (pki.leaf("node-a"), pki.leaf("node-b"));
+    a.start(&[b.peer()], "primary", &pki.config(&leaf_a, &["cluster"]), root.path(), "g1", PASSWORD_FILE);
+    a.wait_live();
+    b.start(&[a.peer()], "backup", &pki.config(&leaf_b, &["cluster"]), root.path(), "g1", PASSWORD_FILE);
+    b.wait_synced_backup();
+    assert!(b.log().contains("following the live live=node-a epoch=1 tls=TLSv1_3"), "the backup follows over TLS 1.3:\n{}", b.log());
+    // The port speaks TLS only: a plaintext stranger gets no cluster frame back.
+    let mut plain = std::net::TcpStream::connect(a.cluster_addr()).expect("connect to the cluster port");
+    std::io::Write::write_all(&mut plain, b"\x00\x00\x00\x05\x01hello").expect("write plaintext");
+    plain.set_read_timeout(Some(Duration::from_secs(10))).expect("read timeout");
+    let mut answer = [0u8; 64];
+    let n = std::io::Read::read(&mut plain, &mut answer).unwrap_or(0);
+    assert!(n == 0 || answer[0] == 0x15, "a TLS port answers plaintext with a TLS alert or nothing, got {:?}", &answer[..n]);
+
+    let url = failover_url(&a, &b);
+    const COUNT: usize = 3000;
+    let producer = cli(&[
+        "send", "--url", &url, "--destination", "/queue/tls", "--count", &COUNT.to_string(), "--size", "256", "--persistent", "--receipts", "--window", "16",
+    ])
+    .stdout(Stdio::null())
+    .stderr(Stdio::piped())
+    .spawn()
+    .expect("spawn the producer");
+    let started = Instant::now();
+    a.wait_for("busy", |s| {
+        s["queues"].as_array().and_then(|q| q.iter().find(|q| q["name"] == "/queue/tls")).is_some_and(|q| q["enqueuedTotal"].as_u64().unwrap_or(0) >= (COUNT / 3) as u64)
+            || started.elapsed() > Duration::from_secs(20)
+    });
+    a.kill9();
+    b.wait_live();
+    let out = producer.wait_with_output().expect("producer finished");
+    let report = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "the producer failed: {report}");
+    println!("producer: {}", report.lines().last().unwrap_or_default());
+    let summary = receive_all(&url, "/queue/tls", COUNT);
+    assert!(summary.contains(&format!("received {COUNT} messages")) && summary.contains(" 0 duplicates"), "{summary}");
+    assert_eq!(metric(&b, "duomq_tls_handshake_failures_total{listener=\"cluster\"}"), 0);
+}
+
+#[test]
+fn given_members_with_certificates_from_different_cas_should_refuse_to_replicate_and_say_why() {
+    let root = root();
+    let (pki_a, pki_b) = (Pki::new("ca-one"), Pki::new("ca-two"));
+    let mut a = Member::new(root.path(), "node-a");
+    let mut b = Member::new(root.path(), "node-b");
+    a.start(&[b.peer()], "primary", &pki_a.config(&pki_a.leaf("node-a"), &["cluster"]), root.path(), "g1", PASSWORD_FILE);
+    a.wait_live();
+    b.start(&[a.peer()], "backup", &pki_b.config(&pki_b.leaf("node-b"), &["cluster"]), root.path(), "g1", PASSWORD_FILE);
+    let refused = "duomq_cluster_connections_refused_total{reason=\"tls\"}";
+    eventually("the live refuses the backup's connections", ROLE_TIMEOUT, || metric(&a, refused) >= 2);
+    eventually("the backup counts its failed handshakes", ROLE_TIMEOUT, || {
+        metric(&b, "duomq_tls_handshake_failures_total{listener=\"cluster\"}") >= 1
+    });
+    // The backup checks the live's certificate first; the live hears its alert.
+    let b_log = b.log();
+    assert!(
+        b_log.contains("invalid peer certificate: UnknownIssuer: the members' certificates are not from the same CA (tls.caFile)"),
+        "the backup says why:\n{b_log}"
+    );
+    eventually("the live logs why", ROLE_TIMEOUT, || a.log().contains("the members' certificates are not from the same CA (tls.caFile)"));
+    assert!(a.log().contains("refused a cluster connection"), "{}", a.log());
+    show(&a, "refused a cluster connection");
+    show(&b, "cluster connection to a member refused");
+    // Nothing moves: the live stays live and alone, the backup never syncs nor activates.
+    std::thread::sleep(Duration::from_secs(3));
+    let (sa, sb) = (a.status().expect("live status"), b.status().expect("backup status"));
+    assert_eq!((sa["role"].as_str(), sa["ha"]["alone"].as_bool()), (Some("live"), Some(true)), "{sa}");
+    assert_eq!(sb["role"], "backup", "{sb}");
+    assert_ne!(sb["ha"]["sync"]["state"], "synced", "{sb}");
+    assert!(!b.log().contains("activating"), "{}", b.log());
+}
+
+#[test]
+fn given_a_plaintext_member_and_a_tls_member_should_refuse_each_other_and_say_why() {
+    let root = root();
+    let pki = Pki::new("mixed");
+    let mut a = Member::new(root.path(), "node-a");
+    let mut b = Member::new(root.path(), "node-b");
+    a.start(&[b.peer()], "primary", &pki.config(&pki.leaf("node-a"), &["cluster"]), root.path(), "g1", PASSWORD_FILE);
+    a.wait_live();
+    b.start(&[a.peer()], "backup", "", root.path(), "g1", PASSWORD_FILE);
+    eventually("the TLS live refuses the plaintext member", ROLE_TIMEOUT, || {
+        metric(&a, "duomq_cluster_connections_refused_total{reason=\"tls\"}") >= 2
+    });
+    eventually("the TLS live says why", ROLE_TIMEOUT, || a.log().contains("tls.cluster.enabled must be on for every member or off for every one"));
+    eventually("the plaintext member says why", ROLE_TIMEOUT, || b.log().contains("tls.cluster.enabled"));
+    show(&a, "refused a cluster connection");
+    show(&b, "cluster connection to a member refused");
+    std::thread::sleep(Duration::from_secs(2));
+    let (sa, sb) = (a.status().expect("live status"), b.status().expect("backup status"));
+    assert_eq!((sa["role"].as_str(), sa["ha"]["alone"].as_bool()), (Some("live"), Some(true)), "{sa}");
+    assert_eq!(sb["role"], "backup", "{sb}");
+    assert_ne!(sb["ha"]["sync"]["state"], "synced", "{sb}");
+
+    // The reverse: a plaintext live, a TLS backup.
+    drop((a, b));
+    let root = self::root();
+    let mut a = Member::new(root.path(), "node-a");
+    let mut b = Member::new(root.path(), "node-b");
+    a.start(&[b.peer()], "primary", "", root.path(), "g1", PASSWORD_FILE);
+    a.wait_live();
+    b.start(&[a.peer()], "backup", &pki.config(&pki.leaf("node-b"), &["cluster"]), root.path(), "g1", PASSWORD_FILE);
+    eventually("the plaintext live refuses the TLS member", ROLE_TIMEOUT, || {
+        metric(&a, "duomq_cluster_connections_refused_total{reason=\"tls\"}") >= 2
+    });
+    eventually("the plaintext live says why", ROLE_TIMEOUT, || a.log().contains("the peer speaks TLS and this end does not"));
+    eventually("the TLS member says why", ROLE_TIMEOUT, || b.log().contains("no TLS from the peer"));
+    show(&a, "refused a cluster connection");
+    show(&b, "cluster connection to a member refused");
+    assert_ne!(b.status().expect("backup status")["ha"]["sync"]["state"], "synced");
+}
+
+/// A standalone broker whose cluster port (TLS) takes bridges; `network` is its `network:` block.
+fn bridge_node(name: &str, cluster: u16, tls: &str, network: &str) -> common::Broker {
+    let config = format!("node:\n  id: {name}\nha:\n  cluster:\n    listen: 127.0.0.1:{cluster}\n    password: bridge-password\n{tls}{network}");
+    common::Broker::start(name, &config)
+}
+
+fn link_state(broker: &common::Broker) -> serde_json::Value {
+    broker.status()["network"]["connectors"][0]["links"][0].clone()
+}
+
+#[test]
+fn given_a_bridge_between_groups_over_tls_should_forward_messages() {
+    let pki = Pki::new("bridge");
+    let (ca, cb) = (common::free_port(), common::free_port());
+    let network = format!("network:\n  connectors:\n    - name: to-b\n      uri: tcp://127.0.0.1:{cb}\n");
+    let a = bridge_node("a", ca, &pki.config(&pki.leaf("a"), &["cluster"]), &network);
+    let b = bridge_node("b", cb, &pki.config(&pki.leaf("b"), &["cluster"]), "");
+    eventually("the bridge links over TLS", ROLE_TIMEOUT, || link_state(&a)["state"] == "linked");
+    let b_url = format!("stomp://127.0.0.1:{}", b.stomp_port);
+    let consumer = cli(&["receive", "--url", &b_url, "--destination", "/queue/bridged", "--count", "200", "--timeout", "30s"])
+        .stderr(Stdio::piped())
+        .stdout(Stdio::null())
+        .spawn()
+        .expect("start the consumer");
+    eventually("the remote's demand reaches the bridge", ROLE_TIMEOUT, || {
+        link_state(&a)["remoteDemand"].as_array().is_some_and(|d| d.iter().any(|x| x == "/queue/bridged"))
+    });
+    send(&format!("stomp://127.0.0.1:{}", a.stomp_port), "/queue/bridged", 200);
+    let out = consumer.wait_with_output().expect("consumer finished");
+    let summary = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success() && summary.contains("received 200 messages") && summary.contains(" 0 duplicates"), "{summary}");
+    assert_eq!(metric_value(b.admin_port, "duomq_tls_handshake_failures_total{listener=\"cluster\"} "), 0);
+
+    // A bridge whose certificate is from another CA is refused, and says why.
+    let other = Pki::new("other");
+    let cc = common::free_port();
+    let to_b = format!("network:\n  connectors:\n    - name: to-b\n      uri: tcp://127.0.0.1:{cb}\n");
+    let c = bridge_node("c", cc, &other.config(&other.leaf("c"), &["cluster"]), &to_b);
+    eventually("the foreign bridge is refused", ROLE_TIMEOUT, || link_state(&c)["state"] == "refused");
+    let error = link_state(&c)["lastError"].as_str().unwrap_or_default().to_string();
+    assert!(error.contains("not from the same CA"), "{error}");
+}
+
+/// A member's certificate files laid out as kubelet mounts a Secret: `tls.crt` and
+/// `tls.key` are links into `..data`, itself a link to a timestamped directory, and an
+/// update swaps `..data` in one rename, so both files change at once.
+struct Mounted {
+    dir: PathBuf,
+    version: u32,
+}
+
+impl Mounted {
+    fn new(dir: &Path, ca_pem: &str, leaf: &LeafFiles) -> Mounted {
+        std::fs::create_dir_all(dir).expect("mount dir");
+        let mut mounted = Mounted { dir: dir.to_path_buf(), version: 0 };
+        mounted.update(ca_pem, &leaf.issued.cert_pem, &leaf.issued.key_pem);
+        for name in ["tls.crt", "tls.key", "ca.crt"] {
+            std::os::unix::fs::symlink(Path::new("..data").join(name), dir.join(name)).expect("link a file into ..data");
+        }
+        mounted
+    }
+
+    /// Writes a new version and swaps `..data` to it atomically (write then rename).
+    fn update(&mut self, ca_pem: &str, cert_pem: &str, key_pem: &str) {
+        self.version += 1;
+        let version = format!("..v{}", self.version);
+        let target = self.dir.join(&version);
+        std::fs::create_dir_all(&target).expect("version dir");
+        std::fs::write(target.join("tls.crt"), cert_pem).expect("write tls.crt");
+        std::fs::write(target.join("tls.key"), key_pem).expect("write tls.key");
+        std::fs::write(target.join("ca.crt"), ca_pem).expect("write ca.crt");
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).expect("link the new version");
+        std::fs::rename(&tmp, self.dir.join("..data")).expect("swap ..data");
+    }
+
+    fn config(&self, listeners: &[&str]) -> String {
+        let on = |l: &str| listeners.contains(&l);
+        format!(
+            "tls:\n  certFile: {d}/tls.crt\n  keyFile: {d}/tls.key\n  caFile: {d}/ca.crt\n  reloadInterval: 1s\n  stomp:\n    enabled: {}\n  cluster:\n    enabled: {}\n",
+            on("stomp"),
+            on("cluster"),
+            d = self.dir.display(),
+        )
+    }
+}
+
+/// The common name of the certificate a member's cluster port presents to a new
+/// connection (with `client` as this side's certificate).
+fn presented_common_name(addr: &str, ca: &Path, client: &LeafFiles) -> String {
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let config = duomq_broker::tls::client_config(ca, Some((&client.cert, &client.key)), duomq_broker::config::TlsVersion::V1_2)
+            .expect("client TLS settings");
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect to the cluster port");
+        let stream = duomq_broker::tls::connect(tcp, "127.0.0.1", Some(tokio_rustls::TlsConnector::from(config)), Duration::from_secs(10))
+            .await
+            .expect("TLS handshake with the cluster port");
+        stream.peer_common_name().expect("the member's certificate has a common name")
+    })
+}
+
+#[test]
+fn given_certificates_rotated_under_load_should_lose_nothing_and_keep_the_live_role() {
+    let root = root();
+    let pki = Pki::new("rotation");
+    let ca_pem = pki.ca.pem().cert_pem.clone();
+    let mut a = Member::new(root.path(), "node-a");
+    let mut b = Member::new(root.path(), "node-b");
+    let mut mount_a = Mounted::new(&root.path().join("secret-a"), &ca_pem, &pki.leaf("node-a"));
+    let mut mount_b = Mounted::new(&root.path().join("secret-b"), &ca_pem, &pki.leaf("node-b"));
+    a.start(&[b.peer()], "primary", &mount_a.config(&["cluster"]), root.path(), "g1", PASSWORD_FILE);
+    a.wait_live();
+    b.start(&[a.peer()], "backup", &mount_b.config(&["cluster"]), root.path(), "g1", PASSWORD_FILE);
+    b.wait_synced_backup();
+    let probe_client = pki.leaf("probe");
+    assert_eq!(presented_common_name(&a.cluster_addr(), &pki.ca_file, &probe_client), "node-a");
+    let epoch = a.status().expect("live status")["ha"]["epoch"].as_u64();
+
+    // A producer and a consumer run through the whole rotation: batches of BATCH
+    // persistent, receipted messages, each to its own queue, each batch received in full
+    // with no duplicate.
+    let url = failover_url(&a, &b);
+    const BATCH: usize = 500;
+    let started = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(AtomicBool::new(false));
+    let producer = {
+        let (url, started, stop) = (url.clone(), Arc::clone(&started), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            while !stop.load(Ordering::SeqCst) {
+                let k = started.fetch_add(1, Ordering::SeqCst);
+                send(&url, &format!("/queue/rotation-{k}"), BATCH);
+            }
+        })
+    };
+    let consumer = {
+        let (url, started, stop) = (url.clone(), Arc::clone(&started), Arc::clone(&stop));
+        std::thread::spawn(move || {
+            let mut k = 0;
+            loop {
+                if k < started.load(Ordering::SeqCst) {
+                    let summary = receive_all(&url, &format!("/queue/rotation-{k}"), BATCH);
+                    assert!(summary.contains(&format!("received {BATCH} messages")) && summary.contains(" 0 duplicates"), "batch {k}: {summary}");
+                    k += 1;
+                } else if stop.load(Ordering::SeqCst) {
+                    return k;
+                } else {
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+            }
+        })
+    };
+    eventually("two batches through", ROLE_TIMEOUT, || started.load(Ordering::SeqCst) >= 3);
+
+    // New leaves from the same CA, swapped in as kubelet does.
+    let rotated = Instant::now();
+    let new_a = pki.ca.issue(&Leaf::new("node-a-rotated", common::tls::VALID_FOR).loopback()).expect("issue");
+    let new_b = pki.ca.issue(&Leaf::new("node-b-rotated", common::tls::VALID_FOR).loopback()).expect("issue");
+    mount_a.update(&ca_pem, &new_a.cert_pem, &new_a.key_pem);
+    mount_b.update(&ca_pem, &new_b.cert_pem, &new_b.key_pem);
+    let reloaded = "duomq_tls_reloads_total{result=\"ok\"}";
+    eventually("both members reload the files", Duration::from_secs(20), || metric(&a, reloaded) >= 1 && metric(&b, reloaded) >= 1);
+    println!("reloaded within {:?}", rotated.elapsed());
+    assert_eq!(metric(&a, "duomq_tls_reloads_total{result=\"failed\"}"), 0, "an atomic swap never loads half a pair");
+    assert_eq!(presented_common_name(&a.cluster_addr(), &pki.ca_file, &probe_client), "node-a-rotated", "new connections see the new certificate");
+    assert_eq!(presented_common_name(&b.cluster_addr(), &pki.ca_file, &probe_client), "node-b-rotated");
+    // Load goes on a while with the new certificates in place.
+    let after = started.load(Ordering::SeqCst);
+    eventually("two more batches through", ROLE_TIMEOUT, || started.load(Ordering::SeqCst) >= after + 2);
+    stop.store(true, Ordering::SeqCst);
+    producer.join().expect("the producer thread");
+    let batches = consumer.join().expect("the consumer thread");
+    assert_eq!(batches, started.load(Ordering::SeqCst));
+    println!("{batches} batches of {BATCH} sent and received during the rotation");
+
+    // Nothing moved: same live, same epoch, the replication link opened before the
+    // rotation is the one still in use, and the backup is in sync.
+    let status = a.status().expect("live status");
+    assert_eq!((status["role"].as_str(), status["ha"]["epoch"].as_u64()), (Some("live"), epoch), "{status}");
+    assert_eq!(b.log().matches("following the live").count(), 1, "the replication link never dropped:\n{}", b.log());
+    assert!(!b.log().contains("activating"), "no failover");
+    b.wait_synced_backup();
+
+    // A new replication connection uses the new certificates on both ends.
+    b.kill9();
+    b.start(&[a.peer()], "backup", &mount_b.config(&["cluster"]), root.path(), "g1", PASSWORD_FILE);
+    b.wait_synced_backup();
+    assert_eq!(metric(&a, "duomq_cluster_connections_refused_total{reason=\"tls\"}"), 0);
+}
