@@ -367,3 +367,66 @@ fn given_certificates_rotated_under_load_should_lose_nothing_and_keep_the_live_r
     b.wait_synced_backup();
     assert_eq!(metric(&a, "duomq_cluster_connections_refused_total{reason=\"tls\"}"), 0);
 }
+
+/// Reads until the peer closes the socket (true) or `within` passes (false).
+fn closed_within(socket: &mut std::net::TcpStream, within: Duration) -> bool {
+    let deadline = Instant::now() + within;
+    let mut buf = [0u8; 512];
+    while Instant::now() < deadline {
+        socket.set_read_timeout(Some(Duration::from_millis(200))).expect("read timeout");
+        match std::io::Read::read(socket, &mut buf) {
+            Ok(0) => return true,
+            Ok(_) => {}
+            Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {}
+            Err(_) => return true,
+        }
+    }
+    false
+}
+
+#[test]
+fn given_strangers_that_open_tcp_and_never_speak_tls_should_pin_no_place_past_the_deadline_and_a_backup_still_syncs() {
+    // ha.cluster.maxPendingConnections' default.
+    const LIMIT: usize = 16;
+    let root = root();
+    let pki = Pki::new("strangers");
+    let mut a = Member::new(root.path(), "node-a");
+    let mut b = Member::new(root.path(), "node-b");
+    a.start(&[b.peer()], "primary", &pki.config(&pki.leaf("node-a"), &["cluster"]), root.path(), "g1", PASSWORD_FILE);
+    a.wait_live();
+    // LIMIT strangers, each reconnecting the moment its socket is closed and never sending
+    // a ClientHello: every place stays taken.
+    let stop = Arc::new(AtomicBool::new(false));
+    let strangers: Vec<_> = (0..LIMIT)
+        .map(|_| {
+            let (addr, stop) = (a.cluster_addr(), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut connections = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let Ok(mut socket) = std::net::TcpStream::connect(&addr) else { continue };
+                    connections += 1;
+                    while !stop.load(Ordering::Relaxed) && !closed_within(&mut socket, Duration::from_millis(200)) {}
+                }
+                connections
+            })
+        })
+        .collect();
+    eventually("the strangers take every place", ROLE_TIMEOUT, || metric(&a, "duomq_cluster_pending_connections") >= LIMIT as u64);
+    // The backup's probes and connection take the places of strangers stalled a second or more.
+    let syncing = Instant::now();
+    b.start(&[a.peer()], "backup", &pki.config(&pki.leaf("node-b"), &["cluster"]), root.path(), "g1", PASSWORD_FILE);
+    b.wait_synced_backup();
+    println!("the backup synced {:?} after starting among {LIMIT} silent strangers", syncing.elapsed());
+    stop.store(true, Ordering::Relaxed);
+    let connections: u64 = strangers.into_iter().map(|t| t.join().expect("stranger thread")).sum();
+    let displaced = metric(&a, "duomq_cluster_connections_refused_total{reason=\"pending_limit\"}");
+    println!("strangers opened {connections} connections; {displaced} were turned away or displaced");
+    assert!(displaced >= 1);
+    // One silent socket alone is closed at the handshake deadline (10s).
+    let mut silent = std::net::TcpStream::connect(a.cluster_addr()).expect("connect");
+    let opened = Instant::now();
+    assert!(closed_within(&mut silent, Duration::from_secs(40)), "a socket that never spoke TLS outlived the handshake deadline");
+    println!("a silent socket was closed after {:?}", opened.elapsed());
+    assert!(metric(&a, "duomq_cluster_connections_refused_total{reason=\"timed_out\"}") >= 1);
+    assert_eq!(metric(&a, "duomq_cluster_pending_connections"), 0);
+}

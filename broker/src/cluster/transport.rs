@@ -48,7 +48,11 @@ impl TransportError {
 
     /// The failure is in TLS: certificates, or TLS on one end only. Counted as `tls`.
     pub fn is_tls(&self) -> bool {
-        matches!(self, TransportError::Tls(_)) || rustls_error(self).is_some() || tls_record_as_frame(self)
+        match self {
+            TransportError::Tls(TlsError::HandshakeTimeout { .. }) => false,
+            TransportError::Tls(_) => true,
+            _ => rustls_error(self).is_some() || tls_record_as_frame(self),
+        }
     }
 
     /// The member at the address answered (TLS or the handshake got a reply) but did not
@@ -73,6 +77,7 @@ impl TransportError {
     /// A short, fixed name for the kind of failure, for a metric label.
     pub fn kind(&self) -> &'static str {
         match self {
+            TransportError::Tls(TlsError::HandshakeTimeout { .. }) => "timed_out",
             _ if self.is_tls() => "tls",
             TransportError::Handshake(e) => e.kind(),
             _ => "connect",
