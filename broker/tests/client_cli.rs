@@ -181,3 +181,78 @@ fn given_cli_send_with_groups_and_a_stomp_style_header_when_received_with_print_
     let expected: Vec<String> = (0..6).map(|i| format!("JMSXGroupID:g{}\ttenant:acme\tmessage {i}", i % 3)).collect();
     assert_eq!(stdout.lines().collect::<Vec<_>>(), expected);
 }
+
+/// Runs a client command against a `stomp+ssl://` broker, with `env` set.
+fn tls_cli(port: u16, args: &[&str], env: &[(&str, &std::path::Path)]) -> Output {
+    Command::new(env!("CARGO_BIN_EXE_duomq-broker"))
+        .args(args)
+        .args(["--url", &format!("stomp+ssl://127.0.0.1:{port}")])
+        .envs(env.iter().map(|(k, v)| (*k, v.as_os_str())))
+        .env_remove("RUST_BACKTRACE")
+        .output()
+        .expect("failed to run duomq-broker")
+}
+
+/// The single `error: ...` line of a failed command.
+fn one_error_line(out: &Output) -> String {
+    assert_eq!(out.status.code(), Some(1), "expected a failure: {}", String::from_utf8_lossy(&out.stderr));
+    let stderr = String::from_utf8_lossy(&out.stderr).to_string();
+    assert_eq!(stderr.lines().count(), 1, "one line: {stderr}");
+    assert!(stderr.starts_with("error: "), "{stderr}");
+    println!("{}", stderr.trim_end());
+    stderr
+}
+
+#[test]
+fn given_tls_broker_with_client_certificates_when_cli_sends_and_receives_over_stomp_ssl_should_deliver() {
+    let pki = common::tls::Pki::new("cli-tls");
+    let config = pki.config(&pki.leaf("broker"), &["stomp"]).replace("    enabled: true\n  cluster", "    enabled: true\n    clientAuth: required\n  cluster");
+    let auth = "auth:\n  users:\n    - name: app\n      password: app-pw\n  certificateUsers:\n    cli-app: app\n";
+    let broker = Broker::start("cli-tls", &format!("{config}{auth}"));
+    let me = pki.leaf("cli-app");
+    // Flags for send, the environment variables for receive.
+    let (ca, cert, key) = (pki.ca_file.display().to_string(), me.cert.display().to_string(), me.key.display().to_string());
+    let sent = tls_cli(
+        broker.stomp_port,
+        &["send", "--ca-file", &ca, "--cert-file", &cert, "--key-file", &key, "-d", "/queue/cli-tls", "-n", "20", "--persistent", "--receipts"],
+        &[],
+    );
+    let sent_err = String::from_utf8_lossy(&sent.stderr);
+    assert!(sent.status.success() && sent_err.contains("20 receipted"), "send over TLS: {sent_err}");
+    let env = [("DUOMQ_CA_FILE", pki.ca_file.as_path()), ("DUOMQ_CERT_FILE", me.cert.as_path()), ("DUOMQ_KEY_FILE", me.key.as_path())];
+    let received = tls_cli(broker.stomp_port, &["receive", "-d", "/queue/cli-tls", "--count", "20", "--print", "--timeout", "10s"], &env);
+    let received_err = String::from_utf8_lossy(&received.stderr);
+    assert!(received.status.success(), "receive over TLS: {received_err}");
+    assert!(received_err.starts_with("subscribed to /queue/cli-tls at stomp+ssl://127.0.0.1:"), "{received_err}");
+    assert_eq!(String::from_utf8_lossy(&received.stdout).lines().count(), 20);
+
+    // Without a certificate the broker refuses the handshake; the one line says so.
+    let line = one_error_line(&tls_cli(broker.stomp_port, &["send", "--ca-file", &ca, "-d", "/queue/x"], &[]));
+    assert!(line.contains("requires a client certificate") && line.contains("--cert-file"), "{line}");
+    // No CA: which option to set.
+    let line = one_error_line(&tls_cli(broker.stomp_port, &["send", "-d", "/queue/x"], &[]));
+    assert!(line.contains("--ca-file") && line.contains("DUOMQ_CA_FILE"), "{line}");
+    // A CA file that is not there: named.
+    let missing = pki.dir.join("missing-ca.crt");
+    let line = one_error_line(&tls_cli(broker.stomp_port, &["send", "-d", "/queue/x"], &[("DUOMQ_CA_FILE", missing.as_path())]));
+    assert!(line.contains(&missing.display().to_string()), "{line}");
+    // Another CA: the broker's certificate is not from it.
+    let other = common::tls::Pki::new("cli-tls-other");
+    let line = one_error_line(&tls_cli(
+        broker.stomp_port,
+        &["send", "--cert-file", &cert, "--key-file", &key, "-d", "/queue/x"],
+        &[("DUOMQ_CA_FILE", other.ca_file.as_path())],
+    ));
+    assert!(line.contains("not signed by a CA in"), "{line}");
+}
+
+#[test]
+fn given_send_and_receive_help_should_explain_the_tls_options() {
+    for command in ["send", "receive"] {
+        let out = Command::new(env!("CARGO_BIN_EXE_duomq-broker")).args([command, "--help"]).output().expect("run --help");
+        let help = String::from_utf8_lossy(&out.stdout);
+        for flag in ["stomp+ssl://", "--ca-file", "--cert-file", "--key-file", "--tls-server-name", "DUOMQ_CA_FILE", "certificateUsers"] {
+            assert!(help.contains(flag), "{command} --help does not mention {flag}:\n{help}");
+        }
+    }
+}
