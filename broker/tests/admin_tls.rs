@@ -124,7 +124,14 @@ fn given_tls_on_the_admin_api_should_answer_https_with_the_ca_and_refuse_plainte
     let address = format!("https://127.0.0.1:{}", b.admin_port);
     let rt = runtime();
 
+    // Clients that connect and never start a handshake hold up nobody.
+    let silent: Vec<TcpStream> = (0..8).map(|_| TcpStream::connect(("127.0.0.1", b.admin_port)).expect("connect")).collect();
     let client = AdminClient::new(&address).and_then(|c| c.with_ca_file(&pki.ca_file, None)).expect("an https client");
+    let started = std::time::Instant::now();
+    let reply = rt.block_on(client.get("/healthz")).expect("https /healthz next to silent connections");
+    assert_eq!(reply.code, 200);
+    println!("https /healthz next to {} silent connections: {:?}", silent.len(), started.elapsed());
+    assert!(started.elapsed() < Duration::from_secs(5), "served at once: {:?}", started.elapsed());
     let status = rt.block_on(client.clone().with_password(PASSWORD).status()).expect("https /status, signed");
     assert_eq!(status.role, duomq_broker::admin::api::Role::Live);
     let reply = rt.block_on(client.clone().with_basic("ops", "ops-pw").get("/status")).expect("https /status as ops");
@@ -162,6 +169,7 @@ fn given_tls_on_the_admin_api_should_answer_https_with_the_ca_and_refuse_plainte
         .unwrap_or(0);
     assert!(failures >= 2, "plaintext, misnamed and untrusted clients counted: {failures}\n{page}");
     assert!(b.log_text().contains("refused an admin connection"), "logged");
+    drop(silent);
 }
 
 #[test]

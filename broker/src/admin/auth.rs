@@ -161,6 +161,13 @@ mod tests {
     }
 
     #[test]
+    fn given_a_known_request_should_sign_it_as_the_bench_scripts_do() {
+        // bench/lib/admin-status.py computes the same value: the wire format is pinned.
+        let header = sign(b"s3cret", "GET", "/status", b"", 1_800_000_000);
+        assert_eq!(header, "1800000000.8c802318c43ae57b64222b9103f41bec198bc8a07033ab0f8f2ad9544fff087a");
+    }
+
+    #[test]
     fn given_another_password_body_or_path_should_refuse() {
         let header = sign(b"s3cret", "POST", "/ha/switchover", BODY, NOW);
         assert_eq!(check(Some(&header), b"guess", BODY, NOW), Err(AuthError::Wrong));
