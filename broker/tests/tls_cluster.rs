@@ -43,9 +43,11 @@ fn metric(member: &Member, line_start: &str) -> u64 {
     metric_value(member.admin, &format!("{line_start} "))
 }
 
-/// Receives `count` messages from `url` and returns the consumer's summary line.
-fn receive_all(url: &str, destination: &str, count: usize) -> String {
+/// Receives `count` messages from `url` (`extra`: `--ca-file` and such) and returns the
+/// consumer's summary line.
+fn receive_all(url: &str, destination: &str, count: usize, extra: &[&str]) -> String {
     let out = cli(&["receive", "--url", url, "--destination", destination, "--count", &count.to_string(), "--timeout", "20s"])
+        .args(extra)
         .output()
         .expect("run the consumer");
     let summary = String::from_utf8_lossy(&out.stderr).into_owned();
@@ -53,8 +55,9 @@ fn receive_all(url: &str, destination: &str, count: usize) -> String {
     summary
 }
 
-fn send(url: &str, destination: &str, count: usize) {
+fn send(url: &str, destination: &str, count: usize, extra: &[&str]) {
     let out = cli(&["send", "--url", url, "--destination", destination, "--count", &count.to_string(), "--size", "256", "--persistent", "--receipts", "--window", "32"])
+        .args(extra)
         .output()
         .expect("run the producer");
     assert!(out.status.success(), "producer failed: {}", String::from_utf8_lossy(&out.stderr));
@@ -100,7 +103,7 @@ fn given_a_pair_over_mutual_tls_when_the_live_is_killed_should_take_over_with_ev
     let report = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success(), "the producer failed: {report}");
     println!("producer: {}", report.lines().last().unwrap_or_default());
-    let summary = receive_all(&url, "/queue/tls", COUNT);
+    let summary = receive_all(&url, "/queue/tls", COUNT, &[]);
     assert!(summary.contains(&format!("received {COUNT} messages")) && summary.contains(" 0 duplicates"), "{summary}");
     assert_eq!(metric(&b, "duomq_tls_handshake_failures_total{listener=\"cluster\"}"), 0);
 }
@@ -205,7 +208,7 @@ fn given_a_bridge_between_groups_over_tls_should_forward_messages() {
     eventually("the remote's demand reaches the bridge", ROLE_TIMEOUT, || {
         link_state(&a)["remoteDemand"].as_array().is_some_and(|d| d.iter().any(|x| x == "/queue/bridged"))
     });
-    send(&format!("stomp://127.0.0.1:{}", a.stomp_port), "/queue/bridged", 200);
+    send(&format!("stomp://127.0.0.1:{}", a.stomp_port), "/queue/bridged", 200, &[]);
     let out = consumer.wait_with_output().expect("consumer finished");
     let summary = String::from_utf8_lossy(&out.stderr);
     assert!(out.status.success() && summary.contains("received 200 messages") && summary.contains(" 0 duplicates"), "{summary}");
@@ -265,19 +268,87 @@ impl Mounted {
     }
 }
 
-/// The common name of the certificate a member's cluster port presents to a new
-/// connection (with `client` as this side's certificate).
+/// The common name of the certificate a member's listener (the cluster port, or STOMP)
+/// presents to a new connection (with `client` as this side's certificate).
 fn presented_common_name(addr: &str, ca: &Path, client: &LeafFiles) -> String {
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
         let config = duomq_broker::tls::client_config(ca, Some((&client.cert, &client.key)), duomq_broker::config::TlsVersion::V1_2)
             .expect("client TLS settings");
-        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect to the cluster port");
+        let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect to the listener");
         let stream = duomq_broker::tls::connect(tcp, "127.0.0.1", Some(tokio_rustls::TlsConnector::from(config)), Duration::from_secs(10))
             .await
-            .expect("TLS handshake with the cluster port");
+            .expect("TLS handshake with the listener");
         stream.peer_common_name().expect("the member's certificate has a common name")
     })
+}
+
+/// A producer and a consumer through STOMP over TLS, failing over between the two members:
+/// batches of [`Load::BATCH`] persistent, receipted messages, each to its own queue, each
+/// batch received in full with no duplicate, until [`Load::finish`].
+struct Load {
+    started: Arc<AtomicUsize>,
+    stop: Arc<AtomicBool>,
+    producer: std::thread::JoinHandle<()>,
+    consumer: std::thread::JoinHandle<usize>,
+}
+
+impl Load {
+    const BATCH: usize = 500;
+
+    fn start(a: &Member, b: &Member, ca_file: &Path) -> Load {
+        let url = format!(
+            "failover:(stomp+ssl://{},stomp+ssl://{})?initialReconnectDelay=10ms&maxReconnectDelay=200ms&maxReconnectAttempts=-1",
+            a.stomp_addr(),
+            b.stomp_addr()
+        );
+        let ca = ca_file.display().to_string();
+        let started = Arc::new(AtomicUsize::new(0));
+        let stop = Arc::new(AtomicBool::new(false));
+        let producer = {
+            let (url, started, stop, ca) = (url.clone(), Arc::clone(&started), Arc::clone(&stop), ca.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::SeqCst) {
+                    let k = started.fetch_add(1, Ordering::SeqCst);
+                    send(&url, &format!("/queue/rotation-{k}"), Load::BATCH, &["--ca-file", &ca]);
+                }
+            })
+        };
+        let consumer = {
+            let (started, stop) = (Arc::clone(&started), Arc::clone(&stop));
+            std::thread::spawn(move || {
+                let mut k = 0;
+                loop {
+                    if k < started.load(Ordering::SeqCst) {
+                        let summary = receive_all(&url, &format!("/queue/rotation-{k}"), Load::BATCH, &["--ca-file", &ca]);
+                        let whole = summary.contains(&format!("received {} messages", Load::BATCH)) && summary.contains(" 0 duplicates");
+                        assert!(whole, "batch {k}: {summary}");
+                        k += 1;
+                    } else if stop.load(Ordering::SeqCst) {
+                        return k;
+                    } else {
+                        std::thread::sleep(Duration::from_millis(20));
+                    }
+                }
+            })
+        };
+        Load { started, stop, producer, consumer }
+    }
+
+    /// Waits until `more` batches have started from now.
+    fn wait_batches(&self, more: usize) {
+        let from = self.started.load(Ordering::SeqCst);
+        eventually(&format!("{more} more batches"), ROLE_TIMEOUT, || self.started.load(Ordering::SeqCst) >= from + more);
+    }
+
+    /// Stops the producer after its batch and waits for the consumer to have every batch.
+    fn finish(self) {
+        self.stop.store(true, Ordering::SeqCst);
+        self.producer.join().expect("the producer thread");
+        let batches = self.consumer.join().expect("the consumer thread");
+        assert_eq!(batches, self.started.load(Ordering::SeqCst));
+        println!("{batches} batches of {} sent and received under the rotation", Load::BATCH);
+    }
 }
 
 #[test]
@@ -289,48 +360,18 @@ fn given_certificates_rotated_under_load_should_lose_nothing_and_keep_the_live_r
     let mut b = Member::new(root.path(), "node-b");
     let mut mount_a = Mounted::new(&root.path().join("secret-a"), &ca_pem, &pki.leaf("node-a"));
     let mut mount_b = Mounted::new(&root.path().join("secret-b"), &ca_pem, &pki.leaf("node-b"));
-    a.start(&[b.peer()], "primary", &mount_a.config(&["cluster"]), root.path(), "g1", PASSWORD_FILE);
+    a.start(&[b.peer()], "primary", &mount_a.config(&["stomp", "cluster"]), root.path(), "g1", PASSWORD_FILE);
     a.wait_live();
-    b.start(&[a.peer()], "backup", &mount_b.config(&["cluster"]), root.path(), "g1", PASSWORD_FILE);
+    b.start(&[a.peer()], "backup", &mount_b.config(&["stomp", "cluster"]), root.path(), "g1", PASSWORD_FILE);
     b.wait_synced_backup();
     let probe_client = pki.leaf("probe");
     assert_eq!(presented_common_name(&a.cluster_addr(), &pki.ca_file, &probe_client), "node-a");
     let epoch = a.status().expect("live status")["ha"]["epoch"].as_u64();
 
-    // A producer and a consumer run through the whole rotation: batches of BATCH
-    // persistent, receipted messages, each to its own queue, each batch received in full
-    // with no duplicate.
-    let url = failover_url(&a, &b);
-    const BATCH: usize = 500;
-    let started = Arc::new(AtomicUsize::new(0));
-    let stop = Arc::new(AtomicBool::new(false));
-    let producer = {
-        let (url, started, stop) = (url.clone(), Arc::clone(&started), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            while !stop.load(Ordering::SeqCst) {
-                let k = started.fetch_add(1, Ordering::SeqCst);
-                send(&url, &format!("/queue/rotation-{k}"), BATCH);
-            }
-        })
-    };
-    let consumer = {
-        let (url, started, stop) = (url.clone(), Arc::clone(&started), Arc::clone(&stop));
-        std::thread::spawn(move || {
-            let mut k = 0;
-            loop {
-                if k < started.load(Ordering::SeqCst) {
-                    let summary = receive_all(&url, &format!("/queue/rotation-{k}"), BATCH);
-                    assert!(summary.contains(&format!("received {BATCH} messages")) && summary.contains(" 0 duplicates"), "batch {k}: {summary}");
-                    k += 1;
-                } else if stop.load(Ordering::SeqCst) {
-                    return k;
-                } else {
-                    std::thread::sleep(Duration::from_millis(20));
-                }
-            }
-        })
-    };
-    eventually("two batches through", ROLE_TIMEOUT, || started.load(Ordering::SeqCst) >= 3);
+    // A producer and a consumer (STOMP over TLS, failover between both members) run
+    // through the whole rotation.
+    let load = Load::start(&a, &b, &pki.ca_file);
+    load.wait_batches(3);
 
     // New leaves from the same CA, swapped in as kubelet does.
     let rotated = Instant::now();
@@ -344,14 +385,10 @@ fn given_certificates_rotated_under_load_should_lose_nothing_and_keep_the_live_r
     assert_eq!(metric(&a, "duomq_tls_reloads_total{result=\"failed\"}"), 0, "an atomic swap never loads half a pair");
     assert_eq!(presented_common_name(&a.cluster_addr(), &pki.ca_file, &probe_client), "node-a-rotated", "new connections see the new certificate");
     assert_eq!(presented_common_name(&b.cluster_addr(), &pki.ca_file, &probe_client), "node-b-rotated");
+    assert_eq!(presented_common_name(&a.stomp_addr(), &pki.ca_file, &probe_client), "node-a-rotated", "and on STOMP");
     // Load goes on a while with the new certificates in place.
-    let after = started.load(Ordering::SeqCst);
-    eventually("two more batches through", ROLE_TIMEOUT, || started.load(Ordering::SeqCst) >= after + 2);
-    stop.store(true, Ordering::SeqCst);
-    producer.join().expect("the producer thread");
-    let batches = consumer.join().expect("the consumer thread");
-    assert_eq!(batches, started.load(Ordering::SeqCst));
-    println!("{batches} batches of {BATCH} sent and received during the rotation");
+    load.wait_batches(2);
+    load.finish();
 
     // Nothing moved: same live, same epoch, the replication link opened before the
     // rotation is the one still in use, and the backup is in sync.
@@ -363,7 +400,7 @@ fn given_certificates_rotated_under_load_should_lose_nothing_and_keep_the_live_r
 
     // A new replication connection uses the new certificates on both ends.
     b.kill9();
-    b.start(&[a.peer()], "backup", &mount_b.config(&["cluster"]), root.path(), "g1", PASSWORD_FILE);
+    b.start(&[a.peer()], "backup", &mount_b.config(&["stomp", "cluster"]), root.path(), "g1", PASSWORD_FILE);
     b.wait_synced_backup();
     assert_eq!(metric(&a, "duomq_cluster_connections_refused_total{reason=\"tls\"}"), 0);
 }
@@ -429,4 +466,57 @@ fn given_strangers_that_open_tcp_and_never_speak_tls_should_pin_no_place_past_th
     println!("a silent socket was closed after {:?}", opened.elapsed());
     assert!(metric(&a, "duomq_cluster_connections_refused_total{reason=\"timed_out\"}") >= 1);
     assert_eq!(metric(&a, "duomq_cluster_pending_connections"), 0);
+}
+
+#[test]
+fn given_a_new_ca_rolled_in_through_a_bundle_under_load_should_keep_replicating_and_the_live_role() {
+    let root = root();
+    let (old, new) = (Pki::new("old-ca"), Pki::new("new-ca"));
+    let (old_pem, new_pem) = (old.ca.pem().cert_pem.clone(), new.ca.pem().cert_pem.clone());
+    let bundle = format!("{old_pem}{new_pem}");
+    let mut a = Member::new(root.path(), "node-a");
+    let mut b = Member::new(root.path(), "node-b");
+    let mut mount_a = Mounted::new(&root.path().join("secret-a"), &old_pem, &old.leaf("node-a"));
+    let mut mount_b = Mounted::new(&root.path().join("secret-b"), &old_pem, &old.leaf("node-b"));
+    a.start(&[b.peer()], "primary", &mount_a.config(&["stomp", "cluster"]), root.path(), "g1", PASSWORD_FILE);
+    a.wait_live();
+    b.start(&[a.peer()], "backup", &mount_b.config(&["stomp", "cluster"]), root.path(), "g1", PASSWORD_FILE);
+    b.wait_synced_backup();
+    let epoch = a.status().expect("live status")["ha"]["epoch"].as_u64();
+    // Clients trust both CAs throughout, as they would be handed the bundle first.
+    let client_trust = root.path().join("client-ca.crt");
+    std::fs::write(&client_trust, &bundle).expect("write the clients' CA bundle");
+    let load = Load::start(&a, &b, &client_trust);
+    load.wait_batches(2);
+
+    let reloads = |m: &Member| metric(m, "duomq_tls_reloads_total{result=\"ok\"}");
+    let leaf = |pki: &Pki, cn: &str| pki.ca.issue(&Leaf::new(cn, common::tls::VALID_FOR).loopback()).expect("issue");
+    let (old_a, old_b) = (leaf(&old, "node-a-old"), leaf(&old, "node-b-old"));
+    let (new_a, new_b) = (leaf(&new, "node-a-new"), leaf(&new, "node-b-new"));
+    // 1. Both CAs trusted, old leaves. 2. New leaves. 3. The new CA only.
+    let steps: [(&str, &str, &duomq_broker::tls::pki::Issued, &duomq_broker::tls::pki::Issued, &str); 3] = [
+        ("bundle", &bundle, &old_a, &old_b, "node-a-old"),
+        ("new leaves", &bundle, &new_a, &new_b, "node-a-new"),
+        ("new CA only", &new_pem, &new_a, &new_b, "node-a-new"),
+    ];
+    let probe = new.leaf("probe");
+    for (i, (step, ca, leaf_a, leaf_b, presented)) in steps.into_iter().enumerate() {
+        mount_a.update(ca, &leaf_a.cert_pem, &leaf_a.key_pem);
+        mount_b.update(ca, &leaf_b.cert_pem, &leaf_b.key_pem);
+        let want = i as u64 + 1;
+        eventually(&format!("both members load step {step}"), Duration::from_secs(20), || reloads(&a) >= want && reloads(&b) >= want);
+        assert_eq!(presented_common_name(&a.cluster_addr(), &client_trust, &probe), presented, "step {step}");
+        load.wait_batches(1);
+    }
+    // The replication link opened before the rotation never dropped; a new one opens with
+    // the new CA alone on both ends.
+    assert_eq!(b.log().matches("following the live").count(), 1, "the replication link never dropped:\n{}", b.log());
+    load.finish();
+    b.kill9();
+    b.start(&[a.peer()], "backup", &mount_b.config(&["stomp", "cluster"]), root.path(), "g1", PASSWORD_FILE);
+    b.wait_synced_backup();
+    let status = a.status().expect("live status");
+    assert_eq!((status["role"].as_str(), status["ha"]["epoch"].as_u64()), (Some("live"), epoch), "{status}");
+    assert_eq!(metric(&a, "duomq_cluster_connections_refused_total{reason=\"tls\"}"), 0);
+    assert!(!b.log().contains("activating"), "no failover");
 }
