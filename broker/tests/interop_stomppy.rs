@@ -1,10 +1,12 @@
 //! Interop: the independent Python client stomp.py (8.x) drives the real broker over
-//! STOMP 1.1 and 1.2. This test starts two brokers (one open, one with users), runs the
-//! pytest suite in `tests/interop` against them and fails when any pytest test fails.
+//! STOMP 1.1 and 1.2. This test starts three brokers (one open, one with users, one on
+//! stomp+ssl with client certificates mapped to users), runs the pytest suite in
+//! `tests/interop` against them and fails when any pytest test fails.
 //! It never skips: without python3, stomp.py or pytest it fails and says how to install them.
 
 mod common;
 
+use common::tls::Pki;
 use common::Broker;
 use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
@@ -19,6 +21,9 @@ const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
 const INSTALL_HINT: &str = "scripts/test --install-only (installs everything the tests need), or python3 -m pip install 'stomp.py>=8,<9' pytest";
 
 const AUTH_CONFIG: &str = "auth:\n  users:\n    - name: app\n      password: s3cret\n";
+/// The TLS broker's users: app by passcode, or by the certificate named client-app.
+const TLS_AUTH_CONFIG: &str =
+    "auth:\n  users:\n    - name: app\n      password: s3cret\n  certificateUsers:\n    client-app: app\n";
 
 /// Checks that python3 runs and has stomp.py 8.x and pytest; panics with the install hint otherwise.
 fn require_python_tools() {
@@ -85,6 +90,12 @@ fn given_stomppy_client_when_driving_broker_should_pass_interop_suite() {
     require_python_tools();
     let broker = Broker::start("interop-stomppy", "");
     let auth_broker = Broker::start("interop-stomppy-auth", AUTH_CONFIG);
+    let pki = Pki::new("interop");
+    let other_ca = Pki::new("interop-other");
+    let client = pki.leaf("client-app");
+    let tls = pki.config(&pki.leaf("broker"), &["stomp"]).replace("  stomp:\n    enabled: true\n", "  stomp:\n    enabled: true\n    clientAuth: optional\n");
+    assert!(tls.contains("clientAuth: optional"), "the tls: section of the test kit changed shape:\n{tls}");
+    let tls_broker = Broker::start("interop-stomppy-tls", &format!("{tls}{TLS_AUTH_CONFIG}"));
 
     let manifest = PathBuf::from(env!("CARGO_MANIFEST_DIR"));
     let suite = manifest.join("tests").join("interop");
@@ -95,6 +106,11 @@ fn given_stomppy_client_when_driving_broker_should_pass_interop_suite() {
         .env("DUOMQ_STOMP_HOST", "127.0.0.1")
         .env("DUOMQ_STOMP_PORT", broker.stomp_port.to_string())
         .env("DUOMQ_AUTH_STOMP_PORT", auth_broker.stomp_port.to_string())
+        .env("DUOMQ_TLS_STOMP_PORT", tls_broker.stomp_port.to_string())
+        .env("DUOMQ_TLS_CA_FILE", &pki.ca_file)
+        .env("DUOMQ_TLS_CERT_FILE", &client.cert)
+        .env("DUOMQ_TLS_KEY_FILE", &client.key)
+        .env("DUOMQ_TLS_OTHER_CA_FILE", &other_ca.ca_file)
         // No __pycache__ in the source tree; no slow hostname lookups at stomp.py import.
         .env("PYTHONDONTWRITEBYTECODE", "1")
         .env("STOMP_SKIP_HOSTNAME_SCAN", "1")
@@ -121,9 +137,10 @@ fn given_stomppy_client_when_driving_broker_should_pass_interop_suite() {
     assert!(
         status.success(),
         "stomp.py interop suite failed ({status}): {summary}\n\
-         broker logs: {} and {} (printed below)",
+         broker logs: {}, {} and {} (printed below)",
         broker.log.display(),
-        auth_broker.log.display()
+        auth_broker.log.display(),
+        tls_broker.log.display()
     );
     println!("interop: {summary}");
 }

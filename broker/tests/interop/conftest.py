@@ -1,7 +1,8 @@
 """Fixtures for driving a running duomq broker with stomp.py.
 
 The broker is started by `broker/tests/interop_stomppy.rs`, which passes its address in
-DUOMQ_STOMP_HOST / DUOMQ_STOMP_PORT (and DUOMQ_AUTH_STOMP_PORT for a broker with users).
+DUOMQ_STOMP_HOST / DUOMQ_STOMP_PORT (DUOMQ_AUTH_STOMP_PORT for a broker with users, and
+DUOMQ_TLS_STOMP_PORT with DUOMQ_TLS_* files for one speaking stomp+ssl).
 Every wait here has a named timeout; nothing sleeps for synchronisation.
 """
 
@@ -64,7 +65,8 @@ class Collector(stomp.ConnectionListener):
 class Client:
     """One stomp.py connection (1.1 or 1.2) with a Collector and timed waits."""
 
-    def __init__(self, host, port, version, name):
+    def __init__(self, host, port, version, name, tls=None):
+        """tls: None (plaintext) or set_ssl's keywords (ca_certs, cert_file, key_file)."""
         connection_class = {"1.1": stomp.Connection11, "1.2": stomp.Connection12}[version]
         self.name = name
         self.version = version
@@ -76,6 +78,8 @@ class Client:
             heartbeats=(0, 0),
             reconnect_attempts_max=1,
         )
+        if tls is not None:
+            self.conn.set_ssl(for_hosts=[(host, int(port))], **tls)
         self.conn.set_listener("collector", self.listener)
         self._receipts_seen = set()
 
@@ -211,6 +215,19 @@ def auth_stomp_address():
     return required_env("DUOMQ_STOMP_HOST"), required_env("DUOMQ_AUTH_STOMP_PORT")
 
 
+@pytest.fixture(scope="session")
+def tls_broker():
+    """The TLS broker: its address and files. clientAuth optional; the user app (passcode
+    s3cret) and the certificate client-app mapped to app."""
+    return {
+        "address": (required_env("DUOMQ_STOMP_HOST"), required_env("DUOMQ_TLS_STOMP_PORT")),
+        "ca": required_env("DUOMQ_TLS_CA_FILE"),
+        "cert": required_env("DUOMQ_TLS_CERT_FILE"),
+        "key": required_env("DUOMQ_TLS_KEY_FILE"),
+        "other_ca": required_env("DUOMQ_TLS_OTHER_CA_FILE"),
+    }
+
+
 @pytest.fixture(params=VERSIONS, ids=[f"stomp{v.replace('.', '')}" for v in VERSIONS])
 def version(request):
     return request.param
@@ -218,12 +235,12 @@ def version(request):
 
 @pytest.fixture
 def make_client(stomp_address, version):
-    """make_client(name, address=None) -> an unconnected Client; all are closed at teardown."""
+    """make_client(name, address=None, tls=None) -> an unconnected Client; all are closed at teardown."""
     clients = []
 
-    def make(name, address=None):
+    def make(name, address=None, tls=None):
         host, port = address or stomp_address
-        c = Client(host, port, version, name)
+        c = Client(host, port, version, name, tls)
         clients.append(c)
         return c
 
