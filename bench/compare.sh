@@ -25,6 +25,8 @@ GROUPS_ROUNDS=${BENCH_GROUPS_ROUNDS:-1}
 DATABASE=no
 DATABASE_KILLS=${BENCH_DATABASE_KILLS:-5}
 DATABASE_ROUNDS=${BENCH_DATABASE_ROUNDS:-3}
+TLS_SECTION=no
+TLS_ROUNDS=${BENCH_TLS_ROUNDS:-3}
 OUT=${BENCH_OUT:-}
 FSYNC_DURATION=3s
 START_TIMEOUT=120
@@ -48,7 +50,7 @@ Usage: bench/compare.sh [--quick] [--only LIST] [--out DIR] [--duration D] [--wa
                         [--network | --network-only] [--network-kills N]
                         [--groups | --groups-only] [--groups-rounds N]
                         [--database | --database-only] [--database-kills N]
-                        [--database-rounds N]
+                        [--database-rounds N] [--tls | --tls-only] [--tls-rounds N]
 
 Measures duomq, ActiveMQ and RabbitMQ one after the other on this machine, over STOMP,
 with the same load generator (duomq-bench) and the same matrix, and prints a table.
@@ -147,7 +149,20 @@ What it does, in order:
      msg/s over the rounds and duomq/ActiveMQ (goal >= 3), commits per message, and the
      failover gap from the kill to the first receipt from the new live, p50 and max
      (goal: duomq's p50 below ActiveMQ's).
- 10. Prints the table and writes everything to the output directory.
+ 10. With --tls: what TLS costs (issue 17), ${TLS_ROUNDS} rounds (config: bench/lib/tls.sh). A
+     throwaway CA and one loopback certificate from it ('duomq-bench test-certs', duomq's
+     own certificate code, ECDSA P-256); duomq-bench trusts the CA (--ca-file).
+       duomq plain     one duomq broker, plaintext STOMP
+       duomq tls       one duomq broker, its STOMP listener on TLS (tls.stomp.enabled)
+       activemq        one ActiveMQ broker with a plaintext STOMP connector and a
+                       stomp+ssl one, its keystore the same certificate and key as PKCS12
+                       ('openssl pkcs12 -export'; bench/lib/activemq-ssl.xml)
+     Cells, as the matrix's of the same name: 1 KiB persistent 1P+1C w64 and 4P+4C w64.
+     Every broker starts afresh each round; every other round runs TLS first. Prints the
+     medians, duomq TLS/plaintext msg/s per cell (goal >= 0.85: TLS costs below 15%), p99
+     latency and broker CPU per message both ways, ActiveMQ's own TLS/plaintext, and
+     duomq TLS/ActiveMQ stomp+ssl.
+ 11. Prints the table and writes everything to the output directory.
 
 The matrix (each cell on a fresh queue, consumers acking every message with
 client-individual, prefetch ${PREFETCH}):
@@ -197,11 +212,15 @@ Options:
   --database-only run only that section (no fsync rate, no matrix)
   --database-kills N  kills of the live member per system (default ${DATABASE_KILLS})
   --database-rounds N  rounds of throughput cells (default ${DATABASE_ROUNDS})
+  --tls           also run the TLS section (duomq, and ActiveMQ as --only allows; about
+                  rounds x 8 x (duration + warm-up + 1s) plus broker start-ups)
+  --tls-only      run only that section (no fsync rate, no matrix)
+  --tls-rounds N  rounds of the TLS section (default ${TLS_ROUNDS})
   -h, --help      this text
 
 Environment: BENCH_DURATION, BENCH_WARMUP, BENCH_PREFETCH, BENCH_ONLY, BENCH_OUT,
-BENCH_NETWORK_KILLS, BENCH_GROUPS_ROUNDS, BENCH_DATABASE_KILLS and BENCH_DATABASE_ROUNDS
-set the same as the options (options win);
+BENCH_NETWORK_KILLS, BENCH_GROUPS_ROUNDS, BENCH_DATABASE_KILLS, BENCH_DATABASE_ROUNDS and
+BENCH_TLS_ROUNDS set the same as the options (options win);
 TMPDIR chooses where the brokers' data lives (default /tmp): keep it on the disk you
 mean to measure, not on a tmpfs. DUOMQ_BROKER and DUOMQ_BENCH, both set, name binaries to use instead of building
 release ones (the bench's tests pass their debug builds).
@@ -227,6 +246,10 @@ Output directory:
   database-commits.tsv  PostgreSQL transactions committed during each database cell
   database-failover.jsonl  one 'duomq-bench failover --json' line per system (with --database)
   database.txt   that section's tables (python3 bench/lib/database-report.py DIR)
+  tls.jsonl      one 'duomq-bench run --json' line per TLS cell (with --tls), labelled
+                 tls/SETUP/CELL/rROUND
+  tls.txt        that section's table and ratios (python3 bench/lib/tls-report.py DIR)
+  tls-load.tsv   the machine's 1-minute load before each TLS cell
   run.tsv, cells.tsv, failures.tsv   what the report is made from
   logs/          each broker's log and each cell's duomq-bench stderr (and PostgreSQL's)
 python3 bench/lib/report.py DIR prints the table of a finished run again.
@@ -280,6 +303,10 @@ while (($#)); do
     --database-kills=*) DATABASE_KILLS=${1#*=} ;;
     --database-rounds) DATABASE_ROUNDS=${2:?--database-rounds needs a number}; shift ;;
     --database-rounds=*) DATABASE_ROUNDS=${1#*=} ;;
+    --tls) TLS_SECTION=yes ;;
+    --tls-only) TLS_SECTION=yes MATRIX=no ;;
+    --tls-rounds) TLS_ROUNDS=${2:?--tls-rounds needs a number}; shift ;;
+    --tls-rounds=*) TLS_ROUNDS=${1#*=} ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -304,6 +331,7 @@ seconds "$WARMUP" >/dev/null || die "--warmup: \"$WARMUP\" is not a duration lik
 [[ $GROUPS_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--groups-rounds: \"$GROUPS_ROUNDS\" is not a positive number"
 [[ $DATABASE_KILLS =~ ^[1-9][0-9]*$ ]] || die "--database-kills: \"$DATABASE_KILLS\" is not a positive number"
 [[ $DATABASE_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--database-rounds: \"$DATABASE_ROUNDS\" is not a positive number"
+[[ $TLS_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--tls-rounds: \"$TLS_ROUNDS\" is not a positive number"
 # duomq-bench's drain timeout (10s) plus a minute for connecting and reporting.
 CELL_TIMEOUT=$(($(seconds "$DURATION") + $(seconds "$WARMUP") + 70))
 
@@ -329,6 +357,7 @@ done
 install_missing() {
     local pkgs=() missing=() p
     command -v python3 >/dev/null || pkgs+=(python3)
+    if [[ $TLS_SECTION == yes ]] && ! command -v openssl >/dev/null; then pkgs+=(openssl); fi
     if [[ $DATABASE == yes ]]; then
         pkgs+=(postgresql)
         if [[ " ${TARGETS[*]} " == *" activemq "* ]]; then pkgs+=(libpostgresql-jdbc-java); fi
@@ -397,6 +426,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/duomq-compare.XXXXXX")
 . "$LIB_DIR/groups.sh"
 # shellcheck source=lib/database.sh
 . "$LIB_DIR/database.sh"
+# shellcheck source=lib/tls.sh
+. "$LIB_DIR/tls.sh"
 
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
@@ -422,6 +453,7 @@ meta duration "$DURATION"
 meta warmup "$WARMUP"
 meta prefetch "$PREFETCH"
 [[ $GROUPS_SECTION == yes ]] && meta groups_rounds "$GROUPS_ROUNDS"
+[[ $TLS_SECTION == yes ]] && meta tls_rounds "$TLS_ROUNDS"
 meta nproc "$(nproc)"
 meta memory "$(awk '/^MemTotal:/ { printf "%.0f GiB", $2 / 1048576 }' /proc/meminfo)"
 meta kernel "$(uname -r)"
@@ -573,6 +605,12 @@ if [[ $DATABASE == yes ]]; then
     run_database
 fi
 
+# --- TLS ------------------------------------------------------------------------------
+
+if [[ $TLS_SECTION == yes ]]; then
+    run_tls
+fi
+
 # --- the report -----------------------------------------------------------------------
 
 echo
@@ -598,6 +636,10 @@ if [[ $GROUPS_SECTION == yes ]]; then
 fi
 if [[ $DATABASE == yes ]]; then
     python3 "$LIB_DIR/database-report.py" "$OUT" | tee "$OUT/database.txt"
+    echo
+fi
+if [[ $TLS_SECTION == yes ]]; then
+    python3 "$LIB_DIR/tls-report.py" "$OUT" | tee "$OUT/tls.txt"
     echo
 fi
 log "results in $OUT"

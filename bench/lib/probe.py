@@ -2,12 +2,14 @@
 """Small network helpers for compare.sh: free loopback ports, readiness polls, queue declares.
 
 It speaks just enough STOMP to tell that a broker answers a CONNECT and to declare a
-queue with the headers a broker needs (RabbitMQ's x-queue-type). It measures nothing:
-the load generator is duomq-bench. Python standard library only.
+queue with the headers a broker needs (RabbitMQ's x-queue-type), over TLS for a
+stomp+ssl:// URL (the broker's certificate checked against --ca-file and the URL's host).
+It measures nothing: the load generator is duomq-bench. Python standard library only.
 """
 
 import argparse
 import socket
+import ssl
 import sys
 import time
 import urllib.error
@@ -28,8 +30,12 @@ def free_ports(count):
             s.close()
 
 
+def is_tls(url):
+    return url.startswith(("stomp+ssl://", "ssl://"))
+
+
 def parse_url(url):
-    """stomp://[user:pass@]host:port -> (host, port, login, passcode)."""
+    """stomp[+ssl]://[user:pass@]host:port -> (host, port, login, passcode)."""
     rest = url.split("://", 1)[1] if "://" in url else url
     login = passcode = None
     if "@" in rest:
@@ -47,9 +53,15 @@ def encode_frame(command, headers, body=b""):
 class StompSession:
     """One blocking STOMP 1.2 connection; frames are read whole, bodies ignored."""
 
-    def __init__(self, url, vhost, timeout):
+    def __init__(self, url, vhost, timeout, ca_file=None):
         host, port, login, passcode = parse_url(url)
         self.sock = socket.create_connection((host, port), timeout=timeout)
+        if is_tls(url):
+            if not ca_file:
+                self.sock.close()
+                raise RuntimeError(f"{url} is TLS: pass --ca-file")
+            context = ssl.create_default_context(cafile=ca_file)
+            self.sock = context.wrap_socket(self.sock, server_hostname=host)
         self.buf = b""
         headers = [("accept-version", "1.2"), ("host", vhost), ("heart-beat", "0,0")]
         if login is not None:
@@ -113,7 +125,7 @@ def await_stomp(args):
             print(f"probe: process {args.pid} exited before {args.url} answered: {last}", file=sys.stderr)
             return 1
         try:
-            StompSession(args.url, args.vhost, timeout=2).close()
+            StompSession(args.url, args.vhost, timeout=2, ca_file=args.ca_file).close()
             return 0
         except (OSError, RuntimeError) as err:
             last = str(err)
@@ -151,7 +163,7 @@ def declare(args):
             return 2
         headers.append((key, value))
     try:
-        session = StompSession(args.url, args.vhost, timeout=args.timeout)
+        session = StompSession(args.url, args.vhost, timeout=args.timeout, ca_file=args.ca_file)
         session.request("SUBSCRIBE", headers, "subscribed")
         session.request("UNSUBSCRIBE", [("id", "declare")], "unsubscribed")
         session.close()
@@ -178,6 +190,7 @@ def main():
         p.add_argument("--timeout", type=float, default=60)
         p.add_argument("--vhost", default="/", help="CONNECT host header (RabbitMQ: the virtual host)")
         p.add_argument("--pid", type=int, help="give up at once when this process exits")
+        p.add_argument("--ca-file", help="CA certificates (PEM) for a stomp+ssl:// URL")
         if name == "declare":
             p.add_argument("--destination", required=True)
             p.add_argument("--header", action="append", default=[], metavar="NAME=VALUE")

@@ -4,7 +4,7 @@
 //! connects or measures.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use duomq_broker::client::AckMode;
+use duomq_broker::client::{AckMode, TlsOptions};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -40,6 +40,8 @@ connection sends the prefetch both as activemq.prefetchSize and prefetch-count.\
 Examples:\n  \
 # duomq, 1 KiB persistent messages, 64 receipts in flight per producer\n  \
 duomq-bench run --destination /queue/bench --persistent --window 64 --broker-pid $(pidof duomq-broker)\n\n  \
+# duomq over TLS: the broker's certificate checked against a CA file (test-certs writes one)\n  \
+duomq-bench run --url stomp+ssl://127.0.0.1:61614 --ca-file ca.crt --persistent --window 64\n\n  \
 # fully synchronous: each send waits for its RECEIPT\n  \
 duomq-bench run --persistent --window 1 --duration 30s --label duomq-sync\n\n  \
 # message groups: JMSXGroupID over 1000 groups, each checked to reach one consumer, in order\n  \
@@ -85,6 +87,73 @@ pub enum Command {
     /// (see `duomq-bench failover --help`).
     #[command(long_about = FAILOVER_ABOUT)]
     Failover(Box<FailoverArgs>),
+    /// Write a throwaway CA and a loopback certificate for benchmarking stomp+ssl://
+    /// (see `duomq-bench test-certs --help`).
+    #[command(long_about = CERTS_ABOUT)]
+    TestCerts(CertsArgs),
+}
+
+const CERTS_ABOUT: &str = "Write a throwaway CA and a certificate signed by it for a broker on this \
+machine, to benchmark stomp+ssl:// without a real PKI.\n\n\
+Writes into --dir: ca.crt (the CA certificate: what clients trust, --ca-file), broker.crt and \
+broker.key (ECDSA P-256, valid for localhost, 127.0.0.1 and ::1, for the broker's tls.certFile \
+and tls.keyFile), and with --client-cn also client.crt and client.key (a certificate a client \
+can present). The CA's key is thrown away. Certificates come from duomq's own certificate \
+code (the operator's), so they are what a deployment gets.\n\n\
+Example:\n  \
+duomq-bench test-certs --dir /tmp/bench-tls\n  \
+openssl pkcs12 -export -in /tmp/bench-tls/broker.crt -inkey /tmp/bench-tls/broker.key \\\n      \
+-out /tmp/bench-tls/broker.p12 -passout pass:secret   # the same certificate for a Java broker";
+
+/// Options of `duomq-bench test-certs`.
+#[derive(Args, Debug, Clone)]
+pub struct CertsArgs {
+    /// Directory to write the files into (created if missing; files there are replaced).
+    #[arg(long, value_name = "DIR")]
+    pub dir: PathBuf,
+    /// Common name of the broker's certificate.
+    #[arg(long, default_value = "duomq-bench broker", value_name = "NAME")]
+    pub cn: String,
+    /// Also write client.crt and client.key with this common name.
+    #[arg(long, value_name = "NAME")]
+    pub client_cn: Option<String>,
+    /// How long the certificates are valid (from an hour ago).
+    #[arg(long, default_value = "1d", value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub valid_for: Duration,
+    /// Print the file names as one JSON object line.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// TLS settings for `stomp+ssl://` brokers (and members of a failover list); plaintext
+/// `stomp://` brokers ignore them.
+#[derive(Args, Debug, Clone, Default)]
+pub struct TlsArgs {
+    /// CA certificates (PEM) that a stomp+ssl:// broker's certificate must chain to;
+    /// required for stomp+ssl:// URLs.
+    #[arg(long, env = "DUOMQ_CA_FILE", value_name = "FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// A client certificate (PEM) to present when the broker asks for one; needs --key-file.
+    #[arg(long, env = "DUOMQ_CERT_FILE", value_name = "FILE", requires = "key_file")]
+    pub cert_file: Option<PathBuf>,
+    /// The client certificate's private key (PEM).
+    #[arg(long, env = "DUOMQ_KEY_FILE", value_name = "FILE", requires = "cert_file")]
+    pub key_file: Option<PathBuf>,
+    /// Check the broker's certificate against this name instead of the URL's host (when
+    /// dialling an address the certificate does not name, e.g. a port-forward).
+    #[arg(long, env = "DUOMQ_TLS_SERVER_NAME", value_name = "NAME")]
+    pub tls_server_name: Option<String>,
+}
+
+impl From<&TlsArgs> for TlsOptions {
+    fn from(args: &TlsArgs) -> TlsOptions {
+        TlsOptions {
+            ca_file: args.ca_file.clone(),
+            cert_file: args.cert_file.clone(),
+            key_file: args.key_file.clone(),
+            server_name: args.tls_server_name.clone(),
+        }
+    }
 }
 
 const FAILOVER_ABOUT: &str = "Kill the live broker of a live/backup pair with SIGKILL, again and again, \
@@ -139,6 +208,8 @@ pub struct FailoverArgs {
     /// Passcode sent on CONNECT (overrides a password in the URL).
     #[arg(long, env = "DUOMQ_PASSCODE", hide_env_values = true, value_name = "PASSWORD")]
     pub passcode: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Queue every producer sends to and every consumer subscribes to.
     #[arg(long, short = 'd', default_value = "/queue/failover", value_name = "DESTINATION")]
     pub destination: String,
@@ -239,7 +310,8 @@ pub fn parse_member(s: &str) -> Result<MemberArg, String> {
 /// Options of `duomq-bench run`.
 #[derive(Args, Debug, Clone)]
 pub struct RunArgs {
-    /// Broker URL: stomp://[user:pass@]host[:port]. A failover:(...) list is tried in order.
+    /// Broker URL: stomp://[user:pass@]host[:port], or stomp+ssl:// for TLS (see --ca-file).
+    /// A failover:(...) list is tried in order.
     #[arg(long, env = "DUOMQ_URL", default_value = "stomp://127.0.0.1:61613", value_name = "URL")]
     pub url: String,
     /// Where the consumers connect, when not to --url: another broker that a network
@@ -255,6 +327,8 @@ pub struct RunArgs {
     /// The CONNECT `host` header (a virtual host; RabbitMQ needs `/`). Default: the URL's host.
     #[arg(long, value_name = "HOST")]
     pub vhost: Option<String>,
+    #[command(flatten)]
+    pub tls: TlsArgs,
     /// Queue (or topic) every producer sends to and every consumer subscribes to.
     #[arg(long, short = 'd', default_value = "/queue/bench", value_name = "DESTINATION")]
     pub destination: String,

@@ -2,10 +2,12 @@
 //! at equal durability. `run` drives producers and consumers and reports throughput,
 //! end-to-end latency, the broker's footprint and correctness; `failover` kills the live
 //! member of a pair under load and measures the gaps; `fsync-rate` measures the
-//! disk underneath. This file only parses the command line, sets up logging and the
+//! disk underneath; `test-certs` writes a throwaway CA and certificate for `stomp+ssl://`
+//! runs. This file only parses the command line, sets up logging and the
 //! runtime, and prints results; it must not measure anything itself.
 
 mod body;
+mod certs;
 mod cli;
 mod failover;
 mod footprint;
@@ -52,6 +54,14 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Failover(args) => {
             let report = block_on(failover::failover(&args))?;
             warn_if_lost(report.lost, report.duplicates);
+            if args.json {
+                report.to_json_line()? + "\n"
+            } else {
+                report.to_text()
+            }
+        }
+        Command::TestCerts(args) => {
+            let report = certs::test_certs(&args)?;
             if args.json {
                 report.to_json_line()? + "\n"
             } else {

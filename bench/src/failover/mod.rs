@@ -17,7 +17,7 @@ use crate::run::{connect_producers, drain, subscribe_consumers};
 use crate::run::shared::{nanos_since, ArrivalLog, ConnectionGenerations, Counters, Phases, ReceiptLog, Shared};
 use crate::tally::{Deliveries, DeliveryCounts, SeqSet};
 use anyhow::{bail, Context};
-use duomq_broker::client::{AckMode, Client, ClientOptions, ConnectionEvent};
+use duomq_broker::client::{AckMode, Client, ClientOptions, ConnectionEvent, TlsOptions};
 pub use gaps::GapSummaryMs;
 use gaps::{delivery_gaps, failover_gaps};
 use members::{Member, Role};
@@ -55,6 +55,7 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
         passcode: args.passcode.clone(),
         // A receipt may wait out a whole promotion.
         receipt_timeout: args.role_timeout,
+        tls: TlsOptions::from(&args.tls),
         ..ClientOptions::default()
     };
     let consumer_spec = Arc::new(ConsumerSpec {

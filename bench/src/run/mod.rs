@@ -24,7 +24,7 @@ use crate::report::{nanos_histogram, round3, LatencyMs, RunReport};
 use crate::tally::{Deliveries, DeliveryCounts, SeqSet};
 use anyhow::Context;
 use consumer::{ConsumerOutcome, ConsumerSpec, Recorder, Subscribed};
-use duomq_broker::client::{AckMode, Client, ClientOptions};
+use duomq_broker::client::{AckMode, Client, ClientOptions, TlsOptions};
 use producer::{ProducerOutcome, ProducerSpec};
 use shared::{Counters, Phases, Shared};
 use std::sync::Arc;
@@ -44,6 +44,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
             login: args.login.clone(),
             passcode: args.passcode.clone(),
             host: args.vhost.clone(),
+            tls: TlsOptions::from(&args.tls),
             ..ClientOptions::default()
         };
     let ack = AckMode::from(args.ack);

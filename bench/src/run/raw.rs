@@ -1,14 +1,18 @@
 //! A minimal STOMP subscriber connection, for what `duomq_broker::client` cannot do yet:
 //! SUBSCRIBE with extra headers (RabbitMQ's `x-queue-type`, `durable`, `auto-delete`,
 //! `prefetch-count`). It speaks only what a consumer needs (CONNECT, SUBSCRIBE, ACK,
-//! DISCONNECT), without heart-beats, on the first member of the URL. Its one advantage is
-//! batching: the ACKs for everything one socket read brought are written together.
+//! DISCONNECT), without heart-beats, on the first member of the URL, over TLS when that
+//! member is `stomp+ssl://` (with the client options' CA file, client certificate and
+//! server name, as the duomq client uses them). Its one advantage is batching: the ACKs
+//! for everything one socket read brought are written together.
 
 use super::consumer::Recorder;
 use anyhow::{bail, Context};
 use bytes::BytesMut;
-use duomq_broker::client::{AckMode, BrokerUrl, ClientOptions};
+use duomq_broker::client::{AckMode, BrokerUrl, ClientOptions, StompUrl};
+use duomq_broker::config::TlsVersion;
 use duomq_broker::stomp::{Command, Frame, Inbound, Limits, StompCodec, Version};
+use duomq_broker::tls::{client_config, Stream};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
@@ -21,7 +25,7 @@ const READ_CHUNK: usize = 64 * 1024;
 
 /// A connected (and, after [`RawSubscriber::subscribe`], subscribed) consumer.
 pub struct RawSubscriber {
-    stream: TcpStream,
+    stream: Stream,
     codec: StompCodec,
     inbound: BytesMut,
     outbound: BytesMut,
@@ -33,7 +37,8 @@ pub struct RawSubscriber {
 }
 
 impl RawSubscriber {
-    /// Opens TCP to the URL's first member and exchanges CONNECT/CONNECTED.
+    /// Opens TCP (and TLS, for `stomp+ssl://`) to the URL's first member and exchanges
+    /// CONNECT/CONNECTED.
     pub async fn connect(url: &str, options: &ClientOptions) -> anyhow::Result<RawSubscriber> {
         let parsed: BrokerUrl = url.parse()?;
         let member = parsed.members().first().context("the broker URL names no broker")?;
@@ -44,6 +49,7 @@ impl RawSubscriber {
             .with_context(|| format!("failed to connect to {address}"))?;
         // ACKs are small; they must not wait for Nagle.
         stream.set_nodelay(true).context("failed to set TCP_NODELAY")?;
+        let stream = secure(stream, member, options).await?;
         let mut raw = RawSubscriber {
             stream,
             codec: StompCodec::new(Limits::default()),
@@ -126,7 +132,9 @@ impl RawSubscriber {
         // Best effort: unacknowledged messages go back to the queue either way.
         self.outbound.clear();
         self.codec.encode(&Frame::new(Command::Disconnect), &mut self.outbound);
-        let _ = self.stream.write_all(&self.outbound).await;
+        if self.stream.write_all(&self.outbound).await.is_ok() {
+            let _ = self.stream.flush().await;
+        }
         result
     }
 
@@ -156,6 +164,8 @@ impl RawSubscriber {
             }
             if !self.outbound.is_empty() {
                 self.stream.write_all(&self.outbound).await.context("failed to send ACKs")?;
+                // TLS holds what the socket did not take until flushed.
+                self.stream.flush().await.context("failed to send ACKs")?;
                 self.outbound.clear();
             }
             // Room for a large read; otherwise a nearly full buffer reads a few bytes at a time.
@@ -209,6 +219,7 @@ impl RawSubscriber {
         self.outbound.clear();
         self.codec.encode(frame, &mut self.outbound);
         self.stream.write_all(&self.outbound).await.with_context(|| format!("failed to send {}", frame.command))?;
+        self.stream.flush().await.with_context(|| format!("failed to send {}", frame.command))?;
         self.outbound.clear();
         Ok(())
     }
@@ -226,6 +237,22 @@ impl RawSubscriber {
             }
         }
     }
+}
+
+/// TLS over `tcp` for a `stomp+ssl://` member, checked against the options' CA file and
+/// server name (the member's host when none); plaintext otherwise.
+async fn secure(tcp: TcpStream, member: &StompUrl, options: &ClientOptions) -> anyhow::Result<Stream> {
+    if !member.tls {
+        return Ok(Stream::Plain(tcp));
+    }
+    let tls = &options.tls;
+    let ca = tls.ca_file.as_deref().with_context(|| format!("{member} is TLS: set --ca-file to the CA that signed its certificate"))?;
+    let identity = tls.cert_file.as_deref().zip(tls.key_file.as_deref());
+    let config = client_config(ca, identity, TlsVersion::V1_2)?;
+    let name = tls.server_name.as_deref().unwrap_or(&member.host);
+    duomq_broker::tls::connect(tcp, name, Some(config.into()), options.connect_timeout)
+        .await
+        .with_context(|| format!("TLS to {member} failed (its certificate checked against {} as {name:?})", ca.display()))
 }
 
 /// The SUBSCRIBE frame: the caller's headers first, then the prefetch headers they did

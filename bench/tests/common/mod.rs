@@ -128,11 +128,23 @@ pub struct Broker {
 
 impl Broker {
     pub fn start() -> anyhow::Result<Broker> {
+        Broker::start_with_config(None)
+    }
+
+    /// A broker reading `yaml` as its broker.yaml (its listeners and data directory are
+    /// still set by flags).
+    pub fn start_with_config(yaml: Option<&str>) -> anyhow::Result<Broker> {
         let dir = tempfile::Builder::new().prefix("duomq-bench-test-").tempdir()?;
         let log = dir.path().join("broker.log");
         let (stomp_port, admin_port) = (free_port()?, free_port()?);
-        let child = Command::new(broker_binary()?)
-            .arg("run")
+        let mut command = Command::new(broker_binary()?);
+        command.arg("run");
+        if let Some(yaml) = yaml {
+            let config = dir.path().join("broker.yaml");
+            std::fs::write(&config, yaml)?;
+            command.arg("--config").arg(config);
+        }
+        let child = command
             .arg("--data-dir")
             .arg(dir.path().join("data"))
             .args(["--stomp-listen", &format!("127.0.0.1:{stomp_port}")])
@@ -166,6 +178,11 @@ impl Broker {
 
     pub fn url(&self) -> String {
         format!("stomp://127.0.0.1:{}", self.stomp_port)
+    }
+
+    /// The STOMP listener as `stomp+ssl://`, for a broker started with TLS on it.
+    pub fn tls_url(&self) -> String {
+        format!("stomp+ssl://127.0.0.1:{}", self.stomp_port)
     }
 
     pub fn log_text(&self) -> String {
