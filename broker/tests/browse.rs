@@ -140,3 +140,31 @@ fn given_topic_browser_should_be_refused_and_unknown_queue_browses_empty() {
     c.send(&Frame::new(Command::Unsubscribe).header("id", "empty").header("receipt", "u"));
     c.expect(Command::Receipt);
 }
+
+#[test]
+fn given_browser_that_does_not_read_should_be_sent_no_more_than_its_socket_takes() {
+    let b = Broker::start("browse-slow", "");
+    // 32 MiB queued: far more than loopback socket buffers hold (a few MiB each way).
+    const COUNT: usize = 2000;
+    let body = "y".repeat(16 * 1024);
+    let mut producer = b.connect();
+    for i in 0..COUNT {
+        let mut f = Frame::new(Command::Send).header("destination", "/queue/slow").with_body(format!("{i:05}-{body}"));
+        if i + 1 == COUNT {
+            f = f.header("receipt", "last");
+        }
+        producer.send(&f);
+    }
+    producer.expect(Command::Receipt);
+
+    let mut browser = b.connect();
+    browse(&mut browser, "slow", "/queue/slow", &[("activemq.prefetchSize", "50")]);
+    // Not reading: the browse waits for the writer instead of queuing the whole queue.
+    std::thread::sleep(Duration::from_secs(2));
+    assert!(!b.log_text().contains("browse complete"), "the browse queued everything for a client that reads nothing");
+    let (seen, _) = browsed(&mut browser);
+    assert_eq!(seen.len(), COUNT);
+    assert!(seen.iter().enumerate().all(|(i, f)| body_text(f).starts_with(&format!("{i:05}-"))));
+    common::eventually("the browse logged its end", FRAME_TIMEOUT, || b.log_text().contains("browse complete"));
+    assert_eq!(depth(&b, "/queue/slow"), COUNT as u64);
+}
