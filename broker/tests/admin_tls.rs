@@ -229,7 +229,13 @@ fn given_a_pair_with_tls_admin_should_switch_over_with_the_cli_over_https() {
     assert!(!plain.status.success(), "plaintext to a TLS admin port fails");
     assert_eq!(a.status().expect("status")["role"], "live", "nothing changed");
 
-    let done = run(&["switchover", "--admin", &https, "--ca-file", &ca, "--to", "node-b", "--password-file", &password_file]);
+    let misnamed = run(&["switchover", "--admin", &https, "--ca-file", &ca, "--tls-server-name", "node-a.example", "--to", "node-b", "--password-file", &password_file]);
+    assert!(!misnamed.status.success(), "the certificate does not name node-a.example");
+    assert!(String::from_utf8_lossy(&misnamed.stderr).contains("TLS handshake"), "{}", String::from_utf8_lossy(&misnamed.stderr));
+    assert_eq!(a.status().expect("status")["role"], "live", "nothing changed");
+
+    // The certificate names localhost too: the name checked is --tls-server-name's.
+    let done = run(&["switchover", "--admin", &https, "--ca-file", &ca, "--tls-server-name", "localhost", "--to", "node-b", "--password-file", &password_file]);
     assert!(done.status.success(), "{}", String::from_utf8_lossy(&done.stderr));
     assert!(String::from_utf8_lossy(&done.stdout).contains("handed the live role to node-b"), "{}", String::from_utf8_lossy(&done.stdout));
     b.wait_live();

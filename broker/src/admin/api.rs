@@ -13,9 +13,13 @@ pub const HEALTHZ: &str = "/healthz";
 /// store, a member fenced by an admin request), with a one-line reason in the body. Kubernetes rolling updates wait for Ready
 /// pods, so a healthy backup must count as ready; route clients by role, not readiness.
 pub const READYZ: &str = "/readyz";
-/// [`BrokerStatus`] as JSON.
+/// [`BrokerStatus`] as JSON. Needs credentials whenever the broker has any (a cluster
+/// password or users): a `GET` signed like [`SWITCHOVER`] (empty body), or HTTP Basic of a
+/// user holding a role in `auth.adminRoles` (see [`super::access`]); 401 without (with a
+/// Basic challenge), 403 for a user without an admin role.
 pub const STATUS: &str = "/status";
-/// Prometheus text exposition.
+/// Prometheus text exposition. Open while `admin.openMetrics` (the default); otherwise it
+/// needs credentials as [`STATUS`] does.
 pub const METRICS: &str = "/metrics";
 /// `POST` a [`SwitchoverRequest`] to the live, signed with the cluster password (see
 /// [`super::auth`]): a planned hand-over of the live role to a named in-sync backup, with
