@@ -36,8 +36,7 @@ pub use salvage::{journal, JournalArgs};
 pub use send::{send, SendArgs, SEND_LONG_ABOUT};
 pub use switchover::{switchover, SwitchoverArgs, SWITCHOVER_LONG_ABOUT};
 
-use duomq_broker::client::{Client, ClientOptions, TlsOptions};
-use std::path::PathBuf;
+use duomq_broker::client::{Client, ClientOptions, TlsArgs, TlsOptions};
 
 /// Header naming the `send` run a message came from.
 const RUN_HEADER: &str = "duomq-run";
@@ -63,46 +62,12 @@ pub struct ConnectArgs {
     pub tls: TlsArgs,
 }
 
-/// How to reach `stomp+ssl://` brokers; ignored for `stomp://` ones.
-#[derive(clap::Args, Debug, Clone, Default)]
-pub struct TlsArgs {
-    /// For stomp+ssl:// URLs: PEM file with the CA certificate that signed the broker's
-    /// certificate (on Kubernetes, ca.crt of the group's TLS Secret). The broker must
-    /// present a certificate from this CA for the host name in the URL.
-    #[arg(long, env = "DUOMQ_CA_FILE", value_name = "PEM")]
-    pub ca_file: Option<PathBuf>,
-    /// Client certificate (PEM) to present, for brokers with tls.stomp.clientAuth; its
-    /// common name can log you in as a user (auth.certificateUsers). Needs --key-file.
-    #[arg(long, env = "DUOMQ_CERT_FILE", value_name = "PEM", requires = "key_file")]
-    pub cert_file: Option<PathBuf>,
-    /// Private key (PEM) of --cert-file.
-    #[arg(long, env = "DUOMQ_KEY_FILE", value_name = "PEM", requires = "cert_file")]
-    pub key_file: Option<PathBuf>,
-    /// Check the broker's certificate against this name instead of the URL's host, like
-    /// `openssl s_client -servername`: for an IP address or a port-forward
-    /// (stomp+ssl://127.0.0.1:61614 with --tls-server-name broker.example.svc).
-    #[arg(long, env = "DUOMQ_TLS_SERVER_NAME", value_name = "NAME")]
-    pub tls_server_name: Option<String>,
-}
-
-impl TlsArgs {
-    /// The client's TLS options.
-    pub fn options(&self) -> TlsOptions {
-        TlsOptions {
-            ca_file: self.ca_file.clone(),
-            cert_file: self.cert_file.clone(),
-            key_file: self.key_file.clone(),
-            server_name: self.tls_server_name.clone(),
-        }
-    }
-}
-
 impl ConnectArgs {
     async fn connect(&self) -> anyhow::Result<Client> {
         let options = ClientOptions {
             login: self.login.clone(),
             passcode: self.passcode.clone(),
-            tls: self.tls.options(),
+            tls: TlsOptions::from(&self.tls),
             ..ClientOptions::default()
         };
         // The client's errors already name the broker and the step.

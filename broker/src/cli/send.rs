@@ -210,13 +210,13 @@ mod tests {
     #[test]
     fn given_tls_flags_when_parsed_should_become_client_tls_options() {
         let args = parse(&["--ca-file", "ca.pem", "--cert-file", "me.pem", "--key-file", "me.key"]).unwrap();
-        let tls = args.connect.tls.options();
+        let tls = duomq_broker::client::TlsOptions::from(&args.connect.tls);
         assert_eq!(tls.ca_file.as_deref(), Some(std::path::Path::new("ca.pem")));
         assert_eq!((tls.cert_file.is_some(), tls.key_file.is_some(), tls.server_name), (true, true, None));
         assert!(parse(&["--cert-file", "me.pem"]).is_err(), "a certificate needs its key");
         assert!(parse(&["--key-file", "me.key"]).is_err(), "a key needs its certificate");
         let named = parse(&["--tls-server-name", "broker.svc"]).unwrap();
-        assert_eq!(named.connect.tls.options().server_name.as_deref(), Some("broker.svc"));
+        assert_eq!(named.connect.tls.tls_server_name.as_deref(), Some("broker.svc"));
     }
 
     #[test]

@@ -57,6 +57,7 @@
 //! # }
 //! ```
 
+mod args;
 mod connection;
 mod error;
 mod failover;
@@ -69,6 +70,7 @@ mod url;
 #[cfg(test)]
 mod tests;
 
+pub use args::TlsArgs;
 pub use error::ClientError;
 pub use failover::ConnectionEvent;
 pub use message::Message;
