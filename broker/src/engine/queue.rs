@@ -1018,6 +1018,29 @@ mod tests {
     }
 
     #[test]
+    fn given_browse_should_page_through_pending_and_in_flight_without_taking_anything() {
+        let q = queue();
+        let (a, mut ra) = consumer(1, 2, AckMode::ClientIndividual);
+        q.add_consumer(a);
+        for i in 0..7 {
+            q.enqueue(entry(i));
+        }
+        assert_eq!(ids(&delivered(&mut ra)), [0, 1]);
+        let page = |after: Option<u64>, below: u64| -> Vec<u64> {
+            q.browse(after.map(MessageId), MessageId(below), 3).iter().map(|m| m.id.0).collect()
+        };
+        // In flight (0, 1) and waiting (2..) alike, in id order, three at a time.
+        assert_eq!(page(None, 100), [0, 1, 2]);
+        assert_eq!(page(Some(2), 100), [3, 4, 5]);
+        assert_eq!(page(Some(5), 100), [6]);
+        // Nothing at or past the bound.
+        assert_eq!(page(Some(2), 5), [3, 4]);
+        let snap = q.snapshot();
+        assert_eq!((snap.depth, snap.in_flight), (5, 2));
+        assert!(delivered(&mut ra).is_empty(), "browsing dispatched");
+    }
+
+    #[test]
     fn given_two_consumers_when_messages_arrive_should_alternate() {
         let q = queue();
         let (a, mut ra) = consumer(1, 10, AckMode::ClientIndividual);
