@@ -108,77 +108,70 @@ fn given_a_pair_over_mutual_tls_when_the_live_is_killed_should_take_over_with_ev
     assert_eq!(metric(&b, "duomq_tls_handshake_failures_total{listener=\"cluster\"}"), 0);
 }
 
-#[test]
-fn given_members_with_certificates_from_different_cas_should_refuse_to_replicate_and_say_why() {
+/// Starts a live with the `tls:` section `tls_a` and a backup with `tls_b` ("": plaintext),
+/// waits until the live has refused the backup's connections as `tls` and both logs say
+/// why (`live_says`, `backup_says`), then checks that nothing moved: the live stays live and
+/// alone, the backup never syncs nor activates.
+fn refused_pair(tls_a: &str, tls_b: &str, live_says: &str, backup_says: &str) -> (tempfile::TempDir, Member, Member) {
     let root = root();
-    let (pki_a, pki_b) = (Pki::new("ca-one"), Pki::new("ca-two"));
     let mut a = Member::new(root.path(), "node-a");
     let mut b = Member::new(root.path(), "node-b");
-    a.start(&[b.peer()], "primary", &pki_a.config(&pki_a.leaf("node-a"), &["cluster"]), root.path(), "g1", PASSWORD_FILE);
+    a.start(&[b.peer()], "primary", tls_a, root.path(), "g1", PASSWORD_FILE);
     a.wait_live();
-    b.start(&[a.peer()], "backup", &pki_b.config(&pki_b.leaf("node-b"), &["cluster"]), root.path(), "g1", PASSWORD_FILE);
-    let refused = "duomq_cluster_connections_refused_total{reason=\"tls\"}";
-    eventually("the live refuses the backup's connections", ROLE_TIMEOUT, || metric(&a, refused) >= 2);
-    eventually("the backup counts its failed handshakes", ROLE_TIMEOUT, || {
-        metric(&b, "duomq_tls_handshake_failures_total{listener=\"cluster\"}") >= 1
+    b.start(&[a.peer()], "backup", tls_b, root.path(), "g1", PASSWORD_FILE);
+    eventually("the live refuses the backup's connections", ROLE_TIMEOUT, || {
+        metric(&a, "duomq_cluster_connections_refused_total{reason=\"tls\"}") >= 2
     });
-    // The backup checks the live's certificate first; the live hears its alert.
-    let b_log = b.log();
-    assert!(
-        b_log.contains("invalid peer certificate: UnknownIssuer: the members' certificates are not from the same CA (tls.caFile)"),
-        "the backup says why:\n{b_log}"
-    );
-    eventually("the live logs why", ROLE_TIMEOUT, || a.log().contains("the members' certificates are not from the same CA (tls.caFile)"));
-    assert!(a.log().contains("refused a cluster connection"), "{}", a.log());
+    eventually("the live says why", ROLE_TIMEOUT, || a.log().contains(live_says));
+    eventually("the backup says why", ROLE_TIMEOUT, || b.log().contains(backup_says));
     show(&a, "refused a cluster connection");
     show(&b, "cluster connection to a member refused");
-    // Nothing moves: the live stays live and alone, the backup never syncs nor activates.
     std::thread::sleep(Duration::from_secs(3));
     let (sa, sb) = (a.status().expect("live status"), b.status().expect("backup status"));
     assert_eq!((sa["role"].as_str(), sa["ha"]["alone"].as_bool()), (Some("live"), Some(true)), "{sa}");
     assert_eq!(sb["role"], "backup", "{sb}");
     assert_ne!(sb["ha"]["sync"]["state"], "synced", "{sb}");
     assert!(!b.log().contains("activating"), "{}", b.log());
+    (root, a, b)
+}
+
+#[test]
+fn given_members_with_certificates_from_different_cas_should_refuse_to_replicate_and_say_why() {
+    let (pki_a, pki_b) = (Pki::new("ca-one"), Pki::new("ca-two"));
+    // The backup checks the live's certificate first; the live hears its alert.
+    let (_root, a, b) = refused_pair(
+        &pki_a.config(&pki_a.leaf("node-a"), &["cluster"]),
+        &pki_b.config(&pki_b.leaf("node-b"), &["cluster"]),
+        "received fatal alert: UnknownCA: the peer does not trust this member's certificate: the members' certificates are not from the same CA (tls.caFile)",
+        "invalid peer certificate: UnknownIssuer: the members' certificates are not from the same CA (tls.caFile)",
+    );
+    assert!(metric(&b, "duomq_tls_handshake_failures_total{listener=\"cluster\"}") >= 1);
+    assert!(metric(&a, "duomq_tls_handshake_failures_total{listener=\"cluster\"}") >= 1);
+}
+
+#[test]
+fn given_a_member_with_an_expired_certificate_should_be_refused_and_say_why() {
+    let pki = Pki::new("expiry");
+    let now = std::time::SystemTime::now();
+    let expired = Leaf { not_before: now - Duration::from_secs(7200), not_after: now - Duration::from_secs(3600), ..Leaf::new("node-b", Duration::ZERO).loopback() };
+    // The live checks the backup's certificate and finds it expired; the backup hears why.
+    refused_pair(
+        &pki.config(&pki.leaf("node-a"), &["cluster"]),
+        &pki.config(&pki.leaf_from(expired, "node-b-expired"), &["cluster"]),
+        "invalid peer certificate: certificate expired",
+        "received fatal alert: CertificateExpired: the peer refused this member's certificate: it has expired",
+    );
 }
 
 #[test]
 fn given_a_plaintext_member_and_a_tls_member_should_refuse_each_other_and_say_why() {
-    let root = root();
     let pki = Pki::new("mixed");
-    let mut a = Member::new(root.path(), "node-a");
-    let mut b = Member::new(root.path(), "node-b");
-    a.start(&[b.peer()], "primary", &pki.config(&pki.leaf("node-a"), &["cluster"]), root.path(), "g1", PASSWORD_FILE);
-    a.wait_live();
-    b.start(&[a.peer()], "backup", "", root.path(), "g1", PASSWORD_FILE);
-    eventually("the TLS live refuses the plaintext member", ROLE_TIMEOUT, || {
-        metric(&a, "duomq_cluster_connections_refused_total{reason=\"tls\"}") >= 2
-    });
-    eventually("the TLS live says why", ROLE_TIMEOUT, || a.log().contains("tls.cluster.enabled must be on for every member or off for every one"));
-    eventually("the plaintext member says why", ROLE_TIMEOUT, || b.log().contains("tls.cluster.enabled"));
-    show(&a, "refused a cluster connection");
-    show(&b, "cluster connection to a member refused");
-    std::thread::sleep(Duration::from_secs(2));
-    let (sa, sb) = (a.status().expect("live status"), b.status().expect("backup status"));
-    assert_eq!((sa["role"].as_str(), sa["ha"]["alone"].as_bool()), (Some("live"), Some(true)), "{sa}");
-    assert_eq!(sb["role"], "backup", "{sb}");
-    assert_ne!(sb["ha"]["sync"]["state"], "synced", "{sb}");
-
+    let tls_live = pki.config(&pki.leaf("node-a"), &["cluster"]);
+    let no_tls = "no TLS from the peer: tls.cluster.enabled must be on for every member or off for every one";
+    let speaks_tls = "the peer speaks TLS and this end does not: tls.cluster.enabled must be the same on every member";
+    refused_pair(&tls_live, "", no_tls, speaks_tls);
     // The reverse: a plaintext live, a TLS backup.
-    drop((a, b));
-    let root = self::root();
-    let mut a = Member::new(root.path(), "node-a");
-    let mut b = Member::new(root.path(), "node-b");
-    a.start(&[b.peer()], "primary", "", root.path(), "g1", PASSWORD_FILE);
-    a.wait_live();
-    b.start(&[a.peer()], "backup", &pki.config(&pki.leaf("node-b"), &["cluster"]), root.path(), "g1", PASSWORD_FILE);
-    eventually("the plaintext live refuses the TLS member", ROLE_TIMEOUT, || {
-        metric(&a, "duomq_cluster_connections_refused_total{reason=\"tls\"}") >= 2
-    });
-    eventually("the plaintext live says why", ROLE_TIMEOUT, || a.log().contains("the peer speaks TLS and this end does not"));
-    eventually("the TLS member says why", ROLE_TIMEOUT, || b.log().contains("no TLS from the peer"));
-    show(&a, "refused a cluster connection");
-    show(&b, "cluster connection to a member refused");
-    assert_ne!(b.status().expect("backup status")["ha"]["sync"]["state"], "synced");
+    refused_pair("", &pki.config(&pki.leaf("node-b"), &["cluster"]), speaks_tls, no_tls);
 }
 
 /// A standalone broker whose cluster port (TLS) takes bridges; `network` is its `network:` block.
