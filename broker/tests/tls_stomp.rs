@@ -57,6 +57,15 @@ fn stomp_tls(pki: &Pki, leaf: &LeafFiles, client_auth: &str, lines: &str) -> Str
     with_auth.replace("tls:\n", &format!("tls:\n{lines}"))
 }
 
+/// A broker whose STOMP listener checks client certificates (`clientAuth`), with the
+/// users of [`CERT_AUTH`]; its CA is the returned one.
+fn cert_auth_broker(name: &str, client_auth: &str) -> (Pki, Broker) {
+    let pki = Pki::new(name);
+    let config = format!("{}{CERT_AUTH}", stomp_tls(&pki, &pki.leaf("broker"), client_auth, ""));
+    let broker = Broker::start(&format!("tls-{name}"), &config);
+    (pki, broker)
+}
+
 /// A leaf valid for loopback but not now: expired a day ago.
 fn expired(pki: &Pki, cn: &str) -> LeafFiles {
     let now = SystemTime::now();
@@ -177,9 +186,7 @@ async fn given_broker_certificate_from_another_ca_expired_or_for_another_name_sh
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_client_certificates_mapped_to_users_should_log_in_by_certificate_and_refuse_mismatches() {
-    let pki = Pki::new("client-auth");
-    let config = format!("{}{CERT_AUTH}", stomp_tls(&pki, &pki.leaf("broker"), "required", ""));
-    let broker = Broker::start("tls-client-auth", &config);
+    let (pki, broker) = cert_auth_broker("client-auth", "required");
     let url = tls_url(broker.stomp_port);
     let app = pki.leaf("client-app");
 
@@ -230,9 +237,7 @@ async fn given_client_certificates_mapped_to_users_should_log_in_by_certificate_
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_optional_client_auth_should_log_in_by_certificate_or_by_password() {
-    let pki = Pki::new("optional");
-    let config = format!("{}{CERT_AUTH}", stomp_tls(&pki, &pki.leaf("broker"), "optional", ""));
-    let broker = Broker::start("tls-optional", &config);
+    let (pki, broker) = cert_auth_broker("optional", "optional");
     let url = tls_url(broker.stomp_port);
     let by_cert = Client::connect(&url, presenting(&pki, &pki.leaf("client-app"))).await.expect("by certificate");
     by_cert.disconnect().await.expect("disconnect");
@@ -473,9 +478,7 @@ fn given_openssl_with_another_ca_or_an_expired_client_certificate_should_fail_th
     if !openssl_available("the openssl certificate test") {
         return;
     }
-    let pki = Pki::new("openssl-certs");
-    let config = format!("{}{CERT_AUTH}", stomp_tls(&pki, &pki.leaf("broker"), "required", ""));
-    let broker = Broker::start("tls-openssl-certs", &config);
+    let (pki, broker) = cert_auth_broker("openssl-certs", "required");
     let ca = pki.ca_file.display().to_string();
 
     let other = Pki::new("openssl-other");
