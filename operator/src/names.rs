@@ -37,6 +37,16 @@ pub const DATABASE_CA_KEY: &str = "ca.crt";
 /// Remote cluster passwords of network connectors: `<connector>/password` each.
 pub const NETWORK_SECRET_DIR: &str = "/etc/duomq/network";
 pub const DATA_DIR: &str = "/var/lib/duomq";
+/// `spec.tls`: the certificate Secret (`tls.crt`, `tls.key`, `ca.crt`), mounted here; the
+/// broker reads the files again as the kubelet updates them.
+pub const TLS_DIR: &str = "/etc/duomq/tls";
+/// Keys of a certificate Secret, as cert-manager writes them.
+pub const TLS_CERT_KEY: &str = "tls.crt";
+pub const TLS_KEY_KEY: &str = "tls.key";
+pub const TLS_CA_KEY: &str = "ca.crt";
+/// On a broker pod template: a hash of the certificate Secret's content, so a new
+/// certificate (a renewal, a changed Secret) rolls the members onto it.
+pub const TLS_CHECKSUM_ANNOTATION: &str = "duomq.io/tls-checksum";
 /// Keys of the cluster-credentials Secret.
 pub const CLUSTER_USER_KEY: &str = "user";
 pub const CLUSTER_PASSWORD_KEY: &str = "password";
@@ -76,6 +86,16 @@ pub fn member_host(group: &str, pod: &str, namespace: &str) -> String {
 
 pub fn config_map(group: &str) -> String {
     format!("{group}-config")
+}
+
+/// tls.mode OperatorManaged: the BrokerGroup's CA (certificate and key; never mounted).
+pub fn ca_secret(bg: &str) -> String {
+    format!("{bg}-ca")
+}
+
+/// tls.mode OperatorManaged: the member certificate, key and CA certificate.
+pub fn tls_secret(bg: &str) -> String {
+    format!("{bg}-tls")
 }
 
 pub fn generated_cluster_secret(bg: &str) -> String {

@@ -8,6 +8,7 @@ use kube::ResourceExt;
 use thiserror::Error;
 
 use crate::api::{BrokerGroup, BrokerGroupSpec, HaMode, LayoutKind, NetworkConnectorSpec};
+use crate::certificates::Certificates;
 use crate::names;
 use crate::status::reason::{Problem, Reason};
 
@@ -21,6 +22,10 @@ pub enum InvalidSpec {
     NoNamespace,
     #[error("cluster credentials Secret {secret} has no key {key}")]
     CredentialsKeyMissing { secret: String, key: &'static str },
+    /// Something the spec points at is missing or unusable (the certificate Secret, the
+    /// authorization ConfigMap): nothing is applied, and it is looked at again.
+    #[error("{message}")]
+    Dependency { reason: Reason, message: String },
 }
 
 impl InvalidSpec {
@@ -29,7 +34,14 @@ impl InvalidSpec {
         match self {
             InvalidSpec::Rule { .. } | InvalidSpec::NoNamespace => Reason::InvalidSpec,
             InvalidSpec::CredentialsKeyMissing { .. } => Reason::InvalidCredentials,
+            InvalidSpec::Dependency { reason, .. } => *reason,
         }
+    }
+
+    /// Whether it may fix itself without a change of the spec (a Secret or ConfigMap
+    /// appearing): the reconcile then looks again later instead of waiting for the spec.
+    pub fn retry(&self) -> bool {
+        matches!(self, InvalidSpec::Dependency { .. })
     }
 }
 
@@ -54,6 +66,12 @@ pub struct Dependencies {
     /// template asks for (`None` for a group without one: shared store or database). Empty
     /// when rendering offline.
     pub existing_groups: BTreeMap<String, Option<String>>,
+    /// `spec.tls`: the certificates found or made (`crate::certificates::prepare`); `None`
+    /// without `spec.tls` or when rendering offline.
+    pub certificates: Option<Certificates>,
+    /// `authorization.permissionsFrom`: the YAML under the referenced key, or why it could
+    /// not be read. `None` when not looked up (offline rendering).
+    pub authorization_source: Option<Result<String, String>>,
 }
 
 /// What the operator read of a Secret a network connector authenticates with: its keys and
@@ -144,6 +162,76 @@ pub struct ValidatedBrokerGroup {
     pub hibernate: bool,
     /// Annotation `duomq.io/fenced-members`: member pods to fence.
     pub fenced: BTreeSet<String>,
+    /// `spec.tls`: the certificate material (`None` offline: the Secret is mounted by name).
+    pub certificates: Option<Certificates>,
+    /// `spec.authorization`, inline or from `permissionsFrom`, as the broker reads it.
+    pub authorization: Option<Authorization>,
+}
+
+/// Roles, permissions and certificate users every broker of the BrokerGroup is given.
+#[derive(Debug, Clone, Default, PartialEq, serde::Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct Authorization {
+    pub roles: duomq_broker::config::Roles,
+    pub anonymous_roles: Vec<String>,
+    pub permissions: Vec<duomq_broker::config::Permission>,
+    pub certificate_users: BTreeMap<String, String>,
+    #[serde(skip)]
+    pub admin_roles: Option<Vec<String>>,
+}
+
+/// `spec.authorization` as the broker reads it: inline, or parsed from the text of
+/// `permissionsFrom` (`source`; `None` offline, where only the inline parts count).
+fn authorization(
+    spec: &crate::api::AuthorizationSpec,
+    source: Option<&Result<String, String>>,
+) -> Result<Authorization, InvalidSpec> {
+    let mut out = match (&spec.permissions_from, source) {
+        (Some(from), Some(Ok(text))) => {
+            let what = permissions_from_name(from);
+            serde_yaml::from_str::<Option<Authorization>>(text)
+                .map(Option::unwrap_or_default)
+                .map_err(|e| InvalidSpec::Dependency {
+                    reason: Reason::AuthorizationInvalid,
+                    message: format!("authorization.permissionsFrom {what}: not valid YAML with roles, anonymousRoles, permissions and certificateUsers: {e}; nothing is applied until it is fixed"),
+                })?
+        }
+        (Some(_), Some(Err(message))) => {
+            return Err(InvalidSpec::Dependency {
+                reason: Reason::AuthorizationInvalid,
+                message: message.clone(),
+            })
+        }
+        _ => Authorization {
+            roles: spec.roles.clone().unwrap_or_default(),
+            anonymous_roles: spec.anonymous_roles.clone().unwrap_or_default(),
+            permissions: spec
+                .permissions
+                .iter()
+                .flatten()
+                .map(|p| duomq_broker::config::Permission {
+                    pattern: p.pattern.clone(),
+                    send: p.send.clone(),
+                    consume: p.consume.clone(),
+                    browse: p.browse.clone(),
+                    create: p.create.clone(),
+                })
+                .collect(),
+            certificate_users: spec.certificate_users.clone().unwrap_or_default(),
+            admin_roles: None,
+        },
+    };
+    out.admin_roles = spec.admin_roles.clone();
+    Ok(out)
+}
+
+/// `ConfigMap NAME key KEY` or `Secret NAME key KEY`, for messages.
+pub fn permissions_from_name(from: &crate::api::PermissionsFrom) -> String {
+    match (&from.config_map_key_ref, &from.secret_key_ref) {
+        (Some(r), _) => format!("ConfigMap {} key {}", r.name, r.key),
+        (None, Some(r)) => format!("Secret {} key {}", r.name, r.key),
+        (None, None) => "(nothing)".into(),
+    }
 }
 
 /// A `masterslave:(…)` list of a group's members on the cluster port.
@@ -162,7 +250,7 @@ pub fn group_models(bg: &str, namespace: &str, spec: &BrokerGroupSpec) -> Vec<Gr
 
 /// [`group_models`] plus the groups beyond `spec.groups` that still exist (`draining`), each
 /// with the journal size of its existing StatefulSet.
-fn groups_with_existing(
+pub fn groups_with_existing(
     bg: &str,
     namespace: &str,
     spec: &BrokerGroupSpec,
@@ -310,6 +398,13 @@ pub fn validate(
                 });
             }
             (Some(target), None) => match deps.connector_targets.get(target) {
+                Some(target_spec) if target_spec.tls.is_some() != spec.tls.is_some() => {
+                    let (on, off) = if spec.tls.is_some() { (name.as_str(), target.as_str()) } else { (target.as_str(), name.as_str()) };
+                    problems.push(Problem::new(
+                        Reason::ConnectorTlsMismatch,
+                        format!("network connector {}: BrokerGroup {on} has spec.tls and {off} has not, so their cluster ports cannot talk; the connector is left out until both or neither use TLS (with a common CA: tls.mode Secret from one issuer)", c.name),
+                    ));
+                }
                 Some(target_spec) => {
                     let password = ConnectorPassword {
                         spec_name: c.name.clone(),
@@ -352,7 +447,14 @@ pub fn validate(
     }
 
     problems.extend(database_problems(&spec, deps));
+    let authorization = spec
+        .authorization
+        .as_ref()
+        .map(|a| authorization(a, deps.authorization_source.as_ref()))
+        .transpose()?;
     Ok(ValidatedBrokerGroup {
+        certificates: deps.certificates.clone(),
+        authorization,
         uid: bg.metadata.uid.clone(),
         name,
         namespace,

@@ -53,7 +53,8 @@ pub const KIND: &str = "BrokerGroup";
     validation = Rule::new("self.ha.mode != 'sharedStore' || has(self.storage.storageClassName)").message("shared store keeps each group's journal on one volume all its members mount: set storage.storageClassName to a class that provides ReadWriteMany volumes (NFS, CephFS)"),
     validation = Rule::new("self.layout.type != 'hostPairs' || !has(self.layout.hostPairs) || self.groups == 2 * size(self.layout.hostPairs)").message("a hostPairs layout runs two groups on each pair of nodes: set groups to twice the number of hostPairs (an even number)"),
     validation = Rule::new("self.layout.type != 'hostPairs' || self.backupsPerGroup == 1").message("a host pair has two nodes, one per member: set backupsPerGroup to 1"),
-    validation = Rule::new("!has(self.grouping) || self.grouping.localGroup < self.groups").message("grouping.localGroup must be the index of one of this BrokerGroup's groups (0 to groups - 1)")
+    validation = Rule::new("!has(self.grouping) || self.grouping.localGroup < self.groups").message("grouping.localGroup must be the index of one of this BrokerGroup's groups (0 to groups - 1)"),
+    validation = Rule::new("!has(self.tls) || self.tls.mode != 'OperatorManaged' || !has(self.networkConnectors) || self.networkConnectors.all(c, !has(c.brokerGroup))").message("a brokerGroup network connector with tls.mode OperatorManaged cannot work: each BrokerGroup has its own CA, so the two refuse each other's certificates on the cluster port; give both BrokerGroups tls.mode Secret with certificates from one issuer (cert-manager)")
 )]
 #[serde(rename_all = "camelCase")]
 pub struct BrokerGroupSpec {
@@ -129,6 +130,166 @@ pub struct BrokerGroupSpec {
     /// Additions to every broker pod.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverrides>,
+
+    /// TLS on all three listeners: STOMP (`stomp+ssl://`), the cluster port (mutual TLS
+    /// between members, on top of the cluster credentials) and the admin API (HTTPS; the
+    /// probes follow). Absent: plaintext.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsSpec>,
+
+    /// Who may do what on which destinations. Absent: every authenticated client may do
+    /// everything.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub authorization: Option<AuthorizationSpec>,
+}
+
+/// Where the certificates come from. OperatorManaged: a CA per BrokerGroup in the Secret
+/// `<name>-ca` (never mounted into pods) and a member certificate in `<name>-tls` (tls.crt,
+/// tls.key, ca.crt) naming every member and client Service, renewed `renewBefore` its expiry
+/// with a rolling restart. Secret: `secretName`, in cert-manager's shape.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(
+    validation = Rule::new("self.mode != 'Secret' || (has(self.secretName) && self.secretName != '')").message("tls.mode Secret needs tls.secretName: a Secret with tls.crt, tls.key and ca.crt (cert-manager's Certificate writes them) whose certificate names every member and client Service"),
+    validation = Rule::new("self.mode != 'OperatorManaged' || !has(self.secretName)").message("tls.secretName is for tls.mode Secret: the operator names its own Secret <name>-tls; remove secretName or set mode Secret"),
+    validation = Rule::new("self.mode != 'Secret' || (!has(self.certificateDuration) && !has(self.renewBefore) && !has(self.caDuration))").message("certificateDuration, renewBefore and caDuration are for tls.mode OperatorManaged: with mode Secret whoever writes the Secret (cert-manager) renews it; remove them"),
+    validation = Rule::new("self.mode != 'OperatorManaged' || (has(self.certificateDuration) && !(self.certificateDuration.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') && self.certificateDuration != '')) || (has(self.renewBefore) && !(self.renewBefore.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') && self.renewBefore != '')) || duration(has(self.renewBefore) ? self.renewBefore : '720h') + duration('10m') <= duration(has(self.certificateDuration) ? self.certificateDuration : '2160h')").message("tls.renewBefore must be at least 10m shorter than tls.certificateDuration (defaults 720h and 2160h), or certificates would be renewed, and the brokers restarted, as soon as they are issued"),
+    validation = Rule::new("self.mode != 'OperatorManaged' || (has(self.certificateDuration) && !(self.certificateDuration.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') && self.certificateDuration != '')) || (has(self.caDuration) && !(self.caDuration.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') && self.caDuration != '')) || duration(has(self.certificateDuration) ? self.certificateDuration : '2160h') <= duration(has(self.caDuration) ? self.caDuration : '87600h')").message("tls.certificateDuration must not be longer than tls.caDuration (default 87600h): a certificate cannot outlive its CA")
+)]
+pub struct TlsSpec {
+    /// OperatorManaged (the default) or Secret.
+    #[serde(default)]
+    pub mode: TlsMode,
+    /// mode Secret: the Secret holding tls.crt, tls.key and ca.crt, in this namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 253), regex(pattern = r"^([a-z0-9]([-a-z0-9.]*[a-z0-9])?)?$"))]
+    pub secret_name: Option<String>,
+    /// OperatorManaged: how long a member certificate is valid, a Go-style duration such as
+    /// 2160h (the default) or 90m.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(TLS_DURATION_RULE).message("tls.certificateDuration is a duration such as 2160h or 2h30m (units h, m, s): fix it"), validation = Rule::new("!self.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') || self == '' || duration(self) >= duration('1h')").message("tls.certificateDuration must be at least 1h"))]
+    pub certificate_duration: Option<String>,
+    /// OperatorManaged: a member certificate is renewed (a new one from the same CA, then a
+    /// rolling restart free of message loss) this long before it expires; default 720h.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(TLS_DURATION_RULE).message("tls.renewBefore is a duration such as 720h or 30m (units h, m, s): fix it"))]
+    pub renew_before: Option<String>,
+    /// OperatorManaged: how long the CA is valid; default 87600h (ten years). The CA is
+    /// made once and never replaced by the operator.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 32))]
+    #[x_kube(validation = Rule::new(TLS_DURATION_RULE).message("tls.caDuration is a duration such as 87600h (units h, m, s): fix it"))]
+    pub ca_duration: Option<String>,
+    /// STOMP client certificates: None (not asked for), Optional (checked when sent; its
+    /// common name logs in as the user authorization.certificateUsers maps it to) or
+    /// Required.
+    #[serde(default)]
+    pub client_auth: TlsClientAuth,
+}
+
+/// A Go-style duration in hours, minutes and seconds (`2160h`, `1h30m`, `119m59s`).
+const TLS_DURATION_RULE: &str = "self.matches('^([0-9]+h)?([0-9]+m)?([0-9]+s)?$') && self != ''";
+
+pub const DEFAULT_CERTIFICATE_DURATION: &str = "2160h";
+pub const DEFAULT_RENEW_BEFORE: &str = "720h";
+pub const DEFAULT_CA_DURATION: &str = "87600h";
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum TlsMode {
+    #[default]
+    OperatorManaged,
+    Secret,
+}
+
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, Default, PartialEq, Eq, JsonSchema)]
+pub enum TlsClientAuth {
+    #[default]
+    None,
+    Optional,
+    Required,
+}
+
+/// Roles, per-destination permissions and certificate users, rendered into every broker's
+/// `auth:`. Inline, or from a ConfigMap or Secret key holding the same fields as YAML
+/// (`permissionsFrom`).
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.permissionsFrom) || (!has(self.roles) && !has(self.permissions) && !has(self.anonymousRoles) && !has(self.certificateUsers))").message("authorization.permissionsFrom replaces roles, permissions, anonymousRoles and certificateUsers: keep them in the referenced ConfigMap or Secret, or inline, not both"))]
+pub struct AuthorizationSpec {
+    /// Role name → the users holding it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub roles: Option<BTreeMap<String, Vec<String>>>,
+    /// Roles of clients that connect without a login (with users and allowAnonymous).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub anonymous_roles: Option<Vec<String>>,
+    /// Users holding one of these roles may read the admin API's /status with HTTP Basic
+    /// credentials.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub admin_roles: Option<Vec<String>>,
+    /// A STOMP client certificate's common name → the user it logs in as (with
+    /// tls.clientAuth Optional or Required).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate_users: Option<BTreeMap<String, String>>,
+    /// Who may send, consume, browse and create on the destinations `match` names. With
+    /// any entry, a destination no entry matches is denied; the most specific entry decides.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 256))]
+    pub permissions: Option<Vec<PermissionSpec>>,
+    /// The roles, permissions, anonymousRoles and certificateUsers as YAML under a key of a
+    /// ConfigMap or Secret in this namespace, read at every reconcile (a change rolls the
+    /// brokers onto it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub permissions_from: Option<PermissionsFrom>,
+}
+
+/// One permission entry: a destination pattern and the roles allowed each operation.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, Default, PartialEq)]
+#[serde(rename_all = "camelCase")]
+pub struct PermissionSpec {
+    /// `/queue/orders.>`, `/topic/prices.*` or `>` (everything): `*` is one dot-separated
+    /// word, a final `>` the rest.
+    #[serde(rename = "match")]
+    #[schemars(length(min = 1, max = 256))]
+    #[x_kube(validation = Rule::new(r"self == '>' || self.matches('^/(queue|topic)/([^.>]+\\.)*([^.>]+|>)$')").message("a permission's match is >, or /queue/ or /topic/ then dot-separated words, * for any one word and > only as the last word (e.g. /queue/orders.>)"))]
+    pub pattern: String,
+    /// Roles that may SEND.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub send: Vec<String>,
+    /// Roles that may SUBSCRIBE and ACK/NACK.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub consume: Vec<String>,
+    /// Roles that may browse (SUBSCRIBE with browser:true).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub browse: Vec<String>,
+    /// Roles that may create a destination the broker does not hold yet.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub create: Vec<String>,
+}
+
+/// A ConfigMap or a Secret key holding authorization YAML.
+#[derive(KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.configMapKeyRef) != has(self.secretKeyRef)").message("authorization.permissionsFrom needs exactly one of configMapKeyRef or secretKeyRef"))]
+pub struct PermissionsFrom {
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_map_key_ref: Option<ObjectKeyRef>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub secret_key_ref: Option<ObjectKeyRef>,
+}
+
+/// A key of a ConfigMap or Secret in the BrokerGroup's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct ObjectKeyRef {
+    #[schemars(
+        length(min = 1, max = 253),
+        regex(pattern = r"^[a-z0-9]([-a-z0-9.]*[a-z0-9])?$")
+    )]
+    pub name: String,
+    #[schemars(length(min = 1, max = 253), regex(pattern = r"^[-._a-zA-Z0-9]+$"))]
+    pub key: String,
 }
 
 fn default_image() -> String {

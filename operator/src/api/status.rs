@@ -60,6 +60,26 @@ pub struct BrokerGroupStatus {
     /// The clustered grouping handler, with `spec.grouping`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grouping: Option<GroupingHandlerStatus>,
+    /// The certificates in use, with `spec.tls`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<TlsStatus>,
+}
+
+/// The certificates the brokers are given.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct TlsStatus {
+    /// The Secret mounted into the broker pods (tls.crt, tls.key, ca.crt).
+    pub secret_name: String,
+    /// When the member certificate expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<Time>,
+    /// When the CA (the first certificate of ca.crt) expires.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ca_not_after: Option<Time>,
+    /// OperatorManaged: when the operator last issued the member certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewed_at: Option<Time>,
 }
 
 /// Where the LOCAL grouping handler runs and how the REMOTE handlers reach it.

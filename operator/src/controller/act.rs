@@ -107,12 +107,12 @@ impl Act<'_> {
 
     /// The admin endpoint of member `pod` of `group`.
     fn endpoint(&self, seen: &Observation, group: &str, pod: &str) -> Result<Endpoint, String> {
-        let ip = seen
-            .pods
-            .get(pod)
+        let observed = seen.pods.get(pod);
+        let ip = observed
             .and_then(|p| p.ip.as_deref())
             .ok_or_else(|| format!("{pod} has no pod IP"))?;
-        Ok(self.access.endpoint(group, pod, ip))
+        let tls = observed.is_some_and(|p| p.tls);
+        Ok(self.access.endpoint(group, pod, ip, tls))
     }
 
     async fn switchovers(&self, plan: &Plan, seen: &Observation, out: &mut Outcome) {

@@ -84,14 +84,14 @@ pub struct Access {
 }
 
 impl Access {
-    /// Member `pod` of `group`, at `ip`: over HTTPS its certificate must name the pod's
-    /// DNS name.
-    pub fn endpoint(&self, group: &str, pod: &str, ip: &str) -> Endpoint {
+    /// Member `pod` of `group`, at `ip`; over HTTPS (`tls`: the pod was made with
+    /// `spec.tls`) its certificate must name the pod's DNS name.
+    pub fn endpoint(&self, group: &str, pod: &str, ip: &str, tls: bool) -> Endpoint {
         Endpoint {
             ip: ip.to_string(),
             port: self.port,
             password: self.password.clone(),
-            tls: self.tls.as_ref().map(|config| EndpointTls {
+            tls: self.tls.as_ref().filter(|_| tls).map(|config| EndpointTls {
                 config: Arc::clone(config),
                 server_name: crate::names::member_host(group, pod, &self.namespace),
             }),

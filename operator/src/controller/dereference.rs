@@ -6,17 +6,20 @@
 use std::collections::{BTreeMap, BTreeSet};
 
 use k8s_openapi::api::apps::v1::StatefulSet;
-use k8s_openapi::api::core::v1::Secret;
+use k8s_openapi::api::core::v1::{ConfigMap, Secret};
 use kube::api::{Api, ListParams};
 use kube::{Client, Resource, ResourceExt};
 use rand::distributions::{Alphanumeric, DistString};
 use serde::de::DeserializeOwned;
 
 use super::{secret_text, Error};
-use crate::api::{BrokerGroup, BrokerGroupStatus};
+use crate::api::{BrokerGroup, BrokerGroupStatus, PermissionsFrom, TlsMode};
 use crate::names;
 use crate::status::reason::{Problem, Reason};
-use crate::validate::{cluster_secret_name, database_secret_names, ConnectorSecret, Dependencies};
+use crate::validate::{
+    cluster_secret_name, database_secret_names, permissions_from_name, ConnectorSecret,
+    Dependencies,
+};
 
 /// What a reconcile works from besides the BrokerGroup itself.
 pub struct Inputs {
@@ -29,6 +32,40 @@ pub struct Inputs {
     pub previous: BrokerGroupStatus,
     /// The BrokerGroup's StatefulSets as they are (before this reconcile applies anything).
     pub statefulsets: Vec<StatefulSet>,
+    /// `spec.tls`: the certificate Secrets as they are.
+    pub certificates: crate::certificates::Found,
+}
+
+/// The text under `permissionsFrom`'s key, or a message saying what is missing.
+async fn permissions_text(
+    client: &Client,
+    namespace: &str,
+    from: &PermissionsFrom,
+) -> Result<Result<String, String>, Error> {
+    let what = permissions_from_name(from);
+    let missing = |what: &str| {
+        Err(format!("authorization.permissionsFrom: {what} does not exist; create it with the roles and permissions as YAML; nothing is applied until it exists"))
+    };
+    let data = match (&from.config_map_key_ref, &from.secret_key_ref) {
+        (Some(r), _) => {
+            let api: Api<ConfigMap> = Api::namespaced(client.clone(), namespace);
+            match get_opt(&api, &r.name, "authorization ConfigMap").await? {
+                None => return Ok(missing(&format!("ConfigMap {}", r.name))),
+                Some(cm) => cm.data.unwrap_or_default().get(&r.key).cloned(),
+            }
+        }
+        (None, Some(r)) => {
+            let api: Api<Secret> = Api::namespaced(client.clone(), namespace);
+            match get_opt(&api, &r.name, "authorization Secret").await? {
+                None => return Ok(missing(&format!("Secret {}", r.name))),
+                Some(s) => secret_text(&s).get(&r.key).cloned(),
+            }
+        }
+        (None, None) => None,
+    };
+    Ok(data.ok_or_else(|| {
+        format!("authorization.permissionsFrom: {what} is missing: add the key with the roles and permissions as YAML; nothing is applied until it is there")
+    }))
 }
 
 async fn get_opt<K>(api: &Api<K>, name: &str, what: &str) -> Result<Option<K>, Error>
@@ -121,6 +158,36 @@ pub async fn dereference(
         }
     }
 
+    // spec.tls: the CA (OperatorManaged) and the certificate Secret.
+    let mut certificates = crate::certificates::Found::default();
+    if let Some(tls) = &bg.spec.tls {
+        let tls_secret = match tls.mode {
+            TlsMode::OperatorManaged => {
+                let ca = names::ca_secret(&bg.name_any());
+                certificates.ca_secret = get_opt(&secrets, &ca, "CA Secret")
+                    .await?
+                    .map(|s| secret_text(&s));
+                names::tls_secret(&bg.name_any())
+            }
+            TlsMode::Secret => tls.secret_name.clone().unwrap_or_default(),
+        };
+        if !tls_secret.is_empty() {
+            certificates.tls_secret = get_opt(&secrets, &tls_secret, "certificate Secret")
+                .await?
+                .map(|s| secret_text(&s));
+        }
+    }
+    // authorization.permissionsFrom: the YAML under the key, or why there is none.
+    let authorization_source = match bg
+        .spec
+        .authorization
+        .as_ref()
+        .and_then(|a| a.permissions_from.as_ref())
+    {
+        None => None,
+        Some(from) => Some(permissions_text(client, namespace, from).await?),
+    };
+
     let sets: Api<StatefulSet> = Api::namespaced(client.clone(), namespace);
     let selector = ListParams::default().labels(&format!("{}={}", names::LABEL_INSTANCE, bg.name_any()));
     let statefulsets = sets
@@ -143,7 +210,10 @@ pub async fn dereference(
             connector_secrets: Some(connector_secrets),
             database_secrets: Some(database_secrets),
             existing_groups,
+            certificates: None,
+            authorization_source,
         },
+        certificates,
         problems,
         previous,
         statefulsets,

@@ -248,8 +248,35 @@ async fn reconcile_phases(bg: &BrokerGroup, ctx: &Context) -> Result<Action, Err
     let client = &ctx.client;
 
     // Dereference: the status as last written, everything the spec points at, what exists.
-    let Some(inputs) = dereference::dereference(client, &namespace, bg).await? else {
+    let Some(mut inputs) = dereference::dereference(client, &namespace, bg).await? else {
         return Ok(Action::await_change());
+    };
+
+    // spec.tls: the certificates found, or made now (keys are random and renewal reads the
+    // clock, so this is not part of validation).
+    let groups = crate::validate::groups_with_existing(
+        &bg.name_any(),
+        &namespace,
+        &bg.spec,
+        &inputs.dependencies.existing_groups,
+    );
+    let prepared = crate::certificates::prepare(
+        &bg.name_any(),
+        &namespace,
+        bg.spec.tls.as_ref(),
+        &groups,
+        &inputs.certificates,
+        std::time::SystemTime::now(),
+    );
+    inputs.dependencies.certificates = match prepared {
+        Ok(c) => c,
+        Err(p) => {
+            let invalid = InvalidSpec::Dependency {
+                reason: p.reason,
+                message: p.message,
+            };
+            return report_invalid(bg, ctx, &namespace, &invalid).await;
+        }
     };
     let previous = &inputs.previous;
 
@@ -275,7 +302,13 @@ async fn reconcile_phases(bg: &BrokerGroup, ctx: &Context) -> Result<Action, Err
         port: u16::try_from(validated.spec.ports.admin)
             .unwrap_or(duomq_broker::admin::api::DEFAULT_PORT),
         password: existing_password.or_else(|| validated.credentials.generated_password.clone()),
-        tls: None,
+        tls: match validated.certificates.as_ref().and_then(|c| c.ca_pem()) {
+            Some(ca) => Some(admin_trust(ca).map_err(|e| {
+                warn!(brokergroup = %bg.name_any(), error = %e, "the CA certificates do not load: the brokers' admin API cannot be checked");
+                e
+            }).ok()).flatten(),
+            None => None,
+        },
     };
     let seen = observe::observe(
         client,
@@ -346,13 +379,42 @@ async fn reconcile_phases(bg: &BrokerGroup, ctx: &Context) -> Result<Action, Err
         .iter()
         .any(|c| c.type_ == condition::PROGRESSING && c.status == "True");
     let all_live = computed.status.groups.iter().all(|g| g.live.is_some());
-    Ok(Action::requeue(
-        if (!progressing && all_live) || (validated.hibernate && seen.pods.is_empty()) {
-            REQUEUE_STABLE
-        } else {
-            REQUEUE_BUSY
-        },
-    ))
+    let next = if (!progressing && all_live) || (validated.hibernate && seen.pods.is_empty()) {
+        REQUEUE_STABLE
+    } else {
+        REQUEUE_BUSY
+    };
+    // A certificate due for renewal sooner than the next look is renewed on time.
+    let renewal = validated
+        .certificates
+        .as_ref()
+        .and_then(|c| c.renew_at)
+        .map(|at| {
+            let now = Timestamp::now().as_second();
+            Duration::from_secs(u64::try_from(at.saturating_sub(now)).unwrap_or(0).max(1))
+        });
+    Ok(Action::requeue(renewal.map_or(next, |r| r.min(next))))
+}
+
+/// The client settings the operator dials the brokers' admin API with: trusting `ca_pem`
+/// (the group's CA), checking the pod's DNS name.
+fn admin_trust(ca_pem: &str) -> Result<Arc<rustls::ClientConfig>, String> {
+    use rustls::pki_types::pem::PemObject;
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca_pem.as_bytes()) {
+        let cert = cert.map_err(|e| format!("ca.crt is not PEM: {e}"))?;
+        roots
+            .add(cert)
+            .map_err(|e| format!("ca.crt holds a certificate that cannot be trusted: {e}"))?;
+    }
+    let config = rustls::ClientConfig::builder_with_provider(duomq_broker::tls::provider())
+        .with_protocol_versions(duomq_broker::tls::versions(
+            duomq_broker::config::TlsVersion::V1_2,
+        ))
+        .map_err(|e| e.to_string())?
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+    Ok(Arc::new(config))
 }
 
 /// An invalid spec: say so in the status and an event, and wait for the spec to change.
@@ -388,7 +450,12 @@ async fn report_invalid(
         patch_status(&ctx.client, namespace, bg, &status).await?;
     }
     ctx.metrics.invalid_specs.inc();
-    Ok(Action::await_change())
+    // A missing Secret or ConfigMap may appear without the spec changing.
+    Ok(if invalid.retry() {
+        Action::requeue(REQUEUE_STABLE)
+    } else {
+        Action::await_change()
+    })
 }
 
 async fn patch_status(

@@ -92,9 +92,10 @@ pub async fn observe(
         let running = broker_running(pod);
         let ip = pod.status.as_ref().and_then(|s| s.pod_ip.clone());
         let group = pod.labels().get(names::LABEL_GROUP).cloned().unwrap_or_default();
+        let tls = pod.annotations().contains_key(names::TLS_CHECKSUM_ANNOTATION);
         let broker = match (running, &ip) {
             (true, Some(ip)) => {
-                let at = access.endpoint(&group, &pod.name_any(), ip);
+                let at = access.endpoint(&group, &pod.name_any(), ip, tls);
                 brokers.status(&at).await
             }
             (true, None) => Err("no pod IP yet".to_string()),
@@ -111,6 +112,7 @@ pub async fn observe(
                 ip,
                 revision: pod.labels().get(names::REVISION_LABEL).cloned(),
                 unschedulable: unschedulable(pod),
+                tls,
             },
         )
     });

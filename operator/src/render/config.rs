@@ -5,7 +5,7 @@ use std::net::{Ipv4Addr, SocketAddr};
 use std::path::PathBuf;
 
 use duomq_broker::config::{
-    ArbiterKind, BackupAck, BrokerConfig, DatabaseConfig, GroupingConfig, GroupingHandler,
+    ArbiterKind, BackupAck, BrokerConfig, ClientAuth, TlsConfig, DatabaseConfig, GroupingConfig, GroupingHandler,
     HaPolicy, HumanDuration, Member, NetworkConnector, PreferredRole, ReplicationMode, SslMode,
     StoreKind,
 };
@@ -158,6 +158,21 @@ pub fn build_broker_config(
 
     c.network.connectors = group_connectors(v, group);
 
+    if let Some(tls) = &spec.tls {
+        tls_config(&mut c.tls, tls);
+    }
+    if let Some(a) = &v.authorization {
+        c.auth.roles = a.roles.clone();
+        c.auth.anonymous_roles = a.anonymous_roles.clone();
+        // Roles for clients without a login mean letting them in.
+        c.auth.allow_anonymous = !a.anonymous_roles.is_empty();
+        c.auth.permissions = a.permissions.clone();
+        c.auth.certificate_users = a.certificate_users.clone();
+        if let Some(admin) = &a.admin_roles {
+            c.auth.admin_roles = admin.clone();
+        }
+    }
+
     if let Some(grouping) = &spec.grouping {
         let local = usize::try_from(grouping.local_group)
             .ok()
@@ -183,6 +198,23 @@ pub fn build_broker_config(
         }
     }
     c
+}
+
+/// `tls:` from `spec.tls`: all three listeners on TLS with the mounted Secret's files
+/// (`crate::render::pod`), which the broker reads again as the kubelet updates them.
+fn tls_config(c: &mut TlsConfig, tls: &api::TlsSpec) {
+    let dir = PathBuf::from(names::TLS_DIR);
+    c.cert_file = Some(dir.join(names::TLS_CERT_KEY));
+    c.key_file = Some(dir.join(names::TLS_KEY_KEY));
+    c.ca_file = Some(dir.join(names::TLS_CA_KEY));
+    c.stomp.enabled = true;
+    c.stomp.client_auth = match tls.client_auth {
+        api::TlsClientAuth::None => ClientAuth::None,
+        api::TlsClientAuth::Optional => ClientAuth::Optional,
+        api::TlsClientAuth::Required => ClientAuth::Required,
+    };
+    c.cluster.enabled = true;
+    c.admin.enabled = true;
 }
 
 /// `storage.database` from `spec.ha.database`: the URL and CA certificates from the

@@ -66,6 +66,10 @@ pub fn render_documents(groups: &[BrokerGroup]) -> Result<String, DocumentsError
             database_secrets: None,
             // Offline: nothing exists yet.
             existing_groups: Default::default(),
+            // Offline: no certificates are made (the pods mount the Secret by name) and
+            // permissionsFrom is not read (only inline authorization renders).
+            certificates: None,
+            authorization_source: None,
         };
         let mut v = validate(bg, &deps).map_err(|source| DocumentsError::Invalid {
             name: bg.metadata.name.clone().unwrap_or_default(),

@@ -41,6 +41,8 @@ pub struct Rendered {
     pub role_binding: RoleBinding,
     /// The cluster-credentials Secret, when the operator generates it.
     pub secret: Option<Secret>,
+    /// tls.mode OperatorManaged: the CA Secret and the member certificate Secret.
+    pub tls_secrets: Vec<Secret>,
     pub config_maps: Vec<ConfigMap>,
     /// Shared-store volumes, one per group.
     pub claims: Vec<PersistentVolumeClaim>,
@@ -82,6 +84,7 @@ impl Rendered {
             erase(&self.role_binding),
         ];
         out.extend(self.secret.iter().map(erase));
+        out.extend(self.tls_secrets.iter().map(erase));
         out.extend(self.config_maps.iter().map(erase));
         out.extend(self.claims.iter().map(erase));
         out.extend(self.services.iter().map(erase));
@@ -109,6 +112,7 @@ pub fn render(v: &ValidatedBrokerGroup) -> Rendered {
         role: build_role(v),
         role_binding: build_role_binding(v),
         secret: build_cluster_secret(v),
+        tls_secrets: build_tls_secrets(v),
         config_maps: v.groups.iter().map(|g| build_config_map(v, g)).collect(),
         claims: if v.is_shared_volume() {
             v.groups.iter().map(|g| build_shared_claim(v, g)).collect()
@@ -225,6 +229,37 @@ fn build_cluster_secret(v: &ValidatedBrokerGroup) -> Option<Secret> {
         ])),
         ..Secret::default()
     })
+}
+
+/// tls.mode OperatorManaged: `<name>-ca` (the CA's certificate and key, never mounted) and
+/// `<name>-tls` (`tls.crt`, `tls.key`, `ca.crt`), as the controller found or made them.
+fn build_tls_secrets(v: &ValidatedBrokerGroup) -> Vec<Secret> {
+    let Some(c) = &v.certificates else {
+        return Vec::new();
+    };
+    let Some(ca) = &c.authority else {
+        return Vec::new();
+    };
+    let secret = |name: String, data: BTreeMap<String, String>| Secret {
+        metadata: meta(v, name, names::instance_labels(&v.name)),
+        type_: Some("kubernetes.io/tls".into()),
+        data: Some(
+            data.into_iter()
+                .map(|(k, value)| (k, ByteString(value.into_bytes())))
+                .collect(),
+        ),
+        ..Secret::default()
+    };
+    vec![
+        secret(
+            names::ca_secret(&v.name),
+            BTreeMap::from([
+                (names::TLS_CERT_KEY.to_string(), ca.cert_pem.clone()),
+                (names::TLS_KEY_KEY.to_string(), ca.key_pem.clone()),
+            ]),
+        ),
+        secret(c.secret_name.clone(), c.data.clone()),
+    ]
 }
 
 /// A group's ConfigMap data: a `<pod>.yaml` per member.

@@ -92,7 +92,46 @@ fn pod_annotations(
         names::CONFIG_HASH_ANNOTATION.into(),
         config_hash(&config_data(v, g)),
     );
+    // A new certificate (a renewal, a changed Secret) rolls the members onto it, in the
+    // rolling-upgrade order; the brokers would pick it up by themselves, but a restart
+    // proves every member works with it before the old one expires.
+    if let Some(certificates) = &v.certificates {
+        annotations.insert(
+            names::TLS_CHECKSUM_ANNOTATION.into(),
+            certificates.checksum(),
+        );
+    }
     annotations
+}
+
+const TLS_VOLUME: &str = "tls";
+
+/// `spec.tls`: the certificate Secret's three keys. Not optional: a pod waits for a
+/// Secret that is not there yet.
+fn tls_volume(v: &ValidatedBrokerGroup) -> Option<Volume> {
+    let tls = v.spec.tls.as_ref()?;
+    let secret = match tls.mode {
+        crate::api::TlsMode::OperatorManaged => names::tls_secret(&v.name),
+        crate::api::TlsMode::Secret => tls.secret_name.clone().unwrap_or_default(),
+    };
+    let items = [names::TLS_CERT_KEY, names::TLS_KEY_KEY, names::TLS_CA_KEY]
+        .iter()
+        .map(|key| KeyToPath {
+            key: (*key).into(),
+            path: (*key).into(),
+            mode: None,
+        })
+        .collect();
+    Some(Volume {
+        name: TLS_VOLUME.into(),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret),
+            items: Some(items),
+            default_mode: Some(0o440),
+            ..SecretVolumeSource::default()
+        }),
+        ..Volume::default()
+    })
 }
 
 /// The remote cluster passwords of the network connectors, one file per connector entry in
@@ -148,11 +187,14 @@ fn field_env(name: &str, path: &str) -> EnvVar {
     }
 }
 
-fn http_probe(path: &str, period: i32, failures: i32) -> Probe {
+/// A probe of the admin port: HTTPS with `spec.tls` (the kubelet does not check the
+/// certificate).
+fn http_probe(v: &ValidatedBrokerGroup, path: &str, period: i32, failures: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.into()),
             port: IntOrString::String("admin".into()),
+            scheme: v.spec.tls.as_ref().map(|_| "HTTPS".into()),
             ..HTTPGetAction::default()
         }),
         period_seconds: Some(period),
@@ -237,6 +279,10 @@ fn build_pod_spec(v: &ValidatedBrokerGroup, g: &GroupModel) -> PodSpec {
         volumes.push(secret_volume("users", users, names::USERS_KEY));
         mounts.push(mount("users", names::USERS_SECRET_DIR));
     }
+    if let Some(tls) = tls_volume(v) {
+        volumes.push(tls);
+        mounts.push(mount(TLS_VOLUME, names::TLS_DIR));
+    }
     if let Some(network) = network_credentials_volume(v) {
         volumes.push(network);
         mounts.push(mount(NETWORK_CREDENTIALS_VOLUME, names::NETWORK_SECRET_DIR));
@@ -296,9 +342,9 @@ fn build_pod_spec(v: &ValidatedBrokerGroup, g: &GroupModel) -> PodSpec {
         ]),
         // Journal recovery may take a while on a large journal: the startup probe gives it
         // five minutes before liveness starts counting.
-        startup_probe: Some(http_probe(duomq_broker::admin::api::HEALTHZ, 5, 60)),
-        liveness_probe: Some(http_probe(duomq_broker::admin::api::HEALTHZ, 10, 3)),
-        readiness_probe: Some(http_probe(duomq_broker::admin::api::READYZ, 2, 1)),
+        startup_probe: Some(http_probe(v, duomq_broker::admin::api::HEALTHZ, 5, 60)),
+        liveness_probe: Some(http_probe(v, duomq_broker::admin::api::HEALTHZ, 10, 3)),
+        readiness_probe: Some(http_probe(v, duomq_broker::admin::api::READYZ, 2, 1)),
         resources: Some(spec.resources.clone().unwrap_or_else(default_resources)),
         security_context: Some(SecurityContext {
             allow_privilege_escalation: Some(false),

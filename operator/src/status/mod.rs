@@ -18,7 +18,7 @@ use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 
 use crate::api::{
     condition, BrokerGroupStatus, FailoverReason, FailoverRecord, GroupDrain, GroupStatus,
-    MemberStatus, PendingSwitchover,
+    MemberStatus, PendingSwitchover, TlsStatus,
 };
 use crate::names;
 use crate::plan::{Outcome, Plan};
@@ -46,6 +46,10 @@ pub struct PodObservation {
     /// The scheduler's message while the pod cannot be placed (`PodScheduled` False with
     /// reason `Unschedulable`).
     pub unschedulable: Option<String>,
+    /// The pod was made with `spec.tls` (its template carries the certificate checksum):
+    /// its admin API speaks HTTPS. A pod from before TLS was turned on speaks HTTP until
+    /// the rolling upgrade replaces it.
+    pub tls: bool,
 }
 
 /// A group's arbiter Lease as the operator saw it.
@@ -564,6 +568,7 @@ fn problem_transitions(problems: &[Problem], previous: &[Condition]) -> Vec<Tran
                     | Reason::SwitchoverFailed
                     | Reason::FenceFailed
                     | Reason::VolumeExpansionRefused
+                    | Reason::ConnectorTlsMismatch
             ) && !said(p)
         })
         .map(|p| Transition::new(p.reason, p.message.clone()))
@@ -581,6 +586,7 @@ pub fn compute(
     let seen = facts.seen;
     let mut role_labels = BTreeMap::new();
     let mut transitions = facts.outcome.transitions.clone();
+    transitions.extend(v.certificates.iter().filter_map(|c| c.issued.clone()));
     let computed: Vec<GroupComputed<'_>> = v
         .groups
         .iter()
@@ -633,10 +639,31 @@ pub fn compute(
             linked: (connectors > 0).then(|| format!("{connectors_linked}/{connectors}")),
             groups,
             grouping,
+            tls: tls_status(v, previous, now),
         },
         role_labels,
         transitions,
     }
+}
+
+/// `status.tls` from the certificates in use; `renewedAt` moves when this reconcile issued
+/// a certificate.
+fn tls_status(v: &ValidatedBrokerGroup, previous: &BrokerGroupStatus, now: &Time) -> Option<TlsStatus> {
+    let c = v.certificates.as_ref()?;
+    let time = |unix: i64| {
+        k8s_openapi::jiff::Timestamp::from_second(unix).ok().map(Time)
+    };
+    let renewed_at = if c.issued.is_some() {
+        Some(now.clone())
+    } else {
+        previous.tls.as_ref().and_then(|t| t.renewed_at.clone())
+    };
+    Some(TlsStatus {
+        secret_name: c.secret_name.clone(),
+        not_after: c.not_after().and_then(time),
+        ca_not_after: c.ca_not_after().and_then(time),
+        renewed_at,
+    })
 }
 
 /// The Hibernated event once every pod is gone, the Resumed event once every group has a
@@ -950,6 +977,7 @@ pub(crate) mod tests {
             ip: None,
             revision: None,
             unschedulable: None,
+            tls: false,
         }
     }
 

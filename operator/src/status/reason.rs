@@ -84,6 +84,19 @@ pub enum Reason {
     VolumeExpanding,
     /// Journal claims cannot grow (Warning; problem).
     VolumeExpansionRefused,
+    // TLS and authorization.
+    /// The operator issued the member certificate (Normal).
+    CertificateIssued,
+    /// The operator issued a new member certificate for a due one (Normal).
+    CertificateRenewed,
+    /// The certificate Secret is missing or unusable (Warning; nothing is applied).
+    TlsSecretInvalid,
+    /// authorization.permissionsFrom's ConfigMap or Secret is missing or unreadable
+    /// (Warning; nothing is applied).
+    AuthorizationInvalid,
+    /// A connected BrokerGroup's TLS does not match this one's (problem; the connector is
+    /// left out).
+    ConnectorTlsMismatch,
 }
 
 impl Reason {
@@ -125,6 +138,11 @@ impl Reason {
             Reason::Resumed => "Resumed",
             Reason::VolumeExpanding => "VolumeExpanding",
             Reason::VolumeExpansionRefused => "VolumeExpansionRefused",
+            Reason::CertificateIssued => "CertificateIssued",
+            Reason::CertificateRenewed => "CertificateRenewed",
+            Reason::TlsSecretInvalid => "TlsSecretInvalid",
+            Reason::AuthorizationInvalid => "AuthorizationInvalid",
+            Reason::ConnectorTlsMismatch => "ConnectorTlsMismatch",
         }
     }
 
@@ -153,6 +171,9 @@ impl Reason {
                 | Reason::DrainStuck
                 | Reason::FenceFailed
                 | Reason::VolumeExpansionRefused
+                | Reason::TlsSecretInvalid
+                | Reason::AuthorizationInvalid
+                | Reason::ConnectorTlsMismatch
         )
     }
 }
