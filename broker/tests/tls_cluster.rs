@@ -215,6 +215,20 @@ fn given_a_bridge_between_groups_over_tls_should_forward_messages() {
     eventually("the foreign bridge is refused", ROLE_TIMEOUT, || link_state(&c)["state"] == "refused");
     let error = link_state(&c)["lastError"].as_str().unwrap_or_default().to_string();
     assert!(error.contains("not from the same CA"), "{error}");
+    assert!(c.log_text().contains("bridge refused (check the certificates: tls.caFile, tls.cluster.enabled)"), "{}", c.log_text());
+}
+
+#[test]
+fn given_a_remote_grouping_handler_over_tls_should_link_to_the_local_handler() {
+    let pki = Pki::new("grouping");
+    let (cl, cr) = (common::free_port(), common::free_port());
+    let local = bridge_node("l", cl, &pki.config(&pki.leaf("l"), &["cluster"]), "grouping:\n  handler: local\n");
+    let remote_grouping = format!("grouping:\n  handler: remote\n  address: masterslave:(tcp://127.0.0.1:{cl})\n  timeout: 5s\n");
+    let remote = bridge_node("r", cr, &pki.config(&pki.leaf("r"), &["cluster"]), &remote_grouping);
+    eventually("the remote handler links to the local one over TLS", ROLE_TIMEOUT, || {
+        metric_value(remote.admin_port, "duomq_grouping_connected ") == 1 && local.log_text().contains("remote grouping handler connected")
+    });
+    assert_eq!(metric_value(local.admin_port, "duomq_cluster_connections_refused_total{reason=\"tls\"} "), 0);
 }
 
 /// A member's certificate files laid out as kubelet mounts a Secret: `tls.crt` and

@@ -117,6 +117,7 @@ pub async fn run(net: Arc<Network>, plan: LinkPlan) {
         forwarder.release_if_stale();
         let mut failures = Vec::new();
         let mut refused = false;
+        let mut refused_tls = false;
         let mut linked = false;
         for address in &plan.state.addresses {
             let attempt = tokio::select! {
@@ -131,8 +132,9 @@ pub async fn run(net: Arc<Network>, plan: LinkPlan) {
                     serve(&net, &plan, &mut forwarder, address, stream, conn_parts, peer_node, peer_group).await;
                     break;
                 }
-                Err(Failure { message, auth }) => {
+                Err(Failure { message, auth, tls }) => {
                     refused |= auth;
+                    refused_tls |= tls;
                     failures.push(format!("{address}: {message}"));
                 }
             }
@@ -145,7 +147,8 @@ pub async fn run(net: Arc<Network>, plan: LinkPlan) {
         plan.state.set(state, Some(message.clone()));
         if logged_failure.as_deref() != Some(message.as_str()) {
             if refused {
-                tracing::warn!(connector = %plan.name, error = %message, "bridge refused (check the remote's cluster user and password, or the certificates: see the error); retrying");
+                let check = if refused_tls { "the certificates: tls.caFile, tls.cluster.enabled" } else { "the remote's cluster user and password" };
+                tracing::warn!(connector = %plan.name, error = %message, "bridge refused (check {check}); retrying");
             } else {
                 tracing::info!(connector = %plan.name, error = %message, "bridge not linked yet; retrying");
             }
@@ -161,15 +164,17 @@ pub async fn run(net: Arc<Network>, plan: LinkPlan) {
 
 struct Failure {
     message: String,
-    /// The remote did not accept our password (or we did not accept its proof).
+    /// The remote did not accept our password (or we did not accept its proof), or TLS failed.
     auth: bool,
+    /// TLS failed (certificates, or TLS on one end only).
+    tls: bool,
 }
 
 type Parts = (crate::cluster::ClusterCodec, bytes::BytesMut);
 
 async fn attempt(net: &Network, plan: &LinkPlan, address: &TcpAddress) -> Result<(Stream, Parts, String, String), Failure> {
-    let fail = |message: String| Failure { message, auth: false };
-    let password = plan.password.load().map_err(|message| Failure { message, auth: true })?;
+    let fail = |message: String| Failure { message, auth: false, tls: false };
+    let password = plan.password.load().map_err(|message| Failure { message, auth: true, tls: false })?;
     let config = HandshakeConfig {
         node_id: net.identity.node_id.clone(),
         group: net.identity.group.clone(),
@@ -187,7 +192,7 @@ async fn attempt(net: &Network, plan: &LinkPlan, address: &TcpAddress) -> Result
             let auth = e.is_tls()
                 || matches!(e.handshake(), Some(HandshakeError::ServerProofInvalid { .. } | HandshakeError::BridgeIntoOwnGroup { .. }))
                 || matches!(e.handshake(), Some(HandshakeError::Refused { reason }) if reason.contains("authentication"));
-            return Err(Failure { message: e.describe(), auth });
+            return Err(Failure { message: e.describe(), auth, tls: e.is_tls() });
         }
     };
     if peer.role != "live" {
