@@ -139,14 +139,7 @@ pub async fn run(
                 headers,
                 https,
             } => {
-                if *https {
-                    // No TLS client here: a listening port is taken as healthy.
-                    return TcpStream::connect(addr)
-                        .await
-                        .map(drop)
-                        .map_err(|e| error_chain(&e));
-                }
-                http_get(*addr, path, host_header, headers).await
+                http_get(*addr, path, host_header, headers, *https).await
             }
             ProbeTarget::Tcp(addr) => TcpStream::connect(addr)
                 .await
@@ -175,11 +168,87 @@ async fn http_get(
     path: &str,
     host: &str,
     headers: &[(String, String)],
+    https: bool,
 ) -> Result<(), String> {
-    let url = format!("http://{addr}{path}");
-    let mut stream = TcpStream::connect(addr)
+    let scheme = if https { "https" } else { "http" };
+    let url = format!("{scheme}://{addr}{path}");
+    let tcp = TcpStream::connect(addr)
         .await
         .map_err(|e| format!("Get \"{url}\": dial tcp {addr}: {e}"))?;
+    if !https {
+        return http_exchange(tcp, &url, path, host, headers).await;
+    }
+    // As the kubelet: TLS without checking the certificate (InsecureSkipVerify).
+    let connector = tokio_rustls::TlsConnector::from(insecure_tls().map_err(|e| format!("Get \"{url}\": {e}"))?);
+    let name = rustls::pki_types::ServerName::IpAddress(addr.ip().into());
+    let tls = connector
+        .connect(name, tcp)
+        .await
+        .map_err(|e| format!("Get \"{url}\": {e}"))?;
+    http_exchange(tls, &url, path, host, headers).await
+}
+
+/// The kubelet's probe TLS settings: any certificate is accepted (the handshake's
+/// signatures are still checked).
+fn insecure_tls() -> Result<std::sync::Arc<rustls::ClientConfig>, rustls::Error> {
+    use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
+    use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
+    use rustls::{DigitallySignedStruct, SignatureScheme};
+
+    #[derive(Debug)]
+    struct AnyCertificate(std::sync::Arc<rustls::crypto::CryptoProvider>);
+
+    impl ServerCertVerifier for AnyCertificate {
+        fn verify_server_cert(
+            &self,
+            _end_entity: &CertificateDer<'_>,
+            _intermediates: &[CertificateDer<'_>],
+            _server_name: &ServerName<'_>,
+            _ocsp_response: &[u8],
+            _now: UnixTime,
+        ) -> Result<ServerCertVerified, rustls::Error> {
+            Ok(ServerCertVerified::assertion())
+        }
+
+        fn verify_tls12_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn verify_tls13_signature(
+            &self,
+            message: &[u8],
+            cert: &CertificateDer<'_>,
+            dss: &DigitallySignedStruct,
+        ) -> Result<HandshakeSignatureValid, rustls::Error> {
+            rustls::crypto::verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
+        }
+
+        fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
+            self.0.signature_verification_algorithms.supported_schemes()
+        }
+    }
+
+    let provider = std::sync::Arc::new(rustls::crypto::ring::default_provider());
+    let config = rustls::ClientConfig::builder_with_provider(provider.clone())
+        .with_safe_default_protocol_versions()?
+        .dangerous()
+        .with_custom_certificate_verifier(std::sync::Arc::new(AnyCertificate(provider)))
+        .with_no_client_auth();
+    Ok(std::sync::Arc::new(config))
+}
+
+async fn http_exchange<S: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin>(
+    mut stream: S,
+    url: &str,
+    path: &str,
+    host: &str,
+    headers: &[(String, String)],
+) -> Result<(), String> {
     let mut request = format!(
         "GET {path} HTTP/1.1\r\nHost: {host}\r\nUser-Agent: kube-probe/1.33\r\nAccept: */*\r\nConnection: close\r\n"
     );
@@ -333,6 +402,55 @@ mod tests {
         });
         let docker_client = Docker::connect_with_local_defaults().unwrap();
         let target = http_target(&addr.to_string(), "/readyz");
+        assert_eq!(
+            run(&target, &docker_client, "unused", Duration::from_secs(5)).await,
+            Ok(())
+        );
+        assert_eq!(
+            run(&target, &docker_client, "unused", Duration::from_secs(5)).await,
+            Err("HTTP probe failed with statuscode: 503".into())
+        );
+    }
+
+    #[tokio::test]
+    async fn given_https_server_when_probing_should_speak_tls_without_checking_the_certificate() {
+        use duomq_broker::tls::pki::{Authority, Leaf};
+        use rustls::pki_types::pem::PemObject;
+        let day = Duration::from_secs(86_400);
+        // A CA nobody trusts and a certificate naming another host: the kubelet does not care.
+        let ca = Authority::generate("probe CA", day).expect("CA");
+        let leaf = ca.issue(&Leaf::new("broker", day).dns("elsewhere.example")).expect("leaf");
+        let certs = rustls::pki_types::CertificateDer::pem_slice_iter(leaf.cert_pem.as_bytes())
+            .collect::<Result<Vec<_>, _>>()
+            .expect("certificate");
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("key");
+        let server = rustls::ServerConfig::builder_with_provider(std::sync::Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .expect("versions")
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .expect("server config");
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(server));
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move {
+            for status in ["200 OK", "503 Service Unavailable"] {
+                let (tcp, _) = listener.accept().await.unwrap();
+                let mut s = acceptor.accept(tcp).await.expect("TLS handshake");
+                let mut buf = [0u8; 1024];
+                let n = s.read(&mut buf).await.unwrap_or(0);
+                assert!(String::from_utf8_lossy(&buf[..n]).starts_with("GET /readyz HTTP/1.1"));
+                let _ = s
+                    .write_all(format!("HTTP/1.1 {status}\r\nContent-Length: 0\r\n\r\n").as_bytes())
+                    .await;
+                let _ = s.shutdown().await;
+            }
+        });
+        let docker_client = Docker::connect_with_local_defaults().unwrap();
+        let target = match http_target(&addr.to_string(), "/readyz") {
+            ProbeTarget::Http { addr, path, host_header, headers, .. } => ProbeTarget::Http { addr, path, host_header, headers, https: true },
+            other => other,
+        };
         assert_eq!(
             run(&target, &docker_client, "unused", Duration::from_secs(5)).await,
             Ok(())
