@@ -89,6 +89,18 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{broadcast, mpsc};
 
+/// TLS over an open TCP connection to `member` when it is a `stomp+ssl://` one, set up as
+/// [`Client::connect`] does (`options.tls`: CA file, client certificate, server name;
+/// within `options.connect_timeout`), with the same errors; plaintext otherwise. For
+/// tools that speak STOMP themselves with the client's settings.
+pub async fn secure(
+    tcp: tokio::net::TcpStream,
+    member: &StompUrl,
+    options: &ClientOptions,
+) -> Result<crate::tls::Stream, ClientError> {
+    tls::wrap(tcp, member, &options.tls, options.connect_timeout).await
+}
+
 /// A connection to a broker (with a failover URL: to whichever member is live). Cheap to
 /// clone; clones share the connection, which closes when [`Client::disconnect`] is called
 /// or when every clone and every [`Subscription`] is dropped.
