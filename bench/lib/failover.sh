@@ -63,17 +63,20 @@ stop_pair() {
     FAILOVER_MEMBERS=()
 }
 
-# await_status NAME ADMIN_PORT CHECK: polls the member's /status until the Python
-# expression CHECK holds for its JSON `s`, for up to START_TIMEOUT seconds.
+# await_status NAME ADMIN_PORT CHECK: polls the member's /status (signed with
+# $FAILOVER_DIR/password when there is one) until the Python expression CHECK holds for
+# its JSON `s`, for up to START_TIMEOUT seconds.
 await_status() {
-    python3 - "$2" "$3" "$START_TIMEOUT" <<'PY' || { log "$1: not '$3' within ${START_TIMEOUT}s"; return 1; }
-import json, sys, time, urllib.request
-port, check, timeout = sys.argv[1], sys.argv[2], float(sys.argv[3])
+    python3 - "$2" "$3" "$START_TIMEOUT" "$LIB_DIR" "${FAILOVER_DIR:-}/password" <<'PY' || { log "$1: not '$3' within ${START_TIMEOUT}s"; return 1; }
+import importlib.util, sys, time
+port, check, timeout, lib, password_file = sys.argv[1], sys.argv[2], float(sys.argv[3]), sys.argv[4], sys.argv[5]
+spec = importlib.util.spec_from_file_location("admin_status", f"{lib}/admin-status.py")
+admin = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(admin)
 deadline = time.monotonic() + timeout
 while time.monotonic() < deadline:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=1) as r:
-            s = json.load(r)
+        s = admin.status(port, password_file, timeout=1)
         if eval(check, {"s": s}):
             sys.exit(0)
     except (OSError, ValueError):
@@ -158,6 +161,10 @@ start_duomq_members() {
         FAILOVER_ARGS+=(--member "$m=$FAILOVER_DIR/$m/pid:$FAILOVER_DIR/$m/start.sh"
             --member-admin "$m=http://127.0.0.1:${DUOMQ_ADMIN[$m]}")
     done
+    # Members with a cluster password answer /status only to requests signed with it.
+    if [[ -f $FAILOVER_DIR/password ]]; then
+        FAILOVER_ARGS+=(--admin-password-file "$FAILOVER_DIR/password")
+    fi
 }
 
 # start_activemq_pair: two ActiveMQ processes on one KahaDB directory; a takes the lock

@@ -74,11 +74,7 @@ await_linked() {
 # save_status NAME ADMIN_PORT [FILE]: the broker's /status, into FILE (default
 # logs/network-NAME-status.json).
 save_status() {
-    python3 - "$2" >"${3:-$LOG_DIR/network-$1-status.json}" 2>/dev/null <<'PY' || true
-import sys, urllib.request
-with urllib.request.urlopen(f"http://127.0.0.1:{sys.argv[1]}/status", timeout=5) as r:
-    sys.stdout.write(r.read().decode())
-PY
+    python3 "$LIB_DIR/admin-status.py" "$2" "${FAILOVER_DIR:-}/password" >"${3:-$LOG_DIR/network-$1-status.json}" 2>/dev/null || true
 }
 
 # network_cell LABEL PRODUCER_URL CONSUMER_URL PID: one 1 KiB persistent 1P+1C w64 run;

@@ -239,9 +239,14 @@ pub struct FailoverArgs {
     /// background and returns. Repeat for each member.
     #[arg(long = "member", value_name = "NAME=PID_FILE:CMD", value_parser = parse_member, required = true)]
     pub members: Vec<MemberArg>,
-    /// A member's admin base URL, for --kill-mode status: NAME=http://HOST:PORT.
+    /// A member's admin base URL, for --kill-mode status: NAME=http://HOST:PORT, or
+    /// NAME=https://HOST:PORT for members with tls.admin.enabled (checked against --ca-file).
     #[arg(long = "member-admin", value_name = "NAME=URL", value_parser = parse_header)]
     pub member_admins: Vec<(String, String)>,
+    /// The members' cluster password file (ha.cluster.passwordFile): /status requests are
+    /// signed with it, as members with a cluster password answer /status only so.
+    #[arg(long, value_name = "FILE")]
+    pub admin_password_file: Option<PathBuf>,
     /// A member's STOMP address, for --kill-mode port: NAME=HOST:PORT.
     #[arg(long = "member-stomp", value_name = "NAME=HOST:PORT", value_parser = parse_header)]
     pub member_stomps: Vec<(String, String)>,

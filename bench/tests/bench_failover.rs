@@ -6,7 +6,8 @@
 mod common;
 
 use anyhow::{bail, Context};
-use common::{bench_json, broker_binary, free_port, http_get};
+use common::{bench_json, broker_binary, free_port};
+use duomq_broker::admin::client::AdminClient;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -79,9 +80,12 @@ impl Member {
     }
 
     fn wait_for(&self, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> anyhow::Result<()> {
+        // The members have a cluster password: /status is signed with it.
+        let client = AdminClient::new(&format!("127.0.0.1:{}", self.admin))?.with_password_file(&self.password_file())?;
+        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
         let deadline = Instant::now() + ROLE_TIMEOUT;
         while Instant::now() < deadline {
-            let status = http_get(self.admin, "/status").ok().and_then(|(_, b)| serde_json::from_str(&b).ok());
+            let status = runtime.block_on(client.status_json()).ok();
             if status.as_ref().is_some_and(&check) {
                 return Ok(());
             }
@@ -92,6 +96,11 @@ impl Member {
 
     fn log(&self) -> String {
         std::fs::read_to_string(self.dir.join("broker.log")).unwrap_or_default()
+    }
+
+    /// The pair's cluster password file, next to the members' directories.
+    fn password_file(&self) -> PathBuf {
+        self.dir.parent().map_or_else(|| PathBuf::from("password"), |root| root.join("password"))
     }
 
     fn member_args(&self) -> [String; 4] {
@@ -139,6 +148,7 @@ fn given_duomq_pair_when_live_killed_twice_should_report_gaps_and_lose_nothing()
             .into();
     args.extend(a.member_args());
     args.extend(b.member_args());
+    args.extend(["--admin-password-file".to_string(), a.password_file().display().to_string()]);
     let args: Vec<&str> = args.iter().map(String::as_str).collect();
     let report = bench_json(&args)?;
 

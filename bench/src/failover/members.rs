@@ -4,19 +4,19 @@
 
 use crate::cli::{FailoverArgs, KillMode, MemberArg};
 use anyhow::{bail, Context};
+use duomq_broker::admin::client::AdminClient;
 use std::path::PathBuf;
 use std::time::Duration;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
 /// Limit on one probe (TCP connect, or a whole /status request).
 const PROBE_TIMEOUT: Duration = Duration::from_millis(500);
 
 /// How a member is asked about its role.
-#[derive(Debug, Clone, PartialEq, Eq)]
+#[derive(Debug, Clone)]
 pub enum Probe {
-    /// `GET /status` on this `host:port`.
-    Admin(String),
+    /// `GET /status` of this admin endpoint (signed, over TLS, as the options say).
+    Admin(Box<AdminClient>),
     /// A TCP connect to this STOMP `host:port`.
     Stomp(String),
 }
@@ -55,10 +55,9 @@ pub fn members_of(args: &FailoverArgs) -> anyhow::Result<Vec<Member>> {
             let Some((_, address)) = addresses.iter().find(|(n, _)| n == name) else {
                 bail!("{flag}: member {name:?} has none (--kill-mode {:?})", args.kill_mode);
             };
-            let host_port = address.trim_start_matches("http://").trim_end_matches('/').to_string();
             let probe = match args.kill_mode {
-                KillMode::Status => Probe::Admin(host_port),
-                KillMode::Port => Probe::Stomp(host_port),
+                KillMode::Status => Probe::Admin(Box::new(admin_client(args, address)?)),
+                KillMode::Port => Probe::Stomp(address.trim_start_matches("http://").trim_end_matches('/').to_string()),
             };
             Ok(Member { name: name.clone(), pid_file: pid_file.clone(), restart_cmd: restart_cmd.clone(), probe })
         })
@@ -73,7 +72,7 @@ impl Member {
                 Ok(Ok(_)) => Role::Live,
                 _ => Role::Other,
             },
-            Probe::Admin(address) => match tokio::time::timeout(PROBE_TIMEOUT, get_status(address)).await {
+            Probe::Admin(client) => match tokio::time::timeout(PROBE_TIMEOUT, client.status_json()).await {
                 Ok(Ok(status)) => role_of_status(&status),
                 _ => Role::Other,
             },
@@ -131,17 +130,20 @@ pub fn role_of_status(status: &serde_json::Value) -> Role {
     }
 }
 
-/// A minimal HTTP/1.0 GET of `/status`: the admin endpoint needs nothing more.
-async fn get_status(address: &str) -> anyhow::Result<serde_json::Value> {
-    let mut stream = TcpStream::connect(address).await?;
-    stream.write_all(format!("GET /status HTTP/1.0\r\nHost: {address}\r\n\r\n").as_bytes()).await?;
-    let mut text = String::new();
-    stream.read_to_string(&mut text).await?;
-    let (head, body) = text.split_once("\r\n\r\n").context("no end of HTTP headers")?;
-    if head.split_whitespace().nth(1) != Some("200") {
-        bail!("/status answered {:?}", head.lines().next().unwrap_or_default());
+/// The admin client of a member's `--member-admin` URL: `https://` ones are checked against
+/// `--ca-file` (the CA of the members' certificates), and requests are signed with the
+/// cluster password of `--admin-password-file` when given (a member with a cluster password
+/// answers `/status` only so).
+fn admin_client(args: &FailoverArgs, address: &str) -> anyhow::Result<AdminClient> {
+    let mut client = AdminClient::new(address)?;
+    if address.starts_with("https://") {
+        let ca = args.tls.ca_file.as_deref().context("an https:// --member-admin needs --ca-file (the CA of the members' certificates)")?;
+        client = client.with_ca_file(ca, None)?;
     }
-    Ok(serde_json::from_str(body)?)
+    if let Some(file) = &args.admin_password_file {
+        client = client.with_password_file(file)?;
+    }
+    Ok(client)
 }
 
 #[cfg(test)]
