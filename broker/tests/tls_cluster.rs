@@ -358,19 +358,33 @@ impl Load {
     }
 }
 
-#[test]
-fn given_certificates_rotated_under_load_should_lose_nothing_and_keep_the_live_role() {
+/// A pair whose members read their files from kubelet-style mounts (`ca_pem` and a leaf of
+/// `pki` each), STOMP and the cluster port on TLS: the live started, the backup in sync.
+fn mounted_pair(pki: &Pki, ca_pem: &str) -> (tempfile::TempDir, Member, Member, Mounted, Mounted) {
     let root = root();
-    let pki = Pki::new("rotation");
-    let ca_pem = pki.ca.pem().cert_pem.clone();
     let mut a = Member::new(root.path(), "node-a");
     let mut b = Member::new(root.path(), "node-b");
-    let mut mount_a = Mounted::new(&root.path().join("secret-a"), &ca_pem, &pki.leaf("node-a"));
-    let mut mount_b = Mounted::new(&root.path().join("secret-b"), &ca_pem, &pki.leaf("node-b"));
+    let mount_a = Mounted::new(&root.path().join("secret-a"), ca_pem, &pki.leaf("node-a"));
+    let mount_b = Mounted::new(&root.path().join("secret-b"), ca_pem, &pki.leaf("node-b"));
     a.start(&[b.peer()], "primary", &mount_a.config(&["stomp", "cluster"]), root.path(), "g1", PASSWORD_FILE);
     a.wait_live();
-    b.start(&[a.peer()], "backup", &mount_b.config(&["stomp", "cluster"]), root.path(), "g1", PASSWORD_FILE);
+    start_mounted_backup(&root, &mut b, &a, &mount_b);
+    (root, a, b, mount_a, mount_b)
+}
+
+/// (Re)starts the backup `b` of `a` on its mount; a new replication connection, with the
+/// files mounted now, and waits until it is in sync.
+fn start_mounted_backup(root: &tempfile::TempDir, b: &mut Member, a: &Member, mount: &Mounted) {
+    b.kill9();
+    b.start(&[a.peer()], "backup", &mount.config(&["stomp", "cluster"]), root.path(), "g1", PASSWORD_FILE);
     b.wait_synced_backup();
+}
+
+#[test]
+fn given_certificates_rotated_under_load_should_lose_nothing_and_keep_the_live_role() {
+    let pki = Pki::new("rotation");
+    let ca_pem = pki.ca.pem().cert_pem.clone();
+    let (root, a, mut b, mut mount_a, mut mount_b) = mounted_pair(&pki, &ca_pem);
     let probe_client = pki.leaf("probe");
     assert_eq!(presented_common_name(&a.cluster_addr(), &pki.ca_file, &probe_client), "node-a");
     let epoch = a.status().expect("live status")["ha"]["epoch"].as_u64();
@@ -406,9 +420,7 @@ fn given_certificates_rotated_under_load_should_lose_nothing_and_keep_the_live_r
     b.wait_synced_backup();
 
     // A new replication connection uses the new certificates on both ends.
-    b.kill9();
-    b.start(&[a.peer()], "backup", &mount_b.config(&["stomp", "cluster"]), root.path(), "g1", PASSWORD_FILE);
-    b.wait_synced_backup();
+    start_mounted_backup(&root, &mut b, &a, &mount_b);
     assert_eq!(metric(&a, "duomq_cluster_connections_refused_total{reason=\"tls\"}"), 0);
 }
 
@@ -477,18 +489,10 @@ fn given_strangers_that_open_tcp_and_never_speak_tls_should_pin_no_place_past_th
 
 #[test]
 fn given_a_new_ca_rolled_in_through_a_bundle_under_load_should_keep_replicating_and_the_live_role() {
-    let root = root();
     let (old, new) = (Pki::new("old-ca"), Pki::new("new-ca"));
     let (old_pem, new_pem) = (old.ca.pem().cert_pem.clone(), new.ca.pem().cert_pem.clone());
     let bundle = format!("{old_pem}{new_pem}");
-    let mut a = Member::new(root.path(), "node-a");
-    let mut b = Member::new(root.path(), "node-b");
-    let mut mount_a = Mounted::new(&root.path().join("secret-a"), &old_pem, &old.leaf("node-a"));
-    let mut mount_b = Mounted::new(&root.path().join("secret-b"), &old_pem, &old.leaf("node-b"));
-    a.start(&[b.peer()], "primary", &mount_a.config(&["stomp", "cluster"]), root.path(), "g1", PASSWORD_FILE);
-    a.wait_live();
-    b.start(&[a.peer()], "backup", &mount_b.config(&["stomp", "cluster"]), root.path(), "g1", PASSWORD_FILE);
-    b.wait_synced_backup();
+    let (root, a, mut b, mut mount_a, mut mount_b) = mounted_pair(&old, &old_pem);
     let epoch = a.status().expect("live status")["ha"]["epoch"].as_u64();
     // Clients trust both CAs throughout, as they would be handed the bundle first.
     let client_trust = root.path().join("client-ca.crt");
@@ -519,9 +523,7 @@ fn given_a_new_ca_rolled_in_through_a_bundle_under_load_should_keep_replicating_
     // the new CA alone on both ends.
     assert_eq!(b.log().matches("following the live").count(), 1, "the replication link never dropped:\n{}", b.log());
     load.finish();
-    b.kill9();
-    b.start(&[a.peer()], "backup", &mount_b.config(&["stomp", "cluster"]), root.path(), "g1", PASSWORD_FILE);
-    b.wait_synced_backup();
+    start_mounted_backup(&root, &mut b, &a, &mount_b);
     let status = a.status().expect("live status");
     assert_eq!((status["role"].as_str(), status["ha"]["epoch"].as_u64()), (Some("live"), epoch), "{status}");
     assert_eq!(metric(&a, "duomq_cluster_connections_refused_total{reason=\"tls\"}"), 0);
