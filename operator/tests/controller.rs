@@ -3735,3 +3735,316 @@ async fn given_a_removed_groups_live_that_cannot_be_asked_to_drain_should_warn_w
         ("True", "DrainStuck")
     );
 }
+
+// ---------------------------------------------------------------------------------------------
+// spec.tls and spec.authorization
+// ---------------------------------------------------------------------------------------------
+
+/// `pair` with `spec.tls` (and `authorization`) as given.
+fn with_spec(mut bg: BrokerGroup, field: &str, value: Value) -> BrokerGroup {
+    let mut spec = serde_json::to_value(&bg.spec).unwrap_or_else(|e| panic!("a spec: {e}"));
+    spec[field] = value;
+    bg.spec = serde_json::from_value(spec).unwrap_or_else(|e| panic!("spec.{field}: {e}"));
+    bg
+}
+
+/// A Secret as the API server holds it, with these text keys.
+fn secret_with(name: &str, data: &BTreeMap<String, String>) -> Value {
+    let data: serde_json::Map<String, Value> =
+        data.iter().map(|(k, v)| (k.clone(), base64(v))).collect();
+    json!({
+        "apiVersion": "v1", "kind": "Secret",
+        "metadata": {"name": name, "namespace": NS, "ownerReferences": owner(UID)},
+        "type": "kubernetes.io/tls", "data": data,
+    })
+}
+
+/// The text data of an applied Secret.
+fn applied_secret(step: &Step, name: &str) -> BTreeMap<String, String> {
+    let body = step.body(Method::PATCH, &core("secrets", name));
+    body["data"]
+        .as_object()
+        .unwrap_or_else(|| panic!("{name} has data: {body}"))
+        .iter()
+        .map(|(k, v)| (k.clone(), unbase64(v)))
+        .collect()
+}
+
+/// A reconcile of `pair` with OperatorManaged TLS whose group's objects exist: `ca` and
+/// `tls` answer the reads of `pair-ca` and `pair-tls` (`None`: not found); no pods yet.
+fn tls_calls(bg: &BrokerGroup, ca: Option<Value>, tls: Option<Value>) -> Vec<Call> {
+    let read = |name: &str, found: Option<Value>| match found {
+        Some(v) => get(&core("secrets", name)).returns(v),
+        None => get(&core("secrets", name)).not_found(),
+    };
+    let mut calls = vec![
+        read_status(bg),
+        get(&core("secrets", "pair-cluster")).returns(cluster_secret("pw")),
+        read("pair-ca", ca),
+        read("pair-tls", tls),
+        list_statefulsets(vec![statefulset("pair-g0", true)]),
+    ];
+    let mut applied = applies(&["pair-g0"]);
+    let after_cluster = applied
+        .iter()
+        .position(|c| c.path.ends_with("/secrets/pair-cluster"))
+        .map_or(0, |i| i + 1);
+    applied.splice(
+        after_cluster..after_cluster,
+        [apply(&core("secrets", "pair-ca")), apply(&core("secrets", "pair-tls"))],
+    );
+    calls.extend(applied);
+    calls.extend(orphan_lists(
+        &["pair-g0"],
+        &[
+            ("secrets", metadata("pair-ca", Some(UID))),
+            ("secrets", metadata("pair-tls", Some(UID))),
+        ],
+    ));
+    calls.extend(pods_then_leases(vec![]));
+    calls
+}
+
+fn operator_managed() -> BrokerGroup {
+    with_spec(pair(), "tls", json!({"mode": "OperatorManaged"}))
+}
+
+/// The certificate checksum on the StatefulSet's pod template.
+fn tls_checksum(step: &Step) -> String {
+    let sts = step.body(Method::PATCH, &apis("apps/v1", "statefulsets", "pair-g0"));
+    sts["spec"]["template"]["metadata"]["annotations"]["duomq.io/tls-checksum"]
+        .as_str()
+        .unwrap_or_else(|| panic!("no checksum annotation: {sts}"))
+        .to_string()
+}
+
+fn dns_names_of(pem: &str) -> Vec<String> {
+    use rustls::pki_types::pem::PemObject;
+    let der = rustls::pki_types::CertificateDer::pem_slice_iter(pem.as_bytes())
+        .next()
+        .expect("a certificate")
+        .expect("PEM");
+    let (_, cert) = x509_parser::parse_x509_certificate(der.as_ref()).expect("X.509");
+    let sans = cert
+        .subject_alternative_name()
+        .expect("SAN")
+        .expect("SAN present");
+    sans.value
+        .general_names
+        .iter()
+        .filter_map(|n| match n {
+            x509_parser::extensions::GeneralName::DNSName(d) => Some(d.to_string()),
+            _ => None,
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn given_operator_managed_tls_and_no_certificates_should_make_a_ca_and_a_member_certificate_and_mount_it(
+) {
+    let h = Harness::new();
+    let bg = operator_managed();
+    let mut calls = tls_calls(&bg, None, None);
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
+    let step = h.reconcile(&bg, calls).await;
+
+    let ca = applied_secret(&step, "pair-ca");
+    let tls = applied_secret(&step, "pair-tls");
+    assert_eq!(ca.keys().collect::<Vec<_>>(), ["tls.crt", "tls.key"]);
+    assert_eq!(tls.keys().collect::<Vec<_>>(), ["ca.crt", "tls.crt", "tls.key"]);
+    assert_eq!(tls["ca.crt"], ca["tls.crt"], "the member Secret carries the CA certificate");
+    let names = dns_names_of(&tls["tls.crt"]);
+    for name in [
+        "pair-g0-0.pair-g0-members.default.svc",
+        "pair-g0-1.pair-g0-members.default.svc.cluster.local",
+        "pair",
+        "pair.default",
+        "pair-g0.default.svc",
+        "pair.default.svc.cluster.local",
+    ] {
+        assert!(names.contains(&name.to_string()), "{name} in {names:?}");
+    }
+    let events = posted_events(&step);
+    assert_eq!(
+        (events[0].0.as_str(), events[0].1.as_str()),
+        ("Normal", "CertificateIssued"),
+        "{events:?}"
+    );
+
+    // The pods mount the Secret, probe over HTTPS, and every listener speaks TLS.
+    let sts = step.body(Method::PATCH, &apis("apps/v1", "statefulsets", "pair-g0"));
+    let pod = &sts["spec"]["template"]["spec"];
+    let volume = pod["volumes"]
+        .as_array()
+        .and_then(|v| v.iter().find(|v| v["name"] == "tls"))
+        .unwrap_or_else(|| panic!("a tls volume: {pod}"));
+    assert_eq!(volume["secret"]["secretName"], "pair-tls");
+    assert_eq!(pod["containers"][0]["readinessProbe"]["httpGet"]["scheme"], "HTTPS");
+    assert!(!tls_checksum(&step).is_empty());
+    let config = step.body(Method::PATCH, &core("configmaps", "pair-g0-config"));
+    let yaml = config["data"]["pair-g0-0.yaml"].as_str().unwrap_or_default();
+    let broker: duomq_broker::config::BrokerConfig =
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("the broker reads it: {e}\n{yaml}"));
+    assert!(broker.tls.stomp.enabled && broker.tls.cluster.enabled && broker.tls.admin.enabled);
+    assert_eq!(
+        broker.tls.cert_file.as_deref(),
+        Some(std::path::Path::new("/etc/duomq/tls/tls.crt"))
+    );
+
+    let status = step.status();
+    let tls_status = status.tls.expect("status.tls");
+    assert_eq!(tls_status.secret_name, "pair-tls");
+    assert!(tls_status.not_after.is_some() && tls_status.ca_not_after.is_some());
+    assert!(tls_status.renewed_at.is_some());
+}
+
+#[tokio::test]
+async fn given_operator_managed_tls_with_good_certificates_should_reuse_them_without_an_event() {
+    let h = Harness::new();
+    let bg = operator_managed();
+    let mut calls = tls_calls(&bg, None, None);
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
+    let first = h.reconcile(&bg, calls).await;
+    let (ca, tls) = (applied_secret(&first, "pair-ca"), applied_secret(&first, "pair-tls"));
+
+    let bg = with_status(bg, first.status());
+    let calls = tls_calls(
+        &bg,
+        Some(secret_with("pair-ca", &ca)),
+        Some(secret_with("pair-tls", &tls)),
+    );
+    let again = h.reconcile(&bg, calls).await;
+    assert!(posted_events(&again).is_empty(), "nothing issued");
+    // The status is unchanged (renewedAt stays), so it is not even patched.
+    assert_eq!(applied_secret(&again, "pair-ca"), ca, "the CA is never replaced");
+    assert_eq!(applied_secret(&again, "pair-tls"), tls, "the certificate is kept");
+    assert_eq!(tls_checksum(&again), tls_checksum(&first), "no rolling restart");
+}
+
+#[tokio::test]
+async fn given_a_member_certificate_near_expiry_should_renew_it_from_the_same_ca_and_roll_the_pods(
+) {
+    use duomq_broker::tls::pki::{Authority, Leaf};
+    let h = Harness::new();
+    let bg = operator_managed();
+    let authority = Authority::generate("duomq default/pair CA", Duration::from_secs(86_400 * 365))
+        .expect("a CA");
+    let groups = duomq_operator::validate::group_models("pair", NS, &bg.spec);
+    let mut leaf = Leaf::new("pair", Duration::from_secs(600));
+    for name in duomq_operator::certificates::dns_names("pair", NS, &groups) {
+        leaf = leaf.dns(name);
+    }
+    let old = authority.issue(&leaf).expect("a certificate expiring in 10 minutes");
+    let ca = BTreeMap::from([
+        ("tls.crt".to_string(), authority.pem().cert_pem.clone()),
+        ("tls.key".to_string(), authority.pem().key_pem.clone()),
+    ]);
+    let tls = BTreeMap::from([
+        ("tls.crt".to_string(), old.cert_pem.clone()),
+        ("tls.key".to_string(), old.key_pem.clone()),
+        ("ca.crt".to_string(), authority.pem().cert_pem.clone()),
+    ]);
+    let mut calls = tls_calls(
+        &bg,
+        Some(secret_with("pair-ca", &ca)),
+        Some(secret_with("pair-tls", &tls)),
+    );
+    calls.extend([post_event(), apply(&status_path()).returns(to_json(&bg))]);
+    let step = h.reconcile(&bg, calls).await;
+
+    let events = posted_events(&step);
+    assert_eq!(events[0].1, "CertificateRenewed", "{events:?}");
+    assert!(events[0].2.contains("within renewBefore 720h"), "{}", events[0].2);
+    let renewed = applied_secret(&step, "pair-tls");
+    assert_ne!(renewed["tls.crt"], old.cert_pem, "a new certificate");
+    assert_eq!(renewed["ca.crt"], authority.pem().cert_pem, "from the same CA");
+    assert_eq!(applied_secret(&step, "pair-ca"), ca, "the CA is kept");
+    let before = duomq_operator::certificates::Certificates {
+        secret_name: "pair-tls".into(),
+        data: tls,
+        authority: None,
+        issued: None,
+        renew_at: None,
+    };
+    assert_ne!(
+        tls_checksum(&step),
+        before.checksum(),
+        "the pod template changes: the members roll onto the new certificate"
+    );
+}
+
+#[tokio::test]
+async fn given_secret_mode_and_a_missing_secret_should_apply_nothing_and_say_so() {
+    let h = Harness::new();
+    let bg = with_spec(pair(), "tls", json!({"mode": "Secret", "secretName": "mine"}));
+    let calls = vec![
+        read_status(&bg),
+        get(&core("secrets", "pair-cluster")).returns(cluster_secret("pw")),
+        get(&core("secrets", "mine")).not_found(),
+        list_statefulsets(vec![]),
+        post_event(),
+        apply(&status_path()).returns(to_json(&bg)),
+    ];
+    let step = h.reconcile(&bg, calls).await;
+    assert_eq!(
+        step.action(),
+        Action::requeue(Duration::from_secs(15)),
+        "the Secret may appear: look again"
+    );
+    let events = posted_events(&step);
+    assert_eq!((events[0].0.as_str(), events[0].1.as_str()), ("Warning", "TlsSecretInvalid"));
+    assert!(events[0].2.contains("tls.secretName mine: the Secret does not exist"), "{}", events[0].2);
+    assert_eq!(condition(&step.status(), "Degraded"), ("True", "TlsSecretInvalid"));
+    assert!(step.applies().is_empty(), "nothing applied");
+}
+
+#[tokio::test]
+async fn given_permissions_from_a_config_map_should_render_them_or_say_it_is_missing() {
+    let h = Harness::new();
+    let bg = with_spec(
+        pair(),
+        "authorization",
+        json!({"adminRoles": ["ops"], "permissionsFrom": {"configMapKeyRef": {"name": "perms", "key": "auth.yaml"}}}),
+    );
+    let perms = json!({
+        "apiVersion": "v1", "kind": "ConfigMap", "metadata": {"name": "perms", "namespace": NS},
+        "data": {"auth.yaml": "roles: {producers: [app]}\npermissions:\n  - match: /queue/orders.>\n    send: [producers]\n"},
+    });
+    let mut calls = vec![
+        read_status(&bg),
+        get(&core("secrets", "pair-cluster")).returns(cluster_secret("pw")),
+        get(&core("configmaps", "perms")).returns(perms),
+        list_statefulsets(vec![statefulset("pair-g0", true)]),
+    ];
+    calls.extend(applies(&["pair-g0"]));
+    calls.extend(orphan_lists(&["pair-g0"], &[]));
+    calls.extend(pods_then_leases(vec![]));
+    calls.push(apply(&status_path()).returns(to_json(&bg)));
+    let step = h.reconcile(&bg, calls).await;
+    let config = step.body(Method::PATCH, &core("configmaps", "pair-g0-config"));
+    let yaml = config["data"]["pair-g0-1.yaml"].as_str().unwrap_or_default();
+    let broker: duomq_broker::config::BrokerConfig =
+        serde_yaml::from_str(yaml).unwrap_or_else(|e| panic!("the broker reads it: {e}\n{yaml}"));
+    assert_eq!(broker.auth.roles.get("producers"), Some(&vec!["app".to_string()]));
+    assert_eq!(broker.auth.permissions.len(), 1);
+    assert_eq!(broker.auth.permissions[0].pattern, "/queue/orders.>");
+    assert_eq!(broker.auth.permissions[0].send, ["producers"]);
+    assert_eq!(broker.auth.admin_roles, ["ops"]);
+
+    // The ConfigMap is gone: nothing is applied (no broker loses its permissions).
+    let h = Harness::new();
+    let calls = vec![
+        read_status(&bg),
+        get(&core("secrets", "pair-cluster")).returns(cluster_secret("pw")),
+        get(&core("configmaps", "perms")).not_found(),
+        list_statefulsets(vec![statefulset("pair-g0", true)]),
+        post_event(),
+        apply(&status_path()).returns(to_json(&bg)),
+    ];
+    let step = h.reconcile(&bg, calls).await;
+    assert!(step.applies().is_empty(), "nothing applied");
+    assert_eq!(condition(&step.status(), "Degraded"), ("True", "AuthorizationInvalid"));
+    let events = posted_events(&step);
+    assert!(events[0].2.contains("ConfigMap perms does not exist"), "{events:?}");
+    assert_eq!(step.action(), Action::requeue(Duration::from_secs(15)));
+}
