@@ -34,12 +34,12 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use common::traffic::{connect_failover, failover_url};
 use common::{binaries_dir, condition, wait_for_brokergroup, Env, GROUP_AVAILABLE};
-use duomq_broker::admin::api::{BrokerStatus, DEFAULT_PORT as ADMIN_PORT, STATUS};
+use duomq_broker::admin::api::BrokerStatus;
 use duomq_broker::client::{ClientOptions, SendOptions};
 use duomq_e2e::env::repo_root;
 use parking_lot::Mutex;
 use serde_json::Value;
-use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, BufReader};
 use tokio::process::{Child, Command};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -57,8 +57,6 @@ const FLOWING: Duration = Duration::from_secs(90);
 const STATUS_SEEN: Duration = Duration::from_secs(60);
 /// Lines of a consumer's stderr kept for a failed run's log.
 const CONSUMER_LOG_LINES: usize = 20;
-/// How long one `/status` request may take.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 /// How long one `duomq-broker send` of the batch may take.
 const SEND_TIMEOUT: Duration = Duration::from_secs(120);
 
@@ -249,17 +247,10 @@ fn lives(env: &Env) -> Result<Vec<String>> {
     groups.iter().map(|g| g["live"].as_str().map(String::from).with_context(|| format!("a group without a live: {g}"))).collect()
 }
 
-/// `/status` of a pod's broker, at its pod IP (the local control plane only).
+/// `/status` of a pod's broker, at its pod IP (the local control plane only), signed with its
+/// group's cluster password (see `Env::broker_status`).
 async fn broker_status(env: &Env, pod: &str) -> Result<BrokerStatus> {
-    let address = SocketAddr::new(env.pod_ip(NAMESPACE, pod)?, ADMIN_PORT);
-    let mut stream = tokio::time::timeout(STATUS_TIMEOUT, tokio::net::TcpStream::connect(address)).await??;
-    // HTTP/1.0: the body ends with the connection, never chunked.
-    stream.write_all(format!("GET {STATUS} HTTP/1.0\r\nHost: e2e\r\n\r\n").as_bytes()).await?;
-    let mut response = String::new();
-    tokio::time::timeout(STATUS_TIMEOUT, stream.read_to_string(&mut response)).await??;
-    let (head, body) = response.split_once("\r\n\r\n").with_context(|| format!("no HTTP response from {pod}"))?;
-    ensure!(head.lines().next().is_some_and(|l| l.contains(" 200")), "GET {STATUS} of {pod}: {}", head.lines().next().unwrap_or_default());
-    serde_json::from_str(body).with_context(|| format!("/status of {pod} is not a broker status"))
+    env.broker_status(NAMESPACE, pod).await
 }
 
 /// For a failed run: each live's queue and grouping as its `/status` says (local plane only).

@@ -34,12 +34,11 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use common::traffic::{connect_failover, failover_url, Producer};
 use common::{group_status, wait_for_brokergroup, Env, GROUP_AVAILABLE};
-use duomq_broker::admin::api::{BrokerStatus, DEFAULT_PORT as ADMIN_PORT, STATUS};
+use duomq_broker::admin::api::BrokerStatus;
 use duomq_broker::client::{AckMode, Client, ClientOptions, SendOptions};
 use duomq_e2e::env::repo_root;
 use parking_lot::Mutex;
 use serde_json::Value;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
@@ -55,8 +54,6 @@ const DELIVERED: Duration = Duration::from_secs(120);
 const FLOWING: Duration = Duration::from_secs(90);
 /// From a consumer's SUBSCRIBE to its demand in the other lives' `/status`.
 const DEMAND_SEEN: Duration = Duration::from_secs(30);
-/// How long one `/status` request may take.
-const STATUS_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The batch of `bridge`.
 const BATCH: usize = 100;
@@ -210,17 +207,10 @@ fn json<T: serde::Serialize>(value: &T) -> String {
     serde_json::to_string(value).unwrap_or_default()
 }
 
-/// `/status` of a pod's broker, at its pod IP (the local control plane only).
+/// `/status` of a pod's broker, at its pod IP (the local control plane only), signed with its
+/// group's cluster password (see `Env::broker_status`).
 async fn broker_status(env: &Env, namespace: &str, pod: &str) -> Result<BrokerStatus> {
-    let address = SocketAddr::new(env.pod_ip(namespace, pod)?, ADMIN_PORT);
-    let mut stream = tokio::time::timeout(STATUS_TIMEOUT, tokio::net::TcpStream::connect(address)).await??;
-    // HTTP/1.0: the body ends with the connection, never chunked.
-    stream.write_all(format!("GET {STATUS} HTTP/1.0\r\nHost: e2e\r\n\r\n").as_bytes()).await?;
-    let mut response = String::new();
-    tokio::time::timeout(STATUS_TIMEOUT, stream.read_to_string(&mut response)).await??;
-    let (head, body) = response.split_once("\r\n\r\n").with_context(|| format!("no HTTP response from {pod}"))?;
-    ensure!(head.lines().next().is_some_and(|l| l.contains(" 200")), "GET {STATUS} of {pod}: {}", head.lines().next().unwrap_or_default());
-    serde_json::from_str(body).with_context(|| format!("/status of {pod} is not a broker status"))
+    env.broker_status(namespace, pod).await
 }
 
 /// The live of each group of a BrokerGroup, in group order.

@@ -15,7 +15,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{ensure, Context, Result};
+use duomq_broker::admin::api::{BrokerStatus, DEFAULT_PORT as ADMIN_PORT};
+use duomq_broker::admin::client::AdminClient;
 use duomq_broker::client::DEFAULT_STOMP_PORT;
+use duomq_operator::names;
 use duomq_e2e::env::{build_images, kubectl, repo_root, require_kubectl, require_tools, wait_for, LocalControlPlane};
 use duomq_e2e::forward::{Forwarder, Target};
 use serde_json::Value;
@@ -145,6 +148,38 @@ impl Env {
     pub fn pod_ip(&self, namespace: &str, pod: &str) -> Result<IpAddr> {
         let text = self.kubectl(&["-n", namespace, "get", "pod", pod, "-o", "jsonpath={.status.podIP}"])?;
         text.trim().parse().with_context(|| format!("pod {namespace}/{pod} has no IP: {text:?}"))
+    }
+
+    /// `/status` of a pod's broker at its pod IP (the local control plane only), signed with
+    /// its BrokerGroup's cluster password, from the Secret the operator created (or the one
+    /// `spec.ha.clusterCredentialsSecret` names), as the operator signs it.
+    pub async fn broker_status(&self, namespace: &str, pod: &str) -> Result<BrokerStatus> {
+        let address = SocketAddr::new(self.pod_ip(namespace, pod)?, ADMIN_PORT);
+        let password = self.cluster_password(namespace, pod)?;
+        let client = AdminClient::new(&address.to_string())?.with_password(&password);
+        client.status().await.with_context(|| format!("GET /status of {pod}"))
+    }
+
+    /// The cluster password of the BrokerGroup `pod` belongs to, read once per group.
+    fn cluster_password(&self, namespace: &str, pod: &str) -> Result<String> {
+        static PASSWORDS: std::sync::OnceLock<parking_lot::Mutex<HashMap<(String, String), String>>> = std::sync::OnceLock::new();
+        let label = format!("jsonpath={{.metadata.labels.{}}}", names::LABEL_INSTANCE.replace('.', "\\."));
+        let group = self.kubectl(&["-n", namespace, "get", "pod", pod, "-o", &label])?.trim().to_string();
+        ensure!(!group.is_empty(), "pod {namespace}/{pod} has no {} label", names::LABEL_INSTANCE);
+        let key = (namespace.to_string(), group.clone());
+        if let Some(password) = PASSWORDS.get_or_init(Default::default).lock().get(&key) {
+            return Ok(password.clone());
+        }
+        let bg = self.json(&["-n", namespace, "get", "brokergroup", &group])?;
+        let secret = bg["spec"]["ha"]["clusterCredentialsSecret"].as_str().map_or_else(|| names::generated_cluster_secret(&group), str::to_string);
+        let path = format!("jsonpath={{.data.{}}}", names::CLUSTER_PASSWORD_KEY);
+        let encoded = self.kubectl(&["-n", namespace, "get", "secret", &secret, "-o", &path])?;
+        let decoded = base64::Engine::decode(&base64::engine::general_purpose::STANDARD, encoded.trim())
+            .with_context(|| format!("Secret {namespace}/{secret}: {} is not base64", names::CLUSTER_PASSWORD_KEY))?;
+        let password = String::from_utf8(decoded).with_context(|| format!("Secret {namespace}/{secret}: the password is not UTF-8"))?;
+        let password = password.trim_end_matches(['\n', '\r']).to_string();
+        PASSWORDS.get_or_init(Default::default).lock().insert(key, password.clone());
+        Ok(password)
     }
 
     /// `kubectl apply --server-side` of the install bundle, then waits for the operator.
