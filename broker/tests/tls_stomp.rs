@@ -292,6 +292,15 @@ async fn given_plaintext_stomp_on_the_tls_port_should_get_no_connected_and_the_b
     let client = Client::connect(&tls_url(port), trusting(&pki)).await.expect("TLS still works after plaintext");
     round_trip(&client, "/queue/tls-after-plaintext", 3).await;
     client.disconnect().await.expect("disconnect");
+
+    // The other way round: stomp+ssl:// to a plaintext port says it is not TLS.
+    let plain_broker = Broker::start("tls-to-plaintext", "");
+    // It hangs up on the ClientHello, or waits for a STOMP frame until one side times out.
+    let quick = ClientOptions { connect_timeout: Duration::from_secs(3), ..trusting(&pki) };
+    let error = Client::connect(&tls_url(plain_broker.stomp_port), quick).await.expect_err("TLS to a plaintext port");
+    assert!(matches!(error, ClientError::Tls { .. } | ClientError::Timeout { .. }), "{error:?}");
+    let said = error.to_string();
+    assert!(said.contains("plaintext STOMP port") && said.contains("use stomp://"), "{said}");
 }
 
 /// A replicated pair (cluster port plaintext) with STOMP on TLS.

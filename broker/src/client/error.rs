@@ -29,7 +29,7 @@ pub enum ClientError {
     /// The TLS handshake with `addr` failed, or the broker ended the session with a TLS
     /// alert before CONNECTED; `reason` says what was refused (the broker's certificate:
     /// unknown CA, wrong name, expired; or this client's certificate).
-    #[error("TLS with {addr} failed: {reason}")]
+    #[error("failed to set up TLS with {addr}: {reason}")]
     Tls { addr: String, reason: String },
     /// The broker answered CONNECT with an ERROR frame (bad credentials, unsupported
     /// version, ...). `message` is the broker's `message` header.

@@ -3,7 +3,8 @@
 //! [`crate::tls::client_config`]), the handshake, and turning what rustls reports into
 //! one sentence saying what failed (the broker's certificate is from another CA, names
 //! another host, has expired; the broker wants a client certificate; the port does not
-//! speak TLS).
+//! speak TLS). It keeps no TLS state between connections (each one reads the files again)
+//! and never falls back to plaintext or to the system's trust store.
 
 use super::error::ClientError;
 use super::options::TlsOptions;
@@ -57,12 +58,24 @@ pub(super) async fn wrap(
     match tls::connect(tcp, name, Some(tokio_rustls::TlsConnector::from(config)), timeout).await {
         Ok(stream) => Ok(stream),
         Err(TlsError::Handshake { source, .. }) => {
-            let reason = explain(&source, name, options).unwrap_or_else(|| source.to_string());
+            let reason = match explain(&source, name, options) {
+                Some(reason) => reason,
+                // A plaintext STOMP broker reads the ClientHello as a bad frame and hangs up.
+                None if source.kind() == std::io::ErrorKind::UnexpectedEof => {
+                    "the broker closed the connection during the TLS handshake; is this a plaintext STOMP port? \
+                     use stomp:// for it"
+                        .to_string()
+                }
+                None => source.to_string(),
+            };
             Err(ClientError::Tls { addr, reason })
         }
-        Err(TlsError::HandshakeTimeout { timeout, .. }) => {
-            Err(ClientError::Timeout { what: format!("the TLS handshake with {addr} ({timeout:?})") })
-        }
+        Err(TlsError::HandshakeTimeout { timeout, .. }) => Err(ClientError::Timeout {
+            what: format!(
+                "an answer to the TLS handshake from {addr} ({timeout:?}; a plaintext STOMP port never answers \
+                 one: use stomp:// for it)"
+            ),
+        }),
         Err(TlsError::ServerName(name)) => Err(ClientError::TlsUnconfigured {
             reason: format!("{name:?} is not a host name or IP address a certificate can be checked against"),
         }),
