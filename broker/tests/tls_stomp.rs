@@ -24,9 +24,10 @@ use std::time::{Duration, Instant, SystemTime};
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(15);
 /// How long `openssl s_client` may take for one handshake and exchange.
 const OPENSSL_TIMEOUT: Duration = Duration::from_secs(30);
-/// Users and certificate users of the client-certificate tests.
+/// Users and certificate users of the client-certificate tests (and `/metrics` open,
+/// which they read).
 const CERT_AUTH: &str = "auth:\n  users:\n    - name: app\n      password: app-pw\n    - name: other\n      password: other-pw\n  \
-                         certificateUsers:\n    client-app: app\n";
+                         certificateUsers:\n    client-app: app\nadmin:\n  openMetrics: true\n";
 
 /// Client options trusting `pki`'s CA.
 fn trusting(pki: &Pki) -> ClientOptions {
@@ -226,7 +227,8 @@ async fn given_client_certificates_mapped_to_users_should_log_in_by_certificate_
     // The broker counted the refused handshakes and is still serving.
     let client = Client::connect(&url, presenting(&pki, &app)).await.expect("the broker still serves");
     client.disconnect().await.expect("disconnect");
-    let (_, metrics) = common::http_get(broker.admin_port, "/metrics").expect("GET /metrics");
+    let (code, metrics) = common::http_get(broker.admin_port, "/metrics").expect("GET /metrics");
+    assert_eq!(code, 200, "{metrics}");
     let failures = metrics
         .lines()
         .find(|l| l.starts_with("duomq_tls_handshake_failures_total{") && l.contains("stomp"))
