@@ -350,7 +350,7 @@ async fn run(
     let ctx = Arc::new(controller::Context::new(
         client.clone(),
         metrics.clone(),
-        Arc::new(HttpBrokerStatus::default()),
+        Arc::new(HttpBrokerStatus),
     ));
     let http = Arc::new(Http {
         registry,
