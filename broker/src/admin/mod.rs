@@ -107,8 +107,8 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
         tracing::info!(
             tls,
             open_metrics = state.config.admin.open_metrics,
-            "admin API: /status{} need credentials (HTTP Basic of a user with a role in auth.adminRoles, or a request signed with the cluster password); /healthz and /readyz are open",
-            if state.config.admin.open_metrics { "" } else { " and /metrics" }
+            "admin API: {} credentials (HTTP Basic of a user with a role in auth.adminRoles, or a request signed with the cluster password); /healthz and /readyz are open",
+            if state.config.admin.open_metrics { "/status needs" } else { "/status and /metrics need" }
         );
     } else {
         tracing::warn!(
