@@ -152,16 +152,18 @@ What it does, in order:
  10. With --tls: what TLS costs (issue 17), ${TLS_ROUNDS} rounds (config: bench/lib/tls.sh). A
      throwaway CA and one loopback certificate from it ('duomq-bench test-certs', duomq's
      own certificate code, ECDSA P-256); duomq-bench trusts the CA (--ca-file).
-       duomq plain     one duomq broker, plaintext STOMP
-       duomq tls       one duomq broker, its STOMP listener on TLS (tls.stomp.enabled)
+       duomq plain     a duomq broker, plaintext STOMP
+       duomq tls       another one beside it, its STOMP listener on TLS only
+                       (tls.stomp.enabled)
        activemq        one ActiveMQ broker with a plaintext STOMP connector and a
                        stomp+ssl one, its keystore the same certificate and key as PKCS12
                        ('openssl pkcs12 -export'; bench/lib/activemq-ssl.xml)
      Cells, as the matrix's of the same name: 1 KiB persistent 1P+1C w64 and 4P+4C w64.
-     Every broker starts afresh each round; every other round runs TLS first. Prints the
-     medians, duomq TLS/plaintext msg/s per cell (goal >= 0.85: TLS costs below 15%), p99
-     latency and broker CPU per message both ways, ActiveMQ's own TLS/plaintext, and
-     duomq TLS/ActiveMQ stomp+ssl.
+     Every broker starts afresh each round; within a round each cell runs on plaintext
+     and on TLS back to back, TLS first every other round. Prints the medians (msg/s,
+     latency, CPU per message of the broker and of broker plus load generator), duomq
+     TLS/plaintext msg/s per cell as the median of the rounds' ratios (goal >= 0.85: TLS
+     costs below 15%), ActiveMQ's own TLS/plaintext, and duomq TLS/ActiveMQ stomp+ssl.
  11. Prints the table and writes everything to the output directory.
 
 The matrix (each cell on a fresh queue, consumers acking every message with

@@ -97,16 +97,14 @@ stop_broker() {
 
 DUOMQ_PID=''
 
-# start_duomq [ARGS...]: ARGS go to 'duomq-broker run' (e.g. --config with a tls:
-# section); DUOMQ_LOG names the log file (logs/DUOMQ_LOG.log, default duomq).
 start_duomq() {
     local dir="$WORK/duomq" stomp admin
     mkdir -p "$dir/data"
     read -r stomp admin <<<"$(free_ports 2)"
     # fsync before receipt is the default (storage settings untouched).
     setsid "$DUOMQ_BROKER" run --data-dir "$dir/data" \
-        --stomp-listen "127.0.0.1:$stomp" --admin-listen "127.0.0.1:$admin" "$@" \
-        </dev/null >"$LOG_DIR/${DUOMQ_LOG:-duomq}.log" 2>&1 &
+        --stomp-listen "127.0.0.1:$stomp" --admin-listen "127.0.0.1:$admin" \
+        </dev/null >"$LOG_DIR/duomq.log" 2>&1 &
     DUOMQ_PID=$!
     RUNNING_STOP=stop_duomq
     if ! probe await-http --url "http://127.0.0.1:$admin/readyz" --timeout "$START_TIMEOUT" --pid "$DUOMQ_PID"; then

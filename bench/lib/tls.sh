@@ -15,17 +15,19 @@
 #   p-1k-w64       1 producer, 1 consumer, 64 receipts in flight
 #   p-1k-4x4-w64   4 producers, 4 consumers, 64 receipts in flight each
 # on these setups, labelled tls/SETUP/CELL/rROUND:
-#   duomq-plain     one duomq broker, plaintext STOMP (the matrix's broker)
-#   duomq-tls       one duomq broker, its STOMP listener on TLS only
+#   duomq-plain     a duomq broker, plaintext STOMP (the matrix's broker)
+#   duomq-tls       another one beside it, its STOMP listener on TLS only
 #   activemq-plain  one ActiveMQ broker (bench/lib/activemq-ssl.xml: the matrix's
 #   activemq-tls    broker with a stomp+ssl connector beside the plaintext one), each
 #                   cell on one connector or the other
-# TLS_ROUNDS rounds; every broker starts afresh each round, and every other round runs
-# TLS first, so a drifting disk or a neighbour's load weighs on both alike. The report
-# (tls-report.py) compares medians.
+# TLS_ROUNDS rounds; every broker starts afresh each round. Within a round each cell runs
+# on plaintext and on TLS back to back (TLS first every other round), so a disk whose
+# fsync latency drifts from minute to minute, or a neighbour's load, weighs on both
+# alike. The report (tls-report.py) compares medians.
 #
-# Sourced by compare.sh after brokers.sh (it uses start_duomq, activemq_command,
-# stop_broker, stop_activemq, free_ports, probe, bench_json, fail_cell, meta and WORK, LOG_DIR,
+# Sourced by compare.sh after brokers.sh and failover.sh (it uses write_duomq_member,
+# member_pid, stop_pair, activemq_command, stop_broker, stop_activemq, free_ports, probe,
+# bench_json, fail_cell, meta and WORK, LOG_DIR,
 # LIB_DIR, BENCH, OUT, STAMP, DURATION, WARMUP, PREFETCH, CELL_TIMEOUT, START_TIMEOUT,
 # TARGETS and TLS_ROUNDS).
 
@@ -38,7 +40,7 @@ TLS_DIR=''
 TLS_P12_PASSWORD=''
 
 # tls_files: the CA, the broker's certificate and key, the PKCS12 keystore, and the
-# duomq config that turns its STOMP listener to TLS.
+# tls: section that turns a duomq broker's STOMP listener to TLS.
 tls_files() {
     TLS_DIR="$WORK/tls"
     mkdir -p "$TLS_DIR"
@@ -57,19 +59,33 @@ tls:
 YAML
 }
 
-# start_duomq_setup plain|tls: a fresh duomq broker (new data directory); sets BROKER_URL
-# (stomp:// or stomp+ssl://) and BROKER_PID.
-start_duomq_setup() {
-    rm -rf "$WORK/duomq"
-    if [[ $1 == tls ]]; then
-        DUOMQ_LOG=tls-duomq-tls start_duomq --config "$TLS_DIR/duomq-tls.yaml" || return 1
-        BROKER_URL="stomp+ssl://${BROKER_URL#stomp://}"
-        # /readyz says the broker is up; this says its listener speaks TLS with our CA.
-        probe await-stomp --url "$BROKER_URL" --ca-file "$TLS_DIR/ca.crt" --timeout "$START_TIMEOUT" \
-            --pid "$BROKER_PID" 2>>"$LOG_DIR/tls-duomq-tls.log" || { stop_broker; return 1; }
-    else
-        DUOMQ_LOG=tls-duomq-plain start_duomq
-    fi
+# start_duomq_brokers: two fresh duomq brokers side by side, each with its own data
+# directory: "plain" (plaintext STOMP) and "tls" (its STOMP listener on TLS only); sets
+# TLS_DUOMQ_URL[plain|tls] and TLS_DUOMQ_PID[plain|tls]. Both stay up for the round, so
+# the two transports' cells alternate minutes apart at most; an idle broker costs nothing.
+declare -A TLS_DUOMQ_URL=() TLS_DUOMQ_PID=()
+start_duomq_brokers() {
+    FAILOVER_DIR="$WORK/tls-duomq"
+    rm -rf "$FAILOVER_DIR"
+    local p m
+    read -r -a p <<<"$(free_ports 4)"
+    declare -gA DUOMQ_STOMP=([plain]=${p[0]} [tls]=${p[1]}) DUOMQ_ADMIN=([plain]=${p[2]} [tls]=${p[3]})
+    for m in plain tls; do
+        write_duomq_member "$m" "tls-duomq-$m.log"
+    done
+    cat "$TLS_DIR/duomq-tls.yaml" >>"$FAILOVER_DIR/tls/broker.yaml"
+    FAILOVER_MEMBERS=(plain tls)
+    RUNNING_STOP=stop_pair
+    TLS_DUOMQ_URL=([plain]="stomp://127.0.0.1:${p[0]}" [tls]="stomp+ssl://127.0.0.1:${p[1]}")
+    for m in plain tls; do
+        "$FAILOVER_DIR/$m/start.sh" &&
+            probe await-http --url "http://127.0.0.1:${DUOMQ_ADMIN[$m]}/readyz" --timeout "$START_TIMEOUT" \
+                --pid "$(member_pid "$m")" || return 1
+        TLS_DUOMQ_PID[$m]=$(member_pid "$m")
+    done
+    # /readyz says the broker is up; this says its listener speaks TLS with our CA.
+    probe await-stomp --url "${TLS_DUOMQ_URL[tls]}" --ca-file "$TLS_DIR/ca.crt" --timeout "$START_TIMEOUT" \
+        --pid "${TLS_DUOMQ_PID[tls]}" 2>>"$LOG_DIR/tls-duomq-tls.log"
 }
 
 # start_activemq_tls: a fresh ActiveMQ broker with a plaintext STOMP connector and a
@@ -125,6 +141,19 @@ fail_tls_cells() {
     done
 }
 
+# tls_cells SYSTEM ROUND URL_ARRAY PID_ARRAY: every cell, plaintext and TLS in turn
+# (TLS first in even rounds), on SYSTEM's brokers named in the two associative arrays.
+tls_cells() {
+    local system=$1 round=$2 c t order=(plain tls)
+    local -n urls=$3 pids=$4
+    ((round % 2 == 1)) || order=(tls plain)
+    for c in "${TLS_CELLS[@]}"; do
+        for t in "${order[@]}"; do
+            tls_cell "$system-$t" "$round" "${urls[$t]}" "${pids[$t]}" "$c"
+        done
+    done
+}
+
 run_tls() {
     : >"$OUT/tls.jsonl"
     printf 'start\t%s\n' "$(cut -d' ' -f1 /proc/loadavg)" >"$OUT/tls-load.tsv"
@@ -136,34 +165,27 @@ run_tls() {
         fail_cell tls "could not make the test certificates (see logs/tls-certs.log)"
         return
     fi
-    local round transport c order
+    local round t
     for ((round = 1; round <= TLS_ROUNDS; round++)); do
-        order=(plain tls)
-        ((round % 2 == 1)) || order=(tls plain)
         if [[ " ${TARGETS[*]} " == *" duomq "* ]]; then
-            for transport in "${order[@]}"; do
-                log "tls/duomq-$transport: round $round of $TLS_ROUNDS, starting the broker"
-                if start_duomq_setup "$transport"; then
-                    for c in "${TLS_CELLS[@]}"; do
-                        tls_cell "duomq-$transport" "$round" "$BROKER_URL" "$BROKER_PID" "$c"
-                    done
-                else
-                    fail_tls_cells "duomq-$transport" "$round" "the broker did not start (see logs/tls-duomq-$transport.log)"
-                fi
-                stop_broker
-            done
+            log "tls/duomq: round $round of $TLS_ROUNDS, starting a plaintext and a TLS broker"
+            if start_duomq_brokers; then
+                tls_cells duomq "$round" TLS_DUOMQ_URL TLS_DUOMQ_PID
+            else
+                for t in plain tls; do
+                    fail_tls_cells "duomq-$t" "$round" "the brokers did not start (see logs/tls-duomq-$t.log)"
+                done
+            fi
+            stop_broker
         fi
         if [[ " ${TARGETS[*]} " == *" activemq "* ]]; then
             log "tls/activemq: round $round of $TLS_ROUNDS, starting the broker (stomp and stomp+ssl connectors)"
             if start_activemq_tls; then
-                for transport in "${order[@]}"; do
-                    for c in "${TLS_CELLS[@]}"; do
-                        tls_cell "activemq-$transport" "$round" "${TLS_ACTIVEMQ_URL[$transport]}" "$BROKER_PID" "$c"
-                    done
-                done
+                local -A activemq_pid=([plain]=$BROKER_PID [tls]=$BROKER_PID)
+                tls_cells activemq "$round" TLS_ACTIVEMQ_URL activemq_pid
             else
-                for transport in plain tls; do
-                    fail_tls_cells "activemq-$transport" "$round" "the broker did not start (see logs/tls-activemq.log)"
+                for t in plain tls; do
+                    fail_tls_cells "activemq-$t" "$round" "the broker did not start (see logs/tls-activemq.log)"
                 done
             fi
             stop_broker

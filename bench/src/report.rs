@@ -61,6 +61,9 @@ pub struct RunReport {
     pub rss_mean_mib: Option<f64>,
     /// Broker CPU over the measured interval; 100 = one core busy.
     pub cpu_percent: Option<f64>,
+    /// This load generator's own CPU over the same interval (every producer and consumer
+    /// connection, its TLS included); 100 = one core busy.
+    pub bench_cpu_percent: Option<f64>,
     /// Messages the broker confirmed over the whole run (receipted; with --window 0, sent).
     pub confirmed: u64,
     /// Receipted (with --window 0 and --persistent: sent) messages never delivered.
@@ -89,7 +92,7 @@ impl RunReport {
     pub fn to_table(&self) -> String {
         let ms = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.2}"));
         let mib = |v: Option<f64>| v.map_or("-".to_string(), |v| format!("{v:.0}"));
-        let columns: [(&str, String); 14] = [
+        let columns: [(&str, String); 15] = [
             ("label", self.label.clone()),
             ("PxC", format!("{}x{}", self.producers, self.consumers)),
             ("size", self.size.to_string()),
@@ -102,6 +105,7 @@ impl RunReport {
             ("p99.9 ms", ms(self.latency_ms.p999)),
             ("rss idle/peak MiB", format!("{}/{}", mib(self.rss_idle_mib), mib(self.rss_peak_mib))),
             ("cpu %", self.cpu_percent.map_or("-".to_string(), |v| format!("{v:.0}"))),
+            ("bench cpu %", self.bench_cpu_percent.map_or("-".to_string(), |v| format!("{v:.0}"))),
             ("lost", self.lost.to_string()),
             ("dup", self.duplicates.to_string()),
         ];
@@ -355,6 +359,7 @@ mod tests {
             rss_peak_mib: Some(20.0),
             rss_mean_mib: Some(15.0),
             cpu_percent: Some(80.0),
+            bench_cpu_percent: Some(60.0),
             confirmed: 1200,
             lost: 2,
             duplicates: 0,
@@ -385,6 +390,7 @@ mod tests {
             "rss_peak_mib",
             "rss_mean_mib",
             "cpu_percent",
+            "bench_cpu_percent",
             "lost",
             "duplicates",
             "duration_s",

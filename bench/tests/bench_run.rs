@@ -47,6 +47,7 @@ fn given_broker_when_benchmarked_persistently_should_report_rates_footprint_and_
     assert!(number("rss_peak_mib")? > 0.0, "{report}");
     assert!(number("rss_idle_mib")? > 0.0, "{report}");
     assert!(number("cpu_percent")? > 0.0, "{report}");
+    assert!(number("bench_cpu_percent")? > 0.0, "the load generator's own CPU: {report}");
     assert!(report["latency_ms"]["p99"].as_f64().is_some_and(|ms| ms > 0.0), "{report}");
     assert_eq!(report["label"], "test");
     assert_eq!((report["producers"].as_u64(), report["consumers"].as_u64()), (Some(2), Some(2)));

@@ -197,12 +197,14 @@ fn given_tls_section_when_compared_at_the_smallest_size_should_measure_every_set
         let producers = r["producers"].as_u64().context("no producers")?;
         assert_eq!((r["window"].as_u64(), r["persistent"].as_bool()), (Some(64), Some(true)), "{r}");
         assert!(producers == 1 || producers == 4, "{r}");
+        assert!(r["cpu_percent"].as_f64().is_some() && r["bench_cpu_percent"].as_f64().is_some(), "{r}");
     }
 
     let report = std::fs::read_to_string(run.out("tls.txt"))?;
     for cell in ["1 KiB persistent 1P+1C w64", "1 KiB persistent 4P+4C w64"] {
         let line = format!("ratio duomq TLS/plaintext {cell}: ");
         assert!(ratio_after(&report, &line).is_some_and(|x| x > 0.0), "no ratio line {line:?}:\n{report}");
+        assert!(report.contains("median of 1 paired round;"), "{report}");
         let line = format!("ratio duomq TLS/ActiveMQ stomp+ssl {cell}: ");
         if activemq {
             assert!(ratio_after(&report, &line).is_some_and(|x| x > 0.0), "no ratio line {line:?}:\n{report}");

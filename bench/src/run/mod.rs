@@ -39,6 +39,8 @@ const DRAIN_POLL: Duration = Duration::from_millis(20);
 /// Runs the benchmark and returns its report.
 pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     let broker = args.broker_pid.map(BrokerProcess::open).transpose()?;
+    // This process: the load generator's own CPU, so a cost both ends pay (TLS) shows whole.
+    let itself = BrokerProcess::open(std::process::id())?;
     let options =
         ClientOptions {
             login: args.login.clone(),
@@ -113,11 +115,13 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     // The measured interval, and the broker's CPU time across it.
     let interrupted = !sleep_until_unless(phases.measure_start(), &stop_producers).await;
     let cpu_start = cpu_seconds(broker.as_ref());
+    let own_start = cpu_seconds(Some(&itself));
     let cpu_from = Instant::now();
     if !interrupted {
         sleep_until_unless(phases.measure_end(), &stop_producers).await;
     }
     let cpu_end = cpu_seconds(broker.as_ref());
+    let own_end = cpu_seconds(Some(&itself));
     let cpu_window = cpu_from.elapsed().as_secs_f64();
     let measured = match interrupted {
         true => Duration::ZERO,
@@ -158,10 +162,11 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         }
     }
     let measured_s = measured.as_secs_f64();
-    let cpu_percent = match (cpu_start, cpu_end) {
+    let percent = |start: Option<f64>, end: Option<f64>| match (start, end) {
         (Some(a), Some(b)) if cpu_window > 0.0 => Some(round3((b - a) / cpu_window * 100.0)),
         _ => None,
     };
+    let (cpu_percent, bench_cpu_percent) = (percent(cpu_start, cpu_end), percent(own_start, own_end));
     let totals = Totals::of(&producer_outcomes, consumer_outcomes)?;
     let groups = match &shared.groups {
         Some(check) => {
@@ -205,6 +210,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         rss_peak_mib: rss.peak_mib().map(round3),
         rss_mean_mib: rss.mean_mib().map(round3),
         cpu_percent,
+        bench_cpu_percent,
         confirmed: confirmed.iter().map(SeqSet::len).sum(),
         lost: if promised { missing } else { 0 },
         duplicates: totals.counts.repeated(),
@@ -301,7 +307,7 @@ fn cpu_seconds(broker: Option<&BrokerProcess>) -> Option<f64> {
     match broker.cpu_seconds() {
         Ok(s) => Some(s),
         Err(e) => {
-            tracing::warn!(pid = broker.pid(), error = format!("{e:#}"), "failed to read the broker's CPU time");
+            tracing::warn!(pid = broker.pid(), error = format!("{e:#}"), "failed to read a process's CPU time");
             None
         }
     }
