@@ -59,6 +59,8 @@ pub enum FrameError {
     Destination(#[from] DestinationError),
     #[error("unsupported STOMP version; this broker speaks 1.0, 1.1 and 1.2")]
     Version,
+    #[error("a TLS handshake arrived on a plaintext STOMP port (tls.stomp.enabled is off)")]
+    TlsOnPlaintextPort,
     #[error("the client certificate logs in as {user:?}, not the CONNECT login {login:?}")]
     CertificateUser { login: String, user: String },
     #[error("authentication failed for login {0:?}")]
@@ -255,6 +257,12 @@ pub async fn serve(stream: Stream, peer: SocketAddr, ctx: ConnectionContext) {
         r = tokio::time::timeout(cfg.connect_timeout.get(), read_frame(&mut rd, &mut codec, &mut buf)) => match r {
             Ok(Ok(Some(frame))) => frame,
             Ok(Ok(None)) => return,
+            Ok(Err(FrameError::TlsOnPlaintextPort)) => {
+                // An ERROR in plaintext would only be garbage to a TLS client: hang up.
+                tracing::debug!(%peer, "a TLS client on the plaintext STOMP port (tls.stomp.enabled is off here); closed");
+                ctx.metrics.connections_rejected.inc();
+                return;
+            }
             Ok(Err(e)) => return reject(&mut wr, &codec, &ctx, &e, None).await,
             Err(_) => {
                 tracing::debug!(%peer, "client sent no CONNECT in time");
@@ -421,12 +429,20 @@ fn error_frame(e: &FrameError, receipt: Option<&str>) -> Frame {
     f
 }
 
+/// The first byte of a TLS handshake record (a ClientHello). No STOMP frame starts with
+/// it, so a TLS client on a plaintext port is told apart at once instead of waiting out
+/// the connect timeout.
+const TLS_HANDSHAKE_RECORD: u8 = 0x16;
+
 async fn read_frame(
     rd: &mut ReadHalf,
     codec: &mut StompCodec,
     buf: &mut BytesMut,
 ) -> Result<Option<Frame>, FrameError> {
     loop {
+        if buf.first() == Some(&TLS_HANDSHAKE_RECORD) {
+            return Err(FrameError::TlsOnPlaintextPort);
+        }
         while let Some(item) = codec.decode(buf)? {
             if let Inbound::Frame(f) = item {
                 return Ok(Some(f));
