@@ -29,7 +29,8 @@ use duomq_operator::api::BrokerGroup;
 use duomq_operator::names;
 use k8s_openapi::api::apps::v1::StatefulSet;
 use k8s_openapi::api::core::v1::Secret;
-use kube::api::{Api, Patch, PatchParams, PostParams};
+use k8s_openapi::api::events::v1::Event;
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use tokio_util::sync::CancellationToken;
 
 const NS: &str = "tls";
@@ -48,6 +49,8 @@ async fn given_operator_managed_tls_should_serve_stomp_ssl_replicate_and_roll_a_
     let result = scenario(&env).await;
     if result.is_err() {
         env.dump(NS, BG);
+        let logs = env.kubectl(&["-n", "duomq-system", "logs", "deployment/duomq-operator", "--tail=60"]);
+        eprintln!("$ kubectl -n duomq-system logs deployment/duomq-operator --tail=60\n{}", logs.unwrap_or_else(|e| e.to_string()));
     }
     env.shutdown().await;
     result
@@ -126,20 +129,43 @@ async fn scenario(env: &Env) -> Result<()> {
     })
     .await?;
     eprintln!("renewed after {:?}: checksum {before} -> {renewed}", renewal.elapsed());
-    let events = env.kubectl(&["-n", NS, "get", "events", "--field-selector", "reason=CertificateRenewed", "-o", "jsonpath={.items[*].note}"])?;
-    ensure!(events.contains("within renewBefore"), "a CertificateRenewed Event saying why: {events:?}");
+    // The Event is published after the apply that changed the template: look a few times.
+    let events: Api<Event> = Api::namespaced(client.clone(), NS);
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let notes = loop {
+        let notes: Vec<String> = events.list(&ListParams::default()).await?.items.into_iter().filter(|e| e.reason.as_deref() == Some("CertificateRenewed")).filter_map(|e| e.note).collect();
+        if !notes.is_empty() || Instant::now() > deadline {
+            break notes;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    ensure!(notes.len() == 1 && notes[0].contains("within renewBefore"), "one CertificateRenewed Event saying why: {notes:?}");
+    eprintln!("Event CertificateRenewed: {}", notes[0]);
     let renewed_secret = secrets.get(&names::tls_secret(BG)).await?;
     ensure!(secret_text(&renewed_secret, names::TLS_CERT_KEY)? != expiring.cert_pem, "the Secret holds a new certificate");
     ensure!(secret_text(&renewed_secret, names::TLS_CA_KEY)? == authority.pem().cert_pem, "from the same CA");
+    let renewed_cert = secret_text(&renewed_secret, names::TLS_CERT_KEY)?;
 
     // Every member restarts onto it; Available and Replicated again, with no failover.
+    // The StatefulSet updates on delete (the operator deletes the pods in its order), so its
+    // currentRevision stays behind, as Kubernetes' does: the pods' revisions tell.
     wait_for("every member restarted onto the renewed certificate", ROLLED, || {
         let s = env.json(&["-n", NS, "get", "statefulset", "pair-g0"]).ok()?;
-        let st = &s["status"];
-        (st["currentRevision"] == st["updateRevision"] && st["updatedReplicas"] == 2 && st["readyReplicas"] == 2).then_some(())
+        let update = s["status"]["updateRevision"].as_str()?.to_string();
+        let pods = env.json(&["-n", NS, "get", "pods", "-l", "duomq.io/group=pair-g0"]).ok()?;
+        let items = pods["items"].as_array()?;
+        let rolled = items.len() == 2
+            && items.iter().all(|p| {
+                p["metadata"]["labels"]["controller-revision-hash"] == update.as_str()
+                    && p["metadata"]["deletionTimestamp"].is_null()
+                    && p["status"]["containerStatuses"][0]["ready"] == true
+            });
+        rolled.then_some(())
     })
     .await?;
     wait_ready(env, ROLLED).await?;
+    let now_in_use = secret_text(&secrets.get(&names::tls_secret(BG)).await?, names::TLS_CERT_KEY)?;
+    ensure!(now_in_use == renewed_cert, "renewed once: the certificate issued for the expiring one is still the one in use");
     eprintln!("rolled onto the renewed certificate {:?} after it was written", renewal.elapsed());
     stop.cancel();
     let (sent_during, failed) = flowing.await??;

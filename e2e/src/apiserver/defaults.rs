@@ -1,6 +1,7 @@
 //! Defaulting of built-in types, the subset of Kubernetes' `SetDefaults_*` that controllers
 //! and `kubectl get -o yaml` readers notice: pod specs (also inside templates), StatefulSets,
-//! Deployments, ReplicaSets, Services, PVCs, PVs and Secrets.
+//! Deployments, ReplicaSets, Services, PVCs, PVs and Secrets (whose `stringData` is merged
+//! into `data`, as Kubernetes stores it).
 //!
 //! Defaulting runs on every write, so re-applying an object that omits a defaulted field
 //! leaves the stored object unchanged. It must not validate or allocate (cluster IPs are
@@ -68,8 +69,29 @@ pub(crate) fn apply(resource: &ResourceInfo, obj: &mut Value) {
             set(spec, "volumeMode", json!("Filesystem"));
             set(spec, "persistentVolumeReclaimPolicy", json!("Retain"));
         }
-        ("", "secrets") => set(obj, "type", json!("Opaque")),
+        ("", "secrets") => {
+            set(obj, "type", json!("Opaque"));
+            merge_string_data(obj);
+        }
         _ => {}
+    }
+}
+
+/// A Secret's `stringData` is write-only: Kubernetes merges it into `data` (base64,
+/// overriding keys of the same name) and stores no `stringData`, so a later write of
+/// `data` (a controller's apply) is not undone by it.
+fn merge_string_data(obj: &mut Value) {
+    let Some(Value::Object(strings)) = obj.as_object_mut().and_then(|o| o.remove("stringData")) else {
+        return;
+    };
+    let data = field(obj, "data");
+    if let Value::Object(data) = data {
+        for (key, value) in strings {
+            if let Some(text) = value.as_str() {
+                let encoded = base64::Engine::encode(&base64::engine::general_purpose::STANDARD, text);
+                data.insert(key, Value::String(encoded));
+            }
+        }
     }
 }
 
@@ -187,5 +209,14 @@ mod tests {
             "IfNotPresent"
         );
         assert_eq!(obj["spec"]["replicas"], 1);
+    }
+
+    #[test]
+    fn given_a_secret_with_string_data_should_store_it_in_data_only() {
+        let mut secret = json!({"apiVersion": "v1", "kind": "Secret", "metadata": {"name": "s"},
+            "data": {"a": "b2xk", "keep": "eA=="}, "stringData": {"a": "new", "b": "two"}});
+        merge_string_data(&mut secret);
+        assert_eq!(secret["data"], json!({"a": "bmV3", "b": "dHdv", "keep": "eA=="}));
+        assert!(secret.get("stringData").is_none(), "stringData is write-only");
     }
 }

@@ -161,7 +161,7 @@ impl HttpBrokerStatus {
         };
         let stream = duomq_broker::tls::connect(tcp, &host, connector, FETCH_TIMEOUT)
             .await
-            .map_err(|e| unreachable(&e))?;
+            .map_err(|e| unreachable(&chain(&e)))?;
         let (mut sender, connection) = hyper::client::conn::http1::handshake(TokioIo::new(stream))
             .await
             .map_err(|e| unreachable(&e))?;
@@ -242,6 +242,21 @@ impl HttpBrokerStatus {
             .map_err(|e| format!("failed to encode the request: {e}"))?;
         self.call(at, hyper::Method::POST, path, body).await
     }
+}
+
+/// An error and its sources, `: `-separated (why a handshake failed is in a source).
+fn chain(error: &dyn std::error::Error) -> String {
+    let mut text = error.to_string();
+    let mut source = error.source();
+    while let Some(s) = source {
+        let more = s.to_string();
+        if !text.contains(&more) {
+            text.push_str(": ");
+            text.push_str(&more);
+        }
+        source = s.source();
+    }
+    text
 }
 
 /// `call`, or an error once `limit` has passed without an answer.
@@ -466,19 +481,9 @@ mod tests {
         }
     }
 
+    /// The settings the controller dials a group's brokers with.
     fn trusting(ca: &Authority) -> Arc<rustls::ClientConfig> {
-        let mut roots = rustls::RootCertStore::empty();
-        for cert in rustls::pki_types::CertificateDer::pem_slice_iter(ca.pem().cert_pem.as_bytes())
-        {
-            roots.add(cert.expect("CA PEM")).expect("a trust anchor");
-        }
-        Arc::new(
-            rustls::ClientConfig::builder_with_provider(duomq_broker::tls::provider())
-                .with_safe_default_protocol_versions()
-                .expect("TLS versions")
-                .with_root_certificates(roots)
-                .with_no_client_auth(),
-        )
+        crate::controller::admin_trust(&ca.pem().cert_pem).expect("the CA loads")
     }
 
     use rustls::pki_types::pem::PemObject;
