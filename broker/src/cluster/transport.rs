@@ -35,11 +35,7 @@ impl TransportError {
     /// The error and its causes on one line, then what it means when that is not plain
     /// from the error itself (see [`cause`]).
     pub fn describe(&self) -> String {
-        // A TLS error's message already ends with its cause's.
-        let chain = match self {
-            TransportError::Tls(e) => e.to_string(),
-            other => crate::report::error_chain(other),
-        };
+        let chain = crate::report::error_chain(self);
         match cause(self) {
             Some(cause) => format!("{chain}: {cause}"),
             None => chain,

@@ -43,15 +43,15 @@ pub enum TlsError {
     Empty { what: &'static str, path: PathBuf, expected: &'static str },
     #[error("{what} {path} is not valid PEM: {message}")]
     Pem { what: &'static str, path: PathBuf, message: String },
-    #[error("CA file {path}: certificate {index} cannot be a trust anchor: {source}")]
+    #[error("CA file {path}: certificate {index} cannot be a trust anchor")]
     Root { path: PathBuf, index: usize, source: rustls::Error },
-    #[error("certificate {cert} and key {key} do not go together: {source}")]
+    #[error("certificate {cert} and key {key} do not go together")]
     KeyMismatch { cert: PathBuf, key: PathBuf, source: rustls::Error },
-    #[error("invalid TLS settings: {0}")]
+    #[error("invalid TLS settings")]
     Config(#[source] rustls::Error),
     #[error("invalid client-certificate settings: {0}")]
     Verifier(String),
-    #[error("TLS handshake with {peer} failed: {source}")]
+    #[error("TLS handshake with {peer} failed")]
     Handshake { peer: String, source: std::io::Error },
     #[error("TLS handshake with {peer} did not finish within {timeout:?}")]
     HandshakeTimeout { peer: String, timeout: Duration },

@@ -143,6 +143,7 @@ fn ca_params(common_name: &str, not_before: SystemTime, not_after: SystemTime) -
 mod tests {
     use super::*;
     use crate::config::{ClientAuth, TlsConfig};
+    use crate::report::error_chain;
     use crate::tls::{accept, connect, Listener, TlsContext, TlsMetrics};
     use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
@@ -180,13 +181,13 @@ mod tests {
         let metrics = server.metrics.clone();
         let serving = tokio::spawn(async move {
             let (tcp, _) = listener.accept().await.map_err(|e| e.to_string())?;
-            let mut s = accept(tcp, acceptor, Duration::from_secs(5), Listener::Cluster, &metrics).await.map_err(|e| e.to_string())?;
+            let mut s = accept(tcp, acceptor, Duration::from_secs(5), Listener::Cluster, &metrics).await.map_err(|e| error_chain(&e))?;
             let cn = s.peer_common_name().unwrap_or_default();
             s.write_all(cn.as_bytes()).await.map_err(|e| e.to_string())?;
             s.shutdown().await.map_err(|e| e.to_string())
         });
         let tcp = tokio::net::TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
-        let mut s = connect(tcp, "127.0.0.1", client.cluster_connector(), Duration::from_secs(5)).await.map_err(|e| e.to_string())?;
+        let mut s = connect(tcp, "127.0.0.1", client.cluster_connector(), Duration::from_secs(5)).await.map_err(|e| error_chain(&e))?;
         let mut got = String::new();
         let read = s.read_to_string(&mut got).await.map_err(|e| e.to_string());
         let served = serving.await.map_err(|e| e.to_string())?;
@@ -251,8 +252,8 @@ mod tests {
         let a = TlsContext::new(&config, TlsMetrics::default()).expect("a");
         let stray = ca.issue(&Leaf::new("stray", DAY)).expect("issue");
         std::fs::write(config.key_file.as_ref().expect("key"), &stray.key_pem).expect("write");
-        let error = a.reload().expect_err("mismatched key");
-        assert!(error.to_string().contains("do not go together"), "{error}");
+        let error = crate::report::error_chain(&a.reload().expect_err("mismatched key"));
+        assert!(error.contains("do not go together"), "{error}");
         let b = TlsContext::new(&dir.member(&ca, "member-b"), TlsMetrics::default()).expect("b");
         assert_eq!(round_trip(&a, &b).await.expect("old settings still serve"), "member-b");
     }
