@@ -181,7 +181,12 @@ impl Writer {
     /// Writes all of `bytes` within `stomp.writeTimeout`, unless the connection is killed.
     async fn write(&mut self, bytes: &[u8]) -> std::io::Result<()> {
         tokio::select! {
-            r = tokio::time::timeout(self.write_timeout, self.socket.write_all(bytes)) => match r {
+            // Flushed too: TLS may hold encrypted records back when the socket was full,
+            // and they must not wait for the next batch (or forever without heart-beats).
+            r = tokio::time::timeout(self.write_timeout, async {
+                self.socket.write_all(bytes).await?;
+                self.socket.flush().await
+            }) => match r {
                 Ok(r) => r,
                 Err(_) => Err(std::io::Error::new(std::io::ErrorKind::TimedOut, "write did not complete in time")),
             },
