@@ -905,6 +905,13 @@ async fn given_brokergroup_crd_when_writing_invalid_objects_should_answer_422_wi
         "{}",
         status.message
     );
+    let tls_on = groups
+        .patch("pair", &PatchParams::default(), &Patch::Merge(json!({"spec": {"tls": {"mode": "OperatorManaged"}}})))
+        .await
+        .expect_err("tls cannot be turned on later");
+    let status = api_error(tls_on);
+    assert_eq!(status.code, 422);
+    assert!(status.message.contains("tls cannot be added to or removed from an existing BrokerGroup"), "{}", status.message);
 
     let unknown = groups
         .patch(
