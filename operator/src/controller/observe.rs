@@ -118,14 +118,15 @@ pub async fn observe(
     });
     let observed = join_all(fetches).await.into_iter().collect();
 
+    // Rolled out once every pod runs the update revision. Not currentRevision: under the
+    // OnDelete strategy (the operator's, it deletes the pods itself) Kubernetes never
+    // moves currentRevision on, so the group would read as rolling out forever after.
     let rolling_out = statefulsets
         .iter()
         .filter(|s| {
             let want = s.spec.as_ref().and_then(|sp| sp.replicas).unwrap_or(1);
             let st = s.status.clone().unwrap_or_default();
-            st.observed_generation < s.metadata.generation
-                || st.updated_replicas.unwrap_or(0) < want
-                || st.current_revision != st.update_revision
+            st.observed_generation < s.metadata.generation || st.updated_replicas.unwrap_or(0) < want
         })
         .map(|s| s.name_any())
         .collect();
