@@ -131,6 +131,10 @@ fn refused_pair(tls_a: &str, tls_b: &str, live_says: &str, backup_says: &str) ->
     assert_eq!((sa["role"].as_str(), sa["ha"]["alone"].as_bool()), (Some("live"), Some(true)), "{sa}");
     assert_eq!(sb["role"], "backup", "{sb}");
     assert_ne!(sb["ha"]["sync"]["state"], "synced", "{sb}");
+    // The backup's /status says which member refused it and why, as its log does.
+    let refused = &sb["ha"]["refusedBy"][0];
+    assert_eq!(refused["member"].as_str(), Some(a.cluster_addr().as_str()), "{sb}");
+    assert!(refused["reason"].as_str().is_some_and(|r| r.contains(backup_says)), "{sb}");
     assert!(!b.log().contains("activating"), "{}", b.log());
     (root, a, b)
 }

@@ -330,6 +330,20 @@ pub struct HaStatus {
     /// With `storage.store: database`: the database and its lease as this member sees them.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub database: Option<DatabaseStatus>,
+    /// Members whose cluster port refused this member's last connection (TLS: another CA,
+    /// an expired certificate, TLS on one end only; or the cluster credentials), and why.
+    /// A member leaves the list once a connection to it gets through.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub refused_by: Vec<ClusterRefusal>,
+}
+
+/// A member's cluster port refusing this member, and why (`HaStatus.refused_by`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct ClusterRefusal {
+    /// The member's cluster address as configured (`ha.members[].cluster`).
+    pub member: String,
+    pub reason: String,
 }
 
 /// A shared-database member's view of the database (`storage.store: database`).

@@ -359,6 +359,7 @@ mod tests {
             backups: Vec::new(),
             alone: false,
             database: None,
+            refused_by: Vec::new(),
         }
     }
 

@@ -22,7 +22,7 @@ pub mod responder;
 pub mod shared_store;
 pub mod switchover;
 
-use crate::admin::api::{BackupStatus, HaStatus, Role, SyncState, SyncStatus};
+use crate::admin::api::{BackupStatus, ClusterRefusal, HaStatus, Role, SyncState, SyncStatus};
 use crate::cluster::{ClusterFrame, HandshakeConfig, Purpose, TransportError, DEFAULT_HANDSHAKE_TIMEOUT};
 use crate::tls::{Stream, TlsContext};
 use crate::config::{ArbiterKind, BrokerConfig, HaConfig, HaPolicy, PreferredRole};
@@ -298,17 +298,27 @@ impl HaContext {
         let (host, port) = crate::cluster::transport::split_addr(addr).ok_or_else(|| TransportError::Address { addr: addr.to_string() })?;
         match crate::cluster::transport::open(host, port, &self.tls, &self.handshake(purpose), connect_timeout).await {
             Ok(x) => {
-                self.dial_refusals.lock().remove(addr);
+                let was_refused = self.dial_refusals.lock().remove(addr).is_some();
+                if was_refused {
+                    self.publish(None);
+                }
                 Ok(x)
             }
             Err(e) => {
                 let refused = e.is_tls() || e.handshake().is_some_and(|h| h.kind() == "authentication" || h.kind() == "mismatch");
                 if refused {
                     let described = e.describe();
-                    let mut last = self.dial_refusals.lock();
-                    if last.get(addr) != Some(&described) {
-                        tracing::warn!(member = %addr, error = %described, "cluster connection to a member refused");
-                        last.insert(addr.to_string(), described);
+                    let changed = {
+                        let mut last = self.dial_refusals.lock();
+                        let changed = last.get(addr) != Some(&described);
+                        if changed {
+                            tracing::warn!(member = %addr, error = %described, "cluster connection to a member refused");
+                            last.insert(addr.to_string(), described);
+                        }
+                        changed
+                    };
+                    if changed {
+                        self.publish(None);
                     }
                 }
                 Err(e)
@@ -332,6 +342,16 @@ impl HaContext {
                 && !backups.iter().any(|b| b.state == SyncState::Synced),
             backups: if role == Role::Live { backups } else { Vec::new() },
             database: self.database.read().clone(),
+            refused_by: {
+                let mut refused: Vec<ClusterRefusal> = self
+                    .dial_refusals
+                    .lock()
+                    .iter()
+                    .map(|(member, reason)| ClusterRefusal { member: member.clone(), reason: reason.clone() })
+                    .collect();
+                refused.sort_by(|a, b| a.member.cmp(&b.member));
+                refused
+            },
         });
     }
 

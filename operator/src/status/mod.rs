@@ -764,7 +764,24 @@ fn conditions(
         if unreplicated.is_empty() {
             ok_message.into()
         } else {
-            format!("{bad_message}: {}", unreplicated.join(", "))
+            // Why a backup cannot follow, when a member's cluster port refused it (TLS:
+            // another CA, an expired certificate; or the cluster credentials).
+            let refusals: Vec<String> = v
+                .groups
+                .iter()
+                .filter(|g| unreplicated.contains(&g.name.as_str()))
+                .flat_map(|g| &g.members)
+                .filter_map(|m| {
+                    let broker = seen.pods.get(&m.pod)?.broker.as_ref().ok()?;
+                    let refusal = broker.ha.as_ref()?.refused_by.first()?;
+                    Some(format!("{} is refused by {}: {}", m.pod, refusal.member, refusal.reason))
+                })
+                .collect();
+            let mut message = format!("{bad_message}: {}", unreplicated.join(", "));
+            if !refusals.is_empty() {
+                message.push_str(&format!("; {}", refusals.join("; ")));
+            }
+            message
         },
     );
 
@@ -962,6 +979,7 @@ pub(crate) mod tests {
                 backups: Vec::new(),
                 alone: false,
                 database: None,
+                refused_by: Vec::new(),
             }),
             ..BrokerStatus::bare("", role)
         })
@@ -1042,6 +1060,26 @@ pub(crate) mod tests {
             ]),
             ..Observation::default()
         }
+    }
+
+    #[test]
+    fn given_a_backup_refused_by_its_live_replicated_should_say_who_refused_it_and_why() {
+        let mut seen = healthy();
+        let mut refused = broker(Role::Backup, 1, Some(SyncState::Connecting)).unwrap();
+        if let Some(ha) = refused.ha.as_mut() {
+            ha.refused_by.push(duomq_broker::admin::api::ClusterRefusal {
+                member: "pair-g0-0.pair-g0-members.default.svc:61616".into(),
+                reason: "the members' certificates are not from the same CA (tls.caFile)".into(),
+            });
+        }
+        seen.pods.insert("pair-g0-1".into(), pod(Ok(refused), None));
+        let c = first(&seen);
+        let replicated = cond(&c.status, condition::REPLICATED);
+        assert_eq!((replicated.status.as_str(), replicated.reason.as_str()), ("False", "BackupsNotInSync"));
+        assert_eq!(
+            replicated.message,
+            "no backup in sync in: pair-g0; pair-g0-1 is refused by pair-g0-0.pair-g0-members.default.svc:61616: the members' certificates are not from the same CA (tls.caFile)"
+        );
     }
 
     #[test]
