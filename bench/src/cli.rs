@@ -4,7 +4,7 @@
 //! connects or measures.
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
-use duomq_broker::client::{AckMode, TlsOptions};
+use duomq_broker::client::AckMode;
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -125,36 +125,7 @@ pub struct CertsArgs {
     pub json: bool,
 }
 
-/// TLS settings for `stomp+ssl://` brokers (and members of a failover list); plaintext
-/// `stomp://` brokers ignore them.
-#[derive(Args, Debug, Clone, Default)]
-pub struct TlsArgs {
-    /// CA certificates (PEM) that a stomp+ssl:// broker's certificate must chain to;
-    /// required for stomp+ssl:// URLs.
-    #[arg(long, env = "DUOMQ_CA_FILE", value_name = "FILE")]
-    pub ca_file: Option<PathBuf>,
-    /// A client certificate (PEM) to present when the broker asks for one; needs --key-file.
-    #[arg(long, env = "DUOMQ_CERT_FILE", value_name = "FILE", requires = "key_file")]
-    pub cert_file: Option<PathBuf>,
-    /// The client certificate's private key (PEM).
-    #[arg(long, env = "DUOMQ_KEY_FILE", value_name = "FILE", requires = "cert_file")]
-    pub key_file: Option<PathBuf>,
-    /// Check the broker's certificate against this name instead of the URL's host (when
-    /// dialling an address the certificate does not name, e.g. a port-forward).
-    #[arg(long, env = "DUOMQ_TLS_SERVER_NAME", value_name = "NAME")]
-    pub tls_server_name: Option<String>,
-}
-
-impl From<&TlsArgs> for TlsOptions {
-    fn from(args: &TlsArgs) -> TlsOptions {
-        TlsOptions {
-            ca_file: args.ca_file.clone(),
-            cert_file: args.cert_file.clone(),
-            key_file: args.key_file.clone(),
-            server_name: args.tls_server_name.clone(),
-        }
-    }
-}
+pub use duomq_broker::client::TlsArgs;
 
 const FAILOVER_ABOUT: &str = "Kill the live broker of a live/backup pair with SIGKILL, again and again, \
 under persistent load, restart it, and report the failover gaps, lost and duplicated messages.\n\n\

@@ -2,9 +2,9 @@
 //! prefer and require, and leaves verification to the TLS connector).
 
 use crate::config::SslMode;
+use crate::tls::AnyServerCertificate;
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::client::WebPkiServerVerifier;
-use rustls::crypto::{verify_tls12_signature, verify_tls13_signature, CryptoProvider};
 use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::{CertificateError, DigitallySignedStruct, RootCertStore, SignatureScheme};
@@ -32,7 +32,7 @@ use crate::tls::provider;
 pub fn client_config(mode: SslMode, root_cert: Option<&Path>) -> Result<rustls::ClientConfig, TlsError> {
     let provider = provider();
     let verifier: Arc<dyn ServerCertVerifier> = match mode {
-        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(Unverified(Arc::clone(&provider))),
+        SslMode::Disable | SslMode::Prefer | SslMode::Require => Arc::new(AnyServerCertificate(Arc::clone(&provider))),
         SslMode::VerifyCa | SslMode::VerifyFull => {
             let name = if mode == SslMode::VerifyCa { "verify-ca" } else { "verify-full" };
             let path = root_cert.ok_or(TlsError::RootsMissing { mode: name })?;
@@ -62,46 +62,6 @@ pub fn client_config(mode: SslMode, root_cert: Option<&Path>) -> Result<rustls::
         .dangerous()
         .with_custom_certificate_verifier(verifier)
         .with_no_client_auth())
-}
-
-/// `prefer`/`require`: encrypted, the certificate not checked (libpq's behaviour without a
-/// root certificate); the handshake's signatures are still verified.
-#[derive(Debug)]
-struct Unverified(Arc<CryptoProvider>);
-
-impl ServerCertVerifier for Unverified {
-    fn verify_server_cert(
-        &self,
-        _end_entity: &CertificateDer<'_>,
-        _intermediates: &[CertificateDer<'_>],
-        _server_name: &ServerName<'_>,
-        _ocsp_response: &[u8],
-        _now: UnixTime,
-    ) -> Result<ServerCertVerified, rustls::Error> {
-        Ok(ServerCertVerified::assertion())
-    }
-
-    fn verify_tls12_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls12_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn verify_tls13_signature(
-        &self,
-        message: &[u8],
-        cert: &CertificateDer<'_>,
-        dss: &DigitallySignedStruct,
-    ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        verify_tls13_signature(message, cert, dss, &self.0.signature_verification_algorithms)
-    }
-
-    fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
-        self.0.signature_verification_algorithms.supported_schemes()
-    }
 }
 
 /// `verify-ca`: the chain must lead to a trusted root; the host name is not checked.
