@@ -7,31 +7,23 @@ use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::io::{AsyncRead, AsyncWrite, BufReader, ReadBuf};
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 use tokio::net::TcpStream;
-
-/// Bytes read from the socket at once under TLS. rustls asks for at most 4 KiB of
-/// records at a time; without a buffer below it each of those is a system call, half as
-/// many again per message as the plaintext reader makes (measured with the benchmark).
-const TLS_READ_BUFFER: usize = 64 * 1024;
-
-/// The socket under TLS: buffered for reading, written through.
-pub type Buffered = BufReader<TcpStream>;
 
 /// A TCP stream, or TLS over one, as the listener or dialler set it up.
 #[derive(Debug)]
 pub enum Stream {
     Plain(TcpStream),
-    Server(Box<tokio_rustls::server::TlsStream<Buffered>>),
-    Client(Box<tokio_rustls::client::TlsStream<Buffered>>),
+    Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+    Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 impl Stream {
     pub fn tcp(&self) -> &TcpStream {
         match self {
             Stream::Plain(s) => s,
-            Stream::Server(s) => s.get_ref().0.get_ref(),
-            Stream::Client(s) => s.get_ref().0.get_ref(),
+            Stream::Server(s) => s.get_ref().0,
+            Stream::Client(s) => s.get_ref().0,
         }
     }
 
@@ -76,7 +68,7 @@ pub async fn accept(
     let Some(acceptor) = acceptor else { return Ok(Stream::Plain(tcp)) };
     let peer = tcp.peer_addr().map_or_else(|_| "?".to_string(), |a| a.to_string());
     let failed = || metrics.handshake_failures.get_or_create(&ListenerLabels { listener: listener.as_str() }).inc();
-    match tokio::time::timeout(timeout, acceptor.accept(BufReader::with_capacity(TLS_READ_BUFFER, tcp))).await {
+    match tokio::time::timeout(timeout, acceptor.accept(tcp)).await {
         Ok(Ok(tls)) => Ok(Stream::Server(Box::new(tls))),
         Ok(Err(source)) => {
             failed();
@@ -101,7 +93,7 @@ pub async fn connect(
     let name = ServerName::try_from(host.trim_start_matches('[').trim_end_matches(']').to_string())
         .map_err(|_| TlsError::ServerName(host.to_string()))?;
     let peer = tcp.peer_addr().map_or_else(|_| host.to_string(), |a| format!("{host} ({a})"));
-    match tokio::time::timeout(timeout, connector.connect(name, BufReader::with_capacity(TLS_READ_BUFFER, tcp))).await {
+    match tokio::time::timeout(timeout, connector.connect(name, tcp)).await {
         Ok(Ok(tls)) => Ok(Stream::Client(Box::new(tls))),
         Ok(Err(source)) => Err(TlsError::Handshake { peer, source }),
         Err(_) => Err(TlsError::HandshakeTimeout { peer, timeout }),
