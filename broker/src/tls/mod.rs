@@ -424,6 +424,14 @@ fn build(config: &TlsConfig, files: &Files) -> Result<Loaded, TlsError> {
             .with_single_cert(files.certs.clone(), key.clone_key())
             .map_err(|source| TlsError::KeyMismatch { cert: cert_path.clone(), key: key_path.clone(), source })?;
         server.alpn_protocols = Vec::new();
+        // No TLS 1.3 session tickets. They reach the client right after its handshake,
+        // while it sends its first frame; stomp.py reads on one thread and writes on
+        // another over one OpenSSL object, and a ticket processed mid-write there lost
+        // the CONNECT now and then (the broker saw no frame and closed after
+        // stomp.connectTimeout). Resumption is worth little here anyway: connections live
+        // long, and after a failover they reconnect to another broker, whose session
+        // cache never held them.
+        server.send_tls13_tickets = 0;
         Ok(tokio_rustls::TlsAcceptor::from(Arc::new(server)))
     };
     if config.stomp.enabled {
