@@ -5,6 +5,7 @@
 //! The operator renders this file from these same types, so the two cannot disagree.
 //! This module only reads and checks configuration; it starts nothing.
 
+pub mod address;
 pub mod connector_uri;
 mod database;
 mod ha;
@@ -18,6 +19,7 @@ pub use ha::{
 };
 pub use network::{DestinationFilter, GroupingConfig, GroupingHandler, NetworkConfig, NetworkConnector, MAX_NETWORK_TTL};
 pub use units::{ByteSize, HumanDuration};
+pub use address::{AddressSettings, AddressSettingsEntry, AddressSettingsTable, DeadLetter, FullPolicy};
 pub use tls::{ClientAuth, ListenerTlsConfig, Permission, Roles, StompTlsConfig, TlsConfig, TlsVersion};
 pub use database::{DatabaseConfig, DatabaseLeaseConfig, DatabaseUrlError, SslMode, StoreKind};
 
@@ -43,6 +45,8 @@ pub enum ConfigError {
     Parse { origin: String, field: String, message: String },
     #[error("invalid config: {field}: {message}")]
     Invalid { field: &'static str, message: String },
+    #[error("invalid config: addressSettings[{index}]: {source}")]
+    AddressSettings { index: usize, source: address::AddressSettingsError },
     #[error("failed to read users file {path} (auth.usersFile)")]
     ReadUsers { path: PathBuf, source: std::io::Error },
     #[error("failed to read the cluster password file {path} (ha.cluster.passwordFile)")]
@@ -60,6 +64,10 @@ pub struct BrokerConfig {
     pub storage: StorageConfig,
     pub memory: MemoryConfig,
     pub destinations: DestinationsConfig,
+    /// Per-destination settings by pattern: dead letters, redelivery, expiry, size limit
+    /// and what happens at it (see [`address`]).
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub address_settings: Vec<AddressSettingsEntry>,
     pub auth: AuthConfig,
     /// TLS on the STOMP listener, the cluster port and the admin API. Left out of a
     /// rendered file at its default, so rendered configs without TLS stay the same.
@@ -431,6 +439,16 @@ impl BrokerConfig {
     }
 
     /// Checks what types alone cannot; errors name the field.
+    /// `addressSettings` parsed, over the defaults `memory.maxQueueBytes` implies.
+    pub fn address_settings_table(&self) -> Result<AddressSettingsTable, ConfigError> {
+        let table = AddressSettingsTable::new(&self.address_settings, self.memory.max_queue_bytes.as_usize())
+            .map_err(|(index, source)| ConfigError::AddressSettings { index, source })?;
+        if let Some(i) = self.address_settings.iter().position(|e| e.address_full_policy == Some(FullPolicy::Page)) {
+            return Err(ConfigError::AddressSettings { index: i, source: address::AddressSettingsError::PagingNotYet });
+        }
+        Ok(table)
+    }
+
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.stomp.max_connections == 0 {
             return invalid("stomp.maxConnections", "must be at least 1");
@@ -525,6 +543,7 @@ impl BrokerConfig {
         if self.memory.max_broker_bytes < self.memory.max_queue_bytes {
             return invalid("memory.maxBrokerBytes", "must be at least memory.maxQueueBytes");
         }
+        self.address_settings_table()?;
         for (i, u) in self.auth.users.iter().enumerate() {
             if u.name.is_empty() || u.name.contains(':') {
                 return Err(ConfigError::Invalid {

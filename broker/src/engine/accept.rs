@@ -12,7 +12,7 @@
 
 use super::dedup;
 use super::memory::Reservation;
-use super::message::{ConsumerKey, GroupOwner, Message, MessageGroup};
+use super::message::{now_millis, ConsumerKey, GroupOwner, Message, MessageGroup, Properties, SCHEDULED_DELAY_HEADER, SCHEDULED_TIME_HEADER};
 use super::queue::{AckError, Queue};
 use super::{Broker, DestinationError, Target};
 use crate::journal::{AppendFuture, JournalError, MessageId, Op, StoredMessage};
@@ -443,6 +443,7 @@ impl Broker {
         if let Some(id) = dedup_id {
             headers.push((dedup::STORED_HEADER.to_string(), id));
         }
+        scheduled_delay_to_time(&mut headers, now_millis());
         Arc::new(Message {
             id: self.next_message_id(),
             destination: match target {
@@ -450,6 +451,7 @@ impl Broker {
                 Target::Topic(t) => Arc::clone(&t.name),
             },
             group: self.message_group(&headers),
+            properties: Properties::from_headers(&headers),
             headers,
             body,
             persistent,
@@ -457,9 +459,38 @@ impl Broker {
     }
 }
 
+/// Stores an `AMQ_SCHEDULED_DELAY` as the `AMQ_SCHEDULED_TIME` it comes to at `now`
+/// (unless the producer gave a time too), so the delay runs from the send and a restart or
+/// a failover does not start it over.
+fn scheduled_delay_to_time(headers: &mut Vec<(String, String)>, now: u64) {
+    if headers.iter().any(|(k, _)| k == SCHEDULED_TIME_HEADER) {
+        return;
+    }
+    let delay = headers.iter().find(|(k, _)| k == SCHEDULED_DELAY_HEADER).and_then(|(_, v)| v.trim().parse::<u64>().ok());
+    if let Some(delay) = delay.filter(|&d| d > 0) {
+        headers.push((SCHEDULED_TIME_HEADER.to_string(), now.saturating_add(delay).to_string()));
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn given_a_scheduled_delay_should_store_the_time_it_comes_to() {
+        let mut headers = vec![(SCHEDULED_DELAY_HEADER.to_string(), "1500".to_string())];
+        scheduled_delay_to_time(&mut headers, 1_000);
+        assert_eq!(Properties::from_headers(&headers).deliver_at, Some(2_500));
+        // A time given as well wins; a bad or zero delay schedules nothing.
+        let mut both = vec![(SCHEDULED_DELAY_HEADER.to_string(), "5".to_string()), (SCHEDULED_TIME_HEADER.to_string(), "7".to_string())];
+        scheduled_delay_to_time(&mut both, 1_000);
+        assert_eq!(Properties::from_headers(&both).deliver_at, Some(7));
+        for bad in ["0", "soon", "-3"] {
+            let mut h = vec![(SCHEDULED_DELAY_HEADER.to_string(), bad.to_string())];
+            scheduled_delay_to_time(&mut h, 1_000);
+            assert_eq!(h.len(), 1, "{bad}");
+        }
+    }
     use crate::config::{ByteSize, HumanDuration};
     use crate::config::BrokerConfig;
     use crate::engine::metrics::EngineMetrics;

@@ -100,6 +100,7 @@ mod tests {
             body: bytes::Bytes::new(),
             persistent: true,
             group: group.map(|(id, owner)| MessageGroup::new(Arc::from(id), false, owner)),
+            properties: Default::default(),
         }
     }
 

@@ -18,6 +18,65 @@ pub struct Message {
     /// The message group it belongs to (`JMSXGroupID`), if any: a queue hands every
     /// message of a group to one consumer, in order.
     pub group: Option<MessageGroup>,
+    /// Priority, expiry and scheduled time, read from the headers once.
+    pub properties: Properties,
+}
+
+/// The STOMP header of a message's priority, 0 (lowest) to 9; 4 when absent (JMS).
+pub const PRIORITY_HEADER: &str = "priority";
+/// The STOMP header of when a message expires: milliseconds since the epoch, 0 never.
+pub const EXPIRES_HEADER: &str = "expires";
+/// When a scheduled message may be delivered, milliseconds since the epoch (Artemis').
+pub const SCHEDULED_TIME_HEADER: &str = "AMQ_SCHEDULED_TIME";
+/// A delay in milliseconds before a message may be delivered (ActiveMQ's); the broker
+/// stores it as [`SCHEDULED_TIME_HEADER`] when it accepts the message, so the delay runs
+/// from the send, not from a restart.
+pub const SCHEDULED_DELAY_HEADER: &str = "AMQ_SCHEDULED_DELAY";
+
+/// What the engine reads from a message's headers once, at accept and at recovery.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Properties {
+    /// 0 (lowest) to 9; a queue serves higher first.
+    pub priority: u8,
+    /// Milliseconds since the epoch after which it is not delivered.
+    pub expires: Option<u64>,
+    /// Milliseconds since the epoch before which it is not delivered.
+    pub deliver_at: Option<u64>,
+}
+
+impl Default for Properties {
+    fn default() -> Properties {
+        Properties { priority: DEFAULT_PRIORITY, expires: None, deliver_at: None }
+    }
+}
+
+/// JMS' default priority.
+pub const DEFAULT_PRIORITY: u8 = 4;
+
+impl Properties {
+    /// From `priority` (clamped to 0–9; unparsable: 4), `expires` (0 or unparsable: never)
+    /// and `AMQ_SCHEDULED_TIME`; the first of each header counts (STOMP 1.2).
+    pub fn from_headers(headers: &[(String, String)]) -> Properties {
+        let first = |name: &str| headers.iter().find(|(k, _)| k == name).map(|(_, v)| v.trim());
+        let millis = |name: &str| first(name).and_then(|v| v.parse::<u64>().ok()).filter(|&t| t > 0);
+        Properties {
+            priority: first(PRIORITY_HEADER)
+                .and_then(|v| v.parse::<i64>().ok())
+                .map_or(DEFAULT_PRIORITY, |p| p.clamp(0, 9) as u8),
+            expires: millis(EXPIRES_HEADER),
+            deliver_at: millis(SCHEDULED_TIME_HEADER),
+        }
+    }
+
+    /// Whether the message has expired at `now` (milliseconds since the epoch).
+    pub fn expired(&self, now: u64) -> bool {
+        self.expires.is_some_and(|t| t <= now)
+    }
+}
+
+/// Milliseconds since the epoch, as `expires` and `AMQ_SCHEDULED_TIME` count.
+pub fn now_millis() -> u64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
 }
 
 impl Message {
@@ -135,6 +194,16 @@ mod tests {
 
     fn headers(pairs: &[(&str, &str)]) -> Vec<(String, String)> {
         pairs.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
+    }
+
+    #[test]
+    fn given_timing_headers_should_read_priority_expiry_and_schedule() {
+        let p = Properties::from_headers(&headers(&[("priority", "7"), ("expires", "1700000000000"), ("AMQ_SCHEDULED_TIME", "42")]));
+        assert_eq!(p, Properties { priority: 7, expires: Some(1_700_000_000_000), deliver_at: Some(42) });
+        let odd = Properties::from_headers(&headers(&[("priority", "12"), ("expires", "0"), ("AMQ_SCHEDULED_TIME", "soon")]));
+        assert_eq!(odd, Properties { priority: 9, expires: None, deliver_at: None });
+        assert_eq!(Properties::from_headers(&headers(&[("priority", "x")])).priority, DEFAULT_PRIORITY);
+        assert!(p.expired(1_700_000_000_000) && !p.expired(1_699_999_999_999));
     }
 
     #[test]

@@ -138,6 +138,8 @@ pub struct Broker {
     pub started: Instant,
     store: Store,
     memory: Arc<Memory>,
+    /// `addressSettings`, parsed once; each queue resolves its own when it is made.
+    address_settings: crate::config::AddressSettingsTable,
     queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     next_id: AtomicU64,
@@ -200,7 +202,13 @@ impl Broker {
             config.memory.max_broker_bytes.as_usize(),
             config.memory.max_queue_bytes.as_usize(),
         ));
+        // Validated with the rest of the config before the broker starts.
+        let address_settings = config.address_settings_table().unwrap_or_else(|e| {
+            tracing::error!(error = %e, "addressSettings ignored");
+            crate::config::AddressSettingsTable::defaults(config.memory.max_queue_bytes.as_usize())
+        });
         let broker = Arc::new(Broker {
+            address_settings,
             node_id,
             started: Instant::now(),
             store,
@@ -248,6 +256,7 @@ impl Broker {
                 id: stored.id,
                 destination: Arc::clone(&queue.name),
                 group: broker.message_group(&stored.headers),
+                properties: message::Properties::from_headers(&stored.headers),
                 headers: stored.headers,
                 body: stored.body,
                 persistent: true,
@@ -506,9 +515,11 @@ impl Broker {
     }
 
     fn new_queue(&self, name: Arc<str>, kind: QueueKind) -> Arc<Queue> {
+        let settings = Arc::new(self.address_settings.resolve(&name));
         Queue::with_eviction_counter(
             name,
             kind,
+            settings,
             Arc::clone(&self.memory),
             Arc::clone(&self.consumer_changes),
             self.config.grouping.max_groups,

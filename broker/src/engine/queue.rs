@@ -12,6 +12,7 @@
 //! While no grouped message is pending, dispatch takes the plain round-robin path.
 
 use super::memory::{Memory, Reservation};
+use crate::config::AddressSettings;
 use super::message::{ConsumerKey, Delivery, Entry, GroupOwner, Message, MessageGroup};
 use crate::journal::MessageId;
 use parking_lot::Mutex;
@@ -83,6 +84,8 @@ pub enum QueueKind {
 pub struct Queue {
     pub name: Arc<str>,
     pub kind: QueueKind,
+    /// Its `addressSettings`, resolved when it was made.
+    pub settings: Arc<AddressSettings>,
     memory: Arc<Memory>,
     /// Told whenever a consumer comes or goes (network bridges advertise demand from it).
     changes: Arc<ConsumerChanges>,
@@ -338,14 +341,17 @@ pub struct QueueSnapshot {
 
 impl Queue {
     /// A queue keeping at most `max_groups` group bindings (`grouping.maxGroups`).
+    /// It has the default address settings.
     pub fn new(name: Arc<str>, kind: QueueKind, memory: Arc<Memory>, changes: Arc<ConsumerChanges>, max_groups: usize) -> Arc<Queue> {
-        Queue::with_eviction_counter(name, kind, memory, changes, max_groups, Counter::default())
+        let settings = Arc::new(AddressSettings::defaults(memory.queue_limit));
+        Queue::with_eviction_counter(name, kind, settings, memory, changes, max_groups, Counter::default())
     }
 
-    /// As [`Queue::new`], counting evicted group bindings in `groups_evicted`.
+    /// As [`Queue::new`] with `settings`, counting evicted group bindings in `groups_evicted`.
     pub fn with_eviction_counter(
         name: Arc<str>,
         kind: QueueKind,
+        settings: Arc<AddressSettings>,
         memory: Arc<Memory>,
         changes: Arc<ConsumerChanges>,
         max_groups: usize,
@@ -354,6 +360,7 @@ impl Queue {
         Arc::new(Queue {
             name,
             kind,
+            settings,
             memory,
             changes,
             network_consumers: AtomicUsize::new(0),
@@ -928,7 +935,7 @@ fn take_in_flight(st: &mut State, key: ConsumerKey, tag: u64, cumulative: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::message::Message;
+    use crate::engine::message::{Message, Properties};
     use bytes::Bytes;
 
     fn entry(id: u64) -> Entry {
@@ -941,6 +948,7 @@ mod tests {
                 id: MessageId(id),
                 destination: Arc::from("/queue/q"),
                 group: MessageGroup::from_headers(&headers),
+                properties: Properties::from_headers(&headers),
                 headers,
                 body: Bytes::from_static(b"x"),
                 persistent: true,
@@ -970,6 +978,7 @@ mod tests {
             body: e.message.body.clone(),
             persistent: true,
             group: Some(MessageGroup::new(Arc::from(group), false, owner)),
+            properties: e.message.properties,
         };
         e.message = Arc::new(message);
         e
