@@ -155,6 +155,9 @@ pub struct BrokerStatus {
     /// Message bytes held in memory across all queues.
     pub memory_bytes: u64,
     pub queues: Vec<QueueStatus>,
+    /// Durable topic subscriptions, by client id and name.
+    #[serde(default)]
+    pub durable_subscriptions: Vec<DurableSubscriptionStatus>,
     /// Replication state; absent on a standalone broker (`ha.policy: none`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub ha: Option<HaStatus>,
@@ -184,6 +187,7 @@ impl BrokerStatus {
             connections: 0,
             memory_bytes: 0,
             queues: Vec::new(),
+            durable_subscriptions: Vec::new(),
             ha: None,
             network: None,
             grouping: None,
@@ -445,4 +449,22 @@ pub struct QueueStatus {
     /// Message groups (`JMSXGroupID`) bound to a consumer of this queue.
     #[serde(default)]
     pub groups: u64,
+}
+
+/// A durable topic subscription (CONNECT's `client-id` and SUBSCRIBE's
+/// `activemq.subscriptionName` or `durable-subscription-name`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DurableSubscriptionStatus {
+    pub client_id: String,
+    pub name: String,
+    /// The `/topic/NAME` it keeps the messages of.
+    pub topic: String,
+    /// Messages kept for it, waiting for its consumer.
+    pub depth: u64,
+    /// Delivered to its consumer and not yet acknowledged.
+    pub in_flight: u64,
+    pub bytes: u64,
+    /// Whether its consumer is attached now.
+    pub consumer_attached: bool,
 }

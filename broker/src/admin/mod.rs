@@ -22,7 +22,7 @@ use crate::engine::queue::QueueKind;
 use crate::engine::Broker;
 use crate::ha::switchover::Switchover;
 use crate::metrics::{AdminRefusedLabels, AdminRequestLabels, Metrics, SwitchoverLabels};
-use api::{AdminError, BrokerStatus, DestinationKind, DrainRequest, FenceReply, FenceRequest, HaStatus, QueueStatus, Role, SwitchoverRequest, SyncState};
+use api::{AdminError, BrokerStatus, DestinationKind, DrainRequest, DurableSubscriptionStatus, FenceReply, FenceRequest, HaStatus, QueueStatus, Role, SwitchoverRequest, SyncState};
 use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{header, HeaderMap, StatusCode};
@@ -160,6 +160,7 @@ async fn status(State(s): State<AdminState>, headers: HeaderMap) -> Response {
         Some(b) => (b.snapshot(), b.memory().used(), b.started.elapsed().as_secs()),
         None => (Vec::new(), 0, 0),
     };
+    let durable_subscriptions = broker.as_ref().map(|b| b.durable_subscriptions()).unwrap_or_default();
     Json(BrokerStatus {
         version: env!("CARGO_PKG_VERSION").to_string(),
         node_id: s.node_id.read().clone(),
@@ -182,6 +183,18 @@ async fn status(State(s): State<AdminState>, headers: HeaderMap) -> Response {
                 enqueued_total: q.enqueued_total,
                 acked_total: q.acked_total,
                 groups: q.groups as u64,
+            })
+            .collect(),
+        durable_subscriptions: durable_subscriptions
+            .into_iter()
+            .map(|d| DurableSubscriptionStatus {
+                client_id: d.client_id,
+                name: d.name,
+                topic: d.topic,
+                depth: d.depth as u64,
+                in_flight: d.in_flight as u64,
+                bytes: d.bytes as u64,
+                consumer_attached: d.consumer_attached,
             })
             .collect(),
         ha: s.ha.read().clone(),

@@ -11,6 +11,7 @@
 //! [`Commit::Inline`], which the caller asks for.
 
 use super::dedup;
+use super::durable;
 use super::memory::Reservation;
 use super::message::{now_millis, ConsumerKey, GroupOwner, Message, MessageGroup, Properties, SCHEDULED_DELAY_HEADER, SCHEDULED_TIME_HEADER};
 use super::queue::{AckError, Queue};
@@ -110,6 +111,8 @@ pub struct Prepared {
     /// Its bytes, counted against the memory limits since it was accepted.
     reservation: Reservation,
     blocked: bool,
+    /// Its copies for the topic's durable subscriptions.
+    copies: Vec<durable::DurableCopy>,
 }
 
 impl Prepared {
@@ -123,15 +126,16 @@ impl Prepared {
         self.blocked
     }
 
-    fn op(&self) -> Option<Op> {
-        self.journaled.then(|| {
+    fn ops(&self) -> impl Iterator<Item = Op> + '_ {
+        let own = self.journaled.then(|| {
             Op::Add(StoredMessage {
                 id: self.message.id,
                 destination: self.message.destination.to_string(),
                 headers: self.message.headers.clone(),
                 body: self.message.body.clone(),
             })
-        })
+        });
+        own.into_iter().chain(self.copies.iter().filter_map(durable::DurableCopy::op))
     }
 }
 
@@ -157,7 +161,7 @@ impl Settled {
 }
 
 /// Resolves when what was accepted is safe to confirm: at once when nothing had to be
-/// journaled (non-persistent, topic, duplicate), else when its record is durable per the
+/// journaled (non-persistent, topic without durable subscriptions, duplicate), else when its record is durable per the
 /// journal (written, synced, and held by synced backups). Dropping it does not take the
 /// message back: the record is in the journal's hands (and the id in the dedup cache), so
 /// it is published once durable all the same, and memory agrees with what a restart would
@@ -262,6 +266,9 @@ impl Durable {
             return Accepted::Duplicate;
         }
         for send in std::mem::take(&mut self.sends) {
+            for copy in send.copies {
+                copy.publish(&self.broker);
+            }
             self.broker.publish(&send.target, send.message, send.journaled, send.reservation);
         }
         Accepted::Stored
@@ -289,10 +296,11 @@ impl Broker {
     pub async fn accept(self: &Arc<Self>, mut incoming: Incoming, commit: Commit) -> Result<Acceptance, AcceptError> {
         let target = self.resolve(&incoming.destination)?;
         let journaled = incoming.persistent && matches!(target, Target::Queue(_));
+        let stored = journaled || durable::keeps_persistent(&target, incoming.persistent);
         // A resend of a message already stored (the producer failed over before its
         // confirmation arrived) is confirmed but not stored twice.
         if let Some(id) = &incoming.dedup_id {
-            if journaled && !self.first_sight(id) {
+            if stored && !self.first_sight(id) {
                 tracing::debug!(destination = %incoming.destination, dedup_id = %id, "duplicate message ignored");
                 let durable = Durable { broker: Arc::clone(self), sends: Vec::new(), duplicate: true };
                 return Ok(Acceptance::new(None, durable, false));
@@ -302,8 +310,10 @@ impl Broker {
         let blocked = self.wait_for_room(&target).await?;
         let message = self.message(&target, incoming);
         let reservation = self.reserve(&target, &message);
-        let send = Prepared { target, message, journaled, reservation, blocked };
-        let append = send.op().map(|op| self.store.append(vec![op], commit));
+        let copies = durable::copies(self, &target, &message);
+        let send = Prepared { target, message, journaled, reservation, blocked, copies };
+        let ops: Vec<Op> = send.ops().collect();
+        let append = (!ops.is_empty()).then(|| self.store.append(ops, commit));
         let durable = Durable { broker: Arc::clone(self), sends: vec![send], duplicate: false };
         Ok(Acceptance::new(append, durable, blocked))
     }
@@ -318,14 +328,15 @@ impl Broker {
         let blocked = self.wait_for_room(&target).await?;
         let message = self.message(&target, incoming);
         let reservation = self.reserve_broker_wide(message.footprint());
-        Ok(Prepared { target, message, journaled, reservation, blocked })
+        let copies = durable::copies(self, &target, &message);
+        Ok(Prepared { target, message, journaled, reservation, blocked, copies })
     }
 
     /// Journals `acks` and `sends` as one record (after a crash either all of it happened
     /// or none); the acks were applied in memory already, the sends are published through
     /// the [`Durable`] the acceptance resolves to.
     pub fn commit(self: &Arc<Self>, sends: Vec<Prepared>, acks: Settled, commit: Commit) -> Acceptance {
-        let ops: Vec<Op> = acks.ops().chain(sends.iter().filter_map(Prepared::op)).collect();
+        let ops: Vec<Op> = acks.ops().chain(sends.iter().flat_map(Prepared::ops)).collect();
         let append = (!ops.is_empty()).then(|| self.store.append(ops, commit));
         Acceptance::new(append, Durable { broker: Arc::clone(self), sends, duplicate: false }, false)
     }

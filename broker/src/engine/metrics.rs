@@ -1,6 +1,6 @@
 //! Prometheus metrics of the engine's limits: what a client was refused, which idle
 //! destinations were reclaimed, which slow topic subscribers were cut off, which group
-//! bindings were evicted.
+//! bindings were evicted, how many durable subscriptions are held.
 //!
 //! What clients were not authorized to do is counted here too, by permission.
 //!
@@ -10,6 +10,7 @@
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
 
 /// The limits a client can hit; each is a `limit` label value and names its config field.
@@ -81,6 +82,8 @@ pub struct EngineMetrics {
     pub slow_subscribers_disconnected: Counter,
     pub topic_copies_dropped: Counter,
     pub group_bindings_evicted: Counter,
+    /// Durable topic subscriptions held (see [`super::durable`]).
+    pub durable_subscriptions: Gauge,
     authorization_denied: Family<PermissionLabels, Counter>,
 }
 
@@ -112,6 +115,11 @@ impl EngineMetrics {
             "duomq_group_bindings_evicted",
             "Idle message-group bindings dropped, least recently used first, to bind a new group past grouping.maxGroups",
             m.group_bindings_evicted.clone(),
+        );
+        registry.register(
+            "duomq_durable_subscriptions",
+            "Durable topic subscriptions held, with or without a consumer attached",
+            m.durable_subscriptions.clone(),
         );
         registry.register(
             "duomq_authorization_denied",

@@ -4,11 +4,12 @@
 //! Destinations follow the Artemis address model: `/queue/NAME` is one queue shared by
 //! competing consumers; `/topic/NAME` gives each subscriber a private queue that gets a
 //! copy of every message (shared `Arc`, no body copy). Only queue messages are journaled:
-//! topic subscribers are not durable.
+//! topic subscribers are not durable, except durable subscriptions (see [`durable`]).
 
 pub mod accept;
 pub mod dedup;
 pub mod drain;
+pub mod durable;
 pub mod memory;
 pub mod message;
 pub mod metrics;
@@ -113,6 +114,8 @@ pub enum Target {
 pub struct Topic {
     pub name: Arc<str>,
     subscribers: RwLock<Vec<Arc<Queue>>>,
+    /// Its durable subscriptions, fed besides `subscribers`.
+    pub durables: durable::TopicDurables,
     /// Reclaim sweeps that found this topic without subscribers in a row.
     idle: queue::IdleSweeps,
 }
@@ -153,6 +156,8 @@ pub struct Broker {
     consumer_changes: Arc<ConsumerChanges>,
     /// Records of the broker's own that recovery found, until their owner takes them.
     own_records: parking_lot::Mutex<Vec<OwnRecord>>,
+    /// Durable topic subscriptions, by client id and name.
+    durables: durable::Registry,
     /// Decides which group owns a message group cluster-wide (`grouping.handler`), while
     /// this broker is live; none: message groups are pinned per queue only.
     group_router: RwLock<Option<Arc<dyn accept::GroupRouter>>>,
@@ -223,6 +228,7 @@ impl Broker {
             metrics,
             consumer_changes: Arc::default(),
             own_records: parking_lot::Mutex::new(Vec::new()),
+            durables: durable::Registry::default(),
             group_router: RwLock::new(None),
             drain: Arc::default(),
             config,
@@ -241,9 +247,14 @@ impl Broker {
             segments: recovered.segments,
             records: recovered.records,
         };
+        let mut durable_copies = Vec::new();
         for stored in recovered.messages.into_iter() {
             if is_reserved(&stored.destination) {
                 broker.own_records.lock().push(OwnRecord { id: stored.id, destination: stored.destination, headers: stored.headers });
+                continue;
+            }
+            if durable::is_copy(&stored.destination) {
+                durable_copies.push(stored);
                 continue;
             }
             // What was stored before limits existed (or with other limits) is recovered
@@ -263,6 +274,7 @@ impl Broker {
             });
             queue.enqueue(Entry { message, journaled: true, redelivered: possibly_delivered });
         }
+        durable::recover(&broker, durable_copies, possibly_delivered);
         let queues = broker.queues.read().len();
         (broker, RecoveryReport { queues, ..report })
     }
@@ -398,6 +410,7 @@ impl Broker {
         let t = Arc::new(Topic {
             name: Arc::clone(&name),
             subscribers: RwLock::new(Vec::new()),
+            durables: durable::TopicDurables::default(),
             idle: queue::IdleSweeps::default(),
         });
         topics.insert(name, Arc::clone(&t));
@@ -505,12 +518,12 @@ impl Broker {
     }
 
     /// Bytes held by the queue this target feeds, for producer back-pressure. A topic's
-    /// producers are held back by the broker-wide limit only: its slow subscribers are
-    /// dealt with by `memory.slowTopicSubscriber`.
+    /// producers are held back by the broker-wide limit and its fullest durable
+    /// subscription only: its slow subscribers are dealt with by `memory.slowTopicSubscriber`.
     pub fn target_bytes(target: &Target) -> usize {
         match target {
             Target::Queue(q) => q.bytes(),
-            Target::Topic(_) => 0,
+            Target::Topic(t) => t.durables.max_bytes(),
         }
     }
 

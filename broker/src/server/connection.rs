@@ -21,6 +21,8 @@
 //! limits from the moment they are read). And nothing waits forever: CONNECT, a frame
 //! once begun, a write, and an idle line each have a deadline.
 
+mod durable;
+
 use super::writer::{Outgoing, Writer};
 use crate::engine::accept::{AcceptError, Acceptance, Commit, Durable, Incoming, Prepared, Settled};
 use crate::engine::dedup;
@@ -105,6 +107,8 @@ pub enum FrameError {
     NotAuthorized(Box<Denied>),
     #[error("{0} is a topic; only queues can be browsed (subscribe without browser:true to receive its messages)")]
     BrowseTopic(String),
+    #[error("{0}")]
+    Durable(#[from] crate::engine::durable::DurableError),
 }
 
 impl From<AcceptError> for FrameError {
@@ -324,6 +328,7 @@ pub async fn serve(stream: Stream, peer: SocketAddr, ctx: ConnectionContext) {
         principal,
         decisions: Decisions::default(),
         version: session.version,
+        client_id: session.client_id,
         outbox,
         subscriptions: HashMap::new(),
         transactions: HashMap::new(),
@@ -343,6 +348,8 @@ struct Session {
     login: String,
     version: Version,
     heart_beat_header: String,
+    /// CONNECT's `client-id`: names the client's durable subscriptions.
+    client_id: Option<Arc<str>>,
     /// How often the broker sends heart-beats to this client.
     send_every: Option<Duration>,
     /// How often the client promised to send something.
@@ -363,6 +370,7 @@ fn handshake(frame: &Frame, broker: &Broker, certificate_name: Option<&str>) -> 
         login,
         version,
         heart_beat_header: ours.header_value(),
+        client_id: frame.get("client-id").filter(|c| !c.is_empty()).map(Arc::from),
         send_every,
         expect_every,
     })
@@ -480,6 +488,8 @@ struct Subscription {
     mode: AckMode,
     /// A browser's: stops its [`Browser`]. A browser is no consumer of the queue.
     browse: Option<CancellationToken>,
+    /// The durable subscription this consumer is attached to.
+    durable: Option<Arc<crate::engine::durable::DurableSubscription>>,
 }
 
 /// A transactional ACK or NACK, applied at COMMIT.
@@ -540,6 +550,8 @@ struct Connection {
     /// Authorization decisions made for this connection so far.
     decisions: Decisions,
     version: Version,
+    /// CONNECT's `client-id`, if any.
+    client_id: Option<Arc<str>>,
     outbox: mpsc::UnboundedSender<Outbound>,
     subscriptions: HashMap<String, Subscription>,
     transactions: HashMap<String, Transaction>,
@@ -846,11 +858,18 @@ impl Connection {
             return self.on_browse(id, &destination, prefetch, receipt).map(Some);
         }
         let broker = &self.ctx.broker;
+        let key = broker.next_consumer_key();
+        let (mut durable_sub, mut definition) = (None, None);
         let (queue, topic) = match broker.resolve(&destination)? {
             Target::Queue(q) => (q, None),
-            Target::Topic(t) => (broker.subscribe_topic(&t), Some(t)),
+            Target::Topic(t) => match self.durable_subscribe(frame, &t, key)? {
+                Some((sub, write)) => {
+                    (durable_sub, definition) = (Some(Arc::clone(&sub)), write);
+                    (Arc::clone(&sub.queue), None)
+                }
+                None => (broker.subscribe_topic(&t), Some(t)),
+            },
         };
-        let key = broker.next_consumer_key();
         let consumer = ConsumerHandle {
             key,
             subscription_id: Arc::from(id.as_str()),
@@ -860,9 +879,9 @@ impl Connection {
             kill: self.kill.clone(),
         };
         tracing::debug!(peer = %self.peer, subscription = %id, %destination, ?mode, prefetch, "subscribed");
-        self.subscriptions.insert(id, Subscription { key, queue: Arc::clone(&queue), topic, mode, browse: None });
+        self.subscriptions.insert(id, Subscription { key, queue: Arc::clone(&queue), topic, mode, browse: None, durable: durable_sub });
         let effect = Effect { attach: Some((queue, consumer)), ..Effect::receipt(receipt) };
-        Ok(Some(Box::pin(async move { Ok(effect) })))
+        Ok(Some(durable::once_defined(definition, effect)))
     }
 
     /// `SUBSCRIBE` with `browser:true` on a queue: a [`Browser`] streams what the queue
@@ -886,12 +905,15 @@ impl Connection {
         };
         tracing::debug!(peer = %self.peer, subscription = %id, %destination, "browsing");
         let key = broker.next_consumer_key();
-        self.subscriptions.insert(id, Subscription { key, queue, topic: None, mode: AckMode::Auto, browse: Some(stop) });
+        self.subscriptions.insert(id, Subscription { key, queue, topic: None, mode: AckMode::Auto, browse: Some(stop), durable: None });
         let effect = Effect { browse: Some(browser), ..Effect::receipt(receipt) };
         Ok(Box::pin(async move { Ok(effect) }))
     }
 
     fn on_unsubscribe(&mut self, frame: &Frame) -> Result<Option<Pending>, FrameError> {
+        if let Some(name) = crate::engine::durable::subscription_name(|h| frame.get(h)) {
+            return self.durable_unsubscribe(frame, name).map(Some);
+        }
         let id = match (frame.get("id"), frame.get("destination")) {
             (Some(id), _) => id,
             (None, Some(dest)) if self.version == Version::V1_0 => dest,
@@ -908,6 +930,9 @@ impl Connection {
             return;
         }
         sub.queue.remove_consumer(sub.key);
+        if let Some(durable) = &sub.durable {
+            durable.release(sub.key);
+        }
         if let Some(topic) = &sub.topic {
             self.ctx.broker.unsubscribe_topic(topic, &sub.queue);
         }
@@ -1016,6 +1041,8 @@ impl Connection {
                 if let Err((e, r)) = self.drain().await {
                     self.send_error(&e, r.as_deref());
                 } else if let Some(r) = receipt {
+                    // Free to attach again elsewhere once the client reads its receipt.
+                    self.detach_durables();
                     self.send_out(Frame::new(Command::Receipt).header("receipt-id", r));
                 }
                 tracing::debug!(%peer, "client disconnected");

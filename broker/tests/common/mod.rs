@@ -6,6 +6,7 @@
 pub mod cluster;
 pub mod kube_api;
 pub mod postgres;
+pub mod stomppy;
 pub mod tls;
 
 use bytes::BytesMut;

@@ -1,0 +1,137 @@
+//! Drives the broker with stomp.py (the real third-party client): one `python3` process
+//! per session runs a list of steps (subscribe, send, receive, unsubscribe, ...) and
+//! reports what it saw as JSON. Every frame that asks for one carries a receipt and the
+//! step waits for it, so a session's steps are done in order when [`session`] returns.
+
+use serde_json::{json, Value};
+use std::process::{Command, Stdio};
+use std::time::Duration;
+
+/// How long one stomp.py session may take in all.
+pub const SESSION_TIMEOUT: Duration = Duration::from_secs(90);
+
+/// The step interpreter. Steps (JSON objects, by `op`):
+/// `subscribe {destination, id, ack?, headers?}`, `unsubscribe {id, headers?}`,
+/// `send {destination, body, persistent?}`, `receive {count, seconds}` (ACKs each message
+/// unless its subscription is `auto`, with a receipt awaited before the next step),
+/// `quiet {seconds}` (collects whatever arrives),
+/// `disconnect`. The session stops at the first ERROR.
+const DRIVER: &str = r#"
+import json, os, queue, sys, time
+import stomp
+
+events = queue.Queue()
+
+class Listener(stomp.ConnectionListener):
+    def on_message(self, frame): events.put(("MESSAGE", dict(frame.headers), frame.body))
+    def on_receipt(self, frame): events.put(("RECEIPT", dict(frame.headers), frame.body))
+    def on_error(self, frame): events.put(("ERROR", dict(frame.headers), frame.body))
+    def on_disconnected(self): events.put(("DISCONNECTED", {}, ""))
+
+out = {"messages": [], "errors": [], "done": 0}
+conn = stomp.Connection12([(os.environ["HOST"], int(os.environ["PORT"]))], heartbeats=(0, 0), reconnect_attempts_max=1)
+conn.set_listener("l", Listener())
+conn.connect(wait=True, headers=json.loads(os.environ["CONNECT_HEADERS"]))
+acks = {}
+ack_receipts = []
+
+def handle(kind, headers, body):
+    if kind == "MESSAGE":
+        out["messages"].append({"body": body, "headers": headers})
+        if acks.get(headers.get("subscription"), "auto") != "auto":
+            ack_receipts.append("ack-" + headers["message-id"])
+            conn.ack(headers["ack"], receipt=ack_receipts[-1])
+    elif kind == "ERROR":
+        out["errors"].append({"message": headers.get("message", ""), "body": body})
+        raise StopIteration
+
+def until(check, seconds):
+    deadline = time.time() + seconds
+    while not check():
+        left = deadline - time.time()
+        if left <= 0:
+            return
+        try:
+            kind, headers, body = events.get(timeout=left)
+        except queue.Empty:
+            return
+        if kind == "RECEIPT":
+            receipts.add(headers.get("receipt-id"))
+        else:
+            handle(kind, headers, body)
+
+receipts = set()
+def receipted(receipt):
+    until(lambda: receipt in receipts, 15)
+    if receipt not in receipts:
+        raise SystemExit("no RECEIPT " + receipt)
+
+try:
+    for n, step in enumerate(json.loads(os.environ["STEPS"])):
+        op, r = step["op"], "r-%d" % n
+        if op == "subscribe":
+            acks[step["id"]] = step.get("ack", "client-individual")
+            conn.subscribe(step["destination"], id=step["id"], ack=acks[step["id"]], headers=step.get("headers", {}), receipt=r)
+            receipted(r)
+        elif op == "unsubscribe":
+            conn.unsubscribe(id=step["id"], headers=step.get("headers", {}), receipt=r)
+            receipted(r)
+        elif op == "send":
+            conn.send(step["destination"], step["body"], headers={"persistent": "true"} if step.get("persistent") else {}, receipt=r)
+            receipted(r)
+        elif op == "receive":
+            want = len(out["messages"]) + step["count"]
+            until(lambda: len(out["messages"]) >= want, step["seconds"])
+        elif op == "quiet":
+            until(lambda: False, step["seconds"])
+        if op in ("receive", "quiet"):
+            # What was acknowledged is durable before the next step.
+            for a in ack_receipts:
+                receipted(a)
+            ack_receipts.clear()
+        if op == "disconnect":
+            conn.disconnect()
+        out["done"] = n + 1
+except StopIteration:
+    pass
+print(json.dumps(out))
+"#;
+
+/// What one session saw: message bodies in arrival order, ERROR `message` headers, and
+/// how many steps completed.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub messages: Vec<String>,
+    pub errors: Vec<String>,
+    pub done: usize,
+    pub raw: Value,
+}
+
+/// Runs one stomp.py session on `host:port` with CONNECT `headers`, doing `steps`.
+pub fn session(host: &str, port: u16, headers: Value, steps: Value) -> Seen {
+    let child = Command::new("python3")
+        .args(["-c", DRIVER])
+        .env("HOST", host)
+        .env("PORT", port.to_string())
+        .env("CONNECT_HEADERS", headers.to_string())
+        .env("STEPS", steps.to_string())
+        .env("STOMP_SKIP_HOSTNAME_SCAN", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("failed to run python3 ({e}); install stomp.py 8 with scripts/test --install-only"));
+    let out = super::output_within(child, SESSION_TIMEOUT).expect("stomp.py session finished");
+    let (text, err) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success(), "stomp.py session failed: {err}\n{text}");
+    let raw: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("stomp.py output {text:?}: {e}\n{err}"));
+    let strings = |key: &str, field: &str| -> Vec<String> {
+        raw[key].as_array().map(|a| a.iter().map(|m| m[field].as_str().unwrap_or_default().to_string()).collect()).unwrap_or_default()
+    };
+    Seen { messages: strings("messages", "body"), errors: strings("errors", "message"), done: raw["done"].as_u64().unwrap_or(0) as usize, raw }
+}
+
+/// CONNECT headers naming the client (`client-id`).
+pub fn client(id: &str) -> Value {
+    json!({ "client-id": id })
+}

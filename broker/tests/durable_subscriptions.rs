@@ -1,0 +1,198 @@
+//! Durable topic subscriptions against the real broker process, driven by stomp.py:
+//! what is published while the subscriber is away arrives when it comes back (ActiveMQ's
+//! `activemq.subscriptionName` and Artemis's `durable-subscription-name` alike), and
+//! survives kill -9 of the broker and a failover to the promoted backup; UNSUBSCRIBE with
+//! the name removes the subscription and its messages; a second consumer is refused; a
+//! plain topic subscriber still misses what is published while it is away.
+
+mod common;
+
+use common::cluster::Member;
+use common::stomppy::{client, session, Seen};
+use common::{metric_value, Broker, Conn};
+use duomq_broker::stomp::{Command, Frame};
+use serde_json::{json, Value};
+
+const TOPIC: &str = "/topic/prices";
+/// How long a message that must come is waited for, in seconds.
+const ARRIVE: f64 = 15.0;
+/// How long a message that must not come is waited for, in seconds.
+const QUIET: f64 = 1.5;
+
+fn durable_subscribe(id: &str, name: &str) -> Value {
+    json!({ "op": "subscribe", "destination": TOPIC, "id": id, "headers": { "activemq.subscriptionName": name } })
+}
+
+fn send(body: &str, persistent: bool) -> Value {
+    json!({ "op": "send", "destination": TOPIC, "body": body, "persistent": persistent })
+}
+
+fn receive(count: usize) -> Value {
+    json!({ "op": "receive", "count": count, "seconds": ARRIVE })
+}
+
+fn quiet() -> Value {
+    json!({ "op": "quiet", "seconds": QUIET })
+}
+
+fn disconnect() -> Value {
+    json!({ "op": "disconnect" })
+}
+
+fn on(b: &Broker, headers: Value, steps: Value) -> Seen {
+    let seen = session("127.0.0.1", b.stomp_port, headers, steps);
+    println!("stomp.py saw: {:?} errors {:?}", seen.messages, seen.errors);
+    seen
+}
+
+/// Publishes `bodies` (persistent as `persistent` says) to [`TOPIC`], each receipted.
+fn publish(b: &Broker, bodies: &[(&str, bool)]) {
+    let mut steps: Vec<Value> = bodies.iter().map(|(body, persistent)| send(body, *persistent)).collect();
+    steps.push(disconnect());
+    let seen = on(b, json!({}), Value::Array(steps));
+    assert!(seen.errors.is_empty(), "publishing failed: {:?}", seen.errors);
+}
+
+/// The `/status` entry of durable subscription (`client_id`, `name`).
+fn durable_status(status: &Value, client_id: &str, name: &str) -> Option<Value> {
+    status["durableSubscriptions"]
+        .as_array()
+        .and_then(|subs| subs.iter().find(|d| d["clientId"] == client_id && d["name"] == name))
+        .cloned()
+}
+
+#[test]
+fn given_durable_subscriber_away_should_get_what_was_published_meanwhile_and_a_plain_subscriber_should_not() {
+    let b = Broker::start("durable-away", "");
+    // ActiveMQ's header, detached by a plain UNSUBSCRIBE; Artemis's header, detached by
+    // the connection's end; a plain subscriber.
+    let first = on(
+        &b,
+        client("app-1"),
+        json!([durable_subscribe("s1", "prices-feed"), { "op": "unsubscribe", "id": "s1" }, disconnect()]),
+    );
+    assert_eq!(first.done, 3, "{:?}", first.raw);
+    let artemis = json!({ "op": "subscribe", "destination": TOPIC, "id": "a1", "headers": { "durable-subscription-name": "audit" } });
+    assert_eq!(on(&b, client("app-2"), json!([artemis, disconnect()])).done, 2);
+    let plain = json!({ "op": "subscribe", "destination": TOPIC, "id": "p1" });
+    assert_eq!(on(&b, json!({}), json!([plain, disconnect()])).done, 2);
+
+    publish(&b, &[("m1", true), ("m2", false), ("m3", true)]);
+    let status = b.status();
+    let feed = durable_status(&status, "app-1", "prices-feed").expect("app-1's subscription in /status");
+    assert_eq!((feed["topic"].as_str(), feed["depth"].as_u64(), feed["consumerAttached"].as_bool()), (Some(TOPIC), Some(3), Some(false)));
+    assert_eq!(durable_status(&status, "app-2", "audit").expect("app-2's subscription")["depth"], 3);
+    assert_eq!(metric_value(b.admin_port, "duomq_durable_subscriptions "), 2);
+
+    let back = on(&b, client("app-1"), json!([durable_subscribe("s2", "prices-feed"), receive(3), quiet(), disconnect()]));
+    assert_eq!(back.messages, ["m1", "m2", "m3"], "persistent and non-persistent alike, in order");
+    let artemis = json!({ "op": "subscribe", "destination": TOPIC, "id": "a2", "headers": { "durable-subscription-name": "audit" } });
+    assert_eq!(on(&b, client("app-2"), json!([artemis, receive(3), disconnect()])).messages, ["m1", "m2", "m3"]);
+    let plain = json!({ "op": "subscribe", "destination": TOPIC, "id": "p2" });
+    let missed = on(&b, json!({}), json!([plain, quiet(), disconnect()]));
+    assert!(missed.messages.is_empty(), "a plain topic subscriber got what was published while it was away: {:?}", missed.messages);
+    // Acknowledged: nothing is kept any more, and the subscriptions stay.
+    let status = b.status();
+    assert_eq!(durable_status(&status, "app-1", "prices-feed").expect("still there")["depth"], 0);
+    assert_eq!(durable_status(&status, "app-2", "audit").expect("still there")["depth"], 0);
+}
+
+#[test]
+fn given_broker_killed_should_keep_the_subscription_and_its_persistent_messages() {
+    let mut b = Broker::start("durable-crash", "");
+    assert_eq!(on(&b, client("app-3"), json!([durable_subscribe("s", "ledger"), disconnect()])).done, 2);
+    publish(&b, &[("p1", true), ("n1", false), ("p2", true)]);
+    b.restart();
+    let status = b.status();
+    assert_eq!(
+        durable_status(&status, "app-3", "ledger").expect("the subscription was recovered")["depth"],
+        2,
+        "the persistent messages were recovered, the non-persistent one was not: {status}"
+    );
+    // Published after the restart with nobody connected: kept, because the definition was recovered.
+    publish(&b, &[("p3", true)]);
+    b.restart();
+    let got = on(&b, client("app-3"), json!([durable_subscribe("s", "ledger"), receive(3), quiet(), disconnect()]));
+    assert_eq!(got.messages, ["p1", "p2", "p3"]);
+    // Acknowledged before the crash: never again.
+    b.restart();
+    let again = on(&b, client("app-3"), json!([durable_subscribe("s", "ledger"), quiet(), disconnect()]));
+    assert!(again.messages.is_empty(), "acknowledged messages came back: {:?}", again.messages);
+    assert_eq!(metric_value(b.admin_port, "duomq_durable_subscriptions "), 1);
+}
+
+#[test]
+fn given_live_killed_should_find_the_subscription_and_its_messages_on_the_promoted_backup() {
+    let root = tempfile::Builder::new().prefix("duomq-durable-pair-").tempdir().expect("tempdir");
+    std::fs::write(root.path().join("password"), "a-long-random-cluster-password\n").expect("password file");
+    let mut a = Member::new(root.path(), "node-a");
+    let mut b = Member::new(root.path(), "node-b");
+    a.start(&[b.peer()], "primary", "", root.path(), "g1", "password");
+    a.wait_live();
+    b.start(&[a.peer()], "backup", "", root.path(), "g1", "password");
+    b.wait_synced_backup();
+
+    let subscribe = json!([durable_subscribe("s", "orders"), disconnect()]);
+    assert_eq!(session(&a.ip, a.stomp, client("app-4"), subscribe).done, 2);
+    let sends = json!([send("o1", true), send("o2", true), send("o3", true), disconnect()]);
+    assert!(session(&a.ip, a.stomp, json!({}), sends).errors.is_empty());
+    a.kill9();
+    b.wait_live();
+    b.wait_for("holding the durable subscription", |s| durable_status(s, "app-4", "orders").is_some_and(|d| d["depth"] == 3));
+    let got = session(&b.ip, b.stomp, client("app-4"), json!([durable_subscribe("s", "orders"), receive(3), disconnect()]));
+    assert_eq!(got.messages, ["o1", "o2", "o3"], "errors: {:?}", got.errors);
+}
+
+#[test]
+fn given_unsubscribe_with_the_name_should_remove_the_subscription_and_its_messages() {
+    let mut b = Broker::start("durable-unsubscribe", "");
+    assert_eq!(on(&b, client("app-5"), json!([durable_subscribe("s", "reports"), disconnect()])).done, 2);
+    publish(&b, &[("old-1", true), ("old-2", false)]);
+    let remove = json!({ "op": "unsubscribe", "id": "s", "headers": { "activemq.subscriptionName": "reports" } });
+    let removed = on(&b, client("app-5"), json!([remove, disconnect()]));
+    assert_eq!(removed.done, 2, "{:?}", removed.raw);
+    assert!(durable_status(&b.status(), "app-5", "reports").is_none(), "still listed after UNSUBSCRIBE with its name");
+    assert_eq!(metric_value(b.admin_port, "duomq_durable_subscriptions "), 0);
+    publish(&b, &[("between", true)]);
+    // Its journal records were acknowledged: a restart brings back neither it nor its messages.
+    b.restart();
+    assert!(durable_status(&b.status(), "app-5", "reports").is_none(), "the removed subscription was recovered");
+    let fresh = on(&b, client("app-5"), json!([durable_subscribe("s", "reports"), quiet(), disconnect()]));
+    assert!(fresh.messages.is_empty(), "a new subscription of the same name got old messages: {:?}", fresh.messages);
+    publish(&b, &[("new-1", true)]);
+    let got = on(&b, client("app-5"), json!([durable_subscribe("s", "reports"), receive(1), quiet(), disconnect()]));
+    assert_eq!(got.messages, ["new-1"]);
+}
+
+#[test]
+fn given_a_second_consumer_or_no_client_id_or_a_selector_should_refuse_the_durable_subscribe() {
+    let b = Broker::start("durable-refused", "");
+    // The first consumer stays attached over a raw connection.
+    let mut holder = Conn::connect(b.stomp_port, &[("accept-version", "1.2"), ("host", "/"), ("client-id", "app-6")]);
+    holder.subscribe("s", TOPIC, "client-individual", &[("activemq.subscriptionName", "alerts")]);
+    let second = on(&b, client("app-6"), json!([durable_subscribe("s2", "alerts"), disconnect()]));
+    assert_eq!(second.done, 0);
+    assert!(
+        second.errors.first().is_some_and(|e| e.contains("\"alerts\"") && e.contains("already has a consumer")),
+        "{:?}",
+        second.errors
+    );
+    // The refusal took nothing from the first: it still gets what is published.
+    publish(&b, &[("a1", true)]);
+    let m = holder.expect(Command::Message);
+    assert_eq!(common::body_text(&m), "a1");
+    holder.ack(&m, true);
+    // Detached, another consumer may attach at once.
+    holder.send(&Frame::new(Command::Unsubscribe).header("id", "s").header("receipt", "gone"));
+    holder.expect(Command::Receipt);
+    let next = on(&b, client("app-6"), json!([durable_subscribe("s3", "alerts"), quiet(), disconnect()]));
+    assert!(next.errors.is_empty() && next.messages.is_empty(), "{:?}", next.raw);
+
+    let anonymous = on(&b, json!({}), json!([durable_subscribe("s", "alerts"), disconnect()]));
+    assert!(anonymous.errors.first().is_some_and(|e| e.contains("client-id")), "{:?}", anonymous.errors);
+    let selector = json!({ "op": "subscribe", "destination": TOPIC, "id": "s",
+        "headers": { "activemq.subscriptionName": "filtered", "selector": "price > 10" } });
+    let filtered = on(&b, client("app-7"), json!([selector, disconnect()]));
+    assert!(filtered.errors.first().is_some_and(|e| e.contains("not supported yet")), "{:?}", filtered.errors);
+    assert!(durable_status(&b.status(), "app-7", "filtered").is_none());
+}
