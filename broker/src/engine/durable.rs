@@ -136,9 +136,12 @@ impl TopicDurables {
     }
 }
 
+/// What names a durable subscription: (client id, name).
+type SubscriptionId = (Arc<str>, Arc<str>);
+
 /// Every durable subscription of the broker, by (client id, name).
 #[derive(Debug, Default)]
-pub struct Registry(Mutex<HashMap<(Arc<str>, Arc<str>), Arc<DurableSubscription>>>);
+pub struct Registry(Mutex<HashMap<SubscriptionId, Arc<DurableSubscription>>>);
 
 /// One durable subscription's copy of a message published to its topic, on its way to
 /// the subscription's queue (journaled with the message when persistent).
@@ -225,7 +228,7 @@ impl Broker {
     ) -> Result<(Arc<DurableSubscription>, Option<AppendFuture>), DurableError> {
         topic.idle.touch();
         let mut subs = self.durables.0.lock();
-        let id: (Arc<str>, Arc<str>) = (Arc::from(client_id), Arc::from(name));
+        let id: SubscriptionId = (Arc::from(client_id), Arc::from(name));
         if let Some(sub) = subs.get(&id) {
             if Arc::ptr_eq(&sub.topic, topic) {
                 sub.claim(key)?;
@@ -257,7 +260,7 @@ impl Broker {
     /// the future resolves once the removal is durable. Refused while a consumer is attached.
     pub fn durable_unsubscribe(&self, client_id: &str, name: &str) -> Result<AppendFuture, DurableError> {
         let mut subs = self.durables.0.lock();
-        let id: (Arc<str>, Arc<str>) = (Arc::from(client_id), Arc::from(name));
+        let id: SubscriptionId = (Arc::from(client_id), Arc::from(name));
         let Some(sub) = subs.get(&id) else {
             return Err(DurableError::Unknown { client_id: client_id.into(), name: name.into() });
         };
@@ -350,7 +353,7 @@ pub(super) fn recover(broker: &Broker, copies: Vec<StoredMessage>, possibly_deli
                 stale.push(record.id);
                 continue;
             };
-            let id: (Arc<str>, Arc<str>) = (Arc::from(client_id), Arc::from(name));
+            let id: SubscriptionId = (Arc::from(client_id), Arc::from(name));
             if subs.contains_key(&id) {
                 tracing::warn!(id = record.id.0, client_id, name, "ignoring a second record of the same durable subscription");
                 stale.push(record.id);
