@@ -20,7 +20,7 @@
 //! and every message it held, in one journal record.
 
 use super::accept::Commit;
-use super::message::{ConsumerKey, Entry, Message};
+use super::message::{ConsumerKey, Entry, Message, Properties};
 use super::queue::{Queue, QueueKind};
 use super::{Broker, Target, Topic};
 use crate::journal::{AppendFuture, MessageId, Op, StoredMessage};
@@ -192,6 +192,7 @@ pub(super) fn copies(broker: &Broker, target: &Target, message: &Arc<Message>) -
                 body: message.body.clone(),
                 persistent: true,
                 group: None,
+                properties: message.properties,
             })
         } else {
             Arc::clone(message)
@@ -375,6 +376,7 @@ pub(super) fn recover(broker: &Broker, copies: Vec<StoredMessage>, possibly_deli
         let message = Arc::new(Message {
             id: stored.id,
             destination: Arc::clone(&sub.topic.name),
+            properties: Properties::from_headers(&stored.headers),
             headers: stored.headers,
             body: stored.body,
             persistent: true,
