@@ -41,7 +41,8 @@ fn disconnect() -> Value {
 
 fn on(b: &Broker, headers: Value, steps: Value) -> Seen {
     let seen = session("127.0.0.1", b.stomp_port, headers, steps);
-    println!("stomp.py saw: {:?} errors {:?}", seen.messages, seen.errors);
+    let bodies: Vec<String> = seen.messages.iter().map(|m| m.chars().take(16).collect()).collect();
+    println!("stomp.py saw: {bodies:?} errors {:?}", seen.errors);
     seen
 }
 
@@ -195,4 +196,26 @@ fn given_a_second_consumer_or_no_client_id_or_a_selector_should_refuse_the_durab
     let filtered = on(&b, client("app-7"), json!([selector, disconnect()]));
     assert!(filtered.errors.first().is_some_and(|e| e.contains("not supported yet")), "{:?}", filtered.errors);
     assert!(durable_status(&b.status(), "app-7", "filtered").is_none());
+}
+
+#[test]
+fn given_durable_subscription_full_while_away_should_hold_producers_back_and_keep_its_whole_backlog() {
+    // A plain subscriber this far behind would be cut off (slowTopicSubscriber: disconnect);
+    // a durable subscription is a queue: its producers wait, then are refused, and what it
+    // holds stays.
+    let b = Broker::start(
+        "durable-full",
+        "memory:\n  maxQueueBytes: 64KiB\n  maxBrokerBytes: 1MiB\n  producerBlockTimeout: 300ms\n  slowTopicSubscriber: disconnect\n",
+    );
+    assert_eq!(on(&b, client("app-8"), json!([durable_subscribe("s", "bulk"), disconnect()])).done, 2);
+    let big = json!({ "op": "send", "destination": TOPIC, "body": "x", "size": 4096, "persistent": true });
+    let sends: Vec<Value> = (0..40).map(|_| big.clone()).collect();
+    let producer = on(&b, json!({}), Value::Array(sends));
+    let stored = producer.done;
+    assert!((5..40).contains(&stored), "the producer was never held back: {stored} of 40 stored");
+    assert!(producer.errors.first().is_some_and(|e| e.contains("destination is full")), "{:?}", producer.errors);
+    assert_eq!(durable_status(&b.status(), "app-8", "bulk").expect("listed")["depth"], stored as u64);
+    assert_eq!(metric_value(b.admin_port, "duomq_slow_topic_subscribers_disconnected "), 0);
+    let got = on(&b, client("app-8"), json!([durable_subscribe("s", "bulk"), receive(stored), quiet(), disconnect()]));
+    assert_eq!(got.messages.len(), stored, "every receipted message arrives, and nothing more");
 }
