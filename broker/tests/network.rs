@@ -424,3 +424,26 @@ fn given_a_consumer_that_moves_back_should_replay_what_was_forwarded_but_not_con
     assert_eq!(got_second, (5..50).collect::<Vec<u64>>(), "{summary}");
     eventually("b empty", LINK_TIMEOUT, || b.broker.queue_depth("/queue/moving") == 0);
 }
+
+#[test]
+fn given_a_durable_subscription_on_the_remote_with_its_consumer_away_should_forward_the_topic_to_it() {
+    let (ca, cb) = (free_port(), free_port());
+    let a = Node::start("a", ca, &connectors(&[("to-b", tcp(cb), "")]));
+    let b = Node::start("b", cb, "");
+    linked(&a, "to-b");
+    let client = common::stomppy::client("app-net");
+    let subscribe = serde_json::json!({ "op": "subscribe", "destination": "/topic/prices", "id": "s", "headers": { "activemq.subscriptionName": "feed" } });
+    let port = b.broker.stomp_port;
+    assert_eq!(common::stomppy::session("127.0.0.1", port, client.clone(), serde_json::json!([subscribe, { "op": "disconnect" }])).done, 2);
+    // Nobody is attached on b, yet b asks a for the topic.
+    remote_wants(&a, "to-b", "/topic/prices");
+    send(&a.url(), "/topic/prices", 20);
+    eventually("b keeps the topic's messages for its durable subscription", LINK_TIMEOUT, || {
+        b.status()["durableSubscriptions"][0]["depth"] == 20
+    });
+    let receive = serde_json::json!({ "op": "receive", "count": 20, "seconds": 15 });
+    let got = common::stomppy::session("127.0.0.1", port, client, serde_json::json!([subscribe, receive, { "op": "disconnect" }]));
+    let expected: Vec<String> = (0..20).map(|n| format!("message {n}")).collect();
+    assert_eq!(got.messages.len(), 20, "{:?}", got.raw);
+    assert!(got.messages.iter().zip(&expected).all(|(m, e)| m.starts_with(e.as_str())), "{:?}", got.messages);
+}

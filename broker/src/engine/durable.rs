@@ -11,7 +11,9 @@
 //! subscription, as a copy with an id of its own under the journal destination
 //! `/durable/<definition id>` (never a client destination): acknowledging it is an
 //! ordinary journal ack, it is replicated like any queue message, and recovery puts it
-//! back into its subscription. Non-persistent messages are kept in memory only.
+//! back into its subscription. Non-persistent messages are kept in memory only. On
+//! network bridges it is demand for its topic, its consumer attached or not, so what is
+//! published in other groups reaches it too.
 //!
 //! The subscription itself is a record of the broker's own under [`DEFINITIONS`] (client
 //! id, name, topic); recovery rebuilds every subscription from these records before any
@@ -120,6 +122,10 @@ pub struct TopicDurables(RwLock<Vec<Arc<DurableSubscription>>>);
 impl TopicDurables {
     pub fn is_empty(&self) -> bool {
         self.0.read().is_empty()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.read().len()
     }
 
     /// Bytes held by the fullest of them: what holds the topic's producers back.
@@ -319,6 +325,8 @@ impl Broker {
     fn remove_durable(&self, sub: &Arc<DurableSubscription>) -> AppendFuture {
         sub.removed.store(true, Ordering::Release);
         sub.topic.durables.remove(sub);
+        // Network bridges stop asking remote groups for the topic on its behalf.
+        self.consumer_changes.bump();
         // No consumer is attached: everything it holds is pending. Persistent copies are
         // exactly the journaled ones.
         let held = sub.queue.browse(None, MessageId(u64::MAX), usize::MAX);

@@ -559,7 +559,8 @@ impl Broker {
     }
 
     /// Destinations with local consumers (not network bridges'), and how many: queues by
-    /// their consumers, topics by their subscribers.
+    /// their consumers, topics by their subscribers (a durable subscription counts with
+    /// its consumer away too: it keeps what is published).
     pub fn local_demand(&self) -> Vec<(String, u32)> {
         let count = |n: usize| u32::try_from(n).unwrap_or(u32::MAX);
         let mut out: Vec<(String, u32)> = self
@@ -570,7 +571,7 @@ impl Broker {
             .filter(|(_, n)| *n > 0)
             .collect();
         for t in self.topics.read().values() {
-            let subscribers = t.subscribers.read().iter().filter(|q| q.local_consumers() > 0).count();
+            let subscribers = t.subscribers.read().iter().filter(|q| q.local_consumers() > 0).count() + t.durables.len();
             if subscribers > 0 {
                 out.push((t.name.to_string(), count(subscribers)));
             }
