@@ -17,6 +17,7 @@ pub mod network;
 pub mod report;
 pub mod runtime;
 pub mod security;
+pub mod selector;
 pub mod server;
 pub mod stomp;
 pub mod tls;

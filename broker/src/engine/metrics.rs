@@ -2,7 +2,8 @@
 //! destinations were reclaimed, which slow topic subscribers were cut off, which group
 //! bindings were evicted, how many durable subscriptions are held.
 //!
-//! What clients were not authorized to do is counted here too, by permission.
+//! What clients were not authorized to do is counted here too, by permission, and what
+//! subscription selectors chose and passed over.
 //!
 //! Labels are the names of limits and permissions (fixed sets), never destination or
 //! client names.
@@ -85,12 +86,19 @@ pub struct EngineMetrics {
     /// Durable topic subscriptions held (see [`super::durable`]).
     pub durable_subscriptions: Gauge,
     authorization_denied: Family<PermissionLabels, Counter>,
+    /// Messages SUBSCRIBE selectors chose or passed over (see [`crate::selector`]).
+    pub selector_evaluations: crate::selector::SelectorCounters,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ResultLabels {
+    result: &'static str,
 }
 
 impl EngineMetrics {
     /// Creates the metrics and registers them in `registry` as `duomq_*`.
     pub fn register(registry: &mut Registry) -> EngineMetrics {
-        let m = EngineMetrics::default();
+        let mut m = EngineMetrics::default();
         registry.register(
             "duomq_limit_hits",
             "Frames refused or connections closed because a client hit a limit, by limit (the config field)",
@@ -126,6 +134,16 @@ impl EngineMetrics {
             "Client frames refused because the client's roles lack the permission (auth.permissions), by permission",
             m.authorization_denied.clone(),
         );
+        let selector_evaluations = Family::<ResultLabels, Counter>::default();
+        registry.register(
+            "duomq_selector_evaluations",
+            "Messages a subscription's selector was evaluated on, by result (match: delivered or queued for it; nomatch: passed over)",
+            selector_evaluations.clone(),
+        );
+        m.selector_evaluations = crate::selector::SelectorCounters {
+            matched: selector_evaluations.get_or_create(&ResultLabels { result: "match" }).clone(),
+            unmatched: selector_evaluations.get_or_create(&ResultLabels { result: "nomatch" }).clone(),
+        };
         // Every series from the start: a dashboard sees 0, not nothing, until a denial.
         for permission in crate::security::Permission::ALL {
             let _ = m.authorization_denied.get_or_create(&PermissionLabels { permission: permission.as_str() });

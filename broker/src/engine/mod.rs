@@ -542,10 +542,25 @@ impl Broker {
 
     /// Creates the private queue of a new topic subscriber.
     pub fn subscribe_topic(&self, topic: &Arc<Topic>) -> Arc<Queue> {
+        self.subscribe_topic_selecting(topic, None)
+    }
+
+    /// Creates the private queue of a new topic subscriber that gets only the copies
+    /// `selector` selects (see [`Queue::select`]).
+    pub fn subscribe_topic_selecting(&self, topic: &Arc<Topic>, selector: Option<crate::selector::Selector>) -> Arc<Queue> {
         topic.idle.touch();
         let q = self.new_queue(Arc::clone(&topic.name), QueueKind::TopicSubscription);
+        if let Some(selector) = selector {
+            q.select(selector);
+        }
         topic.subscribers.write().push(Arc::clone(&q));
         q
+    }
+
+    /// Parses a subscription's selector, its evaluations counted in
+    /// `duomq_selector_evaluations`.
+    pub fn selector(&self, text: &str) -> Result<crate::selector::Selector, crate::selector::SelectorError> {
+        Ok(crate::selector::Selector::parse(text)?.counted(&self.metrics.selector_evaluations))
     }
 
     pub fn unsubscribe_topic(&self, topic: &Arc<Topic>, queue: &Arc<Queue>) {

@@ -249,6 +249,7 @@ impl Forwarder {
             prefetch: self.config.prefetch,
             outbox: self.tx.clone(),
             kill: self.kill.clone(),
+            selector: None,
         };
         let (own, peer, ttl) = (self.config.own_group.clone(), Arc::clone(&self.peer_group), self.config.network_ttl);
         let replay = self.config.replay_when_no_consumers;

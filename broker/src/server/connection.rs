@@ -109,6 +109,9 @@ pub enum FrameError {
     BrowseTopic(String),
     #[error("{0}")]
     Durable(#[from] crate::engine::durable::DurableError),
+    /// SUBSCRIBE's `selector` does not parse; the ERROR body says where (see [`error_frame`]).
+    #[error("invalid selector")]
+    Selector(#[from] crate::selector::SelectorError),
 }
 
 impl From<AcceptError> for FrameError {
@@ -430,6 +433,9 @@ fn error_frame(e: &FrameError, receipt: Option<&str>) -> Frame {
     let mut f = Frame::error(e.to_string());
     if let FrameError::NotAuthorized(denied) = e {
         f = f.with_body(format!("{denied}\n"));
+    }
+    if let FrameError::Selector(e) = e {
+        f = f.with_body(format!("{e}\n"));
     }
     if let Some(r) = receipt {
         f = f.header("receipt-id", r);
@@ -848,6 +854,11 @@ impl Connection {
             .filter(|p| *p > 0)
             .map_or(default_prefetch, |p| p.min(default_prefetch));
         let browse = frame.get("browser") == Some("true");
+        // Parsed once, here; an empty header selects everything (as in ActiveMQ).
+        let selector = match frame.get("selector").filter(|s| !s.trim().is_empty()) {
+            Some(text) => Some(self.ctx.broker.selector(text)?),
+            None => None,
+        };
         if browse && destination.starts_with("/topic/") {
             return Err(FrameError::BrowseTopic(destination.to_string()));
         }
@@ -855,19 +866,21 @@ impl Connection {
         self.authorize(&destination, if browse { Permission::Browse } else { Permission::Consume })?;
         let receipt = frame.get("receipt").map(str::to_string);
         if browse {
-            return self.on_browse(id, &destination, prefetch, receipt).map(Some);
+            return self.on_browse(id, &destination, prefetch, selector, receipt).map(Some);
         }
         let broker = &self.ctx.broker;
         let key = broker.next_consumer_key();
         let (mut durable_sub, mut definition) = (None, None);
-        let (queue, topic) = match broker.resolve(&destination)? {
-            Target::Queue(q) => (q, None),
+        // A topic subscription's queue selects the copies it gets; a queue's consumer
+        // selects what it takes. Durable subscriptions refuse selectors (durable_subscribe).
+        let (queue, topic, selector) = match broker.resolve(&destination)? {
+            Target::Queue(q) => (q, None, selector),
             Target::Topic(t) => match self.durable_subscribe(frame, &t, key)? {
                 Some((sub, write)) => {
                     (durable_sub, definition) = (Some(Arc::clone(&sub)), write);
-                    (Arc::clone(&sub.queue), None)
+                    (Arc::clone(&sub.queue), None, None)
                 }
-                None => (broker.subscribe_topic(&t), Some(t)),
+                None => (broker.subscribe_topic_selecting(&t, selector), Some(t), None),
             },
         };
         let consumer = ConsumerHandle {
@@ -877,8 +890,9 @@ impl Connection {
             prefetch,
             outbox: self.outbox.clone(),
             kill: self.kill.clone(),
+            selector,
         };
-        tracing::debug!(peer = %self.peer, subscription = %id, %destination, ?mode, prefetch, "subscribed");
+        tracing::debug!(peer = %self.peer, subscription = %id, %destination, ?mode, prefetch, selector = frame.get("selector"), "subscribed");
         self.subscriptions.insert(id, Subscription { key, queue: Arc::clone(&queue), topic, mode, browse: None, durable: durable_sub });
         let effect = Effect { attach: Some((queue, consumer)), ..Effect::receipt(receipt) };
         Ok(Some(durable::once_defined(definition, effect)))
@@ -886,7 +900,14 @@ impl Connection {
 
     /// `SUBSCRIBE` with `browser:true` on a queue: a [`Browser`] streams what the queue
     /// holds now, `prefetch` messages at a time, once the RECEIPT (if asked) is sent.
-    fn on_browse(&mut self, id: String, destination: &str, prefetch: usize, receipt: Option<String>) -> Result<Pending, FrameError> {
+    fn on_browse(
+        &mut self,
+        id: String,
+        destination: &str,
+        prefetch: usize,
+        selector: Option<crate::selector::Selector>,
+        receipt: Option<String>,
+    ) -> Result<Pending, FrameError> {
         let broker = &self.ctx.broker;
         let queue = match broker.resolve(destination)? {
             Target::Queue(q) => q,
@@ -902,6 +923,7 @@ impl Connection {
             outgoing: Arc::clone(&self.outgoing),
             budget: broker.config.stomp.max_outgoing_bytes.as_usize() / 2,
             stop: stop.clone(),
+            selector,
         };
         tracing::debug!(peer = %self.peer, subscription = %id, %destination, "browsing");
         let key = broker.next_consumer_key();
@@ -1133,6 +1155,8 @@ struct Browser {
     budget: usize,
     /// Cancelled by UNSUBSCRIBE or the connection's end.
     stop: CancellationToken,
+    /// Shows only what this selects (SUBSCRIBE's `selector`).
+    selector: Option<crate::selector::Selector>,
 }
 
 /// `message-id` of the frame that ends a browse.
@@ -1144,7 +1168,7 @@ impl Browser {
         let mut shown = 0usize;
         loop {
             let page = self.queue.browse(after, self.below, self.page);
-            for message in &page {
+            for message in page.iter().filter(|m| self.selector.as_ref().is_none_or(|s| s.matches(m))) {
                 let mut frame = Frame::new(Command::Message)
                     .header("destination", &*message.destination)
                     .header("message-id", message.id.0.to_string())

@@ -612,3 +612,23 @@ pub fn rand_u64() -> u64 {
 pub fn body_text(f: &Frame) -> String {
     String::from_utf8_lossy(&f.body).into_owned()
 }
+
+/// Runs a stomp.py 8 script (`python3 -c`) with `PORT` and `env` set, and returns what
+/// it prints on stdout as JSON; panics with its output if it fails or takes past a minute.
+pub fn stomppy(script: &str, port: u16, env: &[(&str, &str)]) -> serde_json::Value {
+    let child = Process::new("python3")
+        .args(["-c", script])
+        .env("PORT", port.to_string())
+        .envs(env.iter().copied())
+        // No slow hostname lookups at stomp.py import.
+        .env("STOMP_SKIP_HOSTNAME_SCAN", "1")
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap_or_else(|e| panic!("failed to run python3 ({e}); install stomp.py 8 with scripts/test --install-only"));
+    let out = output_within(child, Duration::from_secs(60)).expect("stomp.py client finished");
+    let (text, err) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
+    assert!(out.status.success(), "stomp.py client failed: {err}\n{text}");
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("stomp.py output {text:?}: {e}\n{err}"))
+}
