@@ -140,10 +140,10 @@ impl EngineMetrics {
             "Messages a subscription's selector was evaluated on, by result (match: delivered or queued for it; nomatch: passed over)",
             selector_evaluations.clone(),
         );
-        m.selector_evaluations = crate::selector::SelectorCounters {
-            matched: selector_evaluations.get_or_create(&ResultLabels { result: "match" }).clone(),
-            unmatched: selector_evaluations.get_or_create(&ResultLabels { result: "nomatch" }).clone(),
-        };
+        // One statement each: a series' guard held while the next is created deadlocks.
+        let matched = selector_evaluations.get_or_create(&ResultLabels { result: "match" }).clone();
+        let unmatched = selector_evaluations.get_or_create(&ResultLabels { result: "nomatch" }).clone();
+        m.selector_evaluations = crate::selector::SelectorCounters { matched, unmatched };
         // Every series from the start: a dashboard sees 0, not nothing, until a denial.
         for permission in crate::security::Permission::ALL {
             let _ = m.authorization_denied.get_or_create(&PermissionLabels { permission: permission.as_str() });
@@ -158,5 +158,22 @@ impl EngineMetrics {
 
     pub fn limit_hit(&self, limit: Limit) {
         self.limits.get_or_create(&LimitLabels { limit: limit.as_str() }).inc();
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_registered_metrics_should_count_selector_evaluations_by_result() {
+        let mut registry = Registry::default();
+        let m = EngineMetrics::register(&mut registry);
+        m.selector_evaluations.matched.inc();
+        m.selector_evaluations.unmatched.inc_by(2);
+        let mut page = String::new();
+        prometheus_client::encoding::text::encode(&mut page, &registry).expect("encode metrics");
+        assert!(page.contains("duomq_selector_evaluations_total{result=\"match\"} 1\n"), "{page}");
+        assert!(page.contains("duomq_selector_evaluations_total{result=\"nomatch\"} 2\n"), "{page}");
     }
 }
