@@ -431,22 +431,9 @@ fn given_certificate_user_should_get_its_roles_and_stomppy_should_get_the_error(
         .replace("  stomp:\n    enabled: true\n", "  stomp:\n    enabled: true\n    clientAuth: required\n");
     let b = AuthBroker::start("authz-cert", &tls);
 
-    let child = Process::new("python3")
-        .args(["-c", CERT_CLIENT])
-        .env("PORT", b.broker.stomp_port.to_string())
-        .env("CERT", &client.cert)
-        .env("KEY", &client.key)
-        .env("CA", &pki.ca_file)
-        .env("STOMP_SKIP_HOSTNAME_SCAN", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("failed to run python3 ({e}); install stomp.py 8 with scripts/test --install-only"));
-    let out = common::output_within(child, Duration::from_secs(60)).expect("stomp.py client finished");
-    let (text, err) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-    assert!(out.status.success(), "stomp.py client failed: {err}\n{text}");
-    let events: Vec<serde_json::Value> = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("stomp.py output {text:?}: {e}\n{err}"));
+    let env = [("CERT", client.cert.as_os_str()), ("KEY", client.key.as_os_str()), ("CA", pki.ca_file.as_os_str())];
+    let events = common::stomppy(CERT_CLIENT, b.broker.stomp_port, &env);
+    let events = events.as_array().cloned().unwrap_or_default();
     println!("stomp.py saw: {events:#?}");
     let kinds: Vec<&str> = events.iter().map(|e| e["kind"].as_str().unwrap_or("?")).collect();
     let message = events.iter().find(|e| e["kind"] == "MESSAGE").expect("a MESSAGE");

@@ -46,28 +46,8 @@ pub(super) fn selects(root: &Expr, message: &Message) -> bool {
 /// True, false or unknown (`None`).
 fn truth(e: &Expr, m: &Message) -> Option<bool> {
     match e {
-        Expr::And(items) => {
-            let mut unknown = false;
-            for item in items {
-                match truth(item, m) {
-                    Some(false) => return Some(false),
-                    None => unknown = true,
-                    Some(true) => {}
-                }
-            }
-            (!unknown).then_some(true)
-        }
-        Expr::Or(items) => {
-            let mut unknown = false;
-            for item in items {
-                match truth(item, m) {
-                    Some(true) => return Some(true),
-                    None => unknown = true,
-                    Some(false) => {}
-                }
-            }
-            (!unknown).then_some(false)
-        }
+        Expr::And(items) => junction(items, m, false),
+        Expr::Or(items) => junction(items, m, true),
         Expr::Not(e) => truth(e, m).map(|b| !b),
         Expr::Cmp(op, l, r) => compare(*op, value(l, m), value(r, m)),
         Expr::Between { value: v, low, high, not } => {
@@ -98,6 +78,20 @@ fn truth(e: &Expr, m: &Message) -> Option<bool> {
             _ => None,
         },
     }
+}
+
+/// AND (`decisive` false) or OR (`decisive` true): one item of the decisive value decides,
+/// else any unknown item makes the whole unknown.
+fn junction(items: &[Expr], m: &Message, decisive: bool) -> Option<bool> {
+    let mut unknown = false;
+    for item in items {
+        match truth(item, m) {
+            Some(b) if b == decisive => return Some(decisive),
+            None => unknown = true,
+            Some(_) => {}
+        }
+    }
+    (!unknown).then_some(!decisive)
 }
 
 fn and(a: Option<bool>, b: Option<bool>) -> Option<bool> {

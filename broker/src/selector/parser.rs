@@ -223,27 +223,25 @@ impl<'s> Parser<'s> {
     }
 
     fn or(&mut self) -> Parsed {
-        let first = self.and()?;
-        if self.peek().tok != Tok::Kw(Keyword::Or) {
-            return Ok(first);
-        }
-        let mut items = vec![first];
-        while self.eat_kw(Keyword::Or) {
-            items.push(self.operand("'OR'", Want::Condition, Parser::and)?);
-        }
-        Ok(Expr::Or(items))
+        self.chain(Keyword::Or, "'OR'", Parser::and, Expr::Or)
     }
 
     fn and(&mut self) -> Parsed {
-        let first = self.not()?;
-        if self.peek().tok != Tok::Kw(Keyword::And) {
+        self.chain(Keyword::And, "'AND'", Parser::not, Expr::And)
+    }
+
+    /// Conditions `item` parses joined by `keyword` (spelled `after` in errors), flat: a
+    /// long chain is one node, not a deep tree.
+    fn chain(&mut self, keyword: Keyword, after: &str, item: fn(&mut Self) -> Parsed, make: fn(Vec<Expr>) -> Expr) -> Parsed {
+        let first = item(self)?;
+        if self.peek().tok != Tok::Kw(keyword) {
             return Ok(first);
         }
         let mut items = vec![first];
-        while self.eat_kw(Keyword::And) {
-            items.push(self.operand("'AND'", Want::Condition, Parser::not)?);
+        while self.eat_kw(keyword) {
+            items.push(self.operand(after, Want::Condition, item)?);
         }
-        Ok(Expr::And(items))
+        Ok(make(items))
     }
 
     fn not(&mut self) -> Parsed {

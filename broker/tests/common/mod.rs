@@ -615,7 +615,7 @@ pub fn body_text(f: &Frame) -> String {
 
 /// Runs a stomp.py 8 script (`python3 -c`) with `PORT` and `env` set, and returns what
 /// it prints on stdout as JSON; panics with its output if it fails or takes past a minute.
-pub fn stomppy(script: &str, port: u16, env: &[(&str, &str)]) -> serde_json::Value {
+pub fn stomppy(script: &str, port: u16, env: &[(&str, &std::ffi::OsStr)]) -> serde_json::Value {
     let child = Process::new("python3")
         .args(["-c", script])
         .env("PORT", port.to_string())
