@@ -4,7 +4,7 @@
 
 use bytes::Bytes;
 use criterion::{criterion_group, criterion_main, BenchmarkId, Criterion};
-use duomq_broker::engine::message::Message;
+use duomq_broker::engine::message::{Message, Properties};
 use duomq_broker::journal::MessageId;
 use duomq_broker::selector::Selector;
 use std::sync::Arc;
@@ -20,10 +20,12 @@ fn message() -> Message {
         ("region", "eu"),
         ("amount", "150.25"),
     ];
+    let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
     Message {
         id: MessageId(42),
         destination: Arc::from("/queue/bench"),
-        headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+        properties: Properties::from_headers(&headers),
+        headers,
         body: Bytes::from_static(b"{}"),
         persistent: true,
         group: None,

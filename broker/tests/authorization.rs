@@ -13,7 +13,7 @@ mod common;
 use common::tls::Pki;
 use common::{body_text, eventually, http_get, metric_value, Broker, Conn, FRAME_TIMEOUT};
 use duomq_broker::stomp::{Command, Frame};
-use std::process::{Command as Process, Stdio};
+use std::process::Stdio;
 use std::time::Duration;
 
 /// How long a frame that must not come is waited for.

@@ -130,11 +130,10 @@ fn literal(lit: &Lit) -> Value<'_> {
 
 fn field<'a>(f: &'a Field, m: &'a Message) -> Value<'a> {
     match f {
-        Field::Header { name, default } => match m.headers.iter().find(|(k, _)| k.as_str() == &**name) {
-            Some((_, v)) => Value::Str(v),
-            None => default.map_or(Value::Null, Value::Int),
-        },
+        Field::Header(name) => m.headers.iter().find(|(k, _)| k.as_str() == &**name).map_or(Value::Null, |(_, v)| Value::Str(v)),
         Field::MessageId => i64::try_from(m.id.0).map_or(Value::Null, Value::Int),
+        Field::Priority => Value::Int(i64::from(m.properties.priority)),
+        Field::Expiration => i64::try_from(m.properties.expires.unwrap_or(0)).map_or(Value::Null, Value::Int),
         Field::DeliveryMode => Value::Str(if m.persistent { "PERSISTENT" } else { "NON_PERSISTENT" }),
     }
 }

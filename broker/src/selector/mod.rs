@@ -13,9 +13,10 @@
 //! compared with a number or used in arithmetic, a header that reads as a number is that
 //! number (as ActiveMQ's `convertStringExpressions`), otherwise the comparison is unknown
 //! and unknown never selects. The JMS names map to their STOMP headers (see
-//! `parser::field`): `JMSPriority` (`priority`, 4 when absent), `JMSMessageID`
-//! (`message-id`), `JMSCorrelationID`, `JMSType`, `JMSTimestamp`, `JMSExpiration`
-//! (`expires`, 0 when absent), `JMSDeliveryMode` (`'PERSISTENT'`/`'NON_PERSISTENT'`).
+//! `parser::field`): `JMSPriority` (the message's priority as the broker reads `priority`:
+//! 0 to 9, 4 when absent), `JMSMessageID` (`message-id`), `JMSCorrelationID`, `JMSType`,
+//! `JMSTimestamp`, `JMSExpiration` (`expires`, 0 when absent), `JMSDeliveryMode`
+//! (`'PERSISTENT'`/`'NON_PERSISTENT'`).
 //!
 //! This module decides; it does not dispatch. Queues ask [`Selector::matches`].
 
@@ -100,15 +101,18 @@ impl Selector {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::engine::message::Properties;
     use crate::journal::MessageId;
     use bytes::Bytes;
     use rstest::rstest;
 
     fn message(headers: &[(&str, &str)]) -> Message {
+        let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
         Message {
             id: MessageId(42),
             destination: Arc::from("/queue/q"),
-            headers: headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect(),
+            properties: Properties::from_headers(&headers),
+            headers,
             body: Bytes::new(),
             persistent: true,
             group: None,
@@ -240,17 +244,19 @@ mod tests {
 
     #[test]
     fn given_jms_header_names_should_read_their_stomp_headers_and_defaults() {
-        let m = message(&[("priority", "9"), ("correlation-id", "c-1"), ("type", "order"), ("timestamp", "1700000000000")]);
+        let m = message(&[("priority", "9"), ("correlation-id", "c-1"), ("type", "order"), ("timestamp", "1700000000000"), ("expires", "1800000000000")]);
         let check = |s: &str| Selector::parse(s).unwrap().matches(&m);
         assert!(check("JMSPriority > 5"));
         assert!(check("JMSCorrelationID = 'c-1' AND JMSType = 'order'"));
         assert!(check("JMSTimestamp > 1600000000000"));
         assert!(check("JMSMessageID = '42' AND JMSMessageID = 42 AND JMSMessageID LIKE '4_'"));
         assert!(check("JMSDeliveryMode = 'PERSISTENT'"));
-        assert!(check("JMSExpiration = 0"), "no expires header reads as 0");
+        assert!(check("JMSExpiration = 1800000000000"));
         assert!(!check("jmspriority > 5"), "identifiers are case-sensitive");
         let plain = message(&[]);
         assert!(Selector::parse("JMSPriority = 4").unwrap().matches(&plain), "no priority header reads as 4");
+        assert!(Selector::parse("JMSExpiration = 0").unwrap().matches(&plain), "no expires header reads as 0");
+        assert!(Selector::parse("JMSPriority = 9").unwrap().matches(&message(&[("priority", "12")])), "clamped to 0-9 as the broker reads it");
         let non_persistent = Message { persistent: false, ..message(&[]) };
         assert!(Selector::parse("JMSDeliveryMode = 'NON_PERSISTENT'").unwrap().matches(&non_persistent));
     }

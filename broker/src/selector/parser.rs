@@ -38,10 +38,15 @@ pub(super) enum Lit {
 /// What an identifier reads from a message.
 #[derive(Debug, Clone, PartialEq)]
 pub(super) enum Field {
-    /// A STOMP header, or `default` when the message has none.
-    Header { name: Box<str>, default: Option<i64> },
+    /// A STOMP header.
+    Header(Box<str>),
     /// `JMSMessageID`: the `message-id` the broker gives the message.
     MessageId,
+    /// `JMSPriority`: the message's priority as the broker reads it (`priority`, 0 to 9, 4
+    /// when absent).
+    Priority,
+    /// `JMSExpiration`: when the message expires (`expires`, 0 for never).
+    Expiration,
     /// `JMSDeliveryMode`: `'PERSISTENT'` or `'NON_PERSISTENT'`.
     DeliveryMode,
 }
@@ -146,18 +151,18 @@ fn describe(t: &Token) -> String {
     }
 }
 
-/// The header a JMS name stands for, and its value when the message has none.
+/// What a JMS name stands for; any other name is a header.
 fn field(name: &str) -> Field {
-    let header = |name: &str, default: Option<i64>| Field::Header { name: Box::from(name), default };
+    let header = |name: &str| Field::Header(Box::from(name));
     match name {
-        "JMSPriority" => header("priority", Some(4)),
+        "JMSPriority" => Field::Priority,
         "JMSMessageID" => Field::MessageId,
-        "JMSCorrelationID" => header("correlation-id", None),
-        "JMSType" => header("type", None),
-        "JMSTimestamp" => header("timestamp", None),
-        "JMSExpiration" => header("expires", Some(0)),
+        "JMSCorrelationID" => header("correlation-id"),
+        "JMSType" => header("type"),
+        "JMSTimestamp" => header("timestamp"),
+        "JMSExpiration" => Field::Expiration,
         "JMSDeliveryMode" => Field::DeliveryMode,
-        other => header(other, None),
+        other => header(other),
     }
 }
 
