@@ -1,9 +1,10 @@
 //! Durable topic subscriptions against the real broker process, driven by stomp.py:
 //! what is published while the subscriber is away arrives when it comes back (ActiveMQ's
 //! `activemq.subscriptionName` and Artemis's `durable-subscription-name` alike), and
-//! survives kill -9 of the broker and a failover to the promoted backup; UNSUBSCRIBE with
-//! the name removes the subscription and its messages; a second consumer is refused; a
-//! plain topic subscriber still misses what is published while it is away.
+//! survives kill -9 of the broker and a failover to the promoted backup; a selector keeps
+//! only what it selects; UNSUBSCRIBE with the name removes the subscription and its
+//! messages; a second consumer is refused; a plain topic subscriber still misses what is
+//! published while it is away.
 
 mod common;
 
@@ -166,7 +167,7 @@ fn given_unsubscribe_with_the_name_should_remove_the_subscription_and_its_messag
 }
 
 #[test]
-fn given_a_second_consumer_or_no_client_id_or_a_selector_should_refuse_the_durable_subscribe() {
+fn given_a_second_consumer_or_no_client_id_should_refuse_the_durable_subscribe() {
     let b = Broker::start("durable-refused", "");
     // The first consumer stays attached over a raw connection.
     let mut holder = Conn::connect(b.stomp_port, &[("accept-version", "1.2"), ("host", "/"), ("client-id", "app-6")]);
@@ -191,11 +192,31 @@ fn given_a_second_consumer_or_no_client_id_or_a_selector_should_refuse_the_durab
 
     let anonymous = on(&b, json!({}), json!([durable_subscribe("s", "alerts"), disconnect()]));
     assert!(anonymous.errors.first().is_some_and(|e| e.contains("client-id")), "{:?}", anonymous.errors);
-    let selector = json!({ "op": "subscribe", "destination": TOPIC, "id": "s",
-        "headers": { "activemq.subscriptionName": "filtered", "selector": "price > 10" } });
-    let filtered = on(&b, client("app-7"), json!([selector, disconnect()]));
-    assert!(filtered.errors.first().is_some_and(|e| e.contains("not supported yet")), "{:?}", filtered.errors);
-    assert!(durable_status(&b.status(), "app-7", "filtered").is_none());
+}
+
+#[test]
+fn given_a_durable_subscription_with_a_selector_should_keep_only_what_it_selects_across_a_restart() {
+    let mut b = Broker::start("durable-selector", "");
+    let selecting = |selector: &str| {
+        json!({ "op": "subscribe", "destination": TOPIC, "id": "s", "headers": { "activemq.subscriptionName": "dear", "selector": selector } })
+    };
+    let priced = |body: &str, price: u32| json!({ "op": "send", "destination": TOPIC, "body": body, "persistent": true, "headers": { "price": price.to_string() } });
+    assert_eq!(on(&b, client("app-7"), json!([selecting("price > 10"), disconnect()])).done, 2);
+    let sent = on(&b, json!({}), json!([priced("cheap-1", 5), priced("dear-1", 20), priced("cheap-2", 10), priced("dear-2", 11), disconnect()]));
+    assert!(sent.errors.is_empty(), "{:?}", sent.errors);
+    b.restart();
+    let recovered = durable_status(&b.status(), "app-7", "dear").expect("the subscription was recovered");
+    assert_eq!((recovered["depth"].as_u64(), recovered["selector"].as_str()), (Some(2), Some("price > 10")), "{recovered}");
+    let got = on(&b, client("app-7"), json!([selecting("price > 10"), receive(2), quiet(), disconnect()]));
+    assert_eq!(got.messages, ["dear-1", "dear-2"]);
+    // Another selector makes it another subscription: what the old one kept is dropped.
+    assert!(on(&b, json!({}), json!([priced("dear-3", 30), disconnect()])).errors.is_empty());
+    let changed = on(&b, client("app-7"), json!([selecting("price > 100"), quiet(), disconnect()]));
+    assert!(changed.errors.is_empty() && changed.messages.is_empty(), "{:?}", changed.raw);
+    assert_eq!(durable_status(&b.status(), "app-7", "dear").expect("listed")["selector"], "price > 100");
+    // A selector that does not parse is refused, as on any subscription.
+    let bad = on(&b, client("app-7"), json!([selecting("price >"), disconnect()]));
+    assert_eq!(bad.errors, ["invalid selector"]);
 }
 
 #[test]

@@ -460,6 +460,9 @@ pub struct DurableSubscriptionStatus {
     pub name: String,
     /// The `/topic/NAME` it keeps the messages of.
     pub topic: String,
+    /// It keeps only the messages this selects (SUBSCRIBE's `selector`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selector: Option<String>,
     /// Messages kept for it, waiting for its consumer.
     pub depth: u64,
     /// Delivered to its consumer and not yet acknowledged.

@@ -191,6 +191,7 @@ async fn status(State(s): State<AdminState>, headers: HeaderMap) -> Response {
                 client_id: d.client_id,
                 name: d.name,
                 topic: d.topic,
+                selector: d.selector,
                 depth: d.depth as u64,
                 in_flight: d.in_flight as u64,
                 bytes: d.bytes as u64,

@@ -15,8 +15,12 @@
 //! network bridges it is demand for its topic, its consumer attached or not, so what is
 //! published in other groups reaches it too.
 //!
+//! A SUBSCRIBE's `selector` is the subscription's: only the messages it selects are kept.
+//! The same name with another topic or another selector replaces the subscription and
+//! drops its messages (as ActiveMQ and Artemis do).
+//!
 //! The subscription itself is a record of the broker's own under [`DEFINITIONS`] (client
-//! id, name, topic); recovery rebuilds every subscription from these records before any
+//! id, name, topic, selector); recovery rebuilds every subscription from these records before any
 //! client connects, so what is published after a restart while nobody is connected is
 //! kept too. Removing a subscription (UNSUBSCRIBE with its name) acknowledges its record
 //! and every message it held, in one journal record.
@@ -26,6 +30,7 @@ use super::message::{ConsumerKey, Entry, Message, Properties};
 use super::queue::{Queue, QueueKind};
 use super::{Broker, Target, Topic};
 use crate::journal::{AppendFuture, MessageId, Op, StoredMessage};
+use crate::selector::Selector;
 use parking_lot::{Mutex, RwLock};
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -42,6 +47,7 @@ const STORAGE_PREFIX: &str = "/durable/";
 const CLIENT_ID: &str = "client-id";
 const NAME: &str = "name";
 const TOPIC: &str = "topic";
+const SELECTOR: &str = "selector";
 
 /// SUBSCRIBE and UNSUBSCRIBE headers naming a durable subscription: ActiveMQ's, Artemis's,
 /// Artemis's older one; the first present counts.
@@ -58,8 +64,6 @@ pub enum DurableError {
     Unknown { client_id: String, name: String },
     #[error("durable subscription {name:?} of client {client_id:?} has a consumer; detach it (UNSUBSCRIBE by id) before removing the subscription")]
     InUse { client_id: String, name: String },
-    #[error("durable subscription {name:?}: selectors on durable subscriptions are not supported yet; subscribe without the selector header")]
-    Selector { name: String },
 }
 
 /// The durable subscription a SUBSCRIBE or UNSUBSCRIBE names, if any (see [`NAME_HEADERS`]).
@@ -73,6 +77,8 @@ pub struct DurableSubscription {
     pub client_id: Arc<str>,
     pub name: Arc<str>,
     pub topic: Arc<Topic>,
+    /// Keeps only the messages this selects.
+    pub selector: Option<Selector>,
     pub queue: Arc<Queue>,
     /// The journal record holding the definition.
     record: MessageId,
@@ -206,7 +212,7 @@ pub(super) fn copies(broker: &Broker, target: &Target, message: &Arc<Message>) -
         let journaled = message.persistent;
         DurableCopy { sub: Arc::clone(sub), entry: Entry { message, journaled, redelivered: false } }
     };
-    subs.iter().map(copy).collect()
+    subs.iter().filter(|sub| sub.queue.wants(message)).map(copy).collect()
 }
 
 /// What `/status` shows of a durable subscription.
@@ -215,6 +221,7 @@ pub struct DurableSnapshot {
     pub client_id: String,
     pub name: String,
     pub topic: String,
+    pub selector: Option<String>,
     pub depth: usize,
     pub in_flight: usize,
     pub bytes: usize,
@@ -223,34 +230,41 @@ pub struct DurableSnapshot {
 
 impl Broker {
     /// Attaches consumer `key` to the durable subscription (`client_id`, `name`) of
-    /// `topic`, creating it first if it does not exist; a new one's definition is
-    /// journaled, durable once the returned future resolves. One on another topic is
-    /// replaced by a new one, its messages dropped (as ActiveMQ and Artemis do).
+    /// `topic` keeping what `selector` selects, creating it first if it does not exist; a
+    /// new one's definition is journaled, durable once the returned future resolves. One
+    /// on another topic or with another selector is replaced by a new one, its messages
+    /// dropped (as ActiveMQ and Artemis do).
     pub fn durable_subscribe(
         &self,
         client_id: &str,
         name: &str,
         topic: &Arc<Topic>,
+        selector: Option<&Selector>,
         key: ConsumerKey,
     ) -> Result<(Arc<DurableSubscription>, Option<AppendFuture>), DurableError> {
         topic.idle.touch();
         let mut subs = self.durables.0.lock();
         let id: SubscriptionId = (Arc::from(client_id), Arc::from(name));
         if let Some(sub) = subs.get(&id) {
-            if Arc::ptr_eq(&sub.topic, topic) {
+            let text = |s: Option<&Selector>| s.map(|s| s.text().to_string());
+            if Arc::ptr_eq(&sub.topic, topic) && text(sub.selector.as_ref()) == text(selector) {
                 sub.claim(key)?;
                 return Ok((Arc::clone(sub), None));
             }
-            // The name now means another topic: the old subscription and its messages go.
+            // The name now means another topic or selector: the old subscription and its
+            // messages go.
             sub.claim(key)?;
-            tracing::info!(client_id, name, old = %sub.topic.name, new = %topic.name, "durable subscription moved to another topic; its messages are dropped");
+            tracing::info!(client_id, name, old = %sub.topic.name, new = %topic.name, old_selector = ?text(sub.selector.as_ref()), new_selector = ?text(selector), "durable subscription changed topic or selector; its messages are dropped");
             let old = Arc::clone(sub);
             subs.remove(&id);
             drop(self.remove_durable(&old));
         }
-        let headers = vec![(CLIENT_ID.into(), client_id.into()), (NAME.into(), name.into()), (TOPIC.into(), topic.name.to_string())];
+        let mut headers = vec![(CLIENT_ID.into(), client_id.into()), (NAME.into(), name.into()), (TOPIC.into(), topic.name.to_string())];
+        if let Some(s) = selector {
+            headers.push((SELECTOR.into(), s.text().to_string()));
+        }
         let (record, write) = self.journal_record(DEFINITIONS, headers);
-        let sub = self.new_durable(id.0, id.1, topic, record);
+        let sub = self.new_durable(id.0, id.1, topic, selector.cloned(), record);
         sub.claim(key)?;
         subs.insert((Arc::clone(&sub.client_id), Arc::clone(&sub.name)), Arc::clone(&sub));
         self.metrics.durable_subscriptions.set(i64::try_from(subs.len()).unwrap_or(i64::MAX));
@@ -294,6 +308,7 @@ impl Broker {
                     client_id: d.client_id.to_string(),
                     name: d.name.to_string(),
                     topic: d.topic.name.to_string(),
+                    selector: d.selector.as_ref().map(|s| s.text().to_string()),
                     depth: s.depth,
                     in_flight: s.in_flight,
                     bytes: s.bytes,
@@ -305,12 +320,24 @@ impl Broker {
         out
     }
 
-    fn new_durable(&self, client_id: Arc<str>, name: Arc<str>, topic: &Arc<Topic>, record: MessageId) -> Arc<DurableSubscription> {
+    fn new_durable(
+        &self,
+        client_id: Arc<str>,
+        name: Arc<str>,
+        topic: &Arc<Topic>,
+        selector: Option<Selector>,
+        record: MessageId,
+    ) -> Arc<DurableSubscription> {
+        let queue = self.new_queue(Arc::clone(&topic.name), QueueKind::TopicSubscription);
+        if let Some(s) = &selector {
+            queue.select(s.clone());
+        }
         let sub = Arc::new(DurableSubscription {
             client_id,
             name,
             topic: Arc::clone(topic),
-            queue: self.new_queue(Arc::clone(&topic.name), QueueKind::TopicSubscription),
+            selector,
+            queue,
             record,
             storage: Arc::from(format!("{STORAGE_PREFIX}{}", record.0)),
             consumer: Mutex::new(None),
@@ -362,13 +389,22 @@ pub(super) fn recover(broker: &Broker, copies: Vec<StoredMessage>, possibly_deli
                 stale.push(record.id);
                 continue;
             };
+            let selector = match get(SELECTOR).map(|text| broker.selector(text)) {
+                None => None,
+                Some(Ok(s)) => Some(s),
+                Some(Err(e)) => {
+                    tracing::warn!(id = record.id.0, client_id, name, error = %e, "ignoring a durable subscription record whose selector does not parse");
+                    stale.push(record.id);
+                    continue;
+                }
+            };
             let id: SubscriptionId = (Arc::from(client_id), Arc::from(name));
             if subs.contains_key(&id) {
                 tracing::warn!(id = record.id.0, client_id, name, "ignoring a second record of the same durable subscription");
                 stale.push(record.id);
                 continue;
             }
-            let sub = broker.new_durable(Arc::clone(&id.0), Arc::clone(&id.1), &topic, record.id);
+            let sub = broker.new_durable(Arc::clone(&id.0), Arc::clone(&id.1), &topic, selector, record.id);
             by_storage.insert(Arc::clone(&sub.storage), Arc::clone(&sub));
             subs.insert(id, sub);
         }
@@ -442,11 +478,11 @@ mod tests {
         let dir = tempfile::tempdir().expect("tempdir");
         let broker = reopen(dir.path());
         let t = topic(&broker);
-        let (a, write) = broker.durable_subscribe("c1", "a", &t, ConsumerKey(1)).expect("subscribe a");
+        let (a, write) = broker.durable_subscribe("c1", "a", &t, None, ConsumerKey(1)).expect("subscribe a");
         write.expect("a new definition").await.expect("definition durable");
-        let (_, write) = broker.durable_subscribe("c2", "b", &t, ConsumerKey(2)).expect("subscribe b");
+        let (_, write) = broker.durable_subscribe("c2", "b", &t, None, ConsumerKey(2)).expect("subscribe b");
         write.expect("a new definition").await.expect("definition durable");
-        assert!(matches!(broker.durable_subscribe("c1", "a", &t, ConsumerKey(3)), Err(DurableError::AlreadyConnected { .. })));
+        assert!(matches!(broker.durable_subscribe("c1", "a", &t, None, ConsumerKey(3)), Err(DurableError::AlreadyConnected { .. })));
         a.release(ConsumerKey(1));
         publish(&broker, "p", true).await;
         publish(&broker, "n", false).await;
@@ -460,7 +496,7 @@ mod tests {
         assert_eq!(broker.metrics.durable_subscriptions.get(), 2);
         // Consumers are not durable: after the restart nobody is attached to b.
         let t = topic(&broker);
-        let (b, _) = broker.durable_subscribe("c2", "b", &t, ConsumerKey(4)).expect("attach to b again");
+        let (b, _) = broker.durable_subscribe("c2", "b", &t, None, ConsumerKey(4)).expect("attach to b again");
         assert!(matches!(broker.durable_unsubscribe("c2", "b"), Err(DurableError::InUse { .. })));
         b.release(ConsumerKey(4));
         broker.durable_unsubscribe("c2", "b").expect("remove b").await.expect("removal durable");

@@ -872,10 +872,10 @@ impl Connection {
         let key = broker.next_consumer_key();
         let (mut durable_sub, mut definition) = (None, None);
         // A topic subscription's queue selects the copies it gets; a queue's consumer
-        // selects what it takes. Durable subscriptions refuse selectors (durable_subscribe).
+        // selects what it takes; so does a durable subscription's, kept with it.
         let (queue, topic, selector) = match broker.resolve(&destination)? {
             Target::Queue(q) => (q, None, selector),
-            Target::Topic(t) => match self.durable_subscribe(frame, &t, key)? {
+            Target::Topic(t) => match self.durable_subscribe(frame, &t, selector.as_ref(), key)? {
                 Some((sub, write)) => {
                     (durable_sub, definition) = (Some(Arc::clone(&sub)), write);
                     (Arc::clone(&sub.queue), None, None)

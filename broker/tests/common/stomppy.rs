@@ -12,7 +12,7 @@ pub const SESSION_TIMEOUT: Duration = Duration::from_secs(90);
 
 /// The step interpreter. Steps (JSON objects, by `op`):
 /// `subscribe {destination, id, ack?, headers?}`, `unsubscribe {id, headers?}`,
-/// `send {destination, body, persistent?, size?}` (`body` repeated to `size` bytes), `receive {count, seconds}` (ACKs each message
+/// `send {destination, body, persistent?, size?, headers?}` (`body` repeated to `size` bytes), `receive {count, seconds}` (ACKs each message
 /// unless its subscription is `auto`, with a receipt awaited before the next step),
 /// `quiet {seconds}` (collects whatever arrives),
 /// `disconnect`. The session stops at the first ERROR.
@@ -78,7 +78,8 @@ try:
             receipted(r)
         elif op == "send":
             body = (step["body"] * step.get("size", 1))[:step.get("size", len(step["body"]))]
-            conn.send(step["destination"], body, headers={"persistent": "true"} if step.get("persistent") else {}, receipt=r)
+            headers = dict(step.get("headers", {}), **({"persistent": "true"} if step.get("persistent") else {}))
+            conn.send(step["destination"], body, headers=headers, receipt=r)
             receipted(r)
         elif op == "receive":
             want = len(out["messages"]) + step["count"]

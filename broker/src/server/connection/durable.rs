@@ -10,6 +10,7 @@ use crate::engine::Topic;
 use crate::journal::AppendFuture;
 use crate::report::error_chain;
 use crate::security::Permission;
+use crate::selector::Selector;
 use crate::stomp::Frame;
 use std::sync::Arc;
 
@@ -30,15 +31,18 @@ pub(super) fn once_defined(definition: Option<AppendFuture>, effect: Effect) -> 
 }
 
 impl Connection {
-    /// Attaches consumer `key` to the durable subscription the SUBSCRIBE names on `topic`;
-    /// `None` for a plain topic subscription.
-    pub(super) fn durable_subscribe(&self, frame: &Frame, topic: &Arc<Topic>, key: ConsumerKey) -> Result<Option<Attached>, FrameError> {
+    /// Attaches consumer `key` to the durable subscription the SUBSCRIBE names on `topic`
+    /// (with the SUBSCRIBE's `selector`); `None` for a plain topic subscription.
+    pub(super) fn durable_subscribe(
+        &self,
+        frame: &Frame,
+        topic: &Arc<Topic>,
+        selector: Option<&Selector>,
+        key: ConsumerKey,
+    ) -> Result<Option<Attached>, FrameError> {
         let Some(name) = durable::subscription_name(|h| frame.get(h)) else { return Ok(None) };
         let client_id = self.client_id.as_deref().ok_or_else(|| DurableError::NoClientId { name: name.into() })?;
-        if frame.get("selector").is_some() {
-            return Err(DurableError::Selector { name: name.into() }.into());
-        }
-        let attached = self.ctx.broker.durable_subscribe(client_id, name, topic, key)?;
+        let attached = self.ctx.broker.durable_subscribe(client_id, name, topic, selector, key)?;
         tracing::debug!(peer = %self.peer, client_id, name, topic = %topic.name, "attached to a durable subscription");
         Ok(Some(attached))
     }
