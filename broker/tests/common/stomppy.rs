@@ -1,14 +1,11 @@
 //! Drives the broker with stomp.py (the real third-party client): one `python3` process
-//! per session runs a list of steps (subscribe, send, receive, unsubscribe, ...) and
-//! reports what it saw as JSON. Every frame that asks for one carries a receipt and the
-//! step waits for it, so a session's steps are done in order when [`session`] returns.
+//! per session (run by [`super::stomppy`]) does a list of steps (subscribe, send, receive,
+//! unsubscribe, ...) and reports what it saw as JSON. Every frame that asks for one carries
+//! a receipt and the step waits for it, so a session's steps are done in order when
+//! [`session`] returns.
 
 use serde_json::{json, Value};
-use std::process::{Command, Stdio};
-use std::time::Duration;
-
-/// How long one stomp.py session may take in all.
-pub const SESSION_TIMEOUT: Duration = Duration::from_secs(90);
+use std::ffi::OsStr;
 
 /// The step interpreter. Steps (JSON objects, by `op`):
 /// `subscribe {destination, id, ack?, headers?}`, `unsubscribe {id, headers?}`,
@@ -111,22 +108,9 @@ pub struct Seen {
 
 /// Runs one stomp.py session on `host:port` with CONNECT `headers`, doing `steps`.
 pub fn session(host: &str, port: u16, headers: Value, steps: Value) -> Seen {
-    let child = Command::new("python3")
-        .args(["-c", DRIVER])
-        .env("HOST", host)
-        .env("PORT", port.to_string())
-        .env("CONNECT_HEADERS", headers.to_string())
-        .env("STEPS", steps.to_string())
-        .env("STOMP_SKIP_HOSTNAME_SCAN", "1")
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap_or_else(|e| panic!("failed to run python3 ({e}); install stomp.py 8 with scripts/test --install-only"));
-    let out = super::output_within(child, SESSION_TIMEOUT).expect("stomp.py session finished");
-    let (text, err) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-    assert!(out.status.success(), "stomp.py session failed: {err}\n{text}");
-    let raw: Value = serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("stomp.py output {text:?}: {e}\n{err}"));
+    let (headers, steps) = (headers.to_string(), steps.to_string());
+    let env: [(&str, &OsStr); 3] = [("HOST", host.as_ref()), ("CONNECT_HEADERS", headers.as_ref()), ("STEPS", steps.as_ref())];
+    let raw = super::stomppy(DRIVER, port, &env);
     let strings = |key: &str, field: &str| -> Vec<String> {
         raw[key].as_array().map(|a| a.iter().map(|m| m[field].as_str().unwrap_or_default().to_string()).collect()).unwrap_or_default()
     };
