@@ -12,6 +12,8 @@ use crate::certificates::Certificates;
 use crate::names;
 use crate::status::reason::{Problem, Reason};
 
+mod address;
+
 /// Why a spec cannot be rendered. The controller shows it as a `Degraded` condition and an
 /// event, and waits for the spec to change instead of retrying.
 #[derive(Debug, Error, Clone, PartialEq)]
@@ -166,6 +168,8 @@ pub struct ValidatedBrokerGroup {
     pub certificates: Option<Certificates>,
     /// `spec.authorization`, inline or from `permissionsFrom`, as the broker reads it.
     pub authorization: Option<Authorization>,
+    /// `spec.addressSettings` as the broker reads it, checked by the broker's rules.
+    pub address_settings: Vec<duomq_broker::config::AddressSettingsEntry>,
 }
 
 /// Roles, permissions and certificate users every broker of the BrokerGroup is given.
@@ -452,9 +456,11 @@ pub fn validate(
         .as_ref()
         .map(|a| authorization(a, deps.authorization_source.as_ref()))
         .transpose()?;
-    Ok(ValidatedBrokerGroup {
+    let address_settings = address::entries(&spec.address_settings)?;
+    let validated = ValidatedBrokerGroup {
         certificates: deps.certificates.clone(),
         authorization,
+        address_settings,
         uid: bg.metadata.uid.clone(),
         name,
         namespace,
@@ -465,7 +471,9 @@ pub fn validate(
         problems,
         hibernate,
         fenced,
-    })
+    };
+    address::check(&validated)?;
+    Ok(validated)
 }
 
 /// The members listed in the `duomq.io/fenced-members` annotation (a JSON list of pod

@@ -3,6 +3,7 @@
 //! (`x-kubernetes-validations`) reject specs that cannot work, each with a message that says
 //! what to fix. Types and schema only: no rendering, no client.
 
+mod address;
 mod status;
 
 use std::collections::BTreeMap;
@@ -12,6 +13,7 @@ use kube::{CustomResource, KubeSchema};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+pub use address::*;
 pub use status::*;
 
 pub const GROUP: &str = "duomq.io";
@@ -142,6 +144,15 @@ pub struct BrokerGroupSpec {
     /// everything.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub authorization: Option<AuthorizationSpec>,
+
+    /// Per-destination dead letters, redelivery, expiry and size limits by pattern, as the
+    /// broker's addressSettings (Artemis' address-settings), rendered into every member's
+    /// broker.yaml; a change rolls the members. Each field of a destination comes from the
+    /// most specific entry that sets it; what none sets keeps the broker's default.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[x_kube(merge_strategy = ListMerge::Map(vec!["match".into()]))]
+    #[schemars(length(max = 256))]
+    pub address_settings: Vec<AddressSettingSpec>,
 }
 
 /// Where the certificates come from. OperatorManaged: a CA per BrokerGroup in the Secret

@@ -173,6 +173,8 @@ pub fn build_broker_config(
         }
     }
 
+    c.address_settings = v.address_settings.clone();
+
     if let Some(grouping) = &spec.grouping {
         let local = usize::try_from(grouping.local_group)
             .ok()
