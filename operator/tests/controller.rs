@@ -1681,6 +1681,31 @@ async fn given_replication_without_backups_when_reconciled_should_apply_nothing_
     .await;
 }
 
+/// An addressSettings entry that passes the CRD's rules but that the broker refuses: the
+/// operator checks it with the broker's own rules and rolls nothing out.
+#[tokio::test]
+async fn given_address_settings_the_broker_refuses_when_reconciled_should_apply_nothing_and_report_the_entry(
+) {
+    let mut bg = pair();
+    bg.spec.address_settings = serde_json::from_value(json!([
+        {"match": ">", "maxDeliveryAttempts": 6},
+        {"match": "/queue/orders*", "deadLetterAddress": "/queue/orders.DLQ"}
+    ]))
+    .unwrap_or_else(|e| panic!("address settings: {e}"));
+    assert_invalid_spec_reported(
+        bg,
+        |bg| {
+            vec![
+                read_status(bg),
+                get(&core("secrets", "pair-cluster")).not_found(),
+                list_statefulsets(vec![]),
+            ]
+        },
+        "spec.addressSettings[1]: match \"/queue/orders*\" word \"orders*\" mixes a wildcard with other characters",
+    )
+    .await;
+}
+
 #[tokio::test]
 async fn given_two_groups_when_both_lives_are_lost_at_once_should_post_one_failover_event_per_group(
 ) {

@@ -236,6 +236,16 @@ fn edge(connectors: &str) -> BrokerGroup {
     parse_documents(&text, "default").expect("parses").remove(0)
 }
 
+/// The config hash on the first group's pod template: a new one rolls the members.
+fn pod_config_hash(bg: &BrokerGroup) -> String {
+    rendered_statefulset(bg)
+        .spec
+        .and_then(|s| s.template.metadata)
+        .and_then(|m| m.annotations)
+        .and_then(|a| a.get("duomq.io/config-hash").cloned())
+        .expect("a config hash on the pod template")
+}
+
 fn rendered_statefulset(bg: &BrokerGroup) -> StatefulSet {
     let deps = Dependencies {
         new_password: PASSWORD.into(),
@@ -314,14 +324,7 @@ fn given_every_connector_option_should_render_them_into_a_config_the_broker_acce
 
 #[test]
 fn given_a_connector_option_changed_should_change_the_pod_template_so_the_members_roll() {
-    let hash = |bg: &BrokerGroup| {
-        rendered_statefulset(bg)
-            .spec
-            .and_then(|s| s.template.metadata)
-            .and_then(|m| m.annotations)
-            .and_then(|a| a.get("duomq.io/config-hash").cloned())
-            .expect("a config hash on the pod template")
-    };
+    let hash = pod_config_hash;
     let before = edge("[{name: to-dc2, uri: 'tcp://dc2:61616'}]");
     let same = edge("[{name: to-dc2, uri: 'tcp://dc2:61616'}]");
     let changed =
@@ -466,4 +469,41 @@ fn given_each_example_when_rendered_should_hold_no_secret_and_name_the_generated
             assert!(rendered.contains(secret.as_str()), "{path:?}: the pods mount {secret}, so the output names it");
         }
     }
+}
+
+#[test]
+fn given_address_settings_should_give_every_member_the_list_resolved_by_the_broker_most_specific_first() {
+    use duomq_broker::config::{DeadLetter, FullPolicy};
+    use std::time::Duration;
+    let all = configs(&load(&repo().join("manifests/examples/dead-letters.yaml")));
+    assert_eq!(all.len(), 2, "a live and a backup");
+    for (key, config) in &all {
+        assert_eq!(config.address_settings, all[0].1.address_settings, "{key}: every member gets the same list");
+        let table = config.address_settings_table().expect("the broker accepts it");
+        let eu = table.resolve("/queue/orders.eu");
+        assert_eq!((eu.max_delivery_attempts, eu.max_size_bytes, eu.full_policy), (5, 16 << 20, FullPolicy::Fail), "{key}");
+        assert_eq!(eu.dead_letter, DeadLetter::Address("/queue/orders.DLQ".into()), "{key}");
+        assert_eq!(eu.expiry_address.as_deref(), Some("/queue/orders.expired"), "{key}");
+        assert_eq!(
+            (1..=4).map(|n| eu.redelivery_delay_for(n)).collect::<Vec<_>>(),
+            [500, 1000, 2000, 4000].map(Duration::from_millis),
+            "{key}: 500ms doubling"
+        );
+        let us = table.resolve("/queue/orders.us");
+        assert_eq!((us.max_size_bytes, us.full_policy), (64 << 20, FullPolicy::Block), "{key}");
+        let audit = table.resolve("/queue/audit");
+        assert_eq!((audit.max_delivery_attempts, audit.dead_letter_destination("/queue/audit")), (3, "/queue/DLQ.audit".to_string()), "{key}");
+    }
+}
+
+#[test]
+fn given_address_settings_changed_should_change_the_pod_template_so_the_members_roll() {
+    let with = |settings: &str| {
+        let text = format!("apiVersion: duomq.io/v1alpha1\nkind: BrokerGroup\nmetadata: {{name: dl, uid: 00000000-0000-4000-8000-000000000010}}\nspec: {{addressSettings: {settings}}}\n");
+        pod_config_hash(&parse_documents(&text, "default").expect("parses").remove(0))
+    };
+    let before = with("[{match: /queue/orders.>, maxDeliveryAttempts: 3}]");
+    assert_eq!(before, with("[{match: /queue/orders.>, maxDeliveryAttempts: 3}]"), "an unchanged spec keeps its revision");
+    assert_ne!(before, with("[{match: /queue/orders.>, maxDeliveryAttempts: 4}]"), "a changed entry is a new revision");
+    assert_ne!(before, with("[]"), "removing the list is a new revision");
 }
