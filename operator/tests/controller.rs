@@ -1662,6 +1662,16 @@ async fn given_a_connector_to_its_own_brokergroup_when_reconciled_should_apply_n
     .await;
 }
 
+/// What a reconcile of a new `pair` reads first: its status, its cluster Secret (not made
+/// yet), its StatefulSets (none).
+fn dereference_new_pair(bg: &BrokerGroup) -> Vec<Call> {
+    vec![
+        read_status(bg),
+        get(&core("secrets", "pair-cluster")).not_found(),
+        list_statefulsets(vec![]),
+    ]
+}
+
 #[tokio::test]
 async fn given_replication_without_backups_when_reconciled_should_apply_nothing_and_report_invalid_spec(
 ) {
@@ -1669,13 +1679,7 @@ async fn given_replication_without_backups_when_reconciled_should_apply_nothing_
     bg.spec.backups_per_group = 0;
     assert_invalid_spec_reported(
         bg,
-        |bg| {
-            vec![
-                read_status(bg),
-                get(&core("secrets", "pair-cluster")).not_found(),
-                list_statefulsets(vec![]),
-            ]
-        },
+        dereference_new_pair,
         "replication needs a backup to replicate to: set backupsPerGroup to 1 or more",
     )
     .await;
@@ -1694,13 +1698,7 @@ async fn given_address_settings_the_broker_refuses_when_reconciled_should_apply_
     .unwrap_or_else(|e| panic!("address settings: {e}"));
     assert_invalid_spec_reported(
         bg,
-        |bg| {
-            vec![
-                read_status(bg),
-                get(&core("secrets", "pair-cluster")).not_found(),
-                list_statefulsets(vec![]),
-            ]
-        },
+        dereference_new_pair,
         "spec.addressSettings[1]: match \"/queue/orders*\" word \"orders*\" mixes a wildcard with other characters",
     )
     .await;

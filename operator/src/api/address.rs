@@ -8,6 +8,8 @@ use kube::KubeSchema;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
+use super::DURATION_RULE;
+
 /// One `addressSettings` entry: the destinations `match` names and what it sets for them.
 /// Every entry matching a destination counts, field by field: the most specific entry
 /// that sets a field decides it (fewer wildcards, then the longer pattern; Artemis merges
@@ -83,11 +85,9 @@ pub struct AddressSettingSpec {
     pub address_full_policy: Option<AddressFullPolicy>,
 }
 
-/// A duration the broker reads, in one unit (the CRD's other durations are written so).
-const DURATION_RULE: &str = "self.matches('^[0-9]+(ms|s|m|h)$')";
-
 /// A queue of clients' own: `/queue/NAME`, not one of the broker's records.
-const QUEUE_RULE: &str = "self.startsWith('/queue/') && size(self) > 7 && !self.startsWith('/queue/$duomq.')";
+const QUEUE_RULE: &str =
+    "self.startsWith('/queue/') && size(self) > 7 && !self.startsWith('/queue/$duomq.')";
 
 /// Artemis' `address-full-policy` values the broker knows.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, JsonSchema)]

@@ -3,7 +3,9 @@
 //! the operator renders, so an entry the brokers would refuse at start is reported in the
 //! BrokerGroup's status (naming `spec.addressSettings[i]`) and never rolled out. Pure.
 
-use duomq_broker::config::{AddressSettingsEntry, ByteSize, ConfigError, FullPolicy, HumanDuration};
+use duomq_broker::config::{
+    AddressSettingsEntry, ByteSize, ConfigError, FullPolicy, HumanDuration,
+};
 
 use super::{InvalidSpec, ValidatedBrokerGroup};
 use crate::api::{AddressFullPolicy, AddressSettingSpec};
@@ -27,27 +29,49 @@ pub fn check(v: &ValidatedBrokerGroup) -> Result<(), InvalidSpec> {
     };
     match crate::render::build_broker_config(v, group, member).address_settings_table() {
         Ok(_) => Ok(()),
-        Err(ConfigError::AddressSettings { index, source }) => Err(invalid(index, &source.to_string())),
-        Err(other) => Err(InvalidSpec::Rule { message: format!("spec.addressSettings: {other}") }),
+        Err(ConfigError::AddressSettings { index, source }) => {
+            Err(invalid(index, &source.to_string()))
+        }
+        Err(other) => Err(InvalidSpec::Rule {
+            message: format!("spec.addressSettings: {other}"),
+        }),
     }
 }
 
 fn invalid(index: usize, message: &str) -> InvalidSpec {
-    InvalidSpec::Rule { message: format!("spec.addressSettings[{index}]: {message}; nothing is applied until it is fixed") }
+    InvalidSpec::Rule {
+        message: format!(
+            "spec.addressSettings[{index}]: {message}; nothing is applied until it is fixed"
+        ),
+    }
 }
 
 /// One entry; every field the spec leaves out stays unset, so it falls through to less
 /// specific entries in the broker. Fields are set one by one: a field the broker adds
 /// later stays unset rather than breaking the build.
 fn entry(s: &AddressSettingSpec) -> Result<AddressSettingsEntry, String> {
-    let mut e = AddressSettingsEntry { pattern: s.pattern.clone(), ..AddressSettingsEntry::default() };
+    let mut e = AddressSettingsEntry {
+        pattern: s.pattern.clone(),
+        ..AddressSettingsEntry::default()
+    };
     e.max_delivery_attempts = s
         .max_delivery_attempts
-        .map(|n| u32::try_from(n).map_err(|_| format!("maxDeliveryAttempts must be 0 or more (it is {n})")))
+        .map(|n| {
+            u32::try_from(n)
+                .map_err(|_| format!("maxDeliveryAttempts must be 0 or more (it is {n})"))
+        })
         .transpose()?;
-    e.redelivery_delay = s.redelivery_delay.as_deref().map(|d| duration("redeliveryDelay", d)).transpose()?;
+    e.redelivery_delay = s
+        .redelivery_delay
+        .as_deref()
+        .map(|d| duration("redeliveryDelay", d))
+        .transpose()?;
     e.redelivery_multiplier = s.redelivery_multiplier;
-    e.max_redelivery_delay = s.max_redelivery_delay.as_deref().map(|d| duration("maxRedeliveryDelay", d)).transpose()?;
+    e.max_redelivery_delay = s
+        .max_redelivery_delay
+        .as_deref()
+        .map(|d| duration("maxRedeliveryDelay", d))
+        .transpose()?;
     e.dead_letter_address = s.dead_letter_address.clone();
     e.expiry_address = s.expiry_address.clone();
     e.max_size_bytes = s.max_size_bytes.as_deref().map(size).transpose()?;
@@ -61,7 +85,8 @@ fn entry(s: &AddressSettingSpec) -> Result<AddressSettingsEntry, String> {
 
 /// A duration read the way the broker reads its own config.
 fn duration(field: &str, text: &str) -> Result<HumanDuration, String> {
-    serde_yaml::from_value(serde_yaml::Value::String(text.to_string())).map_err(|e| format!("{field}: {e}"))
+    serde_yaml::from_value(serde_yaml::Value::String(text.to_string()))
+        .map_err(|e| format!("{field}: {e}"))
 }
 
 /// A Kubernetes quantity as a byte count.
@@ -81,7 +106,13 @@ mod tests {
     fn validated(settings: &str) -> Result<ValidatedBrokerGroup, InvalidSpec> {
         let text = format!("apiVersion: duomq.io/v1alpha1\nkind: BrokerGroup\nmetadata: {{name: orders}}\nspec:\n  addressSettings: {settings}\n");
         let bg = parse_documents(&text, "default").expect("parses").remove(0);
-        validate(&bg, &Dependencies { new_password: "p".into(), ..Dependencies::default() })
+        validate(
+            &bg,
+            &Dependencies {
+                new_password: "p".into(),
+                ..Dependencies::default()
+            },
+        )
     }
 
     #[test]
@@ -91,7 +122,11 @@ mod tests {
              maxRedeliveryDelay: 1m, deadLetterAddress: /queue/orders.DLQ, expiryAddress: /queue/orders.expired, maxSizeBytes: 16Mi, addressFullPolicy: fail}]",
         )
         .expect("valid");
-        let all = AddressSettingsEntry { pattern: ">".into(), max_delivery_attempts: Some(6), ..AddressSettingsEntry::default() };
+        let all = AddressSettingsEntry {
+            pattern: ">".into(),
+            max_delivery_attempts: Some(6),
+            ..AddressSettingsEntry::default()
+        };
         let orders = AddressSettingsEntry {
             pattern: "/queue/orders.>".into(),
             redelivery_delay: Some(HumanDuration::millis(500)),
@@ -108,17 +143,31 @@ mod tests {
 
     #[test]
     fn given_a_decimal_quantity_should_count_its_bytes() {
-        let v = validated("[{match: /queue/a, maxSizeBytes: 1G}, {match: /queue/b, maxSizeBytes: 1.5Mi}]").expect("valid");
-        let sizes: Vec<Option<ByteSize>> = v.address_settings.iter().map(|e| e.max_size_bytes).collect();
-        assert_eq!(sizes, vec![Some(ByteSize(1_000_000_000)), Some(ByteSize(3 << 19))]);
+        let v = validated(
+            "[{match: /queue/a, maxSizeBytes: 1G}, {match: /queue/b, maxSizeBytes: 1.5Mi}]",
+        )
+        .expect("valid");
+        let sizes: Vec<Option<ByteSize>> = v
+            .address_settings
+            .iter()
+            .map(|e| e.max_size_bytes)
+            .collect();
+        assert_eq!(
+            sizes,
+            vec![Some(ByteSize(1_000_000_000)), Some(ByteSize(3 << 19))]
+        );
     }
 
     #[test]
     fn given_an_entry_only_the_broker_refuses_should_name_it_in_the_spec() {
         // The CEL pattern rule lets a word mixing a wildcard through; the broker does not.
-        let err = validated("[{match: '>'}, {match: '/queue/orders*', maxDeliveryAttempts: 3}]").expect_err("refused");
+        let err = validated("[{match: '>'}, {match: '/queue/orders*', maxDeliveryAttempts: 3}]")
+            .expect_err("refused");
         let message = err.to_string();
-        assert!(message.starts_with("spec.addressSettings[1]: match \"/queue/orders*\""), "{message}");
+        assert!(
+            message.starts_with("spec.addressSettings[1]: match \"/queue/orders*\""),
+            "{message}"
+        );
         assert!(message.contains("mixes a wildcard"), "{message}");
         assert!(!err.retry(), "only a change of the spec can fix it");
     }
