@@ -473,6 +473,31 @@ mod tests {
         broker.durable_subscriptions().iter().map(|d| d.depth).collect()
     }
 
+    #[test]
+    fn given_any_of_the_name_headers_should_name_the_subscription() {
+        for header in NAME_HEADERS {
+            assert_eq!(subscription_name(|h| (h == header).then_some("feed")), Some("feed"), "{header}");
+        }
+        assert_eq!(subscription_name(|h| (h == "id").then_some("1")), None);
+    }
+
+    #[tokio::test]
+    async fn given_a_transaction_to_the_topic_should_journal_its_copies_at_commit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = reopen(dir.path());
+        let t = topic(&broker);
+        let (_, write) = broker.durable_subscribe("c1", "a", &t, None, ConsumerKey(1)).expect("subscribe");
+        write.expect("a new definition").await.expect("definition durable");
+        let incoming = Incoming { destination: "/topic/t".into(), headers: Vec::new(), body: Bytes::from_static(b"tx"), persistent: true, dedup_id: None };
+        let prepared = broker.prepare(incoming).await.expect("prepare");
+        assert_eq!(depth(&broker), [0], "nothing before the commit");
+        let durable = broker.commit(vec![prepared], crate::engine::accept::Settled::default(), Commit::Grouped).await.expect("commit durable");
+        durable.publish();
+        assert_eq!(depth(&broker), [1]);
+        broker.close().expect("close");
+        assert_eq!(depth(&reopen(dir.path())), [1], "the committed copy was journaled");
+    }
+
     #[tokio::test]
     async fn given_durable_subscriptions_should_keep_persistent_copies_across_a_restart_until_removed() {
         let dir = tempfile::tempdir().expect("tempdir");
