@@ -1,6 +1,6 @@
 //! The `duomq-broker` command: run the broker, print its default config, send or receive
-//! messages as a client, ask a live for a switchover, fence a member or drain a group, and
-//! salvage a damaged journal.
+//! messages as a client, ask a live for a switchover, fence a member or drain a group, work
+//! on the messages of a queue, and salvage a damaged journal.
 
 mod cli;
 
@@ -49,6 +49,9 @@ enum Command {
     /// Drain a group into other groups before removing it (try `drain --help`).
     #[command(long_about = cli::DRAIN_LONG_ABOUT)]
     Drain(cli::DrainArgs),
+    /// List queues; browse, purge, delete or move their messages (try `queue --help`).
+    #[command(long_about = cli::QUEUE_LONG_ABOUT)]
+    Queue(cli::QueueArgs),
     /// Repair a stopped broker's journal after damage (try `journal salvage --help`).
     Journal(cli::JournalArgs),
 }
@@ -93,6 +96,7 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
         Command::Switchover(args) => client_runtime()?.block_on(cli::switchover(args)),
         Command::Fence(args) => client_runtime()?.block_on(cli::fence(args)),
         Command::Drain(args) => client_runtime()?.block_on(cli::drain(args)),
+        Command::Queue(args) => client_runtime()?.block_on(cli::queue(args)),
         Command::Journal(args) => cli::journal(args),
     }
 }

@@ -160,7 +160,8 @@ pub struct SwitchoverLabels {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct AdminRequestLabels {
-    /// `fenced`, `unfenced`, `started` or `progress` (a drain), `refused` or `unauthorized`.
+    /// `fenced`, `unfenced`, `started` or `progress` (a drain), `done` (a queue operation),
+    /// `refused`, `unauthorized`, `not_found` or `failed`.
     pub result: &'static str,
 }
 
@@ -207,6 +208,8 @@ pub struct Metrics {
     pub drain_requests: Family<AdminRequestLabels, Counter>,
     /// Reads of the admin endpoint's closed views refused for their credentials.
     pub admin_refused: Family<AdminRefusedLabels, Counter>,
+    /// Queue views and message operations (`/queues...`), by result.
+    pub queue_requests: Family<AdminRequestLabels, Counter>,
     /// The `kubernetes` arbiter's renewals.
     pub lease: LeaseMetrics,
     /// The engine's limits: refusals, reclaimed destinations, slow subscribers.
@@ -265,6 +268,7 @@ impl Metrics {
             fence_requests: Family::default(),
             drain_requests: Family::default(),
             admin_refused: Family::default(),
+            queue_requests: Family::default(),
             lease,
             engine,
             cluster,
@@ -328,6 +332,11 @@ impl Metrics {
         registry.register("duomq_admin_fenced", "1 while this member is fenced by an admin request (POST /ha/fence)", m.admin_fenced.clone());
         registry.register("duomq_admin_fence_requests", "Fence and unfence requests to this member, by result", m.fence_requests.clone());
         registry.register("duomq_drain_requests", "Drain requests to this member, by result", m.drain_requests.clone());
+        registry.register(
+            "duomq_admin_queue_requests",
+            "Queue views and message operations (browse, purge, delete, move) asked of this member, by result",
+            m.queue_requests.clone(),
+        );
         registry.register(
             "duomq_admin_refused_requests",
             "Reads of /status (and of /metrics when closed) refused for their credentials, by path and result",

@@ -66,11 +66,17 @@ pub fn has_credentials(config: &BrokerConfig, users: &[User]) -> bool {
 
 /// Checks a `GET` of a closed view at `path` (the request has no body).
 pub fn check_read(config: &BrokerConfig, users: &[User], path: &str, headers: &HeaderMap) -> Result<(), Refused> {
+    check_view(config, users, "GET", path, b"", headers)
+}
+
+/// Checks a read that carries its question in a body (`POST /queues/browse`): as
+/// [`check_read`], a signature then covering `method`, `path` and `body`.
+pub fn check_view(config: &BrokerConfig, users: &[User], method: &str, path: &str, body: &[u8], headers: &HeaderMap) -> Result<(), Refused> {
     if !has_credentials(config, users) {
         return Ok(());
     }
     if let Some(signature) = headers.get(auth::SIGNATURE_HEADER) {
-        return check_signature(config, path, signature.to_str().ok());
+        return check_signature(config, method, path, body, signature.to_str().ok());
     }
     match headers.get(header::AUTHORIZATION).map(|v| v.to_str().ok().and_then(auth::parse_basic)) {
         None => Err(Refused::Unauthenticated("credentials required".into())),
@@ -79,7 +85,7 @@ pub fn check_read(config: &BrokerConfig, users: &[User], path: &str, headers: &H
     }
 }
 
-fn check_signature(config: &BrokerConfig, path: &str, signature: Option<&str>) -> Result<(), Refused> {
+fn check_signature(config: &BrokerConfig, method: &str, path: &str, body: &[u8], signature: Option<&str>) -> Result<(), Refused> {
     let password = config
         .ha
         .load_password()
@@ -87,7 +93,7 @@ fn check_signature(config: &BrokerConfig, path: &str, signature: Option<&str>) -
     if password.is_empty() {
         return Err(Refused::Unauthenticated("no cluster password is configured: a signature cannot be checked".into()));
     }
-    auth::verify(password.as_bytes(), "GET", path, b"", signature, auth::unix_now()).map_err(|e| Refused::Unauthenticated(e.to_string()))
+    auth::verify(password.as_bytes(), method, path, body, signature, auth::unix_now()).map_err(|e| Refused::Unauthenticated(e.to_string()))
 }
 
 fn check_basic(config: &BrokerConfig, users: &[User], name: &str, password: &str) -> Result<(), Refused> {

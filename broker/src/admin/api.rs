@@ -68,6 +68,149 @@ pub const DRAIN: &str = "/ha/drain";
 /// member is still listed in the `duomq.io/fenced-members` annotation.
 pub const FENCE: &str = "/ha/fence";
 
+/// `GET`: every destination with its depth, in flight, consumers and bytes
+/// ([`DestinationList`]; topics summed over their subscribers). Needs credentials as
+/// [`STATUS`] does.
+pub const QUEUES: &str = "/queues";
+/// `POST` a [`BrowseRequest`]: the first messages waiting in a queue (not those in flight),
+/// in the order consumers get them, nothing taken ([`BrowseReply`]). A read: HTTP Basic of
+/// an admin user, or signed like [`SWITCHOVER`] (over this body). 404 for a queue the
+/// broker does not hold; 400 for a topic.
+pub const QUEUE_BROWSE: &str = "/queues/browse";
+/// `POST` a [`PurgeRequest`], signed like [`SWITCHOVER`]: removes every message waiting in
+/// the queue when the purge began (messages in flight stay with their consumers), journaled
+/// as acks so none comes back after a restart; [`PurgeReply`]. 404 for a queue the broker
+/// does not hold; 409 on a member that is not live.
+pub const QUEUE_PURGE: &str = "/queues/purge";
+/// `POST` a [`DeleteRequest`], signed like [`SWITCHOVER`]: removes the waiting messages
+/// with these ids (as [`QUEUE_BROWSE`] shows them); [`DeleteReply`] says which were not
+/// waiting (in flight, or not in the queue).
+pub const QUEUE_DELETE: &str = "/queues/delete";
+/// `POST` a [`MoveRequest`], signed like [`SWITCHOVER`]: moves waiting messages to another
+/// queue (created when missing, within `destinations.maxDestinations`), all of them, the
+/// first `limit`, or those with `ids`, keeping their order, headers and bodies. Each batch
+/// of up to 500 is one journal record adding the messages to the target and acking them
+/// from the source, so a crash never loses or doubles one. [`MoveReply`]. 404 for a source
+/// the broker does not hold; 400 for a topic, a reserved name or a move onto itself; 500
+/// when the target cannot take them (memory limits, a failed write): what earlier batches
+/// moved stays moved, the rest stays put.
+pub const QUEUE_MOVE: &str = "/queues/move";
+/// How many messages a browse answers without a `limit`.
+pub const BROWSE_DEFAULT_LIMIT: usize = 100;
+/// The most a browse answers.
+pub const BROWSE_MAX_LIMIT: usize = 10_000;
+
+/// The answer to `GET /queues`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DestinationList {
+    /// Sorted by name.
+    pub destinations: Vec<QueueStatus>,
+}
+
+/// The body of `POST /queues/browse`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BrowseRequest {
+    /// `/queue/NAME`.
+    pub queue: String,
+    /// At most this many ([`BROWSE_DEFAULT_LIMIT`] when absent; 1 to [`BROWSE_MAX_LIMIT`]).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+/// How a browsed message's body is written in JSON.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub enum BodyEncoding {
+    /// The body is UTF-8 text, given as it is.
+    Utf8,
+    /// The body is not UTF-8: standard base64 with padding.
+    Base64,
+}
+
+/// One message waiting in a queue.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BrowsedMessage {
+    /// The broker's id: the `message-id` consumers see; what delete and move take.
+    pub id: u64,
+    /// The producer's headers, in order, as `[name, value]` pairs.
+    pub headers: Vec<(String, String)>,
+    pub body: String,
+    pub body_encoding: BodyEncoding,
+    /// Body bytes.
+    pub size: u64,
+    /// Delivered before and handed back (a consumer left, or NACKed it).
+    pub redelivered: bool,
+}
+
+/// The answer to `POST /queues/browse`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct BrowseReply {
+    pub queue: String,
+    /// Messages waiting in all (the list holds the first of them).
+    pub depth: u64,
+    pub messages: Vec<BrowsedMessage>,
+}
+
+/// The body of `POST /queues/purge`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PurgeRequest {
+    pub queue: String,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct PurgeReply {
+    pub queue: String,
+    pub removed: u64,
+}
+
+/// The body of `POST /queues/delete`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteRequest {
+    pub queue: String,
+    pub ids: Vec<u64>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DeleteReply {
+    pub queue: String,
+    pub removed: u64,
+    /// Ids asked for that were not waiting: in flight at a consumer, or not in the queue.
+    #[serde(default)]
+    pub missing: Vec<u64>,
+}
+
+/// The body of `POST /queues/move`: every waiting message, or the first `limit`, or those
+/// with `ids` (not both).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MoveRequest {
+    pub from: String,
+    pub to: String,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ids: Option<Vec<u64>>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub limit: Option<usize>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct MoveReply {
+    pub from: String,
+    pub to: String,
+    pub moved: u64,
+    /// Ids asked for that were not waiting in `from`.
+    #[serde(default)]
+    pub missing: Vec<u64>,
+}
+
 /// The body of `POST /ha/drain`.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase")]

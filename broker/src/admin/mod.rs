@@ -2,6 +2,8 @@
 //! read-only views; and three signed writes, `POST /ha/switchover`, `/ha/fence` and
 //! `/ha/drain`, which it checks and passes to the HA machinery (`ha::switchover`,
 //! `ha::fence`) or the live's drain (`network::drain`) without deciding anything itself.
+//! [`messages`] adds the queue views and the message operations (browse, purge, delete,
+//! move), passed to `engine::manage` likewise.
 //!
 //! With `tls.admin.enabled` it speaks TLS only ([`listener`]). `/status` (and `/metrics`
 //! with `admin.openMetrics: false`) need credentials whenever the broker has any
@@ -16,9 +18,10 @@ pub mod api;
 pub mod auth;
 pub mod client;
 pub mod listener;
+mod messages;
 
 use crate::config::HaPolicy;
-use crate::engine::queue::QueueKind;
+use crate::engine::queue::{QueueKind, QueueSnapshot};
 use crate::engine::Broker;
 use crate::ha::switchover::Switchover;
 use crate::metrics::{AdminRefusedLabels, AdminRequestLabels, Metrics, SwitchoverLabels};
@@ -124,6 +127,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
         .route(api::SWITCHOVER, post(switchover))
         .route(api::FENCE, post(fence))
         .route(api::DRAIN, post(drain))
+        .merge(messages::routes())
         .with_state(state.clone());
     let listener = listener::AdminListener::new(listener, Arc::clone(&state.tls));
     axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await
@@ -131,7 +135,12 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
 
 /// Checks the credentials of a read of a closed view; the refusal is counted and answered.
 fn closed_view(s: &AdminState, path: &'static str, headers: &HeaderMap) -> Result<(), Box<Response>> {
-    access::check_read(&s.config, &s.users, path, headers).map_err(|refused| {
+    closed_request(s, "GET", path, b"", headers)
+}
+
+/// As [`closed_view`], for a read that carries its question in a body.
+fn closed_request(s: &AdminState, method: &str, path: &'static str, body: &[u8], headers: &HeaderMap) -> Result<(), Box<Response>> {
+    access::check_view(&s.config, &s.users, method, path, body, headers).map_err(|refused| {
         let result = match refused {
             access::Refused::Unauthenticated(_) => "unauthorized",
             access::Refused::Forbidden(_) => "forbidden",
@@ -168,23 +177,7 @@ async fn status(State(s): State<AdminState>, headers: HeaderMap) -> Response {
         uptime_seconds: uptime,
         connections: s.metrics.connections.get().max(0) as u64,
         memory_bytes: memory as u64,
-        queues: queues
-            .into_iter()
-            .map(|q| QueueStatus {
-                name: q.name,
-                kind: match q.kind {
-                    QueueKind::Anycast => DestinationKind::Queue,
-                    QueueKind::TopicSubscription => DestinationKind::Topic,
-                },
-                depth: q.depth as u64,
-                in_flight: q.in_flight as u64,
-                consumers: q.consumers as u64,
-                bytes: q.bytes as u64,
-                enqueued_total: q.enqueued_total,
-                acked_total: q.acked_total,
-                groups: q.groups as u64,
-            })
-            .collect(),
+        queues: queues.into_iter().map(queue_status).collect(),
         durable_subscriptions: durable_subscriptions
             .into_iter()
             .map(|d| DurableSubscriptionStatus {
@@ -205,6 +198,24 @@ async fn status(State(s): State<AdminState>, headers: HeaderMap) -> Response {
         drain: s.network.read().as_ref().and_then(|n| n.drain_status(open_connections(&s))),
     })
     .into_response()
+}
+
+/// A queue (or a topic, summed over its subscribers) as `/status` and `/queues` show it.
+fn queue_status(q: QueueSnapshot) -> QueueStatus {
+    QueueStatus {
+        name: q.name,
+        kind: match q.kind {
+            QueueKind::Anycast => DestinationKind::Queue,
+            QueueKind::TopicSubscription => DestinationKind::Topic,
+        },
+        depth: q.depth as u64,
+        in_flight: q.in_flight as u64,
+        consumers: q.consumers as u64,
+        bytes: q.bytes as u64,
+        enqueued_total: q.enqueued_total,
+        acked_total: q.acked_total,
+        groups: q.groups as u64,
+    }
 }
 
 fn open_connections(s: &AdminState) -> u64 {

@@ -2,7 +2,8 @@
 //! broker out, checking what came through, and rough throughput numbers (thin users of
 //! `duomq_broker::client` that must not speak STOMP themselves); and `switchover`, which
 //! asks a live on its admin endpoint to hand its role over; `fence` and `drain`, the other
-//! signed admin writes; and `journal salvage`, which
+//! signed admin writes; `queue`, which lists queues and browses, purges, deletes or moves
+//! their messages through the admin API; and `journal salvage`, which
 //! gets a stopped broker past a damaged journal, keeping a copy of what it cuts.
 //!
 //! Every message `send` produces carries a `duomq-run` header (random per run) and a
@@ -25,12 +26,14 @@ macro_rules! tls_help {
 
 mod fence_drain;
 mod progress;
+mod queue;
 mod receive;
 mod salvage;
 mod send;
 mod switchover;
 
 pub use fence_drain::{drain, fence, DrainArgs, FenceArgs, DRAIN_LONG_ABOUT, FENCE_LONG_ABOUT};
+pub use queue::{queue, QueueArgs, QUEUE_LONG_ABOUT};
 pub use receive::{receive, ReceiveArgs, RECEIVE_LONG_ABOUT};
 pub use salvage::{journal, JournalArgs};
 pub use send::{send, SendArgs, SEND_LONG_ABOUT};

@@ -25,42 +25,62 @@ pub const SWITCHOVER_LONG_ABOUT: &str = "Hand the live role of a group to one of
 /// How long the live may take: its client drain and hand-over, plus a margin.
 const REPLY_TIMEOUT: Duration = Duration::from_secs(duomq_broker::ha::switchover::REPLY_TIMEOUT.as_secs() + 5);
 
-/// Where a member's admin endpoint is and how to reach it: the options every admin write
-/// (`switchover`, `fence`, `drain`) shares.
+/// Where a member's admin endpoint is and how to reach it, signed or not: the options
+/// every admin command shares (global, so `queue`'s subcommands take them after their name).
 #[derive(clap::Args, Debug, Clone)]
-pub struct AdminEndpointArgs {
+pub struct AdminAddressArgs {
     /// Admin address of the member (its admin.listen): HOST:PORT, http://HOST:PORT, or
     /// https://HOST:PORT when it has tls.admin.enabled (then give --ca-file).
-    #[arg(long, default_value = "127.0.0.1:8161", value_name = "ADDRESS")]
+    #[arg(long, default_value = "127.0.0.1:8161", value_name = "ADDRESS", global = true)]
     pub admin: String,
-    /// File with the group's cluster password (the members' ha.cluster.passwordFile).
-    #[arg(long, value_name = "FILE")]
-    pub password_file: PathBuf,
     /// CA certificates (PEM) that signed the member's certificate: speak TLS to it.
-    #[arg(long, value_name = "FILE")]
+    #[arg(long, value_name = "FILE", global = true)]
     pub ca_file: Option<PathBuf>,
     /// The name the member's certificate must carry, when it is not the host of --admin
     /// (for example the member's DNS name while --admin is an IP address).
-    #[arg(long, value_name = "NAME", requires = "ca_file")]
+    #[arg(long, value_name = "NAME", requires = "ca_file", global = true)]
     pub tls_server_name: Option<String>,
+}
+
+impl AdminAddressArgs {
+    /// An admin client of the member, without credentials yet.
+    pub fn client(&self) -> anyhow::Result<AdminClient> {
+        let client = AdminClient::new(&self.admin)?;
+        Ok(match &self.ca_file {
+            Some(ca) => client.with_ca_file(ca, self.tls_server_name.as_deref())?,
+            None => client,
+        })
+    }
+}
+
+/// The options of the signed admin writes (`switchover`, `fence`, `drain`).
+#[derive(clap::Args, Debug, Clone)]
+pub struct AdminEndpointArgs {
+    #[command(flatten)]
+    pub address: AdminAddressArgs,
+    /// File with the group's cluster password (the members' ha.cluster.passwordFile).
+    #[arg(long, value_name = "FILE")]
+    pub password_file: PathBuf,
 }
 
 impl AdminEndpointArgs {
     /// The admin client these options describe.
     pub fn client(&self) -> anyhow::Result<AdminClient> {
-        let mut client = AdminClient::new(&self.admin)?;
-        if let Some(ca) = &self.ca_file {
-            client = client.with_ca_file(ca, self.tls_server_name.as_deref())?;
-        }
-        Ok(client.with_password_file(&self.password_file)?)
+        Ok(self.address.client()?.with_password_file(&self.password_file)?)
     }
 
     /// Posts the signed `body` to `path`: the 200 answer's body, or the status code and the
     /// error it gave.
     pub async fn signed_post(&self, path: &str, body: &[u8], timeout: Duration) -> anyhow::Result<Result<Vec<u8>, (u16, String)>> {
-        let reply = self.client()?.post_signed(path, body, timeout).await?;
-        Ok(if reply.code == 200 { Ok(reply.body) } else { Err((reply.code, reply.error_text())) })
+        post(&self.client()?, path, body, timeout).await
     }
+}
+
+/// Posts `body` to `path` with `client`'s credentials: the 200 answer's body, or the status
+/// code and the error it gave.
+pub async fn post(client: &AdminClient, path: &str, body: &[u8], timeout: Duration) -> anyhow::Result<Result<Vec<u8>, (u16, String)>> {
+    let reply = client.post_signed(path, body, timeout).await?;
+    Ok(if reply.code == 200 { Ok(reply.body) } else { Err((reply.code, reply.error_text())) })
 }
 
 /// Options of `duomq-broker switchover`.

@@ -155,6 +155,11 @@ impl Settled {
         }
     }
 
+    /// The removal of journaled messages taken out of a queue by an admin action.
+    pub(crate) fn removed(journaled: Vec<MessageId>) -> Settled {
+        Settled { journaled }
+    }
+
     fn ops(&self) -> impl Iterator<Item = Op> + '_ {
         self.journaled.iter().map(|id| Op::Ack(*id))
     }

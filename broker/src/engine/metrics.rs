@@ -3,7 +3,8 @@
 //! bindings were evicted, how many durable subscriptions are held.
 //!
 //! What clients were not authorized to do is counted here too, by permission, and what
-//! subscription selectors chose and passed over.
+//! subscription selectors chose and passed over, and what admin requests purged, deleted or
+//! moved (`engine::manage`).
 //!
 //! Labels are the names of limits and permissions (fixed sets), never destination or
 //! client names.
@@ -71,6 +72,15 @@ struct LimitLabels {
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct AdminActionLabels {
+    /// `purged`, `deleted` or `moved`.
+    action: &'static str,
+}
+
+/// The `action` labels of `duomq_admin_messages`.
+pub const ADMIN_ACTIONS: [&str; 3] = ["purged", "deleted", "moved"];
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PermissionLabels {
     permission: &'static str,
 }
@@ -88,6 +98,7 @@ pub struct EngineMetrics {
     authorization_denied: Family<PermissionLabels, Counter>,
     /// Messages SUBSCRIBE selectors chose or passed over (see [`crate::selector`]).
     pub selector_evaluations: crate::selector::SelectorCounters,
+    admin_messages: Family<AdminActionLabels, Counter>,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -144,6 +155,14 @@ impl EngineMetrics {
         let matched = selector_evaluations.get_or_create(&ResultLabels { result: "match" }).clone();
         let unmatched = selector_evaluations.get_or_create(&ResultLabels { result: "nomatch" }).clone();
         m.selector_evaluations = crate::selector::SelectorCounters { matched, unmatched };
+        registry.register(
+            "duomq_admin_messages",
+            "Queue messages purged, deleted or moved to another queue by admin requests, by action",
+            m.admin_messages.clone(),
+        );
+        for action in ADMIN_ACTIONS {
+            let _ = m.admin_messages.get_or_create(&AdminActionLabels { action });
+        }
         // Every series from the start: a dashboard sees 0, not nothing, until a denial.
         for permission in crate::security::Permission::ALL {
             let _ = m.authorization_denied.get_or_create(&PermissionLabels { permission: permission.as_str() });
@@ -154,6 +173,11 @@ impl EngineMetrics {
     /// Counts a frame refused for want of `permission`.
     pub fn authorization_denied(&self, permission: crate::security::Permission) {
         self.authorization_denied.get_or_create(&PermissionLabels { permission: permission.as_str() }).inc();
+    }
+
+    /// Counts `n` messages purged, deleted or moved (one of [`ADMIN_ACTIONS`]) by an admin request.
+    pub fn admin_messages(&self, action: &'static str, n: u64) {
+        self.admin_messages.get_or_create(&AdminActionLabels { action }).inc_by(n);
     }
 
     pub fn limit_hit(&self, limit: Limit) {

@@ -10,6 +10,7 @@ pub mod accept;
 pub mod dedup;
 pub mod drain;
 pub mod durable;
+pub mod manage;
 pub mod memory;
 pub mod message;
 pub mod metrics;

@@ -940,6 +940,44 @@ impl Queue {
         page
     }
 
+    /// The first `limit` pending messages in id order (not those in flight), and how many
+    /// are pending in all: what an admin browse shows. Nothing is taken.
+    pub fn peek_pending(&self, limit: usize) -> (Vec<Entry>, usize) {
+        let st = self.state.lock();
+        (st.pending.values().take(limit).cloned().collect(), st.pending.len())
+    }
+
+    /// The ids of the first `limit` pending messages with ids below `below`, in id order.
+    pub fn pending_ids(&self, below: MessageId, limit: usize) -> Vec<MessageId> {
+        self.state.lock().pending.range(..below).take(limit).map(|(id, _)| *id).collect()
+    }
+
+    /// Takes the pending messages among `ids` out of the queue (an admin delete, purge or
+    /// move); those in flight or gone are left alone. Their bytes are freed here; the
+    /// caller journals their removal, or [`Queue::restore`]s them when that fails.
+    pub fn remove_pending(self: &Arc<Self>, ids: &[MessageId]) -> Vec<Entry> {
+        let mut st = self.state.lock();
+        let taken: Vec<Entry> = ids.iter().filter_map(|id| self.take_pending(&mut st, *id)).collect();
+        let freed: usize = taken.iter().map(|e| e.message.footprint()).sum();
+        st.bytes -= freed;
+        self.memory.release(freed);
+        // A removed message may have held back the rest of its group.
+        self.dispatch_locked(&mut st);
+        taken
+    }
+
+    /// Puts back what [`Queue::remove_pending`] took, in id order, as it was.
+    pub fn restore(self: &Arc<Self>, entries: Vec<Entry>) {
+        let size: usize = entries.iter().map(|e| e.message.footprint()).sum();
+        self.memory.add(size);
+        let mut st = self.state.lock();
+        st.bytes += size;
+        for entry in entries {
+            self.push_pending(&mut st, entry);
+        }
+        self.dispatch_locked(&mut st);
+    }
+
     /// Drops every message (a topic subscriber's queue when it unsubscribes).
     pub fn purge(&self) {
         let mut st = self.state.lock();
