@@ -108,11 +108,11 @@ fn given_a_queue_when_browsed_deleted_moved_and_purged_should_stay_so_after_kill
     assert_eq!(browse["depth"], 7);
     let bodies = bodies_of(&browse);
     assert_eq!(bodies[..6], ["order-0", "order-1", "order-2", "order-3", "order-4", "order-5"]);
-    assert_eq!(bodies[6], "//7+", "base64 of ff 00 fe");
+    assert_eq!(bodies[6], "/wD+", "base64 of ff 00 fe");
     assert_eq!(browse["messages"][6]["bodyEncoding"], "base64");
     assert_eq!(browse["messages"][6]["size"], 3);
     assert_eq!(browse["messages"][0]["bodyEncoding"], "utf8");
-    assert_eq!(browse["messages"][2]["headers"], serde_json::json!([["n", "2"], ["kind", "order"]]));
+    assert_eq!(browse["messages"][2]["headers"], serde_json::json!([["persistent", "true"], ["n", "2"], ["kind", "order"]]));
     assert_eq!(browse["messages"][0]["redelivered"], false);
     let ids = ids_of(&browse);
     assert!(ids.windows(2).all(|w| w[0] < w[1]), "in id order: {ids:?}");
@@ -133,8 +133,8 @@ fn given_a_queue_when_browsed_deleted_moved_and_purged_should_stay_so_after_kill
     assert!(ok, "{stderr}");
     assert_eq!(said.trim(), "moved 5 messages from /queue/orders to /queue/orders.retry");
     let moved = queue_json(&b, &password, &["browse", "--queue", "/queue/orders.retry"]);
-    assert_eq!(bodies_of(&moved), ["order-0", "order-2", "order-4", "order-5", "//7+"]);
-    assert_eq!(moved["messages"][1]["headers"], serde_json::json!([["n", "2"], ["kind", "order"]]));
+    assert_eq!(bodies_of(&moved), ["order-0", "order-2", "order-4", "order-5", "/wD+"]);
+    assert_eq!(moved["messages"][1]["headers"], serde_json::json!([["persistent", "true"], ["n", "2"], ["kind", "order"]]));
 
     // purge: the waiting ones go, the one a consumer holds stays with it.
     for i in 0..3 {
