@@ -5,9 +5,12 @@
 //! moved comes back and the moved messages are in their new queue. Writes without the
 //! cluster signature are refused, reads need an admin user or the signature, a queue the
 //! broker does not hold is a 404, and a moved message keeps its dedup id and its group.
+//! In a replicated pair the backup refuses the writes and, once it takes over, holds
+//! exactly what the live's moves and purges left.
 
 mod common;
 
+use common::cluster::Member;
 use common::{body_text, cli, metric_value, output_within, signed_post, Broker, Conn};
 use duomq_broker::stomp::{Command, Frame};
 use serde_json::Value;
@@ -275,4 +278,44 @@ fn given_moved_messages_should_keep_their_dedup_id_and_their_message_group() {
     // Auto acks are journaled lazily, so some deliveries may be back after kill -9; the
     // resend must add nothing to them.
     assert_eq!(depth_of(&after, "/queue/work").unwrap_or(0), depth_of(&before, "/queue/work").unwrap_or(0), "the resend was stored again after the restart: {after}");
+}
+
+#[test]
+fn given_a_replicated_pair_should_carry_moves_and_purges_to_the_backup_and_refuse_them_there() {
+    let root = tempfile::tempdir().expect("tempdir");
+    std::fs::write(root.path().join("password"), format!("{PASSWORD}\n")).expect("write the password file");
+    let mut live = Member::new(root.path(), "node-a");
+    let mut backup = Member::new(root.path(), "node-b");
+    live.start(&[backup.peer()], "primary", "", root.path(), "g1", "password");
+    live.wait_live();
+    backup.start(&[live.peer()], "backup", "", root.path(), "g1", "password");
+    backup.wait_synced_backup();
+    let url = format!("stomp://{}", live.stomp_addr());
+    let out = cli(&["send", "--url", &url, "--destination", "/queue/DLQ.jobs", "--count", "10", "--persistent", "--receipts"]).output().expect("run producer");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+
+    let (code, body) = backup.admin_post("/queues/purge", r#"{"queue":"/queue/DLQ.jobs"}"#, Some(PASSWORD));
+    assert_eq!(code, 409, "a backup refuses writes: {body}");
+    assert!(body.contains("not live"), "{body}");
+    let (code, body) = live.admin_post("/queues/move", r#"{"from":"/queue/DLQ.jobs","to":"/queue/jobs","limit":6}"#, Some(PASSWORD));
+    assert_eq!((code, serde_json::from_str::<Value>(&body).map(|v| v["moved"].clone()).ok()), (200, Some(6.into())), "{body}");
+    let (code, body) = live.admin_post("/queues/purge", r#"{"queue":"/queue/DLQ.jobs"}"#, Some(PASSWORD));
+    assert_eq!((code, serde_json::from_str::<Value>(&body).map(|v| v["removed"].clone()).ok()), (200, Some(4.into())), "{body}");
+
+    // The live dies: its backup holds exactly what the admin requests left.
+    live.kill9();
+    backup.wait_live();
+    let (code, body) = backup.admin_post("/queues/browse", r#"{"queue":"/queue/DLQ.jobs"}"#, Some(PASSWORD));
+    assert_eq!(code, 404, "nothing purged or moved came back on the backup: {body}");
+    let (code, body) = backup.admin_post("/queues/browse", r#"{"queue":"/queue/jobs"}"#, Some(PASSWORD));
+    assert_eq!(code, 200, "{body}");
+    let browse: Value = serde_json::from_str(&body).expect("browse JSON");
+    let seqs: Vec<String> = browse["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["headers"].as_array().and_then(|h| h.iter().find(|kv| kv[0] == "duomq-seq")).and_then(|kv| kv[1].as_str()).unwrap_or("?").to_string())
+        .collect();
+    assert_eq!(seqs, ["0", "1", "2", "3", "4", "5"], "the first six, in order: {body}");
+    common::receive_all(&format!("stomp://{}", backup.stomp_addr()), "/queue/jobs", 6);
 }

@@ -27,7 +27,7 @@ pub const QUEUE_LONG_ABOUT: &str = "List queues, and browse, purge, delete or mo
         (and replicated) before the command answers, so nothing removed comes back and nothing \
         moved is lost or doubled by a crash.\n\n\
         Examples:\n  \
-        duomq-broker queue list --user ops --password-file cluster-password\n  \
+        DUOMQ_ADMIN_PASSWORD=... duomq-broker queue list --user ops\n  \
         duomq-broker queue browse --queue /queue/DLQ.orders --limit 20 --password-file cluster-password\n  \
         duomq-broker queue move --from /queue/DLQ.orders --to /queue/orders --password-file cluster-password\n  \
         duomq-broker queue delete --queue /queue/orders --id 17 --id 18 --password-file cluster-password\n  \

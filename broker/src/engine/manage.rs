@@ -38,9 +38,9 @@ pub enum ManageError {
     #[error("{0} is both the source and the target of the move")]
     SameQueue(String),
     #[error("failed to move the messages into {queue}; they stay in {from}")]
-    Target { queue: String, from: String, source: AcceptError },
+    Target { queue: String, from: String, source: Box<AcceptError> },
     #[error("failed to journal the operation; the messages stay in {queue}")]
-    Persist { queue: String, source: AcceptError },
+    Persist { queue: String, source: Box<AcceptError> },
 }
 
 impl ManageError {
@@ -176,7 +176,7 @@ impl Broker {
             Ok(_) => Ok(taken.iter().map(|e| e.message.id).collect()),
             Err(source) => {
                 queue.restore(taken);
-                Err(ManageError::Persist { queue: queue.name.to_string(), source })
+                Err(ManageError::Persist { queue: queue.name.to_string(), source: Box::new(source) })
             }
         }
     }
@@ -199,7 +199,7 @@ impl Broker {
                 Err(source_error) => {
                     drop(sends);
                     source.restore(taken);
-                    return Err(ManageError::Target { queue: to.to_string(), from: source.name.to_string(), source: source_error });
+                    return Err(ManageError::Target { queue: to.to_string(), from: source.name.to_string(), source: Box::new(source_error) });
                 }
             }
         }
@@ -211,7 +211,7 @@ impl Broker {
             }
             Err(error) => {
                 source.restore(taken);
-                Err(ManageError::Persist { queue: source.name.to_string(), source: error })
+                Err(ManageError::Persist { queue: source.name.to_string(), source: Box::new(error) })
             }
         }
     }
