@@ -358,6 +358,21 @@ pub struct RunArgs {
     /// With --groups: the SEND header that carries the group.
     #[arg(long, value_name = "NAME", requires = "groups", default_value = crate::groups::DEFAULT_GROUP_HEADER)]
     pub group_header: String,
+    /// Tag message i of each producer with the SEND header NAME, value V[i % k] (k values,
+    /// each on 1/k of the messages), for selector loads (see --selector-split).
+    #[arg(long, value_name = "NAME=V1,V2", value_parser = crate::selectors::parse_header_cycle)]
+    pub header_cycle: Option<crate::selectors::HeaderCycle>,
+    /// With --header-cycle: consumer c subscribes with the JMS selector NAME = 'V[c % k]'
+    /// (STOMP's `selector` header) and counts every message it gets with another value as a
+    /// selector mismatch. Two consumers and two values: complementary selectors, half each.
+    #[arg(long, requires = "header_cycle")]
+    pub selector_split: bool,
+    /// Fill, then drain: the producers send N persistent messages in all (split among
+    /// them) with no consumer subscribed; then the consumers subscribe and take them all.
+    /// Rates are the fill's (send) and the drain's (receive); --duration and --warmup do
+    /// not apply and --drain-timeout bounds the drain.
+    #[arg(long, value_name = "N", conflicts_with = "groups", value_parser = clap::value_parser!(u64).range(1..))]
+    pub backlog: Option<u64>,
     /// Process id of the broker: sample its memory (VmRSS) and CPU time from /proc. Only
     /// that process, not its children (for RabbitMQ pass the beam.smp pid).
     #[arg(long, value_name = "PID")]
@@ -584,6 +599,26 @@ mod tests {
         assert_eq!(run.group_header, "JMSXGroupID");
         assert!(Cli::try_parse_from(["duomq-bench", "run", "--group-size", "5"]).is_err());
         assert!(Cli::try_parse_from(["duomq-bench", "run", "--groups", "0"]).is_err());
+    }
+
+    #[test]
+    fn given_backlog_and_selector_options_should_parse_and_selector_split_should_need_a_cycle() {
+        let cli = Cli::try_parse_from([
+            "duomq-bench",
+            "run",
+            "--backlog",
+            "1000",
+            "--header-cycle",
+            "colour=red,blue",
+            "--selector-split",
+        ]);
+        let Ok(Cli { command: Command::Run(run), .. }) = cli else { panic!("did not parse: {cli:?}") };
+        assert_eq!(run.backlog, Some(1000));
+        assert!(run.selector_split);
+        assert_eq!(run.header_cycle.map(|c| c.values), Some(vec!["red".to_string(), "blue".to_string()]));
+        assert!(Cli::try_parse_from(["duomq-bench", "run", "--selector-split"]).is_err());
+        assert!(Cli::try_parse_from(["duomq-bench", "run", "--backlog", "0"]).is_err());
+        assert!(Cli::try_parse_from(["duomq-bench", "run", "--backlog", "5", "--groups", "2"]).is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@ mod fsync_rate;
 mod groups;
 mod report;
 mod run;
+mod selectors;
 mod tally;
 
 use clap::Parser;
@@ -39,12 +40,16 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
                 .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("duomq_bench=info,warn")),
         )
         .init();
-    let mut group_violations = 0;
+    let (mut group_violations, mut selector_mismatches) = (0, 0);
     let output = match cli.command {
         Command::Run(args) => {
-            let report = block_on(run::run(&args))?;
+            let report = match args.backlog {
+                Some(messages) => block_on(run::backlog::backlog(&args, messages))?,
+                None => block_on(run::run(&args))?,
+            };
             warn_if_lost(report.lost, report.duplicates);
             group_violations = report.group_violations();
+            selector_mismatches = report.selector_mismatches.unwrap_or(0);
             if args.json {
                 report.to_json_line()? + "\n"
             } else {
@@ -80,6 +85,11 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
     let mut stdout = std::io::stdout().lock();
     stdout.write_all(output.as_bytes())?;
     stdout.flush()?;
+    if selector_mismatches > 0 {
+        anyhow::bail!(
+            "{selector_mismatches} selector mismatches: consumers got messages their selector does not match (does the broker apply the STOMP selector header?)"
+        );
+    }
     if group_violations > 0 {
         anyhow::bail!(
             "{group_violations} message group violations: a group reached more than one consumer or came out of order"

@@ -81,6 +81,27 @@ pub struct RunReport {
     pub errors: Vec<String>,
     /// With --groups: the grouping check and the first-of-group receipt latency.
     pub groups: Option<GroupsReport>,
+    /// With --selector-split: deliveries that did not carry the value their consumer's
+    /// selector selects (a broker that ignores selectors makes many); the run fails on any.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub selector_mismatches: Option<u64>,
+    /// With --backlog: the fill and the drain (send_rate and receive_rate are theirs too).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backlog: Option<BacklogReport>,
+}
+
+/// A fill-then-drain run (`run --backlog N`).
+#[derive(Debug, Clone, Serialize)]
+pub struct BacklogReport {
+    /// Messages the producers were asked to send, in all.
+    pub messages: u64,
+    /// From the producers' start until every one had its last receipt.
+    pub fill_s: f64,
+    pub fill_rate: f64,
+    /// From the consumers' SUBSCRIBE until every confirmed message had arrived (or the
+    /// drain timeout).
+    pub drain_s: f64,
+    pub drain_rate: f64,
 }
 
 impl RunReport {
@@ -154,6 +175,22 @@ impl RunReport {
                     let _ = writeln!(out, "  {example}");
                 }
             }
+        }
+        if let Some(b) = &self.backlog {
+            let _ = writeln!(
+                out,
+                "backlog: {} messages, filled in {:.2} s ({:.0} msg/s), drained in {:.2} s ({:.0} msg/s)",
+                b.messages, b.fill_s, b.fill_rate, b.drain_s, b.drain_rate
+            );
+        }
+        match self.selector_mismatches {
+            Some(0) => {
+                let _ = writeln!(out, "selectors: every delivery matched its consumer's selector");
+            }
+            Some(n) => {
+                let _ = writeln!(out, "SELECTOR MISMATCHES: {n} deliveries did not match their consumer's selector");
+            }
+            None => {}
         }
         for error in &self.errors {
             let _ = writeln!(out, "ERROR: {error}");
@@ -369,6 +406,8 @@ mod tests {
             drain_s: 0.1,
             errors: vec![],
             groups: None,
+            selector_mismatches: None,
+            backlog: None,
         }
     }
 

@@ -65,6 +65,7 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
         ack: AckMode::ClientIndividual,
         prefetch: args.prefetch,
         subscribe_headers: Vec::new(),
+        selectors: None,
     });
     let subscribed = subscribe_consumers(&consumer_spec, args.consumers).await?;
     let producers = connect_producers(&args.url, &options, args.producers).await?;
@@ -112,6 +113,8 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
             window: args.window,
             headers: Vec::new(),
             groups: None,
+            cycle: None,
+            limit: None,
         };
         producer_tasks.push(client.run(|c| producer::produce(c, spec, Arc::clone(&shared), stop_producers.clone())));
     }

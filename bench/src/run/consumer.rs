@@ -7,6 +7,7 @@ use super::raw::RawSubscriber;
 use super::shared::Shared;
 use crate::body::{parse_body, wall_clock_ns};
 use crate::report::nanos_histogram;
+use crate::selectors::HeaderCycle;
 use crate::tally::{DeliveryCounts, Mark};
 use anyhow::Context;
 use duomq_broker::client::{AckMode, Client, ClientOptions, Message, Subscription};
@@ -26,6 +27,9 @@ pub struct ConsumerSpec {
     pub prefetch: u32,
     /// Extra SUBSCRIBE headers; when present, the raw connection is used.
     pub subscribe_headers: Vec<(String, String)>,
+    /// Selector loads: consumer c selects the cycle's value c (see [`crate::selectors`]);
+    /// the raw connection is used.
+    pub selectors: Option<HeaderCycle>,
 }
 
 /// A consumer that has subscribed, before it starts consuming.
@@ -67,7 +71,10 @@ impl Subscribed {
                 }
                 result
             }
-            Subscribed::Raw(raw) => raw.consume(spec.ack, &mut recorder, &stop).await,
+            Subscribed::Raw(raw) => {
+                let expect = spec.selectors.as_ref().map(|c| (c.name.as_str(), c.expected_for(id)));
+                raw.consume(spec.ack, expect, &mut recorder, &stop).await
+            }
         };
         let error = result.err().map(|e| {
             tracing::error!(consumer = id, error = format!("{e:#}"), "consumer stopped early");
@@ -77,20 +84,25 @@ impl Subscribed {
             latencies: recorder.latencies,
             measured_received: recorder.measured_received,
             counts: recorder.counts,
+            selector_mismatches: recorder.selector_mismatches,
             error,
         }
     }
 }
 
-/// Connects and subscribes one consumer.
-pub async fn subscribe(spec: &ConsumerSpec) -> anyhow::Result<Subscribed> {
-    if spec.subscribe_headers.is_empty() {
+/// Connects and subscribes consumer `index`.
+pub async fn subscribe(spec: &ConsumerSpec, index: u32) -> anyhow::Result<Subscribed> {
+    if spec.subscribe_headers.is_empty() && spec.selectors.is_none() {
         let client = Client::connect(&spec.url, spec.options.clone()).await?;
         let subscription = client.subscribe(&spec.destination, spec.ack, Some(spec.prefetch)).await?;
         return Ok(Subscribed::Client { client, subscription });
     }
     let mut raw = RawSubscriber::connect(&spec.url, &spec.options).await?;
-    raw.subscribe(&spec.destination, spec.ack, spec.prefetch, &spec.subscribe_headers).await?;
+    let mut headers = spec.subscribe_headers.clone();
+    if let Some(cycle) = &spec.selectors {
+        headers.push(("selector".to_string(), cycle.selector_for(index)));
+    }
+    raw.subscribe(&spec.destination, spec.ack, spec.prefetch, &headers).await?;
     Ok(Subscribed::Raw(Box::new(raw)))
 }
 
@@ -101,6 +113,8 @@ pub struct ConsumerOutcome {
     /// Messages of this run received during the measured interval.
     pub measured_received: u64,
     pub counts: DeliveryCounts,
+    /// Deliveries whose header did not match this consumer's selector (selector loads).
+    pub selector_mismatches: u64,
     pub error: Option<String>,
 }
 
@@ -112,6 +126,7 @@ pub struct Recorder {
     latencies: Histogram<u64>,
     measured_received: u64,
     counts: DeliveryCounts,
+    selector_mismatches: u64,
 }
 
 impl Recorder {
@@ -122,7 +137,13 @@ impl Recorder {
             latencies: nanos_histogram()?,
             measured_received: 0,
             counts: DeliveryCounts::default(),
+            selector_mismatches: 0,
         })
+    }
+
+    /// Books a delivery that its consumer's selector should not have let through.
+    pub fn selector_mismatch(&mut self) {
+        self.selector_mismatches += 1;
     }
 
     /// Books one delivered body, received now; `redelivered` is the MESSAGE's

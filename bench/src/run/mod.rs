@@ -10,6 +10,7 @@
 //! phases, stop tokens, progress line, memory sampler and drain run here, on the
 //! caller's runtime.
 
+pub(crate) mod backlog;
 pub(crate) mod consumer;
 mod monitor;
 pub(crate) mod producer;
@@ -41,23 +42,8 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     let broker = args.broker_pid.map(BrokerProcess::open).transpose()?;
     // This process: the load generator's own CPU, so a cost both ends pay (TLS) shows whole.
     let itself = BrokerProcess::open(std::process::id())?;
-    let options =
-        ClientOptions {
-            login: args.login.clone(),
-            passcode: args.passcode.clone(),
-            host: args.vhost.clone(),
-            tls: TlsOptions::from(&args.tls),
-            ..ClientOptions::default()
-        };
-    let ack = AckMode::from(args.ack);
-    let consumer_spec = Arc::new(ConsumerSpec {
-        url: args.consumer_url.clone().unwrap_or_else(|| args.url.clone()),
-        options: options.clone(),
-        destination: args.destination.clone(),
-        ack,
-        prefetch: args.prefetch,
-        subscribe_headers: args.subscribe_headers.clone(),
-    });
+    let options = client_options(args);
+    let consumer_spec = consumer_spec(args, &options);
 
     // Consumers first, so nothing a producer sends waits for a subscriber.
     let subscribed = subscribe_consumers(&consumer_spec, args.consumers).await?;
@@ -87,30 +73,9 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     let stop_watching = CancellationToken::new();
     tokio::spawn(stop_on_ctrl_c(stop_producers.clone()));
 
-    let mut consumer_tasks = Vec::new();
-    for (id, consumer) in (0u32..).zip(subscribed) {
-        let recorder = Recorder::new(Arc::clone(&shared), id)?;
-        let (spec, stop) = (Arc::clone(&consumer_spec), stop_consumers.clone());
-        consumer_tasks.push(consumer.run(move |c| async move { c.consume(&spec, id, recorder, stop).await }));
-    }
-    let producer_tasks: Vec<ThreadTask<ProducerOutcome>> = (0u32..)
-        .zip(producers)
-        .map(|(id, client)| {
-            let spec = ProducerSpec {
-                id,
-                destination: args.destination.clone(),
-                size: args.size,
-                persistent: args.persistent,
-                window: args.window,
-                headers: args.send_headers.clone(),
-                groups: group_plan(args).map(|plan| (args.group_header.clone(), plan)),
-            };
-            client.run(|c| producer::produce(c, spec, Arc::clone(&shared), stop_producers.clone()))
-        })
-        .collect();
-    let sampler =
-        broker.clone().map(|b| tokio::spawn(monitor::sample_rss(b, Arc::clone(&shared), stop_watching.clone())));
-    let progress = tokio::spawn(monitor::print_progress(Arc::clone(&shared), stop_watching.clone()));
+    let consumer_tasks = start_consumers(subscribed, &shared, &consumer_spec, &stop_consumers)?;
+    let producer_tasks = start_producers(args, producers, None, &shared, &stop_producers);
+    let watch = Watch::start(broker.as_ref(), &shared, &stop_watching);
 
     // The measured interval, and the broker's CPU time across it.
     let interrupted = !sleep_until_unless(phases.measure_start(), &stop_producers).await;
@@ -141,32 +106,11 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     for task in consumer_tasks {
         consumer_outcomes.push(task.join().await?);
     }
-    stop_watching.cancel();
-    let rss = match sampler {
-        Some(task) => task.await.context("the memory sampler panicked")?,
-        None => RssStats::default(),
-    };
-    let _ = progress.await;
-
-    let promised = args.window > 0 || args.persistent;
-    if missing > 0 {
-        let examples = shared.deliveries.missing_examples(&confirmed, 5);
-        if promised {
-            tracing::warn!(lost = missing, ?examples, "confirmed messages never arrived (producer, seq)");
-        } else {
-            tracing::warn!(
-                undelivered = missing,
-                ?examples,
-                "non-persistent messages sent without receipts never arrived"
-            );
-        }
-    }
+    let rss = watch.finish(&stop_watching).await?;
+    warn_missing(args, &shared, &confirmed, missing);
     let measured_s = measured.as_secs_f64();
-    let percent = |start: Option<f64>, end: Option<f64>| match (start, end) {
-        (Some(a), Some(b)) if cpu_window > 0.0 => Some(round3((b - a) / cpu_window * 100.0)),
-        _ => None,
-    };
-    let (cpu_percent, bench_cpu_percent) = (percent(cpu_start, cpu_end), percent(own_start, own_end));
+    let (cpu_percent, bench_cpu_percent) =
+        (cpu_percent(cpu_start, cpu_end, cpu_window), cpu_percent(own_start, own_end, cpu_window));
     let totals = Totals::of(&producer_outcomes, consumer_outcomes)?;
     let groups = match &shared.groups {
         Some(check) => {
@@ -189,38 +133,199 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         }
         None => None,
     };
-    let per_second = |n: u64| if measured_s > 0.0 { round3(n as f64 / measured_s) } else { 0.0 };
-    Ok(RunReport {
-        label: args.label.clone().or_else(|| server.clone()).unwrap_or_else(|| args.url.clone()),
+    let mut report = Ended {
         server,
-        destination: args.destination.clone(),
-        producers: args.producers,
-        consumers: args.consumers,
-        size: args.size,
-        persistent: args.persistent,
-        window: args.window,
-        ack: ack.as_str().to_string(),
-        prefetch: args.prefetch,
-        sent: totals.sent,
-        received: totals.received,
-        send_rate: per_second(totals.sent),
-        receive_rate: per_second(totals.received),
-        latency_ms: LatencyMs::from_nanos(&totals.latencies),
-        rss_idle_mib: rss_idle.map(|b| round3(b as f64 / MIB)),
-        rss_peak_mib: rss.peak_mib().map(round3),
-        rss_mean_mib: rss.mean_mib().map(round3),
+        rss_idle,
+        rss,
+        confirmed: &confirmed,
+        missing,
+        totals,
+        measured_s,
+        warmup_s: args.warmup.as_secs_f64(),
+        drain_s,
         cpu_percent,
         bench_cpu_percent,
-        confirmed: confirmed.iter().map(SeqSet::len).sum(),
-        lost: if promised { missing } else { 0 },
-        duplicates: totals.counts.repeated(),
-        foreign: totals.counts.foreign,
-        duration_s: round3(measured_s),
-        warmup_s: round3(args.warmup.as_secs_f64()),
-        drain_s: round3(drain_s),
-        errors: totals.errors,
-        groups,
+    }
+    .into_report(args);
+    report.groups = groups;
+    Ok(report)
+}
+
+/// CPU use between two readings of a process's CPU seconds `window_s` apart; 100 = one
+/// core busy.
+fn cpu_percent(start: Option<f64>, end: Option<f64>, window_s: f64) -> Option<f64> {
+    match (start, end) {
+        (Some(a), Some(b)) if window_s > 0.0 => Some(round3((b - a) / window_s * 100.0)),
+        _ => None,
+    }
+}
+
+/// The side tasks of a run: the broker's RSS sampler and the progress line.
+struct Watch {
+    sampler: Option<tokio::task::JoinHandle<RssStats>>,
+    progress: tokio::task::JoinHandle<()>,
+}
+
+impl Watch {
+    fn start(broker: Option<&BrokerProcess>, shared: &Arc<Shared>, stop: &CancellationToken) -> Watch {
+        Watch {
+            sampler: broker.cloned().map(|b| tokio::spawn(monitor::sample_rss(b, Arc::clone(shared), stop.clone()))),
+            progress: tokio::spawn(monitor::print_progress(Arc::clone(shared), stop.clone())),
+        }
+    }
+
+    /// Stops both (cancels `stop`) and returns the RSS samples.
+    async fn finish(self, stop: &CancellationToken) -> anyhow::Result<RssStats> {
+        stop.cancel();
+        let rss = match self.sampler {
+            Some(task) => task.await.context("the memory sampler panicked")?,
+            None => RssStats::default(),
+        };
+        let _ = self.progress.await;
+        Ok(rss)
+    }
+}
+
+/// How every connection of a run logs in.
+fn client_options(args: &RunArgs) -> ClientOptions {
+    ClientOptions {
+        login: args.login.clone(),
+        passcode: args.passcode.clone(),
+        host: args.vhost.clone(),
+        tls: TlsOptions::from(&args.tls),
+        ..ClientOptions::default()
+    }
+}
+
+/// How every consumer of a run subscribes.
+fn consumer_spec(args: &RunArgs, options: &ClientOptions) -> Arc<ConsumerSpec> {
+    Arc::new(ConsumerSpec {
+        url: args.consumer_url.clone().unwrap_or_else(|| args.url.clone()),
+        options: options.clone(),
+        destination: args.destination.clone(),
+        ack: AckMode::from(args.ack),
+        prefetch: args.prefetch,
+        subscribe_headers: args.subscribe_headers.clone(),
+        selectors: args.header_cycle.clone().filter(|_| args.selector_split),
     })
+}
+
+/// Starts every subscribed consumer consuming on its thread, until `stop`.
+fn start_consumers(
+    subscribed: Vec<OnThread<Subscribed>>,
+    shared: &Arc<Shared>,
+    spec: &Arc<ConsumerSpec>,
+    stop: &CancellationToken,
+) -> anyhow::Result<Vec<ThreadTask<ConsumerOutcome>>> {
+    let mut tasks = Vec::new();
+    for (id, consumer) in (0u32..).zip(subscribed) {
+        let recorder = Recorder::new(Arc::clone(shared), id)?;
+        let (spec, stop) = (Arc::clone(spec), stop.clone());
+        tasks.push(consumer.run(move |c| async move { c.consume(&spec, id, recorder, stop).await }));
+    }
+    Ok(tasks)
+}
+
+/// Starts every connected producer sending on its thread; with `limits`, producer i
+/// sends `limits[i]` messages at most.
+fn start_producers(
+    args: &RunArgs,
+    producers: Vec<OnThread<Client>>,
+    limits: Option<&[u64]>,
+    shared: &Arc<Shared>,
+    stop: &CancellationToken,
+) -> Vec<ThreadTask<ProducerOutcome>> {
+    (0u32..)
+        .zip(producers)
+        .map(|(id, client)| {
+            let spec = ProducerSpec {
+                id,
+                destination: args.destination.clone(),
+                size: args.size,
+                persistent: args.persistent,
+                window: args.window,
+                headers: args.send_headers.clone(),
+                groups: group_plan(args).map(|plan| (args.group_header.clone(), plan)),
+                cycle: args.header_cycle.clone(),
+                limit: limits.and_then(|l| l.get(id as usize).copied()),
+            };
+            let (shared, stop) = (Arc::clone(shared), stop.clone());
+            client.run(|c| producer::produce(c, spec, shared, stop))
+        })
+        .collect()
+}
+
+/// Logs confirmed messages that never arrived.
+fn warn_missing(args: &RunArgs, shared: &Shared, confirmed: &[SeqSet], missing: u64) {
+    let promised = args.window > 0 || args.persistent;
+    if missing > 0 {
+        let examples = shared.deliveries.missing_examples(confirmed, 5);
+        if promised {
+            tracing::warn!(lost = missing, ?examples, "confirmed messages never arrived (producer, seq)");
+        } else {
+            tracing::warn!(
+                undelivered = missing,
+                ?examples,
+                "non-persistent messages sent without receipts never arrived"
+            );
+        }
+    }
+}
+
+/// What a finished run measured, before it becomes a [`RunReport`].
+struct Ended<'a> {
+    server: Option<String>,
+    rss_idle: Option<u64>,
+    rss: RssStats,
+    confirmed: &'a [SeqSet],
+    missing: u64,
+    totals: Totals,
+    measured_s: f64,
+    warmup_s: f64,
+    drain_s: f64,
+    cpu_percent: Option<f64>,
+    bench_cpu_percent: Option<f64>,
+}
+
+impl Ended<'_> {
+    fn into_report(self, args: &RunArgs) -> RunReport {
+        let Ended { totals, measured_s, .. } = self;
+        let promised = args.window > 0 || args.persistent;
+        let per_second = |n: u64| if measured_s > 0.0 { round3(n as f64 / measured_s) } else { 0.0 };
+        RunReport {
+            label: args.label.clone().or_else(|| self.server.clone()).unwrap_or_else(|| args.url.clone()),
+            server: self.server,
+            destination: args.destination.clone(),
+            producers: args.producers,
+            consumers: args.consumers,
+            size: args.size,
+            persistent: args.persistent,
+            window: args.window,
+            ack: AckMode::from(args.ack).as_str().to_string(),
+            prefetch: args.prefetch,
+            sent: totals.sent,
+            received: totals.received,
+            send_rate: per_second(totals.sent),
+            receive_rate: per_second(totals.received),
+            latency_ms: LatencyMs::from_nanos(&totals.latencies),
+            rss_idle_mib: self.rss_idle.map(|b| round3(b as f64 / MIB)),
+            rss_peak_mib: self.rss.peak_mib().map(round3),
+            rss_mean_mib: self.rss.mean_mib().map(round3),
+            cpu_percent: self.cpu_percent,
+            bench_cpu_percent: self.bench_cpu_percent,
+            confirmed: self.confirmed.iter().map(SeqSet::len).sum(),
+            lost: if promised { self.missing } else { 0 },
+            duplicates: totals.counts.repeated(),
+            foreign: totals.counts.foreign,
+            duration_s: round3(measured_s),
+            warmup_s: round3(self.warmup_s),
+            drain_s: round3(self.drain_s),
+            errors: totals.errors,
+            groups: None,
+            selector_mismatches: args.selector_split.then_some(totals.selector_mismatches),
+            backlog: None,
+        }
+    }
 }
 
 /// How the run spreads its messages over groups; `None` without --groups.
@@ -235,7 +340,7 @@ pub(crate) async fn subscribe_consumers(
 ) -> anyhow::Result<Vec<OnThread<Subscribed>>> {
     connect_all("consumer", count, |i| {
         let spec = Arc::clone(spec);
-        async move { consumer::subscribe(&spec).await.with_context(|| format!("failed to subscribe consumer {i}")) }
+        async move { consumer::subscribe(&spec, i).await.with_context(|| format!("failed to subscribe consumer {i}")) }
     })
     .await
 }
@@ -259,6 +364,7 @@ struct Totals {
     received: u64,
     latencies: hdrhistogram::Histogram<u64>,
     counts: DeliveryCounts,
+    selector_mismatches: u64,
     errors: Vec<String>,
 }
 
@@ -269,12 +375,14 @@ impl Totals {
             received: 0,
             latencies: nanos_histogram()?,
             counts: DeliveryCounts::default(),
+            selector_mismatches: 0,
             errors: producers.iter().filter_map(|p| p.error.clone()).collect(),
         };
         for c in consumers {
             totals.received += c.measured_received;
             totals.latencies.add(&c.latencies).context("failed to merge latency histograms")?;
             totals.counts.merge(c.counts);
+            totals.selector_mismatches += c.selector_mismatches;
             totals.errors.extend(c.error);
         }
         Ok(totals)

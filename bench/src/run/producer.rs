@@ -7,6 +7,7 @@
 use super::shared::Shared;
 use crate::body::{wall_clock_ns, BodyWriter, Stamp};
 use crate::groups::{GroupPlan, ReceiptLatencies};
+use crate::selectors::HeaderCycle;
 use crate::tally::SeqSet;
 use anyhow::Context;
 use duomq_broker::client::{Client, ClientError, ReceiptFuture, SendOptions};
@@ -27,6 +28,10 @@ pub struct ProducerSpec {
     pub headers: Vec<(String, String)>,
     /// Message groups: the header and how messages spread over groups.
     pub groups: Option<(String, GroupPlan)>,
+    /// A header whose value cycles over the messages (selector loads).
+    pub cycle: Option<HeaderCycle>,
+    /// Messages to send at most (a backlog fill); `None`: until the measured interval ends.
+    pub limit: Option<u64>,
 }
 
 /// What a producer did, including after a failure.
@@ -85,13 +90,16 @@ async fn send_loop(
             settle_oldest(pending, outcome, shared).await?;
         }
         let now = wall_clock_ns();
-        if stop.is_cancelled() || now >= shared.phases.measure_end_ns {
+        if stop.is_cancelled() || now >= shared.phases.measure_end_ns || spec.limit.is_some_and(|l| seq >= l) {
             break;
         }
         let body = bodies.body(Stamp { producer: spec.id, seq, sent_ns: now });
         let mut headers = spec.headers.clone();
         if let Some((header, plan)) = &spec.groups {
             headers.push((header.clone(), plan.group_name(seq)));
+        }
+        if let Some(cycle) = &spec.cycle {
+            headers.push((cycle.name.clone(), cycle.value_for(seq).to_string()));
         }
         let options = SendOptions { persistent: spec.persistent, headers, ..SendOptions::default() };
         let measured = shared.phases.in_measured(now);

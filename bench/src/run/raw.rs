@@ -118,17 +118,20 @@ impl RawSubscriber {
     }
 
     /// Consumes until `stop`: books every delivery and writes the ACKs each read needs.
+    /// With `expect` (a header and the value this consumer's selector selects), every
+    /// message with another value is booked as a selector mismatch.
     pub async fn consume(
         mut self,
         ack: AckMode,
+        expect: Option<(&str, &str)>,
         recorder: &mut Recorder,
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
         for frame in std::mem::take(&mut self.early) {
-            recorder.record(&frame.body, frame.get("redelivered") == Some("true"));
+            book(recorder, &frame, expect);
             self.queue_ack(ack, &frame, true);
         }
-        let result = self.consume_loop(ack, recorder, stop).await;
+        let result = self.consume_loop(ack, expect, recorder, stop).await;
         // Best effort: unacknowledged messages go back to the queue either way.
         self.outbound.clear();
         self.codec.encode(&Frame::new(Command::Disconnect), &mut self.outbound);
@@ -141,6 +144,7 @@ impl RawSubscriber {
     async fn consume_loop(
         &mut self,
         ack: AckMode,
+        expect: Option<(&str, &str)>,
         recorder: &mut Recorder,
         stop: &CancellationToken,
     ) -> anyhow::Result<()> {
@@ -150,7 +154,7 @@ impl RawSubscriber {
                 let Inbound::Frame(frame) = inbound else { continue };
                 match frame.command {
                     Command::Message => {
-                        recorder.record(&frame.body, frame.get("redelivered") == Some("true"));
+                        book(recorder, &frame, expect);
                         self.queue_ack(ack, &frame, false);
                         last = Some(frame);
                     }
@@ -270,6 +274,16 @@ pub fn subscribe_frame(destination: &str, ack: AckMode, prefetch: u32, extra: &[
         }
     }
     frame
+}
+
+/// Books one MESSAGE, and a selector mismatch when it lacks the expected header value.
+fn book(recorder: &mut Recorder, frame: &Frame, expect: Option<(&str, &str)>) {
+    recorder.record(&frame.body, frame.get("redelivered") == Some("true"));
+    if let Some((name, value)) = expect {
+        if frame.get(name) != Some(value) {
+            recorder.selector_mismatch();
+        }
+    }
 }
 
 fn error_text(frame: &Frame) -> String {
