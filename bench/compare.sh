@@ -27,6 +27,13 @@ DATABASE_KILLS=${BENCH_DATABASE_KILLS:-5}
 DATABASE_ROUNDS=${BENCH_DATABASE_ROUNDS:-3}
 TLS_SECTION=no
 TLS_ROUNDS=${BENCH_TLS_ROUNDS:-5}
+BACKLOG_SECTION=no
+BACKLOG_MESSAGES=${BENCH_BACKLOG_MESSAGES:-200000}
+BACKLOG_SIZE=${BENCH_BACKLOG_SIZE:-1024}
+BACKLOG_PAGE_BYTES=${BENCH_BACKLOG_PAGE_BYTES:-1MiB}
+BACKLOG_ROUNDS=${BENCH_BACKLOG_ROUNDS:-1}
+SELECTORS_SECTION=no
+SELECTORS_ROUNDS=${BENCH_SELECTORS_ROUNDS:-3}
 OUT=${BENCH_OUT:-}
 FSYNC_DURATION=3s
 START_TIMEOUT=120
@@ -51,6 +58,9 @@ Usage: bench/compare.sh [--quick] [--only LIST] [--out DIR] [--duration D] [--wa
                         [--groups | --groups-only] [--groups-rounds N]
                         [--database | --database-only] [--database-kills N]
                         [--database-rounds N] [--tls | --tls-only] [--tls-rounds N]
+                        [--backlog | --backlog-only] [--backlog-messages N]
+                        [--backlog-size BYTES] [--backlog-page-bytes SIZE] [--backlog-rounds N]
+                        [--selectors | --selectors-only] [--selectors-rounds N]
 
 Measures duomq, ActiveMQ and RabbitMQ one after the other on this machine, over STOMP,
 with the same load generator (duomq-bench) and the same matrix, and prints a table.
@@ -164,7 +174,26 @@ What it does, in order:
      latency, CPU per message of the broker and of broker plus load generator), duomq
      TLS/plaintext msg/s per cell as the median of the rounds' ratios (goal >= 0.85: TLS
      costs below 15%), ActiveMQ's own TLS/plaintext, and duomq TLS/ActiveMQ stomp+ssl.
- 11. Prints the table and writes everything to the output directory.
+ 11. With --backlog: draining a backlog (issue 18), ${BACKLOG_ROUNDS} round(s), every broker fresh for
+     each cell (config: bench/lib/backlog.sh). 'duomq-bench run --backlog N': 4 producers
+     (64 receipts in flight each) send ${BACKLOG_MESSAGES} persistent messages of ${BACKLOG_SIZE} bytes in all to
+     a queue nobody consumes; once all are receipted, 1 consumer subscribes
+     (client-individual acks, prefetch ${PREFETCH}) and drains it; the drain rate is deliveries
+     over the time from SUBSCRIBE to the last message. On:
+       duomq memory  memory.maxQueueBytes/maxBrokerBytes above the backlog (all in memory)
+       duomq paged   the same plus addressSettings '>' maxSizeBytes ${BACKLOG_PAGE_BYTES},
+                     addressFullPolicy page (the rest waits in the journal)
+       activemq      the matrix's ActiveMQ: KahaDB, journal syncs on, default memory limits
+     Prints fill and drain rates, the broker's peak RSS, and the ratios duomq paged/in-memory
+     drain (goal >= 0.5) and duomq paged/ActiveMQ drain. RabbitMQ is not measured here.
+ 12. With --selectors: consuming through JMS selectors (issue 18), ${SELECTORS_ROUNDS} rounds (config:
+     bench/lib/selectors.sh): 1 KiB persistent, 2 producers w64, 2 consumers, every message
+     with a header colour red or blue in turn; plain (no selector) against selector
+     (consumer 0 "colour = 'red'", consumer 1 "colour = 'blue'", each delivery checked
+     against its selector), the duration after the warm-up each, on duomq and ActiveMQ, one
+     broker per system and round. Prints selector/plain per system (median of the rounds'
+     ratios) and duomq selector/ActiveMQ selector.
+ 13. Prints the table and writes everything to the output directory.
 
 The matrix (each cell on a fresh queue, consumers acking every message with
 client-individual, prefetch ${PREFETCH}):
@@ -218,11 +247,23 @@ Options:
                   rounds x 8 x (duration + warm-up + 1s) plus broker start-ups)
   --tls-only      run only that section (no fsync rate, no matrix)
   --tls-rounds N  rounds of the TLS section (default ${TLS_ROUNDS})
+  --backlog       also run the backlog section (duomq and ActiveMQ as --only allows; at the
+                  default size minutes per cell: fill plus drain, 3 cells per round)
+  --backlog-only  run only that section (no fsync rate, no matrix)
+  --backlog-messages N  messages in the backlog (default ${BACKLOG_MESSAGES})
+  --backlog-size BYTES  body size of each (default ${BACKLOG_SIZE})
+  --backlog-page-bytes SIZE  duomq paged's maxSizeBytes (default ${BACKLOG_PAGE_BYTES}, at least 64KiB)
+  --backlog-rounds N  rounds of the backlog section (default ${BACKLOG_ROUNDS})
+  --selectors     also run the selectors section (duomq and ActiveMQ as --only allows;
+                  about rounds x 4 x (duration + warm-up + 1s) plus broker start-ups)
+  --selectors-only  run only that section (no fsync rate, no matrix)
+  --selectors-rounds N  rounds of the selectors section (default ${SELECTORS_ROUNDS})
   -h, --help      this text
 
 Environment: BENCH_DURATION, BENCH_WARMUP, BENCH_PREFETCH, BENCH_ONLY, BENCH_OUT,
-BENCH_NETWORK_KILLS, BENCH_GROUPS_ROUNDS, BENCH_DATABASE_KILLS, BENCH_DATABASE_ROUNDS and
-BENCH_TLS_ROUNDS set the same as the options (options win);
+BENCH_NETWORK_KILLS, BENCH_GROUPS_ROUNDS, BENCH_DATABASE_KILLS, BENCH_DATABASE_ROUNDS,
+BENCH_TLS_ROUNDS, BENCH_BACKLOG_MESSAGES, BENCH_BACKLOG_SIZE, BENCH_BACKLOG_PAGE_BYTES,
+BENCH_BACKLOG_ROUNDS and BENCH_SELECTORS_ROUNDS set the same as the options (options win);
 TMPDIR chooses where the brokers' data lives (default /tmp): keep it on the disk you
 mean to measure, not on a tmpfs. DUOMQ_BROKER and DUOMQ_BENCH, both set, name binaries to use instead of building
 release ones (the bench's tests pass their debug builds).
@@ -252,6 +293,13 @@ Output directory:
                  tls/SETUP/CELL/rROUND
   tls.txt        that section's table and ratios (python3 bench/lib/tls-report.py DIR)
   tls-load.tsv   the machine's 1-minute load before each TLS cell
+  backlog.jsonl  one 'duomq-bench run --backlog --json' line per backlog cell (with
+                 --backlog), labelled backlog/SETUP/rROUND
+  backlog.txt    that section's table and ratios (python3 bench/lib/backlog-report.py DIR)
+  selectors.jsonl  one 'duomq-bench run --json' line per selectors cell (with --selectors),
+                 labelled selectors/SYSTEM-KIND/rROUND
+  selectors.txt  that section's table and ratios (python3 bench/lib/selectors-report.py DIR)
+  backlog-load.tsv, selectors-load.tsv  the machine's 1-minute load before each cell
   run.tsv, cells.tsv, failures.tsv   what the report is made from
   logs/          each broker's log and each cell's duomq-bench stderr (and PostgreSQL's)
 python3 bench/lib/report.py DIR prints the table of a finished run again.
@@ -309,6 +357,20 @@ while (($#)); do
     --tls-only) TLS_SECTION=yes MATRIX=no ;;
     --tls-rounds) TLS_ROUNDS=${2:?--tls-rounds needs a number}; shift ;;
     --tls-rounds=*) TLS_ROUNDS=${1#*=} ;;
+    --backlog) BACKLOG_SECTION=yes ;;
+    --backlog-only) BACKLOG_SECTION=yes MATRIX=no ;;
+    --backlog-messages) BACKLOG_MESSAGES=${2:?--backlog-messages needs a number}; shift ;;
+    --backlog-messages=*) BACKLOG_MESSAGES=${1#*=} ;;
+    --backlog-size) BACKLOG_SIZE=${2:?--backlog-size needs a number of bytes}; shift ;;
+    --backlog-size=*) BACKLOG_SIZE=${1#*=} ;;
+    --backlog-page-bytes) BACKLOG_PAGE_BYTES=${2:?--backlog-page-bytes needs a size}; shift ;;
+    --backlog-page-bytes=*) BACKLOG_PAGE_BYTES=${1#*=} ;;
+    --backlog-rounds) BACKLOG_ROUNDS=${2:?--backlog-rounds needs a number}; shift ;;
+    --backlog-rounds=*) BACKLOG_ROUNDS=${1#*=} ;;
+    --selectors) SELECTORS_SECTION=yes ;;
+    --selectors-only) SELECTORS_SECTION=yes MATRIX=no ;;
+    --selectors-rounds) SELECTORS_ROUNDS=${2:?--selectors-rounds needs a number}; shift ;;
+    --selectors-rounds=*) SELECTORS_ROUNDS=${1#*=} ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -334,6 +396,15 @@ seconds "$WARMUP" >/dev/null || die "--warmup: \"$WARMUP\" is not a duration lik
 [[ $DATABASE_KILLS =~ ^[1-9][0-9]*$ ]] || die "--database-kills: \"$DATABASE_KILLS\" is not a positive number"
 [[ $DATABASE_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--database-rounds: \"$DATABASE_ROUNDS\" is not a positive number"
 [[ $TLS_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--tls-rounds: \"$TLS_ROUNDS\" is not a positive number"
+[[ $BACKLOG_MESSAGES =~ ^[1-9][0-9]*$ ]] || die "--backlog-messages: \"$BACKLOG_MESSAGES\" is not a positive number"
+[[ $BACKLOG_SIZE =~ ^[1-9][0-9]*$ ]] || die "--backlog-size: \"$BACKLOG_SIZE\" is not a positive number of bytes"
+[[ $BACKLOG_PAGE_BYTES =~ ^[1-9][0-9]*(B|KiB|MiB|GiB)?$ ]] ||
+    die "--backlog-page-bytes: \"$BACKLOG_PAGE_BYTES\" is not a size like 1MiB or 262144"
+[[ $BACKLOG_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--backlog-rounds: \"$BACKLOG_ROUNDS\" is not a positive number"
+[[ $SELECTORS_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--selectors-rounds: \"$SELECTORS_ROUNDS\" is not a positive number"
+# How long a backlog's fill, and its drain, may take: two minutes plus 4 ms a message
+# (250 msg/s, slower than any broker measured here).
+BACKLOG_TIMEOUT=$((120 + BACKLOG_MESSAGES / 250))
 # duomq-bench's drain timeout (10s) plus a minute for connecting and reporting.
 CELL_TIMEOUT=$(($(seconds "$DURATION") + $(seconds "$WARMUP") + 70))
 
@@ -430,6 +501,10 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/duomq-compare.XXXXXX")
 . "$LIB_DIR/database.sh"
 # shellcheck source=lib/tls.sh
 . "$LIB_DIR/tls.sh"
+# shellcheck source=lib/backlog.sh
+. "$LIB_DIR/backlog.sh"
+# shellcheck source=lib/selectors.sh
+. "$LIB_DIR/selectors.sh"
 
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
@@ -613,6 +688,15 @@ if [[ $TLS_SECTION == yes ]]; then
     run_tls
 fi
 
+# --- backlog and selectors --------------------------------------------------------------
+
+if [[ $BACKLOG_SECTION == yes ]]; then
+    run_backlog
+fi
+if [[ $SELECTORS_SECTION == yes ]]; then
+    run_selectors
+fi
+
 # --- the report -----------------------------------------------------------------------
 
 echo
@@ -642,6 +726,14 @@ if [[ $DATABASE == yes ]]; then
 fi
 if [[ $TLS_SECTION == yes ]]; then
     python3 "$LIB_DIR/tls-report.py" "$OUT" | tee "$OUT/tls.txt"
+    echo
+fi
+if [[ $BACKLOG_SECTION == yes ]]; then
+    python3 "$LIB_DIR/backlog-report.py" "$OUT" | tee "$OUT/backlog.txt"
+    echo
+fi
+if [[ $SELECTORS_SECTION == yes ]]; then
+    python3 "$LIB_DIR/selectors-report.py" "$OUT" | tee "$OUT/selectors.txt"
     echo
 fi
 log "results in $OUT"

@@ -35,3 +35,41 @@ def run_problems(r, consumers="the consumer"):
     if r["errors"]:
         p.append("errors: " + "; ".join(r["errors"]))
     return p
+
+
+def median_of(values):
+    """The median of the values that are not None; None when there are none."""
+    import statistics
+
+    values = [v for v in values if v is not None]
+    return statistics.median(values) if values else None
+
+
+def by_label(results, section):
+    """{setup: [result, ...]} of one section's results, labelled SECTION/SETUP/rROUND."""
+    runs = {}
+    for r in results:
+        parts = r["label"].split("/")
+        if len(parts) == 3 and parts[0] == section:
+            runs.setdefault(parts[1], []).append(r)
+    return runs
+
+
+def why_missing(label_prefix, failures, setup_name, system, targets):
+    """Why no result carries LABEL_PREFIX: the failures recorded for it (joined), else
+    that SYSTEM was left out by --only, else 'no result'."""
+    found = [v for k, v in failures if k.startswith(label_prefix)]
+    if found:
+        return "; ".join(dict.fromkeys(found))
+    if system not in targets:
+        return f"{setup_name} not measured (not in --only)"
+    return "no result"
+
+
+def load_line(rows, nproc):
+    """The highest 1-minute load before a section's cells, as one line."""
+    if not rows:
+        return None
+    highest = max(float(v) for _, v in rows)
+    note = " (cells run beside other work are worth repeating)" if highest > 1.0 else ""
+    return f"1-minute load before the cells: up to {highest:.2f} on {nproc} CPUs{note}"

@@ -10,7 +10,7 @@
 mod common;
 
 use anyhow::Context;
-use common::{activemq_installed, bench_json, bench_outcome, read_jsonl, Broker, CompareRun};
+use common::{activemq_installed, bench_json, bench_outcome, ratio_after, read_jsonl, Broker, CompareRun};
 use rstest::rstest;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -160,12 +160,6 @@ fn given_ca_of_another_authority_when_benchmarked_should_fail_the_handshake_and_
         run.stderr
     );
     Ok(())
-}
-
-/// A number after `prefix` on a line of `text` (`-` or nothing: None).
-fn ratio_after(text: &str, prefix: &str) -> Option<f64> {
-    let line = text.lines().find(|l| l.starts_with(prefix))?;
-    line[prefix.len()..].split_whitespace().next()?.trim_end_matches('x').parse().ok()
 }
 
 #[test]

@@ -216,6 +216,13 @@ pub fn activemq_installed() -> bool {
             .is_ok_and(|s| s.success())
 }
 
+/// A number after `prefix` on a line of `text` (`-` or nothing: None): a section report's
+/// ratio line.
+pub fn ratio_after(text: &str, prefix: &str) -> Option<f64> {
+    let line = text.lines().find(|l| l.starts_with(prefix))?;
+    line[prefix.len()..].split_whitespace().next()?.trim_end_matches('x').parse().ok()
+}
+
 /// One JSON value per non-empty line of a file.
 pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
     let text = std::fs::read_to_string(path).with_context(|| format!("failed to read {}", path.display()))?;
