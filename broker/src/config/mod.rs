@@ -288,11 +288,15 @@ pub struct DestinationsConfig {
     /// A destination that holds no message, has no consumer and is not used for this long is
     /// removed (it comes back on next use). 0s: never.
     pub idle_timeout: HumanDuration,
+    /// How often every queue is scanned for messages whose `expires` time passed (dropped,
+    /// or moved to `addressSettings` `expiryAddress`); an expired message met at dispatch
+    /// goes at once. 0s: no scan (as Artemis' message-expiry-scan-period).
+    pub expiry_scan_period: HumanDuration,
 }
 
 impl Default for DestinationsConfig {
     fn default() -> DestinationsConfig {
-        DestinationsConfig { max_destinations: 10_000, idle_timeout: HumanDuration::secs(60) }
+        DestinationsConfig { max_destinations: 10_000, idle_timeout: HumanDuration::secs(60), expiry_scan_period: HumanDuration::secs(30) }
     }
 }
 

@@ -116,6 +116,13 @@ pub struct Prepared {
 }
 
 impl Prepared {
+    /// A message the broker moves itself (a dead letter, an expired message) to `target`:
+    /// counted broker-wide by `reservation`, never waiting for room.
+    pub(super) fn moved(target: Target, message: Arc<Message>, reservation: Reservation) -> Prepared {
+        let journaled = message.persistent && matches!(target, Target::Queue(_));
+        Prepared { target, message, journaled, reservation, blocked: false }
+    }
+
     /// What this message counts against the memory limits.
     pub fn footprint(&self) -> usize {
         self.message.footprint()
@@ -146,6 +153,11 @@ pub struct Settled {
 }
 
 impl Settled {
+    /// The journal acknowledgement of `entry` leaving its queue (none if not journaled).
+    pub(super) fn of(entry: &super::message::Entry) -> Settled {
+        Settled { journaled: if entry.journaled { vec![entry.message.id] } else { Vec::new() } }
+    }
+
     /// Adds `other`'s acknowledgements to these.
     pub fn extend(&mut self, other: Settled) {
         if self.journaled.is_empty() {

@@ -92,6 +92,8 @@ impl Message {
 pub const GROUP_ID_HEADER: &str = "JMSXGroupID";
 /// The header numbering a message in its group; `-1` closes the group.
 pub const GROUP_SEQ_HEADER: &str = "JMSXGroupSeq";
+/// The number of this delivery of a message from its queue, 1 on the first (JMS').
+pub const DELIVERY_COUNT_HEADER: &str = "JMSXDeliveryCount";
 /// Set to `true` on the first message a consumer gets of a group it newly owns.
 pub const GROUP_FIRST_HEADER: &str = "JMSXGroupFirstForConsumer";
 
@@ -155,6 +157,9 @@ pub struct Entry {
     /// Stored in the journal for this queue, so acknowledging it must be journaled too.
     pub journaled: bool,
     pub redelivered: bool,
+    /// Deliveries of it so far from this queue (`JMSXDeliveryCount` of the next is one
+    /// more); in memory only, so a recovered message starts again at 0.
+    pub deliveries: u32,
 }
 
 /// One delivery handed to a connection's writer: the writer encodes it in the

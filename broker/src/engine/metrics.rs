@@ -6,6 +6,10 @@
 //! subscription selectors chose and passed over, and what admin requests purged, deleted or
 //! moved (`engine::manage`).
 //!
+//! So are the messages that left their queue without being consumed: dead-lettered after
+//! `maxDeliveryAttempts`, expired (dropped or moved to `expiryAddress`), and how many are
+//! held for a scheduled time or a redelivery delay.
+//!
 //! Labels are the names of limits and permissions (fixed sets), never destination or
 //! client names.
 
@@ -14,6 +18,11 @@ use prometheus_client::metrics::counter::Counter;
 use prometheus_client::metrics::family::Family;
 use prometheus_client::metrics::gauge::Gauge;
 use prometheus_client::registry::Registry;
+
+/// The `action` of an expired message dropped.
+pub const EXPIRED_DROPPED: &str = "dropped";
+/// The `action` of an expired message moved to its queue's `expiryAddress`.
+pub const EXPIRED_MOVED: &str = "moved";
 
 /// The limits a client can hit; each is a `limit` label value and names its config field.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
@@ -81,6 +90,11 @@ struct AdminActionLabels {
 pub const ADMIN_ACTIONS: [&str; 3] = ["purged", "deleted", "moved"];
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ExpiryLabels {
+    action: &'static str,
+}
+
+#[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 struct PermissionLabels {
     permission: &'static str,
 }
@@ -99,6 +113,10 @@ pub struct EngineMetrics {
     /// Messages SUBSCRIBE selectors chose or passed over (see [`crate::selector`]).
     pub selector_evaluations: crate::selector::SelectorCounters,
     admin_messages: Family<AdminActionLabels, Counter>,
+    pub messages_dead_lettered: Counter,
+    messages_expired: Family<ExpiryLabels, Counter>,
+    /// Messages held now until a scheduled time or the end of a redelivery delay.
+    pub scheduled_messages: Gauge,
 }
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
@@ -163,6 +181,24 @@ impl EngineMetrics {
         for action in ADMIN_ACTIONS {
             let _ = m.admin_messages.get_or_create(&AdminActionLabels { action });
         }
+        registry.register(
+            "duomq_messages_dead_lettered",
+            "Messages moved to their dead-letter queue after addressSettings maxDeliveryAttempts deliveries without an acknowledgement",
+            m.messages_dead_lettered.clone(),
+        );
+        registry.register(
+            "duomq_messages_expired",
+            "Messages whose expires time passed before delivery, by action: dropped, or moved to addressSettings expiryAddress",
+            m.messages_expired.clone(),
+        );
+        registry.register(
+            "duomq_scheduled_messages",
+            "Messages held now until their AMQ_SCHEDULED_TIME or the end of their redelivery delay",
+            m.scheduled_messages.clone(),
+        );
+        for action in [EXPIRED_DROPPED, EXPIRED_MOVED] {
+            let _ = m.messages_expired.get_or_create(&ExpiryLabels { action });
+        }
         // Every series from the start: a dashboard sees 0, not nothing, until a denial.
         for permission in crate::security::Permission::ALL {
             let _ = m.authorization_denied.get_or_create(&PermissionLabels { permission: permission.as_str() });
@@ -178,6 +214,17 @@ impl EngineMetrics {
     /// Counts `n` messages purged, deleted or moved (one of [`ADMIN_ACTIONS`]) by an admin request.
     pub fn admin_messages(&self, action: &'static str, n: u64) {
         self.admin_messages.get_or_create(&AdminActionLabels { action }).inc_by(n);
+    }
+
+    /// Counts an expired message, `moved` to its expiry address or dropped.
+    pub fn message_expired(&self, moved: bool) {
+        let action = if moved { EXPIRED_MOVED } else { EXPIRED_DROPPED };
+        self.messages_expired.get_or_create(&ExpiryLabels { action }).inc();
+    }
+
+    /// Expired messages counted so far with `action` (`dropped` or `moved`).
+    pub fn messages_expired(&self, action: &'static str) -> u64 {
+        self.messages_expired.get_or_create(&ExpiryLabels { action }).get()
     }
 
     pub fn limit_hit(&self, limit: Limit) {

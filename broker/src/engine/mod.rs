@@ -7,6 +7,7 @@
 //! topic subscribers are not durable, except durable subscriptions (see [`durable`]).
 
 pub mod accept;
+pub mod deadletter;
 pub mod dedup;
 pub mod drain;
 pub mod durable;
@@ -15,6 +16,7 @@ pub mod memory;
 pub mod message;
 pub mod metrics;
 pub mod queue;
+pub mod schedule;
 pub mod store;
 
 use crate::config::{BrokerConfig, SlowTopicSubscriber, User};
@@ -144,6 +146,8 @@ pub struct Broker {
     memory: Arc<Memory>,
     /// `addressSettings`, parsed once; each queue resolves its own when it is made.
     address_settings: crate::config::AddressSettingsTable,
+    /// Held, dead-lettered and expired messages of every queue (see [`schedule`]).
+    delivery: Arc<schedule::Control>,
     queues: RwLock<HashMap<Arc<str>, Arc<Queue>>>,
     topics: RwLock<HashMap<Arc<str>, Arc<Topic>>>,
     next_id: AtomicU64,
@@ -213,8 +217,10 @@ impl Broker {
             tracing::error!(error = %e, "addressSettings ignored");
             crate::config::AddressSettingsTable::defaults(config.memory.max_queue_bytes.as_usize())
         });
+        let delivery = Arc::new(schedule::Control::new(metrics.scheduled_messages.clone()));
         let broker = Arc::new(Broker {
             address_settings,
+            delivery,
             node_id,
             started: Instant::now(),
             store,
@@ -273,7 +279,7 @@ impl Broker {
                 body: stored.body,
                 persistent: true,
             });
-            queue.enqueue(Entry { message, journaled: true, redelivered: possibly_delivered });
+            queue.enqueue(Entry { message, journaled: true, redelivered: possibly_delivered, deliveries: 0 });
         }
         durable::recover(&broker, durable_copies, possibly_delivered);
         let queues = broker.queues.read().len();
@@ -477,7 +483,7 @@ impl Broker {
     /// way the topic's producers and its other subscribers never wait for it.
     pub fn publish(&self, target: &Target, message: Arc<Message>, journaled: bool, reservation: Reservation) {
         match target {
-            Target::Queue(q) => q.enqueue_reserved(Entry { message, journaled, redelivered: false }, reservation),
+            Target::Queue(q) => q.enqueue_reserved(Entry { message, journaled, redelivered: false, deliveries: 0 }, reservation),
             Target::Topic(t) => {
                 drop(reservation);
                 let size = message.footprint();
@@ -490,7 +496,7 @@ impl Broker {
                         slow.push(Arc::clone(q));
                         continue;
                     }
-                    q.enqueue(Entry { message: Arc::clone(&message), journaled: false, redelivered: false });
+                    q.enqueue(Entry { message: Arc::clone(&message), journaled: false, redelivered: false, deliveries: 0 });
                 }
                 for q in slow {
                     self.on_slow_subscriber(t, &q);
@@ -530,7 +536,7 @@ impl Broker {
 
     fn new_queue(&self, name: Arc<str>, kind: QueueKind) -> Arc<Queue> {
         let settings = Arc::new(self.address_settings.resolve(&name));
-        Queue::with_eviction_counter(
+        let queue = Queue::with_eviction_counter(
             name,
             kind,
             settings,
@@ -538,7 +544,9 @@ impl Broker {
             Arc::clone(&self.consumer_changes),
             self.config.grouping.max_groups,
             self.metrics.group_bindings_evicted.clone(),
-        )
+        );
+        queue.set_control(Arc::clone(&self.delivery));
+        queue
     }
 
     /// Creates the private queue of a new topic subscriber.

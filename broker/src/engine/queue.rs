@@ -18,10 +18,15 @@
 //! of it are consumed by others: one dispatch never evaluates more than `SELECTOR_SCAN`
 //! messages per consumer. A topic subscription's selector is the queue's own
 //! ([`Queue::select`]): copies it does not select are never queued.
+//!
+//! Held, dead-lettered and expired messages: see [`super::schedule`]; the queue asks it
+//! what becomes of each message entering its pending ones, and drops expired messages it
+//! meets at dispatch.
 
 use super::memory::{Memory, Reservation};
 use crate::config::AddressSettings;
 use super::message::{ConsumerKey, Delivery, Entry, GroupOwner, Message, MessageGroup};
+use super::schedule::{self, Admit, Control, Held as Scheduled, Leaving};
 use crate::journal::MessageId;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
@@ -106,6 +111,8 @@ pub struct Queue {
     /// Idle bindings dropped to make room for a new group.
     groups_evicted: Counter,
     state: Mutex<State>,
+    /// Holds, dead letters and expiry (none: every message is pending at once, forever).
+    control: std::sync::OnceLock<Arc<Control>>,
     /// Reclaim sweeps that found this queue unused in a row (see `Broker::reclaim_idle`).
     pub(super) idle: IdleSweeps,
     /// A topic subscription's selector: the copies it gets (see [`Queue::wants`]).
@@ -214,6 +221,8 @@ struct State {
     reserved: usize,
     enqueued_total: u64,
     acked_total: u64,
+    /// Messages held until a scheduled time or the end of a redelivery delay.
+    held: Scheduled,
 }
 
 struct Consumer {
@@ -386,6 +395,7 @@ impl Queue {
             max_groups: max_groups.max(1),
             groups_evicted,
             state: Mutex::new(State::default()),
+            control: std::sync::OnceLock::new(),
             idle: IdleSweeps::default(),
             selector: std::sync::OnceLock::new(),
         })
@@ -527,7 +537,7 @@ impl Queue {
         st.reserved = st.reserved.saturating_sub(was_reserved);
         st.bytes += size;
         st.enqueued_total += 1;
-        self.push_pending(&mut st, entry);
+        self.admit(&mut st, entry, false);
         self.dispatch_locked(&mut st);
     }
 
@@ -643,7 +653,7 @@ impl Queue {
             for (_, held) in consumer.in_flight {
                 let mut entry = held.entry;
                 entry.redelivered = true;
-                self.push_pending(&mut st, entry);
+                self.admit(&mut st, entry, consumer.network.is_none());
             }
             self.dispatch_locked(&mut st);
             if consumer.network.is_some() {
@@ -673,10 +683,11 @@ impl Queue {
     /// Returns negatively acknowledged deliveries to the head of the queue, redelivered.
     pub fn nack(self: &Arc<Self>, key: ConsumerKey, tag: u64, cumulative: bool) -> Result<(), AckError> {
         let mut st = self.state.lock();
+        let local = st.consumers.iter().any(|c| c.handle.key == key && c.network.is_none());
         for held in take_in_flight(&mut st, key, tag, cumulative)? {
             let mut entry = Self::settle_held(&mut st, held);
             entry.redelivered = true;
-            self.push_pending(&mut st, entry);
+            self.admit(&mut st, entry, local);
         }
         self.dispatch_locked(&mut st);
         Ok(())
@@ -874,10 +885,15 @@ impl Queue {
 
     /// Hands `entry` to consumer `idx`; a closed outbox puts it back and marks the
     /// consumer closed. A closing message (`JMSXGroupSeq: -1`) drops its group's binding.
-    fn deliver(self: &Arc<Self>, st: &mut State, idx: usize, entry: Entry, group_first: bool) {
+    fn deliver(self: &Arc<Self>, st: &mut State, idx: usize, mut entry: Entry, group_first: bool) {
+        if entry.message.properties.expires.is_some() && entry.message.properties.expired(super::message::now_millis()) {
+            return self.leave(st, entry, Leaving::Expired);
+        }
         let group = self.group_of(&entry.message).map(|g| (Arc::clone(&g.id), g.close));
         let binding = group.as_ref().and_then(|(id, _)| st.groups.delivered(id));
         let c = &mut st.consumers[idx];
+        let counted = c.network.is_none();
+        entry.deliveries += u32::from(counted);
         let tag = c.next_tag;
         c.next_tag += 1;
         c.in_flight.insert(tag, Held { entry: entry.clone(), binding });
@@ -895,6 +911,7 @@ impl Queue {
             if let Some(held) = c.in_flight.remove(&tag) {
                 let mut entry = Self::settle_held(st, held);
                 entry.redelivered = false;
+                entry.deliveries -= u32::from(counted);
                 self.push_pending(st, entry);
             }
             Self::mark_closed(st, key);
@@ -905,12 +922,81 @@ impl Queue {
         }
     }
 
+    /// Gives the queue its broker's [`Control`] (once, when it is made).
+    pub fn set_control(&self, control: Arc<Control>) {
+        let _ = self.control.set(control);
+    }
+
+    /// A message entering the pending ones, new or `handed_back` by a local consumer:
+    /// pending now, held until its time, or out of the queue (see [`schedule::admit`]).
+    fn admit(self: &Arc<Self>, st: &mut State, mut entry: Entry, handed_back: bool) {
+        let Some(control) = self.control.get() else { return self.push_pending(st, entry) };
+        match schedule::admit(&self.settings, &entry, handed_back, super::message::now_millis()) {
+            Admit::Pending => self.push_pending(st, entry),
+            Admit::Hold(due) => {
+                // Held until a time still ahead: a recovered message cannot have been
+                // delivered before it.
+                entry.redelivered &= handed_back;
+                st.held.insert(due, entry);
+                control.held(self, due);
+            }
+            Admit::Leave(why) => self.leave(st, entry, why),
+        }
+    }
+
+    /// Takes `entry` (pending or held no more) out of the queue's bytes and hands it to
+    /// the broker's [`Control`] to move.
+    fn leave(self: &Arc<Self>, st: &mut State, entry: Entry, why: Leaving) {
+        let size = entry.message.footprint();
+        st.bytes = st.bytes.saturating_sub(size);
+        self.memory.release(size);
+        match self.control.get() {
+            Some(control) => control.leave(self, entry, why),
+            None => tracing::warn!(queue = %self.name, id = entry.message.id.0, ?why, "message left its queue with nobody to move it"),
+        }
+    }
+
+    /// Puts the held messages due at `now` back among the pending ones and dispatches.
+    pub(super) fn release_held(self: &Arc<Self>, now: u64) {
+        let mut st = self.state.lock();
+        let due = st.held.take_due(now);
+        if due.is_empty() {
+            return;
+        }
+        if let Some(control) = self.control.get() {
+            control.unheld(due.len());
+        }
+        for entry in due {
+            self.push_pending(&mut st, entry);
+        }
+        self.dispatch_locked(&mut st);
+    }
+
+    /// Takes the pending and held messages expired at `now` out of the queue (to be
+    /// dropped or moved); returns how many.
+    pub(super) fn expire(self: &Arc<Self>, now: u64) -> usize {
+        let mut st = self.state.lock();
+        let expired: Vec<MessageId> =
+            st.pending.iter().filter(|(_, e)| e.message.properties.expired(now)).map(|(id, _)| *id).collect();
+        let mut gone: Vec<Entry> = expired.into_iter().filter_map(|id| self.take_pending(&mut st, id)).collect();
+        let held = st.held.take_expired(now);
+        if let Some(control) = self.control.get() {
+            control.unheld(held.len());
+        }
+        gone.extend(held);
+        let n = gone.len();
+        for entry in gone {
+            self.leave(&mut st, entry, Leaving::Expired);
+        }
+        n
+    }
+
     pub fn snapshot(&self) -> QueueSnapshot {
         let st = self.state.lock();
         QueueSnapshot {
             name: self.name.to_string(),
             kind: self.kind,
-            depth: st.pending.len(),
+            depth: st.pending.len() + st.held.len(),
             in_flight: st.consumers.iter().map(|c| c.in_flight.len()).sum(),
             consumers: st.consumers.len(),
             bytes: st.bytes,
@@ -983,6 +1069,10 @@ impl Queue {
         let mut st = self.state.lock();
         let freed = st.bytes;
         st.pending.clear();
+        let held = st.held.clear();
+        if let Some(control) = self.control.get() {
+            control.unheld(held);
+        }
         st.grouped_pending = 0;
         st.undecided.clear();
         st.groups = Groups::default();
@@ -1031,6 +1121,7 @@ mod tests {
             }),
             journaled: true,
             redelivered: false,
+            deliveries: 0,
         }
     }
 

@@ -18,6 +18,7 @@ use tokio_util::task::TaskTracker;
 pub async fn run(listener: &TcpListener, ctx: ConnectionContext, drain: Duration) {
     let tracker = TaskTracker::new();
     tracker.spawn(reclaim_idle_destinations(ctx.clone()));
+    tracker.spawn(crate::engine::schedule::run(Arc::clone(&ctx.broker), ctx.shutdown.clone()));
     let open = Arc::new(AtomicUsize::new(0));
     let max = ctx.broker.config.stomp.max_connections;
     loop {

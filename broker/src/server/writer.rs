@@ -6,7 +6,7 @@
 //! (the client stopped reading) ends the connection, and so does the connection's kill
 //! token (a slow topic subscriber cut off by the engine), even mid-write.
 
-use crate::engine::message::{ack_token, Delivery, GROUP_FIRST_HEADER};
+use crate::engine::message::{ack_token, Delivery, DELIVERY_COUNT_HEADER, GROUP_FIRST_HEADER};
 use crate::engine::metrics::Limit;
 use crate::engine::queue::Outbound;
 use crate::engine::accept::Settled;
@@ -198,7 +198,8 @@ impl Writer {
         let m = &d.entry.message;
         let message_id = m.id.0.to_string();
         let ack = ack_token(d.consumer, d.tag);
-        let mut proto: [(&str, &str); 6] = [("", ""); 6];
+        let deliveries = d.entry.deliveries.max(1).to_string();
+        let mut proto: [(&str, &str); 7] = [("", ""); 7];
         let mut n = 0;
         for pair in [
             ("destination", &*m.destination),
@@ -220,6 +221,8 @@ impl Writer {
             proto[n] = (GROUP_FIRST_HEADER, "true");
             n += 1;
         }
+        proto[n] = (DELIVERY_COUNT_HEADER, deliveries.as_str());
+        n += 1;
         let user = m.headers.iter().map(|(k, v)| (k.as_str(), v.as_str()));
         self.codec.encode_parts(Command::Message, proto[..n].iter().copied().chain(user), &m.body, buf);
         self.metrics.messages_out.inc();
