@@ -3,6 +3,9 @@
 //! unsubscribe, ...) and reports what it saw as JSON. Every frame that asks for one carries
 //! a receipt and the step waits for it, so a session's steps are done in order when
 //! [`session`] returns.
+//!
+//! A test that needs what steps do not offer (NACK, arrival times, any header) runs a
+//! [`script`] of its own after [`PRELUDE`] instead.
 
 use serde_json::{json, Value};
 use std::ffi::OsStr;
@@ -120,4 +123,44 @@ pub fn session(host: &str, port: u16, headers: Value, steps: Value) -> Seen {
 /// CONNECT headers naming the client (`client-id`).
 pub fn client(id: &str) -> Value {
     json!({ "client-id": id })
+}
+
+/// What a [`script`] starts with: `port` from `PORT`, a listener putting each frame on
+/// `events`, `next_event(timeout)` (a frame as `{"kind", "headers", "body", "at"}`, `at` in
+/// seconds since the epoch when it arrived), `no_event(timeout)` (None when nothing came)
+/// and `connect()`.
+pub const PRELUDE: &str = r#"
+import json, os, queue, sys, time
+import stomp
+
+port = int(os.environ["PORT"])
+events = queue.Queue()
+
+class Listener(stomp.ConnectionListener):
+    def on_receipt(self, frame): events.put(("RECEIPT", frame.headers, frame.body, time.time()))
+    def on_message(self, frame): events.put(("MESSAGE", frame.headers, frame.body, time.time()))
+    def on_error(self, frame): events.put(("ERROR", frame.headers, frame.body, time.time()))
+
+def next_event(timeout=20):
+    kind, headers, body, at = events.get(timeout=timeout)
+    return {"kind": kind, "headers": dict(headers), "body": body, "at": at}
+
+def no_event(timeout):
+    try:
+        e = events.get(timeout=timeout)
+        return {"kind": e[0], "headers": dict(e[1]), "body": e[2], "at": e[3]}
+    except queue.Empty:
+        return None
+
+def connect():
+    conn = stomp.Connection12([("127.0.0.1", port)], heartbeats=(0, 0), reconnect_attempts_max=1)
+    conn.set_listener("l", Listener())
+    conn.connect(wait=True)
+    return conn
+"#;
+
+/// Runs [`PRELUDE`] then `code` against the broker on `port` with `env`; returns the JSON
+/// it prints.
+pub fn script(code: &str, port: u16, env: &[(&str, &OsStr)]) -> Value {
+    super::stomppy(&format!("{PRELUDE}\n{code}"), port, env)
 }
