@@ -118,7 +118,7 @@ fn moved_headers(original: &Message, from: &str, extra: &[(&str, String)], expir
     let mut headers: Vec<(String, String)> = original
         .headers
         .iter()
-        .filter(|(k, _)| !ours.contains(&k.as_str()) && !(expired && k == EXPIRES_HEADER))
+        .filter(|(k, _)| !(ours.contains(&k.as_str()) || (expired && k == EXPIRES_HEADER)))
         .cloned()
         .collect();
     headers.push((ORIG_ADDRESS_HEADER.to_string(), from.to_string()));

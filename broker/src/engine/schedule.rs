@@ -128,6 +128,9 @@ pub struct Control {
     /// Told when a due time earlier than every other is added.
     wake: Notify,
     scheduled: Gauge,
+    /// What this broker adds to `scheduled` now, taken off when it goes (a live demoted in
+    /// the same process leaves its held messages behind).
+    held_here: std::sync::atomic::AtomicI64,
     moves: mpsc::UnboundedSender<Move>,
     inbox: Mutex<Option<mpsc::UnboundedReceiver<Move>>>,
 }
@@ -141,6 +144,7 @@ impl Control {
             serial: AtomicU64::new(0),
             wake: Notify::new(),
             scheduled,
+            held_here: std::sync::atomic::AtomicI64::new(0),
             moves,
             inbox: Mutex::new(Some(inbox)),
         }
@@ -149,6 +153,7 @@ impl Control {
     /// `queue` now holds one more message, due at `due`.
     pub fn held(&self, queue: &Arc<Queue>, due: u64) {
         self.scheduled.inc();
+        self.held_here.fetch_add(1, Ordering::Relaxed);
         let serial = self.serial.fetch_add(1, Ordering::Relaxed);
         let mut timers = self.timers.lock();
         let earliest = timers.keys().next().is_none_or(|(first, _)| due < *first);
@@ -161,7 +166,9 @@ impl Control {
 
     /// `n` held messages were released, taken or dropped.
     pub fn unheld(&self, n: usize) {
-        self.scheduled.dec_by(i64::try_from(n).unwrap_or(i64::MAX));
+        let n = i64::try_from(n).unwrap_or(i64::MAX);
+        self.scheduled.dec_by(n);
+        self.held_here.fetch_sub(n, Ordering::Relaxed);
     }
 
     /// Hands a message that left `queue` to [`run`].
@@ -188,6 +195,12 @@ impl Control {
             }
         }
         queues
+    }
+}
+
+impl Drop for Control {
+    fn drop(&mut self) {
+        self.scheduled.dec_by(self.held_here.load(Ordering::Relaxed));
     }
 }
 
@@ -314,7 +327,10 @@ mod tests {
         assert_eq!(control.due(45).len(), 1, "one queue, however many of its messages are due");
         assert_eq!(control.next_due(), Some(50));
         assert_eq!(control.scheduled.get(), 3);
-        control.unheld(3);
-        assert_eq!(control.scheduled.get(), 0);
+        control.unheld(2);
+        let gauge = control.scheduled.clone();
+        assert_eq!(gauge.get(), 1);
+        drop(control);
+        assert_eq!(gauge.get(), 0, "a broker gone takes its held messages off the gauge");
     }
 }
