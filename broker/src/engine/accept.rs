@@ -120,7 +120,7 @@ impl Prepared {
     /// counted broker-wide by `reservation`, never waiting for room.
     pub(super) fn moved(target: Target, message: Arc<Message>, reservation: Reservation) -> Prepared {
         let journaled = message.persistent && matches!(target, Target::Queue(_));
-        Prepared { target, message, journaled, reservation, blocked: false }
+        Prepared { target, message, journaled, reservation, blocked: false, copies: Vec::new() }
     }
 
     /// What this message counts against the memory limits.

@@ -210,7 +210,7 @@ pub(super) fn copies(broker: &Broker, target: &Target, message: &Arc<Message>) -
             Arc::clone(message)
         };
         let journaled = message.persistent;
-        DurableCopy { sub: Arc::clone(sub), entry: Entry { message, journaled, redelivered: false } }
+        DurableCopy { sub: Arc::clone(sub), entry: Entry { message, journaled, redelivered: false, deliveries: 0 } }
     };
     subs.iter().filter(|sub| sub.queue.wants(message)).map(copy).collect()
 }
@@ -426,7 +426,7 @@ pub(super) fn recover(broker: &Broker, copies: Vec<StoredMessage>, possibly_deli
             persistent: true,
             group: None,
         });
-        sub.queue.enqueue(Entry { message, journaled: true, redelivered: possibly_delivered });
+        sub.queue.enqueue(Entry { message, journaled: true, redelivered: possibly_delivered, deliveries: 0 });
     }
     if orphans > 0 {
         tracing::info!(orphans, "acknowledged recovered messages of removed durable subscriptions");

@@ -1007,8 +1007,8 @@ impl Queue {
     }
 
     /// A page of what a browser sees (`SUBSCRIBE` with `browser:true`): up to `limit`
-    /// messages this queue holds, waiting or delivered and not yet acknowledged, with ids
-    /// after `after` and below `below`, in id order. Nothing is taken or marked: consumers
+    /// messages this queue holds, waiting (held until a scheduled time too) or delivered and
+    /// not yet acknowledged, with ids after `after` and below `below`, in id order. Nothing is taken or marked: consumers
     /// get the same messages as if nobody browsed. A browser pages through a queue with
     /// the last id of each page, so memory stays bounded by `limit` however deep the queue.
     pub fn browse(&self, after: Option<MessageId>, below: MessageId, limit: usize) -> Vec<Arc<Message>> {
@@ -1020,6 +1020,8 @@ impl Queue {
         let in_range = |id: MessageId| after.is_none_or(|a| id > a) && id < below;
         let delivered = st.consumers.iter().flat_map(|c| c.in_flight.values()).map(|h| &h.entry.message).filter(|m| in_range(m.id));
         page.extend(delivered.cloned());
+        // Held until their time (scheduled, or waiting out a redelivery delay).
+        page.extend(st.held.messages().filter(|m| in_range(m.id)).cloned());
         page.sort_by_key(|m| m.id);
         page.dedup_by_key(|m| m.id);
         page.truncate(limit);

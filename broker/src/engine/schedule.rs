@@ -89,6 +89,11 @@ impl Held {
         self.by_due.is_empty()
     }
 
+    /// Every held message, by due time (a browser sorts them).
+    pub fn messages(&self) -> impl Iterator<Item = &Arc<super::message::Message>> + '_ {
+        self.by_due.values().map(|e| &e.message)
+    }
+
     /// Takes the messages due at `now`, in due order.
     pub fn take_due(&mut self, now: u64) -> Vec<Entry> {
         let later = self.by_due.split_off(&(now.saturating_add(1), MessageId(0)));
