@@ -33,7 +33,7 @@ print(json.dumps({"sent": sent, "events": got}))
 #[test]
 fn given_scheduled_messages_from_stomppy_should_hold_each_until_its_time_and_not_the_others() {
     let b = Broker::start("scheduled", "");
-    let out = stomppy::script(SCHEDULED, &[("PORT", b.stomp_port.to_string())]);
+    let out = stomppy::script(SCHEDULED, b.stomp_port, &[]);
     let sent = out["sent"].as_f64().expect("sent");
     let messages: Vec<(String, f64)> = out["events"]
         .as_array()

@@ -183,6 +183,7 @@ mod tests {
             prefetch: 10,
             outbox: tx,
             kill: CancellationToken::new(),
+            selector: None,
         });
         (key, rx)
     }
