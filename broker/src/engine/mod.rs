@@ -14,6 +14,7 @@ pub mod durable;
 pub mod manage;
 pub mod memory;
 pub mod message;
+pub mod pending;
 pub mod metrics;
 pub mod queue;
 pub mod schedule;

@@ -27,11 +27,11 @@ use super::memory::{Memory, Reservation};
 use crate::config::AddressSettings;
 use super::message::{ConsumerKey, Delivery, Entry, GroupOwner, Message, MessageGroup};
 use super::schedule::{self, Admit, Control, Held as Scheduled, Leaving};
+use super::pending::{Pending, Slot};
 use crate::journal::MessageId;
 use parking_lot::Mutex;
 use prometheus_client::metrics::counter::Counter;
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::ops::Bound;
 use std::sync::atomic::{AtomicU32, AtomicUsize, Ordering};
 use std::sync::Arc;
 use thiserror::Error;
@@ -206,7 +206,8 @@ pub const SELECTOR_SCAN: usize = 1024;
 
 #[derive(Default)]
 struct State {
-    pending: BTreeMap<MessageId, Entry>,
+    /// By priority, then id (see [`Pending`]).
+    pending: Pending,
     /// Pending messages that belong to a group; while 0, dispatch takes the plain path.
     grouped_pending: usize,
     /// Pending grouped messages whose owner the grouping handler has not decided yet, by
@@ -417,7 +418,7 @@ impl Queue {
         let grouped = self
             .group_of(&entry.message)
             .map(|g| (*g.owner() == GroupOwner::Undecided).then(|| Arc::clone(&g.id)));
-        if st.pending.insert(entry.message.id, entry).is_none() {
+        if st.pending.insert(entry) {
             if let Some(undecided) = grouped {
                 st.grouped_pending += 1;
                 if let Some(group) = undecided {
@@ -427,8 +428,8 @@ impl Queue {
         }
     }
 
-    fn take_pending(&self, st: &mut State, id: MessageId) -> Option<Entry> {
-        let entry = st.pending.remove(&id)?;
+    fn take_pending(&self, st: &mut State, slot: Slot) -> Option<Entry> {
+        let entry = st.pending.remove(&slot)?;
         if let Some(group) = self.group_of(&entry.message) {
             st.grouped_pending -= 1;
             if *group.owner() == GroupOwner::Undecided {
@@ -726,7 +727,7 @@ impl Queue {
         let mut unselected: Vec<usize> = Vec::new();
         while !st.pending.is_empty() && !st.consumers.is_empty() {
             let n = st.consumers.len();
-            let mut chosen: Option<(usize, MessageId)> = None;
+            let mut chosen: Option<(usize, Slot)> = None;
             for i in 0..n {
                 let idx = (st.next + i) % n;
                 let c = &st.consumers[idx];
@@ -734,9 +735,9 @@ impl Queue {
                     continue;
                 }
                 let pick = match (&c.network, &c.handle.selector) {
-                    (None, None) => st.pending.keys().next().copied(),
+                    (None, None) => st.pending.first().map(|(slot, _)| *slot),
                     (None, Some(selector)) => {
-                        let found = st.pending.iter().take(SELECTOR_SCAN).find(|(_, e)| selector.matches(&e.message)).map(|(id, _)| *id);
+                        let found = st.pending.iter().take(SELECTOR_SCAN).find(|(_, e)| selector.matches(&e.message)).map(|(slot, _)| *slot);
                         if found.is_none() {
                             unselected.push(idx);
                         }
@@ -747,7 +748,7 @@ impl Queue {
                         .iter()
                         .take(NETWORK_SCAN)
                         .find(|(_, e)| (net.accepts)(&e.message, stranded))
-                        .map(|(id, _)| *id),
+                        .map(|(slot, _)| *slot),
                 };
                 if let Some(id) = pick {
                     chosen = Some((idx, id));
@@ -776,17 +777,17 @@ impl Queue {
     /// consumer has room, or after passing over [`GROUP_SCAN`] messages.
     fn dispatch_grouped(self: &Arc<Self>, st: &mut State) {
         let stranded = self.stranded(st);
-        let mut after: Option<MessageId> = None;
+        let mut after: Option<Slot> = None;
         let mut passed = 0;
         // Groups one of whose messages was passed over in this walk.
         let mut waiting: HashSet<Arc<str>> = HashSet::new();
         while passed < GROUP_SCAN && st.consumers.iter().any(Consumer::has_room) {
             let next = match after {
-                None => st.pending.iter().next(),
-                Some(last) => st.pending.range((Bound::Excluded(last), Bound::Unbounded)).next(),
+                None => st.pending.first(),
+                Some(last) => st.pending.after(last),
             };
-            let Some((&id, entry)) = next else { return };
-            after = Some(id);
+            let Some((&slot, entry)) = next else { return };
+            after = Some(slot);
             let message = Arc::clone(&entry.message);
             let route = match self.group_of(&message) {
                 None => self.pick_ungrouped(st, &message, stranded).map(|consumer| Route { consumer, first: false }),
@@ -800,7 +801,7 @@ impl Queue {
                 }
                 continue;
             };
-            if let Some(entry) = self.take_pending(st, id) {
+            if let Some(entry) = self.take_pending(st, slot) {
                 self.deliver(st, route.consumer, entry, route.first);
             }
         }
@@ -976,9 +977,9 @@ impl Queue {
     /// dropped or moved); returns how many.
     pub(super) fn expire(self: &Arc<Self>, now: u64) -> usize {
         let mut st = self.state.lock();
-        let expired: Vec<MessageId> =
-            st.pending.iter().filter(|(_, e)| e.message.properties.expired(now)).map(|(id, _)| *id).collect();
-        let mut gone: Vec<Entry> = expired.into_iter().filter_map(|id| self.take_pending(&mut st, id)).collect();
+        let expired: Vec<Slot> =
+            st.pending.iter().filter(|(_, e)| e.message.properties.expired(now)).map(|(slot, _)| *slot).collect();
+        let mut gone: Vec<Entry> = expired.into_iter().filter_map(|slot| self.take_pending(&mut st, slot)).collect();
         let held = st.held.take_expired(now);
         if let Some(control) = self.control.get() {
             control.unheld(held.len());
@@ -1013,9 +1014,7 @@ impl Queue {
     /// the last id of each page, so memory stays bounded by `limit` however deep the queue.
     pub fn browse(&self, after: Option<MessageId>, below: MessageId, limit: usize) -> Vec<Arc<Message>> {
         let st = self.state.lock();
-        let from = after.map_or(Bound::Unbounded, Bound::Excluded);
-        let range = (from, Bound::Excluded(below));
-        let mut page: Vec<Arc<Message>> = st.pending.range(range).take(limit).map(|(_, e)| Arc::clone(&e.message)).collect();
+        let mut page: Vec<Arc<Message>> = st.pending.by_id(after, below, limit).into_iter().map(|e| Arc::clone(&e.message)).collect();
         // In flight: at most the consumers' prefetch windows.
         let in_range = |id: MessageId| after.is_none_or(|a| id > a) && id < below;
         let delivered = st.consumers.iter().flat_map(|c| c.in_flight.values()).map(|h| &h.entry.message).filter(|m| in_range(m.id));
@@ -1032,12 +1031,12 @@ impl Queue {
     /// are pending in all: what an admin browse shows. Nothing is taken.
     pub fn peek_pending(&self, limit: usize) -> (Vec<Entry>, usize) {
         let st = self.state.lock();
-        (st.pending.values().take(limit).cloned().collect(), st.pending.len())
+        (st.pending.by_id(None, MessageId(u64::MAX), limit).into_iter().cloned().collect(), st.pending.len())
     }
 
     /// The ids of the first `limit` pending messages with ids below `below`, in id order.
     pub fn pending_ids(&self, below: MessageId, limit: usize) -> Vec<MessageId> {
-        self.state.lock().pending.range(..below).take(limit).map(|(id, _)| *id).collect()
+        self.state.lock().pending.by_id(None, below, limit).iter().map(|e| e.message.id).collect()
     }
 
     /// Takes the pending messages among `ids` out of the queue (an admin delete, purge or
@@ -1045,7 +1044,8 @@ impl Queue {
     /// caller journals their removal, or [`Queue::restore`]s them when that fails.
     pub fn remove_pending(self: &Arc<Self>, ids: &[MessageId]) -> Vec<Entry> {
         let mut st = self.state.lock();
-        let taken: Vec<Entry> = ids.iter().filter_map(|id| self.take_pending(&mut st, *id)).collect();
+        let slots: Vec<Slot> = ids.iter().filter_map(|id| st.pending.get_id(*id).map(Slot::of)).collect();
+        let taken: Vec<Entry> = slots.into_iter().filter_map(|slot| self.take_pending(&mut st, slot)).collect();
         let freed: usize = taken.iter().map(|e| e.message.footprint()).sum();
         st.bytes -= freed;
         self.memory.release(freed);
@@ -1605,6 +1605,24 @@ mod tests {
         assert!(q.wants(&in_region(2, "eu").message));
         assert!(!q.wants(&in_region(3, "us").message));
         assert!(!q.wants(&entry(4).message));
+    }
+
+    #[test]
+    fn given_priorities_should_dispatch_highest_first_and_fifo_within_one() {
+        let q = queue();
+        let prio = |id: u64, p: &str| entry_with(id, vec![("priority".into(), p.into())]);
+        for e in [entry(1), prio(2, "9"), prio(3, "0"), entry(4), prio(5, "9")] {
+            q.enqueue(e);
+        }
+        let (a, mut ra) = consumer(1, 1, AckMode::ClientIndividual);
+        q.add_consumer(a);
+        let mut order = vec![];
+        for _ in 0..5 {
+            let got = received(&mut ra);
+            order.extend(ids(&got));
+            q.ack(ConsumerKey(1), got[0].1, false).unwrap();
+        }
+        assert_eq!(order, [2, 5, 1, 4, 3]);
     }
 
     #[test]
