@@ -185,7 +185,12 @@ pub struct Metrics {
     pub protocol_errors: Counter,
     pub producer_blocked: Counter,
     pub memory_bytes: Gauge,
+    /// Journal bytes on disk, and `storage.maxDiskBytes` (0: unlimited).
+    pub journal_disk_bytes: Gauge,
+    pub max_disk_bytes: Gauge,
     queue_depth: Family<QueueLabels, Gauge>,
+    queue_paged: Family<QueueLabels, Gauge>,
+    queue_paged_bytes: Family<QueueLabels, Gauge>,
     queue_in_flight: Family<QueueLabels, Gauge>,
     queue_consumers: Family<QueueLabels, Gauge>,
     destinations: Gauge,
@@ -250,7 +255,11 @@ impl Metrics {
             protocol_errors: Counter::default(),
             producer_blocked: Counter::default(),
             memory_bytes: Gauge::default(),
+            journal_disk_bytes: Gauge::default(),
+            max_disk_bytes: Gauge::default(),
             queue_depth: Family::default(),
+            queue_paged: Family::default(),
+            queue_paged_bytes: Family::default(),
             queue_in_flight: Family::default(),
             queue_consumers: Family::default(),
             destinations: Gauge::default(),
@@ -292,6 +301,8 @@ impl Metrics {
         registry.register("duomq_protocol_errors", "Connections closed with a protocol ERROR", m.protocol_errors.clone());
         registry.register("duomq_producer_blocked", "SEND frames that waited for memory", m.producer_blocked.clone());
         registry.register("duomq_memory_bytes", "Message bytes held in memory", m.memory_bytes.clone());
+        registry.register("duomq_journal_disk_bytes", "Journal bytes on disk (segment files)", m.journal_disk_bytes.clone());
+        registry.register("duomq_max_disk_bytes", "storage.maxDiskBytes: journal bytes past which persistent messages are refused (0: unlimited)", m.max_disk_bytes.clone());
         let per_destination = format!(
             "; only for the {} destinations with the most messages (depth + in flight, then by name), see duomq_destination_series_omitted",
             m.max_destination_series
@@ -307,6 +318,12 @@ impl Metrics {
             m.queue_in_flight.clone(),
         );
         registry.register("duomq_queue_consumers", format!("Consumers per queue{per_destination}"), m.queue_consumers.clone());
+        registry.register(
+            "duomq_queue_paged_messages",
+            format!("Messages kept in the journal only until consumers catch up (addressFullPolicy: page){per_destination}"),
+            m.queue_paged.clone(),
+        );
+        registry.register("duomq_queue_paged_bytes", format!("Bytes of the paged messages{per_destination}"), m.queue_paged_bytes.clone());
         registry.register("duomq_destinations", "Destinations (queues and topics) the broker holds", m.destinations.clone());
         registry.register(
             "duomq_destination_series_omitted",
@@ -371,6 +388,8 @@ impl Metrics {
         self.queue_depth.clear();
         self.queue_in_flight.clear();
         self.queue_consumers.clear();
+        self.queue_paged.clear();
+        self.queue_paged_bytes.clear();
         let shown = busiest(queues, self.max_destination_series);
         self.destinations.set(queues.len() as i64);
         self.destination_series_omitted.set((queues.len() - shown.len()) as i64);
@@ -379,6 +398,8 @@ impl Metrics {
             self.queue_depth.get_or_create(&labels).set(q.depth as i64);
             self.queue_in_flight.get_or_create(&labels).set(q.in_flight as i64);
             self.queue_consumers.get_or_create(&labels).set(q.consumers as i64);
+            self.queue_paged.get_or_create(&labels).set(q.paged as i64);
+            self.queue_paged_bytes.get_or_create(&labels).set(q.paged_bytes as i64);
         }
         self.memory_bytes.set(memory_used as i64);
         let mut out = String::new();
@@ -423,6 +444,8 @@ mod tests {
             enqueued_total: 0,
             acked_total: 0,
             groups: 0,
+            paged: 0,
+            paged_bytes: 0,
         }
     }
 

@@ -242,6 +242,7 @@ async fn serve_live(
     )
     .map_err(RunError::Grouping)?;
     network.set_grouping(grouping.clone());
+    tokio::spawn(crate::engine::paging::run(Arc::clone(broker), bridges.clone()));
     broker.set_group_router(grouping.map(|g| g as Arc<dyn crate::engine::accept::GroupRouter>));
     *shared.state.network.write() = Some(network);
     tracing::info!(addr = %listener.local_addr().unwrap_or(shared.config.stomp.listen), "STOMP listening");

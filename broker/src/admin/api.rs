@@ -297,6 +297,9 @@ pub struct BrokerStatus {
     pub connections: u64,
     /// Message bytes held in memory across all queues.
     pub memory_bytes: u64,
+    /// Journal bytes on disk against the quota; absent without a broker or a file journal.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disk: Option<DiskStatus>,
     pub queues: Vec<QueueStatus>,
     /// Durable topic subscriptions, by client id and name.
     #[serde(default)]
@@ -329,6 +332,7 @@ impl BrokerStatus {
             uptime_seconds: 0,
             connections: 0,
             memory_bytes: 0,
+            disk: None,
             queues: Vec::new(),
             durable_subscriptions: Vec::new(),
             ha: None,
@@ -592,6 +596,21 @@ pub struct QueueStatus {
     /// Message groups (`JMSXGroupID`) bound to a consumer of this queue.
     #[serde(default)]
     pub groups: u64,
+    /// Messages kept in the journal only until consumers catch up (`addressFullPolicy:
+    /// page`), and their bytes; not counted in `depth`.
+    #[serde(default)]
+    pub paged: u64,
+    #[serde(default)]
+    pub paged_bytes: u64,
+}
+
+/// The journal's disk use against `storage.maxDiskBytes`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DiskStatus {
+    pub journal_bytes: u64,
+    /// 0: unlimited.
+    pub max_disk_bytes: u64,
 }
 
 /// A durable topic subscription (CONNECT's `client-id` and SUBSCRIBE's

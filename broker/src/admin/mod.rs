@@ -177,6 +177,7 @@ async fn status(State(s): State<AdminState>, headers: HeaderMap) -> Response {
         uptime_seconds: uptime,
         connections: s.metrics.connections.get().max(0) as u64,
         memory_bytes: memory as u64,
+        disk: broker.as_ref().map(|b| b.disk_usage()).map(|(journal_bytes, max_disk_bytes)| api::DiskStatus { journal_bytes, max_disk_bytes }),
         queues: queues.into_iter().map(queue_status).collect(),
         durable_subscriptions: durable_subscriptions
             .into_iter()
@@ -215,6 +216,8 @@ fn queue_status(q: QueueSnapshot) -> QueueStatus {
         enqueued_total: q.enqueued_total,
         acked_total: q.acked_total,
         groups: q.groups as u64,
+        paged: q.paged,
+        paged_bytes: q.paged_bytes,
     }
 }
 
@@ -365,6 +368,10 @@ async fn metrics(State(s): State<AdminState>, headers: HeaderMap) -> Response {
         None => (Vec::new(), 0),
     };
     let ha = s.ha.read().clone();
+    if let Some((used, quota)) = broker.as_ref().map(|b| b.disk_usage()) {
+        s.metrics.journal_disk_bytes.set(used as i64);
+        s.metrics.max_disk_bytes.set(quota as i64);
+    }
     let body = s.metrics.render(&queues, memory, *s.role.read(), ha.as_ref());
     ([(header::CONTENT_TYPE, "application/openmetrics-text; version=1.0.0; charset=utf-8")], body).into_response()
 }

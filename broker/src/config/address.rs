@@ -162,7 +162,7 @@ pub enum AddressSettingsError {
     MaxDelay,
     #[error("maxSizeBytes must be at least 64KiB")]
     TooSmall,
-    #[error("addressFullPolicy: page is not supported yet; use block or fail")]
+    #[error("addressFullPolicy: page needs the file journal (storage.store: file): the database store cannot page; use block or fail")]
     PagingNotYet,
 }
 
@@ -172,6 +172,8 @@ pub struct AddressSettingsTable {
     /// Entries by ascending specificity (the last matching one that sets a field wins).
     entries: Vec<(Pattern, AddressSettingsEntry)>,
     max_queue_bytes: usize,
+    /// What `addressFullPolicy` is where no entry sets it.
+    default_policy: FullPolicy,
 }
 
 impl AddressSettingsTable {
@@ -186,17 +188,24 @@ impl AddressSettingsTable {
         }
         // Stable: of two equally specific entries the later one wins.
         parsed.sort_by_key(|(p, _)| std::cmp::Reverse(p.specificity()));
-        Ok(AddressSettingsTable { entries: parsed, max_queue_bytes })
+        Ok(AddressSettingsTable { entries: parsed, max_queue_bytes, default_policy: FullPolicy::Block })
     }
 
     /// No entries: every destination has the defaults.
     pub fn defaults(max_queue_bytes: usize) -> AddressSettingsTable {
-        AddressSettingsTable { entries: Vec::new(), max_queue_bytes }
+        AddressSettingsTable { entries: Vec::new(), max_queue_bytes, default_policy: FullPolicy::Block }
+    }
+
+    /// The same entries with `policy` where none sets `addressFullPolicy` (`page` with the
+    /// file journal, Artemis' default).
+    pub fn with_default_policy(self, policy: FullPolicy) -> AddressSettingsTable {
+        AddressSettingsTable { default_policy: policy, ..self }
     }
 
     /// The settings of `destination` (`/queue/NAME` or `/topic/NAME`).
     pub fn resolve(&self, destination: &str) -> AddressSettings {
         let mut s = AddressSettings::defaults(self.max_queue_bytes);
+        s.full_policy = self.default_policy;
         let mut max_delay = None;
         for (_, e) in self.entries.iter().filter(|(p, _)| p.matches(destination)) {
             if let Some(v) = e.max_delivery_attempts {

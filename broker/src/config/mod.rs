@@ -227,6 +227,10 @@ pub struct StorageConfig {
     /// The shared database, for `store: database`.
     #[serde(skip_serializing_if = "DatabaseConfig::is_default")]
     pub database: DatabaseConfig,
+    /// Journal bytes on disk past which persistent messages are refused until consumers
+    /// free space (segments reclaimed); 0: unlimited. File journal only.
+    #[serde(skip_serializing_if = "ByteSize::is_zero")]
+    pub max_disk_bytes: ByteSize,
 }
 
 impl Default for StorageConfig {
@@ -238,6 +242,7 @@ impl Default for StorageConfig {
             fsync: true,
             store: StoreKind::File,
             database: DatabaseConfig::default(),
+            max_disk_bytes: ByteSize(0),
         }
     }
 }
@@ -447,10 +452,14 @@ impl BrokerConfig {
     pub fn address_settings_table(&self) -> Result<AddressSettingsTable, ConfigError> {
         let table = AddressSettingsTable::new(&self.address_settings, self.memory.max_queue_bytes.as_usize())
             .map_err(|(index, source)| ConfigError::AddressSettings { index, source })?;
-        if let Some(i) = self.address_settings.iter().position(|e| e.address_full_policy == Some(FullPolicy::Page)) {
-            return Err(ConfigError::AddressSettings { index: i, source: address::AddressSettingsError::PagingNotYet });
+        // Paging reads messages back from the file journal; the database store has none.
+        if self.storage.store == StoreKind::Database {
+            if let Some(i) = self.address_settings.iter().position(|e| e.address_full_policy == Some(FullPolicy::Page)) {
+                return Err(ConfigError::AddressSettings { index: i, source: address::AddressSettingsError::PagingNotYet });
+            }
+            return Ok(table);
         }
-        Ok(table)
+        Ok(table.with_default_policy(FullPolicy::Page))
     }
 
     pub fn validate(&self) -> Result<(), ConfigError> {
@@ -519,6 +528,9 @@ impl BrokerConfig {
                 self.storage.database.validate()?;
                 if self.storage.segment_size != StorageConfig::default().segment_size {
                     return invalid("storage.segmentSize", "is for the file journal; the database store has no segments (remove it)");
+                }
+                if !self.storage.max_disk_bytes.is_zero() {
+                    return invalid("storage.maxDiskBytes", "is for the file journal; with storage.store: database the database's own quota applies (remove it)");
                 }
                 if self.ha.arbiter != ArbiterConfig::default() {
                     return invalid(

@@ -16,6 +16,9 @@ impl ByteSize {
     pub const fn mib(n: u64) -> ByteSize {
         ByteSize(n * 1024 * 1024)
     }
+    pub fn is_zero(&self) -> bool {
+        self.0 == 0
+    }
     pub fn as_usize(self) -> usize {
         usize::try_from(self.0).unwrap_or(usize::MAX)
     }

@@ -81,7 +81,7 @@ pub async fn recover(
     }
     let records = messages.len() as u64;
     let recovered =
-        Recovered { messages, next_id: MessageId(next_id), segments: 0, records, torn_tail_bytes: 0, remembered };
+        Recovered { messages, paged: Vec::new(), next_id: MessageId(next_id), segments: 0, records, torn_tail_bytes: 0, remembered };
     let writer_client = connect_writer(db).await?;
     let (sender, receiver) = mpsc::unbounded_channel();
     let (done_tx, done_rx) = std::sync::mpsc::channel();

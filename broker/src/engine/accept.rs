@@ -65,6 +65,10 @@ pub enum AcceptError {
     Destination(#[from] DestinationError),
     #[error("destination is full: no room within {0:?} (memory limits)")]
     NoRoom(Duration),
+    #[error("{queue} is full: it holds its maxSizeBytes of {limit} bytes and its addressFullPolicy is fail; retry once consumers catch up")]
+    Full { queue: String, limit: usize },
+    #[error("the disk quota is reached: the journal holds {used} of storage.maxDiskBytes {quota} bytes; persistent messages are refused until consumers free space")]
+    DiskQuota { used: u64, quota: u64 },
     #[error("failed to persist")]
     Persist(#[source] JournalError),
     #[error("acceptance polled after it resolved")]
@@ -113,6 +117,8 @@ pub struct Prepared {
     blocked: bool,
     /// Its copies for the topic's durable subscriptions.
     copies: Vec<durable::DurableCopy>,
+    /// Kept in the journal only (see [`super::paging`]): publishing it hands nothing over.
+    paged: bool,
 }
 
 impl Prepared {
@@ -120,7 +126,7 @@ impl Prepared {
     /// counted broker-wide by `reservation`, never waiting for room.
     pub(super) fn moved(target: Target, message: Arc<Message>, reservation: Reservation) -> Prepared {
         let journaled = message.persistent && matches!(target, Target::Queue(_));
-        Prepared { target, message, journaled, reservation, blocked: false, copies: Vec::new() }
+        Prepared { target, message, journaled, reservation, blocked: false, copies: Vec::new(), paged: false }
     }
 
     /// What this message counts against the memory limits.
@@ -286,14 +292,20 @@ impl Durable {
             for copy in send.copies {
                 copy.publish(&self.broker);
             }
-            self.broker.publish(&send.target, send.message, send.journaled, send.reservation);
+            if !send.paged {
+                self.broker.publish(&send.target, send.message, send.journaled, send.reservation);
+            }
         }
         Accepted::Stored
     }
 
     /// The write failed: nothing is published, the reserved bytes are given back.
     fn discard(mut self) {
-        self.sends.clear();
+        for send in self.sends.drain(..) {
+            if let (true, Target::Queue(q)) = (send.paged, &send.target) {
+                q.unpage(send.message.id, send.message.footprint());
+            }
+        }
     }
 }
 
@@ -324,11 +336,13 @@ impl Broker {
             }
         }
         self.route_group(&target, &mut incoming.headers).await?;
-        let blocked = self.wait_for_room(&target).await?;
+        let admitted = self.admit(&target, journaled).await?;
+        let blocked = admitted.blocked;
         let message = self.message(&target, incoming);
-        let reservation = self.reserve(&target, &message);
+        let paged = admitted.pageable && matches!(&target, Target::Queue(q) if self.page_if_needed(q, &message));
+        let reservation = if paged { self.reserve_broker_wide(0) } else { self.reserve(&target, &message) };
         let copies = durable::copies(self, &target, &message);
-        let send = Prepared { target, message, journaled, reservation, blocked, copies };
+        let send = Prepared { target, message, journaled, reservation, blocked, copies, paged };
         let ops: Vec<Op> = send.ops().collect();
         let append = (!ops.is_empty()).then(|| self.store.append(ops, commit));
         let durable = Durable { broker: Arc::clone(self), sends: vec![send], duplicate: false };
@@ -342,17 +356,25 @@ impl Broker {
         let target = self.resolve(&incoming.destination)?;
         let journaled = incoming.persistent && matches!(target, Target::Queue(_));
         self.route_group(&target, &mut incoming.headers).await?;
-        let blocked = self.wait_for_room(&target).await?;
+        let admitted = self.admit(&target, journaled).await?;
         let message = self.message(&target, incoming);
-        let reservation = self.reserve_broker_wide(message.footprint());
+        // Pageable sends are decided at commit, and count nowhere until then.
+        let reservation = self.reserve_broker_wide(if admitted.pageable { 0 } else { message.footprint() });
         let copies = durable::copies(self, &target, &message);
-        Ok(Prepared { target, message, journaled, reservation, blocked, copies })
+        Ok(Prepared { target, message, journaled, reservation, blocked: admitted.blocked, copies, paged: admitted.pageable })
     }
 
     /// Journals `acks` and `sends` as one record (after a crash either all of it happened
     /// or none); the acks were applied in memory already, the sends are published through
     /// the [`Durable`] the acceptance resolves to.
-    pub fn commit(self: &Arc<Self>, sends: Vec<Prepared>, acks: Settled, commit: Commit) -> Acceptance {
+    pub fn commit(self: &Arc<Self>, mut sends: Vec<Prepared>, acks: Settled, commit: Commit) -> Acceptance {
+        for send in sends.iter_mut().filter(|s| s.paged) {
+            let Target::Queue(q) = &send.target else { continue };
+            send.paged = self.page_if_needed(q, &send.message);
+            if !send.paged {
+                send.reservation = self.memory.reserve(send.message.footprint());
+            }
+        }
         let ops: Vec<Op> = acks.ops().chain(sends.iter().flat_map(Prepared::ops)).collect();
         let append = (!ops.is_empty()).then(|| self.store.append(ops, commit));
         Acceptance::new(append, Durable { broker: Arc::clone(self), sends, duplicate: false }, false)
@@ -446,23 +468,6 @@ impl Broker {
     pub fn forget_records(&self, ids: &[MessageId]) {
         if !ids.is_empty() {
             drop(self.store.append_lazy(ids.iter().map(|id| Op::Ack(*id)).collect()));
-        }
-    }
-
-    /// Slows the producer down while the destination or the broker is over its memory
-    /// limit; true when it had to wait.
-    async fn wait_for_room(&self, target: &Target) -> Result<bool, AcceptError> {
-        let memory = &self.memory;
-        let queue_bytes = || Broker::target_bytes(target);
-        if memory.used() < memory.broker_limit && queue_bytes() < memory.queue_limit {
-            return Ok(false);
-        }
-        let timeout = self.config.memory.producer_block_timeout.get();
-        tracing::debug!(?timeout, "producer blocked by memory limits");
-        if memory.wait_for_room(queue_bytes, timeout).await {
-            Ok(true)
-        } else {
-            Err(AcceptError::NoRoom(timeout))
         }
     }
 
@@ -652,6 +657,11 @@ mod tests {
         let broker = open(dir.path(), |c| {
             c.memory.max_queue_bytes = ByteSize::kib(1);
             c.memory.producer_block_timeout = HumanDuration(Duration::from_millis(200));
+            c.address_settings = vec![crate::config::AddressSettingsEntry {
+                pattern: ">".into(),
+                address_full_policy: Some(crate::config::FullPolicy::Block),
+                ..Default::default()
+            }];
         });
         let big = Incoming { body: Bytes::from(vec![b'x'; 2048]), ..incoming("/queue/a", true, None) };
         let first = broker.accept(big.clone(), Commit::Grouped).await.expect("the first fits: the queue was empty");

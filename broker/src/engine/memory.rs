@@ -40,16 +40,21 @@ impl Memory {
         }
     }
 
+    /// Resolves at the next release of bytes (register it with `enable` before checking).
+    pub fn freed(&self) -> tokio::sync::futures::Notified<'_> {
+        self.freed.notified()
+    }
+
     /// Counts `bytes` against the broker-wide limit until the reservation is dropped.
     pub fn reserve(self: &Arc<Self>, bytes: usize) -> Reservation {
         self.add(bytes);
         Reservation { memory: Arc::clone(self), queue: None, bytes }
     }
 
-    /// Waits until `queue_bytes()` and the broker total are under their limits, or the
-    /// timeout passes. Returns false on timeout.
-    pub async fn wait_for_room(&self, queue_bytes: impl Fn() -> usize, timeout: Duration) -> bool {
-        let has_room = || self.used() < self.broker_limit && queue_bytes() < self.queue_limit;
+    /// Waits until `queue_bytes()` is under `queue_limit` and the broker total under its
+    /// limit, or the timeout passes. Returns false on timeout.
+    pub async fn wait_for_room(&self, queue_bytes: impl Fn() -> usize, queue_limit: usize, timeout: Duration) -> bool {
+        let has_room = || self.used() < self.broker_limit && queue_bytes() < queue_limit;
         if has_room() {
             return true;
         }

@@ -82,10 +82,14 @@ pub fn now_millis() -> u64 {
 impl Message {
     /// What this message counts against memory limits.
     pub fn footprint(&self) -> usize {
-        self.body.len()
-            + self.headers.iter().map(|(k, v)| k.len() + v.len() + 16).sum::<usize>()
-            + 96
+        footprint(&self.headers, self.body.len())
     }
+}
+
+/// What a message with `headers` and a body of `body_len` bytes counts against memory
+/// limits (also of one stored in the journal only).
+pub fn footprint(headers: &[(String, String)], body_len: usize) -> usize {
+    body_len + headers.iter().map(|(k, v)| k.len() + v.len() + 16).sum::<usize>() + 96
 }
 
 /// The header naming a message's group (ActiveMQ's and Artemis's).

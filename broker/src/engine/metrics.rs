@@ -109,6 +109,11 @@ pub struct EngineMetrics {
     pub group_bindings_evicted: Counter,
     /// Durable topic subscriptions held (see [`super::durable`]).
     pub durable_subscriptions: Gauge,
+    /// Reads of paged messages back from the journal, and the journal bytes they read.
+    pub paging_reads: Counter,
+    pub paging_read_bytes: Counter,
+    /// Persistent messages refused past `storage.maxDiskBytes`.
+    pub disk_quota_refusals: Counter,
     authorization_denied: Family<PermissionLabels, Counter>,
     /// Messages SUBSCRIBE selectors chose or passed over (see [`crate::selector`]).
     pub selector_evaluations: crate::selector::SelectorCounters,
@@ -157,6 +162,21 @@ impl EngineMetrics {
             "duomq_durable_subscriptions",
             "Durable topic subscriptions held, with or without a consumer attached",
             m.durable_subscriptions.clone(),
+        );
+        registry.register(
+            "duomq_paging_reads",
+            "Reads of paged messages back from the journal into their queues (addressFullPolicy: page)",
+            m.paging_reads.clone(),
+        );
+        registry.register(
+            "duomq_paging_read_bytes",
+            "Journal bytes read to bring paged messages back into their queues",
+            m.paging_read_bytes.clone(),
+        );
+        registry.register(
+            "duomq_disk_quota_refusals",
+            "Persistent messages refused because the journal held storage.maxDiskBytes",
+            m.disk_quota_refusals.clone(),
         );
         registry.register(
             "duomq_authorization_denied",

@@ -8,12 +8,14 @@
 
 pub mod accept;
 pub mod deadletter;
+pub mod admission;
 pub mod dedup;
 pub mod drain;
 pub mod durable;
 pub mod manage;
 pub mod memory;
 pub mod message;
+pub mod paging;
 pub mod pending;
 pub mod metrics;
 pub mod queue;
@@ -194,8 +196,20 @@ impl Broker {
             fsync: config.storage.fsync,
             remember_header: Some(dedup::STORED_HEADER.to_string()),
         };
+        // A backlog past what memory may hold is recovered into the paged state.
+        // Validated with the rest of the config before the broker starts.
+        let table = config.address_settings_table().ok();
+        let limit = crate::journal::RecoveryLimit {
+            in_memory_bytes: Arc::new(move |destination: &str| match &table {
+                // The broker's own records and durable subscriptions' copies are never paged.
+                _ if is_reserved(destination) || !destination.starts_with("/queue/") => usize::MAX,
+                Some(t) => t.resolve(destination).max_size_bytes,
+                None => 0,
+            }),
+            footprint: |m| message::footprint(&m.headers, m.body.len()),
+        };
         let (journal, recovered) =
-            Journal::open(journal_config, journal_metrics).map_err(EngineError::OpenJournal)?;
+            Journal::open_limited(journal_config, journal_metrics, Some(limit)).map_err(EngineError::OpenJournal)?;
         Ok(Broker::with_store(config, node_id, users, Store::File(journal), recovered, metrics, possibly_delivered))
     }
 
@@ -271,20 +285,54 @@ impl Broker {
                 tracing::warn!(destination = %stored.destination, id = stored.id.0, "skipping recovered message for a non-queue destination");
                 continue;
             };
-            let message = Arc::new(Message {
-                id: stored.id,
-                destination: Arc::clone(&queue.name),
-                group: broker.message_group(&stored.headers),
-                properties: message::Properties::from_headers(&stored.headers),
-                headers: stored.headers,
-                body: stored.body,
-                persistent: true,
-            });
-            queue.enqueue(Entry { message, journaled: true, redelivered: possibly_delivered, deliveries: 0 });
+            queue.enqueue(broker.recovered_entry(&queue, stored, possibly_delivered));
+        }
+        for backlog in recovered.paged {
+            let Ok(Target::Queue(queue)) = broker.resolve_unlimited(&backlog.destination) else {
+                tracing::warn!(destination = %backlog.destination, messages = backlog.ids.len(), "skipping recovered paged messages for a non-queue destination");
+                continue;
+            };
+            tracing::info!(queue = %queue.name, messages = backlog.ids.len(), bytes = backlog.bytes, "recovered a backlog into the paged state: read back from the journal as consumers catch up");
+            queue.set_paged(paging::Paged::recovered(backlog.ids, backlog.bytes, backlog.from));
         }
         durable::recover(&broker, durable_copies, possibly_delivered);
         let queues = broker.queues.read().len();
         (broker, RecoveryReport { queues, ..report })
+    }
+
+    /// A journaled message of `queue` as the engine holds it (recovered, or read back).
+    pub(crate) fn recovered_entry(&self, queue: &Queue, stored: crate::journal::StoredMessage, redelivered: bool) -> Entry {
+        let message = Arc::new(Message {
+            id: stored.id,
+            destination: Arc::clone(&queue.name),
+            group: self.message_group(&stored.headers),
+            properties: message::Properties::from_headers(&stored.headers),
+            headers: stored.headers,
+            body: stored.body,
+            persistent: true,
+        });
+        Entry { message, journaled: true, redelivered, deliveries: 0 }
+    }
+
+    /// Queues holding paged messages (see [`paging`]).
+    pub fn paging_queues(&self) -> Vec<Arc<Queue>> {
+        self.queues.read().values().filter(|q| q.snapshot_paged() > 0).cloned().collect()
+    }
+
+    /// Journal bytes on disk and `storage.maxDiskBytes` (0: unlimited).
+    pub fn disk_usage(&self) -> (u64, u64) {
+        let used = self.journal().map_or(0, |j| j.stats().bytes_on_disk);
+        (used, self.config.storage.max_disk_bytes.0)
+    }
+
+    /// Refuses a persistent message while the journal holds `storage.maxDiskBytes`.
+    pub(crate) fn check_disk_quota(&self) -> Result<(), accept::AcceptError> {
+        let (used, quota) = self.disk_usage();
+        if quota > 0 && used >= quota {
+            self.metrics.disk_quota_refusals.inc();
+            return Err(accept::AcceptError::DiskQuota { used, quota });
+        }
+        Ok(())
     }
 
     /// The file journal, when that is the store (a replicated live streams it).
@@ -621,7 +669,7 @@ impl Broker {
     /// Messages held in point-to-point queues: waiting and delivered but not acknowledged
     /// (what a drain still has to move).
     pub fn queued_messages(&self) -> u64 {
-        self.queues.read().values().map(|q| q.snapshot()).map(|s| (s.depth + s.in_flight) as u64).sum()
+        self.queues.read().values().map(|q| q.snapshot()).map(|s| (s.depth + s.in_flight) as u64 + s.paged).sum()
     }
 
     /// The names of every queue and topic.
@@ -647,6 +695,8 @@ impl Broker {
                 enqueued_total: 0,
                 acked_total: 0,
                 groups: 0,
+                paged: 0,
+                paged_bytes: 0,
             };
             for q in subs.iter() {
                 let s = q.snapshot();

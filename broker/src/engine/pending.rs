@@ -125,6 +125,7 @@ mod tests {
             }),
             journaled: true,
             redelivered: false,
+            deliveries: 0,
         }
     }
 

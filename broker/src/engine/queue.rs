@@ -224,6 +224,8 @@ struct State {
     acked_total: u64,
     /// Messages held until a scheduled time or the end of a redelivery delay.
     held: Scheduled,
+    /// Messages in the journal only (see [`super::paging`]).
+    paged: super::paging::Paged,
 }
 
 struct Consumer {
@@ -366,6 +368,9 @@ pub struct QueueSnapshot {
     pub acked_total: u64,
     /// Message groups bound to a consumer.
     pub groups: usize,
+    /// Messages in the journal only, not yet read back (see [`super::paging`]), and their bytes.
+    pub paged: u64,
+    pub paged_bytes: u64,
 }
 
 impl Queue {
@@ -545,7 +550,80 @@ impl Queue {
     /// True when the queue holds nothing and nobody consumes from it: it may be reclaimed.
     pub fn is_unused(&self) -> bool {
         let st = self.state.lock();
-        st.pending.is_empty() && st.consumers.is_empty() && st.bytes == 0 && st.reserved == 0
+        st.pending.is_empty() && st.consumers.is_empty() && st.bytes == 0 && st.reserved == 0 && st.paged.is_empty()
+    }
+
+    /// Whether a persistent message to this queue may be paged: its policy is `page`, or
+    /// it pages already (a later message must not overtake the paged ones).
+    pub fn pages(&self) -> bool {
+        self.settings.full_policy == crate::config::FullPolicy::Page || !self.state.lock().paged.is_empty()
+    }
+
+    /// Pages message `id` when the queue pages already or holds its `maxSizeBytes` (or the
+    /// broker is full); true when it was paged. Called before its record is appended.
+    pub(super) fn page_if_full(&self, id: MessageId, footprint: usize, broker_full: bool) -> bool {
+        let mut st = self.state.lock();
+        let starts = st.paged.is_empty();
+        if starts && !broker_full && st.bytes + st.reserved < self.settings.max_size_bytes {
+            return false;
+        }
+        if starts {
+            tracing::info!(queue = %self.name, max_size_bytes = self.settings.max_size_bytes, "queue started paging: new persistent messages stay in the journal until consumers catch up");
+        }
+        st.paged.insert(id, footprint);
+        true
+    }
+
+    /// Un-pages a message whose record was never written (its append failed).
+    pub(super) fn unpage(&self, id: MessageId, footprint: usize) {
+        self.state.lock().paged.remove(id, footprint);
+    }
+
+    /// Messages of this queue in the journal only.
+    pub fn snapshot_paged(&self) -> u64 {
+        self.state.lock().paged.count()
+    }
+
+    pub(super) fn is_paged(&self, id: MessageId) -> bool {
+        self.state.lock().paged.contains(id)
+    }
+
+    /// Recovered paged messages (see [`super::paging::Paged::recovered`]).
+    pub(super) fn set_paged(&self, paged: super::paging::Paged) {
+        self.state.lock().paged = paged;
+    }
+
+    /// Where to read paged messages back from and how many bytes, when the queue holds
+    /// less than half its `maxSizeBytes` in memory and no read is under way.
+    pub(super) fn want_page_in(&self) -> Option<(crate::journal::PageCursor, usize)> {
+        let mut st = self.state.lock();
+        let held = st.bytes + st.reserved;
+        let limit = self.settings.max_size_bytes;
+        if held >= limit / 2 {
+            return None;
+        }
+        st.paged.start_read().map(|c| (c, limit - held))
+    }
+
+    /// Takes messages read back from the journal into memory (those still paged), and
+    /// ends the read; `cursor`: where the next one goes on.
+    pub(super) fn page_in(self: &Arc<Self>, entries: Vec<Entry>, cursor: Option<crate::journal::PageCursor>) {
+        let mut st = self.state.lock();
+        let mut added = 0;
+        for entry in entries {
+            let size = entry.message.footprint();
+            if st.paged.remove(entry.message.id, size) {
+                added += size;
+                st.bytes += size;
+                self.push_pending(&mut st, entry);
+            }
+        }
+        self.memory.add(added);
+        st.paged.end_read(cursor);
+        if st.paged.is_empty() && cursor.is_some() {
+            tracing::info!(queue = %self.name, "queue stopped paging: every paged message was read back");
+        }
+        self.dispatch_locked(&mut st);
     }
 
     /// Marks the queue used, so the next reclaim sweeps start counting afresh.
@@ -1004,6 +1082,8 @@ impl Queue {
             enqueued_total: st.enqueued_total,
             acked_total: st.acked_total,
             groups: st.groups.bindings.len(),
+            paged: st.paged.count(),
+            paged_bytes: st.paged.bytes(),
         }
     }
 

@@ -34,6 +34,7 @@ mod housekeeper;
 mod lock;
 mod mirror;
 mod metrics;
+mod page_reader;
 mod reader;
 mod reclaim;
 mod record;
@@ -64,6 +65,7 @@ pub use error::JournalError;
 pub use mirror::{prefix_digest, Mirror, MirroredSegment, DIGEST_TAIL};
 pub use replication::{JournalPosition, ReplicaId, ReplicationGate, SegmentHold};
 pub use metrics::JournalMetrics;
+pub use page_reader::{PageCursor, PageRead};
 pub use reader::{SegmentOnDisk, SegmentReader};
 pub use record::MAX_RECORD_PAYLOAD;
 pub use salvage::{plan as plan_salvage, salvage, SalvageAction, SalvageError};
@@ -175,8 +177,11 @@ impl JournalConfig {
 /// What [`Journal::open`] found on disk.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Recovered {
-    /// Every added-and-not-acked message, sorted by id.
+    /// Every added-and-not-acked message, sorted by id (past a [`RecoveryLimit`], those
+    /// recovered before it was reached).
     pub messages: Vec<StoredMessage>,
+    /// Past a [`RecoveryLimit`]: the other added-and-not-acked messages, by id only.
+    pub paged: Vec<PagedBacklog>,
     /// One past the highest id the journal has ever seen (0 if it is empty). Stays
     /// monotonic across restarts even after the segments holding the highest ids were
     /// reclaimed, because every segment header carries the floor at its creation.
@@ -191,6 +196,32 @@ pub struct Recovered {
     /// included, oldest first: the window carried into the newest segments plus the adds
     /// after it (see [`JournalConfig::remember_header`]).
     pub remembered: Vec<String>,
+}
+
+/// How much of a backlog recovery returns whole ([`Journal::open_limited`]): once a
+/// destination's live messages reach `in_memory_bytes(destination)` (by `footprint`),
+/// its later adds are returned by id only in [`Recovered::paged`].
+#[derive(Clone)]
+pub struct RecoveryLimit {
+    pub in_memory_bytes: Arc<dyn Fn(&str) -> usize + Send + Sync>,
+    pub footprint: fn(&StoredMessage) -> usize,
+}
+
+impl std::fmt::Debug for RecoveryLimit {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("RecoveryLimit").finish_non_exhaustive()
+    }
+}
+
+/// Live messages of one destination recovered by id only, to be read back with
+/// [`Journal::read_adds`] from `from` on.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PagedBacklog {
+    pub destination: String,
+    pub ids: roaring::RoaringTreemap,
+    /// Their footprint (acked ones of unknown size counted at the average).
+    pub bytes: u64,
+    pub from: PageCursor,
 }
 
 /// A snapshot of the journal's state: counters as of the last batch, files as they are.
@@ -254,12 +285,21 @@ impl Journal {
         config: JournalConfig,
         metrics: JournalMetrics,
     ) -> Result<(Journal, Recovered), JournalError> {
+        Journal::open_limited(config, metrics, None)
+    }
+
+    /// [`Journal::open`], returning past `limit` the live messages by id only.
+    pub fn open_limited(
+        config: JournalConfig,
+        metrics: JournalMetrics,
+        limit: Option<RecoveryLimit>,
+    ) -> Result<(Journal, Recovered), JournalError> {
         std::fs::create_dir_all(&config.dir).map_err(|source| JournalError::CreateDir {
             path: config.dir.clone(),
             source: source.into(),
         })?;
         let lock = lock::DirLock::acquire(&config.dir)?;
-        let recovery = recovery::recover(&config.dir, config.remember_header.as_deref())?;
+        let recovery = recovery::recover(&config.dir, config.remember_header.as_deref(), limit.as_ref())?;
         let recovered = recovery.recovered.clone();
         let stats = Arc::new(SharedStats::new(metrics.clone()));
         let writer = Writer::start(&config, recovery, metrics, Arc::clone(&stats), lock)?;

@@ -82,14 +82,14 @@ struct TornTail {
 }
 
 /// Replays the journal in `dir`.
-pub(super) fn recover(dir: &Path, remember_header: Option<&str>) -> Result<Recovery, JournalError> {
+pub(super) fn recover(dir: &Path, remember_header: Option<&str>, limit: Option<&super::RecoveryLimit>) -> Result<Recovery, JournalError> {
     let listing = segment::list(dir)?;
     let Sorted {
         files,
         adopted,
         unused,
     } = sort_prepared(dir, &listing)?;
-    let mut state = Replay { remember_header: remember_header.map(str::to_string), ..Replay::default() };
+    let mut state = Replay { remember_header: remember_header.map(str::to_string), limit: limit.cloned(), ..Replay::default() };
     let mut torn = None;
     let mut last = None;
     let mut segments = Vec::with_capacity(files.len());
@@ -151,6 +151,7 @@ pub(super) fn recover(dir: &Path, remember_header: Option<&str>) -> Result<Recov
 
     Ok(Recovery {
         recovered: Recovered {
+            paged: state.paged.into_iter().map(|(destination, (ids, bytes, from))| super::PagedBacklog { destination, ids, bytes, from }).collect(),
             messages: state.messages.into_values().collect(),
             next_id: MessageId(state.next_id),
             segments: files.len(),
@@ -238,6 +239,12 @@ struct Replay {
     next_id: u64,
     records: u64,
     frames: u64,
+    /// Past `limit.in_memory_bytes` of recovered messages, later adds are only noted by id.
+    limit: Option<super::RecoveryLimit>,
+    /// Bytes of the messages held whole, by destination.
+    held: std::collections::HashMap<String, usize>,
+    /// Adds noted by id, by destination: ids, their footprint, where to read them back.
+    paged: BTreeMap<String, (roaring::RoaringTreemap, u64, super::PageCursor)>,
 }
 
 impl Replay {
@@ -360,14 +367,48 @@ impl Replay {
                             self.remembered.push_back(super::remembered_form(value).into_owned());
                         }
                     }
-                    self.messages.insert(message.id, message);
+                    let held = self.held.get(&message.destination).copied().unwrap_or(0);
+                    let paging = self.paged.contains_key(&message.destination);
+                    if let Some(limit) = self.limit.as_ref().filter(|l| paging || held >= (l.in_memory_bytes)(&message.destination)) {
+                        let size = (limit.footprint)(&message) as u64;
+                        let from = super::PageCursor { segment: seq.0, offset: 0 };
+                        let (ids, bytes, _) = self.paged.entry(message.destination).or_insert_with(|| (Default::default(), 0, from));
+                        if ids.insert(message.id.0) {
+                            *bytes += size;
+                        }
+                        continue;
+                    }
+                    if let Some(limit) = &self.limit {
+                        *self.held.entry(message.destination.clone()).or_default() += (limit.footprint)(&message);
+                    }
+                    if let Some(old) = self.messages.insert(message.id, message) {
+                        self.release(&old);
+                    }
                 }
                 Op::Ack(id) => {
-                    self.messages.remove(&id);
+                    if let Some(old) = self.messages.remove(&id) {
+                        self.release(&old);
+                        continue;
+                    }
+                    // A paged one: its size is not kept, so it counts as the average.
+                    if let Some((ids, bytes, _)) = self.paged.values_mut().find(|(ids, _, _)| ids.contains(id.0)) {
+                        let average = *bytes / ids.len().max(1);
+                        ids.remove(id.0);
+                        *bytes = bytes.saturating_sub(average);
+                    }
                 }
             }
         }
         self.records += 1;
+    }
+}
+
+impl Replay {
+    /// A message held whole left (acked, or replaced).
+    fn release(&mut self, old: &StoredMessage) {
+        if let (Some(limit), Some(held)) = (&self.limit, self.held.get_mut(&old.destination)) {
+            *held = held.saturating_sub((limit.footprint)(old));
+        }
     }
 }
 

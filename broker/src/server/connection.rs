@@ -97,6 +97,9 @@ pub enum FrameError {
     NoRoom(Duration),
     #[error("failed to persist: {0}")]
     Persist(String),
+    /// A queue full under addressFullPolicy fail, or the disk quota reached.
+    #[error("{0}")]
+    Refused(String),
     #[error("{0}")]
     Grouping(#[from] crate::engine::accept::RouteError),
     /// The live drains its group (`POST /ha/drain`): see [`crate::engine::drain::refusal`].
@@ -123,6 +126,7 @@ impl From<AcceptError> for FrameError {
             AcceptError::Persist(source) => FrameError::Persist(error_chain(&source)),
             other @ AcceptError::Resolved => FrameError::Persist(error_chain(&other)),
             AcceptError::Grouping(e) => FrameError::Grouping(e),
+            full @ (AcceptError::Full { .. } | AcceptError::DiskQuota { .. }) => FrameError::Refused(full.to_string()),
         }
     }
 }

@@ -1,0 +1,308 @@
+//! Paging (Artemis' PAGE address-full policy): a queue past its `maxSizeBytes` keeps
+//! accepting persistent messages, journaled and replicated as always, but not kept in
+//! memory; they are read back from the journal, in journal order, as consumers catch up.
+//!
+//! What a paged message costs in memory: its id in a compressed set ([`RoaringTreemap`]:
+//! about a bit per id while ids run dense, a few bytes where they are sparse) and a share
+//! of one byte counter. Per paging queue there is one journal cursor. The journal keeps
+//! every segment holding a paged message (it is live, not acknowledged), so reading back
+//! finds it there; a restart recovers a backlog into this paged state rather than into
+//! memory (see [`super::Broker::with_store`]).
+//!
+//! Reading back ([`run`]): a task wakes whenever memory is released (an ack) and at a
+//! short tick; a paging queue holding less than half its `maxSizeBytes` in memory gets
+//! the next messages of its paged set read from its cursor on, up to its `maxSizeBytes`,
+//! on a blocking thread. A message becomes paged only before its record is appended, so
+//! the cursor never passes a record that is paged later.
+
+use super::message::Entry;
+use super::queue::Queue;
+use super::Broker;
+use crate::journal::{MessageId, PageCursor, StoredMessage};
+use roaring::RoaringTreemap;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// How often reading back looks for work besides being woken by released memory.
+const TICK: Duration = Duration::from_millis(100);
+
+/// A queue's messages that live in the journal only.
+#[derive(Debug, Default)]
+pub struct Paged {
+    ids: RoaringTreemap,
+    /// Their footprint (what they would count against memory limits).
+    bytes: u64,
+    /// Where reading back goes on.
+    cursor: PageCursor,
+    /// A read is under way (see [`Paged::start_read`]).
+    reading: bool,
+}
+
+impl Paged {
+    /// Paged messages recovered from the journal, read back from `from` on.
+    pub fn recovered(ids: RoaringTreemap, bytes: u64, from: PageCursor) -> Paged {
+        Paged { ids, bytes, cursor: from, reading: false }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.ids.is_empty()
+    }
+
+    pub fn count(&self) -> u64 {
+        self.ids.len()
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.bytes
+    }
+
+    pub fn contains(&self, id: MessageId) -> bool {
+        self.ids.contains(id.0)
+    }
+
+    pub fn insert(&mut self, id: MessageId, footprint: usize) {
+        if self.ids.insert(id.0) {
+            self.bytes += footprint as u64;
+        }
+    }
+
+    /// Takes `id` out of the set; false when it was not paged.
+    pub fn remove(&mut self, id: MessageId, footprint: usize) -> bool {
+        let removed = self.ids.remove(id.0);
+        if removed {
+            self.bytes = self.bytes.saturating_sub(footprint as u64);
+        }
+        removed
+    }
+
+    /// Claims the next read when none is under way: returns where it starts.
+    pub fn start_read(&mut self) -> Option<PageCursor> {
+        if self.reading || self.ids.is_empty() {
+            return None;
+        }
+        self.reading = true;
+        Some(self.cursor)
+    }
+
+    /// A read ended; the next one goes on from `cursor` (unchanged after a failed read).
+    pub fn end_read(&mut self, cursor: Option<PageCursor>) {
+        self.reading = false;
+        if let Some(c) = cursor {
+            self.cursor = c;
+        }
+    }
+}
+
+/// Reads paged messages back into their queues as they have room, until `stop`.
+pub async fn run(broker: Arc<Broker>, stop: CancellationToken) {
+    loop {
+        let freed = broker.memory.freed();
+        tokio::pin!(freed);
+        freed.as_mut().enable();
+        let work: Vec<(Arc<Queue>, PageCursor, usize)> =
+            broker.paging_queues().into_iter().filter_map(|q| q.want_page_in().map(|(c, budget)| (q, c, budget))).collect();
+        for (queue, cursor, budget) in work {
+            let reading = Arc::clone(&broker);
+            let q = Arc::clone(&queue);
+            let read = tokio::task::spawn_blocking(move || {
+                let journal = reading.journal()?;
+                let want = |m: &StoredMessage| *m.destination == *q.name && q.is_paged(m.id);
+                Some(journal.read_adds(cursor, budget, want))
+            })
+            .await;
+            match read {
+                Ok(Some(Ok(read))) => {
+                    broker.metrics.paging_reads.inc();
+                    broker.metrics.paging_read_bytes.inc_by(read.bytes_read);
+                    let entries: Vec<Entry> = read.messages.into_iter().map(|m| broker.recovered_entry(&queue, m, false)).collect();
+                    queue.page_in(entries, Some(read.cursor));
+                }
+                Ok(Some(Err(e))) => {
+                    tracing::error!(queue = %queue.name, error = &e as &dyn std::error::Error, "failed to read paged messages back from the journal; retrying");
+                    queue.page_in(Vec::new(), None);
+                }
+                Ok(None) | Err(_) => queue.page_in(Vec::new(), None),
+            }
+        }
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = freed => {}
+            _ = tokio::time::sleep(TICK) => {}
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::{AddressSettingsEntry, BrokerConfig, ByteSize, FullPolicy};
+    use crate::engine::accept::{AcceptError, Commit, Incoming};
+    use crate::engine::message::ConsumerKey;
+    use crate::engine::metrics::EngineMetrics;
+    use crate::engine::queue::{AckMode, ConsumerHandle, Outbound};
+    use crate::engine::Target;
+    use crate::journal::JournalMetrics;
+    use bytes::Bytes;
+    use tokio::sync::mpsc;
+
+    fn open(dir: &std::path::Path, policy: FullPolicy) -> Arc<Broker> {
+        let mut config = BrokerConfig::default();
+        config.storage.data_dir = dir.to_path_buf();
+        config.storage.segment_size = ByteSize::kib(256);
+        config.node.id = "test".into();
+        config.address_settings = vec![AddressSettingsEntry {
+            pattern: ">".into(),
+            max_size_bytes: Some(ByteSize::kib(64)),
+            address_full_policy: Some(policy),
+            ..Default::default()
+        }];
+        match Broker::open(Arc::new(config), Vec::new(), JournalMetrics::unregistered(), EngineMetrics::default(), false) {
+            Ok((broker, _)) => broker,
+            Err(e) => panic!("open broker: {e}"),
+        }
+    }
+
+    fn message(n: usize) -> Incoming {
+        Incoming {
+            destination: "/queue/big".into(),
+            headers: vec![("n".into(), n.to_string())],
+            body: Bytes::from(vec![b'x'; 1024]),
+            persistent: true,
+            dedup_id: None,
+        }
+    }
+
+    async fn send(broker: &Arc<Broker>, count: std::ops::Range<usize>) {
+        for n in count {
+            let accepted = broker.accept(message(n), Commit::Grouped).await.expect("accepted");
+            accepted.await.expect("durable").publish();
+        }
+    }
+
+    fn queue(broker: &Broker) -> Arc<Queue> {
+        match broker.resolve("/queue/big") {
+            Ok(Target::Queue(q)) => q,
+            other => panic!("expected a queue, got {other:?}"),
+        }
+    }
+
+    /// Consumes `count` messages with the pager running; returns their `n` headers.
+    async fn drain(broker: &Arc<Broker>, count: usize) -> Vec<usize> {
+        let stop = CancellationToken::new();
+        let pager = tokio::spawn(run(Arc::clone(broker), stop.clone()));
+        let q = queue(broker);
+        let (tx, mut rx) = mpsc::unbounded_channel();
+        let handle = ConsumerHandle {
+            key: ConsumerKey(1),
+            subscription_id: Arc::from("s"),
+            ack_mode: AckMode::ClientIndividual,
+            prefetch: 10,
+            outbox: tx,
+            kill: CancellationToken::new(),
+        };
+        q.add_consumer(handle);
+        let mut got = Vec::new();
+        while got.len() < count {
+            let Ok(Some(Outbound::Deliver(d))) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await else {
+                panic!("stalled after {} of {count} messages", got.len())
+            };
+            let n = d.entry.message.headers.iter().find(|(k, _)| k == "n").map(|(_, v)| v.parse().expect("n")).expect("n header");
+            got.push(n);
+            let settled = broker.settle(&q, ConsumerKey(1), d.tag, false, false).expect("ack");
+            broker.acknowledge_lazy(settled);
+        }
+        q.remove_consumer(ConsumerKey(1));
+        stop.cancel();
+        let _ = pager.await;
+        got
+    }
+
+    #[tokio::test]
+    async fn given_page_policy_should_keep_a_backlog_in_the_journal_and_read_it_back_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open(dir.path(), FullPolicy::Page);
+        send(&broker, 0..400).await;
+        let snap = queue(&broker).snapshot();
+        assert!(snap.paged > 300, "most of the backlog is paged: {snap:?}");
+        assert_eq!(snap.depth as u64 + snap.paged, 400);
+        assert!(broker.memory().used() < 80 * 1024, "memory holds about maxSizeBytes: {}", broker.memory().used());
+        let got = drain(&broker, 400).await;
+        assert_eq!(got, (0..400).collect::<Vec<_>>());
+        assert_eq!(queue(&broker).snapshot().paged, 0);
+        assert!(broker.metrics.paging_reads.get() > 0);
+        broker.close().expect("close");
+    }
+
+    #[tokio::test]
+    async fn given_a_paged_backlog_when_reopened_should_recover_it_paged_and_deliver_it_once_in_order() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open(dir.path(), FullPolicy::Page);
+        send(&broker, 0..300).await;
+        assert_eq!(drain(&broker, 100).await, (0..100).collect::<Vec<_>>());
+        broker.close().expect("close");
+        drop(broker);
+        let reopened = open(dir.path(), FullPolicy::Page);
+        let snap = queue(&reopened).snapshot();
+        assert!(snap.paged > 100 && snap.depth < 100, "recovered into the paged state: {snap:?}");
+        send(&reopened, 300..350).await;
+        // The first 100 were acked lazily: some may come back (at least once), none is lost.
+        let rest = drain(&reopened, 250).await;
+        let first = rest.iter().position(|&n| n >= 100).unwrap_or(0);
+        assert_eq!(rest[first..], (100..350).collect::<Vec<_>>()[..rest.len() - first]);
+        reopened.close().expect("close");
+    }
+
+    #[tokio::test]
+    async fn given_fail_policy_should_refuse_at_once_naming_queue_and_limit() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open(dir.path(), FullPolicy::Fail);
+        let mut refused = None;
+        for n in 0..200 {
+            match broker.accept(message(n), Commit::Grouped).await {
+                Ok(a) => drop(a.await.expect("durable")),
+                Err(e) => {
+                    refused = Some(e);
+                    break;
+                }
+            }
+        }
+        match refused {
+            Some(e @ AcceptError::Full { .. }) => {
+                let text = e.to_string();
+                assert!(text.contains("/queue/big") && text.contains("65536") && text.contains("fail"), "{text}");
+            }
+            other => panic!("expected Full, got {other:?}"),
+        }
+        assert_eq!(queue(&broker).snapshot().paged, 0);
+        broker.close().expect("close");
+    }
+
+    #[test]
+    fn given_paged_ids_should_count_bytes_and_claim_one_read_at_a_time() {
+        let mut p = Paged::default();
+        assert_eq!(p.start_read(), None, "nothing paged: nothing to read");
+        p.insert(MessageId(7), 100);
+        p.insert(MessageId(7), 100);
+        p.insert(MessageId(9), 50);
+        assert_eq!((p.count(), p.bytes()), (2, 150));
+        let at = p.start_read().expect("a read");
+        assert_eq!(p.start_read(), None, "one read at a time");
+        p.end_read(Some(PageCursor { segment: at.segment + 1, offset: 32 }));
+        assert_eq!(p.start_read(), Some(PageCursor { segment: 1, offset: 32 }));
+        p.end_read(None);
+        assert!(p.remove(MessageId(7), 100) && !p.remove(MessageId(7), 100));
+        assert!(p.contains(MessageId(9)) && !p.contains(MessageId(7)));
+        assert_eq!((p.count(), p.bytes()), (1, 50));
+    }
+
+    #[test]
+    fn given_a_million_dense_ids_should_hold_them_in_well_under_a_byte_each() {
+        let mut p = Paged::default();
+        for id in 1_000_000..2_000_000u64 {
+            p.insert(MessageId(id), 1024);
+        }
+        assert_eq!(p.count(), 1_000_000);
+        assert!(p.ids.serialized_size() < 200_000, "{} bytes", p.ids.serialized_size());
+    }
+}
