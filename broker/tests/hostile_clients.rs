@@ -291,7 +291,10 @@ fn given_ten_thousand_destinations_with_the_longest_names_should_bound_rss_and_t
 
 #[test]
 fn given_pipelined_persistent_sends_should_not_overshoot_the_queue_limit() {
-    let b = Broker::start("overshoot", "memory:\n  maxQueueBytes: 1MiB\n  producerBlockTimeout: 1s\n");
+    let b = Broker::start(
+        "overshoot",
+        "memory:\n  maxQueueBytes: 1MiB\n  producerBlockTimeout: 1s\naddressSettings:\n  - match: \">\"\n    addressFullPolicy: block\n",
+    );
     let mut p = b.connect();
     let body = "x".repeat(10 * 1024);
     let mut bytes = Vec::new();
