@@ -46,7 +46,8 @@ impl Broker {
         if pageable {
             return Ok(Admitted { blocked: false, pageable });
         }
-        let limit = queue.map_or(usize::MAX, |q| q.settings.max_size_bytes);
+        // A topic's producers wait for its fullest durable subscription (memory.maxQueueBytes).
+        let limit = queue.map_or(self.memory.queue_limit, |q| q.settings.max_size_bytes);
         let memory = &self.memory;
         let queue_bytes = || Broker::target_bytes(target);
         if memory.used() < memory.broker_limit && queue_bytes() < limit {
