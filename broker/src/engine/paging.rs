@@ -200,6 +200,7 @@ mod tests {
             prefetch: 10,
             outbox: tx,
             kill: CancellationToken::new(),
+            selector: None,
         };
         q.add_consumer(handle);
         let mut got = Vec::new();
