@@ -1,8 +1,8 @@
 //! `duomq-bench run --backlog` against the real broker: the fill sends exactly the backlog
 //! with no consumer, the drain delivers every receipted message, and the report carries
 //! both rates. Then `bench/compare.sh --backlog-only` at its tiniest, so the section's
-//! scripts, the paged broker's config (or, until paging works, the broker's own refusal
-//! of it), ActiveMQ (when installed) and the report's ratio lines keep working. No timing
+//! scripts, the paged broker (a 64 KiB maxSizeBytes with addressFullPolicy page), ActiveMQ
+//! (when installed) and the report's ratio lines keep working. No timing
 //! is asserted: the figures are for reports.
 
 mod common;
@@ -12,9 +12,6 @@ use std::time::Duration;
 
 /// Three small fill-and-drain cells plus broker start-ups, generous for a loaded machine.
 const COMPARE_TIMEOUT: Duration = Duration::from_secs(600);
-
-/// What the broker says when it refuses `addressFullPolicy: page` (before paging works).
-const PAGE_REFUSED: &str = "addressFullPolicy: page is not supported yet";
 
 fn assert_drained_everything(report: &serde_json::Value, messages: u64) {
     assert_eq!(report["backlog"]["messages"], messages, "{report}");
@@ -69,18 +66,8 @@ fn given_backlog_section_when_compared_at_the_smallest_size_should_measure_every
     let results = read_jsonl(&run.out("backlog.jsonl"))?;
     let report = std::fs::read_to_string(run.out("backlog.txt"))?;
     let labels: Vec<&str> = results.iter().filter_map(|r| r["label"].as_str()).collect();
-    let paged = labels.contains(&"backlog/duomq-paged/r1");
-    if paged {
-        assert!(run.status.success(), "compare.sh {args:?} failed ({}):\n{}", run.status, run.logs(40));
-    } else {
-        // Until paging works the broker refuses the paged config, saying so; nothing else may fail.
-        let failures = std::fs::read_to_string(run.out("failures.tsv"))?;
-        let refused = |l: &str| l.starts_with("backlog/duomq-paged/r1\t") && l.contains(PAGE_REFUSED);
-        assert!(failures.lines().all(refused), "{failures}\n{}", run.logs(40));
-        let line = "ratio duomq paged/in-memory drain: -  (the broker did not start: ";
-        assert!(report.contains(line) && report.contains(PAGE_REFUSED), "{report}");
-    }
-    let mut want = vec!["backlog/duomq-memory/r1"];
+    assert!(run.status.success(), "compare.sh {args:?} failed ({}):\n{}", run.status, run.logs(40));
+    let mut want = vec!["backlog/duomq-memory/r1", "backlog/duomq-paged/r1"];
     if activemq {
         want.push("backlog/activemq/r1");
     }
@@ -92,8 +79,8 @@ fn given_backlog_section_when_compared_at_the_smallest_size_should_measure_every
         assert_eq!((r["producers"].as_u64(), r["window"].as_u64()), (Some(4), Some(64)), "{r}");
     }
     let ratios = [
-        ("ratio duomq paged/in-memory drain: ", paged),
-        ("ratio duomq paged/ActiveMQ drain: ", paged && activemq),
+        ("ratio duomq paged/in-memory drain: ", true),
+        ("ratio duomq paged/ActiveMQ drain: ", activemq),
         ("ratio duomq in-memory/ActiveMQ drain: ", activemq),
     ];
     for (line, measured) in ratios {
@@ -102,8 +89,6 @@ fn given_backlog_section_when_compared_at_the_smallest_size_should_measure_every
             assert!(ratio_after(&report, line).is_some_and(|x| x > 0.0), "no ratio on {line:?}:\n{report}");
         }
     }
-    if paged {
-        assert!(report.contains("goal >= 0.5: "), "{report}");
-    }
+    assert!(report.contains("goal >= 0.5: "), "{report}");
     Ok(())
 }

@@ -163,7 +163,7 @@ pub enum AddressSettingsError {
     #[error("maxSizeBytes must be at least 64KiB")]
     TooSmall,
     #[error("addressFullPolicy: page needs the file journal (storage.store: file): the database store cannot page; use block or fail")]
-    PagingNotYet,
+    PagingNeedsJournal,
 }
 
 /// `addressSettings` parsed once: resolves a destination's [`AddressSettings`].

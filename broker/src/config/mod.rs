@@ -45,8 +45,8 @@ pub enum ConfigError {
     Parse { origin: String, field: String, message: String },
     #[error("invalid config: {field}: {message}")]
     Invalid { field: &'static str, message: String },
-    #[error("invalid config: addressSettings[{index}]: {source}")]
-    AddressSettings { index: usize, source: address::AddressSettingsError },
+    #[error("invalid config: addressSettings[{index}]: {problem}")]
+    AddressSettings { index: usize, problem: address::AddressSettingsError },
     #[error("failed to read users file {path} (auth.usersFile)")]
     ReadUsers { path: PathBuf, source: std::io::Error },
     #[error("failed to read the cluster password file {path} (ha.cluster.passwordFile)")]
@@ -447,21 +447,22 @@ impl BrokerConfig {
         Ok(config)
     }
 
-    /// Checks what types alone cannot; errors name the field.
-    /// `addressSettings` parsed, over the defaults `memory.maxQueueBytes` implies.
+    /// `addressSettings` parsed, over the defaults `memory.maxQueueBytes` implies (and
+    /// `page` by default with the file journal).
     pub fn address_settings_table(&self) -> Result<AddressSettingsTable, ConfigError> {
         let table = AddressSettingsTable::new(&self.address_settings, self.memory.max_queue_bytes.as_usize())
-            .map_err(|(index, source)| ConfigError::AddressSettings { index, source })?;
+            .map_err(|(index, problem)| ConfigError::AddressSettings { index, problem })?;
         // Paging reads messages back from the file journal; the database store has none.
         if self.storage.store == StoreKind::Database {
             if let Some(i) = self.address_settings.iter().position(|e| e.address_full_policy == Some(FullPolicy::Page)) {
-                return Err(ConfigError::AddressSettings { index: i, source: address::AddressSettingsError::PagingNotYet });
+                return Err(ConfigError::AddressSettings { index: i, problem: address::AddressSettingsError::PagingNeedsJournal });
             }
             return Ok(table);
         }
         Ok(table.with_default_policy(FullPolicy::Page))
     }
 
+    /// Checks what types alone cannot; errors name the field.
     pub fn validate(&self) -> Result<(), ConfigError> {
         if self.stomp.max_connections == 0 {
             return invalid("stomp.maxConnections", "must be at least 1");

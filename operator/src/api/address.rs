@@ -76,11 +76,12 @@ pub struct AddressSettingSpec {
     )]
     pub max_size_bytes: Option<String>,
 
-    /// What a producer to a queue holding maxSizeBytes gets. block (the default): its
-    /// SEND waits for room up to the broker's producerBlockTimeout, then gets an ERROR.
-    /// fail: an ERROR at once. page: persistent messages are still accepted and kept in
-    /// the journal only, read back as consumers catch up (a broker that cannot page
-    /// refuses it, and the BrokerGroup reports that in its Degraded condition).
+    /// What a producer to a queue holding maxSizeBytes gets. page (the default with the
+    /// file journal): persistent messages are still accepted and kept in the journal only,
+    /// read back as consumers catch up (a sharedDatabase group cannot page: there block
+    /// is the default and page is reported in the Degraded condition). block: its SEND
+    /// waits for room up to the broker's producerBlockTimeout, then gets an ERROR. fail:
+    /// an ERROR at once.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub address_full_policy: Option<AddressFullPolicy>,
 }

@@ -29,8 +29,8 @@ pub fn check(v: &ValidatedBrokerGroup) -> Result<(), InvalidSpec> {
     };
     match crate::render::build_broker_config(v, group, member).address_settings_table() {
         Ok(_) => Ok(()),
-        Err(ConfigError::AddressSettings { index, source }) => {
-            Err(invalid(index, &source.to_string()))
+        Err(ConfigError::AddressSettings { index, problem }) => {
+            Err(invalid(index, &problem.to_string()))
         }
         Err(other) => Err(InvalidSpec::Rule {
             message: format!("spec.addressSettings: {other}"),
