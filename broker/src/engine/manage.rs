@@ -27,6 +27,9 @@ use thiserror::Error;
 /// records of bounded size, each all or nothing.
 pub const BATCH: usize = 500;
 
+/// Paged messages whose removal one journal record holds (an ack is a few bytes).
+const PAGED_BATCH: usize = 10_000;
+
 #[derive(Debug, Error)]
 pub enum ManageError {
     #[error(transparent)]
@@ -107,6 +110,15 @@ impl Broker {
             }
             removed += self.remove(&queue, &ids).await?.len() as u64;
         }
+        // Then what is in the journal only (paging): those are never delivered, so they
+        // need no bound; one record per batch.
+        loop {
+            let ids = queue.take_paged(PAGED_BATCH);
+            if ids.is_empty() {
+                break;
+            }
+            removed += self.remove_paged(&queue, ids).await? as u64;
+        }
         self.metrics.admin_messages("purged", removed);
         tracing::info!(queue = %destination, removed, "purged by an admin request");
         Ok(removed)
@@ -119,7 +131,11 @@ impl Broker {
         for chunk in sorted(ids).chunks(BATCH) {
             let removed = self.remove(&queue, chunk).await?;
             outcome.count += removed.len() as u64;
-            outcome.missing.extend(not_in(chunk, &removed));
+            // Not waiting in memory: paged (in the journal only), or not there at all.
+            let rest = not_in(chunk, &removed);
+            let paged = queue.remove_paged(&rest);
+            outcome.missing.extend(not_in(&rest, &paged));
+            outcome.count += self.remove_paged(&queue, paged).await? as u64;
         }
         self.metrics.admin_messages("deleted", outcome.count);
         tracing::info!(queue = %destination, removed = outcome.count, missing = outcome.missing.len(), "messages deleted by an admin request");
@@ -176,6 +192,21 @@ impl Broker {
             Ok(_) => Ok(taken.iter().map(|e| e.message.id).collect()),
             Err(source) => {
                 queue.restore(taken);
+                Err(ManageError::Persist { queue: queue.name.to_string(), source: Box::new(source) })
+            }
+        }
+    }
+
+    /// Journals the removal of paged messages taken out of `queue`; pages them again if
+    /// that fails. Returns how many.
+    async fn remove_paged(self: &Arc<Self>, queue: &Arc<Queue>, ids: Vec<MessageId>) -> Result<usize, ManageError> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        match self.acknowledge(Settled::removed(ids.clone()), Commit::Grouped).await {
+            Ok(_) => Ok(ids.len()),
+            Err(source) => {
+                queue.repage(&ids);
                 Err(ManageError::Persist { queue: queue.name.to_string(), source: Box::new(source) })
             }
         }

@@ -76,6 +76,23 @@ impl Paged {
         removed
     }
 
+    /// Takes up to `limit` paged ids, lowest first, out of the set (an admin purge); their
+    /// bytes are estimated at the set's average footprint. A read under way drops them.
+    pub fn take(&mut self, limit: usize) -> Vec<MessageId> {
+        let ids: Vec<MessageId> = self.ids.iter().take(limit).map(MessageId).collect();
+        for id in &ids {
+            self.remove_estimated(*id);
+        }
+        ids
+    }
+
+    /// Takes `id` out of the set if it is there, its bytes estimated at the average
+    /// footprint (an admin delete knows the id only); false when it was not paged.
+    pub fn remove_estimated(&mut self, id: MessageId) -> bool {
+        let average = self.bytes.checked_div(self.ids.len()).unwrap_or(0) as usize;
+        self.remove(id, average)
+    }
+
     /// Claims the next read when none is under way: returns where it starts.
     pub fn start_read(&mut self) -> Option<PageCursor> {
         if self.reading || self.ids.is_empty() {

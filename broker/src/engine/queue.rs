@@ -579,6 +579,28 @@ impl Queue {
         self.state.lock().paged.remove(id, footprint);
     }
 
+    /// Takes up to `limit` paged messages out of the queue, lowest ids first (an admin
+    /// purge); the caller journals their removal, or [`Queue::repage`]s them on failure.
+    pub fn take_paged(&self, limit: usize) -> Vec<MessageId> {
+        self.state.lock().paged.take(limit)
+    }
+
+    /// Takes the paged messages among `ids` out of the queue (an admin delete).
+    pub fn remove_paged(&self, ids: &[MessageId]) -> Vec<MessageId> {
+        let mut st = self.state.lock();
+        ids.iter().copied().filter(|id| st.paged.remove_estimated(*id)).collect()
+    }
+
+    /// Pages again what [`Queue::take_paged`] or [`Queue::remove_paged`] took when their
+    /// removal could not be journaled (they are still in the journal, unacknowledged).
+    pub fn repage(&self, ids: &[MessageId]) {
+        let mut st = self.state.lock();
+        let average = st.paged.bytes().checked_div(st.paged.count()).unwrap_or(0) as usize;
+        for id in ids {
+            st.paged.insert(*id, average);
+        }
+    }
+
     /// Messages of this queue in the journal only.
     pub fn snapshot_paged(&self) -> u64 {
         self.state.lock().paged.count()
@@ -1183,28 +1205,14 @@ fn take_in_flight(st: &mut State, key: ConsumerKey, tag: u64, cumulative: bool) 
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::message::{Message, Properties};
-    use bytes::Bytes;
+    use crate::engine::message::Message;
 
     fn entry(id: u64) -> Entry {
         entry_with(id, vec![])
     }
 
     fn entry_with(id: u64, headers: Vec<(String, String)>) -> Entry {
-        Entry {
-            message: Arc::new(Message {
-                id: MessageId(id),
-                destination: Arc::from("/queue/q"),
-                group: MessageGroup::from_headers(&headers),
-                properties: Properties::from_headers(&headers),
-                headers,
-                body: Bytes::from_static(b"x"),
-                persistent: true,
-            }),
-            journaled: true,
-            redelivered: false,
-            deliveries: 0,
-        }
+        Entry::for_test(id, headers)
     }
 
     /// Message `id` of group `group`.
