@@ -13,7 +13,6 @@ mod common;
 use common::tls::Pki;
 use common::{body_text, eventually, http_get, metric_value, Broker, Conn, FRAME_TIMEOUT};
 use duomq_broker::stomp::{Command, Frame};
-use std::process::Stdio;
 use std::time::Duration;
 
 /// How long a frame that must not come is waited for.
@@ -362,7 +361,6 @@ fn given_wildcards_should_let_the_most_specific_entry_decide_and_anonymous_clien
 #[test]
 fn given_invalid_pattern_should_refuse_to_start_naming_the_field() {
     let dir = tempfile::Builder::new().prefix("duomq-authz-invalid-").tempdir().expect("tempdir");
-    let config = dir.path().join("broker.yaml");
     let cases = [
         ("auth:\n  permissions:\n    - match: /queue/orders.>.eu\n      send: []\n", "> must be the last word"),
         ("auth:\n  permissions:\n    - match: /queues/orders\n", "/queue/ or /topic/"),
@@ -370,18 +368,7 @@ fn given_invalid_pattern_should_refuse_to_start_naming_the_field() {
         ("auth:\n  permissions:\n    - match: '>'\n      send: [nobody]\n", "role \"nobody\""),
     ];
     for (yaml, says) in cases {
-        std::fs::write(&config, yaml).expect("write config");
-        let data = dir.path().join("data");
-        let child = common::cli(&["run", "--config", config.to_str().expect("utf-8 path"), "--data-dir", data.to_str().expect("utf-8 path")])
-            .args(["--stomp-listen", &format!("127.0.0.1:{}", common::free_port())])
-            .args(["--admin-listen", &format!("127.0.0.1:{}", common::free_port())])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run the broker");
-        let out = common::output_within(child, Duration::from_secs(30)).expect("the broker refuses to start");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(!out.status.success(), "{yaml} was accepted: {text}");
+        let text = common::refused_config(dir.path(), yaml);
         assert!(text.contains("auth.permissions") && text.contains(says), "{yaml}: {text}");
     }
 }

@@ -10,7 +10,6 @@ mod common;
 
 use common::{stomppy, Broker};
 use duomq_broker::stomp::{Command, Frame};
-use std::process::Stdio;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 /// How long a dead letter or an expired message may take to reach its queue.
@@ -182,25 +181,13 @@ fn given_an_expired_message_met_at_dispatch_should_never_be_delivered() {
 #[test]
 fn given_bad_address_settings_should_refuse_to_start_naming_the_entry() {
     let dir = tempfile::Builder::new().prefix("duomq-addr-invalid-").tempdir().expect("tempdir");
-    let config = dir.path().join("broker.yaml");
     let cases = [
         ("addressSettings:\n  - match: '>'\n  - match: '>'\n    deadLetterAddress: /topic/dead\n", "addressSettings[1]", "deadLetterAddress"),
         ("addressSettings:\n  - match: /queue/a\n    redeliveryMultiplier: 0.5\n", "addressSettings[0]", "redeliveryMultiplier"),
         ("addressSettings:\n  - match: /queue/a..b\n", "addressSettings[0]", "match"),
     ];
     for (yaml, names, says) in cases {
-        std::fs::write(&config, yaml).expect("write config");
-        let data = dir.path().join("data");
-        let child = common::cli(&["run", "--config", config.to_str().expect("utf-8 path"), "--data-dir", data.to_str().expect("utf-8 path")])
-            .args(["--stomp-listen", &format!("127.0.0.1:{}", common::free_port())])
-            .args(["--admin-listen", &format!("127.0.0.1:{}", common::free_port())])
-            .stdout(Stdio::piped())
-            .stderr(Stdio::piped())
-            .spawn()
-            .expect("run the broker");
-        let out = common::output_within(child, Duration::from_secs(30)).expect("the broker refuses to start");
-        let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
-        assert!(!out.status.success(), "{yaml} was accepted: {text}");
+        let text = common::refused_config(dir.path(), yaml);
         assert!(text.contains(names) && text.contains(says), "{yaml}: {text}");
     }
 }

@@ -166,6 +166,28 @@ pub struct Entry {
     pub deliveries: u32,
 }
 
+#[cfg(test)]
+impl Entry {
+    /// Journaled message `id` of `/queue/q` with `headers` (its group and properties read
+    /// from them) and a one-byte body, never delivered: what engine unit tests queue.
+    pub(crate) fn for_test(id: u64, headers: Vec<(String, String)>) -> Entry {
+        Entry {
+            message: Arc::new(Message {
+                id: MessageId(id),
+                destination: Arc::from("/queue/q"),
+                group: MessageGroup::from_headers(&headers),
+                properties: Properties::from_headers(&headers),
+                headers,
+                body: Bytes::from_static(b"x"),
+                persistent: true,
+            }),
+            journaled: true,
+            redelivered: false,
+            deliveries: 0,
+        }
+    }
+}
+
 /// One delivery handed to a connection's writer: the writer encodes it in the
 /// connection's negotiated STOMP version.
 #[derive(Debug)]

@@ -107,26 +107,9 @@ impl Pending {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::engine::message::{Message, Properties};
-    use bytes::Bytes;
-    use std::sync::Arc;
 
     fn entry(id: u64, priority: Option<u8>) -> Entry {
-        let headers: Vec<(String, String)> = priority.map(|p| ("priority".to_string(), p.to_string())).into_iter().collect();
-        Entry {
-            message: Arc::new(Message {
-                id: MessageId(id),
-                destination: Arc::from("/queue/q"),
-                group: None,
-                properties: Properties::from_headers(&headers),
-                headers,
-                body: Bytes::new(),
-                persistent: true,
-            }),
-            journaled: true,
-            redelivered: false,
-            deliveries: 0,
-        }
+        Entry::for_test(id, priority.map(|p| ("priority".to_string(), p.to_string())).into_iter().collect())
     }
 
     fn order(p: &Pending) -> Vec<u64> {

@@ -252,25 +252,10 @@ mod tests {
     use super::*;
     use crate::config::HumanDuration;
     use crate::config::{AddressSettingsEntry, AddressSettingsTable};
-    use crate::engine::message::{Message, Properties};
-    use bytes::Bytes;
 
     fn entry(id: u64, headers: &[(&str, &str)], deliveries: u32) -> Entry {
-        let headers: Vec<(String, String)> = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
-        Entry {
-            message: Arc::new(Message {
-                id: MessageId(id),
-                destination: Arc::from("/queue/q"),
-                group: None,
-                properties: Properties::from_headers(&headers),
-                headers,
-                body: Bytes::new(),
-                persistent: true,
-            }),
-            journaled: true,
-            redelivered: false,
-            deliveries,
-        }
+        let headers = headers.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Entry { deliveries, ..Entry::for_test(id, headers) }
     }
 
     fn settings(max: u32, delay_ms: u64) -> AddressSettings {

@@ -540,6 +540,25 @@ pub fn cli(args: &[&str]) -> Process {
     c
 }
 
+/// Starts the broker on `yaml` (a config file in `dir`) and expects it to refuse to start;
+/// returns what it printed. Panics when it started after all.
+pub fn refused_config(dir: &std::path::Path, yaml: &str) -> String {
+    let config = dir.join("broker.yaml");
+    std::fs::write(&config, yaml).expect("write config");
+    let data = dir.join("data");
+    let child = cli(&["run", "--config", config.to_str().expect("utf-8 path"), "--data-dir", data.to_str().expect("utf-8 path")])
+        .args(["--stomp-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .expect("run the broker");
+    let out = output_within(child, Duration::from_secs(30)).expect("the broker refuses to start");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(!out.status.success(), "{yaml} was accepted: {text}");
+    text
+}
+
 /// Waits for `child` (its stdout and stderr piped, or not) and collects its output; kills
 /// it once `timeout` has passed. A thread drains the pipes meanwhile, so a chatty child
 /// cannot block on them.
