@@ -295,8 +295,14 @@ pub struct DestinationsConfig {
     pub idle_timeout: HumanDuration,
     /// How often every queue is scanned for messages whose `expires` time passed (dropped,
     /// or moved to `addressSettings` `expiryAddress`); an expired message met at dispatch
-    /// goes at once. 0s: no scan (as Artemis' message-expiry-scan-period).
+    /// goes at once. 0s: no scan (as Artemis' message-expiry-scan-period). Left out of a
+    /// rendered file at its default, so configs rendered before it existed stay the same.
+    #[serde(skip_serializing_if = "is_default_expiry_scan_period")]
     pub expiry_scan_period: HumanDuration,
+}
+
+fn is_default_expiry_scan_period(period: &HumanDuration) -> bool {
+    *period == DestinationsConfig::default().expiry_scan_period
 }
 
 impl Default for DestinationsConfig {
@@ -711,6 +717,7 @@ mod tests {
         all.storage.store = StoreKind::Database;
         all.storage.database.url = Some("postgresql://h/db".into());
         all.admin.open_metrics = false;
+        all.destinations.expiry_scan_period = HumanDuration::secs(5);
         all.tls.stomp.enabled = true;
         all.auth.roles.insert("admin".into(), vec!["ops".into()]);
         all.auth.anonymous_roles = vec!["guest".into()];
