@@ -10,7 +10,6 @@
 
 mod common;
 
-use common::cluster::Member;
 use common::{body_text, cli, metric_value, output_within, signed_post, Broker, Conn};
 use duomq_broker::stomp::{Command, Frame};
 use serde_json::Value;
@@ -287,14 +286,7 @@ fn given_moved_messages_should_keep_their_dedup_id_and_their_message_group() {
 
 #[test]
 fn given_a_replicated_pair_should_carry_moves_and_purges_to_the_backup_and_refuse_them_there() {
-    let root = tempfile::tempdir().expect("tempdir");
-    std::fs::write(root.path().join("password"), format!("{PASSWORD}\n")).expect("write the password file");
-    let mut live = Member::new(root.path(), "node-a");
-    let mut backup = Member::new(root.path(), "node-b");
-    live.start(&[backup.peer()], "primary", "", root.path(), "g1", "password");
-    live.wait_live();
-    backup.start(&[live.peer()], "backup", "", root.path(), "g1", "password");
-    backup.wait_synced_backup();
+    let (_root, mut live, backup) = common::cluster::synced_pair("duomq-admin-pair-", PASSWORD);
     let url = format!("stomp://{}", live.stomp_addr());
     let out = cli(&["send", "--url", &url, "--destination", "/queue/DLQ.jobs", "--count", "10", "--persistent", "--receipts"]).output().expect("run producer");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));

@@ -8,7 +8,6 @@
 
 mod common;
 
-use common::cluster::Member;
 use common::stomppy::{client, session, Seen};
 use common::{metric_value, Broker, Conn};
 use duomq_broker::stomp::{Command, Frame};
@@ -125,14 +124,7 @@ fn given_broker_killed_should_keep_the_subscription_and_its_persistent_messages(
 
 #[test]
 fn given_live_killed_should_find_the_subscription_and_its_messages_on_the_promoted_backup() {
-    let root = tempfile::Builder::new().prefix("duomq-durable-pair-").tempdir().expect("tempdir");
-    std::fs::write(root.path().join("password"), "a-long-random-cluster-password\n").expect("password file");
-    let mut a = Member::new(root.path(), "node-a");
-    let mut b = Member::new(root.path(), "node-b");
-    a.start(&[b.peer()], "primary", "", root.path(), "g1", "password");
-    a.wait_live();
-    b.start(&[a.peer()], "backup", "", root.path(), "g1", "password");
-    b.wait_synced_backup();
+    let (_root, mut a, b) = common::cluster::synced_pair("duomq-durable-pair-", "a-long-random-cluster-password");
 
     let subscribe = json!([durable_subscribe("s", "orders"), disconnect()]);
     assert_eq!(session(&a.ip, a.stomp, client("app-4"), subscribe).done, 2);

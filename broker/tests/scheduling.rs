@@ -6,7 +6,6 @@
 
 mod common;
 
-use common::cluster::Member;
 use common::{stomppy, Broker, Conn};
 use duomq_broker::stomp::{Command, Frame};
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
@@ -98,14 +97,7 @@ fn given_a_scheduled_message_when_the_broker_is_killed_should_hold_it_again_unti
 
 #[test]
 fn given_a_scheduled_message_when_the_live_fails_over_should_be_held_by_the_backup_until_its_time() {
-    let root = tempfile::Builder::new().prefix("duomq-sched-pair-").tempdir().expect("tempdir");
-    std::fs::write(root.path().join("password"), "a-long-random-cluster-password\n").expect("password file");
-    let mut a = Member::new(root.path(), "node-a");
-    let mut b = Member::new(root.path(), "node-b");
-    a.start(&[b.peer()], "primary", "", root.path(), "g1", "password");
-    a.wait_live();
-    b.start(&[a.peer()], "backup", "", root.path(), "g1", "password");
-    b.wait_synced_backup();
+    let (_root, mut a, b) = common::cluster::synced_pair("duomq-sched-pair-", "a-long-random-cluster-password");
 
     let due = now_millis() + 15_000;
     let mut c = Conn::connect(a.stomp, &[("accept-version", "1.2"), ("host", "/")]);

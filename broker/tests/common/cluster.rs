@@ -10,6 +10,20 @@ use std::time::{Duration, Instant};
 /// How long a role change may take (detection, arbiter, journal recovery).
 pub const ROLE_TIMEOUT: Duration = Duration::from_secs(30);
 
+/// A replicated pair of group `g1` as real processes: `node-a` live, `node-b` a synced
+/// backup, their cluster password `password` in the returned directory (drop it last).
+pub fn synced_pair(prefix: &str, password: &str) -> (tempfile::TempDir, Member, Member) {
+    let root = tempfile::Builder::new().prefix(prefix).tempdir().expect("tempdir");
+    std::fs::write(root.path().join("password"), format!("{password}\n")).expect("write the password file");
+    let mut live = Member::new(root.path(), "node-a");
+    let mut backup = Member::new(root.path(), "node-b");
+    live.start(&[backup.peer()], "primary", "", root.path(), "g1", "password");
+    live.wait_live();
+    backup.start(&[live.peer()], "backup", "", root.path(), "g1", "password");
+    backup.wait_synced_backup();
+    (root, live, backup)
+}
+
 /// How a member is named in its peers' configs.
 #[derive(Debug, Clone)]
 pub struct Peer {
