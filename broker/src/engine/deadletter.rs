@@ -174,17 +174,9 @@ mod tests {
     }
 
     fn consumer(broker: &Broker, q: &Arc<Queue>) -> (ConsumerKey, mpsc::UnboundedReceiver<Outbound>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let key = broker.next_consumer_key();
-        q.add_consumer(ConsumerHandle {
-            key,
-            subscription_id: Arc::from("s"),
-            ack_mode: AckMode::ClientIndividual,
-            prefetch: 10,
-            outbox: tx,
-            kill: CancellationToken::new(),
-            selector: None,
-        });
+        let (handle, rx) = ConsumerHandle::for_test(broker.next_consumer_key().0, 10, AckMode::ClientIndividual);
+        let key = handle.key;
+        q.add_consumer(handle);
         (key, rx)
     }
 

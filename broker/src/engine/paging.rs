@@ -161,7 +161,6 @@ mod tests {
     use crate::engine::Target;
     use crate::journal::JournalMetrics;
     use bytes::Bytes;
-    use tokio::sync::mpsc;
 
     fn open(dir: &std::path::Path, policy: FullPolicy) -> Arc<Broker> {
         let mut config = BrokerConfig::default();
@@ -209,16 +208,7 @@ mod tests {
         let stop = CancellationToken::new();
         let pager = tokio::spawn(run(Arc::clone(broker), stop.clone()));
         let q = queue(broker);
-        let (tx, mut rx) = mpsc::unbounded_channel();
-        let handle = ConsumerHandle {
-            key: ConsumerKey(1),
-            subscription_id: Arc::from("s"),
-            ack_mode: AckMode::ClientIndividual,
-            prefetch: 10,
-            outbox: tx,
-            kill: CancellationToken::new(),
-            selector: None,
-        };
+        let (handle, mut rx) = ConsumerHandle::for_test(1, 10, AckMode::ClientIndividual);
         q.add_consumer(handle);
         let mut got = Vec::new();
         while got.len() < count {

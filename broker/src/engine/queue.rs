@@ -80,6 +80,25 @@ pub struct ConsumerHandle {
     pub selector: Option<crate::selector::Selector>,
 }
 
+#[cfg(test)]
+impl ConsumerHandle {
+    /// Consumer `key` (subscription `s<key>`, no selector) and what it is sent: what
+    /// engine unit tests attach.
+    pub(crate) fn for_test(key: u64, prefetch: usize, mode: AckMode) -> (ConsumerHandle, mpsc::UnboundedReceiver<Outbound>) {
+        let (tx, rx) = mpsc::unbounded_channel();
+        let h = ConsumerHandle {
+            key: ConsumerKey(key),
+            subscription_id: Arc::from(format!("s{key}")),
+            ack_mode: mode,
+            prefetch,
+            outbox: tx,
+            kill: CancellationToken::new(),
+            selector: None,
+        };
+        (h, rx)
+    }
+}
+
 #[derive(Debug, Error, PartialEq, Eq)]
 pub enum AckError {
     #[error("no subscription for this acknowledgement")]
@@ -1255,17 +1274,7 @@ mod tests {
     }
 
     fn consumer(key: u64, prefetch: usize, mode: AckMode) -> (ConsumerHandle, mpsc::UnboundedReceiver<Outbound>) {
-        let (tx, rx) = mpsc::unbounded_channel();
-        let h = ConsumerHandle {
-            key: ConsumerKey(key),
-            subscription_id: Arc::from(format!("s{key}")),
-            ack_mode: mode,
-            prefetch,
-            outbox: tx,
-            kill: CancellationToken::new(),
-            selector: None,
-        };
-        (h, rx)
+        ConsumerHandle::for_test(key, prefetch, mode)
     }
 
     fn delivered(rx: &mut mpsc::UnboundedReceiver<Outbound>) -> Vec<(u64, u64, bool)> {
