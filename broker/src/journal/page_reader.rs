@@ -1,9 +1,12 @@
 //! Reads messages back from the journal for a paging queue (see
 //! `crate::engine::paging`): from a [`PageCursor`] forward, in journal order, only up to
-//! the durable end, keeping the adds the caller wants until a byte budget is reached.
+//! the confirmed end, keeping the adds the caller wants until a byte budget is reached.
+//! The confirmed end is what the replication gate has released: durable here and, with
+//! synchronous replication, held by every synced backup, so a message read back is one a
+//! failover keeps (the same bound a receipt waits for).
 //!
-//! What it must not do: write anything, or read past the durable end of the newest
-//! segment (the writer appends there meanwhile). A segment reclaimed meanwhile is skipped:
+//! What it must not do: write anything, or read past the confirmed end of the newest
+//! segment (the writer appends there meanwhile, and backups may not have it yet). A segment reclaimed meanwhile is skipped:
 //! it held nothing live. Blocks on file I/O.
 
 use std::fs::File;
@@ -42,10 +45,12 @@ pub struct PageRead {
 }
 
 impl Journal {
-    /// Reads records from `from` on, up to the durable end, and keeps the adds `want`
-    /// accepts, stopping after the record that brings their bodies past `budget` bytes.
+    /// Reads records from `from` on, up to the confirmed end (see the module docs), and
+    /// keeps the adds `want` accepts, stopping after the record that brings their bodies
+    /// past `budget` bytes.
     pub fn read_adds(&self, from: PageCursor, budget: usize, mut want: impl FnMut(&StoredMessage) -> bool) -> Result<PageRead, JournalError> {
-        let durable = *self.shared.replication.position.borrow();
+        let (segment, offset) = self.shared.replication.gate.confirmed();
+        let durable = PageCursor { segment, offset };
         let dir = &self.shared.dir;
         let mut read = PageRead { cursor: from, ..PageRead::default() };
         let mut kept = 0usize;
@@ -128,5 +133,54 @@ impl Journal {
             }
         }
         Ok(read)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::journal::{JournalConfig, JournalMetrics, JournalPosition, MessageId};
+    use bytes::Bytes;
+    use std::time::Duration;
+
+    fn add(id: u64) -> Op {
+        Op::Add(StoredMessage { id: MessageId(id), destination: "/queue/paged".into(), headers: Vec::new(), body: Bytes::from_static(b"paged") })
+    }
+
+    fn read_ids(journal: &Journal) -> Vec<u64> {
+        let read = journal.read_adds(PageCursor::start(), usize::MAX, |_| true).expect("read back");
+        read.messages.iter().map(|m| m.id.0).collect()
+    }
+
+    #[tokio::test]
+    async fn given_a_synced_backup_should_read_back_only_what_it_confirmed() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (journal, _) = Journal::open(JournalConfig::new(dir.path()), JournalMetrics::unregistered()).expect("open");
+        journal.append(vec![add(1)]).await.expect("durable");
+        let gate = journal.replication_gate();
+        let backup = gate.register();
+        let synced: JournalPosition = *journal.position().borrow();
+        assert!(gate.acked(backup, synced, true));
+
+        let mut held = journal.append(vec![add(2)]);
+        let mut position = journal.position();
+        tokio::time::timeout(Duration::from_secs(10), position.wait_for(|p| p.at() > synced.at())).await.expect("written").expect("position");
+        assert!(futures::poll!(&mut held).is_pending(), "the backup has not confirmed it");
+        assert_eq!(read_ids(&journal), [1], "durable here, not yet at the backup: not read back");
+
+        let end = *journal.position().borrow();
+        assert!(gate.acked(backup, end, true));
+        held.await.expect("confirmed");
+        assert_eq!(read_ids(&journal), [1, 2]);
+
+        gate.remove(backup);
+        journal.append(vec![add(3)]).await.expect("durable");
+        assert_eq!(read_ids(&journal), [1, 2, 3], "without a backup: what is durable here");
+        journal.close().expect("close");
+        drop(journal);
+
+        let (reopened, _) = Journal::open(JournalConfig::new(dir.path()), JournalMetrics::unregistered()).expect("reopen");
+        assert_eq!(read_ids(&reopened), [1, 2, 3], "what the journal held at open counts as confirmed");
+        reopened.close().expect("close");
     }
 }

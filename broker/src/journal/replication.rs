@@ -57,6 +57,10 @@ struct GateState {
     /// Set once the live may confirm nothing more (it lost its claim, or it is stopping):
     /// every waiter held or handed in from then on fails.
     fenced: bool,
+    /// The end of the last batch whose waiters were completed: durable locally and held
+    /// by every synced backup (what a receipt waits for). Reading back paged messages
+    /// goes no further (see [`ReplicationGate::confirmed`]).
+    confirmed: (u64, u64),
 }
 
 /// Holds append completions back until every synced backup has acknowledged them.
@@ -70,6 +74,21 @@ pub struct ReplicationGate {
 impl ReplicationGate {
     pub fn new(synchronous: bool) -> ReplicationGate {
         ReplicationGate { state: Mutex::new(GateState::default()), synchronous: synchronous.into() }
+    }
+
+    /// The journal held records up to `end` when it opened: those count as confirmed (no
+    /// backup of this term was asked for them).
+    pub(super) fn opened_at(&self, end: (u64, u64)) {
+        let mut st = self.state.lock();
+        st.confirmed = st.confirmed.max(end);
+    }
+
+    /// Where confirmed records end: every batch up to here completed its waiters (durable
+    /// locally and, with synchronous replication, held by every synced backup). A record
+    /// past it may still be lost in a failover, so nothing past it may be delivered from
+    /// the journal alone.
+    pub fn confirmed(&self) -> (u64, u64) {
+        self.state.lock().confirmed
     }
 
     pub fn set_synchronous(&self, synchronous: bool) {
@@ -166,6 +185,7 @@ impl ReplicationGate {
         let hold = self.synchronous.load(std::sync::atomic::Ordering::Relaxed)
             && st.replicas.values().any(|r| r.acked.is_some());
         if !hold && st.waiting.is_empty() && !st.fenced {
+            st.confirmed = st.confirmed.max(end.at());
             drop(st);
             for w in waiters {
                 let _ = w.send(Ok(()));
@@ -194,7 +214,8 @@ impl ReplicationGate {
             if !done {
                 break;
             }
-            if let Some((_, waiters)) = st.waiting.pop_front() {
+            if let Some((end, waiters)) = st.waiting.pop_front() {
+                st.confirmed = st.confirmed.max(end);
                 for w in waiters {
                     let _ = w.send(Ok(()));
                 }
@@ -345,6 +366,24 @@ mod tests {
     }
 
     #[test]
+    fn given_held_batches_should_confirm_only_what_completed() {
+        let gate = ReplicationGate::new(true);
+        gate.opened_at((1, 40));
+        assert_eq!(gate.confirmed(), (1, 40), "what the journal held when it opened");
+        let b = gate.register();
+        gate.acked(b, pos(1, 50), true);
+        let (w1, _rx1) = waiter();
+        let (w2, _rx2) = waiter();
+        gate.complete_or_hold(pos(1, 100), w1);
+        gate.complete_or_hold(pos(2, 30), w2);
+        assert_eq!(gate.confirmed(), (1, 40), "durable locally, not yet at the backup");
+        gate.acked(b, pos(1, 100), true);
+        assert_eq!(gate.confirmed(), (1, 100));
+        gate.fence();
+        assert_eq!(gate.confirmed(), (1, 100), "a fenced live confirms nothing more");
+    }
+
+    #[test]
     fn given_async_replication_should_never_hold() {
         let gate = ReplicationGate::new(false);
         let b = gate.register();
@@ -352,6 +391,7 @@ mod tests {
         let (w, mut rx) = waiter();
         gate.complete_or_hold(pos(2, 10), w);
         assert!(rx.try_recv().is_ok());
+        assert_eq!(gate.confirmed(), (2, 10));
     }
 
     #[test]

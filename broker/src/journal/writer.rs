@@ -766,6 +766,7 @@ impl Writer {
     pub(super) fn replication(&self) -> Arc<super::replication::Shared> {
         self.replication.position.send_replace(self.end_position());
         self.replication.written.send_replace(self.end_position());
+        self.replication.gate.opened_at(self.end_position().at());
         Arc::clone(&self.replication)
     }
 
