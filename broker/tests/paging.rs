@@ -2,7 +2,8 @@
 //! with a small `maxSizeBytes` takes a backlog far larger than memory may hold (RSS
 //! checked), which is drained in order with nothing lost, also across a kill -9 mid-way;
 //! `fail` refuses at once; `storage.maxDiskBytes` refuses, then accepts again once
-//! consumers free space.
+//! consumers free space. A replicated pair: a paged backlog survives the live's kill -9
+//! and comes from the promoted backup marked redelivered.
 
 mod common;
 
@@ -115,6 +116,45 @@ fn given_kill_9_mid_drain_should_recover_the_backlog_paged_and_lose_nothing() {
     assert!(resumed <= COUNT / 2 + 1, "a gap: resumed at {resumed} after {}", COUNT / 2);
     assert_eq!(rest, (resumed..COUNT).collect::<Vec<_>>(), "lost, doubled or reordered after the restart");
     eprintln!("paging-kill: resumed at {resumed}; RSS after restart {} MiB, peak {} MiB", before / MIB, b.peak_rss() / MIB);
+}
+
+#[test]
+fn given_a_paged_backlog_when_the_backup_takes_over_should_deliver_all_of_it_marked_redelivered() {
+    const COUNT: usize = 6_000;
+    let (_root, mut live, backup) = common::cluster::synced_pair_with("duomq-paging-pair-", "a-long-random-cluster-password", PAGING);
+    let mut p = Conn::connect(live.stomp, &[("accept-version", "1.2"), ("host", "/")]);
+    send_all(&mut p, "/queue/big", COUNT);
+    // The old live delivers the first ones, unacknowledged: any of the backlog may have
+    // reached a consumer before the kill, as far as the backup can know.
+    let mut c = Conn::connect(live.stomp, &[("accept-version", "1.2"), ("host", "/")]);
+    c.subscribe("s", "/queue/big", "client-individual", &[("activemq.prefetchSize", "10")]);
+    assert!(c.read_frame(Duration::from_secs(15)).is_some_and(|f| f.command == Command::Message));
+    live.kill9();
+    backup.wait_live();
+    backup.wait_for("the backlog recovered, mostly paged", |s| {
+        s["queues"].as_array().and_then(|qs| qs.iter().find(|q| q["name"] == "/queue/big")).is_some_and(|q| {
+            q["paged"].as_u64().unwrap_or(0) > (COUNT / 2) as u64
+                && q["paged"].as_u64().unwrap_or(0) + q["depth"].as_u64().unwrap_or(0) == COUNT as u64
+        })
+    });
+    let mut c = Conn::connect(backup.stomp, &[("accept-version", "1.2"), ("host", "/")]);
+    c.subscribe("s", "/queue/big", "client-individual", &[("activemq.prefetchSize", "100")]);
+    let mut got = Vec::new();
+    let mut unmarked = Vec::new();
+    while let Some(f) = c.read_frame(Duration::from_secs(15)) {
+        assert_eq!(f.command, Command::Message, "{f:?}");
+        let n: usize = f.get("n").and_then(|v| v.parse().ok()).expect("n header");
+        if f.get("redelivered") != Some("true") {
+            unmarked.push(n);
+        }
+        c.ack(&f, false);
+        got.push(n);
+        if n == COUNT - 1 {
+            break;
+        }
+    }
+    assert_eq!(got, (0..COUNT).collect::<Vec<_>>(), "lost, doubled or reordered after the failover");
+    assert!(unmarked.is_empty(), "{} messages the old live may have delivered came without redelivered:true, first {:?}", unmarked.len(), &unmarked[..unmarked.len().min(10)]);
 }
 
 #[test]

@@ -171,6 +171,10 @@ pub struct Broker {
     group_router: RwLock<Option<Arc<dyn accept::GroupRouter>>>,
     /// Set when this live drains its group (`POST /ha/drain`); for this term only.
     pub drain: Arc<drain::Drain>,
+    /// Messages with lower ids were in the journal when a backup took over from a live
+    /// that died (0 otherwise): the old live may have delivered them, so each is marked
+    /// `redelivered` when it is read back from paging, as the ones recovered into memory are.
+    possibly_delivered_below: MessageId,
 }
 
 impl Broker {
@@ -253,6 +257,7 @@ impl Broker {
             durables: durable::Registry::default(),
             group_router: RwLock::new(None),
             drain: Arc::default(),
+            possibly_delivered_below: if possibly_delivered { recovered.next_id } else { MessageId(0) },
             config,
         });
         {
@@ -312,6 +317,12 @@ impl Broker {
             persistent: true,
         });
         Entry { message, journaled: true, redelivered, deliveries: 0 }
+    }
+
+    /// Whether a paged message read back now may have been delivered by the live this
+    /// broker took over from (see [`Broker::open`]'s `possibly_delivered`).
+    pub(crate) fn possibly_delivered(&self, id: MessageId) -> bool {
+        id < self.possibly_delivered_below
     }
 
     /// Queues holding paged messages (see [`paging`]).

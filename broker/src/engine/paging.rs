@@ -13,7 +13,10 @@
 //! short tick; a paging queue holding less than half its `maxSizeBytes` in memory gets
 //! the next messages of its paged set read from its cursor on, up to its `maxSizeBytes`,
 //! on a blocking thread. A message becomes paged only before its record is appended, so
-//! the cursor never passes a record that is paged later.
+//! the cursor never passes a record that is paged later. Reading goes only as far as the
+//! replication gate confirmed (see `crate::journal::page_reader`), and a backup that took
+//! over from a dead live marks what it reads back of the old live's records redelivered,
+//! as it marks the messages it recovers into memory.
 
 use super::message::Entry;
 use super::queue::Queue;
@@ -132,7 +135,14 @@ pub async fn run(broker: Arc<Broker>, stop: CancellationToken) {
                 Ok(Some(Ok(read))) => {
                     broker.metrics.paging_reads.inc();
                     broker.metrics.paging_read_bytes.inc_by(read.bytes_read);
-                    let entries: Vec<Entry> = read.messages.into_iter().map(|m| broker.recovered_entry(&queue, m, false)).collect();
+                    let entries: Vec<Entry> = read
+                        .messages
+                        .into_iter()
+                        .map(|m| {
+                            let redelivered = broker.possibly_delivered(m.id);
+                            broker.recovered_entry(&queue, m, redelivered)
+                        })
+                        .collect();
                     queue.page_in(entries, Some(read.cursor));
                 }
                 Ok(Some(Err(e))) => {
@@ -163,6 +173,11 @@ mod tests {
     use bytes::Bytes;
 
     fn open(dir: &std::path::Path, policy: FullPolicy) -> Arc<Broker> {
+        open_after(dir, policy, false)
+    }
+
+    /// Opens as a backup taking over (`possibly_delivered`) or not.
+    fn open_after(dir: &std::path::Path, policy: FullPolicy, possibly_delivered: bool) -> Arc<Broker> {
         let mut config = BrokerConfig::default();
         config.storage.data_dir = dir.to_path_buf();
         config.storage.segment_size = ByteSize::kib(256);
@@ -173,7 +188,7 @@ mod tests {
             address_full_policy: Some(policy),
             ..Default::default()
         }];
-        match Broker::open(Arc::new(config), Vec::new(), JournalMetrics::unregistered(), EngineMetrics::default(), false) {
+        match Broker::open(Arc::new(config), Vec::new(), JournalMetrics::unregistered(), EngineMetrics::default(), possibly_delivered) {
             Ok((broker, _)) => broker,
             Err(e) => panic!("open broker: {e}"),
         }
@@ -205,6 +220,11 @@ mod tests {
 
     /// Consumes `count` messages with the pager running; returns their `n` headers.
     async fn drain(broker: &Arc<Broker>, count: usize) -> Vec<usize> {
+        drain_marked(broker, count).await.into_iter().map(|(n, _)| n).collect()
+    }
+
+    /// As [`drain`], with whether each came marked redelivered.
+    async fn drain_marked(broker: &Arc<Broker>, count: usize) -> Vec<(usize, bool)> {
         let stop = CancellationToken::new();
         let pager = tokio::spawn(run(Arc::clone(broker), stop.clone()));
         let q = queue(broker);
@@ -216,7 +236,7 @@ mod tests {
                 panic!("stalled after {} of {count} messages", got.len())
             };
             let n = d.entry.message.headers.iter().find(|(k, _)| k == "n").map(|(_, v)| v.parse().expect("n")).expect("n header");
-            got.push(n);
+            got.push((n, d.entry.redelivered));
             let settled = broker.settle(&q, ConsumerKey(1), d.tag, false, false).expect("ack");
             broker.acknowledge_lazy(settled);
         }
@@ -259,6 +279,24 @@ mod tests {
         let first = rest.iter().position(|&n| n >= 100).unwrap_or(0);
         assert_eq!(rest[first..], (100..350).collect::<Vec<_>>()[..rest.len() - first]);
         reopened.close().expect("close");
+    }
+
+    #[tokio::test]
+    async fn given_a_backup_taking_over_a_paged_backlog_should_mark_what_it_reads_back_redelivered() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open(dir.path(), FullPolicy::Page);
+        send(&broker, 0..300).await;
+        broker.close().expect("close");
+        drop(broker);
+        let promoted = open_after(dir.path(), FullPolicy::Page, true);
+        assert!(queue(&promoted).snapshot().paged > 200, "recovered paged");
+        send(&promoted, 300..310).await;
+        let got = drain_marked(&promoted, 310).await;
+        assert_eq!(got.iter().map(|(n, _)| *n).collect::<Vec<_>>(), (0..310).collect::<Vec<_>>());
+        let unmarked: Vec<usize> = got.iter().filter(|(n, marked)| *n < 300 && !marked).map(|(n, _)| *n).collect();
+        assert!(unmarked.is_empty(), "the old live may have delivered these, yet they were not marked redelivered: {unmarked:?}");
+        assert!(got[300..].iter().all(|(_, marked)| !marked), "sent to the new live: first deliveries");
+        promoted.close().expect("close");
     }
 
     #[tokio::test]

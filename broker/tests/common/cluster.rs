@@ -13,13 +13,19 @@ pub const ROLE_TIMEOUT: Duration = Duration::from_secs(30);
 /// A replicated pair of group `g1` as real processes: `node-a` live, `node-b` a synced
 /// backup, their cluster password `password` in the returned directory (drop it last).
 pub fn synced_pair(prefix: &str, password: &str) -> (tempfile::TempDir, Member, Member) {
+    synced_pair_with(prefix, password, "")
+}
+
+/// [`synced_pair`] with `extra` (top-level YAML, as `addressSettings:\n  - ...`) in both
+/// members' configs.
+pub fn synced_pair_with(prefix: &str, password: &str, extra: &str) -> (tempfile::TempDir, Member, Member) {
     let root = tempfile::Builder::new().prefix(prefix).tempdir().expect("tempdir");
     std::fs::write(root.path().join("password"), format!("{password}\n")).expect("write the password file");
     let mut live = Member::new(root.path(), "node-a");
     let mut backup = Member::new(root.path(), "node-b");
-    live.start(&[backup.peer()], "primary", "", root.path(), "g1", "password");
+    live.start(&[backup.peer()], "primary", extra, root.path(), "g1", "password");
     live.wait_live();
-    backup.start(&[live.peer()], "backup", "", root.path(), "g1", "password");
+    backup.start(&[live.peer()], "backup", extra, root.path(), "g1", "password");
     backup.wait_synced_backup();
     (root, live, backup)
 }
