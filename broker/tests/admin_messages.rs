@@ -363,3 +363,41 @@ fn given_a_paging_queue_when_deleted_from_and_purged_should_remove_the_paged_mes
     b.restart();
     assert_eq!(depth_and_paged(&b, "/queue/big"), (0, 0), "purged messages came back after kill -9");
 }
+
+#[test]
+fn given_a_paging_queue_should_browse_and_move_its_paged_messages_through_the_cli() {
+    const COUNT: usize = 3000;
+    let paging = "addressSettings:\n  - match: /queue/big\n    maxSizeBytes: 1MiB\n    addressFullPolicy: page\n";
+    let (b, password) = guarded_broker_with("admin-paged-move", paging);
+    let mut producer = b.connect();
+    for n in 0..COUNT {
+        let mut f = Frame::new(Command::Send).header("destination", "/queue/big").header("persistent", "true").header("n", n.to_string()).with_body("x".repeat(1024));
+        if n == COUNT - 1 {
+            f = f.header("receipt", "last");
+        }
+        producer.send(&f);
+    }
+    producer.expect(Command::Receipt);
+    let (depth, paged) = depth_and_paged(&b, "/queue/big");
+    assert!(paged > 1000 && depth + paged == COUNT as u64, "depth {depth}, paged {paged}");
+
+    let browse = queue_json(&b, &password, &["browse", "--queue", "/queue/big", "--limit", &COUNT.to_string()]);
+    assert_eq!(browse["depth"], COUNT as u64, "paged messages count as waiting");
+    let numbers: Vec<usize> = browse["messages"]
+        .as_array()
+        .expect("messages")
+        .iter()
+        .map(|m| m["headers"].as_array().and_then(|hs| hs.iter().find(|h| h[0] == "n")).and_then(|h| h[1].as_str()).and_then(|n| n.parse().ok()).expect("n header"))
+        .collect();
+    assert_eq!(numbers, (0..COUNT).collect::<Vec<_>>(), "in memory, then paged, in order");
+
+    let moved = queue_json(&b, &password, &["move", "--from", "/queue/big", "--to", "/queue/elsewhere"]);
+    assert_eq!(moved["moved"], COUNT as u64, "{moved}");
+    assert_eq!(depth_and_paged(&b, "/queue/big"), (0, 0));
+    let mut c = b.connect();
+    c.subscribe("s", "/queue/elsewhere", "auto", &[]);
+    for n in 0..COUNT {
+        let m = c.expect(Command::Message);
+        assert_eq!(m.get("n"), Some(n.to_string().as_str()), "moved out of order or lost");
+    }
+}

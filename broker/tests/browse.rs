@@ -168,3 +168,27 @@ fn given_browser_that_does_not_read_should_be_sent_no_more_than_its_socket_takes
     common::eventually("the browse logged its end", FRAME_TIMEOUT, || b.log_text().contains("browse complete"));
     assert_eq!(depth(&b, "/queue/slow"), COUNT as u64);
 }
+
+#[test]
+fn given_a_paged_queue_should_browse_the_paged_messages_too_in_order() {
+    const COUNT: usize = 400;
+    let b = Broker::start("browse-paged", "addressSettings:\n  - match: /queue/paged\n    maxSizeBytes: 64KiB\n    addressFullPolicy: page\n");
+    let mut producer = b.connect();
+    for i in 0..COUNT {
+        producer.send_receipted("/queue/paged", &format!("{i:05}-{}", "x".repeat(1024)), true);
+    }
+    let paged = b.status()["queues"].as_array().and_then(|qs| qs.iter().find(|q| q["name"] == "/queue/paged").map(|q| q["paged"].as_u64().unwrap_or(0)));
+    assert!(paged.is_some_and(|p| p > COUNT as u64 / 2), "most of it paged: {paged:?}");
+    let mut browser = b.connect();
+    browse(&mut browser, "peek", "/queue/paged", &[("activemq.prefetchSize", "50")]);
+    let (seen, _) = browsed(&mut browser);
+    let numbers: Vec<usize> = seen.iter().map(|f| body_text(f)[..5].parse().expect("number")).collect();
+    assert_eq!(numbers, (0..COUNT).collect::<Vec<_>>(), "in memory, then paged, in order");
+    // Nothing was taken: a consumer gets all of it.
+    let mut consumer = b.connect();
+    consumer.subscribe("c", "/queue/paged", "auto", &[]);
+    for i in 0..COUNT {
+        let m = consumer.expect(Command::Message);
+        assert!(body_text(&m).starts_with(&format!("{i:05}-")), "message {i}: {}", &body_text(&m)[..5]);
+    }
+}

@@ -73,7 +73,8 @@ pub const FENCE: &str = "/ha/fence";
 /// [`STATUS`] does.
 pub const QUEUES: &str = "/queues";
 /// `POST` a [`BrowseRequest`]: the first messages waiting in a queue (not those in flight),
-/// in the order consumers get them, nothing taken ([`BrowseReply`]). A read: HTTP Basic of
+/// in the order consumers get them: those in memory, then paged ones read from the
+/// journal; nothing taken ([`BrowseReply`]). A read: HTTP Basic of
 /// an admin user, or signed like [`SWITCHOVER`] (over this body). 404 for a queue the
 /// broker does not hold; 400 for a topic.
 pub const QUEUE_BROWSE: &str = "/queues/browse";

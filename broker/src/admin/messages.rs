@@ -109,7 +109,7 @@ async fn browse(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) ->
         Ok(b) => b,
         Err(refused) => return *refused,
     };
-    match broker.browse_pending(&request.queue, limit) {
+    match broker.browse_pending(&request.queue, limit).await {
         Ok((entries, depth)) => {
             done(&s, BrowseReply { queue: request.queue, depth: depth as u64, messages: entries.iter().map(browsed).collect() })
         }

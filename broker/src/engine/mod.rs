@@ -292,7 +292,8 @@ impl Broker {
             };
             queue.enqueue(broker.recovered_entry(&queue, stored, possibly_delivered));
         }
-        for backlog in recovered.paged {
+        // A backlog acknowledged in full later in the journal leaves nothing to page.
+        for backlog in recovered.paged.into_iter().filter(|b| !b.ids.is_empty()) {
             let Ok(Target::Queue(queue)) = broker.resolve_unlimited(&backlog.destination) else {
                 tracing::warn!(destination = %backlog.destination, messages = backlog.ids.len(), "skipping recovered paged messages for a non-queue destination");
                 continue;

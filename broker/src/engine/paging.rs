@@ -40,12 +40,35 @@ pub struct Paged {
     cursor: PageCursor,
     /// A read is under way (see [`Paged::start_read`]).
     reading: bool,
+    /// Ids were paged again after reads may have passed their records (see
+    /// [`Paged::repage`]): the next read starts over from the oldest segment.
+    rewind: bool,
 }
 
 impl Paged {
     /// Paged messages recovered from the journal, read back from `from` on.
     pub fn recovered(ids: RoaringTreemap, bytes: u64, from: PageCursor) -> Paged {
-        Paged { ids, bytes, cursor: from, reading: false }
+        Paged { ids, bytes, cursor: from, reading: false, rewind: false }
+    }
+
+    /// Where the paged messages begin in the journal (none lies before it).
+    pub fn from(&self) -> PageCursor {
+        if self.rewind {
+            PageCursor::start()
+        } else {
+            self.cursor
+        }
+    }
+
+    /// Pages again ids taken out of the set (an admin operation that could not journal
+    /// their removal): reads may have passed their records meanwhile, so reading starts
+    /// over from the oldest segment once.
+    pub fn repage(&mut self, ids: &[MessageId], footprint: usize) {
+        for id in ids {
+            self.insert(*id, footprint);
+        }
+        self.cursor = PageCursor::start();
+        self.rewind = self.reading;
     }
 
     pub fn is_empty(&self) -> bool {
@@ -105,12 +128,77 @@ impl Paged {
         Some(self.cursor)
     }
 
-    /// A read ended; the next one goes on from `cursor` (unchanged after a failed read).
+    /// A read ended; the next one goes on from `cursor` (unchanged after a failed read, or
+    /// from the start after a [`Paged::repage`] during the read).
     pub fn end_read(&mut self, cursor: Option<PageCursor>) {
         self.reading = false;
-        if let Some(c) = cursor {
-            self.cursor = c;
+        match cursor {
+            Some(_) if std::mem::take(&mut self.rewind) => self.cursor = PageCursor::start(),
+            Some(c) => self.cursor = c,
+            None => {}
         }
+    }
+}
+
+/// Paged messages read for a look or an admin move, not taken out of their queue.
+#[derive(Debug, Default)]
+pub struct PagedBatch {
+    /// In journal order.
+    pub entries: Vec<Entry>,
+    /// Where the next batch goes on; none once the read reached the confirmed end.
+    pub next: Option<PageCursor>,
+}
+
+/// Journal bytes of message bodies one [`Broker::read_paged`] keeps at most (besides its
+/// message count), so a look at a backlog of large messages stays bounded too.
+const LOOK_BUDGET: usize = 4 * 1024 * 1024;
+
+/// Why paged messages could not be read.
+#[derive(Debug, thiserror::Error)]
+pub enum PagedReadError {
+    #[error("failed to read paged messages of {queue} from the journal")]
+    Journal { queue: String, source: crate::journal::JournalError },
+    #[error("the read of paged messages of {queue} stopped")]
+    Stopped { queue: String },
+}
+
+impl Broker {
+    /// Reads up to `max` (about: the last record read is read whole) of `queue`'s messages
+    /// that are paged now and that `pick` takes, from `from` on, without taking them out
+    /// of the queue: an admin browse or move, a STOMP browser. On a blocking thread.
+    pub async fn read_paged(
+        self: &Arc<Self>,
+        queue: &Arc<Queue>,
+        from: PageCursor,
+        max: usize,
+        pick: Arc<dyn Fn(MessageId) -> bool + Send + Sync>,
+    ) -> Result<PagedBatch, PagedReadError> {
+        let reading = Arc::clone(self);
+        let q = Arc::clone(queue);
+        let read = tokio::task::spawn_blocking(move || {
+            let journal = reading.journal()?;
+            let want = |m: &StoredMessage| *m.destination == *q.name && q.is_paged(m.id) && pick(m.id);
+            Some(journal.read_adds_limited(from, LOOK_BUDGET, max.max(1), want))
+        })
+        .await;
+        let read = match read {
+            Ok(Some(Ok(read))) => read,
+            Ok(Some(Err(source))) => return Err(PagedReadError::Journal { queue: queue.name.to_string(), source }),
+            // No file journal: nothing can be paged.
+            Ok(None) => return Ok(PagedBatch::default()),
+            Err(_) => return Err(PagedReadError::Stopped { queue: queue.name.to_string() }),
+        };
+        self.metrics.paging_read_bytes.inc_by(read.bytes_read);
+        let next = (!read.at_end).then_some(read.cursor);
+        let entries = read
+            .messages
+            .into_iter()
+            .map(|m| {
+                let redelivered = self.possibly_delivered(m.id);
+                self.recovered_entry(queue, m, redelivered)
+            })
+            .collect();
+        Ok(PagedBatch { entries, next })
     }
 }
 

@@ -615,9 +615,13 @@ impl Queue {
     pub fn repage(&self, ids: &[MessageId]) {
         let mut st = self.state.lock();
         let average = st.paged.bytes().checked_div(st.paged.count()).unwrap_or(0) as usize;
-        for id in ids {
-            st.paged.insert(*id, average);
-        }
+        st.paged.repage(ids, average);
+    }
+
+    /// Where this queue's paged messages begin in the journal; none when it pages nothing.
+    pub fn paged_from(&self) -> Option<crate::journal::PageCursor> {
+        let st = self.state.lock();
+        (!st.paged.is_empty()).then(|| st.paged.from())
     }
 
     /// Messages of this queue in the journal only.

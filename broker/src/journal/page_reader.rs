@@ -42,13 +42,27 @@ pub struct PageRead {
     pub cursor: PageCursor,
     /// Bytes of journal read.
     pub bytes_read: u64,
+    /// It stopped at the confirmed end, not at a limit: nothing more to read for now.
+    pub at_end: bool,
 }
 
 impl Journal {
     /// Reads records from `from` on, up to the confirmed end (see the module docs), and
     /// keeps the adds `want` accepts, stopping after the record that brings their bodies
     /// past `budget` bytes.
-    pub fn read_adds(&self, from: PageCursor, budget: usize, mut want: impl FnMut(&StoredMessage) -> bool) -> Result<PageRead, JournalError> {
+    pub fn read_adds(&self, from: PageCursor, budget: usize, want: impl FnMut(&StoredMessage) -> bool) -> Result<PageRead, JournalError> {
+        self.read_adds_limited(from, budget, usize::MAX, want)
+    }
+
+    /// [`Journal::read_adds`], also stopping after the record that brings the adds kept to
+    /// `max_messages`.
+    pub fn read_adds_limited(
+        &self,
+        from: PageCursor,
+        budget: usize,
+        max_messages: usize,
+        mut want: impl FnMut(&StoredMessage) -> bool,
+    ) -> Result<PageRead, JournalError> {
         let (segment, offset) = self.shared.replication.gate.confirmed();
         let durable = PageCursor { segment, offset };
         let dir = &self.shared.dir;
@@ -96,7 +110,7 @@ impl Journal {
                                 }
                             }
                             pos = next;
-                            if kept >= budget {
+                            if kept >= budget || read.messages.len() >= max_messages {
                                 read.cursor.offset += pos as u64;
                                 return Ok(read);
                             }
@@ -120,6 +134,7 @@ impl Journal {
                             if seg.seq == durable.segment {
                                 // Not durable yet past here (a write under way).
                                 read.cursor.offset += pos as u64;
+                                read.at_end = true;
                                 return Ok(read);
                             }
                             return Err(JournalError::CorruptRecord { path, offset: read.cursor.offset + pos as u64, reason: problem.to_string() });
@@ -132,6 +147,7 @@ impl Journal {
                 break;
             }
         }
+        read.at_end = true;
         Ok(read)
     }
 }

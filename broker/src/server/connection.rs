@@ -26,7 +26,7 @@ mod durable;
 use super::writer::{Outgoing, Writer};
 use crate::engine::accept::{AcceptError, Acceptance, Commit, Durable, Incoming, Prepared, Settled};
 use crate::engine::dedup;
-use crate::engine::message::{parse_ack_token, ConsumerKey};
+use crate::engine::message::{parse_ack_token, ConsumerKey, Message};
 use crate::engine::metrics::Limit;
 use crate::engine::queue::{AckError, AckMode, ConsumerHandle, Outbound, Queue};
 use crate::engine::{Broker, DestinationError, Target, Topic};
@@ -919,6 +919,7 @@ impl Connection {
         };
         let stop = self.kill.child_token();
         let browser = Browser {
+            broker: Arc::clone(broker),
             queue: Arc::clone(&queue),
             subscription: Arc::from(id.as_str()),
             below: broker.message_id_bound(),
@@ -1144,11 +1145,14 @@ impl Connection {
 
 /// Streams what a queue holds to a browsing subscription (ActiveMQ's STOMP
 /// `browser:true`): the messages waiting or in flight when it subscribed, in id order, as
-/// MESSAGE frames that need no ACK and take nothing from the queue, then one MESSAGE with
+/// MESSAGE frames that need no ACK and take nothing from the queue, then its paged ones
+/// (in the journal only) read from the journal in id order, then one MESSAGE with
 /// the header line `browser:end` and an empty body, as ActiveMQ ends a browse. A page of `page` messages at a time, the next
 /// once the writer has written most of the last (`budget` bytes left queued), so a deep
-/// queue is never copied at once.
+/// queue is never copied at once. A paged message read back into memory while the
+/// browse runs may be missed.
 struct Browser {
+    broker: Arc<Broker>,
     queue: Arc<Queue>,
     subscription: Arc<str>,
     /// Messages accepted later than the SUBSCRIBE are not shown.
@@ -1172,26 +1176,35 @@ impl Browser {
         let mut shown = 0usize;
         loop {
             let page = self.queue.browse(after, self.below, self.page);
-            for message in page.iter().filter(|m| self.selector.as_ref().is_none_or(|s| s.matches(m))) {
-                let mut frame = Frame::new(Command::Message)
-                    .header("destination", &*message.destination)
-                    .header("message-id", message.id.0.to_string())
-                    .header("subscription", &*self.subscription);
-                frame.headers.extend(message.headers.iter().cloned());
-                if !self.send(frame.with_body(message.body.clone())) {
-                    return;
-                }
+            if !self.show(&page) {
+                return;
             }
             shown += page.len();
             let Some(last) = page.last().filter(|_| page.len() == self.page) else { break };
             after = Some(last.id);
-            while self.outgoing.bytes() > self.budget {
-                tokio::select! {
-                    _ = self.stop.cancelled() => return,
-                    _ = tokio::time::sleep(Duration::from_millis(5)) => {}
-                }
+            if !self.wait_for_writer().await {
+                return;
             }
-            if self.stop.is_cancelled() {
+        }
+        // Then what is in the journal only, a page at a time.
+        let mut from = self.queue.paged_from();
+        let below = self.below;
+        while let Some(at) = from {
+            let batch = match self.broker.read_paged(&self.queue, at, self.page, Arc::new(move |id| id < below)).await {
+                Ok(batch) => batch,
+                Err(e) => {
+                    tracing::warn!(queue = %self.queue.name, subscription = %self.subscription, error = &e as &dyn std::error::Error, "browse ends without the paged messages it could not read");
+                    break;
+                }
+            };
+            let mut page: Vec<Arc<Message>> = batch.entries.into_iter().map(|e| e.message).collect();
+            page.sort_by_key(|m| m.id);
+            if !self.show(&page) {
+                return;
+            }
+            shown += page.len();
+            from = batch.next;
+            if !self.wait_for_writer().await {
                 return;
             }
         }
@@ -1203,6 +1216,32 @@ impl Browser {
             .header("browser", "end");
         self.send(end);
         tracing::debug!(queue = %self.queue.name, subscription = %self.subscription, shown, "browse complete");
+    }
+
+    /// Sends `page`'s messages that the selector takes; false once the browse is stopped.
+    fn show(&self, page: &[Arc<Message>]) -> bool {
+        for message in page.iter().filter(|m| self.selector.as_ref().is_none_or(|s| s.matches(m))) {
+            let mut frame = Frame::new(Command::Message)
+                .header("destination", &*message.destination)
+                .header("message-id", message.id.0.to_string())
+                .header("subscription", &*self.subscription);
+            frame.headers.extend(message.headers.iter().cloned());
+            if !self.send(frame.with_body(message.body.clone())) {
+                return false;
+            }
+        }
+        true
+    }
+
+    /// Waits until the writer has written most of what is queued; false once stopped.
+    async fn wait_for_writer(&self) -> bool {
+        while self.outgoing.bytes() > self.budget {
+            tokio::select! {
+                _ = self.stop.cancelled() => return false,
+                _ = tokio::time::sleep(Duration::from_millis(5)) => {}
+            }
+        }
+        !self.stop.is_cancelled()
     }
 
     /// Queues a frame for the writer; false once the browse is stopped or the writer gone.
