@@ -15,15 +15,15 @@
 //! Paged messages (in the journal only, see [`super::paging`]) count as pending: a browse
 //! shows them after those in memory, a move moves them after those in memory, both
 //! reading them from the journal in bounded batches ([`Broker::read_paged`]), never the
-//! whole backlog at once; a purge or delete takes them by id. One read back into memory
-//! meanwhile is moved by a move, but a browse may miss it.
+//! whole backlog at once, while reading back into memory is held for that queue
+//! ([`PagingHold`]); a purge or delete takes them by id.
 //!
 //! What it must not do: speak HTTP, create the queue it works on (only a move's target is
 //! created, within `destinations.maxDestinations`), or hold a queue's lock across a write.
 
 use super::accept::{AcceptError, Commit, Incoming, Settled};
 use super::message::Entry;
-use super::paging::PagedReadError;
+use super::paging::{PagedReadError, PagingHold};
 use super::queue::Queue;
 use super::{is_reserved, parse_destination, Broker, DestinationError};
 use crate::journal::MessageId;
@@ -106,6 +106,7 @@ impl Broker {
     /// batch at a time until `limit` is reached.
     pub async fn browse_pending(self: &Arc<Self>, destination: &str, limit: usize) -> Result<(Vec<Entry>, usize), ManageError> {
         let queue = self.existing_queue(destination)?;
+        let _hold = PagingHold::new(&queue).await;
         let (mut entries, depth) = queue.peek_pending(limit);
         let depth = depth + queue.snapshot_paged() as usize;
         let mut from = queue.paged_from();
@@ -186,15 +187,15 @@ impl Broker {
             Pick::Ids(ids) => sorted(ids),
             _ => Vec::new(),
         };
-        // In memory, then paged, then in memory again: what was read back meanwhile.
+        // Nothing is read back into memory meanwhile: what is paged moves in order.
+        let _hold = PagingHold::new(&source).await;
         let job = Moving { source: &source, to, pick: &pick, below };
+        // In memory, then paged.
         outcome.missing = self.move_pending(&job, asked, &mut outcome.count).await?;
         let not_found = self.move_paged(&job, &mut outcome).await?;
-        let again = match pick {
-            Pick::Ids(_) => not_found,
-            _ => Vec::new(),
-        };
-        outcome.missing = self.move_pending(&job, again, &mut outcome.count).await?;
+        if let Pick::Ids(_) = pick {
+            outcome.missing = not_found;
+        }
         tracing::info!(from, to, moved = outcome.count, missing = outcome.missing.len(), "messages moved by an admin request");
         Ok(outcome)
     }

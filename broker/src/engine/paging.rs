@@ -43,12 +43,14 @@ pub struct Paged {
     /// Ids were paged again after reads may have passed their records (see
     /// [`Paged::repage`]): the next read starts over from the oldest segment.
     rewind: bool,
+    /// Admin operations that hold reading back (see [`PagingHold`]).
+    holds: usize,
 }
 
 impl Paged {
     /// Paged messages recovered from the journal, read back from `from` on.
     pub fn recovered(ids: RoaringTreemap, bytes: u64, from: PageCursor) -> Paged {
-        Paged { ids, bytes, cursor: from, reading: false, rewind: false }
+        Paged { ids, bytes, cursor: from, reading: false, rewind: false, holds: 0 }
     }
 
     /// Where the paged messages begin in the journal (none lies before it).
@@ -121,11 +123,25 @@ impl Paged {
 
     /// Claims the next read when none is under way: returns where it starts.
     pub fn start_read(&mut self) -> Option<PageCursor> {
-        if self.reading || self.ids.is_empty() {
+        if self.reading || self.holds > 0 || self.ids.is_empty() {
             return None;
         }
         self.reading = true;
         Some(self.cursor)
+    }
+
+    /// Whether a read is under way.
+    pub fn reading(&self) -> bool {
+        self.reading
+    }
+
+    /// One more hold on reading back (none starts while any is held).
+    pub fn hold(&mut self) {
+        self.holds += 1;
+    }
+
+    pub fn release(&mut self) {
+        self.holds = self.holds.saturating_sub(1);
     }
 
     /// A read ended; the next one goes on from `cursor` (unchanged after a failed read, or
@@ -137,6 +153,29 @@ impl Paged {
             Some(c) => self.cursor = c,
             None => {}
         }
+    }
+}
+
+/// Keeps a queue's paged messages from being read back into memory while it lives: an
+/// admin browse or move walks the paged set in order, and a message read back meanwhile
+/// would be missed or moved out of order. Released on drop.
+pub struct PagingHold(Arc<Queue>);
+
+impl PagingHold {
+    /// Holds reading back for `queue`, once a read under way has ended.
+    pub async fn new(queue: &Arc<Queue>) -> PagingHold {
+        queue.hold_paging();
+        let hold = PagingHold(Arc::clone(queue));
+        while queue.paging_read_under_way() {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+        hold
+    }
+}
+
+impl Drop for PagingHold {
+    fn drop(&mut self) {
+        self.0.release_paging();
     }
 }
 

@@ -618,6 +618,19 @@ impl Queue {
         st.paged.repage(ids, average);
     }
 
+    /// Holds reading back (see [`super::paging::PagingHold`]).
+    pub(super) fn hold_paging(&self) {
+        self.state.lock().paged.hold();
+    }
+
+    pub(super) fn release_paging(&self) {
+        self.state.lock().paged.release();
+    }
+
+    pub(super) fn paging_read_under_way(&self) -> bool {
+        self.state.lock().paged.reading()
+    }
+
     /// Where this queue's paged messages begin in the journal; none when it pages nothing.
     pub fn paged_from(&self) -> Option<crate::journal::PageCursor> {
         let st = self.state.lock();
