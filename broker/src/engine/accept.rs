@@ -123,10 +123,12 @@ pub struct Prepared {
 
 impl Prepared {
     /// A message the broker moves itself (a dead letter, an expired message) to `target`:
-    /// counted broker-wide by `reservation`, never waiting for room.
-    pub(super) fn moved(target: Target, message: Arc<Message>, reservation: Reservation) -> Prepared {
+    /// counted broker-wide by `reservation`, never waiting for room. With `pageable` (a
+    /// persistent message to a queue that pages, see [`Broker::moved_pageable`]) it is
+    /// paged at [`Broker::commit`] when its queue is past its `maxSizeBytes`.
+    pub(super) fn moved(target: Target, message: Arc<Message>, reservation: Reservation, pageable: bool) -> Prepared {
         let journaled = message.persistent && matches!(target, Target::Queue(_));
-        Prepared { target, message, journaled, reservation, blocked: false, copies: Vec::new(), paged: false }
+        Prepared { target, message, journaled, reservation, blocked: false, copies: Vec::new(), paged: pageable && journaled }
     }
 
     /// What this message counts against the memory limits.

@@ -65,6 +65,12 @@ impl Broker {
         }
     }
 
+    /// Whether a message the broker moves itself to `target` (a dead letter, an expired
+    /// message) may be paged: persistent, to a queue that pages, with the file journal.
+    pub(super) fn moved_pageable(&self, target: &Target, persistent: bool) -> bool {
+        persistent && self.store.journal().is_some() && matches!(target, Target::Queue(q) if q.pages())
+    }
+
     /// Decides, right before its record is appended, whether a message admitted as
     /// pageable is paged: when its queue pages already, or holds its `maxSizeBytes`, or
     /// the broker its `memory.maxBrokerBytes`. A paged message counts in the queue's paged

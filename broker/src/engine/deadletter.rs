@@ -8,7 +8,10 @@
 //! A persistent message is journaled into its target and acknowledged from its queue in one
 //! record ([`Broker::commit`]), so a crash neither loses nor doubles it; until that record
 //! is durable the message is in no queue's memory, and a crash recovers it where it was.
-//! Moves never wait for memory room: they count against the broker-wide limit only.
+//! Moves never wait for memory room: they count against the broker-wide limit only. A
+//! persistent move into a queue that pages (past its `maxSizeBytes`, `addressFullPolicy:
+//! page`) is paged like a producer's message: the move's one record adds it to the journal
+//! only, and it is read back as consumers catch up.
 //!
 //! A dead letter whose dead-letter queue is its own queue (a `deadLetterAddress` naming
 //! it, or a `/queue/DLQ.…` queue with the default prefixed dead-letter queues) is dropped
@@ -80,8 +83,11 @@ impl Broker {
             body: original.body.clone(),
             persistent: original.persistent,
         });
-        let reservation = self.reserve_broker_wide(message.footprint());
-        let send = Prepared::moved(target, message, reservation);
+        // Into a queue past its maxSizeBytes that pages, it is paged like any message
+        // (decided at commit, right before its record is appended).
+        let pageable = self.moved_pageable(&target, message.persistent);
+        let reservation = self.reserve_broker_wide(if pageable { 0 } else { message.footprint() });
+        let send = Prepared::moved(target, message, reservation, pageable);
         // Published once durable, by the acceptance's own task.
         drop(self.commit(vec![send], Settled::of(&entry), Commit::Grouped));
     }
@@ -258,6 +264,56 @@ mod tests {
         assert_eq!(queue(&broker, "/queue/dropped").snapshot().depth, 0);
         assert_eq!((broker.metrics.messages_expired(EXPIRED_DROPPED), broker.metrics.messages_expired(EXPIRED_MOVED)), (1, 1));
         stop.cancel();
+    }
+
+    #[tokio::test]
+    async fn given_a_paging_dead_letter_queue_should_page_a_dead_letter_and_read_it_back_last() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let settings = vec![
+            AddressSettingsEntry { pattern: "/queue/orders".into(), max_delivery_attempts: Some(1), ..Default::default() },
+            AddressSettingsEntry {
+                pattern: "/queue/DLQ.orders".into(),
+                max_size_bytes: Some(crate::config::ByteSize::kib(64)),
+                address_full_policy: Some(crate::config::FullPolicy::Page),
+                ..Default::default()
+            },
+        ];
+        let broker = open(dir.path(), settings);
+        let stop = CancellationToken::new();
+        tokio::spawn(crate::engine::schedule::run(Arc::clone(&broker), stop.clone()));
+        let big = "x".repeat(1024);
+        for n in 0..100 {
+            send(&broker, "/queue/DLQ.orders", &[("n", &n.to_string()), ("pad", &big)]).await;
+        }
+        let dlq = queue(&broker, "/queue/DLQ.orders");
+        let before = dlq.snapshot();
+        assert!(before.paged > 0, "the dead-letter queue pages: {before:?}");
+        send(&broker, "/queue/orders", &[("n", "dead")]).await;
+        let q = queue(&broker, "/queue/orders");
+        let (key, mut rx) = consumer(&broker, &q);
+        let d = next(&mut rx).await;
+        q.nack(key, d.tag, false).expect("nack");
+        for _ in 0..100 {
+            if dlq.snapshot().paged > before.paged {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        let after = dlq.snapshot();
+        assert_eq!((after.paged, after.depth, after.bytes), (before.paged + 1, before.depth, before.bytes), "paged, not held in memory: {after:?}");
+        assert_eq!(broker.metrics.messages_dead_lettered.get(), 1);
+        // Read back behind the others once consumers catch up.
+        let pager = tokio::spawn(crate::engine::paging::run(Arc::clone(&broker), stop.clone()));
+        let (key, mut dead) = consumer(&broker, &dlq);
+        let mut got = Vec::new();
+        while got.len() < 101 {
+            let d = next(&mut dead).await;
+            got.push(header(&d.entry.message, "n").expect("n").to_string());
+            broker.acknowledge_lazy(broker.settle(&dlq, key, d.tag, false, false).expect("ack"));
+        }
+        assert_eq!(got.last().map(String::as_str), Some("dead"));
+        stop.cancel();
+        let _ = pager.await;
     }
 
     #[tokio::test]
