@@ -102,6 +102,9 @@ pub struct BacklogReport {
     /// drain timeout).
     pub drain_s: f64,
     pub drain_rate: f64,
+    /// First deliveries a consumer got after a later message of the same producer (a
+    /// queue keeps each producer's order): 0 unless the broker reordered.
+    pub out_of_order: u64,
 }
 
 impl RunReport {
@@ -182,6 +185,9 @@ impl RunReport {
                 "backlog: {} messages, filled in {:.2} s ({:.0} msg/s), drained in {:.2} s ({:.0} msg/s)",
                 b.messages, b.fill_s, b.fill_rate, b.drain_s, b.drain_rate
             );
+            if b.out_of_order > 0 {
+                let _ = writeln!(out, "OUT OF ORDER: {} first deliveries came after a later message of their producer", b.out_of_order);
+            }
         }
         match self.selector_mismatches {
             Some(0) => {

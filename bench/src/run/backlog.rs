@@ -104,6 +104,7 @@ pub async fn backlog(args: &RunArgs, messages: u64) -> anyhow::Result<RunReport>
         fill_rate,
         drain_s: round3(drain_s),
         drain_rate: report.receive_rate,
+        out_of_order: shared.counters.out_of_order.load(std::sync::atomic::Ordering::Relaxed),
     });
     Ok(report)
 }

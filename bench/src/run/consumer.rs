@@ -127,6 +127,8 @@ pub struct Recorder {
     measured_received: u64,
     counts: DeliveryCounts,
     selector_mismatches: u64,
+    /// By producer: the highest sequence number this consumer got a first delivery of.
+    newest_first: Vec<Option<u64>>,
 }
 
 impl Recorder {
@@ -138,6 +140,7 @@ impl Recorder {
             measured_received: 0,
             counts: DeliveryCounts::default(),
             selector_mismatches: 0,
+            newest_first: Vec::new(),
         })
     }
 
@@ -173,6 +176,11 @@ impl Recorder {
         if mark == Mark::Foreign {
             return;
         }
+        if mark == Mark::First {
+            if !in_order(&mut self.newest_first, stamp.producer, stamp.seq) {
+                shared.counters.out_of_order.fetch_add(1, Ordering::Relaxed);
+            }
+        }
         if let (Some(arrivals), Mark::First) = (&shared.arrivals, mark) {
             arrivals.push(super::shared::nanos_since(shared.phases.started));
         }
@@ -184,6 +192,24 @@ impl Recorder {
         }
         if mark == Mark::First && shared.phases.in_measured(stamp.sent_ns) {
             self.latencies.saturating_record(now.saturating_sub(stamp.sent_ns).max(1));
+        }
+    }
+}
+
+/// A queue hands each consumer a producer's messages in the order they were sent, so a
+/// first delivery older than one the consumer already had is out of order (redeliveries
+/// after a failover come again, but they are not first deliveries). `newest_first` holds,
+/// by producer, the highest sequence number the consumer got a first delivery of.
+fn in_order(newest_first: &mut Vec<Option<u64>>, producer: u32, seq: u64) -> bool {
+    let Ok(index) = usize::try_from(producer) else { return true };
+    if newest_first.len() <= index {
+        newest_first.resize(index + 1, None);
+    }
+    match newest_first[index] {
+        Some(newest) if seq < newest => false,
+        _ => {
+            newest_first[index] = Some(seq);
+            true
         }
     }
 }

@@ -88,6 +88,8 @@ pub struct Counters {
     pub outstanding: Padded<AtomicI64>,
     /// The broker's latest RSS sample; 0 when not sampled.
     pub rss_bytes: AtomicU64,
+    /// First deliveries a consumer got after a later message of the same producer.
+    pub out_of_order: AtomicU64,
 }
 
 /// When each RECEIPT reached a producer, and when a producer's client reconnected, in

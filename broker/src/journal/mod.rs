@@ -299,8 +299,13 @@ impl Journal {
             source: source.into(),
         })?;
         let lock = lock::DirLock::acquire(&config.dir)?;
-        let recovery = recovery::recover(&config.dir, config.remember_header.as_deref(), limit.as_ref())?;
-        let recovered = recovery.recovered.clone();
+        let mut recovery = recovery::recover(&config.dir, config.remember_header.as_deref(), limit.as_ref())?;
+        // The messages go to the caller, not also to the writer (which needs the rest).
+        let recovered = Recovered {
+            messages: std::mem::take(&mut recovery.recovered.messages),
+            paged: std::mem::take(&mut recovery.recovered.paged),
+            ..recovery.recovered.clone()
+        };
         let stats = Arc::new(SharedStats::new(metrics.clone()));
         let writer = Writer::start(&config, recovery, metrics, Arc::clone(&stats), lock)?;
         let replication = writer.replication();

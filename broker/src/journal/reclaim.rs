@@ -4,8 +4,15 @@
 //! is already gone; deleting it earlier would let recovery resurrect a message whose ack
 //! lived only here. Pure state: it never touches files (the housekeeper deletes what it
 //! names, in the order named, each deletion durable before the next starts).
+//!
+//! What it costs in memory: per segment, its live ids in a compressed set (about a bit
+//! per id while ids run dense, as the broker's monotonic ids do) and the range of ids
+//! added to it; never an entry per message. An ack finds the segment holding its id
+//! among those whose range contains it: with monotonic ids, one.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap};
+use std::collections::{BTreeMap, BTreeSet};
+
+use roaring::RoaringTreemap;
 
 use super::segment::SegmentSeq;
 use super::{MessageId, Op};
@@ -34,7 +41,11 @@ impl Effect {
 
 #[derive(Debug, Default)]
 struct SegmentEntry {
-    live_adds: u64,
+    /// Ids added in this segment and not acked (nor added again later).
+    live: RoaringTreemap,
+    /// Lowest and highest id added in this segment since it last held no live id: every
+    /// id in `live` lies within, so a lookup skips segments whose range misses it.
+    range: Option<(u64, u64)>,
     /// Older segments whose adds were acked by records in this one.
     acked_in: BTreeSet<SegmentSeq>,
     /// Handed over for deletion and not yet reported gone. Such a segment still exists,
@@ -47,7 +58,30 @@ struct SegmentEntry {
 #[derive(Debug, Default)]
 pub(super) struct Ledger {
     segments: BTreeMap<SegmentSeq, SegmentEntry>,
-    live: HashMap<MessageId, SegmentSeq>,
+    /// Live ids over every segment.
+    live: u64,
+}
+
+impl SegmentEntry {
+    fn might_hold(&self, id: u64) -> bool {
+        self.range.is_some_and(|(min, max)| (min..=max).contains(&id))
+    }
+
+    fn insert(&mut self, id: u64) {
+        self.live.insert(id);
+        self.range = Some(match self.range {
+            Some((min, max)) => (min.min(id), max.max(id)),
+            None => (id, id),
+        });
+    }
+
+    fn remove(&mut self, id: u64) -> bool {
+        let removed = self.live.remove(id);
+        if self.live.is_empty() {
+            self.range = None;
+        }
+        removed
+    }
 }
 
 impl Ledger {
@@ -62,17 +96,17 @@ impl Ledger {
             match *effect {
                 Effect::Add(id) => {
                     // A repeated add replaces the earlier one, as recovery's map does.
-                    if let Some(previous) = self.live.insert(id, seq) {
-                        self.release(previous);
+                    if self.take_live(id).is_none() {
+                        self.live += 1;
                     }
-                    self.segments.entry(seq).or_default().live_adds += 1;
+                    self.segments.entry(seq).or_default().insert(id.0);
                 }
                 Effect::Ack(id) => {
                     // An unknown id (reclaimed, or never persistent) changes nothing.
-                    let Some(added_in) = self.live.remove(&id) else {
+                    let Some(added_in) = self.take_live(id) else {
                         continue;
                     };
-                    self.release(added_in);
+                    self.live -= 1;
                     if added_in != seq {
                         self.segments
                             .entry(seq)
@@ -85,10 +119,15 @@ impl Ledger {
         }
     }
 
-    fn release(&mut self, seq: SegmentSeq) {
-        if let Some(entry) = self.segments.get_mut(&seq) {
-            entry.live_adds = entry.live_adds.saturating_sub(1);
-        }
+    /// Takes `id` out of the segment holding it live; returns that segment. Newest first:
+    /// with monotonic ids only one segment's range holds a given id, and the newest
+    /// segments are where repeated adds and quick acks look.
+    fn take_live(&mut self, id: MessageId) -> Option<SegmentSeq> {
+        self.segments
+            .iter_mut()
+            .rev()
+            .filter(|(_, entry)| entry.might_hold(id.0))
+            .find_map(|(&seq, entry)| entry.remove(id.0).then_some(seq))
     }
 
     /// Segments that may be deleted now and are not being deleted yet, oldest first, never
@@ -107,7 +146,7 @@ impl Ledger {
                 .acked_in
                 .iter()
                 .all(|older| gone.contains(older) || !self.segments.contains_key(older));
-            if seq != current && entry.live_adds == 0 && independent {
+            if seq != current && entry.live.is_empty() && independent {
                 gone.insert(seq);
                 found.push(seq);
             }
@@ -126,11 +165,13 @@ impl Ledger {
 
     /// Stops tracking a segment whose deletion is durable.
     pub(super) fn forget(&mut self, seq: SegmentSeq) {
-        self.segments.remove(&seq);
+        if let Some(entry) = self.segments.remove(&seq) {
+            self.live = self.live.saturating_sub(entry.live.len());
+        }
     }
 
     pub(super) fn live_messages(&self) -> usize {
-        self.live.len()
+        usize::try_from(self.live).unwrap_or(usize::MAX)
     }
 }
 
@@ -216,5 +257,71 @@ mod tests {
         ledger.forget(seq(1));
         ledger.apply(seq(3), &[ack(2)]);
         assert_eq!(ledger.reclaimable(seq(3)), vec![seq(2)]);
+    }
+
+    #[test]
+    fn given_ack_of_id_in_old_segment_when_applied_should_free_that_segment_and_record_the_dependency() {
+        let mut ledger = ledger_with(&[(1, &[add(1), add(2)]), (2, &[add(3), add(4)]), (3, &[add(5)])]);
+        ledger.apply(seq(3), &[ack(1), ack(2)]);
+        assert_eq!(ledger.live_messages(), 3);
+        assert_eq!(ledger.reclaimable(seq(3)), vec![seq(1)]);
+        ledger.apply(seq(3), &[ack(3), ack(4)]);
+        assert_eq!(ledger.reclaimable(seq(3)), vec![seq(1), seq(2)]);
+    }
+
+    #[test]
+    fn given_overlapping_id_ranges_when_acked_should_free_the_segment_that_held_each_id() {
+        // Ids 1..=10 in segment 1 except 4 and 6, which a restore re-added in segment 2,
+        // next to ids of its own: both ranges contain 4 to 6.
+        let mut ledger = ledger_with(&[
+            (1, &[add(1), add(2), add(3), add(5), add(7), add(8), add(9), add(10)]),
+            (2, &[add(4), add(6), add(11)]),
+            (3, &[]),
+        ]);
+        ledger.apply(seq(3), &[ack(4), ack(6), ack(11)]);
+        assert_eq!(ledger.live_messages(), 8);
+        assert_eq!(ledger.reclaimable(seq(3)), vec![seq(2)], "the acks found 4 and 6 in segment 2, not 1");
+        ledger.apply(seq(3), &[ack(5), ack(4)]);
+        assert_eq!(ledger.live_messages(), 7, "5 was live in segment 1; 4 was acked already");
+        ledger.apply(seq(3), &[ack(1), ack(2), ack(3), ack(7), ack(8), ack(9), ack(10)]);
+        assert_eq!(ledger.live_messages(), 0);
+        assert_eq!(ledger.reclaimable(seq(4)), vec![seq(1), seq(2), seq(3)]);
+    }
+
+    #[test]
+    fn given_repeated_add_in_later_segment_should_move_the_id_and_free_the_earlier_segment() {
+        let mut ledger = ledger_with(&[(1, &[add(1)]), (2, &[add(1)]), (3, &[])]);
+        assert_eq!(ledger.live_messages(), 1);
+        assert_eq!(ledger.reclaimable(seq(3)), vec![seq(1)]);
+        ledger.apply(seq(3), &[ack(1)]);
+        assert_eq!(ledger.live_messages(), 0);
+        assert_eq!(ledger.reclaimable(seq(4)), vec![seq(1), seq(2), seq(3)]);
+        ledger.apply(seq(3), &[ack(1)]);
+        assert_eq!(ledger.live_messages(), 0, "a second ack of the same id changes nothing");
+    }
+
+    #[test]
+    fn given_repeated_add_in_same_segment_should_count_once() {
+        let ledger = ledger_with(&[(1, &[add(7), add(7)]), (2, &[ack(7)])]);
+        assert_eq!(ledger.live_messages(), 0);
+        assert_eq!(ledger.reclaimable(seq(2)), vec![seq(1)]);
+    }
+
+    #[test]
+    fn given_a_million_live_ids_should_hold_them_in_well_under_a_byte_each() {
+        let mut ledger = Ledger::default();
+        let per_segment = 62_500u64;
+        for n in 0..16u64 {
+            ledger.add_segment(seq(n + 1));
+            let adds: Vec<Effect> = (n * per_segment..(n + 1) * per_segment).map(add).collect();
+            ledger.apply(seq(n + 1), &adds);
+        }
+        assert_eq!(ledger.live_messages(), 1_000_000);
+        let bytes: u64 = ledger.segments.values().map(|e| e.live.serialized_size() as u64).sum();
+        assert!(bytes < 300_000, "{bytes} bytes for a million live ids");
+        // Acks in id order (a drained backlog) free the segments oldest first.
+        let acks: Vec<Effect> = (0..2 * per_segment).map(ack).collect();
+        ledger.apply(seq(16), &acks);
+        assert_eq!(ledger.reclaimable(seq(16)), vec![seq(1), seq(2)]);
     }
 }

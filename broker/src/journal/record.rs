@@ -130,15 +130,21 @@ pub(super) fn encode_padding_frame(len: usize, out: &mut Vec<u8>) {
 /// a mark holding its own offset. Bytes that merely look like one (inside a message body,
 /// say) would have to get the checksum, the layout and their own position right.
 pub(super) fn find_mark(data: &[u8], from: usize) -> Option<usize> {
+    find_mark_from(data, from, 0).map(|at| at as usize)
+}
+
+/// [`find_mark`] in `data` that starts at byte `base` of its file: the mark's file offset.
+pub(super) fn find_mark_from(data: &[u8], from: usize, base: u64) -> Option<u64> {
     let len_field = (MARK_PAYLOAD_LEN as u32).to_le_bytes();
     let last = data.len().checked_sub(MARK_FRAME_LEN)?;
     (from..=last).find(|&at| {
         let frame = &data[at..at + MARK_FRAME_LEN];
         frame[..4] == len_field
             && frame[FRAME_HEADER_LEN..FRAME_HEADER_LEN + COUNT_LEN + 1] == [1, 0, 0, 0, KIND_SYNC_MARK]
-            && frame[FRAME_HEADER_LEN + COUNT_LEN + 1..] == (at as u64).to_le_bytes()
+            && frame[FRAME_HEADER_LEN + COUNT_LEN + 1..] == (base + at as u64).to_le_bytes()
             && matches!(read_frame(data, at), FrameRead::Valid { .. })
     })
+    .map(|at| base + at as u64)
 }
 
 /// Appends one framed record holding `ops` to `out`.

@@ -39,6 +39,7 @@
 
 use std::collections::BTreeMap;
 use std::fs;
+use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 
 use super::reclaim::{Effect, Ledger};
@@ -95,15 +96,13 @@ pub(super) fn recover(dir: &Path, remember_header: Option<&str>, limit: Option<&
     let mut segments = Vec::with_capacity(files.len());
     for (index, (seq, path)) in files.iter().enumerate() {
         let (seq, is_last) = (*seq, index + 1 == files.len());
-        let data = fs::read(path).map_err(|source| JournalError::ReadSegment {
-            path: path.clone(),
-            source: source.into(),
-        })?;
-        let header =
-            SegmentHeader::decode(&data).map_err(|problem| JournalError::BadSegmentHeader {
+        let mut file = SegmentFile::open(path)?;
+        let header = SegmentHeader::decode(file.bytes(0, HEADER_LEN)?).map_err(|problem| {
+            JournalError::BadSegmentHeader {
                 path: path.clone(),
                 reason: problem.to_string(),
-            })?;
+            }
+        })?;
         if header.seq != seq {
             return Err(JournalError::BadSegmentHeader {
                 path: path.clone(),
@@ -115,7 +114,7 @@ pub(super) fn recover(dir: &Path, remember_header: Option<&str>, limit: Option<&
         }
         state.next_id = state.next_id.max(header.id_floor);
         let first_record = state.frames;
-        let end = state.replay_records(seq, path, &data, is_last, &mut torn)? as u64;
+        let end = state.replay_records(seq, &mut file, is_last, &mut torn)?;
         state.ledger.add_segment(seq);
         segments.push((seq, end, first_record));
         if is_last {
@@ -252,81 +251,42 @@ impl Replay {
     fn replay_records(
         &mut self,
         seq: SegmentSeq,
-        path: &Path,
-        data: &[u8],
+        file: &mut SegmentFile,
         is_last: bool,
         torn: &mut Option<TornTail>,
-    ) -> Result<usize, JournalError> {
-        let corrupt = |offset: usize, reason: String| JournalError::CorruptRecord {
-            path: path.to_path_buf(),
-            offset: offset as u64,
-            reason,
-        };
-        let mut offset = HEADER_LEN;
-        while offset < data.len() {
-            match record::read_frame(data, offset) {
+    ) -> Result<u64, JournalError> {
+        let path = file.path.clone();
+        let corrupt = |offset: u64, reason: String| JournalError::CorruptRecord { path: path.clone(), offset, reason };
+        let mut offset = HEADER_LEN as u64;
+        while offset < file.len {
+            let data = file.bytes(offset, record::FRAME_HEADER_LEN)?;
+            let want = match data.first_chunk::<4>().map(|len| u32::from_le_bytes(*len) as usize) {
+                Some(len) if len <= record::MAX_RECORD_PAYLOAD => record::FRAME_HEADER_LEN + len,
+                _ => record::FRAME_HEADER_LEN,
+            };
+            let data = file.bytes(offset, want)?;
+            let zero_length = match record::read_frame(data, 0) {
                 FrameRead::Valid { payload, end } => {
                     // A checksummed payload that does not decode was never torn: a bug or
                     // a foreign writer, so never truncate it away.
                     let decoded = record::decode_payload(payload)
                         .map_err(|error| corrupt(offset, error.to_string()))?;
                     if let Some(at) = decoded.mark {
-                        if at != offset as u64 {
+                        if at != offset {
                             return Err(corrupt(offset, format!("a sync mark holds offset {at}")));
                         }
                     }
                     self.apply_decoded(seq, decoded);
-                    offset = end;
+                    offset += end as u64;
+                    continue;
                 }
-                FrameRead::Invalid {
-                    problem: record::FrameProblem::ZeroLength,
-                    ..
-                } if data[offset..].iter().all(|&b| b == 0) => {
-                    // Space the writer preallocated and never wrote: the records end here.
-                    break;
-                }
-                FrameRead::Invalid {
-                    problem,
-                    complete_end,
-                } => {
-                    // A batch was written after this record was synced: the record was
-                    // damaged after it was written, in this segment or any other.
-                    if let Some(mark) = record::find_mark(data, offset + 1) {
-                        return Err(corrupt(
-                            offset,
-                            format!(
-                                "{problem}, yet records synced after it follow (a sync mark at \
-                                 byte {mark}), so this is damage, not a torn write"
-                            ),
-                        ));
-                    }
-                    if !is_last {
-                        return Err(corrupt(offset, problem.to_string()));
-                    }
-                    // Within the last batch: a kill -9 leaves a prefix of it, never a hole, so
-                    // a whole record with a bad checksum followed by a good one is damage.
-                    let followed_by_valid = complete_end.is_some_and(|end| {
-                        matches!(record::read_frame(data, end), FrameRead::Valid { .. })
-                    });
-                    if followed_by_valid {
-                        return Err(corrupt(
-                            offset,
-                            format!("{problem}, and a valid record follows it"),
-                        ));
-                    }
-                    // The last batch, cut short by a crash before its fdatasync returned:
-                    // none of it was confirmed. Its whole records before here are kept (a
-                    // batch's end is not marked, so what follows them may be the next
-                    // batch's torn mark, after a batch that was confirmed).
-                    *torn = Some(TornTail {
-                        path: path.to_path_buf(),
-                        offset: offset as u64,
-                        dropped: (data.len() - offset) as u64,
-                        reason: problem.to_string(),
-                    });
-                    return Ok(offset);
-                }
+                FrameRead::Invalid { problem, .. } => problem == record::FrameProblem::ZeroLength,
+            };
+            if zero_length && file.zeros_from(offset)? {
+                // Space the writer preallocated and never wrote: the records end here.
+                break;
             }
+            return file.invalid_record(offset, is_last, torn);
         }
         Ok(offset)
     }
@@ -409,6 +369,110 @@ impl Replay {
         if let (Some(limit), Some(held)) = (&self.limit, self.held.get_mut(&old.destination)) {
             *held = held.saturating_sub((limit.footprint)(old));
         }
+    }
+}
+
+/// Bytes of a segment recovery holds at a time (a longer record is read whole): a
+/// restart reads a long journal without holding any segment file whole.
+const READ_CHUNK: usize = 4 * 1024 * 1024;
+
+/// A segment file as recovery reads it: a window of it at a time.
+struct SegmentFile {
+    file: fs::File,
+    path: PathBuf,
+    len: u64,
+    /// The file offset of `buf[0]`.
+    base: u64,
+    buf: Vec<u8>,
+}
+
+impl SegmentFile {
+    fn open(path: &Path) -> Result<SegmentFile, JournalError> {
+        let read_error = |source: std::io::Error| JournalError::ReadSegment {
+            path: path.to_path_buf(),
+            source: source.into(),
+        };
+        let file = fs::File::open(path).map_err(read_error)?;
+        let len = file.metadata().map_err(read_error)?.len();
+        Ok(SegmentFile { file, path: path.to_path_buf(), len, base: 0, buf: Vec::new() })
+    }
+
+    /// The file's bytes from `at` on: at least `want` of them, or as many as it has.
+    fn bytes(&mut self, at: u64, want: usize) -> Result<&[u8], JournalError> {
+        let left = usize::try_from(self.len.saturating_sub(at)).unwrap_or(usize::MAX);
+        let want = want.min(left);
+        let held = self.base..=self.base + self.buf.len() as u64;
+        if !held.contains(&at) || !held.contains(&(at + want as u64)) {
+            let len = want.max(READ_CHUNK).min(left);
+            if self.buf.capacity() > 2 * READ_CHUNK.max(len) {
+                // One long record read whole: give its memory back.
+                self.buf = Vec::new();
+            }
+            self.buf.resize(len, 0);
+            self.base = at;
+            if let Err(source) = self.file.read_exact_at(&mut self.buf, at) {
+                self.buf.clear();
+                return Err(JournalError::ReadSegment { path: self.path.clone(), source: source.into() });
+            }
+        }
+        let start = usize::try_from(at - self.base).unwrap_or(usize::MAX);
+        Ok(&self.buf[start..])
+    }
+
+    /// Whether every byte from `at` to the end of the file is zero.
+    fn zeros_from(&mut self, mut at: u64) -> Result<bool, JournalError> {
+        while at < self.len {
+            let data = self.bytes(at, READ_CHUNK)?;
+            if data.iter().any(|&b| b != 0) {
+                return Ok(false);
+            }
+            at += data.len() as u64;
+        }
+        Ok(true)
+    }
+
+    /// Decides what a record at `offset` that does not read back is: damage (an error) or
+    /// the torn tail of the last segment (noted in `torn`, to be cut; returns where the
+    /// records end). Reads the rest of the file at once: outside damage, that is the
+    /// last batch and the space preallocated after it.
+    fn invalid_record(&mut self, offset: u64, is_last: bool, torn: &mut Option<TornTail>) -> Result<u64, JournalError> {
+        let (path, dropped) = (self.path.clone(), self.len - offset);
+        let corrupt = |reason: String| JournalError::CorruptRecord { path: path.clone(), offset, reason };
+        let data = self.bytes(offset, usize::try_from(dropped).unwrap_or(usize::MAX))?;
+        let FrameRead::Invalid { problem, complete_end } = record::read_frame(data, 0) else {
+            return Ok(offset);
+        };
+        // A batch was written after this record was synced: the record was damaged after
+        // it was written, in this segment or any other.
+        if let Some(mark) = record::find_mark_from(data, 1, offset) {
+            return Err(corrupt(
+                format!(
+                    "{problem}, yet records synced after it follow (a sync mark at byte {mark}), \
+                     so this is damage, not a torn write"
+                ),
+            ));
+        }
+        if !is_last {
+            return Err(corrupt(problem.to_string()));
+        }
+        // Within the last batch: a kill -9 leaves a prefix of it, never a hole, so a whole
+        // record with a bad checksum followed by a good one is damage.
+        let followed_by_valid =
+            complete_end.is_some_and(|end| matches!(record::read_frame(data, end), FrameRead::Valid { .. }));
+        if followed_by_valid {
+            return Err(corrupt(format!("{problem}, and a valid record follows it")));
+        }
+        // The last batch, cut short by a crash before its fdatasync returned: none of it
+        // was confirmed. Its whole records before here are kept (a batch's end is not
+        // marked, so what follows them may be the next batch's torn mark, after a batch
+        // that was confirmed).
+        *torn = Some(TornTail {
+            path: path.clone(),
+            offset,
+            dropped,
+            reason: problem.to_string(),
+        });
+        Ok(offset)
     }
 }
 

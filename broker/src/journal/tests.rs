@@ -382,6 +382,52 @@ async fn given_corrupt_middle_record_in_last_segment_when_reopened_should_fail_a
     assert_eq!(fs::read(&segment).expect("read segment"), bytes);
 }
 
+/// Recovery reads segments a few MiB at a time: records that straddle its chunks or are
+/// larger than one come back whole.
+#[tokio::test]
+async fn given_records_across_and_larger_than_recovery_read_chunks_when_reopened_should_recover_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(JournalConfig::new(dir.path()));
+    let sizes = [3 << 20, 3 << 20, 100, 9 << 20, 5, 3 << 20];
+    let mut expected = Vec::new();
+    for (id, size) in (1u64..).zip(sizes) {
+        let message = message_with_body(id, (0..size).map(|i| (i % 251) as u8).collect());
+        durable(&journal, vec![Op::Add(message.clone())]).await;
+        expected.push(message);
+    }
+    durable(&journal, vec![ack(3)]).await;
+    close(&journal);
+    expected.remove(2);
+    let recovered = reopen(dir.path());
+    assert_eq!(recovered.messages, expected);
+    assert_eq!(recovered.torn_tail_bytes, 0);
+}
+
+/// Damage far into a segment, past recovery's first read chunk, is still told from a torn
+/// tail by the sync marks after it (which hold their file offsets).
+#[tokio::test]
+async fn given_damage_past_the_first_read_chunk_when_reopened_should_fail_at_its_offset() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (journal, _) = open(JournalConfig::new(dir.path()));
+    let mut starts = Vec::new();
+    for id in 1..=12u64 {
+        starts.push(journal.stats().bytes_on_disk);
+        durable(&journal, vec![Op::Add(message_with_body(id, vec![7; 1 << 20]))]).await;
+    }
+    close(&journal);
+    let segment = segment_path(dir.path(), 1);
+    let mut bytes = fs::read(&segment).expect("read segment");
+    let damaged = starts[8];
+    assert!(damaged > 8 << 20, "{damaged}");
+    bytes[damaged as usize + 12] ^= 0x40;
+    fs::write(&segment, &bytes).expect("damage segment");
+    match Journal::open(JournalConfig::new(dir.path()), JournalMetrics::unregistered()) {
+        Err(JournalError::CorruptRecord { offset, .. }) => assert_eq!(offset, damaged),
+        other => panic!("expected CorruptRecord at {damaged}, got {other:?}"),
+    }
+    assert_eq!(fs::read(&segment).expect("read segment"), bytes, "left untouched");
+}
+
 #[rstest]
 #[case::flipped_byte(true)]
 #[case::cut_short(false)]
