@@ -23,6 +23,7 @@ fn assert_drained_everything(report: &serde_json::Value, messages: u64) {
         assert!(report["backlog"][rate].as_f64().is_some_and(|x| x > 0.0), "{rate}: {report}");
     }
     assert_eq!(report["backlog"]["drain_rate"], report["receive_rate"], "{report}");
+    assert_eq!(report["backlog"]["out_of_order"], 0, "{report}");
 }
 
 #[test]

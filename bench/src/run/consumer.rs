@@ -176,10 +176,8 @@ impl Recorder {
         if mark == Mark::Foreign {
             return;
         }
-        if mark == Mark::First {
-            if !in_order(&mut self.newest_first, stamp.producer, stamp.seq) {
-                shared.counters.out_of_order.fetch_add(1, Ordering::Relaxed);
-            }
+        if mark == Mark::First && !in_order(&mut self.newest_first, stamp.producer, stamp.seq) {
+            shared.counters.out_of_order.fetch_add(1, Ordering::Relaxed);
         }
         if let (Some(arrivals), Mark::First) = (&shared.arrivals, mark) {
             arrivals.push(super::shared::nanos_since(shared.phases.started));
@@ -272,4 +270,20 @@ async fn consume_with_client(
         client.ack(&last).await.context("failed to acknowledge")?;
     }
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::in_order;
+
+    #[test]
+    fn given_first_deliveries_should_count_only_an_older_one_of_the_same_producer_out_of_order() {
+        let mut newest = Vec::new();
+        assert!(in_order(&mut newest, 1, 5));
+        assert!(in_order(&mut newest, 0, 9), "another producer has its own order");
+        assert!(in_order(&mut newest, 1, 6));
+        assert!(!in_order(&mut newest, 1, 3), "older than 6");
+        assert!(in_order(&mut newest, 1, 7), "an out-of-order one does not move the mark back");
+        assert!(!in_order(&mut newest, 0, 8));
+    }
 }
