@@ -19,14 +19,20 @@ const QUIET: Duration = Duration::from_millis(800);
 /// stomp.py helpers: a listener that records every frame, and `drain` that returns what
 /// arrived until nothing did for a second.
 const PRELUDE: &str = r#"
-import json, os, queue
+import json, os, queue, threading
 import stomp
 
 port = int(os.environ["PORT"])
 events = queue.Queue()
+receipts = set()
+receipted = threading.Condition()
 
 class Listener(stomp.ConnectionListener):
-    def on_receipt(self, frame): events.put(("RECEIPT", frame.headers, frame.body))
+    def on_receipt(self, frame):
+        events.put(("RECEIPT", frame.headers, frame.body))
+        with receipted:
+            receipts.add(frame.headers.get("receipt-id"))
+            receipted.notify_all()
     def on_message(self, frame): events.put(("MESSAGE", frame.headers, frame.body))
     def on_error(self, frame): events.put(("ERROR", frame.headers, frame.body))
 
@@ -35,6 +41,13 @@ def connect():
     conn.set_listener("l", Listener())
     conn.connect(wait=True)
     return conn
+
+def wait_receipts(*ids, timeout=30):
+    # stomp.py does not wait for a SUBSCRIBE's receipt: sends on another connection could
+    # otherwise reach the broker before the subscription.
+    with receipted:
+        if not receipted.wait_for(lambda: receipts.issuperset(ids), timeout):
+            raise SystemExit("no RECEIPT for %s within %ss" % (sorted(set(ids) - receipts), timeout))
 
 def drain(quiet=1.0):
     out = []
@@ -83,6 +96,7 @@ const QUEUE_CONSUMERS: &str = r#"
 conn = connect()
 conn.subscribe("/queue/orders", id="eu", ack="auto", headers={"selector": "region = 'eu'"}, receipt="sub-eu")
 conn.subscribe("/queue/orders", id="us-big", ack="auto", headers={"selector": "region = 'us' AND amount > 100"}, receipt="sub-us")
+wait_receipts("sub-eu", "sub-us")
 send_all(connect(), "/queue/orders", [
     ("m1", {"region": "eu", "amount": "50"}),
     ("m2", {"region": "us", "amount": "150", "persistent": "true"}),
@@ -119,6 +133,7 @@ const TOPIC_SUBSCRIBERS: &str = r#"
 conn = connect()
 conn.subscribe("/topic/prices", id="acme", ack="auto", headers={"selector": "symbol = 'ACME' AND price >= 10.5"}, receipt="sub-acme")
 conn.subscribe("/topic/prices", id="all", ack="auto", receipt="sub-all")
+wait_receipts("sub-acme", "sub-all")
 send_all(connect(), "/topic/prices", [
     ("p1", {"symbol": "ACME", "price": "10.5"}),
     ("p2", {"symbol": "ACME", "price": "9.99"}),
