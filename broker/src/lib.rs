@@ -4,6 +4,7 @@
 //! endpoint), `client` (a Rust STOMP client), `config` (`broker.yaml`).
 
 pub mod admin;
+pub mod amqp;
 pub mod client;
 pub mod cluster;
 pub mod config;

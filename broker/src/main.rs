@@ -68,6 +68,9 @@ struct RunArgs {
     /// Address of the STOMP listener (stomp.listen), e.g. 0.0.0.0:61613.
     #[arg(long, value_name = "ADDR")]
     stomp_listen: Option<String>,
+    /// Address of the AMQP 1.0 listener (amqp.listen; amqp.enabled turns it on).
+    #[arg(long, value_name = "ADDR")]
+    amqp_listen: Option<String>,
     /// Address of the admin HTTP endpoint (admin.listen).
     #[arg(long, value_name = "ADDR")]
     admin_listen: Option<String>,
@@ -112,6 +115,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(a) = args.stomp_listen {
         overrides.push(Override { path: "stomp.listen", value: a });
+    }
+    if let Some(a) = args.amqp_listen {
+        overrides.push(Override { path: "amqp.listen", value: a });
     }
     if let Some(a) = args.admin_listen {
         overrides.push(Override { path: "admin.listen", value: a });

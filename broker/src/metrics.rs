@@ -229,6 +229,8 @@ pub struct Metrics {
     pub database: crate::db::DatabaseMetrics,
     /// TLS handshakes and certificate reloads.
     pub tls: crate::tls::TlsMetrics,
+    /// The AMQP listener.
+    pub amqp: crate::amqp::AmqpMetrics,
 }
 
 impl Metrics {
@@ -244,6 +246,7 @@ impl Metrics {
         let database = crate::db::DatabaseMetrics::register(&mut registry);
         let tls = crate::tls::TlsMetrics::default();
         tls.register(&mut registry);
+        let amqp = crate::amqp::AmqpMetrics::register(&mut registry);
         let m = Metrics {
             messages_in: Counter::default(),
             messages_out: Counter::default(),
@@ -285,6 +288,7 @@ impl Metrics {
             grouping,
             database,
             tls,
+            amqp,
             registry: Mutex::new(Registry::default()),
         };
         registry.register("duomq_messages_in", "Messages accepted from producers", m.messages_in.clone());

@@ -62,6 +62,8 @@ struct Shared {
     metrics: Arc<Metrics>,
     journal_metrics: JournalMetrics,
     state: AdminState,
+    /// The AMQP listener (`amqp.enabled`), bound once like STOMP's; served while live.
+    amqp: Option<Arc<TcpListener>>,
 }
 
 /// Runs the broker until `shutdown` is cancelled.
@@ -115,7 +117,11 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
     tracing::info!(addr = %admin_listener.local_addr().unwrap_or(config.admin.listen), "admin endpoint listening");
     let admin_task = tokio::spawn(admin::serve(admin_listener, state.clone(), admin_stop.clone()));
     let stomp_listener = bind("STOMP", config.stomp.listen).await?;
-    let shared = Shared { config: Arc::clone(&config), tls, users, metrics, journal_metrics, state: state.clone() };
+    let amqp = match config.amqp.enabled {
+        true => Some(Arc::new(bind("AMQP", config.amqp.listen).await?)),
+        false => None,
+    };
+    let shared = Shared { config: Arc::clone(&config), tls, users, metrics, journal_metrics, state: state.clone(), amqp };
 
     let result = match config.ha.policy {
         HaPolicy::Replication => run_replicated(&shared, &stomp_listener, &shutdown).await,
@@ -248,7 +254,19 @@ async fn serve_live(
     tracing::info!(addr = %listener.local_addr().unwrap_or(shared.config.stomp.listen), "STOMP listening");
     *shared.state.role.write() = Role::Live;
     let ctx = ConnectionContext::new(Arc::clone(broker), Arc::clone(&shared.metrics), Arc::clone(&shared.tls), stop);
+    let amqp = shared.amqp.as_ref().map(|amqp| {
+        let (amqp, ctx) = (Arc::clone(amqp), ctx.clone());
+        tracing::info!(
+            addr = %amqp.local_addr().unwrap_or(shared.config.amqp.listen),
+            not_supported_yet = crate::amqp::NOT_SUPPORTED_YET,
+            "AMQP 1.0 listening"
+        );
+        tokio::spawn(async move { crate::amqp::run(&amqp, ctx, DRAIN_TIMEOUT).await })
+    });
     server::run(listener, ctx, DRAIN_TIMEOUT).await;
+    if let Some(amqp) = amqp {
+        let _ = amqp.await;
+    }
     bridges.cancel();
     broker.set_group_router(None);
     if let Some(network) = shared.state.network.write().take() {

@@ -60,6 +60,10 @@ pub enum ConfigError {
 pub struct BrokerConfig {
     pub node: NodeConfig,
     pub stomp: StompConfig,
+    /// The AMQP 1.0 listener (off unless enabled). Left out of a rendered file at its
+    /// default, so rendered configs without AMQP stay the same.
+    #[serde(skip_serializing_if = "AmqpConfig::is_default")]
+    pub amqp: AmqpConfig,
     pub admin: AdminConfig,
     pub storage: StorageConfig,
     pub memory: MemoryConfig,
@@ -187,6 +191,40 @@ impl Default for StompConfig {
             max_partial_frame_bytes: ByteSize::mib(256),
             max_subscriptions_per_connection: 1000,
             max_transactions_per_connection: 16,
+        }
+    }
+}
+
+/// The AMQP 1.0 listener (see `crate::amqp`): the same queues, topics, users and
+/// permissions as STOMP.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct AmqpConfig {
+    /// Off by default while AMQP support is partial (see the README).
+    pub enabled: bool,
+    pub listen: SocketAddr,
+    /// The largest AMQP frame the broker accepts and sends (at least 512 bytes, as the
+    /// specification requires); a larger one closes the connection with
+    /// `amqp:connection:framing-error`. Messages larger than a frame arrive in several.
+    pub max_frame_size: ByteSize,
+    /// The idle timeout the broker announces in its open: a client that sends nothing
+    /// (not even empty frames) for this long is disconnected (0s: none).
+    pub idle_timeout: HumanDuration,
+}
+
+impl AmqpConfig {
+    pub fn is_default(&self) -> bool {
+        *self == AmqpConfig::default()
+    }
+}
+
+impl Default for AmqpConfig {
+    fn default() -> AmqpConfig {
+        AmqpConfig {
+            enabled: false,
+            listen: SocketAddr::from(([0, 0, 0, 0], 5672)),
+            max_frame_size: ByteSize::kib(64),
+            idle_timeout: HumanDuration::secs(60),
         }
     }
 }
@@ -521,6 +559,7 @@ impl BrokerConfig {
         if self.stomp.listen == self.admin.listen {
             return invalid("admin.listen", "must differ from stomp.listen");
         }
+        self.validate_amqp()?;
         if self.storage.data_dir.as_os_str().is_empty() {
             return invalid("storage.dataDir", "must not be empty");
         }
@@ -596,6 +635,23 @@ impl BrokerConfig {
         self.grouping.validate()?;
         if let Err(e) = tracing_subscriber::EnvFilter::try_new(&self.log.level) {
             return invalid("log.level", format!("not a valid filter: {e}"));
+        }
+        Ok(())
+    }
+
+    fn validate_amqp(&self) -> Result<(), ConfigError> {
+        let amqp = &self.amqp;
+        if !amqp.enabled {
+            return Ok(());
+        }
+        if amqp.listen == self.stomp.listen || amqp.listen == self.admin.listen {
+            return invalid("amqp.listen", "must differ from stomp.listen and admin.listen");
+        }
+        if amqp.max_frame_size.0 < 512 || amqp.max_frame_size.0 > u64::from(u32::MAX) {
+            return invalid("amqp.maxFrameSize", "must be between 512 bytes (the AMQP minimum) and 4GiB");
+        }
+        if amqp.idle_timeout.get().as_millis() > u128::from(u32::MAX) {
+            return invalid("amqp.idleTimeout", "must be at most 49 days (AMQP's idle-time-out is 32-bit milliseconds)");
         }
         Ok(())
     }

@@ -3,6 +3,7 @@
 //! named timeouts; nothing sleeps for synchronisation.
 #![allow(dead_code)]
 
+pub mod amqp;
 pub mod cluster;
 pub mod kube_api;
 pub mod postgres;
@@ -48,6 +49,8 @@ pub struct Broker {
     pub data_dir: PathBuf,
     pub stomp_port: u16,
     pub admin_port: u16,
+    /// Where `amqp.listen` points (the listener runs only with `amqp.enabled`).
+    pub amqp_port: u16,
     pub log: PathBuf,
     pub extra_config: String,
     _temp: Option<tempfile::TempDir>,
@@ -64,6 +67,7 @@ impl Broker {
             dir,
             stomp_port: 0,
             admin_port: 0,
+            amqp_port: 0,
             log: PathBuf::new(),
             extra_config: extra_config.to_string(),
             _temp: Some(temp),
@@ -80,6 +84,7 @@ impl Broker {
             dir: dir.to_path_buf(),
             stomp_port: 0,
             admin_port: 0,
+            amqp_port: 0,
             log: PathBuf::new(),
             extra_config: extra_config.to_string(),
             _temp: None,
@@ -97,6 +102,7 @@ impl Broker {
         for _attempt in 0..5 {
             self.stomp_port = free_port();
             self.admin_port = free_port();
+            self.amqp_port = free_port();
             if self.launch() {
                 return;
             }
@@ -123,6 +129,8 @@ impl Broker {
             .arg(format!("127.0.0.1:{}", self.stomp_port))
             .arg("--admin-listen")
             .arg(format!("127.0.0.1:{}", self.admin_port))
+            .arg("--amqp-listen")
+            .arg(format!("127.0.0.1:{}", self.amqp_port))
             .env("RUST_LOG", "duomq_broker=debug,info")
             .stdout(Stdio::null())
             .stderr(log)
@@ -635,19 +643,26 @@ pub fn body_text(f: &Frame) -> String {
 /// Runs a stomp.py 8 script (`python3 -c`) with `PORT` and `env` set, and returns what
 /// it prints on stdout as JSON; panics with its output if it fails or takes past a minute.
 pub fn stomppy(script: &str, port: u16, env: &[(&str, &std::ffi::OsStr)]) -> serde_json::Value {
+    // No slow hostname lookups at stomp.py import.
+    let env: Vec<(&str, &std::ffi::OsStr)> = env.iter().copied().chain([("STOMP_SKIP_HOSTNAME_SCAN", "1".as_ref())]).collect();
+    python_json(script, port, &env, "stomp.py 8")
+}
+
+/// Runs a Python script of a third-party client (`python3 -c`, `client` names it in
+/// failures) with `PORT` and `env` set, and returns what it prints on stdout as JSON;
+/// panics with its output if it fails or takes past a minute.
+pub fn python_json(script: &str, port: u16, env: &[(&str, &std::ffi::OsStr)], client: &str) -> serde_json::Value {
     let child = Process::new("python3")
         .args(["-c", script])
         .env("PORT", port.to_string())
         .envs(env.iter().copied())
-        // No slow hostname lookups at stomp.py import.
-        .env("STOMP_SKIP_HOSTNAME_SCAN", "1")
         .stdin(Stdio::null())
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
-        .unwrap_or_else(|e| panic!("failed to run python3 ({e}); install stomp.py 8 with scripts/test --install-only"));
-    let out = output_within(child, Duration::from_secs(60)).expect("stomp.py client finished");
+        .unwrap_or_else(|e| panic!("failed to run python3 ({e}); install {client} with scripts/test --install-only"));
+    let out = output_within(child, Duration::from_secs(60)).unwrap_or_else(|e| panic!("{client} client did not finish: {e}"));
     let (text, err) = (String::from_utf8_lossy(&out.stdout).into_owned(), String::from_utf8_lossy(&out.stderr).into_owned());
-    assert!(out.status.success(), "stomp.py client failed: {err}\n{text}");
-    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("stomp.py output {text:?}: {e}\n{err}"))
+    assert!(out.status.success(), "{client} client failed: {err}\n{text}");
+    serde_json::from_str(text.trim()).unwrap_or_else(|e| panic!("{client} output {text:?}: {e}\n{err}"))
 }

@@ -1,0 +1,537 @@
+//! One AMQP client connection: SASL and open (fe2o3's acceptor), then its sessions and
+//! their links, each link a task of its own.
+//!
+//! A link from a client (the client sends) is a receiver here: each transfer is handed to
+//! `Broker::accept` as it arrives and settled, in order, once durable (`accepted`) or
+//! refused (`rejected` with the reason); credit is granted again as transfers are settled.
+//! A link to a client is an engine consumer of the queue (or a subscription queue of the
+//! topic): deliveries wait for the client's credit, and its dispositions settle them
+//! (`accepted`: ack; `released`, `modified`, `rejected`: nack, so the redelivery and
+//! dead-letter rules apply as for a STOMP NACK). A link that ends, or a connection that
+//! drops, returns whatever it had unsettled to the queue, redelivered.
+
+use super::{address, message, sasl, AmqpError};
+use crate::engine::accept::{AcceptError, Commit, Durable};
+use crate::engine::message::{ConsumerKey, Delivery};
+use crate::engine::queue::{AckMode, ConsumerHandle, Outbound, Queue};
+use crate::engine::{Broker, Target, Topic};
+use crate::report::error_chain;
+use crate::security::{Permission, Principal};
+use crate::server::connection::ConnectionContext;
+use fe2o3_amqp::acceptor::{
+    ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle, ListenerSessionHandle, SessionAcceptor,
+    SupportedReceiverSettleModes,
+};
+use fe2o3_amqp::connection::OpenError;
+use fe2o3_amqp::link::delivery::DeliveryInfo;
+use fe2o3_amqp::link::{Receiver, Sender};
+use fe2o3_amqp::types::definitions::{self, ReceiverSettleMode, Role, SenderSettleMode};
+use fe2o3_amqp::types::messaging::{Body, Outcome};
+use fe2o3_amqp::types::performatives::Attach;
+use fe2o3_amqp::types::primitives::Value;
+use fe2o3_amqp::types::sasl::SaslCode;
+use fe2o3_amqp::Sendable;
+use futures::future::BoxFuture;
+use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::net::TcpStream;
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+
+/// Transfers accepted from one link but not yet durable before the link stops reading.
+const MAX_PENDING: usize = 4096;
+/// How long a link's or connection's closing handshake may take.
+const CLOSE_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long a link that ended waits for dispositions already sent by its client.
+const SETTLE_GRACE: Duration = Duration::from_millis(500);
+
+/// What every link of a connection shares.
+#[derive(Clone)]
+struct Client {
+    ctx: ConnectionContext,
+    peer: SocketAddr,
+    principal: Principal,
+    /// Cancelled when the connection ends: its links stop.
+    gone: CancellationToken,
+}
+
+/// Serves one client from its first byte to its close.
+pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ConnectionContext) {
+    let _ = stream.set_nodelay(true);
+    let broker = Arc::clone(&ctx.broker);
+    let metrics = ctx.metrics.amqp.clone();
+    let sasl = sasl::BrokerSasl::new(broker.users(), broker.config.auth.allow_anonymous);
+    let outcome = Arc::clone(&sasl.outcome);
+    let cfg = &broker.config.amqp;
+    let idle = cfg.idle_timeout.get();
+    let mut acceptor = ConnectionAcceptor::builder()
+        .container_id(format!("duomq-{}", broker.node_id))
+        .max_frame_size(cfg.max_frame_size.0 as u32)
+        .sasl_acceptor(sasl)
+        .build();
+    if !idle.is_zero() {
+        acceptor.local_open.idle_time_out = Some(idle.as_millis() as u32);
+    }
+    let connect_timeout = broker.config.stomp.connect_timeout.get();
+    let accepted = tokio::select! {
+        r = tokio::time::timeout(connect_timeout, acceptor.accept(stream)) => r,
+        _ = ctx.shutdown.cancelled() => return,
+    };
+    let mut connection = match accepted {
+        Ok(Ok(c)) => c,
+        Ok(Err(OpenError::SaslError { code: SaslCode::Auth, .. })) => {
+            metrics.refused("authentication");
+            let who = match outcome.lock().take() {
+                Some(sasl::Outcome::Refused(login)) => login,
+                _ => String::new(),
+            };
+            tracing::info!(%peer, login = %who, "refused AMQP connection: authentication failed");
+            return;
+        }
+        Ok(Err(e)) => {
+            metrics.refused("protocol");
+            tracing::info!(%peer, error = %e, "refused AMQP connection");
+            return;
+        }
+        Err(_) => {
+            metrics.refused("timeout");
+            tracing::debug!(%peer, ?connect_timeout, "AMQP client did not open in time");
+            return;
+        }
+    };
+    let user = match outcome.lock().take() {
+        Some(sasl::Outcome::User(user)) => user,
+        // fe2o3 does not let an open through without a SASL outcome ok.
+        _ => String::new(),
+    };
+    metrics.opened.inc();
+    metrics.connections.inc();
+    ctx.metrics.connections_total.inc();
+    tracing::debug!(%peer, user = %user, "AMQP client connected");
+    let client = Client {
+        principal: broker.authorizer().principal(&user),
+        ctx: ctx.clone(),
+        peer,
+        gone: CancellationToken::new(),
+    };
+    let drain_started = broker.drain.started();
+    tokio::pin!(drain_started);
+    loop {
+        tokio::select! {
+            incoming = connection.next_incoming_session() => match incoming {
+                Some(incoming) => match SessionAcceptor::new().accept_incoming_session(incoming, &mut connection).await {
+                    Ok(session) => {
+                        tokio::spawn(serve_session(session, client.clone()));
+                    }
+                    Err(e) => tracing::debug!(%peer, error = %e, "AMQP session not begun"),
+                },
+                None => break,
+            },
+            _ = ctx.shutdown.cancelled() => {
+                close(&mut connection, AmqpError::Shutdown.to_amqp()).await;
+                break;
+            }
+            _ = &mut drain_started => {
+                let refusal = crate::engine::drain::refusal(broker.group_name());
+                let error = definitions::Error::new(definitions::ConnectionError::ConnectionForced, Some(refusal), None);
+                close(&mut connection, error).await;
+                break;
+            }
+        }
+    }
+    match tokio::time::timeout(CLOSE_TIMEOUT, connection.on_close()).await {
+        Ok(Ok(())) | Err(_) => tracing::debug!(%peer, "AMQP client connection closed"),
+        Ok(Err(e)) => {
+            ctx.metrics.protocol_errors.inc();
+            tracing::info!(%peer, error = %e, "AMQP connection closed after an error");
+        }
+    }
+    client.gone.cancel();
+    metrics.connections.dec();
+}
+
+async fn close(connection: &mut ListenerConnectionHandle, error: definitions::Error) {
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, connection.close_with_error(error)).await;
+}
+
+/// Accepts the links of one session until it ends.
+async fn serve_session(mut session: ListenerSessionHandle, client: Client) {
+    loop {
+        let attach = tokio::select! {
+            a = session.next_incoming_attach() => match a {
+                Some(a) => a,
+                None => break,
+            },
+            _ = client.gone.cancelled() => break,
+        };
+        attach_link(&mut session, attach, &client).await;
+    }
+}
+
+/// What a link attach asks for, checked before it is answered.
+struct Plan {
+    destination: String,
+    /// The client sends (its role is sender); else it receives.
+    inbound: bool,
+    /// The client receives pre-settled deliveries (at most once).
+    presettled: bool,
+}
+
+fn plan(attach: &Attach, client: &Client) -> Result<Plan, AmqpError> {
+    let inbound = attach.role == Role::Sender;
+    let destination = if inbound {
+        let target = attach.target.as_deref();
+        let Some(fe2o3_amqp::types::messaging::TargetArchetype::Target(target)) = target else {
+            return Err(AmqpError::NotImplemented("a coordinator target (transactions)"));
+        };
+        if target.dynamic {
+            return Err(AmqpError::NotImplemented("a dynamic (temporary) target"));
+        }
+        address::destination(target.address.as_deref(), target.capabilities.as_ref())?
+    } else {
+        let source = attach.source.as_deref().ok_or(AmqpError::NoAddress)?;
+        if source.dynamic {
+            return Err(AmqpError::NotImplemented("a dynamic (temporary) source"));
+        }
+        if source.filter.as_ref().is_some_and(|f| !f.is_empty()) {
+            return Err(AmqpError::NotImplemented("a source filter (selector)"));
+        }
+        let destination = address::destination(source.address.as_deref(), source.capabilities.as_ref())?;
+        let durable = source.durable != fe2o3_amqp::types::messaging::TerminusDurability::None;
+        if durable && destination.starts_with("/topic/") {
+            return Err(AmqpError::NotImplemented("a durable topic subscription (durable terminus)"));
+        }
+        destination
+    };
+    let permission = if inbound { Permission::Send } else { Permission::Consume };
+    authorize(&client.ctx.broker, &client.principal, &destination, permission)?;
+    Ok(Plan { destination, inbound, presettled: !inbound && attach.snd_settle_mode == SenderSettleMode::Settled })
+}
+
+/// Whether the client may do `permission` on `destination` (and create it when the broker
+/// does not hold it yet), as STOMP checks a SEND or SUBSCRIBE.
+fn authorize(broker: &Broker, principal: &Principal, destination: &str, permission: Permission) -> Result<(), AmqpError> {
+    let authorizer = broker.authorizer();
+    if authorizer.is_open() {
+        return Ok(());
+    }
+    let held = broker.holds(destination)?;
+    let mut result = authorizer.check(principal, destination, permission);
+    if result.is_ok() && !held {
+        result = authorizer.check(principal, destination, Permission::Create);
+    }
+    result.map_err(|denied| {
+        broker.metrics.authorization_denied(denied.permission);
+        AmqpError::NotAuthorized(Box::new(denied))
+    })
+}
+
+/// Answers an attach: a link task when the plan holds, else an attach followed at once by
+/// a detach carrying the reason.
+async fn attach_link(session: &mut ListenerSessionHandle, attach: Attach, client: &Client) {
+    let peer = client.peer;
+    let planned = plan(&attach, client);
+    let max_message = client.ctx.broker.config.stomp.max_body_bytes.0;
+    let acceptor = LinkAcceptor::builder()
+        .supported_receiver_settle_modes(SupportedReceiverSettleModes::First)
+        .fallback_receiver_settle_mode(ReceiverSettleMode::First)
+        .max_message_size(max_message)
+        // The terminus is checked here (plan), not by fe2o3's comparison of both copies.
+        .verify_incoming_source(false)
+        .verify_incoming_target(false)
+        .build();
+    let name = attach.name.clone();
+    let endpoint = match acceptor.accept_incoming_attach(attach, session).await {
+        Ok(endpoint) => endpoint,
+        Err(e) => {
+            client.ctx.metrics.amqp.links_refused.inc();
+            tracing::debug!(%peer, link = %name, error = ?e, "AMQP link not attached");
+            return;
+        }
+    };
+    let plan = match planned {
+        Ok(plan) => plan,
+        Err(refusal) => {
+            client.ctx.metrics.amqp.links_refused.inc();
+            tracing::debug!(%peer, link = %name, reason = %refusal, "AMQP link refused");
+            let error = refusal.to_amqp();
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+                match endpoint {
+                    LinkEndpoint::Sender(s) => drop(s.close_with_error(error).await),
+                    LinkEndpoint::Receiver(r) => drop(r.close_with_error(error).await),
+                }
+            })
+            .await;
+            return;
+        }
+    };
+    tracing::debug!(%peer, link = %name, destination = %plan.destination, inbound = plan.inbound, presettled = plan.presettled, "AMQP link attached");
+    let client = client.clone();
+    match endpoint {
+        LinkEndpoint::Receiver(receiver) if plan.inbound => {
+            tokio::spawn(receive(receiver, plan.destination, client));
+        }
+        LinkEndpoint::Sender(sender) if !plan.inbound => {
+            tokio::spawn(deliver(sender, name, plan, client));
+        }
+        // fe2o3 answers a sender's attach with a receiver and the other way round.
+        _ => {}
+    }
+}
+
+type Accepting = BoxFuture<'static, (DeliveryInfo, Result<Durable, AcceptError>)>;
+
+/// A link from the client: its transfers into the broker, each settled once durable.
+async fn receive(mut receiver: Receiver, destination: String, client: Client) {
+    let broker = Arc::clone(&client.ctx.broker);
+    let metrics = Arc::clone(&client.ctx.metrics);
+    metrics.amqp.links.inc();
+    let mut pending: FuturesOrdered<Accepting> = FuturesOrdered::new();
+    let end = loop {
+        let event = tokio::select! {
+            biased;
+            Some(done) = pending.next(), if !pending.is_empty() => Ok(Err(done)),
+            d = receiver.recv::<Body<Value>>(), if pending.len() < MAX_PENDING => d.map(Ok),
+            _ = client.gone.cancelled() => break None,
+            _ = client.ctx.shutdown.cancelled() => break None,
+        };
+        match event {
+            Ok(Err((info, Ok(durable)))) => {
+                durable.publish();
+                if receiver.accept(info).await.is_err() {
+                    break None;
+                }
+            }
+            Ok(Err((info, Err(e)))) => {
+                tracing::info!(peer = %client.peer, %destination, error = %error_chain(&e), "AMQP transfer refused");
+                if receiver.reject(info, AmqpError::from(e).to_amqp()).await.is_err() {
+                    break None;
+                }
+            }
+            Ok(Ok(delivery)) => {
+                let (info, msg) = delivery.into_parts();
+                let refused = match message::incoming(&destination, msg) {
+                    Ok(incoming) => {
+                        let size = incoming.body.len() as u64;
+                        match broker.accept(incoming, Commit::Grouped).await {
+                            Ok(acceptance) => {
+                                if acceptance.blocked() {
+                                    metrics.producer_blocked.inc();
+                                }
+                                if !acceptance.is_duplicate() {
+                                    metrics.messages_in.inc();
+                                    metrics.amqp.messages_in.inc();
+                                    metrics.bytes_in.inc_by(size);
+                                }
+                                pending.push_back(Box::pin(async move { (info, acceptance.await) }));
+                                None
+                            }
+                            Err(e) => Some((info, AmqpError::from(e))),
+                        }
+                    }
+                    Err(e) => Some((info, e)),
+                };
+                if let Some((info, e)) = refused {
+                    tracing::info!(peer = %client.peer, %destination, error = %e, "AMQP transfer refused");
+                    if receiver.reject(info, e.to_amqp()).await.is_err() {
+                        break None;
+                    }
+                }
+            }
+            Err(e) => break Some(e),
+        }
+    };
+    // Accepted transfers still in the journal's hands are published all the same (an
+    // Acceptance dropped publishes once durable); their client learns nothing of them.
+    drop(pending);
+    match end {
+        Some(e) => tracing::debug!(peer = %client.peer, %destination, reason = %e, "AMQP sending link ended"),
+        None => tracing::debug!(peer = %client.peer, %destination, "AMQP sending link stopped"),
+    }
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, receiver.close()).await;
+    metrics.amqp.links.dec();
+}
+
+/// Where a receiving link takes its messages from.
+struct Source {
+    queue: Arc<Queue>,
+    /// A topic's subscription queue, removed with the link.
+    topic: Option<Arc<Topic>>,
+    key: ConsumerKey,
+}
+
+impl Source {
+    fn attach(broker: &Broker, destination: &str, handle: impl FnOnce(ConsumerKey) -> ConsumerHandle) -> Result<Source, AmqpError> {
+        let (queue, topic) = match broker.resolve(destination)? {
+            Target::Queue(q) => (q, None),
+            Target::Topic(t) => (broker.subscribe_topic_selecting(&t, None), Some(t)),
+        };
+        let key = broker.next_consumer_key();
+        queue.add_consumer(handle(key));
+        Ok(Source { queue, topic, key })
+    }
+
+    /// Removes the consumer: what it had unsettled goes back to the queue, redelivered.
+    fn detach(self, broker: &Broker) {
+        self.queue.remove_consumer(self.key);
+        if let Some(topic) = &self.topic {
+            broker.unsubscribe_topic(topic, &self.queue);
+        }
+    }
+}
+
+/// What a delivery's settlement says.
+type Settling = BoxFuture<'static, (u64, Option<Outcome>)>;
+
+/// A link to the client: an engine consumer whose deliveries wait for the client's credit.
+///
+/// fe2o3 does not show a sender its credit, so the consumer's window (the engine's
+/// prefetch: messages it holds unsettled) follows what sending shows of it: it starts at
+/// one, grows by one with each delivery the credit let through at once (up to
+/// `stomp.defaultPrefetch`), and shrinks to what is in flight when a delivery has to wait
+/// for credit. So the broker holds about one message more than the client's credit for
+/// it, and a consumer without credit does not keep messages from the others.
+async fn deliver(mut sender: Sender, name: String, plan: Plan, client: Client) {
+    let broker = Arc::clone(&client.ctx.broker);
+    let metrics = Arc::clone(&client.ctx.metrics);
+    let (outbox, mut deliveries) = mpsc::unbounded_channel();
+    let kill = client.gone.child_token();
+    let cap = (broker.config.stomp.default_prefetch as usize).max(1);
+    let mode = if plan.presettled { AckMode::Auto } else { AckMode::ClientIndividual };
+    let source = match Source::attach(&broker, &plan.destination, |key| ConsumerHandle {
+        key,
+        subscription_id: Arc::from(name.as_str()),
+        ack_mode: mode,
+        prefetch: 1,
+        outbox,
+        kill: kill.clone(),
+        selector: None,
+    }) {
+        Ok(s) => s,
+        Err(e) => {
+            metrics.amqp.links_refused.inc();
+            let _ = tokio::time::timeout(CLOSE_TIMEOUT, sender.close_with_error(e.to_amqp())).await;
+            return;
+        }
+    };
+    metrics.amqp.links.inc();
+    let mut window = 1usize;
+    let mut settling: FuturesUnordered<Settling> = FuturesUnordered::new();
+    let mut error = None;
+    loop {
+        enum Event {
+            Delivery(Option<Outbound>),
+            Settled(u64, Option<Outcome>),
+            Detached,
+            Stop,
+        }
+        let event = tokio::select! {
+            biased;
+            Some((tag, outcome)) = settling.next(), if !settling.is_empty() => Event::Settled(tag, outcome),
+            item = deliveries.recv() => Event::Delivery(item),
+            _ = sender.on_detach() => Event::Detached,
+            _ = kill.cancelled() => Event::Stop,
+            _ = client.ctx.shutdown.cancelled() => Event::Stop,
+        };
+        match event {
+            Event::Delivery(Some(Outbound::Deliver(d))) => {
+                let sendable = Sendable::builder().message(message::outgoing(&d)).settled(plan.presettled).build();
+                let size = d.entry.message.body.len() as u64;
+                let sending = sender.send_batchable(sendable);
+                tokio::pin!(sending);
+                let (sent, waited) = match futures::poll!(&mut sending) {
+                    std::task::Poll::Ready(r) => (r, false),
+                    std::task::Poll::Pending => {
+                        // Out of credit: hold no more than is in flight until the client grants more.
+                        window = source.queue.in_flight_of(source.key).max(1);
+                        source.queue.set_prefetch(source.key, window);
+                        let sent = loop {
+                            tokio::select! {
+                                biased;
+                                r = &mut sending => break r,
+                                Some((tag, outcome)) = settling.next(), if !settling.is_empty() => {
+                                    if let Some(outcome) = outcome {
+                                        settle_outcome(&broker, &source, tag, &outcome);
+                                    }
+                                }
+                            }
+                        };
+                        (sent, true)
+                    }
+                };
+                match sent {
+                    Ok(settled) => {
+                        metrics.messages_out.inc();
+                        metrics.amqp.messages_out.inc();
+                        metrics.bytes_out.inc_by(size);
+                        if d.auto_ack {
+                            settle_presettled(&broker, &d);
+                        } else {
+                            let tag = d.tag;
+                            settling.push(Box::pin(async move { (tag, settled.await.ok()) }));
+                        }
+                        if waited || window < cap {
+                            window = (window + 1).min(cap);
+                            source.queue.set_prefetch(source.key, window);
+                        }
+                    }
+                    // The link or connection is gone: the delivery goes back with the rest.
+                    Err(e) => {
+                        tracing::debug!(peer = %client.peer, link = %name, error = %e, "AMQP delivery not sent");
+                        break;
+                    }
+                }
+            }
+            Event::Delivery(Some(Outbound::Frame(frame))) => {
+                // The engine cuts a consumer off (a slow topic subscriber, a deleted queue).
+                let reason = frame.get("message").unwrap_or("consumer removed by the broker").to_string();
+                error = Some(definitions::Error::new(definitions::LinkError::DetachForced, Some(reason), None));
+                break;
+            }
+            Event::Delivery(Some(Outbound::Close) | None) | Event::Detached | Event::Stop => break,
+            Event::Settled(tag, outcome) => {
+                if let Some(outcome) = outcome {
+                    settle_outcome(&broker, &source, tag, &outcome);
+                }
+            }
+        }
+    }
+    // Dispositions the client sent just before it went may still be on their way through
+    // the session: settle what arrives within a moment, return the rest to the queue.
+    let grace = tokio::time::Instant::now() + SETTLE_GRACE;
+    while let Ok(Some((tag, outcome))) = tokio::time::timeout_at(grace, settling.next()).await {
+        if let Some(outcome) = outcome {
+            settle_outcome(&broker, &source, tag, &outcome);
+        }
+    }
+    source.detach(&broker);
+    let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        match error {
+            Some(e) => drop(sender.close_with_error(e).await),
+            None => drop(sender.close().await),
+        }
+    })
+    .await;
+    metrics.amqp.links.dec();
+    tracing::debug!(peer = %client.peer, link = %name, destination = %plan.destination, "AMQP receiving link ended");
+}
+
+/// A pre-settled delivery counts as acknowledged once sent, as a STOMP auto-ack one once
+/// written.
+fn settle_presettled(broker: &Arc<Broker>, d: &Delivery) {
+    if let Ok(settled) = broker.settle(&d.queue, d.consumer, d.tag, false, false) {
+        broker.acknowledge_lazy(settled);
+    }
+}
+
+/// The client's disposition of delivery `tag`: accepted is an ACK, the others a NACK
+/// (back to the queue, redelivered, dead-lettered after `maxDeliveryAttempts`).
+fn settle_outcome(broker: &Arc<Broker>, source: &Source, tag: u64, outcome: &Outcome) {
+    let nack = !matches!(outcome, Outcome::Accepted(_));
+    match broker.settle(&source.queue, source.key, tag, false, nack) {
+        Ok(settled) => broker.acknowledge_lazy(settled),
+        Err(e) => tracing::debug!(queue = %source.queue.name, tag, error = %e, "AMQP disposition for nothing in flight"),
+    }
+}

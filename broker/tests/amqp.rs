@@ -1,0 +1,381 @@
+//! The AMQP 1.0 listener with independent clients: python-qpid-proton (the reference
+//! C implementation) and fe2o3-amqp's own client. Real broker processes, real sockets,
+//! kill -9 for durability.
+
+mod common;
+
+use common::amqp::{proton, ENABLED};
+use common::{eventually, metric_value, Broker};
+use duomq_broker::stomp::{Command, Frame};
+use serde_json::json;
+use std::ffi::OsStr;
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::time::Duration;
+
+fn amqp_broker(name: &str, extra: &str) -> Broker {
+    Broker::start(name, &format!("{ENABLED}{extra}"))
+}
+
+#[test]
+fn proton_sends_and_receives_in_both_settlement_modes() {
+    let b = amqp_broker("amqp-modes", "");
+    let out = proton(
+        r#"
+        c = connect()
+        s = c.create_sender("orders", name="p")
+        for i in range(3):
+            s.send(Message(body="m%d" % i, durable=True))
+        quick = c.create_sender("orders", name="p-quick", options=AtMostOnce())
+        quick.send(Message(body="presettled"))
+        r = c.create_receiver("queue://orders", credit=10, name="c")
+        got = []
+        for i in range(5):
+            m = r.receive(timeout=10)
+            got.append([body(m), m.delivery_count, m.first_acquirer, m.durable])
+            if body(m) == "m1" and m.delivery_count == 0:
+                r.release()
+            else:
+                r.accept()
+        out["got"] = got
+        r.close()
+        fast = c.create_sender("fast", name="p2")
+        fast.send(Message(body="at-most-once"))
+        r2 = c.create_receiver("fast", credit=5, name="c2", options=AtMostOnce())
+        out["fast"] = body(r2.receive(timeout=10))
+        c.close()
+        "#,
+        b.amqp_port,
+        &[],
+    );
+    let got = out["got"].as_array().expect("got");
+    let mut bodies: Vec<&str> = got.iter().map(|m| m[0].as_str().unwrap_or_default()).collect();
+    assert_eq!(&bodies[..3], ["m0", "m1", "m2"], "in order: {out}");
+    bodies.sort();
+    assert_eq!(bodies, ["m0", "m1", "m1", "m2", "presettled"], "{out}");
+    // The released one comes back once more, counted, no longer to its first acquirer.
+    assert!(got.contains(&json!(["m1", 1, false, true])), "{out}");
+    assert_eq!(got[0], json!(["m0", 0, true, true]), "{out}");
+    assert!(got.contains(&json!(["presettled", 0, true, false])), "a message sent without durable is not persistent: {out}");
+    assert_eq!(out["fast"], "at-most-once");
+    // Everything was settled: nothing waits, nothing in flight.
+    eventually("queues empty", Duration::from_secs(10), || b.queue_depth("/queue/orders") == 0 && b.queue_depth("/queue/fast") == 0);
+    assert!(metric_value(b.admin_port, "duomq_amqp_messages_in_total") >= 5);
+    assert!(metric_value(b.admin_port, "duomq_amqp_connections_opened_total") >= 1);
+}
+
+#[test]
+fn stomp_and_amqp_share_a_queue_with_headers_mapped_both_ways() {
+    let b = amqp_broker("amqp-stomp", "");
+    let mut stomp = b.connect();
+    stomp.send(
+        &Frame::new(Command::Send)
+            .header("destination", "/queue/shared")
+            .header("persistent", "true")
+            .header("priority", "7")
+            .header("correlation-id", "corr-1")
+            .header("reply-to", "/queue/answers")
+            .header("color", "blue")
+            .header("receipt", "s1")
+            .with_body("from stomp"),
+    );
+    stomp.expect(Command::Receipt);
+    let out = proton(
+        r#"
+        c = connect()
+        r = c.create_receiver("shared", credit=1, name="c")
+        m = r.receive(timeout=10)
+        out["stomp_to_amqp"] = {"body": body(m), "durable": m.durable, "priority": m.priority,
+            "correlation_id": m.correlation_id, "reply_to": m.reply_to, "properties": m.properties,
+            "body_type": type(m.body).__name__}
+        r.accept()
+        s = c.create_sender("topic://ignored-no-subscriber", name="t")
+        s.send(Message(body="nobody listens"))
+        s2 = c.create_sender("/queue/shared", name="p")
+        s2.send(Message(body="from amqp", durable=True, subject="greeting", correlation_id="corr-2",
+            properties={"size": 3, "fresh": True, "name": "x"}))
+        s2.send(Message(body=b"\x00\x01bytes"))
+        c.close()
+        "#,
+        b.amqp_port,
+        &[],
+    );
+    let m = &out["stomp_to_amqp"];
+    assert_eq!(m["body"], "from stomp", "{out}");
+    assert_eq!(m["durable"], true);
+    assert_eq!(m["priority"], 7);
+    assert_eq!(m["correlation_id"], "corr-1");
+    assert_eq!(m["reply_to"], "/queue/answers");
+    assert_eq!(m["properties"], json!({"color": "blue"}), "{out}");
+    assert_eq!(m["body_type"], "str", "a text body travels as an amqp-value string: {out}");
+
+    stomp.subscribe("s", "/queue/shared", "client-individual", &[]);
+    let text = stomp.expect(Command::Message);
+    assert_eq!(common::body_text(&text), "from amqp");
+    assert_eq!(text.get("persistent"), None, "STOMP MESSAGE frames carry no persistent header");
+    assert_eq!(text.get("subject"), Some("greeting"));
+    assert_eq!(text.get("correlation-id"), Some("corr-2"));
+    assert_eq!(text.get("size"), Some("3"));
+    assert_eq!(text.get("fresh"), Some("true"));
+    assert_eq!(text.get("name"), Some("x"));
+    assert_eq!(text.get("content-type"), Some("text/plain; charset=utf-8"));
+    let mut arrived = stomp.ack(&text, true);
+    let bytes = if arrived.is_empty() { stomp.expect(Command::Message) } else { arrived.remove(0) };
+    assert_eq!(&bytes.body[..], b"\x00\x01bytes");
+    assert_eq!(bytes.get("content-type"), Some("application/octet-stream"));
+    stomp.ack(&bytes, true);
+}
+
+#[test]
+fn sasl_plain_proves_users_and_permissions_apply_per_link() {
+    let config = r#"
+auth:
+  users:
+    - {name: app, password: secret}
+    - {name: reader, password: pw}
+  roles:
+    producers: [app]
+    consumers: [app, reader]
+  permissions:
+    - {match: /queue/work, send: [producers], consume: [consumers], create: [producers]}
+"#;
+    let b = amqp_broker("amqp-sasl", config);
+    let wrong = user("app", "nope");
+
+    let out = proton(
+        r#"
+        try:
+            connect()
+            out["connected"] = True
+        except Exception as e:
+            out["error"] = str(e)
+        try:
+            BlockingConnection(url, timeout=10, allowed_mechs="ANONYMOUS")
+            out["anonymous"] = True
+        except Exception as e:
+            out["anonymous_error"] = str(e)
+        "#,
+        b.amqp_port,
+        &env(&wrong),
+    );
+    assert!(out.get("connected").is_none(), "a wrong password must not connect: {out}");
+    assert!(out.get("anonymous").is_none(), "anonymous must not connect with users configured: {out}");
+    eventually("refusals counted", Duration::from_secs(5), || {
+        metric_value(b.admin_port, "duomq_amqp_connections_refused_total{reason=\"authentication\"}") >= 1
+    });
+    assert!(b.log_text().contains("refused AMQP connection: authentication failed"), "logged");
+
+    let app = user("app", "secret");
+    let out = proton(
+        r#"
+        c = connect()
+        c.create_sender("work", name="p").send(Message(body="job", durable=True))
+        try:
+            c.create_sender("elsewhere", name="p2").send(Message(body="refused"))
+            out["elsewhere"] = "sent"
+        except Exception as e:
+            out["elsewhere"] = condition(e)
+        c.close()
+        "#,
+        b.amqp_port,
+        &env(&app),
+    );
+    assert_eq!(out["elsewhere"], "amqp:unauthorized-access", "{out}");
+    let reader = user("reader", "pw");
+    let out = proton(
+        r#"
+        c = connect()
+        try:
+            c.create_sender("work", name="p").send(Message(body="not allowed"))
+            out["send"] = "sent"
+        except Exception as e:
+            out["send"] = condition(e)
+        c2 = connect()
+        r = c2.create_receiver("work", credit=1, name="c")
+        out["got"] = body(r.receive(timeout=10))
+        r.accept()
+        c2.close()
+        "#,
+        b.amqp_port,
+        &env(&reader),
+    );
+    assert_eq!(out["send"], "amqp:unauthorized-access", "{out}");
+    assert_eq!(out["got"], "job", "{out}");
+}
+
+fn user(name: &str, password: &str) -> Vec<(&'static str, std::ffi::OsString)> {
+    vec![("AMQP_USER", name.into()), ("AMQP_PASSWORD", password.into())]
+}
+
+fn env<'a>(vars: &'a [(&'static str, std::ffi::OsString)]) -> Vec<(&'static str, &'a OsStr)> {
+    vars.iter().map(|(k, v)| (*k, v.as_os_str())).collect()
+}
+
+/// Reads until the broker closes the socket (or `limit` passes); returns what it sent.
+fn read_until_closed(stream: &mut TcpStream, limit: Duration) -> (Vec<u8>, bool) {
+    stream.set_read_timeout(Some(limit)).expect("timeout");
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    loop {
+        match stream.read(&mut buf) {
+            Ok(0) => return (got, true),
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => return (got, true),
+            Err(_) => return (got, false),
+        }
+    }
+}
+
+#[test]
+fn bad_input_closes_the_connection_cleanly() {
+    let b = Broker::start("amqp-bad", "amqp:\n  enabled: true\n  maxFrameSize: 1KiB\n  idleTimeout: 0s\nstomp:\n  connectTimeout: 2s\n");
+    let amqp_header = b"AMQP\x00\x01\x00\x00";
+    let sasl_header = b"AMQP\x03\x01\x00\x00";
+    // Garbage instead of a protocol header: the broker answers with the header it speaks and closes.
+    let mut s = TcpStream::connect(("127.0.0.1", b.amqp_port)).expect("connect");
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").expect("write");
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert!(closed, "garbage must close the connection");
+    assert!(got.starts_with(b"AMQP"), "the broker names the protocol it speaks: {got:?}");
+    // A plain AMQP header where SASL is required, then a begin before any open.
+    let mut s = TcpStream::connect(("127.0.0.1", b.amqp_port)).expect("connect");
+    s.write_all(amqp_header).expect("write");
+    let begin = [0u8, 0, 0, 0x1c, 2, 0, 0, 0, 0, 0x53, 0x11, 0xc0, 0x0f, 0x04, 0x40, 0x43, 0x70, 0, 0, 0x08, 0, 0x70, 0, 0, 0x08, 0, 0, 0];
+    let _ = s.write_all(&begin);
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert!(closed, "frames before open must close the connection");
+    // SASL header, then a frame far beyond maxFrameSize.
+    let mut s = TcpStream::connect(("127.0.0.1", b.amqp_port)).expect("connect");
+    s.write_all(sasl_header).expect("write");
+    let mut huge = vec![0u8; 8];
+    huge[..4].copy_from_slice(&(64u32 * 1024 * 1024).to_be_bytes());
+    huge[4] = 2;
+    huge[5] = 1;
+    let _ = s.write_all(&huge);
+    let _ = s.write_all(&vec![0x41u8; 64 * 1024]);
+    let (_, closed) = read_until_closed(&mut s, Duration::from_secs(10));
+    assert!(closed, "an oversized frame must close the connection");
+    // Half a header, then silence: closed by the connect timeout, not held forever.
+    let mut s = TcpStream::connect(("127.0.0.1", b.amqp_port)).expect("connect");
+    s.write_all(b"AMQ").expect("write");
+    // The broker is still serving.
+    let out = proton(
+        r#"
+        c = connect()
+        c.create_sender("alive", name="p").send(Message(body="still here"))
+        r = c.create_receiver("alive", credit=1, name="c")
+        out["got"] = body(r.receive(timeout=10))
+        r.accept()
+        c.close()
+        "#,
+        b.amqp_port,
+        &[],
+    );
+    assert_eq!(out["got"], "still here");
+    drop(s);
+    assert!(metric_value(b.admin_port, "duomq_amqp_connections_refused_total{reason=\"protocol\"}") >= 2, "{}", b.log_text());
+}
+
+#[test]
+fn settled_messages_survive_kill9_and_unsettled_deliveries_are_redelivered() {
+    let mut b = amqp_broker("amqp-durable", "");
+    let out = proton(
+        r#"
+        c = connect()
+        s = c.create_sender("durable", name="p")
+        for i in range(50):
+            s.send(Message(body="d%d" % i, durable=True))
+        out["sent"] = 50
+        c.close()
+        "#,
+        b.amqp_port,
+        &[],
+    );
+    assert_eq!(out["sent"], 50);
+    b.kill9();
+    b.restart();
+    // A consumer takes ten without settling and drops its connection: they come back.
+    let out = proton(
+        r#"
+        c = connect()
+        r = c.create_receiver("durable", credit=10, name="c")
+        out["held"] = [body(r.receive(timeout=10)) for _ in range(10)]
+        c.close()
+        c = connect()
+        r = c.create_receiver("durable", credit=100, name="c")
+        got = []
+        for _ in range(50):
+            m = r.receive(timeout=10)
+            got.append([body(m), m.first_acquirer])
+            r.accept()
+        out["got"] = got
+        # Detached first: the dispositions are in before the link goes (a disposition
+        # racing the connection's close may be lost, and its message delivered again).
+        r.close()
+        c.close()
+        "#,
+        b.amqp_port,
+        &[],
+    );
+    let got = out["got"].as_array().expect("got");
+    let mut bodies: Vec<String> = got.iter().map(|m| m[0].as_str().unwrap_or_default().to_string()).collect();
+    bodies.sort();
+    let mut want: Vec<String> = (0..50).map(|i| format!("d{i}")).collect();
+    want.sort();
+    assert_eq!(bodies, want, "every settled message after kill -9, once: {out}");
+    let redelivered = got.iter().filter(|m| m[1] == json!(false)).count();
+    assert!(redelivered >= 10, "the ten held unsettled come back as redeliveries: {out}");
+    eventually("queue empty", Duration::from_secs(10), || b.queue_depth("/queue/durable") == 0);
+}
+
+/// fe2o3-amqp's client: link credit is the flow control, and transfers are settled
+/// `accepted` once stored.
+#[test]
+fn fe2o3_client_credit_limits_deliveries() {
+    use fe2o3_amqp::link::receiver::CreditMode;
+    use fe2o3_amqp::types::messaging::Outcome;
+    use fe2o3_amqp::{Connection, Receiver, Sender, Session};
+    let b = amqp_broker("amqp-credit", "");
+    let url = format!("amqp://127.0.0.1:{}", b.amqp_port);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    runtime.block_on(async {
+        let mut connection = Connection::builder()
+            .container_id("credit-test")
+            .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Anonymous)
+            .open(url.as_str())
+            .await
+            .expect("open");
+        let mut session = Session::begin(&mut connection).await.expect("begin");
+        let mut sender = Sender::attach(&mut session, "p", "credit").await.expect("sender");
+        for i in 0..5 {
+            let outcome = sender.send(format!("c{i}")).await.expect("send");
+            assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+        }
+        let mut receiver = Receiver::builder()
+            .name("c")
+            .source("credit")
+            .credit_mode(CreditMode::Manual)
+            .attach(&mut session)
+            .await
+            .expect("receiver");
+        receiver.set_credit(2).await.expect("credit");
+        for want in ["c0", "c1"] {
+            let d = tokio::time::timeout(Duration::from_secs(10), receiver.recv::<String>()).await.expect("in time").expect("recv");
+            assert_eq!(d.body(), want);
+            receiver.accept(&d).await.expect("accept");
+        }
+        let more = tokio::time::timeout(Duration::from_millis(700), receiver.recv::<String>()).await;
+        assert!(more.is_err(), "no delivery beyond the credit granted: {more:?}");
+        receiver.set_credit(3).await.expect("credit");
+        for want in ["c2", "c3", "c4"] {
+            let d = tokio::time::timeout(Duration::from_secs(10), receiver.recv::<String>()).await.expect("in time").expect("recv");
+            assert_eq!(d.body(), want);
+            receiver.accept(&d).await.expect("accept");
+        }
+        receiver.close().await.expect("close receiver");
+        sender.close().await.expect("close sender");
+        session.end().await.expect("end");
+        connection.close().await.expect("close");
+    });
+    eventually("queue empty", Duration::from_secs(10), || b.queue_depth("/queue/credit") == 0);
+}
