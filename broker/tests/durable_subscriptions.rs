@@ -4,7 +4,8 @@
 //! survives kill -9 of the broker and a failover to the promoted backup; a selector keeps
 //! only what it selects; UNSUBSCRIBE with the name removes the subscription and its
 //! messages; a second consumer is refused; a plain topic subscriber still misses what is
-//! published while it is away.
+//! published while it is away. With `addressFullPolicy: page` on its topic, an away
+//! subscription's backlog is paged, survives kill -9 paged, and arrives in order.
 
 mod common;
 
@@ -214,11 +215,12 @@ fn given_a_durable_subscription_with_a_selector_should_keep_only_what_it_selects
 #[test]
 fn given_durable_subscription_full_while_away_should_hold_producers_back_and_keep_its_whole_backlog() {
     // A plain subscriber this far behind would be cut off (slowTopicSubscriber: disconnect);
-    // a durable subscription is a queue: its producers wait, then are refused, and what it
-    // holds stays.
+    // a durable subscription is a queue: with addressFullPolicy block its producers wait,
+    // then are refused, and what it holds stays (with page, the default, it would page).
     let b = Broker::start(
         "durable-full",
-        "memory:\n  maxQueueBytes: 64KiB\n  maxBrokerBytes: 1MiB\n  producerBlockTimeout: 300ms\n  slowTopicSubscriber: disconnect\n",
+        "memory:\n  maxQueueBytes: 64KiB\n  maxBrokerBytes: 1MiB\n  producerBlockTimeout: 300ms\n  slowTopicSubscriber: disconnect\n\
+         addressSettings:\n  - match: /topic/prices\n    addressFullPolicy: block\n",
     );
     assert_eq!(on(&b, client("app-8"), json!([durable_subscribe("s", "bulk"), disconnect()])).done, 2);
     let big = json!({ "op": "send", "destination": TOPIC, "body": "x", "size": 4096, "persistent": true });
@@ -231,4 +233,43 @@ fn given_durable_subscription_full_while_away_should_hold_producers_back_and_kee
     assert_eq!(metric_value(b.admin_port, "duomq_slow_topic_subscribers_disconnected "), 0);
     let got = on(&b, client("app-8"), json!([durable_subscribe("s", "bulk"), receive(stored), quiet(), disconnect()]));
     assert_eq!(got.messages.len(), stored, "every receipted message arrives, and nothing more");
+}
+
+#[test]
+fn given_a_paging_topic_should_page_an_away_subscription_backlog_and_deliver_it_in_order_after_kill_9() {
+    const COUNT: usize = 3000;
+    let mut b = Broker::start("durable-paging", "addressSettings:\n  - match: /topic/prices\n    maxSizeBytes: 256KiB\n    addressFullPolicy: page\n");
+    let subscriber = [("accept-version", "1.2"), ("host", "/"), ("client-id", "app-9")];
+    let mut away = Conn::connect(b.stomp_port, &subscriber);
+    away.subscribe("s", TOPIC, "client-individual", &[("activemq.subscriptionName", "backlog")]);
+    away.disconnect();
+    // Pipelined, the last one receipted: every earlier one is stored once it arrives.
+    let mut producer = b.connect();
+    let codec = duomq_broker::stomp::StompCodec::new(Default::default());
+    let mut bytes = bytes::BytesMut::new();
+    for n in 0..COUNT {
+        let mut f = Frame::new(Command::Send).header("destination", TOPIC).header("persistent", "true").header("n", n.to_string()).with_body("x".repeat(1024));
+        if n == COUNT - 1 {
+            f = f.header("receipt", "last");
+        }
+        codec.encode(&f, &mut bytes);
+    }
+    producer.send_bytes(&bytes).expect("send");
+    producer.expect(Command::Receipt);
+    let paged = |b: &Broker| durable_status(&b.status(), "app-9", "backlog").map(|d| (d["depth"].as_u64().unwrap_or(0), d["paged"].as_u64().unwrap_or(0)));
+    let (depth, held) = paged(&b).expect("listed");
+    assert!(held > COUNT as u64 / 2 && depth + held == COUNT as u64, "most of the backlog is paged: depth {depth}, paged {held}");
+
+    b.kill9();
+    b.restart();
+    let (depth, held) = paged(&b).expect("recovered");
+    assert!(held > COUNT as u64 / 2 && depth + held == COUNT as u64, "recovered paged: depth {depth}, paged {held}");
+    let mut back = Conn::connect(b.stomp_port, &subscriber);
+    back.subscribe("s", TOPIC, "client-individual", &[("activemq.subscriptionName", "backlog"), ("activemq.prefetchSize", "100")]);
+    for n in 0..COUNT {
+        let m = back.expect(Command::Message);
+        assert_eq!(m.get("n"), Some(n.to_string().as_str()), "lost, doubled or reordered");
+        back.ack(&m, false);
+    }
+    assert_eq!(paged(&b), Some((0, 0)));
 }

@@ -631,6 +631,10 @@ pub struct DurableSubscriptionStatus {
     /// Delivered to its consumer and not yet acknowledged.
     pub in_flight: u64,
     pub bytes: u64,
+    /// Kept in the journal only (its topic's `addressFullPolicy: page`), not yet read back;
+    /// not counted in `depth`.
+    #[serde(default)]
+    pub paged: u64,
     /// Whether its consumer is attached now.
     pub consumer_attached: bool,
 }

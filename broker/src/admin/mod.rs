@@ -189,6 +189,7 @@ async fn status(State(s): State<AdminState>, headers: HeaderMap) -> Response {
                 depth: d.depth as u64,
                 in_flight: d.in_flight as u64,
                 bytes: d.bytes as u64,
+                paged: d.paged,
                 consumer_attached: d.consumer_attached,
             })
             .collect(),

@@ -202,6 +202,12 @@ impl AddressSettingsTable {
         AddressSettingsTable { default_policy: policy, ..self }
     }
 
+    /// The smallest `maxSizeBytes` any destination has (a durable subscription's backlog
+    /// is recovered into the paged state past it, see `engine::Broker::open`).
+    pub fn smallest_max_size_bytes(&self) -> usize {
+        self.entries.iter().filter_map(|(_, e)| e.max_size_bytes).map(|b| b.as_usize()).fold(self.max_queue_bytes, usize::min)
+    }
+
     /// The settings of `destination` (`/queue/NAME` or `/topic/NAME`).
     pub fn resolve(&self, destination: &str) -> AddressSettings {
         let mut s = AddressSettings::defaults(self.max_queue_bytes);

@@ -307,6 +307,9 @@ impl Durable {
             if let (true, Target::Queue(q)) = (send.paged, &send.target) {
                 q.unpage(send.message.id, send.message.footprint());
             }
+            for copy in &send.copies {
+                copy.discard();
+            }
         }
     }
 }
@@ -338,12 +341,13 @@ impl Broker {
             }
         }
         self.route_group(&target, &mut incoming.headers).await?;
-        let admitted = self.admit(&target, journaled).await?;
+        let admitted = self.admit(&target, journaled, incoming.persistent).await?;
         let blocked = admitted.blocked;
         let message = self.message(&target, incoming);
         let paged = admitted.pageable && matches!(&target, Target::Queue(q) if self.page_if_needed(q, &message));
         let reservation = if paged { self.reserve_broker_wide(0) } else { self.reserve(&target, &message) };
-        let copies = durable::copies(self, &target, &message);
+        let mut copies = durable::copies(self, &target, &message);
+        durable::page_copies(self, &mut copies);
         let send = Prepared { target, message, journaled, reservation, blocked, copies, paged };
         let ops: Vec<Op> = send.ops().collect();
         let append = (!ops.is_empty()).then(|| self.store.append(ops, commit));
@@ -358,7 +362,7 @@ impl Broker {
         let target = self.resolve(&incoming.destination)?;
         let journaled = incoming.persistent && matches!(target, Target::Queue(_));
         self.route_group(&target, &mut incoming.headers).await?;
-        let admitted = self.admit(&target, journaled).await?;
+        let admitted = self.admit(&target, journaled, incoming.persistent).await?;
         let message = self.message(&target, incoming);
         // Pageable sends are decided at commit, and count nowhere until then.
         let reservation = self.reserve_broker_wide(if admitted.pageable { 0 } else { message.footprint() });
@@ -370,6 +374,9 @@ impl Broker {
     /// or none); the acks were applied in memory already, the sends are published through
     /// the [`Durable`] the acceptance resolves to.
     pub fn commit(self: &Arc<Self>, mut sends: Vec<Prepared>, acks: Settled, commit: Commit) -> Acceptance {
+        for send in sends.iter_mut() {
+            durable::page_copies(self, &mut send.copies);
+        }
         for send in sends.iter_mut().filter(|s| s.paged) {
             let Target::Queue(q) = &send.target else { continue };
             send.paged = self.page_if_needed(q, &send.message);

@@ -34,7 +34,7 @@ pub(super) struct Admitted {
 impl Broker {
     /// Applies the destination's full policy and the disk quota to a message about to be
     /// accepted; `journaled`: persistent, to a queue.
-    pub(super) async fn admit(&self, target: &Target, journaled: bool) -> Result<Admitted, AcceptError> {
+    pub(super) async fn admit(&self, target: &Target, journaled: bool, persistent: bool) -> Result<Admitted, AcceptError> {
         if journaled {
             self.check_disk_quota()?;
         }
@@ -49,7 +49,9 @@ impl Broker {
         // A topic's producers wait for its fullest durable subscription (memory.maxQueueBytes).
         let limit = queue.map_or(self.memory.queue_limit, |q| q.settings.max_size_bytes);
         let memory = &self.memory;
-        let queue_bytes = || Broker::target_bytes(target);
+        // A persistent message's copies for durable subscriptions that page are paged.
+        let copies_page = persistent && self.store.journal().is_some();
+        let queue_bytes = || Broker::target_bytes(target, copies_page);
         if memory.used() < memory.broker_limit && queue_bytes() < limit {
             return Ok(Admitted { blocked: false, pageable });
         }

@@ -269,15 +269,10 @@ mod tests {
     #[tokio::test]
     async fn given_a_paging_dead_letter_queue_should_page_a_dead_letter_and_read_it_back_last() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let settings = vec![
-            AddressSettingsEntry { pattern: "/queue/orders".into(), max_delivery_attempts: Some(1), ..Default::default() },
-            AddressSettingsEntry {
-                pattern: "/queue/DLQ.orders".into(),
-                max_size_bytes: Some(crate::config::ByteSize::kib(64)),
-                address_full_policy: Some(crate::config::FullPolicy::Page),
-                ..Default::default()
-            },
-        ];
+        let settings: Vec<AddressSettingsEntry> = [AddressSettingsEntry { pattern: "/queue/orders".into(), max_delivery_attempts: Some(1), ..Default::default() }]
+        .into_iter()
+        .chain(crate::engine::paging::test_kit::paging_past_64kib("/queue/DLQ.orders"))
+        .collect();
         let broker = open(dir.path(), settings);
         let stop = CancellationToken::new();
         tokio::spawn(crate::engine::schedule::run(Arc::clone(&broker), stop.clone()));
@@ -303,17 +298,9 @@ mod tests {
         assert_eq!((after.paged, after.depth, after.bytes), (before.paged + 1, before.depth, before.bytes), "paged, not held in memory: {after:?}");
         assert_eq!(broker.metrics.messages_dead_lettered.get(), 1);
         // Read back behind the others once consumers catch up.
-        let pager = tokio::spawn(crate::engine::paging::run(Arc::clone(&broker), stop.clone()));
-        let (key, mut dead) = consumer(&broker, &dlq);
-        let mut got = Vec::new();
-        while got.len() < 101 {
-            let d = next(&mut dead).await;
-            got.push(header(&d.entry.message, "n").expect("n").to_string());
-            broker.acknowledge_lazy(broker.settle(&dlq, key, d.tag, false, false).expect("ack"));
-        }
-        assert_eq!(got.last().map(String::as_str), Some("dead"));
+        let got = crate::engine::paging::test_kit::drain(&broker, &dlq, 101).await;
+        assert_eq!(got.last().map(|(n, _)| n.as_str()), Some("dead"));
         stop.cancel();
-        let _ = pager.await;
     }
 
     #[tokio::test]

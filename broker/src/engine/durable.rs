@@ -7,6 +7,10 @@
 //! A durable subscription is an ordinary engine queue fed by its topic, so acks,
 //! redelivery and memory limits work as on any queue (a full one holds the topic's
 //! producers back, as a full queue does; the slow-topic-subscriber policy never cuts it).
+//! It follows its topic's `addressSettings` like any queue: with `addressFullPolicy:
+//! page`, past its `maxSizeBytes` its persistent copies stay in the journal only and are
+//! read back as its consumer catches up (see [`super::paging`]), so a subscriber away for
+//! long holds up neither memory nor the topic's producers.
 //! Each persistent message published to the topic is journaled once per durable
 //! subscription, as a copy with an id of its own under the journal destination
 //! `/durable/<definition id>` (never a client destination): acknowledging it is an
@@ -42,6 +46,9 @@ pub const DEFINITIONS: &str = "/queue/$duomq.durable-subscriptions";
 
 /// The journal destination of a subscription's persistent copies, before its definition id.
 const STORAGE_PREFIX: &str = "/durable/";
+
+/// Paged copies acknowledged per journal record when a subscription or its stale copies go.
+const PAGED_ACKS: usize = 10_000;
 
 /// Header names of a definition record.
 const CLIENT_ID: &str = "client-id";
@@ -134,9 +141,10 @@ impl TopicDurables {
         self.0.read().len()
     }
 
-    /// Bytes held by the fullest of them: what holds the topic's producers back.
-    pub fn max_bytes(&self) -> usize {
-        self.0.read().iter().map(|d| d.queue.bytes()).max().unwrap_or(0)
+    /// Bytes held by the fullest of them: what holds the topic's producers back; with
+    /// `skip_paging`, of those that do not page (a persistent message's copy is paged there).
+    pub fn max_bytes(&self, skip_paging: bool) -> usize {
+        self.0.read().iter().filter(|d| !(skip_paging && d.queue.pages())).map(|d| d.queue.bytes()).max().unwrap_or(0)
     }
 
     fn add(&self, sub: &Arc<DurableSubscription>) {
@@ -155,12 +163,21 @@ type SubscriptionId = (Arc<str>, Arc<str>);
 #[derive(Debug, Default)]
 pub struct Registry(Mutex<HashMap<SubscriptionId, Arc<DurableSubscription>>>);
 
+impl Registry {
+    /// The queues of every durable subscription.
+    pub(super) fn queues(&self) -> Vec<Arc<Queue>> {
+        self.0.lock().values().map(|d| Arc::clone(&d.queue)).collect()
+    }
+}
+
 /// One durable subscription's copy of a message published to its topic, on its way to
 /// the subscription's queue (journaled with the message when persistent).
 #[derive(Debug)]
 pub struct DurableCopy {
     sub: Arc<DurableSubscription>,
     entry: Entry,
+    /// Kept in the journal only: its subscription pages (see [`page_copies`]).
+    paged: bool,
 }
 
 impl DurableCopy {
@@ -172,15 +189,38 @@ impl DurableCopy {
         })
     }
 
-    /// Hands the copy to its subscription; one removed meanwhile acknowledges it instead.
+    /// Hands the copy to its subscription (a paged one is there already); one removed
+    /// meanwhile acknowledges it instead, unless its removal took it from the paged ones.
     pub(super) fn publish(self, broker: &Broker) {
+        let id = self.entry.message.id;
         if self.sub.removed.load(Ordering::Acquire) {
-            if self.entry.journaled {
-                broker.forget_records(&[self.entry.message.id]);
+            if self.entry.journaled && (!self.paged || !self.sub.queue.remove_paged(&[id]).is_empty()) {
+                broker.forget_records(&[id]);
             }
             return;
         }
-        self.sub.queue.enqueue(self.entry);
+        if !self.paged {
+            self.sub.queue.enqueue(self.entry);
+        }
+    }
+
+    /// Its record was not written: a paged copy is taken out of the paged ones again.
+    pub(super) fn discard(&self) {
+        if self.paged {
+            self.sub.queue.unpage(self.entry.message.id, self.entry.message.footprint());
+        }
+    }
+}
+
+/// Pages the persistent copies whose subscription pages and is past its `maxSizeBytes`
+/// (as [`Broker::page_if_needed`] does for a queue's message), right before their record
+/// is appended.
+pub(super) fn page_copies(broker: &Broker, copies: &mut [DurableCopy]) {
+    if broker.journal().is_none() {
+        return;
+    }
+    for copy in copies.iter_mut().filter(|c| c.entry.journaled && !c.paged && c.sub.queue.pages()) {
+        copy.paged = broker.page_if_needed(&copy.sub.queue, &copy.entry.message);
     }
 }
 
@@ -210,7 +250,7 @@ pub(super) fn copies(broker: &Broker, target: &Target, message: &Arc<Message>) -
             Arc::clone(message)
         };
         let journaled = message.persistent;
-        DurableCopy { sub: Arc::clone(sub), entry: Entry { message, journaled, redelivered: false, deliveries: 0 } }
+        DurableCopy { sub: Arc::clone(sub), entry: Entry { message, journaled, redelivered: false, deliveries: 0 }, paged: false }
     };
     subs.iter().filter(|sub| sub.queue.wants(message)).map(copy).collect()
 }
@@ -225,6 +265,8 @@ pub struct DurableSnapshot {
     pub depth: usize,
     pub in_flight: usize,
     pub bytes: usize,
+    /// Kept in the journal only, not yet read back (see [`super::paging`]).
+    pub paged: u64,
     pub consumer_attached: bool,
 }
 
@@ -312,6 +354,7 @@ impl Broker {
                     depth: s.depth,
                     in_flight: s.in_flight,
                     bytes: s.bytes,
+                    paged: s.paged,
                     consumer_attached: d.consumer.lock().is_some(),
                 }
             })
@@ -332,6 +375,8 @@ impl Broker {
         if let Some(s) = &selector {
             queue.select(s.clone());
         }
+        let storage: Arc<str> = Arc::from(format!("{STORAGE_PREFIX}{}", record.0));
+        queue.store_as(Arc::clone(&storage));
         let sub = Arc::new(DurableSubscription {
             client_id,
             name,
@@ -339,7 +384,7 @@ impl Broker {
             selector,
             queue,
             record,
-            storage: Arc::from(format!("{STORAGE_PREFIX}{}", record.0)),
+            storage,
             consumer: Mutex::new(None),
             removed: AtomicBool::new(false),
         });
@@ -348,7 +393,9 @@ impl Broker {
     }
 
     /// Stops feeding `sub`, drops what it holds and journals the acknowledgement of its
-    /// definition and of every persistent message it held, as one record.
+    /// definition and of every persistent message it held in memory, as one record; its
+    /// paged copies are acknowledged after it, in records of bounded size (should those be
+    /// lost in a crash, recovery acknowledges them as copies of a removed subscription).
     fn remove_durable(&self, sub: &Arc<DurableSubscription>) -> AppendFuture {
         sub.removed.store(true, Ordering::Release);
         sub.topic.durables.remove(sub);
@@ -359,7 +406,15 @@ impl Broker {
         let held = sub.queue.browse(None, MessageId(u64::MAX), usize::MAX);
         sub.queue.purge();
         let ops = std::iter::once(sub.record).chain(held.iter().filter(|m| m.persistent).map(|m| m.id)).map(Op::Ack).collect();
-        self.store.append(ops, Commit::Grouped)
+        let removal = self.store.append(ops, Commit::Grouped);
+        loop {
+            let paged = sub.queue.take_paged(PAGED_ACKS);
+            if paged.is_empty() {
+                break;
+            }
+            self.forget_records(&paged);
+        }
+        removal
     }
 }
 
@@ -372,7 +427,7 @@ pub(super) fn is_copy(destination: &str) -> bool {
 /// copy back into its subscription (marked redelivered with `possibly_delivered`).
 /// Definitions that cannot be read and copies whose subscription is gone are
 /// acknowledged.
-pub(super) fn recover(broker: &Broker, copies: Vec<StoredMessage>, possibly_delivered: bool) {
+pub(super) fn recover(broker: &Broker, copies: Vec<StoredMessage>, paged: Vec<crate::journal::PagedBacklog>, possibly_delivered: bool) {
     let mut stale = Vec::new();
     let mut by_storage: HashMap<Arc<str>, Arc<DurableSubscription>> = HashMap::new();
     {
@@ -428,6 +483,18 @@ pub(super) fn recover(broker: &Broker, copies: Vec<StoredMessage>, possibly_deli
         });
         sub.queue.enqueue(Entry { message, journaled: true, redelivered: possibly_delivered, deliveries: 0 });
     }
+    for backlog in paged {
+        let Some(sub) = by_storage.get(backlog.destination.as_str()) else {
+            orphans += backlog.ids.len() as usize;
+            let ids: Vec<MessageId> = backlog.ids.iter().map(MessageId).collect();
+            for chunk in ids.chunks(PAGED_ACKS) {
+                broker.forget_records(chunk);
+            }
+            continue;
+        };
+        tracing::info!(client_id = %sub.client_id, name = %sub.name, messages = backlog.ids.len(), bytes = backlog.bytes, "recovered a durable subscription's backlog into the paged state: read back from the journal as its consumer catches up");
+        sub.queue.set_paged(super::paging::Paged::recovered(backlog.ids, backlog.bytes, backlog.from));
+    }
     if orphans > 0 {
         tracing::info!(orphans, "acknowledged recovered messages of removed durable subscriptions");
     }
@@ -447,8 +514,14 @@ mod tests {
     use bytes::Bytes;
 
     fn reopen(dir: &std::path::Path) -> Arc<Broker> {
+        reopen_with(dir, Vec::new())
+    }
+
+    fn reopen_with(dir: &std::path::Path, settings: Vec<crate::config::AddressSettingsEntry>) -> Arc<Broker> {
         let mut config = BrokerConfig::default();
         config.storage.data_dir = dir.to_path_buf();
+        config.storage.segment_size = crate::config::ByteSize::kib(256);
+        config.address_settings = settings;
         config.node.id = "durable-test".into();
         match Broker::open(Arc::new(config), Vec::new(), JournalMetrics::unregistered(), EngineMetrics::default(), false) {
             Ok((broker, _)) => broker,
@@ -532,6 +605,80 @@ mod tests {
         let broker = reopen(dir.path());
         let left: Vec<(String, usize)> = broker.durable_subscriptions().into_iter().map(|d| (d.name, d.depth)).collect();
         assert_eq!(left, [("a".to_string(), 2)], "b and its copy are gone for good");
+        broker.close().expect("close");
+    }
+
+    /// `/topic/t` pages past 64 KiB.
+    fn paging() -> Vec<crate::config::AddressSettingsEntry> {
+        crate::engine::paging::test_kit::paging_past_64kib("/topic/t")
+    }
+
+    async fn publish_numbered(broker: &Arc<Broker>, range: std::ops::Range<usize>) {
+        for n in range {
+            let incoming = Incoming {
+                destination: "/topic/t".into(),
+                headers: vec![("n".into(), n.to_string())],
+                body: Bytes::from(vec![b'x'; 1024]),
+                persistent: true,
+                dedup_id: None,
+            };
+            broker.accept(incoming, Commit::Grouped).await.expect("accept").await.expect("durable").publish();
+        }
+    }
+
+    /// Consumes `count` messages of `sub` with the pager running; returns their `n` headers.
+    async fn drain(broker: &Arc<Broker>, sub: &DurableSubscription, count: usize) -> Vec<usize> {
+        let got = crate::engine::paging::test_kit::drain(broker, &sub.queue, count).await;
+        got.into_iter().map(|(n, _)| n.parse().expect("a number")).collect()
+    }
+
+    /// A broker whose durable subscription (`c1`, `name`) of `/topic/t`, its consumer
+    /// away, holds messages 0..300, most of them paged.
+    async fn away_backlog(dir: &std::path::Path, name: &str) -> (Arc<Broker>, Arc<Topic>, Arc<DurableSubscription>) {
+        let broker = reopen_with(dir, paging());
+        let t = topic(&broker);
+        let (sub, write) = broker.durable_subscribe("c1", name, &t, None, ConsumerKey(1)).expect("subscribe");
+        write.expect("a new definition").await.expect("definition durable");
+        sub.release(ConsumerKey(1));
+        publish_numbered(&broker, 0..300).await;
+        let status = &broker.durable_subscriptions()[0];
+        assert!(status.paged > 200, "most of the backlog is paged: {status:?}");
+        (broker, t, sub)
+    }
+
+    #[tokio::test]
+    async fn given_a_paging_topic_should_page_a_durable_subscription_backlog_and_recover_it_paged() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (broker, t, sub) = away_backlog(dir.path(), "away").await;
+        let status = &broker.durable_subscriptions()[0];
+        assert_eq!(status.depth as u64 + status.paged, 300);
+        assert!(broker.memory().used() < 80 * 1024, "memory holds about maxSizeBytes: {}", broker.memory().used());
+        assert_eq!(drain(&broker, &sub, 100).await, (0..100).collect::<Vec<_>>());
+        broker.close().expect("close");
+        drop((sub, t, broker));
+
+        let broker = reopen_with(dir.path(), paging());
+        let status = &broker.durable_subscriptions()[0];
+        assert!(status.paged > 100 && status.depth < 100, "recovered into the paged state: {status:?}");
+        let sub = broker.durable_subscription("c1", "away").expect("recovered");
+        publish_numbered(&broker, 300..320).await;
+        assert_eq!(drain(&broker, &sub, 220).await, (100..320).collect::<Vec<_>>(), "once each, in order");
+        assert_eq!(broker.durable_subscriptions()[0].paged, 0);
+        broker.close().expect("close");
+    }
+
+    #[tokio::test]
+    async fn given_a_paged_durable_subscription_when_removed_should_acknowledge_its_paged_copies_too() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let (broker, t, sub) = away_backlog(dir.path(), "gone").await;
+        broker.durable_unsubscribe("c1", "gone").expect("remove").await.expect("removal durable");
+        assert_eq!(sub.queue.snapshot().paged, 0);
+        broker.close().expect("close");
+        drop((sub, t, broker));
+        let broker = reopen_with(dir.path(), paging());
+        assert!(broker.durable_subscriptions().is_empty());
+        let stats = broker.journal().expect("a file store").stats();
+        assert_eq!(stats.live_messages, 0, "every copy was acknowledged: {stats:?}");
         broker.close().expect("close");
     }
 }

@@ -490,12 +490,7 @@ mod tests {
 
     /// Every queue pages past 64 KiB.
     fn paging() -> Vec<crate::config::AddressSettingsEntry> {
-        vec![crate::config::AddressSettingsEntry {
-            pattern: ">".into(),
-            max_size_bytes: Some(crate::config::ByteSize::kib(64)),
-            address_full_policy: Some(crate::config::FullPolicy::Page),
-            ..Default::default()
-        }]
+        crate::engine::paging::test_kit::paging_past_64kib(">")
     }
 
     /// Sends `range` as 1 KiB messages numbered by header `n`.

@@ -205,8 +205,13 @@ impl Broker {
         let table = config.address_settings_table().ok();
         let limit = crate::journal::RecoveryLimit {
             in_memory_bytes: Arc::new(move |destination: &str| match &table {
-                // The broker's own records and durable subscriptions' copies are never paged.
-                _ if is_reserved(destination) || !destination.starts_with("/queue/") => usize::MAX,
+                // The broker's own records are never paged.
+                _ if is_reserved(destination) => usize::MAX,
+                // A durable subscription's copies: its topic is not known here (only its
+                // definition record says), so the smallest maxSizeBytes any destination has;
+                // reading back fills its queue up to its own.
+                Some(t) if durable::is_copy(destination) => t.smallest_max_size_bytes(),
+                _ if !destination.starts_with("/queue/") => usize::MAX,
                 Some(t) => t.resolve(destination).max_size_bytes,
                 None => 0,
             }),
@@ -293,7 +298,12 @@ impl Broker {
             queue.enqueue(broker.recovered_entry(&queue, stored, possibly_delivered));
         }
         // A backlog acknowledged in full later in the journal leaves nothing to page.
+        let mut durable_paged = Vec::new();
         for backlog in recovered.paged.into_iter().filter(|b| !b.ids.is_empty()) {
+            if durable::is_copy(&backlog.destination) {
+                durable_paged.push(backlog);
+                continue;
+            }
             let Ok(Target::Queue(queue)) = broker.resolve_unlimited(&backlog.destination) else {
                 tracing::warn!(destination = %backlog.destination, messages = backlog.ids.len(), "skipping recovered paged messages for a non-queue destination");
                 continue;
@@ -301,7 +311,7 @@ impl Broker {
             tracing::info!(queue = %queue.name, messages = backlog.ids.len(), bytes = backlog.bytes, "recovered a backlog into the paged state: read back from the journal as consumers catch up");
             queue.set_paged(paging::Paged::recovered(backlog.ids, backlog.bytes, backlog.from));
         }
-        durable::recover(&broker, durable_copies, possibly_delivered);
+        durable::recover(&broker, durable_copies, durable_paged, possibly_delivered);
         let queues = broker.queues.read().len();
         (broker, RecoveryReport { queues, ..report })
     }
@@ -328,7 +338,9 @@ impl Broker {
 
     /// Queues holding paged messages (see [`paging`]).
     pub fn paging_queues(&self) -> Vec<Arc<Queue>> {
-        self.queues.read().values().filter(|q| q.snapshot_paged() > 0).cloned().collect()
+        let mut out: Vec<Arc<Queue>> = self.queues.read().values().filter(|q| q.snapshot_paged() > 0).cloned().collect();
+        out.extend(self.durables.queues().into_iter().filter(|q| q.snapshot_paged() > 0));
+        out
     }
 
     /// Journal bytes on disk and `storage.maxDiskBytes` (0: unlimited).
@@ -588,10 +600,12 @@ impl Broker {
     /// Bytes held by the queue this target feeds, for producer back-pressure. A topic's
     /// producers are held back by the broker-wide limit and its fullest durable
     /// subscription only: its slow subscribers are dealt with by `memory.slowTopicSubscriber`.
-    pub fn target_bytes(target: &Target) -> usize {
+    /// With `pageable` (a persistent message, the file journal) durable subscriptions that
+    /// page hold nobody back: past their `maxSizeBytes` the message's copy is paged.
+    pub fn target_bytes(target: &Target, pageable: bool) -> usize {
         match target {
             Target::Queue(q) => q.bytes(),
-            Target::Topic(t) => t.durables.max_bytes(),
+            Target::Topic(t) => t.durables.max_bytes(pageable),
         }
     }
 

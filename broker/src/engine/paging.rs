@@ -216,7 +216,7 @@ impl Broker {
         let q = Arc::clone(queue);
         let read = tokio::task::spawn_blocking(move || {
             let journal = reading.journal()?;
-            let want = |m: &StoredMessage| *m.destination == *q.name && q.is_paged(m.id) && pick(m.id);
+            let want = |m: &StoredMessage| m.destination == q.journal_destination() && q.is_paged(m.id) && pick(m.id);
             Some(journal.read_adds_limited(from, LOOK_BUDGET, max.max(1), want))
         })
         .await;
@@ -254,7 +254,7 @@ pub async fn run(broker: Arc<Broker>, stop: CancellationToken) {
             let q = Arc::clone(&queue);
             let read = tokio::task::spawn_blocking(move || {
                 let journal = reading.journal()?;
-                let want = |m: &StoredMessage| *m.destination == *q.name && q.is_paged(m.id);
+                let want = |m: &StoredMessage| m.destination == q.journal_destination() && q.is_paged(m.id);
                 Some(journal.read_adds(cursor, budget, want))
             })
             .await;
@@ -288,13 +288,53 @@ pub async fn run(broker: Arc<Broker>, stop: CancellationToken) {
 }
 
 #[cfg(test)]
+pub(crate) mod test_kit {
+    use super::*;
+    use crate::config::{AddressSettingsEntry, ByteSize, FullPolicy};
+    use crate::engine::accept::Commit;
+    use crate::engine::queue::{AckMode, ConsumerHandle, Outbound};
+
+    /// `addressSettings` paging the destinations `pattern` matches past 64 KiB.
+    pub(crate) fn paging_past_64kib(pattern: &str) -> Vec<AddressSettingsEntry> {
+        vec![AddressSettingsEntry {
+            pattern: pattern.into(),
+            max_size_bytes: Some(ByteSize::kib(64)),
+            address_full_policy: Some(FullPolicy::Page),
+            ..Default::default()
+        }]
+    }
+
+    /// Consumes `count` messages of `queue` with the pager running, acknowledging each
+    /// durably; returns their `n` headers and whether each came marked redelivered.
+    pub(crate) async fn drain(broker: &Arc<Broker>, queue: &Arc<Queue>, count: usize) -> Vec<(String, bool)> {
+        let stop = CancellationToken::new();
+        let pager = tokio::spawn(run(Arc::clone(broker), stop.clone()));
+        let (handle, mut rx) = ConsumerHandle::for_test(broker.next_consumer_key().0, 10, AckMode::ClientIndividual);
+        let key = handle.key;
+        queue.add_consumer(handle);
+        let mut got = Vec::new();
+        while got.len() < count {
+            let Ok(Some(Outbound::Deliver(d))) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await else {
+                panic!("stalled after {} of {count} messages", got.len())
+            };
+            let n = d.entry.message.headers.iter().find(|(k, _)| k == "n").map(|(_, v)| v.clone()).expect("n header");
+            got.push((n, d.entry.redelivered));
+            let settled = broker.settle(queue, key, d.tag, false, false).expect("ack");
+            broker.acknowledge(settled, Commit::Grouped).await.expect("ack durable");
+        }
+        queue.remove_consumer(key);
+        stop.cancel();
+        let _ = pager.await;
+        got
+    }
+}
+
+#[cfg(test)]
 mod tests {
     use super::*;
-    use crate::config::{AddressSettingsEntry, BrokerConfig, ByteSize, FullPolicy};
+    use crate::config::{BrokerConfig, ByteSize, FullPolicy};
     use crate::engine::accept::{AcceptError, Commit, Incoming};
-    use crate::engine::message::ConsumerKey;
     use crate::engine::metrics::EngineMetrics;
-    use crate::engine::queue::{AckMode, ConsumerHandle, Outbound};
     use crate::engine::Target;
     use crate::journal::JournalMetrics;
     use bytes::Bytes;
@@ -309,12 +349,8 @@ mod tests {
         config.storage.data_dir = dir.to_path_buf();
         config.storage.segment_size = ByteSize::kib(256);
         config.node.id = "test".into();
-        config.address_settings = vec![AddressSettingsEntry {
-            pattern: ">".into(),
-            max_size_bytes: Some(ByteSize::kib(64)),
-            address_full_policy: Some(policy),
-            ..Default::default()
-        }];
+        config.address_settings = super::test_kit::paging_past_64kib(">");
+        config.address_settings[0].address_full_policy = Some(policy);
         match Broker::open(Arc::new(config), Vec::new(), JournalMetrics::unregistered(), EngineMetrics::default(), possibly_delivered) {
             Ok((broker, _)) => broker,
             Err(e) => panic!("open broker: {e}"),
@@ -352,25 +388,8 @@ mod tests {
 
     /// As [`drain`], with whether each came marked redelivered.
     async fn drain_marked(broker: &Arc<Broker>, count: usize) -> Vec<(usize, bool)> {
-        let stop = CancellationToken::new();
-        let pager = tokio::spawn(run(Arc::clone(broker), stop.clone()));
-        let q = queue(broker);
-        let (handle, mut rx) = ConsumerHandle::for_test(1, 10, AckMode::ClientIndividual);
-        q.add_consumer(handle);
-        let mut got = Vec::new();
-        while got.len() < count {
-            let Ok(Some(Outbound::Deliver(d))) = tokio::time::timeout(Duration::from_secs(10), rx.recv()).await else {
-                panic!("stalled after {} of {count} messages", got.len())
-            };
-            let n = d.entry.message.headers.iter().find(|(k, _)| k == "n").map(|(_, v)| v.parse().expect("n")).expect("n header");
-            got.push((n, d.entry.redelivered));
-            let settled = broker.settle(&q, ConsumerKey(1), d.tag, false, false).expect("ack");
-            broker.acknowledge_lazy(settled);
-        }
-        q.remove_consumer(ConsumerKey(1));
-        stop.cancel();
-        let _ = pager.await;
-        got
+        let got = super::test_kit::drain(broker, &queue(broker), count).await;
+        got.into_iter().map(|(n, marked)| (n.parse().expect("a number"), marked)).collect()
     }
 
     #[tokio::test]

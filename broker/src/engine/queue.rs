@@ -136,6 +136,9 @@ pub struct Queue {
     pub(super) idle: IdleSweeps,
     /// A topic subscription's selector: the copies it gets (see [`Queue::wants`]).
     selector: std::sync::OnceLock<crate::selector::Selector>,
+    /// The journal destination of its persistent messages when it is not its name (a
+    /// durable subscription's copies, see [`Queue::store_as`]).
+    stored_as: std::sync::OnceLock<Arc<str>>,
 }
 
 impl std::fmt::Debug for Queue {
@@ -423,6 +426,7 @@ impl Queue {
             control: std::sync::OnceLock::new(),
             idle: IdleSweeps::default(),
             selector: std::sync::OnceLock::new(),
+            stored_as: std::sync::OnceLock::new(),
         })
     }
 
@@ -616,6 +620,17 @@ impl Queue {
         let mut st = self.state.lock();
         let average = st.paged.bytes().checked_div(st.paged.count()).unwrap_or(0) as usize;
         st.paged.repage(ids, average);
+    }
+
+    /// Has this queue's persistent messages journaled under `destination` rather than its
+    /// name (a durable subscription's), before any is; the first one given counts.
+    pub(super) fn store_as(&self, destination: Arc<str>) {
+        let _ = self.stored_as.set(destination);
+    }
+
+    /// The journal destination of this queue's persistent messages.
+    pub(super) fn journal_destination(&self) -> &str {
+        self.stored_as.get().map_or(&self.name, |d| d)
     }
 
     /// Holds reading back (see [`super::paging::PagingHold`]).
