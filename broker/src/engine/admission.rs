@@ -11,7 +11,9 @@
 //! Once a queue pages, every persistent message to it is paged until the paged ones are
 //! read back, whatever its policy (a queue recovered with a backlog pages too), so no
 //! later message overtakes an earlier one. The broker-wide `memory.maxBrokerBytes` keeps
-//! its meaning: past it producers of messages that stay in memory wait.
+//! its meaning: past it producers of messages that stay in memory wait. A topic's
+//! producers wait for its fullest durable subscription, except for a persistent message
+//! and a subscription that pages (its copy is paged there, see [`super::durable`]).
 //!
 //! `storage.maxDiskBytes` is checked here too: past it a persistent message is refused.
 

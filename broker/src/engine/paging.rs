@@ -9,6 +9,10 @@
 //! finds it there; a restart recovers a backlog into this paged state rather than into
 //! memory (see [`super::Broker::with_store`]).
 //!
+//! A durable subscription's queue pages the same way: its persistent copies are journaled
+//! under the subscription's own journal destination (`Queue::journal_destination`),
+//! which reading back looks for.
+//!
 //! Reading back ([`run`]): a task wakes whenever memory is released (an ack) and at a
 //! short tick; a paging queue holding less than half its `maxSizeBytes` in memory gets
 //! the next messages of its paged set read from its cursor on, up to its `maxSizeBytes`,
