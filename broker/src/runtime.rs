@@ -277,6 +277,24 @@ async fn serve_live(
     Ok(())
 }
 
+/// What a member that is not live answers clients until `stop`: STOMP's "not live" ERROR
+/// and, with `amqp.enabled`, AMQP's `amqp:connection:redirect` to the live.
+async fn respond_not_live(shared: &Shared, ctx: &HaContext, stomp: &TcpListener, stop: CancellationToken) {
+    let stomp = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), Arc::clone(&shared.tls), stop.clone());
+    match &shared.amqp {
+        Some(amqp) => {
+            let redirect = crate::amqp::redirect::Redirect {
+                group: ctx.group.clone(),
+                node: ctx.node_id.clone(),
+                live: Arc::clone(&ctx.live_amqp),
+                metrics: shared.metrics.amqp.clone(),
+            };
+            tokio::join!(stomp, redirect.serve(amqp, stop));
+        }
+        None => stomp.await,
+    }
+}
+
 async fn close(broker: &Arc<Broker>) -> Result<(), RunError> {
     tracing::info!("connections closed; flushing the journal");
     let closing = Arc::clone(broker);
@@ -319,7 +337,7 @@ async fn hold_fenced(shared: &Shared, ctx: &HaContext, stomp: &TcpListener, shut
     ctx.arbiter.release().await;
     tracing::warn!(group = %ctx.group, "fenced by an admin request: not replicating and never live until unfenced; the data directory is kept");
     let stop_responder = CancellationToken::new();
-    let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), Arc::clone(&shared.tls), stop_responder.clone());
+    let responder = respond_not_live(shared, ctx, stomp, stop_responder.clone());
     let held = tokio::select! {
         _ = fence.unfenced() => Some(true),
         _ = shutdown.cancelled() => None,
@@ -367,7 +385,7 @@ async fn run_replicated(shared: &Shared, stomp: &TcpListener, shutdown: &Cancell
                 }
                 *shared.state.broker.write() = None;
                 let stop_responder = CancellationToken::new();
-                let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), Arc::clone(&shared.tls), stop_responder.clone());
+                let responder = respond_not_live(shared, &ctx, stomp, stop_responder.clone());
                 let outcome = tokio::select! {
                     // Polled first: what was won (a claim, the lock, the lease) is then given up as it
                     // should be, by a live term that obeys the fence at once or by the fenced hold.
@@ -536,7 +554,7 @@ async fn run_shared_store(shared: &Shared, stomp: &TcpListener, shutdown: &Cance
             return Ok(());
         }
         let stop_responder = CancellationToken::new();
-        let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), Arc::clone(&shared.tls), stop_responder.clone());
+        let responder = respond_not_live(shared, &ctx, stomp, stop_responder.clone());
         let broker = tokio::select! {
             // Polled first: what was won (a claim, the lock, the lease) is then given up as it
             // should be, by a live term that obeys the fence at once or by the fenced hold.
@@ -678,7 +696,7 @@ async fn run_shared_database(shared: &Shared, stomp: &TcpListener, shutdown: &Ca
         }
         *shared.state.broker.write() = None;
         let stop_responder = CancellationToken::new();
-        let responder = ha::responder::serve(stomp, ctx.group.clone(), Arc::clone(&ctx.live_stomp), Arc::clone(&shared.tls), stop_responder.clone());
+        let responder = respond_not_live(shared, &ctx, stomp, stop_responder.clone());
         let taken = tokio::select! {
             // Polled first: what was won (a claim, the lock, the lease) is then given up as it
             // should be, by a live term that obeys the fence at once or by the fenced hold.

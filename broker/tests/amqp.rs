@@ -379,3 +379,94 @@ fn fe2o3_client_credit_limits_deliveries() {
     });
     eventually("queue empty", Duration::from_secs(10), || b.queue_depth("/queue/credit") == 0);
 }
+
+/// A backup refuses AMQP clients with `amqp:connection:redirect` naming its live; the
+/// client follows it, and after kill -9 of the live the promoted backup has every message
+/// not acknowledged.
+#[test]
+fn backup_redirects_to_the_live_and_failover_loses_nothing_unacknowledged() {
+    use common::cluster::Member;
+    let root = tempfile::Builder::new().prefix("amqp-redirect").tempdir().expect("tempdir");
+    std::fs::write(root.path().join("password"), "secret\n").expect("password file");
+    let mut live = Member::new(root.path(), "node-a");
+    let mut backup = Member::new(root.path(), "node-b");
+    live.amqp_enabled = true;
+    backup.amqp_enabled = true;
+    live.start(&[backup.peer()], "primary", "", root.path(), "g1", "password");
+    live.wait_live();
+    backup.start(&[live.peer()], "backup", "", root.path(), "g1", "password");
+    backup.wait_synced_backup();
+
+    let out = proton(
+        r#"
+        from proton.handlers import MessagingHandler
+        from proton.reactor import Container
+        class Redirected(MessagingHandler):
+            def on_start(self, event):
+                event.container.connect(url, reconnect=False)
+            def on_connection_error(self, event):
+                c = event.connection.remote_condition
+                out["condition"] = c.name
+                out["description"] = c.description
+                info = c.info or {}
+                out["info"] = {"network-host": str(info.get("network-host")), "hostname": str(info.get("hostname")), "port": int(info.get("port", 0))}
+            def on_transport_error(self, event):
+                out.setdefault("transport_error", str(event.transport.condition))
+        Container(Redirected()).run()
+        follow = "amqp://%s:%s" % (out["info"]["network-host"], out["info"]["port"])
+        c = BlockingConnection(follow, timeout=15)
+        s = c.create_sender("failover", name="p")
+        for i in range(30):
+            s.send(Message(body="f%d" % i, durable=True))
+        r = c.create_receiver("failover", credit=15, name="c")
+        acked = []
+        for i in range(10):
+            m = r.receive(timeout=10)
+            acked.append(body(m))
+            r.accept()
+        held = [body(r.receive(timeout=10)) for _ in range(5)]
+        out["acked"] = acked
+        out["held"] = held
+        r.close()
+        c.close()
+        "#,
+        backup.amqp,
+        &[],
+    );
+    assert_eq!(out["condition"], "amqp:connection:redirect", "{out}");
+    assert_eq!(out["info"]["network-host"], "127.0.0.1", "{out}");
+    assert_eq!(out["info"]["port"], live.amqp, "{out}");
+    assert!(out["description"].as_str().unwrap_or_default().contains("not live"), "{out}");
+    let acked: Vec<String> = serde_json::from_value(out["acked"].clone()).expect("acked");
+    assert_eq!(acked.len(), 10);
+
+    live.kill9();
+    backup.wait_live();
+    let out = proton(
+        r#"
+        c = connect()
+        r = c.create_receiver("failover", credit=50, name="c")
+        got = []
+        while True:
+            try:
+                m = r.receive(timeout=3)
+            except Exception:
+                break
+            got.append(body(m))
+            r.accept()
+        out["got"] = got
+        r.close()
+        c.close()
+        "#,
+        backup.amqp,
+        &[],
+    );
+    let got: Vec<String> = serde_json::from_value(out["got"].clone()).expect("got");
+    let unacknowledged: Vec<String> = (0..30).map(|i| format!("f{i}")).filter(|b| !acked.contains(b)).collect();
+    for body in &unacknowledged {
+        assert!(got.contains(body), "{body} was never acknowledged and must survive the failover: {out}");
+    }
+    // An acknowledgement the live had not replicated yet brings its message back once
+    // (at least once), never a message nobody sent.
+    assert!(got.iter().all(|b| unacknowledged.contains(b) || acked.contains(b)), "{out}");
+}

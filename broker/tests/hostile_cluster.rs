@@ -56,6 +56,7 @@ impl Group {
             name: "node-a".into(),
             cluster: format!("127.0.0.1:{}", self.live_cluster),
             stomp: format!("127.0.0.1:{}", self.live.stomp_port),
+            amqp: String::new(),
         }
     }
 
@@ -258,7 +259,7 @@ fn given_clients_pushing_16_mib_connect_frames_at_a_backup_should_keep_its_rss_b
     std::fs::write(root.path().join("password"), "a-long-random-cluster-password\n").expect("write password");
     let mut live = Member::new(root.path(), "node-a");
     let backup_cluster = common::free_port();
-    let backup_peer = Peer { name: "node-b".into(), cluster: format!("127.0.0.1:{backup_cluster}"), stomp: "127.0.0.1:1".into() };
+    let backup_peer = Peer { name: "node-b".into(), cluster: format!("127.0.0.1:{backup_cluster}"), stomp: "127.0.0.1:1".into(), amqp: String::new() };
     live.start(&[backup_peer], "primary", "", root.path(), "g1", "password");
     live.wait_live();
     let config = format!(

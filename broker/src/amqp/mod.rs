@@ -11,12 +11,13 @@
 //!
 //! Not supported yet (the README says the same, and links asking for them are refused
 //! with `amqp:not-implemented`): transactions, durable subscriptions (durable terminus),
-//! dynamic (temporary) nodes, selectors (source filters), the anonymous relay, TLS
-//! (`amqps`), and redirecting clients from a backup.
+//! dynamic (temporary) nodes, selectors (source filters), the anonymous relay and TLS
+//! (`amqps`). A backup redirects AMQP clients to its live ([`redirect`]).
 
 pub mod address;
 pub mod connection;
 pub mod message;
+pub mod redirect;
 pub mod sasl;
 
 use crate::engine::accept::AcceptError;
@@ -131,7 +132,7 @@ impl AmqpMetrics {
 
 /// What the startup log says is missing, until the whole of AMQP works.
 pub const NOT_SUPPORTED_YET: &str =
-    "transactions, durable subscriptions, temporary (dynamic) nodes, selectors, the anonymous relay, amqps (TLS), backup redirects";
+    "transactions, durable subscriptions, temporary (dynamic) nodes, selectors, the anonymous relay, amqps (TLS)";
 
 /// Serves AMQP clients until `ctx.shutdown` is cancelled, then waits up to `drain` for
 /// connections to close. Shares `stomp.maxConnections` as its own limit.

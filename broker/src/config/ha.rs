@@ -149,6 +149,10 @@ pub struct Member {
     pub cluster: String,
     /// Its STOMP address, `host:port` (named in the ERROR a backup sends to clients).
     pub stomp: String,
+    /// Its AMQP address, `host:port` (where a backup redirects AMQP clients while this
+    /// member is live); empty: AMQP clients of a backup are told no live is known.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub amqp: String,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]

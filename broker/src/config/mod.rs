@@ -653,6 +653,9 @@ impl BrokerConfig {
         if amqp.idle_timeout.get().as_millis() > u128::from(u32::MAX) {
             return invalid("amqp.idleTimeout", "must be at most 49 days (AMQP's idle-time-out is 32-bit milliseconds)");
         }
+        if self.tls.stomp.enabled {
+            return invalid("amqp.enabled", "amqps (TLS on the AMQP listener) is not supported yet, and tls.stomp.enabled is on: AMQP would be plaintext beside a TLS-only STOMP port (turn amqp off, or accept plaintext by not enabling TLS)");
+        }
         Ok(())
     }
 
@@ -775,6 +778,7 @@ mod tests {
         all.admin.open_metrics = false;
         all.destinations.expiry_scan_period = HumanDuration::secs(5);
         all.tls.stomp.enabled = true;
+        all.amqp.enabled = true;
         all.auth.roles.insert("admin".into(), vec!["ops".into()]);
         all.auth.anonymous_roles = vec!["guest".into()];
         all.auth.permissions = vec![Permission {

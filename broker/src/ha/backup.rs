@@ -125,6 +125,7 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
         return Followed::Refused { reason: error_chain(&e) };
     }
     *ctx.live_stomp.write() = Some(live.stomp.clone());
+    *ctx.live_amqp.write() = super::member_amqp(live);
     ctx.following_live();
     // Watch the live's claim being renewed, so its expiry counts from the last renewal
     // seen, not from the moment the live is lost (a live cut off from the arbiter fences

@@ -84,6 +84,9 @@ pub struct HaContext {
     pub status: Arc<RwLock<Option<HaStatus>>>,
     /// The STOMP address of the live, named in a backup's ERROR to clients.
     pub live_stomp: Arc<RwLock<Option<String>>>,
+    /// The AMQP address of the live (its `ha.members` entry's `amqp`), where a backup
+    /// redirects AMQP clients. Set wherever `live_stomp` is, from the same live.
+    pub live_amqp: Arc<RwLock<Option<String>>>,
     /// The role `/status` and `/readyz` report.
     pub role: Arc<RwLock<Role>>,
     /// The live this member follows or is.
@@ -197,6 +200,7 @@ impl HaContext {
                 journal_dir: config.storage.data_dir.join("journal"),
                 status,
                 live_stomp: Arc::new(RwLock::new(None)),
+                live_amqp: Arc::new(RwLock::new(None)),
                 role,
                 live_node: RwLock::new(None),
                 backups: Mutex::new(Vec::new()),
@@ -240,6 +244,7 @@ impl HaContext {
     pub fn show_live(&self, live: Option<&str>, stomp: Option<String>) {
         let changed = self.live_node.read().as_deref() != live;
         *self.live_stomp.write() = stomp;
+        *self.live_amqp.write() = live.and_then(|node| self.config.members.iter().find(|m| m.name == node)).and_then(member_amqp);
         if changed {
             *self.live_node.write() = live.map(str::to_string);
             self.publish(None);
@@ -752,4 +757,9 @@ impl HaContext {
             self.become_role(Role::Backup);
         }
     }
+}
+
+/// Where AMQP clients reach `member` while it is live (its `amqp` entry), if it says.
+pub fn member_amqp(member: &crate::config::Member) -> Option<String> {
+    Some(member.amqp.trim()).filter(|a| !a.is_empty()).map(str::to_string)
 }

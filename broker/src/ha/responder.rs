@@ -34,6 +34,20 @@ pub fn not_live_message(group: &str, live: Option<&str>) -> String {
     }
 }
 
+/// The next connection on `listener`, or `None` once `stop` is cancelled; a failed
+/// accept (out of file descriptors) backs off briefly instead of spinning.
+pub async fn next_client(listener: &TcpListener, stop: &CancellationToken) -> Option<(tokio::net::TcpStream, std::net::SocketAddr)> {
+    loop {
+        tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => return Some(x),
+                Err(_) => tokio::time::sleep(Duration::from_millis(50)).await,
+            },
+            _ = stop.cancelled() => return None,
+        }
+    }
+}
+
 /// Answers every client with "not live" until `stop` is cancelled. `live` is read per
 /// connection, so the answer follows the group as it changes. With `tls.stomp.enabled`
 /// the answer goes over TLS, as the live's would, so `stomp+ssl://` clients read it.
@@ -46,17 +60,7 @@ pub async fn serve(
 ) {
     let answering = Arc::new(tokio::sync::Semaphore::new(MAX_RESPONDER_CONNECTIONS));
     let refused = AtomicU64::new(0);
-    loop {
-        let (tcp, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(_) => {
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
-            _ = stop.cancelled() => return,
-        };
+    while let Some((tcp, peer)) = next_client(listener, &stop).await {
         let Ok(permit) = Arc::clone(&answering).try_acquire_owned() else {
             let total = refused.fetch_add(1, Ordering::Relaxed) + 1;
             if total.is_power_of_two() {

@@ -244,7 +244,7 @@ mod tests {
         #[case] expected: Option<&str>,
     ) {
         let members: Vec<Member> =
-            members.into_iter().map(|(n, s)| Member { name: n.into(), cluster: String::new(), stomp: s.into() }).collect();
+            members.into_iter().map(|(n, s)| Member { name: n.into(), cluster: String::new(), stomp: s.into(), amqp: String::new() }).collect();
         assert_eq!(holder.client_address(&members).as_deref(), expected);
     }
 

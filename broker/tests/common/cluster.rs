@@ -36,6 +36,8 @@ pub struct Peer {
     pub name: String,
     pub cluster: String,
     pub stomp: String,
+    /// Its AMQP address (`ha.members[].amqp`), empty when not named.
+    pub amqp: String,
 }
 
 pub struct Member {
@@ -48,6 +50,10 @@ pub struct Member {
     pub stomp: u16,
     pub admin: u16,
     pub cluster: u16,
+    /// Where `amqp.listen` points.
+    pub amqp: u16,
+    /// Runs the AMQP listener (`amqp.enabled`) and names it to its peers.
+    pub amqp_enabled: bool,
     /// The `arbiter:` block (indented for `ha:`); a shared lock file by default.
     pub arbiter: String,
     /// Extra environment of the process (`KUBECONFIG`, `POD_NAMESPACE`).
@@ -67,6 +73,8 @@ impl Member {
             stomp: free_port(),
             admin: free_port(),
             cluster: free_port(),
+            amqp: free_port(),
+            amqp_enabled: false,
             arbiter: format!("  arbiter:\n    kind: fileLock\n    lockFile: {}\n", root.join("live.lock").display()),
             env: Vec::new(),
             child: None,
@@ -74,7 +82,8 @@ impl Member {
     }
 
     pub fn peer(&self) -> Peer {
-        Peer { name: self.name.clone(), cluster: self.cluster_addr(), stomp: self.stomp_addr() }
+        let amqp = if self.amqp_enabled { format!("{}:{}", self.ip, self.amqp) } else { String::new() };
+        Peer { name: self.name.clone(), cluster: self.cluster_addr(), stomp: self.stomp_addr(), amqp }
     }
 
     pub fn stomp_addr(&self) -> String {
@@ -158,11 +167,12 @@ impl Member {
 
     fn listeners(&self) -> String {
         format!(
-            "node:\n  id: {name}\nstomp:\n  listen: {ip}:{stomp}\nadmin:\n  listen: {ip}:{admin}\n",
+            "node:\n  id: {name}\nstomp:\n  listen: {ip}:{stomp}\nadmin:\n  listen: {ip}:{admin}\n{amqp}",
             name = self.name,
             ip = self.ip,
             stomp = self.stomp,
             admin = self.admin,
+            amqp = if self.amqp_enabled { format!("amqp:\n  enabled: true\n  listen: {}:{}\n", self.ip, self.amqp) } else { String::new() },
         )
     }
 
@@ -276,7 +286,13 @@ impl Member {
 }
 
 fn members_yaml(peers: &[Peer]) -> String {
-    peers.iter().map(|p| format!("    - name: {}\n      cluster: {}\n      stomp: {}\n", p.name, p.cluster, p.stomp)).collect()
+    peers
+        .iter()
+        .map(|p| {
+            let amqp = if p.amqp.is_empty() { String::new() } else { format!("      amqp: {}\n", p.amqp) };
+            format!("    - name: {}\n      cluster: {}\n      stomp: {}\n{amqp}", p.name, p.cluster, p.stomp)
+        })
+        .collect()
 }
 
 /// Merges `extra` into `base`: mappings key by key (recursively), anything else replaced.
