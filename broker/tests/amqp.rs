@@ -470,3 +470,53 @@ fn backup_redirects_to_the_live_and_failover_loses_nothing_unacknowledged() {
     // (at least once), never a message nobody sent.
     assert!(got.iter().all(|b| unacknowledged.contains(b) || acked.contains(b)), "{out}");
 }
+
+/// A JMS selector on the source picks what a queue consumer takes and what a topic
+/// subscription gets; a bad selector and a browser (distribution-mode copy) are refused.
+#[test]
+fn selectors_filter_queue_and_topic_links() {
+    let b = amqp_broker("amqp-selector", "");
+    let out = proton(
+        r#"
+        from proton.reactor import Selector, Copy
+        c = connect()
+        topic = c.create_receiver("topic://prices", credit=10, name="t", options=Selector("color = 'red'"))
+        for dest in ("picky", "topic://prices"):
+            s = c.create_sender(dest, name="p-" + dest)
+            for color in ("blue", "red", "blue", "red"):
+                s.send(Message(body=color + "-" + dest, properties={"color": color}))
+        r = c.create_receiver("picky", credit=10, name="c", options=Selector("color = 'red'"))
+        got = []
+        for _ in range(2):
+            got.append(body(r.receive(timeout=10)))
+            r.accept()
+        out["queue"] = got
+        got = []
+        for _ in range(2):
+            got.append(body(topic.receive(timeout=10)))
+            topic.accept()
+        out["topic"] = got
+        r.close()
+        try:
+            c.create_receiver("picky", credit=1, name="bad", options=Selector("color = = 'x'")).receive(timeout=5)
+            out["bad"] = "attached"
+        except Exception as e:
+            out["bad"] = condition(e)
+        c2 = connect()
+        try:
+            c2.create_receiver("picky", credit=1, name="browse", options=Copy()).receive(timeout=5)
+            out["browse"] = "attached"
+        except Exception as e:
+            out["browse"] = condition(e)
+        c.close()
+        "#,
+        b.amqp_port,
+        &[],
+    );
+    assert_eq!(out["queue"], json!(["red-picky", "red-picky"]), "{out}");
+    assert_eq!(out["topic"], json!(["red-topic://prices", "red-topic://prices"]), "{out}");
+    assert_eq!(out["bad"], "amqp:invalid-field", "{out}");
+    assert_eq!(out["browse"], "amqp:not-implemented", "{out}");
+    // The blue ones wait in the queue for a consumer that takes them.
+    eventually("blue left", Duration::from_secs(10), || b.queue_depth("/queue/picky") == 2);
+}

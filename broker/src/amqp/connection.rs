@@ -177,6 +177,8 @@ struct Plan {
     inbound: bool,
     /// The client receives pre-settled deliveries (at most once).
     presettled: bool,
+    /// Takes only what this selects (a JMS selector filter on the source).
+    selector: Option<crate::selector::Selector>,
 }
 
 fn plan(attach: &Attach, client: &Client) -> Result<Plan, AmqpError> {
@@ -195,8 +197,8 @@ fn plan(attach: &Attach, client: &Client) -> Result<Plan, AmqpError> {
         if source.dynamic {
             return Err(AmqpError::NotImplemented("a dynamic (temporary) source"));
         }
-        if source.filter.as_ref().is_some_and(|f| !f.is_empty()) {
-            return Err(AmqpError::NotImplemented("a source filter (selector)"));
+        if source.distribution_mode == Some(fe2o3_amqp::types::messaging::DistributionMode::Copy) {
+            return Err(AmqpError::NotImplemented("browsing (distribution-mode copy)"));
         }
         let destination = address::destination(source.address.as_deref(), source.capabilities.as_ref())?;
         let durable = source.durable != fe2o3_amqp::types::messaging::TerminusDurability::None;
@@ -205,10 +207,42 @@ fn plan(attach: &Attach, client: &Client) -> Result<Plan, AmqpError> {
         }
         destination
     };
+    let selector = match attach.source.as_deref().and_then(|s| s.filter.as_ref()).filter(|_| !inbound) {
+        Some(filters) => match selector_text(filters)? {
+            Some(text) => Some(client.ctx.broker.selector(text)?),
+            None => None,
+        },
+        None => None,
+    };
     let permission = if inbound { Permission::Send } else { Permission::Consume };
     authorize(&client.ctx.broker, &client.principal, &destination, permission)?;
-    Ok(Plan { destination, inbound, presettled: !inbound && attach.snd_settle_mode == SenderSettleMode::Settled })
+    Ok(Plan { destination, inbound, presettled: !inbound && attach.snd_settle_mode == SenderSettleMode::Settled, selector })
 }
+
+/// The JMS selector among a source's filters (`apache.org:selector-filter:string`, as Qpid
+/// JMS and Proton send it); any other filter is refused.
+fn selector_text(filters: &fe2o3_amqp::types::messaging::FilterSet) -> Result<Option<&str>, AmqpError> {
+    use serde_amqp::descriptor::Descriptor;
+    let mut selector = None;
+    for value in filters.values() {
+        let Value::Described(described) = value else {
+            return Err(AmqpError::NotImplemented("a source filter other than a JMS selector"));
+        };
+        let is_selector = match &described.descriptor {
+            Descriptor::Name(name) => name.as_str() == SELECTOR_FILTER,
+            Descriptor::Code(code) => *code == SELECTOR_FILTER_CODE,
+        };
+        match (&described.value, is_selector) {
+            (Value::String(text), true) => selector = Some(text.as_str()).filter(|t| !t.trim().is_empty()),
+            _ => return Err(AmqpError::NotImplemented("a source filter other than a JMS selector")),
+        }
+    }
+    Ok(selector)
+}
+
+/// The described type of a JMS selector filter (the Apache filter registry).
+const SELECTOR_FILTER: &str = "apache.org:selector-filter:string";
+const SELECTOR_FILTER_CODE: u64 = 0x0000_468C_0000_0004;
 
 /// Whether the client may do `permission` on `destination` (and create it when the broker
 /// does not hold it yet), as STOMP checks a SEND or SUBSCRIBE.
@@ -363,13 +397,20 @@ struct Source {
 }
 
 impl Source {
-    fn attach(broker: &Broker, destination: &str, handle: impl FnOnce(ConsumerKey) -> ConsumerHandle) -> Result<Source, AmqpError> {
-        let (queue, topic) = match broker.resolve(destination)? {
-            Target::Queue(q) => (q, None),
-            Target::Topic(t) => (broker.subscribe_topic_selecting(&t, None), Some(t)),
+    /// A topic's subscription queue selects the copies it gets; a queue's consumer selects
+    /// what it takes (as for a STOMP SUBSCRIBE).
+    fn attach(
+        broker: &Broker,
+        destination: &str,
+        selector: Option<crate::selector::Selector>,
+        handle: impl FnOnce(ConsumerKey, Option<crate::selector::Selector>) -> ConsumerHandle,
+    ) -> Result<Source, AmqpError> {
+        let (queue, topic, selector) = match broker.resolve(destination)? {
+            Target::Queue(q) => (q, None, selector),
+            Target::Topic(t) => (broker.subscribe_topic_selecting(&t, selector), Some(t), None),
         };
         let key = broker.next_consumer_key();
-        queue.add_consumer(handle(key));
+        queue.add_consumer(handle(key, selector));
         Ok(Source { queue, topic, key })
     }
 
@@ -400,14 +441,14 @@ async fn deliver(mut sender: Sender, name: String, plan: Plan, client: Client) {
     let kill = client.gone.child_token();
     let cap = (broker.config.stomp.default_prefetch as usize).max(1);
     let mode = if plan.presettled { AckMode::Auto } else { AckMode::ClientIndividual };
-    let source = match Source::attach(&broker, &plan.destination, |key| ConsumerHandle {
+    let source = match Source::attach(&broker, &plan.destination, plan.selector.clone(), |key, selector| ConsumerHandle {
         key,
         subscription_id: Arc::from(name.as_str()),
         ack_mode: mode,
         prefetch: 1,
         outbox,
         kill: kill.clone(),
-        selector: None,
+        selector,
     }) {
         Ok(s) => s,
         Err(e) => {
@@ -533,5 +574,31 @@ fn settle_outcome(broker: &Arc<Broker>, source: &Source, tag: u64, outcome: &Out
     match broker.settle(&source.queue, source.key, tag, false, nack) {
         Ok(settled) => broker.acknowledge_lazy(settled),
         Err(e) => tracing::debug!(queue = %source.queue.name, tag, error = %e, "AMQP disposition for nothing in flight"),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fe2o3_amqp::types::messaging::FilterSet;
+    use fe2o3_amqp::types::primitives::Symbol;
+    use serde_amqp::descriptor::Descriptor;
+    use serde_amqp::described::Described;
+
+    fn filters(descriptor: Descriptor, value: Value) -> FilterSet {
+        let mut f = FilterSet::new();
+        f.insert(Symbol::from("jms-selector"), Value::Described(Box::new(Described { descriptor, value })));
+        f
+    }
+
+    #[test]
+    fn given_selector_filter_by_name_or_code_should_read_it_and_refuse_others() {
+        let by_name = filters(Descriptor::Name(Symbol::from(SELECTOR_FILTER)), Value::String("a = 1".into()));
+        assert_eq!(selector_text(&by_name).unwrap(), Some("a = 1"));
+        let by_code = filters(Descriptor::Code(SELECTOR_FILTER_CODE), Value::String("b > 2".into()));
+        assert_eq!(selector_text(&by_code).unwrap(), Some("b > 2"));
+        let other = filters(Descriptor::Name(Symbol::from("apache.org:legacy-amqp-topic-binding:string")), Value::String("x".into()));
+        assert!(matches!(selector_text(&other), Err(AmqpError::NotImplemented(_))));
+        assert_eq!(selector_text(&FilterSet::new()).unwrap(), None);
     }
 }

@@ -11,8 +11,8 @@
 //!
 //! Not supported yet (the README says the same, and links asking for them are refused
 //! with `amqp:not-implemented`): transactions, durable subscriptions (durable terminus),
-//! dynamic (temporary) nodes, selectors (source filters), the anonymous relay and TLS
-//! (`amqps`). A backup redirects AMQP clients to its live ([`redirect`]).
+//! dynamic (temporary) nodes, browsing (distribution-mode copy), source filters other than
+//! a JMS selector, the anonymous relay and TLS (`amqps`). A backup redirects AMQP clients to its live ([`redirect`]).
 
 pub mod address;
 pub mod connection;
@@ -55,6 +55,8 @@ pub enum AmqpError {
     NotImplemented(&'static str),
     #[error("{0}")]
     Accept(#[from] AcceptError),
+    #[error("invalid selector: {0}")]
+    Selector(#[from] crate::selector::SelectorError),
     #[error("the broker is shutting down")]
     Shutdown,
 }
@@ -63,7 +65,7 @@ impl AmqpError {
     /// The AMQP error condition and description a client gets.
     pub fn to_amqp(&self) -> definitions::Error {
         let condition = match self {
-            AmqpError::NoAddress | AmqpError::Address(_) | AmqpError::Destination(_) => Condition::InvalidField,
+            AmqpError::NoAddress | AmqpError::Address(_) | AmqpError::Destination(_) | AmqpError::Selector(_) => Condition::InvalidField,
             AmqpError::NotAuthorized(_) => Condition::UnauthorizedAccess,
             AmqpError::Body(_) => Condition::DecodeError,
             AmqpError::NotImplemented(_) => Condition::NotImplemented,
@@ -132,7 +134,7 @@ impl AmqpMetrics {
 
 /// What the startup log says is missing, until the whole of AMQP works.
 pub const NOT_SUPPORTED_YET: &str =
-    "transactions, durable subscriptions, temporary (dynamic) nodes, selectors, the anonymous relay, amqps (TLS)";
+    "transactions, durable subscriptions, temporary (dynamic) nodes, queue browsers, the anonymous relay, amqps (TLS)";
 
 /// Serves AMQP clients until `ctx.shutdown` is cancelled, then waits up to `drain` for
 /// connections to close. Shares `stomp.maxConnections` as its own limit.
