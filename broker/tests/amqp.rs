@@ -520,3 +520,28 @@ fn selectors_filter_queue_and_topic_links() {
     // The blue ones wait in the queue for a consumer that takes them.
     eventually("blue left", Duration::from_secs(10), || b.queue_depth("/queue/picky") == 2);
 }
+
+/// `amqp.idleTimeout` is announced in the open and enforced: a client that sends nothing
+/// at all after its open (here raw bytes: SASL ANONYMOUS, then an open) is disconnected.
+#[test]
+fn silent_clients_are_closed_after_the_idle_timeout() {
+    let b = Broker::start("amqp-idle", "amqp:\n  enabled: true\n  idleTimeout: 1s\n");
+    let mut s = TcpStream::connect(("127.0.0.1", b.amqp_port)).expect("connect");
+    let frame = |kind: u8, body: &[u8]| -> Vec<u8> {
+        let mut f = ((8 + body.len()) as u32).to_be_bytes().to_vec();
+        f.extend_from_slice(&[2, kind, 0, 0]);
+        f.extend_from_slice(body);
+        f
+    };
+    s.write_all(b"AMQP\x03\x01\x00\x00").expect("sasl header");
+    s.write_all(&frame(1, b"\x00\x53\x41\xc0\x0c\x01\xa3\x09ANONYMOUS")).expect("sasl-init");
+    s.write_all(b"AMQP\x00\x01\x00\x00").expect("amqp header");
+    s.write_all(&frame(0, b"\x00\x53\x10\xc0\x04\x01\xa1\x01x")).expect("open");
+    let started = std::time::Instant::now();
+    let (got, closed) = read_until_closed(&mut s, Duration::from_secs(15));
+    assert!(closed, "a silent client must be disconnected");
+    // Its open was answered (the broker's open carries idle-time-out 1000 ms) before.
+    assert!(got.windows(4).any(|w| w == b"AMQP"), "{got:?}");
+    let waited = started.elapsed();
+    assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(10), "closed after {waited:?}");
+}

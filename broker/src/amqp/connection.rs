@@ -67,7 +67,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ConnectionContext) 
     let cfg = &broker.config.amqp;
     let idle = cfg.idle_timeout.get();
     let mut acceptor = ConnectionAcceptor::builder()
-        .container_id(format!("duomq-{}", broker.node_id))
+        .container_id(broker.node_id.clone())
         .max_frame_size(cfg.max_frame_size.0 as u32)
         .sasl_acceptor(sasl)
         .build();

@@ -45,7 +45,7 @@ impl Redirect {
             let live = self.live.read().clone();
             let error = refusal(&self.group, live.as_deref());
             let acceptor = ConnectionAcceptor::builder()
-                .container_id(format!("duomq-{}", self.node))
+                .container_id(self.node.clone())
                 .sasl_acceptor(AnySasl)
                 .build();
             tokio::spawn(async move {
