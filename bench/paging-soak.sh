@@ -46,10 +46,9 @@ below a limit throughout and that nothing is lost or reordered.
   4. Samples the broker's VmRSS (/proc/PID/status) and the queue's depth + paged count
      (admin /status) every second into WORK/rss.tsv, and reads the broker's VmHWM (peak
      RSS, which no sampling misses) before each stop.
-  5. With --kill-during-drain: once the journal is down to half its size at the end of
-     the fill, kills the broker with SIGKILL, starts it again on the same ports (the
-     consumer's failover client reconnects) and reports the restart's time and peak RSS
-     (the recovery's, from VmHWM).
+  5. With --kill-during-drain: once half the backlog is drained, kills the broker with
+     SIGKILL, starts it again on the same ports (the consumer's failover client
+     reconnects) and reports the restart's time and peak RSS (the recovery's, from VmHWM).
 
 Prints the fill and drain rates, the peak RSS per phase, the RSS by backlog size (per
 million messages) and the load average. Exits non-zero when the peak RSS reaches
@@ -63,7 +62,8 @@ Options:
   --producers N         Producer connections (default $PRODUCERS).
   --rss-limit MIB       Fail when the broker's peak RSS reaches this (default $RSS_LIMIT_MIB).
   --page-bytes SIZE     The queue's maxSizeBytes (default $PAGE_BYTES).
-  --kill-during-drain   SIGKILL and restart the broker half way through the drain.
+  --kill-during-drain   SIGKILL and restart the broker half way through the drain (the run
+                        fails if the drain ends before the kill).
   --work DIR            Where the broker's data and the logs go (default: a new directory
                         under \${TMPDIR:-/tmp}); deleted at the end unless --keep.
   --keep                Keep the work directory (data, broker.log, bench.log, rss.tsv).
@@ -159,7 +159,9 @@ YAML
 
 # vm_kib PID FIELD: a /proc/PID/status memory field (VmRSS, VmHWM) in KiB; 0 if gone.
 vm_kib() {
-    awk -v f="$2:" '$1 == f { print $2; found = 1 } END { if (!found) print 0 }' "/proc/$1/status" 2>/dev/null || echo 0
+    local status
+    status=$(cat "/proc/${1:-0}/status" 2>/dev/null) || status=
+    awk -v f="$2:" '$1 == f { print $2; found = 1 } END { if (!found) print 0 }' <<<"$status"
 }
 
 phase() { echo "$1" >"$WORK/phase"; }
@@ -178,20 +180,25 @@ start_broker() {
 # the queue's depth + paged count (- when /status did not answer).
 sample() {
     local started=$SECONDS pid backlog
-    while sleep 1; do
+    while true; do
         pid=$(cat "$WORK/broker.pid" 2>/dev/null || true)
-        [[ -n $pid ]] || continue
-        backlog=$(curl -fsS --max-time 1 "http://127.0.0.1:$ADMIN_PORT/status" 2>/dev/null |
-            jq -r --arg q "$DESTINATION" '[.queues[]? | select(.name == $q) | .depth + .paged] | first // "-"' 2>/dev/null ||
-            echo -)
+        backlog=$(backlog)
         printf '%s\t%s\t%s\t%s\n' "$((SECONDS - started))" "$(cat "$WORK/phase")" "$(vm_kib "$pid" VmRSS)" "${backlog:--}" \
             >>"$WORK/rss.tsv"
+        sleep 1
     done
 }
 
 journal_bytes() { du -sb "$DATA/journal" 2>/dev/null | cut -f1; }
 
+# backlog: the queue's depth + paged count from /status (empty when it did not answer).
+backlog() {
+    curl -fsS --max-time 1 "http://127.0.0.1:$ADMIN_PORT/status" 2>/dev/null |
+        jq -r --arg q "$DESTINATION" '[.queues[]? | select(.name == $q) | .depth + .paged] | first // empty' 2>/dev/null || true
+}
+
 phase start
+: >"$WORK/rss.tsv"
 start_broker
 RSS_IDLE_KIB=$(vm_kib "$BROKER_PID" VmRSS)
 sample &
@@ -216,16 +223,16 @@ RECOVERY_S=
 RECOVERY_HWM_KIB=
 HWM_BEFORE_KILL_KIB=0
 while kill -0 "$BENCH_PID" 2>/dev/null; do
-    sleep 1
+    sleep 0.2
     if [[ -z $FILL_END_JOURNAL ]] && grep -q 'backlog filled; draining' "$WORK/bench.log"; then
         FILL_END_JOURNAL=$(journal_bytes)
         phase drain
         log "filled; journal $((FILL_END_JOURNAL / 1048576)) MiB; draining"
     fi
     if [[ $KILL_DURING_DRAIN == yes && $KILLED == no && -n $FILL_END_JOURNAL ]] &&
-        (($(journal_bytes) < FILL_END_JOURNAL / 2)); then
+        left=$(backlog) && [[ -n $left ]] && ((left <= MESSAGES / 2)); then
         HWM_BEFORE_KILL_KIB=$(vm_kib "$BROKER_PID" VmHWM)
-        log "journal down to half: kill -9 of the broker (pid $BROKER_PID)"
+        log "$left messages left: kill -9 of the broker (pid $BROKER_PID)"
         phase recovery
         kill -KILL "$BROKER_PID"
         wait "$BROKER_PID" 2>/dev/null || true
@@ -247,6 +254,10 @@ kill "$SAMPLER_PID" 2>/dev/null && wait "$SAMPLER_PID" 2>/dev/null || true
 SAMPLER_PID=
 LOAD=$(cut -d' ' -f1-3 /proc/loadavg)
 
+if [[ $KILL_DURING_DRAIN == yes && $KILLED == no ]]; then
+    KEEP=yes
+    die "the drain ended before half the backlog was left: no kill -9 happened (see $WORK/bench.log)"
+fi
 RESULT=$(tail -n 1 "$WORK/bench.json" 2>/dev/null || true)
 if [[ $BENCH_STATUS -ne 0 || -z $RESULT ]] || ! jq -e .backlog >/dev/null 2>&1 <<<"$RESULT"; then
     tail -n 5 "$WORK/bench.log" >&2 || true
