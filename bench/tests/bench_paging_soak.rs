@@ -5,9 +5,8 @@
 
 mod common;
 
-use common::{bench_binary, broker_binary, wait_with_timeout};
-use std::path::Path;
-use std::process::{Command, Stdio};
+use common::run_bench_script;
+use std::ffi::OsStr;
 use std::time::Duration;
 
 /// A small fill and drain in a debug build plus two broker start-ups, on a loaded machine.
@@ -16,21 +15,11 @@ const SOAK_TIMEOUT: Duration = Duration::from_secs(300);
 /// Runs the soak with `args`; returns its exit success and its output (stdout + stderr).
 fn soak(args: &[&str]) -> anyhow::Result<(bool, String)> {
     let root = tempfile::Builder::new().prefix("duomq-paging-soak-").tempdir()?;
-    let log_path = root.path().join("soak.log");
-    let log = std::fs::File::create(&log_path)?;
-    let mut child = Command::new("bash")
-        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("paging-soak.sh"))
-        .args(args)
-        .arg("--work")
-        .arg(root.path().join("work"))
-        .env("DUOMQ_BROKER", broker_binary()?)
-        .env("DUOMQ_BENCH", bench_binary())
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log)
-        .spawn()?;
-    let status = wait_with_timeout(&mut child, SOAK_TIMEOUT)?;
-    Ok((status.success(), std::fs::read_to_string(&log_path)?))
+    let (log, work) = (root.path().join("soak.log"), root.path().join("work"));
+    let mut args: Vec<&OsStr> = args.iter().map(OsStr::new).collect();
+    args.extend([OsStr::new("--work"), work.as_os_str()]);
+    let status = run_bench_script("paging-soak.sh", &args, &[], &log, SOAK_TIMEOUT)?;
+    Ok((status.success(), std::fs::read_to_string(&log)?))
 }
 
 #[test]

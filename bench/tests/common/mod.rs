@@ -231,6 +231,30 @@ pub fn read_jsonl(path: &Path) -> anyhow::Result<Vec<serde_json::Value>> {
 
 /// A finished `bench/compare.sh` run in a temp dir of its own: its output directory is
 /// `out/`, its output `compare.log`, and TMPDIR (the brokers' data) the temp dir.
+/// Runs `bench/SCRIPT` with ARGS against the debug builds of duomq-broker and duomq-bench
+/// (DUOMQ_BROKER, DUOMQ_BENCH), with ENV added and its output in LOG, for at most `limit`.
+pub fn run_bench_script(
+    script: &str,
+    args: &[&std::ffi::OsStr],
+    env: &[(&std::ffi::OsStr, &std::ffi::OsStr)],
+    log: &Path,
+    limit: Duration,
+) -> anyhow::Result<std::process::ExitStatus> {
+    let log = std::fs::File::create(log)?;
+    let mut child = Command::new("bash")
+        .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join(script))
+        .args(args)
+        .env("DUOMQ_BROKER", broker_binary()?)
+        .env("DUOMQ_BENCH", bench_binary())
+        .envs(env.iter().copied())
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log)
+        .spawn()
+        .with_context(|| format!("failed to run bench/{script}"))?;
+    wait_with_timeout(&mut child, limit)
+}
+
 pub struct CompareRun {
     pub root: tempfile::TempDir,
     pub status: std::process::ExitStatus,
@@ -244,22 +268,13 @@ impl CompareRun {
         // Searchable by others: as root, compare.sh runs PostgreSQL as the postgres user,
         // whose data directory is below this one.
         std::fs::set_permissions(root.path(), std::os::unix::fs::PermissionsExt::from_mode(0o711))?;
-        let log = std::fs::File::create(root.path().join("compare.log"))?;
-        let mut child = Command::new("bash")
-            .arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("compare.sh"))
-            .args(args)
-            .arg("--out")
-            .arg(root.path().join("out"))
-            .env("DUOMQ_BROKER", broker_binary()?)
-            .env("DUOMQ_BENCH", bench_binary())
-            .env("TMPDIR", root.path())
-            .envs(env.iter().copied())
-            .stdin(Stdio::null())
-            .stdout(log.try_clone()?)
-            .stderr(log)
-            .spawn()
-            .context("failed to run bench/compare.sh")?;
-        let status = wait_with_timeout(&mut child, limit)?;
+        let out = root.path().join("out");
+        let mut args: Vec<&std::ffi::OsStr> = args.iter().map(std::ffi::OsStr::new).collect();
+        args.extend([std::ffi::OsStr::new("--out"), out.as_os_str()]);
+        let mut env: Vec<(&std::ffi::OsStr, &std::ffi::OsStr)> =
+            env.iter().map(|(k, v)| (std::ffi::OsStr::new(*k), std::ffi::OsStr::new(*v))).collect();
+        env.insert(0, (std::ffi::OsStr::new("TMPDIR"), root.path().as_os_str()));
+        let status = run_bench_script("compare.sh", &args, &env, &root.path().join("compare.log"), limit)?;
         Ok(CompareRun { root, status })
     }
 
