@@ -545,3 +545,50 @@ fn silent_clients_are_closed_after_the_idle_timeout() {
     let waited = started.elapsed();
     assert!(waited >= Duration::from_millis(800) && waited < Duration::from_secs(10), "closed after {waited:?}");
 }
+
+/// What is not supported yet is refused on its link with `amqp:not-implemented` (or
+/// `amqp:invalid-field` for a missing address), and the connection goes on serving.
+#[test]
+fn unsupported_features_are_refused_on_their_link() {
+    let b = amqp_broker("amqp-unsupported", "");
+    let out = proton(
+        r#"
+        from proton.handlers import MessagingHandler, TransactionHandler
+        from proton.reactor import Container, DynamicNodeProperties
+        class Txn(MessagingHandler, TransactionHandler):
+            def on_start(self, event):
+                self.conn = event.container.connect(url, reconnect=False)
+                event.container.declare_transaction(self.conn, handler=self)
+            def on_transaction_declared(self, event):
+                out["transaction"] = "declared"
+                self.conn.close()
+            def on_link_error(self, event):
+                out["transaction"] = event.link.remote_condition.name
+                self.conn.close()
+            def on_transport_error(self, event):
+                out.setdefault("transaction", "transport: %s" % event.transport.condition)
+        Container(Txn()).run()
+        c = connect()
+        try:
+            c.create_receiver(None, dynamic=True, credit=1, name="temp").receive(timeout=5)
+            out["dynamic"] = "attached"
+        except Exception as e:
+            out["dynamic"] = condition(e)
+        c2 = connect()
+        try:
+            c2.create_sender(None, name="relay").send(Message(address="queue://x", body="relayed"))
+            out["relay"] = "sent"
+        except Exception as e:
+            out["relay"] = condition(e)
+        c3 = connect()
+        c3.create_sender("still-fine", name="p").send(Message(body="ok"))
+        out["after"] = body(c3.create_receiver("still-fine", credit=1, name="c").receive(timeout=10))
+        "#,
+        b.amqp_port,
+        &[],
+    );
+    assert_eq!(out["transaction"], "amqp:not-implemented", "{out}");
+    assert_eq!(out["dynamic"], "amqp:not-implemented", "{out}");
+    assert_eq!(out["relay"], "amqp:invalid-field", "{out}");
+    assert_eq!(out["after"], "ok", "{out}");
+}
