@@ -141,8 +141,19 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ConnectionContext) 
             }
         }
     }
+    use fe2o3_amqp::connection::Error as Closed;
     match tokio::time::timeout(CLOSE_TIMEOUT, connection.on_close()).await {
-        Ok(Ok(())) | Err(_) => tracing::debug!(%peer, "AMQP client connection closed"),
+        Ok(Ok(()) | Err(Closed::RemoteClosed)) | Err(_) => {
+            tracing::debug!(%peer, "AMQP client connection closed")
+        }
+        // Gone without a close (the process ended, the network dropped).
+        Ok(Err(Closed::TransportError(fe2o3_amqp::transport::Error::Io(e)))) => {
+            tracing::debug!(%peer, error = %e, "AMQP client connection dropped")
+        }
+        Ok(Err(Closed::TransportError(fe2o3_amqp::transport::Error::IdleTimeoutElapsed))) => {
+            broker.metrics.limit_hit(crate::engine::metrics::Limit::Idle);
+            tracing::info!(%peer, idle = ?broker.config.amqp.idle_timeout.get(), "closed an idle AMQP connection (amqp.idleTimeout)")
+        }
         Ok(Err(e)) => {
             ctx.metrics.protocol_errors.inc();
             tracing::info!(%peer, error = %e, "AMQP connection closed after an error");
