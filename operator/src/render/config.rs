@@ -125,6 +125,8 @@ pub fn build_broker_config(
             name: m.pod.clone(),
             cluster: format!("{}:{}", m.host, spec.ports.cluster),
             stomp: format!("{}:{}", m.host, spec.ports.stomp),
+            // The operator does not enable AMQP yet (the broker's `amqp` is off by default).
+            amqp: String::new(),
         })
         .collect();
     // A shared store's arbiter is the store's own lock (or the database's lease).
