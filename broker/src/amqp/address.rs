@@ -32,13 +32,11 @@ fn named(prefix: &str, name: &str, address: &str) -> Result<String, AmqpError> {
     Ok(format!("{prefix}{name}"))
 }
 
-/// The capability an attach is answered with for `destination`.
-pub fn capability(destination: &str) -> &'static str {
-    if destination.starts_with("/topic/") {
-        "topic"
-    } else {
-        "queue"
-    }
+/// A source capability asking for what is not supported yet: JMS 2 shared subscriptions
+/// (`shared`), which would otherwise get a copy per consumer instead of sharing one.
+pub fn unsupported_capability(capabilities: Option<&Array<Symbol>>) -> Option<&'static str> {
+    let caps = capabilities?;
+    caps.0.iter().any(|c| c.as_str() == "shared").then_some("a shared subscription (capability shared)")
 }
 
 #[cfg(test)]
@@ -64,6 +62,13 @@ mod tests {
         assert_eq!(destination(Some("orders"), Some(&caps(&["anycast"]))).unwrap(), "/queue/orders");
         assert_eq!(destination(Some("prices"), Some(&caps(&["topic"]))).unwrap(), "/topic/prices");
         assert_eq!(destination(Some("prices"), Some(&caps(&["shared", "multicast"]))).unwrap(), "/topic/prices");
+    }
+
+    #[test]
+    fn given_shared_capability_should_be_unsupported() {
+        assert!(unsupported_capability(Some(&caps(&["topic", "shared", "global"]))).is_some());
+        assert!(unsupported_capability(Some(&caps(&["topic"]))).is_none());
+        assert!(unsupported_capability(None).is_none());
     }
 
     #[test]

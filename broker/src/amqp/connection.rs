@@ -211,6 +211,9 @@ fn plan(attach: &Attach, client: &Client) -> Result<Plan, AmqpError> {
         if source.distribution_mode == Some(fe2o3_amqp::types::messaging::DistributionMode::Copy) {
             return Err(AmqpError::NotImplemented("browsing (distribution-mode copy)"));
         }
+        if let Some(what) = address::unsupported_capability(source.capabilities.as_ref()) {
+            return Err(AmqpError::NotImplemented(what));
+        }
         let destination = address::destination(source.address.as_deref(), source.capabilities.as_ref())?;
         let durable = source.durable != fe2o3_amqp::types::messaging::TerminusDurability::None;
         if durable && destination.starts_with("/topic/") {
