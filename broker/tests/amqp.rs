@@ -592,3 +592,40 @@ fn unsupported_features_are_refused_on_their_link() {
     assert_eq!(out["relay"], "amqp:invalid-field", "{out}");
     assert_eq!(out["after"], "ok", "{out}");
 }
+
+/// JMS 2 delivery delay as Qpid JMS sends it (`x-opt-delivery-delay`, `x-opt-delivery-time`
+/// message annotations): the message is held until its time, as a STOMP
+/// `AMQ_SCHEDULED_DELAY` is.
+#[test]
+fn delivery_delay_annotations_schedule_the_message() {
+    let b = amqp_broker("amqp-delay", "");
+    let out = proton(
+        r#"
+        from proton import symbol, timestamp
+        c = connect()
+        out["offered"] = [str(x) for x in (c.conn.remote_offered_capabilities or [])]
+        s = c.create_sender("later", name="p")
+        sent = time.time()
+        s.send(Message(body="delayed", durable=True, annotations={symbol("x-opt-delivery-delay"): 1500}))
+        s.send(Message(body="timed", annotations={symbol("x-opt-delivery-time"): timestamp(int((sent + 2.0) * 1000))}))
+        s.send(Message(body="now"))
+        r = c.create_receiver("later", credit=10, name="c")
+        got = []
+        for _ in range(3):
+            m = r.receive(timeout=10)
+            got.append([body(m), round(time.time() - sent, 1)])
+            r.accept()
+        out["got"] = got
+        r.close()
+        c.close()
+        "#,
+        b.amqp_port,
+        &[],
+    );
+    assert!(out["offered"].as_array().is_some_and(|a| a.contains(&json!("DELAYED_DELIVERY"))), "{out}");
+    let got = out["got"].as_array().expect("got");
+    assert_eq!(got[0][0], "now", "the undelayed message first: {out}");
+    let at = |name: &str| got.iter().find(|m| m[0] == name).and_then(|m| m[1].as_f64()).unwrap_or_default();
+    assert!(at("delayed") >= 1.3, "delayed by 1.5 s: {out}");
+    assert!(at("timed") >= 1.8, "held until its delivery time: {out}");
+}

@@ -69,6 +69,8 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ConnectionContext) 
     let mut acceptor = ConnectionAcceptor::builder()
         .container_id(broker.node_id.clone())
         .max_frame_size(cfg.max_frame_size.0 as u32)
+        // JMS 2 delivery delay (x-opt-delivery-time / -delay annotations, see `message`).
+        .add_offered_capabilities("DELAYED_DELIVERY")
         .sasl_acceptor(sasl)
         .build();
     if !idle.is_zero() {

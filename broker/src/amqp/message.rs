@@ -10,7 +10,9 @@
 //! `creation-time` (`timestamp`) keep their names; each application property becomes a
 //! header of its name with the value as text. A string body without a content type
 //! gets `content-type: text/plain; charset=utf-8`, a data body without one
-//! `application/octet-stream`, so STOMP consumers can tell them apart.
+//! `application/octet-stream`, so STOMP consumers can tell them apart. The message
+//! annotations `x-opt-delivery-delay` and `x-opt-delivery-time` (Qpid JMS's JMS 2 delivery
+//! delay) become `AMQ_SCHEDULED_DELAY` and `AMQ_SCHEDULED_TIME`.
 //!
 //! Out to a client: the same in reverse; a body whose content type is text (or absent)
 //! and which is valid UTF-8 goes as an `amqp-value` string (a JMS TextMessage), any other
@@ -22,9 +24,11 @@ use super::AmqpError;
 use crate::engine::accept::Incoming;
 use crate::engine::dedup;
 use crate::engine::message::{
-    now_millis, Delivery, EXPIRES_HEADER, GROUP_ID_HEADER, GROUP_SEQ_HEADER, PRIORITY_HEADER,
+    now_millis, Delivery, EXPIRES_HEADER, GROUP_ID_HEADER, GROUP_SEQ_HEADER, PRIORITY_HEADER, SCHEDULED_DELAY_HEADER,
+    SCHEDULED_TIME_HEADER,
 };
 use bytes::Bytes;
+use fe2o3_amqp::types::messaging::annotations::OwnedKey;
 use fe2o3_amqp::types::messaging::{
     AmqpValue, ApplicationProperties, Body, Data, Header, Message, MessageId, Priority, Properties,
 };
@@ -41,6 +45,11 @@ const TIMESTAMP: &str = "timestamp";
 const PERSISTENT: &str = "persistent";
 const TEXT: &str = "text/plain; charset=utf-8";
 const BINARY: &str = "application/octet-stream";
+/// Qpid JMS's message annotations for JMS 2 delivery delay (the broker offers the
+/// `DELAYED_DELIVERY` capability): when, in milliseconds since the epoch, or how long after
+/// the send a message may be delivered.
+const DELIVERY_TIME: &str = "x-opt-delivery-time";
+const DELIVERY_DELAY: &str = "x-opt-delivery-delay";
 /// Headers that go into an AMQP section of their own, never into application properties.
 const MAPPED: [&str; 11] = [
     CONTENT_TYPE,
@@ -117,6 +126,20 @@ pub fn incoming(destination: &str, message: AmqpMessage) -> Result<Incoming, Amq
             }
         }
     }
+    if let Some(annotations) = message.message_annotations {
+        for (key, value) in annotations.0.into_inner() {
+            let OwnedKey::Symbol(name) = key else { continue };
+            let header = match name.as_str() {
+                DELIVERY_TIME => SCHEDULED_TIME_HEADER,
+                DELIVERY_DELAY => SCHEDULED_DELAY_HEADER,
+                _ => continue,
+            };
+            if let Some(ms) = millis(&value).filter(|ms| *ms > 0) {
+                headers.retain(|(k, _)| k != header);
+                headers.push((header.to_string(), ms.to_string()));
+            }
+        }
+    }
     Ok(Incoming {
         destination: destination.to_string(),
         headers,
@@ -174,6 +197,18 @@ pub fn outgoing(delivery: &Delivery) -> AmqpMessage {
         application_properties: (!application.is_empty()).then_some(ApplicationProperties(application)),
         body,
         footer: None,
+    }
+}
+
+/// A delivery time or delay as Qpid JMS sends it (a long or a timestamp).
+fn millis(value: &Value) -> Option<u64> {
+    match value {
+        Value::Long(n) => u64::try_from(*n).ok(),
+        Value::Int(n) => u64::try_from(*n).ok(),
+        Value::Ulong(n) => Some(*n),
+        Value::Uint(n) => Some(u64::from(*n)),
+        Value::Timestamp(t) => u64::try_from(t.milliseconds()).ok(),
+        _ => None,
     }
 }
 
