@@ -629,3 +629,69 @@ fn delivery_delay_annotations_schedule_the_message() {
     assert!(at("delayed") >= 1.3, "delayed by 1.5 s: {out}");
     assert!(at("timed") >= 1.8, "held until its delivery time: {out}");
 }
+
+/// A durable subscription (durable source terminus on a topic, as Qpid JMS's
+/// createDurableSubscriber sends it) is named by the connection's container-id (the JMS
+/// ClientID) and the link name: it keeps the topic's messages while its link is detached,
+/// and a link closed (not detached) removes it.
+#[test]
+fn durable_subscriptions_keep_messages_while_detached_and_close_removes_them() {
+    let b = amqp_broker("amqp-durable-sub", "");
+    let out = proton(
+        r#"
+        from proton.reactor import Container, DurableSubscription
+        def client(name):
+            return BlockingConnection(url, timeout=15, container=Container(container_id=name))
+        c = client("client-1")
+        r = c.create_receiver("topic://news", name="sub1", credit=10, options=DurableSubscription())
+        s = client("producer").create_sender("topic://news", name="p")
+        s.send(Message(body="n1", durable=True))
+        out["first"] = body(r.receive(timeout=10))
+        r.accept()
+        # Proton's blocking API sends the disposition with the next exchange (an attach
+        # here); the broker has settled it (nothing in flight) before the link goes.
+        c.create_sender("topic://flush", name="flush")
+        import urllib.request
+        def in_flight():
+            status = json.load(urllib.request.urlopen("http://127.0.0.1:%s/status" % os.environ["ADMIN_PORT"]))
+            return [d["inFlight"] for d in status["durableSubscriptions"]]
+        deadline = time.time() + 10
+        while in_flight() != [0] and time.time() < deadline:
+            time.sleep(0.05)
+        # Detached, not closed (a JMS consumer's close): the subscription stays.
+        r.link.detach()
+        c.close()
+        s.send(Message(body="n2", durable=True))
+        s.send(Message(body="n3", durable=True))
+        other = client("client-2")
+        try:
+            other.create_receiver("topic://news", name="sub1", credit=10, options=DurableSubscription()).receive(timeout=0.5)
+            out["other"] = "got one"
+        except Exception as e:
+            out["other"] = "nothing"
+        other.close()
+        c = client("client-1")
+        r = c.create_receiver("topic://news", name="sub1", credit=10, options=DurableSubscription())
+        got = []
+        for _ in range(2):
+            got.append(body(r.receive(timeout=10)))
+            r.accept()
+        out["kept"] = got
+        r.close()
+        s.send(Message(body="n4", durable=True))
+        r = c.create_receiver("topic://news", name="sub1", credit=10, options=DurableSubscription())
+        try:
+            out["after_close"] = body(r.receive(timeout=0.5))
+        except Exception:
+            out["after_close"] = None
+        r.close()
+        c.close()
+        "#,
+        b.amqp_port,
+        &[("ADMIN_PORT", b.admin_port.to_string().as_ref())],
+    );
+    assert_eq!(out["first"], "n1", "{out}");
+    assert_eq!(out["other"], "nothing", "another client's subscription of the same name is its own: {out}");
+    assert_eq!(out["kept"], json!(["n2", "n3"]), "kept while detached: {out}");
+    assert_eq!(out["after_close"], serde_json::Value::Null, "closing the link removed the subscription: {out}");
+}

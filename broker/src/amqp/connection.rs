@@ -9,6 +9,12 @@
 //! (`accepted`: ack; `released`, `modified`, `rejected`: nack, so the redelivery and
 //! dead-letter rules apply as for a STOMP NACK). A link that ends, or a connection that
 //! drops, returns whatever it had unsettled to the queue, redelivered.
+//!
+//! A receiving link whose source is durable on a topic attaches to the durable
+//! subscription named by the connection's container-id (Qpid JMS's ClientID) and the
+//! link name, as a STOMP SUBSCRIBE with `client-id` and a subscription name does: it
+//! keeps the topic's messages while detached, and a link the client closes (Qpid JMS's
+//! unsubscribe, which attaches by name without a source) removes it.
 
 use super::{address, message, sasl, AmqpError};
 use crate::engine::accept::{AcceptError, Commit, Durable};
@@ -24,7 +30,7 @@ use fe2o3_amqp::acceptor::{
 };
 use fe2o3_amqp::connection::OpenError;
 use fe2o3_amqp::link::delivery::DeliveryInfo;
-use fe2o3_amqp::link::{Receiver, Sender};
+use fe2o3_amqp::link::{DetachError, Receiver, Sender};
 use fe2o3_amqp::types::definitions::{self, ReceiverSettleMode, Role, SenderSettleMode};
 use fe2o3_amqp::types::messaging::{Body, Outcome};
 use fe2o3_amqp::types::performatives::Attach;
@@ -53,6 +59,9 @@ struct Client {
     ctx: ConnectionContext,
     peer: SocketAddr,
     principal: Principal,
+    /// The container-id of the client's open (Qpid JMS: the JMS ClientID), which names
+    /// its durable subscriptions with the link name.
+    container: Option<Arc<str>>,
     /// Cancelled when the connection ends: its links stop.
     gone: CancellationToken,
 }
@@ -77,6 +86,7 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ConnectionContext) 
         acceptor.local_open.idle_time_out = Some(idle.as_millis() as u32);
     }
     let connect_timeout = broker.config.stomp.connect_timeout.get();
+    let (stream, opening) = Tap::new(stream);
     let accepted = tokio::select! {
         r = tokio::time::timeout(connect_timeout, acceptor.accept(stream)) => r,
         _ = ctx.shutdown.cancelled() => return,
@@ -112,7 +122,9 @@ pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ConnectionContext) 
     metrics.connections.inc();
     ctx.metrics.connections_total.inc();
     tracing::debug!(%peer, user = %user, "AMQP client connected");
+    let container = opening.container_id().map(Arc::from);
     let client = Client {
+        container,
         principal: broker.authorizer().principal(&user),
         ctx: ctx.clone(),
         peer,
@@ -192,6 +204,8 @@ struct Plan {
     presettled: bool,
     /// Takes only what this selects (a JMS selector filter on the source).
     selector: Option<crate::selector::Selector>,
+    /// The durable subscription (client container-id, link name) it attaches to.
+    durable: Option<(Arc<str>, String)>,
 }
 
 fn plan(attach: &Attach, client: &Client) -> Result<Plan, AmqpError> {
@@ -206,7 +220,11 @@ fn plan(attach: &Attach, client: &Client) -> Result<Plan, AmqpError> {
         }
         address::destination(target.address.as_deref(), target.capabilities.as_ref())?
     } else {
-        let source = attach.source.as_deref().ok_or(AmqpError::NoAddress)?;
+        let Some(source) = attach.source.as_deref() else {
+            // Qpid JMS's unsubscribe: a link of the subscription's name without a source,
+            // closed at once.
+            return existing_durable(attach, client);
+        };
         if source.dynamic {
             return Err(AmqpError::NotImplemented("a dynamic (temporary) source"));
         }
@@ -217,11 +235,16 @@ fn plan(attach: &Attach, client: &Client) -> Result<Plan, AmqpError> {
             return Err(AmqpError::NotImplemented(what));
         }
         let destination = address::destination(source.address.as_deref(), source.capabilities.as_ref())?;
-        let durable = source.durable != fe2o3_amqp::types::messaging::TerminusDurability::None;
-        if durable && destination.starts_with("/topic/") {
-            return Err(AmqpError::NotImplemented("a durable topic subscription (durable terminus)"));
-        }
         destination
+    };
+    let durable = match attach.source.as_deref().filter(|_| !inbound) {
+        Some(s) if s.durable != fe2o3_amqp::types::messaging::TerminusDurability::None && destination.starts_with("/topic/") => {
+            let container = client.container.clone().ok_or_else(|| {
+                AmqpError::Durable(crate::engine::durable::DurableError::NoClientId { name: attach.name.clone() })
+            })?;
+            Some((container, attach.name.clone()))
+        }
+        _ => None,
     };
     let selector = match attach.source.as_deref().and_then(|s| s.filter.as_ref()).filter(|_| !inbound) {
         Some(filters) => match selector_text(filters)? {
@@ -232,7 +255,23 @@ fn plan(attach: &Attach, client: &Client) -> Result<Plan, AmqpError> {
     };
     let permission = if inbound { Permission::Send } else { Permission::Consume };
     authorize(&client.ctx.broker, &client.principal, &destination, permission)?;
-    Ok(Plan { destination, inbound, presettled: !inbound && attach.snd_settle_mode == SenderSettleMode::Settled, selector })
+    Ok(Plan { destination, inbound, presettled: !inbound && attach.snd_settle_mode == SenderSettleMode::Settled, selector, durable })
+}
+
+/// A receiving link without a source naming a durable subscription of this client: it
+/// attaches to that subscription (its topic and selector), so closing it removes it.
+fn existing_durable(attach: &Attach, client: &Client) -> Result<Plan, AmqpError> {
+    let container = client.container.clone().ok_or(AmqpError::NoAddress)?;
+    let sub = client.ctx.broker.durable_subscription(&container, &attach.name).ok_or(AmqpError::NoAddress)?;
+    let destination = sub.topic.name.to_string();
+    authorize(&client.ctx.broker, &client.principal, &destination, Permission::Consume)?;
+    Ok(Plan {
+        destination,
+        inbound: false,
+        presettled: attach.snd_settle_mode == SenderSettleMode::Settled,
+        selector: sub.selector.clone(),
+        durable: Some((container, attach.name.clone())),
+    })
 }
 
 /// The JMS selector among a source's filters (`apache.org:selector-filter:string`, as Qpid
@@ -409,32 +448,62 @@ struct Source {
     queue: Arc<Queue>,
     /// A topic's subscription queue, removed with the link.
     topic: Option<Arc<Topic>>,
+    /// The durable subscription consumed, released (kept) with the link.
+    durable: Option<Arc<crate::engine::durable::DurableSubscription>>,
     key: ConsumerKey,
 }
 
 impl Source {
     /// A topic's subscription queue selects the copies it gets; a queue's consumer selects
     /// what it takes (as for a STOMP SUBSCRIBE).
-    fn attach(
+    /// A durable subscription's queue keeps what its selector selects; a new one is
+    /// attached once its definition is durable.
+    async fn attach(
         broker: &Broker,
-        destination: &str,
-        selector: Option<crate::selector::Selector>,
+        plan: &Plan,
         handle: impl FnOnce(ConsumerKey, Option<crate::selector::Selector>) -> ConsumerHandle,
     ) -> Result<Source, AmqpError> {
-        let (queue, topic, selector) = match broker.resolve(destination)? {
-            Target::Queue(q) => (q, None, selector),
-            Target::Topic(t) => (broker.subscribe_topic_selecting(&t, selector), Some(t), None),
-        };
+        let selector = plan.selector.clone();
         let key = broker.next_consumer_key();
+        let (queue, topic, durable, selector) = match (broker.resolve(&plan.destination)?, &plan.durable) {
+            (Target::Queue(q), _) => (q, None, None, selector),
+            (Target::Topic(t), Some((container, name))) => {
+                let (sub, definition) = broker.durable_subscribe(container, name, &t, selector.as_ref(), key)?;
+                if let Some(write) = definition {
+                    if let Err(e) = write.await {
+                        sub.release(key);
+                        return Err(AmqpError::Accept(AcceptError::Persist(e)));
+                    }
+                }
+                (Arc::clone(&sub.queue), None, Some(sub), None)
+            }
+            (Target::Topic(t), None) => (broker.subscribe_topic_selecting(&t, selector), Some(t), None, None),
+        };
         queue.add_consumer(handle(key, selector));
-        Ok(Source { queue, topic, key })
+        Ok(Source { queue, topic, durable, key })
     }
 
     /// Removes the consumer: what it had unsettled goes back to the queue, redelivered.
-    fn detach(self, broker: &Broker) {
+    /// A durable subscription stays (released for another consumer) unless `closed`: a
+    /// link closed by its client (not merely detached) removes it, as Qpid JMS's
+    /// unsubscribe does.
+    async fn detach(self, broker: &Broker, closed: bool) {
         self.queue.remove_consumer(self.key);
         if let Some(topic) = &self.topic {
             broker.unsubscribe_topic(topic, &self.queue);
+        }
+        if let Some(sub) = &self.durable {
+            sub.release(self.key);
+            if closed {
+                match broker.durable_unsubscribe(&sub.client_id, &sub.name) {
+                    Ok(write) => {
+                        if let Err(e) = write.await {
+                            tracing::warn!(client_id = %sub.client_id, name = %sub.name, error = %error_chain(&e), "durable subscription removal not journaled");
+                        }
+                    }
+                    Err(e) => tracing::debug!(client_id = %sub.client_id, name = %sub.name, error = %e, "durable subscription not removed"),
+                }
+            }
         }
     }
 }
@@ -457,7 +526,7 @@ async fn deliver(mut sender: Sender, name: String, plan: Plan, client: Client) {
     let kill = client.gone.child_token();
     let cap = (broker.config.stomp.default_prefetch as usize).max(1);
     let mode = if plan.presettled { AckMode::Auto } else { AckMode::ClientIndividual };
-    let source = match Source::attach(&broker, &plan.destination, plan.selector.clone(), |key, selector| ConsumerHandle {
+    let source = match Source::attach(&broker, &plan, |key, selector| ConsumerHandle {
         key,
         subscription_id: Arc::from(name.as_str()),
         ack_mode: mode,
@@ -465,7 +534,9 @@ async fn deliver(mut sender: Sender, name: String, plan: Plan, client: Client) {
         outbox,
         kill: kill.clone(),
         selector,
-    }) {
+    })
+    .await
+    {
         Ok(s) => s,
         Err(e) => {
             metrics.amqp.links_refused.inc();
@@ -477,18 +548,21 @@ async fn deliver(mut sender: Sender, name: String, plan: Plan, client: Client) {
     let mut window = 1usize;
     let mut settling: FuturesUnordered<Settling> = FuturesUnordered::new();
     let mut error = None;
+    // How the client ended the link: detached (Some(false)) or closed (Some(true)).
+    let mut remote_end: Option<bool> = None;
     loop {
         enum Event {
             Delivery(Option<Outbound>),
             Settled(u64, Option<Outcome>),
-            Detached,
+            /// Whether the client closed the link (not merely detached it).
+            Detached(bool),
             Stop,
         }
         let event = tokio::select! {
             biased;
             Some((tag, outcome)) = settling.next(), if !settling.is_empty() => Event::Settled(tag, outcome),
             item = deliveries.recv() => Event::Delivery(item),
-            _ = sender.on_detach() => Event::Detached,
+            e = sender.on_detach() => Event::Detached(matches!(e, DetachError::ClosedByRemote | DetachError::RemoteClosedWithError(_))),
             _ = kill.cancelled() => Event::Stop,
             _ = client.ctx.shutdown.cancelled() => Event::Stop,
         };
@@ -547,7 +621,11 @@ async fn deliver(mut sender: Sender, name: String, plan: Plan, client: Client) {
                 error = Some(definitions::Error::new(definitions::LinkError::DetachForced, Some(reason), None));
                 break;
             }
-            Event::Delivery(Some(Outbound::Close) | None) | Event::Detached | Event::Stop => break,
+            Event::Detached(was_closed) => {
+                remote_end = Some(was_closed);
+                break;
+            }
+            Event::Delivery(Some(Outbound::Close) | None) | Event::Stop => break,
             Event::Settled(tag, outcome) => {
                 if let Some(outcome) = outcome {
                     settle_outcome(&broker, &source, tag, &outcome);
@@ -563,8 +641,9 @@ async fn deliver(mut sender: Sender, name: String, plan: Plan, client: Client) {
             settle_outcome(&broker, &source, tag, &outcome);
         }
     }
-    source.detach(&broker);
+    source.detach(&broker, remote_end == Some(true)).await;
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, async {
+        // A detach or close by the client was answered by fe2o3 already.
         match error {
             Some(e) => drop(sender.close_with_error(e).await),
             None => drop(sender.close().await),
@@ -608,6 +687,36 @@ mod tests {
     }
 
     #[test]
+    fn given_sasl_and_open_bytes_should_read_the_container_id() {
+        use fe2o3_amqp::types::performatives::Open;
+        let open = Open {
+            container_id: "client-7".into(),
+            hostname: None,
+            max_frame_size: 4096.into(),
+            channel_max: 16.into(),
+            idle_time_out: None,
+            outgoing_locales: None,
+            incoming_locales: None,
+            offered_capabilities: None,
+            desired_capabilities: None,
+            properties: None,
+        };
+        let body = serde_amqp::to_vec(&open).unwrap();
+        let mut bytes = b"AMQP\x03\x01\x00\x00".to_vec();
+        let init = b"\x00\x53\x41\xc0\x0c\x01\xa3\x09ANONYMOUS";
+        bytes.extend_from_slice(&((8 + init.len()) as u32).to_be_bytes());
+        bytes.extend_from_slice(&[2, 1, 0, 0]);
+        bytes.extend_from_slice(init);
+        bytes.extend_from_slice(b"AMQP\x00\x01\x00\x00");
+        bytes.extend_from_slice(&((8 + body.len()) as u32).to_be_bytes());
+        bytes.extend_from_slice(&[2, 0, 0, 0]);
+        bytes.extend_from_slice(&body);
+        assert_eq!(open_container_id(&bytes).as_deref(), Some("client-7"));
+        assert_eq!(open_container_id(&bytes[..bytes.len() - 3]), None, "a cut frame reads as nothing");
+        assert_eq!(open_container_id(b"GET / HTTP/1.1"), None);
+    }
+
+    #[test]
     fn given_selector_filter_by_name_or_code_should_read_it_and_refuse_others() {
         let by_name = filters(Descriptor::Name(Symbol::from(SELECTOR_FILTER)), Value::String("a = 1".into()));
         assert_eq!(selector_text(&by_name).unwrap(), Some("a = 1"));
@@ -617,4 +726,94 @@ mod tests {
         assert!(matches!(selector_text(&other), Err(AmqpError::NotImplemented(_))));
         assert_eq!(selector_text(&FilterSet::new()).unwrap(), None);
     }
+}
+
+/// A client's stream, with the first bytes it sends kept (up to [`Tap::KEEP`]) so the
+/// container-id of its open can be read once fe2o3 has accepted it (fe2o3's acceptor does
+/// not show the remote open).
+#[derive(Debug)]
+struct Tap {
+    inner: TcpStream,
+    seen: Arc<parking_lot::Mutex<Vec<u8>>>,
+}
+
+/// The bytes a [`Tap`] kept.
+struct Opening(Arc<parking_lot::Mutex<Vec<u8>>>);
+
+impl Tap {
+    /// SASL frames and an open are a few hundred bytes.
+    const KEEP: usize = 16 * 1024;
+
+    fn new(inner: TcpStream) -> (Tap, Opening) {
+        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        (Tap { inner, seen: Arc::clone(&seen) }, Opening(seen))
+    }
+}
+
+impl tokio::io::AsyncRead for Tap {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &polled {
+            let mut seen = self.seen.lock();
+            if seen.len() < Tap::KEEP {
+                let new = &buf.filled()[before..];
+                let room = Tap::KEEP - seen.len();
+                seen.extend_from_slice(&new[..new.len().min(room)]);
+            }
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Tap {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+impl Opening {
+    /// The container-id of the client's open, decoded by fe2o3's types.
+    fn container_id(&self) -> Option<String> {
+        let seen = std::mem::take(&mut *self.0.lock());
+        open_container_id(&seen)
+    }
+}
+
+/// Finds the open in what a client sent first: protocol headers (8 bytes each) and the
+/// SASL frames between them, then the first AMQP frame, whose body is the open.
+fn open_container_id(bytes: &[u8]) -> Option<String> {
+    let mut at = 0;
+    loop {
+        let rest = bytes.get(at..)?;
+        if rest.starts_with(b"AMQP") {
+            let sasl = *rest.get(4)? == 3;
+            at += 8;
+            if !sasl {
+                break;
+            }
+            continue;
+        }
+        // A SASL frame: skip it.
+        let size = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        at += size.max(8);
+    }
+    let frame = bytes.get(at..)?;
+    let size = u32::from_be_bytes(frame.get(..4)?.try_into().ok()?) as usize;
+    let doff = usize::from(*frame.get(4)?) * 4;
+    let body = frame.get(doff..size)?;
+    let open: fe2o3_amqp::types::performatives::Open = serde_amqp::from_slice(body).ok()?;
+    Some(open.container_id)
 }

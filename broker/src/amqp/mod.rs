@@ -10,8 +10,8 @@
 //! sessions and links).
 //!
 //! Not supported yet (the README says the same, and links asking for them are refused
-//! with `amqp:not-implemented`): transactions, durable subscriptions (durable terminus),
-//! dynamic (temporary) nodes, browsing (distribution-mode copy), source filters other than
+//! with `amqp:not-implemented`): transactions, shared subscriptions, dynamic (temporary)
+//! nodes, browsing (distribution-mode copy), source filters other than
 //! a JMS selector, the anonymous relay and TLS (`amqps`). A backup redirects AMQP clients to its live ([`redirect`]).
 
 pub mod address;
@@ -55,6 +55,8 @@ pub enum AmqpError {
     NotImplemented(&'static str),
     #[error("{0}")]
     Accept(#[from] AcceptError),
+    #[error("{0}")]
+    Durable(#[from] crate::engine::durable::DurableError),
     #[error("invalid selector: {0}")]
     Selector(#[from] crate::selector::SelectorError),
     #[error("the broker is shutting down")]
@@ -67,6 +69,10 @@ impl AmqpError {
         let condition = match self {
             AmqpError::NoAddress | AmqpError::Address(_) | AmqpError::Destination(_) | AmqpError::Selector(_) => Condition::InvalidField,
             AmqpError::NotAuthorized(_) => Condition::UnauthorizedAccess,
+            AmqpError::Durable(crate::engine::durable::DurableError::NoClientId { .. } | crate::engine::durable::DurableError::Unknown { .. }) => {
+                Condition::InvalidField
+            }
+            AmqpError::Durable(_) => Condition::ResourceLocked,
             AmqpError::Body(_) => Condition::DecodeError,
             AmqpError::NotImplemented(_) => Condition::NotImplemented,
             AmqpError::Accept(AcceptError::Destination(_)) => Condition::InvalidField,
@@ -134,7 +140,7 @@ impl AmqpMetrics {
 
 /// What the startup log says is missing, until the whole of AMQP works.
 pub const NOT_SUPPORTED_YET: &str =
-    "transactions, durable subscriptions, temporary (dynamic) nodes, queue browsers, the anonymous relay, amqps (TLS)";
+    "transactions, shared subscriptions, temporary (dynamic) nodes, queue browsers, the anonymous relay, amqps (TLS)";
 
 /// Serves AMQP clients until `ctx.shutdown` is cancelled, then waits up to `drain` for
 /// connections to close. Shares `stomp.maxConnections` as its own limit.
