@@ -635,6 +635,12 @@ async fn deliver(mut sender: Sender, name: String, plan: Plan, client: Client) {
     }
     // Dispositions the client sent just before it went may still be on their way through
     // the session: settle what arrives within a moment, return the rest to the queue.
+    // Meanwhile the consumer takes nothing more, and a durable subscription is free for
+    // the client's next link at once (a reconnecting client attaches again).
+    source.queue.set_prefetch(source.key, 0);
+    if let Some(sub) = &source.durable {
+        sub.release(source.key);
+    }
     let grace = tokio::time::Instant::now() + SETTLE_GRACE;
     while let Ok(Some((tag, outcome))) = tokio::time::timeout_at(grace, settling.next()).await {
         if let Some(outcome) = outcome {
