@@ -740,19 +740,26 @@ mod tests {
 #[derive(Debug)]
 struct Tap {
     inner: TcpStream,
-    seen: Arc<parking_lot::Mutex<Vec<u8>>>,
+    /// `None` once the opening was read: nothing more is kept.
+    seen: Arc<parking_lot::Mutex<Option<Vec<u8>>>>,
+    /// Set with `seen` taken, so reads after the opening take no lock.
+    done: Arc<std::sync::atomic::AtomicBool>,
 }
 
 /// The bytes a [`Tap`] kept.
-struct Opening(Arc<parking_lot::Mutex<Vec<u8>>>);
+struct Opening {
+    seen: Arc<parking_lot::Mutex<Option<Vec<u8>>>>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
 
 impl Tap {
     /// SASL frames and an open are a few hundred bytes.
     const KEEP: usize = 16 * 1024;
 
     fn new(inner: TcpStream) -> (Tap, Opening) {
-        let seen = Arc::new(parking_lot::Mutex::new(Vec::new()));
-        (Tap { inner, seen: Arc::clone(&seen) }, Opening(seen))
+        let seen = Arc::new(parking_lot::Mutex::new(Some(Vec::new())));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (Tap { inner, seen: Arc::clone(&seen), done: Arc::clone(&done) }, Opening { seen, done })
     }
 }
 
@@ -765,11 +772,12 @@ impl tokio::io::AsyncRead for Tap {
         let before = buf.filled().len();
         let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
         if let std::task::Poll::Ready(Ok(())) = &polled {
-            let mut seen = self.seen.lock();
-            if seen.len() < Tap::KEEP {
-                let new = &buf.filled()[before..];
-                let room = Tap::KEEP - seen.len();
-                seen.extend_from_slice(&new[..new.len().min(room)]);
+            if !self.done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(seen) = self.seen.lock().as_mut().filter(|s| s.len() < Tap::KEEP) {
+                    let new = &buf.filled()[before..];
+                    let room = Tap::KEEP - seen.len();
+                    seen.extend_from_slice(&new[..new.len().min(room)]);
+                }
             }
         }
         polled
@@ -792,8 +800,10 @@ impl tokio::io::AsyncWrite for Tap {
 
 impl Opening {
     /// The container-id of the client's open, decoded by fe2o3's types.
+    /// Keeping stops here.
     fn container_id(&self) -> Option<String> {
-        let seen = std::mem::take(&mut *self.0.lock());
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = self.seen.lock().take()?;
         open_container_id(&seen)
     }
 }
