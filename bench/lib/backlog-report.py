@@ -108,15 +108,7 @@ def main(out):
     ratio_line("duomq paged/ActiveMQ drain", "duomq-paged", "activemq")
     ratio_line("duomq in-memory/ActiveMQ drain", "duomq-memory", "activemq")
     problems = [p for s in setups.values() for p in s.problems]
-    if problems:
-        print()
-        print("Problems (a ratio over such a cell means little):")
-        for p in problems:
-            print(f"  {p}")
-    load = benchfiles.load_line(read_tsv(os.path.join(out, "backlog-load.tsv")), meta.get("nproc", "?"))
-    if load:
-        print()
-        print(load)
+    benchfiles.print_footer(problems, os.path.join(out, "backlog-load.tsv"), meta.get("nproc", "?"))
 
 
 if __name__ == "__main__":

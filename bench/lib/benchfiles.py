@@ -73,3 +73,17 @@ def load_line(rows, nproc):
     highest = max(float(v) for _, v in rows)
     note = " (cells run beside other work are worth repeating)" if highest > 1.0 else ""
     return f"1-minute load before the cells: up to {highest:.2f} on {nproc} CPUs{note}"
+
+
+def print_footer(problems, load_tsv, nproc):
+    """What ends a section's report: the problems of its cells (a ratio over such a cell
+    means little), then the highest load before its cells (from LOAD_TSV)."""
+    if problems:
+        print()
+        print("Problems (a ratio over such a cell means little):")
+        for p in problems:
+            print(f"  {p}")
+    load = load_line(read_tsv(load_tsv), nproc)
+    if load:
+        print()
+        print(load)

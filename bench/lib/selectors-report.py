@@ -107,15 +107,7 @@ def main(out):
     ratio_line("ActiveMQ selector/plain", "activemq-selector", "activemq-plain", paired=True)
     ratio_line("duomq selector/ActiveMQ selector", "duomq-selector", "activemq-selector", paired=False)
     problems = [p for c in cells.values() for p in c.problems]
-    if problems:
-        print()
-        print("Problems (a ratio over such a cell means little):")
-        for p in problems:
-            print(f"  {p}")
-    load = benchfiles.load_line(read_tsv(os.path.join(out, "selectors-load.tsv")), meta.get("nproc", "?"))
-    if load:
-        print()
-        print(load)
+    benchfiles.print_footer(problems, os.path.join(out, "selectors-load.tsv"), meta.get("nproc", "?"))
 
 
 if __name__ == "__main__":

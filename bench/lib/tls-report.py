@@ -172,17 +172,7 @@ def main(out):
     ratio_lines(setups, "duomq TLS/plaintext", "duomq-tls", "duomq-plain", missing, goal=GOAL, paired=True)
     ratio_lines(setups, "ActiveMQ TLS/plaintext", "activemq-tls", "activemq-plain", missing, paired=True)
     ratio_lines(setups, "duomq TLS/ActiveMQ stomp+ssl", "duomq-tls", "activemq-tls", missing)
-    if problems:
-        print()
-        print("Problems (a ratio over such a cell means little):")
-        for p in problems:
-            print(f"  {p}")
-    load = read_tsv(os.path.join(out, "tls-load.tsv"))
-    if load:
-        highest = max(float(v) for _, v in load)
-        print()
-        print(f"1-minute load before the cells: up to {highest:.2f} on {meta.get('nproc', '?')} CPUs", end="")
-        print(" (cells run beside other work are worth repeating)" if highest > 1.0 else "")
+    benchfiles.print_footer(problems, os.path.join(out, "tls-load.tsv"), meta.get("nproc", "?"))
 
 
 if __name__ == "__main__":

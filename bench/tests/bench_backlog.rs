@@ -7,7 +7,7 @@
 
 mod common;
 
-use common::{activemq_installed, bench_json, ratio_after, read_jsonl, Broker, CompareRun};
+use common::{compare_targets, bench_json, ratio_after, read_jsonl, Broker, CompareRun};
 use std::time::Duration;
 
 /// Three small fill-and-drain cells plus broker start-ups, generous for a loaded machine.
@@ -57,11 +57,7 @@ fn given_backlog_when_benchmarked_should_fill_it_without_consumers_then_drain_ev
 #[test]
 fn given_backlog_section_when_compared_at_the_smallest_size_should_measure_every_setup_and_print_the_ratios(
 ) -> anyhow::Result<()> {
-    let activemq = activemq_installed();
-    if !activemq {
-        eprintln!("ActiveMQ is not installed: the section runs duomq's cells only (apt-get install activemq for all)");
-    }
-    let only = if activemq { "duomq,activemq" } else { "duomq" };
+    let (only, activemq) = compare_targets();
     let args = ["--backlog-only", "--only", only, "--backlog-messages", "2000", "--backlog-page-bytes", "64KiB"];
     let run = CompareRun::run("duomq-compare-backlog-", &args, &[], COMPARE_TIMEOUT)?;
     let results = read_jsonl(&run.out("backlog.jsonl"))?;

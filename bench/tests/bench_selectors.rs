@@ -7,36 +7,12 @@
 
 mod common;
 
-use common::{activemq_installed, bench_json, bench_outcome, ratio_after, read_jsonl, Broker, CompareRun};
+use common::{compare_targets, short_run_args, bench_json, bench_outcome, ratio_after, read_jsonl, Broker, CompareRun};
 use std::time::Duration;
 
 /// One round of four 1 s cells (two without ActiveMQ) plus broker start-ups, generous for
 /// a loaded machine.
 const COMPARE_TIMEOUT: Duration = Duration::from_secs(600);
-
-fn selector_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "run",
-        "--url",
-        url,
-        "--duration",
-        "1s",
-        "--warmup",
-        "500ms",
-        "--persistent",
-        "--window",
-        "16",
-        "--producers",
-        "2",
-        "--consumers",
-        "2",
-        "--header-cycle",
-        "colour=red,blue",
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    args
-}
 
 fn assert_delivered_everything(report: &serde_json::Value) {
     assert!(report["received"].as_u64().is_some_and(|n| n > 0), "{report}");
@@ -49,11 +25,11 @@ fn assert_delivered_everything(report: &serde_json::Value) {
 fn given_complementary_selectors_when_benchmarked_should_deliver_every_message_to_its_selector() -> anyhow::Result<()> {
     let broker = Broker::start()?;
     let url = broker.url();
-    let report = bench_json(&selector_args(&url, &["--selector-split"]))?;
+    let report = bench_json(&short_run_args(&url, &["--header-cycle", "colour=red,blue", "--selector-split"]))?;
     assert_delivered_everything(&report);
     assert_eq!(report["selector_mismatches"], 0, "{report}");
 
-    let plain = bench_json(&selector_args(&url, &[]))?;
+    let plain = bench_json(&short_run_args(&url, &["--header-cycle", "colour=red,blue"]))?;
     assert_delivered_everything(&plain);
     assert!(plain.get("selector_mismatches").is_none(), "no check without selectors: {plain}");
     Ok(())
@@ -69,11 +45,7 @@ fn given_selector_split_without_header_cycle_should_be_refused_naming_the_option
 #[test]
 fn given_selectors_section_when_compared_at_the_smallest_size_should_measure_every_cell_and_print_the_ratios(
 ) -> anyhow::Result<()> {
-    let activemq = activemq_installed();
-    if !activemq {
-        eprintln!("ActiveMQ is not installed: the section runs duomq's cells only (apt-get install activemq for all)");
-    }
-    let only = if activemq { "duomq,activemq" } else { "duomq" };
+    let (only, activemq) = compare_targets();
     let args = ["--selectors-only", "--only", only, "--duration", "1s", "--warmup", "0s", "--selectors-rounds", "1"];
     let run = CompareRun::run("duomq-compare-selectors-", &args, &[], COMPARE_TIMEOUT)?;
     assert!(run.status.success(), "compare.sh {args:?} failed ({}):\n{}", run.status, run.logs(40));

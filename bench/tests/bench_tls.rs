@@ -10,7 +10,7 @@
 mod common;
 
 use anyhow::Context;
-use common::{activemq_installed, bench_json, bench_outcome, ratio_after, read_jsonl, Broker, CompareRun};
+use common::{compare_targets, short_run_args, bench_json, bench_outcome, ratio_after, read_jsonl, Broker, CompareRun};
 use rstest::rstest;
 use std::path::PathBuf;
 use std::time::Duration;
@@ -62,28 +62,6 @@ impl Certs {
     }
 }
 
-fn run_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
-    let mut args = vec![
-        "run",
-        "--url",
-        url,
-        "--duration",
-        "1s",
-        "--warmup",
-        "500ms",
-        "--persistent",
-        "--window",
-        "16",
-        "--producers",
-        "2",
-        "--consumers",
-        "2",
-        "--json",
-    ];
-    args.extend_from_slice(extra);
-    args
-}
-
 fn assert_delivered_everything(report: &serde_json::Value) {
     assert!(report["received"].as_u64().is_some_and(|n| n > 0), "{report}");
     assert!(report["confirmed"].as_u64().is_some_and(|n| n > 0), "{report}");
@@ -103,7 +81,7 @@ fn given_tls_listener_when_benchmarked_over_stomp_ssl_should_deliver_every_recei
     let (url, ca) = (broker.tls_url(), certs.arg("ca.crt"));
     let mut extra = vec!["--ca-file", &ca];
     extra.extend_from_slice(consumer);
-    let report = bench_json(&run_args(&url, &extra))?;
+    let report = bench_json(&short_run_args(&url, &extra))?;
     assert_delivered_everything(&report);
     Ok(())
 }
@@ -119,11 +97,11 @@ fn given_client_auth_required_when_benchmarked_with_a_client_certificate_should_
     let (url, ca, cert, key) = (broker.tls_url(), certs.arg("ca.crt"), certs.arg("client.crt"), certs.arg("client.key"));
     let mut with_cert = vec!["--ca-file", &ca, "--cert-file", &cert, "--key-file", &key];
     with_cert.extend_from_slice(consumer);
-    assert_delivered_everything(&bench_json(&run_args(&url, &with_cert))?);
+    assert_delivered_everything(&bench_json(&short_run_args(&url, &with_cert))?);
 
     let mut without = vec!["--ca-file", &ca];
     without.extend_from_slice(consumer);
-    let run = bench_outcome(&run_args(&url, &without))?;
+    let run = bench_outcome(&short_run_args(&url, &without))?;
     assert!(!run.success, "a client without a certificate must be refused; stderr:\n{}", run.stderr);
     Ok(())
 }
@@ -133,7 +111,7 @@ fn given_stomp_ssl_url_without_ca_file_when_benchmarked_should_fail_naming_the_o
     let certs = Certs::new(None)?;
     let broker = Broker::start_with_config(Some(&certs.broker_yaml("none")))?;
     let url = broker.tls_url();
-    let run = bench_outcome(&run_args(&url, &[]))?;
+    let run = bench_outcome(&short_run_args(&url, &[]))?;
     assert!(!run.success, "{}", run.stderr);
     assert!(run.stderr.contains("--ca-file"), "the error must say which option to set:\n{}", run.stderr);
     Ok(())
@@ -151,7 +129,7 @@ fn given_ca_of_another_authority_when_benchmarked_should_fail_the_handshake_and_
     let (url, wrong_ca) = (broker.tls_url(), other.arg("ca.crt"));
     let mut extra = vec!["--ca-file", &wrong_ca];
     extra.extend_from_slice(consumer);
-    let run = bench_outcome(&run_args(&url, &extra))?;
+    let run = bench_outcome(&short_run_args(&url, &extra))?;
     assert!(!run.success, "{}", run.stderr);
     let said = run.stderr.to_lowercase();
     assert!(
@@ -165,11 +143,7 @@ fn given_ca_of_another_authority_when_benchmarked_should_fail_the_handshake_and_
 #[test]
 fn given_tls_section_when_compared_at_the_smallest_size_should_measure_every_setup_and_print_the_ratios(
 ) -> anyhow::Result<()> {
-    let activemq = activemq_installed();
-    if !activemq {
-        eprintln!("ActiveMQ is not installed: the section runs duomq's cells only (apt-get install activemq for all)");
-    }
-    let only = if activemq { "duomq,activemq" } else { "duomq" };
+    let (only, activemq) = compare_targets();
     let args = ["--tls-only", "--only", only, "--duration", "1s", "--warmup", "0s", "--tls-rounds", "1"];
     let run = CompareRun::run("duomq-compare-tls-", &args, &[], COMPARE_TIMEOUT)?;
     assert!(run.status.success(), "compare.sh {args:?} failed ({}):\n{}", run.status, run.logs(40));

@@ -216,6 +216,26 @@ pub fn activemq_installed() -> bool {
             .is_ok_and(|s| s.success())
 }
 
+/// `duomq-bench run` arguments for a short test run against `url`: 1 s after 500 ms,
+/// persistent, 2 producers with 16 receipts in flight, 2 consumers, JSON; then `extra`.
+pub fn short_run_args<'a>(url: &'a str, extra: &[&'a str]) -> Vec<&'a str> {
+    let mut args = vec!["run", "--url", url, "--duration", "1s", "--warmup", "500ms", "--persistent", "--window", "16"];
+    args.extend_from_slice(&["--producers", "2", "--consumers", "2", "--json"]);
+    args.extend_from_slice(extra);
+    args
+}
+
+/// The `--only` list of a section test: duomq and ActiveMQ, or duomq alone (said on stderr)
+/// when ActiveMQ is not installed; and whether ActiveMQ is in it.
+pub fn compare_targets() -> (&'static str, bool) {
+    if activemq_installed() {
+        ("duomq,activemq", true)
+    } else {
+        eprintln!("ActiveMQ is not installed: the section runs duomq's cells only (apt-get install activemq for all)");
+        ("duomq", false)
+    }
+}
+
 /// A number after `prefix` on a line of `text` (`-` or nothing: None): a section report's
 /// ratio line.
 pub fn ratio_after(text: &str, prefix: &str) -> Option<f64> {
