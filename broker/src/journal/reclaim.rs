@@ -60,6 +60,9 @@ pub(super) struct Ledger {
     segments: BTreeMap<SegmentSeq, SegmentEntry>,
     /// Live ids over every segment.
     live: u64,
+    /// The highest id ever added: an add above it (the broker's ids only go up, so nearly
+    /// every add) is of an id no segment holds, and needs no look through the segments.
+    highest: Option<u64>,
 }
 
 impl SegmentEntry {
@@ -96,9 +99,11 @@ impl Ledger {
             match *effect {
                 Effect::Add(id) => {
                     // A repeated add replaces the earlier one, as recovery's map does.
-                    if self.take_live(id).is_none() {
+                    let new = self.highest.is_none_or(|h| id.0 > h);
+                    if new || self.take_live(id).is_none() {
                         self.live += 1;
                     }
+                    self.highest = Some(self.highest.map_or(id.0, |h| h.max(id.0)));
                     self.segments.entry(seq).or_default().insert(id.0);
                 }
                 Effect::Ack(id) => {
