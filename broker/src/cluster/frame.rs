@@ -891,8 +891,8 @@ fn decode_body(mut body: Bytes) -> Result<ClusterFrame, ClusterCodecError> {
             ClusterFrame::GroupDecision { id, owner, error }
         }
         kind::GROUP_TOUCH => {
-            // Each binding is at least two name lengths.
-            let count = r.count("bindings", 8)?;
+            // Each binding is at least two 2-byte name lengths.
+            let count = r.count("bindings", 4)?;
             let mut bindings = Vec::with_capacity(count);
             for _ in 0..count {
                 bindings.push((r.string("bindings")?, r.string("bindings")?));
