@@ -88,6 +88,7 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
     if config.tls.any_enabled() {
         tracing::info!(
             stomp = config.tls.stomp.enabled,
+            amqp = config.tls.amqp.enabled,
             cluster = config.tls.cluster.enabled,
             admin = config.tls.admin.enabled,
             client_auth = ?config.tls.stomp.client_auth,
@@ -288,6 +289,7 @@ async fn respond_not_live(shared: &Shared, ctx: &HaContext, stomp: &TcpListener,
                 node: ctx.node_id.clone(),
                 live: Arc::clone(&ctx.live_amqp),
                 metrics: shared.metrics.amqp.clone(),
+                tls: Arc::clone(&shared.tls),
             };
             tokio::join!(stomp, redirect.serve(amqp, stop));
         }

@@ -471,6 +471,45 @@ fn backup_redirects_to_the_live_and_failover_loses_nothing_unacknowledged() {
     assert!(got.iter().all(|b| unacknowledged.contains(b) || acked.contains(b)), "{out}");
 }
 
+/// With `tls.amqp`, a backup's redirect follows the TLS handshake, so amqps clients read it.
+#[test]
+fn a_backup_redirects_amqps_clients_after_the_tls_handshake() {
+    use common::cluster::Member;
+    let root = tempfile::Builder::new().prefix("amqps-redirect").tempdir().expect("tempdir");
+    std::fs::write(root.path().join("password"), "secret\n").expect("password file");
+    let pki = common::tls::Pki::in_dir(root.path(), "redirect");
+    let tls = pki.config(&pki.leaf("member"), &["stomp", "amqp"]);
+    let mut live = Member::new(root.path(), "node-a");
+    let mut backup = Member::new(root.path(), "node-b");
+    live.amqp_enabled = true;
+    backup.amqp_enabled = true;
+    live.start(&[backup.peer()], "primary", &tls, root.path(), "g1", "password");
+    live.wait_live();
+    backup.start(&[live.peer()], "backup", &tls, root.path(), "g1", "password");
+    backup.wait_synced_backup();
+    let vars: Vec<(&'static str, std::ffi::OsString)> = vec![("AMQP_SCHEME", "amqps".into()), ("AMQP_CA", pki.ca_file.clone().into())];
+    let out = proton(
+        r#"
+        from proton.handlers import MessagingHandler
+        from proton.reactor import Container
+        class Redirected(MessagingHandler):
+            def on_start(self, event):
+                event.container.connect(url, reconnect=False, ssl_domain=ssl_domain(), virtual_host="localhost")
+            def on_connection_error(self, event):
+                c = event.connection.remote_condition
+                out["condition"] = c.name
+                out["port"] = int((c.info or {}).get("port", 0))
+            def on_transport_error(self, event):
+                out.setdefault("transport_error", str(event.transport.condition))
+        Container(Redirected()).run()
+        "#,
+        backup.amqp,
+        &env(&vars),
+    );
+    assert_eq!(out["condition"], "amqp:connection:redirect", "{out}");
+    assert_eq!(out["port"], live.amqp, "{out}");
+}
+
 /// A JMS selector on the source picks what a queue consumer takes and what a topic
 /// subscription gets; a bad selector and a browser (distribution-mode copy) are refused.
 #[test]
@@ -694,4 +733,84 @@ fn durable_subscriptions_keep_messages_while_detached_and_close_removes_them() {
     assert_eq!(out["other"], "nothing", "another client's subscription of the same name is its own: {out}");
     assert_eq!(out["kept"], json!(["n2", "n3"]), "kept while detached: {out}");
     assert_eq!(out["after_close"], serde_json::Value::Null, "closing the link removed the subscription: {out}");
+}
+
+#[test]
+fn amqps_serves_proton_over_tls_and_a_mapped_client_certificate_logs_in_with_sasl_external() {
+    let pki = common::tls::Pki::new("amqps");
+    let server = pki.leaf("broker");
+    let ops = pki.leaf("ops-client");
+    let stranger = common::tls::Pki::new("amqps-other").leaf("ops-client");
+    let tls = pki.config(&server, &["stomp", "amqp"]).replace("  amqp:\n    enabled: true\n", "  amqp:\n    enabled: true\n    clientAuth: optional\n");
+    let config = format!(
+        r#"{tls}auth:
+  users:
+    - {{name: app, password: secret}}
+  certificateUsers:
+    ops-client: ops
+  roles:
+    apps: [app, ops]
+    admins: [ops]
+  permissions:
+    - {{match: /queue/shared, send: [apps], consume: [apps], create: [apps]}}
+    - {{match: /queue/ops-only, send: [admins], consume: [admins], create: [admins]}}
+"#
+    );
+    let b = amqp_broker("amqp-tls", &config);
+    let vars: Vec<(&'static str, std::ffi::OsString)> = vec![
+        ("AMQP_SCHEME", "amqps".into()),
+        ("AMQP_CA", pki.ca_file.clone().into()),
+        ("OPS_CERT", ops.cert.clone().into()),
+        ("OPS_KEY", ops.key.clone().into()),
+        ("STRANGER_CERT", stranger.cert.clone().into()),
+        ("STRANGER_KEY", stranger.key.clone().into()),
+    ];
+    let out = proton(
+        r#"
+        # A password over TLS, the server's certificate checked against the CA and its name
+        # (Proton checks DNS names only: the loopback leaf names localhost).
+        c = BlockingConnection(url, timeout=15, ssl_domain=ssl_domain(), virtual_host="localhost", user="app", password="secret", allowed_mechs="PLAIN")
+        c.create_sender("shared", name="p").send(Message(body="over-tls", durable=True))
+        try:
+            c.create_sender("ops-only", name="p2").send(Message(body="refused"))
+            out["app_ops_only"] = "sent"
+        except Exception as e:
+            out["app_ops_only"] = condition(e)
+        c.close()
+        # The certificate alone: SASL EXTERNAL logs in as the user it maps to.
+        c = BlockingConnection(url, timeout=15, ssl_domain=ssl_domain(os.environ["OPS_CERT"], os.environ["OPS_KEY"]), virtual_host="localhost", allowed_mechs="EXTERNAL")
+        c.create_sender("ops-only", name="p3").send(Message(body="by-certificate", durable=True))
+        r = c.create_receiver("shared", credit=1, name="c")
+        out["shared"] = body(r.receive(timeout=10))
+        r.accept()
+        r2 = c.create_receiver("ops-only", credit=1, name="c2")
+        out["ops_only"] = body(r2.receive(timeout=10))
+        r2.accept()
+        c.close()
+        # A certificate from another CA proves nothing: OpenSSL does not send one the
+        # server's CA list excludes, so there is no EXTERNAL to log in with.
+        try:
+            BlockingConnection(url, timeout=10, ssl_domain=ssl_domain(os.environ["STRANGER_CERT"], os.environ["STRANGER_KEY"]), virtual_host="localhost", allowed_mechs="EXTERNAL")
+            out["stranger"] = "connected"
+        except Exception as e:
+            out["stranger"] = "refused"
+        "#,
+        b.amqp_port,
+        &env(&vars),
+    );
+    assert_eq!(out["app_ops_only"], "amqp:unauthorized-access", "{out}");
+    assert_eq!(out["shared"], "over-tls", "{out}");
+    assert_eq!(out["ops_only"], "by-certificate", "the certificate's user may use its queue: {out}");
+    assert_eq!(out["stranger"], "refused", "{out}");
+
+    // A plaintext AMQP client on the amqps port gets no AMQP answer, only a close.
+    let mut plain = TcpStream::connect(("127.0.0.1", b.amqp_port)).expect("connect");
+    plain.write_all(b"AMQP\x03\x01\x00\x00").expect("write the header");
+    let (got, closed) = read_until_closed(&mut plain, Duration::from_secs(15));
+    assert!(closed, "the broker closes a plaintext client on the amqps port");
+    assert!(!got.starts_with(b"AMQP"), "no AMQP header is sent in plaintext: {got:?}");
+    eventually("TLS refusals counted", Duration::from_secs(10), || {
+        metric_value(b.admin_port, "duomq_amqp_connections_refused_total{reason=\"tls\"}") >= 1
+            && metric_value(b.admin_port, "duomq_tls_handshake_failures_total{listener=\"amqp\"}") >= 1
+    });
 }

@@ -42,7 +42,7 @@ use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::net::TcpStream;
+use crate::tls::Stream;
 use tokio::sync::mpsc;
 use tokio_util::sync::CancellationToken;
 
@@ -67,11 +67,14 @@ struct Client {
 }
 
 /// Serves one client from its first byte to its close.
-pub async fn serve(stream: TcpStream, peer: SocketAddr, ctx: ConnectionContext) {
-    let _ = stream.set_nodelay(true);
+pub async fn serve(stream: Stream, peer: SocketAddr, ctx: ConnectionContext) {
+    let _ = stream.tcp().set_nodelay(true);
     let broker = Arc::clone(&ctx.broker);
     let metrics = ctx.metrics.amqp.clone();
-    let sasl = sasl::BrokerSasl::new(broker.users(), broker.config.auth.allow_anonymous);
+    // A verified client certificate that auth.certificateUsers maps proves its user
+    // (SASL EXTERNAL), as it does on STOMP.
+    let certificate_user = stream.peer_common_name().and_then(|cn| broker.config.auth.certificate_users.get(&cn).cloned());
+    let sasl = sasl::BrokerSasl::new(broker.users(), broker.config.auth.allow_anonymous, certificate_user);
     let outcome = Arc::clone(&sasl.outcome);
     let cfg = &broker.config.amqp;
     let idle = cfg.idle_timeout.get();
@@ -739,7 +742,7 @@ mod tests {
 /// not show the remote open).
 #[derive(Debug)]
 struct Tap {
-    inner: TcpStream,
+    inner: Stream,
     /// `None` once the opening was read: nothing more is kept.
     seen: Arc<parking_lot::Mutex<Option<Vec<u8>>>>,
     /// Set with `seen` taken, so reads after the opening take no lock.
@@ -756,7 +759,7 @@ impl Tap {
     /// SASL frames and an open are a few hundred bytes.
     const KEEP: usize = 16 * 1024;
 
-    fn new(inner: TcpStream) -> (Tap, Opening) {
+    fn new(inner: Stream) -> (Tap, Opening) {
         let seen = Arc::new(parking_lot::Mutex::new(Some(Vec::new())));
         let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
         (Tap { inner, seen: Arc::clone(&seen), done: Arc::clone(&done) }, Opening { seen, done })

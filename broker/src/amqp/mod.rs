@@ -11,8 +11,10 @@
 //!
 //! Not supported yet (the README says the same, and links asking for them are refused
 //! with `amqp:not-implemented`): transactions, shared subscriptions, dynamic (temporary)
-//! nodes, browsing (distribution-mode copy), source filters other than
-//! a JMS selector, the anonymous relay and TLS (`amqps`). A backup redirects AMQP clients to its live ([`redirect`]).
+//! nodes, browsing (distribution-mode copy), source filters other than a JMS selector
+//! and the anonymous relay. A backup redirects AMQP clients to its live ([`redirect`]).
+//! With `tls.amqp.enabled` the listener speaks `amqps` only, on the same certificate
+//! as STOMP; a client certificate `auth.certificateUsers` maps logs in with SASL EXTERNAL.
 
 pub mod address;
 pub mod connection;
@@ -24,6 +26,7 @@ use crate::engine::accept::AcceptError;
 use crate::engine::DestinationError;
 use crate::security::Denied;
 use crate::server::connection::ConnectionContext;
+use crate::tls::{self, Listener};
 use fe2o3_amqp::types::definitions::{self, AmqpError as Condition, ErrorCondition};
 use prometheus_client::encoding::EncodeLabelSet;
 use prometheus_client::metrics::counter::Counter;
@@ -101,8 +104,9 @@ impl AmqpError {
 /// Why the AMQP listener closed a connection before serving it (the `reason` label).
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct RefusedLabels {
-    /// `limit` (stomp.maxConnections), `authentication` (SASL outcome auth), `timeout`
-    /// (no open within stomp.connectTimeout), `protocol` (bad header or frames), `not_live`.
+    /// `limit` (stomp.maxConnections), `tls` (the amqps handshake failed), `authentication`
+    /// (SASL outcome auth), `timeout` (no open within stomp.connectTimeout), `protocol`
+    /// (bad header or frames), `not_live`.
     pub reason: &'static str,
 }
 
@@ -140,7 +144,7 @@ impl AmqpMetrics {
 
 /// What the startup log says is missing, until the whole of AMQP works.
 pub const NOT_SUPPORTED_YET: &str =
-    "transactions, shared subscriptions, temporary (dynamic) nodes, queue browsers, the anonymous relay, amqps (TLS)";
+    "transactions, shared subscriptions, temporary (dynamic) nodes, queue browsers, the anonymous relay";
 
 /// Serves AMQP clients until `ctx.shutdown` is cancelled, then waits up to `drain` for
 /// connections to close. Shares `stomp.maxConnections` as its own limit.
@@ -169,7 +173,17 @@ pub async fn run(listener: &TcpListener, ctx: ConnectionContext, drain: Duration
         open.fetch_add(1, Ordering::Relaxed);
         let (ctx, open) = (ctx.clone(), Arc::clone(&open));
         tracker.spawn(async move {
-            connection::serve(stream, peer, ctx).await;
+            // amqps (tls.amqp.enabled) within the connect timeout: a plaintext client on
+            // a TLS port fails here and is closed, never served in plaintext.
+            let acceptor = ctx.tls.acceptor(Listener::Amqp);
+            let timeout = ctx.broker.config.stomp.connect_timeout.get();
+            match tls::accept(stream, acceptor, timeout, Listener::Amqp, &ctx.metrics.tls).await {
+                Ok(stream) => connection::serve(stream, peer, ctx).await,
+                Err(e) => {
+                    ctx.metrics.amqp.refused("tls");
+                    tracing::debug!(%peer, error = %crate::report::error_chain(&e), "refused an AMQP connection");
+                }
+            }
             open.fetch_sub(1, Ordering::Relaxed);
         });
     }

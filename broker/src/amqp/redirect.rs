@@ -5,10 +5,12 @@
 //! move on at once; with no live known, `amqp:connection:forced` says so. It serves no
 //! messages and holds no state. Like the STOMP responder it answers at most
 //! [`crate::ha::responder::MAX_RESPONDER_CONNECTIONS`] clients at a time, each within
-//! [`ANSWER_TIMEOUT`].
+//! [`ANSWER_TIMEOUT`]. With `tls.amqp.enabled` the answer follows the TLS handshake, so
+//! amqps clients read it too.
 
 use super::AmqpMetrics;
 use crate::ha::responder::{next_client, not_live_message, MAX_RESPONDER_CONNECTIONS};
+use crate::tls::{self, Listener, TlsContext};
 use fe2o3_amqp::acceptor::sasl_acceptor::{SaslAcceptor, SaslServerFrame};
 use fe2o3_amqp::acceptor::ConnectionAcceptor;
 use fe2o3_amqp::types::definitions::{self, ConnectionError, Fields};
@@ -30,6 +32,7 @@ pub struct Redirect {
     /// The live's AMQP `host:port`, read per connection.
     pub live: Arc<RwLock<Option<String>>>,
     pub metrics: AmqpMetrics,
+    pub tls: Arc<TlsContext>,
 }
 
 impl Redirect {
@@ -48,10 +51,14 @@ impl Redirect {
                 .container_id(self.node.clone())
                 .sasl_acceptor(AnySasl)
                 .build();
+            let tls = Arc::clone(&self.tls);
             tokio::spawn(async move {
                 let _permit = permit;
                 let answered = tokio::time::timeout(ANSWER_TIMEOUT, async {
-                    let mut connection = acceptor.accept(tcp).await?;
+                    let stream = tls::accept(tcp, tls.acceptor(Listener::Amqp), ANSWER_TIMEOUT, Listener::Amqp, &tls.metrics)
+                        .await
+                        .map_err(|e| fe2o3_amqp::connection::OpenError::Io(std::io::Error::other(crate::report::error_chain(&e))))?;
+                    let mut connection = acceptor.accept(stream).await?;
                     connection.close_with_error(error).await.map_err(|e| fe2o3_amqp::connection::OpenError::Io(std::io::Error::other(e.to_string())))
                 })
                 .await;

@@ -20,7 +20,7 @@ pub use ha::{
 pub use network::{DestinationFilter, GroupingConfig, GroupingHandler, NetworkConfig, NetworkConnector, MAX_NETWORK_TTL};
 pub use units::{ByteSize, HumanDuration};
 pub use address::{AddressSettings, AddressSettingsEntry, AddressSettingsTable, DeadLetter, FullPolicy};
-pub use tls::{ClientAuth, ListenerTlsConfig, Permission, Roles, StompTlsConfig, TlsConfig, TlsVersion};
+pub use tls::{ClientAuth, ClientTlsConfig, ListenerTlsConfig, Permission, Roles, TlsConfig, TlsVersion};
 pub use database::{DatabaseConfig, DatabaseLeaseConfig, DatabaseUrlError, SslMode, StoreKind};
 
 use serde::{Deserialize, Serialize};
@@ -642,6 +642,9 @@ impl BrokerConfig {
     fn validate_amqp(&self) -> Result<(), ConfigError> {
         let amqp = &self.amqp;
         if !amqp.enabled {
+            if self.tls.amqp.enabled {
+                return invalid("tls.amqp.enabled", "needs amqp.enabled: true (there is no AMQP listener to put TLS on)");
+            }
             return Ok(());
         }
         if amqp.listen == self.stomp.listen || amqp.listen == self.admin.listen {
@@ -653,8 +656,11 @@ impl BrokerConfig {
         if amqp.idle_timeout.get().as_millis() > u128::from(u32::MAX) {
             return invalid("amqp.idleTimeout", "must be at most 49 days (AMQP's idle-time-out is 32-bit milliseconds)");
         }
-        if self.tls.stomp.enabled {
-            return invalid("amqp.enabled", "amqps (TLS on the AMQP listener) is not supported yet, and tls.stomp.enabled is on: AMQP would be plaintext beside a TLS-only STOMP port (turn amqp off, or accept plaintext by not enabling TLS)");
+        if self.tls.stomp.enabled && !self.tls.amqp.enabled {
+            return invalid(
+                "tls.amqp.enabled",
+                "must be true with amqp.enabled and tls.stomp.enabled: AMQP would be plaintext beside a TLS-only STOMP port",
+            );
         }
         Ok(())
     }
@@ -778,6 +784,7 @@ mod tests {
         all.admin.open_metrics = false;
         all.destinations.expiry_scan_period = HumanDuration::secs(5);
         all.tls.stomp.enabled = true;
+        all.tls.amqp.enabled = true;
         all.amqp.enabled = true;
         all.auth.roles.insert("admin".into(), vec!["ops".into()]);
         all.auth.anonymous_roles = vec!["guest".into()];
@@ -845,6 +852,22 @@ mod tests {
     fn given_invalid_combination_should_name_field() {
         let err = load_text("memory:\n  maxQueueBytes: 2GiB\n  maxBrokerBytes: 1GiB\n").unwrap_err();
         assert!(err.to_string().contains("memory.maxBrokerBytes"), "{err}");
+    }
+
+    #[rstest::rstest]
+    #[case::plaintext_amqp_beside_tls_stomp("amqp: {enabled: true}\ntls: {certFile: c, keyFile: k, stomp: {enabled: true}}\n", "tls.amqp.enabled")]
+    #[case::amqps_without_the_listener("tls: {certFile: c, keyFile: k, amqp: {enabled: true}}\n", "needs amqp.enabled")]
+    #[case::client_auth_without_tls("amqp: {enabled: true}\ntls: {caFile: ca, amqp: {clientAuth: optional}}\n", "tls.amqp.clientAuth")]
+    #[case::client_auth_without_a_ca("amqp: {enabled: true}\ntls: {certFile: c, keyFile: k, amqp: {enabled: true, clientAuth: required}}\n", "tls.caFile")]
+    fn given_bad_amqp_tls_config_should_name_the_field(#[case] text: &str, #[case] field: &str) {
+        let err = load_text(text).unwrap_err().to_string();
+        assert!(err.contains(field), "{text}\n=> {err}");
+    }
+
+    #[test]
+    fn given_amqps_beside_tls_stomp_should_load() {
+        let cfg = load_text("amqp: {enabled: true}\ntls: {certFile: c, keyFile: k, caFile: ca, stomp: {enabled: true}, amqp: {enabled: true, clientAuth: optional}}\n").unwrap();
+        assert!(cfg.tls.amqp.enabled && cfg.tls.any_enabled());
     }
 
     #[test]

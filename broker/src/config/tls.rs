@@ -23,7 +23,10 @@ pub struct TlsConfig {
     pub reload_interval: HumanDuration,
     /// The oldest protocol version accepted: `"1.2"` or `"1.3"`. Older ones never are.
     pub min_version: TlsVersion,
-    pub stomp: StompTlsConfig,
+    pub stomp: ClientTlsConfig,
+    /// The AMQP listener (`amqp.listen`, with `amqp.enabled`): `amqps://` only. Client
+    /// certificates mapped by `auth.certificateUsers` log in with SASL EXTERNAL.
+    pub amqp: ClientTlsConfig,
     pub cluster: ListenerTlsConfig,
     pub admin: ListenerTlsConfig,
 }
@@ -36,7 +39,8 @@ impl Default for TlsConfig {
             ca_file: None,
             reload_interval: HumanDuration::secs(10),
             min_version: TlsVersion::V1_2,
-            stomp: StompTlsConfig::default(),
+            stomp: ClientTlsConfig::default(),
+            amqp: ClientTlsConfig::default(),
             cluster: ListenerTlsConfig::default(),
             admin: ListenerTlsConfig::default(),
         }
@@ -50,7 +54,7 @@ impl TlsConfig {
 
     /// Whether any listener speaks TLS.
     pub fn any_enabled(&self) -> bool {
-        self.stomp.enabled || self.cluster.enabled || self.admin.enabled
+        self.stomp.enabled || self.amqp.enabled || self.cluster.enabled || self.admin.enabled
     }
 
     /// Checks what types alone cannot; errors name the field.
@@ -69,11 +73,16 @@ impl TlsConfig {
                 "is required with tls.cluster.enabled: members prove themselves to each other with certificates from this CA (mutual TLS)".into(),
             ));
         }
-        if self.stomp.enabled && self.stomp.client_auth != ClientAuth::None && self.ca_file.is_none() {
-            return Err(("tls.caFile", "is required with tls.stomp.clientAuth optional or required: client certificates are checked against it".into()));
-        }
-        if !self.stomp.enabled && self.stomp.client_auth != ClientAuth::None {
-            return Err(("tls.stomp.clientAuth", "needs tls.stomp.enabled: true (client certificates travel in the TLS handshake)".into()));
+        for (name, listener) in [("stomp", &self.stomp), ("amqp", &self.amqp)] {
+            if listener.enabled && listener.client_auth != ClientAuth::None && self.ca_file.is_none() {
+                return Err(("tls.caFile", format!("is required with tls.{name}.clientAuth optional or required: client certificates are checked against it")));
+            }
+            if !listener.enabled && listener.client_auth != ClientAuth::None {
+                return Err((
+                    if name == "stomp" { "tls.stomp.clientAuth" } else { "tls.amqp.clientAuth" },
+                    format!("needs tls.{name}.enabled: true (client certificates travel in the TLS handshake)"),
+                ));
+            }
         }
         if self.reload_interval.get().is_zero() {
             return Err(("tls.reloadInterval", "must be longer than 0s".into()));
@@ -92,8 +101,8 @@ pub enum TlsVersion {
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
 #[serde(rename_all = "camelCase", deny_unknown_fields, default)]
-pub struct StompTlsConfig {
-    /// The STOMP listener (`stomp.listen`) speaks TLS only (`stomp+ssl://`); no plaintext.
+pub struct ClientTlsConfig {
+    /// The listener speaks TLS only (`stomp+ssl://`, `amqps://`); no plaintext.
     pub enabled: bool,
     /// Client certificates: `none` (not asked for), `optional` (checked if sent; a valid
     /// one logs in as the user `auth.certificateUsers` maps it to) or `required`.

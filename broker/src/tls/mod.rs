@@ -1,4 +1,4 @@
-//! TLS for the broker's three listeners and its outgoing cluster connections, on rustls
+//! TLS for the broker's four listeners (STOMP, AMQP, cluster, admin) and its outgoing cluster connections, on rustls
 //! (TLS 1.2 and 1.3 only, the ring provider the rest of the workspace uses).
 //!
 //! [`TlsContext`] holds the rustls settings built from `tls:`'s files. [`TlsContext::watch`]
@@ -8,8 +8,8 @@
 //! not load (a key that does not match, a half-written file) leave the old settings in
 //! place and are logged, then tried again next interval.
 //!
-//! [`Stream`] is one byte stream, plain or TLS, so the STOMP server, the cluster port and
-//! the admin API serve both the same way.
+//! [`Stream`] is one byte stream, plain or TLS, so the STOMP and AMQP servers, the cluster port
+//! and the admin API serve both the same way.
 
 pub mod pki;
 mod stream;
@@ -207,6 +207,7 @@ impl rustls::client::danger::ServerCertVerifier for AnyServerCertificate {
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
 pub enum Listener {
     Stomp,
+    Amqp,
     Cluster,
     Admin,
 }
@@ -215,6 +216,7 @@ impl Listener {
     pub fn as_str(self) -> &'static str {
         match self {
             Listener::Stomp => "stomp",
+            Listener::Amqp => "amqp",
             Listener::Cluster => "cluster",
             Listener::Admin => "admin",
         }
@@ -223,7 +225,7 @@ impl Listener {
 
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct ListenerLabels {
-    /// `stomp`, `cluster` (incoming and outgoing) or `admin`.
+    /// `stomp`, `amqp`, `cluster` (incoming and outgoing) or `admin`.
     pub listener: &'static str,
 }
 
@@ -260,6 +262,7 @@ impl TlsMetrics {
 /// The rustls settings built from one reading of the files.
 struct Loaded {
     stomp: Option<tokio_rustls::TlsAcceptor>,
+    amqp: Option<tokio_rustls::TlsAcceptor>,
     cluster: Option<tokio_rustls::TlsAcceptor>,
     admin: Option<tokio_rustls::TlsAcceptor>,
     cluster_client: Option<tokio_rustls::TlsConnector>,
@@ -303,6 +306,7 @@ impl TlsContext {
         let loaded = self.current.read();
         match listener {
             Listener::Stomp => loaded.stomp.clone(),
+            Listener::Amqp => loaded.amqp.clone(),
             Listener::Cluster => loaded.cluster.clone(),
             Listener::Admin => loaded.admin.clone(),
         }
@@ -401,7 +405,7 @@ impl Files {
 }
 
 fn build(config: &TlsConfig, files: &Files) -> Result<Loaded, TlsError> {
-    let mut loaded = Loaded { stomp: None, cluster: None, admin: None, cluster_client: None };
+    let mut loaded = Loaded { stomp: None, amqp: None, cluster: None, admin: None, cluster_client: None };
     if !config.any_enabled() {
         return Ok(loaded);
     }
@@ -436,6 +440,9 @@ fn build(config: &TlsConfig, files: &Files) -> Result<Loaded, TlsError> {
     };
     if config.stomp.enabled {
         loaded.stomp = Some(server(config.stomp.client_auth)?);
+    }
+    if config.amqp.enabled {
+        loaded.amqp = Some(server(config.amqp.client_auth)?);
     }
     if config.admin.enabled {
         loaded.admin = Some(server(ClientAuth::None)?);

@@ -5,7 +5,8 @@
 use serde_json::Value;
 use std::ffi::OsStr;
 
-/// `url` (the broker's AMQP address, with `AMQP_USER`/`AMQP_PASSWORD` when set),
+/// `url` (the broker's AMQP address, `amqps://` with `AMQP_SCHEME=amqps`; with
+/// `AMQP_USER`/`AMQP_PASSWORD` when set), `ssl_domain(cert, key)` (trusts `AMQP_CA`),
 /// `connect(**kw)` (a `BlockingConnection`, 15 s timeouts), `body(m)` (a received body as
 /// text), `condition(e)` (an exception's AMQP error condition name, if any), and `out`,
 /// the dict printed as JSON at the end.
@@ -15,8 +16,19 @@ from proton import Message, Condition, ConnectionException
 from proton.reactor import AtMostOnce, AtLeastOnce
 from proton.utils import BlockingConnection, LinkDetached, SendException
 
-url = "amqp://127.0.0.1:%s" % os.environ["PORT"]
+url = "%s://127.0.0.1:%s" % (os.environ.get("AMQP_SCHEME", "amqp"), os.environ["PORT"])
 out = {}
+
+def ssl_domain(cert=None, key=None):
+    """A client SSL domain trusting AMQP_CA, checking the server's name; with a
+    client certificate when given."""
+    from proton import SSLDomain
+    d = SSLDomain(SSLDomain.MODE_CLIENT)
+    d.set_trusted_ca_db(os.environ["AMQP_CA"])
+    d.set_peer_authentication(SSLDomain.VERIFY_PEER_NAME)
+    if cert:
+        d.set_credentials(cert, key, None)
+    return d
 
 def connect(**kw):
     if os.environ.get("AMQP_USER"):

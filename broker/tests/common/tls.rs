@@ -59,15 +59,16 @@ impl Pki {
     }
 
     /// The `tls:` section for a broker using `leaf`, with the listeners named on:
-    /// any of `stomp`, `cluster`, `admin`.
+    /// any of `stomp`, `amqp` (also needs `amqp.enabled`), `cluster`, `admin`.
     pub fn config(&self, leaf: &LeafFiles, listeners: &[&str]) -> String {
         let on = |l: &str| listeners.contains(&l);
         format!(
-            "tls:\n  certFile: {}\n  keyFile: {}\n  caFile: {}\n  reloadInterval: 1s\n  stomp:\n    enabled: {}\n  cluster:\n    enabled: {}\n  admin:\n    enabled: {}\n",
+            "tls:\n  certFile: {}\n  keyFile: {}\n  caFile: {}\n  reloadInterval: 1s\n  stomp:\n    enabled: {}\n  amqp:\n    enabled: {}\n  cluster:\n    enabled: {}\n  admin:\n    enabled: {}\n",
             leaf.cert.display(),
             leaf.key.display(),
             self.ca_file.display(),
             on("stomp"),
+            on("amqp"),
             on("cluster"),
             on("admin"),
         )
