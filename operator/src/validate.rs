@@ -621,6 +621,16 @@ impl ValidatedBrokerGroup {
         self.spec.ha.mode == HaMode::SharedDatabase
     }
 
+    /// The port every broker listens for AMQP on, with `spec.amqp.enabled`; `None` without
+    /// it (no AMQP port anywhere).
+    pub fn amqp_port(&self) -> Option<i32> {
+        self.spec
+            .amqp
+            .as_ref()
+            .filter(|a| a.enabled)
+            .map(|_| self.spec.ports.amqp)
+    }
+
     /// The remote passwords the broker pods need, one per spec entry, sorted by its name.
     pub fn connector_passwords(&self) -> Vec<ConnectorPassword> {
         let unique: BTreeMap<&str, &ConnectorPassword> = self

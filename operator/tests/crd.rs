@@ -140,3 +140,17 @@ fn given_a_running_broker_group_when_ha_mode_changes_should_be_rejected() {
     assert_eq!(messages, vec!["ha.mode cannot change on an existing BrokerGroup: create a new BrokerGroup and move clients to it".to_string()]);
     assert!(old.validate_cel_update(&old).is_ok());
 }
+
+#[test]
+fn given_amqp_off_when_its_unused_port_equals_another_should_be_accepted() {
+    // A BrokerGroup from before spec.amqp whose STOMP port is 5672 stays valid.
+    let text = "apiVersion: duomq.io/v1alpha1\nkind: BrokerGroup\nmetadata: {name: old}\nspec: {ports: {stomp: 5672}}\n";
+    let bg = parse_documents(text, "default").unwrap().remove(0);
+    assert_eq!(check(&bg), (Vec::new(), Vec::new()));
+    let mut on = bg.clone();
+    on.spec.amqp = Some(duomq_operator::api::AmqpSpec { enabled: true });
+    let (types, file) = check(&on);
+    assert!(types.len() == 1 && file.len() == 1, "turning AMQP on with its port taken is refused: {types:?} / {file:?}");
+    on.spec.ports.amqp = 5671;
+    assert_eq!(check(&on), (Vec::new(), Vec::new()), "on a free port it is accepted");
+}

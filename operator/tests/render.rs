@@ -507,3 +507,61 @@ fn given_address_settings_changed_should_change_the_pod_template_so_the_members_
     assert_ne!(before, with("[{match: /queue/orders.>, maxDeliveryAttempts: 4}]"), "a changed entry is a new revision");
     assert_ne!(before, with("[]"), "removing the list is a new revision");
 }
+
+/// A one-group pair `jms` with this spec added (YAML flow style, the braces' content).
+fn pair_with(extra: &str) -> BrokerGroup {
+    let text = format!("apiVersion: duomq.io/v1alpha1\nkind: BrokerGroup\nmetadata: {{name: jms, uid: 00000000-0000-4000-8000-000000000011}}\nspec: {{groups: 1, backupsPerGroup: 1{extra}}}\n");
+    parse_documents(&text, "default").expect("parses").remove(0)
+}
+
+fn rendered(bg: &BrokerGroup) -> duomq_operator::render::Rendered {
+    let deps = Dependencies { new_password: PASSWORD.into(), ..Dependencies::default() };
+    render(&validate(bg, &deps).expect("valid"))
+}
+
+/// Every Service's ports as `name:port`, by Service name.
+fn service_ports(r: &duomq_operator::render::Rendered) -> Vec<(String, Vec<String>)> {
+    r.services
+        .iter()
+        .map(|s| {
+            let ports = s.spec.iter().flat_map(|sp| sp.ports.iter().flatten()).map(|p| format!("{}:{}", p.name.as_deref().unwrap_or_default(), p.port)).collect();
+            (s.metadata.name.clone().unwrap_or_default(), ports)
+        })
+        .collect()
+}
+
+#[test]
+fn given_amqp_enabled_should_listen_on_its_port_carry_it_beside_stomp_and_give_backups_the_live_to_redirect_to() {
+    let bg = pair_with(", amqp: {enabled: true}, ports: {amqp: 5673}");
+    for (key, config) in configs(std::slice::from_ref(&bg)) {
+        assert!(config.amqp.enabled, "{key}");
+        assert_eq!(config.amqp.listen.to_string(), "0.0.0.0:5673", "{key}");
+        assert!(!config.tls.any_enabled(), "{key}: no spec.tls, plaintext AMQP as STOMP");
+        assert_eq!(config.ha.members.len(), 1, "{key}");
+        for m in &config.ha.members {
+            let (stomp_host, _) = m.stomp.rsplit_once(':').expect("host:port");
+            assert_eq!(m.amqp, format!("{stomp_host}:5673"), "{key}: the AMQP address is the member's stable name, as its STOMP address");
+            assert_eq!(m.amqp, format!("{}.jms-g0-members.default.svc:5673", m.name), "{key}");
+        }
+    }
+    let r = rendered(&bg);
+    assert_eq!(
+        service_ports(&r),
+        vec![
+            ("jms-g0-members".to_string(), ["stomp:61613", "amqp:5673", "cluster:61616", "admin:8161"].map(String::from).to_vec()),
+            ("jms-g0".to_string(), ["stomp:61613", "amqp:5673"].map(String::from).to_vec()),
+            ("jms".to_string(), ["stomp:61613", "amqp:5673"].map(String::from).to_vec()),
+        ]
+    );
+    let pod = r.statefulsets[0].spec.clone().unwrap().template.spec.unwrap();
+    let ports: Vec<String> = pod.containers[0].ports.iter().flatten().map(|p| format!("{}:{}", p.name.as_deref().unwrap_or_default(), p.container_port)).collect();
+    assert_eq!(ports, ["stomp:61613", "amqp:5673", "cluster:61616", "admin:8161"]);
+}
+
+#[test]
+fn given_amqp_absent_or_disabled_should_render_nothing_of_it() {
+    let without = render_documents(&[pair_with("")]).unwrap();
+    assert_eq!(render_documents(&[pair_with(", amqp: {enabled: false}")]).unwrap(), without, "enabled: false is no AMQP");
+    assert_eq!(render_documents(&[pair_with(", ports: {amqp: 61613}")]).unwrap(), without, "an unused AMQP port changes nothing, even one that is taken");
+    assert!(!without.contains("amqp"), "no AMQP listener, port or member address without spec.amqp");
+}

@@ -57,6 +57,7 @@ pub const KIND: &str = "BrokerGroup";
     validation = Rule::new("self.layout.type != 'hostPairs' || self.backupsPerGroup == 1").message("a host pair has two nodes, one per member: set backupsPerGroup to 1"),
     validation = Rule::new("!has(self.grouping) || self.grouping.localGroup < self.groups").message("grouping.localGroup must be the index of one of this BrokerGroup's groups (0 to groups - 1)"),
     validation = Rule::new("!has(self.tls) || self.tls.mode != 'OperatorManaged' || !has(self.networkConnectors) || self.networkConnectors.all(c, !has(c.brokerGroup))").message("a brokerGroup network connector with tls.mode OperatorManaged cannot work: each BrokerGroup has its own CA, so the two refuse each other's certificates on the cluster port; give both BrokerGroups tls.mode Secret with certificates from one issuer (cert-manager)"),
+    validation = Rule::new("!has(self.amqp) || !self.amqp.enabled || (self.ports.amqp != self.ports.stomp && self.ports.amqp != self.ports.cluster && self.ports.amqp != self.ports.admin)").message("ports.amqp must differ from ports.stomp, ports.cluster and ports.admin: a port serves one listener; pick another AMQP port (the default is 5672)").field_path(".ports.amqp"),
     validation = Rule::new("has(self.tls) == has(oldSelf.tls)").message("tls cannot be added to or removed from an existing BrokerGroup: members with and without TLS refuse each other on the cluster port, so a rolling restart would stall with no backup in sync. Delete the BrokerGroup (its journal volumes, and the messages in them, are kept) and create it again with the change")
 )]
 #[serde(rename_all = "camelCase")]
@@ -134,9 +135,21 @@ pub struct BrokerGroupSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub pod_template: Option<PodTemplateOverrides>,
 
-    /// TLS on all three listeners: STOMP (`stomp+ssl://`), the cluster port (mutual TLS
-    /// between members, on top of the cluster credentials) and the admin API (HTTPS; the
-    /// probes follow). Absent: plaintext.
+    /// AMQP 1.0 beside STOMP, for JMS applications (Qpid JMS) and the Proton, .NET, Go and
+    /// Node AMQP clients, on the same queues, topics, users and permissions. With enabled:
+    /// true every broker listens on ports.amqp (default 5672), and the client Services carry
+    /// that port, named amqp: `amqp://<name>:5672` reaches the lives of all groups,
+    /// `amqp://<name>-g<N>:5672` one group's live. With spec.tls the port speaks `amqps://`
+    /// only, with tls.clientAuth as on STOMP. A backup answers an AMQP client with a
+    /// redirect (`amqp:connection:redirect`) to its live's stable name
+    /// (`<pod>.<name>-g<N>-members.<namespace>.svc`), which Qpid JMS follows. Absent or not
+    /// enabled: no AMQP port anywhere.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub amqp: Option<AmqpSpec>,
+
+    /// TLS on every listener: STOMP (`stomp+ssl://`), AMQP when spec.amqp is enabled
+    /// (`amqps://`), the cluster port (mutual TLS between members, on top of the cluster
+    /// credentials) and the admin API (HTTPS; the probes follow). Absent: plaintext.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<TlsSpec>,
 
@@ -153,6 +166,17 @@ pub struct BrokerGroupSpec {
     #[x_kube(merge_strategy = ListMerge::Map(vec!["match".into()]))]
     #[schemars(length(max = 256))]
     pub address_settings: Vec<AddressSettingSpec>,
+}
+
+/// The AMQP 1.0 listener of every broker.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AmqpSpec {
+    /// Turns the AMQP listener on: every broker listens on ports.amqp, and the client
+    /// Services, the members' headless Service and the pods carry the port (named amqp).
+    /// Changing it restarts the members one by one, without losing a message.
+    #[serde(default)]
+    pub enabled: bool,
 }
 
 /// Where the certificates come from. OperatorManaged: a CA per BrokerGroup in the Secret
@@ -194,9 +218,9 @@ pub struct TlsSpec {
     #[schemars(length(max = 32))]
     #[x_kube(validation = Rule::new(TLS_DURATION_RULE).message("tls.caDuration is a duration such as 87600h (units h, m, s): fix it"))]
     pub ca_duration: Option<String>,
-    /// STOMP client certificates: None (not asked for), Optional (checked when sent; its
-    /// common name logs in as the user authorization.certificateUsers maps it to) or
-    /// Required.
+    /// Client certificates on STOMP (and AMQP with spec.amqp): None (not asked for),
+    /// Optional (checked when sent; its common name logs in as the user
+    /// authorization.certificateUsers maps it to) or Required.
     #[serde(default)]
     pub client_auth: TlsClientAuth,
 }
@@ -640,6 +664,10 @@ pub struct PortsSpec {
     #[serde(default = "default_admin_port")]
     #[schemars(range(min = 1024, max = 65535))]
     pub admin: i32,
+    /// AMQP 1.0 port for clients, used with spec.amqp.enabled; must differ from the others.
+    #[serde(default = "default_amqp_port")]
+    #[schemars(range(min = 1024, max = 65535))]
+    pub amqp: i32,
 }
 
 impl Default for PortsSpec {
@@ -648,6 +676,7 @@ impl Default for PortsSpec {
             stomp: default_stomp_port(),
             cluster: default_cluster_port(),
             admin: default_admin_port(),
+            amqp: default_amqp_port(),
         }
     }
 }
@@ -660,6 +689,9 @@ fn default_cluster_port() -> i32 {
 }
 fn default_admin_port() -> i32 {
     i32::from(duomq_broker::admin::api::DEFAULT_PORT)
+}
+fn default_amqp_port() -> i32 {
+    i32::from(duomq_broker::config::AmqpConfig::default().listen.port())
 }
 
 /// The CEL rule every destination-pattern list carries: the broker's pattern syntax.

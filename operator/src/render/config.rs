@@ -79,6 +79,10 @@ pub fn build_broker_config(
     c.node.id = member.pod.clone();
     c.stomp.listen = any_addr(spec.ports.stomp);
     c.admin.listen = any_addr(spec.ports.admin);
+    if let Some(port) = v.amqp_port() {
+        c.amqp.enabled = true;
+        c.amqp.listen = any_addr(port);
+    }
     c.storage.data_dir = PathBuf::from(names::DATA_DIR);
     if spec.users_secret.is_some() {
         c.auth.users_file = Some(PathBuf::from(names::USERS_SECRET_DIR).join(names::USERS_KEY));
@@ -125,8 +129,11 @@ pub fn build_broker_config(
             name: m.pod.clone(),
             cluster: format!("{}:{}", m.host, spec.ports.cluster),
             stomp: format!("{}:{}", m.host, spec.ports.stomp),
-            // The operator does not enable AMQP yet (the broker's `amqp` is off by default).
-            amqp: String::new(),
+            // Where a backup redirects AMQP clients while this member is live.
+            amqp: v
+                .amqp_port()
+                .map(|port| format!("{}:{port}", m.host))
+                .unwrap_or_default(),
         })
         .collect();
     // A shared store's arbiter is the store's own lock (or the database's lease).

@@ -342,6 +342,13 @@ fn port(name: &str, port: i32) -> ServicePort {
     }
 }
 
+/// The client ports: STOMP, and AMQP with `spec.amqp.enabled`.
+fn client_ports(v: &ValidatedBrokerGroup) -> Vec<ServicePort> {
+    let mut out = vec![port("stomp", v.spec.ports.stomp)];
+    out.extend(v.amqp_port().map(|p| port("amqp", p)));
+    out
+}
+
 /// Per group: a headless Service for the members' DNS names (published before they are
 /// ready: a backup must find its live while neither is ready) and a client Service that
 /// follows the live. Per BrokerGroup: a client Service over the lives of all groups.
@@ -359,11 +366,12 @@ fn build_services(v: &ValidatedBrokerGroup) -> Vec<Service> {
                 cluster_ip: Some("None".into()),
                 publish_not_ready_addresses: Some(true),
                 selector: Some(names::group_selector(&v.name, &g.name)),
-                ports: Some(vec![
-                    port("stomp", ports.stomp),
-                    port("cluster", ports.cluster),
-                    port("admin", ports.admin),
-                ]),
+                ports: Some(
+                    client_ports(v)
+                        .into_iter()
+                        .chain([port("cluster", ports.cluster), port("admin", ports.admin)])
+                        .collect(),
+                ),
                 ..ServiceSpec::default()
             }),
             ..Service::default()
@@ -374,7 +382,7 @@ fn build_services(v: &ValidatedBrokerGroup) -> Vec<Service> {
             metadata: meta(v, g.name.clone(), names::group_labels(&v.name, &g.name)),
             spec: Some(ServiceSpec {
                 selector: Some(live),
-                ports: Some(vec![port("stomp", ports.stomp)]),
+                ports: Some(client_ports(v)),
                 ..ServiceSpec::default()
             }),
             ..Service::default()
@@ -387,7 +395,7 @@ fn build_services(v: &ValidatedBrokerGroup) -> Vec<Service> {
                 (names::LABEL_INSTANCE.to_string(), v.name.clone()),
                 (names::LABEL_ROLE.to_string(), names::ROLE_LIVE.to_string()),
             ])),
-            ports: Some(vec![port("stomp", ports.stomp)]),
+            ports: Some(client_ports(v)),
             ..ServiceSpec::default()
         }),
         ..Service::default()

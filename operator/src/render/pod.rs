@@ -335,11 +335,17 @@ fn build_pod_spec(v: &ValidatedBrokerGroup, g: &GroupModel) -> PodSpec {
             field_env("POD_NAMESPACE", "metadata.namespace"),
             field_env("NODE_NAME", "spec.nodeName"),
         ]),
-        ports: Some(vec![
-            container_port("stomp", spec.ports.stomp),
-            container_port("cluster", spec.ports.cluster),
-            container_port("admin", spec.ports.admin),
-        ]),
+        ports: Some(
+            [
+                Some(container_port("stomp", spec.ports.stomp)),
+                v.amqp_port().map(|p| container_port("amqp", p)),
+                Some(container_port("cluster", spec.ports.cluster)),
+                Some(container_port("admin", spec.ports.admin)),
+            ]
+            .into_iter()
+            .flatten()
+            .collect(),
+        ),
         // Journal recovery may take a while on a large journal: the startup probe gives it
         // five minutes before liveness starts counting.
         startup_probe: Some(http_probe(v, duomq_broker::admin::api::HEALTHZ, 5, 60)),
