@@ -8,18 +8,24 @@
 //!   still reachable by clients: it fences itself before the backup takes the Lease.
 //! - `node`: failure of a node of a host-pair layout: both groups end up live on the other.
 //!
+//! And one for `spec.amqp`, with python-qpid-proton: `amqp`: durable messages through the
+//! client Service's AMQP port; a connection straight to the backup is redirected to the
+//! live; after the live is killed they are all received through the Service.
+//!
 //! They share one local control plane and operator and run one after the other, each in
 //! its own namespace (`node` last: its node stays failed). `E2E_SCENARIOS=fence,node` runs a
-//! subset. On a cluster reached through kubectl only (`E2E_KUBECONFIG`, or
+//! subset (`amqp` runs before `node`). On a cluster reached through kubectl only (`E2E_KUBECONFIG`, or
 //! `E2E_KUBECTL_ONLY=1` on the local plane) `delete` runs through `kubectl port-forward`;
 //! `fence` and `node` need the local plane's API fault injection and nodes and are skipped,
 //! each with a printed line saying so.
 
 mod common;
 
+use std::collections::BTreeSet;
 use std::time::{Duration, Instant};
 
 use anyhow::{bail, ensure, Context, Result};
+use common::amqp;
 use common::traffic::{GroupTraffic, TrafficReport};
 use common::{condition, group_status, wait_for_brokergroup, Env, GROUP_AVAILABLE};
 use duomq_e2e::env::repo_root;
@@ -30,6 +36,12 @@ use serde_json::Value;
 const FAILOVER_SEEN: Duration = Duration::from_secs(90);
 /// Receipts the producer must get after the failover before it stops.
 const RECEIPTS_AFTER: usize = 20;
+/// The `amqp` scenario's durable messages, sent before the failover.
+const AMQP_MESSAGES: usize = 50;
+const AMQP_QUEUE: &str = "amqp.e2e";
+/// For the AMQP clients to get through the client Service, which follows the live's role
+/// label (and, after a failover, the new live once it is ready).
+const AMQP_CLIENTS: Duration = Duration::from_secs(120);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_a_live_broker_when_it_is_deleted_cut_off_or_its_node_fails_should_fail_over_without_losing_receipted_messages() -> Result<()> {
@@ -40,7 +52,7 @@ async fn given_a_live_broker_when_it_is_deleted_cut_off_or_its_node_fails_should
 }
 
 /// The scenarios, in the order they run, with the BrokerGroup each applies.
-const SCENARIOS: [(&str, &str); 3] = [("delete", "pair"), ("fence", "pair"), ("node", "crossed")];
+const SCENARIOS: [(&str, &str); 4] = [("delete", "pair"), ("fence", "pair"), ("amqp", "pair"), ("node", "crossed")];
 
 /// Scenarios only the local control plane can run, and what they need of it.
 const NEED_THE_LOCAL_PLANE: [(&str, &str); 2] = [
@@ -52,6 +64,7 @@ async fn run_scenario(name: &str, env: &Env, namespace: &str) -> Result<Vec<Traf
     match name {
         "delete" => delete_the_live_pod(env, namespace).await,
         "fence" => cut_the_live_off_the_api(env, namespace).await,
+        "amqp" => amqp_through_a_failover(env, namespace).await,
         "node" => fail_a_node_of_host_pairs(env, namespace).await,
         other => bail!("no scenario {other}"),
     }
@@ -177,6 +190,66 @@ async fn cut_the_live_off_the_api(env: &Env, namespace: &str) -> Result<Vec<Traf
     wait_for_brokergroup(env, namespace, "pair", "the fenced member back in sync", GROUP_AVAILABLE, |bg| condition(bg, "Replicated").as_deref() == Some("True")).await?;
     delete_brokergroup(env, namespace, "pair")?;
     Ok(vec![report])
+}
+
+/// `spec.amqp` on a pair, with python-qpid-proton: durable messages sent through the client
+/// Service's AMQP port, each settled `accepted`; a connection straight to the backup is
+/// closed with `amqp:connection:redirect` naming the live's stable name and AMQP port (as
+/// the operator wrote it into `ha.members`); the live is killed (kill -9 of its container;
+/// through kubectl only, forced deletion of its pod) and every accepted message is received
+/// through the Service from the new live.
+async fn amqp_through_a_failover(env: &Env, namespace: &str) -> Result<Vec<TrafficReport>> {
+    apply_in_namespace(env, namespace, "e2e/tests/manifests/pair-amqp.yaml", "pair")?;
+    let [old, new] = <[String; 2]>::try_from(members("pair", 0)).map_err(|_| anyhow::anyhow!("two members"))?;
+    let service = env.amqp_address(namespace, "pair-g0").await?;
+
+    // The Service's endpoints follow the role label the operator sets: retry as a client
+    // would. Bodies are unique, so a resent message is counted once.
+    let mut accepted = BTreeSet::new();
+    let deadline = Instant::now() + AMQP_CLIENTS;
+    while accepted.len() < AMQP_MESSAGES {
+        let (sent, error) = amqp::send_durable(service, AMQP_QUEUE, "amqp", accepted.len()..AMQP_MESSAGES).await?;
+        accepted.extend(sent);
+        if let Some(e) = error {
+            ensure!(Instant::now() < deadline, "could not send over AMQP through the client Service: {e}");
+            eprintln!("amqp send: {e} (retrying)");
+            tokio::time::sleep(Duration::from_millis(500)).await;
+        }
+    }
+    println!("scenario amqp: {} durable messages accepted through the client Service", accepted.len());
+
+    // The backup redirects to the live's stable name, on the AMQP port.
+    let backup = env.member_amqp_address(namespace, &new).await?;
+    let closed = amqp::close_of(backup).await?;
+    let live_host = duomq_operator::names::member_host("pair-g0", &old, namespace);
+    ensure!(
+        closed.condition.as_deref() == Some("amqp:connection:redirect") && closed.network_host.as_deref() == Some(live_host.as_str()) && closed.port == Some(amqp::PORT),
+        "the backup {new} redirects to {live_host}:{}: {closed:?}",
+        amqp::PORT
+    );
+    println!("scenario amqp: the backup redirected to {live_host}:{} ({})", amqp::PORT, closed.description.unwrap_or_default());
+
+    let how = env.kill_pod(namespace, &old)?;
+    wait_for_failover(env, namespace, "pair", 0, &old, &new, &["LiveLost", "OperatorFailover"]).await?;
+
+    // Through the same Service, now following the new live: every accepted message.
+    let mut received = BTreeSet::new();
+    let deadline = Instant::now() + AMQP_CLIENTS;
+    while !accepted.is_subset(&received) {
+        let (got, error) = amqp::receive_all(service, AMQP_QUEUE).await?;
+        received.extend(got);
+        if accepted.is_subset(&received) {
+            break;
+        }
+        let missing = accepted.difference(&received).count();
+        ensure!(Instant::now() < deadline, "after the failover ({how}) {missing} of {} accepted messages were not received; last error: {error:?}", accepted.len());
+        eprintln!("amqp receive: {missing} missing, {} (retrying: the Service may still point at the old live)", error.unwrap_or_else(|| "no error".into()));
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    ensure!(received.is_subset(&accepted), "received what was never sent: {:?}", received.difference(&accepted).collect::<Vec<_>>());
+    println!("scenario amqp: after the failover ({how}) all {} received through the client Service from {new}", accepted.len());
+    delete_brokergroup(env, namespace, "pair")?;
+    Ok(Vec::new())
 }
 
 /// Two groups crossed over two nodes; one node fails: its containers die and the Node

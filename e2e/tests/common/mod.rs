@@ -5,6 +5,7 @@
 // Each test binary compiles this module and uses a part of it.
 #![allow(dead_code)]
 
+pub mod amqp;
 pub mod operator_ha;
 pub mod traffic;
 
@@ -29,6 +30,9 @@ pub const OPERATOR_READY: Duration = Duration::from_secs(180);
 /// From `kubectl apply` of a BrokerGroup to `Available`: broker containers start and sync.
 pub const GROUP_AVAILABLE: Duration = Duration::from_secs(240);
 
+/// A kubectl port forward: namespace, what it forwards to, and the port there.
+type ForwardKey = (String, Target, u16);
+
 /// Where the scenarios run.
 pub struct Env {
     pub kubeconfig: PathBuf,
@@ -36,7 +40,7 @@ pub struct Env {
     /// API faults, nodes); `None` on a cluster reached through kubectl only.
     pub local: Option<LocalControlPlane>,
     /// On a cluster reached through kubectl only: `kubectl port-forward`s to Services and pods.
-    forwards: Option<tokio::sync::Mutex<HashMap<(String, Target), Forwarder>>>,
+    forwards: Option<tokio::sync::Mutex<HashMap<ForwardKey, Forwarder>>>,
     /// A local control plane that the scenarios reach through kubectl only, as a real cluster.
     behind_kubeconfig: Option<LocalControlPlane>,
     _state: Option<tempfile::TempDir>,
@@ -94,13 +98,32 @@ impl Env {
     /// Where this machine reaches a Service's STOMP port: the local plane's proxy, or a
     /// loopback port forwarded by kubectl to the Service's ready pod (followed as it changes).
     pub async fn stomp_address(&self, namespace: &str, service: &str) -> Result<SocketAddr> {
+        self.service_port(namespace, service, "stomp", DEFAULT_STOMP_PORT).await
+    }
+
+    /// Where this machine reaches a Service's AMQP port (`spec.amqp`), as [`Env::stomp_address`].
+    pub async fn amqp_address(&self, namespace: &str, service: &str) -> Result<SocketAddr> {
+        self.service_port(namespace, service, "amqp", amqp::PORT).await
+    }
+
+    /// The Service port named `name`, `port` on its pods.
+    async fn service_port(&self, namespace: &str, service: &str, name: &str, port: u16) -> Result<SocketAddr> {
         match &self.local {
             Some(local) => local
                 .cluster
-                .service_address(namespace, service, "stomp")
+                .service_address(namespace, service, name)
                 .await
-                .with_context(|| format!("no proxy for service {namespace}/{service}")),
-            None => self.forwarded(namespace, Target::Service(service.to_string())).await,
+                .with_context(|| format!("no proxy for port {name} of service {namespace}/{service}")),
+            None => self.forwarded(namespace, Target::Service(service.to_string()), port).await,
+        }
+    }
+
+    /// Where this machine reaches the AMQP port of one member (a pod) directly: its pod IP
+    /// on the local plane, else a loopback port forwarded by kubectl.
+    pub async fn member_amqp_address(&self, namespace: &str, pod: &str) -> Result<SocketAddr> {
+        match &self.local {
+            Some(_) => Ok(SocketAddr::new(self.pod_ip(namespace, pod)?, amqp::PORT)),
+            None => self.forwarded(namespace, Target::Pod(pod.to_string()), amqp::PORT).await,
         }
     }
 
@@ -111,19 +134,19 @@ impl Env {
         }
         let mut forwarded = BTreeMap::new();
         for member in members {
-            forwarded.insert(member.clone(), self.forwarded(namespace, Target::Pod(member.clone())).await?);
+            forwarded.insert(member.clone(), self.forwarded(namespace, Target::Pod(member.clone()), DEFAULT_STOMP_PORT).await?);
         }
         Ok(MemberAddresses::Forwarded(Arc::new(forwarded)))
     }
 
-    async fn forwarded(&self, namespace: &str, target: Target) -> Result<SocketAddr> {
+    async fn forwarded(&self, namespace: &str, target: Target, port: u16) -> Result<SocketAddr> {
         let forwards = self.forwards.as_ref().context("no port forwards on the local control plane")?;
         let mut forwards = forwards.lock().await;
-        let key = (namespace.to_string(), target.clone());
+        let key = (namespace.to_string(), target.clone(), port);
         if let Some(f) = forwards.get(&key) {
             return Ok(f.local_addr());
         }
-        let forwarder = Forwarder::start(&self.kubeconfig, namespace, target, DEFAULT_STOMP_PORT).await?;
+        let forwarder = Forwarder::start(&self.kubeconfig, namespace, target, port).await?;
         let address = forwarder.local_addr();
         forwards.insert(key, forwarder);
         Ok(address)
