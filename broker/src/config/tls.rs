@@ -25,7 +25,10 @@ pub struct TlsConfig {
     pub min_version: TlsVersion,
     pub stomp: ClientTlsConfig,
     /// The AMQP listener (`amqp.listen`, with `amqp.enabled`): `amqps://` only. Client
-    /// certificates mapped by `auth.certificateUsers` log in with SASL EXTERNAL.
+    /// certificates mapped by `auth.certificateUsers` log in with SASL EXTERNAL. Left out
+    /// of a rendered file at its default, so rendered configs without AMQP stay the same
+    /// (an operator's config hash, and so its members, are not rolled by it).
+    #[serde(skip_serializing_if = "ClientTlsConfig::is_default")]
     pub amqp: ClientTlsConfig,
     pub cluster: ListenerTlsConfig,
     pub admin: ListenerTlsConfig,
@@ -107,6 +110,12 @@ pub struct ClientTlsConfig {
     /// Client certificates: `none` (not asked for), `optional` (checked if sent; a valid
     /// one logs in as the user `auth.certificateUsers` maps it to) or `required`.
     pub client_auth: ClientAuth,
+}
+
+impl ClientTlsConfig {
+    pub fn is_default(&self) -> bool {
+        *self == ClientTlsConfig::default()
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Default, Serialize, Deserialize)]
