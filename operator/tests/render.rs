@@ -565,3 +565,20 @@ fn given_amqp_absent_or_disabled_should_render_nothing_of_it() {
     assert_eq!(render_documents(&[pair_with(", ports: {amqp: 61613}")]).unwrap(), without, "an unused AMQP port changes nothing, even one that is taken");
     assert!(!without.contains("amqp"), "no AMQP listener, port or member address without spec.amqp");
 }
+
+#[test]
+fn given_amqp_with_tls_should_serve_amqps_only_with_the_client_certificates_of_stomp() {
+    use duomq_broker::config::ClientAuth;
+    for (client_auth, expected) in [("None", ClientAuth::None), ("Optional", ClientAuth::Optional), ("Required", ClientAuth::Required)] {
+        let bg = pair_with(&format!(", amqp: {{enabled: true}}, tls: {{mode: OperatorManaged, clientAuth: {client_auth}}}"));
+        for (key, config) in configs(std::slice::from_ref(&bg)) {
+            let tls = &config.tls;
+            assert!(config.amqp.enabled && tls.amqp.enabled, "{key}: AMQP is never plaintext beside the TLS STOMP port");
+            assert_eq!((tls.amqp.client_auth, tls.stomp.client_auth), (expected, expected), "{key}");
+        }
+    }
+    let without = pair_with(", tls: {mode: OperatorManaged, clientAuth: Required}");
+    for (key, config) in configs(std::slice::from_ref(&without)) {
+        assert!(!config.amqp.enabled && !config.tls.amqp.enabled && config.tls.stomp.enabled, "{key}: no AMQP, no amqps");
+    }
+}

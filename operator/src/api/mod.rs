@@ -264,8 +264,8 @@ pub struct AuthorizationSpec {
     /// credentials.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub admin_roles: Option<Vec<String>>,
-    /// A STOMP client certificate's common name → the user it logs in as (with
-    /// tls.clientAuth Optional or Required).
+    /// A client certificate's common name → the user it logs in as (with tls.clientAuth
+    /// Optional or Required): on STOMP, and on AMQP with spec.amqp (SASL EXTERNAL).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub certificate_users: Option<BTreeMap<String, String>>,
     /// Who may send, consume, browse and create on the destinations `match` names. With

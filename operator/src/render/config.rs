@@ -168,7 +168,7 @@ pub fn build_broker_config(
     c.network.connectors = group_connectors(v, group);
 
     if let Some(tls) = &spec.tls {
-        tls_config(&mut c.tls, tls);
+        tls_config(&mut c.tls, tls, v.amqp_port().is_some());
     }
     if let Some(a) = &v.authorization {
         c.auth.roles = a.roles.clone();
@@ -211,19 +211,26 @@ pub fn build_broker_config(
     c
 }
 
-/// `tls:` from `spec.tls`: all three listeners on TLS with the mounted Secret's files
-/// (`crate::render::pod`), which the broker reads again as the kubelet updates them.
-fn tls_config(c: &mut TlsConfig, tls: &api::TlsSpec) {
+/// `tls:` from `spec.tls`: every listener on TLS with the mounted Secret's files
+/// (`crate::render::pod`), which the broker reads again as the kubelet updates them. AMQP
+/// (`amqp`: the listener is on) gets STOMP's client certificates, so it is never plaintext
+/// or laxer beside the TLS STOMP port.
+fn tls_config(c: &mut TlsConfig, tls: &api::TlsSpec, amqp: bool) {
     let dir = PathBuf::from(names::TLS_DIR);
     c.cert_file = Some(dir.join(names::TLS_CERT_KEY));
     c.key_file = Some(dir.join(names::TLS_KEY_KEY));
     c.ca_file = Some(dir.join(names::TLS_CA_KEY));
-    c.stomp.enabled = true;
-    c.stomp.client_auth = match tls.client_auth {
+    let client_auth = match tls.client_auth {
         api::TlsClientAuth::None => ClientAuth::None,
         api::TlsClientAuth::Optional => ClientAuth::Optional,
         api::TlsClientAuth::Required => ClientAuth::Required,
     };
+    c.stomp.enabled = true;
+    c.stomp.client_auth = client_auth;
+    if amqp {
+        c.amqp.enabled = true;
+        c.amqp.client_auth = client_auth;
+    }
     c.cluster.enabled = true;
     c.admin.enabled = true;
 }
