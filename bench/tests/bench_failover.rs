@@ -6,15 +6,12 @@
 mod common;
 
 use anyhow::{bail, Context};
-use common::{bench_json, broker_binary, free_port};
+use common::{bench_json, broker_binary, reserve_port};
 use duomq_broker::admin::client::AdminClient;
 use std::os::unix::fs::PermissionsExt;
 use std::path::{Path, PathBuf};
 use std::process::Command;
-use std::time::{Duration, Instant};
-
-/// How long a member may take to become live or a synced backup.
-const ROLE_TIMEOUT: Duration = Duration::from_secs(30);
+use duomq_testkit::timeouts::ROLE as ROLE_TIMEOUT;
 
 struct Member {
     name: &'static str,
@@ -28,7 +25,7 @@ impl Member {
     fn new(root: &Path, name: &'static str) -> anyhow::Result<Member> {
         let dir = root.join(name);
         std::fs::create_dir_all(dir.join("data"))?;
-        Ok(Member { name, dir, stomp: free_port()?, admin: free_port()?, cluster: free_port()? })
+        Ok(Member { name, dir, stomp: reserve_port(), admin: reserve_port(), cluster: reserve_port() })
     }
 
     /// Writes broker.yaml and start.sh (the restart command the bench runs too).
@@ -82,16 +79,9 @@ impl Member {
     fn wait_for(&self, what: &str, check: impl Fn(&serde_json::Value) -> bool) -> anyhow::Result<()> {
         // The members have a cluster password: /status is signed with it.
         let client = AdminClient::new(&format!("127.0.0.1:{}", self.admin))?.with_password_file(&self.password_file())?;
-        let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build()?;
-        let deadline = Instant::now() + ROLE_TIMEOUT;
-        while Instant::now() < deadline {
-            let status = runtime.block_on(client.status_json()).ok();
-            if status.as_ref().is_some_and(&check) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
-        bail!("{} was not {what} within {ROLE_TIMEOUT:?}", self.name)
+        let admin = duomq_testkit::admin::Admin::with_client(client);
+        duomq_testkit::eventually(&format!("{} {what}", self.name), ROLE_TIMEOUT, || admin.status_json().ok().as_ref().is_some_and(&check));
+        Ok(())
     }
 
     fn log(&self) -> String {

@@ -32,7 +32,7 @@ fn guarded_broker(name: &str) -> (Broker, PathBuf) {
 
 /// [`guarded_broker`] with `extra` config.
 fn guarded_broker_with(name: &str, extra: &str) -> (Broker, PathBuf) {
-    let cluster = common::free_port();
+    let cluster = common::reserve_port();
     let b = Broker::start(name, &format!("ha:\n  cluster:\n    listen: 127.0.0.1:{cluster}\n    password: {PASSWORD}\n{USERS}{extra}"));
     let file = b.dir.join("cluster-password");
     std::fs::write(&file, format!("{PASSWORD}\n")).expect("write the password file");

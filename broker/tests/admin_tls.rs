@@ -26,7 +26,7 @@ fn runtime() -> tokio::runtime::Runtime {
 /// A standalone broker with a cluster password (it opens its cluster port for bridges, on
 /// a free port here) and [`USERS`], plus `extra` YAML.
 fn guarded_broker(name: &str, extra: &str) -> Broker {
-    let cluster = common::free_port();
+    let cluster = common::reserve_port();
     Broker::start(name, &format!("ha:\n  cluster:\n    listen: 127.0.0.1:{cluster}\n    password: {PASSWORD}\n{USERS}{extra}"))
 }
 

@@ -7,7 +7,7 @@
 mod common;
 
 use common::cluster::Member;
-use common::{cli, eventually, free_port, receive_all, Broker, Conn, FRAME_TIMEOUT};
+use common::{cli, eventually, reserve_port, receive_all, Broker, Conn, FRAME_TIMEOUT};
 use duomq_broker::stomp::{Command, Frame};
 use serde_json::Value;
 use std::time::Duration;
@@ -85,7 +85,7 @@ fn assert_draining_error(frame: Option<Frame>) {
 #[test]
 fn given_two_bridged_groups_when_one_is_drained_should_move_every_message_once_and_refuse_its_clients() {
     const N: usize = 1000;
-    let (ca, cb) = (free_port(), free_port());
+    let (ca, cb) = (reserve_port(), reserve_port());
     let a = node("a", ca, Some(("b", cb)));
     let b = node("b", cb, Some(("a", ca)));
     wait_linked(&a, "to-b");
@@ -133,7 +133,7 @@ fn given_two_bridged_groups_when_one_is_drained_should_move_every_message_once_a
 
 #[test]
 fn given_no_linked_bridge_to_a_target_should_report_stuck_with_the_reason_and_refuse_a_drain_into_itself() {
-    let c = node("c", free_port(), None);
+    let c = node("c", reserve_port(), None);
     send(&c, "/queue/stays", 10, 64);
     let (code, reply) = drain(&c, &["c"], Some(PASSWORD));
     assert_eq!(code, 400, "{reply}");
@@ -145,7 +145,7 @@ fn given_no_linked_bridge_to_a_target_should_report_stuck_with_the_reason_and_re
     assert_eq!(c.queue_depth("/queue/stays"), 10, "nothing goes anywhere");
 
     // A connector whose target does not answer: stuck, naming the link and its error.
-    let d = node("d", free_port(), Some(("nobody", free_port())));
+    let d = node("d", reserve_port(), Some(("nobody", reserve_port())));
     send(&d, "/queue/stays", 10, 64);
     let progress = drain_ok(&d, &["nobody"]);
     assert_eq!(progress["state"], "stuck", "{progress}");
@@ -156,7 +156,7 @@ fn given_no_linked_bridge_to_a_target_should_report_stuck_with_the_reason_and_re
 #[test]
 fn given_the_draining_live_killed_mid_drain_should_lose_nothing_and_complete_when_asked_again() {
     const N: usize = 20_000;
-    let (ca, cb) = (free_port(), free_port());
+    let (ca, cb) = (reserve_port(), reserve_port());
     let a = node("a", ca, None);
     let mut b = node("b", cb, Some(("a", ca)));
     wait_linked(&b, "to-a");
@@ -181,7 +181,7 @@ fn given_the_draining_live_killed_mid_drain_should_lose_nothing_and_complete_whe
 #[test]
 fn given_a_replicated_group_whose_live_dies_mid_drain_should_refuse_the_backup_and_finish_from_the_new_live_with_the_cli() {
     const N: usize = 10_000;
-    let ca = free_port();
+    let ca = reserve_port();
     let a = node("a", ca, None);
     let root = tempfile::Builder::new().prefix("duomq-drain-pair-").tempdir().unwrap();
     std::fs::write(root.path().join("password"), format!("{PASSWORD}\n")).unwrap();

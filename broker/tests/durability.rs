@@ -133,8 +133,8 @@ fn given_corrupt_record_in_the_middle_should_refuse_to_start_naming_file_and_off
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_duomq-broker"))
         .args(["run", "--data-dir"])
         .arg(&b.data_dir)
-        .args(["--stomp-listen", &format!("127.0.0.1:{}", common::free_port())])
-        .args(["--admin-listen", &format!("127.0.0.1:{}", common::free_port())])
+        .args(["--stomp-listen", &format!("127.0.0.1:{}", common::reserve_port())])
+        .args(["--admin-listen", &format!("127.0.0.1:{}", common::reserve_port())])
         .output()
         .expect("run broker");
     assert!(!out.status.success(), "start-up must stop on a corrupt record");

@@ -5,7 +5,7 @@
 mod common;
 
 use common::cluster::{Member, ROLE_TIMEOUT};
-use common::{cli, eventually, free_port, Broker, Conn};
+use common::{cli, eventually, reserve_port, Broker, Conn};
 use duomq_broker::stomp::{Command, Frame};
 use serde_json::Value;
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -124,7 +124,7 @@ fn connectors(list: &[(&str, String)]) -> String {
 /// Two standalone brokers bridged both ways: `l` runs the local grouping handler, `r` a
 /// remote one asking it; returns once `r` is linked to `l`'s handler.
 fn bridged_local_and_remote() -> (Broker, Broker) {
-    let (cl, cr) = (free_port(), free_port());
+    let (cl, cr) = (reserve_port(), reserve_port());
     let local = node("l", cl, &format!("{}grouping:\n  handler: local\n", connectors(&[("to-r", format!("tcp://127.0.0.1:{cr}"))])));
     let remote = node(
         "r",
@@ -200,7 +200,7 @@ fn given_a_remote_handler_should_bind_each_new_group_once_through_the_local_one_
 
 #[test]
 fn given_the_local_handler_unreachable_should_refuse_new_groups_with_the_timeout_error_and_keep_known_ones_flowing() {
-    let (cl, cr) = (free_port(), free_port());
+    let (cl, cr) = (reserve_port(), reserve_port());
     let mut local = node("l", cl, "grouping:\n  handler: local\n");
     let remote = node("r", cr, &format!("grouping:\n  handler: remote\n  address: masterslave:(tcp://127.0.0.1:{cl})\n  timeout: 1500ms\n"));
     eventually("remote handler linked", LINK_TIMEOUT, || grouping_status(&remote.status())["connected"] == true);
@@ -266,7 +266,7 @@ fn given_producers_before_any_consumer_should_hold_the_groups_undecided_and_deci
 
 #[test]
 fn given_a_group_timeout_should_reap_unused_bindings_and_bind_them_afresh() {
-    let cl = free_port();
+    let cl = reserve_port();
     let local = node("l", cl, "grouping:\n  handler: local\n  groupTimeout: 1s\n  reaperPeriod: 200ms\n");
     let mut consumer = Conn::connect(local.stomp_port, &[("accept-version", "1.2"), ("host", "/")]);
     consumer.subscribe("s", "/queue/reap", "auto", &[]);
@@ -284,7 +284,7 @@ fn given_a_group_timeout_should_reap_unused_bindings_and_bind_them_afresh() {
 
 #[test]
 fn given_a_client_should_not_reach_the_handlers_reserved_destination() {
-    let local = node("l", free_port(), "grouping:\n  handler: local\n");
+    let local = node("l", reserve_port(), "grouping:\n  handler: local\n");
     let mut conn = Conn::connect(local.stomp_port, &[("accept-version", "1.2"), ("host", "/")]);
     conn.send(&Frame::new(Command::Send).header("destination", "/queue/$duomq.grouping").header("receipt", "r").with_body("x".to_string()));
     let error = conn.expect(Command::Error);

@@ -35,7 +35,7 @@ impl Group {
         let root = tempfile::Builder::new().prefix("duomq-hostile-cluster-").tempdir().expect("tempdir");
         std::fs::write(root.path().join("password"), "a-long-random-cluster-password\n").expect("write password");
         let backup = Member::new(root.path(), "node-b");
-        let live_cluster = common::free_port();
+        let live_cluster = common::reserve_port();
         let config = format!(
             "node:\n  id: node-a\n\
              ha:\n  policy: replication\n  role: primary\n  groupName: g1\n  checkPeriod: 100ms\n  connectionTtl: 1s\n\
@@ -258,7 +258,7 @@ fn given_clients_pushing_16_mib_connect_frames_at_a_backup_should_keep_its_rss_b
     let root = tempfile::Builder::new().prefix("duomq-hostile-backup-").tempdir().expect("tempdir");
     std::fs::write(root.path().join("password"), "a-long-random-cluster-password\n").expect("write password");
     let mut live = Member::new(root.path(), "node-a");
-    let backup_cluster = common::free_port();
+    let backup_cluster = common::reserve_port();
     let backup_peer = Peer { name: "node-b".into(), cluster: format!("127.0.0.1:{backup_cluster}"), stomp: "127.0.0.1:1".into(), amqp: String::new() };
     live.start(&[backup_peer], "primary", "", root.path(), "g1", "password");
     live.wait_live();

@@ -5,7 +5,7 @@
 mod common;
 
 use common::cluster::{Member, ROLE_TIMEOUT};
-use common::{cli, eventually, free_port, Broker};
+use common::{cli, eventually, reserve_port, Broker};
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -106,7 +106,7 @@ fn remote_wants(node: &Node, connector: &str, destination: &str) {
 
 #[test]
 fn given_a_consumer_on_the_remote_when_messages_are_sent_here_should_forward_each_once_and_keep_nothing_here() {
-    let (ca, cb) = (free_port(), free_port());
+    let (ca, cb) = (reserve_port(), reserve_port());
     let a = Node::start("a", ca, &connectors(&[("to-b", tcp(cb), "")]));
     let b = Node::start("b", cb, "");
     linked(&a, "to-b");
@@ -132,7 +132,7 @@ fn given_a_consumer_on_the_remote_when_messages_are_sent_here_should_forward_eac
 
 #[test]
 fn given_a_static_list_should_link_to_each_broker_and_forward_to_whichever_asks() {
-    let (ca, cb, cc) = (free_port(), free_port(), free_port());
+    let (ca, cb, cc) = (reserve_port(), reserve_port(), reserve_port());
     let a = Node::start("a", ca, &connectors(&[("edge", format!("static:({},{})", tcp(cb), tcp(cc)), "")]));
     let b = Node::start("b", cb, "");
     let c = Node::start("c", cc, "");
@@ -154,7 +154,7 @@ fn given_a_static_list_should_link_to_each_broker_and_forward_to_whichever_asks(
 
 #[test]
 fn given_local_and_remote_consumers_should_serve_local_ones_first() {
-    let (ca, cb) = (free_port(), free_port());
+    let (ca, cb) = (reserve_port(), reserve_port());
     let a = Node::start("a", ca, &connectors(&[("to-b", tcp(cb), "")]));
     let b = Node::start("b", cb, "");
     linked(&a, "to-b");
@@ -174,7 +174,7 @@ fn given_local_and_remote_consumers_should_serve_local_ones_first() {
 #[test]
 fn given_a_ring_of_three_should_reach_two_bridges_away_only_with_ttl_two_and_never_loop() {
     for ttl in [1u8, 2] {
-        let (ca, cb, cc) = (free_port(), free_port(), free_port());
+        let (ca, cb, cc) = (reserve_port(), reserve_port(), reserve_port());
         let opt = format!("networkTTL: {ttl}");
         let a = Node::start("a", ca, &connectors(&[("to-b", tcp(cb), &opt)]));
         let b = Node::start("b", cb, &connectors(&[("to-c", tcp(cc), &opt)]));
@@ -209,7 +209,7 @@ fn given_a_ring_of_three_should_reach_two_bridges_away_only_with_ttl_two_and_nev
 
 #[test]
 fn given_a_duplex_link_should_carry_messages_back_over_the_same_connection() {
-    let (ca, cb) = (free_port(), free_port());
+    let (ca, cb) = (reserve_port(), reserve_port());
     let a = Node::start("a", ca, &connectors(&[("to-b", tcp(cb), "duplex: true")]));
     // b has no connector of its own: everything it sends crosses a's link.
     let b = Node::start("b", cb, "");
@@ -228,7 +228,7 @@ fn given_a_duplex_link_should_carry_messages_back_over_the_same_connection() {
 
 #[test]
 fn given_two_subscribers_on_the_remote_should_forward_each_topic_message_once_through_one_conduit() {
-    let (ca, cb) = (free_port(), free_port());
+    let (ca, cb) = (reserve_port(), reserve_port());
     let a = Node::start("a", ca, &connectors(&[("to-b", tcp(cb), "")]));
     let b = Node::start("b", cb, "");
     linked(&a, "to-b");
@@ -249,7 +249,7 @@ fn given_two_subscribers_on_the_remote_should_forward_each_topic_message_once_th
 
 #[test]
 fn given_excluded_and_statically_included_destinations_should_hold_back_the_first_and_push_the_second() {
-    let (ca, cb) = (free_port(), free_port());
+    let (ca, cb) = (reserve_port(), reserve_port());
     let filters = "excludedDestinations: [\"/queue/secret.>\"]\nstaticallyIncludedDestinations: [\"/queue/pushed\"]";
     let a = Node::start("a", ca, &connectors(&[("to-b", tcp(cb), filters)]));
     let b = Node::start("b", cb, "");
@@ -270,7 +270,7 @@ fn given_excluded_and_statically_included_destinations_should_hold_back_the_firs
 
 #[test]
 fn given_a_wrong_password_on_the_connector_should_refuse_log_retry_and_forward_nothing() {
-    let (ca, cb) = (free_port(), free_port());
+    let (ca, cb) = (reserve_port(), reserve_port());
     let a = Node::start("a", ca, &connectors(&[("to-b", tcp(cb), "password: not-the-password")]));
     let b = Node::start("b", cb, "");
     let waiting = consumer(&b.url(), "/queue/x", 5, "3s");
@@ -291,7 +291,7 @@ fn given_a_wrong_password_on_the_connector_should_refuse_log_retry_and_forward_n
 
 #[test]
 fn given_the_right_password_with_another_cluster_user_should_refuse_the_link() {
-    let (ca, cb) = (free_port(), free_port());
+    let (ca, cb) = (reserve_port(), reserve_port());
     let a = Node::start("a", ca, &connectors(&[("to-b", tcp(cb), "")]));
     let b = Node::start_as("b", cb, "", "another-user");
     eventually("connector refused", LINK_TIMEOUT, || a.link("to-b")["state"] == "refused");
@@ -386,7 +386,7 @@ fn given_two_pairs_when_each_live_is_killed_during_the_flow_should_deliver_every
 
 #[test]
 fn given_a_password_file_that_appears_later_should_refuse_that_link_only_and_then_link() {
-    let (ca, cb) = (free_port(), free_port());
+    let (ca, cb) = (reserve_port(), reserve_port());
     let dir = tempfile::tempdir().unwrap();
     let file = dir.path().join("remote-password");
     let a = Node::start("a", ca, &connectors(&[("to-b", tcp(cb), &format!("passwordFile: {}", file.display()))]));
@@ -408,7 +408,7 @@ fn given_a_consumer_that_moves_back_should_replay_what_was_forwarded_but_not_con
     // Two groups bridged both ways (as a BrokerGroup's mesh is). Messages sent on a follow
     // a consumer to b; the consumer leaves b after five and reappears on a: the rest, with
     // no consumer left on b, go back to a (replayWhenNoConsumers), each once.
-    let (ca, cb) = (free_port(), free_port());
+    let (ca, cb) = (reserve_port(), reserve_port());
     let a = Node::start("a", ca, &connectors(&[("to-b", tcp(cb), "")]));
     let b = Node::start("b", cb, &connectors(&[("to-a", tcp(ca), "")]));
     linked(&a, "to-b");
@@ -427,7 +427,7 @@ fn given_a_consumer_that_moves_back_should_replay_what_was_forwarded_but_not_con
 
 #[test]
 fn given_a_durable_subscription_on_the_remote_with_its_consumer_away_should_forward_the_topic_to_it() {
-    let (ca, cb) = (free_port(), free_port());
+    let (ca, cb) = (reserve_port(), reserve_port());
     let a = Node::start("a", ca, &connectors(&[("to-b", tcp(cb), "")]));
     let b = Node::start("b", cb, "");
     linked(&a, "to-b");

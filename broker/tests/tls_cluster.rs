@@ -191,7 +191,7 @@ fn link_state(broker: &common::Broker) -> serde_json::Value {
 #[test]
 fn given_a_bridge_between_groups_over_tls_should_forward_messages() {
     let pki = Pki::new("bridge");
-    let (ca, cb) = (common::free_port(), common::free_port());
+    let (ca, cb) = (common::reserve_port(), common::reserve_port());
     let network = format!("network:\n  connectors:\n    - name: to-b\n      uri: tcp://127.0.0.1:{cb}\n");
     let a = bridge_node("a", ca, &pki.config(&pki.leaf("a"), &["cluster"]), &network);
     let b = bridge_node("b", cb, &pki.config(&pki.leaf("b"), &["cluster"]), "");
@@ -213,7 +213,7 @@ fn given_a_bridge_between_groups_over_tls_should_forward_messages() {
 
     // A bridge whose certificate is from another CA is refused, and says why.
     let other = Pki::new("other");
-    let cc = common::free_port();
+    let cc = common::reserve_port();
     let to_b = format!("network:\n  connectors:\n    - name: to-b\n      uri: tcp://127.0.0.1:{cb}\n");
     let c = bridge_node("c", cc, &other.config(&other.leaf("c"), &["cluster"]), &to_b);
     eventually("the foreign bridge is refused", ROLE_TIMEOUT, || link_state(&c)["state"] == "refused");
@@ -225,7 +225,7 @@ fn given_a_bridge_between_groups_over_tls_should_forward_messages() {
 #[test]
 fn given_a_remote_grouping_handler_over_tls_should_link_to_the_local_handler() {
     let pki = Pki::new("grouping");
-    let (cl, cr) = (common::free_port(), common::free_port());
+    let (cl, cr) = (common::reserve_port(), common::reserve_port());
     let local = bridge_node("l", cl, &pki.config(&pki.leaf("l"), &["cluster"]), "grouping:\n  handler: local\n");
     let remote_grouping = format!("grouping:\n  handler: remote\n  address: masterslave:(tcp://127.0.0.1:{cl})\n  timeout: 5s\n");
     let remote = bridge_node("r", cr, &pki.config(&pki.leaf("r"), &["cluster"]), &remote_grouping);

@@ -123,7 +123,7 @@ async fn given_tls_listener_when_client_uses_stomp_ssl_or_ssl_scheme_should_send
     }
 
     // A failover list may mix schemes: a dead plaintext member, then the TLS one.
-    let dead = common::free_port();
+    let dead = common::reserve_port();
     let mixed = format!("failover:(stomp://127.0.0.1:{dead},stomp+ssl://127.0.0.1:{})?randomize=false", broker.stomp_port);
     let client = Client::connect(&mixed, trusting(&pki)).await.expect("the TLS member of a mixed list");
     assert!(client.connected_to().tls);

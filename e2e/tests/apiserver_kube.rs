@@ -5,12 +5,12 @@
 //! own server on 127.0.0.1:0.
 
 use std::collections::BTreeMap;
-use std::future::Future;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
 use duomq_e2e::apiserver::{self, ApiServerHandle, ApiServerOptions};
+use duomq_testkit::eventually_async as eventually;
 use duomq_operator::api::{BrokerGroup, BrokerGroupSpec};
 use futures::StreamExt;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -30,8 +30,6 @@ use serde_json::json;
 const WATCH_EVENT_TIMEOUT: Duration = Duration::from_secs(20);
 /// How long the garbage collector, a controller or a relist may take to show its effect.
 const EFFECT_TIMEOUT: Duration = Duration::from_secs(30);
-/// Pause between polls of the API.
-const POLL_INTERVAL: Duration = Duration::from_millis(50);
 
 async fn server(watch_history: usize) -> ApiServerHandle {
     let _ = tracing_subscriber::fmt()
@@ -45,25 +43,6 @@ async fn server(watch_history: usize) -> ApiServerHandle {
     })
     .await
     .expect("api server starts")
-}
-
-/// Polls `check` until it yields a value or `timeout` passes.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> T
-where
-    F: FnMut() -> Fut,
-    Fut: Future<Output = Option<T>>,
-{
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = check().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
 }
 
 async fn next_within<S: futures::Stream + Unpin>(stream: &mut S, what: &str) -> S::Item {

@@ -49,24 +49,14 @@ head -1 <&3
 const BASE_IMAGE: &str = "duomq-base:bookworm";
 const NAMESPACE: &str = "cluster-test";
 
-/// Polls `check` until it yields a value, or fails after `timeout` naming `what` and the
-/// last observation.
-async fn eventually<T, F, Fut>(what: &str, timeout: Duration, mut check: F) -> Result<T>
+/// The kit's wait at this file's pace: each check runs docker or API calls.
+async fn eventually<T, E, F, Fut>(what: &str, timeout: Duration, check: F) -> Result<T>
 where
+    E: std::fmt::Display,
     F: FnMut() -> Fut,
-    Fut: Future<Output = Result<T>>,
+    Fut: Future<Output = Result<T, E>>,
 {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        let last = match check().await {
-            Ok(v) => return Ok(v),
-            Err(e) => e,
-        };
-        if tokio::time::Instant::now() >= deadline {
-            bail!("timed out after {timeout:?} waiting for {what}; last: {last:#}");
-        }
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+    Ok(duomq_testkit::eventually_ok_every(what, timeout, POLL_INTERVAL, check).await?)
 }
 
 fn docker_cli(args: &[&str]) -> Result<String> {

@@ -68,10 +68,8 @@ fn given_a_missing_kubeconfig_when_run_should_fail_with_one_line_naming_it() -> 
 
 #[test]
 fn given_a_kubeconfig_pointing_at_no_server_when_run_should_fail_with_one_line() -> Result<()> {
-    // A port nothing listens on: bound, then released.
-    let port = std::net::TcpListener::bind("127.0.0.1:0")?
-        .local_addr()?
-        .port();
+    // A port nothing listens on, reserved so no other test starts a server there.
+    let port = duomq_testkit::reserve_port();
     let dir = tempfile::tempdir()?;
     let kubeconfig = dir.path().join("kubeconfig");
     std::fs::write(

@@ -6,10 +6,10 @@
 
 use anyhow::{bail, Context};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long building a missing broker binary may take.
 const BUILD_TIMEOUT: Duration = Duration::from_secs(600);
@@ -42,36 +42,12 @@ pub fn broker_binary() -> anyhow::Result<PathBuf> {
     Ok(broker)
 }
 
+/// Waits for `child` up to `limit` (the kit's wait, as an `anyhow` error).
 pub fn wait_with_timeout(child: &mut Child, limit: Duration) -> anyhow::Result<std::process::ExitStatus> {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(status) = child.try_wait()? {
-            return Ok(status);
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            bail!("process did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    duomq_testkit::process::wait_within(child, limit).map_err(anyhow::Error::msg)
 }
 
-pub fn free_port() -> anyhow::Result<u16> {
-    // Below the kernel's ephemeral range (32768+), so outgoing connections cannot take
-    // the port before the broker binds it; a stretch per process, never reused.
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let base = (std::process::id() * 89) % SPAN;
-    for _ in 0..SPAN {
-        let port = (LOW + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return Ok(port);
-        }
-    }
-    Ok(TcpListener::bind("127.0.0.1:0")?.local_addr()?.port())
-}
+pub use duomq_testkit::reserve_port;
 
 /// Runs the bench and parses its one JSON line; its stderr is shown if that fails.
 pub fn bench_json(args: &[&str]) -> anyhow::Result<serde_json::Value> {
@@ -115,8 +91,6 @@ pub fn http_get(port: u16, path: &str) -> anyhow::Result<(u16, String)> {
     Ok((code.parse()?, body))
 }
 
-/// How long the broker may take to answer /readyz.
-const READY_TIMEOUT: Duration = Duration::from_secs(15);
 
 /// A broker process in its own temp dir; killed on drop, its log printed on failure.
 pub struct Broker {
@@ -136,7 +110,7 @@ impl Broker {
     pub fn start_with_config(yaml: Option<&str>) -> anyhow::Result<Broker> {
         let dir = tempfile::Builder::new().prefix("duomq-bench-test-").tempdir()?;
         let log = dir.path().join("broker.log");
-        let (stomp_port, admin_port) = (free_port()?, free_port()?);
+        let (stomp_port, admin_port) = (reserve_port(), reserve_port());
         let mut command = Command::new(broker_binary()?);
         command.arg("run");
         if let Some(yaml) = yaml {
@@ -159,17 +133,12 @@ impl Broker {
     }
 
     fn wait_ready(&mut self, admin_port: u16) -> anyhow::Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while Instant::now() < deadline {
-            if let Some(status) = self.child.try_wait()? {
-                bail!("broker exited with {status} before it was ready:\n{}", self.log_text());
-            }
-            if http_get(admin_port, "/readyz").is_ok_and(|(code, _)| code == 200) {
-                return Ok(());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-        bail!("broker was not ready within {READY_TIMEOUT:?}:\n{}", self.log_text())
+        let child = &mut self.child;
+        let ready = duomq_testkit::eventually_some("the broker ready", duomq_testkit::timeouts::BROKER_READY, || match child.try_wait() {
+            Ok(Some(status)) => Some(Err(status)),
+            _ => http_get(admin_port, "/readyz").is_ok_and(|(code, _)| code == 200).then_some(Ok(())),
+        });
+        ready.map_err(|status| anyhow::anyhow!("broker exited with {status} before it was ready:\n{}", self.log_text()))
     }
 
     pub fn pid(&self) -> u32 {

@@ -2,7 +2,7 @@
 //! name each other across restarts, an optional network namespace for partition tests,
 //! and polling of `/status` with a named timeout.
 
-use super::{free_port, http_get_admin};
+use super::{reserve_port, http_get_admin};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
@@ -70,10 +70,10 @@ impl Member {
             dir,
             ip: "127.0.0.1".into(),
             netns: None,
-            stomp: free_port(),
-            admin: free_port(),
-            cluster: free_port(),
-            amqp: free_port(),
+            stomp: reserve_port(),
+            admin: reserve_port(),
+            cluster: reserve_port(),
+            amqp: reserve_port(),
             amqp_enabled: false,
             arbiter: format!("  arbiter:\n    kind: fileLock\n    lockFile: {}\n", root.join("live.lock").display()),
             env: Vec::new(),

@@ -58,7 +58,7 @@ pub struct KubeApi {
 
 impl KubeApi {
     pub fn start() -> KubeApi {
-        let port = super::free_port();
+        let port = super::reserve_port();
         let store: Shared = Arc::default();
         let app = Router::new()
             .route(LEASES, axum::routing::post(create))

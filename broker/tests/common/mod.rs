@@ -1,7 +1,7 @@
 //! Test harness: runs the real `duomq-broker` binary as a process on free loopback ports
 //! in a temp dir, with a per-test log file, and speaks raw STOMP to it. Waits poll with
 //! named timeouts; nothing sleeps for synchronisation.
-#![allow(dead_code)]
+#![allow(dead_code, unused_imports)] // each test binary uses its own part of the kit
 
 pub mod amqp;
 pub mod cluster;
@@ -13,35 +13,14 @@ pub mod tls;
 use bytes::BytesMut;
 use duomq_broker::stomp::{Command, Frame, Inbound, Limits, StompCodec, Version};
 use std::io::{Read, Write};
-use std::net::{TcpListener, TcpStream};
+use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
 use std::time::{Duration, Instant};
 
-/// How long a broker may take to become ready (journal recovery included).
-pub const READY_TIMEOUT: Duration = Duration::from_secs(30);
-/// How long to wait for one expected frame.
-pub const FRAME_TIMEOUT: Duration = Duration::from_secs(10);
-
-/// A free port below the kernel's ephemeral range (32768+), so outgoing connections of
-/// other tests cannot take it between this check and the broker's bind. Each test
-/// process walks its own stretch of the range (from its pid) and never hands out a port
-/// twice.
-pub fn free_port() -> u16 {
-    use std::sync::atomic::{AtomicU32, Ordering};
-    const LOW: u32 = 20_000;
-    const SPAN: u32 = 12_000;
-    static NEXT: AtomicU32 = AtomicU32::new(0);
-    let base = (std::process::id() * 97) % SPAN;
-    for _ in 0..SPAN {
-        let port = (LOW + (base + NEXT.fetch_add(1, Ordering::Relaxed)) % SPAN) as u16;
-        if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-            return port;
-        }
-    }
-    let l = TcpListener::bind("127.0.0.1:0").expect("bind an ephemeral port");
-    l.local_addr().expect("local addr").port()
-}
+pub use duomq_testkit::process::{output_within, proc_memory as proc_memory_of};
+pub use duomq_testkit::timeouts::{BROKER_READY as READY_TIMEOUT, FRAME as FRAME_TIMEOUT};
+pub use duomq_testkit::{eventually, reserve_port};
 
 pub struct Broker {
     pub child: Option<Child>,
@@ -100,9 +79,9 @@ impl Broker {
     fn spawn(&mut self) {
         // A fresh pair of ports each start: a killed broker's ports may linger in TIME_WAIT.
         for _attempt in 0..5 {
-            self.stomp_port = free_port();
-            self.admin_port = free_port();
-            self.amqp_port = free_port();
+            self.stomp_port = reserve_port();
+            self.admin_port = reserve_port();
+            self.amqp_port = reserve_port();
             if self.launch() {
                 return;
             }
@@ -555,8 +534,8 @@ pub fn refused_config(dir: &std::path::Path, yaml: &str) -> String {
     std::fs::write(&config, yaml).expect("write config");
     let data = dir.join("data");
     let child = cli(&["run", "--config", config.to_str().expect("utf-8 path"), "--data-dir", data.to_str().expect("utf-8 path")])
-        .args(["--stomp-listen", &format!("127.0.0.1:{}", free_port())])
-        .args(["--admin-listen", &format!("127.0.0.1:{}", free_port())])
+        .args(["--stomp-listen", &format!("127.0.0.1:{}", reserve_port())])
+        .args(["--admin-listen", &format!("127.0.0.1:{}", reserve_port())])
         .stdout(std::process::Stdio::piped())
         .stderr(std::process::Stdio::piped())
         .spawn()
@@ -565,27 +544,6 @@ pub fn refused_config(dir: &std::path::Path, yaml: &str) -> String {
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(!out.status.success(), "{yaml} was accepted: {text}");
     text
-}
-
-/// Waits for `child` (its stdout and stderr piped, or not) and collects its output; kills
-/// it once `timeout` has passed. A thread drains the pipes meanwhile, so a chatty child
-/// cannot block on them.
-pub fn output_within(child: Child, timeout: Duration) -> Result<std::process::Output, String> {
-    let pid = child.id() as i32;
-    let (done, result) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = done.send(child.wait_with_output());
-    });
-    match result.recv_timeout(timeout) {
-        Ok(output) => output.map_err(|e| format!("failed to wait for process {pid}: {e}")),
-        Err(_) => {
-            // SAFETY: a signal to a child the caller started; the thread still waits on it.
-            unsafe {
-                libc::kill(pid, libc::SIGKILL);
-            }
-            Err(format!("process {pid} did not finish within {timeout:?}"))
-        }
-    }
 }
 
 /// Receives exactly `count` messages with the CLI and returns its summary line.
@@ -601,13 +559,8 @@ pub fn receive_all(url: &str, queue: &str, count: usize) -> String {
 
 /// A memory figure of `/proc/<pid>/status` (`VmRSS:`, `VmHWM:`), in bytes.
 pub fn proc_memory(pid: i32, field: &str) -> u64 {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).expect("read /proc/<pid>/status");
-    status
-        .lines()
-        .find_map(|l| l.strip_prefix(field))
-        .and_then(|v| v.trim().trim_end_matches("kB").trim().parse::<u64>().ok())
-        .map(|kib| kib * 1024)
-        .unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
+    let pid = u32::try_from(pid).unwrap_or_else(|_| panic!("no process {pid}"));
+    proc_memory_of(pid, field).unwrap_or_else(|| panic!("no {field} in /proc/{pid}/status"))
 }
 
 /// The value of the first `/metrics` line starting with `line_start` (a series name with
@@ -619,15 +572,6 @@ pub fn metric_value(admin_port: u16, line_start: &str) -> u64 {
         .and_then(|l| l.rsplit(' ').next())
         .and_then(|v| v.parse::<f64>().ok())
         .map_or(0, |v| v as u64)
-}
-
-/// Polls `check` every 50 ms until it holds or `timeout` (named by the caller) passes.
-pub fn eventually(what: &str, timeout: Duration, mut check: impl FnMut() -> bool) {
-    let deadline = Instant::now() + timeout;
-    while !check() {
-        assert!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        std::thread::sleep(Duration::from_millis(50));
-    }
 }
 
 pub fn rand_u64() -> u64 {

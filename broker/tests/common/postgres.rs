@@ -7,7 +7,7 @@
 //! next start), [`Postgres::start_again`] brings the same cluster back on the same port.
 //! The server is stopped immediately on drop; the log tail is printed when a test panics.
 
-use super::{free_port, output_within};
+use super::{reserve_port, output_within};
 use std::path::{Path, PathBuf};
 use std::process::{Command, Output, Stdio};
 use std::time::Duration;
@@ -68,7 +68,7 @@ impl Postgres {
         pg.initdb();
         // A fresh port per attempt: another test may have taken the one we checked.
         for _attempt in 0..5 {
-            pg.port = free_port();
+            pg.port = reserve_port();
             pg.write_port();
             if pg.try_pg_ctl(&["start", "-w", "-t", &PG_TIMEOUT.as_secs().to_string(), "-l"], true) {
                 pg.running = true;

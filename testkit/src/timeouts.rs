@@ -1,0 +1,42 @@
+//! The one table of named timeouts (CloudNativePG's `tests/utils/timeouts`): how long a
+//! test waits for each kind of event before it fails. A test names the event it waits
+//! for, never a bare number, so a slow step is made more patient in one place.
+//!
+//! They are generous on purpose: a timeout only ends a test that already failed, and CI
+//! runs three tests at a time on two cores. The real figures are in the benchmarks and
+//! the README, not here. `DUOMQ_TEST_TIMEOUT_SCALE` (a factor, e.g. `2` or `0.5`)
+//! stretches every one of them for an unusually slow or fast machine; [`scaled`] applies it.
+
+use std::time::Duration;
+
+/// A broker process answers `/readyz` (journal recovery included).
+pub const BROKER_READY: Duration = Duration::from_secs(30);
+/// One expected STOMP frame (a RECEIPT, a MESSAGE, an ERROR) arrives.
+pub const FRAME: Duration = Duration::from_secs(10);
+/// A message reaches a consumer through the broker (queues, topics, redeliveries).
+pub const MESSAGE: Duration = Duration::from_secs(15);
+/// A member takes the role it should have (live after a failover, backup in sync).
+pub const ROLE: Duration = Duration::from_secs(30);
+/// A bridge or grouping link between groups comes up or moves to a new live.
+pub const LINK: Duration = Duration::from_secs(30);
+/// A PostgreSQL server the test started accepts connections.
+pub const DATABASE: Duration = Duration::from_secs(60);
+/// A CLI command (duomq-broker's, kubectl-duomq's, a Python client script) finishes.
+pub const CLI: Duration = Duration::from_secs(60);
+/// A producer finishes sending a batch under faults (failovers, restarts).
+pub const PRODUCE: Duration = Duration::from_secs(120);
+/// The operator reconciles a change into the local control plane (Pods, Services, status).
+pub const RECONCILE: Duration = Duration::from_secs(120);
+/// A whole benchmark command (bench/compare.sh section or a duomq-bench run) finishes.
+pub const BENCH_RUN: Duration = Duration::from_secs(600);
+/// How long a test watches for something that must *not* happen (no takeover, no
+/// redelivery) before taking its absence as the answer.
+pub const QUIET: Duration = Duration::from_millis(800);
+
+/// `timeout` stretched by `DUOMQ_TEST_TIMEOUT_SCALE` (1 when unset or not a positive number).
+pub fn scaled(timeout: Duration) -> Duration {
+    match std::env::var("DUOMQ_TEST_TIMEOUT_SCALE").ok().and_then(|s| s.parse::<f64>().ok()) {
+        Some(factor) if factor > 0.0 && factor.is_finite() => timeout.mul_f64(factor),
+        _ => timeout,
+    }
+}
