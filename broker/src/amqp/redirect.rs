@@ -46,7 +46,7 @@ impl Redirect {
                 continue;
             };
             let live = self.live.read().clone();
-            let error = refusal(&self.group, live.as_deref());
+            let error = refusal(&self.group, live.as_deref(), self.tls.config().amqp.enabled);
             let acceptor = ConnectionAcceptor::builder()
                 .container_id(self.node.clone())
                 .sasl_acceptor(AnySasl)
@@ -72,10 +72,11 @@ impl Redirect {
     }
 }
 
-/// The close error a backup sends: a redirect to `live` (`host:port`), else a forced
-/// close saying no live is known.
-pub fn refusal(group: &str, live: Option<&str>) -> definitions::Error {
-    let description = not_live_message(group, live.map(|l| format!("amqp://{l}")).as_deref());
+/// The close error a backup sends: a redirect to `live` (`host:port`; `amqps://` in the
+/// description when `tls`), else a forced close saying no live is known.
+pub fn refusal(group: &str, live: Option<&str>, tls: bool) -> definitions::Error {
+    let scheme = if tls { "amqps" } else { "amqp" };
+    let description = not_live_message(group, live.map(|l| format!("{scheme}://{l}")).as_deref());
     match live.and_then(split_host_port) {
         Some((host, port)) => {
             let mut info = Fields::new();
@@ -120,21 +121,23 @@ mod tests {
 
     #[test]
     fn given_live_address_should_redirect_to_its_host_and_port() {
-        let e = refusal("g1", Some("10.1.2.3:5673"));
+        let e = refusal("g1", Some("10.1.2.3:5673"), false);
         assert_eq!(e.condition, ErrorCondition::ConnectionError(ConnectionError::Redirect));
         let info = e.info.expect("info");
         assert_eq!(info.get(&Symbol::from("network-host")), Some(&Value::String("10.1.2.3".into())));
         assert_eq!(info.get(&Symbol::from("port")), Some(&Value::Int(5673)));
-        assert!(e.description.unwrap_or_default().contains("amqp://10.1.2.3:5673"));
-        let v6 = refusal("g1", Some("[::1]:5672")).info.expect("info");
+        assert!(e.description.unwrap_or_default().ends_with("live is amqp://10.1.2.3:5673"));
+        let v6 = refusal("g1", Some("[::1]:5672"), true);
+        assert!(v6.description.as_deref().unwrap_or_default().ends_with("live is amqps://[::1]:5672"), "{:?}", v6.description);
+        let v6 = v6.info.expect("info");
         assert_eq!(v6.get(&Symbol::from("hostname")), Some(&Value::String("::1".into())));
     }
 
     #[test]
     fn given_no_live_should_close_forced() {
-        let e = refusal("g1", None);
+        let e = refusal("g1", None, false);
         assert_eq!(e.condition, ErrorCondition::ConnectionError(ConnectionError::ConnectionForced));
         assert!(e.description.unwrap_or_default().contains("no live known yet"));
-        assert_eq!(refusal("g1", Some("nonsense")).condition, ErrorCondition::ConnectionError(ConnectionError::ConnectionForced));
+        assert_eq!(refusal("g1", Some("nonsense"), false).condition, ErrorCondition::ConnectionError(ConnectionError::ConnectionForced));
     }
 }

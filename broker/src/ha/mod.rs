@@ -481,7 +481,7 @@ pub async fn serve_cluster(
                         Some(net) if *ctx.role.read() == Role::Live => net.serve_peer(conn, peer).await,
                         _ => {
                             let live = ctx.live_stomp.read().clone();
-                            let reason = responder::not_live_message(&ctx.group, live.as_deref());
+                            let reason = responder::not_live_message(&ctx.group, live.map(|a| format!("stomp://{a}")).as_deref());
                             let _ = conn.send(&ClusterFrame::Goodbye { reason }).await;
                         }
                     }

@@ -27,9 +27,10 @@ pub const MAX_RESPONDER_CONNECTIONS: usize = 1024;
 const FIRST_FRAME_TIMEOUT: Duration = Duration::from_secs(5);
 
 /// The ERROR message a backup sends; failover clients recognise the `not live` prefix.
+/// `live` is the live's URL (`stomp://host:port`, `amqps://host:port`).
 pub fn not_live_message(group: &str, live: Option<&str>) -> String {
     match live {
-        Some(addr) => format!("not live: backup of group {group}; live is stomp://{addr}"),
+        Some(url) => format!("not live: backup of group {group}; live is {url}"),
         None => format!("not live: backup of group {group}; no live known yet"),
     }
 }
@@ -68,7 +69,8 @@ pub async fn serve(
             }
             continue;
         };
-        let message = not_live_message(&group, live.read().as_deref());
+        let scheme = if tls.config().stomp.enabled { "stomp+ssl" } else { "stomp" };
+        let message = not_live_message(&group, live.read().as_deref().map(|a| format!("{scheme}://{a}")).as_deref());
         let tls = Arc::clone(&tls);
         tokio::spawn(async move {
             let _permit = permit;
