@@ -8,6 +8,7 @@ use crate::admin::api::Role;
 use crate::admin::{self, AdminState, StoreCheck};
 use crate::config::{BrokerConfig, HaPolicy, ReplicationMode, StoreKind, User};
 use crate::engine::{Broker, EngineError};
+use crate::faults::Faults;
 use crate::db::Database;
 use crate::ha::shared_store::{self, Decision, LiveHolder, SharedStoreMember};
 use crate::ha::{self, backup::BackupOutcome, HaContext, HaError, LiveTerm, StartAs};
@@ -64,6 +65,8 @@ struct Shared {
     state: AdminState,
     /// The AMQP listener (`amqp.enabled`), bound once like STOMP's; served while live.
     amqp: Option<Arc<TcpListener>>,
+    /// The fault rules the cluster connections pass (off: nothing sets them yet).
+    faults: Faults,
 }
 
 /// Runs the broker until `shutdown` is cancelled.
@@ -122,7 +125,7 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
         true => Some(Arc::new(bind("AMQP", config.amqp.listen).await?)),
         false => None,
     };
-    let shared = Shared { config: Arc::clone(&config), tls, users, metrics, journal_metrics, state: state.clone(), amqp };
+    let shared = Shared { config: Arc::clone(&config), tls, users, metrics, journal_metrics, state: state.clone(), amqp, faults: Faults::off() };
 
     let result = match config.ha.policy {
         HaPolicy::Replication => run_replicated(&shared, &stomp_listener, &shutdown).await,
@@ -218,6 +221,7 @@ fn identity(shared: &Shared, broker: &Broker) -> Result<crate::network::Identity
         check_period: ha.check_period.get().max(Duration::from_millis(200)),
         // A bridge's loop may wait on a full destination; it is not the live's heartbeat.
         connection_ttl: (ha.connection_ttl.get() * 3).max(Duration::from_secs(3)),
+        faults: shared.faults.clone(),
     })
 }
 
@@ -319,7 +323,7 @@ fn resolve_node_id(shared: &Shared) -> Result<String, RunError> {
 /// What a member of a live/backup group shares with its HA machinery (`/status` `ha`).
 async fn ha_context(shared: &Shared, node_id: String) -> Result<Arc<HaContext>, RunError> {
     let (status, role, lease) = (Arc::clone(&shared.state.ha), Arc::clone(&shared.state.role), shared.metrics.lease.clone());
-    HaContext::new(&shared.config, node_id, status, role, lease, Arc::clone(&shared.tls))
+    HaContext::new(&shared.config, node_id, status, role, lease, Arc::clone(&shared.tls), shared.faults.clone())
         .await
         .map_err(RunError::Ha)
 }

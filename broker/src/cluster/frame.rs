@@ -21,8 +21,10 @@ pub const PROTOCOL_VERSION: u16 = 3;
 /// Bytes of the length prefix in front of every frame.
 pub const LENGTH_PREFIX: usize = 4;
 
-/// Why a client connects to the cluster port.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+/// Why a client connects to the cluster port. In JSON (fault rules) by its
+/// [`Purpose::as_str`] name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
 pub enum Purpose {
     /// A backup that wants the live's journal.
     Replicate,
@@ -702,6 +704,11 @@ impl Reader {
             Err(ClusterCodecError::TrailingBytes { frame: self.frame, extra: self.body.len() })
         }
     }
+}
+
+/// The name of every frame kind, as [`ClusterFrame::name`] gives it.
+pub fn frame_names() -> impl Iterator<Item = &'static str> {
+    (0..=u8::MAX).filter_map(frame_name)
 }
 
 fn frame_name(kind: u8) -> Option<&'static str> {

@@ -22,6 +22,7 @@
 use super::auth::{self, Role, Transcript};
 use super::conn::{ClusterConn, ClusterConnError};
 use super::frame::{ClusterCodec, ClusterCodecError, ClusterFrame, Purpose, PROTOCOL_VERSION};
+use crate::faults::Faults;
 use bytes::BytesMut;
 use std::time::Duration;
 use thiserror::Error;
@@ -61,6 +62,9 @@ pub struct HandshakeConfig {
     pub max_frame: usize,
     /// The whole handshake must finish within this.
     pub timeout: Duration,
+    /// This node's fault rules: a partition refuses the peer as soon as it is known (see
+    /// `faults`). [`Faults::off`] outside tests.
+    pub faults: Faults,
 }
 
 impl std::fmt::Debug for HandshakeConfig {
@@ -74,6 +78,7 @@ impl std::fmt::Debug for HandshakeConfig {
             .field("purpose", &self.purpose)
             .field("max_frame", &self.max_frame)
             .field("timeout", &self.timeout)
+            .field("faults", &self.faults)
             .finish()
     }
 }
@@ -129,6 +134,8 @@ pub enum HandshakeError {
     ClientGaveUp { client: String, reason: String },
     #[error("welcome came from node {got}, not from {expected} that sent the challenge")]
     WelcomeFromOtherNode { expected: String, got: String },
+    #[error("cut off from {peer} by an injected partition (debug.faultInjection)")]
+    Partitioned { peer: String },
 }
 
 impl HandshakeError {
@@ -156,6 +163,7 @@ impl HandshakeError {
             HandshakeError::TimedOut { .. } => "timed_out",
             HandshakeError::ClientProofInvalid { .. } | HandshakeError::ServerProofInvalid { .. } => "authentication",
             HandshakeError::Closed { .. } | HandshakeError::ClientGaveUp { .. } => "closed",
+            HandshakeError::Partitioned { .. } => "partitioned",
             HandshakeError::VersionMismatch { .. } | HandshakeError::GroupMismatch { .. } | HandshakeError::BridgeIntoOwnGroup { .. } => {
                 "mismatch"
             }
@@ -191,6 +199,10 @@ where
 
     let (server_node, server_group, server_epoch, server_nonce, server_proof) = match ex.recv("challenge").await? {
         ClusterFrame::Challenge { version, node_id, group, epoch, nonce, proof } => {
+            // Cut off: go as a peer behind a cut network would, without a word.
+            if config.faults.cuts(&node_id, config.purpose) {
+                return Err(HandshakeError::Partitioned { peer: node_id });
+            }
             if version != PROTOCOL_VERSION {
                 return Err(ex
                     .give_up(&node_id, HandshakeError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: version })
@@ -272,6 +284,11 @@ where
     else {
         return Err(ex.refuse("?", unexpected("hello", &hello)).await);
     };
+    // Cut off: close without an answer, so the peer learns nothing, not even that this
+    // member is up (a voter's probe must find it unreachable).
+    if config.faults.cuts(&client_node, purpose) {
+        return Err(HandshakeError::Partitioned { peer: client_node });
+    }
     if version != PROTOCOL_VERSION {
         return Err(ex
             .refuse(&client_node, HandshakeError::VersionMismatch { ours: PROTOCOL_VERSION, theirs: version })
@@ -450,7 +467,39 @@ mod tests {
             purpose: Purpose::Replicate,
             max_frame: MAX_FRAME,
             timeout: Duration::from_secs(5),
+            faults: Faults::off(),
         }
+    }
+
+    /// Fault rules with one partition from `peer`.
+    fn partitioned_from(peer: &str) -> Faults {
+        use crate::faults::{FaultMetrics, FaultRules, FrameAction, FrameRule};
+        let faults = Faults::new(FaultMetrics::default());
+        let rule = FrameRule { peer: Some(peer.into()), ..FrameRule::new(FrameAction::Partition) };
+        faults.set(FaultRules { frames: vec![rule], disk: None }).expect("valid rules");
+        faults
+    }
+
+    #[tokio::test]
+    async fn given_a_server_partitioned_from_the_client_should_close_without_an_answer() {
+        let server = HandshakeConfig { faults: partitioned_from("orders-1"), ..server() };
+        let (a, b) = pipe();
+        let client = client();
+        let (client_side, server_side) = tokio::join!(connect_handshake(a, &client), accept_handshake(b, &server, "live"));
+        assert!(matches!(server_side, Err(HandshakeError::Partitioned { ref peer }) if peer == "orders-1"), "{server_side:?}");
+        // The client cannot tell a cut network from a member that is down.
+        assert!(matches!(client_side, Err(HandshakeError::Closed { expected: "challenge" })), "{client_side:?}");
+    }
+
+    #[tokio::test]
+    async fn given_a_client_partitioned_from_the_server_should_give_up_once_it_knows_who_answers() {
+        let client = HandshakeConfig { faults: partitioned_from("orders-0"), ..client() };
+        let (a, b) = pipe();
+        let server = server();
+        let (client_side, server_side) = tokio::join!(connect_handshake(a, &client), accept_handshake(b, &server, "live"));
+        assert!(matches!(client_side, Err(HandshakeError::Partitioned { ref peer }) if peer == "orders-0"), "{client_side:?}");
+        assert_eq!(client_side.as_ref().err().map(HandshakeError::kind), Some("partitioned"));
+        assert!(matches!(server_side, Err(HandshakeError::Closed { expected: "response" })), "{server_side:?}");
     }
 
     fn client() -> HandshakeConfig {

@@ -10,7 +10,7 @@ pub mod handshake;
 pub mod transport;
 
 pub use conn::{ClusterConn, ClusterConnError};
-pub use frame::{ClusterCodec, ClusterCodecError, ClusterFrame, Purpose, SegmentDigest, SegmentExtent, PROTOCOL_VERSION};
+pub use frame::{frame_names, ClusterCodec, ClusterCodecError, ClusterFrame, Purpose, SegmentDigest, SegmentExtent, PROTOCOL_VERSION};
 pub use handshake::{
     accept_handshake, busy_reason, connect_handshake, refusal_bytes, ClientPeer, HandshakeConfig, HandshakeError, ServerPeer,
     DEFAULT_HANDSHAKE_TIMEOUT, HANDSHAKE_MAX_FRAME, MAX_HANDSHAKE_NAME,

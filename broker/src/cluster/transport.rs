@@ -92,7 +92,7 @@ pub fn split_addr(addr: &str) -> Option<(&str, u16)> {
 /// counted in `duomq_tls_handshake_failures{listener="cluster"}`.
 pub async fn dial(host: &str, port: u16, tls: &TlsContext, timeout: Duration) -> Result<Stream, TransportError> {
     let bare = host.trim_start_matches('[').trim_end_matches(']');
-    let addr = if bare.contains(':') { format!("[{bare}]:{port}") } else { format!("{bare}:{port}") };
+    let addr = join_addr(host, port);
     let tcp = match tokio::time::timeout(timeout, TcpStream::connect((bare, port))).await {
         Ok(Ok(s)) => s,
         Ok(Err(source)) => return Err(TransportError::Connect { addr, source }),
@@ -105,10 +105,18 @@ pub async fn dial(host: &str, port: u16, tls: &TlsContext, timeout: Duration) ->
     })
 }
 
+/// `host:port`, with brackets around an IPv6 host.
+fn join_addr(host: &str, port: u16) -> String {
+    let bare = host.trim_start_matches('[').trim_end_matches(']');
+    if bare.contains(':') { format!("[{bare}]:{port}") } else { format!("{bare}:{port}") }
+}
+
 /// Opens a cluster connection to `host:port` as the client: [`dial`], then the
 /// challenge–response. TLS failures that show only in the handshake (with TLS 1.3 a peer
 /// refuses this member's certificate after the dialler's side of TLS is done) are
-/// counted as TLS failures too.
+/// counted as TLS failures too. An injected partition from the address (or, once the
+/// handshake names it, from the node) ends it as [`HandshakeError::Partitioned`]; the
+/// connection's frames pass this node's fault rules.
 pub async fn open(
     host: &str,
     port: u16,
@@ -116,14 +124,20 @@ pub async fn open(
     config: &HandshakeConfig,
     connect_timeout: Duration,
 ) -> Result<(ClusterConn<Stream>, ServerPeer), TransportError> {
+    let addr = join_addr(host, port);
+    if config.faults.cuts(&addr, config.purpose) {
+        return Err(TransportError::Handshake(HandshakeError::Partitioned { peer: addr }));
+    }
     let stream = dial(host, port, tls, connect_timeout).await?;
-    connect_handshake(stream, config).await.map_err(|e| {
+    let (mut conn, peer) = connect_handshake(stream, config).await.map_err(|e| {
         let err = TransportError::Handshake(e);
         if err.is_tls() {
             count_failure(tls);
         }
         err
-    })
+    })?;
+    conn.set_faults(config.faults.tap(&peer.node_id, Some(&addr), config.purpose));
+    Ok((conn, peer))
 }
 
 /// The server side: TLS when the cluster port is on TLS (with the certificate files in use
@@ -137,7 +151,9 @@ pub async fn accept(
     let stream = tls::accept(tcp, tls.acceptor(Listener::Cluster), config.timeout, Listener::Cluster, &tls.metrics)
         .await
         .map_err(TransportError::Tls)?;
-    accept_handshake(stream, config, role).await.map_err(TransportError::Handshake)
+    let (mut conn, peer) = accept_handshake(stream, config, role).await.map_err(TransportError::Handshake)?;
+    conn.set_faults(config.faults.tap(&peer.node_id, None, peer.purpose));
+    Ok((conn, peer))
 }
 
 fn count_failure(tls: &TlsContext) {

@@ -180,8 +180,7 @@ impl LocalHandler {
     /// Answers one remote handler until its connection ends.
     pub async fn serve(self: &Arc<Self>, conn: ClusterConn<Stream>, peer: ClientPeer, identity: &crate::network::Identity) {
         tracing::info!(remote = %peer.node_id, group = %peer.group, "remote grouping handler connected");
-        let (stream, codec, buf) = conn.into_parts();
-        let mut wire = Wire::start(stream, codec, buf);
+        let mut wire = Wire::start(conn);
         let mut deciding = FuturesUnordered::new();
         let mut check = tokio::time::interval(identity.check_period);
         let silence = identity.connection_ttl;

@@ -209,6 +209,7 @@ impl RemoteHandler {
             purpose: Purpose::Grouping,
             max_frame: crate::ha::MAX_CLUSTER_FRAME,
             timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            faults: self.identity.faults.clone(),
         };
         let (mut conn, peer) = crate::cluster::transport::open(&address.host, address.port, &self.identity.tls, &config, CONNECT_TIMEOUT)
             .await
@@ -224,8 +225,7 @@ impl RemoteHandler {
     }
 
     async fn serve(&self, conn: crate::cluster::ClusterConn<Stream>, address: &TcpAddress, peer_node: &str, stop: &CancellationToken) {
-        let (stream, codec, buf) = conn.into_parts();
-        let mut wire = crate::network::link::Wire::start(stream, codec, buf);
+        let mut wire = crate::network::link::Wire::start(conn);
         let out = wire.out.clone();
         *self.state.lock() = (Some(address.to_string()), None);
         self.metrics.connected.set(1);

@@ -9,7 +9,7 @@ use super::arbiter::{ActivationRequest, Decision};
 use super::epoch::Epoch;
 use super::{probe, HaContext, HaError};
 use crate::admin::api::SyncState;
-use crate::cluster::{ClusterFrame, Purpose, SegmentDigest, TransportError};
+use crate::cluster::{ClusterFrame, HandshakeError, Purpose, SegmentDigest, TransportError};
 use crate::config::{BackupAck, Member, PreferredRole};
 use crate::journal::Mirror;
 use std::sync::Arc;
@@ -111,6 +111,10 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
     let (mut conn, peer) = match ctx.open(&live.cluster, Purpose::Replicate, ctx.config.connection_ttl.get()).await {
         Ok(x) => x,
         Err(e @ (TransportError::Connect { .. } | TransportError::ConnectTimeout { .. })) => {
+            return Followed::Lost { synced: false, reason: e.describe() }
+        }
+        // An injected partition is a cut network, not a refusal.
+        Err(e @ TransportError::Handshake(HandshakeError::Partitioned { .. })) => {
             return Followed::Lost { synced: false, reason: e.describe() }
         }
         Err(e) => return Followed::Refused { reason: e.describe() },

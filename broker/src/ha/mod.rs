@@ -26,6 +26,7 @@ use crate::admin::api::{BackupStatus, ClusterRefusal, HaStatus, Role, SyncState,
 use crate::cluster::{ClusterFrame, HandshakeConfig, Purpose, TransportError, DEFAULT_HANDSHAKE_TIMEOUT};
 use crate::tls::{Stream, TlsContext};
 use crate::config::{ArbiterKind, BrokerConfig, HaConfig, HaPolicy, PreferredRole};
+use crate::faults::Faults;
 use crate::journal::{Journal, JournalError};
 use crate::metrics::{ClusterMetrics, ClusterRefusedLabels};
 use gate::{Admission, LogThrottle, PendingGate};
@@ -76,6 +77,9 @@ pub struct HaContext {
     pub arbiter: Arc<dyn Arbiter>,
     /// The certificates for the cluster port and every connection to another member.
     pub tls: Arc<TlsContext>,
+    /// The fault rules every cluster connection and the mirror's fdatasyncs pass
+    /// (`debug.faultInjection`; off otherwise).
+    pub faults: Faults,
     /// The last refusal met dialling each member (TLS, credentials), logged at warn when it
     /// changes; forgotten once the member lets a connection through.
     dial_refusals: Mutex<std::collections::HashMap<String, String>>,
@@ -147,6 +151,7 @@ impl HaContext {
         role: Arc<RwLock<Role>>,
         lease_metrics: LeaseMetrics,
         tls: Arc<TlsContext>,
+        faults: Faults,
     ) -> Result<Arc<HaContext>, HaError> {
         let ha = config.ha.clone();
         let password = ha.load_password().map_err(HaError::Password)?.into_bytes();
@@ -196,6 +201,7 @@ impl HaContext {
                 epoch_store,
                 arbiter,
                 tls,
+                faults,
                 dial_refusals: Mutex::new(std::collections::HashMap::new()),
                 journal_dir: config.storage.data_dir.join("journal"),
                 status,
@@ -288,6 +294,7 @@ impl HaContext {
             purpose,
             max_frame: MAX_CLUSTER_FRAME,
             timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            faults: self.faults.clone(),
         }
     }
 

@@ -9,7 +9,7 @@ use super::link::{self, Roles};
 use super::{LinkShared, Network};
 use crate::admin::api::LinkState;
 use crate::cluster::frame::ClusterFrame;
-use crate::cluster::{HandshakeConfig, HandshakeError, Purpose, DEFAULT_HANDSHAKE_TIMEOUT};
+use crate::cluster::{ClusterConn, HandshakeConfig, HandshakeError, Purpose, DEFAULT_HANDSHAKE_TIMEOUT};
 use crate::config::connector_uri::TcpAddress;
 use parking_lot::Mutex;
 use std::sync::atomic::AtomicU64;
@@ -125,11 +125,11 @@ pub async fn run(net: Arc<Network>, plan: LinkPlan) {
                 _ = net.stop.cancelled() => return,
             };
             match attempt {
-                Ok((stream, conn_parts, peer_node, peer_group)) => {
+                Ok((conn, peer_node, peer_group)) => {
                     linked = true;
                     logged_failure = None;
                     retry = FIRST_RETRY;
-                    serve(&net, &plan, &mut forwarder, address, stream, conn_parts, peer_node, peer_group).await;
+                    serve(&net, &plan, &mut forwarder, address, conn, peer_node, peer_group).await;
                     break;
                 }
                 Err(Failure { message, auth, tls }) => {
@@ -170,9 +170,7 @@ struct Failure {
     tls: bool,
 }
 
-type Parts = (crate::cluster::ClusterCodec, bytes::BytesMut);
-
-async fn attempt(net: &Network, plan: &LinkPlan, address: &TcpAddress) -> Result<(Stream, Parts, String, String), Failure> {
+async fn attempt(net: &Network, plan: &LinkPlan, address: &TcpAddress) -> Result<(ClusterConn<Stream>, String, String), Failure> {
     let fail = |message: String| Failure { message, auth: false, tls: false };
     let password = plan.password.load().map_err(|message| Failure { message, auth: true, tls: false })?;
     let config = HandshakeConfig {
@@ -184,6 +182,7 @@ async fn attempt(net: &Network, plan: &LinkPlan, address: &TcpAddress) -> Result
         purpose: Purpose::Bridge,
         max_frame: crate::ha::MAX_CLUSTER_FRAME,
         timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        faults: net.identity.faults.clone(),
     };
     let opened = crate::cluster::transport::open(&address.host, address.port, &net.identity.tls, &config, CONNECT_TIMEOUT).await;
     let (mut conn, peer) = match opened {
@@ -215,8 +214,7 @@ async fn attempt(net: &Network, plan: &LinkPlan, address: &TcpAddress) -> Result
     if let Err(e) = conn.send(&frame).await {
         return Err(fail(crate::report::error_chain(&e)));
     }
-    let (stream, codec, buf) = conn.into_parts();
-    Ok((stream, (codec, buf), peer.node_id, peer.group))
+    Ok((conn, peer.node_id, peer.group))
 }
 
 #[allow(clippy::too_many_arguments)]
@@ -225,8 +223,7 @@ async fn serve(
     plan: &LinkPlan,
     forwarder: &mut Forwarder,
     address: &TcpAddress,
-    stream: Stream,
-    (codec, buf): Parts,
+    conn: ClusterConn<Stream>,
     peer_node: String,
     peer_group: String,
 ) {
@@ -248,7 +245,7 @@ async fn serve(
     *plan.state.link.lock() = Some(Arc::clone(&link));
     net.add_link(&link);
     tracing::info!(connector = %plan.name, remote = %peer_node, group = %peer_group, %address, duplex = plan.duplex, "bridge linked");
-    let ended = link::run(net, &link, stream, codec, buf, Roles { forwarder: Some(forwarder), receive: plan.duplex }).await;
+    let ended = link::run(net, &link, conn, Roles { forwarder: Some(forwarder), receive: plan.duplex }).await;
     net.remove_link(&link);
     *plan.state.link.lock() = None;
     if !net.stop.is_cancelled() {

@@ -10,15 +10,14 @@
 use super::demand::PATH_HEADER;
 use super::forwarder::Forwarder;
 use super::{LinkShared, Network};
-use crate::cluster::frame::{ClusterCodec, ClusterFrame, DemandEntry};
+use crate::cluster::frame::{ClusterFrame, DemandEntry};
+use crate::cluster::ClusterConn;
 use crate::engine::accept::{AcceptError, Commit, Durable, Incoming};
-use bytes::BytesMut;
 use futures::stream::{FuturesOrdered, StreamExt};
 use futures::future::BoxFuture;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::tls::Stream;
 use tokio::io::{ReadHalf, WriteHalf};
 use tokio::sync::mpsc;
@@ -38,15 +37,8 @@ pub struct Roles<'a> {
 
 /// Runs the link over an authenticated connection until it breaks or `net` stops;
 /// returns why it ended.
-pub async fn run(
-    net: &Arc<Network>,
-    link: &Arc<LinkShared>,
-    stream: Stream,
-    codec: ClusterCodec,
-    read_buf: BytesMut,
-    roles: Roles<'_>,
-) -> String {
-    let mut wire = Wire::start(stream, codec, read_buf);
+pub async fn run(net: &Arc<Network>, link: &Arc<LinkShared>, conn: ClusterConn<Stream>, roles: Roles<'_>) -> String {
+    let mut wire = Wire::start(conn);
     let ended = session(net, link, &mut wire.inbound, &wire.out, &wire.heard, roles).await;
     wire.close().await;
     ended
@@ -64,13 +56,14 @@ pub(crate) struct Wire {
 }
 
 impl Wire {
-    pub(crate) fn start(stream: Stream, codec: ClusterCodec, read_buf: BytesMut) -> Wire {
-        let (rd, wr) = tokio::io::split(stream);
+    /// Takes over `conn` (with any bytes it received already, and its fault tap).
+    pub(crate) fn start(conn: ClusterConn<Stream>) -> Wire {
+        let (rd, wr) = conn.split();
         let (in_tx, inbound) = mpsc::unbounded_channel();
         let (out, out_rx) = mpsc::unbounded_channel::<ClusterFrame>();
         let heard = Arc::new(parking_lot::Mutex::new(Instant::now()));
-        let reader = tokio::spawn(read_loop(rd, codec.clone(), read_buf, in_tx, out.clone(), Arc::clone(&heard)));
-        let writer = tokio::spawn(write_loop(wr, codec, out_rx));
+        let reader = tokio::spawn(read_loop(rd, in_tx, out.clone(), Arc::clone(&heard)));
+        let writer = tokio::spawn(write_loop(wr, out_rx));
         Wire { inbound, out, heard, reader, writer }
     }
 
@@ -248,70 +241,56 @@ async fn next_delivery(rx: &mut Option<mpsc::UnboundedReceiver<crate::engine::qu
 /// Reads frames for the session, and answers pings itself: a session waiting for room on
 /// a full destination still shows the remote it is alive.
 async fn read_loop(
-    mut rd: ReadHalf<Stream>,
-    mut codec: ClusterCodec,
-    mut buf: BytesMut,
+    mut conn: ClusterConn<ReadHalf<Stream>>,
     tx: mpsc::UnboundedSender<Result<ClusterFrame, String>>,
     out: mpsc::UnboundedSender<ClusterFrame>,
     heard: Arc<parking_lot::Mutex<Instant>>,
 ) {
     loop {
-        loop {
-            match codec.decode(&mut buf) {
-                Ok(Some(frame)) => {
-                    *heard.lock() = Instant::now();
-                    match frame {
-                        ClusterFrame::Ping { at } => {
-                            let _ = out.send(ClusterFrame::Pong { at });
-                        }
-                        ClusterFrame::Pong { .. } => {}
-                        frame => {
-                            if tx.send(Ok(frame)).is_err() {
-                                return;
-                            }
+        match conn.recv().await {
+            Ok(Some(frame)) => {
+                *heard.lock() = Instant::now();
+                match frame {
+                    ClusterFrame::Ping { at } => {
+                        let _ = out.send(ClusterFrame::Pong { at });
+                    }
+                    ClusterFrame::Pong { .. } => {}
+                    frame => {
+                        if tx.send(Ok(frame)).is_err() {
+                            return;
                         }
                     }
                 }
-                Ok(None) => break,
-                Err(e) => {
-                    let _ = tx.send(Err(format!("failed to decode a frame from the remote: {e}")));
-                    return;
-                }
             }
-        }
-        if buf.capacity() - buf.len() < 4096 {
-            buf.reserve(64 * 1024);
-        }
-        match rd.read_buf(&mut buf).await {
-            Ok(0) => {
+            Ok(None) => {
                 let _ = tx.send(Err("the remote closed the connection".into()));
                 return;
             }
-            Ok(_) => {}
             Err(e) => {
-                let _ = tx.send(Err(format!("failed to read from the remote: {e}")));
+                let _ = tx.send(Err(crate::report::error_chain(&e)));
                 return;
             }
         }
     }
 }
 
-async fn write_loop(mut wr: WriteHalf<Stream>, mut codec: ClusterCodec, mut rx: mpsc::UnboundedReceiver<ClusterFrame>) {
-    let mut buf = BytesMut::new();
+/// Bytes of frames queued before they are written in one go.
+const WRITE_BATCH: usize = 1024 * 1024;
+
+async fn write_loop(mut conn: ClusterConn<WriteHalf<Stream>>, mut rx: mpsc::UnboundedReceiver<ClusterFrame>) {
     while let Some(frame) = rx.recv().await {
         let mut next = Some(frame);
         // Everything queued goes out in one write.
         while let Some(frame) = next {
-            if let Err(e) = codec.encode(&frame, &mut buf) {
-                tracing::warn!(frame = frame.name(), error = %e, "failed to encode a bridge frame; closing the link");
+            if let Err(e) = conn.queue(&frame) {
+                tracing::warn!(frame = frame.name(), error = %crate::report::error_chain(&e), "failed to encode a cluster frame; closing the link");
                 return;
             }
-            next = if buf.len() < 1024 * 1024 { rx.try_recv().ok() } else { None };
+            next = if conn.queued() < WRITE_BATCH { rx.try_recv().ok() } else { None };
         }
-        if wr.write_all(&buf).await.is_err() {
+        if conn.flush().await.is_err() {
             return;
         }
-        buf.clear();
     }
-    let _ = wr.shutdown().await;
+    let _ = conn.shutdown().await;
 }

@@ -29,6 +29,7 @@ pub async fn serve(
         purpose: Purpose::Probe,
         max_frame: crate::ha::MAX_CLUSTER_FRAME,
         timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+        faults: identity.faults.clone(),
     });
     let logs = Arc::new(RefusalLogs::default());
     loop {

@@ -58,6 +58,8 @@ pub struct Identity {
     /// How often a link pings, and how long a silent one has.
     pub check_period: Duration,
     pub connection_ttl: Duration,
+    /// The fault rules every link's frames pass (`debug.faultInjection`; off otherwise).
+    pub faults: crate::faults::Faults,
 }
 
 /// The network of the live term now running, for the cluster listener's inbound links.
@@ -315,7 +317,6 @@ impl Network {
         let link = Arc::new(LinkShared::new(name.clone(), connector.clone(), peer.node_id.clone(), peer.group.clone(), network_ttl, duplex, true));
         self.add_link(&link);
         tracing::info!(remote = %peer.node_id, group = %peer.group, %connector, duplex, "inbound bridge linked");
-        let (stream, codec, buf) = conn.into_parts();
         let ended = if duplex {
             let forwarder = {
                 let mut map = self.duplex_forwarders.lock();
@@ -336,9 +337,9 @@ impl Network {
             };
             let mut forwarder = forwarder.lock().await;
             forwarder.release_if_stale();
-            link::run(self, &link, stream, codec, buf, link::Roles { forwarder: Some(&mut forwarder), receive: true }).await
+            link::run(self, &link, conn, link::Roles { forwarder: Some(&mut forwarder), receive: true }).await
         } else {
-            link::run(self, &link, stream, codec, buf, link::Roles { forwarder: None, receive: true }).await
+            link::run(self, &link, conn, link::Roles { forwarder: None, receive: true }).await
         };
         self.remove_link(&link);
         if !self.stop.is_cancelled() {
