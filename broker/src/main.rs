@@ -77,6 +77,10 @@ struct RunArgs {
     /// Log filter (log.level), e.g. debug or duomq_broker=debug.
     #[arg(long, value_name = "FILTER")]
     log_level: Option<String>,
+    /// For tests only: serve /debug/faults on the admin API, where signed requests inject
+    /// faults into cluster traffic and journal fdatasyncs (debug.faultInjection).
+    #[arg(long)]
+    fault_injection: bool,
 }
 
 /// A failure prints one line (`error: …` with every cause) and exits 1; `--verbose` adds
@@ -124,6 +128,9 @@ fn run(args: RunArgs) -> anyhow::Result<()> {
     }
     if let Some(l) = args.log_level {
         overrides.push(Override { path: "log.level", value: l });
+    }
+    if args.fault_injection {
+        overrides.push(Override { path: "debug.faultInjection", value: "true".into() });
     }
     let config = BrokerConfig::load(args.config.as_deref(), std::env::vars(), &overrides)?;
     init_logging(&config);

@@ -231,6 +231,8 @@ pub struct Metrics {
     pub tls: crate::tls::TlsMetrics,
     /// The AMQP listener.
     pub amqp: crate::amqp::AmqpMetrics,
+    /// What injected faults did (`debug.faultInjection`).
+    pub faults: crate::faults::FaultMetrics,
 }
 
 impl Metrics {
@@ -247,6 +249,7 @@ impl Metrics {
         let tls = crate::tls::TlsMetrics::default();
         tls.register(&mut registry);
         let amqp = crate::amqp::AmqpMetrics::register(&mut registry);
+        let faults = crate::faults::FaultMetrics::register(&mut registry);
         let m = Metrics {
             messages_in: Counter::default(),
             messages_out: Counter::default(),
@@ -289,6 +292,7 @@ impl Metrics {
             database,
             tls,
             amqp,
+            faults,
             registry: Mutex::new(Registry::default()),
         };
         registry.register("duomq_messages_in", "Messages accepted from producers", m.messages_in.clone());

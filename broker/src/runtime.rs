@@ -65,7 +65,8 @@ struct Shared {
     state: AdminState,
     /// The AMQP listener (`amqp.enabled`), bound once like STOMP's; served while live.
     amqp: Option<Arc<TcpListener>>,
-    /// The fault rules the cluster connections pass (off: nothing sets them yet).
+    /// The fault rules (`debug.faultInjection`; off otherwise), shared by the cluster
+    /// connections and the admin endpoint that sets them.
     faults: Faults,
 }
 
@@ -100,6 +101,15 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
     }
     let tls_watch = CancellationToken::new();
     tokio::spawn(Arc::clone(&tls).watch(tls_watch.clone()));
+    let faults = if config.debug.fault_injection {
+        tracing::warn!(
+            path = admin::api::DEBUG_FAULTS,
+            "FAULT INJECTION IS ON (debug.faultInjection): anyone holding the cluster password can make this broker drop, delay, duplicate or reorder cluster frames, cut it off from its peers and fail its journal fdatasyncs through the admin API; a testing feature, never for production"
+        );
+        Faults::new(metrics.faults.clone())
+    } else {
+        Faults::off()
+    };
 
     let admin_listener = bind("admin HTTP", config.admin.listen).await?;
     let state = AdminState {
@@ -116,6 +126,7 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
         fence: Arc::new(ha::fence::AdminFence::default()),
         tls: Arc::clone(&tls),
         users: Arc::new(users.clone()),
+        faults: faults.clone(),
     };
     let admin_stop = CancellationToken::new();
     tracing::info!(addr = %admin_listener.local_addr().unwrap_or(config.admin.listen), "admin endpoint listening");
@@ -125,7 +136,7 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
         true => Some(Arc::new(bind("AMQP", config.amqp.listen).await?)),
         false => None,
     };
-    let shared = Shared { config: Arc::clone(&config), tls, users, metrics, journal_metrics, state: state.clone(), amqp, faults: Faults::off() };
+    let shared = Shared { config: Arc::clone(&config), tls, users, metrics, journal_metrics, state: state.clone(), amqp, faults };
 
     let result = match config.ha.policy {
         HaPolicy::Replication => run_replicated(&shared, &stomp_listener, &shutdown).await,

@@ -3,6 +3,10 @@
 
 use serde::{Deserialize, Serialize};
 
+pub use crate::faults::rules::{
+    Direction, DiskFault, DiskFaultStatus, FaultRules, FaultsStatus, FrameAction, FrameRule, FrameRuleStatus,
+};
+
 pub const DEFAULT_PORT: u16 = 8161;
 /// 200 while the process runs.
 pub const HEALTHZ: &str = "/healthz";
@@ -96,6 +100,17 @@ pub const QUEUE_DELETE: &str = "/queues/delete";
 /// when the target cannot take them (memory limits, a failed write): what earlier batches
 /// moved stays moved, the rest stays put.
 pub const QUEUE_MOVE: &str = "/queues/move";
+/// Fault injection, for tests only: served only by a broker started with
+/// `debug.faultInjection: true` (or `--fault-injection`); otherwise every method answers
+/// 404 with an [`AdminError`] saying so. `PUT` a [`FaultRules`] (signed like [`SWITCHOVER`],
+/// with the method `PUT`): it replaces every rule in force (cluster frames dropped,
+/// delayed, duplicated or reordered, partitions from peers, failing or slow journal
+/// fdatasyncs) and answers the new [`FaultsStatus`]; 400 for rules that cannot work, naming
+/// the rule. `DELETE` (signed, empty body) removes them all: the network heals, the disk
+/// recovers. `GET` answers the [`FaultsStatus`]: the rules in order and what each acted
+/// on; it needs credentials as [`STATUS`] does. Not persistent: a restarted broker has no
+/// rules.
+pub const DEBUG_FAULTS: &str = "/debug/faults";
 /// How many messages a browse answers without a `limit`.
 pub const BROWSE_DEFAULT_LIMIT: usize = 100;
 /// The most a browse answers.

@@ -65,6 +65,8 @@ pub struct AdminState {
     pub tls: Arc<crate::tls::TlsContext>,
     /// Users and their passwords, for HTTP Basic on `/status`.
     pub users: Arc<Vec<crate::config::User>>,
+    /// The fault rules `/debug/faults` sets (off unless `debug.faultInjection`).
+    pub faults: crate::faults::Faults,
 }
 
 /// What a shared-store backup learned about the shared data directory when it last
@@ -127,6 +129,7 @@ pub async fn serve(listener: TcpListener, state: AdminState, shutdown: Cancellat
         .route(api::SWITCHOVER, post(switchover))
         .route(api::FENCE, post(fence))
         .route(api::DRAIN, post(drain))
+        .route(api::DEBUG_FAULTS, get(faults_view).put(faults_set).delete(faults_clear))
         .merge(messages::routes())
         .with_state(state.clone());
     let listener = listener::AdminListener::new(listener, Arc::clone(&state.tls));
@@ -261,14 +264,82 @@ async fn drain(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> 
     }
 }
 
-/// Checks an admin write's signature against the cluster password as configured now.
+/// Checks a `POST` admin write's signature against the cluster password as configured now.
 fn authorize(s: &AdminState, path: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
+    authorize_method(s, "POST", path, headers, body)
+}
+
+/// [`authorize`] for a write with another method (`PUT`, `DELETE`), which the signature covers.
+fn authorize_method(s: &AdminState, method: &str, path: &str, headers: &HeaderMap, body: &[u8]) -> Result<(), String> {
     let password = s.config.ha.load_password().map_err(|e| crate::report::error_chain(&e))?;
     if password.is_empty() {
         return Err("no cluster password is configured (ha.cluster.password or passwordFile): admin writes cannot be signed".into());
     }
     let signature = headers.get(auth::SIGNATURE_HEADER).and_then(|v| v.to_str().ok());
-    auth::verify(password.as_bytes(), "POST", path, body, signature, auth::unix_now()).map_err(|e| e.to_string())
+    auth::verify(password.as_bytes(), method, path, body, signature, auth::unix_now()).map_err(|e| e.to_string())
+}
+
+/// What `/debug/faults` answers when fault injection is off: 404, saying how to turn it on.
+fn faults_off(s: &AdminState) -> Option<Response> {
+    if s.faults.is_on() {
+        return None;
+    }
+    let error = crate::faults::FaultsError::Off.to_string();
+    Some((StatusCode::NOT_FOUND, Json(AdminError { error })).into_response())
+}
+
+/// `GET /debug/faults`: see [`api::DEBUG_FAULTS`].
+async fn faults_view(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(off) = faults_off(&s) {
+        return off;
+    }
+    if let Err(refused) = closed_view(&s, api::DEBUG_FAULTS, &headers) {
+        return *refused;
+    }
+    Json(s.faults.status()).into_response()
+}
+
+/// `PUT /debug/faults`: see [`api::DEBUG_FAULTS`]. Replaces the rules in force.
+async fn faults_set(State(s): State<AdminState>, headers: HeaderMap, body: Bytes) -> Response {
+    if let Some(off) = faults_off(&s) {
+        return off;
+    }
+    if let Err(error) = authorize_method(&s, "PUT", api::DEBUG_FAULTS, &headers, &body) {
+        tracing::warn!(%error, path = api::DEBUG_FAULTS, "refused an unauthenticated admin request");
+        return (StatusCode::UNAUTHORIZED, Json(AdminError { error })).into_response();
+    }
+    let rules: api::FaultRules = match serde_json::from_slice(&body) {
+        Ok(rules) => rules,
+        Err(e) => {
+            let error = format!("failed to read the fault rules: {e}; expected {{\"frames\":[{{\"action\":\"drop\",\"peer\":\"<node>\"}}],\"disk\":{{\"failNextSyncs\":1}}}}");
+            return (StatusCode::BAD_REQUEST, Json(AdminError { error })).into_response();
+        }
+    };
+    match s.faults.set(rules.clone()) {
+        Ok(()) => {
+            tracing::warn!(rules = %serde_json::to_string(&rules).unwrap_or_default(), "fault rules set (debug.faultInjection)");
+            Json(s.faults.status()).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, Json(AdminError { error: crate::report::error_chain(&e) })).into_response(),
+    }
+}
+
+/// `DELETE /debug/faults`: see [`api::DEBUG_FAULTS`]. Removes every rule.
+async fn faults_clear(State(s): State<AdminState>, headers: HeaderMap) -> Response {
+    if let Some(off) = faults_off(&s) {
+        return off;
+    }
+    if let Err(error) = authorize_method(&s, "DELETE", api::DEBUG_FAULTS, &headers, b"") {
+        tracing::warn!(%error, path = api::DEBUG_FAULTS, "refused an unauthenticated admin request");
+        return (StatusCode::UNAUTHORIZED, Json(AdminError { error })).into_response();
+    }
+    match s.faults.clear() {
+        Ok(()) => {
+            tracing::warn!("fault rules cleared (debug.faultInjection)");
+            Json(s.faults.status()).into_response()
+        }
+        Err(e) => (StatusCode::BAD_REQUEST, Json(AdminError { error: crate::report::error_chain(&e) })).into_response(),
+    }
 }
 
 /// An admin write's refusal: counted by `result` and answered with `code` and the reason.

@@ -85,6 +85,27 @@ pub struct BrokerConfig {
     pub runtime: RuntimeConfig,
     pub log: LogConfig,
     pub metrics: MetricsConfig,
+    /// Testing features, off by default. Left out of a rendered file at its default.
+    #[serde(skip_serializing_if = "DebugConfig::is_default")]
+    pub debug: DebugConfig,
+}
+
+/// Features for tests only, never for production.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(rename_all = "camelCase", deny_unknown_fields, default)]
+pub struct DebugConfig {
+    /// Serves `/debug/faults` on the admin API, where a request signed with the cluster
+    /// password sets fault rules: drop, delay, duplicate or reorder cluster frames, cut
+    /// this member off from a peer, fail or slow the journal's fdatasyncs (see `faults`).
+    /// Off, the endpoint answers 404 and no rule can be set. `--fault-injection` turns it
+    /// on too; the broker says so loudly at startup.
+    pub fault_injection: bool,
+}
+
+impl DebugConfig {
+    pub fn is_default(&self) -> bool {
+        *self == DebugConfig::default()
+    }
 }
 
 /// What `/metrics` shows.
@@ -786,6 +807,7 @@ mod tests {
         all.tls.stomp.enabled = true;
         all.tls.amqp.enabled = true;
         all.amqp.enabled = true;
+        all.debug.fault_injection = true;
         all.auth.roles.insert("admin".into(), vec!["ops".into()]);
         all.auth.anonymous_roles = vec!["guest".into()];
         all.auth.permissions = vec![Permission {
