@@ -66,7 +66,7 @@ struct Shared {
     /// The AMQP listener (`amqp.enabled`), bound once like STOMP's; served while live.
     amqp: Option<Arc<TcpListener>>,
     /// The fault rules (`debug.faultInjection`; off otherwise), shared by the cluster
-    /// connections and the admin endpoint that sets them.
+    /// connections, the journal and the admin endpoint that sets them.
     faults: Faults,
 }
 
@@ -161,8 +161,8 @@ pub async fn run(mut config: BrokerConfig, shutdown: CancellationToken) -> Resul
 async fn open(shared: &Shared, took_over: bool) -> Result<Arc<Broker>, RunError> {
     let started = std::time::Instant::now();
     let (config, users, metrics) = (Arc::clone(&shared.config), shared.users.clone(), shared.journal_metrics.clone());
-    let engine_metrics = shared.metrics.engine.clone();
-    let opened = tokio::task::spawn_blocking(move || Broker::open(config, users, metrics, engine_metrics, took_over)).await;
+    let (engine_metrics, faults) = (shared.metrics.engine.clone(), shared.faults.clone());
+    let opened = tokio::task::spawn_blocking(move || Broker::open(config, users, metrics, engine_metrics, faults, took_over)).await;
     let (broker, report) = match opened {
         Ok(r) => r.map_err(RunError::Engine)?,
         Err(e) => std::panic::resume_unwind(e.into_panic()),

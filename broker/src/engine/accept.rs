@@ -543,7 +543,7 @@ mod tests {
         config.storage.data_dir = dir.to_path_buf();
         config.node.id = "test".into();
         tune(&mut config);
-        match Broker::open(Arc::new(config), Vec::new(), JournalMetrics::unregistered(), EngineMetrics::default(), false) {
+        match Broker::open(Arc::new(config), Vec::new(), JournalMetrics::unregistered(), EngineMetrics::default(), crate::faults::Faults::off(), false) {
             Ok((broker, _)) => broker,
             Err(e) => panic!("open broker: {e}"),
         }

@@ -154,7 +154,7 @@ mod tests {
         config.node.id = "test".into();
         config.address_settings = settings;
         config.destinations.expiry_scan_period = HumanDuration(Duration::from_millis(100));
-        match Broker::open(Arc::new(config), Vec::new(), JournalMetrics::unregistered(), EngineMetrics::default(), false) {
+        match Broker::open(Arc::new(config), Vec::new(), JournalMetrics::unregistered(), EngineMetrics::default(), crate::faults::Faults::off(), false) {
             Ok((broker, _)) => broker,
             Err(e) => panic!("open broker: {e}"),
         }

@@ -523,7 +523,7 @@ mod tests {
         config.storage.segment_size = crate::config::ByteSize::kib(256);
         config.address_settings = settings;
         config.node.id = "durable-test".into();
-        match Broker::open(Arc::new(config), Vec::new(), JournalMetrics::unregistered(), EngineMetrics::default(), false) {
+        match Broker::open(Arc::new(config), Vec::new(), JournalMetrics::unregistered(), EngineMetrics::default(), crate::faults::Faults::off(), false) {
             Ok((broker, _)) => broker,
             Err(e) => panic!("open broker: {e}"),
         }

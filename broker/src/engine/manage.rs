@@ -412,7 +412,7 @@ mod tests {
         config.storage.segment_size = crate::config::ByteSize::kib(256);
         config.node.id = "manage".into();
         config.address_settings = settings;
-        match Broker::open(Arc::new(config), Vec::new(), JournalMetrics::unregistered(), EngineMetrics::default(), false) {
+        match Broker::open(Arc::new(config), Vec::new(), JournalMetrics::unregistered(), EngineMetrics::default(), crate::faults::Faults::off(), false) {
             Ok((broker, _)) => broker,
             Err(e) => panic!("open broker: {e}"),
         }

@@ -187,6 +187,7 @@ impl Broker {
         users: Vec<User>,
         journal_metrics: JournalMetrics,
         metrics: EngineMetrics,
+        faults: crate::faults::Faults,
         possibly_delivered: bool,
     ) -> Result<(Arc<Broker>, RecoveryReport), EngineError> {
         let dir = &config.storage.data_dir;
@@ -199,6 +200,7 @@ impl Broker {
             max_batch_bytes: config.storage.max_batch_bytes.as_usize(),
             fsync: config.storage.fsync,
             remember_header: Some(dedup::STORED_HEADER.to_string()),
+            faults,
         };
         // A backlog past what memory may hold is recovered into the paged state.
         // Validated with the rest of the config before the broker starts.

@@ -355,7 +355,7 @@ mod tests {
         config.node.id = "test".into();
         config.address_settings = super::test_kit::paging_past_64kib(">");
         config.address_settings[0].address_full_policy = Some(policy);
-        match Broker::open(Arc::new(config), Vec::new(), JournalMetrics::unregistered(), EngineMetrics::default(), possibly_delivered) {
+        match Broker::open(Arc::new(config), Vec::new(), JournalMetrics::unregistered(), EngineMetrics::default(), crate::faults::Faults::off(), possibly_delivered) {
             Ok((broker, _)) => broker,
             Err(e) => panic!("open broker: {e}"),
         }

@@ -33,7 +33,7 @@ enum Followed {
 }
 
 pub async fn run(ctx: &HaContext, shutdown: &CancellationToken) -> Result<BackupOutcome, HaError> {
-    let mut mirror = Mirror::open(&ctx.journal_dir).map_err(HaError::Mirror)?;
+    let mut mirror = Mirror::open(&ctx.journal_dir).map_err(HaError::Mirror)?.with_faults(ctx.faults.clone());
     ctx.set_backup_status(None, SyncState::Connecting, 0, 0);
     // Whether this process has held a complete copy since it last lost a live.
     let mut lost_synced: Option<(Member, String)> = None;

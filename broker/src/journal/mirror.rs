@@ -84,6 +84,8 @@ pub struct Mirror {
     scans: BTreeMap<u64, Scan>,
     /// The number of each segment's first record, as the live counts them.
     first_records: BTreeMap<u64, u64>,
+    /// Asked after every sync that synced a segment: a failing or slow disk in tests.
+    faults: crate::faults::Faults,
     _lock: DirLock,
 }
 
@@ -102,6 +104,7 @@ impl Mirror {
             dir_dirty: false,
             scans: BTreeMap::new(),
             first_records: BTreeMap::new(),
+            faults: crate::faults::Faults::off(),
             _lock: lock,
         };
         for seq in segment::list(dir)?.segments {
@@ -174,6 +177,13 @@ impl Mirror {
     /// [`Mirror::records`]).
     pub fn set_first_records(&mut self, first_records: impl IntoIterator<Item = (u64, u64)>) {
         self.first_records = first_records.into_iter().collect();
+    }
+
+    /// Asks `faults` after every sync (`debug.faultInjection`: a backup's failing or slow
+    /// disk).
+    pub fn with_faults(mut self, faults: crate::faults::Faults) -> Mirror {
+        self.faults = faults;
+        self
     }
 
     /// Records held, counted as the live counts them: up to the end of the whole records
@@ -333,13 +343,18 @@ impl Mirror {
     /// Makes every write so far durable (fdatasync per touched segment, then the directory
     /// if files came or went).
     pub fn sync(&mut self) -> Result<(), JournalError> {
+        let mut synced = None;
         for seq in std::mem::take(&mut self.dirty) {
             if let Some(file) = self.files.get(&seq) {
                 file.sync_data().map_err(|source| JournalError::Sync {
                     path: SegmentSeq(seq).path(&self.dir),
                     source: source.into(),
                 })?;
+                synced = Some(seq);
             }
+        }
+        if let Some(seq) = synced {
+            self.faults.fsync().map_err(|source| JournalError::Sync { path: SegmentSeq(seq).path(&self.dir), source: source.into() })?;
         }
         if std::mem::take(&mut self.dir_dirty) {
             segment::sync_dir(&self.dir)?;

@@ -138,6 +138,9 @@ pub struct JournalConfig {
     /// The window outlives reclaimed segments: the first record of every segment carries
     /// it (as much of it, newest first, as fits in a quarter of a segment).
     pub remember_header: Option<String>,
+    /// Fault rules asked after every group commit's fdatasync (`debug.faultInjection`:
+    /// a failing or slow disk on demand); off by default.
+    pub faults: crate::faults::Faults,
 }
 
 /// Most header values [`Recovered::remembered`] holds.
@@ -170,6 +173,7 @@ impl JournalConfig {
             max_batch_bytes: DEFAULT_MAX_BATCH_BYTES,
             fsync: true,
             remember_header: None,
+            faults: crate::faults::Faults::off(),
         }
     }
 }

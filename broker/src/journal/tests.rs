@@ -17,6 +17,7 @@ use bytes::Bytes;
 use rstest::rstest;
 
 use super::segment::{SegmentSeq, HEADER_LEN};
+use crate::faults::{DiskFault, FaultMetrics, FaultRules, Faults};
 use super::*;
 
 fn message(id: u64) -> StoredMessage {
@@ -1372,14 +1373,15 @@ fn given_a_mirror_with_a_torn_tail_when_resumed_should_describe_and_keep_only_it
 #[tokio::test]
 async fn given_a_failed_fdatasync_after_backups_could_copy_the_batch_should_cut_it_and_tell_them() {
     let dir = tempfile::tempdir().expect("tempdir");
-    let (journal, _) = open(JournalConfig::new(dir.path()));
+    let faults = Faults::new(FaultMetrics::default());
+    let (journal, _) = open(JournalConfig { faults: faults.clone(), ..JournalConfig::new(dir.path()) });
     let gate = journal.replication_gate();
     let backup = gate.register();
     durable(&journal, vec![add(1)]).await;
     let before = *journal.written_position().borrow();
     assert!(gate.acked(backup, before, true));
 
-    writer::faults::fail_next_sync(dir.path());
+    faults.set(FaultRules { frames: Vec::new(), disk: Some(DiskFault { fail_next_syncs: 1, ..DiskFault::default() }) }).expect("set");
     let failed = journal.append(vec![add(2), add(3)]).await;
     assert!(matches!(failed, Err(JournalError::Sync { .. })), "{failed:?}");
     assert_eq!(*journal.written_position().borrow(), before, "the batch is no longer offered to backups");
@@ -1392,6 +1394,24 @@ async fn given_a_failed_fdatasync_after_backups_could_copy_the_batch_should_cut_
     durable(&journal, vec![add(4)]).await;
     close(&journal);
     assert_eq!(ids(&reopen(dir.path())), vec![1, 4]);
+}
+
+#[tokio::test]
+async fn given_every_fdatasync_failing_should_fail_appends_until_the_disk_heals_and_keep_none_of_them() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let faults = Faults::new(FaultMetrics::default());
+    let (journal, _) = open(JournalConfig { faults: faults.clone(), ..JournalConfig::new(dir.path()) });
+    durable(&journal, vec![add(1)]).await;
+    faults.set(FaultRules { frames: Vec::new(), disk: Some(DiskFault { fail_all_syncs: true, ..DiskFault::default() }) }).expect("set");
+    for id in 2..=4 {
+        let failed = journal.append(vec![add(id)]).await;
+        assert!(matches!(failed, Err(JournalError::Sync { .. })), "{failed:?}");
+    }
+    assert_eq!(faults.status().disk.map(|d| d.failed), Some(3));
+    faults.clear().expect("clear");
+    durable(&journal, vec![add(5)]).await;
+    close(&journal);
+    assert_eq!(ids(&reopen(dir.path())), vec![1, 5]);
 }
 
 /// Extents of `file` as (logical start, length, unwritten), after syncing it; `None` where

@@ -299,6 +299,8 @@ pub(super) struct Writer {
     segment_size: u64,
     max_batch_bytes: usize,
     fsync: bool,
+    /// Asked after every batch's fdatasync: a failing or slow disk on demand in tests.
+    faults: crate::faults::Faults,
     current: Current,
     next: Option<NextSegment>,
     ledger: Ledger,
@@ -418,6 +420,7 @@ impl Writer {
             segment_size: config.segment_size,
             max_batch_bytes: config.max_batch_bytes,
             fsync: config.fsync,
+            faults: config.faults.clone(),
             current,
             next: Some(NextSegment::Pending(next)),
             ledger,
@@ -602,9 +605,7 @@ impl Writer {
         });
         if self.fsync {
             let started = Instant::now();
-            let synced = self.current.file.sync_data();
-            #[cfg(test)]
-            let synced = synced.and_then(|()| faults::sync(&self.dir));
+            let synced = self.current.file.sync_data().and_then(|()| self.faults.fsync());
             self.metrics.observe_fsync(started.elapsed());
             if let Err(source) = synced {
                 // The kernel may already have dropped the dirty pages; cutting the batch
@@ -832,29 +833,5 @@ impl Current {
         }
         self.id_floor = id_floor;
         Ok(())
-    }
-}
-
-/// Failures tests inject where a real disk would fail.
-#[cfg(test)]
-pub(super) mod faults {
-    use std::path::{Path, PathBuf};
-
-    static FAIL_NEXT_SYNC: parking_lot::Mutex<Vec<PathBuf>> = parking_lot::Mutex::new(Vec::new());
-
-    /// The next fdatasync of a segment in journal `dir` fails.
-    pub(in crate::journal) fn fail_next_sync(dir: &Path) {
-        FAIL_NEXT_SYNC.lock().push(dir.to_path_buf());
-    }
-
-    pub(super) fn sync(dir: &Path) -> std::io::Result<()> {
-        let mut failing = FAIL_NEXT_SYNC.lock();
-        match failing.iter().position(|d| d == dir) {
-            Some(at) => {
-                failing.remove(at);
-                Err(std::io::Error::other("injected fdatasync failure"))
-            }
-            None => Ok(()),
-        }
     }
 }
