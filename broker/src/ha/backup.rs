@@ -197,6 +197,9 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
                 tokio::task::block_in_place(|| if resume { mirror.resume(&keep) } else { mirror.reset() })
             }
             ClusterFrame::Append { seq, offset, records, data } => {
+                if let Err(reason) = continues(mirror, seq, offset) {
+                    return Followed::Lost { synced: state == SyncState::Synced, reason };
+                }
                 // Following the live's tail: a write into the page cache, done in place.
                 // `block_in_place` would hand this worker's tasks to another thread for every
                 // batch, which costs more than the write (see the sync below).
@@ -206,6 +209,9 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
                 r
             }
             ClusterFrame::SegmentChunk { seq, offset, data } => {
+                if let Err(reason) = continues(mirror, seq, offset) {
+                    return Followed::Lost { synced: state == SyncState::Synced, reason };
+                }
                 let r = tokio::task::block_in_place(|| mirror.write(seq, offset, &data));
                 written = Some((seq, offset + data.len() as u64));
                 r
@@ -305,6 +311,20 @@ async fn follow(ctx: &HaContext, mirror: &mut Mirror, live: &Member, shutdown: &
             }
         }
     }
+}
+
+/// Journal bytes from the live must continue the copy (or rewrite part of it, as a
+/// repeated frame does): bytes that start past its end mean frames went missing on the
+/// way, and writing them would leave a hole that an acknowledgement would then cover.
+/// The connection is dropped instead, and the next one resyncs what is missing.
+fn continues(mirror: &Mirror, seq: u64, offset: u64) -> Result<(), String> {
+    let held = mirror.segment_len(seq);
+    if offset > held {
+        return Err(format!(
+            "the live's bytes for segment {seq} start at {offset}, but this copy ends at {held}: frames went missing; resyncing"
+        ));
+    }
+    Ok(())
 }
 
 /// The mirror may be damaged: it no longer counts as a complete copy.

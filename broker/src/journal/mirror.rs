@@ -368,6 +368,11 @@ impl Mirror {
         Ok(())
     }
 
+    /// How many bytes of segment `seq` the copy holds (0 for one it does not hold).
+    pub fn segment_len(&self, seq: u64) -> u64 {
+        self.lens.get(&seq).copied().unwrap_or(0)
+    }
+
     /// The mirrored segments and their lengths.
     pub fn extents(&self) -> Vec<(u64, u64)> {
         self.lens.iter().map(|(s, l)| (*s, *l)).collect()
