@@ -280,6 +280,21 @@ impl Member {
         }
     }
 
+    /// Replaces this member's fault rules (it runs with `debug.faultInjection: true`).
+    pub fn set_faults(&self, rules: &duomq_broker::faults::FaultRules) {
+        super::set_faults(&self.ip, self.admin, &self.config_path(), rules);
+    }
+
+    /// Removes this member's fault rules.
+    pub fn clear_faults(&self) {
+        super::clear_faults(&self.ip, self.admin, &self.config_path());
+    }
+
+    /// This member's fault rules and what each did.
+    pub fn fault_status(&self) -> duomq_broker::faults::FaultsStatus {
+        super::fault_status(&self.ip, self.admin, &self.config_path())
+    }
+
     pub fn wait_synced_backup(&self) {
         self.wait_for("a synced backup", |s| s["role"] == "backup" && s["ha"]["sync"]["state"] == "synced");
     }

@@ -206,6 +206,16 @@ impl Broker {
         serde_json::from_str(&body).expect("status JSON")
     }
 
+    /// Replaces the broker's fault rules (it runs with `debug.faultInjection: true`).
+    pub fn set_faults(&self, rules: &duomq_broker::faults::FaultRules) {
+        set_faults("127.0.0.1", self.admin_port, &self.config_path(), rules);
+    }
+
+    /// Removes the broker's fault rules.
+    pub fn clear_faults(&self) {
+        clear_faults("127.0.0.1", self.admin_port, &self.config_path());
+    }
+
     /// Depth (pending + in flight) of a queue from /status.
     pub fn queue_depth(&self, name: &str) -> u64 {
         let s = self.status();
@@ -314,7 +324,12 @@ pub fn http_get_admin(ip: &str, port: u16, path: &str, config_file: &Path) -> st
 /// A minimal HTTP/1.0 POST of a JSON body with extra headers, for admin writes (which may
 /// take a while: a switchover answers once it is done).
 pub fn http_post_at(ip: &str, port: u16, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<(u16, String)> {
-    let mut request = format!("POST {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
+    http_send_at(ip, port, "POST", path, headers, body)
+}
+
+/// [`http_post_at`] with another method (`PUT`, `DELETE`).
+pub fn http_send_at(ip: &str, port: u16, method: &str, path: &str, headers: &[(&str, &str)], body: &str) -> std::io::Result<(u16, String)> {
+    let mut request = format!("{method} {path} HTTP/1.0\r\nHost: localhost\r\nContent-Type: application/json\r\nContent-Length: {}\r\n", body.len());
     for (name, value) in headers {
         request.push_str(&format!("{name}: {value}\r\n"));
     }
@@ -326,10 +341,40 @@ pub fn http_post_at(ip: &str, port: u16, path: &str, headers: &[(&str, &str)], b
 /// A `POST` of `body` to an admin write (`/ha/fence`, `/ha/drain`, ...) signed with
 /// `password` as the operator signs it; `None` sends it unsigned.
 pub fn signed_post(ip: &str, port: u16, path: &str, body: &str, password: Option<&str>) -> (u16, String) {
+    signed_request(ip, port, "POST", path, body, password)
+}
+
+/// [`signed_post`] with another method (`PUT`, `DELETE`), which the signature covers.
+pub fn signed_request(ip: &str, port: u16, method: &str, path: &str, body: &str, password: Option<&str>) -> (u16, String) {
     use duomq_broker::admin::auth;
-    let signature = password.map(|p| auth::sign(p.as_bytes(), "POST", path, body.as_bytes(), auth::unix_now()));
+    let signature = password.map(|p| auth::sign(p.as_bytes(), method, path, body.as_bytes(), auth::unix_now()));
     let headers: Vec<(&str, &str)> = signature.iter().map(|s| (auth::SIGNATURE_HEADER, s.as_str())).collect();
-    http_post_at(ip, port, path, &headers, body).unwrap_or_else(|e| panic!("POST {path} to {ip}:{port}: {e}"))
+    http_send_at(ip, port, method, path, &headers, body).unwrap_or_else(|e| panic!("{method} {path} to {ip}:{port}: {e}"))
+}
+
+/// Sets the fault rules of the broker configured by `config_file` (started with
+/// `debug.faultInjection: true`), replacing those in force, signed with its cluster password.
+pub fn set_faults(ip: &str, port: u16, config_file: &Path, rules: &duomq_broker::faults::FaultRules) {
+    let body = serde_json::to_string(rules).expect("rules to JSON");
+    let (code, answer) = signed_request(ip, port, "PUT", duomq_broker::admin::api::DEBUG_FAULTS, &body, Some(&cluster_password(config_file)));
+    assert_eq!(code, 200, "PUT {body}: {answer}");
+}
+
+/// Removes every fault rule of the broker configured by `config_file`: the network heals.
+pub fn clear_faults(ip: &str, port: u16, config_file: &Path) {
+    let (code, answer) = signed_request(ip, port, "DELETE", duomq_broker::admin::api::DEBUG_FAULTS, "", Some(&cluster_password(config_file)));
+    assert_eq!(code, 200, "DELETE: {answer}");
+}
+
+/// The fault rules in force and what each did.
+pub fn fault_status(ip: &str, port: u16, config_file: &Path) -> duomq_broker::faults::FaultsStatus {
+    let (code, body) = http_get_admin(ip, port, duomq_broker::admin::api::DEBUG_FAULTS, config_file).expect("GET the fault rules");
+    assert_eq!(code, 200, "{body}");
+    serde_json::from_str(&body).expect("fault status JSON")
+}
+
+fn cluster_password(config_file: &Path) -> String {
+    load_config(config_file).and_then(|c| c.ha.load_password().ok()).filter(|p| !p.is_empty()).expect("a cluster password in the config")
 }
 
 fn http_request(ip: &str, port: u16, request: &str, timeout: Duration) -> std::io::Result<(u16, String)> {
