@@ -258,6 +258,23 @@ fn given_a_quorum_pair_when_the_backup_is_cut_off_or_cut_from_its_live_only_shou
     assert!(members[1].log().contains("voters confirm the live is gone"));
 }
 
+/// The split brain the quorum alone allowed: a live cut off from its backup and from every
+/// voter. The voters cannot reach it and let the backup activate; the old live, left
+/// without a synced backup and reaching no voter, must give its claim up (fence itself)
+/// instead of serving beside the new live, and rejoin as its backup once healed.
+#[test]
+fn given_a_quorum_pair_when_the_live_is_cut_off_from_everyone_should_fence_it_while_the_backup_takes_over() {
+    let root = tempfile::Builder::new().prefix("duomq-faults-split-").tempdir().expect("tempdir");
+    let mut members = quorum_cluster(root.path());
+    members[0].set_faults(&partition(None));
+    members[1].wait_live();
+    members[0].wait_for("fenced: it reaches no voter and has no synced backup", |s| s["role"] != "live");
+    assert!(members[0].log().contains("voters reachable: a backup could win a vote"), "{}", members[0].log());
+    members[0].clear_faults();
+    members[0].wait_for("back as the new live's backup", |s| s["role"] == "backup" && s["ha"]["live"] == "g1-b");
+    assert_eq!(members[1].status().map(|s| s["role"].clone()), Some(Value::from("live")));
+}
+
 /// A standalone broker whose cluster port takes bridges and grouping links, with the seam
 /// on and a short link heartbeat (links give up after 3 s without a word).
 fn node(name: &str, cluster: u16, extra: &str) -> Broker {

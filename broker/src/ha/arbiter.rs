@@ -122,25 +122,130 @@ pub trait Arbiter: Send + Sync {
 
 /// HornetQ/Artemis quorum: activate only when more than half of the cluster's servers
 /// (the voters plus the lost live, which cannot say yes) confirm the live is gone.
+///
+/// The live side of the same rule (Artemis' vote on replication failure): a live left
+/// without a synced backup confirms writes alone only while it reaches enough voters that
+/// a backup could not win a vote against it (a backup needs more than half of voters + 1,
+/// and a voter that the live reaches sees it and says no). It checks when its last synced
+/// backup leaves and again every `recheck_every` while it stays alone; a live cut off from
+/// too many voters gives its claim up ([`Arbiter::lost`]): it fences itself and rejoins as
+/// a backup, so a backup that wins a vote is never a second live.
 pub struct QuorumArbiter {
-    pub voters: Vec<String>,
-    pub timeout: Duration,
-    pub ask: AskVoter,
+    inner: Arc<QuorumInner>,
 }
+
+struct QuorumInner {
+    voters: Vec<String>,
+    timeout: Duration,
+    ask: AskVoter,
+    reach: ReachVoter,
+    alone: Arc<dyn Fn() -> bool + Send + Sync>,
+    recheck_every: Duration,
+    /// `Some(reason)` once the live term's claim is lost; reset when a term starts.
+    lost: tokio::sync::watch::Sender<Option<String>>,
+    /// A recheck loop runs (one per live term at most).
+    watching: std::sync::atomic::AtomicBool,
+}
+
+/// Probes one voter (by cluster address): `Ok` once it answered.
+pub type ReachVoter = Arc<dyn Fn(String) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// More than half of `voters + 1` servers (the lost live counts, voting no).
 pub fn quorum_reached(granted: usize, voters: usize) -> bool {
     2 * granted > voters + 1
 }
 
+/// Whether a live reaching `reached` of `voters` leaves too few for a backup's quorum.
+pub fn live_keeps_quorum(reached: usize, voters: usize) -> bool {
+    !quorum_reached(voters.saturating_sub(reached), voters)
+}
+
+impl QuorumArbiter {
+    /// `alone` says whether the live has no synced backup now; `recheck_every` is how
+    /// often an alone live checks it still reaches enough voters.
+    pub fn new(
+        voters: Vec<String>,
+        timeout: Duration,
+        ask: AskVoter,
+        reach: ReachVoter,
+        alone: Arc<dyn Fn() -> bool + Send + Sync>,
+        recheck_every: Duration,
+    ) -> QuorumArbiter {
+        let (lost, _) = tokio::sync::watch::channel(None);
+        QuorumArbiter {
+            inner: Arc::new(QuorumInner {
+                voters,
+                timeout,
+                ask,
+                reach,
+                alone,
+                recheck_every,
+                lost,
+                watching: std::sync::atomic::AtomicBool::new(false),
+            }),
+        }
+    }
+}
+
+impl QuorumInner {
+    /// `Err` with the reason when the live no longer reaches enough voters.
+    async fn live_check(&self) -> Result<(), String> {
+        let probes = self.voters.iter().map(|addr| {
+            let reach = Arc::clone(&self.reach);
+            let addr = addr.clone();
+            async move { (addr.clone(), tokio::time::timeout(self.timeout, reach(addr)).await) }
+        });
+        let mut reached = 0;
+        let mut notes = Vec::new();
+        for (addr, answer) in futures::future::join_all(probes).await {
+            match answer {
+                Ok(Ok(())) => reached += 1,
+                Ok(Err(e)) => notes.push(format!("{addr} unreachable ({e})")),
+                Err(_) => notes.push(format!("{addr} did not answer in {:?}", self.timeout)),
+            }
+        }
+        let total = self.voters.len();
+        if live_keeps_quorum(reached, total) {
+            Ok(())
+        } else {
+            Err(format!(
+                "no synced backup and only {reached} of {total} voters reachable: a backup could win a vote, so this live stops: {}",
+                notes.join("; ")
+            ))
+        }
+    }
+
+    fn give_up(&self, reason: &str) {
+        self.lost.send_replace(Some(reason.to_string()));
+    }
+
+    /// Checks again every `recheck_every` while the live stays alone and its claim holds.
+    async fn watch_alone(self: Arc<Self>) {
+        loop {
+            tokio::time::sleep(self.recheck_every).await;
+            if self.lost.borrow().is_some() || !(self.alone)() {
+                break;
+            }
+            if let Err(reason) = self.live_check().await {
+                if (self.alone)() {
+                    self.give_up(&reason);
+                    break;
+                }
+            }
+        }
+        self.watching.store(false, std::sync::atomic::Ordering::SeqCst);
+    }
+}
+
 impl Arbiter for QuorumArbiter {
     fn may_activate<'a>(&'a self, request: &'a ActivationRequest) -> BoxFuture<'a, Result<Decision, ArbiterError>> {
+        let inner = &self.inner;
         Box::pin(async move {
-            let asks = self.voters.iter().map(|addr| {
-                let ask = Arc::clone(&self.ask);
+            let asks = inner.voters.iter().map(|addr| {
+                let ask = Arc::clone(&inner.ask);
                 let (addr, request) = (addr.clone(), request.clone());
                 async move {
-                    let vote = tokio::time::timeout(self.timeout, ask(addr.clone(), request)).await;
+                    let vote = tokio::time::timeout(inner.timeout, ask(addr.clone(), request)).await;
                     (addr, vote)
                 }
             });
@@ -151,16 +256,57 @@ impl Arbiter for QuorumArbiter {
                     Ok(Ok(v)) if v.granted => granted += 1,
                     Ok(Ok(v)) => notes.push(format!("{addr} said no ({})", v.reason)),
                     Ok(Err(e)) => notes.push(format!("{addr} unreachable ({e})")),
-                    Err(_) => notes.push(format!("{addr} did not answer in {:?}", self.timeout)),
+                    Err(_) => notes.push(format!("{addr} did not answer in {:?}", inner.timeout)),
                 }
             }
-            let total = self.voters.len();
+            let total = inner.voters.len();
             let summary = format!("{granted} of {total} voters confirm the live is gone");
             Ok(if quorum_reached(granted, total) {
                 Decision::Granted { reason: summary, epoch: None }
             } else {
                 Decision::Denied { reason: format!("{summary}; need more than half of {}: {}", total + 1, notes.join("; ")) }
             })
+        })
+    }
+
+    fn hold_as_live(&self, _local_epoch: Epoch, _complete_copy: bool) -> BoxFuture<'_, Result<Option<Epoch>, ArbiterError>> {
+        // A new term starts with its claim.
+        self.inner.lost.send_replace(None);
+        Box::pin(async { Ok(None) })
+    }
+
+    fn lost(&self) -> BoxFuture<'static, String> {
+        let mut lost = self.inner.lost.subscribe();
+        Box::pin(async move {
+            loop {
+                if let Some(reason) = lost.borrow_and_update().clone() {
+                    return reason;
+                }
+                if lost.changed().await.is_err() {
+                    return futures::future::pending().await;
+                }
+            }
+        })
+    }
+
+    fn in_sync_changed(&self) -> BoxFuture<'_, Result<(), String>> {
+        Box::pin(async move {
+            let inner = &self.inner;
+            if !(inner.alone)() {
+                return Ok(());
+            }
+            match inner.live_check().await {
+                Ok(()) => {
+                    if !inner.watching.swap(true, std::sync::atomic::Ordering::SeqCst) {
+                        tokio::spawn(Arc::clone(inner).watch_alone());
+                    }
+                    Ok(())
+                }
+                Err(reason) => {
+                    inner.give_up(&reason);
+                    Err(reason)
+                }
+            }
         })
     }
 
@@ -271,14 +417,86 @@ mod tests {
         ActivationRequest { group: "g".into(), live_node: "a".into(), live_addr: "x".into(), epoch: 1, complete_copy: true }
     }
 
+    fn quorum(ask: AskVoter, reach: ReachVoter, alone: bool) -> QuorumArbiter {
+        let voters = vec!["v1".into(), "v2".into()];
+        QuorumArbiter::new(voters, Duration::from_millis(100), ask, reach, Arc::new(move || alone), Duration::from_millis(20))
+    }
+
+    fn reach_only(reachable: &'static [&'static str]) -> ReachVoter {
+        Arc::new(move |addr| Box::pin(async move { if reachable.contains(&addr.as_str()) { Ok(()) } else { Err("connection refused".into()) } }))
+    }
+
     #[tokio::test]
     async fn given_isolated_backup_should_be_denied_and_connected_one_granted() {
         let unreachable: AskVoter = Arc::new(|_, _| Box::pin(async { Err("connection refused".to_string()) }));
-        let q = QuorumArbiter { voters: vec!["v1".into(), "v2".into()], timeout: Duration::from_millis(100), ask: unreachable };
+        let q = quorum(unreachable, reach_only(&[]), false);
         assert!(matches!(q.may_activate(&request()).await.unwrap(), Decision::Denied { .. }));
         let yes: AskVoter = Arc::new(|_, _| Box::pin(async { Ok(Vote { granted: true, reason: "live gone".into() }) }));
-        let q = QuorumArbiter { voters: vec!["v1".into(), "v2".into()], timeout: Duration::from_millis(100), ask: yes };
+        let q = quorum(yes, reach_only(&[]), false);
         assert!(matches!(q.may_activate(&request()).await.unwrap(), Decision::Granted { .. }));
+    }
+
+    #[rstest]
+    #[case(0, 0, true)]
+    #[case(0, 1, true)]
+    #[case(0, 2, false)]
+    #[case(1, 2, true)]
+    #[case(1, 3, true)]
+    #[case(0, 3, false)]
+    #[case(1, 4, false)]
+    #[case(2, 4, true)]
+    fn given_voters_the_live_reaches_should_keep_it_only_when_no_backup_quorum_is_left(
+        #[case] reached: usize,
+        #[case] voters: usize,
+        #[case] keeps: bool,
+    ) {
+        assert_eq!(live_keeps_quorum(reached, voters), keeps);
+        // Never both: a live that keeps going and a backup that wins with the rest.
+        if keeps {
+            assert!(!quorum_reached(voters - reached, voters));
+        }
+    }
+
+    #[tokio::test]
+    async fn given_a_live_left_alone_and_cut_off_from_the_voters_should_give_its_claim_up() {
+        let no: AskVoter = Arc::new(|_, _| Box::pin(async { Ok(Vote { granted: false, reason: "live seen".into() }) }));
+        // Reaching one of two voters leaves a backup one vote: not enough. It carries on.
+        let q = quorum(Arc::clone(&no), reach_only(&["v1"]), true);
+        q.hold_as_live(Epoch(1), true).await.unwrap();
+        assert_eq!(q.in_sync_changed().await, Ok(()));
+        // Reaching none: a backup could win, so the live gives up its claim.
+        let q = quorum(Arc::clone(&no), reach_only(&[]), true);
+        q.hold_as_live(Epoch(1), true).await.unwrap();
+        let lost = q.lost();
+        let err = q.in_sync_changed().await.unwrap_err();
+        assert!(err.contains("only 0 of 2 voters reachable"), "{err}");
+        assert_eq!(tokio::time::timeout(Duration::from_secs(5), lost).await.expect("lost resolves"), err);
+        // A new term starts with its claim again.
+        q.hold_as_live(Epoch(2), true).await.unwrap();
+        assert!(tokio::time::timeout(Duration::from_millis(50), q.lost()).await.is_err());
+        // With a synced backup nothing is checked.
+        let q = quorum(no, reach_only(&[]), false);
+        assert_eq!(q.in_sync_changed().await, Ok(()));
+    }
+
+    #[tokio::test]
+    async fn given_an_alone_live_that_later_loses_the_voters_should_give_its_claim_up_on_a_recheck() {
+        let no: AskVoter = Arc::new(|_, _| Box::pin(async { Ok(Vote { granted: false, reason: "live seen".into() }) }));
+        let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let reach: ReachVoter = {
+            let cut = Arc::clone(&cut);
+            Arc::new(move |_| {
+                let cut = cut.load(std::sync::atomic::Ordering::SeqCst);
+                Box::pin(async move { if cut { Err("partitioned".to_string()) } else { Ok(()) } })
+            })
+        };
+        let q = quorum(no, reach, true);
+        q.hold_as_live(Epoch(1), true).await.unwrap();
+        assert_eq!(q.in_sync_changed().await, Ok(()));
+        let lost = q.lost();
+        cut.store(true, std::sync::atomic::Ordering::SeqCst);
+        let reason = tokio::time::timeout(Duration::from_secs(5), lost).await.expect("the recheck gives the claim up");
+        assert!(reason.contains("only 0 of 2 voters reachable"), "{reason}");
     }
 
     #[tokio::test]

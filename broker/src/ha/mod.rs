@@ -178,18 +178,34 @@ impl HaContext {
                     Arc::new(FileLockArbiter::new(ha.arbiter.lock_file.as_deref().unwrap_or(std::path::Path::new("live.lock"))))
                 }
                 None => {
-                    let weak = weak.clone();
-                    Arc::new(QuorumArbiter {
-                        voters: ha.arbiter.voters.clone(),
-                        timeout: ha.arbiter.vote_timeout.get(),
-                        ask: Arc::new(move |addr, request| {
-                            let weak = weak.clone();
+                    let (ask_ctx, reach_ctx, alone_ctx) = (weak.clone(), weak.clone(), weak.clone());
+                    Arc::new(QuorumArbiter::new(
+                        ha.arbiter.voters.clone(),
+                        ha.arbiter.vote_timeout.get(),
+                        Arc::new(move |addr, request| {
+                            let weak = ask_ctx.clone();
                             Box::pin(async move {
                                 let ctx = weak.upgrade().ok_or_else(|| "stopping".to_string())?;
                                 ask_vote(&ctx, &addr, request).await
                             })
                         }),
-                    })
+                        Arc::new(move |addr| {
+                            let weak = reach_ctx.clone();
+                            Box::pin(async move {
+                                let ctx = weak.upgrade().ok_or_else(|| "stopping".to_string())?;
+                                match probe::probe(&ctx, &addr).await {
+                                    // It answered; a full handshake queue does not make it unreachable.
+                                    Ok(_) => Ok(()),
+                                    Err(e) if e.busy => Ok(()),
+                                    Err(e) => Err(e.reason),
+                                }
+                            })
+                        }),
+                        Arc::new(move || {
+                            alone_ctx.upgrade().is_some_and(|ctx| *ctx.role.read() == Role::Live && ctx.synced_backups().is_empty())
+                        }),
+                        ha.arbiter.retry_interval.get(),
+                    ))
                 }
             };
             HaContext {
