@@ -265,7 +265,7 @@ fn given_a_quorum_pair_when_the_backup_is_cut_off_or_cut_from_its_live_only_shou
 #[test]
 fn given_a_quorum_pair_when_the_live_is_cut_off_from_everyone_should_fence_it_while_the_backup_takes_over() {
     let root = tempfile::Builder::new().prefix("duomq-faults-split-").tempdir().expect("tempdir");
-    let mut members = quorum_cluster(root.path());
+    let members = quorum_cluster(root.path());
     members[0].set_faults(&partition(None));
     members[1].wait_live();
     members[0].wait_for("fenced: it reaches no voter and has no synced backup", |s| s["role"] != "live");
