@@ -741,7 +741,7 @@ fn amqps_serves_proton_over_tls_and_a_mapped_client_certificate_logs_in_with_sas
     let server = pki.leaf("broker");
     let ops = pki.leaf("ops-client");
     let stranger = common::tls::Pki::new("amqps-other").leaf("ops-client");
-    let tls = pki.config(&server, &["stomp", "amqp"]).replace("  amqp:\n    enabled: true\n", "  amqp:\n    enabled: true\n    clientAuth: optional\n");
+    let tls = pki.config_with_client_auth(&server, &["stomp", "amqp"], "amqp", "optional");
     let config = format!(
         r#"{tls}auth:
   users:

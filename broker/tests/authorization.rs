@@ -413,9 +413,7 @@ fn given_certificate_user_should_get_its_roles_and_stomppy_should_get_the_error(
     let pki = Pki::new("authz");
     let server = pki.leaf("broker");
     let client = pki.leaf("client-cert");
-    let tls = pki
-        .config(&server, &["stomp"])
-        .replace("  stomp:\n    enabled: true\n", "  stomp:\n    enabled: true\n    clientAuth: required\n");
+    let tls = pki.config_with_client_auth(&server, &["stomp"], "stomp", "required");
     let b = AuthBroker::start("authz-cert", &tls);
 
     let env = [("CERT", client.cert.as_os_str()), ("KEY", client.key.as_os_str()), ("CA", pki.ca_file.as_os_str())];

@@ -206,7 +206,7 @@ fn one_error_line(out: &Output) -> String {
 #[test]
 fn given_tls_broker_with_client_certificates_when_cli_sends_and_receives_over_stomp_ssl_should_deliver() {
     let pki = common::tls::Pki::new("cli-tls");
-    let config = pki.config(&pki.leaf("broker"), &["stomp"]).replace("    enabled: true\n  cluster", "    enabled: true\n    clientAuth: required\n  cluster");
+    let config = pki.config_with_client_auth(&pki.leaf("broker"), &["stomp"], "stomp", "required");
     let auth = "auth:\n  users:\n    - name: app\n      password: app-pw\n  certificateUsers:\n    cli-app: app\n";
     let broker = Broker::start("cli-tls", &format!("{config}{auth}"));
     let me = pki.leaf("cli-app");

@@ -93,7 +93,7 @@ fn given_stomppy_client_when_driving_broker_should_pass_interop_suite() {
     let pki = Pki::new("interop");
     let other_ca = Pki::new("interop-other");
     let client = pki.leaf("client-app");
-    let tls = pki.config(&pki.leaf("broker"), &["stomp"]).replace("  stomp:\n    enabled: true\n", "  stomp:\n    enabled: true\n    clientAuth: optional\n");
+    let tls = pki.config_with_client_auth(&pki.leaf("broker"), &["stomp"], "stomp", "optional");
     assert!(tls.contains("clientAuth: optional"), "the tls: section of the test kit changed shape:\n{tls}");
     let tls_broker = Broker::start("interop-stomppy-tls", &format!("{tls}{TLS_AUTH_CONFIG}"));
 

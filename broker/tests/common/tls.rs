@@ -73,4 +73,13 @@ impl Pki {
             on("admin"),
         )
     }
+
+    /// [`Pki::config`] with `clientAuth: auth` (`optional`, `required`) on `listener`
+    /// (`stomp` or `amqp`, which must be among those turned on).
+    pub fn config_with_client_auth(&self, leaf: &LeafFiles, listeners: &[&str], listener: &str, auth: &str) -> String {
+        let on = format!("  {listener}:\n    enabled: true\n");
+        let config = self.config(leaf, listeners);
+        assert!(config.contains(&on), "{listener} is not among the TLS listeners {listeners:?}");
+        config.replace(&on, &format!("{on}    clientAuth: {auth}\n"))
+    }
 }
