@@ -119,6 +119,9 @@ pub struct Prepared {
     copies: Vec<durable::DurableCopy>,
     /// Kept in the journal only (see [`super::paging`]): publishing it hands nothing over.
     paged: bool,
+    /// The producer's id, taken into the dedup cache for it: forgotten again if its
+    /// write fails, so a resend is stored instead of confirmed as a duplicate of nothing.
+    remembered: Option<String>,
 }
 
 impl Prepared {
@@ -128,7 +131,7 @@ impl Prepared {
     /// paged at [`Broker::commit`] when its queue is past its `maxSizeBytes`.
     pub(super) fn moved(target: Target, message: Arc<Message>, reservation: Reservation, pageable: bool) -> Prepared {
         let journaled = message.persistent && matches!(target, Target::Queue(_));
-        Prepared { target, message, journaled, reservation, blocked: false, copies: Vec::new(), paged: pageable && journaled }
+        Prepared { target, message, journaled, reservation, blocked: false, copies: Vec::new(), paged: pageable && journaled, remembered: None }
     }
 
     /// What this message counts against the memory limits.
@@ -301,9 +304,13 @@ impl Durable {
         Accepted::Stored
     }
 
-    /// The write failed: nothing is published, the reserved bytes are given back.
+    /// The write failed: nothing is published, the reserved bytes are given back, and the
+    /// producers' ids are forgotten (their resends must be stored).
     fn discard(mut self) {
         for send in self.sends.drain(..) {
+            if let Some(id) = &send.remembered {
+                self.broker.forget_sight(id);
+            }
             if let (true, Target::Queue(q)) = (send.paged, &send.target) {
                 q.unpage(send.message.id, send.message.footprint());
             }
@@ -333,22 +340,31 @@ impl Broker {
         let stored = journaled || durable::keeps_persistent(&target, incoming.persistent);
         // A resend of a message already stored (the producer failed over before its
         // confirmation arrived) is confirmed but not stored twice.
-        if let Some(id) = &incoming.dedup_id {
-            if stored && !self.first_sight(id) {
+        let remembered = incoming.dedup_id.clone().filter(|_| stored);
+        if let Some(id) = &remembered {
+            if !self.first_sight(id) {
                 tracing::debug!(destination = %incoming.destination, dedup_id = %id, "duplicate message ignored");
                 let durable = Durable { broker: Arc::clone(self), sends: Vec::new(), duplicate: true };
                 return Ok(Acceptance::new(None, durable, false));
             }
         }
-        self.route_group(&target, &mut incoming.headers).await?;
-        let admitted = self.admit(&target, journaled, incoming.persistent).await?;
+        // Refused before anything was written (no grouping decision, no room): the id was
+        // not stored, and the producer's resend must be.
+        let forget = |e| {
+            if let Some(id) = &remembered {
+                self.forget_sight(id);
+            }
+            e
+        };
+        self.route_group(&target, &mut incoming.headers).await.map_err(|e| forget(AcceptError::from(e)))?;
+        let admitted = self.admit(&target, journaled, incoming.persistent).await.map_err(forget)?;
         let blocked = admitted.blocked;
         let message = self.message(&target, incoming);
         let paged = admitted.pageable && matches!(&target, Target::Queue(q) if self.page_if_needed(q, &message));
         let reservation = if paged { self.reserve_broker_wide(0) } else { self.reserve(&target, &message) };
         let mut copies = durable::copies(self, &target, &message);
         durable::page_copies(self, &mut copies);
-        let send = Prepared { target, message, journaled, reservation, blocked, copies, paged };
+        let send = Prepared { target, message, journaled, reservation, blocked, copies, paged, remembered };
         let ops: Vec<Op> = send.ops().collect();
         let append = (!ops.is_empty()).then(|| self.store.append(ops, commit));
         let durable = Durable { broker: Arc::clone(self), sends: vec![send], duplicate: false };
@@ -367,7 +383,7 @@ impl Broker {
         // Pageable sends are decided at commit, and count nowhere until then.
         let reservation = self.reserve_broker_wide(if admitted.pageable { 0 } else { message.footprint() });
         let copies = durable::copies(self, &target, &message);
-        Ok(Prepared { target, message, journaled, reservation, blocked: admitted.blocked, copies, paged: admitted.pageable })
+        Ok(Prepared { target, message, journaled, reservation, blocked: admitted.blocked, copies, paged: admitted.pageable, remembered: None })
     }
 
     /// Journals `acks` and `sends` as one record (after a crash either all of it happened
@@ -681,6 +697,33 @@ mod tests {
             other => panic!("expected NoRoom, got {other:?}"),
         }
         assert!(started.elapsed() >= Duration::from_millis(200), "waited for room first");
+        broker.close().expect("close");
+    }
+
+    #[tokio::test]
+    async fn given_a_send_refused_for_room_when_resent_with_its_dedup_id_should_store_the_resend() {
+        // A failover producer resends what was not receipted with the same id. An attempt
+        // refused before it was written stored nothing: its resend is no duplicate (it was
+        // once confirmed without being stored, and lost).
+        let dir = tempfile::tempdir().expect("tempdir");
+        let broker = open(dir.path(), |c| {
+            c.memory.max_queue_bytes = ByteSize::kib(1);
+            c.memory.producer_block_timeout = HumanDuration(Duration::from_millis(50));
+            c.address_settings = vec![crate::config::AddressSettingsEntry {
+                pattern: ">".into(),
+                address_full_policy: Some(crate::config::FullPolicy::Block),
+                ..Default::default()
+            }];
+        });
+        let big = |id| Incoming { body: Bytes::from(vec![b'x'; 2048]), ..incoming("/queue/a", true, Some(id)) };
+        let first = broker.accept(big("m-1"), Commit::Grouped).await.expect("the first fits: the queue was empty");
+        assert_eq!(first.await.expect("durable").publish(), Accepted::Stored);
+        assert!(matches!(broker.accept(big("m-2"), Commit::Grouped).await, Err(AcceptError::NoRoom(_))));
+        assert_eq!(broker.purge_queue("/queue/a").await.expect("purge"), 1, "room again");
+        let resend = broker.accept(big("m-2"), Commit::Grouped).await.expect("accept the resend");
+        assert!(!resend.is_duplicate(), "the refused attempt stored nothing");
+        assert_eq!(resend.await.expect("durable").publish(), Accepted::Stored);
+        assert_eq!(queue(&broker, "/queue/a").snapshot().depth, 1);
         broker.close().expect("close");
     }
 

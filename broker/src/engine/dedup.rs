@@ -58,6 +58,18 @@ impl DedupCache {
         true
     }
 
+    /// Forgets `id`: the message it named was not stored after all (refused, or its write
+    /// failed), so a resend must be stored, not confirmed as a duplicate of nothing.
+    pub fn forget(&mut self, id: &str) {
+        let d = digest(id);
+        if self.seen.remove(&d) {
+            // Refusals are rare and the id is recent: look from the newest end.
+            if let Some(at) = self.order.iter().rposition(|x| *x == d) {
+                self.order.remove(at);
+            }
+        }
+    }
+
     pub fn len(&self) -> usize {
         self.order.len()
     }
@@ -70,6 +82,21 @@ impl DedupCache {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn given_a_forgotten_id_should_take_it_as_new_again_and_keep_the_others() {
+        let mut c = DedupCache::new(3);
+        assert!(c.insert("a"));
+        assert!(c.insert("b"));
+        c.forget("a");
+        c.forget("never-seen");
+        assert_eq!(c.len(), 1);
+        assert!(c.insert("a"), "a forgotten id is new again");
+        assert!(!c.insert("b"));
+        assert!(c.insert("c"));
+        assert!(c.insert("d"), "room for a fourth: the forgotten entry left the order too");
+        assert!(c.insert("b"), "b was the oldest and went first");
+    }
 
     #[test]
     fn given_repeat_should_report_duplicate_and_forget_oldest_beyond_capacity() {

@@ -398,6 +398,11 @@ impl Broker {
         self.dedup.lock().insert(id)
     }
 
+    /// Takes back a [`Broker::first_sight`] of a message that was not stored after all.
+    pub fn forget_sight(&self, id: &str) {
+        self.dedup.lock().forget(id)
+    }
+
     /// Looks a destination up, creating it on first use within `destinations.maxDestinations`.
     pub fn resolve(&self, destination: &str) -> Result<Target, DestinationError> {
         if is_reserved(destination) {
