@@ -8,7 +8,7 @@ use crate::checker::{self, Report};
 use crate::cli::RunArgs;
 use crate::cluster::config::Layout;
 use crate::cluster::status::{self, View};
-use crate::cluster::{Cluster, Member, Ports};
+use crate::cluster::{Cluster, Member};
 use crate::faults::plan::Planner;
 use crate::faults::Nemesis;
 use crate::history::{Clock, Event, History, MemberInfo, PhaseRecord, Recorder, RunInfo};
@@ -59,17 +59,9 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     let seed = args.seed.unwrap_or_else(rand::random);
     tracing::info!(seed, out = %args.out.display(), groups = args.groups, duration = ?args.duration, "starting a nemesis run");
 
-    let mut ports = Ports::new();
-    let mut port_error = None;
-    let layout = Layout::new(&args.out.join("cluster"), usize::from(args.groups), args.arbiter, || {
-        ports.take().unwrap_or_else(|e| {
-            port_error = Some(e);
-            0
-        })
-    });
-    if let Some(e) = port_error {
-        return Err(e.into());
-    }
+    // Reserved for the whole run (a lock file each, as every duomq test takes its ports),
+    // so nothing takes a killed member's ports before it comes back.
+    let layout = Layout::new(&args.out.join("cluster"), usize::from(args.groups), args.arbiter, duomq_testkit::reserve_port);
     let cluster = Arc::new(Cluster::prepare(layout, &binary, &args.out.join("logs"))?);
     let (recorder, writer) = Recorder::create(&history_path, Clock::start())?;
     let interrupted = CancellationToken::new();

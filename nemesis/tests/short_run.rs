@@ -11,7 +11,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long the whole run may take: a minute of faults, start-up, healing and draining,
 /// on a busy machine.
@@ -36,17 +36,7 @@ fn broker_binary() -> PathBuf {
 }
 
 fn wait(mut child: std::process::Child, limit: Duration) -> std::process::ExitStatus {
-    let start = Instant::now();
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for the child") {
-            return status;
-        }
-        if start.elapsed() > limit {
-            let _ = child.kill();
-            panic!("did not finish within {limit:?}");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    }
+    duomq_testkit::process::wait_within(&mut child, limit).unwrap_or_else(|e| panic!("{e}"))
 }
 
 #[test]
@@ -67,7 +57,11 @@ fn given_a_minute_of_kills_stops_and_restarts_should_apply_every_kind_and_find_n
     let status = wait(child, RUN_TIMEOUT);
     let summary = std::fs::read_to_string(out.join("summary.md")).unwrap_or_default();
     let log = std::fs::read_to_string(dir.path().join("stderr.log")).unwrap_or_default();
-    assert!(status.success(), "duomq-nemesis exited with {status}\n{summary}\n--- its log ---\n{log}");
+    if !status.success() {
+        // Kept for a look: the history, every member's log and data.
+        let kept = dir.keep();
+        panic!("duomq-nemesis exited with {status}; its output is kept in {}\n{summary}\n--- its log ---\n{log}", kept.display());
+    }
 
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).expect("summary.json")).expect("JSON");
     assert_eq!(json["violations"], 0, "{summary}");

@@ -10,7 +10,6 @@ use crate::history::{Event, ProcessRecord, Recorder};
 use config::{Layout, MemberLayout};
 use duomq_broker::admin::api::BrokerStatus;
 use duomq_broker::admin::client::AdminClient;
-use std::net::TcpListener;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::sync::atomic::{AtomicU32, Ordering};
@@ -35,38 +34,8 @@ pub enum ClusterError {
     Signal { member: String, pid: u32, source: std::io::Error },
     #[error("failed to wait for {member} to exit")]
     Wait { member: String, source: std::io::Error },
-    #[error("no free loopback port left between {low} and {high}")]
-    NoPort { low: u16, high: u16 },
     #[error("failed to make the admin client of {member}")]
     Admin { member: String, source: Box<duomq_broker::admin::client::ClientError> },
-}
-
-/// Free loopback ports below the kernel's ephemeral range (32768+), so outgoing
-/// connections cannot take one before a member binds it; each handed out once.
-pub struct Ports {
-    next: u16,
-}
-
-impl Ports {
-    const LOW: u16 = 20_000;
-    const HIGH: u16 = 32_000;
-
-    /// Starts at a place that depends on the process id, so two runs side by side rarely
-    /// probe the same ports.
-    pub fn new() -> Ports {
-        Ports { next: Self::LOW + (std::process::id() % 97) as u16 * 100 }
-    }
-
-    pub fn take(&mut self) -> Result<u16, ClusterError> {
-        for _ in Self::LOW..Self::HIGH {
-            let port = self.next;
-            self.next = if self.next + 1 >= Self::HIGH { Self::LOW } else { self.next + 1 };
-            if TcpListener::bind(("127.0.0.1", port)).is_ok() {
-                return Ok(port);
-            }
-        }
-        Err(ClusterError::NoPort { low: Self::LOW, high: Self::HIGH })
-    }
 }
 
 /// One member: its layout, its process (when running) and its admin client.
