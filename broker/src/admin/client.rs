@@ -15,7 +15,7 @@
 //! # Ok(()) }
 //! ```
 
-use super::api::{AdminError, BrokerStatus, STATUS};
+use super::api::{AdminError, BrokerStatus, FaultRules, FaultsStatus, DEBUG_FAULTS, STATUS};
 use super::auth;
 use crate::config::TlsVersion;
 use crate::tls::{self, TlsError};
@@ -187,6 +187,23 @@ impl AdminClient {
         self.request("POST", path, body, timeout).await
     }
 
+    /// `PUT /debug/faults`, signed: replaces the fault rules of a broker started with fault
+    /// injection (tests only) and answers what is in force now. Refused (404) by a broker
+    /// without the opt-in, 400 for rules that cannot work.
+    pub async fn set_faults(&self, rules: &FaultRules) -> Result<FaultsStatus, ClientError> {
+        let body = serde_json::to_vec(rules)
+            .map_err(|source| ClientError::Json { address: self.address.clone(), path: DEBUG_FAULTS.into(), source })?;
+        let reply = self.request("PUT", DEBUG_FAULTS, &body, READ_TIMEOUT).await?;
+        self.json(DEBUG_FAULTS, reply)
+    }
+
+    /// `DELETE /debug/faults`, signed: removes every fault rule (the network heals, the disk
+    /// recovers) and answers what is in force now: nothing.
+    pub async fn clear_faults(&self) -> Result<FaultsStatus, ClientError> {
+        let reply = self.request("DELETE", DEBUG_FAULTS, b"", READ_TIMEOUT).await?;
+        self.json(DEBUG_FAULTS, reply)
+    }
+
     fn json<T: serde::de::DeserializeOwned>(&self, path: &str, reply: Reply) -> Result<T, ClientError> {
         if reply.code != 200 {
             return Err(ClientError::Refused { address: self.address.clone(), path: path.into(), code: reply.code, message: reply.error_text() });
@@ -199,7 +216,7 @@ impl AdminClient {
             return Err(ClientError::NeedsCa { address: self.address.clone() });
         }
         let mut head = format!("{method} {path} HTTP/1.0\r\nHost: {}\r\n", self.address);
-        if method == "POST" {
+        if method == "POST" || method == "PUT" {
             head.push_str(&format!("Content-Type: application/json\r\nContent-Length: {}\r\n", body.len()));
         }
         if let Some(password) = &self.password {
