@@ -29,12 +29,16 @@ pub enum Command {
     /// summary.json and timeline.png to --out; exits 2 when the checker finds a violation.
     #[command(after_help = "Examples:\n  \
         duomq-nemesis run --out /tmp/nem --duration 2m\n  \
-        duomq-nemesis run --out /tmp/nem --groups 3 --duration 10m --seed 7 --faults kill,stop\n\n\
+        duomq-nemesis run --out /tmp/nem --groups 3 --duration 10m --seed 7 --faults kill,stop,partition-bridge\n  \
+        duomq-nemesis run --out /tmp/nem --arbiter quorum --faults stop,partition-arbiter\n\n\
         What happens: every group is a primary and a backup (fileLock arbiter by default), each group bridges to \
         every other one, g0 runs the LOCAL grouping handler and the others REMOTE ones. In every group a producer \
         sends to /queue/nemesis.plain and one to /queue/nemesis.grouped (with JMSXGroupID), two consumers take the \
         grouped queue and, outside g0, one the plain queue; all on failover URLs, every send and ack with a receipt. \
-        Every few seconds a fault hits a healthy group and is healed after a while. When --duration is up (or on \
+        Every few seconds a fault hits a healthy group (a live and a synced backup) and is healed after a while: kill \
+        (kill -9, then start), stop (SIGSTOP, then SIGCONT), restart (SIGTERM, then start), partition-backup, \
+        partition-arbiter, partition-bridge, slow-fsync and disk-full (through the members' /debug/faults). When \
+        --duration is up (or on \
         Ctrl-C) every fault heals, the producers stop, the consumers drain, the members stop, and the checker reads \
         the history. Broker logs are in OUT/logs, their data in OUT/cluster.")]
     Run(RunArgs),
@@ -59,9 +63,11 @@ pub struct RunArgs {
     /// Seed of the fault choices; a random one (printed) when left out.
     #[arg(long)]
     pub seed: Option<u64>,
-    /// Fault kinds to apply, comma-separated.
-    #[arg(long, value_delimiter = ',', default_values_t = FaultKind::ALL.to_vec())]
-    pub faults: Vec<FaultKind>,
+    /// Fault kinds to apply, comma-separated; by default every kind the arbiter allows
+    /// (partition-arbiter needs --arbiter quorum). Any kind but kill, stop and restart turns
+    /// the members' fault injection on (debug.faultInjection).
+    #[arg(long, value_delimiter = ',')]
+    pub faults: Option<Vec<FaultKind>>,
     /// Who lets a backup take over.
     #[arg(long, value_enum, default_value_t = Arbiter::FileLock)]
     pub arbiter: Arbiter,
@@ -113,7 +119,7 @@ mod tests {
         let cli = Cli::try_parse_from(["duomq-nemesis", "run", "--out", "x", "--duration", "10m", "--faults", "kill,stop", "--seed", "9"]).expect("parse");
         let Command::Run(args) = cli.command else { panic!("not run") };
         assert_eq!(args.duration, Duration::from_secs(600));
-        assert_eq!(args.faults, [FaultKind::Kill, FaultKind::Stop]);
+        assert_eq!(args.faults, Some(vec![FaultKind::Kill, FaultKind::Stop]));
         assert_eq!(args.seed, Some(9));
         assert_eq!(args.groups, 3);
     }

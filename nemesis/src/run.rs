@@ -9,7 +9,8 @@ use crate::cli::RunArgs;
 use crate::cluster::config::Layout;
 use crate::cluster::status::{self, View};
 use crate::cluster::{Cluster, Member};
-use crate::faults::plan::Planner;
+use crate::cluster::config::Arbiter;
+use crate::faults::plan::{FaultKind, Planner};
 use crate::faults::Nemesis;
 use crate::history::{Clock, Event, History, MemberInfo, PhaseRecord, Recorder, RunInfo};
 use crate::workload::{self, Tracker, QUEUE_PREFIX};
@@ -56,12 +57,14 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
     }
     std::fs::create_dir_all(&args.out).with_context(|| format!("failed to create {}", args.out.display()))?;
     let binary = broker_binary(args.broker.as_deref())?;
+    let faults = fault_kinds(args)?;
     let seed = args.seed.unwrap_or_else(rand::random);
     tracing::info!(seed, out = %args.out.display(), groups = args.groups, duration = ?args.duration, "starting a nemesis run");
 
     // Reserved for the whole run (a lock file each, as every duomq test takes its ports),
     // so nothing takes a killed member's ports before it comes back.
-    let layout = Layout::new(&args.out.join("cluster"), usize::from(args.groups), args.arbiter, duomq_testkit::reserve_port);
+    let mut layout = Layout::new(&args.out.join("cluster"), usize::from(args.groups), args.arbiter, duomq_testkit::reserve_port);
+    layout.fault_injection = faults.iter().any(|f| f.needs_injection());
     let cluster = Arc::new(Cluster::prepare(layout, &binary, &args.out.join("logs"))?);
     let (recorder, writer) = Recorder::create(&history_path, Clock::start())?;
     let interrupted = CancellationToken::new();
@@ -70,7 +73,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
 
     let mut status_task = None;
     let result = tokio::select! {
-        r = drive(args, seed, &cluster, &recorder, &interrupted, &mut status_task) => r,
+        r = drive(args, &faults, seed, &cluster, &recorder, &interrupted, &mut status_task) => r,
         _ = aborted.cancelled() => Err(anyhow::anyhow!("interrupted twice: stopped without healing, draining or checking")),
     };
     if let Some((stop, task)) = status_task {
@@ -95,6 +98,7 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<Outcome> {
 /// Everything between the members' start and their stop.
 async fn drive(
     args: &RunArgs,
+    faults: &[FaultKind],
     seed: u64,
     cluster: &Arc<Cluster>,
     recorder: &Recorder,
@@ -107,7 +111,7 @@ async fn drive(
         seed,
         groups: cluster.layout.groups.len(),
         duration_seconds: args.duration.as_secs_f64(),
-        faults: args.faults.iter().map(|f| f.name().to_string()).collect(),
+        faults: faults.iter().map(|f| f.name().to_string()).collect(),
         arbiter: cluster.layout.arbiter.name().to_string(),
         members: cluster
             .members
@@ -146,7 +150,7 @@ async fn drive(
             end.cancel();
         }
     });
-    nemesis.run(Planner::new(seed, &args.faults, (args.min_gap, args.max_gap)), end).await;
+    nemesis.run(Planner::new(seed, faults, (args.min_gap, args.max_gap)), end).await;
     deadline.abort();
     recorder.record(phase(recorder, "faultsEnded", ""));
     tracing::info!("faults over, every one healed; stopping the producers");
@@ -316,6 +320,24 @@ fn phase(recorder: &Recorder, phase: &str, detail: &str) -> Event {
 
 fn write(path: &Path, text: &str) -> anyhow::Result<()> {
     std::fs::write(path, text).with_context(|| format!("failed to write {}", path.display()))
+}
+
+/// `--faults`, or every kind the arbiter allows; refuses a kind that could not work.
+fn fault_kinds(args: &RunArgs) -> anyhow::Result<Vec<FaultKind>> {
+    let arbiter_allows = |k: &FaultKind| *k != FaultKind::PartitionArbiter || args.arbiter == Arbiter::Quorum;
+    let kinds = match &args.faults {
+        None => FaultKind::ALL.into_iter().filter(arbiter_allows).collect(),
+        Some(kinds) => {
+            if let Some(k) = kinds.iter().find(|k| !arbiter_allows(k)) {
+                bail!("--faults {k} needs --arbiter quorum: a lock file has no network to cut");
+            }
+            kinds.clone()
+        }
+    };
+    if args.groups < 2 && kinds.contains(&FaultKind::PartitionBridge) && args.faults.is_some() {
+        bail!("--faults partition-bridge needs --groups 2 or more: one group has no bridge");
+    }
+    Ok(kinds.into_iter().filter(|k| *k != FaultKind::PartitionBridge || args.groups >= 2).collect())
 }
 
 /// `--broker`, else `duomq-broker` next to this program.

@@ -71,10 +71,14 @@ pub struct Layout {
     pub password_file: PathBuf,
     /// Lock files (`fileLock`) live here, one per group.
     pub root: PathBuf,
+    /// Members serve `/debug/faults` (`debug.faultInjection`): the run cuts links and
+    /// fails or slows fdatasyncs through it.
+    pub fault_injection: bool,
 }
 
 impl Layout {
-    /// `groups` groups under `root`, with ports from `ports` (three per member).
+    /// `groups` groups under `root`, with ports from `ports` (three per member), without
+    /// fault injection.
     pub fn new(root: &Path, groups: usize, arbiter: Arbiter, mut ports: impl FnMut() -> u16) -> Layout {
         let groups = (0..groups)
             .map(|g| {
@@ -93,7 +97,7 @@ impl Layout {
                 [member("a", true, &mut ports), member("b", false, &mut ports)]
             })
             .collect();
-        Layout { groups, arbiter, password_file: root.join("cluster-password"), root: root.to_path_buf() }
+        Layout { groups, arbiter, password_file: root.join("cluster-password"), root: root.to_path_buf(), fault_injection: false }
     }
 
     pub fn members(&self) -> impl Iterator<Item = &MemberLayout> {
@@ -132,6 +136,7 @@ impl Layout {
         c.storage.data_dir = me.dir.join("data");
         // Small segments: reclaiming and rolling segments happen often under faults too.
         c.storage.segment_size = ByteSize::mib(4);
+        c.debug.fault_injection = self.fault_injection;
         c.address_settings = vec![AddressSettingsEntry {
             pattern: QUEUE_PATTERN.to_string(),
             max_delivery_attempts: Some(0),
@@ -228,6 +233,14 @@ mod tests {
         let g0a = layout.broker_config(0, 0);
         assert_eq!(g0a.grouping.handler, GroupingHandler::Local);
         assert!(g0a.ha.allow_failback);
+    }
+
+    #[test]
+    fn given_fault_injection_should_turn_it_on_in_every_member_and_leave_it_off_otherwise() {
+        let mut layout = layout(Arbiter::FileLock);
+        assert!(!layout.broker_config(0, 0).debug.fault_injection);
+        layout.fault_injection = true;
+        assert!((0..3).all(|g| (0..2).all(|i| layout.broker_config(g, i).debug.fault_injection)));
     }
 
     #[test]

@@ -8,7 +8,7 @@ pub mod status;
 
 use crate::history::{Event, ProcessRecord, Recorder};
 use config::{Layout, MemberLayout};
-use duomq_broker::admin::api::BrokerStatus;
+use duomq_broker::admin::api::{BrokerStatus, FaultRules};
 use duomq_broker::admin::client::AdminClient;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -36,6 +36,8 @@ pub enum ClusterError {
     Wait { member: String, source: std::io::Error },
     #[error("failed to make the admin client of {member}")]
     Admin { member: String, source: Box<duomq_broker::admin::client::ClientError> },
+    #[error("failed to set the fault rules of {member}")]
+    Faults { member: String, source: Box<duomq_broker::admin::client::ClientError> },
 }
 
 /// One member: its layout, its process (when running) and its admin client.
@@ -178,6 +180,20 @@ impl Member {
         process.child = None;
         recorder.record(self.event(recorder, "exit", process.pid, self.incarnation()));
         Some(status.to_string())
+    }
+
+    /// Replaces the member's fault rules (`PUT /debug/faults`).
+    pub async fn set_faults(&self, rules: &FaultRules) -> Result<(), ClusterError> {
+        self.admin.set_faults(rules).await.map(drop).map_err(|e| ClusterError::Faults { member: self.layout.name.clone(), source: Box::new(e) })
+    }
+
+    /// Removes the member's fault rules (`DELETE /debug/faults`). A member whose process
+    /// ended has none left, so there is nothing to do then.
+    pub async fn clear_faults(&self) -> Result<(), ClusterError> {
+        if !self.is_running().await {
+            return Ok(());
+        }
+        self.admin.clear_faults().await.map(drop).map_err(|e| ClusterError::Faults { member: self.layout.name.clone(), source: Box::new(e) })
     }
 
     /// `/status`, or `None` when it does not answer within [`STATUS_TIMEOUT`].

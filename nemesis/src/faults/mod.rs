@@ -8,6 +8,9 @@ pub mod plan;
 use crate::cluster::status::View;
 use crate::cluster::{Cluster, ClusterError, Member};
 use crate::history::{Event, FaultPhase, FaultRecord, Recorder};
+use duomq_broker::admin::api::{DiskFault, FaultRules, FrameAction, FrameRule};
+use duomq_broker::cluster::Purpose;
+use duomq_broker::config::HumanDuration;
 use parking_lot::Mutex;
 use plan::{FaultKind, Planned, Planner};
 use std::collections::BTreeMap;
@@ -25,7 +28,9 @@ const WAIT_FOR_ELIGIBLE: Duration = Duration::from_millis(250);
 struct Active {
     id: u64,
     kind: FaultKind,
-    group: usize,
+    /// The groups it involves (two for a cut between groups).
+    groups: Vec<usize>,
+    /// The member it was applied to.
     member: String,
 }
 
@@ -35,8 +40,8 @@ pub struct Nemesis {
     cluster: Arc<Cluster>,
     view: View,
     recorder: Recorder,
-    /// Faults in force, by group (one per group at most).
-    active: Arc<Mutex<BTreeMap<usize, Active>>>,
+    /// Faults in force, by id; a group is in at most one.
+    active: Arc<Mutex<BTreeMap<u64, Active>>>,
     next_id: Arc<AtomicU64>,
     /// Faults in force at once, at most.
     concurrency: usize,
@@ -92,7 +97,7 @@ impl Nemesis {
             return Vec::new();
         }
         (0..self.cluster.layout.groups.len())
-            .filter(|g| !active.contains_key(g))
+            .filter(|g| !active.values().any(|a| a.groups.contains(g)))
             .filter(|g| self.view.healthy(&self.cluster.group(*g).map(Member::name).collect::<Vec<_>>()))
             .collect()
     }
@@ -101,16 +106,28 @@ impl Nemesis {
         let names: Vec<&str> = self.cluster.group(planned.group).map(Member::name).collect();
         let live = self.view.live_of(&names)?;
         let target = if planned.on_live { live } else { names.iter().copied().find(|n| *n != live)? };
+        let backup = names.iter().copied().find(|n| *n != target)?;
         let member = self.cluster.member(target)?;
         let id = self.next_id.fetch_add(1, Ordering::Relaxed);
-        let active = Active { id, kind: planned.kind, group: planned.group, member: target.to_string() };
-        self.active.lock().insert(planned.group, active.clone());
+        let groups = std::iter::once(planned.group).chain(planned.peer_group).collect();
+        let active = Active { id, kind: planned.kind, groups, member: target.to_string() };
+        self.active.lock().insert(id, active.clone());
         let role = if planned.on_live { "live" } else { "backup" };
-        let detail = format!("{role}, healed after {:.1}s", planned.hold.as_secs_f64());
+        let mut detail = format!("{role}, healed after {:.1}s", planned.hold.as_secs_f64());
         let result = match planned.kind {
             FaultKind::Kill => member.kill(&self.recorder).await,
             FaultKind::Stop => member.stop(&self.recorder).await,
             FaultKind::Restart => member.terminate(&self.recorder).await,
+            kind => {
+                let peers: Vec<String> = planned.peer_group.map_or(Vec::new(), |g| self.cluster.group(g).map(|m| m.name().to_string()).collect());
+                if !peers.is_empty() {
+                    detail = format!("{detail}; cut from {}", peers.join(", "));
+                }
+                if kind == FaultKind::SlowFsync {
+                    detail = format!("{detail}; each fdatasync {} ms slower", planned.sync_delay.as_millis());
+                }
+                member.set_faults(&rules(kind, backup, &peers, planned.sync_delay)).await
+            }
         };
         match result {
             Ok(()) => {
@@ -120,7 +137,7 @@ impl Nemesis {
             }
             Err(e) => {
                 self.record(&active, FaultPhase::Failed, format!("failed to apply: {}", duomq_broker::report::error_chain(&e)));
-                self.active.lock().remove(&planned.group);
+                self.active.lock().remove(&id);
                 None
             }
         }
@@ -132,6 +149,7 @@ impl Nemesis {
             Some(member) => match active.kind {
                 FaultKind::Kill | FaultKind::Restart => member.start(&self.cluster.logs, &self.recorder).await.map(drop),
                 FaultKind::Stop => member.cont(&self.recorder).await,
+                _ => member.clear_faults().await,
             },
         };
         match result {
@@ -139,7 +157,7 @@ impl Nemesis {
             Err(e) => self.record(&active, FaultPhase::Failed, format!("failed to heal: {}", duomq_broker::report::error_chain(&e))),
         }
         tracing::info!(fault = active.kind.name(), member = active.member, id = active.id, "healed");
-        self.active.lock().remove(&active.group);
+        self.active.lock().remove(&active.id);
     }
 
     fn record(&self, active: &Active, phase: FaultPhase, detail: String) {
@@ -151,5 +169,51 @@ impl Nemesis {
             target: active.member.clone(),
             detail,
         }));
+    }
+}
+
+/// The fault rules of a fault that goes through `/debug/faults`, for the member it hits:
+/// `backup` is the other member of its group, `peers` the members of the other group of a
+/// cut between groups.
+pub fn rules(kind: FaultKind, backup: &str, peers: &[String], sync_delay: Duration) -> FaultRules {
+    let partition = |peer: Option<&str>, channel: Option<Purpose>| FrameRule {
+        peer: peer.map(str::to_string),
+        channel,
+        ..FrameRule::new(FrameAction::Partition)
+    };
+    match kind {
+        FaultKind::PartitionBackup => FaultRules { frames: vec![partition(Some(backup), None)], disk: None },
+        // Voters check the live with probes: cut from those, it is gone to them.
+        FaultKind::PartitionArbiter => FaultRules { frames: vec![partition(Some(backup), None), partition(None, Some(Purpose::Probe))], disk: None },
+        FaultKind::PartitionBridge => {
+            FaultRules { frames: peers.iter().map(|p| partition(Some(p), Some(Purpose::Bridge))).collect(), disk: None }
+        }
+        FaultKind::SlowFsync => {
+            FaultRules { frames: Vec::new(), disk: Some(DiskFault { sync_delay: Some(HumanDuration(sync_delay)), ..DiskFault::default() }) }
+        }
+        FaultKind::DiskFull => FaultRules { frames: Vec::new(), disk: Some(DiskFault { fail_all_syncs: true, ..DiskFault::default() }) },
+        FaultKind::Kill | FaultKind::Stop | FaultKind::Restart => FaultRules::default(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn given_each_injected_fault_should_make_rules_the_broker_takes() {
+        let peers = ["g2-a".to_string(), "g2-b".to_string()];
+        for kind in FaultKind::ALL.into_iter().filter(|k| k.needs_injection()) {
+            let rules = rules(kind, "g1-b", &peers, Duration::from_millis(50));
+            rules.validate().unwrap_or_else(|e| panic!("{kind}: {e}"));
+            let json = serde_json::to_string(&rules).expect("JSON");
+            assert_eq!(serde_json::from_str::<FaultRules>(&json).expect("back"), rules);
+        }
+        let bridge = rules(FaultKind::PartitionBridge, "g1-b", &peers, Duration::ZERO);
+        assert_eq!(bridge.frames.iter().map(|f| f.peer.as_deref()).collect::<Vec<_>>(), [Some("g2-a"), Some("g2-b")]);
+        assert!(bridge.frames.iter().all(|f| f.channel == Some(Purpose::Bridge)));
+        let cut = rules(FaultKind::PartitionBackup, "g1-b", &peers, Duration::ZERO);
+        assert_eq!(cut.frames[0].peer.as_deref(), Some("g1-b"));
+        assert_eq!(rules(FaultKind::DiskFull, "x", &[], Duration::ZERO).disk.map(|d| d.fail_all_syncs), Some(true));
     }
 }

@@ -4,7 +4,7 @@
 //! starts whenever the ack token's consumer changes or its delivery tags start again,
 //! which happens exactly when the client reconnected.
 
-use super::{body, connect, ConsumerSpec, Tracker, FIRST_FOR_CONSUMER_HEADER, GROUP_HEADER, PREFETCH, PRODUCER_HEADER, SEQ_HEADER};
+use super::{body, connect, ConsumerSpec, SessionEnds, Tracker, FIRST_FOR_CONSUMER_HEADER, GROUP_HEADER, PREFETCH, PRODUCER_HEADER, SEQ_HEADER};
 use crate::cluster::config::Layout;
 use crate::history::{AckOutcome, DeliveryRecord, Event, Recorder};
 use duomq_broker::client::{AckMode, ClientError, Message};
@@ -41,6 +41,7 @@ impl Sessions {
 /// Runs until `stop`.
 pub async fn run(spec: ConsumerSpec, layout: Layout, recorder: Recorder, tracker: Arc<Tracker>, stop: CancellationToken) {
     let mut sessions = Sessions::default();
+    let mut ended = SessionEnds::default();
     'clients: while !stop.is_cancelled() {
         let Some(client) = connect(&spec.name, &spec.url, &layout, &recorder, &stop).await else { break };
         let mut subscription = loop {
@@ -67,8 +68,11 @@ pub async fn run(spec: ConsumerSpec, layout: Layout, recorder: Recorder, tracker
                 m = subscription.recv() => m,
             };
             let Some(message) = message else {
-                tracing::info!(consumer = spec.name, error = ?client.failure().map(|e| duomq_broker::report::error_chain(&e)), "the broker ended the session; opening a new one");
-                continue 'clients;
+                ended.log(&spec.name, client.failure().map(|e| duomq_broker::report::error_chain(&e)));
+                tokio::select! {
+                    _ = stop.cancelled() => break 'clients,
+                    _ = tokio::time::sleep(super::RECONNECT_PAUSE) => continue 'clients,
+                }
             };
             let t = recorder.now();
             let session = sessions.of(message.ack.as_deref());

@@ -35,7 +35,8 @@ pub const FIRST_FOR_CONSUMER_HEADER: &str = "JMSXGroupFirstForConsumer";
 pub const MESSAGE_GROUPS: usize = 16;
 /// Unacknowledged messages a consumer may hold.
 const PREFETCH: u32 = 8;
-/// Between attempts to open a fresh client while no member accepts.
+/// Between attempts to open a fresh client while no member accepts, and after the broker
+/// ended a session.
 const RECONNECT_PAUSE: Duration = Duration::from_millis(200);
 
 /// Client settings for every client of the run: heart-beats that notice a frozen member
@@ -167,6 +168,28 @@ impl Tracker {
     /// Receipted messages not delivered yet.
     pub fn outstanding(&self) -> usize {
         self.state.lock().outstanding.len()
+    }
+}
+
+/// Logs why the broker ended a client's session: at info the first time a reason comes up,
+/// at debug while it repeats (a full disk ends a session a few times a second).
+#[derive(Debug, Default)]
+pub struct SessionEnds {
+    last: Option<String>,
+    repeats: u64,
+}
+
+impl SessionEnds {
+    pub fn log(&mut self, client: &str, reason: Option<String>) {
+        let reason = reason.unwrap_or_else(|| "the connection closed".into());
+        if self.last.as_ref() == Some(&reason) {
+            self.repeats += 1;
+            tracing::debug!(client, reason, repeats = self.repeats, "the broker ended the session again; opening a new one");
+            return;
+        }
+        tracing::info!(client, reason, "the broker ended the session; opening a new one");
+        self.last = Some(reason);
+        self.repeats = 0;
     }
 }
 

@@ -3,7 +3,7 @@
 //! it. When the broker ends the session (an ERROR that is no failover, such as a refused
 //! write), pending sends fail and a fresh client carries on with the next numbers.
 
-use super::{body, connect, member_at, message_group, ProducerSpec, Tracker, GROUP_HEADER, PRODUCER_HEADER, SEQ_HEADER};
+use super::{body, connect, member_at, message_group, ProducerSpec, SessionEnds, Tracker, GROUP_HEADER, PRODUCER_HEADER, SEQ_HEADER};
 use crate::cluster::config::Layout;
 use crate::history::{Event, Recorder, SendOutcome, SendRecord};
 use duomq_broker::client::{Client, SendOptions};
@@ -20,6 +20,7 @@ pub async fn run(spec: ProducerSpec, layout: Layout, recorder: Recorder, tracker
     let period = Duration::from_secs_f64(1.0 / spec.rate.max(0.001));
     let mut seq = 0u64;
     let mut pending = FuturesUnordered::new();
+    let mut ended = SessionEnds::default();
     'sessions: while !stop.is_cancelled() {
         let Some(client) = connect(&spec.name, &spec.url, &layout, &recorder, &stop).await else { break };
         let mut tick = tokio::time::interval(period);
@@ -44,7 +45,11 @@ pub async fn run(spec: ProducerSpec, layout: Layout, recorder: Recorder, tracker
         while let Some(record) = pending.next().await {
             finish(record, &recorder, &tracker);
         }
-        tracing::info!(producer = spec.name, error = ?client.failure().map(|e| duomq_broker::report::error_chain(&e)), "the broker ended the session; opening a new one");
+        ended.log(&spec.name, client.failure().map(|e| duomq_broker::report::error_chain(&e)));
+        tokio::select! {
+            _ = stop.cancelled() => break,
+            _ = tokio::time::sleep(super::RECONNECT_PAUSE) => {}
+        }
     }
     while let Some(record) = pending.next().await {
         finish(record, &recorder, &tracker);
