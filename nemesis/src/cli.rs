@@ -28,9 +28,9 @@ pub enum Command {
     /// Run a cluster under faults, then check it. Writes history.jsonl, summary.md,
     /// summary.json and timeline.png to --out; exits 2 when the checker finds a violation.
     #[command(after_help = "Examples:\n  \
-        duomq-nemesis run --out /tmp/nem --duration 2m\n  \
-        duomq-nemesis run --out /tmp/nem --groups 3 --duration 10m --seed 7 --faults kill,stop,partition-bridge\n  \
-        duomq-nemesis run --out /tmp/nem --arbiter quorum --faults stop,partition-arbiter\n\n\
+        duomq-nemesis run --out nemesis-out --duration 2m\n  \
+        duomq-nemesis run --out nemesis-out --groups 3 --duration 10m --seed 7 --faults kill,stop,partition-bridge\n  \
+        duomq-nemesis run --out nemesis-out --arbiter quorum --faults stop,partition-arbiter\n\n\
         What happens: every group is a primary and a backup (fileLock arbiter by default), each group bridges to \
         every other one, g0 runs the LOCAL grouping handler and the others REMOTE ones. In every group a producer \
         sends to /queue/nemesis.plain and one to /queue/nemesis.grouped (with JMSXGroupID), two consumers take the \

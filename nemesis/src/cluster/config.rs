@@ -195,7 +195,7 @@ mod tests {
 
     fn layout(arbiter: Arbiter) -> Layout {
         let mut next = 20_000;
-        Layout::new(Path::new("/run/nemesis"), 3, arbiter, || {
+        Layout::new(Path::new("run"), 3, arbiter, || {
             next += 1;
             next
         })
@@ -229,7 +229,7 @@ mod tests {
         assert_eq!(targets, [layout.masterslave(0), layout.masterslave(2)]);
         assert_eq!(g1b.grouping.handler, GroupingHandler::Remote);
         assert_eq!(g1b.grouping.address, Some(layout.masterslave(0)));
-        assert_eq!(g1b.ha.arbiter.lock_file, Some(PathBuf::from("/run/nemesis/g1.lock")));
+        assert_eq!(g1b.ha.arbiter.lock_file, Some(PathBuf::from("run/g1.lock")));
         let g0a = layout.broker_config(0, 0);
         assert_eq!(g0a.grouping.handler, GroupingHandler::Local);
         assert!(g0a.ha.allow_failback);

@@ -252,7 +252,7 @@ mod tests {
     #[test]
     fn given_three_groups_should_plan_producers_everywhere_and_no_plain_consumer_in_g0() {
         let mut port = 30_000;
-        let layout = Layout::new(Path::new("/run/n"), 3, Arbiter::FileLock, || {
+        let layout = Layout::new(Path::new("run"), 3, Arbiter::FileLock, || {
             port += 1;
             port
         });
@@ -276,7 +276,7 @@ mod tests {
 
     #[test]
     fn given_a_delivery_before_its_receipt_should_not_count_it_outstanding() {
-        let (producers, _) = plan(&Layout::new(Path::new("/x"), 1, Arbiter::FileLock, || 1), 1.0, 1);
+        let (producers, _) = plan(&Layout::new(Path::new("run"), 1, Arbiter::FileLock, || 1), 1.0, 1);
         let tracker = Tracker::new(&producers);
         tracker.receipted("p-g0-plain", 0);
         tracker.delivered("p-g0-plain", 1);
