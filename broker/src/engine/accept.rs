@@ -565,7 +565,20 @@ mod tests {
         }
     }
 
-    fn incoming(destination: &str, persistent: bool, dedup_id: Option<&str>) -> Incoming {
+    /// A broker whose queues hold 1 KiB and make producers wait for room up to `block`.
+    fn open_full_at_1kib(dir: &std::path::Path, block: Duration) -> Arc<Broker> {
+        open(dir, |c| {
+            c.memory.max_queue_bytes = ByteSize::kib(1);
+            c.memory.producer_block_timeout = HumanDuration(block);
+            c.address_settings = vec![crate::config::AddressSettingsEntry {
+                pattern: ">".into(),
+                address_full_policy: Some(crate::config::FullPolicy::Block),
+                ..Default::default()
+            }];
+        })
+    }
+
+        fn incoming(destination: &str, persistent: bool, dedup_id: Option<&str>) -> Incoming {
         Incoming {
             destination: destination.into(),
             headers: vec![("k".into(), "v".into())],
@@ -679,15 +692,7 @@ mod tests {
     #[tokio::test]
     async fn given_a_full_queue_when_no_room_comes_should_refuse_after_the_block_timeout() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let broker = open(dir.path(), |c| {
-            c.memory.max_queue_bytes = ByteSize::kib(1);
-            c.memory.producer_block_timeout = HumanDuration(Duration::from_millis(200));
-            c.address_settings = vec![crate::config::AddressSettingsEntry {
-                pattern: ">".into(),
-                address_full_policy: Some(crate::config::FullPolicy::Block),
-                ..Default::default()
-            }];
-        });
+        let broker = open_full_at_1kib(dir.path(), Duration::from_millis(200));
         let big = Incoming { body: Bytes::from(vec![b'x'; 2048]), ..incoming("/queue/a", true, None) };
         let first = broker.accept(big.clone(), Commit::Grouped).await.expect("the first fits: the queue was empty");
         assert_eq!(first.await.expect("durable").publish(), Accepted::Stored);
@@ -706,15 +711,7 @@ mod tests {
         // refused before it was written stored nothing: its resend is no duplicate (it was
         // once confirmed without being stored, and lost).
         let dir = tempfile::tempdir().expect("tempdir");
-        let broker = open(dir.path(), |c| {
-            c.memory.max_queue_bytes = ByteSize::kib(1);
-            c.memory.producer_block_timeout = HumanDuration(Duration::from_millis(50));
-            c.address_settings = vec![crate::config::AddressSettingsEntry {
-                pattern: ">".into(),
-                address_full_policy: Some(crate::config::FullPolicy::Block),
-                ..Default::default()
-            }];
-        });
+        let broker = open_full_at_1kib(dir.path(), Duration::from_millis(50));
         let big = |id| Incoming { body: Bytes::from(vec![b'x'; 2048]), ..incoming("/queue/a", true, Some(id)) };
         let first = broker.accept(big("m-1"), Commit::Grouped).await.expect("the first fits: the queue was empty");
         assert_eq!(first.await.expect("durable").publish(), Accepted::Stored);
