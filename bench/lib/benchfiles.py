@@ -45,6 +45,24 @@ def median_of(values):
     return statistics.median(values) if values else None
 
 
+class Rounds:
+    """Several rounds' results of one cell on one system, and their medians: msg/s, p50 and
+    p99 latency, the broker's CPU time per message in microseconds; with what is wrong with
+    each round (run_problems)."""
+
+    def __init__(self, runs):
+        self.runs = runs
+        self.rate = median_of(r["receive_rate"] for r in runs)
+        self.p50 = median_of((r.get("latency_ms") or {}).get("p50") for r in runs)
+        self.p99 = median_of((r.get("latency_ms") or {}).get("p99") for r in runs)
+        self.cpu = median_of(
+            r["cpu_percent"] / 100.0 / r["receive_rate"] * 1e6
+            for r in runs
+            if r.get("cpu_percent") is not None and r["receive_rate"]
+        )
+        self.problems = [f"{r['label']}: {p}" for r in runs for p in run_problems(r, "the consumers")]
+
+
 def by_label(results, section):
     """{setup: [result, ...]} of one section's results, labelled SECTION/SETUP/rROUND."""
     runs = {}

@@ -24,21 +24,12 @@ SYSTEMS = [("duomq", "duomq"), ("activemq", "ActiveMQ")]
 KINDS = ["plain", "selector"]
 
 
-class Cell:
+class Cell(benchfiles.Rounds):
     """One system and kind's rounds, and their medians."""
 
     def __init__(self, runs):
-        self.runs = runs
-        self.rate = median_of(r["receive_rate"] for r in runs)
-        self.p50 = median_of((r.get("latency_ms") or {}).get("p50") for r in runs)
-        self.p99 = median_of((r.get("latency_ms") or {}).get("p99") for r in runs)
-        self.cpu = median_of(
-            r["cpu_percent"] / 100.0 / r["receive_rate"] * 1e6
-            for r in runs
-            if r.get("cpu_percent") is not None and r["receive_rate"]
-        )
+        super().__init__(runs)
         self.by_round = {r["label"].rsplit("/", 1)[-1]: r["receive_rate"] for r in runs}
-        self.problems = [f"{r['label']}: {p}" for r in runs for p in benchfiles.run_problems(r, "the consumers")]
         self.problems += [
             f"{r['label']}: {r['selector_mismatches']} selector mismatches" for r in runs if r.get("selector_mismatches")
         ]

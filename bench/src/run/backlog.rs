@@ -8,15 +8,15 @@
 //! The broker's RSS is sampled over both, so its peak shows what the backlog cost in
 //! memory. Latencies are each message's time in the broker (mostly its wait in the queue).
 
-use super::shared::{Counters, Phases, Shared};
+use super::shared::{Phases, Shared};
 use super::{
     client_options, connect_producers, consumer_spec, cpu_seconds, drain, start_consumers, start_producers,
-    stop_on_ctrl_c, subscribe_consumers, warn_missing, Ended, Totals, Watch,
+    stop_on_ctrl_c, subscribe_consumers, warn_missing, Ended, Load, Totals, Watch,
 };
 use crate::cli::RunArgs;
 use crate::footprint::BrokerProcess;
 use crate::report::{round3, BacklogReport, RunReport};
-use crate::tally::{Deliveries, SeqSet};
+use crate::tally::SeqSet;
 use std::sync::Arc;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -36,15 +36,7 @@ pub async fn backlog(args: &RunArgs, messages: u64) -> anyhow::Result<RunReport>
     let server = producers.first().and_then(|p| p.connection().server().map(str::to_string));
     let rss_idle = broker.as_ref().map(BrokerProcess::rss_bytes).transpose()?;
 
-    let shared = Arc::new(Shared {
-        phases: Phases::starting_now(Duration::ZERO, UNBOUNDED),
-        counters: Counters::default(),
-        deliveries: Deliveries::new(args.producers),
-        receipts: None,
-        generations: None,
-        arrivals: None,
-        groups: None,
-    });
+    let shared = Arc::new(Shared::new(Phases::starting_now(Duration::ZERO, UNBOUNDED), args.producers));
     let (stop_producers, stop_consumers, stop_watching) =
         (CancellationToken::new(), CancellationToken::new(), CancellationToken::new());
     tokio::spawn(stop_on_ctrl_c(stop_producers.clone()));
@@ -75,7 +67,7 @@ pub async fn backlog(args: &RunArgs, messages: u64) -> anyhow::Result<RunReport>
         consumer_outcomes.push(task.join().await?);
     }
     let rss = watch.finish(&stop_watching).await?;
-    warn_missing(args, &shared, &confirmed, missing);
+    warn_missing(super::promised(args), &shared, &confirmed, missing);
     if missing > 0 {
         tracing::warn!(missing, drain_timeout = ?args.drain_timeout, "the drain did not finish; raise --drain-timeout");
     }
@@ -95,7 +87,7 @@ pub async fn backlog(args: &RunArgs, messages: u64) -> anyhow::Result<RunReport>
         cpu_percent: super::cpu_percent(cpu_start, cpu_end, drain_s),
         bench_cpu_percent: super::cpu_percent(own_start, own_end, drain_s),
     }
-    .into_report(args);
+    .into_report(&Load::of(args));
     let fill_rate = if fill_s > 0.0 { round3(filled as f64 / fill_s) } else { 0.0 };
     report.send_rate = if fill_s > 0.0 { round3(sent as f64 / fill_s) } else { 0.0 };
     report.backlog = Some(BacklogReport {

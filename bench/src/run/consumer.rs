@@ -80,13 +80,7 @@ impl Subscribed {
             tracing::error!(consumer = id, error = format!("{e:#}"), "consumer stopped early");
             format!("consumer {id}: {e:#}")
         });
-        ConsumerOutcome {
-            latencies: recorder.latencies,
-            measured_received: recorder.measured_received,
-            counts: recorder.counts,
-            selector_mismatches: recorder.selector_mismatches,
-            error,
-        }
+        recorder.into_outcome(error)
     }
 }
 
@@ -142,6 +136,17 @@ impl Recorder {
             selector_mismatches: 0,
             newest_first: Vec::new(),
         })
+    }
+
+    /// What the consumer saw, with the error that ended it early, if any.
+    pub fn into_outcome(self, error: Option<String>) -> ConsumerOutcome {
+        ConsumerOutcome {
+            latencies: self.latencies,
+            measured_received: self.measured_received,
+            counts: self.counts,
+            selector_mismatches: self.selector_mismatches,
+            error,
+        }
     }
 
     /// Books a delivery that its consumer's selector should not have let through.

@@ -12,7 +12,7 @@
 
 pub(crate) mod backlog;
 pub(crate) mod consumer;
-mod monitor;
+pub(crate) mod monitor;
 pub(crate) mod producer;
 mod raw;
 pub(crate) mod shared;
@@ -22,12 +22,12 @@ use crate::cli::RunArgs;
 use crate::footprint::{BrokerProcess, RssStats, MIB};
 use crate::groups::{GroupCheck, GroupPlan, GroupsReport, ReceiptLatencies};
 use crate::report::{nanos_histogram, round3, LatencyMs, RunReport};
-use crate::tally::{Deliveries, DeliveryCounts, SeqSet};
+use crate::tally::{DeliveryCounts, SeqSet};
 use anyhow::Context;
 use consumer::{ConsumerOutcome, ConsumerSpec, Recorder, Subscribed};
 use duomq_broker::client::{AckMode, Client, ClientOptions, TlsOptions};
 use producer::{ProducerOutcome, ProducerSpec};
-use shared::{Counters, Phases, Shared};
+use shared::{Phases, Shared};
 use std::sync::Arc;
 use std::time::Duration;
 use threads::{connect_all, OnThread, ThreadTask};
@@ -58,16 +58,10 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     let rss_idle = broker.as_ref().map(BrokerProcess::rss_bytes).transpose()?;
 
     let phases = Phases::starting_now(args.warmup, args.duration);
-    let shared =
-        Arc::new(Shared {
-            phases,
-            counters: Counters::default(),
-            deliveries: Deliveries::new(args.producers),
-            receipts: None,
-            generations: None,
-            arrivals: None,
-            groups: group_plan(args).map(|plan| GroupCheck::new(plan, args.producers)),
-        });
+    let shared = Arc::new(Shared {
+        groups: group_plan(args).map(|plan| GroupCheck::new(plan, args.producers)),
+        ..Shared::new(phases, args.producers)
+    });
     let stop_producers = CancellationToken::new();
     let stop_consumers = CancellationToken::new();
     let stop_watching = CancellationToken::new();
@@ -77,45 +71,14 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
     let producer_tasks = start_producers(args, producers, None, &shared, &stop_producers);
     let watch = Watch::start(broker.as_ref(), &shared, &stop_watching);
 
-    // The measured interval, and the broker's CPU time across it.
-    let interrupted = !sleep_until_unless(phases.measure_start(), &stop_producers).await;
-    let cpu_start = cpu_seconds(broker.as_ref());
-    let own_start = cpu_seconds(Some(&itself));
-    let cpu_from = Instant::now();
-    if !interrupted {
-        sleep_until_unless(phases.measure_end(), &stop_producers).await;
-    }
-    let cpu_end = cpu_seconds(broker.as_ref());
-    let own_end = cpu_seconds(Some(&itself));
-    let cpu_window = cpu_from.elapsed().as_secs_f64();
-    let measured = match interrupted {
-        true => Duration::ZERO,
-        false => Instant::now().min(phases.measure_end()) - phases.measure_start(),
-    };
-
-    let mut producer_outcomes = Vec::new();
-    for task in producer_tasks {
-        producer_outcomes.push(task.join().await?);
-    }
-    let confirmed: Vec<SeqSet> = producer_outcomes.iter_mut().map(|o| std::mem::take(&mut o.confirmed)).collect();
-    let drain_started = Instant::now();
-    let missing = drain(&shared, &confirmed, args.drain_timeout).await;
-    let drain_s = drain_started.elapsed().as_secs_f64();
-    stop_consumers.cancel();
-    let mut consumer_outcomes = Vec::new();
-    for task in consumer_tasks {
-        consumer_outcomes.push(task.join().await?);
-    }
-    let rss = watch.finish(&stop_watching).await?;
-    warn_missing(args, &shared, &confirmed, missing);
-    let measured_s = measured.as_secs_f64();
-    let (cpu_percent, bench_cpu_percent) =
-        (cpu_percent(cpu_start, cpu_end, cpu_window), cpu_percent(own_start, own_end, cpu_window));
-    let totals = Totals::of(&producer_outcomes, consumer_outcomes)?;
+    let measured = measure(&phases, &stop_producers, broker.as_ref(), &itself).await;
+    let finished = Ending { producer_tasks, consumer_tasks, stop_consumers, watch, stop_watching }
+        .finish(&shared, args.drain_timeout)
+        .await?;
     let groups = match &shared.groups {
         Some(check) => {
             let mut latencies = ReceiptLatencies::new()?;
-            for outcome in &producer_outcomes {
+            for outcome in &finished.producer_outcomes {
                 if let Some(l) = &outcome.receipt_latencies {
                     latencies.merge(l)?;
                 }
@@ -133,22 +96,121 @@ pub async fn run(args: &RunArgs) -> anyhow::Result<RunReport> {
         }
         None => None,
     };
-    let mut report = Ended {
-        server,
-        rss_idle,
-        rss,
-        confirmed: &confirmed,
-        missing,
-        totals,
-        measured_s,
-        warmup_s: args.warmup.as_secs_f64(),
-        drain_s,
-        cpu_percent,
-        bench_cpu_percent,
-    }
-    .into_report(args);
+    let mut report = finished.into_report(&shared, &Load::of(args), &measured, server, rss_idle);
     report.groups = groups;
     Ok(report)
+}
+
+/// The measured interval as it went: its length (zero when `stop` came before it began)
+/// and the CPU use across it of the broker and of this process.
+pub(crate) struct Measured {
+    pub seconds: f64,
+    pub cpu_percent: Option<f64>,
+    pub bench_cpu_percent: Option<f64>,
+}
+
+/// Waits out the measured interval of `phases` (or until `stop`), reading the CPU time of
+/// the broker (when sampled) and of this process at its start and end.
+pub(crate) async fn measure(
+    phases: &Phases,
+    stop: &CancellationToken,
+    broker: Option<&BrokerProcess>,
+    itself: &BrokerProcess,
+) -> Measured {
+    let interrupted = !sleep_until_unless(phases.measure_start(), stop).await;
+    let cpu_start = cpu_seconds(broker);
+    let own_start = cpu_seconds(Some(itself));
+    let cpu_from = Instant::now();
+    if !interrupted {
+        sleep_until_unless(phases.measure_end(), stop).await;
+    }
+    let cpu_end = cpu_seconds(broker);
+    let own_end = cpu_seconds(Some(itself));
+    let cpu_window = cpu_from.elapsed().as_secs_f64();
+    let measured = match interrupted {
+        true => Duration::ZERO,
+        false => Instant::now().min(phases.measure_end()) - phases.measure_start(),
+    };
+    Measured {
+        seconds: measured.as_secs_f64(),
+        cpu_percent: cpu_percent(cpu_start, cpu_end, cpu_window),
+        bench_cpu_percent: cpu_percent(own_start, own_end, cpu_window),
+    }
+}
+
+/// What still runs after the measured interval: the producers finish their sends, the
+/// consumers drain what was confirmed and stop, then the watch stops.
+pub(crate) struct Ending {
+    pub producer_tasks: Vec<ThreadTask<ProducerOutcome>>,
+    pub consumer_tasks: Vec<ThreadTask<ConsumerOutcome>>,
+    pub stop_consumers: CancellationToken,
+    pub watch: Watch,
+    pub stop_watching: CancellationToken,
+}
+
+/// A run's outcomes once everything has stopped.
+pub(crate) struct Finished {
+    pub producer_outcomes: Vec<ProducerOutcome>,
+    pub confirmed: Vec<SeqSet>,
+    /// Confirmed messages not delivered when the drain ended.
+    pub missing: u64,
+    pub drain_s: f64,
+    pub rss: RssStats,
+    pub totals: Totals,
+    pub warmup_s: f64,
+}
+
+impl Ending {
+    /// Joins the producers, waits up to `drain_timeout` for every confirmed message to
+    /// arrive, then stops and joins the consumers and the watch.
+    pub(crate) async fn finish(self, shared: &Shared, drain_timeout: Duration) -> anyhow::Result<Finished> {
+        let mut producer_outcomes = Vec::new();
+        for task in self.producer_tasks {
+            producer_outcomes.push(task.join().await?);
+        }
+        let confirmed: Vec<SeqSet> = producer_outcomes.iter_mut().map(|o| std::mem::take(&mut o.confirmed)).collect();
+        let drain_started = Instant::now();
+        let missing = drain(shared, &confirmed, drain_timeout).await;
+        let drain_s = drain_started.elapsed().as_secs_f64();
+        self.stop_consumers.cancel();
+        let mut consumer_outcomes = Vec::new();
+        for task in self.consumer_tasks {
+            consumer_outcomes.push(task.join().await?);
+        }
+        let rss = self.watch.finish(&self.stop_watching).await?;
+        let totals = Totals::of(&producer_outcomes, consumer_outcomes)?;
+        Ok(Finished { producer_outcomes, confirmed, missing, drain_s, rss, totals, warmup_s: shared.phases.warmup.as_secs_f64() })
+    }
+}
+
+impl Finished {
+    /// The report of a run of `load` that ended so after `measured`, with what was
+    /// confirmed and never arrived logged; `server` names the broker, `rss_idle` is its
+    /// memory before the load.
+    pub(crate) fn into_report(
+        self,
+        shared: &Shared,
+        load: &Load,
+        measured: &Measured,
+        server: Option<String>,
+        rss_idle: Option<u64>,
+    ) -> RunReport {
+        warn_missing(load.promised, shared, &self.confirmed, self.missing);
+        Ended {
+            server,
+            rss_idle,
+            rss: self.rss,
+            confirmed: &self.confirmed,
+            missing: self.missing,
+            totals: self.totals,
+            measured_s: measured.seconds,
+            warmup_s: self.warmup_s,
+            drain_s: self.drain_s,
+            cpu_percent: measured.cpu_percent,
+            bench_cpu_percent: measured.bench_cpu_percent,
+        }
+        .into_report(load)
+    }
 }
 
 /// CPU use between two readings of a process's CPU seconds `window_s` apart; 100 = one
@@ -161,13 +223,13 @@ fn cpu_percent(start: Option<f64>, end: Option<f64>, window_s: f64) -> Option<f6
 }
 
 /// The side tasks of a run: the broker's RSS sampler and the progress line.
-struct Watch {
+pub(crate) struct Watch {
     sampler: Option<tokio::task::JoinHandle<RssStats>>,
     progress: tokio::task::JoinHandle<()>,
 }
 
 impl Watch {
-    fn start(broker: Option<&BrokerProcess>, shared: &Arc<Shared>, stop: &CancellationToken) -> Watch {
+    pub(crate) fn start(broker: Option<&BrokerProcess>, shared: &Arc<Shared>, stop: &CancellationToken) -> Watch {
         Watch {
             sampler: broker.cloned().map(|b| tokio::spawn(monitor::sample_rss(b, Arc::clone(shared), stop.clone()))),
             progress: tokio::spawn(monitor::print_progress(Arc::clone(shared), stop.clone())),
@@ -255,9 +317,15 @@ fn start_producers(
         .collect()
 }
 
-/// Logs confirmed messages that never arrived.
-fn warn_missing(args: &RunArgs, shared: &Shared, confirmed: &[SeqSet], missing: u64) {
-    let promised = args.window > 0 || args.persistent;
+/// Whether the broker promised to deliver what the producers of `args` sent: with
+/// receipts, or persistent.
+fn promised(args: &RunArgs) -> bool {
+    args.window > 0 || args.persistent
+}
+
+/// Logs confirmed messages that never arrived; `promised`: the broker confirmed them (a
+/// receipt, an accepted outcome), rather than merely being sent them.
+fn warn_missing(promised: bool, shared: &Shared, confirmed: &[SeqSet], missing: u64) {
     if missing > 0 {
         let examples = shared.deliveries.missing_examples(confirmed, 5);
         if promised {
@@ -268,6 +336,42 @@ fn warn_missing(args: &RunArgs, shared: &Shared, confirmed: &[SeqSet], missing: 
                 ?examples,
                 "non-persistent messages sent without receipts never arrived"
             );
+        }
+    }
+}
+
+/// The load a run put on the broker, as its report describes it.
+pub(crate) struct Load {
+    pub label: Option<String>,
+    pub url: String,
+    pub destination: String,
+    pub producers: u32,
+    pub consumers: u32,
+    pub size: usize,
+    pub persistent: bool,
+    pub window: u32,
+    pub ack: String,
+    pub prefetch: u32,
+    /// The broker confirmed each message the producers count as sent.
+    pub promised: bool,
+    pub selector_split: bool,
+}
+
+impl Load {
+    fn of(args: &RunArgs) -> Load {
+        Load {
+            label: args.label.clone(),
+            url: args.url.clone(),
+            destination: args.destination.clone(),
+            producers: args.producers,
+            consumers: args.consumers,
+            size: args.size,
+            persistent: args.persistent,
+            window: args.window,
+            ack: AckMode::from(args.ack).as_str().to_string(),
+            prefetch: args.prefetch,
+            promised: promised(args),
+            selector_split: args.selector_split,
         }
     }
 }
@@ -288,21 +392,20 @@ struct Ended<'a> {
 }
 
 impl Ended<'_> {
-    fn into_report(self, args: &RunArgs) -> RunReport {
+    fn into_report(self, load: &Load) -> RunReport {
         let Ended { totals, measured_s, .. } = self;
-        let promised = args.window > 0 || args.persistent;
         let per_second = |n: u64| if measured_s > 0.0 { round3(n as f64 / measured_s) } else { 0.0 };
         RunReport {
-            label: args.label.clone().or_else(|| self.server.clone()).unwrap_or_else(|| args.url.clone()),
+            label: load.label.clone().or_else(|| self.server.clone()).unwrap_or_else(|| load.url.clone()),
             server: self.server,
-            destination: args.destination.clone(),
-            producers: args.producers,
-            consumers: args.consumers,
-            size: args.size,
-            persistent: args.persistent,
-            window: args.window,
-            ack: AckMode::from(args.ack).as_str().to_string(),
-            prefetch: args.prefetch,
+            destination: load.destination.clone(),
+            producers: load.producers,
+            consumers: load.consumers,
+            size: load.size,
+            persistent: load.persistent,
+            window: load.window,
+            ack: load.ack.clone(),
+            prefetch: load.prefetch,
             sent: totals.sent,
             received: totals.received,
             send_rate: per_second(totals.sent),
@@ -314,7 +417,7 @@ impl Ended<'_> {
             cpu_percent: self.cpu_percent,
             bench_cpu_percent: self.bench_cpu_percent,
             confirmed: self.confirmed.iter().map(SeqSet::len).sum(),
-            lost: if promised { self.missing } else { 0 },
+            lost: if load.promised { self.missing } else { 0 },
             duplicates: totals.counts.repeated(),
             foreign: totals.counts.foreign,
             duration_s: round3(measured_s),
@@ -322,7 +425,7 @@ impl Ended<'_> {
             drain_s: round3(self.drain_s),
             errors: totals.errors,
             groups: None,
-            selector_mismatches: args.selector_split.then_some(totals.selector_mismatches),
+            selector_mismatches: load.selector_split.then_some(totals.selector_mismatches),
             backlog: None,
         }
     }
@@ -359,7 +462,7 @@ pub(crate) async fn connect_producers(
 }
 
 /// Sums of every producer's and consumer's outcome.
-struct Totals {
+pub(crate) struct Totals {
     sent: u64,
     received: u64,
     latencies: hdrhistogram::Histogram<u64>,
@@ -422,7 +525,7 @@ fn cpu_seconds(broker: Option<&BrokerProcess>) -> Option<f64> {
 }
 
 /// Ctrl-C ends the producers early; the run still drains and reports.
-async fn stop_on_ctrl_c(stop: CancellationToken) {
+pub(crate) async fn stop_on_ctrl_c(stop: CancellationToken) {
     if tokio::signal::ctrl_c().await.is_ok() {
         tracing::warn!("interrupted: stopping the producers, then draining and reporting");
         stop.cancel();

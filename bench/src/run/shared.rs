@@ -204,6 +204,22 @@ pub struct Shared {
     pub groups: Option<GroupCheck>,
 }
 
+impl Shared {
+    /// What a plain run of `producers` producers shares: no receipt, connection or
+    /// arrival logs, no group check.
+    pub fn new(phases: Phases, producers: u32) -> Shared {
+        Shared {
+            phases,
+            counters: Counters::default(),
+            deliveries: Deliveries::new(producers),
+            receipts: None,
+            generations: None,
+            arrivals: None,
+            groups: None,
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
