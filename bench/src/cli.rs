@@ -1,5 +1,5 @@
-//! The command line: `duomq-bench run`, `duomq-bench failover` and `duomq-bench
-//! fsync-rate`, their options and the parsers for durations, sizes, `NAME=VALUE` headers
+//! The command line: `duomq-bench run`, `duomq-bench amqp`, `duomq-bench failover` and
+//! `duomq-bench fsync-rate`, their options and the parsers for durations, sizes, `NAME=VALUE` headers
 //! and failover members. Parsing only; nothing here
 //! connects or measures.
 
@@ -8,18 +8,20 @@ use duomq_broker::client::AckMode;
 use std::path::PathBuf;
 use std::time::Duration;
 
-const ABOUT: &str = "Load generator for STOMP brokers: throughput, end-to-end latency, broker footprint and \
+const ABOUT: &str = "Load generator for STOMP and AMQP 1.0 brokers: throughput, end-to-end latency, broker footprint and \
 correctness, for comparing duomq, ActiveMQ and RabbitMQ at equal durability.";
 
-const LONG_ABOUT: &str = "Load generator for STOMP brokers: throughput, end-to-end latency, broker footprint \
+const LONG_ABOUT: &str = "Load generator for STOMP and AMQP 1.0 brokers: throughput, end-to-end latency, broker footprint \
 and correctness, for comparing duomq, ActiveMQ and RabbitMQ at equal durability.\n\n\
 Examples:\n  \
 # 10 s of 1 KiB persistent messages, 64 receipts in flight, broker memory and CPU sampled\n  \
 duomq-bench run --persistent --window 64 --broker-pid $(pidof duomq-broker)\n\n  \
+# the same over AMQP 1.0: 64 unsettled transfers per producer, 64 credit per consumer\n  \
+duomq-bench amqp --url amqp://127.0.0.1:5672 --address queue://bench --persistent --credit 64\n\n  \
 # how fast the journal's disk can fsync\n  \
 duomq-bench fsync-rate --dir /var/lib/duomq\n\n\
-Every option of a command: duomq-bench run --help, duomq-bench failover --help, \
-duomq-bench fsync-rate --help.";
+Every option of a command: duomq-bench run --help, duomq-bench amqp --help, duomq-bench failover \
+--help, duomq-bench fsync-rate --help.";
 
 const RUN_ABOUT: &str = "Run producers and consumers against a broker and report what happened.\n\n\
 Every producer and every consumer gets its own connection, on its own thread (producer-N, \
@@ -91,6 +93,99 @@ pub enum Command {
     /// (see `duomq-bench test-certs --help`).
     #[command(long_about = CERTS_ABOUT)]
     TestCerts(CertsArgs),
+    /// Benchmark a broker over AMQP 1.0: producers and consumers on one queue (see
+    /// `duomq-bench amqp --help`).
+    #[command(long_about = AMQP_ABOUT)]
+    Amqp(Box<AmqpArgs>),
+}
+
+const AMQP_ABOUT: &str = "Run AMQP 1.0 producers and consumers on one queue and report what happened, in \
+the same shape as `run` (table, or one JSON object with --json).\n\n\
+One client library for every broker: fe2o3-amqp's. Each producer and each consumer opens its \
+own connection (SASL PLAIN with the URL's user and password, else ANONYMOUS), one session and \
+one link to --address, on its own thread (producer-N, consumer-N) with a single-threaded async \
+runtime. Consumers attach first; then the producers send for --warmup (not counted) plus \
+--duration (measured). After the producers stop, consumers keep going until every accepted \
+message has arrived or --drain-timeout passes.\n\n\
+Producers send 1 data section of --size bytes (the body carries its producer, sequence number \
+and send time, so consumers measure end-to-end latency and the tool counts lost and duplicated \
+messages); with --persistent the message header says durable=true, so the broker must keep it \
+on disk before it settles the transfer accepted. Each producer keeps up to --credit transfers \
+unsettled (sent, waiting for the broker's accepted outcome; as a STOMP producer's --window of \
+receipts) and counts a message confirmed once accepted; any other outcome ends that producer \
+with an error. Transfers go out with fe2o3's pipelined send, which marks them batchable.\n\n\
+Each consumer grants its link --credit messages of credit and settles every delivery as it \
+takes it, with the accepted outcome (settled at once: the broker needs no answer back). Credit \
+is topped up the way fe2o3 does it: back to --credit each time half of it has been used, so \
+with --credit 1 after every message.\n\n\
+Addresses differ by broker: duomq takes queue://NAME, /queue/NAME or a bare NAME; RabbitMQ \
+3.10's rabbitmq_amqp1_0 plugin /amq/queue/NAME (a queue that exists) or /queue/NAME (declared \
+on first use).\n\n\
+Examples:\n  \
+# duomq (amqp.enabled), 1 KiB persistent, 1 producer and 1 consumer, credit 64\n  \
+duomq-bench amqp --url amqp://127.0.0.1:5672 --address queue://bench --persistent --credit 64 \\\n      \
+--broker-pid $(pidof duomq-broker)\n\n  \
+# RabbitMQ 3.10 with rabbitmq_amqp1_0, a durable queue declared beforehand, 4x4, credit 1\n  \
+duomq-bench amqp --url amqp://guest:guest@127.0.0.1:5672 --address /amq/queue/bench --persistent \\\n      \
+--producers 4 --consumers 4 --credit 1 --json";
+
+/// Options of `duomq-bench amqp`.
+#[derive(Args, Debug, Clone)]
+pub struct AmqpArgs {
+    /// Broker URL: amqp://[user:password@]host[:port] (port 5672 when left out). With a user,
+    /// SASL PLAIN; without, SASL ANONYMOUS. No TLS (amqps://).
+    #[arg(long, env = "DUOMQ_AMQP_URL", default_value = "amqp://127.0.0.1:5672", value_name = "URL",
+        value_parser = parse_amqp_url)]
+    pub url: String,
+    /// The node every producer sends to and every consumer takes from (target and source
+    /// address), as the broker names queues (see above).
+    #[arg(long, short = 'a', default_value = "queue://bench", value_name = "ADDRESS")]
+    pub address: String,
+    /// Producers, each on its own connection.
+    #[arg(long, default_value_t = 1, value_name = "N", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub producers: u32,
+    /// Consumers, each on its own connection.
+    #[arg(long, default_value_t = 1, value_name = "M", value_parser = clap::value_parser!(u32).range(1..=1024))]
+    pub consumers: u32,
+    /// Body size, in bytes or with a unit (512, 1KiB, 64KiB, 1MiB); never shorter than its
+    /// stamp (about 30 bytes).
+    #[arg(long, default_value = "1024", value_name = "BYTES", value_parser = parse_size)]
+    pub size: usize,
+    /// Send header durable=true: the broker must keep the messages on disk.
+    #[arg(long)]
+    pub persistent: bool,
+    /// Link credit each consumer grants, and transfers each producer keeps unsettled: 1 = each
+    /// send waits for its outcome and each consumer takes one message at a time.
+    #[arg(long, default_value_t = 1, value_name = "C", value_parser = clap::value_parser!(u32).range(1..=65536))]
+    pub credit: u32,
+    /// Measured time, after the warm-up (10s, 1m, 500ms).
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_positive_duration)]
+    pub duration: Duration,
+    /// Time before the measurement starts: messages are sent and consumed but not counted.
+    #[arg(long, default_value = "2s", value_name = "DURATION", value_parser = parse_duration)]
+    pub warmup: Duration,
+    /// After the producers stop, how long consumers may take to receive the rest.
+    #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_duration)]
+    pub drain_timeout: Duration,
+    /// Process id of the broker: sample its memory (VmRSS) and CPU time from /proc (for
+    /// RabbitMQ pass the beam.smp pid).
+    #[arg(long, value_name = "PID")]
+    pub broker_pid: Option<u32>,
+    /// Name of this run in the report (default: the URL).
+    #[arg(long, value_name = "TEXT")]
+    pub label: Option<String>,
+    /// Print the result as one JSON object line instead of a table.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// An `amqp://` URL (the only scheme `duomq-bench amqp` speaks), as given.
+pub fn parse_amqp_url(s: &str) -> Result<String, String> {
+    match s.trim().split_once("://") {
+        Some(("amqp", rest)) if !rest.is_empty() => Ok(s.trim().to_string()),
+        Some(("amqps", _)) => Err(format!("{s:?}: amqps:// (TLS) is not supported; use amqp://")),
+        _ => Err(format!("{s:?} is not an AMQP URL like amqp://127.0.0.1:5672")),
+    }
 }
 
 const CERTS_ABOUT: &str = "Write a throwaway CA and a certificate signed by it for a broker on this \
@@ -700,6 +795,42 @@ mod tests {
         let cli = Cli::try_parse_from(["duomq-bench", "failover", "--url", "stomp://a:1", "--member", "a=/a.pid:x"]);
         let Ok(Cli { command: Command::Failover(f), .. }) = cli else { panic!("did not parse: {cli:?}") };
         assert_eq!((f.gap_at, f.consumer_url), (GapAt::Receipts, None));
+    }
+
+    #[test]
+    fn given_amqp_command_line_should_parse_and_default_to_credit_one() {
+        let cli = Cli::try_parse_from([
+            "duomq-bench",
+            "amqp",
+            "--url",
+            "amqp://guest:guest@127.0.0.1:5673",
+            "--address",
+            "/amq/queue/q",
+            "--producers",
+            "4",
+            "--consumers",
+            "4",
+            "--persistent",
+            "--credit",
+            "64",
+        ]);
+        let Ok(Cli { command: Command::Amqp(a), .. }) = cli else { panic!("did not parse: {cli:?}") };
+        assert_eq!((a.producers, a.consumers, a.credit, a.size), (4, 4, 64, 1024));
+        assert_eq!((a.url.as_str(), a.address.as_str()), ("amqp://guest:guest@127.0.0.1:5673", "/amq/queue/q"));
+        assert!(a.persistent && !a.json);
+        let cli = Cli::try_parse_from(["duomq-bench", "amqp"]);
+        let Ok(Cli { command: Command::Amqp(a), .. }) = cli else { panic!("did not parse: {cli:?}") };
+        assert_eq!((a.credit, a.address.as_str(), a.persistent), (1, "queue://bench", false));
+        assert!(Cli::try_parse_from(["duomq-bench", "amqp", "--credit", "0"]).is_err());
+    }
+
+    #[rstest]
+    #[case("stomp://127.0.0.1:61613")]
+    #[case("amqps://127.0.0.1:5671")]
+    #[case("127.0.0.1:5672")]
+    #[case("amqp://")]
+    fn given_url_that_is_not_plain_amqp_should_be_refused(#[case] input: &str) {
+        assert!(parse_amqp_url(input).is_err(), "{input}");
     }
 
     #[test]

@@ -1,11 +1,13 @@
-//! duomq-bench: a STOMP load generator for comparing brokers (duomq, ActiveMQ, RabbitMQ)
-//! at equal durability. `run` drives producers and consumers and reports throughput,
-//! end-to-end latency, the broker's footprint and correctness; `failover` kills the live
+//! duomq-bench: a STOMP and AMQP 1.0 load generator for comparing brokers (duomq,
+//! ActiveMQ, RabbitMQ) at equal durability. `run` drives producers and consumers and
+//! reports throughput, end-to-end latency, the broker's footprint and correctness; `amqp`
+//! does the same over AMQP 1.0; `failover` kills the live
 //! member of a pair under load and measures the gaps; `fsync-rate` measures the
 //! disk underneath; `test-certs` writes a throwaway CA and certificate for `stomp+ssl://`
 //! runs. This file only parses the command line, sets up logging and the
 //! runtime, and prints results; it must not measure anything itself.
 
+mod amqp;
 mod body;
 mod certs;
 mod cli;
@@ -50,6 +52,15 @@ fn dispatch(cli: Cli) -> anyhow::Result<()> {
             warn_if_lost(report.lost, report.duplicates);
             group_violations = report.group_violations();
             selector_mismatches = report.selector_mismatches.unwrap_or(0);
+            if args.json {
+                report.to_json_line()? + "\n"
+            } else {
+                report.to_table()
+            }
+        }
+        Command::Amqp(args) => {
+            let report = block_on(amqp::run(&args))?;
+            warn_if_lost(report.lost, report.duplicates);
             if args.json {
                 report.to_json_line()? + "\n"
             } else {
