@@ -34,6 +34,8 @@ BACKLOG_PAGE_BYTES=${BENCH_BACKLOG_PAGE_BYTES:-1MiB}
 BACKLOG_ROUNDS=${BENCH_BACKLOG_ROUNDS:-1}
 SELECTORS_SECTION=no
 SELECTORS_ROUNDS=${BENCH_SELECTORS_ROUNDS:-3}
+AMQP_SECTION=no
+AMQP_ROUNDS=${BENCH_AMQP_ROUNDS:-3}
 OUT=${BENCH_OUT:-}
 FSYNC_DURATION=3s
 START_TIMEOUT=120
@@ -61,6 +63,7 @@ Usage: bench/compare.sh [--quick] [--only LIST] [--out DIR] [--duration D] [--wa
                         [--backlog | --backlog-only] [--backlog-messages N]
                         [--backlog-size BYTES] [--backlog-page-bytes SIZE] [--backlog-rounds N]
                         [--selectors | --selectors-only] [--selectors-rounds N]
+                        [--amqp | --amqp-only] [--amqp-rounds N]
 
 Measures duomq, ActiveMQ and RabbitMQ one after the other on this machine, over STOMP,
 with the same load generator (duomq-bench) and the same matrix, and prints a table.
@@ -193,7 +196,21 @@ What it does, in order:
      against its selector), the duration after the warm-up each, on duomq and ActiveMQ, one
      broker per system and round. Prints selector/plain per system (median of the rounds'
      ratios) and duomq selector/ActiveMQ selector.
- 13. Prints the table and writes everything to the output directory.
+ 13. With --amqp: AMQP 1.0 (issue 19), ${AMQP_ROUNDS} rounds (config: bench/lib/amqp.sh), one load client
+     for every broker: 'duomq-bench amqp' (fe2o3-amqp's client; each producer keeps up to C
+     transfers unsettled, each consumer grants C link credit and settles each delivery
+     accepted as it takes it). Cells: 1 KiB, header durable=true, 1P+1C and 4P+4C, each at
+     credit C = 1 and 64, the duration after the warm-up each, on fresh queues, every broker
+     started afresh each round:
+       duomq     the matrix's broker with amqp.enabled; address queue://NAME
+       rabbitmq  the Debian package's RabbitMQ 3.10 with the rabbitmq_amqp1_0 plugin, a
+                 durable classic queue declared beforehand (over STOMP), guest on loopback;
+                 address /amq/queue/NAME (in the section when --only has rabbitmq)
+       activemq  Debian's ActiveMQ 5.17 package ships no AMQP transport (no activemq-amqp
+                 jar): the report says so for it instead of a figure
+     Prints each cell's median msg/s over the rounds, p99 latency and broker CPU per
+     message, and duomq over the best peer (goal >= 2).
+ 14. Prints the table and writes everything to the output directory.
 
 The matrix (each cell on a fresh queue, consumers acking every message with
 client-individual, prefetch ${PREFETCH}):
@@ -258,12 +275,17 @@ Options:
                   about rounds x 4 x (duration + warm-up + 1s) plus broker start-ups)
   --selectors-only  run only that section (no fsync rate, no matrix)
   --selectors-rounds N  rounds of the selectors section (default ${SELECTORS_ROUNDS})
+  --amqp          also run the AMQP 1.0 section (duomq and RabbitMQ as --only allows; about
+                  rounds x 8 x (duration + warm-up + 2s) plus broker start-ups)
+  --amqp-only     run only that section (no fsync rate, no matrix)
+  --amqp-rounds N  rounds of the AMQP section (default ${AMQP_ROUNDS})
   -h, --help      this text
 
 Environment: BENCH_DURATION, BENCH_WARMUP, BENCH_PREFETCH, BENCH_ONLY, BENCH_OUT,
 BENCH_NETWORK_KILLS, BENCH_GROUPS_ROUNDS, BENCH_DATABASE_KILLS, BENCH_DATABASE_ROUNDS,
 BENCH_TLS_ROUNDS, BENCH_BACKLOG_MESSAGES, BENCH_BACKLOG_SIZE, BENCH_BACKLOG_PAGE_BYTES,
-BENCH_BACKLOG_ROUNDS and BENCH_SELECTORS_ROUNDS set the same as the options (options win);
+BENCH_BACKLOG_ROUNDS, BENCH_SELECTORS_ROUNDS and BENCH_AMQP_ROUNDS set the same as the
+options (options win);
 TMPDIR chooses where the brokers' data lives (default /tmp): keep it on the disk you
 mean to measure, not on a tmpfs. DUOMQ_BROKER and DUOMQ_BENCH, both set, name binaries to use instead of building
 release ones (the bench's tests pass their debug builds).
@@ -299,7 +321,11 @@ Output directory:
   selectors.jsonl  one 'duomq-bench run --json' line per selectors cell (with --selectors),
                  labelled selectors/SYSTEM-KIND/rROUND
   selectors.txt  that section's table and ratios (python3 bench/lib/selectors-report.py DIR)
-  backlog-load.tsv, selectors-load.tsv  the machine's 1-minute load before each cell
+  amqp.jsonl     one 'duomq-bench amqp --json' line per AMQP cell (with --amqp), labelled
+                 amqp/SYSTEM/CELL/rROUND
+  amqp.txt       that section's table and ratios (python3 bench/lib/amqp-report.py DIR)
+  backlog-load.tsv, selectors-load.tsv, amqp-load.tsv  the machine's 1-minute load before
+                 each cell
   run.tsv, cells.tsv, failures.tsv   what the report is made from
   logs/          each broker's log and each cell's duomq-bench stderr (and PostgreSQL's)
 python3 bench/lib/report.py DIR prints the table of a finished run again.
@@ -371,6 +397,10 @@ while (($#)); do
     --selectors-only) SELECTORS_SECTION=yes MATRIX=no ;;
     --selectors-rounds) SELECTORS_ROUNDS=${2:?--selectors-rounds needs a number}; shift ;;
     --selectors-rounds=*) SELECTORS_ROUNDS=${1#*=} ;;
+    --amqp) AMQP_SECTION=yes ;;
+    --amqp-only) AMQP_SECTION=yes MATRIX=no ;;
+    --amqp-rounds) AMQP_ROUNDS=${2:?--amqp-rounds needs a number}; shift ;;
+    --amqp-rounds=*) AMQP_ROUNDS=${1#*=} ;;
     -h | --help) usage; exit 0 ;;
     *) usage >&2; die "unknown argument: $1" ;;
     esac
@@ -402,6 +432,7 @@ seconds "$WARMUP" >/dev/null || die "--warmup: \"$WARMUP\" is not a duration lik
     die "--backlog-page-bytes: \"$BACKLOG_PAGE_BYTES\" is not a size like 1MiB or 262144"
 [[ $BACKLOG_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--backlog-rounds: \"$BACKLOG_ROUNDS\" is not a positive number"
 [[ $SELECTORS_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--selectors-rounds: \"$SELECTORS_ROUNDS\" is not a positive number"
+[[ $AMQP_ROUNDS =~ ^[1-9][0-9]*$ ]] || die "--amqp-rounds: \"$AMQP_ROUNDS\" is not a positive number"
 # How long a backlog's fill, and its drain, may take: two minutes plus 4 ms a message
 # (250 msg/s, slower than any broker measured here).
 BACKLOG_TIMEOUT=$((120 + BACKLOG_MESSAGES / 250))
@@ -438,8 +469,8 @@ install_missing() {
     for t in "${TARGETS[@]}"; do
         case $t in
         activemq) pkgs+=(activemq) ;;
-        # Only the matrix measures RabbitMQ.
-        rabbitmq-*) if [[ $MATRIX == yes ]]; then pkgs+=(rabbitmq-server); fi ;;
+        # Only the matrix and the AMQP section measure RabbitMQ.
+        rabbitmq-*) if [[ $MATRIX == yes || $AMQP_SECTION == yes ]]; then pkgs+=(rabbitmq-server); fi ;;
         esac
     done
     for p in "${pkgs[@]}"; do
@@ -505,6 +536,8 @@ WORK=$(mktemp -d "${TMPDIR:-/tmp}/duomq-compare.XXXXXX")
 . "$LIB_DIR/backlog.sh"
 # shellcheck source=lib/selectors.sh
 . "$LIB_DIR/selectors.sh"
+# shellcheck source=lib/amqp.sh
+. "$LIB_DIR/amqp.sh"
 
 # shellcheck disable=SC2317 # called by the EXIT trap
 cleanup() {
@@ -697,6 +730,12 @@ if [[ $SELECTORS_SECTION == yes ]]; then
     run_selectors
 fi
 
+# --- AMQP 1.0 ---------------------------------------------------------------------------
+
+if [[ $AMQP_SECTION == yes ]]; then
+    run_amqp
+fi
+
 # --- the report -----------------------------------------------------------------------
 
 echo
@@ -734,6 +773,10 @@ if [[ $BACKLOG_SECTION == yes ]]; then
 fi
 if [[ $SELECTORS_SECTION == yes ]]; then
     python3 "$LIB_DIR/selectors-report.py" "$OUT" | tee "$OUT/selectors.txt"
+    echo
+fi
+if [[ $AMQP_SECTION == yes ]]; then
+    python3 "$LIB_DIR/amqp-report.py" "$OUT" | tee "$OUT/amqp.txt"
     echo
 fi
 log "results in $OUT"

@@ -97,13 +97,14 @@ stop_broker() {
 
 DUOMQ_PID=''
 
+# start_duomq [ARGS...]: ARGS go to 'duomq-broker run' after the listeners (e.g. --config).
 start_duomq() {
     local dir="$WORK/duomq" stomp admin
     mkdir -p "$dir/data"
     read -r stomp admin <<<"$(free_ports 2)"
     # fsync before receipt is the default (storage settings untouched).
     setsid "$DUOMQ_BROKER" run --data-dir "$dir/data" \
-        --stomp-listen "127.0.0.1:$stomp" --admin-listen "127.0.0.1:$admin" \
+        --stomp-listen "127.0.0.1:$stomp" --admin-listen "127.0.0.1:$admin" "$@" \
         </dev/null >"$LOG_DIR/duomq.log" 2>&1 &
     DUOMQ_PID=$!
     RUNNING_STOP=stop_duomq
@@ -214,15 +215,16 @@ rabbit_env_vars() {
 
 rabbitmqctl_() { env "${RABBIT_ENV[@]}" "$RABBITMQ_SBIN/rabbitmqctl" -n "$RABBITMQ_NODE" "$@"; }
 
-# start_rabbitmq NAME: a fresh node per target (classic, quorum), so that RSS and
-# disk state of one do not carry over into the other.
+# start_rabbitmq NAME [PLUGINS]: a fresh node per target (classic, quorum), so that RSS
+# and disk state of one do not carry over into the other. PLUGINS: the plugins to enable,
+# comma-separated (default rabbitmq_stomp, which the start-up check speaks).
 start_rabbitmq() {
-    local name=$1 stomp
+    local name=$1 plugins=${2:-rabbitmq_stomp} stomp
     RABBIT_DIR="$WORK/$name"
     mkdir -p "$RABBIT_DIR/home" "$RABBIT_DIR/mnesia" "$RABBIT_DIR/log"
     read -r stomp RABBIT_AMQP_PORT RABBIT_DIST_PORT RABBIT_EPMD_PORT <<<"$(free_ports 4)"
     sed "s/@STOMP_PORT@/$stomp/" "$LIB_DIR/rabbitmq.conf" >"$RABBIT_DIR/rabbitmq.conf"
-    echo '[rabbitmq_stomp].' >"$RABBIT_DIR/enabled_plugins"
+    echo "[$plugins]." >"$RABBIT_DIR/enabled_plugins"
     : >"$RABBIT_DIR/rabbitmq-env.conf"
     rabbit_env_vars
     RUNNING_STOP=stop_rabbitmq
