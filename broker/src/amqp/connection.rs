@@ -30,14 +30,14 @@ use fe2o3_amqp::acceptor::{
 };
 use fe2o3_amqp::connection::OpenError;
 use fe2o3_amqp::link::delivery::DeliveryInfo;
-use fe2o3_amqp::link::{DetachError, Receiver, Sender};
+use fe2o3_amqp::link::{DetachError, DispositionError, Receiver, Sender};
 use fe2o3_amqp::types::definitions::{self, ReceiverSettleMode, Role, SenderSettleMode};
 use fe2o3_amqp::types::messaging::{Body, Outcome};
 use fe2o3_amqp::types::performatives::Attach;
 use fe2o3_amqp::types::primitives::Value;
 use fe2o3_amqp::types::sasl::SaslCode;
 use fe2o3_amqp::Sendable;
-use futures::future::BoxFuture;
+use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -376,6 +376,8 @@ async fn attach_link(session: &mut ListenerSessionHandle, attach: Attach, client
 type Accepting = BoxFuture<'static, (DeliveryInfo, Result<Durable, AcceptError>)>;
 
 /// A link from the client: its transfers into the broker, each settled once durable.
+/// Outcomes that fall due together (one group commit made their transfers durable) go out
+/// as one disposition per run of consecutive deliveries, not one frame each.
 async fn receive(mut receiver: Receiver, destination: String, client: Client) {
     let broker = Arc::clone(&client.ctx.broker);
     let metrics = Arc::clone(&client.ctx.metrics);
@@ -390,15 +392,8 @@ async fn receive(mut receiver: Receiver, destination: String, client: Client) {
             _ = client.ctx.shutdown.cancelled() => break None,
         };
         match event {
-            Ok(Err((info, Ok(durable)))) => {
-                durable.publish();
-                if receiver.accept(info).await.is_err() {
-                    break None;
-                }
-            }
-            Ok(Err((info, Err(e)))) => {
-                tracing::info!(peer = %client.peer, %destination, error = %error_chain(&e), "AMQP transfer refused");
-                if receiver.reject(info, AmqpError::from(e).to_amqp()).await.is_err() {
+            Ok(Err(done)) => {
+                if settle_due(&receiver, &mut pending, done, &client, &destination).await.is_err() {
                     break None;
                 }
             }
@@ -444,6 +439,36 @@ async fn receive(mut receiver: Receiver, destination: String, client: Client) {
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, receiver.close()).await;
     metrics.amqp.links.dec();
+}
+
+/// Settles `first` and every outcome already due behind it, in order: accepted ones
+/// (published now) in one disposition per run of consecutive deliveries, a refused one
+/// rejected with its reason.
+async fn settle_due(
+    receiver: &Receiver,
+    pending: &mut FuturesOrdered<Accepting>,
+    first: (DeliveryInfo, Result<Durable, AcceptError>),
+    client: &Client,
+    destination: &str,
+) -> Result<(), DispositionError> {
+    let mut accepted = Vec::new();
+    let mut next = Some(first);
+    while let Some((info, result)) = next {
+        match result {
+            Ok(durable) => {
+                durable.publish();
+                accepted.push(info);
+            }
+            Err(e) => {
+                // Those before it first, so the client learns outcomes in order.
+                receiver.accept_all(std::mem::take(&mut accepted)).await?;
+                tracing::info!(peer = %client.peer, %destination, error = %error_chain(&e), "AMQP transfer refused");
+                receiver.reject(info, AmqpError::from(e).to_amqp()).await?;
+            }
+        }
+        next = pending.next().now_or_never().flatten();
+    }
+    receiver.accept_all(accepted).await
 }
 
 /// Where a receiving link takes its messages from.
@@ -514,14 +539,62 @@ impl Source {
 /// What a delivery's settlement says.
 type Settling = BoxFuture<'static, (u64, Option<Outcome>)>;
 
-/// A link to the client: an engine consumer whose deliveries wait for the client's credit.
-///
-/// fe2o3 does not show a sender its credit, so the consumer's window (the engine's
-/// prefetch: messages it holds unsettled) follows what sending shows of it: it starts at
-/// one, grows by one with each delivery the credit let through at once (up to
-/// `stomp.defaultPrefetch`), and shrinks to what is in flight when a delivery has to wait
-/// for credit. So the broker holds about one message more than the client's credit for
-/// it, and a consumer without credit does not keep messages from the others.
+/// The engine prefetch of a link to the client (the messages the engine lets it hold
+/// unsettled), as far as sending shows the client's credit: fe2o3 does not show a sender
+/// its credit. It starts at one; when a delivery goes through and the link holds as many
+/// as the prefetch allows, the prefetch doubles (up to `stomp.defaultPrefetch`); when a
+/// delivery has to wait for credit, it shrinks to what the link holds. So the broker holds
+/// about as much as the client's credit lets through, and a consumer without credit does
+/// not keep messages from the others. The link counts what it holds itself and the engine
+/// hears of the prefetch only when it changes: no queue lock per delivery. Pure: [`deliver`]
+/// applies what it returns.
+#[derive(Debug)]
+struct Window {
+    /// Deliveries taken from the engine and not yet settled.
+    held: usize,
+    /// The prefetch the engine has.
+    limit: usize,
+    cap: usize,
+}
+
+impl Window {
+    fn new(cap: usize) -> Window {
+        Window { held: 0, limit: 1, cap: cap.max(1) }
+    }
+
+    /// A delivery came from the engine.
+    fn taken(&mut self) {
+        self.held += 1;
+    }
+
+    /// A delivery was settled (by the client, or at once for a pre-settled one).
+    fn settled(&mut self) {
+        self.held = self.held.saturating_sub(1);
+    }
+
+    /// A delivery has to wait for credit: the new prefetch, if it changed.
+    fn out_of_credit(&mut self) -> Option<usize> {
+        self.set(self.held.max(1))
+    }
+
+    /// A delivery went through: the new prefetch, if it changed.
+    fn sent(&mut self) -> Option<usize> {
+        if self.held < self.limit {
+            return None;
+        }
+        self.set((self.limit * 2).max(self.held + 1).min(self.cap))
+    }
+
+    fn set(&mut self, limit: usize) -> Option<usize> {
+        (limit != self.limit).then(|| {
+            self.limit = limit;
+            limit
+        })
+    }
+}
+
+/// A link to the client: an engine consumer whose deliveries wait for the client's credit,
+/// its prefetch a [`Window`] on that credit.
 async fn deliver(mut sender: Sender, name: String, plan: Plan, client: Client) {
     let broker = Arc::clone(&client.ctx.broker);
     let metrics = Arc::clone(&client.ctx.metrics);
@@ -548,7 +621,7 @@ async fn deliver(mut sender: Sender, name: String, plan: Plan, client: Client) {
         }
     };
     metrics.amqp.links.inc();
-    let mut window = 1usize;
+    let mut window = Window::new(cap);
     let mut settling: FuturesUnordered<Settling> = FuturesUnordered::new();
     let mut error = None;
     // How the client ended the link: detached (Some(false)) or closed (Some(true)).
@@ -571,28 +644,31 @@ async fn deliver(mut sender: Sender, name: String, plan: Plan, client: Client) {
         };
         match event {
             Event::Delivery(Some(Outbound::Deliver(d))) => {
+                window.taken();
                 let sendable = Sendable::builder().message(message::outgoing(&d)).settled(plan.presettled).build();
                 let size = d.entry.message.body.len() as u64;
                 let sending = sender.send_batchable(sendable);
                 tokio::pin!(sending);
-                let (sent, waited) = match futures::poll!(&mut sending) {
-                    std::task::Poll::Ready(r) => (r, false),
+                let sent = match futures::poll!(&mut sending) {
+                    std::task::Poll::Ready(r) => r,
                     std::task::Poll::Pending => {
                         // Out of credit: hold no more than is in flight until the client grants more.
-                        window = source.queue.in_flight_of(source.key).max(1);
-                        source.queue.set_prefetch(source.key, window);
+                        if let Some(limit) = window.out_of_credit() {
+                            source.queue.set_prefetch(source.key, limit);
+                        }
                         let sent = loop {
                             tokio::select! {
                                 biased;
                                 r = &mut sending => break r,
                                 Some((tag, outcome)) = settling.next(), if !settling.is_empty() => {
+                                    window.settled();
                                     if let Some(outcome) = outcome {
                                         settle_outcome(&broker, &source, tag, &outcome);
                                     }
                                 }
                             }
                         };
-                        (sent, true)
+                        sent
                     }
                 };
                 match sent {
@@ -602,13 +678,13 @@ async fn deliver(mut sender: Sender, name: String, plan: Plan, client: Client) {
                         metrics.bytes_out.inc_by(size);
                         if d.auto_ack {
                             settle_presettled(&broker, &d);
+                            window.settled();
                         } else {
                             let tag = d.tag;
                             settling.push(Box::pin(async move { (tag, settled.await.ok()) }));
                         }
-                        if waited || window < cap {
-                            window = (window + 1).min(cap);
-                            source.queue.set_prefetch(source.key, window);
+                        if let Some(limit) = window.sent() {
+                            source.queue.set_prefetch(source.key, limit);
                         }
                     }
                     // The link or connection is gone: the delivery goes back with the rest.
@@ -630,6 +706,7 @@ async fn deliver(mut sender: Sender, name: String, plan: Plan, client: Client) {
             }
             Event::Delivery(Some(Outbound::Close) | None) | Event::Stop => break,
             Event::Settled(tag, outcome) => {
+                window.settled();
                 if let Some(outcome) = outcome {
                     settle_outcome(&broker, &source, tag, &outcome);
                 }
@@ -723,6 +800,43 @@ mod tests {
         assert_eq!(open_container_id(&bytes).as_deref(), Some("client-7"));
         assert_eq!(open_container_id(&bytes[..bytes.len() - 3]), None, "a cut frame reads as nothing");
         assert_eq!(open_container_id(b"GET / HTTP/1.1"), None);
+    }
+
+    #[test]
+    fn given_credit_that_lets_deliveries_through_should_double_the_prefetch_only_when_it_binds() {
+        let mut w = Window::new(1000);
+        w.taken();
+        assert_eq!(w.sent(), Some(2), "holding its one allowed delivery: room for more");
+        w.taken();
+        assert_eq!(w.sent(), Some(4));
+        w.settled();
+        w.settled();
+        w.taken();
+        assert_eq!(w.sent(), None, "holds 1 of 4: the engine needs no word");
+        for _ in 0..3 {
+            w.taken();
+        }
+        assert_eq!(w.sent(), Some(8));
+    }
+
+    #[test]
+    fn given_no_credit_should_shrink_to_what_is_held_and_stop_at_the_cap() {
+        let mut w = Window::new(6);
+        for _ in 0..5 {
+            w.taken();
+            w.sent();
+        }
+        assert_eq!(w.limit, 6, "doubling stops at stomp.defaultPrefetch");
+        w.settled();
+        w.settled();
+        assert_eq!(w.out_of_credit(), Some(3), "three held, none more until credit comes");
+        assert_eq!(w.out_of_credit(), None, "unchanged: nothing to tell the engine");
+        for _ in 0..3 {
+            w.settled();
+        }
+        w.taken();
+        assert_eq!(w.out_of_credit(), Some(1));
+        assert_eq!(w.sent(), Some(2), "credit came: the held one went, room for another");
     }
 
     #[test]

@@ -71,6 +71,10 @@ pub fn incoming(destination: &str, message: AmqpMessage) -> Result<Incoming, Amq
     let header = message.header.unwrap_or_default();
     let properties = message.properties.unwrap_or_default();
     let (body, text) = match message.body {
+        // One section (what clients send) is taken as it is, not copied.
+        Body::Data(sections) if sections.len() == 1 => {
+            (sections.into_iter().next().map_or_else(Bytes::new, |d| Bytes::from(d.0.into_vec())), false)
+        }
         Body::Data(sections) => {
             let mut all = Vec::with_capacity(sections.iter().map(|d| d.0.len()).sum());
             for section in sections {
@@ -292,6 +296,9 @@ mod tests {
         assert!(!incoming.persistent);
         assert_eq!(&incoming.body[..], b"abc");
         assert_eq!(header(&incoming, "content-type").as_deref(), Some(BINARY));
+        let one = Body::Data(vec![Data(Binary::from(b"whole".to_vec()))].into());
+        let message = Message { header: None, delivery_annotations: None, message_annotations: None, properties: None, application_properties: None, body: one, footer: None };
+        assert_eq!(&super::incoming("/queue/q", message).unwrap().body[..], b"whole");
         let list = Message { header: None, delivery_annotations: None, message_annotations: None, properties: None, application_properties: None, body: Body::Value(AmqpValue(Value::List(vec![]))), footer: None };
         assert!(matches!(super::incoming("/queue/q", list), Err(AmqpError::Body(_))));
     }
