@@ -208,8 +208,9 @@ What it does, in order:
                  address /amq/queue/NAME (in the section when --only has rabbitmq)
        activemq  Debian's ActiveMQ 5.17 package ships no AMQP transport (no activemq-amqp
                  jar): the report says so for it instead of a figure
-     Prints each cell's median msg/s over the rounds, p99 latency and broker CPU per
-     message, and duomq over the best peer (goal >= 2).
+     The disk's fsync rate is measured before each round. Prints each cell's median msg/s
+     over the rounds, p99 latency and broker CPU per message, and duomq over the best peer
+     (goal >= 2).
  14. Prints the table and writes everything to the output directory.
 
 The matrix (each cell on a fresh queue, consumers acking every message with
@@ -324,6 +325,7 @@ Output directory:
   amqp.jsonl     one 'duomq-bench amqp --json' line per AMQP cell (with --amqp), labelled
                  amqp/SYSTEM/CELL/rROUND
   amqp.txt       that section's table and ratios (python3 bench/lib/amqp-report.py DIR)
+  fsync-amqp-rN.json  'duomq-bench fsync-rate --json' before AMQP round N
   backlog-load.tsv, selectors-load.tsv, amqp-load.tsv  the machine's 1-minute load before
                  each cell
   run.tsv, cells.tsv, failures.tsv   what the report is made from

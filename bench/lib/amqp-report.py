@@ -12,6 +12,7 @@ line per cell:
   ratio duomq/best peer CELL   duomq's median msg/s over the best measured peer's, goal >= 2
 It reads results only; it measures nothing. Python standard library only.
 """
+import json
 import os
 import sys
 
@@ -103,6 +104,21 @@ def main(out):
         if duomq.cpu and peer.cpu:
             said.append(f"broker CPU per message x{duomq.cpu / peer.cpu:.2f}")
         print(f"ratio duomq/best peer {title}: {x:.3f}  ({'; '.join(said)})")
+    rates = []
+    for n in range(1, 100):
+        path = os.path.join(out, f"fsync-amqp-r{n}.json")
+        if not os.path.exists(path):
+            break
+        with open(path) as f:
+            rates.append(json.load(f).get("fsync_rate"))
+    if any(r is not None for r in rates):
+        print()
+        print(
+            "disk fsync rate before each round (1 KiB append + fdatasync): "
+            + ", ".join(num(r) for r in rates)
+            + " fsyncs/s; duomq settles a durable transfer accepted only after its fdatasync, so one"
+        )
+        print("producer at credit 1 cannot pass that rate")
     problems = [p for c in cells.values() for p in c.problems]
     benchfiles.print_footer(problems, os.path.join(out, "amqp-load.tsv"), meta.get("nproc", "?"))
 

@@ -21,11 +21,13 @@
 #             package ships none (no activemq-amqp jar, no proton-j), and then the report
 #             says so instead of a figure
 # AMQP_ROUNDS rounds; in each, every system starts afresh and runs the four cells on fresh
-# queues (RabbitMQ first every other round). The report (amqp-report.py) prints the
-# medians and duomq over the best peer per cell.
+# queues (RabbitMQ first every other round), after the disk's fsync rate is measured
+# (fsync-amqp-rROUND.json). The report (amqp-report.py) prints the medians and duomq over
+# the best peer per cell.
 #
 # Sourced by compare.sh after brokers.sh (it uses start_duomq, start_rabbitmq,
-# stop_broker, free_ports, probe, bench_json, fail_cell, meta, log and WORK, LOG_DIR, OUT,
+# stop_broker, free_ports, probe, bench_json, fail_cell, meta, log, measure_fsync and WORK,
+# LOG_DIR, OUT,
 # STAMP, DURATION, WARMUP, CELL_TIMEOUT, TARGETS, MATRIX, ACTIVEMQ_HOME, RABBITMQ_VHOST
 # and AMQP_ROUNDS).
 
@@ -126,6 +128,8 @@ run_amqp() {
         fi
     fi
     for ((round = 1; round <= AMQP_ROUNDS; round++)); do
+        # What the disk allows this round: a credit-1 cell waits for an fdatasync per message.
+        measure_fsync "amqp-r$round"
         local order=("${systems[@]}")
         if ((round % 2 == 0 && ${#systems[@]} == 2)); then order=("${systems[1]}" "${systems[0]}"); fi
         for system in "${order[@]}"; do
