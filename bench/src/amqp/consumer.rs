@@ -43,9 +43,7 @@ impl Consumer {
             format!("consumer {id}: {e:#}")
         });
         // Deliveries still unsettled go back to the queue with the link.
-        if let Err(e) = self.receiver.close().await {
-            tracing::debug!(consumer = id, error = %e, "failed to close the receiving link");
-        }
+        super::closing("consumer", "close the receiving link", self.receiver.close()).await;
         self.endpoint.close("consumer").await;
         recorder.into_outcome(error)
     }

@@ -28,6 +28,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The AMQP port when the URL names none.
 const AMQP_PORT: u16 = 5672;
+/// How long each step of closing a client (link, session, connection) may take.
+const CLOSE_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// How a run's report names its consumers' settlement: each delivery settled with the
 /// accepted outcome as it is taken.
@@ -135,14 +137,22 @@ impl Endpoint {
         Ok(Endpoint { connection, session })
     }
 
-    /// Ends the session and closes the connection; failures only logged (the run is over).
+    /// Ends the session and closes the connection, each within [`CLOSE_TIMEOUT`];
+    /// failures only logged (the run is over).
     async fn close(mut self, who: &str) {
-        if let Err(e) = self.session.end().await {
-            tracing::debug!(who, error = %e, "failed to end the AMQP session");
-        }
-        if let Err(e) = self.connection.close().await {
-            tracing::debug!(who, error = %e, "failed to close the AMQP connection");
-        }
+        closing(who, "end the AMQP session", self.session.end()).await;
+        closing(who, "close the AMQP connection", self.connection.close()).await;
+    }
+}
+
+/// Waits up to [`CLOSE_TIMEOUT`] for one step of closing (`what`), logging a failure or a
+/// broker that did not answer: fe2o3 waits for the peer's detach, end or close without a
+/// limit, and a broker that never sends it must not hold the run's report up.
+async fn closing<E: std::fmt::Display>(who: &str, what: &str, step: impl std::future::Future<Output = Result<(), E>>) {
+    match tokio::time::timeout(CLOSE_TIMEOUT, step).await {
+        Ok(Ok(())) => {}
+        Ok(Err(e)) => tracing::debug!(who, error = %e, "failed to {what}"),
+        Err(_) => tracing::warn!(who, timeout = ?CLOSE_TIMEOUT, "the broker did not answer in time; gave up trying to {what}"),
     }
 }
 

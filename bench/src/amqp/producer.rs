@@ -65,9 +65,7 @@ impl Producer {
             tracing::error!(producer = spec.id, error = format!("{e:#}"), "producer stopped early");
             outcome.error = Some(format!("producer {}: {e:#}", spec.id));
         }
-        if let Err(e) = self.sender.close().await {
-            tracing::debug!(producer = spec.id, error = %e, "failed to close the sending link");
-        }
+        super::closing("producer", "close the sending link", self.sender.close()).await;
         self.endpoint.close("producer").await;
         outcome
     }
