@@ -19,6 +19,24 @@ pub mod cluster_frame;
 #[path = "../../src/journal/mod.rs"]
 pub mod journal;
 
+/// The journal asks the broker's fault registry after every fdatasync (`debug.faultInjection`).
+/// The registry itself lives with the cluster code this crate leaves out, and fuzzing
+/// injects no faults: here it is always off, as in a broker started without the opt-in.
+pub mod faults {
+    #[derive(Debug, Clone, Default)]
+    pub struct Faults;
+
+    impl Faults {
+        pub fn off() -> Faults {
+            Faults
+        }
+
+        pub fn fsync(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+}
+
 use bytes::BytesMut;
 use std::collections::BTreeMap;
 use std::path::Path;
