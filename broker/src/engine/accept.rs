@@ -237,6 +237,9 @@ impl Future for Acceptance {
                 }
             }
         }
+        if let Some(durable) = &this.durable {
+            durable.confirm_sights();
+        }
         Poll::Ready(this.durable.take().ok_or(AcceptError::Resolved))
     }
 }
@@ -248,7 +251,10 @@ impl Drop for Acceptance {
                 Ok(runtime) => {
                     runtime.spawn(async move {
                         match append.await {
-                            Ok(()) => drop(durable),
+                            Ok(()) => {
+                                durable.confirm_sights();
+                                drop(durable)
+                            }
                             Err(_) => durable.discard(),
                         }
                     });
@@ -256,7 +262,10 @@ impl Drop for Acceptance {
                 Err(_) => durable.discard(),
             },
             // Nothing to wait for: published now (its Drop).
-            (None, Some(durable)) => drop(durable),
+            (None, Some(durable)) => {
+                durable.confirm_sights();
+                drop(durable)
+            }
             _ => {}
         }
     }
@@ -304,6 +313,16 @@ impl Durable {
         Accepted::Stored
     }
 
+    /// The write is durable: resends of these producers' ids are duplicates from now on
+    /// (those waiting are woken).
+    fn confirm_sights(&self) {
+        for send in &self.sends {
+            if let Some(id) = &send.remembered {
+                self.broker.stored_sight(id);
+            }
+        }
+    }
+
     /// The write failed: nothing is published, the reserved bytes are given back, and the
     /// producers' ids are forgotten (their resends must be stored).
     fn discard(mut self) {
@@ -339,13 +358,25 @@ impl Broker {
         let journaled = incoming.persistent && matches!(target, Target::Queue(_));
         let stored = journaled || durable::keeps_persistent(&target, incoming.persistent);
         // A resend of a message already stored (the producer failed over before its
-        // confirmation arrived) is confirmed but not stored twice.
+        // confirmation arrived) is confirmed but not stored twice. One whose first attempt
+        // is still being written waits for it: confirmed only once that is durable, and
+        // stored after all if that write failed.
         let remembered = incoming.dedup_id.clone().filter(|_| stored);
         if let Some(id) = &remembered {
-            if !self.first_sight(id) {
-                tracing::debug!(destination = %incoming.destination, dedup_id = %id, "duplicate message ignored");
-                let durable = Durable { broker: Arc::clone(self), sends: Vec::new(), duplicate: true };
-                return Ok(Acceptance::new(None, durable, false));
+            loop {
+                match self.sight(id) {
+                    dedup::Sight::New => break,
+                    dedup::Sight::Stored => {
+                        tracing::debug!(destination = %incoming.destination, dedup_id = %id, "duplicate message ignored");
+                        let durable = Durable { broker: Arc::clone(self), sends: Vec::new(), duplicate: true };
+                        return Ok(Acceptance::new(None, durable, false));
+                    }
+                    dedup::Sight::InFlight(mut outcome) => {
+                        tracing::debug!(destination = %incoming.destination, dedup_id = %id, "resend waits for its first attempt");
+                        // Closed (an error) once the first attempt is durable or failed.
+                        let _ = outcome.changed().await;
+                    }
+                }
             }
         }
         // Refused before anything was written (no grouping decision, no room): the id was
@@ -555,11 +586,15 @@ mod tests {
     use crate::journal::JournalMetrics;
 
     fn open(dir: &std::path::Path, tune: impl FnOnce(&mut BrokerConfig)) -> Arc<Broker> {
+        open_with_faults(dir, crate::faults::Faults::off(), tune)
+    }
+
+    fn open_with_faults(dir: &std::path::Path, faults: crate::faults::Faults, tune: impl FnOnce(&mut BrokerConfig)) -> Arc<Broker> {
         let mut config = BrokerConfig::default();
         config.storage.data_dir = dir.to_path_buf();
         config.node.id = "test".into();
         tune(&mut config);
-        match Broker::open(Arc::new(config), Vec::new(), JournalMetrics::unregistered(), EngineMetrics::default(), crate::faults::Faults::off(), false) {
+        match Broker::open(Arc::new(config), Vec::new(), JournalMetrics::unregistered(), EngineMetrics::default(), faults, false) {
             Ok((broker, _)) => broker,
             Err(e) => panic!("open broker: {e}"),
         }
@@ -648,6 +683,60 @@ mod tests {
         broker.close().expect("close");
     }
 
+    /// A disk whose fdatasyncs take `delay`, the first `fail` of them failing.
+    fn slow_disk(delay: Duration, fail: u64) -> crate::faults::FaultRules {
+        crate::faults::FaultRules {
+            frames: Vec::new(),
+            disk: Some(crate::faults::DiskFault { fail_next_syncs: fail, sync_delay: Some(HumanDuration(delay)), ..Default::default() }),
+        }
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn given_a_resend_while_the_first_attempt_is_written_should_confirm_it_only_once_that_is_durable() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let faults = crate::faults::Faults::new(crate::faults::FaultMetrics::default());
+        let broker = open_with_faults(dir.path(), faults.clone(), |_| {});
+        faults.set(slow_disk(Duration::from_secs(1), 0)).expect("set the disk rule");
+        let first = broker.accept(incoming("/queue/a", true, Some("m-1")), Commit::Grouped).await.expect("accept");
+        let resend = tokio::spawn({
+            let broker = Arc::clone(&broker);
+            async move { broker.accept(incoming("/queue/a", true, Some("m-1")), Commit::Grouped).await.map(|a| a.is_duplicate()) }
+        });
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        assert!(!resend.is_finished(), "a resend is not confirmed while the first attempt is being written");
+        assert_eq!(first.await.expect("durable").publish(), Accepted::Stored);
+        assert!(resend.await.expect("join").expect("accept"), "then it is a duplicate");
+        faults.clear().expect("clear");
+        assert_eq!(queue(&broker, "/queue/a").snapshot().depth, 1);
+        broker.close().expect("close");
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn given_a_resend_while_the_first_attempts_write_fails_should_store_the_resend() {
+        // The race the nemesis' reading of the code found: the resend was receipted as a
+        // duplicate of an attempt whose write then failed, and the message was lost.
+        let dir = tempfile::tempdir().expect("tempdir");
+        let faults = crate::faults::Faults::new(crate::faults::FaultMetrics::default());
+        let broker = open_with_faults(dir.path(), faults.clone(), |_| {});
+        faults.set(slow_disk(Duration::from_millis(300), 1)).expect("set the disk rule");
+        let first = broker.accept(incoming("/queue/a", true, Some("m-1")), Commit::Grouped).await.expect("accept");
+        let resend = tokio::spawn({
+            let broker = Arc::clone(&broker);
+            async move {
+                let acceptance = broker.accept(incoming("/queue/a", true, Some("m-1")), Commit::Grouped).await.expect("accept");
+                let duplicate = acceptance.is_duplicate();
+                (duplicate, acceptance.await.map(Durable::publish))
+            }
+        });
+        assert!(matches!(first.await, Err(AcceptError::Persist(_))), "the first attempt's fdatasync fails");
+        let (duplicate, outcome) = resend.await.expect("join");
+        assert!(!duplicate, "the failed attempt stored nothing: the resend is no duplicate");
+        assert_eq!(outcome.expect("the resend is durable"), Accepted::Stored);
+        faults.clear().expect("clear");
+        assert_eq!(queue(&broker, "/queue/a").snapshot().depth, 1);
+        broker.close().expect("close");
+    }
+
     #[tokio::test]
     async fn given_a_stored_dedup_id_when_reopened_should_still_know_it() {
         let dir = tempfile::tempdir().expect("tempdir");
@@ -656,7 +745,7 @@ mod tests {
         assert_eq!(acceptance.await.expect("durable").publish(), Accepted::Stored);
         broker.close().expect("close");
         let reopened = open(dir.path(), |_| {});
-        assert!(!reopened.first_sight("m-7"), "the id is remembered across a restart");
+        assert!(matches!(reopened.sight("m-7"), dedup::Sight::Stored), "the id is remembered across a restart");
         reopened.close().expect("close");
     }
 

@@ -8,10 +8,16 @@
 //! [`CAPACITY`] whatever clients send (a few MiB). The journal's window of remembered ids
 //! keeps long ids by digest too ([`remembered_form`]); the cache digests that same form,
 //! so ids recovered from the journal and ids sent by producers compare equal.
+//!
+//! An id is *in flight* from its first sight until the write of its message is durable
+//! (or failed): a resend arriving meanwhile (a producer that failed over while its first
+//! attempt was still being written) waits for that outcome instead of being confirmed at
+//! once. Confirmed before the first attempt was durable, it would have been receipted for
+//! a message that a failed write, or a crash, then lost.
 
 use crate::journal::remembered_form;
 use sha2::{Digest, Sha256};
-use std::collections::{HashSet, VecDeque};
+use std::collections::{HashMap, VecDeque};
 
 /// Header a producer sets on SEND to make the message deduplicated.
 pub const SEND_HEADER: &str = "message-id";
@@ -30,39 +36,76 @@ fn digest(id: &str) -> IdDigest {
     d
 }
 
+/// What the cache knows of an id.
+#[derive(Debug)]
+pub enum Sight {
+    /// Never seen (or forgotten): the caller stores the message, and must later call
+    /// [`DedupCache::stored`] or [`DedupCache::forget`].
+    New,
+    /// A message with this id is durable: a resend is a duplicate.
+    Stored,
+    /// The first attempt is still being written: wait for `0` to change (it closes once the
+    /// outcome is known), then ask again.
+    InFlight(tokio::sync::watch::Receiver<()>),
+}
+
 #[derive(Debug)]
 pub struct DedupCache {
-    seen: HashSet<IdDigest>,
+    /// `Some` while the id's first attempt is in flight: its sender is dropped (waking the
+    /// resends that wait) when the attempt ends either way.
+    seen: HashMap<IdDigest, Option<tokio::sync::watch::Sender<()>>>,
     order: VecDeque<IdDigest>,
     capacity: usize,
 }
 
 impl DedupCache {
     pub fn new(capacity: usize) -> DedupCache {
-        DedupCache { seen: HashSet::new(), order: VecDeque::new(), capacity: capacity.max(1) }
+        DedupCache { seen: HashMap::new(), order: VecDeque::new(), capacity: capacity.max(1) }
     }
 
-    /// Records `id`; false when it was already there (a duplicate).
+    /// Records `id` as stored (recovered from the journal); false when it was already there.
     pub fn insert(&mut self, id: &str) -> bool {
+        match self.sight(id) {
+            Sight::New => {
+                self.stored(id);
+                true
+            }
+            Sight::Stored | Sight::InFlight(_) => false,
+        }
+    }
+
+    /// Looks `id` up; a new id is taken in, in flight, until [`DedupCache::stored`] or
+    /// [`DedupCache::forget`].
+    pub fn sight(&mut self, id: &str) -> Sight {
         let d = digest(id);
-        if self.seen.contains(&d) {
-            return false;
+        match self.seen.get(&d) {
+            Some(None) => return Sight::Stored,
+            Some(Some(pending)) => return Sight::InFlight(pending.subscribe()),
+            None => {}
         }
         if self.order.len() == self.capacity {
             if let Some(old) = self.order.pop_front() {
                 self.seen.remove(&old);
             }
         }
-        self.seen.insert(d);
+        self.seen.insert(d, Some(tokio::sync::watch::channel(()).0));
         self.order.push_back(d);
-        true
+        Sight::New
+    }
+
+    /// The message `id` named is durable: resends are duplicates from now on.
+    pub fn stored(&mut self, id: &str) {
+        if let Some(entry) = self.seen.get_mut(&digest(id)) {
+            // Dropping the sender wakes the resends waiting for this outcome.
+            *entry = None;
+        }
     }
 
     /// Forgets `id`: the message it named was not stored after all (refused, or its write
     /// failed), so a resend must be stored, not confirmed as a duplicate of nothing.
     pub fn forget(&mut self, id: &str) {
         let d = digest(id);
-        if self.seen.remove(&d) {
+        if self.seen.remove(&d).is_some() {
             // Refusals are rare and the id is recent: look from the newest end.
             if let Some(at) = self.order.iter().rposition(|x| *x == d) {
                 self.order.remove(at);
@@ -108,6 +151,22 @@ mod tests {
         assert_eq!(c.len(), 2);
         assert!(c.insert("a"), "a was forgotten");
         assert!(!c.insert("c"));
+    }
+
+    #[tokio::test]
+    async fn given_an_id_in_flight_should_make_a_resend_wait_for_the_first_attempts_outcome() {
+        let mut c = DedupCache::new(10);
+        assert!(matches!(c.sight("a"), Sight::New));
+        let Sight::InFlight(mut waiting) = c.sight("a") else { panic!("the first attempt is still in flight") };
+        c.stored("a");
+        assert!(waiting.changed().await.is_err(), "woken once the outcome is known");
+        assert!(matches!(c.sight("a"), Sight::Stored), "then a duplicate");
+
+        assert!(matches!(c.sight("b"), Sight::New));
+        let Sight::InFlight(mut waiting) = c.sight("b") else { panic!("in flight") };
+        c.forget("b");
+        assert!(waiting.changed().await.is_err(), "woken when the attempt failed too");
+        assert!(matches!(c.sight("b"), Sight::New), "and the resend is stored");
     }
 
     #[test]

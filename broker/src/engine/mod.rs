@@ -392,13 +392,18 @@ impl Broker {
         ConsumerKey(self.next_consumer.fetch_add(1, Ordering::Relaxed))
     }
 
-    /// Records a producer's message id; false when a message with this id was already
-    /// stored (a resend after failover), which must then not be stored again.
-    pub fn first_sight(&self, id: &str) -> bool {
-        self.dedup.lock().insert(id)
+    /// Looks a producer's message id up: new (now in flight, see [`dedup::Sight`]), stored
+    /// already (a resend after failover, not to be stored again), or still being written.
+    pub fn sight(&self, id: &str) -> dedup::Sight {
+        self.dedup.lock().sight(id)
     }
 
-    /// Takes back a [`Broker::first_sight`] of a message that was not stored after all.
+    /// The message of a [`Broker::sight`] that was new is durable.
+    pub fn stored_sight(&self, id: &str) {
+        self.dedup.lock().stored(id)
+    }
+
+    /// Takes back a [`Broker::sight`] of a message that was not stored after all.
     pub fn forget_sight(&self, id: &str) {
         self.dedup.lock().forget(id)
     }
