@@ -211,7 +211,18 @@ pub enum ClusterFrame {
         live_addr: String,
         epoch: u64,
     },
-    /// Voter → backup.
+    /// Live → voter: at `epoch`, only `holders` (the live and its synced backups) hold
+    /// every confirmed write of `group`; a voter records it (newest epoch wins) and then
+    /// refuses votes to any other member at that epoch or an older one. Answered with a
+    /// `VoteReply` (`granted`: recorded).
+    TermNotice {
+        group: String,
+        epoch: u64,
+        /// Orders the notices of one epoch: a voter keeps the highest.
+        version: u64,
+        holders: Vec<String>,
+    },
+    /// Voter → backup (and → live, for a `TermNotice`).
     VoteReply {
         granted: bool,
         live_seen: bool,
@@ -307,6 +318,7 @@ mod kind {
     pub const TRUNCATED: u8 = 0x1b;
     pub const VOTE_REQUEST: u8 = 0x20;
     pub const VOTE_REPLY: u8 = 0x21;
+    pub const TERM_NOTICE: u8 = 0x24;
     pub const FAILBACK_REQUEST: u8 = 0x22;
     pub const HAND_OVER: u8 = 0x23;
     pub const GOODBYE: u8 = 0x30;
@@ -347,6 +359,7 @@ impl ClusterFrame {
             ClusterFrame::Pong { .. } => kind::PONG,
             ClusterFrame::VoteRequest { .. } => kind::VOTE_REQUEST,
             ClusterFrame::VoteReply { .. } => kind::VOTE_REPLY,
+            ClusterFrame::TermNotice { .. } => kind::TERM_NOTICE,
             ClusterFrame::FailbackRequest => kind::FAILBACK_REQUEST,
             ClusterFrame::HandOver { .. } => kind::HAND_OVER,
             ClusterFrame::Goodbye { .. } => kind::GOODBYE,
@@ -515,6 +528,12 @@ fn encode_into(
             w.string("live_node", live_node)?;
             w.string("live_addr", live_addr)?;
             w.buf.put_u64(*epoch);
+        }
+        ClusterFrame::TermNotice { group, epoch, version, holders } => {
+            w.string("group", group)?;
+            w.buf.put_u64(*epoch);
+            w.buf.put_u64(*version);
+            w.strings("holders", holders)?;
         }
         ClusterFrame::FailbackRequest => {}
         ClusterFrame::HandOver { epoch } => w.buf.put_u64(*epoch),
@@ -732,6 +751,7 @@ fn frame_name(kind: u8) -> Option<&'static str> {
         kind::PONG => "pong",
         kind::VOTE_REQUEST => "vote-request",
         kind::VOTE_REPLY => "vote-reply",
+        kind::TERM_NOTICE => "term-notice",
         kind::FAILBACK_REQUEST => "failback-request",
         kind::HAND_OVER => "hand-over",
         kind::GOODBYE => "goodbye",
@@ -835,6 +855,13 @@ fn decode_body(mut body: Bytes) -> Result<ClusterFrame, ClusterCodecError> {
             let live_addr = r.string("live_addr")?;
             let epoch = r.u64("epoch")?;
             ClusterFrame::VoteRequest { group, live_node, live_addr, epoch }
+        }
+        kind::TERM_NOTICE => {
+            let group = r.string("group")?;
+            let epoch = r.u64("epoch")?;
+            let version = r.u64("version")?;
+            let holders = r.strings("holders")?;
+            ClusterFrame::TermNotice { group, epoch, version, holders }
         }
         kind::FAILBACK_REQUEST => ClusterFrame::FailbackRequest,
         kind::HAND_OVER => ClusterFrame::HandOver { epoch: r.u64("epoch")? },
@@ -1075,6 +1102,8 @@ mod tests {
             (text(), text(), text(), any::<u64>()).prop_map(|(group, live_node, live_addr, epoch)| {
                 ClusterFrame::VoteRequest { group, live_node, live_addr, epoch }
             }),
+            (text(), any::<u64>(), any::<u64>(), proptest::collection::vec(text(), 0..3))
+                .prop_map(|(group, epoch, version, holders)| ClusterFrame::TermNotice { group, epoch, version, holders }),
             Just(ClusterFrame::FailbackRequest),
             any::<u64>().prop_map(|epoch| ClusterFrame::HandOver { epoch }),
             (any::<bool>(), any::<bool>(), text()).prop_map(|(granted, live_seen, reason)| ClusterFrame::VoteReply {

@@ -100,6 +100,16 @@ pub trait Arbiter: Send + Sync {
     fn in_sync_changed(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async { Ok(()) })
     }
+    /// A backup joined the live's in-sync set (or this member just became live): arbiters
+    /// that keep the set themselves learn it, best effort, so that backup may take over.
+    fn in_sync_grew(&self) {}
+    /// Before a member starts live without having followed a live that it lost (at start,
+    /// when no live answers): whether it may. Arbiters that hold a claim decide in
+    /// [`Arbiter::hold_as_live`] and allow it here; `Granted` with an epoch is the one the
+    /// member must take.
+    fn may_start_live<'a>(&'a self, _request: &'a ActivationRequest) -> BoxFuture<'a, Result<Decision, ArbiterError>> {
+        Box::pin(async { Ok(Decision::Granted { reason: "no live answers".into(), epoch: None }) })
+    }
     /// How often a backup following a live should call [`Arbiter::observe`]; `None` for
     /// arbiters with nothing to watch.
     fn observe_every(&self) -> Option<Duration> {
@@ -130,6 +140,13 @@ pub trait Arbiter: Send + Sync {
 /// backup leaves and again every `recheck_every` while it stays alone; a live cut off from
 /// too many voters gives its claim up ([`Arbiter::lost`]): it fences itself and rejoins as
 /// a backup, so a backup that wins a vote is never a second live.
+///
+/// Voters also keep a book of each group's newest term ([`super::terms`]): the live tells
+/// them who holds its writes whenever that changes, and they refuse a vote to any other
+/// member, so a member with an older journal (a restarted primary, a backup that fell out
+/// of sync) never wins one. A member starting live without a live to follow asks for a
+/// vote too ([`Arbiter::may_start_live`]); only on a cluster's first start (epoch 0), when
+/// no voter says no, does it start without a majority.
 pub struct QuorumArbiter {
     inner: Arc<QuorumInner>,
 }
@@ -147,7 +164,9 @@ struct QuorumInner {
     watching: std::sync::atomic::AtomicBool,
 }
 
-/// Probes one voter (by cluster address): `Ok` once it answered.
+/// Tells one voter (by cluster address) the live's term as it is now (its epoch and the
+/// members holding every confirmed write, see [`super::terms`]): `Ok` once the voter
+/// recorded it, `Err` when it is unreachable or knows a newer term.
 pub type ReachVoter = Arc<dyn Fn(String) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// More than half of `voters + 1` servers (the lost live counts, voting no).
@@ -209,7 +228,7 @@ impl QuorumInner {
             Ok(())
         } else {
             Err(format!(
-                "no synced backup and only {reached} of {total} voters reachable: a backup could win a vote, so this live stops: {}",
+                "only {reached} of {total} voters recorded who holds this live's writes: a backup could win a vote, so this live stops: {}",
                 notes.join("; ")
             ))
         }
@@ -237,28 +256,68 @@ impl QuorumInner {
     }
 }
 
+impl QuorumInner {
+    /// Asks every voter; (granted, said no, notes on the others).
+    async fn collect_votes(&self, request: &ActivationRequest) -> (usize, usize, Vec<String>) {
+        let asks = self.voters.iter().map(|addr| {
+            let ask = Arc::clone(&self.ask);
+            let (addr, request) = (addr.clone(), request.clone());
+            async move {
+                let vote = tokio::time::timeout(self.timeout, ask(addr.clone(), request)).await;
+                (addr, vote)
+            }
+        });
+        let (mut granted, mut refused) = (0, 0);
+        let mut notes = Vec::new();
+        for (addr, vote) in futures::future::join_all(asks).await {
+            match vote {
+                Ok(Ok(v)) if v.granted => granted += 1,
+                Ok(Ok(v)) => {
+                    refused += 1;
+                    notes.push(format!("{addr} said no ({})", v.reason));
+                }
+                Ok(Err(e)) => notes.push(format!("{addr} unreachable ({e})")),
+                Err(_) => notes.push(format!("{addr} did not answer in {:?}", self.timeout)),
+            }
+        }
+        (granted, refused, notes)
+    }
+
+    /// Tells the voters the live's term again, best effort (a backup joined, a term began),
+    /// retrying those that did not record it a few times, a `recheck_every` apart: a backup
+    /// can take over only once enough voters know it holds the live's writes.
+    fn announce(self: &Arc<Self>) {
+        let inner = Arc::clone(self);
+        if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+            runtime.spawn(async move {
+                let mut pending = inner.voters.clone();
+                for _ in 0..10 {
+                    let notices = pending.iter().map(|addr| {
+                        let reach = Arc::clone(&inner.reach);
+                        let addr = addr.clone();
+                        let timeout = inner.timeout;
+                        async move { (addr.clone(), matches!(tokio::time::timeout(timeout, reach(addr)).await, Ok(Ok(())))) }
+                    });
+                    pending = futures::future::join_all(notices).await.into_iter().filter(|(_, recorded)| !recorded).map(|(addr, _)| addr).collect();
+                    if pending.is_empty() || inner.lost.borrow().is_some() {
+                        return;
+                    }
+                    tokio::time::sleep(inner.recheck_every).await;
+                }
+                tracing::debug!(voters = %pending.join(", "), "these voters did not record the live's term");
+            });
+        }
+    }
+}
+
 impl Arbiter for QuorumArbiter {
     fn may_activate<'a>(&'a self, request: &'a ActivationRequest) -> BoxFuture<'a, Result<Decision, ArbiterError>> {
         let inner = &self.inner;
         Box::pin(async move {
-            let asks = inner.voters.iter().map(|addr| {
-                let ask = Arc::clone(&inner.ask);
-                let (addr, request) = (addr.clone(), request.clone());
-                async move {
-                    let vote = tokio::time::timeout(inner.timeout, ask(addr.clone(), request)).await;
-                    (addr, vote)
-                }
-            });
-            let mut granted = 0;
-            let mut notes = Vec::new();
-            for (addr, vote) in futures::future::join_all(asks).await {
-                match vote {
-                    Ok(Ok(v)) if v.granted => granted += 1,
-                    Ok(Ok(v)) => notes.push(format!("{addr} said no ({})", v.reason)),
-                    Ok(Err(e)) => notes.push(format!("{addr} unreachable ({e})")),
-                    Err(_) => notes.push(format!("{addr} did not answer in {:?}", inner.timeout)),
-                }
+            if !request.complete_copy {
+                return Ok(Decision::Denied { reason: "this member's journal is not a complete copy of the live's".into() });
             }
+            let (granted, _, notes) = inner.collect_votes(request).await;
             let total = inner.voters.len();
             let summary = format!("{granted} of {total} voters confirm the live is gone");
             Ok(if quorum_reached(granted, total) {
@@ -267,6 +326,33 @@ impl Arbiter for QuorumArbiter {
                 Decision::Denied { reason: format!("{summary}; need more than half of {}: {}", total + 1, notes.join("; ")) }
             })
         })
+    }
+
+    fn may_start_live<'a>(&'a self, request: &'a ActivationRequest) -> BoxFuture<'a, Result<Decision, ArbiterError>> {
+        let inner = &self.inner;
+        Box::pin(async move {
+            let (granted, refused, notes) = inner.collect_votes(request).await;
+            let total = inner.voters.len();
+            let summary = format!("{granted} of {total} voters allow it");
+            Ok(if quorum_reached(granted, total) {
+                Decision::Granted { reason: summary, epoch: Some(Epoch(request.epoch + 1)) }
+            } else if request.epoch == 0 && refused == 0 {
+                // A cluster's first start: no voter knows of any term of this group.
+                Decision::Granted { reason: format!("{summary}, none knows of an earlier term (first start)"), epoch: None }
+            } else {
+                Decision::Denied { reason: format!("{summary}; need more than half of {}: {}", total + 1, notes.join("; ")) }
+            })
+        })
+    }
+
+    fn in_sync_grew(&self) {
+        // A live that starts alone needs no recheck: the voters that let it activate (or,
+        // on a first start, nobody) hold its term, so no other member can win a vote.
+        self.inner.announce();
+    }
+
+    fn knows_sync(&self) -> bool {
+        true
     }
 
     fn hold_as_live(&self, _local_epoch: Epoch, _complete_copy: bool) -> BoxFuture<'_, Result<Option<Epoch>, ArbiterError>> {
@@ -292,10 +378,10 @@ impl Arbiter for QuorumArbiter {
     fn in_sync_changed(&self) -> BoxFuture<'_, Result<(), String>> {
         Box::pin(async move {
             let inner = &self.inner;
-            if !(inner.alone)() {
-                return Ok(());
-            }
+            // The voters must know the backup left before the live confirms without it,
+            // alone or not: they would let it win a vote with its older journal otherwise.
             match inner.live_check().await {
+                Ok(()) if !(inner.alone)() => Ok(()),
                 Ok(()) => {
                     if !inner.watching.swap(true, std::sync::atomic::Ordering::SeqCst) {
                         tokio::spawn(Arc::clone(inner).watch_alone());
@@ -469,13 +555,17 @@ mod tests {
         q.hold_as_live(Epoch(1), true).await.unwrap();
         let lost = q.lost();
         let err = q.in_sync_changed().await.unwrap_err();
-        assert!(err.contains("only 0 of 2 voters reachable"), "{err}");
+        assert!(err.contains("only 0 of 2 voters recorded"), "{err}");
         assert_eq!(tokio::time::timeout(Duration::from_secs(5), lost).await.expect("lost resolves"), err);
         // A new term starts with its claim again.
         q.hold_as_live(Epoch(2), true).await.unwrap();
         assert!(tokio::time::timeout(Duration::from_millis(50), q.lost()).await.is_err());
-        // With a synced backup nothing is checked.
-        let q = quorum(no, reach_only(&[]), false);
+        // With a synced backup left the voters must still learn that one left: a live that
+        // cannot tell them gives up too (the backup that left could win a vote otherwise).
+        let q = quorum(Arc::clone(&no), reach_only(&[]), false);
+        q.hold_as_live(Epoch(1), true).await.unwrap();
+        assert!(q.in_sync_changed().await.is_err());
+        let q = quorum(no, reach_only(&["v1"]), false);
         assert_eq!(q.in_sync_changed().await, Ok(()));
     }
 
@@ -496,7 +586,28 @@ mod tests {
         let lost = q.lost();
         cut.store(true, std::sync::atomic::Ordering::SeqCst);
         let reason = tokio::time::timeout(Duration::from_secs(5), lost).await.expect("the recheck gives the claim up");
-        assert!(reason.contains("only 0 of 2 voters reachable"), "{reason}");
+        assert!(reason.contains("only 0 of 2 voters recorded"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn given_a_member_starting_without_a_live_should_need_a_vote_unless_no_voter_knows_the_group() {
+        let yes: AskVoter = Arc::new(|_, _| Box::pin(async { Ok(Vote { granted: true, reason: "nothing against it".into() }) }));
+        let no: AskVoter = Arc::new(|_, _| Box::pin(async { Ok(Vote { granted: false, reason: "not a holder".into() }) }));
+        let unreachable: AskVoter = Arc::new(|_, _| Box::pin(async { Err("connection refused".to_string()) }));
+        let starting = |epoch| ActivationRequest { group: "g".into(), live_node: String::new(), live_addr: String::new(), epoch, complete_copy: true };
+        let granted = quorum(yes, reach_only(&[]), true).may_start_live(&starting(4)).await.unwrap();
+        assert_eq!(granted, Decision::Granted { reason: "2 of 2 voters allow it".into(), epoch: Some(Epoch(5)) }, "the next epoch");
+        let q = quorum(Arc::clone(&no), reach_only(&[]), true);
+        assert!(matches!(q.may_start_live(&starting(4)).await.unwrap(), Decision::Denied { .. }), "a voter knows a newer term");
+        assert!(matches!(q.may_start_live(&starting(0)).await.unwrap(), Decision::Denied { .. }), "even on what looks like a first start");
+        let q = quorum(unreachable, reach_only(&[]), true);
+        assert!(matches!(q.may_start_live(&starting(4)).await.unwrap(), Decision::Denied { .. }), "no majority: the journal may be old");
+        assert!(
+            matches!(q.may_start_live(&starting(0)).await.unwrap(), Decision::Granted { epoch: None, .. }),
+            "a cluster's first start needs no majority"
+        );
+        let not_synced = ActivationRequest { complete_copy: false, ..request() };
+        assert!(matches!(q.may_activate(&not_synced).await.unwrap(), Decision::Denied { .. }), "never without a complete copy");
     }
 
     #[tokio::test]

@@ -69,7 +69,14 @@ pub async fn run(ctx: &HaContext, shutdown: &CancellationToken) -> Result<Backup
             // Also after a restart: the marker says the journal is a complete copy.
             None if ctx.arbiter.knows_sync() => Some((
                 ctx.live_node.read().clone().unwrap_or_default(),
-                String::new(),
+                // Voters check the last live known themselves.
+                ctx.live_node
+                    .read()
+                    .as_deref()
+                    .filter(|node| *node != ctx.node_id)
+                    .and_then(|node| ctx.config.members.iter().find(|m| m.name == node))
+                    .map(|m| m.cluster.clone())
+                    .unwrap_or_default(),
                 "no live answers".to_string(),
                 ctx.marked_synced(),
             )),

@@ -21,6 +21,7 @@ pub mod replica;
 pub mod responder;
 pub mod shared_store;
 pub mod switchover;
+pub mod terms;
 
 use crate::admin::api::{BackupStatus, ClusterRefusal, HaStatus, Role, SyncState, SyncStatus};
 use crate::cluster::{ClusterFrame, HandshakeConfig, Purpose, TransportError, DEFAULT_HANDSHAKE_TIMEOUT};
@@ -64,6 +65,8 @@ pub enum HaError {
     LeaseTarget(#[source] crate::config::ConfigError),
     #[error("failed to update the in-sync marker {path}")]
     SyncedMarker { path: PathBuf, source: std::io::Error },
+    #[error("failed to use the voter's term book")]
+    Terms(#[from] terms::TermsError),
 }
 
 /// What every part of the HA machinery shares.
@@ -101,6 +104,12 @@ pub struct HaContext {
     handed_over: std::sync::atomic::AtomicBool,
     /// With `storage.store: database`: what `/status` shows under `ha.database`.
     pub database: RwLock<Option<crate::admin::api::DatabaseStatus>>,
+    /// As a voter (quorum arbiter): the newest term known of each group it votes for.
+    terms: terms::TermBook,
+    /// One vote at a time: a vote's check of the term book and its record are one step.
+    voting: tokio::sync::Mutex<()>,
+    /// The last version of this live's term notices (see [`terms`]).
+    term_version: std::sync::atomic::AtomicU64,
 }
 
 /// One stretch of being live; replicas use it to ask the live to step down for failback,
@@ -157,6 +166,7 @@ impl HaContext {
         let password = ha.load_password().map_err(HaError::Password)?.into_bytes();
         let epoch_store = EpochStore::new(&config.storage.data_dir);
         let epoch = epoch_store.load()?;
+        let terms = terms::TermBook::load(&config.storage.data_dir.join("ha"))?;
         let kubernetes = if ha.arbiter.kind == ArbiterKind::Kubernetes {
             let target =
                 ha.lease_target(|key| std::env::var(key).ok(), |path| std::fs::read_to_string(path)).map_err(HaError::LeaseTarget)?;
@@ -193,12 +203,7 @@ impl HaContext {
                             let weak = reach_ctx.clone();
                             Box::pin(async move {
                                 let ctx = weak.upgrade().ok_or_else(|| "stopping".to_string())?;
-                                match probe::probe(&ctx, &addr).await {
-                                    // It answered; a full handshake queue does not make it unreachable.
-                                    Ok(_) => Ok(()),
-                                    Err(e) if e.busy => Ok(()),
-                                    Err(e) => Err(e.reason),
-                                }
+                                tell_term(&ctx, &addr).await
                             })
                         }),
                         Arc::new(move || {
@@ -228,6 +233,9 @@ impl HaContext {
                 backups: Mutex::new(Vec::new()),
                 handed_over: std::sync::atomic::AtomicBool::new(false),
                 database: RwLock::new(None),
+                terms,
+                voting: tokio::sync::Mutex::new(()),
+                term_version: std::sync::atomic::AtomicU64::new(0),
             }
         });
         Ok(ctx)
@@ -394,6 +402,7 @@ impl HaContext {
     /// (this runs once per replicated batch).
     pub fn update_backup(&self, status: BackupStatus) {
         let mut backups = self.backups.lock();
+        let became_synced = status.state == SyncState::Synced;
         let changed_state = match backups.iter_mut().find(|b| b.node == status.node) {
             Some(b) if *b == status => return,
             Some(b) => {
@@ -409,6 +418,9 @@ impl HaContext {
         drop(backups);
         if changed_state {
             self.log_alone();
+            if became_synced {
+                self.arbiter.in_sync_grew();
+            }
         }
         self.publish(None);
     }
@@ -509,13 +521,18 @@ pub async fn serve_cluster(
                         }
                     }
                 }
-                Purpose::Vote => {
-                    if let Ok(Some(ClusterFrame::VoteRequest { group, live_node, live_addr, epoch })) = conn.recv().await {
-                        let reply = decide_vote(&ctx, &group, &live_node, &live_addr, epoch).await;
+                Purpose::Vote => match conn.recv().await {
+                    Ok(Some(ClusterFrame::VoteRequest { group, live_node, live_addr, epoch })) => {
+                        let reply = decide_vote(&ctx, &peer.node_id, &group, &live_node, &live_addr, epoch).await;
                         tracing::info!(voter_for = %peer.node_id, %group, %live_node, granted = matches!(reply, ClusterFrame::VoteReply { granted: true, .. }), "voted");
                         let _ = conn.send(&reply).await;
                     }
-                }
+                    Ok(Some(ClusterFrame::TermNotice { group, epoch, version, holders })) => {
+                        let reply = record_term(&ctx, &peer.node_id, &group, terms::TermRecord { epoch, version, holders });
+                        let _ = conn.send(&reply).await;
+                    }
+                    _ => {}
+                },
                 Purpose::Replicate => {
                     let slot = live.read().clone();
                     let Some((journal, term)) = slot else {
@@ -652,9 +669,70 @@ fn refuse_busy(stream: &TcpStream, limit: usize) {
     }
 }
 
-async fn decide_vote(ctx: &HaContext, group: &str, live_node: &str, live_addr: &str, epoch: u64) -> ClusterFrame {
+/// Tells the voter at `addr` who holds this live's writes now (see [`terms`]).
+async fn tell_term(ctx: &HaContext, addr: &str) -> Result<(), String> {
+    let version = {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let previous = ctx.term_version.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
+        if previous >= now {
+            ctx.term_version.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1
+        } else {
+            now
+        }
+    };
+    let mut holders = vec![ctx.node_id.clone()];
+    holders.extend(ctx.synced_backups());
+    let notice = ClusterFrame::TermNotice { group: ctx.group.clone(), epoch: ctx.epoch().0, version, holders };
+    let (mut conn, _) = ctx.open(addr, Purpose::Vote, ctx.config.connection_ttl.get()).await.map_err(|e| e.describe())?;
+    conn.send(&notice).await.map_err(|e| crate::report::error_chain(&e))?;
+    match conn.recv().await {
+        Ok(Some(ClusterFrame::VoteReply { granted: true, .. })) => Ok(()),
+        Ok(Some(ClusterFrame::VoteReply { reason, .. })) => Err(reason),
+        Ok(Some(other)) => Err(format!("unexpected {} instead of a reply", other.name())),
+        Ok(None) => Err("voter closed the connection (a voter too old to keep terms?)".into()),
+        Err(e) => Err(crate::report::error_chain(&e)),
+    }
+}
+
+/// A voter records a live's term notice; a notice older than what it knows is refused.
+fn record_term(ctx: &HaContext, live: &str, group: &str, record: terms::TermRecord) -> ClusterFrame {
+    let (epoch, holders) = (record.epoch, record.holders.join(","));
+    match ctx.terms.notice(group, record) {
+        Ok(Ok(())) => {
+            tracing::debug!(%live, %group, epoch, %holders, "recorded a live's term");
+            ClusterFrame::VoteReply { granted: true, live_seen: true, reason: "recorded".into() }
+        }
+        Ok(Err(reason)) => {
+            tracing::warn!(%live, %group, epoch, %reason, "refused a stale live's term notice");
+            ClusterFrame::VoteReply { granted: false, live_seen: true, reason }
+        }
+        Err(e) => ClusterFrame::VoteReply { granted: false, live_seen: false, reason: crate::report::error_chain(&e) },
+    }
+}
+
+async fn decide_vote(ctx: &HaContext, candidate: &str, group: &str, live_node: &str, live_addr: &str, epoch: u64) -> ClusterFrame {
     if group == ctx.group && ctx.live_node.read().as_deref() == Some(ctx.node_id.as_str()) && *ctx.role.read() == Role::Live {
         return ClusterFrame::VoteReply { granted: false, live_seen: true, reason: format!("{} is the live of {group}", ctx.node_id) };
+    }
+    // The book's check and the record of a grant are one step: two candidates asking at
+    // once never both pass.
+    let _one_vote = ctx.voting.lock().await;
+    if let Some(reason) = ctx.terms.refuses(group, candidate, epoch) {
+        return ClusterFrame::VoteReply { granted: false, live_seen: false, reason };
+    }
+    let reply = probe_live(ctx, live_node, live_addr, epoch).await;
+    if let ClusterFrame::VoteReply { granted: true, .. } = reply {
+        if let Err(e) = ctx.terms.granted(group, candidate, epoch) {
+            return ClusterFrame::VoteReply { granted: false, live_seen: false, reason: crate::report::error_chain(&e) };
+        }
+    }
+    reply
+}
+
+/// Whether the live a candidate lost still answers this voter: then no vote.
+async fn probe_live(ctx: &HaContext, live_node: &str, live_addr: &str, epoch: u64) -> ClusterFrame {
+    if live_addr.is_empty() {
+        return ClusterFrame::VoteReply { granted: true, live_seen: false, reason: "no live named".into() };
     }
     match probe::probe(ctx, live_addr).await {
         Ok(peer) if peer.role == "live" && peer.epoch >= epoch => ClusterFrame::VoteReply {
@@ -689,10 +767,33 @@ pub async fn starting_role(ctx: &HaContext) -> StartAs {
         tokio::time::sleep(ctx.config.check_period.get()).await;
     }
     let last_live = ctx.epoch_store_last_live();
-    if ctx.config.role == PreferredRole::Primary || last_live.as_deref() == Some(ctx.node_id.as_str()) {
-        StartAs::Live { reason: "no live answers".into(), took_over: false }
-    } else {
-        StartAs::Backup { reason: "no live answers; waiting for one".into(), fenced: false }
+    if ctx.config.role != PreferredRole::Primary && last_live.as_deref() != Some(ctx.node_id.as_str()) {
+        return StartAs::Backup { reason: "no live answers; waiting for one".into(), fenced: false };
+    }
+    // Starting live without a live to follow: the arbiter says whether this journal may be
+    // the group's (a quorum's voters know whether another member holds newer writes).
+    let epoch = ctx.epoch().0;
+    let request = arbiter::ActivationRequest {
+        group: ctx.group.clone(),
+        live_node: last_live.clone().unwrap_or_default(),
+        live_addr: String::new(),
+        epoch,
+        complete_copy: epoch == 0 || ctx.marked_synced(),
+    };
+    match ctx.arbiter.may_start_live(&request).await {
+        Ok(arbiter::Decision::Granted { reason, epoch }) => {
+            if let Some(epoch) = epoch {
+                if let Err(e) = ctx.store_epoch(epoch) {
+                    return StartAs::Backup { reason: format!("no live answers, but {}", crate::report::error_chain(&e)), fenced: false };
+                }
+            }
+            StartAs::Live { reason: format!("no live answers; {reason}"), took_over: false }
+        }
+        Ok(arbiter::Decision::Denied { reason }) => {
+            tracing::warn!(arbiter = ctx.arbiter.name(), %reason, "no live answers, but this member may not start live: waiting as a backup");
+            StartAs::Backup { reason: format!("no live answers; the arbiter says no: {reason}"), fenced: false }
+        }
+        Err(e) => StartAs::Backup { reason: format!("no live answers; the arbiter failed: {}", crate::report::error_chain(&e)), fenced: false },
     }
 }
 
@@ -753,6 +854,8 @@ impl HaContext {
         }
         std::fs::write(&path, format!("{}\n", self.node_id)).map_err(err)?;
         self.become_role(Role::Live);
+        // Voters that keep the group's terms learn who holds its writes from now on.
+        self.arbiter.in_sync_grew();
         Ok(())
     }
 
