@@ -66,8 +66,9 @@ pub async fn run(ctx: &HaContext, shutdown: &CancellationToken) -> Result<Backup
         // only by a backup that was in sync with the live it lost.
         let ask = match &lost_synced {
             Some((live, why)) => Some((live.name.clone(), live.cluster.clone(), why.clone(), true)),
-            // Also after a restart: the marker says the journal is a complete copy.
-            None if ctx.arbiter.knows_sync() => Some((
+            // Also after a restart: the marker says the journal is a complete copy. Not by
+            // a member that handed the live role over on purpose: its successor is taking it.
+            None if ctx.arbiter.knows_sync() && !ctx.handed_over() => Some((
                 ctx.live_node.read().clone().unwrap_or_default(),
                 // Voters check the last live known themselves.
                 ctx.live_node

@@ -740,6 +740,13 @@ async fn probe_live(ctx: &HaContext, live_node: &str, live_addr: &str, epoch: u6
             live_seen: true,
             reason: format!("live {live_node} answers me (epoch {})", peer.epoch),
         },
+        // Not live (yet), but it took a newer epoch than the candidate's: a hand-over (a
+        // failback, a switchover) to it is under way, and the candidate is the old live.
+        Ok(peer) if peer.epoch > epoch => ClusterFrame::VoteReply {
+            granted: false,
+            live_seen: true,
+            reason: format!("{} answers as {} with a newer epoch {} than the candidate's {epoch}", peer.node_id, peer.role, peer.epoch),
+        },
         Ok(peer) => ClusterFrame::VoteReply {
             granted: true,
             live_seen: false,
