@@ -166,7 +166,7 @@ impl HaContext {
         let password = ha.load_password().map_err(HaError::Password)?.into_bytes();
         let epoch_store = EpochStore::new(&config.storage.data_dir);
         let epoch = epoch_store.load()?;
-        let terms = terms::TermBook::load(&config.storage.data_dir.join("ha"))?;
+        let terms = terms::TermBook::load(&config.storage.data_dir.join("ha"), &node_id)?;
         let kubernetes = if ha.arbiter.kind == ArbiterKind::Kubernetes {
             let target =
                 ha.lease_target(|key| std::env::var(key).ok(), |path| std::fs::read_to_string(path)).map_err(HaError::LeaseTarget)?;

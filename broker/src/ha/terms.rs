@@ -13,8 +13,9 @@
 //! its notice recorded by enough voters that no vote can pass without one of them, and a
 //! vote needs more than half of the voters, so the two always meet in one voter.
 //!
-//! The book is kept in `dataDir/ha/terms.json`, written durably before a vote or a notice
-//! is answered, so a voter that restarts still refuses what it refused before.
+//! The book is kept in `dataDir/ha/terms-<node id>.json` (two members of a shared-store
+//! group share a data directory, not their books), written durably before a vote or a
+//! notice is answered, so a voter that restarts still refuses what it refused before.
 
 use super::epoch::write_durably;
 use serde::{Deserialize, Serialize};
@@ -56,9 +57,9 @@ pub struct TermBook {
 }
 
 impl TermBook {
-    /// Reads `ha_dir/terms.json` (none yet: an empty book).
-    pub fn load(ha_dir: &Path) -> Result<TermBook, TermsError> {
-        let path = ha_dir.join("terms.json");
+    /// Reads `ha_dir/terms-<node>.json` (none yet: an empty book).
+    pub fn load(ha_dir: &Path, node: &str) -> Result<TermBook, TermsError> {
+        let path = ha_dir.join(format!("terms-{node}.json"));
         let groups = match std::fs::read(&path) {
             Ok(bytes) => serde_json::from_slice(&bytes).map_err(|e| TermsError::Invalid { path: path.clone(), reason: e.to_string() })?,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => BTreeMap::new(),
@@ -135,7 +136,7 @@ mod tests {
     #[test]
     fn given_a_granted_vote_should_refuse_every_other_member_at_that_epoch_or_older() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let book = TermBook::load(dir.path()).expect("load");
+        let book = TermBook::load(dir.path(), "v").expect("load");
         assert_eq!(book.refuses("g", "a", 0), None, "an empty book refuses nobody");
         book.granted("g", "b", 4).expect("grant");
         assert_eq!(book.refuses("g", "b", 4), None, "the winner, even before it stored its new epoch");
@@ -149,7 +150,7 @@ mod tests {
     #[test]
     fn given_notices_should_keep_the_newest_and_call_an_older_epoch_stale() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let book = TermBook::load(dir.path()).expect("load");
+        let book = TermBook::load(dir.path(), "v").expect("load");
         book.granted("g", "b", 4).expect("grant");
         assert_eq!(book.notice("g", record(5, 1, &["b", "a"])).expect("write"), Ok(()), "the backup joined");
         assert_eq!(book.refuses("g", "a", 5), None, "now a holder");
@@ -163,11 +164,11 @@ mod tests {
     #[test]
     fn given_a_reloaded_book_should_remember_what_it_refused() {
         let dir = tempfile::tempdir().expect("tempdir");
-        TermBook::load(dir.path()).expect("load").granted("g", "b", 1).expect("grant");
-        let again = TermBook::load(dir.path()).expect("reload");
+        TermBook::load(dir.path(), "v").expect("load").granted("g", "b", 1).expect("grant");
+        let again = TermBook::load(dir.path(), "v").expect("reload");
         assert!(again.refuses("g", "a", 1).is_some());
-        std::fs::write(dir.path().join("terms.json"), b"{not json").expect("write");
-        let error = TermBook::load(dir.path()).expect_err("refused");
+        std::fs::write(dir.path().join("terms-v.json"), b"{not json").expect("write");
+        let error = TermBook::load(dir.path(), "v").expect_err("refused");
         assert!(error.to_string().contains("move it away"), "{error}");
     }
 }
