@@ -17,6 +17,7 @@ pub mod memory;
 pub mod message;
 pub mod paging;
 pub mod pending;
+pub mod pins;
 pub mod metrics;
 pub mod queue;
 pub mod schedule;
@@ -166,6 +167,8 @@ pub struct Broker {
     own_records: parking_lot::Mutex<Vec<OwnRecord>>,
     /// Durable topic subscriptions, by client id and name.
     durables: durable::Registry,
+    /// Bridge pins recovered from the journal that no bridge claimed yet (see [`pins`]).
+    pins: pins::Registry,
     /// Decides which group owns a message group cluster-wide (`grouping.handler`), while
     /// this broker is live; none: message groups are pinned per queue only.
     group_router: RwLock<Option<Arc<dyn accept::GroupRouter>>>,
@@ -262,6 +265,7 @@ impl Broker {
             consumer_changes: Arc::default(),
             own_records: parking_lot::Mutex::new(Vec::new()),
             durables: durable::Registry::default(),
+            pins: pins::Registry::default(),
             group_router: RwLock::new(None),
             drain: Arc::default(),
             possibly_delivered_below: if possibly_delivered { recovered.next_id } else { MessageId(0) },
@@ -282,7 +286,10 @@ impl Broker {
             records: recovered.records,
         };
         let mut durable_copies = Vec::new();
-        for stored in recovered.messages.into_iter() {
+        // Pin records come after their messages: read them first.
+        let (pin_records, messages): (Vec<_>, Vec<_>) = recovered.messages.into_iter().partition(|m| m.destination == pins::PINS);
+        let mut pinned = broker.read_pins(pin_records);
+        for stored in messages {
             if is_reserved(&stored.destination) {
                 broker.own_records.lock().push(OwnRecord { id: stored.id, destination: stored.destination, headers: stored.headers });
                 continue;
@@ -297,6 +304,7 @@ impl Broker {
                 tracing::warn!(destination = %stored.destination, id = stored.id.0, "skipping recovered message for a non-queue destination");
                 continue;
             };
+            broker.pin_recovered(&queue, stored.id, &mut pinned);
             queue.enqueue(broker.recovered_entry(&queue, stored, possibly_delivered));
         }
         // A backlog acknowledged in full later in the journal leaves nothing to page.
@@ -311,9 +319,14 @@ impl Broker {
                 continue;
             };
             tracing::info!(queue = %queue.name, messages = backlog.ids.len(), bytes = backlog.bytes, "recovered a backlog into the paged state: read back from the journal as consumers catch up");
+            let paged_pins: Vec<MessageId> = pinned.keys().filter(|id| backlog.ids.contains(id.0)).copied().collect();
+            for id in paged_pins {
+                broker.pin_recovered(&queue, id, &mut pinned);
+            }
             queue.set_paged(paging::Paged::recovered(backlog.ids, backlog.bytes, backlog.from));
         }
         durable::recover(&broker, durable_copies, durable_paged, possibly_delivered);
+        broker.unmatched_pins(pinned);
         let queues = broker.queues.read().len();
         (broker, RecoveryReport { queues, ..report })
     }

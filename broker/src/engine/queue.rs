@@ -248,6 +248,11 @@ struct State {
     held: Scheduled,
     /// Messages in the journal only (see [`super::paging`]).
     paged: super::paging::Paged,
+    /// Messages pinned to a remote group by a bridge before a failover (recovered from the
+    /// journal, see `network::forwarder`), by id: never pending while pinned.
+    pins: HashMap<MessageId, Arc<str>>,
+    /// Pinned messages here, waiting for their group's bridge to claim them.
+    aside: BTreeMap<MessageId, Entry>,
 }
 
 struct Consumer {
@@ -573,7 +578,7 @@ impl Queue {
     /// True when the queue holds nothing and nobody consumes from it: it may be reclaimed.
     pub fn is_unused(&self) -> bool {
         let st = self.state.lock();
-        st.pending.is_empty() && st.consumers.is_empty() && st.bytes == 0 && st.reserved == 0 && st.paged.is_empty()
+        st.pending.is_empty() && st.aside.is_empty() && st.consumers.is_empty() && st.bytes == 0 && st.reserved == 0 && st.paged.is_empty()
     }
 
     /// Whether a persistent message to this queue may be paged: its policy is `page`, or
@@ -688,7 +693,9 @@ impl Queue {
             if st.paged.remove(entry.message.id, size) {
                 added += size;
                 st.bytes += size;
-                self.push_pending(&mut st, entry);
+                if let Some(entry) = Self::set_aside(&mut st, entry) {
+                    self.push_pending(&mut st, entry);
+                }
             }
         }
         self.memory.add(added);
@@ -827,6 +834,11 @@ impl Queue {
         let freed: usize = taken.iter().map(|e| e.message.footprint()).sum();
         st.bytes -= freed;
         st.acked_total += taken.len() as u64;
+        if !st.pins.is_empty() {
+            for e in &taken {
+                st.pins.remove(&e.message.id);
+            }
+        }
         self.memory.release(freed);
         self.dispatch_locked(&mut st);
         Ok(taken)
@@ -1064,7 +1076,9 @@ impl Queue {
                 let mut entry = Self::settle_held(st, held);
                 entry.redelivered = false;
                 entry.deliveries -= u32::from(counted);
-                self.push_pending(st, entry);
+                if let Some(entry) = Self::set_aside(st, entry) {
+                    self.push_pending(st, entry);
+                }
             }
             Self::mark_closed(st, key);
             return;
@@ -1081,7 +1095,8 @@ impl Queue {
 
     /// A message entering the pending ones, new or `handed_back` by a local consumer:
     /// pending now, held until its time, or out of the queue (see [`schedule::admit`]).
-    fn admit(self: &Arc<Self>, st: &mut State, mut entry: Entry, handed_back: bool) {
+    fn admit(self: &Arc<Self>, st: &mut State, entry: Entry, handed_back: bool) {
+        let Some(mut entry) = Self::set_aside(st, entry) else { return };
         let Some(control) = self.control.get() else { return self.push_pending(st, entry) };
         match schedule::admit(&self.settings, &entry, handed_back, super::message::now_millis()) {
             Admit::Pending => self.push_pending(st, entry),
@@ -1093,6 +1108,61 @@ impl Queue {
                 control.held(self, due);
             }
             Admit::Leave(why) => self.leave(st, entry, why),
+        }
+    }
+
+    /// Keeps a pinned message out of the pending ones (see [`Queue::pin`]); gives any
+    /// other back.
+    fn set_aside(st: &mut State, entry: Entry) -> Option<Entry> {
+        if st.pins.is_empty() || !st.pins.contains_key(&entry.message.id) {
+            return Some(entry);
+        }
+        st.aside.insert(entry.message.id, entry);
+        None
+    }
+
+    /// Pins message `id` to the remote group `group` (a bridge's pin recovered from the
+    /// journal): until [`Queue::unpin`] or its ack it is never pending here, so no local
+    /// consumer and no other group's bridge gets it; only [`Queue::claim_pinned`] hands it
+    /// to that group's bridge. Call before the message is enqueued or read back.
+    pub fn pin(&self, id: MessageId, group: Arc<str>) {
+        self.state.lock().pins.insert(id, group);
+    }
+
+    /// Hands every message pinned to `group` and waiting here to consumer `key` (a bridge
+    /// to that group), whatever its prefetch; returns their ids.
+    pub fn claim_pinned(self: &Arc<Self>, key: ConsumerKey, group: &str) -> Vec<MessageId> {
+        let mut st = self.state.lock();
+        if st.aside.is_empty() {
+            return Vec::new();
+        }
+        let Some(idx) = st.consumers.iter().position(|c| c.handle.key == key && !c.closed) else { return Vec::new() };
+        let ids: Vec<MessageId> = st.aside.keys().filter(|id| st.pins.get(*id).is_some_and(|g| **g == *group)).copied().collect();
+        for id in &ids {
+            if let Some(entry) = st.aside.remove(id) {
+                self.deliver(&mut st, idx, entry, false);
+            }
+        }
+        ids
+    }
+
+    /// Ends the pins of `ids` (unknown ones are skipped): those waiting here become pending.
+    pub fn unpin(self: &Arc<Self>, ids: &[MessageId]) {
+        let mut st = self.state.lock();
+        if st.pins.is_empty() {
+            return;
+        }
+        let mut back = false;
+        for id in ids {
+            if st.pins.remove(id).is_some() {
+                if let Some(entry) = st.aside.remove(id) {
+                    self.admit(&mut st, entry, false);
+                    back = true;
+                }
+            }
+        }
+        if back {
+            self.dispatch_locked(&mut st);
         }
     }
 
@@ -1148,7 +1218,7 @@ impl Queue {
         QueueSnapshot {
             name: self.name.to_string(),
             kind: self.kind,
-            depth: st.pending.len() + st.held.len(),
+            depth: st.pending.len() + st.held.len() + st.aside.len(),
             in_flight: st.consumers.iter().map(|c| c.in_flight.len()).sum(),
             consumers: st.consumers.len(),
             bytes: st.bytes,
@@ -1174,6 +1244,8 @@ impl Queue {
         page.extend(delivered.cloned());
         // Held until their time (scheduled, or waiting out a redelivery delay).
         page.extend(st.held.messages().filter(|m| in_range(m.id)).cloned());
+        // Pinned to a remote group, waiting for its bridge.
+        page.extend(st.aside.values().map(|e| &e.message).filter(|m| in_range(m.id)).cloned());
         page.sort_by_key(|m| m.id);
         page.dedup_by_key(|m| m.id);
         page.truncate(limit);
@@ -1224,6 +1296,8 @@ impl Queue {
         let mut st = self.state.lock();
         let freed = st.bytes;
         st.pending.clear();
+        st.aside.clear();
+        st.pins.clear();
         let held = st.held.clear();
         if let Some(control) = self.control.get() {
             control.unheld(held);
@@ -1762,5 +1836,32 @@ mod tests {
         q.enqueue(grouped(1, "g"));
         assert_eq!(received(&mut ra), vec![(1, 0, false)]);
         assert_eq!(q.group_bindings(), 0);
+    }
+
+    #[test]
+    fn given_a_pinned_message_should_keep_it_from_every_consumer_but_its_claim_until_unpinned() {
+        let q = queue();
+        let (a, mut ra) = consumer(1, 10, AckMode::ClientIndividual);
+        q.add_consumer(a);
+        let mut rn = network_consumer(&q, 9);
+        q.pin(MessageId(1), Arc::from("g2"));
+        q.pin(MessageId(2), Arc::from("g2"));
+        for i in 1..4 {
+            q.enqueue(entry(i));
+        }
+        assert_eq!(ids(&received(&mut ra)), [3], "the pinned ones wait for their group's bridge");
+        assert!(received(&mut rn).is_empty());
+        assert_eq!(q.snapshot().depth, 2);
+        assert!(q.claim_pinned(ConsumerKey(9), "g3").is_empty(), "a bridge to another group gets nothing");
+        assert_eq!(q.claim_pinned(ConsumerKey(9), "g2"), [MessageId(1), MessageId(2)]);
+        let got = received(&mut rn);
+        assert_eq!(ids(&got), [1, 2]);
+        q.ack(ConsumerKey(9), got[0].1, false).expect("ack 1");
+        // The bridge goes: its pinned message waits again, until the pin ends.
+        q.remove_consumer(ConsumerKey(9));
+        assert!(received(&mut ra).is_empty());
+        q.unpin(&[MessageId(1), MessageId(2)]);
+        assert_eq!(ids(&received(&mut ra)), [2]);
+        assert_eq!(q.snapshot().depth, 0);
     }
 }
