@@ -6,6 +6,8 @@ mod common;
 
 use common::cluster::{Member, ROLE_TIMEOUT};
 use common::{cli, eventually, reserve_port, Broker};
+use duomq_broker::cluster::Purpose;
+use duomq_broker::faults::{Direction, DiskFault, FaultRules, FrameAction, FrameRule};
 use serde_json::Value;
 use std::path::Path;
 use std::process::{Child, Stdio};
@@ -446,4 +448,69 @@ fn given_a_durable_subscription_on_the_remote_with_its_consumer_away_should_forw
     let expected: Vec<String> = (0..20).map(|n| format!("message {n}")).collect();
     assert_eq!(got.messages.len(), 20, "{:?}", got.raw);
     assert!(got.messages.iter().zip(&expected).all(|(m, e)| m.starts_with(e.as_str())), "{:?}", got.messages);
+}
+
+fn wants(status: &Value, connector: &str, destination: &str) -> bool {
+    link_of(status, connector)["remoteDemand"].as_array().is_some_and(|d| d.iter().any(|x| x == destination))
+}
+
+#[test]
+fn given_the_source_live_killed_before_the_remote_confirmed_should_send_again_only_to_that_group() {
+    // Group ga bridges to b and c. Everything goes to b, whose consumer takes it, while ga
+    // never hears b's confirmations (dropped) and its live dies. Now only c wants the
+    // queue; ga's backup must send the messages again to b (which knows them), never to c.
+    const N: usize = 20;
+    let ra = tempfile::tempdir().unwrap();
+    let (cb, cc) = (reserve_port(), reserve_port());
+    let b = Node::start("b", cb, "");
+    let c = Node::start("c", cc, "");
+    let extra = format!("debug:\n  faultInjection: true\n{}", connectors(&[("to-b", tcp(cb), ""), ("to-c", tcp(cc), "")]));
+    let (mut a0, a1) = start_pair(ra.path(), ["a0", "a1"], "ga", &extra);
+    a0.wait_for("both connectors linked", |s| link_of(s, "to-b")["state"] == "linked" && link_of(s, "to-c")["state"] == "linked");
+    let confirmations = FrameRule { direction: Some(Direction::In), channel: Some(Purpose::Bridge), frames: vec!["forwarded".into()], ..FrameRule::new(FrameAction::Drop) };
+    a0.set_faults(&FaultRules { frames: vec![confirmations], disk: None });
+    let on_b = consumer(&b.url(), "/queue/pinned", N, "20s");
+    a0.wait_for("b's demand", |s| wants(s, "to-b", "/queue/pinned"));
+    send(&failover_url(&a0, &a1), "/queue/pinned", N);
+    let (got_b, summary) = finish(on_b);
+    assert_eq!(got_b, (0..N as u64).collect::<Vec<u64>>(), "{summary}");
+    let on_c = consumer(&c.url(), "/queue/pinned", N, "15s");
+    a0.wait_for("c's demand only", |s| wants(s, "to-c", "/queue/pinned") && !wants(s, "to-b", "/queue/pinned"));
+    assert_eq!(c.broker.queue_depth("/queue/pinned"), 0, "in flight to b, nothing went to c");
+    a0.kill9();
+    a1.wait_live();
+    let (got_c, summary) = finish(on_c);
+    assert!(got_c.is_empty(), "c got {got_c:?} that b had consumed already: {summary}");
+    a1.wait_for("b confirmed every message to a1", |s| link_of(s, "to-b")["forwardedOut"] == N);
+    assert_eq!(b.broker.queue_depth("/queue/pinned"), 0, "b stored each message once");
+    assert_eq!(link_of(&a1.status().unwrap_or_default(), "to-c")["forwardedOut"], 0);
+    a1.wait_for("nothing left on a1", |s| s["queues"].as_array().is_some_and(|q| q.iter().all(|q| q["depth"] == 0 && q["inFlight"] == 0)));
+}
+
+#[test]
+fn given_the_remote_failing_to_store_a_forward_should_keep_it_for_that_group_and_not_refuse_it() {
+    // A remote whose write fails cannot tell whether a backup holds the record, so it does
+    // not refuse the forward: it closes the link and the source sends it again, to it only,
+    // even while another group (c) wants the queue.
+    const N: usize = 10;
+    let (ca, cb, cc) = (reserve_port(), reserve_port(), reserve_port());
+    let a = Node::start("a", ca, &connectors(&[("to-b", tcp(cb), ""), ("to-c", tcp(cc), "")]));
+    let b = Node::start("b", cb, "debug:\n  faultInjection: true\n");
+    let c = Node::start("c", cc, "");
+    linked(&a, "to-b");
+    linked(&a, "to-c");
+    let on_b = consumer(&b.url(), "/queue/retried", N, "30s");
+    remote_wants(&a, "to-b", "/queue/retried");
+    b.broker.set_faults(&FaultRules { frames: Vec::new(), disk: Some(DiskFault { fail_all_syncs: true, ..DiskFault::default() }) });
+    send(&a.url(), "/queue/retried", N);
+    let on_c = consumer(&c.url(), "/queue/retried", N, "8s");
+    remote_wants(&a, "to-c", "/queue/retried");
+    eventually("b closed the link over the failed write", LINK_TIMEOUT, || b.broker.log_text().contains("could not store a forward"));
+    std::thread::sleep(Duration::from_secs(3));
+    b.broker.clear_faults();
+    let (got_b, summary) = finish(on_b);
+    assert_eq!(got_b, (0..N as u64).collect::<Vec<u64>>(), "{summary}");
+    let (got_c, summary) = finish(on_c);
+    assert!(got_c.is_empty(), "c got {got_c:?}: {summary}");
+    eventually("a settled everything", LINK_TIMEOUT, || a.broker.queue_depth("/queue/retried") == 0);
 }

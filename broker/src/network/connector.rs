@@ -20,6 +20,10 @@ use crate::tls::Stream;
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(2);
 const FIRST_RETRY: Duration = Duration::from_millis(100);
 const LAST_RETRY: Duration = Duration::from_secs(2);
+/// A link lost sooner than this after it was made is not made again at once, but after
+/// the retry delay, doubling as for a failed attempt (a remote whose disk fails closes
+/// every link that forwards to it).
+const SHORT_LINK: Duration = Duration::from_secs(1);
 
 /// One link of a connector, as `/status` shows it.
 pub struct TargetState {
@@ -128,8 +132,17 @@ pub async fn run(net: Arc<Network>, plan: LinkPlan) {
                 Ok((conn, peer_node, peer_group)) => {
                     linked = true;
                     logged_failure = None;
-                    retry = FIRST_RETRY;
+                    let began = Instant::now();
                     serve(&net, &plan, &mut forwarder, address, conn, peer_node, peer_group).await;
+                    if began.elapsed() >= SHORT_LINK {
+                        retry = FIRST_RETRY;
+                    } else {
+                        tokio::select! {
+                            _ = tokio::time::sleep(retry) => {}
+                            _ = net.stop.cancelled() => return,
+                        }
+                        retry = (retry * 2).min(LAST_RETRY);
+                    }
                     break;
                 }
                 Err(Failure { message, auth, tls }) => {

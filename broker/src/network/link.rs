@@ -88,8 +88,12 @@ async fn session(
     let Roles { mut forwarder, receive } = roles;
     let broker = Arc::clone(&net.broker);
     let mut deliveries = forwarder.as_mut().and_then(|f| f.take_deliveries());
+    let mut pinning = forwarder.as_mut().map(|f| f.take_pinning()).unwrap_or_default();
     if let Some(f) = forwarder.as_mut() {
         f.link_up(&link.peer_group, out);
+        if pinning.is_empty() {
+            f.flush_pins(&mut pinning);
+        }
     }
     let mut storing: FuturesOrdered<Storing> = FuturesOrdered::new();
     let mut consumers = broker.consumer_changes();
@@ -161,6 +165,23 @@ async fn session(
                     net.metrics_forwarded(link, "in");
                     let _ = out.send(ClusterFrame::Forwarded { seq });
                 }
+                // The write failed, but the record may be on a backup that takes over (a
+                // live fenced mid-write): a refusal would let the sender hand the message
+                // to another group. The link closes instead; the sender sends it again on
+                // the next one, to whichever member is live then, and duplicate detection
+                // stores it once.
+                Err(e @ (AcceptError::Persist(_) | AcceptError::Resolved)) => {
+                    // The writes under way settle first (a failed one forgets its id), so
+                    // that the resends meet duplicate detection as the journal has it.
+                    while let Some((_, result)) = storing.next().await {
+                        if let Ok(durable) = result {
+                            durable.publish();
+                        }
+                    }
+                    let reason = format!("could not store a forward ({}); it is to be sent again", crate::report::error_chain(&e));
+                    let _ = out.send(ClusterFrame::Goodbye { reason: reason.clone() });
+                    break reason;
+                }
                 Err(e) => {
                     let reason = crate::report::error_chain(&e);
                     tracing::info!(link = %link.name, %reason, "refused a forwarded message");
@@ -170,6 +191,19 @@ async fn session(
             Some(delivery) = next_delivery(&mut deliveries) => {
                 if let Some(f) = forwarder.as_mut() {
                     f.on_delivery(delivery, out);
+                    while let Some(delivery) = deliveries.as_mut().and_then(|rx| rx.try_recv().ok()) {
+                        f.on_delivery(delivery, out);
+                    }
+                    // One pin record at a time: what comes meanwhile shares the next one.
+                    if pinning.is_empty() {
+                        f.flush_pins(&mut pinning);
+                    }
+                }
+            }
+            Some((batch, result)) = pinning.next(), if !pinning.is_empty() => {
+                if let Some(f) = forwarder.as_mut() {
+                    f.pinned(batch, result, out);
+                    f.flush_pins(&mut pinning);
                 }
             }
             // A drain began: the forwarder takes up every queue now, not at the next refresh.
@@ -214,6 +248,7 @@ async fn session(
         if let Some(rx) = deliveries.take() {
             f.return_deliveries(rx);
         }
+        f.return_pinning(pinning);
         f.link_down();
     }
     if !storing.is_empty() {

@@ -7,8 +7,9 @@
 //! accept call, so it is as durable there as a client SEND, and settled here only then.
 //!
 //! What it must not do: build journal records (the engine does), link into its own group
-//! (config and handshake refuse it), or hand a message to a local consumer while the
-//! remote may hold it (see `forwarder`).
+//! (config and handshake refuse it), or hand a message to a local consumer or another
+//! group while the remote may hold it, before or after a failover of either side (see
+//! `forwarder`).
 
 pub mod connector;
 pub mod demand;
@@ -204,6 +205,17 @@ impl Network {
             metrics,
             stop,
             grouping: RwLock::new(None),
+        });
+        net.broker.forget_stale_pins();
+        // What this group forwarded before a failover and no bridge to its group claimed.
+        let (broker, stop) = (Arc::clone(&net.broker), net.stop.clone());
+        tokio::spawn(async move {
+            tokio::select! {
+                _ = tokio::time::sleep(forwarder::RELEASE_AFTER) => {
+                    broker.release_pins();
+                }
+                _ = stop.cancelled() => {}
+            }
         });
         for plan in plans {
             net.metrics.linked.get_or_create(&BridgeLabels { connector: LabelValue(plan.name.clone()) }).set(0);
