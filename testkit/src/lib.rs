@@ -6,6 +6,8 @@
 //! - [`timeouts`]: the one table of named timeouts every wait uses, scaled on slow machines.
 //! - [`eventually`], [`eventually_some`], [`eventually_async`], [`eventually_ok`]: poll a
 //!   condition until one of those timeouts.
+//! - [`Deadline`]: for loops that collect until a time is up (frames, messages, a socket
+//!   closing) and give each blocking read the time that is left.
 //! - [`process`]: child processes with a log file per test, killed when dropped, and
 //!   waits with a limit.
 //! - [`admin`]: the broker's admin API with its own types (`duomq_broker::admin::api`).
@@ -18,7 +20,9 @@ pub mod ports;
 pub mod process;
 pub mod timeouts;
 
+mod deadline;
 mod wait;
 
+pub use deadline::Deadline;
 pub use ports::reserve_port;
 pub use wait::{eventually, eventually_async, eventually_ok, eventually_ok_every, eventually_some, TimedOut};

@@ -13,10 +13,33 @@ use std::time::Duration;
 pub const BROKER_READY: Duration = Duration::from_secs(30);
 /// One expected STOMP frame (a RECEIPT, a MESSAGE, an ERROR) arrives.
 pub const FRAME: Duration = Duration::from_secs(10);
+/// The broker closes, or turns away, a connection it must not keep (a limit reached, a
+/// refused handshake, bad input).
+pub const CLOSE: Duration = Duration::from_secs(10);
+/// The broker settles after a burst of clients: their connections counted as closed,
+/// limits and evictions counted.
+pub const SETTLE: Duration = Duration::from_secs(20);
+/// The cluster port's handshake deadline (10 s) closes a socket that never completes its
+/// handshake, plus slack for a loaded machine.
+pub const HANDSHAKE_DEADLINE: Duration = Duration::from_secs(40);
+/// Producers are accepted again once consumers freed the space a limit counts (disk,
+/// memory, paging).
+pub const SPACE_FREED: Duration = Duration::from_secs(30);
 /// A message reaches a consumer through the broker (queues, topics, redeliveries).
 pub const MESSAGE: Duration = Duration::from_secs(15);
+/// The journal reclaims the segments no message needs any more (after a group commit).
+pub const RECLAIM: Duration = Duration::from_secs(10);
 /// A member takes the role it should have (live after a failover, backup in sync).
 pub const ROLE: Duration = Duration::from_secs(30);
+/// A process exits cleanly after SIGTERM (its journal flushed, its sockets closed).
+pub const STOP: Duration = Duration::from_secs(30);
+/// A failover client connects through a Service that may not list a live yet.
+pub const CONNECT: Duration = Duration::from_secs(60);
+/// A producer (or a probe) through a Service gets its first receipts.
+pub const RECEIPTS: Duration = Duration::from_secs(30);
+/// Traffic resumes after a failover: receipts come again, and every receipted message
+/// reaches its consumer.
+pub const RESUME: Duration = Duration::from_secs(60);
 /// A bridge or grouping link between groups comes up or moves to a new live.
 pub const LINK: Duration = Duration::from_secs(30);
 /// A PostgreSQL server the test started accepts connections.
