@@ -5,10 +5,12 @@
 use super::{reserve_port, http_get_admin};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::time::{Duration, Instant};
+use duomq_testkit::eventually;
+use duomq_testkit::process::wait_within;
+use duomq_testkit::timeouts::STOP;
 
 /// How long a role change may take (detection, arbiter, journal recovery).
-pub const ROLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub use duomq_testkit::timeouts::ROLE as ROLE_TIMEOUT;
 
 /// A replicated pair of group `g1` as real processes: `node-a` live, `node-b` a synced
 /// backup, their cluster password `password` in the returned directory (drop it last).
@@ -210,24 +212,14 @@ impl Member {
         }
     }
 
-    /// SIGTERM, then waits (up to [`ROLE_TIMEOUT`]) for a clean exit.
+    /// SIGTERM, then waits (up to [`STOP`]) for a clean exit.
     pub fn terminate(&mut self) -> std::process::ExitStatus {
         let mut child = self.child.take().expect("member running");
         // SAFETY: a signal to a child process this harness started and still owns.
         unsafe {
             libc::kill(child.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + ROLE_TIMEOUT;
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("{} did not stop within {ROLE_TIMEOUT:?} of SIGTERM; log:\n{}", self.name, self.log());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        wait_within(&mut child, STOP).unwrap_or_else(|e| panic!("{} after SIGTERM: {e}; log:\n{}", self.name, self.log()))
     }
 
     /// `/status`, signed with the cluster password of this member's config (if any).
@@ -246,19 +238,9 @@ impl Member {
     }
 
     /// Polls /status until `check` holds.
+    /// (The member's log is printed when the failed test drops it.)
     pub fn wait_for(&self, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
-        let deadline = Instant::now() + ROLE_TIMEOUT;
-        loop {
-            if let Some(s) = self.status() {
-                if check(&s) {
-                    return;
-                }
-            }
-            if Instant::now() > deadline {
-                panic!("{} never became {what} within {ROLE_TIMEOUT:?}; status {:?}\nlog:\n{}", self.name, self.status(), self.log());
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        eventually(&format!("{} becoming {what}", self.name), ROLE_TIMEOUT, || self.status().is_some_and(|s| check(&s)));
     }
 
     pub fn wait_live(&self) {
@@ -267,17 +249,7 @@ impl Member {
 
     /// Polls `/readyz` until it answers 200.
     pub fn wait_ready(&self) {
-        let deadline = Instant::now() + ROLE_TIMEOUT;
-        loop {
-            let (code, reason) = self.readyz();
-            if code == 200 {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!("{} never became ready within {ROLE_TIMEOUT:?}: {code} {reason}\nlog:\n{}", self.name, self.log());
-            }
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        eventually(&format!("{} answering /readyz 200", self.name), ROLE_TIMEOUT, || self.readyz().0 == 200);
     }
 
     /// Replaces this member's fault rules (it runs with `debug.faultInjection: true`).

@@ -16,11 +16,12 @@ use std::io::{Read, Write};
 use std::net::TcpStream;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command as Process, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 pub use duomq_testkit::process::{output_within, proc_memory as proc_memory_of};
 pub use duomq_testkit::timeouts::{BROKER_READY as READY_TIMEOUT, FRAME as FRAME_TIMEOUT};
-pub use duomq_testkit::{eventually, reserve_port};
+pub use duomq_testkit::timeouts::STOP as STOP_TIMEOUT;
+pub use duomq_testkit::{eventually, reserve_port, Deadline};
 
 pub struct Broker {
     pub child: Option<Child>,
@@ -129,8 +130,8 @@ impl Broker {
     }
 
     fn wait_ready(&mut self) -> bool {
-        let deadline = Instant::now() + READY_TIMEOUT;
-        while Instant::now() < deadline {
+        let deadline = Deadline::after("the broker answering /readyz", READY_TIMEOUT);
+        while !deadline.passed() {
             if let Some(child) = self.child.as_mut() {
                 if let Ok(Some(_)) = child.try_wait() {
                     return false;
@@ -175,17 +176,7 @@ impl Broker {
         unsafe {
             libc::kill(child.id() as i32, libc::SIGTERM);
         }
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            if let Ok(Some(status)) = child.try_wait() {
-                return status;
-            }
-            if Instant::now() > deadline {
-                let _ = child.kill();
-                panic!("broker did not stop within 30s of SIGTERM; log:\n{}", self.log_text());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
+        duomq_testkit::process::wait_within(&mut child, STOP_TIMEOUT).unwrap_or_else(|e| panic!("broker after SIGTERM: {e}; log:\n{}", self.log_text()))
     }
 
     pub fn restart(&mut self) {
@@ -455,7 +446,7 @@ impl Conn {
 
     /// The next frame (heart-beats are counted and skipped), or None on timeout/close.
     pub fn read_frame(&mut self, timeout: Duration) -> Option<Frame> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::after("a frame", timeout);
         loop {
             match self.codec.decode(&mut self.buf) {
                 Ok(Some(Inbound::Frame(f))) => return Some(f),
@@ -466,8 +457,10 @@ impl Conn {
                 Ok(None) => {}
                 Err(e) => panic!("broker sent a malformed frame: {e}"),
             }
-            let left = deadline.checked_duration_since(Instant::now())?;
-            self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1)))).ok()?;
+            if deadline.passed() {
+                return None;
+            }
+            self.stream.set_read_timeout(Some(deadline.left_at_least(Duration::from_millis(1)))).ok()?;
             let mut chunk = [0u8; 65536];
             match self.stream.read(&mut chunk) {
                 Ok(0) => return None,
@@ -492,10 +485,12 @@ impl Conn {
 
     /// True once the broker has closed the socket (reads EOF within the timeout).
     pub fn closed_within(&mut self, timeout: Duration) -> bool {
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::after("the socket to close", timeout);
         loop {
-            let Some(left) = deadline.checked_duration_since(Instant::now()) else { return false };
-            let _ = self.stream.set_read_timeout(Some(left.max(Duration::from_millis(1))));
+            if deadline.passed() {
+                return false;
+            }
+            let _ = self.stream.set_read_timeout(Some(deadline.left_at_least(Duration::from_millis(1))));
             let mut chunk = [0u8; 4096];
             match self.stream.read(&mut chunk) {
                 Ok(0) => return true,
