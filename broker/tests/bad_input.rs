@@ -3,9 +3,9 @@
 
 mod common;
 
-use common::{Broker, Conn, FRAME_TIMEOUT};
+use common::{eventually, Broker, Conn, FRAME_TIMEOUT};
 use duomq_broker::stomp::Command;
-use std::time::Duration;
+use duomq_testkit::timeouts;
 
 const LIMITS: &str = "stomp:\n  maxBodyBytes: 64KiB\n  maxHeaderBytes: 4KiB\n  maxHeaders: 16\n  connectTimeout: 1s\n";
 
@@ -89,10 +89,10 @@ fn given_oversized_frames_should_refuse_before_buffering_them() {
 fn given_client_that_says_nothing_should_be_dropped_after_connect_timeout() {
     let b = Broker::start("silent", LIMITS);
     let mut c = Conn::raw(b.stomp_port);
-    assert!(c.closed_within(Duration::from_secs(10)), "a client without CONNECT must be disconnected");
+    assert!(c.closed_within(timeouts::CLOSE), "a client without CONNECT must be disconnected");
     let mut half = Conn::raw(b.stomp_port);
     half.send_bytes(b"CONNECT\naccept-version:1.2\n").unwrap();
-    assert!(half.closed_within(Duration::from_secs(10)), "a half-sent CONNECT must time out too");
+    assert!(half.closed_within(timeouts::CLOSE), "a half-sent CONNECT must time out too");
     b.connect().send_receipted("/queue/alive", "yes", false);
 }
 
@@ -128,15 +128,7 @@ fn given_thousands_of_connections_opening_and_closing_should_keep_serving() {
     c.subscribe("s", "/queue/storm", "auto", &[]);
     assert_eq!(&c.expect(Command::Message).body[..], b"before");
     // Every connection is gone again.
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let open = b.status()["connections"].as_u64().unwrap_or(u64::MAX);
-        if open <= 2 {
-            break;
-        }
-        assert!(std::time::Instant::now() < deadline, "{open} connections still open after the storm");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually("every storm connection closed", timeouts::SETTLE, || b.status()["connections"].as_u64().unwrap_or(u64::MAX) <= 2);
 }
 
 #[test]
@@ -146,10 +138,6 @@ fn given_connection_limit_should_close_extra_connections() {
     let mut extra = Conn::raw(b.stomp_port);
     assert!(extra.closed_within(FRAME_TIMEOUT));
     drop(_held);
-    let deadline = std::time::Instant::now() + Duration::from_secs(10);
-    while b.status()["connections"].as_u64() != Some(0) {
-        assert!(std::time::Instant::now() < deadline);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually("no connection left", timeouts::CLOSE, || b.status()["connections"].as_u64() == Some(0));
     b.connect().send_receipted("/queue/after", "x", false);
 }

@@ -5,18 +5,18 @@
 
 mod common;
 
-use common::Broker;
+use common::{Broker, Deadline};
 use duomq_broker::client::{AckMode, Client, ClientOptions, ConnectionEvent, ReceiptFuture, SendOptions};
 use std::collections::{BTreeMap, VecDeque};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const COUNT: u64 = 2000;
 const WINDOW: usize = 16;
 const DEST: &str = "/queue/failover";
 /// How long the producer may take in all, the kill and restart included.
-const PRODUCE_TIMEOUT: Duration = Duration::from_secs(120);
+use duomq_testkit::timeouts::PRODUCE as PRODUCE_TIMEOUT;
 /// Longest wait for one message at the consumer.
 const MESSAGE_TIMEOUT: Duration = Duration::from_secs(10);
 /// Polling period of waits on a condition (never a synchronisation by itself).
@@ -57,9 +57,9 @@ async fn given_broker_killed_midway_when_restarted_on_the_same_address_should_co
     let receipted = Arc::new(AtomicU64::new(0));
     let producing = tokio::spawn(produce(producer.clone(), Arc::clone(&receipted)));
 
-    let deadline = Instant::now() + PRODUCE_TIMEOUT;
+    let deadline = Deadline::after("half the receipts", PRODUCE_TIMEOUT);
     while receipted.load(Ordering::Relaxed) < COUNT / 2 {
-        assert!(Instant::now() < deadline, "half the receipts did not arrive within {PRODUCE_TIMEOUT:?}");
+        deadline.check(|| format!("{} of {COUNT} receipted", receipted.load(Ordering::Relaxed)));
         assert!(!producing.is_finished(), "the producer stopped early: {:?}", producing.await);
         tokio::time::sleep(POLL).await;
     }
@@ -97,7 +97,7 @@ async fn given_broker_killed_midway_when_restarted_on_the_same_address_should_co
     loop {
         let complete = seen.len() == COUNT as usize;
         if complete && drain_deadline.is_none() {
-            drain_deadline = Some(Instant::now() + MESSAGE_TIMEOUT);
+            drain_deadline = Some(Deadline::after("the queue draining after every message arrived", MESSAGE_TIMEOUT));
         }
         // Once every message is in, only duplicates can remain: take them until the queue
         // is empty (acks are applied asynchronously, hence the polling).
@@ -112,7 +112,7 @@ async fn given_broker_killed_midway_when_restarted_on_the_same_address_should_co
                 consumer.ack(&message).await.expect("ack");
             }
             Err(_) if complete => {
-                let drained_in_time = drain_deadline.is_some_and(|deadline| Instant::now() < deadline);
+                let drained_in_time = drain_deadline.as_ref().is_some_and(|deadline| !deadline.passed());
                 assert!(drained_in_time, "the queue did not drain after every message arrived");
             }
             other => {

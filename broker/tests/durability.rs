@@ -3,7 +3,8 @@
 
 mod common;
 
-use common::{body_text, http_get, Broker, Conn, FRAME_TIMEOUT};
+use common::{body_text, eventually, http_get, Broker, Conn, FRAME_TIMEOUT};
+use duomq_testkit::timeouts;
 use duomq_broker::stomp::{Command, Frame};
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
@@ -156,12 +157,13 @@ fn given_acked_messages_should_reclaim_segments() {
     assert_eq!(drain(&b, "/queue/r", true).len(), 100);
     // Reclamation runs after the next group commit.
     p.send_receipted("/queue/other", "tick", true);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while segments(&b).len() > 2 {
-        assert!(Instant::now() < deadline, "segments not reclaimed: {:?}", segments(&b));
-        p.send_receipted("/queue/other", "tick", false);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually("the drained segments reclaimed", timeouts::RECLAIM, || {
+        let reclaimed = segments(&b).len() <= 2;
+        if !reclaimed {
+            p.send_receipted("/queue/other", "tick", false);
+        }
+        reclaimed
+    });
 }
 
 #[test]
@@ -361,12 +363,13 @@ fn given_acked_message_id_whose_segment_was_reclaimed_should_still_be_recognised
         p.send_receipted("/queue/r", &body, true);
     }
     assert_eq!(drain(&b, "/queue/r", true).len(), 100);
-    let deadline = Instant::now() + Duration::from_secs(10);
-    while first.exists() {
-        assert!(Instant::now() < deadline, "the segment of the first add was not reclaimed: {:?}", segments(&b));
-        p.send_receipted("/queue/other", "tick", false);
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    eventually("the segment of the first add reclaimed", timeouts::RECLAIM, || {
+        let reclaimed = !first.exists();
+        if !reclaimed {
+            p.send_receipted("/queue/other", "tick", false);
+        }
+        reclaimed
+    });
     b.kill9();
     b.restart();
     let mut p = b.connect();

@@ -9,7 +9,7 @@
 mod common;
 
 use common::cluster::{synced_pair_with, Member, ROLE_TIMEOUT};
-use common::{cli, eventually, reserve_port, signed_request, Broker, Conn};
+use common::{cli, eventually, reserve_port, signed_request, Broker, Conn, Deadline};
 use duomq_testkit::timeouts;
 use duomq_broker::admin::api::DEBUG_FAULTS;
 use duomq_broker::cluster::Purpose;
@@ -62,10 +62,9 @@ fn persistent_send(destination: &str, body: &str, receipt: &str) -> Frame {
 /// Reads frames until a RECEIPT for each of `ids` came (in any order).
 fn expect_receipts(conn: &mut Conn, ids: &[&str]) {
     let mut missing: Vec<&str> = ids.to_vec();
-    let deadline = Instant::now() + ROLE_TIMEOUT;
+    let deadline = Deadline::after("a receipt for each send", ROLE_TIMEOUT);
     while !missing.is_empty() {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let frame = conn.read_frame(left).unwrap_or_else(|| panic!("no receipt for {missing:?} within {ROLE_TIMEOUT:?}"));
+        let frame = conn.read_frame(deadline.left()).unwrap_or_else(|| deadline.fail(format!("none for {missing:?}")));
         assert_eq!(frame.command, Command::Receipt, "{frame:?}");
         let id = frame.get("receipt-id").unwrap_or_default().to_string();
         missing.retain(|m| *m != id);

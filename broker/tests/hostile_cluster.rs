@@ -13,12 +13,10 @@ use common::{metric_value, proc_memory, Broker};
 use duomq_broker::cluster::{ClusterCodec, ClusterFrame};
 use std::io::{Read, Write};
 use std::net::TcpStream;
-use std::time::{Duration, Instant};
+use duomq_testkit::timeouts::{CLOSE as CLOSE_TIMEOUT, HANDSHAKE_DEADLINE as HANDSHAKE_DEADLINE_TIMEOUT};
+use duomq_testkit::{eventually, Deadline};
+use std::time::Duration;
 
-/// How long the live may take to close a socket it refuses.
-const CLOSE_TIMEOUT: Duration = Duration::from_secs(10);
-/// The handshake deadline (10s) plus slack for a loaded machine.
-const HANDSHAKE_DEADLINE_TIMEOUT: Duration = Duration::from_secs(40);
 const MIB: u64 = 1024 * 1024;
 
 /// A live of group `g1` (a `Broker`, so the test knows its pid) and a backup, not started,
@@ -75,15 +73,14 @@ impl Group {
 /// Reads `stream` until the peer closes it or `timeout` passes; the bytes read and whether
 /// it was closed (end of stream or reset).
 fn read_until_closed(stream: &mut TcpStream, timeout: Duration) -> (Vec<u8>, bool) {
-    let deadline = Instant::now() + timeout;
+    let deadline = Deadline::after("the peer closing the socket", timeout);
     let mut got = Vec::new();
     let mut buf = [0u8; 4096];
     loop {
-        let left = deadline.saturating_duration_since(Instant::now());
-        if left.is_zero() {
+        if deadline.passed() {
             return (got, false);
         }
-        stream.set_read_timeout(Some(left)).expect("set read timeout");
+        stream.set_read_timeout(Some(deadline.left_at_least(Duration::from_millis(1)))).expect("set read timeout");
         match stream.read(&mut buf) {
             Ok(0) => return (got, true),
             Ok(n) => got.extend_from_slice(&buf[..n]),
@@ -100,11 +97,7 @@ fn log_of(live: &Broker) -> String {
 }
 
 fn wait_for_log(live: &Broker, needle: &str) {
-    let deadline = Instant::now() + CLOSE_TIMEOUT;
-    while !log_of(live).contains(needle) {
-        assert!(Instant::now() < deadline, "the live never logged {needle:?}; log:\n{}", log_of(live));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually(&format!("the live logging {needle:?}"), CLOSE_TIMEOUT, || log_of(live).contains(needle));
 }
 
 #[test]
@@ -180,11 +173,9 @@ fn given_more_silent_unauthenticated_sockets_than_the_limit_should_turn_the_exce
 
     // LIMIT of them wait in their handshake; every other one is turned away at once, with
     // a Refused frame naming the limit.
-    let deadline = Instant::now() + CLOSE_TIMEOUT;
-    while group.metric("duomq_cluster_connections_refused_total{reason=\"pending_limit\"}") < (SOCKETS - LIMIT) as u64 {
-        assert!(Instant::now() < deadline, "the excess sockets were not turned away; log:\n{}", log_of(&group.live));
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually("the excess sockets turned away", CLOSE_TIMEOUT, || {
+        group.metric("duomq_cluster_connections_refused_total{reason=\"pending_limit\"}") >= (SOCKETS - LIMIT) as u64
+    });
     assert_eq!(group.metric("duomq_cluster_pending_connections "), LIMIT as u64);
     let (mut open, mut told) = (Vec::new(), 0);
     for socket in sockets.iter_mut() {
@@ -235,11 +226,7 @@ fn given_strangers_holding_every_handshake_place_when_a_backup_connects_should_d
             })
         })
         .collect();
-    let deadline = Instant::now() + CLOSE_TIMEOUT;
-    while group.metric("duomq_cluster_pending_connections ") < LIMIT as u64 {
-        assert!(Instant::now() < deadline, "the strangers never took every place");
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually("the strangers taking every place", CLOSE_TIMEOUT, || group.metric("duomq_cluster_pending_connections ") >= LIMIT as u64);
     // Members' probes and the backup's own connection find every place taken; each takes
     // the place of a stranger stalled for a second or more.
     group.backup_syncs();

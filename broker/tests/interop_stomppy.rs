@@ -12,7 +12,7 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::PathBuf;
 use std::process::{Command, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long the whole pytest run may take.
 const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
@@ -59,19 +59,7 @@ fn require_python_tools() {
 }
 
 fn wait_with_timeout(child: &mut std::process::Child, timeout: Duration, what: &str) -> std::process::ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{what} did not finish within {timeout:?}");
-            }
-            Err(e) => panic!("failed to wait for {what}: {e}"),
-        }
-    }
+    duomq_testkit::process::wait_within(child, timeout).unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// Forwards each line of `stream` to the test output (so `--nocapture` streams it live and a

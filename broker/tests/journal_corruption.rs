@@ -12,7 +12,7 @@ use rstest::rstest;
 use std::collections::HashSet;
 use std::path::{Path, PathBuf};
 use std::process::{Command as Process, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 const PRODUCERS: usize = 3;
 const PER_PRODUCER: usize = 600;
@@ -89,21 +89,12 @@ fn start_expecting_refusal(b: &Broker) -> String {
         .stderr(Stdio::piped())
         .spawn()
         .expect("spawn duomq-broker");
-    let deadline = Instant::now() + REFUSAL_TIMEOUT;
-    loop {
-        if let Some(status) = child.try_wait().expect("wait for broker") {
-            let out = child.wait_with_output().expect("broker output");
-            let text = String::from_utf8_lossy(&out.stderr).into_owned();
-            assert!(!status.success(), "the broker started on a damaged journal: {text}");
-            return text;
-        }
-        if Instant::now() > deadline {
-            let _ = child.kill();
-            let _ = child.wait();
-            panic!("the broker neither refused nor stopped within {REFUSAL_TIMEOUT:?}");
-        }
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    let status = duomq_testkit::process::wait_within(&mut child, REFUSAL_TIMEOUT)
+        .unwrap_or_else(|e| panic!("the broker neither refused nor stopped: {e}"));
+    let out = child.wait_with_output().expect("broker output");
+    let text = String::from_utf8_lossy(&out.stderr).into_owned();
+    assert!(!status.success(), "the broker started on a damaged journal: {text}");
+    text
 }
 
 /// What the test does to the newest segment.

@@ -10,7 +10,7 @@ mod common;
 
 use common::cluster::{Member, ROLE_TIMEOUT};
 use common::kube_api::{Fault, KubeApi};
-use common::{cli, receive_all};
+use common::{cli, eventually, receive_all};
 use duomq_broker::admin::{api, auth};
 use duomq_broker::stomp::{Command, Frame};
 use serde_json::Value;
@@ -98,14 +98,7 @@ impl LeasePair {
     }
 
     fn wait_lease(&self, what: &str, check: impl Fn(&Value) -> bool) {
-        let deadline = Instant::now() + ROLE_TIMEOUT;
-        loop {
-            if self.api.lease(NAMESPACE, GROUP).is_some_and(|l| check(&l)) {
-                return;
-            }
-            assert!(Instant::now() < deadline, "the Lease never became {what} within {ROLE_TIMEOUT:?}: {:?}", self.api.lease(NAMESPACE, GROUP));
-            std::thread::sleep(Duration::from_millis(25));
-        }
+        eventually(&format!("the Lease becoming {what}"), ROLE_TIMEOUT, || self.api.lease(NAMESPACE, GROUP).is_some_and(|l| check(&l)));
     }
 
     /// `POST /ha/switchover` to `member`, signed with the cluster password (or with

@@ -64,11 +64,7 @@ fn listed(api: &KubeApi) -> String {
 }
 
 async fn wait_listed(api: &KubeApi, nodes: &str) {
-    let deadline = Instant::now() + WRITE_TIMEOUT;
-    while listed(api) != nodes {
-        assert!(Instant::now() < deadline, "the Lease never listed {nodes:?}: {:?}", api.lease(NAMESPACE, GROUP));
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
+    duomq_testkit::eventually_async(&format!("the Lease listing {nodes:?}"), WRITE_TIMEOUT, || async move { (listed(api) == nodes).then_some(()) }).await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

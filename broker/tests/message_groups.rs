@@ -5,10 +5,10 @@
 
 mod common;
 
-use common::{body_text, eventually, metric_value, Broker, Conn};
+use common::{body_text, eventually, metric_value, Broker, Conn, Deadline};
 use duomq_broker::stomp::{Command, Frame};
 use std::collections::BTreeMap;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 /// How long all expected messages may take to arrive.
 const DELIVERY_TIMEOUT: Duration = Duration::from_secs(20);
@@ -36,9 +36,9 @@ fn send_grouped(producer: &mut Conn, queue: &str, group: &str, seq: usize, close
 /// Reads MESSAGE frames from every consumer until `count` arrived in all; returns them per consumer.
 fn collect(consumers: &mut [Conn], count: usize) -> Vec<Vec<Frame>> {
     let mut got: Vec<Vec<Frame>> = consumers.iter().map(|_| Vec::new()).collect();
-    let deadline = Instant::now() + DELIVERY_TIMEOUT;
+    let deadline = Deadline::after(format!("all {count} messages"), DELIVERY_TIMEOUT);
     while got.iter().map(Vec::len).sum::<usize>() < count {
-        assert!(Instant::now() < deadline, "only {} of {count} messages within {DELIVERY_TIMEOUT:?}", got.iter().map(Vec::len).sum::<usize>());
+        deadline.check(|| format!("only {} arrived", got.iter().map(Vec::len).sum::<usize>()));
         for (i, c) in consumers.iter_mut().enumerate() {
             while let Some(f) = c.read_frame(POLL) {
                 assert_eq!(f.command, Command::Message, "unexpected frame {:?}", f.headers);
@@ -234,8 +234,8 @@ async fn given_the_rust_client_should_see_groups_pinned_moved_flagged_and_closed
     send(kept.clone(), 5, true).await;
     send(kept.clone(), 6, false).await;
     let mut after: Vec<(String, usize, bool)> = Vec::new();
-    let deadline = Instant::now() + DELIVERY_TIMEOUT;
-    while after.len() < moved.len() + 2 && Instant::now() < deadline {
+    let deadline = Deadline::after("the moved groups' and the reopened group's messages", DELIVERY_TIMEOUT);
+    while after.len() < moved.len() + 2 && !deadline.passed() {
         for (c, s) in consumers.iter_mut() {
             let mut one = Vec::new();
             drain(c, s, 1, POLL, &mut one).await;

@@ -6,8 +6,8 @@
 mod common;
 
 use common::cluster::{Member, ROLE_TIMEOUT};
+use common::eventually;
 use std::process::Command;
-use std::time::{Duration, Instant};
 
 /// A network namespace joined to the host by a veth pair, removed on drop.
 struct Netns {
@@ -97,11 +97,7 @@ fn given_three_pairs_when_a_backup_is_cut_off_should_not_activate_while_one_whos
 
     netns.cut();
     // The isolated backup loses its live and asks for votes it cannot get.
-    let deadline = Instant::now() + ROLE_TIMEOUT;
-    while members[1].log().matches("not activating").count() < 3 {
-        assert!(Instant::now() < deadline, "isolated backup never asked for votes:\n{}", members[1].log());
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    eventually("the isolated backup asking for votes", ROLE_TIMEOUT, || members[1].log().matches("not activating").count() >= 3);
     assert!(!members[1].log().contains("becomes live"), "an isolated backup activated:\n{}", members[1].log());
     members[0].wait_for("live, and alone", |s| s["role"] == "live" && s["ha"]["alone"] == true);
 

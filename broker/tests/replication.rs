@@ -7,6 +7,7 @@ mod common;
 
 use common::cli;
 use common::cluster::{Member, ROLE_TIMEOUT};
+use common::eventually;
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -175,11 +176,7 @@ fn given_backup_with_wrong_password_or_group_should_be_refused_and_both_sides_lo
     a.start(&[b.peer()], "primary", "", root.path(), "g1", "password");
     a.wait_live();
     b.start(&[a.peer()], "backup", "", root.path(), "g1", "wrong");
-    let deadline = Instant::now() + ROLE_TIMEOUT;
-    while !b.log().contains("cluster credentials") {
-        assert!(Instant::now() < deadline, "backup never reported the refusal:\n{}", b.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually("the backup reporting the refusal", ROLE_TIMEOUT, || b.log().contains("cluster credentials"));
     assert_ne!(b.status().unwrap()["ha"]["sync"]["state"], "synced");
     let (code, reason) = b.readyz();
     assert_eq!(code, 503, "a refused backup is not ready: {reason}");
@@ -187,11 +184,7 @@ fn given_backup_with_wrong_password_or_group_should_be_refused_and_both_sides_lo
     b.kill9();
     // Same password, another group: refused too, naming both groups.
     b.start(&[a.peer()], "backup", "", root.path(), "g2", "password");
-    let deadline = Instant::now() + ROLE_TIMEOUT;
-    while !(b.log().contains("g1") && b.log().contains("g2") && a.log().contains("group")) {
-        assert!(Instant::now() < deadline, "group mismatch not reported:\nB:\n{}\nA:\n{}", b.log(), a.log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    eventually("both members reporting the group mismatch", ROLE_TIMEOUT, || b.log().contains("g1") && b.log().contains("g2") && a.log().contains("group"));
     assert_eq!(a.status().unwrap()["ha"]["backups"].as_array().map(Vec::len), Some(0));
 }
 

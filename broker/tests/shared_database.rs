@@ -15,7 +15,7 @@ mod common;
 
 use common::cluster::{Member, ROLE_TIMEOUT};
 use common::postgres::Postgres;
-use common::{cli, eventually, output_within, Conn};
+use common::{cli, eventually, output_within, Conn, Deadline};
 use duomq_broker::stomp::{Command as Stomp, Frame};
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -26,11 +26,13 @@ const GROUP: &str = "g1";
 /// The lease duration `start_shared_database` configures.
 const LEASE: Duration = Duration::from_secs(3);
 /// Header each producer run carries, so a consumer can tell the runs apart.
+/// How long the test reads what a woken, fenced live sends on its old connection.
+const WOKEN_WATCH: Duration = Duration::from_secs(5);
 const RUN_TAG: &str = "test-run";
 /// Receipts outstanding per producer.
 const WINDOW: &str = "16";
 /// How long a producer may take, failovers and database outages included.
-const PRODUCE_TIMEOUT: Duration = Duration::from_secs(120);
+use duomq_testkit::timeouts::PRODUCE as PRODUCE_TIMEOUT;
 /// How long a consumer waits for one more message before it stops.
 const QUIET: &str = "5s";
 
@@ -376,10 +378,10 @@ fn given_live_frozen_past_its_lease_when_it_wakes_should_be_fenced_and_confirm_n
         libc::kill(pid, libc::SIGCONT);
     }
     // Whatever the woken live answers on the old connection, no RECEIPT for the frozen sends.
-    let deadline = Instant::now() + Duration::from_secs(5);
+    let watch = Deadline::after("the woken live's answers on the old connection", WOKEN_WATCH);
     let mut answers = Vec::new();
-    while let Some(left) = deadline.checked_duration_since(Instant::now()) {
-        let Some(frame) = client.read_frame(left) else { break };
+    while !watch.passed() {
+        let Some(frame) = client.read_frame(watch.left()) else { break };
         answers.push(format!("{} {:?}", frame.command, frame.headers));
         assert!(
             !(frame.command == Stomp::Receipt && frame.get("receipt-id").is_some_and(|id| id.starts_with("during-"))),

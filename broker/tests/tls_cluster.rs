@@ -8,7 +8,8 @@ mod common;
 
 use common::cluster::{Member, ROLE_TIMEOUT};
 use common::tls::{LeafFiles, Pki};
-use common::{cli, eventually, metric_value};
+use common::{cli, eventually, metric_value, Deadline};
+use duomq_testkit::timeouts;
 use duomq_broker::tls::pki::Leaf;
 use std::path::{Path, PathBuf};
 use std::process::Stdio;
@@ -430,9 +431,9 @@ fn given_certificates_rotated_under_load_should_lose_nothing_and_keep_the_live_r
 
 /// Reads until the peer closes the socket (true) or `within` passes (false).
 fn closed_within(socket: &mut std::net::TcpStream, within: Duration) -> bool {
-    let deadline = Instant::now() + within;
+    let deadline = Deadline::after("the peer closing the socket", within);
     let mut buf = [0u8; 512];
-    while Instant::now() < deadline {
+    while !deadline.passed() {
         socket.set_read_timeout(Some(Duration::from_millis(200))).expect("read timeout");
         match std::io::Read::read(socket, &mut buf) {
             Ok(0) => return true,
@@ -485,7 +486,7 @@ fn given_strangers_that_open_tcp_and_never_speak_tls_should_pin_no_place_past_th
     // One silent socket alone is closed at the handshake deadline (10s).
     let mut silent = std::net::TcpStream::connect(a.cluster_addr()).expect("connect");
     let opened = Instant::now();
-    assert!(closed_within(&mut silent, Duration::from_secs(40)), "a socket that never spoke TLS outlived the handshake deadline");
+    assert!(closed_within(&mut silent, timeouts::HANDSHAKE_DEADLINE), "a socket that never spoke TLS outlived the handshake deadline");
     println!("a silent socket was closed after {:?}", opened.elapsed());
     assert!(metric(&a, "duomq_cluster_connections_refused_total{reason=\"timed_out\"}") >= 1);
     assert_eq!(metric(&a, "duomq_cluster_pending_connections"), 0);

@@ -12,7 +12,7 @@ mod common;
 
 use common::cluster::{Member, ROLE_TIMEOUT};
 use common::tls::{LeafFiles, Pki, VALID_FOR};
-use common::Broker;
+use common::{Broker, Deadline};
 use duomq_broker::client::{AckMode, Client, ClientError, ClientOptions, Heartbeat, SendOptions, TlsOptions};
 use duomq_broker::tls::pki::Leaf;
 use std::collections::BTreeSet;
@@ -254,10 +254,10 @@ async fn given_optional_client_auth_should_log_in_by_certificate_or_by_password(
 
 /// Reads what a peer sends until it closes or `timeout` passes; `true` if it closed.
 fn read_until_closed(stream: &mut std::net::TcpStream, timeout: Duration) -> (Vec<u8>, bool) {
-    let deadline = Instant::now() + timeout;
+    let deadline = Deadline::after("the peer closing the socket", timeout);
     let mut got = Vec::new();
     let mut chunk = [0u8; 4096];
-    while Instant::now() < deadline {
+    while !deadline.passed() {
         stream.set_read_timeout(Some(Duration::from_millis(200))).expect("set a read timeout");
         match stream.read(&mut chunk) {
             Ok(0) => return (got, true),
