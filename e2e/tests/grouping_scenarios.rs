@@ -37,6 +37,7 @@ use common::{binaries_dir, condition, wait_for_brokergroup, Env, GROUP_AVAILABLE
 use duomq_broker::admin::api::BrokerStatus;
 use duomq_broker::client::{ClientOptions, SendOptions};
 use duomq_e2e::env::repo_root;
+use duomq_testkit::{eventually_ok_every, Deadline};
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -176,8 +177,7 @@ async fn group_services(env: &Env) -> Result<Vec<SocketAddr>> {
 
 /// Waits until the Service's ready endpoints are exactly `live`.
 async fn wait_for_endpoint(env: &Env, service: &str, live: &str) -> Result<()> {
-    let deadline = Instant::now() + FLOWING;
-    loop {
+    eventually_ok_every(&format!("the endpoints of Service {service} being the live {live}"), FLOWING, Duration::from_millis(250), || async move {
         let endpoints = env.json(&["-n", NAMESPACE, "get", "endpoints", service])?;
         let ready: Vec<&str> = endpoints["subsets"]
             .as_array()
@@ -186,12 +186,11 @@ async fn wait_for_endpoint(env: &Env, service: &str, live: &str) -> Result<()> {
             .flat_map(|s| s["addresses"].as_array().into_iter().flatten())
             .filter_map(|a| a["targetRef"]["name"].as_str())
             .collect();
-        if ready == [live] {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "the endpoints of Service {service} stayed {ready:?}, not the live {live}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        ensure!(ready == [live], "they are {ready:?}");
+        Ok(())
+    })
+    .await?;
+    Ok(())
 }
 
 /// Waits until every group's live sees, for each `(group, consumers)`, that many consumers of
@@ -206,8 +205,7 @@ async fn wait_for_demand(env: &Env, consumers: &[(usize, u64)]) -> Result<()> {
         return Ok(());
     }
     let started = Instant::now();
-    let deadline = started + FLOWING;
-    loop {
+    eventually_ok_every("the consumers' demand reaching every live", FLOWING, Duration::from_millis(250), || async move {
         let lives = lives(env)?;
         let mut waiting = Vec::new();
         for (g, live) in lives.iter().enumerate() {
@@ -231,13 +229,12 @@ async fn wait_for_demand(env: &Env, consumers: &[(usize, u64)]) -> Result<()> {
                 }
             }
         }
-        if waiting.is_empty() {
-            println!("consumers' demand seen by every live after {:.1}s", started.elapsed().as_secs_f64());
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "the consumers' demand did not reach every live within {FLOWING:?}: {}", waiting.join("; "));
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+        ensure!(waiting.is_empty(), "{}", waiting.join("; "));
+        Ok(())
+    })
+    .await?;
+    println!("consumers' demand seen by every live after {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// The live of each group, in group order, as the status names them.
@@ -367,11 +364,11 @@ impl CliConsumer {
 
     /// Waits until the broker confirmed its subscription.
     async fn wait_subscribed(&self) -> Result<()> {
-        let deadline = Instant::now() + FLOWING;
-        while !self.subscribed.load(Ordering::Relaxed) {
-            ensure!(Instant::now() < deadline, "consumer {} did not subscribe within {FLOWING:?}: {}", self.name, self.log.lock().join("; "));
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually_ok_every(&format!("consumer {} subscribing", self.name), FLOWING, Duration::from_millis(100), || async move {
+            ensure!(self.subscribed.load(Ordering::Relaxed), "its stderr: {}", self.log.lock().join("; "));
+            Ok(())
+        })
+        .await?;
         Ok(())
     }
 
@@ -465,10 +462,10 @@ impl std::fmt::Display for Tally {
 
 /// Waits until the consumers hold every message of `expected`, then tallies.
 async fn wait_delivered(consumers: &[CliConsumer], expected: &BTreeSet<(String, u64)>, timeout: Duration) -> Tally {
-    let deadline = Instant::now() + timeout;
+    let deadline = Deadline::after("every expected message at the consumers", timeout);
     loop {
         let tally = Tally::of(consumers, expected);
-        if tally.missing.is_empty() || Instant::now() >= deadline {
+        if tally.missing.is_empty() || deadline.passed() {
             return tally;
         }
         tokio::time::sleep(Duration::from_millis(250)).await;
@@ -503,15 +500,12 @@ async fn pinned(env: &Env, services: &[SocketAddr], consumers: &[CliConsumer]) -
     let sent = started.elapsed();
 
     // The runs are the three sends' random ids: every message carries one.
-    let deadline = Instant::now() + DELIVERED;
-    let runs = loop {
+    let runs = eventually_ok_every(&format!("messages of all {GROUPS} sends at the consumers"), DELIVERED, Duration::from_millis(250), || async move {
         let runs: BTreeSet<String> = consumers.iter().flat_map(|c| c.seen()).map(|s| s.run).collect();
-        if runs.len() == GROUPS {
-            break runs;
-        }
-        ensure!(Instant::now() < deadline, "messages of {} of the {GROUPS} sends arrived within {DELIVERED:?}", runs.len());
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
+        ensure!(runs.len() == GROUPS, "of {} sends", runs.len());
+        Ok(runs)
+    })
+    .await?;
     let expected: BTreeSet<(String, u64)> = runs.iter().flat_map(|r| (0..BATCH as u64).map(move |n| (r.clone(), n))).collect();
     let tally = wait_delivered(consumers, &expected, DELIVERED).await;
     println!("pinned: {} messages in {MESSAGE_GROUPS} groups sent through {GROUPS} groups in {:.1}s, delivered in {:.1}s: {tally}", expected.len(), sent.as_secs_f64(), started.elapsed().as_secs_f64());
@@ -595,28 +589,22 @@ impl GroupedProducer {
 /// The run id of the `duomq-broker send` whose group ids start with `prefix`, once a
 /// consumer got one of its messages.
 async fn wait_for_run(consumers: &[CliConsumer], prefix: &str) -> Result<String> {
-    let deadline = Instant::now() + DELIVERED;
-    loop {
-        let run = consumers.iter().flat_map(|c| c.seen()).find(|s| s.group.starts_with(prefix)).map(|s| s.run);
-        if let Some(run) = run {
-            return Ok(run);
-        }
-        ensure!(Instant::now() < deadline, "no message of the groups {prefix}* arrived within {DELIVERED:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    let run = eventually_ok_every(&format!("a message of the groups {prefix}*"), DELIVERED, Duration::from_millis(250), || async move {
+        consumers.iter().flat_map(|c| c.seen()).find(|s| s.group.starts_with(prefix)).map(|s| s.run).ok_or("none arrived")
+    })
+    .await?;
+    Ok(run)
 }
 
 /// Waits until every producer has `more` receipts beyond `from`.
 async fn wait_receipts(producers: &[GroupedProducer], from: &[usize], more: usize, what: &str) -> Result<()> {
-    let deadline = Instant::now() + FLOWING;
-    loop {
+    eventually_ok_every(&format!("{what}: {more} receipts beyond {from:?} for every producer"), FLOWING, Duration::from_millis(100), || async move {
         let counts: Vec<usize> = producers.iter().map(GroupedProducer::receipted).collect();
-        if counts.iter().zip(from).all(|(n, f)| *n >= f + more) {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "{what}: producers at {counts:?} receipts, needed {more} beyond {from:?} within {FLOWING:?}");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        ensure!(counts.iter().zip(from).all(|(n, f)| *n >= f + more), "producers at {counts:?} receipts");
+        Ok(())
+    })
+    .await?;
+    Ok(())
 }
 
 /// How the LOCAL handler's live is lost.

@@ -37,6 +37,7 @@ use common::{group_status, wait_for_brokergroup, Env, GROUP_AVAILABLE};
 use duomq_broker::admin::api::BrokerStatus;
 use duomq_broker::client::{AckMode, Client, ClientOptions, SendOptions};
 use duomq_e2e::env::repo_root;
+use duomq_testkit::{eventually_ok_every, Deadline};
 use parking_lot::Mutex;
 use serde_json::Value;
 use tokio::task::JoinHandle;
@@ -247,17 +248,15 @@ async fn send_on_one_connection(address: SocketAddr, queue: &str, prefix: &str, 
 
 /// Like [`send_on_one_connection`], retried while the Service has no live endpoint yet.
 async fn send_batch(address: SocketAddr, queue: &str, prefix: &str, from: usize, count: usize) -> Result<BTreeSet<String>> {
-    let deadline = Instant::now() + FLOWING;
-    loop {
-        match send_on_one_connection(address, queue, prefix, from, count).await {
-            Ok(sent) => return Ok(sent),
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("send {prefix} through {address}: {e:#} (retrying)");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e.context(format!("could not send {prefix} through {address}"))),
+    let sent = eventually_ok_every(&format!("a send of {prefix} through {address}"), FLOWING, Duration::from_millis(500), || async move {
+        let sent = send_on_one_connection(address, queue, prefix, from, count).await;
+        if let Err(e) = &sent {
+            eprintln!("send {prefix} through {address}: {e:#} (retrying)");
         }
-    }
+        sent
+    })
+    .await?;
+    Ok(sent)
 }
 
 /// One MESSAGE as the consumer saw it.
@@ -314,22 +313,22 @@ impl Recorder {
 
     /// Waits until `count` distinct bodies arrived.
     async fn wait_distinct(&self, count: usize, what: &str, timeout: Duration) -> Result<()> {
-        let deadline = Instant::now() + timeout;
-        while self.distinct() < count {
-            ensure!(Instant::now() < deadline, "{what}: {} of {count} messages arrived within {timeout:?}", self.distinct());
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        eventually_ok_every(&format!("{what}: {count} messages"), timeout, Duration::from_millis(100), || async move {
+            ensure!(self.distinct() >= count, "{} arrived", self.distinct());
+            Ok(())
+        })
+        .await?;
         Ok(())
     }
 
     /// Waits until every body of `expected` arrived (or `timeout`), then stops.
     async fn finish(self, expected: &BTreeSet<String>, timeout: Duration) -> Result<Vec<Delivery>> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::after("every expected message at the consumer", timeout);
         let missing = |d: &Mutex<Vec<Delivery>>| {
             let got: BTreeSet<String> = d.lock().iter().map(|d| d.body.clone()).collect();
             expected.iter().filter(|b| !got.contains(*b)).count()
         };
-        while missing(&self.deliveries) > 0 && Instant::now() < deadline {
+        while missing(&self.deliveries) > 0 && !deadline.passed() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         self.stop.cancel();
@@ -431,15 +430,13 @@ impl std::fmt::Display for Tally {
 
 /// Waits until every producer got `more` receipts beyond `from`.
 async fn wait_receipts(producers: &[Producer], from: &[usize], more: usize, what: &str) -> Result<()> {
-    let deadline = Instant::now() + FLOWING;
-    loop {
+    eventually_ok_every(&format!("{what}: {more} receipts beyond {from:?} for every producer"), FLOWING, Duration::from_millis(100), || async move {
         let behind: Vec<usize> = producers.iter().zip(from).filter(|(p, f)| p.receipted() < *f + more).map(|(p, _)| p.receipted()).collect();
-        if behind.is_empty() {
-            return Ok(());
-        }
-        ensure!(Instant::now() < deadline, "{what}: producers stuck at {behind:?} receipts");
-        tokio::time::sleep(Duration::from_millis(100)).await;
-    }
+        ensure!(behind.is_empty(), "producers stuck at {behind:?} receipts");
+        Ok(())
+    })
+    .await?;
+    Ok(())
 }
 
 /// `bridge`: a batch across the orders → billing connector, then a steady flow through a
@@ -621,8 +618,8 @@ async fn node_fails_under_cross_group_traffic(env: &Env, namespace: &str, via: C
 async fn wait_for_endpoints(env: &Env, namespace: &str, service: &str, lives: &[String]) -> Result<()> {
     let expected: BTreeSet<&str> = lives.iter().map(String::as_str).collect();
     let started = Instant::now();
-    let deadline = started + FLOWING;
-    loop {
+    let expected = &expected;
+    let listed = eventually_ok_every(&format!("the endpoints of Service {service} being the lives {expected:?}"), FLOWING, Duration::from_millis(250), || async move {
         let endpoints = env.json(&["-n", namespace, "get", "endpoints", service])?;
         let ready: BTreeSet<String> = endpoints["subsets"]
             .as_array()
@@ -631,16 +628,16 @@ async fn wait_for_endpoints(env: &Env, namespace: &str, service: &str, lives: &[
             .flat_map(|s| s["addresses"].as_array().into_iter().flatten())
             .filter_map(|a| a["targetRef"]["name"].as_str().map(String::from))
             .collect();
-        if ready.iter().map(String::as_str).collect::<BTreeSet<_>>() == expected {
-            println!("Service {service}: endpoints {expected:?} after {:.1}s", started.elapsed().as_secs_f64());
-            return Ok(());
-        }
-        if Instant::now() >= deadline {
-            let pods = env.kubectl(&["-n", namespace, "get", "pods", "-o", "wide", "-L", "duomq.io/role"]).unwrap_or_default();
-            bail!("the endpoints of Service {service} stayed {ready:?}, not the lives {expected:?}:\n{pods}");
-        }
-        tokio::time::sleep(Duration::from_millis(250)).await;
+        ensure!(ready.iter().map(String::as_str).collect::<BTreeSet<_>>() == *expected, "they are {ready:?}");
+        Ok(())
+    })
+    .await;
+    if let Err(e) = listed {
+        let pods = env.kubectl(&["-n", namespace, "get", "pods", "-o", "wide", "-L", "duomq.io/role"]).unwrap_or_default();
+        bail!("{e}:\n{pods}");
     }
+    println!("Service {service}: endpoints {expected:?} after {:.1}s", started.elapsed().as_secs_f64());
+    Ok(())
 }
 
 /// For a failed scenario: which group's live holds the `missing` messages of `queue` (its
@@ -694,19 +691,18 @@ async fn consumer_off_the_operator_node(env: &Env, namespace: &str, mesh: Socket
 /// The one group whose demand for `queue` the other lives' links report (the group with its
 /// consumer), once only one does.
 async fn demand_from(env: &Env, namespace: &str, lives: &[String], queue: &str) -> Result<usize> {
-    let deadline = Instant::now() + DEMAND_SEEN;
-    loop {
+    let only = eventually_ok_every(&format!("a single group asking for {queue}"), DEMAND_SEEN, Duration::from_millis(250), || async move {
         let mut groups = BTreeSet::new();
         for live in lives {
             let Ok(status) = broker_status(env, namespace, live).await else { continue };
             let links = status.network.iter().flat_map(|n| &n.connectors).flat_map(|c| &c.links);
             groups.extend(links.filter(|l| l.remote_demand.iter().any(|d| d == queue)).filter_map(|l| l.remote_group.clone()));
         }
-        if let [only] = groups.iter().collect::<Vec<_>>()[..] {
-            let index = only.rsplit_once("-g").and_then(|(_, n)| n.parse().ok());
-            return index.with_context(|| format!("a remote group named {only}"));
+        match groups.iter().collect::<Vec<_>>()[..] {
+            [only] => Ok(only.clone()),
+            _ => Err(format!("groups asking: {groups:?}")),
         }
-        ensure!(Instant::now() < deadline, "no single group asked for {queue} within {DEMAND_SEEN:?}: {groups:?}");
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    }
+    })
+    .await?;
+    only.rsplit_once("-g").and_then(|(_, n)| n.parse().ok()).with_context(|| format!("a remote group named {only}"))
 }

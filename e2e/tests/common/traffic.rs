@@ -20,6 +20,7 @@ use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
 use super::Env;
+use duomq_testkit::{eventually_ok_every, timeouts, Deadline};
 
 /// Pause between two sends of the producer: a steady trickle, light on two cores.
 const PRODUCER_PAUSE: Duration = Duration::from_millis(20);
@@ -40,17 +41,18 @@ pub fn failover_url(address: SocketAddr) -> String {
 
 /// Connects a failover client, retrying while the Service has no live endpoint yet.
 pub async fn connect_failover(url: &str, options: ClientOptions, timeout: Duration) -> Result<Client> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match Client::connect(url, options.clone()).await {
-            Ok(c) => return Ok(c),
-            Err(e) if Instant::now() < deadline => {
+    let client = eventually_ok_every(&format!("a connection to {url}"), timeout, Duration::from_millis(250), || {
+        let options = options.clone();
+        async move {
+            let connected = Client::connect(url, options).await;
+            if let Err(e) = &connected {
                 eprintln!("connect {url}: {e:#} (retrying)");
-                tokio::time::sleep(Duration::from_millis(250)).await;
             }
-            Err(e) => return Err(e).with_context(|| format!("could not connect to {url}")),
+            connected
         }
-    }
+    })
+    .await?;
+    Ok(client)
 }
 
 /// Sends persistent, receipted messages `{prefix}-{n}` one after the other until stopped.
@@ -64,7 +66,7 @@ pub struct Producer {
 impl Producer {
     pub async fn start(url: &str, queue: &str, prefix: &str) -> Result<Producer> {
         let options = ClientOptions { receipt_timeout: PRODUCER_RECEIPT_TIMEOUT, ..ClientOptions::default() };
-        let client = connect_failover(url, options, Duration::from_secs(60)).await?;
+        let client = connect_failover(url, options, timeouts::CONNECT).await?;
         let receipted = Arc::new(Mutex::new(BTreeSet::new()));
         let failed = Arc::new(AtomicUsize::new(0));
         let stop = CancellationToken::new();
@@ -120,7 +122,7 @@ pub struct Consumer {
 
 impl Consumer {
     pub async fn start(url: &str, queue: &str) -> Result<Consumer> {
-        let client = connect_failover(url, ClientOptions::default(), Duration::from_secs(60)).await?;
+        let client = connect_failover(url, ClientOptions::default(), timeouts::CONNECT).await?;
         let mut sub = client.subscribe(queue, AckMode::ClientIndividual, Some(100)).await?;
         let received = Arc::new(Mutex::new(Deliveries::new()));
         let stop = CancellationToken::new();
@@ -162,8 +164,8 @@ impl Consumer {
     /// Waits until every body of `expected` has arrived, then stops; returns how many
     /// deliveries were redeliveries of a body already received.
     pub async fn finish(self, expected: &BTreeSet<String>, timeout: Duration) -> Result<usize> {
-        let deadline = Instant::now() + timeout;
-        while self.missing(expected) > 0 && Instant::now() < deadline {
+        let deadline = Deadline::after("every receipted message at the consumer", timeout);
+        while self.missing(expected) > 0 && !deadline.passed() {
             tokio::time::sleep(Duration::from_millis(200)).await;
         }
         self.stop.cancel();
@@ -363,15 +365,11 @@ impl MemberProbe {
 
     /// Waits until `member` has receipted a send made after `since`.
     pub async fn wait_accepting(&self, member: &str, since: Instant, timeout: Duration) -> Result<Instant> {
-        let deadline = Instant::now() + timeout;
-        loop {
-            let first = self.accepted.lock().iter().filter(|a| a.member == member && a.sent >= since).map(|a| a.receipted).min();
-            if let Some(at) = first {
-                return Ok(at);
-            }
-            ensure!(Instant::now() < deadline, "{member} receipted no send within {timeout:?}");
-            tokio::time::sleep(Duration::from_millis(50)).await;
-        }
+        let at = eventually_ok_every(&format!("{member} receipting a send"), timeout, Duration::from_millis(50), || async move {
+            self.accepted.lock().iter().filter(|a| a.member == member && a.sent >= since).map(|a| a.receipted).min().ok_or("none yet")
+        })
+        .await?;
+        Ok(at)
     }
 
     pub async fn stop(self) -> Vec<Accepted> {
@@ -539,12 +537,13 @@ impl GroupTraffic {
         let consumer = Consumer::start(&url, &queue).await?;
         let producer = Producer::start(&url, &queue, group).await?;
         let probe = MemberProbe::start(env.member_addresses(namespace, members).await?, members, &format!("/queue/{group}-probe"));
-        probe.wait_accepting(live, Instant::now(), Duration::from_secs(30)).await?;
-        let deadline = Instant::now() + Duration::from_secs(30);
-        while producer.receipted() < 10 {
-            ensure!(Instant::now() < deadline, "{group}: the producer got no receipts");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        probe.wait_accepting(live, Instant::now(), timeouts::RECEIPTS).await?;
+        let receipts = &producer;
+        eventually_ok_every(&format!("{group}: the producer's first receipts"), timeouts::RECEIPTS, Duration::from_millis(100), || async move {
+            ensure!(receipts.receipted() >= 10, "{} so far", receipts.receipted());
+            Ok(())
+        })
+        .await?;
         Ok(GroupTraffic { group: group.to_string(), queue, producer, consumer, probe })
     }
 
@@ -563,14 +562,15 @@ impl GroupTraffic {
     pub async fn finish(self, old_live: &str, fault: Instant, more: usize) -> Result<TrafficReport> {
         let group = self.group;
         let before = self.producer.receipted();
-        let deadline = Instant::now() + Duration::from_secs(60);
-        while self.producer.receipted() < before + more {
-            ensure!(Instant::now() < deadline, "{group}: the producer got no receipts after the failover");
-            tokio::time::sleep(Duration::from_millis(100)).await;
-        }
+        let producer = &self.producer;
+        eventually_ok_every(&format!("{group}: the producer's receipts after the failover"), timeouts::RESUME, Duration::from_millis(100), || async move {
+            ensure!(producer.receipted() >= before + more, "{} of {} so far", producer.receipted(), before + more);
+            Ok(())
+        })
+        .await?;
         let accepted = self.probe.stop().await;
         let (receipted, not_receipted) = self.producer.stop().await?;
-        let redelivered = self.consumer.finish(&receipted, Duration::from_secs(60)).await.with_context(|| format!("{group} on {}", self.queue))?;
+        let redelivered = self.consumer.finish(&receipted, timeouts::RESUME).await.with_context(|| format!("{group} on {}", self.queue))?;
         let timeline = slot_timeline(&accepted, fault, TIMELINE_SLOT);
         ensure_one_accepting_at_a_time(&accepted).with_context(|| format!("{group}: {timeline}"))?;
         let failover = failover_time(&accepted, old_live, fault);
