@@ -148,17 +148,12 @@ async fn until<T, Fut: std::future::Future<Output = Option<T>>>(
     timeout: Duration,
     mut probe: impl FnMut() -> Fut,
 ) -> T {
-    let deadline = tokio::time::Instant::now() + timeout;
-    loop {
-        if let Some(v) = probe().await {
-            return v;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "timed out after {timeout:?} waiting for {what}"
-        );
-        tokio::time::sleep(POLL_INTERVAL).await;
-    }
+    let found = duomq_testkit::eventually_ok_every(what, timeout, POLL_INTERVAL, || {
+        let next = probe();
+        async move { next.await.ok_or("not yet") }
+    })
+    .await;
+    found.unwrap_or_else(|e| panic!("{e}"))
 }
 
 const CONFIGMAP_V1: &str = "apiVersion: v1

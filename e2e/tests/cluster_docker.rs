@@ -26,6 +26,7 @@ use kube::api::{Api, DeleteParams, Patch, PatchParams, PostParams};
 use kube::{Client, ResourceExt};
 use serde::de::DeserializeOwned;
 use serde_json::json;
+use duomq_testkit::Deadline;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 /// Pods of the broker image starting and turning Ready (image start, journal, probes).
@@ -568,10 +569,10 @@ async fn given_statefulset_of_brokers_when_run_on_local_cluster_should_behave_li
     sets.patch("brokers", &PatchParams::default(), &Patch::Merge(&patch))
         .await?;
     let mut replaced_order: Vec<&str> = Vec::new();
-    let deadline = tokio::time::Instant::now() + ROLLOUT_TIMEOUT;
+    let deadline = Deadline::after("the rollout", ROLLOUT_TIMEOUT);
     while replaced_order.len() < 2 {
-        if tokio::time::Instant::now() >= deadline {
-            bail!("timed out after {ROLLOUT_TIMEOUT:?} waiting for the rollout; replaced {replaced_order:?}");
+        if deadline.passed() {
+            bail!("timed out after {:?} waiting for the rollout; replaced {replaced_order:?}", deadline.timeout());
         }
         for (i, name) in ["brokers-0", "brokers-1"].into_iter().enumerate() {
             if let Ok(pod) = f.pod(name).await {
@@ -1122,10 +1123,10 @@ async fn given_pod_with_output_when_kubectl_logs_should_print_tail_pick_containe
         .context("failed to start kubectl logs -f")?;
     let mut stdout = follow.stdout.take().context("no stdout")?;
     let mut seen = String::new();
-    let deadline = tokio::time::Instant::now() + STATUS_TIMEOUT;
+    let deadline = Deadline::after("line 3 from kubectl logs -f", STATUS_TIMEOUT);
     while !seen.contains("line 3\n") {
         let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout_at(deadline, stdout.read(&mut buf)).await.context("kubectl logs -f printed no line 3")??;
+        let n = tokio::time::timeout(deadline.left(), stdout.read(&mut buf)).await.context("kubectl logs -f printed no line 3")??;
         ensure_some(n)?;
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }
@@ -1142,7 +1143,7 @@ async fn given_pod_with_output_when_kubectl_logs_should_print_tail_pick_containe
     docker_cli(&["exec", container.trim(), "touch", "/tmp/go"])?;
     while !seen.contains("after-follow\n") {
         let mut buf = [0u8; 4096];
-        let n = tokio::time::timeout_at(deadline, stdout.read(&mut buf)).await.context("kubectl logs -f did not stream the new line")??;
+        let n = tokio::time::timeout(deadline.left(), stdout.read(&mut buf)).await.context("kubectl logs -f did not stream the new line")??;
         ensure_some(n)?;
         seen.push_str(&String::from_utf8_lossy(&buf[..n]));
     }

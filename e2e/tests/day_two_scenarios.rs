@@ -34,6 +34,7 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, ensure, Context, Result};
 use common::traffic::{failover_url, Consumer, Deliveries, Once, Producer};
 use common::{condition, Env, GROUP_AVAILABLE};
+use duomq_testkit::{eventually_ok_every, Deadline};
 use duomq_broker::client::{Client, ClientOptions, SendOptions};
 use duomq_operator::api::BrokerGroup;
 use futures::StreamExt;
@@ -165,42 +166,36 @@ async fn event(env: &Env, namespace: &str, name: &str, reason: &str) -> Result<S
 
 /// Polls until `check` yields a value, failing with what the BrokerGroup shows then.
 async fn until<T>(what: &str, timeout: Duration, mut check: impl FnMut() -> Result<Option<T>>) -> Result<T> {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match check() {
-            Ok(Some(v)) => return Ok(v),
-            Ok(None) => {}
-            Err(e) if Instant::now() >= deadline => return Err(e.context(format!("waiting for {what}"))),
-            Err(_) => {}
-        }
-        ensure!(Instant::now() < deadline, "{what}: not within {timeout:?}");
-        tokio::time::sleep(POLL).await;
-    }
+    let found = eventually_ok_every(what, timeout, POLL, || {
+        let checked = check();
+        async move { checked?.context("not yet") }
+    })
+    .await?;
+    Ok(found)
 }
 
 /// Sends `{prefix}-0` … persistent and receipted on one plain connection, each with its body
 /// as message id, so that the batch sent again after a failed connection is stored once.
 async fn send_batch(address: SocketAddr, queue: &str, prefix: &str, count: usize) -> Result<BTreeSet<String>> {
     let bodies: BTreeSet<String> = (0..count).map(|n| format!("{prefix}-{n}")).collect();
-    let deadline = Instant::now() + FLOWING;
-    loop {
+    let batch = &bodies;
+    eventually_ok_every(&format!("sending {prefix} through {address}"), FLOWING, Duration::from_millis(500), || async move {
         let attempt = async {
             let client = Client::connect(&format!("stomp://{address}"), ClientOptions::default()).await?;
-            for body in &bodies {
+            for body in batch {
                 let options = SendOptions { persistent: true, receipt: true, message_id: Some(body.clone()), ..SendOptions::default() };
                 client.send(queue, body.clone(), options).await?;
             }
             client.disconnect().await
         };
-        match attempt.await {
-            Ok(()) => return Ok(bodies),
-            Err(e) if Instant::now() < deadline => {
-                eprintln!("send {prefix} through {address}: {e:#} (again)");
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(anyhow::Error::from(e).context(format!("sending {prefix} through {address}"))),
+        let sent = attempt.await;
+        if let Err(e) = &sent {
+            eprintln!("send {prefix} through {address}: {e:#} (again)");
         }
-    }
+        sent
+    })
+    .await?;
+    Ok(bodies)
 }
 
 /// Consumers of `queue` on each of `services` (failover URLs) until, together, they got
@@ -216,9 +211,9 @@ async fn consume(env: &Env, namespace: &str, services: &[&str], queue: &str, exp
 /// Stops `consumers` once they got every body of `expected` together (or after `timeout`),
 /// and tallies what they got.
 async fn drain_consumers(consumers: Vec<Consumer>, expected: &BTreeSet<String>, timeout: Duration) -> Result<Once> {
-    let deadline = Instant::now() + timeout;
+    let deadline = Deadline::after("every expected message at the consumers", timeout);
     let missing = |consumers: &[Consumer]| expected.iter().filter(|b| !consumers.iter().any(|c| c.has(b))).count();
-    while missing(&consumers) > 0 && Instant::now() < deadline {
+    while missing(&consumers) > 0 && !deadline.passed() {
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
     let mut all: Vec<Deliveries> = Vec::new();

@@ -29,6 +29,7 @@ use common::amqp;
 use common::traffic::{GroupTraffic, TrafficReport};
 use common::{condition, group_status, wait_for_brokergroup, Env, GROUP_AVAILABLE};
 use duomq_e2e::env::repo_root;
+use duomq_testkit::Deadline;
 use serde_json::Value;
 
 /// From the fault to the status naming the new live: the Lease duration (15 s) when the
@@ -206,12 +207,12 @@ async fn amqp_through_a_failover(env: &Env, namespace: &str) -> Result<Vec<Traff
     // The Service's endpoints follow the role label the operator sets: retry as a client
     // would. Bodies are unique, so a resent message is counted once.
     let mut accepted = BTreeSet::new();
-    let deadline = Instant::now() + AMQP_CLIENTS;
+    let deadline = Deadline::after("every AMQP message accepted through the client Service", AMQP_CLIENTS);
     while accepted.len() < AMQP_MESSAGES {
         let (sent, error) = amqp::send_durable(service, AMQP_QUEUE, "amqp", accepted.len()..AMQP_MESSAGES).await?;
         accepted.extend(sent);
         if let Some(e) = error {
-            ensure!(Instant::now() < deadline, "could not send over AMQP through the client Service: {e}");
+            ensure!(!deadline.passed(), "could not send over AMQP through the client Service: {e}");
             eprintln!("amqp send: {e} (retrying)");
             tokio::time::sleep(Duration::from_millis(500)).await;
         }
@@ -234,7 +235,7 @@ async fn amqp_through_a_failover(env: &Env, namespace: &str) -> Result<Vec<Traff
 
     // Through the same Service, now following the new live: every accepted message.
     let mut received = BTreeSet::new();
-    let deadline = Instant::now() + AMQP_CLIENTS;
+    let deadline = Deadline::after("every accepted AMQP message received through the client Service", AMQP_CLIENTS);
     while !accepted.is_subset(&received) {
         let (got, error) = amqp::receive_all(service, AMQP_QUEUE).await?;
         received.extend(got);
@@ -242,7 +243,7 @@ async fn amqp_through_a_failover(env: &Env, namespace: &str) -> Result<Vec<Traff
             break;
         }
         let missing = accepted.difference(&received).count();
-        ensure!(Instant::now() < deadline, "after the failover ({how}) {missing} of {} accepted messages were not received; last error: {error:?}", accepted.len());
+        ensure!(!deadline.passed(), "after the failover ({how}) {missing} of {} accepted messages were not received; last error: {error:?}", accepted.len());
         eprintln!("amqp receive: {missing} missing, {} (retrying: the Service may still point at the old live)", error.unwrap_or_else(|| "no error".into()));
         tokio::time::sleep(Duration::from_millis(500)).await;
     }

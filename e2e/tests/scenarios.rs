@@ -22,6 +22,7 @@ use common::traffic::{failover_time, GroupTraffic};
 use common::{condition, group_status, Env, GROUP_AVAILABLE};
 use duomq_broker::client::{AckMode, Client, ClientOptions, SendOptions};
 use duomq_e2e::env::{repo_root, wait_for};
+use duomq_testkit::{timeouts, Deadline};
 
 /// From kill -9 of the live to the status naming the backup as live.
 const FAILOVER_SEEN: Duration = Duration::from_secs(120);
@@ -30,6 +31,8 @@ const FAILBACK_SEEN: Duration = Duration::from_secs(180);
 /// Garbage collection after `kubectl delete`.
 const GC_DONE: Duration = Duration::from_secs(120);
 
+/// For every message of the batch to be received again after a failover or failback.
+const DELIVERED: Duration = Duration::from_secs(120);
 const MESSAGES: usize = 200;
 /// Receipts the producer must still get after the failback before the traffic stops.
 const RECEIPTS_AFTER: usize = 20;
@@ -49,8 +52,8 @@ async fn send_receipted(address: SocketAddr, queue: &str, from: usize, count: us
 async fn receive_all(address: SocketAddr, queue: &str, expected: usize, got: &mut BTreeSet<String>) -> Result<()> {
     let client = Client::connect(&format!("stomp://{address}"), ClientOptions::default()).await?;
     let mut sub = client.subscribe(queue, AckMode::ClientIndividual, Some(100)).await?;
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while got.len() < expected && Instant::now() < deadline {
+    let deadline = Deadline::after(format!("{expected} messages from {queue}"), timeouts::RESUME);
+    while got.len() < expected && !deadline.passed() {
         match tokio::time::timeout(Duration::from_secs(5), sub.recv()).await {
             Ok(Some(m)) => {
                 got.insert(String::from_utf8_lossy(&m.body).into_owned());
@@ -112,9 +115,9 @@ async fn pair_scenario(env: &Env) -> Result<()> {
     let address = env.stomp_address("default", "pair-g0").await?;
     // The Service's endpoints follow the role label the operator has just set: retry as a
     // client would. Bodies are unique, so a resent batch is counted once.
-    let deadline = Instant::now() + Duration::from_secs(60);
+    let deadline = Deadline::after("a send through the client Service", timeouts::CONNECT);
     while let Err(e) = send_receipted(address, "/queue/e2e", 0, MESSAGES).await {
-        ensure!(Instant::now() < deadline, "could not send through the client Service: {e:#}");
+        ensure!(!deadline.passed(), "could not send through the client Service: {e:#}");
         eprintln!("send: {e:#} (retrying)");
         tokio::time::sleep(Duration::from_millis(500)).await;
     }
@@ -194,9 +197,9 @@ async fn pair_scenario(env: &Env) -> Result<()> {
 }
 
 async fn wait_for_messages(address: SocketAddr, expected: usize) -> Result<BTreeSet<String>> {
-    let deadline = Instant::now() + Duration::from_secs(120);
+    let deadline = Deadline::after(format!("{expected} messages"), DELIVERED);
     let mut all = BTreeSet::new();
-    while all.len() < expected && Instant::now() < deadline {
+    while all.len() < expected && !deadline.passed() {
         match receive_all(address, "/queue/e2e", expected, &mut all).await {
             Ok(()) => {}
             Err(e) => eprintln!("receive: {e:#} (retrying: the Service may still point at the old live)"),

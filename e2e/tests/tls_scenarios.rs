@@ -25,6 +25,7 @@ use common::{condition, Env, GROUP_AVAILABLE};
 use duomq_broker::client::{AckMode, Client, ClientOptions, SendOptions, SubscribeOptions, TlsOptions};
 use duomq_broker::tls::pki::{Authority, Leaf};
 use duomq_e2e::env::wait_for;
+use duomq_testkit::{eventually_ok_every, timeouts, Deadline};
 use duomq_operator::api::BrokerGroup;
 use duomq_operator::names;
 use k8s_openapi::api::apps::v1::StatefulSet;
@@ -45,6 +46,8 @@ const RENEWED: Duration = Duration::from_secs(180);
 const ROLLED: Duration = Duration::from_secs(300);
 /// For every receipted message to be consumed.
 const DRAINED: Duration = Duration::from_secs(90);
+/// For the CertificateRenewed Event, published after the apply that changed the template.
+const EVENT_SEEN: Duration = Duration::from_secs(30);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn given_operator_managed_tls_should_serve_stomp_ssl_replicate_and_roll_a_renewal_without_loss() -> Result<()> {
@@ -134,10 +137,10 @@ async fn scenario(env: &Env) -> Result<()> {
     eprintln!("renewed after {:?}: checksum {before} -> {renewed}", renewal.elapsed());
     // The Event is published after the apply that changed the template: look a few times.
     let events: Api<Event> = Api::namespaced(client.clone(), NS);
-    let deadline = Instant::now() + Duration::from_secs(30);
+    let deadline = Deadline::after("a CertificateRenewed Event", EVENT_SEEN);
     let notes = loop {
         let notes: Vec<String> = events.list(&ListParams::default()).await?.items.into_iter().filter(|e| e.reason.as_deref() == Some("CertificateRenewed")).filter_map(|e| e.note).collect();
-        if !notes.is_empty() || Instant::now() > deadline {
+        if !notes.is_empty() || deadline.passed() {
             break notes;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -183,10 +186,9 @@ async fn scenario(env: &Env) -> Result<()> {
     let consumer = connect_retrying(&url, &options).await?;
     let mut sub = consumer.subscribe_with(QUEUE, SubscribeOptions { ack: AckMode::ClientIndividual, prefetch: None, headers: Vec::new() }).await?;
     let mut got = BTreeSet::new();
-    let deadline = Instant::now() + DRAINED;
+    let deadline = Deadline::after("every receipted message consumed", DRAINED);
     while !receipted.is_subset(&got) {
-        let left = deadline.saturating_duration_since(Instant::now());
-        let Ok(Some(m)) = tokio::time::timeout(left, sub.recv()).await else {
+        let Ok(Some(m)) = tokio::time::timeout(deadline.left(), sub.recv()).await else {
             bail!("{} of {} receipted messages consumed; missing e.g. {:?}", got.len(), receipted.len(), receipted.difference(&got).next());
         };
         consumer.ack(&m).await?;
@@ -206,17 +208,18 @@ async fn wait_ready(env: &Env, timeout: Duration) -> Result<()> {
 }
 
 async fn connect_retrying(url: &str, options: &ClientOptions) -> Result<Client> {
-    let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match Client::connect(url, options.clone()).await {
-            Ok(c) => return Ok(c),
-            Err(e) if Instant::now() < deadline => {
+    let client = eventually_ok_every(&format!("a connection to {url}"), timeouts::CONNECT, Duration::from_millis(500), || {
+        let options = options.clone();
+        async move {
+            let connected = Client::connect(url, options).await;
+            if let Err(e) = &connected {
                 eprintln!("connect {url}: {e:#} (retrying)");
-                tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            Err(e) => return Err(e).with_context(|| format!("connect {url}")),
+            connected
         }
-    }
+    })
+    .await?;
+    Ok(client)
 }
 
 /// Sends receipted persistent messages `during-N` until stopped; the receipted ones and the

@@ -8,7 +8,7 @@ use std::process::{Child, Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-use anyhow::{bail, ensure, Context, Result};
+use anyhow::{ensure, Context, Result};
 use duomq_e2e::cluster::names::DOCKER_LABEL_CLUSTER;
 use duomq_e2e::env::{kubectl, repo_root, require_tools};
 
@@ -83,16 +83,7 @@ fn check_and_stop(mut up: Up, kubeconfig: &std::path::Path, cluster: &str, pid: 
 
     let interrupted = Command::new("kill").args(["-INT", &pid.to_string()]).status().context("failed to run kill")?;
     ensure!(interrupted.success(), "kill -INT {pid} failed");
-    let deadline = std::time::Instant::now() + DOWN_DONE;
-    let status = loop {
-        if let Some(status) = up.0.try_wait()? {
-            break status;
-        }
-        if std::time::Instant::now() >= deadline {
-            bail!("duomq-e2e up did not exit within {DOWN_DONE:?} of SIGINT");
-        }
-        std::thread::sleep(Duration::from_millis(200));
-    };
+    let status = duomq_testkit::process::wait_within(&mut up.0, DOWN_DONE).map_err(|e| anyhow::anyhow!("duomq-e2e up after SIGINT: {e}"))?;
     ensure!(status.success(), "duomq-e2e up exited with {status}");
     let left = docker_lines(&["ps", "-aq", "--filter", cluster])?;
     ensure!(left.is_empty(), "containers left after Ctrl-C: {left:?}");

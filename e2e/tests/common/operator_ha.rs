@@ -6,9 +6,10 @@
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
 use anyhow::{bail, Context, Result};
+use duomq_testkit::Deadline;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
@@ -47,7 +48,7 @@ impl OperatorProcess {
             .spawn()
             .with_context(|| format!("failed to run {}", binary.display()))?;
         let mut process = OperatorProcess { identity: identity.to_string(), child, log: log.to_path_buf(), http: "0.0.0.0:0".parse()? };
-        let deadline = Instant::now() + STARTED_TIMEOUT;
+        let deadline = Deadline::after(format!("{identity} serving its endpoint"), STARTED_TIMEOUT);
         loop {
             if let Some(addr) = process.log_text().lines().filter(|l| l.contains("duomq-operator starting")).find_map(listen_field) {
                 process.http = addr;
@@ -56,8 +57,8 @@ impl OperatorProcess {
             if let Some(status) = process.child.try_wait()? {
                 bail!("{identity} exited ({status}) before serving:\n{}", process.log_text());
             }
-            if Instant::now() > deadline {
-                bail!("{identity} did not start within {STARTED_TIMEOUT:?}:\n{}", process.log_text());
+            if deadline.passed() {
+                bail!("{identity} did not start within {:?}:\n{}", deadline.timeout(), process.log_text());
             }
             tokio::time::sleep(Duration::from_millis(50)).await;
         }
@@ -95,13 +96,13 @@ impl OperatorProcess {
 
     /// The exit status, once the process exited by itself within `timeout`.
     pub async fn exited_within(&mut self, timeout: Duration) -> Result<ExitStatus> {
-        let deadline = Instant::now() + timeout;
+        let deadline = Deadline::after(format!("{} exiting", self.identity), timeout);
         loop {
             if let Some(status) = self.child.try_wait()? {
                 return Ok(status);
             }
-            if Instant::now() > deadline {
-                bail!("{} still runs after {timeout:?}:\n{}", self.identity, self.log_text());
+            if deadline.passed() {
+                bail!("{} still runs after {:?}:\n{}", self.identity, deadline.timeout(), self.log_text());
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
