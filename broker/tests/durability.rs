@@ -3,7 +3,7 @@
 
 mod common;
 
-use common::{body_text, eventually, http_get, Broker, Conn, FRAME_TIMEOUT};
+use common::{body_text, eventually, http_get, Broker, Conn, Deadline, FRAME_TIMEOUT};
 use duomq_testkit::timeouts;
 use duomq_broker::stomp::{Command, Frame};
 use std::path::PathBuf;
@@ -407,10 +407,10 @@ fn given_a_producer_that_vanishes_mid_write_should_leave_every_stored_message_to
         p.send(&f);
     }
     drop(p);
-    let start = Instant::now();
+    let deadline = Deadline::after("all 300 messages back", timeouts::MESSAGE);
     let got = loop {
         let got = drain(&b, "/queue/vanish", false);
-        if got.len() == 300 || start.elapsed() > Duration::from_secs(10) {
+        if got.len() == 300 || deadline.passed() {
             break got;
         }
         std::thread::sleep(Duration::from_millis(200));

@@ -9,7 +9,7 @@
 mod common;
 
 use anyhow::{bail, ensure, Context, Result};
-use common::{body_text, http_get, Conn};
+use common::{body_text, http_get, Conn, Deadline};
 use duomq_broker::stomp::Command;
 use std::fs::File;
 use std::os::unix::process::CommandExt;
@@ -33,6 +33,8 @@ const DOCKER_COMMAND_TIMEOUT: Duration = Duration::from_secs(60);
 /// From `docker run` until `/healthz` and `/readyz` answer 200 through the published port.
 const READY_TIMEOUT: Duration = Duration::from_secs(60);
 /// The broker gets this long to exit after SIGTERM before docker kills it.
+/// How long a docker command that timed out may take to end on SIGTERM before SIGKILL.
+const STOP_GRACE: Duration = Duration::from_secs(10);
 const STOP_GRACE_SECONDS: u64 = 30;
 
 #[test]
@@ -160,7 +162,7 @@ impl Container {
     }
 
     fn wait_for_200(&self, admin_port: u16, path: &str) -> Result<()> {
-        let deadline = Instant::now() + READY_TIMEOUT;
+        let deadline = Deadline::after(format!("{path} answering 200"), READY_TIMEOUT);
         loop {
             // Docker's proxy accepts on the host port before the broker listens, so a
             // connection alone means nothing: only a 200 counts.
@@ -170,8 +172,8 @@ impl Container {
             if !self.running()? {
                 bail!("the container exited before {path} answered 200");
             }
-            if Instant::now() > deadline {
-                bail!("{path} did not answer 200 within READY_TIMEOUT ({READY_TIMEOUT:?})");
+            if deadline.passed() {
+                bail!("{path} did not answer 200 within READY_TIMEOUT ({:?})", deadline.timeout());
             }
             std::thread::sleep(Duration::from_millis(100));
         }
@@ -318,22 +320,22 @@ fn run_logged(command: &mut Process, log: &Path, timeout: Duration, what: &str) 
 fn wait_within(command: &mut Process, timeout: Duration, what: &str) -> Result<std::process::ExitStatus> {
     let mut child =
         command.stdin(Stdio::null()).process_group(0).spawn().with_context(|| format!("failed to start {what}"))?;
-    let deadline = Instant::now() + timeout;
+    let deadline = Deadline::after(what, timeout);
     loop {
         if let Some(status) = child.try_wait()? {
             return Ok(status);
         }
-        if Instant::now() > deadline {
+        if deadline.passed() {
             let group = -(child.id() as i32);
             // SAFETY: signals only the process group this function created.
             unsafe { libc::kill(group, libc::SIGTERM) };
-            let grace = Instant::now() + Duration::from_secs(10);
-            while child.try_wait()?.is_none() && Instant::now() < grace {
+            let grace = Deadline::after(format!("{what} ending on SIGTERM"), STOP_GRACE);
+            while child.try_wait()?.is_none() && !grace.passed() {
                 std::thread::sleep(Duration::from_millis(100));
             }
             unsafe { libc::kill(group, libc::SIGKILL) };
             let _ = child.wait();
-            bail!("{what} did not finish within {timeout:?}");
+            bail!("{what} did not finish within {:?}", deadline.timeout());
         }
         std::thread::sleep(Duration::from_millis(50));
     }

@@ -9,7 +9,7 @@ use common::cluster::{Member, ROLE_TIMEOUT};
 use common::{cli, receive_all, Conn};
 use duomq_broker::stomp::{Command as Stomp, Frame};
 use std::process::{Command, Stdio};
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Messages sent before the failover and only received after it: all of them recovered
 /// by the new live, so all flagged redelivered.
@@ -55,12 +55,7 @@ fn given_shared_store_pair_when_live_killed_should_fail_over_with_every_receipte
     let out = send(&url, "/queue/before", BEFORE).output().expect("send before the failover");
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let producer = send(&url, "/queue/load", UNDER_LOAD).stdout(Stdio::null()).stderr(Stdio::piped()).spawn().expect("spawn producer");
-    let started = Instant::now();
-    a.wait_for("busy", |s| {
-        s["queues"].as_array().and_then(|q| q.iter().find(|q| q["name"] == "/queue/load")).is_some_and(|q| {
-            q["enqueuedTotal"].as_u64().unwrap_or(0) >= (UNDER_LOAD / 3) as u64
-        }) || started.elapsed() > Duration::from_secs(20)
-    });
+    a.wait_under_way("/queue/load", (UNDER_LOAD / 3) as u64);
 
     a.kill9();
     let killed = Instant::now();

@@ -29,6 +29,9 @@ pub const SPACE_FREED: Duration = Duration::from_secs(30);
 pub const MESSAGE: Duration = Duration::from_secs(15);
 /// The journal reclaims the segments no message needs any more (after a group commit).
 pub const RECLAIM: Duration = Duration::from_secs(10);
+/// How long a test lets a producer get well under way before it injects a fault anyway
+/// (a slow producer is then faulted earlier, not failed).
+pub const UNDER_WAY: Duration = Duration::from_secs(20);
 /// A member takes the role it should have (live after a failover, backup in sync).
 pub const ROLE: Duration = Duration::from_secs(30);
 /// A process exits cleanly after SIGTERM (its journal flushed, its sockets closed).
@@ -46,6 +49,8 @@ pub const LINK: Duration = Duration::from_secs(30);
 pub const DATABASE: Duration = Duration::from_secs(60);
 /// A CLI command (duomq-broker's, kubectl-duomq's, a Python client script) finishes.
 pub const CLI: Duration = Duration::from_secs(60);
+/// A whole external test suite (pytest against the broker or the Helm chart) finishes.
+pub const SUITE: Duration = Duration::from_secs(300);
 /// A producer finishes sending a batch under faults (failovers, restarts).
 pub const PRODUCE: Duration = Duration::from_secs(120);
 /// The operator reconciles a change into the local control plane (Pods, Services, status).

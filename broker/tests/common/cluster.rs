@@ -5,7 +5,8 @@
 use super::{reserve_port, http_get_admin};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use duomq_testkit::eventually;
+use duomq_testkit::timeouts::UNDER_WAY;
+use duomq_testkit::{eventually, Deadline};
 use duomq_testkit::process::wait_within;
 use duomq_testkit::timeouts::STOP;
 
@@ -241,6 +242,17 @@ impl Member {
     /// (The member's log is printed when the failed test drops it.)
     pub fn wait_for(&self, what: &str, check: impl Fn(&serde_json::Value) -> bool) {
         eventually(&format!("{} becoming {what}", self.name), ROLE_TIMEOUT, || self.status().is_some_and(|s| check(&s)));
+    }
+
+    /// Waits until this member has taken `count` messages into `queue` (`enqueuedTotal`): a
+    /// producer well under way, so a fault lands mid-stream. After [`UNDER_WAY`] it goes on
+    /// anyway.
+    pub fn wait_under_way(&self, queue: &str, count: u64) {
+        let patience = Deadline::after(format!("{count} messages into {queue}"), UNDER_WAY);
+        self.wait_for("busy", |s| {
+            let enqueued = s["queues"].as_array().and_then(|q| q.iter().find(|q| q["name"] == queue)).and_then(|q| q["enqueuedTotal"].as_u64());
+            enqueued.unwrap_or(0) >= count || patience.passed()
+        });
     }
 
     pub fn wait_live(&self) {
