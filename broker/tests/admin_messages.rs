@@ -19,8 +19,7 @@ use std::time::Duration;
 const PASSWORD: &str = "a-long-random-cluster-password";
 /// `ops` holds the `admin` role; `app` holds none.
 const USERS: &str = "auth:\n  users:\n    - name: ops\n      password: ops-pw\n    - name: app\n      password: app-pw\n  allowAnonymous: true\n  roles:\n    admin: [ops]\n    producers: [app]\n";
-/// How long one CLI run may take.
-const CLI_TIMEOUT: Duration = Duration::from_secs(60);
+use duomq_testkit::timeouts::CLI as CLI_TIMEOUT;
 /// How long a frame that must not come is waited for.
 const QUIET: Duration = Duration::from_millis(800);
 

@@ -16,8 +16,7 @@ use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 const PASSWORD: &str = "grouping-test-password";
-/// How long bridges and the grouping link may take to come up, or messages to cross.
-const LINK_TIMEOUT: Duration = Duration::from_secs(30);
+use duomq_testkit::timeouts::LINK as LINK_TIMEOUT;
 
 /// One message as a consumer saw it.
 #[derive(Debug, Clone)]

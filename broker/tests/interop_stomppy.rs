@@ -14,10 +14,7 @@ use std::process::{Command, Stdio};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// How long the whole pytest run may take.
-const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long `python3 -c 'import stomp, pytest'` may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+use duomq_testkit::timeouts::{CLI as PROBE_TIMEOUT, SUITE as SUITE_TIMEOUT};
 const INSTALL_HINT: &str = "scripts/test --install-only (installs everything the tests need), or python3 -m pip install 'stomp.py>=8,<9' pytest";
 
 const AUTH_CONFIG: &str = "auth:\n  users:\n    - name: app\n      password: s3cret\n";

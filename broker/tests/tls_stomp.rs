@@ -20,8 +20,7 @@ use std::io::{Read, Write};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant, SystemTime};
 
-/// Longest wait for one message at a consumer.
-const MESSAGE_TIMEOUT: Duration = Duration::from_secs(15);
+use duomq_testkit::timeouts::MESSAGE as MESSAGE_TIMEOUT;
 /// How long `openssl s_client` may take for one handshake and exchange.
 const OPENSSL_TIMEOUT: Duration = Duration::from_secs(30);
 /// Users and certificate users of the client-certificate tests (and `/metrics` open,

@@ -10,12 +10,9 @@ use std::io::{BufRead, BufReader, Read};
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::sync::mpsc;
-use std::time::{Duration, Instant};
+use std::time::Duration;
 
-/// How long the whole pytest run may take.
-const SUITE_TIMEOUT: Duration = Duration::from_secs(300);
-/// How long the import probe may take.
-const PROBE_TIMEOUT: Duration = Duration::from_secs(60);
+use duomq_testkit::timeouts::{CLI as PROBE_TIMEOUT, SUITE as SUITE_TIMEOUT};
 const INSTALL_HINT: &str = "python3 -m pip install 'helm-python-sdk>=0.2.2,<0.3' \
                             'kubernetes-validate>=1.33,<2' 'jsonschema>=4,<5' 'pytest>=7'";
 
@@ -62,19 +59,7 @@ fn require_python_tools() {
 }
 
 fn wait_with_timeout(child: &mut Child, timeout: Duration, what: &str) -> ExitStatus {
-    let deadline = Instant::now() + timeout;
-    loop {
-        match child.try_wait() {
-            Ok(Some(status)) => return status,
-            Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(50)),
-            Ok(None) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("{what} did not finish within {timeout:?}");
-            }
-            Err(e) => panic!("failed to wait for {what}: {e}"),
-        }
-    }
+    duomq_testkit::process::wait_within(child, timeout).unwrap_or_else(|e| panic!("{what}: {e}"))
 }
 
 /// Forwards each line of `stream` to the test output (so `--nocapture` streams it live and a

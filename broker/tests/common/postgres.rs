@@ -13,7 +13,7 @@ use std::process::{Command, Output, Stdio};
 use std::time::Duration;
 
 /// How long initdb, a start or a stop may take.
-pub const PG_TIMEOUT: Duration = Duration::from_secs(60);
+pub use duomq_testkit::timeouts::DATABASE as PG_TIMEOUT;
 /// The superuser, reachable over the unix socket without a password.
 const SUPERUSER: &str = "postgres";
 /// The system user that runs the server when the test runs as root.
