@@ -16,6 +16,7 @@
 //! keeps the topic's messages while detached, and a link the client closes (Qpid JMS's
 //! unsubscribe, which attaches by name without a source) removes it.
 
+use super::outbox::Outbox;
 use super::{address, message, sasl, AmqpError};
 use crate::engine::accept::{AcceptError, Commit, Durable};
 use crate::engine::message::{ConsumerKey, Delivery};
@@ -23,7 +24,7 @@ use crate::engine::queue::{AckMode, ConsumerHandle, Outbound, Queue};
 use crate::engine::{Broker, Target, Topic};
 use crate::report::error_chain;
 use crate::security::{Permission, Principal};
-use crate::server::connection::ConnectionContext;
+use crate::server::connection::{split, ConnectionContext, ReadHalf};
 use fe2o3_amqp::acceptor::{
     ConnectionAcceptor, LinkAcceptor, LinkEndpoint, ListenerConnectionHandle, ListenerSessionHandle, SessionAcceptor,
     SupportedReceiverSettleModes,
@@ -758,6 +759,117 @@ fn settle_outcome(broker: &Arc<Broker>, source: &Source, tag: u64, outcome: &Out
     }
 }
 
+/// A client's stream, with the first bytes it sends kept (up to [`Tap::KEEP`]) so the
+/// container-id of its open can be read once fe2o3 has accepted it (fe2o3's acceptor does
+/// not show the remote open). What fe2o3 writes goes through an [`Outbox`]: the frames it
+/// writes and flushes one by one leave in one write when several are ready.
+struct Tap {
+    read: ReadHalf,
+    write: Outbox,
+    /// `None` once the opening was read: nothing more is kept.
+    seen: Arc<parking_lot::Mutex<Option<Vec<u8>>>>,
+    /// Set with `seen` taken, so reads after the opening take no lock.
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl std::fmt::Debug for Tap {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tap").field("write", &self.write).finish_non_exhaustive()
+    }
+}
+
+/// The bytes a [`Tap`] kept.
+struct Opening {
+    seen: Arc<parking_lot::Mutex<Option<Vec<u8>>>>,
+    done: Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Tap {
+    /// SASL frames and an open are a few hundred bytes.
+    const KEEP: usize = 16 * 1024;
+
+    /// The tap over `stream`, with its writer task spawned.
+    fn new(stream: Stream) -> (Tap, Opening) {
+        let (read, write) = split(stream);
+        let (write, writer) = Outbox::new(write);
+        tokio::spawn(writer);
+        let seen = Arc::new(parking_lot::Mutex::new(Some(Vec::new())));
+        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
+        (Tap { read, write, seen: Arc::clone(&seen), done: Arc::clone(&done) }, Opening { seen, done })
+    }
+}
+
+impl tokio::io::AsyncRead for Tap {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        let before = buf.filled().len();
+        let polled = std::pin::Pin::new(&mut self.read).poll_read(cx, buf);
+        if let std::task::Poll::Ready(Ok(())) = &polled {
+            if !self.done.load(std::sync::atomic::Ordering::Relaxed) {
+                if let Some(seen) = self.seen.lock().as_mut().filter(|s| s.len() < Tap::KEEP) {
+                    let new = &buf.filled()[before..];
+                    let room = Tap::KEEP - seen.len();
+                    seen.extend_from_slice(&new[..new.len().min(room)]);
+                }
+            }
+        }
+        polled
+    }
+}
+
+impl tokio::io::AsyncWrite for Tap {
+    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
+        std::pin::Pin::new(&mut self.write).poll_write(cx, buf)
+    }
+
+    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.write).poll_flush(cx)
+    }
+
+    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.write).poll_shutdown(cx)
+    }
+}
+
+impl Opening {
+    /// The container-id of the client's open, decoded by fe2o3's types.
+    /// Keeping stops here.
+    fn container_id(&self) -> Option<String> {
+        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
+        let seen = self.seen.lock().take()?;
+        open_container_id(&seen)
+    }
+}
+
+/// Finds the open in what a client sent first: protocol headers (8 bytes each) and the
+/// SASL frames between them, then the first AMQP frame, whose body is the open.
+fn open_container_id(bytes: &[u8]) -> Option<String> {
+    let mut at = 0;
+    loop {
+        let rest = bytes.get(at..)?;
+        if rest.starts_with(b"AMQP") {
+            let sasl = *rest.get(4)? == 3;
+            at += 8;
+            if !sasl {
+                break;
+            }
+            continue;
+        }
+        // A SASL frame: skip it.
+        let size = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
+        at += size.max(8);
+    }
+    let frame = bytes.get(at..)?;
+    let size = u32::from_be_bytes(frame.get(..4)?.try_into().ok()?) as usize;
+    let doff = usize::from(*frame.get(4)?) * 4;
+    let body = frame.get(doff..size)?;
+    let open: fe2o3_amqp::types::performatives::Open = serde_amqp::from_slice(body).ok()?;
+    Some(open.container_id)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -849,104 +961,4 @@ mod tests {
         assert!(matches!(selector_text(&other), Err(AmqpError::NotImplemented(_))));
         assert_eq!(selector_text(&FilterSet::new()).unwrap(), None);
     }
-}
-
-/// A client's stream, with the first bytes it sends kept (up to [`Tap::KEEP`]) so the
-/// container-id of its open can be read once fe2o3 has accepted it (fe2o3's acceptor does
-/// not show the remote open).
-#[derive(Debug)]
-struct Tap {
-    inner: Stream,
-    /// `None` once the opening was read: nothing more is kept.
-    seen: Arc<parking_lot::Mutex<Option<Vec<u8>>>>,
-    /// Set with `seen` taken, so reads after the opening take no lock.
-    done: Arc<std::sync::atomic::AtomicBool>,
-}
-
-/// The bytes a [`Tap`] kept.
-struct Opening {
-    seen: Arc<parking_lot::Mutex<Option<Vec<u8>>>>,
-    done: Arc<std::sync::atomic::AtomicBool>,
-}
-
-impl Tap {
-    /// SASL frames and an open are a few hundred bytes.
-    const KEEP: usize = 16 * 1024;
-
-    fn new(inner: Stream) -> (Tap, Opening) {
-        let seen = Arc::new(parking_lot::Mutex::new(Some(Vec::new())));
-        let done = Arc::new(std::sync::atomic::AtomicBool::new(false));
-        (Tap { inner, seen: Arc::clone(&seen), done: Arc::clone(&done) }, Opening { seen, done })
-    }
-}
-
-impl tokio::io::AsyncRead for Tap {
-    fn poll_read(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &mut tokio::io::ReadBuf<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        let before = buf.filled().len();
-        let polled = std::pin::Pin::new(&mut self.inner).poll_read(cx, buf);
-        if let std::task::Poll::Ready(Ok(())) = &polled {
-            if !self.done.load(std::sync::atomic::Ordering::Relaxed) {
-                if let Some(seen) = self.seen.lock().as_mut().filter(|s| s.len() < Tap::KEEP) {
-                    let new = &buf.filled()[before..];
-                    let room = Tap::KEEP - seen.len();
-                    seen.extend_from_slice(&new[..new.len().min(room)]);
-                }
-            }
-        }
-        polled
-    }
-}
-
-impl tokio::io::AsyncWrite for Tap {
-    fn poll_write(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>, buf: &[u8]) -> std::task::Poll<std::io::Result<usize>> {
-        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
-    }
-
-    fn poll_flush(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-
-    fn poll_shutdown(mut self: std::pin::Pin<&mut Self>, cx: &mut std::task::Context<'_>) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
-}
-
-impl Opening {
-    /// The container-id of the client's open, decoded by fe2o3's types.
-    /// Keeping stops here.
-    fn container_id(&self) -> Option<String> {
-        self.done.store(true, std::sync::atomic::Ordering::Relaxed);
-        let seen = self.seen.lock().take()?;
-        open_container_id(&seen)
-    }
-}
-
-/// Finds the open in what a client sent first: protocol headers (8 bytes each) and the
-/// SASL frames between them, then the first AMQP frame, whose body is the open.
-fn open_container_id(bytes: &[u8]) -> Option<String> {
-    let mut at = 0;
-    loop {
-        let rest = bytes.get(at..)?;
-        if rest.starts_with(b"AMQP") {
-            let sasl = *rest.get(4)? == 3;
-            at += 8;
-            if !sasl {
-                break;
-            }
-            continue;
-        }
-        // A SASL frame: skip it.
-        let size = u32::from_be_bytes(rest.get(..4)?.try_into().ok()?) as usize;
-        at += size.max(8);
-    }
-    let frame = bytes.get(at..)?;
-    let size = u32::from_be_bytes(frame.get(..4)?.try_into().ok()?) as usize;
-    let doff = usize::from(*frame.get(4)?) * 4;
-    let body = frame.get(doff..size)?;
-    let open: fe2o3_amqp::types::performatives::Open = serde_amqp::from_slice(body).ok()?;
-    Some(open.container_id)
 }

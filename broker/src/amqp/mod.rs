@@ -7,7 +7,7 @@
 //!
 //! Pieces: [`sasl`] (the broker's users), [`address`] (addresses to destinations),
 //! [`message`] (the mapping of messages both ways), [`connection`] (one client:
-//! sessions and links).
+//! sessions and links), `outbox` (its socket writes, coalesced).
 //!
 //! Not supported yet (the README says the same, and links asking for them are refused
 //! with `amqp:not-implemented`): transactions, shared subscriptions, dynamic (temporary)
@@ -19,6 +19,7 @@
 pub mod address;
 pub mod connection;
 pub mod message;
+mod outbox;
 pub mod redirect;
 pub mod sasl;
 

@@ -226,7 +226,7 @@ impl ConnectionContext {
 pub type ReadHalf = Box<dyn AsyncRead + Send + Unpin>;
 pub type WriteHalf = Box<dyn AsyncWrite + Send + Unpin>;
 
-fn split(stream: Stream) -> (ReadHalf, WriteHalf) {
+pub(crate) fn split(stream: Stream) -> (ReadHalf, WriteHalf) {
     match stream {
         Stream::Plain(tcp) => {
             let (rd, wr) = tcp.into_split();
