@@ -237,9 +237,6 @@ impl Future for Acceptance {
                 }
             }
         }
-        if let Some(durable) = &this.durable {
-            durable.confirm_sights();
-        }
         Poll::Ready(this.durable.take().ok_or(AcceptError::Resolved))
     }
 }
@@ -251,10 +248,7 @@ impl Drop for Acceptance {
                 Ok(runtime) => {
                     runtime.spawn(async move {
                         match append.await {
-                            Ok(()) => {
-                                durable.confirm_sights();
-                                drop(durable)
-                            }
+                            Ok(()) => drop(durable),
                             Err(_) => durable.discard(),
                         }
                     });
@@ -262,10 +256,7 @@ impl Drop for Acceptance {
                 Err(_) => durable.discard(),
             },
             // Nothing to wait for: published now (its Drop).
-            (None, Some(durable)) => {
-                durable.confirm_sights();
-                drop(durable)
-            }
+            (None, Some(durable)) => drop(durable),
             _ => {}
         }
     }
@@ -311,16 +302,6 @@ impl Durable {
             }
         }
         Accepted::Stored
-    }
-
-    /// The write is durable: resends of these producers' ids are duplicates from now on
-    /// (those waiting are woken).
-    fn confirm_sights(&self) {
-        for send in &self.sends {
-            if let Some(id) = &send.remembered {
-                self.broker.stored_sight(id);
-            }
-        }
     }
 
     /// The write failed: nothing is published, the reserved bytes are given back, and the
@@ -395,9 +376,32 @@ impl Broker {
         let reservation = if paged { self.reserve_broker_wide(0) } else { self.reserve(&target, &message) };
         let mut copies = durable::copies(self, &target, &message);
         durable::page_copies(self, &mut copies);
-        let send = Prepared { target, message, journaled, reservation, blocked, copies, paged, remembered };
+        let send = Prepared { target, message, journaled, reservation, blocked, copies, paged, remembered: None };
         let ops: Vec<Op> = send.ops().collect();
         let append = (!ops.is_empty()).then(|| self.store.append(ops, commit));
+        // The id's outcome is settled as soon as the write's is, by a task of its own: a
+        // resend waiting for it must not depend on this acceptance being polled (a link or
+        // connection may be the very task the resend blocks).
+        let append = match (append, remembered) {
+            (Some(append), Some(id)) => {
+                let (tx, rx) = tokio::sync::oneshot::channel();
+                let broker = Arc::clone(self);
+                tokio::spawn(async move {
+                    let result = append.await;
+                    match &result {
+                        Ok(()) => broker.stored_sight(&id),
+                        Err(_) => broker.forget_sight(&id),
+                    }
+                    let _ = tx.send(result);
+                });
+                Some(AppendFuture::from_receiver(rx))
+            }
+            (None, Some(id)) => {
+                self.stored_sight(&id);
+                None
+            }
+            (append, None) => append,
+        };
         let durable = Durable { broker: Arc::clone(self), sends: vec![send], duplicate: false };
         Ok(Acceptance::new(append, durable, blocked))
     }

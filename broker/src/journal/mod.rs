@@ -541,6 +541,11 @@ enum AppendState {
 }
 
 impl AppendFuture {
+    /// A future resolved by whoever holds `sender` (a task that awaited the real append).
+    pub(crate) fn from_receiver(receiver: oneshot::Receiver<Result<(), JournalError>>) -> Self {
+        AppendFuture { state: AppendState::Waiting(receiver) }
+    }
+
     /// A future that is already resolved (for example a write refused before it started).
     pub(crate) fn ready(result: Result<(), JournalError>) -> Self {
         Self {
