@@ -119,9 +119,6 @@ pub struct Prepared {
     copies: Vec<durable::DurableCopy>,
     /// Kept in the journal only (see [`super::paging`]): publishing it hands nothing over.
     paged: bool,
-    /// The producer's id, taken into the dedup cache for it: forgotten again if its
-    /// write fails, so a resend is stored instead of confirmed as a duplicate of nothing.
-    remembered: Option<String>,
 }
 
 impl Prepared {
@@ -131,7 +128,7 @@ impl Prepared {
     /// paged at [`Broker::commit`] when its queue is past its `maxSizeBytes`.
     pub(super) fn moved(target: Target, message: Arc<Message>, reservation: Reservation, pageable: bool) -> Prepared {
         let journaled = message.persistent && matches!(target, Target::Queue(_));
-        Prepared { target, message, journaled, reservation, blocked: false, copies: Vec::new(), paged: pageable && journaled, remembered: None }
+        Prepared { target, message, journaled, reservation, blocked: false, copies: Vec::new(), paged: pageable && journaled }
     }
 
     /// What this message counts against the memory limits.
@@ -304,13 +301,10 @@ impl Durable {
         Accepted::Stored
     }
 
-    /// The write failed: nothing is published, the reserved bytes are given back, and the
-    /// producers' ids are forgotten (their resends must be stored).
+    /// The write failed: nothing is published and the reserved bytes are given back (the
+    /// producer's dedup id is forgotten by the task that awaited the write, see `accept`).
     fn discard(mut self) {
         for send in self.sends.drain(..) {
-            if let Some(id) = &send.remembered {
-                self.broker.forget_sight(id);
-            }
             if let (true, Target::Queue(q)) = (send.paged, &send.target) {
                 q.unpage(send.message.id, send.message.footprint());
             }
@@ -376,7 +370,7 @@ impl Broker {
         let reservation = if paged { self.reserve_broker_wide(0) } else { self.reserve(&target, &message) };
         let mut copies = durable::copies(self, &target, &message);
         durable::page_copies(self, &mut copies);
-        let send = Prepared { target, message, journaled, reservation, blocked, copies, paged, remembered: None };
+        let send = Prepared { target, message, journaled, reservation, blocked, copies, paged };
         let ops: Vec<Op> = send.ops().collect();
         let append = (!ops.is_empty()).then(|| self.store.append(ops, commit));
         // The id's outcome is settled as soon as the write's is, by a task of its own: a
@@ -418,7 +412,7 @@ impl Broker {
         // Pageable sends are decided at commit, and count nowhere until then.
         let reservation = self.reserve_broker_wide(if admitted.pageable { 0 } else { message.footprint() });
         let copies = durable::copies(self, &target, &message);
-        Ok(Prepared { target, message, journaled, reservation, blocked: admitted.blocked, copies, paged: admitted.pageable, remembered: None })
+        Ok(Prepared { target, message, journaled, reservation, blocked: admitted.blocked, copies, paged: admitted.pageable })
     }
 
     /// Journals `acks` and `sends` as one record (after a crash either all of it happened
