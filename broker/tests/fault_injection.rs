@@ -309,6 +309,39 @@ fn given_a_cut_off_live_holding_the_newest_writes_when_the_old_primary_restarts_
     assert_eq!(depth(&members[1], "/queue/newest"), 1, "the receipted message survived");
 }
 
+/// Nemesis finding 9: both members of a pair asked for votes around a fault, each won one
+/// voter, and each voter kept the grant it gave for good, so neither could ever win both:
+/// the group stayed without a live. Grants are tentative now: unused, they lapse, and once
+/// healed one of the two wins and the other follows it.
+#[test]
+fn given_both_members_of_a_pair_winning_one_voter_each_should_end_with_one_live_once_healed() {
+    let root = tempfile::Builder::new().prefix("duomq-faults-splitvote-").tempdir().expect("tempdir");
+    let members = quorum_cluster(root.path());
+    let cut_from = |peers: &[&str]| {
+        rules(peers.iter().map(|p| FrameRule { peer: Some(p.to_string()), ..FrameRule::new(FrameAction::Partition) }).collect())
+    };
+    // The live cut off from everyone fences itself; its backup reaches one voter, g3-a,
+    // which grants it a vote: one of two is not enough.
+    members[1].set_faults(&cut_from(&["g2-a"]));
+    members[0].set_faults(&partition(None));
+    members[0].wait_for("the cut-off live fenced itself", |s| s["role"] != "live");
+    eventually("g1-b won g3-a's vote only", ROLE_TIMEOUT, || members[1].log().contains("1 of 2 voters confirm the live is gone"));
+    // The fenced live now reaches the other voter, g2-a, alone: it wins that one.
+    members[0].set_faults(&cut_from(&["g1-b", "g3-a"]));
+    eventually("g1-a won g2-a's vote only", ROLE_TIMEOUT, || {
+        members[2].log().lines().any(|l| l.contains("voted") && l.contains("voter_for=g1-a") && l.contains("granted=true"))
+    });
+    assert!(members.iter().take(2).all(|m| m.status().is_some_and(|s| s["role"] != "live")), "nobody is live yet");
+
+    members[0].clear_faults();
+    members[1].clear_faults();
+    let live_of = |m: &Member| m.status().and_then(|s| (s["role"] == "live").then_some(m.name.clone()));
+    eventually("one of the two won every vote and is live", ROLE_TIMEOUT, || live_of(&members[0]).or(live_of(&members[1])).is_some());
+    let (live, other) = if live_of(&members[0]).is_some() { (&members[0], &members[1]) } else { (&members[1], &members[0]) };
+    other.wait_for("the other follows it", |s| s["role"] == "backup" && s["ha"]["live"] == live.name.as_str());
+    assert_eq!(live.status().map(|s| s["role"].clone()), Some(Value::from("live")), "still live: {}", live.log());
+}
+
 /// A standalone broker whose cluster port takes bridges and grouping links, with the seam
 /// on and a short link heartbeat (links give up after 3 s without a word).
 fn node(name: &str, cluster: u16, extra: &str) -> Broker {

@@ -144,9 +144,12 @@ pub trait Arbiter: Send + Sync {
 /// Voters also keep a book of each group's newest term ([`super::terms`]): the live tells
 /// them who holds its writes whenever that changes, and they refuse a vote to any other
 /// member, so a member with an older journal (a restarted primary, a backup that fell out
-/// of sync) never wins one. A member starting live without a live to follow asks for a
-/// vote too ([`Arbiter::may_start_live`]); only on a cluster's first start (epoch 0), when
-/// no voter says no, does it start without a majority.
+/// of sync) never wins one. A vote is a tentative grant: a candidate that wins enough of
+/// them must have its first notice of the new epoch recorded by as many voters before it
+/// activates, and grants it never used lapse after two vote timeouts, so two candidates
+/// that split the voters do not leave the group without a live. A member starting live
+/// without a live to follow asks for a vote too ([`Arbiter::may_start_live`]); only on a
+/// cluster's first start (epoch 0), when no voter says no, does it start without a majority.
 pub struct QuorumArbiter {
     inner: Arc<QuorumInner>,
 }
@@ -165,9 +168,10 @@ struct QuorumInner {
 }
 
 /// Tells one voter (by cluster address) the live's term as it is now (its epoch and the
-/// members holding every confirmed write, see [`super::terms`]): `Ok` once the voter
-/// recorded it, `Err` when it is unreachable or knows a newer term.
-pub type ReachVoter = Arc<dyn Fn(String) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
+/// members holding every confirmed write, see [`super::terms`]), or with `Some(epoch)` that
+/// this member begins that epoch alone: `Ok` once the voter recorded it, `Err` when it is
+/// unreachable or refuses (it knows a newer term, or granted its vote to another member).
+pub type ReachVoter = Arc<dyn Fn(String, Option<u64>) -> BoxFuture<'static, Result<(), String>> + Send + Sync>;
 
 /// More than half of `voters + 1` servers (the lost live counts, voting no).
 pub fn quorum_reached(granted: usize, voters: usize) -> bool {
@@ -207,22 +211,29 @@ impl QuorumArbiter {
 }
 
 impl QuorumInner {
-    /// `Err` with the reason when the live no longer reaches enough voters.
-    async fn live_check(&self) -> Result<(), String> {
+    /// Tells every voter the term (`begin`: see [`ReachVoter`]); how many recorded it, and
+    /// notes on the others.
+    async fn tell_voters(&self, begin: Option<u64>) -> (usize, Vec<String>) {
         let probes = self.voters.iter().map(|addr| {
             let reach = Arc::clone(&self.reach);
             let addr = addr.clone();
-            async move { (addr.clone(), tokio::time::timeout(self.timeout, reach(addr)).await) }
+            async move { (addr.clone(), tokio::time::timeout(self.timeout, reach(addr, begin)).await) }
         });
         let mut reached = 0;
         let mut notes = Vec::new();
         for (addr, answer) in futures::future::join_all(probes).await {
             match answer {
                 Ok(Ok(())) => reached += 1,
-                Ok(Err(e)) => notes.push(format!("{addr} unreachable ({e})")),
+                Ok(Err(e)) => notes.push(format!("{addr} did not record it ({e})")),
                 Err(_) => notes.push(format!("{addr} did not answer in {:?}", self.timeout)),
             }
         }
+        (reached, notes)
+    }
+
+    /// `Err` with the reason when the live no longer reaches enough voters.
+    async fn live_check(&self) -> Result<(), String> {
+        let (reached, notes) = self.tell_voters(None).await;
         let total = self.voters.len();
         if live_keeps_quorum(reached, total) {
             Ok(())
@@ -283,6 +294,37 @@ impl QuorumInner {
         (granted, refused, notes)
     }
 
+    /// After winning a vote: the candidate's first notice of `epoch` must be recorded by as
+    /// many voters as a vote needs before it activates. A voter records it only while it
+    /// holds the candidate's grant (or the candidate holds the term it knows), so a grant
+    /// that lapsed and let the old live go on alone cannot make a second live.
+    async fn begin_term(&self, epoch: u64, votes: &str) -> Decision {
+        let (recorded, notes) = self.tell_voters(Some(epoch)).await;
+        let total = self.voters.len();
+        if quorum_reached(recorded, total) {
+            Decision::Granted { reason: format!("{votes}; {recorded} recorded epoch {epoch}"), epoch: Some(Epoch(epoch)) }
+        } else {
+            Decision::Denied {
+                reason: format!(
+                    "{votes}, but only {recorded} of {total} recorded epoch {epoch}; need more than half of {}: {}",
+                    total + 1,
+                    notes.join("; ")
+                ),
+            }
+        }
+    }
+
+    /// After a lost vote that still won some grants: another candidate likely holds the
+    /// others. Each waits a random while, up to a grant's lifetime (two vote timeouts), so
+    /// that when the grants lapse one of them asks first everywhere.
+    async fn split_pause(&self, granted: usize) {
+        if granted > 0 {
+            let pause = self.timeout.mul_f64(2.0 * rand::random::<f64>());
+            tracing::debug!(?pause, granted, "vote lost with some grants won: pausing before asking again");
+            tokio::time::sleep(pause).await;
+        }
+    }
+
     /// Tells the voters the live's term again, best effort (a backup joined, a term began),
     /// retrying those that did not record it a few times, a `recheck_every` apart: a backup
     /// can take over only once enough voters know it holds the live's writes.
@@ -296,7 +338,7 @@ impl QuorumInner {
                         let reach = Arc::clone(&inner.reach);
                         let addr = addr.clone();
                         let timeout = inner.timeout;
-                        async move { (addr.clone(), matches!(tokio::time::timeout(timeout, reach(addr)).await, Ok(Ok(())))) }
+                        async move { (addr.clone(), matches!(tokio::time::timeout(timeout, reach(addr, None)).await, Ok(Ok(())))) }
                     });
                     pending = futures::future::join_all(notices).await.into_iter().filter(|(_, recorded)| !recorded).map(|(addr, _)| addr).collect();
                     if pending.is_empty() || inner.lost.borrow().is_some() {
@@ -321,8 +363,9 @@ impl Arbiter for QuorumArbiter {
             let total = inner.voters.len();
             let summary = format!("{granted} of {total} voters confirm the live is gone");
             Ok(if quorum_reached(granted, total) {
-                Decision::Granted { reason: summary, epoch: None }
+                inner.begin_term(request.epoch + 1, &summary).await
             } else {
+                inner.split_pause(granted).await;
                 Decision::Denied { reason: format!("{summary}; need more than half of {}: {}", total + 1, notes.join("; ")) }
             })
         })
@@ -334,9 +377,14 @@ impl Arbiter for QuorumArbiter {
             let (granted, refused, notes) = inner.collect_votes(request).await;
             let total = inner.voters.len();
             let summary = format!("{granted} of {total} voters allow it");
-            Ok(if quorum_reached(granted, total) {
-                Decision::Granted { reason: summary, epoch: Some(Epoch(request.epoch + 1)) }
-            } else if request.epoch == 0 && refused == 0 {
+            let won = quorum_reached(granted, total);
+            let first_start = request.epoch == 0 && refused == 0;
+            if !won && !first_start {
+                inner.split_pause(granted).await;
+            }
+            Ok(if won {
+                inner.begin_term(request.epoch + 1, &summary).await
+            } else if first_start {
                 // A cluster's first start: no voter knows of any term of this group.
                 Decision::Granted { reason: format!("{summary}, none knows of an earlier term (first start)"), epoch: None }
             } else {
@@ -346,8 +394,8 @@ impl Arbiter for QuorumArbiter {
     }
 
     fn in_sync_grew(&self) {
-        // A live that starts alone needs no recheck: the voters that let it activate (or,
-        // on a first start, nobody) hold its term, so no other member can win a vote.
+        // A live that starts alone needs no recheck: the voters that recorded its first
+        // notice (or, on a first start, nobody) hold its term, so no other member can win a vote.
         self.inner.announce();
     }
 
@@ -509,7 +557,7 @@ mod tests {
     }
 
     fn reach_only(reachable: &'static [&'static str]) -> ReachVoter {
-        Arc::new(move |addr| Box::pin(async move { if reachable.contains(&addr.as_str()) { Ok(()) } else { Err("connection refused".into()) } }))
+        Arc::new(move |addr, _| Box::pin(async move { if reachable.contains(&addr.as_str()) { Ok(()) } else { Err("connection refused".into()) } }))
     }
 
     #[tokio::test]
@@ -518,8 +566,34 @@ mod tests {
         let q = quorum(unreachable, reach_only(&[]), false);
         assert!(matches!(q.may_activate(&request()).await.unwrap(), Decision::Denied { .. }));
         let yes: AskVoter = Arc::new(|_, _| Box::pin(async { Ok(Vote { granted: true, reason: "live gone".into() }) }));
-        let q = quorum(yes, reach_only(&[]), false);
+        let q = quorum(Arc::clone(&yes), reach_only(&["v1", "v2"]), false);
+        assert_eq!(
+            q.may_activate(&request()).await.unwrap(),
+            Decision::Granted { reason: "2 of 2 voters confirm the live is gone; 2 recorded epoch 2".into(), epoch: Some(Epoch(2)) }
+        );
+        // The votes are won, but a voter did not record the first notice of the new term
+        // (its grant lapsed and the old live went on, say): no activation.
+        let q = quorum(yes, reach_only(&["v1"]), false);
+        let Decision::Denied { reason } = q.may_activate(&request()).await.unwrap() else { panic!("activated without its term recorded") };
+        assert!(reason.contains("only 1 of 2 recorded epoch 2"), "{reason}");
+    }
+
+    #[tokio::test]
+    async fn given_won_votes_should_send_the_first_notice_of_the_next_epoch_alone() {
+        let yes: AskVoter = Arc::new(|_, _| Box::pin(async { Ok(Vote { granted: true, reason: "live gone".into() }) }));
+        let told = Arc::new(parking_lot::Mutex::new(Vec::new()));
+        let reach: ReachVoter = {
+            let told = Arc::clone(&told);
+            Arc::new(move |addr, begin| {
+                told.lock().push((addr, begin));
+                Box::pin(async { Ok(()) })
+            })
+        };
+        let q = quorum(yes, reach, false);
         assert!(matches!(q.may_activate(&request()).await.unwrap(), Decision::Granted { .. }));
+        let mut told = told.lock().clone();
+        told.sort();
+        assert_eq!(told, vec![("v1".to_string(), Some(2)), ("v2".to_string(), Some(2))]);
     }
 
     #[rstest]
@@ -575,7 +649,7 @@ mod tests {
         let cut = Arc::new(std::sync::atomic::AtomicBool::new(false));
         let reach: ReachVoter = {
             let cut = Arc::clone(&cut);
-            Arc::new(move |_| {
+            Arc::new(move |_, _| {
                 let cut = cut.load(std::sync::atomic::Ordering::SeqCst);
                 Box::pin(async move { if cut { Err("partitioned".to_string()) } else { Ok(()) } })
             })
@@ -595,8 +669,12 @@ mod tests {
         let no: AskVoter = Arc::new(|_, _| Box::pin(async { Ok(Vote { granted: false, reason: "not a holder".into() }) }));
         let unreachable: AskVoter = Arc::new(|_, _| Box::pin(async { Err("connection refused".to_string()) }));
         let starting = |epoch| ActivationRequest { group: "g".into(), live_node: String::new(), live_addr: String::new(), epoch, complete_copy: true };
-        let granted = quorum(yes, reach_only(&[]), true).may_start_live(&starting(4)).await.unwrap();
-        assert_eq!(granted, Decision::Granted { reason: "2 of 2 voters allow it".into(), epoch: Some(Epoch(5)) }, "the next epoch");
+        let granted = quorum(yes, reach_only(&["v1", "v2"]), true).may_start_live(&starting(4)).await.unwrap();
+        assert_eq!(
+            granted,
+            Decision::Granted { reason: "2 of 2 voters allow it; 2 recorded epoch 5".into(), epoch: Some(Epoch(5)) },
+            "the next epoch"
+        );
         let q = quorum(Arc::clone(&no), reach_only(&[]), true);
         assert!(matches!(q.may_start_live(&starting(4)).await.unwrap(), Decision::Denied { .. }), "a voter knows a newer term");
         assert!(matches!(q.may_start_live(&starting(0)).await.unwrap(), Decision::Denied { .. }), "even on what looks like a first start");

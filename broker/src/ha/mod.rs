@@ -166,7 +166,9 @@ impl HaContext {
         let password = ha.load_password().map_err(HaError::Password)?.into_bytes();
         let epoch_store = EpochStore::new(&config.storage.data_dir);
         let epoch = epoch_store.load()?;
-        let terms = terms::TermBook::load(&config.storage.data_dir.join("ha"), &node_id)?;
+        // A grant keeps other candidates out while its candidate gathers votes and has its
+        // first notice recorded: a vote timeout each.
+        let terms = terms::TermBook::load(&config.storage.data_dir.join("ha"), &node_id, ha.arbiter.vote_timeout.get() * 2)?;
         let kubernetes = if ha.arbiter.kind == ArbiterKind::Kubernetes {
             let target =
                 ha.lease_target(|key| std::env::var(key).ok(), |path| std::fs::read_to_string(path)).map_err(HaError::LeaseTarget)?;
@@ -199,11 +201,11 @@ impl HaContext {
                                 ask_vote(&ctx, &addr, request).await
                             })
                         }),
-                        Arc::new(move |addr| {
+                        Arc::new(move |addr, begin| {
                             let weak = reach_ctx.clone();
                             Box::pin(async move {
                                 let ctx = weak.upgrade().ok_or_else(|| "stopping".to_string())?;
-                                tell_term(&ctx, &addr).await
+                                tell_term(&ctx, &addr, begin).await
                             })
                         }),
                         Arc::new(move || {
@@ -669,8 +671,9 @@ fn refuse_busy(stream: &TcpStream, limit: usize) {
     }
 }
 
-/// Tells the voter at `addr` who holds this live's writes now (see [`terms`]).
-async fn tell_term(ctx: &HaContext, addr: &str) -> Result<(), String> {
+/// Tells the voter at `addr` who holds this live's writes now (see [`terms`]), or, with
+/// `begin`, that this member starts that epoch alone (the first notice of a term it won).
+async fn tell_term(ctx: &HaContext, addr: &str, begin: Option<u64>) -> Result<(), String> {
     let version = {
         let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
         let previous = ctx.term_version.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
@@ -681,8 +684,11 @@ async fn tell_term(ctx: &HaContext, addr: &str) -> Result<(), String> {
         }
     };
     let mut holders = vec![ctx.node_id.clone()];
-    holders.extend(ctx.synced_backups());
-    let notice = ClusterFrame::TermNotice { group: ctx.group.clone(), epoch: ctx.epoch().0, version, holders };
+    if begin.is_none() {
+        holders.extend(ctx.synced_backups());
+    }
+    let epoch = begin.unwrap_or(ctx.epoch().0);
+    let notice = ClusterFrame::TermNotice { group: ctx.group.clone(), epoch, version, holders };
     let (mut conn, _) = ctx.open(addr, Purpose::Vote, ctx.config.connection_ttl.get()).await.map_err(|e| e.describe())?;
     conn.send(&notice).await.map_err(|e| crate::report::error_chain(&e))?;
     match conn.recv().await {
@@ -697,7 +703,7 @@ async fn tell_term(ctx: &HaContext, addr: &str) -> Result<(), String> {
 /// A voter records a live's term notice; a notice older than what it knows is refused.
 fn record_term(ctx: &HaContext, live: &str, group: &str, record: terms::TermRecord) -> ClusterFrame {
     let (epoch, holders) = (record.epoch, record.holders.join(","));
-    match ctx.terms.notice(group, record) {
+    match ctx.terms.notice(group, live, record, terms::now_ms()) {
         Ok(Ok(())) => {
             tracing::debug!(%live, %group, epoch, %holders, "recorded a live's term");
             ClusterFrame::VoteReply { granted: true, live_seen: true, reason: "recorded".into() }
@@ -717,13 +723,17 @@ async fn decide_vote(ctx: &HaContext, candidate: &str, group: &str, live_node: &
     // The book's check and the record of a grant are one step: two candidates asking at
     // once never both pass.
     let _one_vote = ctx.voting.lock().await;
-    if let Some(reason) = ctx.terms.refuses(group, candidate, epoch) {
+    if let Some(reason) = ctx.terms.refuses(group, candidate, epoch, terms::now_ms()) {
         return ClusterFrame::VoteReply { granted: false, live_seen: false, reason };
     }
     let reply = probe_live(ctx, live_node, live_addr, epoch).await;
     if let ClusterFrame::VoteReply { granted: true, .. } = reply {
-        if let Err(e) = ctx.terms.granted(group, candidate, epoch) {
-            return ClusterFrame::VoteReply { granted: false, live_seen: false, reason: crate::report::error_chain(&e) };
+        // Checked again with the grant, in one step: a live's notice may have come in
+        // while the live was probed.
+        match ctx.terms.grant(group, candidate, epoch, terms::now_ms()) {
+            Ok(Ok(())) => {}
+            Ok(Err(reason)) => return ClusterFrame::VoteReply { granted: false, live_seen: false, reason },
+            Err(e) => return ClusterFrame::VoteReply { granted: false, live_seen: false, reason: crate::report::error_chain(&e) },
         }
     }
     reply
