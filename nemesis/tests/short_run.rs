@@ -46,11 +46,9 @@ fn given_ninety_seconds_of_every_fault_kind_should_apply_and_heal_each_and_find_
     let out = dir.path().join("run");
     let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr file");
     let child = Command::new(env!("CARGO_BIN_EXE_duomq-nemesis"))
-        // Every kind but disk-full: a remote whose journal write fails stores later forwards
-        // before the failed one comes again, so grouped messages that crossed a bridge can
-        // arrive out of order (README, "Refusals"; open). The nemesis command runs it.
+        // Every kind the fileLock arbiter allows (partition-arbiter needs quorum).
         .args(["run", "--groups", "2", "--duration", "90s", "--seed", "20", "--rate", "10", "--min-gap", "1s", "--max-gap", "2s"])
-        .args(["--faults", "kill,stop,restart,partition-backup,partition-bridge,slow-fsync"])
+        .args(["--faults", "kill,stop,restart,partition-backup,partition-bridge,slow-fsync,disk-full"])
         .arg("--out")
         .arg(&out)
         .arg("--broker")
@@ -70,7 +68,7 @@ fn given_ninety_seconds_of_every_fault_kind_should_apply_and_heal_each_and_find_
 
     let json: serde_json::Value = serde_json::from_str(&std::fs::read_to_string(out.join("summary.json")).expect("summary.json")).expect("JSON");
     assert_eq!(json["violations"], 0, "{summary}");
-    let kinds = ["kill", "stop", "restart", "partition-backup", "partition-bridge", "slow-fsync"];
+    let kinds = ["kill", "stop", "restart", "partition-backup", "partition-bridge", "slow-fsync", "disk-full"];
     assert_eq!(json["run"]["faults"].as_array().map(Vec::len), Some(kinds.len()), "every kind asked for:\n{summary}");
     let applied = |kind: &str| json["report"]["faults"][kind]["applied"].as_u64().unwrap_or(0);
     for kind in kinds {

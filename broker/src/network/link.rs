@@ -75,7 +75,8 @@ impl Wire {
     }
 }
 
-type Storing = BoxFuture<'static, (u64, Result<Durable, AcceptError>)>;
+/// A forward being stored: its seq on the link, its dedup id, the outcome.
+type Storing = BoxFuture<'static, (u64, String, Result<Durable, AcceptError>)>;
 
 async fn session(
     net: &Arc<Network>,
@@ -127,12 +128,12 @@ async fn session(
                     }
                     ClusterFrame::Forward { seq, persistent, destination, dedup_id, path, mut headers, body } if receive => {
                         headers.push((PATH_HEADER.to_string(), path.join(",")));
-                        let incoming = Incoming { destination, headers, body, persistent, dedup_id: Some(dedup_id) };
+                        let incoming = Incoming { destination, headers, body, persistent, dedup_id: Some(dedup_id.clone()) };
                         // Accepted one at a time and in order, so they become durable in the
                         // order they were forwarded; the fsyncs overlap.
                         match broker.accept(incoming, Commit::Grouped).await {
-                            Ok(acceptance) => storing.push_back(Box::pin(async move { (seq, acceptance.await) })),
-                            Err(e) => storing.push_back(Box::pin(async move { (seq, Err(e)) })),
+                            Ok(acceptance) => storing.push_back(Box::pin(async move { (seq, dedup_id, acceptance.await) })),
+                            Err(e) => storing.push_back(Box::pin(async move { (seq, dedup_id, Err(e)) })),
                         }
                     }
                     ClusterFrame::Forward { .. } => break "the remote forwarded over a link that is not duplex".to_string(),
@@ -158,9 +159,11 @@ async fn session(
                     other => break format!("unexpected {} frame on a bridge", other.name()),
                 }
             }
-            Some((seq, result)) = storing.next(), if !storing.is_empty() => match result {
+            Some((seq, dedup_id, result)) = storing.next(), if !storing.is_empty() => match result {
                 Ok(durable) => {
                     durable.publish();
+                    // Forwards held behind this one when its first write failed follow it.
+                    net.held.stored(&dedup_id);
                     link.forwarded_in.fetch_add(1, Ordering::Relaxed);
                     net.metrics_forwarded(link, "in");
                     let _ = out.send(ClusterFrame::Forwarded { seq });
@@ -172,12 +175,11 @@ async fn session(
                 // stores it once.
                 Err(e @ (AcceptError::Persist(_) | AcceptError::Resolved)) => {
                     // The writes under way settle first (a failed one forgets its id), so
-                    // that the resends meet duplicate detection as the journal has it.
-                    while let Some((_, result)) = storing.next().await {
-                        if let Ok(durable) = result {
-                            durable.publish();
-                        }
-                    }
+                    // that the resends meet duplicate detection as the journal has it. Those
+                    // that became durable are held unpublished until every failed one
+                    // before them is stored again: published now, they would reach
+                    // consumers before it.
+                    settle_behind(net, &link.name, std::mem::take(&mut storing), Some(dedup_id)).await;
                     let reason = format!("could not store a forward ({}); it is to be sent again", crate::report::error_chain(&e));
                     let _ = out.send(ClusterFrame::Goodbye { reason: reason.clone() });
                     break reason;
@@ -255,15 +257,32 @@ async fn session(
         // Forwards already handed to the journal are stored whatever became of the link:
         // publish them in the order they came, as they become durable. The remote resends
         // them (it saw no confirmation) and finds them stored.
-        tokio::spawn(async move {
-            while let Some((_, result)) = storing.next().await {
-                if let Ok(durable) = result {
-                    durable.publish();
-                }
-            }
-        });
+        let (net, name) = (Arc::clone(net), link.name.clone());
+        tokio::spawn(async move { settle_behind(&net, &name, storing, None).await });
     }
     ended
+}
+
+/// Settles the forwards still being stored on a link that ends, in order: each published as
+/// it becomes durable, until one fails (or from the start, with `failed`, the dedup id of
+/// one that failed before them); those durable after that are held unpublished until every
+/// failed one is stored again (see [`super::held`]).
+async fn settle_behind(net: &Network, link: &str, mut storing: FuturesOrdered<Storing>, failed: Option<String>) {
+    let mut failed: std::collections::HashSet<String> = failed.into_iter().collect();
+    let mut behind = Vec::new();
+    while let Some((_, dedup_id, result)) = storing.next().await {
+        match result {
+            Ok(durable) if failed.is_empty() => {
+                durable.publish();
+                net.held.stored(&dedup_id);
+            }
+            Ok(durable) => behind.push(durable),
+            Err(_) => {
+                failed.insert(dedup_id);
+            }
+        }
+    }
+    net.held.hold(link, failed, behind, super::forwarder::RELEASE_AFTER);
 }
 
 async fn next_delivery(rx: &mut Option<mpsc::UnboundedReceiver<crate::engine::queue::Outbound>>) -> Option<crate::engine::queue::Outbound> {

@@ -14,6 +14,7 @@
 pub mod connector;
 pub mod demand;
 pub mod forwarder;
+pub mod held;
 pub mod link;
 pub mod listener;
 
@@ -134,6 +135,8 @@ pub struct Network {
     /// The grouping handler of this live term, if `grouping.handler` is not none: its
     /// remote handlers reach it through the cluster port as bridges do.
     grouping: RwLock<Option<Arc<crate::grouping::Grouping>>>,
+    /// Forwards stored behind a failed one, unpublished until it comes again.
+    held: Arc<held::HeldForwards>,
 }
 
 impl Network {
@@ -205,6 +208,7 @@ impl Network {
             metrics,
             stop,
             grouping: RwLock::new(None),
+            held: Arc::default(),
         });
         net.broker.forget_stale_pins();
         // What this group forwarded before a failover and no bridge to its group claimed.
