@@ -675,7 +675,7 @@ fn refuse_busy(stream: &TcpStream, limit: usize) {
 /// `begin`, that this member starts that epoch alone (the first notice of a term it won).
 async fn tell_term(ctx: &HaContext, addr: &str, begin: Option<u64>) -> Result<(), String> {
     let version = {
-        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64);
+        let now = terms::now_ms();
         let previous = ctx.term_version.fetch_max(now, std::sync::atomic::Ordering::SeqCst);
         if previous >= now {
             ctx.term_version.fetch_add(1, std::sync::atomic::Ordering::SeqCst) + 1

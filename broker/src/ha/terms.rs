@@ -96,9 +96,7 @@ enum Stored {
 }
 
 /// Milliseconds since the Unix epoch, the clock grants are dated with.
-pub fn now_ms() -> u64 {
-    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_millis() as u64)
-}
+pub use crate::engine::message::now_millis as now_ms;
 
 /// Every group's newest term, as this voter knows them.
 #[derive(Debug)]
