@@ -68,6 +68,8 @@ def main(out):
     print("  (credit C: each producer keeps up to C transfers unsettled, each consumer grants C link credit")
     print("  and settles every delivery accepted as it takes it; every broker starts afresh each round;")
     print("  a durable message counts once the broker settled it accepted: on disk)")
+    if meta.get("amqp.backlog"):
+        print(f"  ({meta['amqp.backlog']}; msg/s counts messages received)")
     print()
     print(f"  {'cell':<33} {'system':<9} {'msg/s':>9} {'p50 ms':>8} {'p99 ms':>8} {'CPU us/msg':>11}  rounds (msg/s)")
     for cell, title in CELLS:

@@ -67,6 +67,15 @@ start_rabbitmq_amqp() {
     AMQP_URL="amqp://$BROKER_LOGIN:$BROKER_PASSCODE@127.0.0.1:$RABBIT_AMQP_PORT"
 }
 
+# amqp_backlog PRODUCERS CONSUMERS CREDIT: the cell's bound on messages sent and not yet
+# received (duomq-bench amqp --max-backlog): twice what its links may hold at once, each
+# producer's CREDIT unsettled transfers and each consumer's CREDIT of link credit. A broker
+# whose consumers keep up never reaches it; one whose producers outrun its consumers holds
+# that many, about 40 ms at 25,000 msg/s, instead of a queue that grows for the whole cell.
+amqp_backlog() {
+    echo $((2 * ($1 + $2) * $3))
+}
+
 # amqp_cell SYSTEM ROUND CELL: one cell against the broker that is up.
 amqp_cell() {
     local system=$1 round=$2 id producers consumers size credit title
@@ -85,8 +94,12 @@ amqp_cell() {
         fi
         ;;
     esac
+    # Closed-loop: producers wait while twice what every link may hold (each producer's
+    # unsettled transfers, each consumer's credit) is sent and not yet received, so msg/s
+    # is the rate the consumers sustain, not a queue growing (see amqp_backlog).
     local args=(amqp --url "$AMQP_URL" --address "$address" --producers "$producers" --consumers "$consumers"
         --size "$size" --persistent --credit "$credit" --duration "$DURATION" --warmup "$WARMUP"
+        --max-backlog "$(amqp_backlog "$producers" "$consumers" "$credit")"
         --broker-pid "$BROKER_PID" --label "$label" --json)
     printf '%s\t%s\n' "$label" "$(cut -d' ' -f1 /proc/loadavg)" >>"$OUT/amqp-load.tsv"
     log "$label: ${title} (${DURATION} after ${WARMUP} warm-up)"
@@ -114,6 +127,7 @@ run_amqp() {
     : >"$OUT/amqp.jsonl"
     printf 'start\t%s\n' "$(cut -d' ' -f1 /proc/loadavg)" >"$OUT/amqp-load.tsv"
     meta amqp.rounds "$AMQP_ROUNDS"
+    meta amqp.backlog "closed-loop: producers wait while 2 x (producers + consumers) x credit messages are sent and not yet received"
     local systems=() round system
     [[ " ${TARGETS[*]} " == *" duomq "* ]] && systems+=(duomq)
     if [[ " ${TARGETS[*]} " == *" rabbitmq-"* ]]; then

@@ -118,6 +118,10 @@ Each consumer grants its link --credit messages of credit and settles every deli
 takes it, with the accepted outcome (settled at once: the broker needs no answer back). Credit \
 is topped up the way fe2o3 does it: back to --credit each time half of it has been used, so \
 with --credit 1 after every message.\n\n\
+With --max-backlog N the load is closed-loop: producers also wait while N messages are sent \
+and not yet received, so msg/s is the rate the consumers sustain and the latency stays that \
+of a short queue. Without it, producers that the broker settles faster than the consumers \
+take grow the queue for the whole run, and the latency is the queue's age.\n\n\
 Addresses differ by broker: duomq takes queue://NAME, /queue/NAME or a bare NAME; RabbitMQ \
 3.10's rabbitmq_amqp1_0 plugin /amq/queue/NAME (a queue that exists) or /queue/NAME (declared \
 on first use).\n\n\
@@ -158,6 +162,13 @@ pub struct AmqpArgs {
     /// send waits for its outcome and each consumer takes one message at a time.
     #[arg(long, default_value_t = 1, value_name = "C", value_parser = clap::value_parser!(u32).range(1..=65536))]
     pub credit: u32,
+    /// Bound the backlog: producers wait while N messages are sent and not yet received
+    /// (over all producers and consumers), so they send at the rate the consumers sustain
+    /// and the latency is not that of a queue growing (a closed-loop load). Without it the
+    /// producers send as fast as the broker settles their transfers, whether or not the
+    /// consumers keep up.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub max_backlog: Option<u64>,
     /// Measured time, after the warm-up (10s, 1m, 500ms).
     #[arg(long, default_value = "10s", value_name = "DURATION", value_parser = parse_positive_duration)]
     pub duration: Duration,

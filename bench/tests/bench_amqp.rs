@@ -36,18 +36,24 @@ fn assert_delivered_everything(report: &serde_json::Value) {
 }
 
 #[rstest]
-#[case::one_by_one_credit_1("1", "1")]
-#[case::two_by_two_credit_16("2", "16")]
+#[case::one_by_one_credit_1("1", "1", None)]
+#[case::two_by_two_credit_16("2", "16", None)]
+#[case::two_by_two_credit_16_closed_loop("2", "16", Some("8"))]
 fn given_amqp_listener_when_benchmarked_should_deliver_every_accepted_message_once(
     #[case] clients: &str,
     #[case] credit: &str,
+    #[case] max_backlog: Option<&str>,
 ) -> anyhow::Result<()> {
     let (broker, url) = amqp_broker()?;
     let pid = broker.pid().to_string();
-    let report = bench_json(&[
+    let mut args = vec![
         "amqp", "--url", &url, "--address", "queue://bench-test", "--producers", clients, "--consumers", clients,
         "--persistent", "--credit", credit, "--duration", "1s", "--warmup", "500ms", "--broker-pid", &pid, "--json",
-    ])?;
+    ];
+    if let Some(bound) = max_backlog {
+        args.extend(["--max-backlog", bound]);
+    }
+    let report = bench_json(&args)?;
     assert_delivered_everything(&report);
     let clients: u64 = clients.parse()?;
     let credit: u64 = credit.parse()?;
@@ -128,6 +134,7 @@ fn given_amqp_section_when_compared_at_the_smallest_size_should_measure_every_ce
     }
 
     let report = std::fs::read_to_string(run.out("amqp.txt"))?;
+    assert!(report.contains("(closed-loop: producers wait while"), "the report does not say the load is closed-loop:\n{report}");
     for cell in ["1P+1C credit 1", "1P+1C credit 64", "4P+4C credit 1", "4P+4C credit 64"] {
         let line = format!("ratio duomq/best peer 1 KiB persistent {cell}: ");
         if rabbitmq {

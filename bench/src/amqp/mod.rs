@@ -15,7 +15,7 @@ use crate::cli::AmqpArgs;
 use crate::footprint::BrokerProcess;
 use crate::report::RunReport;
 use crate::run::consumer::Recorder;
-use crate::run::shared::{Phases, Shared};
+use crate::run::shared::{BacklogBound, Phases, Shared};
 use crate::run::threads::connect_all;
 use crate::run::{measure, stop_on_ctrl_c, Ending, Load, Watch};
 use anyhow::Context;
@@ -58,7 +58,7 @@ pub async fn run(args: &AmqpArgs) -> anyhow::Result<RunReport> {
     let rss_idle = broker.as_ref().map(BrokerProcess::rss_bytes).transpose()?;
 
     let phases = Phases::starting_now(args.warmup, args.duration);
-    let shared = Arc::new(Shared::new(phases, args.producers));
+    let shared = Arc::new(Shared { backlog: args.max_backlog.map(BacklogBound::new), ..Shared::new(phases, args.producers) });
     let (stop_producers, stop_consumers, stop_watching) =
         (CancellationToken::new(), CancellationToken::new(), CancellationToken::new());
     tokio::spawn(stop_on_ctrl_c(stop_producers.clone()));

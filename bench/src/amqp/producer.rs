@@ -86,6 +86,12 @@ impl Producer {
             while unsettled.len() >= window {
                 settle_oldest(unsettled, outcome, shared).await?;
             }
+            tokio::select! {
+                biased;
+                () = shared.room_to_send() => {}
+                () = stop.cancelled() => break,
+                () = tokio::time::sleep_until(shared.phases.measure_end()) => break,
+            }
             let now = wall_clock_ns();
             if stop.is_cancelled() || now >= shared.phases.measure_end_ns {
                 break;

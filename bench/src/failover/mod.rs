@@ -89,6 +89,7 @@ pub async fn failover(args: &FailoverArgs) -> anyhow::Result<FailoverReport> {
         generations: Some(ConnectionGenerations::default()),
         arrivals: (args.gap_at == GapAt::Deliveries).then(ArrivalLog::default),
         groups: None,
+        backlog: None,
     });
     let (stop_producers, stop_consumers) = (CancellationToken::new(), CancellationToken::new());
     let mut consumer_tasks = Vec::new();

@@ -160,6 +160,7 @@ impl Recorder {
         let now = wall_clock_ns();
         let shared = &*self.shared;
         shared.counters.received.fetch_add(1, Ordering::Relaxed);
+        shared.received_one();
         let stamp = match parse_body(body) {
             // Stamped before this run started: left in the queue by an earlier one.
             Some(stamp) if stamp.sent_ns >= shared.phases.start_ns => stamp,

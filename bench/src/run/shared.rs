@@ -8,7 +8,7 @@ use crate::groups::GroupCheck;
 use crate::tally::Deliveries;
 use std::ops::Deref;
 use std::collections::HashMap;
-use std::sync::atomic::{AtomicI64, AtomicU32, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU32, AtomicU64, Ordering};
 use std::sync::Mutex;
 use std::time::Duration;
 use tokio::time::Instant;
@@ -202,6 +202,8 @@ pub struct Shared {
     pub arrivals: Option<ArrivalLog>,
     /// The message groups check, when the run tags messages with groups.
     pub groups: Option<GroupCheck>,
+    /// The bound on messages sent and not yet received, when the load is closed-loop.
+    pub backlog: Option<BacklogBound>,
 }
 
 impl Shared {
@@ -216,6 +218,68 @@ impl Shared {
             generations: None,
             arrivals: None,
             groups: None,
+            backlog: None,
+        }
+    }
+
+    /// Waits for room under the backlog bound, if there is one.
+    pub async fn room_to_send(&self) {
+        if let Some(bound) = &self.backlog {
+            bound.room(&self.counters).await;
+        }
+    }
+
+    /// A consumer counted a message in `counters.received`: producers waiting for room
+    /// under the backlog bound may go on.
+    pub fn received_one(&self) {
+        if let Some(bound) = &self.backlog {
+            bound.received(&self.counters);
+        }
+    }
+}
+
+/// A closed-loop load: producers wait while `limit` messages are sent and not yet
+/// received, so they send at the rate the consumers sustain. Consumers wake waiting
+/// producers as the backlog falls under the limit; a waiting producer also looks again
+/// every millisecond, so a wake-up that crosses its check is late by that at most.
+#[derive(Debug)]
+pub struct BacklogBound {
+    limit: u64,
+    room: tokio::sync::Notify,
+    /// Whether a producer may be waiting: consumers notify only then.
+    waiting: AtomicBool,
+}
+
+impl BacklogBound {
+    /// How long a waiting producer goes without looking at the counters, at most.
+    const LOOK_AGAIN: Duration = Duration::from_millis(1);
+
+    pub fn new(limit: u64) -> BacklogBound {
+        BacklogBound { limit: limit.max(1), room: tokio::sync::Notify::new(), waiting: AtomicBool::new(false) }
+    }
+
+    /// Messages sent and not yet received.
+    fn backlog(counters: &Counters) -> u64 {
+        counters.sent.load(Ordering::Relaxed).saturating_sub(counters.received.load(Ordering::Relaxed))
+    }
+
+    async fn room(&self, counters: &Counters) {
+        while Self::backlog(counters) >= self.limit {
+            let notified = self.room.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            self.waiting.store(true, Ordering::SeqCst);
+            if Self::backlog(counters) < self.limit {
+                return;
+            }
+            let _ = tokio::time::timeout(Self::LOOK_AGAIN, notified).await;
+        }
+    }
+
+    fn received(&self, counters: &Counters) {
+        if self.waiting.load(Ordering::Relaxed) && Self::backlog(counters) < self.limit {
+            self.waiting.store(false, Ordering::Relaxed);
+            self.room.notify_waiters();
         }
     }
 }
@@ -235,5 +299,30 @@ mod tests {
         assert_eq!(p.name_at(p.measure_end_ns - 1), "measure");
         assert_eq!(p.name_at(p.measure_end_ns), "drain");
         assert_eq!(p.measure_end() - p.started, Duration::from_secs(12));
+    }
+
+    #[tokio::test]
+    async fn given_backlog_at_the_bound_should_hold_producers_until_a_message_is_received() {
+        let phases = Phases::starting_now(Duration::ZERO, Duration::from_secs(10));
+        let shared = std::sync::Arc::new(Shared { backlog: Some(BacklogBound::new(2)), ..Shared::new(phases, 1) });
+        shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+        tokio::time::timeout(Duration::from_secs(5), shared.room_to_send()).await.expect("room under the bound");
+        shared.counters.sent.fetch_add(1, Ordering::Relaxed);
+        let waiting = tokio::spawn({
+            let shared = std::sync::Arc::clone(&shared);
+            async move { shared.room_to_send().await }
+        });
+        tokio::time::sleep(Duration::from_millis(50)).await;
+        assert!(!waiting.is_finished(), "a producer went on with the backlog at the bound");
+        shared.counters.received.fetch_add(1, Ordering::Relaxed);
+        shared.received_one();
+        tokio::time::timeout(Duration::from_secs(5), waiting).await.expect("room once a message arrived").expect("task");
+    }
+
+    #[tokio::test]
+    async fn given_no_bound_should_never_hold_producers() {
+        let shared = Shared::new(Phases::starting_now(Duration::ZERO, Duration::from_secs(10)), 1);
+        shared.counters.sent.fetch_add(1_000_000, Ordering::Relaxed);
+        tokio::time::timeout(Duration::from_secs(5), shared.room_to_send()).await.expect("no bound");
     }
 }
