@@ -380,6 +380,55 @@ fn fe2o3_client_credit_limits_deliveries() {
     eventually("queue empty", Duration::from_secs(10), || b.queue_depth("/queue/credit") == 0);
 }
 
+/// A lone synchronous producer link has its transfers committed on its own task when the
+/// journal is idle (no hand-off to the writer thread and back); while a second producer
+/// link is open, every transfer goes to the writer thread's group commits. Either way each
+/// accepted message is in the journal: a kill -9 and restart keeps them all.
+#[test]
+fn a_lone_producer_commits_inline_and_two_share_group_commits() {
+    use fe2o3_amqp::types::messaging::{Message, Outcome};
+    use fe2o3_amqp::{Connection, Sendable, Sender, Session};
+    const INLINE: &str = "duomq_journal_inline_batches_total ";
+    let mut b = amqp_broker("amqp-inline", "");
+    let url = format!("amqp://127.0.0.1:{}", b.amqp_port);
+    let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
+    let durable = |body: String| {
+        let message = Message::builder().header(fe2o3_amqp::types::messaging::Header { durable: true, ..Default::default() }).value(body).build();
+        Sendable::builder().message(message).settled(false).build()
+    };
+    let after_alone = runtime.block_on(async {
+        let mut connection = Connection::builder()
+            .container_id("inline-test")
+            .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Anonymous)
+            .open(url.as_str())
+            .await
+            .expect("open");
+        let mut session = Session::begin(&mut connection).await.expect("begin");
+        let mut first = Sender::attach(&mut session, "p1", "inline").await.expect("sender");
+        for i in 0..20 {
+            let outcome = first.send(durable(format!("a{i}"))).await.expect("send");
+            assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+        }
+        let after_alone = metric_value(b.admin_port, INLINE);
+        let mut second = Sender::attach(&mut session, "p2", "inline").await.expect("second sender");
+        for i in 0..20 {
+            for (sender, name) in [(&mut first, "a"), (&mut second, "b")] {
+                let outcome = sender.send(durable(format!("{name}{}", 20 + i))).await.expect("send");
+                assert!(matches!(outcome, Outcome::Accepted(_)), "{outcome:?}");
+            }
+        }
+        second.close().await.expect("close second");
+        first.close().await.expect("close first");
+        session.end().await.expect("end");
+        connection.close().await.expect("close");
+        after_alone
+    });
+    assert!(after_alone > 0, "a lone producer's 20 transfers were never committed inline");
+    assert_eq!(metric_value(b.admin_port, INLINE), after_alone, "a transfer went inline while two producer links were open");
+    b.restart();
+    assert_eq!(b.queue_depth("/queue/inline"), 60, "every accepted message is in the journal");
+}
+
 /// A backup refuses AMQP clients with `amqp:connection:redirect` naming its live; the
 /// client follows it, and after kill -9 of the live the promoted backup has every message
 /// not acknowledged.

@@ -212,12 +212,15 @@ pub struct ConnectionContext {
     pub tls: Arc<TlsContext>,
     pub shutdown: CancellationToken,
     pub partial_frames: Arc<PartialFrames>,
+    /// AMQP links from clients (producers) open on this listener's connections, all of
+    /// them: a lone one may commit its transfers inline (see `amqp::connection::receive`).
+    pub amqp_producers: Arc<std::sync::atomic::AtomicUsize>,
 }
 
 impl ConnectionContext {
     pub fn new(broker: Arc<Broker>, metrics: Arc<Metrics>, tls: Arc<TlsContext>, shutdown: CancellationToken) -> ConnectionContext {
         let partial_frames = Arc::new(PartialFrames::new(broker.config.stomp.max_partial_frame_bytes.as_usize()));
-        ConnectionContext { broker, metrics, tls, shutdown, partial_frames }
+        ConnectionContext { broker, metrics, tls, shutdown, partial_frames, amqp_producers: Arc::default() }
     }
 }
 
