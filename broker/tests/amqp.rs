@@ -330,22 +330,28 @@ fn settled_messages_survive_kill9_and_unsettled_deliveries_are_redelivered() {
 
 /// fe2o3-amqp's client: link credit is the flow control, and transfers are settled
 /// `accepted` once stored.
+/// A connection of fe2o3's client (SASL ANONYMOUS) with one session begun.
+async fn fe2o3_anonymous(url: &str, container: &str) -> (fe2o3_amqp::connection::ConnectionHandle<()>, fe2o3_amqp::session::SessionHandle<()>) {
+    let mut connection = fe2o3_amqp::Connection::builder()
+        .container_id(container)
+        .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Anonymous)
+        .open(url)
+        .await
+        .expect("open");
+    let session = fe2o3_amqp::Session::begin(&mut connection).await.expect("begin");
+    (connection, session)
+}
+
 #[test]
 fn fe2o3_client_credit_limits_deliveries() {
     use fe2o3_amqp::link::receiver::CreditMode;
     use fe2o3_amqp::types::messaging::Outcome;
-    use fe2o3_amqp::{Connection, Receiver, Sender, Session};
+    use fe2o3_amqp::{Receiver, Sender};
     let b = amqp_broker("amqp-credit", "");
     let url = format!("amqp://127.0.0.1:{}", b.amqp_port);
     let runtime = tokio::runtime::Builder::new_current_thread().enable_all().build().expect("runtime");
     runtime.block_on(async {
-        let mut connection = Connection::builder()
-            .container_id("credit-test")
-            .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Anonymous)
-            .open(url.as_str())
-            .await
-            .expect("open");
-        let mut session = Session::begin(&mut connection).await.expect("begin");
+        let (mut connection, mut session) = fe2o3_anonymous(&url, "credit-test").await;
         let mut sender = Sender::attach(&mut session, "p", "credit").await.expect("sender");
         for i in 0..5 {
             let outcome = sender.send(format!("c{i}")).await.expect("send");
@@ -387,7 +393,7 @@ fn fe2o3_client_credit_limits_deliveries() {
 #[test]
 fn a_lone_producer_commits_inline_and_two_share_group_commits() {
     use fe2o3_amqp::types::messaging::{Message, Outcome};
-    use fe2o3_amqp::{Connection, Sendable, Sender, Session};
+    use fe2o3_amqp::{Sendable, Sender};
     const INLINE: &str = "duomq_journal_inline_batches_total ";
     let mut b = amqp_broker("amqp-inline", "");
     let url = format!("amqp://127.0.0.1:{}", b.amqp_port);
@@ -397,13 +403,7 @@ fn a_lone_producer_commits_inline_and_two_share_group_commits() {
         Sendable::builder().message(message).settled(false).build()
     };
     let after_alone = runtime.block_on(async {
-        let mut connection = Connection::builder()
-            .container_id("inline-test")
-            .sasl_profile(fe2o3_amqp::sasl_profile::SaslProfile::Anonymous)
-            .open(url.as_str())
-            .await
-            .expect("open");
-        let mut session = Session::begin(&mut connection).await.expect("begin");
+        let (mut connection, mut session) = fe2o3_anonymous(&url, "inline-test").await;
         let mut first = Sender::attach(&mut session, "p1", "inline").await.expect("sender");
         for i in 0..20 {
             let outcome = first.send(durable(format!("a{i}"))).await.expect("send");
