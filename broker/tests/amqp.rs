@@ -328,8 +328,6 @@ fn settled_messages_survive_kill9_and_unsettled_deliveries_are_redelivered() {
     eventually("queue empty", Duration::from_secs(10), || b.queue_depth("/queue/durable") == 0);
 }
 
-/// fe2o3-amqp's client: link credit is the flow control, and transfers are settled
-/// `accepted` once stored.
 /// A connection of fe2o3's client (SASL ANONYMOUS) with one session begun.
 async fn fe2o3_anonymous(url: &str, container: &str) -> (fe2o3_amqp::connection::ConnectionHandle<()>, fe2o3_amqp::session::SessionHandle<()>) {
     let mut connection = fe2o3_amqp::Connection::builder()
@@ -342,6 +340,8 @@ async fn fe2o3_anonymous(url: &str, container: &str) -> (fe2o3_amqp::connection:
     (connection, session)
 }
 
+/// fe2o3-amqp's client: link credit is the flow control, and transfers are settled
+/// `accepted` once stored.
 #[test]
 fn fe2o3_client_credit_limits_deliveries() {
     use fe2o3_amqp::link::receiver::CreditMode;

@@ -30,8 +30,8 @@ use fe2o3_amqp::acceptor::{
     SupportedReceiverSettleModes,
 };
 use fe2o3_amqp::connection::OpenError;
-use fe2o3_amqp::link::delivery::DeliveryInfo;
-use fe2o3_amqp::link::{DetachError, DispositionError, Receiver, Sender};
+use fe2o3_amqp::link::delivery::{Delivery as Transfer, DeliveryInfo};
+use fe2o3_amqp::link::{DetachError, DispositionError, Receiver, RecvError, Sender};
 use fe2o3_amqp::types::definitions::{self, ReceiverSettleMode, Role, SenderSettleMode};
 use fe2o3_amqp::types::messaging::{Body, Outcome};
 use fe2o3_amqp::types::performatives::Attach;
@@ -41,6 +41,7 @@ use fe2o3_amqp::Sendable;
 use futures::future::{BoxFuture, FutureExt};
 use futures::stream::{FuturesOrdered, FuturesUnordered, StreamExt};
 use std::net::SocketAddr;
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
 use crate::tls::Stream;
@@ -395,10 +396,10 @@ async fn receive(mut receiver: Receiver, destination: String, client: Client) {
     let metrics = Arc::clone(&client.ctx.metrics);
     metrics.amqp.links.inc();
     let producers = Arc::clone(&client.ctx.amqp_producers);
-    producers.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    producers.fetch_add(1, Ordering::Relaxed);
     let mut pending: FuturesOrdered<Accepting> = FuturesOrdered::new();
     // A transfer read ahead (fe2o3's recv is cancel-safe), handled before waiting again.
-    let mut ahead: Option<Result<fe2o3_amqp::link::delivery::Delivery<Body<Value>>, fe2o3_amqp::link::RecvError>> = None;
+    let mut ahead: Option<Result<Transfer<Body<Value>>, RecvError>> = None;
     let end = loop {
         let event = match ahead.take() {
             Some(read) => read.map(Ok),
@@ -420,7 +421,7 @@ async fn receive(mut receiver: Receiver, destination: String, client: Client) {
                 if pending.len() + 1 < MAX_PENDING {
                     ahead = receiver.recv::<Body<Value>>().now_or_never();
                 }
-                let alone = producers.load(std::sync::atomic::Ordering::Relaxed) == 1;
+                let alone = producers.load(Ordering::Relaxed) == 1;
                 let commit = if alone && ahead.is_none() && pending.is_empty() { Commit::Inline } else { Commit::Grouped };
                 let (info, msg) = delivery.into_parts();
                 let refused = match message::incoming(&destination, msg) {
@@ -462,7 +463,7 @@ async fn receive(mut receiver: Receiver, destination: String, client: Client) {
         None => tracing::debug!(peer = %client.peer, %destination, "AMQP sending link stopped"),
     }
     let _ = tokio::time::timeout(CLOSE_TIMEOUT, receiver.close()).await;
-    producers.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    producers.fetch_sub(1, Ordering::Relaxed);
     metrics.amqp.links.dec();
 }
 
