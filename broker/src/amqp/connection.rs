@@ -467,9 +467,16 @@ async fn receive(mut receiver: Receiver, destination: String, client: Client) {
     metrics.amqp.links.dec();
 }
 
-/// Settles `first` and every outcome already due behind it, in order: accepted ones
-/// (published now) in one disposition per run of consecutive deliveries, a refused one
-/// rejected with its reason.
+/// Settles `first` and every outcome already due behind it, in order: accepted ones in
+/// one disposition per run of consecutive deliveries, a refused one rejected with its
+/// reason.
+///
+/// Accepted messages are published (made visible to consumers) only once their
+/// disposition is handed to fe2o3, not before: the producer's next transfer waits for that
+/// disposition, while the delivery to a consumer does not hold anyone up, so it should not
+/// get ahead of it on the runtime. 1P+1C credit 1 on tmpfs: +6 % by median over 5
+/// interleaved rounds. A message whose disposition could not be sent is published all the
+/// same (a [`Durable`] dropped publishes).
 async fn settle_due(
     receiver: &Receiver,
     pending: &mut FuturesOrdered<Accepting>,
@@ -478,23 +485,35 @@ async fn settle_due(
     destination: &str,
 ) -> Result<(), DispositionError> {
     let mut accepted = Vec::new();
+    let mut durable = Vec::new();
     let mut next = Some(first);
     while let Some((info, result)) = next {
         match result {
-            Ok(durable) => {
-                durable.publish();
+            Ok(d) => {
+                durable.push(d);
                 accepted.push(info);
             }
             Err(e) => {
                 // Those before it first, so the client learns outcomes in order.
-                receiver.accept_all(std::mem::take(&mut accepted)).await?;
+                let sent = receiver.accept_all(std::mem::take(&mut accepted)).await;
+                publish_all(&mut durable);
+                sent?;
                 tracing::info!(peer = %client.peer, %destination, error = %error_chain(&e), "AMQP transfer refused");
                 receiver.reject(info, AmqpError::from(e).to_amqp()).await?;
             }
         }
         next = pending.next().now_or_never().flatten();
     }
-    receiver.accept_all(accepted).await
+    let sent = receiver.accept_all(accepted).await;
+    publish_all(&mut durable);
+    sent
+}
+
+/// Makes durable messages visible to consumers, in the order they were accepted.
+fn publish_all(durable: &mut Vec<Durable>) {
+    for d in durable.drain(..) {
+        d.publish();
+    }
 }
 
 /// Where a receiving link takes its messages from.
