@@ -22,7 +22,7 @@ use duomq_broker::admin::api::{
 };
 use duomq_operator::api::{BrokerGroup, BrokerGroupStatus, FailoverReason, PendingSwitchover};
 use duomq_operator::controller::metrics::Metrics;
-use duomq_operator::controller::{reconcile, BrokerStatusSource, Context, Endpoint, Error};
+use duomq_operator::controller::{reconcile, BrokerStatusSource, Context, Endpoint, Error, RECONCILE_DEADLINE};
 use futures::future::BoxFuture;
 use http::{Method, Request, Response, StatusCode};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
@@ -1189,6 +1189,29 @@ async fn given_a_new_brokergroup_and_an_empty_cluster_when_reconciled_should_app
 /// Changed with the one-way reconcile: the StatefulSets are read before applying, so the
 /// second reconcile is the first to see the StatefulSet the first created (rolling out, a
 /// status patch); the third, with nothing new, patches nothing.
+/// A Kubernetes API call that never answers (kube's read timeout is 295 s) must not hold
+/// the BrokerGroup's reconciles up: the reconcile is cut off at the deadline and fails, so
+/// the error policy retries it with the backoff.
+#[tokio::test(start_paused = true)]
+async fn given_an_api_server_that_never_answers_when_reconciled_should_fail_at_the_deadline_and_not_hang() {
+    let (service, mut handle) = tower_test::mock::pair::<Request<Body>, Response<Body>>();
+    let client = Client::new(service, NS);
+    let metrics = Arc::new(Metrics::new(&mut prometheus_client::registry::Registry::default()));
+    let ctx = Arc::new(Context::new(client, metrics, Arc::new(FakeBrokers::default())));
+    let reconciling = tokio::spawn(reconcile(Arc::new(pair()), ctx));
+    // The first request arrives and is never answered (the handle keeps the call open).
+    let (request, _never) = handle.next_request().await.expect("the reconcile asks the API server");
+    assert_eq!(request.method(), Method::GET, "{}", request.uri());
+    let outcome = tokio::time::timeout(RECONCILE_DEADLINE * 2, reconciling)
+        .await
+        .expect("the reconcile ends by its deadline")
+        .expect("the reconcile does not panic");
+    assert!(
+        matches!(outcome, Err(Error::TimedOut(after)) if after == RECONCILE_DEADLINE),
+        "{outcome:?}"
+    );
+}
+
 #[tokio::test]
 async fn given_an_applied_brokergroup_when_reconciled_again_unchanged_should_apply_identical_bodies_and_not_patch_status(
 ) {

@@ -78,6 +78,8 @@ pub enum Error {
     },
     #[error("the BrokerGroup has no namespace")]
     NoNamespace,
+    #[error("the reconcile did not finish within {0:?}: a Kubernetes API or broker call did not answer; it was cut off and is retried")]
+    TimedOut(Duration),
 }
 
 macro_rules! step_error {
@@ -102,6 +104,13 @@ const REQUEUE_BUSY: Duration = Duration::from_secs(3);
 /// Backoff after a failed reconcile: doubles from the first to the cap.
 const BACKOFF_FIRST: Duration = Duration::from_secs(1);
 const BACKOFF_CAP: Duration = Duration::from_secs(300);
+/// How long one reconcile may take. Its slowest call is a switchover (the live answers
+/// within 45 s); every broker call has its own timeout, but a Kubernetes API call has only
+/// kube's read timeout (295 s, sized for watches). A reconcile stuck on one is cut off here
+/// and retried with the backoff: until it ends, no other reconcile of that BrokerGroup runs,
+/// so a renewal, a failover or a status update would wait with it. Cutting a reconcile off
+/// anywhere is safe: each one observes afresh and applies idempotently.
+pub const RECONCILE_DEADLINE: Duration = Duration::from_secs(90);
 
 /// Event recorders kept at most; past that they start afresh (repeats of an event already
 /// published then make a new event instead of counting up the old one's series).
@@ -226,7 +235,10 @@ fn now() -> Time {
 /// One reconcile of one BrokerGroup.
 pub async fn reconcile(bg: Arc<BrokerGroup>, ctx: Arc<Context>) -> Result<Action, Error> {
     let timer = ctx.metrics.reconcile_started();
-    let result = reconcile_phases(&bg, &ctx).await;
+    let result = match tokio::time::timeout(RECONCILE_DEADLINE, reconcile_phases(&bg, &ctx)).await {
+        Ok(result) => result,
+        Err(_) => Err(Error::TimedOut(RECONCILE_DEADLINE)),
+    };
     timer.finish(match &result {
         Ok(_) => "ok",
         Err(_) => "error",
