@@ -94,9 +94,7 @@ amqp_cell() {
         fi
         ;;
     esac
-    # Closed-loop: producers wait while twice what every link may hold (each producer's
-    # unsettled transfers, each consumer's credit) is sent and not yet received, so msg/s
-    # is the rate the consumers sustain, not a queue growing (see amqp_backlog).
+    # Closed-loop (see amqp_backlog): msg/s is the rate the consumers sustain.
     local args=(amqp --url "$AMQP_URL" --address "$address" --producers "$producers" --consumers "$consumers"
         --size "$size" --persistent --credit "$credit" --duration "$DURATION" --warmup "$WARMUP"
         --max-backlog "$(amqp_backlog "$producers" "$consumers" "$credit")"

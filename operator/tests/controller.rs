@@ -1186,9 +1186,6 @@ async fn given_a_new_brokergroup_and_an_empty_cluster_when_reconciled_should_app
     );
 }
 
-/// Changed with the one-way reconcile: the StatefulSets are read before applying, so the
-/// second reconcile is the first to see the StatefulSet the first created (rolling out, a
-/// status patch); the third, with nothing new, patches nothing.
 /// A Kubernetes API call that never answers (kube's read timeout is 295 s) must not hold
 /// the BrokerGroup's reconciles up: the reconcile is cut off at the deadline and fails, so
 /// the error policy retries it with the backoff.
@@ -1212,6 +1209,9 @@ async fn given_an_api_server_that_never_answers_when_reconciled_should_fail_at_t
     );
 }
 
+/// Changed with the one-way reconcile: the StatefulSets are read before applying, so the
+/// second reconcile is the first to see the StatefulSet the first created (rolling out, a
+/// status patch); the third, with nothing new, patches nothing.
 #[tokio::test]
 async fn given_an_applied_brokergroup_when_reconciled_again_unchanged_should_apply_identical_bodies_and_not_patch_status(
 ) {
